@@ -1,0 +1,468 @@
+"""NIfTI files: validated headers, lazy block reads and streamed writes.
+
+Reading goes through :class:`NiftiSource`, which validates a file's header up
+front (readable, 3D/4D, data fits in the file) and reads blocks of whole
+volumes on demand.  ``.nii.gz`` files are read through ``indexed_gzip`` so
+that any block of volumes can be reached without decompressing from the start
+every time; the plain sequential stream (``isal``) is used where a whole file is
+read front to back.
+
+Writing streams a 3D or 4D array (numpy, dask or xarray) volume block by volume
+block into a temporary file that is renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from roidask.exceptions import CorruptFileError, ImageDimensionError
+
+__all__ = [
+    "NiftiSource",
+    "float_dtype_for",
+    "header_from_b64",
+    "header_to_b64",
+    "is_nifti_path",
+    "write_nifti",
+]
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    """True if ``path`` names a ``.nii`` or ``.nii.gz`` file (by suffix)."""
+    return str(path).lower().endswith(_NIFTI_SUFFIXES)
+
+
+def float_dtype_for(dtype: np.dtype) -> np.dtype:
+    """Float dtype used when a stored integer type is scaled (xarray's CF rule)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return dtype
+    if dtype.kind in "iu" and dtype.itemsize <= 2:
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def header_to_b64(header: nib.Nifti1Header) -> str:
+    """The 348-byte NIfTI-1 header (or 540-byte NIfTI-2) as base64 text for attrs."""
+    return base64.b64encode(header.binaryblock).decode("ascii")
+
+
+def header_from_b64(text: str) -> nib.Nifti1Header:
+    """Inverse of :func:`header_to_b64`."""
+    raw = base64.b64decode(text.encode("ascii"))
+    klass = nib.Nifti2Header if len(raw) == 540 else nib.Nifti1Header
+    return klass(binaryblock=raw, check=False)
+
+
+def _gzip_isize(path: Path) -> int | None:
+    """Uncompressed size modulo 2**32 from a gzip trailer, or None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            return struct.unpack("<I", f.read(4))[0]
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class NiftiSource:
+    """A validated NIfTI file whose voxel data can be read block by block.
+
+    Build it with :meth:`NiftiSource.open`; it holds no open file, so it
+    pickles cheaply into dask graphs and to distributed workers.
+
+    Attributes
+    ----------
+    path : Path
+        The file.
+    shape : tuple of int
+        Image shape, 3D ``(x, y, z)`` or 4D ``(x, y, z, t)``.
+    raw_dtype : numpy.dtype
+        On-disk data type (with the file's byte order).
+    offset : int
+        Byte offset of the voxel data in the (uncompressed) stream.
+    slope, inter : float
+        Scaling (``scl_slope``, ``scl_inter``); ``1, 0`` when unscaled.
+    affine : ndarray, shape (4, 4)
+        Voxel to world (mm) transform.
+    header : nibabel header
+        The file's header.
+    """
+
+    path: Path
+    shape: tuple[int, ...]
+    raw_dtype: np.dtype
+    offset: int
+    slope: float
+    inter: float
+    affine: np.ndarray = field(repr=False)
+    header: nib.Nifti1Header = field(repr=False)
+
+    # -- construction --------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, ndim: int | tuple[int, ...] | None = None):
+        """Read and validate the header of ``path``.
+
+        Parameters
+        ----------
+        path : str or path-like
+            A ``.nii`` or ``.nii.gz`` file.
+        ndim : int or tuple of int, optional
+            Accepted numbers of dimensions (e.g. ``4`` for BOLD).
+
+        Raises
+        ------
+        CorruptFileError
+            Missing file, not a NIfTI, gzip stream corrupt, or the header's
+            shape x dtype needs more bytes than the file holds.
+        ImageDimensionError
+            The image does not have an accepted number of dimensions.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise CorruptFileError(f"{path}: no such file (expected a .nii or .nii.gz image)")
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        gz = magic == _GZIP_MAGIC
+        if path.name.lower().endswith(".gz") and not gz:
+            raise CorruptFileError(
+                f"{path}: named .gz but is not gzip-compressed (first bytes {magic!r})"
+            )
+        try:
+            img = nib.load(path)
+        except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
+            raise CorruptFileError(
+                f"{path}: not a readable NIfTI file (truncated or corrupt gzip?): {exc}"
+            ) from None
+        except Exception as exc:  # nibabel raises many types for garbage headers
+            raise CorruptFileError(
+                f"{path}: not a NIfTI-1/NIfTI-2 image ({type(exc).__name__}: {exc})"
+            ) from None
+        if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
+            raise CorruptFileError(
+                f"{path}: is a {type(img).__name__}, expected a NIfTI-1/NIfTI-2 image"
+            )
+        header = img.header
+        shape = tuple(int(n) for n in img.shape)
+        # NIfTI allows trailing singleton dims (x, y, z, 1, 1); keep at most 4.
+        while len(shape) > 4 and shape[-1] == 1:
+            shape = shape[:-1]
+        if len(shape) == 2:
+            shape = (*shape, 1)
+        if len(shape) > 4:
+            raise ImageDimensionError(
+                f"{path}: image has {len(shape)} dimensions {shape}; expected 3D or 4D"
+            )
+        if ndim is not None:
+            accepted = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+            if len(shape) not in accepted:
+                want = " or ".join(f"{n}D" for n in accepted)
+                raise ImageDimensionError(
+                    f"{path}: image is {len(shape)}D with shape {shape}; expected {want}"
+                )
+        raw_dtype = header.get_data_dtype()
+        # The proxy resolves offsets of 0 and extensions as nibabel reads them.
+        offset = int(img.dataobj.offset)
+        slope, inter = img.dataobj.slope, img.dataobj.inter
+        slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+        inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+        source = cls(
+            path=path,
+            shape=shape,
+            raw_dtype=raw_dtype,
+            offset=offset,
+            slope=slope,
+            inter=inter,
+            affine=np.asarray(img.affine, dtype=np.float64),
+            header=header,
+        )
+        source._check_size(gz)
+        return source
+
+    def _check_size(self, gz: bool) -> None:
+        needed = self.offset + self.nbytes
+        if gz:
+            isize = _gzip_isize(self.path)
+            # The trailer holds the size modulo 2**32; only trust it below that.
+            if isize is not None and needed < 2**32 and isize < needed:
+                raise CorruptFileError(
+                    f"{self.path}: header says shape {self.shape} x {self.raw_dtype.name} "
+                    f"= {needed} bytes with the header, but the gzip stream holds {isize} "
+                    "bytes (truncated file?)"
+                )
+        else:
+            size = self.path.stat().st_size
+            if size < needed:
+                raise CorruptFileError(
+                    f"{self.path}: header says shape {self.shape} x {self.raw_dtype.name} "
+                    f"= {needed} bytes with the header, but the file holds {size} bytes"
+                )
+
+    # -- properties ------------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def n_volumes(self) -> int:
+        return self.shape[3] if self.ndim == 4 else 1
+
+    @property
+    def volume_shape(self) -> tuple[int, int, int]:
+        return tuple(self.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def volume_nbytes(self) -> int:
+        return int(np.prod(self.volume_shape)) * self.raw_dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.volume_nbytes * self.n_volumes
+
+    @property
+    def is_scaled(self) -> bool:
+        return self.slope != 1.0 or self.inter != 0.0
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Data type of the values :meth:`read` returns (scaling applied)."""
+        return float_dtype_for(self.raw_dtype) if self.is_scaled else self.raw_dtype.newbyteorder("=")
+
+    @property
+    def voxel_size_mm(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def tr_s(self) -> float | None:
+        """Repetition time in seconds from ``pixdim[4]`` and the time units, if set."""
+        if self.ndim < 4:
+            return None
+        zooms = self.header.get_zooms()
+        if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
+            return None
+        _, t_unit = self.header.get_xyzt_units()
+        factor = {"msec": 1e-3, "usec": 1e-6}.get(t_unit, 1.0)
+        return float(zooms[3]) * factor
+
+    # -- reading ---------------------------------------------------------------------
+    def read(self, start: int = 0, stop: int | None = None, *, scaled: bool = True) -> np.ndarray:
+        """Read volumes ``start:stop`` as an ``(x, y, z, t)`` array (``(x, y, z)`` if 3D).
+
+        Scaling (slope/intercept) is applied when ``scaled`` is true; otherwise the
+        raw on-disk values are returned in native byte order.
+        """
+        stop = self.n_volumes if stop is None else stop
+        n = stop - start
+        fh, lock = _handle(self.path)
+        with lock:
+            fh.seek(self.offset + start * self.volume_nbytes)
+            try:
+                buf = fh.read(n * self.volume_nbytes)
+            except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
+                raise CorruptFileError(
+                    f"{self.path}: could not read volumes {start}:{stop} ({exc}); "
+                    "the file is truncated or its gzip stream is corrupt"
+                ) from None
+        if len(buf) != n * self.volume_nbytes:
+            raise CorruptFileError(
+                f"{self.path}: expected {n * self.volume_nbytes} bytes for volumes "
+                f"{start}:{stop}, got {len(buf)} (truncated file)"
+            )
+        arr = np.frombuffer(buf, dtype=self.raw_dtype)
+        shape = (*self.volume_shape, n) if self.ndim == 4 else self.volume_shape
+        arr = arr.reshape(shape, order="F").astype(self.raw_dtype.newbyteorder("="), copy=False)
+        if scaled and self.is_scaled:
+            out = arr.astype(self.dtype)
+            out *= self.dtype.type(self.slope)
+            out += self.dtype.type(self.inter)
+            return out
+        return arr
+
+    def iter_blocks(self, block_volumes: int, *, scaled: bool = True):
+        """Yield ``(start, stop, array)`` for consecutive blocks, read sequentially.
+
+        Uses one sequential decompressing stream (``isal`` for ``.nii.gz``),
+        which is faster than random access when a whole file is read once.
+        """
+        if self.path.name.lower().endswith(".gz"):
+            from isal import igzip
+
+            opener = igzip.open
+        else:
+            opener = open
+        try:
+            with opener(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                for start in range(0, self.n_volumes, block_volumes):
+                    stop = min(start + block_volumes, self.n_volumes)
+                    n = stop - start
+                    buf = fh.read(n * self.volume_nbytes)
+                    if len(buf) != n * self.volume_nbytes:
+                        raise CorruptFileError(
+                            f"{self.path}: expected {n * self.volume_nbytes} bytes for volumes "
+                            f"{start}:{stop}, got {len(buf)} (truncated file)"
+                        )
+                    arr = np.frombuffer(buf, dtype=self.raw_dtype)
+                    arr = arr.reshape((*self.volume_shape, n), order="F")
+                    arr = arr.astype(self.raw_dtype.newbyteorder("="), copy=False)
+                    if scaled and self.is_scaled:
+                        arr = arr.astype(self.dtype) * self.dtype.type(self.slope)
+                        arr += self.dtype.type(self.inter)
+                    yield start, stop, arr
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+            raise CorruptFileError(
+                f"{self.path}: gzip stream is corrupt or truncated ({exc})"
+            ) from None
+        except OSError as exc:
+            if isinstance(exc, CorruptFileError):
+                raise
+            raise CorruptFileError(f"{self.path}: read failed ({exc})") from None
+
+    # -- pickling: never carry file handles ------------------------------------------
+    def __reduce__(self):
+        return (_rebuild_source, (self.path, self.shape, self.raw_dtype.str, self.offset,
+                                  self.slope, self.inter, self.affine, header_to_b64(self.header)))
+
+
+def _rebuild_source(path, shape, dtype_str, offset, slope, inter, affine, header_b64):
+    return NiftiSource(Path(path), tuple(shape), np.dtype(dtype_str), offset, slope, inter,
+                       np.asarray(affine), header_from_b64(header_b64))
+
+
+# One open handle per (file, process), shared by the threads of that process.
+_HANDLES: dict[tuple[str, int], tuple[object, threading.Lock]] = {}
+_HANDLES_LOCK = threading.Lock()
+
+
+def _handle(path: Path):
+    key = (str(path), os.getpid())
+    with _HANDLES_LOCK:
+        entry = _HANDLES.get(key)
+        if entry is None:
+            if path.name.lower().endswith(".gz"):
+                import indexed_gzip
+
+                fh = indexed_gzip.IndexedGzipFile(str(path), spacing=4 * 2**20)
+            else:
+                fh = open(path, "rb")  # noqa: SIM115 - cached for the process lifetime
+            entry = (fh, threading.Lock())
+            _HANDLES[key] = entry
+    return entry
+
+
+def close_handles() -> None:
+    """Close every cached read handle of this process (used by tests and writers)."""
+    with _HANDLES_LOCK:
+        for fh, _ in _HANDLES.values():
+            fh.close()
+        _HANDLES.clear()
+
+
+# -- writing ---------------------------------------------------------------------------
+def write_nifti(
+    data,
+    path: str | os.PathLike,
+    *,
+    affine: np.ndarray,
+    header: nib.Nifti1Header | None = None,
+    dtype: np.dtype | str | None = None,
+    block_volumes: int = 64,
+    tr_s: float | None = None,
+) -> Path:
+    """Stream a 3D or 4D array into a NIfTI file, atomically.
+
+    Parameters
+    ----------
+    data : array-like, shape (x, y, z) or (x, y, z, t)
+        numpy or dask array. Dask arrays are computed block by block of
+        ``block_volumes`` volumes, so a 4D result is never held whole.
+    path : str or path-like
+        Output ``.nii`` or ``.nii.gz`` file; written to a temporary name in the
+        same folder and renamed into place when complete.
+    affine : ndarray, shape (4, 4)
+        Voxel to world (mm) transform.
+    header : nibabel header, optional
+        Template header (units, TR, descriptions are kept; shape, dtype and
+        scaling are set from ``data``).
+    dtype : dtype, optional
+        On-disk data type; defaults to ``data.dtype`` (bool is written as uint8).
+    block_volumes : int
+        Volumes computed and written at a time.
+    tr_s : float, optional
+        Repetition time in seconds, stored as ``pixdim[4]`` of a 4D image.
+    """
+    import dask.array as da
+
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise CorruptFileError(f"{path}: output name must end in .nii or .nii.gz")
+    ndim = len(data.shape)
+    if ndim not in (3, 4):
+        raise ImageDimensionError(
+            f"write_nifti: data has shape {tuple(data.shape)}; expected 3D or 4D"
+        )
+    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(data.dtype)
+    if out_dtype == np.bool_:
+        out_dtype = np.dtype(np.uint8)
+    hdr = nib.Nifti1Header() if header is None else header.copy()
+    if not isinstance(hdr, nib.Nifti1Header):
+        hdr = nib.Nifti1Header.from_header(hdr)
+    hdr.set_data_dtype(out_dtype)
+    hdr.set_data_shape(tuple(int(n) for n in data.shape))
+    zooms = list(hdr.get_zooms())
+    vox = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    zooms[:3] = vox
+    zooms = [*zooms[:3], *([tr_s or (zooms[3] if len(zooms) > 3 else 1.0)] if ndim == 4 else [])]
+    hdr.set_zooms(zooms)
+    if ndim == 4 and tr_s:
+        xyz_unit, _ = hdr.get_xyzt_units()
+        hdr.set_xyzt_units(xyz=xyz_unit if xyz_unit != "unknown" else "mm", t="sec")
+    hdr.set_slope_inter(1.0, 0.0)
+    img = nib.Nifti1Image(np.empty((0,) * ndim, dtype=out_dtype), np.asarray(affine), hdr)
+    img.update_header()
+    hdr = img.header
+    hdr.set_qform(np.asarray(affine), code=int(hdr["qform_code"]) or 1)
+    hdr.set_sform(np.asarray(affine), code=int(hdr["sform_code"]) or 1)
+    hdr.set_data_shape(tuple(int(n) for n in data.shape))
+    hdr.set_data_offset(352)
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    gz = path.name.lower().endswith(".gz")
+    try:
+        if gz:
+            from isal import igzip
+
+            fh = igzip.open(tmp, "wb", compresslevel=1)
+        else:
+            fh = open(tmp, "wb")  # noqa: SIM115
+        with fh:
+            fh.write(hdr.binaryblock)
+            fh.write(b"\x00" * (352 - len(hdr.binaryblock)))
+            n_t = data.shape[3] if ndim == 4 else 1
+            for start in range(0, n_t, block_volumes):
+                stop = min(start + block_volumes, n_t)
+                block = data[..., start:stop] if ndim == 4 else data
+                if isinstance(block, da.Array):
+                    block = block.compute()
+                block = np.asarray(block)
+                if out_dtype.kind in "iu" and block.dtype.kind == "f":
+                    block = np.rint(block)
+                fh.write(np.asarray(block, dtype=out_dtype).tobytes(order="F"))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

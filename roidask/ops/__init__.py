@@ -1,0 +1,1 @@
+"""Lazy operators on roidask images: smoothing, statistics, masks, ROIs, extraction."""
