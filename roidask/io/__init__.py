@@ -7,6 +7,7 @@ from roidask.io.image import (
     check_same_grid,
     image_from_nifti,
     like_image,
+    select_conditions,
     to_nifti,
 )
 from roidask.io.labels import read_events, read_labels, volume_labels
@@ -25,6 +26,7 @@ __all__ = [
     "open_subject",
     "read_events",
     "read_labels",
+    "select_conditions",
     "to_nifti",
     "volume_labels",
     "write_image",

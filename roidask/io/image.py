@@ -48,6 +48,7 @@ __all__ = [
     "image_from_nifti",
     "like_image",
     "normalize_chunks",
+    "select_conditions",
     "to_nifti",
 ]
 
@@ -113,7 +114,9 @@ def check_same_grid(
 
 
 # -- chunking -----------------------------------------------------------------------------
-def default_chunks(shape: Sequence[int], itemsize: int, *, target_bytes: int = DEFAULT_CHUNK_BYTES):
+def default_chunks(
+    shape: Sequence[int], itemsize: int, *, target_bytes: int = DEFAULT_CHUNK_BYTES
+):
     """Whole volumes, as many per chunk as fit in ``target_bytes`` (at least one)."""
     shape = tuple(int(n) for n in shape)
     if len(shape) == 3:
@@ -194,6 +197,13 @@ class _SourceArray:
         return block[(*index[:3], slice(None, None, step))]
 
 
+def _token(source: NiftiSource, chunks) -> str:
+    """Deterministic graph key: same file, same modification time, same chunks."""
+    from dask.base import tokenize
+
+    return tokenize(str(source.path), source.path.stat().st_mtime_ns, chunks)
+
+
 def _source_dask(source: NiftiSource, chunks: dict[str, int]) -> da.Array:
     dims = BOLD_DIMS[: source.ndim]
     read_chunks = tuple(source.shape[:3]) + ((chunks["time"],) if source.ndim == 4 else ())
@@ -204,7 +214,7 @@ def _source_dask(source: NiftiSource, chunks: dict[str, int]) -> da.Array:
         lock=False,
         fancy=False,
         meta=np.empty((0,) * source.ndim, dtype=source.dtype),
-        name=f"nifti-{source.path.name}-{da.core.tokenize(str(source.path), source.path.stat().st_mtime_ns, read_chunks)}",
+        name=f"nifti-{source.path.name}-{_token(source, read_chunks)}",
     )
     target = tuple(chunks[d] for d in dims)
     if target != read_chunks:
@@ -217,7 +227,9 @@ def image_from_nifti(path: str | os.PathLike, *, chunks=None) -> xr.DataArray:
     src = NiftiSource.open(path, ndim=3)
     chunks = normalize_chunks(chunks, src.shape, src.dtype.itemsize)
     arr = _source_dask(src, chunks)
-    return xr.DataArray(arr, dims=SPATIAL_DIMS, name=Path(path).name, attrs=_attrs_from_source(src))
+    return xr.DataArray(
+        arr, dims=SPATIAL_DIMS, name=Path(path).name, attrs=_attrs_from_source(src)
+    )
 
 
 def bold_from_nifti(
@@ -286,7 +298,9 @@ def bold_from_nifti(
         if isinstance(labels, str | os.PathLike):
             labels = [labels]
         table = volume_labels(
-            list(labels), n_volumes_per_run=n_per_run, tr_s=tr_s,
+            list(labels),
+            n_volumes_per_run=n_per_run,
+            tr_s=tr_s,
             bold_names=[str(s.path) for s in sources],
         )
         condition = table["condition"].to_numpy().astype(str)
@@ -356,8 +370,9 @@ def _from_nibabel(img: nib.spatialimages.SpatialImage, *, chunks) -> xr.DataArra
             "condition": ("time", np.full(n, "unknown")),
             "run": ("time", np.zeros(n, dtype=np.int64)),
         }
-    return xr.DataArray(arr, dims=dims, coords=coords, name="bold" if data.ndim == 4 else None,
-                        attrs=attrs)
+    return xr.DataArray(
+        arr, dims=dims, coords=coords, name="bold" if data.ndim == 4 else None, attrs=attrs
+    )
 
 
 def _from_xarray(obj, *, param: str, subject: str | None) -> xr.DataArray:
@@ -453,9 +468,11 @@ def as_image(
     else:
         raise ImageTypeError(
             f"{param}: expected a path, a nibabel image or an xarray object, got "
-            f"{type(img).__name__}" + (
+            f"{type(img).__name__}"
+            + (
                 " (a bare array has no voxel grid; wrap it with roidask.io.like_image)"
-                if isinstance(img, np.ndarray | da.Array) else ""
+                if isinstance(img, np.ndarray | da.Array)
+                else ""
             )
         )
     if ndim is not None and out.ndim != ndim:
@@ -466,7 +483,9 @@ def as_image(
     return out
 
 
-def like_image(data, reference: xr.DataArray, *, name: str | None = None, attrs=None) -> xr.DataArray:
+def like_image(
+    data, reference: xr.DataArray, *, name: str | None = None, attrs=None
+) -> xr.DataArray:
     """Wrap a 3D (or 4D) array as a roidask image on ``reference``'s grid.
 
     The counterpart of nilearn's ``new_img_like``. 4D data must have as many
@@ -487,7 +506,9 @@ def like_image(data, reference: xr.DataArray, *, name: str | None = None, attrs=
         coords = {k: v for k, v in reference.coords.items() if v.dims == ("time",)}
     new_attrs = grid_attrs(reference)
     if data.ndim == 4:
-        new_attrs.update({k: reference.attrs[k] for k in ("tr_s", "time_units") if k in reference.attrs})
+        new_attrs.update(
+            {k: reference.attrs[k] for k in ("tr_s", "time_units") if k in reference.attrs}
+        )
     new_attrs.update(attrs or {})
     return xr.DataArray(data, dims=dims, coords=coords, name=name, attrs=new_attrs)
 
@@ -524,6 +545,31 @@ def to_nifti(img, path: str | os.PathLike, *, dtype=None, reference=None) -> Pat
         raise ImageDimensionError(f"to_nifti: dims {img.dims}; expected x, y, z first")
     header = header_from_b64(grid.attrs["nifti_header"]) if "nifti_header" in grid.attrs else None
     return write_nifti(
-        data, path, affine=affine_of(grid), header=header, dtype=dtype,
+        data,
+        path,
+        affine=affine_of(grid),
+        header=header,
+        dtype=dtype,
         tr_s=grid.attrs.get("tr_s"),
     )
+
+
+def select_conditions(img, conditions, *, param: str = "conditions") -> xr.DataArray:
+    """The volumes of ``img`` whose condition is one of ``conditions`` (lazy).
+
+    Raises
+    ------
+    ConditionError
+        A condition is not present (the message lists the known ones).
+    """
+    from roidask.exceptions import ConditionError
+
+    bold = as_image(img, ndim=4, param="img")
+    if isinstance(conditions, str):
+        conditions = [conditions]
+    known = sorted(str(c) for c in set(np.asarray(bold["condition"].values).astype(str)))
+    unknown = [c for c in conditions if c not in known]
+    if unknown:
+        raise ConditionError(f"{param}: unknown condition(s) {unknown}; the data has {known}")
+    keep = np.isin(np.asarray(bold["condition"].values).astype(str), list(conditions))
+    return bold.isel(time=np.flatnonzero(keep))

@@ -58,7 +58,9 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
             ) from None
     else:
         run = pd.Series(np.zeros(len(table), dtype=np.int64))
-    return pd.DataFrame({"condition": table["labels"].astype(str).to_numpy(), "run": run.to_numpy()})
+    return pd.DataFrame(
+        {"condition": table["labels"].astype(str).to_numpy(), "run": run.to_numpy()}
+    )
 
 
 def read_events(path: str | os.PathLike) -> pd.DataFrame:

@@ -239,7 +239,9 @@ class NiftiSource:
     @property
     def dtype(self) -> np.dtype:
         """Data type of the values :meth:`read` returns (scaling applied)."""
-        return float_dtype_for(self.raw_dtype) if self.is_scaled else self.raw_dtype.newbyteorder("=")
+        return (
+            float_dtype_for(self.raw_dtype) if self.is_scaled else self.raw_dtype.newbyteorder("=")
+        )
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
@@ -333,13 +335,32 @@ class NiftiSource:
 
     # -- pickling: never carry file handles ------------------------------------------
     def __reduce__(self):
-        return (_rebuild_source, (self.path, self.shape, self.raw_dtype.str, self.offset,
-                                  self.slope, self.inter, self.affine, header_to_b64(self.header)))
+        return (
+            _rebuild_source,
+            (
+                self.path,
+                self.shape,
+                self.raw_dtype.str,
+                self.offset,
+                self.slope,
+                self.inter,
+                self.affine,
+                header_to_b64(self.header),
+            ),
+        )
 
 
 def _rebuild_source(path, shape, dtype_str, offset, slope, inter, affine, header_b64):
-    return NiftiSource(Path(path), tuple(shape), np.dtype(dtype_str), offset, slope, inter,
-                       np.asarray(affine), header_from_b64(header_b64))
+    return NiftiSource(
+        Path(path),
+        tuple(shape),
+        np.dtype(dtype_str),
+        offset,
+        slope,
+        inter,
+        np.asarray(affine),
+        header_from_b64(header_b64),
+    )
 
 
 # One open handle per (file, process), shared by the threads of that process.
@@ -357,7 +378,7 @@ def _handle(path: Path):
 
                 fh = indexed_gzip.IndexedGzipFile(str(path), spacing=4 * 2**20)
             else:
-                fh = open(path, "rb")  # noqa: SIM115 - cached for the process lifetime
+                fh = open(path, "rb")
             entry = (fh, threading.Lock())
             _HANDLES[key] = entry
     return entry
@@ -447,7 +468,7 @@ def write_nifti(
 
             fh = igzip.open(tmp, "wb", compresslevel=1)
         else:
-            fh = open(tmp, "wb")  # noqa: SIM115
+            fh = open(tmp, "wb")
         with fh:
             fh.write(hdr.binaryblock)
             fh.write(b"\x00" * (352 - len(hdr.binaryblock)))

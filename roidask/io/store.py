@@ -161,7 +161,7 @@ def open_subject(store: str | os.PathLike, subject: str | None = None, *, chunks
     ds = xr.open_zarr(str(path), group=subject, consolidated=False, **kwargs)
     # Small per-volume coordinates are loaded (no voxel data is read).
     ds = ds.assign_coords(
-        condition=("time", np.asarray(ds["condition"].values).astype(str)),
+        condition=("time", np.asarray(ds["condition"].values).astype(object).astype(str)),
         run=("time", np.asarray(ds["run"].values).astype(np.int64)),
     )
     ds.attrs["subject"] = subject
@@ -174,7 +174,9 @@ def open_subject(store: str | os.PathLike, subject: str | None = None, *, chunks
 def open_store(store: str | os.PathLike) -> xr.DataTree:
     """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects."""
     path = _require_store(store)
-    incomplete = sorted(set(list_subjects(path, include_incomplete=True)) - set(list_subjects(path)))
+    incomplete = sorted(
+        set(list_subjects(path, include_incomplete=True)) - set(list_subjects(path))
+    )
     if incomplete:
         raise IncompleteStoreError(
             f"{path}: subject(s) {incomplete} were not completely written; convert them "
@@ -338,6 +340,7 @@ def convert(
             dtype=first.raw_dtype.newbyteorder("=").name,
             scale_factor=first.slope,
             add_offset=first.inter,
+            _FillValue=None,
         )
     if mask is not None:
         ds["mask"] = (SPATIAL_DIMS, mask.data)
@@ -346,8 +349,18 @@ def convert(
 
     tmp = _new_tmp_store(out)
     try:
-        ds.to_zarr(str(tmp), group=subject, mode="w", compute=False, consolidated=False,
-                   encoding=encoding, zarr_format=3)
+        with warnings.catch_warnings():
+            # scaled int storage of float data "without _FillValue": the source has no NaN
+            warnings.simplefilter("ignore", xr.SerializationWarning)
+            ds.to_zarr(
+                str(tmp),
+                group=subject,
+                mode="w",
+                compute=False,
+                consolidated=False,
+                encoding=encoding,
+                zarr_format=3,
+            )
         if mask is not None:  # small: write it now
             zarr.open_array(str(tmp / subject / "mask"), mode="r+")[...] = np.asarray(
                 mask.data.compute()
@@ -399,12 +412,18 @@ def write_image(
         )
     target = path / subject / name
     if target.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: subject {subject!r} already has {name!r}; overwrite=True")
+        raise OutputExistsError(
+            f"{path}: subject {subject!r} already has {name!r}; overwrite=True"
+        )
     tmp = path / subject / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         arr = zarr.create_array(
-            str(tmp), shape=image.shape, dtype=image.dtype, chunks=image.shape,
-            dimension_names=list(SPATIAL_DIMS), zarr_format=3,
+            str(tmp),
+            shape=image.shape,
+            dtype=image.dtype,
+            chunks=image.shape,
+            dimension_names=list(SPATIAL_DIMS),
+            zarr_format=3,
         )
         arr[...] = np.asarray(image.data.compute())
         arr.attrs.update({k: v for k, v in grid_attrs(image).items()})

@@ -1,0 +1,101 @@
+"""The image model: as_image normalisation, laziness, chunking, writing back to NIfTI."""
+
+from __future__ import annotations
+
+import dask.array as da
+import nibabel as nib
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import raise_if_dask_computes
+
+from roidask.exceptions import (
+    GridMismatchError,
+    ImageDimensionError,
+    ImageTypeError,
+    InvalidParameterError,
+)
+from roidask.io import as_image, bold_from_nifti, check_same_grid, convert, like_image, to_nifti
+from roidask.io.image import normalize_chunks
+
+
+def test_as_image_accepts_path_nibabel_xarray_and_store(haxby, tmp_path):
+    from_path = as_image(haxby.bold)
+    from_nib = as_image(nib.load(haxby.bold))
+    store = convert(haxby.bold, labels=haxby.labels, out=tmp_path / "s.zarr")
+    from_store = as_image(store)
+    from_xr = as_image(from_store)
+    for img in (from_path, from_nib, from_store, from_xr):
+        assert isinstance(img, xr.DataArray)
+        assert isinstance(img.data, da.Array)
+        assert img.dims == ("x", "y", "z", "time")
+        np.testing.assert_allclose(np.asarray(img.attrs["affine"]), nib.load(haxby.bold).affine)
+    np.testing.assert_array_equal(from_path.values, from_store.values)
+
+
+def test_building_graphs_reads_nothing(haxby):
+    with raise_if_dask_computes():
+        bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="x=7,y=3,time=50")
+        assert bold.chunks[0] == (7,) * 5 + (5,)
+        mean = bold.astype("float32").mean("time")
+    assert mean.shape == (40, 20, 1)
+
+
+def test_numpy_array_is_refused():
+    with pytest.raises(ImageTypeError, match="bare array has no voxel grid"):
+        as_image(np.zeros((3, 3, 3)))
+
+
+def test_dimension_check(haxby):
+    with pytest.raises(ImageDimensionError, match=r"mask_img: got a 4D image.*expected a 3D"):
+        as_image(haxby.bold, ndim=3, param="mask_img")
+
+
+def test_grid_mismatch_message_names_both(haxby):
+    mask = as_image(haxby.mask)
+    other = mask.copy()
+    other.attrs = dict(mask.attrs, affine=(np.asarray(mask.attrs["affine"]) * 2).tolist())
+    with pytest.raises(GridMismatchError, match=r"mask_img and other .*shape \(40, 20, 1\)"):
+        check_same_grid(mask, other, names=("mask_img", "other"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("x=0", "must be >= 1"),
+        ("w=3", "unknown dimension 'w'"),
+        ("x", "dim=size"),
+        ("x=abc", "must be an integer"),
+    ],
+)
+def test_bad_chunks(spec, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        normalize_chunks(spec, (4, 4, 4, 10), 2)
+
+
+def test_default_chunks_are_whole_volumes():
+    chunks = normalize_chunks(None, (40, 64, 64, 1452), 2)
+    assert (chunks["x"], chunks["y"], chunks["z"]) == (40, 64, 64)
+    assert 10 * 2**20 < chunks["time"] * 40 * 64 * 64 * 2 <= 32 * 2**20
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_write_back_on_source_grid(haxby, tmp_path, suffix):
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="time=100")
+    mean = bold.astype("float32").mean("time")
+    out = to_nifti(like_image(mean, bold), tmp_path / f"mean{suffix}")
+    back = nib.load(out)
+    ref = nib.load(haxby.bold)
+    np.testing.assert_allclose(back.affine, ref.affine)
+    np.testing.assert_allclose(back.get_fdata(), ref.get_fdata().mean(axis=3), rtol=1e-5)
+    # a 4D dask result streams back with its TR
+    out4 = to_nifti(bold[..., :300], tmp_path / f"first300{suffix}")
+    img4 = nib.load(out4)
+    assert img4.shape == (40, 20, 1, 300)
+    assert img4.header.get_zooms()[3] == pytest.approx(2.5)
+    np.testing.assert_array_equal(np.asanyarray(img4.dataobj), ref.dataobj[..., :300])
+    # bare arrays need a reference grid
+    out3 = to_nifti(np.ones((40, 20, 1), dtype=bool), tmp_path / f"m{suffix}", reference=bold)
+    assert nib.load(out3).get_data_dtype() == np.uint8
+    with pytest.raises(ImageTypeError, match="reference"):
+        to_nifti(np.ones((40, 20, 1)), tmp_path / "x.nii")

@@ -1,0 +1,325 @@
+"""Conversion of NIfTI runs into zarr stores: round trips, layout, atomicity, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+import zarr
+from hypothesis import given
+from hypothesis import strategies as st
+
+from roidask.exceptions import (
+    ConditionError,
+    CorruptFileError,
+    GridMismatchError,
+    ImageDimensionError,
+    IncompleteStoreError,
+    LabelsError,
+    NonFiniteVoxelsWarning,
+    OutputExistsError,
+    StoreError,
+)
+from roidask.io import convert, list_subjects, open_store, open_subject, select_conditions
+from roidask.io.store import COMPLETE_ATTR
+
+AFFINE = np.diag([3.5, 3.75, 3.75, 1.0])
+AFFINE[:3, 3] = [-70.0, -100.0, -60.0]
+
+
+def write_run(path, data, affine=AFFINE, tr=2.5, slope=None, inter=None):
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    zooms = list(img.header.get_zooms())
+    if len(zooms) == 4:
+        zooms[3] = tr
+        img.header.set_zooms(zooms)
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter or 0.0)
+    nib.save(img, str(path))
+    return path
+
+
+def write_labels(path, conditions, runs=None):
+    runs = np.zeros(len(conditions), dtype=int) if runs is None else runs
+    pd.DataFrame({"labels": conditions, "chunks": runs}).to_csv(path, sep=" ", index=False)
+    return path
+
+
+# -- real data round trip ---------------------------------------------------------------
+def test_haxby_round_trip(haxby, tmp_path):
+    store = convert(haxby.bold, labels=haxby.labels, out=tmp_path / "s.zarr", mask_img=haxby.mask)
+    img = nib.load(haxby.bold)
+    ds = open_subject(store, "sub-01")
+    # reference, ours
+    np.testing.assert_array_equal(np.asanyarray(img.dataobj), ds["bold"].values)
+    assert ds["bold"].dtype == np.int16
+    labels = pd.read_csv(haxby.labels, sep=" ")
+    np.testing.assert_array_equal(labels["labels"].to_numpy(), ds["condition"].values)
+    np.testing.assert_array_equal(labels["chunks"].to_numpy(), ds["run"].values)
+    np.testing.assert_allclose(img.affine, np.asarray(ds["bold"].attrs["affine"]))
+    np.testing.assert_allclose(ds["time"].values, np.arange(1452) * 2.5)
+    assert ds["bold"].attrs["tr_s"] == 2.5
+    np.testing.assert_array_equal(nib.load(haxby.mask).get_fdata(), ds["mask"].values)
+
+
+def test_plain_xarray_reads_the_store(haxby, tmp_path):
+    store = convert(haxby.bold, labels=haxby.labels, out=tmp_path / "s.zarr", subject="subj1")
+    convert(haxby.bold, labels=haxby.labels, out=store, subject="subj2", chunks="x=7,y=9")
+    tree = xr.open_datatree(store, engine="zarr")
+    assert sorted(tree.children) == ["subj1", "subj2"]
+    one = xr.open_zarr(store, group="subj2")
+    assert one["bold"].dims == ("x", "y", "z", "time")
+    assert one["bold"].chunks[:2] == ((7,) * 5 + (5,), (9, 9, 2))
+    assert list_subjects(store) == ["subj1", "subj2"]
+    assert sorted(open_store(store).children) == ["subj1", "subj2"]
+
+
+def test_multi_run_equals_concatenation(tmp_path, rng):
+    runs = [rng.integers(-300, 3000, size=(5, 6, 4, n), dtype=np.int16) for n in (7, 5, 9)]
+    paths = [write_run(tmp_path / f"run{i}.nii.gz", r) for i, r in enumerate(runs)]
+    conds = [f"c{i % 3}" for i in range(21)]
+    labels = write_labels(tmp_path / "labels.txt", conds, np.repeat([0, 1, 2], [7, 5, 9]))
+    store = convert(paths, labels=labels, out=tmp_path / "s.zarr", chunks="time=4,y=4")
+    ds = open_subject(store)
+    np.testing.assert_array_equal(np.concatenate(runs, axis=3), ds["bold"].values)
+    np.testing.assert_array_equal(ds["run"].values, np.repeat([0, 1, 2], [7, 5, 9]))
+    assert ds["bold"].attrs["source_files"] == [str(p) for p in paths]
+
+
+def test_per_run_labels_files(tmp_path, rng):
+    runs = [rng.integers(0, 100, size=(3, 3, 2, n), dtype=np.int16) for n in (4, 6)]
+    paths = [write_run(tmp_path / f"r{i}.nii", r) for i, r in enumerate(runs)]
+    labs = [
+        write_labels(tmp_path / f"l{i}.txt", ["a"] * r.shape[3], [i] * r.shape[3])
+        for i, r in enumerate(runs)
+    ]
+    ds = open_subject(convert(paths, labels=labs, out=tmp_path / "s.zarr"))
+    np.testing.assert_array_equal(ds["run"].values, [0] * 4 + [1] * 6)
+
+
+def test_events_tsv_labels(tmp_path, rng):
+    data = rng.integers(0, 100, size=(3, 3, 2, 10), dtype=np.int16)
+    run = write_run(tmp_path / "run.nii.gz", data, tr=2.0)
+    events = tmp_path / "sub-01_task-x_events.tsv"
+    pd.DataFrame(
+        {"onset": [2.0, 9.0], "duration": [4.0, 6.0], "trial_type": ["face", "house"]}
+    ).to_csv(events, sep="\t", index=False)
+    ds = open_subject(convert(run, labels=events, out=tmp_path / "s.zarr"))
+    # volume i starts at 2 i s: face covers [2, 6) -> volumes 1, 2; house [9, 15) -> 5, 6, 7
+    expected = ["rest", "face", "face", "rest", "rest", "house", "house", "house", "rest", "rest"]
+    assert list(ds["condition"].values) == expected
+
+
+def test_scaled_input_is_honoured(tmp_path, rng):
+    data = rng.integers(0, 1000, size=(4, 3, 2, 6), dtype=np.int16)
+    run = write_run(tmp_path / "run.nii.gz", data, slope=0.5, inter=10.0)
+    labels = write_labels(tmp_path / "l.txt", ["a"] * 6)
+    ds = open_subject(convert(run, labels=labels, out=tmp_path / "s.zarr"))
+    arr = zarr.open_array(str(tmp_path / "s.zarr" / "sub-01" / "bold"))
+    assert arr.dtype == np.int16  # stored as the source type
+    np.testing.assert_allclose(nib.load(run).get_fdata(), ds["bold"].values, rtol=1e-6)
+
+
+@given(
+    shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4), st.integers(1, 12)),
+    dtype=st.sampled_from(["int16", "uint8", "int32", "float32", "float64"]),
+    cx=st.integers(1, 6),
+    cz=st.integers(1, 4),
+    ct=st.integers(1, 12),
+)
+def test_round_trip_property(tmp_path_factory, shape, dtype, cx, cz, ct):
+    tmp = tmp_path_factory.mktemp("p")
+    rng = np.random.default_rng(sum(shape))
+    data = (rng.standard_normal(shape) * 100).astype(dtype)
+    run = write_run(tmp / "run.nii.gz", data)
+    labels = write_labels(tmp / "l.txt", ["a", "b"] * (shape[3] // 2) + ["a"] * (shape[3] % 2))
+    store = convert(run, labels=labels, out=tmp / "s.zarr", chunks={"x": cx, "z": cz, "time": ct})
+    bold = open_subject(store)["bold"]
+    assert bold.dtype == np.dtype(dtype)
+    assert bold.chunks[0][0] == min(cx, shape[0]) and bold.chunks[3][0] == min(ct, shape[3])
+    np.testing.assert_array_equal(np.asanyarray(nib.load(run).dataobj), bold.values)
+
+
+# -- bad input: a clear error and nothing written -----------------------------------------
+@pytest.fixture
+def small(tmp_path, rng):
+    data = rng.integers(0, 100, size=(4, 5, 3, 8), dtype=np.int16)
+    return (
+        write_run(tmp_path / "run.nii.gz", data),
+        write_labels(tmp_path / "labels.txt", ["face", "house"] * 4),
+        tmp_path,
+    )
+
+
+def assert_nothing_written(tmp_path):
+    leftovers = [p.name for p in tmp_path.iterdir() if ".zarr" in p.name]
+    assert leftovers == [], leftovers
+
+
+def test_not_a_nifti(small):
+    _, labels, tmp = small
+    bad = tmp / "notes.nii"
+    bad.write_text("this is not an image" * 30)
+    with pytest.raises(CorruptFileError, match=r"notes\.nii"):
+        convert(bad, labels=labels, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
+def test_truncated_gzip(small):
+    run, labels, tmp = small
+    raw = run.read_bytes()
+    cut = tmp / "cut.nii.gz"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CorruptFileError, match=r"cut\.nii\.gz"):
+        convert(cut, labels=labels, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
+def test_corrupt_gzip_stream(small):
+    run, labels, tmp = small
+    raw = bytearray(gzip.compress(gzip.decompress(run.read_bytes())))
+    raw[len(raw) // 2 : len(raw) // 2 + 40] = b"\x00" * 40
+    bad = tmp / "bad.nii.gz"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFileError, match=r"bad\.nii\.gz"):
+        convert(bad, labels=labels, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
+def test_3d_where_4d_expected(small):
+    _, labels, tmp = small
+    vol = write_run(tmp / "vol.nii.gz", np.zeros((4, 5, 3), dtype=np.int16))
+    with pytest.raises(ImageDimensionError, match=r"vol\.nii\.gz.*3D.*expected 4D"):
+        convert(vol, labels=labels, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
+@pytest.mark.parametrize("what", ["shape", "affine"])
+def test_runs_on_different_grids(small, what):
+    run, _, tmp = small
+    if what == "shape":
+        other = write_run(tmp / "other.nii.gz", np.zeros((4, 5, 2, 8), dtype=np.int16))
+    else:
+        moved = AFFINE.copy()
+        moved[0, 3] += 2.0
+        other = write_run(tmp / "other.nii.gz", np.zeros((4, 5, 3, 8), dtype=np.int16), moved)
+    labels = write_labels(tmp / "l16.txt", ["a"] * 16)
+    with pytest.raises(GridMismatchError, match=r"other\.nii\.gz.*different grid"):
+        convert([run, other], labels=labels, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
+def test_label_count_mismatch(small):
+    run, _, tmp = small
+    labels = write_labels(tmp / "short.txt", ["face"] * 5)
+    with pytest.raises(LabelsError, match=r"short\.txt: 5 label rows .* 8 volumes"):
+        convert(run, labels=labels, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
+def test_events_missing_columns(small):
+    run, _, tmp = small
+    ev = tmp / "x_events.tsv"
+    pd.DataFrame({"onset": [0.0], "trial_type": ["face"]}).to_csv(ev, sep="\t", index=False)
+    with pytest.raises(LabelsError, match=r"x_events\.tsv: missing column\(s\) \['duration'\]"):
+        convert(run, labels=ev, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
+def test_events_negative_duration(small):
+    run, _, tmp = small
+    ev = tmp / "x_events.tsv"
+    pd.DataFrame(
+        {"onset": [0.0, 4.0], "duration": [2.0, -1.0], "trial_type": ["face", "house"]}
+    ).to_csv(ev, sep="\t", index=False)
+    with pytest.raises(LabelsError, match=r"x_events\.tsv: line 3: negative duration"):
+        convert(run, labels=ev, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
+def test_unknown_condition(small):
+    run, labels, tmp = small
+    ds = open_subject(convert(run, labels=labels, out=tmp / "s.zarr"))
+    with pytest.raises(ConditionError, match=r"\['cat'\].*\['face', 'house'\]"):
+        select_conditions(ds["bold"], ["face", "cat"])
+
+
+def test_header_larger_than_file(small):
+    _, labels, tmp = small
+    img = nib.Nifti1Image(np.zeros((4, 5, 3, 8), dtype=np.int16), AFFINE)
+    raw = img.header.binaryblock + b"\x00" * 4 + np.zeros(4 * 5 * 3 * 4, np.int16).tobytes()
+    short = tmp / "short.nii"
+    short.write_bytes(raw)  # header promises 8 volumes, the file holds 4
+    with pytest.raises(CorruptFileError, match=r"short\.nii: header says shape \(4, 5, 3, 8\)"):
+        convert(short, labels=labels, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
+def test_nonfinite_voxels_are_counted(tmp_path, rng):
+    data = rng.standard_normal((3, 3, 2, 4)).astype(np.float32)
+    data[0, 0, 0, 1] = np.nan
+    data[1, 2, 1, 3] = np.inf
+    run = write_run(tmp_path / "run.nii.gz", data)
+    labels = write_labels(tmp_path / "l.txt", ["a"] * 4)
+    with pytest.warns(NonFiniteVoxelsWarning, match="2 NaN/inf"):
+        store = convert(run, labels=labels, out=tmp_path / "s.zarr")
+    assert open_subject(store)["bold"].attrs["n_nonfinite"] == 2
+
+
+def test_existing_subject_without_overwrite(small):
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    before = open_subject(store)["bold"].values
+    with pytest.raises(OutputExistsError, match=r"already holds subject 'sub-01'"):
+        convert(run, labels=labels, out=store)
+    np.testing.assert_array_equal(before, open_subject(store)["bold"].values)
+    convert(run, labels=labels, out=store, overwrite=True, chunks="time=3")
+    assert open_subject(store)["bold"].chunks[3][0] == 3
+
+
+def test_non_store_target_is_refused(small):
+    run, labels, tmp = small
+    (tmp / "s.zarr").mkdir()
+    (tmp / "s.zarr" / "precious.txt").write_text("keep me")
+    with pytest.raises(OutputExistsError, match="not a roidask store"):
+        convert(run, labels=labels, out=tmp / "s.zarr", overwrite=True)
+    assert (tmp / "s.zarr" / "precious.txt").read_text() == "keep me"
+
+
+def test_failed_conversion_leaves_nothing(small, monkeypatch):
+    run, labels, tmp = small
+    from roidask.io import store as store_mod
+
+    def exploding(sources, block):
+        yield 0, sources[0].read(0, 1)
+        raise KeyboardInterrupt  # killed mid-conversion
+
+    monkeypatch.setattr(store_mod, "_stream_blocks", exploding)
+    with pytest.raises(KeyboardInterrupt):
+        convert(run, labels=labels, out=tmp / "s.zarr", chunks="time=1")
+    assert sorted(p.name for p in tmp.iterdir()) == ["labels.txt", "run.nii.gz"]
+
+
+def test_incomplete_group_is_refused(small):
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    shutil.copytree(store / "sub-01", store / "sub-02")
+    zarr.open_group(str(store / "sub-02"), mode="r+").attrs[COMPLETE_ATTR] = False
+    with pytest.raises(IncompleteStoreError, match=r"sub-02.*not completely written"):
+        open_subject(store, "sub-02")
+    with pytest.raises(IncompleteStoreError, match="sub-02"):
+        open_store(store)
+    assert list_subjects(store) == ["sub-01"]
+
+
+def test_missing_subject_lists_known(small):
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    with pytest.raises(StoreError, match=r"no subject 'sub-09'.*\['sub-01'\]"):
+        open_subject(store, "sub-09")
