@@ -6,8 +6,10 @@ what was expected and what was found.
 """
 
 __all__ = [
+    "ClusterError",
     "ConditionError",
     "CorruptFileError",
+    "DownloadError",
     "EmptyMaskWarning",
     "GridMismatchError",
     "ImageDimensionError",
@@ -70,6 +72,14 @@ class IncompleteStoreError(StoreError):
 
 class OutputExistsError(RoidaskError):
     """The output already exists and overwriting was not requested."""
+
+
+class ClusterError(RoidaskError):
+    """A dask scheduler is unreachable, refuses the connection or fails to start."""
+
+
+class DownloadError(RoidaskError):
+    """A download failed (offline, HTTP error, size/checksum mismatch, unsafe archive)."""
 
 
 class RoidaskWarning(UserWarning):

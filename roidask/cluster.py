@@ -1,0 +1,592 @@
+"""Dask clients and clusters for roidask: embedded, remote (TCP/TLS) and HPC batch queues.
+
+:func:`get_client` is what the command line and the pipeline use: with no
+address it starts an embedded :class:`distributed.LocalCluster` bound to
+127.0.0.1; with ``tcp://HOST:PORT`` or ``tls://HOST:PORT`` it connects to a
+running scheduler within a bounded time. :func:`jobqueue_cluster` and
+:func:`job_script` build SLURM/PBS clusters with dask-jobqueue (the
+``roidask[jobqueue]`` extra).
+
+``distributed`` and ``dask_jobqueue`` are imported inside the functions, so
+importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from roidask.exceptions import ClusterError, InvalidParameterError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dask_jobqueue import JobQueueCluster
+    from distributed import Client
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT_S",
+    "JOBQUEUE_KINDS",
+    "dashboard_link",
+    "describe_client",
+    "get_client",
+    "job_script",
+    "jobqueue_cluster",
+]
+
+#: Seconds :func:`get_client` waits for a remote scheduler before giving up.
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+
+#: Batch systems :func:`jobqueue_cluster` supports, and their dask-jobqueue classes.
+JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
+
+# What dask-jobqueue itself prints when a job script has no live scheduler.
+_ADDRESS_PLACEHOLDER = "tcp://<insert-scheduler-address-here>:8786"
+
+# Clients of embedded clusters started without a dashboard (their scheduler still
+# serves /health over HTTP, which is not a dashboard).
+_NO_DASHBOARD: weakref.WeakSet = weakref.WeakSet()
+
+_WALLTIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_positive_int(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidParameterError(f"{name}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _parse_memory(name: str, value: Any) -> int | str:
+    """``"4GiB"``, ``"500MB"``, an int of bytes or ``"auto"`` -> bytes (or ``"auto"``)."""
+    from dask.utils import parse_bytes
+
+    if value is None or value == "auto":
+        return "auto"
+    if isinstance(value, str):
+        try:
+            n = parse_bytes(value)
+        except (ValueError, TypeError) as exc:
+            raise InvalidParameterError(
+                f"{name}: expected a size such as '4GiB' or '500MB', got {value!r}"
+            ) from exc
+    elif isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        raise InvalidParameterError(
+            f"{name}: expected a size such as '4GiB' or a number of bytes, got {value!r}"
+        )
+    if n <= 0:
+        raise InvalidParameterError(f"{name}: expected a positive size, got {value!r}")
+    return n
+
+
+def _check_address(scheduler: Any) -> str:
+    if not isinstance(scheduler, str):
+        raise InvalidParameterError(
+            f"scheduler: expected an address 'tcp://HOST:PORT' or 'tls://HOST:PORT' "
+            f"(or None for an embedded cluster), got {scheduler!r}"
+        )
+    parts = urlsplit(scheduler)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ("tcp", "tls")
+        or not parts.hostname
+        or port == -1
+        or parts.path not in ("", "/")
+    ):
+        raise InvalidParameterError(
+            f"scheduler: expected an address 'tcp://HOST:PORT' or 'tls://HOST:PORT', "
+            f"got {scheduler!r}"
+        )
+    return scheduler
+
+
+def _check_tls_files(files: Mapping[str, Any]) -> dict[str, str]:
+    out = {}
+    for name, value in files.items():
+        path = Path(os.fspath(value))
+        if not path.is_file():
+            raise InvalidParameterError(f"{name}: no such file {str(path)!r}")
+        out[name] = str(path)
+    return out
+
+
+def _default_workers(
+    n_workers: int | None, threads_per_worker: int | None, processes: bool
+) -> tuple[int, int]:
+    """Workers x threads for this machine: processes of 1 thread on <= 4 cores."""
+    from dask.system import CPU_COUNT
+
+    cores = max(1, CPU_COUNT)
+    if not processes:
+        return n_workers or 1, threads_per_worker or max(1, cores // (n_workers or 1))
+    if n_workers is None and threads_per_worker is None:
+        threads_per_worker = 1 if cores <= 4 else 2
+    if n_workers is None:
+        n_workers = max(1, cores // threads_per_worker)
+    if threads_per_worker is None:
+        threads_per_worker = max(1, cores // n_workers)
+    return n_workers, threads_per_worker
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@contextlib.contextmanager
+def get_client(
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    processes: bool = True,
+    tls_ca_file: str | os.PathLike | None = None,
+    tls_cert: str | os.PathLike | None = None,
+    tls_key: str | os.PathLike | None = None,
+    dashboard: bool | str = False,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+) -> Iterator[Client]:
+    """A :class:`distributed.Client` for the duration of a ``with`` block.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        ``None`` (default) starts an embedded :class:`distributed.LocalCluster`
+        bound to 127.0.0.1 and closes it on exit. ``"tcp://HOST:PORT"`` or
+        ``"tls://HOST:PORT"`` connects to a running scheduler (left running).
+    n_workers, threads_per_worker : int, optional
+        Embedded cluster only. Default: one single-threaded worker process per
+        core on machines of up to 4 cores, two threads per process above; with
+        ``processes=False`` one worker with a thread per core.
+    memory_limit : str or int, optional
+        Embedded cluster only: memory per worker, ``"4GiB"``-style or bytes.
+        Default ``"auto"`` (the machine's memory shared among the workers).
+    processes : bool
+        Embedded cluster: workers in separate processes (default) or threads
+        of this process (in-process transport, no sockets). Ignored with an
+        address.
+    tls_ca_file, tls_cert, tls_key : path, optional
+        CA certificate, client certificate and client key; all three are
+        required with a ``tls://`` address and refused otherwise.
+    dashboard : bool or str
+        Embedded cluster: serve the dashboard on 127.0.0.1:8787 (``True``) or
+        at the given address; off by default, and an error without bokeh.
+        Ignored with an address (a running scheduler serves its own).
+    timeout : float
+        Seconds to wait for a remote scheduler (default 10).
+
+    Yields
+    ------
+    distributed.Client
+
+    Raises
+    ------
+    InvalidParameterError
+        A malformed address, missing TLS file, TLS options without a
+        ``tls://`` address, or ``n_workers``/``threads_per_worker``/
+        ``memory_limit`` with an address.
+    ClusterError
+        The scheduler could not be reached (or refused the handshake) within
+        ``timeout`` seconds.
+    """
+    n_workers = _check_positive_int("n_workers", n_workers)
+    threads_per_worker = _check_positive_int("threads_per_worker", threads_per_worker)
+    tls = {
+        "tls_ca_file": tls_ca_file,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+    }
+    given_tls = {k: v for k, v in tls.items() if v is not None}
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidParameterError(
+            f"timeout: expected a positive number of seconds, got {timeout!r}"
+        )
+
+    if scheduler is None:
+        if given_tls:
+            raise InvalidParameterError(
+                f"{', '.join(given_tls)}: TLS options need a 'tls://HOST:PORT' scheduler "
+                f"address; got scheduler=None (embedded cluster)"
+            )
+        memory = _parse_memory("memory_limit", memory_limit)
+        with _local_client(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory,
+            processes=processes,
+            dashboard=dashboard,
+        ) as client:
+            yield client
+        return
+
+    address = _check_address(scheduler)
+    local_only = {
+        "n_workers": n_workers,
+        "threads_per_worker": threads_per_worker,
+        "memory_limit": memory_limit,
+    }
+    local_only = {k: v for k, v in local_only.items() if v is not None}
+    if local_only:
+        raise InvalidParameterError(
+            f"{', '.join(local_only)}: only apply to the embedded cluster (scheduler=None); "
+            f"got scheduler={address!r}"
+        )
+    security = None
+    if address.startswith("tls://"):
+        missing = [k for k, v in tls.items() if v is None]
+        if missing:
+            raise InvalidParameterError(
+                f"{', '.join(missing)}: required to connect to {address!r} "
+                f"(tls_ca_file, tls_cert and tls_key are all needed for TLS)"
+            )
+        files = _check_tls_files(tls)
+        from distributed.security import Security
+
+        security = Security(
+            tls_ca_file=files["tls_ca_file"],
+            tls_client_cert=files["tls_cert"],
+            tls_client_key=files["tls_key"],
+            require_encryption=True,
+        )
+    elif given_tls:
+        raise InvalidParameterError(
+            f"{', '.join(given_tls)}: TLS options need a 'tls://HOST:PORT' scheduler "
+            f"address; got {address!r}"
+        )
+
+    client = _connect(address, security=security, timeout=float(timeout))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _connect(address: str, *, security: Any, timeout: float) -> Client:
+    from distributed import Client
+    from distributed.comm.core import CommClosedError
+
+    scheme = address.split("://", 1)[0]
+    try:
+        return Client(address, security=security, timeout=timeout, set_as_default=True)
+    except (OSError, TimeoutError) as exc:
+        hint = ""
+        if scheme == "tcp" and isinstance(exc, CommClosedError):
+            hint = (
+                " (a TLS scheduler drops plain connections: if it uses TLS, connect to "
+                "tls://... with tls_ca_file, tls_cert and tls_key)"
+            )
+        raise ClusterError(
+            f"could not connect to the dask scheduler at {address!r} (timeout {timeout:g} s): "
+            f"expected a running scheduler speaking {scheme}://; got: {exc}{hint}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _local_client(
+    *,
+    n_workers: int | None,
+    threads_per_worker: int | None,
+    memory_limit: int | str,
+    processes: bool,
+    dashboard: bool | str,
+) -> Iterator[Client]:
+    from distributed import Client, LocalCluster
+
+    n_workers, threads_per_worker = _default_workers(n_workers, threads_per_worker, processes)
+    if dashboard:
+        if importlib.util.find_spec("bokeh") is None:
+            raise InvalidParameterError(
+                f"dashboard={dashboard!r}: the dask dashboard needs bokeh, which is not "
+                f"installed; install it with: pip install 'dask[diagnostics]'"
+            )
+        dashboard_address = "127.0.0.1:8787" if dashboard is True else str(dashboard)
+    else:
+        # The scheduler always serves /health and /metrics over HTTP: keep that on a
+        # free loopback port rather than the dashboard's 8787.
+        dashboard_address = "127.0.0.1:0"
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            memory_limit=memory_limit,
+            processes=processes,
+            # in-process workers talk over inproc://, with no socket at all
+            host="127.0.0.1" if processes else None,
+            dashboard_address=dashboard_address,
+            scheduler_kwargs={"dashboard": bool(dashboard)},
+        ) as cluster,
+        Client(cluster, set_as_default=True) as client,
+    ):
+        if not dashboard:
+            _NO_DASHBOARD.add(client)
+        yield client
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The URL of the scheduler's dashboard, or ``None`` when it serves none.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    str or None
+    """
+    from distributed.utils import format_dashboard_link
+
+    if client in _NO_DASHBOARD:
+        return None
+    info = _scheduler_identity(client)
+    port = info.get("services", {}).get("dashboard")
+    if not port:
+        return None
+    address = client.scheduler.address
+    if address.startswith("inproc://"):
+        host = "localhost"
+    else:
+        host = urlsplit(address).hostname or "localhost"
+    return format_dashboard_link(host, port)
+
+
+def describe_client(client: Client) -> str:
+    """One line describing the cluster behind ``client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+
+    Returns
+    -------
+    str
+        e.g. ``"dask scheduler tcp://127.0.0.1:8786: 2 workers, 2 threads, 3.8 GiB memory"``,
+        followed by the dashboard link when there is one.
+    """
+    from dask.utils import format_bytes
+
+    info = _scheduler_identity(client)
+    workers = info.get("workers", {})
+    n_workers = info.get("n_workers", len(workers))
+    threads = info.get("total_threads", sum(w.get("nthreads", 0) for w in workers.values()))
+    memory = info.get("total_memory", sum(w.get("memory_limit") or 0 for w in workers.values()))
+
+    def plural(n, word):
+        return f"{n} {word}{'' if n == 1 else 's'}"
+
+    line = (
+        f"dask scheduler {client.scheduler.address}: {plural(n_workers, 'worker')}, "
+        f"{plural(threads, 'thread')}, {format_bytes(memory) if memory else 'unlimited'} memory"
+    )
+    link = dashboard_link(client)
+    return f"{line}, dashboard {link}" if link else line
+
+
+def _scheduler_identity(client: Client) -> dict:
+    try:
+        return client.scheduler_info(n_workers=-1)
+    except TypeError:  # pragma: no cover - distributed without n_workers=
+        return client.scheduler_info()
+
+
+# --------------------------------------------------------------------------- job queues
+
+
+def _jobqueue_class(kind: Any):
+    if not isinstance(kind, str) or kind.lower() not in JOBQUEUE_KINDS:
+        raise InvalidParameterError(
+            f"kind: expected one of {', '.join(map(repr, JOBQUEUE_KINDS))}, got {kind!r}"
+        )
+    try:
+        import dask_jobqueue
+    except ImportError as exc:
+        raise ImportError(
+            f"jobqueue_cluster(kind={kind!r}) needs dask-jobqueue, which is not installed; "
+            f"install it with: pip install 'roidask[jobqueue]'"
+        ) from exc
+    return getattr(dask_jobqueue, JOBQUEUE_KINDS[kind.lower()])
+
+
+def _jobqueue_kwargs(
+    *,
+    cores: Any,
+    memory: Any,
+    walltime: Any,
+    queue: str | None,
+    account: str | None,
+    python: str | os.PathLike | None,
+    job_extra_directives: Sequence[str],
+    dashboard: bool,
+    kwargs: dict,
+) -> dict:
+    cores = _check_positive_int("cores", cores)
+    if cores is None:
+        raise InvalidParameterError("cores: expected a positive integer, got None")
+    if memory is None:
+        raise InvalidParameterError("memory: expected a size such as '32GiB', got None")
+    _parse_memory("memory", memory)
+    if not isinstance(walltime, str) or not _WALLTIME_RE.match(walltime):
+        raise InvalidParameterError(
+            f"walltime: expected a time limit such as '02:00:00' or '1-00:00:00', got {walltime!r}"
+        )
+    if isinstance(job_extra_directives, str):
+        raise InvalidParameterError(
+            f"job_extra_directives: expected a list of directives, got the string "
+            f"{job_extra_directives!r}"
+        )
+    out = dict(kwargs)
+    out.update(
+        cores=cores,
+        memory=memory if isinstance(memory, str) else f"{memory}B",
+        walltime=walltime,
+        job_extra_directives=list(job_extra_directives),
+    )
+    if queue is not None:
+        out["queue"] = queue
+    if account is not None:
+        out["account"] = account
+    if python is not None:
+        out["python"] = os.fspath(python)
+    scheduler_options = dict(out.get("scheduler_options") or {})
+    if not dashboard:
+        # dask-jobqueue's default is a dashboard on :8787 of every interface
+        scheduler_options["dashboard"] = False
+        scheduler_options.setdefault("dashboard_address", None)
+    elif dashboard is not True:
+        scheduler_options["dashboard_address"] = str(dashboard)
+    out["scheduler_options"] = scheduler_options
+    return out
+
+
+def jobqueue_cluster(
+    kind: str = "slurm",
+    *,
+    cores: int,
+    memory: str | int,
+    walltime: str,
+    queue: str | None = None,
+    account: str | None = None,
+    python: str | os.PathLike | None = None,
+    job_extra_directives: Sequence[str] = (),
+    dashboard: bool | str = False,
+    **kwargs: Any,
+) -> JobQueueCluster:
+    """A dask-jobqueue cluster whose workers run as SLURM or PBS jobs.
+
+    The scheduler runs in this process; no job is submitted until
+    ``cluster.scale(jobs=N)``. Use it as a context manager so it closes.
+
+    Parameters
+    ----------
+    kind : {"slurm", "pbs"}
+    cores : int
+        Cores per job.
+    memory : str or int
+        Memory per job, e.g. ``"32GiB"``.
+    walltime : str
+        Time limit per job, e.g. ``"02:00:00"``.
+    queue, account : str, optional
+        Partition/queue and account to charge.
+    python : path, optional
+        Python on the compute nodes (default: this interpreter).
+    job_extra_directives : sequence of str
+        Extra ``#SBATCH``/``#PBS`` directives, e.g. ``["--gres=gpu:0"]``.
+    dashboard : bool or str
+        Serve the scheduler dashboard (``True``: port 8787 on all interfaces,
+        or the given address). Off by default.
+    **kwargs
+        Passed on to ``SLURMCluster``/``PBSCluster``, e.g. ``interface="ib0"``
+        (the network the compute nodes reach this host on),
+        ``scheduler_options={"host": ...}``, ``processes``,
+        ``job_script_prologue``, ``log_directory``.
+
+    Returns
+    -------
+    dask_jobqueue.SLURMCluster or dask_jobqueue.PBSCluster
+
+    Raises
+    ------
+    ImportError
+        dask-jobqueue is not installed (the ``roidask[jobqueue]`` extra).
+    InvalidParameterError
+        An unknown ``kind`` or a malformed size, core count or walltime.
+    """
+    cls = _jobqueue_class(kind)
+    options = _jobqueue_kwargs(
+        cores=cores,
+        memory=memory,
+        walltime=walltime,
+        queue=queue,
+        account=account,
+        python=python,
+        job_extra_directives=job_extra_directives,
+        dashboard=dashboard,
+        kwargs=kwargs,
+    )
+    try:
+        return cls(**options)
+    except OSError as exc:
+        raise ClusterError(
+            f"could not start the {kind} cluster's scheduler with "
+            f"scheduler_options={options['scheduler_options']!r}: {exc}"
+        ) from exc
+
+
+def job_script(
+    kind: str = "slurm",
+    *,
+    cores: int,
+    memory: str | int,
+    walltime: str,
+    queue: str | None = None,
+    account: str | None = None,
+    python: str | os.PathLike | None = None,
+    job_extra_directives: Sequence[str] = (),
+    **kwargs: Any,
+) -> str:
+    """The SLURM/PBS script that :func:`jobqueue_cluster` would submit per job.
+
+    Nothing is submitted and no batch system is needed: a throw-away scheduler
+    is bound to 127.0.0.1 to render the script, then closed. Its address is
+    replaced by ``tcp://<insert-scheduler-address-here>:8786`` in the text.
+
+    Parameters
+    ----------
+    kind, cores, memory, walltime, queue, account, python, job_extra_directives, **kwargs
+        As for :func:`jobqueue_cluster`.
+
+    Returns
+    -------
+    str
+    """
+    kwargs.pop("dashboard", None)
+    scheduler_options = dict(kwargs.pop("scheduler_options", None) or {})
+    scheduler_options.pop("interface", None)
+    scheduler_options.update(host="127.0.0.1", port=0, dashboard_address="127.0.0.1:0")
+    with jobqueue_cluster(
+        kind,
+        cores=cores,
+        memory=memory,
+        walltime=walltime,
+        queue=queue,
+        account=account,
+        python=python,
+        job_extra_directives=job_extra_directives,
+        scheduler_options=scheduler_options,
+        **kwargs,
+    ) as cluster:
+        text = cluster.job_script()
+        address = cluster.scheduler_address
+    return text.replace(address, _ADDRESS_PLACEHOLDER) if address else text

@@ -1,0 +1,622 @@
+"""Tests of roidask.cluster and of the recipes under cluster/.
+
+Schedulers and workers run as real processes bound to 127.0.0.1 and are
+killed in the fixtures' ``finally``; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from roidask.cluster import dashboard_link, describe_client, get_client, job_script
+from roidask.exceptions import ClusterError, InvalidParameterError, RoidaskError
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_DIR = ROOT / "cluster"
+DASK = Path(sys.executable).with_name("dask")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Terminate the workers, then the scheduler; kill what does not exit in 5 s."""
+    for proc in reversed(procs):
+        try:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def wait_for_scheduler_file(path: Path, proc: subprocess.Popen, log: Path, timeout=20) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"scheduler exited ({proc.returncode}):\n{log.read_text()}")
+        if path.exists():
+            try:
+                return json.loads(path.read_text())["address"]
+            except (ValueError, KeyError):
+                pass  # being written
+        time.sleep(0.1)
+    raise RuntimeError(f"no scheduler file {path} after {timeout} s:\n{log.read_text()}")
+
+
+def start_cluster(tmp: Path, tls_args: tuple[str, ...] = (), protocol: str = "tcp"):
+    """A ``dask scheduler`` and one ``dask worker`` on 127.0.0.1; returns (address, procs)."""
+    procs = []
+    sched_file = tmp / "scheduler.json"
+    try:
+        log = tmp / "scheduler.log"
+        procs.append(
+            start(
+                [
+                    str(DASK),
+                    "scheduler",
+                    "--host",
+                    f"{protocol}://127.0.0.1",
+                    "--port",
+                    "0",
+                    "--no-dashboard",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                    "--scheduler-file",
+                    str(sched_file),
+                    *tls_args,
+                ],
+                log,
+            )
+        )
+        address = wait_for_scheduler_file(sched_file, procs[0], log)
+        procs.append(
+            start(
+                [
+                    str(DASK),
+                    "worker",
+                    address,
+                    "--host",
+                    "127.0.0.1",
+                    "--no-nanny",
+                    "--nthreads",
+                    "1",
+                    "--memory-limit",
+                    "1GiB",
+                    "--no-dashboard",
+                    "--local-directory",
+                    str(tmp / "worker"),
+                    "--death-timeout",
+                    "30",
+                    *tls_args,
+                ],
+                tmp / "worker.log",
+            )
+        )
+        return address, procs
+    except BaseException:
+        stop(procs)
+        raise
+
+
+def wait_for_worker(client, procs, tmp: Path) -> None:
+    try:
+        client.wait_for_workers(1, timeout=20)
+    except TimeoutError as exc:
+        raise AssertionError(
+            f"worker did not register; alive={[p.poll() is None for p in procs]}\n"
+            + (tmp / "worker.log").read_text()
+        ) from exc
+
+
+def dask_sum():
+    import dask.array as da
+
+    return int(da.arange(100, chunks=10).sum().compute())
+
+
+# --------------------------------------------------------------------------- import cost
+
+
+def test_import_does_not_import_distributed():
+    code = (
+        "import sys, roidask.cluster; "
+        "bad = [m for m in ('distributed', 'dask_jobqueue', 'dask') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------- embedded
+
+
+def test_embedded_client_computes_on_loopback_and_closes():
+    with get_client(n_workers=1, threads_per_worker=1, memory_limit="1GiB") as client:
+        assert dask_sum() == 4950  # the client is the default scheduler inside the block
+        assert client.submit(sum, [1, 2, 3]).result(timeout=10) == 6
+        info = client.scheduler_info()
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert len(info["workers"]) == 1
+        assert all(addr.startswith("tcp://127.0.0.1:") for addr in info["workers"])
+        (worker,) = info["workers"].values()
+        assert worker["nthreads"] == 1
+        assert worker["memory_limit"] == 2**30
+        line = describe_client(client)
+        assert line == (
+            f"dask scheduler {client.scheduler.address}: 1 worker, 1 thread, 1.00 GiB memory"
+        )
+        assert dashboard_link(client) is None
+        cluster = client.cluster
+        # the scheduler's HTTP endpoint (/health) stays on loopback too, off port 8787
+        http = cluster.scheduler.services["dashboard"]
+        assert http.address == "127.0.0.1"
+        assert http.port != 8787
+    assert client.status == "closed"
+    assert cluster.status.name == "closed"
+
+
+def test_embedded_threads_client_uses_no_socket():
+    with get_client(processes=False, n_workers=1, threads_per_worker=2) as client:
+        assert client.scheduler.address.startswith("inproc://")
+        assert dask_sum() == 4950
+        assert "1 worker, 2 threads" in describe_client(client)
+    assert client.status == "closed"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"n_workers": 0}, r"n_workers: expected a positive integer, got 0"),
+        ({"threads_per_worker": 1.5}, r"threads_per_worker: .* got 1.5"),
+        ({"memory_limit": "4 potatoes"}, r"memory_limit: expected a size .*'4 potatoes'"),
+        ({"memory_limit": -5}, r"memory_limit: expected a positive size, got -5"),
+        ({"tls_ca_file": "ca.pem"}, r"tls_ca_file: TLS options need a 'tls://HOST:PORT'"),
+        ({"scheduler": "http://127.0.0.1:8786"}, r"expected an address 'tcp://HOST:PORT'"),
+        ({"scheduler": "tcp://127.0.0.1:http"}, r"got 'tcp://127.0.0.1:http'"),
+        ({"scheduler": "127.0.0.1:8786"}, r"got '127.0.0.1:8786'"),
+        ({"scheduler": "tcp://h:1", "n_workers": 2}, r"n_workers: only apply to the embedded"),
+        ({"scheduler": "tcp://h:1", "memory_limit": "1GiB"}, r"memory_limit: only apply"),
+        (
+            {"scheduler": "tcp://h:1", "tls_cert": "c.pem"},
+            r"tls_cert: TLS options need a 'tls://HOST:PORT' .* got 'tcp://h:1'",
+        ),
+        (
+            {"scheduler": "tls://h:1", "tls_cert": "c.pem"},
+            r"tls_ca_file, tls_key: required to connect to 'tls://h:1'",
+        ),
+        ({"scheduler": "tcp://h:1", "timeout": 0}, r"timeout: expected a positive number"),
+    ],
+)
+def test_get_client_rejects_bad_options(kwargs, match):
+    with pytest.raises(InvalidParameterError, match=match), get_client(**kwargs):
+        pytest.fail("a client was made")  # pragma: no cover
+
+
+def test_get_client_names_missing_tls_file(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked")
+    missing = tmp_path / "nope" / "cert.pem"
+    with (
+        pytest.raises(InvalidParameterError, match=r"tls_cert: no such file '.*nope/cert.pem'"),
+        get_client("tls://127.0.0.1:1", tls_ca_file=ca, tls_cert=missing, tls_key=ca),
+    ):
+        pytest.fail("a client was made")  # pragma: no cover
+
+
+def test_dashboard_without_bokeh_is_a_clear_error():
+    if importlib.util.find_spec("bokeh") is not None:
+        pytest.skip("bokeh is installed: the dashboard would start")
+    with pytest.raises(InvalidParameterError, match=r"dashboard=True: .* needs bokeh"):
+        with get_client(dashboard=True, n_workers=1):
+            pytest.fail("a client was made")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- remote tcp
+
+
+@pytest.fixture(scope="module")
+def tcp_cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tcp-cluster")
+    address, procs = start_cluster(tmp)
+    try:
+        yield address, procs, tmp
+    finally:
+        stop(procs)
+
+
+def test_connect_to_running_scheduler(tcp_cluster):
+    address, procs, tmp = tcp_cluster
+    assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", address)
+    with get_client(address) as client:
+        wait_for_worker(client, procs, tmp)
+        assert client.scheduler.address == address
+        assert dask_sum() == 4950
+        assert describe_client(client).startswith(f"dask scheduler {address}: 1 worker, 1 thread")
+    assert client.status == "closed"
+    # closing the client leaves the scheduler and its worker running
+    assert all(p.poll() is None for p in procs)
+    # options of the embedded cluster the CLI always passes are ignored with an address
+    with get_client(address, processes=False, dashboard=False) as client:
+        assert client.submit(pow, 2, 10).result(timeout=10) == 1024
+
+
+def test_unreachable_scheduler_fails_fast_naming_address():
+    address = f"tcp://127.0.0.1:{closed_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match=re.escape(f"at '{address}' (timeout 2 s)")) as info:
+        with get_client(address, timeout=2):
+            pytest.fail("connected to a closed port")  # pragma: no cover
+    assert time.monotonic() - t0 < 8
+    assert isinstance(info.value, RoidaskError)  # the CLI prints it as one line
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+
+
+def make_ca_and_cert(d: Path) -> dict[str, Path]:
+    """A throw-away CA and a certificate/key it signs for 127.0.0.1 (server and client)."""
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=roidask test CA", cwd=d)  # fmt: skip
+    (d / "ext.cnf").write_text(
+        "basicConstraints=CA:FALSE\n"
+        "keyUsage=digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+    )
+    openssl("req", *ec, "-keyout", "key.pem", "-out", "cert.csr", "-subj", "/CN=127.0.0.1",
+            cwd=d)  # fmt: skip
+    openssl("x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf",
+            cwd=d)  # fmt: skip
+    return {"tls_ca_file": d / "ca.pem", "tls_cert": d / "cert.pem", "tls_key": d / "key.pem"}
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory):
+    if shutil.which("openssl") is None:  # pragma: no cover
+        pytest.skip("the openssl command is needed to make test certificates")
+    tmp = tmp_path_factory.mktemp("tls-cluster")
+    certs = make_ca_and_cert(tmp / "certs")
+    tls_args = (
+        "--tls-ca-file",
+        str(certs["tls_ca_file"]),
+        "--tls-cert",
+        str(certs["tls_cert"]),
+        "--tls-key",
+        str(certs["tls_key"]),
+    )
+    address, procs = start_cluster(tmp, tls_args, protocol="tls")
+    try:
+        yield address, procs, tmp, certs
+    finally:
+        stop(procs)
+
+
+def test_tls_client_computes(tls_cluster):
+    address, procs, tmp, certs = tls_cluster
+    assert re.fullmatch(r"tls://127\.0\.0\.1:\d+", address)
+    with get_client(address, **certs) as client:
+        wait_for_worker(client, procs, tmp)
+        assert client.scheduler.address == address
+        assert dask_sum() == 4950
+        assert client.security.require_encryption
+
+
+def test_plain_tcp_client_is_refused_by_tls_scheduler(tls_cluster):
+    address = tls_cluster[0]
+    plain = address.replace("tls://", "tcp://")
+    t0 = time.monotonic()
+    with pytest.raises(ClusterError, match=re.escape(f"at '{plain}'")) as info:
+        with get_client(plain, timeout=3):
+            pytest.fail("a plain TCP client was accepted")  # pragma: no cover
+    assert time.monotonic() - t0 < 15
+    assert "connect to tls://... with tls_ca_file, tls_cert and tls_key" in str(info.value)
+
+
+def test_tls_client_with_foreign_ca_is_refused(tls_cluster, tmp_path):
+    address = tls_cluster[0]
+    foreign = make_ca_and_cert(tmp_path / "foreign")
+    with pytest.raises(ClusterError, match=re.escape(f"at '{address}'")):
+        with get_client(address, timeout=3, **foreign):
+            pytest.fail("a certificate from another CA was accepted")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- jobqueue
+
+
+JOB = {"cores": 4, "memory": "16GiB", "walltime": "01:00:00", "queue": "normal"}
+
+
+def worker_command(script: str) -> str:
+    (line,) = [ln for ln in script.splitlines() if "dask_worker" in ln or "dask worker" in ln]
+    return line
+
+
+def test_slurm_job_script():
+    script = job_script("slurm", account="proj42", job_extra_directives=["--gres=gpu:0"], **JOB)
+    directives = [ln for ln in script.splitlines() if ln.startswith("#SBATCH")]
+    assert "#SBATCH -p normal" in directives
+    assert "#SBATCH -A proj42" in directives
+    assert "#SBATCH --cpus-per-task=4" in directives
+    assert "#SBATCH --mem=16G" in directives
+    assert "#SBATCH -t 01:00:00" in directives
+    assert "#SBATCH --gres=gpu:0" in directives
+    command = worker_command(script)
+    # the throw-away scheduler's address is replaced by dask-jobqueue's placeholder
+    assert "tcp://<insert-scheduler-address-here>:8786" in command
+    assert "127.0.0.1" not in script
+    assert re.search(r"--nthreads \d+ .*--memory-limit", command)
+
+
+def test_pbs_job_script():
+    script = job_script("pbs", python="/opt/py/bin/python", **JOB)
+    directives = [ln for ln in script.splitlines() if ln.startswith("#PBS")]
+    assert "#PBS -q normal" in directives
+    assert "#PBS -l select=1:ncpus=4:mem=16GB" in directives
+    assert "#PBS -l walltime=01:00:00" in directives
+    assert worker_command(script).startswith("/opt/py/bin/python -m distributed.cli.dask_worker")
+
+
+@pytest.mark.parametrize(
+    ("kind", "kwargs", "match"),
+    [
+        ("lsf", {}, r"kind: expected one of 'slurm', 'pbs', got 'lsf'"),
+        ("slurm", {"cores": 0}, r"cores: expected a positive integer, got 0"),
+        ("slurm", {"memory": "lots"}, r"memory: expected a size .*'lots'"),
+        ("pbs", {"walltime": "2h"}, r"walltime: expected a time limit .*'2h'"),
+        ("slurm", {"job_extra_directives": "--exclusive"}, r"job_extra_directives: expected a"),
+    ],
+)
+def test_job_script_rejects_bad_options(kind, kwargs, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        job_script(kind, **{**JOB, **kwargs})
+
+
+def test_jobqueue_cluster_binds_where_asked_and_submits_nothing():
+    from roidask.cluster import jobqueue_cluster
+
+    with jobqueue_cluster("slurm", scheduler_options={"host": "127.0.0.1"}, **JOB) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tcp://127.0.0.1:")
+        assert address in worker_command(cluster.job_script())
+        assert not cluster.workers  # nothing submitted before scale()
+        assert cluster.scheduler.services["dashboard"].address == "127.0.0.1"
+
+
+def test_missing_dask_jobqueue_names_the_extra(monkeypatch):
+    from roidask.cluster import jobqueue_cluster
+
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # makes the import fail
+    with pytest.raises(ImportError, match=r"pip install 'roidask\[jobqueue\]'"):
+        jobqueue_cluster("slurm", **JOB)
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def load_yaml(name: str) -> list[dict]:
+    docs = [d for d in yaml.safe_load_all((CLUSTER_DIR / name).read_text()) if d is not None]
+    assert docs, f"{name} has no YAML document"
+    return docs
+
+
+def container_args(container: dict) -> list[str]:
+    return [str(a) for a in container.get("command", []) + container.get("args", [])]
+
+
+def test_daskcluster_resource():
+    (dc,) = load_yaml("kubernetes/daskcluster.yaml")
+    assert dc["apiVersion"] == "kubernetes.dask.org/v1"
+    assert dc["kind"] == "DaskCluster"
+    (worker,) = dc["spec"]["worker"]["spec"]["containers"]
+    (scheduler,) = dc["spec"]["scheduler"]["spec"]["containers"]
+    for container in (worker, scheduler):
+        assert container["image"] == "ghcr.io/roidask/roidask:latest"
+    wargs = container_args(worker)
+    assert wargs[:2] == ["dask", "worker"]
+    assert "$(DASK_WORKER_NAME)" in wargs
+    limit = wargs[wargs.index("--memory-limit") + 1]
+    assert limit == "7GiB"
+    # dask's limit stays below the pod's, so it spills before the pod is killed
+    assert worker["resources"]["limits"]["memory"] == "8Gi"
+    assert {"name": "data", "mountPath": "/data"} in worker["volumeMounts"]
+    assert container_args(scheduler)[:2] == ["dask", "scheduler"]
+    ports = {p["name"]: p["port"] for p in dc["spec"]["scheduler"]["service"]["ports"]}
+    assert ports["tcp-comm"] == 8786
+    selector = dc["spec"]["scheduler"]["service"]["selector"]
+    assert selector["dask.org/cluster-name"] == dc["metadata"]["name"]
+
+
+def test_batch_job_targets_the_daskcluster_scheduler():
+    (dc,) = load_yaml("kubernetes/daskcluster.yaml")
+    (job,) = load_yaml("kubernetes/batch-job.yaml")
+    (pvc,) = load_yaml("kubernetes/data-pvc.yaml")
+    assert job["apiVersion"] == "batch/v1"
+    assert job["kind"] == "Job"
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/roidask/roidask:latest"
+    args = container_args(container)
+    assert args[:3] == ["roidask", "batch", "/data/manifest.tsv"]
+    assert args[args.index("--out") + 1] == "/data/out"
+    name, ns = dc["metadata"]["name"], dc["metadata"]["namespace"]
+    # the operator's scheduler Service is "<cluster name>-scheduler"
+    assert (
+        args[args.index("--scheduler") + 1]
+        == f"tcp://{name}-scheduler.{ns}.svc.cluster.local:8786"
+    )
+    assert job["metadata"]["namespace"] == ns == pvc["metadata"]["namespace"]
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == "/data"
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    worker_volumes = dc["spec"]["worker"]["spec"]["volumes"]
+    assert volume in worker_volumes  # the workers see the same data
+
+
+def test_docker_compose():
+    (compose,) = load_yaml("docker-compose.yml")
+    services = compose["services"]
+    assert {"scheduler", "worker", "batch"} <= set(services)
+    for svc in services.values():
+        assert svc["image"] == "roidask:local"
+        assert svc["build"] == {"context": "..", "dockerfile": "cluster/Dockerfile"}
+        assert (CLUSTER_DIR / svc["build"]["context"] / svc["build"]["dockerfile"]).is_file()
+    sched = services["scheduler"]["command"]
+    assert sched[:2] == ["dask", "scheduler"]
+    port = sched[sched.index("--port") + 1]
+    worker = services["worker"]
+    assert worker["command"][:3] == ["dask", "worker", f"tcp://scheduler:{port}"]
+    assert worker["command"][worker["command"].index("--memory-limit") + 1] == "4GiB"
+    assert worker["deploy"]["replicas"] == 2
+    batch = services["batch"]["command"]
+    assert batch[:2] == ["roidask", "batch"]
+    assert batch[batch.index("--scheduler") + 1] == f"tcp://scheduler:{port}"
+    assert services["batch"]["depends_on"]["scheduler"]["condition"] == "service_healthy"
+    # workers and the batch client share the data volume at /data
+    assert worker["volumes"] == services["batch"]["volumes"]
+    assert worker["volumes"][0].endswith(":/data")
+    # the dashboard is published on the host's loopback only
+    assert all(p.startswith("127.0.0.1:") for p in services["scheduler"].get("ports", []))
+
+
+def test_dockerfile():
+    text = (CLUSTER_DIR / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
+    assert re.search(r"^RUN pip install \. ", text, re.M)
+    # everything pyproject.toml needs to build is copied in
+    for path in re.findall(r"^COPY (.+) \S+$", text, re.M):
+        for item in path.split():
+            assert (ROOT / item).exists(), item
+
+
+def test_jobqueue_batch_prints_job_script():
+    out = subprocess.run(
+        [sys.executable, str(CLUSTER_DIR / "jobqueue_batch.py"), "--print-job-script",
+         "--kind", "slurm", "--cores", "8", "--memory", "32GiB", "--walltime", "02:00:00",
+         "--queue", "normal", "--job-extra=--gres=gpu:0"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("#!/usr/bin/env bash")
+    for directive in (
+        "-p normal",
+        "--cpus-per-task=8",
+        "--mem=32G",
+        "-t 02:00:00",
+        "--gres=gpu:0",
+    ):
+        assert f"#SBATCH {directive}\n" in out.stdout
+    assert "distributed.cli.dask_worker" in out.stdout
+
+
+def test_jobqueue_batch_reports_bad_options():
+    out = subprocess.run(
+        [sys.executable, str(CLUSTER_DIR / "jobqueue_batch.py"), "--print-job-script",
+         "--cores", "8", "--memory", "32GiB", "--walltime", "2 hours"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "jobqueue_batch: error: walltime: expected a time limit such as '02:00:00' or "
+        "'1-00:00:00', got '2 hours'"
+    )
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location(
+        "jobqueue_batch", CLUSTER_DIR / "jobqueue_batch.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeJobqueueCluster:
+    scheduler_address = "tcp://10.0.0.1:8786"
+    dashboard_link = ""
+
+    def __init__(self, kind, **options):
+        self.kind, self.options, self.scaled, self.closed = kind, options, [], False
+
+    def scale(self, **kwargs):
+        self.scaled.append(kwargs)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.closed = True
+
+
+def test_jobqueue_batch_runs_roidask_batch_on_the_cluster(monkeypatch):
+    made, calls = [], []
+
+    def fake_cluster(kind, **options):
+        made.append(FakeJobqueueCluster(kind, **options))
+        return made[-1]
+
+    def fake_main(argv):
+        assert not made[0].closed  # the cluster is up while the batch runs
+        calls.append(argv)
+        return 3
+
+    monkeypatch.setattr("roidask.cluster.jobqueue_cluster", fake_cluster)
+    monkeypatch.setattr("roidask.cli.main", fake_main)
+    rc = load_recipe().main(
+        ["--kind", "pbs", "--cores", "8", "--memory", "32GiB", "--walltime", "02:00:00",
+         "--jobs", "4", "--queue", "normal", "--interface", "ib0", "manifest.tsv",
+         "--out", "results", "--fwhm", "6", "--", "--atlas", "harvard"]
+    )  # fmt: skip
+    assert rc == 3  # roidask batch's status is the script's
+    (cluster,) = made
+    assert cluster.kind == "pbs"
+    assert cluster.options["cores"] == 8
+    assert cluster.options["memory"] == "32GiB"
+    assert cluster.options["queue"] == "normal"
+    assert cluster.options["interface"] == "ib0"
+    assert cluster.scaled == [{"jobs": 4}]
+    assert cluster.closed
+    assert calls == [
+        ["batch", "manifest.tsv", "--out", "results", "--scheduler", "tcp://10.0.0.1:8786",
+         "--fwhm", "6", "--atlas", "harvard"]
+    ]  # fmt: skip
