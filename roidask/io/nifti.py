@@ -466,7 +466,8 @@ def write_nifti(
         if gz:
             from isal import igzip
 
-            fh = igzip.open(tmp, "wb", compresslevel=1)
+            # mtime=0: the same data gives byte-identical files
+            fh = igzip.IGzipFile(tmp, "wb", compresslevel=1, mtime=0)
         else:
             fh = open(tmp, "wb")
         with fh:
