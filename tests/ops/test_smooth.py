@@ -1,0 +1,182 @@
+"""smooth_img against nilearn.image.smooth_img: values, types, chunking, laziness, errors.
+
+Tolerance: both sides run the same float32 scipy passes on the same values, so they
+agree to float32 rounding (in practice bit for bit). We assert rtol=1e-6 plus an
+absolute tolerance of 1e-6 x max|reference|: float32 rounding of the intermediate
+passes is relative to the data scale, not to a voxel's own value, which matters
+where smoothed random data crosses zero.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import dask.array as da
+import nibabel as nib
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import raise_if_dask_computes
+from hypothesis import given
+from hypothesis import strategies as st
+from nilearn import image as nimage
+
+from roidask.exceptions import InvalidParameterError
+from roidask.io import as_image, bold_from_nifti
+from roidask.ops.smooth import smooth_img
+
+
+def _nilearn(img, fwhm) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nilearn warns for fwhm=0
+        out = nimage.smooth_img(img, fwhm)
+    return np.asanyarray(out.dataobj)
+
+
+def assert_matches(ours, ref):
+    ours = np.asarray(ours)
+    assert ours.dtype == ref.dtype
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-6 * scale)
+
+
+def _affine(vox=(2.0, 3.0, 2.5)):
+    aff = np.diag([*vox, 1.0])
+    aff[:3, 3] = [-10.0, 4.0, 7.5]
+    return aff
+
+
+@pytest.fixture(scope="module")
+def haxby_head(haxby):
+    """The first 40 volumes of the real Haxby slice, as nibabel and as roidask images."""
+    return nimage.index_img(str(haxby.bold), slice(0, 40))
+
+
+@pytest.mark.parametrize("fwhm", [6.0, (None, 5.0, 12.0), 0])
+@pytest.mark.parametrize(
+    "chunks", ["x=7,y=7,time=13", "x=1,y=2,time=40"], ids=["x7-y7-t13", "x1-y2"]
+)
+def test_matches_nilearn_on_haxby_slice(haxby, haxby_head, fwhm, chunks):
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks=chunks).isel(time=slice(0, 40))
+    ours = smooth_img(bold, fwhm=fwhm)
+    assert ours.dims == bold.dims
+    assert ours.chunks == bold.chunks
+    assert ours.dtype == np.float32  # int16 source
+    np.testing.assert_array_equal(ours["condition"].values, bold["condition"].values)
+    assert_matches(ours.values, _nilearn(haxby_head, fwhm))
+
+
+def test_matches_nilearn_on_whole_haxby_series(haxby):
+    ours = smooth_img(haxby.bold, fwhm=6)
+    assert isinstance(ours, xr.DataArray)
+    assert_matches(ours.values, _nilearn(str(haxby.bold), 6))
+
+
+@pytest.mark.parametrize("fwhm", [5.0, (3.0, None, 9.0), 25.0, None])
+@pytest.mark.parametrize(
+    "chunks",
+    [{"x": 7}, {"x": 1, "y": 1, "z": 1}, {"x": 4, "y": 5, "z": 2, "time": 1}],
+    ids=["x7", "1-voxel", "mixed"],
+)
+def test_matches_nilearn_on_random_4d(rng, fwhm, chunks):
+    data = rng.normal(0.0, 30.0, size=(15, 7, 6, 2)).astype(np.float32)
+    data[3, 4, 5, 0] = np.nan
+    data[0, 0, 0, 1] = np.inf
+    data[14, 6, 5, 1] = -np.inf
+    nimg = nib.Nifti1Image(data, _affine())
+    ours = smooth_img(as_image(nimg).chunk(chunks), fwhm=fwhm)
+    values = ours.values
+    assert np.isfinite(values).all()
+    assert_matches(values, _nilearn(nimg, fwhm))
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [(np.int16, np.float32), (np.uint8, np.float32), (np.int64, np.float64),
+     (np.float64, np.float64), (np.float32, np.float32)],
+)  # fmt: skip
+def test_types_as_nilearn(rng, dtype, expected):
+    data = rng.integers(0, 200, size=(9, 8, 7)).astype(dtype)
+    nimg = nib.Nifti1Image(data, _affine(), dtype=dtype)
+    ours = smooth_img(as_image(nimg).chunk({"x": 2, "y": 3}), fwhm=4.0)
+    assert ours.dtype == expected
+    assert_matches(ours.values, _nilearn(nimg, 4.0))
+
+
+_shapes = st.tuples(st.integers(1, 16), st.integers(1, 7), st.integers(1, 5), st.integers(1, 2))
+
+
+@given(
+    shape=_shapes,
+    chunk_fracs=st.tuples(*(st.floats(0.0, 1.0) for _ in range(4))),
+    fwhm=st.one_of(
+        st.none(),
+        st.floats(0.0, 12.0),
+        st.tuples(*(st.one_of(st.none(), st.floats(0.0, 12.0)) for _ in range(3))),
+    ).filter(  # nilearn/scipy fail on a sigma whose square underflows; we return the input
+        lambda f: all(v is None or v == 0 or v > 1e-3 for v in np.ravel(np.array(f, dtype=object)))
+    ),
+    vox=st.tuples(*(st.floats(0.5, 4.0) for _ in range(3))),
+    seed=st.integers(0, 2**16),
+)
+def test_result_does_not_depend_on_chunking(shape, chunk_fracs, fwhm, vox, seed):
+    data = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    nimg = nib.Nifti1Image(data, _affine(vox))
+    chunks = {
+        dim: max(1, round(frac * n))
+        for dim, frac, n in zip(("x", "y", "z", "time"), chunk_fracs, shape, strict=True)
+    }
+    ours = smooth_img(as_image(nimg).chunk(chunks), fwhm=fwhm).values
+    assert_matches(ours, _nilearn(nimg, fwhm))
+
+
+def test_kernel_of_radius_zero_is_the_identity(rng):
+    data = rng.normal(size=(5, 4, 3)).astype(np.float32)
+    nimg = nib.Nifti1Image(data, np.eye(4))
+    img = as_image(nimg).chunk({"x": 2})
+    # sigma**2 underflows here, which makes scipy (and so nilearn) divide by zero
+    np.testing.assert_array_equal(smooth_img(img, fwhm=1e-200).values, data)
+    assert_matches(smooth_img(img, fwhm=0.2).values, _nilearn(nimg, 0.2))
+
+
+def test_time_is_never_smoothed():
+    data = np.zeros((7, 7, 7, 3), dtype=np.float32)
+    data[3, 3, 3, 1] = 1.0
+    img = as_image(nib.Nifti1Image(data, np.eye(4))).chunk({"x": 2, "time": 1})
+    out = smooth_img(img, fwhm=4.0).values
+    assert np.all(out[..., 0] == 0) and np.all(out[..., 2] == 0)
+    assert out[..., 1].sum() == pytest.approx(1.0, rel=1e-5)  # reflect mode keeps mass
+
+
+def test_smoothing_commutes_with_the_mean(rng):
+    data = rng.normal(50.0, 5.0, size=(10, 9, 8, 6))
+    img = as_image(nib.Nifti1Image(data, _affine())).chunk({"x": 3, "y": 4})
+    mean_of_smooth = smooth_img(img, fwhm=6.0).mean("time")
+    smooth_of_mean = smooth_img(img.mean("time").assign_attrs(img.attrs), fwhm=6.0)
+    np.testing.assert_allclose(smooth_of_mean.values, mean_of_smooth.values, rtol=1e-12)
+
+
+def test_selecting_conditions_first_is_exact(haxby):
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="x=9,time=100")
+    keep = bold.condition.isin(["face", "house"])
+    selected_then_smoothed = smooth_img(bold.sel(time=keep), fwhm=5.0)
+    smoothed_then_selected = smooth_img(bold, fwhm=5.0).sel(time=keep)
+    np.testing.assert_array_equal(selected_then_smoothed.values, smoothed_then_selected.values)
+
+
+def test_building_the_graph_reads_nothing(haxby):
+    with raise_if_dask_computes():
+        bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="x=7,y=3,time=50")
+        out = smooth_img(bold, fwhm=(6.0, None, 3.0))
+        from_path = smooth_img(haxby.bold, fwhm=6.0)
+        mask = smooth_img(haxby.mask, fwhm=4.0)
+    assert isinstance(out.data, da.Array) and isinstance(from_path.data, da.Array)
+    assert out.attrs["affine"] == bold.attrs["affine"]
+    assert mask.dims == ("x", "y", "z")
+    assert out.attrs["smoothing_fwhm_mm"] == pytest.approx([6.0, 0.0, 3.0])
+
+
+@pytest.mark.parametrize("fwhm", [-1.0, (2.0, -0.5, None), (1.0, 2.0), "fast", float("nan"), True])
+def test_bad_fwhm_is_refused_before_any_compute(haxby, fwhm):
+    with raise_if_dask_computes(), pytest.raises(InvalidParameterError, match="fwhm"):
+        smooth_img(haxby.bold, fwhm=fwhm)
