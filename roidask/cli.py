@@ -12,6 +12,8 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from roidask.exceptions import RoidaskError, RoidaskTypeError, RoidaskWarning
 
 __all__ = ["main"]
@@ -124,6 +126,283 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _add_analysis_options(p) -> None:
+    """Options of the ROI analysis shared by ``run`` and ``batch``."""
+    g = p.add_argument_group("analysis (defaults: nilearn's ROI example)")
+    g.add_argument("--fwhm", type=float, default=6.0, help="smoothing FWHM in mm (default 6)")
+    g.add_argument(
+        "--contrast",
+        nargs=2,
+        default=["face", "house"],
+        metavar=("A", "B"),
+        help="conditions compared by the t-test (default face house)",
+    )
+    g.add_argument(
+        "--test",
+        choices=["student", "welch"],
+        default="student",
+        help="two-sample t-test (default student, as scipy ttest_ind)",
+    )
+    g.add_argument("--threshold", type=float, default=5.0, help="-log10 p threshold (5)")
+    g.add_argument("--clip", type=float, default=10.0, help="clip -log10 p at this value (10)")
+    g.add_argument("--dilation-iterations", type=int, default=1, help="binary dilations (1)")
+    g.add_argument(
+        "--connectivity",
+        type=int,
+        choices=[6, 18, 26],
+        default=6,
+        help="voxel neighbourhood for dilation and components (6)",
+    )
+    g.add_argument("--min-roi-voxels", type=int, default=1, help="drop smaller components")
+    g.add_argument("--keep-largest", type=int, default=None, help="keep the k largest ROIs")
+    g.add_argument(
+        "--strategy",
+        default="mean",
+        choices=["mean", "median", "sum", "minimum", "maximum", "standard_deviation", "variance"],
+        help="per-ROI signal strategy (mean)",
+    )
+    g.add_argument("--chunks", default=None, help="chunk sizes, e.g. x=20,y=32,time=100")
+    g.add_argument("--no-plots", action="store_true", help="do not write figures")
+    c = p.add_argument_group("execution")
+    c.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running dask scheduler (default: embedded local cluster)",
+    )
+    c.add_argument("--n-workers", type=int, default=None, help="local cluster workers")
+    c.add_argument("--threads-per-worker", type=int, default=None, help="threads per worker")
+    c.add_argument("--memory-limit", default=None, help="memory per worker, e.g. 4GiB")
+    c.add_argument("--tls-ca-file", default=None, help="CA certificate (tls:// scheduler)")
+    c.add_argument("--tls-cert", default=None, help="client certificate (tls://)")
+    c.add_argument("--tls-key", default=None, help="client private key (tls://)")
+    c.add_argument("--dashboard", action="store_true", help="serve the dask dashboard")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def pipeline_params(args):
+    """PipelineParams from parsed ``run``/``batch`` arguments."""
+    from roidask.pipeline import PipelineParams
+
+    return PipelineParams(
+        contrast=tuple(args.contrast),
+        fwhm=args.fwhm,
+        test=args.test,
+        clip=args.clip,
+        threshold=args.threshold,
+        dilation_iterations=args.dilation_iterations,
+        connectivity=args.connectivity,
+        min_roi_voxels=args.min_roi_voxels,
+        keep_largest=args.keep_largest,
+        strategy=args.strategy,
+    )
+
+
+def client_options(args) -> dict:
+    """Keyword arguments of :func:`roidask.cluster.get_client` from parsed arguments."""
+    return dict(
+        n_workers=args.n_workers,
+        threads_per_worker=args.threads_per_worker,
+        memory_limit=args.memory_limit,
+        tls_ca_file=args.tls_ca_file,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        dashboard=args.dashboard,
+    )
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the ROI pipeline on one subject",
+        description="Smooth, t-test, threshold, AND mask, dilate, label, extract: the ROI "
+        "analysis of nilearn's example, on one subject, written atomically into --out.",
+    )
+    p.add_argument("bold", nargs="*", type=Path, help="4D .nii/.nii.gz run(s), in order")
+    p.add_argument(
+        "--labels",
+        action="append",
+        type=Path,
+        default=None,
+        help="labels.txt, or one events.tsv per run (with BOLD files)",
+    )
+    p.add_argument("--store", type=Path, default=None, help="a converted store instead of BOLD")
+    p.add_argument("--subject", default=None, help="subject of --store")
+    p.add_argument("--mask", type=Path, required=True, help="3D mask (e.g. ventral temporal)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--tr", type=float, default=None, dest="tr_s", help="TR in seconds")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_analysis_options(p)
+    p.set_defaults(func=_cmd_run)
+
+
+def _summary(result, out, wall_s: float) -> str:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    logp = result.maps["logp"].values
+    lines = [f"ROIs found: {result.n_rois}"]
+    for row in result.rois.itertuples(index=False):
+        lines.append(
+            f"  ROI {row.label}: {row.n_voxels} voxels, {row.volume_mm3:.0f} mm3, "
+            f"peak -log10 p {row.peak_value:.2f} at "
+            f"({row.peak_x_mm:.1f}, {row.peak_y_mm:.1f}, {row.peak_z_mm:.1f}) mm"
+        )
+    lines.append(f"peak -log10 p: {float(np.nanmax(logp)) if logp.size else float('nan'):.2f}")
+    lines.append(f"wall time: {wall_s:.1f} s, peak memory (this process): {peak:.0f} MB")
+    lines.append(f"outputs: {out}")
+    figs = sorted((Path(out) / "figures").glob("*.png"))
+    if figs:
+        lines.append(f"figures: {Path(out) / 'figures'} ({len(figs)} PNG files)")
+    return "\n".join(lines)
+
+
+def _cmd_run(args) -> int:
+    import time
+
+    from roidask.cluster import describe_client, get_client
+    from roidask.results import run_subject
+
+    start = time.perf_counter()
+    params = pipeline_params(args)
+    with get_client(args.scheduler, processes=False, **client_options(args)) as client:
+        if not args.quiet:
+            print(f"dask: {describe_client(client)}", file=sys.stderr)
+        result = run_subject(
+            bold=args.bold,
+            labels=args.labels,
+            store=args.store,
+            subject=args.subject,
+            mask=args.mask,
+            out=args.out,
+            params=params,
+            chunks=args.chunks,
+            tr_s=args.tr_s,
+            plots=not args.no_plots,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            extra_provenance={"scheduler": args.scheduler or "embedded LocalCluster"},
+        )
+    print(_summary(result, args.out, time.perf_counter() - start))
+    return 0
+
+
+def _add_batch(sub) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="run the ROI pipeline on many subjects on one dask cluster",
+        description="Run `roidask run` for every subject of a manifest (TSV with columns "
+        "subject, bold, labels, mask; runs separated by ';') or a BIDS-like folder, "
+        "concurrently on one dask cluster; then a group level. Completed subjects "
+        "(same parameters and inputs) are skipped when the batch is run again.",
+    )
+    p.add_argument("manifest", type=Path, help="manifest TSV or BIDS-like folder")
+    p.add_argument("--out", type=Path, required=True, help="batch output folder")
+    p.add_argument(
+        "--mask",
+        type=Path,
+        default=None,
+        help="mask for subjects of a BIDS-like folder without their own",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="subjects in flight at once (default: all, up to 8)",
+    )
+    _add_analysis_options(p)
+    p.set_defaults(func=_cmd_batch)
+
+
+def _cmd_batch(args) -> int:
+    import time
+
+    from roidask.batch import read_manifest, run_batch
+    from roidask.cluster import dashboard_link, describe_client, get_client
+
+    start = time.perf_counter()
+    params = pipeline_params(args)
+    specs = read_manifest(args.manifest, mask=args.mask)
+    with get_client(args.scheduler, **client_options(args)) as client:
+        if not args.quiet:
+            print(f"dask: {describe_client(client)}", file=sys.stderr)
+            link = dashboard_link(client)
+            if link:
+                print(f"dask dashboard: {link}", file=sys.stderr)
+        table = run_batch(
+            specs,
+            args.out,
+            params=params,
+            chunks=args.chunks,
+            plots=not args.no_plots,
+            max_concurrent=args.max_concurrent,
+            progress=not args.quiet,
+        )
+    counts = table["status"].value_counts().to_dict()
+    print(f"subjects: {len(table)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
+    for row in table[table["status"] == "failed"].itertuples(index=False):
+        print(f"  {row.subject}: {row.error}")
+    print(f"outputs: {args.out} (batch.tsv, sub-*/, group/)")
+    print(f"wall time: {time.perf_counter() - start:.1f} s")
+    return 1 if counts.get("failed") else 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the ROI pipeline on the bundled real Haxby slice",
+        description="Run `roidask run` on the real Haxby 2001 slice bundled with roidask "
+        "(or on a generated synthetic subject) on an embedded local dask cluster.",
+    )
+    p.add_argument("--out", type=Path, default=Path("roidask-demo"), help="output folder")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="also generate a full-size synthetic subject (40x64x64x1452) and run on it",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args) -> int:
+    import time
+
+    from roidask.cluster import describe_client, get_client
+    from roidask.datasets import haxby_slice
+    from roidask.pipeline import PipelineParams
+    from roidask.results import run_subject
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = haxby_slice()
+    jobs = [("haxby-slice", [data.bold], [data.labels], data.mask)]
+    if args.synthetic:
+        from roidask.datasets import make_synthetic_subject
+
+        subj = make_synthetic_subject(
+            args.out / "synthetic-data", seed=0, overwrite=True, progress=not args.quiet
+        )
+        jobs.append(("synthetic", [subj.bold], [subj.labels], subj.mask_vt))
+    with get_client(None, processes=False) as client:
+        print(f"dask: {describe_client(client)}", file=sys.stderr)
+        for name, bold, labels, mask in jobs:
+            start = time.perf_counter()
+            out = args.out / name
+            result = run_subject(
+                bold=bold,
+                labels=labels,
+                store=None,
+                subject=None,
+                mask=mask,
+                out=out,
+                params=PipelineParams(),
+                chunks=None,
+                overwrite=True,
+                progress=not args.quiet,
+            )
+            print(f"\n== {name} ==")
+            print(_summary(result, out, time.perf_counter() - start))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from roidask import __version__
 
@@ -135,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_convert(sub)
     _add_info(sub)
+    _add_run(sub)
+    _add_batch(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -154,8 +436,14 @@ def main(argv: list[str] | None = None) -> int:
             return 130
 
 
+_default_showwarning = warnings.showwarning
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    print(f"roidask: warning: {message}", file=sys.stderr)
+    if issubclass(category, RoidaskWarning):
+        print(f"roidask: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 if __name__ == "__main__":  # pragma: no cover

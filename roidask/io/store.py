@@ -68,6 +68,14 @@ COMPLETE_ATTR = "roidask_complete"
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
+# roidask consolidates the metadata of its own stores on purpose (so that plain
+# xr.open_zarr / open_datatree need no fallback); zarr warns that this is not yet
+# in the v3 spec each time, from any thread.
+warnings.filterwarnings(
+    "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+)
+
+
 def _bold_codecs():
     from zarr.codecs import BloscCodec
 

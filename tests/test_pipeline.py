@@ -1,0 +1,220 @@
+"""The ROI pipeline end to end, against nilearn's example on the real Haxby slice."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from seed_reference import seed_pipeline
+
+from roidask.cli import main
+from roidask.exceptions import ConditionError, EmptyMaskWarning, GridMismatchError
+from roidask.io import bold_from_nifti, convert
+from roidask.pipeline import PipelineParams, roi_pipeline
+
+
+@pytest.fixture(scope="module")
+def seed(haxby):
+    """The example as written (scipy's t-test in float32 on float32 smoothed data)."""
+    return seed_pipeline(str(haxby.bold), str(haxby.labels), str(haxby.mask))
+
+
+@pytest.fixture(scope="module")
+def seed64(haxby):
+    """The example with the t-test on the same smoothed data cast to float64."""
+    return seed_pipeline(
+        str(haxby.bold), str(haxby.labels), str(haxby.mask), stats_dtype=np.float64
+    )
+
+
+@pytest.fixture(autouse=True)
+def _logp_reference(request, seed, seed64):
+    # -log10 p: rtol 1e-5 against scipy in float64; the float32 example differs from
+    # both by float32 rounding only (checked with its own tolerance below).
+    np.testing.assert_allclose(seed["logp"], seed64["logp"], rtol=3e-2, atol=2e-3)
+
+
+def assert_matches_seed(result, seed, seed64=None):
+    maps = result.maps
+    np.testing.assert_allclose(seed["mean_epi"], maps["mean_epi"].values, rtol=1e-5)
+    if seed64 is not None:
+        np.testing.assert_allclose(seed64["logp"], maps["logp"].values, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(seed["logp"], maps["logp"].values, rtol=3e-2, atol=2e-3)
+    np.testing.assert_array_equal(seed["roi_mask"], maps["roi_mask"].values.astype(bool))
+    np.testing.assert_array_equal(seed["dilated"], maps["dilated_mask"].values.astype(bool))
+    np.testing.assert_array_equal(seed["atlas"], maps["atlas"].values)
+    assert result.n_rois == seed["n_labels"]
+    signals = result.signals
+    for cond, ref in seed["signals"].items():
+        ours = signals.isel(time=np.flatnonzero(signals["condition"].values == cond))
+        ours = ours.isel(time=slice(0, ref.shape[0])).transpose("time", "roi").values
+        np.testing.assert_allclose(ref, ours, rtol=1e-5, atol=1e-3)
+
+
+def test_seed_has_five_components(seed):
+    assert seed["n_labels"] == 5
+
+
+@pytest.mark.parametrize("chunks", [None, "x=7,y=6,time=97", "x=13,y=1,time=500"])
+def test_pipeline_equals_nilearn_seed(haxby, seed, seed64, chunks):
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks=chunks)
+    result = roi_pipeline(bold, mask_img=haxby.mask)
+    assert_matches_seed(result, seed, seed64)
+
+
+def test_pipeline_from_store(haxby, seed, seed64, tmp_path):
+    store = convert(
+        haxby.bold, labels=haxby.labels, out=tmp_path / "s.zarr", chunks="x=9,time=200"
+    )
+    result = roi_pipeline(store, mask_img=haxby.mask, chunks="y=7")
+    assert_matches_seed(result, seed, seed64)
+
+
+def test_run_cli_writes_every_output(haxby, seed, seed64, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "run",
+            str(haxby.bold),
+            "--labels",
+            str(haxby.labels),
+            "--mask",
+            str(haxby.mask),
+            "--out",
+            str(out),
+            "--chunks",
+            "x=11,time=300",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    summary = capsys.readouterr().out
+    assert "ROIs found: 5" in summary and "peak -log10 p" in summary
+    for name in ("mean_epi", "tstat", "logp", "roi_mask", "atlas"):
+        assert (out / f"{name}.nii.gz").is_file()
+    atlas = nib.load(out / "atlas.nii.gz")
+    assert atlas.get_data_dtype() == np.int32
+    np.testing.assert_array_equal(seed["atlas"], np.asanyarray(atlas.dataobj))
+    np.testing.assert_allclose(nib.load(haxby.bold).affine, atlas.affine)
+    np.testing.assert_allclose(
+        seed64["logp"], nib.load(out / "logp.nii.gz").get_fdata(), rtol=1e-5, atol=1e-6
+    )
+    rois = pd.read_csv(out / "rois.tsv", sep="\t")
+    assert list(rois["label"]) == [1, 2, 3, 4, 5]
+    signals = pd.read_csv(out / "signals.tsv", sep="\t")
+    assert list(signals.columns) == ["roi", "condition", "run", "volume", "time_s", "value"]
+    assert len(signals) == 5 * 1452
+    ds = xr.open_zarr(out / "results.zarr")
+    np.testing.assert_array_equal(seed["atlas"], ds["atlas"].values)
+    assert ds["signals"].dims == ("roi", "time")
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["parameters"]["fwhm"] == 6.0 and prov["n_rois"] == 5
+    assert {rec["path"].split("/")[-1] for rec in prov["inputs"]} == {
+        "bold.nii.gz",
+        "labels.txt",
+        "mask.nii.gz",
+    }
+    assert all(len(rec["sha256"]) == 64 for rec in prov["inputs"])
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert "mean_epi.png" in figures and "boxplots.png" in figures
+    assert sum(name.startswith("roi_") for name in figures) >= 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_run_from_store_with_no_plots(haxby, seed, tmp_path):
+    store = convert(haxby.bold, labels=haxby.labels, out=tmp_path / "s.zarr", subject="s1")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "run",
+                "--store",
+                str(store),
+                "--subject",
+                "s1",
+                "--mask",
+                str(haxby.mask),
+                "--out",
+                str(out),
+                "--no-plots",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert not (out / "figures").exists()
+    np.testing.assert_array_equal(seed["atlas"], nib.load(out / "atlas.nii.gz").get_fdata())
+
+
+def test_mask_on_another_grid(haxby, tmp_path):
+    other = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((40, 20, 2), np.uint8), np.eye(4)), other)
+    with pytest.raises(GridMismatchError, match=r"bold_img and mask_img"):
+        roi_pipeline(haxby.bold, mask_img=other)
+
+
+def test_labels_without_contrast_conditions(haxby, tmp_path):
+    with pytest.raises(ConditionError, match=r"\['dog'\] not in the labels"):
+        roi_pipeline(
+            bold_from_nifti(haxby.bold, labels=haxby.labels),
+            mask_img=haxby.mask,
+            params=PipelineParams(contrast=("face", "dog")),
+        )
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "run",
+            str(haxby.bold),
+            "--labels",
+            str(haxby.labels),
+            "--mask",
+            str(haxby.mask),
+            "--out",
+            str(out),
+            "--contrast",
+            "face",
+            "dog",
+            "--quiet",
+        ]
+    )
+    assert rc == 2 and not out.exists()
+
+
+def test_empty_roi_set_still_writes_outputs(haxby, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "run",
+            str(haxby.bold),
+            "--labels",
+            str(haxby.labels),
+            "--mask",
+            str(haxby.mask),
+            "--out",
+            str(out),
+            "--threshold",
+            "9.99",
+            "--clip",
+            "9",
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "ROIs found: 0" in captured.out
+    assert "roidask: warning: no ROI: no voxel of mask_img has -log10 p >= 9.99" in captured.err
+    with pytest.warns(EmptyMaskWarning, match="no ROI"):
+        result = roi_pipeline(
+            bold_from_nifti(haxby.bold, labels=haxby.labels),
+            mask_img=haxby.mask,
+            params=PipelineParams(threshold=9.99, clip=9),
+        )
+    assert result.n_rois == 0 and result.signals.sizes["roi"] == 0
+    rois = pd.read_csv(out / "rois.tsv", sep="\t")
+    assert len(rois) == 0 and "label" in rois.columns
+    assert len(pd.read_csv(out / "signals.tsv", sep="\t")) == 0
+    assert np.asanyarray(nib.load(out / "atlas.nii.gz").dataobj).max() == 0
