@@ -1,0 +1,427 @@
+"""Thresholding, binarisation and mask algebra on 3D roidask images (lazy).
+
+Masks are boolean images. Wherever a mask is needed, an image is accepted if it
+is boolean or if all its voxels are 0 or 1 (e.g. an int16 ``mask.nii.gz``);
+anything else is an error that lists the values found (raised when the graph
+is computed, since checking voxel values means reading them). Use
+:func:`binarize_img` (nonzero = inside) or :func:`threshold_img` to turn a map
+into a mask.
+
+Images combined by the mask algebra must share one voxel grid (shape and
+affine, within :data:`roidask.io.image.AFFINE_ATOL_MM`); otherwise a
+:class:`~roidask.exceptions.GridMismatchError` names both grids. Resampling is
+never silent: pass ``resample="nearest"`` to resample the other masks onto the
+first one's grid (nearest neighbour, :func:`scipy.ndimage.affine_transform`
+with ``order=0``, ``mode="constant"``: voxels that fall outside the other
+mask's field of view are outside).
+"""
+
+from __future__ import annotations
+
+import numbers
+from functools import partial
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask import delayed
+from scipy import ndimage
+
+from roidask.exceptions import GridMismatchError, ImageTypeError, InvalidParameterError
+from roidask.io.image import affine_of, as_image, check_same_grid
+
+__all__ = [
+    "RESAMPLE_METHODS",
+    "THRESHOLD_MODES",
+    "as_mask",
+    "binarize_img",
+    "mask_and",
+    "mask_difference",
+    "mask_not",
+    "mask_or",
+    "resample_mask",
+    "threshold_img",
+]
+
+#: Accepted ``mode`` values of :func:`threshold_img`.
+THRESHOLD_MODES = ("above", "below", "absolute", "two-sided")
+#: Accepted ``resample`` values of the mask algebra (``None`` = grids must match).
+RESAMPLE_METHODS = ("nearest",)
+_SHOWN_VALUES = 8
+
+
+# -- masks ---------------------------------------------------------------------------------
+def _location(block_info) -> str:
+    if not block_info or 0 not in block_info:
+        return ""
+    loc = block_info[0]["array-location"]
+    return " in the chunk " + ", ".join(
+        f"{d}[{a}:{b}]" for d, (a, b) in zip("xyz", loc, strict=True)
+    )
+
+
+def _check_binary_block(block: np.ndarray, *, param: str, block_info=None) -> np.ndarray:
+    good = (block == 0) | (block == 1)
+    if good.all():
+        return block.astype(bool)
+    bad = np.unique(block[~good])
+    shown = ", ".join(repr(v) for v in bad[:_SHOWN_VALUES].tolist())
+    more = f" and {bad.size - _SHOWN_VALUES} more" if bad.size > _SHOWN_VALUES else ""
+    raise InvalidParameterError(
+        f"{param}: expected a binary mask (every voxel 0 or 1), found the value(s) {shown}"
+        f"{more}{_location(block_info)}; make a mask with roidask.ops.threshold.binarize_img "
+        "(nonzero = inside) or threshold_img"
+    )
+
+
+def as_mask(img, *, param: str = "mask_img") -> xr.DataArray:
+    """A 3D image as a lazy boolean mask, checking that every voxel is 0 or 1.
+
+    Parameters
+    ----------
+    img : path, nibabel image or xarray.DataArray
+        3D image, boolean or numeric with values 0 and 1 only.
+    param : str
+        Parameter name used in error messages.
+
+    Returns
+    -------
+    xarray.DataArray
+        bool, same grid, chunks and attrs. Boolean input is returned as is.
+
+    Raises
+    ------
+    ImageDimensionError
+        ``img`` is not 3D.
+    InvalidParameterError
+        The data type is not boolean or numeric (immediately), or voxels other
+        than 0 and 1 are found (when computed; the message lists them).
+    """
+    img = as_image(img, ndim=3, param=param)
+    if img.dtype == np.bool_:
+        return img
+    if img.dtype.kind not in "iuf":
+        raise InvalidParameterError(
+            f"{param}: expected a binary mask (bool or numbers 0/1), got data of type {img.dtype}"
+        )
+    data = img.data.map_blocks(
+        partial(_check_binary_block, param=param),
+        dtype=bool,
+        meta=np.empty((0, 0, 0), dtype=bool),
+    )
+    return img.copy(data=data)
+
+
+def _real(value, param: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise InvalidParameterError(f"{param}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _threshold_block(block, *, mode, low, high, inclusive, binarize):
+    x = block
+    if mode == "above":
+        keep = x >= high if inclusive else x > high
+    elif mode == "below":
+        keep = x <= low if inclusive else x < low
+    else:  # absolute / two-sided: outside (low, high)
+        keep = (x <= low) | (x >= high) if inclusive else (x < low) | (x > high)
+    if binarize:
+        return keep
+    return np.where(keep, x, np.zeros((), dtype=x.dtype))
+
+
+def threshold_img(
+    img,
+    *,
+    threshold,
+    mode: str = "above",
+    inclusive: bool = True,
+    binarize: bool = True,
+) -> xr.DataArray:
+    """Voxels of a 3D map that pass a threshold, as a mask (default) or a map.
+
+    Parameters
+    ----------
+    img : path, nibabel image or xarray.DataArray
+        3D map (any real type), e.g. -log10 p or a t statistic.
+    threshold : float, or (float, float) for ``mode="two-sided"``
+        Threshold in the units of ``img``.
+    mode : {"above", "below", "absolute", "two-sided"}
+        ``"above"``: keep ``x >= threshold``; ``"below"``: ``x <= threshold``;
+        ``"absolute"``: ``|x| >= threshold`` (``threshold >= 0``; nilearn's
+        ``two_sided=True``); ``"two-sided"``: ``x <= low`` or ``x >= high`` for
+        ``threshold=(low, high)`` with ``low <= high``, a single number ``t``
+        meaning ``(-t, t)``.
+    inclusive : bool
+        Voxels equal to the threshold pass (``>=``/``<=``, as nilearn and the
+        seed analysis); ``False`` makes the comparisons strict.
+    binarize : bool
+        Return a boolean mask (default). ``False`` returns the map with the
+        values of the passing voxels and 0 elsewhere (nilearn's ``threshold_img``).
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy, same grid, chunks and attrs. NaN voxels never pass.
+
+    Raises
+    ------
+    InvalidParameterError
+        Unknown ``mode``, a non-finite or wrongly shaped ``threshold``, a negative
+        ``absolute`` threshold, or ``low > high``.
+    ImageDimensionError
+        ``img`` is not 3D.
+    """
+    if mode not in THRESHOLD_MODES:
+        raise InvalidParameterError(f"mode: expected one of {list(THRESHOLD_MODES)}, got {mode!r}")
+    if mode == "two-sided" and isinstance(threshold, list | tuple | np.ndarray):
+        if len(threshold) != 2:
+            raise InvalidParameterError(
+                f"threshold: mode 'two-sided' takes one number or (low, high), got {threshold!r}"
+            )
+        low, high = (_real(v, "threshold") for v in threshold)
+        if low > high:
+            raise InvalidParameterError(
+                f"threshold: expected low <= high for mode 'two-sided', got ({low}, {high})"
+            )
+    else:
+        t = _real(threshold, "threshold")
+        if mode in ("absolute", "two-sided"):
+            if t < 0:
+                raise InvalidParameterError(
+                    f"threshold: mode {mode!r} needs a threshold >= 0, got {t}"
+                )
+            low, high = -t, t
+        else:
+            low = high = t
+    for name, value in (("inclusive", inclusive), ("binarize", binarize)):
+        if not isinstance(value, bool | np.bool_):
+            raise InvalidParameterError(f"{name}: expected True or False, got {value!r}")
+    img = as_image(img, ndim=3, param="img")
+    if img.dtype.kind not in "biuf":
+        raise InvalidParameterError(
+            f"img: expected real-valued voxels to threshold, got data of type {img.dtype}"
+        )
+    dtype = np.dtype(bool) if binarize else img.dtype
+    func = partial(
+        _threshold_block,
+        mode=mode,
+        low=low,
+        high=high,
+        inclusive=bool(inclusive),
+        binarize=bool(binarize),
+    )
+    data = img.data.map_blocks(func, dtype=dtype, meta=np.empty((0, 0, 0), dtype=dtype))
+    return img.copy(data=data)
+
+
+def binarize_img(img) -> xr.DataArray:
+    """A 3D image as a boolean mask: nonzero voxels are inside, 0 and NaN outside.
+
+    Parameters
+    ----------
+    img : path, nibabel image or xarray.DataArray
+        3D image of any real type.
+
+    Returns
+    -------
+    xarray.DataArray
+        bool, lazy, same grid, chunks and attrs.
+
+    Raises
+    ------
+    ImageDimensionError
+        ``img`` is not 3D.
+    InvalidParameterError
+        Non-numeric data.
+    """
+    img = as_image(img, ndim=3, param="img")
+    if img.dtype == np.bool_:
+        return img
+    if img.dtype.kind not in "iuf":
+        raise InvalidParameterError(
+            f"img: expected real-valued voxels to binarize, got data of type {img.dtype}"
+        )
+    data = img.data
+    keep = (data != 0) & ~da.isnan(data) if img.dtype.kind == "f" else data != 0
+    return img.copy(data=keep)
+
+
+# -- resampling ----------------------------------------------------------------------------
+def _resample_block(source: np.ndarray, *, matrix, offset, shape) -> np.ndarray:
+    out = ndimage.affine_transform(
+        source.astype(np.uint8),
+        matrix,
+        offset=offset,
+        output_shape=shape,
+        order=0,
+        mode="constant",
+        cval=0,
+    )
+    return out.astype(bool)
+
+
+def resample_mask(mask_img, target_img, *, param: str = "mask_img") -> xr.DataArray:
+    """Nearest-neighbour resampling of a 3D mask onto the grid of ``target_img``.
+
+    Each target voxel takes the value of the source voxel nearest to it in
+    world space (mm), exactly as :func:`scipy.ndimage.affine_transform` with
+    ``order=0`` and ``mode="constant"`` on the whole source: target voxels whose
+    source coordinate lies outside ``[0, n - 1]`` along an axis are outside.
+
+    Parameters
+    ----------
+    mask_img : path, nibabel image or xarray.DataArray
+        3D binary mask to resample.
+    target_img : path, nibabel image or xarray.DataArray
+        Any 3D or 4D image whose grid (shape, affine) the result takes.
+    param : str
+        Name of ``mask_img`` in error messages.
+
+    Returns
+    -------
+    xarray.DataArray
+        bool, lazy, on the target's grid with the target's chunks and grid attrs.
+        Each output chunk reads only the part of the source it needs.
+    """
+    from roidask.io.image import grid_attrs
+
+    mask = as_mask(mask_img, param=param)
+    target = as_image(target_img, param="target_img")
+    a_src, a_tgt = affine_of(mask), affine_of(target)
+    try:
+        transform = np.linalg.solve(a_src, a_tgt)
+    except np.linalg.LinAlgError:
+        raise ImageTypeError(f"{param}: its affine {a_src.tolist()} is singular") from None
+    matrix, shift = transform[:3, :3], transform[:3, 3]
+    src_shape = np.asarray(mask.shape)
+    tgt_chunks = target.data.chunks[:3]
+    starts = [np.concatenate(([0], np.cumsum(c)[:-1])) for c in tgt_chunks]
+    corners = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, -1)
+    numblocks = tuple(len(c) for c in tgt_chunks)
+    blocks = np.empty(numblocks, dtype=object)
+    for idx in np.ndindex(*numblocks):
+        start = np.array([starts[a][idx[a]] for a in range(3)], dtype=np.float64)
+        size = np.array([tgt_chunks[a][idx[a]] for a in range(3)], dtype=np.int64)
+        pts = start[:, None] + corners * (size - 1)[:, None]
+        coords = matrix @ pts + shift[:, None]
+        lo = np.clip(np.floor(coords.min(axis=1)).astype(np.int64) - 1, 0, src_shape)
+        hi = np.clip(np.ceil(coords.max(axis=1)).astype(np.int64) + 2, 0, src_shape)
+        shape = tuple(int(s) for s in size)
+        if np.any(hi <= lo):
+            blocks[idx] = da.zeros(shape, dtype=bool, chunks=shape)
+            continue
+        sub = mask.data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        offset = matrix @ start + shift - lo
+        task = delayed(_resample_block, pure=True)(sub, matrix=matrix, offset=offset, shape=shape)
+        blocks[idx] = da.from_delayed(task, shape=shape, dtype=bool)
+    data = da.block(blocks.tolist()) if blocks.size > 1 else blocks.flat[0]
+    return xr.DataArray(data, dims=("x", "y", "z"), name=mask.name, attrs=grid_attrs(target))
+
+
+# -- algebra -------------------------------------------------------------------------------
+def _aligned(mask_img, others, *, resample, names) -> tuple[xr.DataArray, list[da.Array]]:
+    if resample is not None and resample not in RESAMPLE_METHODS:
+        raise InvalidParameterError(
+            f"resample: expected None (grids must match) or one of {list(RESAMPLE_METHODS)}, "
+            f"got {resample!r}"
+        )
+    first = as_mask(mask_img, param=names[0])
+    arrays = []
+    for other, name in zip(others, names[1:], strict=True):
+        m = as_mask(other, param=name)
+        if resample is None:
+            check_same_grid(first, m, names=(names[0], name))
+        else:
+            try:
+                check_same_grid(first, m, names=(names[0], name))
+            except GridMismatchError:
+                m = resample_mask(m, first, param=name)
+        data = m.data
+        if data.chunks != first.data.chunks:
+            data = data.rechunk(first.data.chunks)
+        arrays.append(data)
+    return first, arrays
+
+
+def _combine(mask_img, others, *, resample, op, func_name) -> xr.DataArray:
+    if not others:
+        raise InvalidParameterError(
+            f"{func_name}: expected at least one other mask after mask_img, got none"
+        )
+    names = ("mask_img", *(f"other_imgs[{i}]" for i in range(len(others))))
+    first, arrays = _aligned(mask_img, others, resample=resample, names=names)
+    data = first.data
+    for arr in arrays:
+        data = op(data, arr)
+    return first.copy(data=data)
+
+
+def mask_and(mask_img, *other_imgs, resample: str | None = None) -> xr.DataArray:
+    """Voxels inside ``mask_img`` and inside every one of ``other_imgs`` (lazy).
+
+    Parameters
+    ----------
+    mask_img : path, nibabel image or xarray.DataArray
+        3D binary mask; its grid is the result's grid.
+    *other_imgs : path, nibabel image or xarray.DataArray
+        One or more 3D binary masks.
+    resample : {None, "nearest"}
+        ``None`` (default): all masks must be on ``mask_img``'s grid.
+        ``"nearest"``: masks on another grid are resampled onto it
+        (:func:`resample_mask`).
+
+    Returns
+    -------
+    xarray.DataArray
+        bool, on ``mask_img``'s grid, chunks and attrs.
+
+    Raises
+    ------
+    GridMismatchError
+        A mask is on another grid and ``resample`` is None (both grids are stated).
+    InvalidParameterError
+        No other mask, an unknown ``resample``, or non-binary voxels (when computed).
+    ImageDimensionError
+        A mask is not 3D.
+    """
+    return _combine(
+        mask_img, other_imgs, resample=resample, op=da.logical_and, func_name="mask_and"
+    )
+
+
+def mask_or(mask_img, *other_imgs, resample: str | None = None) -> xr.DataArray:
+    """Voxels inside ``mask_img`` or inside any of ``other_imgs`` (lazy).
+
+    Parameters and errors as :func:`mask_and`.
+    """
+    return _combine(mask_img, other_imgs, resample=resample, op=da.logical_or, func_name="mask_or")
+
+
+def mask_difference(mask_img, other_img, *, resample: str | None = None) -> xr.DataArray:
+    """Voxels inside ``mask_img`` and outside ``other_img`` (lazy).
+
+    Parameters and errors as :func:`mask_and` with a single other mask.
+    """
+    return _combine(
+        mask_img,
+        (other_img,),
+        resample=resample,
+        op=lambda a, b: a & ~b,
+        func_name="mask_difference",
+    )
+
+
+def mask_not(mask_img) -> xr.DataArray:
+    """Voxels outside ``mask_img``, on its grid (lazy, bool).
+
+    Raises
+    ------
+    InvalidParameterError
+        Non-binary voxels (when computed).
+    ImageDimensionError
+        ``mask_img`` is not 3D.
+    """
+    mask = as_mask(mask_img, param="mask_img")
+    return mask.copy(data=~mask.data)
