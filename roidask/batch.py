@@ -157,6 +157,8 @@ def _clean_stale(out_dir: Path) -> None:
     """Remove temporary folders left by a killed batch (never complete outputs)."""
     for p in out_dir.glob(".*.tmp-*"):
         shutil.rmtree(p, ignore_errors=True)
+    for p in out_dir.glob(".*.convert-*"):
+        shutil.rmtree(p, ignore_errors=True)
     for p in out_dir.glob(".*.old-*"):
         shutil.rmtree(p, ignore_errors=True)
 

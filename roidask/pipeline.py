@@ -33,12 +33,17 @@ import xarray as xr
 from roidask.exceptions import (
     ConditionError,
     EmptyMaskWarning,
-    GridMismatchError,
     InvalidParameterError,
 )
-from roidask.io.image import as_image, check_same_grid, like_image, select_conditions
+from roidask.io.image import (
+    as_image,
+    check_same_grid,
+    like_image,
+    normalize_chunks,
+    select_conditions,
+)
 
-__all__ = ["PipelineParams", "PipelineResult", "compute", "roi_pipeline"]
+__all__ = ["PipelineParams", "PipelineResult", "check_inputs", "compute", "roi_pipeline"]
 
 _STRATEGIES = (
     "mean",
@@ -226,6 +231,38 @@ def _active_client():
         return None
 
 
+#: Largest float64 block one task works on (time chunks are split to stay below).
+COMPUTE_BLOCK_BYTES = 16 * 2**20
+
+
+def _compute_chunks(bold: xr.DataArray) -> xr.DataArray:
+    """Split time chunks so a float64 copy of one chunk stays under COMPUTE_BLOCK_BYTES.
+
+    Storage chunks of a few dozen MB of int16 become 4x larger as float64, and the
+    statistics hold a few such copies per thread; smaller time chunks bound the
+    memory of a run without changing any result.
+    """
+    n_voxels = int(np.prod([max(c) for c in bold.chunks[:3]]))
+    max_t = max(1, COMPUTE_BLOCK_BYTES // (8 * n_voxels))
+    if max(bold.chunks[3]) > max_t:
+        bold = bold.chunk(time=max_t)
+    return bold
+
+
+def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams) -> None:
+    """Validate a BOLD image, a mask and the parameters together (reads no voxels).
+
+    Raises
+    ------
+    GridMismatchError
+        The mask is not on the BOLD grid.
+    ConditionError
+        A contrast condition is missing or has fewer than 2 volumes.
+    """
+    check_same_grid(bold, mask, names=("bold_img", "mask_img"))
+    _check_contrast(bold, params.contrast)
+
+
 def _check_contrast(bold: xr.DataArray, contrast: Sequence[str]) -> None:
     conditions = np.asarray(bold["condition"].values).astype(str)
     known, counts = np.unique(conditions, return_counts=True)
@@ -285,17 +322,12 @@ def roi_pipeline(
     from roidask.ops.threshold import mask_and, threshold_img
 
     params = params or PipelineParams()
-    bold = as_image(bold_img, ndim=4, param="bold_img", subject=subject, chunks=chunks)
-    if chunks is not None and not isinstance(bold_img, str):
-        from roidask.io.image import normalize_chunks
-
+    bold = as_image(bold_img, ndim=4, param="bold_img", subject=subject)
+    if chunks is not None:
         bold = bold.chunk(normalize_chunks(chunks, bold.shape, bold.dtype.itemsize))
+    bold = _compute_chunks(bold)
     mask = as_image(mask_img, ndim=3, param="mask_img")
-    try:
-        check_same_grid(bold, mask, names=("bold_img", "mask_img"))
-    except GridMismatchError:
-        raise
-    _check_contrast(bold, params.contrast)
+    check_inputs(bold, mask, params)
     timings = {}
 
     # 1. statistics pass: mean EPI and t-test share one read of the data.

@@ -222,32 +222,50 @@ def run_subject(
     -------
     PipelineResult
     """
+    import tempfile
+
     from roidask.exceptions import InvalidParameterError
-    from roidask.io.image import bold_from_nifti
-    from roidask.pipeline import roi_pipeline
+    from roidask.io.image import as_image, bold_from_nifti
+    from roidask.io.store import convert
+    from roidask.pipeline import check_inputs, roi_pipeline
 
     if bool(bold) == bool(store):
         raise InvalidParameterError(
             "run: give either BOLD file(s) with --labels, or --store (with --subject)"
         )
-    if store is not None:
-        image, files = store, [store, mask]
-    else:
-        if not labels:
-            raise InvalidParameterError("run: --labels is required with BOLD files")
-        image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
-        files = [*bold, *labels, mask]
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: output folder exists; pass --overwrite to replace it")
-    result = roi_pipeline(
-        image,
-        mask_img=mask,
-        params=params,
-        subject=subject,
-        chunks=chunks if store is not None else None,
-        progress=progress,
-    )
+    if store is not None:
+        result = roi_pipeline(
+            store, mask_img=mask, params=params, subject=subject, chunks=chunks, progress=progress
+        )
+        files = [store, mask]
+    else:
+        if not labels:
+            raise InvalidParameterError("run: --labels is required with BOLD files")
+        # Validate everything (headers, labels, grids, contrast) before any voxel is read.
+        check_inputs(
+            bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks),
+            as_image(mask, ndim=3, param="mask_img"),
+            params,
+        )
+        # Convert once: one fast sequential decompression of the .nii(.gz) runs into
+        # a temporary chunked store, which the two passes of the pipeline then read
+        # in parallel (random access into gzip streams is several times slower).
+        if not out.parent.exists():
+            raise StoreError(f"{out}: parent folder {out.parent} does not exist")
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.convert-") as tmp:
+            tmp_store = convert(
+                bold,
+                labels=labels,
+                out=Path(tmp) / "bold.zarr",
+                tr_s=tr_s,
+                chunks=chunks,
+                progress=progress,
+            )
+            result = roi_pipeline(tmp_store, mask_img=mask, params=params, progress=progress)
+        files = [*bold, *labels, mask]
     write_results(
         result,
         out,

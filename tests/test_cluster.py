@@ -7,10 +7,8 @@ killed in the fixtures' ``finally``; every wait has a deadline.
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cluster_helpers import (
+    closed_port,
+    make_ca_and_cert,
+    start_cluster,
+    stop,
+    tls_cli_args,
+    wait_for_worker,
+)
 
 from roidask.cluster import dashboard_link, describe_client, get_client, job_script
 from roidask.exceptions import ClusterError, InvalidParameterError, RoidaskError
@@ -26,116 +32,9 @@ pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_DIR = ROOT / "cluster"
-DASK = Path(sys.executable).with_name("dask")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    """Terminate the workers, then the scheduler; kill what does not exit in 5 s."""
-    for proc in reversed(procs):
-        try:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-
-
-def wait_for_scheduler_file(path: Path, proc: subprocess.Popen, log: Path, timeout=20) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"scheduler exited ({proc.returncode}):\n{log.read_text()}")
-        if path.exists():
-            try:
-                return json.loads(path.read_text())["address"]
-            except (ValueError, KeyError):
-                pass  # being written
-        time.sleep(0.1)
-    raise RuntimeError(f"no scheduler file {path} after {timeout} s:\n{log.read_text()}")
-
-
-def start_cluster(tmp: Path, tls_args: tuple[str, ...] = (), protocol: str = "tcp"):
-    """A ``dask scheduler`` and one ``dask worker`` on 127.0.0.1; returns (address, procs)."""
-    procs = []
-    sched_file = tmp / "scheduler.json"
-    try:
-        log = tmp / "scheduler.log"
-        procs.append(
-            start(
-                [
-                    str(DASK),
-                    "scheduler",
-                    "--host",
-                    f"{protocol}://127.0.0.1",
-                    "--port",
-                    "0",
-                    "--no-dashboard",
-                    "--dashboard-address",
-                    "127.0.0.1:0",
-                    "--scheduler-file",
-                    str(sched_file),
-                    *tls_args,
-                ],
-                log,
-            )
-        )
-        address = wait_for_scheduler_file(sched_file, procs[0], log)
-        procs.append(
-            start(
-                [
-                    str(DASK),
-                    "worker",
-                    address,
-                    "--host",
-                    "127.0.0.1",
-                    "--no-nanny",
-                    "--nthreads",
-                    "1",
-                    "--memory-limit",
-                    "1GiB",
-                    "--no-dashboard",
-                    "--local-directory",
-                    str(tmp / "worker"),
-                    "--death-timeout",
-                    "30",
-                    *tls_args,
-                ],
-                tmp / "worker.log",
-            )
-        )
-        return address, procs
-    except BaseException:
-        stop(procs)
-        raise
-
-
-def wait_for_worker(client, procs, tmp: Path) -> None:
-    try:
-        client.wait_for_workers(1, timeout=20)
-    except TimeoutError as exc:
-        raise AssertionError(
-            f"worker did not register; alive={[p.poll() is None for p in procs]}\n"
-            + (tmp / "worker.log").read_text()
-        ) from exc
 
 
 def dask_sum():
@@ -285,45 +184,13 @@ def test_unreachable_scheduler_fails_fast_naming_address():
 # --------------------------------------------------------------------------- TLS
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
-
-
-def make_ca_and_cert(d: Path) -> dict[str, Path]:
-    """A throw-away CA and a certificate/key it signs for 127.0.0.1 (server and client)."""
-    d.mkdir(parents=True, exist_ok=True)
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=roidask test CA", cwd=d)  # fmt: skip
-    (d / "ext.cnf").write_text(
-        "basicConstraints=CA:FALSE\n"
-        "keyUsage=digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-    )
-    openssl("req", *ec, "-keyout", "key.pem", "-out", "cert.csr", "-subj", "/CN=127.0.0.1",
-            cwd=d)  # fmt: skip
-    openssl("x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "cert.pem", "-days", "2", "-extfile", "ext.cnf",
-            cwd=d)  # fmt: skip
-    return {"tls_ca_file": d / "ca.pem", "tls_cert": d / "cert.pem", "tls_key": d / "key.pem"}
-
-
 @pytest.fixture(scope="module")
 def tls_cluster(tmp_path_factory):
     if shutil.which("openssl") is None:  # pragma: no cover
         pytest.skip("the openssl command is needed to make test certificates")
     tmp = tmp_path_factory.mktemp("tls-cluster")
     certs = make_ca_and_cert(tmp / "certs")
-    tls_args = (
-        "--tls-ca-file",
-        str(certs["tls_ca_file"]),
-        "--tls-cert",
-        str(certs["tls_cert"]),
-        "--tls-key",
-        str(certs["tls_key"]),
-    )
-    address, procs = start_cluster(tmp, tls_args, protocol="tls")
+    address, procs = start_cluster(tmp, tls_cli_args(certs), protocol="tls")
     try:
         yield address, procs, tmp, certs
     finally:

@@ -55,7 +55,7 @@ __all__ = [
 SPATIAL_DIMS = ("x", "y", "z")
 BOLD_DIMS = ("x", "y", "z", "time")
 #: Target size of one chunk of the BOLD array (whole volumes), in bytes.
-DEFAULT_CHUNK_BYTES = 32 * 2**20
+DEFAULT_CHUNK_BYTES = 16 * 2**20
 #: Affines closer than this (max absolute difference, mm) are the same grid.
 AFFINE_ATOL_MM = 1e-3
 
@@ -129,7 +129,7 @@ def default_chunks(
 def normalize_chunks(chunks, shape: Sequence[int], itemsize: int) -> dict[str, int]:
     """Chunk sizes per dim from a dict, a ``"x=..,y=..,time=.."`` string, or None.
 
-    Missing dims take the default (whole volumes, ~32 MB chunks); ``-1`` means
+    Missing dims take the default (whole volumes, ~16 MB chunks); ``-1`` means
     the whole axis.
 
     Raises
@@ -253,7 +253,7 @@ def bold_from_nifti(
         Repetition time in seconds; defaults to the header's ``pixdim[4]``.
     chunks : dict or str, optional
         Chunk sizes per dim (``x``, ``y``, ``z``, ``time``); default whole volumes,
-        about 32 MB per chunk.
+        about 16 MB per chunk.
 
     Returns
     -------

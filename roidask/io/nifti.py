@@ -466,11 +466,13 @@ def write_nifti(
         if gz:
             from isal import igzip
 
-            # mtime=0: the same data gives byte-identical files
-            fh = igzip.IGzipFile(tmp, "wb", compresslevel=1, mtime=0)
+            # mtime=0 and the final name in the header (not the temporary one):
+            # the same data gives byte-identical files
+            raw = open(tmp, "wb")
+            fh = igzip.IGzipFile(path.name, "wb", compresslevel=1, fileobj=raw, mtime=0)
         else:
-            fh = open(tmp, "wb")
-        with fh:
+            raw = fh = open(tmp, "wb")
+        with raw, fh:
             fh.write(hdr.binaryblock)
             fh.write(b"\x00" * (352 - len(hdr.binaryblock)))
             n_t = data.shape[3] if ndim == 4 else 1

@@ -275,9 +275,19 @@ def mean_img(img, *, condition: str | None = None) -> xr.DataArray:
     ConditionError
         ``condition`` is not in the data (the message lists the known ones).
     """
-    bold, mom, n = _time_moments(img, condition)
+    bold = as_image(img, ndim=4, param="img")
+    data: da.Array = bold.data
+    if condition is not None:
+        name = _check_condition_name(condition)
+        _, index, _ = _check_conditions(bold, [name], param="condition")
+        if index.size != bold.sizes["time"]:
+            data = data[..., index]
+    n = int(data.shape[3])
+    # A plain float64 sum (numpy converts in small buffers, no float64 copy of the
+    # chunk) is all a mean needs; the moments pass is for variances.
+    total = data.sum(axis=3, dtype=np.float64, split_every=_SPLIT_EVERY)
     return _map(
-        bold, mom[..., 0].astype(np.float32), "mean", condition=condition or "", n_volumes=n
+        bold, (total / n).astype(np.float32), "mean", condition=condition or "", n_volumes=n
     )
 
 

@@ -76,7 +76,7 @@ def test_bad_chunks(spec, message):
 def test_default_chunks_are_whole_volumes():
     chunks = normalize_chunks(None, (40, 64, 64, 1452), 2)
     assert (chunks["x"], chunks["y"], chunks["z"]) == (40, 64, 64)
-    assert 10 * 2**20 < chunks["time"] * 40 * 64 * 64 * 2 <= 32 * 2**20
+    assert 8 * 2**20 < chunks["time"] * 40 * 64 * 64 * 2 <= 16 * 2**20
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])

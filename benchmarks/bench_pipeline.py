@@ -1,0 +1,163 @@
+"""Whole-process wall time and peak memory: nilearn's example vs roidask, side by side.
+
+Run on demand (not part of the tests)::
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--repeats 3] [--sections ...]
+
+It generates a seed-shaped synthetic subject (40x64x64x1452 int16, the real Haxby
+condition sequence) with roidask's generator into ``benchmarks/data/`` (kept for
+later runs), then measures, each figure the median of ``--repeats`` runs of a
+whole process (peak RSS of the process tree, sampled every 20 ms):
+
+* ``pipeline``: the example with nilearn + scipy (``benchmarks/seed_nilearn.py``, the
+  same files) vs ``roidask run`` from the NIfTI files vs ``roidask run`` from an
+  already converted store (both ``--no-plots``; the nilearn script does not plot);
+* ``convert``: ``roidask convert`` alone (time, peak RSS, store size vs .nii.gz);
+* ``threads``: ``roidask run`` from the store with 1 vs 2 threads;
+* ``batch``: ``roidask batch`` of 1, 2, 4, 8 subjects (one generated subject listed
+  under several ids) on 2 single-threaded workers: wall time and the largest
+  worker RSS (must stay flat as subjects are added).
+
+Ratios are against nilearn measured in the same run, since the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+VENV_BIN = Path(sys.executable).parent
+
+
+def measure(cmd: list[str], *, cwd: Path | None = None) -> tuple[float, float, float]:
+    """Run ``cmd``; return (wall s, peak RSS of the process tree MB, max worker RSS MB)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    root = psutil.Process(proc.pid)
+    peak_tree = peak_child = 0
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            rss = []
+            for p in procs:
+                try:
+                    rss.append(p.memory_info().rss)
+                except psutil.NoSuchProcess:
+                    rss.append(0)
+            peak_tree = max(peak_tree, sum(rss))
+            peak_child = max(peak_child, max(rss[1:], default=0))
+        except psutil.NoSuchProcess:
+            pass
+        time.sleep(0.02)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-2000:]}")
+    return wall, peak_tree / 2**20, peak_child / 2**20
+
+
+def median_of(cmd, repeats, before=None):
+    runs = []
+    for _ in range(repeats):
+        if before:
+            before()
+        runs.append(measure(cmd))
+    return tuple(statistics.median(r[i] for r in runs) for i in range(3))
+
+
+def subject():
+    from roidask.datasets import make_synthetic_subject
+
+    root = DATA / "sub-01"
+    if not (root / "truth.json").exists():
+        print("generating a 40x64x64x1452 synthetic subject ...", file=sys.stderr)
+        make_synthetic_subject(root, seed=0, overwrite=True)
+    return root
+
+
+def row(name, wall, rss, ref=None):
+    ratio = f"{ref[0] / wall:5.2f}x faster, {rss / ref[1]:5.2f} of the memory" if ref else ""
+    return f"| {name:<42} | {wall:8.2f} | {rss:9.0f} | {ratio} |"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", nargs="+", default=["pipeline", "convert", "threads"],
+                        choices=["pipeline", "convert", "threads", "batch"])
+    args = parser.parse_args()
+    DATA.mkdir(exist_ok=True)
+    subj = subject()
+    bold, labels, mask = subj / "bold.nii.gz", subj / "labels.txt", subj / "mask_vt.nii.gz"
+    roidask = str(VENV_BIN / "roidask")
+    store = DATA / "sub-01.zarr"
+    out = DATA / "out"
+    if not store.exists():
+        subprocess.run([roidask, "convert", str(bold), "--labels", str(labels), "--out",
+                        str(store), "--quiet"], check=True)
+
+    def clean():
+        shutil.rmtree(out, ignore_errors=True)
+
+    print(f"subject: {bold} ({bold.stat().st_size / 2**20:.0f} MB gz, 40x64x64x1452 int16)")
+    print(f"machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB;"
+          f" median of {args.repeats} runs; peak RSS of the whole process tree\n")
+    print("| what | wall s | peak RSS MB | vs nilearn (same run) |")
+    print("|---|---|---|---|")
+    ref = None
+    if "pipeline" in args.sections or "threads" in args.sections:
+        ref = median_of([sys.executable, str(HERE / "seed_nilearn.py"), str(bold), str(labels),
+                         str(mask)], args.repeats)
+        print(row("nilearn + scipy example (NIfTI)", ref[0], ref[1]))
+    if "pipeline" in args.sections:
+        w = median_of([roidask, "run", str(bold), "--labels", str(labels), "--mask", str(mask),
+                       "--out", str(out), "--no-plots", "--quiet"], args.repeats, clean)
+        print(row("roidask run (NIfTI)", w[0], w[1], ref))
+        w = median_of([roidask, "run", "--store", str(store), "--mask", str(mask), "--out",
+                       str(out), "--no-plots", "--quiet"], args.repeats, clean)
+        print(row("roidask run (converted store)", w[0], w[1], ref))
+    if "threads" in args.sections:
+        for threads in (1, 2):
+            w = median_of([roidask, "run", "--store", str(store), "--mask", str(mask), "--out",
+                           str(out), "--no-plots", "--quiet", "--n-workers", "1",
+                           "--threads-per-worker", str(threads)], args.repeats, clean)
+            print(row(f"roidask run (store), {threads} thread(s)", w[0], w[1], ref))
+    if "convert" in args.sections:
+        tmp_store = DATA / "convert-bench.zarr"
+
+        def clean_store():
+            shutil.rmtree(tmp_store, ignore_errors=True)
+
+        w = median_of([roidask, "convert", str(bold), "--labels", str(labels), "--out",
+                       str(tmp_store), "--quiet"], args.repeats, clean_store)
+        size = sum(f.stat().st_size for f in tmp_store.rglob("*") if f.is_file())
+        print(row("roidask convert (NIfTI -> store)", w[0], w[1]))
+        print(f"\nstore size {size / 2**20:.0f} MB vs .nii.gz {bold.stat().st_size / 2**20:.0f}"
+              f" MB vs raw {40 * 64 * 64 * 1452 * 2 / 2**20:.0f} MB")
+        clean_store()
+    if "batch" in args.sections:
+        print("\n| subjects | wall s | largest worker RSS MB | process tree peak MB |")
+        print("|---|---|---|---|")
+        for n in (1, 2, 4, 8):
+            manifest = DATA / f"manifest-{n}.tsv"
+            lines = ["subject\tbold\tlabels\tmask"] + [
+                f"s{i:02d}\t{bold}\t{labels}\t{mask}" for i in range(n)]
+            manifest.write_text("\n".join(lines) + "\n")
+            w = median_of([roidask, "batch", str(manifest), "--out", str(out), "--no-plots",
+                           "--quiet", "--n-workers", "2", "--threads-per-worker", "1",
+                           "--memory-limit", "2GiB"], 1, clean)
+            print(f"| {n} | {w[0]:.1f} | {w[2]:.0f} | {w[1]:.0f} |")
+    clean()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
