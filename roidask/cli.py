@@ -259,7 +259,7 @@ def _summary(result, out, wall_s: float) -> str:
 def _cmd_run(args) -> int:
     import time
 
-    from roidask.cluster import describe_client, get_client
+    from roidask.cluster import dashboard_link, describe_client, get_client
     from roidask.results import run_subject
 
     start = time.perf_counter()
@@ -267,6 +267,9 @@ def _cmd_run(args) -> int:
     with get_client(args.scheduler, processes=False, **client_options(args)) as client:
         if not args.quiet:
             print(f"dask: {describe_client(client)}", file=sys.stderr)
+            link = dashboard_link(client)
+            if link:
+                print(f"dask dashboard: {link}", file=sys.stderr)
         result = run_subject(
             bold=args.bold,
             labels=args.labels,
@@ -346,6 +349,44 @@ def _cmd_batch(args) -> int:
     return 1 if counts.get("failed") else 0
 
 
+def _add_fetch(sub) -> None:
+    p = sub.add_parser(
+        "fetch",
+        help="download a public dataset (haxby)",
+        description="Download the Haxby et al. (2001) subjects from the public source nilearn "
+        "uses, resumably, with size and checksum verification and safe extraction.",
+    )
+    p.add_argument("dataset", choices=["haxby"], help="dataset to fetch")
+    p.add_argument(
+        "--subjects",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="subject numbers 1-6 (default 2, nilearn's default)",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="data folder (default $ROIDASK_DATA/haxby2001 or ~/roidask_data)",
+    )
+    p.add_argument("--url", default=None, help="base URL of the archives (a mirror)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fetch)
+
+
+def _cmd_fetch(args) -> int:
+    from roidask.datasets import fetch_haxby
+
+    data = fetch_haxby(
+        args.subjects, data_dir=args.data_dir, url=args.url, progress=not args.quiet
+    )
+    for subj in data.subjects:
+        print(f"subject {subj.subject}: bold {subj.bold}")
+        print(f"  labels {subj.labels}\n  mask_vt {subj.mask_vt}")
+    return 0
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
@@ -416,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_run(sub)
     _add_batch(sub)
+    _add_fetch(sub)
     _add_demo(sub)
     return parser
 

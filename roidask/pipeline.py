@@ -316,7 +316,7 @@ def roi_pipeline(
     from roidask.ops.extract import extract_signals
     from roidask.ops.label import label
     from roidask.ops.morph import binary_dilation
-    from roidask.ops.rois import keep_largest, remove_small, roi_table
+    from roidask.ops.rois import ROI_TABLE_COLUMNS, keep_largest, remove_small, roi_table
     from roidask.ops.smooth import smooth_img
     from roidask.ops.stats import clip_logp, mean_img, ttest_img
     from roidask.ops.threshold import mask_and, threshold_img
@@ -378,7 +378,15 @@ def roi_pipeline(
 
     # 3. extraction pass: all ROIs, all volumes, smoothed ROI weights on raw data.
     t0 = time.perf_counter()
-    rois = roi_table(atlas, stat_img=logp)
+    if np.any(atlas_np):
+        rois = roi_table(atlas, stat_img=logp)
+    else:  # already warned above; an empty table with the usual columns
+        rois = pd.DataFrame(
+            {
+                c: pd.Series(dtype=np.int64 if c in ("label", "n_voxels") else np.float64)
+                for c in ROI_TABLE_COLUMNS
+            }
+        )
     if len(rois):
         linear = params.strategy in ("mean", "sum")
         source = bold if linear else smooth_img(bold, fwhm=params.fwhm)

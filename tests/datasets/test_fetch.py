@@ -401,3 +401,40 @@ def test_defaults(monkeypatch, tmp_path):
     assert set(HAXBY_MD5) == {haxby_archive_name(i) for i in range(1, 7)}
     assert all(re.fullmatch(r"[0-9a-f]{32}", v) for v in HAXBY_MD5.values())
     assert fetch_haxby([], data_dir=tmp_path).subjects == ()
+
+
+def test_cli_fetch_haxby(tmp_path, server, archive, monkeypatch, capsys):
+    from roidask import cli
+    from roidask.datasets import fetch as fetch_module
+
+    url, _ = server
+    _, checksums = archive
+    monkeypatch.setattr(fetch_module, "HAXBY_MD5", {**fetch_module.HAXBY_MD5, **checksums})
+    rc = cli.main(
+        [
+            "fetch",
+            "haxby",
+            "--subjects",
+            "2",
+            "--data-dir",
+            str(tmp_path / "h"),
+            "--url",
+            url,
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert f"bold {tmp_path / 'h' / 'subj2' / 'bold.nii.gz'}" in out
+    assert (tmp_path / "h" / "subj2" / "labels.txt").is_file()
+
+
+def test_cli_fetch_offline_is_one_line(tmp_path, closed_port_url, capsys):
+    from roidask import cli
+
+    rc = cli.main(
+        ["fetch", "haxby", "--data-dir", str(tmp_path), "--url", closed_port_url, "--quiet"]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("roidask: error:") and "could not connect" in err[0]
