@@ -31,15 +31,28 @@ def main() -> int:
     shutil.rmtree(out, ignore_errors=True)
     roidask = str(Path(sys.executable).parent / "roidask")
     start = time.perf_counter()
-    subprocess.run([roidask, "convert", str(subj / "bold.nii.gz"), "--labels",
-                    str(subj / "labels.txt"), "--out", str(out), "--quiet"], check=True)
+    subprocess.run(
+        [
+            roidask,
+            "convert",
+            str(subj / "bold.nii.gz"),
+            "--labels",
+            str(subj / "labels.txt"),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        check=True,
+    )
     wall = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     raw_mb = 40 * 64 * 64 * 1452 * 2 / 2**20
     print("| run | raw MB | wall s | peak RSS MB | peak / raw |")
     print("|---|---|---|---|---|")
-    print(f"| 40x64x64x1452 int16 | {raw_mb:.0f} | {wall:.1f} | {peak_mb:.0f} | "
-          f"{peak_mb / raw_mb:.2f} |")
+    print(
+        f"| 40x64x64x1452 int16 | {raw_mb:.0f} | {wall:.1f} | {peak_mb:.0f} | "
+        f"{peak_mb / raw_mb:.2f} |"
+    )
     shutil.rmtree(out, ignore_errors=True)
     return 0
 

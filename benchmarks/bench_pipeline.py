@@ -91,8 +91,12 @@ def row(name, wall, rss, ref=None):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--sections", nargs="+", default=["pipeline", "convert", "threads"],
-                        choices=["pipeline", "convert", "threads", "batch"])
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["pipeline", "convert", "threads"],
+        choices=["pipeline", "convert", "threads", "batch"],
+    )
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
     subj = subject()
@@ -101,34 +105,95 @@ def main() -> int:
     store = DATA / "sub-01.zarr"
     out = DATA / "out"
     if not store.exists():
-        subprocess.run([roidask, "convert", str(bold), "--labels", str(labels), "--out",
-                        str(store), "--quiet"], check=True)
+        subprocess.run(
+            [
+                roidask,
+                "convert",
+                str(bold),
+                "--labels",
+                str(labels),
+                "--out",
+                str(store),
+                "--quiet",
+            ],
+            check=True,
+        )
 
     def clean():
         shutil.rmtree(out, ignore_errors=True)
 
     print(f"subject: {bold} ({bold.stat().st_size / 2**20:.0f} MB gz, 40x64x64x1452 int16)")
-    print(f"machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB;"
-          f" median of {args.repeats} runs; peak RSS of the whole process tree\n")
+    print(
+        f"machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB;"
+        f" median of {args.repeats} runs; peak RSS of the whole process tree\n"
+    )
     print("| what | wall s | peak RSS MB | vs nilearn (same run) |")
     print("|---|---|---|---|")
     ref = None
     if "pipeline" in args.sections or "threads" in args.sections:
-        ref = median_of([sys.executable, str(HERE / "seed_nilearn.py"), str(bold), str(labels),
-                         str(mask)], args.repeats)
+        ref = median_of(
+            [sys.executable, str(HERE / "seed_nilearn.py"), str(bold), str(labels), str(mask)],
+            args.repeats,
+        )
         print(row("nilearn + scipy example (NIfTI)", ref[0], ref[1]))
     if "pipeline" in args.sections:
-        w = median_of([roidask, "run", str(bold), "--labels", str(labels), "--mask", str(mask),
-                       "--out", str(out), "--no-plots", "--quiet"], args.repeats, clean)
+        w = median_of(
+            [
+                roidask,
+                "run",
+                str(bold),
+                "--labels",
+                str(labels),
+                "--mask",
+                str(mask),
+                "--out",
+                str(out),
+                "--no-plots",
+                "--quiet",
+            ],
+            args.repeats,
+            clean,
+        )
         print(row("roidask run (NIfTI)", w[0], w[1], ref))
-        w = median_of([roidask, "run", "--store", str(store), "--mask", str(mask), "--out",
-                       str(out), "--no-plots", "--quiet"], args.repeats, clean)
+        w = median_of(
+            [
+                roidask,
+                "run",
+                "--store",
+                str(store),
+                "--mask",
+                str(mask),
+                "--out",
+                str(out),
+                "--no-plots",
+                "--quiet",
+            ],
+            args.repeats,
+            clean,
+        )
         print(row("roidask run (converted store)", w[0], w[1], ref))
     if "threads" in args.sections:
         for threads in (1, 2):
-            w = median_of([roidask, "run", "--store", str(store), "--mask", str(mask), "--out",
-                           str(out), "--no-plots", "--quiet", "--n-workers", "1",
-                           "--threads-per-worker", str(threads)], args.repeats, clean)
+            w = median_of(
+                [
+                    roidask,
+                    "run",
+                    "--store",
+                    str(store),
+                    "--mask",
+                    str(mask),
+                    "--out",
+                    str(out),
+                    "--no-plots",
+                    "--quiet",
+                    "--n-workers",
+                    "1",
+                    "--threads-per-worker",
+                    str(threads),
+                ],
+                args.repeats,
+                clean,
+            )
             print(row(f"roidask run (store), {threads} thread(s)", w[0], w[1], ref))
     if "convert" in args.sections:
         tmp_store = DATA / "convert-bench.zarr"
@@ -136,12 +201,26 @@ def main() -> int:
         def clean_store():
             shutil.rmtree(tmp_store, ignore_errors=True)
 
-        w = median_of([roidask, "convert", str(bold), "--labels", str(labels), "--out",
-                       str(tmp_store), "--quiet"], args.repeats, clean_store)
+        w = median_of(
+            [
+                roidask,
+                "convert",
+                str(bold),
+                "--labels",
+                str(labels),
+                "--out",
+                str(tmp_store),
+                "--quiet",
+            ],
+            args.repeats,
+            clean_store,
+        )
         size = sum(f.stat().st_size for f in tmp_store.rglob("*") if f.is_file())
         print(row("roidask convert (NIfTI -> store)", w[0], w[1]))
-        print(f"\nstore size {size / 2**20:.0f} MB vs .nii.gz {bold.stat().st_size / 2**20:.0f}"
-              f" MB vs raw {40 * 64 * 64 * 1452 * 2 / 2**20:.0f} MB")
+        print(
+            f"\nstore size {size / 2**20:.0f} MB vs .nii.gz {bold.stat().st_size / 2**20:.0f}"
+            f" MB vs raw {40 * 64 * 64 * 1452 * 2 / 2**20:.0f} MB"
+        )
         clean_store()
     if "batch" in args.sections:
         print("\n| subjects | wall s | largest worker RSS MB | process tree peak MB |")
@@ -149,11 +228,28 @@ def main() -> int:
         for n in (1, 2, 4, 8):
             manifest = DATA / f"manifest-{n}.tsv"
             lines = ["subject\tbold\tlabels\tmask"] + [
-                f"s{i:02d}\t{bold}\t{labels}\t{mask}" for i in range(n)]
+                f"s{i:02d}\t{bold}\t{labels}\t{mask}" for i in range(n)
+            ]
             manifest.write_text("\n".join(lines) + "\n")
-            w = median_of([roidask, "batch", str(manifest), "--out", str(out), "--no-plots",
-                           "--quiet", "--n-workers", "2", "--threads-per-worker", "1",
-                           "--memory-limit", "2GiB"], 1, clean)
+            w = median_of(
+                [
+                    roidask,
+                    "batch",
+                    str(manifest),
+                    "--out",
+                    str(out),
+                    "--no-plots",
+                    "--quiet",
+                    "--n-workers",
+                    "2",
+                    "--threads-per-worker",
+                    "1",
+                    "--memory-limit",
+                    "2GiB",
+                ],
+                1,
+                clean,
+            )
             print(f"| {n} | {w[0]:.1f} | {w[2]:.0f} | {w[1]:.0f} |")
     clean()
     return 0
