@@ -45,16 +45,6 @@ from roidask.io.image import (
 
 __all__ = ["PipelineParams", "PipelineResult", "check_inputs", "compute", "roi_pipeline"]
 
-_STRATEGIES = (
-    "mean",
-    "median",
-    "sum",
-    "minimum",
-    "maximum",
-    "standard_deviation",
-    "variance",
-)
-
 
 @dataclass(frozen=True)
 class PipelineParams:
@@ -131,9 +121,11 @@ class PipelineParams:
             raise InvalidParameterError(
                 f"keep_largest: expected an integer >= 1 or None, got {self.keep_largest!r}"
             )
-        if self.strategy not in _STRATEGIES:
+        from roidask.ops.extract import STRATEGIES
+
+        if self.strategy not in STRATEGIES:
             raise InvalidParameterError(
-                f"strategy: expected one of {list(_STRATEGIES)}, got {self.strategy!r}"
+                f"strategy: expected one of {list(STRATEGIES)}, got {self.strategy!r}"
             )
         from roidask.ops.kernels import fwhm_to_sigma_voxels
 

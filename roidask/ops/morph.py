@@ -18,7 +18,6 @@ components of the background across chunks (:mod:`roidask.ops.label`).
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
 from functools import partial
 
 import dask.array as da
@@ -27,6 +26,7 @@ import xarray as xr
 from scipy import ndimage
 
 from roidask.exceptions import InvalidParameterError
+from roidask.ops._chunks import merge_small_chunks
 from roidask.ops.label import fill_holes_array, resolve_structure
 from roidask.ops.threshold import as_mask
 
@@ -55,23 +55,6 @@ def _border_value(value) -> int:
     )
 
 
-def _merge_small_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
-    """Merge neighbouring chunks until each has at least ``minimum`` elements."""
-    out: list[int] = []
-    acc = 0
-    for size in chunks:
-        acc += size
-        if acc >= minimum:
-            out.append(acc)
-            acc = 0
-    if acc:
-        if out:
-            out[-1] += acc
-        else:
-            out.append(acc)
-    return tuple(out)
-
-
 def _ops_block(block: np.ndarray, *, steps, structure, iterations, border_value) -> np.ndarray:
     out = block
     for step in steps:
@@ -97,8 +80,7 @@ def _morphology(
     original = arr.chunks
     depth = [len(steps) * iterations * (s // 2) for s in struct.shape]
     chunks = tuple(
-        _merge_small_chunks(c, d) if d else tuple(c)
-        for c, d in zip(arr.chunks, depth, strict=True)
+        merge_small_chunks(c, d) if d else tuple(c) for c, d in zip(arr.chunks, depth, strict=True)
     )
     if chunks != arr.chunks:
         arr = arr.rechunk(chunks)

@@ -22,6 +22,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from roidask.exceptions import InvalidParameterError
 from roidask.io.image import affine_of, as_image
+from roidask.ops._chunks import merge_small_chunks
 from roidask.ops.kernels import TRUNCATE, fwhm_to_sigma_voxels, gaussian_radius
 
 __all__ = ["smooth_img", "smoothing_dtype"]
@@ -63,23 +64,6 @@ def _gaussian_block(block: np.ndarray, *, sigma: float, axis: int) -> np.ndarray
     )
 
 
-def _merge_small_chunks(chunks: Sequence[int], minimum: int) -> tuple[int, ...]:
-    """Merge neighbouring chunks until every chunk has at least ``minimum`` elements."""
-    out: list[int] = []
-    acc = 0
-    for size in chunks:
-        acc += size
-        if acc >= minimum:
-            out.append(acc)
-            acc = 0
-    if acc:
-        if out:
-            out[-1] += acc
-        else:
-            out.append(acc)
-    return tuple(out)
-
-
 def _filter_axis(arr: da.Array, axis: int, sigma: float) -> da.Array:
     """``gaussian_filter1d`` along ``axis`` of a dask array, independent of its chunks.
 
@@ -90,7 +74,7 @@ def _filter_axis(arr: da.Array, axis: int, sigma: float) -> da.Array:
     """
     func = partial(_gaussian_block, sigma=float(sigma), axis=axis)
     radius = gaussian_radius(sigma)
-    chunks = _merge_small_chunks(arr.chunks[axis], radius)
+    chunks = merge_small_chunks(arr.chunks[axis], radius)
     if chunks != arr.chunks[axis]:
         arr = arr.rechunk({axis: chunks})
     if len(chunks) == 1:
