@@ -22,6 +22,7 @@ def test_ipynb_is_in_sync_with_its_jupytext_script():
 
 def test_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's temporary store goes here
     nb = jupytext.read(NOTEBOOKS / "roi_extraction.py")
     nbclient.NotebookClient(nb, timeout=600, kernel_name="python3").execute()
     text = "".join(
