@@ -40,27 +40,31 @@ VENV_BIN = Path(sys.executable).parent
 
 def measure(cmd: list[str], *, cwd: Path | None = None) -> tuple[float, float, float]:
     """Run ``cmd``; return (wall s, peak RSS of the process tree MB, max worker RSS MB)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root = psutil.Process(proc.pid)
-    peak_tree = peak_child = 0
-    while proc.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-            rss = []
-            for p in procs:
-                try:
-                    rss.append(p.memory_info().rss)
-                except psutil.NoSuchProcess:
-                    rss.append(0)
-            peak_tree = max(peak_tree, sum(rss))
-            peak_child = max(peak_child, max(rss[1:], default=0))
-        except psutil.NoSuchProcess:
-            pass
-        time.sleep(0.02)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-2000:]}")
+    import tempfile
+
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        root = psutil.Process(proc.pid)
+        peak_tree = peak_child = 0
+        while proc.poll() is None:
+            try:
+                rss = []
+                for p in [root, *root.children(recursive=True)]:
+                    try:
+                        rss.append(p.memory_info().rss)
+                    except psutil.NoSuchProcess:
+                        rss.append(0)
+                peak_tree = max(peak_tree, sum(rss))
+                peak_child = max(peak_child, max(rss[1:], default=0))
+            except psutil.NoSuchProcess:
+                pass
+            time.sleep(0.02)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{tail}")
     return wall, peak_tree / 2**20, peak_child / 2**20
 
 
