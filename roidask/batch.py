@@ -1,9 +1,15 @@
 """Many subjects on one dask cluster: manifests, concurrent runs, resume, group level.
 
 Each subject runs the ROI pipeline exactly as ``roidask run`` and writes
-``DIR/sub-<id>/`` atomically. Subjects run concurrently (one driver thread each)
-on one shared ``distributed`` client, so the scheduler interleaves their tasks;
-memory per worker is bounded by the chunk size, not by the number of subjects.
+``DIR/sub-<id>/`` atomically. Subjects run concurrently (one driver thread each,
+by default as many as the cluster has worker threads, 2 to 8) on one shared
+``distributed`` client, so the scheduler interleaves their tasks; memory per
+worker is bounded by the chunk size, not by the number of subjects. Without
+``chunks``, whole-volume chunks are used (outputs bit-identical to ``roidask
+run``) unless the workers' memory limits are too small for them: volumes are
+then split along x (and y), so a 400 MiB worker still processes a 475 MB
+subject. Read handles a worker caches for a subject's NIfTI files are dropped
+when the subject is done, so worker memory does not grow with the batch.
 
 Resume: a subject whose ``provenance.json`` records the same fingerprint
 (parameters and input checksums) is skipped; the others are redone. A failing
@@ -16,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -29,6 +36,7 @@ import pandas as pd
 
 from roidask.exceptions import (
     GridMismatchError,
+    InvalidParameterError,
     LabelsError,
     RoidaskError,
     RoidaskTypeError,
@@ -37,6 +45,7 @@ from roidask.exceptions import (
 __all__ = ["SubjectSpec", "group_level", "read_manifest", "run_batch"]
 
 _MANIFEST_COLUMNS = ("subject", "bold", "labels", "mask")
+_SUBJECT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _BATCH_COLUMNS = ("subject", "status", "wall_s", "n_rois", "out", "error")
 
 
@@ -82,6 +91,8 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
     if not path.is_file():
         raise LabelsError(f"{path}: no such manifest (expected a TSV file or a BIDS-like folder)")
     table = pd.read_csv(path, sep="\t", dtype=str).fillna("")
+    table.columns = [str(c).strip() for c in table.columns]
+    table = table.apply(lambda col: col.str.strip())
     missing = [c for c in _MANIFEST_COLUMNS if c not in table.columns]
     if missing:
         raise LabelsError(
@@ -91,10 +102,17 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
     if table["subject"].duplicated().any():
         dup = sorted(set(table["subject"][table["subject"].duplicated()]))
         raise LabelsError(f"{path}: subject(s) {dup} listed more than once")
+    if table.empty:
+        raise LabelsError(f"{path}: no subject rows (expected one line per subject)")
     specs = []
     for i, row in table.iterrows():
         if not row["subject"] or not row["bold"] or not row["labels"]:
             raise LabelsError(f"{path}: line {i + 2}: subject, bold and labels are required")
+        if not _SUBJECT_RE.match(row["subject"]):
+            raise LabelsError(
+                f"{path}: line {i + 2}: subject {row['subject']!r} is not a valid name "
+                "(letters, digits, '.', '_' and '-', not starting with '.' or '-')"
+            )
         row_mask = row["mask"] or (str(mask) if mask else "")
         if not row_mask:
             raise LabelsError(f"{path}: line {i + 2}: no mask for subject {row['subject']!r}")
@@ -106,13 +124,31 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
                 mask=_split(row_mask, path.parent)[0],
             )
         )
+    _check_out_names(specs, path)
     return specs
+
+
+def _check_out_names(specs: list[SubjectSpec], source: Path) -> None:
+    """Two subjects must not share an output folder (``01`` and ``sub-01`` do)."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        other = seen.setdefault(spec.out_name, spec.subject)
+        if other != spec.subject:
+            raise LabelsError(
+                f"{source}: subjects {other!r} and {spec.subject!r} would both write "
+                f"{spec.out_name}/; rename one"
+            )
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key putting ``run-2`` before ``run-10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
 def _read_bids(root: Path, *, mask) -> list[SubjectSpec]:
     specs = []
-    for sub in sorted(p for p in root.glob("sub-*") if p.is_dir()):
-        bolds = sorted((sub / "func").glob("*_bold.nii*"))
+    for sub in sorted((p for p in root.glob("sub-*") if p.is_dir()), key=_natural_key):
+        bolds = sorted((sub / "func").glob("*_bold.nii*"), key=_natural_key)
         if not bolds:
             continue
         events = []
@@ -123,6 +159,11 @@ def _read_bids(root: Path, *, mask) -> list[SubjectSpec]:
                 raise LabelsError(f"{b}: no matching events file {ev.name}")
             events.append(ev)
         masks = sorted((sub / "func").glob("*_mask.nii*"))
+        if len(masks) > 1:
+            raise LabelsError(
+                f"{sub}: several masks in func/ ({', '.join(m.name for m in masks)}); "
+                "keep one *_mask.nii.gz"
+            )
         subject_mask = masks[0] if masks else (Path(mask) if mask else None)
         if subject_mask is None:
             raise LabelsError(f"{sub}: no *_mask.nii.gz in func/ and no --mask given")
@@ -144,13 +185,17 @@ def fingerprint(spec: SubjectSpec, params) -> tuple[str, list[dict]]:
 
 
 def _is_complete(out: Path, digest: str) -> bool:
+    """``out`` holds a finished run with fingerprint ``digest`` and all its outputs."""
     prov = out / "provenance.json"
     if not prov.is_file():
         return False
     try:
-        return json.loads(prov.read_text()).get("fingerprint") == digest
+        record = json.loads(prov.read_text())
     except (OSError, ValueError):
         return False
+    if not isinstance(record, dict) or record.get("fingerprint") != digest:
+        return False
+    return all((out / name).exists() for name in record.get("outputs", []))
 
 
 def _clean_stale(out_dir: Path) -> None:
@@ -161,6 +206,106 @@ def _clean_stale(out_dir: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
     for p in out_dir.glob(".*.old-*"):
         shutil.rmtree(p, ignore_errors=True)
+
+
+class _OpenFiles:
+    """Input files of the subjects in flight; a file's read handles are dropped when done.
+
+    Workers cache one read handle per NIfTI file (a ``.nii.gz`` one holds its
+    seek index and buffers, tens of MB): without this a worker's memory grows
+    with every subject of the batch until the nanny kills it.
+    """
+
+    def __init__(self):
+        self._count: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, files) -> None:
+        with self._lock:
+            for f in {os.path.realpath(p) for p in files}:
+                self._count[f] = self._count.get(f, 0) + 1
+
+    def release(self, files) -> None:
+        done = []
+        with self._lock:
+            for f in {os.path.realpath(p) for p in files}:
+                self._count[f] -= 1
+                if not self._count[f]:
+                    del self._count[f]
+                    done.append(f)
+        if done:
+            _release_handles(done)
+
+
+def _release_handles(paths: list[str]) -> None:
+    """Drop the cached read handles of ``paths`` here and on every worker."""
+    from roidask.io.nifti import release_handles
+    from roidask.pipeline import _active_client
+
+    release_handles(paths)
+    client = _active_client()
+    if client is None:
+        return
+    try:
+        client.run(release_handles, paths, on_error="ignore")
+    except Exception:  # a worker lost meanwhile: its handles went with it
+        pass
+
+
+#: Resident memory of a worker process once roidask's operations are imported
+#: (~200 MB with dask/distributed 2026), which its tasks cannot use.
+_WORKER_BASE_BYTES = 200 * 2**20
+#: Peak memory of one statistics-pass task: this many times its (int16) chunk,
+#: plus a fixed part (partial moments being merged, buffers).
+_TASK_EXPANSION = 8
+_TASK_FIXED_BYTES = 16 * 2**20
+#: Fraction of a worker's memory limit tasks may fill (dask pauses a worker at 80 %).
+_USABLE_FRACTION = 0.75
+
+
+def _cluster_resources(client) -> tuple[float | None, int]:
+    """Smallest task memory budget per worker thread (None: no limit) and total threads."""
+    try:
+        info = client.scheduler_info(n_workers=-1)
+    except TypeError:  # pragma: no cover - distributed without n_workers=
+        info = client.scheduler_info()
+    budgets, threads = [], 0
+    for w in info.get("workers", {}).values():
+        nthreads = max(1, int(w.get("nthreads") or 1))
+        threads += nthreads
+        limit = w.get("memory_limit") or 0
+        if limit:
+            budgets.append((limit * _USABLE_FRACTION - _WORKER_BASE_BYTES) / nthreads)
+    return (min(budgets) if budgets else None), threads
+
+
+def _memory_chunks(spec: SubjectSpec, budget: float | None) -> dict | None:
+    """BOLD chunks whose statistics tasks fit ``budget`` bytes; None if the default fits.
+
+    Only the spatial axes are split: the time chunks, hence the order in which
+    volumes are reduced, stay the default ones, so the maps are bit-identical to
+    a default run; the ROI signals (sums over voxels of several chunks) may differ
+    in the last bits of float64.
+    """
+    from roidask.io.image import normalize_chunks
+    from roidask.io.nifti import NiftiSource
+
+    if budget is None:
+        return None
+    try:
+        sources = [NiftiSource.open(p, ndim=4) for p in spec.bold]
+    except (RoidaskError, OSError):
+        return None  # run_subject reports the bad file
+    x, y, z = sources[0].volume_shape
+    itemsize = sources[0].dtype.itemsize
+    n_t = normalize_chunks(None, (x, y, z, sum(s.n_volumes for s in sources)), itemsize)["time"]
+    max_chunk = max(budget - _TASK_FIXED_BYTES, 0) / _TASK_EXPANSION
+    slab = y * z * n_t * itemsize  # bytes of one x-slab of a chunk
+    if x * slab <= max_chunk:
+        return None
+    if slab <= max_chunk:
+        return {"x": int(max_chunk // slab)}
+    return {"x": 1, "y": max(1, int(max_chunk // (z * n_t * itemsize)))}
 
 
 def _write_status(out_dir: Path, rows: dict[str, dict], lock: threading.Lock) -> None:
@@ -198,7 +343,8 @@ def run_batch(
     plots : bool
         Write each subject's figures.
     max_concurrent : int, optional
-        Subjects in flight at once (default: all, up to 8).
+        Subjects in flight at once (default: the cluster's worker threads, at
+        least 2 and at most 8; each subject's graph is parallel on its own).
     progress : bool
         Print one line per finished subject.
     log : callable, optional
@@ -212,9 +358,17 @@ def run_batch(
     """
     import sys
 
-    from roidask.pipeline import PipelineParams
+    from roidask.pipeline import PipelineParams, _active_client
     from roidask.results import run_subject
 
+    if max_concurrent is not None and (
+        isinstance(max_concurrent, bool)
+        or not isinstance(max_concurrent, int)
+        or max_concurrent < 1
+    ):
+        raise InvalidParameterError(
+            f"max_concurrent: expected a positive number of subjects, got {max_concurrent!r}"
+        )
     params = params or PipelineParams()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -227,17 +381,26 @@ def run_batch(
 
     lock = threading.Lock()
     rows: dict[str, dict] = {}
+    open_files = _OpenFiles()
 
     def one(spec: SubjectSpec) -> dict:
         start = time.perf_counter()
         out = out_dir / spec.out_name
         row = {"subject": spec.subject, "out": str(out), "error": "", "n_rois": "", "wall_s": ""}
+        files = [*spec.bold, spec.mask]
+        open_files.acquire(files)
         try:
             digest, inputs = fingerprint(spec, params)
             if _is_complete(out, digest):
                 prov = json.loads((out / "provenance.json").read_text())
                 row.update(status="skipped", n_rois=prov.get("n_rois", ""))
                 return row
+            extra = {"fingerprint": digest, "subject": spec.subject}
+            subject_chunks = chunks
+            if chunks is None:
+                subject_chunks = _memory_chunks(spec, budget)
+                if subject_chunks is not None:
+                    extra["chunks"] = subject_chunks
             result = run_subject(
                 bold=list(spec.bold),
                 labels=list(spec.labels),
@@ -246,12 +409,12 @@ def run_batch(
                 mask=spec.mask,
                 out=out,
                 params=params,
-                chunks=chunks,
+                chunks=subject_chunks,
                 plots=plots,
                 overwrite=True,
                 progress=False,
                 inputs=inputs,
-                extra_provenance={"fingerprint": digest, "subject": spec.subject},
+                extra_provenance=extra,
             )
             row.update(status="done", n_rois=result.n_rois)
         except (RoidaskError, RoidaskTypeError, OSError) as exc:
@@ -259,10 +422,14 @@ def run_batch(
         except Exception as exc:  # an unexpected bug must not stop the other subjects
             tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
             row.update(status="failed", error=f"unexpected error: {tb}")
+        finally:
+            open_files.release(files)
         row["wall_s"] = round(time.perf_counter() - start, 2)
         return row
 
-    n = max_concurrent or min(len(specs), 8) or 1
+    client = _active_client()
+    budget, threads = _cluster_resources(client) if client is not None else (None, 0)
+    n = max_concurrent or max(1, min(len(specs), 8, max(2, threads)))
     for spec in specs:
         rows[spec.subject] = {
             "subject": spec.subject,
@@ -286,12 +453,14 @@ def run_batch(
     done = [
         out_dir / s.out_name for s in specs if rows[s.subject]["status"] in ("done", "skipped")
     ]
+    group_error = out_dir / "group-error.txt"
+    group_error.unlink(missing_ok=True)  # from an earlier run
     if len(done) >= 2:
         try:
             group_level(done, out_dir / "group")
         except (RoidaskError, RoidaskTypeError) as exc:
             log(f"group level: failed ({exc})")
-            (out_dir / "group-error.txt").write_text(f"{exc}\n")
+            group_error.write_text(f"{exc}\n")
     return pd.DataFrame([rows[s.subject] for s in specs], columns=list(_BATCH_COLUMNS))
 
 
@@ -364,4 +533,6 @@ def group_level(subject_dirs: list[Path], out: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        _release_handles([d / f for d in subject_dirs for f in ("tstat.nii.gz", "atlas.nii.gz")])
     return out

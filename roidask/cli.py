@@ -310,7 +310,7 @@ def _add_batch(sub) -> None:
         "--max-concurrent",
         type=int,
         default=None,
-        help="subjects in flight at once (default: all, up to 8)",
+        help="subjects in flight at once (default: worker threads, 2 to 8)",
     )
     _add_analysis_options(p)
     p.set_defaults(func=_cmd_batch)

@@ -85,8 +85,9 @@ def start_cluster(
     n_workers: int = 1,
     memory_limit: str = "1GiB",
     nanny: bool = False,
+    nthreads: int = 1,
 ):
-    """A ``dask scheduler`` and ``n_workers`` ``dask worker`` on 127.0.0.1.
+    """A ``dask scheduler`` and ``n_workers`` ``dask worker`` (``nthreads`` each) on 127.0.0.1.
 
     Returns ``(address, procs)``: the scheduler first, then the workers (the
     nanny process with ``nanny=True``). Logs: ``tmp/scheduler.log`` and
@@ -127,7 +128,7 @@ def start_cluster(
                         "127.0.0.1",
                         "--nanny" if nanny else "--no-nanny",
                         "--nthreads",
-                        "1",
+                        str(nthreads),
                         "--memory-limit",
                         memory_limit,
                         "--no-dashboard",

@@ -384,6 +384,22 @@ def _handle(path: Path):
     return entry
 
 
+def release_handles(paths) -> int:
+    """Forget this process's cached read handles of ``paths``; returns how many.
+
+    A ``.nii.gz`` handle holds its seek index and buffers (tens of MB for a
+    large file); a long-lived worker that reads many files (``roidask batch``)
+    must drop them once a file is done. A read in progress keeps its handle
+    alive until it finishes, then it is closed when no longer referenced.
+    """
+    wanted = {os.path.realpath(p) for p in paths}
+    pid = os.getpid()
+    with _HANDLES_LOCK:
+        keys = [k for k in _HANDLES if k[1] == pid and os.path.realpath(k[0]) in wanted]
+        dropped = [_HANDLES.pop(k) for k in keys]
+    return len(dropped)
+
+
 def close_handles() -> None:
     """Close every cached read handle of this process (used by tests and writers)."""
     with _HANDLES_LOCK:

@@ -1,0 +1,711 @@
+"""Tests of ``roidask batch``: many subjects on one dask.distributed cluster.
+
+Subjects are small synthetic ones generated once per module. Every subject's
+outputs are compared, bit for bit (NIfTI and TSV bytes, zarr arrays), with a
+single-process ``roidask run`` of that subject. Schedulers, workers and batch
+processes are real processes on 127.0.0.1, each in its own process group that
+the fixtures kill in ``finally``; every wait has a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from cluster_helpers import (
+    kill_group,
+    make_ca_and_cert,
+    start,
+    start_cluster,
+    stop,
+    tls_cli_args,
+    wait_for_worker,
+    worker_log,
+)
+from scipy import stats
+
+from roidask.batch import SubjectSpec, group_level, read_manifest, run_batch
+from roidask.exceptions import GridMismatchError, InvalidParameterError, LabelsError
+
+pytestmark = pytest.mark.timeout(180)
+
+ROIDASK = Path(sys.executable).with_name("roidask")
+SHAPE = (16, 20, 12)
+N_VOLUMES = 726
+N_SUBJECTS = 4
+DATA_FILES = (
+    "mean_epi.nii.gz",
+    "tstat.nii.gz",
+    "logp.nii.gz",
+    "roi_mask.nii.gz",
+    "atlas.nii.gz",
+    "rois.tsv",
+    "signals.tsv",
+)
+# provenance.json fields that legitimately differ between `roidask run` and a batch
+VOLATILE = {"timings_s", "peak_rss_bytes", "scheduler", "fingerprint", "subject", "chunks"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
+    lines = ["subject\tbold\tlabels\tmask", *("\t".join(map(str, r)) for r in rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def files_of(d: Path) -> list[str]:
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+
+
+def read_zarr(path: Path) -> tuple[dict, dict]:
+    group = zarr.open_group(str(path), mode="r")
+    return {k: group[k][...] for k in sorted(group.array_keys())}, dict(group.attrs)
+
+
+def assert_same_outputs(got: Path, ref: Path, *, figures: bool) -> None:
+    """``got`` holds exactly ``ref``'s outputs (a `roidask run`), data bit-identical."""
+    expected = files_of(ref)
+    if not figures:
+        expected = [f for f in expected if not f.startswith("figures/")]
+    assert files_of(got) == expected
+    for name in DATA_FILES:
+        assert (got / name).read_bytes() == (ref / name).read_bytes(), f"{got.name}/{name}"
+    arrays, attrs = read_zarr(got / "results.zarr")
+    ref_arrays, ref_attrs = read_zarr(ref / "results.zarr")
+    assert attrs == ref_attrs
+    assert list(arrays) == list(ref_arrays)
+    for key, value in arrays.items():
+        want = ref_arrays[key]
+        assert value.dtype == want.dtype and value.shape == want.shape, key
+        floating = value.dtype.kind in "fc"
+        assert np.array_equal(value, want, equal_nan=floating), f"{got.name}: {key} differs"
+    prov = json.loads((got / "provenance.json").read_text())
+    ref_prov = json.loads((ref / "provenance.json").read_text())
+    if not figures:
+        ref_prov["outputs"] = [o for o in ref_prov["outputs"] if not o.startswith("figures/")]
+    assert {k: v for k, v in prov.items() if k not in VOLATILE} == {
+        k: v for k, v in ref_prov.items() if k not in VOLATILE
+    }
+    assert len(prov["fingerprint"]) == 64
+    assert set(prov["timings_s"]) == set(ref_prov["timings_s"])
+
+
+def batch_table(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "batch.tsv", sep="\t", dtype=str, keep_default_na=False)
+
+
+def statuses(out: Path) -> dict[str, str]:
+    """Subject -> status from ``batch.tsv`` ({} while it does not exist yet)."""
+    try:
+        table = batch_table(out)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return {}
+    return dict(zip(table["subject"], table["status"], strict=True))
+
+
+def hidden_entries(out: Path) -> list[str]:
+    """Temporary folders/files of an interrupted write (``.sub-01.tmp-...`` etc.)."""
+    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+
+
+def batch_cmd(manifest: Path, out: Path, *args: str) -> list[str]:
+    return [
+        str(ROIDASK),
+        "batch",
+        str(manifest),
+        "--out",
+        str(out),
+        "--no-plots",
+        "--quiet",
+        *args,
+    ]
+
+
+def run_cmd(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_group(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def wait_until(predicate, *, timeout: float, what: str, proc=None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            text = log.read_text() if log else ""
+            raise AssertionError(f"process exited ({proc.returncode}) before {what}:\n{text}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Generated subjects ``sub-01..04`` and a manifest with paths relative to it."""
+    from roidask.datasets import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("batch-data")
+    subjects = make_synthetic_dataset(
+        root / "data",
+        n_subjects=N_SUBJECTS,
+        shape=SHAPE,
+        n_volumes=N_VOLUMES,
+        effect_pct=3.0,
+    )
+    rows = [
+        (
+            f"{i:02d}",
+            s.bold.relative_to(root),
+            s.labels.relative_to(root),
+            s.mask_vt.relative_to(root),
+        )
+        for i, s in enumerate(subjects, start=1)
+    ]
+    return {"root": root, "subjects": subjects, "rows": rows}
+
+
+def manifest_for(dataset, path: Path, ids: list[int]) -> Path:
+    """A manifest of subjects ``ids`` (1-based) with absolute paths, written at ``path``."""
+    root = dataset["root"]
+    rows = [
+        (sid, root / bold, root / labels, root / mask)
+        for sid, bold, labels, mask in (dataset["rows"][i - 1] for i in ids)
+    ]
+    return write_manifest(path, rows)
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    """Each subject through a single-process ``roidask run``: sub-0i/ (figures: sub-01)."""
+    from roidask.cli import main
+
+    ref = tmp_path_factory.mktemp("reference")
+    for i, s in enumerate(dataset["subjects"], start=1):
+        argv = ["run", str(s.bold), "--labels", str(s.labels), "--mask", str(s.mask_vt)]
+        argv += ["--out", str(ref / f"sub-{i:02d}"), "--quiet", *(["--no-plots"] if i > 1 else [])]
+        assert main(argv) == 0
+    return ref
+
+
+@pytest.fixture
+def tcp_cluster(tmp_path):
+    """A scheduler and two single-threaded workers (no nanny, 1 GiB each)."""
+    logs = tmp_path / "cluster"
+    logs.mkdir()
+    address, procs = start_cluster(logs, n_workers=2, memory_limit="1GiB")
+    try:
+        yield address, procs, logs
+    finally:
+        stop(procs)
+
+
+def connect(address: str, procs, logs: Path, n: int):
+    from distributed import Client
+
+    client = Client(address, timeout=10, set_as_default=False)
+    wait_for_worker(client, procs, logs, n=n)
+    return client
+
+
+def cached_handles(client) -> dict[str, int]:
+    """Number of NIfTI read handles each worker keeps open."""
+    return client.run(lambda: len(__import__("roidask.io.nifti", fromlist=["x"])._HANDLES))
+
+
+# --------------------------------------------------------------------------- 1. manifests
+
+
+def test_manifest_tsv_runs_and_relative_paths(tmp_path):
+    sub = tmp_path / "study"
+    sub.mkdir()
+    manifest = write_manifest(
+        sub / "manifest.tsv",
+        [
+            ("01", "d/run1.nii.gz; d/run2.nii.gz", "d/ev1.tsv;d/ev2.tsv", "d/mask.nii.gz"),
+            ("sub-02", "/abs/bold.nii", "/abs/labels.txt", "/abs/mask.nii"),
+        ],
+    )
+    specs = read_manifest(manifest)
+    assert specs == [
+        SubjectSpec(
+            "01",
+            (sub / "d/run1.nii.gz", sub / "d/run2.nii.gz"),
+            (sub / "d/ev1.tsv", sub / "d/ev2.tsv"),
+            sub / "d/mask.nii.gz",
+        ),
+        SubjectSpec(
+            "sub-02", (Path("/abs/bold.nii"),), (Path("/abs/labels.txt"),), Path("/abs/mask.nii")
+        ),
+    ]
+    assert [s.out_name for s in specs] == ["sub-01", "sub-02"]
+    # an empty mask cell takes --mask
+    write_manifest(manifest, [("01", "b.nii.gz", "l.txt", "")])
+    (spec,) = read_manifest(manifest, mask=tmp_path / "common_mask.nii.gz")
+    assert spec.mask == tmp_path / "common_mask.nii.gz"
+
+
+def test_manifest_bids_folder(tmp_path):
+    root = tmp_path / "bids"
+    for sub, runs in (("sub-01", 2), ("sub-02", 1)):
+        func = root / sub / "func"
+        func.mkdir(parents=True)
+        for r in range(1, runs + 1):
+            (func / f"{sub}_task-faces_run-{r}_bold.nii.gz").write_bytes(b"")
+            (func / f"{sub}_task-faces_run-{r}_events.tsv").write_text("onset\tduration\n")
+    own = root / "sub-02" / "func" / "sub-02_mask.nii.gz"
+    own.write_bytes(b"")
+    (root / "sub-03" / "anat").mkdir(parents=True)  # no func/: not a subject of the batch
+    common = tmp_path / "mask.nii.gz"
+    specs = read_manifest(root, mask=common)
+    f1 = root / "sub-01" / "func"
+    assert specs == [
+        SubjectSpec(
+            "sub-01",
+            (
+                f1 / "sub-01_task-faces_run-1_bold.nii.gz",
+                f1 / "sub-01_task-faces_run-2_bold.nii.gz",
+            ),
+            (f1 / "sub-01_task-faces_run-1_events.tsv", f1 / "sub-01_task-faces_run-2_events.tsv"),
+            common,
+        ),
+        SubjectSpec(
+            "sub-02",
+            (root / "sub-02/func/sub-02_task-faces_run-1_bold.nii.gz",),
+            (root / "sub-02/func/sub-02_task-faces_run-1_events.tsv",),
+            own,
+        ),
+    ]
+    assert [s.out_name for s in specs] == ["sub-01", "sub-02"]
+    with pytest.raises(LabelsError, match=r"sub-01: no \*_mask.nii.gz in func/ and no --mask"):
+        read_manifest(root)
+    # runs in numeric order: run-2 before run-10
+    f2 = root / "sub-02" / "func"
+    for r in (2, 10):
+        (f2 / f"sub-02_task-faces_run-{r}_bold.nii.gz").write_bytes(b"")
+        (f2 / f"sub-02_task-faces_run-{r}_events.tsv").write_text("onset\tduration\n")
+    runs = [p.name.split("_")[2] for p in read_manifest(root, mask=common)[1].bold]
+    assert runs == ["run-1", "run-2", "run-10"]
+    (f2 / "sub-02_desc-brain_mask.nii.gz").write_bytes(b"")
+    with pytest.raises(LabelsError, match=r"sub-02: several masks in func/ \(sub-02_desc"):
+        read_manifest(root, mask=common)
+    (f2 / "sub-02_desc-brain_mask.nii.gz").unlink()
+    (f1 / "sub-01_task-faces_run-2_events.tsv").unlink()
+    with pytest.raises(
+        LabelsError, match=r"run-2_bold.nii.gz: no matching events file .*run-2_events.tsv"
+    ):
+        read_manifest(root, mask=common)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("subject\tbold\tlabels\n01\tb\tl\n", r"missing column\(s\) \['mask'\]"),
+        ("sub\tbold\tlabels\tmask\n01\tb\tl\tm\n", r"missing column\(s\) \['subject'\]"),
+        (
+            "subject\tbold\tlabels\tmask\n01\tb\tl\tm\n02\tb\tl\tm\n01\tc\tl\tm\n",
+            r"subject\(s\) \['01'\] listed more than once",
+        ),
+        ("subject\tbold\tlabels\tmask\n01\t\tl\tm\n", r"line 2: subject, bold and labels"),
+        ("subject\tbold\tlabels\tmask\n01\tb\tl\t\n", r"line 2: no mask for subject '01'"),
+        ("subject\tbold\tlabels\tmask\n", r"no subject rows"),
+        ("subject\tbold\tlabels\tmask\n../x\tb\tl\tm\n", r"subject '../x' is not a valid"),
+        (
+            "subject\tbold\tlabels\tmask\n01\tb\tl\tm\nsub-01\tb\tl\tm\n",
+            r"subjects '01' and 'sub-01' would both write sub-01/",
+        ),
+    ],
+)
+def test_manifest_errors(tmp_path, text, match):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(text)
+    with pytest.raises(LabelsError, match=match):
+        read_manifest(manifest)
+
+
+def test_manifest_errors_on_the_command_line(tmp_path, capsys):
+    from roidask.cli import main
+
+    missing = tmp_path / "nope.tsv"
+    proc = run_cmd(batch_cmd(missing, tmp_path / "out"), timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        proc.stderr == f"roidask: error: {missing}: no such manifest (expected a TSV file "
+        "or a BIDS-like folder)\n"
+    )
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("subject\tbold\n01\tb\n")
+    for target in (tmp_path, bad):  # a folder without sub-*/func; missing columns
+        assert main(["batch", str(target), "--out", str(tmp_path / "out")]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"roidask: error: {target}: ")
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- 2. embedded
+
+
+def test_batch_on_embedded_cluster(dataset, reference, tmp_path):
+    root = dataset["root"]
+    s1 = dataset["subjects"][0]
+    truncated = root / "truncated_bold.nii.gz"
+    data = s1.bold.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    rows = [*dataset["rows"], ("bad", truncated.name, *dataset["rows"][0][2:])]
+    manifest = write_manifest(root / "manifest-bad.tsv", rows)
+    out = tmp_path / "batch"
+    cluster = ["--n-workers", "2", "--threads-per-worker", "1", "--memory-limit", "1GiB"]
+    proc = run_cmd(batch_cmd(manifest, out, *cluster), timeout=150)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "subjects: 5 (done 4, failed 1)" in proc.stdout
+    table = batch_table(out)
+    assert list(table.columns) == ["subject", "status", "wall_s", "n_rois", "out", "error"]
+    assert dict(zip(table["subject"], table["status"], strict=True)) == {
+        "01": "done",
+        "02": "done",
+        "03": "done",
+        "04": "done",
+        "bad": "failed",
+    }
+    (error,) = table.loc[table["subject"] == "bad", "error"]
+    assert "truncated_bold.nii.gz" in error and "truncat" in error.lower()
+    assert f"  bad: {error}" in proc.stdout
+    # the failed subject leaves nothing behind, the others are complete
+    assert sorted(p.name for p in out.iterdir()) == [
+        "batch.tsv",
+        "group",
+        "sub-01",
+        "sub-02",
+        "sub-03",
+        "sub-04",
+    ]
+    for i in range(1, N_SUBJECTS + 1):
+        assert_same_outputs(out / f"sub-{i:02d}", reference / f"sub-{i:02d}", figures=False)
+        n_rois = len(pd.read_csv(reference / f"sub-{i:02d}" / "rois.tsv", sep="\t"))
+        assert table.loc[i - 1, "n_rois"] == str(n_rois)
+
+    # group level: one-sample t-test of the subjects' t maps, and the ROI overlap
+    group = out / "group"
+    tmaps = np.stack(
+        [nib.load(out / f"sub-{i:02d}" / "tstat.nii.gz").get_fdata() for i in range(1, 5)],
+        axis=-1,
+    )
+    want = stats.ttest_1samp(tmaps, 0.0, axis=-1)
+    got_t = nib.load(group / "tstat.nii.gz")
+    assert got_t.get_data_dtype() == np.float32
+    np.testing.assert_allclose(got_t.get_fdata(), want.statistic, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        nib.load(group / "logp.nii.gz").get_fdata(), -np.log10(want.pvalue), rtol=1e-4, atol=1e-5
+    )
+    atlases = [
+        np.asarray(nib.load(out / f"sub-{i:02d}" / "atlas.nii.gz").dataobj) for i in range(1, 5)
+    ]
+    overlap = nib.load(group / "roi_overlap.nii.gz")
+    assert overlap.get_data_dtype() == np.int16
+    counts = sum((a > 0).astype(int) for a in atlases)
+    assert np.array_equal(np.asarray(overlap.dataobj), counts)
+    assert counts.max() >= 2  # the subjects' ROIs do overlap
+    np.testing.assert_allclose(
+        nib.load(group / "roi_overlap_fraction.nii.gz").get_fdata(), counts / 4, rtol=1e-6
+    )
+    assert np.allclose(got_t.affine, nib.load(reference / "sub-01" / "tstat.nii.gz").affine)
+    assert pd.read_csv(group / "subjects.tsv", sep="\t")["subject"].tolist() == [
+        "sub-01",
+        "sub-02",
+        "sub-03",
+        "sub-04",
+    ]
+
+
+def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path):
+    from roidask.cluster import get_client
+    from roidask.datasets import make_synthetic_subject
+    from roidask.pipeline import PipelineParams
+
+    odd = make_synthetic_subject(
+        tmp_path / "odd-data", shape=(14, 20, 12), n_volumes=N_VOLUMES, effect_pct=3.0, seed=9
+    )
+    s1 = dataset["subjects"][0]
+    specs = [
+        SubjectSpec("01", (s1.bold,), (s1.labels,), s1.mask_vt),
+        SubjectSpec("odd", (odd.bold,), (odd.labels,), odd.mask_vt),
+    ]
+    out = tmp_path / "batch"
+    lines = []
+    with get_client(processes=False, n_workers=1, threads_per_worker=2):
+        table = run_batch(specs, out, params=PipelineParams(), plots=True, log=lines.append)
+    assert table["status"].tolist() == ["done", "done"]
+    # the subjects' outputs (with figures, as `roidask run`) are kept; no group folder,
+    # a clear reason instead
+    assert_same_outputs(out / "sub-01", reference / "sub-01", figures=True)
+    assert (out / "sub-odd" / "tstat.nii.gz").is_file()
+    assert not (out / "group").exists()
+    reason = (out / "group-error.txt").read_text()
+    assert "group level needs every subject on one grid" in reason
+    assert "sub-01" in reason and "sub-odd" in reason
+    assert any(line.startswith("group level: failed") for line in lines)
+    assert hidden_entries(out) == []
+    with pytest.raises(GridMismatchError, match="one grid"):
+        group_level([reference / "sub-01", out / "sub-odd"], tmp_path / "group")
+    assert not (tmp_path / "group").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".group")]
+
+    # resume: complete subjects are skipped; one with a missing output file is redone
+    (out / "sub-odd" / "signals.tsv").unlink()
+    with get_client(processes=False, n_workers=1, threads_per_worker=2):
+        table = run_batch(specs, out, plots=False, log=lines.append)
+        with pytest.raises(InvalidParameterError, match=r"max_concurrent: .* got 0"):
+            run_batch(specs, out, max_concurrent=0)
+    assert table["status"].tolist() == ["skipped", "done"]
+    assert (out / "sub-odd" / "signals.tsv").is_file()
+
+
+# --------------------------------------------------------------------------- 3. worker lost
+
+
+def test_worker_killed_mid_batch(dataset, reference, tcp_cluster, tmp_path):
+    address, procs, logs = tcp_cluster
+    manifest = manifest_for(dataset, tmp_path / "manifest.tsv", [1, 2, 3, 4])
+    out = tmp_path / "batch"
+    log = tmp_path / "batch.log"
+    with connect(address, procs, logs, n=2) as client:
+        pids = client.run(os.getpid)
+        victim_proc = procs[2]
+        (victim,) = [addr for addr, pid in pids.items() if pid == victim_proc.pid]
+        batch = start(batch_cmd(manifest, out, "--scheduler", address), log)
+        try:
+
+            def victim_busy():
+                done = [s for s, st in statuses(out).items() if st == "done"]
+                return done and client.processing(workers=[victim]).get(victim)
+
+            wait_until(victim_busy, timeout=120, what="a subject done and tasks on the victim",
+                       proc=batch, log=log)  # fmt: skip
+            os.kill(victim_proc.pid, signal.SIGKILL)
+            victim_proc.wait(timeout=10)
+            at_kill = statuses(out)
+            assert batch.poll() is None
+            assert sorted(at_kill.values()).count("done") < N_SUBJECTS  # killed mid-run
+            rc = batch.wait(timeout=150)
+        finally:
+            kill_group(batch)
+        assert rc == 0, log.read_text()
+        assert set(statuses(out).values()) == {"done"}
+        # the scheduler saw the worker go, and the batch finished on the other one
+        assert f"Remove worker addr: {victim}" in (logs / "scheduler.log").read_text()
+        (survivor,) = client.scheduler_info()["workers"]
+        assert survivor != victim
+        # finished subjects' NIfTI read handles are not kept by the workers
+        assert cached_handles(client) == {survivor: 0}
+    for i in range(1, N_SUBJECTS + 1):
+        assert_same_outputs(out / f"sub-{i:02d}", reference / f"sub-{i:02d}", figures=False)
+    assert hidden_entries(out) == []
+
+
+# --------------------------------------------------------------------------- 4. resume
+
+
+def test_batch_killed_and_resumed(dataset, reference, tcp_cluster, tmp_path):
+    address, procs, logs = tcp_cluster
+    manifest = manifest_for(dataset, tmp_path / "manifest.tsv", [1, 2, 3, 4])
+    out = tmp_path / "batch"
+    log = tmp_path / "batch.log"
+    cmd = batch_cmd(manifest, out, "--scheduler", address, "--max-concurrent", "1")
+    with connect(address, procs, logs, n=2):
+        pass  # both workers are up
+    batch = start(cmd, log)
+    try:
+        wait_until(
+            lambda: "done" in statuses(out).values(),
+            timeout=120,
+            what="a first subject done",
+            proc=batch,
+            log=log,
+        )
+        kill_group(batch)
+    finally:
+        kill_group(batch)
+    assert batch.returncode == -signal.SIGKILL
+    at_kill = statuses(out)
+    done = sorted(s for s, st in at_kill.items() if st == "done")
+    assert 1 <= len(done) < N_SUBJECTS, at_kill
+    before = {
+        s: {f: (p.stat().st_ino, p.stat().st_mtime_ns) for f in files_of(out / f"sub-{s}")
+            for p in [out / f"sub-{s}" / f]}
+        for s in done
+    }  # fmt: skip
+
+    proc = run_cmd(cmd, timeout=150)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    final = statuses(out)
+    assert final == {s: ("skipped" if s in done else "done") for s in at_kill}
+    for s in done:  # untouched: same files, same inodes, same modification times
+        after = {
+            f: ((out / f"sub-{s}" / f).stat().st_ino, (out / f"sub-{s}" / f).stat().st_mtime_ns)
+            for f in files_of(out / f"sub-{s}")
+        }
+        assert after == before[s]
+    assert hidden_entries(out) == []
+    for i in range(1, N_SUBJECTS + 1):
+        assert_same_outputs(out / f"sub-{i:02d}", reference / f"sub-{i:02d}", figures=False)
+    # the group level equals the one of the single-process runs
+    want = group_level([reference / f"sub-{i:02d}" for i in range(1, 5)], tmp_path / "group")
+    for name in ("tstat.nii.gz", "logp.nii.gz", "roi_overlap.nii.gz", "subjects.tsv"):
+        assert (out / "group" / name).read_bytes() == (want / name).read_bytes(), name
+
+
+# --------------------------------------------------------------------------- 6. TLS
+
+
+@pytest.fixture
+def tls_cluster(tmp_path):
+    if shutil.which("openssl") is None:  # pragma: no cover
+        pytest.skip("the openssl command is needed to make test certificates")
+    logs = tmp_path / "cluster"
+    logs.mkdir()
+    certs = make_ca_and_cert(tmp_path / "certs")
+    address, procs = start_cluster(logs, tls_cli_args(certs), protocol="tls")
+    try:
+        yield address, procs, logs, certs
+    finally:
+        stop(procs)
+
+
+def test_batch_over_tls(dataset, reference, tls_cluster, tmp_path):
+    address, _procs, logs, certs = tls_cluster
+    manifest = manifest_for(dataset, tmp_path / "manifest.tsv", [1, 2])
+    out = tmp_path / "batch"
+    proc = run_cmd(batch_cmd(manifest, out, "--scheduler", address, *tls_cli_args(certs)), 150)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert statuses(out) == {"01": "done", "02": "done"}
+    for i in (1, 2):
+        assert_same_outputs(out / f"sub-{i:02d}", reference / f"sub-{i:02d}", figures=False)
+    assert (out / "group" / "tstat.nii.gz").is_file()
+    assert "Register worker" in (logs / "scheduler.log").read_text()
+
+    plain = address.replace("tls://", "tcp://")
+    refused = run_cmd(batch_cmd(manifest, tmp_path / "plain", "--scheduler", plain), 60)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    (line,) = refused.stderr.strip().splitlines()
+    assert line.startswith(f"roidask: error: could not connect to the dask scheduler at '{plain}'")
+    assert "connect to tls://... with tls_ca_file, tls_cert and tls_key" in line
+    assert not (tmp_path / "plain").exists()
+
+
+# --------------------------------------------------------------------------- 5. out of core
+
+OOC_WORKER_MEMORY = 400 * 2**20
+
+
+class PeakRSS:
+    """Samples the resident memory of the processes under ``pids`` (their children)."""
+
+    def __init__(self, pids: list[int]):
+        self.pids, self.peak, self._stop = pids, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            for pid in self.pids:
+                try:
+                    children = psutil.Process(pid).children(recursive=True)
+                except psutil.Error:
+                    continue
+                for child in children:
+                    try:
+                        self.peak = max(self.peak, child.memory_info().rss)
+                    except psutil.Error:
+                        pass
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_out_of_core_batch(tmp_path):
+    """Ten times the workers' memory in BOLD data; no worker is killed or lost."""
+    from isal import igzip
+
+    from roidask.datasets import make_synthetic_subject
+
+    subject = make_synthetic_subject(tmp_path / "big", seed=3)  # 40x64x64x1452 int16
+    bold = tmp_path / "big" / "bold.nii"
+    with igzip.open(subject.bold, "rb") as src, open(bold, "wb") as dst:
+        shutil.copyfileobj(src, dst, 16 * 2**20)
+    subject.bold.unlink()
+    nbytes = int(np.prod(nib.load(bold).shape)) * 2
+    n_subjects = -(-10 * OOC_WORKER_MEMORY // nbytes)  # >= 10x the workers' memory
+    rows = []
+    for i in range(1, n_subjects + 1):
+        link = tmp_path / "big" / f"bold-{i:02d}.nii"
+        os.link(bold, link)  # the same data under several subjects, distinct files
+        rows.append((f"s{i:02d}", link.name, "labels.txt", "mask_vt.nii.gz"))
+    manifest = write_manifest(tmp_path / "big" / "manifest.tsv", rows)
+    assert n_subjects * nbytes >= 10 * OOC_WORKER_MEMORY
+
+    logs = tmp_path / "cluster"
+    logs.mkdir()
+    address, procs = start_cluster(
+        logs,
+        n_workers=1,
+        memory_limit=str(OOC_WORKER_MEMORY),
+        nanny=True,
+        nthreads=2,
+    )
+    out = tmp_path / "batch"
+    try:
+        with connect(address, procs, logs, n=1) as client:
+            (worker,) = client.scheduler_info()["workers"]
+            with PeakRSS([p.pid for p in procs[1:]]) as rss:
+                proc = run_cmd(batch_cmd(manifest, out, "--scheduler", address), timeout=540)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert list(client.scheduler_info()["workers"]) == [worker]  # never replaced
+        scheduler_log = (logs / "scheduler.log").read_text()
+    finally:
+        stop(procs)
+    worker_text = worker_log(logs, 0).read_text()
+    for bad in ("exceeded", "Restarting", "was killed", "KilledWorker"):
+        assert bad not in worker_text, worker_text[-3000:]
+    assert "Remove worker" not in scheduler_log
+    mib = 2**20
+    print(
+        f"\nout of core: {n_subjects} x {nbytes / mib:.0f} MiB of BOLD, worker limit "
+        f"{OOC_WORKER_MEMORY / mib:.0f} MiB, peak worker RSS {rss.peak / mib:.0f} MiB"
+    )
+    assert 0 < rss.peak < OOC_WORKER_MEMORY
+    assert set(statuses(out).values()) == {"done"}
+    first = out / "sub-s01"
+    for i in range(2, n_subjects + 1):
+        for name in ("tstat.nii.gz", "atlas.nii.gz", "signals.tsv"):
+            assert (out / f"sub-s{i:02d}" / name).read_bytes() == (first / name).read_bytes()
