@@ -212,8 +212,9 @@ class _OpenFiles:
     """Input files of the subjects in flight; a file's read handles are dropped when done.
 
     Workers cache one read handle per NIfTI file (a ``.nii.gz`` one holds its
-    seek index and buffers, tens of MB): without this a worker's memory grows
-    with every subject of the batch until the nanny kills it.
+    seek index and a ~16 MB read buffer, even for a small mask): without this a
+    worker's memory grows with every subject of the batch until it is paused or
+    killed.
     """
 
     def __init__(self):

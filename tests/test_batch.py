@@ -164,7 +164,7 @@ def wait_until(predicate, *, timeout: float, what: str, proc=None, log: Path | N
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """Generated subjects ``sub-01..04`` and a manifest with paths relative to it."""
+    """Generated subjects ``sub-01..04``; ``rows`` are manifest rows relative to ``root``."""
     from roidask.datasets import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("batch-data")

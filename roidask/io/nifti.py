@@ -387,9 +387,9 @@ def _handle(path: Path):
 def release_handles(paths) -> int:
     """Forget this process's cached read handles of ``paths``; returns how many.
 
-    A ``.nii.gz`` handle holds its seek index and buffers (tens of MB for a
-    large file); a long-lived worker that reads many files (``roidask batch``)
-    must drop them once a file is done. A read in progress keeps its handle
+    A ``.nii.gz`` handle holds its seek index and a read buffer (about 16 MB,
+    even for a small mask); a long-lived worker that reads many files
+    (``roidask batch``) must drop them once a file is done. A read in progress keeps its handle
     alive until it finishes, then it is closed when no longer referenced.
     """
     wanted = {os.path.realpath(p) for p in paths}
