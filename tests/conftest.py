@@ -96,6 +96,14 @@ def haxby_arrays(haxby):
     return img.get_fdata(), img.affine, labels["labels"].to_numpy()
 
 
+@pytest.fixture(scope="session")
+def seed_maps(haxby):
+    """nilearn's example on the Haxby slice (tests/seed_reference.py): maps, atlas, signals."""
+    from seed_reference import seed_pipeline
+
+    return seed_pipeline(str(haxby.bold), str(haxby.labels), str(haxby.mask))
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -18,9 +18,9 @@ from roidask.pipeline import PipelineParams, roi_pipeline
 
 
 @pytest.fixture(scope="module")
-def seed(haxby):
+def seed(seed_maps):
     """The example as written (scipy's t-test in float32 on float32 smoothed data)."""
-    return seed_pipeline(str(haxby.bold), str(haxby.labels), str(haxby.mask))
+    return seed_maps
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,6 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import scipy.ndimage as ndi
-import scipy.stats
 import xarray as xr
 from conftest import raise_if_dask_computes
 from hypothesis import given
@@ -69,21 +67,10 @@ def haxby_img(haxby):
 
 
 @pytest.fixture(scope="module")
-def seed_rois(haxby, haxby_img, haxby_arrays):
+def seed_rois(seed_maps, haxby_arrays):
     """The seed pipeline's 5 face-vs-house ROIs, built with nilearn and scipy."""
-    _, affine, conditions = haxby_arrays
-    smoothed = smooth_img(haxby_img, fwhm=6).get_fdata()
-    _, p = scipy.stats.ttest_ind(
-        smoothed[..., conditions == "face"], smoothed[..., conditions == "house"], axis=-1
-    )
-    with np.errstate(divide="ignore"):
-        score = -np.log10(p)
-    score = np.clip(np.nan_to_num(score, nan=0.0), None, 10)
-    brain = nib.load(haxby.mask).get_fdata() > 0
-    active = ndi.binary_dilation((score > 5) & brain)
-    labels, n = ndi.label(active)
-    assert n == 5
-    return nib.Nifti1Image(labels.astype(np.int32), affine)
+    assert seed_maps["n_labels"] == 5
+    return nib.Nifti1Image(seed_maps["atlas"].astype(np.int32), haxby_arrays[1])
 
 
 @pytest.fixture(scope="module")

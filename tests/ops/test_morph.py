@@ -12,8 +12,7 @@ import xarray as xr
 from conftest import raise_if_dask_computes
 from hypothesis import given
 from hypothesis import strategies as st
-from nilearn.image import smooth_img
-from scipy import ndimage, stats
+from scipy import ndimage
 
 from roidask.exceptions import ImageDimensionError, InvalidParameterError
 from roidask.ops import morph
@@ -60,17 +59,9 @@ def chunked_masks(draw, max_side: int = 12, densities=(0.2, 0.4, 0.6, 0.8)):
 
 
 @pytest.fixture(scope="module")
-def seed_roi(haxby, haxby_arrays):
+def seed_roi(seed_maps, haxby_arrays):
     """The seed's thresholded map (-log10 p >= 5) AND the slice's mask, and the affine."""
-    data, affine, conditions = haxby_arrays
-    smoothed = smooth_img(nib.Nifti1Image(data, affine), fwhm=6).get_fdata()
-    _, p = stats.ttest_ind(
-        smoothed[..., conditions == "face"], smoothed[..., conditions == "house"], axis=-1
-    )
-    logp = -np.log10(p)
-    logp[np.isnan(logp)] = 0
-    logp = np.minimum(logp, 10)
-    return (logp >= 5) & (nib.load(haxby.mask).get_fdata() != 0), affine
+    return seed_maps["roi_mask"], haxby_arrays[1]
 
 
 @pytest.mark.parametrize(
