@@ -5,9 +5,9 @@ Each subject runs the ROI pipeline exactly as ``roidask run`` and writes
 by default as many as the cluster has worker threads, 2 to 8) on one shared
 ``distributed`` client, so the scheduler interleaves their tasks; memory per
 worker is bounded by the chunk size, not by the number of subjects. Without
-``chunks``, whole-volume chunks are used (outputs bit-identical to ``roidask
-run``) unless the workers' memory limits are too small for them: volumes are
-then split along x (and y), so a 400 MiB worker still processes a 475 MB
+``chunks``, the default blocks of whole volumes are used (outputs bit-identical
+to ``roidask run``) unless the workers' memory limits are too small for them:
+blocks then hold fewer volumes, so a 400 MiB worker still processes a 475 MB
 subject. Read handles a worker caches for a subject's NIfTI files are dropped
 when the subject is done, so worker memory does not grow with the batch.
 
@@ -256,10 +256,12 @@ def _release_handles(paths: list[str]) -> None:
 #: Resident memory of a worker process once roidask's operations are imported
 #: (~200 MB with dask/distributed 2026), which its tasks cannot use.
 _WORKER_BASE_BYTES = 200 * 2**20
-#: Peak memory of one statistics-pass task: this many times its (int16) chunk,
-#: plus a fixed part (partial moments being merged, buffers).
-_TASK_EXPANSION = 8
+#: Peak memory of one task of the pipeline's pass: this many times its block of
+#: whole volumes (in the data's type: decoded block, smoothed contrast volumes),
+#: plus float64 partial maps (sum, two means, two m2) of the blocks being merged.
+_TASK_EXPANSION = 6
 _TASK_FIXED_BYTES = 16 * 2**20
+_PARTIAL_MAPS = 5
 #: Fraction of a worker's memory limit tasks may fill (dask pauses a worker at 80 %).
 _USABLE_FRACTION = 0.75
 
@@ -281,15 +283,15 @@ def _cluster_resources(client) -> tuple[float | None, int]:
 
 
 def _memory_chunks(spec: SubjectSpec, budget: float | None) -> dict | None:
-    """BOLD chunks whose statistics tasks fit ``budget`` bytes; None if the default fits.
+    """BOLD time chunks whose pass tasks fit ``budget`` bytes; None if the default fits.
 
-    Only the spatial axes are split: the time chunks, hence the order in which
-    volumes are reduced, stay the default ones, so the maps are bit-identical to
-    a default run; the ROI signals (sums over voxels of several chunks) may differ
-    in the last bits of float64.
+    The pipeline reads blocks of whole volumes; with small worker memory the
+    blocks hold fewer volumes (down to one). Maps and signals then differ from a
+    default run by float64 rounding only (partial moments merged in another order).
     """
     from roidask.io.image import normalize_chunks
     from roidask.io.nifti import NiftiSource
+    from roidask.ops.onepass import SPLIT_EVERY
 
     if budget is None:
         return None
@@ -299,14 +301,12 @@ def _memory_chunks(spec: SubjectSpec, budget: float | None) -> dict | None:
         return None  # run_subject reports the bad file
     x, y, z = sources[0].volume_shape
     itemsize = sources[0].dtype.itemsize
-    n_t = normalize_chunks(None, (x, y, z, sum(s.n_volumes for s in sources)), itemsize)["time"]
-    max_chunk = max(budget - _TASK_FIXED_BYTES, 0) / _TASK_EXPANSION
-    slab = y * z * n_t * itemsize  # bytes of one x-slab of a chunk
-    if x * slab <= max_chunk:
-        return None
-    if slab <= max_chunk:
-        return {"x": int(max_chunk // slab)}
-    return {"x": 1, "y": max(1, int(max_chunk // (z * n_t * itemsize)))}
+    n_volumes = sum(s.n_volumes for s in sources)
+    n_t = normalize_chunks(None, (x, y, z, n_volumes), itemsize)["time"]
+    partials = (SPLIT_EVERY + 1) * _PARTIAL_MAPS * 8 * x * y * z
+    room = max(budget - _TASK_FIXED_BYTES - partials, 0) / _TASK_EXPANSION
+    fits = max(1, int(room // (x * y * z * itemsize)))
+    return None if fits >= n_t else {"time": fits}
 
 
 def _write_status(out_dir: Path, rows: dict[str, dict], lock: threading.Lock) -> None:

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from roidask.exceptions import RoidaskError, RoidaskTypeError, RoidaskWarning
+from roidask.exceptions import (
+    InvalidParameterError,
+    RoidaskError,
+    RoidaskTypeError,
+    RoidaskWarning,
+)
 
 __all__ = ["main"]
 
@@ -167,10 +172,17 @@ def _add_analysis_options(p) -> None:
     c.add_argument(
         "--scheduler",
         default=None,
-        help="address of a running dask scheduler (default: embedded local cluster)",
+        help="'local' (an embedded dask LocalCluster) or the address tcp://HOST:PORT of a "
+        "running scheduler; default: `run` computes in this process's threads, `batch` "
+        "starts an embedded LocalCluster",
     )
     c.add_argument("--n-workers", type=int, default=None, help="local cluster workers")
-    c.add_argument("--threads-per-worker", type=int, default=None, help="threads per worker")
+    c.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        help="threads per local worker (`run` without --scheduler: threads used)",
+    )
     c.add_argument("--memory-limit", default=None, help="memory per worker, e.g. 4GiB")
     c.add_argument("--tls-ca-file", default=None, help="CA certificate (tls:// scheduler)")
     c.add_argument("--tls-cert", default=None, help="client certificate (tls://)")
@@ -256,20 +268,72 @@ def _summary(result, out, wall_s: float) -> str:
     return "\n".join(lines)
 
 
+def _run_executor(args):
+    """Where ``roidask run`` computes: this process's threads, or a dask cluster.
+
+    Returns a context manager yielding a description of the scheduler.
+    """
+    import contextlib
+
+    if args.scheduler is not None:
+        return _cluster_executor(None if args.scheduler == "local" else args.scheduler, args)
+    cluster_only = {
+        "--n-workers": args.n_workers,
+        "--memory-limit": args.memory_limit,
+        "--dashboard": args.dashboard or None,
+        "--tls-ca-file": args.tls_ca_file,
+        "--tls-cert": args.tls_cert,
+        "--tls-key": args.tls_key,
+    }
+    given = [k for k, v in cluster_only.items() if v is not None]
+    if given:
+        raise InvalidParameterError(
+            f"{', '.join(given)}: only apply to a dask cluster; add --scheduler local "
+            "(embedded cluster) or --scheduler tcp://HOST:PORT"
+        )
+
+    @contextlib.contextmanager
+    def threads():
+        import os
+
+        import dask
+        import dask.threaded
+
+        n = args.threads_per_worker or os.cpu_count() or 1
+        # The scheduler as a function: naming it ("threads") makes dask import
+        # distributed (~0.5 s, ~50 MB) to look for a client.
+        with dask.config.set(scheduler=dask.threaded.get, num_workers=n):
+            yield f"this process, {n} thread{'s' if n > 1 else ''}"
+
+    return threads()
+
+
+def _cluster_executor(address, args):
+    import contextlib
+
+    from roidask.cluster import dashboard_link, describe_client, get_client
+
+    @contextlib.contextmanager
+    def cluster():
+        with get_client(address, processes=False, **client_options(args)) as client:
+            if not args.quiet:
+                print(f"dask: {describe_client(client)}", file=sys.stderr)
+                link = dashboard_link(client)
+                if link:
+                    print(f"dask dashboard: {link}", file=sys.stderr)
+            yield address or "embedded LocalCluster"
+
+    return cluster()
+
+
 def _cmd_run(args) -> int:
     import time
 
-    from roidask.cluster import dashboard_link, describe_client, get_client
     from roidask.results import run_subject
 
     start = time.perf_counter()
     params = pipeline_params(args)
-    with get_client(args.scheduler, processes=False, **client_options(args)) as client:
-        if not args.quiet:
-            print(f"dask: {describe_client(client)}", file=sys.stderr)
-            link = dashboard_link(client)
-            if link:
-                print(f"dask dashboard: {link}", file=sys.stderr)
+    with _run_executor(args) as scheduler:
         result = run_subject(
             bold=args.bold,
             labels=args.labels,
@@ -283,7 +347,7 @@ def _cmd_run(args) -> int:
             plots=not args.no_plots,
             overwrite=args.overwrite,
             progress=not args.quiet,
-            extra_provenance={"scheduler": args.scheduler or "embedded LocalCluster"},
+            extra_provenance={"scheduler": scheduler},
         )
     print(_summary(result, args.out, time.perf_counter() - start))
     return 0
@@ -325,7 +389,8 @@ def _cmd_batch(args) -> int:
     start = time.perf_counter()
     params = pipeline_params(args)
     specs = read_manifest(args.manifest, mask=args.mask)
-    with get_client(args.scheduler, **client_options(args)) as client:
+    address = None if args.scheduler == "local" else args.scheduler
+    with get_client(address, **client_options(args)) as client:
         if not args.quiet:
             print(f"dask: {describe_client(client)}", file=sys.stderr)
             link = dashboard_link(client)
@@ -463,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from roidask._malloc import trim_freed_memory
+
+    trim_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings():

@@ -5,18 +5,21 @@ Smooth (FWHM 6 mm), mean EPI, voxelwise two-sample t-test (face vs house),
 dilation, connected components (scipy numbering), per-ROI signals for every
 volume, label atlas.
 
-The work is arranged so that the BOLD data is read twice, the minimum the
-analysis allows (the ROIs depend on the statistics of every volume):
+The BOLD data is read once:
 
-1. **statistics pass** - one dask graph computes the mean EPI and the t-test
-   together, sharing the reads: the mean EPI is the smoothed mean of the raw
-   volumes (smoothing is linear), and only the contrast's volumes are smoothed
-   for the t-test;
+1. **one pass** (:func:`roidask.ops.onepass.contrast_pass`) - one dask graph over
+   blocks of whole volumes computes the sum of every volume (the mean EPI is the
+   smoothed mean: smoothing is linear), the moments of the smoothed face and
+   house volumes (only the contrast's volumes are smoothed) and keeps the raw
+   voxels of the box where ROIs can appear (the mask's bounding box grown by
+   the dilation and the kernel radius);
 2. **ROIs** - 3D operations on the computed maps (threshold, AND, dilation,
    labelling), small;
-3. **extraction pass** - every ROI's signal for every volume, from the raw data
-   with smoothed ROI weights (exactly equal to extracting from the smoothed
-   data, without smoothing every volume).
+3. **extraction** - every ROI's signal for every volume from the kept box, with
+   smoothed ROI weights (exactly equal to extracting from the smoothed data,
+   without smoothing every volume). When the box would hold more than
+   :data:`BOX_MAX_BYTES` (e.g. a whole-brain mask), no box is kept and the
+   extraction reads the data a second time instead.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from roidask.io.image import (
     check_same_grid,
     like_image,
     normalize_chunks,
-    select_conditions,
 )
 
 __all__ = ["PipelineParams", "PipelineResult", "check_inputs", "compute", "roi_pipeline"]
@@ -185,15 +187,19 @@ def _json_attrs(d: dict) -> str:
     return json.dumps(d)
 
 
-def compute(*objs, progress: bool = False, label: str = ""):
+def compute(*objs, progress: bool = False, label: str = "", local: bool = False):
     """Compute dask-backed objects together (shared reads), with optional progress.
 
     Uses the active ``distributed`` client if there is one (with its terminal
-    progress bar), otherwise dask's default scheduler.
+    progress bar) unless ``local``; otherwise dask's default scheduler (the threaded
+    one in this process with ``local``).
     """
     import dask
+    import dask.threaded
 
-    client = _active_client()
+    client = None if local else _active_client()
+    # A callable, not "threads": dask imports distributed to resolve scheduler names.
+    scheduler = {"scheduler": dask.threaded.get} if local else {}
     if client is not None:
         futures = client.compute(list(objs))
         if progress:
@@ -206,8 +212,8 @@ def compute(*objs, progress: bool = False, label: str = ""):
         from dask.diagnostics import ProgressBar
 
         with ProgressBar(out=__import__("sys").stderr):
-            return dask.compute(*objs)
-    return dask.compute(*objs)
+            return dask.compute(*objs, **scheduler)
+    return dask.compute(*objs, **scheduler)
 
 
 def _active_client():
@@ -223,21 +229,23 @@ def _active_client():
         return None
 
 
-#: Largest float64 block one task works on (time chunks are split to stay below).
-COMPUTE_BLOCK_BYTES = 16 * 2**20
+#: Largest block (whole volumes, in the data's type) one task reads; longer time
+#: chunks are split. Results do not depend on it.
+BLOCK_MAX_BYTES = 32 * 2**20
+#: Largest box of raw voxels (all volumes) kept by the pass for the extraction;
+#: above it the extraction reads the data a second time.
+BOX_MAX_BYTES = 128 * 2**20
 
 
-def _compute_chunks(bold: xr.DataArray) -> xr.DataArray:
-    """Split time chunks so a float64 copy of one chunk stays under COMPUTE_BLOCK_BYTES.
-
-    Storage chunks of a few dozen MB of int16 become 4x larger as float64, and the
-    statistics hold a few such copies per thread; smaller time chunks bound the
-    memory of a run without changing any result.
-    """
-    n_voxels = int(np.prod([max(c) for c in bold.chunks[:3]]))
-    max_t = max(1, COMPUTE_BLOCK_BYTES // (8 * n_voxels))
+def _pass_chunks(bold: xr.DataArray) -> xr.DataArray:
+    """Whole-volume blocks of at most BLOCK_MAX_BYTES (time chunks kept where they fit)."""
+    volume_bytes = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize
+    max_t = max(1, BLOCK_MAX_BYTES // volume_bytes)
+    chunks = {d: -1 for d in ("x", "y", "z")}
     if max(bold.chunks[3]) > max_t:
-        bold = bold.chunk(time=max_t)
+        chunks["time"] = max_t
+    if any(len(c) > 1 for c in bold.chunks[:3]) or "time" in chunks:
+        bold = bold.chunk(chunks)
     return bold
 
 
@@ -305,36 +313,48 @@ def roi_pipeline(
     GridMismatchError, ConditionError, ImageDimensionError, InvalidParameterError
         Before any voxel data is read.
     """
+    from roidask.io.image import affine_of
     from roidask.ops.extract import extract_signals
+    from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
     from roidask.ops.label import label
     from roidask.ops.morph import binary_dilation
+    from roidask.ops.onepass import box_image, contrast_pass, roi_box
     from roidask.ops.rois import ROI_TABLE_COLUMNS, keep_largest, remove_small, roi_table
     from roidask.ops.smooth import smooth_img
-    from roidask.ops.stats import clip_logp, mean_img, ttest_img
+    from roidask.ops.stats import _ttest_block, clip_logp
     from roidask.ops.threshold import mask_and, threshold_img
 
     params = params or PipelineParams()
     bold = as_image(bold_img, ndim=4, param="bold_img", subject=subject)
     if chunks is not None:
         bold = bold.chunk(normalize_chunks(chunks, bold.shape, bold.dtype.itemsize))
-    bold = _compute_chunks(bold)
+    bold = _pass_chunks(bold)
     mask = as_image(mask_img, ndim=3, param="mask_img")
     check_inputs(bold, mask, params)
     timings = {}
 
-    # 1. statistics pass: mean EPI and t-test share one read of the data.
+    # 1. one pass: mean EPI, smoothed contrast moments and the ROI box, one read.
     t0 = time.perf_counter()
-    mean_epi = smooth_img(mean_img(bold), fwhm=params.fwhm)
-    contrast_bold = select_conditions(bold, list(params.contrast), param="contrast")
-    stats = ttest_img(
-        smooth_img(contrast_bold, fwhm=params.fwhm),
-        contrast=params.contrast,
-        equal_var=params.test == "student",
+    mask_np = np.asarray(mask.values) != 0
+    sigma = fwhm_to_sigma_voxels(affine_of(bold), params.fwhm)
+    grow = [params.dilation_iterations + gaussian_radius(s) for s in sigma]
+    box = roi_box(mask_np, grow_voxels=grow)
+    if box is not None:
+        box_voxels = int(np.prod([s.stop - s.start for s in box]))
+        if box_voxels * bold.sizes["time"] * bold.dtype.itemsize > BOX_MAX_BYTES:
+            box = None  # the extraction reads the data again
+    (one,) = compute(
+        contrast_pass(bold, contrast=params.contrast, fwhm=params.fwhm, box=box),
+        progress=progress,
+        label="statistics",
     )
-    logp = clip_logp(stats["logp"], clip=params.clip)
-    mean_np, t_np, logp_np = compute(
-        mean_epi.data, stats["t"].data, logp.data, progress=progress, label="statistics"
-    )
+    mean_np = smooth_img(
+        like_image((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
+    ).values
+    na, nb = (int(n) for n in one.counts)
+    tt = _ttest_block(one.moments(), na=na, nb=nb, equal_var=params.test == "student")
+    t_np = tt[..., 0]
+    logp_np = clip_logp(like_image(tt[..., 2], bold), clip=params.clip).values
     timings["statistics"] = time.perf_counter() - t0
 
     # 2. ROIs: small 3D operations on the computed maps.
@@ -358,8 +378,7 @@ def roi_pipeline(
     roi_np, dil_np, atlas_np = compute(roi_mask.data, dilated.data, atlas.data)
     atlas = like_image(np.asarray(atlas_np, dtype=np.int32), bold, name="atlas")
     if not np.any(atlas_np):
-        inside = np.asarray(mask.data.compute()) != 0
-        peak = float(np.max(logp_np[inside])) if inside.any() else float("nan")
+        peak = float(np.max(logp_np[mask_np])) if mask_np.any() else float("nan")
         warnings.warn(
             f"no ROI: no voxel of mask_img has -log10 p >= {params.threshold:g} (the peak "
             f"inside the mask is {peak:.3g}); outputs are written with an empty ROI table",
@@ -368,7 +387,7 @@ def roi_pipeline(
         )
     timings["rois"] = time.perf_counter() - t0
 
-    # 3. extraction pass: all ROIs, all volumes, smoothed ROI weights on raw data.
+    # 3. extraction: all ROIs, all volumes, smoothed ROI weights on the raw data.
     t0 = time.perf_counter()
     if np.any(atlas_np):
         rois = roi_table(atlas, stat_img=logp)
@@ -380,15 +399,24 @@ def roi_pipeline(
             }
         )
     if len(rois):
+        if one.box is not None:  # the ROIs' raw voxels were kept by the pass
+            source = box_image(one, bold)
+            roi_atlas = like_image(np.asarray(atlas_np, dtype=np.int32)[one.box], source)
+        else:
+            source, roi_atlas = bold, atlas
         linear = params.strategy in ("mean", "sum")
-        source = bold if linear else smooth_img(bold, fwhm=params.fwhm)
+        if not linear:
+            source = smooth_img(source, fwhm=params.fwhm)
         signals = extract_signals(
             source,
-            atlas,
+            roi_atlas,
             strategy=params.strategy,
             **({"fwhm": params.fwhm} if linear else {}),
         )
-        (signals_np,) = compute(signals.data, progress=progress, label="extraction")
+        # The box is already in memory here: extract it in this process.
+        (signals_np,) = compute(
+            signals.data, progress=progress, label="extraction", local=one.box is not None
+        )
         signals = signals.copy(data=signals_np)
     else:
         signals = xr.DataArray(

@@ -26,6 +26,7 @@ import platform
 import shutil
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -222,12 +223,8 @@ def run_subject(
     -------
     PipelineResult
     """
-    import tempfile
-
     from roidask.exceptions import InvalidParameterError
-    from roidask.io.image import as_image, bold_from_nifti
-    from roidask.io.store import convert
-    from roidask.pipeline import check_inputs, roi_pipeline
+    from roidask.pipeline import roi_pipeline
 
     if bool(bold) == bool(store):
         raise InvalidParameterError(
@@ -236,42 +233,67 @@ def run_subject(
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: output folder exists; pass --overwrite to replace it")
-    if store is not None:
-        result = roi_pipeline(
-            store, mask_img=mask, params=params, subject=subject, chunks=chunks, progress=progress
-        )
-        files = [store, mask]
-    else:
-        if not labels:
-            raise InvalidParameterError("run: --labels is required with BOLD files")
-        # Validate everything (headers, labels, grids, contrast) before any voxel is read.
-        check_inputs(
-            bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks),
-            as_image(mask, ndim=3, param="mask_img"),
-            params,
-        )
-        # Convert once: one fast sequential decompression of the .nii(.gz) runs into
-        # a temporary chunked store, which the two passes of the pipeline then read
-        # in parallel (random access into gzip streams is several times slower).
-        if not out.parent.exists():
-            raise StoreError(f"{out}: parent folder {out.parent} does not exist")
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.convert-") as tmp:
-            tmp_store = convert(
-                bold,
-                labels=labels,
-                out=Path(tmp) / "bold.zarr",
-                tr_s=tr_s,
+    files = [store, mask] if store is not None else [*bold, *(labels or []), mask]
+    with ThreadPoolExecutor(1) as hasher:
+        # Checksums of the inputs for provenance, computed while the pipeline runs.
+        records = None if inputs else hasher.submit(input_records, files)
+        if store is not None:
+            result = roi_pipeline(
+                store,
+                mask_img=mask,
+                params=params,
+                subject=subject,
                 chunks=chunks,
                 progress=progress,
             )
-            result = roi_pipeline(tmp_store, mask_img=mask, params=params, progress=progress)
-        files = [*bold, *labels, mask]
+        else:
+            result = _run_nifti(bold, labels, mask, out, params, chunks, tr_s, progress)
+        inputs = inputs or records.result()
     write_results(
         result,
         out,
-        inputs=inputs or input_records(files),
+        inputs=inputs,
         plots=plots,
         overwrite=overwrite,
         extra_provenance=extra_provenance,
     )
     return result
+
+
+def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress):
+    """The pipeline on NIfTI runs: read directly, or through a temporary store.
+
+    The pipeline reads the data once, in time order, which a sequential gzip
+    decoder serves best (see :mod:`roidask.io.nifti`). Worker processes of a
+    dask cluster would each decode a ``.nii.gz`` from its start to reach their
+    blocks, so for them the runs are first converted (one sequential decode, in
+    this process) into a temporary chunked store next to ``out``.
+    """
+    import tempfile
+
+    from roidask.exceptions import InvalidParameterError
+    from roidask.io.image import as_image, bold_from_nifti
+    from roidask.io.store import convert
+    from roidask.pipeline import _active_client, check_inputs, roi_pipeline
+
+    if not labels:
+        raise InvalidParameterError("run: --labels is required with BOLD files")
+    # Validate everything (headers, labels, grids, contrast) before any voxel is read.
+    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
+    check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
+    if not out.parent.exists():
+        raise StoreError(f"{out}: parent folder {out.parent} does not exist")
+    client = _active_client()
+    remote = client is not None and not str(client.scheduler.address).startswith("inproc://")
+    if not (remote and any(str(p).lower().endswith(".gz") for p in bold)):
+        return roi_pipeline(image, mask_img=mask, params=params, progress=progress)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.convert-") as tmp:
+        store = convert(
+            bold,
+            labels=labels,
+            out=Path(tmp) / "bold.zarr",
+            tr_s=tr_s,
+            chunks=chunks,
+            progress=progress,
+        )
+        return roi_pipeline(store, mask_img=mask, params=params, progress=progress)

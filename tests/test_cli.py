@@ -91,3 +91,14 @@ def test_existing_store_needs_overwrite(haxby, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_allclose(open_subject(store)["time"].values[:3], [0.0, 2.0, 4.0])
+
+
+def test_cli_returns_freed_memory_to_the_os(monkeypatch):
+    import sys
+
+    from roidask._malloc import trim_freed_memory
+
+    if sys.platform.startswith("linux"):
+        assert trim_freed_memory() is True  # glibc's mallopt accepted both settings
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert trim_freed_memory() is False  # the user's own setting wins

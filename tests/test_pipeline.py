@@ -66,6 +66,47 @@ def test_pipeline_equals_nilearn_seed(haxby, seed, seed64, chunks):
     assert_matches_seed(result, seed, seed64)
 
 
+def _count_volumes_read(monkeypatch) -> list[int]:
+    from roidask.io.nifti import NiftiSource
+
+    counts = []
+    original = NiftiSource.read
+
+    def counting(self, start=0, stop=None, **kwargs):
+        out = original(self, start, stop, **kwargs)
+        counts.append(out.shape[3] if out.ndim == 4 else 0)
+        return out
+
+    monkeypatch.setattr(NiftiSource, "read", counting)
+    return counts
+
+
+def test_pipeline_reads_the_data_once(haxby, seed, seed64, monkeypatch):
+    counts = _count_volumes_read(monkeypatch)
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="x=13,time=100")
+    result = roi_pipeline(bold, mask_img=haxby.mask)
+    assert sum(counts) == 1452  # every volume read exactly once, box kept for extraction
+    assert_matches_seed(result, seed, seed64)
+
+
+@pytest.mark.parametrize("strategy", ["mean", "median"])
+def test_pipeline_reads_twice_when_the_box_is_too_big(haxby, seed, seed64, monkeypatch, strategy):
+    """A box over BOX_MAX_BYTES (e.g. a whole-brain mask): the extraction reads again."""
+    from roidask import pipeline
+
+    monkeypatch.setattr(pipeline, "BOX_MAX_BYTES", 0)
+    counts = _count_volumes_read(monkeypatch)
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="time=300")
+    params = PipelineParams(strategy=strategy)
+    result = roi_pipeline(bold, mask_img=haxby.mask, params=params)
+    assert sum(counts) == 2 * 1452
+    monkeypatch.undo()
+    kept = roi_pipeline(bold, mask_img=haxby.mask, params=params)
+    np.testing.assert_allclose(result.signals.values, kept.signals.values, rtol=1e-6)
+    if strategy == "mean":
+        assert_matches_seed(result, seed, seed64)
+
+
 def test_pipeline_from_store(haxby, seed, seed64, tmp_path):
     store = convert(
         haxby.bold, labels=haxby.labels, out=tmp_path / "s.zarr", chunks="x=9,time=200"
@@ -148,6 +189,33 @@ def test_run_from_store_with_no_plots(haxby, seed, tmp_path):
     )
     assert not (out / "figures").exists()
     np.testing.assert_array_equal(seed["atlas"], nib.load(out / "atlas.nii.gz").get_fdata())
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["scheduler"].startswith("this process, ")  # no cluster by default
+
+
+def test_run_schedulers(haxby, seed, tmp_path, capsys):
+    """`run` computes in its own threads by default; --scheduler local starts a cluster."""
+    common = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
+    one = tmp_path / "one-thread"
+    assert main([*common, "--out", str(one), "--threads-per-worker", "1", "--no-plots"]) == 0
+    assert json.loads((one / "provenance.json").read_text())["scheduler"] == (
+        "this process, 1 thread"
+    )
+    local = tmp_path / "local"
+    assert main([*common, "--out", str(local), "--scheduler", "local", "--no-plots"]) == 0
+    assert "dask: dask scheduler inproc://" in capsys.readouterr().err
+    assert json.loads((local / "provenance.json").read_text())["scheduler"] == (
+        "embedded LocalCluster"
+    )
+    for name in ("atlas.nii.gz", "logp.nii.gz", "signals.tsv"):
+        assert (one / name).read_bytes() == (local / name).read_bytes(), name
+    np.testing.assert_array_equal(seed["atlas"], nib.load(local / "atlas.nii.gz").get_fdata())
+
+    bad = tmp_path / "bad"
+    assert main([*common, "--out", str(bad), "--n-workers", "2", "--dashboard"]) == 2
+    err = capsys.readouterr().err
+    assert "--n-workers, --dashboard: only apply to a dask cluster" in err
+    assert "--scheduler local" in err and not bad.exists()
 
 
 def test_mask_on_another_grid(haxby, tmp_path):

@@ -2,10 +2,11 @@
 
 Reading goes through :class:`NiftiSource`, which validates a file's header up
 front (readable, 3D/4D, data fits in the file) and reads blocks of whole
-volumes on demand.  ``.nii.gz`` files are read through ``indexed_gzip`` so
-that any block of volumes can be reached without decompressing from the start
-every time; the plain sequential stream (``isal``) is used where a whole file is
-read front to back.
+volumes on demand.  A ``.nii.gz`` file is decompressed by one sequential ``isal``
+stream per process, which serves blocks requested in increasing order (as dask
+mostly does) and keeps up to ``_WINDOW_BYTES`` of the data it skips over, so that
+a block requested slightly out of order comes from memory; a block behind the
+stream and no longer kept is read through ``indexed_gzip`` (random access).
 
 Writing streams a 3D or 4D array (numpy, dask or xarray) volume block by volume
 block into a temporary file that is renamed into place when complete.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from isal import isal_zlib
 
 from roidask.exceptions import CorruptFileError, ImageDimensionError
 
@@ -268,16 +270,15 @@ class NiftiSource:
         """
         stop = self.n_volumes if stop is None else stop
         n = stop - start
-        fh, lock = _handle(self.path)
-        with lock:
-            fh.seek(self.offset + start * self.volume_nbytes)
-            try:
-                buf = fh.read(n * self.volume_nbytes)
-            except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
-                raise CorruptFileError(
-                    f"{self.path}: could not read volumes {start}:{stop} ({exc}); "
-                    "the file is truncated or its gzip stream is corrupt"
-                ) from None
+        try:
+            buf = _handle(self.path).read_at(
+                self.offset + start * self.volume_nbytes, n * self.volume_nbytes
+            )
+        except (EOFError, OSError, zlib.error, isal_zlib.error) as exc:
+            raise CorruptFileError(
+                f"{self.path}: could not read volumes {start}:{stop} ({exc}); "
+                "the file is truncated or its gzip stream is corrupt"
+            ) from None
         if len(buf) != n * self.volume_nbytes:
             raise CorruptFileError(
                 f"{self.path}: expected {n * self.volume_nbytes} bytes for volumes "
@@ -324,7 +325,7 @@ class NiftiSource:
                         arr = arr.astype(self.dtype) * self.dtype.type(self.slope)
                         arr += self.dtype.type(self.inter)
                     yield start, stop, arr
-        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        except (EOFError, zlib.error, gzip.BadGzipFile, isal_zlib.error) as exc:
             raise CorruptFileError(
                 f"{self.path}: gzip stream is corrupt or truncated ({exc})"
             ) from None
@@ -363,34 +364,188 @@ def _rebuild_source(path, shape, dtype_str, offset, slope, inter, affine, header
     )
 
 
-# One open handle per (file, process), shared by the threads of that process.
-_HANDLES: dict[tuple[str, int], tuple[object, threading.Lock]] = {}
+# -- cached read handles ---------------------------------------------------------------
+# Decompressed bytes a .nii.gz reader keeps of the data it decoded past to reach a
+# later block, so that blocks requested slightly out of order come from memory.
+_WINDOW_BYTES = 64 * 2**20
+# Skipped data beyond the window is decoded and dropped in pieces of this size.
+_SKIP_PIECE_BYTES = 16 * 2**20
+
+
+class _FileReader:
+    """Byte ranges of an uncompressed file through one shared handle (thread-safe)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = open(path, "rb")
+        self._lock = threading.Lock()
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        with self._lock:
+            self._fh.seek(offset)
+            return self._fh.read(n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()
+
+
+class _GzipBlockReader:
+    """Byte ranges of a gzip file's uncompressed data, requested mostly in order.
+
+    A range at or after the position of a sequential ``isal`` stream is read from
+    it, decoding forward over any gap.  The last ``_WINDOW_BYTES`` of a gap are
+    kept (oldest dropped first) so a range requested slightly out of order is
+    served from memory; a kept segment is freed as it is read.  The latest range
+    served is kept too (the spatial chunks of one block are read in turn).  A range
+    behind the stream that is not kept is read through ``indexed_gzip`` (random access);
+    the stream never goes back (after a decoding error it is dropped and reopened
+    by the next forward read).  Both handles are opened on first need.  A short
+    result means the data ended early.  Thread-safe (one lock per reader).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        self._stream = None  # isal.igzip file, at uncompressed offset self._pos
+        self._pos = 0
+        self._isize: int | None = None  # gzip trailer's size (mod 2**32)
+        self._window: list[tuple[int, bytes]] = []  # (offset, skipped bytes), oldest first
+        self._window_nbytes = 0
+        self._random = None  # indexed_gzip.IndexedGzipFile
+        self._last: tuple[int, bytes] = (0, b"")  # the latest range served
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        """``n`` bytes of uncompressed data from ``offset`` (fewer if it ends first)."""
+        if n <= 0:
+            return b""
+        with self._lock:
+            last_offset, last = self._last
+            if last_offset <= offset and offset + n <= last_offset + len(last):
+                # The same block again: the spatial chunks of one block of volumes.
+                return last[offset - last_offset : offset + n - last_offset]
+            buf = self._from_window(offset, n)
+            if buf is None:
+                buf = self._from_stream(offset, n) if offset >= self._pos else None
+            if buf is None:
+                buf = self._from_random(offset, n)
+            self._last = (offset, buf)
+            return buf
+
+    def _from_window(self, offset: int, n: int) -> bytes | None:
+        end = offset + n
+        i = next(
+            (i for i, (s, seg) in enumerate(self._window) if s <= offset and end <= s + len(seg)),
+            None,
+        )
+        if i is None:
+            return None
+        start, seg = self._window.pop(i)
+        self._window_nbytes -= len(seg)
+        if len(seg) == n:
+            return seg
+        rest = []
+        if start < offset:
+            rest.append((start, seg[: offset - start]))
+        if end < start + len(seg):
+            rest.append((end, seg[end - start :]))
+        self._window[i:i] = rest
+        self._window_nbytes += sum(len(part) for _, part in rest)
+        return seg[offset - start : end - start]
+
+    def _keep(self, offset: int, seg: bytes) -> None:
+        self._window.append((offset, seg))
+        self._window_nbytes += len(seg)
+        while self._window_nbytes > _WINDOW_BYTES:
+            _, old = self._window.pop(0)
+            self._window_nbytes -= len(old)
+
+    def _from_stream(self, offset: int, n: int) -> bytes:
+        if self._stream is None:
+            from isal import igzip
+
+            self._isize = _gzip_isize(self.path)
+            self._stream = igzip.open(self.path, "rb")
+            self._pos = 0
+        stream = self._stream
+        try:
+            kept_from = max(self._pos, offset - _WINDOW_BYTES)
+            while self._pos < kept_from:
+                piece = stream.read(min(kept_from - self._pos, _SKIP_PIECE_BYTES))
+                if not piece:
+                    return b""
+                self._pos += len(piece)
+            if self._pos < offset:
+                seg = stream.read(offset - self._pos)
+                if seg:
+                    self._keep(self._pos, seg)
+                    self._pos += len(seg)
+                if self._pos < offset:
+                    return b""
+            buf = stream.read(n)
+            self._pos += len(buf)
+            if self._isize is not None and self._pos % 2**32 == self._isize:
+                stream.peek(1)  # at the end: makes the stream check the gzip CRC
+        except BaseException:
+            self._stream = None
+            self._pos = 0
+            stream.close()
+            raise
+        return buf
+
+    def _from_random(self, offset: int, n: int) -> bytes:
+        if self._random is None:
+            import indexed_gzip
+
+            self._random = indexed_gzip.IndexedGzipFile(str(self.path), spacing=4 * 2**20)
+        try:
+            self._random.seek(offset)
+            return self._random.read(n)
+        except BaseException:
+            self._random.close()
+            self._random = None
+            raise
+
+    def close(self) -> None:
+        """Close both decompressors and drop the kept window (reopened if read again)."""
+        with self._lock:
+            for handle in (self._stream, self._random):
+                if handle is not None:
+                    handle.close()
+            self._stream = self._random = None
+            self._pos = 0
+            self._window.clear()
+            self._window_nbytes = 0
+            self._last = (0, b"")
+
+
+# One reader per (file, process), shared by the threads of that process.
+_HANDLES: dict[tuple[str, int], _FileReader | _GzipBlockReader] = {}
 _HANDLES_LOCK = threading.Lock()
 
 
-def _handle(path: Path):
+def _handle(path: Path) -> _FileReader | _GzipBlockReader:
     key = (str(path), os.getpid())
     with _HANDLES_LOCK:
-        entry = _HANDLES.get(key)
-        if entry is None:
+        reader = _HANDLES.get(key)
+        if reader is None:
             if path.name.lower().endswith(".gz"):
-                import indexed_gzip
-
-                fh = indexed_gzip.IndexedGzipFile(str(path), spacing=4 * 2**20)
+                reader = _GzipBlockReader(path)
             else:
-                fh = open(path, "rb")
-            entry = (fh, threading.Lock())
-            _HANDLES[key] = entry
-    return entry
+                reader = _FileReader(path)
+            _HANDLES[key] = reader
+    return reader
 
 
 def release_handles(paths) -> int:
     """Forget this process's cached read handles of ``paths``; returns how many.
 
-    A ``.nii.gz`` handle holds its seek index and a read buffer (about 16 MB,
-    even for a small mask); a long-lived worker that reads many files
-    (``roidask batch``) must drop them once a file is done. A read in progress keeps its handle
-    alive until it finishes, then it is closed when no longer referenced.
+    A ``.nii.gz`` handle holds a decompressing stream, up to ``_WINDOW_BYTES``
+    (64 MiB) of data it skipped over and, once a block was read out of order, an
+    ``indexed_gzip`` seek index and read buffer; a long-lived worker that reads
+    many files (``roidask batch``) must drop them once a file is done. A read in
+    progress keeps its handle alive until it finishes, then it is closed when no
+    longer referenced.
     """
     wanted = {os.path.realpath(p) for p in paths}
     pid = os.getpid()
@@ -403,8 +558,8 @@ def release_handles(paths) -> int:
 def close_handles() -> None:
     """Close every cached read handle of this process (used by tests and writers)."""
     with _HANDLES_LOCK:
-        for fh, _ in _HANDLES.values():
-            fh.close()
+        for reader in _HANDLES.values():
+            reader.close()
         _HANDLES.clear()
 
 

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 import xarray as xr
-from scipy import linalg
-from scipy import signal as sp_signal
 
 from roidask.exceptions import InvalidParameterError
 
@@ -200,6 +198,8 @@ def plan_cleaning(
                 wn, btype = high, "high"
             else:
                 wn, btype = low, "low"
+            from scipy import signal as sp_signal  # slow import (~1 s): only when used
+
             sos = sp_signal.butter(
                 N=BUTTERWORTH_ORDER, Wn=wn, btype=btype, output="sos", fs=1.0 / tr
             )
@@ -255,9 +255,13 @@ def _clean_run(x: np.ndarray, cosines: np.ndarray | None, plan: CleanPlan) -> np
         if cosines is not None:
             cosines = _detrend(cosines)
     if plan.sos is not None:
+        from scipy import signal as sp_signal
+
         x = sp_signal.sosfiltfilt(plan.sos, x, axis=0, padtype="odd", padlen=None)
     if cosines is not None and cosines.shape[1]:
         conf = _zscore(cosines) if n > 1 else cosines
+        from scipy import linalg
+
         q, r, _ = linalg.qr(conf, mode="economic", pivoting=True)
         q = q[:, np.abs(np.diag(r)) > _EPS * 100.0]
         x = x - q @ (q.T @ x)

@@ -1,0 +1,215 @@
+"""Block reads of NIfTI files: order, the .nii.gz window and fallback, threads, bad files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import nibabel as nib
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from roidask.exceptions import CorruptFileError
+from roidask.io import bold_from_nifti, nifti
+from roidask.io.nifti import NiftiSource, close_handles, release_handles
+
+SHAPE = (5, 4, 3, 24)  # 120 bytes per int16 volume
+BLOCK = 3  # volumes per block: 8 blocks
+N_BLOCKS = SHAPE[3] // BLOCK
+BLOCK_BYTES = BLOCK * 5 * 4 * 3 * 2
+
+
+@pytest.fixture(autouse=True)
+def _fresh_handles():
+    close_handles()
+    yield
+    close_handles()
+
+
+def write_run(path, data):
+    nib.save(nib.Nifti1Image(data, np.diag([3.0, 3.0, 3.0, 1.0])), str(path))
+    return path
+
+
+@pytest.fixture
+def data(rng):
+    return rng.integers(-500, 500, size=SHAPE, dtype=np.int16)
+
+
+@pytest.fixture(params=[".nii.gz", ".nii"])
+def run(request, tmp_path, data):
+    return write_run(tmp_path / f"run{request.param}", data)
+
+
+@pytest.fixture
+def gz_run(tmp_path, data):
+    return write_run(tmp_path / "run.nii.gz", data)
+
+
+def read_blocks(path, order):
+    src = NiftiSource.open(path)
+    return {b: src.read(b * BLOCK, (b + 1) * BLOCK) for b in order}
+
+
+def assert_blocks_equal(blocks, path):
+    expected = np.asanyarray(nib.load(path).dataobj)
+    for b, arr in blocks.items():
+        np.testing.assert_array_equal(arr, expected[..., b * BLOCK : (b + 1) * BLOCK])
+
+
+def kept(reader):
+    """(offset, size) of the skipped segments a .nii.gz reader keeps, oldest first."""
+    return [(start, len(seg)) for start, seg in reader._window]
+
+
+def test_in_order_block_reads_match_nibabel(run):
+    blocks = read_blocks(run, range(N_BLOCKS))
+    assert_blocks_equal(blocks, run)
+    if run.name.endswith(".gz"):
+        reader = nifti._handle(run)
+        assert reader._random is None  # the sequential stream served everything
+        assert kept(reader) == [(0, NiftiSource.open(run).offset)]  # only the header
+    close_handles()
+    whole = NiftiSource.open(run).read()
+    np.testing.assert_array_equal(whole, np.asanyarray(nib.load(run).dataobj))
+
+
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+@pytest.mark.parametrize("window_blocks", [None, 2, 0])
+def test_out_of_order_block_reads_match_nibabel(gz_run, rng, monkeypatch, order, window_blocks):
+    if window_blocks is not None:
+        monkeypatch.setattr(nifti, "_WINDOW_BYTES", window_blocks * BLOCK_BYTES)
+    blocks = list(range(N_BLOCKS))[::-1] if order == "reversed" else rng.permutation(N_BLOCKS)
+    assert_blocks_equal(read_blocks(gz_run, blocks), gz_run)
+    reader = nifti._handle(gz_run)
+    assert reader._window_nbytes <= nifti._WINDOW_BYTES
+    if order == "reversed":
+        # the last block first: everything before it was skipped over; with a large
+        # window the rest is served from memory and freed, else indexed_gzip reads it
+        header = [(0, NiftiSource.open(gz_run).offset)]
+        assert kept(reader) == (header if window_blocks is None else [])
+        assert (reader._random is None) == (window_blocks is None)
+
+
+def test_window_serves_a_block_requested_after_the_next(gz_run):
+    src = NiftiSource.open(gz_run)
+    reader = nifti._handle(gz_run)
+    src.read(0, BLOCK)
+    src.read(2 * BLOCK, 3 * BLOCK)  # skips block 1 into the window
+    assert kept(reader) == [(0, src.offset), (src.offset + BLOCK_BYTES, BLOCK_BYTES)]
+    assert_blocks_equal({1: src.read(BLOCK, 2 * BLOCK)}, gz_run)
+    assert kept(reader) == [(0, src.offset)]  # block 1 was consumed, so freed
+    assert reader._window_nbytes == src.offset
+    assert reader._random is None
+
+
+def test_spatial_chunks_of_one_block_decode_it_once(gz_run, data):
+    """A graph chunked in space reads each block of volumes once per chunk, in turn."""
+    bold = bold_from_nifti(gz_run, chunks={"x": 2, "y": 3, "time": BLOCK})
+    np.testing.assert_array_equal(bold.compute(scheduler="synchronous").values, data)
+    reader = nifti._handle(gz_run)
+    assert reader._random is None  # repeats came from the latest block, not a seek back
+
+
+def test_window_smaller_than_one_block(gz_run, rng, monkeypatch):
+    monkeypatch.setattr(nifti, "_WINDOW_BYTES", 0)
+    order = rng.permutation(N_BLOCKS)
+    assert_blocks_equal(read_blocks(gz_run, order), gz_run)
+    monkeypatch.setattr(nifti, "_WINDOW_BYTES", BLOCK_BYTES - 1)
+    close_handles()
+    assert_blocks_equal(read_blocks(gz_run, [5, 1, 7, 6, 0]), gz_run)
+    assert nifti._handle(gz_run)._window_nbytes <= BLOCK_BYTES - 1
+
+
+@given(
+    order=st.lists(st.integers(0, N_BLOCKS - 1), min_size=1, max_size=3 * N_BLOCKS),
+    window_blocks=st.sampled_from([0, 1, 2, 100]),
+)
+def test_any_order_of_block_reads_matches_nibabel(gz_run, monkeypatch, order, window_blocks):
+    monkeypatch.setattr(nifti, "_WINDOW_BYTES", window_blocks * BLOCK_BYTES)
+    close_handles()
+    src = NiftiSource.open(gz_run)
+    expected = np.asanyarray(nib.load(gz_run).dataobj)
+    reader = nifti._handle(gz_run)
+    for b in order:
+        np.testing.assert_array_equal(
+            src.read(b * BLOCK, (b + 1) * BLOCK), expected[..., b * BLOCK : (b + 1) * BLOCK]
+        )
+        assert reader._window_nbytes == sum(len(seg) for _, seg in reader._window)
+        assert reader._window_nbytes <= nifti._WINDOW_BYTES
+
+
+@given(
+    ranges=st.lists(st.tuples(st.integers(0, 3000), st.integers(0, 900)), min_size=1, max_size=12),
+    window=st.sampled_from([0, 100, 1000, 10_000]),
+)
+def test_reader_serves_arbitrary_byte_ranges(gz_run, monkeypatch, ranges, window):
+    """Unaligned, overlapping ranges: partly consumed window segments keep the rest."""
+    monkeypatch.setattr(nifti, "_WINDOW_BYTES", window)
+    raw = gzip.decompress(gz_run.read_bytes())
+    reader = nifti._GzipBlockReader(gz_run)
+    try:
+        for offset, n in ranges:
+            assert reader.read_at(offset, n) == raw[offset : offset + n]
+            assert reader._window_nbytes <= window
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("n_threads", [2, 4])
+def test_concurrent_reads_in_random_order(run, rng, monkeypatch, n_threads):
+    monkeypatch.setattr(nifti, "_WINDOW_BYTES", 2 * BLOCK_BYTES)
+    src = NiftiSource.open(run)
+    expected = np.asanyarray(nib.load(run).dataobj)
+    # every block three times: mostly increasing (as dask reads), then any order
+    nearly_sorted = np.argsort(np.arange(N_BLOCKS) + rng.uniform(0, 3, N_BLOCKS))
+    order = np.concatenate([nearly_sorted, rng.permutation(N_BLOCKS), rng.permutation(N_BLOCKS)])
+    barrier = threading.Barrier(n_threads)
+
+    def read(i):
+        if i < n_threads:
+            barrier.wait()
+        b = int(order[i])
+        return b, src.read(b * BLOCK, (b + 1) * BLOCK)
+
+    with ThreadPoolExecutor(n_threads) as pool:
+        results = list(pool.map(read, range(len(order))))
+    assert len(results) == len(order)
+    for b, arr in results:
+        np.testing.assert_array_equal(arr, expected[..., b * BLOCK : (b + 1) * BLOCK])
+
+
+def test_close_and_release_handles(gz_run, monkeypatch):
+    monkeypatch.setattr(nifti, "_WINDOW_BYTES", 0)
+    read_blocks(gz_run, [4, 1])  # the stream, then the indexed_gzip fallback
+    reader = nifti._handle(gz_run)
+    stream, random_access = reader._stream, reader._random
+    assert stream is not None and random_access is not None
+    close_handles()
+    assert stream.closed
+    assert reader._stream is None and reader._random is None
+    with pytest.raises(ValueError, match="closed"):
+        random_access.seek(0)
+    # a fresh handle reads again; release forgets it without closing a read in progress
+    assert_blocks_equal(read_blocks(gz_run, [2]), gz_run)
+    assert release_handles([gz_run]) == 1
+    assert release_handles([gz_run]) == 0
+    assert (str(gz_run), os.getpid()) not in nifti._HANDLES
+
+
+@pytest.mark.parametrize("order", ["in order", "reversed"])
+def test_truncated_gz_raises_naming_the_file(gz_run, tmp_path, order):
+    raw = gz_run.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    # cut the deflate data but keep the trailer, so that the header and the
+    # size check pass and the data read finds the stream short
+    cut.write_bytes(raw[: len(raw) * 3 // 4] + raw[-8:])
+    src = NiftiSource.open(cut)
+    blocks = range(N_BLOCKS) if order == "in order" else range(N_BLOCKS - 1, -1, -1)
+    with pytest.raises(CorruptFileError, match=r"cut\.nii\.gz: .*(truncated|corrupt)"):
+        for b in blocks:
+            src.read(b * BLOCK, (b + 1) * BLOCK)

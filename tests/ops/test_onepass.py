@@ -1,0 +1,186 @@
+"""The pipeline's single read (contrast_pass) against references, on any chunking.
+
+Pairs (reference, ours): the float64 sum of every volume vs numpy; the moments of
+the smoothed contrast volumes vs nilearn's ``smooth_img`` followed by numpy's
+two-pass mean and squared deviations; the kept box vs slicing the array; and
+signals extracted from the box vs extracted from the whole volumes (nilearn-exact
+``extract_signals``), for every strategy.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import raise_if_dask_computes
+from hypothesis import given
+from hypothesis import strategies as st
+from nilearn.image import smooth_img as nilearn_smooth
+from scipy import ndimage
+
+from roidask.exceptions import ConditionError, InvalidParameterError
+from roidask.io import as_image, bold_from_nifti, like_image
+from roidask.ops.extract import STRATEGIES, extract_signals
+from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
+from roidask.ops.onepass import box_image, contrast_pass, roi_box
+from roidask.ops.smooth import smooth_img
+
+CONDITIONS = np.array(["rest", "face", "house", "face", "cat", "house", "face", "house"] * 3)
+
+
+def make_bold(data, affine, chunks):
+    bold = as_image(nib.Nifti1Image(data, affine), chunks=chunks)
+    return bold.assign_coords(condition=("time", CONDITIONS[: data.shape[3]]))
+
+
+def reference_moments(data, affine, fwhm):
+    """nilearn-smoothed contrast volumes -> float64 (mean, m2) per condition."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        smoothed = np.asanyarray(nilearn_smooth(nib.Nifti1Image(data, affine), fwhm).dataobj)
+    out = []
+    for cond in ("face", "house"):
+        x = smoothed[..., CONDITIONS[: data.shape[3]] == cond].astype(np.float64)
+        mean = x.mean(axis=-1)
+        out.append((mean, ((x - mean[..., None]) ** 2).sum(axis=-1), x.shape[-1]))
+    return out
+
+
+@st.composite
+def problems(draw):
+    shape = tuple(draw(st.integers(1, n)) for n in (9, 8, 6))
+    n_t = draw(st.integers(6, 24))
+    sizes = [draw(st.integers(max(1, -(-n // 3)), n)) for n in (*shape, n_t)]
+    return {
+        "shape": shape,
+        "n_t": n_t,
+        "chunks": dict(zip(("x", "y", "z", "time"), sizes, strict=True)),
+        "dtype": draw(st.sampled_from(["int16", "float32", "float64"])),
+        "non_finite": draw(st.booleans()),
+        "fwhm": draw(st.sampled_from([None, 3.0, 6.0, (4.0, None, 9.0)])),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
+
+
+def random_data(problem):
+    rng = np.random.default_rng(problem["seed"])
+    size = (*problem["shape"], problem["n_t"])
+    if problem["dtype"] == "int16":
+        data = rng.integers(900, 1100, size=size).astype(np.int16)
+    else:
+        data = rng.normal(1000, 20, size=size).astype(problem["dtype"])
+        if problem["non_finite"]:
+            bad = rng.random(size) < 0.05
+            data[bad] = rng.choice([np.nan, np.inf, -np.inf], size=int(bad.sum()))
+    affine = np.diag([*rng.uniform(1.5, 4, size=3), 1.0])
+    return data, affine
+
+
+@given(problem=problems())
+def test_random_pass_matches_references_any_chunking(problem):
+    data, affine = random_data(problem)
+    bold = make_bold(data, affine, problem["chunks"])
+    box = (slice(1, None), slice(0, 3), slice(None))
+    got = contrast_pass(bold, contrast=("face", "house"), fwhm=problem["fwhm"], box=box).compute()
+
+    assert got.n_volumes == data.shape[3]
+    with np.errstate(invalid="ignore"):
+        want_total = data.sum(axis=3, dtype=np.float64)
+    np.testing.assert_allclose(got.total, want_total, rtol=1e-12, equal_nan=True)
+    for g, (mean, m2, n) in enumerate(reference_moments(data, affine, problem["fwhm"])):
+        assert got.counts[g] == n
+        np.testing.assert_allclose(got.mean[..., g], mean, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(got.m2[..., g], m2, rtol=1e-6, atol=1e-6 * (1 + m2.max()))
+    kept = np.concatenate(got.box_blocks, axis=3)
+    np.testing.assert_array_equal(kept, data[box])
+    assert kept.dtype == data.dtype
+
+
+def test_pass_on_real_haxby_matches_nilearn(haxby):
+    img = nib.load(haxby.bold)
+    data = np.asanyarray(img.dataobj)
+    labels = np.loadtxt(haxby.labels, dtype=str, skiprows=1)[:, 0]
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="time=100")
+    got = contrast_pass(bold, contrast=("face", "house"), fwhm=6.0).compute()
+    smoothed = np.asanyarray(nilearn_smooth(img, 6.0).dataobj)
+    for g, cond in enumerate(("face", "house")):
+        x = smoothed[..., labels == cond].astype(np.float64)
+        np.testing.assert_allclose(got.mean[..., g], x.mean(axis=-1), rtol=1e-12)
+        np.testing.assert_allclose(
+            got.m2[..., g], ((x - x.mean(axis=-1, keepdims=True)) ** 2).sum(-1), rtol=1e-9
+        )
+    np.testing.assert_allclose(got.total, data.sum(axis=3, dtype=np.float64), rtol=1e-12)
+    assert got.box is None and got.box_blocks == []
+
+
+def test_building_the_pass_reads_nothing(haxby):
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="x=13,time=200")
+    with raise_if_dask_computes():
+        graph = contrast_pass(bold, contrast=("face", "house"), fwhm=6.0, box=None)
+    assert graph.compute().counts.tolist() == [108, 108]
+
+
+def test_pass_errors(haxby):
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
+    with pytest.raises(ConditionError, match=r"unknown condition\(s\) \['dog'\]"):
+        contrast_pass(bold, contrast=("face", "dog"), fwhm=6.0)
+    with pytest.raises(InvalidParameterError, match="fwhm"):
+        contrast_pass(bold, contrast=("face", "house"), fwhm=-1.0)
+    with pytest.raises(InvalidParameterError, match="expected a 3D array"):
+        roi_box(np.ones((2, 2)), grow_voxels=(1, 1))
+
+
+def test_roi_box_grows_and_clips():
+    mask = np.zeros((10, 8, 6), dtype=bool)
+    assert roi_box(mask, grow_voxels=(1, 1, 1)) is None
+    mask[4:6, 3, 5] = True
+    assert roi_box(mask, grow_voxels=(2, 4, 1)) == (slice(2, 8), slice(0, 8), slice(4, 6))
+
+
+# -- the box holds everything the ROI signals need ------------------------------------------
+@st.composite
+def box_problems(draw):
+    return {
+        "shape": tuple(draw(st.integers(3, n)) for n in (12, 11, 9)),
+        "n_t": draw(st.integers(6, 10)),
+        "iterations": draw(st.integers(0, 2)),
+        "connectivity": draw(st.sampled_from([1, 3])),
+        "fwhm": draw(st.sampled_from([None, 4.0, 7.0, (9.0, 3.0, None)])),
+        "time_chunk": draw(st.integers(1, 6)),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
+
+
+@given(problem=box_problems())
+def test_signals_from_the_box_equal_whole_volume_signals(problem):
+    rng = np.random.default_rng(problem["seed"])
+    shape, n_t = problem["shape"], problem["n_t"]
+    data = rng.normal(100, 10, size=(*shape, n_t)).astype(np.float32)
+    affine = np.diag([*rng.uniform(2, 4, size=3), 1.0])
+    mask = rng.random(shape) < 0.05
+    mask[tuple(rng.integers(0, s) for s in shape)] = True
+    structure = ndimage.generate_binary_structure(3, problem["connectivity"])
+    grown = ndimage.binary_dilation(mask, structure, iterations=problem["iterations"] or 1)
+    grown = grown if problem["iterations"] else mask
+    atlas = np.where(grown & (rng.random(shape) < 0.7), rng.integers(1, 4, size=shape), 0)
+    atlas.flat[np.flatnonzero(grown)[0]] = 1
+    sigma = fwhm_to_sigma_voxels(affine, problem["fwhm"])
+    grow = [problem["iterations"] + gaussian_radius(s) for s in sigma]
+    box = roi_box(mask, grow_voxels=grow)
+
+    bold = make_bold(data, affine, {"time": problem["time_chunk"]})
+    atlas_img = nib.Nifti1Image(atlas.astype(np.int32), affine)
+    kept = contrast_pass(bold, contrast=("face", "house"), fwhm=problem["fwhm"], box=box)
+    sub = box_image(kept.compute(), bold)
+    assert sub.shape == (*[s.stop - s.start for s in box], n_t)
+    sub_atlas = like_image(atlas[box].astype(np.int32), sub)
+    for strategy in STRATEGIES:
+        linear = strategy in ("mean", "sum")
+        kwargs = {"fwhm": problem["fwhm"]} if linear else {}
+        full_src = bold if linear else smooth_img(bold, fwhm=problem["fwhm"])
+        box_src = sub if linear else smooth_img(sub, fwhm=problem["fwhm"])
+        want = extract_signals(full_src, atlas_img, strategy=strategy, **kwargs).values
+        got = extract_signals(box_src, sub_atlas, strategy=strategy, **kwargs).values
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=strategy)
