@@ -14,6 +14,8 @@ whole process (peak RSS of the process tree, sampled every 20 ms):
   already converted store (both ``--no-plots``; the nilearn script does not plot);
 * ``convert``: ``roidask convert`` alone (time, peak RSS, store size vs .nii.gz);
 * ``threads``: ``roidask run`` from the store with 1 vs 2 threads;
+* ``pipeline`` also times ``roidask run`` from NIfTI on an embedded LocalCluster
+  (``--scheduler local``) instead of the default in-process threads;
 * ``batch``: ``roidask batch`` of 1, 2, 4, 8 subjects (one generated subject listed
   under several ids) on 2 single-threaded workers: wall time and the largest
   worker RSS (must stay flat as subjects are added).
@@ -176,6 +178,26 @@ def main() -> int:
             clean,
         )
         print(row("roidask run (converted store)", w[0], w[1], ref))
+        w = median_of(
+            [
+                roidask,
+                "run",
+                str(bold),
+                "--labels",
+                str(labels),
+                "--mask",
+                str(mask),
+                "--out",
+                str(out),
+                "--no-plots",
+                "--quiet",
+                "--scheduler",
+                "local",
+            ],
+            args.repeats,
+            clean,
+        )
+        print(row("roidask run (NIfTI), embedded LocalCluster", w[0], w[1], ref))
     if "threads" in args.sections:
         for threads in (1, 2):
             w = median_of(
@@ -190,8 +212,6 @@ def main() -> int:
                     str(out),
                     "--no-plots",
                     "--quiet",
-                    "--n-workers",
-                    "1",
                     "--threads-per-worker",
                     str(threads),
                 ],

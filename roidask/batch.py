@@ -258,10 +258,11 @@ def _release_handles(paths: list[str]) -> None:
 _WORKER_BASE_BYTES = 200 * 2**20
 #: Peak memory of one task of the pipeline's pass: this many times its block of
 #: whole volumes (in the data's type: decoded block, smoothed contrast volumes),
-#: plus float64 partial maps (sum, two means, two m2) of the blocks being merged.
+#: plus a fixed part and the partial results (float64 maps) of about this many
+#: blocks (the running total, a merge's output, a block waiting to be merged).
 _TASK_EXPANSION = 6
 _TASK_FIXED_BYTES = 16 * 2**20
-_PARTIAL_MAPS = 5
+_LIVE_PARTIALS = 3
 #: Fraction of a worker's memory limit tasks may fill (dask pauses a worker at 80 %).
 _USABLE_FRACTION = 0.75
 
@@ -291,7 +292,7 @@ def _memory_chunks(spec: SubjectSpec, budget: float | None) -> dict | None:
     """
     from roidask.io.image import normalize_chunks
     from roidask.io.nifti import NiftiSource
-    from roidask.ops.onepass import SPLIT_EVERY
+    from roidask.ops.onepass import PARTIAL_MAPS
 
     if budget is None:
         return None
@@ -303,7 +304,7 @@ def _memory_chunks(spec: SubjectSpec, budget: float | None) -> dict | None:
     itemsize = sources[0].dtype.itemsize
     n_volumes = sum(s.n_volumes for s in sources)
     n_t = normalize_chunks(None, (x, y, z, n_volumes), itemsize)["time"]
-    partials = (SPLIT_EVERY + 1) * _PARTIAL_MAPS * 8 * x * y * z
+    partials = _LIVE_PARTIALS * PARTIAL_MAPS * 8 * x * y * z
     room = max(budget - _TASK_FIXED_BYTES - partials, 0) / _TASK_EXPANSION
     fits = max(1, int(room // (x * y * z * itemsize)))
     return None if fits >= n_t else {"time": fits}

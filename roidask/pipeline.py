@@ -300,7 +300,9 @@ def roi_pipeline(
     subject : str, optional
         Subject of a multi-subject store.
     chunks : dict or str, optional
-        Chunking of the BOLD data; results do not depend on it.
+        Chunking of the BOLD data. The pass works on blocks of whole volumes: the
+        time chunks (at most :data:`BLOCK_MAX_BYTES`) set the blocks, spatial
+        chunks are merged. Results do not depend on it beyond float64 rounding.
     progress : bool
         Show progress bars on stderr.
 

@@ -17,8 +17,11 @@ inside that *box*. The ROI signals are then extracted from the box alone, with
 the same result as from the whole volumes (see :func:`roi_box`).
 
 Blocks hold whole volumes, so smoothing needs no overlap between blocks; the
-graph is one task per block plus a tree of merges, built lazily by
-:func:`contrast_pass` (nothing is read until it is computed).
+graph is one task per block (reading it and reducing it at once) and a chain of
+merges in time order, built lazily by :func:`contrast_pass` (nothing is read until
+it is computed). The chain, rather than a tree, makes dask take the blocks in
+file order, which a sequential ``.nii.gz`` decoder needs, and holds at most a few
+partials at a time.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ from roidask.ops.stats import _check_conditions, _chunk_moments
 
 __all__ = ["PassResult", "box_image", "contrast_pass", "roi_box"]
 
-#: Partials merged per node of the reduction tree (each holds ~5 float64 volumes).
-SPLIT_EVERY = 4
+#: Float64 maps in one block's partial result (sum, two means, two m2).
+PARTIAL_MAPS = 5
 
 
 @dataclass
@@ -137,23 +140,22 @@ def _block_partial(
     box: tuple[slice, slice, slice] | None,
 ) -> dict:
     """Sum, contrast moments and boxed raw voxels of one block of whole volumes."""
-    shape = block.shape[:3]
     with np.errstate(invalid="ignore"):  # inf - inf: NaN, as numpy's sum
         total = block.sum(axis=3, dtype=np.float64)
     part = {
         "total": total,
         "n": block.shape[3],
         "counts": np.zeros(2, dtype=np.int64),
-        "mean": np.zeros((*shape, 2)),
-        "m2": np.zeros((*shape, 2)),
+        "mean": None,  # (x, y, z, 2) float64 once a block has contrast volumes
+        "m2": None,
         "box": [] if box is None else [block[(*box, slice(None))].copy()],
     }
     used = np.flatnonzero(codes >= 0)
     if used.size:
         smoothed = _smooth_volumes(block[..., used], sigma, work_dtype)
         mom = _chunk_moments(smoothed, codes[used], n_groups=2)[..., 0, :, :]
-        part["mean"] = mom[..., 0]
-        part["m2"] = mom[..., 1]
+        part["mean"] = np.ascontiguousarray(mom[..., 0])
+        part["m2"] = np.ascontiguousarray(mom[..., 1])
         part["counts"] = np.bincount(codes[used], minlength=2).astype(np.int64)
     return part
 
@@ -166,18 +168,21 @@ def _block_partial_object(block, codes, **kwargs) -> np.ndarray:
 
 def _merge_two(a: dict, b: dict) -> dict:
     counts = a["counts"] + b["counts"]
-    mean, m2 = a["mean"].copy(), a["m2"].copy()
-    for g in range(2):
-        na, nb = int(a["counts"][g]), int(b["counts"][g])
-        if nb == 0:
-            continue
-        if na == 0:
-            mean[..., g], m2[..., g] = b["mean"][..., g], b["m2"][..., g]
-            continue
-        n = na + nb
-        delta = b["mean"][..., g] - a["mean"][..., g]
-        mean[..., g] += delta * (nb / n)
-        m2[..., g] += b["m2"][..., g] + delta * delta * (na * nb / n)
+    if b["mean"] is None or a["mean"] is None:
+        mean, m2 = (a["mean"], a["m2"]) if b["mean"] is None else (b["mean"], b["m2"])
+    else:
+        mean, m2 = a["mean"].copy(), a["m2"].copy()
+        for g in range(2):
+            na, nb = int(a["counts"][g]), int(b["counts"][g])
+            if nb == 0:
+                continue
+            if na == 0:
+                mean[..., g], m2[..., g] = b["mean"][..., g], b["m2"][..., g]
+                continue
+            n = na + nb
+            delta = b["mean"][..., g] - a["mean"][..., g]
+            mean[..., g] += delta * (nb / n)
+            m2[..., g] += b["m2"][..., g] + delta * delta * (na * nb / n)
     with np.errstate(invalid="ignore"):
         total = a["total"] + b["total"]
     return {
@@ -199,12 +204,13 @@ def _merge(*parts: dict) -> dict:
 
 
 def _finish(part: dict, box) -> PassResult:
+    empty = np.zeros((*part["total"].shape, 2))
     return PassResult(
         total=part["total"],
         n_volumes=int(part["n"]),
         counts=part["counts"],
-        mean=part["mean"],
-        m2=part["m2"],
+        mean=empty if part["mean"] is None else part["mean"],
+        m2=empty if part["m2"] is None else part["m2"],
         box=box,
         box_blocks=part["box"],
     )
