@@ -556,5 +556,20 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
+def entry() -> None:
+    """The ``roidask`` console script: :func:`main`, then a prompt exit.
+
+    Once the command is done (outputs written and closed, streams flushed) the
+    process exits without tearing down every imported module one by one, which
+    takes ~0.3 s with dask, xarray, zarr and scipy loaded.
+    """
+    import os
+
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

@@ -40,7 +40,7 @@ from roidask.exceptions import InvalidParameterError
 from roidask.io.image import affine_of, as_image
 from roidask.ops.kernels import TRUNCATE, fwhm_to_sigma_voxels, gaussian_radius
 from roidask.ops.smooth import smoothing_dtype
-from roidask.ops.stats import _check_conditions, _chunk_moments
+from roidask.ops.stats import _check_conditions
 
 __all__ = ["PassResult", "box_image", "contrast_pass", "roi_box"]
 
@@ -131,6 +131,22 @@ def _smooth_volumes(x: np.ndarray, sigma: np.ndarray, dtype: np.dtype) -> np.nda
     return out
 
 
+def _volume_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-pass float64 mean and sum of squared deviations over the volumes of ``x``.
+
+    ``x`` is Fortran-ordered (each volume contiguous); deviations are formed one
+    volume at a time, so no float64 copy of ``x`` is made.
+    """
+    mean = x.mean(axis=3, dtype=np.float64)
+    m2 = np.zeros_like(mean)
+    dev = np.empty_like(mean)
+    for t in range(x.shape[3]):
+        np.subtract(x[..., t], mean, out=dev)
+        dev *= dev
+        m2 += dev
+    return mean, m2
+
+
 def _block_partial(
     block: np.ndarray,
     codes: np.ndarray,
@@ -140,8 +156,12 @@ def _block_partial(
     box: tuple[slice, slice, slice] | None,
 ) -> dict:
     """Sum, contrast moments and boxed raw voxels of one block of whole volumes."""
-    with np.errstate(invalid="ignore"):  # inf - inf: NaN, as numpy's sum
-        total = block.sum(axis=3, dtype=np.float64)
+    if block.dtype.kind in "iub" and block.dtype.itemsize <= 2 and block.shape[3] < 2**15:
+        # exact in int32 (and faster than converting every voxel to float64)
+        total = block.sum(axis=3, dtype=np.int32).astype(np.float64)
+    else:
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, as numpy's sum
+            total = block.sum(axis=3, dtype=np.float64)
     part = {
         "total": total,
         "n": block.shape[3],
@@ -150,13 +170,15 @@ def _block_partial(
         "m2": None,
         "box": [] if box is None else [block[(*box, slice(None))].copy()],
     }
-    used = np.flatnonzero(codes >= 0)
-    if used.size:
-        smoothed = _smooth_volumes(block[..., used], sigma, work_dtype)
-        mom = _chunk_moments(smoothed, codes[used], n_groups=2)[..., 0, :, :]
-        part["mean"] = np.ascontiguousarray(mom[..., 0])
-        part["m2"] = np.ascontiguousarray(mom[..., 1])
-        part["counts"] = np.bincount(codes[used], minlength=2).astype(np.int64)
+    if np.any(codes >= 0):
+        part["mean"] = np.zeros((*block.shape[:3], 2))
+        part["m2"] = np.zeros((*block.shape[:3], 2))
+        for g in range(2):
+            volumes = np.flatnonzero(codes == g)
+            if volumes.size:
+                smoothed = _smooth_volumes(block[..., volumes], sigma, work_dtype)
+                part["mean"][..., g], part["m2"][..., g] = _volume_moments(smoothed)
+                part["counts"][g] = volumes.size
     return part
 
 
