@@ -528,9 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from roidask._malloc import trim_freed_memory
+    from roidask._malloc import limit_malloc_arenas
 
-    trim_freed_memory()
+    limit_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings():

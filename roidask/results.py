@@ -264,10 +264,12 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress):
     """The pipeline on NIfTI runs: read directly, or through a temporary store.
 
     The pipeline reads the data once, in time order, which a sequential gzip
-    decoder serves best (see :mod:`roidask.io.nifti`). Worker processes of a
-    dask cluster would each decode a ``.nii.gz`` from its start to reach their
-    blocks, so for them the runs are first converted (one sequential decode, in
-    this process) into a temporary chunked store next to ``out``.
+    decoder serves best (see :mod:`roidask.io.nifti`); dask's threaded scheduler
+    takes the blocks in that order. A ``distributed`` cluster does not keep it
+    (it may start with the last blocks, and worker processes would each decode
+    the file from its start), so with a cluster ``.nii.gz`` runs are first
+    converted (one sequential decode, in this process) into a temporary chunked
+    store next to ``out``.
     """
     import tempfile
 
@@ -283,9 +285,8 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress):
     check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
     if not out.parent.exists():
         raise StoreError(f"{out}: parent folder {out.parent} does not exist")
-    client = _active_client()
-    remote = client is not None and not str(client.scheduler.address).startswith("inproc://")
-    if not (remote and any(str(p).lower().endswith(".gz") for p in bold)):
+    gz = any(str(p).lower().endswith(".gz") for p in bold)
+    if not gz or _active_client() is None:
         return roi_pipeline(image, mask_img=mask, params=params, progress=progress)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.convert-") as tmp:
         store = convert(

@@ -93,12 +93,12 @@ def test_existing_store_needs_overwrite(haxby, tmp_path):
     np.testing.assert_allclose(open_subject(store)["time"].values[:3], [0.0, 2.0, 4.0])
 
 
-def test_cli_returns_freed_memory_to_the_os(monkeypatch):
+def test_cli_limits_malloc_arenas(monkeypatch):
     import sys
 
-    from roidask._malloc import trim_freed_memory
+    from roidask._malloc import limit_malloc_arenas
 
     if sys.platform.startswith("linux"):
-        assert trim_freed_memory() is True  # glibc's mallopt accepted both settings
-    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
-    assert trim_freed_memory() is False  # the user's own setting wins
+        assert limit_malloc_arenas() is True  # glibc's mallopt accepted the setting
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the user's own setting wins
