@@ -26,7 +26,7 @@ import platform
 import shutil
 import uuid
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -98,8 +98,9 @@ def write_results(
     result : PipelineResult
     out_dir : path
         Folder to create. An existing folder is replaced only with ``overwrite``.
-    inputs : list of dict, optional
-        Input records for provenance (see :func:`input_records`).
+    inputs : list of dict, or a Future of it, optional
+        Input records for provenance (see :func:`input_records`); a future is
+        waited for when ``provenance.json`` is written.
     plots : bool
         Write ``figures/*.png``.
     overwrite : bool
@@ -126,21 +127,36 @@ def write_results(
     tmp.mkdir()
     try:
         maps = result.maps
-        for name in ("mean_epi", "tstat", "logp"):
-            to_nifti(maps[name], tmp / f"{name}.nii.gz", dtype=np.float32)
-        to_nifti(maps["roi_mask"], tmp / "roi_mask.nii.gz", dtype=np.uint8)
-        write_atlas(
-            maps["atlas"], tmp / "atlas.nii.gz", table_path=tmp / "rois.tsv", table=result.rois
-        )
-        frame = signals_to_frame(result.signals)
-        frame.to_csv(tmp / "signals.tsv", sep="\t", index=False, float_format="%.9g")
-        ds = result.to_dataset()
-        for var in ds.variables.values():
-            var.encoding.clear()
-        ds = ds.assign_coords({k: ds[k].astype(object) for k in ("condition",) if k in ds.coords})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # consolidated metadata "not in the v3 spec"
-            ds.to_zarr(tmp / "results.zarr", mode="w", zarr_format=3, consolidated=True)
+
+        def write_maps():
+            for name in ("mean_epi", "tstat", "logp"):
+                to_nifti(maps[name], tmp / f"{name}.nii.gz", dtype=np.float32)
+            to_nifti(maps["roi_mask"], tmp / "roi_mask.nii.gz", dtype=np.uint8)
+            write_atlas(
+                maps["atlas"], tmp / "atlas.nii.gz", table_path=tmp / "rois.tsv", table=result.rois
+            )
+
+        def write_signals():
+            frame = signals_to_frame(result.signals)
+            frame.to_csv(tmp / "signals.tsv", sep="\t", index=False, float_format="%.9g")
+
+        def write_dataset():
+            ds = result.to_dataset()
+            for var in ds.variables.values():
+                var.encoding.clear()
+            ds = ds.assign_coords(
+                {k: ds[k].astype(object) for k in ("condition",) if k in ds.coords}
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # consolidated metadata "not in the v3 spec"
+                ds.to_zarr(tmp / "results.zarr", mode="w", zarr_format=3, consolidated=True)
+
+        # Independent files, written concurrently (gzip, CSV formatting and zarr's
+        # I/O overlap); the first error is raised once all are done.
+        with ThreadPoolExecutor(3) as writers:
+            pending = [writers.submit(f) for f in (write_maps, write_signals, write_dataset)]
+        for done in pending:
+            done.result()
         figures = []
         if plots:
             from roidask.plotting import save_seed_figures
@@ -159,7 +175,7 @@ def write_results(
             "roidask_version": roidask.__version__,
             "python": platform.python_version(),
             "parameters": result.params.to_dict(),
-            "inputs": inputs or [],
+            "inputs": (inputs.result() if isinstance(inputs, Future) else inputs) or [],
             "timings_s": {k: round(v, 3) for k, v in result.timings_s.items()},
             "peak_rss_bytes": _peak_rss_bytes(),
             "n_rois": int(result.n_rois),
@@ -234,30 +250,28 @@ def run_subject(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: output folder exists; pass --overwrite to replace it")
     files = [store, mask] if store is not None else [*bold, *(labels or []), mask]
+    if store is not None:
+        result = roi_pipeline(
+            store, mask_img=mask, params=params, subject=subject, chunks=chunks, progress=progress
+        )
+    else:
+        result = _run_nifti(bold, labels, mask, out, params, chunks, tr_s, progress)
     with ThreadPoolExecutor(1) as hasher:
-        # Checksums of the inputs for provenance, computed while the pipeline runs.
-        records = None if inputs else hasher.submit(input_records, files)
-        if store is not None:
-            result = roi_pipeline(
-                store,
-                mask_img=mask,
-                params=params,
-                subject=subject,
-                chunks=chunks,
-                progress=progress,
-            )
-        else:
-            result = _run_nifti(bold, labels, mask, out, params, chunks, tr_s, progress)
-        inputs = inputs or records.result()
-    write_results(
-        result,
-        out,
-        inputs=inputs,
-        plots=plots,
-        overwrite=overwrite,
-        extra_provenance=extra_provenance,
-    )
+        # Checksums of the inputs for provenance, computed while the outputs are
+        # written (the pipeline's pass keeps every core busy before).
+        write_results(
+            result,
+            out,
+            inputs=inputs or hasher.submit(input_records, files),
+            plots=plots,
+            overwrite=overwrite,
+            extra_provenance=extra_provenance,
+        )
     return result
+
+
+#: Blocks of volumes read at once when the pipeline reads NIfTI runs directly.
+NIFTI_BLOCK_BYTES = 8 * 2**20
 
 
 def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress):
@@ -283,6 +297,12 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress):
     # Validate everything (headers, labels, grids, contrast) before any voxel is read.
     image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
     check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
+    if chunks is None:
+        # Blocks half a store chunk: decoding (one thread, in file order) overlaps
+        # better with the compute of the other blocks, and the pass holds less.
+        volume_bytes = int(np.prod(image.shape[:3])) * image.dtype.itemsize
+        n_t = max(1, NIFTI_BLOCK_BYTES // volume_bytes)
+        image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks={"time": n_t})
     if not out.parent.exists():
         raise StoreError(f"{out}: parent folder {out.parent} does not exist")
     gz = any(str(p).lower().endswith(".gz") for p in bold)

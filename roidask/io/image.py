@@ -494,7 +494,7 @@ def like_image(
     if isinstance(data, xr.DataArray):
         data = data.data
     if not isinstance(data, da.Array):
-        data = da.from_array(np.asarray(data), chunks=-1)
+        data = da.from_array(np.asarray(data), chunks=-1, name=False)  # no hashing of data
     if tuple(data.shape[:3]) != tuple(reference.shape[:3]):
         raise GridMismatchError(
             f"like_image: data has spatial shape {tuple(data.shape[:3])}, reference "

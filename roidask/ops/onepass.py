@@ -311,7 +311,10 @@ def box_image(result: PassResult, bold: xr.DataArray) -> xr.DataArray:
 
     if result.box is None:
         raise InvalidParameterError("box_image: the pass kept no box")
-    arr = da.concatenate([da.from_array(b, chunks=b.shape) for b in result.box_blocks], axis=3)
+    # name=False: no hashing of the kept voxels to name the chunks
+    arr = da.concatenate(
+        [da.from_array(b, chunks=b.shape, name=False) for b in result.box_blocks], axis=3
+    )
     affine = affine_of(bold).copy()
     offset = np.array([s.start for s in result.box] + [1.0])
     affine[:, 3] = affine @ offset
