@@ -709,3 +709,19 @@ def test_out_of_core_batch(tmp_path):
     for i in range(2, n_subjects + 1):
         for name in ("tstat.nii.gz", "atlas.nii.gz", "signals.tsv"):
             assert (out / f"sub-s{i:02d}" / name).read_bytes() == (first / name).read_bytes()
+
+
+def test_memory_chunks_shrink_time_blocks_to_the_worker_budget(tmp_path):
+    """Small workers get blocks of fewer whole volumes; roomy ones the default."""
+    from roidask.batch import _memory_chunks
+
+    path = tmp_path / "bold.nii"
+    nib.save(nib.Nifti1Image(np.zeros((40, 64, 64, 300), np.int16), np.eye(4)), path)
+    spec = SubjectSpec("s1", (path,), (tmp_path / "labels.txt",), tmp_path / "mask.nii.gz")
+    assert _memory_chunks(spec, None) is None  # no memory limit
+    assert _memory_chunks(spec, 4 * 2**30) is None  # the default 16 MiB blocks fit
+    small = _memory_chunks(spec, 50 * 2**20)
+    assert set(small) == {"time"} and 1 <= small["time"] < 51
+    assert _memory_chunks(spec, 2**20) == {"time": 1}  # never less than one volume
+    bad = SubjectSpec("s2", (tmp_path / "missing.nii",), (), tmp_path / "mask.nii.gz")
+    assert _memory_chunks(bad, 2**20) is None  # run_subject reports the missing file
