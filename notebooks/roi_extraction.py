@@ -137,8 +137,10 @@ fig = plot_condition_boxplots(signals, title="ROI signals per condition")
 # %% [markdown]
 # ## The whole analysis in one call
 #
-# `roi_pipeline` runs the same steps as one lazy graph per stage and reads the data
-# twice (statistics, then extraction); `roidask run` is its command line.
+# `roi_pipeline` runs the same steps reading the data once: one lazy graph over blocks
+# of whole volumes gives the mean, the smoothed face/house moments and the voxels of
+# the box where ROIs can appear, from which the ROI signals are extracted exactly;
+# `roidask run` is its command line.
 
 # %%
 from roidask.pipeline import roi_pipeline
