@@ -142,82 +142,24 @@ def main() -> int:
             args.repeats,
         )
         print(row("nilearn + scipy example (NIfTI)", ref[0], ref[1]))
+    from_nifti = [str(bold), "--labels", str(labels)]
+    from_store = ["--store", str(store)]
+
+    def run(source, *extra):
+        """Median (wall, RSS) of ``roidask run`` on ``source`` (no figures, as nilearn's)."""
+        cmd = [roidask, "run", *source, "--mask", str(mask), "--out", str(out)]
+        return median_of([*cmd, "--no-plots", "--quiet", *extra], args.repeats, clean)
+
     if "pipeline" in args.sections:
-        w = median_of(
-            [
-                roidask,
-                "run",
-                str(bold),
-                "--labels",
-                str(labels),
-                "--mask",
-                str(mask),
-                "--out",
-                str(out),
-                "--no-plots",
-                "--quiet",
-            ],
-            args.repeats,
-            clean,
-        )
+        w = run(from_nifti)
         print(row("roidask run (NIfTI)", w[0], w[1], ref))
-        w = median_of(
-            [
-                roidask,
-                "run",
-                "--store",
-                str(store),
-                "--mask",
-                str(mask),
-                "--out",
-                str(out),
-                "--no-plots",
-                "--quiet",
-            ],
-            args.repeats,
-            clean,
-        )
+        w = run(from_store)
         print(row("roidask run (converted store)", w[0], w[1], ref))
-        w = median_of(
-            [
-                roidask,
-                "run",
-                str(bold),
-                "--labels",
-                str(labels),
-                "--mask",
-                str(mask),
-                "--out",
-                str(out),
-                "--no-plots",
-                "--quiet",
-                "--scheduler",
-                "local",
-            ],
-            args.repeats,
-            clean,
-        )
+        w = run(from_nifti, "--scheduler", "local")
         print(row("roidask run (NIfTI), embedded LocalCluster", w[0], w[1], ref))
     if "threads" in args.sections:
         for threads in (1, 2):
-            w = median_of(
-                [
-                    roidask,
-                    "run",
-                    "--store",
-                    str(store),
-                    "--mask",
-                    str(mask),
-                    "--out",
-                    str(out),
-                    "--no-plots",
-                    "--quiet",
-                    "--threads-per-worker",
-                    str(threads),
-                ],
-                args.repeats,
-                clean,
-            )
+            w = run(from_store, "--threads-per-worker", str(threads))
             print(row(f"roidask run (store), {threads} thread(s)", w[0], w[1], ref))
     if "convert" in args.sections:
         tmp_store = DATA / "convert-bench.zarr"
