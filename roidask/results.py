@@ -289,20 +289,21 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress):
 
     from roidask.exceptions import InvalidParameterError
     from roidask.io.image import as_image, bold_from_nifti
+    from roidask.io.nifti import NiftiSource
     from roidask.io.store import convert
     from roidask.pipeline import _active_client, check_inputs, roi_pipeline
 
     if not labels:
         raise InvalidParameterError("run: --labels is required with BOLD files")
     # Validate everything (headers, labels, grids, contrast) before any voxel is read.
-    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
-    check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
     if chunks is None:
         # Blocks half a store chunk: decoding (one thread, in file order) overlaps
         # better with the compute of the other blocks, and the pass holds less.
-        volume_bytes = int(np.prod(image.shape[:3])) * image.dtype.itemsize
-        n_t = max(1, NIFTI_BLOCK_BYTES // volume_bytes)
-        image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks={"time": n_t})
+        first = NiftiSource.open(bold[0], ndim=4)  # header only
+        volume_bytes = int(np.prod(first.volume_shape)) * first.dtype.itemsize
+        chunks = {"time": max(1, NIFTI_BLOCK_BYTES // volume_bytes)}
+    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
+    check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
     if not out.parent.exists():
         raise StoreError(f"{out}: parent folder {out.parent} does not exist")
     gz = any(str(p).lower().endswith(".gz") for p in bold)
