@@ -110,18 +110,13 @@ def main() -> int:
     roidask = str(VENV_BIN / "roidask")
     store = DATA / "sub-01.zarr"
     out = DATA / "out"
+
+    def convert_cmd(target):
+        return [roidask, "convert", str(bold), "--labels", str(labels), "--out", str(target)]
+
     if not store.exists():
         subprocess.run(
-            [
-                roidask,
-                "convert",
-                str(bold),
-                "--labels",
-                str(labels),
-                "--out",
-                str(store),
-                "--quiet",
-            ],
+            [*convert_cmd(store), "--quiet"],
             check=True,
         )
 
@@ -167,20 +162,7 @@ def main() -> int:
         def clean_store():
             shutil.rmtree(tmp_store, ignore_errors=True)
 
-        w = median_of(
-            [
-                roidask,
-                "convert",
-                str(bold),
-                "--labels",
-                str(labels),
-                "--out",
-                str(tmp_store),
-                "--quiet",
-            ],
-            args.repeats,
-            clean_store,
-        )
+        w = median_of([*convert_cmd(tmp_store), "--quiet"], args.repeats, clean_store)
         size = sum(f.stat().st_size for f in tmp_store.rglob("*") if f.is_file())
         print(row("roidask convert (NIfTI -> store)", w[0], w[1]))
         print(

@@ -34,13 +34,13 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from scipy.ndimage import gaussian_filter1d
+from dask.delayed import Delayed
 
 from roidask.exceptions import InvalidParameterError
 from roidask.io.image import affine_of, as_image
-from roidask.ops.kernels import TRUNCATE, fwhm_to_sigma_voxels, gaussian_radius
-from roidask.ops.smooth import smoothing_dtype
-from roidask.ops.stats import _check_conditions
+from roidask.ops.kernels import fwhm_to_sigma_voxels
+from roidask.ops.smooth import smooth_array, smoothing_dtype
+from roidask.ops.stats import _check_conditions, _volume_moments
 
 __all__ = ["PassResult", "box_image", "contrast_pass", "roi_box"]
 
@@ -111,42 +111,6 @@ def roi_box(mask: np.ndarray, *, grow_voxels: Sequence[int]) -> tuple[slice, sli
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
-def _smooth_volumes(x: np.ndarray, sigma: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """nilearn's smoothing of each volume of ``x`` (x, y, z, t): exactly ``smooth_img``.
-
-    Returns a Fortran-ordered array (each volume contiguous), filtered between two
-    buffers without further allocation.
-    """
-    out = x.astype(dtype, order="F", copy=True)
-    if out.dtype.kind == "f" and x.dtype.kind == "f":
-        out[~np.isfinite(out)] = 0
-    spare = None
-    for axis, s in enumerate(sigma):
-        if gaussian_radius(s) > 0:
-            spare = np.empty_like(out) if spare is None else spare
-            gaussian_filter1d(
-                out, float(s), axis=axis, mode="reflect", truncate=TRUNCATE, output=spare
-            )
-            out, spare = spare, out
-    return out
-
-
-def _volume_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two-pass float64 mean and sum of squared deviations over the volumes of ``x``.
-
-    ``x`` is Fortran-ordered (each volume contiguous); deviations are formed one
-    volume at a time, so no float64 copy of ``x`` is made.
-    """
-    mean = x.mean(axis=3, dtype=np.float64)
-    m2 = np.zeros_like(mean)
-    dev = np.empty_like(mean)
-    for t in range(x.shape[3]):
-        np.subtract(x[..., t], mean, out=dev)
-        dev *= dev
-        m2 += dev
-    return mean, m2
-
-
 def _block_partial(
     block: np.ndarray,
     codes: np.ndarray,
@@ -176,7 +140,7 @@ def _block_partial(
         for g in range(2):
             volumes = np.flatnonzero(codes == g)
             if volumes.size:
-                smoothed = _smooth_volumes(block[..., volumes], sigma, work_dtype)
+                smoothed = smooth_array(block[..., volumes], sigma, work_dtype)
                 part["mean"][..., g], part["m2"][..., g] = _volume_moments(smoothed)
                 part["counts"][g] = volumes.size
     return part
@@ -189,6 +153,7 @@ def _block_partial_object(block, codes, **kwargs) -> np.ndarray:
 
 
 def _merge_two(a: dict, b: dict) -> dict:
+    """Partials of two consecutive blocks merged (Chan et al. for the moments)."""
     counts = a["counts"] + b["counts"]
     if b["mean"] is None or a["mean"] is None:
         mean, m2 = (a["mean"], a["m2"]) if b["mean"] is None else (b["mean"], b["m2"])
@@ -217,14 +182,6 @@ def _merge_two(a: dict, b: dict) -> dict:
     }
 
 
-def _merge(*parts: dict) -> dict:
-    """Merge partials of consecutive blocks, in time order (Chan et al. for moments)."""
-    out = parts[0]
-    for p in parts[1:]:
-        out = _merge_two(out, p)
-    return out
-
-
 def _finish(part: dict, box) -> PassResult:
     empty = np.zeros((*part["total"].shape, 2))
     return PassResult(
@@ -244,7 +201,7 @@ def contrast_pass(
     contrast: Sequence[str],
     fwhm,
     box: tuple[slice, slice, slice] | None = None,
-) -> dask.delayed:
+) -> Delayed:
     """Lazy single read of a BOLD series: sum, smoothed contrast moments, boxed voxels.
 
     Parameters
@@ -298,7 +255,7 @@ def contrast_pass(
         meta=np.empty((0, 0, 0, 0), dtype=object),
     )
     parts = [dask.delayed(operator.getitem)(p, (0, 0, 0, 0)) for p in parts.to_delayed().ravel()]
-    merge = dask.delayed(_merge, pure=True)
+    merge = dask.delayed(_merge_two, pure=True)
     total = parts[0]
     for part in parts[1:]:
         total = merge(total, part)

@@ -25,7 +25,7 @@ from roidask.io.image import affine_of, as_image
 from roidask.ops._chunks import merge_small_chunks
 from roidask.ops.kernels import TRUNCATE, fwhm_to_sigma_voxels, gaussian_radius
 
-__all__ = ["smooth_img", "smoothing_dtype"]
+__all__ = ["smooth_array", "smooth_img", "smoothing_dtype"]
 
 
 def smoothing_dtype(dtype) -> np.dtype:
@@ -50,6 +50,39 @@ def smoothing_dtype(dtype) -> np.dtype:
     raise InvalidParameterError(
         f"img: cannot smooth data of type {dtype}; expected integer or real floating-point voxels"
     )
+
+
+def smooth_array(x: np.ndarray, sigma, dtype) -> np.ndarray:
+    """Smooth every volume of an in-memory array exactly as :func:`smooth_img` does.
+
+    Parameters
+    ----------
+    x : ndarray, (x, y, z) or (x, y, z, t)
+        Voxel values (any real type); never modified.
+    sigma : sequence of 3 floats
+        Gaussian sigma per spatial axis, in voxels
+        (:func:`roidask.ops.kernels.fwhm_to_sigma_voxels`).
+    dtype : numpy dtype
+        Working and output type (:func:`smoothing_dtype` of ``x``'s type).
+
+    Returns
+    -------
+    ndarray
+        Fortran-ordered (each volume contiguous), filtered between two buffers
+        without further allocation; non-finite input voxels count as 0.
+    """
+    out = x.astype(dtype, order="F", copy=True)
+    if out.dtype.kind == "f" and x.dtype.kind == "f":
+        out[~np.isfinite(out)] = 0
+    spare = None
+    for axis, s in enumerate(sigma):
+        if gaussian_radius(s) > 0:
+            spare = np.empty_like(out) if spare is None else spare
+            gaussian_filter1d(
+                out, float(s), axis=axis, mode="reflect", truncate=TRUNCATE, output=spare
+            )
+            out, spare = spare, out
+    return out
 
 
 def _finite_block(block: np.ndarray, dtype: np.dtype) -> np.ndarray:

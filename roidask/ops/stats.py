@@ -111,6 +111,22 @@ def _check_real(value, *, param: str) -> float:
 
 
 # -- one-pass moments --------------------------------------------------------------------
+def _volume_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two-pass float64 mean and sum of squared deviations over the last axis of ``x``.
+
+    Deviations are formed one volume at a time: float64 accumulators without a
+    float64 copy of ``x`` (fastest when each volume is contiguous, Fortran order).
+    """
+    mean = x.mean(axis=-1, dtype=np.float64)
+    m2 = np.zeros_like(mean)
+    dev = np.empty_like(mean)
+    for t in range(x.shape[-1]):
+        np.subtract(x[..., t], mean, out=dev)
+        dev *= dev
+        m2 += dev
+    return mean, m2
+
+
 def _chunk_moments(block: np.ndarray, codes: np.ndarray, *, n_groups: int) -> np.ndarray:
     """Exact (two-pass, float64) mean, m2 and count per group of one time chunk.
 
@@ -118,22 +134,12 @@ def _chunk_moments(block: np.ndarray, codes: np.ndarray, *, n_groups: int) -> np
     ``[..., 2]`` count (broadcast over voxels so partials can be merged blindly).
     """
     out = np.zeros((*block.shape[:3], 1, n_groups, 3), dtype=np.float64)
-    dev = np.empty(block.shape[:3], dtype=np.float64)
     for k in range(n_groups):
         idx = np.flatnonzero(codes == k)
         if idx.size == 0:
             continue
         x = block[..., idx] if idx.size < block.shape[3] else block
-        mean = x.mean(axis=-1, dtype=np.float64)
-        m2 = np.zeros(block.shape[:3], dtype=np.float64)
-        # Deviations one volume at a time: float64 accumulators without a float64
-        # copy of the block.
-        for t in range(x.shape[3]):
-            np.subtract(x[..., t], mean, out=dev)
-            dev *= dev
-            m2 += dev
-        out[..., 0, k, 0] = mean
-        out[..., 0, k, 1] = m2
+        out[..., 0, k, 0], out[..., 0, k, 1] = _volume_moments(x)
         out[..., 0, k, 2] = idx.size
     return out
 
