@@ -7,9 +7,11 @@ by default as many as the cluster has worker threads, 2 to 8) on one shared
 worker is bounded by the chunk size, not by the number of subjects. Without
 ``chunks``, the default blocks of whole volumes are used (outputs bit-identical
 to ``roidask run``) unless the workers' memory limits are too small for them:
-blocks then hold fewer volumes, so a 400 MiB worker still processes a 475 MB
-subject. Read handles a worker caches for a subject's NIfTI files are dropped
-when the subject is done, so worker memory does not grow with the batch.
+blocks then hold fewer volumes, and the ROI box the pass keeps for the
+extraction is dropped if it does not fit (the extraction then reads the data a
+second time), so a 400 MiB worker still processes a 475 MB subject. Read
+handles a worker caches for a subject's NIfTI files are dropped when the subject
+is done, so worker memory does not grow with the batch.
 
 Resume: a subject whose ``provenance.json`` records the same fingerprint
 (parameters and input checksums) is skipped; the others are redone. A failing
@@ -263,6 +265,11 @@ _WORKER_BASE_BYTES = 200 * 2**20
 _TASK_EXPANSION = 6
 _TASK_FIXED_BYTES = 16 * 2**20
 _LIVE_PARTIALS = 3
+#: The ROI box the pass keeps is held twice at its peak on a worker: in the
+#: running partial and while it is sent to the client.
+_BOX_EXPANSION = 2
+#: A box is kept only if blocks of at least this many volumes still fit next to it.
+_MIN_BLOCK_VOLUMES = 8
 #: Fraction of a worker's memory limit tasks may fill (dask pauses a worker at 80 %).
 _USABLE_FRACTION = 0.75
 
@@ -283,31 +290,53 @@ def _cluster_resources(client) -> tuple[float | None, int]:
     return (min(budgets) if budgets else None), threads
 
 
-def _memory_chunks(spec: SubjectSpec, budget: float | None) -> dict | None:
-    """BOLD time chunks whose pass tasks fit ``budget`` bytes; None if the default fits.
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a subject's pass fits a worker thread's memory (see :func:`_memory_plan`)."""
+
+    chunks: dict | None  # BOLD time chunks, None: the pipeline's default blocks
+    box_max_bytes: int | None  # the ROI box allowed in memory, None: the default
+
+
+def _memory_plan(spec: SubjectSpec, budget: float | None, params) -> MemoryPlan:
+    """Time blocks and ROI box whose pass tasks fit ``budget`` bytes per worker thread.
 
     The pipeline reads blocks of whole volumes; with small worker memory the
     blocks hold fewer volumes (down to one). Maps and signals then differ from a
     default run by float64 rounding only (partial moments merged in another order).
+    The ROI box kept by the pass (raw voxels of all volumes) lives on a worker
+    until the subject is done: it is kept only if it fits next to the smallest
+    blocks, and its share of the budget shrinks the blocks; otherwise the
+    extraction reads the data a second time.
     """
-    from roidask.io.image import normalize_chunks
+    from roidask.io.image import as_image, normalize_chunks
     from roidask.io.nifti import NiftiSource
     from roidask.ops.onepass import PARTIAL_MAPS
+    from roidask.pipeline import box_bytes, pass_box
 
+    default = MemoryPlan(None, None)
     if budget is None:
-        return None
+        return default
     try:
         sources = [NiftiSource.open(p, ndim=4) for p in spec.bold]
-    except (RoidaskError, OSError):
-        return None  # run_subject reports the bad file
+        mask = as_image(spec.mask, ndim=3, param="mask_img")
+        box = pass_box(np.asarray(mask.values) != 0, sources[0].affine, params)
+    except (RoidaskError, RoidaskTypeError, OSError):
+        return default  # run_subject reports the bad file
     x, y, z = sources[0].volume_shape
-    itemsize = sources[0].dtype.itemsize
+    volume_bytes = x * y * z * sources[0].dtype.itemsize
     n_volumes = sum(s.n_volumes for s in sources)
-    n_t = normalize_chunks(None, (x, y, z, n_volumes), itemsize)["time"]
-    partials = _LIVE_PARTIALS * PARTIAL_MAPS * 8 * x * y * z
-    room = max(budget - _TASK_FIXED_BYTES - partials, 0) / _TASK_EXPANSION
-    fits = max(1, int(room // (x * y * z * itemsize)))
-    return None if fits >= n_t else {"time": fits}
+    n_t = normalize_chunks(None, (x, y, z, n_volumes), sources[0].dtype.itemsize)["time"]
+    fixed = _TASK_FIXED_BYTES + _LIVE_PARTIALS * PARTIAL_MAPS * 8 * x * y * z
+    kept = 0 if box is None else _BOX_EXPANSION * box_bytes(box, n_volumes, sources[0].dtype)
+    if kept and fixed + kept + _TASK_EXPANSION * _MIN_BLOCK_VOLUMES * volume_bytes > budget:
+        kept = 0  # the box does not fit: read twice
+    room = max(budget - fixed - kept, 0) / _TASK_EXPANSION
+    fits = max(1, int(room // volume_bytes))
+    return MemoryPlan(
+        chunks=None if fits >= n_t else {"time": fits},
+        box_max_bytes=None if kept or box is None else 0,
+    )
 
 
 def _write_status(out_dir: Path, rows: dict[str, dict], lock: threading.Lock) -> None:
@@ -398,11 +427,12 @@ def run_batch(
                 row.update(status="skipped", n_rois=prov.get("n_rois", ""))
                 return row
             extra = {"fingerprint": digest, "subject": spec.subject}
-            subject_chunks = chunks
-            if chunks is None:
-                subject_chunks = _memory_chunks(spec, budget)
-                if subject_chunks is not None:
-                    extra["chunks"] = subject_chunks
+            plan = _memory_plan(spec, budget, params)
+            subject_chunks = chunks if chunks is not None else plan.chunks
+            if chunks is None and plan.chunks is not None:
+                extra["chunks"] = plan.chunks
+            if plan.box_max_bytes is not None:
+                extra["box_max_bytes"] = plan.box_max_bytes
             result = run_subject(
                 bold=list(spec.bold),
                 labels=list(spec.labels),
@@ -412,6 +442,7 @@ def run_batch(
                 out=out,
                 params=params,
                 chunks=subject_chunks,
+                box_max_bytes=plan.box_max_bytes,
                 plots=plots,
                 overwrite=True,
                 progress=False,

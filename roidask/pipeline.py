@@ -45,7 +45,15 @@ from roidask.io.image import (
     normalize_chunks,
 )
 
-__all__ = ["PipelineParams", "PipelineResult", "check_inputs", "compute", "roi_pipeline"]
+__all__ = [
+    "PipelineParams",
+    "PipelineResult",
+    "box_bytes",
+    "check_inputs",
+    "compute",
+    "pass_box",
+    "roi_pipeline",
+]
 
 
 @dataclass(frozen=True)
@@ -249,6 +257,27 @@ def _pass_chunks(bold: xr.DataArray) -> xr.DataArray:
     return bold
 
 
+def pass_box(
+    mask: np.ndarray, affine: np.ndarray, params: PipelineParams
+) -> tuple[slice, slice, slice] | None:
+    """The ROI box the pass keeps for a boolean ``mask`` (see :func:`roidask.ops.onepass.roi_box`).
+
+    Every ROI lies in the mask dilated by ``params.dilation_iterations`` and its
+    smoothed signal needs the kernel's radius around it.
+    """
+    from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
+    from roidask.ops.onepass import roi_box
+
+    sigma = fwhm_to_sigma_voxels(affine, params.fwhm)
+    grow = [params.dilation_iterations + gaussian_radius(s) for s in sigma]
+    return roi_box(mask, grow_voxels=grow)
+
+
+def box_bytes(box: tuple[slice, slice, slice], n_volumes: int, dtype) -> int:
+    """Bytes of the raw voxels of ``box`` over ``n_volumes`` volumes of ``dtype``."""
+    return int(np.prod([s.stop - s.start for s in box])) * n_volumes * np.dtype(dtype).itemsize
+
+
 def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams) -> None:
     """Validate a BOLD image, a mask and the parameters together (reads no voxels).
 
@@ -284,6 +313,7 @@ def roi_pipeline(
     params: PipelineParams | None = None,
     subject: str | None = None,
     chunks=None,
+    box_max_bytes: int | None = None,
     progress: bool = False,
 ) -> PipelineResult:
     """Run the seed ROI analysis on one subject and return computed results.
@@ -303,6 +333,10 @@ def roi_pipeline(
         Chunking of the BOLD data. The pass works on blocks of whole volumes: the
         time chunks (at most :data:`BLOCK_MAX_BYTES`) set the blocks, spatial
         chunks are merged. Results do not depend on it beyond float64 rounding.
+    box_max_bytes : int, optional
+        Largest box of raw voxels (bytes, all volumes) the pass keeps in memory for
+        the extraction (default :data:`BOX_MAX_BYTES`); with a larger box, or 0,
+        the extraction reads the data a second time. Results do not depend on it.
     progress : bool
         Show progress bars on stderr.
 
@@ -317,16 +351,23 @@ def roi_pipeline(
     """
     from roidask.io.image import affine_of
     from roidask.ops.extract import extract_signals
-    from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
     from roidask.ops.label import label
     from roidask.ops.morph import binary_dilation
-    from roidask.ops.onepass import box_image, contrast_pass, roi_box
+    from roidask.ops.onepass import box_image, contrast_pass
     from roidask.ops.rois import ROI_TABLE_COLUMNS, keep_largest, remove_small, roi_table
     from roidask.ops.smooth import smooth_img
     from roidask.ops.stats import _ttest_block, clip_logp
     from roidask.ops.threshold import mask_and, threshold_img
 
     params = params or PipelineParams()
+    if box_max_bytes is None:
+        box_max_bytes = BOX_MAX_BYTES
+    if isinstance(box_max_bytes, bool) or not isinstance(box_max_bytes, int | np.integer):
+        raise InvalidParameterError(
+            f"box_max_bytes: expected an integer number of bytes, got {box_max_bytes!r}"
+        )
+    if box_max_bytes < 0:
+        raise InvalidParameterError(f"box_max_bytes: expected >= 0 bytes, got {box_max_bytes}")
     bold = as_image(bold_img, ndim=4, param="bold_img", subject=subject)
     if chunks is not None:
         bold = bold.chunk(normalize_chunks(chunks, bold.shape, bold.dtype.itemsize))
@@ -338,13 +379,9 @@ def roi_pipeline(
     # 1. one pass: mean EPI, smoothed contrast moments and the ROI box, one read.
     t0 = time.perf_counter()
     mask_np = np.asarray(mask.values) != 0
-    sigma = fwhm_to_sigma_voxels(affine_of(bold), params.fwhm)
-    grow = [params.dilation_iterations + gaussian_radius(s) for s in sigma]
-    box = roi_box(mask_np, grow_voxels=grow)
-    if box is not None:
-        box_voxels = int(np.prod([s.stop - s.start for s in box]))
-        if box_voxels * bold.sizes["time"] * bold.dtype.itemsize > BOX_MAX_BYTES:
-            box = None  # the extraction reads the data again
+    box = pass_box(mask_np, affine_of(bold), params)
+    if box is not None and box_bytes(box, bold.sizes["time"], bold.dtype) > box_max_bytes:
+        box = None  # the extraction reads the data again
     (one,) = compute(
         contrast_pass(bold, contrast=params.contrast, fwhm=params.fwhm, box=box),
         progress=progress,

@@ -206,6 +206,7 @@ def run_subject(
     out,
     params,
     chunks=None,
+    box_max_bytes=None,
     tr_s=None,
     plots=True,
     overwrite=False,
@@ -228,6 +229,8 @@ def run_subject(
     params : PipelineParams
     chunks : dict or str, optional
         BOLD chunking; the results do not depend on it.
+    box_max_bytes : int, optional
+        Memory for the ROI box kept by the pass (see :func:`roidask.roi_pipeline`).
     tr_s : float, optional
         Repetition time in seconds (default: from the header).
     plots, overwrite, progress : bool
@@ -252,10 +255,18 @@ def run_subject(
     files = [store, mask] if store is not None else [*bold, *(labels or []), mask]
     if store is not None:
         result = roi_pipeline(
-            store, mask_img=mask, params=params, subject=subject, chunks=chunks, progress=progress
+            store,
+            mask_img=mask,
+            params=params,
+            subject=subject,
+            chunks=chunks,
+            box_max_bytes=box_max_bytes,
+            progress=progress,
         )
     else:
-        result = _run_nifti(bold, labels, mask, out, params, chunks, tr_s, progress)
+        result = _run_nifti(
+            bold, labels, mask, out, params, chunks, tr_s, progress, box_max_bytes=box_max_bytes
+        )
     with ThreadPoolExecutor(1) as hasher:
         # Checksums of the inputs for provenance, computed while the outputs are
         # written (the pipeline's pass keeps every core busy before).
@@ -274,7 +285,7 @@ def run_subject(
 NIFTI_BLOCK_BYTES = 8 * 2**20
 
 
-def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress):
+def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, box_max_bytes):
     """The pipeline on NIfTI runs: read directly, or through a temporary store.
 
     The pipeline reads the data once, in time order, which a sequential gzip
@@ -308,7 +319,9 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress):
         raise StoreError(f"{out}: parent folder {out.parent} does not exist")
     gz = any(str(p).lower().endswith(".gz") for p in bold)
     if not gz or _active_client() is None:
-        return roi_pipeline(image, mask_img=mask, params=params, progress=progress)
+        return roi_pipeline(
+            image, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
+        )
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.convert-") as tmp:
         store = convert(
             bold,
@@ -318,4 +331,6 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress):
             chunks=chunks,
             progress=progress,
         )
-        return roi_pipeline(store, mask_img=mask, params=params, progress=progress)
+        return roi_pipeline(
+            store, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
+        )

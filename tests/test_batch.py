@@ -706,22 +706,37 @@ def test_out_of_core_batch(tmp_path):
     assert 0 < rss.peak < OOC_WORKER_MEMORY
     assert set(statuses(out).values()) == {"done"}
     first = out / "sub-s01"
+    prov = json.loads((first / "provenance.json").read_text())
+    assert prov["box_max_bytes"] == 0  # the ROI box does not fit: the data is read twice
+    assert prov["chunks"]["time"] < 51  # smaller blocks than the default
     for i in range(2, n_subjects + 1):
         for name in ("tstat.nii.gz", "atlas.nii.gz", "signals.tsv"):
             assert (out / f"sub-s{i:02d}" / name).read_bytes() == (first / name).read_bytes()
 
 
-def test_memory_chunks_shrink_time_blocks_to_the_worker_budget(tmp_path):
-    """Small workers get blocks of fewer whole volumes; roomy ones the default."""
-    from roidask.batch import _memory_chunks
+def test_memory_plan_shrinks_blocks_and_drops_the_box_for_small_workers(tmp_path):
+    """Small workers get blocks of fewer whole volumes, and no ROI box if it does not fit."""
+    from roidask.batch import MemoryPlan, _memory_plan
+    from roidask.pipeline import PipelineParams, box_bytes, pass_box
 
-    path = tmp_path / "bold.nii"
-    nib.save(nib.Nifti1Image(np.zeros((40, 64, 64, 300), np.int16), np.eye(4)), path)
-    spec = SubjectSpec("s1", (path,), (tmp_path / "labels.txt",), tmp_path / "mask.nii.gz")
-    assert _memory_chunks(spec, None) is None  # no memory limit
-    assert _memory_chunks(spec, 4 * 2**30) is None  # the default 16 MiB blocks fit
-    small = _memory_chunks(spec, 50 * 2**20)
-    assert set(small) == {"time"} and 1 <= small["time"] < 51
-    assert _memory_chunks(spec, 2**20) == {"time": 1}  # never less than one volume
-    bad = SubjectSpec("s2", (tmp_path / "missing.nii",), (), tmp_path / "mask.nii.gz")
-    assert _memory_chunks(bad, 2**20) is None  # run_subject reports the missing file
+    path, mask_path = tmp_path / "bold.nii", tmp_path / "mask.nii.gz"
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((40, 64, 64, 300), np.int16), affine), path)
+    mask = np.zeros((40, 64, 64), np.uint8)
+    mask[10:20, 20:40, 20:30] = 1
+    nib.save(nib.Nifti1Image(mask, affine), mask_path)
+    spec = SubjectSpec("s1", (path,), (tmp_path / "labels.txt",), mask_path)
+    params = PipelineParams()
+    box = box_bytes(pass_box(mask != 0, affine, params), 300, np.int16)
+    assert box > 2**20
+    assert _memory_plan(spec, None, params) == MemoryPlan(None, None)  # no memory limit
+    assert _memory_plan(spec, 4 * 2**30, params) == MemoryPlan(None, None)  # all fits
+    small = _memory_plan(spec, 80 * 2**20, params)  # room for 2 x box and 8-volume blocks
+    assert set(small.chunks) == {"time"} and 8 <= small.chunks["time"] < 51
+    assert small.box_max_bytes is None
+    # 55 MiB: next to the box only blocks of < 8 volumes would fit; without it, more.
+    smaller = _memory_plan(spec, 55 * 2**20, params)
+    assert smaller.box_max_bytes == 0 and 8 <= smaller.chunks["time"] < small.chunks["time"]
+    assert _memory_plan(spec, 2**20, params) == MemoryPlan({"time": 1}, 0)  # >= one volume
+    bad = SubjectSpec("s2", (tmp_path / "missing.nii",), (), mask_path)
+    assert _memory_plan(bad, 2**20, params) == MemoryPlan(None, None)  # run_subject reports it

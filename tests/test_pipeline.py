@@ -12,8 +12,14 @@ import xarray as xr
 from seed_reference import seed_pipeline
 
 from roidask.cli import main
-from roidask.exceptions import ConditionError, EmptyMaskWarning, GridMismatchError
+from roidask.exceptions import (
+    ConditionError,
+    EmptyMaskWarning,
+    GridMismatchError,
+    InvalidParameterError,
+)
 from roidask.io import bold_from_nifti, convert
+from roidask.io.image import affine_of
 from roidask.pipeline import PipelineParams, roi_pipeline
 
 
@@ -91,20 +97,34 @@ def test_pipeline_reads_the_data_once(haxby, seed, seed64, monkeypatch):
 
 @pytest.mark.parametrize("strategy", ["mean", "median"])
 def test_pipeline_reads_twice_when_the_box_is_too_big(haxby, seed, seed64, monkeypatch, strategy):
-    """A box over BOX_MAX_BYTES (e.g. a whole-brain mask): the extraction reads again."""
+    """A box over ``box_max_bytes`` (e.g. a whole-brain mask): the extraction reads again."""
     from roidask import pipeline
 
-    monkeypatch.setattr(pipeline, "BOX_MAX_BYTES", 0)
-    counts = _count_volumes_read(monkeypatch)
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="time=300")
     params = PipelineParams(strategy=strategy)
-    result = roi_pipeline(bold, mask_img=haxby.mask, params=params)
+    mask = np.asarray(nib.load(haxby.mask).dataobj) != 0
+    box = pipeline.pass_box(mask, affine_of(bold), params)
+    size = pipeline.box_bytes(box, 1452, np.int16)
+    counts = _count_volumes_read(monkeypatch)
+    result = roi_pipeline(bold, mask_img=haxby.mask, params=params, box_max_bytes=size - 1)
     assert sum(counts) == 2 * 1452
-    monkeypatch.undo()
-    kept = roi_pipeline(bold, mask_img=haxby.mask, params=params)
+    counts.clear()
+    kept = roi_pipeline(bold, mask_img=haxby.mask, params=params, box_max_bytes=size)
+    assert sum(counts) == 1452
     np.testing.assert_allclose(result.signals.values, kept.signals.values, rtol=1e-6)
     if strategy == "mean":
         assert_matches_seed(result, seed, seed64)
+    monkeypatch.setattr(pipeline, "BOX_MAX_BYTES", 0)  # the default limit
+    counts.clear()
+    roi_pipeline(bold, mask_img=haxby.mask, params=params)
+    assert sum(counts) == 2 * 1452
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1MB", True])
+def test_pipeline_rejects_a_bad_box_limit(haxby, bad):
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
+    with pytest.raises(InvalidParameterError, match="box_max_bytes"):
+        roi_pipeline(bold, mask_img=haxby.mask, box_max_bytes=bad)
 
 
 def test_pipeline_from_store(haxby, seed, seed64, tmp_path):
