@@ -200,10 +200,13 @@ def compute(*objs, progress: bool = False, label: str = "", local: bool = False)
 
     Uses the active ``distributed`` client if there is one (with its terminal
     progress bar) unless ``local``; otherwise dask's default scheduler (the threaded
-    one in this process with ``local``).
+    one in this process with ``local``). In this process BLAS runs one thread per
+    task meanwhile (dask's threads are the parallelism; more would oversubscribe
+    the cores and spin), as ``distributed``'s nannies set for their workers.
     """
     import dask
     import dask.threaded
+    from threadpoolctl import threadpool_limits
 
     client = None if local else _active_client()
     # A callable, not "threads": dask imports distributed to resolve scheduler names.
@@ -216,12 +219,13 @@ def compute(*objs, progress: bool = False, label: str = "", local: bool = False)
             dist_progress(futures)
             print(file=__import__("sys").stderr)
         return tuple(client.gather(futures))
-    if progress:
-        from dask.diagnostics import ProgressBar
+    with threadpool_limits(limits=1, user_api="blas"):
+        if progress:
+            from dask.diagnostics import ProgressBar
 
-        with ProgressBar(out=__import__("sys").stderr):
-            return dask.compute(*objs, **scheduler)
-    return dask.compute(*objs, **scheduler)
+            with ProgressBar(out=__import__("sys").stderr):
+                return dask.compute(*objs, **scheduler)
+        return dask.compute(*objs, **scheduler)
 
 
 def _active_client():

@@ -13,7 +13,7 @@ the chunking.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
+from functools import lru_cache, partial
 
 import dask.array as da
 import numpy as np
@@ -25,7 +25,7 @@ from roidask.io.image import affine_of, as_image
 from roidask.ops._chunks import merge_small_chunks
 from roidask.ops.kernels import TRUNCATE, fwhm_to_sigma_voxels, gaussian_radius
 
-__all__ = ["smooth_array", "smooth_img", "smoothing_dtype"]
+__all__ = ["MATRIX_MAX_VOXELS", "smooth_array", "smooth_img", "smoothing_dtype"]
 
 
 def smoothing_dtype(dtype) -> np.dtype:
@@ -52,8 +52,32 @@ def smoothing_dtype(dtype) -> np.dtype:
     )
 
 
+#: Axes of at most this many voxels are filtered as a matrix product: the filter
+#: of an axis is a dense n x n matrix (scipy's filter applied to the identity, so
+#: the same weights and ``reflect`` edges), which BLAS applies to all lines at
+#: once, several times faster than scipy's line-by-line loop on short axes.
+#: Longer axes use :func:`scipy.ndimage.gaussian_filter1d` (fewer operations).
+MATRIX_MAX_VOXELS = 128
+
+
+@lru_cache(maxsize=32)
+def _filter_matrix(n: int, sigma: float, dtype: np.dtype) -> np.ndarray:
+    """``M`` with ``M @ line == gaussian_filter1d(line, sigma)`` for lines of ``n`` voxels."""
+    eye = np.eye(n)
+    matrix = gaussian_filter1d(eye, sigma, axis=0, mode="reflect", truncate=TRUNCATE)
+    matrix = matrix.astype(dtype)
+    matrix.flags.writeable = False
+    return matrix
+
+
 def smooth_array(x: np.ndarray, sigma, dtype) -> np.ndarray:
-    """Smooth every volume of an in-memory array exactly as :func:`smooth_img` does.
+    """Smooth every volume of an in-memory array as :func:`smooth_img` does, fast.
+
+    The same filter (x, then y, then z, each pass rounded to ``dtype``), with
+    short axes (at most :data:`MATRIX_MAX_VOXELS`) filtered as matrix products:
+    the result equals :func:`smooth_img` (and nilearn) to the rounding of
+    ``dtype``, not bit for bit (a few float32 ulp: sums are formed in another
+    order). For the statistics of the one-pass pipeline, which reduce it in float64.
 
     Parameters
     ----------
@@ -68,21 +92,35 @@ def smooth_array(x: np.ndarray, sigma, dtype) -> np.ndarray:
     Returns
     -------
     ndarray
-        Fortran-ordered (each volume contiguous), filtered between two buffers
-        without further allocation; non-finite input voxels count as 0.
+        Fortran-ordered (each volume contiguous), same shape as ``x``;
+        non-finite input voxels count as 0.
     """
+    dtype = np.dtype(dtype)
     out = x.astype(dtype, order="F", copy=True)
     if out.dtype.kind == "f" and x.dtype.kind == "f":
         out[~np.isfinite(out)] = 0
+    # C-ordered view (t, z, y, x): the volume axis first, x the fastest.
+    lines = out.reshape((*out.shape[:3], -1), order="F").T
     spare = None
     for axis, s in enumerate(sigma):
-        if gaussian_radius(s) > 0:
-            spare = np.empty_like(out) if spare is None else spare
+        if gaussian_radius(s) == 0:
+            continue
+        spare = np.empty_like(lines) if spare is None else spare
+        n, c_axis = lines.shape[3 - axis], 3 - axis
+        if n > MATRIX_MAX_VOXELS:
             gaussian_filter1d(
-                out, float(s), axis=axis, mode="reflect", truncate=TRUNCATE, output=spare
+                lines, float(s), axis=c_axis, mode="reflect", truncate=TRUNCATE, output=spare
             )
-            out, spare = spare, out
-    return out
+        else:
+            matrix = _filter_matrix(n, float(s), dtype)
+            before = int(np.prod(lines.shape[:c_axis]))
+            if c_axis == 3:  # x: one product over all lines
+                np.matmul(lines.reshape(before, n), matrix.T, out=spare.reshape(before, n))
+            else:  # one product per slab of lines
+                shape = (before, n, -1)
+                np.matmul(matrix, lines.reshape(shape), out=spare.reshape(shape))
+        lines, spare = spare, lines
+    return lines.T.reshape(x.shape, order="F")
 
 
 def _finite_block(block: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -139,7 +139,7 @@ def test_result_does_not_depend_on_chunking(shape, chunk_fracs, fwhm, vox, seed)
     seed=st.integers(0, 2**16),
 )
 def test_smooth_array_equals_smooth_img_and_nilearn(shape, fwhm, dtype, vox, seed):
-    """The in-memory kernel of the pipeline's pass: nilearn's values, bit for bit ours."""
+    """The in-memory kernel of the pipeline's pass: nilearn's and our values (to rounding)."""
     rng = np.random.default_rng(seed)
     data = (rng.normal(size=shape) * 300).astype(dtype)
     if dtype != "int16":
@@ -148,8 +148,28 @@ def test_smooth_array_equals_smooth_img_and_nilearn(shape, fwhm, dtype, vox, see
     sigma = fwhm_to_sigma_voxels(_affine(vox), fwhm)
     ours = smooth_array(data, sigma, smoothing_dtype(data.dtype))
     assert ours.flags.f_contiguous and not np.isnan(ours).any()  # NaN counts as 0
-    np.testing.assert_array_equal(ours, smooth_img(as_image(nimg), fwhm=fwhm).values)
+    assert ours.shape == data.shape
+    assert_matches(ours, smooth_img(as_image(nimg), fwhm=fwhm).values)
     assert_matches(ours, _nilearn(nib.Nifti1Image(data.copy(), _affine(vox)), fwhm))
+
+
+@pytest.mark.parametrize("matrix_max", [0, 9, 200])
+@pytest.mark.parametrize("shape", [(40, 64, 9, 5), (150, 7, 12), (1, 30, 2, 3)])
+def test_smooth_array_matrix_and_scipy_axes(monkeypatch, rng, shape, matrix_max):
+    """Axes filtered by scipy (longer than MATRIX_MAX_VOXELS) or as matrix products."""
+    from roidask.ops import smooth
+
+    monkeypatch.setattr(smooth, "MATRIX_MAX_VOXELS", matrix_max)
+    data = (rng.normal(size=shape) * 300).astype(np.int16)
+    affine = _affine((3.5, 3.75, 3.0))
+    sigma = fwhm_to_sigma_voxels(affine, 6.0)
+    ours = smooth_array(data, sigma, np.float32)
+    ref = smooth_img(as_image(nib.Nifti1Image(data, affine)), fwhm=6.0).values
+    if matrix_max == 0:  # scipy on every axis: smooth_img's values bit for bit
+        np.testing.assert_array_equal(ours, ref)
+    else:
+        assert_matches(ours, ref)
+        assert np.abs(ours - ref).max() > 0  # the matrix path was taken
 
 
 def test_kernel_of_radius_zero_is_the_identity(rng):
