@@ -20,7 +20,10 @@ whole process (peak RSS of the process tree, sampled every 20 ms):
   under several ids) on 2 single-threaded workers: wall time and the largest
   worker RSS (must stay flat as subjects are added).
 
-Ratios are against nilearn measured in the same run, since the machine is shared.
+The runs of nilearn and of every roidask case are interleaved in rounds (nilearn,
+then each case, ``--repeats`` times); each speed ratio is taken within a round and
+the table gives their median and range, since the shared machine's speed drifts
+by tens of percent over minutes.
 """
 
 from __future__ import annotations
@@ -89,9 +92,15 @@ def subject():
     return root
 
 
-def row(name, wall, rss, ref=None):
-    ratio = f"{ref[0] / wall:5.2f}x faster, {rss / ref[1]:5.2f} of the memory" if ref else ""
-    return f"| {name:<42} | {wall:8.2f} | {rss:9.0f} | {ratio} |"
+def row(name, rounds, key, ref_rss):
+    """Table row: median wall and RSS of ``key`` over rounds, ratios to nilearn per round."""
+    wall = statistics.median(r[key][0] for r in rounds)
+    rss = statistics.median(r[key][1] for r in rounds)
+    if key == "nilearn":
+        return f"| {name:<42} | {wall:8.2f} | {rss:9.0f} | | |"
+    ratios = sorted(r["nilearn"][0] / r[key][0] for r in rounds)
+    speed = f"{statistics.median(ratios):5.2f}x (rounds {ratios[0]:.2f}-{ratios[-1]:.2f})"
+    return f"| {name:<42} | {wall:8.2f} | {rss:9.0f} | {speed} | {rss / ref_rss:5.2f} |"
 
 
 def main() -> int:
@@ -128,34 +137,50 @@ def main() -> int:
         f"machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB;"
         f" median of {args.repeats} runs; peak RSS of the whole process tree\n"
     )
-    print("| what | wall s | peak RSS MB | vs nilearn (same run) |")
-    print("|---|---|---|---|")
-    ref = None
-    if "pipeline" in args.sections or "threads" in args.sections:
-        ref = median_of(
-            [sys.executable, str(HERE / "seed_nilearn.py"), str(bold), str(labels), str(mask)],
-            args.repeats,
-        )
-        print(row("nilearn + scipy example (NIfTI)", ref[0], ref[1]))
     from_nifti = [str(bold), "--labels", str(labels)]
     from_store = ["--store", str(store)]
 
-    def run(source, *extra):
-        """Median (wall, RSS) of ``roidask run`` on ``source`` (no figures, as nilearn's)."""
+    def run_cmd(source, *extra):
+        """``roidask run`` on ``source``, no figures (nilearn's script does not plot)."""
         cmd = [roidask, "run", *source, "--mask", str(mask), "--out", str(out)]
-        return median_of([*cmd, "--no-plots", "--quiet", *extra], args.repeats, clean)
+        return [*cmd, "--no-plots", "--quiet", *extra]
 
+    cases = []
     if "pipeline" in args.sections:
-        w = run(from_nifti)
-        print(row("roidask run (NIfTI)", w[0], w[1], ref))
-        w = run(from_store)
-        print(row("roidask run (converted store)", w[0], w[1], ref))
-        w = run(from_nifti, "--scheduler", "local")
-        print(row("roidask run (NIfTI), embedded LocalCluster", w[0], w[1], ref))
+        cases += [
+            ("roidask run (NIfTI)", run_cmd(from_nifti)),
+            ("roidask run (converted store)", run_cmd(from_store)),
+            (
+                "roidask run (NIfTI), embedded LocalCluster",
+                run_cmd(from_nifti, "--scheduler", "local"),
+            ),
+        ]
     if "threads" in args.sections:
-        for threads in (1, 2):
-            w = run(from_store, "--threads-per-worker", str(threads))
-            print(row(f"roidask run (store), {threads} thread(s)", w[0], w[1], ref))
+        cases += [
+            (
+                f"roidask run (store), {n} thread(s)",
+                run_cmd(from_store, "--threads-per-worker", f"{n}"),
+            )
+            for n in (1, 2)
+        ]
+    if cases:
+        # Rounds: nilearn, then every roidask case, repeated; each ratio is taken
+        # within a round, so a machine that drifts between rounds affects both sides.
+        nilearn_cmd = [sys.executable, str(HERE / "seed_nilearn.py"), str(bold), str(labels)]
+        nilearn_cmd.append(str(mask))
+        rounds = []
+        for _ in range(args.repeats):
+            measured = {"nilearn": measure(nilearn_cmd)}
+            for name, cmd in cases:
+                clean()
+                measured[name] = measure(cmd)
+            rounds.append(measured)
+        print("| what | wall s | peak RSS MB | faster than nilearn (per round) | RSS vs nilearn |")
+        print("|---|---|---|---|---|")
+        ref_rss = statistics.median(r["nilearn"][1] for r in rounds)
+        print(row("nilearn + scipy example (NIfTI)", rounds, "nilearn", ref_rss))
+        for name, _ in cases:
+            print(row(name, rounds, name, ref_rss))
     if "convert" in args.sections:
         tmp_store = DATA / "convert-bench.zarr"
 
@@ -164,7 +189,8 @@ def main() -> int:
 
         w = median_of([*convert_cmd(tmp_store), "--quiet"], args.repeats, clean_store)
         size = sum(f.stat().st_size for f in tmp_store.rglob("*") if f.is_file())
-        print(row("roidask convert (NIfTI -> store)", w[0], w[1]))
+        print("\n| what | wall s | peak RSS MB |\n|---|---|---|")
+        print(f"| roidask convert (NIfTI -> store) | {w[0]:.2f} | {w[1]:.0f} |")
         print(
             f"\nstore size {size / 2**20:.0f} MB vs .nii.gz {bold.stat().st_size / 2**20:.0f}"
             f" MB vs raw {40 * 64 * 64 * 1452 * 2 / 2**20:.0f} MB"

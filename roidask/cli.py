@@ -329,9 +329,13 @@ def _cluster_executor(address, args):
 def _cmd_run(args) -> int:
     import time
 
-    from roidask.results import run_subject
+    from roidask.results import input_paths, run_subject, start_input_records
 
     start = time.perf_counter()
+    # Input checksums (provenance) are computed from here on, while the rest is imported.
+    inputs = start_input_records(
+        input_paths(bold=args.bold, labels=args.labels, store=args.store, mask=args.mask)
+    )
     params = pipeline_params(args)
     with _run_executor(args) as scheduler:
         result = run_subject(
@@ -347,6 +351,7 @@ def _cmd_run(args) -> int:
             plots=not args.no_plots,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            inputs=inputs,
             extra_provenance={"scheduler": scheduler},
         )
     print(_summary(result, args.out, time.perf_counter() - start))

@@ -200,26 +200,27 @@ def compute(*objs, progress: bool = False, label: str = "", local: bool = False)
 
     Uses the active ``distributed`` client if there is one (with its terminal
     progress bar) unless ``local``; otherwise dask's default scheduler (the threaded
-    one in this process with ``local``). In this process BLAS runs one thread per
-    task meanwhile (dask's threads are the parallelism; more would oversubscribe
-    the cores and spin), as ``distributed``'s nannies set for their workers.
+    one in this process with ``local``). Meanwhile BLAS runs on one thread in this
+    process, so results do not depend on the number of threads
+    (see :mod:`roidask.ops._blas`).
     """
     import dask
     import dask.threaded
-    from threadpoolctl import threadpool_limits
+
+    from roidask.ops._blas import one_blas_thread
 
     client = None if local else _active_client()
     # A callable, not "threads": dask imports distributed to resolve scheduler names.
     scheduler = {"scheduler": dask.threaded.get} if local else {}
-    if client is not None:
-        futures = client.compute(list(objs))
-        if progress:
-            from distributed import progress as dist_progress
+    with one_blas_thread():
+        if client is not None:
+            futures = client.compute(list(objs))
+            if progress:
+                from distributed import progress as dist_progress
 
-            dist_progress(futures)
-            print(file=__import__("sys").stderr)
-        return tuple(client.gather(futures))
-    with threadpool_limits(limits=1, user_api="blas"):
+                dist_progress(futures)
+                print(file=__import__("sys").stderr)
+            return tuple(client.gather(futures))
         if progress:
             from dask.diagnostics import ProgressBar
 

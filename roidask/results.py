@@ -76,6 +76,27 @@ def input_records(paths) -> list[dict]:
     return out
 
 
+def input_paths(*, bold, labels, store, mask) -> list:
+    """The files a run reads: a store and the mask, or the BOLD runs, labels and mask."""
+    if store is not None:
+        return [store, mask]
+    return [*(bold or []), *(labels or []), mask]
+
+
+def start_input_records(paths) -> Future:
+    """:func:`input_records` of ``paths``, computed in a background thread.
+
+    Hashing releases the GIL, so it overlaps with the imports and the pipeline;
+    :func:`write_results` waits for it. An unreadable file is reported by the
+    run's own validation, not by this future.
+    """
+    pool = ThreadPoolExecutor(1, thread_name_prefix="roidask-hash")
+    try:
+        return pool.submit(input_records, list(paths))
+    finally:
+        pool.shutdown(wait=False)
+
+
 def _peak_rss_bytes() -> int:
     import resource
 
@@ -234,8 +255,10 @@ def run_subject(
     tr_s : float, optional
         Repetition time in seconds (default: from the header).
     plots, overwrite, progress : bool
-    inputs : list of dict, optional
-        Precomputed :func:`input_records` of the inputs (avoids hashing twice).
+    inputs : list of dict, or a Future of it, optional
+        :func:`input_records` of the inputs, precomputed or under way
+        (:func:`start_input_records`); by default they are hashed while the
+        pipeline runs.
     extra_provenance : dict, optional
 
     Returns
@@ -252,7 +275,8 @@ def run_subject(
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: output folder exists; pass --overwrite to replace it")
-    files = [store, mask] if store is not None else [*bold, *(labels or []), mask]
+    if inputs is None:  # hashed while the pipeline runs
+        inputs = start_input_records(input_paths(bold=bold, labels=labels, store=store, mask=mask))
     if store is not None:
         result = roi_pipeline(
             store,
@@ -267,17 +291,14 @@ def run_subject(
         result = _run_nifti(
             bold, labels, mask, out, params, chunks, tr_s, progress, box_max_bytes=box_max_bytes
         )
-    with ThreadPoolExecutor(1) as hasher:
-        # Checksums of the inputs for provenance, computed while the outputs are
-        # written (the pipeline's pass keeps every core busy before).
-        write_results(
-            result,
-            out,
-            inputs=inputs or hasher.submit(input_records, files),
-            plots=plots,
-            overwrite=overwrite,
-            extra_provenance=extra_provenance,
-        )
+    write_results(
+        result,
+        out,
+        inputs=inputs,
+        plots=plots,
+        overwrite=overwrite,
+        extra_provenance=extra_provenance,
+    )
     return result
 
 

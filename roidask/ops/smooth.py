@@ -78,6 +78,8 @@ def smooth_array(x: np.ndarray, sigma, dtype) -> np.ndarray:
     the result equals :func:`smooth_img` (and nilearn) to the rounding of
     ``dtype``, not bit for bit (a few float32 ulp: sums are formed in another
     order). For the statistics of the one-pass pipeline, which reduce it in float64.
+    The bits are the same on every call if BLAS runs one thread, as it does in
+    :func:`roidask.pipeline.compute` (see :mod:`roidask.ops._blas`).
 
     Parameters
     ----------

@@ -222,3 +222,28 @@ def test_building_the_graph_reads_nothing(haxby):
 def test_bad_fwhm_is_refused_before_any_compute(haxby, fwhm):
     with raise_if_dask_computes(), pytest.raises(InvalidParameterError, match="fwhm"):
         smooth_img(haxby.bold, fwhm=fwhm)
+
+
+def test_smooth_array_bits_do_not_depend_on_blas_threads(rng):
+    """Multi-threaded BLAS splits products differently: roidask computes on one thread."""
+    import dask
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from roidask.pipeline import compute
+
+    data = rng.integers(0, 3000, size=(40, 64, 64, 9)).astype(np.int16)
+    sigma = fwhm_to_sigma_voxels(_affine((3.5, 3.75, 3.75)), 6.0)
+    with threadpool_limits(limits=1, user_api="blas"):
+        one = smooth_array(data, sigma, np.float32)
+    tasks = [
+        dask.delayed(smooth_array)(data, sigma, np.float32, dask_key_name=f"s{i}")
+        for i in range(4)
+    ]
+    with threadpool_limits(limits=4, user_api="blas"):  # a user's setting
+        before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+        for local in (True, False):
+            with dask.config.set(num_workers=3):
+                outs = compute(*tasks, local=local)
+            assert all(o.tobytes() == one.tobytes() for o in outs)
+        after = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    assert after == before  # the caller's BLAS setting is restored
