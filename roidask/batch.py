@@ -312,7 +312,7 @@ def _memory_plan(spec: SubjectSpec, budget: float | None, params) -> MemoryPlan:
     from roidask.io.image import as_image, normalize_chunks
     from roidask.io.nifti import NiftiSource
     from roidask.ops.onepass import PARTIAL_MAPS
-    from roidask.pipeline import box_bytes, pass_box
+    from roidask.pipeline import BOX_MAX_BYTES, box_bytes, pass_box
 
     default = MemoryPlan(None, None)
     if budget is None:
@@ -328,7 +328,8 @@ def _memory_plan(spec: SubjectSpec, budget: float | None, params) -> MemoryPlan:
     n_volumes = sum(s.n_volumes for s in sources)
     n_t = normalize_chunks(None, (x, y, z, n_volumes), sources[0].dtype.itemsize)["time"]
     fixed = _TASK_FIXED_BYTES + _LIVE_PARTIALS * PARTIAL_MAPS * 8 * x * y * z
-    kept = 0 if box is None else _BOX_EXPANSION * box_bytes(box, n_volumes, sources[0].dtype)
+    size = 0 if box is None else box_bytes(box, n_volumes, sources[0].dtype)
+    kept = _BOX_EXPANSION * size if size <= BOX_MAX_BYTES else 0  # else never kept
     if kept and fixed + kept + _TASK_EXPANSION * _MIN_BLOCK_VOLUMES * volume_bytes > budget:
         kept = 0  # the box does not fit: read twice
     room = max(budget - fixed - kept, 0) / _TASK_EXPANSION

@@ -33,7 +33,14 @@ import numpy as np
 
 from roidask.exceptions import OutputExistsError, StoreError
 
-__all__ = ["file_sha256", "input_records", "run_subject", "write_results"]
+__all__ = [
+    "file_sha256",
+    "input_paths",
+    "input_records",
+    "run_subject",
+    "start_input_records",
+    "write_results",
+]
 
 OUTPUT_FILES = (
     "mean_epi.nii.gz",

@@ -716,6 +716,7 @@ def test_out_of_core_batch(tmp_path):
 
 def test_memory_plan_shrinks_blocks_and_drops_the_box_for_small_workers(tmp_path):
     """Small workers get blocks of fewer whole volumes, and no ROI box if it does not fit."""
+    from roidask import pipeline as pipeline_module
     from roidask.batch import MemoryPlan, _memory_plan
     from roidask.pipeline import PipelineParams, box_bytes, pass_box
 
@@ -738,5 +739,9 @@ def test_memory_plan_shrinks_blocks_and_drops_the_box_for_small_workers(tmp_path
     smaller = _memory_plan(spec, 55 * 2**20, params)
     assert smaller.box_max_bytes == 0 and 8 <= smaller.chunks["time"] < small.chunks["time"]
     assert _memory_plan(spec, 2**20, params) == MemoryPlan({"time": 1}, 0)  # >= one volume
+    with pytest.MonkeyPatch.context() as mp:  # a box the pipeline never keeps takes no room
+        mp.setattr(pipeline_module, "BOX_MAX_BYTES", box - 1)
+        unkept = _memory_plan(spec, 80 * 2**20, params)
+    assert unkept.box_max_bytes == 0 and unkept.chunks["time"] > small.chunks["time"]
     bad = SubjectSpec("s2", (tmp_path / "missing.nii",), (), mask_path)
     assert _memory_plan(bad, 2**20, params) == MemoryPlan(None, None)  # run_subject reports it
