@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -213,6 +215,25 @@ def test_run_from_store_with_no_plots(haxby, seed, tmp_path):
     np.testing.assert_array_equal(seed["atlas"], nib.load(out / "atlas.nii.gz").get_fdata())
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["scheduler"].startswith("this process, ")  # no cluster by default
+
+
+def test_run_imports_only_what_it_uses(haxby, tmp_path):
+    """`run` without plots or cluster imports neither matplotlib, distributed nor the
+    sparse graph code (used only to join labels across chunks): ~1 s of start-up."""
+    store = convert(haxby.bold, labels=haxby.labels, out=tmp_path / "s.zarr", subject="s1")
+    argv = ["run", "--store", str(store), "--mask", str(haxby.mask), "--no-plots", "--quiet"]
+    code = (
+        "import sys; from roidask.cli import main; "
+        f"code = main({[*argv, '--out', str(tmp_path / 'out')]!r}); "
+        "bad = [m for m in ('matplotlib', 'distributed', 'scipy.sparse.csgraph') "
+        "if m in sys.modules]; print(bad); sys.exit(code or bool(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().endswith("[]")
+    assert (tmp_path / "out" / "atlas.nii.gz").exists()
 
 
 def test_run_schedulers(haxby, seed, tmp_path, capsys):

@@ -263,9 +263,6 @@ def _face_pairs(*metas, axis, grid, lins, offsets_perp) -> np.ndarray:
 # -- merge ---------------------------------------------------------------------------------
 def _components(metas, pairs) -> tuple[int, np.ndarray, np.ndarray]:
     """(number of global components, component of every local label, block bases)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     counts = np.array([m["n"] for m in metas], dtype=np.int64)
     base = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
     total = int(counts.sum())
@@ -274,6 +271,10 @@ def _components(metas, pairs) -> tuple[int, np.ndarray, np.ndarray]:
     pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     if pairs.size == 0:
         return total, np.arange(total, dtype=np.int64), base
+    # imported here: scipy.sparse.csgraph costs ~0.1 s, and one block never needs it
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     mask32 = np.int64(0xFFFFFFFF)
     u = base[pairs[:, 0] >> 32] + (pairs[:, 0] & mask32) - 1
     v = base[pairs[:, 1] >> 32] + (pairs[:, 1] & mask32) - 1
