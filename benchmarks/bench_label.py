@@ -2,10 +2,11 @@
 
 Run on demand (not part of the tests)::
 
-    .venv/bin/python benchmarks/bench_label.py [--size 256] [--chunks 64 32] [--density 0.3]
+    .venv/bin/python benchmarks/bench_label.py [--size 256] [--chunks 64 32] [--repeats 3]
 
 Prints one row per method and chunk size: wall time (s) of building the graph
-and of computing it (threaded scheduler), the number of graph tasks, and
+and of computing it (threaded scheduler; medians of ``--repeats`` runs, each
+from a new graph), the number of graph tasks, and
 whether the labels equal scipy's on the whole array (roidask: numbering
 included; dask-image renumbers, so only the partition is compared).
 """
@@ -13,7 +14,9 @@ included; dask-image renumbers, so only the partition is compared).
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import dask
 import dask.array as da
@@ -30,6 +33,19 @@ def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
         return False
     pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def _timed(build: Callable, run: Callable, repeats: int):
+    """Median build and run wall times (s) over ``repeats`` new graphs, and the last ones."""
+    builds, runs = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        graph = build()
+        builds.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        result = run(graph)
+        runs.append(time.perf_counter() - t0)
+    return statistics.median(builds), statistics.median(runs), graph, result
 
 
 def _mask(size: int, density: float, seed: int) -> np.ndarray:
@@ -50,6 +66,7 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--connectivity", type=int, default=6, choices=(6, 18, 26))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
     parser.add_argument(
         "--dask-image-max-chunks",
         type=int,
@@ -63,12 +80,13 @@ def main(argv=None) -> None:
     mask = _mask(args.size, args.density, args.seed)
     rank = {6: 1, 18: 2, 26: 3}[args.connectivity]
     structure = ndimage.generate_binary_structure(3, rank)
-    t0 = time.perf_counter()
-    expected, n_expected = ndimage.label(mask, structure)
-    t_scipy = time.perf_counter() - t0
+    _, t_scipy, _, (expected, n_expected) = _timed(
+        lambda: None, lambda _: ndimage.label(mask, structure), args.repeats
+    )
     print(
         f"mask {args.size}^3, density {mask.mean():.3f}, connectivity {args.connectivity}, "
-        f"{n_expected} components, {dask.system.CPU_COUNT} threads"
+        f"{n_expected} components, {dask.system.CPU_COUNT} threads, "
+        f"median of {args.repeats} runs"
     )
     header = f"{'method':<12} {'chunks':>7} {'n_chunks':>8} {'tasks':>7} {'build_s':>8} "
     header += f"{'compute_s':>9} {'correct':>8}"
@@ -80,14 +98,13 @@ def main(argv=None) -> None:
         arr = da.from_array(mask, chunks=c)
         n_chunks = int(np.prod(arr.numblocks))
 
-        t0 = time.perf_counter()
         img = xr.DataArray(arr, dims=("x", "y", "z"), attrs={"affine": affine})
-        labels = label(img, structure=structure)
-        t_build = time.perf_counter() - t0
+        t_build, t_run, labels, got = _timed(
+            lambda img=img: label(img, structure=structure),
+            lambda labels: labels.compute(),
+            args.repeats,
+        )
         tasks = len(dict(labels.data.__dask_graph__()))
-        t0 = time.perf_counter()
-        got = labels.compute()
-        t_run = time.perf_counter() - t0
         ok = np.array_equal(got.values, expected) and int(got.n_labels) == n_expected
         print(
             f"{'roidask':<12} {c:>7} {n_chunks:>8} {tasks:>7} {t_build:>8.2f} {t_run:>9.2f} "
@@ -99,13 +116,12 @@ def main(argv=None) -> None:
                 f"{'dask-image':<12} {c:>7} {n_chunks:>8}   skipped (over --dask-image-max-chunks)"
             )
             continue
-        t0 = time.perf_counter()
-        lab_di, n_di = ndmeasure.label(arr, structure=structure)
-        t_build = time.perf_counter() - t0
+        t_build, t_run, (lab_di, _), (got_di, n_got) = _timed(
+            lambda arr=arr: ndmeasure.label(arr, structure=structure),
+            lambda graph: dask.compute(*graph),
+            args.repeats,
+        )
         tasks = len(dict(lab_di.__dask_graph__()))
-        t0 = time.perf_counter()
-        got_di, n_got = dask.compute(lab_di, n_di)
-        t_run = time.perf_counter() - t0
         ok = int(n_got) == n_expected and _same_partition(got_di, expected)
         print(
             f"{'dask-image':<12} {c:>7} {n_chunks:>8} {tasks:>7} {t_build:>8.2f} {t_run:>9.2f} "
