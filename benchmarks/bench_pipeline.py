@@ -221,7 +221,7 @@ def main() -> int:
                     "--memory-limit",
                     "2GiB",
                 ],
-                1,
+                args.repeats,
                 clean,
             )
             print(f"| {n} | {w[0]:.1f} | {w[2]:.0f} | {w[1]:.0f} |")
