@@ -110,6 +110,26 @@ def _peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+def _dataset_to_zarr(ds, path: Path) -> None:
+    """Write a small Dataset as a new zarr v3 store at ``path`` (consolidated metadata).
+
+    The store is built in memory and its files written in one go: zarr writes each
+    array's metadata, attributes and chunks as separate files, each through its
+    event loop and a thread, which for ~25 small arrays costs more than the bytes
+    (0.2 s on disk vs 0.12 s).
+    """
+    from zarr.storage import MemoryStore
+
+    files = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # consolidated metadata "not in the v3 spec"
+        ds.to_zarr(MemoryStore(files), mode="w", zarr_format=3, consolidated=True)
+    for key, buffer in files.items():
+        target = path / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(buffer.to_bytes())
+
+
 def write_results(
     result,
     out_dir: str | os.PathLike,
@@ -175,9 +195,7 @@ def write_results(
             ds = ds.assign_coords(
                 {k: ds[k].astype(object) for k in ("condition",) if k in ds.coords}
             )
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # consolidated metadata "not in the v3 spec"
-                ds.to_zarr(tmp / "results.zarr", mode="w", zarr_format=3, consolidated=True)
+            _dataset_to_zarr(ds, tmp / "results.zarr")
 
         # Independent files, written concurrently (gzip, CSV formatting and zarr's
         # I/O overlap); the first error is raised once all are done.

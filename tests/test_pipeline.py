@@ -190,6 +190,21 @@ def test_run_cli_writes_every_output(haxby, seed, seed64, tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+def test_results_zarr_is_the_result_dataset(haxby, tmp_path):
+    """results.zarr (built in memory, then written) reads back as ``to_dataset()``."""
+    from roidask.results import write_results
+
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
+    result = roi_pipeline(bold, mask_img=haxby.mask)
+    out = write_results(result, tmp_path / "out", plots=False)
+    got = xr.open_zarr(out / "results.zarr", consolidated=True).load()
+    expected = result.to_dataset()
+    for ds in (got, expected):
+        ds.coords["condition"] = ds["condition"].astype(object).astype(str)
+    xr.testing.assert_identical(got, expected)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
 def test_run_from_store_with_no_plots(haxby, seed, tmp_path):
     store = convert(haxby.bold, labels=haxby.labels, out=tmp_path / "s.zarr", subject="s1")
     out = tmp_path / "out"
