@@ -72,7 +72,8 @@ def files_of(d: Path) -> list[str]:
 
 
 def read_zarr(path: Path) -> tuple[dict, dict]:
-    group = zarr.open_group(str(path), mode="r")
+    # the files themselves (test_pipeline reads the consolidated metadata)
+    group = zarr.open_group(str(path), mode="r", use_consolidated=False)
     return {k: group[k][...] for k in sorted(group.array_keys())}, dict(group.attrs)
 
 
