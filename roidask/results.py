@@ -25,7 +25,6 @@ import os
 import platform
 import shutil
 import uuid
-import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -120,10 +119,11 @@ def _dataset_to_zarr(ds, path: Path) -> None:
     """
     from zarr.storage import MemoryStore
 
+    from roidask.io.store import _ignore_consolidated_warning
+
+    _ignore_consolidated_warning()  # thread-safe, unlike catch_warnings (writers run in threads)
     files = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # consolidated metadata "not in the v3 spec"
-        ds.to_zarr(MemoryStore(files), mode="w", zarr_format=3, consolidated=True)
+    ds.to_zarr(MemoryStore(files), mode="w", zarr_format=3, consolidated=True)
     for key, buffer in files.items():
         target = path / key
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,11 @@ def write_results(
             frame.to_csv(tmp / "signals.tsv", sep="\t", index=False, float_format="%.9g")
 
         def write_dataset():
-            ds = result.to_dataset()
+            import dask.local
+
+            # in memory, here: coordinates of a rechunked run may still be dask arrays
+            # (tiny; a cluster, if any, need not compute them)
+            ds = result.to_dataset().compute(scheduler=dask.local.get_sync)
             for var in ds.variables.values():
                 var.encoding.clear()
             ds = ds.assign_coords(

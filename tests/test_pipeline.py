@@ -139,6 +139,7 @@ def test_pipeline_from_store(haxby, seed, seed64, tmp_path):
     assert_matches_seed(result, seed, seed64)
 
 
+@pytest.mark.filterwarnings("error::xarray.SerializationWarning")  # results.zarr in memory
 def test_run_cli_writes_every_output(haxby, seed, seed64, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(
@@ -203,6 +204,32 @@ def test_results_zarr_is_the_result_dataset(haxby, tmp_path):
         ds.coords["condition"] = ds["condition"].astype(object).astype(str)
     xr.testing.assert_identical(got, expected)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_concurrent_writes_leave_warning_filters_alone(haxby, tmp_path):
+    """Subjects written at once by threads: zarr's consolidated-metadata warning is filtered
+    without catch_warnings, whose blocks in concurrent threads restore each other's
+    filters (and can leave "ignore everything" behind)."""
+    import warnings
+    from concurrent.futures import ThreadPoolExecutor
+
+    from roidask.io.store import _ignore_consolidated_warning
+    from roidask.results import write_results
+
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
+    result = roi_pipeline(bold, mask_img=haxby.mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any other warning fails a write
+        _ignore_consolidated_warning()
+        before = list(warnings.filters)
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(
+                pool.map(
+                    lambda i: write_results(result, tmp_path / f"s{i}", plots=False), range(8)
+                )
+            )
+        assert warnings.filters == before
+    assert all((out / "results.zarr" / "zarr.json").is_file() for out in outs)
 
 
 def test_run_from_store_with_no_plots(haxby, seed, tmp_path):

@@ -68,12 +68,22 @@ COMPLETE_ATTR = "roidask_complete"
 _SUBJECT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-# roidask consolidates the metadata of its own stores on purpose (so that plain
-# xr.open_zarr / open_datatree need no fallback); zarr warns that this is not yet
-# in the v3 spec each time, from any thread.
-warnings.filterwarnings(
-    "ignore", message="Consolidated metadata is currently not part", category=UserWarning
-)
+def _ignore_consolidated_warning() -> None:
+    """Silence zarr's warning that consolidated metadata is not in the v3 spec.
+
+    roidask consolidates the metadata of its stores and results on purpose (so that
+    plain ``xr.open_zarr`` / ``open_datatree`` need no fallback), and zarr warns about
+    it every time, from any thread. A process-wide filter for that one message, not
+    :class:`warnings.catch_warnings`: blocks of it in concurrent threads (subjects
+    written at once) restore each other's filters and can leave "ignore everything"
+    behind. Idempotent (the filter is not added twice).
+    """
+    warnings.filterwarnings(
+        "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+    )
+
+
+_ignore_consolidated_warning()
 
 
 def _bold_codecs():
@@ -83,9 +93,8 @@ def _bold_codecs():
 
 
 def _consolidate(path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec"
-        zarr.consolidate_metadata(str(path))
+    _ignore_consolidated_warning()  # again: a caller's catch_warnings may have dropped it
+    zarr.consolidate_metadata(str(path))
 
 
 def _is_store(path: Path) -> bool:

@@ -116,6 +116,7 @@ def test_events_tsv_labels(tmp_path, rng):
     assert list(ds["condition"].values) == expected
 
 
+@pytest.mark.filterwarnings("error")  # nothing escapes (zarr, xarray, roidask)
 def test_scaled_input_is_honoured(tmp_path, rng):
     data = rng.integers(0, 1000, size=(4, 3, 2, 6), dtype=np.int16)
     run = write_run(tmp_path / "run.nii.gz", data, slope=0.5, inter=10.0)
