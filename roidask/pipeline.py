@@ -484,5 +484,6 @@ def roi_pipeline(
             "atlas": atlas,
         }
     )
-    maps = maps.compute()
+    # in memory, coordinates included (those of a rechunked run are small dask arrays)
+    maps, signals = maps.compute(), signals.compute()
     return PipelineResult(maps=maps, signals=signals, rois=rois, params=params, timings_s=timings)

@@ -189,11 +189,7 @@ def write_results(
             frame.to_csv(tmp / "signals.tsv", sep="\t", index=False, float_format="%.9g")
 
         def write_dataset():
-            import dask.local
-
-            # in memory, here: coordinates of a rechunked run may still be dask arrays
-            # (tiny; a cluster, if any, need not compute them)
-            ds = result.to_dataset().compute(scheduler=dask.local.get_sync)
+            ds = result.to_dataset()
             for var in ds.variables.values():
                 var.encoding.clear()
             ds = ds.assign_coords(

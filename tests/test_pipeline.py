@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import dask.array as da
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -74,6 +75,8 @@ def test_pipeline_equals_nilearn_seed(haxby, seed, seed64, chunks):
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks=chunks)
     result = roi_pipeline(bold, mask_img=haxby.mask)
     assert_matches_seed(result, seed, seed64)
+    computed = result.to_dataset()  # maps and signals, coordinates included
+    assert not [k for k, v in computed.variables.items() if isinstance(v.data, da.Array)]
 
 
 def _count_volumes_read(monkeypatch) -> list[int]:
