@@ -485,5 +485,5 @@ def roi_pipeline(
         }
     )
     # in memory, coordinates included (those of a rechunked run are small dask arrays)
-    maps, signals = maps.compute(), signals.compute()
+    maps, signals = compute(maps, signals, local=True)
     return PipelineResult(maps=maps, signals=signals, rois=rois, params=params, timings_s=timings)

@@ -109,27 +109,6 @@ def _peak_rss_bytes() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _dataset_to_zarr(ds, path: Path) -> None:
-    """Write a small Dataset as a new zarr v3 store at ``path`` (consolidated metadata).
-
-    The store is built in memory and its files written in one go: zarr writes each
-    array's metadata, attributes and chunks as separate files, each through its
-    event loop and a thread, which for ~25 small arrays costs more than the bytes
-    (0.2 s on disk vs 0.12 s).
-    """
-    from zarr.storage import MemoryStore
-
-    from roidask.io.store import _ignore_consolidated_warning
-
-    _ignore_consolidated_warning()  # thread-safe, unlike catch_warnings (writers run in threads)
-    files = {}
-    ds.to_zarr(MemoryStore(files), mode="w", zarr_format=3, consolidated=True)
-    for key, buffer in files.items():
-        target = path / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(buffer.to_bytes())
-
-
 def write_results(
     result,
     out_dir: str | os.PathLike,
@@ -163,6 +142,7 @@ def write_results(
     """
     import roidask
     from roidask.io.image import to_nifti
+    from roidask.io.store import _dataset_to_zarr
     from roidask.ops.extract import signals_to_frame
     from roidask.ops.rois import write_atlas
 

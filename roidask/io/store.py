@@ -97,6 +97,25 @@ def _consolidate(path: Path) -> None:
     zarr.consolidate_metadata(str(path))
 
 
+def _dataset_to_zarr(ds, path: Path) -> None:
+    """Write a small Dataset as a new zarr v3 store at ``path`` (consolidated metadata).
+
+    The store is built in memory and its files written in one go: zarr writes each
+    array's metadata, attributes and chunks as separate files, each through its
+    event loop and a thread, which for ~25 small arrays costs more than the bytes
+    (0.2 s on disk vs 0.12 s).
+    """
+    from zarr.storage import MemoryStore
+
+    _ignore_consolidated_warning()  # thread-safe, unlike catch_warnings (writers run in threads)
+    files = {}
+    ds.to_zarr(MemoryStore(files), mode="w", zarr_format=3, consolidated=True)
+    for key, buffer in files.items():
+        target = path / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(buffer.to_bytes())
+
+
 def _is_store(path: Path) -> bool:
     meta = path / "zarr.json"
     if not meta.is_file():
