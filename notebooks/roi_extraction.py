@@ -28,6 +28,7 @@
 import tempfile
 from pathlib import Path
 
+import dask
 import matplotlib
 
 matplotlib.use("Agg")
@@ -35,13 +36,22 @@ import numpy as np
 import xarray as xr
 
 from roidask.datasets import haxby_slice
-from roidask.io import convert, open_subject, select_conditions
-from roidask.ops.extract import extract_signals, stack_conditions
-from roidask.ops.label import label
-from roidask.ops.morph import binary_dilation
-from roidask.ops.smooth import smooth_img
-from roidask.ops.stats import clip_logp, ftest_img, mean_img, ttest_img
-from roidask.ops.threshold import binarize_img, mask_and, threshold_img
+from roidask.io import convert, open_subject
+from roidask.ops import (
+    binarize_img,
+    binary_dilation,
+    clip_logp,
+    extract_signals,
+    ftest_img,
+    label,
+    mask_and,
+    mean_img,
+    select_conditions,
+    smooth_img,
+    stack_conditions,
+    threshold_img,
+    ttest_img,
+)
 from roidask.plotting import plot_condition_boxplots, plot_ortho, plot_roi, plot_stat_map
 
 # %% [markdown]
@@ -114,8 +124,8 @@ fig = plot_roi(dilated, mean_epi, title="Dilated mask")
 # ## Connected components, numbered exactly as `scipy.ndimage.label`
 
 # %%
-labels = label(dilated).compute()
-print("components:", int(labels.max()))
+labels, n_labels = dask.compute(*label(dilated))
+print("components:", int(n_labels))
 first_roi = (labels == 5).astype(np.int32)
 second_roi = (labels == 3).astype(np.int32)
 fig = plot_roi(first_roi, mean_epi, title="Connected components: first ROI")

@@ -1,11 +1,30 @@
-"""A minimal terminal progress bar (stderr) for loops roidask drives itself."""
+"""Terminal progress bars (stderr), shown only when stderr is a terminal.
+
+Redirected output (a log file, a batch job's output) gets no bar: carriage
+returns and escape codes would fill it. Callers that want plain lines in logs
+print them themselves.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
+from typing import TextIO
 
-__all__ = ["Progress"]
+from dask.diagnostics import ProgressBar
+
+__all__ = ["Progress", "dask_progress", "on_terminal"]
+
+
+def on_terminal(stream: TextIO | None = None) -> bool:
+    """True when ``stream`` (default stderr) is an interactive terminal."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 class Progress:
@@ -18,13 +37,14 @@ class Progress:
     label : str
         Text before the bar.
     enabled : bool
-        When false nothing is printed (library default; the CLI enables it).
+        When false nothing is printed (the library default; the CLI enables it).
+        A bar is only ever drawn on a terminal.
     """
 
     def __init__(self, total: int, label: str, *, enabled: bool = True, width: int = 30):
         self.total = max(int(total), 1)
         self.label = label
-        self.enabled = enabled
+        self.enabled = bool(enabled) and on_terminal()
         self.width = width
         self.done = 0
         self._start = time.perf_counter()
@@ -52,3 +72,13 @@ class Progress:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def dask_progress(enabled: bool) -> Iterator[None]:
+    """dask's own bar for a local (threaded) compute, on a terminal only."""
+    if not (enabled and on_terminal()):
+        yield
+        return
+    with ProgressBar(out=sys.stderr, minimum=0.5):
+        yield

@@ -1,63 +1,163 @@
-"""The ``roidask`` command line.
+"""The ``roidask`` command line: argparse only, a thin shell over the library.
 
 Each subcommand validates its inputs first; a bad input prints one line
 (``roidask: error: ...``) to stderr and exits with status 2, without a
-traceback and without leaving partial outputs behind.
+traceback and without leaving partial outputs behind. Library errors name
+Python parameters; this module alone maps them to the command's flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import re
+import resource
 import sys
+import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import dask
+import dask.threaded
 import numpy as np
 
-from roidask.exceptions import (
-    InvalidParameterError,
-    RoidaskError,
-    RoidaskTypeError,
-    RoidaskWarning,
-)
+from roidask import __version__
+from roidask._malloc import limit_malloc_arenas
+from roidask.batch import read_manifest, run_batch
+from roidask.cluster import dashboard_link, describe_client, get_client
+from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
+from roidask.exceptions import InvalidParameterError, RoidaskError, RoidaskWarning
+from roidask.io.store_read import list_subjects, open_subject, verify_store
+from roidask.io.store_write import convert
+from roidask.ops.extract import STRATEGIES
+from roidask.outputs.provenance import input_paths, start_input_records
+from roidask.pipeline import TESTS, PipelineParams
+from roidask.runner import run_subject
 
-__all__ = ["main"]
+__all__ = ["build_parser", "entry", "main"]
+
+_DEFAULTS = PipelineParams()
+
+#: Python parameter names and the flag (or positional) that sets them, per command.
+FLAGS = {
+    "bold": "BOLD",
+    "bold_img": "BOLD",
+    "labels": "--labels",
+    "mask": "--mask",
+    "mask_img": "--mask",
+    "out": "--out",
+    "store": "--store",
+    "subject": "--subject",
+    "tr_s": "--tr",
+    "chunks": "--chunks",
+    "overwrite": "--overwrite",
+    "fwhm": "--fwhm",
+    "contrast": "--contrast",
+    "test": "--test",
+    "threshold": "--threshold",
+    "clip": "--clip",
+    "dilation_iterations": "--dilation-iterations",
+    "connectivity": "--connectivity",
+    "min_roi_voxels": "--min-roi-voxels",
+    "keep_largest": "--keep-largest",
+    "strategy": "--strategy",
+    "manifest": "MANIFEST",
+    "max_concurrent": "--max-concurrent",
+    "scheduler": "--scheduler",
+    "n_workers": "--n-workers",
+    "threads_per_worker": "--threads-per-worker",
+    "memory_limit": "--memory-limit",
+    "tls_ca_file": "--tls-ca-file",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "dashboard": "--dashboard",
+    "data_dir": "--data-dir",
+    "url": "--url",
+}
 
 
+def format_error(exc: BaseException) -> str:
+    """One line for an error, with Python parameter names replaced by the CLI's flags."""
+    text = " ".join(str(exc).split())
+    param = getattr(exc, "param", None)
+    if param in FLAGS and text.startswith(param):
+        flag = FLAGS[param]
+        if flag.startswith("--"):
+            text = flag + text[len(param) :]
+        elif text.startswith(f"{param} "):  # a positional: its value (a path) says enough
+            text = text[len(param) + 1 :]
+    for name, flag in FLAGS.items():
+        if flag.startswith("--"):
+            text = re.sub(rf"\b{name}=True\b", flag, text)
+            text = re.sub(rf"\b{name}=(?=[A-Z])", f"{flag} ", text)
+    return text.replace("pass --", "add --")
+
+
+# -- argument types ----------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+# -- convert -----------------------------------------------------------------------------
 def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
         help="convert 4D BOLD NIfTI run(s) into a chunked zarr store",
         description="Convert 4D BOLD NIfTI run(s), concatenated along time, with their "
-        "labels into a subject group of a chunked zarr v3 store.",
+        "labels into a subject group of a chunked zarr v3 store (every chunk checksummed). "
+        "The subject appears in the store only once completely written.",
     )
-    p.add_argument("bold", nargs="+", type=Path, help="4D .nii/.nii.gz run(s), in order")
+    p.add_argument("bold", nargs="+", type=Path, metavar="BOLD", help="4D .nii/.nii.gz run(s)")
     p.add_argument(
         "--labels",
         action="append",
         type=Path,
         required=True,
-        help="Haxby labels.txt, or one BIDS events.tsv per run (repeat the flag)",
+        help="Haxby labels.txt, or one BIDS *_events.tsv per run (repeat the flag)",
     )
     p.add_argument("--out", type=Path, required=True, help="store to create or add to")
-    p.add_argument("--subject", default="sub-01", help="subject group name (default sub-01)")
+    p.add_argument("--subject", default="sub-01", help="subject group name (default: sub-01)")
     p.add_argument(
         "--tr",
-        type=float,
+        type=_positive_float,
         default=None,
         dest="tr_s",
         help="repetition time in seconds (default: from the header)",
     )
-    p.add_argument("--chunks", default=None, help="chunk sizes, e.g. x=20,y=32,z=32,time=100")
+    p.add_argument(
+        "--chunks",
+        default=None,
+        help="chunk sizes, e.g. x=20,y=32,z=32,time=100 (default: whole volumes, ~16 MB)",
+    )
     p.add_argument("--mask", type=Path, default=None, help="3D mask stored beside the BOLD data")
-    p.add_argument("--overwrite", action="store_true", help="replace the subject if present")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the subject if the store holds it (only a subject roidask wrote)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_convert)
 
 
 def _cmd_convert(args) -> int:
-    from roidask.io.store import convert
-
     out = convert(
         args.bold,
         labels=args.labels,
@@ -73,18 +173,26 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+# -- info --------------------------------------------------------------------------------
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="describe a roidask store")
-    p.add_argument("store", type=Path)
+    p = sub.add_parser(
+        "info",
+        help="describe a roidask store (and verify it)",
+        description="Describe a roidask store: its subjects, shapes, chunks, conditions, "
+        "runs and sources. With --verify, read every chunk and check its checksum; the "
+        "damaged or missing chunks are listed and the exit status is 1.",
+    )
+    p.add_argument("store", type=Path, metavar="STORE", help="a roidask zarr store")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every chunk and check it (default: describe only, no voxel read)",
+    )
     p.set_defaults(func=_cmd_info)
 
 
 def describe_store(store) -> str:
     """A human-readable summary of a store: subjects, shapes, chunks, conditions, runs."""
-    import numpy as np
-
-    from roidask.io.store import list_subjects, open_subject
-
     lines = [f"store {store}"]
     subjects = list_subjects(store)
     incomplete = sorted(set(list_subjects(store, include_incomplete=True)) - set(subjects))
@@ -127,74 +235,127 @@ def describe_store(store) -> str:
 
 
 def _cmd_info(args) -> int:
-    print(describe_store(args.store))
-    return 0
+    if not args.verify:
+        print(describe_store(args.store))
+        return 0
+    damaged = verify_store(args.store)
+    if not damaged:
+        print(f"store {args.store}: every chunk of every subject reads and passes its checksum")
+        return 0
+    print(f"store {args.store}: {len(damaged)} damaged chunk(s)")
+    for d in damaged:
+        print(f"  {d.subject}/{d.array} chunk {d.chunk}: {d.reason}")
+    return 1
 
 
+# -- run / batch -------------------------------------------------------------------------
 def _add_analysis_options(p) -> None:
     """Options of the ROI analysis shared by ``run`` and ``batch``."""
+    d = _DEFAULTS
     g = p.add_argument_group("analysis (defaults: nilearn's ROI example)")
-    g.add_argument("--fwhm", type=float, default=6.0, help="smoothing FWHM in mm (default 6)")
+    g.add_argument(
+        "--fwhm", type=float, default=d.fwhm, help=f"smoothing FWHM in mm (default: {d.fwhm:g})"
+    )
     g.add_argument(
         "--contrast",
         nargs=2,
-        default=["face", "house"],
+        default=list(d.contrast),
         metavar=("A", "B"),
-        help="conditions compared by the t-test (default face house)",
+        help=f"conditions compared by the t-test, A minus B (default: {' '.join(d.contrast)})",
     )
     g.add_argument(
         "--test",
-        choices=["student", "welch"],
-        default="student",
-        help="two-sample t-test (default student, as scipy ttest_ind)",
+        choices=TESTS,
+        default=d.test,
+        help=f"two-sample t-test (default: {d.test}, as scipy's ttest_ind)",
     )
-    g.add_argument("--threshold", type=float, default=5.0, help="-log10 p threshold (5)")
-    g.add_argument("--clip", type=float, default=10.0, help="clip -log10 p at this value (10)")
-    g.add_argument("--dilation-iterations", type=int, default=1, help="binary dilations (1)")
+    g.add_argument(
+        "--threshold",
+        type=float,
+        default=d.threshold,
+        help=f"-log10 p threshold (default: {d.threshold:g})",
+    )
+    g.add_argument(
+        "--clip",
+        type=float,
+        default=d.clip,
+        help=f"clip -log10 p at this value (default: {d.clip:g})",
+    )
+    g.add_argument(
+        "--dilation-iterations",
+        type=int,
+        default=d.dilation_iterations,
+        help=f"binary dilations of the ROI mask (default: {d.dilation_iterations})",
+    )
     g.add_argument(
         "--connectivity",
         type=int,
         choices=[6, 18, 26],
-        default=6,
-        help="voxel neighbourhood for dilation and components (6)",
+        default=d.connectivity,
+        help=f"voxel neighbourhood for dilation and components (default: {d.connectivity})",
     )
-    g.add_argument("--min-roi-voxels", type=int, default=1, help="drop smaller components")
-    g.add_argument("--keep-largest", type=int, default=None, help="keep the k largest ROIs")
+    g.add_argument(
+        "--min-roi-voxels",
+        type=int,
+        default=d.min_roi_voxels,
+        help=f"drop smaller components (default: {d.min_roi_voxels}, keep all)",
+    )
+    g.add_argument(
+        "--keep-largest",
+        type=int,
+        default=d.keep_largest,
+        help="keep only the k largest ROIs (default: all)",
+    )
     g.add_argument(
         "--strategy",
-        default="mean",
-        choices=["mean", "median", "sum", "minimum", "maximum", "standard_deviation", "variance"],
-        help="per-ROI signal strategy (mean)",
+        default=d.strategy,
+        choices=STRATEGIES,
+        help=f"per-ROI signal strategy, as NiftiLabelsMasker (default: {d.strategy})",
     )
-    g.add_argument("--chunks", default=None, help="chunk sizes, e.g. x=20,y=32,time=100")
+    g.add_argument(
+        "--chunks",
+        default=None,
+        help="BOLD chunk sizes, e.g. x=20,y=32,time=100 (default: whole volumes; results "
+        "do not depend on it)",
+    )
     g.add_argument("--no-plots", action="store_true", help="do not write figures")
     c = p.add_argument_group("execution")
     c.add_argument(
         "--scheduler",
         default=None,
-        help="'local' (an embedded dask LocalCluster) or the address tcp://HOST:PORT of a "
-        "running scheduler; default: `run` computes in this process's threads, `batch` "
-        "starts an embedded LocalCluster",
+        help="'local' (an embedded dask LocalCluster) or the address tcp://HOST:PORT or "
+        "tls://HOST:PORT of a running scheduler (default: `run` computes in this process's "
+        "threads, `batch` starts an embedded LocalCluster)",
     )
-    c.add_argument("--n-workers", type=int, default=None, help="local cluster workers")
+    c.add_argument(
+        "--n-workers",
+        type=_positive_int,
+        default=None,
+        help="embedded cluster workers (default: one per core, up to 4 cores)",
+    )
     c.add_argument(
         "--threads-per-worker",
-        type=int,
+        type=_positive_int,
         default=None,
-        help="threads per local worker (`run` without --scheduler: threads used)",
+        help="threads per embedded worker; `run` without --scheduler: threads used "
+        "(default: the cores)",
     )
-    c.add_argument("--memory-limit", default=None, help="memory per worker, e.g. 4GiB")
+    c.add_argument(
+        "--memory-limit",
+        default=None,
+        help="memory per embedded worker, e.g. 4GiB (default: the machine's memory shared)",
+    )
     c.add_argument("--tls-ca-file", default=None, help="CA certificate (tls:// scheduler)")
-    c.add_argument("--tls-cert", default=None, help="client certificate (tls://)")
-    c.add_argument("--tls-key", default=None, help="client private key (tls://)")
-    c.add_argument("--dashboard", action="store_true", help="serve the dask dashboard")
+    c.add_argument("--tls-cert", default=None, help="client certificate (tls:// scheduler)")
+    c.add_argument("--tls-key", default=None, help="client private key (tls:// scheduler)")
+    c.add_argument(
+        "--dashboard", action="store_true", help="serve the dask dashboard (default: off)"
+    )
     c.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def pipeline_params(args):
+def pipeline_params(args) -> PipelineParams:
     """PipelineParams from parsed ``run``/``batch`` arguments."""
-    from roidask.pipeline import PipelineParams
-
     return PipelineParams(
         contrast=tuple(args.contrast),
         fwhm=args.fwhm,
@@ -227,29 +388,42 @@ def _add_run(sub) -> None:
         "run",
         help="run the ROI pipeline on one subject",
         description="Smooth, t-test, threshold, AND mask, dilate, label, extract: the ROI "
-        "analysis of nilearn's example, on one subject, written atomically into --out.",
+        "analysis of nilearn's example, on one subject, written atomically into --out. "
+        "Every input and --out are checked before any voxel is read.",
     )
-    p.add_argument("bold", nargs="*", type=Path, help="4D .nii/.nii.gz run(s), in order")
+    p.add_argument("bold", nargs="*", type=Path, metavar="BOLD", help="4D .nii/.nii.gz run(s)")
     p.add_argument(
         "--labels",
         action="append",
         type=Path,
         default=None,
-        help="labels.txt, or one events.tsv per run (with BOLD files)",
+        help="labels.txt, or one *_events.tsv per run (with BOLD files; repeat the flag)",
     )
     p.add_argument("--store", type=Path, default=None, help="a converted store instead of BOLD")
-    p.add_argument("--subject", default=None, help="subject of --store")
-    p.add_argument("--mask", type=Path, required=True, help="3D mask (e.g. ventral temporal)")
+    p.add_argument(
+        "--subject", default=None, help="subject of --store (default: its only subject)"
+    )
+    p.add_argument(
+        "--mask", type=Path, required=True, help="3D binary mask (e.g. ventral temporal)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--tr", type=float, default=None, dest="tr_s", help="TR in seconds")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument(
+        "--tr",
+        type=_positive_float,
+        default=None,
+        dest="tr_s",
+        help="repetition time in seconds (default: from the header)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out that roidask wrote (never a folder of yours)",
+    )
     _add_analysis_options(p)
     p.set_defaults(func=_cmd_run)
 
 
 def _summary(result, out, wall_s: float) -> str:
-    import resource
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     logp = result.maps["logp"].values
     lines = [f"ROIs found: {result.n_rois}"]
@@ -268,75 +442,48 @@ def _summary(result, out, wall_s: float) -> str:
     return "\n".join(lines)
 
 
+_CLUSTER_ONLY = ("n_workers", "memory_limit", "dashboard", "tls_ca_file", "tls_cert", "tls_key")
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[str]:
+    # The scheduler as a function: naming it ("threads") makes dask import
+    # distributed (~0.5 s, ~50 MB) to look for a client.
+    with dask.config.set(scheduler=dask.threaded.get, num_workers=n):
+        yield f"this process, {n} thread{'s' if n > 1 else ''}"
+
+
+@contextlib.contextmanager
+def _cluster(address: str | None, args, *, processes: bool) -> Iterator[str]:
+    with get_client(address, processes=processes, **client_options(args)) as client:
+        if not args.quiet:
+            print(f"dask: {describe_client(client)}", file=sys.stderr)
+            link = dashboard_link(client)
+            if link:
+                print(f"dask dashboard: {link}", file=sys.stderr)
+        yield address or "embedded LocalCluster"
+
+
 def _run_executor(args):
-    """Where ``roidask run`` computes: this process's threads, or a dask cluster.
-
-    Returns a context manager yielding a description of the scheduler.
-    """
-    import contextlib
-
+    """Where ``roidask run`` computes: this process's threads, or a dask cluster."""
     if args.scheduler is not None:
-        return _cluster_executor(None if args.scheduler == "local" else args.scheduler, args)
-    cluster_only = {
-        "--n-workers": args.n_workers,
-        "--memory-limit": args.memory_limit,
-        "--dashboard": args.dashboard or None,
-        "--tls-ca-file": args.tls_ca_file,
-        "--tls-cert": args.tls_cert,
-        "--tls-key": args.tls_key,
-    }
-    given = [k for k, v in cluster_only.items() if v is not None]
+        address = None if args.scheduler == "local" else args.scheduler
+        return _cluster(address, args, processes=False)
+    given = [FLAGS[k] for k in _CLUSTER_ONLY if getattr(args, k) not in (None, False)]
     if given:
         raise InvalidParameterError(
             f"{', '.join(given)}: only apply to a dask cluster; add --scheduler local "
             "(embedded cluster) or --scheduler tcp://HOST:PORT"
         )
-
-    @contextlib.contextmanager
-    def threads():
-        import os
-
-        import dask
-        import dask.threaded
-
-        n = args.threads_per_worker or os.cpu_count() or 1
-        # The scheduler as a function: naming it ("threads") makes dask import
-        # distributed (~0.5 s, ~50 MB) to look for a client.
-        with dask.config.set(scheduler=dask.threaded.get, num_workers=n):
-            yield f"this process, {n} thread{'s' if n > 1 else ''}"
-
-    return threads()
-
-
-def _cluster_executor(address, args):
-    import contextlib
-
-    from roidask.cluster import dashboard_link, describe_client, get_client
-
-    @contextlib.contextmanager
-    def cluster():
-        with get_client(address, processes=False, **client_options(args)) as client:
-            if not args.quiet:
-                print(f"dask: {describe_client(client)}", file=sys.stderr)
-                link = dashboard_link(client)
-                if link:
-                    print(f"dask dashboard: {link}", file=sys.stderr)
-            yield address or "embedded LocalCluster"
-
-    return cluster()
+    return _threads(args.threads_per_worker or os.cpu_count() or 1)
 
 
 def _cmd_run(args) -> int:
-    import time
-
-    from roidask.results import input_paths, run_subject, start_input_records
-
     start = time.perf_counter()
-    # Input checksums (provenance) are computed from here on, while the rest is imported.
+    params = pipeline_params(args)
     inputs = start_input_records(
         input_paths(bold=args.bold, labels=args.labels, store=args.store, mask=args.mask)
     )
-    params = pipeline_params(args)
     with _run_executor(args) as scheduler:
         result = run_subject(
             bold=args.bold,
@@ -352,7 +499,7 @@ def _cmd_run(args) -> int:
             overwrite=args.overwrite,
             progress=not args.quiet,
             inputs=inputs,
-            extra_provenance={"scheduler": scheduler},
+            extra_provenance={"scheduler": scheduler, "chunks": args.chunks},
         )
     print(_summary(result, args.out, time.perf_counter() - start))
     return 0
@@ -367,7 +514,7 @@ def _add_batch(sub) -> None:
         "concurrently on one dask cluster; then a group level. Completed subjects "
         "(same parameters and inputs) are skipped when the batch is run again.",
     )
-    p.add_argument("manifest", type=Path, help="manifest TSV or BIDS-like folder")
+    p.add_argument("manifest", type=Path, metavar="MANIFEST", help="TSV or BIDS-like folder")
     p.add_argument("--out", type=Path, required=True, help="batch output folder")
     p.add_argument(
         "--mask",
@@ -377,7 +524,7 @@ def _add_batch(sub) -> None:
     )
     p.add_argument(
         "--max-concurrent",
-        type=int,
+        type=_positive_int,
         default=None,
         help="subjects in flight at once (default: worker threads, 2 to 8)",
     )
@@ -386,21 +533,11 @@ def _add_batch(sub) -> None:
 
 
 def _cmd_batch(args) -> int:
-    import time
-
-    from roidask.batch import read_manifest, run_batch
-    from roidask.cluster import dashboard_link, describe_client, get_client
-
     start = time.perf_counter()
     params = pipeline_params(args)
     specs = read_manifest(args.manifest, mask=args.mask)
     address = None if args.scheduler == "local" else args.scheduler
-    with get_client(address, **client_options(args)) as client:
-        if not args.quiet:
-            print(f"dask: {describe_client(client)}", file=sys.stderr)
-            link = dashboard_link(client)
-            if link:
-                print(f"dask dashboard: {link}", file=sys.stderr)
+    with _cluster(address, args, processes=True):
         table = run_batch(
             specs,
             args.out,
@@ -419,6 +556,7 @@ def _cmd_batch(args) -> int:
     return 1 if counts.get("failed") else 0
 
 
+# -- fetch / demo ------------------------------------------------------------------------
 def _add_fetch(sub) -> None:
     p = sub.add_parser(
         "fetch",
@@ -432,22 +570,20 @@ def _add_fetch(sub) -> None:
         type=int,
         nargs="+",
         default=[2],
-        help="subject numbers 1-6 (default 2, nilearn's default)",
+        help="subject numbers 1-6 (default: 2, nilearn's default)",
     )
     p.add_argument(
         "--data-dir",
         type=Path,
         default=None,
-        help="data folder (default $ROIDASK_DATA/haxby2001 or ~/roidask_data)",
+        help="data folder (default: $ROIDASK_DATA/haxby2001 or ~/roidask_data/haxby2001)",
     )
-    p.add_argument("--url", default=None, help="base URL of the archives (a mirror)")
+    p.add_argument("--url", default=None, help="base URL of the archives (default: nilearn's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_fetch)
 
 
 def _cmd_fetch(args) -> int:
-    from roidask.datasets import fetch_haxby
-
     data = fetch_haxby(
         args.subjects, data_dir=args.data_dir, url=args.url, progress=not args.quiet
     )
@@ -462,9 +598,15 @@ def _add_demo(sub) -> None:
         "demo",
         help="run the ROI pipeline on the bundled real Haxby slice",
         description="Run `roidask run` on the real Haxby 2001 slice bundled with roidask "
-        "(or on a generated synthetic subject) on an embedded local dask cluster.",
+        "(one axial slice and a brain mask of it) on an embedded local dask cluster, or "
+        "also on a generated full-size synthetic subject.",
     )
-    p.add_argument("--out", type=Path, default=Path("roidask-demo"), help="output folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("roidask-demo"),
+        help="output folder (default: roidask-demo)",
+    )
     p.add_argument(
         "--synthetic",
         action="store_true",
@@ -475,19 +617,10 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    import time
-
-    from roidask.cluster import describe_client, get_client
-    from roidask.datasets import haxby_slice
-    from roidask.pipeline import PipelineParams
-    from roidask.results import run_subject
-
     args.out.mkdir(parents=True, exist_ok=True)
     data = haxby_slice()
     jobs = [("haxby-slice", [data.bold], [data.labels], data.mask)]
     if args.synthetic:
-        from roidask.datasets import make_synthetic_subject
-
         subj = make_synthetic_subject(
             args.out / "synthetic-data", seed=0, overwrite=True, progress=not args.quiet
         )
@@ -505,7 +638,6 @@ def _cmd_demo(args) -> int:
                 mask=mask,
                 out=out,
                 params=PipelineParams(),
-                chunks=None,
                 overwrite=True,
                 progress=not args.quiet,
             )
@@ -515,11 +647,10 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from roidask import __version__
-
     parser = argparse.ArgumentParser(
         prog="roidask",
-        description="Parallel, chunked, out-of-core fMRI ROI analysis.",
+        description="Parallel, chunked, out-of-core fMRI ROI analysis (nilearn's ROI example "
+        "on dask, xarray and zarr).",
     )
     parser.add_argument("--version", action="version", version=f"roidask {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -532,9 +663,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from roidask._malloc import limit_malloc_arenas
+_default_showwarning = warnings.showwarning
 
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, RoidaskWarning):
+        print(f"roidask: warning: {format_error(message)}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
+def main(argv: list[str] | None = None) -> int:
     limit_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -543,22 +682,15 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return int(args.func(args) or 0)
-        except (RoidaskError, RoidaskTypeError) as exc:
-            print(f"roidask: error: {exc}", file=sys.stderr)
+        except RoidaskError as exc:
+            print(f"roidask: error: {format_error(exc)}", file=sys.stderr)
             return 2
+        except OSError as exc:  # the system refused something no check could foresee
+            print(f"roidask: error: {format_error(exc)}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print("roidask: interrupted; no partial output was kept", file=sys.stderr)
             return 130
-
-
-_default_showwarning = warnings.showwarning
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None):
-    if issubclass(category, RoidaskWarning):
-        print(f"roidask: warning: {message}", file=sys.stderr)
-    else:
-        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def entry() -> None:
@@ -568,8 +700,6 @@ def entry() -> None:
     process exits without tearing down every imported module one by one, which
     takes ~0.3 s with dask, xarray, zarr and scipy loaded.
     """
-    import os
-
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import os
 import re
+import sys
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
     "JOBQUEUE_KINDS",
+    "active_client",
     "dashboard_link",
     "describe_client",
     "get_client",
@@ -143,6 +145,21 @@ def _default_workers(
 
 
 # --------------------------------------------------------------------------- clients
+
+
+def active_client() -> Client | None:
+    """The ``distributed`` client in use in this thread/process, or None.
+
+    Never imports ``distributed`` (~0.5 s): without it imported there is no client.
+    """
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
 
 
 @contextlib.contextmanager

@@ -1,68 +1,123 @@
 """Exceptions and warnings raised by roidask.
 
-Every error is a subclass of :class:`ValueError` or :class:`TypeError` so that
-generic handlers keep working, and every message names the parameter or file,
-what was expected and what was found.
+Every roidask error derives from :class:`RoidaskError`, and also from the
+builtin class a generic handler expects: :class:`ValueError` for bad values
+(files whose content is wrong, parameters out of range), :class:`TypeError`
+for arguments of the wrong kind, :class:`OSError` for what the operating
+system or the network refused (unreadable files, unwritable folders,
+unreachable schedulers and servers). ``except RoidaskError`` catches them all.
+
+Every message names the parameter or the file, what was expected and what was
+found. Messages of the library name Python parameters (``mask_img``,
+``overwrite=True``); the command line maps them to its flags. An error that
+concerns one parameter carries its name in :attr:`RoidaskError.param`.
 """
+
+from __future__ import annotations
 
 __all__ = [
     "ClusterError",
     "ConditionError",
     "CorruptFileError",
+    "DamagedStoreError",
     "DownloadError",
     "EmptyMaskWarning",
+    "EventsWarning",
     "GridMismatchError",
     "ImageDimensionError",
     "ImageTypeError",
     "IncompleteStoreError",
     "InvalidParameterError",
     "LabelsError",
+    "ManifestError",
     "NonFiniteVoxelsWarning",
+    "OutputError",
     "OutputExistsError",
     "RoidaskError",
+    "RoidaskOSError",
     "RoidaskTypeError",
+    "RoidaskValueError",
     "RoidaskWarning",
     "StoreError",
+    "UnreadableFileError",
+    "UnverifiedStoreWarning",
 ]
 
 
-class RoidaskError(ValueError):
-    """Base class of roidask's value errors (bad files, bad parameters)."""
+class RoidaskError(Exception):
+    """Root of every roidask error.
+
+    Parameters
+    ----------
+    message : str
+        The whole message: the parameter or file first, then what was expected
+        and what was found.
+    param : str, optional
+        The Python parameter the error is about (``"mask_img"``, ``"chunks"``),
+        so that a front end can name its own flag for it.
+    """
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):  # keep ``param`` across processes (dask workers)
+        return (_rebuild, (type(self), str(self), self.param))
 
 
-class RoidaskTypeError(TypeError):
-    """Base class of roidask's type errors (an argument of the wrong kind)."""
+def _rebuild(cls, message, param):
+    return cls(message, param=param)
 
 
-class ImageTypeError(RoidaskTypeError):
-    """An image argument is not a path, nibabel image or xarray object."""
+class RoidaskValueError(RoidaskError, ValueError):
+    """A value is wrong: a file's content, a parameter out of range."""
 
 
-class CorruptFileError(RoidaskError):
-    """A file is not a readable NIfTI, is truncated, or its gzip stream is corrupt."""
+class RoidaskTypeError(RoidaskError, TypeError):
+    """An argument is of the wrong kind."""
 
 
-class ImageDimensionError(RoidaskError):
-    """An image has the wrong number of dimensions (3D where 4D is needed, ...)."""
+class RoidaskOSError(RoidaskError, OSError):
+    """The system refused: a file cannot be read or written, a server cannot be reached."""
+
+    def __init__(self, message: str = "", *, param: str | None = None):
+        # OSError's (errno, strerror) constructor is not used: the message is whole.
+        RoidaskError.__init__(self, message, param=param)
 
 
-class GridMismatchError(RoidaskError):
-    """Images that must share a voxel grid (shape and affine) do not."""
-
-
-class LabelsError(RoidaskError):
-    """A labels.txt / events.tsv file is malformed or does not match the data."""
-
-
-class ConditionError(RoidaskError):
-    """An unknown condition was asked for, or a condition has too few volumes."""
-
-
-class InvalidParameterError(RoidaskError):
+# -- values ----------------------------------------------------------------------------------
+class InvalidParameterError(RoidaskValueError):
     """A parameter value is out of its valid range (negative fwhm, bad chunks, ...)."""
 
 
-class StoreError(RoidaskError):
+class CorruptFileError(RoidaskValueError):
+    """A file is empty, truncated, not a NIfTI, or its gzip stream is corrupt."""
+
+
+class ImageDimensionError(RoidaskValueError):
+    """An image has the wrong number of dimensions (3D where 4D is needed, ...)."""
+
+
+class GridMismatchError(RoidaskValueError):
+    """Images that must share a voxel grid (shape and affine) do not."""
+
+
+class LabelsError(RoidaskValueError):
+    """A labels.txt / events.tsv file is malformed or does not match the data."""
+
+
+class ManifestError(RoidaskValueError):
+    """A batch manifest (TSV or BIDS-like folder) is malformed or incomplete."""
+
+
+class ConditionError(RoidaskValueError):
+    """An unknown condition was asked for, or a condition has too few volumes."""
+
+
+class StoreError(RoidaskValueError):
     """A zarr store is missing, not a roidask store, or lacks the requested subject."""
 
 
@@ -70,18 +125,37 @@ class IncompleteStoreError(StoreError):
     """A store group was not completely written (interrupted conversion)."""
 
 
-class OutputExistsError(RoidaskError):
-    """The output already exists and overwriting was not requested."""
+class DamagedStoreError(StoreError):
+    """A store chunk is missing, truncated or fails its checksum."""
 
 
-class ClusterError(RoidaskError):
+# -- types -----------------------------------------------------------------------------------
+class ImageTypeError(RoidaskTypeError):
+    """An image argument is not a path, nibabel image, xarray object or store."""
+
+
+# -- the system ------------------------------------------------------------------------------
+class UnreadableFileError(RoidaskOSError):
+    """An input cannot be read: missing, permission denied, a folder where a file is due."""
+
+
+class OutputError(RoidaskOSError):
+    """An output cannot be written where asked (missing or read-only parent, foreign path)."""
+
+
+class OutputExistsError(OutputError):
+    """The output already exists and replacing it was not asked for (or is not allowed)."""
+
+
+class ClusterError(RoidaskOSError):
     """A dask scheduler is unreachable, refuses the connection or fails to start."""
 
 
-class DownloadError(RoidaskError):
+class DownloadError(RoidaskOSError):
     """A download failed (offline, HTTP error, size/checksum mismatch, unsafe archive)."""
 
 
+# -- warnings --------------------------------------------------------------------------------
 class RoidaskWarning(UserWarning):
     """Base class of roidask's warnings."""
 
@@ -92,3 +166,11 @@ class NonFiniteVoxelsWarning(RoidaskWarning):
 
 class EmptyMaskWarning(RoidaskWarning):
     """A mask or label image selects no voxels, or some labels are empty."""
+
+
+class EventsWarning(RoidaskWarning):
+    """Events of an events.tsv file fall outside the run they describe."""
+
+
+class UnverifiedStoreWarning(RoidaskWarning):
+    """A store was written without chunk checksums: damage cannot be detected."""

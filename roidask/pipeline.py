@@ -7,7 +7,7 @@ volume, label atlas.
 
 The BOLD data is read once:
 
-1. **one pass** (:func:`roidask.ops.onepass.contrast_pass`) - one dask graph over
+1. **one pass** (:func:`roidask.onepass.contrast_pass`) - one dask graph over
    blocks of whole volumes computes the sum of every volume (the mean EPI is the
    smoothed mean: smoothing is linear), the moments of the smoothed face and
    house volumes (only the contrast's volumes are smoothed) and keeps the raw
@@ -18,42 +18,68 @@ The BOLD data is read once:
 3. **extraction** - every ROI's signal for every volume from the kept box, with
    smoothed ROI weights (exactly equal to extracting from the smoothed data,
    without smoothing every volume). When the box would hold more than
-   :data:`BOX_MAX_BYTES` (e.g. a whole-brain mask), no box is kept and the
-   extraction reads the data a second time instead.
+   :data:`roidask.onepass.BOX_MAX_BYTES` (e.g. a whole-brain mask), no box is
+   kept and the extraction reads the data a second time instead.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import dask
+import dask.threaded
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from roidask._blas import one_blas_thread
+from roidask._progress import dask_progress
+from roidask._validate import (
+    check_choice,
+    check_conditions,
+    check_int,
+    check_optional_int,
+    check_real,
+    volume_conditions,
+)
+from roidask.cluster import active_client
 from roidask.exceptions import (
-    ConditionError,
     EmptyMaskWarning,
     InvalidParameterError,
+    NonFiniteVoxelsWarning,
 )
-from roidask.io.image import (
-    as_image,
-    check_same_grid,
-    like_image,
-    normalize_chunks,
-)
+from roidask.io.chunks import normalize_chunks
+from roidask.io.conversions import ImageLike, as_image
+from roidask.io.grid import affine_of, check_same_grid
+from roidask.io.image import like_image
+from roidask.io.tables import ROI_TABLE_COLUMNS
+from roidask.onepass import box_image, contrast_pass, kept_box, pass_chunks
+from roidask.ops import moments as mom_ops
+from roidask.ops.extract import LINEAR_STRATEGIES, STRATEGIES, extract_signals
+from roidask.ops.kernels import fwhm_to_sigma_voxels
+from roidask.ops.label import CONNECTIVITIES, label
+from roidask.ops.morph import binary_dilation
+from roidask.ops.rois import keep_largest, remove_small, roi_table
+from roidask.ops.smooth import smooth_img
+from roidask.ops.stats import clip_logp
+from roidask.ops.threshold import mask_and, threshold_img
 
 __all__ = [
+    "TESTS",
     "PipelineParams",
     "PipelineResult",
-    "box_bytes",
     "check_inputs",
     "compute",
-    "pass_box",
+    "mask_values",
     "roi_pipeline",
 ]
+
+#: Two-sample tests of :class:`PipelineParams` (``test``).
+TESTS = ("student", "welch")
 
 
 @dataclass(frozen=True)
@@ -96,52 +122,26 @@ class PipelineParams:
     strategy: str = "mean"
 
     def __post_init__(self):
-        contrast = tuple(self.contrast)
+        contrast = tuple(self.contrast) if not isinstance(self.contrast, str) else ()
         if len(contrast) != 2 or contrast[0] == contrast[1]:
             raise InvalidParameterError(
-                f"contrast: expected two different condition names, got {self.contrast!r}"
+                f"contrast: expected two different condition names, got {self.contrast!r}",
+                param="contrast",
             )
         object.__setattr__(self, "contrast", contrast)
-        if self.test not in ("student", "welch"):
-            raise InvalidParameterError(f"test: expected 'student' or 'welch', got {self.test!r}")
-        if self.clip is not None and not self.clip > 0:
-            raise InvalidParameterError(f"clip: expected a positive -log10 p, got {self.clip!r}")
-        if not np.isfinite(self.threshold) or self.threshold <= 0:
-            raise InvalidParameterError(
-                f"threshold: expected a positive -log10 p, got {self.threshold!r}"
-            )
-        if (
-            int(self.dilation_iterations) != self.dilation_iterations
-            or self.dilation_iterations < 0
-        ):
-            raise InvalidParameterError(
-                f"dilation_iterations: expected an integer >= 0, got {self.dilation_iterations!r}"
-            )
-        if self.connectivity not in (6, 18, 26):
-            raise InvalidParameterError(
-                f"connectivity: expected 6, 18 or 26, got {self.connectivity!r}"
-            )
-        if int(self.min_roi_voxels) != self.min_roi_voxels or self.min_roi_voxels < 1:
-            raise InvalidParameterError(
-                f"min_roi_voxels: expected an integer >= 1, got {self.min_roi_voxels!r}"
-            )
-        if self.keep_largest is not None and (
-            int(self.keep_largest) != self.keep_largest or self.keep_largest < 1
-        ):
-            raise InvalidParameterError(
-                f"keep_largest: expected an integer >= 1 or None, got {self.keep_largest!r}"
-            )
-        from roidask.ops.extract import STRATEGIES
-
-        if self.strategy not in STRATEGIES:
-            raise InvalidParameterError(
-                f"strategy: expected one of {list(STRATEGIES)}, got {self.strategy!r}"
-            )
-        from roidask.ops.kernels import fwhm_to_sigma_voxels
-
+        check_choice(self.test, "test", TESTS)
+        if self.clip is not None:
+            check_real(self.clip, "clip", positive=True)
+        check_real(self.threshold, "threshold", positive=True)
+        check_int(self.dilation_iterations, "dilation_iterations", minimum=0)
+        check_choice(self.connectivity, "connectivity", CONNECTIVITIES)
+        check_int(self.min_roi_voxels, "min_roi_voxels", minimum=1)
+        check_optional_int(self.keep_largest, "keep_largest", minimum=1)
+        check_choice(self.strategy, "strategy", STRATEGIES)
         fwhm_to_sigma_voxels(np.eye(4), self.fwhm)  # validates the value
 
     def to_dict(self) -> dict:
+        """The parameters as JSON-ready values."""
         out = asdict(self)
         out["contrast"] = list(self.contrast)
         if isinstance(self.fwhm, tuple):
@@ -185,106 +185,80 @@ class PipelineResult:
         table = self.rois.set_index("label") if len(self.rois) else self.rois
         for col in table.columns:
             ds[f"roi_{col}"] = ("roi", table[col].to_numpy())
-        ds.attrs["params"] = _json_attrs(self.params.to_dict())
+        ds.attrs["params"] = json.dumps(self.params.to_dict())
         return ds
 
 
-def _json_attrs(d: dict) -> str:
-    import json
-
-    return json.dumps(d)
-
-
-def compute(*objs, progress: bool = False, label: str = "", local: bool = False):
+def compute(*objs, progress: bool = False, local: bool = False):
     """Compute dask-backed objects together (shared reads), with optional progress.
 
     Uses the active ``distributed`` client if there is one (with its terminal
     progress bar) unless ``local``; otherwise dask's default scheduler (the threaded
     one in this process with ``local``). Meanwhile BLAS runs on one thread in this
     process, so results do not depend on the number of threads
-    (see :mod:`roidask.ops._blas`).
+    (see :mod:`roidask._blas`). Progress bars are drawn on a terminal only.
     """
-    import dask
-    import dask.threaded
-
-    from roidask.ops._blas import one_blas_thread
-
-    client = None if local else _active_client()
+    client = None if local else active_client()
     # A callable, not "threads": dask imports distributed to resolve scheduler names.
     scheduler = {"scheduler": dask.threaded.get} if local else {}
     with one_blas_thread():
         if client is not None:
             futures = client.compute(list(objs))
-            if progress:
+            if progress and sys.stderr.isatty():
                 from distributed import progress as dist_progress
 
                 dist_progress(futures)
-                print(file=__import__("sys").stderr)
+                print(file=sys.stderr)
             return tuple(client.gather(futures))
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar(out=__import__("sys").stderr):
-                return dask.compute(*objs, **scheduler)
-        return dask.compute(*objs, **scheduler)
+        with dask_progress(progress):
+            return dask.compute(*objs, **scheduler)
 
 
-def _active_client():
-    import sys
+def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
+    """The voxels of a 3D mask image as booleans, checking that it is binary and not empty.
 
-    if "distributed" not in sys.modules:
-        return None
-    from distributed import default_client
-
-    try:
-        return default_client()
-    except ValueError:
-        return None
-
-
-#: Largest block (whole volumes, in the data's type) one task reads; longer time
-#: chunks are split. Results do not depend on it.
-BLOCK_MAX_BYTES = 32 * 2**20
-#: Largest box of raw voxels (all volumes) kept by the pass for the extraction;
-#: above it the extraction reads the data a second time.
-BOX_MAX_BYTES = 128 * 2**20
-
-
-def _pass_chunks(bold: xr.DataArray) -> xr.DataArray:
-    """Whole-volume blocks of at most BLOCK_MAX_BYTES (time chunks kept where they fit)."""
-    volume_bytes = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize
-    max_t = max(1, BLOCK_MAX_BYTES // volume_bytes)
-    chunks = {d: -1 for d in ("x", "y", "z")}
-    if max(bold.chunks[3]) > max_t:
-        chunks["time"] = max_t
-    if any(len(c) > 1 for c in bold.chunks[:3]) or "time" in chunks:
-        bold = bold.chunk(chunks)
-    return bold
-
-
-def pass_box(
-    mask: np.ndarray, affine: np.ndarray, params: PipelineParams
-) -> tuple[slice, slice, slice] | None:
-    """The ROI box the pass keeps for a boolean ``mask`` (see :func:`roidask.ops.onepass.roi_box`).
-
-    Every ROI lies in the mask dilated by ``params.dilation_iterations`` and its
-    smoothed signal needs the kernel's radius around it.
+    Raises
+    ------
+    InvalidParameterError
+        Values other than 0 and 1 (the message lists them), or no voxel inside.
     """
-    from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
-    from roidask.ops.onepass import roi_box
+    values = np.asarray(mask.values)
+    where = ", ".join(mask.attrs.get("source_files") or []) or str(mask.name or "")
+    label = f"{param} {where}".strip()
+    if values.dtype != np.bool_:
+        if values.dtype.kind not in "iuf":
+            raise InvalidParameterError(
+                f"{label}: expected a binary mask (0/1 values), got data of type {values.dtype}",
+                param=param,
+            )
+        good = (values == 0) | (values == 1)
+        if not good.all():
+            bad = np.unique(values[~good])
+            shown = ", ".join(f"{v:g}" for v in bad[:8].tolist())
+            raise InvalidParameterError(
+                f"{label}: expected a binary mask (every voxel 0 or 1), found the value(s) "
+                f"{shown}{' ...' if bad.size > 8 else ''}; binarize it first "
+                "(roidask.ops.binarize_img: nonzero = inside)",
+                param=param,
+            )
+    inside = values != 0
+    if not inside.any():
+        raise InvalidParameterError(
+            f"{label}: mask is empty (every voxel is 0); expected at least one voxel inside",
+            param=param,
+        )
+    return inside
 
-    sigma = fwhm_to_sigma_voxels(affine, params.fwhm)
-    grow = [params.dilation_iterations + gaussian_radius(s) for s in sigma]
-    return roi_box(mask, grow_voxels=grow)
 
+def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams) -> np.ndarray:
+    """Validate a BOLD image, a mask and the parameters together, before the data pass.
 
-def box_bytes(box: tuple[slice, slice, slice], n_volumes: int, dtype) -> int:
-    """Bytes of the raw voxels of ``box`` over ``n_volumes`` volumes of ``dtype``."""
-    return int(np.prod([s.stop - s.start for s in box])) * n_volumes * np.dtype(dtype).itemsize
+    Reads the mask (small) but no BOLD voxel.
 
-
-def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams) -> None:
-    """Validate a BOLD image, a mask and the parameters together (reads no voxels).
+    Returns
+    -------
+    ndarray of bool
+        The mask's voxels.
 
     Raises
     ------
@@ -292,29 +266,41 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
         The mask is not on the BOLD grid.
     ConditionError
         A contrast condition is missing or has fewer than 2 volumes.
+    InvalidParameterError
+        The mask is not binary, or empty.
     """
     check_same_grid(bold, mask, names=("bold_img", "mask_img"))
-    _check_contrast(bold, params.contrast)
+    check_conditions(
+        params.contrast, volume_conditions(bold), param="contrast", min_count=2, exact=2
+    )
+    return mask_values(mask)
 
 
-def _check_contrast(bold: xr.DataArray, contrast: Sequence[str]) -> None:
-    conditions = np.asarray(bold["condition"].values).astype(str)
-    known, counts = np.unique(conditions, return_counts=True)
-    count = dict(zip(known.tolist(), counts.tolist(), strict=True))
-    missing = [c for c in contrast if c not in count]
-    if missing:
-        raise ConditionError(
-            f"contrast: condition(s) {missing} not in the labels; the data has {sorted(count)}"
-        )
-    few = {c: count[c] for c in contrast if count[c] < 2}
-    if few:
-        raise ConditionError(f"contrast: a t-test needs >= 2 volumes per condition, got {few}")
+def _empty_signals(bold: xr.DataArray) -> xr.DataArray:
+    return xr.DataArray(
+        np.zeros((0, bold.sizes["time"])),
+        dims=("roi", "time"),
+        coords={
+            "roi": np.zeros(0, dtype=np.int32),
+            **{k: v for k, v in bold.coords.items() if v.dims == ("time",)},
+        },
+        name="signals",
+    )
+
+
+def _empty_rois() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            c: pd.Series(dtype=np.int64 if c in ("label", "n_voxels") else np.float64)
+            for c in ROI_TABLE_COLUMNS
+        }
+    )
 
 
 def roi_pipeline(
-    bold_img,
+    bold_img: ImageLike,
     *,
-    mask_img,
+    mask_img: ImageLike,
     params: PipelineParams | None = None,
     subject: str | None = None,
     chunks=None,
@@ -325,25 +311,26 @@ def roi_pipeline(
 
     Parameters
     ----------
-    bold_img : path, nibabel image, xarray object or store
+    bold_img : ImageLike
         4D BOLD with ``condition`` labels (see :func:`roidask.io.bold_from_nifti`,
         :func:`roidask.io.open_subject`).
-    mask_img : path, nibabel image or xarray
-        3D mask on the BOLD grid (e.g. ventral temporal); nonzero = inside.
+    mask_img : ImageLike
+        3D binary mask on the BOLD grid (e.g. ventral temporal).
     params : PipelineParams, optional
         Analysis options; defaults are nilearn's example.
     subject : str, optional
         Subject of a multi-subject store.
     chunks : dict or str, optional
         Chunking of the BOLD data. The pass works on blocks of whole volumes: the
-        time chunks (at most :data:`BLOCK_MAX_BYTES`) set the blocks, spatial
-        chunks are merged. Results do not depend on it beyond float64 rounding.
+        time chunks (at most :data:`roidask.onepass.BLOCK_MAX_BYTES`) set the blocks,
+        spatial chunks are merged. Results do not depend on it beyond float64 rounding.
     box_max_bytes : int, optional
         Largest box of raw voxels (bytes, all volumes) the pass keeps in memory for
-        the extraction (default :data:`BOX_MAX_BYTES`); with a larger box, or 0,
-        the extraction reads the data a second time. Results do not depend on it.
+        the extraction (default :data:`roidask.onepass.BOX_MAX_BYTES`); with a larger
+        box, or 0, the extraction reads the data a second time. Results do not
+        depend on it.
     progress : bool
-        Show progress bars on stderr.
+        Show progress bars on stderr (on a terminal).
 
     Returns
     -------
@@ -353,60 +340,60 @@ def roi_pipeline(
     ------
     GridMismatchError, ConditionError, ImageDimensionError, InvalidParameterError
         Before any voxel data is read.
-    """
-    from roidask.io.image import affine_of
-    from roidask.ops.extract import extract_signals
-    from roidask.ops.label import label
-    from roidask.ops.morph import binary_dilation
-    from roidask.ops.onepass import box_image, contrast_pass
-    from roidask.ops.rois import ROI_TABLE_COLUMNS, keep_largest, remove_small, roi_table
-    from roidask.ops.smooth import smooth_img
-    from roidask.ops.stats import _ttest_block, clip_logp
-    from roidask.ops.threshold import mask_and, threshold_img
 
+    Warns
+    -----
+    NonFiniteVoxelsWarning
+        The data holds NaN or infinite values (counted as 0, as nilearn does).
+    EmptyMaskWarning
+        No voxel of the mask passes the threshold: no ROI.
+    """
     params = params or PipelineParams()
-    if box_max_bytes is None:
-        box_max_bytes = BOX_MAX_BYTES
-    if isinstance(box_max_bytes, bool) or not isinstance(box_max_bytes, int | np.integer):
-        raise InvalidParameterError(
-            f"box_max_bytes: expected an integer number of bytes, got {box_max_bytes!r}"
-        )
-    if box_max_bytes < 0:
-        raise InvalidParameterError(f"box_max_bytes: expected >= 0 bytes, got {box_max_bytes}")
+    box_max_bytes = check_optional_int(box_max_bytes, "box_max_bytes", minimum=0)
     bold = as_image(bold_img, ndim=4, param="bold_img", subject=subject)
     if chunks is not None:
         bold = bold.chunk(normalize_chunks(chunks, bold.shape, bold.dtype.itemsize))
-    bold = _pass_chunks(bold)
+    bold = pass_chunks(bold)
     mask = as_image(mask_img, ndim=3, param="mask_img")
-    check_inputs(bold, mask, params)
+    mask_np = check_inputs(bold, mask, params)
     timings = {}
 
     # 1. one pass: mean EPI, smoothed contrast moments and the ROI box, one read.
     t0 = time.perf_counter()
-    mask_np = np.asarray(mask.values) != 0
-    box = pass_box(mask_np, affine_of(bold), params)
-    if box is not None and box_bytes(box, bold.sizes["time"], bold.dtype) > box_max_bytes:
-        box = None  # the extraction reads the data again
+    box = kept_box(  # None: the extraction reads the data again
+        mask_np,
+        affine_of(bold),
+        n_volumes=bold.sizes["time"],
+        dtype=bold.dtype,
+        fwhm=params.fwhm,
+        dilation_iterations=params.dilation_iterations,
+        box_max_bytes=box_max_bytes,
+    )
     (one,) = compute(
         contrast_pass(bold, contrast=params.contrast, fwhm=params.fwhm, box=box),
         progress=progress,
-        label="statistics",
     )
+    if one.n_nonfinite:
+        files = ", ".join(bold.attrs.get("source_files") or []) or "bold_img"
+        warnings.warn(
+            f"{files}: {one.n_nonfinite} NaN/inf voxel values (set to 0 before smoothing, as "
+            "nilearn does)",
+            NonFiniteVoxelsWarning,
+            stacklevel=2,
+        )
     mean_np = smooth_img(
         like_image((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
     ).values
-    na, nb = (int(n) for n in one.counts)
-    tt = _ttest_block(one.moments(), na=na, nb=nb, equal_var=params.test == "student")
-    t_np = tt[..., 0]
-    logp_np = clip_logp(like_image(tt[..., 2], bold), clip=params.clip).values
+    tt = mom_ops.ttest_ind(*one.contrast, equal_var=params.test == "student")
+    logp_np = clip_logp(like_image(tt.logp, bold), clip=params.clip).values
     timings["statistics"] = time.perf_counter() - t0
 
     # 2. ROIs: small 3D operations on the computed maps.
     t0 = time.perf_counter()
     mean_epi = like_image(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
-    tstat = like_image(np.asarray(t_np, dtype=np.float32), bold, name="tstat")
+    tstat = like_image(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
     logp = like_image(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
-    roi_mask = mask_and(threshold_img(logp, threshold=params.threshold), mask)
+    roi_mask = mask_and(threshold_img(logp, threshold=params.threshold), like_image(mask_np, bold))
     dilated = (
         binary_dilation(
             roi_mask, iterations=params.dilation_iterations, connectivity=params.connectivity
@@ -414,15 +401,15 @@ def roi_pipeline(
         if params.dilation_iterations
         else roi_mask
     )
-    atlas = label(dilated, connectivity=params.connectivity)
+    atlas, _ = label(dilated, connectivity=params.connectivity)
     if params.min_roi_voxels > 1:
-        atlas = remove_small(atlas, min_voxels=params.min_roi_voxels)
+        atlas, _ = remove_small(atlas, min_voxels=params.min_roi_voxels)
     if params.keep_largest is not None:
-        atlas = keep_largest(atlas, k=params.keep_largest)
-    roi_np, dil_np, atlas_np = compute(roi_mask.data, dilated.data, atlas.data)
+        atlas, _ = keep_largest(atlas, k=params.keep_largest)
+    roi_np, dil_np, atlas_np = compute(roi_mask.data, dilated.data, atlas.data, local=True)
     atlas = like_image(np.asarray(atlas_np, dtype=np.int32), bold, name="atlas")
     if not np.any(atlas_np):
-        peak = float(np.max(logp_np[mask_np])) if mask_np.any() else float("nan")
+        peak = float(np.max(logp_np[mask_np]))
         warnings.warn(
             f"no ROI: no voxel of mask_img has -log10 p >= {params.threshold:g} (the peak "
             f"inside the mask is {peak:.3g}); outputs are written with an empty ROI table",
@@ -435,20 +422,12 @@ def roi_pipeline(
     t0 = time.perf_counter()
     if np.any(atlas_np):
         rois = roi_table(atlas, stat_img=logp)
-    else:  # already warned above; an empty table with the usual columns
-        rois = pd.DataFrame(
-            {
-                c: pd.Series(dtype=np.int64 if c in ("label", "n_voxels") else np.float64)
-                for c in ROI_TABLE_COLUMNS
-            }
-        )
-    if len(rois):
         if one.box is not None:  # the ROIs' raw voxels were kept by the pass
             source = box_image(one, bold)
             roi_atlas = like_image(np.asarray(atlas_np, dtype=np.int32)[one.box], source)
         else:
             source, roi_atlas = bold, atlas
-        linear = params.strategy in ("mean", "sum")
+        linear = params.strategy in LINEAR_STRATEGIES
         if not linear:
             source = smooth_img(source, fwhm=params.fwhm)
         signals = extract_signals(
@@ -458,20 +437,10 @@ def roi_pipeline(
             **({"fwhm": params.fwhm} if linear else {}),
         )
         # The box is already in memory here: extract it in this process.
-        (signals_np,) = compute(
-            signals.data, progress=progress, label="extraction", local=one.box is not None
-        )
+        (signals_np,) = compute(signals.data, progress=progress, local=one.box is not None)
         signals = signals.copy(data=signals_np)
-    else:
-        signals = xr.DataArray(
-            np.zeros((0, bold.sizes["time"])),
-            dims=("roi", "time"),
-            coords={
-                "roi": np.zeros(0, dtype=np.int32),
-                **{k: v for k, v in bold.coords.items() if v.dims == ("time",)},
-            },
-            name="signals",
-        )
+    else:  # already warned above
+        rois, signals = _empty_rois(), _empty_signals(bold)
     timings["extraction"] = time.perf_counter() - t0
 
     maps = xr.Dataset(

@@ -50,7 +50,8 @@ from roidask.exceptions import (
     InvalidParameterError,
     RoidaskTypeError,
 )
-from roidask.io.image import affine_of, as_image, check_same_grid
+from roidask.io.conversions import as_image
+from roidask.io.grid import affine_of, check_same_grid
 
 __all__ = [
     "DPI",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 
-import dask
 import matplotlib
+import nibabel as nib
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
@@ -21,52 +20,6 @@ settings.register_profile(
     derandomize=True,
 )
 settings.load_profile("roidask")
-
-
-class CountingScheduler:
-    """A dask scheduler that counts computes and fails past ``max_computes``."""
-
-    def __init__(self, max_computes: int = 0):
-        self.total_computes = 0
-        self.max_computes = max_computes
-
-    def __call__(self, dsk, keys, **kwargs):
-        self.total_computes += 1
-        if self.total_computes > self.max_computes:
-            raise RuntimeError(
-                f"too many dask computations: {self.total_computes} > {self.max_computes}"
-            )
-        return dask.get(dsk, keys, **kwargs)
-
-
-@contextlib.contextmanager
-def raise_if_dask_computes(max_computes: int = 0):
-    """Fail if dask computes more than ``max_computes`` times inside the block,
-    and fail if any NIfTI voxel data is read (graph building must be lazy)."""
-    from roidask.io import nifti
-
-    reads = []
-    original_read, original_iter = nifti.NiftiSource.read, nifti.NiftiSource.iter_blocks
-
-    def counting_read(self, *args, **kwargs):
-        reads.append(self.path)
-        return original_read(self, *args, **kwargs)
-
-    def counting_iter(self, *args, **kwargs):
-        reads.append(self.path)
-        return original_iter(self, *args, **kwargs)
-
-    scheduler = CountingScheduler(max_computes)
-    nifti.NiftiSource.read = counting_read
-    nifti.NiftiSource.iter_blocks = counting_iter
-    try:
-        with dask.config.set(scheduler=scheduler):
-            yield scheduler
-    finally:
-        nifti.NiftiSource.read = original_read
-        nifti.NiftiSource.iter_blocks = original_iter
-    if max_computes == 0 and reads:
-        raise AssertionError(f"voxel data was read while building a graph: {reads}")
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +51,8 @@ def haxby_arrays(haxby):
 
 @pytest.fixture(scope="session")
 def seed_maps(haxby):
-    """nilearn's example on the Haxby slice (tests/seed_reference.py): maps, atlas, signals."""
-    from seed_reference import seed_pipeline
+    """nilearn's example on the Haxby slice (tests/helpers/seed.py): maps, atlas, signals."""
+    from helpers.seed import seed_pipeline
 
     return seed_pipeline(str(haxby.bold), str(haxby.labels), str(haxby.mask))
 
@@ -107,3 +60,24 @@ def seed_maps(haxby):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def haxby_img(haxby):
+    img = nib.load(haxby.bold)
+    return nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
+
+
+@pytest.fixture(scope="session")
+def seed_rois(seed_maps, haxby_arrays):
+    """The seed pipeline's 5 face-vs-house ROIs, built with nilearn and scipy."""
+    assert seed_maps["n_labels"] == 5
+    return nib.Nifti1Image(seed_maps["atlas"].astype(np.int32), haxby_arrays[1])
+
+
+@pytest.fixture
+def fake_terminal(monkeypatch):
+    """Make roidask believe stderr is a terminal, so that it draws its progress bars."""
+    from roidask import _progress
+
+    monkeypatch.setattr(_progress, "on_terminal", lambda stream=None: True)

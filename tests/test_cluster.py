@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cluster_helpers import (
+from helpers.cluster import (
     closed_port,
     make_ca_and_cert,
     start_cluster,

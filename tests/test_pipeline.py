@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from seed_reference import seed_pipeline
+from helpers.seed import seed_pipeline
 
 from roidask.cli import main
 from roidask.exceptions import (
@@ -22,7 +22,7 @@ from roidask.exceptions import (
     InvalidParameterError,
 )
 from roidask.io import bold_from_nifti, convert
-from roidask.io.image import affine_of
+from roidask.io.grid import affine_of
 from roidask.pipeline import PipelineParams, roi_pipeline
 
 
@@ -105,13 +105,13 @@ def test_pipeline_reads_the_data_once(haxby, seed, seed64, monkeypatch):
 @pytest.mark.parametrize("strategy", ["mean", "median"])
 def test_pipeline_reads_twice_when_the_box_is_too_big(haxby, seed, seed64, monkeypatch, strategy):
     """A box over ``box_max_bytes`` (e.g. a whole-brain mask): the extraction reads again."""
-    from roidask import pipeline
+    from roidask import onepass
 
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="time=300")
     params = PipelineParams(strategy=strategy)
     mask = np.asarray(nib.load(haxby.mask).dataobj) != 0
-    box = pipeline.pass_box(mask, affine_of(bold), params)
-    size = pipeline.box_bytes(box, 1452, np.int16)
+    box = onepass.pass_box(mask, affine_of(bold), fwhm=6.0, dilation_iterations=1)
+    size = onepass.box_bytes(box, 1452, np.int16)
     counts = _count_volumes_read(monkeypatch)
     result = roi_pipeline(bold, mask_img=haxby.mask, params=params, box_max_bytes=size - 1)
     assert sum(counts) == 2 * 1452
@@ -121,7 +121,7 @@ def test_pipeline_reads_twice_when_the_box_is_too_big(haxby, seed, seed64, monke
     np.testing.assert_allclose(result.signals.values, kept.signals.values, rtol=1e-6)
     if strategy == "mean":
         assert_matches_seed(result, seed, seed64)
-    monkeypatch.setattr(pipeline, "BOX_MAX_BYTES", 0)  # the default limit
+    monkeypatch.setattr(onepass, "BOX_MAX_BYTES", 0)  # the default limit
     counts.clear()
     roi_pipeline(bold, mask_img=haxby.mask, params=params)
     assert sum(counts) == 2 * 1452
@@ -196,7 +196,7 @@ def test_run_cli_writes_every_output(haxby, seed, seed64, tmp_path, capsys):
 
 def test_results_zarr_is_the_result_dataset(haxby, tmp_path):
     """results.zarr (built in memory, then written) reads back as ``to_dataset()``."""
-    from roidask.results import write_results
+    from roidask.outputs import write_results
 
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
     result = roi_pipeline(bold, mask_img=haxby.mask)
@@ -216,8 +216,8 @@ def test_concurrent_writes_leave_warning_filters_alone(haxby, tmp_path):
     import warnings
     from concurrent.futures import ThreadPoolExecutor
 
-    from roidask.io.store import _ignore_consolidated_warning
-    from roidask.results import write_results
+    from roidask.io.store_read import ignore_consolidated_warning as _ignore_consolidated_warning
+    from roidask.outputs import write_results
 
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
     result = roi_pipeline(bold, mask_img=haxby.mask)
@@ -316,7 +316,7 @@ def test_mask_on_another_grid(haxby, tmp_path):
 
 
 def test_labels_without_contrast_conditions(haxby, tmp_path):
-    with pytest.raises(ConditionError, match=r"\['dog'\] not in the labels"):
+    with pytest.raises(ConditionError, match=r"unknown condition\(s\) \['dog'\]"):
         roi_pipeline(
             bold_from_nifti(haxby.bold, labels=haxby.labels),
             mask_img=haxby.mask,

@@ -52,6 +52,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from roidask._atomic import write_text
 from roidask._progress import Progress
 from roidask.datasets.haxby_slice import haxby_slice
 from roidask.exceptions import InvalidParameterError, OutputExistsError
@@ -526,12 +527,12 @@ def make_synthetic_subject(
         ("truth_face", model.truth["face"]),
         ("truth_house", model.truth["house"]),
     ):
-        write_nifti(arr.astype(np.uint8), paths[key], affine=model.affine, header=header)
+        write_nifti(
+            arr.astype(np.uint8), paths[key], affine=model.affine, header=header, overwrite=True
+        )
 
-    tmp_labels = paths["labels"].with_name(f".{paths['labels'].name}.tmp-{os.getpid()}")
     lines = [f"{c} {r}" for c, r in zip(model.conditions, model.runs, strict=True)]
-    tmp_labels.write_text("labels chunks\n" + "\n".join(lines) + "\n")
-    os.replace(tmp_labels, paths["labels"])
+    write_text(paths["labels"], "labels chunks\n" + "\n".join(lines) + "\n")
 
     _write_bold(model, paths["bold"], header=header, tr_s=tr_s, progress=progress)
 
@@ -548,9 +549,7 @@ def make_synthetic_subject(
         "drift_pct": drift_pct,
         "hrf": bool(hrf),
     }
-    tmp_truth = paths["truth"].with_name(f".{paths['truth'].name}.tmp-{os.getpid()}")
-    tmp_truth.write_text(json.dumps(model.truth_record(**params), indent=2) + "\n")
-    os.replace(tmp_truth, paths["truth"])
+    write_text(paths["truth"], json.dumps(model.truth_record(**params), indent=2) + "\n")
     return SyntheticSubject(root=root, seed=seed, **paths)
 
 
@@ -586,6 +585,7 @@ def _write_bold(
             dtype=np.int16,
             block_volumes=_BLOCK_VOLUMES,
             tr_s=tr_s,
+            overwrite=True,
         )
 
 

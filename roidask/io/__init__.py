@@ -1,19 +1,36 @@
-"""Input/output: NIfTI files, labels, zarr stores and the xarray image model."""
+"""Input/output: NIfTI files, labels, zarr stores, tables and the xarray image model.
 
-from roidask.io.image import (
-    affine_of,
-    as_image,
-    bold_from_nifti,
-    check_same_grid,
-    image_from_nifti,
-    like_image,
-    select_conditions,
-    to_nifti,
-)
+Modules import only downward: ``grid`` and ``chunks`` (no roidask imports but
+exceptions), ``nifti`` and ``labels`` (files), ``image`` (images from files and
+arrays), ``store_read``, ``conversions`` (:func:`as_image`, the one entry point),
+``store_write``, ``tables``.
+"""
+
+from roidask.io.chunks import normalize_chunks
+from roidask.io.conversions import ImageLike, as_image
+from roidask.io.grid import affine_of, check_same_grid, voxel_size_mm
+from roidask.io.image import bold_from_nifti, image_from_nifti, like_image, to_nifti
 from roidask.io.labels import read_events, read_labels, volume_labels
-from roidask.io.store import convert, list_subjects, open_store, open_subject, write_image
+from roidask.io.nifti import write_nifti
+from roidask.io.store_read import (
+    DamagedChunk,
+    list_subjects,
+    open_store,
+    open_subject,
+    verify_store,
+)
+from roidask.io.store_write import convert, write_image
+from roidask.io.tables import (
+    read_roi_table,
+    read_signals_tsv,
+    signals_to_frame,
+    write_roi_table,
+    write_signals_tsv,
+)
 
 __all__ = [
+    "DamagedChunk",
+    "ImageLike",
     "affine_of",
     "as_image",
     "bold_from_nifti",
@@ -22,12 +39,20 @@ __all__ = [
     "image_from_nifti",
     "like_image",
     "list_subjects",
+    "normalize_chunks",
     "open_store",
     "open_subject",
     "read_events",
     "read_labels",
-    "select_conditions",
+    "read_roi_table",
+    "read_signals_tsv",
+    "signals_to_frame",
     "to_nifti",
+    "verify_store",
     "volume_labels",
+    "voxel_size_mm",
     "write_image",
+    "write_nifti",
+    "write_roi_table",
+    "write_signals_tsv",
 ]

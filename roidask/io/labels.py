@@ -7,22 +7,45 @@ Both formats end up as one table with a row per volume and the columns
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from roidask.exceptions import LabelsError
+from roidask._validate import check_input_file
+from roidask.exceptions import EventsWarning, LabelsError
 
-__all__ = ["REST", "events_to_labels", "read_events", "read_labels", "volume_labels"]
+__all__ = [
+    "ONSET_TOLERANCE_TR",
+    "REST",
+    "events_to_labels",
+    "read_events",
+    "read_labels",
+    "volume_labels",
+]
 
 #: Condition given to volumes that no event covers.
 REST = "rest"
+#: Event onsets and ends are compared with volume onsets to within this fraction
+#: of the TR, so that ``10 * 0.72 = 7.199999999999999`` s counts as 7.2 s.
+ONSET_TOLERANCE_TR = 1e-6
 _EVENT_COLUMNS = ("onset", "duration", "trial_type")
 
 
 def _is_events(path: Path) -> bool:
-    return path.name.lower().endswith((".tsv", ".tsv.gz")) and "events" in path.name.lower()
+    """A BIDS events file by name: ``*_events.tsv`` or ``events.tsv`` (or ``.tsv.gz``)."""
+    return re.search(r"(^|[_-])events\.tsv(\.gz)?$", path.name.lower()) is not None
+
+
+def _looks_like_events(path: Path) -> bool:
+    """A TSV whose header has the BIDS events columns, whatever its name."""
+    try:
+        header = pd.read_csv(path, sep="\t", nrows=0).columns
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
+        return False
+    return all(c in header for c in _EVENT_COLUMNS)
 
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
@@ -34,84 +57,129 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
         One row per volume, columns ``condition`` (str) and ``run`` (int, from
         ``chunks``).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise LabelsError(f"{path}: labels file not found")
+    path = check_input_file(path, "labels", what="labels file")
     try:
         table = pd.read_csv(path, sep=r"\s+", dtype=str, engine="python")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"{path}: not a readable labels table ({exc})") from None
+        raise LabelsError(f"labels {path}: not a readable labels table ({exc})") from None
     if "labels" not in table.columns:
+        if _looks_like_events(path):
+            raise LabelsError(
+                f"labels {path}: has the columns of a BIDS events table but is not named "
+                "*_events.tsv; rename it (e.g. sub-01_task-x_run-1_events.tsv) so it is "
+                "read as events",
+                param="labels",
+            )
         raise LabelsError(
-            f"{path}: missing column 'labels'; expected a header 'labels chunks', "
-            f"got columns {list(table.columns)}"
+            f"labels {path}: missing column 'labels'; expected a header 'labels chunks', "
+            f"got columns {list(table.columns)}",
+            param="labels",
+        )
+    if table.empty:
+        raise LabelsError(
+            f"labels {path}: has a header but no rows; expected one row per volume",
+            param="labels",
         )
     if table["labels"].isna().any():
         row = int(np.flatnonzero(table["labels"].isna().to_numpy())[0]) + 2
-        raise LabelsError(f"{path}: line {row} has no label")
+        raise LabelsError(f"labels {path}: line {row} has no label", param="labels")
     if "chunks" in table.columns:
         try:
             run = pd.to_numeric(table["chunks"], errors="raise").astype(np.int64)
         except (ValueError, TypeError):
             raise LabelsError(
-                f"{path}: column 'chunks' (the run index) must hold integers"
+                f"labels {path}: column 'chunks' (the run index) must hold integers",
+                param="labels",
             ) from None
     else:
         run = pd.Series(np.zeros(len(table), dtype=np.int64))
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {"condition": table["labels"].astype(str).to_numpy(), "run": run.to_numpy()}
     )
+    out.attrs["has_runs"] = "chunks" in table.columns
+    return out
 
 
 def read_events(path: str | os.PathLike) -> pd.DataFrame:
     """Read and validate a BIDS ``events.tsv`` (columns onset, duration, trial_type)."""
-    path = Path(path)
-    if not path.is_file():
-        raise LabelsError(f"{path}: events file not found")
+    path = check_input_file(path, "labels", what="events file")
     try:
         events = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"{path}: not a readable events table ({exc})") from None
+        raise LabelsError(
+            f"labels {path}: not a readable events table ({exc})", param="labels"
+        ) from None
     missing = [c for c in _EVENT_COLUMNS if c not in events.columns]
     if missing:
         raise LabelsError(
-            f"{path}: missing column(s) {missing}; an events.tsv needs "
-            f"{list(_EVENT_COLUMNS)}, got {list(events.columns)}"
+            f"labels {path}: missing column(s) {missing}; an events.tsv needs "
+            f"{list(_EVENT_COLUMNS)}, got {list(events.columns)}",
+            param="labels",
         )
     for col in ("onset", "duration"):
         values = pd.to_numeric(events[col], errors="coerce")
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 2
-            raise LabelsError(f"{path}: line {row}: column '{col}' must be a number of seconds")
+            raise LabelsError(
+                f"labels {path}: line {row}: column '{col}' must be a number of seconds",
+                param="labels",
+            )
         events[col] = values.astype(np.float64)
     negative = events["duration"] < 0
     if negative.any():
         row = int(np.flatnonzero(negative.to_numpy())[0]) + 2
         raise LabelsError(
-            f"{path}: line {row}: negative duration {events['duration'][negative].iloc[0]} s; "
-            "durations must be >= 0"
+            f"labels {path}: line {row}: negative duration "
+            f"{events['duration'][negative].iloc[0]} s; durations must be >= 0",
+            param="labels",
         )
     if events["trial_type"].isna().any():
         row = int(np.flatnonzero(events["trial_type"].isna().to_numpy())[0]) + 2
-        raise LabelsError(f"{path}: line {row}: empty trial_type")
+        raise LabelsError(f"labels {path}: line {row}: empty trial_type", param="labels")
     events["trial_type"] = events["trial_type"].astype(str)
     return events
 
 
-def events_to_labels(events: pd.DataFrame, *, n_volumes: int, tr_s: float) -> np.ndarray:
+def events_to_labels(
+    events: pd.DataFrame,
+    *,
+    n_volumes: int,
+    tr_s: float,
+    source: str | os.PathLike | None = None,
+) -> np.ndarray:
     """Label volumes by the event covering their acquisition onset.
 
     Volume ``i`` starts at ``i * tr_s`` seconds; it takes the ``trial_type`` of
     an event with ``onset <= i * tr_s < onset + duration`` (the latest-starting
-    one if several cover it) and :data:`REST` elsewhere.
+    one if several cover it) and :data:`REST` elsewhere. Times are compared to
+    within :data:`ONSET_TOLERANCE_TR` of the TR, so an event starting exactly at
+    a volume's onset covers it whatever the rounding of ``i * tr_s``.
+
+    Warns
+    -----
+    EventsWarning
+        Events that start at or after the end of the run (they label nothing).
     """
+    tol = ONSET_TOLERANCE_TR * float(tr_s)
     t = np.arange(n_volumes) * float(tr_s)
     out = np.full(n_volumes, REST, dtype=object)
     order = np.argsort(events["onset"].to_numpy(), kind="stable")
     for idx in order:  # later onsets overwrite earlier ones
         onset = events["onset"].iloc[idx]
         end = onset + events["duration"].iloc[idx]
-        out[(t >= onset) & (t < end)] = events["trial_type"].iloc[idx]
+        out[(t >= onset - tol) & (t < end - tol)] = events["trial_type"].iloc[idx]
+    run_end = n_volumes * float(tr_s)
+    late = events["onset"].to_numpy() >= run_end - tol
+    if late.any():
+        first = events[late].iloc[0]
+        warnings.warn(
+            f"{source or 'events'}: {int(late.sum())} event(s) start at or after the end of "
+            f"the run ({n_volumes} volumes x {tr_s:g} s = {run_end:g} s), e.g. "
+            f"{first['trial_type']!r} at {first['onset']:g} s; they label no volume "
+            "(wrong TR, or events of another run?)",
+            EventsWarning,
+            stacklevel=2,
+        )
     return out.astype(str)
 
 
@@ -149,26 +217,31 @@ def volume_labels(
     file_index = np.repeat(np.arange(len(n_volumes_per_run)), n_volumes_per_run)
     names = bold_names or [f"run {i}" for i in range(len(n_volumes_per_run))]
     if not paths:
-        raise LabelsError("labels: at least one labels.txt or events.tsv file is needed")
+        raise LabelsError(
+            "labels: at least one labels.txt or events.tsv file is needed", param="labels"
+        )
     kinds = {_is_events(p) for p in paths}
     if len(kinds) > 1:
         raise LabelsError(
             f"labels: mix of events.tsv and labels.txt files {[str(p) for p in paths]}; "
-            "use one kind"
+            "use one kind",
+            param="labels",
         )
     if kinds == {True}:
         if len(paths) != len(n_volumes_per_run):
             raise LabelsError(
                 f"labels: {len(paths)} events.tsv file(s) for {len(n_volumes_per_run)} BOLD "
-                "run(s); give one events.tsv per run, in the same order"
+                "run(s); give one events.tsv per run, in the same order",
+                param="labels",
             )
         if tr_s is None or not tr_s > 0:
             raise LabelsError(
-                "labels: events.tsv needs the repetition time; the BOLD header has none, "
-                "pass tr_s (--tr SECONDS)"
+                "tr_s: events.tsv files need the repetition time and the BOLD header has "
+                "none; pass tr_s=SECONDS",
+                param="tr_s",
             )
         conditions = [
-            events_to_labels(read_events(p), n_volumes=n, tr_s=tr_s)
+            events_to_labels(read_events(p), n_volumes=n, tr_s=tr_s, source=p)
             for p, n in zip(paths, n_volumes_per_run, strict=True)
         ]
         return pd.DataFrame({"condition": np.concatenate(conditions), "run": file_index})
@@ -178,16 +251,18 @@ def volume_labels(
         for p, t, n, name in zip(paths, tables, n_volumes_per_run, names, strict=True):
             if len(t) != n:
                 raise LabelsError(
-                    f"{p}: {len(t)} label rows but {name} has {n} volumes; "
-                    "expected one row per volume"
+                    f"labels {p}: {len(t)} label rows but {name} has {n} volumes; "
+                    "expected one row per volume",
+                    param="labels",
                 )
     table = pd.concat(tables, ignore_index=True)
     if len(table) != n_total:
         src = ", ".join(str(p) for p in paths)
         raise LabelsError(
-            f"{src}: {len(table)} label rows but the BOLD data has {n_total} volumes "
-            f"({' + '.join(str(n) for n in n_volumes_per_run)}); expected one row per volume"
+            f"labels {src}: {len(table)} label rows but the BOLD data has {n_total} volumes "
+            f"({' + '.join(str(n) for n in n_volumes_per_run)}); expected one row per volume",
+            param="labels",
         )
-    has_chunks = all("chunks" in pd.read_csv(p, sep=r"\s+", nrows=0).columns for p in paths)
-    run = table["run"].to_numpy() if has_chunks else file_index
+    has_runs = all(t.attrs.get("has_runs") for t in tables)
+    run = table["run"].to_numpy() if has_runs else file_index
     return pd.DataFrame({"condition": table["condition"].to_numpy(), "run": run})

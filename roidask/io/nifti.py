@@ -23,11 +23,21 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dask.array as da
+import indexed_gzip
 import nibabel as nib
 import numpy as np
-from isal import isal_zlib
+from isal import igzip, isal_zlib
 
-from roidask.exceptions import CorruptFileError, ImageDimensionError
+from roidask._atomic import atomic_file
+from roidask._validate import check_input_file
+from roidask.exceptions import (
+    CorruptFileError,
+    ImageDimensionError,
+    InvalidParameterError,
+    OutputExistsError,
+)
+from roidask.io.grid import voxel_size_mm
 
 __all__ = [
     "NiftiSource",
@@ -35,6 +45,7 @@ __all__ = [
     "header_from_b64",
     "header_to_b64",
     "is_nifti_path",
+    "release_handles",
     "write_nifti",
 ]
 
@@ -115,7 +126,13 @@ class NiftiSource:
 
     # -- construction --------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | os.PathLike, *, ndim: int | tuple[int, ...] | None = None):
+    def open(
+        cls,
+        path: str | os.PathLike,
+        *,
+        ndim: int | tuple[int, ...] | None = None,
+        param: str = "img",
+    ):
         """Read and validate the header of ``path``.
 
         Parameters
@@ -124,38 +141,44 @@ class NiftiSource:
             A ``.nii`` or ``.nii.gz`` file.
         ndim : int or tuple of int, optional
             Accepted numbers of dimensions (e.g. ``4`` for BOLD).
+        param : str
+            The parameter that named the file, for messages.
 
         Raises
         ------
+        UnreadableFileError
+            Missing, a folder, or not readable.
         CorruptFileError
-            Missing file, not a NIfTI, gzip stream corrupt, or the header's
-            shape x dtype needs more bytes than the file holds.
+            Empty, not a NIfTI, gzip stream corrupt, or the header's shape x
+            dtype needs more bytes than the file holds.
         ImageDimensionError
             The image does not have an accepted number of dimensions.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise CorruptFileError(f"{path}: no such file (expected a .nii or .nii.gz image)")
+        path = check_input_file(path, param, what="NIfTI image (.nii or .nii.gz)")
         with open(path, "rb") as f:
             magic = f.read(2)
         gz = magic == _GZIP_MAGIC
         if path.name.lower().endswith(".gz") and not gz:
             raise CorruptFileError(
-                f"{path}: named .gz but is not gzip-compressed (first bytes {magic!r})"
+                f"{param} {path}: named .gz but is not gzip-compressed (first bytes {magic!r})",
+                param=param,
             )
         try:
             img = nib.load(path)
         except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
             raise CorruptFileError(
-                f"{path}: not a readable NIfTI file (truncated or corrupt gzip?): {exc}"
+                f"{param} {path}: not a readable NIfTI file (truncated or corrupt gzip?): {exc}",
+                param=param,
             ) from None
         except Exception as exc:  # nibabel raises many types for garbage headers
             raise CorruptFileError(
-                f"{path}: not a NIfTI-1/NIfTI-2 image ({type(exc).__name__}: {exc})"
+                f"{param} {path}: not a NIfTI-1/NIfTI-2 image ({type(exc).__name__}: {exc})",
+                param=param,
             ) from None
         if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
             raise CorruptFileError(
-                f"{path}: is a {type(img).__name__}, expected a NIfTI-1/NIfTI-2 image"
+                f"{param} {path}: is a {type(img).__name__}, expected a NIfTI-1/NIfTI-2 image",
+                param=param,
             )
         header = img.header
         shape = tuple(int(n) for n in img.shape)
@@ -166,14 +189,16 @@ class NiftiSource:
             shape = (*shape, 1)
         if len(shape) > 4:
             raise ImageDimensionError(
-                f"{path}: image has {len(shape)} dimensions {shape}; expected 3D or 4D"
+                f"{param} {path}: image has {len(shape)} dimensions {shape}; expected 3D or 4D",
+                param=param,
             )
         if ndim is not None:
             accepted = (ndim,) if isinstance(ndim, int) else tuple(ndim)
             if len(shape) not in accepted:
                 want = " or ".join(f"{n}D" for n in accepted)
                 raise ImageDimensionError(
-                    f"{path}: image is {len(shape)}D with shape {shape}; expected {want}"
+                    f"{param} {path}: image is {len(shape)}D with shape {shape}; expected {want}",
+                    param=param,
                 )
         raw_dtype = header.get_data_dtype()
         # The proxy resolves offsets of 0 and extensions as nibabel reads them.
@@ -191,26 +216,29 @@ class NiftiSource:
             affine=np.asarray(img.affine, dtype=np.float64),
             header=header,
         )
-        source._check_size(gz)
+        source._check_size(gz, param)
         return source
 
-    def _check_size(self, gz: bool) -> None:
+    def _check_size(self, gz: bool, param: str) -> None:
         needed = self.offset + self.nbytes
         if gz:
             isize = _gzip_isize(self.path)
             # The trailer holds the size modulo 2**32; only trust it below that.
             if isize is not None and needed < 2**32 and isize < needed:
                 raise CorruptFileError(
-                    f"{self.path}: header says shape {self.shape} x {self.raw_dtype.name} "
-                    f"= {needed} bytes with the header, but the gzip stream holds {isize} "
-                    "bytes (truncated file?)"
+                    f"{param} {self.path}: header says shape {self.shape} x "
+                    f"{self.raw_dtype.name} = {needed} bytes with the header, but the gzip "
+                    f"stream holds {isize} bytes (truncated file?)",
+                    param=param,
                 )
         else:
             size = self.path.stat().st_size
             if size < needed:
                 raise CorruptFileError(
-                    f"{self.path}: header says shape {self.shape} x {self.raw_dtype.name} "
-                    f"= {needed} bytes with the header, but the file holds {size} bytes"
+                    f"{param} {self.path}: header says shape {self.shape} x "
+                    f"{self.raw_dtype.name} = {needed} bytes with the header, but the file "
+                    f"holds {size} bytes",
+                    param=param,
                 )
 
     # -- properties ------------------------------------------------------------------
@@ -247,7 +275,7 @@ class NiftiSource:
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+        return tuple(float(v) for v in voxel_size_mm(self.affine))  # type: ignore[return-value]
 
     @property
     def tr_s(self) -> float | None:
@@ -301,8 +329,6 @@ class NiftiSource:
         which is faster than random access when a whole file is read once.
         """
         if self.path.name.lower().endswith(".gz"):
-            from isal import igzip
-
             opener = igzip.open
         else:
             opener = open
@@ -462,8 +488,6 @@ class _GzipBlockReader:
 
     def _from_stream(self, offset: int, n: int) -> bytes:
         if self._stream is None:
-            from isal import igzip
-
             self._isize = _gzip_isize(self.path)
             self._stream = igzip.open(self.path, "rb")
             self._pos = 0
@@ -495,8 +519,6 @@ class _GzipBlockReader:
 
     def _from_random(self, offset: int, n: int) -> bytes:
         if self._random is None:
-            import indexed_gzip
-
             self._random = indexed_gzip.IndexedGzipFile(str(self.path), spacing=4 * 2**20)
         try:
             self._random.seek(offset)
@@ -573,6 +595,7 @@ def write_nifti(
     dtype: np.dtype | str | None = None,
     block_volumes: int = 64,
     tr_s: float | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Stream a 3D or 4D array into a NIfTI file, atomically.
 
@@ -595,12 +618,25 @@ def write_nifti(
         Volumes computed and written at a time.
     tr_s : float, optional
         Repetition time in seconds, stored as ``pixdim[4]`` of a 4D image.
-    """
-    import dask.array as da
+    overwrite : bool
+        Replace an existing ``path`` (default: refuse).
 
+    Raises
+    ------
+    InvalidParameterError
+        ``path`` does not end in ``.nii``/``.nii.gz``.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is false.
+    """
     path = Path(path)
     if not is_nifti_path(path):
-        raise CorruptFileError(f"{path}: output name must end in .nii or .nii.gz")
+        raise InvalidParameterError(
+            f"path {path}: output name must end in .nii or .nii.gz", param="path"
+        )
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"path {path}: already exists; pass overwrite=True to replace it", param="path"
+        )
     ndim = len(data.shape)
     if ndim not in (3, 4):
         raise ImageDimensionError(
@@ -615,8 +651,7 @@ def write_nifti(
     hdr.set_data_dtype(out_dtype)
     hdr.set_data_shape(tuple(int(n) for n in data.shape))
     zooms = list(hdr.get_zooms())
-    vox = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
-    zooms[:3] = vox
+    zooms[:3] = voxel_size_mm(affine)
     zooms = [*zooms[:3], *([tr_s or (zooms[3] if len(zooms) > 3 else 1.0)] if ndim == 4 else [])]
     hdr.set_zooms(zooms)
     if ndim == 4 and tr_s:
@@ -631,19 +666,12 @@ def write_nifti(
     hdr.set_data_shape(tuple(int(n) for n in data.shape))
     hdr.set_data_offset(352)
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     gz = path.name.lower().endswith(".gz")
-    try:
-        if gz:
-            from isal import igzip
-
-            # mtime=0 and the final name in the header (not the temporary one):
-            # the same data gives byte-identical files
-            raw = open(tmp, "wb")
-            fh = igzip.IGzipFile(path.name, "wb", compresslevel=1, fileobj=raw, mtime=0)
-        else:
-            raw = fh = open(tmp, "wb")
-        with raw, fh:
+    with atomic_file(path) as tmp, open(tmp, "wb") as raw:
+        # mtime=0 and the final name in the gzip header (not the temporary one):
+        # the same data gives byte-identical files
+        fh = igzip.IGzipFile(path.name, "wb", compresslevel=1, fileobj=raw, mtime=0) if gz else raw
+        with fh:
             fh.write(hdr.binaryblock)
             fh.write(b"\x00" * (352 - len(hdr.binaryblock)))
             n_t = data.shape[3] if ndim == 4 else 1
@@ -656,8 +684,4 @@ def write_nifti(
                 if out_dtype.kind in "iu" and block.dtype.kind == "f":
                     block = np.rint(block)
                 fh.write(np.asarray(block, dtype=out_dtype).tobytes(order="F"))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

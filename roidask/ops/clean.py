@@ -24,13 +24,14 @@ Cleaning needs whole runs, so the signals are rechunked to one chunk along
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
 import xarray as xr
+from scipy import linalg
 
+from roidask._validate import check_bool, check_choice, check_real
 from roidask.exceptions import InvalidParameterError
 
 __all__ = ["FILTERS", "STANDARDIZE_METHODS", "CleanPlan", "clean_signals", "plan_cleaning"]
@@ -71,9 +72,9 @@ class CleanPlan:
         )
 
 
-def _cosine_drift(n: int, high_pass_hz: float, t_r_s: float) -> np.ndarray:
+def _cosine_drift(n: int, high_pass_hz: float, tr_s: float) -> np.ndarray:
     """DCT-II drift regressors without the constant, as nilearn's ``create_cosine_drift``."""
-    frame_times = np.arange(n) * t_r_s
+    frame_times = np.arange(n) * tr_s
     dt = (frame_times[-1] - frame_times[0]) / (n - 1)
     order = min(n - 1, int(np.floor(2 * n * high_pass_hz * dt)))
     times = np.arange(n)
@@ -92,14 +93,7 @@ def _sosfiltfilt_edge(sos: np.ndarray) -> int:
 
 
 def _positive(value, name: str, unit: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise InvalidParameterError(f"{name}: expected a positive number of {unit}, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise InvalidParameterError(f"{name}: expected a positive number of {unit}, got {value!r}")
-    return value
+    return None if value is None else check_real(value, name, positive=True, unit=unit)
 
 
 def plan_cleaning(
@@ -110,7 +104,7 @@ def plan_cleaning(
     high_pass_hz: float | None = None,
     low_pass_hz: float | None = None,
     filter: str = "cosine",
-    t_r_s: float | None = None,
+    tr_s: float | None = None,
 ) -> CleanPlan:
     """Validate cleaning options for a series with the given run of each volume.
 
@@ -119,7 +113,7 @@ def plan_cleaning(
     runs : ndarray, shape (n_volumes,)
         Run label of each volume (any hashable values); volumes with the same
         label are cleaned together.
-    detrend, standardize, high_pass_hz, low_pass_hz, filter, t_r_s
+    detrend, standardize, high_pass_hz, low_pass_hz, filter, tr_s
         See :func:`clean_signals`.
 
     Returns
@@ -133,18 +127,13 @@ def plan_cleaning(
         frequencies at or above Nyquist, a cosine high-pass too low to create
         any regressor for some run, or runs too short for the Butterworth filter.
     """
-    if not isinstance(detrend, bool | np.bool_):
-        raise InvalidParameterError(f"detrend: expected True or False, got {detrend!r}")
-    if standardize is not None and standardize not in STANDARDIZE_METHODS:
-        raise InvalidParameterError(
-            f"standardize: expected None or one of {list(STANDARDIZE_METHODS)}, "
-            f"got {standardize!r}"
-        )
-    if filter not in FILTERS:
-        raise InvalidParameterError(f"filter: expected one of {list(FILTERS)}, got {filter!r}")
+    detrend = check_bool(detrend, "detrend")
+    if standardize is not None:
+        check_choice(standardize, "standardize", STANDARDIZE_METHODS)
+    check_choice(filter, "filter", FILTERS)
     high = _positive(high_pass_hz, "high_pass_hz", "Hz")
     low = _positive(low_pass_hz, "low_pass_hz", "Hz")
-    tr = _positive(t_r_s, "t_r_s", "seconds")
+    tr = _positive(tr_s, "tr_s", "seconds")
     runs = np.asarray(runs)
     values, first = np.unique(runs, return_index=True)
     values = values[np.argsort(first)]
@@ -157,8 +146,8 @@ def plan_cleaning(
     if high is not None or low is not None:
         if tr is None:
             raise InvalidParameterError(
-                "t_r_s: filtering needs the repetition time in seconds; the signals have no "
-                "'tr_s' attribute, pass t_r_s"
+                "tr_s: filtering needs the repetition time in seconds; the signals have no "
+                "'tr_s' attribute, pass tr_s"
             )
         nyquist = 0.5 / tr
         for name, freq in (("high_pass_hz", high), ("low_pass_hz", low)):
@@ -198,7 +187,7 @@ def plan_cleaning(
                 wn, btype = high, "high"
             else:
                 wn, btype = low, "low"
-            from scipy import signal as sp_signal  # slow import (~1 s): only when used
+            from scipy import signal as sp_signal  # deliberately lazy: ~1 s, only when used
 
             sos = sp_signal.butter(
                 N=BUTTERWORTH_ORDER, Wn=wn, btype=btype, output="sos", fs=1.0 / tr
@@ -260,8 +249,6 @@ def _clean_run(x: np.ndarray, cosines: np.ndarray | None, plan: CleanPlan) -> np
         x = sp_signal.sosfiltfilt(plan.sos, x, axis=0, padtype="odd", padlen=None)
     if cosines is not None and cosines.shape[1]:
         conf = _zscore(cosines) if n > 1 else cosines
-        from scipy import linalg
-
         q, r, _ = linalg.qr(conf, mode="economic", pivoting=True)
         q = q[:, np.abs(np.diag(r)) > _EPS * 100.0]
         x = x - q @ (q.T @ x)
@@ -288,7 +275,7 @@ def clean_signals(
     high_pass_hz: float | None = None,
     low_pass_hz: float | None = None,
     filter: str = "cosine",
-    t_r_s: float | None = None,
+    tr_s: float | None = None,
     by_run: bool = True,
 ) -> xr.DataArray:
     """Detrend, filter and standardize signals run by run, as ``nilearn.signal.clean``.
@@ -309,7 +296,7 @@ def clean_signals(
         Low-pass cut-off in Hz (``filter="butterworth"`` only).
     filter : {"cosine", "butterworth"}
         Filtering method, as nilearn's ``filter`` (default cosine drift removal).
-    t_r_s : float, optional
+    tr_s : float, optional
         Repetition time in seconds; default the ``tr_s`` attribute of ``signals``.
     by_run : bool
         Clean each run independently (default); False cleans the whole series
@@ -341,8 +328,8 @@ def clean_signals(
         runs = np.asarray(signals["run"].values)
     else:
         runs = np.zeros(n_time, dtype=np.int64)
-    if t_r_s is None:
-        t_r_s = signals.attrs.get("tr_s")
+    if tr_s is None:
+        tr_s = signals.attrs.get("tr_s")
     plan = plan_cleaning(
         runs,
         detrend=detrend,
@@ -350,7 +337,7 @@ def clean_signals(
         high_pass_hz=high_pass_hz,
         low_pass_hz=low_pass_hz,
         filter=filter,
-        t_r_s=t_r_s,
+        tr_s=tr_s,
     )
     return apply_cleaning(signals, plan)
 

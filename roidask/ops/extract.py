@@ -46,40 +46,27 @@ Non-finite BOLD values count as 0 for every strategy (nilearn replaces them by
 from __future__ import annotations
 
 import itertools
-import os
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import dask.array as da
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import xarray as xr
 from dask.base import tokenize
 from scipy import ndimage, sparse
 
-from roidask.exceptions import (
-    ConditionError,
-    EmptyMaskWarning,
-    InvalidParameterError,
-    OutputExistsError,
-)
-from roidask.io.image import affine_of, as_image, check_same_grid
+from roidask._validate import check_choice
+from roidask.exceptions import EmptyMaskWarning, InvalidParameterError
+from roidask.io.chunks import block_bounds
+from roidask.io.conversions import ImageLike, as_image
+from roidask.io.grid import affine_of, check_same_grid
+from roidask.ops import moments as mom_ops
 from roidask.ops.clean import apply_cleaning, plan_cleaning
-from roidask.ops.kernels import TRUNCATE, fwhm_to_sigma_voxels
+from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_filter_matrix
 
-__all__ = [
-    "LINEAR_STRATEGIES",
-    "STRATEGIES",
-    "extract_signals",
-    "select_condition",
-    "signals_to_frame",
-    "stack_conditions",
-    "write_signals_tsv",
-]
+__all__ = ["LINEAR_STRATEGIES", "STRATEGIES", "extract_signals"]
 
 #: Reduction strategies, as ``NiftiLabelsMasker(strategy=...)``.
 STRATEGIES = (
@@ -234,12 +221,8 @@ class _Plan:
     weights: sparse.csr_matrix | None = None  # (n_roi, len(vox)), smoothing plans
 
 
-def _bounds(chunks3) -> list[np.ndarray]:
-    return [np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks3]
-
-
 def _indicator_plans(index: np.ndarray, chunks3) -> dict[tuple[int, int, int], _Plan]:
-    bounds = _bounds(chunks3)
+    bounds = block_bounds(chunks3)
     plans = {}
     for block in itertools.product(*(range(len(c)) for c in chunks3)):
         sl = tuple(slice(b[n], b[n + 1]) for b, n in zip(bounds, block, strict=True))
@@ -255,17 +238,12 @@ def _indicator_plans(index: np.ndarray, chunks3) -> dict[tuple[int, int, int], _
     return plans
 
 
-def _axis_operator(n: int, sigma: float) -> np.ndarray | None:
-    """Matrix G of the 1D Gaussian filter on n samples (y = G x), None if sigma is 0."""
-    if sigma <= 0:
-        return None
-    return ndimage.gaussian_filter1d(np.eye(n), sigma, axis=0, mode="reflect", truncate=TRUNCATE)
-
-
 def _smoothing_weights(index: np.ndarray, n_roi: int, sigma: np.ndarray):
     """Triplets (flat voxel, roi, weight) of ``S^T 1_roi`` for every ROI."""
     shape = index.shape
-    ops = [_axis_operator(n, s) for n, s in zip(shape, sigma, strict=True)]
+    ops = [
+        gaussian_filter_matrix(n, s) if s > 0 else None for n, s in zip(shape, sigma, strict=True)
+    ]
     boxes = ndimage.find_objects(index + 1, max_label=n_roi)
     flats, rois, weights = [], [], []
     for r, box in enumerate(boxes):
@@ -293,7 +271,7 @@ def _smoothing_weights(index: np.ndarray, n_roi: int, sigma: np.ndarray):
 def _weight_plans(index: np.ndarray, n_roi: int, sigma: np.ndarray, chunks3):
     """Per-chunk sparse (n_roi, n_vox) weight matrices of the smoothed ROI indicators."""
     flat, rois, weights = _smoothing_weights(index, n_roi, sigma)
-    bounds = _bounds(chunks3)
+    bounds = block_bounds(chunks3)
     coords = np.unravel_index(flat, index.shape)
     bidx = [np.searchsorted(bounds[d], coords[d], side="right") - 1 for d in range(3)]
     sizes = [np.asarray(c)[b] for c, b in zip(chunks3, bidx, strict=True)]
@@ -341,25 +319,20 @@ def _chunk_partial(block: np.ndarray, *, plan: _Plan, kind: str, n_roi: int) -> 
     elif kind == "max":
         out = np.full((1, n_roi, n_t), -np.inf)
         out[0, plan.present] = np.maximum.reduceat(v, plan.starts, axis=0)
-    else:  # moments: count, mean, sum of squared deviations
+    else:  # moments, stacked along axis 0 (roidask.ops.moments.FIELDS)
         n = np.diff(np.append(plan.starts, v.shape[0]))
         mean = np.add.reduceat(v, plan.starts, axis=0) / n[:, None]
         dev = v - np.repeat(mean, n, axis=0)
+        m2 = np.add.reduceat(dev * dev, plan.starts, axis=0)
         out = np.zeros((3, n_roi, n_t))
-        out[0, plan.present] = n[:, None]
-        out[1, plan.present] = mean
-        out[2, plan.present] = np.add.reduceat(dev * dev, plan.starts, axis=0)
+        out[:, plan.present] = mom_ops.stack(mom_ops.Moments(n[:, None], mean, m2), axis=0)
     return out
 
 
 def _merge_moments(x: np.ndarray, axis=0, keepdims=True) -> np.ndarray:
-    """Combine (count, mean, M2) partials stacked along axis 0 (Chan et al.)."""
-    n, mean, m2 = x[:, 0], x[:, 1], x[:, 2]
-    total = n.sum(axis=0)
-    weighted = (n * mean).sum(axis=0)
-    grand = np.divide(weighted, total, out=np.zeros_like(weighted), where=total > 0)
-    m2 = (m2 + n * (mean - grand) ** 2).sum(axis=0)
-    out = np.stack([total, grand, m2])
+    """Combine stacked moment partials (fields on axis 1) along axis 0."""
+    merged = mom_ops.merge_along(mom_ops.unstack(x, axis=1), 0)
+    out = mom_ops.stack(merged, axis=0)
     return out[None] if keepdims else out
 
 
@@ -474,12 +447,12 @@ def _median_graph(arr: da.Array, plans: dict, n_roi: int, token: str) -> da.Arra
 
 # -- public API ---------------------------------------------------------------------------------
 def extract_signals(
-    bold_img,
-    labels_img,
+    bold_img: ImageLike,
+    labels_img: ImageLike,
     *,
     strategy: str = "mean",
     labels: Sequence[int] | None = None,
-    mask_img=None,
+    mask_img: ImageLike | None = None,
     background_label: int = 0,
     fwhm: float | Sequence[float | None] | None = None,
     detrend: bool = False,
@@ -487,7 +460,7 @@ def extract_signals(
     high_pass_hz: float | None = None,
     low_pass_hz: float | None = None,
     filter: str = "cosine",
-    t_r_s: float | None = None,
+    tr_s: float | None = None,
 ) -> xr.DataArray:
     """Every ROI's signal for every volume, in one pass over the chunked BOLD data.
 
@@ -499,9 +472,9 @@ def extract_signals(
 
     Parameters
     ----------
-    bold_img : path, nibabel image or xarray object
+    bold_img : ImageLike
         4D BOLD series (see :func:`roidask.io.as_image`); any chunking.
-    labels_img : path, nibabel image or xarray object
+    labels_img : ImageLike
         3D integer label image on the BOLD grid; ``background_label`` (0) is no
         region. Read when this function is called (it defines the ``roi`` axis).
     strategy : str
@@ -512,7 +485,7 @@ def extract_signals(
         Label values to extract, in this order. Default: every non-background
         value of ``labels_img``, sorted. Labels without voxels give all-NaN rows
         and an :class:`~roidask.exceptions.EmptyMaskWarning`.
-    mask_img : path, nibabel image or xarray object, optional
+    mask_img : ImageLike, optional
         3D mask on the BOLD grid; voxels outside (0 or non-finite) count as
         background. Labels left without voxels are kept as all-NaN rows with an
         :class:`~roidask.exceptions.EmptyMaskWarning`.
@@ -522,10 +495,10 @@ def extract_signals(
         Gaussian smoothing FWHM in mm applied before extraction, exactly (as
         ``nilearn.image.smooth_img``); only for the linear strategies ``mean``
         and ``sum``.
-    detrend, standardize, high_pass_hz, low_pass_hz, filter, t_r_s
+    detrend, standardize, high_pass_hz, low_pass_hz, filter, tr_s
         Optional run-wise cleaning of the signals, as
         :func:`roidask.ops.clean.clean_signals` (default: none, as the seed).
-        ``t_r_s`` defaults to the BOLD's ``tr_s``.
+        ``tr_s`` defaults to the BOLD's ``tr_s``.
 
     Returns
     -------
@@ -548,10 +521,7 @@ def extract_signals(
     GridMismatchError
         ``labels_img`` or ``mask_img`` is not on the BOLD grid.
     """
-    if strategy not in STRATEGIES:
-        raise InvalidParameterError(
-            f"strategy: unknown strategy {strategy!r}; expected one of {list(STRATEGIES)}"
-        )
+    check_choice(strategy, "strategy", STRATEGIES)
     if fwhm is not None and strategy not in LINEAR_STRATEGIES:
         raise InvalidParameterError(
             f"fwhm: smoothing can only be folded exactly into linear strategies "
@@ -579,7 +549,7 @@ def extract_signals(
         high_pass_hz=high_pass_hz,
         low_pass_hz=low_pass_hz,
         filter=filter,
-        t_r_s=bold.attrs.get("tr_s") if t_r_s is None else t_r_s,
+        tr_s=bold.attrs.get("tr_s") if tr_s is None else tr_s,
     )
     mask = _mask_values(mask_img, bold)
     lab = _integer_labels(_values_3d(labels_img, lab_img), "labels_img")
@@ -606,7 +576,7 @@ def extract_signals(
         if strategy == "mean":
             values = stats[0] / safe
         elif kind == "moments":
-            values = stats[2] / safe
+            values = stats[mom_ops.FIELDS.index("m2")] / safe
             if strategy == "standard_deviation":
                 values = da.sqrt(values)
         else:
@@ -631,219 +601,3 @@ def extract_signals(
         values, dims=("roi", "time"), coords=coords, name="signals", attrs=attrs
     )
     return apply_cleaning(signals, clean_plan)
-
-
-def _conditions_of(signals: xr.DataArray, param: str = "signals") -> np.ndarray:
-    if not isinstance(signals, xr.DataArray) or "time" not in signals.dims:
-        got = signals.dims if isinstance(signals, xr.DataArray) else type(signals).__name__
-        raise InvalidParameterError(
-            f"{param}: expected an xarray.DataArray with a 'time' dimension, got {got}"
-        )
-    if "condition" not in signals.coords or signals["condition"].dims != ("time",):
-        raise InvalidParameterError(
-            f"{param}: has no 'condition' coordinate along time; extract from a BOLD "
-            "image with labels (roidask.io.bold_from_nifti(..., labels=...))"
-        )
-    return np.asarray(signals["condition"].values).astype(str)
-
-
-def _in_order(values: np.ndarray) -> list[str]:
-    uniq, first = np.unique(values, return_index=True)
-    return uniq[np.argsort(first)].tolist()
-
-
-def select_condition(signals: xr.DataArray, condition: str) -> xr.DataArray:
-    """The volumes of one condition (lazy), e.g. the ``face`` blocks of every run.
-
-    Parameters
-    ----------
-    signals : xarray.DataArray
-        Output of :func:`extract_signals` (any array with ``time`` and a
-        ``condition`` coordinate).
-    condition : str
-        Condition name.
-
-    Returns
-    -------
-    xarray.DataArray
-        ``signals`` restricted to the volumes of ``condition``, in time order;
-        ``volume``, ``time`` and ``run`` keep the original values.
-
-    Raises
-    ------
-    ConditionError
-        ``condition`` does not occur (the message lists those that do).
-    """
-    conds = _conditions_of(signals)
-    if not isinstance(condition, str) or condition not in set(conds.tolist()):
-        raise ConditionError(
-            f"condition: {condition!r} not found; available conditions: {_in_order(conds)}"
-        )
-    return signals.isel(time=np.flatnonzero(conds == condition))
-
-
-def stack_conditions(
-    signals: xr.DataArray,
-    *,
-    conditions: Sequence[str] | None = None,
-    n_volumes: int | None = None,
-) -> xr.DataArray:
-    """The first ``n_volumes`` volumes of each condition, stacked (lazy).
-
-    The seed pipeline's ``X1`` (face) and ``X2`` (house) are
-    ``stack_conditions(signals, conditions=["face", "house"]).sel(condition=...)``.
-
-    Parameters
-    ----------
-    signals : xarray.DataArray
-        Output of :func:`extract_signals`, dims ``(roi, time)``.
-    conditions : sequence of str, optional
-        Conditions to stack, in this order; default all, in order of first
-        appearance.
-    n_volumes : int, optional
-        Volumes per condition (the first ones in time); default the smallest
-        count among ``conditions``.
-
-    Returns
-    -------
-    xarray.DataArray
-        Dims ``(condition, sample, roi)`` (other dims of ``signals`` after
-        ``sample``); 2D coords ``time``, ``run``, ``volume`` over
-        ``(condition, sample)`` give each sample's origin.
-
-    Raises
-    ------
-    ConditionError
-        Unknown condition, or a condition with fewer than ``n_volumes`` volumes.
-    InvalidParameterError
-        ``conditions`` empty or with duplicates, ``n_volumes`` not a positive integer.
-    """
-    conds = _conditions_of(signals)
-    available = _in_order(conds)
-    if conditions is None:
-        conditions = available
-    else:
-        if isinstance(conditions, str) or not isinstance(conditions, Sequence | np.ndarray):
-            raise InvalidParameterError(
-                f"conditions: expected a sequence of condition names, got {conditions!r}"
-            )
-        conditions = [str(c) for c in conditions]
-        if not conditions:
-            raise InvalidParameterError("conditions: expected at least one condition, got []")
-        if len(set(conditions)) != len(conditions):
-            raise InvalidParameterError(f"conditions: duplicate names in {conditions}")
-        unknown = [c for c in conditions if c not in available]
-        if unknown:
-            raise ConditionError(
-                f"conditions: {unknown} not found; available conditions: {available}"
-            )
-    counts = {c: int((conds == c).sum()) for c in conditions}
-    if n_volumes is None:
-        n_volumes = min(counts.values())
-    elif (
-        isinstance(n_volumes, bool) or not isinstance(n_volumes, int | np.integer) or n_volumes < 1
-    ):
-        raise InvalidParameterError(f"n_volumes: expected a positive integer, got {n_volumes!r}")
-    short = {c: n for c, n in counts.items() if n < n_volumes}
-    if short:
-        raise ConditionError(
-            f"n_volumes: {n_volumes} volumes per condition requested but {short} have fewer"
-        )
-    n_volumes = int(n_volumes)
-    index = np.stack([np.flatnonzero(conds == c)[:n_volumes] for c in conditions])
-    time_coords = [k for k, v in signals.coords.items() if v.dims == ("time",)]
-    pieces = []
-    for ix in index:
-        piece = signals.isel(time=ix).drop_vars(time_coords)
-        pieces.append(piece.rename(time="sample"))
-    out = xr.concat(pieces, dim=pd.Index(conditions, name="condition"))
-    out = out.assign_coords(sample=np.arange(n_volumes))
-    out = out.transpose("condition", "sample", ...)
-    return out.assign_coords(
-        {
-            k: (("condition", "sample"), np.asarray(signals[k].values)[index])
-            for k in time_coords
-            if k != "condition"
-        }
-    )
-
-
-def signals_to_frame(signals: xr.DataArray) -> pd.DataFrame:
-    """Tidy table of the signals (computes them).
-
-    Parameters
-    ----------
-    signals : xarray.DataArray
-        Dims ``(roi, time)`` with coords ``condition`` and ``run`` along time
-        (output of :func:`extract_signals` or :func:`select_condition`).
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per ROI and volume (ROI-major), columns ``roi`` (label value),
-        ``condition``, ``run``, ``volume`` (index in the concatenated series),
-        ``time_s`` (the ``time`` coordinate, seconds) and ``value``.
-    """
-    conds = _conditions_of(signals)
-    if set(signals.dims) != {"roi", "time"}:
-        raise InvalidParameterError(f"signals: expected dims ('roi', 'time'), got {signals.dims}")
-    if "run" not in signals.coords:
-        raise InvalidParameterError("signals: has no 'run' coordinate along time")
-    values = np.asarray(signals.transpose("roi", "time").values)
-    n_roi, n_t = values.shape
-    volume = np.asarray(signals["volume"].values) if "volume" in signals.coords else np.arange(n_t)
-    return pd.DataFrame(
-        {
-            "roi": np.repeat(np.asarray(signals["roi"].values), n_t),
-            "condition": np.tile(conds, n_roi),
-            "run": np.tile(np.asarray(signals["run"].values), n_roi),
-            "volume": np.tile(volume, n_roi),
-            "time_s": np.tile(np.asarray(signals["time"].values, dtype=np.float64), n_roi),
-            "value": values.ravel(),
-        }
-    )
-
-
-def write_signals_tsv(
-    signals: xr.DataArray, path: str | os.PathLike, *, overwrite: bool = False
-) -> Path:
-    """Write :func:`signals_to_frame` as a tab-separated file, atomically.
-
-    The table goes to a temporary file beside ``path`` that is renamed into
-    place when complete; missing values are written as ``n/a`` (BIDS).
-
-    Parameters
-    ----------
-    signals : xarray.DataArray
-        See :func:`signals_to_frame`.
-    path : str or path-like
-        Output ``.tsv`` file.
-    overwrite : bool
-        Replace an existing file (default: refuse).
-
-    Returns
-    -------
-    Path
-        The written file.
-
-    Raises
-    ------
-    OutputExistsError
-        ``path`` exists and ``overwrite`` is false (checked before computing).
-    InvalidParameterError
-        The parent directory does not exist.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: already exists; pass overwrite=True to replace it")
-    if not path.parent.is_dir():
-        raise InvalidParameterError(f"{path}: directory {path.parent} does not exist")
-    frame = signals_to_frame(signals)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        frame.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path

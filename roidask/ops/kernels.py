@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
+from scipy.ndimage import gaussian_filter1d
 
 from roidask.exceptions import InvalidParameterError
+from roidask.io.grid import voxel_size_mm
 
-__all__ = ["FWHM_OVER_SIGMA", "TRUNCATE", "fwhm_to_sigma_voxels", "gaussian_radius"]
+__all__ = [
+    "FWHM_OVER_SIGMA",
+    "TRUNCATE",
+    "fwhm_to_sigma_voxels",
+    "gaussian_filter_matrix",
+    "gaussian_radius",
+    "sigma_to_fwhm_mm",
+]
 
 #: FWHM = sqrt(8 ln 2) sigma for a Gaussian.
 FWHM_OVER_SIGMA = float(np.sqrt(8 * np.log(2)))
@@ -42,7 +52,7 @@ def fwhm_to_sigma_voxels(
     InvalidParameterError
         Negative, non-finite or wrongly sized ``fwhm``.
     """
-    vox_mm = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    vox_mm = voxel_size_mm(affine)
     if fwhm is None:
         return np.zeros(3)
     values = np.asarray([fwhm], dtype=object).ravel()
@@ -50,14 +60,19 @@ def fwhm_to_sigma_voxels(
         values = np.repeat(values, 3)
     if values.size != 3:
         raise InvalidParameterError(
-            f"fwhm: expected a number or 3 numbers (mm per spatial axis), got {fwhm!r}"
+            f"fwhm: expected a number or 3 numbers (mm per spatial axis), got {fwhm!r}",
+            param="fwhm",
         )
     try:
         mm = np.asarray([0.0 if v is None else float(v) for v in values])
     except (TypeError, ValueError):
-        raise InvalidParameterError(f"fwhm: expected numbers of mm, got {fwhm!r}") from None
+        raise InvalidParameterError(
+            f"fwhm: expected numbers of mm, got {fwhm!r}", param="fwhm"
+        ) from None
     if not np.all(np.isfinite(mm)) or np.any(mm < 0):
-        raise InvalidParameterError(f"fwhm: must be finite and >= 0 mm, got {fwhm!r}")
+        raise InvalidParameterError(
+            f"fwhm: must be finite and >= 0 mm, got {fwhm!r}", param="fwhm"
+        )
     return mm / (FWHM_OVER_SIGMA * vox_mm)
 
 
@@ -66,3 +81,34 @@ def gaussian_radius(sigma: float, truncate: float = TRUNCATE) -> int:
     if sigma <= 0:
         return 0
     return int(truncate * float(sigma) + 0.5)
+
+
+def sigma_to_fwhm_mm(affine: np.ndarray, sigma) -> list[float]:
+    """Inverse of :func:`fwhm_to_sigma_voxels`: per-axis FWHM in mm of sigmas in voxels."""
+    return [float(v) for v in np.asarray(sigma) * voxel_size_mm(affine) * FWHM_OVER_SIGMA]
+
+
+@lru_cache(maxsize=64)
+def _filter_matrix64(n: int, sigma: float) -> np.ndarray:
+    matrix = gaussian_filter1d(np.eye(n), sigma, axis=0, mode="reflect", truncate=TRUNCATE)
+    matrix.flags.writeable = False
+    return matrix
+
+
+@lru_cache(maxsize=64)
+def _filter_matrix_typed(n: int, sigma: float, dtype: np.dtype) -> np.ndarray:
+    matrix = _filter_matrix64(n, sigma).astype(dtype)
+    matrix.flags.writeable = False
+    return matrix
+
+
+def gaussian_filter_matrix(n: int, sigma: float, dtype=np.float64) -> np.ndarray:
+    """``G`` with ``G @ line == gaussian_filter1d(line, sigma)`` for lines of ``n`` samples.
+
+    scipy's filter (``mode="reflect"``, ``truncate=4``, edges included) applied to
+    the identity, in float64 and then cast to ``dtype``; cached and read-only.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float64:
+        return _filter_matrix64(int(n), float(sigma))
+    return _filter_matrix_typed(int(n), float(sigma), dtype)

@@ -27,9 +27,9 @@ the passes: memory stays at one chunk per worker plus the face planes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from functools import partial
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -37,9 +37,13 @@ from dask.base import tokenize
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 from scipy import ndimage
+from scipy.sparse import coo_matrix
 
+from roidask._docs import fill_doc
 from roidask.exceptions import InvalidParameterError
-from roidask.io.image import SPATIAL_DIMS, grid_attrs
+from roidask.io.chunks import block_offsets
+from roidask.io.conversions import ImageLike
+from roidask.io.grid import SPATIAL_DIMS, grid_attrs
 from roidask.ops.threshold import as_mask
 
 __all__ = ["CONNECTIVITIES", "label", "resolve_structure"]
@@ -124,45 +128,6 @@ def resolve_structure(
                 "(structure == structure[::-1, ::-1, ::-1]); the one given is not"
             )
     return arr
-
-
-# -- per-block reductions as a flat graph -------------------------------------------------
-def block_offsets(chunks: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """Start index of every chunk along every axis."""
-    return [np.concatenate(([0], np.cumsum(c)[:-1])).astype(np.int64) for c in chunks]
-
-
-def reduce_blocks(
-    func: Callable,
-    arrays: Sequence[da.Array],
-    combine: Callable,
-    *,
-    name: str,
-    token_extra=(),
-) -> Delayed:
-    """One task per chunk, then one combining task, as a three-layer graph.
-
-    ``func(*blocks, offset=(x0, y0, z0), block_index=(i, j, k))`` is called on the
-    aligned blocks of ``arrays`` (same chunks); ``combine(list_of_results)`` gets
-    the per-block results in C order of the block grid. Unlike one ``delayed``
-    call per block, the graph has a fixed number of layers, so building and
-    optimising it stays fast with thousands of chunks.
-    """
-    first = arrays[0]
-    token = tokenize(name, [a.name for a in arrays], token_extra)
-    scan, merged = f"{name}-scan-{token}", f"{name}-merge-{token}"
-    offsets = block_offsets(first.chunks)
-    layer = {}
-    for idx in np.ndindex(*first.numblocks):
-        off = tuple(int(offsets[a][idx[a]]) for a in range(first.ndim))
-        task_func = partial(func, offset=off, block_index=tuple(int(i) for i in idx))
-        layer[(scan, *idx)] = (task_func, *[(a.name, *idx) for a in arrays])
-    graph = HighLevelGraph.from_collections(scan, layer, dependencies=list(arrays))
-    graph = HighLevelGraph(
-        {**graph.layers, merged: {merged: (combine, list(layer))}},
-        {**graph.dependencies, merged: {scan}},
-    )
-    return Delayed(merged, graph)
 
 
 # -- scan ----------------------------------------------------------------------------------
@@ -271,8 +236,7 @@ def _components(metas, pairs) -> tuple[int, np.ndarray, np.ndarray]:
     pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int64)
     if pairs.size == 0:
         return total, np.arange(total, dtype=np.int64), base
-    # imported here: scipy.sparse.csgraph costs ~0.1 s, and one block never needs it
-    from scipy.sparse import coo_matrix
+    # deliberately lazy: scipy.sparse.csgraph costs ~0.1 s, and one block never needs it
     from scipy.sparse.csgraph import connected_components
 
     mask32 = np.int64(0xFFFFFFFF)
@@ -396,8 +360,6 @@ def _n_labels(merged: dict) -> np.int64:
 
 def label_array(arr: da.Array, structure: np.ndarray) -> tuple[da.Array, da.Array]:
     """scipy-numbered labels of a boolean dask array, and their count (0-d, lazy)."""
-    import dask
-
     merged = _component_graph(arr, structure, mode="label")
     labels = da.map_blocks(
         partial(_apply_labels, structure=structure, numblocks=arr.numblocks),
@@ -424,19 +386,16 @@ def fill_holes_array(arr: da.Array, structure: np.ndarray) -> da.Array:
     )
 
 
-def labels_image(data: da.Array, n_labels: da.Array, reference: xr.DataArray) -> xr.DataArray:
-    """Wrap int32 labels as a roidask image with the lazy ``n_labels`` coordinate."""
-    return xr.DataArray(
-        data,
-        dims=SPATIAL_DIMS,
-        coords={"n_labels": ((), n_labels)},
-        name="labels",
-        attrs=grid_attrs(reference),
-    )
+def labels_image(data: da.Array, reference: xr.DataArray) -> xr.DataArray:
+    """Wrap int32 labels as a roidask image on ``reference``'s grid."""
+    return xr.DataArray(data, dims=SPATIAL_DIMS, name="labels", attrs=grid_attrs(reference))
 
 
 # -- public --------------------------------------------------------------------------------
-def label(mask_img, *, connectivity: int | None = None, structure=None) -> xr.DataArray:
+@fill_doc
+def label(
+    mask_img: ImageLike, *, connectivity: int | None = None, structure=None
+) -> tuple[xr.DataArray, da.Array]:
     """Connected components of a 3D mask, numbered exactly as :func:`scipy.ndimage.label`.
 
     The result equals ``scipy.ndimage.label(mask, structure)[0]`` on the whole
@@ -446,24 +405,20 @@ def label(mask_img, *, connectivity: int | None = None, structure=None) -> xr.Da
 
     Parameters
     ----------
-    mask_img : path, nibabel image or xarray.DataArray
-        3D binary mask (bool, or numbers that are all 0 or 1).
-    connectivity : {6, 18, 26}, optional
-        Neighbourhood: voxels sharing a face (6, the default, scipy's default
-        ``generate_binary_structure(3, 1)``), a face or an edge (18), or a face,
-        an edge or a corner (26).
+    %(mask_img)s
+    %(connectivity)s
     structure : array-like, shape (3, 3, 3), optional
         Explicit centrosymmetric structuring element, instead of ``connectivity``.
 
     Returns
     -------
-    xarray.DataArray
+    labels : xarray.DataArray
         int32 labels (0 = background), lazy and dask-backed, with the chunks and
-        grid attrs of ``mask_img``. The number of components is the lazy scalar
-        coordinate ``n_labels`` (int64): ``int(labels.n_labels)`` computes it,
-        ``labels.compute()`` computes labels and count in one pass (the scipy
-        ``labels, n = label(mask)`` pair). An empty mask gives all zeros and
-        ``n_labels == 0``.
+        grid attrs of ``mask_img``.
+    n_labels : dask.array.Array
+        The number of components, a lazy int64 scalar (as ``dask_image.ndmeasure.label``):
+        ``dask.compute(labels, n_labels)`` computes both in one pass. An empty mask
+        gives all zeros and 0.
 
     Raises
     ------
@@ -476,4 +431,4 @@ def label(mask_img, *, connectivity: int | None = None, structure=None) -> xr.Da
     struct = resolve_structure(connectivity, structure, labelling=True)
     mask = as_mask(mask_img, param="mask_img")
     data, n = label_array(mask.data, struct)
-    return labels_image(data, n, mask)
+    return labels_image(data, mask), n

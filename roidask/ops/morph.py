@@ -17,7 +17,6 @@ components of the background across chunks (:mod:`roidask.ops.label`).
 
 from __future__ import annotations
 
-import numbers
 from functools import partial
 
 import dask.array as da
@@ -25,8 +24,11 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
+from roidask._docs import fill_doc
+from roidask._validate import check_int
 from roidask.exceptions import InvalidParameterError
-from roidask.ops._chunks import merge_small_chunks
+from roidask.io.chunks import merge_small_chunks
+from roidask.io.conversions import ImageLike
 from roidask.ops.label import fill_holes_array, resolve_structure
 from roidask.ops.threshold import as_mask
 
@@ -39,19 +41,12 @@ __all__ = [
 ]
 
 
-def _iterations(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InvalidParameterError(
-            f"iterations: expected an integer >= 1 (repetitions of the operation), got {value!r}"
-        )
-    return int(value)
-
-
 def _border_value(value) -> int:
     if isinstance(value, bool | np.bool_) or value in (0, 1):
         return int(value)
     raise InvalidParameterError(
-        f"border_value: expected 0 or 1 (value of the voxels outside the image), got {value!r}"
+        f"border_value: expected 0 or 1 (value of the voxels outside the image), got {value!r}",
+        param="border_value",
     )
 
 
@@ -73,7 +68,9 @@ def _morphology(
     border_value,
 ) -> xr.DataArray:
     struct = resolve_structure(connectivity, structure)
-    iterations = _iterations(iterations)
+    iterations = check_int(
+        iterations, "iterations", minimum=1, meaning="repetitions of the operation"
+    )
     border_value = _border_value(border_value)
     mask = as_mask(mask_img, param="mask_img")
     arr: da.Array = mask.data
@@ -114,8 +111,7 @@ def _morphology(
 _PARAMS_DOC = """
     Parameters
     ----------
-    mask_img : path, nibabel image or xarray.DataArray
-        3D binary mask (bool, or numbers that are all 0 or 1).
+    %(mask_img)s
     structure : array-like of bool, 3D, optional
         Structuring element. Default: ``generate_binary_structure(3, 1)``
         (6-connectivity), scipy's default.
@@ -145,7 +141,12 @@ _PARAMS_DOC = """
 
 
 def binary_dilation(
-    mask_img, *, structure=None, connectivity=None, iterations: int = 1, border_value: int = 0
+    mask_img: ImageLike,
+    *,
+    structure=None,
+    connectivity=None,
+    iterations: int = 1,
+    border_value: int = 0,
 ) -> xr.DataArray:
     return _morphology(
         mask_img,
@@ -158,7 +159,12 @@ def binary_dilation(
 
 
 def binary_erosion(
-    mask_img, *, structure=None, connectivity=None, iterations: int = 1, border_value: int = 0
+    mask_img: ImageLike,
+    *,
+    structure=None,
+    connectivity=None,
+    iterations: int = 1,
+    border_value: int = 0,
 ) -> xr.DataArray:
     return _morphology(
         mask_img,
@@ -171,7 +177,12 @@ def binary_erosion(
 
 
 def binary_opening(
-    mask_img, *, structure=None, connectivity=None, iterations: int = 1, border_value: int = 0
+    mask_img: ImageLike,
+    *,
+    structure=None,
+    connectivity=None,
+    iterations: int = 1,
+    border_value: int = 0,
 ) -> xr.DataArray:
     return _morphology(
         mask_img,
@@ -184,7 +195,12 @@ def binary_opening(
 
 
 def binary_closing(
-    mask_img, *, structure=None, connectivity=None, iterations: int = 1, border_value: int = 0
+    mask_img: ImageLike,
+    *,
+    structure=None,
+    connectivity=None,
+    iterations: int = 1,
+    border_value: int = 0,
 ) -> xr.DataArray:
     return _morphology(
         mask_img,
@@ -213,7 +229,8 @@ binary_closing.__doc__ = (
 )
 
 
-def binary_fill_holes(mask_img, *, structure=None, connectivity=None) -> xr.DataArray:
+@fill_doc
+def binary_fill_holes(mask_img: ImageLike, *, structure=None, connectivity=None) -> xr.DataArray:
     """Fill the holes of a 3D mask, as :func:`scipy.ndimage.binary_fill_holes` (lazy).
 
     A hole is a connected component of the background (in the sense of
@@ -223,8 +240,7 @@ def binary_fill_holes(mask_img, *, structure=None, connectivity=None) -> xr.Data
 
     Parameters
     ----------
-    mask_img : path, nibabel image or xarray.DataArray
-        3D binary mask (bool, or numbers that are all 0 or 1).
+    %(mask_img)s
     structure : array-like, shape (3, 3, 3), optional
         Centrosymmetric structuring element connecting background voxels.
         Default ``generate_binary_structure(3, 1)`` (scipy's).

@@ -18,9 +18,6 @@ write files); the table is built in one pass of per-chunk partial sums.
 
 from __future__ import annotations
 
-import numbers
-import os
-import uuid
 import warnings
 from functools import partial
 from pathlib import Path
@@ -31,14 +28,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from roidask.exceptions import (
-    EmptyMaskWarning,
-    InvalidParameterError,
-    OutputExistsError,
-)
-from roidask.io.image import affine_of, as_image, check_same_grid, to_nifti
+from roidask._docs import fill_doc
+from roidask._validate import check_bool, check_int
+from roidask.exceptions import EmptyMaskWarning, InvalidParameterError, OutputExistsError
+from roidask.io.chunks import chunk_location
+from roidask.io.conversions import ImageLike, as_image
+from roidask.io.grid import affine_of, check_same_grid, voxel_to_world, voxel_volume_mm3
+from roidask.io.image import to_nifti
 from roidask.io.nifti import is_nifti_path
-from roidask.ops.label import labels_image, reduce_blocks
+from roidask.io.tables import ROI_TABLE_COLUMNS, write_roi_table
+from roidask.ops._blocks import reduce_blocks
+from roidask.ops.label import labels_image
 
 __all__ = [
     "MIDLINE_ATOL_MM",
@@ -51,20 +51,6 @@ __all__ = [
     "write_atlas",
 ]
 
-#: Columns of :func:`roi_table`, in order.
-ROI_TABLE_COLUMNS = (
-    "label",
-    "n_voxels",
-    "volume_mm3",
-    "com_x_mm",
-    "com_y_mm",
-    "com_z_mm",
-    "peak_x_mm",
-    "peak_y_mm",
-    "peak_z_mm",
-    "peak_value",
-    "mean_value",
-)
 #: Voxels whose world x is within this distance of 0 (mm) are on the midline.
 MIDLINE_ATOL_MM = 1e-6
 #: Largest label for which lookups use a dense table (bigger ones use a sorted search).
@@ -80,23 +66,21 @@ def _check_labels_block(block: np.ndarray, *, param: str, block_info=None) -> np
         good = block >= 0
     if good.all():
         return block.astype(np.int64, copy=False)
-    from roidask.ops.threshold import _location
-
     bad = np.unique(block[~good])
     shown = ", ".join(repr(v) for v in bad[:_SHOWN_VALUES].tolist())
     more = f" and {bad.size - _SHOWN_VALUES} more" if bad.size > _SHOWN_VALUES else ""
     raise InvalidParameterError(
         f"{param}: expected non-negative whole-number labels (0 = background), found the "
-        f"value(s) {shown}{more}{_location(block_info)}"
+        f"value(s) {shown}{more}{chunk_location(block_info)}"
     )
 
 
-def as_labels(labels_img, *, param: str = "labels_img") -> xr.DataArray:
+def as_labels(labels_img: ImageLike, *, param: str = "labels_img") -> xr.DataArray:
     """A 3D label image as lazy int64 labels, checking the values when computed.
 
     Parameters
     ----------
-    labels_img : path, nibabel image or xarray.DataArray
+    labels_img : ImageLike
         3D image of non-negative whole numbers (bool is read as 0/1).
     param : str
         Parameter name used in error messages.
@@ -128,14 +112,6 @@ def as_labels(labels_img, *, param: str = "labels_img") -> xr.DataArray:
             meta=np.empty((0, 0, 0), dtype=np.int64),
         )
     return img.copy(data=data)
-
-
-def _positive_int(value, param: str, meaning: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InvalidParameterError(
-            f"{param}: expected an integer >= 1 ({meaning}), got {value!r}"
-        )
-    return int(value)
 
 
 # -- relabelling by keys -------------------------------------------------------------------
@@ -205,7 +181,9 @@ def _n_rois(table) -> np.int64:
     return np.int64(table["n"])
 
 
-def _relabel(labels: xr.DataArray, *, key_func, rule: str, k: int = 0) -> xr.DataArray:
+def _relabel(
+    labels: xr.DataArray, *, key_func, rule: str, k: int = 0
+) -> tuple[xr.DataArray, da.Array]:
     affine = affine_of(labels)
     shape = tuple(int(n) for n in labels.shape)
     arr = labels.data
@@ -224,24 +202,24 @@ def _relabel(labels: xr.DataArray, *, key_func, rule: str, k: int = 0) -> xr.Dat
         meta=np.empty((0, 0, 0), dtype=np.int32),
     )
     n = da.from_delayed(dask.delayed(_n_rois, pure=True)(table), shape=(), dtype=np.int64)
-    return labels_image(data, n, labels)
+    return labels_image(data, labels), n
 
 
-def remove_small(labels_img, *, min_voxels: int) -> xr.DataArray:
+@fill_doc
+def remove_small(labels_img: ImageLike, *, min_voxels: int) -> tuple[xr.DataArray, da.Array]:
     """Drop the ROIs with fewer than ``min_voxels`` voxels, and renumber (lazy).
 
     Parameters
     ----------
-    labels_img : path, nibabel image or xarray.DataArray
-        3D label image (0 = background).
+    %(labels_img)s
     min_voxels : int
         Minimum ROI size in voxels (>= 1); ROIs of exactly this size are kept.
 
     Returns
     -------
-    xarray.DataArray
-        int32 labels 1..K in raster order of each kept ROI's first voxel, with
-        the lazy scalar coordinate ``n_labels`` (K), same grid and chunks.
+    labels, n_labels : xarray.DataArray, dask.array.Array
+        int32 labels 1..K in raster order of each kept ROI's first voxel, same grid
+        and chunks, and their lazy count ``n_labels`` (K, a dask scalar).
 
     Raises
     ------
@@ -250,11 +228,12 @@ def remove_small(labels_img, *, min_voxels: int) -> xr.DataArray:
     ImageDimensionError
         Not 3D.
     """
-    k = _positive_int(min_voxels, "min_voxels", "minimum ROI size in voxels")
+    k = check_int(min_voxels, "min_voxels", minimum=1, meaning="minimum ROI size in voxels")
     return _relabel(as_labels(labels_img), key_func=_identity_keys, rule="min_voxels", k=k)
 
 
-def keep_largest(labels_img, *, k: int) -> xr.DataArray:
+@fill_doc
+def keep_largest(labels_img: ImageLike, *, k: int) -> tuple[xr.DataArray, da.Array]:
     """Keep the ``k`` largest ROIs (by voxel count), and renumber (lazy).
 
     Equal sizes are ranked by first voxel (the ROI whose first voxel comes
@@ -262,16 +241,15 @@ def keep_largest(labels_img, *, k: int) -> xr.DataArray:
 
     Parameters
     ----------
-    labels_img : path, nibabel image or xarray.DataArray
-        3D label image (0 = background).
+    %(labels_img)s
     k : int
         Number of ROIs to keep (>= 1).
 
     Returns
     -------
-    xarray.DataArray
+    labels, n_labels : xarray.DataArray, dask.array.Array
         int32 labels 1..min(k, n) in raster order of each kept ROI's first
-        voxel (not by size), with the lazy coordinate ``n_labels``.
+        voxel (not by size), and their lazy count ``n_labels``.
 
     Raises
     ------
@@ -280,11 +258,12 @@ def keep_largest(labels_img, *, k: int) -> xr.DataArray:
     ImageDimensionError
         Not 3D.
     """
-    k = _positive_int(k, "k", "number of ROIs to keep")
+    k = check_int(k, "k", minimum=1, meaning="number of ROIs to keep")
     return _relabel(as_labels(labels_img), key_func=_identity_keys, rule="largest", k=k)
 
 
-def split_hemispheres(labels_img) -> xr.DataArray:
+@fill_doc
+def split_hemispheres(labels_img: ImageLike) -> tuple[xr.DataArray, da.Array]:
     """Split every ROI into its left and right parts by the sign of world x (lazy).
 
     World x is the first row of the affine applied to each voxel's indices; in
@@ -295,14 +274,13 @@ def split_hemispheres(labels_img) -> xr.DataArray:
 
     Parameters
     ----------
-    labels_img : path, nibabel image or xarray.DataArray
-        3D label image (0 = background).
+    %(labels_img)s
 
     Returns
     -------
-    xarray.DataArray
+    labels, n_labels : xarray.DataArray, dask.array.Array
         int32 labels 1..K in raster order of each part's first voxel, with the
-        lazy coordinate ``n_labels``. Use :func:`roi_table` (``com_x_mm``) to
+        lazy count ``n_labels``. Use :func:`roi_table` (``com_x_mm``) to
         see which side each part is on.
 
     Raises
@@ -372,11 +350,11 @@ def _combine_table(parts, *, affine, shape, has_stat):
         for a in range(3)
     ]
     com_vox = np.stack(sums, axis=1) / n[:, None]
-    com_mm = com_vox @ affine[:3, :3].T + affine[:3, 3]
+    com_mm = voxel_to_world(affine, com_vox)
     table = {
         "label": u.astype(np.int64),
         "n_voxels": n.astype(np.int64),
-        "volume_mm3": n * abs(float(np.linalg.det(affine[:3, :3]))),
+        "volume_mm3": n * voxel_volume_mm3(affine),
         "com_x_mm": com_mm[:, 0],
         "com_y_mm": com_mm[:, 1],
         "com_z_mm": com_mm[:, 2],
@@ -399,7 +377,7 @@ def _combine_table(parts, *, affine, shape, has_stat):
         peak_value, peak_flat = _peaks(inv[has], pv[has], pf[has], u.size)
         found = peak_flat >= 0
         vox = np.stack(np.unravel_index(peak_flat[found], shape), axis=1).astype(np.float64)
-        peak_mm[found] = vox @ affine[:3, :3].T + affine[:3, 3]
+        peak_mm[found] = voxel_to_world(affine, vox)
     table.update(
         peak_x_mm=peak_mm[:, 0],
         peak_y_mm=peak_mm[:, 1],
@@ -445,14 +423,14 @@ def _finish_table(table, param: str = "labels_img") -> pd.DataFrame:
     return table
 
 
-def roi_table(labels_img, *, stat_img=None) -> pd.DataFrame:
+@fill_doc
+def roi_table(labels_img: ImageLike, *, stat_img: ImageLike | None = None) -> pd.DataFrame:
     """One row per ROI: size, volume, centre of mass and peak, in world mm (computes).
 
     Parameters
     ----------
-    labels_img : path, nibabel image or xarray.DataArray
-        3D label image (0 = background).
-    stat_img : path, nibabel image or xarray.DataArray, optional
+    %(labels_img)s
+    stat_img : ImageLike, optional
         3D statistic map on the same grid, for the peak and mean columns.
 
     Returns
@@ -505,11 +483,11 @@ def _output_paths(out, table_path) -> tuple[Path, Path]:
 
 
 def write_atlas(
-    labels_img,
+    labels_img: ImageLike,
     out,
     *,
     table_path=None,
-    stat_img=None,
+    stat_img: ImageLike | None = None,
     table: pd.DataFrame | None = None,
     overwrite: bool = False,
 ) -> tuple[Path, Path]:
@@ -517,14 +495,14 @@ def write_atlas(
 
     Parameters
     ----------
-    labels_img : path, nibabel image or xarray.DataArray
+    labels_img : ImageLike
         3D label image (0 = background), e.g. from :func:`roidask.ops.label.label`.
     out : path
         ``.nii``/``.nii.gz`` file name, or a folder (created if missing; its
         parent must exist) that receives ``atlas.nii.gz`` and ``atlas.tsv``.
     table_path : path, optional
         TSV file for the table; default: next to the NIfTI, same stem, ``.tsv``.
-    stat_img : path, nibabel image or xarray.DataArray, optional
+    stat_img : ImageLike, optional
         Statistic map for the table's peak and mean columns (see :func:`roi_table`).
     table : pandas.DataFrame, optional
         An already computed :func:`roi_table` to write instead of computing one
@@ -553,8 +531,7 @@ def write_atlas(
         columns, or ``table`` together with ``stat_img``.
     """
     nifti, tsv = _output_paths(out, table_path)
-    if not isinstance(overwrite, bool):
-        raise InvalidParameterError(f"overwrite: expected True or False, got {overwrite!r}")
+    overwrite = check_bool(overwrite, "overwrite")
     if table is not None:
         if stat_img is not None:
             raise InvalidParameterError(
@@ -583,12 +560,6 @@ def write_atlas(
             f"labels_img: label {int(values.max())} does not fit in int32 NIfTI labels"
         )
     nifti.parent.mkdir(exist_ok=True)
-    tmp = tsv.with_name(f".{tsv.name}.tmp-{uuid.uuid4().hex[:12]}")
-    try:
-        table.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
-        to_nifti(values.astype(np.int32), nifti, dtype=np.int32, reference=labels)
-        os.replace(tmp, tsv)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    to_nifti(values.astype(np.int32), nifti, dtype=np.int32, reference=labels, overwrite=overwrite)
+    write_roi_table(table, tsv, overwrite=overwrite)
     return nifti, tsv

@@ -13,17 +13,25 @@ the chunking.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache, partial
+from functools import partial
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 from scipy.ndimage import gaussian_filter1d
 
+from roidask._docs import fill_doc
 from roidask.exceptions import InvalidParameterError
-from roidask.io.image import affine_of, as_image
-from roidask.ops._chunks import merge_small_chunks
-from roidask.ops.kernels import TRUNCATE, fwhm_to_sigma_voxels, gaussian_radius
+from roidask.io.chunks import merge_small_chunks
+from roidask.io.conversions import ImageLike, as_image
+from roidask.io.grid import affine_of
+from roidask.ops.kernels import (
+    TRUNCATE,
+    fwhm_to_sigma_voxels,
+    gaussian_filter_matrix,
+    gaussian_radius,
+    sigma_to_fwhm_mm,
+)
 
 __all__ = ["MATRIX_MAX_VOXELS", "smooth_array", "smooth_img", "smoothing_dtype"]
 
@@ -48,7 +56,8 @@ def smoothing_dtype(dtype) -> np.dtype:
     if dtype.kind == "f":
         return dtype
     raise InvalidParameterError(
-        f"img: cannot smooth data of type {dtype}; expected integer or real floating-point voxels"
+        f"img: cannot smooth data of type {dtype}; expected integer or real floating-point voxels",
+        param="img",
     )
 
 
@@ -60,16 +69,6 @@ def smoothing_dtype(dtype) -> np.dtype:
 MATRIX_MAX_VOXELS = 128
 
 
-@lru_cache(maxsize=32)
-def _filter_matrix(n: int, sigma: float, dtype: np.dtype) -> np.ndarray:
-    """``M`` with ``M @ line == gaussian_filter1d(line, sigma)`` for lines of ``n`` voxels."""
-    eye = np.eye(n)
-    matrix = gaussian_filter1d(eye, sigma, axis=0, mode="reflect", truncate=TRUNCATE)
-    matrix = matrix.astype(dtype)
-    matrix.flags.writeable = False
-    return matrix
-
-
 def smooth_array(x: np.ndarray, sigma, dtype) -> np.ndarray:
     """Smooth every volume of an in-memory array as :func:`smooth_img` does, fast.
 
@@ -79,7 +78,7 @@ def smooth_array(x: np.ndarray, sigma, dtype) -> np.ndarray:
     ``dtype``, not bit for bit (a few float32 ulp: sums are formed in another
     order). For the statistics of the one-pass pipeline, which reduce it in float64.
     The bits are the same on every call if BLAS runs one thread, as it does in
-    :func:`roidask.pipeline.compute` (see :mod:`roidask.ops._blas`).
+    :func:`roidask.pipeline.compute` (see :mod:`roidask._blas`).
 
     Parameters
     ----------
@@ -114,7 +113,7 @@ def smooth_array(x: np.ndarray, sigma, dtype) -> np.ndarray:
                 lines, float(s), axis=c_axis, mode="reflect", truncate=TRUNCATE, output=spare
             )
         else:
-            matrix = _filter_matrix(n, float(s), dtype)
+            matrix = gaussian_filter_matrix(n, float(s), dtype)
             before = int(np.prod(lines.shape[:c_axis]))
             if c_axis == 3:  # x: one product over all lines
                 np.matmul(lines.reshape(before, n), matrix.T, out=spare.reshape(before, n))
@@ -165,7 +164,8 @@ def _filter_axis(arr: da.Array, axis: int, sigma: float) -> da.Array:
     )
 
 
-def smooth_img(img, *, fwhm: float | Sequence[float | None] | None) -> xr.DataArray:
+@fill_doc
+def smooth_img(img: ImageLike, *, fwhm: float | Sequence[float | None] | None) -> xr.DataArray:
     """Smooth a 3D image or every volume of a 4D series with a Gaussian kernel (lazy).
 
     Identical to :func:`nilearn.image.smooth_img`: the FWHM (mm) is turned into a
@@ -184,12 +184,8 @@ def smooth_img(img, *, fwhm: float | Sequence[float | None] | None) -> xr.DataAr
 
     Parameters
     ----------
-    img : path, nibabel image or xarray.DataArray
-        3D image or 4D BOLD series (see :func:`roidask.io.as_image`).
-    fwhm : float, sequence of 3 floats/None, or None
-        Full width at half maximum of the kernel, in mm: one value for all
-        spatial axes or one per axis (x, y, z); ``None`` or ``0`` (for all or
-        for one axis) means no smoothing along that axis.
+    %(img)s
+    %(fwhm)s
 
     Returns
     -------
@@ -211,11 +207,12 @@ def smooth_img(img, *, fwhm: float | Sequence[float | None] | None) -> xr.DataAr
         and not isinstance(fwhm, str)
         and any(isinstance(v, bool) for v in fwhm)
     ):
-        raise InvalidParameterError(f"fwhm: expected mm as numbers or None, got {fwhm!r}")
+        raise InvalidParameterError(
+            f"fwhm: expected mm as numbers or None, got {fwhm!r}", param="fwhm"
+        )
     affine = affine_of(img)
     sigma = fwhm_to_sigma_voxels(affine, fwhm)
     dtype = smoothing_dtype(img.dtype)
-    vox_mm = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
 
     data: da.Array = img.data
     original_chunks = data.chunks
@@ -231,5 +228,4 @@ def smooth_img(img, *, fwhm: float | Sequence[float | None] | None) -> xr.DataAr
     if arr.chunks != original_chunks:
         arr = arr.rechunk(original_chunks)
 
-    applied = [float(v) for v in sigma * vox_mm * np.sqrt(8 * np.log(2))]
-    return img.copy(data=arr).assign_attrs(smoothing_fwhm_mm=applied)
+    return img.copy(data=arr).assign_attrs(smoothing_fwhm_mm=sigma_to_fwhm_mm(affine, sigma))

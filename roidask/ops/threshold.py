@@ -18,7 +18,6 @@ mask's field of view are outside).
 
 from __future__ import annotations
 
-import numbers
 from functools import partial
 
 import dask.array as da
@@ -27,8 +26,11 @@ import xarray as xr
 from dask import delayed
 from scipy import ndimage
 
+from roidask._validate import check_bool, check_real
 from roidask.exceptions import GridMismatchError, ImageTypeError, InvalidParameterError
-from roidask.io.image import affine_of, as_image, check_same_grid
+from roidask.io.chunks import block_offsets, chunk_location
+from roidask.io.conversions import ImageLike, as_image
+from roidask.io.grid import SPATIAL_DIMS, affine_of, check_same_grid, grid_attrs
 
 __all__ = [
     "RESAMPLE_METHODS",
@@ -51,15 +53,6 @@ _SHOWN_VALUES = 8
 
 
 # -- masks ---------------------------------------------------------------------------------
-def _location(block_info) -> str:
-    if not block_info or 0 not in block_info:
-        return ""
-    loc = block_info[0]["array-location"]
-    return " in the chunk " + ", ".join(
-        f"{d}[{a}:{b}]" for d, (a, b) in zip("xyz", loc, strict=True)
-    )
-
-
 def _check_binary_block(block: np.ndarray, *, param: str, block_info=None) -> np.ndarray:
     good = (block == 0) | (block == 1)
     if good.all():
@@ -69,17 +62,17 @@ def _check_binary_block(block: np.ndarray, *, param: str, block_info=None) -> np
     more = f" and {bad.size - _SHOWN_VALUES} more" if bad.size > _SHOWN_VALUES else ""
     raise InvalidParameterError(
         f"{param}: expected a binary mask (every voxel 0 or 1), found the value(s) {shown}"
-        f"{more}{_location(block_info)}; make a mask with roidask.ops.threshold.binarize_img "
+        f"{more}{chunk_location(block_info)}; make a mask with roidask.ops.threshold.binarize_img "
         "(nonzero = inside) or threshold_img"
     )
 
 
-def as_mask(img, *, param: str = "mask_img") -> xr.DataArray:
+def as_mask(img: ImageLike, *, param: str = "mask_img") -> xr.DataArray:
     """A 3D image as a lazy boolean mask, checking that every voxel is 0 or 1.
 
     Parameters
     ----------
-    img : path, nibabel image or xarray.DataArray
+    img : ImageLike
         3D image, boolean or numeric with values 0 and 1 only.
     param : str
         Parameter name used in error messages.
@@ -112,12 +105,6 @@ def as_mask(img, *, param: str = "mask_img") -> xr.DataArray:
     return img.copy(data=data)
 
 
-def _real(value, param: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
-        raise InvalidParameterError(f"{param}: expected a finite number, got {value!r}")
-    return float(value)
-
-
 def _threshold_block(block, *, mode, low, high, inclusive, binarize):
     x = block
     if mode == "above":
@@ -132,7 +119,7 @@ def _threshold_block(block, *, mode, low, high, inclusive, binarize):
 
 
 def threshold_img(
-    img,
+    img: ImageLike,
     *,
     threshold,
     mode: str = "above",
@@ -143,7 +130,7 @@ def threshold_img(
 
     Parameters
     ----------
-    img : path, nibabel image or xarray.DataArray
+    img : ImageLike
         3D map (any real type), e.g. -log10 p or a t statistic.
     threshold : float, or (float, float) for ``mode="two-sided"``
         Threshold in the units of ``img``.
@@ -180,13 +167,13 @@ def threshold_img(
             raise InvalidParameterError(
                 f"threshold: mode 'two-sided' takes one number or (low, high), got {threshold!r}"
             )
-        low, high = (_real(v, "threshold") for v in threshold)
+        low, high = (check_real(v, "threshold") for v in threshold)
         if low > high:
             raise InvalidParameterError(
                 f"threshold: expected low <= high for mode 'two-sided', got ({low}, {high})"
             )
     else:
-        t = _real(threshold, "threshold")
+        t = check_real(threshold, "threshold")
         if mode in ("absolute", "two-sided"):
             if t < 0:
                 raise InvalidParameterError(
@@ -195,9 +182,8 @@ def threshold_img(
             low, high = -t, t
         else:
             low = high = t
-    for name, value in (("inclusive", inclusive), ("binarize", binarize)):
-        if not isinstance(value, bool | np.bool_):
-            raise InvalidParameterError(f"{name}: expected True or False, got {value!r}")
+    inclusive = check_bool(inclusive, "inclusive")
+    binarize = check_bool(binarize, "binarize")
     img = as_image(img, ndim=3, param="img")
     if img.dtype.kind not in "biuf":
         raise InvalidParameterError(
@@ -216,12 +202,12 @@ def threshold_img(
     return img.copy(data=data)
 
 
-def binarize_img(img) -> xr.DataArray:
+def binarize_img(img: ImageLike) -> xr.DataArray:
     """A 3D image as a boolean mask: nonzero voxels are inside, 0 and NaN outside.
 
     Parameters
     ----------
-    img : path, nibabel image or xarray.DataArray
+    img : ImageLike
         3D image of any real type.
 
     Returns
@@ -262,7 +248,9 @@ def _resample_block(source: np.ndarray, *, matrix, offset, shape) -> np.ndarray:
     return out.astype(bool)
 
 
-def resample_mask(mask_img, target_img, *, param: str = "mask_img") -> xr.DataArray:
+def resample_mask(
+    mask_img: ImageLike, target_img: ImageLike, *, param: str = "mask_img"
+) -> xr.DataArray:
     """Nearest-neighbour resampling of a 3D mask onto the grid of ``target_img``.
 
     Each target voxel takes the value of the source voxel nearest to it in
@@ -272,9 +260,9 @@ def resample_mask(mask_img, target_img, *, param: str = "mask_img") -> xr.DataAr
 
     Parameters
     ----------
-    mask_img : path, nibabel image or xarray.DataArray
+    mask_img : ImageLike
         3D binary mask to resample.
-    target_img : path, nibabel image or xarray.DataArray
+    target_img : ImageLike
         Any 3D or 4D image whose grid (shape, affine) the result takes.
     param : str
         Name of ``mask_img`` in error messages.
@@ -285,8 +273,6 @@ def resample_mask(mask_img, target_img, *, param: str = "mask_img") -> xr.DataAr
         bool, lazy, on the target's grid with the target's chunks and grid attrs.
         Each output chunk reads only the part of the source it needs.
     """
-    from roidask.io.image import grid_attrs
-
     mask = as_mask(mask_img, param=param)
     target = as_image(target_img, param="target_img")
     a_src, a_tgt = affine_of(mask), affine_of(target)
@@ -297,7 +283,7 @@ def resample_mask(mask_img, target_img, *, param: str = "mask_img") -> xr.DataAr
     matrix, shift = transform[:3, :3], transform[:3, 3]
     src_shape = np.asarray(mask.shape)
     tgt_chunks = target.data.chunks[:3]
-    starts = [np.concatenate(([0], np.cumsum(c)[:-1])) for c in tgt_chunks]
+    starts = block_offsets(tgt_chunks)
     corners = np.array(np.meshgrid([0, 1], [0, 1], [0, 1], indexing="ij")).reshape(3, -1)
     numblocks = tuple(len(c) for c in tgt_chunks)
     blocks = np.empty(numblocks, dtype=object)
@@ -317,7 +303,7 @@ def resample_mask(mask_img, target_img, *, param: str = "mask_img") -> xr.DataAr
         task = delayed(_resample_block, pure=True)(sub, matrix=matrix, offset=offset, shape=shape)
         blocks[idx] = da.from_delayed(task, shape=shape, dtype=bool)
     data = da.block(blocks.tolist()) if blocks.size > 1 else blocks.flat[0]
-    return xr.DataArray(data, dims=("x", "y", "z"), name=mask.name, attrs=grid_attrs(target))
+    return xr.DataArray(data, dims=SPATIAL_DIMS, name=mask.name, attrs=grid_attrs(target))
 
 
 # -- algebra -------------------------------------------------------------------------------
@@ -358,14 +344,16 @@ def _combine(mask_img, others, *, resample, op, func_name) -> xr.DataArray:
     return first.copy(data=data)
 
 
-def mask_and(mask_img, *other_imgs, resample: str | None = None) -> xr.DataArray:
+def mask_and(
+    mask_img: ImageLike, *other_imgs: ImageLike, resample: str | None = None
+) -> xr.DataArray:
     """Voxels inside ``mask_img`` and inside every one of ``other_imgs`` (lazy).
 
     Parameters
     ----------
-    mask_img : path, nibabel image or xarray.DataArray
+    mask_img : ImageLike
         3D binary mask; its grid is the result's grid.
-    *other_imgs : path, nibabel image or xarray.DataArray
+    *other_imgs : ImageLike
         One or more 3D binary masks.
     resample : {None, "nearest"}
         ``None`` (default): all masks must be on ``mask_img``'s grid.
@@ -391,7 +379,9 @@ def mask_and(mask_img, *other_imgs, resample: str | None = None) -> xr.DataArray
     )
 
 
-def mask_or(mask_img, *other_imgs, resample: str | None = None) -> xr.DataArray:
+def mask_or(
+    mask_img: ImageLike, *other_imgs: ImageLike, resample: str | None = None
+) -> xr.DataArray:
     """Voxels inside ``mask_img`` or inside any of ``other_imgs`` (lazy).
 
     Parameters and errors as :func:`mask_and`.
@@ -399,7 +389,9 @@ def mask_or(mask_img, *other_imgs, resample: str | None = None) -> xr.DataArray:
     return _combine(mask_img, other_imgs, resample=resample, op=da.logical_or, func_name="mask_or")
 
 
-def mask_difference(mask_img, other_img, *, resample: str | None = None) -> xr.DataArray:
+def mask_difference(
+    mask_img: ImageLike, other_img: ImageLike, *, resample: str | None = None
+) -> xr.DataArray:
     """Voxels inside ``mask_img`` and outside ``other_img`` (lazy).
 
     Parameters and errors as :func:`mask_and` with a single other mask.
@@ -413,7 +405,7 @@ def mask_difference(mask_img, other_img, *, resample: str | None = None) -> xr.D
     )
 
 
-def mask_not(mask_img) -> xr.DataArray:
+def mask_not(mask_img: ImageLike) -> xr.DataArray:
     """Voxels outside ``mask_img``, on its grid (lazy, bool).
 
     Raises

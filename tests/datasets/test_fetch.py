@@ -164,7 +164,7 @@ def _leftovers(data_dir: Path) -> list[str]:
 
 
 # -- tests -----------------------------------------------------------------------------------
-def test_fetch_downloads_verifies_and_extracts(tmp_path, server, archive, capsys):
+def test_fetch_downloads_verifies_and_extracts(tmp_path, server, archive, capsys, fake_terminal):
     url, state = server
     _, checksums = archive
     result = fetch_haxby(data_dir=tmp_path / "haxby", url=url, checksums=checksums)

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes
+from helpers.lazy import raise_if_dask_computes
 
 from roidask.exceptions import (
     GridMismatchError,
@@ -16,7 +16,7 @@ from roidask.exceptions import (
     InvalidParameterError,
 )
 from roidask.io import as_image, bold_from_nifti, check_same_grid, convert, like_image, to_nifti
-from roidask.io.image import normalize_chunks
+from roidask.io.chunks import normalize_chunks
 
 
 def test_as_image_accepts_path_nibabel_xarray_and_store(haxby, tmp_path):

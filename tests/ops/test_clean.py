@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes
+from helpers.lazy import raise_if_dask_computes
 from hypothesis import given
 from hypothesis import strategies as st
 from nilearn.signal import clean
@@ -215,9 +215,9 @@ def test_filtering_without_repetition_time_is_refused(series):
     x, runs = series
     signals = make_signals(x, runs)
     signals.attrs.clear()
-    with pytest.raises(InvalidParameterError, match="t_r_s"):
+    with pytest.raises(InvalidParameterError, match="tr_s"):
         clean_signals(signals, high_pass_hz=0.01)
-    out = clean_signals(signals, high_pass_hz=0.01, t_r_s=TR)
+    out = clean_signals(signals, high_pass_hz=0.01, tr_s=TR)
     np.testing.assert_allclose(
         computed(out), nilearn_clean(x, runs, {"high_pass_hz": 0.01}), rtol=1e-6, atol=1e-9
     )

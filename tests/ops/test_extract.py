@@ -2,56 +2,32 @@
 
 from __future__ import annotations
 
-import warnings
-
 import dask
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes
+from helpers.lazy import raise_if_dask_computes
+from helpers.seed import masker_signals
 from hypothesis import given
 from hypothesis import strategies as st
 from nilearn.image import smooth_img
-from nilearn.maskers import NiftiLabelsMasker
 from nilearn.signal import clean
 
 from roidask.exceptions import (
-    ConditionError,
     EmptyMaskWarning,
     GridMismatchError,
     ImageDimensionError,
     InvalidParameterError,
-    OutputExistsError,
 )
 from roidask.io import as_image
+from roidask.ops.conditions import select_condition, stack_conditions
 from roidask.ops.extract import (
     STRATEGIES,
     extract_signals,
-    select_condition,
-    signals_to_frame,
-    stack_conditions,
-    write_signals_tsv,
 )
 
 SPLIT_CHUNKS = {"x": 7, "y": 6, "time": 100}  # splits every volume into 18 spatial chunks
-
-
-def masker_signals(bold, labels_img, strategy="mean", **kwargs):
-    """Reference: NiftiLabelsMasker as (n_roi, n_time), warnings silenced locally."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        masker = NiftiLabelsMasker(
-            labels_img,
-            standardize=None,
-            detrend=False,
-            strategy=strategy,
-            resampling_target=None,
-            reports=False,
-            **kwargs,
-        )
-        return masker.fit_transform(bold).T
 
 
 def computed(signals):
@@ -60,19 +36,6 @@ def computed(signals):
 
 
 # -- fixtures ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def haxby_img(haxby):
-    img = nib.load(haxby.bold)
-    return nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header)
-
-
-@pytest.fixture(scope="module")
-def seed_rois(seed_maps, haxby_arrays):
-    """The seed pipeline's 5 face-vs-house ROIs, built with nilearn and scipy."""
-    assert seed_maps["n_labels"] == 5
-    return nib.Nifti1Image(seed_maps["atlas"].astype(np.int32), haxby_arrays[1])
-
-
 @pytest.fixture(scope="module")
 def haxby_split(haxby_bold, haxby_img):
     """The Haxby BOLD (in memory) in chunks that split every volume spatially."""
@@ -275,82 +238,6 @@ def test_labels_file_is_the_only_data_read(haxby, seed_rois, tmp_path, monkeypat
     assert signals.sizes == {"roi": 5, "time": 1452}
 
 
-# -- tidy output and condition views ---------------------------------------------------------
-def test_signals_to_frame_and_tsv(haxby_bold, seed_rois, tmp_path):
-    signals = extract_signals(haxby_bold, seed_rois)
-    values = computed(signals)
-    frame = signals_to_frame(signals)
-    assert list(frame.columns) == ["roi", "condition", "run", "volume", "time_s", "value"]
-    assert len(frame) == 5 * 1452
-    row = frame.iloc[1452 * 2 + 7]
-    assert (row.roi, row.volume, row.run, row.time_s) == (3, 7, 0, 7 * 2.5)
-    assert row.condition == haxby_bold["condition"].values[7]
-    assert row.value == values[2, 7]
-    face = signals_to_frame(select_condition(signals, "face"))
-    assert (face["condition"] == "face").all() and len(face) == 5 * 108
-    np.testing.assert_array_equal(
-        face["volume"].unique(), np.flatnonzero(haxby_bold["condition"].values == "face")
-    )
-
-    path = tmp_path / "signals.tsv"
-    assert write_signals_tsv(signals, path) == path
-    assert [p.name for p in tmp_path.iterdir()] == ["signals.tsv"]
-    pd.testing.assert_frame_equal(pd.read_csv(path, sep="\t"), frame)
-    with pytest.raises(OutputExistsError, match=r"signals\.tsv"):
-        write_signals_tsv(signals, path)
-    write_signals_tsv(signals.isel(roi=[0]), path, overwrite=True)
-    assert len(pd.read_csv(path, sep="\t")) == 1452
-
-
-def test_tsv_writes_nan_as_na(haxby_bold, seed_rois, tmp_path):
-    with pytest.warns(EmptyMaskWarning):
-        signals = extract_signals(haxby_bold, seed_rois, labels=[1, 77])
-    path = write_signals_tsv(signals, tmp_path / "s.tsv")
-    table = pd.read_csv(path, sep="\t")
-    assert table.loc[table["roi"] == 77, "value"].isna().all()
-    assert "n/a" in path.read_text()
-
-
-def test_select_and_stack_conditions(haxby_bold, haxby_img, seed_rois, haxby_arrays):
-    conditions = haxby_arrays[2]
-    reference = masker_signals(haxby_img, seed_rois)
-    signals = extract_signals(haxby_bold, seed_rois)
-    face = select_condition(signals, "face")
-    np.testing.assert_allclose(computed(face), reference[:, conditions == "face"], rtol=1e-12)
-
-    stacked = stack_conditions(signals, conditions=["face", "house"], n_volumes=50)
-    assert stacked.dims == ("condition", "sample", "roi")
-    assert stacked.shape == (2, 50, 5)
-    x1 = computed(stacked.sel(condition="face"))
-    x2 = computed(stacked.sel(condition="house"))
-    np.testing.assert_allclose(x1, reference[:, conditions == "face"][:, :50].T, rtol=1e-12)
-    np.testing.assert_allclose(x2, reference[:, conditions == "house"][:, :50].T, rtol=1e-12)
-    np.testing.assert_array_equal(
-        stacked["volume"].sel(condition="house").values,
-        np.flatnonzero(conditions == "house")[:50],
-    )
-
-    every = stack_conditions(signals)
-    assert every["condition"].values.tolist() == list(dict.fromkeys(conditions))
-    assert every.sizes["sample"] == 108  # smallest condition count (rest has 588)
-
-
-def test_unknown_condition_is_refused(haxby_bold, seed_rois):
-    signals = extract_signals(haxby_bold, seed_rois)
-    with pytest.raises(ConditionError, match=r"'faces' not found.*'face'"):
-        select_condition(signals, "faces")
-    with pytest.raises(ConditionError, match=r"\['dog'\] not found"):
-        stack_conditions(signals, conditions=["face", "dog"])
-
-
-def test_too_many_volumes_per_condition_is_refused(haxby_bold, seed_rois):
-    signals = extract_signals(haxby_bold, seed_rois)
-    with pytest.raises(ConditionError, match=r"109 volumes.*'face': 108"):
-        stack_conditions(signals, conditions=["face", "rest"], n_volumes=109)
-    with pytest.raises(InvalidParameterError, match="n_volumes"):
-        stack_conditions(signals, n_volumes=0)
-
-
 def test_extraction_with_cleaning_matches_nilearn_clean(haxby_bold, haxby_img, seed_rois):
     runs = haxby_bold["run"].values
     reference = clean(
@@ -437,7 +324,7 @@ def test_fwhm_with_a_non_linear_strategy_is_refused(haxby_bold, seed_rois, strat
         ({"labels": [0, 1]}, "background"),
         ({"labels": [1.5]}, "integer"),
         ({"fwhm": -2}, "fwhm"),
-        ({"high_pass_hz": 0.01, "t_r_s": -1}, "t_r_s"),
+        ({"high_pass_hz": 0.01, "tr_s": -1}, "tr_s"),
         ({"standardize": "psc"}, "standardize"),
     ],
 )

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes
+from helpers.lazy import raise_if_dask_computes
 from hypothesis import given
 from hypothesis import strategies as st
 from scipy import ndimage

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import raise_if_dask_computes
+from helpers.lazy import raise_if_dask_computes
 from nilearn.image import smooth_img
 from scipy import ndimage, stats
 

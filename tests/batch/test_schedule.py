@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from cluster_helpers import (
+from helpers.cluster import (
     kill_group,
     make_ca_and_cert,
     start,
@@ -34,10 +34,12 @@ from cluster_helpers import (
     wait_for_worker,
     worker_log,
 )
+from helpers.files import write_manifest
 from scipy import stats
 
-from roidask.batch import SubjectSpec, group_level, read_manifest, run_batch
-from roidask.exceptions import GridMismatchError, InvalidParameterError, LabelsError
+from roidask._atomic import MARKER
+from roidask.batch import SubjectSpec, group_level, run_batch
+from roidask.exceptions import GridMismatchError, InvalidParameterError
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -55,16 +57,20 @@ DATA_FILES = (
     "signals.tsv",
 )
 # provenance.json fields that legitimately differ between `roidask run` and a batch
-VOLATILE = {"timings_s", "peak_rss_bytes", "scheduler", "fingerprint", "subject", "chunks"}
+VOLATILE = {
+    "timings_s",
+    "peak_rss_bytes",
+    "scheduler",
+    "fingerprint",
+    "subject",
+    "chunks",
+    "started_utc",
+    "finished_utc",
+    "command_line",
+}
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def write_manifest(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
-    lines = ["subject\tbold\tlabels\tmask", *("\t".join(map(str, r)) for r in rows)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def files_of(d: Path) -> list[str]:
@@ -119,8 +125,8 @@ def statuses(out: Path) -> dict[str, str]:
 
 
 def hidden_entries(out: Path) -> list[str]:
-    """Temporary folders/files of an interrupted write (``.sub-01.tmp-...`` etc.)."""
-    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    """Temporary folders/files of an interrupted write (not roidask's ownership marker)."""
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != MARKER)
 
 
 def batch_cmd(manifest: Path, out: Path, *args: str) -> list[str]:
@@ -236,135 +242,6 @@ def cached_handles(client) -> dict[str, int]:
     return client.run(lambda: len(__import__("roidask.io.nifti", fromlist=["x"])._HANDLES))
 
 
-# --------------------------------------------------------------------------- 1. manifests
-
-
-def test_manifest_tsv_runs_and_relative_paths(tmp_path):
-    sub = tmp_path / "study"
-    sub.mkdir()
-    manifest = write_manifest(
-        sub / "manifest.tsv",
-        [
-            ("01", "d/run1.nii.gz; d/run2.nii.gz", "d/ev1.tsv;d/ev2.tsv", "d/mask.nii.gz"),
-            ("sub-02", "/abs/bold.nii", "/abs/labels.txt", "/abs/mask.nii"),
-        ],
-    )
-    specs = read_manifest(manifest)
-    assert specs == [
-        SubjectSpec(
-            "01",
-            (sub / "d/run1.nii.gz", sub / "d/run2.nii.gz"),
-            (sub / "d/ev1.tsv", sub / "d/ev2.tsv"),
-            sub / "d/mask.nii.gz",
-        ),
-        SubjectSpec(
-            "sub-02", (Path("/abs/bold.nii"),), (Path("/abs/labels.txt"),), Path("/abs/mask.nii")
-        ),
-    ]
-    assert [s.out_name for s in specs] == ["sub-01", "sub-02"]
-    # an empty mask cell takes --mask
-    write_manifest(manifest, [("01", "b.nii.gz", "l.txt", "")])
-    (spec,) = read_manifest(manifest, mask=tmp_path / "common_mask.nii.gz")
-    assert spec.mask == tmp_path / "common_mask.nii.gz"
-
-
-def test_manifest_bids_folder(tmp_path):
-    root = tmp_path / "bids"
-    for sub, runs in (("sub-01", 2), ("sub-02", 1)):
-        func = root / sub / "func"
-        func.mkdir(parents=True)
-        for r in range(1, runs + 1):
-            (func / f"{sub}_task-faces_run-{r}_bold.nii.gz").write_bytes(b"")
-            (func / f"{sub}_task-faces_run-{r}_events.tsv").write_text("onset\tduration\n")
-    own = root / "sub-02" / "func" / "sub-02_mask.nii.gz"
-    own.write_bytes(b"")
-    (root / "sub-03" / "anat").mkdir(parents=True)  # no func/: not a subject of the batch
-    common = tmp_path / "mask.nii.gz"
-    specs = read_manifest(root, mask=common)
-    f1 = root / "sub-01" / "func"
-    assert specs == [
-        SubjectSpec(
-            "sub-01",
-            (
-                f1 / "sub-01_task-faces_run-1_bold.nii.gz",
-                f1 / "sub-01_task-faces_run-2_bold.nii.gz",
-            ),
-            (f1 / "sub-01_task-faces_run-1_events.tsv", f1 / "sub-01_task-faces_run-2_events.tsv"),
-            common,
-        ),
-        SubjectSpec(
-            "sub-02",
-            (root / "sub-02/func/sub-02_task-faces_run-1_bold.nii.gz",),
-            (root / "sub-02/func/sub-02_task-faces_run-1_events.tsv",),
-            own,
-        ),
-    ]
-    assert [s.out_name for s in specs] == ["sub-01", "sub-02"]
-    with pytest.raises(LabelsError, match=r"sub-01: no \*_mask.nii.gz in func/ and no --mask"):
-        read_manifest(root)
-    # runs in numeric order: run-2 before run-10
-    f2 = root / "sub-02" / "func"
-    for r in (2, 10):
-        (f2 / f"sub-02_task-faces_run-{r}_bold.nii.gz").write_bytes(b"")
-        (f2 / f"sub-02_task-faces_run-{r}_events.tsv").write_text("onset\tduration\n")
-    runs = [p.name.split("_")[2] for p in read_manifest(root, mask=common)[1].bold]
-    assert runs == ["run-1", "run-2", "run-10"]
-    (f2 / "sub-02_desc-brain_mask.nii.gz").write_bytes(b"")
-    with pytest.raises(LabelsError, match=r"sub-02: several masks in func/ \(sub-02_desc"):
-        read_manifest(root, mask=common)
-    (f2 / "sub-02_desc-brain_mask.nii.gz").unlink()
-    (f1 / "sub-01_task-faces_run-2_events.tsv").unlink()
-    with pytest.raises(
-        LabelsError, match=r"run-2_bold.nii.gz: no matching events file .*run-2_events.tsv"
-    ):
-        read_manifest(root, mask=common)
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("subject\tbold\tlabels\n01\tb\tl\n", r"missing column\(s\) \['mask'\]"),
-        ("sub\tbold\tlabels\tmask\n01\tb\tl\tm\n", r"missing column\(s\) \['subject'\]"),
-        (
-            "subject\tbold\tlabels\tmask\n01\tb\tl\tm\n02\tb\tl\tm\n01\tc\tl\tm\n",
-            r"subject\(s\) \['01'\] listed more than once",
-        ),
-        ("subject\tbold\tlabels\tmask\n01\t\tl\tm\n", r"line 2: subject, bold and labels"),
-        ("subject\tbold\tlabels\tmask\n01\tb\tl\t\n", r"line 2: no mask for subject '01'"),
-        ("subject\tbold\tlabels\tmask\n", r"no subject rows"),
-        ("subject\tbold\tlabels\tmask\n../x\tb\tl\tm\n", r"subject '../x' is not a valid"),
-        (
-            "subject\tbold\tlabels\tmask\n01\tb\tl\tm\nsub-01\tb\tl\tm\n",
-            r"subjects '01' and 'sub-01' would both write sub-01/",
-        ),
-    ],
-)
-def test_manifest_errors(tmp_path, text, match):
-    manifest = tmp_path / "m.tsv"
-    manifest.write_text(text)
-    with pytest.raises(LabelsError, match=match):
-        read_manifest(manifest)
-
-
-def test_manifest_errors_on_the_command_line(tmp_path, capsys):
-    from roidask.cli import main
-
-    missing = tmp_path / "nope.tsv"
-    proc = run_cmd(batch_cmd(missing, tmp_path / "out"), timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    assert (
-        proc.stderr == f"roidask: error: {missing}: no such manifest (expected a TSV file "
-        "or a BIDS-like folder)\n"
-    )
-    bad = tmp_path / "bad.tsv"
-    bad.write_text("subject\tbold\n01\tb\n")
-    for target in (tmp_path, bad):  # a folder without sub-*/func; missing columns
-        assert main(["batch", str(target), "--out", str(tmp_path / "out")]) == 2
-        (line,) = capsys.readouterr().err.strip().splitlines()
-        assert line.startswith(f"roidask: error: {target}: ")
-    assert not (tmp_path / "out").exists()
-
-
 # --------------------------------------------------------------------------- 2. embedded
 
 
@@ -395,6 +272,7 @@ def test_batch_on_embedded_cluster(dataset, reference, tmp_path):
     assert f"  bad: {error}" in proc.stdout
     # the failed subject leaves nothing behind, the others are complete
     assert sorted(p.name for p in out.iterdir()) == [
+        MARKER,
         "batch.tsv",
         "group",
         "sub-01",
@@ -713,36 +591,3 @@ def test_out_of_core_batch(tmp_path):
     for i in range(2, n_subjects + 1):
         for name in ("tstat.nii.gz", "atlas.nii.gz", "signals.tsv"):
             assert (out / f"sub-s{i:02d}" / name).read_bytes() == (first / name).read_bytes()
-
-
-def test_memory_plan_shrinks_blocks_and_drops_the_box_for_small_workers(tmp_path):
-    """Small workers get blocks of fewer whole volumes, and no ROI box if it does not fit."""
-    from roidask import pipeline as pipeline_module
-    from roidask.batch import MemoryPlan, _memory_plan
-    from roidask.pipeline import PipelineParams, box_bytes, pass_box
-
-    path, mask_path = tmp_path / "bold.nii", tmp_path / "mask.nii.gz"
-    affine = np.diag([3.0, 3.0, 3.0, 1.0])
-    nib.save(nib.Nifti1Image(np.zeros((40, 64, 64, 300), np.int16), affine), path)
-    mask = np.zeros((40, 64, 64), np.uint8)
-    mask[10:20, 20:40, 20:30] = 1
-    nib.save(nib.Nifti1Image(mask, affine), mask_path)
-    spec = SubjectSpec("s1", (path,), (tmp_path / "labels.txt",), mask_path)
-    params = PipelineParams()
-    box = box_bytes(pass_box(mask != 0, affine, params), 300, np.int16)
-    assert box > 2**20
-    assert _memory_plan(spec, None, params) == MemoryPlan(None, None)  # no memory limit
-    assert _memory_plan(spec, 4 * 2**30, params) == MemoryPlan(None, None)  # all fits
-    small = _memory_plan(spec, 80 * 2**20, params)  # room for 2 x box and 8-volume blocks
-    assert set(small.chunks) == {"time"} and 8 <= small.chunks["time"] < 51
-    assert small.box_max_bytes is None
-    # 55 MiB: next to the box only blocks of < 8 volumes would fit; without it, more.
-    smaller = _memory_plan(spec, 55 * 2**20, params)
-    assert smaller.box_max_bytes == 0 and 8 <= smaller.chunks["time"] < small.chunks["time"]
-    assert _memory_plan(spec, 2**20, params) == MemoryPlan({"time": 1}, 0)  # >= one volume
-    with pytest.MonkeyPatch.context() as mp:  # a box the pipeline never keeps takes no room
-        mp.setattr(pipeline_module, "BOX_MAX_BYTES", box - 1)
-        unkept = _memory_plan(spec, 80 * 2**20, params)
-    assert unkept.box_max_bytes == 0 and unkept.chunks["time"] > small.chunks["time"]
-    bad = SubjectSpec("s2", (tmp_path / "missing.nii",), (), mask_path)
-    assert _memory_plan(bad, 2**20, params) == MemoryPlan(None, None)  # run_subject reports it

@@ -14,7 +14,7 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import raise_if_dask_computes
+from helpers.lazy import raise_if_dask_computes
 from hypothesis import given
 from hypothesis import strategies as st
 from nilearn.image import smooth_img as nilearn_smooth
@@ -22,9 +22,18 @@ from scipy import ndimage
 
 from roidask.exceptions import ConditionError, InvalidParameterError
 from roidask.io import as_image, bold_from_nifti, like_image
+from roidask.io.nifti import NiftiSource
+from roidask.onepass import (
+    MemoryPlan,
+    box_bytes,
+    box_image,
+    contrast_pass,
+    memory_plan,
+    pass_box,
+    roi_box,
+)
 from roidask.ops.extract import STRATEGIES, extract_signals
 from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
-from roidask.ops.onepass import box_image, contrast_pass, roi_box
 from roidask.ops.smooth import smooth_img, smoothing_dtype
 
 CONDITIONS = np.array(["rest", "face", "house", "face", "cat", "house", "face", "house"] * 3)
@@ -109,8 +118,9 @@ def test_random_pass_matches_references_any_chunking(problem):
     dtype = smoothing_dtype(data.dtype)
     references = reference_moments(data, affine, problem["fwhm"])
     for g, (mean, m2, n, scale) in enumerate(references):
-        assert got.counts[g] == n
-        assert_moments_match(got.mean[..., g], got.m2[..., g], mean, m2, n, scale, dtype)
+        moments = got.contrast[g]
+        assert moments.count == n
+        assert_moments_match(moments.mean, moments.m2, mean, m2, n, scale, dtype)
     kept = np.concatenate(got.box_blocks, axis=3)
     np.testing.assert_array_equal(kept, data[box])
     assert kept.dtype == data.dtype
@@ -124,8 +134,9 @@ def test_pass_on_real_haxby_matches_nilearn(haxby):
     got = contrast_pass(bold, contrast=("face", "house"), fwhm=6.0).compute()
     references = reference_moments(data, img.affine, 6.0, conditions=labels)
     for g, (mean, m2, n, scale) in enumerate(references):
-        assert got.counts[g] == n == 108
-        assert_moments_match(got.mean[..., g], got.m2[..., g], mean, m2, n, scale, np.float32)
+        moments = got.contrast[g]
+        assert moments.count == n == 108
+        assert_moments_match(moments.mean, moments.m2, mean, m2, n, scale, np.float32)
     np.testing.assert_allclose(got.total, data.sum(axis=3, dtype=np.float64), rtol=1e-12)
     assert got.box is None and got.box_blocks == []
 
@@ -134,7 +145,7 @@ def test_building_the_pass_reads_nothing(haxby):
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="x=13,time=200")
     with raise_if_dask_computes():
         graph = contrast_pass(bold, contrast=("face", "house"), fwhm=6.0, box=None)
-    assert graph.compute().counts.tolist() == [108, 108]
+    assert [m.count for m in graph.compute().contrast] == [108, 108]
 
 
 def test_pass_errors(haxby):
@@ -199,3 +210,37 @@ def test_signals_from_the_box_equal_whole_volume_signals(problem):
         want = extract_signals(full_src, atlas_img, strategy=strategy, **kwargs).values
         got = extract_signals(box_src, sub_atlas, strategy=strategy, **kwargs).values
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=strategy)
+
+
+# -- the memory model a batch uses -------------------------------------------------------
+def test_memory_plan_shrinks_blocks_and_drops_the_box_for_small_workers(tmp_path):
+    """Small workers get blocks of fewer whole volumes, and no ROI box if it does not fit."""
+    from roidask import onepass
+
+    path, mask_path = tmp_path / "bold.nii", tmp_path / "mask.nii.gz"
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    nib.save(nib.Nifti1Image(np.zeros((40, 64, 64, 300), np.int16), affine), path)
+    mask = np.zeros((40, 64, 64), np.uint8)
+    mask[10:20, 20:40, 20:30] = 1
+    nib.save(nib.Nifti1Image(mask, affine), mask_path)
+    sources = [NiftiSource.open(path)]
+    inside = mask != 0
+    box = box_bytes(pass_box(inside, affine, fwhm=6.0, dilation_iterations=1), 300, np.int16)
+
+    def plan(budget):
+        return memory_plan(sources, inside, budget, fwhm=6.0, dilation_iterations=1)
+
+    assert box > 2**20
+    assert plan(None) == MemoryPlan(None, None)  # no memory limit
+    assert plan(4 * 2**30) == MemoryPlan(None, None)  # all fits
+    small = plan(80 * 2**20)  # room for 2 x box and 8-volume blocks
+    assert set(small.chunks) == {"time"} and 8 <= small.chunks["time"] < 51
+    assert small.box_max_bytes is None
+    # 55 MiB: next to the box only blocks of < 8 volumes would fit; without it, more.
+    smaller = plan(55 * 2**20)
+    assert smaller.box_max_bytes == 0 and 8 <= smaller.chunks["time"] < small.chunks["time"]
+    assert plan(2**20) == MemoryPlan({"time": 1}, 0)  # >= one volume
+    with pytest.MonkeyPatch.context() as mp:  # a box the pipeline never keeps takes no room
+        mp.setattr(onepass, "BOX_MAX_BYTES", box - 1)
+        unkept = plan(80 * 2**20)
+    assert unkept.box_max_bytes == 0 and unkept.chunks["time"] > small.chunks["time"]

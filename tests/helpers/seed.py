@@ -80,3 +80,19 @@ def seed_pipeline(
         "signals": signals,
         "conditions": haxby_labels.to_numpy(),
     }
+
+
+def masker_signals(bold, labels_img, strategy="mean", **kwargs):
+    """Reference: NiftiLabelsMasker as (n_roi, n_time), warnings silenced locally."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        masker = NiftiLabelsMasker(
+            labels_img,
+            standardize=None,
+            detrend=False,
+            strategy=strategy,
+            resampling_target=None,
+            reports=False,
+            **kwargs,
+        )
+        return masker.fit_transform(bold).T

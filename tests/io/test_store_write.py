@@ -22,11 +22,13 @@ from roidask.exceptions import (
     IncompleteStoreError,
     LabelsError,
     NonFiniteVoxelsWarning,
+    OutputError,
     OutputExistsError,
     StoreError,
 )
-from roidask.io import convert, list_subjects, open_store, open_subject, select_conditions
-from roidask.io.store import COMPLETE_ATTR
+from roidask.io import convert, list_subjects, open_store, open_subject
+from roidask.io.store_read import COMPLETE_ATTR
+from roidask.ops import select_conditions
 
 AFFINE = np.diag([3.5, 3.75, 3.75, 1.0])
 AFFINE[:3, 3] = [-70.0, -100.0, -60.0]
@@ -288,14 +290,14 @@ def test_non_store_target_is_refused(small):
     run, labels, tmp = small
     (tmp / "s.zarr").mkdir()
     (tmp / "s.zarr" / "precious.txt").write_text("keep me")
-    with pytest.raises(OutputExistsError, match="not a roidask store"):
+    with pytest.raises(OutputError, match="not a roidask store"):
         convert(run, labels=labels, out=tmp / "s.zarr", overwrite=True)
     assert (tmp / "s.zarr" / "precious.txt").read_text() == "keep me"
 
 
 def test_failed_conversion_leaves_nothing(small, monkeypatch):
     run, labels, tmp = small
-    from roidask.io import store as store_mod
+    from roidask.io import store_write as store_mod
 
     def exploding(sources, block):
         yield 0, sources[0].read(0, 1)

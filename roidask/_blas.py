@@ -22,6 +22,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from threadpoolctl import threadpool_limits
+
 __all__ = ["one_blas_thread"]
 
 _lock = threading.Lock()
@@ -35,8 +37,6 @@ def one_blas_thread() -> Iterator[None]:
     global _users, _limit
     with _lock:
         if _users == 0:
-            from threadpoolctl import threadpool_limits
-
             _limit = threadpool_limits(limits=1, user_api="blas")
         _users += 1
     try:

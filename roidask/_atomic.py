@@ -1,0 +1,439 @@
+"""Atomic outputs, ownership markers and the cleanup of what killed runs left behind.
+
+Every file and folder roidask writes goes through this module:
+
+* a **file** is written to a hidden temporary sibling, then renamed over its
+  final name (:func:`atomic_file`, :func:`write_text`, :func:`write_bytes`);
+* a **folder** (a subject's results, a group level, a store being converted) is
+  built in a hidden temporary sibling (:class:`OutputFolder`) that holds an
+  ownership marker, :data:`MARKER` (``.roidask.json``: what wrote it, when,
+  and every file it holds), and is renamed into place when complete. A folder
+  it replaces is swapped out in the same system call (Linux ``renameat2``
+  ``RENAME_EXCHANGE``), so there is no moment with neither, and removed after.
+
+Nothing else is ever deleted: :func:`check_destination` refuses to replace a
+path that roidask did not write (no marker), a folder that holds files roidask
+did not write, or one that contains an input of the command; it also checks,
+before any data is read, that the parent folder exists and is writable.
+
+Temporary siblings are named ``.<name>.roidask-tmp-<pid>-<random>`` and are
+locked (``flock``) by the process writing them for as long as it lives. A
+killed run leaves them behind unlocked; :func:`clean_stale` (called by every
+command on its destination) removes exactly those, never the siblings of a
+run still in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import datetime
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from roidask.exceptions import OutputError, OutputExistsError
+
+__all__ = [
+    "MARKER",
+    "OutputFolder",
+    "atomic_file",
+    "check_destination",
+    "clean_stale",
+    "is_roidask_folder",
+    "read_marker",
+    "swap_into_place",
+    "temp_sibling",
+    "write_bytes",
+    "write_text",
+]
+
+#: Ownership marker written into every folder roidask creates.
+MARKER = ".roidask.json"
+_TMP = "roidask-tmp"
+_OLD = "roidask-old"
+# renameat2(2): AT_FDCWD and RENAME_EXCHANGE (linux/fcntl.h, linux/fs.h)
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def temp_sibling(path: Path, kind: str = _TMP) -> Path:
+    """A new hidden name beside ``path`` that :func:`clean_stale` recognises."""
+    return path.parent / f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _stale_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"^\.{re.escape(name)}\.(?:{_TMP}|{_OLD})-\d+-[0-9a-f]{{8}}$")
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on ``fd`` without waiting; False if someone holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def clean_stale(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of ``path`` that killed roidask processes left.
+
+    Only names roidask gives its temporary siblings are considered, and only
+    those no live process holds the lock of are removed.
+
+    Returns
+    -------
+    list of Path
+        The removed siblings.
+    """
+    path = Path(path)
+    parent = path.parent
+    if not parent.is_dir():
+        return []
+    pattern = _stale_pattern(path.name)
+    removed = []
+    try:
+        candidates = [p for p in parent.iterdir() if pattern.match(p.name)]
+    except OSError:
+        return []
+    for candidate in candidates:
+        try:
+            fd = os.open(candidate, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            if not _lock(fd):
+                continue  # a live run is writing it
+            _remove(candidate)
+            removed.append(candidate)
+        finally:
+            os.close(fd)
+    return removed
+
+
+# -- ownership -------------------------------------------------------------------------------
+def read_marker(folder: Path) -> dict | None:
+    """The ownership marker of a folder roidask wrote, or None.
+
+    Folders written by roidask 0.1 carry no marker; their ``provenance.json``
+    (with ``roidask_version`` and the list of ``outputs``) is accepted instead.
+    """
+    for name, key in ((MARKER, "files"), ("provenance.json", "outputs")):
+        try:
+            record = json.loads((folder / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get(key), list):
+            continue
+        if name == MARKER and record.get("written_by") != "roidask":
+            continue
+        if name == "provenance.json" and "roidask_version" not in record:
+            continue
+        return {"kind": record.get("kind"), "files": [str(f) for f in record[key]]}
+    return None
+
+
+def _files_of(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def is_roidask_folder(folder: Path, *, kind: str | None = None) -> bool:
+    """True if ``folder`` carries roidask's marker (of ``kind``, if given)."""
+    marker = read_marker(folder)
+    return marker is not None and (kind is None or marker["kind"] in (kind, None))
+
+
+def _foreign_files(folder: Path, marker: dict) -> list[str]:
+    listed = set(marker["files"]) | {MARKER, "provenance.json"}
+    owned_dirs = tuple(f"{f}/" for f in marker["files"] if (folder / f).is_dir())
+    return sorted(f for f in _files_of(folder) if f not in listed and not f.startswith(owned_dirs))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.relative_to(parent)
+    except ValueError:
+        return False
+    return True
+
+
+def check_destination(
+    out: str | os.PathLike,
+    *,
+    param: str,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    kind: str | None = None,
+) -> Path:
+    """Check that ``out`` may be (re)written, before any data is read.
+
+    Parameters
+    ----------
+    out : path
+        The folder (or file) the command will write.
+    param : str
+        Its parameter name, for messages (``"out"``).
+    inputs : paths
+        Every input of the command: ``out`` must not be one, contain one or be
+        inside one.
+    overwrite : bool
+        Whether an existing ``out`` may be replaced.
+    kind : str, optional
+        The kind of output folder (``"subject-results"``, ``"group"``); an
+        existing folder of another kind is refused.
+
+    Returns
+    -------
+    Path
+        ``out``.
+
+    Raises
+    ------
+    OutputError
+        The parent folder is missing, not a folder, or not writable; ``out`` is an
+        input or contains one; or ``out`` exists and roidask did not write it (or it
+        holds files roidask did not write).
+    OutputExistsError
+        ``out`` is roidask's but ``overwrite`` is false.
+    """
+    out = Path(out)
+    parent = out.parent
+    if not parent.exists():
+        raise OutputError(
+            f"{param} {out}: its parent folder {parent} does not exist; create it first",
+            param=param,
+        )
+    if not parent.is_dir():
+        raise OutputError(f"{param} {out}: {parent} is not a folder", param=param)
+    resolved = out.resolve()
+    for item in inputs:
+        src = Path(item).resolve()
+        if src == resolved or _inside(src, resolved) or _inside(resolved, src):
+            raise OutputError(
+                f"{param} {out}: is or contains the input {item}; roidask never writes over "
+                "its inputs, choose another output",
+                param=param,
+            )
+    _check_writable(parent, out, param)
+    if not out.exists() and not out.is_symlink():
+        return out
+    if out.is_symlink() or not out.is_dir():
+        raise OutputError(
+            f"{param} {out}: exists and is not a folder roidask wrote; roidask only replaces "
+            "its own outputs, choose another output",
+            param=param,
+        )
+    marker = read_marker(out)
+    if marker is None:
+        raise OutputError(
+            f"{param} {out}: exists and was not written by roidask (no {MARKER}); roidask "
+            "only replaces its own outputs, choose another output",
+            param=param,
+        )
+    if kind is not None and marker["kind"] not in (kind, None):
+        raise OutputError(
+            f"{param} {out}: is a roidask {marker['kind']} folder, not a {kind} folder; "
+            "choose another output",
+            param=param,
+        )
+    foreign = _foreign_files(out, marker)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise OutputError(
+            f"{param} {out}: holds {len(foreign)} file(s) roidask did not write ({shown}); "
+            "move them elsewhere or choose another output",
+            param=param,
+        )
+    if not overwrite:
+        raise OutputExistsError(
+            f"{param} {out}: already exists; pass overwrite=True to replace it", param=param
+        )
+    return out
+
+
+def _check_writable(parent: Path, out: Path, param: str) -> None:
+    probe = temp_sibling(out)
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except PermissionError:
+        raise OutputError(
+            f"{param} {out}: cannot write into {parent} (permission denied)", param=param
+        ) from None
+    except OSError as exc:
+        raise OutputError(
+            f"{param} {out}: cannot write into {parent} ({exc.strerror or exc})", param=param
+        ) from None
+    os.close(fd)
+    probe.unlink()
+
+
+# -- commits ---------------------------------------------------------------------------------
+_renameat2 = None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the names ``a`` and ``b`` (Linux); False where unsupported."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            func = libc.renameat2
+        except (OSError, AttributeError):
+            _renameat2 = False
+            return False
+        func.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+        func.argtypes += [ctypes.c_uint]
+        func.restype = ctypes.c_int
+        _renameat2 = func
+    if _renameat2 is False:
+        return False
+    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_into_place(new: Path, target: Path) -> None:
+    """Move ``new`` to ``target``; an existing ``target`` is swapped out, then removed.
+
+    With ``renameat2(RENAME_EXCHANGE)`` there is no moment when ``target``
+    is missing; elsewhere the old ``target`` is renamed aside first. The old
+    content ends under a temporary name that :func:`clean_stale` removes if this
+    process dies before removing it.
+    """
+    if not target.exists() and not target.is_symlink():
+        os.rename(new, target)
+        return
+    if _exchange(new, target):
+        _remove(new)  # now holds the old content
+        return
+    old = temp_sibling(target, _OLD)
+    os.rename(target, old)
+    os.rename(new, target)
+    _remove(old)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``.
+
+    The caller writes the whole file to the yielded path; on an exception it is
+    removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    tmp = temp_sibling(path)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    try:
+        _lock(fd)
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+class OutputFolder:
+    """A folder built in a locked temporary sibling and committed in one rename.
+
+    Use :func:`check_destination` first. ``with OutputFolder(out, kind=...) as tmp:``
+    yields the temporary folder; leaving the block without an exception writes
+    the ownership marker (listing every file) and swaps the folder into place;
+    an exception removes the temporary folder and leaves ``out`` untouched.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike,
+        *,
+        kind: str,
+        info: dict | None = None,
+        marker: bool = True,
+    ):
+        self.out = Path(out)
+        self.kind = kind
+        self.info = dict(info or {})
+        self.marker = marker
+        self.tmp = temp_sibling(self.out)
+        self._fd: int | None = None
+
+    def open(self) -> Path:
+        """Create and lock the temporary folder; return it."""
+        try:
+            self.tmp.mkdir()
+        except OSError as exc:
+            raise OutputError(
+                f"{self.out}: cannot create a folder in {self.out.parent} ({exc.strerror or exc})"
+            ) from None
+        self._fd = os.open(self.tmp, os.O_RDONLY)
+        _lock(self._fd)
+        return self.tmp
+
+    def commit(self) -> Path:
+        """Write the marker (unless ``marker=False``: zarr stores mark themselves) and
+        move the folder into place."""
+        if self.marker:
+            record = {
+                "written_by": "roidask",
+                "kind": self.kind,
+                "created_utc": _utc_now(),
+                **self.info,
+                "files": sorted(_files_of(self.tmp)),
+            }
+            (self.tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+        swap_into_place(self.tmp, self.out)
+        self._release()
+        return self.out
+
+    def discard(self) -> None:
+        """Remove the temporary folder (after a failure)."""
+        _remove(self.tmp)
+        self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Path:
+        return self.open()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()

@@ -1,0 +1,269 @@
+"""Parameter checks shared by every public function (one home, as nilearn's param_validation).
+
+Each checker takes the value and the parameter's name, returns the value in its
+canonical type, and raises :class:`~roidask.exceptions.InvalidParameterError`
+(or :class:`~roidask.exceptions.ConditionError`) whose message names the
+parameter, what was expected and the value given. Input files are checked by
+:func:`check_input_file` before anything reads them.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from roidask.exceptions import (
+    ConditionError,
+    CorruptFileError,
+    InvalidParameterError,
+    UnreadableFileError,
+)
+
+__all__ = [
+    "SUBJECT_NAME_RE",
+    "check_bool",
+    "check_choice",
+    "check_condition_name",
+    "check_conditions",
+    "check_input_file",
+    "check_int",
+    "check_optional_int",
+    "check_real",
+    "check_subject_name",
+    "check_triplet",
+    "volume_conditions",
+]
+
+#: Subject names: letters, digits, '.', '_' and '-', not starting with '.' or '-'
+#: (store group names and ``sub-<id>`` output folders alike).
+SUBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+def check_bool(value: Any, param: str) -> bool:
+    """``value`` as a bool; only True/False (or numpy bools) are accepted."""
+    if not isinstance(value, bool | np.bool_):
+        raise InvalidParameterError(f"{param}: expected True or False, got {value!r}", param=param)
+    return bool(value)
+
+
+def check_int(value: Any, param: str, *, minimum: int | None = None, meaning: str = "") -> int:
+    """``value`` as an int (bools refused), at least ``minimum`` if given."""
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Integral)
+    if ok and minimum is not None:
+        ok = value >= minimum
+    if not ok:
+        want = "an integer" if minimum is None else f"an integer >= {minimum}"
+        extra = f" ({meaning})" if meaning else ""
+        raise InvalidParameterError(f"{param}: expected {want}{extra}, got {value!r}", param=param)
+    return int(value)
+
+
+def check_optional_int(
+    value: Any, param: str, *, minimum: int | None = None, meaning: str = ""
+) -> int | None:
+    """As :func:`check_int`, with ``None`` passed through."""
+    return None if value is None else check_int(value, param, minimum=minimum, meaning=meaning)
+
+
+def check_real(
+    value: Any,
+    param: str,
+    *,
+    minimum: float | None = None,
+    positive: bool = False,
+    unit: str = "",
+) -> float:
+    """``value`` as a finite float, ``> 0`` if ``positive``, ``>= minimum`` if given."""
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, numbers.Real)
+        and bool(np.isfinite(float(value)))
+    )
+    if ok and positive:
+        ok = value > 0
+    if ok and minimum is not None:
+        ok = value >= minimum
+    if not ok:
+        if positive:
+            want = "a positive finite number"
+        elif minimum is not None:
+            want = f"a finite number >= {minimum:g}"
+        else:
+            want = "a finite number"
+        of = f" of {unit}" if unit else ""
+        raise InvalidParameterError(f"{param}: expected {want}{of}, got {value!r}", param=param)
+    return float(value)
+
+
+def check_choice(value: Any, param: str, choices: Iterable[Any]) -> Any:
+    """``value`` if it is one of ``choices``."""
+    choices = list(choices)
+    if isinstance(value, bool) or value not in choices:
+        raise InvalidParameterError(
+            f"{param}: expected one of {choices}, got {value!r}", param=param
+        )
+    return value
+
+
+def check_triplet(value: Any, param: str, *, integer: bool) -> tuple:
+    """Three positive numbers (integers if ``integer``), one per spatial axis."""
+    try:
+        items = tuple(value)
+    except TypeError:
+        items = ()
+    kind = numbers.Integral if integer else numbers.Real
+    if len(items) != 3 or not all(
+        isinstance(v, kind) and not isinstance(v, bool) and np.isfinite(v) and v > 0 for v in items
+    ):
+        want = "positive integers" if integer else "positive numbers"
+        raise InvalidParameterError(
+            f"{param}: expected three {want} (x, y, z), got {value!r}", param=param
+        )
+    return tuple(int(v) if integer else float(v) for v in items)
+
+
+def check_subject_name(subject: Any, param: str = "subject") -> str:
+    """A subject name usable as a store group and an output folder name."""
+    if not isinstance(subject, str) or not SUBJECT_NAME_RE.match(subject):
+        raise InvalidParameterError(
+            f"{param}: {subject!r} is not a valid subject name; expected letters, digits, "
+            "'.', '_' or '-', not starting with '.' or '-' (e.g. 'sub-01')",
+            param=param,
+        )
+    return subject
+
+
+# -- conditions ----------------------------------------------------------------------------
+def volume_conditions(bold, param: str = "img") -> np.ndarray:
+    """The per-volume condition labels of a BOLD image, as a numpy str array."""
+    if "condition" not in bold.coords or bold["condition"].dims != ("time",):
+        raise ConditionError(
+            f"{param}: the BOLD series has no 'condition' coordinate along time; load it with "
+            "labels (roidask.io.bold_from_nifti(..., labels=...)) to use conditions",
+            param=param,
+        )
+    return np.asarray(bold["condition"].values).astype(str)
+
+
+def check_condition_name(condition: Any, param: str = "condition") -> str:
+    """One condition name (str)."""
+    if isinstance(condition, np.str_):
+        condition = str(condition)
+    if not isinstance(condition, str):
+        raise InvalidParameterError(
+            f"{param}: expected one condition name (str), got {condition!r}", param=param
+        )
+    return condition
+
+
+def check_conditions(
+    conditions: Sequence[str] | Any,
+    labels: np.ndarray,
+    *,
+    param: str,
+    min_count: int = 1,
+    exact: int | None = None,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Validate condition names against per-volume ``labels`` (the one condition checker).
+
+    Parameters
+    ----------
+    conditions : sequence of str
+        Distinct condition names.
+    labels : ndarray of str
+        The condition of every volume (:func:`volume_conditions`).
+    param : str
+        Parameter name for messages (``"contrast"``, ``"conditions"``).
+    min_count : int
+        Volumes each condition needs (2 for a t-test).
+    exact : int, optional
+        Number of names required (2 for a contrast).
+
+    Returns
+    -------
+    names : list of str
+    index : ndarray of int
+        Indices of the volumes of these conditions, in time order.
+    codes : ndarray of int
+        For each of those volumes, the position of its condition in ``names``.
+    """
+    if isinstance(conditions, str) or not np.iterable(conditions):
+        what = f"the string {conditions!r}" if isinstance(conditions, str) else repr(conditions)
+        raise InvalidParameterError(
+            f"{param}: expected a list or tuple of condition names, got {what}", param=param
+        )
+    names = [str(c) if isinstance(c, np.str_) else c for c in conditions]
+    if exact is not None and len(names) != exact:
+        raise InvalidParameterError(
+            f"{param}: expected {exact} condition names, got {list(conditions)!r}", param=param
+        )
+    bad = [c for c in names if not isinstance(c, str)]
+    if bad:
+        raise InvalidParameterError(
+            f"{param}: condition names must be strings, got {bad!r} in {names!r}", param=param
+        )
+    dupes = sorted({c for c in names if names.count(c) > 1})
+    if dupes:
+        raise InvalidParameterError(
+            f"{param}: condition(s) {dupes} given more than once", param=param
+        )
+    known = sorted(set(labels.tolist()))
+    unknown = [c for c in names if c not in known]
+    if unknown:
+        raise ConditionError(
+            f"{param}: unknown condition(s) {unknown}; the data has {known}", param=param
+        )
+    counts = {c: int(np.count_nonzero(labels == c)) for c in names}
+    few = {c: n for c, n in counts.items() if n < min_count}
+    if few:
+        detail = ", ".join(f"{c!r} has {n}" for c, n in few.items())
+        raise ConditionError(
+            f"{param}: each condition needs at least {min_count} volumes for this test; "
+            f"{detail} volume(s)",
+            param=param,
+        )
+    index = np.flatnonzero(np.isin(labels, names))
+    lookup = {c: k for k, c in enumerate(names)}
+    codes = np.asarray([lookup[c] for c in labels[index]], dtype=np.int64)
+    return names, index, codes
+
+
+# -- input files -----------------------------------------------------------------------------
+def check_input_file(path: str | os.PathLike, param: str, *, what: str = "file") -> Path:
+    """An existing, readable, non-empty regular file (checked before anything reads it).
+
+    Raises
+    ------
+    UnreadableFileError
+        Missing, a folder, or not readable by this process (permissions).
+    CorruptFileError
+        Empty (0 bytes).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UnreadableFileError(f"{param} {path}: no such {what}", param=param)
+    if path.is_dir():
+        raise UnreadableFileError(f"{param} {path}: is a folder; expected a {what}", param=param)
+    try:
+        with open(path, "rb") as fh:
+            first = fh.read(1)
+    except PermissionError:
+        raise UnreadableFileError(
+            f"{param} {path}: permission denied (the {what} is not readable by this user)",
+            param=param,
+        ) from None
+    except OSError as exc:
+        raise UnreadableFileError(
+            f"{param} {path}: cannot be read ({exc.strerror or exc})", param=param
+        ) from None
+    if not first:
+        raise CorruptFileError(
+            f"{param} {path}: is empty (0 bytes); expected a {what}", param=param
+        )
+    return path

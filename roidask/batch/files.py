@@ -1,0 +1,54 @@
+"""Read handles of the files a batch's subjects have in flight, dropped when a file is done."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from roidask.cluster import active_client
+from roidask.io.nifti import release_handles
+
+__all__ = ["OpenFiles", "release_everywhere"]
+
+
+class OpenFiles:
+    """Input files of the subjects in flight; a file's read handles are dropped when done.
+
+    Workers cache one read handle per NIfTI file (a ``.nii.gz`` one holds its
+    seek index and a ~16 MB read buffer, even for a small mask): without this a
+    worker's memory grows with every subject of the batch until it is paused or
+    killed.
+    """
+
+    def __init__(self):
+        self._count: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, files) -> None:
+        with self._lock:
+            for f in {os.path.realpath(p) for p in files}:
+                self._count[f] = self._count.get(f, 0) + 1
+
+    def release(self, files) -> None:
+        done = []
+        with self._lock:
+            for f in {os.path.realpath(p) for p in files}:
+                self._count[f] -= 1
+                if not self._count[f]:
+                    del self._count[f]
+                    done.append(f)
+        if done:
+            release_everywhere(done)
+
+
+def release_everywhere(paths) -> None:
+    """Drop the cached read handles of ``paths`` here and on every worker."""
+    paths = [str(p) for p in paths]
+    release_handles(paths)
+    client = active_client()
+    if client is None:
+        return
+    try:
+        client.run(release_handles, paths, on_error="ignore")
+    except Exception:  # a worker lost meanwhile: its handles went with it
+        pass

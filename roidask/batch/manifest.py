@@ -1,0 +1,164 @@
+"""Which subjects a batch runs: TSV manifests and BIDS-like folders.
+
+A manifest is a TSV with columns ``subject, bold, labels, mask`` (several runs
+or label files separated by ``;``; relative paths are relative to the manifest);
+a BIDS-like folder holds ``sub-*/func/*_bold.nii.gz`` with matching
+``*_events.tsv`` files and a mask (``sub-*/func/*_mask.nii.gz`` or one for all).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from roidask._validate import SUBJECT_NAME_RE, check_input_file
+from roidask.exceptions import ManifestError
+
+__all__ = ["MANIFEST_COLUMNS", "SubjectSpec", "read_manifest"]
+
+#: Columns of a TSV manifest.
+MANIFEST_COLUMNS = ("subject", "bold", "labels", "mask")
+
+
+@dataclass(frozen=True)
+class SubjectSpec:
+    """One subject of a batch: BOLD run(s), label file(s) and a mask."""
+
+    subject: str
+    bold: tuple[Path, ...]
+    labels: tuple[Path, ...]
+    mask: Path
+
+    @property
+    def out_name(self) -> str:
+        return self.subject if self.subject.startswith("sub-") else f"sub-{self.subject}"
+
+
+def _split(value: str, base: Path) -> tuple[Path, ...]:
+    parts = [p.strip() for p in str(value).split(";") if p.strip()]
+    return tuple(p if p.is_absolute() else base / p for p in map(Path, parts))
+
+
+def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None = None):
+    """Subjects of a batch from a TSV manifest or a BIDS-like folder.
+
+    Parameters
+    ----------
+    manifest : path
+        A TSV with columns ``subject, bold, labels, mask`` (several runs or label
+        files separated by ``;``; relative paths are relative to the manifest),
+        or a folder with ``sub-*/func/*_bold.nii.gz`` and matching
+        ``*_events.tsv`` files (mask: ``sub-*/func/*_mask.nii.gz`` or ``mask``).
+    mask : path, optional
+        Mask for every subject of a BIDS-like folder without its own.
+
+    Returns
+    -------
+    list of SubjectSpec
+    """
+    path = Path(manifest)
+    if path.is_dir():
+        return _read_bids(path, mask=mask)
+    if not path.exists():
+        raise ManifestError(
+            f"manifest {path}: no such file (expected a TSV file or a BIDS-like folder)",
+            param="manifest",
+        )
+    check_input_file(path, "manifest", what="manifest (TSV)")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str).fillna("")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ManifestError(
+            f"manifest {path}: not a readable TSV table ({exc})", param="manifest"
+        ) from None
+    table.columns = [str(c).strip() for c in table.columns]
+    table = table.apply(lambda col: col.str.strip())
+    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+    if missing:
+        raise ManifestError(
+            f"{path}: missing column(s) {missing}; a manifest needs {list(MANIFEST_COLUMNS)}, "
+            f"got {list(table.columns)}"
+        )
+    if table["subject"].duplicated().any():
+        dup = sorted(set(table["subject"][table["subject"].duplicated()]))
+        raise ManifestError(f"{path}: subject(s) {dup} listed more than once")
+    if table.empty:
+        raise ManifestError(
+            f"manifest {path}: has a header but no subject rows (expected one line per subject)",
+            param="manifest",
+        )
+    specs = []
+    for i, row in table.iterrows():
+        if not row["subject"] or not row["bold"] or not row["labels"]:
+            raise ManifestError(f"{path}: line {i + 2}: subject, bold and labels are required")
+        if not SUBJECT_NAME_RE.match(row["subject"]):
+            raise ManifestError(
+                f"{path}: line {i + 2}: subject {row['subject']!r} is not a valid name "
+                "(letters, digits, '.', '_' and '-', not starting with '.' or '-')"
+            )
+        row_mask = row["mask"] or (str(mask) if mask else "")
+        if not row_mask:
+            raise ManifestError(f"{path}: line {i + 2}: no mask for subject {row['subject']!r}")
+        specs.append(
+            SubjectSpec(
+                subject=row["subject"],
+                bold=_split(row["bold"], path.parent),
+                labels=_split(row["labels"], path.parent),
+                mask=_split(row_mask, path.parent)[0],
+            )
+        )
+    _check_out_names(specs, path)
+    return specs
+
+
+def _check_out_names(specs: list[SubjectSpec], source: Path) -> None:
+    """Two subjects must not share an output folder (``01`` and ``sub-01`` do)."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        other = seen.setdefault(spec.out_name, spec.subject)
+        if other != spec.subject:
+            raise ManifestError(
+                f"{source}: subjects {other!r} and {spec.subject!r} would both write "
+                f"{spec.out_name}/; rename one"
+            )
+
+
+def _natural_key(path: Path) -> list:
+    """Sort key putting ``run-2`` before ``run-10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _read_bids(root: Path, *, mask) -> list[SubjectSpec]:
+    specs = []
+    for sub in sorted((p for p in root.glob("sub-*") if p.is_dir()), key=_natural_key):
+        bolds = sorted((sub / "func").glob("*_bold.nii*"), key=_natural_key)
+        if not bolds:
+            continue
+        events = []
+        for b in bolds:
+            stem = b.name.split("_bold.nii")[0]
+            ev = b.with_name(f"{stem}_events.tsv")
+            if not ev.is_file():
+                raise ManifestError(f"{b}: no matching events file {ev.name}")
+            events.append(ev)
+        masks = sorted((sub / "func").glob("*_mask.nii*"))
+        if len(masks) > 1:
+            raise ManifestError(
+                f"{sub}: several masks in func/ ({', '.join(m.name for m in masks)}); "
+                "keep one *_mask.nii.gz"
+            )
+        subject_mask = masks[0] if masks else (Path(mask) if mask else None)
+        if subject_mask is None:
+            raise ManifestError(
+                f"{sub}: no *_mask.nii.gz in func/ and no mask for every subject given "
+                "(mask=PATH)",
+                param="manifest",
+            )
+        specs.append(SubjectSpec(sub.name, tuple(bolds), tuple(events), subject_mask))
+    if not specs:
+        raise ManifestError(f"{root}: no sub-*/func/*_bold.nii.gz files found")
+    return specs

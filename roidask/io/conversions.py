@@ -1,0 +1,146 @@
+"""The one entry point for image arguments: :func:`as_image` (nilearn's ``check_niimg``).
+
+Every public function that takes an image calls :func:`as_image`, which accepts
+a path (a ``.nii``/``.nii.gz`` file or a roidask zarr store), a nibabel image or
+an xarray object (DataArray, Dataset or DataTree in roidask's layout) and always
+returns the same kind of object: a lazy, dask-backed :class:`xarray.DataArray`
+with the grid in its attrs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dask.array as da
+import nibabel as nib
+import numpy as np
+import xarray as xr
+
+from roidask.exceptions import ImageDimensionError, ImageTypeError
+from roidask.io.chunks import normalize_chunks
+from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS
+from roidask.io.image import bold_from_nifti, image_from_nibabel, image_from_nifti
+from roidask.io.nifti import NiftiSource, is_nifti_path
+from roidask.io.store_read import open_subject, subject_dataset
+
+__all__ = ["ImageLike", "as_image"]
+
+#: What an image argument may be: a path (NIfTI file or roidask store), a nibabel
+#: image, or an xarray DataArray / Dataset / DataTree in roidask's layout.
+ImageLike = (
+    str | os.PathLike | nib.spatialimages.SpatialImage | xr.DataArray | xr.Dataset | xr.DataTree
+)
+
+
+def _from_xarray(obj, *, param: str, subject: str | None) -> xr.DataArray:
+    if isinstance(obj, xr.DataTree):
+        obj = subject_dataset(obj, subject=subject, param=param)
+    if isinstance(obj, xr.Dataset):
+        if "bold" in obj.data_vars:
+            obj = obj["bold"]
+        elif len(obj.data_vars) == 1:
+            obj = obj[next(iter(obj.data_vars))]
+        else:
+            raise ImageTypeError(
+                f"{param}: Dataset has variables {list(obj.data_vars)} and no 'bold'; "
+                "pass the DataArray to use",
+                param=param,
+            )
+    dims = tuple(obj.dims)
+    if dims not in (SPATIAL_DIMS, BOLD_DIMS):
+        raise ImageDimensionError(
+            f"{param}: DataArray has dims {dims}; expected ('x', 'y', 'z') or "
+            "('x', 'y', 'z', 'time')",
+            param=param,
+        )
+    if "affine" not in obj.attrs:
+        raise ImageTypeError(
+            f"{param}: DataArray {obj.name!r} has no 'affine' attribute, so its grid is "
+            "unknown; build it with roidask (as_image, open_subject) or set attrs['affine']",
+            param=param,
+        )
+    if not isinstance(obj.data, da.Array):
+        obj = obj.copy(data=da.from_array(np.asarray(obj.data), chunks=-1))
+    return obj
+
+
+def as_image(
+    img: ImageLike,
+    *,
+    ndim: int | None = None,
+    param: str = "img",
+    subject: str | None = None,
+    chunks=None,
+) -> xr.DataArray:
+    """Normalise any accepted image argument to a lazy roidask DataArray.
+
+    Parameters
+    ----------
+    img : path, nibabel image, xarray.DataArray, Dataset or DataTree
+        A ``.nii``/``.nii.gz`` file, a roidask zarr store (its ``bold``), a nibabel
+        image, or an xarray object in roidask layout.
+    ndim : {3, 4}, optional
+        Required number of dimensions.
+    param : str
+        Parameter name used in error messages.
+    subject : str, optional
+        Subject group, when ``img`` is a store or DataTree with several subjects.
+    chunks : dict or str, optional
+        Chunks for images read from files (ignored for xarray input).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dask-backed, dims ``(x, y, z)`` or ``(x, y, z, time)``, grid in attrs.
+        No voxel data is read.
+
+    Raises
+    ------
+    ImageTypeError
+        ``img`` is of an unsupported type (e.g. a bare numpy array, which has no grid).
+    ImageDimensionError
+        ``img`` does not have ``ndim`` dimensions.
+    UnreadableFileError, CorruptFileError, StoreError
+        A path that cannot be read as an image.
+    """
+    if isinstance(img, str | os.PathLike):
+        path = Path(img)
+        if is_nifti_path(path):
+            src = NiftiSource.open(path, param=param)
+            out = (
+                bold_from_nifti(path, chunks=chunks)
+                if src.ndim == 4
+                else image_from_nifti(path, chunks=chunks, param=param)
+            )
+        elif path.is_dir():
+            out = open_subject(path, subject=subject, param=param)["bold"]
+            if chunks is not None:
+                out = out.chunk(normalize_chunks(chunks, out.shape, out.dtype.itemsize))
+        else:
+            raise ImageTypeError(
+                f"{param} {path}: is neither a .nii/.nii.gz file nor a roidask zarr store",
+                param=param,
+            )
+    elif isinstance(img, nib.spatialimages.SpatialImage):
+        out = image_from_nibabel(img, chunks=chunks)
+    elif isinstance(img, xr.DataArray | xr.Dataset | xr.DataTree):
+        out = _from_xarray(img, param=param, subject=subject)
+    else:
+        raise ImageTypeError(
+            f"{param}: expected a path, a nibabel image or an xarray object, got "
+            f"{type(img).__name__}"
+            + (
+                " (a bare array has no voxel grid; wrap it with roidask.io.like_image)"
+                if isinstance(img, np.ndarray | da.Array)
+                else ""
+            ),
+            param=param,
+        )
+    if ndim is not None and out.ndim != ndim:
+        kind = "a 4D BOLD series" if ndim == 4 else "a 3D image"
+        raise ImageDimensionError(
+            f"{param}: got a {out.ndim}D image with shape {tuple(out.shape)}; expected {kind}",
+            param=param,
+        )
+    return out

@@ -1,0 +1,105 @@
+"""Voxel grids: the affine, voxel sizes, same-grid checks and the dims of roidask images.
+
+A roidask image carries its grid in ``attrs``: ``affine`` (4x4 nested list,
+voxel -> mm), ``voxel_size_mm``, ``xyz_units`` and ``nifti_header`` (base64 of
+the source header). Every module that needs a voxel size, a grid comparison or
+a shifted affine calls this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+
+from roidask.exceptions import GridMismatchError, ImageTypeError
+
+__all__ = [
+    "AFFINE_ATOL_MM",
+    "BOLD_DIMS",
+    "GRID_KEYS",
+    "SPATIAL_DIMS",
+    "affine_of",
+    "box_affine",
+    "check_same_grid",
+    "grid_attrs",
+    "same_grid",
+    "voxel_size_mm",
+    "voxel_to_world",
+    "voxel_volume_mm3",
+]
+
+#: Dims of a 3D map and of a 4D BOLD series.
+SPATIAL_DIMS = ("x", "y", "z")
+BOLD_DIMS = ("x", "y", "z", "time")
+#: Affines closer than this (max absolute difference, mm) are the same grid.
+AFFINE_ATOL_MM = 1e-3
+#: The attrs that describe the voxel grid (copied onto derived maps).
+GRID_KEYS = ("affine", "voxel_size_mm", "xyz_units", "nifti_header")
+
+
+def voxel_size_mm(affine) -> np.ndarray:
+    """Voxel size along each array axis (mm): the column norms of ``affine[:3, :3]``."""
+    return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
+def voxel_volume_mm3(affine) -> float:
+    """Volume of one voxel (mm^3): ``|det(affine[:3, :3])|``."""
+    return abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+
+
+def voxel_to_world(affine, ijk) -> np.ndarray:
+    """World coordinates (mm) of voxel indices ``ijk`` (shape (..., 3))."""
+    affine = np.asarray(affine, dtype=np.float64)
+    return np.asarray(ijk, dtype=np.float64) @ affine[:3, :3].T + affine[:3, 3]
+
+
+def affine_of(img: xr.DataArray) -> np.ndarray:
+    """The 4x4 voxel-to-mm affine of a roidask image."""
+    try:
+        return np.asarray(img.attrs["affine"], dtype=np.float64).reshape(4, 4)
+    except KeyError:
+        raise ImageTypeError(
+            f"image {img.name!r} has no 'affine' attribute; expected a roidask image "
+            "(see roidask.io.as_image)"
+        ) from None
+
+
+def grid_attrs(img: xr.DataArray) -> dict:
+    """The attrs that describe the voxel grid (to copy onto derived 3D maps)."""
+    return {k: img.attrs[k] for k in GRID_KEYS if k in img.attrs}
+
+
+def box_affine(affine, box: Sequence[slice]) -> np.ndarray:
+    """The affine of the sub-grid ``box`` (three slices) of a grid with ``affine``."""
+    out = np.asarray(affine, dtype=np.float64).copy()
+    out[:, 3] = out @ np.array([s.start or 0 for s in box] + [1.0])
+    return out
+
+
+def same_grid(shape_a, affine_a, shape_b, affine_b, *, atol_mm: float = AFFINE_ATOL_MM) -> bool:
+    """True when two grids have the same spatial shape and affines within ``atol_mm``."""
+    return tuple(shape_a[:3]) == tuple(shape_b[:3]) and bool(
+        np.allclose(affine_a, affine_b, rtol=0, atol=atol_mm)
+    )
+
+
+def check_same_grid(
+    a: xr.DataArray,
+    b: xr.DataArray,
+    *,
+    names: tuple[str, str] = ("img", "other"),
+    atol_mm: float = AFFINE_ATOL_MM,
+) -> None:
+    """Raise :class:`GridMismatchError` unless ``a`` and ``b`` share shape and affine."""
+    sa, sb = tuple(a.shape[:3]), tuple(b.shape[:3])
+    fa, fb = affine_of(a), affine_of(b)
+    if not same_grid(sa, fa, sb, fb, atol_mm=atol_mm):
+        raise GridMismatchError(
+            f"{names[0]} and {names[1]} are on different voxel grids: "
+            f"{names[0]} has shape {sa} and affine {np.round(fa, 4).tolist()}, "
+            f"{names[1]} has shape {sb} and affine {np.round(fb, 4).tolist()}; "
+            "resample one onto the other first (roidask never resamples silently)",
+            param=names[1],
+        )

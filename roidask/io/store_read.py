@@ -1,0 +1,493 @@
+"""Reading roidask zarr stores: opening subjects, and detecting damage.
+
+Layout (written by :mod:`roidask.io.store_write`)::
+
+    STORE/                      zarr v3 group, attrs {"roidask_store": FORMAT}
+      <subject>/                one group per subject (an xarray Dataset)
+        bold   (x, y, z, time)  source dtype; scaling kept as scale_factor/add_offset
+        time, condition, run    coordinates along time
+        mask   (x, y, z)        optional 3D images stored beside the BOLD data
+      zarr.json                 root metadata, consolidated after every commit
+
+A subject group is visible only once complete (attribute ``roidask_complete``).
+Since format 2 every chunk ends with a CRC-32C checksum (zarr's ``crc32c``
+codec), every chunk is written (none is left to the fill value), and the
+complete group records its arrays' chunk grids. :func:`open_subject` checks
+that every chunk exists (a listing, no data read) and returns arrays whose
+reads name the store, array and chunk of any chunk that fails its checksum
+(:class:`~roidask.exceptions.DamagedStoreError`); :func:`verify_store` reads
+everything and reports every damaged chunk. Format 1 stores (no checksums)
+still open, with an :class:`~roidask.exceptions.UnverifiedStoreWarning`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from dask.base import tokenize
+
+from roidask._validate import check_subject_name
+from roidask.exceptions import (
+    DamagedStoreError,
+    IncompleteStoreError,
+    StoreError,
+    UnverifiedStoreWarning,
+)
+
+__all__ = [
+    "CHUNK_GRIDS_ATTR",
+    "COMPLETE_ATTR",
+    "STORE_ATTR",
+    "STORE_FORMAT",
+    "DamagedChunk",
+    "ignore_consolidated_warning",
+    "is_store",
+    "list_subjects",
+    "open_store",
+    "open_subject",
+    "require_store",
+    "subject_dataset",
+    "verify_store",
+]
+
+#: Root attribute marking a roidask store; its value is the store format.
+STORE_ATTR = "roidask_store"
+#: Format written by this version: 2 adds chunk checksums and chunk inventories.
+STORE_FORMAT = 2
+#: Subject group attribute set last, when every chunk is written.
+COMPLETE_ATTR = "roidask_complete"
+#: Subject group attribute: the chunk grid of every array (the chunk inventory).
+CHUNK_GRIDS_ATTR = "roidask_chunk_grids"
+
+
+def ignore_consolidated_warning() -> None:
+    """Silence zarr's warning that consolidated metadata is not in the v3 spec.
+
+    roidask consolidates the metadata of its stores and results on purpose (so that
+    plain ``xr.open_zarr`` / ``open_datatree`` need no fallback), and zarr warns about
+    it every time, from any thread. A process-wide filter for that one message, not
+    :class:`warnings.catch_warnings`: blocks of it in concurrent threads (subjects
+    written at once) restore each other's filters and can leave "ignore everything"
+    behind. Idempotent (the filter is not added twice).
+    """
+    warnings.filterwarnings(
+        "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+    )
+
+
+ignore_consolidated_warning()
+
+
+# -- what a store is -------------------------------------------------------------------------
+def _read_metadata(path: Path, what: str) -> dict:
+    """A ``zarr.json`` as a dict; StoreError naming it when corrupt."""
+    meta = path / "zarr.json"
+    try:
+        record = json.loads(meta.read_text())
+    except FileNotFoundError:
+        raise
+    except PermissionError:
+        raise StoreError(f"{meta}: permission denied ({what} metadata)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(
+            f"{meta}: corrupt zarr.json ({what} metadata is not valid JSON: {exc}); the store "
+            "is damaged"
+        ) from None
+    if not isinstance(record, dict) or "zarr_format" not in record:
+        raise StoreError(f"{meta}: corrupt zarr.json ({what} metadata has no zarr_format)")
+    return record
+
+
+def is_store(path: str | os.PathLike) -> bool:
+    """True if ``path`` is a folder holding a roidask store (its root metadata says so)."""
+    path = Path(path)
+    try:
+        record = _read_metadata(path, "root")
+    except (FileNotFoundError, NotADirectoryError, StoreError):
+        return False
+    return STORE_ATTR in (record.get("attributes") or {})
+
+
+def require_store(store: str | os.PathLike, *, param: str = "store") -> Path:
+    """``store`` as a Path, or StoreError saying why it is not a roidask store."""
+    path = Path(store)
+    if not path.exists():
+        raise StoreError(f"{param} {path}: no such store", param=param)
+    if not path.is_dir():
+        raise StoreError(
+            f"{param} {path}: is a file, not a store (a zarr store is a folder)", param=param
+        )
+    try:
+        record = _read_metadata(path, "root")
+    except FileNotFoundError:
+        raise StoreError(
+            f"{param} {path}: not a zarr store (no zarr.json); create one with roidask.io.convert",
+            param=param,
+        ) from None
+    if STORE_ATTR not in (record.get("attributes") or {}):
+        raise StoreError(
+            f"{param} {path}: a zarr group but not a roidask store (no attribute "
+            f"{STORE_ATTR!r}); create one with roidask.io.convert",
+            param=param,
+        )
+    return path
+
+
+def _subject_records(path: Path) -> dict[str, dict]:
+    """Every subject group's attributes, read from the group metadata files."""
+    out = {}
+    for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            record = _read_metadata(child, f"group {child.name!r}")
+        except FileNotFoundError:
+            continue
+        if record.get("node_type") == "group":
+            out[child.name] = record.get("attributes") or {}
+    return out
+
+
+def list_subjects(store: str | os.PathLike, *, include_incomplete: bool = False) -> list[str]:
+    """Names of the subject groups in a roidask store, sorted."""
+    path = require_store(store)
+    return [
+        name
+        for name, attrs in _subject_records(path).items()
+        if include_incomplete or attrs.get(COMPLETE_ATTR) is True
+    ]
+
+
+# -- chunk inventories -----------------------------------------------------------------------
+def _chunk_key(coords) -> str:
+    return "c/" + "/".join(str(int(c)) for c in coords)
+
+
+def _present_chunk_keys(array_dir: Path) -> set[str]:
+    root = array_dir / "c"
+    if not root.is_dir():
+        return set()
+    return {
+        "c/" + str(Path(dirpath, f).relative_to(root))
+        for dirpath, _, files in os.walk(root)
+        for f in files
+    }
+
+
+def _missing_chunks(path: Path, subject: str, grids: dict) -> list[tuple[str, str]]:
+    missing = []
+    for name, grid in grids.items():
+        present = _present_chunk_keys(path / subject / name)
+        for coords in np.ndindex(*grid):
+            key = _chunk_key(coords)
+            if key not in present:
+                missing.append((name, key))
+    return missing
+
+
+# -- reading with damage named ---------------------------------------------------------------
+class _CheckedArray:
+    """Array-like over one stored variable whose read errors name the damaged chunk.
+
+    Indexing reads the region through xarray's lazily decoded variable (the same
+    decoding as ``xr.open_zarr``: scale_factor/add_offset applied), so values are
+    those of plain xarray.
+    """
+
+    def __init__(self, variable: xr.Variable, store: Path, subject: str, name: str, chunks):
+        self.variable = variable
+        self.store = store
+        self.subject = subject
+        self.name = name
+        self.chunks = tuple(int(c) for c in chunks)
+        self.shape = variable.shape
+        self.dtype = variable.dtype
+        self.ndim = variable.ndim
+
+    def __getitem__(self, index):
+        try:
+            return np.asarray(self.variable[index].values)
+        except DamagedStoreError:
+            raise
+        except Exception as exc:
+            raise _damage(self, index, exc) from None
+
+
+def _damage(array: _CheckedArray, index, exc: Exception) -> DamagedStoreError:
+    """The error for a failed read of ``index``: the damaged chunk(s) located and named."""
+    zarr_array = zarr.open_array(str(array.store / array.subject / array.name), mode="r")
+    ranges = []
+    for sl, size, c in zip(index, array.shape, array.chunks, strict=False):
+        start, stop, _ = sl.indices(size)
+        ranges.append(range(start // c, (max(stop, start + 1) - 1) // c + 1))
+    bad = [
+        coords
+        for coords in itertools.product(*ranges)
+        if _chunk_error(zarr_array, coords) is not None
+    ]
+    where = ", ".join(_chunk_key(c) for c in bad) or "in the region read"
+    return DamagedStoreError(
+        f"{array.store}: chunk {where} of {array.subject}/{array.name} is damaged "
+        f"({_reason(exc)}); the store cannot be trusted, convert the subject again "
+        "(verify_store lists every damaged chunk)",
+        param="store",
+    )
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc)
+    if "checksum" in text.lower():
+        return "it fails its CRC-32C checksum"
+    if "blosc" in text.lower() or "decompress" in text.lower():
+        return "it cannot be decompressed: truncated or corrupt"
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _chunk_error(zarr_array, coords) -> str | None:
+    """Why the chunk at ``coords`` cannot be read, or None if it reads."""
+    region = tuple(
+        slice(i * c, min((i + 1) * c, n))
+        for i, c, n in zip(coords, zarr_array.chunks, zarr_array.shape, strict=True)
+    )
+    try:
+        zarr_array[region]
+    except Exception as exc:
+        return _reason(exc)
+    return None
+
+
+def _checked(var: xr.DataArray, store: Path, subject: str, name: str, disk_chunks) -> da.Array:
+    array = _CheckedArray(var.variable, store, subject, name, disk_chunks)
+    token = tokenize(str(store), subject, name, os.stat(store / subject / name).st_mtime_ns)
+    return da.from_array(
+        array,
+        chunks=array.chunks,
+        asarray=False,
+        lock=False,
+        fancy=False,
+        name=f"store-{name}-{token}",
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+    )
+
+
+def open_subject(
+    store: str | os.PathLike,
+    subject: str | None = None,
+    *,
+    chunks="auto-disk",
+    param: str = "store",
+) -> xr.Dataset:
+    """Open one subject of a store as a lazy :class:`xarray.Dataset`.
+
+    Parameters
+    ----------
+    store : path
+        A roidask zarr store.
+    subject : str, optional
+        Subject group; may be omitted when the store holds exactly one.
+    chunks : optional
+        Dask chunks; default: the on-disk chunks.
+    param : str
+        Parameter name of the store, for messages.
+
+    Returns
+    -------
+    xarray.Dataset
+        Data variables are dask arrays whose reads check every chunk's checksum and
+        name a damaged chunk; ``condition`` (str) and ``run`` (int) coordinates are
+        loaded (no voxel data is read).
+
+    Raises
+    ------
+    StoreError
+        Not a store, corrupt metadata, or no such subject (the message lists them).
+    IncompleteStoreError
+        The subject's group was not completely written.
+    DamagedStoreError
+        A chunk recorded by the store is missing.
+
+    Warns
+    -----
+    UnverifiedStoreWarning
+        The store was written without checksums (format 1).
+    """
+    path = require_store(store, param=param)
+    records = _subject_records(path)
+    complete = sorted(n for n, a in records.items() if a.get(COMPLETE_ATTR) is True)
+    if subject is None:
+        if len(complete) != 1:
+            raise StoreError(
+                f"subject: {path} holds subjects {complete}; pass subject= to choose one",
+                param="subject",
+            )
+        subject = complete[0]
+    check_subject_name(subject)
+    if subject not in complete:
+        if subject in records:
+            raise IncompleteStoreError(
+                f"{param} {path}: subject {subject!r} was not completely written (interrupted "
+                "conversion?); convert it again with overwrite=True",
+                param=param,
+            )
+        raise StoreError(
+            f"subject: no subject {subject!r} in {path}; the store holds {complete}",
+            param="subject",
+        )
+    attrs = records[subject]
+    grids = attrs.get(CHUNK_GRIDS_ATTR)
+    if grids is None:
+        warnings.warn(
+            f"{path}: subject {subject!r} was written without chunk checksums (store format "
+            f"{attrs.get('roidask_format', 1)}); damaged or missing chunks cannot be detected. "
+            "Convert it again to add them.",
+            UnverifiedStoreWarning,
+            stacklevel=2,
+        )
+    else:
+        missing = _missing_chunks(path, subject, grids)
+        if missing:
+            shown = ", ".join(f"{n}/{k}" for n, k in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise DamagedStoreError(
+                f"{param} {path}: subject {subject!r} is damaged: {len(missing)} chunk(s) "
+                f"missing ({shown}{more}); convert the subject again",
+                param=param,
+            )
+    try:
+        ds = xr.open_zarr(str(path), group=subject, consolidated=False, chunks=None)
+        condition = np.asarray(ds["condition"].values).astype(object).astype(str)
+        run = np.asarray(ds["run"].values).astype(np.int64)
+        time = np.asarray(ds["time"].values)
+    except (DamagedStoreError, StoreError):
+        raise
+    except Exception as exc:
+        raise DamagedStoreError(
+            f"{param} {path}: subject {subject!r} cannot be read ({_reason(exc)}); convert the "
+            "subject again",
+            param=param,
+        ) from None
+    data_vars = {}
+    for name, var in ds.data_vars.items():
+        disk = var.encoding.get("preferred_chunks") or {}
+        disk_chunks = [disk.get(d, n) for d, n in zip(var.dims, var.shape, strict=True)]
+        arr = _checked(var, path, subject, name, disk_chunks)
+        if chunks not in ("auto-disk", None):
+            wanted = chunks
+            if isinstance(chunks, dict):
+                wanted = {var.dims.index(d): c for d, c in chunks.items() if d in var.dims}
+            arr = arr.rechunk(wanted)
+        data_vars[name] = xr.DataArray(arr, dims=var.dims, attrs=dict(var.attrs))
+        data_vars[name].encoding = dict(var.encoding)
+    out = xr.Dataset(
+        data_vars,
+        coords={
+            "time": ("time", time, dict(ds["time"].attrs)),
+            "condition": ("time", condition),
+            "run": ("time", run),
+        },
+        attrs=dict(ds.attrs),
+    )
+    out.attrs["subject"] = subject
+    out.attrs["store"] = str(path)
+    for name in out.data_vars:
+        out[name].attrs.setdefault("subject", subject)
+    return out
+
+
+def open_store(store: str | os.PathLike) -> xr.DataTree:
+    """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects."""
+    path = require_store(store)
+    incomplete = sorted(
+        set(list_subjects(path, include_incomplete=True)) - set(list_subjects(path))
+    )
+    if incomplete:
+        raise IncompleteStoreError(
+            f"store {path}: subject(s) {incomplete} were not completely written; convert them "
+            "again with overwrite=True",
+            param="store",
+        )
+    return xr.open_datatree(str(path), engine="zarr", consolidated=False)
+
+
+def subject_dataset(tree: xr.DataTree, *, subject: str | None, param: str = "img") -> xr.Dataset:
+    """One subject's Dataset from a DataTree opened with :func:`open_store`."""
+    names = sorted(tree.children)
+    if subject is None:
+        if tree.has_data:
+            return tree.to_dataset()
+        if len(names) != 1:
+            raise StoreError(
+                f"{param}: DataTree holds subjects {names}; pass subject=", param="subject"
+            )
+        subject = names[0]
+    if subject not in tree.children:
+        raise StoreError(
+            f"subject: no subject {subject!r}; the DataTree holds {names}", param="subject"
+        )
+    return tree[subject].to_dataset()
+
+
+# -- verification ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DamagedChunk:
+    """One damaged (or missing) chunk found by :func:`verify_store`."""
+
+    subject: str
+    array: str
+    chunk: str
+    reason: str
+
+
+def verify_store(store: str | os.PathLike, *, subject: str | None = None) -> list[DamagedChunk]:
+    """Read every chunk of every array of a store and check it (checksums, presence).
+
+    Parameters
+    ----------
+    store : path
+        A roidask store.
+    subject : str, optional
+        Only this subject (default: every subject, complete or not).
+
+    Returns
+    -------
+    list of DamagedChunk
+        Empty when every chunk reads and passes its checksum. Stores without
+        checksums (format 1) can only be checked for chunks that fail to decode.
+    """
+    path = require_store(store)
+    records = _subject_records(path)
+    names = [subject] if subject is not None else sorted(records)
+    damaged = []
+    for name in names:
+        if name not in records:
+            raise StoreError(
+                f"subject: no subject {name!r} in {path}; the store holds {sorted(records)}",
+                param="subject",
+            )
+        grids = records[name].get(CHUNK_GRIDS_ATTR) or {}
+        for array_name, key in _missing_chunks(path, name, grids):
+            damaged.append(DamagedChunk(name, array_name, key, "missing"))
+        try:
+            group = zarr.open_group(str(path / name), mode="r", use_consolidated=False)
+            arrays = list(group.arrays())
+        except Exception as exc:
+            damaged.append(DamagedChunk(name, "", "zarr.json", _reason(exc)))
+            continue
+        missing = {(d.array, d.chunk) for d in damaged if d.subject == name}
+        for array_name, arr in arrays:
+            grid = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks, strict=True))
+            for coords in np.ndindex(*grid):
+                key = _chunk_key(coords)
+                if (array_name, key) in missing:
+                    continue
+                reason = _chunk_error(arr, coords)
+                if reason is not None:
+                    damaged.append(DamagedChunk(name, array_name, key, reason))
+    return damaged

@@ -1,0 +1,425 @@
+"""Writing roidask zarr stores: streamed atomic conversion, images beside the BOLD data,
+and small result datasets.
+
+Every chunk written here carries a CRC-32C checksum (zarr's ``crc32c`` codec after
+the compressor) and every chunk is written, even one equal to the fill value, so
+that a missing chunk is damage, never data (see :mod:`roidask.io.store_read`).
+
+Atomicity: a subject is written into a locked temporary store beside the
+destination and moved into place with one rename once every chunk is written;
+its group then carries ``roidask_complete`` and its chunk inventory, and the root
+metadata is consolidated. A subject that exists is replaced only with
+``overwrite=True``, and only if its folder holds nothing but zarr's files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.storage import MemoryStore
+
+from roidask._atomic import (
+    OutputFolder,
+    check_destination,
+    clean_stale,
+    swap_into_place,
+    temp_sibling,
+)
+from roidask._progress import Progress
+from roidask._validate import check_bool, check_subject_name
+from roidask.exceptions import (
+    InvalidParameterError,
+    NonFiniteVoxelsWarning,
+    OutputError,
+    OutputExistsError,
+)
+from roidask.io.conversions import as_image
+from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS, check_same_grid, grid_attrs
+from roidask.io.image import bold_from_nifti
+from roidask.io.nifti import NiftiSource
+from roidask.io.store_read import (
+    CHUNK_GRIDS_ATTR,
+    COMPLETE_ATTR,
+    STORE_ATTR,
+    STORE_FORMAT,
+    ignore_consolidated_warning,
+    is_store,
+    open_subject,
+    require_store,
+)
+
+__all__ = [
+    "bold_codecs",
+    "checksummed",
+    "consolidate",
+    "convert",
+    "write_dataset_zarr",
+    "write_image",
+]
+
+_WRITE_CONFIG = {"array.write_empty_chunks": True}
+# Files zarr itself may leave in a group folder (metadata, chunks, partial writes).
+_ZARR_FILE_RE = re.compile(r"^(?:.*/)?(?:zarr\.json(?:\.[0-9a-f]+\.partial)?|c/[0-9/]+)$")
+
+
+def bold_codecs() -> list:
+    """Compressors of the BOLD array: lz4 with bit shuffling, then a CRC-32C checksum."""
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"), Crc32cCodec()]
+
+
+def checksummed() -> list:
+    """Compressors of small arrays (maps, coordinates): zstd, then a CRC-32C checksum."""
+    return [ZstdCodec(level=0), Crc32cCodec()]
+
+
+def consolidate(path: Path) -> None:
+    """Consolidate a store's metadata into its root ``zarr.json`` (written atomically)."""
+    ignore_consolidated_warning()  # again: a caller's catch_warnings may have dropped it
+    zarr.consolidate_metadata(str(path))
+
+
+def _chunk_grids(group_path: Path) -> dict[str, list[int]]:
+    group = zarr.open_group(str(group_path), mode="r", use_consolidated=False)
+    return {
+        name: [-(-n // c) for n, c in zip(arr.shape, arr.chunks, strict=True)]
+        for name, arr in group.arrays()
+    }
+
+
+def _mark_complete(group_path: Path) -> None:
+    """Record the chunk inventory, then mark the subject group complete (last)."""
+    group = zarr.open_group(str(group_path), mode="r+", use_consolidated=False)
+    group.attrs.update(
+        {CHUNK_GRIDS_ATTR: _chunk_grids(group_path), "roidask_format": STORE_FORMAT}
+    )
+    group.attrs[COMPLETE_ATTR] = True
+
+
+def write_dataset_zarr(ds: xr.Dataset, path: Path) -> None:
+    """Write a small Dataset as a new zarr v3 store at ``path`` (checksummed, consolidated).
+
+    The store is built in memory and its files written in one go: zarr writes each
+    array's metadata, attributes and chunks as separate files, each through its
+    event loop and a thread, which for ~25 small arrays costs more than the bytes
+    (0.2 s on disk vs 0.12 s). ``path`` must not exist (it is normally inside a
+    temporary output folder).
+    """
+    ignore_consolidated_warning()  # thread-safe, unlike catch_warnings (writers run in threads)
+    encoding = {name: {"compressors": checksummed()} for name in ds.variables}
+    files: dict = {}
+    with zarr.config.set(_WRITE_CONFIG):
+        ds.to_zarr(
+            MemoryStore(files), mode="w", zarr_format=3, consolidated=True, encoding=encoding
+        )
+    for key, buffer in files.items():
+        target = path / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(buffer.to_bytes())
+
+
+# -- conversion --------------------------------------------------------------------------------
+def _foreign_in_group(group_dir: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(group_dir))
+        for p in group_dir.rglob("*")
+        if p.is_file() and not _ZARR_FILE_RE.match(str(p.relative_to(group_dir)))
+    )
+
+
+def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[Path]) -> bool:
+    """Check where the subject will go (before any voxel is read); True if the store exists."""
+    clean_stale(out)
+    if out.exists():
+        if not is_store(out):
+            raise OutputError(
+                f"out {out}: exists and is not a roidask store; roidask only adds subjects to "
+                "its own stores, choose another out",
+                param="out",
+            )
+        require_store(out, param="out")
+        clean_stale(out / subject)
+        target = out / subject
+        resolved = target.resolve()
+        for item in inputs:
+            src = Path(item).resolve()
+            if src == resolved or resolved in src.parents:
+                raise OutputError(
+                    f"out {out}: subject {subject!r} holds the input {item}; choose another "
+                    "subject or store",
+                    param="out",
+                )
+        if target.exists():
+            if not overwrite:
+                raise OutputExistsError(
+                    f"out {out}: store already holds subject {subject!r}; pass overwrite=True "
+                    "to replace it",
+                    param="out",
+                )
+            foreign = _foreign_in_group(target)
+            if foreign:
+                raise OutputError(
+                    f"out {out}: subject folder {subject}/ holds files roidask did not write "
+                    f"({', '.join(foreign[:5])}); move them elsewhere first",
+                    param="out",
+                )
+        probe = temp_sibling(target)
+        try:
+            probe.mkdir()
+        except OSError as exc:
+            raise OutputError(
+                f"out {out}: cannot write into the store ({exc.strerror or exc})", param="out"
+            ) from None
+        probe.rmdir()
+        return True
+    check_destination(out, param="out", inputs=inputs, overwrite=False)
+    return False
+
+
+def _stream_blocks(sources: Sequence[NiftiSource], block: int):
+    """Raw volumes of runs in sequence, re-cut into blocks of ``block`` volumes."""
+    pending, n_pending, t0 = [], 0, 0
+    for src in sources:
+        for _, _, arr in src.iter_blocks(block, scaled=False):
+            pending.append(arr)
+            n_pending += arr.shape[3]
+            while n_pending >= block:
+                joined = np.concatenate(pending, axis=3) if len(pending) > 1 else pending[0]
+                yield t0, joined[..., :block]
+                t0 += block
+                rest = joined[..., block:]
+                pending, n_pending = ([rest] if rest.shape[3] else []), rest.shape[3]
+    if n_pending:
+        yield t0, np.concatenate(pending, axis=3) if len(pending) > 1 else pending[0]
+
+
+def _write_block(arr, t0: int, block: np.ndarray) -> int:
+    """Write one chunk-aligned block of volumes; return its count of NaN/inf values."""
+    bad = int(block.size - np.count_nonzero(np.isfinite(block))) if block.dtype.kind == "f" else 0
+    arr[:, :, :, t0 : t0 + block.shape[3]] = block
+    return bad
+
+
+def _write_stream(arr, blocks, bar: Progress, *, writers: int = 2) -> int:
+    """Decode blocks in this thread while ``writers`` threads reorder and compress them.
+
+    Blocks are aligned on the store's time chunks, so concurrent writes never touch
+    the same zarr chunk. At most ``writers + 1`` blocks are in memory at a time.
+    """
+    n_nonfinite = 0
+    with bar, ThreadPoolExecutor(max_workers=writers, thread_name_prefix="roidask-write") as pool:
+        pending = set()
+        for t0, block in blocks:
+            pending.add(pool.submit(_write_block, arr, t0, block))
+            bar.update(block.shape[3])
+            if len(pending) >= writers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                n_nonfinite += sum(f.result() for f in done)
+        n_nonfinite += sum(f.result() for f in pending)
+    return n_nonfinite
+
+
+def convert(
+    bold: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    labels: str | os.PathLike | Sequence[str | os.PathLike] | None,
+    out: str | os.PathLike,
+    subject: str = "sub-01",
+    tr_s: float | None = None,
+    chunks=None,
+    mask_img=None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Convert 4D NIfTI run(s) into a subject group of a chunked zarr v3 store.
+
+    The runs are streamed: at most one chunk-depth of volumes (plus one read
+    block) is in memory at a time, whatever the size of the run.
+
+    Parameters
+    ----------
+    bold : path or list of paths
+        4D ``.nii``/``.nii.gz`` runs on one grid, concatenated along time in order.
+    labels : path or list of paths
+        Haxby ``labels.txt`` or one BIDS ``events.tsv`` per run (see
+        :func:`roidask.io.labels.volume_labels`).
+    out : path
+        Store to create, or an existing roidask store to add the subject to.
+    subject : str
+        Group name of the subject (default ``"sub-01"``).
+    tr_s : float, optional
+        Repetition time in seconds; default from the header.
+    chunks : dict or str, optional
+        Chunk sizes (``x``, ``y``, ``z``, ``time``); default whole volumes,
+        about 16 MB per chunk.
+    mask_img : path or image, optional
+        A 3D image on the same grid stored as variable ``mask``.
+    overwrite : bool
+        Replace the subject if the store already holds it (only a subject
+        roidask wrote).
+    progress : bool
+        Print a progress bar to stderr (on a terminal).
+
+    Returns
+    -------
+    Path
+        The store.
+
+    Raises
+    ------
+    UnreadableFileError, CorruptFileError, ImageDimensionError, GridMismatchError,
+    LabelsError, OutputError, OutputExistsError, InvalidParameterError
+        Before anything is written.
+    """
+    out = Path(out)
+    check_subject_name(subject)
+    overwrite = check_bool(overwrite, "overwrite")
+    # Validate everything (headers, grids, labels, chunks, target) before writing.
+    lazy = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
+    mask = None
+    inputs = [Path(p) for p in lazy.attrs["source_files"]]
+    if labels is not None:
+        inputs += [
+            Path(p) for p in ([labels] if isinstance(labels, str | os.PathLike) else labels)
+        ]
+    if mask_img is not None:
+        mask = as_image(mask_img, ndim=3, param="mask_img")
+        check_same_grid(lazy, mask, names=("bold", "mask_img"))
+        if isinstance(mask_img, str | os.PathLike):
+            inputs.append(Path(mask_img))
+    existed = _prepare_target(out, subject, overwrite, inputs)
+    sources = [NiftiSource.open(p, ndim=4, param="bold") for p in lazy.attrs["source_files"]]
+    first = sources[0]
+    target_chunks = tuple(lazy.chunksizes[d][0] for d in BOLD_DIMS)
+
+    ds = xr.Dataset(
+        {"bold": (BOLD_DIMS, da.empty(lazy.shape, dtype=lazy.dtype, chunks=target_chunks))},
+        coords={k: v for k, v in lazy.coords.items()},
+    )
+    ds["bold"].attrs.update(lazy.attrs)
+    ds["condition"] = ds["condition"].astype(object)
+    encoding = {name: {"compressors": checksummed()} for name in ds.coords}
+    encoding["bold"] = {"chunks": target_chunks, "compressors": bold_codecs()}
+    if first.is_scaled:
+        encoding["bold"].update(
+            dtype=first.raw_dtype.newbyteorder("=").name,
+            scale_factor=first.slope,
+            add_offset=first.inter,
+            _FillValue=None,
+        )
+    if mask is not None:
+        ds["mask"] = (SPATIAL_DIMS, mask.data)
+        ds["mask"].attrs.update(grid_attrs(mask))
+        encoding["mask"] = {"compressors": checksummed()}
+    ds.attrs.update(roidask_format=STORE_FORMAT, subject=subject)
+
+    folder = OutputFolder(out, kind="store", marker=False)
+    tmp = folder.open()
+    try:
+        zarr.open_group(str(tmp), mode="w", zarr_format=3).attrs[STORE_ATTR] = STORE_FORMAT
+        with zarr.config.set(_WRITE_CONFIG):
+            with warnings.catch_warnings():
+                # scaled int storage of float data "without _FillValue": the source has no NaN
+                warnings.simplefilter("ignore", xr.SerializationWarning)
+                ds.to_zarr(
+                    str(tmp),
+                    group=subject,
+                    mode="w",
+                    compute=False,
+                    consolidated=False,
+                    encoding=encoding,
+                    zarr_format=3,
+                )
+            if mask is not None:  # small: write it now
+                zarr.open_array(str(tmp / subject / "mask"), mode="r+")[...] = np.asarray(
+                    mask.data.compute()
+                )
+            arr = zarr.open_array(str(tmp / subject / "bold"), mode="r+")
+            n_nonfinite = _write_stream(
+                arr,
+                _stream_blocks(sources, target_chunks[3]),
+                Progress(lazy.shape[3], f"convert {subject}", enabled=progress),
+            )
+        group = zarr.open_group(str(tmp / subject), mode="r+")
+        group["bold"].attrs["n_nonfinite"] = n_nonfinite
+        if n_nonfinite:
+            warnings.warn(
+                f"{', '.join(lazy.attrs['source_files'])}: {n_nonfinite} NaN/inf voxel values "
+                "(kept in the store; set to 0 before smoothing, as nilearn does)",
+                NonFiniteVoxelsWarning,
+                stacklevel=2,
+            )
+        _mark_complete(tmp / subject)
+        if existed:
+            swap_into_place(tmp / subject, out / subject)
+            consolidate(out)
+            folder.discard()
+        else:
+            consolidate(tmp)
+            folder.commit()
+    except BaseException:
+        folder.discard()
+        raise
+    return out
+
+
+def write_image(
+    img,
+    store: str | os.PathLike,
+    *,
+    subject: str,
+    name: str,
+    overwrite: bool = False,
+) -> None:
+    """Store a 3D image (mask, atlas, stat map) beside a subject's BOLD data.
+
+    The image must be on the subject's grid; it is written to a temporary
+    location and moved into the group when complete.
+    """
+    path = require_store(store)
+    ds = open_subject(path, subject)
+    image = as_image(img, ndim=3, param="img")
+    check_same_grid(ds["bold"], image, names=(f"{path}/{subject}/bold", "img"))
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name) or name in {"bold", *ds.coords}:
+        raise InvalidParameterError(
+            f"name: {name!r} must be an identifier other than 'bold' and the coordinate names",
+            param="name",
+        )
+    target = path / subject / name
+    if target.exists() and not overwrite:
+        raise OutputExistsError(
+            f"name: subject {subject!r} of {path} already has {name!r}; pass overwrite=True "
+            "to replace it",
+            param="name",
+        )
+    clean_stale(target)
+    tmp = temp_sibling(target)
+    try:
+        with zarr.config.set(_WRITE_CONFIG):
+            arr = zarr.create_array(
+                str(tmp),
+                shape=image.shape,
+                dtype=image.dtype,
+                chunks=image.shape,
+                dimension_names=list(SPATIAL_DIMS),
+                compressors=checksummed(),
+                zarr_format=3,
+            )
+            arr[...] = np.asarray(image.data.compute())
+        arr.attrs.update(grid_attrs(image))
+        swap_into_place(tmp, target)
+        _mark_complete(path / subject)
+        consolidate(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,177 @@
+"""The two tables roidask writes, one writer (and reader) each: ``signals.tsv`` and ``rois.tsv``.
+
+Both are tab-separated with a header, missing values written ``n/a`` (BIDS), and
+written atomically (temporary file renamed into place).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from roidask._atomic import atomic_file
+from roidask._validate import check_input_file
+from roidask.exceptions import InvalidParameterError, OutputError, OutputExistsError
+
+__all__ = [
+    "ROI_TABLE_COLUMNS",
+    "SIGNALS_COLUMNS",
+    "read_roi_table",
+    "read_signals_tsv",
+    "signals_to_frame",
+    "write_roi_table",
+    "write_signals_tsv",
+]
+
+#: Columns of an ROI table (:func:`roidask.ops.rois.roi_table`), in order.
+ROI_TABLE_COLUMNS = (
+    "label",
+    "n_voxels",
+    "volume_mm3",
+    "com_x_mm",
+    "com_y_mm",
+    "com_z_mm",
+    "peak_x_mm",
+    "peak_y_mm",
+    "peak_z_mm",
+    "peak_value",
+    "mean_value",
+)
+#: Columns of ``signals.tsv``: one row per ROI and volume.
+SIGNALS_COLUMNS = ("roi", "condition", "run", "volume", "time_s", "value")
+#: Decimals of the mm columns of ``rois.tsv`` (a micrometre: far below any voxel).
+MM_DECIMALS = 3
+#: Significant digits of float values in the tables (float32 maps need 7, signals 9).
+VALUE_DIGITS = 9
+_NA = "n/a"
+
+
+def _check_target(path: Path, overwrite: bool, param: str) -> None:
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{param} {path}: already exists; pass overwrite=True to replace it", param=param
+        )
+    if not path.parent.is_dir():
+        raise OutputError(f"{param} {path}: folder {path.parent} does not exist", param=param)
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, na_rep=_NA, float_format=f"%.{VALUE_DIGITS}g")
+    return path
+
+
+# -- signals -------------------------------------------------------------------------------
+def signals_to_frame(signals: xr.DataArray) -> pd.DataFrame:
+    """Tidy table of ROI signals (computes them).
+
+    Parameters
+    ----------
+    signals : xarray.DataArray
+        Dims ``(roi, time)`` with coords ``condition`` and ``run`` along time
+        (output of :func:`roidask.ops.extract.extract_signals`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ROI and volume (ROI-major), columns :data:`SIGNALS_COLUMNS`:
+        ``roi`` (label value), ``condition``, ``run``, ``volume`` (index in the
+        concatenated series), ``time_s`` (the ``time`` coordinate, seconds) and
+        ``value``.
+    """
+    if not isinstance(signals, xr.DataArray) or set(signals.dims) != {"roi", "time"}:
+        got = signals.dims if isinstance(signals, xr.DataArray) else type(signals).__name__
+        raise InvalidParameterError(
+            f"signals: expected an xarray.DataArray with dims ('roi', 'time'), got {got}",
+            param="signals",
+        )
+    for coord in ("condition", "run"):
+        if coord not in signals.coords or signals[coord].dims != ("time",):
+            raise InvalidParameterError(
+                f"signals: has no {coord!r} coordinate along time", param="signals"
+            )
+    values = np.asarray(signals.transpose("roi", "time").values)
+    n_roi, n_t = values.shape
+    volume = np.asarray(signals["volume"].values) if "volume" in signals.coords else np.arange(n_t)
+    return pd.DataFrame(
+        {
+            "roi": np.repeat(np.asarray(signals["roi"].values), n_t),
+            "condition": np.tile(np.asarray(signals["condition"].values).astype(str), n_roi),
+            "run": np.tile(np.asarray(signals["run"].values), n_roi),
+            "volume": np.tile(volume, n_roi),
+            "time_s": np.tile(np.asarray(signals["time"].values, dtype=np.float64), n_roi),
+            "value": values.ravel(),
+        }
+    )
+
+
+def write_signals_tsv(
+    signals: xr.DataArray | pd.DataFrame,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write ROI signals as ``signals.tsv``, atomically.
+
+    Parameters
+    ----------
+    signals : xarray.DataArray or pandas.DataFrame
+        ``(roi, time)`` signals (see :func:`signals_to_frame`) or that frame.
+    path : str or path-like
+        Output ``.tsv`` file.
+    overwrite : bool
+        Replace an existing file (default: refuse, checked before computing).
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    path = Path(path)
+    _check_target(path, overwrite, "path")
+    frame = signals if isinstance(signals, pd.DataFrame) else signals_to_frame(signals)
+    return _write(frame[list(SIGNALS_COLUMNS)], path)
+
+
+def read_signals_tsv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a ``signals.tsv`` written by :func:`write_signals_tsv`."""
+    path = check_input_file(path, "path", what="signals table")
+    return pd.read_csv(path, sep="\t", na_values=[_NA], keep_default_na=False)
+
+
+# -- ROI tables ----------------------------------------------------------------------------
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    out = table.copy()
+    for col in out.columns:
+        if col.endswith("_mm") or col.endswith("_mm3"):
+            out[col] = out[col].round(MM_DECIMALS)
+    return out
+
+
+def write_roi_table(
+    table: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write an ROI table (:data:`ROI_TABLE_COLUMNS`) as ``rois.tsv``, atomically.
+
+    Positions and volumes (``*_mm``, ``*_mm3``) are rounded to a micrometre
+    (:data:`MM_DECIMALS`); values keep :data:`VALUE_DIGITS` significant digits.
+    """
+    path = Path(path)
+    if not isinstance(table, pd.DataFrame) or list(table.columns) != list(ROI_TABLE_COLUMNS):
+        got = list(table.columns) if isinstance(table, pd.DataFrame) else type(table).__name__
+        raise InvalidParameterError(
+            f"table: expected an ROI table with columns {list(ROI_TABLE_COLUMNS)}, got {got}",
+            param="table",
+        )
+    _check_target(path, overwrite, "path")
+    return _write(_rounded(table), path)
+
+
+def read_roi_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a ``rois.tsv`` written by :func:`write_roi_table`."""
+    path = check_input_file(path, "path", what="ROI table")
+    return pd.read_csv(path, sep="\t", na_values=[_NA], keep_default_na=False)

@@ -1,0 +1,437 @@
+"""One read of a BOLD series for the ROI pipeline: sum, smoothed contrast moments, a box.
+
+The ROI pipeline needs three things from the volumes of a series:
+
+* the voxelwise sum of every volume (the mean EPI is the smoothed mean, and
+  smoothing is linear, so only the mean is smoothed);
+* the two-pass moments (count, mean, sum of squared deviations) of the
+  *smoothed* volumes of the two contrast conditions, for the t-test;
+* the signals of ROIs that are only known once the t-test is done.
+
+ROIs lie inside the mask grown by the dilation, and a smoothed ROI signal only
+depends on raw voxels within the smoothing kernel's radius of the ROI. So one
+read of the data is enough: every block of whole volumes contributes its float64
+sum, the float64 moments of its smoothed contrast volumes (smoothed as nilearn
+does to the rounding of float32 by :func:`roidask.ops.smooth.smooth_array`; two-pass
+within the block, merged pairwise with Chan et al.'s formula) and a copy of its raw voxels
+inside that *box*. The ROI signals are then extracted from the box alone, with
+the same result as from the whole volumes (see :func:`roi_box`).
+
+Blocks hold whole volumes, so smoothing needs no overlap between blocks; the
+graph is one task per block (reading it and reducing it at once) and a chain of
+merges in time order, built lazily by :func:`contrast_pass` (nothing is read until
+it is computed). The chain, rather than a tree, makes dask take the blocks in
+file order, which a sequential ``.nii.gz`` decoder needs, and holds at most a few
+partials at a time.
+
+This module owns the pass's sizing too: the blocks a task reads
+(:data:`BLOCK_MAX_BYTES`, :func:`pass_chunks`, :func:`nifti_block_volumes`), the
+ROI box it may keep (:func:`pass_box`, :data:`BOX_MAX_BYTES`) and the model of
+a worker's memory that a batch uses to fit subjects to small workers
+(:func:`memory_plan`).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+from dask.delayed import Delayed
+
+from roidask._validate import check_conditions, volume_conditions
+from roidask.exceptions import InvalidParameterError
+from roidask.io.chunks import normalize_chunks
+from roidask.io.conversions import ImageLike, as_image
+from roidask.io.grid import BOLD_DIMS, affine_of, box_affine
+from roidask.io.nifti import NiftiSource
+from roidask.ops import moments as mom_ops
+from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
+from roidask.ops.moments import Moments
+from roidask.ops.smooth import smooth_array, smoothing_dtype
+
+__all__ = [
+    "BLOCK_MAX_BYTES",
+    "BOX_MAX_BYTES",
+    "NIFTI_BLOCK_BYTES",
+    "MemoryPlan",
+    "PassResult",
+    "box_bytes",
+    "box_image",
+    "contrast_pass",
+    "kept_box",
+    "memory_plan",
+    "nifti_block_volumes",
+    "pass_box",
+    "pass_chunks",
+    "roi_box",
+]
+
+#: Largest block (whole volumes, in the data's type) one task reads; longer time
+#: chunks are split. Results do not depend on it.
+BLOCK_MAX_BYTES = 32 * 2**20
+#: Largest box of raw voxels (all volumes) kept by the pass for the extraction;
+#: above it the extraction reads the data a second time.
+BOX_MAX_BYTES = 128 * 2**20
+#: Blocks of volumes read at once when the pass reads NIfTI runs directly: half a
+#: store chunk, so decoding (one thread, in file order) overlaps better with the
+#: compute of the other blocks, and the pass holds less.
+NIFTI_BLOCK_BYTES = 8 * 2**20
+#: Float64 maps in one block's partial result (sum, two means, two m2).
+PARTIAL_MAPS = 5
+
+
+@dataclass
+class PassResult:
+    """What :func:`contrast_pass` computes.
+
+    Attributes
+    ----------
+    total : ndarray (x, y, z), float64
+        Sum of every volume, in the data's units.
+    n_volumes : int
+        Number of volumes summed.
+    n_nonfinite : int
+        NaN or infinite voxel values read (set to 0 before smoothing, as nilearn).
+    contrast : (Moments, Moments)
+        Per contrast condition, the moments (count, mean, m2; float64 maps) of
+        its smoothed volumes.
+    box : tuple of 3 slices or None
+        The spatial box whose raw voxels were kept.
+    box_blocks : list of ndarray (bx, by, bz, t_block)
+        The raw (unsmoothed) voxels of ``box``, one array per block, in time order.
+    """
+
+    total: np.ndarray
+    n_volumes: int
+    n_nonfinite: int
+    contrast: tuple[Moments, Moments]
+    box: tuple[slice, slice, slice] | None
+    box_blocks: list[np.ndarray] = field(default_factory=list)
+
+
+# -- sizing ----------------------------------------------------------------------------------
+def roi_box(mask: np.ndarray, *, grow_voxels: Sequence[int]) -> tuple[slice, slice, slice] | None:
+    """Bounding box of a mask's nonzero voxels grown by ``grow_voxels`` per axis (clipped).
+
+    With ``grow_voxels = dilation_iterations + smoothing kernel radius`` (per axis,
+    in voxels), the box holds every raw voxel the smoothed signal of an ROI inside
+    the dilated mask depends on, and every such ROI voxel is at least the kernel
+    radius away from a box face that is not a face of the volume. Smoothing or
+    building smoothed ROI weights on the box alone (``mode="reflect"`` at the
+    volume's own faces) therefore gives exactly the values of the whole volume
+    at the ROI voxels.
+
+    Returns
+    -------
+    tuple of 3 slices, or None if the mask is empty.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise InvalidParameterError(
+            f"mask: expected a 3D array, got shape {mask.shape}", param="mask"
+        )
+    nonzero = np.argwhere(mask != 0)
+    if nonzero.size == 0:
+        return None
+    lo, hi = nonzero.min(axis=0), nonzero.max(axis=0) + 1
+    grow = np.asarray(grow_voxels, dtype=np.int64)
+    lo = np.maximum(lo - grow, 0)
+    hi = np.minimum(hi + grow, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def pass_box(
+    mask: np.ndarray, affine: np.ndarray, *, fwhm, dilation_iterations: int
+) -> tuple[slice, slice, slice] | None:
+    """The ROI box the pass keeps for a boolean ``mask`` (see :func:`roi_box`).
+
+    Every ROI lies in the mask dilated ``dilation_iterations`` times, and its
+    smoothed signal needs the kernel's radius around it.
+    """
+    sigma = fwhm_to_sigma_voxels(affine, fwhm)
+    grow = [dilation_iterations + gaussian_radius(s) for s in sigma]
+    return roi_box(mask, grow_voxels=grow)
+
+
+def box_bytes(box: tuple[slice, slice, slice], n_volumes: int, dtype) -> int:
+    """Bytes of the raw voxels of ``box`` over ``n_volumes`` volumes of ``dtype``."""
+    return int(np.prod([s.stop - s.start for s in box])) * n_volumes * np.dtype(dtype).itemsize
+
+
+def kept_box(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    *,
+    n_volumes: int,
+    dtype,
+    fwhm,
+    dilation_iterations: int,
+    box_max_bytes: int | None = None,
+) -> tuple[slice, slice, slice] | None:
+    """The ROI box the pass keeps, or None when it would exceed ``box_max_bytes``.
+
+    ``box_max_bytes`` defaults to :data:`BOX_MAX_BYTES`; without a box the
+    extraction reads the data a second time.
+    """
+    limit = BOX_MAX_BYTES if box_max_bytes is None else box_max_bytes
+    box = pass_box(mask, affine, fwhm=fwhm, dilation_iterations=dilation_iterations)
+    if box is not None and box_bytes(box, n_volumes, dtype) > limit:
+        return None
+    return box
+
+
+def pass_chunks(bold: xr.DataArray) -> xr.DataArray:
+    """Whole-volume blocks of at most :data:`BLOCK_MAX_BYTES` (time chunks kept where they fit)."""
+    volume_bytes = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize
+    max_t = max(1, BLOCK_MAX_BYTES // volume_bytes)
+    chunks: dict[str, int] = {d: -1 for d in ("x", "y", "z")}
+    if max(bold.chunks[3]) > max_t:
+        chunks["time"] = max_t
+    if any(len(c) > 1 for c in bold.chunks[:3]) or "time" in chunks:
+        bold = bold.chunk(chunks)
+    return bold
+
+
+def nifti_block_volumes(source: NiftiSource) -> int:
+    """Volumes per block when the pass reads ``source`` directly (:data:`NIFTI_BLOCK_BYTES`)."""
+    volume_bytes = int(np.prod(source.volume_shape)) * source.dtype.itemsize
+    return max(1, NIFTI_BLOCK_BYTES // volume_bytes)
+
+
+#: Resident memory of a worker process once roidask's operations are imported
+#: (~200 MB with dask/distributed 2026), which its tasks cannot use.
+WORKER_BASE_BYTES = 200 * 2**20
+#: Peak memory of one task of the pass: this many times its block of whole
+#: volumes (in the data's type: decoded block, smoothed contrast volumes), plus a
+#: fixed part and the partial results (float64 maps) of about this many blocks
+#: (the running total, a merge's output, a block waiting to be merged).
+_TASK_EXPANSION = 6
+_TASK_FIXED_BYTES = 16 * 2**20
+_LIVE_PARTIALS = 3
+#: The ROI box the pass keeps is held twice at its peak on a worker: in the
+#: running partial and while it is sent to the client.
+_BOX_EXPANSION = 2
+#: A box is kept only if blocks of at least this many volumes still fit next to it.
+_MIN_BLOCK_VOLUMES = 8
+#: Fraction of a worker's memory limit tasks may fill (dask pauses a worker at 80 %).
+USABLE_FRACTION = 0.75
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a subject's pass fits a worker thread's memory (see :func:`memory_plan`)."""
+
+    chunks: dict | None  # BOLD time chunks; None: the default blocks
+    box_max_bytes: int | None  # the ROI box allowed in memory; None: the default
+
+
+def memory_plan(
+    sources: Sequence[NiftiSource],
+    mask: np.ndarray,
+    budget: float | None,
+    *,
+    fwhm,
+    dilation_iterations: int,
+) -> MemoryPlan:
+    """Time blocks and ROI box whose pass tasks fit ``budget`` bytes per worker thread.
+
+    The pass reads blocks of whole volumes; with small worker memory the blocks
+    hold fewer volumes (down to one). Maps and signals then differ from a default
+    run by float64 rounding only (partial moments merged in another order). The
+    ROI box kept by the pass (raw voxels of all volumes) lives on a worker until
+    the subject is done: it is kept only if it fits next to the smallest blocks,
+    and its share of the budget shrinks the blocks; otherwise the extraction reads
+    the data a second time.
+    """
+    default = MemoryPlan(None, None)
+    if budget is None:
+        return default
+    first = sources[0]
+    box = pass_box(mask, first.affine, fwhm=fwhm, dilation_iterations=dilation_iterations)
+    x, y, z = first.volume_shape
+    volume_bytes = x * y * z * first.dtype.itemsize
+    n_volumes = sum(s.n_volumes for s in sources)
+    n_t = normalize_chunks(None, (x, y, z, n_volumes), first.dtype.itemsize)["time"]
+    fixed = _TASK_FIXED_BYTES + _LIVE_PARTIALS * PARTIAL_MAPS * 8 * x * y * z
+    size = 0 if box is None else box_bytes(box, n_volumes, first.dtype)
+    kept = _BOX_EXPANSION * size if size <= BOX_MAX_BYTES else 0  # else never kept
+    if kept and fixed + kept + _TASK_EXPANSION * _MIN_BLOCK_VOLUMES * volume_bytes > budget:
+        kept = 0  # the box does not fit: read twice
+    room = max(budget - fixed - kept, 0) / _TASK_EXPANSION
+    fits = max(1, int(room // volume_bytes))
+    return MemoryPlan(
+        chunks=None if fits >= n_t else {"time": fits},
+        box_max_bytes=None if kept or box is None else 0,
+    )
+
+
+# -- the pass --------------------------------------------------------------------------------
+def _block_sum(block: np.ndarray) -> np.ndarray:
+    """Float64 sum of a block's volumes (exact int32 sums for 8/16-bit data)."""
+    if block.dtype.kind in "iub" and block.dtype.itemsize <= 2 and block.shape[3] < 2**15:
+        # exact in int32 (and faster than converting every voxel to float64); einsum
+        # sums the contiguous time axis of a C-ordered (zarr) block twice as fast
+        if block.flags.c_contiguous:
+            return np.einsum("...t->...", block, dtype=np.int32).astype(np.float64)
+        return block.sum(axis=3, dtype=np.int32).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, as numpy's sum
+        return block.sum(axis=3, dtype=np.float64)
+
+
+@dataclass
+class _Partial:
+    """One block's (or several consecutive blocks') contribution to the pass."""
+
+    total: np.ndarray
+    n: int
+    n_nonfinite: int
+    contrast: tuple[Moments, Moments]
+    box: list[np.ndarray]
+
+
+def _block_partial(
+    block: np.ndarray,
+    codes: np.ndarray,
+    *,
+    sigma: np.ndarray,
+    work_dtype: np.dtype,
+    box: tuple[slice, slice, slice] | None,
+) -> _Partial:
+    """Sum, contrast moments and boxed raw voxels of one block of whole volumes."""
+    empty = Moments(0, None, None)
+    groups = []
+    for g in range(2):
+        volumes = np.flatnonzero(codes == g)
+        if volumes.size:
+            groups.append(mom_ops.moments_of(smooth_array(block[..., volumes], sigma, work_dtype)))
+        else:
+            groups.append(empty)
+    nonfinite = block.size - np.count_nonzero(np.isfinite(block)) if block.dtype.kind == "f" else 0
+    return _Partial(
+        total=_block_sum(block),
+        n=block.shape[3],
+        n_nonfinite=int(nonfinite),
+        contrast=(groups[0], groups[1]),
+        box=[] if box is None else [block[(*box, slice(None))].copy()],
+    )
+
+
+def _block_partial_object(block, codes, **kwargs) -> np.ndarray:
+    out = np.empty(1, dtype=object)
+    out[0] = _block_partial(block, codes, **kwargs)
+    return out.reshape(1, 1, 1, 1)
+
+
+def _merge_two(a: _Partial, b: _Partial) -> _Partial:
+    """Partials of two consecutive blocks merged (Chan et al. for the moments)."""
+    with np.errstate(invalid="ignore"):
+        total = a.total + b.total
+    contrast = tuple(mom_ops.merge(ga, gb) for ga, gb in zip(a.contrast, b.contrast, strict=True))
+    return _Partial(
+        total,
+        a.n + b.n,
+        a.n_nonfinite + b.n_nonfinite,
+        contrast,
+        a.box + b.box,  # type: ignore[arg-type]
+    )
+
+
+def _finish(part: _Partial, box) -> PassResult:
+    zeros = np.zeros(part.total.shape)
+    contrast = tuple(Moments(0, zeros, zeros) if int(g.count) == 0 else g for g in part.contrast)
+    return PassResult(
+        total=part.total,
+        n_volumes=int(part.n),
+        n_nonfinite=int(part.n_nonfinite),
+        contrast=contrast,  # type: ignore[arg-type]
+        box=box,
+        box_blocks=part.box,
+    )
+
+
+def contrast_pass(
+    img: ImageLike,
+    *,
+    contrast: Sequence[str],
+    fwhm,
+    box: tuple[slice, slice, slice] | None = None,
+) -> Delayed:
+    """Lazy single read of a BOLD series: sum, smoothed contrast moments, boxed voxels.
+
+    Parameters
+    ----------
+    img : ImageLike
+        4D BOLD series with a ``condition`` coordinate. Its chunks are merged to
+        whole volumes (time chunks are kept): one task per time chunk.
+    contrast : (str, str)
+        The two conditions whose smoothed volumes' moments are computed.
+    fwhm : float, sequence of 3, or None
+        Smoothing FWHM in mm, as :func:`roidask.ops.smooth.smooth_img`.
+    box : tuple of 3 slices, optional
+        Spatial box whose raw voxels are kept for every volume
+        (see :func:`roi_box`).
+
+    Returns
+    -------
+    dask.delayed.Delayed
+        Computes to a :class:`PassResult`. Building it reads no voxel data.
+
+    Raises
+    ------
+    ConditionError
+        A contrast condition is missing or has fewer than 2 volumes.
+    InvalidParameterError
+        Bad ``contrast`` or ``fwhm``.
+    """
+    bold = as_image(img, ndim=4, param="img")
+    _, index, group = check_conditions(
+        contrast, volume_conditions(bold), param="contrast", min_count=2, exact=2
+    )
+    codes = np.full(bold.sizes["time"], -1, dtype=np.int64)
+    codes[index] = group
+    sigma = fwhm_to_sigma_voxels(affine_of(bold), fwhm)
+
+    data = bold.data
+    if any(len(c) > 1 for c in data.chunks[:3]):
+        data = data.rechunk({0: -1, 1: -1, 2: -1})
+    # One task per block that reads it and reduces it at once (blockwise fusion), so
+    # a block is never held waiting for its reduction.
+    parts = da.blockwise(
+        _block_partial_object,
+        "xyzt",
+        data,
+        "xyzt",
+        da.from_array(codes, chunks=(data.chunks[3],)),
+        "t",
+        sigma=sigma,
+        work_dtype=smoothing_dtype(bold.dtype),
+        box=box,
+        # no index is contracted, so blocks are passed as read (no concatenation copy)
+        adjust_chunks={"x": 1, "y": 1, "z": 1, "t": 1},
+        meta=np.empty((0, 0, 0, 0), dtype=object),
+    )
+    parts = [dask.delayed(operator.getitem)(p, (0, 0, 0, 0)) for p in parts.to_delayed().ravel()]
+    merge = dask.delayed(_merge_two, pure=True)
+    total = parts[0]
+    for part in parts[1:]:
+        total = merge(total, part)
+    return dask.delayed(_finish, pure=True)(total, box)
+
+
+def box_image(result: PassResult, bold: xr.DataArray) -> xr.DataArray:
+    """The kept raw voxels as a 4D roidask image on the box (affine shifted to it)."""
+    if result.box is None:
+        raise InvalidParameterError("box_image: the pass kept no box")
+    # name=False: no hashing of the kept voxels to name the chunks
+    arr = da.concatenate(
+        [da.from_array(b, chunks=b.shape, name=False) for b in result.box_blocks], axis=3
+    )
+    coords = {k: v for k, v in bold.coords.items() if v.dims == ("time",)}
+    attrs = {k: v for k, v in bold.attrs.items() if k != "nifti_header"}
+    attrs["affine"] = box_affine(affine_of(bold), result.box).tolist()
+    return xr.DataArray(arr, dims=BOLD_DIMS, coords=coords, name=bold.name, attrs=attrs)

@@ -1,0 +1,171 @@
+"""A subject's output folder, written atomically.
+
+Layout of ``DIR``::
+
+    mean_epi.nii.gz      smoothed mean EPI
+    tstat.nii.gz         t statistic
+    logp.nii.gz          -log10 p (NaN -> 0, clipped), unthresholded
+    roi_mask.nii.gz      threshold AND mask, before dilation (uint8)
+    atlas.nii.gz         int32 component labels after dilation (scipy numbering)
+    rois.tsv             one row per ROI
+    signals.tsv          roi, condition, run, volume, time_s, value (all volumes)
+    results.zarr         all of the above as one xarray Dataset
+    figures/*.png        unless plots are off
+    provenance.json      versions, parameters, inputs with checksums, timings
+    .roidask.json        roidask's ownership marker (every file it wrote)
+
+Everything is written into a locked temporary sibling folder that replaces
+``DIR`` in one rename when complete (:class:`roidask._atomic.OutputFolder`), so a
+failed or killed run never leaves a half-written ``DIR`` and a replaced ``DIR``
+is never missing. ``DIR`` itself is replaced only if roidask wrote it
+(:func:`prepare_output`, before any data is read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from roidask._atomic import OutputFolder, check_destination, clean_stale
+from roidask.io.image import to_nifti
+from roidask.io.store_write import write_dataset_zarr
+from roidask.io.tables import write_signals_tsv
+from roidask.ops.rois import write_atlas
+from roidask.outputs.provenance import provenance_record, utc_now
+from roidask.pipeline import PipelineResult
+
+__all__ = ["OUTPUT_FILES", "SUBJECT_KIND", "prepare_output", "write_results"]
+
+#: Files of every subject output folder (figures come on top).
+OUTPUT_FILES = (
+    "mean_epi.nii.gz",
+    "tstat.nii.gz",
+    "logp.nii.gz",
+    "roi_mask.nii.gz",
+    "atlas.nii.gz",
+    "rois.tsv",
+    "signals.tsv",
+    "results.zarr",
+    "provenance.json",
+)
+#: Kind recorded in the ownership marker of a subject output folder.
+SUBJECT_KIND = "subject-results"
+
+
+def prepare_output(
+    out_dir: str | os.PathLike,
+    *,
+    inputs: Iterable[str | os.PathLike] = (),
+    overwrite: bool = False,
+    param: str = "out",
+) -> Path:
+    """Check (before any data is read) that ``out_dir`` may be written; clean stale siblings.
+
+    See :func:`roidask._atomic.check_destination`.
+    """
+    out = Path(out_dir)
+    clean_stale(out)
+    return check_destination(
+        out, param=param, inputs=inputs, overwrite=overwrite, kind=SUBJECT_KIND
+    )
+
+
+def _write_maps(result: PipelineResult, tmp: Path) -> None:
+    maps = result.maps
+    for name in ("mean_epi", "tstat", "logp"):
+        to_nifti(maps[name], tmp / f"{name}.nii.gz", dtype=np.float32)
+    to_nifti(maps["roi_mask"], tmp / "roi_mask.nii.gz", dtype=np.uint8)
+    write_atlas(
+        maps["atlas"], tmp / "atlas.nii.gz", table_path=tmp / "rois.tsv", table=result.rois
+    )
+
+
+def _write_dataset(result: PipelineResult, tmp: Path) -> None:
+    ds = result.to_dataset()
+    for var in ds.variables.values():
+        var.encoding.clear()
+    ds = ds.assign_coords({k: ds[k].astype(object) for k in ("condition",) if k in ds.coords})
+    write_dataset_zarr(ds, tmp / "results.zarr")
+
+
+def write_results(
+    result: PipelineResult,
+    out_dir: str | os.PathLike,
+    *,
+    inputs: list[dict] | Future | None = None,
+    plots: bool = True,
+    overwrite: bool = False,
+    extra_provenance: dict | None = None,
+    started_utc: str | None = None,
+) -> Path:
+    """Write a :class:`~roidask.pipeline.PipelineResult` into ``out_dir`` atomically.
+
+    Parameters
+    ----------
+    result : PipelineResult
+    out_dir : path
+        Folder to create. An existing folder is replaced only with ``overwrite``,
+        and only if roidask wrote it (see :func:`prepare_output`).
+    inputs : list of dict, or a Future of it, optional
+        Input records for provenance (:func:`roidask.outputs.provenance.input_records`);
+        a future is waited for when ``provenance.json`` is written.
+    plots : bool
+        Write ``figures/*.png``.
+    overwrite : bool
+        Replace an existing ``out_dir`` that roidask wrote.
+    extra_provenance : dict, optional
+        More provenance fields (scheduler, chunks, ...).
+    started_utc : str, optional
+        When the run started (default: now).
+
+    Returns
+    -------
+    Path
+        ``out_dir``.
+    """
+    started_utc = started_utc or utc_now()
+    input_list = inputs.result() if isinstance(inputs, Future) else inputs
+    out = prepare_output(
+        out_dir, inputs=[r["path"] for r in input_list or []], overwrite=overwrite
+    )
+    with OutputFolder(out, kind=SUBJECT_KIND) as tmp:
+        # Independent files, written concurrently (gzip, CSV formatting and zarr's
+        # I/O overlap); the first error is raised once all are done.
+        with ThreadPoolExecutor(3) as writers:
+            pending = [
+                writers.submit(_write_maps, result, tmp),
+                writers.submit(write_signals_tsv, result.signals, tmp / "signals.tsv"),
+                writers.submit(_write_dataset, result, tmp),
+            ]
+        for done in pending:
+            done.result()
+        figures = []
+        if plots:
+            from roidask.plotting import save_seed_figures
+
+            maps = result.maps
+            figures = save_seed_figures(
+                tmp / "figures",
+                mean_img=maps["mean_epi"],
+                logp_img=maps["logp"],
+                threshold=result.params.threshold,
+                roi_mask_img=maps["roi_mask"],
+                dilated_img=maps["dilated_mask"],
+                atlas_img=maps["atlas"] if result.n_rois else None,
+                signals=result.signals if result.n_rois else None,
+            )
+        provenance = provenance_record(
+            started_utc=started_utc,
+            parameters=result.params.to_dict(),
+            inputs=input_list,
+            outputs=[*OUTPUT_FILES, *(f"figures/{Path(f).name}" for f in figures)],
+            timings_s=result.timings_s,
+            extra={"n_rois": int(result.n_rois), **(extra_provenance or {})},
+        )
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    return out

@@ -1,0 +1,152 @@
+"""One subject, end to end: validate everything, run the pipeline, write the output folder.
+
+:func:`run_subject` is what ``roidask run`` (and each subject of a batch) does:
+every input and the destination are validated before any voxel is read, the
+pipeline reads the data once, and the outputs are committed atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import Future
+from pathlib import Path
+
+from roidask.cluster import active_client
+from roidask.exceptions import InvalidParameterError
+from roidask.io.conversions import as_image
+from roidask.io.image import bold_from_nifti
+from roidask.io.nifti import NiftiSource
+from roidask.io.store_write import convert
+from roidask.onepass import nifti_block_volumes
+from roidask.outputs.provenance import input_paths, start_input_records, utc_now
+from roidask.outputs.writer import prepare_output, write_results
+from roidask.pipeline import PipelineParams, PipelineResult, check_inputs, roi_pipeline
+
+__all__ = ["run_subject"]
+
+
+def run_subject(
+    *,
+    bold: list[str | os.PathLike] | None,
+    labels: list[str | os.PathLike] | None,
+    store: str | os.PathLike | None,
+    subject: str | None,
+    mask: str | os.PathLike,
+    out: str | os.PathLike,
+    params: PipelineParams,
+    chunks=None,
+    box_max_bytes: int | None = None,
+    tr_s: float | None = None,
+    plots: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+    inputs: list[dict] | Future | None = None,
+    extra_provenance: dict | None = None,
+) -> PipelineResult:
+    """Validate inputs, run the ROI pipeline on one subject and write its outputs.
+
+    Parameters
+    ----------
+    bold, labels : list of path, or None
+        4D NIfTI run(s) and their labels file(s); or ``None`` with ``store``.
+    store, subject : path and str, or None
+        A converted store and its subject, instead of ``bold``/``labels``.
+    mask : path
+        3D binary mask on the BOLD grid.
+    out : path
+        Output folder (see :mod:`roidask.outputs.writer`), written atomically;
+        checked before any voxel is read.
+    params : PipelineParams
+    chunks : dict or str, optional
+        BOLD chunking; the results do not depend on it.
+    box_max_bytes : int, optional
+        Memory for the ROI box kept by the pass (see :func:`roidask.pipeline.roi_pipeline`).
+    tr_s : float, optional
+        Repetition time in seconds (default: from the header).
+    plots, overwrite, progress : bool
+    inputs : list of dict, or a Future of it, optional
+        Input records (path, size, SHA-256), precomputed or under way; by default
+        they are hashed while the pipeline runs.
+    extra_provenance : dict, optional
+
+    Returns
+    -------
+    PipelineResult
+    """
+    started = utc_now()
+    if bool(bold) == bool(store):
+        raise InvalidParameterError(
+            "bold, store: give either BOLD file(s) with labels, or a store (with its subject)",
+            param="bold",
+        )
+    if bold and not labels:
+        raise InvalidParameterError(
+            "labels: a labels.txt or one events.tsv per run is required with BOLD files",
+            param="labels",
+        )
+    out = Path(out)
+    files = input_paths(bold=bold, labels=labels, store=store, mask=mask)
+    prepare_output(out, inputs=files, overwrite=overwrite)
+    if inputs is None:  # hashed while the pipeline runs
+        inputs = start_input_records(files)
+    if store is not None:
+        result = roi_pipeline(
+            store,
+            mask_img=mask,
+            params=params,
+            subject=subject,
+            chunks=chunks,
+            box_max_bytes=box_max_bytes,
+            progress=progress,
+        )
+    else:
+        result = _run_nifti(
+            list(bold or []), list(labels or []), mask, out, params, chunks, tr_s, progress,
+            box_max_bytes=box_max_bytes,
+        )  # fmt: skip
+    write_results(
+        result,
+        out,
+        inputs=inputs,
+        plots=plots,
+        overwrite=overwrite,
+        extra_provenance=extra_provenance,
+        started_utc=started,
+    )
+    return result
+
+
+def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, box_max_bytes):
+    """The pipeline on NIfTI runs: read directly, or through a temporary store.
+
+    The pipeline reads the data once, in time order, which a sequential gzip
+    decoder serves best (see :mod:`roidask.io.nifti`); dask's threaded scheduler
+    takes the blocks in that order. A ``distributed`` cluster does not keep it
+    (it may start with the last blocks, and worker processes would each decode
+    the file from its start), so with a cluster ``.nii.gz`` runs are first
+    converted (one sequential decode, in this process) into a temporary chunked
+    store next to ``out``.
+    """
+    # Validate everything (headers, labels, grids, contrast, mask) before any voxel is read.
+    if chunks is None:
+        chunks = {"time": nifti_block_volumes(NiftiSource.open(bold[0], ndim=4, param="bold"))}
+    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
+    check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
+    gz = any(str(p).lower().endswith(".gz") for p in bold)
+    if not gz or active_client() is None:
+        return roi_pipeline(
+            image, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
+        )
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.convert-") as tmp:
+        store = convert(
+            bold,
+            labels=labels,
+            out=Path(tmp) / "bold.zarr",
+            tr_s=tr_s,
+            chunks=chunks,
+            progress=progress,
+        )
+        return roi_pipeline(
+            store, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
+        )

@@ -1,0 +1,146 @@
+"""Batch manifests: TSV files and BIDS-like folders, and their one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers.files import write_manifest
+
+from roidask.batch import SubjectSpec, read_manifest
+from roidask.cli import main
+from roidask.exceptions import CorruptFileError, ManifestError
+
+
+def test_manifest_tsv_runs_and_relative_paths(tmp_path):
+    sub = tmp_path / "study"
+    sub.mkdir()
+    manifest = write_manifest(
+        sub / "manifest.tsv",
+        [
+            ("01", "d/run1.nii.gz; d/run2.nii.gz", "d/ev1.tsv;d/ev2.tsv", "d/mask.nii.gz"),
+            ("sub-02", "/abs/bold.nii", "/abs/labels.txt", "/abs/mask.nii"),
+        ],
+    )
+    specs = read_manifest(manifest)
+    assert specs == [
+        SubjectSpec(
+            "01",
+            (sub / "d/run1.nii.gz", sub / "d/run2.nii.gz"),
+            (sub / "d/ev1.tsv", sub / "d/ev2.tsv"),
+            sub / "d/mask.nii.gz",
+        ),
+        SubjectSpec(
+            "sub-02", (Path("/abs/bold.nii"),), (Path("/abs/labels.txt"),), Path("/abs/mask.nii")
+        ),
+    ]
+    assert [s.out_name for s in specs] == ["sub-01", "sub-02"]
+    # an empty mask cell takes --mask
+    write_manifest(manifest, [("01", "b.nii.gz", "l.txt", "")])
+    (spec,) = read_manifest(manifest, mask=tmp_path / "common_mask.nii.gz")
+    assert spec.mask == tmp_path / "common_mask.nii.gz"
+
+
+def test_manifest_bids_folder(tmp_path):
+    root = tmp_path / "bids"
+    for sub, runs in (("sub-01", 2), ("sub-02", 1)):
+        func = root / sub / "func"
+        func.mkdir(parents=True)
+        for r in range(1, runs + 1):
+            (func / f"{sub}_task-faces_run-{r}_bold.nii.gz").write_bytes(b"")
+            (func / f"{sub}_task-faces_run-{r}_events.tsv").write_text("onset\tduration\n")
+    own = root / "sub-02" / "func" / "sub-02_mask.nii.gz"
+    own.write_bytes(b"")
+    (root / "sub-03" / "anat").mkdir(parents=True)  # no func/: not a subject of the batch
+    common = tmp_path / "mask.nii.gz"
+    specs = read_manifest(root, mask=common)
+    f1 = root / "sub-01" / "func"
+    assert specs == [
+        SubjectSpec(
+            "sub-01",
+            (
+                f1 / "sub-01_task-faces_run-1_bold.nii.gz",
+                f1 / "sub-01_task-faces_run-2_bold.nii.gz",
+            ),
+            (f1 / "sub-01_task-faces_run-1_events.tsv", f1 / "sub-01_task-faces_run-2_events.tsv"),
+            common,
+        ),
+        SubjectSpec(
+            "sub-02",
+            (root / "sub-02/func/sub-02_task-faces_run-1_bold.nii.gz",),
+            (root / "sub-02/func/sub-02_task-faces_run-1_events.tsv",),
+            own,
+        ),
+    ]
+    assert [s.out_name for s in specs] == ["sub-01", "sub-02"]
+    with pytest.raises(
+        ManifestError, match=r"sub-01: no \*_mask.nii.gz in func/ and no mask for every subject"
+    ):
+        read_manifest(root)
+    # runs in numeric order: run-2 before run-10
+    f2 = root / "sub-02" / "func"
+    for r in (2, 10):
+        (f2 / f"sub-02_task-faces_run-{r}_bold.nii.gz").write_bytes(b"")
+        (f2 / f"sub-02_task-faces_run-{r}_events.tsv").write_text("onset\tduration\n")
+    runs = [p.name.split("_")[2] for p in read_manifest(root, mask=common)[1].bold]
+    assert runs == ["run-1", "run-2", "run-10"]
+    (f2 / "sub-02_desc-brain_mask.nii.gz").write_bytes(b"")
+    with pytest.raises(ManifestError, match=r"sub-02: several masks in func/ \(sub-02_desc"):
+        read_manifest(root, mask=common)
+    (f2 / "sub-02_desc-brain_mask.nii.gz").unlink()
+    (f1 / "sub-01_task-faces_run-2_events.tsv").unlink()
+    with pytest.raises(
+        ManifestError, match=r"run-2_bold.nii.gz: no matching events file .*run-2_events.tsv"
+    ):
+        read_manifest(root, mask=common)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("subject\tbold\tlabels\n01\tb\tl\n", r"missing column\(s\) \['mask'\]"),
+        ("sub\tbold\tlabels\tmask\n01\tb\tl\tm\n", r"missing column\(s\) \['subject'\]"),
+        (
+            "subject\tbold\tlabels\tmask\n01\tb\tl\tm\n02\tb\tl\tm\n01\tc\tl\tm\n",
+            r"subject\(s\) \['01'\] listed more than once",
+        ),
+        ("subject\tbold\tlabels\tmask\n01\t\tl\tm\n", r"line 2: subject, bold and labels"),
+        ("subject\tbold\tlabels\tmask\n01\tb\tl\t\n", r"line 2: no mask for subject '01'"),
+        ("subject\tbold\tlabels\tmask\n", r"has a header but no subject rows"),
+        ("\n\n", r"m\.tsv: not a readable TSV table"),
+        ("subject\tbold\tlabels\tmask\n../x\tb\tl\tm\n", r"subject '../x' is not a valid"),
+        (
+            "subject\tbold\tlabels\tmask\n01\tb\tl\tm\nsub-01\tb\tl\tm\n",
+            r"subjects '01' and 'sub-01' would both write sub-01/",
+        ),
+    ],
+)
+def test_manifest_errors(tmp_path, text, match):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text(text)
+    with pytest.raises(ManifestError, match=match):
+        read_manifest(manifest)
+
+
+def test_empty_manifest_file(tmp_path):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_bytes(b"")
+    with pytest.raises(CorruptFileError, match=r"manifest .*m\.tsv: is empty \(0 bytes\)"):
+        read_manifest(manifest)
+
+
+def test_manifest_errors_on_the_command_line(tmp_path, capsys):
+
+    missing = tmp_path / "nope.tsv"
+    assert main(["batch", str(missing), "--out", str(tmp_path / "out")]) == 2
+    assert (
+        capsys.readouterr().err == f"roidask: error: {missing}: no such file (expected a TSV "
+        "file or a BIDS-like folder)\n"
+    )
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("subject\tbold\n01\tb\n")
+    for target in (tmp_path, bad):  # a folder without sub-*/func; missing columns
+        assert main(["batch", str(target), "--out", str(tmp_path / "out")]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"roidask: error: {target}: ")
+    assert not (tmp_path / "out").exists()

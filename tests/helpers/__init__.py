@@ -1,0 +1,1 @@
+"""Shared test helpers: real clusters, the nilearn seed reference, laziness checks."""

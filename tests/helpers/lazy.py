@@ -1,0 +1,53 @@
+"""Laziness checks: fail if dask computes, or NIfTI voxel data is read, while building graphs."""
+
+from __future__ import annotations
+
+import contextlib
+
+import dask
+
+
+class CountingScheduler:
+    """A dask scheduler that counts computes and fails past ``max_computes``."""
+
+    def __init__(self, max_computes: int = 0):
+        self.total_computes = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk, keys, **kwargs):
+        self.total_computes += 1
+        if self.total_computes > self.max_computes:
+            raise RuntimeError(
+                f"too many dask computations: {self.total_computes} > {self.max_computes}"
+            )
+        return dask.get(dsk, keys, **kwargs)
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes: int = 0):
+    """Fail if dask computes more than ``max_computes`` times inside the block,
+    and fail if any NIfTI voxel data is read (graph building must be lazy)."""
+    from roidask.io import nifti
+
+    reads = []
+    original_read, original_iter = nifti.NiftiSource.read, nifti.NiftiSource.iter_blocks
+
+    def counting_read(self, *args, **kwargs):
+        reads.append(self.path)
+        return original_read(self, *args, **kwargs)
+
+    def counting_iter(self, *args, **kwargs):
+        reads.append(self.path)
+        return original_iter(self, *args, **kwargs)
+
+    scheduler = CountingScheduler(max_computes)
+    nifti.NiftiSource.read = counting_read
+    nifti.NiftiSource.iter_blocks = counting_iter
+    try:
+        with dask.config.set(scheduler=scheduler):
+            yield scheduler
+    finally:
+        nifti.NiftiSource.read = original_read
+        nifti.NiftiSource.iter_blocks = original_iter
+    if max_computes == 0 and reads:
+        raise AssertionError(f"voxel data was read while building a graph: {reads}")
