@@ -40,12 +40,11 @@ __all__ = [
     "world_to_voxel",
 ]
 
-#: Labels of the three view axes of an ortho figure (``Axes.get_label()``).
-VIEW_NAMES = ("sagittal", "coronal", "axial")
-
 AXIS_NAMES = "xyz"
 # (name, world axis cut, world axis shown horizontally, world axis shown vertically)
-VIEWS = tuple(zip(VIEW_NAMES, (0, 1, 2), (1, 0, 0), (2, 2, 1), strict=True))
+VIEWS = (("sagittal", 0, 1, 2), ("coronal", 1, 0, 2), ("axial", 2, 0, 1))
+#: Labels of the three view axes of an ortho figure (``Axes.get_label()``).
+VIEW_NAMES = tuple(view[0] for view in VIEWS)
 
 
 # -- world <-> voxel -----------------------------------------------------------------------

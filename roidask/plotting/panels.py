@@ -495,12 +495,14 @@ def plot_roi(
     arrays = [vol] + ([] if bg is None else [as_float(bg.data)])
     cuts, _ = view_cuts(arrays, grid, ijk)
     colors = _label_colors(max(labels.size, 1))
-    fig, panels = _ortho_axes(grid, ijk, side=True)
+    # a mask has one value: its colour needs no key, unless named
+    keyed = labels.size > 0 and (label_names is not None or not binary)
+    fig, panels = _ortho_axes(grid, ijk, side=keyed)
     if bg is not None:
         _background(panels, cuts[1])
     images = _roi_layers(panels, cuts[0], labels, colors, alpha)
     _finish(fig, panels, grid, ijk, title)
-    if labels.size and (label_names is not None or not binary):
+    if keyed:
         _label_key(fig, images[-1], panels, labels, colors, label_names)
     if out is not None:
         save_png(fig, out)
