@@ -38,6 +38,7 @@ from roidask.io.tables import write_signals_tsv
 from roidask.ops.rois import write_atlas
 from roidask.outputs.provenance import provenance_record, utc_now
 from roidask.pipeline import PipelineResult
+from roidask.plotting import save_seed_figures
 
 __all__ = ["OUTPUT_FILES", "SUBJECT_KIND", "prepare_output", "write_results"]
 
@@ -146,8 +147,6 @@ def write_results(
             done.result()
         figures = []
         if plots:
-            from roidask.plotting import save_seed_figures
-
             maps = result.maps
             figures = save_seed_figures(
                 tmp / "figures",
