@@ -5,7 +5,8 @@
 #                                   munged, slurmctld and slurmd on localhost, wait until the
 #                                   node is idle (idempotent: running daemons are kept)
 #   cluster/slurm/local.sh status   the daemons' pids and `sinfo` (exit 1 if not all running)
-#   cluster/slurm/local.sh down     stop the daemons this script started
+#   cluster/slurm/local.sh down     cancel the jobs still queued, stop the daemons this
+#                                   script started
 #
 # Needs root (apt-get, munge's key, slurmd runs jobs as their users) and a Debian-like system.
 # The daemons are started directly, not through systemd (containers have none): their pid,
@@ -24,14 +25,21 @@ PACKAGES=(slurm-wlm munge)
 READY_TIMEOUT_S=${ROIDASK_SLURM_READY_TIMEOUT_S:-60}
 
 say() { echo "slurm/local.sh: $*" >&2; }
-die() { say "error: $*"; exit "${2:-1}"; }
+die() { say "error: $1"; exit "${2:-1}"; }
+
+# process $2 is alive (not a zombie) and named $1
+is_alive() {
+  local stat
+  stat=$(cat "/proc/$2/stat" 2>/dev/null) || return 1
+  [ "$(cat "/proc/$2/comm" 2>/dev/null)" = "$1" ] && [ "$(echo "${stat##*) }" | cut -c1)" != Z ]
+}
 
 # pid of daemon $1 started by this script, if it is still running
 running_pid() {
   local pidfile="$STATE/$1.pid" pid
   [ -r "$pidfile" ] || return 1
   pid=$(cat "$pidfile" 2>/dev/null) || return 1
-  [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$1" ] || return 1
+  [ -n "$pid" ] && is_alive "$1" "$pid" || return 1
   echo "$pid"
 }
 
@@ -201,7 +209,7 @@ stop_pid() {
   local name=$1 pid=$2 i
   kill -TERM "$pid" 2>/dev/null || return 0
   for i in $(seq 100); do
-    [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$name" ] || return 0
+    is_alive "$name" "$pid" || return 0
     sleep 0.1
   done
   say "$name (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
@@ -209,7 +217,20 @@ stop_pid() {
 }
 
 cmd_down() {
-  local d pid
+  local d pid jobs i
+  if running_pid slurmctld >/dev/null && running_pid slurmd >/dev/null; then
+    # this cluster's jobs would outlive slurmd (no cgroups): cancel them first
+    jobs=$(squeue -h -o %i 2>/dev/null || true)
+    if [ -n "$jobs" ]; then
+      say "cancelling jobs $(echo $jobs)"
+      # shellcheck disable=SC2086
+      scancel $jobs 2>/dev/null || true
+      for i in $(seq 30); do
+        [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
+        sleep 0.5
+      done
+    fi
+  fi
   for d in slurmd slurmctld; do
     if pid=$(running_pid $d); then
       stop_pid "$d" "$pid"
@@ -218,7 +239,7 @@ cmd_down() {
   done
   # munged only if this script started it (its pid file is in the state directory)
   pid=$(cat "$STATE/munge/munged.pid" 2>/dev/null || true)
-  if [ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = munged ]; then
+  if [ -n "$pid" ] && is_alive munged "$pid"; then
     stop_pid munged "$pid"
     say "stopped munged (pid $pid)"
   fi
