@@ -736,9 +736,11 @@ def _jobqueue_kwargs(
                 )
             options.pop(name, None)
     if not dashboard:
-        # dask-jobqueue's default is a dashboard on :8787 of every interface
+        # dask-jobqueue's default is a dashboard on :8787 of every interface; without
+        # it the scheduler still serves /health and /metrics over plain HTTP: on a free
+        # loopback port, not on the scheduler's network
         scheduler_options["dashboard"] = False
-        scheduler_options.setdefault("dashboard_address", None)
+        scheduler_options.setdefault("dashboard_address", "127.0.0.1:0")
     elif dashboard is not True:
         scheduler_options["dashboard_address"] = str(dashboard)
     out["scheduler_options"] = scheduler_options

@@ -340,6 +340,8 @@ def test_jobqueue_cluster_speaks_tls_with_its_own_credentials(tmp_path):
     ) as cluster:  # fmt: skip
         address = cluster.scheduler_address
         assert re.fullmatch(r"tls://127\.0\.0\.1:\d+", address)
+        http = cluster.scheduler.services["dashboard"]  # /health: loopback, not 8787
+        assert (http.address, http.port != 8787) == ("127.0.0.1", True)
         tls = cluster.tls_credentials
         assert tls.directory.parent == shared
         assert stat.S_IMODE(tls.directory.stat().st_mode) == 0o700
