@@ -5,6 +5,12 @@ scheduler here, submits ``--jobs`` worker jobs through dask-jobqueue, runs
 ``roidask batch MANIFEST --out DIR --scheduler <this scheduler>`` and cancels
 the jobs at the end. Needs the ``roidask[jobqueue]`` extra.
 
+The scheduler listens on this host's network, so it speaks TLS only: with a
+CA certificate and a certificate/key made for this batch, written owner-only
+(0700 directory, 0600 files) under ``--shared-temp-directory`` (default: the
+home directory), which the worker jobs must see, and removed at the end. Other
+users and anything else that reaches the port cannot join it or run code.
+
 Examples
 --------
 Print the job script each worker job would run, submitting nothing::
@@ -49,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="network interface the compute nodes reach this host on, e.g. ib0",
     )
     p.add_argument(
+        "--job-name", default=None, help="name of the worker jobs (default: dask-worker)"
+    )
+    p.add_argument(
         "--processes",
         type=int,
         default=None,
@@ -63,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--log-directory", default=None, help="directory for the jobs' stdout/stderr files"
+    )
+    p.add_argument(
+        "--shared-temp-directory",
+        default=None,
+        metavar="DIR",
+        help="directory the worker jobs see, for the batch's TLS credentials "
+        "(default: dask-jobqueue's setting, else the home directory)",
     )
     p.add_argument("--dashboard", action="store_true", help="serve the dashboard on :8787")
     p.add_argument(
@@ -102,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": args.python,
         "job_extra_directives": args.job_extra,
     }
-    for name in ("interface", "processes", "log_directory"):
+    for name in ("interface", "processes", "log_directory", "shared_temp_directory", "job_name"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
 
@@ -114,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("MANIFEST and --out are required (unless --print-job-script)")
         with rcluster.jobqueue_cluster(args.kind, dashboard=args.dashboard, **options) as cluster:
             cluster.scale(jobs=args.jobs)
+            tls = cluster.tls_credentials
             print(
                 f"jobqueue_batch: submitted {args.jobs} {args.kind} job(s) for the dask "
-                f"workers; scheduler at {cluster.scheduler_address}",
+                f"workers; scheduler at {cluster.scheduler_address} (TLS credentials of this "
+                f"batch in {tls.directory}, removed at the end)",
                 file=sys.stderr,
             )
             if args.dashboard and cluster.dashboard_link:
@@ -128,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.out,
                 "--scheduler",
                 cluster.scheduler_address,
+                *(f"--{k.replace('_', '-')}={v}" for k, v in tls.client_options().items()),
                 *passthrough,
             ]
             return int(cli.main(batch_argv) or 0)

@@ -7,32 +7,51 @@ running scheduler within a bounded time. :func:`jobqueue_cluster` and
 :func:`job_script` build SLURM/PBS clusters with dask-jobqueue (the
 ``roidask[jobqueue]`` extra).
 
-``distributed`` and ``dask_jobqueue`` are imported inside the functions, so
-importing this module stays cheap.
+A scheduler that listens beyond the loopback interface speaks TLS with
+throw-away credentials made for it (:class:`TLSCredentials`: a CA certificate
+and a certificate/key it signs, written owner-only, removed when the cluster
+closes), so only processes that can read those files can join it or submit
+work: always for :func:`jobqueue_cluster` (its workers are other jobs, often on
+other nodes), and for :func:`get_client`'s embedded cluster with a non-loopback
+``host``.
+
+``distributed``, ``dask_jobqueue`` and ``cryptography`` are imported inside the
+functions (deliberately: a run on this process's threads never needs them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import functools
 import importlib.util
+import ipaddress
 import os
 import re
 import sys
+import tempfile
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+import dask
+from dask.system import CPU_COUNT
+from dask.utils import format_bytes, parse_bytes
 
 from roidask.exceptions import ClusterError, InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
     from dask_jobqueue import JobQueueCluster
     from distributed import Client
+    from distributed.security import Security
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_S",
     "JOBQUEUE_KINDS",
+    "TLSCredentials",
     "active_client",
     "dashboard_link",
     "describe_client",
@@ -47,14 +66,219 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 #: Batch systems :func:`jobqueue_cluster` supports, and their dask-jobqueue classes.
 JOBQUEUE_KINDS = {"slurm": "SLURMCluster", "pbs": "PBSCluster"}
 
-# What dask-jobqueue itself prints when a job script has no live scheduler.
-_ADDRESS_PLACEHOLDER = "tcp://<insert-scheduler-address-here>:8786"
+# What dask-jobqueue itself prints for a job script's scheduler (after the scheme).
+_ADDRESS_PLACEHOLDER = "<insert-scheduler-address-here>:8786"
 
 # Clients of embedded clusters started without a dashboard (their scheduler still
 # serves /health over HTTP, which is not a dashboard).
 _NO_DASHBOARD: weakref.WeakSet = weakref.WeakSet()
 
 _WALLTIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+
+# What job_script() prints in place of the throw-away credentials' directory.
+_TLS_DIR_PLACEHOLDER = "<roidask-tls-directory>"
+
+#: Days the throw-away certificates are valid (they are removed with their cluster).
+TLS_VALID_DAYS = 365
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+@dataclass(frozen=True)
+class TLSCredentials:
+    """Throw-away TLS credentials of one cluster, as owner-only files in one directory.
+
+    ``ca_file`` is a CA certificate made for this cluster alone (its private key
+    is never written), ``cert``/``key`` a certificate it signs for both server
+    and client use, shared by the scheduler, the workers and the clients. A
+    peer without them cannot complete the TLS handshake. Make them with
+    :meth:`create`, remove them with :meth:`remove`.
+    """
+
+    directory: Path
+    ca_file: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def create(cls, parent: str | os.PathLike) -> TLSCredentials:
+        """Write new credentials into a fresh directory under ``parent``.
+
+        Parameters
+        ----------
+        parent : path
+            An existing directory, on a filesystem every process of the cluster
+            sees (for batch jobs: a shared one, such as the home directory).
+
+        Returns
+        -------
+        TLSCredentials
+            In ``parent/.roidask-tls-XXXXXXXX/`` (mode 0700): ``ca.pem``,
+            ``cert.pem`` and ``key.pem`` (mode 0600).
+
+        Raises
+        ------
+        InvalidParameterError
+            ``parent`` is not an existing directory.
+        ImportError
+            The ``cryptography`` package is missing.
+        """
+        # absolute: the worker jobs may start in another directory
+        parent = Path(os.path.abspath(os.path.expanduser(os.fspath(parent))))
+        if not parent.is_dir():
+            raise InvalidParameterError(
+                f"shared_temp_directory: expected an existing directory for the cluster's TLS "
+                f"credentials, got {str(parent)!r}"
+            )
+        ca_pem, cert_pem, key_pem = _make_certificates()
+        directory = Path(tempfile.mkdtemp(prefix=".roidask-tls-", dir=parent))
+        os.chmod(directory, 0o700)
+        out = cls(directory, directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+        try:
+            for path, data in ((out.ca_file, ca_pem), (out.cert, cert_pem), (out.key, key_pem)):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    os.fchmod(fh.fileno(), 0o600)
+                    fh.write(data)
+        except BaseException:
+            out.remove()
+            raise
+        return out
+
+    def security(self) -> Security:
+        """A :class:`distributed.security.Security` for every role, encryption required."""
+        from distributed.security import Security
+
+        ca, cert, key = str(self.ca_file), str(self.cert), str(self.key)
+        return Security(
+            tls_ca_file=ca,
+            tls_scheduler_cert=cert,
+            tls_scheduler_key=key,
+            tls_worker_cert=cert,
+            tls_worker_key=key,
+            tls_client_cert=cert,
+            tls_client_key=key,
+            require_encryption=True,
+        )
+
+    def client_options(self) -> dict[str, str]:
+        """``tls_ca_file``, ``tls_cert`` and ``tls_key`` for :func:`get_client`."""
+        return {
+            "tls_ca_file": str(self.ca_file),
+            "tls_cert": str(self.cert),
+            "tls_key": str(self.key),
+        }
+
+    def remove(self) -> None:
+        """Delete the three files and their directory (left if something else is in it)."""
+        for path in (self.ca_file, self.cert, self.key):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.directory.rmdir()
+
+
+def _make_certificates() -> tuple[bytes, bytes, bytes]:
+    """PEM bytes of a new CA certificate, a certificate it signs and that one's key."""
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError as exc:
+        raise ImportError(
+            "TLS credentials for the cluster need the cryptography package, which is not "
+            "installed; install it with: pip install 'roidask[jobqueue]'"
+        ) from exc
+
+    now = datetime.datetime.now(datetime.UTC)
+    # compute nodes' clocks may lag this one's a little
+    start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=TLS_VALID_DAYS)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "roidask throw-away CA")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "roidask dask cluster")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        # dask does not check host names; a name keeps strict verifiers content
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("dask-internal")]), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return ca.public_bytes(pem), cert.public_bytes(pem), key_pem
+
+
+def _is_loopback(host: str) -> bool:
+    """``host`` is a loopback address or ``localhost`` (anything else may be reached)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name, or an interface's
 
 
 # --------------------------------------------------------------------------- validation
@@ -70,7 +294,6 @@ def _check_positive_int(name: str, value: Any) -> int | None:
 
 def _parse_memory(name: str, value: Any) -> int | str:
     """``"4GiB"``, ``"500MB"``, an int of bytes or ``"auto"`` -> bytes (or ``"auto"``)."""
-    from dask.utils import parse_bytes
 
     if value is None or value == "auto":
         return "auto"
@@ -130,7 +353,6 @@ def _default_workers(
     n_workers: int | None, threads_per_worker: int | None, processes: bool
 ) -> tuple[int, int]:
     """Workers x threads for this machine: processes of 1 thread on <= 4 cores."""
-    from dask.system import CPU_COUNT
 
     cores = max(1, CPU_COUNT)
     if not processes:
@@ -170,6 +392,7 @@ def get_client(
     threads_per_worker: int | None = None,
     memory_limit: str | int | None = None,
     processes: bool = True,
+    host: str | None = None,
     tls_ca_file: str | os.PathLike | None = None,
     tls_cert: str | os.PathLike | None = None,
     tls_key: str | os.PathLike | None = None,
@@ -195,6 +418,13 @@ def get_client(
         Embedded cluster: workers in separate processes (default) or threads
         of this process (in-process transport, no sockets). Ignored with an
         address.
+    host : str, optional
+        Embedded cluster only: the address its scheduler and workers listen on.
+        Default: 127.0.0.1 (``inproc://`` with ``processes=False``), plain TCP.
+        Any address but a loopback one (e.g. ``"0.0.0.0"``, all interfaces)
+        makes the cluster speak TLS with throw-away :class:`TLSCredentials`
+        in a temporary directory, removed on exit; ``client.security`` names
+        their files, for workers or clients that should join.
     tls_ca_file, tls_cert, tls_key : path, optional
         CA certificate, client certificate and client key; all three are
         required with a ``tls://`` address and refused otherwise.
@@ -214,7 +444,7 @@ def get_client(
     InvalidParameterError
         A malformed address, missing TLS file, TLS options without a
         ``tls://`` address, or ``n_workers``/``threads_per_worker``/
-        ``memory_limit`` with an address.
+        ``memory_limit``/``host`` with an address.
     ClusterError
         The scheduler could not be reached (or refused the handshake) within
         ``timeout`` seconds.
@@ -239,11 +469,17 @@ def get_client(
                 f"address; got scheduler=None (embedded cluster)"
             )
         memory = _parse_memory("memory_limit", memory_limit)
+        if host is not None and (not isinstance(host, str) or not host or "://" in host):
+            raise InvalidParameterError(
+                f"host: expected an address to listen on such as '127.0.0.1' or '0.0.0.0', "
+                f"got {host!r}"
+            )
         with _local_client(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             memory_limit=memory,
             processes=processes,
+            host=host,
             dashboard=dashboard,
         ) as client:
             yield client
@@ -254,6 +490,7 @@ def get_client(
         "n_workers": n_workers,
         "threads_per_worker": threads_per_worker,
         "memory_limit": memory_limit,
+        "host": host,
     }
     local_only = {k: v for k, v in local_only.items() if v is not None}
     if local_only:
@@ -318,11 +555,15 @@ def _local_client(
     threads_per_worker: int | None,
     memory_limit: int | str,
     processes: bool,
+    host: str | None,
     dashboard: bool | str,
 ) -> Iterator[Client]:
     from distributed import Client, LocalCluster
 
     n_workers, threads_per_worker = _default_workers(n_workers, threads_per_worker, processes)
+    if host is None:
+        # in-process workers talk over inproc://, with no socket at all
+        host = "127.0.0.1" if processes else None
     if dashboard:
         if importlib.util.find_spec("bokeh") is None:
             raise InvalidParameterError(
@@ -334,22 +575,31 @@ def _local_client(
         # The scheduler always serves /health and /metrics over HTTP: keep that on a
         # free loopback port rather than the dashboard's 8787.
         dashboard_address = "127.0.0.1:0"
-    with (
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
-            memory_limit=memory_limit,
-            processes=processes,
-            # in-process workers talk over inproc://, with no socket at all
-            host="127.0.0.1" if processes else None,
-            dashboard_address=dashboard_address,
-            scheduler_kwargs={"dashboard": bool(dashboard)},
-        ) as cluster,
-        Client(cluster, set_as_default=True) as client,
-    ):
-        if not dashboard:
-            _NO_DASHBOARD.add(client)
-        yield client
+    # Beyond loopback anyone who reaches the port could run code as this user:
+    # TLS, with credentials only this process hands out.
+    credentials = None
+    if host is not None and not _is_loopback(host):
+        credentials = TLSCredentials.create(tempfile.gettempdir())
+    try:
+        with (
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads_per_worker,
+                memory_limit=memory_limit,
+                processes=processes,
+                host=host,
+                security=credentials.security() if credentials else None,
+                dashboard_address=dashboard_address,
+                scheduler_kwargs={"dashboard": bool(dashboard)},
+            ) as cluster,
+            Client(cluster, set_as_default=True) as client,
+        ):
+            if not dashboard:
+                _NO_DASHBOARD.add(client)
+            yield client
+    finally:
+        if credentials is not None:
+            credentials.remove()
 
 
 def dashboard_link(client: Client) -> str | None:
@@ -392,7 +642,6 @@ def describe_client(client: Client) -> str:
         e.g. ``"dask scheduler tcp://127.0.0.1:8786: 2 workers, 2 threads, 3.8 GiB memory"``,
         followed by the dashboard link when there is one.
     """
-    from dask.utils import format_bytes
 
     info = _scheduler_identity(client)
     workers = info.get("workers", {})
@@ -433,7 +682,26 @@ def _jobqueue_class(kind: Any):
             f"jobqueue_cluster(kind={kind!r}) needs dask-jobqueue, which is not installed; "
             f"install it with: pip install 'roidask[jobqueue]'"
         ) from exc
-    return getattr(dask_jobqueue, JOBQUEUE_KINDS[kind.lower()])
+    return _closing_with_credentials(getattr(dask_jobqueue, JOBQUEUE_KINDS[kind.lower()]))
+
+
+@functools.cache
+def _closing_with_credentials(cls: type) -> type:
+    """``cls`` whose instances remove their :class:`TLSCredentials` once closed."""
+
+    class Cluster(cls):
+        tls_credentials: TLSCredentials | None = None
+
+        async def _close(self):
+            try:
+                await super()._close()
+            finally:
+                if self.tls_credentials is not None:
+                    self.tls_credentials.remove()
+
+    Cluster.__name__ = Cluster.__qualname__ = cls.__name__
+    Cluster.__doc__ = cls.__doc__
+    return Cluster
 
 
 def _jobqueue_kwargs(
@@ -477,10 +745,20 @@ def _jobqueue_kwargs(
     if python is not None:
         out["python"] = os.fspath(python)
     scheduler_options = dict(out.get("scheduler_options") or {})
+    for where, options in (("", out), ("scheduler_options: ", scheduler_options)):
+        for name in ("security", "protocol"):
+            if options.get(name) not in (None, "tls", "tls://"):
+                raise InvalidParameterError(
+                    f"{where}{name}: the cluster always uses TLS with credentials made for it; "
+                    f"got {options[name]!r}"
+                )
+            options.pop(name, None)
     if not dashboard:
-        # dask-jobqueue's default is a dashboard on :8787 of every interface
+        # dask-jobqueue's default is a dashboard on :8787 of every interface; without
+        # it the scheduler still serves /health and /metrics over plain HTTP: on a free
+        # loopback port, not on the scheduler's network
         scheduler_options["dashboard"] = False
-        scheduler_options.setdefault("dashboard_address", None)
+        scheduler_options.setdefault("dashboard_address", "127.0.0.1:0")
     elif dashboard is not True:
         scheduler_options["dashboard_address"] = str(dashboard)
     out["scheduler_options"] = scheduler_options
@@ -498,12 +776,22 @@ def jobqueue_cluster(
     python: str | os.PathLike | None = None,
     job_extra_directives: Sequence[str] = (),
     dashboard: bool | str = False,
+    shared_temp_directory: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> JobQueueCluster:
-    """A dask-jobqueue cluster whose workers run as SLURM or PBS jobs.
+    """A dask-jobqueue cluster whose workers run as SLURM or PBS jobs, over TLS.
 
     The scheduler runs in this process; no job is submitted until
     ``cluster.scale(jobs=N)``. Use it as a context manager so it closes.
+
+    The scheduler, the workers and the clients speak TLS with throw-away
+    :class:`TLSCredentials` made for this cluster, in a fresh owner-only
+    directory under ``shared_temp_directory`` that the worker jobs read:
+    a process without them (another user on the login node, anything that
+    reaches the port) cannot join or submit work. They are removed when the
+    cluster closes. ``cluster.scheduler_address`` is ``tls://HOST:PORT``;
+    ``cluster.tls_credentials.client_options()`` gives the ``tls_*``
+    arguments of :func:`get_client` to connect to it.
 
     Parameters
     ----------
@@ -523,23 +811,35 @@ def jobqueue_cluster(
     dashboard : bool or str
         Serve the scheduler dashboard (``True``: port 8787 on all interfaces,
         or the given address). Off by default.
+    shared_temp_directory : path, optional
+        A directory on a filesystem the compute nodes share with this host,
+        for the TLS credentials. Default: dask-jobqueue's
+        ``jobqueue.<kind>.shared-temp-directory`` setting, else the home
+        directory.
     **kwargs
         Passed on to ``SLURMCluster``/``PBSCluster``, e.g. ``interface="ib0"``
         (the network the compute nodes reach this host on),
         ``scheduler_options={"host": ...}``, ``processes``,
-        ``job_script_prologue``, ``log_directory``.
+        ``job_script_prologue``, ``log_directory``; not ``security`` or
+        ``protocol``.
 
     Returns
     -------
     dask_jobqueue.SLURMCluster or dask_jobqueue.PBSCluster
+        With a ``tls_credentials`` attribute (:class:`TLSCredentials`).
 
     Raises
     ------
     ImportError
-        dask-jobqueue is not installed (the ``roidask[jobqueue]`` extra).
+        dask-jobqueue or cryptography is not installed (the ``roidask[jobqueue]``
+        extra).
     InvalidParameterError
-        An unknown ``kind`` or a malformed size, core count or walltime.
+        An unknown ``kind``, a malformed size, core count or walltime, a
+        missing ``shared_temp_directory``, or ``security``/``protocol``.
+    ClusterError
+        The scheduler could not listen where asked.
     """
+
     cls = _jobqueue_class(kind)
     options = _jobqueue_kwargs(
         cores=cores,
@@ -552,13 +852,31 @@ def jobqueue_cluster(
         dashboard=dashboard,
         kwargs=kwargs,
     )
+    if shared_temp_directory is None:
+        shared_temp_directory = (
+            dask.config.get(f"jobqueue.{kind.lower()}.shared-temp-directory", None) or "~"
+        )
+    credentials = TLSCredentials.create(shared_temp_directory)
     try:
-        return cls(**options)
+        cluster = cls(
+            protocol="tls://",
+            security=credentials.security(),
+            shared_temp_directory=str(credentials.directory.parent),
+            **options,
+        )
     except OSError as exc:
+        credentials.remove()
         raise ClusterError(
             f"could not start the {kind} cluster's scheduler with "
             f"scheduler_options={options['scheduler_options']!r}: {exc}"
         ) from exc
+    except BaseException:
+        credentials.remove()
+        raise
+    cluster.tls_credentials = credentials
+    # also when the cluster is never closed (collected, or the interpreter exits)
+    weakref.finalize(cluster, credentials.remove)
+    return cluster
 
 
 def job_script(
@@ -576,8 +894,9 @@ def job_script(
     """The SLURM/PBS script that :func:`jobqueue_cluster` would submit per job.
 
     Nothing is submitted and no batch system is needed: a throw-away scheduler
-    is bound to 127.0.0.1 to render the script, then closed. Its address is
-    replaced by ``tcp://<insert-scheduler-address-here>:8786`` in the text.
+    is bound to 127.0.0.1 to render the script, then closed. In the text its
+    address is replaced by ``tls://<insert-scheduler-address-here>:8786`` and
+    the directory of its TLS credentials by ``<roidask-tls-directory>``.
 
     Parameters
     ----------
@@ -589,21 +908,30 @@ def job_script(
     str
     """
     kwargs.pop("dashboard", None)
+    kwargs.pop("shared_temp_directory", None)
     scheduler_options = dict(kwargs.pop("scheduler_options", None) or {})
     scheduler_options.pop("interface", None)
     scheduler_options.update(host="127.0.0.1", port=0, dashboard_address="127.0.0.1:0")
-    with jobqueue_cluster(
-        kind,
-        cores=cores,
-        memory=memory,
-        walltime=walltime,
-        queue=queue,
-        account=account,
-        python=python,
-        job_extra_directives=job_extra_directives,
-        scheduler_options=scheduler_options,
-        **kwargs,
-    ) as cluster:
+    with (
+        tempfile.TemporaryDirectory(prefix="roidask-job-script-") as tmp,
+        jobqueue_cluster(
+            kind,
+            cores=cores,
+            memory=memory,
+            walltime=walltime,
+            queue=queue,
+            account=account,
+            python=python,
+            job_extra_directives=job_extra_directives,
+            scheduler_options=scheduler_options,
+            shared_temp_directory=tmp,
+            **kwargs,
+        ) as cluster,
+    ):
         text = cluster.job_script()
         address = cluster.scheduler_address
-    return text.replace(address, _ADDRESS_PLACEHOLDER) if address else text
+        text = text.replace(str(cluster.tls_credentials.directory), _TLS_DIR_PLACEHOLDER)
+    if address:
+        scheme = address.split("://", 1)[0]
+        text = text.replace(address, f"{scheme}://{_ADDRESS_PLACEHOLDER}")
+    return text

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -19,13 +21,20 @@ import yaml
 from helpers.cluster import (
     closed_port,
     make_ca_and_cert,
+    start,
     start_cluster,
     stop,
     tls_cli_args,
     wait_for_worker,
 )
 
-from roidask.cluster import dashboard_link, describe_client, get_client, job_script
+from roidask.cluster import (
+    TLSCredentials,
+    dashboard_link,
+    describe_client,
+    get_client,
+    job_script,
+)
 from roidask.exceptions import ClusterError, InvalidParameterError, RoidaskError
 
 pytestmark = pytest.mark.timeout(60)
@@ -49,7 +58,7 @@ def dask_sum():
 def test_import_does_not_import_distributed():
     code = (
         "import sys, roidask.cluster; "
-        "bad = [m for m in ('distributed', 'dask_jobqueue', 'dask') if m in sys.modules]; "
+        "bad = [m for m in ('distributed', 'dask_jobqueue', 'cryptography') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     out = subprocess.run(
@@ -107,6 +116,8 @@ def test_embedded_threads_client_uses_no_socket():
         ({"scheduler": "127.0.0.1:8786"}, r"got '127.0.0.1:8786'"),
         ({"scheduler": "tcp://h:1", "n_workers": 2}, r"n_workers: only apply to the embedded"),
         ({"scheduler": "tcp://h:1", "memory_limit": "1GiB"}, r"memory_limit: only apply"),
+        ({"scheduler": "tcp://h:1", "host": "0.0.0.0"}, r"host: only apply to the embedded"),
+        ({"host": "tcp://0.0.0.0"}, r"host: expected an address to listen on .*'tcp://0.0.0.0'"),
         (
             {"scheduler": "tcp://h:1", "tls_cert": "c.pem"},
             r"tls_cert: TLS options need a 'tls://HOST:PORT' .* got 'tcp://h:1'",
@@ -248,9 +259,14 @@ def test_slurm_job_script():
     assert "#SBATCH --gres=gpu:0" in directives
     command = worker_command(script)
     # the throw-away scheduler's address is replaced by dask-jobqueue's placeholder
-    assert "tcp://<insert-scheduler-address-here>:8786" in command
+    assert "tls://<insert-scheduler-address-here>:8786" in command
     assert "127.0.0.1" not in script
     assert re.search(r"--nthreads \d+ .*--memory-limit", command)
+    # the worker speaks TLS with the batch's credentials (their directory: a placeholder)
+    assert command.endswith(
+        " --protocol tls:// --tls-ca-file <roidask-tls-directory>/ca.pem "
+        "--tls-cert <roidask-tls-directory>/cert.pem --tls-key <roidask-tls-directory>/key.pem"
+    )
 
 
 def test_pbs_job_script():
@@ -259,7 +275,11 @@ def test_pbs_job_script():
     assert "#PBS -q normal" in directives
     assert "#PBS -l select=1:ncpus=4:mem=16GB" in directives
     assert "#PBS -l walltime=01:00:00" in directives
-    assert worker_command(script).startswith("/opt/py/bin/python -m distributed.cli.dask_worker")
+    command = worker_command(script)
+    assert command.startswith(
+        "/opt/py/bin/python -m distributed.cli.dask_worker tls://<insert-scheduler-address-here>"
+    )
+    assert "--protocol tls:// --tls-ca-file <roidask-tls-directory>/ca.pem" in command
 
 
 @pytest.mark.parametrize(
@@ -270,6 +290,13 @@ def test_pbs_job_script():
         ("slurm", {"memory": "lots"}, r"memory: expected a size .*'lots'"),
         ("pbs", {"walltime": "2h"}, r"walltime: expected a time limit .*'2h'"),
         ("slurm", {"job_extra_directives": "--exclusive"}, r"job_extra_directives: expected a"),
+        ("slurm", {"protocol": "tcp://"}, r"protocol: the cluster always uses TLS .*'tcp://'"),
+        ("pbs", {"security": False}, r"security: the cluster always uses TLS .* got False"),
+        (
+            "slurm",
+            {"scheduler_options": {"protocol": "tcp"}},
+            r"scheduler_options: protocol: the cluster always uses TLS",
+        ),
     ],
 )
 def test_job_script_rejects_bad_options(kind, kwargs, match):
@@ -277,15 +304,118 @@ def test_job_script_rejects_bad_options(kind, kwargs, match):
         job_script(kind, **{**JOB, **kwargs})
 
 
-def test_jobqueue_cluster_binds_where_asked_and_submits_nothing():
+def test_jobqueue_cluster_binds_where_asked_and_submits_nothing(tmp_path):
     from roidask.cluster import jobqueue_cluster
 
-    with jobqueue_cluster("slurm", scheduler_options={"host": "127.0.0.1"}, **JOB) as cluster:
+    with jobqueue_cluster(
+        "slurm", scheduler_options={"host": "127.0.0.1"}, shared_temp_directory=tmp_path, **JOB
+    ) as cluster:
         address = cluster.scheduler_address
-        assert address.startswith("tcp://127.0.0.1:")
+        assert address.startswith("tls://127.0.0.1:")
         assert address in worker_command(cluster.job_script())
         assert not cluster.workers  # nothing submitted before scale()
         assert cluster.scheduler.services["dashboard"].address == "127.0.0.1"
+
+
+def refused(address: str, **tls) -> ClusterError:
+    """The error of a client of ``address`` that the scheduler does not let in."""
+    with pytest.raises(ClusterError, match=re.escape(f"at '{address}'")) as info:
+        with get_client(address, timeout=3, **tls):
+            pytest.fail(f"a client was let in at {address}")  # pragma: no cover
+    return info.value
+
+
+def test_jobqueue_cluster_speaks_tls_with_its_own_credentials(tmp_path):
+    """Only holders of the batch's credentials get in: a worker started with the job's
+    command computes; a plain TCP client and one with another CA's credentials are
+    refused; the credentials are owner-only and removed when the cluster closes."""
+    from roidask.cluster import jobqueue_cluster
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    other = TLSCredentials.create(tmp_path)
+    with jobqueue_cluster(
+        "slurm", cores=1, memory="1GiB", walltime="00:10:00", interface="lo",
+        shared_temp_directory=shared,
+    ) as cluster:  # fmt: skip
+        address = cluster.scheduler_address
+        assert re.fullmatch(r"tls://127\.0\.0\.1:\d+", address)
+        http = cluster.scheduler.services["dashboard"]  # /health: loopback, not 8787
+        assert (http.address, http.port != 8787) == ("127.0.0.1", True)
+        tls = cluster.tls_credentials
+        assert tls.directory.parent == shared
+        assert stat.S_IMODE(tls.directory.stat().st_mode) == 0o700
+        assert sorted(p.name for p in tls.directory.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
+        for path in (tls.ca_file, tls.cert, tls.key):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert b"PRIVATE KEY" not in tls.ca_file.read_bytes()  # the CA's key is not written
+
+        # the exact command of a worker job joins, over TLS
+        command = shlex.split(worker_command(cluster.job_script()))
+        assert command[command.index("--tls-key") + 1] == str(tls.key)
+        worker = start(command, tmp_path / "worker.log")
+        try:
+            with get_client(address, **tls.client_options()) as client:
+                assert client.security.require_encryption
+                wait_for_worker(client, [worker], tmp_path)
+                (worker_address,) = client.scheduler_info()["workers"]
+                assert worker_address.startswith("tls://127.0.0.1:")
+                assert dask_sum() == 4950
+
+            error = refused(address.replace("tls://", "tcp://"))
+            assert "connect to tls://... with tls_ca_file, tls_cert and tls_key" in str(error)
+            refused(address, **other.client_options())
+            # the worker itself refuses a plain client too
+            refused(worker_address.replace("tls://", "tcp://"))
+        finally:
+            stop([worker])
+    assert not tls.directory.exists()
+    assert list(shared.iterdir()) == []
+
+
+def test_job_script_leaves_no_credentials(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    job_script("slurm", shared_temp_directory=tmp_path / "ignored", **JOB)
+    # (distributed's scheduler leaves its dask-scratch-space)
+    assert [p.name for p in tmp_path.iterdir() if "roidask" in p.name] == []
+
+
+def test_tls_credentials_are_checked_and_removed_without_touching_other_files(tmp_path):
+    with pytest.raises(
+        InvalidParameterError, match=r"shared_temp_directory: expected an existing directory"
+    ):
+        TLSCredentials.create(tmp_path / "missing")
+    tls = TLSCredentials.create(tmp_path)
+    other = TLSCredentials.create(tmp_path)
+    assert tls.directory != other.directory
+    assert tls.ca_file.read_bytes() != other.ca_file.read_bytes()
+    mine = tls.directory / "notes.txt"
+    mine.write_text("not roidask's")
+    tls.remove()
+    assert sorted(p.name for p in tls.directory.iterdir()) == ["notes.txt"]
+    tls.remove()  # idempotent
+    assert other.key.is_file()
+
+
+def test_embedded_cluster_beyond_loopback_speaks_tls(tmp_path):
+    with get_client(
+        host="0.0.0.0", n_workers=1, threads_per_worker=1, memory_limit="1GiB"
+    ) as client:
+        address = client.scheduler.address
+        assert address.startswith("tls://")
+        assert dask_sum() == 4950
+        ca = Path(client.security.tls_ca_file)
+        assert stat.S_IMODE(ca.parent.stat().st_mode) == 0o700
+        assert stat.S_IMODE(Path(client.security.tls_client_key).stat().st_mode) == 0o600
+        port = address.rsplit(":", 1)[1]
+        # listening on every interface, loopback included: no way in without the files
+        refused(f"tcp://127.0.0.1:{port}")
+        refused(f"tls://127.0.0.1:{port}", **TLSCredentials.create(tmp_path).client_options())
+    assert not ca.parent.exists()
+    # a loopback host stays plain TCP
+    with get_client(host="localhost", n_workers=1, threads_per_worker=1) as client:
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
 
 
 def test_missing_dask_jobqueue_names_the_extra(monkeypatch):
@@ -439,11 +569,13 @@ def load_recipe():
 
 
 class FakeJobqueueCluster:
-    scheduler_address = "tcp://10.0.0.1:8786"
+    scheduler_address = "tls://10.0.0.1:8786"
     dashboard_link = ""
 
     def __init__(self, kind, **options):
         self.kind, self.options, self.scaled, self.closed = kind, options, [], False
+        d = Path("/shared/.roidask-tls-x")
+        self.tls_credentials = TLSCredentials(d, d / "ca.pem", d / "cert.pem", d / "key.pem")
 
     def scale(self, **kwargs):
         self.scaled.append(kwargs)
@@ -471,7 +603,8 @@ def test_jobqueue_batch_runs_roidask_batch_on_the_cluster(monkeypatch):
     monkeypatch.setattr("roidask.cli.main", fake_main)
     rc = load_recipe().main(
         ["--kind", "pbs", "--cores", "8", "--memory", "32GiB", "--walltime", "02:00:00",
-         "--jobs", "4", "--queue", "normal", "--interface", "ib0", "manifest.tsv",
+         "--jobs", "4", "--queue", "normal", "--interface", "ib0", "--job-name", "roi",
+         "--shared-temp-directory", "/shared", "manifest.tsv",
          "--out", "results", "--fwhm", "6", "--", "--atlas", "harvard"]
     )  # fmt: skip
     assert rc == 3  # roidask batch's status is the script's
@@ -481,9 +614,13 @@ def test_jobqueue_batch_runs_roidask_batch_on_the_cluster(monkeypatch):
     assert cluster.options["memory"] == "32GiB"
     assert cluster.options["queue"] == "normal"
     assert cluster.options["interface"] == "ib0"
+    assert cluster.options["job_name"] == "roi"
+    assert cluster.options["shared_temp_directory"] == "/shared"
     assert cluster.scaled == [{"jobs": 4}]
     assert cluster.closed
     assert calls == [
-        ["batch", "manifest.tsv", "--out", "results", "--scheduler", "tcp://10.0.0.1:8786",
-         "--fwhm", "6", "--atlas", "harvard"]
+        ["batch", "manifest.tsv", "--out", "results", "--scheduler", "tls://10.0.0.1:8786",
+         "--tls-ca-file=/shared/.roidask-tls-x/ca.pem",
+         "--tls-cert=/shared/.roidask-tls-x/cert.pem",
+         "--tls-key=/shared/.roidask-tls-x/key.pem", "--fwhm", "6", "--atlas", "harvard"]
     ]  # fmt: skip

@@ -1,0 +1,204 @@
+"""``cluster/jobqueue_batch.py`` end to end on a real single-node SLURM.
+
+``cluster/slurm/local.sh up`` brings up SLURM on this machine (installing
+Debian's slurm-wlm and munge if needed; the test is skipped only when that is
+impossible: no apt-get, or not root). The dask workers are SLURM jobs; the
+scheduler (in the recipe's process) and the workers listen on 127.0.0.1
+(``--interface lo``) and speak TLS with the batch's throw-away credentials. One
+worker job is cancelled with ``scancel`` while it computes; every subject must
+still complete, with the outputs of ``roidask run``. The subjects are variants
+of the bundled Haxby slice (flipped, with added noise) so each has its own maps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from helpers.cluster import kill_group, start
+
+from roidask.cluster import get_client
+from roidask.datasets import haxby_slice
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_SH = ROOT / "cluster" / "slurm" / "local.sh"
+RECIPE = ROOT / "cluster" / "jobqueue_batch.py"
+N_SUBJECTS = 6
+COMPARED = (
+    "mean_epi.nii.gz",
+    "tstat.nii.gz",
+    "logp.nii.gz",
+    "roi_mask.nii.gz",
+    "atlas.nii.gz",
+    "rois.tsv",
+    "signals.tsv",
+)
+
+
+def wait_until(predicate, *, timeout: float, what: str, proc=None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"the batch exited ({proc.returncode}) before {what}:\n"
+                + (log.read_text() if log else "")
+            )
+        time.sleep(0.05)
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what}\n" + (log.read_text() if log else "")
+    )
+
+
+def statuses(out: Path) -> dict[str, str]:
+    try:
+        table = pd.read_csv(out / "batch.tsv", sep="\t", dtype=str, keep_default_na=False)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return {}
+    return dict(zip(table["subject"], table["status"], strict=True))
+
+
+def squeue(name: str) -> dict[str, str]:
+    """Job id -> state of this user's jobs called ``name``."""
+    out = subprocess.run(
+        ["squeue", "-h", "--name", name, "-o", "%i %T"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    proc = subprocess.run(
+        ["bash", str(LOCAL_SH), "up"], capture_output=True, text=True, timeout=900, check=False
+    )
+    if proc.returncode == 3:
+        reason = proc.stderr.strip().splitlines()[-1]
+        pytest.skip(f"no SLURM here and it cannot be installed ({reason})")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^debug\*\s+up\s.*\s(idle|mix|alloc)\s", proc.stdout, re.M), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def subjects(tmp_path_factory):
+    """Manifest of variants of the Haxby slice, and each one's ``roidask run`` outputs."""
+    from roidask.cli import main
+
+    root = tmp_path_factory.mktemp("slurm-data")
+    haxby = haxby_slice()
+    bold_img, mask_img = nib.load(haxby.bold), nib.load(haxby.mask)
+    bold = np.asarray(bold_img.dataobj)
+    mask = np.asarray(mask_img.dataobj)
+    rows = ["subject\tbold\tlabels\tmask"]
+    (root / "ref").mkdir()
+    for i in range(1, N_SUBJECTS + 1):
+        rng = np.random.default_rng(i)
+        flip = (i - 1) % 3  # none, x, y
+        b, m = (bold, mask) if flip == 0 else (np.flip(bold, flip - 1), np.flip(mask, flip - 1))
+        noise = rng.integers(-(i - 1) * 4, (i - 1) * 4 + 1, size=b.shape)
+        b = np.clip(b.astype(np.int32) + noise, -32768, 32767).astype(np.int16)
+        d = root / f"s{i}"
+        d.mkdir()
+        nib.save(nib.Nifti1Image(b, bold_img.affine, bold_img.header), d / "bold.nii.gz")
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(m), mask_img.affine, mask_img.header),
+                 d / "mask.nii.gz")  # fmt: skip
+        (d / "labels.txt").write_bytes(haxby.labels.read_bytes())
+        rows.append(f"{i:02d}\t{d / 'bold.nii.gz'}\t{d / 'labels.txt'}\t{d / 'mask.nii.gz'}")
+        argv = ["run", str(d / "bold.nii.gz"), "--labels", str(d / "labels.txt"), "--mask",
+                str(d / "mask.nii.gz"), "--out", str(root / "ref" / f"sub-{i:02d}"),
+                "--quiet", "--no-plots"]  # fmt: skip
+        assert main(argv) == 0
+    manifest = root / "manifest.tsv"
+    manifest.write_text("\n".join(rows) + "\n")
+    tstats = {(root / "ref" / f"sub-{i:02d}" / "tstat.nii.gz").read_bytes() for i in (1, 2, 3)}
+    assert len(tstats) == 3  # the variants differ
+    return manifest, root / "ref"
+
+
+def test_jobqueue_batch_on_slurm_survives_a_cancelled_worker_job(slurm, subjects, tmp_path):
+    manifest, ref = subjects
+    out, logs, shared = tmp_path / "out", tmp_path / "logs", tmp_path / "shared"
+    logs.mkdir()
+    shared.mkdir()
+    log = tmp_path / "batch.log"
+    name = f"roidask-test-{os.getpid()}"
+    cmd = [sys.executable, str(RECIPE), "--kind", "slurm", "--cores", "1", "--memory", "2GiB",
+           "--walltime", "00:20:00", "--jobs", "2", "--interface", "lo", "--job-name", name,
+           "--log-directory", str(logs), "--shared-temp-directory", str(shared),
+           str(manifest), "--out", str(out), "--no-plots"]  # fmt: skip
+    batch = start(cmd, log)
+    try:
+        found = wait_until(
+            lambda: re.search(
+                r"scheduler at (tls://127\.0\.0\.1:\d+) \(TLS credentials of this batch in "
+                r"(\S+), removed at the end\)",
+                log.read_text(),
+            ),
+            timeout=60, what="the scheduler's address", proc=batch, log=log,
+        )  # fmt: skip
+        address, tls_dir = found.group(1), Path(found.group(2))
+        # the batch's credentials: owner-only, in the directory given
+        assert tls_dir.parent == shared
+        assert stat.S_IMODE(tls_dir.stat().st_mode) == 0o700
+        files = sorted(p.name for p in tls_dir.iterdir())
+        assert files == ["ca.pem", "cert.pem", "key.pem"]
+        assert {stat.S_IMODE((tls_dir / f).stat().st_mode) for f in files} == {0o600}
+        certs = {"tls_ca_file": tls_dir / "ca.pem", "tls_cert": tls_dir / "cert.pem",
+                 "tls_key": tls_dir / "key.pem"}  # fmt: skip
+
+        with get_client(address, timeout=10, **certs) as client:
+            client.wait_for_workers(2, timeout=120)
+            job_of = client.run(lambda: os.environ.get("SLURM_JOB_ID"))
+            assert all(w.startswith("tls://127.0.0.1:") for w in job_of)  # workers speak TLS
+            jobs = squeue(name)
+            assert sorted(job_of.values()) == sorted(jobs)
+            assert set(jobs.values()) == {"RUNNING"}
+
+            def busy_worker():
+                done = [s for s, st in statuses(out).items() if st == "done"]
+                if not done:
+                    return None
+                busy = [w for w, keys in client.processing().items() if keys and w in job_of]
+                return busy[0] if busy else None
+
+            victim = wait_until(busy_worker, timeout=120, what="a subject done and a busy worker",
+                                proc=batch, log=log)  # fmt: skip
+            subprocess.run(["scancel", job_of[victim]], check=True, timeout=30)
+            at_cancel = statuses(out)
+            assert list(at_cancel.values()).count("done") < N_SUBJECTS, at_cancel
+            # SLURM ends the job; the scheduler loses its worker; the batch goes on
+            wait_until(lambda: job_of[victim] not in squeue(name), timeout=60,
+                       what="the cancelled job to end")  # fmt: skip
+            wait_until(lambda: victim not in client.scheduler_info()["workers"], timeout=30,
+                       what="the scheduler to lose the worker", proc=batch, log=log)  # fmt: skip
+            assert batch.poll() is None, "the batch ended before its worker was lost"
+        rc = batch.wait(timeout=180)
+    finally:
+        kill_group(batch)
+        subprocess.run(["scancel", "--name", name], timeout=30, check=False)
+    text = log.read_text()
+    assert rc == 0, text
+    assert statuses(out) == {f"{i:02d}": "done" for i in range(1, N_SUBJECTS + 1)}, text
+    assert f"subjects: {N_SUBJECTS} (done {N_SUBJECTS})" in text
+    for i in range(1, N_SUBJECTS + 1):
+        sub = f"sub-{i:02d}"
+        for f in COMPARED:
+            assert (out / sub / f).read_bytes() == (ref / sub / f).read_bytes(), f"{sub}/{f}"
+    assert (out / "group" / "tstat.nii.gz").is_file()
+    # the recipe cancelled the other job and removed the credentials
+    wait_until(lambda: not squeue(name), timeout=60, what="the worker jobs to end")
+    assert not tls_dir.exists()
+    assert list(shared.iterdir()) == []
