@@ -335,7 +335,8 @@ def test_docker_compose():
 def test_dockerfile():
     text = (CLUSTER_DIR / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
-    assert re.search(r"^RUN pip install \. ", text, re.M)
+    # the image installs the versions the tests run with
+    assert re.search(r"^RUN pip install -c requirements/constraints\.txt \. ", text, re.M)
     # everything pyproject.toml needs to build is copied in, and exists
     copied = {
         item for sources in re.findall(r"^COPY (.+) \S+$", text, re.M) for item in sources.split()
@@ -344,6 +345,7 @@ def test_dockerfile():
     packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
     needed = {
         "pyproject.toml",
+        "requirements/constraints.txt",
         project["project"]["readme"],
         *project["project"].get("license-files", []),
         *(pattern.rstrip("*") for pattern in packages),
