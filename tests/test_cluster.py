@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -435,61 +436,6 @@ def load_yaml(name: str) -> list[dict]:
     return docs
 
 
-def container_args(container: dict) -> list[str]:
-    return [str(a) for a in container.get("command", []) + container.get("args", [])]
-
-
-def test_daskcluster_resource():
-    (dc,) = load_yaml("kubernetes/daskcluster.yaml")
-    assert dc["apiVersion"] == "kubernetes.dask.org/v1"
-    assert dc["kind"] == "DaskCluster"
-    (worker,) = dc["spec"]["worker"]["spec"]["containers"]
-    (scheduler,) = dc["spec"]["scheduler"]["spec"]["containers"]
-    for container in (worker, scheduler):
-        assert container["image"] == "ghcr.io/roidask/roidask:latest"
-    wargs = container_args(worker)
-    assert wargs[:2] == ["dask", "worker"]
-    assert "$(DASK_WORKER_NAME)" in wargs
-    limit = wargs[wargs.index("--memory-limit") + 1]
-    assert limit == "7GiB"
-    # dask's limit stays below the pod's, so it spills before the pod is killed
-    assert worker["resources"]["limits"]["memory"] == "8Gi"
-    assert {"name": "data", "mountPath": "/data"} in worker["volumeMounts"]
-    assert container_args(scheduler)[:2] == ["dask", "scheduler"]
-    ports = {p["name"]: p["port"] for p in dc["spec"]["scheduler"]["service"]["ports"]}
-    assert ports["tcp-comm"] == 8786
-    selector = dc["spec"]["scheduler"]["service"]["selector"]
-    assert selector["dask.org/cluster-name"] == dc["metadata"]["name"]
-
-
-def test_batch_job_targets_the_daskcluster_scheduler():
-    (dc,) = load_yaml("kubernetes/daskcluster.yaml")
-    (job,) = load_yaml("kubernetes/batch-job.yaml")
-    (pvc,) = load_yaml("kubernetes/data-pvc.yaml")
-    assert job["apiVersion"] == "batch/v1"
-    assert job["kind"] == "Job"
-    pod = job["spec"]["template"]["spec"]
-    (container,) = pod["containers"]
-    assert container["image"] == "ghcr.io/roidask/roidask:latest"
-    args = container_args(container)
-    assert args[:3] == ["roidask", "batch", "/data/manifest.tsv"]
-    assert args[args.index("--out") + 1] == "/data/out"
-    name, ns = dc["metadata"]["name"], dc["metadata"]["namespace"]
-    # the operator's scheduler Service is "<cluster name>-scheduler"
-    assert (
-        args[args.index("--scheduler") + 1]
-        == f"tcp://{name}-scheduler.{ns}.svc.cluster.local:8786"
-    )
-    assert job["metadata"]["namespace"] == ns == pvc["metadata"]["namespace"]
-    (mount,) = container["volumeMounts"]
-    assert mount["mountPath"] == "/data"
-    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
-    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
-    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
-    worker_volumes = dc["spec"]["worker"]["spec"]["volumes"]
-    assert volume in worker_volumes  # the workers see the same data
-
-
 def test_docker_compose():
     (compose,) = load_yaml("docker-compose.yml")
     services = compose["services"]
@@ -519,11 +465,29 @@ def test_docker_compose():
 def test_dockerfile():
     text = (CLUSTER_DIR / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim$", text, re.M)
-    assert re.search(r"^RUN pip install \. ", text, re.M)
-    # everything pyproject.toml needs to build is copied in
-    for path in re.findall(r"^COPY (.+) \S+$", text, re.M):
-        for item in path.split():
-            assert (ROOT / item).exists(), item
+    # the image installs the versions the tests run with
+    assert re.search(r"^RUN pip install -c requirements/constraints\.txt \. ", text, re.M)
+    # everything pyproject.toml needs to build is copied in, and exists
+    copied = {
+        item for sources in re.findall(r"^COPY (.+) \S+$", text, re.M) for item in sources.split()
+    }
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    needed = {
+        "pyproject.toml",
+        "requirements/constraints.txt",
+        project["project"]["readme"],
+        *project["project"].get("license-files", []),
+        *(pattern.rstrip("*") for pattern in packages),
+    }
+    assert needed <= copied, f"the Dockerfile does not COPY {sorted(needed - copied)}"
+    for item in copied:
+        assert (ROOT / item).exists(), item
+    # and the build context lets them through (the ignore file excludes everything else)
+    ignore = (CLUSTER_DIR / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "*" in ignore
+    for item in needed:
+        assert f"!{item}" in ignore or f"!{item}/" in ignore, item
 
 
 def test_jobqueue_batch_prints_job_script():
