@@ -236,6 +236,43 @@ def test_legacy_base64_header_in_group_attributes(tmp_path, rng):
     np.testing.assert_array_equal(img.values, nib.load(nii).get_fdata())
 
 
+def test_singleton_channel_axis_is_dropped(tmp_path, rng):
+    data = random_data(rng, (3, 4, 5, 6, 1), np.float32)  # NIfTI (x, y, z, t, c=1)
+    nib.save(nib.Nifti1Image(data, OBLIQUE), str(tmp_path / "a.nii"))
+    niizarr.nii2zarr(str(tmp_path / "a.nii"), str(tmp_path / "a.nii.zarr"))  # axes t, c, z, y, x
+    img = read_nifti_zarr(tmp_path / "a.nii.zarr")
+    assert img.dims == ("x", "y", "z", "time")
+    np.testing.assert_array_equal(img.values, data[..., 0])
+
+
+def test_source_reads_blocks_like_the_nifti_source(tmp_path, rng):
+    """NiftiZarrSource mirrors NiftiSource (read, iter_blocks), for streaming writers."""
+    import pickle
+
+    from roidask.io.nifti import NiftiSource
+
+    nii = save_nifti(
+        tmp_path / "a.nii.gz", random_data(rng, (6, 7, 5, 9), np.int16), slope=0.5, inter=3.0
+    )
+    niizarr.nii2zarr(str(nii), str(tmp_path / "a.nii.zarr"), zarr_version=2)
+    zsrc = pickle.loads(pickle.dumps(rz.NiftiZarrSource.open(tmp_path / "a.nii.zarr", ndim=4)))
+    src = NiftiSource.open(nii)
+    for attr in ("shape", "raw_dtype", "slope", "inter", "dtype", "tr_s", "n_volumes"):
+        assert getattr(zsrc, attr) == getattr(src, attr), attr
+    np.testing.assert_array_equal(zsrc.affine, src.affine)
+    for scaled in (False, True):
+        got, want = zsrc.read(2, 5, scaled=scaled), src.read(2, 5, scaled=scaled)
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+        blocks = [(a, b, arr) for a, b, arr in zsrc.iter_blocks(4, scaled=scaled)]
+        assert [(a, b) for a, b, _ in blocks] == [(0, 4), (4, 8), (8, 9)]
+        np.testing.assert_array_equal(
+            np.concatenate([arr for *_, arr in blocks], axis=3), src.read(scaled=scaled)
+        )
+    with pytest.raises(ImageDimensionError, match="expected 3D"):
+        rz.NiftiZarrSource.open(tmp_path / "a.nii.zarr", ndim=3)
+
+
 # -- laziness and streaming ------------------------------------------------------------------
 def test_building_the_image_reads_no_voxel_data(tmp_path, rng):
     nii = save_nifti(
