@@ -17,11 +17,16 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-from roidask.exceptions import ImageDimensionError, ImageTypeError
+from roidask.exceptions import ImageDimensionError, ImageTypeError, UnreadableFileError
 from roidask.io.chunks import normalize_chunks
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS
-from roidask.io.image import bold_from_nifti, image_from_nibabel, image_from_nifti
-from roidask.io.nifti import NiftiSource, is_nifti_path
+from roidask.io.image import (
+    bold_from_nifti,
+    image_from_nibabel,
+    image_from_nifti,
+    is_image_path,
+    open_source,
+)
 from roidask.io.store_read import open_subject, subject_dataset
 
 __all__ = ["ImageLike", "as_image"]
@@ -78,7 +83,8 @@ def as_image(
     Parameters
     ----------
     img : path, nibabel image, xarray.DataArray, Dataset or DataTree
-        A ``.nii``/``.nii.gz`` file, a roidask zarr store (its ``bold``), a nibabel
+        A ``.nii``/``.nii.gz`` file, a ``.nii.zarr`` NIfTI-Zarr image, a roidask zarr
+        store (its ``bold``), a nibabel
         image, or an xarray object in roidask layout.
     ndim : {3, 4}, optional
         Required number of dimensions.
@@ -106,8 +112,10 @@ def as_image(
     """
     if isinstance(img, str | os.PathLike):
         path = Path(img)
-        if is_nifti_path(path):
-            src = NiftiSource.open(path, param=param)
+        if not path.exists():
+            raise UnreadableFileError(f"{param} {path}: no such file or folder", param=param)
+        if is_image_path(path):
+            src = open_source(path, param=param)
             out = (
                 bold_from_nifti(path, chunks=chunks)
                 if src.ndim == 4
@@ -119,7 +127,8 @@ def as_image(
                 out = out.chunk(normalize_chunks(chunks, out.shape, out.dtype.itemsize))
         else:
             raise ImageTypeError(
-                f"{param} {path}: is neither a .nii/.nii.gz file nor a roidask zarr store",
+                f"{param} {path}: is neither a .nii/.nii.gz file, a .nii.zarr image nor a "
+                "roidask zarr store",
                 param=param,
             )
     elif isinstance(img, nib.spatialimages.SpatialImage):

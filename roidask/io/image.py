@@ -51,18 +51,40 @@ from roidask.io.nifti import (
     is_nifti_path,
     write_nifti,
 )
+from roidask.io.niizarr import NiftiZarrSource, is_nifti_zarr, write_nifti_zarr
 
 __all__ = [
+    "VolumeSource",
     "bold_coords",
     "bold_from_nifti",
     "image_from_nibabel",
     "image_from_nifti",
+    "is_image_path",
     "like_image",
+    "open_source",
     "to_nifti",
 ]
 
 
-def _attrs_from_source(src: NiftiSource) -> dict:
+#: A file of volumes read block by block: NIfTI (``.nii``/``.nii.gz``) or NIfTI-Zarr.
+VolumeSource = NiftiSource | NiftiZarrSource
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True for a NIfTI file name or a NIfTI-Zarr folder (``.nii.zarr``)."""
+    return is_nifti_path(path) or is_nifti_zarr(path)
+
+
+def open_source(
+    path: str | os.PathLike, *, ndim: int | tuple[int, ...] | None = None, param: str = "img"
+) -> VolumeSource:
+    """The validated source of an image file: NIfTI, or NIfTI-Zarr for ``*.nii.zarr``."""
+    if is_nifti_zarr(path):
+        return NiftiZarrSource.open(path, ndim=ndim)
+    return NiftiSource.open(path, ndim=ndim, param=param)
+
+
+def _attrs_from_source(src: VolumeSource) -> dict:
     xyz_units, t_units = src.header.get_xyzt_units()
     attrs = {
         "affine": src.affine.tolist(),
@@ -119,7 +141,9 @@ def _token(source: NiftiSource, chunks) -> str:
     return tokenize(str(source.path), source.path.stat().st_mtime_ns, chunks)
 
 
-def _source_dask(source: NiftiSource, chunks: dict[str, int]) -> da.Array:
+def _source_dask(source: VolumeSource, chunks: dict[str, int]) -> da.Array:
+    if isinstance(source, NiftiZarrSource):  # chunked already: read its chunks directly
+        return source.to_dask(chunks)
     dims = BOLD_DIMS[: source.ndim]
     read_chunks = tuple(source.shape[:3]) + ((chunks["time"],) if source.ndim == 4 else ())
     arr = da.from_array(
@@ -139,7 +163,7 @@ def _source_dask(source: NiftiSource, chunks: dict[str, int]) -> da.Array:
 
 def image_from_nifti(path: str | os.PathLike, *, chunks=None, param: str = "img") -> xr.DataArray:
     """A 3D NIfTI file as a lazy roidask image (dims x, y, z)."""
-    src = NiftiSource.open(path, ndim=3, param=param)
+    src = open_source(path, ndim=3, param=param)
     chunks = normalize_chunks(chunks, src.shape, src.dtype.itemsize)
     arr = _source_dask(src, chunks)
     return xr.DataArray(
@@ -187,7 +211,7 @@ def bold_from_nifti(
         raise InvalidParameterError(
             f"tr_s: expected a positive number of seconds, got {tr_s!r}", param="tr_s"
         )
-    sources = [NiftiSource.open(p, ndim=4, param="bold") for p in paths]
+    sources = [open_source(p, ndim=4, param="bold") for p in paths]
     first = sources[0]
     for src in sources[1:]:
         if not same_grid(src.volume_shape, src.affine, first.volume_shape, first.affine):
@@ -323,7 +347,8 @@ def to_nifti(
     img : xarray.DataArray, dask or numpy array, or nibabel image
         The result. Bare arrays need ``reference`` for the grid.
     path : str or path-like
-        ``.nii`` or ``.nii.gz`` output file.
+        ``.nii`` or ``.nii.gz`` output file, or a ``.nii.zarr`` NIfTI-Zarr folder
+        (:func:`roidask.io.niizarr.write_nifti_zarr`).
     dtype : dtype, optional
         On-disk type (default: the data's; bool is written as uint8).
     reference : roidask image or nibabel image, optional
@@ -357,6 +382,11 @@ def to_nifti(
         )
     if isinstance(img, xr.DataArray) and tuple(img.dims[:3]) != SPATIAL_DIMS:
         raise ImageDimensionError(f"img: dims {img.dims}; expected x, y, z first", param="img")
+    if is_nifti_zarr(path) or str(path).lower().endswith(".nii.zarr"):
+        image = img if isinstance(img, xr.DataArray) else like_image(data, grid)
+        if "affine" not in image.attrs:
+            image = like_image(data, grid, name=image.name)
+        return write_nifti_zarr(image, path, dtype=dtype, overwrite=overwrite)
     header = header_from_b64(grid.attrs["nifti_header"]) if "nifti_header" in grid.attrs else None
     return write_nifti(
         data,

@@ -46,8 +46,7 @@ from roidask.exceptions import (
 )
 from roidask.io.conversions import as_image
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS, check_same_grid, grid_attrs
-from roidask.io.image import bold_from_nifti
-from roidask.io.nifti import NiftiSource
+from roidask.io.image import VolumeSource, bold_from_nifti, open_source
 from roidask.io.store_read import (
     CHUNK_GRIDS_ATTR,
     COMPLETE_ATTR,
@@ -186,7 +185,7 @@ def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[P
     return False
 
 
-def _stream_blocks(sources: Sequence[NiftiSource], block: int):
+def _stream_blocks(sources: Sequence[VolumeSource], block: int):
     """Raw volumes of runs in sequence, re-cut into blocks of ``block`` volumes."""
     pending, n_pending, t0 = [], 0, 0
     for src in sources:
@@ -298,7 +297,7 @@ def convert(
         if isinstance(mask_img, str | os.PathLike):
             inputs.append(Path(mask_img))
     existed = _prepare_target(out, subject, overwrite, inputs)
-    sources = [NiftiSource.open(p, ndim=4, param="bold") for p in lazy.attrs["source_files"]]
+    sources = [open_source(p, ndim=4, param="bold") for p in lazy.attrs["source_files"]]
     first = sources[0]
     target_chunks = tuple(lazy.chunksizes[d][0] for d in BOLD_DIMS)
 
