@@ -25,7 +25,7 @@ import numpy as np
 
 from roidask import __version__
 from roidask._malloc import limit_malloc_arenas
-from roidask.batch import read_manifest, run_batch
+from roidask.batch import GRANULARITIES, read_manifest, run_batch
 from roidask.cluster import dashboard_link, describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
 from roidask.exceptions import InvalidParameterError, RoidaskError, RoidaskWarning
@@ -65,6 +65,7 @@ FLAGS = {
     "strategy": "--strategy",
     "manifest": "MANIFEST",
     "max_concurrent": "--max-concurrent",
+    "granularity": "--granularity",
     "scheduler": "--scheduler",
     "n_workers": "--n-workers",
     "threads_per_worker": "--threads-per-worker",
@@ -454,9 +455,11 @@ def _threads(n: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _cluster(address: str | None, args, *, processes: bool) -> Iterator[str]:
+def _cluster(
+    address: str | None, args, *, processes: bool, announce: bool = True
+) -> Iterator[str]:
     with get_client(address, processes=processes, **client_options(args)) as client:
-        if not args.quiet:
+        if announce and not args.quiet:
             print(f"dask: {describe_client(client)}", file=sys.stderr)
             link = dashboard_link(client)
             if link:
@@ -526,7 +529,17 @@ def _add_batch(sub) -> None:
         "--max-concurrent",
         type=_positive_int,
         default=None,
-        help="subjects in flight at once (default: worker threads, 2 to 8)",
+        help="subjects in flight at once (default: as many as the workers take; "
+        "with --granularity block, the worker threads, 2 to 8)",
+    )
+    p.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default="auto",
+        help="'subject': one task per subject, run whole by one worker as `roidask run` "
+        "would; 'block': each subject's blocks spread over all workers (slower); 'auto' "
+        "(default): per subject, by blocks for a subject that does not fit a worker "
+        "thread's memory",
     )
     _add_analysis_options(p)
     p.set_defaults(func=_cmd_batch)
@@ -537,7 +550,8 @@ def _cmd_batch(args) -> int:
     params = pipeline_params(args)
     specs = read_manifest(args.manifest, mask=args.mask)
     address = None if args.scheduler == "local" else args.scheduler
-    with _cluster(address, args, processes=True):
+    # run_batch announces the cluster, its dashboard and how it spreads the subjects
+    with _cluster(address, args, processes=True, announce=False):
         table = run_batch(
             specs,
             args.out,
@@ -545,6 +559,7 @@ def _cmd_batch(args) -> int:
             chunks=args.chunks,
             plots=not args.no_plots,
             max_concurrent=args.max_concurrent,
+            granularity=args.granularity,
             progress=not args.quiet,
         )
     counts = table["status"].value_counts().to_dict()

@@ -8,16 +8,13 @@ pipeline reads the data once, and the outputs are committed atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 from concurrent.futures import Future
 from pathlib import Path
 
-from roidask.cluster import active_client
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti
 from roidask.io.nifti import NiftiSource
-from roidask.io.store_write import convert
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
 from roidask.outputs.writer import prepare_output, write_results
@@ -102,7 +99,7 @@ def run_subject(
         )
     else:
         result = _run_nifti(
-            list(bold or []), list(labels or []), mask, out, params, chunks, tr_s, progress,
+            list(bold or []), list(labels or []), mask, params, chunks, tr_s, progress,
             box_max_bytes=box_max_bytes,
         )  # fmt: skip
     write_results(
@@ -117,36 +114,21 @@ def run_subject(
     return result
 
 
-def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, box_max_bytes):
-    """The pipeline on NIfTI runs: read directly, or through a temporary store.
+def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes):
+    """The pipeline on NIfTI runs, read directly (a ``.nii.gz`` by one sequential decoder).
 
-    The pipeline reads the data once, in time order, which a sequential gzip
-    decoder serves best (see :mod:`roidask.io.nifti`); dask's threaded scheduler
-    takes the blocks in that order. A ``distributed`` cluster does not keep it
-    (it may start with the last blocks, and worker processes would each decode
-    the file from its start), so with a cluster ``.nii.gz`` runs are first
-    converted (one sequential decode, in this process) into a temporary chunked
-    store next to ``out``.
+    The pass reads blocks of whole volumes in time order, which a sequential
+    gzip decoder serves best (see :mod:`roidask.io.nifti`). On a ``distributed``
+    cluster the blocks of one subject are spread over worker processes, each of
+    which decodes the file from its start (skipped blocks are decoded, not read);
+    a batch therefore runs each subject's pass inside one worker whenever it can
+    (:mod:`roidask.batch.schedule`).
     """
     # Validate everything (headers, labels, grids, contrast, mask) before any voxel is read.
     if chunks is None:
         chunks = {"time": nifti_block_volumes(NiftiSource.open(bold[0], ndim=4, param="bold"))}
     image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
     check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
-    gz = any(str(p).lower().endswith(".gz") for p in bold)
-    if not gz or active_client() is None:
-        return roi_pipeline(
-            image, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
-        )
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.convert-") as tmp:
-        store = convert(
-            bold,
-            labels=labels,
-            out=Path(tmp) / "bold.zarr",
-            tr_s=tr_s,
-            chunks=chunks,
-            progress=progress,
-        )
-        return roi_pipeline(
-            store, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
-        )
+    return roi_pipeline(
+        image, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
+    )

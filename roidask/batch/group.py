@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import dask.array as da
+import dask
+import dask.local
 import numpy as np
 import pandas as pd
-import xarray as xr
 
 from roidask._atomic import OutputFolder, check_destination, clean_stale
-from roidask.batch.files import release_everywhere
 from roidask.exceptions import GridMismatchError
 from roidask.io.conversions import as_image
 from roidask.io.grid import check_same_grid
-from roidask.io.image import bold_coords, like_image, to_nifti
-from roidask.ops.stats import ttest_1samp_img
+from roidask.io.image import like_image, to_nifti
+from roidask.io.nifti import release_handles
+from roidask.ops import moments as mom
 
 __all__ = ["GROUP_KIND", "group_level"]
 
@@ -31,6 +31,10 @@ def group_level(subject_dirs: list[Path], out: Path) -> Path:
     ROI at each voxel, int16), ``roi_overlap_fraction.nii.gz`` and
     ``subjects.tsv``.
 
+    The subjects' maps are read one after the other, in this process (each is
+    one small volume): the t-test's moments and the overlap are accumulated as
+    they come, so memory does not grow with the number of subjects.
+
     Raises
     ------
     GridMismatchError
@@ -38,34 +42,34 @@ def group_level(subject_dirs: list[Path], out: Path) -> Path:
     """
     clean_stale(out)
     check_destination(out, param="out", overwrite=True, kind=GROUP_KIND)
-    tmaps = [
-        as_image(d / "tstat.nii.gz", ndim=3, param=f"{d.name}/tstat.nii.gz") for d in subject_dirs
-    ]
-    atlases = [
-        as_image(d / "atlas.nii.gz", ndim=3, param=f"{d.name}/atlas.nii.gz") for d in subject_dirs
-    ]
-    ref = tmaps[0]
-    for d, t in zip(subject_dirs[1:], tmaps[1:], strict=True):
-        try:
-            check_same_grid(ref, t, names=(f"{subject_dirs[0].name}", f"{d.name}"))
-        except GridMismatchError as exc:
-            raise GridMismatchError(
-                f"group level needs every subject on one grid: {exc}"
-            ) from None
-    stack = da.stack([t.data.astype(np.float64) for t in tmaps], axis=-1)
-    n = len(tmaps)
-    series = xr.DataArray(
-        stack,
-        dims=("x", "y", "z", "time"),
-        coords=bold_coords(n, tr_s=None, condition=["tmap"] * n, run=np.arange(n)),
-        attrs=dict(ref.attrs),
-    )
-    stats = ttest_1samp_img(series, condition="tmap", popmean=0.0)
-    overlap = sum((a.data > 0).astype(np.int16) for a in atlases)
-    try:
+    # small volumes: computed here, never shipped to a cluster and back
+    with dask.config.set(scheduler=dask.local.get_sync):
+        ref, moments, overlap = None, None, None
+        for d in subject_dirs:
+            files = (d / "tstat.nii.gz", d / "atlas.nii.gz")
+            try:
+                tmap, atlas = (as_image(f, ndim=3, param=f"{d.name}/{f.name}") for f in files)
+                if ref is None:
+                    ref = tmap
+                else:
+                    try:
+                        check_same_grid(ref, tmap, names=(subject_dirs[0].name, d.name))
+                    except GridMismatchError as exc:
+                        raise GridMismatchError(
+                            f"group level needs every subject on one grid: {exc}"
+                        ) from None
+                values = np.asarray(tmap.values, dtype=np.float64)
+                rois = (np.asarray(atlas.values) > 0).astype(np.int16)
+            finally:
+                release_handles(files)
+            one = mom.Moments(1, values, np.zeros_like(values))
+            moments = one if moments is None else mom.merge(moments, one)
+            overlap = rois if overlap is None else overlap + rois
+        stats = mom.ttest_1samp(moments, popmean=0.0)
+        n = len(subject_dirs)
         with OutputFolder(out, kind=GROUP_KIND) as tmp:
-            to_nifti(like_image(stats["t"].data, ref), tmp / "tstat.nii.gz", dtype=np.float32)
-            to_nifti(like_image(stats["logp"].data, ref), tmp / "logp.nii.gz", dtype=np.float32)
+            to_nifti(like_image(stats.t, ref), tmp / "tstat.nii.gz", dtype=np.float32)
+            to_nifti(like_image(stats.logp, ref), tmp / "logp.nii.gz", dtype=np.float32)
             to_nifti(like_image(overlap, ref), tmp / "roi_overlap.nii.gz", dtype=np.int16)
             to_nifti(
                 like_image(overlap.astype(np.float32) / n, ref),
@@ -75,6 +79,4 @@ def group_level(subject_dirs: list[Path], out: Path) -> Path:
             pd.DataFrame({"subject": [d.name for d in subject_dirs]}).to_csv(
                 tmp / "subjects.tsv", sep="\t", index=False
             )
-    finally:
-        release_everywhere([d / f for d in subject_dirs for f in ("tstat.nii.gz", "atlas.nii.gz")])
     return out
