@@ -341,17 +341,18 @@ def _files(spec: SubjectSpec) -> list[Path]:
 # A worker process runs subjects in threads of its own (created once, reused): in
 # them dask finds no worker, so anything a subject computes stays in this process
 # (a task's own thread would hand dask.compute calls back to the cluster).
-_WORKER_THREADS: ThreadPoolExecutor | None = None
+_WORKER_THREADS: dict[int, ThreadPoolExecutor] = {}  # by size (one, in practice)
 _WORKER_LOCK = threading.Lock()
 _WORKER_FILES = OpenFiles(release=release_handles)
 
 
 def _worker_threads(n: int) -> ThreadPoolExecutor:
-    global _WORKER_THREADS
+    """This worker process's ``n`` threads for subjects (its task threads: one each)."""
     with _WORKER_LOCK:
-        if _WORKER_THREADS is None or _WORKER_THREADS._max_workers < n:
-            _WORKER_THREADS = ThreadPoolExecutor(n, thread_name_prefix="roidask-subject")
-        return _WORKER_THREADS
+        pool = _WORKER_THREADS.get(n)
+        if pool is None:
+            pool = _WORKER_THREADS[n] = ThreadPoolExecutor(n, thread_name_prefix="roidask-subject")
+        return pool
 
 
 def _run_in_worker(job: _Job, threads: int) -> dict:

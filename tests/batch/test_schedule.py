@@ -692,10 +692,16 @@ def test_subject_that_does_not_fit_runs_by_blocks(haxby, tmp_path, monkeypatch):
     try:
         with Client(address, timeout=10) as client:
             wait_for_worker(client, procs, logs, n=1)
-            table = run_batch(specs, out, plots=False)
+            table = run_batch(specs, out, plots=True)
     finally:
         stop(procs)
     assert table["status"].tolist() == ["done"] * 3, table["error"].tolist()
+    for spec in specs:  # figures too, drawn by the worker (or from here, for "big")
+        prov = json.loads((out / spec.out_name / "provenance.json").read_text())
+        figures = sorted(p.name for p in (out / spec.out_name / "figures").glob("*.png"))
+        assert figures and [f"figures/{f}" for f in figures] == [
+            o for o in prov["outputs"] if o.startswith("figures/")
+        ]
     assert ran_as(out / "sub-big") == "block"
     prov = json.loads((out / "sub-big" / "provenance.json").read_text())
     assert prov["chunks"]["time"] < 150  # the memory model's smaller blocks
