@@ -8,6 +8,7 @@ pipeline reads the data once, and the outputs are committed atomically.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -40,6 +41,7 @@ def run_subject(
     progress: bool = False,
     inputs: list[dict] | Future | None = None,
     extra_provenance: dict | None = None,
+    before_write: Callable[[], None] | None = None,
 ) -> PipelineResult:
     """Validate inputs, run the ROI pipeline on one subject and write its outputs.
 
@@ -66,6 +68,10 @@ def run_subject(
         Input records (path, size, SHA-256), precomputed or under way; by default
         they are hashed while the pipeline runs.
     extra_provenance : dict, optional
+    before_write : callable, optional
+        Called once the results are computed, before anything is written; an
+        exception it raises leaves ``out`` untouched (a batch's task checks that
+        its batch still wants the subject).
 
     Returns
     -------
@@ -102,6 +108,8 @@ def run_subject(
             list(bold or []), list(labels or []), mask, params, chunks, tr_s, progress,
             box_max_bytes=box_max_bytes,
         )  # fmt: skip
+    if before_write is not None:
+        before_write()
     write_results(
         result,
         out,

@@ -278,7 +278,11 @@ def _subject_plan(spec: SubjectSpec, budget: float | None, params: PipelineParam
     )
 
 
-def _run_one(job: _Job) -> dict:
+class _NotWanted(Exception):
+    """The batch that sent a subject's task is gone: its outputs are not written."""
+
+
+def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
     """Run one subject where this is called; a status row (never raises for a subject)."""
     start = time.perf_counter()
     spec, out = job.spec, job.out
@@ -320,8 +324,11 @@ def _run_one(job: _Job) -> dict:
             progress=False,
             inputs=list(inputs),
             extra_provenance=extra,
+            before_write=before_write,
         )
         row.update(status="done", n_rois=result.n_rois)
+    except _NotWanted as exc:
+        row.update(status="failed", error=str(exc))
     except (RoidaskError, OSError) as exc:
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # an unexpected bug must not stop the other subjects
@@ -355,12 +362,16 @@ def _worker_threads(n: int) -> ThreadPoolExecutor:
         return pool
 
 
-def _run_in_worker(job: _Job, threads: int) -> dict:
+def _run_in_worker(job: _Job, threads: int, wanted: Callable[[], bool]) -> dict:
+    def before_write() -> None:
+        if not wanted():
+            raise _NotWanted("not written: its batch was cancelled or lost its client")
+
     files = _files(job.spec)
     _WORKER_FILES.acquire(files)
     try:
         with compute_here(threads):
-            return _run_one(job)
+            return _run_one(job, before_write)
     finally:
         _WORKER_FILES.release(files)
 
@@ -368,11 +379,14 @@ def _run_in_worker(job: _Job, threads: int) -> dict:
 def _subject_task(job: _Job, threads: int) -> dict:
     """A dask task: one whole subject on the worker that runs it; returns its status row.
 
-    ``threads``: threads each subject may use (at most the worker's).
+    ``threads``: threads each subject may use (at most the worker's). A subject
+    computed after its batch is gone (the client killed or cancelled: the
+    scheduler forgets the task) is not written.
     """
     from distributed import get_worker
 
     worker = get_worker()
+    key = worker.get_current_task()
     nthreads = max(1, int(worker.state.nthreads))
     threads = max(1, min(nthreads, threads))
     job = replace(
@@ -380,7 +394,12 @@ def _subject_task(job: _Job, threads: int) -> dict:
         budget=_thread_budget(worker.memory_manager.memory_limit, nthreads),
         scheduler=f"dask worker {worker.address}, {threads} thread{'s' if threads > 1 else ''}",
     )
-    return _worker_threads(nthreads).submit(_run_in_worker, job, threads).result()
+
+    def wanted() -> bool:  # read from another thread: a snapshot is enough here
+        task = worker.state.tasks.get(key)
+        return task is not None and task.state != "cancelled"
+
+    return _worker_threads(nthreads).submit(_run_in_worker, job, threads, wanted).result()
 
 
 # --------------------------------------------------------------------------- progress

@@ -425,24 +425,31 @@ def test_batch_killed_and_resumed(dataset, reference, tcp_cluster, tmp_path):
     out = tmp_path / "batch"
     log = tmp_path / "batch.log"
     cmd = batch_cmd(manifest, out, "--scheduler", address, "--max-concurrent", "1")
-    with connect(address, procs, logs, n=2):
-        pass  # both workers are up
-    batch = start(cmd, log)
-    try:
+    with connect(address, procs, logs, n=2) as client:
+        batch = start(cmd, log)
+        try:
+            wait_until(
+                lambda: "done" in statuses(out).values() and any(client.processing().values()),
+                timeout=120,
+                what="a first subject done and the next one computing",
+                proc=batch,
+                log=log,
+            )
+            kill_group(batch)
+        finally:
+            kill_group(batch)
+        assert batch.returncode == -signal.SIGKILL
+        at_kill = statuses(out)
+        # the subject a worker was computing when its batch died is not written
         wait_until(
-            lambda: "done" in statuses(out).values(),
-            timeout=120,
-            what="a first subject done",
-            proc=batch,
-            log=log,
-        )
-        kill_group(batch)
-    finally:
-        kill_group(batch)
-    assert batch.returncode == -signal.SIGKILL
-    at_kill = statuses(out)
+            lambda: not any(client.run(lambda dask_worker: len(dask_worker.state.executing))
+                            .values()),
+            timeout=60,
+            what="the workers to finish what they were running",
+        )  # fmt: skip
     done = sorted(s for s, st in at_kill.items() if st == "done")
     assert 1 <= len(done) < N_SUBJECTS, at_kill
+    assert sorted(p.name for p in out.glob("sub-*")) == [f"sub-{s}" for s in done]
     before = {
         s: {f: (p.stat().st_ino, p.stat().st_mtime_ns) for f in files_of(out / f"sub-{s}")
             for p in [out / f"sub-{s}" / f]}
