@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from roidask._atomic import OutputFolder, check_destination, clean_stale
-from roidask.exceptions import GridMismatchError
+from roidask.exceptions import GridMismatchError, InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.grid import check_same_grid
 from roidask.io.image import like_image, to_nifti
@@ -37,9 +37,16 @@ def group_level(subject_dirs: list[Path], out: Path) -> Path:
 
     Raises
     ------
+    InvalidParameterError
+        Fewer than 2 subjects.
     GridMismatchError
         Subjects' maps are not on one grid (shape and affine); no resampling.
     """
+    if len(subject_dirs) < 2:
+        raise InvalidParameterError(
+            f"subject_dirs: a group level needs at least 2 subjects, got {len(subject_dirs)}",
+            param="subject_dirs",
+        )
     clean_stale(out)
     check_destination(out, param="out", overwrite=True, kind=GROUP_KIND)
     # small volumes: computed here, never shipped to a cluster and back
@@ -65,6 +72,7 @@ def group_level(subject_dirs: list[Path], out: Path) -> Path:
             one = mom.Moments(1, values, np.zeros_like(values))
             moments = one if moments is None else mom.merge(moments, one)
             overlap = rois if overlap is None else overlap + rois
+        assert ref is not None and moments is not None and overlap is not None
         stats = mom.ttest_1samp(moments, popmean=0.0)
         n = len(subject_dirs)
         with OutputFolder(out, kind=GROUP_KIND) as tmp:

@@ -57,6 +57,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -74,6 +75,9 @@ from roidask.onepass import USABLE_FRACTION, WORKER_BASE_BYTES, MemoryPlan, memo
 from roidask.outputs.provenance import input_records, utc_now
 from roidask.pipeline import PipelineParams, compute_here, mask_values
 from roidask.runner import run_subject
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client
 
 __all__ = [
     "BATCH_COLUMNS",
@@ -251,7 +255,7 @@ class _Job:
     scheduler: str  # recorded in provenance.json
     fit_only: bool = False  # give the subject back (to block) if it does not fit
     digest: str | None = None  # fingerprint already computed (a subject given back)
-    inputs: tuple | None = None
+    inputs: list[dict] | None = None
 
 
 def _row(spec: SubjectSpec, out: Path, **values) -> dict:
@@ -322,7 +326,7 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
             plots=job.plots,
             overwrite=True,
             progress=False,
-            inputs=list(inputs),
+            inputs=list(inputs or []),
             extra_provenance=extra,
             before_write=before_write,
         )
@@ -603,8 +607,21 @@ def run_batch(
 class _Batch:
     """Subjects as worker tasks and/or block graphs driven from here, until all are done."""
 
-    def __init__(self, specs, out_dir, params, chunks, plots, max_concurrent, granularity,
-                 mode, client, cluster, status, report):  # fmt: skip
+    def __init__(
+        self,
+        specs: list[SubjectSpec],
+        out_dir: Path,
+        params: PipelineParams,
+        chunks: object,
+        plots: bool,
+        max_concurrent: int | None,
+        granularity: str,
+        mode: str,
+        client: Client | None,
+        cluster: _Cluster | None,
+        status: _StatusFile,
+        report: _Report,
+    ):
         self.out_dir, self.params, self.chunks, self.plots = out_dir, params, chunks, plots
         self.mode, self.client, self.cluster = mode, client, cluster
         self.auto = granularity == "auto"
@@ -626,7 +643,7 @@ class _Batch:
         self.token = uuid.uuid4().hex[:8]
 
     def job(self, spec: SubjectSpec, **values) -> _Job:
-        if self.mode == "local":
+        if self.cluster is None:
             scheduler = "this process"
         else:
             scheduler = f"dask cluster {self.cluster.address} (blocks over all workers)"
@@ -643,6 +660,7 @@ class _Batch:
 
     # -- submitting
     def submit_task(self, spec: SubjectSpec) -> None:
+        assert self.client is not None  # "subject" needs a cluster
         fut = self.client.submit(
             _subject_task,
             self.job(spec, fit_only=self.auto),
@@ -716,7 +734,7 @@ class _Batch:
         finally:
             if self.in_flight:  # interrupted: stop what has not started
                 tasks = [f for f, kind in self.kinds.items() if kind == "task"]
-                if tasks:
+                if tasks and self.client is not None:
                     with contextlib.suppress(Exception):
                         self.client.cancel(tasks)
             if self.pool is not None:
