@@ -63,6 +63,7 @@ import pandas as pd
 
 from roidask import _progress
 from roidask._atomic import MARKER, clean_stale, read_marker, write_text
+from roidask._malloc import reuse_freed_buffers
 from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
 from roidask.batch.group import group_level
@@ -389,6 +390,7 @@ def _subject_task(job: _Job, threads: int) -> dict:
     """
     from distributed import get_worker
 
+    reuse_freed_buffers()  # a worker started by a nanny maps and unmaps every buffer
     worker = get_worker()
     key = worker.get_current_task()
     nthreads = max(1, int(worker.state.nthreads))
