@@ -117,6 +117,32 @@ def _positive_float(text: str) -> float:
 
 
 # -- convert -----------------------------------------------------------------------------
+def _add_bold_inputs(p, *, required: bool) -> None:
+    """BOLD run(s), their labels and the TR: the inputs ``convert`` and ``run`` share."""
+    p.add_argument(
+        "bold",
+        nargs="+" if required else "*",
+        type=Path,
+        metavar="BOLD",
+        help="4D .nii/.nii.gz/.nii.zarr run(s), in acquisition order",
+    )
+    p.add_argument(
+        "--labels",
+        action="append",
+        type=Path,
+        required=required,
+        default=None,
+        help="Haxby labels.txt, or one BIDS *_events.tsv per run (repeat the flag)",
+    )
+    p.add_argument(
+        "--tr",
+        type=_positive_float,
+        default=None,
+        dest="tr_s",
+        help="repetition time in seconds (default: from the header)",
+    )
+
+
 def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
@@ -125,23 +151,9 @@ def _add_convert(sub) -> None:
         "labels into a subject group of a chunked zarr v3 store (every chunk checksummed). "
         "The subject appears in the store only once completely written.",
     )
-    p.add_argument("bold", nargs="+", type=Path, metavar="BOLD", help="4D .nii/.nii.gz run(s)")
-    p.add_argument(
-        "--labels",
-        action="append",
-        type=Path,
-        required=True,
-        help="Haxby labels.txt, or one BIDS *_events.tsv per run (repeat the flag)",
-    )
+    _add_bold_inputs(p, required=True)
     p.add_argument("--out", type=Path, required=True, help="store to create or add to")
     p.add_argument("--subject", default="sub-01", help="subject group name (default: sub-01)")
-    p.add_argument(
-        "--tr",
-        type=_positive_float,
-        default=None,
-        dest="tr_s",
-        help="repetition time in seconds (default: from the header)",
-    )
     p.add_argument(
         "--chunks",
         default=None,
@@ -391,14 +403,7 @@ def _add_run(sub) -> None:
         "analysis of nilearn's example, on one subject, written atomically into --out. "
         "Every input and --out are checked before any voxel is read.",
     )
-    p.add_argument("bold", nargs="*", type=Path, metavar="BOLD", help="4D .nii/.nii.gz run(s)")
-    p.add_argument(
-        "--labels",
-        action="append",
-        type=Path,
-        default=None,
-        help="labels.txt, or one *_events.tsv per run (with BOLD files; repeat the flag)",
-    )
+    _add_bold_inputs(p, required=False)
     p.add_argument("--store", type=Path, default=None, help="a converted store instead of BOLD")
     p.add_argument(
         "--subject", default=None, help="subject of --store (default: its only subject)"
@@ -407,13 +412,6 @@ def _add_run(sub) -> None:
         "--mask", type=Path, required=True, help="3D binary mask (e.g. ventral temporal)"
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument(
-        "--tr",
-        type=_positive_float,
-        default=None,
-        dest="tr_s",
-        help="repetition time in seconds (default: from the header)",
-    )
     p.add_argument(
         "--overwrite",
         action="store_true",

@@ -40,7 +40,9 @@ from roidask.exceptions import (
 from roidask.io.grid import voxel_size_mm
 
 __all__ = [
+    "TIME_UNITS_S",
     "NiftiSource",
+    "VolumeProperties",
     "float_dtype_for",
     "header_from_b64",
     "header_to_b64",
@@ -90,8 +92,73 @@ def _gzip_isize(path: Path) -> int | None:
         return None
 
 
+class VolumeProperties:
+    """What a source of volumes derives from its ``shape``, dtypes, scaling, affine and header.
+
+    Shared by :class:`NiftiSource` and :class:`roidask.io.niizarr.NiftiZarrSource`, which
+    define ``shape``, ``raw_dtype``, ``slope``, ``inter``, ``affine`` and ``header``.
+    """
+
+    shape: tuple[int, ...]
+    raw_dtype: np.dtype
+    slope: float
+    inter: float
+    affine: np.ndarray
+    header: nib.Nifti1Header
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def n_volumes(self) -> int:
+        return self.shape[3] if self.ndim == 4 else 1
+
+    @property
+    def volume_shape(self) -> tuple[int, int, int]:
+        return tuple(self.shape[:3])  # type: ignore[return-value]
+
+    @property
+    def volume_nbytes(self) -> int:
+        return int(np.prod(self.volume_shape)) * self.raw_dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.volume_nbytes * self.n_volumes
+
+    @property
+    def is_scaled(self) -> bool:
+        return self.slope != 1.0 or self.inter != 0.0
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Data type of the values :meth:`read` returns (scaling applied)."""
+        return (
+            float_dtype_for(self.raw_dtype) if self.is_scaled else self.raw_dtype.newbyteorder("=")
+        )
+
+    @property
+    def voxel_size_mm(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in voxel_size_mm(self.affine))  # type: ignore[return-value]
+
+    @property
+    def tr_s(self) -> float | None:
+        """Repetition time in seconds from ``pixdim[4]`` and the time units, if set."""
+        if self.ndim < 4:
+            return None
+        zooms = self.header.get_zooms()
+        if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
+            return None
+        _, t_unit = self.header.get_xyzt_units()
+        return float(zooms[3]) * TIME_UNITS_S.get(t_unit, 1.0)
+
+
+#: Seconds per NIfTI time unit (``xyzt_units``); other units count as seconds.
+TIME_UNITS_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+
+
 @dataclass(frozen=True)
-class NiftiSource:
+class NiftiSource(VolumeProperties):
     """A validated NIfTI file whose voxel data can be read block by block.
 
     Build it with :meth:`NiftiSource.open`; it holds no open file, so it
@@ -240,54 +307,6 @@ class NiftiSource:
                     f"holds {size} bytes",
                     param=param,
                 )
-
-    # -- properties ------------------------------------------------------------------
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def n_volumes(self) -> int:
-        return self.shape[3] if self.ndim == 4 else 1
-
-    @property
-    def volume_shape(self) -> tuple[int, int, int]:
-        return tuple(self.shape[:3])  # type: ignore[return-value]
-
-    @property
-    def volume_nbytes(self) -> int:
-        return int(np.prod(self.volume_shape)) * self.raw_dtype.itemsize
-
-    @property
-    def nbytes(self) -> int:
-        return self.volume_nbytes * self.n_volumes
-
-    @property
-    def is_scaled(self) -> bool:
-        return self.slope != 1.0 or self.inter != 0.0
-
-    @property
-    def dtype(self) -> np.dtype:
-        """Data type of the values :meth:`read` returns (scaling applied)."""
-        return (
-            float_dtype_for(self.raw_dtype) if self.is_scaled else self.raw_dtype.newbyteorder("=")
-        )
-
-    @property
-    def voxel_size_mm(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in voxel_size_mm(self.affine))  # type: ignore[return-value]
-
-    @property
-    def tr_s(self) -> float | None:
-        """Repetition time in seconds from ``pixdim[4]`` and the time units, if set."""
-        if self.ndim < 4:
-            return None
-        zooms = self.header.get_zooms()
-        if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
-            return None
-        _, t_unit = self.header.get_xyzt_units()
-        factor = {"msec": 1e-3, "usec": 1e-6}.get(t_unit, 1.0)
-        return float(zooms[3]) * factor
 
     # -- reading ---------------------------------------------------------------------
     def read(self, start: int = 0, stop: int | None = None, *, scaled: bool = True) -> np.ndarray:
