@@ -38,6 +38,7 @@ import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from roidask.exceptions import OutputError, OutputExistsError
 
@@ -287,7 +288,7 @@ def _check_writable(parent: Path, out: Path, param: str) -> None:
 
 
 # -- commits ---------------------------------------------------------------------------------
-_renameat2 = None
+_renameat2: Any = None  # the libc function once looked up; False where missing
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -582,7 +582,7 @@ def _write_bold(
             path,
             affine=model.affine,
             header=header,
-            dtype=np.int16,
+            dtype=np.dtype(np.int16),
             block_volumes=_BLOCK_VOLUMES,
             tr_s=tr_s,
             overwrite=True,

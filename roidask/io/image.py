@@ -328,10 +328,10 @@ def image_from_nibabel(img: nib.spatialimages.SpatialImage, *, chunks=None) -> x
     }
     coords = {}
     if data.ndim == 4:
-        zooms = header.get_zooms()
+        zooms: tuple[float, ...] = tuple(header.get_zooms())
         tr = float(zooms[3]) if len(zooms) > 3 and zooms[3] > 0 else None
         attrs.update(tr_s=tr, time_units="s" if tr else "volumes")
-        coords = bold_coords(data.shape[3], tr_s=tr)
+        coords = bold_coords(int(data.shape[-1]), tr_s=tr)
     return xr.DataArray(
         arr, dims=dims, coords=coords, name="bold" if data.ndim == 4 else None, attrs=attrs
     )
@@ -385,7 +385,7 @@ def to_nifti(
     if is_nifti_zarr(path) or str(path).lower().endswith(".nii.zarr"):
         image = img if isinstance(img, xr.DataArray) else like_image(data, grid)
         if "affine" not in image.attrs:
-            image = like_image(data, grid, name=image.name)
+            image = like_image(data, grid, name=str(image.name) if image.name else None)
         return write_nifti_zarr(image, path, dtype=dtype, overwrite=overwrite)
     header = header_from_b64(grid.attrs["nifti_header"]) if "nifti_header" in grid.attrs else None
     return write_nifti(

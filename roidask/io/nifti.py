@@ -22,6 +22,7 @@ import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import dask.array as da
 import indexed_gzip
@@ -52,6 +53,12 @@ __all__ = [
 ]
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: The errors a damaged gzip stream raises while it is decoded.
+_GZIP_ERRORS: tuple[type[BaseException], ...] = (
+    EOFError,
+    zlib.error,
+    cast("type[BaseException]", isal_zlib.error),
+)
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -269,8 +276,9 @@ class NiftiSource(VolumeProperties):
                 )
         raw_dtype = header.get_data_dtype()
         # The proxy resolves offsets of 0 and extensions as nibabel reads them.
-        offset = int(img.dataobj.offset)
-        slope, inter = img.dataobj.slope, img.dataobj.inter
+        proxy: Any = img.dataobj  # an ArrayProxy: the file's layout and scaling
+        offset = int(proxy.offset)
+        slope, inter = proxy.slope, proxy.inter
         slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
         inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
         source = cls(
@@ -321,7 +329,7 @@ class NiftiSource(VolumeProperties):
             buf = _handle(self.path).read_at(
                 self.offset + start * self.volume_nbytes, n * self.volume_nbytes
             )
-        except (EOFError, OSError, zlib.error, isal_zlib.error) as exc:
+        except (*_GZIP_ERRORS, OSError) as exc:  # type: ignore[misc]
             raise CorruptFileError(
                 f"{self.path}: could not read volumes {start}:{stop} ({exc}); "
                 "the file is truncated or its gzip stream is corrupt"
@@ -370,7 +378,7 @@ class NiftiSource(VolumeProperties):
                         arr = arr.astype(self.dtype) * self.dtype.type(self.slope)
                         arr += self.dtype.type(self.inter)
                     yield start, stop, arr
-        except (EOFError, zlib.error, gzip.BadGzipFile, isal_zlib.error) as exc:
+        except (*_GZIP_ERRORS, gzip.BadGzipFile) as exc:  # type: ignore[misc]
             raise CorruptFileError(
                 f"{self.path}: gzip stream is corrupt or truncated ({exc})"
             ) from None
@@ -452,12 +460,12 @@ class _GzipBlockReader:
     def __init__(self, path: Path):
         self.path = path
         self._lock = threading.Lock()
-        self._stream = None  # isal.igzip file, at uncompressed offset self._pos
+        self._stream: Any = None  # isal.igzip file, at uncompressed offset self._pos
         self._pos = 0
         self._isize: int | None = None  # gzip trailer's size (mod 2**32)
         self._window: list[tuple[int, bytes]] = []  # (offset, skipped bytes), oldest first
         self._window_nbytes = 0
-        self._random = None  # indexed_gzip.IndexedGzipFile
+        self._random: Any = None  # indexed_gzip.IndexedGzipFile
         self._last: tuple[int, bytes] = (0, b"")  # the latest range served
 
     def read_at(self, offset: int, n: int) -> bytes:

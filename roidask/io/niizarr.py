@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import nibabel as nib
@@ -185,7 +186,7 @@ class NiftiZarrSource(VolumeProperties):
             raise CorruptFileError(
                 f"{path}: not a zarr group, so not a NIfTI-Zarr image ({_first_line(exc)})"
             ) from None
-        multiscales = _multiscales(group.attrs)
+        multiscales: Any = _multiscales(group.attrs)
         try:
             axes = tuple(
                 a["name"] if isinstance(a, dict) else str(a) for a in multiscales[0]["axes"]
@@ -563,7 +564,7 @@ def write_nifti_zarr(
     folder = OutputFolder(path, kind="nifti-zarr", marker=False)  # marked by WRITER_ATTR
     tmp = folder.open()
     try:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)  # type: ignore[arg-type]
         extra = (
             {"dimension_names": axes}
             if zarr_format == 3

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -307,7 +308,9 @@ def convert(
     )
     ds["bold"].attrs.update(lazy.attrs)
     ds["condition"] = ds["condition"].astype(object)
-    encoding = {name: {"compressors": checksummed()} for name in ds.coords}
+    encoding: dict[str, dict[str, Any]] = {
+        str(name): {"compressors": checksummed()} for name in ds.coords
+    }
     encoding["bold"] = {"chunks": target_chunks, "compressors": bold_codecs()}
     if first.is_scaled:
         encoding["bold"].update(
