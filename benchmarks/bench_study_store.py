@@ -25,6 +25,10 @@ Strategies (``--s3`` adds the ``*-s3`` ones, on a local moto server):
     ``xr.open_datatree(path, engine="zarr")``, which uses consolidated metadata, sees
     only them). Before overwriting a subject it is first dropped from the consolidated
     metadata. Works on any zarr store (here obstore's ``ObjectStore`` on S3).
+``zarr-inplace-incr`` (only when named in ``--strategies``)
+    As ``zarr-inplace``, but the consolidation adds the new subject's nodes to the
+    root's consolidated metadata instead of re-reading every node (O(1) per subject;
+    a read-modify-write, so for one consolidating process only: the batch driver).
 ``icechunk`` / ``icechunk-s3``
     An Icechunk repository (local file system / S3); one writable session and one
     commit per subject on branch ``main``; a commit that loses the race to another
@@ -38,6 +42,8 @@ Sections:
                 and last subject separately: consolidation reads every node's
                 metadata, so it grows with the store).
 ``read``        ``xr.open_datatree`` of the whole store: open, and open + load.
+``growth``      write time of subject 1, N/4, N/2, N while one store grows to
+                ``--growth-subjects`` (consolidating everything is O(N) per subject).
 ``tags``        Icechunk tags: cost of ``create_tag`` per subject, reading at a tag.
 ``kill``        a writer process writing ``--kill-subjects`` subjects is SIGKILLed at a
                 random moment, ``--kill-trials`` times per strategy (fresh store each
@@ -81,6 +87,7 @@ N_VOLUMES = 1452
 N_ROIS = 5
 COMPLETE = "complete"
 LOCAL = ("zarr-rename", "zarr-inplace", "icechunk")
+EXTRA = ("zarr-inplace-incr",)  # only with --strategies
 S3 = ("zarr-inplace-s3", "icechunk-s3")
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
@@ -195,7 +202,12 @@ class Strategy:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def garbage_bytes(self) -> int:
-        """Bytes left by interrupted writes (temporary stores) outside the store."""
+        """Bytes left by interrupted writes in temporary stores beside the store.
+
+        Not counted: a partial subject group inside a zarr store (overwritten by the
+        rerun) and an Icechunk session's uncommitted chunks (unreferenced objects inside
+        the repository until ``expire_snapshots`` + ``garbage_collect``).
+        """
         if self.target.startswith("s3://"):
             return 0
         total = 0
@@ -253,6 +265,51 @@ class ZarrInplace(Strategy):
 
     def open_tree(self) -> xr.DataTree:
         return xr.open_datatree(self.store(read_only=True), engine="zarr")
+
+
+def _consolidate_add(store, subject: str) -> None:
+    """Add one complete subject to the root's consolidated metadata (reads only its nodes).
+
+    Read-modify-write of the root ``zarr.json``: safe when one process (the batch's
+    driver) does it, racy when several writers do.
+    """
+    from zarr.core.group import ConsolidatedMetadata, GroupMetadata
+    from zarr.core.sync import sync
+
+    root = zarr.open_group(store, mode="r+", use_consolidated=True)
+    sub = zarr.open_group(store, path=subject, mode="r", use_consolidated=False)
+    flat = {subject: sub.metadata}
+    for key, node in sub.members(max_depth=None, use_consolidated_for_children=False):
+        flat[f"{subject}/{key}"] = node.metadata
+    for key, meta in flat.items():
+        if isinstance(meta, GroupMetadata) and meta.consolidated_metadata is None:
+            flat[key] = dataclasses.replace(meta, consolidated_metadata=ConsolidatedMetadata({}))
+    ConsolidatedMetadata._flat_to_nested(flat)
+    group = root._async_group
+    existing = dict(group.metadata.consolidated_metadata.metadata)
+    existing.pop(subject, None)
+    existing.update(flat)
+    metadata = dataclasses.replace(
+        group.metadata, consolidated_metadata=ConsolidatedMetadata(metadata=existing)
+    )
+    sync(dataclasses.replace(group, metadata=metadata)._save_metadata())
+
+
+class ZarrInplaceIncremental(ZarrInplace):
+    """As ``zarr-inplace``, but the consolidation adds the new subject to what is there."""
+
+    name = "zarr-inplace-incr"
+
+    def write(self, subject: str, ds: xr.Dataset) -> None:
+        store = self.store()
+        root = zarr.open_group(store, mode="r")
+        if subject in root:
+            _consolidate_complete(store, drop=subject)
+        ds.to_zarr(store, group=subject, mode="w", zarr_format=3, consolidated=False)
+        zarr.open_group(store, path=subject, mode="r+", use_consolidated=False).attrs[COMPLETE] = (
+            True
+        )
+        _consolidate_add(store, subject)
 
 
 class ZarrInplaceS3(ZarrInplace):
@@ -337,7 +394,10 @@ class IcechunkS3(Icechunk):
         pass
 
 
-STRATEGIES = {s.name: s for s in (ZarrRename, ZarrInplace, ZarrInplaceS3, Icechunk, IcechunkS3)}
+STRATEGIES = {
+    s.name: s
+    for s in (ZarrRename, ZarrInplace, ZarrInplaceIncremental, ZarrInplaceS3, Icechunk, IcechunkS3)
+}
 
 
 def visible(strategy: Strategy) -> dict[str, int | None]:
@@ -497,6 +557,44 @@ def section_write_read(strategies, root, bucket, rounds, n_subjects) -> None:
     table(["store", "open_datatree", "open + load"], read_rows)
 
 
+def section_growth(strategies, root, bucket, n_subjects) -> None:
+    """Write time of subject k as the store grows (one run of ``n_subjects``)."""
+    subjects = subjects_list(n_subjects)
+    marks = sorted({1, n_subjects // 4, n_subjects // 2, n_subjects})
+    rows = []
+    for name in strategies:
+        warm = new_target(name, root, bucket)  # first writes pay imports and codec set-up
+        warm.init()
+        warm.write("warm-up", payload("warm-up"))
+        warm.cleanup()
+        strat = new_target(name, root, bucket)
+        strat.init()
+        times = []
+        for s in subjects:
+            start = time.perf_counter()
+            strat.write(s, payload(s))
+            times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tree = strat.open_tree()
+        open_s = time.perf_counter() - start
+        assert len(tree.children) == n_subjects
+        # median of the 3 subjects up to each mark, to damp the shared machine's noise
+        rows.append(
+            [
+                name,
+                *(f"{statistics.median(times[max(0, k - 3) : k]) * 1e3:.0f}" for k in marks),
+                f"{sum(times):.1f}",
+                f"{open_s * 1e3:.0f}",
+            ]
+        )
+        strat.cleanup()
+    print(f"## Write time as the store grows to {n_subjects} subjects (ms per subject)\n")
+    table(
+        ["store", *(f"subject {k}" for k in marks), "total s", "open_datatree ms"],
+        rows,
+    )
+
+
 def section_tags(root, n_subjects, rounds) -> None:
     import icechunk as ic
 
@@ -620,7 +718,7 @@ def section_kill(strategies, root, bucket, trials, n_subjects, scenario) -> None
             "rerun completes all",
             "mean subjects visible: new version",
             "any version",
-            "max garbage MB",
+            "max leftover temp MB outside store",
         ],
         rows,
     )
@@ -700,6 +798,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--subjects", type=int, default=8)
+    parser.add_argument("--growth-subjects", type=int, default=40)
     parser.add_argument("--kill-trials", type=int, default=30)
     parser.add_argument("--kill-subjects", type=int, default=4)
     parser.add_argument("--writers", type=int, default=4)
@@ -725,7 +824,8 @@ def main() -> int:
     ic.set_logs_filter("error")
     strategies = list(LOCAL) + (list(S3) if args.s3 else [])
     if args.strategies:
-        strategies = [s for s in strategies if s in args.strategies.split(",")]
+        chosen = args.strategies.split(",")
+        strategies = [s for s in (*LOCAL, *EXTRA, *S3) if s in chosen]
     sections = args.sections.split(",")
     versions = {m: __import__(m).__version__ for m in ("zarr", "xarray", "icechunk", "obstore")}
     print(f"versions: {versions}; {os.cpu_count()} CPUs\n")
@@ -741,6 +841,8 @@ def main() -> int:
             section_plain_open(strategies, root, bucket)
         if "write" in sections:
             section_write_read(strategies, root, bucket, args.rounds, args.subjects)
+        if "growth" in sections:
+            section_growth(strategies, root, bucket, args.growth_subjects)
         if "tags" in sections:
             section_tags(root, args.subjects, args.rounds)
         if "kill" in sections:
