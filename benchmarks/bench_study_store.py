@@ -25,6 +25,11 @@ Strategies (``--s3`` adds the ``*-s3`` ones, on a local moto server):
     ``xr.open_datatree(path, engine="zarr")``, which uses consolidated metadata, sees
     only them). Before overwriting a subject it is first dropped from the consolidated
     metadata. Works on any zarr store (here obstore's ``ObjectStore`` on S3).
+``zarr-prefix`` / ``zarr-prefix-s3``
+    The subject is written as a zarr store of its own at ``<study>/<subject>`` (so
+    the write never opens the study root), marked ``complete``; then *one* process
+    adds it to the root's consolidated metadata (O(1) per subject). In the
+    ``concurrent`` section the writers only write and the parent publishes.
 ``zarr-inplace-incr`` (only when named in ``--strategies``)
     As ``zarr-inplace``, but the consolidation adds the new subject's nodes to the
     root's consolidated metadata instead of re-reading every node (O(1) per subject;
@@ -53,7 +58,9 @@ Sections:
                 that are already complete (must show old or new data, never a mix).
 ``concurrent``  ``--writers`` processes write disjoint subjects into one store at the
                 same moment, ``--concurrent-rounds`` times: subjects lost, data
-                corrupt, Icechunk conflicts and rebases.
+                corrupt, Icechunk conflicts and rebases. For ``zarr-prefix`` the
+                writers only write; this (driver) process publishes each subject as
+                its writer reports it done, as a batch's client would.
 """
 
 from __future__ import annotations
@@ -86,9 +93,9 @@ SHAPE = (40, 64, 64)
 N_VOLUMES = 1452
 N_ROIS = 5
 COMPLETE = "complete"
-LOCAL = ("zarr-rename", "zarr-inplace", "icechunk")
+LOCAL = ("zarr-rename", "zarr-inplace", "zarr-prefix", "icechunk")
 EXTRA = ("zarr-inplace-incr",)  # only with --strategies
-S3 = ("zarr-inplace-s3", "icechunk-s3")
+S3 = ("zarr-inplace-s3", "zarr-prefix-s3", "icechunk-s3")
 
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 warnings.filterwarnings("ignore", message="Object at .* is not recognized")
@@ -312,6 +319,78 @@ class ZarrInplaceIncremental(ZarrInplace):
         _consolidate_add(store, subject)
 
 
+class ZarrPrefix(ZarrInplace):
+    """Subject written as a store of its own at ``<study>/<subject>``; published by one process.
+
+    Writing at the subject's prefix never opens the study root (whose consolidated
+    metadata grows with every subject and is parsed by zarr whenever the root is
+    opened), so a subject's write costs the same in an empty or a big study. Workers
+    call :meth:`write_subject`; one process (the batch driver) calls :meth:`publish`,
+    which adds the subject to the root's consolidated metadata (:func:`_consolidate_add`).
+    """
+
+    name = "zarr-prefix"
+    driver_publishes = True
+
+    def subject_store(self, subject: str):
+        from zarr.storage import LocalStore
+
+        return LocalStore(f"{self.target}/{subject}")
+
+    def unpublish(self, subject: str) -> None:
+        """Before replacing a subject (driver side): drop it from what readers see."""
+        if subject in zarr.open_group(self.store(), mode="r"):
+            _consolidate_complete(self.store(), drop=subject)
+
+    def write_subject(self, subject: str, ds: xr.Dataset) -> None:
+        """Encode the subject in memory, then put its objects concurrently, group last.
+
+        zarr writes each array's metadata and chunks in turn (one round trip each); the
+        objects of a ~3 MB subject are put at once instead. The group's ``zarr.json``
+        (carrying ``complete``) goes last, so even a reader that lists the store
+        without consolidated metadata sees no group until every object is there.
+        """
+        import asyncio
+
+        from zarr.core.sync import sync
+        from zarr.storage import MemoryStore
+
+        files: dict = {}
+        memory = MemoryStore(files)
+        ds.to_zarr(memory, mode="w", zarr_format=3, consolidated=False)
+        zarr.open_group(memory, mode="r+").attrs[COMPLETE] = True
+        store = self.subject_store(subject)
+        group_meta = files.pop("zarr.json")
+
+        async def put_all():
+            await store.delete_dir("")  # a previous, unpublished version
+            await asyncio.gather(*(store.set(k, v) for k, v in files.items()))
+            await store.set("zarr.json", group_meta)
+
+        sync(put_all())
+
+    def publish(self, subject: str) -> None:
+        _consolidate_add(self.store(), subject)
+
+    def write(self, subject: str, ds: xr.Dataset) -> None:
+        self.unpublish(subject)
+        self.write_subject(subject, ds)
+        self.publish(subject)
+
+
+class ZarrPrefixS3(ZarrPrefix):
+    name = "zarr-prefix-s3"
+
+    def store(self, read_only: bool = False):
+        return obstore_zarr(self.target, read_only=read_only)
+
+    def subject_store(self, subject: str):
+        return obstore_zarr(f"{self.target}/{subject}")
+
+    def cleanup(self) -> None:
+        pass
+
+
 class ZarrInplaceS3(ZarrInplace):
     name = "zarr-inplace-s3"
 
@@ -396,7 +475,16 @@ class IcechunkS3(Icechunk):
 
 STRATEGIES = {
     s.name: s
-    for s in (ZarrRename, ZarrInplace, ZarrInplaceIncremental, ZarrInplaceS3, Icechunk, IcechunkS3)
+    for s in (
+        ZarrRename,
+        ZarrInplace,
+        ZarrInplaceIncremental,
+        ZarrPrefix,
+        ZarrInplaceS3,
+        ZarrPrefixS3,
+        Icechunk,
+        IcechunkS3,
+    )
 }
 
 
@@ -427,13 +515,18 @@ def child(args: argparse.Namespace) -> int:
             time.sleep(0.001)
     start = time.perf_counter()
     for s in subjects:
-        strat.write(s, payloads[s])
+        if args.child_no_publish:  # the parent (driver) publishes
+            strat.write_subject(s, payloads[s])
+        else:
+            strat.write(s, payloads[s])
         print(json.dumps({"done": s, "t": time.perf_counter() - start}), flush=True)
     print(json.dumps({"info": strat.info, "t": time.perf_counter() - start}), flush=True)
     return 0
 
 
-def spawn(strategy: str, target: str, subjects: list[str], *, version=0, go=None):
+def spawn(
+    strategy: str, target: str, subjects: list[str], *, version=0, go=None, no_publish=False
+):
     cmd = [
         sys.executable,
         __file__,
@@ -449,6 +542,8 @@ def spawn(strategy: str, target: str, subjects: list[str], *, version=0, go=None
     ]
     if go:
         cmd += ["--child-go", go]
+    if no_publish:
+        cmd += ["--child-no-publish"]
     log = Path(tempfile.gettempdir()) / f"study-bench-child-{uuid.uuid4().hex[:8]}.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
@@ -460,10 +555,16 @@ def spawn(strategy: str, target: str, subjects: list[str], *, version=0, go=None
     return proc
 
 
-def finish(proc) -> dict | None:
-    """Wait for a child; its last report, or None (the tail of its log is printed)."""
-    out, _ = proc.communicate(timeout=600)
-    lines = out.strip().splitlines()
+def finish(proc, lines: list[str] | None = None) -> dict | None:
+    """Wait for a child; its last report, or None (the tail of its log is printed).
+
+    ``lines``: its stdout, when already read (by :func:`drive`).
+    """
+    if lines is None:
+        out, _ = proc.communicate(timeout=600)
+        lines = out.strip().splitlines()
+    else:
+        proc.wait(timeout=600)
     last = json.loads(lines[-1]) if lines else {}
     if proc.returncode != 0 or "info" not in last:
         print(f"  writer failed: {proc.log.read_text()[-1500:]}", file=sys.stderr)
@@ -724,6 +825,35 @@ def section_kill(strategies, root, bucket, trials, n_subjects, scenario) -> None
     )
 
 
+def drive(procs, strat: Strategy) -> list[list[str]]:
+    """Read the children's reports as they come; publish each finished subject (driver)."""
+    import queue
+    import threading
+
+    events: queue.Queue = queue.Queue()
+    outputs: list[list[str]] = [[] for _ in procs]
+
+    def read(i, proc):
+        for line in proc.stdout:
+            outputs[i].append(line.strip())
+            events.put(line)
+        events.put(None)
+
+    threads = [threading.Thread(target=read, args=(i, p)) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    open_children = len(procs)
+    while open_children:
+        line = events.get()
+        if line is None:
+            open_children -= 1
+        elif line.startswith('{"done"'):
+            strat.publish(json.loads(line)["done"])
+    for t in threads:
+        t.join()
+    return outputs
+
+
 def section_concurrent(strategies, root, bucket, rounds, writers, per_writer) -> None:
     rows, messages = [], {}
     for name in strategies:
@@ -733,12 +863,14 @@ def section_concurrent(strategies, root, bucket, rounds, writers, per_writer) ->
             strat.init()
             go = str(root / f"go-{uuid.uuid4().hex[:8]}")
             groups = [[f"w{w}-sub-{i:02d}" for i in range(per_writer)] for w in range(writers)]
-            procs = [spawn(name, strat.target, g, go=go) for g in groups]
+            by_driver = getattr(strat, "driver_publishes", False)
+            procs = [spawn(name, strat.target, g, go=go, no_publish=by_driver) for g in groups]
             start = time.perf_counter()
             Path(go).touch()
+            outputs = drive(procs, strat) if by_driver else [None] * len(procs)
             n_conf = 0
-            for p in procs:
-                last = finish(p)
+            for p, lines in zip(procs, outputs, strict=True):
+                last = finish(p, lines)
                 if last is None:
                     failed += 1
                     continue
@@ -815,6 +947,7 @@ def main() -> int:
     parser.add_argument("--child-subjects", help=argparse.SUPPRESS)
     parser.add_argument("--child-version", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child-go", help=argparse.SUPPRESS)
+    parser.add_argument("--child-no-publish", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
