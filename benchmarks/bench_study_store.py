@@ -4,7 +4,11 @@ Run on demand (not part of the tests)::
 
     .venv/bin/python benchmarks/bench_study_store.py [--rounds 5] [--subjects 8]
         [--kill-trials 30] [--writers 4] [--concurrent-rounds 5] [--s3]
-        [--sections plain-open,write,read,tags,kill,concurrent]
+        [--strategies zarr-prefix,icechunk,...] [--growth-subjects 40]
+        [--sections plain-open,write,growth,tags,kill,kill-overwrite,concurrent]
+
+(default sections: all but ``growth``; default stores: the local ones, plus the ``-s3``
+ones with ``--s3``; ``zarr-inplace-incr`` only when named).
 
 Each subject's payload is what a roidask run produces: three float32 maps and two
 uint8 masks of 40x64x64, an int32 atlas, signals of 5 ROIs x 1452 volumes (float64)
@@ -46,7 +50,8 @@ Sections:
 ``write``       wall time per subject (median of ``--rounds`` x ``--subjects``; first
                 and last subject separately: consolidation reads every node's
                 metadata, so it grows with the store).
-``read``        ``xr.open_datatree`` of the whole store: open, and open + load.
+                The same run then reads the store back with ``xr.open_datatree``
+                (open, and open + load).
 ``growth``      write time of subject 1, N/4, N/2, N while one store grows to
                 ``--growth-subjects`` (consolidating everything is O(N) per subject).
 ``tags``        Icechunk tags: cost of ``create_tag`` per subject, reading at a tag.
