@@ -21,8 +21,9 @@ Strategies (``--s3`` adds the ``*-s3`` ones, on a local moto server):
 ``zarr-rename``
     The subject is written as a group of a temporary store beside ``study.zarr``,
     marked ``complete``, moved into the store with one ``os.rename``, and the root
-    metadata is consolidated (``zarr.consolidate_metadata``). Local file systems only
-    (object stores have no rename).
+    metadata is consolidated with complete subjects only (``zarr.consolidate_metadata``
+    would also list leftovers such as a ``.sub-01.old-*`` group). Local file systems
+    only (object stores have no rename).
 ``zarr-inplace`` / ``zarr-inplace-s3``
     The subject group is written in place, its ``complete`` attribute set last, then
     the root metadata is consolidated *with complete subjects only* (so a plain
