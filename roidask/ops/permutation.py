@@ -33,17 +33,17 @@ Definitions (nilearn's, checked against it in ``tests/ops/test_permutation.py``)
 
 How it runs: one task per subject block extracts the masked voxels into an
 ``(n_subjects, n_voxels)`` float64 matrix; one task per chunk of
-``chunk_perm`` permutations computes the sums of all its flipped maps at once
-as a matrix product ``flips @ data`` (in batches of at most 64 permutations
-and ~16 MB, aligned on the permutation index), turns them into t
-with the per-voxel sum of squares (invariant under sign flips), and returns
-only the maximum statistic (and largest cluster size and mass) of each
-permutation; one last task turns the null distributions into p-value maps.
-Memory is the data matrix plus one batch per running task, whatever
-``n_perm``. The flips of permutation ``i`` are a function of ``(seed, i)``
-only (a :class:`numpy.random.SeedSequence` per block of 1024 permutations),
-so results do not depend on the scheduler, the number of workers or
-``chunk_perm``.
+``chunk_perm`` permutations computes the sums of all its flipped maps as
+matrix products ``flips @ data`` (batches of 128 permutations aligned on the
+permutation index, blocks of 2048 voxels), turns them into t with the
+per-voxel sum of squares (invariant under sign flips), and returns only the
+maximum statistic (and largest cluster size and mass) of each permutation;
+one last task turns the null distributions into p-value maps. Memory is the
+data matrix plus one batch per running task (a few MB; with clusters, the
+batch's t maps, ~16 MB at most), whatever ``n_perm``. The flips of
+permutation ``i`` are a function of ``(seed, i)`` only (a
+:class:`numpy.random.SeedSequence` per block of 1024 permutations), so results
+do not depend on the scheduler, the number of workers or ``chunk_perm``.
 """
 
 from __future__ import annotations
@@ -76,7 +76,11 @@ DEFAULT_CHUNK_PERM = 512
 MAX_EXHAUSTIVE_SUBJECTS = 24
 #: Permutations per random stream: block ``b`` is drawn from ``SeedSequence(seed, (b,))``.
 _FLIP_BLOCK = 1024
-#: Target float64 size of one ``(flips, voxels)`` product inside a task (bytes).
+#: Permutations per batch of matrix products (a power of two).
+_MAX_BATCH_ROWS = 128
+#: Voxels per matrix product: a batch's sums and t stay in the CPU caches.
+_VOXEL_BLOCK = 2048
+#: With clusters, at most this many bytes of float64 t maps per batch.
 _BATCH_BYTES = 16 * 2**20
 _LOG10_2 = float(np.log10(2.0))
 _LN10 = float(np.log(10.0))
@@ -266,16 +270,20 @@ def _observed(design: dict, *, two_sided: bool, threshold_t, structure) -> dict:
     return out
 
 
-def _batch_rows(n_vox: int) -> int:
-    """Permutations per matrix product: a power of two <= 64, ~16 MB of float64 at most.
+def _batch_rows(n_vox: int, *, clusters: bool) -> int:
+    """Permutations per batch of matrix products: 128, or fewer to keep full t rows small.
 
     Batches are aligned on the global permutation index (batch ``k`` is
-    permutations ``[k B, (k + 1) B)``) and always computed whole, so every
-    permutation goes through the same product whatever ``chunk_perm``: BLAS
-    rounds differently with the shape of a product (small-matrix kernels,
-    matrix-vector for one row), which would otherwise change the last bits.
+    permutations ``[k B, (k + 1) B)``) and always computed whole, in fixed
+    blocks of voxels, so every permutation goes through the same products
+    whatever ``chunk_perm``: BLAS rounds differently with the shape of a
+    product (small-matrix kernels, matrix-vector for one row), which would
+    otherwise change the last bits. With clusters a batch keeps its t maps
+    (``rows x n_vox`` float64, at most ~16 MB).
     """
-    rows = max(1, min(64, _BATCH_BYTES // (8 * max(n_vox, 1))))
+    rows = _MAX_BATCH_ROWS
+    if clusters:
+        rows = max(1, min(rows, _BATCH_BYTES // (8 * max(n_vox, 1))))
     return 1 << (rows.bit_length() - 1)
 
 
@@ -322,24 +330,34 @@ def _null_chunk(
     if clusters:
         max_size = np.zeros(n_perm, dtype=np.int64)
         max_mass = np.zeros(n_perm)
-    batch = _batch_rows(n_vox)
+    rows = _batch_rows(n_vox, clusters=clusters)
     with np.errstate(all="ignore"):
-        for lo in range((start // batch) * batch, stop, batch):
-            hi = min(lo + batch, n_total)
+        for lo in range((start // rows) * rows, stop, rows):
+            hi = min(lo + rows, n_total)
             flips = _flip_rows(source, n, lo, hi)
-            s = flips.astype(np.float64) @ x
-            # t^2 / (n - 1) = s^2 / (n sum x^2 - s^2): no mean, no second pass
-            w = np.square(s)
-            d = np.subtract(nq, w)
-            np.maximum(d, 0.0, out=d)
-            np.divide(w, d, out=w)
-            del d
-            if not two_sided:
-                np.copysign(w, s, out=w)
+            f = flips.astype(np.float64)
+            best = np.full(hi - lo, -np.inf)
+            t_rows = np.empty((hi - lo, n_vox)) if clusters else None
+            # blocks of voxels: the products and their t stay in cache
+            for v0 in range(0, n_vox, _VOXEL_BLOCK):
+                v1 = min(v0 + _VOXEL_BLOCK, n_vox)
+                s = f @ x[:, v0:v1]
+                # t^2 / (n - 1) = s^2 / (n sum x^2 - s^2): no mean, no second pass
+                w = np.square(s)
+                d = np.subtract(nq[v0:v1], w)
+                np.maximum(d, 0.0, out=d)
+                np.divide(w, d, out=w)
+                if not two_sided:
+                    np.copysign(w, s, out=w)
+                np.fmax(best, np.fmax.reduce(w, axis=1), out=best)
+                if clusters:
+                    np.abs(w, out=d)
+                    d *= n - 1
+                    np.sqrt(d, out=d)
+                    np.copysign(d, s, out=t_rows[:, v0:v1])
             keep = slice(max(start, lo) - lo, min(stop, hi) - lo)
             out = slice(max(start, lo) - start, min(stop, hi) - start)
-            best = np.fmax.reduce(w[keep], axis=1)
-            max_t[out] = np.copysign(np.sqrt(np.abs(best) * (n - 1)), best)
+            max_t[out] = np.copysign(np.sqrt(np.abs(best[keep]) * (n - 1)), best[keep])
             kept = flips[keep]
             identity[out] = np.all(kept == 1, axis=1)
             if two_sided:
@@ -348,9 +366,8 @@ def _null_chunk(
                 for r_out, r in zip(
                     range(out.start, out.stop), range(keep.start, keep.stop), strict=True
                 ):
-                    t_row = np.copysign(np.sqrt(np.abs(w[r]) * (n - 1)), s[r])
                     _, sizes, masses = _clusters(
-                        t_row,
+                        t_rows[r],
                         design,
                         threshold_t=threshold_t,
                         two_sided=two_sided,
@@ -359,7 +376,6 @@ def _null_chunk(
                     if sizes.size:
                         max_size[r_out] = sizes.max()
                         max_mass[r_out] = masses.max()
-            del s, w
     result = {"max_t": max_t, "identity": identity}
     if clusters:
         result.update(max_size=max_size, max_mass=max_mass)
@@ -475,7 +491,7 @@ def permuted_ttest_1samp(
         reproduce another tool's permutations; replaces ``n_perm`` and ``seed``.
     chunk_perm : int, default 512
         Permutations per dask task. Changes the parallelism, never the result
-        (a multiple of 64 wastes no work: a task computes whole batches).
+        (a multiple of 128 wastes no work: a task computes whole batches).
 
     Returns
     -------

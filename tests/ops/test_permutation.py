@@ -47,7 +47,7 @@ from roidask.ops.permutation import permuted_ttest_1samp
 from roidask.pipeline import compute
 
 AFFINE = np.diag([3.0, 3.0, 3.0, 1.0])
-SHAPE = (10, 12, 9)
+SHAPE = (17, 20, 16)  # an ellipsoid mask of ~2900 voxels: two blocks of 2048
 
 
 # -- data and references ---------------------------------------------------------------------
@@ -57,14 +57,14 @@ def _ellipsoid(shape, scale=2.2) -> np.ndarray:
     return (((g - half + 0.5) / (half * 2 / scale)) ** 2).sum(0) <= 1
 
 
-def _maps(n_subjects: int, shape=SHAPE, seed=1, effect=0.8) -> np.ndarray:
+def _maps(n_subjects: int, shape=SHAPE, seed=1, effect=1.6) -> np.ndarray:
     """Smooth noise maps with a blob of real effect, like subjects' first-level maps."""
     rng = np.random.default_rng(seed)
     noise = [
         ndimage.gaussian_filter(rng.standard_normal(shape), 1.0) * 3 for _ in range(n_subjects)
     ]
     g = np.indices(shape).astype(float)
-    blob = np.exp(-(((g - np.array([3, 4, 4])[:, None, None, None]) ** 2).sum(0)) / 4)
+    blob = np.exp(-(((g - np.array([5, 7, 6])[:, None, None, None]) ** 2).sum(0)) / 4)
     return np.stack(noise, axis=-1) + effect * blob[..., None]
 
 
