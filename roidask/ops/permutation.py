@@ -207,28 +207,38 @@ def _design(mask: np.ndarray, *parts: np.ndarray) -> dict:
     }
 
 
-def _clusters(t: np.ndarray, design: dict, *, threshold_t: float, two_sided: bool, structure):
-    """Cluster label of every masked voxel (0: none), and each cluster's size and mass."""
-    labels = np.zeros(t.shape, dtype=np.int64)
-    n_total = 0
-    grid = np.zeros(design["bbox_shape"], dtype=bool)
-    flat_grid = grid.reshape(-1)
+def _cluster_workspace(design: dict) -> dict:
+    """Buffers reused by every :func:`_clusters` call of a task (no page faults per map)."""
+    shape = design["bbox_shape"]
+    return {"grid": np.zeros(shape, dtype=bool), "lab": np.empty(shape, dtype=np.int32)}
+
+
+def _clusters(
+    t: np.ndarray, design: dict, work: dict, *, threshold_t: float, two_sided: bool, structure
+):
+    """Clusters of a masked t map: (voxel indices, their labels 1..k, sizes, masses)."""
+    flat_grid, flat_lab = work["grid"].reshape(-1), work["lab"].reshape(-1)
     sides = (t > threshold_t, t < -threshold_t) if two_sided else (t > threshold_t,)
+    indices, labels = [], []
+    n_total = 0
     for sel in sides:
-        if not sel.any():
+        index = np.flatnonzero(sel)
+        if index.size == 0:
             continue
-        where = design["bbox_index"][sel]
-        flat_grid[:] = False
+        where = design["bbox_index"][index]
         flat_grid[where] = True
-        lab, n = ndimage.label(grid, structure)
-        labels[sel] = lab.reshape(-1)[where] + n_total
+        n = ndimage.label(work["grid"], structure, output=work["lab"])
+        flat_grid[where] = False
+        indices.append(index)
+        labels.append(flat_lab[where].astype(np.int64) + n_total)
         n_total += int(n)
-    inside = labels > 0
-    sizes = np.bincount(labels[inside], minlength=n_total + 1)[1:]
-    masses = np.bincount(
-        labels[inside], weights=np.abs(t[inside]) - threshold_t, minlength=n_total + 1
-    )[1:]
-    return labels, sizes, masses
+    if not indices:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, np.zeros(0)
+    index, label = np.concatenate(indices), np.concatenate(labels)
+    sizes = np.bincount(label, minlength=n_total + 1)[1:]
+    masses = np.bincount(label, weights=np.abs(t[index]) - threshold_t, minlength=n_total + 1)
+    return index, label, sizes, masses[1:]
 
 
 def _one_sided_logp(t: np.ndarray, p_two: np.ndarray, logp_two: np.ndarray) -> np.ndarray:
@@ -257,9 +267,16 @@ def _observed(design: dict, *, two_sided: bool, threshold_t, structure) -> dict:
         "shape": design["shape"],
     }
     if threshold_t is not None:
-        labels, sizes, masses = _clusters(
-            t, design, threshold_t=threshold_t, two_sided=two_sided, structure=structure
+        index, label, sizes, masses = _clusters(
+            t,
+            design,
+            _cluster_workspace(design),
+            threshold_t=threshold_t,
+            two_sided=two_sided,
+            structure=structure,
         )
+        labels = np.zeros(t.shape, dtype=np.int64)
+        labels[index] = label
         out.update(
             labels=labels,
             sizes=sizes,
@@ -331,20 +348,29 @@ def _null_chunk(
         max_size = np.zeros(n_perm, dtype=np.int64)
         max_mass = np.zeros(n_perm)
     rows = _batch_rows(n_vox, clusters=clusters)
+    # Buffers reused across batches: no allocation (and no page faults, with
+    # the aggressive malloc trimming of dask's worker processes) per product.
+    widths = {min(_VOXEL_BLOCK, n_vox), n_vox % _VOXEL_BLOCK or _VOXEL_BLOCK}
+    buffers = {w: np.empty((3, rows, w)) for w in widths}
+    if clusters:
+        t_rows = np.empty((rows, n_vox))
+        work = _cluster_workspace(design)
     with np.errstate(all="ignore"):
         for lo in range((start // rows) * rows, stop, rows):
             hi = min(lo + rows, n_total)
+            m = hi - lo
             flips = _flip_rows(source, n, lo, hi)
             f = flips.astype(np.float64)
-            best = np.full(hi - lo, -np.inf)
-            t_rows = np.empty((hi - lo, n_vox)) if clusters else None
-            # blocks of voxels: the products and their t stay in cache
+            best = np.full(m, -np.inf)
+            # blocks of voxels: the products and their t stay in the CPU caches
             for v0 in range(0, n_vox, _VOXEL_BLOCK):
                 v1 = min(v0 + _VOXEL_BLOCK, n_vox)
-                s = f @ x[:, v0:v1]
+                buf = buffers[v1 - v0]
+                s, w, d = buf[0, :m], buf[1, :m], buf[2, :m]
+                np.matmul(f, x[:, v0:v1], out=s)
                 # t^2 / (n - 1) = s^2 / (n sum x^2 - s^2): no mean, no second pass
-                w = np.square(s)
-                d = np.subtract(nq[v0:v1], w)
+                np.square(s, out=w)
+                np.subtract(nq[v0:v1], w, out=d)
                 np.maximum(d, 0.0, out=d)
                 np.divide(w, d, out=w)
                 if not two_sided:
@@ -354,7 +380,7 @@ def _null_chunk(
                     np.abs(w, out=d)
                     d *= n - 1
                     np.sqrt(d, out=d)
-                    np.copysign(d, s, out=t_rows[:, v0:v1])
+                    np.copysign(d, s, out=t_rows[:m, v0:v1])
             keep = slice(max(start, lo) - lo, min(stop, hi) - lo)
             out = slice(max(start, lo) - start, min(stop, hi) - start)
             max_t[out] = np.copysign(np.sqrt(np.abs(best[keep]) * (n - 1)), best[keep])
@@ -366,9 +392,10 @@ def _null_chunk(
                 for r_out, r in zip(
                     range(out.start, out.stop), range(keep.start, keep.stop), strict=True
                 ):
-                    _, sizes, masses = _clusters(
+                    _, _, sizes, masses = _clusters(
                         t_rows[r],
                         design,
+                        work,
                         threshold_t=threshold_t,
                         two_sided=two_sided,
                         structure=structure,
@@ -507,9 +534,10 @@ def permuted_ttest_1samp(
         ``|t| - thr`` over the cluster), ``logp_max_size`` and ``logp_max_mass``
         (cluster-level FWE-corrected -log10 p; 0 outside clusters), and
         ``h0_max_size``, ``h0_max_mass``. Attributes: ``n_perm`` (permutations
-        done), ``flips`` (``"exhaustive"``, ``"random"`` or ``"given"``), ``seed``,
-        ``two_sided``, ``df``, ``n_subjects``, ``chunk_perm`` and, with
-        clusters, ``cluster_threshold`` (p) and ``cluster_threshold_t``.
+        done), ``flips`` (``"exhaustive"``, ``"random"`` or ``"given"``),
+        ``seed`` (used by random flips only), ``two_sided``, ``df``,
+        ``n_subjects``, ``chunk_perm`` and, with clusters,
+        ``cluster_threshold`` (p), ``cluster_threshold_t`` and ``connectivity``.
 
     Raises
     ------
@@ -520,6 +548,13 @@ def permuted_ttest_1samp(
         ``imgs`` is not a stack of subjects' 3D maps (see above).
     GridMismatchError
         Subjects' maps or the mask are on different grids.
+
+    Notes
+    -----
+    The p-values do not depend on the scheduler, the number of workers or
+    ``chunk_perm``; neither do the bits of ``h0_*`` when computed with
+    :func:`roidask.pipeline.compute` (one BLAS thread, see
+    :mod:`roidask.ops._blas`). TFCE is not implemented.
     """
     n_perm = _int_at_least(n_perm, 1, param="n_perm")
     two_sided = _check_bool(two_sided, param="two_sided")
