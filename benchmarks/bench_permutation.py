@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -94,6 +95,7 @@ def round_roidask(paths, mask_path, args) -> dict:
             processes=True,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,  # no "worker still alive, killing" at shutdown
         ) as cluster,
         Client(cluster) as client,
     ):
