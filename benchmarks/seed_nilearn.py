@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from seed_reference import seed_pipeline
+from helpers.seed import seed_pipeline
 
 if __name__ == "__main__":
     result = seed_pipeline(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -59,13 +59,12 @@ import xarray as xr
 from dask.base import tokenize
 from scipy import ndimage, stats
 
+from roidask._validate import check_bool, check_int
 from roidask.exceptions import ImageDimensionError, ImageTypeError, InvalidParameterError
-from roidask.io.image import SPATIAL_DIMS, as_image, check_same_grid, grid_attrs
+from roidask.io.conversions import ImageLike, as_image
+from roidask.io.grid import SPATIAL_DIMS, check_same_grid, grid_attrs
+from roidask.ops import moments as mom_ops
 from roidask.ops.label import resolve_structure
-
-# Private helpers of roidask.ops.stats: two-pass moments, and the one-sample t-test block
-# (t, p and -log10 p without underflow, through _t_pvalues).
-from roidask.ops.stats import _ttest_1samp_block, _volume_moments
 from roidask.ops.threshold import as_mask
 
 __all__ = ["DEFAULT_CHUNK_PERM", "MAX_EXHAUSTIVE_SUBJECTS", "permuted_ttest_1samp"]
@@ -87,21 +86,6 @@ _LN10 = float(np.log(10.0))
 
 
 # -- arguments -----------------------------------------------------------------------------
-def _int_at_least(value, minimum: int, *, param: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InvalidParameterError(f"{param}: expected an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _check_bool(value, *, param: str, allow_none: bool = False) -> bool | None:
-    if value is None and allow_none:
-        return None
-    if not isinstance(value, bool | np.bool_):
-        expected = "True, False or None" if allow_none else "True or False"
-        raise InvalidParameterError(f"{param}: expected {expected}, got {value!r}")
-    return bool(value)
-
-
 def _check_cluster_threshold(value, *, two_sided: bool) -> float | None:
     if value is None:
         return None
@@ -251,10 +235,7 @@ def _one_sided_logp(t: np.ndarray, p_two: np.ndarray, logp_two: np.ndarray) -> n
 def _observed(design: dict, *, two_sided: bool, threshold_t, structure) -> dict:
     """Statistics of the unpermuted data (small: a few arrays of n_voxels)."""
     x = design["x"]
-    n = x.shape[0]
-    mean, m2 = _volume_moments(x.T)
-    mom = np.stack([mean, m2, np.full_like(mean, n)], axis=-1)[:, None, :]
-    t, p, logp, _ = _ttest_1samp_block(mom, n=n, popmean=0.0).T
+    t, p, logp, _ = mom_ops.ttest_1samp(mom_ops.moments_of(x.T), popmean=0.0)
     if not two_sided:
         logp = _one_sided_logp(t, p, logp)
     stat = np.abs(t) if two_sided else t
@@ -460,9 +441,9 @@ def _combine(obs: dict, parts: list[dict]) -> dict:
 
 # -- public --------------------------------------------------------------------------------
 def permuted_ttest_1samp(
-    imgs,
+    imgs: ImageLike | Sequence[ImageLike],
     *,
-    mask_img=None,
+    mask_img: ImageLike | None = None,
     n_perm: int = 10000,
     two_sided: bool = True,
     cluster_threshold: float | None = None,
@@ -556,13 +537,13 @@ def permuted_ttest_1samp(
     :func:`roidask.pipeline.compute` (one BLAS thread, see
     :mod:`roidask.ops._blas`). TFCE is not implemented.
     """
-    n_perm = _int_at_least(n_perm, 1, param="n_perm")
-    two_sided = _check_bool(two_sided, param="two_sided")
+    n_perm = check_int(n_perm, "n_perm", minimum=1)
+    two_sided = check_bool(two_sided, "two_sided")
     cluster_p = _check_cluster_threshold(cluster_threshold, two_sided=two_sided)
     structure = resolve_structure(connectivity, labelling=True)
-    seed = _int_at_least(seed, 0, param="seed")
-    exhaustive = _check_bool(exhaustive, param="exhaustive", allow_none=True)
-    chunk_perm = _int_at_least(chunk_perm, 1, param="chunk_perm")
+    seed = check_int(seed, "seed", minimum=0)
+    exhaustive = None if exhaustive is None else check_bool(exhaustive, "exhaustive")
+    chunk_perm = check_int(chunk_perm, "chunk_perm", minimum=1)
     if sign_flips is not None and exhaustive:
         raise InvalidParameterError(
             "exhaustive and sign_flips: give one or the other, got exhaustive=True and sign_flips"
