@@ -499,6 +499,9 @@ def test_out_without_its_parent_fails_before_reading(data, tmp_path, capsys, com
 
 
 # -- 4. bad inputs: one line each, before anything is written ---------------------------------
+NIFTI = "expected a NIfTI image (.nii or .nii.gz)"
+
+
 def _bad(tmp_path, data, case):
     """(argv, the expected error line) of a bad-input case."""
     folder = tmp_path / "folder"
@@ -507,91 +510,72 @@ def _bad(tmp_path, data, case):
     empty.write_bytes(b"")
     out = tmp_path / "out"
     bold, labels, mask = data / "bold.nii.gz", data / "labels.txt", data / "mask.nii.gz"
-    run = ["run", bold, "--labels", labels, "--mask", mask, "--out", out, "--quiet"]
+
+    def run(bold=bold, labels=labels, mask=mask):
+        return ["run", bold, "--labels", labels, "--mask", mask, "--out", out, "--quiet"]
+
+    def convert(bold=bold, labels=labels):
+        return ["convert", bold, "--labels", labels, "--out", out, "--quiet"]
+
     if case == "bold-is-a-folder":
-        return [
-            "run",
-            folder,
-            *run[2:],
-        ], f"{folder}: is a folder; expected a NIfTI image (.nii or .nii.gz)"
+        return run(bold=folder), f"{folder}: is a folder; {NIFTI}"
     if case == "labels-is-a-folder":
-        return [
-            *run[:3],
-            folder,
-            *run[4:],
-        ], f"--labels {folder}: is a folder; expected a labels file"
+        return run(labels=folder), f"--labels {folder}: is a folder; expected a labels file"
     if case == "mask-is-a-folder":
-        return [*run[:5], folder, *run[6:]], (
+        return run(mask=folder), (
             f"--mask {folder}: is a folder, not an image; expected a .nii/.nii.gz file, a "
             ".nii.zarr image or a roidask zarr store"
         )
     if case == "convert-bold-is-a-folder":
-        return ["convert", folder, "--labels", labels, "--out", out], (
-            f"{folder}: is a folder; expected a NIfTI image (.nii or .nii.gz)"
-        )
+        return convert(bold=folder), f"{folder}: is a folder; {NIFTI}"
     if case == "empty-bold":
-        return [
-            "run",
-            empty,
-            *run[2:],
-        ], f"{empty}: is empty (0 bytes); expected a NIfTI image (.nii or .nii.gz)"
+        return run(bold=empty), f"{empty}: is empty (0 bytes); {NIFTI}"
     if case == "convert-empty-bold":
-        return ["convert", empty, "--labels", labels, "--out", out], (
-            f"{empty}: is empty (0 bytes); expected a NIfTI image (.nii or .nii.gz)"
-        )
+        return convert(bold=empty), f"{empty}: is empty (0 bytes); {NIFTI}"
     if case == "empty-labels":
         path = tmp_path / "labels.txt"
         path.write_bytes(b"")
-        return [
-            *run[:3],
-            path,
-            *run[4:],
-        ], f"--labels {path}: is empty (0 bytes); expected a labels file"
+        return run(labels=path), f"--labels {path}: is empty (0 bytes); expected a labels file"
     if case == "empty-mask":
-        return [*run[:5], empty, *run[6:]], (
-            f"--mask {empty}: is empty (0 bytes); expected a NIfTI image (.nii or .nii.gz)"
-        )
-    if case in ("empty-manifest", "header-only-manifest"):
+        return run(mask=empty), f"--mask {empty}: is empty (0 bytes); {NIFTI}"
+    if case == "empty-manifest":
         manifest = tmp_path / "m.tsv"
-        if case == "empty-manifest":
-            manifest.write_bytes(b"")
-            want = f"{manifest}: is empty (0 bytes); expected a manifest (TSV)"
-        else:
-            manifest.write_text("subject\tbold\tlabels\tmask\n")
-            want = f"{manifest}: has a header but no subject rows (expected one line per subject)"
+        manifest.write_bytes(b"")
+        want = f"{manifest}: is empty (0 bytes); expected a manifest (TSV)"
+        return ["batch", manifest, "--out", out], want
+    if case == "header-only-manifest":
+        manifest = tmp_path / "m.tsv"
+        manifest.write_text("subject\tbold\tlabels\tmask\n")
+        want = f"{manifest}: has a header but no subject rows (expected one line per subject)"
         return ["batch", manifest, "--out", out], want
     if case in ("mask-all-zero", "mask-not-binary"):
         img = nib.load(mask)
         values = np.asanyarray(img.dataobj).astype(np.float32)
-        path = write_image(
-            tmp_path / f"{case}.nii.gz",
-            values * 0 if case == "mask-all-zero" else values * 2,
-            img.affine,
-        )
-        want = (
-            f"--mask {path}: mask is empty (every voxel is 0); expected at least one voxel inside"
-            if case == "mask-all-zero"
-            else f"--mask {path}: expected a binary mask (every voxel 0 or 1), found the value(s) "
-            "2; binarize it first (roidask.ops.binarize_img: nonzero = inside)"
-        )
-        return [*run[:5], path, *run[6:]], want
+        values = values * 0 if case == "mask-all-zero" else values * 2
+        path = write_image(tmp_path / f"{case}.nii.gz", values, img.affine)
+        if case == "mask-all-zero":
+            want = "mask is empty (every voxel is 0); expected at least one voxel inside"
+        else:
+            want = (
+                "expected a binary mask (every voxel 0 or 1), found the value(s) 2; binarize "
+                "it first (roidask.ops.binarize_img: nonzero = inside)"
+            )
+        return run(mask=path), f"--mask {path}: {want}"
     if case in ("threads-per-worker-0", "batch-threads-per-worker-0"):
         command = "batch" if case.startswith("batch") else "run"
-        argv = run if command == "run" else batch_args(data, out)
-        return [*argv, "--threads-per-worker", "0"], (
-            f"--threads-per-worker: expected a positive integer, got 0 (see roidask {command} "
-            "--help)"
-        )
+        argv = run() if command == "run" else batch_args(data, out)
+        want = f"--threads-per-worker: expected a positive integer, got 0 (see roidask {command} "
+        return [*argv, "--threads-per-worker", "0"], want + "--help)"
     if case == "events-not-named-events-tsv":
         path = write_events(tmp_path / "conditions.tsv", [(0.0, 2.5, "face")])
-        return [*run[:3], path, *run[4:]], (
+        return run(labels=path), (
             f"--labels {path}: has the columns of a BIDS events table but is not named "
             "*_events.tsv; rename it (e.g. sub-01_task-x_run-1_events.tsv) so it is read as events"
         )
     if case == "events-without-tr":
         bold0 = write_bold(tmp_path / "notr_bold.nii.gz", 10, tr_s=0.0)
         events = write_events(tmp_path / "sub-01_events.tsv", [(0.0, 4.0, "face")])
-        return ["convert", bold0, "--labels", events, "--out", out], (
+        return convert(bold=bold0, labels=events), (
             "--tr: events.tsv files need the repetition time and the BOLD header has none; add "
             "--tr SECONDS"
         )
