@@ -8,10 +8,10 @@ pipeline reads the data once, and the outputs are committed atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 from concurrent.futures import Future
 from pathlib import Path
 
+from roidask._atomic import OutputFolder
 from roidask.cluster import active_client
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
@@ -92,10 +92,9 @@ def run_subject(
         inputs = start_input_records(files)
     if store is not None:
         result = roi_pipeline(
-            store,
+            as_image(store, ndim=4, param="store", subject=subject),
             mask_img=mask,
             params=params,
-            subject=subject,
             chunks=chunks,
             box_max_bytes=box_max_bytes,
             progress=progress,
@@ -138,11 +137,15 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, bo
         return roi_pipeline(
             image, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
         )
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.convert-") as tmp:
+    # A locked temporary sibling of ``out``: removed here, or by the next command on
+    # ``out`` (clean_stale) if this process is killed.
+    scratch = OutputFolder(out, kind="scratch", marker=False)
+    tmp = scratch.open()
+    try:
         store = convert(
             bold,
             labels=labels,
-            out=Path(tmp) / "bold.zarr",
+            out=tmp / "bold.zarr",
             tr_s=tr_s,
             chunks=chunks,
             progress=progress,
@@ -150,3 +153,5 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, bo
         return roi_pipeline(
             store, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
         )
+    finally:
+        scratch.discard()

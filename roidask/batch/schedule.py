@@ -12,10 +12,13 @@ blocks and may drop the ROI box. Read handles a worker caches for a subject's
 NIfTI files are dropped when the subject is done, so worker memory does not
 grow with the batch.
 
+Before anything is written, every input file of every subject must exist and be
+readable and non-empty, and every existing output folder must be roidask's.
 Resume: a subject whose ``provenance.json`` records the same fingerprint
 (parameters and input checksums) is skipped; the others are redone. A failing
-subject (bad file, ...) is reported in ``DIR/batch.tsv`` and does not stop the
-others. A worker lost mid-batch only costs time: its tasks are recomputed.
+subject (a corrupt file, data on another grid, ...) is reported in
+``DIR/batch.tsv`` and does not stop the others. A worker lost mid-batch only
+costs time: its tasks are recomputed.
 """
 
 from __future__ import annotations
@@ -33,21 +36,29 @@ from pathlib import Path
 
 import pandas as pd
 
-from roidask._atomic import MARKER, clean_stale, read_marker, write_text
+from roidask._atomic import MARKER, check_destination, clean_stale, read_marker, write_text
 from roidask._validate import check_optional_int
 from roidask.batch.files import OpenFiles
-from roidask.batch.group import group_level
-from roidask.batch.manifest import SubjectSpec
+from roidask.batch.group import GROUP_KIND, group_level
+from roidask.batch.manifest import SubjectSpec, check_subject_files
 from roidask.cluster import active_client
 from roidask.exceptions import OutputError, RoidaskError
 from roidask.io.conversions import as_image
 from roidask.io.nifti import NiftiSource
 from roidask.onepass import USABLE_FRACTION, WORKER_BASE_BYTES, MemoryPlan, memory_plan
 from roidask.outputs.provenance import input_records, utc_now
+from roidask.outputs.writer import SUBJECT_KIND
 from roidask.pipeline import PipelineParams, mask_values
 from roidask.runner import run_subject
 
-__all__ = ["BATCH_COLUMNS", "BATCH_KIND", "fingerprint", "prepare_batch_folder", "run_batch"]
+__all__ = [
+    "BATCH_COLUMNS",
+    "BATCH_KIND",
+    "check_batch_folder",
+    "fingerprint",
+    "prepare_batch_folder",
+    "run_batch",
+]
 
 #: Columns of ``batch.tsv``.
 BATCH_COLUMNS = ("subject", "status", "wall_s", "n_rois", "out", "error")
@@ -78,35 +89,27 @@ def _is_complete(out: Path, digest: str) -> bool:
     return all((out / name).exists() for name in record.get("outputs", []))
 
 
-def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
-    """Create or check the batch folder (before any data is read).
+def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
+    """Check that a batch may write ``out_dir`` (before any data is read; writes nothing).
 
-    A new folder (or an empty one) becomes a roidask batch folder; an existing one
-    must be one already. No subject's input may lie inside its output folder.
+    A new folder (or an empty one) will become a roidask batch folder; an existing
+    one must be one already. Every subject's output folder (and ``group/``) that
+    exists must be roidask's (:func:`roidask._atomic.check_destination`), and no
+    input of any subject may lie in one of them.
 
     Raises
     ------
     OutputError
-        The parent is missing, the folder is not roidask's, or an input lies in it.
+        The parent is missing or read-only, the folder is not roidask's, a subject's
+        folder holds files roidask did not write, or an input lies in an output folder.
     """
     out = Path(out_dir)
-    if not out.parent.is_dir():
-        raise OutputError(
-            f"out {out}: its parent folder {out.parent} does not exist; create it first",
-            param="out",
-        )
-    if out.exists() and not out.is_dir():
+    inputs = [p for spec in specs for p in spec.files]
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"out {out}: is a file; expected a batch folder", param="out")
-    for spec in specs:
-        sub_out = (out / spec.out_name).resolve()
-        for item in (*spec.bold, *spec.labels, spec.mask):
-            if sub_out in Path(item).resolve().parents:
-                raise OutputError(
-                    f"out {out}: the input {item} of subject {spec.subject!r} lies in its output "
-                    f"folder {spec.out_name}/; roidask never writes over its inputs",
-                    param="out",
-                )
-    if out.is_dir() and any(out.iterdir()):
+    if not out.exists():
+        check_destination(out, param="out", inputs=inputs)
+    elif any(out.iterdir()):
         marker = read_marker(out)
         if marker is None and not (out / "batch.tsv").is_file():
             raise OutputError(
@@ -119,6 +122,16 @@ def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -
                 f"out {out}: is a roidask {marker['kind']} folder, not a batch folder",
                 param="out",
             )
+    if out.is_dir():
+        targets = [(out / spec.out_name, SUBJECT_KIND) for spec in specs]
+        for target, kind in [*targets, (out / "group", GROUP_KIND)]:
+            check_destination(target, param="out", inputs=inputs, overwrite=True, kind=kind)
+    return out
+
+
+def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
+    """Check the batch folder (:func:`check_batch_folder`), then create and mark it."""
+    out = check_batch_folder(out_dir, specs)
     try:
         out.mkdir(exist_ok=True)
         if read_marker(out) is None:
@@ -130,7 +143,9 @@ def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -
             }
             write_text(out / MARKER, json.dumps(record, indent=2) + "\n")
     except PermissionError:
-        raise OutputError(f"out {out}: permission denied", param="out") from None
+        raise OutputError(
+            f"out {out}: cannot write into {out.parent} (permission denied)", param="out"
+        ) from None
     return out
 
 
@@ -212,9 +227,17 @@ def run_batch(
     pandas.DataFrame
         The rows of ``batch.tsv``: subject, status (done, skipped, failed),
         wall_s, n_rois, out, error.
+
+    Raises
+    ------
+    UnreadableFileError, CorruptFileError
+        An input file is missing, unreadable or empty (nothing is written).
+    OutputError
+        ``out_dir`` cannot be written (see :func:`prepare_batch_folder`).
     """
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     params = params or PipelineParams()
+    check_subject_files(specs)
     out_dir = prepare_batch_folder(out_dir, specs)
     if log is None:
 

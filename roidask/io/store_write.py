@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -144,7 +143,7 @@ def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[P
         if not is_store(out):
             raise OutputError(
                 f"out {out}: exists and is not a roidask store; roidask only adds subjects to "
-                "its own stores, choose another out",
+                "its own stores, choose another output",
                 param="out",
             )
         require_store(out, param="out")
@@ -405,7 +404,8 @@ def write_image(
             param="name",
         )
     clean_stale(target)
-    tmp = temp_sibling(target)
+    folder = OutputFolder(target, kind="array", marker=False)  # locked while written
+    tmp = folder.open()
     try:
         with zarr.config.set(_WRITE_CONFIG):
             arr = zarr.create_array(
@@ -419,9 +419,9 @@ def write_image(
             )
             arr[...] = np.asarray(image.data.compute())
         arr.attrs.update(grid_attrs(image))
-        swap_into_place(tmp, target)
+        folder.commit()
         _mark_complete(path / subject)
         consolidate(path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        folder.discard()
         raise
