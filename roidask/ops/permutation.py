@@ -57,7 +57,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.base import tokenize
-from scipy import ndimage, stats
+from scipy import ndimage, special
 
 from roidask._validate import check_bool, check_int
 from roidask.exceptions import ImageDimensionError, ImageTypeError, InvalidParameterError
@@ -583,7 +583,8 @@ def permuted_ttest_1samp(
     threshold_t = None
     if cluster_p is not None:
         # nilearn's conversion (permuted_least_squares._compute_t_stat_threshold)
-        threshold_t = float(stats.t.isf(cluster_p / 2 if two_sided else cluster_p, df=df))
+        # scipy.stats.t.isf(q, df) is -stdtrit(df, q); scipy.stats is not imported (~0.1 s)
+        threshold_t = float(-special.stdtrit(df, cluster_p / 2 if two_sided else cluster_p))
     if kind == "given":
         # one key holding the flips, read by every chunk (not a copy per task)
         source = ("given", dask.delayed(flips, name=f"permutation-flips-{tokenize(flips)}"))
