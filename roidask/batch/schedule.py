@@ -12,10 +12,15 @@ blocks and may drop the ROI box. Read handles a worker caches for a subject's
 NIfTI files are dropped when the subject is done, so worker memory does not
 grow with the batch.
 
+Every subject's results also go into one study store, ``DIR/study.zarr``
+(:mod:`roidask.outputs.study`): the subject's run writes its node, this driver
+publishes it once complete.
+
 Resume: a subject whose ``provenance.json`` records the same fingerprint
-(parameters and input checksums) is skipped; the others are redone. A failing
-subject (bad file, ...) is reported in ``DIR/batch.tsv`` and does not stop the
-others. A worker lost mid-batch only costs time: its tasks are recomputed.
+(parameters and input checksums), and whose study node too, is skipped; the
+others are redone. A failing subject (bad file, ...) is reported in
+``DIR/batch.tsv`` and does not stop the others. A worker lost mid-batch only
+costs time: its tasks are recomputed.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from roidask.io.conversions import as_image
 from roidask.io.nifti import NiftiSource
 from roidask.onepass import USABLE_FRACTION, WORKER_BASE_BYTES, MemoryPlan, memory_plan
 from roidask.outputs.provenance import input_records, utc_now
+from roidask.outputs.study import GROUP_NODE, STUDY_NAME, Study, SubjectNode
 from roidask.pipeline import PipelineParams, mask_values
 from roidask.runner import run_subject
 
@@ -76,6 +82,24 @@ def _is_complete(out: Path, digest: str) -> bool:
     if not isinstance(record, dict) or record.get("fingerprint") != digest:
         return False
     return all((out / name).exists() for name in record.get("outputs", []))
+
+
+def _study_has(study: Study | None, spec: SubjectSpec, digest: str) -> bool:
+    """The subject's study node is complete with ``digest`` (and is published), or no study."""
+    if study is None:
+        return True
+    if not study.has(spec.out_name, digest):
+        return False
+    study.publish(spec.out_name, fingerprint=digest)  # a driver killed before publishing it
+    return True
+
+
+def _study_node(study: Study | None, spec: SubjectSpec, digest: str) -> SubjectNode | None:
+    """The node the subject's run writes, hidden from readers until it is published."""
+    if study is None:
+        return None
+    study.unpublish(spec.out_name)
+    return study.node(spec.out_name, subject=spec.subject, fingerprint=digest)
 
 
 def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
@@ -183,6 +207,7 @@ def run_batch(
     max_concurrent: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    study: bool = True,
 ) -> pd.DataFrame:
     """Run the ROI pipeline for every subject, concurrently, then the group level.
 
@@ -193,7 +218,8 @@ def run_batch(
     ----------
     specs : list of SubjectSpec
     out_dir : path
-        Batch folder: ``sub-<id>/`` per subject, ``batch.tsv``, ``group/``.
+        Batch folder: ``sub-<id>/`` per subject, ``batch.tsv``, ``group/`` and
+        ``study.zarr``.
     params : PipelineParams, optional
     chunks : dict or str, optional
         BOLD chunking (results do not depend on it).
@@ -206,6 +232,9 @@ def run_batch(
         Print one line per finished subject.
     log : callable, optional
         Receives progress lines (default: print to stderr when ``progress``).
+    study : bool
+        Also write every subject's results, and the group level, into the study
+        store ``out_dir/study.zarr`` (:mod:`roidask.outputs.study`).
 
     Returns
     -------
@@ -216,6 +245,7 @@ def run_batch(
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     params = params or PipelineParams()
     out_dir = prepare_batch_folder(out_dir, specs)
+    study_store = Study(out_dir / STUDY_NAME, param="out") if study else None
     if log is None:
 
         def log(line: str) -> None:
@@ -235,7 +265,7 @@ def run_batch(
         try:
             clean_stale(out)
             digest, inputs = fingerprint(spec, params)
-            if _is_complete(out, digest):
+            if _is_complete(out, digest) and _study_has(study_store, spec, digest):
                 prov = json.loads((out / "provenance.json").read_text())
                 row.update(status="skipped", n_rois=prov.get("n_rois", ""))
                 return row
@@ -261,7 +291,10 @@ def run_batch(
                 progress=False,
                 inputs=inputs,
                 extra_provenance=extra,
+                study_node=_study_node(study_store, spec, digest),
             )
+            if study_store is not None:
+                study_store.publish(spec.out_name, fingerprint=digest)
             row.update(status="done", n_rois=result.n_rois)
         except (RoidaskError, OSError) as exc:
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -301,10 +334,14 @@ def run_batch(
     ]
     group_error = out_dir / "group-error.txt"
     group_error.unlink(missing_ok=True)  # from an earlier run
+    group_done = False
     if len(done) >= 2:
         try:
-            group_level(done, out_dir / "group")
+            group_level(done, out_dir / "group", study=study_store)
+            group_done = True
         except RoidaskError as exc:
             log(f"group level: failed ({exc})")
             write_text(group_error, f"{exc}\n")
+    if study_store is not None and not group_done:
+        study_store.unpublish(GROUP_NODE)  # no group level of these subjects
     return pd.DataFrame([rows[s.subject] for s in specs], columns=list(BATCH_COLUMNS))
