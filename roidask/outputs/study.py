@@ -126,7 +126,7 @@ def _write_root(study: Path, record: dict) -> None:
     record["consolidated_metadata"]["metadata"] = dict(
         sorted(record["consolidated_metadata"]["metadata"].items())
     )
-    write_bytes(study / _META, (json.dumps(record, indent=2) + "\n").encode())
+    write_bytes(study / _META, json.dumps(record, separators=(",", ":")).encode())
 
 
 def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
