@@ -35,6 +35,10 @@ Strategies (``--s3`` adds the ``*-s3`` ones, on a local moto server):
     the write never opens the study root), marked ``complete``; then *one* process
     adds it to the root's consolidated metadata (O(1) per subject). In the
     ``concurrent`` section the writers only write and the parent publishes.
+``roidask``
+    ``zarr-prefix`` as ``roidask batch`` does it (:mod:`roidask.outputs.study`): the
+    node's files written from memory, its ``zarr.json`` last; the root's consolidated
+    metadata updated as JSON (one read of the node's ``zarr.json``, one atomic rewrite).
 ``zarr-inplace-incr`` (only when named in ``--strategies``)
     As ``zarr-inplace``, but the consolidation adds the new subject's nodes to the
     root's consolidated metadata instead of re-reading every node (O(1) per subject;
@@ -99,7 +103,7 @@ SHAPE = (40, 64, 64)
 N_VOLUMES = 1452
 N_ROIS = 5
 COMPLETE = "complete"
-LOCAL = ("zarr-rename", "zarr-inplace", "zarr-prefix", "icechunk")
+LOCAL = ("zarr-rename", "zarr-inplace", "zarr-prefix", "roidask", "icechunk")
 EXTRA = ("zarr-inplace-incr",)  # only with --strategies
 S3 = ("zarr-inplace-s3", "zarr-prefix-s3", "icechunk-s3")
 
@@ -384,6 +388,37 @@ class ZarrPrefix(ZarrInplace):
         self.publish(subject)
 
 
+class RoidaskStudy(ZarrPrefix):
+    """``zarr-prefix`` as roidask implements it (:mod:`roidask.outputs.study`).
+
+    The node is written file by file from its in-memory encoding, ``zarr.json`` last
+    (:func:`~roidask.outputs.study.write_node`); publishing adds the node's consolidated
+    metadata to the root's ``zarr.json`` as JSON (one file read, one atomic rewrite).
+    """
+
+    name = "roidask"
+
+    def init(self) -> None:
+        from roidask.outputs.study import prepare_study
+
+        prepare_study(self.target)
+
+    def unpublish(self, subject: str) -> None:
+        from roidask.outputs.study import unpublish
+
+        unpublish(self.target, subject)
+
+    def write_subject(self, subject: str, ds: xr.Dataset) -> None:
+        from roidask.outputs.study import write_node
+
+        write_node(self.target, subject, ds)
+
+    def publish(self, subject: str) -> None:
+        from roidask.outputs.study import publish
+
+        publish(self.target, subject)
+
+
 class ZarrPrefixS3(ZarrPrefix):
     name = "zarr-prefix-s3"
 
@@ -486,6 +521,7 @@ STRATEGIES = {
         ZarrInplace,
         ZarrInplaceIncremental,
         ZarrPrefix,
+        RoidaskStudy,
         ZarrInplaceS3,
         ZarrPrefixS3,
         Icechunk,

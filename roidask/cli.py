@@ -570,6 +570,12 @@ def _add_batch(sub) -> None:
         default=None,
         help="subjects in flight at once (default: worker threads, 2 to 8)",
     )
+    p.add_argument(
+        "--no-study",
+        action="store_true",
+        help="do not write the study store OUT/study.zarr (every subject's results, one "
+        "xarray DataTree)",
+    )
     _add_analysis_options(p)
     p.set_defaults(func=_cmd_batch)
 
@@ -590,12 +596,14 @@ def _cmd_batch(args) -> int:
             plots=not args.no_plots,
             max_concurrent=args.max_concurrent,
             progress=not args.quiet,
+            study=not args.no_study,
         )
     counts = table["status"].value_counts().to_dict()
     print(f"subjects: {len(table)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
     for row in table[table["status"] == "failed"].itertuples(index=False):
         print(f"  {row.subject}: {row.error}")
-    print(f"outputs: {args.out} (batch.tsv, sub-*/, group/)")
+    study = "" if args.no_study else ", study.zarr"
+    print(f"outputs: {args.out} (batch.tsv, sub-*/, group/{study})")
     print(f"wall time: {time.perf_counter() - start:.1f} s")
     return 1 if counts.get("failed") else 0
 

@@ -24,7 +24,6 @@ The BOLD data is read once:
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from roidask import __version__ as roidask_version
 from roidask._blas import one_blas_thread
 from roidask._progress import dask_progress
 from roidask._validate import (
@@ -54,7 +54,7 @@ from roidask.exceptions import (
 )
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
-from roidask.io.grid import affine_of, check_same_grid
+from roidask.io.grid import affine_of, check_same_grid, spatial_coords, voxel_size_mm
 from roidask.io.image import like_image
 from roidask.io.tables import ROI_TABLE_COLUMNS
 from roidask.onepass import box_image, contrast_pass, kept_box, pass_chunks
@@ -69,12 +69,15 @@ from roidask.ops.stats import clip_logp
 from roidask.ops.threshold import mask_and, threshold_img
 
 __all__ = [
+    "RESULTS_FORMAT",
+    "RESULTS_VARIABLES",
     "TESTS",
     "PipelineParams",
     "PipelineResult",
     "check_inputs",
     "compute",
     "mask_values",
+    "results_dataset",
     "roi_pipeline",
 ]
 
@@ -179,14 +182,123 @@ class PipelineResult:
         return len(self.rois)
 
     def to_dataset(self) -> xr.Dataset:
-        """Everything as one xarray Dataset (maps, signals, ROI table columns)."""
-        ds = self.maps.copy()
-        ds["signals"] = self.signals
-        table = self.rois.set_index("label") if len(self.rois) else self.rois
-        for col in table.columns:
-            ds[f"roi_{col}"] = ("roi", table[col].to_numpy())
-        ds.attrs["params"] = json.dumps(self.params.to_dict())
-        return ds
+        """Everything as one xarray Dataset: the schema of ``results.zarr`` and study nodes.
+
+        See :func:`results_dataset`.
+        """
+        return results_dataset(self)
+
+
+#: Version of the results schema (:func:`results_dataset`), in the attribute
+#: ``roidask_results_format``.
+RESULTS_FORMAT = 1
+#: long_name and units of each variable of the results schema ("1": dimensionless,
+#: counts, labels and BOLD intensities, which have no physical unit).
+RESULTS_VARIABLES = {
+    "mean_epi": ("mean EPI, smoothed (BOLD intensity, arbitrary scanner units)", "1"),
+    "tstat": ("t statistic of the contrast (first minus second condition)", "1"),
+    "logp": ("-log10 p of the two-sample t-test (NaN -> 0, clipped at clip)", "1"),
+    "roi_mask": ("1 where logp >= threshold inside the mask (before dilation)", "1"),
+    "dilated_mask": ("roi_mask after binary dilation (1 inside)", "1"),
+    "atlas": ("ROI label of each voxel (0: background; scipy.ndimage.label numbering)", "1"),
+    "signals": ("{strategy} over the ROI's voxels of the smoothed BOLD (scanner units)", "1"),
+    "roi_n_voxels": ("number of voxels in the ROI", "1"),
+    "roi_volume_mm3": ("volume of the ROI", "mm3"),
+    "roi_com_x_mm": ("world x of the ROI's centre of mass", "mm"),
+    "roi_com_y_mm": ("world y of the ROI's centre of mass", "mm"),
+    "roi_com_z_mm": ("world z of the ROI's centre of mass", "mm"),
+    "roi_peak_x_mm": ("world x of the ROI's largest logp", "mm"),
+    "roi_peak_y_mm": ("world y of the ROI's largest logp", "mm"),
+    "roi_peak_z_mm": ("world z of the ROI's largest logp", "mm"),
+    "roi_peak_value": ("largest logp in the ROI", "1"),
+    "roi_mean_value": ("mean logp over the ROI", "1"),
+}
+_TIME_COORDS = {
+    "condition": {"long_name": "condition of the volume (from the labels)"},
+    "run": {"long_name": "run of the volume", "units": "1"},
+    "volume": {"long_name": "index of the volume in the concatenated runs", "units": "1"},
+}
+_MAPS = ("mean_epi", "tstat", "logp", "roi_mask", "dilated_mask", "atlas")
+
+
+def _with_attrs(name: str, var: xr.DataArray | np.ndarray, dims=None, **fields) -> xr.Variable:
+    long_name, units = RESULTS_VARIABLES[name]
+    long_name = long_name.format(**fields)
+    if isinstance(var, xr.DataArray):
+        attrs = {**var.attrs, "long_name": long_name, "units": units}
+        return xr.Variable(var.dims, np.asarray(var.values), attrs)
+    return xr.Variable(dims, np.asarray(var), {"long_name": long_name, "units": units})
+
+
+def results_dataset(result: PipelineResult) -> xr.Dataset:
+    """A subject's results as one Dataset, read by plain xarray (``results.zarr``, study).
+
+    One schema whatever the number of ROIs (0 included), every array in memory:
+
+    * maps ``mean_epi``, ``tstat``, ``logp`` (float32), ``roi_mask``,
+      ``dilated_mask`` (uint8) and ``atlas`` (int32) on ``(x, y, z)``, each
+      keeping the grid attributes of a roidask image (``roidask.io.to_nifti``
+      writes it back on the source grid);
+    * coordinates ``x``, ``y``, ``z`` (voxel indices, int64) and, when the affine
+      is axis-aligned, ``x_mm``, ``y_mm``, ``z_mm`` (world mm of the voxel centres;
+      :func:`roidask.io.grid.spatial_coords`);
+    * ``signals`` on ``(roi, time)`` (float64; float32 from float32 data), with
+      ``time`` (s, the index), ``condition`` (fixed-width unicode, numpy ``<U``),
+      ``run`` and ``volume`` (int64) along ``time``;
+    * the ROI table (:data:`roidask.io.tables.ROI_TABLE_COLUMNS`) as variables
+      ``roi_<column>`` along ``roi``, whose values are the atlas labels (int64);
+    * ``long_name`` and ``units`` on every variable (:data:`RESULTS_VARIABLES`);
+    * dataset attributes a reader uses as they are (no JSON to parse): the
+      parameters (``contrast`` as a list, ``fwhm_mm``, ``test``, ``clip``,
+      ``threshold``, ``dilation_iterations``, ``connectivity``,
+      ``min_roi_voxels``, ``keep_largest``, ``strategy``; ``null`` when unset),
+      ``tr_s``, ``n_rois``, the grid (``affine``: 4x4 nested list mapping voxel
+      indices ``(x, y, z, 1)`` to world mm, NIfTI RAS+; ``voxel_size_mm``;
+      ``xyz_units``), ``source`` (roidask's version) and
+      ``roidask_results_format`` (:data:`RESULTS_FORMAT`).
+    """
+    maps = result.maps
+    ref = maps["logp"]
+    affine = affine_of(ref)
+    coords: dict = dict(spatial_coords(ref.shape, affine))
+    table = result.rois.set_index("label")
+    labels = table.index.to_numpy().astype(np.int64)
+    signals = result.signals.transpose("roi", "time")
+    if not np.array_equal(np.asarray(signals["roi"].values), labels):
+        raise AssertionError("signals and the ROI table have different ROIs")  # a bug
+    coords["roi"] = ("roi", labels, {"long_name": "ROI label (its value in atlas)", "units": "1"})
+    time = signals["time"]
+    coords["time"] = ("time", np.asarray(time.values, dtype=np.float64), dict(time.attrs))
+    n_time = time.size
+    volume = signals["volume"].values if "volume" in signals.coords else np.arange(n_time)
+    time_values = {
+        "condition": np.asarray(signals["condition"].values).astype(str),
+        "run": np.asarray(signals["run"].values, dtype=np.int64),
+        "volume": np.asarray(volume, dtype=np.int64),
+    }
+    for name, values in time_values.items():
+        coords[name] = ("time", values, _TIME_COORDS[name])
+    data = {name: _with_attrs(name, maps[name]) for name in _MAPS}
+    data["signals"] = _with_attrs(
+        "signals", np.asarray(signals.values), ("roi", "time"), strategy=result.params.strategy
+    )
+    for column in table.columns:
+        name = f"roi_{column}"
+        dtype = np.int64 if column == "n_voxels" else np.float64
+        data[name] = _with_attrs(name, table[column].to_numpy().astype(dtype), ("roi",))
+    params = {("fwhm_mm" if k == "fwhm" else k): v for k, v in result.params.to_dict().items()}
+    attrs = {
+        "title": "roidask ROI analysis of one subject",
+        "source": f"roidask {roidask_version}",
+        "roidask_results_format": RESULTS_FORMAT,
+        **params,
+        "tr_s": result.signals.attrs.get("tr_s"),
+        "n_rois": len(labels),
+        "affine": affine.tolist(),
+        "voxel_size_mm": voxel_size_mm(affine).tolist(),
+        "xyz_units": ref.attrs.get("xyz_units", "mm"),
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
 def compute(*objs, progress: bool = False, local: bool = False):
@@ -276,7 +388,9 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
     return mask_values(mask)
 
 
-def _empty_signals(bold: xr.DataArray) -> xr.DataArray:
+def _empty_signals(bold: xr.DataArray, strategy: str) -> xr.DataArray:
+    attrs = {"strategy": strategy}
+    attrs.update({k: bold.attrs[k] for k in ("tr_s", "time_units") if k in bold.attrs})
     return xr.DataArray(
         np.zeros((0, bold.sizes["time"])),
         dims=("roi", "time"),
@@ -285,6 +399,7 @@ def _empty_signals(bold: xr.DataArray) -> xr.DataArray:
             **{k: v for k, v in bold.coords.items() if v.dims == ("time",)},
         },
         name="signals",
+        attrs=attrs,
     )
 
 
@@ -440,7 +555,7 @@ def roi_pipeline(
         (signals_np,) = compute(signals.data, progress=progress, local=one.box is not None)
         signals = signals.copy(data=signals_np)
     else:  # already warned above
-        rois, signals = _empty_rois(), _empty_signals(bold)
+        rois, signals = _empty_rois(), _empty_signals(bold, params.strategy)
     timings["extraction"] = time.perf_counter() - t0
 
     maps = xr.Dataset(

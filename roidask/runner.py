@@ -20,6 +20,7 @@ from roidask.io.nifti import NiftiSource
 from roidask.io.store_write import convert
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
+from roidask.outputs.study import SubjectNode
 from roidask.outputs.writer import prepare_output, write_results
 from roidask.pipeline import PipelineParams, PipelineResult, check_inputs, roi_pipeline
 
@@ -43,6 +44,7 @@ def run_subject(
     progress: bool = False,
     inputs: list[dict] | Future | None = None,
     extra_provenance: dict | None = None,
+    study_node: SubjectNode | None = None,
 ) -> PipelineResult:
     """Validate inputs, run the ROI pipeline on one subject and write its outputs.
 
@@ -69,6 +71,9 @@ def run_subject(
         Input records (path, size, SHA-256), precomputed or under way; by default
         they are hashed while the pipeline runs.
     extra_provenance : dict, optional
+    study_node : SubjectNode, optional
+        Also write the results as this node of a study store, once ``out`` is
+        written (:mod:`roidask.outputs.study`; the batch driver publishes it).
 
     Returns
     -------
@@ -113,6 +118,8 @@ def run_subject(
         extra_provenance=extra_provenance,
         started_utc=started,
     )
+    if study_node is not None:
+        study_node.write(result)
     return result
 
 

@@ -14,9 +14,13 @@ grow with the batch.
 
 Before anything is written, every input file of every subject must exist and be
 readable and non-empty, and every existing output folder must be roidask's.
+Every subject's results also go into one study store, ``DIR/study.zarr``
+(:mod:`roidask.outputs.study`): the subject's run writes its node, this driver
+publishes it once complete.
+
 Resume: a subject whose ``provenance.json`` records the same fingerprint
-(parameters and input checksums) is skipped; the others are redone. A failing
-subject (a corrupt file, data on another grid, ...) is reported in
+(parameters and input checksums), and whose study node too, is skipped; the
+others are redone. A failing subject (a corrupt file, data on another grid, ...) is reported in
 ``DIR/batch.tsv`` and does not stop the others. A worker lost mid-batch only
 costs time: its tasks are recomputed.
 """
@@ -47,6 +51,7 @@ from roidask.io.conversions import as_image
 from roidask.io.nifti import NiftiSource
 from roidask.onepass import USABLE_FRACTION, WORKER_BASE_BYTES, MemoryPlan, memory_plan
 from roidask.outputs.provenance import input_records, utc_now
+from roidask.outputs.study import GROUP_NODE, STUDY_NAME, Study, SubjectNode
 from roidask.outputs.writer import SUBJECT_KIND
 from roidask.pipeline import PipelineParams, mask_values
 from roidask.runner import run_subject
@@ -87,6 +92,24 @@ def _is_complete(out: Path, digest: str) -> bool:
     if not isinstance(record, dict) or record.get("fingerprint") != digest:
         return False
     return all((out / name).exists() for name in record.get("outputs", []))
+
+
+def _study_has(study: Study | None, spec: SubjectSpec, digest: str) -> bool:
+    """The subject's study node is complete with ``digest`` (and is published), or no study."""
+    if study is None:
+        return True
+    if not study.has(spec.out_name, digest):
+        return False
+    study.publish(spec.out_name, fingerprint=digest)  # a driver killed before publishing it
+    return True
+
+
+def _study_node(study: Study | None, spec: SubjectSpec, digest: str) -> SubjectNode | None:
+    """The node the subject's run writes, hidden from readers until it is published."""
+    if study is None:
+        return None
+    study.unpublish(spec.out_name)
+    return study.node(spec.out_name, subject=spec.subject, fingerprint=digest)
 
 
 def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
@@ -198,6 +221,7 @@ def run_batch(
     max_concurrent: int | None = None,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    study: bool = True,
 ) -> pd.DataFrame:
     """Run the ROI pipeline for every subject, concurrently, then the group level.
 
@@ -208,7 +232,8 @@ def run_batch(
     ----------
     specs : list of SubjectSpec
     out_dir : path
-        Batch folder: ``sub-<id>/`` per subject, ``batch.tsv``, ``group/``.
+        Batch folder: ``sub-<id>/`` per subject, ``batch.tsv``, ``group/`` and
+        ``study.zarr``.
     params : PipelineParams, optional
     chunks : dict or str, optional
         BOLD chunking (results do not depend on it).
@@ -221,6 +246,9 @@ def run_batch(
         Print one line per finished subject.
     log : callable, optional
         Receives progress lines (default: print to stderr when ``progress``).
+    study : bool
+        Also write every subject's results, and the group level, into the study
+        store ``out_dir/study.zarr`` (:mod:`roidask.outputs.study`).
 
     Returns
     -------
@@ -239,6 +267,7 @@ def run_batch(
     params = params or PipelineParams()
     check_subject_files(specs)
     out_dir = prepare_batch_folder(out_dir, specs)
+    study_store = Study(out_dir / STUDY_NAME, param="out") if study else None
     if log is None:
 
         def log(line: str) -> None:
@@ -258,7 +287,7 @@ def run_batch(
         try:
             clean_stale(out)
             digest, inputs = fingerprint(spec, params)
-            if _is_complete(out, digest):
+            if _is_complete(out, digest) and _study_has(study_store, spec, digest):
                 prov = json.loads((out / "provenance.json").read_text())
                 row.update(status="skipped", n_rois=prov.get("n_rois", ""))
                 return row
@@ -284,7 +313,10 @@ def run_batch(
                 progress=False,
                 inputs=inputs,
                 extra_provenance=extra,
+                study_node=_study_node(study_store, spec, digest),
             )
+            if study_store is not None:
+                study_store.publish(spec.out_name, fingerprint=digest)
             row.update(status="done", n_rois=result.n_rois)
         except (RoidaskError, OSError) as exc:
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -324,10 +356,14 @@ def run_batch(
     ]
     group_error = out_dir / "group-error.txt"
     group_error.unlink(missing_ok=True)  # from an earlier run
+    group_done = False
     if len(done) >= 2:
         try:
-            group_level(done, out_dir / "group")
+            group_level(done, out_dir / "group", study=study_store)
+            group_done = True
         except RoidaskError as exc:
             log(f"group level: failed ({exc})")
             write_text(group_error, f"{exc}\n")
+    if study_store is not None and not group_done:
+        study_store.unpublish(GROUP_NODE)  # no group level of these subjects
     return pd.DataFrame([rows[s.subject] for s in specs], columns=list(BATCH_COLUMNS))

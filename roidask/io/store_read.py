@@ -49,6 +49,7 @@ __all__ = [
     "STORE_ATTR",
     "STORE_FORMAT",
     "DamagedChunk",
+    "group_records",
     "ignore_consolidated_warning",
     "is_store",
     "list_subjects",
@@ -56,6 +57,7 @@ __all__ = [
     "open_subject",
     "require_store",
     "subject_dataset",
+    "verify_groups",
     "verify_store",
 ]
 
@@ -70,17 +72,28 @@ CHUNK_GRIDS_ATTR = "roidask_chunk_grids"
 
 
 def ignore_consolidated_warning() -> None:
-    """Silence zarr's warning that consolidated metadata is not in the v3 spec.
+    """Silence zarr's warnings about two things roidask's stores do on purpose.
 
-    roidask consolidates the metadata of its stores and results on purpose (so that
-    plain ``xr.open_zarr`` / ``open_datatree`` need no fallback), and zarr warns about
-    it every time, from any thread. A process-wide filter for that one message, not
-    :class:`warnings.catch_warnings`: blocks of it in concurrent threads (subjects
-    written at once) restore each other's filters and can leave "ignore everything"
-    behind. Idempotent (the filter is not added twice).
+    * Consolidated metadata "is not part of the v3 specification": roidask
+      consolidates the metadata of its stores and results so that plain
+      ``xr.open_zarr`` / ``open_datatree`` need no fallback.
+    * Fixed-width unicode arrays (numpy ``<U``, e.g. the ``condition``
+      coordinate) have "no Zarr V3 specification": zarr stores them with the
+      ``fixed_length_utf32`` data type (registered in zarr-extensions, read by
+      zarr-python and zarrs) and reads them back as ``<U``, so plain xarray gives
+      numpy strings (``.astype(str)`` works); zarr's variable-length ``string``
+      type reads back as numpy ``StringDType``, where it does not.
+
+    Process-wide filters for these messages, not :class:`warnings.catch_warnings`:
+    blocks of it in concurrent threads (subjects written at once) restore each
+    other's filters and can leave "ignore everything" behind. Idempotent (a filter
+    is not added twice).
     """
     warnings.filterwarnings(
         "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+    )
+    warnings.filterwarnings(
+        "ignore", message=r"The data type \(FixedLengthUTF32", category=FutureWarning
     )
 
 
@@ -154,8 +167,8 @@ def require_store(store: str | os.PathLike, *, param: str = "store") -> Path:
     return path
 
 
-def _subject_records(path: Path, param: str | None = None) -> dict[str, dict]:
-    """Every subject group's attributes, read from the group metadata files."""
+def group_records(path: Path, param: str | None = None) -> dict[str, dict]:
+    """Every child group's attributes, read from the group metadata files (not consolidated)."""
     out = {}
     for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
@@ -172,7 +185,7 @@ def list_subjects(store: str | os.PathLike, *, include_incomplete: bool = False)
     path = require_store(store)
     return [
         name
-        for name, attrs in _subject_records(path).items()
+        for name, attrs in group_records(path).items()
         if include_incomplete or attrs.get(COMPLETE_ATTR) is True
     ]
 
@@ -353,7 +366,7 @@ def open_subject(
         The store was written without checksums (format 1).
     """
     path = require_store(store, param=param)
-    records = _subject_records(path, param)
+    records = group_records(path, param)
     complete = sorted(n for n, a in records.items() if a.get(COMPLETE_ATTR) is True)
     if subject is None:
         if len(complete) != 1:
@@ -474,7 +487,7 @@ def subject_dataset(tree: xr.DataTree, *, subject: str | None, param: str = "img
 class DamagedChunk:
     """One damaged (or missing) chunk found by :func:`verify_store`."""
 
-    subject: str
+    subject: str  # the group (a subject, or a study's node)
     array: str
     chunk: str
     reason: str
@@ -497,16 +510,26 @@ def verify_store(store: str | os.PathLike, *, subject: str | None = None) -> lis
         checksums (format 1) can only be checked for chunks that fail to decode.
     """
     path = require_store(store)
-    records = _subject_records(path)
+    records = group_records(path)
     names = [subject] if subject is not None else sorted(records)
-    damaged = []
     for name in names:
         if name not in records:
             raise StoreError(
                 f"subject: no subject {name!r} in {path}; the store holds {sorted(records)}",
                 param="subject",
             )
-        grids = records[name].get(CHUNK_GRIDS_ATTR) or {}
+    return verify_groups(path, {name: records[name] for name in names})
+
+
+def verify_groups(path: Path, records: dict[str, dict]) -> list[DamagedChunk]:
+    """Check every chunk of the groups ``records`` (name -> attributes) of the store ``path``.
+
+    A chunk listed in a group's chunk inventory (:data:`CHUNK_GRIDS_ATTR`) but absent
+    is reported ``missing``; every present chunk is read (checksum, decompression).
+    """
+    damaged = []
+    for name, attrs in records.items():
+        grids = attrs.get(CHUNK_GRIDS_ATTR) or {}
         for array_name, key in _missing_chunks(path, name, grids):
             damaged.append(DamagedChunk(name, array_name, key, "missing"))
         missing = {(d.array, d.chunk) for d in damaged if d.subject == name}

@@ -275,6 +275,7 @@ def test_batch_on_embedded_cluster(dataset, reference, tmp_path):
         MARKER,
         "batch.tsv",
         "group",
+        "study.zarr",
         "sub-01",
         "sub-02",
         "sub-03",
