@@ -61,7 +61,8 @@ def run_subject(
     chunks : dict or str, optional
         BOLD chunking; the results do not depend on it.
     box_max_bytes : int, optional
-        Memory for the ROI box kept by the pass (see :func:`roidask.pipeline.roi_pipeline`).
+        Memory for the ROI box kept by the pass (see :func:`roidask.pipeline.roi_pipeline`);
+        a larger box is written to a temporary file beside ``out``.
     tr_s : float, optional
         Repetition time in seconds (default: from the header).
     plots, overwrite, progress : bool
@@ -98,6 +99,7 @@ def run_subject(
             subject=subject,
             chunks=chunks,
             box_max_bytes=box_max_bytes,
+            temp_dir=out.parent,
             progress=progress,
         )
     else:
@@ -134,10 +136,9 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, bo
     image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
     check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
     gz = any(str(p).lower().endswith(".gz") for p in bold)
+    options = {"box_max_bytes": box_max_bytes, "temp_dir": out.parent, "progress": progress}
     if not gz or active_client() is None:
-        return roi_pipeline(
-            image, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
-        )
+        return roi_pipeline(image, mask_img=mask, params=params, **options)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.convert-") as tmp:
         store = convert(
             bold,
@@ -147,6 +148,4 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, bo
             chunks=chunks,
             progress=progress,
         )
-        return roi_pipeline(
-            store, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
-        )
+        return roi_pipeline(store, mask_img=mask, params=params, **options)

@@ -293,8 +293,21 @@ def _weight_plans(index: np.ndarray, n_roi: int, sigma: np.ndarray, chunks3):
 
 # -- chunk kernels --------------------------------------------------------------------------
 def _gather(block: np.ndarray, vox: np.ndarray, dtype) -> np.ndarray:
-    """Rows of the plan's voxels, (n_vox, n_t), non-finite values set to 0."""
-    rows = block.reshape(-1, block.shape[-1])[vox].astype(dtype, copy=False)
+    """Rows of the plan's voxels, (n_vox, n_t), non-finite values set to 0.
+
+    ``vox`` are flat C-order indices in the chunk. A Fortran-ordered chunk (NIfTI
+    blocks, the pass's box and temporary file) is gathered without copying the
+    whole chunk to C order first: each volume is contiguous there. The rows are
+    C-ordered either way (the reductions' rounding depends on the memory order).
+    """
+    n_t = block.shape[-1]
+    if block.ndim > 2 and block.flags.f_contiguous and not block.flags.c_contiguous:
+        shape = block.shape[:-1]
+        vox_f = np.ravel_multi_index(np.unravel_index(vox, shape), shape, order="F")
+        volumes = block.reshape(-1, n_t, order="F").T  # (n_t, n_voxels), C-contiguous
+        rows = np.ascontiguousarray(volumes[:, vox_f].T).astype(dtype, copy=False)
+    else:
+        rows = block.reshape(-1, n_t)[vox].astype(dtype, copy=False)
     if rows.dtype.kind == "f":
         rows[~np.isfinite(rows)] = 0
     return rows
@@ -362,23 +375,46 @@ def _median_rows(
 
 
 # -- graph ------------------------------------------------------------------------------------
+def _per_chunk(func, sub: da.Array, out: str, new_axes: dict, dtype, name: str, **kwargs):
+    """``func`` on every chunk of ``sub`` (one spatial chunk), new axes ``out`` + time.
+
+    The spatial indices are kept (as axes of length 1, then dropped) rather than
+    contracted, so every chunk reaches ``func`` as read: contracting them makes
+    dask copy each chunk (``concatenate3``) even when there is only one.
+    """
+    result = da.blockwise(
+        _keep_spatial_axes,
+        f"{out}xyz",
+        sub,
+        "xyzt",
+        new_axes=new_axes,
+        adjust_chunks={"x": 1, "y": 1, "z": 1},
+        dtype=dtype,
+        meta=np.empty((0,) * (len(out) + 3), dtype=dtype),
+        name=name,
+        kernel=func,
+        **kwargs,
+    )
+    return result[(Ellipsis, 0, 0, 0)]
+
+
+def _keep_spatial_axes(block: np.ndarray, *, kernel, **kwargs) -> np.ndarray:
+    return kernel(block, **kwargs)[..., None, None, None]
+
+
 def _reduce_partials(arr: da.Array, plans: dict, kind: str, n_roi: int, token: str) -> da.Array:
     """(n_stats, n_roi, n_time) statistics combined over the spatial chunks."""
     k = _N_STATS[kind]
     parts = []
     for block, plan in plans.items():
-        sub = arr.blocks[block]
         parts.append(
-            da.blockwise(
+            _per_chunk(
                 _chunk_partial,
+                arr.blocks[block],
                 "krt",
-                sub,
-                "xyzt",
-                new_axes={"k": k, "r": n_roi},
-                concatenate=True,
-                dtype=np.float64,
-                meta=np.empty((0, 0, 0), dtype=np.float64),
-                name=f"roi-partial-{token}-{'-'.join(map(str, block))}",
+                {"k": k, "r": n_roi},
+                np.float64,
+                f"roi-partial-{token}-{'-'.join(map(str, block))}",
                 plan=plan,
                 kind=kind,
                 n_roi=n_roi,
@@ -411,18 +447,14 @@ def _median_graph(arr: da.Array, plans: dict, n_roi: int, token: str) -> da.Arra
     work = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float64)
     parts, rois = [], []
     for block, plan in plans.items():
-        sub = arr.blocks[block]
         parts.append(
-            da.blockwise(
+            _per_chunk(
                 _gather_rows,
+                arr.blocks[block],
                 "vt",
-                sub,
-                "xyzt",
-                new_axes={"v": plan.vox.size},
-                concatenate=True,
-                dtype=work,
-                meta=np.empty((0, 0), dtype=work),
-                name=f"roi-gather-{token}-{'-'.join(map(str, block))}",
+                {"v": plan.vox.size},
+                work,
+                f"roi-gather-{token}-{'-'.join(map(str, block))}",
                 vox=plan.vox,
                 work=work,
             )
