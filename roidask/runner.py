@@ -133,7 +133,8 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, bo
     # Validate everything (headers, labels, grids, contrast, mask) before any voxel is read.
     if chunks is None:
         chunks = {"time": nifti_block_volumes(NiftiSource.open(bold[0], ndim=4, param="bold"))}
-    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
+    # stored integers of scaled int16 runs: half the bytes in the box or temporary file
+    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks, scaled=False)
     check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
     gz = any(str(p).lower().endswith(".gz") for p in bold)
     options = {"box_max_bytes": box_max_bytes, "temp_dir": out.parent, "progress": progress}

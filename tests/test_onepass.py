@@ -318,7 +318,7 @@ def test_pass_tiles_are_the_tiles_near_the_mask(
     sigma = fwhm_to_sigma_voxels(affine, fwhm)
     grow = [iterations + gaussian_radius(s) for s in sigma]
     grown = ndimage.maximum_filter(mask, size=[2 * g + 1 for g in grow], mode="constant")
-    bounds = [spill_module.tile_bounds(n) for n in shape]
+    bounds = spill_module.tile_grid(shape)
     want = np.zeros([len(b) - 1 for b in bounds], dtype=bool)
     for tile in np.ndindex(*want.shape):
         sl = tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, tile, strict=True))
@@ -348,7 +348,7 @@ def test_kept_voxels_box_in_memory_or_tiles_on_disk():
 def test_pass_refuses_a_temporary_file_of_another_series(haxby, tmp_path):
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
     with spill_file(
-        tmp_path, shape=(40, 20, 1, 10), dtype=np.int16, kept=np.ones((2, 1, 1), bool)
+        tmp_path, shape=(40, 20, 1, 10), dtype=np.int16, kept=np.ones((1, 1, 1), bool)
     ) as spill:
         with pytest.raises(InvalidParameterError, match=r"spill: a file for \(40, 20, 1, 10\)"):
             contrast_pass(bold, contrast=("face", "house"), fwhm=6.0, spill=spill)

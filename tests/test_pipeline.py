@@ -27,6 +27,7 @@ from roidask.exceptions import (
 )
 from roidask.io import bold_from_nifti, convert
 from roidask.io.grid import affine_of
+from roidask.io.nifti import NiftiSource
 from roidask.pipeline import PipelineParams, roi_pipeline
 
 
@@ -431,7 +432,7 @@ def test_whole_brain_subject_equals_nilearn_reading_only_the_rois_tiles(
     from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
 
     subject, reference, reference64 = whole_brain
-    monkeypatch.setattr(spill, "TILE_EDGE", 8)  # 3 x 4 x 3 tiles
+    monkeypatch.setattr(spill, "TILE_EDGE", 6)  # 1 x 5 x 4 tiles
     monkeypatch.setattr(onepass, "BOX_MAX_BYTES", 2**20)
     reads = []
     original = spill.SpillFile.read
@@ -454,7 +455,7 @@ def test_whole_brain_subject_equals_nilearn_reading_only_the_rois_tiles(
     atlas = result.maps["atlas"].values
     radius = [gaussian_radius(s) for s in fwhm_to_sigma_voxels(affine_of(bold), 6.0)]
     support = ndimage.maximum_filter(atlas > 0, size=[2 * r + 1 for r in radius])
-    bounds = [spill.tile_bounds(n) for n in atlas.shape]
+    bounds = spill.tile_grid(atlas.shape)
     want = {
         tile
         for tile in np.ndindex(*[len(b) - 1 for b in bounds])
@@ -527,3 +528,42 @@ def test_killed_run_leaves_a_temporary_file_that_clean_stale_removes(haxby, tmp_
     assert temp_files(tmp_path) == [left] and not out.exists()
     assert [p.name for p in clean_stale(tmp_path / "roidask-voxels")] == [left]
     assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("whole_brain", ["int16-scaled"], indirect=True)
+def test_stored_integers_give_the_same_bits(whole_brain, monkeypatch, tmp_path):
+    """A scaled int16 series read as its stored integers (half the bytes kept in memory or
+    written to the temporary file, as ``roidask run`` reads NIfTI) gives the same bits as
+    its float32 values, with the box in memory or the temporary file."""
+    from roidask import onepass
+    from roidask.io import spill
+
+    subject, _, _ = whole_brain
+    assert NiftiSource.open(subject.bold).is_scaled
+    monkeypatch.setattr(spill, "TILE_EDGE", 6)
+    for limit in (None, 0):
+        for strategy in ("mean", "median"):
+            results = []
+            for scaled in (True, False):
+                bold = bold_from_nifti(subject.bold, labels=subject.labels, scaled=scaled)
+                assert (bold.dtype == np.int16) != scaled
+                results.append(
+                    roi_pipeline(
+                        bold,
+                        mask_img=subject.brain_mask,
+                        params=PipelineParams(strategy=strategy),
+                        box_max_bytes=limit,
+                        temp_dir=tmp_path,
+                    ).to_dataset()
+                )
+            xr.testing.assert_identical(*results)
+    sizes = []
+    for scaled in (True, False):
+        bold = bold_from_nifti(subject.bold, labels=subject.labels, scaled=scaled)
+        mask = np.asarray(nib.load(subject.brain_mask).dataobj) != 0
+        keep = onepass.kept_voxels(
+            mask, affine_of(bold), n_volumes=300, dtype=bold.dtype, fwhm=6.0,
+            dilation_iterations=1, box_max_bytes=0,
+        )  # fmt: skip
+        sizes.append(spill.SpillFile.layout(tmp_path, bold.shape, bold.dtype, keep.tiles).nbytes)
+    assert sizes[1] * 2 == sizes[0]

@@ -47,6 +47,7 @@ __all__ = [
     "header_to_b64",
     "is_nifti_path",
     "release_handles",
+    "scale_stored",
     "write_nifti",
 ]
 
@@ -67,6 +68,21 @@ def float_dtype_for(dtype: np.dtype) -> np.dtype:
     if dtype.kind in "iu" and dtype.itemsize <= 2:
         return np.dtype(np.float32)
     return np.dtype(np.float64)
+
+
+def scale_stored(stored: np.ndarray, slope: float, inter: float, dtype=None) -> np.ndarray:
+    """Stored NIfTI values scaled, ``stored * slope + inter``, in the float ``dtype``.
+
+    Rounded as :meth:`NiftiSource.read` reads them: cast, multiply, add. ``dtype``
+    defaults to :func:`float_dtype_for` the stored type; the result keeps the
+    memory order of ``stored``. (Measured and not faster: a table of every scaled
+    16-bit value, a gather; casting within the multiplication.)
+    """
+    dtype = float_dtype_for(stored.dtype) if dtype is None else np.dtype(dtype)
+    out = stored.astype(dtype)
+    out *= dtype.type(slope)
+    out += dtype.type(inter)
+    return out
 
 
 def header_to_b64(header: nib.Nifti1Header) -> str:
@@ -317,10 +333,7 @@ class NiftiSource:
         shape = (*self.volume_shape, n) if self.ndim == 4 else self.volume_shape
         arr = arr.reshape(shape, order="F").astype(self.raw_dtype.newbyteorder("="), copy=False)
         if scaled and self.is_scaled:
-            out = arr.astype(self.dtype)
-            out *= self.dtype.type(self.slope)
-            out += self.dtype.type(self.inter)
-            return out
+            return scale_stored(arr, self.slope, self.inter, self.dtype)
         return arr
 
     def iter_blocks(self, block_volumes: int, *, scaled: bool = True):
@@ -349,8 +362,7 @@ class NiftiSource:
                     arr = arr.reshape((*self.volume_shape, n), order="F")
                     arr = arr.astype(self.raw_dtype.newbyteorder("="), copy=False)
                     if scaled and self.is_scaled:
-                        arr = arr.astype(self.dtype) * self.dtype.type(self.slope)
-                        arr += self.dtype.type(self.inter)
+                        arr = scale_stored(arr, self.slope, self.inter, self.dtype)
                     yield start, stop, arr
         except (EOFError, zlib.error, gzip.BadGzipFile, isal_zlib.error) as exc:
             raise CorruptFileError(

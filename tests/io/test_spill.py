@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from roidask._atomic import clean_stale
 from roidask.exceptions import InvalidParameterError, OutputError
 from roidask.io import spill as spill_module
-from roidask.io.spill import SPILL_NAME, SpillFile, spill_file, tile_bounds
+from roidask.io.spill import SPILL_NAME, SpillFile, spill_file, tile_bounds, tile_grid
 
 
 def spill_files(folder):
@@ -38,7 +38,7 @@ def problems(draw):
     shape = tuple(draw(st.integers(1, n)) for n in (9, 8, 7))
     n_t = draw(st.integers(1, 12))
     edge = draw(st.integers(2, 5))
-    grid = [len(tile_bounds(n, edge)) - 1 for n in shape]
+    grid = [1] + [len(tile_bounds(n, edge)) - 1 for n in shape[1:]]  # x: one tile
     kept = np.array(draw(st.lists(st.booleans(), min_size=int(np.prod(grid)))))
     kept = kept[: int(np.prod(grid))].reshape(grid)
     # volume blocks written in any order, as the pass's tasks finish
@@ -89,13 +89,19 @@ def test_blocks_written_in_any_order_read_back_by_tile(problem, tmp_path_factory
     assert spill_files(folder) == []
 
 
+def test_tiles_span_x_and_cut_y_and_z(monkeypatch):
+    monkeypatch.setattr(spill_module, "TILE_EDGE", 4)
+    bounds = tile_grid((9, 8, 5))
+    assert [b.tolist() for b in bounds] == [[0, 9], [0, 4, 8], [0, 2, 5]]
+
+
 def test_file_holds_only_kept_tiles(tmp_path, monkeypatch):
     monkeypatch.setattr(spill_module, "TILE_EDGE", 4)
-    kept = np.zeros((2, 2, 1), dtype=bool)
-    kept[1, 0, 0] = True
+    kept = np.zeros((1, 2, 1), dtype=bool)
+    kept[0, 1, 0] = True
     with spill_file(tmp_path, shape=(8, 8, 3, 10), dtype=np.int16, kept=kept) as spill:
-        assert spill.nbytes == 4 * 4 * 3 * 10 * 2
-        assert spill.starts[1, 0, 0] == 0 and (spill.starts[~kept] == -1).all()
+        assert spill.nbytes == 8 * 4 * 3 * 10 * 2
+        assert spill.starts[0, 1, 0] == 0 and (spill.starts[~kept] == -1).all()
         assert spill.path.name.startswith(f".{SPILL_NAME}.roidask-tmp-{os.getpid()}-")
 
 
@@ -161,12 +167,12 @@ def test_bad_folder_or_no_space_is_refused_before_writing(tmp_path, monkeypatch)
     monkeypatch.setattr(spill_module.shutil, "disk_usage", lambda _: usage._replace(free=100))
     with (
         pytest.raises(OutputError, match=r"needs 1 MiB, only 0 MiB are free there"),
-        spill_file(tmp_path, shape=(64, 64, 64, 2), dtype=np.int16, kept=np.ones((2, 2, 2), bool)),
+        spill_file(tmp_path, shape=(64, 64, 64, 2), dtype=np.int16, kept=np.ones((1, 2, 2), bool)),
     ):
         pass
     assert spill_files(tmp_path) == []
     with pytest.raises(InvalidParameterError, match="kept: expected a tile grid of shape"):
-        SpillFile.layout(tmp_path / "x", (40, 40, 40, 2), np.int16, kept)
+        SpillFile.layout(tmp_path / "x", (40, 40, 40, 2), np.int16, np.ones((2, 2, 2), bool))
 
 
 def test_missing_file_is_named(tmp_path):
