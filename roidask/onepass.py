@@ -570,8 +570,13 @@ def contrast_pass(
     return dask.delayed(_finish, pure=True)(total, box, spill, scaling)
 
 
-def box_image(result: PassResult, bold: xr.DataArray) -> xr.DataArray:
-    """The kept raw voxels as a 4D roidask image on the box (affine shifted to it)."""
+def box_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) -> xr.DataArray:
+    """The kept raw voxels as a 4D roidask image on the box (affine shifted to it).
+
+    For a series of stored integers, ``values=False`` keeps them, with their
+    scaling in ``attrs`` (for :func:`roidask.ops.extract.extract_signals`, which
+    scales only the voxels it gathers); otherwise every chunk is scaled.
+    """
     if result.box is None:
         raise InvalidParameterError("box_image: the pass kept no box")
     # name=False: no hashing of the kept voxels to name the chunks
@@ -580,29 +585,30 @@ def box_image(result: PassResult, bold: xr.DataArray) -> xr.DataArray:
     )
     attrs = {k: v for k, v in bold.attrs.items() if k != "nifti_header"}
     attrs["affine"] = box_affine(affine_of(bold), result.box).tolist()
-    return _values_image(arr, result, bold, attrs)
+    return _kept_image(arr, result, bold, attrs, values)
 
 
-def _values_image(arr: da.Array, result: PassResult, bold: xr.DataArray, attrs) -> xr.DataArray:
-    """Kept voxels as an image of the series' values (stored integers scaled per chunk)."""
-    attrs = {k: v for k, v in attrs.items() if k not in _SCALING_ATTRS}
-    if result.scaling is not None:
+def _kept_image(arr: da.Array, result: PassResult, bold, attrs, values: bool) -> xr.DataArray:
+    """Kept voxels as an image: values, or stored integers with their scaling attrs."""
+    attrs = dict(attrs)
+    if result.scaling is not None and values:
         slope, inter, dtype = result.scaling
         arr = arr.map_blocks(scale_stored, slope, inter, dtype, dtype=dtype)
+        attrs = {k: v for k, v in attrs.items() if k not in _SCALING_ATTRS}
     coords = {k: v for k, v in bold.coords.items() if v.dims == ("time",)}
     return xr.DataArray(arr, dims=BOLD_DIMS, coords=coords, name=bold.name, attrs=attrs)
 
 
-def spill_image(result: PassResult, bold: xr.DataArray) -> xr.DataArray:
+def spill_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) -> xr.DataArray:
     """The voxels the pass wrote to its temporary file, as a lazy 4D roidask image.
 
     On the whole grid of ``bold`` (tiles not written read as zeros: no ROI signal
     depends on them), chunked in tiles; a chunk holds at most
     :data:`SPILL_CHUNK_BYTES`, and at most one block of the pass. Computing a
-    chunk reads its tile's volumes with one read.
+    chunk reads its tile's volumes with one read. ``values`` as :func:`box_image`.
     """
     if result.spill is None:
         raise InvalidParameterError("spill_image: the pass wrote no temporary file")
     block = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize * max(bold.chunks[3])
     arr = result.spill.to_dask(max_chunk_bytes=min(SPILL_CHUNK_BYTES, block))
-    return _values_image(arr, result, bold, bold.attrs)
+    return _kept_image(arr, result, bold, bold.attrs, values)

@@ -456,12 +456,13 @@ def roi_pipeline(
         t0 = time.perf_counter()
         if np.any(atlas_np):
             rois = roi_table(atlas, stat_img=logp)
+            # stored integers stay so for the linear strategies (scaled as gathered)
+            linear = params.strategy in LINEAR_STRATEGIES
             if one.box is not None:  # the ROIs' raw voxels were kept by the pass
-                source = box_image(one, bold)
+                source = box_image(one, bold, values=not linear)
                 roi_atlas = like_image(np.asarray(atlas_np, dtype=np.int32)[one.box], source)
             else:  # or written to the temporary file: only the tiles the ROIs touch are read
-                source, roi_atlas = spill_image(one, bold), atlas
-            linear = params.strategy in LINEAR_STRATEGIES
+                source, roi_atlas = spill_image(one, bold, values=not linear), atlas
             if not linear:
                 source = smooth_img(source, fwhm=params.fwhm)
             signals = extract_signals(
