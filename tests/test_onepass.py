@@ -348,7 +348,10 @@ def test_kept_voxels_box_in_memory_or_tiles_on_disk():
 def test_pass_refuses_a_temporary_file_of_another_series(haxby, tmp_path):
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
     with spill_file(
-        tmp_path, shape=(40, 20, 1, 10), dtype=np.int16, kept=np.ones((1, 1, 1), bool)
+        tmp_path,
+        shape=(40, 20, 1, 10),
+        dtype=np.int16,
+        kept=np.ones([len(b) - 1 for b in spill_module.tile_grid((40, 20, 1))], bool),
     ) as spill:
         with pytest.raises(InvalidParameterError, match=r"spill: a file for \(40, 20, 1, 10\)"):
             contrast_pass(bold, contrast=("face", "house"), fwhm=6.0, spill=spill)

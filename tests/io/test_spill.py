@@ -20,6 +20,10 @@ from roidask.io import spill as spill_module
 from roidask.io.spill import SPILL_NAME, SpillFile, spill_file, tile_bounds, tile_grid
 
 
+def every_tile(shape) -> np.ndarray:
+    return np.ones([len(b) - 1 for b in tile_grid(shape)], dtype=bool)
+
+
 def spill_files(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith(f".{SPILL_NAME}."))
 
@@ -167,7 +171,7 @@ def test_bad_folder_or_no_space_is_refused_before_writing(tmp_path, monkeypatch)
     monkeypatch.setattr(spill_module.shutil, "disk_usage", lambda _: usage._replace(free=100))
     with (
         pytest.raises(OutputError, match=r"needs 1 MiB, only 0 MiB are free there"),
-        spill_file(tmp_path, shape=(64, 64, 64, 2), dtype=np.int16, kept=np.ones((1, 2, 2), bool)),
+        spill_file(tmp_path, shape=(64, 64, 64, 2), dtype=np.int16, kept=every_tile((64, 64, 64))),
     ):
         pass
     assert spill_files(tmp_path) == []
