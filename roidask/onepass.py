@@ -139,8 +139,9 @@ class PassResult:
         For a series of stored integers (:func:`roidask.io.image.stored_scaling`):
         the kept voxels are the integers, the statistics those of the values.
     cpu_s : dict
-        CPU seconds spent by the pass's tasks: ``statistics`` (sums, smoothing,
-        moments) and ``temporary_writes`` (the spill file), summed over tasks.
+        CPU seconds spent by the pass's tasks, summed over them: ``statistics``
+        (scaling stored integers, sums, smoothing, moments, merges; not the
+        decoding) and ``temporary_writes`` (the spill file).
     """
 
     total: np.ndarray
