@@ -18,13 +18,18 @@ The BOLD data is read once:
 3. **extraction** - every ROI's signal for every volume from the kept box, with
    smoothed ROI weights (exactly equal to extracting from the smoothed data,
    without smoothing every volume). When the box would hold more than
-   :data:`roidask.onepass.BOX_MAX_BYTES` (e.g. a whole-brain mask), no box is
-   kept and the extraction reads the data a second time instead.
+   :data:`roidask.onepass.BOX_MAX_BYTES` (e.g. a whole-brain mask), the pass
+   writes the voxels near the mask to a temporary file cut in spatial tiles
+   instead (``temp_dir``), and the extraction reads back only the tiles the ROIs
+   touch; the file is removed when the run ends, succeeds or fails.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -56,8 +61,9 @@ from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import affine_of, check_same_grid, spatial_coords, voxel_size_mm
 from roidask.io.image import like_image
+from roidask.io.spill import spill_file
 from roidask.io.tables import ROI_TABLE_COLUMNS
-from roidask.onepass import box_image, contrast_pass, kept_box, pass_chunks
+from roidask.onepass import box_image, contrast_pass, kept_voxels, pass_chunks, spill_image
 from roidask.ops import moments as mom_ops
 from roidask.ops.extract import LINEAR_STRATEGIES, STRATEGIES, extract_signals
 from roidask.ops.kernels import fwhm_to_sigma_voxels
@@ -168,7 +174,9 @@ class PipelineResult:
         One row per ROI (label, size, volume, centre of mass, peak).
     params : PipelineParams
     timings_s : dict
-        Wall time of each stage in seconds.
+        Wall time of each stage in seconds (``statistics``: the pass and the
+        t-test; ``rois``; ``extraction``), and the CPU seconds of the pass's tasks
+        (``pass_statistics_cpu``, ``pass_temporary_writes_cpu``: summed over threads).
     """
 
     maps: xr.Dataset
@@ -420,6 +428,7 @@ def roi_pipeline(
     subject: str | None = None,
     chunks=None,
     box_max_bytes: int | None = None,
+    temp_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> PipelineResult:
     """Run the seed ROI analysis on one subject and return computed results.
@@ -442,8 +451,13 @@ def roi_pipeline(
     box_max_bytes : int, optional
         Largest box of raw voxels (bytes, all volumes) the pass keeps in memory for
         the extraction (default :data:`roidask.onepass.BOX_MAX_BYTES`); with a larger
-        box, or 0, the extraction reads the data a second time. Results do not
-        depend on it.
+        box, or 0, the pass writes the voxels near the mask to a temporary file in
+        ``temp_dir``. Results do not depend on it beyond float64 rounding.
+    temp_dir : path, optional
+        Existing folder for that temporary file (default: the system's temporary
+        folder; on a cluster of several machines, a folder they share). It holds at
+        most the raw data (e.g. 3 GB for a 97x115x97x1452 int16 run) and is removed
+        when the run ends; files left by killed runs are removed by the next run.
     progress : bool
         Show progress bars on stderr (on a terminal).
 
@@ -455,6 +469,9 @@ def roi_pipeline(
     ------
     GridMismatchError, ConditionError, ImageDimensionError, InvalidParameterError
         Before any voxel data is read.
+    OutputError
+        ``temp_dir`` is not a writable folder or lacks the space the temporary file
+        needs (before any voxel data is read), or writing it fails.
 
     Warns
     -----
@@ -473,9 +490,7 @@ def roi_pipeline(
     mask_np = check_inputs(bold, mask, params)
     timings = {}
 
-    # 1. one pass: mean EPI, smoothed contrast moments and the ROI box, one read.
-    t0 = time.perf_counter()
-    box = kept_box(  # None: the extraction reads the data again
+    keep = kept_voxels(
         mask_np,
         affine_of(bold),
         n_volumes=bold.sizes["time"],
@@ -484,79 +499,99 @@ def roi_pipeline(
         dilation_iterations=params.dilation_iterations,
         box_max_bytes=box_max_bytes,
     )
-    (one,) = compute(
-        contrast_pass(bold, contrast=params.contrast, fwhm=params.fwhm, box=box),
-        progress=progress,
-    )
-    if one.n_nonfinite:
-        files = ", ".join(bold.attrs.get("source_files") or []) or "bold_img"
-        warnings.warn(
-            f"{files}: {one.n_nonfinite} NaN/inf voxel values (set to 0 before smoothing, as "
-            "nilearn does)",
-            NonFiniteVoxelsWarning,
-            stacklevel=2,
+    with contextlib.ExitStack() as stack:
+        spill = None
+        if keep.tiles is not None:  # too large for memory: a temporary file, removed on exit
+            spill = stack.enter_context(
+                spill_file(
+                    tempfile.gettempdir() if temp_dir is None else temp_dir,
+                    shape=bold.shape,
+                    dtype=bold.dtype,
+                    kept=keep.tiles,
+                )
+            )
+        # 1. one pass: mean EPI, smoothed contrast moments and the ROI box, one read.
+        t0 = time.perf_counter()
+        (one,) = compute(
+            contrast_pass(
+                bold, contrast=params.contrast, fwhm=params.fwhm, box=keep.box, spill=spill
+            ),
+            progress=progress,
         )
-    mean_np = smooth_img(
-        like_image((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
-    ).values
-    tt = mom_ops.ttest_ind(*one.contrast, equal_var=params.test == "student")
-    logp_np = clip_logp(like_image(tt.logp, bold), clip=params.clip).values
-    timings["statistics"] = time.perf_counter() - t0
+        if one.n_nonfinite:
+            files = ", ".join(bold.attrs.get("source_files") or []) or "bold_img"
+            warnings.warn(
+                f"{files}: {one.n_nonfinite} NaN/inf voxel values (set to 0 before smoothing, as "
+                "nilearn does)",
+                NonFiniteVoxelsWarning,
+                stacklevel=2,
+            )
+        mean_np = smooth_img(
+            like_image((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
+        ).values
+        tt = mom_ops.ttest_ind(*one.contrast, equal_var=params.test == "student")
+        logp_np = clip_logp(like_image(tt.logp, bold), clip=params.clip).values
+        timings["statistics"] = time.perf_counter() - t0
+        timings["pass_statistics_cpu"] = one.cpu_s["statistics"]
+        timings["pass_temporary_writes_cpu"] = one.cpu_s["temporary_writes"]
 
-    # 2. ROIs: small 3D operations on the computed maps.
-    t0 = time.perf_counter()
-    mean_epi = like_image(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
-    tstat = like_image(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
-    logp = like_image(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
-    roi_mask = mask_and(threshold_img(logp, threshold=params.threshold), like_image(mask_np, bold))
-    dilated = (
-        binary_dilation(
-            roi_mask, iterations=params.dilation_iterations, connectivity=params.connectivity
+        # 2. ROIs: small 3D operations on the computed maps.
+        t0 = time.perf_counter()
+        mean_epi = like_image(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
+        tstat = like_image(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
+        logp = like_image(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
+        roi_mask = mask_and(
+            threshold_img(logp, threshold=params.threshold), like_image(mask_np, bold)
         )
-        if params.dilation_iterations
-        else roi_mask
-    )
-    atlas, _ = label(dilated, connectivity=params.connectivity)
-    if params.min_roi_voxels > 1:
-        atlas, _ = remove_small(atlas, min_voxels=params.min_roi_voxels)
-    if params.keep_largest is not None:
-        atlas, _ = keep_largest(atlas, k=params.keep_largest)
-    roi_np, dil_np, atlas_np = compute(roi_mask.data, dilated.data, atlas.data, local=True)
-    atlas = like_image(np.asarray(atlas_np, dtype=np.int32), bold, name="atlas")
-    if not np.any(atlas_np):
-        peak = float(np.max(logp_np[mask_np]))
-        warnings.warn(
-            f"no ROI: no voxel of mask_img has -log10 p >= {params.threshold:g} (the peak "
-            f"inside the mask is {peak:.3g}); outputs are written with an empty ROI table",
-            EmptyMaskWarning,
-            stacklevel=2,
+        dilated = (
+            binary_dilation(
+                roi_mask, iterations=params.dilation_iterations, connectivity=params.connectivity
+            )
+            if params.dilation_iterations
+            else roi_mask
         )
-    timings["rois"] = time.perf_counter() - t0
+        atlas, _ = label(dilated, connectivity=params.connectivity)
+        if params.min_roi_voxels > 1:
+            atlas, _ = remove_small(atlas, min_voxels=params.min_roi_voxels)
+        if params.keep_largest is not None:
+            atlas, _ = keep_largest(atlas, k=params.keep_largest)
+        roi_np, dil_np, atlas_np = compute(roi_mask.data, dilated.data, atlas.data, local=True)
+        atlas = like_image(np.asarray(atlas_np, dtype=np.int32), bold, name="atlas")
+        if not np.any(atlas_np):
+            peak = float(np.max(logp_np[mask_np]))
+            warnings.warn(
+                f"no ROI: no voxel of mask_img has -log10 p >= {params.threshold:g} (the peak "
+                f"inside the mask is {peak:.3g}); outputs are written with an empty ROI table",
+                EmptyMaskWarning,
+                stacklevel=2,
+            )
+        timings["rois"] = time.perf_counter() - t0
 
-    # 3. extraction: all ROIs, all volumes, smoothed ROI weights on the raw data.
-    t0 = time.perf_counter()
-    if np.any(atlas_np):
-        rois = roi_table(atlas, stat_img=logp)
-        if one.box is not None:  # the ROIs' raw voxels were kept by the pass
-            source = box_image(one, bold)
-            roi_atlas = like_image(np.asarray(atlas_np, dtype=np.int32)[one.box], source)
-        else:
-            source, roi_atlas = bold, atlas
-        linear = params.strategy in LINEAR_STRATEGIES
-        if not linear:
-            source = smooth_img(source, fwhm=params.fwhm)
-        signals = extract_signals(
-            source,
-            roi_atlas,
-            strategy=params.strategy,
-            **({"fwhm": params.fwhm} if linear else {}),
-        )
-        # The box is already in memory here: extract it in this process.
-        (signals_np,) = compute(signals.data, progress=progress, local=one.box is not None)
-        signals = signals.copy(data=signals_np)
-    else:  # already warned above
-        rois, signals = _empty_rois(), _empty_signals(bold, params.strategy)
-    timings["extraction"] = time.perf_counter() - t0
+        # 3. extraction: all ROIs, all volumes, smoothed ROI weights on the raw data.
+        t0 = time.perf_counter()
+        if np.any(atlas_np):
+            rois = roi_table(atlas, stat_img=logp)
+            # stored integers stay so for the linear strategies (scaled as gathered)
+            linear = params.strategy in LINEAR_STRATEGIES
+            if one.box is not None:  # the ROIs' raw voxels were kept by the pass
+                source = box_image(one, bold, values=not linear)
+                roi_atlas = like_image(np.asarray(atlas_np, dtype=np.int32)[one.box], source)
+            else:  # or written to the temporary file: only the tiles the ROIs touch are read
+                source, roi_atlas = spill_image(one, bold, values=not linear), atlas
+            if not linear:
+                source = smooth_img(source, fwhm=params.fwhm)
+            signals = extract_signals(
+                source,
+                roi_atlas,
+                strategy=params.strategy,
+                **({"fwhm": params.fwhm} if linear else {}),
+            )
+            # The box is already in memory here: extract it in this process.
+            (signals_np,) = compute(signals.data, progress=progress, local=one.spill is None)
+            signals = signals.copy(data=signals_np)
+        else:  # already warned above
+            rois, signals = _empty_rois(), _empty_signals(bold, params.strategy)
+        timings["extraction"] = time.perf_counter() - t0
 
     maps = xr.Dataset(
         {

@@ -63,7 +63,8 @@ def run_subject(
     chunks : dict or str, optional
         BOLD chunking; the results do not depend on it.
     box_max_bytes : int, optional
-        Memory for the ROI box kept by the pass (see :func:`roidask.pipeline.roi_pipeline`).
+        Memory for the ROI box kept by the pass (see :func:`roidask.pipeline.roi_pipeline`);
+        a larger box is written to a temporary file beside ``out``.
     tr_s : float, optional
         Repetition time in seconds (default: from the header).
     plots, overwrite, progress : bool
@@ -102,6 +103,7 @@ def run_subject(
             params=params,
             chunks=chunks,
             box_max_bytes=box_max_bytes,
+            temp_dir=out.parent,
             progress=progress,
         )
     else:
@@ -137,13 +139,13 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, bo
     # Validate everything (headers, labels, grids, contrast, mask) before any voxel is read.
     if chunks is None:
         chunks = {"time": nifti_block_volumes(NiftiSource.open(bold[0], ndim=4, param="bold"))}
-    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
+    # stored integers of scaled int16 runs: half the bytes in the box or temporary file
+    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks, scaled=False)
     check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
     gz = any(str(p).lower().endswith(".gz") for p in bold)
+    options = {"box_max_bytes": box_max_bytes, "temp_dir": out.parent, "progress": progress}
     if not gz or active_client() is None:
-        return roi_pipeline(
-            image, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
-        )
+        return roi_pipeline(image, mask_img=mask, params=params, **options)
     # A locked temporary sibling of ``out``: removed here, or by the next command on
     # ``out`` (clean_stale) if this process is killed.
     scratch = OutputFolder(out, kind="scratch", marker=False)
@@ -157,8 +159,6 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, bo
             chunks=chunks,
             progress=progress,
         )
-        return roi_pipeline(
-            store, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
-        )
+        return roi_pipeline(store, mask_img=mask, params=params, **options)
     finally:
         scratch.discard()

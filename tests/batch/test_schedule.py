@@ -587,7 +587,7 @@ def test_out_of_core_batch(tmp_path):
     assert set(statuses(out).values()) == {"done"}
     first = out / "sub-s01"
     prov = json.loads((first / "provenance.json").read_text())
-    assert prov["box_max_bytes"] == 0  # the ROI box does not fit: the data is read twice
+    assert prov["box_max_bytes"] == 0  # the ROI box does not fit: a temporary file instead
     assert prov["chunks"]["time"] < 51  # smaller blocks than the default
     for i in range(2, n_subjects + 1):
         for name in ("tstat.nii.gz", "atlas.nii.gz", "signals.tsv"):
