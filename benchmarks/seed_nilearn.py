@@ -1,6 +1,9 @@
 """nilearn's "Computing a ROI mask manually" example (no plots), for benchmarks.
 
 Usage: python benchmarks/seed_nilearn.py BOLD LABELS MASK_VT
+
+The example's code is ``tests/helpers/seed.py`` (nilearn and scipy only), the
+reference of the parity tests.
 """
 
 import sys

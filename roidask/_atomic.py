@@ -38,6 +38,7 @@ import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from roidask.exceptions import OutputError, OutputExistsError
 
@@ -49,6 +50,7 @@ __all__ = [
     "clean_stale",
     "is_roidask_folder",
     "read_marker",
+    "scratch_file",
     "swap_into_place",
     "temp_sibling",
     "write_bytes",
@@ -287,7 +289,7 @@ def _check_writable(parent: Path, out: Path, param: str) -> None:
 
 
 # -- commits ---------------------------------------------------------------------------------
-_renameat2 = None
+_renameat2: Any = None  # the libc function once looked up; False where missing
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -353,6 +355,25 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def scratch_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new, empty, locked temporary sibling of ``path``; it is removed on exit.
+
+    For temporary data that is never committed (the pass's voxel file): it is
+    removed whether the block succeeds, fails or is interrupted, and if this
+    process is killed :func:`clean_stale` on ``path`` removes it.
+    """
+    path = Path(path)
+    tmp = temp_sibling(path)
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        _lock(fd)
+        yield tmp
+    finally:
+        _remove(tmp)  # before the lock is released: no other process removes it first
+        os.close(fd)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

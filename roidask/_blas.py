@@ -28,7 +28,7 @@ __all__ = ["one_blas_thread"]
 
 _lock = threading.Lock()
 _users = 0
-_limit = None
+_limit: threadpool_limits | None = None
 
 
 @contextmanager
@@ -44,6 +44,6 @@ def one_blas_thread() -> Iterator[None]:
     finally:
         with _lock:
             _users -= 1
-            if _users == 0:
+            if _users == 0 and _limit is not None:
                 _limit.restore_original_limits()
                 _limit = None

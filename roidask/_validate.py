@@ -119,7 +119,11 @@ def check_triplet(value: Any, param: str, *, integer: bool) -> tuple:
         items = ()
     kind = numbers.Integral if integer else numbers.Real
     if len(items) != 3 or not all(
-        isinstance(v, kind) and not isinstance(v, bool) and np.isfinite(v) and v > 0 for v in items
+        isinstance(v, kind)
+        and not isinstance(v, bool)
+        and np.isfinite(float(v))  # type: ignore[arg-type]
+        and float(v) > 0  # type: ignore[arg-type]
+        for v in items
     ):
         want = "positive integers" if integer else "positive numbers"
         raise InvalidParameterError(

@@ -25,11 +25,17 @@ import numpy as np
 
 from roidask import __version__
 from roidask._malloc import limit_malloc_arenas
-from roidask.batch import GRANULARITIES, read_manifest, run_batch
+from roidask.batch import (
+    GRANULARITIES,
+    check_batch_folder,
+    check_subject_files,
+    read_manifest,
+    run_batch,
+)
 from roidask.cluster import dashboard_link, describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
-from roidask.exceptions import InvalidParameterError, RoidaskError, RoidaskWarning
-from roidask.io.store_read import list_subjects, open_subject, verify_store
+from roidask.exceptions import InvalidParameterError, RoidaskError, RoidaskWarning, StoreError
+from roidask.io.store_read import CHUNK_GRIDS_ATTR, list_subjects, open_subject, verify_store
 from roidask.io.store_write import convert
 from roidask.ops.extract import STRATEGIES
 from roidask.outputs.provenance import input_paths, start_input_records
@@ -79,21 +85,46 @@ FLAGS = {
 }
 
 
-def format_error(exc: BaseException) -> str:
-    """One line for an error, with Python parameter names replaced by the CLI's flags."""
+#: Per command, parameters set by a positional argument rather than the flag of FLAGS.
+COMMAND_FLAGS = {"info": {"store": "STORE"}}
+
+#: Library functions named in messages, and the command that does the same.
+COMMANDS = {
+    "roidask.io.convert": "roidask convert",
+    "verify_store": "roidask info --verify",
+}
+
+
+def format_error(exc: BaseException | str, command: str | None = None) -> str:
+    """One line for an error, with Python parameter names replaced by the CLI's flags.
+
+    ``command`` (``"info"``, ``"run"``...) selects the command's own names where a
+    parameter is a positional argument there (:data:`COMMAND_FLAGS`).
+    """
+    flags = {**FLAGS, **COMMAND_FLAGS.get(command or "", {})}
     text = " ".join(str(exc).split())
     param = getattr(exc, "param", None)
-    if param in FLAGS and text.startswith(param):
-        flag = FLAGS[param]
+    if param in flags and text.startswith(param):
+        flag = flags[param]
         if flag.startswith("--"):
             text = flag + text[len(param) :]
         elif text.startswith(f"{param} "):  # a positional: its value (a path) says enough
             text = text[len(param) + 1 :]
-    for name, flag in FLAGS.items():
+    for name, flag in flags.items():
         if flag.startswith("--"):
             text = re.sub(rf"\b{name}=True\b", flag, text)
             text = re.sub(rf"\b{name}=(?=[A-Z])", f"{flag} ", text)
+    for function, cmd in COMMANDS.items():
+        text = re.sub(rf"(?<![\w.]){re.escape(function)}\b", cmd, text)
     return text.replace("pass --", "add --")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, as every other error of the command line."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument ", "", " ".join(message.split()))
+        self.exit(2, f"roidask: error: {message} (see {self.prog} --help)\n")
 
 
 # -- argument types ----------------------------------------------------------------------
@@ -118,6 +149,32 @@ def _positive_float(text: str) -> float:
 
 
 # -- convert -----------------------------------------------------------------------------
+def _add_bold_inputs(p, *, required: bool) -> None:
+    """BOLD run(s), their labels and the TR: the inputs ``convert`` and ``run`` share."""
+    p.add_argument(
+        "bold",
+        nargs="+" if required else "*",
+        type=Path,
+        metavar="BOLD",
+        help="4D .nii/.nii.gz/.nii.zarr run(s), in acquisition order",
+    )
+    p.add_argument(
+        "--labels",
+        action="append",
+        type=Path,
+        required=required,
+        default=None,
+        help="Haxby labels.txt, or one BIDS *_events.tsv per run (repeat the flag)",
+    )
+    p.add_argument(
+        "--tr",
+        type=_positive_float,
+        default=None,
+        dest="tr_s",
+        help="repetition time in seconds (default: from the header)",
+    )
+
+
 def _add_convert(sub) -> None:
     p = sub.add_parser(
         "convert",
@@ -126,23 +183,9 @@ def _add_convert(sub) -> None:
         "labels into a subject group of a chunked zarr v3 store (every chunk checksummed). "
         "The subject appears in the store only once completely written.",
     )
-    p.add_argument("bold", nargs="+", type=Path, metavar="BOLD", help="4D .nii/.nii.gz run(s)")
-    p.add_argument(
-        "--labels",
-        action="append",
-        type=Path,
-        required=True,
-        help="Haxby labels.txt, or one BIDS *_events.tsv per run (repeat the flag)",
-    )
+    _add_bold_inputs(p, required=True)
     p.add_argument("--out", type=Path, required=True, help="store to create or add to")
     p.add_argument("--subject", default="sub-01", help="subject group name (default: sub-01)")
-    p.add_argument(
-        "--tr",
-        type=_positive_float,
-        default=None,
-        dest="tr_s",
-        help="repetition time in seconds (default: from the header)",
-    )
     p.add_argument(
         "--chunks",
         default=None,
@@ -192,8 +235,13 @@ def _add_info(sub) -> None:
     p.set_defaults(func=_cmd_info)
 
 
-def describe_store(store) -> str:
-    """A human-readable summary of a store: subjects, shapes, chunks, conditions, runs."""
+def describe_store(store, *, damaged: list | None = None) -> str:
+    """A human-readable summary of a store: subjects, shapes, chunks, conditions, runs.
+
+    No voxel is read. A subject whose chunks are missing (its chunk inventory) or
+    whose metadata is corrupt is reported as damaged, and its error appended to
+    ``damaged`` if given.
+    """
     lines = [f"store {store}"]
     subjects = list_subjects(store)
     incomplete = sorted(set(list_subjects(store, include_incomplete=True)) - set(subjects))
@@ -201,7 +249,13 @@ def describe_store(store) -> str:
     if incomplete:
         lines.append(f"incomplete (ignored): {', '.join(incomplete)}")
     for name in subjects:
-        ds = open_subject(store, name)
+        try:
+            ds = open_subject(store, name)
+        except StoreError as exc:
+            lines.append(f"\n[{name}]\n  damaged: {format_error(exc, 'info')}")
+            if damaged is not None:
+                damaged.append(exc)
+            continue
         bold = ds["bold"]
         chunks = "x".join(str(c[0]) for c in bold.chunks)
         lines.append(f"\n[{name}]")
@@ -232,20 +286,28 @@ def describe_store(store) -> str:
         files = bold.attrs.get("source_files", [])
         if files:
             lines.append(f"  sources: {', '.join(Path(f).name for f in files)}")
+        if CHUNK_GRIDS_ATTR in ds.attrs:
+            lines.append(
+                "  chunks: all present, each with a CRC-32C checksum (not read here; "
+                "--verify reads and checks them)"
+            )
     return "\n".join(lines)
 
 
 def _cmd_info(args) -> int:
     if not args.verify:
-        print(describe_store(args.store))
-        return 0
-    damaged = verify_store(args.store)
-    if not damaged:
+        damaged: list = []
+        print(describe_store(args.store, damaged=damaged))
+        if damaged:
+            print(f"store {args.store}: damaged; roidask info --verify STORE lists every chunk")
+        return 1 if damaged else 0
+    found = verify_store(args.store)
+    if not found:
         print(f"store {args.store}: every chunk of every subject reads and passes its checksum")
         return 0
-    print(f"store {args.store}: {len(damaged)} damaged chunk(s)")
-    for d in damaged:
-        print(f"  {d.subject}/{d.array} chunk {d.chunk}: {d.reason}")
+    print(f"store {args.store}: {len(found)} damaged chunk(s)")
+    for d in found:
+        print(f"  {d.subject}/{d.array}/{d.chunk}: {d.reason}")
     return 1
 
 
@@ -392,14 +454,7 @@ def _add_run(sub) -> None:
         "analysis of nilearn's example, on one subject, written atomically into --out. "
         "Every input and --out are checked before any voxel is read.",
     )
-    p.add_argument("bold", nargs="*", type=Path, metavar="BOLD", help="4D .nii/.nii.gz run(s)")
-    p.add_argument(
-        "--labels",
-        action="append",
-        type=Path,
-        default=None,
-        help="labels.txt, or one *_events.tsv per run (with BOLD files; repeat the flag)",
-    )
+    _add_bold_inputs(p, required=False)
     p.add_argument("--store", type=Path, default=None, help="a converted store instead of BOLD")
     p.add_argument(
         "--subject", default=None, help="subject of --store (default: its only subject)"
@@ -408,13 +463,6 @@ def _add_run(sub) -> None:
         "--mask", type=Path, required=True, help="3D binary mask (e.g. ventral temporal)"
     )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument(
-        "--tr",
-        type=_positive_float,
-        default=None,
-        dest="tr_s",
-        help="repetition time in seconds (default: from the header)",
-    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -541,6 +589,12 @@ def _add_batch(sub) -> None:
         "(default): per subject, by blocks for a subject that does not fit a worker "
         "thread's memory",
     )
+    p.add_argument(
+        "--no-study",
+        action="store_true",
+        help="do not write the study store OUT/study.zarr (every subject's results, one "
+        "xarray DataTree)",
+    )
     _add_analysis_options(p)
     p.set_defaults(func=_cmd_batch)
 
@@ -549,6 +603,8 @@ def _cmd_batch(args) -> int:
     start = time.perf_counter()
     params = pipeline_params(args)
     specs = read_manifest(args.manifest, mask=args.mask)
+    check_subject_files(specs)  # before a cluster is started (run_batch checks them too)
+    check_batch_folder(args.out, specs)
     address = None if args.scheduler == "local" else args.scheduler
     # run_batch announces the cluster, its dashboard and how it spreads the subjects
     with _cluster(address, args, processes=True, announce=False):
@@ -561,12 +617,14 @@ def _cmd_batch(args) -> int:
             max_concurrent=args.max_concurrent,
             granularity=args.granularity,
             progress=not args.quiet,
+            study=not args.no_study,
         )
     counts = table["status"].value_counts().to_dict()
     print(f"subjects: {len(table)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
     for row in table[table["status"] == "failed"].itertuples(index=False):
         print(f"  {row.subject}: {row.error}")
-    print(f"outputs: {args.out} (batch.tsv, sub-*/, group/)")
+    study = "" if args.no_study else ", study.zarr"
+    print(f"outputs: {args.out} (batch.tsv, sub-*/, group/{study})")
     print(f"wall time: {time.perf_counter() - start:.1f} s")
     return 1 if counts.get("failed") else 0
 
@@ -662,7 +720,7 @@ def _cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="roidask",
         description="Parallel, chunked, out-of-core fMRI ROI analysis (nilearn's ROI example "
         "on dask, xarray and zarr).",
@@ -679,11 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _default_showwarning = warnings.showwarning
+_COMMAND: list[str | None] = [None]  # the command running, for the names in warnings
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     if issubclass(category, RoidaskWarning):
-        print(f"roidask: warning: {format_error(message)}", file=sys.stderr)
+        print(f"roidask: warning: {format_error(message, _COMMAND[0])}", file=sys.stderr)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 
@@ -692,16 +751,17 @@ def main(argv: list[str] | None = None) -> int:
     limit_malloc_arenas()
     parser = build_parser()
     args = parser.parse_args(argv)
+    _COMMAND[0] = args.command
     with warnings.catch_warnings():
         warnings.simplefilter("always", RoidaskWarning)
         warnings.showwarning = _show_warning
         try:
             return int(args.func(args) or 0)
         except RoidaskError as exc:
-            print(f"roidask: error: {format_error(exc)}", file=sys.stderr)
+            print(f"roidask: error: {format_error(exc, args.command)}", file=sys.stderr)
             return 2
         except OSError as exc:  # the system refused something no check could foresee
-            print(f"roidask: error: {format_error(exc)}", file=sys.stderr)
+            print(f"roidask: error: {format_error(exc, args.command)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("roidask: interrupted; no partial output was kept", file=sys.stderr)

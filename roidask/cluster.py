@@ -353,13 +353,13 @@ def _default_workers(
     n_workers: int | None, threads_per_worker: int | None, processes: bool
 ) -> tuple[int, int]:
     """Workers x threads for this machine: processes of 1 thread on <= 4 cores."""
-
     cores = max(1, CPU_COUNT)
     if not processes:
         return n_workers or 1, threads_per_worker or max(1, cores // (n_workers or 1))
     if n_workers is None and threads_per_worker is None:
         threads_per_worker = 1 if cores <= 4 else 2
     if n_workers is None:
+        assert threads_per_worker is not None
         n_workers = max(1, cores // threads_per_worker)
     if threads_per_worker is None:
         threads_per_worker = max(1, cores // n_workers)
@@ -713,7 +713,7 @@ def _jobqueue_kwargs(
     account: str | None,
     python: str | os.PathLike | None,
     job_extra_directives: Sequence[str],
-    dashboard: bool,
+    dashboard: bool | str,
     kwargs: dict,
 ) -> dict:
     cores = _check_positive_int("cores", cores)

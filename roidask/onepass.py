@@ -17,6 +17,12 @@ within the block, merged pairwise with Chan et al.'s formula) and a copy of its 
 inside that *box*. The ROI signals are then extracted from the box alone, with
 the same result as from the whole volumes (see :func:`roi_box`).
 
+A box too large to keep in memory (:data:`BOX_MAX_BYTES`; a whole-brain or large
+mask) is not held: every task writes the voxels of its block that lie near the
+mask into a temporary file on disk, cut in spatial tiles
+(:mod:`roidask.io.spill`), and the extraction reads back only the tiles its ROIs
+touch. The data is read once either way, and memory does not depend on the mask.
+
 Blocks hold whole volumes, so smoothing needs no overlap between blocks; the
 graph is one task per block (reading it and reducing it at once) and a chain of
 merges in time order, built lazily by :func:`contrast_pass` (nothing is read until
@@ -25,15 +31,17 @@ file order, which a sequential ``.nii.gz`` decoder needs, and holds at most a fe
 partials at a time.
 
 This module owns the pass's sizing too: the blocks a task reads
-(:data:`BLOCK_MAX_BYTES`, :func:`pass_chunks`, :func:`nifti_block_volumes`), the
-ROI box it may keep (:func:`pass_box`, :data:`BOX_MAX_BYTES`) and the model of
-a worker's memory that a batch uses to fit subjects to small workers
-(:func:`memory_plan`).
+(:data:`BLOCK_MAX_BYTES`, :func:`pass_chunks`, :func:`nifti_block_volumes`), what
+it keeps for the extraction, the ROI box in memory or the tiles of a temporary
+file (:func:`kept_voxels`, :func:`pass_box`, :func:`pass_tiles`,
+:data:`BOX_MAX_BYTES`), and the model of a worker's memory that a batch uses to
+fit subjects to small workers (:func:`memory_plan`).
 """
 
 from __future__ import annotations
 
 import operator
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,7 +56,9 @@ from roidask.exceptions import InvalidParameterError
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import BOLD_DIMS, affine_of, box_affine
-from roidask.io.nifti import NiftiSource
+from roidask.io.image import stored_scaling
+from roidask.io.nifti import NiftiSource, scale_stored
+from roidask.io.spill import SpillFile, tile_grid
 from roidask.ops import moments as mom_ops
 from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
 from roidask.ops.moments import Moments
@@ -58,31 +68,50 @@ __all__ = [
     "BLOCK_MAX_BYTES",
     "BOX_MAX_BYTES",
     "NIFTI_BLOCK_BYTES",
+    "NIFTI_BLOCK_MIN_VOLUMES",
+    "KeptVoxels",
     "MemoryPlan",
     "PassResult",
     "box_bytes",
     "box_image",
     "contrast_pass",
-    "kept_box",
+    "kept_voxels",
     "memory_plan",
     "nifti_block_volumes",
     "pass_box",
     "pass_chunks",
+    "pass_tiles",
     "roi_box",
+    "spill_image",
 ]
 
 #: Largest block (whole volumes, in the data's type) one task reads; longer time
 #: chunks are split. Results do not depend on it.
 BLOCK_MAX_BYTES = 32 * 2**20
-#: Largest box of raw voxels (all volumes) kept by the pass for the extraction;
-#: above it the extraction reads the data a second time.
-BOX_MAX_BYTES = 128 * 2**20
+#: Largest box of raw voxels (all volumes) kept in memory by the pass for the
+#: extraction; above it the pass writes them to a temporary file instead. A box
+#: in memory is a little faster than the file (seed-shaped subject, 35 MB box:
+#: 2.36 vs 2.5 s of CPU) but adds to the peak memory (+48 MB), which this limit
+#: keeps near the file's: a 40x64x64x1452 run stays under 1/8 of nilearn's memory
+#: whatever the mask.
+BOX_MAX_BYTES = 48 * 2**20
+#: Largest chunk (bytes of raw voxels) the extraction reads from the temporary
+#: file at once, and at most two of the pass's blocks (a task of the extraction then
+#: holds about what a task of the pass holds). On the whole-brain subject (12
+#: tiles, 1452 volumes) 8, 16, 32, 64 MiB took 0.9-1.6, 0.7, 0.8, 1.2 s.
+SPILL_CHUNK_BYTES = 16 * 2**20
 #: Blocks of volumes read at once when the pass reads NIfTI runs directly: half a
 #: store chunk, so decoding (one thread, in file order) overlaps better with the
 #: compute of the other blocks, and the pass holds less.
 NIFTI_BLOCK_BYTES = 8 * 2**20
+#: ... but at least this many volumes: with large volumes (a whole-brain grid) the
+#: costs per block (a task, merging float64 maps, temporary-file writes) outweigh
+#: the better overlap of smaller blocks.
+NIFTI_BLOCK_MIN_VOLUMES = 4
 #: Float64 maps in one block's partial result (sum, two means, two m2).
 PARTIAL_MAPS = 5
+#: attrs of a series of stored integers (:func:`roidask.io.image.stored_scaling`).
+_SCALING_ATTRS = ("scl_slope", "scl_inter", "scaled_dtype")
 
 
 @dataclass
@@ -104,6 +133,15 @@ class PassResult:
         The spatial box whose raw voxels were kept.
     box_blocks : list of ndarray (bx, by, bz, t_block)
         The raw (unsmoothed) voxels of ``box``, one array per block, in time order.
+    spill : SpillFile or None
+        The temporary file the raw voxels near the mask were written to instead.
+    scaling : (float, float, dtype) or None
+        For a series of stored integers (:func:`roidask.io.image.stored_scaling`):
+        the kept voxels are the integers, the statistics those of the values.
+    cpu_s : dict
+        CPU seconds spent by the pass's tasks, summed over them: ``statistics``
+        (scaling stored integers, sums, smoothing, moments, merges; not the
+        decoding) and ``temporary_writes`` (the spill file).
     """
 
     total: np.ndarray
@@ -112,6 +150,9 @@ class PassResult:
     contrast: tuple[Moments, Moments]
     box: tuple[slice, slice, slice] | None
     box_blocks: list[np.ndarray] = field(default_factory=list)
+    spill: SpillFile | None = None
+    cpu_s: dict = field(default_factory=dict)
+    scaling: tuple[float, float, np.dtype] | None = None
 
 
 # -- sizing ----------------------------------------------------------------------------------
@@ -163,7 +204,55 @@ def box_bytes(box: tuple[slice, slice, slice], n_volumes: int, dtype) -> int:
     return int(np.prod([s.stop - s.start for s in box])) * n_volumes * np.dtype(dtype).itemsize
 
 
-def kept_box(
+def pass_tiles(
+    mask: np.ndarray, affine: np.ndarray, *, fwhm, dilation_iterations: int
+) -> np.ndarray:
+    """The tiles of the temporary file the pass writes for a boolean ``mask``.
+
+    A tile (:func:`roidask.io.spill.tile_grid`) is kept if it holds a
+    voxel within ``dilation_iterations`` + the kernel radius (per axis) of a mask
+    voxel: the raw voxels that the smoothed signal of any ROI inside the dilated
+    mask depends on (see :func:`roi_box`) all lie in kept tiles.
+
+    Returns
+    -------
+    ndarray of bool, shape (tiles_x, tiles_y, tiles_z)
+    """
+    mask = np.asarray(mask) != 0
+    sigma = fwhm_to_sigma_voxels(affine, fwhm)
+    grow = [dilation_iterations + gaussian_radius(s) for s in sigma]
+    bounds = tile_grid(mask.shape)
+    kept = np.zeros([len(b) - 1 for b in bounds], dtype=bool)
+    nonzero = np.argwhere(mask)
+    # the first and last tile within ``grow`` of each mask voxel, per axis
+    ranges = []
+    for axis, (b, g) in enumerate(zip(bounds, grow, strict=True)):
+        last = len(b) - 2
+        v = nonzero[:, axis]
+        ranges.append(np.clip(np.searchsorted(b, v - g, side="right") - 1, 0, last))
+        ranges.append(np.clip(np.searchsorted(b, v + g, side="right") - 1, 0, last))
+    for lx, hx, ly, hy, lz, hz in np.unique(np.stack(ranges, axis=1), axis=0):
+        kept[lx : hx + 1, ly : hy + 1, lz : hz + 1] = True
+    return kept
+
+
+@dataclass(frozen=True)
+class KeptVoxels:
+    """What the pass keeps of the raw voxels for the extraction (:func:`kept_voxels`).
+
+    Attributes
+    ----------
+    box : tuple of 3 slices or None
+        The ROI box held in memory.
+    tiles : ndarray of bool or None
+        Otherwise, the tiles written to a temporary file (:func:`pass_tiles`).
+    """
+
+    box: tuple[slice, slice, slice] | None = None
+    tiles: np.ndarray | None = None
+
+
+def kept_voxels(
     mask: np.ndarray,
     affine: np.ndarray,
     *,
@@ -172,17 +261,21 @@ def kept_box(
     fwhm,
     dilation_iterations: int,
     box_max_bytes: int | None = None,
-) -> tuple[slice, slice, slice] | None:
-    """The ROI box the pass keeps, or None when it would exceed ``box_max_bytes``.
+) -> KeptVoxels:
+    """The ROI box in memory, or the tiles of a temporary file when it exceeds the limit.
 
-    ``box_max_bytes`` defaults to :data:`BOX_MAX_BYTES`; without a box the
-    extraction reads the data a second time.
+    ``box_max_bytes`` defaults to :data:`BOX_MAX_BYTES`; 0 always writes the
+    temporary file. An empty mask keeps nothing.
     """
     limit = BOX_MAX_BYTES if box_max_bytes is None else box_max_bytes
     box = pass_box(mask, affine, fwhm=fwhm, dilation_iterations=dilation_iterations)
-    if box is not None and box_bytes(box, n_volumes, dtype) > limit:
-        return None
-    return box
+    if box is None:
+        return KeptVoxels()
+    if box_bytes(box, n_volumes, dtype) <= limit:
+        return KeptVoxels(box=box)
+    return KeptVoxels(
+        tiles=pass_tiles(mask, affine, fwhm=fwhm, dilation_iterations=dilation_iterations)
+    )
 
 
 def pass_chunks(bold: xr.DataArray) -> xr.DataArray:
@@ -198,9 +291,10 @@ def pass_chunks(bold: xr.DataArray) -> xr.DataArray:
 
 
 def nifti_block_volumes(source: NiftiSource) -> int:
-    """Volumes per block when the pass reads ``source`` directly (:data:`NIFTI_BLOCK_BYTES`)."""
+    """Volumes per block when the pass reads ``source`` directly (:data:`NIFTI_BLOCK_BYTES`,
+    at least :data:`NIFTI_BLOCK_MIN_VOLUMES`)."""
     volume_bytes = int(np.prod(source.volume_shape)) * source.dtype.itemsize
-    return max(1, NIFTI_BLOCK_BYTES // volume_bytes)
+    return max(NIFTI_BLOCK_MIN_VOLUMES, NIFTI_BLOCK_BYTES // volume_bytes)
 
 
 #: Resident memory of a worker process once roidask's operations are imported
@@ -227,7 +321,7 @@ class MemoryPlan:
     """How a subject's pass fits a worker thread's memory (see :func:`memory_plan`)."""
 
     chunks: dict | None  # BOLD time chunks; None: the default blocks
-    box_max_bytes: int | None  # the ROI box allowed in memory; None: the default
+    box_max_bytes: int | None  # the ROI box allowed in memory; None: the default; 0: spill
 
 
 def memory_plan(
@@ -245,8 +339,11 @@ def memory_plan(
     run by float64 rounding only (partial moments merged in another order). The
     ROI box kept by the pass (raw voxels of all volumes) lives on a worker until
     the subject is done: it is kept only if it fits next to the smallest blocks,
-    and its share of the budget shrinks the blocks; otherwise the extraction reads
-    the data a second time.
+    and its share of the budget shrinks the blocks; otherwise the pass writes the
+    voxels to a temporary file (:mod:`roidask.io.spill`), which takes no worker
+    memory beyond a tile of a block at a time, and the extraction reads chunks of
+    at most two blocks (:func:`spill_image`). So memory does not depend on the
+    mask's box.
     """
     default = MemoryPlan(None, None)
     if budget is None:
@@ -292,58 +389,92 @@ class _Partial:
     n_nonfinite: int
     contrast: tuple[Moments, Moments]
     box: list[np.ndarray]
+    spilled: list[tuple[int, int]]  # volume ranges written to the spill file
+    cpu: np.ndarray  # CPU seconds: statistics, temporary writes
 
 
 def _block_partial(
     block: np.ndarray,
     codes: np.ndarray,
+    volumes: np.ndarray,
     *,
     sigma: np.ndarray,
     work_dtype: np.dtype,
     box: tuple[slice, slice, slice] | None,
+    spill: SpillFile | None,
+    scaling: tuple[float, float, np.dtype] | None,
 ) -> _Partial:
-    """Sum, contrast moments and boxed raw voxels of one block of whole volumes."""
+    """Sum, contrast moments and kept raw voxels of one block of whole volumes.
+
+    ``volumes`` are the block's volume indices in the series; the kept voxels are
+    copied (``box``) or written to ``spill``. With ``scaling`` the block holds
+    stored integers: the statistics are those of the scaled values, and the
+    integers are kept.
+    """
+    start = time.thread_time()
+    stored, block = block, block if scaling is None else scale_stored(block, *scaling)
     empty = Moments(0, None, None)
     groups = []
     for g in range(2):
-        volumes = np.flatnonzero(codes == g)
-        if volumes.size:
-            groups.append(mom_ops.moments_of(smooth_array(block[..., volumes], sigma, work_dtype)))
+        index = np.flatnonzero(codes == g)
+        if index.size:
+            groups.append(mom_ops.moments_of(smooth_array(block[..., index], sigma, work_dtype)))
         else:
             groups.append(empty)
-    nonfinite = block.size - np.count_nonzero(np.isfinite(block)) if block.dtype.kind == "f" else 0
+    total = _block_sum(block)
+    nonfinite = 0
+    if block.dtype.kind == "f" and not np.isfinite(total).all():  # NaN/inf make the sum so
+        nonfinite = block.size - np.count_nonzero(np.isfinite(block))
+    kept = [] if box is None else [stored[(*box, slice(None))].copy()]
+    statistics = time.thread_time() - start
+    spilled = []
+    if spill is not None:
+        spill.write_block(stored, int(volumes[0]))
+        spilled = [(int(volumes[0]), int(volumes[0]) + block.shape[3])]
     return _Partial(
-        total=_block_sum(block),
+        total=total,
         n=block.shape[3],
         n_nonfinite=int(nonfinite),
         contrast=(groups[0], groups[1]),
-        box=[] if box is None else [block[(*box, slice(None))].copy()],
+        box=kept,
+        spilled=spilled,
+        cpu=np.array([statistics, time.thread_time() - start - statistics]),
     )
 
 
-def _block_partial_object(block, codes, **kwargs) -> np.ndarray:
+def _block_partial_object(block, codes, volumes, **kwargs) -> np.ndarray:
     out = np.empty(1, dtype=object)
-    out[0] = _block_partial(block, codes, **kwargs)
+    out[0] = _block_partial(block, codes, volumes, **kwargs)
     return out.reshape(1, 1, 1, 1)
 
 
 def _merge_two(a: _Partial, b: _Partial) -> _Partial:
     """Partials of two consecutive blocks merged (Chan et al. for the moments)."""
+    start = time.thread_time()
     with np.errstate(invalid="ignore"):
         total = a.total + b.total
     contrast = tuple(mom_ops.merge(ga, gb) for ga, gb in zip(a.contrast, b.contrast, strict=True))
+    cpu = a.cpu + b.cpu
+    cpu[0] += time.thread_time() - start
     return _Partial(
         total,
         a.n + b.n,
         a.n_nonfinite + b.n_nonfinite,
-        contrast,
-        a.box + b.box,  # type: ignore[arg-type]
+        contrast,  # type: ignore[arg-type]
+        a.box + b.box,
+        a.spilled + b.spilled,
+        cpu,
     )
 
 
-def _finish(part: _Partial, box) -> PassResult:
+def _finish(part: _Partial, box, spill: SpillFile | None, scaling) -> PassResult:
     zeros = np.zeros(part.total.shape)
     contrast = tuple(Moments(0, zeros, zeros) if int(g.count) == 0 else g for g in part.contrast)
+    if spill is not None:
+        written = sorted(part.spilled)
+        ends = [0] + [stop for _, stop in written]
+        if [start for start, _ in written] != ends[:-1] or ends[-1] != part.n:
+            raise RuntimeError(f"the pass wrote volumes {written} of {part.n} to {spill.path}")
     return PassResult(
         total=part.total,
         n_volumes=int(part.n),
@@ -351,6 +482,9 @@ def _finish(part: _Partial, box) -> PassResult:
         contrast=contrast,  # type: ignore[arg-type]
         box=box,
         box_blocks=part.box,
+        spill=spill,
+        cpu_s={"statistics": float(part.cpu[0]), "temporary_writes": float(part.cpu[1])},
+        scaling=scaling,
     )
 
 
@@ -360,8 +494,9 @@ def contrast_pass(
     contrast: Sequence[str],
     fwhm,
     box: tuple[slice, slice, slice] | None = None,
+    spill: SpillFile | None = None,
 ) -> Delayed:
-    """Lazy single read of a BOLD series: sum, smoothed contrast moments, boxed voxels.
+    """Lazy single read of a BOLD series: sum, smoothed contrast moments, kept voxels.
 
     Parameters
     ----------
@@ -373,8 +508,11 @@ def contrast_pass(
     fwhm : float, sequence of 3, or None
         Smoothing FWHM in mm, as :func:`roidask.ops.smooth.smooth_img`.
     box : tuple of 3 slices, optional
-        Spatial box whose raw voxels are kept for every volume
+        Spatial box whose raw voxels are kept in memory for every volume
         (see :func:`roi_box`).
+    spill : SpillFile, optional
+        Temporary file (:func:`roidask.io.spill.spill_file`, on the grid and
+        type of ``img``) into which every task writes the kept tiles of its block.
 
     Returns
     -------
@@ -395,12 +533,20 @@ def contrast_pass(
     codes = np.full(bold.sizes["time"], -1, dtype=np.int64)
     codes[index] = group
     sigma = fwhm_to_sigma_voxels(affine_of(bold), fwhm)
+    scaling = stored_scaling(bold)  # stored integers: scaled in the tasks
+    values_dtype = bold.dtype if scaling is None else scaling[2]
 
     data = bold.data
     if any(len(c) > 1 for c in data.chunks[:3]):
         data = data.rechunk({0: -1, 1: -1, 2: -1})
     # One task per block that reads it and reduces it at once (blockwise fusion), so
     # a block is never held waiting for its reduction.
+    if spill is not None and (spill.shape != data.shape or spill.dtype != data.dtype):
+        raise InvalidParameterError(
+            f"spill: a file for {spill.shape} {spill.dtype} voxels, the series is "
+            f"{data.shape} {data.dtype}",
+            param="spill",
+        )
     parts = da.blockwise(
         _block_partial_object,
         "xyzt",
@@ -408,9 +554,13 @@ def contrast_pass(
         "xyzt",
         da.from_array(codes, chunks=(data.chunks[3],)),
         "t",
+        da.from_array(np.arange(len(codes)), chunks=(data.chunks[3],)),
+        "t",
         sigma=sigma,
-        work_dtype=smoothing_dtype(bold.dtype),
+        work_dtype=smoothing_dtype(values_dtype),
         box=box,
+        spill=spill,
+        scaling=scaling,
         # no index is contracted, so blocks are passed as read (no concatenation copy)
         adjust_chunks={"x": 1, "y": 1, "z": 1, "t": 1},
         meta=np.empty((0, 0, 0, 0), dtype=object),
@@ -420,18 +570,48 @@ def contrast_pass(
     total = parts[0]
     for part in parts[1:]:
         total = merge(total, part)
-    return dask.delayed(_finish, pure=True)(total, box)
+    return dask.delayed(_finish, pure=True)(total, box, spill, scaling)
 
 
-def box_image(result: PassResult, bold: xr.DataArray) -> xr.DataArray:
-    """The kept raw voxels as a 4D roidask image on the box (affine shifted to it)."""
+def box_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) -> xr.DataArray:
+    """The kept raw voxels as a 4D roidask image on the box (affine shifted to it).
+
+    For a series of stored integers, ``values=False`` keeps them, with their
+    scaling in ``attrs`` (for :func:`roidask.ops.extract.extract_signals`, which
+    scales only the voxels it gathers); otherwise every chunk is scaled.
+    """
     if result.box is None:
         raise InvalidParameterError("box_image: the pass kept no box")
     # name=False: no hashing of the kept voxels to name the chunks
     arr = da.concatenate(
         [da.from_array(b, chunks=b.shape, name=False) for b in result.box_blocks], axis=3
     )
-    coords = {k: v for k, v in bold.coords.items() if v.dims == ("time",)}
     attrs = {k: v for k, v in bold.attrs.items() if k != "nifti_header"}
     attrs["affine"] = box_affine(affine_of(bold), result.box).tolist()
+    return _kept_image(arr, result, bold, attrs, values)
+
+
+def _kept_image(arr: da.Array, result: PassResult, bold, attrs, values: bool) -> xr.DataArray:
+    """Kept voxels as an image: values, or stored integers with their scaling attrs."""
+    attrs = dict(attrs)
+    if result.scaling is not None and values:
+        slope, inter, dtype = result.scaling
+        arr = arr.map_blocks(scale_stored, slope, inter, dtype, dtype=dtype)
+        attrs = {k: v for k, v in attrs.items() if k not in _SCALING_ATTRS}
+    coords = {k: v for k, v in bold.coords.items() if v.dims == ("time",)}
     return xr.DataArray(arr, dims=BOLD_DIMS, coords=coords, name=bold.name, attrs=attrs)
+
+
+def spill_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) -> xr.DataArray:
+    """The voxels the pass wrote to its temporary file, as a lazy 4D roidask image.
+
+    On the whole grid of ``bold`` (tiles not written read as zeros: no ROI signal
+    depends on them), chunked in tiles; a chunk holds at most
+    :data:`SPILL_CHUNK_BYTES`, and at most two blocks of the pass. Computing a
+    chunk reads its tile's volumes with one read. ``values`` as :func:`box_image`.
+    """
+    if result.spill is None:
+        raise InvalidParameterError("spill_image: the pass wrote no temporary file")
+    block = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize * max(bold.chunks[3])
+    arr = result.spill.to_dask(max_chunk_bytes=min(SPILL_CHUNK_BYTES, 2 * block))
+    return _kept_image(arr, result, bold, bold.attrs, values)

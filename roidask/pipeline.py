@@ -18,15 +18,18 @@ The BOLD data is read once:
 3. **extraction** - every ROI's signal for every volume from the kept box, with
    smoothed ROI weights (exactly equal to extracting from the smoothed data,
    without smoothing every volume). When the box would hold more than
-   :data:`roidask.onepass.BOX_MAX_BYTES` (e.g. a whole-brain mask), no box is
-   kept and the extraction reads the data a second time instead.
+   :data:`roidask.onepass.BOX_MAX_BYTES` (e.g. a whole-brain mask), the pass
+   writes the voxels near the mask to a temporary file cut in spatial tiles
+   instead (``temp_dir``), and the extraction reads back only the tiles the ROIs
+   touch; the file is removed when the run ends, succeeds or fails.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -39,6 +42,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from roidask import __version__ as roidask_version
 from roidask._blas import one_blas_thread
 from roidask._progress import dask_progress
 from roidask._validate import (
@@ -57,10 +61,11 @@ from roidask.exceptions import (
 )
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
-from roidask.io.grid import affine_of, check_same_grid
+from roidask.io.grid import affine_of, check_same_grid, spatial_coords, voxel_size_mm
 from roidask.io.image import like_image
+from roidask.io.spill import spill_file
 from roidask.io.tables import ROI_TABLE_COLUMNS
-from roidask.onepass import box_image, contrast_pass, kept_box, pass_chunks
+from roidask.onepass import box_image, contrast_pass, kept_voxels, pass_chunks, spill_image
 from roidask.ops import moments as mom_ops
 from roidask.ops.extract import LINEAR_STRATEGIES, STRATEGIES, extract_signals
 from roidask.ops.kernels import fwhm_to_sigma_voxels
@@ -72,6 +77,8 @@ from roidask.ops.stats import clip_logp
 from roidask.ops.threshold import mask_and, threshold_img
 
 __all__ = [
+    "RESULTS_FORMAT",
+    "RESULTS_VARIABLES",
     "TESTS",
     "PipelineParams",
     "PipelineResult",
@@ -79,6 +86,7 @@ __all__ = [
     "compute",
     "compute_here",
     "mask_values",
+    "results_dataset",
     "roi_pipeline",
 ]
 
@@ -169,7 +177,9 @@ class PipelineResult:
         One row per ROI (label, size, volume, centre of mass, peak).
     params : PipelineParams
     timings_s : dict
-        Wall time of each stage in seconds.
+        Wall time of each stage in seconds (``statistics``: the pass and the
+        t-test; ``rois``; ``extraction``), and the CPU seconds of the pass's tasks
+        (``pass_statistics_cpu``, ``pass_temporary_writes_cpu``: summed over threads).
     """
 
     maps: xr.Dataset
@@ -183,14 +193,123 @@ class PipelineResult:
         return len(self.rois)
 
     def to_dataset(self) -> xr.Dataset:
-        """Everything as one xarray Dataset (maps, signals, ROI table columns)."""
-        ds = self.maps.copy()
-        ds["signals"] = self.signals
-        table = self.rois.set_index("label") if len(self.rois) else self.rois
-        for col in table.columns:
-            ds[f"roi_{col}"] = ("roi", table[col].to_numpy())
-        ds.attrs["params"] = json.dumps(self.params.to_dict())
-        return ds
+        """Everything as one xarray Dataset: the schema of ``results.zarr`` and study nodes.
+
+        See :func:`results_dataset`.
+        """
+        return results_dataset(self)
+
+
+#: Version of the results schema (:func:`results_dataset`), in the attribute
+#: ``roidask_results_format``.
+RESULTS_FORMAT = 1
+#: long_name and units of each variable of the results schema ("1": dimensionless,
+#: counts, labels and BOLD intensities, which have no physical unit).
+RESULTS_VARIABLES = {
+    "mean_epi": ("mean EPI, smoothed (BOLD intensity, arbitrary scanner units)", "1"),
+    "tstat": ("t statistic of the contrast (first minus second condition)", "1"),
+    "logp": ("-log10 p of the two-sample t-test (NaN -> 0, clipped at clip)", "1"),
+    "roi_mask": ("1 where logp >= threshold inside the mask (before dilation)", "1"),
+    "dilated_mask": ("roi_mask after binary dilation (1 inside)", "1"),
+    "atlas": ("ROI label of each voxel (0: background; scipy.ndimage.label numbering)", "1"),
+    "signals": ("{strategy} over the ROI's voxels of the smoothed BOLD (scanner units)", "1"),
+    "roi_n_voxels": ("number of voxels in the ROI", "1"),
+    "roi_volume_mm3": ("volume of the ROI", "mm3"),
+    "roi_com_x_mm": ("world x of the ROI's centre of mass", "mm"),
+    "roi_com_y_mm": ("world y of the ROI's centre of mass", "mm"),
+    "roi_com_z_mm": ("world z of the ROI's centre of mass", "mm"),
+    "roi_peak_x_mm": ("world x of the ROI's largest logp", "mm"),
+    "roi_peak_y_mm": ("world y of the ROI's largest logp", "mm"),
+    "roi_peak_z_mm": ("world z of the ROI's largest logp", "mm"),
+    "roi_peak_value": ("largest logp in the ROI", "1"),
+    "roi_mean_value": ("mean logp over the ROI", "1"),
+}
+_TIME_COORDS = {
+    "condition": {"long_name": "condition of the volume (from the labels)"},
+    "run": {"long_name": "run of the volume", "units": "1"},
+    "volume": {"long_name": "index of the volume in the concatenated runs", "units": "1"},
+}
+_MAPS = ("mean_epi", "tstat", "logp", "roi_mask", "dilated_mask", "atlas")
+
+
+def _with_attrs(name: str, var: xr.DataArray | np.ndarray, dims=None, **fields) -> xr.Variable:
+    long_name, units = RESULTS_VARIABLES[name]
+    long_name = long_name.format(**fields)
+    if isinstance(var, xr.DataArray):
+        attrs = {**var.attrs, "long_name": long_name, "units": units}
+        return xr.Variable(var.dims, np.asarray(var.values), attrs)
+    return xr.Variable(dims, np.asarray(var), {"long_name": long_name, "units": units})
+
+
+def results_dataset(result: PipelineResult) -> xr.Dataset:
+    """A subject's results as one Dataset, read by plain xarray (``results.zarr``, study).
+
+    One schema whatever the number of ROIs (0 included), every array in memory:
+
+    * maps ``mean_epi``, ``tstat``, ``logp`` (float32), ``roi_mask``,
+      ``dilated_mask`` (uint8) and ``atlas`` (int32) on ``(x, y, z)``, each
+      keeping the grid attributes of a roidask image (``roidask.io.to_nifti``
+      writes it back on the source grid);
+    * coordinates ``x``, ``y``, ``z`` (voxel indices, int64) and, when the affine
+      is axis-aligned, ``x_mm``, ``y_mm``, ``z_mm`` (world mm of the voxel centres;
+      :func:`roidask.io.grid.spatial_coords`);
+    * ``signals`` on ``(roi, time)`` (float64; float32 from float32 data), with
+      ``time`` (s, the index), ``condition`` (fixed-width unicode, numpy ``<U``),
+      ``run`` and ``volume`` (int64) along ``time``;
+    * the ROI table (:data:`roidask.io.tables.ROI_TABLE_COLUMNS`) as variables
+      ``roi_<column>`` along ``roi``, whose values are the atlas labels (int64);
+    * ``long_name`` and ``units`` on every variable (:data:`RESULTS_VARIABLES`);
+    * dataset attributes a reader uses as they are (no JSON to parse): the
+      parameters (``contrast`` as a list, ``fwhm_mm``, ``test``, ``clip``,
+      ``threshold``, ``dilation_iterations``, ``connectivity``,
+      ``min_roi_voxels``, ``keep_largest``, ``strategy``; ``null`` when unset),
+      ``tr_s``, ``n_rois``, the grid (``affine``: 4x4 nested list mapping voxel
+      indices ``(x, y, z, 1)`` to world mm, NIfTI RAS+; ``voxel_size_mm``;
+      ``xyz_units``), ``source`` (roidask's version) and
+      ``roidask_results_format`` (:data:`RESULTS_FORMAT`).
+    """
+    maps = result.maps
+    ref = maps["logp"]
+    affine = affine_of(ref)
+    coords: dict = dict(spatial_coords(ref.shape, affine))
+    table = result.rois.set_index("label")
+    labels = table.index.to_numpy().astype(np.int64)
+    signals = result.signals.transpose("roi", "time")
+    if not np.array_equal(np.asarray(signals["roi"].values), labels):
+        raise AssertionError("signals and the ROI table have different ROIs")  # a bug
+    coords["roi"] = ("roi", labels, {"long_name": "ROI label (its value in atlas)", "units": "1"})
+    time = signals["time"]
+    coords["time"] = ("time", np.asarray(time.values, dtype=np.float64), dict(time.attrs))
+    n_time = time.size
+    volume = signals["volume"].values if "volume" in signals.coords else np.arange(n_time)
+    time_values = {
+        "condition": np.asarray(signals["condition"].values).astype(str),
+        "run": np.asarray(signals["run"].values, dtype=np.int64),
+        "volume": np.asarray(volume, dtype=np.int64),
+    }
+    for name, values in time_values.items():
+        coords[name] = ("time", values, _TIME_COORDS[name])
+    data = {name: _with_attrs(name, maps[name]) for name in _MAPS}
+    data["signals"] = _with_attrs(
+        "signals", np.asarray(signals.values), ("roi", "time"), strategy=result.params.strategy
+    )
+    for column in table.columns:
+        name = f"roi_{column}"
+        dtype = np.int64 if column == "n_voxels" else np.float64
+        data[name] = _with_attrs(name, table[column].to_numpy().astype(dtype), ("roi",))
+    params = {("fwhm_mm" if k == "fwhm" else k): v for k, v in result.params.to_dict().items()}
+    attrs = {
+        "title": "roidask ROI analysis of one subject",
+        "source": f"roidask {roidask_version}",
+        "roidask_results_format": RESULTS_FORMAT,
+        **params,
+        "tr_s": result.signals.attrs.get("tr_s"),
+        "n_rois": len(labels),
+        "affine": affine.tolist(),
+        "voxel_size_mm": voxel_size_mm(affine).tolist(),
+        "xyz_units": ref.attrs.get("xyz_units", "mm"),
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
 # Threads of this thread's local computations, set by compute_here (None: not set).
@@ -305,7 +424,9 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
     return mask_values(mask)
 
 
-def _empty_signals(bold: xr.DataArray) -> xr.DataArray:
+def _empty_signals(bold: xr.DataArray, strategy: str) -> xr.DataArray:
+    attrs = {"strategy": strategy}
+    attrs.update({k: bold.attrs[k] for k in ("tr_s", "time_units") if k in bold.attrs})
     return xr.DataArray(
         np.zeros((0, bold.sizes["time"])),
         dims=("roi", "time"),
@@ -314,6 +435,7 @@ def _empty_signals(bold: xr.DataArray) -> xr.DataArray:
             **{k: v for k, v in bold.coords.items() if v.dims == ("time",)},
         },
         name="signals",
+        attrs=attrs,
     )
 
 
@@ -334,6 +456,7 @@ def roi_pipeline(
     subject: str | None = None,
     chunks=None,
     box_max_bytes: int | None = None,
+    temp_dir: str | os.PathLike | None = None,
     progress: bool = False,
 ) -> PipelineResult:
     """Run the seed ROI analysis on one subject and return computed results.
@@ -356,8 +479,13 @@ def roi_pipeline(
     box_max_bytes : int, optional
         Largest box of raw voxels (bytes, all volumes) the pass keeps in memory for
         the extraction (default :data:`roidask.onepass.BOX_MAX_BYTES`); with a larger
-        box, or 0, the extraction reads the data a second time. Results do not
-        depend on it.
+        box, or 0, the pass writes the voxels near the mask to a temporary file in
+        ``temp_dir``. Results do not depend on it beyond float64 rounding.
+    temp_dir : path, optional
+        Existing folder for that temporary file (default: the system's temporary
+        folder; on a cluster of several machines, a folder they share). It holds at
+        most the raw data (e.g. 3 GB for a 97x115x97x1452 int16 run) and is removed
+        when the run ends; files left by killed runs are removed by the next run.
     progress : bool
         Show progress bars on stderr (on a terminal).
 
@@ -369,6 +497,9 @@ def roi_pipeline(
     ------
     GridMismatchError, ConditionError, ImageDimensionError, InvalidParameterError
         Before any voxel data is read.
+    OutputError
+        ``temp_dir`` is not a writable folder or lacks the space the temporary file
+        needs (before any voxel data is read), or writing it fails.
 
     Warns
     -----
@@ -387,9 +518,7 @@ def roi_pipeline(
     mask_np = check_inputs(bold, mask, params)
     timings = {}
 
-    # 1. one pass: mean EPI, smoothed contrast moments and the ROI box, one read.
-    t0 = time.perf_counter()
-    box = kept_box(  # None: the extraction reads the data again
+    keep = kept_voxels(
         mask_np,
         affine_of(bold),
         n_volumes=bold.sizes["time"],
@@ -398,79 +527,99 @@ def roi_pipeline(
         dilation_iterations=params.dilation_iterations,
         box_max_bytes=box_max_bytes,
     )
-    (one,) = compute(
-        contrast_pass(bold, contrast=params.contrast, fwhm=params.fwhm, box=box),
-        progress=progress,
-    )
-    if one.n_nonfinite:
-        files = ", ".join(bold.attrs.get("source_files") or []) or "bold_img"
-        warnings.warn(
-            f"{files}: {one.n_nonfinite} NaN/inf voxel values (set to 0 before smoothing, as "
-            "nilearn does)",
-            NonFiniteVoxelsWarning,
-            stacklevel=2,
+    with contextlib.ExitStack() as stack:
+        spill = None
+        if keep.tiles is not None:  # too large for memory: a temporary file, removed on exit
+            spill = stack.enter_context(
+                spill_file(
+                    tempfile.gettempdir() if temp_dir is None else temp_dir,
+                    shape=bold.shape,
+                    dtype=bold.dtype,
+                    kept=keep.tiles,
+                )
+            )
+        # 1. one pass: mean EPI, smoothed contrast moments and the ROI box, one read.
+        t0 = time.perf_counter()
+        (one,) = compute(
+            contrast_pass(
+                bold, contrast=params.contrast, fwhm=params.fwhm, box=keep.box, spill=spill
+            ),
+            progress=progress,
         )
-    mean_np = smooth_img(
-        like_image((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
-    ).values
-    tt = mom_ops.ttest_ind(*one.contrast, equal_var=params.test == "student")
-    logp_np = clip_logp(like_image(tt.logp, bold), clip=params.clip).values
-    timings["statistics"] = time.perf_counter() - t0
+        if one.n_nonfinite:
+            files = ", ".join(bold.attrs.get("source_files") or []) or "bold_img"
+            warnings.warn(
+                f"{files}: {one.n_nonfinite} NaN/inf voxel values (set to 0 before smoothing, as "
+                "nilearn does)",
+                NonFiniteVoxelsWarning,
+                stacklevel=2,
+            )
+        mean_np = smooth_img(
+            like_image((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
+        ).values
+        tt = mom_ops.ttest_ind(*one.contrast, equal_var=params.test == "student")
+        logp_np = clip_logp(like_image(tt.logp, bold), clip=params.clip).values
+        timings["statistics"] = time.perf_counter() - t0
+        timings["pass_statistics_cpu"] = one.cpu_s["statistics"]
+        timings["pass_temporary_writes_cpu"] = one.cpu_s["temporary_writes"]
 
-    # 2. ROIs: small 3D operations on the computed maps.
-    t0 = time.perf_counter()
-    mean_epi = like_image(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
-    tstat = like_image(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
-    logp = like_image(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
-    roi_mask = mask_and(threshold_img(logp, threshold=params.threshold), like_image(mask_np, bold))
-    dilated = (
-        binary_dilation(
-            roi_mask, iterations=params.dilation_iterations, connectivity=params.connectivity
+        # 2. ROIs: small 3D operations on the computed maps.
+        t0 = time.perf_counter()
+        mean_epi = like_image(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
+        tstat = like_image(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
+        logp = like_image(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
+        roi_mask = mask_and(
+            threshold_img(logp, threshold=params.threshold), like_image(mask_np, bold)
         )
-        if params.dilation_iterations
-        else roi_mask
-    )
-    atlas, _ = label(dilated, connectivity=params.connectivity)
-    if params.min_roi_voxels > 1:
-        atlas, _ = remove_small(atlas, min_voxels=params.min_roi_voxels)
-    if params.keep_largest is not None:
-        atlas, _ = keep_largest(atlas, k=params.keep_largest)
-    roi_np, dil_np, atlas_np = compute(roi_mask.data, dilated.data, atlas.data, local=True)
-    atlas = like_image(np.asarray(atlas_np, dtype=np.int32), bold, name="atlas")
-    if not np.any(atlas_np):
-        peak = float(np.max(logp_np[mask_np]))
-        warnings.warn(
-            f"no ROI: no voxel of mask_img has -log10 p >= {params.threshold:g} (the peak "
-            f"inside the mask is {peak:.3g}); outputs are written with an empty ROI table",
-            EmptyMaskWarning,
-            stacklevel=2,
+        dilated = (
+            binary_dilation(
+                roi_mask, iterations=params.dilation_iterations, connectivity=params.connectivity
+            )
+            if params.dilation_iterations
+            else roi_mask
         )
-    timings["rois"] = time.perf_counter() - t0
+        atlas, _ = label(dilated, connectivity=params.connectivity)
+        if params.min_roi_voxels > 1:
+            atlas, _ = remove_small(atlas, min_voxels=params.min_roi_voxels)
+        if params.keep_largest is not None:
+            atlas, _ = keep_largest(atlas, k=params.keep_largest)
+        roi_np, dil_np, atlas_np = compute(roi_mask.data, dilated.data, atlas.data, local=True)
+        atlas = like_image(np.asarray(atlas_np, dtype=np.int32), bold, name="atlas")
+        if not np.any(atlas_np):
+            peak = float(np.max(logp_np[mask_np]))
+            warnings.warn(
+                f"no ROI: no voxel of mask_img has -log10 p >= {params.threshold:g} (the peak "
+                f"inside the mask is {peak:.3g}); outputs are written with an empty ROI table",
+                EmptyMaskWarning,
+                stacklevel=2,
+            )
+        timings["rois"] = time.perf_counter() - t0
 
-    # 3. extraction: all ROIs, all volumes, smoothed ROI weights on the raw data.
-    t0 = time.perf_counter()
-    if np.any(atlas_np):
-        rois = roi_table(atlas, stat_img=logp)
-        if one.box is not None:  # the ROIs' raw voxels were kept by the pass
-            source = box_image(one, bold)
-            roi_atlas = like_image(np.asarray(atlas_np, dtype=np.int32)[one.box], source)
-        else:
-            source, roi_atlas = bold, atlas
-        linear = params.strategy in LINEAR_STRATEGIES
-        if not linear:
-            source = smooth_img(source, fwhm=params.fwhm)
-        signals = extract_signals(
-            source,
-            roi_atlas,
-            strategy=params.strategy,
-            **({"fwhm": params.fwhm} if linear else {}),
-        )
-        # The box is already in memory here: extract it in this process.
-        (signals_np,) = compute(signals.data, progress=progress, local=one.box is not None)
-        signals = signals.copy(data=signals_np)
-    else:  # already warned above
-        rois, signals = _empty_rois(), _empty_signals(bold)
-    timings["extraction"] = time.perf_counter() - t0
+        # 3. extraction: all ROIs, all volumes, smoothed ROI weights on the raw data.
+        t0 = time.perf_counter()
+        if np.any(atlas_np):
+            rois = roi_table(atlas, stat_img=logp)
+            # stored integers stay so for the linear strategies (scaled as gathered)
+            linear = params.strategy in LINEAR_STRATEGIES
+            if one.box is not None:  # the ROIs' raw voxels were kept by the pass
+                source = box_image(one, bold, values=not linear)
+                roi_atlas = like_image(np.asarray(atlas_np, dtype=np.int32)[one.box], source)
+            else:  # or written to the temporary file: only the tiles the ROIs touch are read
+                source, roi_atlas = spill_image(one, bold, values=not linear), atlas
+            if not linear:
+                source = smooth_img(source, fwhm=params.fwhm)
+            signals = extract_signals(
+                source,
+                roi_atlas,
+                strategy=params.strategy,
+                **({"fwhm": params.fwhm} if linear else {}),
+            )
+            # The box is already in memory here: extract it in this process.
+            (signals_np,) = compute(signals.data, progress=progress, local=one.spill is None)
+            signals = signals.copy(data=signals_np)
+        else:  # already warned above
+            rois, signals = _empty_rois(), _empty_signals(bold, params.strategy)
+        timings["extraction"] = time.perf_counter() - t0
 
     maps = xr.Dataset(
         {

@@ -18,6 +18,7 @@ from roidask.io.image import bold_from_nifti
 from roidask.io.nifti import NiftiSource
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
+from roidask.outputs.study import SubjectNode
 from roidask.outputs.writer import prepare_output, write_results
 from roidask.pipeline import PipelineParams, PipelineResult, check_inputs, roi_pipeline
 
@@ -42,6 +43,7 @@ def run_subject(
     inputs: list[dict] | Future | None = None,
     extra_provenance: dict | None = None,
     before_write: Callable[[], None] | None = None,
+    study_node: SubjectNode | None = None,
 ) -> PipelineResult:
     """Validate inputs, run the ROI pipeline on one subject and write its outputs.
 
@@ -60,7 +62,8 @@ def run_subject(
     chunks : dict or str, optional
         BOLD chunking; the results do not depend on it.
     box_max_bytes : int, optional
-        Memory for the ROI box kept by the pass (see :func:`roidask.pipeline.roi_pipeline`).
+        Memory for the ROI box kept by the pass (see :func:`roidask.pipeline.roi_pipeline`);
+        a larger box is written to a temporary file beside ``out``.
     tr_s : float, optional
         Repetition time in seconds (default: from the header).
     plots, overwrite, progress : bool
@@ -68,6 +71,9 @@ def run_subject(
         Input records (path, size, SHA-256), precomputed or under way; by default
         they are hashed while the pipeline runs.
     extra_provenance : dict, optional
+    study_node : SubjectNode, optional
+        Also write the results as this node of a study store, once ``out`` is
+        written (:mod:`roidask.outputs.study`; the batch driver publishes it).
     before_write : callable, optional
         Called once the results are computed, before anything is written; an
         exception it raises leaves ``out`` untouched (a batch's task checks that
@@ -95,18 +101,18 @@ def run_subject(
         inputs = start_input_records(files)
     if store is not None:
         result = roi_pipeline(
-            store,
+            as_image(store, ndim=4, param="store", subject=subject),
             mask_img=mask,
             params=params,
-            subject=subject,
             chunks=chunks,
             box_max_bytes=box_max_bytes,
+            temp_dir=out.parent,
             progress=progress,
         )
     else:
         result = _run_nifti(
             list(bold or []), list(labels or []), mask, params, chunks, tr_s, progress,
-            box_max_bytes=box_max_bytes,
+            box_max_bytes=box_max_bytes, temp_dir=out.parent,
         )  # fmt: skip
     if before_write is not None:
         before_write()
@@ -119,10 +125,12 @@ def run_subject(
         extra_provenance=extra_provenance,
         started_utc=started,
     )
+    if study_node is not None:
+        study_node.write(result)
     return result
 
 
-def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes):
+def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes, temp_dir):
     """The pipeline on NIfTI runs, read directly (a ``.nii.gz`` by one sequential decoder).
 
     The pass reads blocks of whole volumes in time order, which a sequential
@@ -135,8 +143,8 @@ def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes
     # Validate everything (headers, labels, grids, contrast, mask) before any voxel is read.
     if chunks is None:
         chunks = {"time": nifti_block_volumes(NiftiSource.open(bold[0], ndim=4, param="bold"))}
-    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
+    # stored integers of scaled int16 runs: half the bytes in the box or temporary file
+    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks, scaled=False)
     check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
-    return roi_pipeline(
-        image, mask_img=mask, params=params, box_max_bytes=box_max_bytes, progress=progress
-    )
+    options = {"box_max_bytes": box_max_bytes, "temp_dir": temp_dir, "progress": progress}
+    return roi_pipeline(image, mask_img=mask, params=params, **options)

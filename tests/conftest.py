@@ -81,3 +81,12 @@ def fake_terminal(monkeypatch):
     from roidask import _progress
 
     monkeypatch.setattr(_progress, "on_terminal", lambda stream=None: True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_nifti_handles():
+    """Close the NIfTI read handles this process cached (no ResourceWarning at exit)."""
+    yield
+    from roidask.io.nifti import close_handles
+
+    close_handles()

@@ -1,11 +1,30 @@
-"""The command line: convert and info, and one-line errors without tracebacks."""
+"""The command line: convert and info, one-line errors without tracebacks, and the
+reliability of every command (issue 13): user files kept, damaged stores refused, bad inputs
+refused before anything is written, killed commands cleaned up."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+import time
+from unittest.mock import ANY
 
+import nibabel as nib
 import numpy as np
+import pytest
+from helpers.files import (
+    damage_chunk,
+    format1_store,
+    tree,
+    write_bold,
+    write_events,
+    write_image,
+    write_manifest,
+)
+from helpers.lazy import voxel_reads
+from helpers.privileges import roidask_cmd, run_unprivileged
 
 from roidask.cli import main
 from roidask.io import open_subject
@@ -102,3 +121,638 @@ def test_cli_limits_malloc_arenas(monkeypatch):
         assert limit_malloc_arenas() is True  # glibc's mallopt accepted the setting
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False  # the user's own setting wins
+
+
+# ============================================================================================
+# Reliability (issue 13): nothing of the user's is ever deleted, damaged stores are never read
+# as whole, every bad input is one line (exit 2) before anything is written or read.
+# ============================================================================================
+CHUNK = "c/0/0/0/3"  # volumes 300-399 of the Haxby slice, chunked by 100 volumes
+
+
+def cli(capsys, *args):
+    """``roidask ARGS`` in this process: (exit status, stdout, stderr)."""
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as exc:  # argparse's errors
+        rc = exc.code
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def one_error(stderr: str) -> str:
+    """The one ``roidask: error:`` line of ``stderr`` (and nothing else), without its prefix."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("roidask: error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0].removeprefix("roidask: error: ")
+
+
+def hidden(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def copy_haxby(haxby, folder):
+    """``folder``, made to hold a copy of the Haxby slice's bold, labels and mask."""
+    folder.mkdir(parents=True)
+    for src in (haxby.bold, haxby.labels, haxby.mask):
+        shutil.copy(src, folder / src.name)
+    return folder
+
+
+@pytest.fixture
+def data(haxby, tmp_path):
+    """A folder of the user's: the Haxby slice's bold, labels and mask."""
+    return copy_haxby(haxby, tmp_path / "data")
+
+
+def run_args(data, out, *extra):
+    return [
+        "run",
+        data / "bold.nii.gz",
+        "--labels",
+        data / "labels.txt",
+        "--mask",
+        data / "mask.nii.gz",
+        "--out",
+        out,
+        "--quiet",
+        *extra,
+    ]
+
+
+def convert_args(data, out, *extra):
+    return [
+        "convert",
+        data / "bold.nii.gz",
+        "--labels",
+        data / "labels.txt",
+        "--out",
+        out,
+        "--quiet",
+        *extra,
+    ]
+
+
+def batch_args(data, out, *extra):
+    manifest = write_manifest(
+        data.parent / "manifest.tsv",
+        [("sub-01", data / "bold.nii.gz", data / "labels.txt", data / "mask.nii.gz")],
+    )
+    return ["batch", manifest, "--out", out, "--quiet", "--no-plots", *extra]
+
+
+ARGS = {"run": run_args, "convert": convert_args, "batch": batch_args}
+
+
+# -- 1. --overwrite never deletes what roidask did not write ----------------------------------
+@pytest.mark.parametrize("command", ["run", "convert", "batch"])
+def test_overwrite_on_the_input_folder_is_refused(data, capsys, command):
+    before = tree(data)
+    extra = ["--overwrite"] if command != "batch" else []
+    rc, _, err = cli(capsys, *ARGS[command](data, data, *extra))
+    assert rc == 2
+    line = one_error(err)
+    assert (
+        line
+        == {
+            "run": f"--out {data}: is or contains the input {data}/bold.nii.gz; roidask never "
+            "writes over its inputs, choose another output",
+            "convert": f"--out {data}: exists and is not a roidask store; roidask only adds "
+            "subjects to its own stores, choose another output",
+            "batch": f"--out {data}: exists and is not a roidask batch folder (no .roidask.json); "
+            "choose an empty or new folder",
+        }[command]
+    )
+    assert tree(data) == before
+
+
+@pytest.mark.parametrize("command", ["run", "convert", "batch"])
+def test_overwrite_on_a_foreign_folder_is_refused(data, tmp_path, capsys, command):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes\n")
+    before = tree(tmp_path)
+    extra = ["--overwrite"] if command != "batch" else []
+    rc, _, err = cli(capsys, *ARGS[command](data, mine, *extra))
+    assert rc == 2
+    assert one_error(err).startswith(f"--out {mine}: exists and ")
+    assert tree(tmp_path) == {**before, **({"manifest.tsv": ANY} if command == "batch" else {})}
+    assert (mine / "notes.txt").read_text() == "my notes\n"
+
+
+def test_run_overwrite_replaces_its_own_folder(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli(capsys, *run_args(data, out, "--no-plots"))[0] == 0
+    assert cli(capsys, *run_args(data, out, "--no-plots", "--fwhm", "4"))[0] == 2  # exists
+    rc, _, err = cli(capsys, *run_args(data, out, "--no-plots", "--fwhm", "4", "--overwrite"))
+    assert rc == 0, err
+    assert json.loads((out / "provenance.json").read_text())["parameters"]["fwhm"] == 4.0
+    assert hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["run", "convert", "batch"])
+def test_a_roidask_folder_holding_a_foreign_file_is_refused(data, tmp_path, capsys, command):
+    from roidask._atomic import OutputFolder
+
+    out = tmp_path / "out"
+    if command == "run":
+        assert cli(capsys, *run_args(data, out, "--no-plots"))[0] == 0
+        notes = out / "notes.txt"
+        want = f"--out {out}: holds 1 file(s) roidask did not write (notes.txt); "
+    elif command == "convert":
+        assert cli(capsys, *convert_args(data, out))[0] == 0
+        notes = out / "sub-01" / "notes.txt"
+        want = f"--out {out}: subject folder sub-01/ holds files roidask did not write (notes.txt)"
+    else:  # a batch folder whose sub-01/ (roidask's) holds a file of the user's
+        out.mkdir()
+        (out / ".roidask.json").write_text(
+            json.dumps({"written_by": "roidask", "kind": "batch", "files": []})
+        )
+        with OutputFolder(out / "sub-01", kind="subject-results") as tmp:
+            (tmp / "rois.tsv").write_text("label\n")
+        notes = out / "sub-01" / "notes.txt"
+        want = f"--out {out}/sub-01: holds 1 file(s) roidask did not write (notes.txt); "
+    notes.write_text("my notes\n")
+    before = tree(tmp_path)
+    extra = ["--overwrite"] if command != "batch" else []
+    rc, _, err = cli(capsys, *ARGS[command](data, out, *extra))
+    assert rc == 2
+    assert one_error(err).startswith(want)
+    assert tree(tmp_path) == {**before, **({"manifest.tsv": ANY} if command == "batch" else {})}
+
+
+# -- 2. damaged stores -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def haxby_store(haxby, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "haxby.zarr"
+    assert (
+        main(
+            [
+                "convert",
+                str(haxby.bold),
+                "--labels",
+                str(haxby.labels),
+                "--out",
+                str(out),
+                "--chunks",
+                "time=100",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+@pytest.fixture
+def store(haxby_store, tmp_path):
+    return shutil.copytree(haxby_store, tmp_path / "haxby.zarr")
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
+def test_damaged_store_through_run(store, haxby, tmp_path, capsys, how):
+    damage_chunk(store, f"sub-01/bold/{CHUNK}", how)
+    out = tmp_path / "out"
+    rc, stdout, err = cli(
+        capsys,
+        "run",
+        "--store",
+        store,
+        "--mask",
+        haxby.mask,
+        "--out",
+        out,
+        "--quiet",
+        "--no-plots",
+    )
+    assert rc == 2
+    line = one_error(err)
+    if how == "delete":
+        assert line == (
+            f"--store {store}: subject 'sub-01' is damaged: 1 chunk(s) missing (bold/{CHUNK}); "
+            "convert the subject again"
+        )
+    else:
+        assert line == (
+            f"--store {store}: chunk {CHUNK} of sub-01/bold is damaged (it fails its CRC-32C "
+            "checksum); the store cannot be trusted, convert the subject again (roidask info "
+            "--verify lists every damaged chunk)"
+        )
+    assert "ROIs found" not in stdout
+    assert not out.exists() and hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate", "flip"])
+def test_damaged_store_through_info(store, capsys, how):
+    damage_chunk(store, f"sub-01/bold/{CHUNK}", how)
+    rc, out, _ = cli(capsys, "info", store)
+    if how == "delete":  # the chunk inventory shows it without reading a chunk
+        assert rc == 1
+        assert f"  damaged: {store}: subject 'sub-01' is damaged: 1 chunk(s) missing " in out
+    else:  # a describe reads no chunk: it says so
+        assert rc == 0
+        assert "40x20x1x1452 int16" in out and "not read here; --verify reads and checks" in out
+    rc, out, _ = cli(capsys, "info", "--verify", store)
+    assert rc == 1
+    reason = "missing" if how == "delete" else "it fails its CRC-32C checksum"
+    assert out.splitlines() == [
+        f"store {store}: 1 damaged chunk(s)",
+        f"  sub-01/bold/{CHUNK}: {reason}",
+    ]
+
+
+def test_a_whole_store_verifies(store, capsys):
+    rc, out, _ = cli(capsys, "info", "--verify", store)
+    assert rc == 0 and "every chunk of every subject reads and passes its checksum" in out
+
+
+@pytest.mark.parametrize("command", ["info", "run"])
+def test_corrupt_zarr_json_is_named(store, haxby, tmp_path, capsys, command):
+    meta = store / "zarr.json"
+    meta.write_text(meta.read_text()[:40])
+    args = (
+        ["info", store]
+        if command == "info"
+        else ["run", "--store", store, "--mask", haxby.mask, "--out", tmp_path / "out", "--quiet"]
+    )
+    rc, _, err = cli(capsys, *args)
+    assert rc == 2
+    line = one_error(err)
+    flag = "" if command == "info" else "--store "
+    assert line.startswith(f"{flag}{meta}: corrupt zarr.json (the root metadata is not valid ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_format_1_store_runs_with_a_warning(haxby, haxby_bold, tmp_path, capsys):
+    store = format1_store(tmp_path / "old.zarr", haxby_bold.load())
+    rc, out, err = cli(
+        capsys,
+        "run",
+        "--store",
+        store,
+        "--mask",
+        haxby.mask,
+        "--out",
+        tmp_path / "out",
+        "--quiet",
+        "--no-plots",
+    )
+    assert rc == 0, err
+    assert err.splitlines() == [
+        f"roidask: warning: {store}: subject 'sub-01' was written without chunk checksums "
+        "(store format 1); damaged or missing chunks cannot be detected. Convert it again to "
+        "add them."
+    ]
+    assert "ROIs found: 5" in out
+
+
+# -- 3. unreadable files, unwritable destinations ---------------------------------------------
+UNREADABLE = {
+    "bold.nii.gz": "{path}: permission denied (the NIfTI image (.nii or .nii.gz) is not "
+    "readable by this user)",
+    "labels.txt": "--labels {path}: permission denied (the labels file is not readable by "
+    "this user)",
+    "mask.nii.gz": "--mask {path}: permission denied (the NIfTI image (.nii or .nii.gz) is "
+    "not readable by this user)",
+}
+UNREADABLE_IN_BATCH = {
+    "bold.nii.gz": "manifest: subject 'sub-01': bold {path}: permission denied (the BOLD "
+    "image is not readable by this user)",
+    "labels.txt": "manifest: subject 'sub-01': labels {path}: permission denied (the labels "
+    "file is not readable by this user)",
+    "mask.nii.gz": "manifest: subject 'sub-01': mask {path}: permission denied (the mask "
+    "image is not readable by this user)",
+    "manifest.tsv": "{path}: permission denied (the manifest (TSV) is not readable by this user)",
+}
+
+
+UNREADABLE_CASES = [
+    *(("run", n) for n in UNREADABLE),
+    *(("convert", n) for n in UNREADABLE),
+    *(("batch", n) for n in UNREADABLE_IN_BATCH),
+]
+READ_ONLY_CASES = ["run", "convert", "batch"]
+
+
+@pytest.fixture(scope="module")
+def unprivileged_runs(haxby, tmp_path_factory):
+    """Every unreadable-input and read-only-destination case, each in its own folder, run
+    in one process that file permissions apply to (one start-up for all)."""
+    root = tmp_path_factory.mktemp("unprivileged")
+    cases, info = [], {}
+    for command, name in UNREADABLE_CASES:
+        folder = root / f"unreadable-{command}-{name}"
+        data = copy_haxby(haxby, folder / "data")
+        argv = ARGS[command](data, folder / "out")
+        if command == "convert" and name == "mask.nii.gz":
+            argv += ["--mask", data / name]
+        path = folder / name if name == "manifest.tsv" else data / name
+        path.chmod(0o000)
+        info[command, name] = (len(cases), folder, path, tree(folder))
+        cases.append({"argv": argv})
+    for command in READ_ONLY_CASES:
+        folder = root / f"read-only-{command}"
+        data = copy_haxby(haxby, folder / "data")
+        ro = folder / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        reads = folder / "reads.log"
+        info[command] = (len(cases), folder, ro, reads)
+        cases.append({"argv": ARGS[command](data, ro / "out"), "reads": str(reads)})
+    results = run_unprivileged(cases, root)
+    return {key: (results[i], *rest) for key, (i, *rest) in info.items()}
+
+
+@pytest.mark.parametrize(("command", "name"), UNREADABLE_CASES)
+def test_unreadable_input(unprivileged_runs, command, name):
+    result, folder, path, before = unprivileged_runs[command, name]
+    assert result["rc"] == 2, result["stderr"]
+    want = (UNREADABLE_IN_BATCH if command == "batch" else UNREADABLE)[name]
+    assert one_error(result["stderr"]) == want.format(path=path)
+    assert tree(folder) == before  # nothing written
+
+
+@pytest.mark.parametrize("command", READ_ONLY_CASES)
+def test_out_in_a_read_only_folder(unprivileged_runs, command):
+    """Refused in one line before any voxel is read (a spy logs every NIfTI read)."""
+    result, _, ro, reads = unprivileged_runs[command]
+    assert result["rc"] == 2, result["stderr"]
+    assert one_error(result["stderr"]) == (
+        f"--out {ro}/out: cannot write into {ro} (permission denied)"
+    )
+    assert not reads.exists()  # no voxel was read
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "convert"])
+def test_out_without_its_parent_fails_before_reading(data, tmp_path, capsys, command):
+    out = tmp_path / "results" / "subj2"
+    with voxel_reads() as reads:
+        rc, _, err = cli(capsys, *ARGS[command](data, out))
+    assert rc == 2
+    assert one_error(err) == (
+        f"--out {out}: its parent folder {tmp_path}/results does not exist; create it first"
+    )
+    assert reads == []
+    assert not (tmp_path / "results").exists()
+
+
+# -- 4. bad inputs: one line each, before anything is written ---------------------------------
+NIFTI = "expected a NIfTI image (.nii or .nii.gz)"
+
+
+def _bad(tmp_path, data, case):
+    """(argv, the expected error line) of a bad-input case."""
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    empty = tmp_path / "empty.nii.gz"
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    bold, labels, mask = data / "bold.nii.gz", data / "labels.txt", data / "mask.nii.gz"
+
+    def run(bold=bold, labels=labels, mask=mask):
+        return ["run", bold, "--labels", labels, "--mask", mask, "--out", out, "--quiet"]
+
+    def convert(bold=bold, labels=labels):
+        return ["convert", bold, "--labels", labels, "--out", out, "--quiet"]
+
+    if case == "bold-is-a-folder":
+        return run(bold=folder), f"{folder}: is a folder; {NIFTI}"
+    if case == "labels-is-a-folder":
+        return run(labels=folder), f"--labels {folder}: is a folder; expected a labels file"
+    if case == "mask-is-a-folder":
+        return run(mask=folder), (
+            f"--mask {folder}: is a folder, not an image; expected a .nii/.nii.gz file, a "
+            ".nii.zarr image or a roidask zarr store"
+        )
+    if case == "convert-bold-is-a-folder":
+        return convert(bold=folder), f"{folder}: is a folder; {NIFTI}"
+    if case == "empty-bold":
+        return run(bold=empty), f"{empty}: is empty (0 bytes); {NIFTI}"
+    if case == "convert-empty-bold":
+        return convert(bold=empty), f"{empty}: is empty (0 bytes); {NIFTI}"
+    if case == "empty-labels":
+        path = tmp_path / "labels.txt"
+        path.write_bytes(b"")
+        return run(labels=path), f"--labels {path}: is empty (0 bytes); expected a labels file"
+    if case == "empty-mask":
+        return run(mask=empty), f"--mask {empty}: is empty (0 bytes); {NIFTI}"
+    if case == "empty-manifest":
+        manifest = tmp_path / "m.tsv"
+        manifest.write_bytes(b"")
+        want = f"{manifest}: is empty (0 bytes); expected a manifest (TSV)"
+        return ["batch", manifest, "--out", out], want
+    if case == "header-only-manifest":
+        manifest = tmp_path / "m.tsv"
+        manifest.write_text("subject\tbold\tlabels\tmask\n")
+        want = f"{manifest}: has a header but no subject rows (expected one line per subject)"
+        return ["batch", manifest, "--out", out], want
+    if case in ("mask-all-zero", "mask-not-binary"):
+        img = nib.load(mask)
+        values = np.asanyarray(img.dataobj).astype(np.float32)
+        values = values * 0 if case == "mask-all-zero" else values * 2
+        path = write_image(tmp_path / f"{case}.nii.gz", values, img.affine)
+        if case == "mask-all-zero":
+            want = "mask is empty (every voxel is 0); expected at least one voxel inside"
+        else:
+            want = (
+                "expected a binary mask (every voxel 0 or 1), found the value(s) 2; binarize "
+                "it first (roidask.ops.binarize_img: nonzero = inside)"
+            )
+        return run(mask=path), f"--mask {path}: {want}"
+    if case in ("threads-per-worker-0", "batch-threads-per-worker-0"):
+        command = "batch" if case.startswith("batch") else "run"
+        argv = run() if command == "run" else batch_args(data, out)
+        want = f"--threads-per-worker: expected a positive integer, got 0 (see roidask {command} "
+        return [*argv, "--threads-per-worker", "0"], want + "--help)"
+    if case == "events-not-named-events-tsv":
+        path = write_events(tmp_path / "conditions.tsv", [(0.0, 2.5, "face")])
+        return run(labels=path), (
+            f"--labels {path}: has the columns of a BIDS events table but is not named "
+            "*_events.tsv; rename it (e.g. sub-01_task-x_run-1_events.tsv) so it is read as events"
+        )
+    if case == "events-without-tr":
+        bold0 = write_bold(tmp_path / "notr_bold.nii.gz", 10, tr_s=0.0)
+        events = write_events(tmp_path / "sub-01_events.tsv", [(0.0, 4.0, "face")])
+        return convert(bold=bold0, labels=events), (
+            "--tr: events.tsv files need the repetition time and the BOLD header has none; add "
+            "--tr SECONDS"
+        )
+    raise AssertionError(case)
+
+
+BAD_CASES = [
+    "bold-is-a-folder",
+    "labels-is-a-folder",
+    "mask-is-a-folder",
+    "convert-bold-is-a-folder",
+    "empty-bold",
+    "convert-empty-bold",
+    "empty-labels",
+    "empty-mask",
+    "empty-manifest",
+    "header-only-manifest",
+    "mask-all-zero",
+    "mask-not-binary",
+    "threads-per-worker-0",
+    "batch-threads-per-worker-0",
+    "events-not-named-events-tsv",
+    "events-without-tr",
+]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_line_before_anything_is_written(data, tmp_path, capsys, case):
+    argv, want = _bad(tmp_path, data, case)
+    before = tree(tmp_path)
+    with voxel_reads() as reads:
+        rc, _, err = cli(capsys, *argv)
+    assert rc == 2
+    assert one_error(err) == want
+    assert tree(tmp_path) == before  # nothing written
+    assert data / "bold.nii.gz" not in reads  # nothing of the BOLD data read
+
+
+def test_events_beyond_the_run_warn(tmp_path, capsys):
+    bold = write_bold(tmp_path / "run_bold.nii.gz", 20, tr_s=2.0)
+    events = write_events(
+        tmp_path / "sub-01_events.tsv", [(0.0, 10.0, "a"), (20.0, 10.0, "b"), (44.0, 2.0, "a")]
+    )
+    mask = write_image(tmp_path / "mask.nii.gz", np.ones((4, 5, 3), dtype=np.uint8))
+    rc, _, err = cli(capsys, "convert", bold, "--labels", events, "--out", tmp_path / "s.zarr")
+    assert rc == 0, err
+    assert err.splitlines() == [
+        f"roidask: warning: {events}: 1 event(s) start at or after the end of the run (20 "
+        "volumes x 2 s = 40 s), e.g. 'a' at 44 s; they label no volume (wrong TR, or events of "
+        "another run?)"
+    ]
+    rc, _, err = cli(
+        capsys,
+        "run",
+        bold,
+        "--labels",
+        events,
+        "--mask",
+        mask,
+        "--contrast",
+        "a",
+        "b",
+        "--out",
+        tmp_path / "out",
+        "--quiet",
+        "--no-plots",
+    )
+    assert rc == 0 and "1 event(s) start at or after the end of the run" in err
+
+
+def test_nonfinite_voxels_are_reported_by_run(haxby, tmp_path, capsys):
+    img = nib.load(haxby.bold)
+    values = np.asanyarray(img.dataobj).astype(np.float32)
+    values[0, 0, 0, :3] = np.nan
+    values[1, 1, 0, 5] = np.inf
+    bold = tmp_path / "bold.nii.gz"
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(values, img.affine, header), bold)
+    rc, out, err = cli(
+        capsys,
+        "run",
+        bold,
+        "--labels",
+        haxby.labels,
+        "--mask",
+        haxby.mask,
+        "--out",
+        tmp_path / "out",
+        "--quiet",
+        "--no-plots",
+    )
+    assert rc == 0
+    assert err.splitlines() == [
+        f"roidask: warning: {bold}: 4 NaN/inf voxel values (set to 0 before smoothing, as "
+        "nilearn does)"
+    ]
+    assert "ROIs found: 5" in out
+
+
+@pytest.mark.parametrize("case", ["mask", "out", "tr"])
+def test_library_names_parameters_and_the_cli_names_flags(data, tmp_path, capsys, case):
+    """The same error: ``mask_img``/``out``/``tr_s`` from the library, ``--mask``/``--out``/
+    ``--tr`` from the command line."""
+    from roidask.io import bold_from_nifti
+    from roidask.pipeline import PipelineParams, roi_pipeline
+    from roidask.runner import run_subject
+
+    bold, labels = data / "bold.nii.gz", data / "labels.txt"
+    if case == "mask":
+        argv, want = _bad(tmp_path, data, "mask-all-zero")
+        mask = argv[5]
+        with pytest.raises(ValueError) as info:
+            roi_pipeline(bold_from_nifti(bold, labels=labels), mask_img=mask)
+        library = f"mask_img {mask}: mask is empty"
+    elif case == "out":
+        out = tmp_path / "results" / "subj2"
+        argv, want = run_args(data, out), f"--out {out}: its parent folder"
+        with pytest.raises(OSError) as info:
+            run_subject(
+                bold=[bold],
+                labels=[labels],
+                store=None,
+                subject=None,
+                mask=data / "mask.nii.gz",
+                out=out,
+                params=PipelineParams(),
+            )
+        library = f"out {out}: its parent folder"
+    else:
+        argv, want = _bad(tmp_path, data, "events-without-tr")
+        with pytest.raises(ValueError) as info:
+            bold_from_nifti(argv[1], labels=[argv[3]])
+        library = "tr_s: events.tsv files need the repetition time and the BOLD header has none; "
+        assert str(info.value).endswith("pass tr_s=SECONDS")
+    assert str(info.value).startswith(library)
+    rc, _, err = cli(capsys, *argv)
+    assert rc == 2 and one_error(err).startswith(want)
+
+
+# -- 6. killed runs clean up after themselves ---------------------------------------------------
+def _kill_mid_write(cmd, out):
+    """Start ``cmd``; SIGKILL it as soon as its temporary sibling ``.<out>.roidask-tmp-*``
+    (a folder) holds a file; return that sibling. A command that finished first (a fast
+    machine) is started again, after its output is removed."""
+    prefix = f".{out.name}.roidask-tmp-"
+    for _ in range(5):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while proc.poll() is None:
+                temps = [p for p in out.parent.iterdir() if p.name.startswith(prefix)]
+                temps = [p for p in temps if p.is_dir() and any(True for _ in p.rglob("*"))]
+                if temps:
+                    proc.kill()
+                    proc.wait()
+                    return temps[0]
+                time.sleep(0.001)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, proc.stderr.read()
+        shutil.rmtree(out)
+    raise AssertionError(f"{cmd}: finished five times before its temporary folder was seen")
+
+
+@pytest.mark.parametrize("command", ["run", "convert"])
+def test_a_killed_command_is_cleaned_up_by_the_next(data, tmp_path, capsys, command):
+    out = tmp_path / ("out" if command == "run" else "s.zarr")
+    extra = ["--no-plots"] if command == "run" else ["--chunks", "time=20"]
+    args = ARGS[command](data, out, *extra)
+    stale = _kill_mid_write(roidask_cmd(*args), out)
+    assert stale.exists() and not out.exists()  # killed mid-write: nothing committed
+    rc, _, err = cli(capsys, *args)  # the same command again
+    assert rc == 0, err
+    assert hidden(tmp_path) == []  # the killed command's temporary folder is gone
+    if command == "run":
+        assert (out / "provenance.json").is_file()
+    else:
+        assert open_subject(out)["bold"].shape == (40, 20, 1, 1452)

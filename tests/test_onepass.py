@@ -15,22 +15,28 @@ import nibabel as nib
 import numpy as np
 import pytest
 from helpers.lazy import raise_if_dask_computes
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from nilearn.image import smooth_img as nilearn_smooth
 from scipy import ndimage
 
 from roidask.exceptions import ConditionError, InvalidParameterError
 from roidask.io import as_image, bold_from_nifti, like_image
+from roidask.io import spill as spill_module
 from roidask.io.nifti import NiftiSource
+from roidask.io.spill import spill_file
 from roidask.onepass import (
+    KeptVoxels,
     MemoryPlan,
     box_bytes,
     box_image,
     contrast_pass,
+    kept_voxels,
     memory_plan,
     pass_box,
+    pass_tiles,
     roi_box,
+    spill_image,
 )
 from roidask.ops.extract import STRATEGIES, extract_signals
 from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
@@ -244,3 +250,108 @@ def test_memory_plan_shrinks_blocks_and_drops_the_box_for_small_workers(tmp_path
         mp.setattr(onepass, "BOX_MAX_BYTES", box - 1)
         unkept = plan(80 * 2**20)
     assert unkept.box_max_bytes == 0 and unkept.chunks["time"] > small.chunks["time"]
+
+
+# -- the temporary file instead of the box --------------------------------------------------
+@settings(max_examples=12)
+@given(problem=box_problems(), edge=st.integers(2, 5))
+def test_signals_from_the_temporary_file_equal_whole_volume_signals(
+    problem, edge, tmp_path_factory, monkeypatch
+):
+    """The pass writes the tiles near the mask; signals read from them are the whole
+    volumes' (every strategy), and every tile holds the data of every volume."""
+    monkeypatch.setattr(spill_module, "TILE_EDGE", edge)
+    rng = np.random.default_rng(problem["seed"])
+    shape, n_t = problem["shape"], problem["n_t"]
+    data = rng.normal(100, 10, size=(*shape, n_t)).astype(np.float32)
+    affine = np.diag([*rng.uniform(2, 4, size=3), 1.0])
+    mask = rng.random(shape) < 0.05
+    mask[tuple(rng.integers(0, s) for s in shape)] = True
+    structure = ndimage.generate_binary_structure(3, problem["connectivity"])
+    grown = ndimage.binary_dilation(mask, structure, iterations=problem["iterations"] or 1)
+    grown = grown if problem["iterations"] else mask
+    atlas = np.where(grown & (rng.random(shape) < 0.7), rng.integers(1, 4, size=shape), 0)
+    atlas.flat[np.flatnonzero(grown)[0]] = 1
+    tiles = pass_tiles(
+        mask, affine, fwhm=problem["fwhm"], dilation_iterations=problem["iterations"]
+    )
+    bold = make_bold(data, affine, {"time": problem["time_chunk"]})
+    atlas_img = nib.Nifti1Image(atlas.astype(np.int32), affine)
+    with spill_file(
+        tmp_path_factory.mktemp("spill"), shape=data.shape, dtype=data.dtype, kept=tiles
+    ) as spill:
+        result = contrast_pass(
+            bold, contrast=("face", "house"), fwhm=problem["fwhm"], spill=spill
+        ).compute()
+        for tile in zip(*np.nonzero(tiles), strict=True):
+            np.testing.assert_array_equal(
+                spill.read(tile, 0, n_t), data[(*spill.tile_slices(tile), slice(None))]
+            )
+        source = spill_image(result, bold)
+        for strategy in STRATEGIES:
+            linear = strategy in ("mean", "sum")
+            kwargs = {"fwhm": problem["fwhm"]} if linear else {}
+            full_src = bold if linear else smooth_img(bold, fwhm=problem["fwhm"])
+            tile_src = source if linear else smooth_img(source, fwhm=problem["fwhm"])
+            want = extract_signals(full_src, atlas_img, strategy=strategy, **kwargs).values
+            got = extract_signals(tile_src, atlas_img, strategy=strategy, **kwargs).values
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=strategy)
+
+
+@given(
+    shape=st.tuples(*(st.integers(1, n) for n in (14, 12, 10))),
+    voxels=st.tuples(*(st.sampled_from([1.5, 2.0, 3.0, 4.0]) for _ in range(3))),
+    fwhm=st.sampled_from([None, 4.0, 6.0]),
+    iterations=st.integers(0, 2),
+    edge=st.integers(2, 6),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_pass_tiles_are_the_tiles_near_the_mask(
+    shape, voxels, fwhm, iterations, edge, seed, monkeypatch
+):
+    """(reference, ours): tiles holding a voxel of the mask grown by the dilation and the
+    kernel radius per axis (scipy's maximum filter) vs :func:`pass_tiles`."""
+    monkeypatch.setattr(spill_module, "TILE_EDGE", edge)
+    rng = np.random.default_rng(seed)
+    mask = rng.random(shape) < 0.03
+    affine = np.diag([*voxels, 1.0])
+    sigma = fwhm_to_sigma_voxels(affine, fwhm)
+    grow = [iterations + gaussian_radius(s) for s in sigma]
+    grown = ndimage.maximum_filter(mask, size=[2 * g + 1 for g in grow], mode="constant")
+    bounds = spill_module.tile_grid(shape)
+    want = np.zeros([len(b) - 1 for b in bounds], dtype=bool)
+    for tile in np.ndindex(*want.shape):
+        sl = tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, tile, strict=True))
+        want[tile] = grown[sl].any()
+    got = pass_tiles(mask, affine, fwhm=fwhm, dilation_iterations=iterations)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_kept_voxels_box_in_memory_or_tiles_on_disk():
+    mask = np.zeros((20, 30, 10), dtype=bool)
+    mask[5:8, 10:12, 3:6] = True
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    options = {"n_volumes": 100, "dtype": np.int16, "fwhm": 6.0, "dilation_iterations": 1}
+    box = pass_box(mask, affine, fwhm=6.0, dilation_iterations=1)
+    size = box_bytes(box, 100, np.int16)
+    assert kept_voxels(mask, affine, **options, box_max_bytes=size) == KeptVoxels(box=box)
+    spilled = kept_voxels(mask, affine, **options, box_max_bytes=size - 1)
+    assert spilled.box is None
+    np.testing.assert_array_equal(
+        spilled.tiles, pass_tiles(mask, affine, fwhm=6.0, dilation_iterations=1)
+    )
+    assert kept_voxels(mask, affine, **options, box_max_bytes=0).tiles is not None
+    assert kept_voxels(mask, affine, **options) == KeptVoxels(box=box)  # BOX_MAX_BYTES
+    assert kept_voxels(np.zeros_like(mask), affine, **options) == KeptVoxels()
+
+
+def test_pass_refuses_a_temporary_file_of_another_series(haxby, tmp_path):
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
+    with spill_file(
+        tmp_path,
+        shape=(40, 20, 1, 10),
+        dtype=np.int16,
+        kept=np.ones([len(b) - 1 for b in spill_module.tile_grid((40, 20, 1))], bool),
+    ) as spill:
+        with pytest.raises(InvalidParameterError, match=r"spill: a file for \(40, 20, 1, 10\)"):
+            contrast_pass(bold, contrast=("face", "house"), fwhm=6.0, spill=spill)

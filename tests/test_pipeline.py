@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
+import textwrap
 
 import dask.array as da
 import nibabel as nib
@@ -23,6 +27,7 @@ from roidask.exceptions import (
 )
 from roidask.io import bold_from_nifti, convert
 from roidask.io.grid import affine_of
+from roidask.io.nifti import NiftiSource
 from roidask.pipeline import PipelineParams, roi_pipeline
 
 
@@ -102,9 +107,17 @@ def test_pipeline_reads_the_data_once(haxby, seed, seed64, monkeypatch):
     assert_matches_seed(result, seed, seed64)
 
 
+def temp_files(folder) -> list[str]:
+    """The pass's temporary voxel files in ``folder``."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".roidask-voxels."))
+
+
 @pytest.mark.parametrize("strategy", ["mean", "median"])
-def test_pipeline_reads_twice_when_the_box_is_too_big(haxby, seed, seed64, monkeypatch, strategy):
-    """A box over ``box_max_bytes`` (e.g. a whole-brain mask): the extraction reads again."""
+def test_pipeline_reads_once_when_the_box_is_too_big(
+    haxby, seed, seed64, monkeypatch, tmp_path, strategy
+):
+    """A box over ``box_max_bytes`` (e.g. a whole-brain mask) goes to a temporary file,
+    removed afterwards: the data is still read once, and the signals do not change."""
     from roidask import onepass
 
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="time=300")
@@ -113,18 +126,20 @@ def test_pipeline_reads_twice_when_the_box_is_too_big(haxby, seed, seed64, monke
     box = onepass.pass_box(mask, affine_of(bold), fwhm=6.0, dilation_iterations=1)
     size = onepass.box_bytes(box, 1452, np.int16)
     counts = _count_volumes_read(monkeypatch)
-    result = roi_pipeline(bold, mask_img=haxby.mask, params=params, box_max_bytes=size - 1)
-    assert sum(counts) == 2 * 1452
+    options = {"mask_img": haxby.mask, "params": params, "temp_dir": tmp_path}
+    result = roi_pipeline(bold, **options, box_max_bytes=size - 1)
+    assert sum(counts) == 1452 and temp_files(tmp_path) == []
     counts.clear()
-    kept = roi_pipeline(bold, mask_img=haxby.mask, params=params, box_max_bytes=size)
+    kept = roi_pipeline(bold, **options, box_max_bytes=size)
     assert sum(counts) == 1452
     np.testing.assert_allclose(result.signals.values, kept.signals.values, rtol=1e-6)
     if strategy == "mean":
         assert_matches_seed(result, seed, seed64)
     monkeypatch.setattr(onepass, "BOX_MAX_BYTES", 0)  # the default limit
     counts.clear()
-    roi_pipeline(bold, mask_img=haxby.mask, params=params)
-    assert sum(counts) == 2 * 1452
+    again = roi_pipeline(bold, **options)
+    assert sum(counts) == 1452 and temp_files(tmp_path) == []
+    np.testing.assert_array_equal(again.signals.values, result.signals.values)
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "1MB", True])
@@ -376,3 +391,179 @@ def test_empty_roi_set_still_writes_outputs(haxby, tmp_path, capsys):
     assert len(rois) == 0 and "label" in rois.columns
     assert len(pd.read_csv(out / "signals.tsv", sep="\t")) == 0
     assert np.asanyarray(nib.load(out / "atlas.nii.gz").dataobj).max() == 0
+
+
+# -- whole-brain-shaped subjects: the voxels go to a temporary file -------------------------
+WHOLE_BRAIN_INPUTS = {
+    "int16-scaled": {"dtype": "int16", "scl_slope": 0.08, "scl_inter": 100.0},
+    "float32": {"dtype": "float32"},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(WHOLE_BRAIN_INPUTS))
+def whole_brain(request, tmp_path_factory):
+    """A small subject as fMRIPrep writes them, its brain mask as the mask, and nilearn's
+    example on it (float32 and float64 t-tests)."""
+    from roidask.datasets import make_synthetic_subject
+
+    subject = make_synthetic_subject(
+        tmp_path_factory.mktemp("whole-brain") / request.param,
+        shape=(24, 28, 24),
+        n_volumes=300,
+        effect_pct=6.0,
+        **WHOLE_BRAIN_INPUTS[request.param],
+    )
+    files = (str(subject.bold), str(subject.labels), str(subject.brain_mask))
+    reference = seed_pipeline(*files)
+    assert reference["n_labels"] >= 2
+    return subject, reference, seed_pipeline(*files, stats_dtype=np.float64)
+
+
+def test_whole_brain_subject_equals_nilearn_reading_only_the_rois_tiles(
+    whole_brain, monkeypatch, tmp_path
+):
+    """int16 with scl_slope/scl_inter, and float32: the mask's box is over the in-memory
+    limit, so the pass writes the tiles near the mask to a temporary file and the
+    extraction reads back exactly the tiles that the ROIs' smoothed weights touch."""
+    from scipy import ndimage
+
+    from roidask import onepass
+    from roidask.io import spill
+    from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_radius
+
+    subject, reference, reference64 = whole_brain
+    monkeypatch.setattr(spill, "TILE_EDGE", 6)  # 1 x 5 x 4 tiles
+    monkeypatch.setattr(onepass, "BOX_MAX_BYTES", 2**20)
+    reads = []
+    original = spill.SpillFile.read
+
+    def counting(self, tile, start, stop):
+        reads.append((tuple(int(i) for i in tile), start, stop))
+        return original(self, tile, start, stop)
+
+    monkeypatch.setattr(spill.SpillFile, "read", counting)
+    bold = bold_from_nifti(subject.bold, labels=subject.labels)
+    mask = np.asarray(nib.load(subject.brain_mask).dataobj) != 0
+    box = onepass.pass_box(mask, affine_of(bold), fwhm=6.0, dilation_iterations=1)
+    assert onepass.box_bytes(box, 300, bold.dtype) > onepass.BOX_MAX_BYTES
+    result = roi_pipeline(bold, mask_img=subject.brain_mask, temp_dir=tmp_path)
+    assert temp_files(tmp_path) == []
+    assert_matches_seed(result, reference, reference64)
+    assert result.signals.dtype == np.float32
+
+    # the tiles read: those holding a voxel within the kernel radius of an ROI voxel
+    atlas = result.maps["atlas"].values
+    radius = [gaussian_radius(s) for s in fwhm_to_sigma_voxels(affine_of(bold), 6.0)]
+    support = ndimage.maximum_filter(atlas > 0, size=[2 * r + 1 for r in radius])
+    bounds = spill.tile_grid(atlas.shape)
+    want = {
+        tile
+        for tile in np.ndindex(*[len(b) - 1 for b in bounds])
+        if support[tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, tile, strict=True))].any()
+    }
+    kept = onepass.pass_tiles(mask, affine_of(bold), fwhm=6.0, dilation_iterations=1)
+    assert want < {tuple(int(i) for i in t) for t in zip(*np.nonzero(kept), strict=True)}
+    assert {tile for tile, _, _ in reads} == want
+    for tile in want:  # every volume of every such tile, once
+        ranges = sorted((a, b) for t, a, b in reads if t == tile)
+        assert ranges[0][0] == 0 and ranges[-1][1] == 300
+        assert all(b == c for (_, b), (c, _) in itertools.pairwise(ranges))
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_temporary_file_removed_when_the_pass_fails_or_is_interrupted(
+    haxby, monkeypatch, tmp_path, error
+):
+    from roidask.io import spill
+
+    original = spill.SpillFile.write_block
+    calls = []
+
+    def failing(self, block, start):
+        calls.append(start)
+        assert self.path.exists() and temp_files(tmp_path) == [self.path.name]
+        if len(calls) == 3:
+            raise error("stopped inside the pass")
+        return original(self, block, start)
+
+    monkeypatch.setattr(spill.SpillFile, "write_block", failing)
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="time=100")
+    with pytest.raises(error, match="stopped inside the pass"):
+        roi_pipeline(bold, mask_img=haxby.mask, box_max_bytes=0, temp_dir=tmp_path)
+    assert len(calls) >= 3
+    assert temp_files(tmp_path) == []
+
+
+def test_killed_run_leaves_a_temporary_file_that_clean_stale_removes(haxby, tmp_path):
+    """SIGKILL in the middle of the pass: nothing can remove the file; clean_stale does
+    (a run that writes a temporary file calls it on its folder, beside its output, first)."""
+    from roidask._atomic import clean_stale
+
+    out = tmp_path / "out"
+    argv = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
+    argv += ["--out", str(out), "--no-plots", "--quiet"]
+    code = textwrap.dedent(
+        f"""
+        import sys, time
+        from roidask import onepass
+        from roidask.io.spill import SpillFile
+        from roidask.cli import main
+        onepass.BOX_MAX_BYTES = 0
+        def paused(self, block, start):
+            print("writing", flush=True)
+            time.sleep(120)
+        SpillFile.write_block = paused
+        main({argv!r})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        (left,) = temp_files(tmp_path)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert temp_files(tmp_path) == [left] and not out.exists()
+    assert [p.name for p in clean_stale(tmp_path / "roidask-voxels")] == [left]
+    assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("whole_brain", ["int16-scaled"], indirect=True)
+def test_stored_integers_give_the_same_bits(whole_brain, monkeypatch, tmp_path):
+    """A scaled int16 series read as its stored integers (half the bytes kept in memory or
+    written to the temporary file, as ``roidask run`` reads NIfTI) gives the same bits as
+    its float32 values, with the box in memory or the temporary file."""
+    from roidask import onepass
+    from roidask.io import spill
+
+    subject, _, _ = whole_brain
+    assert NiftiSource.open(subject.bold).is_scaled
+    monkeypatch.setattr(spill, "TILE_EDGE", 6)
+    for limit in (None, 0):
+        for strategy in ("mean", "median"):
+            results = []
+            for scaled in (True, False):
+                bold = bold_from_nifti(subject.bold, labels=subject.labels, scaled=scaled)
+                assert (bold.dtype == np.int16) != scaled
+                results.append(
+                    roi_pipeline(
+                        bold,
+                        mask_img=subject.brain_mask,
+                        params=PipelineParams(strategy=strategy),
+                        box_max_bytes=limit,
+                        temp_dir=tmp_path,
+                    ).to_dataset()
+                )
+            xr.testing.assert_identical(*results)
+    sizes = []
+    for scaled in (True, False):
+        bold = bold_from_nifti(subject.bold, labels=subject.labels, scaled=scaled)
+        mask = np.asarray(nib.load(subject.brain_mask).dataobj) != 0
+        keep = onepass.kept_voxels(
+            mask, affine_of(bold), n_volumes=300, dtype=bold.dtype, fwhm=6.0,
+            dilation_iterations=1, box_max_bytes=0,
+        )  # fmt: skip
+        sizes.append(spill.SpillFile.layout(tmp_path, bold.shape, bold.dtype, keep.tiles).nbytes)
+    assert sizes[1] * 2 == sizes[0]

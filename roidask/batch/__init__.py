@@ -1,12 +1,14 @@
 """Many subjects on one dask cluster: manifests, scheduling and resume, the group level."""
 
 from roidask.batch.group import group_level
-from roidask.batch.manifest import SubjectSpec, read_manifest
-from roidask.batch.schedule import GRANULARITIES, fingerprint, run_batch
+from roidask.batch.manifest import SubjectSpec, check_subject_files, read_manifest
+from roidask.batch.schedule import GRANULARITIES, check_batch_folder, fingerprint, run_batch
 
 __all__ = [
     "GRANULARITIES",
     "SubjectSpec",
+    "check_batch_folder",
+    "check_subject_files",
     "fingerprint",
     "group_level",
     "read_manifest",

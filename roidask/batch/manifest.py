@@ -16,9 +16,10 @@ from pathlib import Path
 import pandas as pd
 
 from roidask._validate import SUBJECT_NAME_RE, check_input_file
-from roidask.exceptions import ManifestError
+from roidask.exceptions import CorruptFileError, ManifestError, UnreadableFileError
+from roidask.io.niizarr import is_nifti_zarr
 
-__all__ = ["MANIFEST_COLUMNS", "SubjectSpec", "read_manifest"]
+__all__ = ["MANIFEST_COLUMNS", "SubjectSpec", "check_subject_files", "read_manifest"]
 
 #: Columns of a TSV manifest.
 MANIFEST_COLUMNS = ("subject", "bold", "labels", "mask")
@@ -36,6 +37,39 @@ class SubjectSpec:
     @property
     def out_name(self) -> str:
         return self.subject if self.subject.startswith("sub-") else f"sub-{self.subject}"
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every input file of the subject: BOLD run(s), label file(s), mask."""
+        return (*self.bold, *self.labels, self.mask)
+
+
+def check_subject_files(specs: list[SubjectSpec]) -> None:
+    """Check that every input file of every subject exists, is readable and is not empty.
+
+    Called before a batch writes anything; the contents are checked when each
+    subject runs.
+
+    Raises
+    ------
+    UnreadableFileError
+        A file is missing, a folder, or not readable by this user.
+    CorruptFileError
+        A file is empty (0 bytes).
+    """
+    for spec in specs:
+        columns = [("bold", p, "BOLD image") for p in spec.bold]
+        columns += [("labels", p, "labels file") for p in spec.labels]
+        columns.append(("mask", spec.mask, "mask image"))
+        for column, path, what in columns:
+            if column != "labels" and is_nifti_zarr(path):
+                continue  # a NIfTI-Zarr image (a folder), validated when opened
+            try:
+                check_input_file(path, column, what=what)
+            except (UnreadableFileError, CorruptFileError) as exc:
+                raise type(exc)(
+                    f"manifest: subject {spec.subject!r}: {exc}", param="manifest"
+                ) from None
 
 
 def _split(value: str, base: Path) -> tuple[Path, ...]:

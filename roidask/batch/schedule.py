@@ -31,8 +31,16 @@ the read handles a worker caches for a subject's NIfTI files are dropped when
 the subject is done. Without a ``distributed`` client, subjects run in this
 process's threads (the granularity does not apply).
 
+Before anything is written, every input file of every subject must exist and be
+readable and non-empty, and every existing output folder must be roidask's.
+Every subject's results also go into one study store, ``DIR/study.zarr``
+(:mod:`roidask.outputs.study`): the subject's run (on its worker) writes its node,
+this driver publishes it once complete; a published node that must be rewritten
+is unpublished by the driver first (the task hands the subject back to do so).
+
 Resume: a subject whose ``provenance.json`` records the same fingerprint
-(parameters and input checksums) is skipped; the others are redone. A failing
+(parameters and input checksums), and whose study node too, is skipped; the
+others are redone. A failing
 subject (bad file, ...) is reported in ``DIR/batch.tsv`` and does not stop the
 others. A worker lost mid-batch only costs time: distributed runs its subject
 tasks again on other workers (or recomputes its blocks), the next attempt
@@ -62,18 +70,28 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from roidask import _progress
-from roidask._atomic import MARKER, clean_stale, read_marker, write_text
+from roidask._atomic import MARKER, check_destination, clean_stale, read_marker, write_text
 from roidask._malloc import reuse_freed_buffers
 from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
-from roidask.batch.group import group_level
-from roidask.batch.manifest import SubjectSpec
+from roidask.batch.group import GROUP_KIND, group_level
+from roidask.batch.manifest import SubjectSpec, check_subject_files
 from roidask.cluster import active_client, describe_client
 from roidask.exceptions import InvalidParameterError, OutputError, RoidaskError
 from roidask.io.conversions import as_image
 from roidask.io.nifti import NiftiSource, release_handles
 from roidask.onepass import USABLE_FRACTION, WORKER_BASE_BYTES, MemoryPlan, memory_plan
 from roidask.outputs.provenance import input_records, utc_now
+from roidask.outputs.study import (
+    FINGERPRINT_ATTR,
+    GROUP_NODE,
+    STUDY_NAME,
+    Study,
+    SubjectNode,
+    node_attrs,
+    published,
+)
+from roidask.outputs.writer import SUBJECT_KIND
 from roidask.pipeline import PipelineParams, compute_here, mask_values
 from roidask.runner import run_subject
 
@@ -84,6 +102,7 @@ __all__ = [
     "BATCH_COLUMNS",
     "BATCH_KIND",
     "GRANULARITIES",
+    "check_batch_folder",
     "fingerprint",
     "prepare_batch_folder",
     "run_batch",
@@ -100,6 +119,8 @@ STATUS_INTERVAL_S = 0.5
 
 # Status of a row sent back by a subject task whose pass does not fit its worker.
 _TO_BLOCK = "to-block"
+# Status of a row sent back by a subject whose published study node must be rewritten.
+_TO_UNPUBLISH = "to-unpublish"
 _DEFAULT_PLAN = MemoryPlan(None, None)
 
 
@@ -126,35 +147,27 @@ def _is_complete(out: Path, digest: str) -> bool:
     return all((out / name).exists() for name in record.get("outputs", []))
 
 
-def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
-    """Create or check the batch folder (before any data is read).
+def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
+    """Check that a batch may write ``out_dir`` (before any data is read; writes nothing).
 
-    A new folder (or an empty one) becomes a roidask batch folder; an existing one
-    must be one already. No subject's input may lie inside its output folder.
+    A new folder (or an empty one) will become a roidask batch folder; an existing
+    one must be one already. Every subject's output folder (and ``group/``) that
+    exists must be roidask's (:func:`roidask._atomic.check_destination`), and no
+    input of any subject may lie in one of them.
 
     Raises
     ------
     OutputError
-        The parent is missing, the folder is not roidask's, or an input lies in it.
+        The parent is missing or read-only, the folder is not roidask's, a subject's
+        folder holds files roidask did not write, or an input lies in an output folder.
     """
     out = Path(out_dir)
-    if not out.parent.is_dir():
-        raise OutputError(
-            f"out {out}: its parent folder {out.parent} does not exist; create it first",
-            param="out",
-        )
-    if out.exists() and not out.is_dir():
+    inputs = [p for spec in specs for p in spec.files]
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"out {out}: is a file; expected a batch folder", param="out")
-    for spec in specs:
-        sub_out = (out / spec.out_name).resolve()
-        for item in (*spec.bold, *spec.labels, spec.mask):
-            if sub_out in Path(item).resolve().parents:
-                raise OutputError(
-                    f"out {out}: the input {item} of subject {spec.subject!r} lies in its output "
-                    f"folder {spec.out_name}/; roidask never writes over its inputs",
-                    param="out",
-                )
-    if out.is_dir() and any(out.iterdir()):
+    if not out.exists():
+        check_destination(out, param="out", inputs=inputs)
+    elif any(out.iterdir()):
         marker = read_marker(out)
         if marker is None and not (out / "batch.tsv").is_file():
             raise OutputError(
@@ -167,6 +180,16 @@ def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -
                 f"out {out}: is a roidask {marker['kind']} folder, not a batch folder",
                 param="out",
             )
+    if out.is_dir():
+        targets = [(out / spec.out_name, SUBJECT_KIND) for spec in specs]
+        for target, kind in [*targets, (out / "group", GROUP_KIND)]:
+            check_destination(target, param="out", inputs=inputs, overwrite=True, kind=kind)
+    return out
+
+
+def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
+    """Check the batch folder (:func:`check_batch_folder`), then create and mark it."""
+    out = check_batch_folder(out_dir, specs)
     try:
         out.mkdir(exist_ok=True)
         if read_marker(out) is None:
@@ -178,7 +201,9 @@ def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -
             }
             write_text(out / MARKER, json.dumps(record, indent=2) + "\n")
     except PermissionError:
-        raise OutputError(f"out {out}: permission denied", param="out") from None
+        raise OutputError(
+            f"out {out}: cannot write into {out.parent} (permission denied)", param="out"
+        ) from None
     return out
 
 
@@ -257,6 +282,8 @@ class _Job:
     fit_only: bool = False  # give the subject back (to block) if it does not fit
     digest: str | None = None  # fingerprint already computed (a subject given back)
     inputs: list[dict] | None = None
+    study: Path | None = None  # the study store the subject's node goes to
+    hidden: bool = False  # the driver has unpublished the node: it may be rewritten
 
 
 def _row(spec: SubjectSpec, out: Path, **values) -> dict:
@@ -283,6 +310,14 @@ def _subject_plan(spec: SubjectSpec, budget: float | None, params: PipelineParam
     )
 
 
+def _node_complete(job: _Job, digest: str) -> bool:
+    """The subject's study node is complete with ``digest`` (published or not), or no study."""
+    if job.study is None:
+        return True
+    attrs = node_attrs(job.study, job.out.name)
+    return attrs is not None and attrs.get(FINGERPRINT_ATTR) == digest
+
+
 class _NotWanted(Exception):
     """The batch that sent a subject's task is gone: its outputs are not written."""
 
@@ -298,9 +333,9 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
         if (out / "provenance.json").is_file():  # done before? (hashes the inputs)
             if digest is None:
                 digest, inputs = fingerprint(spec, job.params)
-            if _is_complete(out, digest):
+            if _is_complete(out, digest) and _node_complete(job, digest):
                 prov = json.loads((out / "provenance.json").read_text())
-                row.update(status="skipped", n_rois=prov.get("n_rois", ""))
+                row.update(status="skipped", n_rois=prov.get("n_rois", ""), _digest=digest)
                 return row
         plan = _subject_plan(spec, job.budget, job.params)
         if job.fit_only and plan != _DEFAULT_PLAN:
@@ -308,6 +343,12 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
             return row
         if digest is None:
             digest, inputs = fingerprint(spec, job.params)
+        if job.study is not None and not job.hidden and out.name in published(job.study):
+            row.update(status=_TO_UNPUBLISH, _digest=digest, _inputs=inputs)
+            return row
+        node = None
+        if job.study is not None:
+            node = SubjectNode(job.study, out.name, spec.subject, digest)
         extra: dict = {"fingerprint": digest, "subject": spec.subject, "scheduler": job.scheduler}
         subject_chunks = job.chunks if job.chunks is not None else plan.chunks
         if job.chunks is None and plan.chunks is not None:
@@ -330,8 +371,9 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
             inputs=list(inputs or []),
             extra_provenance=extra,
             before_write=before_write,
+            study_node=node,
         )
-        row.update(status="done", n_rois=result.n_rois)
+        row.update(status="done", n_rois=result.n_rois, _digest=digest)
     except _NotWanted as exc:
         row.update(status="failed", error=str(exc))
     except (RoidaskError, OSError) as exc:
@@ -519,6 +561,7 @@ def run_batch(
     granularity: str = "auto",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    study: bool = True,
 ) -> pd.DataFrame:
     """Run the ROI pipeline for every subject, concurrently, then the group level.
 
@@ -529,7 +572,8 @@ def run_batch(
     ----------
     specs : list of SubjectSpec
     out_dir : path
-        Batch folder: ``sub-<id>/`` per subject, ``batch.tsv``, ``group/``.
+        Batch folder: ``sub-<id>/`` per subject, ``batch.tsv``, ``group/`` and
+        ``study.zarr``.
     params : PipelineParams, optional
     chunks : dict or str, optional
         BOLD chunking (results do not depend on it).
@@ -550,6 +594,9 @@ def run_batch(
         cluster and its dashboard address first.
     log : callable, optional
         Receives the plain progress lines (then not printed).
+    study : bool
+        Also write every subject's results, and the group level, into the study
+        store ``out_dir/study.zarr`` (:mod:`roidask.outputs.study`).
 
     Returns
     -------
@@ -562,6 +609,10 @@ def run_batch(
     InvalidParameterError
         ``granularity`` is not one of :data:`GRANULARITIES`, or is ``"subject"``
         on a cluster whose workers are threads of this process.
+    UnreadableFileError, CorruptFileError
+        An input file is missing, unreadable or empty (nothing is written).
+    OutputError
+        ``out_dir`` cannot be written (see :func:`check_batch_folder`).
     """
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     check_choice(granularity, "granularity", GRANULARITIES)
@@ -569,7 +620,9 @@ def run_batch(
     client = active_client()
     cluster = _cluster_resources(client) if client is not None else None
     mode = _granularity(granularity, cluster)
+    check_subject_files(specs)
     out_dir = prepare_batch_folder(out_dir, specs)
+    study_store = Study(out_dir / STUDY_NAME, param="out") if study else None
 
     report = _Report(len(specs), progress=progress, log=log)
     if progress or log is not None:
@@ -583,7 +636,7 @@ def run_batch(
     status = _StatusFile(out_dir, specs)
     try:
         _Batch(specs, out_dir, params, chunks, plots, max_concurrent, granularity, mode, client,
-               cluster, status, report).run()  # fmt: skip
+               cluster, status, report, study_store).run()  # fmt: skip
     finally:
         status.flush(force=True)
         report.close()
@@ -596,13 +649,17 @@ def run_batch(
     ]
     group_error = out_dir / "group-error.txt"
     group_error.unlink(missing_ok=True)  # from an earlier run
+    group_done = False
     if len(done) >= 2:
         try:
-            group_level(done, out_dir / "group")
+            group_level(done, out_dir / "group", study=study_store)
+            group_done = True
         except RoidaskError as exc:
             if report.log is not None:
                 report.log(f"group level: failed ({exc})")
             write_text(group_error, f"{exc}\n")
+    if study_store is not None and not group_done:
+        study_store.unpublish(GROUP_NODE)  # no group level of these subjects
     return table
 
 
@@ -623,11 +680,12 @@ class _Batch:
         cluster: _Cluster | None,
         status: _StatusFile,
         report: _Report,
+        study: Study | None,
     ):
         self.out_dir, self.params, self.chunks, self.plots = out_dir, params, chunks, plots
         self.mode, self.client, self.cluster = mode, client, cluster
         self.auto = granularity == "auto"
-        self.status, self.report = status, report
+        self.status, self.report, self.study = status, report, study
         self.events: queue.Queue = queue.Queue()
         self.waiting = deque(specs)  # subjects not yet submitted
         threads = cluster.threads if cluster is not None else 0
@@ -657,15 +715,16 @@ class _Batch:
             plots=self.plots,
             budget=self.cluster.budget if self.cluster is not None else None,
             scheduler=scheduler,
+            study=self.study.path if self.study is not None else None,
             **values,
         )
 
     # -- submitting
-    def submit_task(self, spec: SubjectSpec) -> None:
+    def submit_task(self, spec: SubjectSpec, **values) -> None:
         assert self.client is not None  # "subject" needs a cluster
         fut = self.client.submit(
             _subject_task,
-            self.job(spec, fit_only=self.auto),
+            self.job(spec, fit_only=self.auto, **values),
             self.threads,
             key=f"roidask-subject-{self.token}-{spec.out_name}",
             pure=False,
@@ -712,6 +771,27 @@ class _Batch:
                 error=f"{type(exc).__name__}: {text}",
             )
 
+    def resubmit(self, spec: SubjectSpec, kind: str, row: dict) -> None:
+        """Submit again a subject handed back by its run (known fingerprint and inputs)."""
+        values = {"digest": row["_digest"], "inputs": row["_inputs"]}
+        if row["status"] == _TO_UNPUBLISH:  # its published node is about to be rewritten
+            assert self.study is not None
+            self.study.unpublish(spec.out_name)
+            values["hidden"] = True
+        if row["status"] == _TO_BLOCK or kind == "block":  # does not fit a worker thread
+            self.submit_block(self.job(spec, **values))
+        else:
+            self.submit_task(spec, **values)
+
+    def publish(self, row: dict, spec: SubjectSpec) -> None:
+        """List a done or skipped subject's node in the study (failed: the row says why)."""
+        if self.study is None or row["status"] not in ("done", "skipped"):
+            return
+        try:
+            self.study.publish(spec.out_name, fingerprint=row["_digest"])
+        except (RoidaskError, OSError) as exc:
+            row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+
     def run(self) -> None:
         try:
             self.submit_next()
@@ -723,12 +803,13 @@ class _Batch:
                     self.report.tick()
                     continue
                 spec = self.in_flight.pop(fut)
-                self.kinds.pop(fut)
+                kind = self.kinds.pop(fut)
                 row = self.row_of(fut, spec)
                 del fut  # a task's result is released on the cluster
-                if row["status"] == _TO_BLOCK:  # does not fit a worker thread: blocks
-                    self.submit_block(self.job(spec, digest=row["_digest"], inputs=row["_inputs"]))
+                if row["status"] in (_TO_BLOCK, _TO_UNPUBLISH):
+                    self.resubmit(spec, kind, row)
                     continue
+                self.publish(row, spec)
                 self.status.set(row)
                 self.status.flush()
                 self.report.finished(row)

@@ -203,8 +203,8 @@ def _expected_files(subject: int) -> dict[str, str]:
 
 def _record(subject: int, folder: Path) -> HaxbySubject:
     files = {k: folder / name for k, name in _expected_files(subject).items()}
-    files.setdefault("anat", None)
-    return HaxbySubject(subject=subject, root=folder, **files)
+    anat = files.pop("anat", None)
+    return HaxbySubject(subject=subject, root=folder, anat=anat, **files)
 
 
 def _check_subjects(subjects) -> tuple[int, ...]:

@@ -54,6 +54,7 @@ from scipy import ndimage
 
 from roidask._atomic import write_text
 from roidask._progress import Progress
+from roidask._validate import check_choice, check_int, check_real
 from roidask.datasets.haxby_slice import haxby_slice
 from roidask.exceptions import InvalidParameterError, OutputExistsError
 from roidask.io.labels import read_labels
@@ -104,7 +105,7 @@ class SyntheticSubject:
     root : Path
         The subject folder.
     bold : Path
-        4D int16 BOLD series ``bold.nii.gz``.
+        4D BOLD series ``bold.nii.gz`` (int16, scaled or not, or float32).
     labels : Path
         ``labels.txt`` (header ``labels chunks``, one row per volume).
     mask_vt : Path
@@ -202,6 +203,56 @@ def _drift(
     return out.astype(np.float32)
 
 
+# Extra planted regions (regions_per_hemisphere > 1): centres at least this far apart
+# (mm, beyond twice the largest region semi-axis) so that smoothed, dilated regions stay
+# apart; inside this fraction of the brain ellipsoid; and off the midline.
+_REGION_GAP_MM = 8.0
+_REGION_MAX_RADIUS = 0.8
+_REGION_TRIES = 20000
+
+
+def _region_centres(
+    per_hemisphere: int, vt_axes: np.ndarray, semi_axes_mm: np.ndarray, rng: np.random.Generator
+) -> dict[str, list[np.ndarray]]:
+    """Right-hemisphere centres (brain-normalised) of the planted regions of each category.
+
+    The first region of each category is the fixed one of :data:`_REGIONS`; the
+    others are drawn inside the (scaled) VT ellipsoid, far enough from every other
+    centre and from the mirrored centres of the left hemisphere.
+    """
+    centres = {c: [np.asarray(centre)] for c, (centre, _) in _REGIONS.items()}
+    largest = max(max(axes) for _, axes in _REGIONS.values())
+    gap = 2 * largest * float(np.max(semi_axes_mm)) + _REGION_GAP_MM
+    vt_centre = np.asarray(_VT[0])
+    placed = [c for cs in centres.values() for c in cs]
+    for k in range(1, per_hemisphere):
+        for category in _REGIONS:
+            for _ in range(_REGION_TRIES):
+                p = rng.uniform(-1.0, 1.0, size=3)
+                if p @ p > 1.0:
+                    continue
+                c = vt_centre + vt_axes * p
+                mm = c * semi_axes_mm
+                others = [o * semi_axes_mm for o in placed]
+                others += [o * semi_axes_mm * (-1.0, 1.0, 1.0) for o in placed]
+                if (
+                    np.sqrt(c @ c) <= _REGION_MAX_RADIUS
+                    and 2 * mm[0] >= gap
+                    and all(np.linalg.norm(mm - o) >= gap for o in others)
+                ):
+                    break
+            else:
+                raise InvalidParameterError(
+                    f"regions_per_hemisphere: cannot place {per_hemisphere} regions of each "
+                    f"category per hemisphere {gap:.0f} mm apart in the VT mask (found room "
+                    f"for {k}); expected fewer regions or a larger vt_scale",
+                    param="regions_per_hemisphere",
+                )
+            centres[category].append(c)
+            placed.append(c)
+    return centres
+
+
 class _Model:
     """Everything needed to generate any block of volumes of one subject."""
 
@@ -219,9 +270,17 @@ class _Model:
         run_offset_pct: float,
         drift_pct: float,
         hrf: bool,
+        vt_scale: float = 1.0,
+        regions_per_hemisphere: int = 1,
+        dtype: str = "int16",
+        scl_slope: float = 1.0,
+        scl_inter: float = 0.0,
     ):
         self.shape = shape
         self.seed = seed
+        self.dtype = np.dtype(dtype)
+        self.scl_slope = scl_slope
+        self.scl_inter = scl_inter
         vox = np.asarray(voxel_size_mm, dtype=np.float64)
         self.affine = np.diag([*vox, 1.0])
         self.affine[:3, 3] = -(np.asarray(shape) - 1) / 2.0 * vox
@@ -248,6 +307,7 @@ class _Model:
         jitter_rng = np.random.default_rng([seed, 3])
         self.mask_vt = np.zeros(shape, dtype=bool)
         vt_centre, vt_axes = _VT
+        vt_axes = np.asarray(vt_axes) * vt_scale
         for side in (-1.0, 1.0):
             c = np.asarray(vt_centre) * (side, 1.0, 1.0)
             d2 = sum(((u[i] - c[i]) / vt_axes[i]) ** 2 for i in range(3))
@@ -256,27 +316,36 @@ class _Model:
         self.regions = []
         self.truth = {}
         self.profile = {}
-        for category, (centre, axes) in _REGIONS.items():
+        centres = _region_centres(
+            regions_per_hemisphere, vt_axes, self.semi_axes_mm, np.random.default_rng([seed, 4])
+        )
+        extra_jitter_rng = np.random.default_rng([seed, 5])  # the first regions as by default
+        for category, (_, axes) in _REGIONS.items():
             truth = np.zeros(shape, dtype=bool)
             profile = np.zeros(shape, dtype=np.float64)
             axes_n = np.maximum(np.asarray(axes), min_r_norm)
-            for side, hemi in ((-1.0, "left"), (1.0, "right")):
-                c = np.asarray(centre) * (side, 1.0, 1.0)
-                c = c + jitter_rng.normal(0.0, _CENTRE_JITTER, size=3)
-                d2 = sum(((u[i] - c[i]) / axes_n[i]) ** 2 for i in range(3))
-                inside = (d2 <= 1.0) & self.brain
-                truth |= inside
-                profile = np.maximum(profile, np.where(inside, np.exp(-0.5 * d2), 0.0))
-                self.regions.append(
-                    {
-                        "name": f"{category}_{hemi}",
-                        "category": category,
-                        "hemisphere": hemi,
-                        "centre_mm": [round(float(v), 3) for v in c * self.semi_axes_mm],
-                        "semi_axes_mm": [round(float(v), 3) for v in axes_n * self.semi_axes_mm],
-                        "n_voxels": int(inside.sum()),
-                    }
-                )
+            for k, centre in enumerate(centres[category]):
+                suffix = f"_{k + 1}" if k else ""
+                for side, hemi in ((-1.0, "left"), (1.0, "right")):
+                    c = np.asarray(centre) * (side, 1.0, 1.0)
+                    rng = extra_jitter_rng if k else jitter_rng
+                    c = c + rng.normal(0.0, _CENTRE_JITTER, size=3)
+                    d2 = sum(((u[i] - c[i]) / axes_n[i]) ** 2 for i in range(3))
+                    inside = (d2 <= 1.0) & self.brain
+                    truth |= inside
+                    profile = np.maximum(profile, np.where(inside, np.exp(-0.5 * d2), 0.0))
+                    self.regions.append(
+                        {
+                            "name": f"{category}_{hemi}{suffix}",
+                            "category": category,
+                            "hemisphere": hemi,
+                            "centre_mm": [round(float(v), 3) for v in c * self.semi_axes_mm],
+                            "semi_axes_mm": [
+                                round(float(v), 3) for v in axes_n * self.semi_axes_mm
+                            ],
+                            "n_voxels": int(inside.sum()),
+                        }
+                    )
             self.truth[category] = truth
             self.profile[category] = profile
             self.mask_vt |= truth  # planted regions lie inside the VT mask on any grid
@@ -317,7 +386,11 @@ class _Model:
         self._noise_sd = np.ascontiguousarray(noise_sd.T.reshape(-1), dtype=np.float32)
 
     def volumes(self, start: int, stop: int) -> np.ndarray:
-        """Volumes ``start:stop`` as an int16 ``(x, y, z, t)`` array (Fortran-ordered)."""
+        """Volumes ``start:stop`` as stored, an ``(x, y, z, t)`` array (Fortran-ordered).
+
+        int16 values are ``rint((value - scl_inter) / scl_slope)``, clipped to the
+        type's range; float32 values are the values themselves.
+        """
         n_vox = self._base.size
         out = np.empty((stop - start, n_vox), dtype=np.float32)
         for i, t in enumerate(range(start, stop)):
@@ -328,10 +401,16 @@ class _Model:
         modulation *= self._base
         out += modulation
         np.abs(out, out=out)
-        np.rint(out, out=out)
-        np.minimum(out, np.iinfo(np.int16).max, out=out)
+        if self.dtype == np.int16:
+            if self.scl_slope != 1.0 or self.scl_inter != 0.0:
+                out -= np.float32(self.scl_inter)
+                out /= np.float32(self.scl_slope)
+            np.rint(out, out=out)
+            info = np.iinfo(np.int16)
+            np.clip(out, info.min, info.max, out=out)
         x, y, z = self.shape
-        return out.astype(np.int16).reshape(stop - start, z, y, x).transpose(3, 2, 1, 0)
+        stored = out.astype(self.dtype, copy=False)
+        return stored.reshape(stop - start, z, y, x).transpose(3, 2, 1, 0)
 
     def truth_record(self, **params) -> dict:
         counts = {c: int(m.sum()) for c, m in self.truth.items()}
@@ -420,6 +499,11 @@ def make_synthetic_subject(
     run_offset_pct: float = 0.3,
     drift_pct: float = 0.2,
     hrf: bool = True,
+    vt_scale: float = 1.0,
+    regions_per_hemisphere: int = 1,
+    dtype: str = "int16",
+    scl_slope: float = 1.0,
+    scl_inter: float = 0.0,
     overwrite: bool = False,
     progress: bool = False,
 ) -> SyntheticSubject:
@@ -457,6 +541,21 @@ def make_synthetic_subject(
         quadratic drift (ends to middle), in percent of the baseline.
     hrf : bool
         Convolve the block regressors with a double-gamma HRF (per run).
+    vt_scale : float
+        Scale of the ventral-temporal ellipsoids' semi-axes (1: ~19 x 31 x 13 mm each
+        on a real-sized brain; 2.3 on the 2 mm MNI grid 97x115x97 gives a mask of
+        ~100k voxels). The mask is cut to the brain.
+    regions_per_hemisphere : int
+        Planted face regions and house regions per hemisphere: 1 (the default)
+        gives the four lateral-fusiform and parahippocampal blobs; more are placed
+        at random (from ``seed``) inside the VT mask, apart from each other, and
+        need a larger ``vt_scale``.
+    dtype : {"int16", "float32"}
+        Data type of ``bold.nii.gz``.
+    scl_slope, scl_inter : float
+        NIfTI scaling of int16 data (as fMRIPrep writes it): the file stores
+        ``rint((value - scl_inter) / scl_slope)`` and its header the two factors,
+        so readers see ``stored * scl_slope + scl_inter``. Default: unscaled.
     overwrite : bool
         Replace existing files of a subject in ``out_dir``.
     progress : bool
@@ -492,6 +591,17 @@ def make_synthetic_subject(
     noise_pct = _check_number("noise_pct", noise_pct)
     run_offset_pct = _check_number("run_offset_pct", run_offset_pct)
     drift_pct = _check_number("drift_pct", drift_pct)
+    vt_scale = check_real(vt_scale, "vt_scale", positive=True)
+    regions_per_hemisphere = check_int(regions_per_hemisphere, "regions_per_hemisphere", minimum=1)
+    check_choice(dtype, "dtype", ("int16", "float32"))
+    scl_slope = check_real(scl_slope, "scl_slope", positive=True)
+    scl_inter = check_real(scl_inter, "scl_inter")
+    if dtype != "int16" and (scl_slope, scl_inter) != (1.0, 0.0):
+        raise InvalidParameterError(
+            f"scl_slope, scl_inter: only int16 data is scaled, got dtype={dtype!r} with "
+            f"scl_slope={scl_slope:g}, scl_inter={scl_inter:g}",
+            param="scl_slope",
+        )
 
     root = Path(out_dir)
     paths = {key: root / name for key, name in SUBJECT_FILES.items()}
@@ -514,6 +624,11 @@ def make_synthetic_subject(
         run_offset_pct=run_offset_pct,
         drift_pct=drift_pct,
         hrf=bool(hrf),
+        vt_scale=vt_scale,
+        regions_per_hemisphere=int(regions_per_hemisphere),
+        dtype=dtype,
+        scl_slope=scl_slope,
+        scl_inter=scl_inter,
     )
     root.mkdir(parents=True, exist_ok=True)
     if paths["truth"].exists():  # overwrite: the subject is incomplete until rewritten
@@ -548,6 +663,11 @@ def make_synthetic_subject(
         "run_offset_pct": run_offset_pct,
         "drift_pct": drift_pct,
         "hrf": bool(hrf),
+        "vt_scale": vt_scale,
+        "regions_per_hemisphere": int(regions_per_hemisphere),
+        "dtype": dtype,
+        "scl_slope": scl_slope,
+        "scl_inter": scl_inter,
     }
     write_text(paths["truth"], json.dumps(model.truth_record(**params), indent=2) + "\n")
     return SyntheticSubject(root=root, seed=seed, **paths)
@@ -571,7 +691,7 @@ def _write_bold(
         da.from_delayed(
             dask.delayed(generate, pure=True)(start, min(start + _TASK_VOLUMES, model.n_volumes)),
             shape=(x, y, z, min(start + _TASK_VOLUMES, model.n_volumes) - start),
-            dtype=np.int16,
+            dtype=model.dtype,
         )
         for start in range(0, model.n_volumes, _TASK_VOLUMES)
     ]
@@ -582,9 +702,11 @@ def _write_bold(
             path,
             affine=model.affine,
             header=header,
-            dtype=np.int16,
+            dtype=model.dtype,
             block_volumes=_BLOCK_VOLUMES,
             tr_s=tr_s,
+            scl_slope=model.scl_slope,
+            scl_inter=model.scl_inter,
             overwrite=True,
         )
 

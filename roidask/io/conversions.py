@@ -122,6 +122,12 @@ def as_image(
                 else image_from_nifti(path, chunks=chunks, param=param)
             )
         elif path.is_dir():
+            if not any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray")):
+                raise UnreadableFileError(
+                    f"{param} {path}: is a folder, not an image; expected a .nii/.nii.gz file, "
+                    "a .nii.zarr image or a roidask zarr store",
+                    param=param,
+                )
             out = open_subject(path, subject=subject, param=param)["bold"]
             if chunks is not None:
                 out = out.chunk(normalize_chunks(chunks, out.shape, out.dtype.itemsize))

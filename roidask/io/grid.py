@@ -25,6 +25,7 @@ __all__ = [
     "check_same_grid",
     "grid_attrs",
     "same_grid",
+    "spatial_coords",
     "voxel_size_mm",
     "voxel_to_world",
     "voxel_volume_mm3",
@@ -53,6 +54,39 @@ def voxel_to_world(affine, ijk) -> np.ndarray:
     """World coordinates (mm) of voxel indices ``ijk`` (shape (..., 3))."""
     affine = np.asarray(affine, dtype=np.float64)
     return np.asarray(ijk, dtype=np.float64) @ affine[:3, :3].T + affine[:3, 3]
+
+
+def spatial_coords(shape: Sequence[int], affine) -> dict[str, tuple]:
+    """Coordinates of a 3D grid: voxel indices, and world positions where they are 1D.
+
+    ``x``, ``y``, ``z`` are the voxel indices along each array axis (int64, the
+    index coordinates). ``x_mm``, ``y_mm``, ``z_mm`` (float64, along ``x``, ``y``,
+    ``z``) are the world positions of the voxel centres, NIfTI's RAS+ space in mm,
+    given only when the affine is axis-aligned (``affine[:3, :3]`` diagonal: each
+    world position depends on one voxel index); otherwise a voxel's position needs
+    the whole affine (``voxel_to_world``).
+    """
+    affine = np.asarray(affine, dtype=np.float64).reshape(4, 4)
+    coords: dict[str, tuple] = {}
+    for axis, (dim, n) in enumerate(zip(SPATIAL_DIMS, shape, strict=False)):
+        coords[dim] = (
+            dim,
+            np.arange(int(n), dtype=np.int64),
+            {"long_name": f"voxel index along array axis {axis}", "units": "1"},
+        )
+    linear = affine[:3, :3]
+    if np.allclose(linear, np.diag(np.diag(linear)), rtol=0, atol=1e-6 * np.abs(linear).max()):
+        for axis, dim in enumerate(SPATIAL_DIMS):
+            index = np.arange(int(shape[axis]), dtype=np.float64)
+            coords[f"{dim}_mm"] = (
+                dim,
+                index * linear[axis, axis] + affine[axis, 3],
+                {
+                    "long_name": f"world {dim} of the voxel centre (NIfTI RAS+ space)",
+                    "units": "mm",
+                },
+            )
+    return coords
 
 
 def affine_of(img: xr.DataArray) -> np.ndarray:

@@ -62,6 +62,7 @@ __all__ = [
     "is_image_path",
     "like_image",
     "open_source",
+    "stored_scaling",
     "to_nifti",
 ]
 
@@ -119,20 +120,24 @@ def bold_coords(
 
 # -- construction from NIfTI --------------------------------------------------------------
 class _SourceArray:
-    """Array-like view of a NiftiSource for :func:`dask.array.from_array`."""
+    """Array-like view of a NiftiSource for :func:`dask.array.from_array`.
 
-    def __init__(self, source: NiftiSource):
+    ``scaled=False``: the stored values, without the file's scaling.
+    """
+
+    def __init__(self, source: NiftiSource, scaled: bool = True):
         self.source = source
+        self.scaled = scaled
         self.shape = source.shape
-        self.dtype = source.dtype
+        self.dtype = source.dtype if scaled else source.raw_dtype.newbyteorder("=")
         self.ndim = source.ndim
 
     def __getitem__(self, index):
         if self.ndim == 3:
-            return self.source.read()[index]
+            return self.source.read(scaled=self.scaled)[index]
         t = index[3]
         start, stop, step = t.indices(self.shape[3])
-        block = self.source.read(start, stop)
+        block = self.source.read(start, stop, scaled=self.scaled)
         return block[(*index[:3], slice(None, None, step))]
 
 
@@ -141,19 +146,21 @@ def _token(source: NiftiSource, chunks) -> str:
     return tokenize(str(source.path), source.path.stat().st_mtime_ns, chunks)
 
 
-def _source_dask(source: VolumeSource, chunks: dict[str, int]) -> da.Array:
+def _source_dask(source: VolumeSource, chunks: dict[str, int], scaled: bool = True) -> da.Array:
     if isinstance(source, NiftiZarrSource):  # chunked already: read its chunks directly
         return source.to_dask(chunks)
     dims = BOLD_DIMS[: source.ndim]
     read_chunks = tuple(source.shape[:3]) + ((chunks["time"],) if source.ndim == 4 else ())
+    values = _SourceArray(source, scaled=scaled)
+    stored = "" if scaled or not source.is_scaled else "stored-"
     arr = da.from_array(
-        _SourceArray(source),
+        values,
         chunks=read_chunks,
         asarray=True,
         lock=False,
         fancy=False,
-        meta=np.empty((0,) * source.ndim, dtype=source.dtype),
-        name=f"nifti-{source.path.name}-{_token(source, read_chunks)}",
+        meta=np.empty((0,) * source.ndim, dtype=values.dtype),
+        name=f"nifti-{stored}{source.path.name}-{_token(source, read_chunks)}",
     )
     target = tuple(chunks[d] for d in dims)
     if target != read_chunks:
@@ -177,6 +184,7 @@ def bold_from_nifti(
     labels: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     tr_s: float | None = None,
     chunks=None,
+    scaled: bool = True,
 ) -> xr.DataArray:
     """One or more 4D NIfTI runs as one lazy BOLD DataArray, concatenated along time.
 
@@ -193,13 +201,21 @@ def bold_from_nifti(
     chunks : dict or str, optional
         Chunk sizes per dim (``x``, ``y``, ``z``, ``time``); default whole volumes,
         about 16 MB per chunk.
+    scaled : bool
+        Apply the files' scaling (``scl_slope``, ``scl_inter``), the default. With
+        ``False``, runs of 8/16-bit integers that share one scaling are read as
+        their stored integers (half the bytes of the float32 values) and the image
+        carries the scaling in ``attrs`` (``scl_slope``, ``scl_inter``): its values
+        are ``stored * scl_slope + scl_inter`` (see :func:`stored_scaling`). Only
+        what honours these attrs may use such an image (the ROI pipeline does);
+        other runs are scaled as usual.
 
     Returns
     -------
     xarray.DataArray
         Dims ``(x, y, z, time)``, dask-backed, source dtype (floats if the file is
-        scaled), coordinates ``time`` (s), ``condition`` and ``run``. No voxel
-        data is read until computed.
+        scaled, unless ``scaled=False``), coordinates ``time`` (s), ``condition``
+        and ``run``. No voxel data is read until computed.
     """
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
@@ -248,7 +264,16 @@ def bold_from_nifti(
         run = table["run"].to_numpy().astype(np.int64)
     full_shape = (*first.volume_shape, n_total)
     chunks = normalize_chunks(chunks, full_shape, first.dtype.itemsize)
-    parts = [_source_dask(src, chunks) for src in sources]
+    stored = not scaled and all(
+        isinstance(src, NiftiSource)
+        and src.is_scaled
+        and src.raw_dtype.kind in "iu"
+        and src.raw_dtype.itemsize <= 2
+        and (src.raw_dtype.newbyteorder("="), src.slope, src.inter)
+        == (first.raw_dtype.newbyteorder("="), first.slope, first.inter)
+        for src in sources
+    )
+    parts = [_source_dask(src, chunks, scaled=not stored) for src in sources]
     arr = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=3)
     target = tuple(chunks[d] for d in BOLD_DIMS)
     if arr.chunks != da.core.normalize_chunks(target, full_shape):
@@ -256,6 +281,8 @@ def bold_from_nifti(
     attrs = _attrs_from_source(first)
     attrs["source_files"] = [str(s.path) for s in sources]
     attrs["tr_s"] = float(tr_s) if tr_s else None
+    if stored:
+        attrs.update(scl_slope=first.slope, scl_inter=first.inter, scaled_dtype=first.dtype.str)
     if not tr_s:
         attrs["time_units"] = "volumes"
     return xr.DataArray(
@@ -265,6 +292,18 @@ def bold_from_nifti(
         coords=bold_coords(n_total, tr_s=tr_s, condition=condition, run=run),
         attrs=attrs,
     )
+
+
+def stored_scaling(img: xr.DataArray) -> tuple[float, float, np.dtype] | None:
+    """``(scl_slope, scl_inter, dtype)`` of an image holding stored integers, else None.
+
+    Such an image (``bold_from_nifti(..., scaled=False)``) has the values
+    :func:`roidask.io.nifti.scale_stored` gives, of type ``dtype``.
+    """
+    if "scl_slope" not in img.attrs:
+        return None
+    attrs = img.attrs
+    return float(attrs["scl_slope"]), float(attrs["scl_inter"]), np.dtype(attrs["scaled_dtype"])
 
 
 def like_image(
@@ -328,10 +367,10 @@ def image_from_nibabel(img: nib.spatialimages.SpatialImage, *, chunks=None) -> x
     }
     coords = {}
     if data.ndim == 4:
-        zooms = header.get_zooms()
+        zooms: tuple[float, ...] = tuple(header.get_zooms())
         tr = float(zooms[3]) if len(zooms) > 3 and zooms[3] > 0 else None
         attrs.update(tr_s=tr, time_units="s" if tr else "volumes")
-        coords = bold_coords(data.shape[3], tr_s=tr)
+        coords = bold_coords(int(data.shape[-1]), tr_s=tr)
     return xr.DataArray(
         arr, dims=dims, coords=coords, name="bold" if data.ndim == 4 else None, attrs=attrs
     )
@@ -385,7 +424,7 @@ def to_nifti(
     if is_nifti_zarr(path) or str(path).lower().endswith(".nii.zarr"):
         image = img if isinstance(img, xr.DataArray) else like_image(data, grid)
         if "affine" not in image.attrs:
-            image = like_image(data, grid, name=image.name)
+            image = like_image(data, grid, name=str(image.name) if image.name else None)
         return write_nifti_zarr(image, path, dtype=dtype, overwrite=overwrite)
     header = header_from_b64(grid.attrs["nifti_header"]) if "nifti_header" in grid.attrs else None
     return write_nifti(

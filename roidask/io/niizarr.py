@@ -29,6 +29,7 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import nibabel as nib
@@ -51,13 +52,13 @@ from roidask.exceptions import (
 )
 from roidask.io.chunks import normalize_chunks
 from roidask.io.grid import SPATIAL_DIMS, affine_of
-from roidask.io.nifti import float_dtype_for, header_from_b64
+from roidask.io.nifti import VolumeProperties, header_from_b64
 
 __all__ = [
     "WRITER_ATTR",
     "NiftiZarrSource",
     "is_nifti_zarr",
-        "write_nifti_zarr",
+    "write_nifti_zarr",
 ]
 
 #: Group attribute that marks a ``.nii.zarr`` written by roidask (the only ones it replaces).
@@ -69,7 +70,6 @@ _OME_AXES = ("t", "c", "z", "y", "x")
 #: nibabel's unit names -> UDUNITS-2 names used by OME-Zarr (spec table 4.3).
 _SPACE_UNITS = {"meter": "meter", "mm": "millimeter", "micron": "micrometer"}
 _TIME_UNITS = {"sec": "second", "msec": "millisecond", "usec": "microsecond"}
-_TIME_TO_S = {"msec": 1e-3, "usec": 1e-6}
 #: Default chunks of written images: 64 voxels along x, y, z (the reference default) and as
 #: many volumes as fit in _WRITE_CHUNK_BYTES (one volume of a 64x64x40 float32 run).
 _WRITE_CHUNK_XYZ = 64
@@ -123,7 +123,7 @@ def _strip_trailing_ones(shape) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class NiftiZarrSource:
+class NiftiZarrSource(VolumeProperties):
     """A validated NIfTI-Zarr image whose level 0 can be read block by block.
 
     Mirrors :class:`roidask.io.nifti.NiftiSource` (same attributes, :meth:`read`
@@ -186,7 +186,7 @@ class NiftiZarrSource:
             raise CorruptFileError(
                 f"{path}: not a zarr group, so not a NIfTI-Zarr image ({_first_line(exc)})"
             ) from None
-        multiscales = _multiscales(group.attrs)
+        multiscales: Any = _multiscales(group.attrs)
         try:
             axes = tuple(
                 a["name"] if isinstance(a, dict) else str(a) for a in multiscales[0]["axes"]
@@ -271,43 +271,6 @@ class NiftiZarrSource:
             f"{path}: no 'nifti' header array; an OME-Zarr image but not a NIfTI-Zarr "
             "(its affine is unknown)"
         )
-
-    # -- properties (as NiftiSource) -------------------------------------------------
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def n_volumes(self) -> int:
-        return self.shape[3] if self.ndim == 4 else 1
-
-    @property
-    def volume_shape(self) -> tuple[int, int, int]:
-        return tuple(self.shape[:3])  # type: ignore[return-value]
-
-    @property
-    def is_scaled(self) -> bool:
-        return self.slope != 1.0 or self.inter != 0.0
-
-    @property
-    def dtype(self) -> np.dtype:
-        """Data type of the values :meth:`read` returns (scaling applied)."""
-        return float_dtype_for(self.raw_dtype) if self.is_scaled else self.raw_dtype
-
-    @property
-    def voxel_size_mm(self) -> tuple[float, float, float]:
-        return tuple(float(v) for v in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
-
-    @property
-    def tr_s(self) -> float | None:
-        """Repetition time in seconds from ``pixdim[4]`` and the time units, if set."""
-        if self.ndim < 4:
-            return None
-        zooms = self.header.get_zooms()
-        if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
-            return None
-        _, t_unit = self.header.get_xyzt_units()
-        return float(zooms[3]) * _TIME_TO_S.get(t_unit, 1.0)
 
     # -- reading ---------------------------------------------------------------------
     def zarr_array(self) -> zarr.Array:
@@ -426,9 +389,7 @@ def _check_target(path: Path, overwrite: bool) -> None:
             param="path",
         )
     if not path.parent.is_dir():
-        raise OutputError(
-            f"path {path}: parent folder {path.parent} does not exist", param="path"
-        )
+        raise OutputError(f"path {path}: parent folder {path.parent} does not exist", param="path")
     clean_stale(path)
     if os.path.lexists(path):
         if not _written_by_roidask(path):
@@ -603,7 +564,7 @@ def write_nifti_zarr(
     folder = OutputFolder(path, kind="nifti-zarr", marker=False)  # marked by WRITER_ATTR
     tmp = folder.open()
     try:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)  # type: ignore[arg-type]
         extra = (
             {"dimension_names": axes}
             if zarr_format == 3

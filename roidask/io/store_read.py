@@ -49,6 +49,7 @@ __all__ = [
     "STORE_ATTR",
     "STORE_FORMAT",
     "DamagedChunk",
+    "group_records",
     "ignore_consolidated_warning",
     "is_store",
     "list_subjects",
@@ -56,6 +57,7 @@ __all__ = [
     "open_subject",
     "require_store",
     "subject_dataset",
+    "verify_groups",
     "verify_store",
 ]
 
@@ -70,17 +72,28 @@ CHUNK_GRIDS_ATTR = "roidask_chunk_grids"
 
 
 def ignore_consolidated_warning() -> None:
-    """Silence zarr's warning that consolidated metadata is not in the v3 spec.
+    """Silence zarr's warnings about two things roidask's stores do on purpose.
 
-    roidask consolidates the metadata of its stores and results on purpose (so that
-    plain ``xr.open_zarr`` / ``open_datatree`` need no fallback), and zarr warns about
-    it every time, from any thread. A process-wide filter for that one message, not
-    :class:`warnings.catch_warnings`: blocks of it in concurrent threads (subjects
-    written at once) restore each other's filters and can leave "ignore everything"
-    behind. Idempotent (the filter is not added twice).
+    * Consolidated metadata "is not part of the v3 specification": roidask
+      consolidates the metadata of its stores and results so that plain
+      ``xr.open_zarr`` / ``open_datatree`` need no fallback.
+    * Fixed-width unicode arrays (numpy ``<U``, e.g. the ``condition``
+      coordinate) have "no Zarr V3 specification": zarr stores them with the
+      ``fixed_length_utf32`` data type (registered in zarr-extensions, read by
+      zarr-python and zarrs) and reads them back as ``<U``, so plain xarray gives
+      numpy strings (``.astype(str)`` works); zarr's variable-length ``string``
+      type reads back as numpy ``StringDType``, where it does not.
+
+    Process-wide filters for these messages, not :class:`warnings.catch_warnings`:
+    blocks of it in concurrent threads (subjects written at once) restore each
+    other's filters and can leave "ignore everything" behind. Idempotent (a filter
+    is not added twice).
     """
     warnings.filterwarnings(
         "ignore", message="Consolidated metadata is currently not part", category=UserWarning
+    )
+    warnings.filterwarnings(
+        "ignore", message=r"The data type \(FixedLengthUTF32", category=FutureWarning
     )
 
 
@@ -88,22 +101,34 @@ ignore_consolidated_warning()
 
 
 # -- what a store is -------------------------------------------------------------------------
-def _read_metadata(path: Path, what: str) -> dict:
-    """A ``zarr.json`` as a dict; StoreError naming it when corrupt."""
+def _read_metadata(path: Path, what: str, *, param: str | None = None) -> dict:
+    """A ``zarr.json`` as a dict; StoreError naming it when corrupt or unreadable.
+
+    ``param`` (the store's parameter name) starts the message when given.
+    """
     meta = path / "zarr.json"
+    where = f"{param} {meta}" if param else str(meta)
     try:
         record = json.loads(meta.read_text())
     except FileNotFoundError:
         raise
     except PermissionError:
-        raise StoreError(f"{meta}: permission denied ({what} metadata)") from None
+        raise StoreError(
+            f"{where}: permission denied (the {what} metadata is not readable by this user)",
+            param=param,
+        ) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise StoreError(
-            f"{meta}: corrupt zarr.json ({what} metadata is not valid JSON: {exc}); the store "
-            "is damaged"
+            f"{where}: corrupt zarr.json (the {what} metadata is not valid JSON: {exc}); the "
+            "store is damaged",
+            param=param,
         ) from None
     if not isinstance(record, dict) or "zarr_format" not in record:
-        raise StoreError(f"{meta}: corrupt zarr.json ({what} metadata has no zarr_format)")
+        raise StoreError(
+            f"{where}: corrupt zarr.json (the {what} metadata has no zarr_format); the store "
+            "is damaged",
+            param=param,
+        )
     return record
 
 
@@ -127,7 +152,7 @@ def require_store(store: str | os.PathLike, *, param: str = "store") -> Path:
             f"{param} {path}: is a file, not a store (a zarr store is a folder)", param=param
         )
     try:
-        record = _read_metadata(path, "root")
+        record = _read_metadata(path, "root", param=param)
     except FileNotFoundError:
         raise StoreError(
             f"{param} {path}: not a zarr store (no zarr.json); create one with roidask.io.convert",
@@ -142,12 +167,12 @@ def require_store(store: str | os.PathLike, *, param: str = "store") -> Path:
     return path
 
 
-def _subject_records(path: Path) -> dict[str, dict]:
-    """Every subject group's attributes, read from the group metadata files."""
+def group_records(path: Path, param: str | None = None) -> dict[str, dict]:
+    """Every child group's attributes, read from the group metadata files (not consolidated)."""
     out = {}
     for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            record = _read_metadata(child, f"group {child.name!r}")
+            record = _read_metadata(child, f"group {child.name!r}", param=param)
         except FileNotFoundError:
             continue
         if record.get("node_type") == "group":
@@ -160,7 +185,7 @@ def list_subjects(store: str | os.PathLike, *, include_incomplete: bool = False)
     path = require_store(store)
     return [
         name
-        for name, attrs in _subject_records(path).items()
+        for name, attrs in group_records(path).items()
         if include_incomplete or attrs.get(COMPLETE_ATTR) is True
     ]
 
@@ -179,6 +204,22 @@ def _present_chunk_keys(array_dir: Path) -> set[str]:
         for dirpath, _, files in os.walk(root)
         for f in files
     }
+
+
+def _array_dirs(path: Path, subject: str) -> list[Path]:
+    """The folders of a subject group that hold an array or group (a ``zarr.json``)."""
+    group = path / subject
+    return sorted(
+        p
+        for p in group.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / "zarr.json").exists()
+    )
+
+
+def _check_array_metadata(path: Path, subject: str, param: str | None) -> None:
+    """Read every array's ``zarr.json`` of a subject (cheap); StoreError if one is corrupt."""
+    for folder in _array_dirs(path, subject):
+        _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
 
 
 def _missing_chunks(path: Path, subject: str, grids: dict) -> list[tuple[str, str]]:
@@ -234,7 +275,7 @@ def _damage(array: _CheckedArray, index, exc: Exception) -> DamagedStoreError:
     ]
     where = ", ".join(_chunk_key(c) for c in bad) or "in the region read"
     return DamagedStoreError(
-        f"{array.store}: chunk {where} of {array.subject}/{array.name} is damaged "
+        f"store {array.store}: chunk {where} of {array.subject}/{array.name} is damaged "
         f"({_reason(exc)}); the store cannot be trusted, convert the subject again "
         "(verify_store lists every damaged chunk)",
         param="store",
@@ -248,6 +289,12 @@ def _reason(exc: Exception) -> str:
     if "blosc" in text.lower() or "decompress" in text.lower():
         return "it cannot be decompressed: truncated or corrupt"
     return f"{type(exc).__name__}: {text[:200]}"
+
+
+def _metadata_reason(exc: StoreError) -> str:
+    """The part of a corrupt-metadata message after the file name."""
+    text = str(exc)
+    return text[text.index("corrupt zarr.json") :] if "corrupt zarr.json" in text else text
 
 
 def _chunk_error(zarr_array, coords) -> str | None:
@@ -319,7 +366,7 @@ def open_subject(
         The store was written without checksums (format 1).
     """
     path = require_store(store, param=param)
-    records = _subject_records(path)
+    records = group_records(path, param)
     complete = sorted(n for n, a in records.items() if a.get(COMPLETE_ATTR) is True)
     if subject is None:
         if len(complete) != 1:
@@ -360,6 +407,7 @@ def open_subject(
                 f"missing ({shown}{more}); convert the subject again",
                 param=param,
             )
+    _check_array_metadata(path, subject, param)
     try:
         ds = xr.open_zarr(str(path), group=subject, consolidated=False, chunks=None)
         condition = np.asarray(ds["condition"].values).astype(object).astype(str)
@@ -439,7 +487,7 @@ def subject_dataset(tree: xr.DataTree, *, subject: str | None, param: str = "img
 class DamagedChunk:
     """One damaged (or missing) chunk found by :func:`verify_store`."""
 
-    subject: str
+    subject: str  # the group (a subject, or a study's node)
     array: str
     chunk: str
     reason: str
@@ -462,26 +510,40 @@ def verify_store(store: str | os.PathLike, *, subject: str | None = None) -> lis
         checksums (format 1) can only be checked for chunks that fail to decode.
     """
     path = require_store(store)
-    records = _subject_records(path)
+    records = group_records(path)
     names = [subject] if subject is not None else sorted(records)
-    damaged = []
     for name in names:
         if name not in records:
             raise StoreError(
                 f"subject: no subject {name!r} in {path}; the store holds {sorted(records)}",
                 param="subject",
             )
-        grids = records[name].get(CHUNK_GRIDS_ATTR) or {}
+    return verify_groups(path, {name: records[name] for name in names})
+
+
+def verify_groups(path: Path, records: dict[str, dict]) -> list[DamagedChunk]:
+    """Check every chunk of the groups ``records`` (name -> attributes) of the store ``path``.
+
+    A chunk listed in a group's chunk inventory (:data:`CHUNK_GRIDS_ATTR`) but absent
+    is reported ``missing``; every present chunk is read (checksum, decompression).
+    """
+    damaged = []
+    for name, attrs in records.items():
+        grids = attrs.get(CHUNK_GRIDS_ATTR) or {}
         for array_name, key in _missing_chunks(path, name, grids):
             damaged.append(DamagedChunk(name, array_name, key, "missing"))
-        try:
-            group = zarr.open_group(str(path / name), mode="r", use_consolidated=False)
-            arrays = list(group.arrays())
-        except Exception as exc:
-            damaged.append(DamagedChunk(name, "", "zarr.json", _reason(exc)))
-            continue
         missing = {(d.array, d.chunk) for d in damaged if d.subject == name}
-        for array_name, arr in arrays:
+        for folder in _array_dirs(path, name):
+            array_name = folder.name
+            try:
+                _read_metadata(folder, f"array {name}/{array_name}")
+                arr = zarr.open_array(str(folder), mode="r")
+            except StoreError as exc:
+                damaged.append(DamagedChunk(name, array_name, "zarr.json", _metadata_reason(exc)))
+                continue
+            except Exception as exc:
+                damaged.append(DamagedChunk(name, array_name, "zarr.json", _reason(exc)))
+                continue
             grid = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks, strict=True))
             for coords in np.ndindex(*grid):
                 key = _chunk_key(coords)

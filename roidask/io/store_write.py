@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -63,6 +63,8 @@ __all__ = [
     "checksummed",
     "consolidate",
     "convert",
+    "dataset_zarr_files",
+    "foreign_in_group",
     "write_dataset_zarr",
     "write_image",
 ]
@@ -105,30 +107,44 @@ def _mark_complete(group_path: Path) -> None:
     group.attrs[COMPLETE_ATTR] = True
 
 
-def write_dataset_zarr(ds: xr.Dataset, path: Path) -> None:
-    """Write a small Dataset as a new zarr v3 store at ``path`` (checksummed, consolidated).
+def dataset_zarr_files(ds: xr.Dataset) -> dict[str, bytes]:
+    """A small Dataset encoded as the files of a zarr v3 store, in memory.
 
-    The store is built in memory and its files written in one go: zarr writes each
-    array's metadata, attributes and chunks as separate files, each through its
-    event loop and a thread, which for ~25 small arrays costs more than the bytes
-    (0.2 s on disk vs 0.12 s). ``path`` must not exist (it is normally inside a
-    temporary output folder).
+    Keys are the store's file names (``zarr.json`` holds the consolidated metadata);
+    every array is checksummed (:func:`checksummed`) and every chunk is written.
+    The store is built in memory because zarr writes each array's metadata,
+    attributes and chunks as separate files, each through its event loop and a
+    thread, which for ~25 small arrays costs more than the bytes.
     """
     ignore_consolidated_warning()  # thread-safe, unlike catch_warnings (writers run in threads)
+    ds = ds.copy()
+    for var in ds.variables.values():
+        var.encoding.clear()
     encoding = {name: {"compressors": checksummed()} for name in ds.variables}
     files: dict = {}
     with zarr.config.set(_WRITE_CONFIG):
         ds.to_zarr(
             MemoryStore(files), mode="w", zarr_format=3, consolidated=True, encoding=encoding
         )
-    for key, buffer in files.items():
+    return {key: buffer.to_bytes() for key, buffer in files.items()}
+
+
+def write_dataset_zarr(ds: xr.Dataset, path: Path) -> None:
+    """Write a small Dataset as a new zarr v3 store at ``path`` (checksummed, consolidated).
+
+    The files are built in memory (:func:`dataset_zarr_files`) and written in one go
+    (0.12 s on disk instead of 0.2 s). ``path`` must not exist (it is normally inside
+    a temporary output folder).
+    """
+    for key, data in dataset_zarr_files(ds).items():
         target = path / key
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(buffer.to_bytes())
+        target.write_bytes(data)
 
 
 # -- conversion --------------------------------------------------------------------------------
-def _foreign_in_group(group_dir: Path) -> list[str]:
+def foreign_in_group(group_dir: Path) -> list[str]:
+    """Files in a group folder that zarr did not write (relative paths, sorted)."""
     return sorted(
         str(p.relative_to(group_dir))
         for p in group_dir.rglob("*")
@@ -143,7 +159,7 @@ def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[P
         if not is_store(out):
             raise OutputError(
                 f"out {out}: exists and is not a roidask store; roidask only adds subjects to "
-                "its own stores, choose another out",
+                "its own stores, choose another output",
                 param="out",
             )
         require_store(out, param="out")
@@ -165,7 +181,7 @@ def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[P
                     "to replace it",
                     param="out",
                 )
-            foreign = _foreign_in_group(target)
+            foreign = foreign_in_group(target)
             if foreign:
                 raise OutputError(
                     f"out {out}: subject folder {subject}/ holds files roidask did not write "
@@ -307,7 +323,9 @@ def convert(
     )
     ds["bold"].attrs.update(lazy.attrs)
     ds["condition"] = ds["condition"].astype(object)
-    encoding = {name: {"compressors": checksummed()} for name in ds.coords}
+    encoding: dict[str, dict[str, Any]] = {
+        str(name): {"compressors": checksummed()} for name in ds.coords
+    }
     encoding["bold"] = {"chunks": target_chunks, "compressors": bold_codecs()}
     if first.is_scaled:
         encoding["bold"].update(
@@ -402,7 +420,8 @@ def write_image(
             param="name",
         )
     clean_stale(target)
-    tmp = temp_sibling(target)
+    folder = OutputFolder(target, kind="array", marker=False)  # locked while written
+    tmp = folder.open()
     try:
         with zarr.config.set(_WRITE_CONFIG):
             arr = zarr.create_array(
@@ -416,9 +435,9 @@ def write_image(
             )
             arr[...] = np.asarray(image.data.compute())
         arr.attrs.update(grid_attrs(image))
-        swap_into_place(tmp, target)
+        folder.commit()
         _mark_complete(path / subject)
         consolidate(path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        folder.discard()
         raise

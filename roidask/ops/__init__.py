@@ -15,6 +15,7 @@ module                    what
 :mod:`.label`             connected components (``label``, scipy's numbering)
 :mod:`.rois`              ROI selection, tables, atlases
 :mod:`.extract`           per-ROI signals (``NiftiLabelsMasker``)
+:mod:`.permutation`       group inference by sign flips (``permuted_ols``), on dask
 :mod:`.conditions`        volumes and signals by condition
 :mod:`.clean`             temporal cleaning of signals (``nilearn.signal.clean``)
 :mod:`.kernels`           Gaussian kernels (FWHM in mm -> sigma in voxels)
@@ -32,6 +33,7 @@ from roidask.ops.morph import (
     binary_fill_holes,
     binary_opening,
 )
+from roidask.ops.permutation import permuted_ttest_1samp
 from roidask.ops.rois import keep_largest, remove_small, roi_table, split_hemispheres, write_atlas
 from roidask.ops.smooth import smooth_img
 from roidask.ops.stats import (
@@ -73,6 +75,7 @@ __all__ = [
     "mask_not",
     "mask_or",
     "mean_img",
+    "permuted_ttest_1samp",
     "remove_small",
     "resample_mask",
     "roi_table",

@@ -41,7 +41,7 @@ def reduce_blocks(
         off = tuple(int(offsets[a][idx[a]]) for a in range(first.ndim))
         task_func = partial(func, offset=off, block_index=tuple(int(i) for i in idx))
         layer[(scan, *idx)] = (task_func, *[(a.name, *idx) for a in arrays])
-    graph = HighLevelGraph.from_collections(scan, layer, dependencies=list(arrays))
+    graph = HighLevelGraph.from_collections(scan, layer, dependencies=list(arrays))  # type: ignore[arg-type,list-item,dict-item]  # dask's Key typing
     graph = HighLevelGraph(
         {**graph.layers, merged: {merged: (combine, list(layer))}},
         {**graph.dependencies, merged: {scan}},

@@ -162,6 +162,7 @@ def plan_cleaning(
                     "low_pass_hz: low-pass filtering is not available with filter='cosine' "
                     "(as in nilearn); use filter='butterworth'"
                 )
+            assert high is not None  # a cosine filter is a high-pass (low refused above)
             too_short = []
             for i, (v, g) in enumerate(zip(values, groups, strict=True)):
                 drift = _cosine_drift(len(g), high, tr) if len(g) > 1 else np.empty((1, 0))
@@ -182,10 +183,12 @@ def plan_cleaning(
                         f"high_pass_hz: {high} Hz must be below low_pass_hz {low} Hz for "
                         "a band-pass filter"
                     )
-                wn, btype = [high, low], "band"
+                wn: float | list[float] = [high, low]
+                btype = "band"
             elif high is not None:
                 wn, btype = high, "high"
             else:
+                assert low is not None
                 wn, btype = low, "low"
             from scipy import signal as sp_signal  # deliberately lazy: ~1 s, only when used
 

@@ -62,6 +62,8 @@ from roidask.exceptions import EmptyMaskWarning, InvalidParameterError
 from roidask.io.chunks import block_bounds
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import affine_of, check_same_grid
+from roidask.io.image import stored_scaling
+from roidask.io.nifti import scale_stored
 from roidask.ops import moments as mom_ops
 from roidask.ops.clean import apply_cleaning, plan_cleaning
 from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_filter_matrix
@@ -292,21 +294,43 @@ def _weight_plans(index: np.ndarray, n_roi: int, sigma: np.ndarray, chunks3):
 
 
 # -- chunk kernels --------------------------------------------------------------------------
-def _gather(block: np.ndarray, vox: np.ndarray, dtype) -> np.ndarray:
-    """Rows of the plan's voxels, (n_vox, n_t), non-finite values set to 0."""
-    rows = block.reshape(-1, block.shape[-1])[vox].astype(dtype, copy=False)
+def _gather(block: np.ndarray, vox: np.ndarray, dtype, scaling=None) -> np.ndarray:
+    """Rows of the plan's voxels, (n_vox, n_t), non-finite values set to 0.
+
+    With ``scaling`` (:func:`roidask.io.image.stored_scaling`) the chunk holds stored
+    integers: the gathered rows are scaled (the same values as scaling the chunk).
+
+
+    ``vox`` are flat C-order indices in the chunk. A Fortran-ordered chunk (NIfTI
+    blocks, the pass's box and temporary file) is gathered without copying the
+    whole chunk to C order first: each volume is contiguous there. The rows are
+    C-ordered either way (the reductions' rounding depends on the memory order).
+    """
+    n_t = block.shape[-1]
+    if block.ndim > 2 and block.flags.f_contiguous and not block.flags.c_contiguous:
+        shape = block.shape[:-1]
+        vox_f = np.ravel_multi_index(np.unravel_index(vox, shape), shape, order="F")
+        volumes = block.reshape(-1, n_t, order="F").T  # (n_t, n_voxels), C-contiguous
+        rows = np.ascontiguousarray(volumes[:, vox_f].T)
+    else:
+        rows = block.reshape(-1, n_t)[vox]
+    if scaling is not None:
+        rows = scale_stored(rows, *scaling)
+    rows = rows.astype(dtype, copy=False)
     if rows.dtype.kind == "f":
         rows[~np.isfinite(rows)] = 0
     return rows
 
 
-def _gather_rows(block: np.ndarray, *, vox: np.ndarray, work) -> np.ndarray:
-    return _gather(block, vox, work)
+def _gather_rows(block: np.ndarray, *, vox: np.ndarray, work, scaling) -> np.ndarray:
+    return _gather(block, vox, work, scaling)
 
 
-def _chunk_partial(block: np.ndarray, *, plan: _Plan, kind: str, n_roi: int) -> np.ndarray:
+def _chunk_partial(
+    block: np.ndarray, *, plan: _Plan, kind: str, n_roi: int, scaling
+) -> np.ndarray:
     """Per-ROI partial statistics of one chunk, shape (n_stats, n_roi, n_t)."""
-    v = _gather(block, plan.vox, np.float64)
+    v = _gather(block, plan.vox, np.float64, scaling)
     n_t = v.shape[1]
     if plan.weights is not None:
         return np.asarray(plan.weights @ v)[None]
@@ -362,26 +386,52 @@ def _median_rows(
 
 
 # -- graph ------------------------------------------------------------------------------------
-def _reduce_partials(arr: da.Array, plans: dict, kind: str, n_roi: int, token: str) -> da.Array:
+def _per_chunk(func, sub: da.Array, out: str, new_axes: dict, dtype, name: str, **kwargs):
+    """``func`` on every chunk of ``sub`` (one spatial chunk), new axes ``out`` + time.
+
+    The spatial indices are kept (as axes of length 1, then dropped) rather than
+    contracted, so every chunk reaches ``func`` as read: contracting them makes
+    dask copy each chunk (``concatenate3``) even when there is only one.
+    """
+    result = da.blockwise(
+        _keep_spatial_axes,
+        f"{out}xyz",
+        sub,
+        "xyzt",
+        new_axes=new_axes,
+        adjust_chunks={"x": 1, "y": 1, "z": 1},
+        dtype=dtype,
+        meta=np.empty((0,) * (len(out) + 3), dtype=dtype),
+        name=name,
+        kernel=func,
+        **kwargs,
+    )
+    return result[(Ellipsis, 0, 0, 0)]
+
+
+def _keep_spatial_axes(block: np.ndarray, *, kernel, **kwargs) -> np.ndarray:
+    return kernel(block, **kwargs)[..., None, None, None]
+
+
+def _reduce_partials(
+    arr: da.Array, plans: dict, kind: str, n_roi: int, token: str, scaling
+) -> da.Array:
     """(n_stats, n_roi, n_time) statistics combined over the spatial chunks."""
     k = _N_STATS[kind]
     parts = []
     for block, plan in plans.items():
-        sub = arr.blocks[block]
         parts.append(
-            da.blockwise(
+            _per_chunk(
                 _chunk_partial,
+                arr.blocks[block],
                 "krt",
-                sub,
-                "xyzt",
-                new_axes={"k": k, "r": n_roi},
-                concatenate=True,
-                dtype=np.float64,
-                meta=np.empty((0, 0, 0), dtype=np.float64),
-                name=f"roi-partial-{token}-{'-'.join(map(str, block))}",
+                {"k": k, "r": n_roi},
+                np.float64,
+                f"roi-partial-{token}-{'-'.join(map(str, block))}",
                 plan=plan,
                 kind=kind,
                 n_roi=n_roi,
+                scaling=scaling,
             )
         )
     if len(parts) == 1:
@@ -407,24 +457,22 @@ def _reduce_partials(arr: da.Array, plans: dict, kind: str, n_roi: int, token: s
     )
 
 
-def _median_graph(arr: da.Array, plans: dict, n_roi: int, token: str) -> da.Array:
-    work = arr.dtype if arr.dtype.kind == "f" else np.dtype(np.float64)
+def _median_graph(arr: da.Array, plans: dict, n_roi: int, token: str, scaling) -> da.Array:
+    values = arr.dtype if scaling is None else scaling[2]
+    work = values if values.kind == "f" else np.dtype(np.float64)
     parts, rois = [], []
     for block, plan in plans.items():
-        sub = arr.blocks[block]
         parts.append(
-            da.blockwise(
+            _per_chunk(
                 _gather_rows,
+                arr.blocks[block],
                 "vt",
-                sub,
-                "xyzt",
-                new_axes={"v": plan.vox.size},
-                concatenate=True,
-                dtype=work,
-                meta=np.empty((0, 0), dtype=work),
-                name=f"roi-gather-{token}-{'-'.join(map(str, block))}",
+                {"v": plan.vox.size},
+                work,
+                f"roi-gather-{token}-{'-'.join(map(str, block))}",
                 vox=plan.vox,
                 work=work,
+                scaling=scaling,
             )
         )
         rois.append(plan.rois)
@@ -473,7 +521,9 @@ def extract_signals(
     Parameters
     ----------
     bold_img : ImageLike
-        4D BOLD series (see :func:`roidask.io.as_image`); any chunking.
+        4D BOLD series (see :func:`roidask.io.as_image`); any chunking. A series of
+        stored integers and their scaling (``bold_from_nifti(..., scaled=False)``,
+        :func:`roidask.io.image.stored_scaling`) is scaled voxel by voxel as read.
     labels_img : ImageLike
         3D integer label image on the BOLD grid; ``background_label`` (0) is no
         region. Read when this function is called (it defines the ``roi`` axis).
@@ -507,7 +557,7 @@ def extract_signals(
         BOLD's chunks along ``time``); coords ``roi`` (label values),
         ``n_voxels`` (per ROI, after the mask), ``volume`` (index in the
         series) and the BOLD's ``time`` (s), ``condition`` and ``run``. float32
-        if the BOLD is float32 (as nilearn), float64 otherwise. Units are the
+        if the BOLD's values are float32 (as nilearn), float64 otherwise. Units are the
         BOLD's (squared for ``variance``).
 
     Raises
@@ -557,6 +607,8 @@ def extract_signals(
     n_roi = rois.values.size
 
     arr = bold.data
+    scaling = stored_scaling(bold)  # stored integers: scaled as gathered
+    values_dtype = bold.dtype if scaling is None else scaling[2]
     chunks3 = arr.chunks[:3]
     kind = _KIND[strategy]
     smooth = bool(np.any(sigma > 0))
@@ -569,9 +621,9 @@ def extract_signals(
     if not plans:
         values = da.full((n_roi, arr.shape[3]), np.nan, chunks=((n_roi,), arr.chunks[3]))
     elif kind == "median":
-        values = _median_graph(arr, plans, n_roi, token)
+        values = _median_graph(arr, plans, n_roi, token, scaling)
     else:
-        stats = _reduce_partials(arr, plans, kind, n_roi, token)
+        stats = _reduce_partials(arr, plans, kind, n_roi, token, scaling)
         safe = np.maximum(rois.counts, 1)[:, None].astype(np.float64)
         if strategy == "mean":
             values = stats[0] / safe
@@ -581,7 +633,7 @@ def extract_signals(
                 values = da.sqrt(values)
         else:
             values = stats[0]
-    out_dtype = np.dtype(np.float32) if bold.dtype == np.float32 else np.dtype(np.float64)
+    out_dtype = np.dtype(np.float32) if values_dtype == np.float32 else np.dtype(np.float64)
     values = da.where((rois.counts > 0)[:, None], values, np.nan).astype(out_dtype)
 
     coords = {

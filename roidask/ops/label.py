@@ -298,9 +298,9 @@ def _component_graph(arr: da.Array, structure: np.ndarray, *, mode: str) -> Dela
     scan_func = partial(
         _scan_block,
         structure=structure,
-        shape=shape,
-        numblocks=numblocks,
-        seeded_axes=seeded_axes,
+        shape=shape,  # type: ignore[arg-type]
+        numblocks=numblocks,  # type: ignore[arg-type]
+        seeded_axes=seeded_axes,  # type: ignore[arg-type]
         background=background,
     )
     offsets = block_offsets(arr.chunks)
@@ -324,19 +324,19 @@ def _component_graph(arr: da.Array, structure: np.ndarray, *, mode: str) -> Dela
             keys, lins = [], []
             for side in (b, b + 1):
                 for p, q in np.ndindex(*grid):
-                    idx = [0, 0, 0]
-                    idx[axis], idx[perp[0]], idx[perp[1]] = side, p, q
-                    keys.append((scan, *idx))
-                    lins.append(int(np.ravel_multi_index(idx, numblocks)))
+                    pos = [0, 0, 0]
+                    pos[axis], pos[perp[0]], pos[perp[1]] = side, p, q
+                    keys.append((scan, *pos))
+                    lins.append(int(np.ravel_multi_index(pos, numblocks)))
             face_layer[(faces, axis, b)] = (
                 partial(_face_pairs, axis=axis, grid=grid, lins=lins, offsets_perp=offsets_perp),
                 *keys,
             )
     merge_func = _merge_labels if mode == "label" else _merge_holes
     merge_layer = {merged: (merge_func, list(scan_layer), *face_layer)}
-    graph = HighLevelGraph.from_collections(scan, scan_layer, dependencies=[arr])
+    graph = HighLevelGraph.from_collections(scan, scan_layer, dependencies=[arr])  # type: ignore[arg-type,list-item,dict-item]  # dask's Key typing
     graph = HighLevelGraph(
-        {**graph.layers, faces: face_layer, merged: merge_layer},
+        {**graph.layers, faces: face_layer, merged: merge_layer},  # type: ignore[arg-type,list-item,dict-item]  # dask's Key typing
         {**graph.dependencies, faces: {scan}, merged: {scan, faces}},
     )
     return Delayed(merged, graph)

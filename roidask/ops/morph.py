@@ -75,13 +75,13 @@ def _morphology(
     mask = as_mask(mask_img, param="mask_img")
     arr: da.Array = mask.data
     original = arr.chunks
-    depth = [len(steps) * iterations * (s // 2) for s in struct.shape]
+    reach = [len(steps) * iterations * (s // 2) for s in struct.shape]
     chunks = tuple(
-        merge_small_chunks(c, d) if d else tuple(c) for c, d in zip(arr.chunks, depth, strict=True)
+        merge_small_chunks(c, d) if d else tuple(c) for c, d in zip(arr.chunks, reach, strict=True)
     )
     if chunks != arr.chunks:
         arr = arr.rechunk(chunks)
-    depth = {a: (d if len(chunks[a]) > 1 else 0) for a, d in enumerate(depth)}
+    depth = {a: (d if len(chunks[a]) > 1 else 0) for a, d in enumerate(reach)}
     func = partial(
         _ops_block,
         steps=steps,
@@ -102,7 +102,7 @@ def _morphology(
             meta=meta,
         )
     else:
-        out = arr.map_blocks(func, dtype=bool, meta=meta)
+        out = arr.map_blocks(func, dtype=bool, meta=meta)  # type: ignore[arg-type,call-arg]  # dask's typing of map_blocks
     if out.chunks != original:
         out = out.rechunk(original)
     return mask.copy(data=out)

@@ -150,7 +150,7 @@ def _filter_axis(arr: da.Array, axis: int, sigma: float) -> da.Array:
     if chunks != arr.chunks[axis]:
         arr = arr.rechunk({axis: chunks})
     if len(chunks) == 1:
-        return arr.map_blocks(func, dtype=arr.dtype)
+        return arr.map_blocks(func, dtype=arr.dtype)  # type: ignore[arg-type,call-arg]  # dask's typing of map_blocks
     depth = {i: (radius if i == axis else 0) for i in range(arr.ndim)}
     return da.map_overlap(
         func,
@@ -217,7 +217,7 @@ def smooth_img(img: ImageLike, *, fwhm: float | Sequence[float | None] | None) -
     data: da.Array = img.data
     original_chunks = data.chunks
     if dtype.kind == "f" and img.dtype.kind == "f":
-        arr = data.map_blocks(_finite_block, dtype, dtype=dtype)
+        arr = data.map_blocks(_finite_block, dtype, dtype=dtype)  # type: ignore[arg-type,call-arg]  # dask's typing of map_blocks
     else:
         arr = data.astype(dtype)
     for axis, s in enumerate(sigma):

@@ -336,12 +336,25 @@ def _ttest_1samp_block(mom: np.ndarray, *, n: int, popmean: float) -> np.ndarray
     return np.stack(mom_ops.ttest_1samp(m, popmean=popmean), axis=-1)
 
 
-def _stat_dataset(bold, out: da.Array, names: Sequence[str], attrs: dict, units: dict):
-    """One 3D map per field of the stacked test results ``out`` (fields last)."""
+_UNITS = {"logp": "-log10(p)", "df": "degrees of freedom"}
+
+
+def _test_dataset(bold, mom: da.Array, block_func, fields: Sequence[str], attrs: dict):
+    """One lazy 3D map per field of a test computed blockwise from stacked moments."""
+    out = da.blockwise(
+        block_func,
+        "ijks",
+        mom,
+        "ijkgm",
+        new_axes={"s": len(fields)},
+        concatenate=True,
+        dtype=np.float64,
+        meta=np.empty((0,) * 4, dtype=np.float64),
+    )
     grid = grid_attrs(bold)
     data = {
-        name: (SPATIAL_DIMS, out[..., i], {**grid, "units": units.get(name, "1")})
-        for i, name in enumerate(names)
+        name: (SPATIAL_DIMS, out[..., i], {**grid, "units": _UNITS.get(name, "1")})
+        for i, name in enumerate(fields)
     }
     return xr.Dataset(data, attrs={**grid, **attrs})
 
@@ -384,27 +397,16 @@ def ttest_img(
     equal_var = check_bool(equal_var, "equal_var")
     names, index, codes = _check_conditions(bold, contrast, param="contrast", min_count=2, exact=2)
     na, nb = (int(n) for n in np.bincount(codes, minlength=2))
-    mom = _selected_moments(bold, index, codes, 2)
-    out = da.blockwise(
-        partial(_ttest_block, na=na, nb=nb, equal_var=equal_var),
-        "ijks",
-        mom,
-        "ijkgm",
-        new_axes={"s": len(TTest._fields)},
-        concatenate=True,
-        dtype=np.float64,
-        meta=np.empty((0,) * 4, dtype=np.float64),
-    )
-    return _stat_dataset(
+    return _test_dataset(
         bold,
-        out,
+        _selected_moments(bold, index, codes, 2),
+        partial(_ttest_block, na=na, nb=nb, equal_var=equal_var),
         TTest._fields,
         {
             "test": "student" if equal_var else "welch",
             "contrast": list(names),
             "n_volumes": [na, nb],
         },
-        {"logp": "-log10(p)", "df": "degrees of freedom"},
     )
 
 
@@ -441,23 +443,12 @@ def ttest_1samp_img(img: ImageLike, *, condition: str, popmean: float = 0.0) -> 
     popmean = check_real(popmean, "popmean")
     _, index, codes = _check_conditions(bold, [name], param="condition", min_count=2)
     n = int(index.size)
-    mom = _selected_moments(bold, index, codes, 1)
-    out = da.blockwise(
-        partial(_ttest_1samp_block, n=n, popmean=popmean),
-        "ijks",
-        mom,
-        "ijkgm",
-        new_axes={"s": len(TTest._fields)},
-        concatenate=True,
-        dtype=np.float64,
-        meta=np.empty((0,) * 4, dtype=np.float64),
-    )
-    return _stat_dataset(
+    return _test_dataset(
         bold,
-        out,
+        _selected_moments(bold, index, codes, 1),
+        partial(_ttest_1samp_block, n=n, popmean=popmean),
         TTest._fields,
         {"test": "one-sample", "condition": name, "popmean": popmean, "n_volumes": n},
-        {"logp": "-log10(p)", "df": "degrees of freedom"},
     )
 
 
@@ -510,27 +501,16 @@ def ftest_img(img: ImageLike, *, conditions: Sequence[str]) -> xr.Dataset:
             f"({len(names)}) to estimate the within-condition variance",
             param="conditions",
         )
-    mom = _selected_moments(bold, index, codes, len(names))
-    out = da.blockwise(
-        partial(_ftest_block, counts=counts),
-        "ijks",
-        mom,
-        "ijkgm",
-        new_axes={"s": len(FTest._fields)},
-        concatenate=True,
-        dtype=np.float64,
-        meta=np.empty((0,) * 4, dtype=np.float64),
-    )
-    ds = _stat_dataset(
+    ds = _test_dataset(
         bold,
-        out,
+        _selected_moments(bold, index, codes, len(names)),
+        partial(_ftest_block, counts=counts),
         FTest._fields,
         {
             "test": "one-way ANOVA",
             "conditions": list(names),
             "n_volumes": [int(c) for c in counts],
         },
-        {"logp": "-log10(p)"},
     )
     ds["df_between"] = ((), np.float64(len(names) - 1), {"units": "degrees of freedom"})
     ds["df_within"] = ((), np.float64(index.size - len(names)), {"units": "degrees of freedom"})

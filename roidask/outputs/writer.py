@@ -87,11 +87,7 @@ def _write_maps(result: PipelineResult, tmp: Path) -> None:
 
 
 def _write_dataset(result: PipelineResult, tmp: Path) -> None:
-    ds = result.to_dataset()
-    for var in ds.variables.values():
-        var.encoding.clear()
-    ds = ds.assign_coords({k: ds[k].astype(object) for k in ("condition",) if k in ds.coords})
-    write_dataset_zarr(ds, tmp / "results.zarr")
+    write_dataset_zarr(result.to_dataset(), tmp / "results.zarr")
 
 
 def write_results(

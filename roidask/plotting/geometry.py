@@ -141,7 +141,8 @@ class Grid:
         for k, (w, sign) in enumerate(ornt):
             vox[int(w)] = k
             flip[int(w)] = bool(sign < 0)
-        return cls(a, tuple(int(n) for n in img.shape[:3]), tuple(vox), tuple(flip))
+        x, y, z = (int(n) for n in img.shape[:3])
+        return cls(a, (x, y, z), (vox[0], vox[1], vox[2]), (flip[0], flip[1], flip[2]))
 
     def step(self, w: int) -> float:
         """Voxel size (mm) along world axis ``w``."""
@@ -219,7 +220,8 @@ def cut_voxel_indices(img, cut_coords) -> tuple[int, int, int]:
         ``img`` is not 3D.
     """
     img = as_image(img, ndim=3, param="img")
-    return tuple(int(i) for i in cut_ijk(Grid.of(img), cut_coords))
+    i, j, k = (int(v) for v in cut_ijk(Grid.of(img), cut_coords))
+    return i, j, k
 
 
 def is_mask(vol: np.ndarray) -> bool:
@@ -282,7 +284,8 @@ def find_cut_coords(img) -> tuple[float, float, float]:
     grid = Grid.of(img)
     vol = np.asarray(img.data.compute())
     ijk = default_ijk(vol, grid, roi=is_mask(vol))
-    return tuple(float(v) for v in grid.world(ijk))
+    x, y, z = (float(v) for v in grid.world(ijk))
+    return x, y, z
 
 
 # -- cuts ----------------------------------------------------------------------------------
@@ -294,7 +297,7 @@ def as_float(a):
 def _view_slice(arr, grid: Grid, ijk: np.ndarray, view) -> np.ndarray:
     """2D cut of a 3D (numpy or dask) array as (vertical, horizontal), world-increasing."""
     _, w, h, v = view
-    index = [slice(None)] * 3
+    index: list[int | slice] = [slice(None)] * 3
     index[grid.vox[w]] = int(ijk[grid.vox[w]])
     s = arr[tuple(index)]
     if grid.vox[h] < grid.vox[v]:

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -56,6 +56,7 @@ from roidask.plotting.geometry import (
 )
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 __all__ = [
@@ -80,7 +81,7 @@ _MAX_LEGEND_LABELS = 12
 # -- figure scaffolding --------------------------------------------------------------------
 @dataclass
 class _Panel:
-    ax: object
+    ax: Axes
     view: tuple
     extent: tuple[float, float, float, float]
     xlim: tuple[float, float]
@@ -129,7 +130,7 @@ def _imshow(panel: _Panel, data: np.ndarray, **kwargs):
 
 def _finish(fig: Figure, panels: list[_Panel], grid: Grid, ijk: np.ndarray, title) -> None:
     point = grid.world(ijk)
-    text_style = {"color": "white", "fontsize": 11, "fontweight": "bold"}
+    text_style: dict[str, Any] = {"color": "white", "fontsize": 11, "fontweight": "bold"}
     for p in panels:
         name, w, h, v = p.view
         ax = p.ax
@@ -175,8 +176,8 @@ def save_png(fig: Figure, out) -> Path:
 
 
 def _finite_range(slices: Sequence[np.ndarray]) -> tuple[float, float]:
-    vals = [s[np.isfinite(s)] for s in slices if s.size]
-    vals = np.concatenate(vals) if vals else np.empty(0)
+    parts = [s[np.isfinite(s)] for s in slices if s.size]
+    vals = np.concatenate(parts) if parts else np.empty(0)
     if vals.size == 0:
         return 0.0, 1.0
     lo, hi = float(vals.min()), float(vals.max())
@@ -187,7 +188,7 @@ def background_image(bg_img, ref: xr.DataArray | None, *, param: str) -> xr.Data
     """``bg_img`` as a 3D roidask image on the grid of ``ref`` (package-internal)."""
     bg = as_image(bg_img, ndim=3, param=param)
     if ref is not None:
-        check_same_grid(ref, bg, names=(ref.name or "image", param))
+        check_same_grid(ref, bg, names=(str(ref.name or "image"), param))
     return bg
 
 

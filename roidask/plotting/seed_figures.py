@@ -100,9 +100,10 @@ def seed_figures(
     roi_mask = background_image(roi_mask_img, mean, param="roi_mask_img")
     dilated = background_image(dilated_img, mean, param="dilated_img")
     atlas = None if atlas_img is None else background_image(atlas_img, mean, param="atlas_img")
-    threshold = check_threshold(threshold)
-    if threshold is None:
+    checked = check_threshold(threshold)
+    if checked is None:
         raise InvalidParameterError("threshold: expected a number >= 0, got None")
+    threshold = checked
     if signals is not None:
         check_signals(signals)
     grid = Grid.of(mean)

@@ -284,6 +284,7 @@ def test_batch_on_embedded_cluster(dataset, reference, tmp_path):
         MARKER,
         "batch.tsv",
         "group",
+        "study.zarr",
         "sub-01",
         "sub-02",
         "sub-03",
@@ -606,7 +607,7 @@ def test_out_of_core_batch(tmp_path):
     assert set(statuses(out).values()) == {"done"}
     first = out / "sub-s01"
     prov = json.loads((first / "provenance.json").read_text())
-    assert prov["box_max_bytes"] == 0  # the ROI box does not fit: the data is read twice
+    assert prov["box_max_bytes"] == 0  # the ROI box does not fit: a temporary file instead
     assert prov["chunks"]["time"] < 51  # smaller blocks than the default
     for i in range(2, n_subjects + 1):
         for name in ("tstat.nii.gz", "atlas.nii.gz", "signals.tsv"):
@@ -785,3 +786,53 @@ def test_batch_progress_lines_in_a_log(haxby, tmp_path, capsys):
     run_batch(specs, out, plots=False, progress=True)
     err = capsys.readouterr().err
     assert err.splitlines()[-1].endswith("[3/3: done 0, failed 0, skipped 3]")
+
+
+# --------------------------------------------------------------------------- the batch folder
+def _spec(folder: Path, subject: str = "01") -> SubjectSpec:
+    files = [folder / n for n in ("bold.nii.gz", "labels.txt", "mask.nii.gz")]
+    for f in files:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(b"x")
+    return SubjectSpec(subject, (files[0],), (files[1],), files[2])
+
+
+def test_batch_folder_checks_write_nothing_and_keep_user_files(tmp_path):
+    from helpers.files import tree
+
+    from roidask._atomic import OutputFolder
+    from roidask.batch.schedule import check_batch_folder, prepare_batch_folder
+    from roidask.exceptions import OutputError
+
+    spec = _spec(tmp_path / "data")
+    out = tmp_path / "batch"
+    assert check_batch_folder(out, [spec]) == out and not out.exists()
+    prepare_batch_folder(out, [spec])
+    assert json.loads((out / MARKER).read_text())["kind"] == "batch"
+    # an input of one subject inside another subject's output folder (roidask's)
+    with OutputFolder(out / "sub-02", kind="subject-results") as tmp:
+        (tmp / "rois.tsv").write_text("label\n")
+    inside, other = _spec(out / "sub-02", "03"), _spec(tmp_path / "d2", "02")
+    before = tree(tmp_path)
+    with pytest.raises(OutputError, match=r"sub-02: is or contains the input .*sub-02/bold"):
+        check_batch_folder(out, [spec, other, inside])
+    # a group/ folder of the user's
+    (out / "group").mkdir()
+    (out / "group" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"group: exists and was not written by roidask"):
+        prepare_batch_folder(out, [spec])
+    assert tree(tmp_path) == {**before, "batch/group": None, "batch/group/notes.txt": b"mine"}
+
+
+def test_run_batch_checks_every_input_file_first(tmp_path):
+    from roidask.exceptions import CorruptFileError, UnreadableFileError
+
+    good, bad = _spec(tmp_path / "a"), _spec(tmp_path / "b", "02")
+    bad.labels[0].write_bytes(b"")
+    with pytest.raises(CorruptFileError, match=r"^manifest: subject '02': labels .*: is empty"):
+        run_batch([good, bad], tmp_path / "out")
+    bad.labels[0].write_bytes(b"x")
+    bad.mask.unlink()
+    with pytest.raises(UnreadableFileError, match=r"subject '02': mask .*mask\.nii\.gz: no such"):
+        run_batch([good, bad], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -237,6 +237,12 @@ def test_existing_output_needs_overwrite(tmp_path):
         ({"tr_s": 0}, "tr_s"),
         ({"noise_pct": -1.0}, "noise_pct"),
         ({"seed": -2}, "seed"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"scl_slope": 0.0}, "scl_slope: expected a positive"),
+        ({"scl_inter": float("nan")}, "scl_inter"),
+        ({"dtype": "float32", "scl_slope": 2.0}, "only int16 data is scaled"),
+        ({"vt_scale": -1.0}, "vt_scale"),
+        ({"regions_per_hemisphere": 0}, "regions_per_hemisphere"),
     ],
 )
 def test_invalid_parameters_are_named(tmp_path, options, match):
@@ -244,3 +250,52 @@ def test_invalid_parameters_are_named(tmp_path, options, match):
     with pytest.raises(InvalidParameterError, match=match):
         make_synthetic_subject(tmp_path / "bad", **kwargs)
     assert not (tmp_path / "bad").exists()
+
+
+def test_int16_scaled_and_float32_files_hold_the_same_values(tmp_path, small_subject):
+    """fMRIPrep-like inputs: int16 with scl_slope/scl_inter, and float32."""
+    plain = _data(small_subject.bold).astype(np.float64)
+    scaled = make_synthetic_subject(
+        tmp_path / "scaled", seed=3, scl_slope=0.25, scl_inter=-3.5, **SMALL
+    )
+    floats = make_synthetic_subject(tmp_path / "float", seed=3, dtype="float32", **SMALL)
+    img = nib.load(scaled.bold)
+    assert img.get_data_dtype() == np.int16
+    assert (img.dataobj.slope, img.dataobj.inter) == (0.25, -3.5)
+    assert NiftiSource.open(scaled.bold).is_scaled
+    values = np.asarray(nib.load(floats.bold).dataobj)
+    assert values.dtype == np.float32 and not NiftiSource.open(floats.bold).is_scaled
+    np.testing.assert_allclose(img.get_fdata(), values, rtol=0, atol=0.125 + 1e-3)
+    np.testing.assert_allclose(plain, values, rtol=0, atol=0.5 + 1e-3)
+    assert json.loads(scaled.truth.read_text())["parameters"]["scl_slope"] == 0.25
+    # the masks do not depend on the data type
+    for name in ("mask_vt", "truth_face"):
+        np.testing.assert_array_equal(
+            _data(getattr(floats, name)), _data(getattr(small_subject, name))
+        )
+
+
+def test_larger_vt_mask_and_more_planted_regions(tmp_path):
+    """A whole-brain-like setting: a VT mask of a third of the brain, 8 regions apart."""
+    options = {"shape": (40, 48, 40), "n_volumes": 2, "voxel_size_mm": (4.0, 4.0, 4.0)}
+    one = make_synthetic_subject(tmp_path / "one", **options)
+    many = make_synthetic_subject(
+        tmp_path / "many", vt_scale=3.25, regions_per_hemisphere=2, **options
+    )
+    brain = _data(many.brain_mask).astype(bool)
+    vt = _data(many.mask_vt).astype(bool)
+    assert vt.sum() > 5 * _data(one.mask_vt).sum() and not (vt & ~brain).any()
+    truth = json.loads(many.truth.read_text())
+    names = [r["name"] for r in truth["regions"]]
+    assert sorted(names) == sorted(
+        f"{c}_{h}{s}" for c in ("face", "house") for h in ("left", "right") for s in ("", "_2")
+    )
+    assert all(r["n_voxels"] > 0 for r in truth["regions"])
+    regions, n = ndimage.label(_data(many.truth_face) | _data(many.truth_house))
+    assert n == 8 and not (regions.astype(bool) & ~vt).any()
+    # the first regions are the default ones
+    first = {r["name"]: r["centre_mm"] for r in json.loads(one.truth.read_text())["regions"]}
+    centres = {r["name"]: r["centre_mm"] for r in truth["regions"]}
+    assert {name: centres[name] for name in first} == first
+    with pytest.raises(InvalidParameterError, match="regions_per_hemisphere: cannot place 6"):
+        make_synthetic_subject(tmp_path / "full", regions_per_hemisphere=6, **options)

@@ -24,12 +24,12 @@ class CountingScheduler:
 
 
 @contextlib.contextmanager
-def raise_if_dask_computes(max_computes: int = 0):
-    """Fail if dask computes more than ``max_computes`` times inside the block,
-    and fail if any NIfTI voxel data is read (graph building must be lazy)."""
+def voxel_reads():
+    """Yield a list that records the path of every NIfTI voxel read inside the block
+    (``NiftiSource.read`` and ``iter_blocks``, whatever thread reads)."""
     from roidask.io import nifti
 
-    reads = []
+    reads: list = []
     original_read, original_iter = nifti.NiftiSource.read, nifti.NiftiSource.iter_blocks
 
     def counting_read(self, *args, **kwargs):
@@ -40,14 +40,21 @@ def raise_if_dask_computes(max_computes: int = 0):
         reads.append(self.path)
         return original_iter(self, *args, **kwargs)
 
-    scheduler = CountingScheduler(max_computes)
     nifti.NiftiSource.read = counting_read
     nifti.NiftiSource.iter_blocks = counting_iter
     try:
-        with dask.config.set(scheduler=scheduler):
-            yield scheduler
+        yield reads
     finally:
         nifti.NiftiSource.read = original_read
         nifti.NiftiSource.iter_blocks = original_iter
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes: int = 0):
+    """Fail if dask computes more than ``max_computes`` times inside the block,
+    and fail if any NIfTI voxel data is read (graph building must be lazy)."""
+    scheduler = CountingScheduler(max_computes)
+    with voxel_reads() as reads, dask.config.set(scheduler=scheduler):
+        yield scheduler
     if max_computes == 0 and reads:
         raise AssertionError(f"voxel data was read while building a graph: {reads}")

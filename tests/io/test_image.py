@@ -99,3 +99,34 @@ def test_write_back_on_source_grid(haxby, tmp_path, suffix):
     assert nib.load(out3).get_data_dtype() == np.uint8
     with pytest.raises(ImageTypeError, match="reference"):
         to_nifti(np.ones((40, 20, 1)), tmp_path / "x.nii")
+
+
+def test_stored_integers_of_scaled_runs(tmp_path, rng):
+    """``scaled=False``: the stored int16 of runs sharing one scaling, and the scaling in
+    attrs; (reference, ours): nibabel's scaled values vs scale_stored of what is read."""
+    from roidask.io.image import stored_scaling
+    from roidask.io.nifti import scale_stored, write_nifti
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    stored = rng.integers(-2000, 2000, size=(4, 5, 3, 6), dtype=np.int16)
+    runs = [
+        write_nifti(stored, tmp_path / f"r{i}.nii.gz", affine=affine, scl_slope=0.3, scl_inter=5)
+        for i in range(2)
+    ]
+    image = bold_from_nifti(runs, scaled=False)
+    assert image.dtype == np.int16
+    assert stored_scaling(image) == (np.float32(0.3), 5.0, np.float32)  # header: float32
+    np.testing.assert_array_equal(image.values, np.concatenate([stored, stored], axis=3))
+    values = bold_from_nifti(runs)
+    assert values.dtype == np.float32 and stored_scaling(values) is None
+    np.testing.assert_array_equal(
+        scale_stored(image.values, *stored_scaling(image)), values.values
+    )
+    np.testing.assert_allclose(values.values[..., :6], nib.load(runs[0]).get_fdata(), rtol=1e-6)
+    # runs scaled differently, or not at all: their values, as usual
+    other = write_nifti(stored, tmp_path / "other.nii.gz", affine=affine, scl_slope=0.5)
+    plain = write_nifti(stored, tmp_path / "plain.nii.gz", affine=affine)
+    assert stored_scaling(bold_from_nifti([runs[0], other], scaled=False)) is None
+    assert bold_from_nifti([runs[0], other], scaled=False).dtype == np.float32
+    assert bold_from_nifti(plain, scaled=False).dtype == np.int16
+    assert stored_scaling(bold_from_nifti(plain, scaled=False)) is None

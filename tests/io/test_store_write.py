@@ -326,3 +326,19 @@ def test_missing_subject_lists_known(small):
     store = convert(run, labels=labels, out=tmp / "s.zarr")
     with pytest.raises(StoreError, match=r"no subject 'sub-09'.*\['sub-01'\]"):
         open_subject(store, "sub-09")
+
+
+def test_every_chunk_is_written_with_a_checksum(tmp_path):
+    """A chunk equal to the fill value is written too (a missing chunk is damage), and every
+    array's codecs end with crc32c."""
+    import json
+
+    data = np.zeros((3, 3, 2, 6), dtype=np.int16)
+    run = write_run(tmp_path / "run.nii.gz", data)
+    labels = write_labels(tmp_path / "l.txt", ["a"] * 6)
+    store = convert(run, labels=labels, out=tmp_path / "s.zarr", chunks="time=2")
+    chunks = sorted(p.name for p in (store / "sub-01" / "bold" / "c" / "0" / "0" / "0").iterdir())
+    assert chunks == ["0", "1", "2"]
+    for name in ("bold", "time", "condition", "run"):
+        meta = json.loads((store / "sub-01" / name / "zarr.json").read_text())
+        assert meta["codecs"][-1]["name"] == "crc32c", name

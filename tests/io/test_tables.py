@@ -51,3 +51,39 @@ def test_tsv_writes_nan_as_na(haxby_bold, seed_rois, tmp_path):
     table = pd.read_csv(path, sep="\t")
     assert table.loc[table["roi"] == 77, "value"].isna().all()
     assert "n/a" in path.read_text()
+
+
+def roi_table(**values):
+    from roidask.io.tables import ROI_TABLE_COLUMNS
+
+    row = dict.fromkeys(ROI_TABLE_COLUMNS, 1.0)
+    row.update(label=1, n_voxels=3, **values)
+    return pd.DataFrame([row], columns=list(ROI_TABLE_COLUMNS))
+
+
+def test_roi_table_positions_are_rounded_to_a_micrometre(tmp_path):
+    from roidask.io.tables import read_roi_table, write_roi_table
+
+    table = roi_table(
+        volume_mm3=156.24999999999997,  # 3 voxels of 3.125 x 3.75 x 3.75 mm, float error
+        com_x_mm=-17.123456789,
+        peak_y_mm=16.9e-12,
+        peak_value=7.351234567891,
+        mean_value=float("nan"),
+    )
+    path = write_roi_table(table, tmp_path / "rois.tsv")
+    text = path.read_text().splitlines()[1].split("\t")
+    assert text[2:4] == ["156.25", "-17.123"]
+    assert text[7] == "0"  # -0.0 / 1e-11 mm: a micrometre is the resolution
+    assert text[9:] == ["7.35123457", "n/a"]  # values: 9 significant digits; NaN: n/a
+    back = read_roi_table(path)
+    assert back.loc[0, "com_x_mm"] == -17.123 and np.isnan(back.loc[0, "mean_value"])
+
+
+def test_roi_table_columns_are_checked(tmp_path):
+    from roidask.exceptions import InvalidParameterError
+    from roidask.io.tables import write_roi_table
+
+    with pytest.raises(InvalidParameterError, match=r"^table: expected an ROI table with columns"):
+        write_roi_table(pd.DataFrame({"label": [1]}), tmp_path / "rois.tsv")
+    assert list(tmp_path.iterdir()) == []

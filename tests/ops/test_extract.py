@@ -331,3 +331,25 @@ def test_fwhm_with_a_non_linear_strategy_is_refused(haxby_bold, seed_rois, strat
 def test_bad_options_are_refused(haxby_bold, seed_rois, kwargs, match):
     with raise_if_dask_computes(), pytest.raises(InvalidParameterError, match=match):
         extract_signals(haxby_bold, seed_rois, **kwargs)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_stored_integers_are_scaled_as_gathered(tmp_path, rng, strategy):
+    """(reference, ours): signals of the scaled float32 values vs of the stored int16 with
+    their scaling (``bold_from_nifti(..., scaled=False)``): the same bits."""
+    from roidask.io import bold_from_nifti
+    from roidask.io.nifti import write_nifti
+
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    stored = rng.integers(-3000, 3000, size=(7, 6, 5, 12), dtype=np.int16)
+    path = write_nifti(stored, tmp_path / "bold.nii", affine=affine, scl_slope=0.07, scl_inter=9)
+    labels = nib.Nifti1Image(rng.integers(0, 4, size=(7, 6, 5)).astype(np.int32), affine)
+    kwargs = {"fwhm": 5.0} if strategy in ("mean", "sum") else {}
+    for chunks in ({"x": 3, "y": 4, "time": 5}, None):
+        values = bold_from_nifti(path, chunks=chunks)
+        raw = bold_from_nifti(path, chunks=chunks, scaled=False)
+        assert raw.dtype == np.int16 and values.dtype == np.float32
+        want = extract_signals(values, labels, strategy=strategy, **kwargs)
+        got = extract_signals(raw, labels, strategy=strategy, **kwargs)
+        assert got.dtype == want.dtype == np.float32
+        np.testing.assert_array_equal(got.values, want.values)

@@ -1,0 +1,393 @@
+"""The study store: every subject's results in one zarr store that plain xarray opens.
+
+Layout of ``OUT/study.zarr`` (written by ``roidask batch``)::
+
+    study.zarr/             zarr v3 group, attrs {"roidask_study": STUDY_FORMAT}
+      zarr.json             root metadata; its consolidated metadata lists the
+                            *published* nodes only
+      sub-<id>/             one node per subject: the Dataset of results.zarr
+                            (:func:`roidask.pipeline.results_dataset`), attrs
+                            ``roidask_complete``, ``roidask_fingerprint``, ``subject``
+      group/                the second level: t and -log10 p maps of a one-sample
+                            t-test of the subjects' t maps, the ROI overlap
+
+``xr.open_datatree(OUT / "study.zarr", engine="zarr")`` reads the consolidated
+metadata, so it sees the published nodes and nothing else.
+
+Crash safety (plain zarr v3; why not Icechunk: ``BENCHMARKS.md``, "Study store"):
+
+* a node is written by the process that writes the subject's output folder, as
+  files of its own prefix: every array first, the node's ``zarr.json`` (with
+  ``roidask_complete`` and the fingerprint) last (:func:`write_node`); the files
+  of the study root are never touched by it, so concurrent subjects cannot
+  corrupt each other;
+* only the batch driver publishes: it rewrites the root ``zarr.json`` (atomically:
+  temporary file renamed over it) to list the node once it is complete
+  (:func:`publish`), and drops a node from it before the node is rewritten
+  (:func:`unpublish`); :class:`Study` serialises the driver's threads;
+* a node half written by a killed process is invisible (not published) and is
+  rewritten by the rerun; the batch skips a subject whose node is complete with
+  the same fingerprint (:meth:`Study.has`) and whose output folder is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from roidask._atomic import clean_stale, write_bytes
+from roidask.exceptions import OutputError, StoreError
+from roidask.io.store_read import (
+    CHUNK_GRIDS_ATTR,
+    COMPLETE_ATTR,
+    DamagedChunk,
+    ignore_consolidated_warning,
+    verify_groups,
+)
+from roidask.io.store_write import dataset_zarr_files, foreign_in_group
+from roidask.outputs.provenance import utc_now
+from roidask.pipeline import PipelineResult
+
+__all__ = [
+    "FINGERPRINT_ATTR",
+    "GROUP_NODE",
+    "STUDY_ATTR",
+    "STUDY_FORMAT",
+    "STUDY_NAME",
+    "Study",
+    "SubjectNode",
+    "node_attrs",
+    "open_study",
+    "prepare_study",
+    "publish",
+    "published",
+    "unpublish",
+    "verify_study",
+    "write_node",
+]
+
+#: Root attribute marking a study store; its value is the format.
+STUDY_ATTR = "roidask_study"
+#: Format written by this version.
+STUDY_FORMAT = 1
+#: Node attribute: the fingerprint (parameters and input checksums) of a subject's results.
+FINGERPRINT_ATTR = "roidask_fingerprint"
+#: Name of the study store in a batch folder, and of its second-level node.
+STUDY_NAME = "study.zarr"
+GROUP_NODE = "group"
+_META = "zarr.json"
+_EMPTY_CONSOLIDATED = {"kind": "inline", "must_understand": False, "metadata": {}}
+
+
+# -- the root ----------------------------------------------------------------------------------
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(f"{path}: cannot read the {what} metadata ({exc})") from None
+    if not isinstance(record, dict) or record.get("zarr_format") != 3:
+        raise StoreError(f"{path}: not zarr v3 {what} metadata")
+    return record
+
+
+def _read_root(study: Path, *, param: str = "study") -> dict:
+    meta = study / _META
+    if not meta.is_file():
+        raise StoreError(f"{param} {study}: not a roidask study store (no zarr.json)", param=param)
+    record = _read_json(meta, "root")
+    attrs = record.get("attributes") or {}
+    if STUDY_ATTR not in attrs:
+        raise StoreError(
+            f"{param} {study}: a zarr group but not a roidask study store (no attribute "
+            f"{STUDY_ATTR!r})",
+            param=param,
+        )
+    if attrs[STUDY_ATTR] != STUDY_FORMAT:
+        raise StoreError(
+            f"{param} {study}: study store format {attrs[STUDY_ATTR]!r}; this roidask reads "
+            f"format {STUDY_FORMAT}",
+            param=param,
+        )
+    consolidated = record.get("consolidated_metadata") or dict(_EMPTY_CONSOLIDATED)
+    consolidated.setdefault("metadata", {})
+    record["consolidated_metadata"] = consolidated
+    return record
+
+
+def _write_root(study: Path, record: dict) -> None:
+    """Replace the root ``zarr.json`` in one rename (readers see the old or the new one)."""
+    record["consolidated_metadata"]["metadata"] = dict(
+        sorted(record["consolidated_metadata"]["metadata"].items())
+    )
+    write_bytes(study / _META, json.dumps(record, separators=(",", ":")).encode())
+
+
+def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
+    """Create a study store, or check that an existing ``study`` is one (reads no data).
+
+    Raises
+    ------
+    OutputError
+        ``study`` exists and is not a roidask study store (roidask never writes in it).
+    """
+    path = Path(study)
+    clean_stale(path / _META)
+    if path.exists():
+        try:
+            _read_root(path, param=param)
+        except StoreError as exc:
+            raise OutputError(
+                f"{exc}; roidask writes its study store only in a new folder or its own",
+                param=param,
+            ) from None
+        return path
+    try:
+        path.mkdir()
+    except OSError as exc:
+        raise OutputError(f"{param} {path}: cannot create it ({exc.strerror or exc})") from None
+    root = {
+        "attributes": {
+            STUDY_ATTR: STUDY_FORMAT,
+            "title": "roidask study: one node per subject, and the group level",
+            "created_utc": utc_now(),
+        },
+        "zarr_format": 3,
+        "consolidated_metadata": dict(_EMPTY_CONSOLIDATED),
+        "node_type": "group",
+    }
+    _write_root(path, root)
+    return path
+
+
+def published(study: str | os.PathLike) -> list[str]:
+    """Names of the published nodes (what ``xr.open_datatree`` shows), sorted."""
+    metadata = _read_root(Path(study))["consolidated_metadata"]["metadata"]
+    return sorted(k for k in metadata if "/" not in k)
+
+
+# -- nodes -------------------------------------------------------------------------------------
+def node_attrs(study: str | os.PathLike, name: str) -> dict | None:
+    """Attributes of node ``name`` as written on disk (None: no complete node there)."""
+    meta = Path(study) / name / _META
+    try:
+        record = json.loads(meta.read_text())
+    except (OSError, ValueError):
+        return None
+    attrs = record.get("attributes") if isinstance(record, dict) else None
+    if not isinstance(attrs, dict) or attrs.get(COMPLETE_ATTR) is not True:
+        return None
+    return attrs
+
+
+def _chunk_grids(consolidated: dict[str, Any]) -> dict[str, list[int]]:
+    grids = {}
+    for key, meta in consolidated.items():
+        if meta.get("node_type") != "array":
+            continue
+        chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        grids[key] = [-(-n // c) for n, c in zip(meta["shape"], chunks, strict=True)]
+    return grids
+
+
+def _clear_node(node: Path) -> None:
+    """Remove a previous (unpublished) version of a node: its completion first."""
+    if not node.exists():
+        return
+    if not node.is_dir():
+        raise OutputError(f"study node {node}: is a file; roidask only replaces its own nodes")
+    clean_stale(node / _META)
+    foreign = foreign_in_group(node)
+    if foreign:
+        raise OutputError(
+            f"study node {node}: holds files zarr did not write ({', '.join(foreign[:5])}); "
+            "roidask does not delete them, move them away"
+        )
+    (node / _META).unlink(missing_ok=True)  # from here on the node reads as incomplete
+    shutil.rmtree(node)
+
+
+def write_node(
+    study: str | os.PathLike, name: str, ds: xr.Dataset, *, attrs: dict | None = None
+) -> Path:
+    """Write ``ds`` as node ``name`` of a study store: arrays first, ``zarr.json`` last.
+
+    The node is not published (see :func:`publish`): call this only for a node the
+    driver has unpublished (or never published). A previous version is removed
+    first. The node's ``zarr.json`` holds the node's consolidated metadata, the
+    chunk inventory and ``attrs`` (e.g. the fingerprint), and
+    ``roidask_complete: true``; it is written atomically, after every chunk.
+
+    Returns
+    -------
+    Path
+        The node's folder.
+    """
+    study = Path(study)
+    node = study / name
+    files = dataset_zarr_files(ds)
+    group = json.loads(files.pop(_META))
+    group["attributes"].update(
+        {
+            **(attrs or {}),
+            CHUNK_GRIDS_ATTR: _chunk_grids(group["consolidated_metadata"]["metadata"]),
+            COMPLETE_ATTR: True,
+        }
+    )
+    _clear_node(node)
+    for key, data in files.items():
+        target = node / key
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    node.mkdir(parents=True, exist_ok=True)
+    write_bytes(node / _META, json.dumps(group, indent=2).encode())
+    return node
+
+
+# -- publishing (the batch driver only) --------------------------------------------------------
+def _without(metadata: dict, name: str) -> dict:
+    return {k: v for k, v in metadata.items() if k != name and not k.startswith(f"{name}/")}
+
+
+def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = None) -> None:
+    """Make node ``name`` visible: list it in the root's consolidated metadata.
+
+    Reads the node's own ``zarr.json`` (one file) and rewrites the root's atomically.
+    One process (the batch driver) publishes; concurrent publishers would lose
+    each other's updates.
+
+    Raises
+    ------
+    StoreError
+        The node is not complete, or its fingerprint is not ``fingerprint``.
+    """
+    study = Path(study)
+    node_json = study / name / _META
+    node = _read_json(node_json, f"node {name!r}") if node_json.is_file() else {}
+    attrs = node.get("attributes") or {}
+    if attrs.get(COMPLETE_ATTR) is not True:
+        raise StoreError(f"study {study}: node {name!r} is not complete; it cannot be published")
+    if fingerprint is not None and attrs.get(FINGERPRINT_ATTR) != fingerprint:
+        raise StoreError(
+            f"study {study}: node {name!r} has fingerprint {attrs.get(FINGERPRINT_ATTR)!r}, "
+            f"expected {fingerprint!r}"
+        )
+    children = node.pop("consolidated_metadata", {}).get("metadata", {})
+    entries = {name: {**node, "consolidated_metadata": dict(_EMPTY_CONSOLIDATED)}}
+    for key, meta in children.items():
+        if meta.get("node_type") == "group":
+            meta = {**meta, "consolidated_metadata": dict(_EMPTY_CONSOLIDATED)}
+        entries[f"{name}/{key}"] = meta
+    root = _read_root(study)
+    consolidated = root["consolidated_metadata"]
+    consolidated["metadata"] = {**_without(consolidated["metadata"], name), **entries}
+    _write_root(study, root)
+
+
+def unpublish(study: str | os.PathLike, name: str) -> bool:
+    """Hide node ``name`` (before it is rewritten); True if it was published."""
+    study = Path(study)
+    root = _read_root(study)
+    metadata = root["consolidated_metadata"]["metadata"]
+    kept = _without(metadata, name)
+    if len(kept) == len(metadata):
+        return False
+    root["consolidated_metadata"]["metadata"] = kept
+    _write_root(study, root)
+    return True
+
+
+@dataclass(frozen=True)
+class SubjectNode:
+    """Where and how a subject's results go in a study store (picklable: sent to a worker).
+
+    :func:`roidask.runner.run_subject` calls :meth:`write` once the subject's output
+    folder is written; the driver publishes the node afterwards.
+    """
+
+    study: Path
+    name: str
+    subject: str
+    fingerprint: str
+
+    def write(self, result: PipelineResult) -> Path:
+        """Write the node from the subject's results (:meth:`PipelineResult.to_dataset`)."""
+        attrs = {"subject": self.subject, FINGERPRINT_ATTR: self.fingerprint}
+        return write_node(self.study, self.name, result.to_dataset(), attrs=attrs)
+
+
+class Study:
+    """The batch driver's handle on a study store: checks, publishes, unpublishes.
+
+    Thread-safe: the driver's subject threads share one instance, and every
+    rewrite of the root ``zarr.json`` holds its lock.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, param: str = "study"):
+        self.path = prepare_study(path, param=param)
+        self._lock = threading.Lock()
+
+    def has(self, name: str, fingerprint: str) -> bool:
+        """Node ``name`` is complete on disk with ``fingerprint``."""
+        attrs = node_attrs(self.path, name)
+        return attrs is not None and attrs.get(FINGERPRINT_ATTR) == fingerprint
+
+    def node(self, name: str, *, subject: str, fingerprint: str) -> SubjectNode:
+        """The node a subject's run writes (after :meth:`unpublish`)."""
+        return SubjectNode(self.path, name, subject, fingerprint)
+
+    def publish(self, name: str, *, fingerprint: str | None = None) -> None:
+        with self._lock:
+            publish(self.path, name, fingerprint=fingerprint)
+
+    def unpublish(self, name: str) -> bool:
+        with self._lock:
+            return unpublish(self.path, name)
+
+    def write_group(self, ds: xr.Dataset, *, attrs: dict | None = None) -> None:
+        """Replace the second-level node (unpublish, write, publish)."""
+        with self._lock:
+            unpublish(self.path, GROUP_NODE)
+            write_node(self.path, GROUP_NODE, ds, attrs=attrs)
+            publish(self.path, GROUP_NODE)
+
+
+# -- reading -----------------------------------------------------------------------------------
+def open_study(study: str | os.PathLike) -> xr.DataTree:
+    """The published nodes as a lazy DataTree (plain ``xr.open_datatree`` does the same)."""
+    path = Path(study)
+    _read_root(path)
+    ignore_consolidated_warning()
+    return xr.open_datatree(str(path), engine="zarr")
+
+
+def verify_study(study: str | os.PathLike) -> list[DamagedChunk]:
+    """Check every published node: complete on disk, as published, every chunk readable.
+
+    Returns
+    -------
+    list of DamagedChunk
+        Empty when the store is whole. A node whose files are not complete, or were
+        rewritten after publishing, is reported with array ``""`` and chunk
+        ``zarr.json``; missing or corrupt chunks as in :func:`roidask.io.verify_store`.
+    """
+    path = Path(study)
+    metadata = _read_root(path)["consolidated_metadata"]["metadata"]
+    damaged: list[DamagedChunk] = []
+    records: dict[str, dict] = {}
+    for name in published(path):
+        attrs = node_attrs(path, name)
+        if attrs is None:
+            damaged.append(DamagedChunk(name, "", _META, "published but not complete on disk"))
+            continue
+        if attrs != metadata[name].get("attributes"):
+            damaged.append(DamagedChunk(name, "", _META, "rewritten since it was published"))
+            continue
+        records[name] = attrs
+    return damaged + verify_groups(path, records)

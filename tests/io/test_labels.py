@@ -1,0 +1,118 @@
+"""Per-volume conditions from labels.txt and events.tsv: event timing to within a tolerance
+of the TR, events beyond the run, misnamed events tables, malformed tables."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers.files import write_bold, write_events
+
+from roidask.exceptions import CorruptFileError, LabelsError
+from roidask.io import bold_from_nifti, read_events, read_labels
+from roidask.io.labels import REST, events_to_labels
+
+
+def conditions(bold, events, tr_s):
+    return bold_from_nifti(bold, labels=[events], tr_s=tr_s)["condition"].values
+
+
+def test_events_on_volume_onsets_with_tr_0_72(tmp_path):
+    """HCP's TR: 10 * 0.72 = 7.199999999999999 s is volume 10's onset, 7.2 s."""
+    bold = write_bold(tmp_path / "run_bold.nii.gz", 40, tr_s=0.72)
+    events = write_events(
+        tmp_path / "sub-01_run-1_events.tsv",
+        [(7.2, 7.2, "face"), (14.4, 7.2, "house"), (21.6, 3.6, "face")],
+    )
+    got = conditions(bold, events, 0.72)
+    want = np.full(40, REST, dtype=object)
+    want[10:20], want[20:30], want[30:35] = "face", "house", "face"
+    np.testing.assert_array_equal(got, want.astype(str))
+    assert (got[10], got[20], got[30]) == ("face", "house", "face")
+
+
+def test_events_on_volume_onsets_with_tr_2(tmp_path):
+    bold = write_bold(tmp_path / "run_bold.nii.gz", 30, tr_s=2.0)
+    events = write_events(
+        tmp_path / "events.tsv", [(0.0, 4.0, "a"), (20.0, 20.0, "b"), (40.0, 2.0, "a")]
+    )
+    got = conditions(bold, events, 2.0)
+    want = np.full(30, REST, dtype=object)
+    want[0:2], want[10:20], want[20] = "a", "b", "a"
+    np.testing.assert_array_equal(got, want.astype(str))
+
+
+def test_the_tolerance_is_a_millionth_of_the_tr():
+    events = pd.DataFrame(
+        {"onset": [7.2 + 1e-3, 14.4 - 1e-9], "duration": [1.0, 0.72], "trial_type": ["a", "b"]}
+    )
+    got = events_to_labels(events, n_volumes=25, tr_s=0.72)
+    # 1 ms after volume 10's onset: volume 11 is the first covered; 1 ns before 20: 20 is
+    assert list(np.flatnonzero(got == "a")) == [11]
+    assert list(np.flatnonzero(got == "b")) == [20]
+
+
+def test_events_beyond_the_run_warn(tmp_path):
+    from roidask.exceptions import EventsWarning
+
+    events = write_events(
+        tmp_path / "sub-01_events.tsv",
+        [(0.0, 4.0, "a"), (40.0, 2.0, "late"), (50.0, 2.0, "late")],
+    )
+    table = read_events(events)
+    with pytest.warns(EventsWarning) as record:
+        got = events_to_labels(table, n_volumes=20, tr_s=2.0, source=events)
+    (warning,) = record
+    assert str(warning.message) == (
+        f"{events}: 2 event(s) start at or after the end of the run (20 volumes x 2 s = 40 s), "
+        "e.g. 'late' at 40 s; they label no volume (wrong TR, or events of another run?)"
+    )
+    assert list(got[:2]) == ["a", "a"] and set(got[2:]) == {REST}
+    with warnings.catch_warnings():  # an event inside the run: no warning
+        warnings.simplefilter("error", EventsWarning)
+        events_to_labels(table.iloc[:1], n_volumes=20, tr_s=2.0)
+
+
+def test_an_events_table_not_named_events_tsv_says_so(tmp_path):
+    bold = write_bold(tmp_path / "run_bold.nii.gz", 10)
+    table = write_events(tmp_path / "conditions.tsv", [(0.0, 4.0, "a")])
+    with pytest.raises(LabelsError) as info:
+        bold_from_nifti(bold, labels=[table])
+    assert str(info.value) == (
+        f"labels {table}: has the columns of a BIDS events table but is not named "
+        "*_events.tsv; rename it (e.g. sub-01_task-x_run-1_events.tsv) so it is read as events"
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([("n/a", 2.0, "a")], r"line 2: column 'onset' must be a number of seconds"),
+        ([(0.0, 2.0, "a"), (1.0, "x", "b")], r"line 3: column 'duration' must be a number"),
+        ([(0.0, 2.0, "n/a")], r"line 2: empty trial_type"),
+        ([(0.0, -1.0, "a")], r"line 2: negative duration -1.0 s"),
+    ],
+)
+def test_malformed_events(tmp_path, rows, message):
+    path = write_events(tmp_path / "x_events.tsv", rows)
+    with pytest.raises(LabelsError, match=rf"^labels {path}: {message}"):
+        read_events(path)
+
+
+def test_labels_txt(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("labels chunks\nface 0\nrest 0\nhouse 1\n")
+    table = read_labels(path)
+    assert list(table["condition"]) == ["face", "rest", "house"]
+    assert list(table["run"]) == [0, 0, 1]
+    path.write_text("labels chunks\n")
+    with pytest.raises(LabelsError, match=r"has a header but no rows"):
+        read_labels(path)
+    path.write_bytes(b"")
+    with pytest.raises(CorruptFileError, match=r"labels .*labels\.txt: is empty \(0 bytes\)"):
+        read_labels(path)
+    path.write_text("condition run\nface 0\n")
+    with pytest.raises(LabelsError, match=r"missing column 'labels'"):
+        read_labels(path)

@@ -1,0 +1,137 @@
+"""Reading stores: damage detected and named (store, array, chunk), corrupt metadata named,
+stores of format 1 (no checksums) still read, with a warning."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers.files import damage_chunk, format1_store
+
+from roidask.exceptions import DamagedStoreError, StoreError, UnverifiedStoreWarning
+from roidask.io import convert, open_subject, verify_store
+from roidask.io.store_read import CHUNK_GRIDS_ATTR, DamagedChunk, is_store, require_store
+
+CHUNK = "c/0/0/0/3"  # volumes 300-399 of the Haxby slice's bold
+
+
+@pytest.fixture(scope="module")
+def haxby_store(haxby, tmp_path_factory):
+    """The Haxby slice converted with 100-volume chunks (15 chunks of bold)."""
+    out = tmp_path_factory.mktemp("store") / "haxby.zarr"
+    return convert(haxby.bold, labels=haxby.labels, out=out, chunks="time=100")
+
+
+@pytest.fixture
+def store(haxby_store, tmp_path):
+    """A copy of the Haxby store to damage."""
+    return shutil.copytree(haxby_store, tmp_path / "haxby.zarr")
+
+
+@pytest.fixture(scope="module")
+def haxby_data(haxby):
+    return np.asanyarray(nib.load(haxby.bold).dataobj)
+
+
+def test_a_whole_store_opens_and_verifies(store, haxby_data):
+    ds = open_subject(store)
+    assert ds.attrs[CHUNK_GRIDS_ATTR] == {
+        "bold": [1, 1, 1, 15],
+        "condition": [1],
+        "run": [1],
+        "time": [1],
+    }
+    np.testing.assert_array_equal(ds["bold"].values, haxby_data)
+    assert verify_store(store) == []
+
+
+def test_a_deleted_chunk_is_damage_found_on_open(store):
+    damage_chunk(store, f"sub-01/bold/{CHUNK}", "delete")
+    with pytest.raises(DamagedStoreError) as info:
+        open_subject(store)  # a listing: no chunk is read
+    assert str(info.value) == (
+        f"store {store}: subject 'sub-01' is damaged: 1 chunk(s) missing (bold/{CHUNK}); "
+        "convert the subject again"
+    )
+    assert info.value.param == "store"
+    assert verify_store(store) == [DamagedChunk("sub-01", "bold", CHUNK, "missing")]
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_a_corrupt_chunk_is_named_when_read(store, haxby_data, how):
+    damage_chunk(store, f"sub-01/bold/{CHUNK}", how)
+    bold = open_subject(store)["bold"]
+    # the chunks around it read (and equal the source)
+    np.testing.assert_array_equal(bold.isel(time=slice(200, 300)).values, haxby_data[..., 200:300])
+    np.testing.assert_array_equal(bold.isel(time=slice(400, 500)).values, haxby_data[..., 400:500])
+    with pytest.raises(DamagedStoreError) as info:
+        _ = bold.isel(time=slice(250, 350)).values
+    assert str(info.value).startswith(
+        f"store {store}: chunk {CHUNK} of sub-01/bold is damaged (it fails its CRC-32C "
+        "checksum); the store cannot be trusted"
+    )
+    assert verify_store(store) == [
+        DamagedChunk("sub-01", "bold", CHUNK, "it fails its CRC-32C checksum")
+    ]
+
+
+def test_several_damaged_chunks_are_all_listed(store):
+    damage_chunk(store, "sub-01/bold/c/0/0/0/1", "flip")
+    damage_chunk(store, "sub-01/bold/c/0/0/0/7", "truncate")
+    damage_chunk(store, "sub-01/run/c/0", "delete")
+    found = verify_store(store)
+    assert [(d.array, d.chunk, d.reason) for d in found] == [
+        ("run", "c/0", "missing"),
+        ("bold", "c/0/0/0/1", "it fails its CRC-32C checksum"),
+        ("bold", "c/0/0/0/7", "it fails its CRC-32C checksum"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("where", "what"),
+    [("", "root"), ("sub-01/", "group 'sub-01'"), ("sub-01/bold/", "array sub-01/bold")],
+    ids=["root", "group", "array"],
+)
+def test_corrupt_metadata_is_named(store, where, what):
+    meta = store / f"{where}zarr.json"
+    meta.write_text(meta.read_text()[:40])  # cut mid-write
+    with pytest.raises(StoreError) as info:
+        open_subject(store)
+    message = str(info.value)
+    assert message.startswith(f"store {meta}: corrupt zarr.json (the {what} metadata is not "), (
+        message
+    )
+    assert "not a zarr store" not in message and "not a roidask store" not in message
+    if where == "sub-01/bold/":
+        (found,) = verify_store(store)
+        assert (found.array, found.chunk) == ("bold", "zarr.json")
+        assert found.reason.startswith("corrupt zarr.json")
+
+
+def test_metadata_without_zarr_format_is_corrupt(store):
+    (store / "zarr.json").write_text("{}")
+    with pytest.raises(StoreError, match=r"corrupt zarr\.json \(the root metadata has no "):
+        require_store(store)
+    assert not is_store(store)
+
+
+def test_a_format_1_store_reads_with_a_warning(haxby_bold, haxby_data, tmp_path):
+    store = format1_store(tmp_path / "old.zarr", haxby_bold.load())
+    with pytest.warns(UnverifiedStoreWarning, match=r"old\.zarr: subject 'sub-01' was written "
+                      r"without chunk checksums \(store format 1\)"):  # fmt: skip
+        ds = open_subject(store)
+    assert CHUNK_GRIDS_ATTR not in ds.attrs
+    np.testing.assert_array_equal(ds["bold"].values, haxby_data)
+    np.testing.assert_array_equal(ds["condition"].values, haxby_bold["condition"].values)
+    np.testing.assert_array_equal(ds["run"].values, haxby_bold["run"].values)
+    assert ds["bold"].attrs["affine"] == haxby_bold.attrs["affine"]
+    assert verify_store(store) == []  # nothing to check beyond decoding
+
+
+def test_a_format_2_store_opens_without_warning(store):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnverifiedStoreWarning)
+        open_subject(store)

@@ -1,0 +1,360 @@
+"""The study store ``OUT/study.zarr``: one DataTree of every subject that plain xarray reads.
+
+The store's mechanics (nodes written, published, hidden, verified) on small
+hand-made Datasets; then real batches of small synthetic subjects (one without
+ROIs): the nodes equal the subjects' NIfTI and TSV outputs, xarray alone reads
+them (a subprocess that never imports roidask), and a batch SIGKILLed after its
+first subject leaves a store whose visible subjects are whole, which the rerun
+completes without computing a subject twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from helpers.cluster import kill_group, start
+from helpers.files import write_manifest
+from helpers.results import assert_matches_outputs, assert_results_schema, run_plain_reader, schema
+
+from roidask.batch import SubjectSpec, run_batch
+from roidask.exceptions import EmptyMaskWarning, OutputError, StoreError
+from roidask.outputs.study import (
+    FINGERPRINT_ATTR,
+    STUDY_ATTR,
+    Study,
+    prepare_study,
+    publish,
+    published,
+    unpublish,
+    verify_study,
+    write_node,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+ROIDASK = Path(sys.executable).with_name("roidask")
+SHAPE = (16, 20, 12)
+N_VOLUMES = 726
+
+
+def small(seed: int) -> xr.Dataset:
+    rng = np.random.default_rng(seed)
+    return xr.Dataset(
+        {"v": (("x", "time"), rng.random((4, 6))), "n": ("x", np.arange(4))},
+        coords={"condition": ("time", np.array(["a", "b", "a", "b", "a", "c"]))},
+        attrs={"seed": seed},
+    )
+
+
+def tree_of(path: Path) -> xr.DataTree:
+    return xr.open_datatree(path, engine="zarr")
+
+
+# ----------------------------------------------------------------------- the store itself
+
+
+def test_nodes_are_visible_once_published(tmp_path):
+    study = prepare_study(tmp_path / "study.zarr")
+    assert sorted(tree_of(study).children) == [] and tree_of(study).attrs[STUDY_ATTR] == 1
+    write_node(study, "sub-01", small(1), attrs={FINGERPRINT_ATTR: "f1"})
+    write_node(study, "sub-02", small(2))
+    assert sorted(tree_of(study).children) == []  # written, not published
+    publish(study, "sub-01", fingerprint="f1")
+    publish(study, "sub-02")
+    tree = tree_of(study)
+    assert sorted(tree.children) == ["sub-01", "sub-02"] == published(study)
+    xr.testing.assert_equal(tree["sub-01"].to_dataset(), small(1))
+    assert tree["sub-01"].attrs["roidask_complete"] is True
+    assert tree["sub-02"]["condition"].dtype.kind == "U"
+    with pytest.raises(StoreError, match="fingerprint 'f1', expected 'f2'"):
+        publish(study, "sub-01", fingerprint="f2")
+
+    # rewriting a node: hidden first, then replaced, then shown again
+    assert unpublish(study, "sub-01") and not unpublish(study, "sub-01")
+    assert sorted(tree_of(study).children) == ["sub-02"]
+    write_node(study, "sub-01", small(3))
+    publish(study, "sub-01")
+    xr.testing.assert_equal(tree_of(study)["sub-01"].to_dataset(), small(3))
+    assert verify_study(study) == []
+    # a plain open_zarr of one node works too (its own consolidated metadata)
+    xr.testing.assert_equal(xr.open_zarr(study / "sub-02", chunks=None).load(), small(2))
+
+
+def test_incomplete_nodes_are_never_published(tmp_path):
+    study = prepare_study(tmp_path / "study.zarr")
+    write_node(study, "sub-01", small(1))
+    (study / "sub-01" / "zarr.json").unlink()  # as a write killed before its last file
+    with pytest.raises(StoreError, match="'sub-01' is not complete"):
+        publish(study, "sub-01")
+    with pytest.raises(StoreError, match="'sub-02' is not complete"):
+        publish(study, "sub-02")
+    assert published(study) == []
+    write_node(study, "sub-01", small(1))  # the rerun rewrites the half-written node
+    publish(study, "sub-01")
+    assert published(study) == ["sub-01"]
+
+
+def test_verify_study_finds_damage(tmp_path):
+    study = prepare_study(tmp_path / "study.zarr")
+    for i in (1, 2, 3):
+        write_node(study, f"sub-0{i}", small(i))
+        publish(study, f"sub-0{i}")
+    chunk = next((study / "sub-01" / "v" / "c").rglob("*"))
+    while chunk.is_dir():
+        chunk = next(chunk.iterdir())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    write_node(study, "sub-02", small(5))  # rewritten behind the driver's back
+    (study / "sub-03" / "n" / "c" / "0").unlink()
+    damaged = {(d.subject, d.array, d.reason) for d in verify_study(study)}
+    assert ("sub-01", "v", "it fails its CRC-32C checksum") in damaged
+    assert ("sub-02", "", "rewritten since it was published") in damaged
+    assert ("sub-03", "n", "missing") in damaged
+
+
+def test_foreign_folders_and_files_are_left_alone(tmp_path):
+    other = tmp_path / "study.zarr"
+    other.mkdir()
+    (other / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group"}))
+    with pytest.raises(OutputError, match="not a roidask study store"):
+        prepare_study(other)
+    with pytest.raises(OutputError, match="not a roidask study store"):
+        Study(other)
+    assert sorted(p.name for p in other.iterdir()) == ["zarr.json"]
+    study = prepare_study(tmp_path / "mine.zarr")
+    write_node(study, "sub-01", small(1))
+    (study / "sub-01" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"notes\.txt"):
+        write_node(study, "sub-01", small(2))
+    assert (study / "sub-01" / "notes.txt").read_text() == "mine"
+    xr.testing.assert_equal(xr.open_zarr(study / "sub-01", chunks=None).load(), small(1))
+
+
+# ----------------------------------------------------------------------- a real batch
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Subjects 01-03 with ROIs and one, ``zero``, without (no face/house effect)."""
+    from roidask.datasets import make_synthetic_dataset, make_synthetic_subject
+
+    root = tmp_path_factory.mktemp("study-data")
+    subjects = make_synthetic_dataset(
+        root / "data", n_subjects=3, shape=SHAPE, n_volumes=N_VOLUMES, effect_pct=3.0
+    )
+    zero = make_synthetic_subject(
+        root / "zero", shape=SHAPE, n_volumes=N_VOLUMES, effect_pct=0.0, seed=5
+    )
+    specs = [SubjectSpec(f"{i:02d}", (s.bold,), (s.labels,), s.mask_vt) for i, s in
+             enumerate(subjects, start=1)]  # fmt: skip
+    specs.append(SubjectSpec("zero", (zero.bold,), (zero.labels,), zero.mask_vt))
+    return {"root": root, "specs": specs}
+
+
+@pytest.fixture(scope="module")
+def batch(dataset, tmp_path_factory):
+    from roidask.cluster import get_client
+
+    out = tmp_path_factory.mktemp("study-batch") / "batch"
+    with (
+        get_client(processes=False, n_workers=1, threads_per_worker=2),
+        pytest.warns(EmptyMaskWarning),
+    ):
+        table = run_batch(dataset["specs"], out, plots=False)
+    assert table["status"].tolist() == ["done"] * 4
+    return out
+
+
+def test_batch_writes_the_study(batch):
+    study = batch / "study.zarr"
+    tree = tree_of(study)
+    subjects = ["sub-01", "sub-02", "sub-03", "sub-zero"]
+    assert sorted(tree.children) == ["group", *subjects]
+    for name in subjects:
+        ds = tree[name].to_dataset()
+        n_rois = len(pd.read_csv(batch / name / "rois.tsv", sep="\t"))
+        assert_results_schema(ds, n_rois=n_rois)
+        assert_matches_outputs(ds, batch / name)
+        assert ds.attrs["subject"] == name.removeprefix("sub-")
+        prov = json.loads((batch / name / "provenance.json").read_text())
+        assert ds.attrs[FINGERPRINT_ATTR] == prov["fingerprint"]
+        # the node is the subject's results.zarr, variable by variable
+        with xr.open_zarr(batch / name / "results.zarr", chunks=None) as results:
+            xr.testing.assert_identical(
+                ds.drop_attrs(deep=False), results.load().drop_attrs(deep=False)
+            )
+    assert tree["sub-zero"].sizes["roi"] == 0 < tree["sub-01"].sizes["roi"]
+    assert schema(tree["sub-zero"].to_dataset()) == schema(tree["sub-01"].to_dataset())
+
+    group = tree["group"].to_dataset()
+    assert group.attrs["subjects"] == subjects and group.attrs["n_subjects"] == 4
+    for name in ("tstat", "logp", "roi_overlap", "roi_overlap_fraction"):
+        img = nib.load(batch / "group" / f"{name}.nii.gz")
+        assert np.array_equal(np.asarray(img.dataobj), group[name].values), name
+        assert group[name].attrs["units"] == "1"
+    assert group["roi_overlap"].dtype == np.int16 and int(group["roi_overlap"].max()) >= 2
+    np.testing.assert_allclose(group.attrs["affine"], img.affine)
+    assert verify_study(study) == []
+    assert not [
+        p.name for p in batch.iterdir() if p.name.startswith(".") and p.name != ".roidask.json"
+    ]
+
+
+def test_plain_xarray_analyses_the_study(batch):
+    """What the notebook does, with xarray and pandas alone: roidask is never imported."""
+    out = run_plain_reader(
+        f"""
+        import pandas as pd
+        import xarray as xr
+
+        tree = xr.open_datatree({str(batch / "study.zarr")!r}, engine="zarr")
+        subjects = [name for name in tree.children if name.startswith("sub-")]
+        frames = []
+        for name in subjects:
+            ds = tree[name].to_dataset()
+            if ds.sizes["roi"] == 0:
+                continue  # no ROI: nothing to average
+            means = ds["signals"].groupby("condition").mean()
+            frames.append(means.to_dataframe().reset_index().assign(subject=name))
+        tidy = pd.concat(frames)
+        group = tidy.groupby(["roi", "condition"])["signals"].mean()
+        assert set(tidy["subject"]) == {{"sub-01", "sub-02", "sub-03"}}
+        print("subjects:", len(subjects), "rows:", len(tidy), "groups:", len(group))
+        print("overlap max:", int(tree["group"]["roi_overlap"].max()))
+        """
+    )
+    assert "subjects: 4" in out and "overlap max:" in out
+
+
+def test_rerun_skips_and_study_can_be_off(batch, dataset, tmp_path):
+    from roidask.cluster import get_client
+
+    study = batch / "study.zarr"
+    before = {p: p.stat().st_mtime_ns for p in study.rglob("*") if p.is_file()}
+    root_json = (study / "zarr.json").read_text()
+    with get_client(processes=False, n_workers=1, threads_per_worker=2):
+        table = run_batch(dataset["specs"], batch, plots=False)
+        assert table["status"].tolist() == ["skipped"] * 4
+        # a subject missing from the study is redone, even with its folder complete
+        unpublish(study, "sub-02")
+        (study / "sub-02" / "zarr.json").unlink()
+        table = run_batch(dataset["specs"][:2], batch, plots=False)
+        assert table["status"].tolist() == ["skipped", "done"]
+        off = tmp_path / "off"
+        table = run_batch(dataset["specs"][:2], off, plots=False, study=False)
+        assert table["status"].tolist() == ["done", "done"]
+    after = {p: p.stat().st_mtime_ns for p in study.rglob("*") if p.is_file()}
+    untouched = [
+        p for p in before if not {"sub-02", "group"} & set(p.parts) and p != study / "zarr.json"
+    ]
+    assert all(after[p] == before[p] for p in untouched)
+    assert sorted(tree_of(study).children) == ["group", "sub-01", "sub-02", "sub-03", "sub-zero"]
+    assert json.loads(root_json)["attributes"] == tree_of(study).attrs
+    assert not (off / "study.zarr").exists() and (off / "group" / "tstat.nii.gz").is_file()
+
+
+def test_a_published_node_is_hidden_while_it_is_rewritten(dataset, tmp_path, monkeypatch):
+    """Other parameters on a rerun: the driver unpublishes the node before the subject's
+    run rewrites it, and publishes the new one."""
+    from roidask.batch import schedule
+    from roidask.pipeline import PipelineParams
+
+    specs = dataset["specs"][:2]
+    out = tmp_path / "batch"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done", "done"]
+    study = out / "study.zarr"
+    seen = []
+    real = schedule.run_subject
+
+    def run_subject(**kwargs):
+        seen.append((kwargs["out"].name, sorted(published(study))))
+        return real(**kwargs)
+
+    monkeypatch.setattr(schedule, "run_subject", run_subject)
+    table = run_batch(specs[:1], out, plots=False, params=PipelineParams(threshold=4.0))
+    assert table["status"].tolist() == ["done"]
+    assert seen == [("sub-01", ["group", "sub-02"])]  # sub-01 hidden while rewritten
+    ds = tree_of(study)["sub-01"].to_dataset()
+    prov = json.loads((out / "sub-01" / "provenance.json").read_text())
+    assert ds.attrs["threshold"] == 4.0 and ds.attrs[FINGERPRINT_ATTR] == prov["fingerprint"]
+    assert "sub-02" in tree_of(study).children
+
+
+# ----------------------------------------------------------------------- killed and resumed
+
+
+def batch_statuses(out: Path) -> dict[str, str]:
+    try:
+        table = pd.read_csv(out / "batch.tsv", sep="\t", dtype=str, keep_default_na=False)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return {}
+    return dict(zip(table["subject"], table["status"], strict=True))
+
+
+def test_batch_killed_after_a_subject_then_resumed(dataset, tmp_path):
+    specs = [s for s in dataset["specs"] if s.subject != "zero"]
+    first = dataset["specs"][0]
+    extra = SubjectSpec("04", first.bold, first.labels, first.mask)  # 4 subjects, one at a time
+    rows = [(s.subject, ";".join(map(str, s.bold)), s.labels[0], s.mask) for s in specs]
+    rows.append((extra.subject, extra.bold[0], extra.labels[0], extra.mask))
+    manifest = write_manifest(tmp_path / "manifest.tsv", rows)
+    out = tmp_path / "batch"
+    study = out / "study.zarr"
+    cmd = [str(ROIDASK), "batch", str(manifest), "--out", str(out), "--no-plots", "--quiet",
+           "--n-workers", "1", "--threads-per-worker", "1", "--max-concurrent", "1"]  # fmt: skip
+    log = tmp_path / "batch.log"
+    proc = start(cmd, log)
+    try:
+        deadline = time.monotonic() + 120
+        while not (study.is_dir() and [n for n in published(study) if n.startswith("sub-")]):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no subject published in 120 s"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == -signal.SIGKILL
+    visible = [n for n in published(study) if n.startswith("sub-")]
+    assert 1 <= len(visible) < 4, visible
+    # plain xarray sees whole subjects only: each equals its output folder
+    tree = tree_of(study)
+    assert sorted(tree.children) == visible
+    for name in visible:
+        assert_matches_outputs(tree[name].to_dataset(), out / name)
+    started = {n: json.loads((out / n / "provenance.json").read_text())["started_utc"]
+               for n in visible}  # fmt: skip
+    node_files = {
+        p: p.stat().st_mtime_ns for n in visible for p in (study / n).rglob("*") if p.is_file()
+    }
+
+    # the rerun finishes every subject and computes none twice
+    log2 = tmp_path / "rerun.log"
+    rerun = start(cmd, log2)
+    try:
+        assert rerun.wait(timeout=150) == 0, log2.read_text()
+    finally:
+        kill_group(rerun)
+    final = batch_statuses(out)
+    assert final == {
+        s: ("skipped" if f"sub-{s}" in visible else "done") for s in ("01", "02", "03", "04")
+    }
+    for name in visible:
+        prov = json.loads((out / name / "provenance.json").read_text())
+        assert prov["started_utc"] == started[name]
+    assert all(p.stat().st_mtime_ns == t for p, t in node_files.items())
+    tree = tree_of(study)
+    assert sorted(tree.children) == ["group", "sub-01", "sub-02", "sub-03", "sub-04"]
+    for name in ("sub-01", "sub-02", "sub-03", "sub-04"):
+        assert_matches_outputs(tree[name].to_dataset(), out / name)
+    assert verify_study(study) == []

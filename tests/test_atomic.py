@@ -1,0 +1,295 @@
+"""roidask._atomic: destinations checked before anything is read, outputs committed in one
+rename, nothing deleted that roidask did not write, and what killed runs leave cleaned up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers.files import tree
+
+from roidask import _atomic
+from roidask._atomic import (
+    MARKER,
+    OutputFolder,
+    atomic_file,
+    check_destination,
+    clean_stale,
+    is_roidask_folder,
+    read_marker,
+    swap_into_place,
+    temp_sibling,
+    write_text,
+)
+from roidask.exceptions import OutputError, OutputExistsError, RoidaskOSError
+
+
+def roidask_folder(path, files=("a.txt",), kind="subject-results"):
+    """A folder as OutputFolder commits it: ``files`` and the marker listing them."""
+    with OutputFolder(path, kind=kind) as tmp:
+        for name in files:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(f"{name} by roidask\n")
+    return path
+
+
+# -- check_destination -------------------------------------------------------------------------
+def test_a_new_destination_is_accepted_and_nothing_is_created(tmp_path):
+    assert check_destination(tmp_path / "out", param="out") == tmp_path / "out"
+    assert list(tmp_path.iterdir()) == []  # the write probe is gone
+
+
+def test_missing_parent_is_refused(tmp_path):
+    with pytest.raises(
+        OutputError,
+        match=r"^out .*results/subj2: its parent folder .*results "
+        r"does not exist; create it first$",
+    ) as info:
+        check_destination(tmp_path / "results" / "subj2", param="out")
+    assert info.value.param == "out"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match=r"file is not a folder"):
+        check_destination(tmp_path / "file" / "out", param="out")
+
+
+@pytest.mark.parametrize("where", ["same", "inside-out", "out-inside"])
+def test_an_input_folder_is_never_an_output(tmp_path, where):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "bold.nii.gz").write_bytes(b"bold")
+    before = tree(tmp_path)
+    out, inputs = {
+        "same": (data, [data]),
+        "inside-out": (data, [data / "bold.nii.gz"]),  # out contains an input
+        "out-inside": (data / "results", [data]),  # out inside an input (a store)
+    }[where]
+    with pytest.raises(OutputError, match=r"is or contains the input .*never writes over"):
+        check_destination(out, param="out", inputs=inputs, overwrite=True)
+    assert tree(tmp_path) == before
+
+
+def test_a_folder_roidask_did_not_write_is_never_replaced(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(
+        OutputError,
+        match=rf"mine: exists and was not written by roidask \(no "
+        rf"{MARKER}\); roidask only replaces its own outputs",
+    ):
+        check_destination(out, param="out", overwrite=True)
+    # a marker of another program, or a provenance.json without roidask's fields
+    (out / MARKER).write_text(json.dumps({"written_by": "other", "files": ["notes.txt"]}))
+    (out / "provenance.json").write_text(json.dumps({"outputs": ["notes.txt"]}))
+    with pytest.raises(OutputError, match="was not written by roidask"):
+        check_destination(out, param="out", overwrite=True)
+    assert (out / "notes.txt").read_text() == "my notes"
+
+
+def test_a_file_or_symlink_is_never_replaced(tmp_path):
+    (tmp_path / "out").write_text("a file of mine")
+    with pytest.raises(OutputError, match=r"out: exists and is not a folder roidask wrote"):
+        check_destination(tmp_path / "out", param="out", overwrite=True)
+    target = roidask_folder(tmp_path / "real")
+    (tmp_path / "link").symlink_to(target)
+    with pytest.raises(OutputError, match=r"link: exists and is not a folder roidask wrote"):
+        check_destination(tmp_path / "link", param="out", overwrite=True)
+
+
+def test_a_roidask_folder_holding_a_foreign_file_is_refused(tmp_path):
+    out = roidask_folder(tmp_path / "out", files=("a.txt", "figures/f.png"))
+    check_destination(out, param="out", overwrite=True)  # all its files are roidask's
+    (out / "figures" / "my-edit.png").write_bytes(b"user")
+    (out / "notes.txt").write_text("user")
+    with pytest.raises(
+        OutputError,
+        match=r"out: holds 2 file\(s\) roidask did not write "
+        r"\(figures/my-edit.png, notes.txt\)",
+    ):
+        check_destination(out, param="out", overwrite=True)
+    assert (out / "notes.txt").read_text() == "user"
+
+
+def test_results_zarr_files_belong_to_the_folder(tmp_path):
+    # a listed folder (results.zarr) owns whatever zarr wrote inside it
+    with OutputFolder(tmp_path / "out", kind="subject-results") as tmp:
+        (tmp / "results.zarr" / "bold" / "c").mkdir(parents=True)
+        (tmp / "results.zarr" / "bold" / "c" / "0").write_bytes(b"chunk")
+    record = read_marker(tmp_path / "out")
+    assert record["files"] == ["results.zarr/bold/c/0"]
+    check_destination(tmp_path / "out", param="out", overwrite=True)
+
+
+def test_own_folder_needs_overwrite_and_kind(tmp_path):
+    out = roidask_folder(tmp_path / "out")
+    with pytest.raises(OutputExistsError, match=r"out: already exists; pass overwrite=True"):
+        check_destination(out, param="out")
+    with pytest.raises(OutputError, match=r"is a roidask subject-results folder, not a group"):
+        check_destination(out, param="out", overwrite=True, kind="group")
+    assert check_destination(out, param="out", overwrite=True, kind="subject-results") == out
+
+
+def test_folders_of_roidask_0_1_are_recognised_by_their_provenance(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "atlas.nii.gz").write_bytes(b"x")
+    record = {"roidask_version": "0.1.0", "outputs": ["atlas.nii.gz"]}
+    (out / "provenance.json").write_text(json.dumps(record))
+    assert is_roidask_folder(out)
+    assert check_destination(out, param="out", overwrite=True) == out
+
+
+# -- commits -----------------------------------------------------------------------------------
+def test_output_folder_commits_with_a_marker(tmp_path):
+    out = roidask_folder(tmp_path / "out", files=("b.txt", "sub/c.txt"), kind="group")
+    record = json.loads((out / MARKER).read_text())
+    assert record["written_by"] == "roidask" and record["kind"] == "group"
+    assert record["files"] == ["b.txt", "sub/c.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no sibling left
+
+
+def test_a_failed_output_folder_leaves_the_old_one_untouched(tmp_path):
+    out = roidask_folder(tmp_path / "out")
+    before = tree(out)
+    with pytest.raises(RuntimeError), OutputFolder(out, kind="subject-results") as tmp:
+        (tmp / "a.txt").write_text("new")
+        raise RuntimeError("failed mid-write")
+    assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_swap_into_place_exchanges_in_one_call(tmp_path, monkeypatch):
+    """There is no moment without ``target``: it is never renamed away; the new folder
+    and the old one are exchanged, and the old content is removed only afterwards."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "v").write_text("old")
+    new = tmp_path / ".out.new"
+    new.mkdir()
+    (new / "v").write_text("new")
+    renames, seen_at_removal = [], []
+    real_rename, real_remove = os.rename, _atomic._remove
+
+    def rename(src, dst, *args, **kwargs):
+        renames.append((str(src), str(dst)))
+        return real_rename(src, dst, *args, **kwargs)
+
+    def remove(path):
+        seen_at_removal.append(((target / "v").read_text(), (path / "v").read_text()))
+        real_remove(path)
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(_atomic, "_remove", remove)
+    swap_into_place(new, target)
+    assert (target / "v").read_text() == "new"
+    assert renames == []  # target was never moved aside
+    assert seen_at_removal == [("new", "old")]  # removed: the old content, after the swap
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_swap_without_renameat2_moves_the_old_folder_aside(tmp_path, monkeypatch):
+    """Where RENAME_EXCHANGE is unsupported: rename aside, rename in, remove; the aside
+    name is one clean_stale recognises, so a crash in between loses nothing for good."""
+    monkeypatch.setattr(_atomic, "_exchange", lambda a, b: False)
+    target = roidask_folder(tmp_path / "out")
+    new = temp_sibling(target)
+    new.mkdir()
+    (new / "v").write_text("new")
+    aside = []
+    real_remove = _atomic._remove
+
+    def remove(path):
+        aside.append(path.name)
+        real_remove(path)
+
+    monkeypatch.setattr(_atomic, "_remove", remove)
+    swap_into_place(new, target)
+    assert (target / "v").read_text() == "new"
+    (name,) = aside
+    assert name.startswith(".out.roidask-old-")
+    # the same name left behind by a killed process is cleaned up
+    (tmp_path / name).mkdir()
+    assert [p.name for p in clean_stale(target)] == [name]
+
+
+def test_swap_into_place_on_a_new_target(tmp_path):
+    new = tmp_path / ".new"
+    new.mkdir()
+    swap_into_place(new, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_atomic_file(tmp_path):
+    path = write_text(tmp_path / "f.tsv", "one\n")
+    with pytest.raises(RuntimeError), atomic_file(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError
+    assert path.read_text() == "one\n"
+    with atomic_file(path) as tmp:
+        tmp.write_text("two\n")
+    assert path.read_text() == "two\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.tsv"]
+
+
+# -- stale siblings ----------------------------------------------------------------------------
+def test_clean_stale_removes_only_roidask_temporaries_of_that_name(tmp_path):
+    out = tmp_path / "out"
+    stale_dir = tmp_path / ".out.roidask-tmp-123-0123abcd"
+    stale_dir.mkdir()
+    (stale_dir / "x").write_text("half written")
+    stale_old = tmp_path / ".out.roidask-old-9-89abcdef"
+    stale_old.write_text("old")
+    keep = [
+        ".out.roidask-tmp-123-0123abcdX",  # not a name roidask gives
+        ".out.roidask-tmp-notes",
+        ".other.roidask-tmp-1-0123abcd",  # another destination's
+        "out.roidask-tmp-1-0123abcd",  # not hidden
+        "notes.txt",
+    ]
+    for name in keep:
+        (tmp_path / name).write_text("user")
+    removed = clean_stale(out)
+    assert sorted(p.name for p in removed) == sorted([stale_dir.name, stale_old.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_clean_stale_never_removes_a_sibling_a_live_process_holds(tmp_path):
+    out = tmp_path / "out"
+    live = tmp_path / ".out.roidask-tmp-4242-feedbeef"
+    live.mkdir()
+    (live / "partial.nii.gz").write_bytes(b"being written")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(live)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert clean_stale(out) == []
+        assert (live / "partial.nii.gz").read_bytes() == b"being written"
+        # this process's own lock (another open file) protects it just the same
+        with OutputFolder(out, kind="subject-results") as tmp:
+            assert clean_stale(out) == []
+            assert tmp.is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone (killed): its sibling is stale now
+    assert clean_stale(out) == [live]
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_output_folder_names_an_unwritable_parent(tmp_path):
+    with pytest.raises(OutputError, match=r"cannot create a folder in") as info:
+        OutputFolder(tmp_path / "missing" / "out", kind="x").open()
+    assert isinstance(info.value, RoidaskOSError)
