@@ -309,8 +309,8 @@ class _Model:
         min_r_norm = _MIN_RADIUS_VOXELS * vox / self.semi_axes_mm
         jitter_rng = np.random.default_rng([seed, 3])
         self.mask_vt = np.zeros(shape, dtype=bool)
-        vt_centre, vt_axes = _VT
-        vt_axes = np.asarray(vt_axes) * vt_scale
+        vt_centre = _VT[0]
+        vt_axes = np.asarray(_VT[1]) * vt_scale
         for side in (-1.0, 1.0):
             c = np.asarray(vt_centre) * (side, 1.0, 1.0)
             d2 = sum(((u[i] - c[i]) / vt_axes[i]) ** 2 for i in range(3))
