@@ -89,7 +89,6 @@ from roidask.outputs.study import (
     Study,
     SubjectNode,
     node_attrs,
-    published,
 )
 from roidask.outputs.writer import SUBJECT_KIND
 from roidask.pipeline import PipelineParams, compute_here, mask_values
@@ -283,7 +282,7 @@ class _Job:
     digest: str | None = None  # fingerprint already computed (a subject given back)
     inputs: list[dict] | None = None
     study: Path | None = None  # the study store the subject's node goes to
-    hidden: bool = False  # the driver has unpublished the node: it may be rewritten
+    published: bool = False  # the study lists the node: to rewrite it, hand it back first
 
 
 def _row(spec: SubjectSpec, out: Path, **values) -> dict:
@@ -343,7 +342,7 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
             return row
         if digest is None:
             digest, inputs = fingerprint(spec, job.params)
-        if job.study is not None and not job.hidden and out.name in published(job.study):
+        if job.study is not None and job.published:
             row.update(status=_TO_UNPUBLISH, _digest=digest, _inputs=inputs)
             return row
         node = None
@@ -686,6 +685,7 @@ class _Batch:
         self.mode, self.client, self.cluster = mode, client, cluster
         self.auto = granularity == "auto"
         self.status, self.report, self.study = status, report, study
+        self.subjects = {spec.out_name: spec.subject for spec in specs}  # study node -> subject
         self.events: queue.Queue = queue.Queue()
         self.waiting = deque(specs)  # subjects not yet submitted
         threads = cluster.threads if cluster is not None else 0
@@ -715,8 +715,11 @@ class _Batch:
             plots=self.plots,
             budget=self.cluster.budget if self.cluster is not None else None,
             scheduler=scheduler,
-            study=self.study.path if self.study is not None else None,
-            **values,
+            **{
+                "study": self.study.path if self.study is not None else None,
+                "published": self.study is not None and self.study.is_published(spec.out_name),
+                **values,
+            },
         )
 
     # -- submitting
@@ -777,20 +780,25 @@ class _Batch:
         if row["status"] == _TO_UNPUBLISH:  # its published node is about to be rewritten
             assert self.study is not None
             self.study.unpublish(spec.out_name)
-            values["hidden"] = True
+            values["published"] = False
         if row["status"] == _TO_BLOCK or kind == "block":  # does not fit a worker thread
             self.submit_block(self.job(spec, **values))
         else:
             self.submit_task(spec, **values)
 
-    def publish(self, row: dict, spec: SubjectSpec) -> None:
-        """List a done or skipped subject's node in the study (failed: the row says why)."""
-        if self.study is None or row["status"] not in ("done", "skipped"):
+    def publish(self, row: dict | None, spec: SubjectSpec | None, *, force: bool = False) -> None:
+        """List a done or skipped subject's node in the study, with others finished meanwhile
+        (:meth:`roidask.outputs.study.Study.flush`); a node that cannot be published makes
+        its subject failed."""
+        if self.study is None:
             return
-        try:
-            self.study.publish(spec.out_name, fingerprint=row["_digest"])
-        except (RoidaskError, OSError) as exc:
-            row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        if row is not None and spec is not None and row["status"] in ("done", "skipped"):
+            self.study.publish_later(spec.out_name, fingerprint=row["_digest"])
+        for name, exc in self.study.flush(force=force).items():
+            failed = {**self.status.rows[self.subjects[name]], "status": "failed"}
+            failed["error"] = f"{type(exc).__name__}: {exc}"
+            self.status.set(failed)
+            self.report.line(f"{failed['subject']}: failed ({failed['error']})")
 
     def run(self) -> None:
         try:
@@ -799,6 +807,7 @@ class _Batch:
                 try:
                     fut = self.events.get(timeout=STATUS_INTERVAL_S)
                 except queue.Empty:
+                    self.publish(None, None)
                     self.status.flush()
                     self.report.tick()
                     continue
@@ -809,12 +818,15 @@ class _Batch:
                 if row["status"] in (_TO_BLOCK, _TO_UNPUBLISH):
                     self.resubmit(spec, kind, row)
                     continue
-                self.publish(row, spec)
                 self.status.set(row)
+                self.publish(row, spec)  # may make it failed
                 self.status.flush()
-                self.report.finished(row)
+                self.report.finished({**row, **self.status.rows[row["subject"]]})
                 self.submit_next()
+            self.publish(None, None, force=True)
         finally:
+            with contextlib.suppress(Exception):  # interrupted: what finished is published
+                self.publish(None, None, force=True)
             if self.in_flight:  # interrupted: stop what has not started
                 tasks = [f for f, kind in self.kinds.items() if kind == "task"]
                 if tasks and self.client is not None:

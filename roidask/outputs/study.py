@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ __all__ = [
     "open_study",
     "prepare_study",
     "publish",
+    "publish_many",
     "published",
     "unpublish",
     "verify_study",
@@ -255,19 +257,8 @@ def _without(metadata: dict, name: str) -> dict:
     return {k: v for k, v in metadata.items() if k != name and not k.startswith(f"{name}/")}
 
 
-def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = None) -> None:
-    """Make node ``name`` visible: list it in the root's consolidated metadata.
-
-    Reads the node's own ``zarr.json`` (one file) and rewrites the root's atomically.
-    One process (the batch driver) publishes; concurrent publishers would lose
-    each other's updates.
-
-    Raises
-    ------
-    StoreError
-        The node is not complete, or its fingerprint is not ``fingerprint``.
-    """
-    study = Path(study)
+def _node_entries(study: Path, name: str, fingerprint: str | None) -> dict[str, dict]:
+    """Root consolidated-metadata entries of a complete node (its own ``zarr.json``)."""
     node_json = study / name / _META
     node = _read_json(node_json, f"node {name!r}") if node_json.is_file() else {}
     attrs = node.get("attributes") or {}
@@ -284,10 +275,55 @@ def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = No
         if meta.get("node_type") == "group":
             meta = {**meta, "consolidated_metadata": dict(_EMPTY_CONSOLIDATED)}
         entries[f"{name}/{key}"] = meta
-    root = _read_root(study)
-    consolidated = root["consolidated_metadata"]
-    consolidated["metadata"] = {**_without(consolidated["metadata"], name), **entries}
-    _write_root(study, root)
+    return entries
+
+
+def publish_many(study: str | os.PathLike, nodes: dict[str, str | None]) -> dict[str, StoreError]:
+    """Make several nodes visible in one rewrite of the root ``zarr.json``.
+
+    ``nodes`` maps each node's name to its expected fingerprint (None: any).
+    Reads each node's own ``zarr.json`` and rewrites the root's once, atomically:
+    the root holds every published node's metadata, so one rewrite per batch of
+    nodes (not per node) keeps a study of many subjects cheap to publish. One
+    process (the batch driver) publishes; concurrent publishers would lose each
+    other's updates.
+
+    Returns
+    -------
+    dict
+        The nodes not published (not complete, or another fingerprint) and why.
+    """
+    study = Path(study)
+    entries: dict[str, dict] = {}
+    errors: dict[str, StoreError] = {}
+    for name, fingerprint in nodes.items():
+        try:
+            entries.update(_node_entries(study, name, fingerprint))
+        except StoreError as exc:
+            errors[name] = exc
+    done = set(nodes) - set(errors)
+    if done:
+        root = _read_root(study)
+        consolidated = root["consolidated_metadata"]
+        kept = {k: v for k, v in consolidated["metadata"].items() if k.split("/")[0] not in done}
+        consolidated["metadata"] = {**kept, **entries}
+        _write_root(study, root)
+    return errors
+
+
+def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = None) -> None:
+    """Make node ``name`` visible: list it in the root's consolidated metadata.
+
+    See :func:`publish_many`.
+
+    Raises
+    ------
+    StoreError
+        The node is not complete, or its fingerprint is not ``fingerprint``.
+    """
+    errors = publish_many(study, {name: fingerprint})
+    if errors:
+        raise errors[name]
 
 
 def unpublish(study: str | os.PathLike, name: str) -> bool:
@@ -326,36 +362,80 @@ class Study:
     """The batch driver's handle on a study store: checks, publishes, unpublishes.
 
     Thread-safe: the driver's subject threads share one instance, and every
-    rewrite of the root ``zarr.json`` holds its lock.
+    rewrite of the root ``zarr.json`` holds its lock. Subjects finishing one after
+    the other are published in groups (:meth:`publish_later`, :meth:`flush`): the
+    root holds every published node's metadata, so rewriting it for each of
+    thousands of subjects would cost time quadratic in their number.
     """
+
+    #: Least time (s) between two rewrites of the root by :meth:`flush` (unless forced).
+    interval_s = 0.5
 
     def __init__(self, path: str | os.PathLike, *, param: str = "study"):
         self.path = prepare_study(path, param=param)
         self._lock = threading.Lock()
+        self._listed = set(published(self.path))  # as the root lists them (this driver's view)
+        self._pending: dict[str, str | None] = {}
+        self._last = 0.0  # time.monotonic() of the last rewrite
+        self._cost_s = 0.0  # how long the last rewrite took
 
     def has(self, name: str, fingerprint: str) -> bool:
         """Node ``name`` is complete on disk with ``fingerprint``."""
         attrs = node_attrs(self.path, name)
         return attrs is not None and attrs.get(FINGERPRINT_ATTR) == fingerprint
 
+    def is_published(self, name: str) -> bool:
+        """Node ``name`` is listed in the root (or will be at the next :meth:`flush`)."""
+        with self._lock:
+            return name in self._listed or name in self._pending
+
     def node(self, name: str, *, subject: str, fingerprint: str) -> SubjectNode:
         """The node a subject's run writes (after :meth:`unpublish`)."""
         return SubjectNode(self.path, name, subject, fingerprint)
 
     def publish(self, name: str, *, fingerprint: str | None = None) -> None:
+        """Publish node ``name`` now (and anything pending); StoreError if it cannot be."""
+        self.publish_later(name, fingerprint=fingerprint)
+        errors = self.flush(force=True)
+        if name in errors:
+            raise errors[name]
+
+    def publish_later(self, name: str, *, fingerprint: str | None = None) -> None:
+        """Publish node ``name`` at the next :meth:`flush`."""
         with self._lock:
-            publish(self.path, name, fingerprint=fingerprint)
+            self._pending[name] = fingerprint
+
+    def flush(self, *, force: bool = False) -> dict[str, Exception]:
+        """Publish the pending nodes: if ``force``, or once :attr:`interval_s` (and ten times
+        the last rewrite's duration, so that rewriting stays a small share of the time) has
+        passed since the last rewrite. Returns the nodes that could not be published."""
+        with self._lock:
+            wait = max(self.interval_s, 10 * self._cost_s)
+            if not self._pending or (not force and time.monotonic() - self._last < wait):
+                return {}
+            pending, self._pending = self._pending, {}
+            start = time.perf_counter()
+            try:
+                errors: dict[str, Exception] = dict(publish_many(self.path, pending))
+            except (StoreError, OSError) as exc:  # the root itself: none is published
+                errors = dict.fromkeys(pending, exc)
+            self._cost_s = time.perf_counter() - start
+            self._last = time.monotonic()
+            self._listed |= set(pending) - set(errors)
+            return errors
 
     def unpublish(self, name: str) -> bool:
+        """Hide node ``name`` now (before it is rewritten); True if it was published."""
         with self._lock:
+            self._pending.pop(name, None)
+            self._listed.discard(name)
             return unpublish(self.path, name)
 
     def write_group(self, ds: xr.Dataset, *, attrs: dict | None = None) -> None:
         """Replace the second-level node (unpublish, write, publish)."""
-        with self._lock:
-            unpublish(self.path, GROUP_NODE)
-            write_node(self.path, GROUP_NODE, ds, attrs=attrs)
-            publish(self.path, GROUP_NODE)
+        self.unpublish(GROUP_NODE)
+        write_node(self.path, GROUP_NODE, ds, attrs=attrs)
+        self.publish(GROUP_NODE)
 
 
 # -- reading -----------------------------------------------------------------------------------

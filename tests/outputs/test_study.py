@@ -291,6 +291,41 @@ def test_a_published_node_is_hidden_while_it_is_rewritten(dataset, tmp_path, mon
     assert "sub-02" in tree_of(study).children
 
 
+def test_finished_subjects_are_published_together(dataset, tmp_path, monkeypatch):
+    """The root holds every node's metadata: one rewrite per group of finished subjects,
+    not per subject (quadratic in a study of thousands), each node checked."""
+    from roidask.outputs import study as study_module
+
+    rewrites = []
+    real = study_module._write_root
+
+    def write_root(path, record):
+        names = {k.split("/")[0] for k in record["consolidated_metadata"]["metadata"]}
+        rewrites.append(sorted(names))
+        real(path, record)
+
+    monkeypatch.setattr(study_module, "_write_root", write_root)
+    monkeypatch.setattr(Study, "interval_s", 1e6)  # only the batch's final flush publishes
+    specs = [s for s in dataset["specs"] if s.subject != "zero"]
+    out = tmp_path / "batch"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"] * 3
+    subjects = ["sub-01", "sub-02", "sub-03"]
+    # created, the subjects at once, then the group level
+    assert rewrites == [[], subjects, ["group", *subjects]]
+    # a node that is not complete is not published, the others are
+    st = Study(tmp_path / "other.zarr")
+    for name in ("sub-01", "sub-02"):
+        write_node(st.path, name, tree_of(out / "study.zarr")[name].to_dataset(), attrs={})
+    (st.path / "sub-03").mkdir()
+    for name in ("sub-01", "sub-02", "sub-03"):
+        st.publish_later(name)
+    assert st.flush() == {} and published(st.path) == []  # not yet: within the interval
+    errors = st.flush(force=True)
+    assert list(errors) == ["sub-03"] and "not complete" in str(errors["sub-03"])
+    assert published(st.path) == ["sub-01", "sub-02"]
+    assert st.is_published("sub-01") and not st.is_published("sub-03")
+
+
 # ----------------------------------------------------------------------- killed and resumed
 
 
