@@ -43,7 +43,7 @@ import pandas as pd
 from roidask._atomic import MARKER, check_destination, clean_stale, read_marker, write_text
 from roidask._validate import check_optional_int
 from roidask.batch.files import OpenFiles
-from roidask.batch.group import GROUP_KIND, group_level
+from roidask.batch.group import GROUP_KIND, GroupPermutation, group_level
 from roidask.batch.manifest import SubjectSpec, check_subject_files
 from roidask.cluster import active_client
 from roidask.exceptions import OutputError, RoidaskError
@@ -222,6 +222,7 @@ def run_batch(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     study: bool = True,
+    permutation: GroupPermutation | None = None,
 ) -> pd.DataFrame:
     """Run the ROI pipeline for every subject, concurrently, then the group level.
 
@@ -249,6 +250,9 @@ def run_batch(
     study : bool
         Also write every subject's results, and the group level, into the study
         store ``out_dir/study.zarr`` (:mod:`roidask.outputs.study`).
+    permutation : GroupPermutation, optional
+        Add a sign-flip permutation test of the subjects' t maps to the group level
+        (:func:`roidask.batch.group.group_level`).
 
     Returns
     -------
@@ -359,7 +363,7 @@ def run_batch(
     group_done = False
     if len(done) >= 2:
         try:
-            group_level(done, out_dir / "group", study=study_store)
+            group_level(done, out_dir / "group", study=study_store, permutation=permutation)
             group_done = True
         except RoidaskError as exc:
             log(f"group level: failed ({exc})")
