@@ -252,6 +252,51 @@ class PipelineResult:
             f"{_runs_text(fold.signal_runs)}"
         )
 
+    def roi_effects(self) -> pd.DataFrame:
+        """The contrast's effect in each ROI, on the volumes whose signals are reported.
+
+        One row per (fold and) ROI: ``fold`` (0 with ``"same"``), ``roi`` (label),
+        ``effect`` (mean signal of the first contrast condition minus that of the
+        second, BOLD intensity), ``t`` (the two-sample t statistic of the same
+        signals, ``params.test``) and ``selection_sign`` (+1 or -1: the sign of
+        the ROI-defining t statistic, averaged over the ROI's voxels). With ROIs
+        selected on the same volumes (``"same"``), ``effect * selection_sign`` is
+        biased upwards even on null data (circular analysis); with ROIs defined
+        on other runs it is not.
+        """
+        rows = []
+        first, second = self.params.contrast
+        for k in range(len(self.folds or [None])):
+            signals = self.fold_signals(k)
+            if not signals.sizes["roi"]:
+                continue
+            conditions = np.asarray(signals["condition"].values).astype(str)
+            values = np.asarray(signals.transpose("roi", "time").values, dtype=np.float64)
+            na, nb = np.count_nonzero(conditions == first), np.count_nonzero(conditions == second)
+            if min(na, nb) < 2:  # no t-test (a held-out run without both conditions)
+                effect = t = np.full(values.shape[0], np.nan)
+            else:
+                a = mom_ops.moments_of(values[:, conditions == first])
+                b = mom_ops.moments_of(values[:, conditions == second])
+                effect = a.mean - b.mean
+                t = mom_ops.ttest_ind(a, b, equal_var=self.params.test == "student").t
+            atlas = self.maps["atlas"] if self.folds is None else self.maps["atlas"][k]
+            defining = self.maps["tstat"] if self.folds is None else self.maps["fold_tstat"][k]
+            atlas, defining = np.asarray(atlas.values), np.asarray(defining.values)
+            for i, roi in enumerate(np.asarray(signals["roi"].values)):
+                inside = defining[atlas == roi]
+                rows.append(
+                    {
+                        "fold": k,
+                        "roi": int(roi),
+                        "effect": float(effect[i]),
+                        "t": float(t[i]),
+                        "selection_sign": 1 if np.nanmean(inside) >= 0 else -1,
+                    }
+                )
+        columns = ["fold", "roi", "effect", "t", "selection_sign"]
+        return pd.DataFrame(rows, columns=columns)
+
     def to_dataset(self) -> xr.Dataset:
         """Everything as one xarray Dataset: the schema of ``results.zarr`` and study nodes.
 
