@@ -59,7 +59,8 @@ def reference_moments(data, affine, fwhm, conditions=None):
     out = []
     for cond in ("face", "house"):
         x = smoothed[..., conditions == cond].astype(np.float64)
-        mean = x.mean(axis=-1)
+        with np.errstate(invalid="ignore"):  # no volume of cond (a moment group): NaN
+            mean = x.mean(axis=-1) if x.shape[-1] else np.full(x.shape[:-1], np.nan)
         scale = float(np.abs(x).max()) if x.size else 0.0
         out.append((mean, ((x - mean[..., None]) ** 2).sum(axis=-1), x.shape[-1], scale))
     return out

@@ -322,7 +322,8 @@ def _group(
         for source, name in _FROM_PERMUTATION.items():
             if source in perm:
                 values = np.asarray(perm[source].values)
-                maps[name] = values.astype(_NIFTI_TYPES.get(name, values.dtype))
+                kind = np.float32 if values.ndim == 3 else values.dtype  # maps as the NIfTI
+                maps[name] = values.astype(_NIFTI_TYPES.get(name, kind))
     with OutputFolder(out, kind=GROUP_KIND) as tmp:
         for name, values in maps.items():
             if name.startswith("perm_h0"):
