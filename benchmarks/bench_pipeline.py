@@ -16,15 +16,14 @@ whole process (peak RSS of the process tree, sampled every 20 ms):
 * ``threads``: ``roidask run`` from the store with 1 vs 2 threads;
 * ``pipeline`` also times ``roidask run`` from NIfTI on an embedded LocalCluster
   (``--scheduler local``) instead of the default in-process threads;
-* ``batch``: ``roidask batch`` of 1, 2, 4, 8 subjects (one generated subject listed
-  under several ids) on 2 single-threaded workers: wall time and the largest
-  worker RSS (must stay flat as subjects are added);
 * ``checksums``: the cost of the CRC-32C checksum every store chunk carries: the
   subject converted with roidask's codecs and with the same codecs minus ``crc32c``
   (a variant written here only, by patching ``roidask.io.store_write`` in the
   converting process), then ``roidask run --store`` on each and a read of every
   chunk of each in this process, in rounds whose order of the two alternates; also
   ``roidask info --verify`` (reads and checks every chunk) on the checksummed one.
+
+Many subjects (``roidask batch``): ``benchmarks/bench_batch.py``.
 
 The runs of nilearn and of every roidask case are interleaved in rounds (nilearn,
 then each case, ``--repeats`` times); each speed ratio is taken within a round and
@@ -246,7 +245,7 @@ def main() -> int:
         "--sections",
         nargs="+",
         default=["pipeline", "convert", "threads"],
-        choices=["pipeline", "convert", "threads", "batch", "checksums"],
+        choices=["pipeline", "convert", "threads", "checksums"],
     )
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
@@ -336,35 +335,6 @@ def main() -> int:
         clean_store()
     if "checksums" in args.sections:
         print_checksums(*checksum_rounds(bold, labels, mask, out, args.repeats, roidask))
-    if "batch" in args.sections:
-        print("\n| subjects | wall s | largest worker RSS MB | process tree peak MB |")
-        print("|---|---|---|---|")
-        for n in (1, 2, 4, 8):
-            manifest = DATA / f"manifest-{n}.tsv"
-            lines = ["subject\tbold\tlabels\tmask"] + [
-                f"s{i:02d}\t{bold}\t{labels}\t{mask}" for i in range(n)
-            ]
-            manifest.write_text("\n".join(lines) + "\n")
-            w = median_of(
-                [
-                    roidask,
-                    "batch",
-                    str(manifest),
-                    "--out",
-                    str(out),
-                    "--no-plots",
-                    "--quiet",
-                    "--n-workers",
-                    "2",
-                    "--threads-per-worker",
-                    "1",
-                    "--memory-limit",
-                    "2GiB",
-                ],
-                args.repeats,
-                clean,
-            )
-            print(f"| {n} | {w[0]:.1f} | {w[2]:.0f} | {w[1]:.0f} |")
     clean()
     return 0
 

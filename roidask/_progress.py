@@ -47,20 +47,39 @@ class Progress:
         self.enabled = bool(enabled) and on_terminal()
         self.width = width
         self.done = 0
+        self.note = ""
         self._start = time.perf_counter()
         self._last = 0.0
+        self._drawn = 0  # characters of the bar on screen
 
-    def update(self, n: int) -> None:
+    def update(self, n: int, *, note: str | None = None) -> None:
+        """Add ``n`` units done; ``note`` (if given) replaces the text after the bar."""
         self.done += n
+        if note is not None:
+            self.note = note
         now = time.perf_counter()
         if self.enabled and (now - self._last > 0.1 or self.done >= self.total):
             self._last = now
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(frac * self.width)
-            sys.stderr.write(
-                f"\r{self.label} [{bar:<{self.width}}] {frac:4.0%} {now - self._start:5.1f} s"
-            )
-            sys.stderr.flush()
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * self.width)
+        text = f"{self.label} [{bar:<{self.width}}] {frac:4.0%} {now - self._start:5.1f} s"
+        if self.note:
+            text += f" {self.note}"
+        # spaces over what a longer previous line left
+        sys.stderr.write(f"\r{text}{' ' * max(self._drawn - len(text), 0)}")
+        sys.stderr.flush()
+        self._drawn = len(text)
+
+    def write(self, line: str) -> None:
+        """Print ``line`` on its own line above the bar (drawn again below it)."""
+        if not self.enabled:
+            return
+        sys.stderr.write(f"\r{line}{' ' * max(self._drawn - len(line), 0)}\n")
+        self._drawn = 0
+        self._draw(time.perf_counter())
 
     def close(self) -> None:
         if self.enabled:

@@ -29,6 +29,7 @@ import pandas as pd
 from roidask import __version__
 from roidask._malloc import limit_malloc_arenas
 from roidask.batch import (
+    GRANULARITIES,
     GroupPermutation,
     check_batch_folder,
     check_subject_files,
@@ -76,6 +77,7 @@ FLAGS = {
     "roi_definition": "--roi-definition",
     "manifest": "MANIFEST",
     "max_concurrent": "--max-concurrent",
+    "granularity": "--granularity",
     "scheduler": "--scheduler",
     "n_workers": "--n-workers",
     "threads_per_worker": "--threads-per-worker",
@@ -538,9 +540,11 @@ def _threads(n: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _cluster(address: str | None, args, *, processes: bool) -> Iterator[str]:
+def _cluster(
+    address: str | None, args, *, processes: bool, announce: bool = True
+) -> Iterator[str]:
     with get_client(address, processes=processes, **client_options(args)) as client:
-        if not args.quiet:
+        if announce and not args.quiet:
             print(f"dask: {describe_client(client)}", file=sys.stderr)
             link = dashboard_link(client)
             if link:
@@ -610,7 +614,17 @@ def _add_batch(sub) -> None:
         "--max-concurrent",
         type=_positive_int,
         default=None,
-        help="subjects in flight at once (default: worker threads, 2 to 8)",
+        help="subjects in flight at once (default: as many as the workers take; "
+        "with --granularity block, the worker threads, 2 to 8)",
+    )
+    p.add_argument(
+        "--granularity",
+        choices=GRANULARITIES,
+        default="auto",
+        help="'subject': one task per subject, run whole by one worker as `roidask run` "
+        "would; 'block': each subject's blocks spread over all workers (slower); 'auto' "
+        "(default): per subject, by blocks for a subject that does not fit a worker "
+        "thread's memory",
     )
     p.add_argument(
         "--no-study",
@@ -631,7 +645,8 @@ def _cmd_batch(args) -> int:
     check_subject_files(specs)  # before a cluster is started (run_batch checks them too)
     check_batch_folder(args.out, specs)
     address = None if args.scheduler == "local" else args.scheduler
-    with _cluster(address, args, processes=True):
+    # run_batch announces the cluster, its dashboard and how it spreads the subjects
+    with _cluster(address, args, processes=True, announce=False):
         table = run_batch(
             specs,
             args.out,
@@ -639,6 +654,7 @@ def _cmd_batch(args) -> int:
             chunks=args.chunks,
             plots=not args.no_plots,
             max_concurrent=args.max_concurrent,
+            granularity=args.granularity,
             progress=not args.quiet,
             study=not args.no_study,
             permutation=permutation,

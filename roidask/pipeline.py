@@ -30,8 +30,10 @@ import contextlib
 import os
 import sys
 import tempfile
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import dask
@@ -85,6 +87,7 @@ __all__ = [
     "PipelineResult",
     "check_inputs",
     "compute",
+    "compute_here",
     "mask_values",
     "results_dataset",
     "roi_folds",
@@ -496,18 +499,43 @@ def _fold_results_dataset(result: PipelineResult) -> xr.Dataset:
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
+# Threads of this thread's local computations, set by compute_here (None: not set).
+_HERE = threading.local()
+
+
+@contextlib.contextmanager
+def compute_here(threads: int) -> Iterator[None]:
+    """In this thread, :func:`compute` uses dask's threaded scheduler with ``threads`` threads.
+
+    Even with a ``distributed`` client active: a batch runs each subject's whole
+    pipeline inside one worker's task this way, as ``roidask run`` does in its own
+    process. Nestable; other threads are not affected.
+    """
+    previous = getattr(_HERE, "threads", None)
+    _HERE.threads = int(threads)
+    try:
+        yield
+    finally:
+        _HERE.threads = previous
+
+
 def compute(*objs, progress: bool = False, local: bool = False):
     """Compute dask-backed objects together (shared reads), with optional progress.
 
     Uses the active ``distributed`` client if there is one (with its terminal
-    progress bar) unless ``local``; otherwise dask's default scheduler (the threaded
-    one in this process with ``local``). Meanwhile BLAS runs on one thread in this
-    process, so results do not depend on the number of threads
-    (see :mod:`roidask._blas`). Progress bars are drawn on a terminal only.
+    progress bar) unless ``local`` or within :func:`compute_here`; otherwise
+    dask's default scheduler (the threaded one in this process with ``local``, with
+    :func:`compute_here`'s threads there). Meanwhile BLAS runs on one thread in
+    this process, so results do not depend on the number of threads (see
+    :mod:`roidask._blas`). Progress bars are drawn on a terminal only.
     """
+    threads = getattr(_HERE, "threads", None)
+    local = local or threads is not None
     client = None if local else active_client()
     # A callable, not "threads": dask imports distributed to resolve scheduler names.
     scheduler = {"scheduler": dask.threaded.get} if local else {}
+    if threads is not None:
+        scheduler["num_workers"] = threads
     with one_blas_thread():
         if client is not None:
             futures = client.compute(list(objs))

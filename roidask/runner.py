@@ -8,16 +8,14 @@ pipeline reads the data once, and the outputs are committed atomically.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-from roidask._atomic import OutputFolder
-from roidask.cluster import active_client
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti
 from roidask.io.nifti import NiftiSource
-from roidask.io.store_write import convert
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
 from roidask.outputs.study import SubjectNode
@@ -44,6 +42,7 @@ def run_subject(
     progress: bool = False,
     inputs: list[dict] | Future | None = None,
     extra_provenance: dict | None = None,
+    before_write: Callable[[], None] | None = None,
     study_node: SubjectNode | None = None,
 ) -> PipelineResult:
     """Validate inputs, run the ROI pipeline on one subject and write its outputs.
@@ -75,6 +74,10 @@ def run_subject(
     study_node : SubjectNode, optional
         Also write the results as this node of a study store, once ``out`` is
         written (:mod:`roidask.outputs.study`; the batch driver publishes it).
+    before_write : callable, optional
+        Called once the results are computed, before anything is written; an
+        exception it raises leaves ``out`` untouched (a batch's task checks that
+        its batch still wants the subject).
 
     Returns
     -------
@@ -108,9 +111,11 @@ def run_subject(
         )
     else:
         result = _run_nifti(
-            list(bold or []), list(labels or []), mask, out, params, chunks, tr_s, progress,
-            box_max_bytes=box_max_bytes,
+            list(bold or []), list(labels or []), mask, params, chunks, tr_s, progress,
+            box_max_bytes=box_max_bytes, temp_dir=out.parent,
         )  # fmt: skip
+    if before_write is not None:
+        before_write()
     write_results(
         result,
         out,
@@ -125,16 +130,15 @@ def run_subject(
     return result
 
 
-def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, box_max_bytes):
-    """The pipeline on NIfTI runs: read directly, or through a temporary store.
+def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes, temp_dir):
+    """The pipeline on NIfTI runs, read directly (a ``.nii.gz`` by one sequential decoder).
 
-    The pipeline reads the data once, in time order, which a sequential gzip
-    decoder serves best (see :mod:`roidask.io.nifti`); dask's threaded scheduler
-    takes the blocks in that order. A ``distributed`` cluster does not keep it
-    (it may start with the last blocks, and worker processes would each decode
-    the file from its start), so with a cluster ``.nii.gz`` runs are first
-    converted (one sequential decode, in this process) into a temporary chunked
-    store next to ``out``.
+    The pass reads blocks of whole volumes in time order, which a sequential
+    gzip decoder serves best (see :mod:`roidask.io.nifti`). On a ``distributed``
+    cluster the blocks of one subject are spread over worker processes, each of
+    which decodes the file from its start (skipped blocks are decoded, not read);
+    a batch therefore runs each subject's pass inside one worker whenever it can
+    (:mod:`roidask.batch.schedule`).
     """
     # Validate everything (headers, labels, grids, contrast, mask) before any voxel is read.
     if chunks is None:
@@ -142,23 +146,5 @@ def _run_nifti(bold, labels, mask, out: Path, params, chunks, tr_s, progress, bo
     # stored integers of scaled int16 runs: half the bytes in the box or temporary file
     image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks, scaled=False)
     check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
-    gz = any(str(p).lower().endswith(".gz") for p in bold)
-    options = {"box_max_bytes": box_max_bytes, "temp_dir": out.parent, "progress": progress}
-    if not gz or active_client() is None:
-        return roi_pipeline(image, mask_img=mask, params=params, **options)
-    # A locked temporary sibling of ``out``: removed here, or by the next command on
-    # ``out`` (clean_stale) if this process is killed.
-    scratch = OutputFolder(out, kind="scratch", marker=False)
-    tmp = scratch.open()
-    try:
-        store = convert(
-            bold,
-            labels=labels,
-            out=tmp / "bold.zarr",
-            tr_s=tr_s,
-            chunks=chunks,
-            progress=progress,
-        )
-        return roi_pipeline(store, mask_img=mask, params=params, **options)
-    finally:
-        scratch.discard()
+    options = {"box_max_bytes": box_max_bytes, "temp_dir": temp_dir, "progress": progress}
+    return roi_pipeline(image, mask_img=mask, params=params, **options)

@@ -411,7 +411,7 @@ def test_run_schedulers(haxby, seed, tmp_path, capsys):
     )
     for name in ("atlas.nii.gz", "logp.nii.gz", "signals.tsv"):
         assert (one / name).read_bytes() == (local / name).read_bytes(), name
-    # with a cluster the .nii.gz went through a temporary store, removed afterwards
+    # the .nii.gz is read directly on a cluster too: nothing is left beside the output
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
     np.testing.assert_array_equal(seed["atlas"], nib.load(local / "atlas.nii.gz").get_fdata())
 

@@ -2,9 +2,10 @@
 
 from roidask.batch.group import GroupPermutation, group_from, group_level
 from roidask.batch.manifest import SubjectSpec, check_subject_files, read_manifest
-from roidask.batch.schedule import check_batch_folder, fingerprint, run_batch
+from roidask.batch.schedule import GRANULARITIES, check_batch_folder, fingerprint, run_batch
 
 __all__ = [
+    "GRANULARITIES",
     "GroupPermutation",
     "SubjectSpec",
     "check_batch_folder",

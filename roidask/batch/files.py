@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 from roidask.cluster import active_client
 from roidask.io.nifti import release_handles
@@ -20,7 +21,10 @@ class OpenFiles:
     killed.
     """
 
-    def __init__(self):
+    def __init__(self, release: Callable[[list[str]], object] | None = None):
+        # what drops a done file's handles: here and on every worker (a batch's client),
+        # or in this process only (a worker running whole subjects)
+        self._release = release_everywhere if release is None else release
         self._count: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -38,7 +42,7 @@ class OpenFiles:
                     del self._count[f]
                     done.append(f)
         if done:
-            release_everywhere(done)
+            self._release(done)
 
 
 def release_everywhere(paths) -> None:

@@ -22,7 +22,9 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import dask
 import dask.array as da
+import dask.local
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -40,14 +42,15 @@ from roidask.io.grid import (
     spatial_coords,
     voxel_size_mm,
 )
-from roidask.io.image import bold_coords, like_image, to_nifti
+from roidask.io.image import like_image, to_nifti
+from roidask.io.nifti import release_handles
+from roidask.ops import moments as mom
 from roidask.ops.label import resolve_structure
 from roidask.ops.permutation import (
     DEFAULT_CHUNK_PERM,
     check_cluster_threshold,
     permuted_ttest_1samp,
 )
-from roidask.ops.stats import ttest_1samp_img
 from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, STUDY_NAME, Study, open_study, published
 from roidask.pipeline import compute
 
@@ -156,7 +159,7 @@ class _Subjects:
     names: list[str]
     tmaps: list[xr.DataArray]
     rois: list[xr.DataArray]  # bool: the subject has an ROI at the voxel (any fold)
-    files: list[Path]
+    files: list[list[Path]]  # per subject, the files its maps read (handles to release)
 
 
 def _folder_subjects(subject_dirs: list[Path]) -> _Subjects:
@@ -170,7 +173,7 @@ def _folder_subjects(subject_dirs: list[Path]) -> _Subjects:
             raise OutputError(f"{d}: holds no atlas.nii.gz (nor atlas_fold-*.nii.gz)")
         present = [as_image(a, ndim=3, param=f"{d.name}/{a.name}").data > 0 for a in atlases]
         rois.append(tmaps[-1].copy(data=da.stack(present).any(axis=0)))
-        files += [d / "tstat.nii.gz", *atlases]
+        files.append([d / "tstat.nii.gz", *atlases])
     return _Subjects(names, tmaps, rois, files)
 
 
@@ -178,14 +181,14 @@ def _study_subjects(study: Path) -> _Subjects:
     tree = open_study(study)
     names = [n for n in published(study) if n != GROUP_NODE]
     tmaps, rois = [], []
-    for name in names:
+    for name in names:  # lazy zarr reads: no handle kept
         ds = tree[name].to_dataset()
         tmaps.append(as_image(ds["tstat"], ndim=3, param=f"{name}/tstat"))
         atlas = ds["atlas"] > 0
         if "fold" in atlas.dims:
             atlas = atlas.any("fold")
         rois.append(tmaps[-1].copy(data=atlas.transpose("x", "y", "z").data))
-    return _Subjects(names, tmaps, rois, [])
+    return _Subjects(names, tmaps, rois, [[] for _ in names])
 
 
 # -- the group level -------------------------------------------------------------------------
@@ -264,18 +267,30 @@ def group_level(
     ``permutation.json`` (parameters, flips). With ``study``, the same maps become
     its ``group`` node (written and published once ``out`` is).
 
+    The subjects' maps are read one after the other, in this process (each is
+    one small volume): the t-test's moments and the overlap are accumulated as
+    they come, so memory does not grow with the number of subjects.
+
     Raises
     ------
+    InvalidParameterError
+        Fewer than 2 subjects.
     GridMismatchError
         Subjects' maps are not on one grid (shape and affine); no resampling.
     """
+    if len(subject_dirs) < 2:
+        raise InvalidParameterError(
+            f"subject_dirs: a group level needs at least 2 subjects, got {len(subject_dirs)}",
+            param="subject_dirs",
+        )
     clean_stale(out)
     check_destination(out, param="out", overwrite=True, kind=GROUP_KIND)
     subjects = _folder_subjects(subject_dirs)
     try:
         return _group(subjects, out, study=study, permutation=permutation)
     finally:
-        release_everywhere(subjects.files)
+        if permutation is not None:  # the permutation's tasks read the t maps on workers
+            release_everywhere([f for files in subjects.files for f in files])
 
 
 def _group(
@@ -294,31 +309,34 @@ def _group(
     if permutation is not None and permutation.mask is not None:
         mask = as_image(permutation.mask, ndim=3, param="mask")
         check_same_grid(ref, mask, names=(names[0], "mask"))
-    stack = da.stack([t.data.astype(np.float64) for t in tmaps], axis=-1)
+    # small volumes, one subject after the other: computed here, never shipped to a
+    # cluster and back; the t-test's moments and the overlap accumulated as they come
+    moments, overlap = None, None
+    with dask.config.set(scheduler=dask.local.get_sync):
+        for tmap, rois, files in zip(tmaps, subjects.rois, subjects.files, strict=True):
+            try:
+                values, present = dask.compute(tmap.data, rois.data)
+            finally:
+                release_handles(files)
+            values = np.asarray(values, dtype=np.float64)
+            one = mom.Moments(1, values, np.zeros_like(values))
+            moments = one if moments is None else mom.merge(moments, one)
+            present = np.asarray(present).astype(np.int16)
+            overlap = present if overlap is None else overlap + present
+    assert moments is not None and overlap is not None
+    stats = mom.ttest_1samp(moments, popmean=0.0)
     n = len(tmaps)
-    series = xr.DataArray(
-        stack,
-        dims=("x", "y", "z", "time"),
-        coords=bold_coords(n, tr_s=None, condition=["tmap"] * n, run=np.arange(n)),
-        attrs=dict(ref.attrs),
-    )
-    stats = ttest_1samp_img(series, condition="tmap", popmean=0.0)
-    overlap = sum(r.data.astype(np.int16) for r in subjects.rois)
-    lazy = [stats["t"].data, stats["logp"].data, overlap]
-    if permutation is not None:
+    maps: dict[str, np.ndarray] = {
+        "tstat": np.asarray(stats.t, dtype=np.float32),
+        "logp": np.asarray(stats.logp, dtype=np.float32),
+        "roi_overlap": overlap,
+        "roi_overlap_fraction": overlap.astype(np.float32) / n,
+    }
+    perm = None
+    if permutation is not None:  # on the active dask cluster: chunks of permutations
         options = permutation.to_dict()
         options.pop("mask")
-        lazy.append(permuted_ttest_1samp(tmaps, mask_img=mask, **options))
-    computed = compute(*lazy)
-    t, logp, count = computed[:3]
-    perm = computed[3] if permutation is not None else None
-    maps: dict[str, np.ndarray] = {
-        "tstat": np.asarray(t, dtype=np.float32),
-        "logp": np.asarray(logp, dtype=np.float32),
-        "roi_overlap": np.asarray(count, dtype=np.int16),
-        "roi_overlap_fraction": np.asarray(count, dtype=np.float32) / n,
-    }
-    if perm is not None:
+        (perm,) = compute(permuted_ttest_1samp(tmaps, mask_img=mask, **options))
         for source, name in _FROM_PERMUTATION.items():
             if source in perm:
                 values = np.asarray(perm[source].values)
@@ -439,7 +457,8 @@ def group_from(
     try:
         return _group(subjects, out, study=study, permutation=permutation)
     finally:
-        release_everywhere(subjects.files)
+        if permutation is not None:
+            release_everywhere([f for files in subjects.files for f in files])
 
 
 def _check_count(n: int, path: Path) -> None:

@@ -1,64 +1,108 @@
-"""Running many subjects on one dask cluster: concurrency, resume, memory fitting.
+"""Running many subjects on one dask cluster: granularity, resume, memory fitting, progress.
 
-Each subject runs the ROI pipeline exactly as ``roidask run`` and writes
-``DIR/sub-<id>/`` atomically. Subjects run concurrently (one driver thread each,
-by default as many as the cluster has worker threads, 2 to 8) on one shared
-``distributed`` client, so the scheduler interleaves their tasks; memory per
-worker is bounded by the chunk size, not by the number of subjects. Without
-``chunks``, the default blocks of whole volumes are used (outputs bit-identical
-to ``roidask run``) unless the workers' memory limits are too small for them:
-the pass's memory model (:func:`roidask.onepass.memory_plan`) then picks smaller
-blocks and may drop the ROI box. Read handles a worker caches for a subject's
-NIfTI files are dropped when the subject is done, so worker memory does not
-grow with the batch.
+Each subject runs the ROI pipeline exactly as ``roidask run`` and its outputs are
+written atomically into ``DIR/sub-<id>/``. How a batch spreads over the
+cluster is its *granularity*:
+
+* ``"subject"``: one task per subject. The worker that takes it runs the whole
+  subject as ``roidask run`` does in its own process: dask's threaded scheduler
+  inside the worker, BLAS on one thread, the ``.nii.gz`` decoded once in time
+  order, no temporary store, the outputs written by the worker. A worker of
+  ``n`` threads runs ``n`` subjects at once, each on one thread (a subject gets
+  more of its worker's threads when the batch has fewer subjects than the
+  cluster has threads). Tasks return a small status row: this process never
+  holds a subject's data. Imports and thread pools are set up once per worker
+  process, then reused by every subject it runs.
+* ``"block"``: each subject's pass is one graph of blocks of volumes spread over
+  all the workers, driven from this process (one thread per subject in flight,
+  by default as many as the cluster has worker threads, 2 to 8). One subject can
+  use every worker, but each worker process reading blocks of a ``.nii.gz``
+  decodes the file from its start, and the pass's partial results (the ROI box
+  of all volumes among them) move from worker to worker: a subject takes about
+  twice as long as with ``"subject"``, even alone on two workers (BENCHMARKS.md).
+* ``"auto"`` (default): ``"subject"``; a subject whose pass does not fit a worker
+  thread's memory with the default blocks (the pass's memory model,
+  :func:`roidask.onepass.memory_plan`, asked by the worker that took it) runs as
+  ``"block"`` instead, with the blocks the model picks (it may also drop the ROI
+  box). With ``"subject"`` such a subject runs in its worker with those blocks.
+
+Worker memory is bounded by the blocks in flight, not by the number of subjects:
+the read handles a worker caches for a subject's NIfTI files are dropped when
+the subject is done. Without a ``distributed`` client, subjects run in this
+process's threads (the granularity does not apply).
 
 Before anything is written, every input file of every subject must exist and be
 readable and non-empty, and every existing output folder must be roidask's.
 Every subject's results also go into one study store, ``DIR/study.zarr``
-(:mod:`roidask.outputs.study`): the subject's run writes its node, this driver
-publishes it once complete.
+(:mod:`roidask.outputs.study`): the subject's run (on its worker) writes its node,
+this driver publishes it once complete; a published node that must be rewritten
+is unpublished by the driver first (the task hands the subject back to do so).
 
 Resume: a subject whose ``provenance.json`` records the same fingerprint
 (parameters and input checksums), and whose study node too, is skipped; the
-others are redone. A failing subject (a corrupt file, data on another grid, ...) is reported in
-``DIR/batch.tsv`` and does not stop the others. A worker lost mid-batch only
-costs time: its tasks are recomputed.
+others are redone. A failing
+subject (bad file, ...) is reported in ``DIR/batch.tsv`` and does not stop the
+others. A worker lost mid-batch only costs time: distributed runs its subject
+tasks again on other workers (or recomputes its blocks), the next attempt
+removes what the lost one left half-written, and the outputs are the same bits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import queue
 import sys
 import threading
 import time
 import traceback
+import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from roidask import _progress
 from roidask._atomic import MARKER, check_destination, clean_stale, read_marker, write_text
-from roidask._validate import check_optional_int
+from roidask._malloc import reuse_freed_buffers
+from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
 from roidask.batch.group import GROUP_KIND, GroupPermutation, group_level
 from roidask.batch.manifest import SubjectSpec, check_subject_files
-from roidask.cluster import active_client
-from roidask.exceptions import OutputError, RoidaskError
+from roidask.cluster import active_client, describe_client
+from roidask.exceptions import InvalidParameterError, OutputError, RoidaskError
 from roidask.io.conversions import as_image
-from roidask.io.nifti import NiftiSource
+from roidask.io.labels import volume_labels
+from roidask.io.nifti import NiftiSource, release_handles
 from roidask.onepass import USABLE_FRACTION, WORKER_BASE_BYTES, MemoryPlan, memory_plan
 from roidask.outputs.provenance import input_records, utc_now
-from roidask.outputs.study import GROUP_NODE, STUDY_NAME, Study, SubjectNode
+from roidask.outputs.study import (
+    FINGERPRINT_ATTR,
+    GROUP_NODE,
+    STUDY_NAME,
+    Study,
+    SubjectNode,
+    node_attrs,
+    published,
+)
 from roidask.outputs.writer import SUBJECT_KIND
-from roidask.pipeline import PipelineParams, mask_values
+from roidask.pipeline import PipelineParams, compute_here, mask_values
 from roidask.runner import run_subject
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client
 
 __all__ = [
     "BATCH_COLUMNS",
     "BATCH_KIND",
+    "GRANULARITIES",
     "check_batch_folder",
     "fingerprint",
     "prepare_batch_folder",
@@ -69,6 +113,16 @@ __all__ = [
 BATCH_COLUMNS = ("subject", "status", "wall_s", "n_rois", "out", "error")
 #: Kind recorded in the ownership marker of a batch folder.
 BATCH_KIND = "batch"
+#: Values of ``run_batch(granularity=...)`` (see the module's documentation).
+GRANULARITIES = ("auto", "subject", "block")
+#: ``batch.tsv`` is rewritten at most this often (seconds) while subjects finish.
+STATUS_INTERVAL_S = 0.5
+
+# Status of a row sent back by a subject task whose pass does not fit its worker.
+_TO_BLOCK = "to-block"
+# Status of a row sent back by a subject whose published study node must be rewritten.
+_TO_UNPUBLISH = "to-unpublish"
+_DEFAULT_PLAN = MemoryPlan(None, None)
 
 
 def fingerprint(spec: SubjectSpec, params: PipelineParams) -> tuple[str, list[dict]]:
@@ -92,24 +146,6 @@ def _is_complete(out: Path, digest: str) -> bool:
     if not isinstance(record, dict) or record.get("fingerprint") != digest:
         return False
     return all((out / name).exists() for name in record.get("outputs", []))
-
-
-def _study_has(study: Study | None, spec: SubjectSpec, digest: str) -> bool:
-    """The subject's study node is complete with ``digest`` (and is published), or no study."""
-    if study is None:
-        return True
-    if not study.has(spec.out_name, digest):
-        return False
-    study.publish(spec.out_name, fingerprint=digest)  # a driver killed before publishing it
-    return True
-
-
-def _study_node(study: Study | None, spec: SubjectSpec, digest: str) -> SubjectNode | None:
-    """The node the subject's run writes, hidden from readers until it is published."""
-    if study is None:
-        return None
-    study.unpublish(spec.out_name)
-    return study.node(spec.out_name, subject=spec.subject, fingerprint=digest)
 
 
 def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
@@ -172,8 +208,27 @@ def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -
     return out
 
 
-def _cluster_resources(client) -> tuple[float | None, int]:
-    """Smallest task memory budget per worker thread (None: no limit) and total threads."""
+# --------------------------------------------------------------------------- the cluster
+
+
+def _thread_budget(memory_limit: float | None, nthreads: int) -> float | None:
+    """Task memory (bytes) of one worker thread for the pass's memory model; None: no limit."""
+    if not memory_limit:
+        return None
+    return (memory_limit * USABLE_FRACTION - WORKER_BASE_BYTES) / max(1, nthreads)
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    """What a batch needs to know of the cluster behind the active client."""
+
+    budget: float | None  # smallest task memory per worker thread (None: no limit)
+    threads: int  # worker threads, all workers together
+    in_process: bool  # the workers are threads of this process
+    address: str
+
+
+def _cluster_resources(client) -> _Cluster:
     try:
         info = client.scheduler_info(n_workers=-1)
     except TypeError:  # pragma: no cover - distributed without n_workers=
@@ -182,33 +237,336 @@ def _cluster_resources(client) -> tuple[float | None, int]:
     for w in info.get("workers", {}).values():
         nthreads = max(1, int(w.get("nthreads") or 1))
         threads += nthreads
-        limit = w.get("memory_limit") or 0
-        if limit:
-            budgets.append((limit * USABLE_FRACTION - WORKER_BASE_BYTES) / nthreads)
-    return (min(budgets) if budgets else None), threads
+        budget = _thread_budget(w.get("memory_limit") or 0, nthreads)
+        if budget is not None:
+            budgets.append(budget)
+    address = client.scheduler.address
+    in_process = address.startswith("inproc://")
+    if not in_process and threads:
+        try:
+            in_process = os.getpid() in client.run(os.getpid).values()
+        except Exception:  # a worker lost meanwhile: asked again by the tasks
+            pass
+    return _Cluster(min(budgets) if budgets else None, threads, in_process, address)
+
+
+def _granularity(granularity: str, cluster: _Cluster | None) -> str:
+    """``"subject"``, ``"block"`` or ``"local"`` (no cluster: this process's threads)."""
+    if cluster is None:
+        return "local"
+    if cluster.in_process:
+        if granularity == "subject":
+            raise InvalidParameterError(
+                "granularity: 'subject' runs each subject inside a worker process, but the "
+                "workers of this cluster are threads of this process (processes=False); "
+                "expected 'auto' or 'block', got 'subject'",
+                param="granularity",
+            )
+        return "block"
+    return "subject" if granularity == "auto" else granularity
+
+
+# --------------------------------------------------------------------------- one subject
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything one subject's run needs (sent to a worker with ``"subject"``)."""
+
+    spec: SubjectSpec
+    out: Path
+    params: PipelineParams
+    chunks: object
+    plots: bool
+    budget: float | None  # task memory per thread for the memory plan
+    scheduler: str  # recorded in provenance.json
+    fit_only: bool = False  # give the subject back (to block) if it does not fit
+    digest: str | None = None  # fingerprint already computed (a subject given back)
+    inputs: list[dict] | None = None
+    study: Path | None = None  # the study store the subject's node goes to
+    hidden: bool = False  # the driver has unpublished the node: it may be rewritten
+
+
+def _row(spec: SubjectSpec, out: Path, **values) -> dict:
+    row = {"subject": spec.subject, "status": "", "wall_s": "", "n_rois": "", "out": str(out)}
+    row["error"] = ""
+    row.update(values)
+    return row
 
 
 def _subject_plan(spec: SubjectSpec, budget: float | None, params: PipelineParams) -> MemoryPlan:
     if budget is None:
-        return MemoryPlan(None, None)
+        return _DEFAULT_PLAN
     try:
         sources = [NiftiSource.open(p, ndim=4, param="bold") for p in spec.bold]
         mask = mask_values(as_image(spec.mask, ndim=3, param="mask_img"))
     except (RoidaskError, OSError):
-        return MemoryPlan(None, None)  # run_subject reports the bad file
+        return _DEFAULT_PLAN  # run_subject reports the bad file
     return memory_plan(
         sources,
         mask,
         budget,
         fwhm=params.fwhm,
         dilation_iterations=params.dilation_iterations,
+        moment_groups=_moment_groups(spec, sources, params),
     )
 
 
-def _write_status(out_dir: Path, rows: dict[str, dict], lock: threading.Lock) -> None:
-    with lock:
-        frame = pd.DataFrame([rows[k] for k in sorted(rows)], columns=list(BATCH_COLUMNS))
-        write_text(out_dir / "batch.tsv", frame.to_csv(sep="\t", index=False))
+def _moment_groups(spec: SubjectSpec, sources, params: PipelineParams) -> int:
+    """Moment groups of the subject's pass (:mod:`roidask.ops.folds`): 1, 2, or its runs."""
+    if params.roi_definition == "same":
+        return 1
+    if params.roi_definition == "split-half":
+        return 2
+    try:  # leave-one-run-out: a group per run (the labels file is small)
+        runs = volume_labels(
+            list(spec.labels),
+            n_volumes_per_run=[s.n_volumes for s in sources],
+            tr_s=sources[0].tr_s,
+        )["run"]
+    except (RoidaskError, OSError):
+        return max(len(spec.bold), 2)  # run_subject reports the bad file
+    return max(int(runs.nunique()), 2)
+
+
+def _node_complete(job: _Job, digest: str) -> bool:
+    """The subject's study node is complete with ``digest`` (published or not), or no study."""
+    if job.study is None:
+        return True
+    attrs = node_attrs(job.study, job.out.name)
+    return attrs is not None and attrs.get(FINGERPRINT_ATTR) == digest
+
+
+class _NotWanted(Exception):
+    """The batch that sent a subject's task is gone: its outputs are not written."""
+
+
+def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
+    """Run one subject where this is called; a status row (never raises for a subject)."""
+    start = time.perf_counter()
+    spec, out = job.spec, job.out
+    row = _row(spec, out)
+    try:
+        clean_stale(out)
+        digest, inputs = job.digest, job.inputs
+        if (out / "provenance.json").is_file():  # done before? (hashes the inputs)
+            if digest is None:
+                digest, inputs = fingerprint(spec, job.params)
+            if _is_complete(out, digest) and _node_complete(job, digest):
+                prov = json.loads((out / "provenance.json").read_text())
+                row.update(status="skipped", n_rois=prov.get("n_rois", ""), _digest=digest)
+                return row
+        plan = _subject_plan(spec, job.budget, job.params)
+        if job.fit_only and plan != _DEFAULT_PLAN:
+            row.update(status=_TO_BLOCK, _digest=digest, _inputs=inputs)
+            return row
+        if digest is None:
+            digest, inputs = fingerprint(spec, job.params)
+        if job.study is not None and not job.hidden and out.name in published(job.study):
+            row.update(status=_TO_UNPUBLISH, _digest=digest, _inputs=inputs)
+            return row
+        node = None
+        if job.study is not None:
+            node = SubjectNode(job.study, out.name, spec.subject, digest)
+        extra: dict = {"fingerprint": digest, "subject": spec.subject, "scheduler": job.scheduler}
+        subject_chunks = job.chunks if job.chunks is not None else plan.chunks
+        if job.chunks is None and plan.chunks is not None:
+            extra["chunks"] = plan.chunks
+        if plan.box_max_bytes is not None:
+            extra["box_max_bytes"] = plan.box_max_bytes
+        result = run_subject(
+            bold=list(spec.bold),
+            labels=list(spec.labels),
+            store=None,
+            subject=None,
+            mask=spec.mask,
+            out=out,
+            params=job.params,
+            chunks=subject_chunks,
+            box_max_bytes=plan.box_max_bytes,
+            plots=job.plots,
+            overwrite=True,
+            progress=False,
+            inputs=list(inputs or []),
+            extra_provenance=extra,
+            before_write=before_write,
+            study_node=node,
+        )
+        row.update(status="done", n_rois=result.n_rois, _digest=digest)
+    except _NotWanted as exc:
+        row.update(status="failed", error=str(exc))
+    except (RoidaskError, OSError) as exc:
+        row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # an unexpected bug must not stop the other subjects
+        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        row.update(status="failed", error=f"unexpected error: {tb}")
+    row["wall_s"] = round(time.perf_counter() - start, 2)
+    return row
+
+
+def _files(spec: SubjectSpec) -> list[Path]:
+    """The NIfTI files of a subject whose read handles a process may cache."""
+    return [*spec.bold, spec.mask]
+
+
+# ----------------------------------------------------------- a subject inside a worker
+
+# A worker process runs subjects in threads of its own (created once, reused): in
+# them dask finds no worker, so anything a subject computes stays in this process
+# (a task's own thread would hand dask.compute calls back to the cluster).
+_WORKER_THREADS: dict[int, ThreadPoolExecutor] = {}  # by size (one, in practice)
+_WORKER_LOCK = threading.Lock()
+_WORKER_FILES = OpenFiles(release=release_handles)
+
+
+def _worker_threads(n: int) -> ThreadPoolExecutor:
+    """This worker process's ``n`` threads for subjects (its task threads: one each)."""
+    with _WORKER_LOCK:
+        pool = _WORKER_THREADS.get(n)
+        if pool is None:
+            pool = _WORKER_THREADS[n] = ThreadPoolExecutor(n, thread_name_prefix="roidask-subject")
+        return pool
+
+
+def _run_in_worker(job: _Job, threads: int, wanted: Callable[[], bool]) -> dict:
+    def before_write() -> None:
+        if not wanted():
+            raise _NotWanted("not written: its batch was cancelled or lost its client")
+
+    files = _files(job.spec)
+    _WORKER_FILES.acquire(files)
+    try:
+        with compute_here(threads):
+            return _run_one(job, before_write)
+    finally:
+        _WORKER_FILES.release(files)
+
+
+def _subject_task(job: _Job, threads: int) -> dict:
+    """A dask task: one whole subject on the worker that runs it; returns its status row.
+
+    ``threads``: threads each subject may use (at most the worker's). A subject
+    computed after its batch is gone (the client killed or cancelled: the
+    scheduler forgets the task) is not written.
+    """
+    from distributed import get_worker
+
+    reuse_freed_buffers()  # a worker started by a nanny maps and unmaps every buffer
+    worker = get_worker()
+    key = worker.get_current_task()
+    nthreads = max(1, int(worker.state.nthreads))
+    threads = max(1, min(nthreads, threads))
+    job = replace(
+        job,
+        budget=_thread_budget(worker.memory_manager.memory_limit, nthreads),
+        scheduler=f"dask worker {worker.address}, {threads} thread{'s' if threads > 1 else ''}",
+    )
+
+    def wanted() -> bool:  # read from another thread: a snapshot is enough here
+        task = worker.state.tasks.get(key)
+        return task is not None and task.state != "cancelled"
+
+    return _worker_threads(nthreads).submit(_run_in_worker, job, threads, wanted).result()
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class _Report:
+    """Subjects done / skipped / failed of ``total``, with an ETA.
+
+    On a terminal (and with ``progress``): one bar on stderr, failures printed
+    above it. Otherwise plain lines, one per finished subject: to ``log`` if
+    given, else to stderr with ``progress``.
+    """
+
+    def __init__(self, total: int, *, progress: bool, log: Callable[[str], None] | None):
+        self.total = total
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
+        self.bar = _progress.Progress(total, "subjects", enabled=progress)
+        if log is None and progress and not self.bar.enabled:
+
+            def log(line: str) -> None:
+                print(line, file=sys.stderr, flush=True)
+
+        self.log = log
+        self._start = time.perf_counter()
+
+    def line(self, text: str) -> None:
+        """A line for the log (and above the bar)."""
+        if self.log is not None:
+            self.log(text)
+        self.bar.write(text)
+
+    def summary(self) -> str:
+        c = self.counts
+        finished = sum(c.values())
+        text = f"{finished}/{self.total}: done {c['done']}, failed {c['failed']}"
+        if c["skipped"]:
+            text += f", skipped {c['skipped']}"
+        ran = c["done"] + c["failed"]
+        left = self.total - finished
+        if ran and left:
+            eta = (time.perf_counter() - self._start) / ran * left
+            text += f", ETA {_duration(eta)}"
+        return text
+
+    def finished(self, row: dict) -> None:
+        self.counts[row["status"]] += 1
+        what = row["status"]
+        if row["error"]:
+            what += f" ({row['error']})"
+        elif row["status"] == "done":
+            what += f" in {row['wall_s']} s"
+        summary = self.summary()
+        if self.log is not None:
+            self.log(f"{row['subject']}: {what} [{summary}]")
+        if row["status"] == "failed":
+            self.bar.write(f"{row['subject']}: {what}")
+        self.bar.update(1, note=summary)
+
+    def tick(self) -> None:
+        self.bar.update(0, note=self.summary())
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _StatusFile:
+    """``batch.tsv``, rewritten (atomically) at most every :data:`STATUS_INTERVAL_S`."""
+
+    def __init__(self, out_dir: Path, specs: list[SubjectSpec]):
+        self.path = out_dir / "batch.tsv"
+        self.rows = {s.subject: _row(s, out_dir / s.out_name, status="pending") for s in specs}
+        self.order = [s.subject for s in specs]
+        self._dirty, self._last = True, 0.0
+        self.flush(force=True)
+
+    def set(self, row: dict) -> None:
+        self.rows[row["subject"]] = {k: row[k] for k in BATCH_COLUMNS}
+        self._dirty = True
+
+    def flush(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._dirty and (force or now - self._last >= STATUS_INTERVAL_S):
+            frame = pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=BATCH_COLUMNS)
+            write_text(self.path, frame.to_csv(sep="\t", index=False))
+            self._dirty, self._last = False, now
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([self.rows[s] for s in self.order], columns=list(BATCH_COLUMNS))
+
+
+# --------------------------------------------------------------------------- the batch
 
 
 def run_batch(
@@ -219,6 +577,7 @@ def run_batch(
     chunks=None,
     plots: bool = True,
     max_concurrent: int | None = None,
+    granularity: str = "auto",
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     study: bool = True,
@@ -226,8 +585,8 @@ def run_batch(
 ) -> pd.DataFrame:
     """Run the ROI pipeline for every subject, concurrently, then the group level.
 
-    Must be called with a ``distributed`` client active (see
-    :func:`roidask.cluster.get_client`); subjects share it.
+    Runs on the active ``distributed`` client (see
+    :func:`roidask.cluster.get_client`); without one, in this process's threads.
 
     Parameters
     ----------
@@ -241,12 +600,20 @@ def run_batch(
     plots : bool
         Write each subject's figures.
     max_concurrent : int, optional
-        Subjects in flight at once (default: the cluster's worker threads, at
-        least 2 and at most 8; each subject's graph is parallel on its own).
+        Subjects in flight at once (default: with ``"subject"`` granularity, as many
+        as the workers take; with ``"block"``, the cluster's worker threads, at
+        least 2 and at most 8, each subject's graph being parallel on its own).
+    granularity : {"auto", "subject", "block"}
+        One task per subject run whole by one worker, or each subject's blocks
+        spread over all workers; ``"auto"``: per subject, by blocks for a subject
+        that does not fit a worker thread's memory (see
+        :mod:`roidask.batch.schedule`).
     progress : bool
-        Print one line per finished subject.
+        Report progress on stderr: a bar of subjects done / failed / total with an
+        ETA on a terminal, one plain line per finished subject otherwise; the
+        cluster and its dashboard address first.
     log : callable, optional
-        Receives progress lines (default: print to stderr when ``progress``).
+        Receives the plain progress lines (then not printed).
     study : bool
         Also write every subject's results, and the group level, into the study
         store ``out_dir/study.zarr`` (:mod:`roidask.outputs.study`).
@@ -262,101 +629,46 @@ def run_batch(
 
     Raises
     ------
+    InvalidParameterError
+        ``granularity`` is not one of :data:`GRANULARITIES`, or is ``"subject"``
+        on a cluster whose workers are threads of this process.
     UnreadableFileError, CorruptFileError
         An input file is missing, unreadable or empty (nothing is written).
     OutputError
-        ``out_dir`` cannot be written (see :func:`prepare_batch_folder`).
+        ``out_dir`` cannot be written (see :func:`check_batch_folder`).
     """
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
+    check_choice(granularity, "granularity", GRANULARITIES)
     params = params or PipelineParams()
+    client = active_client()
+    cluster = _cluster_resources(client) if client is not None else None
+    mode = _granularity(granularity, cluster)
     check_subject_files(specs)
     out_dir = prepare_batch_folder(out_dir, specs)
     study_store = Study(out_dir / STUDY_NAME, param="out") if study else None
-    if log is None:
 
-        def log(line: str) -> None:
-            if progress:
-                print(line, file=sys.stderr, flush=True)
+    report = _Report(len(specs), progress=progress, log=log)
+    if progress or log is not None:
+        where = describe_client(client) if client is not None else "this process's threads"
+        how = {
+            "subject": f"one task per subject (granularity {granularity})",
+            "block": f"blocks of each subject over all workers (granularity {granularity})",
+            "local": "granularity does not apply",
+        }[mode]
+        report.line(f"batch: {len(specs)} subjects, {how}; {where}")
+    status = _StatusFile(out_dir, specs)
+    try:
+        _Batch(specs, out_dir, params, chunks, plots, max_concurrent, granularity, mode, client,
+               cluster, status, report, study_store).run()  # fmt: skip
+    finally:
+        status.flush(force=True)
+        report.close()
 
-    lock = threading.Lock()
-    rows: dict[str, dict] = {}
-    open_files = OpenFiles()
-
-    def one(spec: SubjectSpec) -> dict:
-        start = time.perf_counter()
-        out = out_dir / spec.out_name
-        row = {"subject": spec.subject, "out": str(out), "error": "", "n_rois": "", "wall_s": ""}
-        files = [*spec.bold, spec.mask]
-        open_files.acquire(files)
-        try:
-            clean_stale(out)
-            digest, inputs = fingerprint(spec, params)
-            if _is_complete(out, digest) and _study_has(study_store, spec, digest):
-                prov = json.loads((out / "provenance.json").read_text())
-                row.update(status="skipped", n_rois=prov.get("n_rois", ""))
-                return row
-            extra: dict = {"fingerprint": digest, "subject": spec.subject}
-            plan = _subject_plan(spec, budget, params)
-            subject_chunks = chunks if chunks is not None else plan.chunks
-            if chunks is None and plan.chunks is not None:
-                extra["chunks"] = plan.chunks
-            if plan.box_max_bytes is not None:
-                extra["box_max_bytes"] = plan.box_max_bytes
-            result = run_subject(
-                bold=list(spec.bold),
-                labels=list(spec.labels),
-                store=None,
-                subject=None,
-                mask=spec.mask,
-                out=out,
-                params=params,
-                chunks=subject_chunks,
-                box_max_bytes=plan.box_max_bytes,
-                plots=plots,
-                overwrite=True,
-                progress=False,
-                inputs=inputs,
-                extra_provenance=extra,
-                study_node=_study_node(study_store, spec, digest),
-            )
-            if study_store is not None:
-                study_store.publish(spec.out_name, fingerprint=digest)
-            row.update(status="done", n_rois=result.n_rois)
-        except (RoidaskError, OSError) as exc:
-            row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        except Exception as exc:  # an unexpected bug must not stop the other subjects
-            tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            row.update(status="failed", error=f"unexpected error: {tb}")
-        finally:
-            open_files.release(files)
-        row["wall_s"] = round(time.perf_counter() - start, 2)
-        return row
-
-    client = active_client()
-    budget, threads = _cluster_resources(client) if client is not None else (None, 0)
-    n = max_concurrent or max(1, min(len(specs), 8, max(2, threads)))
-    for spec in specs:
-        rows[spec.subject] = {
-            "subject": spec.subject,
-            "status": "pending",
-            "wall_s": "",
-            "n_rois": "",
-            "out": str(out_dir / spec.out_name),
-            "error": "",
-        }
-    _write_status(out_dir, rows, lock)
-    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="roidask-subject") as pool:
-        futures = {pool.submit(one, spec): spec for spec in specs}
-        for fut in as_completed(futures):
-            row = fut.result()
-            rows[row["subject"]] = row
-            _write_status(out_dir, rows, lock)
-            log(
-                f"{row['subject']}: {row['status']}"
-                + (f" ({row['error']})" if row["error"] else f" in {row['wall_s']} s")
-            )
+    table = status.table()
     done = [
-        out_dir / s.out_name for s in specs if rows[s.subject]["status"] in ("done", "skipped")
+        out_dir / s.out_name
+        for s in specs
+        if status.rows[s.subject]["status"] in ("done", "skipped")
     ]
     group_error = out_dir / "group-error.txt"
     group_error.unlink(missing_ok=True)  # from an earlier run
@@ -366,8 +678,170 @@ def run_batch(
             group_level(done, out_dir / "group", study=study_store, permutation=permutation)
             group_done = True
         except RoidaskError as exc:
-            log(f"group level: failed ({exc})")
+            if report.log is not None:
+                report.log(f"group level: failed ({exc})")
             write_text(group_error, f"{exc}\n")
     if study_store is not None and not group_done:
         study_store.unpublish(GROUP_NODE)  # no group level of these subjects
-    return pd.DataFrame([rows[s.subject] for s in specs], columns=list(BATCH_COLUMNS))
+    return table
+
+
+class _Batch:
+    """Subjects as worker tasks and/or block graphs driven from here, until all are done."""
+
+    def __init__(
+        self,
+        specs: list[SubjectSpec],
+        out_dir: Path,
+        params: PipelineParams,
+        chunks: object,
+        plots: bool,
+        max_concurrent: int | None,
+        granularity: str,
+        mode: str,
+        client: Client | None,
+        cluster: _Cluster | None,
+        status: _StatusFile,
+        report: _Report,
+        study: Study | None,
+    ):
+        self.out_dir, self.params, self.chunks, self.plots = out_dir, params, chunks, plots
+        self.mode, self.client, self.cluster = mode, client, cluster
+        self.auto = granularity == "auto"
+        self.status, self.report, self.study = status, report, study
+        self.events: queue.Queue = queue.Queue()
+        self.waiting = deque(specs)  # subjects not yet submitted
+        threads = cluster.threads if cluster is not None else 0
+        if mode == "subject":
+            self.limit = max_concurrent or len(specs)
+            # threads per subject: more than one when there are fewer subjects than threads
+            self.threads = max(1, threads // max(1, len(specs)))
+        else:
+            self.limit = max_concurrent or max(1, min(len(specs), 8, max(2, threads)))
+        self.block_threads = max_concurrent or max(1, min(8, max(2, threads)))
+        self.in_flight: dict = {}  # future -> spec
+        self.kinds: dict = {}  # future -> "task" (on a worker) or "block" (driven from here)
+        self.pool: ThreadPoolExecutor | None = None
+        self.open_files = OpenFiles()
+        self.token = uuid.uuid4().hex[:8]
+
+    def job(self, spec: SubjectSpec, **values) -> _Job:
+        if self.cluster is None:
+            scheduler = "this process"
+        else:
+            scheduler = f"dask cluster {self.cluster.address} (blocks over all workers)"
+        return _Job(
+            spec=spec,
+            out=self.out_dir / spec.out_name,
+            params=self.params,
+            chunks=self.chunks,
+            plots=self.plots,
+            budget=self.cluster.budget if self.cluster is not None else None,
+            scheduler=scheduler,
+            study=self.study.path if self.study is not None else None,
+            **values,
+        )
+
+    # -- submitting
+    def submit_task(self, spec: SubjectSpec, **values) -> None:
+        assert self.client is not None  # "subject" needs a cluster
+        fut = self.client.submit(
+            _subject_task,
+            self.job(spec, fit_only=self.auto, **values),
+            self.threads,
+            key=f"roidask-subject-{self.token}-{spec.out_name}",
+            pure=False,
+        )
+        self.in_flight[fut] = spec
+        self.kinds[fut] = "task"
+        fut.add_done_callback(self.events.put)
+
+    def submit_block(self, job: _Job) -> None:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.block_threads, thread_name_prefix="roidask-block")
+        fut = self.pool.submit(self.drive, job)
+        self.in_flight[fut] = job.spec
+        self.kinds[fut] = "block"
+        fut.add_done_callback(self.events.put)
+
+    def drive(self, job: _Job) -> dict:
+        """A subject's block graphs, computed on the cluster (or here) from this thread."""
+        files = _files(job.spec)
+        self.open_files.acquire(files)
+        try:
+            return _run_one(job)
+        finally:
+            self.open_files.release(files)
+
+    def submit_next(self) -> None:
+        while self.waiting and len(self.in_flight) < self.limit:
+            spec = self.waiting.popleft()
+            if self.mode == "subject":
+                self.submit_task(spec)
+            else:
+                self.submit_block(self.job(spec))
+
+    # -- results
+    def row_of(self, fut, spec: SubjectSpec) -> dict:
+        try:
+            return fut.result()
+        except (Exception, asyncio.CancelledError) as exc:  # e.g. its workers kept dying
+            text = " ".join(str(exc).split())
+            return _row(
+                spec,
+                self.out_dir / spec.out_name,
+                status="failed",
+                error=f"{type(exc).__name__}: {text}",
+            )
+
+    def resubmit(self, spec: SubjectSpec, kind: str, row: dict) -> None:
+        """Submit again a subject handed back by its run (known fingerprint and inputs)."""
+        values = {"digest": row["_digest"], "inputs": row["_inputs"]}
+        if row["status"] == _TO_UNPUBLISH:  # its published node is about to be rewritten
+            assert self.study is not None
+            self.study.unpublish(spec.out_name)
+            values["hidden"] = True
+        if row["status"] == _TO_BLOCK or kind == "block":  # does not fit a worker thread
+            self.submit_block(self.job(spec, **values))
+        else:
+            self.submit_task(spec, **values)
+
+    def publish(self, row: dict, spec: SubjectSpec) -> None:
+        """List a done or skipped subject's node in the study (failed: the row says why)."""
+        if self.study is None or row["status"] not in ("done", "skipped"):
+            return
+        try:
+            self.study.publish(spec.out_name, fingerprint=row["_digest"])
+        except (RoidaskError, OSError) as exc:
+            row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+
+    def run(self) -> None:
+        try:
+            self.submit_next()
+            while self.in_flight:
+                try:
+                    fut = self.events.get(timeout=STATUS_INTERVAL_S)
+                except queue.Empty:
+                    self.status.flush()
+                    self.report.tick()
+                    continue
+                spec = self.in_flight.pop(fut)
+                kind = self.kinds.pop(fut)
+                row = self.row_of(fut, spec)
+                del fut  # a task's result is released on the cluster
+                if row["status"] in (_TO_BLOCK, _TO_UNPUBLISH):
+                    self.resubmit(spec, kind, row)
+                    continue
+                self.publish(row, spec)
+                self.status.set(row)
+                self.status.flush()
+                self.report.finished(row)
+                self.submit_next()
+        finally:
+            if self.in_flight:  # interrupted: stop what has not started
+                tasks = [f for f, kind in self.kinds.items() if kind == "task"]
+                if tasks and self.client is not None:
+                    with contextlib.suppress(Exception):
+                        self.client.cancel(tasks)
+            if self.pool is not None:
+                self.pool.shutdown(wait=not self.in_flight, cancel_futures=True)

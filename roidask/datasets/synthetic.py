@@ -52,11 +52,11 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from roidask._atomic import write_text
+from roidask._atomic import MARKER, read_marker, write_text
 from roidask._progress import Progress
 from roidask._validate import check_choice, check_int, check_real
 from roidask.datasets.haxby_slice import haxby_slice
-from roidask.exceptions import InvalidParameterError, OutputExistsError
+from roidask.exceptions import InvalidParameterError, OutputError, OutputExistsError
 from roidask.io.labels import read_labels
 from roidask.io.nifti import write_nifti
 
@@ -77,6 +77,9 @@ SUBJECT_FILES = {
     "truth_house": "truth_house.nii.gz",
     "truth": "truth.json",
 }
+#: Kind recorded in the ownership marker of a synthetic subject folder.
+SYNTHETIC_KIND = "synthetic-subject"
+_GENERATOR = "roidask.datasets.make_synthetic_subject"
 
 # Brain ellipsoid semi-axes (mm) when the field of view is large enough, and the
 # fraction of the field of view it fills otherwise.
@@ -306,8 +309,8 @@ class _Model:
         min_r_norm = _MIN_RADIUS_VOXELS * vox / self.semi_axes_mm
         jitter_rng = np.random.default_rng([seed, 3])
         self.mask_vt = np.zeros(shape, dtype=bool)
-        vt_centre, vt_axes = _VT
-        vt_axes = np.asarray(vt_axes) * vt_scale
+        vt_centre = _VT[0]
+        vt_axes = np.asarray(_VT[1]) * vt_scale
         for side in (-1.0, 1.0):
             c = np.asarray(vt_centre) * (side, 1.0, 1.0)
             d2 = sum(((u[i] - c[i]) / vt_axes[i]) ** 2 for i in range(3))
@@ -415,7 +418,7 @@ class _Model:
     def truth_record(self, **params) -> dict:
         counts = {c: int(m.sum()) for c, m in self.truth.items()}
         return {
-            "generator": "roidask.datasets.make_synthetic_subject",
+            "generator": _GENERATOR,
             "seed": self.seed,
             "parameters": params,
             "n_volumes": self.n_volumes,
@@ -605,11 +608,17 @@ def make_synthetic_subject(
 
     root = Path(out_dir)
     paths = {key: root / name for key, name in SUBJECT_FILES.items()}
-    existing = [p.name for p in paths.values() if p.exists()]
+    existing = [p.name for p in paths.values() if p.exists() or p.is_symlink()]
     if existing and not overwrite:
         raise OutputExistsError(
             f"{root}: already holds {existing}; pass overwrite=True to replace them "
             "or choose another folder"
+        )
+    if existing and not _is_synthetic_subject(root):
+        raise OutputError(
+            f"out_dir {root}: holds {existing}, which roidask did not write (no {MARKER} of a "
+            "synthetic subject); roidask only replaces its own files, choose another folder",
+            param="out_dir",
         )
 
     model = _Model(
@@ -631,6 +640,13 @@ def make_synthetic_subject(
         scl_inter=scl_inter,
     )
     root.mkdir(parents=True, exist_ok=True)
+    # ownership first (the files listed are roidask's from here on), truth.json last
+    record = {
+        "written_by": "roidask",
+        "kind": SYNTHETIC_KIND,
+        "files": list(SUBJECT_FILES.values()),
+    }
+    write_text(root / MARKER, json.dumps(record, indent=2) + "\n")
     if paths["truth"].exists():  # overwrite: the subject is incomplete until rewritten
         paths["truth"].unlink()
 
@@ -671,6 +687,19 @@ def make_synthetic_subject(
     }
     write_text(paths["truth"], json.dumps(model.truth_record(**params), indent=2) + "\n")
     return SyntheticSubject(root=root, seed=seed, **paths)
+
+
+def _is_synthetic_subject(root: Path) -> bool:
+    """``root``'s subject files are roidask's: its marker, or (written before markers) the
+    ``truth.json`` this generator writes last."""
+    marker = read_marker(root)
+    if marker is not None:
+        return marker["kind"] == SYNTHETIC_KIND
+    try:
+        truth = json.loads((root / SUBJECT_FILES["truth"]).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(truth, dict) and truth.get("generator") == _GENERATOR
 
 
 def _write_bold(

@@ -370,7 +370,7 @@ def image_from_nibabel(img: nib.spatialimages.SpatialImage, *, chunks=None) -> x
         zooms: tuple[float, ...] = tuple(header.get_zooms())
         tr = float(zooms[3]) if len(zooms) > 3 and zooms[3] > 0 else None
         attrs.update(tr_s=tr, time_units="s" if tr else "volumes")
-        coords = bold_coords(int(data.shape[-1]), tr_s=tr)
+        coords = bold_coords(int(np.shape(data)[-1]), tr_s=tr)
     return xr.DataArray(
         arr, dims=dims, coords=coords, name="bold" if data.ndim == 4 else None, attrs=attrs
     )

@@ -185,7 +185,7 @@ class SpillFile:
                     ]
                 else:
                     pieces = [np.ascontiguousarray(volumes[:, sz, sy], dtype=self.dtype)]
-                self._pwrite(fd, [memoryview(p).cast("B") for p in pieces], offset)
+                self._pwrite(fd, [memoryview(p.data).cast("B") for p in pieces], offset)
         finally:
             os.close(fd)
 
@@ -234,7 +234,7 @@ class SpillFile:
             out[...] = 0
             return out.transpose(3, 2, 1, 0)
         offset = int(self.starts[tile]) + start * self._volume_bytes(tile)
-        buf = memoryview(out).cast("B")
+        buf = memoryview(out.data).cast("B")
         fd = self._open(os.O_RDONLY)
         try:
             while buf:

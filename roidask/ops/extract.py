@@ -223,7 +223,7 @@ class _Plan:
     weights: sparse.csr_matrix | None = None  # (n_roi, len(vox)), smoothing plans
 
 
-def _indicator_plans(index: np.ndarray, chunks3) -> dict[tuple[int, int, int], _Plan]:
+def _indicator_plans(index: np.ndarray, chunks3) -> dict[tuple[int, ...], _Plan]:
     bounds = block_bounds(chunks3)
     plans = {}
     for block in itertools.product(*(range(len(c)) for c in chunks3)):
@@ -281,7 +281,7 @@ def _weight_plans(index: np.ndarray, n_roi: int, sigma: np.ndarray, chunks3):
     local = (offset[0] * sizes[1] + offset[1]) * sizes[2] + offset[2]  # C order in the chunk
     block_id = np.ravel_multi_index(bidx, tuple(len(c) for c in chunks3))
     order = np.argsort(block_id, kind="stable")
-    ids, starts = np.unique(block_id[order], return_index=True)
+    ids, starts = np.unique(np.asarray(block_id)[order], return_index=True)
     ends = np.append(starts[1:], order.size)
     plans = {}
     for bid, a, b in zip(ids, starts, ends, strict=True):
@@ -334,20 +334,22 @@ def _chunk_partial(
     n_t = v.shape[1]
     if plan.weights is not None:
         return np.asarray(plan.weights @ v)[None]
+    starts = plan.starts
+    assert starts is not None  # an indicator plan (no weights)
     if kind == "sum":
         out = np.zeros((1, n_roi, n_t))
-        out[0, plan.present] = np.add.reduceat(v, plan.starts, axis=0)
+        out[0, plan.present] = np.add.reduceat(v, starts, axis=0)
     elif kind == "min":
         out = np.full((1, n_roi, n_t), np.inf)
-        out[0, plan.present] = np.minimum.reduceat(v, plan.starts, axis=0)
+        out[0, plan.present] = np.minimum.reduceat(v, starts, axis=0)
     elif kind == "max":
         out = np.full((1, n_roi, n_t), -np.inf)
-        out[0, plan.present] = np.maximum.reduceat(v, plan.starts, axis=0)
+        out[0, plan.present] = np.maximum.reduceat(v, starts, axis=0)
     else:  # moments, stacked along axis 0 (roidask.ops.moments.FIELDS)
-        n = np.diff(np.append(plan.starts, v.shape[0]))
-        mean = np.add.reduceat(v, plan.starts, axis=0) / n[:, None]
+        n = np.diff(np.append(starts, v.shape[0]))
+        mean = np.add.reduceat(v, starts, axis=0) / n[:, None]
         dev = v - np.repeat(mean, n, axis=0)
-        m2 = np.add.reduceat(dev * dev, plan.starts, axis=0)
+        m2 = np.add.reduceat(dev * dev, starts, axis=0)
         out = np.zeros((3, n_roi, n_t))
         out[:, plan.present] = mom_ops.stack(mom_ops.Moments(n[:, None], mean, m2), axis=0)
     return out

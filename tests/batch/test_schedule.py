@@ -111,6 +111,15 @@ def assert_same_outputs(got: Path, ref: Path, *, figures: bool) -> None:
     assert set(prov["timings_s"]) == set(ref_prov["timings_s"])
 
 
+def ran_as(sub: Path) -> str:
+    """The granularity a subject ran with, from its provenance."""
+    scheduler = json.loads((sub / "provenance.json").read_text())["scheduler"]
+    if scheduler.startswith("dask worker "):  # the whole subject in one worker
+        return "subject"
+    assert scheduler.startswith("dask cluster "), scheduler
+    return "block"
+
+
 def batch_table(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "batch.tsv", sep="\t", dtype=str, keep_default_na=False)
 
@@ -283,6 +292,7 @@ def test_batch_on_embedded_cluster(dataset, reference, tmp_path):
     ]
     for i in range(1, N_SUBJECTS + 1):
         assert_same_outputs(out / f"sub-{i:02d}", reference / f"sub-{i:02d}", figures=False)
+        assert ran_as(out / f"sub-{i:02d}") == "subject"  # auto: one task per subject
         n_rois = len(pd.read_csv(reference / f"sub-{i:02d}" / "rois.tsv", sep="\t"))
         assert table.loc[i - 1, "n_rois"] == str(n_rois)
 
@@ -365,7 +375,8 @@ def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path
 # --------------------------------------------------------------------------- 3. worker lost
 
 
-def test_worker_killed_mid_batch(dataset, reference, tcp_cluster, tmp_path):
+@pytest.mark.parametrize("granularity", ["subject", "block"])
+def test_worker_killed_mid_batch(dataset, reference, tcp_cluster, tmp_path, granularity):
     address, procs, logs = tcp_cluster
     manifest = manifest_for(dataset, tmp_path / "manifest.tsv", [1, 2, 3, 4])
     out = tmp_path / "batch"
@@ -374,7 +385,8 @@ def test_worker_killed_mid_batch(dataset, reference, tcp_cluster, tmp_path):
         pids = client.run(os.getpid)
         victim_proc = procs[2]
         (victim,) = [addr for addr, pid in pids.items() if pid == victim_proc.pid]
-        batch = start(batch_cmd(manifest, out, "--scheduler", address), log)
+        cmd = batch_cmd(manifest, out, "--scheduler", address, "--granularity", granularity)
+        batch = start(cmd, log)
         try:
 
             def victim_busy():
@@ -401,6 +413,7 @@ def test_worker_killed_mid_batch(dataset, reference, tcp_cluster, tmp_path):
         assert cached_handles(client) == {survivor: 0}
     for i in range(1, N_SUBJECTS + 1):
         assert_same_outputs(out / f"sub-{i:02d}", reference / f"sub-{i:02d}", figures=False)
+        assert ran_as(out / f"sub-{i:02d}") == granularity
     assert hidden_entries(out) == []
 
 
@@ -413,24 +426,31 @@ def test_batch_killed_and_resumed(dataset, reference, tcp_cluster, tmp_path):
     out = tmp_path / "batch"
     log = tmp_path / "batch.log"
     cmd = batch_cmd(manifest, out, "--scheduler", address, "--max-concurrent", "1")
-    with connect(address, procs, logs, n=2):
-        pass  # both workers are up
-    batch = start(cmd, log)
-    try:
+    with connect(address, procs, logs, n=2) as client:
+        batch = start(cmd, log)
+        try:
+            wait_until(
+                lambda: "done" in statuses(out).values() and any(client.processing().values()),
+                timeout=120,
+                what="a first subject done and the next one computing",
+                proc=batch,
+                log=log,
+            )
+            kill_group(batch)
+        finally:
+            kill_group(batch)
+        assert batch.returncode == -signal.SIGKILL
+        at_kill = statuses(out)
+        # the subject a worker was computing when its batch died is not written
         wait_until(
-            lambda: "done" in statuses(out).values(),
-            timeout=120,
-            what="a first subject done",
-            proc=batch,
-            log=log,
-        )
-        kill_group(batch)
-    finally:
-        kill_group(batch)
-    assert batch.returncode == -signal.SIGKILL
-    at_kill = statuses(out)
+            lambda: not any(client.run(lambda dask_worker: len(dask_worker.state.executing))
+                            .values()),
+            timeout=60,
+            what="the workers to finish what they were running",
+        )  # fmt: skip
     done = sorted(s for s, st in at_kill.items() if st == "done")
     assert 1 <= len(done) < N_SUBJECTS, at_kill
+    assert sorted(p.name for p in out.glob("sub-*")) == [f"sub-{s}" for s in done]
     before = {
         s: {f: (p.stat().st_ino, p.stat().st_mtime_ns) for f in files_of(out / f"sub-{s}")
             for p in [out / f"sub-{s}" / f]}
@@ -592,6 +612,180 @@ def test_out_of_core_batch(tmp_path):
     for i in range(2, n_subjects + 1):
         for name in ("tstat.nii.gz", "atlas.nii.gz", "signals.tsv"):
             assert (out / f"sub-s{i:02d}" / name).read_bytes() == (first / name).read_bytes()
+
+
+# --------------------------------------------------------------------------- 7. granularity
+
+
+def tiny_specs(haxby, root: Path, n: int) -> list[SubjectSpec]:
+    """``n`` subjects whose files are symbolic links to the bundled Haxby slice."""
+    specs = []
+    for i in range(n):
+        d = root / f"s{i:04d}"
+        d.mkdir(parents=True)
+        for name, src in (("bold.nii.gz", haxby.bold), ("labels.txt", haxby.labels),
+                          ("mask.nii.gz", haxby.mask)):  # fmt: skip
+            (d / name).symlink_to(src)
+        bold, labels, mask = d / "bold.nii.gz", d / "labels.txt", d / "mask.nii.gz"
+        specs.append(SubjectSpec(d.name, (bold,), (labels,), mask))
+    return specs
+
+
+@pytest.fixture(scope="module")
+def haxby_reference(haxby, tmp_path_factory):
+    """The Haxby slice through a single-process ``roidask run`` (no figures)."""
+    from roidask.cli import main
+
+    out = tmp_path_factory.mktemp("haxby-reference") / "sub-ref"
+    argv = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
+    assert main([*argv, "--out", str(out), "--quiet", "--no-plots"]) == 0
+    return out
+
+
+N_TINY = 200
+
+
+def test_many_tiny_subjects_flat_worker_memory(haxby, haxby_reference, tcp_cluster, tmp_path):
+    """A few hundred subjects, one task each: all done, worker memory flat in N."""
+    import psutil
+    from distributed import Client
+
+    address, procs, logs = tcp_cluster
+    specs = tiny_specs(haxby, tmp_path / "data", N_TINY)
+    # the workers' and this process's (the client's) RSS each time a subject finishes
+    processes = [psutil.Process(p.pid) for p in procs[1:]] + [psutil.Process()]
+    rss: list[list[int]] = []
+
+    def sample(line: str) -> None:
+        if not line.startswith("batch:"):
+            rss.append([p.memory_info().rss for p in processes])
+
+    out = tmp_path / "batch"
+    with Client(address, timeout=10) as client:
+        wait_for_worker(client, procs, logs, n=2)
+        table = run_batch(specs, out, plots=False, log=sample)
+    assert table["status"].tolist() == ["done"] * N_TINY
+    assert len(rss) == N_TINY
+    for spec in (specs[0], specs[N_TINY // 2], specs[-1]):
+        assert_same_outputs(out / spec.out_name, haxby_reference, figures=False)
+        assert ran_as(out / spec.out_name) == "subject"
+    assert (out / "group" / "roi_overlap.nii.gz").is_file()
+    assert hidden_entries(out) == []
+    # Warmed up after the first quarter (imports, thread pools, caches): from then
+    # on no worker, nor the client, grows beyond noise.
+    mib = 2**20
+    warm = np.max(rss[N_TINY // 4 : N_TINY // 2], axis=0)
+    last = np.max(rss[-N_TINY // 4 :], axis=0)
+    print(f"\nRSS MiB (workers, client): warm {warm / mib}, last quarter {last / mib}")
+    assert np.all(last - warm < 16 * mib), (warm / mib, last / mib)
+
+
+def test_subject_that_does_not_fit_runs_by_blocks(haxby, tmp_path, monkeypatch):
+    """granularity auto: a subject too large for a worker thread's memory runs as blocks."""
+    from distributed import Client
+
+    from roidask.datasets import make_synthetic_subject
+
+    big = make_synthetic_subject(tmp_path / "big", n_volumes=150, effect_pct=3.0)
+    specs = [
+        SubjectSpec("big", (big.bold,), (big.labels,), big.mask_vt),
+        *tiny_specs(haxby, tmp_path / "data", 2),
+    ]
+    # The worker's limit sizes the blocks; it never pauses or spills the worker here.
+    for what in ("target", "spill", "pause", "terminate"):
+        monkeypatch.setenv(f"DASK_DISTRIBUTED__WORKER__MEMORY__{what.upper()}", "False")
+    logs = tmp_path / "cluster"
+    logs.mkdir()
+    address, procs = start_cluster(logs, n_workers=1, memory_limit="400MiB")
+    out = tmp_path / "batch"
+    try:
+        with Client(address, timeout=10) as client:
+            wait_for_worker(client, procs, logs, n=1)
+            table = run_batch(specs, out, plots=True)
+    finally:
+        stop(procs)
+    assert table["status"].tolist() == ["done"] * 3, table["error"].tolist()
+    for spec in specs:  # figures too, drawn by the worker (or from here, for "big")
+        prov = json.loads((out / spec.out_name / "provenance.json").read_text())
+        figures = sorted(p.name for p in (out / spec.out_name / "figures").glob("*.png"))
+        assert figures and [f"figures/{f}" for f in figures] == [
+            o for o in prov["outputs"] if o.startswith("figures/")
+        ]
+    assert ran_as(out / "sub-big") == "block"
+    prov = json.loads((out / "sub-big" / "provenance.json").read_text())
+    assert prov["chunks"]["time"] < 150  # the memory model's smaller blocks
+    assert [ran_as(out / s.out_name) for s in specs[1:]] == ["subject", "subject"]
+
+
+def test_granularity_checked_before_anything_is_written(dataset, tmp_path):
+    from roidask.cluster import get_client
+
+    s1 = dataset["subjects"][0]
+    specs = [SubjectSpec("01", (s1.bold,), (s1.labels,), s1.mask_vt)]
+    out = tmp_path / "batch"
+    with pytest.raises(InvalidParameterError, match=r"granularity: expected one of .*'tiles'"):
+        run_batch(specs, out, granularity="tiles")
+    with get_client(processes=False, n_workers=1, threads_per_worker=1):
+        with pytest.raises(InvalidParameterError, match=r"threads of this process"):
+            run_batch(specs, out, granularity="subject")
+    assert not out.exists()
+    manifest = manifest_for(dataset, tmp_path / "manifest.tsv", [1])
+    proc = run_cmd(batch_cmd(manifest, out, "--granularity", "tiles"), timeout=60)
+    assert proc.returncode == 2 and "--granularity: invalid choice: 'tiles'" in proc.stderr
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- 8. progress
+
+
+def test_batch_progress_bar_on_a_terminal(haxby, tmp_path, capsys, fake_terminal, monkeypatch):
+    import roidask.cluster
+    from roidask.cluster import get_client
+
+    specs = tiny_specs(haxby, tmp_path / "data", 3)
+    bad = tmp_path / "data" / "bad.nii.gz"
+    bad.write_bytes(b"not a NIfTI file")
+    specs.append(SubjectSpec("bad", (bad,), specs[0].labels, specs[0].mask))
+    # a served dashboard (bokeh is not needed to print its address)
+    url = "http://127.0.0.1:8787/status"
+    monkeypatch.setattr(roidask.cluster, "dashboard_link", lambda client: url)
+    with get_client(processes=False, n_workers=1, threads_per_worker=2):
+        table = run_batch(specs, tmp_path / "batch", plots=False, progress=True)
+    assert table["status"].tolist() == ["done", "done", "done", "failed"]
+    err = capsys.readouterr().err
+    lines = err.split("\n")
+    assert lines[0].startswith("\rbatch: 4 subjects, blocks of each subject over all workers")
+    assert f"dashboard {url}" in lines[0]
+    # one bar, redrawn in place: subjects done / failed / total, then an ETA while any is left
+    assert "\rsubjects [" in err and "ETA " in err
+    assert err.rstrip("\n").split("\r")[-1].startswith("subjects [" + "#" * 30 + "] 100%")
+    assert err.rstrip().endswith("4/4: done 3, failed 1")
+    # the failure on its own line above the bar
+    (failure,) = [line.split("\r")[-1] for line in lines if "bad: failed" in line]
+    assert failure.startswith("bad: failed (") and "bad.nii.gz" in failure
+    assert err.endswith("\n")
+
+
+def test_batch_progress_lines_in_a_log(haxby, tmp_path, capsys):
+    specs = tiny_specs(haxby, tmp_path / "data", 3)
+    out = tmp_path / "batch"
+    table = run_batch(specs, out, plots=False, progress=True)  # no cluster: this process
+    assert table["status"].tolist() == ["done"] * 3
+    err = capsys.readouterr().err
+    assert "\r" not in err and "\x1b" not in err
+    lines = err.splitlines()
+    assert lines[0] == "batch: 3 subjects, granularity does not apply; this process's threads"
+    finished = sorted(lines[1:4])
+    for line, name in zip(finished, ("s0000", "s0001", "s0002"), strict=True):
+        assert line.startswith(f"{name}: done in ")
+    counts = [line.split("[", 1)[1] for line in lines[1:4]]
+    assert counts[0].startswith("1/3: done 1, failed 0, ETA ")
+    assert counts[1].startswith("2/3: done 2, failed 0, ETA ")
+    assert counts[2] == "3/3: done 3, failed 0]"
+    # resumed: complete subjects are skipped, and said so
+    run_batch(specs, out, plots=False, progress=True)
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith("[3/3: done 0, failed 0, skipped 3]")
 
 
 # --------------------------------------------------------------------------- the batch folder

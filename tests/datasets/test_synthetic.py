@@ -16,7 +16,7 @@ from roidask.datasets import (
     make_synthetic_subject,
 )
 from roidask.datasets import synthetic as synthetic_module
-from roidask.exceptions import InvalidParameterError, OutputExistsError
+from roidask.exceptions import InvalidParameterError, OutputError, OutputExistsError
 from roidask.io import bold_from_nifti, read_labels
 from roidask.io.nifti import NiftiSource
 
@@ -224,6 +224,33 @@ def test_existing_output_needs_overwrite(tmp_path):
     )
     assert nib.load(second.bold).shape[-1] == 30
     assert json.loads(second.truth.read_text())["seed"] == 5
+
+
+def test_overwrite_never_replaces_files_roidask_did_not_write(tmp_path):
+    from helpers.files import tree
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "bold.nii.gz").write_bytes(b"my own scan")
+    (user / "notes.txt").write_text("mine")
+    before = tree(tmp_path)
+    with pytest.raises(OutputError, match=r"^out_dir .*mine: holds \['bold.nii.gz'\], which "):
+        make_synthetic_subject(user, shape=(12, 14, 10), n_volumes=20, overwrite=True)
+    assert tree(tmp_path) == before
+    # a subject written before markers existed (its truth.json) is still roidask's
+    old = make_synthetic_subject(tmp_path / "old", shape=(12, 14, 10), n_volumes=20)
+    (old.root / ".roidask.json").unlink()
+    make_synthetic_subject(old.root, shape=(12, 14, 10), n_volumes=20, seed=3, overwrite=True)
+    assert json.loads(old.truth.read_text())["seed"] == 3
+    # the demo's --synthetic subject, in a folder of the user's
+    from roidask.cli import main
+
+    demo = tmp_path / "demo"
+    (demo / "synthetic-data").mkdir(parents=True)
+    (demo / "synthetic-data" / "labels.txt").write_text("my labels")
+    assert main(["demo", "--synthetic", "--out", str(demo), "--quiet"]) == 2
+    assert (demo / "synthetic-data" / "labels.txt").read_text() == "my labels"
+    assert not (demo / "haxby-slice").exists()
 
 
 @pytest.mark.parametrize(

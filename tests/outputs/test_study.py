@@ -264,6 +264,33 @@ def test_rerun_skips_and_study_can_be_off(batch, dataset, tmp_path):
     assert not (off / "study.zarr").exists() and (off / "group" / "tstat.nii.gz").is_file()
 
 
+def test_a_published_node_is_hidden_while_it_is_rewritten(dataset, tmp_path, monkeypatch):
+    """Other parameters on a rerun: the driver unpublishes the node before the subject's
+    run rewrites it, and publishes the new one."""
+    from roidask.batch import schedule
+    from roidask.pipeline import PipelineParams
+
+    specs = dataset["specs"][:2]
+    out = tmp_path / "batch"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done", "done"]
+    study = out / "study.zarr"
+    seen = []
+    real = schedule.run_subject
+
+    def run_subject(**kwargs):
+        seen.append((kwargs["out"].name, sorted(published(study))))
+        return real(**kwargs)
+
+    monkeypatch.setattr(schedule, "run_subject", run_subject)
+    table = run_batch(specs[:1], out, plots=False, params=PipelineParams(threshold=4.0))
+    assert table["status"].tolist() == ["done"]
+    assert seen == [("sub-01", ["group", "sub-02"])]  # sub-01 hidden while rewritten
+    ds = tree_of(study)["sub-01"].to_dataset()
+    prov = json.loads((out / "sub-01" / "provenance.json").read_text())
+    assert ds.attrs["threshold"] == 4.0 and ds.attrs[FINGERPRINT_ATTR] == prov["fingerprint"]
+    assert "sub-02" in tree_of(study).children
+
+
 # ----------------------------------------------------------------------- killed and resumed
 
 
