@@ -54,6 +54,7 @@ def batch(tmp_path_factory):
             out,
             params=PipelineParams(roi_definition="split-half", threshold=3.0),
             plots=False,
+            granularity="subject",  # each subject's folds in one worker task
             permutation=permutation,
         )
     assert table["status"].tolist() == ["done"] * N_SUBJECTS, table["error"].tolist()
