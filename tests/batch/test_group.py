@@ -48,7 +48,7 @@ def batch(tmp_path_factory):
     ]
     out = root / "batch"
     permutation = GroupPermutation(n_perm=100, cluster_threshold=0.01)
-    with get_client(processes=False, n_workers=2, threads_per_worker=1):
+    with get_client(processes=True, n_workers=2, threads_per_worker=1, memory_limit="1GiB"):
         table = run_batch(
             specs,
             out,
