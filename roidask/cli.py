@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import resource
@@ -21,14 +22,18 @@ from pathlib import Path
 
 import dask
 import dask.threaded
+import nibabel as nib
 import numpy as np
+import pandas as pd
 
 from roidask import __version__
 from roidask._malloc import limit_malloc_arenas
 from roidask.batch import (
     GRANULARITIES,
+    GroupPermutation,
     check_batch_folder,
     check_subject_files,
+    group_from,
     read_manifest,
     run_batch,
 )
@@ -39,7 +44,7 @@ from roidask.io.store_read import CHUNK_GRIDS_ATTR, list_subjects, open_subject,
 from roidask.io.store_write import convert
 from roidask.ops.extract import STRATEGIES
 from roidask.outputs.provenance import input_paths, start_input_records
-from roidask.pipeline import TESTS, PipelineParams
+from roidask.pipeline import ROI_DEFINITIONS, TESTS, PipelineParams
 from roidask.runner import run_subject
 
 __all__ = ["build_parser", "entry", "main"]
@@ -69,6 +74,7 @@ FLAGS = {
     "min_roi_voxels": "--min-roi-voxels",
     "keep_largest": "--keep-largest",
     "strategy": "--strategy",
+    "roi_definition": "--roi-definition",
     "manifest": "MANIFEST",
     "max_concurrent": "--max-concurrent",
     "granularity": "--granularity",
@@ -82,11 +88,19 @@ FLAGS = {
     "dashboard": "--dashboard",
     "data_dir": "--data-dir",
     "url": "--url",
+    "n_perm": "--permutations",
+    "two_sided": "--one-sided",
+    "cluster_threshold": "--cluster-threshold",
+    "seed": "--seed",
+    "chunk_perm": "--chunk-perm",
 }
 
 
 #: Per command, parameters set by a positional argument rather than the flag of FLAGS.
-COMMAND_FLAGS = {"info": {"store": "STORE"}}
+COMMAND_FLAGS = {
+    "info": {"store": "STORE"},
+    "group": {"study": "STUDY_OR_BATCH", "connectivity": "--cluster-connectivity"},
+}
 
 #: Library functions named in messages, and the command that does the same.
 COMMANDS = {
@@ -376,19 +390,35 @@ def _add_analysis_options(p) -> None:
         help=f"per-ROI signal strategy, as NiftiLabelsMasker (default: {d.strategy})",
     )
     g.add_argument(
+        "--roi-definition",
+        default=d.roi_definition,
+        choices=ROI_DEFINITIONS,
+        help="which runs define the ROIs and which give their signals: 'same' (every "
+        "volume for both, the example; the selection biases the reported effect), "
+        "'split-half' (ROIs from the odd runs, signals of the even runs, and the reverse; "
+        "runs counted from 1 in increasing order of their run value) or "
+        "'leave-one-run-out' (per run: ROIs from the other runs); one read of the data "
+        f"either way (default: {d.roi_definition})",
+    )
+    g.add_argument(
         "--chunks",
         default=None,
         help="BOLD chunk sizes, e.g. x=20,y=32,time=100 (default: whole volumes; results "
         "do not depend on it)",
     )
     g.add_argument("--no-plots", action="store_true", help="do not write figures")
+    _add_execution_options(p)
+
+
+def _add_execution_options(p) -> None:
+    """Where a command computes: the dask cluster options (``run``, ``batch``, ``group``)."""
     c = p.add_argument_group("execution")
     c.add_argument(
         "--scheduler",
         default=None,
         help="'local' (an embedded dask LocalCluster) or the address tcp://HOST:PORT or "
         "tls://HOST:PORT of a running scheduler (default: `run` computes in this process's "
-        "threads, `batch` starts an embedded LocalCluster)",
+        "threads, `batch` and `group` start an embedded LocalCluster)",
     )
     c.add_argument(
         "--n-workers",
@@ -430,6 +460,7 @@ def pipeline_params(args) -> PipelineParams:
         min_roi_voxels=args.min_roi_voxels,
         keep_largest=args.keep_largest,
         strategy=args.strategy,
+        roi_definition=args.roi_definition,
     )
 
 
@@ -476,12 +507,18 @@ def _summary(result, out, wall_s: float) -> str:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     logp = result.maps["logp"].values
     lines = [f"ROIs found: {result.n_rois}"]
-    for row in result.rois.itertuples(index=False):
-        lines.append(
-            f"  ROI {row.label}: {row.n_voxels} voxels, {row.volume_mm3:.0f} mm3, "
-            f"peak -log10 p {row.peak_value:.2f} at "
-            f"({row.peak_x_mm:.1f}, {row.peak_y_mm:.1f}, {row.peak_z_mm:.1f}) mm"
-        )
+    if result.folds is not None:
+        lines[0] += f" in {len(result.folds)} folds ({result.params.roi_definition})"
+    for k in range(len(result.folds or [None])):
+        if result.folds is not None:
+            lines.append(f" {result.fold_title(k)}: {result.fold_n_rois()[k]} ROIs")
+        rows = result.rois if result.folds is None else result.rois[result.rois["fold"] == k]
+        for row in rows.itertuples(index=False):
+            lines.append(
+                f"  ROI {row.label}: {row.n_voxels} voxels, {row.volume_mm3:.0f} mm3, "
+                f"peak -log10 p {row.peak_value:.2f} at "
+                f"({row.peak_x_mm:.1f}, {row.peak_y_mm:.1f}, {row.peak_z_mm:.1f}) mm"
+            )
     lines.append(f"peak -log10 p: {float(np.nanmax(logp)) if logp.size else float('nan'):.2f}")
     lines.append(f"wall time: {wall_s:.1f} s, peak memory (this process): {peak:.0f} MB")
     lines.append(f"outputs: {out}")
@@ -596,12 +633,14 @@ def _add_batch(sub) -> None:
         "xarray DataTree)",
     )
     _add_analysis_options(p)
+    _add_permutation_options(p, batch=True)
     p.set_defaults(func=_cmd_batch)
 
 
 def _cmd_batch(args) -> int:
     start = time.perf_counter()
     params = pipeline_params(args)
+    permutation = group_permutation(args)
     specs = read_manifest(args.manifest, mask=args.mask)
     check_subject_files(specs)  # before a cluster is started (run_batch checks them too)
     check_batch_folder(args.out, specs)
@@ -618,6 +657,7 @@ def _cmd_batch(args) -> int:
             granularity=args.granularity,
             progress=not args.quiet,
             study=not args.no_study,
+            permutation=permutation,
         )
     counts = table["status"].value_counts().to_dict()
     print(f"subjects: {len(table)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
@@ -627,6 +667,141 @@ def _cmd_batch(args) -> int:
     print(f"outputs: {args.out} (batch.tsv, sub-*/, group/{study})")
     print(f"wall time: {time.perf_counter() - start:.1f} s")
     return 1 if counts.get("failed") else 0
+
+
+# -- group -------------------------------------------------------------------------------
+def _add_permutation_options(p, *, batch: bool) -> None:
+    """The group level's permutation test (``group``, and ``batch --permutations N``)."""
+    g = p.add_argument_group(
+        "group permutation test (sign flips of the subjects' t maps: max-t and cluster FWE)"
+    )
+    d = GroupPermutation()
+    g.add_argument(
+        "--permutations",
+        type=_positive_int,
+        default=None if batch else d.n_perm,
+        help="random sign flips (all 2^n - 1 flips instead when that is not more); "
+        + ("default: no permutation test" if batch else f"default: {d.n_perm}"),
+    )
+    g.add_argument(
+        "--cluster-threshold",
+        type=float,
+        default=d.cluster_threshold,
+        metavar="P",
+        help="cluster-forming threshold, an uncorrected p (e.g. 0.001), for cluster-size "
+        "and cluster-mass FWE p-values (default: no cluster inference)",
+    )
+    g.add_argument(
+        "--one-sided",
+        action="store_true",
+        help="test positive effects only (default: two-sided, |t|)",
+    )
+    g.add_argument(
+        "--cluster-connectivity",
+        type=int,
+        choices=[6, 18, 26],
+        default=d.connectivity,
+        help=f"cluster neighbourhood (default: {d.connectivity})",
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help=f"seed of the random flips; results do not depend on the workers (default: {d.seed})",
+    )
+    g.add_argument(
+        "--chunk-perm",
+        type=_positive_int,
+        default=d.chunk_perm,
+        help=f"permutations per dask task (default: {d.chunk_perm}; no effect on results)",
+    )
+    if not batch:
+        g.add_argument(
+            "--mask",
+            type=Path,
+            default=None,
+            help="3D mask of the voxels tested (default: voxels finite in every subject's "
+            "t map and non-zero in one)",
+        )
+
+
+def group_permutation(args) -> GroupPermutation | None:
+    """GroupPermutation from parsed arguments (None: ``batch`` without --permutations)."""
+    if args.permutations is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--cluster-threshold", args.cluster_threshold),
+                ("--one-sided", args.one_sided or None),
+            )
+            if value is not None
+        ]
+        if given:
+            raise InvalidParameterError(
+                f"{', '.join(given)}: only apply to the permutation test; add --permutations N"
+            )
+        return None
+    return GroupPermutation(
+        n_perm=args.permutations,
+        two_sided=not args.one_sided,
+        cluster_threshold=args.cluster_threshold,
+        connectivity=args.cluster_connectivity,
+        seed=args.seed,
+        chunk_perm=args.chunk_perm,
+        mask=getattr(args, "mask", None),
+    )
+
+
+def _add_group(sub) -> None:
+    p = sub.add_parser(
+        "group",
+        help="group level of a batch or study store, with a permutation test",
+        description="The group level of a finished batch (its completed subjects) or of a "
+        "study store (its published subjects): a one-sample t-test of the subjects' t maps, "
+        "the ROI overlap, and a sign-flip permutation test of the same maps on a dask "
+        "cluster (voxel-level FWE by max-t, cluster-size and cluster-mass FWE with "
+        "--cluster-threshold; exhaustive flips when 2^n - 1 <= --permutations). Written "
+        "atomically into the batch's group/ (or --out) and the study's group node.",
+    )
+    p.add_argument(
+        "study", type=Path, metavar="STUDY_OR_BATCH", help="a batch folder or a study.zarr"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="group folder to write (default: group/ of the batch folder)",
+    )
+    _add_permutation_options(p, batch=False)
+    _add_execution_options(p)
+    p.set_defaults(func=_cmd_group)
+
+
+def _cmd_group(args) -> int:
+    start = time.perf_counter()
+    permutation = group_permutation(args)
+    address = None if args.scheduler == "local" else args.scheduler
+    with _cluster(address, args, processes=True):
+        out = group_from(args.study, out=args.out, permutation=permutation)
+    record = json.loads((out / "permutation.json").read_text())
+    subjects = pd.read_csv(out / "subjects.tsv", sep="\t")
+    print(f"subjects: {len(subjects)}")
+    print(
+        f"permutations: {record['n_perm']} ({record['flips']} sign flips"
+        + (f", seed {record['seed']})" if record["flips"] == "random" else ")")
+    )
+    logp = nib.load(out / "perm_logp_max_t.nii.gz").get_fdata()
+    significant = int(np.count_nonzero(logp > -np.log10(0.05)))
+    print(f"voxels with FWE-corrected p < 0.05 (max-t): {significant}")
+    if (out / "perm_logp_max_size.nii.gz").exists():
+        size = nib.load(out / "perm_logp_max_size.nii.gz").get_fdata()
+        print(
+            f"voxels in clusters with FWE-corrected p < 0.05 (size): "
+            f"{int(np.count_nonzero(size > -np.log10(0.05)))}"
+        )
+    print(f"outputs: {out}")
+    print(f"wall time: {time.perf_counter() - start:.1f} s")
+    return 0
 
 
 # -- fetch / demo ------------------------------------------------------------------------
@@ -731,6 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_run(sub)
     _add_batch(sub)
+    _add_group(sub)
     _add_fetch(sub)
     _add_demo(sub)
     return parser

@@ -5,7 +5,10 @@ The ROI pipeline needs three things from the volumes of a series:
 * the voxelwise sum of every volume (the mean EPI is the smoothed mean, and
   smoothing is linear, so only the mean is smoothed);
 * the two-pass moments (count, mean, sum of squared deviations) of the
-  *smoothed* volumes of the two contrast conditions, for the t-test;
+  *smoothed* volumes of the two contrast conditions, for the t-test: one pair
+  for the whole series, or one pair per *moment group* of volumes (e.g. per run,
+  for ROIs defined on other runs than the signals: :mod:`roidask.ops.folds`),
+  which are merged afterwards as needed (moments are additive);
 * the signals of ROIs that are only known once the t-test is done.
 
 ROIs lie inside the mask grown by the dilation, and a smoothed ROI signal only
@@ -78,6 +81,7 @@ __all__ = [
     "kept_voxels",
     "memory_plan",
     "nifti_block_volumes",
+    "partial_maps",
     "pass_box",
     "pass_chunks",
     "pass_tiles",
@@ -110,6 +114,8 @@ NIFTI_BLOCK_BYTES = 8 * 2**20
 NIFTI_BLOCK_MIN_VOLUMES = 4
 #: Float64 maps in one block's partial result (sum, two means, two m2).
 PARTIAL_MAPS = 5
+#: Float64 maps each further moment group adds to a partial (two means, two m2).
+GROUP_MAPS = 4
 #: attrs of a series of stored integers (:func:`roidask.io.image.stored_scaling`).
 _SCALING_ATTRS = ("scl_slope", "scl_inter", "scaled_dtype")
 
@@ -128,7 +134,11 @@ class PassResult:
         NaN or infinite voxel values read (set to 0 before smoothing, as nilearn).
     contrast : (Moments, Moments)
         Per contrast condition, the moments (count, mean, m2; float64 maps) of
-        its smoothed volumes.
+        its smoothed volumes (all of them: the groups' moments merged in group
+        order; with one group, that group's).
+    groups : list of (Moments, Moments)
+        The same per moment group (``groups`` of :func:`contrast_pass`), in group
+        order; a condition without volumes in a group has count 0 and zero maps.
     box : tuple of 3 slices or None
         The spatial box whose raw voxels were kept.
     box_blocks : list of ndarray (bx, by, bz, t_block)
@@ -150,6 +160,7 @@ class PassResult:
     contrast: tuple[Moments, Moments]
     box: tuple[slice, slice, slice] | None
     box_blocks: list[np.ndarray] = field(default_factory=list)
+    groups: list[tuple[Moments, Moments]] = field(default_factory=list)
     spill: SpillFile | None = None
     cpu_s: dict = field(default_factory=dict)
     scaling: tuple[float, float, np.dtype] | None = None
@@ -316,6 +327,20 @@ _MIN_BLOCK_VOLUMES = 8
 USABLE_FRACTION = 0.75
 
 
+def partial_maps(moment_groups: int = 1) -> int:
+    """Float64 maps (of the grid) the pass's live partials hold at most, per task.
+
+    :data:`_LIVE_PARTIALS` partials: the running total, which holds every moment
+    group (:data:`PARTIAL_MAPS` + :data:`GROUP_MAPS` per further group), and
+    blocks' partials, each of which touches at most two groups (a block spans a
+    run boundary). Per further group (e.g. per run with leave-one-run-out), 4 float64
+    maps: 5 MiB on a 40x64x64 grid, 33 MiB on a 97x115x97 grid.
+    """
+    running = PARTIAL_MAPS + GROUP_MAPS * (moment_groups - 1)
+    block = PARTIAL_MAPS + GROUP_MAPS * (min(moment_groups, 2) - 1)
+    return running + (_LIVE_PARTIALS - 1) * block
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """How a subject's pass fits a worker thread's memory (see :func:`memory_plan`)."""
@@ -331,6 +356,7 @@ def memory_plan(
     *,
     fwhm,
     dilation_iterations: int,
+    moment_groups: int = 1,
 ) -> MemoryPlan:
     """Time blocks and ROI box whose pass tasks fit ``budget`` bytes per worker thread.
 
@@ -343,7 +369,9 @@ def memory_plan(
     voxels to a temporary file (:mod:`roidask.io.spill`), which takes no worker
     memory beyond a tile of a block at a time, and the extraction reads chunks of
     at most two blocks (:func:`spill_image`). So memory does not depend on the
-    mask's box.
+    mask's box. With ``moment_groups`` (:func:`contrast_pass`) the running
+    partial holds :data:`GROUP_MAPS` more float64 maps per further group (a
+    block's own partial touches one or two groups): see :func:`partial_maps`.
     """
     default = MemoryPlan(None, None)
     if budget is None:
@@ -354,7 +382,7 @@ def memory_plan(
     volume_bytes = x * y * z * first.dtype.itemsize
     n_volumes = sum(s.n_volumes for s in sources)
     n_t = normalize_chunks(None, (x, y, z, n_volumes), first.dtype.itemsize)["time"]
-    fixed = _TASK_FIXED_BYTES + _LIVE_PARTIALS * PARTIAL_MAPS * 8 * x * y * z
+    fixed = _TASK_FIXED_BYTES + partial_maps(moment_groups) * 8 * x * y * z
     size = 0 if box is None else box_bytes(box, n_volumes, first.dtype)
     kept = _BOX_EXPANSION * size if size <= BOX_MAX_BYTES else 0  # else never kept
     if kept and fixed + kept + _TASK_EXPANSION * _MIN_BLOCK_VOLUMES * volume_bytes > budget:
@@ -387,7 +415,7 @@ class _Partial:
     total: np.ndarray
     n: int
     n_nonfinite: int
-    contrast: tuple[Moments, Moments]
+    contrast: dict[int, tuple[Moments, Moments]]  # per moment group seen
     box: list[np.ndarray]
     spilled: list[tuple[int, int]]  # volume ranges written to the spill file
     cpu: np.ndarray  # CPU seconds: statistics, temporary writes
@@ -397,6 +425,7 @@ def _block_partial(
     block: np.ndarray,
     codes: np.ndarray,
     volumes: np.ndarray,
+    owners: np.ndarray,
     *,
     sigma: np.ndarray,
     work_dtype: np.dtype,
@@ -406,21 +435,26 @@ def _block_partial(
 ) -> _Partial:
     """Sum, contrast moments and kept raw voxels of one block of whole volumes.
 
-    ``volumes`` are the block's volume indices in the series; the kept voxels are
-    copied (``box``) or written to ``spill``. With ``scaling`` the block holds
-    stored integers: the statistics are those of the scaled values, and the
-    integers are kept.
+    ``volumes`` are the block's volume indices in the series and ``owners`` their
+    moment groups; the kept voxels are copied (``box``) or written to ``spill``.
+    With ``scaling`` the block holds stored integers: the statistics are those of
+    the scaled values, and the integers are kept. Each condition's volumes are
+    smoothed together, then their moments taken per group.
     """
     start = time.thread_time()
     stored, block = block, block if scaling is None else scale_stored(block, *scaling)
     empty = Moments(0, None, None)
-    groups = []
-    for g in range(2):
-        index = np.flatnonzero(codes == g)
-        if index.size:
-            groups.append(mom_ops.moments_of(smooth_array(block[..., index], sigma, work_dtype)))
-        else:
-            groups.append(empty)
+    contrast: dict[int, list[Moments]] = {}
+    for c in range(2):
+        index = np.flatnonzero(codes == c)
+        if not index.size:
+            continue
+        smoothed = smooth_array(block[..., index], sigma, work_dtype)
+        mine = owners[index]
+        present = np.unique(mine).tolist()
+        for g in present:
+            part = smoothed if len(present) == 1 else smoothed[..., mine == g]
+            contrast.setdefault(g, [empty, empty])[c] = mom_ops.moments_of(part)
     total = _block_sum(block)
     nonfinite = 0
     if block.dtype.kind == "f" and not np.isfinite(total).all():  # NaN/inf make the sum so
@@ -435,16 +469,16 @@ def _block_partial(
         total=total,
         n=block.shape[3],
         n_nonfinite=int(nonfinite),
-        contrast=(groups[0], groups[1]),
+        contrast={g: (m[0], m[1]) for g, m in contrast.items()},
         box=kept,
         spilled=spilled,
         cpu=np.array([statistics, time.thread_time() - start - statistics]),
     )
 
 
-def _block_partial_object(block, codes, volumes, **kwargs) -> np.ndarray:
+def _block_partial_object(block, codes, volumes, owners, **kwargs) -> np.ndarray:
     out = np.empty(1, dtype=object)
-    out[0] = _block_partial(block, codes, volumes, **kwargs)
+    out[0] = _block_partial(block, codes, volumes, owners, **kwargs)
     return out.reshape(1, 1, 1, 1)
 
 
@@ -453,7 +487,13 @@ def _merge_two(a: _Partial, b: _Partial) -> _Partial:
     start = time.thread_time()
     with np.errstate(invalid="ignore"):
         total = a.total + b.total
-    contrast = tuple(mom_ops.merge(ga, gb) for ga, gb in zip(a.contrast, b.contrast, strict=True))
+    contrast = {}
+    for g in sorted(a.contrast.keys() | b.contrast.keys()):
+        ga, gb = a.contrast.get(g), b.contrast.get(g)
+        if ga is None or gb is None:
+            contrast[g] = gb if ga is None else ga
+        else:
+            contrast[g] = tuple(mom_ops.merge(x, y) for x, y in zip(ga, gb, strict=True))
     cpu = a.cpu + b.cpu
     cpu[0] += time.thread_time() - start
     return _Partial(
@@ -467,9 +507,17 @@ def _merge_two(a: _Partial, b: _Partial) -> _Partial:
     )
 
 
-def _finish(part: _Partial, box, spill: SpillFile | None, scaling) -> PassResult:
+def _finish(part: _Partial, box, spill: SpillFile | None, scaling, n_groups: int) -> PassResult:
     zeros = np.zeros(part.total.shape)
-    contrast = tuple(Moments(0, zeros, zeros) if int(g.count) == 0 else g for g in part.contrast)
+    empty = Moments(0, zeros, zeros)
+    groups = []
+    for g in range(n_groups):
+        pair = part.contrast.get(g, (empty, empty))
+        groups.append(tuple(empty if int(m.count) == 0 else m for m in pair))
+    if n_groups == 1:
+        contrast = groups[0]
+    else:
+        contrast = tuple(mom_ops.merge_all(pair[c] for pair in groups) for c in range(2))
     if spill is not None:
         written = sorted(part.spilled)
         ends = [0] + [stop for _, stop in written]
@@ -482,6 +530,7 @@ def _finish(part: _Partial, box, spill: SpillFile | None, scaling) -> PassResult
         contrast=contrast,  # type: ignore[arg-type]
         box=box,
         box_blocks=part.box,
+        groups=groups,  # type: ignore[arg-type]
         spill=spill,
         cpu_s={"statistics": float(part.cpu[0]), "temporary_writes": float(part.cpu[1])},
         scaling=scaling,
@@ -495,6 +544,7 @@ def contrast_pass(
     fwhm,
     box: tuple[slice, slice, slice] | None = None,
     spill: SpillFile | None = None,
+    groups=None,
 ) -> Delayed:
     """Lazy single read of a BOLD series: sum, smoothed contrast moments, kept voxels.
 
@@ -513,6 +563,10 @@ def contrast_pass(
     spill : SpillFile, optional
         Temporary file (:func:`roidask.io.spill.spill_file`, on the grid and
         type of ``img``) into which every task writes the kept tiles of its block.
+    groups : array-like of int, shape (n_volumes,), optional
+        The moment group of every volume (0, 1, ...; e.g. from
+        :func:`roidask.ops.folds.fold_plan`): the contrast moments are kept per
+        group (:attr:`PassResult.groups`). Default: one group.
 
     Returns
     -------
@@ -532,6 +586,8 @@ def contrast_pass(
     )
     codes = np.full(bold.sizes["time"], -1, dtype=np.int64)
     codes[index] = group
+    owners = _check_groups(groups, bold.sizes["time"])
+    n_groups = int(owners.max()) + 1 if owners.size else 1
     sigma = fwhm_to_sigma_voxels(affine_of(bold), fwhm)
     scaling = stored_scaling(bold)  # stored integers: scaled in the tasks
     values_dtype = bold.dtype if scaling is None else scaling[2]
@@ -556,6 +612,8 @@ def contrast_pass(
         "t",
         da.from_array(np.arange(len(codes)), chunks=(data.chunks[3],)),
         "t",
+        da.from_array(owners, chunks=(data.chunks[3],)),
+        "t",
         sigma=sigma,
         work_dtype=smoothing_dtype(values_dtype),
         box=box,
@@ -570,7 +628,21 @@ def contrast_pass(
     total = parts[0]
     for part in parts[1:]:
         total = merge(total, part)
-    return dask.delayed(_finish, pure=True)(total, box, spill, scaling)
+    return dask.delayed(_finish, pure=True)(total, box, spill, scaling, n_groups)
+
+
+def _check_groups(groups, n_volumes: int) -> np.ndarray:
+    """Moment groups of :func:`contrast_pass` as int64 (0 .. n - 1), or InvalidParameterError."""
+    if groups is None:
+        return np.zeros(n_volumes, dtype=np.int64)
+    arr = np.asarray(groups)
+    if arr.shape != (n_volumes,) or arr.dtype.kind not in "iu" or (arr.size and arr.min() < 0):
+        raise InvalidParameterError(
+            f"groups: expected {n_volumes} integers >= 0 (one moment group per volume), got "
+            f"shape {arr.shape} of {arr.dtype}",
+            param="groups",
+        )
+    return arr.astype(np.int64)
 
 
 def box_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) -> xr.DataArray:

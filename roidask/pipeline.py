@@ -55,6 +55,7 @@ from roidask._validate import (
 )
 from roidask.cluster import active_client
 from roidask.exceptions import (
+    ConditionError,
     EmptyMaskWarning,
     InvalidParameterError,
     NonFiniteVoxelsWarning,
@@ -68,6 +69,7 @@ from roidask.io.tables import ROI_TABLE_COLUMNS
 from roidask.onepass import box_image, contrast_pass, kept_voxels, pass_chunks, spill_image
 from roidask.ops import moments as mom_ops
 from roidask.ops.extract import LINEAR_STRATEGIES, STRATEGIES, extract_signals
+from roidask.ops.folds import ROI_DEFINITIONS, Fold, FoldPlan, fold_moments, fold_plan
 from roidask.ops.kernels import fwhm_to_sigma_voxels
 from roidask.ops.label import CONNECTIVITIES, label
 from roidask.ops.morph import binary_dilation
@@ -79,6 +81,7 @@ from roidask.ops.threshold import mask_and, threshold_img
 __all__ = [
     "RESULTS_FORMAT",
     "RESULTS_VARIABLES",
+    "ROI_DEFINITIONS",
     "TESTS",
     "PipelineParams",
     "PipelineResult",
@@ -87,6 +90,7 @@ __all__ = [
     "compute_here",
     "mask_values",
     "results_dataset",
+    "roi_folds",
     "roi_pipeline",
 ]
 
@@ -120,6 +124,13 @@ class PipelineParams:
         Keep only the k largest components (None = all).
     strategy : str
         Signal extraction strategy, as ``NiftiLabelsMasker(strategy=...)``.
+    roi_definition : {"same", "split-half", "leave-one-run-out"}
+        Which volumes define the ROIs and which give their signals
+        (:mod:`roidask.ops.folds`): all of them for both (``"same"``, the example;
+        the selection biases the reported effect), or ROIs from some runs and
+        signals from the others, in folds (split-half: odd and even runs, both
+        ways; leave-one-run-out: one fold per run). Every fold comes from the
+        same single read of the data.
     """
 
     contrast: tuple[str, str] = ("face", "house")
@@ -132,6 +143,7 @@ class PipelineParams:
     min_roi_voxels: int = 1
     keep_largest: int | None = None
     strategy: str = "mean"
+    roi_definition: str = "same"
 
     def __post_init__(self):
         contrast = tuple(self.contrast) if not isinstance(self.contrast, str) else ()
@@ -150,6 +162,7 @@ class PipelineParams:
         check_int(self.min_roi_voxels, "min_roi_voxels", minimum=1)
         check_optional_int(self.keep_largest, "keep_largest", minimum=1)
         check_choice(self.strategy, "strategy", STRATEGIES)
+        check_choice(self.roi_definition, "roi_definition", ROI_DEFINITIONS)
         fwhm_to_sigma_voxels(np.eye(4), self.fwhm)  # validates the value
 
     def to_dict(self) -> dict:
@@ -170,16 +183,26 @@ class PipelineResult:
     maps : xarray.Dataset
         3D maps on the BOLD grid: ``mean_epi`` (smoothed mean), ``tstat``,
         ``logp`` (-log10 p, NaN -> 0, clipped), ``roi_mask`` (threshold AND mask,
-        before dilation), ``dilated_mask`` and ``atlas`` (int32 labels).
+        before dilation), ``dilated_mask`` and ``atlas`` (int32 labels). With
+        folds (an independent ``roi_definition``), ``mean_epi``, ``tstat`` and
+        ``logp`` are those of every volume, and ``fold_tstat``, ``fold_logp``
+        (the t-test of the fold's ROI-defining runs), ``roi_mask``,
+        ``dilated_mask`` and ``atlas`` have a leading ``fold`` dimension.
     signals : xarray.DataArray
-        ``(roi, time)`` signals with ``condition``, ``run`` and ``time`` coords.
+        ``(roi, time)`` signals with ``condition``, ``run`` and ``time`` coords;
+        with folds ``(fold, roi, time)``: each fold's ROIs on its signal runs'
+        volumes, NaN on the other volumes (and for labels the fold lacks).
     rois : pandas.DataFrame
-        One row per ROI (label, size, volume, centre of mass, peak).
+        One row per ROI (label, size, volume, centre of mass, peak); with folds, a
+        leading ``fold`` column.
     params : PipelineParams
     timings_s : dict
         Wall time of each stage in seconds (``statistics``: the pass and the
         t-test; ``rois``; ``extraction``), and the CPU seconds of the pass's tasks
         (``pass_statistics_cpu``, ``pass_temporary_writes_cpu``: summed over threads).
+    folds : tuple of Fold or None
+        The folds (:class:`roidask.ops.folds.Fold`: ROI runs, signal runs) of an
+        independent ROI definition; None with ``"same"``.
     """
 
     maps: xr.Dataset
@@ -187,10 +210,95 @@ class PipelineResult:
     rois: pd.DataFrame
     params: PipelineParams
     timings_s: dict = field(default_factory=dict)
+    folds: tuple[Fold, ...] | None = None
 
     @property
     def n_rois(self) -> int:
+        """ROIs found (summed over the folds)."""
         return len(self.rois)
+
+    def fold_n_rois(self) -> list[int]:
+        """ROIs of each fold (one number with ``"same"``)."""
+        if self.folds is None:
+            return [len(self.rois)]
+        counts = self.rois["fold"].value_counts()
+        return [int(counts.get(k, 0)) for k in range(len(self.folds))]
+
+    def fold_signals(self, k: int) -> xr.DataArray:
+        """Fold ``k``'s ``(roi, time)`` signals: its ROIs, on its signal volumes only."""
+        if self.folds is None:
+            return self.signals
+        fold = self.signals.isel(fold=k).drop_vars(["signal_volume", "roi_runs", "signal_runs"])
+        fold = fold.isel(time=np.flatnonzero(self.signals["signal_volume"].values[k]))
+        labels = self.rois.loc[self.rois["fold"] == k, "label"].to_numpy()
+        return fold.sel(roi=labels)
+
+    def folds_table(self) -> pd.DataFrame:
+        """One row per fold: ``fold``, ``roi_runs``, ``signal_runs`` (run values), ``n_rois``."""
+        folds = self.folds or ()
+        return pd.DataFrame(
+            {
+                "fold": np.arange(len(folds), dtype=np.int64),
+                "roi_runs": [_runs_text(f.roi_runs) for f in folds],
+                "signal_runs": [_runs_text(f.signal_runs) for f in folds],
+                "n_rois": np.asarray(self.fold_n_rois() if folds else [], dtype=np.int64),
+            }
+        )
+
+    def fold_title(self, k: int) -> str:
+        """Fold ``k`` in words (its runs), for messages and figures."""
+        if self.folds is None:
+            return "every volume"
+        fold = self.folds[k]
+        return (
+            f"fold {k}: ROIs from runs {_runs_text(fold.roi_runs)}, signals of runs "
+            f"{_runs_text(fold.signal_runs)}"
+        )
+
+    def roi_effects(self) -> pd.DataFrame:
+        """The contrast's effect in each ROI, on the volumes whose signals are reported.
+
+        One row per (fold and) ROI: ``fold`` (0 with ``"same"``), ``roi`` (label),
+        ``effect`` (mean signal of the first contrast condition minus that of the
+        second, BOLD intensity), ``t`` (the two-sample t statistic of the same
+        signals, ``params.test``) and ``selection_sign`` (+1 or -1: the sign of
+        the ROI-defining t statistic, averaged over the ROI's voxels). With ROIs
+        selected on the same volumes (``"same"``), ``effect * selection_sign`` is
+        biased upwards even on null data (circular analysis); with ROIs defined
+        on other runs it is not.
+        """
+        rows = []
+        first, second = self.params.contrast
+        for k in range(len(self.folds or [None])):
+            signals = self.fold_signals(k)
+            if not signals.sizes["roi"]:
+                continue
+            conditions = np.asarray(signals["condition"].values).astype(str)
+            values = np.asarray(signals.transpose("roi", "time").values, dtype=np.float64)
+            na, nb = np.count_nonzero(conditions == first), np.count_nonzero(conditions == second)
+            if min(na, nb) < 2:  # no t-test (a held-out run without both conditions)
+                effect = t = np.full(values.shape[0], np.nan)
+            else:
+                a = mom_ops.moments_of(values[:, conditions == first])
+                b = mom_ops.moments_of(values[:, conditions == second])
+                effect = a.mean - b.mean
+                t = mom_ops.ttest_ind(a, b, equal_var=self.params.test == "student").t
+            atlas = self.maps["atlas"] if self.folds is None else self.maps["atlas"][k]
+            defining = self.maps["tstat"] if self.folds is None else self.maps["fold_tstat"][k]
+            atlas, defining = np.asarray(atlas.values), np.asarray(defining.values)
+            for i, roi in enumerate(np.asarray(signals["roi"].values)):
+                inside = defining[atlas == roi]
+                rows.append(
+                    {
+                        "fold": k,
+                        "roi": int(roi),
+                        "effect": float(effect[i]),
+                        "t": float(t[i]),
+                        "selection_sign": 1 if np.nanmean(inside) >= 0 else -1,
+                    }
+                )
+        columns = ["fold", "roi", "effect", "t", "selection_sign"]
+        return pd.DataFrame(rows, columns=columns)
 
     def to_dataset(self) -> xr.Dataset:
         """Everything as one xarray Dataset: the schema of ``results.zarr`` and study nodes.
@@ -201,14 +309,17 @@ class PipelineResult:
 
 
 #: Version of the results schema (:func:`results_dataset`), in the attribute
-#: ``roidask_results_format``.
-RESULTS_FORMAT = 1
+#: ``roidask_results_format``: 2 adds the ``roi_definition`` attribute and, with an
+#: independent ROI definition, the ``fold`` dimension (format 1 had neither).
+RESULTS_FORMAT = 2
 #: long_name and units of each variable of the results schema ("1": dimensionless,
 #: counts, labels and BOLD intensities, which have no physical unit).
 RESULTS_VARIABLES = {
     "mean_epi": ("mean EPI, smoothed (BOLD intensity, arbitrary scanner units)", "1"),
     "tstat": ("t statistic of the contrast (first minus second condition)", "1"),
     "logp": ("-log10 p of the two-sample t-test (NaN -> 0, clipped at clip)", "1"),
+    "fold_tstat": ("t statistic of the contrast on the fold's ROI-defining runs", "1"),
+    "fold_logp": ("-log10 p of the t-test on the fold's ROI-defining runs (as logp)", "1"),
     "roi_mask": ("1 where logp >= threshold inside the mask (before dilation)", "1"),
     "dilated_mask": ("roi_mask after binary dilation (1 inside)", "1"),
     "atlas": ("ROI label of each voxel (0: background; scipy.ndimage.label numbering)", "1"),
@@ -230,6 +341,18 @@ _TIME_COORDS = {
     "volume": {"long_name": "index of the volume in the concatenated runs", "units": "1"},
 }
 _MAPS = ("mean_epi", "tstat", "logp", "roi_mask", "dilated_mask", "atlas")
+#: With folds: the maps with a leading ``fold`` dimension.
+_FOLD_MAPS = ("fold_tstat", "fold_logp", "roi_mask", "dilated_mask", "atlas")
+_FOLD_COORDS = {
+    "fold": {
+        "long_name": "ROI set: fold of the ROI definition (ROIs from roi_runs, signals from "
+        "signal_runs)",
+        "units": "1",
+    },
+    "roi_runs": {"long_name": "runs whose volumes defined the fold's ROIs (run values)"},
+    "signal_runs": {"long_name": "runs whose volumes' signals the fold reports (run values)"},
+    "signal_volume": {"long_name": "the fold reports this volume's signal (a signal run's)"},
+}
 
 
 def _with_attrs(name: str, var: xr.DataArray | np.ndarray, dims=None, **fields) -> xr.Variable:
@@ -266,8 +389,23 @@ def results_dataset(result: PipelineResult) -> xr.Dataset:
       ``tr_s``, ``n_rois``, the grid (``affine``: 4x4 nested list mapping voxel
       indices ``(x, y, z, 1)`` to world mm, NIfTI RAS+; ``voxel_size_mm``;
       ``xyz_units``), ``source`` (roidask's version) and
-      ``roidask_results_format`` (:data:`RESULTS_FORMAT`).
+      ``roidask_results_format`` (:data:`RESULTS_FORMAT`) and ``roi_definition``.
+
+    With an independent ROI definition (folds), the same plus a ``fold`` dimension
+    (the ROI set each signal comes from): coordinates ``fold`` (0, 1, ...),
+    ``roi_runs`` and ``signal_runs`` (the fold's run values, space-separated
+    strings) along ``fold`` and ``signal_volume`` (bool, ``(fold, time)``: the
+    volumes whose signals the fold reports); ``mean_epi``, ``tstat`` and ``logp``
+    stay on ``(x, y, z)`` (every volume), ``fold_tstat``, ``fold_logp`` (the
+    fold's ROI-defining t-test), ``roi_mask``, ``dilated_mask`` and ``atlas`` are
+    on ``(fold, x, y, z)``, ``signals`` on ``(fold, roi, time)`` (NaN outside
+    the fold's signal volumes, and for a label the fold does not have), the ROI
+    table on ``(fold, roi)`` (``roi_n_voxels`` 0 and the others NaN where the
+    fold lacks the label; ``roi`` holds every label of any fold) and the
+    attribute ``n_rois`` is a list (ROIs per fold).
     """
+    if result.folds is not None:
+        return _fold_results_dataset(result)
     maps = result.maps
     ref = maps["logp"]
     affine = affine_of(ref)
@@ -278,8 +416,38 @@ def results_dataset(result: PipelineResult) -> xr.Dataset:
     if not np.array_equal(np.asarray(signals["roi"].values), labels):
         raise AssertionError("signals and the ROI table have different ROIs")  # a bug
     coords["roi"] = ("roi", labels, {"long_name": "ROI label (its value in atlas)", "units": "1"})
+    coords.update(_time_coords(signals))
+    data = {name: _with_attrs(name, maps[name]) for name in _MAPS}
+    data["signals"] = _with_attrs(
+        "signals", np.asarray(signals.values), ("roi", "time"), strategy=result.params.strategy
+    )
+    for column in table.columns:
+        name = f"roi_{column}"
+        dtype = np.int64 if column == "n_voxels" else np.float64
+        data[name] = _with_attrs(name, table[column].to_numpy().astype(dtype), ("roi",))
+    attrs = _results_attrs(result, ref, len(labels))
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def _results_attrs(result: PipelineResult, ref: xr.DataArray, n_rois) -> dict:
+    affine = affine_of(ref)
+    params = {("fwhm_mm" if k == "fwhm" else k): v for k, v in result.params.to_dict().items()}
+    return {
+        "title": "roidask ROI analysis of one subject",
+        "source": f"roidask {roidask_version}",
+        "roidask_results_format": RESULTS_FORMAT,
+        **params,
+        "tr_s": result.signals.attrs.get("tr_s"),
+        "n_rois": n_rois,
+        "affine": affine.tolist(),
+        "voxel_size_mm": voxel_size_mm(affine).tolist(),
+        "xyz_units": ref.attrs.get("xyz_units", "mm"),
+    }
+
+
+def _time_coords(signals: xr.DataArray) -> dict:
     time = signals["time"]
-    coords["time"] = ("time", np.asarray(time.values, dtype=np.float64), dict(time.attrs))
+    coords = {"time": ("time", np.asarray(time.values, dtype=np.float64), dict(time.attrs))}
     n_time = time.size
     volume = signals["volume"].values if "volume" in signals.coords else np.arange(n_time)
     time_values = {
@@ -289,26 +457,45 @@ def results_dataset(result: PipelineResult) -> xr.Dataset:
     }
     for name, values in time_values.items():
         coords[name] = ("time", values, _TIME_COORDS[name])
-    data = {name: _with_attrs(name, maps[name]) for name in _MAPS}
-    data["signals"] = _with_attrs(
-        "signals", np.asarray(signals.values), ("roi", "time"), strategy=result.params.strategy
+    return coords
+
+
+def _fold_results_dataset(result: PipelineResult) -> xr.Dataset:
+    """:func:`results_dataset` with a ``fold`` dimension (independent ROI definitions)."""
+    maps = result.maps
+    ref = maps["logp"]
+    coords: dict = dict(spatial_coords(ref.shape, affine_of(ref)))
+    signals = result.signals.transpose("fold", "roi", "time")
+    labels = np.asarray(signals["roi"].values).astype(np.int64)
+    coords["roi"] = ("roi", labels, {"long_name": "ROI label (its value in atlas)", "units": "1"})
+    coords.update(_time_coords(signals))
+    coords.update(_fold_coords(result.folds))
+    coords["signal_volume"] = (
+        ("fold", "time"),
+        np.asarray(signals["signal_volume"].values, dtype=bool),
+        _FOLD_COORDS["signal_volume"],
     )
-    for column in table.columns:
+    data = {name: _with_attrs(name, maps[name]) for name in ("mean_epi", "tstat", "logp")}
+    data.update({name: _with_attrs(name, maps[name]) for name in _FOLD_MAPS})
+    data["signals"] = _with_attrs(
+        "signals",
+        np.asarray(signals.values),
+        ("fold", "roi", "time"),
+        strategy=result.params.strategy,
+    )
+    n_folds = len(result.folds)
+    table = result.rois
+    fold_index = table["fold"].to_numpy(dtype=np.int64)
+    roi_index = np.searchsorted(labels, table["label"].to_numpy(dtype=np.int64))
+    for column in ROI_TABLE_COLUMNS[1:]:
         name = f"roi_{column}"
-        dtype = np.int64 if column == "n_voxels" else np.float64
-        data[name] = _with_attrs(name, table[column].to_numpy().astype(dtype), ("roi",))
-    params = {("fwhm_mm" if k == "fwhm" else k): v for k, v in result.params.to_dict().items()}
-    attrs = {
-        "title": "roidask ROI analysis of one subject",
-        "source": f"roidask {roidask_version}",
-        "roidask_results_format": RESULTS_FORMAT,
-        **params,
-        "tr_s": result.signals.attrs.get("tr_s"),
-        "n_rois": len(labels),
-        "affine": affine.tolist(),
-        "voxel_size_mm": voxel_size_mm(affine).tolist(),
-        "xyz_units": ref.attrs.get("xyz_units", "mm"),
-    }
+        if column == "n_voxels":
+            values = np.zeros((n_folds, labels.size), dtype=np.int64)
+        else:
+            values = np.full((n_folds, labels.size), np.nan)
+        values[fold_index, roi_index] = table[column].to_numpy()
+        data[name] = _with_attrs(name, values, ("fold", "roi"))
+    attrs = _results_attrs(result, ref, result.fold_n_rois())
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
@@ -421,7 +608,41 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
     check_conditions(
         params.contrast, volume_conditions(bold), param="contrast", min_count=2, exact=2
     )
+    roi_folds(bold, params)
     return mask_values(mask)
+
+
+def roi_folds(bold: xr.DataArray, params: PipelineParams) -> FoldPlan:
+    """The folds of ``params.roi_definition`` over the runs of ``bold`` (reads no voxel).
+
+    See :mod:`roidask.ops.folds`: runs are the values of the ``run`` coordinate, in
+    increasing order.
+
+    Raises
+    ------
+    InvalidParameterError
+        An independent definition with fewer than 2 runs.
+    ConditionError
+        A fold's ROI-defining runs hold fewer than 2 volumes of a contrast condition.
+    """
+    runs = bold["run"].values if "run" in bold.coords else np.zeros(bold.sizes["time"])
+    plan = fold_plan(runs, params.roi_definition)
+    if not plan.independent:
+        return plan
+    conditions = volume_conditions(bold)
+    for k, fold in enumerate(plan.folds):
+        used = conditions[plan.roi_volumes(k)]
+        few = {c: int(np.count_nonzero(used == c)) for c in params.contrast}
+        few = {c: n for c, n in few.items() if n < 2}
+        if few:
+            detail = ", ".join(f"{n} volume(s) of {c!r}" for c, n in few.items())
+            raise ConditionError(
+                f"roi_definition: fold {k} of {params.roi_definition!r} defines its ROIs on "
+                f"runs {list(fold.roi_runs)}, which hold {detail}; its t-test needs at "
+                "least 2 of each contrast condition",
+                param="roi_definition",
+            )
+    return plan
 
 
 def _empty_signals(bold: xr.DataArray, strategy: str) -> xr.DataArray:
@@ -516,6 +737,7 @@ def roi_pipeline(
     bold = pass_chunks(bold)
     mask = as_image(mask_img, ndim=3, param="mask_img")
     mask_np = check_inputs(bold, mask, params)
+    plan = roi_folds(bold, params)
     timings = {}
 
     keep = kept_voxels(
@@ -538,11 +760,17 @@ def roi_pipeline(
                     kept=keep.tiles,
                 )
             )
-        # 1. one pass: mean EPI, smoothed contrast moments and the ROI box, one read.
+        # 1. one pass: mean EPI, smoothed contrast moments (per moment group of runs with
+        # an independent ROI definition) and the ROI box, one read.
         t0 = time.perf_counter()
         (one,) = compute(
             contrast_pass(
-                bold, contrast=params.contrast, fwhm=params.fwhm, box=keep.box, spill=spill
+                bold,
+                contrast=params.contrast,
+                fwhm=params.fwhm,
+                box=keep.box,
+                spill=spill,
+                groups=plan.groups if plan.n_groups > 1 else None,
             ),
             progress=progress,
         )
@@ -557,80 +785,228 @@ def roi_pipeline(
         mean_np = smooth_img(
             like_image((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
         ).values
-        tt = mom_ops.ttest_ind(*one.contrast, equal_var=params.test == "student")
+        equal_var = params.test == "student"
+        tt = mom_ops.ttest_ind(*one.contrast, equal_var=equal_var)
         logp_np = clip_logp(like_image(tt.logp, bold), clip=params.clip).values
+        # the t-tests that define each fold's ROIs (with "same": the one above)
+        defining = [(tt.t, logp_np)]
+        if plan.independent:
+            defining = []
+            for pair in fold_moments(plan, one.groups):
+                ft = mom_ops.ttest_ind(*pair, equal_var=equal_var)
+                defining.append(
+                    (ft.t, clip_logp(like_image(ft.logp, bold), clip=params.clip).values)
+                )
         timings["statistics"] = time.perf_counter() - t0
         timings["pass_statistics_cpu"] = one.cpu_s["statistics"]
         timings["pass_temporary_writes_cpu"] = one.cpu_s["temporary_writes"]
 
-        # 2. ROIs: small 3D operations on the computed maps.
+        # 2. ROIs: small 3D operations on the computed maps (per fold).
         t0 = time.perf_counter()
         mean_epi = like_image(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
         tstat = like_image(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
         logp = like_image(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
-        roi_mask = mask_and(
-            threshold_img(logp, threshold=params.threshold), like_image(mask_np, bold)
-        )
-        dilated = (
-            binary_dilation(
-                roi_mask, iterations=params.dilation_iterations, connectivity=params.connectivity
-            )
-            if params.dilation_iterations
-            else roi_mask
-        )
-        atlas, _ = label(dilated, connectivity=params.connectivity)
-        if params.min_roi_voxels > 1:
-            atlas, _ = remove_small(atlas, min_voxels=params.min_roi_voxels)
-        if params.keep_largest is not None:
-            atlas, _ = keep_largest(atlas, k=params.keep_largest)
-        roi_np, dil_np, atlas_np = compute(roi_mask.data, dilated.data, atlas.data, local=True)
-        atlas = like_image(np.asarray(atlas_np, dtype=np.int32), bold, name="atlas")
-        if not np.any(atlas_np):
-            peak = float(np.max(logp_np[mask_np]))
-            warnings.warn(
-                f"no ROI: no voxel of mask_img has -log10 p >= {params.threshold:g} (the peak "
-                f"inside the mask is {peak:.3g}); outputs are written with an empty ROI table",
-                EmptyMaskWarning,
-                stacklevel=2,
-            )
+        if plan.independent:
+            set_tstats = [
+                like_image(np.asarray(t, dtype=np.float32), bold, name="fold_tstat")
+                for t, _ in defining
+            ]
+            set_logps = [
+                like_image(np.asarray(lp, dtype=np.float32), bold, name="fold_logp")
+                for _, lp in defining
+            ]
+        else:
+            set_tstats, set_logps = [tstat], [logp]
+        lazy = [_define_rois(lp, mask_np, bold, params) for lp in set_logps]
+        flat = compute(*[arr for trio in lazy for arr in trio], local=True)
+        roi_nps, dil_nps, atlas_nps = flat[0::3], flat[1::3], flat[2::3]
+        atlases = [
+            like_image(np.asarray(a, dtype=np.int32), bold, name="atlas") for a in atlas_nps
+        ]
+        for k, (atlas_np, lp) in enumerate(zip(atlas_nps, set_logps, strict=True)):
+            if not np.any(atlas_np):
+                peak = float(np.max(np.asarray(lp.values)[mask_np]))
+                where = _fold_words(plan, k)
+                warnings.warn(
+                    f"no ROI{where}: no voxel of mask_img has -log10 p >= {params.threshold:g} "
+                    f"(the peak inside the mask is {peak:.3g}); outputs are written with an "
+                    "empty ROI table",
+                    EmptyMaskWarning,
+                    stacklevel=2,
+                )
         timings["rois"] = time.perf_counter() - t0
 
-        # 3. extraction: all ROIs, all volumes, smoothed ROI weights on the raw data.
+        # 3. extraction: all ROIs, all (reported) volumes, smoothed ROI weights on the raw
+        # data; with folds, every fold's graph reads the same kept voxels, computed at once.
         t0 = time.perf_counter()
-        if np.any(atlas_np):
-            rois = roi_table(atlas, stat_img=logp)
-            # stored integers stay so for the linear strategies (scaled as gathered)
-            linear = params.strategy in LINEAR_STRATEGIES
-            if one.box is not None:  # the ROIs' raw voxels were kept by the pass
-                source = box_image(one, bold, values=not linear)
-                roi_atlas = like_image(np.asarray(atlas_np, dtype=np.int32)[one.box], source)
-            else:  # or written to the temporary file: only the tiles the ROIs touch are read
-                source, roi_atlas = spill_image(one, bold, values=not linear), atlas
+        linear = params.strategy in LINEAR_STRATEGIES
+        source = None
+        tables, pending = [], {}
+        for k, atlas in enumerate(atlases):
+            if not np.any(atlas_nps[k]):  # already warned above
+                tables.append(_empty_rois())
+                continue
+            tables.append(roi_table(atlas, stat_img=set_logps[k]))
+            if source is None:
+                # stored integers stay so for the linear strategies (scaled as gathered)
+                if one.box is not None:  # the ROIs' raw voxels were kept by the pass
+                    source = box_image(one, bold, values=not linear)
+                else:  # or written to the temporary file: only the tiles ROIs touch are read
+                    source = spill_image(one, bold, values=not linear)
+            if one.box is not None:
+                roi_atlas = like_image(np.asarray(atlas_nps[k], dtype=np.int32)[one.box], source)
+            else:
+                roi_atlas = atlas
+            volumes = source
+            if plan.independent:
+                volumes = source.isel(time=plan.signal_volumes(k))
             if not linear:
-                source = smooth_img(source, fwhm=params.fwhm)
-            signals = extract_signals(
-                source,
+                volumes = smooth_img(volumes, fwhm=params.fwhm)
+            pending[k] = extract_signals(
+                volumes,
                 roi_atlas,
                 strategy=params.strategy,
                 **({"fwhm": params.fwhm} if linear else {}),
             )
+        if pending:
             # The box is already in memory here: extract it in this process.
-            (signals_np,) = compute(signals.data, progress=progress, local=one.spill is None)
-            signals = signals.copy(data=signals_np)
-        else:  # already warned above
-            rois, signals = _empty_rois(), _empty_signals(bold, params.strategy)
+            values = compute(
+                *[s.data for s in pending.values()], progress=progress, local=one.spill is None
+            )
+            pending = {
+                k: s.copy(data=v) for (k, s), v in zip(pending.items(), values, strict=True)
+            }
         timings["extraction"] = time.perf_counter() - t0
 
-    maps = xr.Dataset(
-        {
-            "mean_epi": mean_epi,
-            "tstat": tstat,
-            "logp": logp,
-            "roi_mask": like_image(np.asarray(roi_np).astype(np.uint8), bold),
-            "dilated_mask": like_image(np.asarray(dil_np).astype(np.uint8), bold),
-            "atlas": atlas,
-        }
-    )
+    if plan.independent:
+        maps = xr.Dataset(
+            {
+                "mean_epi": mean_epi,
+                "tstat": tstat,
+                "logp": logp,
+                "fold_tstat": _by_fold(set_tstats),
+                "fold_logp": _by_fold(set_logps),
+                "roi_mask": _by_fold(
+                    [like_image(np.asarray(r).astype(np.uint8), bold) for r in roi_nps]
+                ),
+                "dilated_mask": _by_fold(
+                    [like_image(np.asarray(d).astype(np.uint8), bold) for d in dil_nps]
+                ),
+                "atlas": _by_fold(atlases),
+            }
+        )
+        signals = _fold_signals(bold, plan, pending, params.strategy)
+        rois = _fold_table(tables)
+    else:
+        maps = xr.Dataset(
+            {
+                "mean_epi": mean_epi,
+                "tstat": tstat,
+                "logp": logp,
+                "roi_mask": like_image(np.asarray(roi_nps[0]).astype(np.uint8), bold),
+                "dilated_mask": like_image(np.asarray(dil_nps[0]).astype(np.uint8), bold),
+                "atlas": atlases[0],
+            }
+        )
+        signals = pending[0] if pending else _empty_signals(bold, params.strategy)
+        rois = tables[0]
     # in memory, coordinates included (those of a rechunked run are small dask arrays)
     maps, signals = compute(maps, signals, local=True)
-    return PipelineResult(maps=maps, signals=signals, rois=rois, params=params, timings_s=timings)
+    return PipelineResult(
+        maps=maps,
+        signals=signals,
+        rois=rois,
+        params=params,
+        timings_s=timings,
+        folds=plan.folds if plan.independent else None,
+    )
+
+
+def _define_rois(logp: xr.DataArray, mask_np: np.ndarray, bold, params: PipelineParams):
+    """Lazy ROI mask (threshold AND mask), its dilation and the atlas of a -log10 p map."""
+    roi_mask = mask_and(threshold_img(logp, threshold=params.threshold), like_image(mask_np, bold))
+    dilated = (
+        binary_dilation(
+            roi_mask, iterations=params.dilation_iterations, connectivity=params.connectivity
+        )
+        if params.dilation_iterations
+        else roi_mask
+    )
+    atlas, _ = label(dilated, connectivity=params.connectivity)
+    if params.min_roi_voxels > 1:
+        atlas, _ = remove_small(atlas, min_voxels=params.min_roi_voxels)
+    if params.keep_largest is not None:
+        atlas, _ = keep_largest(atlas, k=params.keep_largest)
+    return roi_mask.data, dilated.data, atlas.data
+
+
+def _fold_words(plan: FoldPlan, k: int) -> str:
+    if not plan.independent:
+        return ""
+    runs = " ".join(str(r) for r in plan.folds[k].roi_runs)
+    return f" in fold {k} (ROIs from runs {runs})"
+
+
+def _runs_text(runs) -> str:
+    return " ".join(str(int(r)) for r in runs)
+
+
+def _fold_coords(folds) -> dict:
+    """The ``fold`` index and what each fold used, as coordinates along ``fold``."""
+    return {
+        "fold": ("fold", np.arange(len(folds), dtype=np.int64), _FOLD_COORDS["fold"]),
+        "roi_runs": (
+            "fold",
+            np.array([_runs_text(f.roi_runs) for f in folds]),
+            _FOLD_COORDS["roi_runs"],
+        ),
+        "signal_runs": (
+            "fold",
+            np.array([_runs_text(f.signal_runs) for f in folds]),
+            _FOLD_COORDS["signal_runs"],
+        ),
+    }
+
+
+def _by_fold(images: list[xr.DataArray]) -> xr.DataArray:
+    """3D images of the folds stacked along a leading ``fold`` dimension (grid attrs kept)."""
+    data = np.stack([np.asarray(img.values) for img in images])
+    return xr.DataArray(data, dims=("fold", *images[0].dims), attrs=dict(images[0].attrs))
+
+
+def _fold_signals(bold, plan: FoldPlan, computed: dict, strategy: str) -> xr.DataArray:
+    """``(fold, roi, time)`` signals: each fold's on its signal volumes, NaN elsewhere.
+
+    ``roi`` holds every label of any fold (sorted); a fold without that label is NaN.
+    """
+    labels = sorted({int(r) for s in computed.values() for r in s["roi"].values})
+    dtype = np.result_type(*[s.dtype for s in computed.values()]) if computed else np.float64
+    values = np.full((len(plan.folds), len(labels), bold.sizes["time"]), np.nan, dtype=dtype)
+    position = {label: i for i, label in enumerate(labels)}
+    for k, s in computed.items():
+        rows = [position[int(r)] for r in s["roi"].values]
+        values[k][np.ix_(rows, plan.signal_volumes(k))] = np.asarray(s.values)
+    coords = {
+        "roi": np.asarray(labels, dtype=np.int32),
+        "volume": ("time", np.arange(bold.sizes["time"])),  # as extract_signals
+        **{k: v for k, v in bold.coords.items() if v.dims == ("time",)},
+        **_fold_coords(plan.folds),
+        "signal_volume": (
+            ("fold", "time"),
+            np.stack([np.isin(plan.groups, f.signal_groups) for f in plan.folds]),
+            _FOLD_COORDS["signal_volume"],
+        ),
+    }
+    attrs = {"strategy": strategy}
+    attrs.update({k: bold.attrs[k] for k in ("tr_s", "time_units") if k in bold.attrs})
+    return xr.DataArray(
+        values, dims=("fold", "roi", "time"), coords=coords, name="signals", attrs=attrs
+    )
+
+
+def _fold_table(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The folds' ROI tables as one, with a leading ``fold`` column."""
+    frames = [t.assign(fold=k) for k, t in enumerate(tables) if len(t)]
+    out = pd.concat(frames, ignore_index=True) if frames else _empty_rois().assign(fold=0)
+    out["fold"] = out["fold"].astype(np.int64)
+    return out[["fold", *ROI_TABLE_COLUMNS]]

@@ -59,7 +59,8 @@ def reference_moments(data, affine, fwhm, conditions=None):
     out = []
     for cond in ("face", "house"):
         x = smoothed[..., conditions == cond].astype(np.float64)
-        mean = x.mean(axis=-1)
+        with np.errstate(invalid="ignore"):  # no volume of cond (a moment group): NaN
+            mean = x.mean(axis=-1) if x.shape[-1] else np.full(x.shape[:-1], np.nan)
         scale = float(np.abs(x).max()) if x.size else 0.0
         out.append((mean, ((x - mean[..., None]) ** 2).sum(axis=-1), x.shape[-1], scale))
     return out
@@ -130,6 +131,53 @@ def test_random_pass_matches_references_any_chunking(problem):
     kept = np.concatenate(got.box_blocks, axis=3)
     np.testing.assert_array_equal(kept, data[box])
     assert kept.dtype == data.dtype
+
+
+@settings(max_examples=15)
+@given(problem=problems(), n_groups=st.integers(2, 4), group_seed=st.integers(0, 2**16))
+def test_moments_per_group_match_references_any_chunking(problem, n_groups, group_seed):
+    """Moment groups (e.g. runs): each group's moments are those of its volumes alone,
+    the merged ones those of every volume."""
+    data, affine = random_data(problem)
+    bold = make_bold(data, affine, problem["chunks"])
+    n_t = data.shape[3]
+    groups = np.random.default_rng(group_seed).integers(0, n_groups, size=n_t)
+    got = contrast_pass(
+        bold, contrast=("face", "house"), fwhm=problem["fwhm"], groups=groups
+    ).compute()
+    assert len(got.groups) == groups.max() + 1
+    dtype = smoothing_dtype(data.dtype)
+    conditions = CONDITIONS[:n_t]
+    for g, pair in enumerate(got.groups):
+        inside = groups == g
+        references = reference_moments(
+            data[..., inside], affine, problem["fwhm"], conditions[inside]
+        )
+        for c, (mean, m2, n, scale) in enumerate(references):
+            assert pair[c].count == n
+            if n == 0:  # no volume of the condition in the group: zero maps
+                assert not pair[c].mean.any() and not pair[c].m2.any()
+                continue
+            assert_moments_match(pair[c].mean, pair[c].m2, mean, m2, n, scale, dtype)
+    for c, (mean, m2, n, scale) in enumerate(reference_moments(data, affine, problem["fwhm"])):
+        assert got.contrast[c].count == n
+        assert_moments_match(got.contrast[c].mean, got.contrast[c].m2, mean, m2, n, scale, dtype)
+
+
+def test_one_group_gives_the_bits_of_no_groups(haxby):
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="time=100")
+    plain = contrast_pass(bold, contrast=("face", "house"), fwhm=6.0).compute()
+    one = contrast_pass(
+        bold, contrast=("face", "house"), fwhm=6.0, groups=np.zeros(1452, int)
+    ).compute()
+    for a, b in zip(plain.contrast, one.contrast, strict=True):
+        np.testing.assert_array_equal(a.mean, b.mean)
+        np.testing.assert_array_equal(a.m2, b.m2)
+    assert len(one.groups) == 1 and one.groups[0] == one.contrast
+    with pytest.raises(InvalidParameterError, match=r"groups: expected 1452 integers >= 0"):
+        contrast_pass(bold, contrast=("face", "house"), fwhm=6.0, groups=np.zeros(10, int))
+    with pytest.raises(InvalidParameterError, match=r"groups: expected 1452 integers >= 0"):
+        contrast_pass(bold, contrast=("face", "house"), fwhm=6.0, groups=-np.ones(1452, int))
 
 
 def test_pass_on_real_haxby_matches_nilearn(haxby):
@@ -246,6 +294,13 @@ def test_memory_plan_shrinks_blocks_and_drops_the_box_for_small_workers(tmp_path
     smaller = plan(55 * 2**20)
     assert smaller.box_max_bytes == 0 and 8 <= smaller.chunks["time"] < small.chunks["time"]
     assert plan(2**20) == MemoryPlan({"time": 1}, 0)  # >= one volume
+    # moment groups (runs): 4 more float64 maps per group in the running partial
+    per_run = plan(80 * 2**20)
+    runs = memory_plan(
+        sources, inside, 80 * 2**20, fwhm=6.0, dilation_iterations=1, moment_groups=12
+    )
+    assert onepass.partial_maps(12) - onepass.partial_maps(1) == 4 * 11 + 2 * 4
+    assert runs.chunks["time"] < per_run.chunks["time"]
     with pytest.MonkeyPatch.context() as mp:  # a box the pipeline never keeps takes no room
         mp.setattr(onepass, "BOX_MAX_BYTES", box - 1)
         unkept = plan(80 * 2**20)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import dask.array as da
 import nibabel as nib
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from helpers.seed import seed_pipeline
+from helpers.seed import seed_fold, seed_pipeline
 
 from roidask.cli import main
 from roidask.exceptions import (
@@ -82,6 +83,44 @@ def test_pipeline_equals_nilearn_seed(haxby, seed, seed64, chunks):
     assert_matches_seed(result, seed, seed64)
     computed = result.to_dataset()  # maps and signals, coordinates included
     assert not [k for k, v in computed.variables.items() if isinstance(v.data, da.Array)]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "folds"),
+    [
+        ("split-half", [(range(0, 12, 2), range(1, 12, 2)), (range(1, 12, 2), range(0, 12, 2))]),
+        ("leave-one-run-out", [([r for r in range(12) if r != k], [k]) for k in range(12)]),
+    ],
+)
+def test_folds_equal_the_example_on_their_runs_alone(haxby, scheme, folds):
+    """Each fold's ROIs are the example's pipeline on its ROI runs alone (scipy, nilearn),
+    its signals NiftiLabelsMasker's on the held-out runs; one read of the data."""
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="x=13,time=100")
+    with pytest.MonkeyPatch.context() as mp:
+        counts = _count_volumes_read(mp)
+        result = roi_pipeline(
+            bold, mask_img=haxby.mask, params=PipelineParams(roi_definition=scheme)
+        )
+    assert sum(counts) == 1452  # every fold from one read
+    assert [(list(f.roi_runs), list(f.signal_runs)) for f in result.folds] == [
+        (list(a), list(b)) for a, b in folds
+    ]
+    assert result.maps["atlas"].dims[0] == "fold" and result.signals.dims[0] == "fold"
+    for k, (roi_runs, signal_runs) in enumerate(folds):
+        ref = seed_fold(
+            haxby.bold, haxby.labels, haxby.mask, roi_runs=roi_runs, signal_runs=signal_runs
+        )
+        maps = result.maps.isel(fold=k)
+        np.testing.assert_allclose(ref["logp"], maps["fold_logp"].values, rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(ref["atlas"], maps["atlas"].values)
+        assert ref["n_labels"] == result.fold_n_rois()[k] > 0
+        signals = result.fold_signals(k)
+        assert set(signals["run"].values) == set(signal_runs)
+        np.testing.assert_allclose(ref["signals"], signals.values, rtol=1e-5, atol=1e-3)
+    # the maps of every volume stay those of "same"
+    same = roi_pipeline(bold, mask_img=haxby.mask)
+    for name in ("mean_epi", "tstat", "logp"):
+        np.testing.assert_array_equal(same.maps[name].values, result.maps[name].values)
 
 
 def _count_volumes_read(monkeypatch) -> list[int]:
@@ -207,6 +246,66 @@ def test_run_cli_writes_every_output(haxby, seed, seed64, tmp_path, capsys):
     assert "mean_epi.png" in figures and "boxplots.png" in figures
     assert sum(name.startswith("roi_") for name in figures) >= 5
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.filterwarnings("error::xarray.SerializationWarning")
+def test_run_cli_writes_the_folds(haxby, tmp_path, capsys):
+    """--roi-definition: per-fold maps and figures, fold columns, a fold dimension."""
+    from roidask.outputs import write_results
+
+    out = tmp_path / "out"
+    args = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
+    assert main([*args, "--out", str(out), "--roi-definition", "split-half", "--quiet"]) == 0
+    summary = capsys.readouterr().out
+    assert "in 2 folds (split-half)" in summary
+    assert "fold 0: ROIs from runs 0 2 4 6 8 10, signals of runs 1 3 5 7 9 11" in summary
+    folds = pd.read_csv(out / "folds.tsv", sep="\t", dtype={"roi_runs": str, "signal_runs": str})
+    assert list(folds["roi_runs"]) == ["0 2 4 6 8 10", "1 3 5 7 9 11"]
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
+    result = roi_pipeline(
+        bold, mask_img=haxby.mask, params=PipelineParams(roi_definition="split-half")
+    )
+    assert list(folds["n_rois"]) == result.fold_n_rois()
+    for k in range(2):
+        np.testing.assert_array_equal(
+            result.maps["atlas"].values[k], nib.load(out / f"atlas_fold-{k}.nii.gz").get_fdata()
+        )
+        assert (out / "figures" / f"boxplots_fold-{k}.png").is_file()
+    assert not (out / "atlas.nii.gz").exists()
+    rois = pd.read_csv(out / "rois.tsv", sep="\t")
+    assert list(rois.columns[:2]) == ["fold", "label"] and len(rois) == result.n_rois
+    signals = pd.read_csv(out / "signals.tsv", sep="\t")
+    assert list(signals.columns) == [
+        "fold",
+        "roi",
+        "condition",
+        "run",
+        "volume",
+        "time_s",
+        "value",
+    ]
+    for k, n in enumerate(result.fold_n_rois()):  # each fold: its ROIs on its held-out runs
+        rows = signals[signals["fold"] == k]
+        assert len(rows) == n * 726 and set(rows["run"] % 2) == {1 - k}
+        ours = result.fold_signals(k).values.ravel()
+        np.testing.assert_allclose(rows["value"].to_numpy(), ours, rtol=1e-6)
+    ds = xr.open_zarr(out / "results.zarr")
+    assert (
+        ds["signals"].dims == ("fold", "roi", "time")
+        and ds.attrs["roi_definition"] == "split-half"
+    )
+    assert ds.attrs["roidask_results_format"] == 2 and list(ds["roi_runs"].values) == list(
+        folds["roi_runs"]
+    )
+    # written from memory as to_dataset(), read back the same
+    again = write_results(result, tmp_path / "again", plots=False)
+    got = xr.open_zarr(again / "results.zarr", consolidated=True).load()
+    expected = result.to_dataset()
+    for d in (got, expected):
+        d.coords["condition"] = d["condition"].astype(object).astype(str)
+        for name in ("roi_runs", "signal_runs"):
+            d.coords[name] = d[name].astype(object).astype(str)
+    xr.testing.assert_identical(got, expected)
 
 
 def test_results_zarr_is_the_result_dataset(haxby, tmp_path):
@@ -567,3 +666,51 @@ def test_stored_integers_give_the_same_bits(whole_brain, monkeypatch, tmp_path):
         )  # fmt: skip
         sizes.append(spill.SpillFile.layout(tmp_path, bold.shape, bold.dtype, keep.tiles).nbytes)
     assert sizes[1] * 2 == sizes[0]
+
+
+#: Shuffles of the conditions in the null-data test: independent realizations of the null.
+N_NULL = 16
+
+
+@pytest.fixture(scope="module")
+def null_effects(haxby):
+    """Per scheme and per shuffle of the conditions across the real Haxby volumes (no
+    effect left): the mean, over folds and ROIs, of the reported signals' face-minus-house
+    t in the direction of the ROI's selection (``t * selection_sign``)."""
+    bold = bold_from_nifti(haxby.bold, labels=haxby.labels)
+    conditions = bold["condition"].values
+    out = {}
+    for scheme in ("same", "split-half", "leave-one-run-out"):
+        params = PipelineParams(roi_definition=scheme, threshold=1.3)  # p < 0.05
+        values = []
+        for seed in range(N_NULL):
+            shuffled = np.random.default_rng(seed).permutation(conditions)
+            null = bold.assign_coords(condition=("time", shuffled))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", EmptyMaskWarning)  # a shuffle without ROI
+                effects = roi_pipeline(null, mask_img=haxby.mask, params=params).roi_effects()
+            effects = effects.dropna()  # a held-out run without face or house volume
+            if len(effects):
+                values.append(float((effects["t"] * effects["selection_sign"]).mean()))
+        out[scheme] = np.array(values)
+    return out
+
+
+def test_same_volumes_bias_the_effect_on_null_data(null_effects):
+    """Circular analysis: ROIs selected on the volumes they report show an effect in the
+    direction of their selection on data without any (every shuffle: about t = 2)."""
+    same = null_effects["same"]
+    assert len(same) >= N_NULL // 2 and (same > 1).all()
+
+
+@pytest.mark.parametrize("scheme", ["split-half", "leave-one-run-out"])
+def test_independent_rois_give_no_effect_on_null_data(null_effects, scheme):
+    """ROIs defined on other runs: the held-out effect is consistent with 0. The shuffles
+    are independent draws of the null, so their means' one-sample t (|t| < 3: two-sided
+    p ~ 0.01 with 15 degrees of freedom) bounds it; "same" gives t > 20 on the same data."""
+    values = null_effects[scheme]
+    assert len(values) >= N_NULL - 2
+    t = values.mean() / (values.std(ddof=1) / np.sqrt(len(values)))
+    assert abs(t) < 3 and abs(values.mean()) < 0.5
+    same = null_effects["same"]
+    assert same.mean() / (same.std(ddof=1) / np.sqrt(len(same))) > 20

@@ -1,18 +1,39 @@
-"""The group level of a batch: a second-level test over the subjects' maps, ROI overlap."""
+"""The group level of a batch: a second-level test over the subjects' maps, ROI overlap,
+and, on request, inference by sign-flipping permutations on the dask cluster.
+
+The second level takes each subject's ``tstat`` map (the t statistic of the
+contrast over all of its volumes, whatever the ROI definition). t maps rather
+than contrast estimates: roidask's subject-level effects are differences of
+BOLD intensities in each scanner's arbitrary units (not scaled to percent
+signal change), so subjects of brighter scans would weigh more; t maps are
+unitless, and a sign flip needs only that a subject's map be symmetric around 0
+under the null hypothesis, which holds for t maps (nilearn's
+``non_parametric_inference`` takes either).
+
+:func:`group_level` writes ``OUT/group/`` (and the study's ``group`` node) for
+the subjects of a batch; :func:`group_from` runs it on an existing batch folder
+or study store (``roidask group``).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import dask
+import dask.array as da
 import dask.local
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from roidask import __version__ as roidask_version
-from roidask._atomic import OutputFolder, check_destination, clean_stale
-from roidask.exceptions import GridMismatchError, InvalidParameterError
+from roidask._atomic import MARKER, OutputFolder, check_destination, clean_stale, read_marker
+from roidask._validate import check_bool, check_int
+from roidask.batch.files import release_everywhere
+from roidask.exceptions import GridMismatchError, InvalidParameterError, OutputError
 from roidask.io.conversions import as_image
 from roidask.io.grid import (
     affine_of,
@@ -24,9 +45,23 @@ from roidask.io.grid import (
 from roidask.io.image import like_image, to_nifti
 from roidask.io.nifti import release_handles
 from roidask.ops import moments as mom
-from roidask.outputs.study import Study
+from roidask.ops.label import resolve_structure
+from roidask.ops.permutation import (
+    DEFAULT_CHUNK_PERM,
+    check_cluster_threshold,
+    permuted_ttest_1samp,
+)
+from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, STUDY_NAME, Study, open_study, published
+from roidask.pipeline import compute
 
-__all__ = ["GROUP_KIND", "GROUP_VARIABLES", "group_level"]
+__all__ = [
+    "GROUP_KIND",
+    "GROUP_VARIABLES",
+    "PERMUTATION_VARIABLES",
+    "GroupPermutation",
+    "group_from",
+    "group_level",
+]
 
 #: Kind recorded in the ownership marker of a group folder.
 GROUP_KIND = "group"
@@ -37,17 +72,138 @@ GROUP_VARIABLES = {
     "roi_overlap": ("number of subjects with an ROI at the voxel", "1"),
     "roi_overlap_fraction": ("fraction of the subjects with an ROI at the voxel", "1"),
 }
+#: With permutations: ``<name>.nii.gz`` and variables of the ``group`` node (3D maps,
+#: NaN outside the voxels tested), and the null distributions along ``permutation``.
+PERMUTATION_VARIABLES = {
+    "perm_mask": ("voxels tested by the permutation test (finite in every subject)", "1"),
+    "perm_logp_max_t": ("-log10 p, FWE-corrected by the maximum statistic (max-t)", "1"),
+    "perm_cluster_size": ("voxels of the voxel's cluster (0 outside clusters)", "1"),
+    "perm_cluster_mass": ("sum of |t| - threshold over the voxel's cluster", "1"),
+    "perm_logp_max_size": ("-log10 p of the voxel's cluster, FWE-corrected (size)", "1"),
+    "perm_logp_max_mass": ("-log10 p of the voxel's cluster, FWE-corrected (mass)", "1"),
+    "perm_h0_max_t": ("null distribution of the maximum statistic over the mask", "1"),
+    "perm_h0_max_size": ("null distribution of the largest cluster size", "1"),
+    "perm_h0_max_mass": ("null distribution of the largest cluster mass", "1"),
+}
+#: Variables of :func:`roidask.ops.permutation.permuted_ttest_1samp` and their names here.
+_FROM_PERMUTATION = {
+    "mask": "perm_mask",
+    "logp_max_t": "perm_logp_max_t",
+    "size": "perm_cluster_size",
+    "mass": "perm_cluster_mass",
+    "logp_max_size": "perm_logp_max_size",
+    "logp_max_mass": "perm_logp_max_mass",
+    "h0_max_t": "perm_h0_max_t",
+    "h0_max_size": "perm_h0_max_size",
+    "h0_max_mass": "perm_h0_max_mass",
+}
+_NIFTI_TYPES = {"perm_mask": np.uint8, "perm_cluster_size": np.int32}
+#: The null distributions, one row per permutation.
+PERMUTATION_TABLE = "perm_null.tsv"
+PERMUTATION_RECORD = "permutation.json"
 
 
-def _group_dataset(maps: dict[str, np.ndarray], ref: xr.DataArray, subjects: list[str]):
+@dataclass(frozen=True)
+class GroupPermutation:
+    """Options of the group level's permutation test (``roidask group``, ``batch --permutations``).
+
+    A one-sample sign-flip test of the subjects' t maps
+    (:func:`roidask.ops.permutation.permuted_ttest_1samp`): voxel-level FWE by
+    max-t, and cluster-level FWE (size and mass) with a cluster-forming threshold.
+
+    Attributes
+    ----------
+    n_perm : int
+        Random sign flips (exhaustive instead when ``2**n - 1 <= n_perm``).
+    two_sided : bool
+        ``|t|`` (effects of either sign) or ``t`` (positive effects).
+    cluster_threshold : float or None
+        Cluster-forming uncorrected p (None: no cluster inference).
+    connectivity : {6, 18, 26}
+        Cluster neighbourhood.
+    seed : int
+        Seed of the random flips (results do not depend on the workers).
+    chunk_perm : int
+        Permutations per dask task.
+    mask : path or None
+        Mask of the voxels tested (default: finite in every subject, non-zero in one).
+    """
+
+    n_perm: int = 10000
+    two_sided: bool = True
+    cluster_threshold: float | None = None
+    connectivity: int = 6
+    seed: int = 0
+    chunk_perm: int = DEFAULT_CHUNK_PERM
+    mask: str | os.PathLike | None = None
+
+    def __post_init__(self):
+        check_int(self.n_perm, "n_perm", minimum=1)
+        check_bool(self.two_sided, "two_sided")
+        check_cluster_threshold(self.cluster_threshold, two_sided=self.two_sided)
+        resolve_structure(self.connectivity, labelling=True)
+        check_int(self.seed, "seed", minimum=0)
+        check_int(self.chunk_perm, "chunk_perm", minimum=1)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["mask"] = None if self.mask is None else str(self.mask)
+        return out
+
+
+# -- the inputs ------------------------------------------------------------------------------
+@dataclass
+class _Subjects:
+    """The subjects' maps for the group level (lazy images), and the files to release."""
+
+    names: list[str]
+    tmaps: list[xr.DataArray]
+    rois: list[xr.DataArray]  # bool: the subject has an ROI at the voxel (any fold)
+    files: list[list[Path]]  # per subject, the files its maps read (handles to release)
+
+
+def _folder_subjects(subject_dirs: list[Path]) -> _Subjects:
+    names, tmaps, rois, files = [], [], [], []
+    for d in subject_dirs:
+        names.append(d.name)
+        tmaps.append(as_image(d / "tstat.nii.gz", ndim=3, param=f"{d.name}/tstat.nii.gz"))
+        atlases = [d / "atlas.nii.gz"] if (d / "atlas.nii.gz").exists() else []
+        atlases = atlases or sorted(d.glob("atlas_fold-*.nii.gz"))
+        if not atlases:
+            raise OutputError(f"{d}: holds no atlas.nii.gz (nor atlas_fold-*.nii.gz)")
+        present = [as_image(a, ndim=3, param=f"{d.name}/{a.name}").data > 0 for a in atlases]
+        rois.append(tmaps[-1].copy(data=da.stack(present).any(axis=0)))
+        files.append([d / "tstat.nii.gz", *atlases])
+    return _Subjects(names, tmaps, rois, files)
+
+
+def _study_subjects(study: Path) -> _Subjects:
+    tree = open_study(study)
+    names = [n for n in published(study) if n != GROUP_NODE]
+    tmaps, rois = [], []
+    for name in names:  # lazy zarr reads: no handle kept
+        ds = tree[name].to_dataset()
+        tmaps.append(as_image(ds["tstat"], ndim=3, param=f"{name}/tstat"))
+        atlas = ds["atlas"] > 0
+        if "fold" in atlas.dims:
+            atlas = atlas.any("fold")
+        rois.append(tmaps[-1].copy(data=atlas.transpose("x", "y", "z").data))
+    return _Subjects(names, tmaps, rois, [[] for _ in names])
+
+
+# -- the group level -------------------------------------------------------------------------
+def _group_dataset(maps: dict[str, np.ndarray], ref: xr.DataArray, subjects: list[str], perm):
     """The second-level maps as the study's ``group`` node (the results' grid schema)."""
     affine = affine_of(ref)
-    data = {
-        name: xr.Variable(
-            ("x", "y", "z"), maps[name], {**grid_attrs(ref), "long_name": text, "units": units}
-        )
-        for name, (text, units) in GROUP_VARIABLES.items()
-    }
+    variables = {**GROUP_VARIABLES, **PERMUTATION_VARIABLES}
+    data = {}
+    for name, values in maps.items():
+        text, units = variables[name]
+        dims = ("permutation",) if name.startswith("perm_h0") else ("x", "y", "z")
+        attrs = {"long_name": text, "units": units}
+        if dims != ("permutation",):
+            attrs = {**grid_attrs(ref), **attrs}
+        data[name] = xr.Variable(dims, values, attrs)
     attrs = {
         "title": "roidask group level: one-sample t-test of the subjects' t maps, ROI overlap",
         "source": f"roidask {roidask_version}",
@@ -57,17 +213,59 @@ def _group_dataset(maps: dict[str, np.ndarray], ref: xr.DataArray, subjects: lis
         "voxel_size_mm": voxel_size_mm(affine).tolist(),
         "xyz_units": ref.attrs.get("xyz_units", "mm"),
     }
+    if perm is not None:
+        attrs["title"] += "; permutation test (sign flips)"
+        attrs.update({f"permutation_{k}": v for k, v in _perm_record(perm).items()})
     return xr.Dataset(data, coords=spatial_coords(ref.shape, affine), attrs=attrs)
 
 
-def group_level(subject_dirs: list[Path], out: Path, *, study: Study | None = None) -> Path:
-    """Second-level one-sample t-test of subjects' t maps, and the ROI overlap map.
+def _perm_record(perm: xr.Dataset) -> dict:
+    """What the permutation test did (JSON-ready): its attributes but the grid."""
+    keep = (
+        "test",
+        "n_subjects",
+        "df",
+        "two_sided",
+        "n_perm",
+        "flips",
+        "seed",
+        "chunk_perm",
+        "p_value",
+        "cluster_threshold",
+        "cluster_threshold_t",
+        "connectivity",
+    )
+    out = {}
+    for key in keep:
+        if key in perm.attrs:
+            value = perm.attrs[key]
+            out[key] = value.item() if isinstance(value, np.generic) else value
+    out["maps"] = "the subjects' tstat maps"
+    return out
+
+
+def group_level(
+    subject_dirs: list[Path],
+    out: Path,
+    *,
+    study: Study | None = None,
+    permutation: GroupPermutation | None = None,
+) -> Path:
+    """Second-level one-sample t-test of subjects' t maps, the ROI overlap map and,
+    with ``permutation``, a sign-flip permutation test of the same maps.
 
     Writes ``out/`` atomically: ``tstat.nii.gz``, ``logp.nii.gz`` (-log10 p,
     two-sided, unclipped), ``roi_overlap.nii.gz`` (number of subjects with an
-    ROI at each voxel, int16), ``roi_overlap_fraction.nii.gz`` and
-    ``subjects.tsv``. With ``study``, the same maps become its ``group`` node
-    (written and published once ``out`` is).
+    ROI at each voxel, in any fold of an independent ROI definition; int16),
+    ``roi_overlap_fraction.nii.gz`` and ``subjects.tsv``. With ``permutation``
+    also (computed on the active dask cluster, see :class:`GroupPermutation`):
+    ``perm_mask.nii.gz`` (voxels tested), ``perm_logp_max_t.nii.gz``
+    (voxel-level FWE-corrected -log10 p) and, with a cluster-forming threshold,
+    ``perm_cluster_size.nii.gz``, ``perm_cluster_mass.nii.gz``,
+    ``perm_logp_max_size.nii.gz`` and ``perm_logp_max_mass.nii.gz`` (cluster-level
+    FWE); ``perm_null.tsv`` (the null distributions of the maxima) and
+    ``permutation.json`` (parameters, flips). With ``study``, the same maps become
+    its ``group`` node (written and published once ``out`` is).
 
     The subjects' maps are read one after the other, in this process (each is
     one small volume): the t-test's moments and the overlap are accumulated as
@@ -87,44 +285,185 @@ def group_level(subject_dirs: list[Path], out: Path, *, study: Study | None = No
         )
     clean_stale(out)
     check_destination(out, param="out", overwrite=True, kind=GROUP_KIND)
-    # small volumes: computed here, never shipped to a cluster and back
+    subjects = _folder_subjects(subject_dirs)
+    try:
+        return _group(subjects, out, study=study, permutation=permutation)
+    finally:
+        if permutation is not None:  # the permutation's tasks read the t maps on workers
+            release_everywhere([f for files in subjects.files for f in files])
+
+
+def _group(
+    subjects: _Subjects, out: Path, *, study: Study | None, permutation: GroupPermutation | None
+) -> Path:
+    names, tmaps = subjects.names, subjects.tmaps
+    ref = tmaps[0]
+    for name, t in zip(names[1:], tmaps[1:], strict=True):
+        try:
+            check_same_grid(ref, t, names=(names[0], name))
+        except GridMismatchError as exc:
+            raise GridMismatchError(
+                f"group level needs every subject on one grid: {exc}"
+            ) from None
+    mask = None
+    if permutation is not None and permutation.mask is not None:
+        mask = as_image(permutation.mask, ndim=3, param="mask")
+        check_same_grid(ref, mask, names=(names[0], "mask"))
+    # small volumes, one subject after the other: computed here, never shipped to a
+    # cluster and back; the t-test's moments and the overlap accumulated as they come
+    moments, overlap = None, None
     with dask.config.set(scheduler=dask.local.get_sync):
-        ref, moments, overlap = None, None, None
-        for d in subject_dirs:
-            files = (d / "tstat.nii.gz", d / "atlas.nii.gz")
+        for tmap, rois, files in zip(tmaps, subjects.rois, subjects.files, strict=True):
             try:
-                tmap, atlas = (as_image(f, ndim=3, param=f"{d.name}/{f.name}") for f in files)
-                if ref is None:
-                    ref = tmap
-                else:
-                    try:
-                        check_same_grid(ref, tmap, names=(subject_dirs[0].name, d.name))
-                    except GridMismatchError as exc:
-                        raise GridMismatchError(
-                            f"group level needs every subject on one grid: {exc}"
-                        ) from None
-                values = np.asarray(tmap.values, dtype=np.float64)
-                rois = (np.asarray(atlas.values) > 0).astype(np.int16)
+                values, present = dask.compute(tmap.data, rois.data)
             finally:
                 release_handles(files)
+            values = np.asarray(values, dtype=np.float64)
             one = mom.Moments(1, values, np.zeros_like(values))
             moments = one if moments is None else mom.merge(moments, one)
-            overlap = rois if overlap is None else overlap + rois
-    assert ref is not None and moments is not None and overlap is not None
+            present = np.asarray(present).astype(np.int16)
+            overlap = present if overlap is None else overlap + present
+    assert moments is not None and overlap is not None
     stats = mom.ttest_1samp(moments, popmean=0.0)
-    n = len(subject_dirs)
+    n = len(tmaps)
     maps: dict[str, np.ndarray] = {
         "tstat": np.asarray(stats.t, dtype=np.float32),
         "logp": np.asarray(stats.logp, dtype=np.float32),
         "roi_overlap": overlap,
         "roi_overlap_fraction": overlap.astype(np.float32) / n,
     }
+    perm = None
+    if permutation is not None:  # on the active dask cluster: chunks of permutations
+        options = permutation.to_dict()
+        options.pop("mask")
+        (perm,) = compute(permuted_ttest_1samp(tmaps, mask_img=mask, **options))
+        for source, name in _FROM_PERMUTATION.items():
+            if source in perm:
+                values = np.asarray(perm[source].values)
+                kind = np.float32 if values.ndim == 3 else values.dtype  # maps as the NIfTI
+                maps[name] = values.astype(_NIFTI_TYPES.get(name, kind))
     with OutputFolder(out, kind=GROUP_KIND) as tmp:
         for name, values in maps.items():
-            to_nifti(like_image(values, ref), tmp / f"{name}.nii.gz", dtype=values.dtype)
-        pd.DataFrame({"subject": [d.name for d in subject_dirs]}).to_csv(
-            tmp / "subjects.tsv", sep="\t", index=False
-        )
+            if name.startswith("perm_h0"):
+                continue
+            dtype = _NIFTI_TYPES.get(name, np.int16 if name == "roi_overlap" else np.float32)
+            to_nifti(like_image(values, ref), tmp / f"{name}.nii.gz", dtype=dtype)
+        pd.DataFrame({"subject": names}).to_csv(tmp / "subjects.tsv", sep="\t", index=False)
+        if perm is not None:
+            null = {k.removeprefix("perm_"): v for k, v in maps.items() if k.startswith("perm_h0")}
+            null = pd.DataFrame({"permutation": np.arange(perm.sizes["permutation"]), **null})
+            null.to_csv(tmp / PERMUTATION_TABLE, sep="\t", index=False, float_format="%.9g")
+            record = {**_perm_record(perm), "parameters": permutation.to_dict()}
+            (tmp / PERMUTATION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     if study is not None:
-        study.write_group(_group_dataset(maps, ref, [d.name for d in subject_dirs]))
+        study.write_group(_group_dataset(maps, ref, names, perm))
     return out
+
+
+# -- roidask group ---------------------------------------------------------------------------
+def _is_batch_folder(path: Path) -> bool:
+    marker = read_marker(path) if path.is_dir() else None
+    return (marker is not None and marker.get("kind") == "batch") or (
+        marker is None and (path / "batch.tsv").is_file()
+    )
+
+
+def _is_study(path: Path) -> bool:
+    try:
+        record = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and STUDY_ATTR in (record.get("attributes") or {})
+
+
+def _batch_subject_dirs(batch: Path) -> list[Path]:
+    """The subjects a batch completed (``batch.tsv``: done or skipped), as folders."""
+    table = batch / "batch.tsv"
+    try:
+        rows = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as exc:
+        raise OutputError(f"{table}: cannot read the batch's status table ({exc})") from None
+    if not {"subject", "status", "out"} <= set(rows.columns):
+        raise OutputError(f"{table}: not a roidask batch.tsv (columns {list(rows.columns)})")
+    done = rows[rows["status"].isin(["done", "skipped"])]
+    return [batch / Path(out).name for out in done["out"]]
+
+
+def group_from(
+    path: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    permutation: GroupPermutation | None = None,
+) -> Path:
+    """The group level of an existing batch folder or study store (``roidask group``).
+
+    Parameters
+    ----------
+    path : path
+        A batch folder (its completed subjects' folders, listed in ``batch.tsv``,
+        are read; its ``study.zarr``, if any, gets the ``group`` node) or a study
+        store (its published subject nodes are read; the store gets the node).
+    out : path, optional
+        The group folder to (re)write (default: ``group/`` of the batch folder, or
+        of the batch folder holding the study store); only a folder roidask wrote
+        is replaced.
+    permutation : GroupPermutation, optional
+        Also the permutation test.
+
+    Returns
+    -------
+    Path
+        The group folder written.
+
+    Raises
+    ------
+    OutputError
+        ``path`` is neither a batch folder nor a study store, ``out`` is missing
+        for a study store outside a batch folder, or ``out`` is not roidask's.
+    InvalidParameterError
+        Fewer than 2 subjects.
+    """
+    path = Path(path)
+    if _is_study(path):
+        study_path, batch = path, path.parent if _is_batch_folder(path.parent) else None
+    elif _is_batch_folder(path):
+        batch = path
+        study_path = path / STUDY_NAME if _is_study(path / STUDY_NAME) else None
+    else:
+        raise OutputError(
+            f"study {path}: neither a roidask batch folder (batch.tsv, {MARKER}) nor a study "
+            "store (study.zarr)",
+            param="study",
+        )
+    if out is None:
+        if batch is None:
+            raise OutputError(
+                f"out: {path} is a study store outside a batch folder; give the group folder "
+                "to write",
+                param="out",
+            )
+        out = batch / "group"
+    out = Path(out)
+    clean_stale(out)
+    check_destination(out, param="out", overwrite=True, kind=GROUP_KIND)
+    study = Study(study_path, param="study") if study_path is not None else None
+    if batch is not None and path == batch:
+        subject_dirs = _batch_subject_dirs(batch)
+        _check_count(len(subject_dirs), path)
+        subjects = _folder_subjects(subject_dirs)
+    else:
+        subjects = _study_subjects(study_path)
+        _check_count(len(subjects.names), path)
+    try:
+        return _group(subjects, out, study=study, permutation=permutation)
+    finally:
+        if permutation is not None:
+            release_everywhere([f for files in subjects.files for f in files])
+
+
+def _check_count(n: int, path: Path) -> None:
+    if n < 2:
+        raise InvalidParameterError(
+            f"study {path}: a group level needs at least 2 completed subjects, found {n}",
+            param="study",
+        )

@@ -74,11 +74,12 @@ from roidask._atomic import MARKER, check_destination, clean_stale, read_marker,
 from roidask._malloc import reuse_freed_buffers
 from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
-from roidask.batch.group import GROUP_KIND, group_level
+from roidask.batch.group import GROUP_KIND, GroupPermutation, group_level
 from roidask.batch.manifest import SubjectSpec, check_subject_files
 from roidask.cluster import active_client, describe_client
 from roidask.exceptions import InvalidParameterError, OutputError, RoidaskError
 from roidask.io.conversions import as_image
+from roidask.io.labels import volume_labels
 from roidask.io.nifti import NiftiSource, release_handles
 from roidask.onepass import USABLE_FRACTION, WORKER_BASE_BYTES, MemoryPlan, memory_plan
 from roidask.outputs.provenance import input_records, utc_now
@@ -306,7 +307,25 @@ def _subject_plan(spec: SubjectSpec, budget: float | None, params: PipelineParam
         budget,
         fwhm=params.fwhm,
         dilation_iterations=params.dilation_iterations,
+        moment_groups=_moment_groups(spec, sources, params),
     )
+
+
+def _moment_groups(spec: SubjectSpec, sources, params: PipelineParams) -> int:
+    """Moment groups of the subject's pass (:mod:`roidask.ops.folds`): 1, 2, or its runs."""
+    if params.roi_definition == "same":
+        return 1
+    if params.roi_definition == "split-half":
+        return 2
+    try:  # leave-one-run-out: a group per run (the labels file is small)
+        runs = volume_labels(
+            list(spec.labels),
+            n_volumes_per_run=[s.n_volumes for s in sources],
+            tr_s=sources[0].tr_s,
+        )["run"]
+    except (RoidaskError, OSError):
+        return max(len(spec.bold), 2)  # run_subject reports the bad file
+    return max(int(runs.nunique()), 2)
 
 
 def _node_complete(job: _Job, digest: str) -> bool:
@@ -561,6 +580,7 @@ def run_batch(
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     study: bool = True,
+    permutation: GroupPermutation | None = None,
 ) -> pd.DataFrame:
     """Run the ROI pipeline for every subject, concurrently, then the group level.
 
@@ -596,6 +616,9 @@ def run_batch(
     study : bool
         Also write every subject's results, and the group level, into the study
         store ``out_dir/study.zarr`` (:mod:`roidask.outputs.study`).
+    permutation : GroupPermutation, optional
+        Add a sign-flip permutation test of the subjects' t maps to the group level
+        (:func:`roidask.batch.group.group_level`).
 
     Returns
     -------
@@ -651,7 +674,7 @@ def run_batch(
     group_done = False
     if len(done) >= 2:
         try:
-            group_level(done, out_dir / "group", study=study_store)
+            group_level(done, out_dir / "group", study=study_store, permutation=permutation)
             group_done = True
         except RoidaskError as exc:
             if report.log is not None:

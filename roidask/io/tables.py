@@ -1,7 +1,9 @@
 """The two tables roidask writes, one writer (and reader) each: ``signals.tsv`` and ``rois.tsv``.
 
 Both are tab-separated with a header, missing values written ``n/a`` (BIDS), and
-written atomically (temporary file renamed into place).
+written atomically (temporary file renamed into place). Results of folds (ROIs
+defined on other runs than the signals: :mod:`roidask.ops.folds`) add a leading
+``fold`` column to both.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from roidask._validate import check_input_file
 from roidask.exceptions import InvalidParameterError, OutputError, OutputExistsError
 
 __all__ = [
+    "FOLDS_COLUMNS",
+    "FOLD_COLUMN",
     "ROI_TABLE_COLUMNS",
     "SIGNALS_COLUMNS",
     "read_roi_table",
     "read_signals_tsv",
     "signals_to_frame",
+    "write_folds_tsv",
     "write_roi_table",
     "write_signals_tsv",
 ]
@@ -43,6 +48,10 @@ ROI_TABLE_COLUMNS = (
 )
 #: Columns of ``signals.tsv``: one row per ROI and volume.
 SIGNALS_COLUMNS = ("roi", "condition", "run", "volume", "time_s", "value")
+#: Leading column of both tables for results in folds: the ROI set of the row.
+FOLD_COLUMN = "fold"
+#: Columns of ``folds.tsv``: what each fold used (run values, space-separated) and found.
+FOLDS_COLUMNS = ("fold", "roi_runs", "signal_runs", "n_rois")
 #: Decimals of the mm columns of ``rois.tsv`` (a micrometre: far below any voxel).
 MM_DECIMALS = 3
 #: Significant digits of float values in the tables (float32 maps need 7, signals 9).
@@ -73,7 +82,10 @@ def signals_to_frame(signals: xr.DataArray) -> pd.DataFrame:
     ----------
     signals : xarray.DataArray
         Dims ``(roi, time)`` with coords ``condition`` and ``run`` along time
-        (output of :func:`roidask.ops.extract.extract_signals`).
+        (output of :func:`roidask.ops.extract.extract_signals`); or
+        ``(fold, roi, time)`` signals of folds (:func:`roidask.pipeline.roi_pipeline`
+        with an independent ``roi_definition``), NaN outside each fold's signal
+        volumes, with the boolean coordinate ``signal_volume`` on ``(fold, time)``.
 
     Returns
     -------
@@ -81,8 +93,11 @@ def signals_to_frame(signals: xr.DataArray) -> pd.DataFrame:
         One row per ROI and volume (ROI-major), columns :data:`SIGNALS_COLUMNS`:
         ``roi`` (label value), ``condition``, ``run``, ``volume`` (index in the
         concatenated series), ``time_s`` (the ``time`` coordinate, seconds) and
-        ``value``.
+        ``value``. Folds: a leading ``fold`` column, and per fold the rows of its
+        signal volumes and of the labels it has (not all NaN there) only.
     """
+    if isinstance(signals, xr.DataArray) and set(signals.dims) == {"fold", "roi", "time"}:
+        return _fold_frame(signals)
     if not isinstance(signals, xr.DataArray) or set(signals.dims) != {"roi", "time"}:
         got = signals.dims if isinstance(signals, xr.DataArray) else type(signals).__name__
         raise InvalidParameterError(
@@ -107,6 +122,23 @@ def signals_to_frame(signals: xr.DataArray) -> pd.DataFrame:
             "value": values.ravel(),
         }
     )
+
+
+def _fold_frame(signals: xr.DataArray) -> pd.DataFrame:
+    if "signal_volume" not in signals.coords:
+        raise InvalidParameterError(
+            "signals: (fold, roi, time) signals need the 'signal_volume' coordinate (fold, time)",
+            param="signals",
+        )
+    frames = []
+    for k in range(signals.sizes["fold"]):
+        fold = signals.isel(fold=k).drop_vars("signal_volume")
+        fold = fold.isel(time=np.flatnonzero(np.asarray(signals["signal_volume"][k].values)))
+        has = ~np.isnan(np.asarray(fold.transpose("roi", "time").values)).all(axis=1)
+        frame = signals_to_frame(fold.isel(roi=np.flatnonzero(has)))
+        frames.append(frame.assign(**{FOLD_COLUMN: int(signals["fold"].values[k])}))
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[[FOLD_COLUMN, *SIGNALS_COLUMNS]]
 
 
 def write_signals_tsv(
@@ -134,7 +166,10 @@ def write_signals_tsv(
     path = Path(path)
     _check_target(path, overwrite, "path")
     frame = signals if isinstance(signals, pd.DataFrame) else signals_to_frame(signals)
-    return _write(frame[list(SIGNALS_COLUMNS)], path)
+    columns = list(SIGNALS_COLUMNS)
+    if FOLD_COLUMN in frame.columns:
+        columns.insert(0, FOLD_COLUMN)
+    return _write(frame[columns], path)
 
 
 def read_signals_tsv(path: str | os.PathLike) -> pd.DataFrame:
@@ -159,12 +194,17 @@ def write_roi_table(
 
     Positions and volumes (``*_mm``, ``*_mm3``) are rounded to a micrometre
     (:data:`MM_DECIMALS`); values keep :data:`VALUE_DIGITS` significant digits.
+    The tables of folds have a leading ``fold`` column.
     """
     path = Path(path)
-    if not isinstance(table, pd.DataFrame) or list(table.columns) != list(ROI_TABLE_COLUMNS):
+    columns = list(table.columns) if isinstance(table, pd.DataFrame) else None
+    if columns and columns[0] == FOLD_COLUMN:
+        columns = columns[1:]
+    if columns != list(ROI_TABLE_COLUMNS):
         got = list(table.columns) if isinstance(table, pd.DataFrame) else type(table).__name__
         raise InvalidParameterError(
-            f"table: expected an ROI table with columns {list(ROI_TABLE_COLUMNS)}, got {got}",
+            f"table: expected an ROI table with columns {list(ROI_TABLE_COLUMNS)} (after "
+            f"{FOLD_COLUMN!r} for folds), got {got}",
             param="table",
         )
     _check_target(path, overwrite, "path")
@@ -175,3 +215,23 @@ def read_roi_table(path: str | os.PathLike) -> pd.DataFrame:
     """Read a ``rois.tsv`` written by :func:`write_roi_table`."""
     path = check_input_file(path, "path", what="ROI table")
     return pd.read_csv(path, sep="\t", na_values=[_NA], keep_default_na=False)
+
+
+# -- folds ---------------------------------------------------------------------------------
+def write_folds_tsv(
+    table: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write the folds of results in folds (:data:`FOLDS_COLUMNS`) as ``folds.tsv``, atomically.
+
+    One row per fold: ``fold``, ``roi_runs`` and ``signal_runs`` (run values,
+    space-separated) and ``n_rois``.
+    """
+    path = Path(path)
+    if not isinstance(table, pd.DataFrame) or list(table.columns) != list(FOLDS_COLUMNS):
+        got = list(table.columns) if isinstance(table, pd.DataFrame) else type(table).__name__
+        raise InvalidParameterError(
+            f"table: expected a folds table with columns {list(FOLDS_COLUMNS)}, got {got}",
+            param="table",
+        )
+    _check_target(path, overwrite, "path")
+    return _write(table, path)

@@ -28,7 +28,9 @@ __all__ = [
     "TTest",
     "f_oneway",
     "merge",
+    "merge_all",
     "merge_along",
+    "merge_leave_one_out",
     "moments_of",
     "stack",
     "ttest_1samp",
@@ -97,6 +99,40 @@ def merge(a: Moments, b: Moments) -> Moments:
     n = na + nb
     delta = b.mean - a.mean
     return Moments(n, a.mean + delta * (nb / n), a.m2 + (b.m2 + delta * delta * (na * nb / n)))
+
+
+def merge_all(parts) -> Moments:
+    """Moments of the union of disjoint sets of samples: :func:`merge` in the given order."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("merge_all: no moments to merge")
+    total = parts[0]
+    for part in parts[1:]:
+        total = merge(total, part)
+    return total
+
+
+def merge_leave_one_out(parts) -> list[Moments]:
+    """For each part, the moments of all the *other* parts, in ``3 k`` merges for ``k`` parts.
+
+    Prefix and suffix merges (part ``i``'s complement is the merge of parts ``0 .. i-1``
+    with parts ``i+1 .. k-1``), not a subtraction from the total: every value is a
+    merge of exact partial moments. Needs at least 2 parts.
+    """
+    parts = list(parts)
+    if len(parts) < 2:
+        raise ValueError("merge_leave_one_out: needs at least 2 parts")
+    prefix = [parts[0]]
+    for part in parts[1:-1]:
+        prefix.append(merge(prefix[-1], part))
+    suffix = [parts[-1]]
+    for part in reversed(parts[1:-1]):
+        suffix.append(merge(part, suffix[-1]))
+    suffix.reverse()  # suffix[i]: parts i+1 .. k-1
+    out = [suffix[0]]
+    out += [merge(prefix[i - 1], suffix[i]) for i in range(1, len(parts) - 1)]
+    out.append(prefix[-1])
+    return out
 
 
 def merge_along(m: Moments, axis: int, *, keepdims: bool = False) -> Moments:

@@ -67,7 +67,12 @@ from roidask.ops import moments as mom_ops
 from roidask.ops.label import resolve_structure
 from roidask.ops.threshold import as_mask
 
-__all__ = ["DEFAULT_CHUNK_PERM", "MAX_EXHAUSTIVE_SUBJECTS", "permuted_ttest_1samp"]
+__all__ = [
+    "DEFAULT_CHUNK_PERM",
+    "MAX_EXHAUSTIVE_SUBJECTS",
+    "check_cluster_threshold",
+    "permuted_ttest_1samp",
+]
 
 #: Permutations per dask task unless ``chunk_perm`` says otherwise.
 DEFAULT_CHUNK_PERM = 512
@@ -86,7 +91,8 @@ _LN10 = float(np.log(10.0))
 
 
 # -- arguments -----------------------------------------------------------------------------
-def _check_cluster_threshold(value, *, two_sided: bool) -> float | None:
+def check_cluster_threshold(value, *, two_sided: bool) -> float | None:
+    """A cluster-forming threshold (uncorrected p) for :func:`permuted_ttest_1samp`, or None."""
     if value is None:
         return None
     upper = 1.0 if two_sided else 0.5
@@ -101,7 +107,8 @@ def _check_cluster_threshold(value, *, two_sided: bool) -> float | None:
         extra = "" if two_sided else "; the t threshold must be > 0"
         raise InvalidParameterError(
             f"cluster_threshold: expected an uncorrected cluster-forming p-value in "
-            f"(0, {upper:g}) for a {side} test (nilearn's threshold{extra}), got {value!r}"
+            f"(0, {upper:g}) for a {side} test (nilearn's threshold{extra}), got {value!r}",
+            param="cluster_threshold",
         )
     return float(value)
 
@@ -539,7 +546,7 @@ def permuted_ttest_1samp(
     """
     n_perm = check_int(n_perm, "n_perm", minimum=1)
     two_sided = check_bool(two_sided, "two_sided")
-    cluster_p = _check_cluster_threshold(cluster_threshold, two_sided=two_sided)
+    cluster_p = check_cluster_threshold(cluster_threshold, two_sided=two_sided)
     structure = resolve_structure(connectivity, labelling=True)
     seed = check_int(seed, "seed", minimum=0)
     exhaustive = None if exhaustive is None else check_bool(exhaustive, "exhaustive")

@@ -14,6 +14,17 @@ Layout of ``DIR``::
     provenance.json      versions, parameters, inputs with checksums, timings
     .roidask.json        roidask's ownership marker (every file it wrote)
 
+With an independent ROI definition (``roi_definition``: folds of runs,
+:mod:`roidask.ops.folds`), ``mean_epi``, ``tstat`` and ``logp`` are those of
+every volume, and each fold ``k`` has its own maps::
+
+    tstat_fold-<k>.nii.gz, logp_fold-<k>.nii.gz   the t-test of its ROI-defining runs
+    roi_mask_fold-<k>.nii.gz, atlas_fold-<k>.nii.gz
+    folds.tsv            fold, roi_runs, signal_runs, n_rois
+    rois.tsv, signals.tsv  with a leading ``fold`` column; signals.tsv holds each
+                         fold's ROIs on its signal runs' volumes only
+    figures/             mean_epi.png, logp.png, atlas_fold-<k>.png, boxplots_fold-<k>.png
+
 Everything is written into a locked temporary sibling folder that replaces
 ``DIR`` in one rename when complete (:class:`roidask._atomic.OutputFolder`), so a
 failed or killed run never leaves a half-written ``DIR`` and a replaced ``DIR``
@@ -34,13 +45,13 @@ import numpy as np
 from roidask._atomic import OutputFolder, check_destination, clean_stale
 from roidask.io.image import to_nifti
 from roidask.io.store_write import write_dataset_zarr
-from roidask.io.tables import write_signals_tsv
+from roidask.io.tables import write_folds_tsv, write_roi_table, write_signals_tsv
 from roidask.ops.rois import write_atlas
 from roidask.outputs.provenance import provenance_record, utc_now
 from roidask.pipeline import PipelineResult
-from roidask.plotting import save_seed_figures
+from roidask.plotting import save_fold_figures, save_seed_figures
 
-__all__ = ["OUTPUT_FILES", "SUBJECT_KIND", "prepare_output", "write_results"]
+__all__ = ["OUTPUT_FILES", "SUBJECT_KIND", "output_files", "prepare_output", "write_results"]
 
 #: Files of every subject output folder (figures come on top).
 OUTPUT_FILES = (
@@ -56,6 +67,23 @@ OUTPUT_FILES = (
 )
 #: Kind recorded in the ownership marker of a subject output folder.
 SUBJECT_KIND = "subject-results"
+#: Maps written per fold (``<name>_fold-<k>.nii.gz``) with an independent ROI definition.
+FOLD_MAP_FILES = {
+    "tstat": "fold_tstat",
+    "logp": "fold_logp",
+    "roi_mask": "roi_mask",
+    "atlas": "atlas",
+}
+
+
+def output_files(result: PipelineResult) -> list[str]:
+    """The files (figures aside) :func:`write_results` writes for ``result``."""
+    if result.folds is None:
+        return list(OUTPUT_FILES)
+    files = ["mean_epi.nii.gz", "tstat.nii.gz", "logp.nii.gz"]
+    for k in range(len(result.folds)):
+        files += [f"{name}_fold-{k}.nii.gz" for name in FOLD_MAP_FILES]
+    return [*files, "folds.tsv", "rois.tsv", "signals.tsv", "results.zarr", "provenance.json"]
 
 
 def prepare_output(
@@ -80,6 +108,18 @@ def _write_maps(result: PipelineResult, tmp: Path) -> None:
     maps = result.maps
     for name in ("mean_epi", "tstat", "logp"):
         to_nifti(maps[name], tmp / f"{name}.nii.gz", dtype=np.float32)
+    if result.folds is not None:
+        dtypes = {"roi_mask": np.uint8, "atlas": np.int32}
+        for k in range(len(result.folds)):
+            for name, variable in FOLD_MAP_FILES.items():
+                to_nifti(
+                    maps[variable].isel(fold=k).drop_vars("fold", errors="ignore"),
+                    tmp / f"{name}_fold-{k}.nii.gz",
+                    dtype=dtypes.get(name, np.float32),
+                )
+        write_roi_table(result.rois, tmp / "rois.tsv")
+        write_folds_tsv(result.folds_table(), tmp / "folds.tsv")
+        return
     to_nifti(maps["roi_mask"], tmp / "roi_mask.nii.gz", dtype=np.uint8)
     write_atlas(
         maps["atlas"], tmp / "atlas.nii.gz", table_path=tmp / "rois.tsv", table=result.rois
@@ -142,7 +182,18 @@ def write_results(
         for done in pending:
             done.result()
         figures = []
-        if plots:
+        if plots and result.folds is not None:
+            counts = result.fold_n_rois()
+            maps = result.maps
+            figures = save_fold_figures(
+                tmp / "figures",
+                mean_img=maps["mean_epi"],
+                logp_img=maps["logp"],
+                atlases=[maps["atlas"].isel(fold=k) if n else None for k, n in enumerate(counts)],
+                signals=[result.fold_signals(k) if n else None for k, n in enumerate(counts)],
+                titles=[result.fold_title(k) for k in range(len(counts))],
+            )
+        elif plots:
             maps = result.maps
             figures = save_seed_figures(
                 tmp / "figures",
@@ -158,9 +209,13 @@ def write_results(
             started_utc=started_utc,
             parameters=result.params.to_dict(),
             inputs=input_list,
-            outputs=[*OUTPUT_FILES, *(f"figures/{Path(f).name}" for f in figures)],
+            outputs=[*output_files(result), *(f"figures/{Path(f).name}" for f in figures)],
             timings_s=result.timings_s,
-            extra={"n_rois": int(result.n_rois), **(extra_provenance or {})},
+            extra={
+                "n_rois": int(result.n_rois),
+                **({"fold_n_rois": result.fold_n_rois()} if result.folds is not None else {}),
+                **(extra_provenance or {}),
+            },
         )
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return out

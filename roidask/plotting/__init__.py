@@ -9,7 +9,8 @@ seed example's figure set.
 * :mod:`roidask.plotting.panels`: rendering (:func:`plot_ortho`,
   :func:`plot_stat_map`, :func:`plot_roi`, :func:`plot_condition_boxplots`).
 * :mod:`roidask.plotting.seed_figures`: the example's figure set
-  (:func:`seed_figures`, :func:`save_seed_figures`).
+  (:func:`seed_figures`, :func:`save_seed_figures`), and that of results in folds
+  (:func:`save_fold_figures`).
 
 matplotlib is imported only when a figure is drawn, so importing this package
 (or running ``roidask run --no-plots``) does not import it.
@@ -29,7 +30,7 @@ from roidask.plotting.panels import (
     plot_roi,
     plot_stat_map,
 )
-from roidask.plotting.seed_figures import save_seed_figures, seed_figures
+from roidask.plotting.seed_figures import save_fold_figures, save_seed_figures, seed_figures
 
 __all__ = [
     "DPI",
@@ -40,6 +41,7 @@ __all__ = [
     "plot_ortho",
     "plot_roi",
     "plot_stat_map",
+    "save_fold_figures",
     "save_seed_figures",
     "seed_figures",
     "voxel_to_world",

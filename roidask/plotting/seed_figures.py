@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,7 @@ from roidask.plotting.panels import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["save_seed_figures", "seed_figures"]
+__all__ = ["save_fold_figures", "save_seed_figures", "seed_figures"]
 
 
 def seed_figures(
@@ -214,3 +214,66 @@ def save_seed_figures(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     return [save_png(fig, out_dir / name) for name, fig in figures]
+
+
+def save_fold_figures(
+    out_dir,
+    *,
+    mean_img,
+    logp_img,
+    atlases: Sequence,
+    signals: Sequence,
+    titles: Sequence[str],
+) -> list[Path]:
+    """Write the figures of results in folds (ROIs defined on other runs) as PNGs.
+
+    ``mean_epi.png`` and ``logp.png`` (every volume), then per fold ``k``:
+    ``atlas_fold-<k>.png`` (its ROIs, one colour per label) and
+    ``boxplots_fold-<k>.png`` (its signals per condition, on its signal volumes),
+    for the folds that have ROIs. Everything is checked before anything is written.
+
+    Parameters
+    ----------
+    out_dir : path
+        Output folder (created if missing).
+    mean_img, logp_img : image
+        3D mean EPI (the background) and -log10 p of every volume.
+    atlases : sequence of image or None
+        Per fold, its 3D label image (None: no ROI, no figure).
+    signals : sequence of xarray.DataArray or None
+        Per fold, ``(roi, time)`` signals of its ROIs on its signal volumes.
+    titles : sequence of str
+        Per fold, what it is (e.g. "fold 0: ROIs from runs 0 2 4, signals of runs 1 3 5").
+    """
+    mean = as_image(mean_img, ndim=3, param="mean_img")
+    logp = background_image(logp_img, mean, param="logp_img")
+    if not len(atlases) == len(signals) == len(titles):
+        raise InvalidParameterError(
+            f"atlases, signals, titles: expected one per fold, got {len(atlases)}, "
+            f"{len(signals)} and {len(titles)}"
+        )
+    checked = []
+    for k, (atlas, sig) in enumerate(zip(atlases, signals, strict=True)):
+        if atlas is None:
+            continue
+        atlas = background_image(atlas, mean, param=f"atlases[{k}]")
+        label_volume(np.asarray(atlas.data.compute()), param=f"atlases[{k}]", name=atlas.name)
+        check_signals(sig)
+        checked.append((k, atlas, sig))
+
+    def figures():
+        yield (
+            "mean_epi.png",
+            plot_ortho(mean, title="Smoothed mean EPI", cmap="nipy_spectral", colorbar=True),
+        )
+        yield "logp.png", plot_stat_map(logp, mean, title="p-values (-log10 p), every volume")
+        for k, atlas, sig in checked:
+            yield f"atlas_fold-{k}.png", plot_roi(atlas, mean, title=titles[k])
+            yield (
+                f"boxplots_fold-{k}.png",
+                plot_condition_boxplots(sig, title=f"ROI signals per condition, {titles[k]}"),
+            )
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [save_png(fig, out_dir / name) for name, fig in figures()]

@@ -96,3 +96,44 @@ def masker_signals(bold, labels_img, strategy="mean", **kwargs):
             **kwargs,
         )
         return masker.fit_transform(bold).T
+
+
+def seed_fold(
+    func_filename,
+    labels_filename,
+    mask_vt_filename,
+    *,
+    roi_runs,
+    signal_runs,
+    fwhm=6.0,
+    contrast=("face", "house"),
+    threshold=5.0,
+):
+    """The example's steps with ROIs from the volumes of ``roi_runs`` alone (t-test in
+    float64) and signals of the volumes of ``signal_runs`` (NiftiLabelsMasker).
+
+    Returns ``logp`` (clipped), ``atlas``, ``n_labels`` and ``signals``
+    ((n_labels, n_signal_volumes), or None without ROI).
+    """
+    table = pd.read_csv(labels_filename, sep=" ")
+    conditions, runs = table["labels"].to_numpy(), table["chunks"].to_numpy()
+    fmri_img = smooth_img(func_filename, fwhm=fwhm)
+    fmri_data = get_data(fmri_img)
+    used = np.isin(runs, roi_runs)
+    data = fmri_data[..., used].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        _, p_values = stats.ttest_ind(
+            data[..., conditions[used] == contrast[0]],
+            data[..., conditions[used] == contrast[1]],
+            axis=-1,
+        )
+        log_p_values = -np.log10(p_values)
+    log_p_values[np.isnan(log_p_values)] = 0.0
+    log_p_values[log_p_values > 10.0] = 10.0
+    vt = get_data(load_img(mask_vt_filename)).astype(bool)
+    labels, n_labels = label(binary_dilation((log_p_values >= threshold) & vt))
+    signals = None
+    if n_labels:
+        held_out = new_img_like(fmri_img, fmri_data[..., np.isin(runs, signal_runs)])
+        signals = masker_signals(held_out, new_img_like(fmri_img, labels))
+    return {"logp": log_p_values, "atlas": labels, "n_labels": n_labels, "signals": signals}

@@ -1,0 +1,178 @@
+"""The group level: a batch of subjects with ROIs in folds, then its permutation test
+(``run_batch(permutation=...)`` and ``roidask group``) on real dask clusters (127.0.0.1).
+
+References: the subjects' own t maps and atlases as written; the exhaustive sign-flip
+p-values by exact enumeration of the 2**n flips with scipy (nilearn parity of the
+permutation engine itself: tests/ops/test_permutation.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from scipy import stats
+
+from roidask.batch import GroupPermutation, SubjectSpec, group_from, run_batch
+from roidask.cli import main
+from roidask.cluster import get_client
+from roidask.exceptions import InvalidParameterError, OutputError
+from roidask.pipeline import PipelineParams
+
+pytestmark = pytest.mark.timeout(240)
+
+SHAPE = (16, 20, 12)
+N_VOLUMES = 726  # 6 runs
+N_SUBJECTS = 4
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """A batch of 4 synthetic subjects with split-half ROIs and an exhaustive permutation
+    test (2**4 - 1 = 15 flips <= n_perm), cluster-size FWE at p < 0.01."""
+    from roidask.datasets import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("group")
+    subjects = make_synthetic_dataset(
+        root / "data", n_subjects=N_SUBJECTS, shape=SHAPE, n_volumes=N_VOLUMES, effect_pct=6.0
+    )
+    specs = [
+        SubjectSpec(f"{i:02d}", (s.bold,), (s.labels,), s.mask_vt)
+        for i, s in enumerate(subjects, start=1)
+    ]
+    out = root / "batch"
+    permutation = GroupPermutation(n_perm=100, cluster_threshold=0.01)
+    with get_client(processes=True, n_workers=2, threads_per_worker=1, memory_limit="1GiB"):
+        table = run_batch(
+            specs,
+            out,
+            params=PipelineParams(roi_definition="split-half", threshold=3.0),
+            plots=False,
+            granularity="subject",  # each subject's folds in one worker task
+            permutation=permutation,
+        )
+    assert table["status"].tolist() == ["done"] * N_SUBJECTS, table["error"].tolist()
+    return out
+
+
+def tmaps_of(out) -> np.ndarray:
+    return np.stack(
+        [nib.load(out / f"sub-{i:02d}" / "tstat.nii.gz").get_fdata() for i in range(1, 5)],
+        axis=-1,
+    )
+
+
+def exact_max_t_logp(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """-log10 of #{flips: max |t| >= |t|} / 2**n over every sign flip (scipy's t)."""
+    x = maps[mask]
+    observed = np.abs(stats.ttest_1samp(x, 0.0, axis=-1).statistic)
+    maxima = [
+        np.abs(stats.ttest_1samp(x * np.array(signs), 0.0, axis=-1).statistic).max()
+        for signs in itertools.product([1, -1], repeat=x.shape[1])
+    ]
+    p = (np.asarray(maxima)[:, None] >= observed[None, :] * (1 - 1e-12)).mean(axis=0)
+    return -np.log10(p)
+
+
+def test_batch_with_folds_writes_fold_nodes_and_the_group_test(batch):
+    study = xr.open_datatree(batch / "study.zarr", engine="zarr")
+    node = study["sub-01"].to_dataset()
+    assert node.attrs["roi_definition"] == "split-half"
+    assert node["atlas"].dims == ("fold", "x", "y", "z") and node.sizes["fold"] == 2
+    assert node["signals"].dims == ("fold", "roi", "time")
+    assert list(node["roi_runs"].values) == ["0 2 4", "1 3 5"]
+    for k in range(2):
+        written = nib.load(batch / "sub-01" / f"atlas_fold-{k}.nii.gz").get_fdata()
+        np.testing.assert_array_equal(node["atlas"].values[k], written)
+    group = batch / "group"
+    # the ROI overlap counts the subjects with an ROI in any fold
+    atlases = [
+        np.stack(
+            [
+                np.asarray(nib.load(batch / f"sub-{i:02d}" / f"atlas_fold-{k}.nii.gz").dataobj)
+                for k in range(2)
+            ]
+        )
+        for i in range(1, 5)
+    ]
+    counts = sum((a > 0).any(axis=0).astype(int) for a in atlases)
+    np.testing.assert_array_equal(
+        np.asarray(nib.load(group / "roi_overlap.nii.gz").dataobj), counts
+    )
+    # exhaustive max-t: identical to the exact enumeration of the 16 flips
+    mask = np.asarray(nib.load(group / "perm_mask.nii.gz").dataobj).astype(bool)
+    maps = tmaps_of(batch)
+    assert mask.sum() > 100 and np.isfinite(maps[mask]).all()
+    got = nib.load(group / "perm_logp_max_t.nii.gz").get_fdata()
+    np.testing.assert_allclose(got[mask], exact_max_t_logp(maps, mask), rtol=1e-6)
+    assert np.isnan(got[~mask]).all()
+    record = json.loads((group / "permutation.json").read_text())
+    assert record["flips"] == "exhaustive" and record["n_subjects"] == 4
+    assert record["parameters"]["cluster_threshold"] == 0.01
+    size = nib.load(group / "perm_logp_max_size.nii.gz").get_fdata()
+    assert (size[mask] > 0).any()
+    null = pd.read_csv(group / "perm_null.tsv", sep="\t")
+    assert list(null.columns) == ["permutation", "h0_max_t", "h0_max_size", "h0_max_mass"]
+    # the study's group node holds the same maps
+    node = xr.open_datatree(batch / "study.zarr", engine="zarr")["group"].to_dataset()
+    np.testing.assert_array_equal(node["perm_logp_max_t"].values, got.astype(np.float32))
+    np.testing.assert_allclose(node["perm_h0_max_t"].values, null["h0_max_t"], rtol=1e-8)
+    assert node.attrs["permutation_flips"] == "exhaustive"
+
+
+@pytest.fixture(scope="module")
+def by_workers(batch, tmp_path_factory):
+    """`roidask group` with random flips on an embedded cluster of 1 and of 2 workers."""
+    root = tmp_path_factory.mktemp("group-cli")
+    outs = {}
+    for n in (1, 2):
+        outs[n] = root / f"group-{n}"
+        argv = ["group", str(batch), "--out", str(outs[n]), "--permutations", "12"]
+        argv += ["--seed", "4", "--chunk-perm", "5", "--cluster-threshold", "0.01"]
+        argv += ["--scheduler", "local", "--n-workers", str(n), "--threads-per-worker", "1"]
+        assert main([*argv, "--quiet"]) == 0
+    return outs
+
+
+def test_group_cli_is_reproducible_on_1_or_2_workers(by_workers, capsys):
+    one, two = by_workers[1], by_workers[2]
+    names = sorted(p.name for p in one.iterdir())
+    assert names == sorted(p.name for p in two.iterdir())
+    assert "perm_logp_max_t.nii.gz" in names and "perm_logp_max_size.nii.gz" in names
+    for name in names:
+        if name.endswith(".nii.gz"):
+            a, b = nib.load(one / name).get_fdata(), nib.load(two / name).get_fdata()
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    null = pd.read_csv(one / "perm_null.tsv", sep="\t")
+    pd.testing.assert_frame_equal(null, pd.read_csv(two / "perm_null.tsv", sep="\t"))
+    record = json.loads((one / "permutation.json").read_text())
+    assert record["flips"] == "random" and record["seed"] == 4 and len(null) == 12
+
+
+def test_group_from_a_study_store_equals_the_batch_folder(batch, by_workers, tmp_path):
+    out = group_from(
+        batch / "study.zarr",
+        out=tmp_path / "from-study",
+        permutation=GroupPermutation(n_perm=12, seed=4, chunk_perm=5, cluster_threshold=0.01),
+    )
+    for name in ("tstat.nii.gz", "roi_overlap.nii.gz", "perm_logp_max_t.nii.gz"):
+        np.testing.assert_array_equal(
+            nib.load(out / name).get_fdata(), nib.load(by_workers[1] / name).get_fdata()
+        )
+
+
+def test_group_rejects_bad_inputs_before_writing(batch, tmp_path):
+    with pytest.raises(OutputError, match=r"study .*neither a roidask batch folder"):
+        group_from(tmp_path)
+    alone = shutil.copytree(batch / "study.zarr", tmp_path / "study.zarr")
+    with pytest.raises(OutputError, match=r"out: .*study store outside a batch folder"):
+        group_from(alone)
+    with pytest.raises(InvalidParameterError, match=r"cluster_threshold: expected"):
+        GroupPermutation(cluster_threshold=0.7, two_sided=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.zarr"]
