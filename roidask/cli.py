@@ -271,7 +271,7 @@ def describe_store(store, *, damaged: list | None = None) -> str:
                 damaged.append(exc)
             continue
         bold = ds["bold"]
-        chunks = "x".join(str(c[0]) for c in bold.chunks)
+        chunks = "x".join(str(c[0]) for c in bold.data.chunks)
         lines.append(f"\n[{name}]")
         lines.append(
             f"  bold: shape {'x'.join(map(str, bold.shape))} {bold.dtype}, "
@@ -790,11 +790,12 @@ def _cmd_group(args) -> int:
         f"permutations: {record['n_perm']} ({record['flips']} sign flips"
         + (f", seed {record['seed']})" if record["flips"] == "random" else ")")
     )
-    logp = nib.load(out / "perm_logp_max_t.nii.gz").get_fdata()
+    # nibabel's load() is annotated as returning FileBasedImage, which lacks get_fdata
+    logp = nib.load(out / "perm_logp_max_t.nii.gz").get_fdata()  # type: ignore[attr-defined]
     significant = int(np.count_nonzero(logp > -np.log10(0.05)))
     print(f"voxels with FWE-corrected p < 0.05 (max-t): {significant}")
     if (out / "perm_logp_max_size.nii.gz").exists():
-        size = nib.load(out / "perm_logp_max_size.nii.gz").get_fdata()
+        size = nib.load(out / "perm_logp_max_size.nii.gz").get_fdata()  # type: ignore[attr-defined]
         print(
             f"voxels in clusters with FWE-corrected p < 0.05 (size): "
             f"{int(np.count_nonzero(size > -np.log10(0.05)))}"

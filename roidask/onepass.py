@@ -194,7 +194,8 @@ def roi_box(mask: np.ndarray, *, grow_voxels: Sequence[int]) -> tuple[slice, sli
     grow = np.asarray(grow_voxels, dtype=np.int64)
     lo = np.maximum(lo - grow, 0)
     hi = np.minimum(hi + grow, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    x, y, z = (slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    return x, y, z
 
 
 def pass_box(
@@ -294,9 +295,9 @@ def pass_chunks(bold: xr.DataArray) -> xr.DataArray:
     volume_bytes = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize
     max_t = max(1, BLOCK_MAX_BYTES // volume_bytes)
     chunks: dict[str, int] = {d: -1 for d in ("x", "y", "z")}
-    if max(bold.chunks[3]) > max_t:
+    if max(bold.data.chunks[3]) > max_t:
         chunks["time"] = max_t
-    if any(len(c) > 1 for c in bold.chunks[:3]) or "time" in chunks:
+    if any(len(c) > 1 for c in bold.data.chunks[:3]) or "time" in chunks:
         bold = bold.chunk(chunks)
     return bold
 
@@ -443,7 +444,7 @@ def _block_partial(
     """
     start = time.thread_time()
     stored, block = block, block if scaling is None else scale_stored(block, *scaling)
-    empty = Moments(0, None, None)
+    empty = Moments(0, np.zeros(()), np.zeros(()))  # no samples: merge() takes the other side
     contrast: dict[int, list[Moments]] = {}
     for c in range(2):
         index = np.flatnonzero(codes == c)
@@ -458,7 +459,7 @@ def _block_partial(
     total = _block_sum(block)
     nonfinite = 0
     if block.dtype.kind == "f" and not np.isfinite(total).all():  # NaN/inf make the sum so
-        nonfinite = block.size - np.count_nonzero(np.isfinite(block))
+        nonfinite = block.size - int(np.count_nonzero(np.isfinite(block)))
     kept = [] if box is None else [stored[(*box, slice(None))].copy()]
     statistics = time.thread_time() - start
     spilled = []
@@ -489,18 +490,20 @@ def _merge_two(a: _Partial, b: _Partial) -> _Partial:
         total = a.total + b.total
     contrast = {}
     for g in sorted(a.contrast.keys() | b.contrast.keys()):
-        ga, gb = a.contrast.get(g), b.contrast.get(g)
-        if ga is None or gb is None:
-            contrast[g] = gb if ga is None else ga
+        if g not in a.contrast:
+            contrast[g] = b.contrast[g]
+        elif g not in b.contrast:
+            contrast[g] = a.contrast[g]
         else:
-            contrast[g] = tuple(mom_ops.merge(x, y) for x, y in zip(ga, gb, strict=True))
+            ga, gb = a.contrast[g], b.contrast[g]
+            contrast[g] = (mom_ops.merge(ga[0], gb[0]), mom_ops.merge(ga[1], gb[1]))
     cpu = a.cpu + b.cpu
     cpu[0] += time.thread_time() - start
     return _Partial(
         total,
         a.n + b.n,
         a.n_nonfinite + b.n_nonfinite,
-        contrast,  # type: ignore[arg-type]
+        contrast,
         a.box + b.box,
         a.spilled + b.spilled,
         cpu,
@@ -510,14 +513,16 @@ def _merge_two(a: _Partial, b: _Partial) -> _Partial:
 def _finish(part: _Partial, box, spill: SpillFile | None, scaling, n_groups: int) -> PassResult:
     zeros = np.zeros(part.total.shape)
     empty = Moments(0, zeros, zeros)
-    groups = []
+    groups: list[tuple[Moments, Moments]] = []
     for g in range(n_groups):
         pair = part.contrast.get(g, (empty, empty))
-        groups.append(tuple(empty if int(m.count) == 0 else m for m in pair))
+        first, second = (empty if int(m.count) == 0 else m for m in pair)
+        groups.append((first, second))
     if n_groups == 1:
         contrast = groups[0]
     else:
-        contrast = tuple(mom_ops.merge_all(pair[c] for pair in groups) for c in range(2))
+        first, second = (mom_ops.merge_all(pair[c] for pair in groups) for c in range(2))
+        contrast = (first, second)
     if spill is not None:
         written = sorted(part.spilled)
         ends = [0] + [stop for _, stop in written]
@@ -527,10 +532,10 @@ def _finish(part: _Partial, box, spill: SpillFile | None, scaling, n_groups: int
         total=part.total,
         n_volumes=int(part.n),
         n_nonfinite=int(part.n_nonfinite),
-        contrast=contrast,  # type: ignore[arg-type]
+        contrast=contrast,
         box=box,
         box_blocks=part.box,
-        groups=groups,  # type: ignore[arg-type]
+        groups=groups,
         spill=spill,
         cpu_s={"statistics": float(part.cpu[0]), "temporary_writes": float(part.cpu[1])},
         scaling=scaling,
@@ -668,7 +673,7 @@ def _kept_image(arr: da.Array, result: PassResult, bold, attrs, values: bool) ->
     attrs = dict(attrs)
     if result.scaling is not None and values:
         slope, inter, dtype = result.scaling
-        arr = arr.map_blocks(scale_stored, slope, inter, dtype, dtype=dtype)
+        arr = da.map_blocks(scale_stored, arr, slope, inter, dtype, dtype=dtype)
         attrs = {k: v for k, v in attrs.items() if k not in _SCALING_ATTRS}
     coords = {k: v for k, v in bold.coords.items() if v.dims == ("time",)}
     return xr.DataArray(arr, dims=BOLD_DIMS, coords=coords, name=bold.name, attrs=attrs)
@@ -684,6 +689,6 @@ def spill_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) 
     """
     if result.spill is None:
         raise InvalidParameterError("spill_image: the pass wrote no temporary file")
-    block = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize * max(bold.chunks[3])
+    block = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize * max(bold.data.chunks[3])
     arr = result.spill.to_dask(max_chunk_bytes=min(SPILL_CHUNK_BYTES, 2 * block))
     return _kept_image(arr, result, bold, bold.attrs, values)

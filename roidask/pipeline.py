@@ -283,9 +283,9 @@ class PipelineResult:
                 b = mom_ops.moments_of(values[:, conditions == second])
                 effect = a.mean - b.mean
                 t = mom_ops.ttest_ind(a, b, equal_var=self.params.test == "student").t
-            atlas = self.maps["atlas"] if self.folds is None else self.maps["atlas"][k]
-            defining = self.maps["tstat"] if self.folds is None else self.maps["fold_tstat"][k]
-            atlas, defining = np.asarray(atlas.values), np.asarray(defining.values)
+            atlas_map = self.maps["atlas"] if self.folds is None else self.maps["atlas"][k]
+            defining_map = self.maps["tstat"] if self.folds is None else self.maps["fold_tstat"][k]
+            atlas, defining = np.asarray(atlas_map.values), np.asarray(defining_map.values)
             for i, roi in enumerate(np.asarray(signals["roi"].values)):
                 inside = defining[atlas == roi]
                 rows.append(
@@ -462,6 +462,7 @@ def _time_coords(signals: xr.DataArray) -> dict:
 
 def _fold_results_dataset(result: PipelineResult) -> xr.Dataset:
     """:func:`results_dataset` with a ``fold`` dimension (independent ROI definitions)."""
+    assert result.folds is not None  # results_dataset calls it only with folds
     maps = result.maps
     ref = maps["logp"]
     coords: dict = dict(spatial_coords(ref.shape, affine_of(ref)))
@@ -866,7 +867,7 @@ def roi_pipeline(
                 volumes,
                 roi_atlas,
                 strategy=params.strategy,
-                **({"fwhm": params.fwhm} if linear else {}),
+                fwhm=params.fwhm if linear else None,
             )
         if pending:
             # The box is already in memory here: extract it in this process.
@@ -984,7 +985,7 @@ def _fold_signals(bold, plan: FoldPlan, computed: dict, strategy: str) -> xr.Dat
     values = np.full((len(plan.folds), len(labels), bold.sizes["time"]), np.nan, dtype=dtype)
     position = {label: i for i, label in enumerate(labels)}
     for k, s in computed.items():
-        rows = [position[int(r)] for r in s["roi"].values]
+        rows = np.asarray([position[int(r)] for r in s["roi"].values], dtype=np.intp)
         values[k][np.ix_(rows, plan.signal_volumes(k))] = np.asarray(s.values)
     coords = {
         "roi": np.asarray(labels, dtype=np.int32),

@@ -8,7 +8,7 @@ pipeline reads the data once, and the outputs are committed atomically.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -27,8 +27,8 @@ __all__ = ["run_subject"]
 
 def run_subject(
     *,
-    bold: list[str | os.PathLike] | None,
-    labels: list[str | os.PathLike] | None,
+    bold: Sequence[str | os.PathLike] | None,
+    labels: Sequence[str | os.PathLike] | None,
     store: str | os.PathLike | None,
     subject: str | None,
     mask: str | os.PathLike,

@@ -21,6 +21,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import dask
 import dask.array as da
@@ -200,7 +201,7 @@ def _group_dataset(maps: dict[str, np.ndarray], ref: xr.DataArray, subjects: lis
     for name, values in maps.items():
         text, units = variables[name]
         dims = ("permutation",) if name.startswith("perm_h0") else ("x", "y", "z")
-        attrs = {"long_name": text, "units": units}
+        attrs: dict[str, Any] = {"long_name": text, "units": units}
         if dims != ("permutation",):
             attrs = {**grid_attrs(ref), **attrs}
         data[name] = xr.Variable(dims, values, attrs)
@@ -349,7 +350,7 @@ def _group(
             dtype = _NIFTI_TYPES.get(name, np.int16 if name == "roi_overlap" else np.float32)
             to_nifti(like_image(values, ref), tmp / f"{name}.nii.gz", dtype=dtype)
         pd.DataFrame({"subject": names}).to_csv(tmp / "subjects.tsv", sep="\t", index=False)
-        if perm is not None:
+        if permutation is not None and perm is not None:
             null = {k.removeprefix("perm_"): v for k, v in maps.items() if k.startswith("perm_h0")}
             null = pd.DataFrame({"permutation": np.arange(perm.sizes["permutation"]), **null})
             null.to_csv(tmp / PERMUTATION_TABLE, sep="\t", index=False, float_format="%.9g")
@@ -424,6 +425,7 @@ def group_from(
         Fewer than 2 subjects.
     """
     path = Path(path)
+    study_path: Path | None
     if _is_study(path):
         study_path, batch = path, path.parent if _is_batch_folder(path.parent) else None
     elif _is_batch_folder(path):
@@ -451,8 +453,8 @@ def group_from(
         subject_dirs = _batch_subject_dirs(batch)
         _check_count(len(subject_dirs), path)
         subjects = _folder_subjects(subject_dirs)
-    else:
-        subjects = _study_subjects(study_path)
+    else:  # path is the study store
+        subjects = _study_subjects(path)
         _check_count(len(subjects.names), path)
     try:
         return _group(subjects, out, study=study, permutation=permutation)

@@ -124,7 +124,7 @@ def fold_plan(runs, scheme: str, *, param: str = "roi_definition") -> FoldPlan:
     if scheme == "split-half":
         groups = (position % 2).astype(np.int64)  # 0: 1st, 3rd, ... runs; 1: 2nd, 4th, ...
         odd, even = distinct[0::2], distinct[1::2]
-        folds = (Fold(odd, even, (0,), (1,)), Fold(even, odd, (1,), (0,)))
+        folds: tuple[Fold, ...] = (Fold(odd, even, (0,), (1,)), Fold(even, odd, (1,), (0,)))
         return FoldPlan(scheme, groups, 2, folds)
     groups = position.astype(np.int64)
     folds = tuple(
@@ -153,7 +153,8 @@ def fold_moments(
         return list(zip(*per_condition, strict=True))
     out = []
     for fold in plan.folds:
-        out.append(
-            tuple(mom_ops.merge_all(groups[g][c] for g in fold.roi_groups) for c in range(2))
+        first, second = (
+            mom_ops.merge_all(groups[g][c] for g in fold.roi_groups) for c in range(2)
         )
+        out.append((first, second))
     return out

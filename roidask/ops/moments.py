@@ -47,7 +47,9 @@ class Moments(NamedTuple):
     ``m2 / (count - 1)``.
     """
 
-    count: np.ndarray | int
+    # The field shadows the method tuple.count (mypy: incompatible override); the name is
+    # kept: it is the stacked layout's field name (FIELDS), read across the package.
+    count: np.ndarray | int  # type: ignore[assignment]
     mean: np.ndarray
     m2: np.ndarray
 

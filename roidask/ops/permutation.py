@@ -99,8 +99,8 @@ def check_cluster_threshold(value, *, two_sided: bool) -> float | None:
     ok = (
         not isinstance(value, bool)
         and isinstance(value, numbers.Real)
-        and np.isfinite(value)
-        and 0.0 < value < upper
+        and np.isfinite(float(value))
+        and 0.0 < float(value) < upper
     )
     if not ok:
         side = "two-sided" if two_sided else "one-sided"
@@ -406,7 +406,7 @@ def _fwe_logp(h0: np.ndarray, observed: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(observed), np.nan, logp)
 
 
-def _unmask(values: np.ndarray, obs: dict, fill, dtype) -> np.ndarray:
+def _unmask(values: np.ndarray | bool, obs: dict, fill, dtype) -> np.ndarray:
     out = np.full(int(np.prod(obs["shape"])), fill, dtype=dtype)
     out[obs["flat"]] = values
     return out.reshape(obs["shape"])
@@ -592,6 +592,7 @@ def permuted_ttest_1samp(
         # nilearn's conversion (permuted_least_squares._compute_t_stat_threshold)
         # scipy.stats.t.isf(q, df) is -stdtrit(df, q); scipy.stats is not imported (~0.1 s)
         threshold_t = float(-special.stdtrit(df, cluster_p / 2 if two_sided else cluster_p))
+    source: tuple  # (kind, its data): the flips, nothing, or the seed
     if kind == "given":
         # one key holding the flips, read by every chunk (not a copy per task)
         source = ("given", dask.delayed(flips, name=f"permutation-flips-{tokenize(flips)}"))

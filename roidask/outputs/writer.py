@@ -174,7 +174,7 @@ def write_results(
         # Independent files, written concurrently (gzip, CSV formatting and zarr's
         # I/O overlap); the first error is raised once all are done.
         with ThreadPoolExecutor(3) as writers:
-            pending = [
+            pending: list[Future] = [
                 writers.submit(_write_maps, result, tmp),
                 writers.submit(write_signals_tsv, result.signals, tmp / "signals.tsv"),
                 writers.submit(_write_dataset, result, tmp),
