@@ -35,6 +35,7 @@ from roidask.batch import (
 from roidask.cluster import dashboard_link, describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
 from roidask.exceptions import InvalidParameterError, RoidaskError, RoidaskWarning, StoreError
+from roidask.io.locations import is_remote, location_arg
 from roidask.io.store_read import CHUNK_GRIDS_ATTR, list_subjects, open_subject, verify_store
 from roidask.io.store_write import convert
 from roidask.ops.extract import STRATEGIES
@@ -154,14 +155,14 @@ def _add_bold_inputs(p, *, required: bool) -> None:
     p.add_argument(
         "bold",
         nargs="+" if required else "*",
-        type=Path,
+        type=location_arg,
         metavar="BOLD",
         help="4D .nii/.nii.gz/.nii.zarr run(s), in acquisition order",
     )
     p.add_argument(
         "--labels",
         action="append",
-        type=Path,
+        type=location_arg,
         required=required,
         default=None,
         help="Haxby labels.txt, or one BIDS *_events.tsv per run (repeat the flag)",
@@ -184,14 +185,16 @@ def _add_convert(sub) -> None:
         "The subject appears in the store only once completely written.",
     )
     _add_bold_inputs(p, required=True)
-    p.add_argument("--out", type=Path, required=True, help="store to create or add to")
+    p.add_argument("--out", type=location_arg, required=True, help="store to create or add to")
     p.add_argument("--subject", default="sub-01", help="subject group name (default: sub-01)")
     p.add_argument(
         "--chunks",
         default=None,
         help="chunk sizes, e.g. x=20,y=32,z=32,time=100 (default: whole volumes, ~16 MB)",
     )
-    p.add_argument("--mask", type=Path, default=None, help="3D mask stored beside the BOLD data")
+    p.add_argument(
+        "--mask", type=location_arg, default=None, help="3D mask stored beside the BOLD data"
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -226,7 +229,7 @@ def _add_info(sub) -> None:
         "runs and sources. With --verify, read every chunk and check its checksum; the "
         "damaged or missing chunks are listed and the exit status is 1.",
     )
-    p.add_argument("store", type=Path, metavar="STORE", help="a roidask zarr store")
+    p.add_argument("store", type=location_arg, metavar="STORE", help="a roidask zarr store")
     p.add_argument(
         "--verify",
         action="store_true",
@@ -455,14 +458,16 @@ def _add_run(sub) -> None:
         "Every input and --out are checked before any voxel is read.",
     )
     _add_bold_inputs(p, required=False)
-    p.add_argument("--store", type=Path, default=None, help="a converted store instead of BOLD")
+    p.add_argument(
+        "--store", type=location_arg, default=None, help="a converted store instead of BOLD"
+    )
     p.add_argument(
         "--subject", default=None, help="subject of --store (default: its only subject)"
     )
     p.add_argument(
-        "--mask", type=Path, required=True, help="3D binary mask (e.g. ventral temporal)"
+        "--mask", type=location_arg, required=True, help="3D binary mask (e.g. ventral temporal)"
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=location_arg, required=True, help="output folder")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -485,7 +490,7 @@ def _summary(result, out, wall_s: float) -> str:
     lines.append(f"peak -log10 p: {float(np.nanmax(logp)) if logp.size else float('nan'):.2f}")
     lines.append(f"wall time: {wall_s:.1f} s, peak memory (this process): {peak:.0f} MB")
     lines.append(f"outputs: {out}")
-    figs = sorted((Path(out) / "figures").glob("*.png"))
+    figs = [] if is_remote(out) else sorted((Path(out) / "figures").glob("*.png"))
     if figs:
         lines.append(f"figures: {Path(out) / 'figures'} ({len(figs)} PNG files)")
     return "\n".join(lines)

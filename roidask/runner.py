@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import Future
-from pathlib import Path
 
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti
+from roidask.io.locations import S3Path, as_location
 from roidask.io.nifti import NiftiSource
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
@@ -94,7 +94,8 @@ def run_subject(
             "labels: a labels.txt or one events.tsv per run is required with BOLD files",
             param="labels",
         )
-    out = Path(out)
+    out = as_location(out)
+    temp_dir = None if isinstance(out, S3Path) else out.parent  # the pass's temporary file
     files = input_paths(bold=bold, labels=labels, store=store, mask=mask)
     prepare_output(out, inputs=files, overwrite=overwrite)
     if inputs is None:  # hashed while the pipeline runs
@@ -106,13 +107,13 @@ def run_subject(
             params=params,
             chunks=chunks,
             box_max_bytes=box_max_bytes,
-            temp_dir=out.parent,
+            temp_dir=temp_dir,
             progress=progress,
         )
     else:
         result = _run_nifti(
             list(bold or []), list(labels or []), mask, params, chunks, tr_s, progress,
-            box_max_bytes=box_max_bytes, temp_dir=out.parent,
+            box_max_bytes=box_max_bytes, temp_dir=temp_dir,
         )  # fmt: skip
     if before_write is not None:
         before_write()

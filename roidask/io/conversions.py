@@ -10,7 +10,6 @@ with the grid in its attrs.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import dask.array as da
 import nibabel as nib
@@ -27,6 +26,7 @@ from roidask.io.image import (
     is_image_path,
     open_source,
 )
+from roidask.io.locations import S3Path, as_location
 from roidask.io.store_read import open_subject, subject_dataset
 
 __all__ = ["ImageLike", "as_image"]
@@ -110,8 +110,8 @@ def as_image(
     UnreadableFileError, CorruptFileError, StoreError
         A path that cannot be read as an image.
     """
-    if isinstance(img, str | os.PathLike):
-        path = Path(img)
+    if isinstance(img, str | os.PathLike | S3Path):
+        path = as_location(img)
         if not path.exists():
             raise UnreadableFileError(f"{param} {path}: no such file or folder", param=param)
         if is_image_path(path):

@@ -44,6 +44,7 @@ from roidask.io.grid import (
     voxel_size_mm,
 )
 from roidask.io.labels import volume_labels
+from roidask.io.locations import S3Path, as_location, version_tag
 from roidask.io.nifti import (
     NiftiSource,
     header_from_b64,
@@ -142,8 +143,8 @@ class _SourceArray:
 
 
 def _token(source: NiftiSource, chunks) -> str:
-    """Deterministic graph key: same file, same modification time, same chunks."""
-    return tokenize(str(source.path), source.path.stat().st_mtime_ns, chunks)
+    """Deterministic graph key: same file, same modification time (ETag on S3), same chunks."""
+    return tokenize(str(source.path), version_tag(source.path), chunks)
 
 
 def _source_dask(source: VolumeSource, chunks: dict[str, int], scaled: bool = True) -> da.Array:
@@ -174,7 +175,7 @@ def image_from_nifti(path: str | os.PathLike, *, chunks=None, param: str = "img"
     chunks = normalize_chunks(chunks, src.shape, src.dtype.itemsize)
     arr = _source_dask(src, chunks)
     return xr.DataArray(
-        arr, dims=SPATIAL_DIMS, name=Path(path).name, attrs=_attrs_from_source(src)
+        arr, dims=SPATIAL_DIMS, name=as_location(path).name, attrs=_attrs_from_source(src)
     )
 
 
@@ -217,7 +218,7 @@ def bold_from_nifti(
         scaled, unless ``scaled=False``), coordinates ``time`` (s), ``condition``
         and ``run``. No voxel data is read until computed.
     """
-    if isinstance(paths, str | os.PathLike):
+    if isinstance(paths, str | os.PathLike | S3Path):
         paths = [paths]
     if not paths:
         raise InvalidParameterError("bold: at least one 4D NIfTI file is needed", param="bold")
@@ -252,7 +253,7 @@ def bold_from_nifti(
         condition = None
         run = np.repeat(np.arange(len(sources)), n_per_run)
     else:
-        if isinstance(labels, str | os.PathLike):
+        if isinstance(labels, str | os.PathLike | S3Path):
             labels = [labels]
         table = volume_labels(
             list(labels),

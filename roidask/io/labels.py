@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from roidask._validate import check_input_file
 from roidask.exceptions import EventsWarning, LabelsError
+from roidask.io.locations import S3Path, as_location, check_input_file, open_table
 
 __all__ = [
     "ONSET_TOLERANCE_TR",
@@ -34,15 +34,15 @@ ONSET_TOLERANCE_TR = 1e-6
 _EVENT_COLUMNS = ("onset", "duration", "trial_type")
 
 
-def _is_events(path: Path) -> bool:
+def _is_events(path: Path | S3Path) -> bool:
     """A BIDS events file by name: ``*_events.tsv`` or ``events.tsv`` (or ``.tsv.gz``)."""
     return re.search(r"(^|[_-])events\.tsv(\.gz)?$", path.name.lower()) is not None
 
 
-def _looks_like_events(path: Path) -> bool:
+def _looks_like_events(path: Path | S3Path) -> bool:
     """A TSV whose header has the BIDS events columns, whatever its name."""
     try:
-        header = pd.read_csv(path, sep="\t", nrows=0).columns
+        header = pd.read_csv(open_table(path), sep="\t", nrows=0).columns
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
         return False
     return all(c in header for c in _EVENT_COLUMNS)
@@ -59,7 +59,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = check_input_file(path, "labels", what="labels file")
     try:
-        table = pd.read_csv(path, sep=r"\s+", dtype=str, engine="python")
+        table = pd.read_csv(open_table(path), sep=r"\s+", dtype=str, engine="python")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LabelsError(f"labels {path}: not a readable labels table ({exc})") from None
     if "labels" not in table.columns:
@@ -104,7 +104,7 @@ def read_events(path: str | os.PathLike) -> pd.DataFrame:
     """Read and validate a BIDS ``events.tsv`` (columns onset, duration, trial_type)."""
     path = check_input_file(path, "labels", what="events file")
     try:
-        events = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True)
+        events = pd.read_csv(open_table(path), sep="\t", na_values=["n/a"], keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LabelsError(
             f"labels {path}: not a readable events table ({exc})", param="labels"
@@ -212,7 +212,7 @@ def volume_labels(
         its ``chunks`` column; with events files (or a labels.txt without
         ``chunks``) it is the index of the BOLD file.
     """
-    paths = [Path(p) for p in labels]
+    paths = [as_location(p) for p in labels]
     n_total = int(sum(n_volumes_per_run))
     file_index = np.repeat(np.arange(len(n_volumes_per_run)), n_volumes_per_run)
     names = bold_names or [f"run {i}" for i in range(len(n_volumes_per_run))]

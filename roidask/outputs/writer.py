@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from roidask._atomic import OutputFolder, check_destination, clean_stale
+from roidask._atomic import OutputFolder
 from roidask.io.image import to_nifti
+from roidask.io.locations import S3Path, check_output, publish_folder
 from roidask.io.store_write import write_dataset_zarr
 from roidask.io.tables import write_signals_tsv
 from roidask.ops.rois import write_atlas
@@ -64,15 +66,14 @@ def prepare_output(
     inputs: Iterable[str | os.PathLike] = (),
     overwrite: bool = False,
     param: str = "out",
-) -> Path:
+) -> Path | S3Path:
     """Check (before any data is read) that ``out_dir`` may be written; clean stale siblings.
 
-    See :func:`roidask._atomic.check_destination`.
+    See :func:`roidask._atomic.check_destination` (an ``s3://`` prefix:
+    :func:`roidask.io.locations.check_remote_destination`).
     """
-    out = Path(out_dir)
-    clean_stale(out)
-    return check_destination(
-        out, param=param, inputs=inputs, overwrite=overwrite, kind=SUBJECT_KIND
+    return check_output(
+        out_dir, param=param, inputs=inputs, overwrite=overwrite, kind=SUBJECT_KIND
     )
 
 
@@ -122,14 +123,25 @@ def write_results(
 
     Returns
     -------
-    Path
-        ``out_dir``.
+    Path or S3Path
+        ``out_dir``. An ``s3://`` prefix is built in a local temporary folder and
+        uploaded, its ownership marker last (:func:`roidask.io.locations.publish_folder`).
     """
     started_utc = started_utc or utc_now()
     input_list = inputs.result() if isinstance(inputs, Future) else inputs
     out = prepare_output(
         out_dir, inputs=[r["path"] for r in input_list or []], overwrite=overwrite
     )
+    write = (result, plots, started_utc, input_list, extra_provenance)
+    if isinstance(out, S3Path):
+        with tempfile.TemporaryDirectory(prefix=".roidask-out-") as tmp:
+            local = Path(tmp) / (out.name or "out")
+            _write_folder(local, *write)
+            return publish_folder(local, out)
+    return _write_folder(out, *write)
+
+
+def _write_folder(out: Path, result, plots, started_utc, input_list, extra_provenance) -> Path:
     with OutputFolder(out, kind=SUBJECT_KIND) as tmp:
         # Independent files, written concurrently (gzip, CSV formatting and zarr's
         # I/O overlap); the first error is raised once all are done.
