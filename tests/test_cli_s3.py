@@ -350,16 +350,21 @@ def test_publishing_puts_the_marker_last_and_deletes_only_listed_objects(s3_buck
     order = []
     real_put = obstore.put
 
-    def put(store, key, *args, **kwargs):
-        order.append(key.rsplit("/f/", 1)[-1])
-        return real_put(store, key, *args, **kwargs)
+    def put(store, key, data, *args, **kwargs):
+        data = data.read() if hasattr(data, "read") else data
+        order.append((key, json.loads(data) if key.endswith(".roidask.json") else None))
+        return real_put(store, key, data)
 
     obstore.put = put
     try:
         publish_folder(local, dest)
     finally:
         obstore.put = real_put
-    assert order[0].endswith(".roidask.json") and order[-1].endswith(".roidask.json")
+    markers = [(i, record) for i, (key, record) in enumerate(order) if record is not None]
+    # first a pending marker claiming the old and the new objects, the real one last
+    assert [i for i, _ in markers] == [0, len(order) - 1]
+    assert markers[0][1]["complete"] is False
+    assert markers[0][1]["files"] == ["a.txt", "old.txt", "sub/b.txt"]
     assert json.loads(objects(dest.url)[".roidask.json"]) == marker
     assert sorted(objects(dest.url)) == [".roidask.json", "a.txt", "sub/b.txt"]
 
