@@ -570,11 +570,13 @@ def _add_batch(sub) -> None:
         "concurrently on one dask cluster; then a group level. Completed subjects "
         "(same parameters and inputs) are skipped when the batch is run again.",
     )
-    p.add_argument("manifest", type=Path, metavar="MANIFEST", help="TSV or BIDS-like folder")
-    p.add_argument("--out", type=Path, required=True, help="batch output folder")
+    p.add_argument(
+        "manifest", type=location_arg, metavar="MANIFEST", help="TSV or BIDS-like folder"
+    )
+    p.add_argument("--out", type=location_arg, required=True, help="batch output folder")
     p.add_argument(
         "--mask",
-        type=Path,
+        type=location_arg,
         default=None,
         help="mask for subjects of a BIDS-like folder without their own",
     )

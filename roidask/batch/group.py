@@ -11,7 +11,6 @@ import pandas as pd
 import xarray as xr
 
 from roidask import __version__ as roidask_version
-from roidask._atomic import OutputFolder, check_destination, clean_stale
 from roidask.exceptions import GridMismatchError, InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.grid import (
@@ -22,6 +21,7 @@ from roidask.io.grid import (
     voxel_size_mm,
 )
 from roidask.io.image import like_image, to_nifti
+from roidask.io.locations import check_output, output_folder
 from roidask.io.nifti import release_handles
 from roidask.ops import moments as mom
 from roidask.outputs.study import Study
@@ -85,8 +85,7 @@ def group_level(subject_dirs: list[Path], out: Path, *, study: Study | None = No
             f"subject_dirs: a group level needs at least 2 subjects, got {len(subject_dirs)}",
             param="subject_dirs",
         )
-    clean_stale(out)
-    check_destination(out, param="out", overwrite=True, kind=GROUP_KIND)
+    check_output(out, param="out", overwrite=True, kind=GROUP_KIND)
     # small volumes: computed here, never shipped to a cluster and back
     with dask.config.set(scheduler=dask.local.get_sync):
         ref, moments, overlap = None, None, None
@@ -119,7 +118,7 @@ def group_level(subject_dirs: list[Path], out: Path, *, study: Study | None = No
         "roi_overlap": overlap,
         "roi_overlap_fraction": overlap.astype(np.float32) / n,
     }
-    with OutputFolder(out, kind=GROUP_KIND) as tmp:
+    with output_folder(out, kind=GROUP_KIND) as tmp:
         for name, values in maps.items():
             to_nifti(like_image(values, ref), tmp / f"{name}.nii.gz", dtype=values.dtype)
         pd.DataFrame({"subject": [d.name for d in subject_dirs]}).to_csv(

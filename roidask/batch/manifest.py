@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from roidask._validate import SUBJECT_NAME_RE, check_input_file
+from roidask._validate import SUBJECT_NAME_RE
 from roidask.exceptions import CorruptFileError, ManifestError, UnreadableFileError
+from roidask.io.locations import S3Path, as_location, check_input_file, is_remote, open_table
 from roidask.io.niizarr import is_nifti_zarr
 
 __all__ = ["MANIFEST_COLUMNS", "SubjectSpec", "check_subject_files", "read_manifest"]
@@ -30,9 +31,9 @@ class SubjectSpec:
     """One subject of a batch: BOLD run(s), label file(s) and a mask."""
 
     subject: str
-    bold: tuple[Path, ...]
-    labels: tuple[Path, ...]
-    mask: Path
+    bold: tuple[Path | S3Path, ...]
+    labels: tuple[Path | S3Path, ...]
+    mask: Path | S3Path
 
     @property
     def out_name(self) -> str:
@@ -72,9 +73,13 @@ def check_subject_files(specs: list[SubjectSpec]) -> None:
                 ) from None
 
 
-def _split(value: str, base: Path) -> tuple[Path, ...]:
+def _split(value: str, base: Path | S3Path) -> tuple[Path | S3Path, ...]:
+    """Paths of a manifest cell; relative ones are relative to the manifest's location
+    (so an ``s3://`` manifest's relative paths are ``s3://`` too)."""
     parts = [p.strip() for p in str(value).split(";") if p.strip()]
-    return tuple(p if p.is_absolute() else base / p for p in map(Path, parts))
+    return tuple(
+        as_location(p) if is_remote(p) or Path(p).is_absolute() else base / p for p in parts
+    )
 
 
 def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None = None):
@@ -94,7 +99,12 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
     -------
     list of SubjectSpec
     """
-    path = Path(manifest)
+    path = as_location(manifest)
+    if isinstance(path, S3Path) and not path.is_file() and path.is_dir():
+        raise ManifestError(
+            f"manifest {path}: a BIDS-like folder in S3 is not read; give a TSV manifest",
+            param="manifest",
+        )
     if path.is_dir():
         return _read_bids(path, mask=mask)
     if not path.exists():
@@ -104,7 +114,7 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
         )
     check_input_file(path, "manifest", what="manifest (TSV)")
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str).fillna("")
+        table = pd.read_csv(open_table(path), sep="\t", dtype=str).fillna("")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ManifestError(
             f"manifest {path}: not a readable TSV table ({exc})", param="manifest"

@@ -30,6 +30,7 @@ write are never deleted (:func:`check_remote_destination` refuses such a prefix)
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import io
@@ -37,6 +38,8 @@ import json
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +53,8 @@ import zarr.storage
 from isal import isal_zlib
 from obstore.store import S3Store
 
-from roidask._atomic import MARKER, check_destination, clean_stale
+from roidask._atomic import MARKER, OutputFolder, check_destination, clean_stale
+from roidask._atomic import write_bytes as write_local_bytes
 from roidask._validate import check_input_file as check_local_file
 from roidask.exceptions import (
     CorruptFileError,
@@ -67,6 +71,8 @@ __all__ = [
     "S3Path",
     "as_location",
     "check_input_file",
+    "check_not_input",
+    "check_output",
     "check_remote_destination",
     "check_writable",
     "delete_prefix_keys",
@@ -75,11 +81,14 @@ __all__ = [
     "location_arg",
     "object_record",
     "open_table",
+    "output_folder",
     "publish_folder",
     "put_files",
     "remote_marker",
+    "remove_files",
     "s3_error",
     "version_tag",
+    "write_file",
     "zarr_store",
 ]
 
@@ -695,13 +704,7 @@ def check_remote_destination(
     the objects it lists; an incomplete output (a pending marker left by a killed
     upload) may be rewritten without ``overwrite``.
     """
-    for item in inputs:
-        if _overlaps(str(as_location(item)), out.url):
-            raise OutputError(
-                f"{param} {out}: is or contains the input {item}; roidask never writes over "
-                "its inputs, choose another output",
-                param=param,
-            )
+    check_not_input(out, inputs, param=param)
     if not out.key:
         raise OutputError(
             f"{param} {out}: give a prefix inside the bucket (s3://BUCKET/PREFIX)", param=param
@@ -751,6 +754,17 @@ def check_writable(out: S3Path, param: str) -> None:
         obstore.delete(_store(probe.bucket), probe.key)
     except Exception as exc:
         raise s3_error(exc, out, param=param, expected="prefix", error=OutputError) from None
+
+
+def check_not_input(out: S3Path, inputs: Iterable, *, param: str) -> None:
+    """``out`` must not be an input, contain one or be inside one."""
+    for item in inputs:
+        if _overlaps(str(as_location(item)), out.url):
+            raise OutputError(
+                f"{param} {out}: is or contains the input {item}; roidask never writes over "
+                "its inputs, choose another output",
+                param=param,
+            )
 
 
 def _as_output_error(exc: RoidaskOSError, param: str) -> RoidaskOSError:
@@ -816,7 +830,7 @@ def publish_folder(local: Path, dest: S3Path, *, last: Iterable[str] = (MARKER,)
         "written_by": "roidask",
         "kind": (old or {}).get("kind") or _local_kind(local),
         "complete": False,
-        "files": sorted(old_files | set(names)),
+        "files": sorted((old_files | set(names)) - {MARKER}),
     }
     (dest / MARKER).write_text(json.dumps(pending, indent=2) + "\n")
     put_files(local, dest, [n for n in names if n not in last])
@@ -825,6 +839,50 @@ def publish_folder(local: Path, dest: S3Path, *, last: Iterable[str] = (MARKER,)
         delete_prefix_keys(dest, stale)
     put_files(local, dest, last)
     return dest
+
+
+@contextlib.contextmanager
+def output_folder(out, *, kind: str) -> Iterator[Path]:
+    """:class:`roidask._atomic.OutputFolder` for a local folder or an ``s3://`` prefix.
+
+    Yields the local folder to fill; on success a local ``out`` is swapped into place,
+    an ``s3://`` one is built in a local temporary folder and published
+    (:func:`publish_folder`). Check ``out`` first (:func:`check_output`).
+    """
+    loc = as_location(out)
+    if isinstance(loc, Path):
+        with OutputFolder(loc, kind=kind) as tmp:
+            yield tmp
+        return
+    with tempfile.TemporaryDirectory(prefix=".roidask-out-") as tmp:
+        local = Path(tmp) / (loc.name or "out")
+        with OutputFolder(local, kind=kind) as build:
+            yield build
+        publish_folder(local, loc)
+
+
+def write_file(location, data: bytes) -> None:
+    """Write a whole file atomically: a local temporary sibling renamed, or one PUT."""
+    loc = as_location(location)
+    if isinstance(loc, S3Path):
+        loc.write_bytes(data)
+    else:
+        write_local_bytes(loc, data)
+
+
+def remove_files(folder, names: Iterable[str], *, prune: bool = False) -> None:
+    """Remove ``folder/name`` for each name (files roidask listed as its own); with
+    ``prune``, then the local folder if no file is left in it."""
+    loc = as_location(folder)
+    names = list(names)
+    if isinstance(loc, S3Path):
+        delete_prefix_keys(loc, names)
+        return
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (loc / name).unlink()
+    if prune and loc.is_dir() and not list_files(loc):
+        shutil.rmtree(loc, ignore_errors=True)
 
 
 def _local_kind(local: Path) -> str | None:

@@ -55,6 +55,7 @@ from roidask.io.locations import (
     check_writable,
     delete_prefix_keys,
     is_remote,
+    list_files,
     put_files,
     zarr_store,
 )
@@ -154,13 +155,10 @@ def write_dataset_zarr(ds: xr.Dataset, path: Path) -> None:
 
 
 # -- conversion --------------------------------------------------------------------------------
-def foreign_in_group(group_dir: Path) -> list[str]:
-    """Files in a group folder that zarr did not write (relative paths, sorted)."""
-    return sorted(
-        str(p.relative_to(group_dir))
-        for p in group_dir.rglob("*")
-        if p.is_file() and not _ZARR_FILE_RE.match(str(p.relative_to(group_dir)))
-    )
+def foreign_in_group(group_dir: Path | S3Path) -> list[str]:
+    """Files in a group folder (or objects under an S3 prefix) that zarr did not write
+    (relative paths, sorted)."""
+    return [name for name in list_files(group_dir) if not _ZARR_FILE_RE.match(name)]
 
 
 def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[Path]) -> bool:

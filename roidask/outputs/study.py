@@ -34,16 +34,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
-from roidask._atomic import clean_stale, write_bytes
+from roidask._atomic import clean_stale
 from roidask.exceptions import OutputError, StoreError
+from roidask.io.locations import (
+    S3Path,
+    as_location,
+    list_files,
+    remove_files,
+    write_file,
+    zarr_store,
+)
 from roidask.io.store_read import (
     CHUNK_GRIDS_ATTR,
     COMPLETE_ATTR,
@@ -126,7 +134,7 @@ def _write_root(study: Path, record: dict) -> None:
     record["consolidated_metadata"]["metadata"] = dict(
         sorted(record["consolidated_metadata"]["metadata"].items())
     )
-    write_bytes(study / _META, json.dumps(record, separators=(",", ":")).encode())
+    write_file(study / _META, json.dumps(record, separators=(",", ":")).encode())
 
 
 def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
@@ -137,8 +145,9 @@ def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
     OutputError
         ``study`` exists and is not a roidask study store (roidask never writes in it).
     """
-    path = Path(study)
-    clean_stale(path / _META)
+    path = as_location(study)
+    if isinstance(path, Path):
+        clean_stale(path / _META)
     if path.exists():
         try:
             _read_root(path, param=param)
@@ -149,7 +158,8 @@ def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
             ) from None
         return path
     try:
-        path.mkdir()
+        if isinstance(path, Path):
+            path.mkdir()
     except OSError as exc:
         raise OutputError(f"{param} {path}: cannot create it ({exc.strerror or exc})") from None
     root = {
@@ -168,14 +178,14 @@ def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
 
 def published(study: str | os.PathLike) -> list[str]:
     """Names of the published nodes (what ``xr.open_datatree`` shows), sorted."""
-    metadata = _read_root(Path(study))["consolidated_metadata"]["metadata"]
+    metadata = _read_root(as_location(study))["consolidated_metadata"]["metadata"]
     return sorted(k for k in metadata if "/" not in k)
 
 
 # -- nodes -------------------------------------------------------------------------------------
 def node_attrs(study: str | os.PathLike, name: str) -> dict | None:
     """Attributes of node ``name`` as written on disk (None: no complete node there)."""
-    meta = Path(study) / name / _META
+    meta = as_location(study) / name / _META
     try:
         record = json.loads(meta.read_text())
     except (OSError, ValueError):
@@ -196,21 +206,22 @@ def _chunk_grids(consolidated: dict[str, Any]) -> dict[str, list[int]]:
     return grids
 
 
-def _clear_node(node: Path) -> None:
+def _clear_node(node: Path | S3Path) -> None:
     """Remove a previous (unpublished) version of a node: its completion first."""
     if not node.exists():
         return
     if not node.is_dir():
         raise OutputError(f"study node {node}: is a file; roidask only replaces its own nodes")
-    clean_stale(node / _META)
+    if isinstance(node, Path):
+        clean_stale(node / _META)
     foreign = foreign_in_group(node)
     if foreign:
         raise OutputError(
             f"study node {node}: holds files zarr did not write ({', '.join(foreign[:5])}); "
             "roidask does not delete them, move them away"
         )
-    (node / _META).unlink(missing_ok=True)  # from here on the node reads as incomplete
-    shutil.rmtree(node)
+    remove_files(node, [_META])  # from here on the node reads as incomplete
+    remove_files(node, list_files(node), prune=True)
 
 
 def write_node(
@@ -229,7 +240,7 @@ def write_node(
     Path
         The node's folder.
     """
-    study = Path(study)
+    study = as_location(study)
     node = study / name
     files = dataset_zarr_files(ds)
     group = json.loads(files.pop(_META))
@@ -241,12 +252,17 @@ def write_node(
         }
     )
     _clear_node(node)
-    for key, data in files.items():
-        target = node / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    node.mkdir(parents=True, exist_ok=True)
-    write_bytes(node / _META, json.dumps(group, indent=2).encode())
+    if isinstance(node, S3Path):  # one PUT per object, concurrently
+        with ThreadPoolExecutor(8, thread_name_prefix="roidask-put") as pool:
+            for done in [pool.submit(write_file, node / k, d) for k, d in files.items()]:
+                done.result()
+    else:
+        for key, data in files.items():
+            target = node / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        node.mkdir(parents=True, exist_ok=True)
+    write_file(node / _META, json.dumps(group, indent=2).encode())
     return node
 
 
@@ -267,7 +283,7 @@ def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = No
     StoreError
         The node is not complete, or its fingerprint is not ``fingerprint``.
     """
-    study = Path(study)
+    study = as_location(study)
     node_json = study / name / _META
     node = _read_json(node_json, f"node {name!r}") if node_json.is_file() else {}
     attrs = node.get("attributes") or {}
@@ -292,7 +308,7 @@ def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = No
 
 def unpublish(study: str | os.PathLike, name: str) -> bool:
     """Hide node ``name`` (before it is rewritten); True if it was published."""
-    study = Path(study)
+    study = as_location(study)
     root = _read_root(study)
     metadata = root["consolidated_metadata"]["metadata"]
     kept = _without(metadata, name)
@@ -311,7 +327,7 @@ class SubjectNode:
     folder is written; the driver publishes the node afterwards.
     """
 
-    study: Path
+    study: Path | S3Path
     name: str
     subject: str
     fingerprint: str
@@ -361,10 +377,10 @@ class Study:
 # -- reading -----------------------------------------------------------------------------------
 def open_study(study: str | os.PathLike) -> xr.DataTree:
     """The published nodes as a lazy DataTree (plain ``xr.open_datatree`` does the same)."""
-    path = Path(study)
+    path = as_location(study)
     _read_root(path)
     ignore_consolidated_warning()
-    return xr.open_datatree(str(path), engine="zarr")
+    return xr.open_datatree(zarr_store(path), engine="zarr")
 
 
 def verify_study(study: str | os.PathLike) -> list[DamagedChunk]:
@@ -377,7 +393,7 @@ def verify_study(study: str | os.PathLike) -> list[DamagedChunk]:
         rewritten after publishing, is reported with array ``""`` and chunk
         ``zarr.json``; missing or corrupt chunks as in :func:`roidask.io.verify_store`.
     """
-    path = Path(study)
+    path = as_location(study)
     metadata = _read_root(path)["consolidated_metadata"]["metadata"]
     damaged: list[DamagedChunk] = []
     records: dict[str, dict] = {}
