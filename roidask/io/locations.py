@@ -30,6 +30,7 @@ write are never deleted (:func:`check_remote_destination` refuses such a prefix)
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import hashlib
@@ -94,7 +95,9 @@ __all__ = [
 
 SCHEME = "s3://"
 #: Bytes per piece of a streamed GET (the memory a stream holds is about one piece).
-STREAM_PIECE_BYTES = 8 * 2**20
+STREAM_PIECE_BYTES = 2**20
+#: Bytes of decompressed data produced at a time by :class:`ObjectStream`.
+_OUT_PIECE_BYTES = 4 * 2**20
 _PUT_THREADS = 8
 
 
@@ -530,18 +533,20 @@ def object_record(location) -> dict:
 class ObjectStream:
     """A file-like reader over one GET of an object, gunzipped on the fly if ``gzip``.
 
-    ``read(n)`` returns at most ``n`` bytes (fewer only at the end); the memory held
-    is about one piece of the GET plus what the caller asked for. The gzip members'
+    ``read(n)`` returns at most ``n`` bytes (fewer only at the end). Decompressed data
+    is produced in pieces of at most :data:`_OUT_PIECE_BYTES` and joined once per
+    ``read``, so the memory held is about one GET piece, the bytes asked for and
+    their pieces (2 x ``n``), whatever the size of the object. The gzip members'
     CRCs and sizes are checked as they end (``isal_zlib``).
     """
 
     def __init__(self, location: S3Path, *, gzip: bool, piece_bytes: int = STREAM_PIECE_BYTES):
         self.location = location
         self._pieces = location.stream(piece_bytes)
-        self._gzip = gzip
         self._dec = isal_zlib.decompressobj(wbits=31) if gzip else None
-        self._buf = bytearray()
-        self._input: memoryview | bytes = b""
+        self._out: collections.deque = collections.deque()  # decompressed, not yet read
+        self._out_bytes = 0
+        self._input: memoryview | bytes = b""  # compressed, not yet fed
         self._done = False
         self.pos = 0
 
@@ -555,43 +560,70 @@ class ObjectStream:
             return False
         return True
 
-    def _fill(self, n: int) -> None:
-        while len(self._buf) < n:
-            dec = self._dec
-            if dec is None:
-                if not self._input and not self._next_input():
-                    return
-                self._buf += self._input
-                self._input = b""
-                continue
+    def _produce(self) -> bytes:
+        """The next piece of (decompressed) data; empty at the end of the object."""
+        dec = self._dec
+        if dec is None:
+            if not self._input and not self._next_input():
+                return b""
+            data, self._input = bytes(self._input), b""
+            return data
+        while True:
             if dec.unconsumed_tail:
-                data = dec.decompress(dec.unconsumed_tail, n - len(self._buf))
-            elif dec.eof:
+                return dec.decompress(dec.unconsumed_tail, _OUT_PIECE_BYTES)
+            if dec.eof:
                 rest = dec.unused_data
-                if not rest and not self._next_input():
-                    return
+                if not rest and not self._input and not self._next_input():
+                    return b""
                 self._dec = dec = isal_zlib.decompressobj(wbits=31)  # next gzip member
-                data = dec.decompress(rest or self._input, n - len(self._buf))
-                self._input = b""
-            elif self._input or self._next_input():
-                data = dec.decompress(self._input, n - len(self._buf))
-                self._input = b""
-            else:
+                if rest:
+                    self._input = rest
+                continue
+            if not self._input and not self._next_input():
                 raise EOFError(f"{self.location}: gzip stream ended early (truncated file)")
-            self._buf += data
+            data, self._input = dec.decompress(self._input, _OUT_PIECE_BYTES), b""
+            if data or dec.eof or dec.unconsumed_tail:
+                return data
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1) -> bytes | bytearray:
+        """Up to ``n`` bytes (all that is left if ``n < 0``), fewer only at the end."""
         if n is None or n < 0:
-            n = 2**62
-        self._fill(n)
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
-        self.pos += len(out)
+            parts = [*self._out, *iter(self._produce, b"")]
+            self._out.clear()
+            self._out_bytes = 0
+            out = b"".join(parts)
+            self.pos += len(out)
+            return out
+        out = bytearray(n)  # filled piece by piece: the bytes asked for plus one piece
+        view, got = memoryview(out), 0
+        while got < n:
+            piece = self._out.popleft() if self._out else self._produce()
+            if not piece:
+                if self._dec is not None and not self._dec.eof and not self._done:
+                    continue  # the decompressor needs more input to give output
+                break
+            take = min(len(piece), n - got)
+            view[got : got + take] = piece[:take]
+            got += take
+            if take < len(piece):
+                self._out.appendleft(piece[take:])
+        self._out_bytes = sum(len(p) for p in self._out)
+        view.release()
+        if got < n:
+            del out[got:]
+        self.pos += got
         return out
 
     def peek(self, n: int = 1) -> bytes:
-        self._fill(n)
-        return bytes(self._buf[:n])
+        while self._out_bytes < n:
+            piece = self._produce()
+            if not piece:
+                if self._dec is not None and not self._dec.eof and not self._done:
+                    continue
+                break
+            self._out.append(piece)
+            self._out_bytes += len(piece)
+        return b"".join(self._out)[:n]
 
     def seek(self, offset: int, whence: int = 0) -> int:
         """Forward only (skips by reading)."""
@@ -608,7 +640,8 @@ class ObjectStream:
 
     def close(self) -> None:
         self._pieces.close()
-        self._buf = bytearray()
+        self._out.clear()
+        self._out_bytes = 0
 
     def __enter__(self) -> ObjectStream:
         return self

@@ -374,7 +374,7 @@ class NiftiSource(VolumeProperties):
                 f"{self.path}: expected {n * self.volume_nbytes} bytes for volumes "
                 f"{start}:{stop}, got {len(buf)} (truncated file)"
             )
-        arr = np.frombuffer(buf, dtype=self.raw_dtype)
+        arr = np.frombuffer(memoryview(buf).toreadonly(), dtype=self.raw_dtype)
         shape = (*self.volume_shape, n) if self.ndim == 4 else self.volume_shape
         arr = arr.reshape(shape, order="F").astype(self.raw_dtype.newbyteorder("="), copy=False)
         if scaled and self.is_scaled:
@@ -400,7 +400,7 @@ class NiftiSource(VolumeProperties):
                             f"{self.path}: expected {n * self.volume_nbytes} bytes for volumes "
                             f"{start}:{stop}, got {len(buf)} (truncated file)"
                         )
-                    arr = np.frombuffer(buf, dtype=self.raw_dtype)
+                    arr = np.frombuffer(memoryview(buf).toreadonly(), dtype=self.raw_dtype)
                     arr = arr.reshape((*self.volume_shape, n), order="F")
                     arr = arr.astype(self.raw_dtype.newbyteorder("="), copy=False)
                     if scaled and self.is_scaled:
