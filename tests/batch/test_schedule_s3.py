@@ -180,3 +180,47 @@ def test_batch_from_and_to_s3_matches_local_and_resumes(dataset, cluster, tmp_pa
         for var in node.data_vars:
             a, b = tree[name][var].values, node[var].values
             assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), (name, var)
+
+
+def test_s3_manifest_paths_and_fingerprints(dataset):
+    from roidask.batch.manifest import check_subject_files, read_manifest
+    from roidask.batch.schedule import fingerprint
+    from roidask.exceptions import UnreadableFileError
+    from roidask.io.locations import S3Path
+    from roidask.pipeline import PipelineParams
+
+    bucket = dataset["bucket"]
+    specs = read_manifest(f"{bucket}/manifest.tsv")
+    first = specs[0]
+    local = read_manifest(dataset["manifest"])  # the same manifest on disk
+    root = dataset["root"]
+    assert [s.files for s in specs] == [
+        tuple(S3Path.from_url(f"{bucket}/{p.relative_to(root).as_posix()}") for p in s.files)
+        for s in local
+    ]  # relative paths in an s3:// manifest are relative to it
+    check_subject_files(specs)
+    digest, inputs = fingerprint(first, PipelineParams())
+    assert all("etag" in r and "sha256" not in r for r in inputs)  # no download
+    # another content of one input (same size): another fingerprint
+    labels = first.labels[0]
+    original = labels.read_bytes()
+    changed = original.replace(b"face", b"fAce", 1)
+    assert len(changed) == len(original) and changed != original
+    obstore.put(_store(bucket), labels.key, changed)
+    try:
+        assert fingerprint(first, PipelineParams())[0] != digest
+    finally:
+        obstore.put(_store(bucket), labels.key, original)
+    assert fingerprint(first, PipelineParams())[0] == digest
+    # absolute s3:// paths in a manifest, and a missing object named in one line
+    rows = "subject\tbold\tlabels\tmask\n" + (
+        f"x\t{bucket}/data/nope.nii.gz\t{labels}\t{first.mask}\n"
+    )
+    obstore.put(_store(bucket), "abs.tsv", rows.encode())
+    (spec,) = read_manifest(f"{bucket}/abs.tsv")
+    assert spec.labels == (labels,)
+    on_disk = dataset["root"] / "s3-paths.tsv"  # a local manifest of s3:// paths
+    on_disk.write_text(rows)
+    assert read_manifest(on_disk) == [spec]
+    with pytest.raises(UnreadableFileError, match=r"^manifest: subject 'x': bold s3://.*nope"):
+        check_subject_files([spec])
