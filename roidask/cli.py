@@ -35,6 +35,8 @@ from roidask.batch import (
 from roidask.cluster import dashboard_link, describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
 from roidask.exceptions import InvalidParameterError, RoidaskError, RoidaskWarning, StoreError
+from roidask.io.conversions import open_map
+from roidask.io.image import to_nifti
 from roidask.io.locations import is_remote, location_arg
 from roidask.io.store_read import CHUNK_GRIDS_ATTR, list_subjects, open_subject, verify_store
 from roidask.io.store_write import convert
@@ -87,7 +89,10 @@ FLAGS = {
 
 
 #: Per command, parameters set by a positional argument rather than the flag of FLAGS.
-COMMAND_FLAGS = {"info": {"store": "STORE"}}
+COMMAND_FLAGS = {
+    "info": {"store": "STORE"},
+    "export": {"path": "--out", "source": "MAP", "group": "--node", "variable": "--variable"},
+}
 
 #: Library functions named in messages, and the command that does the same.
 COMMANDS = {
@@ -726,6 +731,32 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+# -- export --------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an output map as NIfTI-Zarr (.nii.zarr) or NIfTI",
+        description="Write any output map as a NIfTI-Zarr image (.nii.zarr, read by "
+        "niizarr.zarr2nii and DANDI's viewer) or a NIfTI file: a .nii/.nii.gz map of a "
+        "subject's folder, or a variable of a results.zarr or of a study store's node.",
+    )
+    p.add_argument("map", type=location_arg, metavar="MAP", help="a NIfTI file, or a zarr store")
+    p.add_argument("--variable", default=None, help="the map of a zarr store (tstat, logp...)")
+    p.add_argument("--node", default=None, help="the node of a study store (sub-01, group)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="the image to write (.nii.zarr, .nii, .nii.gz)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out (only roidask's)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    image = open_map(args.map, variable=args.variable, group=args.node)
+    out = to_nifti(image, args.out, overwrite=args.overwrite)
+    print(f"wrote {out} ({'x'.join(map(str, image.shape))} {image.dtype})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="roidask",
@@ -738,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_run(sub)
     _add_batch(sub)
+    _add_export(sub)
     _add_fetch(sub)
     _add_demo(sub)
     return parser
