@@ -138,3 +138,17 @@ def test_unreachable_endpoint(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s3_helpers.free_port()}")
     with pytest.raises(ObjectStoreError, match=r"^mask s3://b/m.nii: cannot reach the S3 end"):
         check_input_file("s3://b/m.nii", "mask")
+
+
+def test_nifti_zarr_from_s3_reads_like_local(s3_bucket, tmp_path, haxby):
+    from roidask.io import as_image, to_nifti
+
+    local = to_nifti(as_image(haxby.bold), tmp_path / "bold.nii.zarr")
+    store = S3Store.from_url(s3_bucket)
+    for p in local.rglob("*"):
+        if p.is_file():
+            obstore.put(store, f"bold.nii.zarr/{p.relative_to(local).as_posix()}", p.read_bytes())
+    remote = as_image(f"{s3_bucket}/bold.nii.zarr")
+    want = as_image(local)
+    np.testing.assert_array_equal(remote.values, want.values)
+    assert remote.attrs["affine"] == want.attrs["affine"]
