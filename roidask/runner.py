@@ -7,14 +7,13 @@ pipeline reads the data once, and the outputs are committed atomically.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti
-from roidask.io.locations import S3Path, as_location
+from roidask.io.locations import PathOrURL, S3Path, as_location
 from roidask.io.nifti import NiftiSource
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
@@ -27,12 +26,12 @@ __all__ = ["run_subject"]
 
 def run_subject(
     *,
-    bold: list[str | os.PathLike] | None,
-    labels: list[str | os.PathLike] | None,
-    store: str | os.PathLike | None,
+    bold: Sequence[PathOrURL] | None,
+    labels: Sequence[PathOrURL] | None,
+    store: PathOrURL | None,
     subject: str | None,
-    mask: str | os.PathLike,
-    out: str | os.PathLike,
+    mask: PathOrURL,
+    out: PathOrURL,
     params: PipelineParams,
     chunks=None,
     box_max_bytes: int | None = None,

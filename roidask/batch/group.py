@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
 import dask
 import dask.local
@@ -21,7 +21,7 @@ from roidask.io.grid import (
     voxel_size_mm,
 )
 from roidask.io.image import like_image, to_nifti
-from roidask.io.locations import check_output, output_folder
+from roidask.io.locations import Location, check_output, output_folder
 from roidask.io.nifti import release_handles
 from roidask.ops import moments as mom
 from roidask.outputs.study import Study
@@ -60,7 +60,9 @@ def _group_dataset(maps: dict[str, np.ndarray], ref: xr.DataArray, subjects: lis
     return xr.Dataset(data, coords=spatial_coords(ref.shape, affine), attrs=attrs)
 
 
-def group_level(subject_dirs: list[Path], out: Path, *, study: Study | None = None) -> Path:
+def group_level(
+    subject_dirs: Sequence[Location], out: Location, *, study: Study | None = None
+) -> Location:
     """Second-level one-sample t-test of subjects' t maps, and the ROI overlap map.
 
     Writes ``out/`` atomically: ``tstat.nii.gz``, ``logp.nii.gz`` (-log10 p,

@@ -8,7 +8,6 @@ a BIDS-like folder holds ``sub-*/func/*_bold.nii.gz`` with matching
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,15 @@ import pandas as pd
 
 from roidask._validate import SUBJECT_NAME_RE
 from roidask.exceptions import CorruptFileError, ManifestError, UnreadableFileError
-from roidask.io.locations import S3Path, as_location, check_input_file, is_remote, open_table
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    as_location,
+    check_input_file,
+    is_remote,
+    open_table,
+)
 from roidask.io.niizarr import is_nifti_zarr
 
 __all__ = ["MANIFEST_COLUMNS", "SubjectSpec", "check_subject_files", "read_manifest"]
@@ -40,7 +47,7 @@ class SubjectSpec:
         return self.subject if self.subject.startswith("sub-") else f"sub-{self.subject}"
 
     @property
-    def files(self) -> tuple[Path, ...]:
+    def files(self) -> tuple[Location, ...]:
         """Every input file of the subject: BOLD run(s), label file(s), mask."""
         return (*self.bold, *self.labels, self.mask)
 
@@ -82,7 +89,7 @@ def _split(value: str, base: Path | S3Path) -> tuple[Path | S3Path, ...]:
     )
 
 
-def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None = None):
+def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
     """Subjects of a batch from a TSV manifest or a BIDS-like folder.
 
     Parameters
@@ -105,7 +112,7 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
             f"manifest {path}: a BIDS-like folder in S3 is not read; give a TSV manifest",
             param="manifest",
         )
-    if path.is_dir():
+    if isinstance(path, Path) and path.is_dir():
         return _read_bids(path, mask=mask)
     if not path.exists():
         raise ManifestError(
@@ -159,7 +166,7 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
     return specs
 
 
-def _check_out_names(specs: list[SubjectSpec], source: Path) -> None:
+def _check_out_names(specs: list[SubjectSpec], source: Location) -> None:
     """Two subjects must not share an output folder (``01`` and ``sub-01`` do)."""
     seen: dict[str, str] = {}
     for spec in specs:

@@ -80,6 +80,8 @@ from roidask.cluster import active_client, describe_client
 from roidask.exceptions import InvalidParameterError, OutputError, RoidaskError
 from roidask.io.conversions import as_image
 from roidask.io.locations import (
+    Location,
+    PathOrURL,
     S3Path,
     as_location,
     check_not_input,
@@ -158,7 +160,7 @@ def _is_complete(out: Path | S3Path, digest: str) -> bool:
     return all((out / name).exists() for name in record.get("outputs", []))
 
 
-def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
+def check_batch_folder(out_dir: PathOrURL, specs: list[SubjectSpec]) -> Location:
     """Check that a batch may write ``out_dir`` (before any data is read; writes nothing).
 
     A new folder (or an empty one) will become a roidask batch folder; an existing
@@ -176,10 +178,11 @@ def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> 
     inputs = [p for spec in specs for p in spec.files]
     if isinstance(out, S3Path):
         return _check_remote_batch_folder(out, specs, inputs)
+    local_inputs = [p for p in inputs if isinstance(p, Path)]  # S3 objects: never under out
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"out {out}: is a file; expected a batch folder", param="out")
     if not out.exists():
-        check_destination(out, param="out", inputs=inputs)
+        check_destination(out, param="out", inputs=local_inputs)
     elif any(out.iterdir()):
         marker = read_marker(out)
         if marker is None and not (out / "batch.tsv").is_file():
@@ -196,7 +199,7 @@ def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> 
     if out.is_dir():
         targets = [(out / spec.out_name, SUBJECT_KIND) for spec in specs]
         for target, kind in [*targets, (out / "group", GROUP_KIND)]:
-            check_destination(target, param="out", inputs=inputs, overwrite=True, kind=kind)
+            check_destination(target, param="out", inputs=local_inputs, overwrite=True, kind=kind)
     return out
 
 
@@ -223,12 +226,12 @@ def _check_remote_batch_folder(out: S3Path, specs: list[SubjectSpec], inputs) ->
     return out
 
 
-def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
+def prepare_batch_folder(out_dir: PathOrURL, specs: list[SubjectSpec]) -> Location:
     """Check the batch folder (:func:`check_batch_folder`), then create and mark it."""
     out = check_batch_folder(out_dir, specs)
     if isinstance(out, S3Path):
         if remote_marker(out) is None:
-            record = {"written_by": "roidask", "kind": BATCH_KIND, "created_utc": utc_now()}
+            record: dict = {"written_by": "roidask", "kind": BATCH_KIND, "created_utc": utc_now()}
             write_file(out / MARKER, json.dumps({**record, "files": []}, indent=2).encode())
         return out
     try:
@@ -314,7 +317,7 @@ class _Job:
     """Everything one subject's run needs (sent to a worker with ``"subject"``)."""
 
     spec: SubjectSpec
-    out: Path
+    out: Location
     params: PipelineParams
     chunks: object
     plots: bool
@@ -323,11 +326,11 @@ class _Job:
     fit_only: bool = False  # give the subject back (to block) if it does not fit
     digest: str | None = None  # fingerprint already computed (a subject given back)
     inputs: list[dict] | None = None
-    study: Path | None = None  # the study store the subject's node goes to
+    study: Location | None = None  # the study store the subject's node goes to
     hidden: bool = False  # the driver has unpublished the node: it may be rewritten
 
 
-def _row(spec: SubjectSpec, out: Path, **values) -> dict:
+def _row(spec: SubjectSpec, out: Location, **values) -> dict:
     row = {"subject": spec.subject, "status": "", "wall_s": "", "n_rois": "", "out": str(out)}
     row["error"] = ""
     row.update(values)
@@ -427,7 +430,7 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
     return row
 
 
-def _files(spec: SubjectSpec) -> list[Path]:
+def _files(spec: SubjectSpec) -> list[Location]:
     """The NIfTI files of a subject whose read handles a process may cache."""
     return [*spec.bold, spec.mask]
 
@@ -567,7 +570,7 @@ class _Report:
 class _StatusFile:
     """``batch.tsv``, rewritten (atomically) at most every :data:`STATUS_INTERVAL_S`."""
 
-    def __init__(self, out_dir: Path, specs: list[SubjectSpec]):
+    def __init__(self, out_dir: Location, specs: list[SubjectSpec]):
         self.path = out_dir / "batch.tsv"
         self.rows = {s.subject: _row(s, out_dir / s.out_name, status="pending") for s in specs}
         self.order = [s.subject for s in specs]
@@ -594,7 +597,7 @@ class _StatusFile:
 
 def run_batch(
     specs: list[SubjectSpec],
-    out_dir: str | os.PathLike,
+    out_dir: PathOrURL,
     *,
     params: PipelineParams | None = None,
     chunks=None,
@@ -712,7 +715,7 @@ class _Batch:
     def __init__(
         self,
         specs: list[SubjectSpec],
-        out_dir: Path,
+        out_dir: Location,
         params: PipelineParams,
         chunks: object,
         plots: bool,

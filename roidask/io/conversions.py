@@ -9,7 +9,6 @@ with the grid in its attrs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dask.array as da
@@ -32,16 +31,14 @@ from roidask.io.image import (
     is_image_path,
     open_source,
 )
-from roidask.io.locations import S3Path, as_location, zarr_store
+from roidask.io.locations import PathOrURL, as_location, zarr_store
 from roidask.io.store_read import ignore_consolidated_warning, open_subject, subject_dataset
 
 __all__ = ["ImageLike", "as_image", "open_map"]
 
 #: What an image argument may be: a path (NIfTI file or roidask store), a nibabel
 #: image, or an xarray DataArray / Dataset / DataTree in roidask's layout.
-ImageLike = (
-    str | os.PathLike | nib.spatialimages.SpatialImage | xr.DataArray | xr.Dataset | xr.DataTree
-)
+ImageLike = PathOrURL | nib.spatialimages.SpatialImage | xr.DataArray | xr.Dataset | xr.DataTree
 
 
 def _from_xarray(obj, *, param: str, subject: str | None) -> xr.DataArray:
@@ -116,7 +113,7 @@ def as_image(
     UnreadableFileError, CorruptFileError, StoreError
         A path that cannot be read as an image.
     """
-    if isinstance(img, str | os.PathLike | S3Path):
+    if isinstance(img, PathOrURL):
         path = as_location(img)
         if not path.exists():
             raise UnreadableFileError(f"{param} {path}: no such file or folder", param=param)
@@ -168,7 +165,7 @@ def as_image(
 
 
 def open_map(
-    source: str | os.PathLike, *, variable: str | None = None, group: str | None = None
+    source: PathOrURL, *, variable: str | None = None, group: str | None = None
 ) -> xr.DataArray:
     """An output map as a roidask image: a NIfTI file, or a variable of a zarr dataset.
 

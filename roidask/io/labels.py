@@ -6,7 +6,6 @@ Both formats end up as one table with a row per volume and the columns
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from roidask.exceptions import EventsWarning, LabelsError
-from roidask.io.locations import S3Path, as_location, check_input_file, open_table
+from roidask.io.locations import PathOrURL, S3Path, as_location, check_input_file, open_table
 
 __all__ = [
     "ONSET_TOLERANCE_TR",
@@ -48,7 +47,7 @@ def _looks_like_events(path: Path | S3Path) -> bool:
     return all(c in header for c in _EVENT_COLUMNS)
 
 
-def read_labels(path: str | os.PathLike) -> pd.DataFrame:
+def read_labels(path: PathOrURL) -> pd.DataFrame:
     """Read a Haxby-style ``labels.txt``: space separated, header ``labels chunks``.
 
     Returns
@@ -100,7 +99,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     return out
 
 
-def read_events(path: str | os.PathLike) -> pd.DataFrame:
+def read_events(path: PathOrURL) -> pd.DataFrame:
     """Read and validate a BIDS ``events.tsv`` (columns onset, duration, trial_type)."""
     path = check_input_file(path, "labels", what="events file")
     try:
@@ -145,7 +144,7 @@ def events_to_labels(
     *,
     n_volumes: int,
     tr_s: float,
-    source: str | os.PathLike | None = None,
+    source: PathOrURL | None = None,
 ) -> np.ndarray:
     """Label volumes by the event covering their acquisition onset.
 
@@ -184,7 +183,7 @@ def events_to_labels(
 
 
 def volume_labels(
-    labels: list[str | os.PathLike],
+    labels: list[PathOrURL],
     *,
     n_volumes_per_run: list[int],
     tr_s: float | None,

@@ -69,6 +69,7 @@ from roidask.exceptions import (
 __all__ = [
     "SCHEME",
     "Location",
+    "PathOrURL",
     "S3Path",
     "as_location",
     "check_input_file",
@@ -332,7 +333,7 @@ class S3Path:
         except Exception as exc:
             raise s3_error(exc, self, param=param, expected=expected) from None
 
-    def _list_dir(self) -> dict:
+    def _list_dir(self) -> Any:
         try:
             return obstore.list_with_delimiter(_store(self.bucket), prefix=self._prefix())
         except Exception as exc:
@@ -426,8 +427,10 @@ class S3Path:
             raise s3_error(exc, self, expected="folder") from None
 
 
-#: An input or output location as roidask accepts it.
+#: A location once parsed: a local path or an object (prefix) in S3.
 Location = Path | S3Path
+#: A location as roidask's functions accept it: a path, or an ``s3://`` URL (str) or S3Path.
+PathOrURL = str | os.PathLike | S3Path
 
 
 def is_remote(location: Any) -> bool:
@@ -517,6 +520,8 @@ def object_record(location) -> dict:
     ``key etag`` listing, so any changed object changes the record.
     """
     loc = as_location(location)
+    if not isinstance(loc, S3Path):
+        raise TypeError(f"object_record: {loc} is not an s3:// location")
     if loc.is_file():
         meta = loc.head()
         return {"path": loc.url, "bytes": int(meta["size"]), "etag": str(meta.get("e_tag"))}
@@ -542,7 +547,7 @@ class ObjectStream:
 
     def __init__(self, location: S3Path, *, gzip: bool, piece_bytes: int = STREAM_PIECE_BYTES):
         self.location = location
-        self._pieces = location.stream(piece_bytes)
+        self._pieces: Any = location.stream(piece_bytes)  # a generator (closed on close)
         self._dec = isal_zlib.decompressobj(wbits=31) if gzip else None
         self._out: collections.deque = collections.deque()  # decompressed, not yet read
         self._out_bytes = 0
@@ -591,9 +596,9 @@ class ObjectStream:
             parts = [*self._out, *iter(self._produce, b"")]
             self._out.clear()
             self._out_bytes = 0
-            out = b"".join(parts)
-            self.pos += len(out)
-            return out
+            whole = b"".join(parts)
+            self.pos += len(whole)
+            return whole
         out = bytearray(n)  # filled piece by piece: the bytes asked for plus one piece
         view, got = memoryview(out), 0
         while got < n:
@@ -688,7 +693,7 @@ def read_prefix(location: S3Path, n: int, *, gzip: bool) -> bytes:
     if not gzip:
         return location.read_range(0, n)
     with ObjectStream(location, gzip=True, piece_bytes=64 * 2**10) as stream:
-        return stream.read(n)
+        return bytes(stream.read(n))
 
 
 # -- zarr ------------------------------------------------------------------------------------

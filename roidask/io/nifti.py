@@ -42,6 +42,7 @@ from roidask.exceptions import (
 from roidask.io.grid import voxel_size_mm
 from roidask.io.locations import (
     ObjectStream,
+    PathOrURL,
     RangeFile,
     S3Path,
     as_location,
@@ -72,7 +73,7 @@ _GZIP_ERRORS: tuple[type[BaseException], ...] = (
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def is_nifti_path(path: str | os.PathLike) -> bool:
+def is_nifti_path(path: PathOrURL) -> bool:
     """True if ``path`` names a ``.nii`` or ``.nii.gz`` file (by suffix)."""
     return str(path).lower().endswith(_NIFTI_SUFFIXES)
 
@@ -231,7 +232,7 @@ class NiftiSource(VolumeProperties):
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike,
+        path: PathOrURL,
         *,
         ndim: int | tuple[int, ...] | None = None,
         param: str = "img",

@@ -52,7 +52,7 @@ from roidask.exceptions import (
 )
 from roidask.io.chunks import normalize_chunks
 from roidask.io.grid import SPATIAL_DIMS, affine_of
-from roidask.io.locations import S3Path, as_location, version_tag, zarr_store
+from roidask.io.locations import Location, PathOrURL, S3Path, as_location, version_tag, zarr_store
 from roidask.io.nifti import VolumeProperties, header_from_b64
 
 __all__ = [
@@ -163,7 +163,7 @@ class NiftiZarrSource(VolumeProperties):
     header: nib.Nifti1Header = field(repr=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, ndim: int | tuple[int, ...] | None = None):
+    def open(cls, path: PathOrURL, *, ndim: int | tuple[int, ...] | None = None):
         """Read and validate the metadata and header of a ``.nii.zarr`` (no voxel data).
 
         Raises
@@ -253,7 +253,7 @@ class NiftiZarrSource(VolumeProperties):
         )
 
     @staticmethod
-    def _read_header(group, path: Path) -> nib.Nifti1Header:
+    def _read_header(group, path: Location) -> nib.Nifti1Header:
         if "nifti" in group:
             node = group["nifti"]
             if not isinstance(node, zarr.Array):
@@ -353,7 +353,7 @@ def _checked_getter(a, b, asarray=True, lock=None, *, where: str):
 
 
 # -- reading -----------------------------------------------------------------------------
-def is_nifti_zarr(path: str | os.PathLike) -> bool:
+def is_nifti_zarr(path: PathOrURL) -> bool:
     """True if ``path`` is a directory holding a zarr group with a NIfTI-Zarr header.
 
     A cheap check (metadata only) for dispatching paths; :func:`roidask.io.as_image`

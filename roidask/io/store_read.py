@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +42,15 @@ from roidask.exceptions import (
     StoreError,
     UnverifiedStoreWarning,
 )
-from roidask.io.locations import S3Path, as_location, list_files, version_tag, zarr_store
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    as_location,
+    list_files,
+    version_tag,
+    zarr_store,
+)
 
 __all__ = [
     "CHUNK_GRIDS_ATTR",
@@ -134,7 +141,7 @@ def _read_metadata(path: Path | S3Path, what: str, *, param: str | None = None) 
     return record
 
 
-def is_store(path: str | os.PathLike) -> bool:
+def is_store(path: PathOrURL) -> bool:
     """True if ``path`` is a folder holding a roidask store (its root metadata says so)."""
     path = as_location(path)
     try:
@@ -144,7 +151,7 @@ def is_store(path: str | os.PathLike) -> bool:
     return STORE_ATTR in (record.get("attributes") or {})
 
 
-def require_store(store: str | os.PathLike, *, param: str = "store") -> Path | S3Path:
+def require_store(store: PathOrURL, *, param: str = "store") -> Path | S3Path:
     """``store`` as a Path (S3Path for ``s3://``), or StoreError saying why it is not a
     roidask store."""
     path = as_location(store)
@@ -183,7 +190,7 @@ def group_records(path: Path | S3Path, param: str | None = None) -> dict[str, di
     return out
 
 
-def list_subjects(store: str | os.PathLike, *, include_incomplete: bool = False) -> list[str]:
+def list_subjects(store: PathOrURL, *, include_incomplete: bool = False) -> list[str]:
     """Names of the subject groups in a roidask store, sorted."""
     path = require_store(store)
     return [
@@ -202,7 +209,7 @@ def _present_chunk_keys(array_dir: Path | S3Path) -> set[str]:
     return {"c/" + name for name in list_files(array_dir / "c")}
 
 
-def _array_dirs(path: Path, subject: str) -> list[Path]:
+def _array_dirs(path: Location, subject: str) -> list[Location]:
     """The folders of a subject group that hold an array or group (a ``zarr.json``)."""
     group = path / subject
     return sorted(
@@ -212,13 +219,13 @@ def _array_dirs(path: Path, subject: str) -> list[Path]:
     )
 
 
-def _check_array_metadata(path: Path, subject: str, param: str | None) -> None:
+def _check_array_metadata(path: Location, subject: str, param: str | None) -> None:
     """Read every array's ``zarr.json`` of a subject (cheap); StoreError if one is corrupt."""
     for folder in _array_dirs(path, subject):
         _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
 
 
-def _missing_chunks(path: Path, subject: str, grids: dict) -> list[tuple[str, str]]:
+def _missing_chunks(path: Location, subject: str, grids: dict) -> list[tuple[str, str]]:
     missing = []
     for name, grid in grids.items():
         present = _present_chunk_keys(path / subject / name)
@@ -238,7 +245,7 @@ class _CheckedArray:
     those of plain xarray.
     """
 
-    def __init__(self, variable: xr.Variable, store: Path, subject: str, name: str, chunks):
+    def __init__(self, variable: xr.Variable, store: Location, subject: str, name: str, chunks):
         self.variable = variable
         self.store = store
         self.subject = subject
@@ -306,7 +313,7 @@ def _chunk_error(zarr_array, coords) -> str | None:
     return None
 
 
-def _checked(var: xr.DataArray, store: Path, subject: str, name: str, disk_chunks) -> da.Array:
+def _checked(var: xr.DataArray, store: Location, subject: str, name: str, disk_chunks) -> da.Array:
     array = _CheckedArray(var.variable, store, subject, name, disk_chunks)
     token = tokenize(str(store), subject, name, version_tag(store / subject / name))
     return da.from_array(
@@ -321,7 +328,7 @@ def _checked(var: xr.DataArray, store: Path, subject: str, name: str, disk_chunk
 
 
 def open_subject(
-    store: str | os.PathLike,
+    store: PathOrURL,
     subject: str | None = None,
     *,
     chunks="auto-disk",
@@ -445,7 +452,7 @@ def open_subject(
     return out
 
 
-def open_store(store: str | os.PathLike) -> xr.DataTree:
+def open_store(store: PathOrURL) -> xr.DataTree:
     """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects."""
     path = require_store(store)
     incomplete = sorted(
@@ -489,7 +496,7 @@ class DamagedChunk:
     reason: str
 
 
-def verify_store(store: str | os.PathLike, *, subject: str | None = None) -> list[DamagedChunk]:
+def verify_store(store: PathOrURL, *, subject: str | None = None) -> list[DamagedChunk]:
     """Read every chunk of every array of a store and check it (checksums, presence).
 
     Parameters
@@ -517,7 +524,7 @@ def verify_store(store: str | os.PathLike, *, subject: str | None = None) -> lis
     return verify_groups(path, {name: records[name] for name in names})
 
 
-def verify_groups(path: Path, records: dict[str, dict]) -> list[DamagedChunk]:
+def verify_groups(path: Location, records: dict[str, dict]) -> list[DamagedChunk]:
     """Check every chunk of the groups ``records`` (name -> attributes) of the store ``path``.
 
     A chunk listed in a group's chunk inventory (:data:`CHUNK_GRIDS_ATTR`) but absent

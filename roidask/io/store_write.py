@@ -15,7 +15,6 @@ metadata is consolidated. A subject that exists is replaced only with
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 import warnings
@@ -50,11 +49,12 @@ from roidask.io.conversions import as_image
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS, check_same_grid, grid_attrs
 from roidask.io.image import VolumeSource, bold_from_nifti, open_source
 from roidask.io.locations import (
+    Location,
+    PathOrURL,
     S3Path,
     as_location,
     check_writable,
     delete_prefix_keys,
-    is_remote,
     list_files,
     put_files,
     zarr_store,
@@ -254,17 +254,17 @@ def _write_stream(arr, blocks, bar: Progress, *, writers: int = 2) -> int:
 
 
 def convert(
-    bold: str | os.PathLike | Sequence[str | os.PathLike],
+    bold: PathOrURL | Sequence[PathOrURL],
     *,
-    labels: str | os.PathLike | Sequence[str | os.PathLike] | None,
-    out: str | os.PathLike,
+    labels: PathOrURL | Sequence[PathOrURL] | None,
+    out: PathOrURL,
     subject: str = "sub-01",
     tr_s: float | None = None,
     chunks=None,
     mask_img=None,
     overwrite: bool = False,
     progress: bool = False,
-) -> Path:
+) -> Location:
     """Convert 4D NIfTI run(s) into a subject group of a chunked zarr v3 store.
 
     The runs are streamed: at most one chunk-depth of volumes (plus one read
@@ -296,7 +296,7 @@ def convert(
 
     Returns
     -------
-    Path
+    Path or S3Path
         The store.
 
     Raises
@@ -305,27 +305,27 @@ def convert(
     LabelsError, OutputError, OutputExistsError, InvalidParameterError
         Before anything is written.
     """
-    if is_remote(out):
+    target = as_location(out)
+    if isinstance(target, S3Path):
         return _convert_to_s3(
-            bold, labels=labels, out=as_location(out), subject=subject, tr_s=tr_s,
+            bold, labels=labels, out=target, subject=subject, tr_s=tr_s,
             chunks=chunks, mask_img=mask_img, overwrite=overwrite, progress=progress,
         )  # fmt: skip
-    out = Path(out)
+    out = target
     check_subject_name(subject)
     overwrite = check_bool(overwrite, "overwrite")
     # Validate everything (headers, grids, labels, chunks, target) before writing.
     lazy = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
     mask = None
-    inputs = [Path(p) for p in lazy.attrs["source_files"]]
+    named: list = list(lazy.attrs["source_files"])
     if labels is not None:
-        inputs += [
-            Path(p) for p in ([labels] if isinstance(labels, str | os.PathLike) else labels)
-        ]
+        named += [labels] if isinstance(labels, PathOrURL) else list(labels)
     if mask_img is not None:
         mask = as_image(mask_img, ndim=3, param="mask_img")
         check_same_grid(lazy, mask, names=("bold", "mask_img"))
-        if isinstance(mask_img, str | os.PathLike):
-            inputs.append(Path(mask_img))
+        if isinstance(mask_img, PathOrURL):
+            named.append(mask_img)
+    inputs = [p for p in map(as_location, named) if isinstance(p, Path)]  # S3: not over out
     existed = _prepare_target(out, subject, overwrite, inputs)
     sources = [open_source(p, ndim=4, param="bold") for p in lazy.attrs["source_files"]]
     first = sources[0]
@@ -472,7 +472,7 @@ def _convert_to_s3(
         check_same_grid(
             lazy, as_image(mask_img, ndim=3, param="mask_img"), names=("bold", "mask_img")
         )
-        if isinstance(mask_img, str | os.PathLike):
+        if isinstance(mask_img, PathOrURL):
             inputs.append(str(mask_img))
     old = _prepare_remote_target(out, subject, overwrite, inputs)
     with tempfile.TemporaryDirectory(prefix=".roidask-convert-") as tmp:
@@ -507,7 +507,7 @@ def _local_files(folder: Path) -> list[str]:
 
 def write_image(
     img,
-    store: str | os.PathLike,
+    store: PathOrURL,
     *,
     subject: str,
     name: str,
@@ -519,6 +519,10 @@ def write_image(
     location and moved into the group when complete.
     """
     path = require_store(store)
+    if isinstance(path, S3Path):
+        raise InvalidParameterError(
+            f"store {path}: write_image adds images to local stores only", param="store"
+        )
     ds = open_subject(path, subject)
     image = as_image(img, ndim=3, param="img")
     check_same_grid(ds["bold"], image, names=(f"{path}/{subject}/bold", "img"))

@@ -33,7 +33,6 @@ Crash safety (plain zarr v3; why not Icechunk: ``BENCHMARKS.md``, "Study store")
 from __future__ import annotations
 
 import json
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,6 +44,8 @@ import xarray as xr
 from roidask._atomic import clean_stale
 from roidask.exceptions import OutputError, StoreError
 from roidask.io.locations import (
+    Location,
+    PathOrURL,
     S3Path,
     as_location,
     list_files,
@@ -95,7 +96,7 @@ _EMPTY_CONSOLIDATED = {"kind": "inline", "must_understand": False, "metadata": {
 
 
 # -- the root ----------------------------------------------------------------------------------
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Location, what: str) -> dict:
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -105,7 +106,7 @@ def _read_json(path: Path, what: str) -> dict:
     return record
 
 
-def _read_root(study: Path, *, param: str = "study") -> dict:
+def _read_root(study: Location, *, param: str = "study") -> dict:
     meta = study / _META
     if not meta.is_file():
         raise StoreError(f"{param} {study}: not a roidask study store (no zarr.json)", param=param)
@@ -129,7 +130,7 @@ def _read_root(study: Path, *, param: str = "study") -> dict:
     return record
 
 
-def _write_root(study: Path, record: dict) -> None:
+def _write_root(study: Location, record: dict) -> None:
     """Replace the root ``zarr.json`` in one rename (readers see the old or the new one)."""
     record["consolidated_metadata"]["metadata"] = dict(
         sorted(record["consolidated_metadata"]["metadata"].items())
@@ -137,7 +138,7 @@ def _write_root(study: Path, record: dict) -> None:
     write_file(study / _META, json.dumps(record, separators=(",", ":")).encode())
 
 
-def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
+def prepare_study(study: PathOrURL, *, param: str = "study") -> Location:
     """Create a study store, or check that an existing ``study`` is one (reads no data).
 
     Raises
@@ -176,14 +177,14 @@ def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
     return path
 
 
-def published(study: str | os.PathLike) -> list[str]:
+def published(study: PathOrURL) -> list[str]:
     """Names of the published nodes (what ``xr.open_datatree`` shows), sorted."""
     metadata = _read_root(as_location(study))["consolidated_metadata"]["metadata"]
     return sorted(k for k in metadata if "/" not in k)
 
 
 # -- nodes -------------------------------------------------------------------------------------
-def node_attrs(study: str | os.PathLike, name: str) -> dict | None:
+def node_attrs(study: PathOrURL, name: str) -> dict | None:
     """Attributes of node ``name`` as written on disk (None: no complete node there)."""
     meta = as_location(study) / name / _META
     try:
@@ -225,8 +226,8 @@ def _clear_node(node: Path | S3Path) -> None:
 
 
 def write_node(
-    study: str | os.PathLike, name: str, ds: xr.Dataset, *, attrs: dict | None = None
-) -> Path:
+    study: PathOrURL, name: str, ds: xr.Dataset, *, attrs: dict | None = None
+) -> Location:
     """Write ``ds`` as node ``name`` of a study store: arrays first, ``zarr.json`` last.
 
     The node is not published (see :func:`publish`): call this only for a node the
@@ -271,7 +272,7 @@ def _without(metadata: dict, name: str) -> dict:
     return {k: v for k, v in metadata.items() if k != name and not k.startswith(f"{name}/")}
 
 
-def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = None) -> None:
+def publish(study: PathOrURL, name: str, *, fingerprint: str | None = None) -> None:
     """Make node ``name`` visible: list it in the root's consolidated metadata.
 
     Reads the node's own ``zarr.json`` (one file) and rewrites the root's atomically.
@@ -306,7 +307,7 @@ def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = No
     _write_root(study, root)
 
 
-def unpublish(study: str | os.PathLike, name: str) -> bool:
+def unpublish(study: PathOrURL, name: str) -> bool:
     """Hide node ``name`` (before it is rewritten); True if it was published."""
     study = as_location(study)
     root = _read_root(study)
@@ -327,12 +328,12 @@ class SubjectNode:
     folder is written; the driver publishes the node afterwards.
     """
 
-    study: Path | S3Path
+    study: Location
     name: str
     subject: str
     fingerprint: str
 
-    def write(self, result: PipelineResult) -> Path:
+    def write(self, result: PipelineResult) -> Location:
         """Write the node from the subject's results (:meth:`PipelineResult.to_dataset`)."""
         attrs = {"subject": self.subject, FINGERPRINT_ATTR: self.fingerprint}
         return write_node(self.study, self.name, result.to_dataset(), attrs=attrs)
@@ -345,7 +346,7 @@ class Study:
     rewrite of the root ``zarr.json`` holds its lock.
     """
 
-    def __init__(self, path: str | os.PathLike, *, param: str = "study"):
+    def __init__(self, path: PathOrURL, *, param: str = "study"):
         self.path = prepare_study(path, param=param)
         self._lock = threading.Lock()
 
@@ -375,7 +376,7 @@ class Study:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def open_study(study: str | os.PathLike) -> xr.DataTree:
+def open_study(study: PathOrURL) -> xr.DataTree:
     """The published nodes as a lazy DataTree (plain ``xr.open_datatree`` does the same)."""
     path = as_location(study)
     _read_root(path)
@@ -383,7 +384,7 @@ def open_study(study: str | os.PathLike) -> xr.DataTree:
     return xr.open_datatree(zarr_store(path), engine="zarr")
 
 
-def verify_study(study: str | os.PathLike) -> list[DamagedChunk]:
+def verify_study(study: PathOrURL) -> list[DamagedChunk]:
     """Check every published node: complete on disk, as published, every chunk readable.
 
     Returns

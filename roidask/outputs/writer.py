@@ -24,7 +24,6 @@ is never missing. ``DIR`` itself is replaced only if roidask wrote it
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,7 +33,7 @@ import numpy as np
 
 from roidask._atomic import OutputFolder
 from roidask.io.image import to_nifti
-from roidask.io.locations import S3Path, check_output, publish_folder
+from roidask.io.locations import Location, PathOrURL, S3Path, check_output, publish_folder
 from roidask.io.store_write import write_dataset_zarr
 from roidask.io.tables import write_signals_tsv
 from roidask.ops.rois import write_atlas
@@ -61,9 +60,9 @@ SUBJECT_KIND = "subject-results"
 
 
 def prepare_output(
-    out_dir: str | os.PathLike,
+    out_dir: PathOrURL,
     *,
-    inputs: Iterable[str | os.PathLike] = (),
+    inputs: Iterable[PathOrURL] = (),
     overwrite: bool = False,
     param: str = "out",
 ) -> Path | S3Path:
@@ -93,14 +92,14 @@ def _write_dataset(result: PipelineResult, tmp: Path) -> None:
 
 def write_results(
     result: PipelineResult,
-    out_dir: str | os.PathLike,
+    out_dir: PathOrURL,
     *,
     inputs: list[dict] | Future | None = None,
     plots: bool = True,
     overwrite: bool = False,
     extra_provenance: dict | None = None,
     started_utc: str | None = None,
-) -> Path:
+) -> Location:
     """Write a :class:`~roidask.pipeline.PipelineResult` into ``out_dir`` atomically.
 
     Parameters
@@ -132,16 +131,22 @@ def write_results(
     out = prepare_output(
         out_dir, inputs=[r["path"] for r in input_list or []], overwrite=overwrite
     )
-    write = (result, plots, started_utc, input_list, extra_provenance)
     if isinstance(out, S3Path):
         with tempfile.TemporaryDirectory(prefix=".roidask-out-") as tmp:
             local = Path(tmp) / (out.name or "out")
-            _write_folder(local, *write)
+            _write_folder(local, result, plots, started_utc, input_list, extra_provenance)
             return publish_folder(local, out)
-    return _write_folder(out, *write)
+    return _write_folder(out, result, plots, started_utc, input_list, extra_provenance)
 
 
-def _write_folder(out: Path, result, plots, started_utc, input_list, extra_provenance) -> Path:
+def _write_folder(
+    out: Path,
+    result: PipelineResult,
+    plots: bool,
+    started_utc: str,
+    input_list: list[dict] | None,
+    extra_provenance: dict | None,
+) -> Path:
     with OutputFolder(out, kind=SUBJECT_KIND) as tmp:
         # Independent files, written concurrently (gzip, CSV formatting and zarr's
         # I/O overlap); the first error is raised once all are done.
