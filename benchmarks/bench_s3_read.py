@@ -24,6 +24,16 @@ the memory figures are what this measures.
            file as a baseline. Each case runs in a fresh process: wall time, throughput
            of compressed and decompressed bytes, and peak RSS above the process's
            RSS after imports (``ru_maxrss``), next to the object's size.
+           Two more cases are roidask's own reads of the ``s3://`` URL
+           (:mod:`roidask.io.locations`): ``roidask-blocks`` reads blocks of
+           ``BLOCK_VOLUMES`` volumes in time order through ``NiftiSource.read`` (the
+           cached handle the pass reads through: one GET stream decoded forward),
+           ``roidask-iter`` through ``NiftiSource.iter_blocks`` (what ``convert`` streams).
+
+Small-scale check (the bundled Haxby slice instead of the seed-sized run; nifti only)::
+
+    .venv/bin/python benchmarks/bench_s3_read.py --sections nifti --rounds 1 \
+        --nifti roidask/datasets/data/haxby2001-slice/bold.nii.gz
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ TESTS = HERE.parent / "tests"
 STORE = DATA / "s3-read.zarr"
 SUBJECT = "sub-01"
 READ_BYTES = 8 * 2**20
+BLOCK_VOLUMES = 64
 
 
 def prepare() -> tuple[Path, Path]:
@@ -52,7 +63,7 @@ def prepare() -> tuple[Path, Path]:
     sys.path.insert(0, str(HERE))
     from bench_pipeline import subject
 
-    from roidask.io.store import convert
+    from roidask.io import convert
 
     subj = subject()
     if not (STORE / "zarr.json").exists():
@@ -67,7 +78,7 @@ def upload(bucket_url: str, nifti: Path, store: Path) -> int:
     from obstore.store import S3Store
 
     s3 = S3Store.from_url(bucket_url)
-    files = [p for p in store.rglob("*") if p.is_file()]
+    files = [p for p in store.rglob("*") if p.is_file()] if store is not None else []
 
     def put(p: Path) -> int:
         obstore.put(s3, f"store.zarr/{p.relative_to(store).as_posix()}", p.read_bytes())
@@ -189,6 +200,8 @@ def stream_case(case: str, bucket_url: str, local: str) -> dict:
     from isal import igzip, isal_zlib
     from obstore.store import S3Store
 
+    if case.startswith("roidask"):  # imports (nibabel, dask, zarr...) before the baseline
+        from roidask.io.nifti import NiftiSource, close_handles
     base_kb = _status_kb("VmRSS")
     out = 0
     start = time.perf_counter()
@@ -224,6 +237,16 @@ def stream_case(case: str, bucket_url: str, local: str) -> dict:
                 data = dec.decompress(dec.unconsumed_tail, READ_BYTES)
                 out += len(data)
         out += len(dec.flush())
+    elif case in ("roidask-blocks", "roidask-iter"):
+        src = NiftiSource.open(f"{bucket_url}/bold.nii.gz")
+        if case == "roidask-iter":
+            for _, _, block in src.iter_blocks(BLOCK_VOLUMES, scaled=False):
+                out += block.nbytes
+        else:
+            for t0 in range(0, src.n_volumes, BLOCK_VOLUMES):
+                out += src.read(t0, min(t0 + BLOCK_VOLUMES, src.n_volumes), scaled=False).nbytes
+        out += src.offset  # the header, as the other cases count it
+        close_handles()
     else:
         raise ValueError(case)
     return {
@@ -236,7 +259,7 @@ def stream_case(case: str, bucket_url: str, local: str) -> dict:
 
 def section_nifti(bucket_url: str, nifti: Path, rounds: int) -> None:
     size_mb = nifti.stat().st_size / 2**20
-    cases = ("s3fs", "obstore-reader", "obstore-stream", "local")
+    cases = ("s3fs", "obstore-reader", "obstore-stream", "roidask-blocks", "roidask-iter", "local")
     results = {c: [] for c in cases}
     for _ in range(rounds):
         for c in cases:
@@ -255,18 +278,26 @@ def section_nifti(bucket_url: str, nifti: Path, rounds: int) -> None:
         f"## Streaming `bold.nii.gz` ({size_mb:.0f} MB, {raw_mb:.0f} MB decompressed) "
         f"into isal igzip; {READ_BYTES // 2**20} MB reads; median of {rounds} rounds\n"
     )
-    print("| client | s | MB/s compressed | MB/s decompressed | peak RSS above imports MB |")
-    print("|---|---|---|---|---|")
+    print(
+        "| client | s | MB/s compressed | MB/s decompressed | peak RSS above imports MB "
+        "| peak / object size |"
+    )
+    print("|---|---|---|---|---|---|")
     labels = {
         "s3fs": "s3fs file (readahead) -> IGzipFile",
         "obstore-reader": "obstore open_reader (ranged GETs) -> IGzipFile",
         "obstore-stream": "obstore get().stream() (one GET) -> isal_zlib",
+        "roidask-blocks": f"roidask NiftiSource.read, {BLOCK_VOLUMES}-volume blocks in order",
+        "roidask-iter": f"roidask NiftiSource.iter_blocks({BLOCK_VOLUMES})",
         "local": "local file -> IGzipFile",
     }
     for c in cases:
         s = statistics.median(r["s"] for r in results[c])
         extra = statistics.median((r["peak_kb"] - r["base_kb"]) / 1024 for r in results[c])
-        print(f"| {labels[c]} | {s:.2f} | {size_mb / s:.0f} | {raw_mb / s:.0f} | {extra:.0f} |")
+        print(
+            f"| {labels[c]} | {s:.2f} | {size_mb / s:.0f} | {raw_mb / s:.0f} | {extra:.1f} "
+            f"| {extra / size_mb:.2f} |"
+        )
     print(
         f"\nmoto's cost per ranged GET of 1 byte: {range_ms['big']:.0f} ms from the "
         f"{size_mb:.0f} MB object vs {range_ms['small']:.1f} ms from a 1 MB object "
@@ -301,6 +332,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sections", default="zarr,nifti")
+    parser.add_argument(
+        "--nifti",
+        type=Path,
+        default=None,
+        help="a .nii.gz to stream (default: the seed-sized one)",
+    )
     args = parser.parse_args()
     sections = args.sections.split(",")
 
@@ -309,7 +346,10 @@ def main() -> int:
     import s3fs
     import zarr
 
-    nifti, store = prepare()
+    if args.nifti is not None and "zarr" not in sections:
+        nifti, store = args.nifti.resolve(), None
+    else:
+        nifti, store = prepare()
     sys.path.insert(0, str(TESTS))
     from helpers.s3 import moto_s3
 

@@ -40,6 +40,9 @@ from roidask.batch import (
 from roidask.cluster import dashboard_link, describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
 from roidask.exceptions import InvalidParameterError, RoidaskError, RoidaskWarning, StoreError
+from roidask.io.conversions import open_map
+from roidask.io.image import to_nifti
+from roidask.io.locations import is_remote, location_arg
 from roidask.io.store_read import CHUNK_GRIDS_ATTR, list_subjects, open_subject, verify_store
 from roidask.io.store_write import convert
 from roidask.ops.extract import STRATEGIES
@@ -100,6 +103,7 @@ FLAGS = {
 COMMAND_FLAGS = {
     "info": {"store": "STORE"},
     "group": {"study": "STUDY_OR_BATCH", "connectivity": "--cluster-connectivity"},
+    "export": {"path": "--out", "source": "MAP", "group": "--node", "variable": "--variable"},
 }
 
 #: Library functions named in messages, and the command that does the same.
@@ -168,14 +172,14 @@ def _add_bold_inputs(p, *, required: bool) -> None:
     p.add_argument(
         "bold",
         nargs="+" if required else "*",
-        type=Path,
+        type=location_arg,
         metavar="BOLD",
         help="4D .nii/.nii.gz/.nii.zarr run(s), in acquisition order",
     )
     p.add_argument(
         "--labels",
         action="append",
-        type=Path,
+        type=location_arg,
         required=required,
         default=None,
         help="Haxby labels.txt, or one BIDS *_events.tsv per run (repeat the flag)",
@@ -198,14 +202,16 @@ def _add_convert(sub) -> None:
         "The subject appears in the store only once completely written.",
     )
     _add_bold_inputs(p, required=True)
-    p.add_argument("--out", type=Path, required=True, help="store to create or add to")
+    p.add_argument("--out", type=location_arg, required=True, help="store to create or add to")
     p.add_argument("--subject", default="sub-01", help="subject group name (default: sub-01)")
     p.add_argument(
         "--chunks",
         default=None,
         help="chunk sizes, e.g. x=20,y=32,z=32,time=100 (default: whole volumes, ~16 MB)",
     )
-    p.add_argument("--mask", type=Path, default=None, help="3D mask stored beside the BOLD data")
+    p.add_argument(
+        "--mask", type=location_arg, default=None, help="3D mask stored beside the BOLD data"
+    )
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -240,7 +246,7 @@ def _add_info(sub) -> None:
         "runs and sources. With --verify, read every chunk and check its checksum; the "
         "damaged or missing chunks are listed and the exit status is 1.",
     )
-    p.add_argument("store", type=Path, metavar="STORE", help="a roidask zarr store")
+    p.add_argument("store", type=location_arg, metavar="STORE", help="a roidask zarr store")
     p.add_argument(
         "--verify",
         action="store_true",
@@ -486,14 +492,16 @@ def _add_run(sub) -> None:
         "Every input and --out are checked before any voxel is read.",
     )
     _add_bold_inputs(p, required=False)
-    p.add_argument("--store", type=Path, default=None, help="a converted store instead of BOLD")
+    p.add_argument(
+        "--store", type=location_arg, default=None, help="a converted store instead of BOLD"
+    )
     p.add_argument(
         "--subject", default=None, help="subject of --store (default: its only subject)"
     )
     p.add_argument(
-        "--mask", type=Path, required=True, help="3D binary mask (e.g. ventral temporal)"
+        "--mask", type=location_arg, required=True, help="3D binary mask (e.g. ventral temporal)"
     )
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=location_arg, required=True, help="output folder")
     p.add_argument(
         "--overwrite",
         action="store_true",
@@ -522,7 +530,7 @@ def _summary(result, out, wall_s: float) -> str:
     lines.append(f"peak -log10 p: {float(np.nanmax(logp)) if logp.size else float('nan'):.2f}")
     lines.append(f"wall time: {wall_s:.1f} s, peak memory (this process): {peak:.0f} MB")
     lines.append(f"outputs: {out}")
-    figs = sorted((Path(out) / "figures").glob("*.png"))
+    figs = [] if is_remote(out) else sorted((Path(out) / "figures").glob("*.png"))
     if figs:
         lines.append(f"figures: {Path(out) / 'figures'} ({len(figs)} PNG files)")
     return "\n".join(lines)
@@ -602,11 +610,13 @@ def _add_batch(sub) -> None:
         "concurrently on one dask cluster; then a group level. Completed subjects "
         "(same parameters and inputs) are skipped when the batch is run again.",
     )
-    p.add_argument("manifest", type=Path, metavar="MANIFEST", help="TSV or BIDS-like folder")
-    p.add_argument("--out", type=Path, required=True, help="batch output folder")
+    p.add_argument(
+        "manifest", type=location_arg, metavar="MANIFEST", help="TSV or BIDS-like folder"
+    )
+    p.add_argument("--out", type=location_arg, required=True, help="batch output folder")
     p.add_argument(
         "--mask",
-        type=Path,
+        type=location_arg,
         default=None,
         help="mask for subjects of a BIDS-like folder without their own",
     )
@@ -895,6 +905,32 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+# -- export --------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write an output map as NIfTI-Zarr (.nii.zarr) or NIfTI",
+        description="Write any output map as a NIfTI-Zarr image (.nii.zarr, read by "
+        "niizarr.zarr2nii and DANDI's viewer) or a NIfTI file: a .nii/.nii.gz map of a "
+        "subject's folder, or a variable of a results.zarr or of a study store's node.",
+    )
+    p.add_argument("map", type=location_arg, metavar="MAP", help="a NIfTI file, or a zarr store")
+    p.add_argument("--variable", default=None, help="the map of a zarr store (tstat, logp...)")
+    p.add_argument("--node", default=None, help="the node of a study store (sub-01, group)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="the image to write (.nii.zarr, .nii, .nii.gz)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out (only roidask's)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    image = open_map(args.map, variable=args.variable, group=args.node)
+    out = to_nifti(image, args.out, overwrite=args.overwrite)
+    print(f"wrote {out} ({'x'.join(map(str, image.shape))} {image.dtype})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="roidask",
@@ -908,6 +944,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_batch(sub)
     _add_group(sub)
+    _add_export(sub)
     _add_fetch(sub)
     _add_demo(sub)
     return parser

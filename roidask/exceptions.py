@@ -31,6 +31,7 @@ __all__ = [
     "LabelsError",
     "ManifestError",
     "NonFiniteVoxelsWarning",
+    "ObjectStoreError",
     "OutputError",
     "OutputExistsError",
     "RoidaskError",
@@ -149,6 +150,10 @@ class OutputExistsError(OutputError):
 
 class ClusterError(RoidaskOSError):
     """A dask scheduler is unreachable, refuses the connection or fails to start."""
+
+
+class ObjectStoreError(RoidaskOSError):
+    """An object store (S3) cannot be reached, or failed a request for another reason."""
 
 
 class DownloadError(RoidaskOSError):

@@ -7,14 +7,13 @@ pipeline reads the data once, and the outputs are committed atomically.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from pathlib import Path
 
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti
+from roidask.io.locations import PathOrURL, S3Path, as_location
 from roidask.io.nifti import NiftiSource
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
@@ -27,12 +26,12 @@ __all__ = ["run_subject"]
 
 def run_subject(
     *,
-    bold: Sequence[str | os.PathLike] | None,
-    labels: Sequence[str | os.PathLike] | None,
-    store: str | os.PathLike | None,
+    bold: Sequence[PathOrURL] | None,
+    labels: Sequence[PathOrURL] | None,
+    store: PathOrURL | None,
     subject: str | None,
-    mask: str | os.PathLike,
-    out: str | os.PathLike,
+    mask: PathOrURL,
+    out: PathOrURL,
     params: PipelineParams,
     chunks=None,
     box_max_bytes: int | None = None,
@@ -94,7 +93,8 @@ def run_subject(
             "labels: a labels.txt or one events.tsv per run is required with BOLD files",
             param="labels",
         )
-    out = Path(out)
+    out = as_location(out)
+    temp_dir = None if isinstance(out, S3Path) else out.parent  # the pass's temporary file
     files = input_paths(bold=bold, labels=labels, store=store, mask=mask)
     prepare_output(out, inputs=files, overwrite=overwrite)
     if inputs is None:  # hashed while the pipeline runs
@@ -106,13 +106,13 @@ def run_subject(
             params=params,
             chunks=chunks,
             box_max_bytes=box_max_bytes,
-            temp_dir=out.parent,
+            temp_dir=temp_dir,
             progress=progress,
         )
     else:
         result = _run_nifti(
             list(bold or []), list(labels or []), mask, params, chunks, tr_s, progress,
-            box_max_bytes=box_max_bytes, temp_dir=out.parent,
+            box_max_bytes=box_max_bytes, temp_dir=temp_dir,
         )  # fmt: skip
     if before_write is not None:
         before_write()

@@ -7,9 +7,15 @@ import threading
 from collections.abc import Callable
 
 from roidask.cluster import active_client
+from roidask.io.locations import is_remote
 from roidask.io.nifti import release_handles
 
 __all__ = ["OpenFiles", "release_everywhere"]
+
+
+def _name(path) -> str:
+    """One name per file: an ``s3://`` URL, or the real path of a local file."""
+    return str(path) if is_remote(path) else os.path.realpath(path)
 
 
 class OpenFiles:
@@ -30,13 +36,13 @@ class OpenFiles:
 
     def acquire(self, files) -> None:
         with self._lock:
-            for f in {os.path.realpath(p) for p in files}:
+            for f in {_name(p) for p in files}:
                 self._count[f] = self._count.get(f, 0) + 1
 
     def release(self, files) -> None:
         done = []
         with self._lock:
-            for f in {os.path.realpath(p) for p in files}:
+            for f in {_name(p) for p in files}:
                 self._count[f] -= 1
                 if not self._count[f]:
                     del self._count[f]

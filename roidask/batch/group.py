@@ -17,8 +17,10 @@ or study store (``roidask group``).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from roidask import __version__ as roidask_version
-from roidask._atomic import MARKER, OutputFolder, check_destination, clean_stale, read_marker
+from roidask._atomic import MARKER, read_marker
 from roidask._validate import check_bool, check_int
 from roidask.batch.files import release_everywhere
 from roidask.exceptions import GridMismatchError, InvalidParameterError, OutputError
@@ -44,6 +46,7 @@ from roidask.io.grid import (
     voxel_size_mm,
 )
 from roidask.io.image import like_image, to_nifti
+from roidask.io.locations import Location, check_output, output_folder
 from roidask.io.nifti import release_handles
 from roidask.ops import moments as mom
 from roidask.ops.label import resolve_structure
@@ -160,16 +163,18 @@ class _Subjects:
     names: list[str]
     tmaps: list[xr.DataArray]
     rois: list[xr.DataArray]  # bool: the subject has an ROI at the voxel (any fold)
-    files: list[list[Path]]  # per subject, the files its maps read (handles to release)
+    files: list[list[Location]]  # per subject, the files its maps read (handles to release)
 
 
-def _folder_subjects(subject_dirs: list[Path]) -> _Subjects:
+def _folder_subjects(subject_dirs: Sequence[Location]) -> _Subjects:
     names, tmaps, rois, files = [], [], [], []
     for d in subject_dirs:
         names.append(d.name)
         tmaps.append(as_image(d / "tstat.nii.gz", ndim=3, param=f"{d.name}/tstat.nii.gz"))
         atlases = [d / "atlas.nii.gz"] if (d / "atlas.nii.gz").exists() else []
-        atlases = atlases or sorted(d.glob("atlas_fold-*.nii.gz"))
+        atlases = atlases or sorted(
+            (p for p in d.iterdir() if fnmatch.fnmatch(p.name, "atlas_fold-*.nii.gz")), key=str
+        )
         if not atlases:
             raise OutputError(f"{d}: holds no atlas.nii.gz (nor atlas_fold-*.nii.gz)")
         present = [as_image(a, ndim=3, param=f"{d.name}/{a.name}").data > 0 for a in atlases]
@@ -246,12 +251,12 @@ def _perm_record(perm: xr.Dataset) -> dict:
 
 
 def group_level(
-    subject_dirs: list[Path],
-    out: Path,
+    subject_dirs: Sequence[Location],
+    out: Location,
     *,
     study: Study | None = None,
     permutation: GroupPermutation | None = None,
-) -> Path:
+) -> Location:
     """Second-level one-sample t-test of subjects' t maps, the ROI overlap map and,
     with ``permutation``, a sign-flip permutation test of the same maps.
 
@@ -284,8 +289,7 @@ def group_level(
             f"subject_dirs: a group level needs at least 2 subjects, got {len(subject_dirs)}",
             param="subject_dirs",
         )
-    clean_stale(out)
-    check_destination(out, param="out", overwrite=True, kind=GROUP_KIND)
+    check_output(out, param="out", overwrite=True, kind=GROUP_KIND)
     subjects = _folder_subjects(subject_dirs)
     try:
         return _group(subjects, out, study=study, permutation=permutation)
@@ -295,8 +299,12 @@ def group_level(
 
 
 def _group(
-    subjects: _Subjects, out: Path, *, study: Study | None, permutation: GroupPermutation | None
-) -> Path:
+    subjects: _Subjects,
+    out: Location,
+    *,
+    study: Study | None,
+    permutation: GroupPermutation | None,
+) -> Location:
     names, tmaps = subjects.names, subjects.tmaps
     ref = tmaps[0]
     for name, t in zip(names[1:], tmaps[1:], strict=True):
@@ -343,7 +351,7 @@ def _group(
                 values = np.asarray(perm[source].values)
                 kind = np.float32 if values.ndim == 3 else values.dtype  # maps as the NIfTI
                 maps[name] = values.astype(_NIFTI_TYPES.get(name, kind))
-    with OutputFolder(out, kind=GROUP_KIND) as tmp:
+    with output_folder(out, kind=GROUP_KIND) as tmp:
         for name, values in maps.items():
             if name.startswith("perm_h0"):
                 continue
@@ -446,8 +454,7 @@ def group_from(
             )
         out = batch / "group"
     out = Path(out)
-    clean_stale(out)
-    check_destination(out, param="out", overwrite=True, kind=GROUP_KIND)
+    check_output(out, param="out", overwrite=True, kind=GROUP_KIND)
     study = Study(study_path, param="study") if study_path is not None else None
     if batch is not None and path == batch:
         subject_dirs = _batch_subject_dirs(batch)
@@ -457,7 +464,8 @@ def group_from(
         subjects = _study_subjects(path)
         _check_count(len(subjects.names), path)
     try:
-        return _group(subjects, out, study=study, permutation=permutation)
+        _group(subjects, out, study=study, permutation=permutation)
+        return out
     finally:
         if permutation is not None:
             release_everywhere([f for files in subjects.files for f in files])

@@ -8,15 +8,23 @@ a BIDS-like folder holds ``sub-*/func/*_bold.nii.gz`` with matching
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from roidask._validate import SUBJECT_NAME_RE, check_input_file
+from roidask._validate import SUBJECT_NAME_RE
 from roidask.exceptions import CorruptFileError, ManifestError, UnreadableFileError
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    as_location,
+    check_input_file,
+    is_remote,
+    open_table,
+)
 from roidask.io.niizarr import is_nifti_zarr
 
 __all__ = ["MANIFEST_COLUMNS", "SubjectSpec", "check_subject_files", "read_manifest"]
@@ -30,16 +38,16 @@ class SubjectSpec:
     """One subject of a batch: BOLD run(s), label file(s) and a mask."""
 
     subject: str
-    bold: tuple[Path, ...]
-    labels: tuple[Path, ...]
-    mask: Path
+    bold: tuple[Path | S3Path, ...]
+    labels: tuple[Path | S3Path, ...]
+    mask: Path | S3Path
 
     @property
     def out_name(self) -> str:
         return self.subject if self.subject.startswith("sub-") else f"sub-{self.subject}"
 
     @property
-    def files(self) -> tuple[Path, ...]:
+    def files(self) -> tuple[Location, ...]:
         """Every input file of the subject: BOLD run(s), label file(s), mask."""
         return (*self.bold, *self.labels, self.mask)
 
@@ -72,12 +80,16 @@ def check_subject_files(specs: list[SubjectSpec]) -> None:
                 ) from None
 
 
-def _split(value: str, base: Path) -> tuple[Path, ...]:
+def _split(value: str, base: Path | S3Path) -> tuple[Path | S3Path, ...]:
+    """Paths of a manifest cell; relative ones are relative to the manifest's location
+    (so an ``s3://`` manifest's relative paths are ``s3://`` too)."""
     parts = [p.strip() for p in str(value).split(";") if p.strip()]
-    return tuple(p if p.is_absolute() else base / p for p in map(Path, parts))
+    return tuple(
+        as_location(p) if is_remote(p) or Path(p).is_absolute() else base / p for p in parts
+    )
 
 
-def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None = None):
+def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
     """Subjects of a batch from a TSV manifest or a BIDS-like folder.
 
     Parameters
@@ -94,8 +106,13 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
     -------
     list of SubjectSpec
     """
-    path = Path(manifest)
-    if path.is_dir():
+    path = as_location(manifest)
+    if isinstance(path, S3Path) and not path.is_file() and path.is_dir():
+        raise ManifestError(
+            f"manifest {path}: a BIDS-like folder in S3 is not read; give a TSV manifest",
+            param="manifest",
+        )
+    if isinstance(path, Path) and path.is_dir():
         return _read_bids(path, mask=mask)
     if not path.exists():
         raise ManifestError(
@@ -104,7 +121,7 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
         )
     check_input_file(path, "manifest", what="manifest (TSV)")
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str).fillna("")
+        table = pd.read_csv(open_table(path), sep="\t", dtype=str).fillna("")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ManifestError(
             f"manifest {path}: not a readable TSV table ({exc})", param="manifest"
@@ -149,7 +166,7 @@ def read_manifest(manifest: str | os.PathLike, *, mask: str | os.PathLike | None
     return specs
 
 
-def _check_out_names(specs: list[SubjectSpec], source: Path) -> None:
+def _check_out_names(specs: list[SubjectSpec], source: Location) -> None:
     """Two subjects must not share an output folder (``01`` and ``sub-01`` do)."""
     seen: dict[str, str] = {}
     for spec in specs:

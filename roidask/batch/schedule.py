@@ -80,6 +80,18 @@ from roidask.cluster import active_client, describe_client
 from roidask.exceptions import InvalidParameterError, OutputError, RoidaskError
 from roidask.io.conversions import as_image
 from roidask.io.labels import volume_labels
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    as_location,
+    check_not_input,
+    check_output,
+    check_writable,
+    remote_marker,
+    remove_files,
+    write_file,
+)
 from roidask.io.nifti import NiftiSource, release_handles
 from roidask.onepass import USABLE_FRACTION, WORKER_BASE_BYTES, MemoryPlan, memory_plan
 from roidask.outputs.provenance import input_records, utc_now
@@ -127,14 +139,15 @@ _DEFAULT_PLAN = MemoryPlan(None, None)
 def fingerprint(spec: SubjectSpec, params: PipelineParams) -> tuple[str, list[dict]]:
     """Hash of the parameters and input checksums that decide a subject's outputs."""
     inputs = input_records([*spec.bold, *spec.labels, spec.mask])
-    payload = json.dumps(
-        {"params": params.to_dict(), "inputs": [r["sha256"] for r in inputs]}, sort_keys=True
-    )
+    checksums = [r.get("sha256") or r.get("etag") or r.get("etags_sha256") for r in inputs]
+    payload = json.dumps({"params": params.to_dict(), "inputs": checksums}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest(), inputs
 
 
-def _is_complete(out: Path, digest: str) -> bool:
+def _is_complete(out: Path | S3Path, digest: str) -> bool:
     """``out`` holds a finished run with fingerprint ``digest`` and all its outputs."""
+    if isinstance(out, S3Path) and not (remote_marker(out) or {}).get("complete"):
+        return False  # an upload not finished (pending marker) or never started
     prov = out / "provenance.json"
     if not prov.is_file():
         return False
@@ -147,7 +160,7 @@ def _is_complete(out: Path, digest: str) -> bool:
     return all((out / name).exists() for name in record.get("outputs", []))
 
 
-def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
+def check_batch_folder(out_dir: PathOrURL, specs: list[SubjectSpec]) -> Location:
     """Check that a batch may write ``out_dir`` (before any data is read; writes nothing).
 
     A new folder (or an empty one) will become a roidask batch folder; an existing
@@ -161,12 +174,15 @@ def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> 
         The parent is missing or read-only, the folder is not roidask's, a subject's
         folder holds files roidask did not write, or an input lies in an output folder.
     """
-    out = Path(out_dir)
+    out = as_location(out_dir)
     inputs = [p for spec in specs for p in spec.files]
+    if isinstance(out, S3Path):
+        return _check_remote_batch_folder(out, specs, inputs)
+    local_inputs = [p for p in inputs if isinstance(p, Path)]  # S3 objects: never under out
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"out {out}: is a file; expected a batch folder", param="out")
     if not out.exists():
-        check_destination(out, param="out", inputs=inputs)
+        check_destination(out, param="out", inputs=local_inputs)
     elif any(out.iterdir()):
         marker = read_marker(out)
         if marker is None and not (out / "batch.tsv").is_file():
@@ -183,13 +199,41 @@ def check_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> 
     if out.is_dir():
         targets = [(out / spec.out_name, SUBJECT_KIND) for spec in specs]
         for target, kind in [*targets, (out / "group", GROUP_KIND)]:
-            check_destination(target, param="out", inputs=inputs, overwrite=True, kind=kind)
+            check_destination(target, param="out", inputs=local_inputs, overwrite=True, kind=kind)
     return out
 
 
-def prepare_batch_folder(out_dir: str | os.PathLike, specs: list[SubjectSpec]) -> Path:
+def _check_remote_batch_folder(out: S3Path, specs: list[SubjectSpec], inputs) -> S3Path:
+    """:func:`check_batch_folder` for an ``s3://`` prefix."""
+    check_not_input(out, inputs, param="out")
+    check_writable(out, "out")  # reachable and writable
+    if out.is_dir():
+        marker = remote_marker(out)
+        if marker is None and not (out / "batch.tsv").is_file():
+            raise OutputError(
+                f"out {out}: exists and is not a roidask batch folder (no {MARKER}); choose an "
+                "empty or new prefix",
+                param="out",
+            )
+        if marker is not None and marker["kind"] not in (BATCH_KIND, None):
+            raise OutputError(
+                f"out {out}: is a roidask {marker['kind']} folder, not a batch folder",
+                param="out",
+            )
+        targets = [(out / spec.out_name, SUBJECT_KIND) for spec in specs]
+        for target, kind in [*targets, (out / "group", GROUP_KIND)]:
+            check_output(target, param="out", inputs=inputs, overwrite=True, kind=kind)
+    return out
+
+
+def prepare_batch_folder(out_dir: PathOrURL, specs: list[SubjectSpec]) -> Location:
     """Check the batch folder (:func:`check_batch_folder`), then create and mark it."""
     out = check_batch_folder(out_dir, specs)
+    if isinstance(out, S3Path):
+        if remote_marker(out) is None:
+            record: dict = {"written_by": "roidask", "kind": BATCH_KIND, "created_utc": utc_now()}
+            write_file(out / MARKER, json.dumps({**record, "files": []}, indent=2).encode())
+        return out
     try:
         out.mkdir(exist_ok=True)
         if read_marker(out) is None:
@@ -273,7 +317,7 @@ class _Job:
     """Everything one subject's run needs (sent to a worker with ``"subject"``)."""
 
     spec: SubjectSpec
-    out: Path
+    out: Location
     params: PipelineParams
     chunks: object
     plots: bool
@@ -282,11 +326,11 @@ class _Job:
     fit_only: bool = False  # give the subject back (to block) if it does not fit
     digest: str | None = None  # fingerprint already computed (a subject given back)
     inputs: list[dict] | None = None
-    study: Path | None = None  # the study store the subject's node goes to
+    study: Location | None = None  # the study store the subject's node goes to
     published: bool = False  # the study lists the node: to rewrite it, hand it back first
 
 
-def _row(spec: SubjectSpec, out: Path, **values) -> dict:
+def _row(spec: SubjectSpec, out: Location, **values) -> dict:
     row = {"subject": spec.subject, "status": "", "wall_s": "", "n_rois": "", "out": str(out)}
     row["error"] = ""
     row.update(values)
@@ -346,7 +390,8 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
     spec, out = job.spec, job.out
     row = _row(spec, out)
     try:
-        clean_stale(out)
+        if isinstance(out, Path):
+            clean_stale(out)
         digest, inputs = job.digest, job.inputs
         if (out / "provenance.json").is_file():  # done before? (hashes the inputs)
             if digest is None:
@@ -403,7 +448,7 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
     return row
 
 
-def _files(spec: SubjectSpec) -> list[Path]:
+def _files(spec: SubjectSpec) -> list[Location]:
     """The NIfTI files of a subject whose read handles a process may cache."""
     return [*spec.bold, spec.mask]
 
@@ -543,7 +588,7 @@ class _Report:
 class _StatusFile:
     """``batch.tsv``, rewritten (atomically) at most every :data:`STATUS_INTERVAL_S`."""
 
-    def __init__(self, out_dir: Path, specs: list[SubjectSpec]):
+    def __init__(self, out_dir: Location, specs: list[SubjectSpec]):
         self.path = out_dir / "batch.tsv"
         self.rows = {s.subject: _row(s, out_dir / s.out_name, status="pending") for s in specs}
         self.order = [s.subject for s in specs]
@@ -558,7 +603,7 @@ class _StatusFile:
         now = time.monotonic()
         if self._dirty and (force or now - self._last >= STATUS_INTERVAL_S):
             frame = pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=BATCH_COLUMNS)
-            write_text(self.path, frame.to_csv(sep="\t", index=False))
+            write_file(self.path, frame.to_csv(sep="\t", index=False).encode())
             self._dirty, self._last = False, now
 
     def table(self) -> pd.DataFrame:
@@ -570,7 +615,7 @@ class _StatusFile:
 
 def run_batch(
     specs: list[SubjectSpec],
-    out_dir: str | os.PathLike,
+    out_dir: PathOrURL,
     *,
     params: PipelineParams | None = None,
     chunks=None,
@@ -670,7 +715,8 @@ def run_batch(
         if status.rows[s.subject]["status"] in ("done", "skipped")
     ]
     group_error = out_dir / "group-error.txt"
-    group_error.unlink(missing_ok=True)  # from an earlier run
+    if group_error.is_file():  # from an earlier run
+        remove_files(out_dir, [group_error.name])
     group_done = False
     if len(done) >= 2:
         try:
@@ -679,7 +725,7 @@ def run_batch(
         except RoidaskError as exc:
             if report.log is not None:
                 report.log(f"group level: failed ({exc})")
-            write_text(group_error, f"{exc}\n")
+            write_file(group_error, f"{exc}\n".encode())
     if study_store is not None and not group_done:
         study_store.unpublish(GROUP_NODE)  # no group level of these subjects
     return table
@@ -691,7 +737,7 @@ class _Batch:
     def __init__(
         self,
         specs: list[SubjectSpec],
-        out_dir: Path,
+        out_dir: Location,
         params: PipelineParams,
         chunks: object,
         plots: bool,

@@ -7,7 +7,7 @@ arrays), ``store_read``, ``conversions`` (:func:`as_image`, the one entry point)
 """
 
 from roidask.io.chunks import normalize_chunks
-from roidask.io.conversions import ImageLike, as_image
+from roidask.io.conversions import ImageLike, as_image, open_map
 from roidask.io.grid import affine_of, check_same_grid, voxel_size_mm
 from roidask.io.image import bold_from_nifti, image_from_nifti, like_image, to_nifti
 from roidask.io.labels import read_events, read_labels, volume_labels
@@ -40,6 +40,7 @@ __all__ = [
     "like_image",
     "list_subjects",
     "normalize_chunks",
+    "open_map",
     "open_store",
     "open_subject",
     "read_events",

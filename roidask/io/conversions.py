@@ -9,7 +9,6 @@ with the grid in its attrs.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dask.array as da
@@ -17,7 +16,12 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-from roidask.exceptions import ImageDimensionError, ImageTypeError, UnreadableFileError
+from roidask.exceptions import (
+    ImageDimensionError,
+    ImageTypeError,
+    InvalidParameterError,
+    UnreadableFileError,
+)
 from roidask.io.chunks import normalize_chunks
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS
 from roidask.io.image import (
@@ -27,15 +31,14 @@ from roidask.io.image import (
     is_image_path,
     open_source,
 )
-from roidask.io.store_read import open_subject, subject_dataset
+from roidask.io.locations import PathOrURL, as_location, zarr_store
+from roidask.io.store_read import ignore_consolidated_warning, open_subject, subject_dataset
 
-__all__ = ["ImageLike", "as_image"]
+__all__ = ["ImageLike", "as_image", "open_map"]
 
 #: What an image argument may be: a path (NIfTI file or roidask store), a nibabel
 #: image, or an xarray DataArray / Dataset / DataTree in roidask's layout.
-ImageLike = (
-    str | os.PathLike | nib.spatialimages.SpatialImage | xr.DataArray | xr.Dataset | xr.DataTree
-)
+ImageLike = PathOrURL | nib.spatialimages.SpatialImage | xr.DataArray | xr.Dataset | xr.DataTree
 
 
 def _from_xarray(obj, *, param: str, subject: str | None) -> xr.DataArray:
@@ -110,8 +113,8 @@ def as_image(
     UnreadableFileError, CorruptFileError, StoreError
         A path that cannot be read as an image.
     """
-    if isinstance(img, str | os.PathLike):
-        path = Path(img)
+    if isinstance(img, PathOrURL):
+        path = as_location(img)
         if not path.exists():
             raise UnreadableFileError(f"{param} {path}: no such file or folder", param=param)
         if is_image_path(path):
@@ -159,3 +162,61 @@ def as_image(
             param=param,
         )
     return out
+
+
+def open_map(
+    source: PathOrURL, *, variable: str | None = None, group: str | None = None
+) -> xr.DataArray:
+    """An output map as a roidask image: a NIfTI file, or a variable of a zarr dataset.
+
+    Parameters
+    ----------
+    source : path or ``s3://`` URL
+        A ``.nii``/``.nii.gz``/``.nii.zarr`` image, or a zarr store holding the map: a
+        subject's ``results.zarr``, or a study store (``study.zarr``) with ``group``.
+    variable : str, optional
+        The variable of a zarr dataset (``tstat``, ``logp``, ``atlas``, ...); required
+        for a zarr store.
+    group : str, optional
+        The node of a study store (``sub-01``, ``group``).
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy, dims ``(x, y, z)`` (or with ``time``), its grid (``affine``) from the
+        variable's attributes (roidask writes it on every map).
+
+    Raises
+    ------
+    InvalidParameterError
+        A zarr store without ``variable``, or an unknown variable (the message lists them).
+    ImageTypeError
+        The variable has no ``affine`` attribute (its grid is unknown).
+    """
+    loc = as_location(source)
+    if is_image_path(loc) or (isinstance(loc, Path) and loc.is_file()):
+        if variable is not None or group is not None:
+            raise InvalidParameterError(
+                f"variable: {loc} is an image file; variable and group apply to zarr stores",
+                param="variable",
+            )
+        return as_image(source, param="source")
+    if not loc.exists():
+        raise UnreadableFileError(f"source {loc}: no such file or store", param="source")
+    ignore_consolidated_warning()
+    try:
+        ds = xr.open_zarr(zarr_store(loc), group=group, consolidated=False)
+    except Exception as exc:
+        where = f"{loc}" + (f" (group {group!r})" if group else "")
+        raise InvalidParameterError(
+            f"source {where}: not a zarr dataset ({type(exc).__name__}: {exc})", param="source"
+        ) from None
+    maps = sorted(str(k) for k, v in ds.data_vars.items() if v.dims[:3] == SPATIAL_DIMS)
+    if variable not in maps:
+        raise InvalidParameterError(
+            f"variable: expected one of the maps of {loc} {maps}, got {variable!r}",
+            param="variable",
+        )
+    image = ds[variable]
+    image = image.drop_vars([c for c in image.coords if c not in image.dims])
+    return _from_xarray(image, param="source", subject=None)

@@ -44,6 +44,7 @@ from roidask.io.grid import (
     voxel_size_mm,
 )
 from roidask.io.labels import volume_labels
+from roidask.io.locations import PathOrURL, as_location, version_tag
 from roidask.io.nifti import (
     NiftiSource,
     header_from_b64,
@@ -71,13 +72,13 @@ __all__ = [
 VolumeSource = NiftiSource | NiftiZarrSource
 
 
-def is_image_path(path: str | os.PathLike) -> bool:
+def is_image_path(path: PathOrURL) -> bool:
     """True for a NIfTI file name or a NIfTI-Zarr folder (``.nii.zarr``)."""
     return is_nifti_path(path) or is_nifti_zarr(path)
 
 
 def open_source(
-    path: str | os.PathLike, *, ndim: int | tuple[int, ...] | None = None, param: str = "img"
+    path: PathOrURL, *, ndim: int | tuple[int, ...] | None = None, param: str = "img"
 ) -> VolumeSource:
     """The validated source of an image file: NIfTI, or NIfTI-Zarr for ``*.nii.zarr``."""
     if is_nifti_zarr(path):
@@ -142,8 +143,8 @@ class _SourceArray:
 
 
 def _token(source: NiftiSource, chunks) -> str:
-    """Deterministic graph key: same file, same modification time, same chunks."""
-    return tokenize(str(source.path), source.path.stat().st_mtime_ns, chunks)
+    """Deterministic graph key: same file, same modification time (ETag on S3), same chunks."""
+    return tokenize(str(source.path), version_tag(source.path), chunks)
 
 
 def _source_dask(source: VolumeSource, chunks: dict[str, int], scaled: bool = True) -> da.Array:
@@ -168,20 +169,20 @@ def _source_dask(source: VolumeSource, chunks: dict[str, int], scaled: bool = Tr
     return arr
 
 
-def image_from_nifti(path: str | os.PathLike, *, chunks=None, param: str = "img") -> xr.DataArray:
+def image_from_nifti(path: PathOrURL, *, chunks=None, param: str = "img") -> xr.DataArray:
     """A 3D NIfTI file as a lazy roidask image (dims x, y, z)."""
     src = open_source(path, ndim=3, param=param)
     chunks = normalize_chunks(chunks, src.shape, src.dtype.itemsize)
     arr = _source_dask(src, chunks)
     return xr.DataArray(
-        arr, dims=SPATIAL_DIMS, name=Path(path).name, attrs=_attrs_from_source(src)
+        arr, dims=SPATIAL_DIMS, name=as_location(path).name, attrs=_attrs_from_source(src)
     )
 
 
 def bold_from_nifti(
-    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    paths: PathOrURL | Sequence[PathOrURL],
     *,
-    labels: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    labels: PathOrURL | Sequence[PathOrURL] | None = None,
     tr_s: float | None = None,
     chunks=None,
     scaled: bool = True,
@@ -217,7 +218,7 @@ def bold_from_nifti(
         scaled, unless ``scaled=False``), coordinates ``time`` (s), ``condition``
         and ``run``. No voxel data is read until computed.
     """
-    if isinstance(paths, str | os.PathLike):
+    if isinstance(paths, PathOrURL):
         paths = [paths]
     if not paths:
         raise InvalidParameterError("bold: at least one 4D NIfTI file is needed", param="bold")
@@ -252,7 +253,7 @@ def bold_from_nifti(
         condition = None
         run = np.repeat(np.arange(len(sources)), n_per_run)
     else:
-        if isinstance(labels, str | os.PathLike):
+        if isinstance(labels, PathOrURL):
             labels = [labels]
         table = volume_labels(
             list(labels),

@@ -6,7 +6,6 @@ Both formats end up as one table with a row per volume and the columns
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from pathlib import Path
@@ -14,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from roidask._validate import check_input_file
 from roidask.exceptions import EventsWarning, LabelsError
+from roidask.io.locations import PathOrURL, S3Path, as_location, check_input_file, open_table
 
 __all__ = [
     "ONSET_TOLERANCE_TR",
@@ -34,21 +33,21 @@ ONSET_TOLERANCE_TR = 1e-6
 _EVENT_COLUMNS = ("onset", "duration", "trial_type")
 
 
-def _is_events(path: Path) -> bool:
+def _is_events(path: Path | S3Path) -> bool:
     """A BIDS events file by name: ``*_events.tsv`` or ``events.tsv`` (or ``.tsv.gz``)."""
     return re.search(r"(^|[_-])events\.tsv(\.gz)?$", path.name.lower()) is not None
 
 
-def _looks_like_events(path: Path) -> bool:
+def _looks_like_events(path: Path | S3Path) -> bool:
     """A TSV whose header has the BIDS events columns, whatever its name."""
     try:
-        header = pd.read_csv(path, sep="\t", nrows=0).columns
+        header = pd.read_csv(open_table(path), sep="\t", nrows=0).columns
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
         return False
     return all(c in header for c in _EVENT_COLUMNS)
 
 
-def read_labels(path: str | os.PathLike) -> pd.DataFrame:
+def read_labels(path: PathOrURL) -> pd.DataFrame:
     """Read a Haxby-style ``labels.txt``: space separated, header ``labels chunks``.
 
     Returns
@@ -59,7 +58,7 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     """
     path = check_input_file(path, "labels", what="labels file")
     try:
-        table = pd.read_csv(path, sep=r"\s+", dtype=str, engine="python")
+        table = pd.read_csv(open_table(path), sep=r"\s+", dtype=str, engine="python")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LabelsError(f"labels {path}: not a readable labels table ({exc})") from None
     if "labels" not in table.columns:
@@ -100,11 +99,11 @@ def read_labels(path: str | os.PathLike) -> pd.DataFrame:
     return out
 
 
-def read_events(path: str | os.PathLike) -> pd.DataFrame:
+def read_events(path: PathOrURL) -> pd.DataFrame:
     """Read and validate a BIDS ``events.tsv`` (columns onset, duration, trial_type)."""
     path = check_input_file(path, "labels", what="events file")
     try:
-        events = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True)
+        events = pd.read_csv(open_table(path), sep="\t", na_values=["n/a"], keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LabelsError(
             f"labels {path}: not a readable events table ({exc})", param="labels"
@@ -145,7 +144,7 @@ def events_to_labels(
     *,
     n_volumes: int,
     tr_s: float,
-    source: str | os.PathLike | None = None,
+    source: PathOrURL | None = None,
 ) -> np.ndarray:
     """Label volumes by the event covering their acquisition onset.
 
@@ -184,7 +183,7 @@ def events_to_labels(
 
 
 def volume_labels(
-    labels: list[str | os.PathLike],
+    labels: list[PathOrURL],
     *,
     n_volumes_per_run: list[int],
     tr_s: float | None,
@@ -212,7 +211,7 @@ def volume_labels(
         its ``chunks`` column; with events files (or a labels.txt without
         ``chunks``) it is the index of the BOLD file.
     """
-    paths = [Path(p) for p in labels]
+    paths = [as_location(p) for p in labels]
     n_total = int(sum(n_volumes_per_run))
     file_index = np.repeat(np.arange(len(n_volumes_per_run)), n_volumes_per_run)
     names = bold_names or [f"run {i}" for i in range(len(n_volumes_per_run))]

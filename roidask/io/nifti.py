@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import io
 import os
 import struct
 import threading
@@ -32,7 +33,6 @@ import numpy as np
 from isal import igzip, isal_zlib
 
 from roidask._atomic import atomic_file
-from roidask._validate import check_input_file
 from roidask.exceptions import (
     CorruptFileError,
     ImageDimensionError,
@@ -40,6 +40,15 @@ from roidask.exceptions import (
     OutputExistsError,
 )
 from roidask.io.grid import voxel_size_mm
+from roidask.io.locations import (
+    ObjectStream,
+    PathOrURL,
+    RangeFile,
+    S3Path,
+    as_location,
+    check_input_file,
+    read_prefix,
+)
 
 __all__ = [
     "TIME_UNITS_S",
@@ -64,7 +73,7 @@ _GZIP_ERRORS: tuple[type[BaseException], ...] = (
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def is_nifti_path(path: str | os.PathLike) -> bool:
+def is_nifti_path(path: PathOrURL) -> bool:
     """True if ``path`` names a ``.nii`` or ``.nii.gz`` file (by suffix)."""
     return str(path).lower().endswith(_NIFTI_SUFFIXES)
 
@@ -106,8 +115,12 @@ def header_from_b64(text: str) -> nib.Nifti1Header:
     return klass(binaryblock=raw, check=False)
 
 
-def _gzip_isize(path: Path) -> int | None:
+def _gzip_isize(path: Path | S3Path) -> int | None:
     """Uncompressed size modulo 2**32 from a gzip trailer, or None if unreadable."""
+    if isinstance(path, S3Path):
+        size = int(path.head()["size"])
+        tail = path.read_range(size - 4, 4) if size >= 4 else b""
+        return struct.unpack("<I", tail)[0] if len(tail) == 4 else None
     try:
         with open(path, "rb") as f:
             f.seek(-4, os.SEEK_END)
@@ -190,8 +203,8 @@ class NiftiSource(VolumeProperties):
 
     Attributes
     ----------
-    path : Path
-        The file.
+    path : Path or S3Path
+        The file (or object, :mod:`roidask.io.locations`).
     shape : tuple of int
         Image shape, 3D ``(x, y, z)`` or 4D ``(x, y, z, t)``.
     raw_dtype : numpy.dtype
@@ -206,7 +219,7 @@ class NiftiSource(VolumeProperties):
         The file's header.
     """
 
-    path: Path
+    path: Path | S3Path
     shape: tuple[int, ...]
     raw_dtype: np.dtype
     offset: int
@@ -219,7 +232,7 @@ class NiftiSource(VolumeProperties):
     @classmethod
     def open(
         cls,
-        path: str | os.PathLike,
+        path: PathOrURL,
         *,
         ndim: int | tuple[int, ...] | None = None,
         param: str = "img",
@@ -246,8 +259,11 @@ class NiftiSource(VolumeProperties):
             The image does not have an accepted number of dimensions.
         """
         path = check_input_file(path, param, what="NIfTI image (.nii or .nii.gz)")
-        with open(path, "rb") as f:
-            magic = f.read(2)
+        if isinstance(path, S3Path):
+            magic = path.read_range(0, 2)
+        else:
+            with open(path, "rb") as f:
+                magic = f.read(2)
         gz = magic == _GZIP_MAGIC
         if path.name.lower().endswith(".gz") and not gz:
             raise CorruptFileError(
@@ -255,7 +271,7 @@ class NiftiSource(VolumeProperties):
                 param=param,
             )
         try:
-            img = nib.load(path)
+            img = _load_remote(path, gz) if isinstance(path, S3Path) else nib.load(path)
         except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
             raise CorruptFileError(
                 f"{param} {path}: not a readable NIfTI file (truncated or corrupt gzip?): {exc}",
@@ -324,7 +340,10 @@ class NiftiSource(VolumeProperties):
                     param=param,
                 )
         else:
-            size = self.path.stat().st_size
+            if isinstance(self.path, S3Path):
+                size = int(self.path.head()["size"])
+            else:
+                size = self.path.stat().st_size
             if size < needed:
                 raise CorruptFileError(
                     f"{param} {self.path}: header says shape {self.shape} x "
@@ -356,7 +375,7 @@ class NiftiSource(VolumeProperties):
                 f"{self.path}: expected {n * self.volume_nbytes} bytes for volumes "
                 f"{start}:{stop}, got {len(buf)} (truncated file)"
             )
-        arr = np.frombuffer(buf, dtype=self.raw_dtype)
+        arr = np.frombuffer(memoryview(buf).toreadonly(), dtype=self.raw_dtype)
         shape = (*self.volume_shape, n) if self.ndim == 4 else self.volume_shape
         arr = arr.reshape(shape, order="F").astype(self.raw_dtype.newbyteorder("="), copy=False)
         if scaled and self.is_scaled:
@@ -369,12 +388,9 @@ class NiftiSource(VolumeProperties):
         Uses one sequential decompressing stream (``isal`` for ``.nii.gz``),
         which is faster than random access when a whole file is read once.
         """
-        if self.path.name.lower().endswith(".gz"):
-            opener = igzip.open
-        else:
-            opener = open
+        gz = self.path.name.lower().endswith(".gz")
         try:
-            with opener(self.path, "rb") as fh:
+            with _sequential(self.path, gz) as fh:
                 fh.seek(self.offset)
                 for start in range(0, self.n_volumes, block_volumes):
                     stop = min(start + block_volumes, self.n_volumes)
@@ -385,7 +401,7 @@ class NiftiSource(VolumeProperties):
                             f"{self.path}: expected {n * self.volume_nbytes} bytes for volumes "
                             f"{start}:{stop}, got {len(buf)} (truncated file)"
                         )
-                    arr = np.frombuffer(buf, dtype=self.raw_dtype)
+                    arr = np.frombuffer(memoryview(buf).toreadonly(), dtype=self.raw_dtype)
                     arr = arr.reshape((*self.volume_shape, n), order="F")
                     arr = arr.astype(self.raw_dtype.newbyteorder("="), copy=False)
                     if scaled and self.is_scaled:
@@ -417,9 +433,31 @@ class NiftiSource(VolumeProperties):
         )
 
 
+def _load_remote(path: S3Path, gz: bool) -> nib.Nifti1Image:
+    """The image of an object from its first bytes: header and extensions, no voxel data."""
+    first = read_prefix(path, 4, gzip=gz)
+    sizeof = struct.unpack("<i", first)[0] if len(first) == 4 else 0
+    if sizeof not in (348, 540):
+        sizeof = struct.unpack(">i", first)[0] if len(first) == 4 else 0
+    klass = nib.Nifti2Image if sizeof == 540 else nib.Nifti1Image
+    head = read_prefix(path, 540 if sizeof == 540 else 352, gzip=gz)
+    header = klass.header_class.from_fileobj(io.BytesIO(head), check=False)
+    vox_offset = int(header["vox_offset"])
+    if vox_offset > len(head):  # extensions: read up to the data
+        head = read_prefix(path, min(vox_offset, 64 * 2**20), gzip=gz)
+    return klass.from_bytes(head)
+
+
+def _sequential(path: Path | S3Path, gz: bool):
+    """A sequential reader of the (decompressed) bytes: one stream, never the whole file."""
+    if isinstance(path, S3Path):
+        return ObjectStream(path, gzip=gz)
+    return igzip.open(path, "rb") if gz else open(path, "rb")
+
+
 def _rebuild_source(path, shape, dtype_str, offset, slope, inter, affine, header_b64):
     return NiftiSource(
-        Path(path),
+        as_location(path),
         tuple(shape),
         np.dtype(dtype_str),
         offset,
@@ -441,9 +479,12 @@ _SKIP_PIECE_BYTES = 16 * 2**20
 class _FileReader:
     """Byte ranges of an uncompressed file through one shared handle (thread-safe)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | S3Path):
         self.path = path
-        self._fh = open(path, "rb")
+        if isinstance(path, S3Path):  # ranged GETs through a read buffer
+            self._fh: Any = io.BufferedReader(RangeFile(path), 4 * 2**20)
+        else:
+            self._fh = open(path, "rb")
         self._lock = threading.Lock()
 
     def read_at(self, offset: int, n: int) -> bytes:
@@ -470,7 +511,7 @@ class _GzipBlockReader:
     result means the data ended early.  Thread-safe (one lock per reader).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path | S3Path):
         self.path = path
         self._lock = threading.Lock()
         self._stream: Any = None  # isal.igzip file, at uncompressed offset self._pos
@@ -529,7 +570,7 @@ class _GzipBlockReader:
     def _from_stream(self, offset: int, n: int) -> bytes:
         if self._stream is None:
             self._isize = _gzip_isize(self.path)
-            self._stream = igzip.open(self.path, "rb")
+            self._stream = _sequential(self.path, True)
             self._pos = 0
         stream = self._stream
         try:
@@ -559,7 +600,11 @@ class _GzipBlockReader:
 
     def _from_random(self, offset: int, n: int) -> bytes:
         if self._random is None:
-            self._random = indexed_gzip.IndexedGzipFile(str(self.path), spacing=4 * 2**20)
+            if isinstance(self.path, S3Path):  # ranged GETs, read ahead 4 MiB at a time
+                raw = io.BufferedReader(RangeFile(self.path), 4 * 2**20)
+                self._random = indexed_gzip.IndexedGzipFile(fileobj=raw, spacing=4 * 2**20)
+            else:
+                self._random = indexed_gzip.IndexedGzipFile(str(self.path), spacing=4 * 2**20)
         try:
             self._random.seek(offset)
             return self._random.read(n)
@@ -586,7 +631,7 @@ _HANDLES: dict[tuple[str, int], _FileReader | _GzipBlockReader] = {}
 _HANDLES_LOCK = threading.Lock()
 
 
-def _handle(path: Path) -> _FileReader | _GzipBlockReader:
+def _handle(path: Path | S3Path) -> _FileReader | _GzipBlockReader:
     key = (str(path), os.getpid())
     with _HANDLES_LOCK:
         reader = _HANDLES.get(key)
@@ -609,12 +654,17 @@ def release_handles(paths) -> int:
     progress keeps its handle alive until it finishes, then it is closed when no
     longer referenced.
     """
-    wanted = {os.path.realpath(p) for p in paths}
+    wanted = {_handle_name(p) for p in paths}
     pid = os.getpid()
     with _HANDLES_LOCK:
-        keys = [k for k in _HANDLES if k[1] == pid and os.path.realpath(k[0]) in wanted]
+        keys = [k for k in _HANDLES if k[1] == pid and _handle_name(k[0]) in wanted]
         dropped = [_HANDLES.pop(k) for k in keys]
     return len(dropped)
+
+
+def _handle_name(path) -> str:
+    loc = as_location(path)
+    return str(loc) if isinstance(loc, S3Path) else os.path.realpath(loc)
 
 
 def close_handles() -> None:

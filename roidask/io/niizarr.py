@@ -52,6 +52,7 @@ from roidask.exceptions import (
 )
 from roidask.io.chunks import normalize_chunks
 from roidask.io.grid import SPATIAL_DIMS, affine_of
+from roidask.io.locations import Location, PathOrURL, S3Path, as_location, version_tag, zarr_store
 from roidask.io.nifti import VolumeProperties, header_from_b64
 
 __all__ = [
@@ -151,7 +152,7 @@ class NiftiZarrSource(VolumeProperties):
         The stored NIfTI header.
     """
 
-    path: Path
+    path: Path | S3Path
     array: str
     axes: tuple[str, ...]
     shape: tuple[int, ...]
@@ -162,7 +163,7 @@ class NiftiZarrSource(VolumeProperties):
     header: nib.Nifti1Header = field(repr=False)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, ndim: int | tuple[int, ...] | None = None):
+    def open(cls, path: PathOrURL, *, ndim: int | tuple[int, ...] | None = None):
         """Read and validate the metadata and header of a ``.nii.zarr`` (no voxel data).
 
         Raises
@@ -173,7 +174,7 @@ class NiftiZarrSource(VolumeProperties):
         ImageDimensionError
             Not a 3D or 4D image (or not ``ndim``), or a channel axis of size > 1.
         """
-        path = Path(path)
+        path = as_location(path)
         if not path.exists():
             raise CorruptFileError(f"{path}: no such NIfTI-Zarr directory (.nii.zarr)")
         if not path.is_dir():
@@ -181,7 +182,7 @@ class NiftiZarrSource(VolumeProperties):
                 f"{path}: is a file; expected a NIfTI-Zarr directory (.nii.zarr)"
             )
         try:
-            group = zarr.open_group(str(path), mode="r")
+            group = zarr.open_group(zarr_store(path), mode="r")
         except Exception as exc:
             raise CorruptFileError(
                 f"{path}: not a zarr group, so not a NIfTI-Zarr image ({_first_line(exc)})"
@@ -252,7 +253,7 @@ class NiftiZarrSource(VolumeProperties):
         )
 
     @staticmethod
-    def _read_header(group, path: Path) -> nib.Nifti1Header:
+    def _read_header(group, path: Location) -> nib.Nifti1Header:
         if "nifti" in group:
             node = group["nifti"]
             if not isinstance(node, zarr.Array):
@@ -275,7 +276,7 @@ class NiftiZarrSource(VolumeProperties):
     # -- reading ---------------------------------------------------------------------
     def zarr_array(self) -> zarr.Array:
         """The level-0 zarr array (opened read-only; metadata only)."""
-        return zarr.open_array(str(self.path / self.array), mode="r")
+        return zarr.open_array(zarr_store(self.path / self.array), mode="r")
 
     def _to_nifti_order(self, arr):
         """Drop a size-1 channel axis and move axes to (x, y, z[, t]) (numpy or dask)."""
@@ -324,7 +325,7 @@ class NiftiZarrSource(VolumeProperties):
         by_axis["t"] = chunks.get("time", 1)
         zchunks = tuple(by_axis[a] for a in self.axes)
         meta = self.path / self.array
-        stamps = [p.stat().st_mtime_ns for p in (self.path, meta) if p.exists()]
+        stamps = [version_tag(p) for p in (self.path, meta) if p.exists()]
         token = tokenize(str(self.path.resolve()), self.array, stamps, zchunks)
         arr = da.from_array(
             z,
@@ -352,17 +353,19 @@ def _checked_getter(a, b, asarray=True, lock=None, *, where: str):
 
 
 # -- reading -----------------------------------------------------------------------------
-def is_nifti_zarr(path: str | os.PathLike) -> bool:
+def is_nifti_zarr(path: PathOrURL) -> bool:
     """True if ``path`` is a directory holding a zarr group with a NIfTI-Zarr header.
 
     A cheap check (metadata only) for dispatching paths; :func:`roidask.io.as_image`
     validates fully.
     """
-    path = Path(path)
+    path = as_location(path)
+    if isinstance(path, S3Path) and not path.name.lower().endswith(_SUFFIX):
+        return False  # by name on S3: no request for every .nii.gz
     if not path.is_dir():
         return False
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(zarr_store(path), mode="r")
     except Exception:
         return False
     legacy = group.attrs.get("nifti")

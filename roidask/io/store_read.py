@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,18 @@ from roidask._validate import check_subject_name
 from roidask.exceptions import (
     DamagedStoreError,
     IncompleteStoreError,
+    RoidaskOSError,
     StoreError,
     UnverifiedStoreWarning,
+)
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    as_location,
+    list_files,
+    version_tag,
+    zarr_store,
 )
 
 __all__ = [
@@ -101,7 +110,7 @@ ignore_consolidated_warning()
 
 
 # -- what a store is -------------------------------------------------------------------------
-def _read_metadata(path: Path, what: str, *, param: str | None = None) -> dict:
+def _read_metadata(path: Path | S3Path, what: str, *, param: str | None = None) -> dict:
     """A ``zarr.json`` as a dict; StoreError naming it when corrupt or unreadable.
 
     ``param`` (the store's parameter name) starts the message when given.
@@ -110,8 +119,8 @@ def _read_metadata(path: Path, what: str, *, param: str | None = None) -> dict:
     where = f"{param} {meta}" if param else str(meta)
     try:
         record = json.loads(meta.read_text())
-    except FileNotFoundError:
-        raise
+    except (FileNotFoundError, RoidaskOSError):
+        raise  # absent; or an object store's one-line error (denied, unreachable)
     except PermissionError:
         raise StoreError(
             f"{where}: permission denied (the {what} metadata is not readable by this user)",
@@ -132,9 +141,9 @@ def _read_metadata(path: Path, what: str, *, param: str | None = None) -> dict:
     return record
 
 
-def is_store(path: str | os.PathLike) -> bool:
+def is_store(path: PathOrURL) -> bool:
     """True if ``path`` is a folder holding a roidask store (its root metadata says so)."""
-    path = Path(path)
+    path = as_location(path)
     try:
         record = _read_metadata(path, "root")
     except (FileNotFoundError, NotADirectoryError, StoreError):
@@ -142,9 +151,10 @@ def is_store(path: str | os.PathLike) -> bool:
     return STORE_ATTR in (record.get("attributes") or {})
 
 
-def require_store(store: str | os.PathLike, *, param: str = "store") -> Path:
-    """``store`` as a Path, or StoreError saying why it is not a roidask store."""
-    path = Path(store)
+def require_store(store: PathOrURL, *, param: str = "store") -> Path | S3Path:
+    """``store`` as a Path (S3Path for ``s3://``), or StoreError saying why it is not a
+    roidask store."""
+    path = as_location(store)
     if not path.exists():
         raise StoreError(f"{param} {path}: no such store", param=param)
     if not path.is_dir():
@@ -167,7 +177,7 @@ def require_store(store: str | os.PathLike, *, param: str = "store") -> Path:
     return path
 
 
-def group_records(path: Path, param: str | None = None) -> dict[str, dict]:
+def group_records(path: Path | S3Path, param: str | None = None) -> dict[str, dict]:
     """Every child group's attributes, read from the group metadata files (not consolidated)."""
     out = {}
     for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -180,7 +190,7 @@ def group_records(path: Path, param: str | None = None) -> dict[str, dict]:
     return out
 
 
-def list_subjects(store: str | os.PathLike, *, include_incomplete: bool = False) -> list[str]:
+def list_subjects(store: PathOrURL, *, include_incomplete: bool = False) -> list[str]:
     """Names of the subject groups in a roidask store, sorted."""
     path = require_store(store)
     return [
@@ -195,18 +205,11 @@ def _chunk_key(coords) -> str:
     return "c/" + "/".join(str(int(c)) for c in coords)
 
 
-def _present_chunk_keys(array_dir: Path) -> set[str]:
-    root = array_dir / "c"
-    if not root.is_dir():
-        return set()
-    return {
-        "c/" + str(Path(dirpath, f).relative_to(root))
-        for dirpath, _, files in os.walk(root)
-        for f in files
-    }
+def _present_chunk_keys(array_dir: Path | S3Path) -> set[str]:
+    return {"c/" + name for name in list_files(array_dir / "c")}
 
 
-def _array_dirs(path: Path, subject: str) -> list[Path]:
+def _array_dirs(path: Location, subject: str) -> list[Location]:
     """The folders of a subject group that hold an array or group (a ``zarr.json``)."""
     group = path / subject
     return sorted(
@@ -216,13 +219,13 @@ def _array_dirs(path: Path, subject: str) -> list[Path]:
     )
 
 
-def _check_array_metadata(path: Path, subject: str, param: str | None) -> None:
+def _check_array_metadata(path: Location, subject: str, param: str | None) -> None:
     """Read every array's ``zarr.json`` of a subject (cheap); StoreError if one is corrupt."""
     for folder in _array_dirs(path, subject):
         _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
 
 
-def _missing_chunks(path: Path, subject: str, grids: dict) -> list[tuple[str, str]]:
+def _missing_chunks(path: Location, subject: str, grids: dict) -> list[tuple[str, str]]:
     missing = []
     for name, grid in grids.items():
         present = _present_chunk_keys(path / subject / name)
@@ -242,7 +245,7 @@ class _CheckedArray:
     those of plain xarray.
     """
 
-    def __init__(self, variable: xr.Variable, store: Path, subject: str, name: str, chunks):
+    def __init__(self, variable: xr.Variable, store: Location, subject: str, name: str, chunks):
         self.variable = variable
         self.store = store
         self.subject = subject
@@ -263,7 +266,7 @@ class _CheckedArray:
 
 def _damage(array: _CheckedArray, index, exc: Exception) -> DamagedStoreError:
     """The error for a failed read of ``index``: the damaged chunk(s) located and named."""
-    zarr_array = zarr.open_array(str(array.store / array.subject / array.name), mode="r")
+    zarr_array = zarr.open_array(zarr_store(array.store / array.subject / array.name), mode="r")
     ranges = []
     for sl, size, c in zip(index, array.shape, array.chunks, strict=False):
         start, stop, _ = sl.indices(size)
@@ -310,9 +313,9 @@ def _chunk_error(zarr_array, coords) -> str | None:
     return None
 
 
-def _checked(var: xr.DataArray, store: Path, subject: str, name: str, disk_chunks) -> da.Array:
+def _checked(var: xr.DataArray, store: Location, subject: str, name: str, disk_chunks) -> da.Array:
     array = _CheckedArray(var.variable, store, subject, name, disk_chunks)
-    token = tokenize(str(store), subject, name, os.stat(store / subject / name).st_mtime_ns)
+    token = tokenize(str(store), subject, name, version_tag(store / subject / name))
     return da.from_array(
         array,
         chunks=array.chunks,
@@ -325,7 +328,7 @@ def _checked(var: xr.DataArray, store: Path, subject: str, name: str, disk_chunk
 
 
 def open_subject(
-    store: str | os.PathLike,
+    store: PathOrURL,
     subject: str | None = None,
     *,
     chunks="auto-disk",
@@ -409,7 +412,7 @@ def open_subject(
             )
     _check_array_metadata(path, subject, param)
     try:
-        ds = xr.open_zarr(str(path), group=subject, consolidated=False, chunks=None)
+        ds = xr.open_zarr(zarr_store(path), group=subject, consolidated=False, chunks=None)
         condition = np.asarray(ds["condition"].values).astype(object).astype(str)
         run = np.asarray(ds["run"].values).astype(np.int64)
         time = np.asarray(ds["time"].values)
@@ -449,7 +452,7 @@ def open_subject(
     return out
 
 
-def open_store(store: str | os.PathLike) -> xr.DataTree:
+def open_store(store: PathOrURL) -> xr.DataTree:
     """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects."""
     path = require_store(store)
     incomplete = sorted(
@@ -461,7 +464,7 @@ def open_store(store: str | os.PathLike) -> xr.DataTree:
             "again with overwrite=True",
             param="store",
         )
-    return xr.open_datatree(str(path), engine="zarr", consolidated=False)
+    return xr.open_datatree(zarr_store(path), engine="zarr", consolidated=False)
 
 
 def subject_dataset(tree: xr.DataTree, *, subject: str | None, param: str = "img") -> xr.Dataset:
@@ -493,7 +496,7 @@ class DamagedChunk:
     reason: str
 
 
-def verify_store(store: str | os.PathLike, *, subject: str | None = None) -> list[DamagedChunk]:
+def verify_store(store: PathOrURL, *, subject: str | None = None) -> list[DamagedChunk]:
     """Read every chunk of every array of a store and check it (checksums, presence).
 
     Parameters
@@ -521,7 +524,7 @@ def verify_store(store: str | os.PathLike, *, subject: str | None = None) -> lis
     return verify_groups(path, {name: records[name] for name in names})
 
 
-def verify_groups(path: Path, records: dict[str, dict]) -> list[DamagedChunk]:
+def verify_groups(path: Location, records: dict[str, dict]) -> list[DamagedChunk]:
     """Check every chunk of the groups ``records`` (name -> attributes) of the store ``path``.
 
     A chunk listed in a group's chunk inventory (:data:`CHUNK_GRIDS_ATTR`) but absent
@@ -537,7 +540,7 @@ def verify_groups(path: Path, records: dict[str, dict]) -> list[DamagedChunk]:
             array_name = folder.name
             try:
                 _read_metadata(folder, f"array {name}/{array_name}")
-                arr = zarr.open_array(str(folder), mode="r")
+                arr = zarr.open_array(zarr_store(folder), mode="r")
             except StoreError as exc:
                 damaged.append(DamagedChunk(name, array_name, "zarr.json", _metadata_reason(exc)))
                 continue

@@ -14,8 +14,9 @@ metadata is consolidated. A subject that exists is replaced only with
 
 from __future__ import annotations
 
-import os
+import json
 import re
+import tempfile
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -47,6 +48,17 @@ from roidask.exceptions import (
 from roidask.io.conversions import as_image
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS, check_same_grid, grid_attrs
 from roidask.io.image import VolumeSource, bold_from_nifti, open_source
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    as_location,
+    check_writable,
+    delete_prefix_keys,
+    list_files,
+    put_files,
+    zarr_store,
+)
 from roidask.io.store_read import (
     CHUNK_GRIDS_ATTR,
     COMPLETE_ATTR,
@@ -84,10 +96,10 @@ def checksummed() -> list:
     return [ZstdCodec(level=0), Crc32cCodec()]
 
 
-def consolidate(path: Path) -> None:
+def consolidate(path: Path | S3Path) -> None:
     """Consolidate a store's metadata into its root ``zarr.json`` (written atomically)."""
     ignore_consolidated_warning()  # again: a caller's catch_warnings may have dropped it
-    zarr.consolidate_metadata(str(path))
+    zarr.consolidate_metadata(zarr_store(path, read_only=False))
 
 
 def _chunk_grids(group_path: Path) -> dict[str, list[int]]:
@@ -143,13 +155,10 @@ def write_dataset_zarr(ds: xr.Dataset, path: Path) -> None:
 
 
 # -- conversion --------------------------------------------------------------------------------
-def foreign_in_group(group_dir: Path) -> list[str]:
-    """Files in a group folder that zarr did not write (relative paths, sorted)."""
-    return sorted(
-        str(p.relative_to(group_dir))
-        for p in group_dir.rglob("*")
-        if p.is_file() and not _ZARR_FILE_RE.match(str(p.relative_to(group_dir)))
-    )
+def foreign_in_group(group_dir: Path | S3Path) -> list[str]:
+    """Files in a group folder (or objects under an S3 prefix) that zarr did not write
+    (relative paths, sorted)."""
+    return [name for name in list_files(group_dir) if not _ZARR_FILE_RE.match(name)]
 
 
 def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[Path]) -> bool:
@@ -245,17 +254,17 @@ def _write_stream(arr, blocks, bar: Progress, *, writers: int = 2) -> int:
 
 
 def convert(
-    bold: str | os.PathLike | Sequence[str | os.PathLike],
+    bold: PathOrURL | Sequence[PathOrURL],
     *,
-    labels: str | os.PathLike | Sequence[str | os.PathLike] | None,
-    out: str | os.PathLike,
+    labels: PathOrURL | Sequence[PathOrURL] | None,
+    out: PathOrURL,
     subject: str = "sub-01",
     tr_s: float | None = None,
     chunks=None,
     mask_img=None,
     overwrite: bool = False,
     progress: bool = False,
-) -> Path:
+) -> Location:
     """Convert 4D NIfTI run(s) into a subject group of a chunked zarr v3 store.
 
     The runs are streamed: at most one chunk-depth of volumes (plus one read
@@ -287,7 +296,7 @@ def convert(
 
     Returns
     -------
-    Path
+    Path or S3Path
         The store.
 
     Raises
@@ -296,22 +305,27 @@ def convert(
     LabelsError, OutputError, OutputExistsError, InvalidParameterError
         Before anything is written.
     """
-    out = Path(out)
+    target = as_location(out)
+    if isinstance(target, S3Path):
+        return _convert_to_s3(
+            bold, labels=labels, out=target, subject=subject, tr_s=tr_s,
+            chunks=chunks, mask_img=mask_img, overwrite=overwrite, progress=progress,
+        )  # fmt: skip
+    out = target
     check_subject_name(subject)
     overwrite = check_bool(overwrite, "overwrite")
     # Validate everything (headers, grids, labels, chunks, target) before writing.
     lazy = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
     mask = None
-    inputs = [Path(p) for p in lazy.attrs["source_files"]]
+    named: list = list(lazy.attrs["source_files"])
     if labels is not None:
-        inputs += [
-            Path(p) for p in ([labels] if isinstance(labels, str | os.PathLike) else labels)
-        ]
+        named += [labels] if isinstance(labels, PathOrURL) else list(labels)
     if mask_img is not None:
         mask = as_image(mask_img, ndim=3, param="mask_img")
         check_same_grid(lazy, mask, names=("bold", "mask_img"))
-        if isinstance(mask_img, str | os.PathLike):
-            inputs.append(Path(mask_img))
+        if isinstance(mask_img, PathOrURL):
+            named.append(mask_img)
+    inputs = [p for p in map(as_location, named) if isinstance(p, Path)]  # S3: not over out
     existed = _prepare_target(out, subject, overwrite, inputs)
     sources = [open_source(p, ndim=4, param="bold") for p in lazy.attrs["source_files"]]
     first = sources[0]
@@ -390,9 +404,110 @@ def convert(
     return out
 
 
+# -- stores in S3 ------------------------------------------------------------------------------
+def _prepare_remote_target(out: S3Path, subject: str, overwrite: bool, inputs) -> dict | None:
+    """Check where the subject will go in S3 (before any voxel is read).
+
+    Returns the old subject group's metadata when the subject exists (to replace), else None.
+    """
+    for item in inputs:
+        if str(item) == str(out) or str(item).startswith(f"{out}/"):
+            raise OutputError(
+                f"out {out}: holds the input {item}; choose another store", param="out"
+            )
+    if (out / "zarr.json").is_file():
+        if not is_store(out):
+            raise OutputError(
+                f"out {out}: exists and is not a roidask store; roidask only adds subjects to "
+                "its own stores, choose another output",
+                param="out",
+            )
+    elif out.is_dir():
+        raise OutputError(
+            f"out {out}: holds objects but no zarr.json, so it is not a roidask store; roidask "
+            "only adds subjects to its own stores, choose another output",
+            param="out",
+        )
+    check_writable(out, "out")
+    objects = (out / subject).list_objects()
+    if not objects:
+        return None
+    foreign = sorted(k for k in objects if not _ZARR_FILE_RE.match(k))
+    if foreign:
+        raise OutputError(
+            f"out {out}: subject {subject}/ holds objects roidask did not write "
+            f"({', '.join(foreign[:5])}); move them elsewhere first",
+            param="out",
+        )
+    try:
+        group = json.loads((out / subject / "zarr.json").read_bytes())
+    except (FileNotFoundError, ValueError):
+        group = {}
+    complete = (group.get("attributes") or {}).get(COMPLETE_ATTR) is True
+    if complete and not overwrite:  # an incomplete subject (killed upload) is rewritten
+        raise OutputExistsError(
+            f"out {out}: store already holds subject {subject!r}; pass overwrite=True "
+            "to replace it",
+            param="out",
+        )
+    return {"group": group, "objects": sorted(objects)}
+
+
+def _convert_to_s3(
+    bold, *, labels, out: S3Path, subject, tr_s, chunks, mask_img, overwrite, progress
+) -> S3Path:
+    """:func:`convert` into a store in S3: built locally, then uploaded with its protocol.
+
+    The subject is converted into a local temporary store (the same bytes as on disk),
+    then its objects are put, the subject group's ``zarr.json`` (complete) last, and the
+    root's metadata is consolidated. A subject replaced is first unpublished (its group
+    loses the completion attribute), and only zarr's objects of the old subject that
+    the new one lacks are deleted.
+    """
+    check_subject_name(subject)
+    overwrite = check_bool(overwrite, "overwrite")
+    lazy = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
+    inputs = [*lazy.attrs["source_files"]]
+    if mask_img is not None:
+        check_same_grid(
+            lazy, as_image(mask_img, ndim=3, param="mask_img"), names=("bold", "mask_img")
+        )
+        if isinstance(mask_img, PathOrURL):
+            inputs.append(str(mask_img))
+    old = _prepare_remote_target(out, subject, overwrite, inputs)
+    with tempfile.TemporaryDirectory(prefix=".roidask-convert-") as tmp:
+        local = Path(tmp) / "store.zarr"
+        convert(
+            bold, labels=labels, out=local, subject=subject, tr_s=tr_s, chunks=chunks,
+            mask_img=mask_img, progress=progress,
+        )  # fmt: skip
+        names = [f"{subject}/{n}" for n in _local_files(local / subject)]
+        group_json = f"{subject}/zarr.json"
+        new_root = not (out / "zarr.json").is_file()
+        if old is not None and old["group"]:
+            attrs = dict(old["group"].get("attributes") or {})
+            if attrs.pop(COMPLETE_ATTR, None) is not None:  # unpublish first
+                (out / group_json).write_text(json.dumps({**old["group"], "attributes": attrs}))
+                consolidate(out)
+        put_files(local, out, [n for n in names if n != group_json])
+        if old is not None:
+            stale = sorted(set(old["objects"]) - {n.split("/", 1)[1] for n in names})
+            delete_prefix_keys(out / subject, stale)
+        put_files(local, out, [group_json])
+        if new_root:
+            put_files(local, out, ["zarr.json"])
+        else:
+            consolidate(out)
+    return out
+
+
+def _local_files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
 def write_image(
     img,
-    store: str | os.PathLike,
+    store: PathOrURL,
     *,
     subject: str,
     name: str,
@@ -404,6 +519,10 @@ def write_image(
     location and moved into the group when complete.
     """
     path = require_store(store)
+    if isinstance(path, S3Path):
+        raise InvalidParameterError(
+            f"store {path}: write_image adds images to local stores only", param="store"
+        )
     ds = open_subject(path, subject)
     image = as_image(img, ndim=3, param="img")
     check_same_grid(ds["bold"], image, names=(f"{path}/{subject}/bold", "img"))

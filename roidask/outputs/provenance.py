@@ -13,6 +13,8 @@ import sys
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from roidask.io.locations import is_remote, object_record
+
 __all__ = [
     "CORE_LIBRARIES",
     "file_sha256",
@@ -70,9 +72,13 @@ def file_sha256(path: str | os.PathLike, *, block_bytes: int = 4 * 2**20) -> str
 
 
 def input_records(paths) -> list[dict]:
-    """Path, size and SHA-256 of each input file."""
+    """Path, size and SHA-256 of each input file (an ``s3://`` object: its size and ETag,
+    :func:`roidask.io.locations.object_record`, read from the listing, not the data)."""
     out = []
     for p in paths:
+        if is_remote(p):
+            out.append(object_record(p))
+            continue
         p = Path(p)
         size = (
             sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

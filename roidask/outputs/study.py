@@ -33,18 +33,27 @@ Crash safety (plain zarr v3; why not Icechunk: ``BENCHMARKS.md``, "Study store")
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
-from roidask._atomic import clean_stale, write_bytes
+from roidask._atomic import clean_stale
 from roidask.exceptions import OutputError, StoreError
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    as_location,
+    list_files,
+    remove_files,
+    write_file,
+    zarr_store,
+)
 from roidask.io.store_read import (
     CHUNK_GRIDS_ATTR,
     COMPLETE_ATTR,
@@ -89,7 +98,7 @@ _EMPTY_CONSOLIDATED = {"kind": "inline", "must_understand": False, "metadata": {
 
 
 # -- the root ----------------------------------------------------------------------------------
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Location, what: str) -> dict:
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -99,7 +108,7 @@ def _read_json(path: Path, what: str) -> dict:
     return record
 
 
-def _read_root(study: Path, *, param: str = "study") -> dict:
+def _read_root(study: Location, *, param: str = "study") -> dict:
     meta = study / _META
     if not meta.is_file():
         raise StoreError(f"{param} {study}: not a roidask study store (no zarr.json)", param=param)
@@ -123,15 +132,15 @@ def _read_root(study: Path, *, param: str = "study") -> dict:
     return record
 
 
-def _write_root(study: Path, record: dict) -> None:
+def _write_root(study: Location, record: dict) -> None:
     """Replace the root ``zarr.json`` in one rename (readers see the old or the new one)."""
     record["consolidated_metadata"]["metadata"] = dict(
         sorted(record["consolidated_metadata"]["metadata"].items())
     )
-    write_bytes(study / _META, json.dumps(record, separators=(",", ":")).encode())
+    write_file(study / _META, json.dumps(record, separators=(",", ":")).encode())
 
 
-def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
+def prepare_study(study: PathOrURL, *, param: str = "study") -> Location:
     """Create a study store, or check that an existing ``study`` is one (reads no data).
 
     Raises
@@ -139,8 +148,9 @@ def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
     OutputError
         ``study`` exists and is not a roidask study store (roidask never writes in it).
     """
-    path = Path(study)
-    clean_stale(path / _META)
+    path = as_location(study)
+    if isinstance(path, Path):
+        clean_stale(path / _META)
     if path.exists():
         try:
             _read_root(path, param=param)
@@ -151,7 +161,8 @@ def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
             ) from None
         return path
     try:
-        path.mkdir()
+        if isinstance(path, Path):
+            path.mkdir()
     except OSError as exc:
         raise OutputError(f"{param} {path}: cannot create it ({exc.strerror or exc})") from None
     root = {
@@ -168,16 +179,16 @@ def prepare_study(study: str | os.PathLike, *, param: str = "study") -> Path:
     return path
 
 
-def published(study: str | os.PathLike) -> list[str]:
+def published(study: PathOrURL) -> list[str]:
     """Names of the published nodes (what ``xr.open_datatree`` shows), sorted."""
-    metadata = _read_root(Path(study))["consolidated_metadata"]["metadata"]
+    metadata = _read_root(as_location(study))["consolidated_metadata"]["metadata"]
     return sorted(k for k in metadata if "/" not in k)
 
 
 # -- nodes -------------------------------------------------------------------------------------
-def node_attrs(study: str | os.PathLike, name: str) -> dict | None:
+def node_attrs(study: PathOrURL, name: str) -> dict | None:
     """Attributes of node ``name`` as written on disk (None: no complete node there)."""
-    meta = Path(study) / name / _META
+    meta = as_location(study) / name / _META
     try:
         record = json.loads(meta.read_text())
     except (OSError, ValueError):
@@ -198,26 +209,27 @@ def _chunk_grids(consolidated: dict[str, Any]) -> dict[str, list[int]]:
     return grids
 
 
-def _clear_node(node: Path) -> None:
+def _clear_node(node: Path | S3Path) -> None:
     """Remove a previous (unpublished) version of a node: its completion first."""
     if not node.exists():
         return
     if not node.is_dir():
         raise OutputError(f"study node {node}: is a file; roidask only replaces its own nodes")
-    clean_stale(node / _META)
+    if isinstance(node, Path):
+        clean_stale(node / _META)
     foreign = foreign_in_group(node)
     if foreign:
         raise OutputError(
             f"study node {node}: holds files zarr did not write ({', '.join(foreign[:5])}); "
             "roidask does not delete them, move them away"
         )
-    (node / _META).unlink(missing_ok=True)  # from here on the node reads as incomplete
-    shutil.rmtree(node)
+    remove_files(node, [_META])  # from here on the node reads as incomplete
+    remove_files(node, list_files(node), prune=True)
 
 
 def write_node(
-    study: str | os.PathLike, name: str, ds: xr.Dataset, *, attrs: dict | None = None
-) -> Path:
+    study: PathOrURL, name: str, ds: xr.Dataset, *, attrs: dict | None = None
+) -> Location:
     """Write ``ds`` as node ``name`` of a study store: arrays first, ``zarr.json`` last.
 
     The node is not published (see :func:`publish`): call this only for a node the
@@ -231,7 +243,7 @@ def write_node(
     Path
         The node's folder.
     """
-    study = Path(study)
+    study = as_location(study)
     node = study / name
     files = dataset_zarr_files(ds)
     group = json.loads(files.pop(_META))
@@ -243,12 +255,17 @@ def write_node(
         }
     )
     _clear_node(node)
-    for key, data in files.items():
-        target = node / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    node.mkdir(parents=True, exist_ok=True)
-    write_bytes(node / _META, json.dumps(group, indent=2).encode())
+    if isinstance(node, S3Path):  # one PUT per object, concurrently
+        with ThreadPoolExecutor(8, thread_name_prefix="roidask-put") as pool:
+            for done in [pool.submit(write_file, node / k, d) for k, d in files.items()]:
+                done.result()
+    else:
+        for key, data in files.items():
+            target = node / key
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        node.mkdir(parents=True, exist_ok=True)
+    write_file(node / _META, json.dumps(group, indent=2).encode())
     return node
 
 
@@ -257,7 +274,7 @@ def _without(metadata: dict, name: str) -> dict:
     return {k: v for k, v in metadata.items() if k != name and not k.startswith(f"{name}/")}
 
 
-def _node_entries(study: Path, name: str, fingerprint: str | None) -> dict[str, dict]:
+def _node_entries(study: Location, name: str, fingerprint: str | None) -> dict[str, dict]:
     """Root consolidated-metadata entries of a complete node (its own ``zarr.json``)."""
     node_json = study / name / _META
     node = _read_json(node_json, f"node {name!r}") if node_json.is_file() else {}
@@ -278,7 +295,7 @@ def _node_entries(study: Path, name: str, fingerprint: str | None) -> dict[str, 
     return entries
 
 
-def publish_many(study: str | os.PathLike, nodes: dict[str, str | None]) -> dict[str, StoreError]:
+def publish_many(study: PathOrURL, nodes: dict[str, str | None]) -> dict[str, StoreError]:
     """Make several nodes visible in one rewrite of the root ``zarr.json``.
 
     ``nodes`` maps each node's name to its expected fingerprint (None: any).
@@ -293,7 +310,7 @@ def publish_many(study: str | os.PathLike, nodes: dict[str, str | None]) -> dict
     dict
         The nodes not published (not complete, or another fingerprint) and why.
     """
-    study = Path(study)
+    study = as_location(study)
     entries: dict[str, dict] = {}
     errors: dict[str, StoreError] = {}
     for name, fingerprint in nodes.items():
@@ -311,7 +328,7 @@ def publish_many(study: str | os.PathLike, nodes: dict[str, str | None]) -> dict
     return errors
 
 
-def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = None) -> None:
+def publish(study: PathOrURL, name: str, *, fingerprint: str | None = None) -> None:
     """Make node ``name`` visible: list it in the root's consolidated metadata.
 
     See :func:`publish_many`.
@@ -326,9 +343,9 @@ def publish(study: str | os.PathLike, name: str, *, fingerprint: str | None = No
         raise errors[name]
 
 
-def unpublish(study: str | os.PathLike, name: str) -> bool:
+def unpublish(study: PathOrURL, name: str) -> bool:
     """Hide node ``name`` (before it is rewritten); True if it was published."""
-    study = Path(study)
+    study = as_location(study)
     root = _read_root(study)
     metadata = root["consolidated_metadata"]["metadata"]
     kept = _without(metadata, name)
@@ -347,12 +364,12 @@ class SubjectNode:
     folder is written; the driver publishes the node afterwards.
     """
 
-    study: Path
+    study: Location
     name: str
     subject: str
     fingerprint: str
 
-    def write(self, result: PipelineResult) -> Path:
+    def write(self, result: PipelineResult) -> Location:
         """Write the node from the subject's results (:meth:`PipelineResult.to_dataset`)."""
         attrs = {"subject": self.subject, FINGERPRINT_ATTR: self.fingerprint}
         return write_node(self.study, self.name, result.to_dataset(), attrs=attrs)
@@ -371,7 +388,7 @@ class Study:
     #: Least time (s) between two rewrites of the root by :meth:`flush` (unless forced).
     interval_s = 0.5
 
-    def __init__(self, path: str | os.PathLike, *, param: str = "study"):
+    def __init__(self, path: PathOrURL, *, param: str = "study"):
         self.path = prepare_study(path, param=param)
         self._lock = threading.Lock()
         self._listed = set(published(self.path))  # as the root lists them (this driver's view)
@@ -439,15 +456,15 @@ class Study:
 
 
 # -- reading -----------------------------------------------------------------------------------
-def open_study(study: str | os.PathLike) -> xr.DataTree:
+def open_study(study: PathOrURL) -> xr.DataTree:
     """The published nodes as a lazy DataTree (plain ``xr.open_datatree`` does the same)."""
-    path = Path(study)
+    path = as_location(study)
     _read_root(path)
     ignore_consolidated_warning()
-    return xr.open_datatree(str(path), engine="zarr")
+    return xr.open_datatree(zarr_store(path), engine="zarr")
 
 
-def verify_study(study: str | os.PathLike) -> list[DamagedChunk]:
+def verify_study(study: PathOrURL) -> list[DamagedChunk]:
     """Check every published node: complete on disk, as published, every chunk readable.
 
     Returns
@@ -457,7 +474,7 @@ def verify_study(study: str | os.PathLike) -> list[DamagedChunk]:
         rewritten after publishing, is reported with array ``""`` and chunk
         ``zarr.json``; missing or corrupt chunks as in :func:`roidask.io.verify_store`.
     """
-    path = Path(study)
+    path = as_location(study)
     metadata = _read_root(path)["consolidated_metadata"]["metadata"]
     damaged: list[DamagedChunk] = []
     records: dict[str, dict] = {}

@@ -35,15 +35,16 @@ is never missing. ``DIR`` itself is replaced only if roidask wrote it
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from roidask._atomic import OutputFolder, check_destination, clean_stale
+from roidask._atomic import OutputFolder
 from roidask.io.image import to_nifti
+from roidask.io.locations import Location, PathOrURL, S3Path, check_output, publish_folder
 from roidask.io.store_write import write_dataset_zarr
 from roidask.io.tables import write_folds_tsv, write_roi_table, write_signals_tsv
 from roidask.ops.rois import write_atlas
@@ -87,20 +88,19 @@ def output_files(result: PipelineResult) -> list[str]:
 
 
 def prepare_output(
-    out_dir: str | os.PathLike,
+    out_dir: PathOrURL,
     *,
-    inputs: Iterable[str | os.PathLike] = (),
+    inputs: Iterable[PathOrURL] = (),
     overwrite: bool = False,
     param: str = "out",
-) -> Path:
+) -> Path | S3Path:
     """Check (before any data is read) that ``out_dir`` may be written; clean stale siblings.
 
-    See :func:`roidask._atomic.check_destination`.
+    See :func:`roidask._atomic.check_destination` (an ``s3://`` prefix:
+    :func:`roidask.io.locations.check_remote_destination`).
     """
-    out = Path(out_dir)
-    clean_stale(out)
-    return check_destination(
-        out, param=param, inputs=inputs, overwrite=overwrite, kind=SUBJECT_KIND
+    return check_output(
+        out_dir, param=param, inputs=inputs, overwrite=overwrite, kind=SUBJECT_KIND
     )
 
 
@@ -132,14 +132,14 @@ def _write_dataset(result: PipelineResult, tmp: Path) -> None:
 
 def write_results(
     result: PipelineResult,
-    out_dir: str | os.PathLike,
+    out_dir: PathOrURL,
     *,
     inputs: list[dict] | Future | None = None,
     plots: bool = True,
     overwrite: bool = False,
     extra_provenance: dict | None = None,
     started_utc: str | None = None,
-) -> Path:
+) -> Location:
     """Write a :class:`~roidask.pipeline.PipelineResult` into ``out_dir`` atomically.
 
     Parameters
@@ -162,14 +162,31 @@ def write_results(
 
     Returns
     -------
-    Path
-        ``out_dir``.
+    Path or S3Path
+        ``out_dir``. An ``s3://`` prefix is built in a local temporary folder and
+        uploaded, its ownership marker last (:func:`roidask.io.locations.publish_folder`).
     """
     started_utc = started_utc or utc_now()
     input_list = inputs.result() if isinstance(inputs, Future) else inputs
     out = prepare_output(
         out_dir, inputs=[r["path"] for r in input_list or []], overwrite=overwrite
     )
+    if isinstance(out, S3Path):
+        with tempfile.TemporaryDirectory(prefix=".roidask-out-") as tmp:
+            local = Path(tmp) / (out.name or "out")
+            _write_folder(local, result, plots, started_utc, input_list, extra_provenance)
+            return publish_folder(local, out)
+    return _write_folder(out, result, plots, started_utc, input_list, extra_provenance)
+
+
+def _write_folder(
+    out: Path,
+    result: PipelineResult,
+    plots: bool,
+    started_utc: str,
+    input_list: list[dict] | None,
+    extra_provenance: dict | None,
+) -> Path:
     with OutputFolder(out, kind=SUBJECT_KIND) as tmp:
         # Independent files, written concurrently (gzip, CSV formatting and zarr's
         # I/O overlap); the first error is raised once all are done.

@@ -1,0 +1,930 @@
+"""Where a file or store is: a local path or an object in S3 (``s3://bucket/key``).
+
+Every input and output of roidask may be an ``s3://`` URL. :func:`as_location`
+turns a ``str``/``PathLike`` into a :class:`pathlib.Path`, or an :class:`S3Path` for an
+``s3://`` URL (``Path("s3://b/k")`` would silently read ``s3:/b/k``). An :class:`S3Path`
+offers the part of :class:`pathlib.Path` that roidask uses on files and stores
+(``/``, ``name``, ``parent``, ``exists``, ``is_dir``, ``iterdir``, ``read_bytes``,
+``read_text``), so code that reads a store works on both, plus what an object store
+adds: ranged reads, one-GET streams, listings, puts and deletes.
+
+Requests go through `obstore <https://developmentseed.org/obstore>`_ (chosen by
+measurement, BENCHMARKS.md "Reading a seed-sized subject from S3"); zarr stores
+through ``zarr.storage.ObjectStore`` (:func:`zarr_store`). Credentials, region and
+endpoint come from the standard AWS variables (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``/``AWS_REGION``,
+``AWS_ENDPOINT_URL``); without keys in the environment, boto3's credential chain
+(``~/.aws/credentials``, ``AWS_PROFILE``, SSO, instance roles) is used when boto3
+is installed. An ``http://`` endpoint (a local server) is allowed as such.
+
+Failures are one-line :class:`~roidask.exceptions.RoidaskOSError` messages naming the
+URL, what was expected and what the server said: a missing bucket or object, denied
+access, an unreachable endpoint (:func:`s3_error`).
+
+Outputs keep the guarantees they have on disk (:func:`publish_folder`): a folder is
+built locally and uploaded, its ownership marker ``.roidask.json`` last; until then
+the prefix holds a *pending* marker listing every object the upload may write, so a
+killed upload is recognised as roidask's and incomplete; objects roidask did not
+write are never deleted (:func:`check_remote_destination` refuses such a prefix).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import obstore
+import obstore.exceptions as obs_errors
+import zarr.storage
+from isal import isal_zlib
+from obstore.store import S3Store
+
+from roidask._atomic import MARKER, OutputFolder, check_destination, clean_stale
+from roidask._atomic import write_bytes as write_local_bytes
+from roidask._validate import check_input_file as check_local_file
+from roidask.exceptions import (
+    CorruptFileError,
+    ObjectStoreError,
+    OutputError,
+    OutputExistsError,
+    RoidaskOSError,
+    UnreadableFileError,
+)
+
+__all__ = [
+    "SCHEME",
+    "Location",
+    "PathOrURL",
+    "S3Path",
+    "as_location",
+    "check_input_file",
+    "check_not_input",
+    "check_output",
+    "check_remote_destination",
+    "check_writable",
+    "delete_prefix_keys",
+    "is_remote",
+    "list_files",
+    "location_arg",
+    "object_record",
+    "open_table",
+    "output_folder",
+    "publish_folder",
+    "put_files",
+    "remote_marker",
+    "remove_files",
+    "s3_error",
+    "version_tag",
+    "write_file",
+    "zarr_store",
+]
+
+SCHEME = "s3://"
+#: Bytes per piece of a streamed GET (the memory a stream holds is about one piece).
+STREAM_PIECE_BYTES = 2**20
+#: Bytes of decompressed data produced at a time by :class:`ObjectStream`.
+_OUT_PIECE_BYTES = 4 * 2**20
+_PUT_THREADS = 8
+
+
+# -- the S3 client ---------------------------------------------------------------------------
+_STORES: dict[tuple, S3Store] = {}
+_STORES_LOCK = threading.Lock()
+_ENV_KEYS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "AWS_PROFILE",
+)
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _retry_config() -> dict:
+    # Transient failures are retried; a refused connection fails within ~3 s
+    # (object_store's default, 10 retries within 180 s, hides a wrong endpoint).
+    return {
+        "max_retries": 5,
+        "backoff": {
+            "init_backoff": datetime.timedelta(milliseconds=100),
+            "max_backoff": datetime.timedelta(seconds=15),
+            "base": 2,
+        },
+        "retry_timeout": datetime.timedelta(seconds=120),
+    }
+
+
+def _new_store(bucket: str, prefix: str | None) -> S3Store:
+    kwargs: dict[str, Any] = {"retry_config": _retry_config()}
+    endpoint = _endpoint()
+    if endpoint:
+        kwargs["endpoint"] = endpoint
+        if endpoint.startswith("http://"):
+            kwargs["client_options"] = {"allow_http": True}
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    if not os.environ.get("AWS_ACCESS_KEY_ID"):
+        provider = _config_file_credentials()
+        if provider is not None:
+            kwargs["credential_provider"] = provider
+    return S3Store(bucket, prefix=prefix or None, **kwargs)
+
+
+def _config_file_credentials():
+    """boto3's credential chain (config files, profiles, SSO, roles), if boto3 is installed."""
+    try:
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        return None
+    try:
+        return Boto3CredentialProvider()
+    except Exception:  # no credentials found: anonymous requests, errors name the URL
+        return None
+
+
+def _store(bucket: str, prefix: str = "") -> S3Store:
+    """An obstore S3 client for ``bucket`` (under ``prefix``), cached per process and env."""
+    key = (os.getpid(), bucket, prefix, tuple(os.environ.get(k) for k in _ENV_KEYS))
+    with _STORES_LOCK:
+        store = _STORES.get(key)
+        if store is None:
+            store = _STORES[key] = _new_store(bucket, prefix)
+    return store
+
+
+# -- errors ----------------------------------------------------------------------------------
+_CODE_RE = re.compile(r"<Code>([^<]+)</Code>")
+_STATUS_RE = re.compile(r"status code: (\d{3} [A-Za-z ]+?)(?::|$)")
+
+
+def _what_server_said(exc: BaseException) -> str:
+    text = str(exc)
+    code = _CODE_RE.search(text)
+    status = _STATUS_RE.search(text)
+    parts = [p for p in (code and code.group(1), status and status.group(1).strip()) if p]
+    if parts:
+        return "the server answered " + ", ".join(parts)
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _bucket_exists(bucket: str) -> bool | None:
+    try:
+        obstore.list_with_delimiter(_store(bucket), prefix=None)
+    except Exception as exc:
+        if "NoSuchBucket" in str(exc):
+            return False
+        return None
+    return True
+
+
+def s3_error(
+    exc: BaseException,
+    location: S3Path,
+    *,
+    param: str | None = None,
+    expected: str = "object",
+    error: type[RoidaskOSError] = UnreadableFileError,
+) -> RoidaskOSError:
+    """The one-line error for a failed request about ``location`` (no traceback).
+
+    A missing bucket or object and denied access raise ``error`` (reading an input:
+    :class:`~roidask.exceptions.UnreadableFileError`, writing an output:
+    :class:`~roidask.exceptions.OutputError`); an unreachable endpoint and any other
+    failure :class:`~roidask.exceptions.ObjectStoreError`.
+    """
+    where = f"{param} {location}" if param else str(location)
+    said = _what_server_said(exc)
+    text = str(exc)
+    if isinstance(exc, RoidaskOSError):
+        return exc
+    if isinstance(exc, obs_errors.PermissionDeniedError | obs_errors.UnauthenticatedError) or (
+        "AccessDenied" in text or "403 Forbidden" in text
+    ):
+        return error(
+            f"{where}: access denied ({said}); check the credentials (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY or ~/.aws) and the bucket's policy",
+            param=param,
+        )
+    if "NoSuchBucket" in text or (
+        isinstance(exc, FileNotFoundError) and _bucket_exists(location.bucket) is False
+    ):
+        return error(f"{where}: no such bucket {location.bucket!r} ({said})", param=param)
+    if isinstance(exc, FileNotFoundError):
+        return error(f"{where}: no such {expected} ({said})", param=param)
+    if "error sending request" in text or "Connect" in text or "dns error" in text:
+        endpoint = _endpoint() or "the AWS S3 endpoint"
+        return ObjectStoreError(
+            f"{where}: cannot reach the S3 endpoint {endpoint} (connection failed); check "
+            "AWS_ENDPOINT_URL and the network",
+            param=param,
+        )
+    return ObjectStoreError(f"{where}: S3 request failed ({said})", param=param)
+
+
+# -- S3 locations ----------------------------------------------------------------------------
+@dataclass(frozen=True, order=True)
+class S3Path:
+    """An object or a "folder" (key prefix) in an S3 bucket, with the Path API roidask uses.
+
+    Holds no client (pickles cheaply to dask workers); requests go through a client
+    cached per process. ``str()`` gives the URL.
+    """
+
+    bucket: str
+    key: str = ""
+    _dir: bool | None = field(default=None, compare=False, repr=False)  # known from a listing
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Path:
+        rest = url[len(SCHEME) :]
+        bucket, _, key = rest.partition("/")
+        key = "/".join(part for part in key.split("/") if part not in ("", "."))
+        if not bucket:
+            raise UnreadableFileError(f"{url}: an s3:// URL needs a bucket (s3://BUCKET/KEY)")
+        return cls(bucket, key)
+
+    # -- names ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"{SCHEME}{self.bucket}/{self.key}" if self.key else f"{SCHEME}{self.bucket}"
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        return Path(self.name).suffix
+
+    @property
+    def parent(self) -> S3Path:
+        return S3Path(self.bucket, self.key.rpartition("/")[0])
+
+    @property
+    def parents(self) -> list[S3Path]:
+        out, p = [], self
+        while p.key:
+            p = p.parent
+            out.append(p)
+        return out
+
+    def __truediv__(self, other: str | os.PathLike) -> S3Path:
+        other = os.fspath(other)
+        if other.startswith(SCHEME):
+            return S3Path.from_url(other)
+        return S3Path.from_url(f"{self.url}/{other}")
+
+    def joinpath(self, *others: str) -> S3Path:
+        out = self
+        for o in others:
+            out = out / o
+        return out
+
+    def relative_to(self, other: S3Path) -> str:
+        if other.bucket != self.bucket or not (
+            other.key == "" or self.key == other.key or self.key.startswith(other.key + "/")
+        ):
+            raise ValueError(f"{self} is not inside {other}")
+        return self.key[len(other.key) :].lstrip("/")
+
+    def resolve(self) -> S3Path:
+        return self
+
+    def is_relative_to(self, other: S3Path) -> bool:
+        try:
+            self.relative_to(other)
+        except ValueError:
+            return False
+        return True
+
+    def _prefix(self) -> str | None:
+        return f"{self.key}/" if self.key else None
+
+    # -- requests ------------------------------------------------------------------------
+    def head(self, *, param: str | None = None, expected: str = "object") -> dict:
+        """The object's metadata (``size``, ``e_tag``, ...); one-line errors if missing."""
+        try:
+            return dict(obstore.head(_store(self.bucket), self.key))
+        except Exception as exc:
+            raise s3_error(exc, self, param=param, expected=expected) from None
+
+    def _list_dir(self) -> Any:
+        try:
+            return obstore.list_with_delimiter(_store(self.bucket), prefix=self._prefix())
+        except Exception as exc:
+            raise s3_error(exc, self, expected="folder") from None
+
+    def is_file(self) -> bool:
+        if self._dir is not None:
+            return not self._dir
+        try:
+            obstore.head(_store(self.bucket), self.key)
+        except FileNotFoundError:
+            if _bucket_exists(self.bucket) is False:
+                raise s3_error(FileNotFoundError(), self) from None
+            return False
+        except Exception as exc:
+            raise s3_error(exc, self) from None
+        return bool(self.key)
+
+    def is_dir(self) -> bool:
+        if self._dir is not None:
+            return self._dir
+        listing = self._list_dir()
+        return bool(listing["objects"] or listing["common_prefixes"])
+
+    def exists(self) -> bool:
+        return self.is_file() or self.is_dir()
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def iterdir(self) -> Iterator[S3Path]:
+        listing = self._list_dir()
+        for prefix in listing["common_prefixes"]:
+            yield S3Path(self.bucket, prefix.rstrip("/"), True)
+        for meta in listing["objects"]:
+            yield S3Path(self.bucket, meta["path"], False)
+
+    def read_bytes(self) -> bytes:
+        try:
+            return bytes(obstore.get(_store(self.bucket), self.key).bytes())
+        except FileNotFoundError:
+            raise  # as a local file: callers test for absence
+        except Exception as exc:
+            raise s3_error(exc, self) from None
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def read_range(self, start: int, length: int) -> bytes:
+        """``length`` bytes from ``start`` (fewer at the end of the object)."""
+        if length <= 0:
+            return b""
+        try:
+            return bytes(
+                obstore.get_range(_store(self.bucket), self.key, start=start, length=length)
+            )
+        except Exception as exc:
+            if "Range" in str(exc) and "416" in str(exc):
+                return b""
+            raise s3_error(exc, self) from None
+
+    def stream(self, piece_bytes: int = STREAM_PIECE_BYTES) -> Iterator[memoryview]:
+        """The object's bytes as one GET, in pieces of about ``piece_bytes``."""
+        try:
+            result = obstore.get(_store(self.bucket), self.key)
+            for piece in result.stream(min_chunk_size=piece_bytes):
+                yield memoryview(piece)
+        except Exception as exc:
+            raise s3_error(exc, self) from None
+
+    def write_bytes(self, data: bytes) -> None:
+        """Put one object (a PUT replaces an object whole: readers see old or new)."""
+        try:
+            obstore.put(_store(self.bucket), self.key, data)
+        except Exception as exc:
+            raise s3_error(exc, self, error=OutputError) from None
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode("utf-8"))
+
+    def list_objects(self) -> dict[str, dict]:
+        """Every object under this prefix: relative key -> metadata (size, e_tag)."""
+        try:
+            pages = obstore.list(_store(self.bucket), prefix=self._prefix())
+            out = {}
+            for page in pages:
+                for meta in page:
+                    out[meta["path"][len(self.key) :].lstrip("/")] = dict(meta)
+            return out
+        except Exception as exc:
+            raise s3_error(exc, self, expected="folder") from None
+
+
+#: A location once parsed: a local path or an object (prefix) in S3.
+Location = Path | S3Path
+#: A location as roidask's functions accept it: a path, or an ``s3://`` URL (str) or S3Path.
+PathOrURL = str | os.PathLike | S3Path
+
+
+def is_remote(location: Any) -> bool:
+    """True for an ``s3://`` URL (string) or an :class:`S3Path`."""
+    return isinstance(location, S3Path) or (
+        isinstance(location, str) and location.startswith(SCHEME)
+    )
+
+
+def as_location(location: str | os.PathLike | S3Path) -> Path | S3Path:
+    """``location`` as a :class:`~pathlib.Path`, or an :class:`S3Path` for ``s3://``."""
+    if isinstance(location, S3Path):
+        return location
+    if isinstance(location, str) and location.startswith(SCHEME):
+        return S3Path.from_url(location)
+    return Path(location)
+
+
+def location_arg(text: str) -> str | Path:
+    """argparse ``type=`` for a file or folder argument: ``s3://`` URLs stay strings."""
+    return text if text.startswith(SCHEME) else Path(text)
+
+
+def check_input_file(location, param: str, *, what: str = "file") -> Path | S3Path:
+    """An existing, readable, non-empty file or object (checked before anything reads it).
+
+    Local files: :func:`roidask._validate.check_input_file`. Objects: one HEAD.
+    """
+    loc = as_location(location)
+    if isinstance(loc, Path):
+        return check_local_file(loc, param, what=what)
+    if not loc.key:
+        raise UnreadableFileError(f"{param} {loc}: expected a {what}, got a bucket", param=param)
+    try:
+        size = obstore.head(_store(loc.bucket), loc.key)["size"]
+    except FileNotFoundError as exc:
+        if _bucket_exists(loc.bucket) is not False and loc.is_dir():
+            raise UnreadableFileError(
+                f"{param} {loc}: is a folder; expected a {what}", param=param
+            ) from None
+        raise s3_error(exc, loc, param=param, expected=what) from None
+    except Exception as exc:
+        raise s3_error(exc, loc, param=param, expected=what) from None
+    if not size:
+        raise CorruptFileError(
+            f"{param} {loc}: is empty (0 bytes); expected a {what}", param=param
+        )
+    return loc
+
+
+def open_table(location) -> Path | io.BytesIO:
+    """What pandas reads for a small text file: the local path, or an object's bytes."""
+    loc = as_location(location)
+    return loc if isinstance(loc, Path) else io.BytesIO(loc.read_bytes())
+
+
+def version_tag(location) -> str:
+    """What changes when a file's content does: local mtime (ns), or an object's ETag.
+
+    For a folder on S3 (a zarr array or group), the ETag of its ``zarr.json``.
+    """
+    loc = as_location(location)
+    if isinstance(loc, Path):
+        return str(loc.stat().st_mtime_ns)
+    target = loc if loc.is_file() else loc / "zarr.json"
+    return str(target.head().get("e_tag"))
+
+
+def list_files(location) -> list[str]:
+    """Every file under a folder (relative paths, ``/``-separated, sorted)."""
+    loc = as_location(location)
+    if isinstance(loc, S3Path):
+        return sorted(loc.list_objects())
+    if not loc.is_dir():
+        return []
+    return sorted(
+        Path(dirpath, f).relative_to(loc).as_posix()
+        for dirpath, _, files in os.walk(loc)
+        for f in files
+    )
+
+
+def object_record(location) -> dict:
+    """Provenance of an S3 input without reading it: URL, size and ETag(s).
+
+    A prefix (a store) gets its total size and the SHA-256 of its sorted
+    ``key etag`` listing, so any changed object changes the record.
+    """
+    loc = as_location(location)
+    if not isinstance(loc, S3Path):
+        raise TypeError(f"object_record: {loc} is not an s3:// location")
+    if loc.is_file():
+        meta = loc.head()
+        return {"path": loc.url, "bytes": int(meta["size"]), "etag": str(meta.get("e_tag"))}
+    objects = loc.list_objects()
+    listing = "\n".join(f"{k} {m.get('e_tag')}" for k, m in sorted(objects.items()))
+    return {
+        "path": loc.url,
+        "bytes": int(sum(m["size"] for m in objects.values())),
+        "etags_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+    }
+
+
+# -- streams ---------------------------------------------------------------------------------
+class ObjectStream:
+    """A file-like reader over one GET of an object, gunzipped on the fly if ``gzip``.
+
+    ``read(n)`` returns at most ``n`` bytes (fewer only at the end). Decompressed data
+    is produced in pieces of at most :data:`_OUT_PIECE_BYTES` and joined once per
+    ``read``, so the memory held is about one GET piece, the bytes asked for and
+    their pieces (2 x ``n``), whatever the size of the object. The gzip members'
+    CRCs and sizes are checked as they end (``isal_zlib``).
+    """
+
+    def __init__(self, location: S3Path, *, gzip: bool, piece_bytes: int = STREAM_PIECE_BYTES):
+        self.location = location
+        self._pieces: Any = location.stream(piece_bytes)  # a generator (closed on close)
+        self._dec = isal_zlib.decompressobj(wbits=31) if gzip else None
+        self._out: collections.deque = collections.deque()  # decompressed, not yet read
+        self._out_bytes = 0
+        self._input: memoryview | bytes = b""  # compressed, not yet fed
+        self._done = False
+        self.pos = 0
+
+    def _next_input(self) -> bool:
+        if self._done:
+            return False
+        try:
+            self._input = next(self._pieces)
+        except StopIteration:
+            self._done = True
+            return False
+        return True
+
+    def _produce(self) -> bytes:
+        """The next piece of (decompressed) data; empty at the end of the object."""
+        dec = self._dec
+        if dec is None:
+            if not self._input and not self._next_input():
+                return b""
+            data, self._input = bytes(self._input), b""
+            return data
+        while True:
+            if dec.unconsumed_tail:
+                return dec.decompress(dec.unconsumed_tail, _OUT_PIECE_BYTES)
+            if dec.eof:
+                rest = dec.unused_data
+                if not rest and not self._input and not self._next_input():
+                    return b""
+                self._dec = dec = isal_zlib.decompressobj(wbits=31)  # next gzip member
+                if rest:
+                    self._input = rest
+                continue
+            if not self._input and not self._next_input():
+                raise EOFError(f"{self.location}: gzip stream ended early (truncated file)")
+            data, self._input = dec.decompress(self._input, _OUT_PIECE_BYTES), b""
+            if data or dec.eof or dec.unconsumed_tail:
+                return data
+
+    def read(self, n: int = -1) -> bytes | bytearray:
+        """Up to ``n`` bytes (all that is left if ``n < 0``), fewer only at the end."""
+        if n is None or n < 0:
+            parts = [*self._out, *iter(self._produce, b"")]
+            self._out.clear()
+            self._out_bytes = 0
+            whole = b"".join(parts)
+            self.pos += len(whole)
+            return whole
+        out = bytearray(n)  # filled piece by piece: the bytes asked for plus one piece
+        view, got = memoryview(out), 0
+        while got < n:
+            piece = self._out.popleft() if self._out else self._produce()
+            if not piece:
+                if self._dec is not None and not self._dec.eof and not self._done:
+                    continue  # the decompressor needs more input to give output
+                break
+            take = min(len(piece), n - got)
+            view[got : got + take] = piece[:take]
+            got += take
+            if take < len(piece):
+                self._out.appendleft(piece[take:])
+        self._out_bytes = sum(len(p) for p in self._out)
+        view.release()
+        if got < n:
+            del out[got:]
+        self.pos += got
+        return out
+
+    def peek(self, n: int = 1) -> bytes:
+        while self._out_bytes < n:
+            piece = self._produce()
+            if not piece:
+                if self._dec is not None and not self._dec.eof and not self._done:
+                    continue
+                break
+            self._out.append(piece)
+            self._out_bytes += len(piece)
+        return b"".join(self._out)[:n]
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Forward only (skips by reading)."""
+        target = offset if whence == 0 else self.pos + offset
+        if target < self.pos:
+            raise OSError(f"{self.location}: a stream cannot seek backwards")
+        while self.pos < target:
+            if not self.read(min(target - self.pos, STREAM_PIECE_BYTES)):
+                break
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        self._pieces.close()
+        self._out.clear()
+        self._out_bytes = 0
+
+    def __enter__(self) -> ObjectStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class RangeFile(io.RawIOBase):
+    """A seekable raw file over ranged GETs of an object (wrap it in a BufferedReader)."""
+
+    def __init__(self, location: S3Path, size: int | None = None):
+        super().__init__()
+        self.location = location
+        self.size = int(location.head()["size"]) if size is None else size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.size - self._pos)
+        if n <= 0:
+            return 0
+        data = self.location.read_range(self._pos, n)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def read_prefix(location: S3Path, n: int, *, gzip: bool) -> bytes:
+    """The first ``n`` bytes of an object's (decompressed) content, fewer if shorter."""
+    if not gzip:
+        return location.read_range(0, n)
+    with ObjectStream(location, gzip=True, piece_bytes=64 * 2**10) as stream:
+        return bytes(stream.read(n))
+
+
+# -- zarr ------------------------------------------------------------------------------------
+def zarr_store(location, *, read_only: bool = True):
+    """What zarr/xarray open for a store: the local path as ``str``, or an ``ObjectStore``."""
+    loc = as_location(location)
+    if isinstance(loc, Path):
+        return str(loc)
+    return zarr.storage.ObjectStore(_store(loc.bucket, loc.key), read_only=read_only)
+
+
+# -- outputs ---------------------------------------------------------------------------------
+def remote_marker(folder: S3Path) -> dict | None:
+    """The ownership marker of a prefix roidask wrote (with ``complete``), or None."""
+    try:
+        record = json.loads((folder / MARKER).read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("written_by") != "roidask":
+        return None
+    if not isinstance(record.get("files"), list):
+        return None
+    record.setdefault("complete", True)
+    return record
+
+
+def _overlaps(a: str, b: str) -> bool:
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def check_remote_destination(
+    out: S3Path,
+    *,
+    param: str,
+    inputs: Iterable = (),
+    overwrite: bool = False,
+    kind: str | None = None,
+) -> S3Path:
+    """:func:`roidask._atomic.check_destination` for an ``s3://`` prefix.
+
+    An empty prefix may be written (the bucket must exist and be reachable); one
+    with objects only if it holds roidask's marker (of ``kind``) and nothing but
+    the objects it lists; an incomplete output (a pending marker left by a killed
+    upload) may be rewritten without ``overwrite``.
+    """
+    check_not_input(out, inputs, param=param)
+    if not out.key:
+        raise OutputError(
+            f"{param} {out}: give a prefix inside the bucket (s3://BUCKET/PREFIX)", param=param
+        )
+    try:
+        objects = out.list_objects()
+    except RoidaskOSError as exc:
+        raise _as_output_error(exc, param) from None
+    if not objects:
+        check_writable(out, param)
+        return out
+    marker = remote_marker(out)
+    if marker is None:
+        raise OutputError(
+            f"{param} {out}: exists and was not written by roidask (no {MARKER}); roidask "
+            "only replaces its own outputs, choose another output",
+            param=param,
+        )
+    if kind is not None and marker.get("kind") not in (kind, None):
+        raise OutputError(
+            f"{param} {out}: is a roidask {marker['kind']} folder, not a {kind} folder; "
+            "choose another output",
+            param=param,
+        )
+    listed = {*marker["files"], MARKER}
+    foreign = sorted(k for k in objects if k not in listed)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
+        raise OutputError(
+            f"{param} {out}: holds {len(foreign)} object(s) roidask did not write ({shown}); "
+            "move them elsewhere or choose another output",
+            param=param,
+        )
+    if marker["complete"] and not overwrite:
+        raise OutputExistsError(
+            f"{param} {out}: already exists; pass overwrite=True to replace it", param=param
+        )
+    check_writable(out, param)
+    return out
+
+
+def check_writable(out: S3Path, param: str) -> None:
+    """Put and delete a probe object under ``out`` (as on disk: a probe file)."""
+    probe = out / f".roidask-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        obstore.put(_store(probe.bucket), probe.key, b"")
+        obstore.delete(_store(probe.bucket), probe.key)
+    except Exception as exc:
+        raise s3_error(exc, out, param=param, expected="prefix", error=OutputError) from None
+
+
+def check_not_input(out: S3Path, inputs: Iterable, *, param: str) -> None:
+    """``out`` must not be an input, contain one or be inside one."""
+    for item in inputs:
+        if _overlaps(str(as_location(item)), out.url):
+            raise OutputError(
+                f"{param} {out}: is or contains the input {item}; roidask never writes over "
+                "its inputs, choose another output",
+                param=param,
+            )
+
+
+def _as_output_error(exc: RoidaskOSError, param: str) -> RoidaskOSError:
+    if isinstance(exc, UnreadableFileError):
+        return OutputError(str(exc).replace(" no such folder", " cannot be listed"), param=param)
+    return exc
+
+
+def check_output(out, *, param: str, inputs: Iterable = (), overwrite: bool = False, kind=None):
+    """Check a local or remote output folder before anything is read (see the two checks)."""
+    loc = as_location(out)
+    if isinstance(loc, S3Path):
+        return check_remote_destination(
+            loc, param=param, inputs=inputs, overwrite=overwrite, kind=kind
+        )
+    clean_stale(loc)
+    local_inputs = [i for i in inputs if not is_remote(i)]
+    return check_destination(loc, param=param, inputs=local_inputs, overwrite=overwrite, kind=kind)
+
+
+def put_files(root: Path, dest: S3Path, names: Iterable[str]) -> None:
+    """Upload the files ``root/name`` to ``dest/name`` (concurrently; each PUT is atomic)."""
+
+    def put(name: str) -> None:
+        target = dest / name
+        try:
+            with open(root / name, "rb") as fh:
+                obstore.put(_store(target.bucket), target.key, fh, chunk_size=16 * 2**20)
+        except Exception as exc:
+            raise s3_error(exc, target, error=OutputError) from None
+
+    with ThreadPoolExecutor(_PUT_THREADS, thread_name_prefix="roidask-put") as pool:
+        for future in [pool.submit(put, n) for n in names]:
+            future.result()
+
+
+def delete_prefix_keys(dest: S3Path, names: Iterable[str]) -> None:
+    """Delete the objects ``dest/name`` (only names roidask listed as its own)."""
+    keys = [(dest / n).key for n in names]
+    for start in range(0, len(keys), 1000):
+        try:
+            obstore.delete(_store(dest.bucket), keys[start : start + 1000])
+        except Exception as exc:
+            raise s3_error(exc, dest, error=OutputError) from None
+
+
+def publish_folder(local: Path, dest: S3Path, *, last: Iterable[str] = (MARKER,)) -> S3Path:
+    """Upload a complete local folder to ``dest``, the names in ``last`` last.
+
+    1. a pending marker (``complete: false``) listing the old and the new objects is
+       put, so that a killed upload leaves a prefix recognised as roidask's and
+       incomplete;
+    2. every file but ``last`` is put (concurrently);
+    3. the objects of the old output that the new one does not have are deleted
+       (only those its marker listed);
+    4. ``last`` (the folder's marker, already written locally) is put.
+    """
+    names = list_files(local)
+    last = [n for n in last if n in names]
+    old = remote_marker(dest)
+    old_files = set(old["files"]) if old else set()
+    pending = {
+        "written_by": "roidask",
+        "kind": (old or {}).get("kind") or _local_kind(local),
+        "complete": False,
+        "files": sorted((old_files | set(names)) - {MARKER}),
+    }
+    (dest / MARKER).write_text(json.dumps(pending, indent=2) + "\n")
+    put_files(local, dest, [n for n in names if n not in last])
+    stale = sorted(old_files - set(names) - {MARKER})
+    if stale:
+        delete_prefix_keys(dest, stale)
+    put_files(local, dest, last)
+    return dest
+
+
+@contextlib.contextmanager
+def output_folder(out, *, kind: str) -> Iterator[Path]:
+    """:class:`roidask._atomic.OutputFolder` for a local folder or an ``s3://`` prefix.
+
+    Yields the local folder to fill; on success a local ``out`` is swapped into place,
+    an ``s3://`` one is built in a local temporary folder and published
+    (:func:`publish_folder`). Check ``out`` first (:func:`check_output`).
+    """
+    loc = as_location(out)
+    if isinstance(loc, Path):
+        with OutputFolder(loc, kind=kind) as tmp:
+            yield tmp
+        return
+    with tempfile.TemporaryDirectory(prefix=".roidask-out-") as tmp:
+        local = Path(tmp) / (loc.name or "out")
+        with OutputFolder(local, kind=kind) as build:
+            yield build
+        publish_folder(local, loc)
+
+
+def write_file(location, data: bytes) -> None:
+    """Write a whole file atomically: a local temporary sibling renamed, or one PUT."""
+    loc = as_location(location)
+    if isinstance(loc, S3Path):
+        loc.write_bytes(data)
+    else:
+        write_local_bytes(loc, data)
+
+
+def remove_files(folder, names: Iterable[str], *, prune: bool = False) -> None:
+    """Remove ``folder/name`` for each name (files roidask listed as its own); with
+    ``prune``, then the local folder if no file is left in it."""
+    loc = as_location(folder)
+    names = list(names)
+    if isinstance(loc, S3Path):
+        delete_prefix_keys(loc, names)
+        return
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            (loc / name).unlink()
+    if prune and loc.is_dir() and not list_files(loc):
+        shutil.rmtree(loc, ignore_errors=True)
+
+
+def _local_kind(local: Path) -> str | None:
+    try:
+        return json.loads((local / MARKER).read_text()).get("kind")
+    except (OSError, ValueError):
+        return None

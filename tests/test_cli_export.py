@@ -1,0 +1,108 @@
+"""``roidask export``: any output map (a NIfTI file of a subject's folder, a variable of its
+results.zarr or of a study store's node, locally or in S3) as NIfTI-Zarr that
+``niizarr.zarr2nii`` opens with the same data and affine (issue 18)."""
+
+from __future__ import annotations
+
+import helpers.s3 as s3_helpers
+import nibabel as nib
+import niizarr
+import numpy as np
+import obstore
+import pytest
+from obstore.store import S3Store
+
+from roidask.cli import main
+
+s3_server = s3_helpers.s3_server
+s3_bucket = s3_helpers.s3_bucket
+
+
+@pytest.fixture(scope="module")
+def results(haxby, tmp_path_factory):
+    """A subject's output folder (``roidask run``) and a study store holding it."""
+    from roidask.io.store_write import dataset_zarr_files
+    from roidask.outputs.study import prepare_study, publish, write_node
+
+    out = tmp_path_factory.mktemp("export") / "sub-01"
+    argv = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
+    assert main([*argv, "--out", str(out), "--no-plots", "--quiet"]) == 0
+    study = prepare_study(out.parent / "study.zarr")
+    import xarray as xr
+
+    ds = xr.open_zarr(str(out / "results.zarr")).load()
+    assert dataset_zarr_files(ds)  # the writer of study nodes takes it
+    write_node(study, "sub-01", ds, attrs={"subject": "01"})
+    publish(study, "sub-01")
+    return out
+
+
+def zarr2nibabel(path, tmp_path) -> nib.Nifti1Image:
+    target = tmp_path / "back.nii.gz"
+    niizarr.zarr2nii(str(path), str(target))
+    return nib.load(target)
+
+
+def test_export_nifti_and_zarr_variables(results, tmp_path, capsys):
+    want = nib.load(results / "tstat.nii.gz")
+    sources = {
+        "file": [str(results / "tstat.nii.gz")],
+        "results": [str(results / "results.zarr"), "--variable", "tstat"],
+        "study": [str(results.parent / "study.zarr"), "--node", "sub-01", "--variable", "tstat"],
+    }
+    for name, args in sources.items():
+        out = tmp_path / f"{name}.nii.zarr"
+        assert main(["export", *args, "--out", str(out)]) == 0, capsys.readouterr().err
+        got = zarr2nibabel(out, tmp_path)
+        np.testing.assert_array_equal(np.asanyarray(got.dataobj), want.get_fdata(dtype=np.float32))
+        np.testing.assert_allclose(got.affine, want.affine, atol=1e-5)
+    # the atlas keeps its integers
+    out = tmp_path / "atlas.nii.zarr"
+    assert (
+        main(["export", str(results / "results.zarr"), "--variable", "atlas", "--out", str(out)])
+        == 0
+    )
+    got = zarr2nibabel(out, tmp_path)
+    atlas = nib.load(results / "atlas.nii.gz")
+    assert np.asanyarray(got.dataobj).dtype.kind == "i"
+    np.testing.assert_array_equal(np.asanyarray(got.dataobj), np.asanyarray(atlas.dataobj))
+
+
+def test_export_from_s3(results, s3_bucket, tmp_path):
+    store = S3Store.from_url(s3_bucket)
+    for p in (results / "results.zarr").rglob("*"):
+        if p.is_file():
+            key = f"sub-01/results.zarr/{p.relative_to(results / 'results.zarr').as_posix()}"
+            obstore.put(store, key, p.read_bytes())
+    out = tmp_path / "logp.nii.zarr"
+    url = f"{s3_bucket}/sub-01/results.zarr"
+    assert main(["export", url, "--variable", "logp", "--out", str(out)]) == 0
+    got = zarr2nibabel(out, tmp_path)
+    want = nib.load(results / "logp.nii.gz")
+    np.testing.assert_array_equal(np.asanyarray(got.dataobj), want.get_fdata(dtype=np.float32))
+
+
+def test_export_errors_are_one_line(results, tmp_path, capsys):
+    out = tmp_path / "x.nii.zarr"
+    assert main(["export", str(results / "results.zarr"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("roidask: error: --variable: expected one of the maps of ")
+    assert "'tstat'" in err and "got None" in err and "\n" not in err
+    assert main(["export", str(results / "tstat.nii.gz"), "--out", str(tmp_path / "t.txt")]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_map_without_a_grid_is_refused(tmp_path, capsys):
+    import xarray as xr
+
+    store = tmp_path / "plain.zarr"
+    xr.Dataset({"m": (("x", "y", "z"), np.zeros((2, 3, 4), np.float32))}).to_zarr(
+        store, consolidated=False
+    )
+    assert (
+        main(["export", str(store), "--variable", "m", "--out", str(tmp_path / "m.nii.zarr")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "DataArray 'm' has no 'affine' attribute, so its grid is unknown" in err
+    assert not (tmp_path / "m.nii.zarr").exists()

@@ -1,0 +1,482 @@
+"""convert, info and run with s3:// inputs and outputs (issue 18), against a moto S3 server
+on loopback: results bit-identical to the same commands on local files, the on-disk
+guarantees on S3 (marker last, foreign objects refused, a killed upload rewritten), and the
+one-line errors for a missing bucket or object, denied access and an unreachable endpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helpers.s3 as s3_helpers
+import numpy as np
+import obstore
+import pytest
+import zarr
+from obstore.store import S3Store
+
+from roidask.cli import main
+
+# one moto server for this module's tests
+s3_server = s3_helpers.s3_server
+s3_bucket = s3_helpers.s3_bucket
+
+RUN_OPTIONS = ("--no-plots", "--quiet")
+
+
+def _store(url: str) -> S3Store:
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    return S3Store(bucket, prefix=prefix or None)
+
+
+def put_files(url: str, files: dict[str, Path | bytes]) -> dict[str, str]:
+    """Upload files to ``url/name``; return name -> URL."""
+    store = _store(url)
+    for name, src in files.items():
+        obstore.put(store, name, src if isinstance(src, bytes) else Path(src).read_bytes())
+    return {name: f"{url}/{name}" for name in files}
+
+
+def objects(url: str) -> dict[str, bytes]:
+    """Every object under ``url``: relative key -> bytes."""
+    store = _store(url)
+    keys = [m["path"] for page in obstore.list(store) for m in page]
+    return {k: bytes(obstore.get(store, k).bytes()) for k in keys}
+
+
+def local_files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture
+def inputs(haxby, s3_bucket):
+    """The Haxby slice in S3: name -> s3:// URL."""
+    return put_files(
+        f"{s3_bucket}/in",
+        {"bold.nii.gz": haxby.bold, "labels.txt": haxby.labels, "mask.nii.gz": haxby.mask},
+    )
+
+
+def error_of(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    return err[0]
+
+
+# -- convert and info -----------------------------------------------------------------------
+def test_convert_to_and_from_s3_is_bit_identical(haxby, inputs, s3_bucket, tmp_path, capsys):
+    local = tmp_path / "local.zarr"
+    common = ["--subject", "sub-01", "--chunks", "x=20,time=300", "--quiet"]
+    assert (
+        main(
+            [
+                "convert",
+                str(haxby.bold),
+                "--labels",
+                str(haxby.labels),
+                "--out",
+                str(local),
+                "--mask",
+                str(haxby.mask),
+                *common,
+            ]
+        )
+        == 0
+    )
+    remote = f"{s3_bucket}/study.zarr"
+    assert (
+        main(
+            [
+                "convert",
+                inputs["bold.nii.gz"],
+                "--labels",
+                inputs["labels.txt"],
+                "--out",
+                remote,
+                "--mask",
+                inputs["mask.nii.gz"],
+                *common,
+            ]
+        )
+        == 0
+    )
+    there, here = objects(remote), local_files(local)
+    assert sorted(there) == sorted(here)
+    chunks = [k for k in here if "/c/" in k]
+    assert chunks and all(there[k] == here[k] for k in chunks)  # every chunk, bit for bit
+    root = json.loads(there["zarr.json"])
+    assert root["attributes"]["roidask_store"] == 2
+    assert root["consolidated_metadata"]["metadata"]["sub-01"]["attributes"]["roidask_complete"]
+
+    # info and info --verify read the store in S3
+    capsys.readouterr()
+    assert main(["info", str(local)]) == 0
+    described = capsys.readouterr().out
+    assert main(["info", remote]) == 0
+    assert capsys.readouterr().out == described.replace(str(local), remote)
+    assert "40x20x1x1452" in described
+    assert main(["info", "--verify", remote]) == 0
+    assert "passes its checksum" in capsys.readouterr().out
+
+    # a second subject is added and the root re-consolidated; a damaged chunk is found
+    assert (
+        main(
+            [
+                "convert",
+                inputs["bold.nii.gz"],
+                "--labels",
+                inputs["labels.txt"],
+                "--out",
+                remote,
+                "--subject",
+                "sub-02",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    root = json.loads(objects(remote)["zarr.json"])
+    assert {"sub-01", "sub-02"} <= set(root["consolidated_metadata"]["metadata"])
+    key = "sub-01/bold/c/0/0/0/1"
+    damaged = bytearray(here[key])
+    damaged[len(damaged) // 2] ^= 0xFF
+    obstore.put(_store(remote), key, bytes(damaged))
+    capsys.readouterr()
+    assert main(["info", "--verify", remote]) == 1
+    assert "sub-01/bold/c/0/0/0/1: it fails its CRC-32C checksum" in capsys.readouterr().out
+
+
+def test_convert_replaces_a_subject_in_s3_only_with_overwrite(inputs, s3_bucket, capsys):
+    remote = f"{s3_bucket}/s.zarr"
+    args = ["convert", inputs["bold.nii.gz"], "--labels", inputs["labels.txt"], "--out", remote]
+    assert main([*args, "--chunks", "time=500", "--quiet"]) == 0
+    before = objects(remote)
+    capsys.readouterr()
+    assert main([*args, "--quiet"]) == 2
+    assert "already holds subject 'sub-01'" in error_of(capsys)
+    assert objects(remote) == before
+    # replaced with other chunks: the old chunks roidask wrote are gone, nothing else
+    obstore.put(_store(remote), "notes.txt", b"mine")
+    assert main([*args, "--chunks", "time=1000", "--overwrite", "--quiet"]) == 0
+    after = objects(remote)
+    assert after["notes.txt"] == b"mine"
+    assert "sub-01/bold/c/0/0/0/2" in before and "sub-01/bold/c/0/0/0/2" not in after
+    assert "sub-01/bold/c/0/0/0/1" in after
+    # a foreign object inside the subject is refused, before anything is written
+    obstore.put(_store(remote), "sub-01/bold/mine.txt", b"mine")
+    capsys.readouterr()
+    assert main([*args, "--overwrite", "--quiet"]) == 2
+    assert "objects roidask did not write (bold/mine.txt)" in error_of(capsys)
+
+
+# -- run ------------------------------------------------------------------------------------
+def _results_match(remote: str, local: Path) -> None:
+    there, here = objects(remote), local_files(local)
+    assert sorted(there) == sorted(here)
+    for name in (
+        "mean_epi.nii.gz",
+        "tstat.nii.gz",
+        "logp.nii.gz",
+        "roi_mask.nii.gz",
+        "atlas.nii.gz",
+        "rois.tsv",
+        "signals.tsv",
+    ):
+        assert there[name] == here[name], name
+    for name in here:
+        if name.startswith("results.zarr/") and "/c/" in name:
+            assert there[name] == here[name], name
+    marker = json.loads(there[".roidask.json"])
+    assert marker["written_by"] == "roidask" and marker["kind"] == "subject-results"
+    assert set(marker["files"]) == set(here) - {".roidask.json"}
+
+
+def test_run_with_s3_inputs_and_output_matches_local(haxby, inputs, s3_bucket, tmp_path):
+    local = tmp_path / "out"
+    assert (
+        main(
+            [
+                "run",
+                str(haxby.bold),
+                "--labels",
+                str(haxby.labels),
+                "--mask",
+                str(haxby.mask),
+                "--out",
+                str(local),
+                *RUN_OPTIONS,
+            ]
+        )
+        == 0
+    )
+    remote = f"{s3_bucket}/results/sub-01"
+    assert (
+        main(
+            [
+                "run",
+                inputs["bold.nii.gz"],
+                "--labels",
+                inputs["labels.txt"],
+                "--mask",
+                inputs["mask.nii.gz"],
+                "--out",
+                remote,
+                *RUN_OPTIONS,
+            ]
+        )
+        == 0
+    )
+    _results_match(remote, local)
+    provenance = json.loads(objects(remote)["provenance.json"])
+    records = {r["path"]: r for r in provenance["inputs"]}
+    assert records[inputs["bold.nii.gz"]]["bytes"] == haxby.bold.stat().st_size
+    assert records[inputs["bold.nii.gz"]]["etag"]  # fingerprinted without a download
+
+
+def test_run_on_a_store_in_s3_matches_local(haxby, inputs, s3_bucket, tmp_path):
+    store = f"{s3_bucket}/s.zarr"
+    assert (
+        main(
+            [
+                "convert",
+                inputs["bold.nii.gz"],
+                "--labels",
+                inputs["labels.txt"],
+                "--out",
+                store,
+                "--chunks",
+                "time=400",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    local = tmp_path / "out"
+    assert (
+        main(
+            [
+                "run",
+                str(haxby.bold),
+                "--labels",
+                str(haxby.labels),
+                "--mask",
+                str(haxby.mask),
+                "--out",
+                str(local),
+                *RUN_OPTIONS,
+            ]
+        )
+        == 0
+    )
+    remote = f"{s3_bucket}/from-store"
+    assert (
+        main(
+            [
+                "run",
+                "--store",
+                store,
+                "--mask",
+                inputs["mask.nii.gz"],
+                "--out",
+                remote,
+                *RUN_OPTIONS,
+            ]
+        )
+        == 0
+    )
+    _results_match(remote, local)
+
+
+def test_run_output_in_s3_keeps_the_disk_guarantees(haxby, inputs, s3_bucket, capsys):
+    out = f"{s3_bucket}/res"
+    args = [
+        "run",
+        inputs["bold.nii.gz"],
+        "--labels",
+        inputs["labels.txt"],
+        "--mask",
+        inputs["mask.nii.gz"],
+        "--out",
+        out,
+        *RUN_OPTIONS,
+    ]
+    # a prefix holding someone's objects is refused, before any voxel is read
+    obstore.put(_store(out), "mine.txt", b"mine")
+    assert main(args) == 2
+    assert "was not written by roidask (no .roidask.json)" in error_of(capsys)
+    obstore.delete(_store(out), "mine.txt")
+    assert main(args) == 0
+    first = objects(out)
+    # replacing needs --overwrite; an object added since is refused, never deleted
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already exists; add --overwrite" in error_of(capsys)
+    obstore.put(_store(out), "figures/mine.png", b"mine")
+    assert main([*args, "--overwrite"]) == 2
+    assert "object(s) roidask did not write (figures/mine.png)" in error_of(capsys)
+    obstore.delete(_store(out), "figures/mine.png")
+    # a killed upload: pending marker, some objects; the rerun completes it without --overwrite
+    store = _store(out)
+    obstore.delete(store, [k for k in first if k not in ("rois.tsv", ".roidask.json")])
+    pending = {
+        "written_by": "roidask",
+        "kind": "subject-results",
+        "complete": False,
+        "files": sorted(first),
+    }
+    obstore.put(store, ".roidask.json", json.dumps(pending).encode())
+    assert main(args) == 0
+    again = objects(out)
+    assert sorted(again) == sorted(first)
+    assert json.loads(again[".roidask.json"]).get("complete", True) is True
+
+
+def test_publishing_puts_the_marker_last_and_deletes_only_listed_objects(s3_bucket, tmp_path):
+    from roidask.io.locations import S3Path, publish_folder
+
+    local = tmp_path / "f"
+    (local / "sub").mkdir(parents=True)
+    (local / "a.txt").write_text("a")
+    (local / "sub" / "b.txt").write_text("b")
+    marker = {"written_by": "roidask", "kind": "k", "files": ["a.txt", "sub/b.txt"]}
+    (local / ".roidask.json").write_text(json.dumps(marker))
+    dest = S3Path.from_url(f"{s3_bucket}/f")
+    old = {"written_by": "roidask", "kind": "k", "files": ["a.txt", "old.txt"]}
+    put_files(
+        dest.url, {"old.txt": b"o", "a.txt": b"x", ".roidask.json": json.dumps(old).encode()}
+    )
+    order = []
+    real_put = obstore.put
+
+    def put(store, key, data, *args, **kwargs):
+        data = data.read() if hasattr(data, "read") else data
+        order.append((key, json.loads(data) if key.endswith(".roidask.json") else None))
+        return real_put(store, key, data)
+
+    obstore.put = put
+    try:
+        publish_folder(local, dest)
+    finally:
+        obstore.put = real_put
+    markers = [(i, record) for i, (key, record) in enumerate(order) if record is not None]
+    # first a pending marker claiming the old and the new objects, the real one last
+    assert [i for i, _ in markers] == [0, len(order) - 1]
+    assert markers[0][1]["complete"] is False
+    assert markers[0][1]["files"] == ["a.txt", "old.txt", "sub/b.txt"]
+    assert json.loads(objects(dest.url)[".roidask.json"]) == marker
+    assert sorted(objects(dest.url)) == [".roidask.json", "a.txt", "sub/b.txt"]
+
+
+# -- errors ---------------------------------------------------------------------------------
+def test_missing_bucket_key_and_denied_access_are_one_line_errors(
+    haxby, inputs, s3_server, s3_bucket, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    base = ["--labels", inputs["labels.txt"], "--mask", inputs["mask.nii.gz"]]
+    assert main(["run", "s3://no-such-bucket-zz/bold.nii.gz", *base, "--out", str(out)]) == 2
+    assert error_of(capsys).startswith(
+        "roidask: error: s3://no-such-bucket-zz/bold.nii.gz: no such bucket "
+        "'no-such-bucket-zz' (the server answered"
+    )
+    assert main(["run", f"{s3_bucket}/in/nope.nii.gz", *base, "--out", str(out)]) == 2
+    line = error_of(capsys)
+    assert f"error: {s3_bucket}/in/nope.nii.gz: no such NIfTI image" in line and "404" in line
+    assert main(["info", f"{s3_bucket}/nothing.zarr"]) == 2
+    assert "no such store" in error_of(capsys)
+    assert (
+        main(
+            [
+                "convert",
+                inputs["bold.nii.gz"],
+                "--labels",
+                inputs["labels.txt"],
+                "--out",
+                "s3://no-such-bucket-zz/s.zarr",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "no such bucket 'no-such-bucket-zz'" in error_of(capsys)
+    assert not out.exists()
+
+    # a bucket whose policy denies everything
+    denied = s3_server.new_bucket("denied")
+    put_files(denied, {"bold.nii.gz": haxby.bold})
+    name = denied.removeprefix("s3://")
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"],
+            }
+        ],
+    }
+    s3_server.client().put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
+    assert main(["run", f"{denied}/bold.nii.gz", *base, "--out", str(out)]) == 2
+    line = error_of(capsys)
+    assert f"error: {denied}/bold.nii.gz: access denied (the server answered" in line
+    assert "403" in line
+    assert (
+        main(
+            [
+                "run",
+                inputs["bold.nii.gz"],
+                "--labels",
+                inputs["labels.txt"],
+                "--mask",
+                inputs["mask.nii.gz"],
+                "--out",
+                f"{denied}/out",
+                *RUN_OPTIONS,
+            ]
+        )
+        == 2
+    )
+    assert f"--out {denied}/out: access denied" in error_of(capsys)
+    assert not out.exists()
+
+
+def test_unreachable_endpoint_is_a_one_line_error(inputs, monkeypatch, tmp_path, capsys):
+    closed = s3_helpers.free_port()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "run",
+                inputs["bold.nii.gz"],
+                "--labels",
+                inputs["labels.txt"],
+                "--mask",
+                inputs["mask.nii.gz"],
+                "--out",
+                str(out),
+                *RUN_OPTIONS,
+            ]
+        )
+        == 2
+    )
+    line = error_of(capsys)
+    assert line == (
+        f"roidask: error: {inputs['bold.nii.gz']}: cannot reach the S3 endpoint "
+        f"http://127.0.0.1:{closed} (connection failed); check AWS_ENDPOINT_URL and the network"
+    )
+    assert not out.exists()
+
+
+def test_store_opened_from_s3_reads_like_local(haxby, inputs, s3_bucket, tmp_path):
+    from roidask.io import convert, open_subject
+
+    remote = f"{s3_bucket}/s.zarr"
+    convert(inputs["bold.nii.gz"], labels=inputs["labels.txt"], out=remote, chunks={"time": 700})
+    convert(haxby.bold, labels=haxby.labels, out=tmp_path / "s.zarr", chunks={"time": 700})
+    a, b = open_subject(remote), open_subject(tmp_path / "s.zarr")
+    np.testing.assert_array_equal(a["bold"].values, b["bold"].values)
+    assert list(a["condition"].values) == list(b["condition"].values)
+    assert isinstance(zarr.open_group(str(tmp_path / "s.zarr"), mode="r"), zarr.Group)
