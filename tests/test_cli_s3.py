@@ -13,6 +13,7 @@ import numpy as np
 import obstore
 import pytest
 import zarr
+from helpers.results import DATA_FILES
 from obstore.store import S3Store
 
 from roidask.cli import main
@@ -175,15 +176,7 @@ def test_convert_replaces_a_subject_in_s3_only_with_overwrite(inputs, s3_bucket,
 def _results_match(remote: str, local: Path) -> None:
     there, here = objects(remote), local_files(local)
     assert sorted(there) == sorted(here)
-    for name in (
-        "mean_epi.nii.gz",
-        "tstat.nii.gz",
-        "logp.nii.gz",
-        "roi_mask.nii.gz",
-        "atlas.nii.gz",
-        "rois.tsv",
-        "signals.tsv",
-    ):
+    for name in DATA_FILES:
         assert there[name] == here[name], name
     for name in here:
         if name.startswith("results.zarr/") and "/c/" in name:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.cluster import kill_group, start
+from helpers.results import DATA_FILES
 
 from roidask.cluster import get_client
 from roidask.datasets import haxby_slice
@@ -35,15 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCAL_SH = ROOT / "cluster" / "slurm" / "local.sh"
 RECIPE = ROOT / "cluster" / "jobqueue_batch.py"
 N_SUBJECTS = 6
-COMPARED = (
-    "mean_epi.nii.gz",
-    "tstat.nii.gz",
-    "logp.nii.gz",
-    "roi_mask.nii.gz",
-    "atlas.nii.gz",
-    "rois.tsv",
-    "signals.tsv",
-)
 
 
 def wait_until(predicate, *, timeout: float, what: str, proc=None, log: Path | None = None):
@@ -195,7 +187,7 @@ def test_jobqueue_batch_on_slurm_survives_a_cancelled_worker_job(slurm, subjects
     assert f"subjects: {N_SUBJECTS} (done {N_SUBJECTS})" in text
     for i in range(1, N_SUBJECTS + 1):
         sub = f"sub-{i:02d}"
-        for f in COMPARED:
+        for f in DATA_FILES:
             assert (out / sub / f).read_bytes() == (ref / sub / f).read_bytes(), f"{sub}/{f}"
     assert (out / "group" / "tstat.nii.gz").is_file()
     # the recipe cancelled the other job and removed the credentials

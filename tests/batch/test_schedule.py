@@ -35,6 +35,7 @@ from helpers.cluster import (
     worker_log,
 )
 from helpers.files import write_manifest
+from helpers.results import DATA_FILES
 from scipy import stats
 
 from roidask._atomic import MARKER
@@ -47,15 +48,6 @@ ROIDASK = Path(sys.executable).with_name("roidask")
 SHAPE = (16, 20, 12)
 N_VOLUMES = 726
 N_SUBJECTS = 4
-DATA_FILES = (
-    "mean_epi.nii.gz",
-    "tstat.nii.gz",
-    "logp.nii.gz",
-    "roi_mask.nii.gz",
-    "atlas.nii.gz",
-    "rois.tsv",
-    "signals.tsv",
-)
 # provenance.json fields that legitimately differ between `roidask run` and a batch
 VOLATILE = {
     "timings_s",

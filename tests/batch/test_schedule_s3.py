@@ -20,6 +20,7 @@ import pytest
 import xarray as xr
 from helpers.cluster import kill_group, start, start_cluster, stop
 from helpers.files import write_manifest
+from helpers.results import DATA_FILES
 from obstore.store import S3Store
 
 from roidask.io.locations import zarr_store
@@ -29,15 +30,6 @@ pytestmark = pytest.mark.timeout(300)
 s3_server = s3_helpers.s3_server
 ROIDASK = Path(sys.executable).with_name("roidask")
 N_SUBJECTS = 3
-DATA_FILES = (
-    "mean_epi.nii.gz",
-    "tstat.nii.gz",
-    "logp.nii.gz",
-    "roi_mask.nii.gz",
-    "atlas.nii.gz",
-    "rois.tsv",
-    "signals.tsv",
-)
 GROUP_FILES = ("tstat.nii.gz", "logp.nii.gz", "roi_overlap.nii.gz", "subjects.tsv")
 
 

@@ -13,6 +13,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from roidask.outputs.writer import OUTPUT_FILES
+
+#: A subject folder's data files, compared byte for byte across ways of running it.
+DATA_FILES = tuple(f for f in OUTPUT_FILES if f not in ("results.zarr", "provenance.json"))
+
 MAPS = {
     "mean_epi": np.float32,
     "tstat": np.float32,
