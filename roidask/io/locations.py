@@ -13,9 +13,9 @@ measurement, BENCHMARKS.md "Reading a seed-sized subject from S3"); zarr stores
 through ``zarr.storage.ObjectStore`` (:func:`zarr_store`). Credentials, region and
 endpoint come from the standard AWS variables (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``/``AWS_REGION``,
-``AWS_ENDPOINT_URL``); without keys in the environment, boto3's credential chain
-(``~/.aws/credentials``, ``AWS_PROFILE``, SSO, instance roles) is used when boto3
-is installed. An ``http://`` endpoint (a local server) is allowed as such.
+``AWS_ENDPOINT_URL``); without keys in the environment, the profile's keys and
+region in ``~/.aws/credentials`` and ``~/.aws/config`` (:func:`aws_file_settings`), else
+boto3's credential chain (SSO, instance roles) when boto3 is installed. An ``http://`` endpoint (a local server) is allowed as such.
 
 Failures are one-line :class:`~roidask.exceptions.RoidaskOSError` messages naming the
 URL, what was expected and what the server said: a missing bucket or object, denied
@@ -31,6 +31,7 @@ write are never deleted (:func:`check_remote_destination` refuses such a prefix)
 from __future__ import annotations
 
 import collections
+import configparser
 import contextlib
 import datetime
 import hashlib
@@ -114,7 +115,12 @@ _ENV_KEYS = (
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
 )
+#: Settings of the shared AWS files (``~/.aws/credentials``, ``~/.aws/config``) roidask reads.
+_FILE_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region")
 
 
 def _endpoint() -> str | None:
@@ -142,14 +148,50 @@ def _new_store(bucket: str, prefix: str | None) -> S3Store:
         kwargs["endpoint"] = endpoint
         if endpoint.startswith("http://"):
             kwargs["client_options"] = {"allow_http": True}
+    files = aws_file_settings()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    region = region or files.get("region")
     if region:
         kwargs["region"] = region
     if not os.environ.get("AWS_ACCESS_KEY_ID"):
-        provider = _config_file_credentials()
-        if provider is not None:
-            kwargs["credential_provider"] = provider
+        if files.get("aws_access_key_id") and files.get("aws_secret_access_key"):
+            kwargs["access_key_id"] = files["aws_access_key_id"]
+            kwargs["secret_access_key"] = files["aws_secret_access_key"]
+            if files.get("aws_session_token"):
+                kwargs["session_token"] = files["aws_session_token"]
+        else:  # SSO, roles, credential processes: boto3's chain, when installed
+            provider = _config_file_credentials()
+            if provider is not None:
+                kwargs["credential_provider"] = provider
     return S3Store(bucket, prefix=prefix or None, **kwargs)
+
+
+def aws_file_settings() -> dict[str, str]:
+    """Keys and region of the AWS profile in the shared files, as the AWS CLI reads them.
+
+    The profile is ``AWS_PROFILE`` (or ``AWS_DEFAULT_PROFILE``, else ``default``); keys
+    come from ``AWS_SHARED_CREDENTIALS_FILE`` (default ``~/.aws/credentials``), then
+    ``AWS_CONFIG_FILE`` (default ``~/.aws/config``, sections ``[profile NAME]``), which
+    also gives the region. Missing or unreadable files give nothing.
+    """
+    profile = os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE") or "default"
+    aws = Path.home() / ".aws"
+    credentials = os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or aws / "credentials"
+    config = os.environ.get("AWS_CONFIG_FILE") or aws / "config"
+    section = profile if profile == "default" else f"profile {profile}"
+    settings: dict[str, str] = {}
+    for path, name in ((credentials, profile), (config, section)):
+        parser = configparser.RawConfigParser()
+        try:
+            parser.read(os.path.expanduser(path))
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        if parser.has_section(name):
+            for key in _FILE_KEYS:
+                value = parser.get(name, key, fallback="").strip()
+                if value and key not in settings:
+                    settings[key] = value
+    return settings
 
 
 def _config_file_credentials():

@@ -152,3 +152,39 @@ def test_nifti_zarr_from_s3_reads_like_local(s3_bucket, tmp_path, haxby):
     want = as_image(local)
     np.testing.assert_array_equal(remote.values, want.values)
     assert remote.attrs["affine"] == want.attrs["affine"]
+
+
+def test_credentials_and_region_from_the_shared_aws_files(s3_bucket, tmp_path, monkeypatch):
+    """No keys in the environment: the profile's keys and region from ~/.aws-style files
+    (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE, AWS_PROFILE), as the AWS CLI reads them."""
+    from roidask.io import locations
+
+    url = f"{s3_bucket}/creds/a.bin"
+    put(url, b"from the files")
+    credentials, config = tmp_path / "credentials", tmp_path / "config"
+    credentials.write_text(
+        "[default]\naws_access_key_id = WRONG\naws_secret_access_key = WRONG\n\n"
+        f"[lab]\naws_access_key_id = {s3_helpers.ACCESS_KEY_ID}\n"
+        f"aws_secret_access_key = {s3_helpers.SECRET_ACCESS_KEY}\n"
+    )
+    config.write_text(
+        f"[default]\nregion = eu-west-3\n\n[profile lab]\nregion = {s3_helpers.REGION}\n"
+    )
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "lab")
+    assert locations.aws_file_settings() == {
+        "aws_access_key_id": s3_helpers.ACCESS_KEY_ID,
+        "aws_secret_access_key": s3_helpers.SECRET_ACCESS_KEY,
+        "region": s3_helpers.REGION,
+    }
+    loc = as_location(url)
+    store = locations._new_store(loc.bucket, None)
+    assert store.config["access_key_id"] == s3_helpers.ACCESS_KEY_ID
+    assert store.config["region"] == s3_helpers.REGION
+    assert loc.read_bytes() == b"from the files"
+    monkeypatch.setenv("AWS_PROFILE", "default")
+    assert locations.aws_file_settings()["region"] == "eu-west-3"
+    assert locations._new_store(loc.bucket, None).config["access_key_id"] == "WRONG"
