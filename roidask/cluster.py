@@ -366,23 +366,6 @@ def _default_workers(
     return n_workers, threads_per_worker
 
 
-#: Environment variable that chooses how worker processes start (dask's own setting).
-START_METHOD_ENV = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
-
-
-def _worker_start_method() -> dict[str, str]:
-    """dask config for the embedded cluster's worker processes: forked on Linux.
-
-    A forked worker starts with roidask and its libraries already imported by this
-    process; a spawned one (distributed's default) imports them again, ~1.3 s of CPU
-    per worker, which is ~1.8 s of the wall time of a batch of 4 seed-shaped subjects
-    on 2 cores (BENCHMARKS.md). Setting :data:`START_METHOD_ENV` keeps the user's choice.
-    """
-    if not sys.platform.startswith("linux") or START_METHOD_ENV in os.environ:
-        return {}
-    return {"distributed.worker.multiprocessing-method": "fork"}
-
-
 # --------------------------------------------------------------------------- clients
 
 
@@ -599,7 +582,6 @@ def _local_client(
         credentials = TLSCredentials.create(tempfile.gettempdir())
     try:
         with (
-            dask.config.set(_worker_start_method() if processes else {}),
             LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=threads_per_worker,

@@ -96,24 +96,6 @@ def test_embedded_client_computes_on_loopback_and_closes():
     assert cluster.status.name == "closed"
 
 
-def _imported_roidask_pipeline() -> bool:
-    return "roidask.pipeline" in sys.modules
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork: Linux only")
-def test_embedded_workers_start_with_this_process_imports(monkeypatch):
-    """Forked workers: roidask already imported (a spawned one imports it again, ~1.3 s)."""
-    import roidask.pipeline  # noqa: F401  (imported here, hence in a forked worker)
-    from roidask.cluster import START_METHOD_ENV
-
-    monkeypatch.delenv(START_METHOD_ENV, raising=False)
-    with get_client(n_workers=1, threads_per_worker=1) as client:
-        assert list(client.run(_imported_roidask_pipeline).values()) == [True]
-    monkeypatch.setenv(START_METHOD_ENV, "spawn")  # the user's choice is kept
-    with get_client(n_workers=1, threads_per_worker=1) as client:
-        assert list(client.run(_imported_roidask_pipeline).values()) == [False]
-
-
 def test_embedded_threads_client_uses_no_socket():
     with get_client(processes=False, n_workers=1, threads_per_worker=2) as client:
         assert client.scheduler.address.startswith("inproc://")
