@@ -15,7 +15,8 @@ endpoint come from the standard AWS variables (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``/``AWS_REGION``,
 ``AWS_ENDPOINT_URL``); without keys in the environment, the profile's keys and
 region in ``~/.aws/credentials`` and ``~/.aws/config`` (:func:`aws_file_settings`), else
-boto3's credential chain (SSO, instance roles) when boto3 is installed. An ``http://`` endpoint (a local server) is allowed as such.
+boto3's credential chain (SSO, instance roles) when boto3 is installed. An ``http://``
+endpoint (a local server) is allowed as such.
 
 Failures are one-line :class:`~roidask.exceptions.RoidaskOSError` messages naming the
 URL, what was expected and what the server said: a missing bucket or object, denied
