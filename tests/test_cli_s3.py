@@ -25,6 +25,12 @@ s3_bucket = s3_helpers.s3_bucket
 RUN_OPTIONS = ("--no-plots", "--quiet")
 
 
+def run_args(bold, labels, mask, out) -> list[str]:
+    """``roidask run`` arguments (NIfTI, labels, mask, output: paths or URLs)."""
+    return ["run", str(bold), "--labels", str(labels), "--mask", str(mask), "--out", str(out),
+            *RUN_OPTIONS]  # fmt: skip
+
+
 def _store(url: str) -> S3Store:
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     return S3Store(bucket, prefix=prefix or None)
@@ -188,37 +194,10 @@ def _results_match(remote: str, local: Path) -> None:
 
 def test_run_with_s3_inputs_and_output_matches_local(haxby, inputs, s3_bucket, tmp_path):
     local = tmp_path / "out"
-    assert (
-        main(
-            [
-                "run",
-                str(haxby.bold),
-                "--labels",
-                str(haxby.labels),
-                "--mask",
-                str(haxby.mask),
-                "--out",
-                str(local),
-                *RUN_OPTIONS,
-            ]
-        )
-        == 0
-    )
+    assert main(run_args(str(haxby.bold), str(haxby.labels), str(haxby.mask), str(local))) == 0
     remote = f"{s3_bucket}/results/sub-01"
     assert (
-        main(
-            [
-                "run",
-                inputs["bold.nii.gz"],
-                "--labels",
-                inputs["labels.txt"],
-                "--mask",
-                inputs["mask.nii.gz"],
-                "--out",
-                remote,
-                *RUN_OPTIONS,
-            ]
-        )
+        main(run_args(inputs["bold.nii.gz"], inputs["labels.txt"], inputs["mask.nii.gz"], remote))
         == 0
     )
     _results_match(remote, local)
@@ -247,22 +226,7 @@ def test_run_on_a_store_in_s3_matches_local(haxby, inputs, s3_bucket, tmp_path):
         == 0
     )
     local = tmp_path / "out"
-    assert (
-        main(
-            [
-                "run",
-                str(haxby.bold),
-                "--labels",
-                str(haxby.labels),
-                "--mask",
-                str(haxby.mask),
-                "--out",
-                str(local),
-                *RUN_OPTIONS,
-            ]
-        )
-        == 0
-    )
+    assert main(run_args(str(haxby.bold), str(haxby.labels), str(haxby.mask), str(local))) == 0
     remote = f"{s3_bucket}/from-store"
     assert (
         main(
@@ -284,17 +248,7 @@ def test_run_on_a_store_in_s3_matches_local(haxby, inputs, s3_bucket, tmp_path):
 
 def test_run_output_in_s3_keeps_the_disk_guarantees(haxby, inputs, s3_bucket, capsys):
     out = f"{s3_bucket}/res"
-    args = [
-        "run",
-        inputs["bold.nii.gz"],
-        "--labels",
-        inputs["labels.txt"],
-        "--mask",
-        inputs["mask.nii.gz"],
-        "--out",
-        out,
-        *RUN_OPTIONS,
-    ]
+    args = run_args(inputs["bold.nii.gz"], inputs["labels.txt"], inputs["mask.nii.gz"], out)
     # a prefix holding someone's objects is refused, before any voxel is read
     obstore.put(_store(out), "mine.txt", b"mine")
     assert main(args) == 2
@@ -417,17 +371,9 @@ def test_missing_bucket_key_and_denied_access_are_one_line_errors(
     assert "403" in line
     assert (
         main(
-            [
-                "run",
-                inputs["bold.nii.gz"],
-                "--labels",
-                inputs["labels.txt"],
-                "--mask",
-                inputs["mask.nii.gz"],
-                "--out",
-                f"{denied}/out",
-                *RUN_OPTIONS,
-            ]
+            run_args(
+                inputs["bold.nii.gz"], inputs["labels.txt"], inputs["mask.nii.gz"], f"{denied}/out"
+            )
         )
         == 2
     )
@@ -441,17 +387,7 @@ def test_unreachable_endpoint_is_a_one_line_error(inputs, monkeypatch, tmp_path,
     out = tmp_path / "out"
     assert (
         main(
-            [
-                "run",
-                inputs["bold.nii.gz"],
-                "--labels",
-                inputs["labels.txt"],
-                "--mask",
-                inputs["mask.nii.gz"],
-                "--out",
-                str(out),
-                *RUN_OPTIONS,
-            ]
+            run_args(inputs["bold.nii.gz"], inputs["labels.txt"], inputs["mask.nii.gz"], str(out))
         )
         == 2
     )
