@@ -233,8 +233,8 @@ def box_problems(draw):
     }
 
 
-@given(problem=box_problems())
-def test_signals_from_the_box_equal_whole_volume_signals(problem):
+def box_case(problem: dict):
+    """A problem's data, affine, mask and an atlas of 1-3 labels within the dilated mask."""
     rng = np.random.default_rng(problem["seed"])
     shape, n_t = problem["shape"], problem["n_t"]
     data = rng.normal(100, 10, size=(*shape, n_t)).astype(np.float32)
@@ -246,6 +246,12 @@ def test_signals_from_the_box_equal_whole_volume_signals(problem):
     grown = grown if problem["iterations"] else mask
     atlas = np.where(grown & (rng.random(shape) < 0.7), rng.integers(1, 4, size=shape), 0)
     atlas.flat[np.flatnonzero(grown)[0]] = 1
+    return data, affine, mask, atlas
+
+
+@given(problem=box_problems())
+def test_signals_from_the_box_equal_whole_volume_signals(problem):
+    data, affine, mask, atlas = box_case(problem)
     sigma = fwhm_to_sigma_voxels(affine, problem["fwhm"])
     grow = [problem["iterations"] + gaussian_radius(s) for s in sigma]
     box = roi_box(mask, grow_voxels=grow)
@@ -254,7 +260,7 @@ def test_signals_from_the_box_equal_whole_volume_signals(problem):
     atlas_img = nib.Nifti1Image(atlas.astype(np.int32), affine)
     kept = contrast_pass(bold, contrast=("face", "house"), fwhm=problem["fwhm"], box=box)
     sub = box_image(kept.compute(), bold)
-    assert sub.shape == (*[s.stop - s.start for s in box], n_t)
+    assert sub.shape == (*[s.stop - s.start for s in box], data.shape[-1])
     sub_atlas = like_image(atlas[box].astype(np.int32), sub)
     for strategy in STRATEGIES:
         linear = strategy in ("mean", "sum")
@@ -316,17 +322,7 @@ def test_signals_from_the_temporary_file_equal_whole_volume_signals(
     """The pass writes the tiles near the mask; signals read from them are the whole
     volumes' (every strategy), and every tile holds the data of every volume."""
     monkeypatch.setattr(spill_module, "TILE_EDGE", edge)
-    rng = np.random.default_rng(problem["seed"])
-    shape, n_t = problem["shape"], problem["n_t"]
-    data = rng.normal(100, 10, size=(*shape, n_t)).astype(np.float32)
-    affine = np.diag([*rng.uniform(2, 4, size=3), 1.0])
-    mask = rng.random(shape) < 0.05
-    mask[tuple(rng.integers(0, s) for s in shape)] = True
-    structure = ndimage.generate_binary_structure(3, problem["connectivity"])
-    grown = ndimage.binary_dilation(mask, structure, iterations=problem["iterations"] or 1)
-    grown = grown if problem["iterations"] else mask
-    atlas = np.where(grown & (rng.random(shape) < 0.7), rng.integers(1, 4, size=shape), 0)
-    atlas.flat[np.flatnonzero(grown)[0]] = 1
+    data, affine, mask, atlas = box_case(problem)
     tiles = pass_tiles(
         mask, affine, fwhm=problem["fwhm"], dilation_iterations=problem["iterations"]
     )
@@ -340,7 +336,7 @@ def test_signals_from_the_temporary_file_equal_whole_volume_signals(
         ).compute()
         for tile in zip(*np.nonzero(tiles), strict=True):
             np.testing.assert_array_equal(
-                spill.read(tile, 0, n_t), data[(*spill.tile_slices(tile), slice(None))]
+                spill.read(tile, 0, data.shape[-1]), data[(*spill.tile_slices(tile), slice(None))]
             )
         source = spill_image(result, bold)
         for strategy in STRATEGIES:
