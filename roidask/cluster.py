@@ -41,6 +41,7 @@ import dask
 from dask.system import CPU_COUNT
 from dask.utils import format_bytes, parse_bytes
 
+from roidask._forkserver import start_method
 from roidask.exceptions import ClusterError, InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -72,6 +73,8 @@ _ADDRESS_PLACEHOLDER = "<insert-scheduler-address-here>:8786"
 # Clients of embedded clusters started without a dashboard (their scheduler still
 # serves /health over HTTP, which is not a dashboard).
 _NO_DASHBOARD: weakref.WeakSet = weakref.WeakSet()
+#: dask setting: how the embedded cluster's nannies start worker processes.
+_START_METHOD = "distributed.worker.multiprocessing-method"
 
 _WALLTIME_RE = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
 
@@ -580,8 +583,12 @@ def _local_client(
     credentials = None
     if host is not None and not _is_loopback(host):
         credentials = TLSCredentials.create(tempfile.gettempdir())
+    # Worker processes fork from a server that has roidask imported (restarted
+    # workers too: the setting holds while the cluster lives).
+    method = start_method() if processes else dask.config.get(_START_METHOD)
     try:
         with (
+            dask.config.set({_START_METHOD: method}),
             LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=threads_per_worker,

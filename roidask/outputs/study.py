@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from typing import Any
 
 import xarray as xr
 
-from roidask._atomic import clean_stale
+from roidask._atomic import atomic_file, clean_stale
 from roidask.exceptions import OutputError, StoreError
 from roidask.io.locations import (
     Location,
@@ -134,9 +135,6 @@ def _read_root(study: Location, *, param: str = "study") -> dict:
 
 def _write_root(study: Location, record: dict) -> None:
     """Replace the root ``zarr.json`` in one rename (readers see the old or the new one)."""
-    record["consolidated_metadata"]["metadata"] = dict(
-        sorted(record["consolidated_metadata"]["metadata"].items())
-    )
     write_file(study / _META, json.dumps(record, separators=(",", ":")).encode())
 
 
@@ -270,10 +268,6 @@ def write_node(
 
 
 # -- publishing (the batch driver only) --------------------------------------------------------
-def _without(metadata: dict, name: str) -> dict:
-    return {k: v for k, v in metadata.items() if k != name and not k.startswith(f"{name}/")}
-
-
 def _node_entries(study: Location, name: str, fingerprint: str | None) -> dict[str, dict]:
     """Root consolidated-metadata entries of a complete node (its own ``zarr.json``)."""
     node_json = study / name / _META
@@ -288,22 +282,76 @@ def _node_entries(study: Location, name: str, fingerprint: str | None) -> dict[s
         )
     children = node.pop("consolidated_metadata", {}).get("metadata", {})
     entries = {name: {**node, "consolidated_metadata": dict(_EMPTY_CONSOLIDATED)}}
-    for key, meta in children.items():
+    for key, meta in sorted(children.items()):
         if meta.get("node_type") == "group":
             meta = {**meta, "consolidated_metadata": dict(_EMPTY_CONSOLIDATED)}
         entries[f"{name}/{key}"] = meta
     return entries
 
 
+def _root_fragments(
+    study: Location, attributes: dict, nodes: dict[str, str | None], errors: dict
+) -> Iterator[bytes]:
+    """The root ``zarr.json`` listing ``nodes``, one node's entries at a time.
+
+    Each node's entries are rebuilt from its own ``zarr.json`` (not kept from the
+    previous root), so rewriting the root of a study of thousands of subjects holds
+    one node's metadata in memory, not all of them. A node that cannot be listed
+    (not complete, or not the expected fingerprint) is left out and its error put
+    in ``errors``.
+    """
+    head = {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
+    yield json.dumps(head, separators=(",", ":"))[:-1].encode()
+    yield b',"consolidated_metadata":{"kind":"inline","must_understand":false,"metadata":{'
+    first = True
+    for name in sorted(nodes):
+        try:
+            entries = _node_entries(study, name, nodes[name])
+        except StoreError as exc:
+            errors[name] = exc
+            continue
+        for key, meta in entries.items():
+            yield (b"" if first else b",") + json.dumps({key: meta}, separators=(",", ":"))[
+                1:-1
+            ].encode()
+            first = False
+    yield b"}}}"
+
+
+def _rewrite_root(
+    study: Location, attributes: dict, nodes: dict[str, str | None]
+) -> dict[str, StoreError]:
+    """Replace the root ``zarr.json`` (atomically) by one that lists ``nodes``.
+
+    ``nodes`` maps every node to list to its expected fingerprint (None: any).
+    Returns the nodes left out and why.
+    """
+    errors: dict[str, StoreError] = {}
+    fragments = _root_fragments(study, attributes, nodes, errors)
+    if isinstance(study, S3Path):  # one PUT
+        write_file(study / _META, b"".join(fragments))
+    else:  # streamed into a temporary sibling, renamed over the root
+        with atomic_file(study / _META) as tmp, tmp.open("wb") as out:
+            for fragment in fragments:
+                out.write(fragment)
+    return errors
+
+
+def _root_state(study: Location) -> tuple[dict, list[str]]:
+    """The root's attributes and the names of the nodes it lists."""
+    root = _read_root(study)
+    names = sorted(k for k in root["consolidated_metadata"]["metadata"] if "/" not in k)
+    return root["attributes"], names
+
+
 def publish_many(study: PathOrURL, nodes: dict[str, str | None]) -> dict[str, StoreError]:
     """Make several nodes visible in one rewrite of the root ``zarr.json``.
 
     ``nodes`` maps each node's name to its expected fingerprint (None: any).
-    Reads each node's own ``zarr.json`` and rewrites the root's once, atomically:
-    the root holds every published node's metadata, so one rewrite per batch of
-    nodes (not per node) keeps a study of many subjects cheap to publish. One
-    process (the batch driver) publishes; concurrent publishers would lose each
-    other's updates.
+    The root is rewritten once, atomically, from the nodes' own ``zarr.json``
+    (:func:`_rewrite_root`): one rewrite per batch of nodes (not per node) keeps a
+    study of many subjects cheap to publish. One process (the batch driver)
+    publishes; concurrent publishers would lose each other's updates.
 
     Returns
     -------
@@ -311,21 +359,18 @@ def publish_many(study: PathOrURL, nodes: dict[str, str | None]) -> dict[str, St
         The nodes not published (not complete, or another fingerprint) and why.
     """
     study = as_location(study)
-    entries: dict[str, dict] = {}
-    errors: dict[str, StoreError] = {}
-    for name, fingerprint in nodes.items():
+    attributes, listed = _root_state(study)
+    errors = {}
+    for name, fingerprint in nodes.items():  # checked first: no rewrite if none is complete
         try:
-            entries.update(_node_entries(study, name, fingerprint))
+            _node_entries(study, name, fingerprint)
         except StoreError as exc:
             errors[name] = exc
-    done = set(nodes) - set(errors)
-    if done:
-        root = _read_root(study)
-        consolidated = root["consolidated_metadata"]
-        kept = {k: v for k, v in consolidated["metadata"].items() if k.split("/")[0] not in done}
-        consolidated["metadata"] = {**kept, **entries}
-        _write_root(study, root)
-    return errors
+    if set(nodes) - set(errors):
+        wanted: dict[str, str | None] = dict.fromkeys(listed)
+        wanted.update({k: v for k, v in nodes.items() if k not in errors})
+        errors.update(_rewrite_root(study, attributes, wanted))
+    return {k: errors[k] for k in nodes if k in errors}
 
 
 def publish(study: PathOrURL, name: str, *, fingerprint: str | None = None) -> None:
@@ -346,13 +391,10 @@ def publish(study: PathOrURL, name: str, *, fingerprint: str | None = None) -> N
 def unpublish(study: PathOrURL, name: str) -> bool:
     """Hide node ``name`` (before it is rewritten); True if it was published."""
     study = as_location(study)
-    root = _read_root(study)
-    metadata = root["consolidated_metadata"]["metadata"]
-    kept = _without(metadata, name)
-    if len(kept) == len(metadata):
+    attributes, listed = _root_state(study)
+    if name not in listed:
         return False
-    root["consolidated_metadata"]["metadata"] = kept
-    _write_root(study, root)
+    _rewrite_root(study, attributes, dict.fromkeys(n for n in listed if n != name))
     return True
 
 
@@ -391,7 +433,9 @@ class Study:
     def __init__(self, path: PathOrURL, *, param: str = "study"):
         self.path = prepare_study(path, param=param)
         self._lock = threading.Lock()
-        self._listed = set(published(self.path))  # as the root lists them (this driver's view)
+        attributes, listed = _root_state(self.path)
+        self._attributes = attributes
+        self._listed = set(listed)  # as the root lists them (this driver's view)
         self._pending: dict[str, str | None] = {}
         self._last = 0.0  # time.monotonic() of the last rewrite
         self._cost_s = 0.0  # how long the last rewrite took
@@ -432,21 +476,28 @@ class Study:
                 return {}
             pending, self._pending = self._pending, {}
             start = time.perf_counter()
+            errors: dict[str, Exception]
             try:
-                errors: dict[str, Exception] = dict(publish_many(self.path, pending))
+                wanted: dict[str, str | None] = dict.fromkeys(self._listed - set(pending))
+                errors = dict(_rewrite_root(self.path, self._attributes, {**wanted, **pending}))
             except (StoreError, OSError) as exc:  # the root itself: none is published
                 errors = dict.fromkeys(pending, exc)
+            else:
+                self._listed = (self._listed | set(pending)) - set(errors)
             self._cost_s = time.perf_counter() - start
             self._last = time.monotonic()
-            self._listed |= set(pending) - set(errors)
-            return errors
+            return {k: v for k, v in errors.items() if k in pending}
 
     def unpublish(self, name: str) -> bool:
         """Hide node ``name`` now (before it is rewritten); True if it was published."""
         with self._lock:
             self._pending.pop(name, None)
+            if name not in self._listed:
+                return False
             self._listed.discard(name)
-            return unpublish(self.path, name)
+            dropped = _rewrite_root(self.path, self._attributes, dict.fromkeys(self._listed))
+            self._listed -= set(dropped)
+            return True
 
     def write_group(self, ds: xr.Dataset, *, attrs: dict | None = None) -> None:
         """Replace the second-level node (unpublish, write, publish)."""

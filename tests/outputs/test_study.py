@@ -104,6 +104,36 @@ def test_incomplete_nodes_are_never_published(tmp_path):
     assert published(study) == ["sub-01"]
 
 
+def test_root_rewrite_holds_one_node_at_a_time(tmp_path, monkeypatch):
+    """Publishing rebuilds the root from the nodes' own metadata, one node at a time: the
+    batch driver's memory stays flat however many subjects the study holds."""
+    from roidask.outputs import study as study_module
+
+    st = Study(tmp_path / "study.zarr")
+    for i in range(40):
+        write_node(st.path, f"sub-{i:02d}", small(i))
+        st.publish(f"sub-{i:02d}")
+    node_bytes = (st.path / "sub-00" / "zarr.json").stat().st_size
+    parsed = []
+    real = json.loads
+
+    def loads(text, *args, **kwargs):
+        parsed.append(len(text))
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(study_module.json, "loads", loads)
+    write_node(st.path, "sub-40", small(40))
+    st.publish("sub-40")
+    st.unpublish("sub-03")
+    monkeypatch.undo()
+    assert (st.path / "zarr.json").stat().st_size > 10 * node_bytes  # (nodes are indented)
+    assert parsed and max(parsed) < 2 * node_bytes, (max(parsed), node_bytes)
+    assert published(st.path) == [f"sub-{i:02d}" for i in range(41) if i != 3]
+    tree = tree_of(st.path)
+    xr.testing.assert_equal(tree["sub-40"].to_dataset(), small(40))
+    xr.testing.assert_equal(tree["sub-39"].to_dataset(), small(39))
+
+
 def test_verify_study_finds_damage(tmp_path):
     study = prepare_study(tmp_path / "study.zarr")
     for i in (1, 2, 3):
@@ -297,21 +327,20 @@ def test_finished_subjects_are_published_together(dataset, tmp_path, monkeypatch
     from roidask.outputs import study as study_module
 
     rewrites = []
-    real = study_module._write_root
+    real = study_module._rewrite_root
 
-    def write_root(path, record):
-        names = {k.split("/")[0] for k in record["consolidated_metadata"]["metadata"]}
-        rewrites.append(sorted(names))
-        real(path, record)
+    def rewrite_root(path, attributes, nodes):
+        rewrites.append(sorted(nodes))
+        return real(path, attributes, nodes)
 
-    monkeypatch.setattr(study_module, "_write_root", write_root)
+    monkeypatch.setattr(study_module, "_rewrite_root", rewrite_root)
     monkeypatch.setattr(Study, "interval_s", 1e6)  # only the batch's final flush publishes
     specs = [s for s in dataset["specs"] if s.subject != "zero"]
     out = tmp_path / "batch"
     assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"] * 3
     subjects = ["sub-01", "sub-02", "sub-03"]
-    # created, the subjects at once, then the group level
-    assert rewrites == [[], subjects, ["group", *subjects]]
+    # the subjects at once, then the group level
+    assert rewrites == [subjects, ["group", *subjects]]
     # a node that is not complete is not published, the others are
     st = Study(tmp_path / "other.zarr")
     for name in ("sub-01", "sub-02"):

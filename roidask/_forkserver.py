@@ -1,0 +1,73 @@
+"""Worker processes that start with roidask already imported: a preloaded forkserver.
+
+The embedded cluster's workers are separate processes. Started with ``spawn``
+(distributed's default), each one imports numpy, dask, distributed, xarray, zarr,
+scipy and roidask itself before its first task: ~1.3 s of CPU per worker, paid
+again by every batch, while the client waits. With the ``forkserver`` start method
+the imports happen once, in a server process that then forks a worker in
+milliseconds; and the ``roidask`` command starts that server before it imports
+its own modules (:mod:`roidask._launch`), so that the workers' imports run on one
+core while the client's run on another.
+
+The server is a fresh interpreter (not a fork of the client, whose threads and
+runtimes would not survive a fork). It gets distributed's pre-spawn environment
+(``distributed.nanny.pre-spawn-environ``: one BLAS thread, the hash seed), which
+its workers inherit, since a forked worker never re-reads the environment.
+Where ``forkserver`` is not available (Windows), workers are spawned as before.
+
+Standard library only: the launcher imports this before anything heavy.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.forkserver
+import os
+import threading
+
+__all__ = ["WORKER_ENVIRON", "WORKER_MODULES", "start_method"]
+
+#: Modules the forkserver imports once for all workers: a worker of a batch runs
+#: subject tasks (roidask.batch imports the whole engine) under distributed.
+WORKER_MODULES = ("distributed", "roidask.batch")
+#: Environment of the forkserver, inherited by every worker: distributed's defaults
+#: for its nannies' ``pre-spawn-environ`` (a variable the user set wins).
+WORKER_ENVIRON = {
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "PYTHONHASHSEED": "6640",
+}
+_LOCK = threading.Lock()
+
+
+def start_method() -> str:
+    """Start the workers' forkserver unless it runs; return the start method to use.
+
+    Returns
+    -------
+    str
+        ``"forkserver"`` (the server is running, with :data:`WORKER_MODULES`
+        imported or being imported), or ``"spawn"`` where the platform has no
+        forkserver.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    with _LOCK:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(list(WORKER_MODULES))
+        changed = {
+            k: os.environ.get(k)
+            for k in WORKER_ENVIRON
+            if os.environ.get(k) in (None, "") or (k == "PYTHONHASHSEED" and os.environ[k] == "0")
+        }
+        os.environ.update({k: WORKER_ENVIRON[k] for k in changed})
+        try:
+            multiprocessing.forkserver.ensure_running()  # the server inherits os.environ
+        finally:
+            for key, value in changed.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+    return "forkserver"

@@ -1,0 +1,44 @@
+"""The ``roidask`` console script: start the workers' forkserver, then the command.
+
+``roidask batch`` and ``roidask group`` start an embedded cluster whose workers
+fork from a server that imports the engine once (:mod:`roidask._forkserver`).
+Started here, before :mod:`roidask.cli` and its imports, the server imports on
+one core while this process imports on the other: a 4-subject batch starts its
+first subjects ~2 s sooner (BENCHMARKS.md, "Many subjects"). Any other command,
+or a command given a scheduler address, goes straight to the command line.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from roidask._forkserver import start_method
+
+__all__ = ["entry", "starts_embedded_workers"]
+
+#: Commands that start an embedded cluster of worker processes unless given an address.
+_CLUSTER_COMMANDS = ("batch", "group")
+
+
+def starts_embedded_workers(argv: Sequence[str]) -> bool:
+    """Whether command line ``argv`` (without the program) starts local worker processes."""
+    if not argv or argv[0] not in _CLUSTER_COMMANDS or {"-h", "--help"} & set(argv):
+        return False
+    scheduler = "local"
+    for i, arg in enumerate(argv):
+        if arg == "--scheduler" and i + 1 < len(argv):
+            scheduler = argv[i + 1]
+        elif arg.startswith("--scheduler="):
+            scheduler = arg.split("=", 1)[1]
+    return scheduler == "local"
+
+
+def entry() -> None:
+    """Run the ``roidask`` command line (:func:`roidask.cli.entry`)."""
+    if starts_embedded_workers(sys.argv[1:]):
+        start_method()
+    # Imported now, not at the top: the server's imports must start before these.
+    from roidask.cli import entry as cli_entry  # noqa: PLC0415
+
+    cli_entry()

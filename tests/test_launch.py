@@ -1,0 +1,102 @@
+"""The ``roidask`` console script (roidask._launch) and the workers' forkserver
+(roidask._forkserver): embedded workers start with roidask imported, and the
+launcher starts their server before importing the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+
+import pytest
+
+from roidask._forkserver import WORKER_ENVIRON, WORKER_MODULES, start_method
+from roidask._launch import starts_embedded_workers
+from roidask.cluster import get_client
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def test_console_script_is_the_launcher():
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "roidask"]
+    assert script.value == "roidask._launch:entry"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["batch", "m.tsv", "--out", "o"], True),
+        (["group", "study.zarr"], True),
+        (["batch", "m.tsv", "--scheduler", "local"], True),
+        (["batch", "m.tsv", "--scheduler=local"], True),
+        (["batch", "m.tsv", "--scheduler", "tcp://10.0.0.1:8786"], False),
+        (["group", "s", "--scheduler=tls://host:8786"], False),
+        (["batch", "--help"], False),
+        (["run", "bold.nii.gz", "--scheduler", "local"], False),  # threads of this process
+        (["convert", "bold.nii.gz"], False),
+        ([], False),
+    ],
+)
+def test_which_commands_start_embedded_workers(argv, expected):
+    assert starts_embedded_workers(argv) is expected
+
+
+def test_launcher_starts_the_server_before_heavy_imports():
+    """The point of the launcher: the forkserver starts (and imports the engine in its own
+    process) while this process has imported nothing heavy yet."""
+    code = (
+        "import sys, multiprocessing.forkserver as fs\n"
+        "from roidask._forkserver import start_method\n"
+        "assert start_method() == 'forkserver'\n"
+        "heavy = [m for m in ('numpy', 'dask', 'distributed', 'roidask.cli')\n"
+        "         if m in sys.modules]\n"
+        "print('heavy:', heavy, 'server:', fs._forkserver._forkserver_pid is not None)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in WORKER_ENVIRON}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "heavy: [] server: True" in out.stdout
+
+
+def test_embedded_workers_fork_with_roidask_imported(monkeypatch):
+    for key in WORKER_ENVIRON:
+        monkeypatch.delenv(key, raising=False)
+
+    def state():
+        import sys as worker_sys
+
+        return {
+            "modules": [m for m in WORKER_MODULES if m in worker_sys.modules],
+            "env": {k: os.environ.get(k) for k in WORKER_ENVIRON},
+        }
+
+    with get_client(n_workers=2, threads_per_worker=1, memory_limit="1GiB") as client:
+        seen = client.run(state)  # before any task: nothing imported it but the server
+    assert len(seen) == 2
+    for worker in seen.values():
+        assert worker["modules"] == list(WORKER_MODULES)
+        assert worker["env"] == WORKER_ENVIRON  # distributed's pre-spawn environment
+
+
+def test_starting_the_server_leaves_this_process_environment(monkeypatch):
+    for key in WORKER_ENVIRON:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    before = dict(os.environ)
+    assert start_method() == "forkserver"
+    assert dict(os.environ) == before
+
+
+def test_batch_command_through_the_launcher_reports_bad_input(tmp_path):
+    roidask = os.path.join(os.path.dirname(sys.executable), "roidask")
+    out = subprocess.run(
+        [roidask, "batch", str(tmp_path / "missing.tsv"), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "missing.tsv" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
