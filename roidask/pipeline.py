@@ -65,6 +65,7 @@ from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import affine_of, check_same_grid, spatial_coords, voxel_size_mm
 from roidask.io.image import like_image
 from roidask.io.spill import spill_file
+from roidask.io.store_write import dataset_zarr_files
 from roidask.io.tables import ROI_TABLE_COLUMNS
 from roidask.onepass import box_image, contrast_pass, kept_voxels, pass_chunks, spill_image
 from roidask.ops import moments as mom_ops
@@ -211,6 +212,9 @@ class PipelineResult:
     params: PipelineParams
     timings_s: dict = field(default_factory=dict)
     folds: tuple[Fold, ...] | None = None
+    _zarr_files: dict[str, bytes] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     @property
     def n_rois(self) -> int:
@@ -306,6 +310,14 @@ class PipelineResult:
         See :func:`results_dataset`.
         """
         return results_dataset(self)
+
+    def zarr_files(self) -> dict[str, bytes]:
+        """:meth:`to_dataset` encoded as the files of a zarr v3 store, encoded once: the
+        output folder's ``results.zarr`` and the subject's study node are the same
+        bytes. Do not modify the returned mapping (copy it)."""
+        if self._zarr_files is None:
+            self._zarr_files = dataset_zarr_files(self.to_dataset())
+        return self._zarr_files
 
 
 #: Version of the results schema (:func:`results_dataset`), in the attribute

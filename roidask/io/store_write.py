@@ -18,7 +18,7 @@ import json
 import re
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -77,8 +77,8 @@ __all__ = [
     "convert",
     "dataset_zarr_files",
     "foreign_in_group",
-    "write_dataset_zarr",
     "write_image",
+    "write_zarr_files",
 ]
 
 _WRITE_CONFIG = {"array.write_empty_chunks": True}
@@ -141,14 +141,14 @@ def dataset_zarr_files(ds: xr.Dataset) -> dict[str, bytes]:
     return {key: buffer.to_bytes() for key, buffer in files.items()}
 
 
-def write_dataset_zarr(ds: xr.Dataset, path: Path) -> None:
-    """Write a small Dataset as a new zarr v3 store at ``path`` (checksummed, consolidated).
+def write_zarr_files(files: Mapping[str, bytes], path: Path) -> None:
+    """Write the files of a zarr store (:func:`dataset_zarr_files`) as a new store at ``path``.
 
-    The files are built in memory (:func:`dataset_zarr_files`) and written in one go
-    (0.12 s on disk instead of 0.2 s). ``path`` must not exist (it is normally inside
-    a temporary output folder).
+    Built in memory and written in one go (0.12 s on disk instead of 0.2 s for a
+    subject's results). ``path`` must not exist (it is normally inside a temporary
+    output folder).
     """
-    for key, data in dataset_zarr_files(ds).items():
+    for key, data in files.items():
         target = path / key
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +83,7 @@ __all__ = [
     "unpublish",
     "verify_study",
     "write_node",
+    "write_node_files",
 ]
 
 #: Root attribute marking a study store; its value is the format.
@@ -241,9 +242,16 @@ def write_node(
     Path
         The node's folder.
     """
+    return write_node_files(study, name, dataset_zarr_files(ds), attrs=attrs)
+
+
+def write_node_files(
+    study: PathOrURL, name: str, files: Mapping[str, bytes], *, attrs: dict | None = None
+) -> Location:
+    """:func:`write_node` from the Dataset's encoded files (:func:`dataset_zarr_files`)."""
     study = as_location(study)
     node = study / name
-    files = dataset_zarr_files(ds)
+    files = dict(files)
     group = json.loads(files.pop(_META))
     group["attributes"].update(
         {
@@ -414,7 +422,7 @@ class SubjectNode:
     def write(self, result: PipelineResult) -> Location:
         """Write the node from the subject's results (:meth:`PipelineResult.to_dataset`)."""
         attrs = {"subject": self.subject, FINGERPRINT_ATTR: self.fingerprint}
-        return write_node(self.study, self.name, result.to_dataset(), attrs=attrs)
+        return write_node_files(self.study, self.name, result.zarr_files(), attrs=attrs)
 
 
 class Study:

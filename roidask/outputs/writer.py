@@ -45,7 +45,7 @@ import numpy as np
 from roidask._atomic import OutputFolder
 from roidask.io.image import to_nifti
 from roidask.io.locations import Location, PathOrURL, S3Path, check_output, publish_folder
-from roidask.io.store_write import write_dataset_zarr
+from roidask.io.store_write import write_zarr_files
 from roidask.io.tables import write_folds_tsv, write_roi_table, write_signals_tsv
 from roidask.ops.rois import write_atlas
 from roidask.outputs.provenance import provenance_record, utc_now
@@ -127,7 +127,7 @@ def _write_maps(result: PipelineResult, tmp: Path) -> None:
 
 
 def _write_dataset(result: PipelineResult, tmp: Path) -> None:
-    write_dataset_zarr(result.to_dataset(), tmp / "results.zarr")
+    write_zarr_files(result.zarr_files(), tmp / "results.zarr")
 
 
 def write_results(
