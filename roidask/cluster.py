@@ -584,8 +584,11 @@ def _local_client(
     if host is not None and not _is_loopback(host):
         credentials = TLSCredentials.create(tempfile.gettempdir())
     # Worker processes fork from a server that has roidask imported (restarted
-    # workers too: the setting holds while the cluster lives).
+    # workers too: the setting holds while the cluster lives). A forked worker has the
+    # server's environment: its nanny hands it this process's, as a spawned one had it
+    # (credentials or settings changed since the server started).
     method = start_method() if processes else dask.config.get(_START_METHOD)
+    nanny_options = {"env": dict(os.environ)} if method == "forkserver" else {}
     try:
         with (
             dask.config.set({_START_METHOD: method}),
@@ -598,6 +601,7 @@ def _local_client(
                 security=credentials.security() if credentials else None,
                 dashboard_address=dashboard_address,
                 scheduler_kwargs={"dashboard": bool(dashboard)},
+                **nanny_options,
             ) as cluster,
             Client(cluster, set_as_default=True) as client,
         ):

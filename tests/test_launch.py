@@ -100,3 +100,13 @@ def test_batch_command_through_the_launcher_reports_bad_input(tmp_path):
     assert out.returncode == 2, out.stderr
     assert "missing.tsv" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_forked_workers_get_this_process_environment(monkeypatch):
+    """A forked worker has the server's environment; its nanny hands it the client's as it
+    is when the cluster starts (credentials set after the server started, say)."""
+    assert start_method() == "forkserver"  # the server is up before the variable is set
+    monkeypatch.setenv("ROIDASK_TEST_SETTING", "set-after-the-server-started")
+    with get_client(n_workers=1, threads_per_worker=1, memory_limit="1GiB") as client:
+        seen = client.run(lambda: os.environ.get("ROIDASK_TEST_SETTING"))
+    assert list(seen.values()) == ["set-after-the-server-started"]
