@@ -319,9 +319,8 @@ def _root_fragments(
             errors[name] = exc
             continue
         for key, meta in entries.items():
-            yield (b"" if first else b",") + json.dumps({key: meta}, separators=(",", ":"))[
-                1:-1
-            ].encode()
+            member = json.dumps({key: meta}, separators=(",", ":"))[1:-1]  # "key":{...}
+            yield (member if first else "," + member).encode()
             first = False
     yield b"}}}"
 
