@@ -50,7 +50,7 @@ def start_method() -> str:
     str
         ``"forkserver"`` (the server is running, with :data:`WORKER_MODULES`
         imported or being imported), or ``"spawn"`` where the platform has no
-        forkserver.
+        forkserver or it cannot be started.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return "spawn"
@@ -64,6 +64,8 @@ def start_method() -> str:
         os.environ.update({k: WORKER_ENVIRON[k] for k in changed})
         try:
             multiprocessing.forkserver.ensure_running()  # the server inherits os.environ
+        except OSError:  # no socket or process for it (a read-only /tmp, a process limit)
+            return "spawn"
         finally:
             for key, value in changed.items():
                 if value is None:

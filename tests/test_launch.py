@@ -110,3 +110,15 @@ def test_forked_workers_get_this_process_environment(monkeypatch):
     with get_client(n_workers=1, threads_per_worker=1, memory_limit="1GiB") as client:
         seen = client.run(lambda: os.environ.get("ROIDASK_TEST_SETTING"))
     assert list(seen.values()) == ["set-after-the-server-started"]
+
+
+def test_a_server_that_cannot_start_falls_back_to_spawn(monkeypatch):
+    import multiprocessing.forkserver
+
+    def refuse():
+        raise PermissionError(13, "Permission denied", "/tmp/pymp-xyz")
+
+    monkeypatch.setattr(multiprocessing.forkserver, "ensure_running", refuse)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert start_method() == "spawn"
+    assert "OMP_NUM_THREADS" not in os.environ
