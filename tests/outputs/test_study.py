@@ -132,6 +132,21 @@ def test_root_rewrite_holds_one_node_at_a_time(tmp_path, monkeypatch):
     tree = tree_of(st.path)
     xr.testing.assert_equal(tree["sub-40"].to_dataset(), small(40))
     xr.testing.assert_equal(tree["sub-39"].to_dataset(), small(39))
+    # opening the study again (a rerun) keeps none of the arrays' metadata of the root
+    hooks = []
+
+    def loads_root(text, *args, **kwargs):
+        if len(text) > 10 * node_bytes:
+            hooks.append(kwargs.get("object_pairs_hook"))
+        return real(text, *args, **kwargs)
+
+    monkeypatch.setattr(study_module.json, "loads", loads_root)
+    again = Study(st.path)
+    assert published(st.path) == sorted(again._listed)
+    monkeypatch.undo()
+    assert hooks and all(h is study_module._without_arrays for h in hooks), hooks
+    root = study_module._read_root(st.path, arrays=False)["consolidated_metadata"]["metadata"]
+    assert root["sub-07/v"] is None and root["sub-07"]["node_type"] == "group"
 
 
 def test_verify_study_finds_damage(tmp_path):
