@@ -13,7 +13,11 @@ The server is a fresh interpreter (not a fork of the client, whose threads and
 runtimes would not survive a fork). It gets distributed's pre-spawn environment
 (``distributed.nanny.pre-spawn-environ``: one BLAS thread, the hash seed), which
 its workers inherit, since a forked worker never re-reads the environment.
-Where ``forkserver`` is not available (Windows), workers are spawned as before.
+Where ``forkserver`` is not available (Windows) or cannot start, workers are
+spawned as before; ``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn``
+chooses that. Settings of distributed's ``pre-spawn-environ`` other than these
+defaults must be environment variables (the server starts before dask's
+configuration is read).
 
 Standard library only: the launcher imports this before anything heavy.
 """
@@ -25,7 +29,7 @@ import multiprocessing.forkserver
 import os
 import threading
 
-__all__ = ["WORKER_ENVIRON", "WORKER_MODULES", "start_method"]
+__all__ = ["CHOICE_VARIABLE", "WORKER_ENVIRON", "WORKER_MODULES", "start_method"]
 
 #: Modules the forkserver imports once for all workers: a worker of a batch runs
 #: subject tasks (roidask.batch imports the whole engine) under distributed.
@@ -39,6 +43,9 @@ WORKER_ENVIRON = {
     "OPENBLAS_NUM_THREADS": "1",
     "PYTHONHASHSEED": "6640",
 }
+#: distributed's setting of the start method, as an environment variable: set, it
+#: wins (e.g. ``spawn``: every worker a fresh interpreter, as distributed does).
+CHOICE_VARIABLE = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
 _LOCK = threading.Lock()
 
 
@@ -49,9 +56,13 @@ def start_method() -> str:
     -------
     str
         ``"forkserver"`` (the server is running, with :data:`WORKER_MODULES`
-        imported or being imported), or ``"spawn"`` where the platform has no
-        forkserver or it cannot be started.
+        imported or being imported); ``"spawn"`` where the platform has no
+        forkserver or it cannot be started; the method named by
+        :data:`CHOICE_VARIABLE` if it is set to another one.
     """
+    chosen = os.environ.get(CHOICE_VARIABLE)
+    if chosen and chosen != "forkserver":  # the user's choice (distributed's own setting)
+        return chosen
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return "spawn"
     with _LOCK:

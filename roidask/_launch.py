@@ -27,10 +27,14 @@ def starts_embedded_workers(argv: Sequence[str]) -> bool:
         return False
     scheduler = "local"
     for i, arg in enumerate(argv):
-        if arg == "--scheduler" and i + 1 < len(argv):
+        option, has_value, value = arg.partition("=")
+        # argparse takes any unambiguous prefix: --sch, --sched, ... (--s is ambiguous)
+        if len(option) < len("--sch") or not "--scheduler".startswith(option):
+            continue
+        if has_value:
+            scheduler = value
+        elif i + 1 < len(argv):
             scheduler = argv[i + 1]
-        elif arg.startswith("--scheduler="):
-            scheduler = arg.split("=", 1)[1]
     return scheduler == "local"
 
 

@@ -588,7 +588,7 @@ def _local_client(
     # server's environment: its nanny hands it this process's, as a spawned one had it
     # (credentials or settings changed since the server started).
     method = start_method() if processes else dask.config.get(_START_METHOD)
-    nanny_options = {"env": dict(os.environ)} if method == "forkserver" else {}
+    nanny_options = {"env": dict(os.environ)} if processes and method == "forkserver" else {}
     try:
         with (
             dask.config.set({_START_METHOD: method}),

@@ -179,3 +179,7 @@ class EventsWarning(RoidaskWarning):
 
 class UnverifiedStoreWarning(RoidaskWarning):
     """A store was written without chunk checksums: damage cannot be detected."""
+
+
+class StudyNodeWarning(RoidaskWarning):
+    """A published node of a study store is no longer whole: it is no longer listed."""

@@ -9,9 +9,10 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 
+import dask
 import pytest
 
-from roidask._forkserver import WORKER_ENVIRON, WORKER_MODULES, start_method
+from roidask._forkserver import CHOICE_VARIABLE, WORKER_ENVIRON, WORKER_MODULES, start_method
 from roidask._launch import starts_embedded_workers
 from roidask.cluster import get_client
 
@@ -32,6 +33,9 @@ def test_console_script_is_the_launcher():
         (["batch", "m.tsv", "--scheduler=local"], True),
         (["batch", "m.tsv", "--scheduler", "tcp://10.0.0.1:8786"], False),
         (["group", "s", "--scheduler=tls://host:8786"], False),
+        (["batch", "m.tsv", "--sched", "tcp://10.0.0.1:8786"], False),  # argparse prefixes
+        (["batch", "m.tsv", "--sch=tcp://10.0.0.1:8786"], False),
+        (["batch", "m.tsv", "--seed", "3"], True),  # not --scheduler
         (["batch", "--help"], False),
         (["run", "bold.nii.gz", "--scheduler", "local"], False),  # threads of this process
         (["convert", "bold.nii.gz"], False),
@@ -122,3 +126,18 @@ def test_a_server_that_cannot_start_falls_back_to_spawn(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert start_method() == "spawn"
     assert "OMP_NUM_THREADS" not in os.environ
+
+
+def test_the_users_start_method_wins(monkeypatch):
+    monkeypatch.setenv(CHOICE_VARIABLE, "spawn")
+    assert start_method() == "spawn"
+    with get_client(n_workers=1, threads_per_worker=1, memory_limit="1GiB") as client:
+        (modules,) = client.run(lambda: "roidask.batch" in __import__("sys").modules).values()
+    assert modules is False  # a fresh interpreter: nothing imported before a task
+
+
+def test_threaded_workers_ignore_the_forkserver_setting():
+    """Workers in this process's threads take no nanny options (a TypeError before)."""
+    with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
+        with get_client(processes=False, n_workers=1, threads_per_worker=1) as client:
+            assert client.submit(sum, [1, 2]).result(timeout=10) == 3

@@ -35,7 +35,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Mapping
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +46,7 @@ from typing import Any
 import xarray as xr
 
 from roidask._atomic import atomic_file, clean_stale
-from roidask.exceptions import OutputError, StoreError
+from roidask.exceptions import OutputError, StoreError, StudyNodeWarning
 from roidask.io.locations import (
     Location,
     PathOrURL,
@@ -288,9 +290,22 @@ def write_node_files(
 
 # -- publishing (the batch driver only) --------------------------------------------------------
 def _node_entries(study: Location, name: str, fingerprint: str | None) -> dict[str, dict]:
-    """Root consolidated-metadata entries of a complete node (its own ``zarr.json``)."""
+    """Root consolidated-metadata entries of a complete node (its own ``zarr.json``).
+
+    Raises StoreError if the node is not complete (no ``zarr.json``, not marked
+    complete, damaged) or has another fingerprint; an OSError if its metadata could
+    not be read (which says nothing about the node).
+    """
     node_json = study / name / _META
-    node = _read_json(node_json, f"node {name!r}") if node_json.is_file() else {}
+    node: Any = {}
+    try:
+        node = json.loads(node_json.read_text())
+    except FileNotFoundError:
+        pass
+    except ValueError as exc:  # UnicodeDecodeError included
+        raise StoreError(f"study {study}: node {name!r} has damaged metadata ({exc})") from None
+    if not isinstance(node, dict) or (node and node.get("zarr_format") != 3):
+        raise StoreError(f"study {study}: node {name!r}: not zarr v3 metadata")
     attrs = node.get("attributes") or {}
     if attrs.get(COMPLETE_ATTR) is not True:
         raise StoreError(f"study {study}: node {name!r} is not complete; it cannot be published")
@@ -308,26 +323,64 @@ def _node_entries(study: Location, name: str, fingerprint: str | None) -> dict[s
     return entries
 
 
+#: Nodes whose metadata is read at once from object storage (a window, in order).
+_S3_READ_WINDOW = 16
+
+
+def _entries_in_order(
+    study: Location, nodes: dict[str, str | None]
+) -> Iterator[tuple[str, dict | Exception]]:
+    """``(name, entries or the exception)`` for each node, in name order; from S3 a
+    window of nodes is read concurrently (a GET each), from disk one after another."""
+    names = sorted(nodes)
+
+    def entries(name: str) -> dict | Exception:
+        try:
+            return _node_entries(study, name, nodes[name])
+        except (StoreError, OSError) as exc:
+            return exc
+
+    if not isinstance(study, S3Path):
+        yield from ((name, entries(name)) for name in names)
+        return
+    with ThreadPoolExecutor(_S3_READ_WINDOW, thread_name_prefix="roidask-get") as pool:
+        window: deque = deque()
+        for name in names:
+            window.append((name, pool.submit(entries, name)))
+            if len(window) >= _S3_READ_WINDOW:
+                first, done = window.popleft()
+                yield first, done.result()
+        while window:
+            first, done = window.popleft()
+            yield first, done.result()
+
+
 def _root_fragments(
-    study: Location, attributes: dict, nodes: dict[str, str | None], errors: dict
+    study: Location,
+    attributes: dict,
+    listed: Iterable[str],
+    pending: dict[str, str | None],
+    errors: dict,
 ) -> Iterator[bytes]:
-    """The root ``zarr.json`` listing ``nodes``, one node's entries at a time.
+    """The root ``zarr.json`` listing the ``listed`` nodes and the ``pending`` ones.
 
     Each node's entries are rebuilt from its own ``zarr.json`` (not kept from the
     previous root), so rewriting the root of a study of thousands of subjects holds
-    one node's metadata in memory, not all of them. A node that cannot be listed
-    (not complete, or not the expected fingerprint) is left out and its error put
-    in ``errors``.
+    one node's metadata in memory, not all of them. A pending node that cannot be
+    listed (not complete, another fingerprint, unreadable) is left out, its error put
+    in ``errors``; so is a listed node that is no longer complete. A listed node whose
+    metadata cannot be read raises the OSError: the root must not lose it.
     """
+    nodes: dict[str, str | None] = {**dict.fromkeys(listed), **pending}
     head = {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
     yield json.dumps(head, separators=(",", ":"))[:-1].encode()
     yield b',"consolidated_metadata":{"kind":"inline","must_understand":false,"metadata":{'
     first = True
-    for name in sorted(nodes):
-        try:
-            entries = _node_entries(study, name, nodes[name])
-        except StoreError as exc:
-            errors[name] = exc
+    for name, entries in _entries_in_order(study, nodes):
+        if isinstance(entries, Exception):
+            if name not in pending and not isinstance(entries, StoreError):
+                raise entries
+            errors[name] = entries
             continue
         for key, meta in entries.items():
             member = json.dumps({key: meta}, separators=(",", ":"))[1:-1]  # "key":{...}
@@ -337,21 +390,28 @@ def _root_fragments(
 
 
 def _rewrite_root(
-    study: Location, attributes: dict, nodes: dict[str, str | None]
-) -> dict[str, StoreError]:
-    """Replace the root ``zarr.json`` (atomically) by one that lists ``nodes``.
+    study: Location,
+    attributes: dict,
+    listed: Iterable[str],
+    pending: dict[str, str | None] | None = None,
+) -> dict[str, Exception]:
+    """Replace the root ``zarr.json`` (atomically) by one that lists the ``listed`` nodes
+    and the ``pending`` ones (name -> expected fingerprint, None: any).
 
-    ``nodes`` maps every node to list to its expected fingerprint (None: any).
-    Returns the nodes left out and why.
+    Returns the nodes left out and why. Raises (the root left as it was) if a listed
+    node's metadata cannot be read.
     """
-    errors: dict[str, StoreError] = {}
-    fragments = _root_fragments(study, attributes, nodes, errors)
+    errors: dict[str, Exception] = {}
+    fragments = _root_fragments(study, attributes, listed, pending or {}, errors)
     if isinstance(study, S3Path):  # one PUT
         write_file(study / _META, b"".join(fragments))
     else:  # streamed into a temporary sibling, renamed over the root
         with atomic_file(study / _META) as tmp, tmp.open("wb") as out:
             for fragment in fragments:
                 out.write(fragment)
+    for name, exc in errors.items():
+        if pending is None or name not in pending:
+            warnings.warn(f"{exc}; it is no longer listed", StudyNodeWarning, stacklevel=3)
     return errors
 
 
@@ -378,16 +438,20 @@ def publish_many(study: PathOrURL, nodes: dict[str, str | None]) -> dict[str, St
     """
     study = as_location(study)
     attributes, listed = _root_state(study)
-    errors = {}
+    errors: dict[str, StoreError] = {}
     for name, fingerprint in nodes.items():  # checked first: no rewrite if none is complete
         try:
             _node_entries(study, name, fingerprint)
         except StoreError as exc:
             errors[name] = exc
-    if set(nodes) - set(errors):
-        wanted: dict[str, str | None] = dict.fromkeys(listed)
-        wanted.update({k: v for k, v in nodes.items() if k not in errors})
-        errors.update(_rewrite_root(study, attributes, wanted))
+    ready = {k: v for k, v in nodes.items() if k not in errors}
+    if ready:
+        failed = _rewrite_root(study, attributes, set(listed) - set(ready), ready)
+        for name, problem in failed.items():
+            if name in nodes:
+                errors[name] = (
+                    problem if isinstance(problem, StoreError) else StoreError(str(problem))
+                )
     return {k: errors[k] for k in nodes if k in errors}
 
 
@@ -412,7 +476,7 @@ def unpublish(study: PathOrURL, name: str) -> bool:
     attributes, listed = _root_state(study)
     if name not in listed:
         return False
-    _rewrite_root(study, attributes, dict.fromkeys(n for n in listed if n != name))
+    _rewrite_root(study, attributes, [n for n in listed if n != name])
     return True
 
 
@@ -496,10 +560,15 @@ class Study:
             start = time.perf_counter()
             errors: dict[str, Exception]
             try:
-                wanted: dict[str, str | None] = dict.fromkeys(self._listed - set(pending))
-                errors = dict(_rewrite_root(self.path, self._attributes, {**wanted, **pending}))
-            except (StoreError, OSError) as exc:  # the root itself: none is published
-                errors = dict.fromkeys(pending, exc)
+                errors = _rewrite_root(
+                    self.path, self._attributes, self._listed - set(pending), pending
+                )
+            except (StoreError, OSError) as exc:  # the root left as it was
+                if not force:  # published at a later flush
+                    self._pending = {**pending, **self._pending}
+                    errors = {}
+                else:
+                    errors = dict.fromkeys(pending, exc)
             else:
                 self._listed = (self._listed | set(pending)) - set(errors)
             self._cost_s = time.perf_counter() - start
@@ -512,9 +581,9 @@ class Study:
             self._pending.pop(name, None)
             if name not in self._listed:
                 return False
-            self._listed.discard(name)
-            dropped = _rewrite_root(self.path, self._attributes, dict.fromkeys(self._listed))
-            self._listed -= set(dropped)
+            others = self._listed - {name}
+            dropped = _rewrite_root(self.path, self._attributes, others)  # raises: still listed
+            self._listed = others - set(dropped)
             return True
 
     def write_group(self, ds: xr.Dataset, *, attrs: dict | None = None) -> None:

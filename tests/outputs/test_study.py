@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import helpers.s3 as s3_helpers
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ from helpers.files import write_manifest
 from helpers.results import assert_matches_outputs, assert_results_schema, run_plain_reader, schema
 
 from roidask.batch import SubjectSpec, run_batch
-from roidask.exceptions import EmptyMaskWarning, OutputError, StoreError
+from roidask.exceptions import EmptyMaskWarning, OutputError, StoreError, StudyNodeWarning
 from roidask.outputs.study import (
     FINGERPRINT_ATTR,
     STUDY_ATTR,
@@ -41,6 +42,10 @@ from roidask.outputs.study import (
 )
 
 pytestmark = pytest.mark.timeout(180)
+
+# one moto server for this module's S3 test
+s3_server = s3_helpers.s3_server
+s3_bucket = s3_helpers.s3_bucket
 
 ROIDASK = Path(sys.executable).with_name("roidask")
 SHAPE = (16, 20, 12)
@@ -147,6 +152,69 @@ def test_root_rewrite_holds_one_node_at_a_time(tmp_path, monkeypatch):
     assert hooks and all(h is study_module._without_arrays for h in hooks), hooks
     root = study_module._read_root(st.path, arrays=False)["consolidated_metadata"]["metadata"]
     assert root["sub-07/v"] is None and root["sub-07"]["node_type"] == "group"
+
+
+def test_a_published_node_that_cannot_be_read_stays_listed(tmp_path, monkeypatch):
+    """A read error on a published node says nothing about it: the root is left as it
+    was (pending nodes wait for a later rewrite, a failed unpublish can be retried);
+    a published node that is no longer complete is dropped, with a warning."""
+    from roidask.outputs import study as study_module
+
+    st = Study(tmp_path / "study.zarr")
+    for name in ("sub-01", "sub-02"):
+        write_node(st.path, name, small(int(name[-1])))
+        st.publish(name)
+    write_node(st.path, "sub-03", small(3))
+    real = study_module._node_entries
+
+    def flaky(study, name, fingerprint):
+        if name == "sub-01":
+            raise OSError(5, "Input/output error", str(study / name / "zarr.json"))
+        return real(study, name, fingerprint)
+
+    monkeypatch.setattr(study_module, "_node_entries", flaky)
+    monkeypatch.setattr(Study, "interval_s", 0.0)
+    st.publish_later("sub-03")
+    assert st.flush() == {}  # not now: kept for a later rewrite
+    assert st.is_published("sub-03") and published(st.path) == ["sub-01", "sub-02"]
+    with pytest.raises(OSError, match="Input/output error"):
+        st.unpublish("sub-02")
+    assert published(st.path) == ["sub-01", "sub-02"] and st.is_published("sub-02")
+    errors = st.flush(force=True)  # the batch's last flush reports it
+    assert list(errors) == ["sub-03"] and isinstance(errors["sub-03"], OSError)
+    monkeypatch.undo()
+    assert st.unpublish("sub-02") is True  # retried
+    st.publish("sub-03")
+    assert published(st.path) == ["sub-01", "sub-03"]
+    (st.path / "sub-01" / "zarr.json").unlink()
+    write_node(st.path, "sub-04", small(4))
+    with pytest.warns(StudyNodeWarning, match="'sub-01' is not complete.*no longer listed"):
+        st.publish("sub-04")
+    assert published(st.path) == ["sub-03", "sub-04"]
+    xr.testing.assert_equal(tree_of(st.path)["sub-04"].to_dataset(), small(4))
+
+
+def test_rewrites_read_each_node_once_from_s3(s3_bucket, monkeypatch):
+    """On S3 a rewrite reads each listed node's zarr.json with one GET (no HEAD first),
+    a window of them at once, and lists them in order."""
+    from roidask.io.locations import S3Path
+
+    st = Study(f"{s3_bucket}/study.zarr")
+    names = [f"sub-{i:02d}" for i in range(20)]
+    for i, name in enumerate(names):
+        write_node(st.path, name, small(i))
+        st.publish_later(name)
+    assert st.flush(force=True) == {}
+    heads, gets = [], []
+    real_get = S3Path.read_bytes
+    monkeypatch.setattr(S3Path, "is_file", lambda self: heads.append(self.key) or True)
+    monkeypatch.setattr(S3Path, "read_bytes", lambda self: gets.append(self.key) or real_get(self))
+    assert st.unpublish("sub-05") is True
+    monkeypatch.undo()
+    kept = [n for n in names if n != "sub-05"]
+    assert heads == []
+    assert sorted(gets) == sorted(f"study.zarr/{n}/zarr.json" for n in kept)
+    assert published(st.path) == kept
 
 
 def test_verify_study_finds_damage(tmp_path):
@@ -344,9 +412,9 @@ def test_finished_subjects_are_published_together(dataset, tmp_path, monkeypatch
     rewrites = []
     real = study_module._rewrite_root
 
-    def rewrite_root(path, attributes, nodes):
-        rewrites.append(sorted(nodes))
-        return real(path, attributes, nodes)
+    def rewrite_root(path, attributes, listed, pending=None):
+        rewrites.append(sorted({*listed, *(pending or {})}))
+        return real(path, attributes, listed, pending)
 
     monkeypatch.setattr(study_module, "_rewrite_root", rewrite_root)
     monkeypatch.setattr(Study, "interval_s", 1e6)  # only the batch's final flush publishes
