@@ -11,13 +11,15 @@ core while the client's run on another.
 
 The server is a fresh interpreter (not a fork of the client, whose threads and
 runtimes would not survive a fork). It gets distributed's pre-spawn environment
-(``distributed.nanny.pre-spawn-environ``: one BLAS thread, the hash seed), which
-its workers inherit, since a forked worker never re-reads the environment.
+(``distributed.nanny.pre-spawn-environ``: one BLAS thread, the hash seed): the
+libraries read them when the server imports them, and its workers inherit that
+state; each worker then gets the client's current environment from its nanny.
 Where ``forkserver`` is not available (Windows) or cannot start, workers are
 spawned as before; ``DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD=spawn``
 chooses that. Settings of distributed's ``pre-spawn-environ`` other than these
 defaults must be environment variables (the server starts before dask's
-configuration is read).
+configuration is read). If the server dies, distributed restarts every worker (their
+tasks are redone) from a new server that has only distributed's own preload list.
 
 Standard library only: the launcher imports this before anything heavy.
 """
