@@ -328,6 +328,7 @@ class _Job:
     inputs: list[dict] | None = None
     study: Location | None = None  # the study store the subject's node goes to
     published: bool = False  # the study lists the node: to rewrite it, hand it back first
+    batch_id: str = ""  # recorded in provenance.json: outputs this batch wrote are its own
 
 
 def _row(spec: SubjectSpec, out: Location, **values) -> dict:
@@ -398,7 +399,10 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
                 digest, inputs = fingerprint(spec, job.params)
             if _is_complete(out, digest) and _node_complete(job, digest):
                 prov = json.loads((out / "provenance.json").read_text())
-                row.update(status="skipped", n_rois=prov.get("n_rois", ""), _digest=digest)
+                # written by this batch: a run on a worker lost before it reported
+                ours = bool(job.batch_id) and prov.get("batch_id") == job.batch_id
+                status = "done" if ours else "skipped"
+                row.update(status=status, n_rois=prov.get("n_rois", ""), _digest=digest)
                 return row
         plan = _subject_plan(spec, job.budget, job.params)
         if job.fit_only and plan != _DEFAULT_PLAN:
@@ -412,7 +416,12 @@ def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
         node = None
         if job.study is not None:
             node = SubjectNode(job.study, out.name, spec.subject, digest)
-        extra: dict = {"fingerprint": digest, "subject": spec.subject, "scheduler": job.scheduler}
+        extra: dict = {
+            "fingerprint": digest,
+            "subject": spec.subject,
+            "scheduler": job.scheduler,
+            "batch_id": job.batch_id,
+        }
         subject_chunks = job.chunks if job.chunks is not None else plan.chunks
         if job.chunks is None and plan.chunks is not None:
             extra["chunks"] = plan.chunks
@@ -770,6 +779,7 @@ class _Batch:
         self.pool: ThreadPoolExecutor | None = None
         self.open_files = OpenFiles()
         self.token = uuid.uuid4().hex[:8]
+        self.batch_id = uuid.uuid4().hex  # in each subject's provenance.json
 
     def job(self, spec: SubjectSpec, **values) -> _Job:
         if self.cluster is None:
@@ -784,6 +794,7 @@ class _Batch:
             plots=self.plots,
             budget=self.cluster.budget if self.cluster is not None else None,
             scheduler=scheduler,
+            batch_id=self.batch_id,
             **{
                 "study": self.study.path if self.study is not None else None,
                 "published": self.study is not None and self.study.is_published(spec.out_name),

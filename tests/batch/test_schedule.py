@@ -54,6 +54,7 @@ VOLATILE = {
     "peak_rss_bytes",
     "scheduler",
     "fingerprint",
+    "batch_id",
     "subject",
     "chunks",
     "started_utc",
@@ -828,3 +829,24 @@ def test_run_batch_checks_every_input_file_first(tmp_path):
     with pytest.raises(UnreadableFileError, match=r"subject '02': mask .*mask\.nii\.gz: no such"):
         run_batch([good, bad], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_subject_written_by_a_lost_worker_is_done_not_skipped(haxby, tmp_path):
+    """A worker can die after writing a subject and before reporting it: the subject's
+    task runs again elsewhere, finds outputs this batch wrote, and reports them done
+    (a subject complete from an earlier batch is skipped)."""
+    from roidask.batch.schedule import _Job, _run_one
+    from roidask.pipeline import PipelineParams
+
+    (spec,) = tiny_specs(haxby, tmp_path / "data", 1)
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / spec.out_name
+    job = _Job(spec=spec, out=out, params=PipelineParams(), chunks=None, plots=False,
+               budget=None, scheduler="test", batch_id="batch-1")  # fmt: skip
+    assert _run_one(job)["status"] == "done"
+    prov = json.loads((job.out / "provenance.json").read_text())
+    assert prov["batch_id"] == "batch-1"
+    assert _run_one(job)["status"] == "done"  # the task again, same batch
+    later = _Job(**{**job.__dict__, "batch_id": "batch-2"})
+    assert _run_one(later)["status"] == "skipped"  # another batch
+    assert json.loads((job.out / "provenance.json").read_text()) == prov  # not rewritten
