@@ -439,7 +439,8 @@ def publish_many(study: PathOrURL, nodes: dict[str, str | None]) -> dict[str, St
     study = as_location(study)
     attributes, listed = _root_state(study)
     errors: dict[str, StoreError] = {}
-    for name, fingerprint in nodes.items():  # checked first: no rewrite if none is complete
+    # checked first: a node that fails stays as the root lists it (published or not)
+    for name, fingerprint in nodes.items():
         try:
             _node_entries(study, name, fingerprint)
         except StoreError as exc:
