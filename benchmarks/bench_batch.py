@@ -22,6 +22,10 @@ Sections (all by default):
   (``(T - sum(task wall) / threads) / N``) and the CPU time of the client process
   (which holds the scheduler) per subject; target < 50 ms. Also the client's and
   the workers' RSS after 10 %, 50 % and 100 % of the subjects (flat).
+* ``rerun``: ``--rerun`` tiny subjects (default 300) through ``run_batch``, then
+  again with the same parameters (every subject skipped), then with another
+  threshold (every subject's study node hidden, then rewritten): the wall time of
+  each and how often (and how long) the study's root ``zarr.json`` was rewritten.
 * ``table``: ``roidask batch`` of 1, 2, 4, 8 of the generated subjects: wall,
   wall per subject and the largest worker RSS (the largest child process).
 
@@ -168,10 +172,9 @@ def ratio(rounds, num, den, field: int = 0) -> str:
 # --------------------------------------------------------------------------- tiny
 
 
-def tiny_driver(n: int, root: Path) -> None:
-    """Child process: ``n`` tiny subjects through run_batch; prints one JSON line."""
-    from roidask.batch import SubjectSpec, run_batch
-    from roidask.cluster import get_client
+def tiny_specs(n: int, root: Path) -> list:
+    """``n`` subjects made of symbolic links to the bundled Haxby slice."""
+    from roidask.batch import SubjectSpec
     from roidask.datasets import haxby_slice
 
     haxby = haxby_slice()
@@ -183,6 +186,15 @@ def tiny_driver(n: int, root: Path) -> None:
         for link, src in zip(links, (haxby.bold, haxby.labels, haxby.mask), strict=True):
             link.symlink_to(src)
         specs.append(SubjectSpec(d.name, (links[0],), (links[1],), links[2]))
+    return specs
+
+
+def tiny_driver(n: int, root: Path) -> None:
+    """Child process: ``n`` tiny subjects through run_batch; prints one JSON line."""
+    from roidask.batch import run_batch
+    from roidask.cluster import get_client
+
+    specs = tiny_specs(n, root)
     me = psutil.Process()
     marks = {round(n * f) for f in (0.1, 0.5, 1.0)}
     warm = max(1, n // 10)  # subjects of the warm-up (workers import roidask meanwhile)
@@ -264,6 +276,64 @@ def section_tiny(args, work: Path) -> None:
               f"{v['worker']:.0f} MB |")  # fmt: skip
 
 
+# --------------------------------------------------------------------------- rerun
+
+
+def rerun_driver(n: int, root: Path) -> None:
+    """Child process: ``n`` tiny subjects, run, rerun, rerun with another threshold;
+    prints one JSON line per run (wall, root rewrites, their time, those hiding nodes)."""
+    import roidask.outputs.study as study_module
+    from roidask.batch import run_batch
+    from roidask.cluster import get_client
+    from roidask.pipeline import PipelineParams
+
+    specs = tiny_specs(n, root)
+    counts = {"rewrites": 0, "rewrite_s": 0.0, "hiding": 0}
+    real = study_module._rewrite_root
+
+    def rewrite_root(path, attributes, listed, pending=None):  # counted
+        start = time.perf_counter()
+        try:
+            return real(path, attributes, listed, pending)
+        finally:
+            counts["rewrites"] += 1
+            counts["rewrite_s"] += time.perf_counter() - start
+            counts["hiding"] += not pending
+
+    study_module._rewrite_root = rewrite_root
+    runs = [("first run", PipelineParams()), ("same parameters", PipelineParams()),
+            ("another threshold", PipelineParams(threshold=4.0))]  # fmt: skip
+    with get_client():
+        for what, params in runs:
+            counts.update(rewrites=0, rewrite_s=0.0, hiding=0)
+            start = time.perf_counter()
+            table = run_batch(specs, root / "out", plots=False, params=params)
+            wall_s = time.perf_counter() - start
+            statuses = table["status"].value_counts().to_dict()
+            print(json.dumps({"run": what, "wall_s": wall_s, **counts, "status": statuses}))
+            sys.stdout.flush()
+
+
+def section_rerun(args, work: Path) -> None:
+    root = work / "rerun"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--rerun-driver", str(args.rerun), str(root)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    shutil.rmtree(root, ignore_errors=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rerun driver failed:\n{proc.stderr[-3000:]}")
+    print(f"\n{args.rerun} tiny subjects (Haxby slice), run three times on the embedded cluster")
+    print("\n| run | wall s | statuses | root rewrites | of which only hiding | rewriting s |")
+    print("|---|---|---|---|---|---|")
+    for line in proc.stdout.strip().splitlines():
+        r = json.loads(line)
+        print(f"| {r['run']} | {r['wall_s']:.1f} | {r['status']} | {r['rewrites']} | "
+              f"{r['hiding']} | {r['rewrite_s']:.1f} |")  # fmt: skip
+
+
 # --------------------------------------------------------------------------- table
 
 
@@ -283,15 +353,17 @@ def section_table(args, work: Path) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--tiny-driver":
-        tiny_driver(int(sys.argv[2]), Path(sys.argv[3]))
+    if len(sys.argv) == 4 and sys.argv[1] in ("--tiny-driver", "--rerun-driver"):
+        driver = tiny_driver if sys.argv[1] == "--tiny-driver" else rerun_driver
+        driver(int(sys.argv[2]), Path(sys.argv[3]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--sections", nargs="+", default=["loop", "tiny", "table"],
-                        choices=["loop", "tiny", "table"])  # fmt: skip
+                        choices=["loop", "tiny", "rerun", "table"])  # fmt: skip
     parser.add_argument("--subjects", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--tiny", type=int, default=1000)
+    parser.add_argument("--rerun", type=int, default=300)
     parser.add_argument("--shape", type=int, nargs=3, default=[40, 64, 64])
     parser.add_argument("--volumes", type=int, default=1452)
     parser.add_argument("--block", action="store_true", help="also --granularity block")
@@ -307,6 +379,8 @@ def main() -> int:
             section_loop(args, work)
         if "tiny" in args.sections:
             section_tiny(args, work)
+        if "rerun" in args.sections:
+            section_rerun(args, work)
         if "table" in args.sections:
             section_table(args, work)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")

@@ -36,7 +36,10 @@ readable and non-empty, and every existing output folder must be roidask's.
 Every subject's results also go into one study store, ``DIR/study.zarr``
 (:mod:`roidask.outputs.study`): the subject's run (on its worker) writes its node,
 this driver publishes it once complete; a published node that must be rewritten
-is unpublished by the driver first (the task hands the subject back to do so).
+is unpublished by the driver first (the task hands the subject back to do so). The
+root of the store is rewritten for groups of subjects, not for each: finished
+subjects are published together, and subjects handed back to be rewritten (a rerun
+with other parameters) are hidden together, then run again.
 
 Resume: a subject whose ``provenance.json`` records the same fingerprint
 (parameters and input checksums), and whose study node too, is skipped; the
@@ -774,7 +777,11 @@ class _Batch:
         else:
             self.limit = max_concurrent or max(1, min(len(specs), 8, max(2, threads)))
         self.block_threads = max_concurrent or max(1, min(8, max(2, threads)))
+        # subjects that can compute at once (fewer in flight: a worker thread is idle)
+        self.capacity = max(1, min(self.limit, threads)) if mode == "subject" else self.limit
         self.in_flight: dict = {}  # future -> spec
+        self.hiding: dict = {}  # node name -> (spec, kind, row): run again once hidden
+        self.ready: deque = deque()  # (spec, kind, row) hidden, to run again first
         self.kinds: dict = {}  # future -> "task" (on a worker) or "block" (driven from here)
         self.pool: ThreadPoolExecutor | None = None
         self.open_files = OpenFiles()
@@ -834,6 +841,8 @@ class _Batch:
             self.open_files.release(files)
 
     def submit_next(self) -> None:
+        while self.ready and len(self.in_flight) < self.limit:
+            self.resubmit(*self.ready.popleft(), hidden=True)
         while self.waiting and len(self.in_flight) < self.limit:
             spec = self.waiting.popleft()
             if self.mode == "subject":
@@ -854,12 +863,17 @@ class _Batch:
                 error=f"{type(exc).__name__}: {text}",
             )
 
-    def resubmit(self, spec: SubjectSpec, kind: str, row: dict) -> None:
-        """Submit again a subject handed back by its run (known fingerprint and inputs)."""
+    def resubmit(self, spec: SubjectSpec, kind: str, row: dict, *, hidden: bool = False) -> None:
+        """Submit again a subject handed back by its run (known fingerprint and inputs);
+        one whose published node is to be rewritten once the node is ``hidden``
+        (:meth:`publish` hides it and calls this again)."""
         values = {"digest": row["_digest"], "inputs": row["_inputs"]}
-        if row["status"] == _TO_UNPUBLISH:  # its published node is about to be rewritten
+        if row["status"] == _TO_UNPUBLISH:
             assert self.study is not None
-            self.study.unpublish(spec.out_name)
+            if not hidden:
+                self.study.unpublish_later(spec.out_name)
+                self.hiding[spec.out_name] = (spec, kind, row)
+                return
             values["published"] = False
         if row["status"] == _TO_BLOCK or kind == "block":  # does not fit a worker thread
             self.submit_block(self.job(spec, **values))
@@ -867,27 +881,48 @@ class _Batch:
             self.submit_task(spec, **values)
 
     def publish(self, row: dict | None, spec: SubjectSpec | None, *, force: bool = False) -> None:
-        """List a done or skipped subject's node in the study, with others finished meanwhile
-        (:meth:`roidask.outputs.study.Study.flush`); a node that cannot be published makes
-        its subject failed."""
+        """List a done or skipped subject's node in the study, with others finished meanwhile,
+        and hide the nodes of subjects handed back to be rewritten, in one rewrite of the
+        root (:meth:`roidask.outputs.study.Study.flush`); then run those subjects again. A
+        node that cannot be published or hidden makes its subject failed.
+
+        Nodes to hide wait for the next rewrite like nodes to publish, unless a worker
+        thread would have nothing to do meanwhile (or ``force``); their subjects then
+        run before the ones not yet submitted (:meth:`submit_next`).
+        """
         if self.study is None:
             return
         if row is not None and spec is not None and row["status"] in ("done", "skipped"):
             self.study.publish_later(spec.out_name, fingerprint=row["_digest"])
-        for name, exc in self.study.flush(force=force).items():
+        idle = bool(self.hiding) and not self.waiting and len(self.in_flight) < self.capacity
+        for name, exc in self.study.flush(force=force or idle).items():
+            error = f"{type(exc).__name__}: {exc}"
+            if name in self.hiding:  # not run again
+                spec, _, _ = self.hiding.pop(name)
+                failed = _row(spec, self.out_dir / spec.out_name, status="failed", error=error)
+                self.status.set(failed)
+                self.report.finished(failed)
+                continue
             failed = {**self.status.rows[self.subjects[name]], "status": "failed"}
-            failed["error"] = f"{type(exc).__name__}: {exc}"
+            failed["error"] = error
             self.status.set(failed)
             self.report.line(f"{failed['subject']}: failed ({failed['error']})")
+        for name in [n for n in self.hiding if not self.study.is_published(n)]:
+            self.ready.append(self.hiding.pop(name))
 
     def run(self) -> None:
         try:
             self.submit_next()
-            while self.in_flight:
+            while self.in_flight or self.hiding:
+                if not self.in_flight:  # only subjects to run again once hidden
+                    self.publish(None, None)
+                    self.submit_next()
+                    continue
                 try:
                     fut = self.events.get(timeout=STATUS_INTERVAL_S)
                 except queue.Empty:
                     self.publish(None, None)
+                    self.submit_next()
                     self.status.flush()
                     self.report.tick()
                     continue
@@ -897,6 +932,8 @@ class _Batch:
                 del fut  # a task's result is released on the cluster
                 if row["status"] in (_TO_BLOCK, _TO_UNPUBLISH):
                     self.resubmit(spec, kind, row)
+                    self.publish(None, None)  # hides nodes (to run again) when it is time
+                    self.submit_next()
                     continue
                 self.status.set(row)
                 self.publish(row, spec)  # may make it failed

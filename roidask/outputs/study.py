@@ -505,7 +505,8 @@ class Study:
 
     Thread-safe: the driver's subject threads share one instance, and every
     rewrite of the root ``zarr.json`` holds its lock. Subjects finishing one after
-    the other are published in groups (:meth:`publish_later`, :meth:`flush`): the
+    the other are published in groups (:meth:`publish_later`, :meth:`flush`), and the
+    nodes a rerun must rewrite are hidden in groups (:meth:`unpublish_later`): the
     root holds every published node's metadata, so rewriting it for each of
     thousands of subjects would cost time quadratic in their number.
     """
@@ -520,6 +521,7 @@ class Study:
         self._attributes = attributes
         self._listed = set(listed)  # as the root lists them (this driver's view)
         self._pending: dict[str, str | None] = {}
+        self._hiding: set[str] = set()  # listed nodes to hide at the next flush
         self._last = 0.0  # time.monotonic() of the last rewrite
         self._cost_s = 0.0  # how long the last rewrite took
 
@@ -547,39 +549,56 @@ class Study:
     def publish_later(self, name: str, *, fingerprint: str | None = None) -> None:
         """Publish node ``name`` at the next :meth:`flush`."""
         with self._lock:
+            self._hiding.discard(name)
             self._pending[name] = fingerprint
 
+    def unpublish_later(self, name: str) -> None:
+        """Hide node ``name`` at the next :meth:`flush` (it stays listed until then).
+
+        For a rerun whose parameters changed, where every subject's node must be
+        hidden before it is rewritten: hidden in groups, as finished subjects are
+        published, rather than with a rewrite of the root each (quadratic).
+        """
+        with self._lock:
+            self._pending.pop(name, None)
+            if name in self._listed:
+                self._hiding.add(name)
+
     def flush(self, *, force: bool = False) -> dict[str, Exception]:
-        """Publish the pending nodes: if ``force``, or once :attr:`interval_s` (and ten times
-        the last rewrite's duration, so that rewriting stays a small share of the time) has
-        passed since the last rewrite. Returns the nodes that could not be published."""
+        """Publish the pending nodes and hide those to hide, in one rewrite of the root:
+        if ``force``, or once :attr:`interval_s` (and ten times the last rewrite's duration,
+        so that rewriting stays a small share of the time) has passed since the last
+        rewrite. Returns the nodes that could not be published or hidden, and why."""
         with self._lock:
             wait = max(self.interval_s, 10 * self._cost_s)
-            if not self._pending or (not force and time.monotonic() - self._last < wait):
+            to_do = self._pending or self._hiding
+            if not to_do or (not force and time.monotonic() - self._last < wait):
                 return {}
             pending, self._pending = self._pending, {}
+            hiding, self._hiding = self._hiding, set()
+            kept = self._listed - set(pending) - hiding
             start = time.perf_counter()
             errors: dict[str, Exception]
             try:
-                errors = _rewrite_root(
-                    self.path, self._attributes, self._listed - set(pending), pending
-                )
+                errors = _rewrite_root(self.path, self._attributes, kept, pending)
             except (StoreError, OSError) as exc:  # the root left as it was
-                if not force:  # published at a later flush
+                if not force:  # done at a later flush
                     self._pending = {**pending, **self._pending}
+                    self._hiding |= hiding
                     errors = {}
                 else:
-                    errors = dict.fromkeys(pending, exc)
+                    errors = dict.fromkeys([*pending, *hiding], exc)
             else:
-                self._listed = (self._listed | set(pending)) - set(errors)
+                self._listed = (kept | set(pending)) - set(errors)
             self._cost_s = time.perf_counter() - start
             self._last = time.monotonic()
-            return {k: v for k, v in errors.items() if k in pending}
+            return {k: v for k, v in errors.items() if k in pending or k in hiding}
 
     def unpublish(self, name: str) -> bool:
         """Hide node ``name`` now (before it is rewritten); True if it was published."""
         with self._lock:
             self._pending.pop(name, None)
+            self._hiding.discard(name)
             if name not in self._listed:
                 return False
             others = self._listed - {name}

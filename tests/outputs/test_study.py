@@ -194,6 +194,60 @@ def test_a_published_node_that_cannot_be_read_stays_listed(tmp_path, monkeypatch
     xr.testing.assert_equal(tree_of(st.path)["sub-04"].to_dataset(), small(4))
 
 
+def test_nodes_to_rewrite_are_hidden_together(tmp_path, monkeypatch):
+    """A rerun with other parameters rewrites every node: they are hidden in groups, with
+    the nodes published meanwhile, in one rewrite of the root each time (not one per
+    node: quadratic in a study of thousands); a node stays listed until then."""
+    from roidask.outputs import study as study_module
+
+    st = Study(tmp_path / "study.zarr")
+    for i in range(1, 5):
+        write_node(st.path, f"sub-0{i}", small(i))
+    for name in ("sub-01", "sub-02", "sub-03"):
+        st.publish(name)
+    rewrites = []
+    real = study_module._rewrite_root
+
+    def rewrite_root(path, attributes, listed, pending=None):
+        rewrites.append((sorted(listed), sorted(pending or {})))
+        return real(path, attributes, listed, pending)
+
+    monkeypatch.setattr(study_module, "_rewrite_root", rewrite_root)
+    monkeypatch.setattr(Study, "interval_s", 1e6)
+    st.unpublish_later("sub-01")
+    st.unpublish_later("sub-02")
+    st.unpublish_later("sub-09")  # never published: nothing to hide
+    st.publish_later("sub-04")
+    assert st.flush() == {} and rewrites == []  # within the interval: nothing yet
+    assert st.is_published("sub-01") and published(st.path) == ["sub-01", "sub-02", "sub-03"]
+    assert st.flush(force=True) == {}
+    assert rewrites == [(["sub-03"], ["sub-04"])]  # one rewrite: two hidden, one published
+    assert published(st.path) == ["sub-03", "sub-04"]
+    assert not st.is_published("sub-01") and not st.is_published("sub-09")
+    assert st.flush(force=True) == {} and len(rewrites) == 1  # nothing left to do
+    # publishing again cancels a hide
+    st.unpublish_later("sub-03")
+    st.publish_later("sub-03")
+    st.flush(force=True)
+    assert published(st.path) == ["sub-03", "sub-04"]
+
+    # a read error leaves the root as it was: kept for a later flush, reported if forced
+    real_entries = study_module._node_entries
+
+    def flaky(study, name, fingerprint):
+        if name == "sub-03":
+            raise OSError(5, "Input/output error", str(study / name / "zarr.json"))
+        return real_entries(study, name, fingerprint)
+
+    monkeypatch.setattr(study_module, "_node_entries", flaky)
+    monkeypatch.setattr(Study, "interval_s", 0.0)
+    st.unpublish_later("sub-04")
+    assert st.flush() == {} and st.is_published("sub-04")
+    errors = st.flush(force=True)
+    assert list(errors) == ["sub-04"] and isinstance(errors["sub-04"], OSError)
+    assert published(st.path) == ["sub-03", "sub-04"] and st.is_published("sub-04")
+
+
 def test_rewrites_read_each_node_once_from_s3(s3_bucket, monkeypatch):
     """On S3 a rewrite reads each listed node's zarr.json with one GET (no HEAD first),
     a window of them at once, and lists them in order."""
@@ -402,6 +456,64 @@ def test_a_published_node_is_hidden_while_it_is_rewritten(dataset, tmp_path, mon
     prov = json.loads((out / "sub-01" / "provenance.json").read_text())
     assert ds.attrs["threshold"] == 4.0 and ds.attrs[FINGERPRINT_ATTR] == prov["fingerprint"]
     assert "sub-02" in tree_of(study).children
+
+
+def test_a_rerun_hides_the_nodes_it_rewrites_together(dataset, tmp_path, monkeypatch):
+    """Other parameters for every subject: their nodes are hidden in groups before their
+    runs rewrite them, not each with its own rewrite of the root; a node that cannot be
+    hidden fails its subject (with the error), not the batch."""
+    from roidask.batch import schedule
+    from roidask.outputs import study as study_module
+    from roidask.pipeline import PipelineParams
+
+    specs = [s for s in dataset["specs"] if s.subject != "zero"]
+    subjects = ["sub-01", "sub-02", "sub-03"]
+    out = tmp_path / "batch"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"] * 3
+    study = out / "study.zarr"
+    hides, seen = [], []
+    real_rewrite, real_run = study_module._rewrite_root, schedule.run_subject
+
+    def rewrite_root(path, attributes, listed, pending=None):
+        hidden = set(published(path)) - {*listed, *(pending or {})}
+        if hidden:
+            hides.append(sorted(hidden))
+        return real_rewrite(path, attributes, listed, pending)
+
+    def run_subject(**kwargs):
+        seen.append((kwargs["out"].name, published(study)))
+        return real_run(**kwargs)
+
+    monkeypatch.setattr(study_module, "_rewrite_root", rewrite_root)
+    monkeypatch.setattr(schedule, "run_subject", run_subject)
+    monkeypatch.setattr(Study, "interval_s", 1e6)  # hidden only when a thread would idle
+    table = run_batch(specs, out, plots=False, params=PipelineParams(threshold=4.0))
+    assert table["status"].tolist() == ["done"] * 3
+    assert sorted(sum(hides, [])) == ["group", *subjects], hides
+    assert len([h for h in hides if h != ["group"]]) <= 2, hides  # not one per subject
+    assert sorted(name for name, _ in seen) == subjects
+    assert all(name not in listed for name, listed in seen)  # hidden while rewritten
+    assert sorted(tree_of(study).children) == ["group", *subjects]
+    assert all(tree_of(study)[name].attrs["threshold"] == 4.0 for name in subjects)
+
+    # the root cannot be rewritten (another node unreadable): the subject fails with the
+    # error and is not run; so does hiding the group node, at the end
+    real_entries = study_module._node_entries
+
+    def flaky(path, name, fingerprint):
+        if name == "sub-02":
+            raise OSError(5, "Input/output error", str(path / name / "zarr.json"))
+        return real_entries(path, name, fingerprint)
+
+    monkeypatch.setattr(study_module, "_node_entries", flaky)
+    seen.clear()
+    with pytest.raises(OSError, match="Input/output error"):
+        run_batch(specs[:1], out, plots=False, params=PipelineParams(threshold=4.5))
+    table = pd.read_csv(out / "batch.tsv", sep="\t", dtype=str, keep_default_na=False)
+    row = table.set_index("subject").loc["01"]
+    assert row["status"] == "failed" and "Input/output error" in row["error"], row.to_dict()
+    assert seen == []  # not run: its node could not be hidden
+    assert tree_of(study)["sub-01"].attrs["threshold"] == 4.0  # still listed, untouched
 
 
 def test_finished_subjects_are_published_together(dataset, tmp_path, monkeypatch):
