@@ -53,18 +53,22 @@ class SubjectSpec:
 
 
 def check_subject_files(specs: list[SubjectSpec]) -> None:
-    """Check that every input file of every subject exists, is readable and is not empty.
+    """Check that every input file of every subject exists, is readable and is not empty,
+    and that no two subjects share an output folder.
 
     Called before a batch writes anything; the contents are checked when each
     subject runs.
 
     Raises
     ------
+    ManifestError
+        Two subjects would write the same folder (``01`` and ``sub-01``).
     UnreadableFileError
         A file is missing, a folder, or not readable by this user.
     CorruptFileError
         A file is empty (0 bytes).
     """
+    _check_out_names(specs, "manifest")
     for spec in specs:
         columns = [("bold", p, "BOLD image") for p in spec.bold]
         columns += [("labels", p, "labels file") for p in spec.labels]
@@ -166,7 +170,7 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
     return specs
 
 
-def _check_out_names(specs: list[SubjectSpec], source: Location) -> None:
+def _check_out_names(specs: list[SubjectSpec], source: Location | str) -> None:
     """Two subjects must not share an output folder (``01`` and ``sub-01`` do)."""
     seen: dict[str, str] = {}
     for spec in specs:

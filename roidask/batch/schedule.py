@@ -136,6 +136,9 @@ STATUS_INTERVAL_S = 0.5
 _TO_BLOCK = "to-block"
 # Status of a row sent back by a subject whose published study node must be rewritten.
 _TO_UNPUBLISH = "to-unpublish"
+#: Tries to rewrite a study's root to hide nodes when nothing else is left to do,
+#: before their subjects fail (a rewrite that fails meanwhile is tried again later).
+HIDE_TRIES = 3
 _DEFAULT_PLAN = MemoryPlan(None, None)
 
 
@@ -880,7 +883,14 @@ class _Batch:
         else:
             self.submit_task(spec, **values)
 
-    def publish(self, row: dict | None, spec: SubjectSpec | None, *, force: bool = False) -> None:
+    def publish(
+        self,
+        row: dict | None,
+        spec: SubjectSpec | None,
+        *,
+        force: bool = False,
+        final: bool | None = None,
+    ) -> None:
         """List a done or skipped subject's node in the study, with others finished meanwhile,
         and hide the nodes of subjects handed back to be rewritten, in one rewrite of the
         root (:meth:`roidask.outputs.study.Study.flush`); then run those subjects again. A
@@ -888,14 +898,17 @@ class _Batch:
 
         Nodes to hide wait for the next rewrite like nodes to publish, unless a worker
         thread would have nothing to do meanwhile (or ``force``); their subjects then
-        run before the ones not yet submitted (:meth:`submit_next`).
+        run before the ones not yet submitted (:meth:`submit_next`). A root that cannot
+        be rewritten is tried again later, unless this is the ``final`` try (by default:
+        if ``force``), which fails the subjects.
         """
         if self.study is None:
             return
         if row is not None and spec is not None and row["status"] in ("done", "skipped"):
             self.study.publish_later(spec.out_name, fingerprint=row["_digest"])
         idle = bool(self.hiding) and not self.waiting and len(self.in_flight) < self.capacity
-        for name, exc in self.study.flush(force=force or idle).items():
+        final = force if final is None else final
+        for name, exc in self.study.flush(force=force or idle, final=final).items():
             error = f"{type(exc).__name__}: {exc}"
             if name in self.hiding:  # not run again
                 spec, _, _ = self.hiding.pop(name)
@@ -913,9 +926,15 @@ class _Batch:
     def run(self) -> None:
         try:
             self.submit_next()
+            stalled = 0  # tries to hide nodes with nothing else to do, the root not rewritten
             while self.in_flight or self.hiding:
                 if not self.in_flight:  # only subjects to run again once hidden
-                    self.publish(None, None)
+                    self.publish(None, None, final=stalled >= HIDE_TRIES - 1)
+                    if self.hiding and not self.ready and not self.waiting:  # not rewritten
+                        stalled += 1
+                        time.sleep(0.5 * stalled)
+                    else:
+                        stalled = 0
                     self.submit_next()
                     continue
                 try:
@@ -942,6 +961,10 @@ class _Batch:
                 self.submit_next()
             self.publish(None, None, force=True)
         finally:
+            if self.study is not None:  # interrupted: not run again, so left as they are
+                for name in self.hiding:
+                    self.study.cancel_unpublish(name)
+                self.hiding.clear()
             with contextlib.suppress(Exception):  # interrupted: what finished is published
                 self.publish(None, None, force=True)
             if self.in_flight:  # interrupted: stop what has not started

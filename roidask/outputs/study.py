@@ -564,11 +564,27 @@ class Study:
             if name in self._listed:
                 self._hiding.add(name)
 
-    def flush(self, *, force: bool = False) -> dict[str, Exception]:
+    def cancel_unpublish(self, name: str) -> None:
+        """Keep node ``name`` listed after all (an :meth:`unpublish_later` not yet done)."""
+        with self._lock:
+            self._hiding.discard(name)
+
+    def flush(self, *, force: bool = False, final: bool | None = None) -> dict[str, Exception]:
         """Publish the pending nodes and hide those to hide, in one rewrite of the root:
         if ``force``, or once :attr:`interval_s` (and ten times the last rewrite's duration,
         so that rewriting stays a small share of the time) has passed since the last
-        rewrite. Returns the nodes that could not be published or hidden, and why."""
+        rewrite.
+
+        If the root cannot be rewritten it is left as it was, and the nodes wait for a
+        later flush, unless this one is ``final`` (by default: if forced).
+
+        Returns
+        -------
+        dict
+            The nodes that could not be published (not complete, another fingerprint),
+            or, if ``final``, published or hidden, and why.
+        """
+        final = force if final is None else final
         with self._lock:
             wait = max(self.interval_s, 10 * self._cost_s)
             to_do = self._pending or self._hiding
@@ -582,12 +598,16 @@ class Study:
             try:
                 errors = _rewrite_root(self.path, self._attributes, kept, pending)
             except (StoreError, OSError) as exc:  # the root left as it was
-                if not force:  # done at a later flush
+                if not final:  # done at a later flush
                     self._pending = {**pending, **self._pending}
                     self._hiding |= hiding
                     errors = {}
                 else:
                     errors = dict.fromkeys([*pending, *hiding], exc)
+            except BaseException:  # interrupted: nothing done, nothing forgotten
+                self._pending = {**pending, **self._pending}
+                self._hiding |= hiding
+                raise
             else:
                 self._listed = (kept | set(pending)) - set(errors)
             self._cost_s = time.perf_counter() - start

@@ -818,7 +818,7 @@ def test_batch_folder_checks_write_nothing_and_keep_user_files(tmp_path):
 
 
 def test_run_batch_checks_every_input_file_first(tmp_path):
-    from roidask.exceptions import CorruptFileError, UnreadableFileError
+    from roidask.exceptions import CorruptFileError, ManifestError, UnreadableFileError
 
     good, bad = _spec(tmp_path / "a"), _spec(tmp_path / "b", "02")
     bad.labels[0].write_bytes(b"")
@@ -828,6 +828,10 @@ def test_run_batch_checks_every_input_file_first(tmp_path):
     bad.mask.unlink()
     with pytest.raises(UnreadableFileError, match=r"subject '02': mask .*mask\.nii\.gz: no such"):
         run_batch([good, bad], tmp_path / "out")
+    # two subjects of the Python API sharing an output folder (the manifest reader checks too)
+    twin = SubjectSpec("sub-01", good.bold, good.labels, good.mask)
+    with pytest.raises(ManifestError, match=r"'01' and 'sub-01' would both write sub-01/"):
+        run_batch([good, twin], tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -11,6 +11,7 @@ completes without computing a subject twice.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sys
@@ -213,7 +214,7 @@ def test_nodes_to_rewrite_are_hidden_together(tmp_path, monkeypatch):
         return real(path, attributes, listed, pending)
 
     monkeypatch.setattr(study_module, "_rewrite_root", rewrite_root)
-    monkeypatch.setattr(Study, "interval_s", 1e6)
+    monkeypatch.setattr(Study, "interval_s", math.inf)
     st.unpublish_later("sub-01")
     st.unpublish_later("sub-02")
     st.unpublish_later("sub-09")  # never published: nothing to hide
@@ -243,9 +244,26 @@ def test_nodes_to_rewrite_are_hidden_together(tmp_path, monkeypatch):
     monkeypatch.setattr(Study, "interval_s", 0.0)
     st.unpublish_later("sub-04")
     assert st.flush() == {} and st.is_published("sub-04")
+    assert st.flush(force=True, final=False) == {}  # now, but not the last chance
     errors = st.flush(force=True)
     assert list(errors) == ["sub-04"] and isinstance(errors["sub-04"], OSError)
     assert published(st.path) == ["sub-03", "sub-04"] and st.is_published("sub-04")
+
+    # interrupted mid-rewrite: nothing done and nothing forgotten
+    def interrupted(study, name, fingerprint):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_module, "_node_entries", interrupted)
+    st.unpublish_later("sub-04")
+    st.publish_later("sub-01")
+    with pytest.raises(KeyboardInterrupt):
+        st.flush(force=True)
+    monkeypatch.setattr(study_module, "_node_entries", real_entries)
+    assert st.flush(force=True) == {}
+    assert published(st.path) == ["sub-01", "sub-03"]
+    st.unpublish_later("sub-03")
+    st.cancel_unpublish("sub-03")  # after all
+    assert st.flush(force=True) == {} and published(st.path) == ["sub-01", "sub-03"]
 
 
 def test_rewrites_read_each_node_once_from_s3(s3_bucket, monkeypatch):
@@ -486,10 +504,10 @@ def test_a_rerun_hides_the_nodes_it_rewrites_together(dataset, tmp_path, monkeyp
 
     monkeypatch.setattr(study_module, "_rewrite_root", rewrite_root)
     monkeypatch.setattr(schedule, "run_subject", run_subject)
-    monkeypatch.setattr(Study, "interval_s", 1e6)  # hidden only when a thread would idle
+    monkeypatch.setattr(Study, "interval_s", math.inf)  # hidden only when a thread would idle
     table = run_batch(specs, out, plots=False, params=PipelineParams(threshold=4.0))
     assert table["status"].tolist() == ["done"] * 3
-    assert sorted(sum(hides, [])) == ["group", *subjects], hides
+    assert sorted(name for hidden in hides for name in hidden) == ["group", *subjects], hides
     assert len([h for h in hides if h != ["group"]]) <= 2, hides  # not one per subject
     assert sorted(name for name, _ in seen) == subjects
     assert all(name not in listed for name, listed in seen)  # hidden while rewritten
@@ -516,6 +534,34 @@ def test_a_rerun_hides_the_nodes_it_rewrites_together(dataset, tmp_path, monkeyp
     assert tree_of(study)["sub-01"].attrs["threshold"] == 4.0  # still listed, untouched
 
 
+def test_a_root_rewrite_that_fails_once_is_tried_again(dataset, tmp_path, monkeypatch):
+    """A rerun with other parameters: the rewrite of the root that would hide a node fails
+    once (a brief I/O error) while another subject waits to be published; both are done
+    at a later rewrite, and every subject is done."""
+    from roidask.outputs import study as study_module
+    from roidask.pipeline import PipelineParams
+
+    specs = [s for s in dataset["specs"] if s.subject != "zero"]
+    out = tmp_path / "batch"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"] * 3
+    real = study_module._rewrite_root
+    failed = []
+
+    def rewrite_root(path, attributes, listed, pending=None):
+        hidden = set(published(path)) - {*listed, *(pending or {})}
+        if hidden and not failed:
+            failed.append(sorted(hidden))
+            raise OSError(5, "Input/output error (brief)")
+        return real(path, attributes, listed, pending)
+
+    monkeypatch.setattr(study_module, "_rewrite_root", rewrite_root)
+    monkeypatch.setattr(Study, "interval_s", math.inf)  # rewrites only when a thread idles
+    table = run_batch(specs, out, plots=False, params=PipelineParams(threshold=4.0))
+    assert failed and table["status"].tolist() == ["done"] * 3, table.to_dict("records")
+    tree = tree_of(out / "study.zarr")
+    assert all(tree[f"sub-0{i}"].attrs["threshold"] == 4.0 for i in (1, 2, 3))
+
+
 def test_finished_subjects_are_published_together(dataset, tmp_path, monkeypatch):
     """The root holds every node's metadata: one rewrite per group of finished subjects,
     not per subject (quadratic in a study of thousands), each node checked."""
@@ -529,7 +575,7 @@ def test_finished_subjects_are_published_together(dataset, tmp_path, monkeypatch
         return real(path, attributes, listed, pending)
 
     monkeypatch.setattr(study_module, "_rewrite_root", rewrite_root)
-    monkeypatch.setattr(Study, "interval_s", 1e6)  # only the batch's final flush publishes
+    monkeypatch.setattr(Study, "interval_s", math.inf)  # only the batch's final flush publishes
     specs = [s for s in dataset["specs"] if s.subject != "zero"]
     out = tmp_path / "batch"
     assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"] * 3
