@@ -44,6 +44,7 @@ from roidask.exceptions import OutputError, OutputExistsError
 
 __all__ = [
     "MARKER",
+    "InputIndex",
     "OutputFolder",
     "atomic_file",
     "check_destination",
@@ -170,19 +171,59 @@ def _foreign_files(folder: Path, marker: dict) -> list[str]:
     return sorted(f for f in _files_of(folder) if f not in listed and not f.startswith(owned_dirs))
 
 
-def _inside(child: Path, parent: Path) -> bool:
-    try:
-        child.relative_to(parent)
-    except ValueError:
-        return False
-    return True
+class InputIndex:
+    """A command's inputs, indexed once to check outputs against: an output must not be
+    an input, contain one or lie inside one.
+
+    A batch checks each of its thousands of subjects' folders against the inputs of
+    every subject; the index makes each check a set lookup per level of the output's
+    path, not a comparison with (and a ``resolve`` of) every input.
+
+    Parameters
+    ----------
+    inputs : paths or ``s3://`` locations
+        Local paths are compared resolved (symbolic links followed), URLs as written.
+    """
+
+    def __init__(self, inputs: Iterable[Any] = ()):
+        self._inputs: dict[str, Any] = {}  # key -> the input as given
+        self._holders: dict[str, Any] = {}  # a folder holding an input -> that input
+        for item in inputs:
+            key = self.key(item)
+            self._inputs.setdefault(key, item)
+            for folder in _folders_above(key):
+                self._holders.setdefault(folder, item)
+
+    @staticmethod
+    def key(location: Any) -> str:
+        """``location`` as compared: a URL as is, a local path resolved."""
+        text = str(location)
+        return text.rstrip("/") if "://" in text else str(Path(text).resolve())
+
+    def overlap(self, out: Any) -> Any | None:
+        """The input that ``out`` is, contains or lies inside (None if there is none)."""
+        key = self.key(out)
+        for candidate in (self._inputs.get(key), self._holders.get(key)):
+            if candidate is not None:
+                return candidate
+        return next((self._inputs[f] for f in _folders_above(key) if f in self._inputs), None)
+
+
+def _folders_above(key: str) -> Iterator[str]:
+    """``/a/b/c`` -> ``/a/b``, ``/a``; ``s3://bucket/a/b`` -> ``s3://bucket/a``, ``s3://bucket``."""
+    top = key.find("://") + 3 if "://" in key else 0
+    cut = key.rfind("/")
+    while cut > top:
+        key = key[:cut]
+        yield key
+        cut = key.rfind("/")
 
 
 def check_destination(
     out: str | os.PathLike,
     *,
     param: str,
-    inputs: Iterable[str | os.PathLike] = (),
+    inputs: Iterable[str | os.PathLike] | InputIndex = (),
     overwrite: bool = False,
     kind: str | None = None,
 ) -> Path:
@@ -194,7 +235,7 @@ def check_destination(
         The folder (or file) the command will write.
     param : str
         Its parameter name, for messages (``"out"``).
-    inputs : paths
+    inputs : paths, or their InputIndex
         Every input of the command: ``out`` must not be one, contain one or be
         inside one.
     overwrite : bool
@@ -226,15 +267,14 @@ def check_destination(
         )
     if not parent.is_dir():
         raise OutputError(f"{param} {out}: {parent} is not a folder", param=param)
-    resolved = out.resolve()
-    for item in inputs:
-        src = Path(item).resolve()
-        if src == resolved or _inside(src, resolved) or _inside(resolved, src):
-            raise OutputError(
-                f"{param} {out}: is or contains the input {item}; roidask never writes over "
-                "its inputs, choose another output",
-                param=param,
-            )
+    index = inputs if isinstance(inputs, InputIndex) else InputIndex(inputs)
+    item = index.overlap(out)
+    if item is not None:
+        raise OutputError(
+            f"{param} {out}: is or contains the input {item}; roidask never writes over "
+            "its inputs, choose another output",
+            param=param,
+        )
     _check_writable(parent, out, param)
     if not out.exists() and not out.is_symlink():
         return out

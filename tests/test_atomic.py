@@ -10,10 +10,13 @@ import sys
 
 import pytest
 from helpers.files import tree
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from roidask import _atomic
 from roidask._atomic import (
     MARKER,
+    InputIndex,
     OutputFolder,
     atomic_file,
     check_destination,
@@ -69,6 +72,49 @@ def test_an_input_folder_is_never_an_output(tmp_path, where):
     with pytest.raises(OutputError, match=r"is or contains the input .*never writes over"):
         check_destination(out, param="out", inputs=inputs, overwrite=True)
     assert tree(tmp_path) == before
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """The reference: ``a`` is ``b``, or one lies inside the other (whole path components)."""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+_PARTS = st.lists(st.sampled_from(["a", "ab", "b", "data", "data2"]), min_size=1, max_size=4)
+
+
+@settings(max_examples=300)  # cheap: no files
+@given(
+    inputs=st.lists(st.tuples(st.booleans(), _PARTS), max_size=6),
+    outs=st.lists(st.tuples(st.booleans(), _PARTS), min_size=1, max_size=6),
+)
+@example(inputs=[(False, ["data"])], outs=[(False, ["data2"]), (False, ["data", "b"])])
+@example(inputs=[(True, ["a", "b"])], outs=[(True, ["a", "ab"]), (True, ["a"]), (False, ["a"])])
+def test_input_index_finds_what_each_output_overlaps(inputs, outs):
+    """Equal to comparing the output with every input (a batch's thousands of folders
+    against thousands of inputs: one index, a lookup per level of the output's path);
+    siblings sharing a prefix (``data``, ``data2``) do not overlap, nor do a bucket's
+    keys and local paths."""
+
+    def location(remote, parts):
+        return f"s3://bucket/{'/'.join(parts)}" if remote else "/" + "/".join(parts)
+
+    given_inputs = [location(*i) for i in inputs]
+    index = InputIndex(given_inputs)
+    for out in (location(*o) for o in outs):
+        expected = [i for i in given_inputs if _overlaps(i, out)]
+        found = index.overlap(out)
+        assert (found is None) == (not expected), (out, given_inputs, found)
+        assert found is None or found in expected
+
+
+def test_input_index_follows_symbolic_links(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    index = InputIndex([tmp_path / "link" / "bold.nii.gz"])
+    assert index.overlap(tmp_path / "data") == tmp_path / "link" / "bold.nii.gz"
+    assert index.overlap(tmp_path / "data2") is None
+    assert index.overlap(tmp_path / "data" / "bold.nii.gz" / "x") is not None  # inside
 
 
 def test_a_folder_roidask_did_not_write_is_never_replaced(tmp_path):

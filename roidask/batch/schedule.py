@@ -73,7 +73,14 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from roidask import _progress
-from roidask._atomic import MARKER, check_destination, clean_stale, read_marker, write_text
+from roidask._atomic import (
+    MARKER,
+    InputIndex,
+    check_destination,
+    clean_stale,
+    read_marker,
+    write_text,
+)
 from roidask._malloc import reuse_freed_buffers
 from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
@@ -181,14 +188,13 @@ def check_batch_folder(out_dir: PathOrURL, specs: list[SubjectSpec]) -> Location
         folder holds files roidask did not write, or an input lies in an output folder.
     """
     out = as_location(out_dir)
-    inputs = [p for spec in specs for p in spec.files]
+    inputs = InputIndex(p for spec in specs for p in spec.files)  # checked against every folder
     if isinstance(out, S3Path):
         return _check_remote_batch_folder(out, specs, inputs)
-    local_inputs = [p for p in inputs if isinstance(p, Path)]  # S3 objects: never under out
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise OutputError(f"out {out}: is a file; expected a batch folder", param="out")
     if not out.exists():
-        check_destination(out, param="out", inputs=local_inputs)
+        check_destination(out, param="out", inputs=inputs)
     elif any(out.iterdir()):
         marker = read_marker(out)
         if marker is None and not (out / "batch.tsv").is_file():
@@ -205,11 +211,13 @@ def check_batch_folder(out_dir: PathOrURL, specs: list[SubjectSpec]) -> Location
     if out.is_dir():
         targets = [(out / spec.out_name, SUBJECT_KIND) for spec in specs]
         for target, kind in [*targets, (out / "group", GROUP_KIND)]:
-            check_destination(target, param="out", inputs=local_inputs, overwrite=True, kind=kind)
+            check_destination(target, param="out", inputs=inputs, overwrite=True, kind=kind)
     return out
 
 
-def _check_remote_batch_folder(out: S3Path, specs: list[SubjectSpec], inputs) -> S3Path:
+def _check_remote_batch_folder(
+    out: S3Path, specs: list[SubjectSpec], inputs: InputIndex
+) -> S3Path:
     """:func:`check_batch_folder` for an ``s3://`` prefix."""
     check_not_input(out, inputs, param="out")
     check_writable(out, "out")  # reachable and writable

@@ -56,7 +56,7 @@ import zarr.storage
 from isal import isal_zlib
 from obstore.store import S3Store
 
-from roidask._atomic import MARKER, OutputFolder, check_destination, clean_stale
+from roidask._atomic import MARKER, InputIndex, OutputFolder, check_destination, clean_stale
 from roidask._atomic import write_bytes as write_local_bytes
 from roidask._validate import check_input_file as check_local_file
 from roidask.exceptions import (
@@ -765,16 +765,11 @@ def remote_marker(folder: S3Path) -> dict | None:
     return record
 
 
-def _overlaps(a: str, b: str) -> bool:
-    a, b = a.rstrip("/"), b.rstrip("/")
-    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
-
-
 def check_remote_destination(
     out: S3Path,
     *,
     param: str,
-    inputs: Iterable = (),
+    inputs: Iterable | InputIndex = (),
     overwrite: bool = False,
     kind: str | None = None,
 ) -> S3Path:
@@ -837,15 +832,16 @@ def check_writable(out: S3Path, param: str) -> None:
         raise s3_error(exc, out, param=param, expected="prefix", error=OutputError) from None
 
 
-def check_not_input(out: S3Path, inputs: Iterable, *, param: str) -> None:
+def check_not_input(out: S3Path, inputs: Iterable | InputIndex, *, param: str) -> None:
     """``out`` must not be an input, contain one or be inside one."""
-    for item in inputs:
-        if _overlaps(str(as_location(item)), out.url):
-            raise OutputError(
-                f"{param} {out}: is or contains the input {item}; roidask never writes over "
-                "its inputs, choose another output",
-                param=param,
-            )
+    index = inputs if isinstance(inputs, InputIndex) else InputIndex(inputs)
+    item = index.overlap(out)
+    if item is not None:
+        raise OutputError(
+            f"{param} {out}: is or contains the input {item}; roidask never writes over "
+            "its inputs, choose another output",
+            param=param,
+        )
 
 
 def _as_output_error(exc: RoidaskOSError, param: str) -> RoidaskOSError:
@@ -854,7 +850,9 @@ def _as_output_error(exc: RoidaskOSError, param: str) -> RoidaskOSError:
     return exc
 
 
-def check_output(out, *, param: str, inputs: Iterable = (), overwrite: bool = False, kind=None):
+def check_output(
+    out, *, param: str, inputs: Iterable | InputIndex = (), overwrite: bool = False, kind=None
+):
     """Check a local or remote output folder before anything is read (see the two checks)."""
     loc = as_location(out)
     if isinstance(loc, S3Path):
@@ -862,8 +860,7 @@ def check_output(out, *, param: str, inputs: Iterable = (), overwrite: bool = Fa
             loc, param=param, inputs=inputs, overwrite=overwrite, kind=kind
         )
     clean_stale(loc)
-    local_inputs = [i for i in inputs if not is_remote(i)]
-    return check_destination(loc, param=param, inputs=local_inputs, overwrite=overwrite, kind=kind)
+    return check_destination(loc, param=param, inputs=inputs, overwrite=overwrite, kind=kind)
 
 
 def put_files(root: Path, dest: S3Path, names: Iterable[str]) -> None:

@@ -790,6 +790,31 @@ def _spec(folder: Path, subject: str = "01") -> SubjectSpec:
     return SubjectSpec(subject, (files[0],), (files[1],), files[2])
 
 
+def test_batch_folder_check_resolves_each_input_once(tmp_path, monkeypatch):
+    """A rerun checks every subject's folder against every input: with the inputs
+    resolved once (an index), not once per folder (quadratic: ~300 s at 1000 subjects)."""
+    from roidask.batch.schedule import check_batch_folder, prepare_batch_folder
+
+    specs = [_spec(tmp_path / "data" / f"{i:02d}", f"{i:02d}") for i in range(1, 21)]
+    out = tmp_path / "batch"
+    prepare_batch_folder(out, specs)
+    for spec in specs:
+        (out / spec.out_name).mkdir()  # as a batch leaves them (markers below)
+        (out / spec.out_name / MARKER).write_text(json.dumps(
+            {"written_by": "roidask", "kind": "subject-results", "files": []}))  # fmt: skip
+    calls = []
+    real = Path.resolve
+
+    def resolve(self, *args, **kwargs):
+        calls.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "resolve", resolve)
+    check_batch_folder(out, specs)
+    # 60 inputs, 21 folders (and group/): a resolve each, not 60 per folder
+    assert len(calls) <= 3 * 20 + 2 * 22, len(calls)
+
+
 def test_batch_folder_checks_write_nothing_and_keep_user_files(tmp_path):
     from helpers.files import tree
 
