@@ -244,18 +244,22 @@ def tiny_driver(n: int, root: Path) -> None:
     }))  # fmt: skip
 
 
-def section_tiny(args, work: Path) -> None:
-    root = work / "tiny"
+def run_driver(name: str, n: int, root: Path) -> list[dict]:
+    """Run ``--<name>-driver`` (a child process, in ``root``); its JSON lines."""
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir()
     proc = subprocess.run(
-        [sys.executable, __file__, "--tiny-driver", str(args.tiny), str(root)],
+        [sys.executable, __file__, f"--{name}-driver", str(n), str(root)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     shutil.rmtree(root, ignore_errors=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"tiny driver failed:\n{proc.stderr[-3000:]}")
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{name} driver failed:\n{proc.stderr[-3000:]}")
+    return [json.loads(line) for line in proc.stdout.strip().splitlines()]
+
+
+def section_tiny(args, work: Path) -> None:
+    r = run_driver("tiny", args.tiny, work / "tiny")[-1]
     print(f"\n{r['n']} tiny subjects (Haxby slice), embedded cluster of {r['threads']} worker "
           f"threads: {r['status']}")  # fmt: skip
     print("\n| what | value |\n|---|---|")
@@ -315,21 +319,11 @@ def rerun_driver(n: int, root: Path) -> None:
 
 
 def section_rerun(args, work: Path) -> None:
-    root = work / "rerun"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--rerun-driver", str(args.rerun), str(root)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    shutil.rmtree(root, ignore_errors=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"rerun driver failed:\n{proc.stderr[-3000:]}")
+    runs = run_driver("rerun", args.rerun, work / "rerun")
     print(f"\n{args.rerun} tiny subjects (Haxby slice), run three times on the embedded cluster")
     print("\n| run | wall s | statuses | root rewrites | of which only hiding | rewriting s |")
     print("|---|---|---|---|---|---|")
-    for line in proc.stdout.strip().splitlines():
-        r = json.loads(line)
+    for r in runs:
         print(f"| {r['run']} | {r['wall_s']:.1f} | {r['status']} | {r['rewrites']} | "
               f"{r['hiding']} | {r['rewrite_s']:.1f} |")  # fmt: skip
 

@@ -48,6 +48,7 @@ __all__ = [
     "OutputFolder",
     "atomic_file",
     "check_destination",
+    "check_not_input",
     "clean_stale",
     "is_roidask_folder",
     "read_marker",
@@ -209,6 +210,19 @@ class InputIndex:
         return next((self._inputs[f] for f in _folders_above(key) if f in self._inputs), None)
 
 
+def check_not_input(out: Any, inputs: Iterable[Any] | InputIndex, *, param: str) -> None:
+    """``out`` (a local path or an ``s3://`` location) must not be an input, contain one
+    or lie inside one; OutputError naming ``param`` and the input otherwise."""
+    index = inputs if isinstance(inputs, InputIndex) else InputIndex(inputs)
+    item = index.overlap(out)
+    if item is not None:
+        raise OutputError(
+            f"{param} {out}: is or contains the input {item}; roidask never writes over "
+            "its inputs, choose another output",
+            param=param,
+        )
+
+
 def _folders_above(key: str) -> Iterator[str]:
     """``/a/b/c`` -> ``/a/b``, ``/a``; ``s3://bucket/a/b`` -> ``s3://bucket/a``, ``s3://bucket``."""
     top = key.find("://") + 3 if "://" in key else 0
@@ -267,14 +281,7 @@ def check_destination(
         )
     if not parent.is_dir():
         raise OutputError(f"{param} {out}: {parent} is not a folder", param=param)
-    index = inputs if isinstance(inputs, InputIndex) else InputIndex(inputs)
-    item = index.overlap(out)
-    if item is not None:
-        raise OutputError(
-            f"{param} {out}: is or contains the input {item}; roidask never writes over "
-            "its inputs, choose another output",
-            param=param,
-        )
+    check_not_input(out, inputs, param=param)
     _check_writable(parent, out, param)
     if not out.exists() and not out.is_symlink():
         return out

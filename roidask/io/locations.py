@@ -56,7 +56,14 @@ import zarr.storage
 from isal import isal_zlib
 from obstore.store import S3Store
 
-from roidask._atomic import MARKER, InputIndex, OutputFolder, check_destination, clean_stale
+from roidask._atomic import (
+    MARKER,
+    InputIndex,
+    OutputFolder,
+    check_destination,
+    check_not_input,
+    clean_stale,
+)
 from roidask._atomic import write_bytes as write_local_bytes
 from roidask._validate import check_input_file as check_local_file
 from roidask.exceptions import (
@@ -75,7 +82,6 @@ __all__ = [
     "S3Path",
     "as_location",
     "check_input_file",
-    "check_not_input",
     "check_output",
     "check_remote_destination",
     "check_writable",
@@ -830,18 +836,6 @@ def check_writable(out: S3Path, param: str) -> None:
         obstore.delete(_store(probe.bucket), probe.key)
     except Exception as exc:
         raise s3_error(exc, out, param=param, expected="prefix", error=OutputError) from None
-
-
-def check_not_input(out: S3Path, inputs: Iterable | InputIndex, *, param: str) -> None:
-    """``out`` must not be an input, contain one or be inside one."""
-    index = inputs if isinstance(inputs, InputIndex) else InputIndex(inputs)
-    item = index.overlap(out)
-    if item is not None:
-        raise OutputError(
-            f"{param} {out}: is or contains the input {item}; roidask never writes over "
-            "its inputs, choose another output",
-            param=param,
-        )
 
 
 def _as_output_error(exc: RoidaskOSError, param: str) -> RoidaskOSError:
