@@ -66,6 +66,20 @@ def tree_of(path: Path) -> xr.DataTree:
     return xr.open_datatree(path, engine="zarr")
 
 
+def make_unreadable(monkeypatch, name: str) -> None:
+    """Reading node ``name``'s ``zarr.json`` fails with an I/O error (the node is whole)."""
+    from roidask.outputs import study as study_module
+
+    real = study_module._node_entries
+
+    def flaky(study, node, fingerprint):
+        if node == name:
+            raise OSError(5, "Input/output error", str(study / node / "zarr.json"))
+        return real(study, node, fingerprint)
+
+    monkeypatch.setattr(study_module, "_node_entries", flaky)
+
+
 # ----------------------------------------------------------------------- the store itself
 
 
@@ -159,21 +173,13 @@ def test_a_published_node_that_cannot_be_read_stays_listed(tmp_path, monkeypatch
     """A read error on a published node says nothing about it: the root is left as it
     was (pending nodes wait for a later rewrite, a failed unpublish can be retried);
     a published node that is no longer complete is dropped, with a warning."""
-    from roidask.outputs import study as study_module
 
     st = Study(tmp_path / "study.zarr")
     for name in ("sub-01", "sub-02"):
         write_node(st.path, name, small(int(name[-1])))
         st.publish(name)
     write_node(st.path, "sub-03", small(3))
-    real = study_module._node_entries
-
-    def flaky(study, name, fingerprint):
-        if name == "sub-01":
-            raise OSError(5, "Input/output error", str(study / name / "zarr.json"))
-        return real(study, name, fingerprint)
-
-    monkeypatch.setattr(study_module, "_node_entries", flaky)
+    make_unreadable(monkeypatch, "sub-01")
     monkeypatch.setattr(Study, "interval_s", 0.0)
     st.publish_later("sub-03")
     assert st.flush() == {}  # not now: kept for a later rewrite
@@ -234,13 +240,7 @@ def test_nodes_to_rewrite_are_hidden_together(tmp_path, monkeypatch):
 
     # a read error leaves the root as it was: kept for a later flush, reported if forced
     real_entries = study_module._node_entries
-
-    def flaky(study, name, fingerprint):
-        if name == "sub-03":
-            raise OSError(5, "Input/output error", str(study / name / "zarr.json"))
-        return real_entries(study, name, fingerprint)
-
-    monkeypatch.setattr(study_module, "_node_entries", flaky)
+    make_unreadable(monkeypatch, "sub-03")
     monkeypatch.setattr(Study, "interval_s", 0.0)
     st.unpublish_later("sub-04")
     assert st.flush() == {} and st.is_published("sub-04")
@@ -516,14 +516,7 @@ def test_a_rerun_hides_the_nodes_it_rewrites_together(dataset, tmp_path, monkeyp
 
     # the root cannot be rewritten (another node unreadable): the subject fails with the
     # error and is not run; so does hiding the group node, at the end
-    real_entries = study_module._node_entries
-
-    def flaky(path, name, fingerprint):
-        if name == "sub-02":
-            raise OSError(5, "Input/output error", str(path / name / "zarr.json"))
-        return real_entries(path, name, fingerprint)
-
-    monkeypatch.setattr(study_module, "_node_entries", flaky)
+    make_unreadable(monkeypatch, "sub-02")
     seen.clear()
     with pytest.raises(OSError, match="Input/output error"):
         run_batch(specs[:1], out, plots=False, params=PipelineParams(threshold=4.5))
