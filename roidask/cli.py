@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from roidask import __version__
+from roidask._atomic import check_not_input
 from roidask._malloc import limit_malloc_arenas
 from roidask.batch import (
     GRANULARITIES,
@@ -43,6 +44,7 @@ from roidask.exceptions import InvalidParameterError, RoidaskError, RoidaskWarni
 from roidask.io.conversions import open_map
 from roidask.io.image import to_nifti
 from roidask.io.locations import is_remote, location_arg
+from roidask.io.nifti import EXPORT_MARK
 from roidask.io.store_read import CHUNK_GRIDS_ATTR, list_subjects, open_subject, verify_store
 from roidask.io.store_write import convert
 from roidask.ops.extract import STRATEGIES
@@ -925,8 +927,9 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(args) -> int:
+    check_not_input(args.out, [args.map], param="out")  # nor inside it (a store)
     image = open_map(args.map, variable=args.variable, group=args.node)
-    out = to_nifti(image, args.out, overwrite=args.overwrite)
+    out = to_nifti(image, args.out, overwrite=args.overwrite, mark=EXPORT_MARK)
     print(f"wrote {out} ({'x'.join(map(str, image.shape))} {image.dtype})")
     return 0
 

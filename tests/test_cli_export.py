@@ -106,3 +106,36 @@ def test_a_map_without_a_grid_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "DataArray 'm' has no 'affine' attribute, so its grid is unknown" in err
     assert not (tmp_path / "m.nii.zarr").exists()
+
+
+def test_export_never_replaces_what_roidask_did_not_write(results, tmp_path, capsys):
+    """``--overwrite`` replaces a NIfTI file that ``export`` wrote (its header says so), never
+    a user's file; and the output is never an input, nor inside one (a store)."""
+    import shutil
+
+    from helpers.files import tree
+
+    tstat = results / "tstat.nii.gz"
+    out = tmp_path / "t.nii.gz"
+    assert main(["export", str(tstat), "--out", str(out)]) == 0
+    assert main(["export", str(results / "logp.nii.gz"), "--out", str(out), "--overwrite"]) == 0
+    np.testing.assert_array_equal(  # replaced: it was roidask's
+        nib.load(out).get_fdata(), nib.load(results / "logp.nii.gz").get_fdata()
+    )
+    mine = tmp_path / "mine.nii.gz"
+    shutil.copy(tstat, mine)  # a user's NIfTI (the same image, not written by export)
+    before = tree(tmp_path)
+    capsys.readouterr()
+    assert main(["export", str(tstat), "--out", str(mine), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "mine.nii.gz: exists and was not written by roidask" in err and "\n" not in err
+    # the input itself, and a path inside an input store
+    own = results.parent / "own.nii.gz"
+    shutil.copy(tstat, own)
+    inside = results / "results.zarr" / "m.nii.zarr"
+    cases = [(own, own, []), (results / "results.zarr", inside, ["--variable", "tstat"])]
+    for map_, target, variable in cases:
+        assert main(["export", str(map_), *variable, "--out", str(target), "--overwrite"]) == 2
+        assert "is or contains the input" in capsys.readouterr().err
+    assert tree(tmp_path) == before and not inside.exists()
+    assert nib.load(own).get_fdata().tobytes() == nib.load(tstat).get_fdata().tobytes()

@@ -454,10 +454,12 @@ def group_from(
             )
         out = batch / "group"
     out = Path(out)
-    check_output(out, param="out", overwrite=True, kind=GROUP_KIND)
+    from_folders = batch is not None and path == batch
+    subject_dirs = _batch_subject_dirs(path) if from_folders else []
+    inputs = [*subject_dirs, *([study_path] if study_path is not None else [])]
+    check_output(out, param="out", inputs=inputs, overwrite=True, kind=GROUP_KIND)
     study = Study(study_path, param="study") if study_path is not None else None
-    if batch is not None and path == batch:
-        subject_dirs = _batch_subject_dirs(batch)
+    if from_folders:
         _check_count(len(subject_dirs), path)
         subjects = _folder_subjects(subject_dirs)
     else:  # path is the study store

@@ -9,6 +9,7 @@ a BIDS-like folder holds ``sub-*/func/*_bold.nii.gz`` with matching
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,8 +126,16 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
         )
     check_input_file(path, "manifest", what="manifest (TSV)")
     try:
-        table = pd.read_csv(open_table(path), sep="\t", dtype=str).fillna("")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        with warnings.catch_warnings():  # more fields than the header: an error, not data lost
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(open_table(path), sep="\t", dtype=str, index_col=False)
+        table = table.fillna("")
+    except (
+        pd.errors.ParserError,
+        pd.errors.ParserWarning,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+    ) as exc:
         raise ManifestError(
             f"manifest {path}: not a readable TSV table ({exc})", param="manifest"
         ) from None

@@ -378,7 +378,13 @@ def image_from_nibabel(img: nib.spatialimages.SpatialImage, *, chunks=None) -> x
 
 
 def to_nifti(
-    img, path: str | os.PathLike, *, dtype=None, reference=None, overwrite: bool = False
+    img,
+    path: str | os.PathLike,
+    *,
+    dtype=None,
+    reference=None,
+    overwrite: bool = False,
+    mark: str | None = None,
 ) -> Path:
     """Write a 3D/4D result as NIfTI on its source grid, atomically.
 
@@ -395,6 +401,9 @@ def to_nifti(
         Grid (affine, header) for bare arrays.
     overwrite : bool
         Replace an existing ``path`` (default: refuse).
+    mark : str, optional
+        For a ``.nii``/``.nii.gz`` file: its header's ``descrip``, and an existing
+        file is replaced only if it carries the same (:func:`roidask.io.nifti.write_nifti`).
 
     Returns
     -------
@@ -436,4 +445,5 @@ def to_nifti(
         dtype=dtype,
         tr_s=grid.attrs.get("tr_s"),
         overwrite=overwrite,
+        mark=mark,
     )

@@ -37,6 +37,7 @@ from roidask.exceptions import (
     CorruptFileError,
     ImageDimensionError,
     InvalidParameterError,
+    OutputError,
     OutputExistsError,
 )
 from roidask.io.grid import voxel_size_mm
@@ -51,6 +52,7 @@ from roidask.io.locations import (
 )
 
 __all__ = [
+    "EXPORT_MARK",
     "TIME_UNITS_S",
     "NiftiSource",
     "VolumeProperties",
@@ -71,6 +73,21 @@ _GZIP_ERRORS: tuple[type[BaseException], ...] = (
     cast("type[BaseException]", isal_zlib.error),
 )
 _GZIP_MAGIC = b"\x1f\x8b"
+
+
+#: The header ``descrip`` of the files ``roidask export`` writes: a single file has no
+#: folder marker, so this is how a later ``export --overwrite`` knows the file is
+#: roidask's to replace (a file without it is never replaced).
+EXPORT_MARK = "written by roidask export"
+
+
+def _descrip(path: Path) -> str | None:
+    """The header's ``descrip`` of NIfTI file ``path``; None if it cannot be read as one."""
+    try:
+        header = nib.Nifti1Header.from_header(nib.load(path).header)
+        return bytes(header["descrip"].item()).decode("latin-1")
+    except Exception:  # any unreadable file is simply not ours
+        return None
 
 
 def is_nifti_path(path: PathOrURL) -> bool:
@@ -688,6 +705,7 @@ def write_nifti(
     scl_slope: float = 1.0,
     scl_inter: float = 0.0,
     overwrite: bool = False,
+    mark: str | None = None,
 ) -> Path:
     """Stream a 3D or 4D array into a NIfTI file, atomically.
 
@@ -716,6 +734,9 @@ def write_nifti(
         ``stored * scl_slope + scl_inter``. Default: unscaled.
     overwrite : bool
         Replace an existing ``path`` (default: refuse).
+    mark : str, optional
+        Written as the header's ``descrip``; with it, an existing ``path`` is
+        replaced only if its ``descrip`` is ``mark`` too (e.g. :data:`EXPORT_MARK`).
 
     Raises
     ------
@@ -723,6 +744,8 @@ def write_nifti(
         ``path`` does not end in ``.nii``/``.nii.gz``.
     OutputExistsError
         ``path`` exists and ``overwrite`` is false.
+    OutputError
+        ``path`` exists, and ``mark`` is given and is not the file's ``descrip``.
     """
     path = Path(path)
     if not is_nifti_path(path):
@@ -732,6 +755,12 @@ def write_nifti(
     if path.exists() and not overwrite:
         raise OutputExistsError(
             f"path {path}: already exists; pass overwrite=True to replace it", param="path"
+        )
+    if path.exists() and mark is not None and _descrip(path) != mark:
+        raise OutputError(
+            f"path {path}: exists and was not written by roidask ({mark!r} is not in its "
+            "header); roidask only replaces its own outputs, choose another output",
+            param="path",
         )
     ndim = len(data.shape)
     if ndim not in (3, 4):
@@ -756,6 +785,8 @@ def write_nifti(
     img = nib.Nifti1Image(np.empty((0,) * ndim, dtype=out_dtype), np.asarray(affine), hdr)
     img.update_header()
     hdr = img.header
+    if mark is not None:
+        hdr["descrip"] = mark.encode("latin-1")[:80]
     if (scl_slope, scl_inter) != (1.0, 0.0):  # unscaled files keep NaN, as before
         hdr.set_slope_inter(float(scl_slope), float(scl_inter))
     hdr.set_qform(np.asarray(affine), code=int(hdr["qform_code"]) or 1)

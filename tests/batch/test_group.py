@@ -175,4 +175,12 @@ def test_group_rejects_bad_inputs_before_writing(batch, tmp_path):
         group_from(alone)
     with pytest.raises(InvalidParameterError, match=r"cluster_threshold: expected"):
         GroupPermutation(cluster_threshold=0.7, two_sided=False)
+    # the group folder never goes inside what it reads: a subject's folder, the study store
+    listing = sorted(str(p) for p in batch.rglob("*"))
+    for inside in (batch / "sub-01" / "group", batch / "study.zarr" / "group2"):
+        with pytest.raises(OutputError, match=r"is or contains the input .*never writes over"):
+            group_from(batch, out=inside)
+    with pytest.raises(OutputError, match=r"is or contains the input"):
+        group_from(alone, out=alone / "g")
+    assert sorted(str(p) for p in batch.rglob("*")) == listing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.zarr"]

@@ -107,6 +107,8 @@ def test_manifest_bids_folder(tmp_path):
         ("subject\tbold\tlabels\tmask\n01\t\tl\tm\n", r"line 2: subject, bold and labels"),
         ("subject\tbold\tlabels\tmask\n01\tb\tl\t\n", r"line 2: no mask for subject '01'"),
         ("subject\tbold\tlabels\tmask\n", r"has a header but no subject rows"),
+        # one field more than the header: not the first column taken as an index
+        ("subject\tbold\tlabels\tmask\n01\tb\tl\tm\tx\n", r"not a readable TSV table"),
         ("\n\n", r"m\.tsv: not a readable TSV table"),
         ("subject\tbold\tlabels\tmask\n../x\tb\tl\tm\n", r"subject '../x' is not a valid"),
         (
