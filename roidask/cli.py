@@ -158,6 +158,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _local_path(text: str) -> Path:
+    """argparse ``type=`` for an argument that takes only a local path (not ``s3://``)."""
+    if "://" in text:
+        raise argparse.ArgumentTypeError(
+            f"expected a local path (URLs are not read here), got {text!r}"
+        )
+    return Path(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -730,7 +739,7 @@ def _add_permutation_options(p, *, batch: bool) -> None:
     if not batch:
         g.add_argument(
             "--mask",
-            type=Path,
+            type=_local_path,
             default=None,
             help="3D mask of the voxels tested (default: voxels finite in every subject's "
             "t map and non-zero in one)",
@@ -776,11 +785,11 @@ def _add_group(sub) -> None:
         "atomically into the batch's group/ (or --out) and the study's group node.",
     )
     p.add_argument(
-        "study", type=Path, metavar="STUDY_OR_BATCH", help="a batch folder or a study.zarr"
+        "study", type=_local_path, metavar="STUDY_OR_BATCH", help="a batch folder or a study.zarr"
     )
     p.add_argument(
         "--out",
-        type=Path,
+        type=_local_path,
         default=None,
         help="group folder to write (default: group/ of the batch folder)",
     )
@@ -835,7 +844,7 @@ def _add_fetch(sub) -> None:
     )
     p.add_argument(
         "--data-dir",
-        type=Path,
+        type=_local_path,
         default=None,
         help="data folder (default: $ROIDASK_DATA/haxby2001 or ~/roidask_data/haxby2001)",
     )
@@ -864,7 +873,7 @@ def _add_demo(sub) -> None:
     )
     p.add_argument(
         "--out",
-        type=Path,
+        type=_local_path,
         default=Path("roidask-demo"),
         help="output folder (default: roidask-demo)",
     )
@@ -920,7 +929,10 @@ def _add_export(sub) -> None:
     p.add_argument("--variable", default=None, help="the map of a zarr store (tstat, logp...)")
     p.add_argument("--node", default=None, help="the node of a study store (sub-01, group)")
     p.add_argument(
-        "--out", type=Path, required=True, help="the image to write (.nii.zarr, .nii, .nii.gz)"
+        "--out",
+        type=_local_path,
+        required=True,
+        help="the image to write (.nii.zarr, .nii, .nii.gz)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace --out (only roidask's)")
     p.set_defaults(func=_cmd_export)

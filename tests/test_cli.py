@@ -756,3 +756,23 @@ def test_a_killed_command_is_cleaned_up_by_the_next(data, tmp_path, capsys, comm
         assert (out / "provenance.json").is_file()
     else:
         assert open_subject(out)["bold"].shape == (40, 20, 1, 1452)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["demo", "--out", "s3://bucket/demo"],
+        ["group", "s3://bucket/study.zarr"],
+        ["export", "x.nii.gz", "--out", "s3://bucket/x.nii.zarr"],
+        ["fetch", "haxby", "--data-dir", "s3://bucket/data"],
+    ],
+)
+def test_local_only_arguments_refuse_urls(argv, tmp_path, monkeypatch, capsys):
+    """Arguments that take only a local path say so, instead of making ``./s3:/bucket``."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "expected a local path (URLs are not read here), got 's3://bucket/" in err, err
+    assert "\n" not in err and list(tmp_path.iterdir()) == []

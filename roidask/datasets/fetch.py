@@ -31,6 +31,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -286,6 +287,10 @@ def fetch_haxby(
         raise InvalidParameterError(f"timeout_s: expected a positive number, got {timeout_s!r}")
     table = HAXBY_MD5 if checksums is None else checksums
     base = HAXBY_URL if url is None else str(url)
+    if urllib.parse.urlsplit(base).scheme not in ("http", "https", "file"):
+        raise InvalidParameterError(
+            f"url: expected an http://, https:// or file:// address, got {base!r}", param="url"
+        )
     if not base.endswith("/"):
         base += "/"
     root = default_data_dir() if data_dir is None else Path(data_dir).expanduser()

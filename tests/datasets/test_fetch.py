@@ -385,11 +385,14 @@ def test_subject_6_has_no_anat(tmp_path, server):
         ({"subjects": "2"}, "subjects: expected a subject number"),
         ({"subjects": [2], "checksums": {}}, rf"checksums: no MD5 known for {ARCHIVE}"),
         ({"retries": -1}, "retries"),
+        ({"url": "not a url"}, r"url: expected an http://, https:// or file:// address, got 'not"),
     ],
 )
 def test_invalid_arguments(tmp_path, kwargs, match):
+    kwargs = {"url": "http://127.0.0.1:9/", **kwargs}
     with pytest.raises(InvalidParameterError, match=match):
-        fetch_haxby(data_dir=tmp_path, url="http://127.0.0.1:9/", progress=False, **kwargs)
+        fetch_haxby(data_dir=tmp_path, progress=False, **kwargs)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_defaults(monkeypatch, tmp_path):
