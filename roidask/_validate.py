@@ -52,13 +52,24 @@ def check_bool(value: Any, param: str) -> bool:
     return bool(value)
 
 
-def check_int(value: Any, param: str, *, minimum: int | None = None, meaning: str = "") -> int:
-    """``value`` as an int (bools refused), at least ``minimum`` if given."""
+def check_int(
+    value: Any,
+    param: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    meaning: str = "",
+) -> int:
+    """``value`` as an int (bools refused), within ``minimum`` and ``maximum`` if given."""
     ok = not isinstance(value, bool) and isinstance(value, numbers.Integral)
     if ok and minimum is not None:
         ok = value >= minimum
+    if ok and maximum is not None:
+        ok = value <= maximum
     if not ok:
         want = "an integer" if minimum is None else f"an integer >= {minimum}"
+        if maximum is not None:
+            want += f" and <= {maximum}" if minimum is not None else f" <= {maximum}"
         extra = f" ({meaning})" if meaning else ""
         raise InvalidParameterError(f"{param}: expected {want}{extra}, got {value!r}", param=param)
     return int(value)

@@ -95,6 +95,9 @@ __all__ = [
     "roi_pipeline",
 ]
 
+#: Most dilation iterations (``dilation_iterations``): more than any grid's axes add up
+#: to; larger values would only overflow the ROI box's size.
+MAX_DILATION = 10_000
 #: Two-sample tests of :class:`PipelineParams` (``test``).
 TESTS = ("student", "welch")
 
@@ -158,7 +161,7 @@ class PipelineParams:
         if self.clip is not None:
             check_real(self.clip, "clip", positive=True)
         check_real(self.threshold, "threshold", positive=True)
-        check_int(self.dilation_iterations, "dilation_iterations", minimum=0)
+        check_int(self.dilation_iterations, "dilation_iterations", minimum=0, maximum=MAX_DILATION)
         check_choice(self.connectivity, "connectivity", CONNECTIVITIES)
         check_int(self.min_roi_voxels, "min_roi_voxels", minimum=1)
         check_optional_int(self.keep_largest, "keep_largest", minimum=1)

@@ -776,3 +776,24 @@ def test_local_only_arguments_refuse_urls(argv, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert "expected a local path (URLs are not read here), got 's3://bucket/" in err, err
     assert "\n" not in err and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--fwhm", "1e308", "--fwhm: must be finite, >= 0 and <= 1000 mm, got 1e+308"),
+        (
+            "--dilation-iterations",
+            "99999999999999999999",
+            "--dilation-iterations: expected an integer >= 0 and <= 10000, got " + "9" * 20,
+        ),
+    ],
+)
+def test_absurdly_large_kernels_are_refused_first(haxby, tmp_path, capsys, flag, value, message):
+    """A smoothing or dilation far wider than any brain is a typo: one line, nothing
+    written, rather than an overflow or a kernel of exabytes once the data is read."""
+    out = tmp_path / "out"
+    argv = ["run", haxby.bold, "--labels", haxby.labels, "--mask", haxby.mask, "--out", out]
+    rc, _, err = cli(capsys, *argv, flag, value, "--quiet", "--no-plots")
+    assert rc == 2 and one_error(err) == message
+    assert list(tmp_path.iterdir()) == []

@@ -95,6 +95,10 @@ def test_check_input_file_permission_denied(tmp_path):
         ),
         (lambda: check_int(True, "n"), r"^n: expected an integer, got True$"),
         (
+            lambda: check_int(10**20, "dilation_iterations", minimum=0, maximum=10_000),
+            r"^dilation_iterations: expected an integer >= 0 and <= 10000, got 10{20}$",
+        ),
+        (
             lambda: check_optional_int(-1, "box_max_bytes", minimum=0, meaning="bytes"),
             r"^box_max_bytes: expected an integer >= 0 \(bytes\), got -1$",
         ),

@@ -24,6 +24,9 @@ __all__ = [
 FWHM_OVER_SIGMA = float(np.sqrt(8 * np.log(2)))
 #: Kernel half-width in standard deviations (scipy's default, used by nilearn).
 TRUNCATE = 4.0
+#: Largest smoothing FWHM (mm) per axis: wider than any brain many times over; larger
+#: values would only make kernels of billions of voxels.
+MAX_FWHM_MM = 1000.0
 
 
 def fwhm_to_sigma_voxels(
@@ -69,9 +72,9 @@ def fwhm_to_sigma_voxels(
         raise InvalidParameterError(
             f"fwhm: expected numbers of mm, got {fwhm!r}", param="fwhm"
         ) from None
-    if not np.all(np.isfinite(mm)) or np.any(mm < 0):
+    if not np.all(np.isfinite(mm)) or np.any(mm < 0) or np.any(mm > MAX_FWHM_MM):
         raise InvalidParameterError(
-            f"fwhm: must be finite and >= 0 mm, got {fwhm!r}", param="fwhm"
+            f"fwhm: must be finite, >= 0 and <= {MAX_FWHM_MM:g} mm, got {fwhm!r}", param="fwhm"
         )
     return mm / (FWHM_OVER_SIGMA * vox_mm)
 
