@@ -139,3 +139,25 @@ def test_export_never_replaces_what_roidask_did_not_write(results, tmp_path, cap
         assert "is or contains the input" in capsys.readouterr().err
     assert tree(tmp_path) == before and not inside.exists()
     assert nib.load(own).get_fdata().tobytes() == nib.load(tstat).get_fdata().tobytes()
+
+
+@pytest.mark.parametrize("damage", ["missing", "flipped"])
+def test_export_refuses_a_damaged_study_node(results, tmp_path, capsys, damage):
+    """A chunk of a study node that is missing (zarr would read the fill value) or fails its
+    checksum: one line naming it, and nothing written."""
+    import shutil
+
+    study = shutil.copytree(results.parent / "study.zarr", tmp_path / "study.zarr")
+    chunks = sorted(p for p in (study / "sub-01" / "tstat" / "c").rglob("*") if p.is_file())
+    if damage == "missing":
+        chunks[0].unlink()
+    else:
+        data = bytearray(chunks[0].read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunks[0].write_bytes(bytes(data))
+    out = tmp_path / "t.nii.gz"
+    argv = ["export", str(study), "--node", "sub-01", "--variable", "tstat", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "sub-01/tstat is damaged" in err, err
+    assert not out.exists() and not list(tmp_path.glob(".t.nii.gz*"))

@@ -48,6 +48,7 @@ from roidask.io.grid import (
 from roidask.io.image import like_image, to_nifti
 from roidask.io.locations import Location, check_output, output_folder
 from roidask.io.nifti import release_handles
+from roidask.io.store_read import checked_variable
 from roidask.ops import moments as mom
 from roidask.ops.label import resolve_structure
 from roidask.ops.permutation import (
@@ -55,7 +56,7 @@ from roidask.ops.permutation import (
     check_cluster_threshold,
     permuted_ttest_1samp,
 )
-from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, STUDY_NAME, Study, open_study, published
+from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, STUDY_NAME, Study, published
 from roidask.pipeline import compute
 
 __all__ = [
@@ -184,13 +185,12 @@ def _folder_subjects(subject_dirs: Sequence[Location]) -> _Subjects:
 
 
 def _study_subjects(study: Path) -> _Subjects:
-    tree = open_study(study)
     names = [n for n in published(study) if n != GROUP_NODE]
     tmaps, rois = [], []
-    for name in names:  # lazy zarr reads: no handle kept
-        ds = tree[name].to_dataset()
-        tmaps.append(as_image(ds["tstat"], ndim=3, param=f"{name}/tstat"))
-        atlas = ds["atlas"] > 0
+    for name in names:  # lazy zarr reads (checked: a damaged chunk is an error): no handle kept
+        tstat = checked_variable(study, "tstat", group=name, param="study")
+        tmaps.append(as_image(tstat, ndim=3, param=f"{name}/tstat"))
+        atlas = checked_variable(study, "atlas", group=name, param="study") > 0
         if "fold" in atlas.dims:
             atlas = atlas.any("fold")
         rois.append(tmaps[-1].copy(data=atlas.transpose("x", "y", "z").data))

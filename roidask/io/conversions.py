@@ -32,7 +32,12 @@ from roidask.io.image import (
     open_source,
 )
 from roidask.io.locations import PathOrURL, as_location, zarr_store
-from roidask.io.store_read import ignore_consolidated_warning, open_subject, subject_dataset
+from roidask.io.store_read import (
+    checked_variable,
+    ignore_consolidated_warning,
+    open_subject,
+    subject_dataset,
+)
 
 __all__ = ["ImageLike", "as_image", "open_map"]
 
@@ -217,6 +222,7 @@ def open_map(
             f"variable: expected one of the maps of {loc} {maps}, got {variable!r}",
             param="variable",
         )
-    image = ds[variable]
+    # read through the checked reader: a damaged or missing chunk is an error, not zeros
+    image = checked_variable(loc, variable, group=group, param="source")
     image = image.drop_vars([c for c in image.coords if c not in image.dims])
     return _from_xarray(image, param="source", subject=None)

@@ -58,6 +58,7 @@ __all__ = [
     "STORE_ATTR",
     "STORE_FORMAT",
     "DamagedChunk",
+    "checked_variable",
     "group_records",
     "ignore_consolidated_warning",
     "is_store",
@@ -250,6 +251,9 @@ class _CheckedArray:
         self.store = store
         self.subject = subject
         self.name = name
+        # the array's folder and how messages name it ("" subject: the store's root group)
+        self.location = store / subject / name if subject else store / name
+        self.label = f"{subject}/{name}" if subject else name
         self.chunks = tuple(int(c) for c in chunks)
         self.shape = variable.shape
         self.dtype = variable.dtype
@@ -266,7 +270,7 @@ class _CheckedArray:
 
 def _damage(array: _CheckedArray, index, exc: Exception) -> DamagedStoreError:
     """The error for a failed read of ``index``: the damaged chunk(s) located and named."""
-    zarr_array = zarr.open_array(zarr_store(array.store / array.subject / array.name), mode="r")
+    zarr_array = zarr.open_array(zarr_store(array.location), mode="r")
     ranges = []
     for sl, size, c in zip(index, array.shape, array.chunks, strict=False):
         start, stop, _ = sl.indices(size)
@@ -278,7 +282,7 @@ def _damage(array: _CheckedArray, index, exc: Exception) -> DamagedStoreError:
     ]
     where = ", ".join(_chunk_key(c) for c in bad) or "in the region read"
     return DamagedStoreError(
-        f"store {array.store}: chunk {where} of {array.subject}/{array.name} is damaged "
+        f"store {array.store}: chunk {where} of {array.label} is damaged "
         f"({_reason(exc)}); the store cannot be trusted, convert the subject again "
         "(verify_store lists every damaged chunk)",
         param="store",
@@ -315,7 +319,7 @@ def _chunk_error(zarr_array, coords) -> str | None:
 
 def _checked(var: xr.DataArray, store: Location, subject: str, name: str, disk_chunks) -> da.Array:
     array = _CheckedArray(var.variable, store, subject, name, disk_chunks)
-    token = tokenize(str(store), subject, name, version_tag(store / subject / name))
+    token = tokenize(str(store), subject, name, version_tag(array.location))
     return da.from_array(
         array,
         chunks=array.chunks,
@@ -325,6 +329,46 @@ def _checked(var: xr.DataArray, store: Location, subject: str, name: str, disk_c
         name=f"store-{name}-{token}",
         meta=np.empty((0,) * array.ndim, dtype=array.dtype),
     )
+
+
+def checked_variable(
+    store: PathOrURL, name: str, *, group: str | None = None, param: str = "store"
+) -> xr.DataArray:
+    """Variable ``name`` of a zarr group (a study node, a ``results.zarr``, a subject) as a
+    lazy DataArray whose reads check every chunk and name a damaged one, as
+    :func:`open_subject` reads a subject's arrays.
+
+    If the group records its chunk inventory (:data:`CHUNK_GRIDS_ATTR`: study nodes,
+    converted subjects), a listed chunk that is absent raises here, before anything is
+    read: zarr would read it as the fill value.
+
+    Raises
+    ------
+    DamagedStoreError
+        A chunk of the inventory is missing.
+    """
+    path = as_location(store)
+    ds = xr.open_zarr(zarr_store(path), group=group, consolidated=False, chunks=None)
+    var = ds[name]
+    folder = path / group / name if group else path / name
+    grid = (ds.attrs.get(CHUNK_GRIDS_ATTR) or {}).get(name)
+    if grid is not None:
+        present = _present_chunk_keys(folder)
+        missing = [k for k in map(_chunk_key, np.ndindex(*grid)) if k not in present]
+        if missing:
+            label = f"{group}/{name}" if group else name
+            raise DamagedStoreError(
+                f"{param} {path}: {label} is damaged: {len(missing)} chunk(s) missing "
+                f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); write it again",
+                param=param,
+            )
+    disk = var.encoding.get("preferred_chunks") or {}
+    disk_chunks = [disk.get(d, n) for d, n in zip(var.dims, var.shape, strict=True)]
+    data = _checked(var, path, group or "", name, disk_chunks)
+    coords = {d: ds[d].values for d in var.dims if d in ds.coords}
+    out = xr.DataArray(data, dims=var.dims, coords=coords, attrs=dict(var.attrs), name=name)
+    out.encoding = dict(var.encoding)
+    return out
 
 
 def open_subject(

@@ -182,5 +182,13 @@ def test_group_rejects_bad_inputs_before_writing(batch, tmp_path):
             group_from(batch, out=inside)
     with pytest.raises(OutputError, match=r"is or contains the input"):
         group_from(alone, out=alone / "g")
+    # a chunk of a subject's node gone (zarr would read NaN): refused before anything is written
+    from roidask.exceptions import DamagedStoreError
+    from roidask.outputs.study import published
+
+    node = next(n for n in published(alone) if n != "group")
+    next(p for p in (alone / node / "tstat" / "c").rglob("*") if p.is_file()).unlink()
+    with pytest.raises(DamagedStoreError, match=rf"{node}/tstat is damaged: 1 chunk\(s\) missing"):
+        group_from(alone, out=tmp_path / "g")
     assert sorted(str(p) for p in batch.rglob("*")) == listing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.zarr"]
