@@ -48,7 +48,7 @@ from roidask.io.grid import (
 from roidask.io.image import like_image, to_nifti
 from roidask.io.locations import Location, check_output, output_folder
 from roidask.io.nifti import release_handles
-from roidask.io.store_read import checked_variable
+from roidask.io.store_read import checked_variables
 from roidask.ops import moments as mom
 from roidask.ops.label import resolve_structure
 from roidask.ops.permutation import (
@@ -188,9 +188,9 @@ def _study_subjects(study: Path) -> _Subjects:
     names = [n for n in published(study) if n != GROUP_NODE]
     tmaps, rois = [], []
     for name in names:  # lazy zarr reads (checked: a damaged chunk is an error): no handle kept
-        tstat = checked_variable(study, "tstat", group=name, param="study")
-        tmaps.append(as_image(tstat, ndim=3, param=f"{name}/tstat"))
-        atlas = checked_variable(study, "atlas", group=name, param="study") > 0
+        maps = checked_variables(study, ["tstat", "atlas"], group=name, param="study")
+        tmaps.append(as_image(maps["tstat"], ndim=3, param=f"{name}/tstat"))
+        atlas = maps["atlas"] > 0
         if "fold" in atlas.dims:
             atlas = atlas.any("fold")
         rois.append(tmaps[-1].copy(data=atlas.transpose("x", "y", "z").data))

@@ -33,7 +33,7 @@ from roidask.io.image import (
 )
 from roidask.io.locations import PathOrURL, as_location, zarr_store
 from roidask.io.store_read import (
-    checked_variable,
+    checked_variables,
     ignore_consolidated_warning,
     open_subject,
     subject_dataset,
@@ -223,6 +223,6 @@ def open_map(
             param="variable",
         )
     # read through the checked reader: a damaged or missing chunk is an error, not zeros
-    image = checked_variable(loc, variable, group=group, param="source")
+    image = checked_variables(loc, [variable], group=group, param="source")[variable]
     image = image.drop_vars([c for c in image.coords if c not in image.dims])
     return _from_xarray(image, param="source", subject=None)

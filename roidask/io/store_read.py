@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ __all__ = [
     "STORE_ATTR",
     "STORE_FORMAT",
     "DamagedChunk",
-    "checked_variable",
+    "checked_variables",
     "group_records",
     "ignore_consolidated_warning",
     "is_store",
@@ -331,12 +332,12 @@ def _checked(var: xr.DataArray, store: Location, subject: str, name: str, disk_c
     )
 
 
-def checked_variable(
-    store: PathOrURL, name: str, *, group: str | None = None, param: str = "store"
-) -> xr.DataArray:
-    """Variable ``name`` of a zarr group (a study node, a ``results.zarr``, a subject) as a
-    lazy DataArray whose reads check every chunk and name a damaged one, as
-    :func:`open_subject` reads a subject's arrays.
+def checked_variables(
+    store: PathOrURL, names: Sequence[str], *, group: str | None = None, param: str = "store"
+) -> dict[str, xr.DataArray]:
+    """Variables ``names`` of a zarr group (a study node, a ``results.zarr``, a subject) as
+    lazy DataArrays whose reads check every chunk and name a damaged one, as
+    :func:`open_subject` reads a subject's arrays (the group is opened once).
 
     If the group records its chunk inventory (:data:`CHUNK_GRIDS_ATTR`: study nodes,
     converted subjects), a listed chunk that is absent raises here, before anything is
@@ -349,25 +350,29 @@ def checked_variable(
     """
     path = as_location(store)
     ds = xr.open_zarr(zarr_store(path), group=group, consolidated=False, chunks=None)
-    var = ds[name]
-    folder = path / group / name if group else path / name
-    grid = (ds.attrs.get(CHUNK_GRIDS_ATTR) or {}).get(name)
-    if grid is not None:
-        present = _present_chunk_keys(folder)
-        missing = [k for k in map(_chunk_key, np.ndindex(*grid)) if k not in present]
-        if missing:
-            label = f"{group}/{name}" if group else name
-            raise DamagedStoreError(
-                f"{param} {path}: {label} is damaged: {len(missing)} chunk(s) missing "
-                f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); write it again",
-                param=param,
-            )
-    disk = var.encoding.get("preferred_chunks") or {}
-    disk_chunks = [disk.get(d, n) for d, n in zip(var.dims, var.shape, strict=True)]
-    data = _checked(var, path, group or "", name, disk_chunks)
-    coords = {d: ds[d].values for d in var.dims if d in ds.coords}
-    out = xr.DataArray(data, dims=var.dims, coords=coords, attrs=dict(var.attrs), name=name)
-    out.encoding = dict(var.encoding)
+    grids = ds.attrs.get(CHUNK_GRIDS_ATTR) or {}
+    out = {}
+    for name in names:
+        var = ds[name]
+        label = f"{group}/{name}" if group else name
+        if name in grids:
+            present = _present_chunk_keys(path / group / name if group else path / name)
+            missing = [k for k in map(_chunk_key, np.ndindex(*grids[name])) if k not in present]
+            if missing:
+                raise DamagedStoreError(
+                    f"{param} {path}: {label} is damaged: {len(missing)} chunk(s) missing "
+                    f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); "
+                    "write it again",
+                    param=param,
+                )
+        disk = var.encoding.get("preferred_chunks") or {}
+        disk_chunks = [disk.get(d, n) for d, n in zip(var.dims, var.shape, strict=True)]
+        data = _checked(var, path, group or "", name, disk_chunks)
+        coords = {d: ds[d].values for d in var.dims if d in ds.coords}
+        out[name] = xr.DataArray(
+            data, dims=var.dims, coords=coords, attrs=dict(var.attrs), name=name
+        )
+        out[name].encoding = dict(var.encoding)
     return out
 
 
