@@ -227,10 +227,12 @@ def _check_array_metadata(path: Location, subject: str, param: str | None) -> No
         _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
 
 
-def _missing_chunks(path: Location, subject: str, grids: dict) -> list[tuple[str, str]]:
+def _missing_chunks(group: Location, grids: dict) -> list[tuple[str, str]]:
+    """``(array, chunk key)`` of the chunks the inventory ``grids`` lists that ``group``
+    (the group's folder) does not hold."""
     missing = []
     for name, grid in grids.items():
-        present = _present_chunk_keys(path / subject / name)
+        present = _present_chunk_keys(group / name)
         for coords in np.ndindex(*grid):
             key = _chunk_key(coords)
             if key not in present:
@@ -318,7 +320,10 @@ def _chunk_error(zarr_array, coords) -> str | None:
     return None
 
 
-def _checked(var: xr.DataArray, store: Location, subject: str, name: str, disk_chunks) -> da.Array:
+def _checked(var: xr.DataArray, store: Location, subject: str, name: str) -> da.Array:
+    """``var`` as a dask array of its on-disk chunks, read through :class:`_CheckedArray`."""
+    disk = var.encoding.get("preferred_chunks") or {}
+    disk_chunks = [disk.get(d, n) for d, n in zip(var.dims, var.shape, strict=True)]
     array = _CheckedArray(var.variable, store, subject, name, disk_chunks)
     token = tokenize(str(store), subject, name, version_tag(array.location))
     return da.from_array(
@@ -351,23 +356,21 @@ def checked_variables(
     path = as_location(store)
     ds = xr.open_zarr(zarr_store(path), group=group, consolidated=False, chunks=None)
     grids = ds.attrs.get(CHUNK_GRIDS_ATTR) or {}
+    folder = path / group if group else path
+    missing = _missing_chunks(folder, {n: grids[n] for n in names if n in grids})
+    if missing:  # named by the first array missing chunks
+        array = missing[0][0]
+        keys = [k for a, k in missing if a == array]
+        raise DamagedStoreError(
+            f"{param} {path}: {f'{group}/{array}' if group else array} is damaged: "
+            f"{len(keys)} chunk(s) missing ({', '.join(keys[:5])}"
+            f"{' ...' if len(keys) > 5 else ''}); write it again",
+            param=param,
+        )
     out = {}
     for name in names:
         var = ds[name]
-        label = f"{group}/{name}" if group else name
-        if name in grids:
-            present = _present_chunk_keys(path / group / name if group else path / name)
-            missing = [k for k in map(_chunk_key, np.ndindex(*grids[name])) if k not in present]
-            if missing:
-                raise DamagedStoreError(
-                    f"{param} {path}: {label} is damaged: {len(missing)} chunk(s) missing "
-                    f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); "
-                    "write it again",
-                    param=param,
-                )
-        disk = var.encoding.get("preferred_chunks") or {}
-        disk_chunks = [disk.get(d, n) for d, n in zip(var.dims, var.shape, strict=True)]
-        data = _checked(var, path, group or "", name, disk_chunks)
+        data = _checked(var, path, group or "", name)
         coords = {d: ds[d].values for d in var.dims if d in ds.coords}
         out[name] = xr.DataArray(
             data, dims=var.dims, coords=coords, attrs=dict(var.attrs), name=name
@@ -450,7 +453,7 @@ def open_subject(
             stacklevel=2,
         )
     else:
-        missing = _missing_chunks(path, subject, grids)
+        missing = _missing_chunks(path / subject, grids)
         if missing:
             shown = ", ".join(f"{n}/{k}" for n, k in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -475,9 +478,7 @@ def open_subject(
         ) from None
     data_vars = {}
     for name, var in ds.data_vars.items():
-        disk = var.encoding.get("preferred_chunks") or {}
-        disk_chunks = [disk.get(d, n) for d, n in zip(var.dims, var.shape, strict=True)]
-        arr = _checked(var, path, subject, name, disk_chunks)
+        arr = _checked(var, path, subject, name)
         if chunks not in ("auto-disk", None):
             wanted = chunks
             if isinstance(chunks, dict):
@@ -582,7 +583,7 @@ def verify_groups(path: Location, records: dict[str, dict]) -> list[DamagedChunk
     damaged = []
     for name, attrs in records.items():
         grids = attrs.get(CHUNK_GRIDS_ATTR) or {}
-        for array_name, key in _missing_chunks(path, name, grids):
+        for array_name, key in _missing_chunks(path / name, grids):
             damaged.append(DamagedChunk(name, array_name, key, "missing"))
         missing = {(d.array, d.chunk) for d in damaged if d.subject == name}
         for folder in _array_dirs(path, name):

@@ -597,17 +597,15 @@ class Study:
             errors: dict[str, Exception]
             try:
                 errors = _rewrite_root(self.path, self._attributes, kept, pending)
-            except (StoreError, OSError) as exc:  # the root left as it was
-                if not final:  # done at a later flush
+            except BaseException as exc:  # the root left as it was
+                if final and isinstance(exc, (StoreError, OSError)):
+                    errors = dict.fromkeys([*pending, *hiding], exc)
+                else:  # done at a later flush (interrupted: nothing forgotten)
                     self._pending = {**pending, **self._pending}
                     self._hiding |= hiding
+                    if not isinstance(exc, (StoreError, OSError)):
+                        raise
                     errors = {}
-                else:
-                    errors = dict.fromkeys([*pending, *hiding], exc)
-            except BaseException:  # interrupted: nothing done, nothing forgotten
-                self._pending = {**pending, **self._pending}
-                self._hiding |= hiding
-                raise
             else:
                 self._listed = (kept | set(pending)) - set(errors)
             self._cost_s = time.perf_counter() - start
