@@ -33,7 +33,7 @@ from roidask.batch import (
     GRANULARITIES,
     GroupPermutation,
     check_batch_folder,
-    check_subject_files,
+    check_subjects,
     group_from,
     read_manifest,
     run_batch,
@@ -663,8 +663,8 @@ def _cmd_batch(args) -> int:
     params = pipeline_params(args)
     permutation = group_permutation(args)
     specs = read_manifest(args.manifest, mask=args.mask)
-    check_subject_files(specs)  # before a cluster is started (run_batch checks them too)
-    check_batch_folder(args.out, specs)
+    check_batch_folder(args.out, specs)  # reads no input
+    check_subjects(specs, params, chunks=args.chunks)  # before a cluster is started
     address = None if args.scheduler == "local" else args.scheduler
     # run_batch announces the cluster, its dashboard and how it spreads the subjects
     with _cluster(address, args, processes=True, announce=False):
@@ -679,6 +679,7 @@ def _cmd_batch(args) -> int:
             progress=not args.quiet,
             study=not args.no_study,
             permutation=permutation,
+            check_inputs=False,
         )
     counts = table["status"].value_counts().to_dict()
     print(f"subjects: {len(table)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")

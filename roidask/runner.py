@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
+import xarray as xr
+
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti
@@ -21,7 +23,7 @@ from roidask.outputs.study import SubjectNode
 from roidask.outputs.writer import prepare_output, write_results
 from roidask.pipeline import PipelineParams, PipelineResult, check_inputs, roi_pipeline
 
-__all__ = ["run_subject"]
+__all__ = ["check_subject", "run_subject"]
 
 
 def run_subject(
@@ -130,6 +132,55 @@ def run_subject(
     return result
 
 
+def check_subject(
+    bold: Sequence[PathOrURL],
+    labels: Sequence[PathOrURL],
+    mask: PathOrURL,
+    params: PipelineParams,
+    *,
+    chunks=None,
+    tr_s: float | None = None,
+) -> tuple[xr.DataArray, xr.DataArray]:
+    """Validate one subject's NIfTI runs, labels, mask and parameters together.
+
+    Reads the headers, the labels and the mask (small), never a BOLD voxel: what
+    :func:`run_subject` checks before its pass, and what a batch checks for every
+    subject before it writes anything.
+
+    Parameters
+    ----------
+    bold, labels : list of path
+        4D NIfTI run(s) and their labels file(s).
+    mask : path
+        3D binary mask on the BOLD grid.
+    params : PipelineParams
+    chunks : dict or str, optional
+        BOLD chunking (default: blocks of whole volumes sized for the pass).
+    tr_s : float, optional
+        Repetition time in seconds (default: from the header).
+
+    Returns
+    -------
+    bold_img : xarray.DataArray
+        The lazy BOLD series (stored integers of scaled int16 runs).
+    mask_img : xarray.DataArray
+
+    Raises
+    ------
+    RoidaskError
+        The first problem found, naming the file or parameter (see
+        :func:`roidask.io.image.bold_from_nifti` and
+        :func:`roidask.pipeline.check_inputs`).
+    """
+    if chunks is None:
+        chunks = {"time": nifti_block_volumes(NiftiSource.open(bold[0], ndim=4, param="bold"))}
+    # stored integers of scaled int16 runs: half the bytes in the box or temporary file
+    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks, scaled=False)
+    mask_img = as_image(mask, ndim=3, param="mask_img")
+    check_inputs(image, mask_img, params)
+    return image, mask_img
+
+
 def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes, temp_dir):
     """The pipeline on NIfTI runs, read directly (a ``.nii.gz`` by one sequential decoder).
 
@@ -140,11 +191,6 @@ def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes
     a batch therefore runs each subject's pass inside one worker whenever it can
     (:mod:`roidask.batch.schedule`).
     """
-    # Validate everything (headers, labels, grids, contrast, mask) before any voxel is read.
-    if chunks is None:
-        chunks = {"time": nifti_block_volumes(NiftiSource.open(bold[0], ndim=4, param="bold"))}
-    # stored integers of scaled int16 runs: half the bytes in the box or temporary file
-    image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks, scaled=False)
-    check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
+    image, _ = check_subject(bold, labels, mask, params, chunks=chunks, tr_s=tr_s)
     options = {"box_max_bytes": box_max_bytes, "temp_dir": temp_dir, "progress": progress}
     return roi_pipeline(image, mask_img=mask, params=params, **options)

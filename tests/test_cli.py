@@ -561,6 +561,19 @@ def _bad(tmp_path, data, case):
                 "it first (roidask.ops.binarize_img: nonzero = inside)"
             )
         return run(mask=path), f"--mask {path}: {want}"
+    if case == "batch-invalid-subjects":  # contents, found before a cluster starts
+        img = nib.load(mask)
+        values = np.asanyarray(img.dataobj).astype(np.float32) * 2
+        two = write_image(tmp_path / "mask-two.nii.gz", values, img.affine)
+        chairs = tmp_path / "labels-chairs.txt"
+        chairs.write_text(labels.read_text().replace("house", "chair"))
+        rows = [("01", bold, labels, mask), ("02", bold, labels, two), ("03", bold, chairs, mask)]
+        manifest = write_manifest(tmp_path / "manifest.tsv", rows)
+        return ["batch", manifest, "--out", out], (
+            f"manifest: subject '02': mask_img {two}: expected a binary mask (every voxel 0 or "
+            "1), found the value(s) 2; binarize it first (roidask.ops.binarize_img: nonzero = "
+            "inside) (1 other subject(s) have invalid inputs too: '03')"
+        )
     if case in ("threads-per-worker-0", "batch-threads-per-worker-0"):
         command = "batch" if case.startswith("batch") else "run"
         argv = run() if command == "run" else batch_args(data, out)
@@ -593,6 +606,7 @@ BAD_CASES = [
     "empty-mask",
     "empty-manifest",
     "header-only-manifest",
+    "batch-invalid-subjects",
     "mask-all-zero",
     "mask-not-binary",
     "threads-per-worker-0",

@@ -1,7 +1,7 @@
 """Many subjects on one dask cluster: manifests, scheduling and resume, the group level."""
 
 from roidask.batch.group import GroupPermutation, group_from, group_level
-from roidask.batch.manifest import SubjectSpec, check_subject_files, read_manifest
+from roidask.batch.manifest import SubjectSpec, check_subjects, read_manifest
 from roidask.batch.schedule import GRANULARITIES, check_batch_folder, fingerprint, run_batch
 
 __all__ = [
@@ -9,7 +9,7 @@ __all__ = [
     "GroupPermutation",
     "SubjectSpec",
     "check_batch_folder",
-    "check_subject_files",
+    "check_subjects",
     "fingerprint",
     "group_from",
     "group_level",

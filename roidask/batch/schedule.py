@@ -86,7 +86,7 @@ from roidask._malloc import reuse_freed_buffers
 from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
 from roidask.batch.group import GROUP_KIND, GroupPermutation, group_level
-from roidask.batch.manifest import SubjectSpec, check_subject_files
+from roidask.batch.manifest import SubjectSpec, check_subjects
 from roidask.cluster import active_client, describe_client
 from roidask.exceptions import InvalidParameterError, OutputError, RoidaskError
 from roidask.io.conversions import as_image
@@ -242,7 +242,11 @@ def _check_remote_batch_folder(
 
 def prepare_batch_folder(out_dir: PathOrURL, specs: list[SubjectSpec]) -> Location:
     """Check the batch folder (:func:`check_batch_folder`), then create and mark it."""
-    out = check_batch_folder(out_dir, specs)
+    return _mark_batch_folder(check_batch_folder(out_dir, specs))
+
+
+def _mark_batch_folder(out: Location) -> Location:
+    """Create checked batch folder ``out`` and write its marker (if not there yet)."""
     if isinstance(out, S3Path):
         if remote_marker(out) is None:
             record: dict = {"written_by": "roidask", "kind": BATCH_KIND, "created_utc": utc_now()}
@@ -649,6 +653,7 @@ def run_batch(
     log: Callable[[str], None] | None = None,
     study: bool = True,
     permutation: GroupPermutation | None = None,
+    check_inputs: bool = True,
 ) -> pd.DataFrame:
     """Run the ROI pipeline for every subject, concurrently, then the group level.
 
@@ -687,6 +692,9 @@ def run_batch(
     permutation : GroupPermutation, optional
         Add a sign-flip permutation test of the subjects' t maps to the group level
         (:func:`roidask.batch.group.group_level`).
+    check_inputs : bool
+        Check every subject's inputs first (:func:`check_subjects`); ``False`` when
+        the caller has just done so with the same ``params`` and ``chunks``.
 
     Returns
     -------
@@ -699,8 +707,10 @@ def run_batch(
     InvalidParameterError
         ``granularity`` is not one of :data:`GRANULARITIES`, or is ``"subject"``
         on a cluster whose workers are threads of this process.
-    UnreadableFileError, CorruptFileError
-        An input file is missing, unreadable or empty (nothing is written).
+    RoidaskError
+        A subject's inputs are not valid: a file is missing, unreadable or empty, a
+        header, labels file or mask is wrong, or they disagree with each other or
+        with ``params`` (see :func:`check_subjects`; nothing is written).
     OutputError
         ``out_dir`` cannot be written (see :func:`check_batch_folder`).
     """
@@ -710,8 +720,10 @@ def run_batch(
     client = active_client()
     cluster = _cluster_resources(client) if client is not None else None
     mode = _granularity(granularity, cluster)
-    check_subject_files(specs)
-    out_dir = prepare_batch_folder(out_dir, specs)
+    out_dir = check_batch_folder(out_dir, specs)  # reads no input
+    if check_inputs:
+        check_subjects(specs, params, chunks=chunks)  # reads headers, labels and masks
+    _mark_batch_folder(out_dir)
     study_store = Study(out_dir / STUDY_NAME, param="out") if study else None
 
     report = _Report(len(specs), progress=progress, log=log)

@@ -58,7 +58,7 @@ def read_labels(path: PathOrURL) -> pd.DataFrame:
     """
     path = check_input_file(path, "labels", what="labels file")
     try:
-        table = pd.read_csv(open_table(path), sep=r"\s+", dtype=str, engine="python")
+        table = pd.read_csv(open_table(path), sep=r"\s+", dtype=str)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LabelsError(f"labels {path}: not a readable labels table ({exc})") from None
     if "labels" not in table.columns:

@@ -84,7 +84,8 @@ EXPORT_MARK = "written by roidask export"
 def _descrip(path: Path) -> str | None:
     """The header's ``descrip`` of NIfTI file ``path``; None if it cannot be read as one."""
     try:
-        header = nib.Nifti1Header.from_header(nib.load(path).header)
+        img = _load_header(path, path.name.lower().endswith(".gz"))
+        header = nib.Nifti1Header.from_header(img.header)
         return bytes(header["descrip"].item()).decode("latin-1")
     except Exception:  # any unreadable file is simply not ours
         return None
@@ -288,7 +289,7 @@ class NiftiSource(VolumeProperties):
                 param=param,
             )
         try:
-            img = _load_remote(path, gz) if isinstance(path, S3Path) else nib.load(path)
+            img = _load_header(path, gz)
         except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
             raise CorruptFileError(
                 f"{param} {path}: not a readable NIfTI file (truncated or corrupt gzip?): {exc}",
@@ -450,18 +451,40 @@ class NiftiSource(VolumeProperties):
         )
 
 
-def _load_remote(path: S3Path, gz: bool) -> nib.Nifti1Image:
-    """The image of an object from its first bytes: header and extensions, no voxel data."""
-    first = read_prefix(path, 4, gzip=gz)
+def _prefix(path: Path | S3Path, n: int, gz: bool) -> bytes:
+    """The first ``n`` bytes of a file's or an object's (decompressed) content."""
+    if isinstance(path, S3Path):
+        return read_prefix(path, n, gzip=gz)
+    with open(path, "rb") as f:
+        if not gz:
+            return f.read(n)
+        # a decompressor, not a gzip reader: those fail on a truncated stream's first
+        # bytes when the whole (small) file fits their read-ahead
+        inflate = isal_zlib.decompressobj(wbits=31)
+        out = b""
+        while len(out) < n and not inflate.eof:
+            data = inflate.unconsumed_tail or f.read(2**16)
+            if not data:
+                break
+            out += inflate.decompress(data, n - len(out))
+        return out
+
+
+def _load_header(path: Path | S3Path, gz: bool) -> nib.Nifti1Image:
+    """The image of a file or an object from its first bytes: header and extensions,
+    no voxel data (``nib.load`` of a ``.nii.gz`` decodes megabytes to read a header)."""
+    first = _prefix(path, 4, gz)
     sizeof = struct.unpack("<i", first)[0] if len(first) == 4 else 0
     if sizeof not in (348, 540):
         sizeof = struct.unpack(">i", first)[0] if len(first) == 4 else 0
     klass = nib.Nifti2Image if sizeof == 540 else nib.Nifti1Image
-    head = read_prefix(path, 540 if sizeof == 540 else 352, gzip=gz)
-    header = klass.header_class.from_fileobj(io.BytesIO(head), check=False)
-    vox_offset = int(header["vox_offset"])
+    size = 540 if sizeof == 540 else 348
+    head = _prefix(path, size + 4, gz)  # the header and the extension flag
+    # the fields only: from_fileobj would read the extensions past these bytes
+    header = klass.header_class(head[:size], check=False) if len(head) >= size else None
+    vox_offset = int(header["vox_offset"]) if header is not None else 0
     if vox_offset > len(head):  # extensions: read up to the data
-        head = read_prefix(path, min(vox_offset, 64 * 2**20), gzip=gz)
+        head = _prefix(path, min(vox_offset, 64 * 2**20), gz)
     return klass.from_bytes(head)
 
 

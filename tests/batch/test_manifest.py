@@ -9,7 +9,7 @@ from helpers.files import write_manifest
 
 from roidask.batch import SubjectSpec, read_manifest
 from roidask.cli import main
-from roidask.exceptions import CorruptFileError, ManifestError
+from roidask.exceptions import CorruptFileError, ManifestError, RoidaskError
 
 
 def test_manifest_tsv_runs_and_relative_paths(tmp_path):
@@ -146,3 +146,60 @@ def test_manifest_errors_on_the_command_line(tmp_path, capsys):
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith(f"roidask: error: {target}: ")
     assert not (tmp_path / "out").exists()
+
+
+def _invalid_subjects(haxby, root: Path) -> list[SubjectSpec]:
+    """A valid subject, then subjects whose inputs exist but are wrong in their contents."""
+    import nibabel as nib
+    import numpy as np
+    from helpers.files import write_image
+
+    root.mkdir()
+    img = nib.load(haxby.mask)
+    values = np.asanyarray(img.dataobj).astype(np.uint8)
+    two = write_image(root / "mask_two.nii.gz", values * 2, img.affine)  # not binary
+    wide = write_image(root / "mask_wide.nii.gz", np.pad(values, ((0, 1), (0, 0), (0, 0))),
+                       img.affine)  # fmt: skip
+    chairs = root / "labels_chairs.txt"  # no 'house' volume
+    chairs.write_text(haxby.labels.read_text().replace("house", "chair"))
+    bold, labels, mask = (haxby.bold,), (haxby.labels,), haxby.mask
+    return [
+        SubjectSpec("ok", bold, labels, mask),
+        SubjectSpec("two", bold, labels, two),
+        SubjectSpec("chairs", bold, (chairs,), mask),
+        SubjectSpec("wide", bold, labels, wide),
+    ]
+
+
+def test_check_subjects_checks_contents_without_reading_bold_voxels(haxby, tmp_path):
+    """Every subject's headers, labels and mask against each other and the parameters,
+    as ``roidask run`` checks them; the first invalid subject's error names the others."""
+    from helpers.lazy import voxel_reads
+
+    from roidask.batch import check_subjects
+    from roidask.exceptions import InvalidParameterError
+    from roidask.pipeline import PipelineParams
+
+    specs = _invalid_subjects(haxby, tmp_path / "data")
+    with voxel_reads() as reads:
+        check_subjects(specs[:1])
+        with pytest.raises(InvalidParameterError) as info:
+            check_subjects(specs)
+    assert haxby.bold not in reads  # headers only: the masks are the only images read
+    message = str(info.value)
+    assert message.startswith(f"manifest: subject 'two': mask_img {specs[1].mask}: expected a")
+    assert message.endswith("(2 other subject(s) have invalid inputs too: 'chairs', 'wide')")
+    assert info.value.param == "manifest"
+    # each subject's own error: the labels, the grid
+    cases = [(specs[2], r"unknown condition\(s\) \['house'\]"), (specs[3], "voxel grids")]
+    for spec, want in cases:
+        with pytest.raises(RoidaskError, match=f"^manifest: subject '{spec.subject}': .*{want}"):
+            check_subjects([spec])
+    # the parameters count: a contrast that every subject has passes, one they lack fails
+    check_subjects(specs[:1], PipelineParams(contrast=("face", "cat")))
+    with pytest.raises(RoidaskError, match=r"^manifest: subject 'ok': .*\['dog'\]"):
+        check_subjects(specs[:1], PipelineParams(contrast=("face", "dog")))
+    # many invalid subjects: the first five others are named
+    many = [SubjectSpec(f"t{i}", s.bold, s.labels, s.mask) for i, s in enumerate([specs[1]] * 8)]
+    with pytest.raises(InvalidParameterError, match=r"7 other subject\(s\) .*'t5', \.\.\.\)$"):
+        check_subjects(many)

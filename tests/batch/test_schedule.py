@@ -737,7 +737,8 @@ def test_batch_progress_bar_on_a_terminal(haxby, tmp_path, capsys, fake_terminal
 
     specs = tiny_specs(haxby, tmp_path / "data", 3)
     bad = tmp_path / "data" / "bad.nii.gz"
-    bad.write_bytes(b"not a NIfTI file")
+    raw = specs[0].bold[0].read_bytes()  # a valid header, a stream that ends early:
+    bad.write_bytes(raw[: len(raw) // 2] + raw[-8:])  # the subject fails in its pass
     specs.append(SubjectSpec("bad", (bad,), specs[0].labels, specs[0].mask))
     # a served dashboard (bokeh is not needed to print its address)
     url = "http://127.0.0.1:8787/status"

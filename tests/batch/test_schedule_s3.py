@@ -175,7 +175,7 @@ def test_batch_from_and_to_s3_matches_local_and_resumes(dataset, cluster, tmp_pa
 
 
 def test_s3_manifest_paths_and_fingerprints(dataset):
-    from roidask.batch.manifest import check_subject_files, read_manifest
+    from roidask.batch.manifest import check_subjects, read_manifest
     from roidask.batch.schedule import fingerprint
     from roidask.exceptions import UnreadableFileError
     from roidask.io.locations import S3Path
@@ -190,7 +190,7 @@ def test_s3_manifest_paths_and_fingerprints(dataset):
         tuple(S3Path.from_url(f"{bucket}/{p.relative_to(root).as_posix()}") for p in s.files)
         for s in local
     ]  # relative paths in an s3:// manifest are relative to it
-    check_subject_files(specs)
+    check_subjects(specs)
     digest, inputs = fingerprint(first, PipelineParams())
     assert all("etag" in r and "sha256" not in r for r in inputs)  # no download
     # another content of one input (same size): another fingerprint
@@ -215,4 +215,4 @@ def test_s3_manifest_paths_and_fingerprints(dataset):
     on_disk.write_text(rows)
     assert read_manifest(on_disk) == [spec]
     with pytest.raises(UnreadableFileError, match=r"^manifest: subject 'x': bold s3://.*nope"):
-        check_subject_files([spec])
+        check_subjects([spec])

@@ -242,3 +242,28 @@ def test_write_nifti_stores_the_scaling_and_streams_dask_blocks(tmp_path, rng):
         assert a.read() == b.read()
     plain = nib.load(nifti.write_nifti(stored, tmp_path / "c.nii", affine=affine))
     assert not NiftiSource.open(plain.get_filename()).is_scaled
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("kind", ["nifti1", "nifti2", "extension", "big-endian"])
+def test_open_reads_the_header_as_nibabel_does(tmp_path, rng, suffix, kind):
+    """(reference, ours): nibabel's load against the header read from the file's first
+    bytes; then the voxels through that header."""
+    values = rng.integers(-500, 500, size=(6, 5, 4, 7), dtype=np.int16)
+    affine = np.array([[-2.5, 0, 0, 90], [0, 2.5, 0, -126], [0, 0, 3.0, -72], [0, 0, 0, 1]])
+    klass = nib.Nifti2Image if kind == "nifti2" else nib.Nifti1Image
+    if kind == "big-endian":
+        values = values.astype(">i2")
+    img = klass(values, affine)
+    img.header.set_slope_inter(0.5, 3.0)
+    if kind == "extension":  # the data starts after the extension
+        img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"x" * 5000))
+    path = tmp_path / f"run{suffix}"
+    nib.save(img, str(path))
+    reference = nib.load(path)
+    src = NiftiSource.open(path)
+    assert src.header.binaryblock == reference.header.binaryblock
+    assert src.offset == reference.dataobj.offset > (5000 if kind == "extension" else 0)
+    assert (src.slope, src.inter) == (0.5, 3.0)
+    np.testing.assert_array_equal(src.affine, reference.affine)
+    np.testing.assert_array_equal(src.read(0, 7), np.asanyarray(reference.dataobj))
