@@ -142,13 +142,19 @@ def test_export_never_replaces_what_roidask_did_not_write(results, tmp_path, cap
 
 
 @pytest.mark.parametrize("damage", ["missing", "flipped"])
-def test_export_refuses_a_damaged_study_node(results, tmp_path, capsys, damage):
-    """A chunk of a study node that is missing (zarr would read the fill value) or fails its
-    checksum: one line naming it, and nothing written."""
+@pytest.mark.parametrize("source", ["study", "results"])
+def test_export_refuses_a_damaged_store(results, tmp_path, capsys, damage, source):
+    """A chunk of a study node or of a subject's results.zarr that is missing (zarr would
+    read the fill value) or fails its checksum: one line naming it, and nothing written."""
     import shutil
 
-    study = shutil.copytree(results.parent / "study.zarr", tmp_path / "study.zarr")
-    chunks = sorted(p for p in (study / "sub-01" / "tstat" / "c").rglob("*") if p.is_file())
+    if source == "study":
+        store = shutil.copytree(results.parent / "study.zarr", tmp_path / "study.zarr")
+        group, where = store / "sub-01", ["--node", "sub-01"]
+    else:
+        store = shutil.copytree(results / "results.zarr", tmp_path / "results.zarr")
+        group, where = store, []
+    chunks = sorted(p for p in (group / "tstat" / "c").rglob("*") if p.is_file())
     if damage == "missing":
         chunks[0].unlink()
     else:
@@ -156,8 +162,9 @@ def test_export_refuses_a_damaged_study_node(results, tmp_path, capsys, damage):
         data[len(data) // 2] ^= 0xFF
         chunks[0].write_bytes(bytes(data))
     out = tmp_path / "t.nii.gz"
-    argv = ["export", str(study), "--node", "sub-01", "--variable", "tstat", "--out", str(out)]
+    argv = ["export", str(store), *where, "--variable", "tstat", "--out", str(out)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "sub-01/tstat is damaged" in err, err
+    name = "sub-01/tstat" if source == "study" else "tstat"
+    assert "\n" not in err and f" {name} is damaged" in err, err
     assert not out.exists() and not list(tmp_path.glob(".t.nii.gz*"))

@@ -301,11 +301,22 @@ def test_run_cli_writes_the_folds(haxby, tmp_path, capsys):
     again = write_results(result, tmp_path / "again", plots=False)
     got = xr.open_zarr(again / "results.zarr", consolidated=True).load()
     expected = result.to_dataset()
+    assert_chunk_inventory(got)
     for d in (got, expected):
         d.coords["condition"] = d["condition"].astype(object).astype(str)
         for name in ("roi_runs", "signal_runs"):
             d.coords[name] = d[name].astype(object).astype(str)
     xr.testing.assert_identical(got, expected)
+
+
+def assert_chunk_inventory(ds: xr.Dataset) -> None:
+    """The store's chunk inventory (popped from ``ds.attrs``): every variable's chunks."""
+    from roidask.io.store_read import CHUNK_GRIDS_ATTR
+
+    grids = ds.attrs.pop(CHUNK_GRIDS_ATTR)
+    assert set(grids) == set(ds.variables)
+    for name, grid in grids.items():  # one chunk per small array
+        assert grid == [1] * ds[name].ndim, name
 
 
 def test_results_zarr_is_the_result_dataset(haxby, tmp_path):
@@ -317,6 +328,7 @@ def test_results_zarr_is_the_result_dataset(haxby, tmp_path):
     out = write_results(result, tmp_path / "out", plots=False)
     got = xr.open_zarr(out / "results.zarr", consolidated=True).load()
     expected = result.to_dataset()
+    assert_chunk_inventory(got)
     for ds in (got, expected):
         ds.coords["condition"] = ds["condition"].astype(object).astype(str)
     xr.testing.assert_identical(got, expected)

@@ -73,6 +73,7 @@ from roidask.io.store_read import (
 __all__ = [
     "bold_codecs",
     "checksummed",
+    "chunk_grids",
     "consolidate",
     "convert",
     "dataset_zarr_files",
@@ -102,12 +103,28 @@ def consolidate(path: Path | S3Path) -> None:
     zarr.consolidate_metadata(zarr_store(path, read_only=False))
 
 
+def chunk_grids(arrays: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The chunk inventory of a group: chunks per dimension of each of its arrays.
+
+    ``arrays``: array name to its zarr v3 metadata (a dict, as in a consolidated
+    ``zarr.json``) or to an open zarr array; other nodes are ignored.
+    """
+    grids = {}
+    for name, meta in arrays.items():
+        if isinstance(meta, dict):
+            if meta.get("node_type") != "array":
+                continue
+            shape = meta["shape"]
+            chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        else:
+            shape, chunks = meta.shape, meta.chunks
+        grids[name] = [-(-int(n) // int(c)) for n, c in zip(shape, chunks, strict=True)]
+    return grids
+
+
 def _chunk_grids(group_path: Path) -> dict[str, list[int]]:
     group = zarr.open_group(str(group_path), mode="r", use_consolidated=False)
-    return {
-        name: [-(-n // c) for n, c in zip(arr.shape, arr.chunks, strict=True)]
-        for name, arr in group.arrays()
-    }
+    return chunk_grids(dict(group.arrays()))
 
 
 def _mark_complete(group_path: Path) -> None:
@@ -122,8 +139,10 @@ def _mark_complete(group_path: Path) -> None:
 def dataset_zarr_files(ds: xr.Dataset) -> dict[str, bytes]:
     """A small Dataset encoded as the files of a zarr v3 store, in memory.
 
-    Keys are the store's file names (``zarr.json`` holds the consolidated metadata);
-    every array is checksummed (:func:`checksummed`) and every chunk is written.
+    Keys are the store's file names (``zarr.json`` holds the consolidated metadata
+    and, in its attributes, the chunk inventory :data:`CHUNK_GRIDS_ATTR`, by which a
+    reader refuses a deleted chunk that zarr would read as the fill value); every
+    array is checksummed (:func:`checksummed`) and every chunk is written.
     The store is built in memory because zarr writes each array's metadata,
     attributes and chunks as separate files, each through its event loop and a
     thread, which for ~25 small arrays costs more than the bytes.
@@ -138,7 +157,11 @@ def dataset_zarr_files(ds: xr.Dataset) -> dict[str, bytes]:
         ds.to_zarr(
             MemoryStore(files), mode="w", zarr_format=3, consolidated=True, encoding=encoding
         )
-    return {key: buffer.to_bytes() for key, buffer in files.items()}
+    out = {key: buffer.to_bytes() for key, buffer in files.items()}
+    root = json.loads(out["zarr.json"])
+    root["attributes"][CHUNK_GRIDS_ATTR] = chunk_grids(root["consolidated_metadata"]["metadata"])
+    out["zarr.json"] = json.dumps(root, indent=2).encode()
+    return out
 
 
 def write_zarr_files(files: Mapping[str, bytes], path: Path) -> None:

@@ -58,7 +58,6 @@ from roidask.io.locations import (
     zarr_store,
 )
 from roidask.io.store_read import (
-    CHUNK_GRIDS_ATTR,
     COMPLETE_ATTR,
     DamagedChunk,
     ignore_consolidated_warning,
@@ -211,16 +210,6 @@ def node_attrs(study: PathOrURL, name: str) -> dict | None:
     return attrs
 
 
-def _chunk_grids(consolidated: dict[str, Any]) -> dict[str, list[int]]:
-    grids = {}
-    for key, meta in consolidated.items():
-        if meta.get("node_type") != "array":
-            continue
-        chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
-        grids[key] = [-(-n // c) for n, c in zip(meta["shape"], chunks, strict=True)]
-    return grids
-
-
 def _clear_node(node: Path | S3Path) -> None:
     """Remove a previous (unpublished) version of a node: its completion first."""
     if not node.exists():
@@ -266,13 +255,8 @@ def write_node_files(
     node = study / name
     files = dict(files)
     group = json.loads(files.pop(_META))
-    group["attributes"].update(
-        {
-            **(attrs or {}),
-            CHUNK_GRIDS_ATTR: _chunk_grids(group["consolidated_metadata"]["metadata"]),
-            COMPLETE_ATTR: True,
-        }
-    )
+    # the chunk inventory is in the attributes already (dataset_zarr_files)
+    group["attributes"].update({**(attrs or {}), COMPLETE_ATTR: True})
     _clear_node(node)
     if isinstance(node, S3Path):  # one PUT per object, concurrently
         with ThreadPoolExecutor(8, thread_name_prefix="roidask-put") as pool:
