@@ -45,11 +45,19 @@ from roidask.io.conversions import open_map
 from roidask.io.image import to_nifti
 from roidask.io.locations import is_remote, location_arg
 from roidask.io.nifti import EXPORT_MARK
-from roidask.io.store_read import CHUNK_GRIDS_ATTR, list_subjects, open_subject, verify_store
+from roidask.io.store_read import (
+    CHUNK_GRIDS_ATTR,
+    checked_variables,
+    list_subjects,
+    open_subject,
+    verify_groups,
+    verify_store,
+)
 from roidask.io.store_write import convert
 from roidask.ops.extract import STRATEGIES
 from roidask.outputs.provenance import input_paths, start_input_records
-from roidask.pipeline import ROI_DEFINITIONS, TESTS, PipelineParams
+from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, published, verify_study
+from roidask.pipeline import RESULTS_ATTR, ROI_DEFINITIONS, TESTS, PipelineParams
 from roidask.runner import run_subject
 
 __all__ = ["build_parser", "entry", "main"]
@@ -252,12 +260,19 @@ def _cmd_convert(args) -> int:
 def _add_info(sub) -> None:
     p = sub.add_parser(
         "info",
-        help="describe a roidask store (and verify it)",
-        description="Describe a roidask store: its subjects, shapes, chunks, conditions, "
-        "runs and sources. With --verify, read every chunk and check its checksum; the "
-        "damaged or missing chunks are listed and the exit status is 1.",
+        help="describe a roidask store, results.zarr or study.zarr (and verify it)",
+        description="Describe a roidask store (its subjects, shapes, chunks, conditions, "
+        "runs and sources), a subject's results.zarr (parameters, grid, ROIs, maps) or a "
+        "batch's study.zarr (subjects, group level). With --verify, read every chunk and "
+        "check its checksum; the damaged or missing chunks are listed and the exit status "
+        "is 1.",
     )
-    p.add_argument("store", type=location_arg, metavar="STORE", help="a roidask zarr store")
+    p.add_argument(
+        "store",
+        type=location_arg,
+        metavar="STORE",
+        help="a roidask zarr store (roidask convert), results.zarr or study.zarr",
+    )
     p.add_argument(
         "--verify",
         action="store_true",
@@ -325,7 +340,123 @@ def describe_store(store, *, damaged: list | None = None) -> str:
     return "\n".join(lines)
 
 
+def _root_attrs(store) -> dict:
+    """The attributes of a zarr store's root group ({} if it has none to read)."""
+    try:
+        record = json.loads((store / "zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    attrs = record.get("attributes") if isinstance(record, dict) else None
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _arrays_line(metadata: dict, dims: tuple[str, ...]) -> str:
+    """``name shape dtype`` of the arrays on ``dims`` in consolidated metadata."""
+    found = [
+        f"{name} {'x'.join(map(str, meta['shape']))} {meta['data_type']}"
+        for name, meta in sorted(metadata.items())
+        if meta.get("node_type") == "array"
+        and tuple(meta.get("dimension_names") or ()) == dims
+        and "/" not in name
+    ]
+    return ", ".join(found) or "none"
+
+
+def describe_results(store, *, damaged: list | None = None) -> str:
+    """A summary of a subject's ``results.zarr``: parameters, grid, ROIs, maps (no voxel read).
+
+    A chunk missing from its inventory is reported as damage, and its error appended
+    to ``damaged`` if given.
+    """
+    record = json.loads((store / "zarr.json").read_bytes())
+    attrs = record["attributes"]
+    metadata = record.get("consolidated_metadata", {}).get("metadata", {})
+    contrast = attrs.get("contrast") or ["?", "?"]
+    grid = next(
+        (m["shape"] for n, m in metadata.items() if n == "logp" and m.get("node_type") == "array"),
+        None,
+    )
+    voxels = attrs.get("voxel_size_mm") or []
+    lines = [
+        f"results {store}: one subject's results (format {attrs['roidask_results_format']})",
+        f"contrast: {contrast[0]} vs {contrast[1]} ({attrs.get('test')} t-test), fwhm "
+        f"{attrs.get('fwhm_mm')} mm, -log10 p clipped at {attrs.get('clip')}, threshold "
+        f"{attrs.get('threshold')}, {attrs.get('dilation_iterations')} dilation(s), "
+        f"connectivity {attrs.get('connectivity')}, ROI definition "
+        f"{attrs.get('roi_definition')}",
+    ]
+    if grid:
+        size = " x ".join(f"{v:.3g}" for v in voxels)
+        lines.append(
+            f"grid: {'x'.join(map(str, grid))} voxels of {size} mm, TR {attrs.get('tr_s')} s"
+        )
+    lines.append(f"ROIs: {attrs.get('n_rois')}")
+    lines.append(f"maps: {_arrays_line(metadata, ('x', 'y', 'z'))}")
+    lines.append(f"signals: {_arrays_line(metadata, ('roi', 'time'))}")
+    if CHUNK_GRIDS_ATTR in attrs:
+        try:  # lists the chunks (no data read): a deleted one is named
+            checked_variables(store, sorted(attrs[CHUNK_GRIDS_ATTR]))
+        except StoreError as exc:
+            lines.append(f"damaged: {format_error(exc, 'info')}")
+            if damaged is not None:
+                damaged.append(exc)
+        else:
+            lines.append(
+                "chunks: all present, each with a CRC-32C checksum (not read here; --verify "
+                "reads and checks them)"
+            )
+    return "\n".join(lines)
+
+
+def describe_study(store) -> str:
+    """A summary of a study store: its published subjects and group level (no voxel read)."""
+    names = published(store)
+    subjects = [n for n in names if n != GROUP_NODE]
+    record = json.loads((store / "zarr.json").read_bytes())
+    metadata = record.get("consolidated_metadata", {}).get("metadata", {})
+    shown = ", ".join(
+        f"{n} ({metadata.get(n, {}).get('attributes', {}).get('n_rois', '?')} ROIs)"
+        for n in subjects[:20]
+    )
+    more = f", ... ({len(subjects) - 20} more)" if len(subjects) > 20 else ""
+    lines = [
+        f"study {store}: one node per subject and the group level (xr.open_datatree)",
+        f"subjects: {len(subjects)}{': ' + shown + more if subjects else ''}",
+    ]
+    if GROUP_NODE in names:
+        group = metadata.get(GROUP_NODE, {}).get("attributes", {})
+        lines.append(f"group level: {group.get('n_subjects', '?')} subjects")
+    else:
+        lines.append("group level: none")
+    lines.append(
+        "nodes: each complete when published, its chunks listed in its inventory with a "
+        "CRC-32C checksum each (not read here; --verify reads and checks them)"
+    )
+    return "\n".join(lines)
+
+
 def _cmd_info(args) -> int:
+    attrs = _root_attrs(args.store)
+    kind = "study" if STUDY_ATTR in attrs else "results" if RESULTS_ATTR in attrs else None
+    if kind is not None:
+        if not args.verify:
+            harmed: list = []
+            if kind == "study":
+                print(describe_study(args.store))
+            else:
+                print(describe_results(args.store, damaged=harmed))
+            return 1 if harmed else 0
+        if kind == "study":
+            found = verify_study(args.store)
+        else:
+            found = verify_groups(args.store, {"": attrs})
+        if not found:
+            print(f"{kind} {args.store}: every chunk reads and passes its checksum")
+            return 0
+        print(f"{kind} {args.store}: {len(found)} damaged chunk(s)")
+        for d in found:
+            print(f"  {'/'.join(p for p in (d.subject, d.array, d.chunk) if p)}: {d.reason}")
+        return 1
     if not args.verify:
         damaged: list = []
         print(describe_store(args.store, damaged=damaged))

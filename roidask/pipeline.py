@@ -80,6 +80,7 @@ from roidask.ops.stats import clip_logp
 from roidask.ops.threshold import mask_and, threshold_img
 
 __all__ = [
+    "RESULTS_ATTR",
     "RESULTS_FORMAT",
     "RESULTS_VARIABLES",
     "ROI_DEFINITIONS",
@@ -327,6 +328,8 @@ class PipelineResult:
 #: ``roidask_results_format``: 2 adds the ``roi_definition`` attribute and, with an
 #: independent ROI definition, the ``fold`` dimension (format 1 had neither).
 RESULTS_FORMAT = 2
+#: The root attribute of a ``results.zarr`` (and of a study's subject node): its format.
+RESULTS_ATTR = "roidask_results_format"
 #: long_name and units of each variable of the results schema ("1": dimensionless,
 #: counts, labels and BOLD intensities, which have no physical unit).
 RESULTS_VARIABLES = {
@@ -450,7 +453,7 @@ def _results_attrs(result: PipelineResult, ref: xr.DataArray, n_rois) -> dict:
     return {
         "title": "roidask ROI analysis of one subject",
         "source": f"roidask {roidask_version}",
-        "roidask_results_format": RESULTS_FORMAT,
+        RESULTS_ATTR: RESULTS_FORMAT,
         **params,
         "tr_s": result.signals.attrs.get("tr_s"),
         "n_rois": n_rois,

@@ -90,6 +90,25 @@ def run_subject(
             "bold, store: give either BOLD file(s) with labels, or a store (with its subject)",
             param="bold",
         )
+    if store:  # what a store holds already is not taken from elsewhere silently
+        given = []
+        if labels is not None:
+            given.append(("labels", ", ".join(map(str, labels))))
+        if tr_s is not None:
+            given.append(("tr_s", f"{tr_s:g} s"))
+        if given:
+            name, shown = given[0]
+            raise InvalidParameterError(
+                f"{name}: not used with a store (given: {shown}); the store holds its "
+                "subjects' conditions, runs and repetition time: drop it, or run on the "
+                "NIfTI files instead",
+                param=name,
+            )
+    elif subject is not None:
+        raise InvalidParameterError(
+            f"subject: only used with a store (given: {subject!r}, with BOLD files)",
+            param="subject",
+        )
     if bold and not labels:
         raise InvalidParameterError(
             "labels: a labels.txt or one events.tsv per run is required with BOLD files",

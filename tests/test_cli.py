@@ -367,6 +367,56 @@ def test_a_whole_store_verifies(store, capsys):
     assert rc == 0 and "every chunk of every subject reads and passes its checksum" in out
 
 
+@pytest.fixture(scope="module")
+def haxby_outputs(haxby, tmp_path_factory):
+    """A subject's output folder (``roidask run``) and a study store holding it as a node."""
+    import xarray as xr
+
+    from roidask.outputs.study import prepare_study, publish, write_node
+
+    out = tmp_path_factory.mktemp("outputs") / "sub-01"
+    argv = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
+    assert main([*argv, "--out", str(out), "--no-plots", "--quiet"]) == 0
+    study = prepare_study(out.parent / "study.zarr")
+    write_node(study, "sub-01", xr.open_zarr(str(out / "results.zarr")).load())
+    publish(study, "sub-01")
+    return out / "results.zarr", study
+
+
+@pytest.mark.parametrize("kind", ["results", "study"])
+@pytest.mark.parametrize("how", ["delete", "flip"])
+def test_info_describes_and_verifies_results_and_studies(
+    haxby_outputs, tmp_path, capsys, kind, how
+):
+    """``info`` on a results.zarr or a study store: what it holds (no voxel read), and with
+    --verify every chunk checked; a deleted chunk is found from the inventory alone."""
+    results, study = haxby_outputs
+    store = shutil.copytree(results if kind == "results" else study, tmp_path / "copy.zarr")
+    rc, out, _ = cli(capsys, "info", store)
+    assert rc == 0
+    if kind == "results":
+        assert out.splitlines()[0] == f"results {store}: one subject's results (format 2)"
+        assert "ROIs: 5\n" in out and "maps: atlas 40x20x1 int32," in out
+        assert "signals: signals 5x1452 float64" in out and "chunks: all present" in out
+    else:
+        assert "\nsubjects: 1: sub-01 (5 ROIs)\ngroup level: none\n" in out
+    rc, out, _ = cli(capsys, "info", "--verify", store)
+    assert (rc, out) == (0, f"{kind} {store}: every chunk reads and passes its checksum\n")
+    node = "" if kind == "results" else "sub-01/"
+    damage_chunk(store, f"{node}logp/c/0/0/0", how)
+    rc, out, _ = cli(capsys, "info", store)
+    if how == "delete" and kind == "results":  # the inventory shows it, no chunk read
+        assert rc == 1 and f"damaged: {store}: logp is damaged: 1 chunk(s) missing" in out
+    else:
+        assert rc == 0
+    rc, out, _ = cli(capsys, "info", "--verify", store)
+    reason = "missing" if how == "delete" else "it fails its CRC-32C checksum"
+    assert (rc, out.splitlines()) == (
+        1,
+        [f"{kind} {store}: 1 damaged chunk(s)", f"  {node}logp/c/0/0/0: {reason}"],
+    )
+
+
 @pytest.mark.parametrize("command", ["info", "run"])
 def test_corrupt_zarr_json_is_named(store, haxby, tmp_path, capsys, command):
     meta = store / "zarr.json"
@@ -574,6 +624,19 @@ def _bad(tmp_path, data, case):
             "1), found the value(s) 2; binarize it first (roidask.ops.binarize_img: nonzero = "
             "inside) (1 other subject(s) have invalid inputs too: '03')"
         )
+    if case in ("store-with-labels", "store-with-tr"):  # what the store holds is not replaced
+        store = tmp_path / "store.zarr"
+        assert main(["convert", str(bold), "--labels", str(labels), "--out", str(store)]) == 0
+        flag, given = ("--labels", labels) if case == "store-with-labels" else ("--tr", "2 s")
+        argv = ["run", "--store", store, "--mask", mask, "--out", out, "--quiet"]
+        return [*argv, flag, labels if flag == "--labels" else "2"], (
+            f"{flag}: not used with a store (given: {given}); the store holds its subjects' "
+            "conditions, runs and repetition time: drop it, or run on the NIfTI files instead"
+        )
+    if case == "subject-without-store":
+        return [*run(), "--subject", "sub-01"], (
+            "--subject: only used with a store (given: 'sub-01', with BOLD files)"
+        )
     if case in ("threads-per-worker-0", "batch-threads-per-worker-0"):
         command = "batch" if case.startswith("batch") else "run"
         argv = run() if command == "run" else batch_args(data, out)
@@ -607,6 +670,9 @@ BAD_CASES = [
     "empty-manifest",
     "header-only-manifest",
     "batch-invalid-subjects",
+    "store-with-labels",
+    "store-with-tr",
+    "subject-without-store",
     "mask-all-zero",
     "mask-not-binary",
     "threads-per-worker-0",
