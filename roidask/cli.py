@@ -34,7 +34,7 @@ from roidask.batch import (
     GroupPermutation,
     check_batch_folder,
     check_subjects,
-    group_from,
+    prepare_group,
     read_manifest,
     run_batch,
 )
@@ -933,9 +933,10 @@ def _add_group(sub) -> None:
 def _cmd_group(args) -> int:
     start = time.perf_counter()
     permutation = group_permutation(args)
+    plan = prepare_group(args.study, out=args.out, permutation=permutation)  # no cluster yet
     address = None if args.scheduler == "local" else args.scheduler
     with _cluster(address, args, processes=True):
-        out = group_from(args.study, out=args.out, permutation=permutation)
+        out = plan.run()
     record = json.loads((out / "permutation.json").read_text())
     subjects = pd.read_csv(out / "subjects.tsv", sep="\t")
     print(f"subjects: {len(subjects)}")

@@ -57,15 +57,17 @@ from roidask.ops.permutation import (
     permuted_ttest_1samp,
 )
 from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, STUDY_NAME, Study, published
-from roidask.pipeline import compute
+from roidask.pipeline import compute, mask_values
 
 __all__ = [
     "GROUP_KIND",
     "GROUP_VARIABLES",
     "PERMUTATION_VARIABLES",
     "GroupPermutation",
+    "GroupPlan",
     "group_from",
     "group_level",
+    "prepare_group",
 ]
 
 #: Kind recorded in the ownership marker of a group folder.
@@ -291,20 +293,20 @@ def group_level(
         )
     check_output(out, param="out", overwrite=True, kind=GROUP_KIND)
     subjects = _folder_subjects(subject_dirs)
+    mask = _check_group(subjects, permutation)
     try:
-        return _group(subjects, out, study=study, permutation=permutation)
+        return _group(subjects, out, study=study, permutation=permutation, mask=mask)
     finally:
         if permutation is not None:  # the permutation's tasks read the t maps on workers
             release_everywhere([f for files in subjects.files for f in files])
 
 
-def _group(
-    subjects: _Subjects,
-    out: Location,
-    *,
-    study: Study | None,
-    permutation: GroupPermutation | None,
-) -> Location:
+def _check_group(subjects: _Subjects, permutation: GroupPermutation | None) -> xr.DataArray | None:
+    """Check the subjects' maps share one grid, and the permutation test's mask (read:
+    binary, not empty, on that grid); returns the mask as booleans (None: no mask).
+
+    Reads no map, only the mask.
+    """
     names, tmaps = subjects.names, subjects.tmaps
     ref = tmaps[0]
     for name, t in zip(names[1:], tmaps[1:], strict=True):
@@ -314,10 +316,29 @@ def _group(
             raise GridMismatchError(
                 f"group level needs every subject on one grid: {exc}"
             ) from None
-    mask = None
-    if permutation is not None and permutation.mask is not None:
-        mask = as_image(permutation.mask, ndim=3, param="mask")
+    if permutation is None or permutation.mask is None:
+        return None
+    mask = as_image(permutation.mask, ndim=3, param="mask")
+    try:
         check_same_grid(ref, mask, names=(names[0], "mask"))
+    except GridMismatchError as exc:
+        raise GridMismatchError(
+            f"mask {permutation.mask}: not on the subjects' grid ({exc})", param="mask"
+        ) from None
+    return mask.copy(data=mask_values(mask, param="mask"))
+
+
+def _group(
+    subjects: _Subjects,
+    out: Location,
+    *,
+    study: Study | None,
+    permutation: GroupPermutation | None,
+    mask: xr.DataArray | None,
+) -> Location:
+    """The group level of checked subjects (:func:`_check_group` gave ``mask``)."""
+    names, tmaps = subjects.names, subjects.tmaps
+    ref = tmaps[0]
     # small volumes, one subject after the other: computed here, never shipped to a
     # cluster and back; the t-test's moments and the overlap accumulated as they come
     moments, overlap = None, None
@@ -398,6 +419,27 @@ def _batch_subject_dirs(batch: Path) -> list[Path]:
     return [batch / Path(out).name for out in done["out"]]
 
 
+@dataclass(frozen=True)
+class GroupPlan:
+    """A checked group level, ready to compute (:func:`prepare_group`)."""
+
+    subjects: _Subjects
+    out: Path
+    study: Study | None
+    permutation: GroupPermutation | None
+    mask: xr.DataArray | None
+
+    def run(self) -> Path:
+        """Compute and write the group level (the permutation test on the active cluster)."""
+        try:
+            _group(self.subjects, self.out, study=self.study, permutation=self.permutation,
+                   mask=self.mask)  # fmt: skip
+            return self.out
+        finally:
+            if self.permutation is not None:
+                release_everywhere([f for files in self.subjects.files for f in files])
+
+
 def group_from(
     path: str | os.PathLike,
     *,
@@ -405,6 +447,8 @@ def group_from(
     permutation: GroupPermutation | None = None,
 ) -> Path:
     """The group level of an existing batch folder or study store (``roidask group``).
+
+    :func:`prepare_group` (every check), then :meth:`GroupPlan.run`.
 
     Parameters
     ----------
@@ -431,6 +475,24 @@ def group_from(
         for a study store outside a batch folder, or ``out`` is not roidask's.
     InvalidParameterError
         Fewer than 2 subjects.
+    """
+    return prepare_group(path, out=out, permutation=permutation).run()
+
+
+def prepare_group(
+    path: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    permutation: GroupPermutation | None = None,
+) -> GroupPlan:
+    """Check everything :func:`group_from` needs, before anything is computed or written
+    (and before ``roidask group`` starts a cluster): the folder or store, ``out``, the
+    subjects and their grid, the permutation test's mask. Reads no map but the mask.
+
+    Raises
+    ------
+    RoidaskError
+        As :func:`group_from`; also a mask that is not binary, empty or on another grid.
     """
     path = Path(path)
     study_path: Path | None
@@ -465,12 +527,8 @@ def group_from(
     else:  # path is the study store
         subjects = _study_subjects(path)
         _check_count(len(subjects.names), path)
-    try:
-        _group(subjects, out, study=study, permutation=permutation)
-        return out
-    finally:
-        if permutation is not None:
-            release_everywhere([f for files in subjects.files for f in files])
+    mask = _check_group(subjects, permutation)
+    return GroupPlan(subjects, out, study, permutation, mask)
 
 
 def _check_count(n: int, path: Path) -> None:

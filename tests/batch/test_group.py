@@ -192,3 +192,33 @@ def test_group_rejects_bad_inputs_before_writing(batch, tmp_path):
         group_from(alone, out=tmp_path / "g")
     assert sorted(str(p) for p in batch.rglob("*")) == listing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.zarr"]
+
+
+@pytest.mark.parametrize("case", ["not-binary", "other-grid", "empty"])
+def test_group_cli_checks_the_mask_before_a_cluster_starts(batch, tmp_path, capsys, case):
+    """The permutation test's mask is read and checked with everything else, before the
+    embedded cluster starts (no ``dask:`` line) and before anything is written."""
+    from helpers.files import write_image
+
+    ref = nib.load(batch / "sub-01" / "tstat.nii.gz")
+    values = np.ones(SHAPE, dtype=np.uint8)
+    if case == "not-binary":
+        values[0, 0, 0] = 3
+    elif case == "empty":
+        values[:] = 0
+    else:
+        values = np.ones((SHAPE[0] + 1, *SHAPE[1:]), dtype=np.uint8)
+    mask = write_image(tmp_path / "mask.nii.gz", values, ref.affine)
+    out = tmp_path / "group"
+    argv = ["group", str(batch), "--out", str(out), "--permutations", "4", "--mask", str(mask)]
+    assert main([*argv, "--scheduler", "local", "--n-workers", "1"]) == 2
+    err = capsys.readouterr().err
+    want = {
+        "not-binary": f"--mask {mask}: expected a binary mask (every voxel 0 or 1), found the "
+        "value(s) 3",
+        "empty": f"--mask {mask}: mask is empty (every voxel is 0)",
+        "other-grid": f"--mask {mask}: not on the subjects' grid (sub-01 and mask are on "
+        "different voxel grids: sub-01 has shape (16, 20, 12)",
+    }[case]
+    assert len(err.strip().splitlines()) == 1 and want in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
