@@ -40,7 +40,13 @@ from roidask.batch import (
 )
 from roidask.cluster import dashboard_link, describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
-from roidask.exceptions import InvalidParameterError, RoidaskError, RoidaskWarning, StoreError
+from roidask.exceptions import (
+    InvalidParameterError,
+    OutputError,
+    RoidaskError,
+    RoidaskWarning,
+    StoreError,
+)
 from roidask.io.conversions import open_map
 from roidask.io.image import to_nifti
 from roidask.io.locations import is_remote, location_arg
@@ -57,6 +63,7 @@ from roidask.io.store_write import convert
 from roidask.ops.extract import STRATEGIES
 from roidask.outputs.provenance import input_paths, start_input_records
 from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, published, verify_study
+from roidask.outputs.writer import prepare_output
 from roidask.pipeline import RESULTS_ATTR, ROI_DEFINITIONS, TESTS, PipelineParams
 from roidask.runner import run_subject
 
@@ -1020,7 +1027,22 @@ def _add_demo(sub) -> None:
 
 
 def _cmd_demo(args) -> int:
-    args.out.mkdir(parents=True, exist_ok=True)
+    root = args.out
+    if root.is_symlink() or (root.exists() and not root.is_dir()):
+        raise OutputError(
+            f"out {root}: is a file; expected a folder (the demo writes haxby-slice/"
+            f"{' and synthetic/' if args.synthetic else ''} in it)",
+            param="out",
+        )
+    if root.is_dir():  # before the cluster starts: only roidask's own results are replaced
+        for name in ["haxby-slice", *(["synthetic"] if args.synthetic else [])]:
+            prepare_output(root / name, overwrite=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"out {root}: cannot create the folder ({exc.strerror or exc})", param="out"
+        ) from None
     data = haxby_slice()
     jobs = [("haxby-slice", [data.bold], [data.labels], data.mask)]
     if args.synthetic:

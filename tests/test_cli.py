@@ -637,6 +637,19 @@ def _bad(tmp_path, data, case):
         return [*run(), "--subject", "sub-01"], (
             "--subject: only used with a store (given: 'sub-01', with BOLD files)"
         )
+    if case == "demo-out-is-a-file":
+        notes = tmp_path / "notes.txt"
+        notes.write_text("mine")
+        return ["demo", "--out", notes, "--quiet"], (
+            f"--out {notes}: is a file; expected a folder (the demo writes haxby-slice/ in it)"
+        )
+    if case == "demo-out-holds-a-foreign-folder":  # found before the cluster starts
+        (tmp_path / "demo" / "haxby-slice").mkdir(parents=True)
+        (tmp_path / "demo" / "haxby-slice" / "notes.txt").write_text("mine")
+        return ["demo", "--out", tmp_path / "demo", "--quiet"], (
+            f"--out {tmp_path / 'demo' / 'haxby-slice'}: exists and was not written by roidask "
+            "(no .roidask.json); roidask only replaces its own outputs, choose another output"
+        )
     if case in ("threads-per-worker-0", "batch-threads-per-worker-0"):
         command = "batch" if case.startswith("batch") else "run"
         argv = run() if command == "run" else batch_args(data, out)
@@ -673,6 +686,8 @@ BAD_CASES = [
     "store-with-labels",
     "store-with-tr",
     "subject-without-store",
+    "demo-out-is-a-file",
+    "demo-out-holds-a-foreign-folder",
     "mask-all-zero",
     "mask-not-binary",
     "threads-per-worker-0",

@@ -294,6 +294,35 @@ def fetch_haxby(
     if not base.endswith("/"):
         base += "/"
     root = default_data_dir() if data_dir is None else Path(data_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise InvalidParameterError(
+            f"data_dir {root}: is a file; expected a folder for the downloaded data",
+            param="data_dir",
+        )
+    created = _missing_folders(root)  # removed again if the fetch fails leaving them empty
+    try:
+        return _fetch_into(root, subject_ids, table, base, progress, retries, timeout_s,
+                           keep_archive)  # fmt: skip
+    except BaseException:
+        for folder in created:  # deepest first; only the empty ones this call created
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _fetch_into(root, subject_ids, table, base, progress, retries, timeout_s, keep_archive):
+    """:func:`fetch_haxby` once its arguments are checked."""
     records = []
     for subject in subject_ids:
         folder = root / f"subj{subject}"

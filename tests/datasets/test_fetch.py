@@ -441,3 +441,28 @@ def test_cli_fetch_offline_is_one_line(tmp_path, closed_port_url, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("roidask: error:") and "could not connect" in err[0]
+
+
+def test_cli_fetch_leaves_no_folder_it_created_and_refuses_a_file(
+    tmp_path, closed_port_url, capsys
+):
+    """A failed fetch removes the (empty) folders it created; a file as --data-dir is one line."""
+    from roidask import cli
+
+    target = tmp_path / "new" / "data"
+    argv = ["fetch", "haxby", "--url", closed_port_url, "--quiet"]
+    assert cli.main([*argv, "--data-dir", str(target)]) == 2
+    assert "could not connect" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # new/ and new/data/ removed again
+    mine = tmp_path / "mine"
+    mine.mkdir()  # the user's folder stays, even empty
+    assert cli.main([*argv, "--data-dir", str(mine / "data")]) == 2
+    assert list(tmp_path.iterdir()) == [mine] and list(mine.iterdir()) == []
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    assert cli.main([*argv, "--data-dir", str(notes)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"roidask: error: --data-dir {notes}: is a file; expected a folder for the downloaded data"
+    )
+    assert notes.read_text() == "mine"
