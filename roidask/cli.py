@@ -65,7 +65,7 @@ from roidask.outputs.provenance import input_paths, start_input_records
 from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, published, verify_study
 from roidask.outputs.writer import prepare_output
 from roidask.pipeline import RESULTS_ATTR, ROI_DEFINITIONS, TESTS, PipelineParams
-from roidask.runner import run_subject
+from roidask.runner import check_run, run_subject
 
 __all__ = ["build_parser", "entry", "main"]
 
@@ -726,6 +726,12 @@ def _run_executor(args):
 def _cmd_run(args) -> int:
     start = time.perf_counter()
     params = pipeline_params(args)
+    if args.scheduler is not None:  # everything checked before a cluster starts
+        check_run(
+            bold=args.bold, labels=args.labels, store=args.store, subject=args.subject,
+            mask=args.mask, out=args.out, params=params, chunks=args.chunks, tr_s=args.tr_s,
+            overwrite=args.overwrite,
+        )  # fmt: skip
     inputs = start_input_records(
         input_paths(bold=args.bold, labels=args.labels, store=args.store, mask=args.mask)
     )

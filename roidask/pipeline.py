@@ -57,6 +57,7 @@ from roidask.cluster import active_client
 from roidask.exceptions import (
     ConditionError,
     EmptyMaskWarning,
+    GridMismatchError,
     InvalidParameterError,
     NonFiniteVoxelsWarning,
 )
@@ -623,7 +624,12 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
     InvalidParameterError
         The mask is not binary, or empty.
     """
-    check_same_grid(bold, mask, names=("bold_img", "mask_img"))
+    try:
+        check_same_grid(bold, mask, names=("the BOLD series", "the mask"))
+    except GridMismatchError as exc:  # named by the mask, as the file (or flag) to change
+        where = ", ".join(mask.attrs.get("source_files") or []) or str(mask.name or "")
+        label = f"mask_img {where}".strip()
+        raise GridMismatchError(f"{label}: {exc}", param="mask_img") from None
     check_conditions(
         params.contrast, volume_conditions(bold), param="contrast", min_count=2, exact=2
     )
@@ -842,14 +848,22 @@ def roi_pipeline(
         atlases = [
             like_image(np.asarray(a, dtype=np.int32), bold, name="atlas") for a in atlas_nps
         ]
-        for k, (atlas_np, lp) in enumerate(zip(atlas_nps, set_logps, strict=True)):
+        for k, (atlas_np, roi_np, lp) in enumerate(zip(atlas_nps, roi_nps, set_logps,
+                                                          strict=True)):  # fmt: skip
             if not np.any(atlas_np):
                 peak = float(np.max(np.asarray(lp.values)[mask_np]))
                 where = _fold_words(plan, k)
+                n_above = int(np.count_nonzero(roi_np))
+                why = (
+                    f"the {n_above} voxel(s) of mask_img with -log10 p >= "
+                    f"{params.threshold:g} form no ROI of min_roi_voxels "
+                    f"({params.min_roi_voxels}) voxels or more"
+                    if n_above
+                    else f"no voxel of mask_img has -log10 p >= {params.threshold:g} (the "
+                    f"peak inside the mask is {peak:.3g})"
+                )
                 warnings.warn(
-                    f"no ROI{where}: no voxel of mask_img has -log10 p >= {params.threshold:g} "
-                    f"(the peak inside the mask is {peak:.3g}); outputs are written with an "
-                    "empty ROI table",
+                    f"no ROI{where}: {why}; outputs are written with an empty ROI table",
                     EmptyMaskWarning,
                     stacklevel=2,
                 )

@@ -15,7 +15,7 @@ import xarray as xr
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti
-from roidask.io.locations import PathOrURL, S3Path, as_location
+from roidask.io.locations import Location, PathOrURL, S3Path, as_location
 from roidask.io.nifti import NiftiSource
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
@@ -23,7 +23,7 @@ from roidask.outputs.study import SubjectNode
 from roidask.outputs.writer import prepare_output, write_results
 from roidask.pipeline import PipelineParams, PipelineResult, check_inputs, roi_pipeline
 
-__all__ = ["check_subject", "run_subject"]
+__all__ = ["check_run", "check_subject", "run_subject"]
 
 
 def run_subject(
@@ -85,39 +85,11 @@ def run_subject(
     PipelineResult
     """
     started = utc_now()
-    if bool(bold) == bool(store):
-        raise InvalidParameterError(
-            "bold, store: give either BOLD file(s) with labels, or a store (with its subject)",
-            param="bold",
-        )
-    if store:  # what a store holds already is not taken from elsewhere silently
-        given = []
-        if labels is not None:
-            given.append(("labels", ", ".join(map(str, labels))))
-        if tr_s is not None:
-            given.append(("tr_s", f"{tr_s:g} s"))
-        if given:
-            name, shown = given[0]
-            raise InvalidParameterError(
-                f"{name}: not used with a store (given: {shown}); the store holds its "
-                "subjects' conditions, runs and repetition time: drop it, or run on the "
-                "NIfTI files instead",
-                param=name,
-            )
-    elif subject is not None:
-        raise InvalidParameterError(
-            f"subject: only used with a store (given: {subject!r}, with BOLD files)",
-            param="subject",
-        )
-    if bold and not labels:
-        raise InvalidParameterError(
-            "labels: a labels.txt or one events.tsv per run is required with BOLD files",
-            param="labels",
-        )
-    out = as_location(out)
+    out, files = check_run(
+        bold=bold, labels=labels, store=store, subject=subject, mask=mask, out=out,
+        params=params, chunks=chunks, tr_s=tr_s, overwrite=overwrite, read=False,
+    )  # fmt: skip
     temp_dir = None if isinstance(out, S3Path) else out.parent  # the pass's temporary file
-    files = input_paths(bold=bold, labels=labels, store=store, mask=mask)
-    prepare_output(out, inputs=files, overwrite=overwrite)
     if inputs is None:  # hashed while the pipeline runs
         inputs = start_input_records(files)
     if store is not None:
@@ -149,6 +121,76 @@ def run_subject(
     if study_node is not None:
         study_node.write(result)
     return result
+
+
+def check_run(
+    *,
+    bold: Sequence[PathOrURL] | None,
+    labels: Sequence[PathOrURL] | None,
+    store: PathOrURL | None,
+    subject: str | None,
+    mask: PathOrURL,
+    out: PathOrURL,
+    params: PipelineParams,
+    chunks=None,
+    tr_s: float | None = None,
+    overwrite: bool = False,
+    read: bool = True,
+) -> tuple[Location, list]:
+    """Every check of :func:`run_subject` that comes before its pass (the same arguments).
+
+    The arguments together, the output folder (nothing written), and with ``read``
+    the inputs: headers, labels, the mask (read: small) and the parameters, never a
+    BOLD voxel. ``roidask run --scheduler`` calls it before it starts a cluster;
+    :func:`run_subject` checks the inputs as it builds the pipeline instead
+    (``read=False``).
+
+    Returns
+    -------
+    out : Path or S3Path
+    files : list
+        The input files (for provenance).
+    """
+    if bool(bold) == bool(store):
+        raise InvalidParameterError(
+            "bold, store: give either BOLD file(s) with labels, or a store (with its subject)",
+            param="bold",
+        )
+    if store:  # what a store holds already is not taken from elsewhere silently
+        given = []
+        if labels is not None:
+            given.append(("labels", ", ".join(map(str, labels))))
+        if tr_s is not None:
+            given.append(("tr_s", f"{tr_s:g} s"))
+        if given:
+            name, shown = given[0]
+            raise InvalidParameterError(
+                f"{name}: not used with a store (given: {shown}); the store holds its "
+                "subjects' conditions, runs and repetition time: drop it, or run on the "
+                "NIfTI files instead",
+                param=name,
+            )
+    elif subject is not None:
+        raise InvalidParameterError(
+            f"subject: only used with a store (given: {subject!r}, with BOLD files)",
+            param="subject",
+        )
+    if bold and not labels:
+        raise InvalidParameterError(
+            "labels: a labels.txt or one events.tsv per run is required with BOLD files",
+            param="labels",
+        )
+    out = as_location(out)
+    files = input_paths(bold=bold, labels=labels, store=store, mask=mask)
+    prepare_output(out, inputs=files, overwrite=overwrite)
+    if read:
+        if store is not None:
+            image = as_image(store, ndim=4, param="store", subject=subject)
+            check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
+        else:
+            check_subject(list(bold or []), list(labels or []), mask, params, chunks=chunks,
+                          tr_s=tr_s)  # fmt: skip
+    return out, files
 
 
 def check_subject(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -434,11 +435,22 @@ def test_run_schedulers(haxby, seed, tmp_path, capsys):
     assert "--scheduler local" in err and not bad.exists()
 
 
-def test_mask_on_another_grid(haxby, tmp_path):
+def test_mask_on_another_grid(haxby, tmp_path, capsys):
     other = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image(np.ones((40, 20, 2), np.uint8), np.eye(4)), other)
-    with pytest.raises(GridMismatchError, match=r"bold_img and mask_img"):
+    with pytest.raises(GridMismatchError) as info:
         roi_pipeline(haxby.bold, mask_img=other)
+    assert str(info.value).startswith(
+        f"mask_img {other}: the BOLD series and the mask are on different voxel grids: the "
+        "BOLD series has shape (40, 20, 1) and affine"
+    )
+    assert info.value.param == "mask_img"
+    # the command line names the flag, before its cluster starts (no "dask:" line)
+    argv = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(other)]
+    rc = main([*argv, "--out", str(tmp_path / "out"), "--scheduler", "local", "--quiet"])
+    assert rc == 2 and not (tmp_path / "out").exists()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"roidask: error: --mask {other}: the BOLD series and the mask are ")
 
 
 def test_labels_without_contrast_conditions(haxby, tmp_path):
@@ -498,6 +510,19 @@ def test_empty_roi_set_still_writes_outputs(haxby, tmp_path, capsys):
             params=PipelineParams(threshold=9.99, clip=9),
         )
     assert result.n_rois == 0 and result.signals.sizes["roi"] == 0
+    # voxels pass the threshold, but form no ROI as large as min_roi_voxels: said so
+    with pytest.warns(EmptyMaskWarning) as record:
+        roi_pipeline(
+            bold_from_nifti(haxby.bold, labels=haxby.labels),
+            mask_img=haxby.mask,
+            params=PipelineParams(min_roi_voxels=10_000),
+        )
+    (message,) = [str(w.message) for w in record if "no ROI" in str(w.message)]
+    assert re.match(
+        r"no ROI: the \d+ voxel\(s\) of mask_img with -log10 p >= 5 form no ROI of "
+        r"min_roi_voxels \(10000\) voxels or more; outputs are written",
+        message,
+    ), message
     rois = pd.read_csv(out / "rois.tsv", sep="\t")
     assert len(rois) == 0 and "label" in rois.columns
     assert len(pd.read_csv(out / "signals.tsv", sep="\t")) == 0
