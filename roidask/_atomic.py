@@ -49,6 +49,7 @@ __all__ = [
     "atomic_file",
     "check_destination",
     "check_not_input",
+    "check_parent",
     "clean_stale",
     "is_roidask_folder",
     "read_marker",
@@ -233,6 +234,26 @@ def _folders_above(key: str) -> Iterator[str]:
         cut = key.rfind("/")
 
 
+def check_parent(path: str | os.PathLike, *, param: str) -> Path:
+    """The folder that will hold output ``path``: it must exist (roidask creates no
+    folders the user did not ask for); returns it.
+
+    Raises
+    ------
+    OutputError
+        The parent folder is missing, or is not a folder.
+    """
+    parent = Path(path).parent
+    if not parent.exists():
+        raise OutputError(
+            f"{param} {path}: its parent folder {parent} does not exist; create it first",
+            param=param,
+        )
+    if not parent.is_dir():
+        raise OutputError(f"{param} {path}: {parent} is not a folder", param=param)
+    return parent
+
+
 def check_destination(
     out: str | os.PathLike,
     *,
@@ -273,14 +294,7 @@ def check_destination(
         ``out`` is roidask's but ``overwrite`` is false.
     """
     out = Path(out)
-    parent = out.parent
-    if not parent.exists():
-        raise OutputError(
-            f"{param} {out}: its parent folder {parent} does not exist; create it first",
-            param=param,
-        )
-    if not parent.is_dir():
-        raise OutputError(f"{param} {out}: {parent} is not a folder", param=param)
+    parent = check_parent(out, param=param)
     check_not_input(out, inputs, param=param)
     _check_writable(parent, out, param)
     if not out.exists() and not out.is_symlink():

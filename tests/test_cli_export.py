@@ -168,3 +168,16 @@ def test_export_refuses_a_damaged_store(results, tmp_path, capsys, damage, sourc
     name = "sub-01/tstat" if source == "study" else "tstat"
     assert "\n" not in err and f" {name} is damaged" in err, err
     assert not out.exists() and not list(tmp_path.glob(".t.nii.gz*"))
+
+
+@pytest.mark.parametrize("name", ["t.nii.gz", "t.nii", "t.nii.zarr"])
+def test_export_into_a_missing_folder_is_one_line(results, tmp_path, capsys, name):
+    """The same line for every format (a raw OS error naming a temporary file before)."""
+    out = tmp_path / "missing" / name
+    assert main(["export", str(results / "tstat.nii.gz"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"roidask: error: --out {out}: its parent folder {out.parent} does not exist; create "
+        "it first"
+    )
+    assert list(tmp_path.iterdir()) == []

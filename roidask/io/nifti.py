@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 from isal import igzip, isal_zlib
 
-from roidask._atomic import atomic_file
+from roidask._atomic import atomic_file, check_parent
 from roidask.exceptions import (
     CorruptFileError,
     ImageDimensionError,
@@ -775,6 +775,7 @@ def write_nifti(
         raise InvalidParameterError(
             f"path {path}: output name must end in .nii or .nii.gz", param="path"
         )
+    check_parent(path, param="path")
     if path.exists() and not overwrite:
         raise OutputExistsError(
             f"path {path}: already exists; pass overwrite=True to replace it", param="path"

@@ -41,7 +41,7 @@ from dask.array.core import getter
 from dask.base import tokenize
 from zarr.codecs import BloscCodec
 
-from roidask._atomic import OutputFolder, clean_stale
+from roidask._atomic import OutputFolder, check_parent, clean_stale
 from roidask.exceptions import (
     CorruptFileError,
     ImageDimensionError,
@@ -391,8 +391,7 @@ def _check_target(path: Path, overwrite: bool) -> None:
             f"path: expected a name ending in {_SUFFIX} (NIfTI-Zarr), got {str(path)!r}",
             param="path",
         )
-    if not path.parent.is_dir():
-        raise OutputError(f"path {path}: parent folder {path.parent} does not exist", param="path")
+    check_parent(path, param="path")
     clean_stale(path)
     if os.path.lexists(path):
         if not _written_by_roidask(path):

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from roidask._atomic import atomic_file
+from roidask._atomic import atomic_file, check_parent
 from roidask._validate import check_input_file
-from roidask.exceptions import InvalidParameterError, OutputError, OutputExistsError
+from roidask.exceptions import InvalidParameterError, OutputExistsError
 
 __all__ = [
     "FOLDS_COLUMNS",
@@ -64,8 +64,7 @@ def _check_target(path: Path, overwrite: bool, param: str) -> None:
         raise OutputExistsError(
             f"{param} {path}: already exists; pass overwrite=True to replace it", param=param
         )
-    if not path.parent.is_dir():
-        raise OutputError(f"{param} {path}: folder {path.parent} does not exist", param=param)
+    check_parent(path, param=param)
 
 
 def _write(frame: pd.DataFrame, path: Path) -> Path:
