@@ -444,39 +444,31 @@ def describe_study(store) -> str:
 
 def _cmd_info(args) -> int:
     attrs = _root_attrs(args.store)
-    kind = "study" if STUDY_ATTR in attrs else "results" if RESULTS_ATTR in attrs else None
-    if kind is not None:
-        if not args.verify:
-            harmed: list = []
-            if kind == "study":
-                print(describe_study(args.store))
-            else:
-                print(describe_results(args.store, damaged=harmed))
-            return 1 if harmed else 0
-        if kind == "study":
-            found = verify_study(args.store)
-        else:
-            found = verify_groups(args.store, {"": attrs})
-        if not found:
-            print(f"{kind} {args.store}: every chunk reads and passes its checksum")
-            return 0
-        print(f"{kind} {args.store}: {len(found)} damaged chunk(s)")
-        for d in found:
-            print(f"  {'/'.join(p for p in (d.subject, d.array, d.chunk) if p)}: {d.reason}")
-        return 1
+    kind = "study" if STUDY_ATTR in attrs else "results" if RESULTS_ATTR in attrs else "store"
     if not args.verify:
         damaged: list = []
-        print(describe_store(args.store, damaged=damaged))
+        if kind == "study":
+            print(describe_study(args.store))
+        elif kind == "results":
+            print(describe_results(args.store, damaged=damaged))
+        else:
+            print(describe_store(args.store, damaged=damaged))
         if damaged:
-            print(f"store {args.store}: damaged; roidask info --verify STORE lists every chunk")
+            print(f"{kind} {args.store}: damaged; roidask info --verify STORE lists every chunk")
         return 1 if damaged else 0
-    found = verify_store(args.store)
+    if kind == "study":
+        found = verify_study(args.store)
+    elif kind == "results":
+        found = verify_groups(args.store, {"": attrs})
+    else:
+        found = verify_store(args.store)
     if not found:
-        print(f"store {args.store}: every chunk of every subject reads and passes its checksum")
+        every = "every chunk" + (" of every subject" if kind == "store" else "")
+        print(f"{kind} {args.store}: {every} reads and passes its checksum")
         return 0
-    print(f"store {args.store}: {len(found)} damaged chunk(s)")
+    print(f"{kind} {args.store}: {len(found)} damaged chunk(s)")
     for d in found:
-        print(f"  {d.subject}/{d.array}/{d.chunk}: {d.reason}")
+        print(f"  {'/'.join(p for p in (d.subject, d.array, d.chunk) if p)}: {d.reason}")
     return 1
 
 

@@ -50,6 +50,28 @@ def haxby_arrays(haxby):
 
 
 @pytest.fixture(scope="session")
+def haxby_outputs(haxby, tmp_path_factory):
+    """``roidask run`` on the Haxby slice: its output folder ``.../sub-01``, beside a study
+    store ``study.zarr`` holding the same results as its published node ``sub-01``.
+
+    Shared: tests damage copies, never these.
+    """
+    import xarray as xr
+
+    from roidask.cli import main
+    from roidask.outputs.study import prepare_study, publish, write_node
+
+    out = tmp_path_factory.mktemp("haxby-outputs") / "sub-01"
+    argv = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
+    assert main([*argv, "--out", str(out), "--no-plots", "--quiet"]) == 0
+    study = prepare_study(out.parent / "study.zarr")
+    write_node(study, "sub-01", xr.open_zarr(str(out / "results.zarr")).load(),
+               attrs={"subject": "01"})  # fmt: skip
+    publish(study, "sub-01")
+    return out
+
+
+@pytest.fixture(scope="session")
 def seed_maps(haxby):
     """nilearn's example on the Haxby slice (tests/helpers/seed.py): maps, atlas, signals."""
     from helpers.seed import seed_pipeline

@@ -367,22 +367,6 @@ def test_a_whole_store_verifies(store, capsys):
     assert rc == 0 and "every chunk of every subject reads and passes its checksum" in out
 
 
-@pytest.fixture(scope="module")
-def haxby_outputs(haxby, tmp_path_factory):
-    """A subject's output folder (``roidask run``) and a study store holding it as a node."""
-    import xarray as xr
-
-    from roidask.outputs.study import prepare_study, publish, write_node
-
-    out = tmp_path_factory.mktemp("outputs") / "sub-01"
-    argv = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
-    assert main([*argv, "--out", str(out), "--no-plots", "--quiet"]) == 0
-    study = prepare_study(out.parent / "study.zarr")
-    write_node(study, "sub-01", xr.open_zarr(str(out / "results.zarr")).load())
-    publish(study, "sub-01")
-    return out / "results.zarr", study
-
-
 @pytest.mark.parametrize("kind", ["results", "study"])
 @pytest.mark.parametrize("how", ["delete", "flip"])
 def test_info_describes_and_verifies_results_and_studies(
@@ -390,7 +374,7 @@ def test_info_describes_and_verifies_results_and_studies(
 ):
     """``info`` on a results.zarr or a study store: what it holds (no voxel read), and with
     --verify every chunk checked; a deleted chunk is found from the inventory alone."""
-    results, study = haxby_outputs
+    results, study = haxby_outputs / "results.zarr", haxby_outputs.parent / "study.zarr"
     store = shutil.copytree(results if kind == "results" else study, tmp_path / "copy.zarr")
     rc, out, _ = cli(capsys, "info", store)
     assert rc == 0

@@ -18,23 +18,10 @@ s3_server = s3_helpers.s3_server
 s3_bucket = s3_helpers.s3_bucket
 
 
-@pytest.fixture(scope="module")
-def results(haxby, tmp_path_factory):
-    """A subject's output folder (``roidask run``) and a study store holding it."""
-    from roidask.io.store_write import dataset_zarr_files
-    from roidask.outputs.study import prepare_study, publish, write_node
-
-    out = tmp_path_factory.mktemp("export") / "sub-01"
-    argv = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
-    assert main([*argv, "--out", str(out), "--no-plots", "--quiet"]) == 0
-    study = prepare_study(out.parent / "study.zarr")
-    import xarray as xr
-
-    ds = xr.open_zarr(str(out / "results.zarr")).load()
-    assert dataset_zarr_files(ds)  # the writer of study nodes takes it
-    write_node(study, "sub-01", ds, attrs={"subject": "01"})
-    publish(study, "sub-01")
-    return out
+@pytest.fixture
+def results(haxby_outputs):
+    """A subject's output folder (``roidask run``), beside a study store holding it."""
+    return haxby_outputs
 
 
 def zarr2nibabel(path, tmp_path) -> nib.Nifti1Image:
