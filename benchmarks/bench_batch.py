@@ -25,7 +25,8 @@ Sections (all by default):
 * ``rerun``: ``--rerun`` tiny subjects (default 300) through ``run_batch``, then
   again with the same parameters (every subject skipped), then with another
   threshold (every subject's study node hidden, then rewritten): the wall time of
-  each and how often (and how long) the study's root ``zarr.json`` was rewritten.
+  each, the time of the checks of every subject's inputs before anything is written,
+  and how often (and how long) the study's root ``zarr.json`` was rewritten.
 * ``table``: ``roidask batch`` of 1, 2, 4, 8 of the generated subjects: wall,
   wall per subject and the largest worker RSS (the largest child process).
 
@@ -286,14 +287,23 @@ def section_tiny(args, work: Path) -> None:
 def rerun_driver(n: int, root: Path) -> None:
     """Child process: ``n`` tiny subjects, run, rerun, rerun with another threshold;
     prints one JSON line per run (wall, root rewrites, their time, those hiding nodes)."""
+    import roidask.batch.schedule as schedule_module
     import roidask.outputs.study as study_module
     from roidask.batch import run_batch
     from roidask.cluster import get_client
     from roidask.pipeline import PipelineParams
 
     specs = tiny_specs(n, root)
-    counts = {"rewrites": 0, "rewrite_s": 0.0, "hiding": 0}
+    counts = {"rewrites": 0, "rewrite_s": 0.0, "hiding": 0, "checks_s": 0.0}
     real = study_module._rewrite_root
+    real_checks = schedule_module.check_subjects
+
+    def check_subjects(*a, **k):  # timed: every subject's inputs, before anything is written
+        start = time.perf_counter()
+        try:
+            return real_checks(*a, **k)
+        finally:
+            counts["checks_s"] += time.perf_counter() - start
 
     def rewrite_root(path, attributes, listed, pending=None):  # counted
         start = time.perf_counter()
@@ -305,11 +315,12 @@ def rerun_driver(n: int, root: Path) -> None:
             counts["hiding"] += not pending
 
     study_module._rewrite_root = rewrite_root
+    schedule_module.check_subjects = check_subjects
     runs = [("first run", PipelineParams()), ("same parameters", PipelineParams()),
             ("another threshold", PipelineParams(threshold=4.0))]  # fmt: skip
     with get_client():
         for what, params in runs:
-            counts.update(rewrites=0, rewrite_s=0.0, hiding=0)
+            counts.update(rewrites=0, rewrite_s=0.0, hiding=0, checks_s=0.0)
             start = time.perf_counter()
             table = run_batch(specs, root / "out", plots=False, params=params)
             wall_s = time.perf_counter() - start
@@ -321,11 +332,12 @@ def rerun_driver(n: int, root: Path) -> None:
 def section_rerun(args, work: Path) -> None:
     runs = run_driver("rerun", args.rerun, work / "rerun")
     print(f"\n{args.rerun} tiny subjects (Haxby slice), run three times on the embedded cluster")
-    print("\n| run | wall s | statuses | root rewrites | of which only hiding | rewriting s |")
-    print("|---|---|---|---|---|---|")
+    print("\n| run | wall s | statuses | input checks s | root rewrites | of which only hiding "
+          "| rewriting s |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for r in runs:
-        print(f"| {r['run']} | {r['wall_s']:.1f} | {r['status']} | {r['rewrites']} | "
-              f"{r['hiding']} | {r['rewrite_s']:.1f} |")  # fmt: skip
+        print(f"| {r['run']} | {r['wall_s']:.1f} | {r['status']} | {r['checks_s']:.1f} | "
+              f"{r['rewrites']} | {r['hiding']} | {r['rewrite_s']:.1f} |")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- table

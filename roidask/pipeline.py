@@ -577,7 +577,10 @@ def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
     InvalidParameterError
         Values other than 0 and 1 (the message lists them), or no voxel inside.
     """
-    values = np.asarray(mask.values)
+    data = mask.data  # small: read here, never sent to a cluster and back
+    if dask.is_dask_collection(data):
+        (data,) = dask.compute(data, scheduler="sync")
+    values = np.asarray(data)
     where = ", ".join(mask.attrs.get("source_files") or []) or str(mask.name or "")
     label = f"{param} {where}".strip()
     if values.dtype != np.bool_:

@@ -751,3 +751,21 @@ def test_independent_rois_give_no_effect_on_null_data(null_effects, scheme):
     assert abs(t) < 3 and abs(values.mean()) < 0.5
     same = null_effects["same"]
     assert same.mean() / (same.std(ddof=1) / np.sqrt(len(same))) > 20
+
+
+def test_the_mask_is_read_here_even_with_a_cluster(haxby):
+    """A mask is small: checking it (a batch checks every subject's) sends no task to an
+    active cluster (a round trip per subject: 300 subjects took 7.8 s instead of 2.9 s)."""
+    from distributed import get_task_stream
+
+    from roidask.cluster import get_client
+    from roidask.io.conversions import as_image
+    from roidask.pipeline import mask_values
+
+    mask = as_image(haxby.mask, ndim=3, param="mask_img")
+    with get_client(processes=False, n_workers=1, threads_per_worker=1) as client:
+        with get_task_stream(client) as checked:
+            inside = mask_values(mask)
+        with get_task_stream(client) as summed:  # the same graph goes to the cluster
+            assert int(mask.sum()) == inside.sum() > 0
+    assert checked.data == [] and len(summed.data) > 0
