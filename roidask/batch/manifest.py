@@ -32,6 +32,7 @@ from roidask.io.locations import (
     is_remote,
     open_table,
 )
+from roidask.io.nifti import release_handles
 from roidask.io.niizarr import is_nifti_zarr
 from roidask.pipeline import PipelineParams
 from roidask.runner import check_subject
@@ -101,6 +102,8 @@ def check_subjects(
             check_subject(list(spec.bold), list(spec.labels), spec.mask, params, chunks=chunks)
         except RoidaskError as error:
             return error
+        finally:  # the mask was read: its handle is not kept in this process
+            release_handles([spec.mask])
         return None
 
     # local files: ~8 ms of Python per subject, which threads would only slow down

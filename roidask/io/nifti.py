@@ -666,13 +666,20 @@ class _GzipBlockReader:
             self._last = (0, b"")
 
 
-# One reader per (file, process), shared by the threads of that process.
+# One reader per (file, process), shared by the threads of that process; and the name
+# each was resolved to when it opened (release_handles compares names, resolving none).
 _HANDLES: dict[tuple[str, int], _FileReader | _GzipBlockReader] = {}
+_HANDLE_NAMES: dict[tuple[str, int], str] = {}
 _HANDLES_LOCK = threading.Lock()
 
 
 def _handle(path: Path | S3Path) -> _FileReader | _GzipBlockReader:
     key = (str(path), os.getpid())
+    with _HANDLES_LOCK:
+        reader = _HANDLES.get(key)
+    if reader is not None:
+        return reader
+    name = _handle_name(path)  # resolved outside the lock (a syscall per folder level)
     with _HANDLES_LOCK:
         reader = _HANDLES.get(key)
         if reader is None:
@@ -681,6 +688,7 @@ def _handle(path: Path | S3Path) -> _FileReader | _GzipBlockReader:
             else:
                 reader = _FileReader(path)
             _HANDLES[key] = reader
+            _HANDLE_NAMES[key] = name
     return reader
 
 
@@ -697,8 +705,10 @@ def release_handles(paths) -> int:
     wanted = {_handle_name(p) for p in paths}
     pid = os.getpid()
     with _HANDLES_LOCK:
-        keys = [k for k in _HANDLES if k[1] == pid and _handle_name(k[0]) in wanted]
+        keys = [k for k in _HANDLES if k[1] == pid and _HANDLE_NAMES.get(k) in wanted]
         dropped = [_HANDLES.pop(k) for k in keys]
+        for k in keys:
+            _HANDLE_NAMES.pop(k, None)
     return len(dropped)
 
 
@@ -713,6 +723,7 @@ def close_handles() -> None:
         for reader in _HANDLES.values():
             reader.close()
         _HANDLES.clear()
+        _HANDLE_NAMES.clear()
 
 
 # -- writing ---------------------------------------------------------------------------

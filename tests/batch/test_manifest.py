@@ -203,3 +203,18 @@ def test_check_subjects_checks_contents_without_reading_bold_voxels(haxby, tmp_p
     many = [SubjectSpec(f"t{i}", s.bold, s.labels, s.mask) for i, s in enumerate([specs[1]] * 8)]
     with pytest.raises(InvalidParameterError, match=r"7 other subject\(s\) .*'t5', \.\.\.\)$"):
         check_subjects(many)
+
+
+def test_check_subjects_keeps_no_handle(haxby, tmp_path):
+    """A batch's checks read every subject's mask: no read handle stays in this process."""
+    from roidask.batch import check_subjects
+
+    masks = []
+    for i in range(3):
+        masks.append(tmp_path / f"mask{i}.nii.gz")
+        masks[-1].symlink_to(haxby.mask)
+    check_subjects([SubjectSpec(f"s{i}", (haxby.bold,), (haxby.labels,), m)
+                    for i, m in enumerate(masks)])  # fmt: skip
+    from roidask.io import nifti
+
+    assert not [k for k in nifti._HANDLES if "mask" in k[0]]

@@ -267,3 +267,19 @@ def test_open_reads_the_header_as_nibabel_does(tmp_path, rng, suffix, kind):
     assert (src.slope, src.inter) == (0.5, 3.0)
     np.testing.assert_array_equal(src.affine, reference.affine)
     np.testing.assert_array_equal(src.read(0, 7), np.asanyarray(reference.dataobj))
+
+
+def test_release_handles_resolves_only_the_paths_it_is_given(tmp_path, data, monkeypatch):
+    """Releasing one file's handle costs the same with many handles cached (the group level
+    releases each subject's: resolving every cached handle each time was quadratic)."""
+    paths = [write_run(tmp_path / f"run{i}.nii.gz", data) for i in range(20)]
+    for path in paths:
+        NiftiSource.open(path).read(0, 1)
+    resolved = []
+    real = nifti._handle_name
+    monkeypatch.setattr(nifti, "_handle_name", lambda p: resolved.append(p) or real(p))
+    link = tmp_path / "link.nii.gz"  # another name of a cached file: released too
+    link.symlink_to(paths[3])
+    assert release_handles([link]) == 1
+    assert resolved == [link]
+    assert release_handles([paths[3]]) == 0 and len(resolved) == 2
