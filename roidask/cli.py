@@ -49,7 +49,7 @@ from roidask.exceptions import (
 )
 from roidask.io.conversions import open_map
 from roidask.io.image import to_nifti
-from roidask.io.locations import is_remote, location_arg
+from roidask.io.locations import as_location, is_remote, location_arg
 from roidask.io.nifti import EXPORT_MARK
 from roidask.io.store_read import (
     CHUNK_GRIDS_ATTR,
@@ -350,7 +350,7 @@ def describe_store(store, *, damaged: list | None = None) -> str:
 def _root_attrs(store) -> dict:
     """The attributes of a zarr store's root group ({} if it has none to read)."""
     try:
-        record = json.loads((store / "zarr.json").read_bytes())
+        record = json.loads((as_location(store) / "zarr.json").read_bytes())
     except (OSError, ValueError):
         return {}
     attrs = record.get("attributes") if isinstance(record, dict) else None
@@ -375,7 +375,7 @@ def describe_results(store, *, damaged: list | None = None) -> str:
     A chunk missing from its inventory is reported as damage, and its error appended
     to ``damaged`` if given.
     """
-    record = json.loads((store / "zarr.json").read_bytes())
+    record = json.loads((as_location(store) / "zarr.json").read_bytes())
     attrs = record["attributes"]
     metadata = record.get("consolidated_metadata", {}).get("metadata", {})
     contrast = attrs.get("contrast") or ["?", "?"]
@@ -419,7 +419,7 @@ def describe_study(store) -> str:
     """A summary of a study store: its published subjects and group level (no voxel read)."""
     names = published(store)
     subjects = [n for n in names if n != GROUP_NODE]
-    record = json.loads((store / "zarr.json").read_bytes())
+    record = json.loads((as_location(store) / "zarr.json").read_bytes())
     metadata = record.get("consolidated_metadata", {}).get("metadata", {})
     shown = ", ".join(
         f"{n} ({metadata.get(n, {}).get('attributes', {}).get('n_rois', '?')} ROIs)"

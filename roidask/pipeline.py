@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import dask
+import dask.local
 import dask.threaded
 import numpy as np
 import pandas as pd
@@ -578,8 +579,8 @@ def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
         Values other than 0 and 1 (the message lists them), or no voxel inside.
     """
     data = mask.data  # small: read here, never sent to a cluster and back
-    if dask.is_dask_collection(data):
-        (data,) = dask.compute(data, scheduler="sync")
+    if dask.is_dask_collection(data):  # a function: naming "sync" imports distributed
+        (data,) = dask.compute(data, scheduler=dask.local.get_sync)
     values = np.asarray(data)
     where = ", ".join(mask.attrs.get("source_files") or []) or str(mask.name or "")
     label = f"{param} {where}".strip()

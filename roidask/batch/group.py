@@ -325,7 +325,10 @@ def _check_group(subjects: _Subjects, permutation: GroupPermutation | None) -> x
         raise GridMismatchError(
             f"mask {permutation.mask}: not on the subjects' grid ({exc})", param="mask"
         ) from None
-    return mask.copy(data=mask_values(mask, param="mask"))
+    try:
+        return mask.copy(data=mask_values(mask, param="mask"))
+    finally:  # read once: no handle kept in this process
+        release_handles([permutation.mask])
 
 
 def _group(
