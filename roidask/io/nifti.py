@@ -288,9 +288,17 @@ class NiftiSource(VolumeProperties):
                 f"{param} {path}: named .gz but is not gzip-compressed (first bytes {magic!r})",
                 param=param,
             )
+        if gz and not path.name.lower().endswith(".gz"):  # its voxels would be read raw
+            raise CorruptFileError(
+                f"{param} {path}: is gzip-compressed but not named .gz; rename it "
+                f"{path.name}.gz",
+                param=param,
+            )
         try:
-            img = _load_header(path, gz)
-        except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as exc:
+            img = _load_header(path, gz, param=param)
+        except CorruptFileError:
+            raise
+        except (*_GZIP_ERRORS, OSError, gzip.BadGzipFile) as exc:  # type: ignore[misc]
             raise CorruptFileError(
                 f"{param} {path}: not a readable NIfTI file (truncated or corrupt gzip?): {exc}",
                 param=param,
@@ -300,11 +308,6 @@ class NiftiSource(VolumeProperties):
                 f"{param} {path}: not a NIfTI-1/NIfTI-2 image ({type(exc).__name__}: {exc})",
                 param=param,
             ) from None
-        if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
-            raise CorruptFileError(
-                f"{param} {path}: is a {type(img).__name__}, expected a NIfTI-1/NIfTI-2 image",
-                param=param,
-            )
         header = img.header
         shape = tuple(int(n) for n in img.shape)
         # NIfTI allows trailing singleton dims (x, y, z, 1, 1); keep at most 4.
@@ -470,7 +473,7 @@ def _prefix(path: Path | S3Path, n: int, gz: bool) -> bytes:
         return out
 
 
-def _load_header(path: Path | S3Path, gz: bool) -> nib.Nifti1Image:
+def _load_header(path: Path | S3Path, gz: bool, *, param: str = "img") -> nib.Nifti1Image:
     """The image of a file or an object from its first bytes: header and extensions,
     no voxel data (``nib.load`` of a ``.nii.gz`` decodes megabytes to read a header)."""
     first = _prefix(path, 4, gz)
@@ -480,12 +483,36 @@ def _load_header(path: Path | S3Path, gz: bool) -> nib.Nifti1Image:
     klass = nib.Nifti2Image if sizeof == 540 else nib.Nifti1Image
     size = 540 if sizeof == 540 else 348
     head = _prefix(path, size + 4, gz)  # the header and the extension flag
+    if len(head) < size:
+        raise CorruptFileError(
+            f"{param} {path}: holds {len(head)} bytes{' once decompressed' if gz else ''}, "
+            f"fewer than a NIfTI header ({size} bytes)",
+            param=param,
+        )
     # the fields only: from_fileobj would read the extensions past these bytes
-    header = klass.header_class(head[:size], check=False) if len(head) >= size else None
-    vox_offset = int(header["vox_offset"]) if header is not None else 0
-    if vox_offset > len(head):  # extensions: read up to the data
-        head = _prefix(path, min(vox_offset, 64 * 2**20), gz)
+    header = klass.header_class(head[:size], check=False)
+    magic = bytes(header["magic"].item()).rstrip(b"\0")
+    if magic not in (b"n+1", b"n+2"):
+        raise CorruptFileError(
+            f"{param} {path}: not a single-file NIfTI image (magic {magic!r}, expected "
+            "b'n+1' or b'n+2'); a .hdr/.img pair or an Analyze image is not read: save it "
+            "as .nii.gz first (nibabel)",
+            param=param,
+        )
+    vox_offset = int(header["vox_offset"])
+    if len(head) == size + 4 and head[size] and vox_offset > len(head):  # extensions
+        if vox_offset > _MAX_EXTENSIONS_BYTES:
+            raise CorruptFileError(
+                f"{param} {path}: its extensions run to byte {vox_offset} (vox_offset); "
+                f"expected at most {_MAX_EXTENSIONS_BYTES} bytes of header and extensions",
+                param=param,
+            )
+        head = _prefix(path, vox_offset, gz)
     return klass.from_bytes(head)
+
+
+#: Header and extensions read to open an image (CIFTI-sized extensions fit).
+_MAX_EXTENSIONS_BYTES = 2**30
 
 
 def _sequential(path: Path | S3Path, gz: bool):

@@ -283,3 +283,45 @@ def test_release_handles_resolves_only_the_paths_it_is_given(tmp_path, data, mon
     assert release_handles([link]) == 1
     assert resolved == [link]
     assert release_handles([paths[3]]) == 0 and len(resolved) == 2
+
+
+@pytest.mark.parametrize("case", ["gzip-named-nii", "short", "pair", "corrupt-gzip"])
+def test_open_refuses_what_it_cannot_read(tmp_path, data, case):
+    """One line naming the file and what is wrong, from the first bytes alone."""
+    gz = write_run(tmp_path / "run.nii.gz", data)
+    if case == "gzip-named-nii":
+        path = tmp_path / "run.nii"
+        path.write_bytes(gz.read_bytes())
+        want = r"is gzip-compressed but not named \.gz; rename it run\.nii\.gz"
+    elif case == "short":
+        path = tmp_path / "short.nii.gz"
+        path.write_bytes(gzip.compress(gzip.decompress(gz.read_bytes())[:200]))
+        want = r"holds 200 bytes once decompressed, fewer than a NIfTI header \(348 bytes\)"
+    elif case == "pair":
+        path = tmp_path / "pair.nii"
+        img = nib.Nifti1Pair(data, np.eye(4))
+        nib.save(img, str(tmp_path / "pair.img"))
+        path.write_bytes((tmp_path / "pair.hdr").read_bytes() + b"\0" * data.nbytes)
+        want = r"not a single-file NIfTI image \(magic b'ni1'"
+    else:
+        raw = bytearray(gz.read_bytes())
+        raw[20:60] = bytes(40)  # the deflate stream's first bytes
+        path = tmp_path / "corrupt.nii.gz"
+        path.write_bytes(bytes(raw))
+        want = r"not a readable NIfTI file \(truncated or corrupt gzip\?\)"
+    with pytest.raises(CorruptFileError, match=rf"^img {path}: {want}"):
+        NiftiSource.open(path)
+
+
+def test_open_reads_no_further_than_the_header_without_extensions(tmp_path, data, monkeypatch):
+    """A large vox_offset without extensions: the header's bytes, not up to the data."""
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_data_offset(8 * 2**20)
+    path = tmp_path / "far.nii"
+    nib.save(img, str(path))
+    reads = []
+    real = nifti._prefix
+    monkeypatch.setattr(nifti, "_prefix", lambda p, n, gz: reads.append(n) or real(p, n, gz))
+    src = NiftiSource.open(path)
+    assert src.offset == 8 * 2**20 and max(reads) <= 352
+    np.testing.assert_array_equal(src.read(0, SHAPE[3]), data)
