@@ -570,6 +570,21 @@ def compute(*objs, progress: bool = False, local: bool = False):
             return dask.compute(*objs, **scheduler)
 
 
+def _here_unless_persisted(collection):
+    """The scheduler that reads a small collection: this thread, unless its data were
+    persisted on a cluster (futures), which only the cluster holds.
+
+    A function, not the name ``"sync"``: naming a scheduler makes dask import
+    ``distributed`` (~0.5 s) to look for a client.
+    """
+    if "distributed" in sys.modules:  # imported already: free
+        from distributed import futures_of
+
+        if futures_of(collection):
+            return None  # the active client
+    return dask.local.get_sync
+
+
 def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
     """The voxels of a 3D mask image as booleans, checking that it is binary and not empty.
 
@@ -579,8 +594,8 @@ def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
         Values other than 0 and 1 (the message lists them), or no voxel inside.
     """
     data = mask.data  # small: read here, never sent to a cluster and back
-    if dask.is_dask_collection(data):  # a function: naming "sync" imports distributed
-        (data,) = dask.compute(data, scheduler=dask.local.get_sync)
+    if dask.is_dask_collection(data):
+        (data,) = dask.compute(data, scheduler=_here_unless_persisted(data))
     values = np.asarray(data)
     where = ", ".join(mask.attrs.get("source_files") or []) or str(mask.name or "")
     label = f"{param} {where}".strip()

@@ -768,4 +768,6 @@ def test_the_mask_is_read_here_even_with_a_cluster(haxby):
             inside = mask_values(mask)
         with get_task_stream(client) as summed:  # the same graph goes to the cluster
             assert int(mask.sum()) == inside.sum() > 0
+        # a mask persisted on the cluster is only there: read from it
+        np.testing.assert_array_equal(mask_values(mask.persist()), inside)
     assert checked.data == [] and len(summed.data) > 0

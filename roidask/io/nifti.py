@@ -290,8 +290,7 @@ class NiftiSource(VolumeProperties):
             )
         if gz and not path.name.lower().endswith(".gz"):  # its voxels would be read raw
             raise CorruptFileError(
-                f"{param} {path}: is gzip-compressed but not named .gz; rename it "
-                f"{path.name}.gz",
+                f"{param} {path}: is gzip-compressed but not named .gz; rename it {path.name}.gz",
                 param=param,
             )
         try:
