@@ -821,10 +821,18 @@ def _cmd_batch(args) -> int:
     print(f"subjects: {len(table)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
     for row in table[table["status"] == "failed"].itertuples(index=False):
         print(f"  {row.subject}: {row.error}")
-    study = "" if args.no_study else ", study.zarr"
-    print(f"outputs: {args.out} (batch.tsv, sub-*/, group/{study})")
+    out = as_location(args.out)
+    failed_group = (out / "group-error.txt").is_file()
+    if failed_group:
+        print(f"group level: failed ({(out / 'group-error.txt').read_bytes().decode().strip()})")
+    written = ["batch.tsv", "sub-*/"]
+    if failed_group or (out / "group").is_dir():
+        written.append("group-error.txt" if failed_group else "group/")
+    if not args.no_study:
+        written.append("study.zarr")
+    print(f"outputs: {args.out} ({', '.join(written)})")
     print(f"wall time: {time.perf_counter() - start:.1f} s")
-    return 1 if counts.get("failed") else 0
+    return 1 if counts.get("failed") or failed_group else 0
 
 
 # -- group -------------------------------------------------------------------------------
@@ -876,6 +884,7 @@ def _add_permutation_options(p, *, batch: bool) -> None:
     if not batch:
         g.add_argument(
             "--mask",
+            dest="perm_mask",  # batch's --mask is the subjects' mask, never this one
             type=_local_path,
             default=None,
             help="3D mask of the voxels tested (default: voxels finite in every subject's "
@@ -906,7 +915,7 @@ def group_permutation(args) -> GroupPermutation | None:
         connectivity=args.cluster_connectivity,
         seed=args.seed,
         chunk_perm=args.chunk_perm,
-        mask=getattr(args, "mask", None),
+        mask=getattr(args, "perm_mask", None),
     )
 
 

@@ -876,3 +876,35 @@ def test_absurdly_large_kernels_are_refused_first(haxby, tmp_path, capsys, flag,
     rc, _, err = cli(capsys, *argv, flag, value, "--quiet", "--no-plots")
     assert rc == 2 and one_error(err) == message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_mask_is_never_the_permutation_mask(tmp_path):
+    """``batch --mask`` is the subjects' mask (BIDS folders); the permutation test's mask is
+    ``group --mask`` only."""
+    from roidask.cli import build_parser, group_permutation
+
+    mask = tmp_path / "mask.nii.gz"
+    argv = ["batch", "m.tsv", "--out", "o", "--mask", str(mask), "--permutations", "10"]
+    assert group_permutation(build_parser().parse_args(argv)).mask is None
+    argv = ["group", str(tmp_path), "--mask", str(mask)]
+    assert group_permutation(build_parser().parse_args(argv)).mask == mask
+
+
+def test_batch_says_when_its_group_level_failed(haxby, tmp_path, capsys):
+    """Subjects on two grids: both done, the group level failed; exit status 1, the reason,
+    and group-error.txt (not group/) among the outputs."""
+    from roidask.datasets import make_synthetic_subject
+
+    other = make_synthetic_subject(tmp_path / "other", shape=(12, 14, 10), n_volumes=300)
+    manifest = write_manifest(
+        tmp_path / "manifest.tsv",
+        [("01", haxby.bold, haxby.labels, haxby.mask),
+         ("02", other.bold, other.labels, other.mask_vt)],
+    )  # fmt: skip
+    out = tmp_path / "batch"
+    rc, stdout, _ = cli(capsys, "batch", manifest, "--out", out, "--quiet", "--no-plots")
+    assert rc == 1
+    assert "subjects: 2 (done 2)" in stdout
+    assert "group level: failed (group level needs every subject on one grid" in stdout
+    assert f"outputs: {out} (batch.tsv, sub-*/, group-error.txt, study.zarr)" in stdout
+    assert not (out / "group").exists()
