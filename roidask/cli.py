@@ -55,6 +55,7 @@ from roidask.io.store_read import (
     CHUNK_GRIDS_ATTR,
     checked_variables,
     list_subjects,
+    missing_chunks,
     open_subject,
     verify_groups,
     verify_store,
@@ -385,7 +386,7 @@ def describe_results(store, *, damaged: list | None = None) -> str:
     )
     voxels = attrs.get("voxel_size_mm") or []
     lines = [
-        f"results {store}: one subject's results (format {attrs['roidask_results_format']})",
+        f"results {store}: one subject's results (format {attrs[RESULTS_ATTR]})",
         f"contrast: {contrast[0]} vs {contrast[1]} ({attrs.get('test')} t-test), fwhm "
         f"{attrs.get('fwhm_mm')} mm, -log10 p clipped at {attrs.get('clip')}, threshold "
         f"{attrs.get('threshold')}, {attrs.get('dilation_iterations')} dilation(s), "
@@ -415,8 +416,12 @@ def describe_results(store, *, damaged: list | None = None) -> str:
     return "\n".join(lines)
 
 
-def describe_study(store) -> str:
-    """A summary of a study store: its published subjects and group level (no voxel read)."""
+def describe_study(store, *, damaged: list | None = None) -> str:
+    """A summary of a study store: its published subjects and group level (no voxel read).
+
+    A published node missing a chunk of its inventory is reported as damaged (the
+    chunks are listed, not read), and an error appended to ``damaged`` if given.
+    """
     names = published(store)
     subjects = [n for n in names if n != GROUP_NODE]
     record = json.loads((as_location(store) / "zarr.json").read_bytes())
@@ -435,10 +440,22 @@ def describe_study(store) -> str:
         lines.append(f"group level: {group.get('n_subjects', '?')} subjects")
     else:
         lines.append("group level: none")
-    lines.append(
-        "nodes: each complete when published, its chunks listed in its inventory with a "
-        "CRC-32C checksum each (not read here; --verify reads and checks them)"
-    )
+    location, harmed = as_location(store), []
+    for name in names:
+        grids = metadata.get(name, {}).get("attributes", {}).get(CHUNK_GRIDS_ATTR) or {}
+        missing = missing_chunks(location / name, grids)
+        if missing:
+            keys = ", ".join(f"{a}/{k}" for a, k in missing[:5])
+            more = " ..." if len(missing) > 5 else ""
+            lines.append(f"damaged: node {name}: {len(missing)} chunk(s) missing ({keys}{more})")
+            harmed.append(name)
+    if damaged is not None:
+        damaged.extend(harmed)
+    if not harmed:
+        lines.append(
+            "nodes: each complete when published, all its chunks present, each with a "
+            "CRC-32C checksum (not read here; --verify reads and checks them)"
+        )
     return "\n".join(lines)
 
 
@@ -448,7 +465,7 @@ def _cmd_info(args) -> int:
     if not args.verify:
         damaged: list = []
         if kind == "study":
-            print(describe_study(args.store))
+            print(describe_study(args.store, damaged=damaged))
         elif kind == "results":
             print(describe_results(args.store, damaged=damaged))
         else:
@@ -1035,7 +1052,7 @@ def _add_demo(sub) -> None:
 
 def _cmd_demo(args) -> int:
     root = args.out
-    if root.is_symlink() or (root.exists() and not root.is_dir()):
+    if root.exists() and not root.is_dir():  # a link to a folder is that folder
         raise OutputError(
             f"out {root}: is a file; expected a folder (the demo writes haxby-slice/"
             f"{' and synthetic/' if args.synthetic else ''} in it)",

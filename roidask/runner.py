@@ -158,7 +158,7 @@ def check_run(
         )
     if store:  # what a store holds already is not taken from elsewhere silently
         given = []
-        if labels is not None:
+        if labels:
             given.append(("labels", ", ".join(map(str, labels))))
         if tr_s is not None:
             given.append(("tr_s", f"{tr_s:g} s"))

@@ -389,8 +389,13 @@ def test_info_describes_and_verifies_results_and_studies(
     node = "" if kind == "results" else "sub-01/"
     damage_chunk(store, f"{node}logp/c/0/0/0", how)
     rc, out, _ = cli(capsys, "info", store)
-    if how == "delete" and kind == "results":  # the inventory shows it, no chunk read
-        assert rc == 1 and f"damaged: {store}: logp is damaged: 1 chunk(s) missing" in out
+    if how == "delete":  # the inventory shows it, no chunk read
+        assert rc == 1
+        assert (
+            f"damaged: {store}: logp is damaged: 1 chunk(s) missing" in out
+            if kind == "results"
+            else "damaged: node sub-01: 1 chunk(s) missing (logp/c/0/0/0)" in out
+        )
     else:
         assert rc == 0
     rc, out, _ = cli(capsys, "info", "--verify", store)
@@ -627,9 +632,16 @@ def _bad(tmp_path, data, case):
         return ["demo", "--out", notes, "--quiet"], (
             f"--out {notes}: is a file; expected a folder (the demo writes haxby-slice/ in it)"
         )
-    if case == "demo-out-holds-a-foreign-folder":  # found before the cluster starts
+    if case in ("demo-out-holds-a-foreign-folder", "demo-out-links-to-it"):  # no cluster yet
         (tmp_path / "demo" / "haxby-slice").mkdir(parents=True)
         (tmp_path / "demo" / "haxby-slice" / "notes.txt").write_text("mine")
+        if case == "demo-out-links-to-it":  # a link to a folder is that folder
+            (tmp_path / "link").symlink_to(tmp_path / "demo")
+            return ["demo", "--out", tmp_path / "link", "--quiet"], (
+                f"--out {tmp_path / 'link' / 'haxby-slice'}: exists and was not written by "
+                "roidask (no .roidask.json); roidask only replaces its own outputs, choose "
+                "another output"
+            )
         return ["demo", "--out", tmp_path / "demo", "--quiet"], (
             f"--out {tmp_path / 'demo' / 'haxby-slice'}: exists and was not written by roidask "
             "(no .roidask.json); roidask only replaces its own outputs, choose another output"
@@ -672,6 +684,7 @@ BAD_CASES = [
     "subject-without-store",
     "demo-out-is-a-file",
     "demo-out-holds-a-foreign-folder",
+    "demo-out-links-to-it",
     "mask-all-zero",
     "mask-not-binary",
     "threads-per-worker-0",

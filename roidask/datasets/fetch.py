@@ -334,7 +334,13 @@ def _fetch_into(root, subject_ids, table, base, progress, retries, timeout_s, ke
                     f"checksums: no MD5 known for {name}; expected an entry "
                     f"{{'{name}': '<32 hex digits>'}}, got keys {sorted(table)}"
                 )
-            root.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InvalidParameterError(
+                    f"data_dir {root}: cannot create the folder ({exc.strerror or exc})",
+                    param="data_dir",
+                ) from None
             archive = root / name
             downloaded = False
             if archive.is_file():

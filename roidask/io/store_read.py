@@ -64,6 +64,7 @@ __all__ = [
     "ignore_consolidated_warning",
     "is_store",
     "list_subjects",
+    "missing_chunks",
     "open_store",
     "open_subject",
     "require_store",
@@ -227,7 +228,7 @@ def _check_array_metadata(path: Location, subject: str, param: str | None) -> No
         _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
 
 
-def _missing_chunks(group: Location, grids: dict) -> list[tuple[str, str]]:
+def missing_chunks(group: Location, grids: dict) -> list[tuple[str, str]]:
     """``(array, chunk key)`` of the chunks the inventory ``grids`` lists that ``group``
     (the group's folder) does not hold."""
     missing = []
@@ -357,7 +358,7 @@ def checked_variables(
     ds = xr.open_zarr(zarr_store(path), group=group, consolidated=False, chunks=None)
     grids = ds.attrs.get(CHUNK_GRIDS_ATTR) or {}
     folder = path / group if group else path
-    missing = _missing_chunks(folder, {n: grids[n] for n in names if n in grids})
+    missing = missing_chunks(folder, {n: grids[n] for n in names if n in grids})
     if missing:  # named by the first array missing chunks
         array = missing[0][0]
         keys = [k for a, k in missing if a == array]
@@ -453,7 +454,7 @@ def open_subject(
             stacklevel=2,
         )
     else:
-        missing = _missing_chunks(path / subject, grids)
+        missing = missing_chunks(path / subject, grids)
         if missing:
             shown = ", ".join(f"{n}/{k}" for n, k in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -583,7 +584,7 @@ def verify_groups(path: Location, records: dict[str, dict]) -> list[DamagedChunk
     damaged = []
     for name, attrs in records.items():
         grids = attrs.get(CHUNK_GRIDS_ATTR) or {}
-        for array_name, key in _missing_chunks(path / name, grids):
+        for array_name, key in missing_chunks(path / name, grids):
             damaged.append(DamagedChunk(name, array_name, key, "missing"))
         missing = {(d.array, d.chunk) for d in damaged if d.subject == name}
         for folder in _array_dirs(path, name):

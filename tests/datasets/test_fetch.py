@@ -465,4 +465,9 @@ def test_cli_fetch_leaves_no_folder_it_created_and_refuses_a_file(
     assert err[-1] == (
         f"roidask: error: --data-dir {notes}: is a file; expected a folder for the downloaded data"
     )
+    assert cli.main([*argv, "--data-dir", str(notes / "data")]) == 2  # under a file
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"roidask: error: --data-dir {notes / 'data'}: cannot create the folder (Not a directory)"
+    )
     assert notes.read_text() == "mine"
