@@ -18,10 +18,8 @@ import pandas as pd
 
 from roidask._validate import SUBJECT_NAME_RE
 from roidask.exceptions import (
-    CorruptFileError,
     ManifestError,
     RoidaskError,
-    UnreadableFileError,
 )
 from roidask.io.locations import (
     Location,
@@ -84,21 +82,11 @@ def check_subjects(
         failed and which.
     """
     _check_out_names(specs, "manifest")
-    for spec in specs:  # cheap, and a missing file is the commonest mistake
-        columns = [("bold", p, "BOLD image") for p in spec.bold]
-        columns += [("labels", p, "labels file") for p in spec.labels]
-        columns.append(("mask", spec.mask, "mask image"))
-        for column, path, what in columns:
-            if column != "labels" and is_nifti_zarr(path):
-                continue  # a NIfTI-Zarr image (a folder), validated when opened
-            try:
-                check_input_file(path, column, what=what)
-            except (UnreadableFileError, CorruptFileError) as exc:
-                raise _subject_error(exc, spec, []) from None
     params = params or PipelineParams()
 
     def check(spec: SubjectSpec) -> RoidaskError | None:
         try:
+            _check_files(spec)  # named by the manifest's columns
             check_subject(list(spec.bold), list(spec.labels), spec.mask, params, chunks=chunks)
         except RoidaskError as error:
             return error
@@ -117,6 +105,17 @@ def check_subjects(
 
 #: Threads that check a batch's subjects when inputs are in object storage (requests).
 CHECK_THREADS = 8
+
+
+def _check_files(spec: SubjectSpec) -> None:
+    """Every input file of ``spec`` exists, is readable and is not empty."""
+    columns = [("bold", p, "BOLD image") for p in spec.bold]
+    columns += [("labels", p, "labels file") for p in spec.labels]
+    columns.append(("mask", spec.mask, "mask image"))
+    for column, path, what in columns:
+        if column != "labels" and is_nifti_zarr(path):
+            continue  # a NIfTI-Zarr image (a folder), validated when opened
+        check_input_file(path, column, what=what)
 
 
 def _subject_error(exc: RoidaskError, spec: SubjectSpec, others: list[str]) -> RoidaskError:

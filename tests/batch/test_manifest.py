@@ -218,3 +218,20 @@ def test_check_subjects_keeps_no_handle(haxby, tmp_path):
     from roidask.io import nifti
 
     assert not [k for k in nifti._HANDLES if k[0].startswith(str(tmp_path))]
+
+
+def test_check_subjects_names_every_subject_missing_a_file(haxby, tmp_path):
+    """Missing files are counted with the other invalid subjects, as contents are."""
+    from roidask.batch import check_subjects
+    from roidask.exceptions import UnreadableFileError
+
+    gone = tmp_path / "gone.nii.gz"
+    specs = [
+        SubjectSpec("a", (gone,), (haxby.labels,), haxby.mask),
+        SubjectSpec("ok", (haxby.bold,), (haxby.labels,), haxby.mask),
+        SubjectSpec("b", (haxby.bold,), (haxby.labels,), gone),
+    ]
+    with pytest.raises(UnreadableFileError) as info:
+        check_subjects(specs)
+    assert str(info.value).startswith(f"manifest: subject 'a': bold {gone}: ")
+    assert str(info.value).endswith("(1 other subject(s) have invalid inputs too: 'b')")
