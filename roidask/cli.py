@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -131,6 +132,10 @@ COMMANDS = {
 }
 
 
+#: Parameters a batch subject's error may name that are flags of ``batch`` (``tr_s`` is not).
+_BATCH_PARAMS = {f.name for f in dataclasses.fields(PipelineParams)} | {"chunks"}
+
+
 def format_error(exc: BaseException | str, command: str | None = None) -> str:
     """One line for an error, with Python parameter names replaced by the CLI's flags.
 
@@ -140,6 +145,12 @@ def format_error(exc: BaseException | str, command: str | None = None) -> str:
     flags = {**FLAGS, **COMMAND_FLAGS.get(command or "", {})}
     text = " ".join(str(exc).split())
     param = getattr(exc, "param", None)
+    inner = getattr(exc, "subject_param", None)  # a batch subject's error: its parameter
+    head = re.match(r"manifest: subject '[^']*': ", text)
+    if head and inner in _BATCH_PARAMS and flags.get(inner, "").startswith("--"):
+        rest = text[head.end() :]
+        if rest.startswith(inner):
+            text = head.group(0) + flags[inner] + rest[len(inner) :]
     if param in flags and text.startswith(param):
         flag = flags[param]
         if flag.startswith("--"):

@@ -56,7 +56,15 @@ class RoidaskError(Exception):
     param : str, optional
         The Python parameter the error is about (``"mask_img"``, ``"chunks"``),
         so that a front end can name its own flag for it.
+
+    Attributes
+    ----------
+    subject_param : str or None
+        For the error of one subject of a batch (``param`` is then ``"manifest"``):
+        the parameter the subject's own error was about (``"contrast"``).
     """
+
+    subject_param: str | None = None
 
     def __init__(self, message: str = "", *, param: str | None = None):
         super().__init__(message)

@@ -609,9 +609,16 @@ def _bad(tmp_path, data, case):
         rows = [("01", bold, labels, mask), ("02", bold, labels, two), ("03", bold, chairs, mask)]
         manifest = write_manifest(tmp_path / "manifest.tsv", rows)
         return ["batch", manifest, "--out", out], (
-            f"manifest: subject '02': mask_img {two}: expected a binary mask (every voxel 0 or "
+            f"manifest: subject '02': mask {two}: expected a binary mask (every voxel 0 or "
             "1), found the value(s) 2; binarize it first (roidask.ops.binarize_img: nonzero = "
             "inside) (1 other subject(s) have invalid inputs too: '03')"
+        )
+    if case == "batch-unknown-contrast":  # an analysis flag of a subject's error: the flag
+        argv = batch_args(data, out, "--contrast", "face", "dog")
+        return argv, (
+            "manifest: subject 'sub-01': --contrast: unknown condition(s) ['dog']; the data "
+            "has ['bottle', 'cat', 'chair', 'face', 'house', 'rest', 'scissors', "
+            "'scrambledpix', 'shoe']"
         )
     if case in ("store-with-labels", "store-with-tr"):  # what the store holds is not replaced
         store = tmp_path / "store.zarr"
@@ -679,6 +686,7 @@ BAD_CASES = [
     "empty-manifest",
     "header-only-manifest",
     "batch-invalid-subjects",
+    "batch-unknown-contrast",
     "store-with-labels",
     "store-with-tr",
     "subject-without-store",

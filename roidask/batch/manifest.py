@@ -118,14 +118,31 @@ def _check_files(spec: SubjectSpec) -> None:
         check_input_file(path, column, what=what)
 
 
+#: The manifest's column of a subject's image that the library names by its parameter.
+_COLUMN_OF = {"mask_img": "mask", "bold_img": "bold"}
+
+
 def _subject_error(exc: RoidaskError, spec: SubjectSpec, others: list[str]) -> RoidaskError:
-    """``exc`` as the error of subject ``spec`` of a manifest, naming the others that failed."""
+    """``exc`` as the error of subject ``spec`` of a manifest, naming the others that failed.
+
+    An image the library names by its parameter (``mask_img``) is named by its column;
+    the error keeps the parameter of ``exc`` as ``subject_param`` (the command line names
+    the flag of an analysis parameter, ``--contrast``).
+    """
+    text = str(exc)
+    column = _COLUMN_OF.get(exc.param or "")
+    if column is not None and text.startswith(f"{exc.param} "):
+        text = column + text[len(exc.param or "") :]
     more = ""
     if others:
         shown = ", ".join(repr(s) for s in others[:5])
         etc = ", ..." if len(others) > 5 else ""
         more = f" ({len(others)} other subject(s) have invalid inputs too: {shown}{etc})"
-    return type(exc)(f"manifest: subject {spec.subject!r}: {exc}{more}", param="manifest")
+    error = type(exc)(f"manifest: subject {spec.subject!r}: {text}{more}", param="manifest")
+    # a flag's name for an analysis parameter, never for a manifest's own columns
+    named = column is not None or exc.param in MANIFEST_COLUMNS
+    error.subject_param = None if named else exc.param
+    return error
 
 
 def _split(value: str, base: Path | S3Path) -> tuple[Path | S3Path, ...]:

@@ -187,7 +187,8 @@ def test_check_subjects_checks_contents_without_reading_bold_voxels(haxby, tmp_p
             check_subjects(specs)
     assert haxby.bold not in reads  # headers only: the masks are the only images read
     message = str(info.value)
-    assert message.startswith(f"manifest: subject 'two': mask_img {specs[1].mask}: expected a")
+    # the mask named by its column (the library names it mask_img)
+    assert message.startswith(f"manifest: subject 'two': mask {specs[1].mask}: expected a")
     assert message.endswith("(2 other subject(s) have invalid inputs too: 'chairs', 'wide')")
     assert info.value.param == "manifest"
     # each subject's own error: the labels, the grid
