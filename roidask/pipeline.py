@@ -93,6 +93,7 @@ __all__ = [
     "compute",
     "compute_here",
     "mask_values",
+    "params_attrs",
     "results_dataset",
     "roi_folds",
     "roi_pipeline",
@@ -449,9 +450,15 @@ def results_dataset(result: PipelineResult) -> xr.Dataset:
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
+def params_attrs(params: PipelineParams) -> dict:
+    """The parameters as attributes of ``results.zarr`` and of a study's subject node
+    (``fwhm`` as ``fwhm_mm``), JSON values."""
+    return {("fwhm_mm" if k == "fwhm" else k): v for k, v in params.to_dict().items()}
+
+
 def _results_attrs(result: PipelineResult, ref: xr.DataArray, n_rois) -> dict:
     affine = affine_of(ref)
-    params = {("fwhm_mm" if k == "fwhm" else k): v for k, v in result.params.to_dict().items()}
+    params = params_attrs(result.params)
     return {
         "title": "roidask ROI analysis of one subject",
         "source": f"roidask {roidask_version}",

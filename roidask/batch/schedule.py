@@ -114,7 +114,7 @@ from roidask.outputs.study import (
     node_attrs,
 )
 from roidask.outputs.writer import SUBJECT_KIND
-from roidask.pipeline import PipelineParams, compute_here, mask_values
+from roidask.pipeline import PipelineParams, compute_here, mask_values, params_attrs
 from roidask.runner import run_subject
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -810,6 +810,8 @@ class _Batch:
         self.open_files = OpenFiles()
         self.token = uuid.uuid4().hex[:8]
         self.batch_id = uuid.uuid4().hex  # in each subject's provenance.json
+        # the parameters as a node's attributes hold them (JSON values)
+        self.params_attrs = json.loads(json.dumps(params_attrs(params)))
 
     def job(self, spec: SubjectSpec, **values) -> _Job:
         if self.cluster is None:
@@ -868,10 +870,27 @@ class _Batch:
             self.resubmit(*self.ready.popleft(), hidden=True)
         while self.waiting and len(self.in_flight) < self.limit:
             spec = self.waiting.popleft()
+            if self.other_parameters(spec):  # to rewrite: hidden first, without a probe task
+                kind = "task" if self.mode == "subject" else "block"
+                out = self.out_dir / spec.out_name
+                self.resubmit(spec, kind, _row(spec, out, status=_TO_UNPUBLISH, _digest=None,
+                                               _inputs=None))  # fmt: skip
+                continue
             if self.mode == "subject":
                 self.submit_task(spec)
             else:
                 self.submit_block(self.job(spec))
+
+    def other_parameters(self, spec: SubjectSpec) -> bool:
+        """The subject's published node holds the results of other analysis parameters,
+        so it is to be rewritten whatever its inputs (a task would hash the inputs only to
+        hand the subject back). False when unknown: the subject's task finds out."""
+        if self.study is None or not self.study.is_published(spec.out_name):
+            return False
+        attrs = node_attrs(self.study.path, spec.out_name)
+        if attrs is None:
+            return False
+        return any(k in attrs and attrs[k] != v for k, v in self.params_attrs.items())
 
     # -- results
     def row_of(self, fut, spec: SubjectSpec) -> dict:

@@ -849,10 +849,13 @@ def test_run_batch_checks_every_input_file_first(tmp_path):
     good, bad = _spec(tmp_path / "a"), _spec(tmp_path / "b", "02")
     bad.labels[0].write_bytes(b"")
     with pytest.raises(CorruptFileError, match=r"^manifest: subject '02': labels .*: is empty"):
-        run_batch([good, bad], tmp_path / "out")
+        run_batch([bad], tmp_path / "out")
     bad.labels[0].write_bytes(b"x")
     bad.mask.unlink()
     with pytest.raises(UnreadableFileError, match=r"subject '02': mask .*mask\.nii\.gz: no such"):
+        run_batch([bad], tmp_path / "out")
+    # every subject is checked (good's files are not NIfTI): the first, and the others
+    with pytest.raises(CorruptFileError, match=r"^manifest: subject '01': bold .* too: '02'\)$"):
         run_batch([good, bad], tmp_path / "out")
     # two subjects of the Python API sharing an output folder (the manifest reader checks too)
     twin = SubjectSpec("sub-01", good.bold, good.labels, good.mask)

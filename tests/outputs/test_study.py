@@ -656,3 +656,30 @@ def test_batch_killed_after_a_subject_then_resumed(dataset, tmp_path):
     for name in ("sub-01", "sub-02", "sub-03", "sub-04"):
         assert_matches_outputs(tree[name].to_dataset(), out / name)
     assert verify_study(study) == []
+
+
+def test_a_rerun_with_other_parameters_runs_each_subject_once(dataset, tmp_path, monkeypatch):
+    """A node published with other analysis parameters is hidden and its subject run once:
+    no first task that hashes the inputs only to hand the subject back. The same
+    parameters: one task each, which finds the subject complete."""
+    from roidask.batch import schedule
+    from roidask.pipeline import PipelineParams
+
+    specs = [s for s in dataset["specs"] if s.subject != "zero"][:2]
+    out = tmp_path / "batch"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"] * 2
+    runs = []
+    real = schedule._run_one
+
+    def run_one(job, *args, **kwargs):
+        runs.append(job.spec.subject)
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(schedule, "_run_one", run_one)
+    table = run_batch(specs, out, plots=False, params=PipelineParams(threshold=4.0))
+    assert table["status"].tolist() == ["done"] * 2
+    assert sorted(runs) == sorted(s.subject for s in specs)  # once each (twice before)
+    assert all(tree_of(out / "study.zarr")[f"sub-0{i}"].attrs["threshold"] == 4.0 for i in (1, 2))
+    runs.clear()
+    table = run_batch(specs, out, plots=False, params=PipelineParams(threshold=4.0))
+    assert table["status"].tolist() == ["skipped"] * 2 and len(runs) == 2
