@@ -17,10 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from roidask._validate import SUBJECT_NAME_RE
-from roidask.exceptions import (
-    ManifestError,
-    RoidaskError,
-)
+from roidask.exceptions import ManifestError, RoidaskError
 from roidask.io.locations import (
     Location,
     PathOrURL,

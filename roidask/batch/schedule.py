@@ -887,7 +887,7 @@ class _Batch:
         hand the subject back). False when unknown: the subject's task finds out."""
         if self.study is None or not self.study.is_published(spec.out_name):
             return False
-        attrs = node_attrs(self.study.path, spec.out_name)
+        attrs = self.study.attrs_when_opened(spec.out_name)  # the root's copy: no read
         if attrs is None:
             return False
         return any(k in attrs and attrs[k] != v for k, v in self.params_attrs.items())

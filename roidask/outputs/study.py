@@ -501,9 +501,12 @@ class Study:
     def __init__(self, path: PathOrURL, *, param: str = "study"):
         self.path = prepare_study(path, param=param)
         self._lock = threading.Lock()
-        attributes, listed = _root_state(self.path)
-        self._attributes = attributes
-        self._listed = set(listed)  # as the root lists them (this driver's view)
+        root = _read_root(self.path, arrays=False)
+        metadata = root["consolidated_metadata"]["metadata"]
+        self._attributes = root["attributes"]
+        self._listed = {k for k in metadata if "/" not in k}  # this driver's view of the root
+        # the listed nodes' attributes when this handle opened (what earlier runs published)
+        self._opened = {k: dict(metadata[k].get("attributes") or {}) for k in self._listed}
         self._pending: dict[str, str | None] = {}
         self._hiding: set[str] = set()  # listed nodes to hide at the next flush
         self._last = 0.0  # time.monotonic() of the last rewrite
@@ -513,6 +516,11 @@ class Study:
         """Node ``name`` is complete on disk with ``fingerprint``."""
         attrs = node_attrs(self.path, name)
         return attrs is not None and attrs.get(FINGERPRINT_ATTR) == fingerprint
+
+    def attrs_when_opened(self, name: str) -> dict | None:
+        """Attributes of node ``name`` as the root listed them when this handle opened
+        (None: not listed then); read from the root, not from the node."""
+        return self._opened.get(name)
 
     def is_published(self, name: str) -> bool:
         """Node ``name`` is listed in the root (or will be at the next :meth:`flush`)."""
