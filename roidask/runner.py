@@ -201,7 +201,7 @@ def check_subject(
     *,
     chunks=None,
     tr_s: float | None = None,
-) -> tuple[xr.DataArray, xr.DataArray]:
+) -> xr.DataArray:
     """Validate one subject's NIfTI runs, labels, mask and parameters together.
 
     Reads the headers, the labels and the mask (small), never a BOLD voxel: what
@@ -222,9 +222,8 @@ def check_subject(
 
     Returns
     -------
-    bold_img : xarray.DataArray
+    xarray.DataArray
         The lazy BOLD series (stored integers of scaled int16 runs).
-    mask_img : xarray.DataArray
 
     Raises
     ------
@@ -237,9 +236,8 @@ def check_subject(
         chunks = {"time": nifti_block_volumes(NiftiSource.open(bold[0], ndim=4, param="bold"))}
     # stored integers of scaled int16 runs: half the bytes in the box or temporary file
     image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks, scaled=False)
-    mask_img = as_image(mask, ndim=3, param="mask_img")
-    check_inputs(image, mask_img, params)
-    return image, mask_img
+    check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
+    return image
 
 
 def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes, temp_dir):
@@ -252,6 +250,6 @@ def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes
     a batch therefore runs each subject's pass inside one worker whenever it can
     (:mod:`roidask.batch.schedule`).
     """
-    image, _ = check_subject(bold, labels, mask, params, chunks=chunks, tr_s=tr_s)
+    image = check_subject(bold, labels, mask, params, chunks=chunks, tr_s=tr_s)
     options = {"box_max_bytes": box_max_bytes, "temp_dir": temp_dir, "progress": progress}
     return roi_pipeline(image, mask_img=mask, params=params, **options)

@@ -399,11 +399,12 @@ def _rewrite_root(
     return errors
 
 
-def _root_state(study: Location) -> tuple[dict, list[str]]:
-    """The root's attributes and the names of the nodes it lists."""
+def _root_state(study: Location) -> tuple[dict, dict[str, dict]]:
+    """The root's attributes, and the nodes it lists with their attributes."""
     root = _read_root(study, arrays=False)
-    names = sorted(k for k in root["consolidated_metadata"]["metadata"] if "/" not in k)
-    return root["attributes"], names
+    metadata = root["consolidated_metadata"]["metadata"]
+    listed = {k: dict(v.get("attributes") or {}) for k, v in metadata.items() if "/" not in k}
+    return root["attributes"], listed
 
 
 def publish_many(study: PathOrURL, nodes: dict[str, str | None]) -> dict[str, StoreError]:
@@ -501,12 +502,9 @@ class Study:
     def __init__(self, path: PathOrURL, *, param: str = "study"):
         self.path = prepare_study(path, param=param)
         self._lock = threading.Lock()
-        root = _read_root(self.path, arrays=False)
-        metadata = root["consolidated_metadata"]["metadata"]
-        self._attributes = root["attributes"]
-        self._listed = {k for k in metadata if "/" not in k}  # this driver's view of the root
         # the listed nodes' attributes when this handle opened (what earlier runs published)
-        self._opened = {k: dict(metadata[k].get("attributes") or {}) for k in self._listed}
+        self._attributes, self._opened = _root_state(self.path)
+        self._listed = set(self._opened)  # this driver's view of the root
         self._pending: dict[str, str | None] = {}
         self._hiding: set[str] = set()  # listed nodes to hide at the next flush
         self._last = 0.0  # time.monotonic() of the last rewrite
