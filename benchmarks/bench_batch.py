@@ -58,7 +58,8 @@ ROIDASK = str(VENV_BIN / "roidask")
 MIB = 2**20
 
 sys.path.insert(0, str(HERE))
-from bench_pipeline import measure  # noqa: E402  (a sibling script)
+from _bytecode import use_compiled_bytecode  # noqa: E402  (sibling scripts)
+from bench_pipeline import measure  # noqa: E402
 
 
 def dataset(n: int, shape: tuple[int, int, int], volumes: int) -> list[dict]:
@@ -376,6 +377,7 @@ def main() -> int:
     args = parser.parse_args()
     args.shape = tuple(args.shape)
     DATA.mkdir(exist_ok=True)
+    use_compiled_bytecode()
     print(f"machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB,"
           f" load average {os.getloadavg()[0]:.1f}; subjects {args.shape[0]}x{args.shape[1]}x"
           f"{args.shape[2]}x{args.volumes} int16; rounds {args.rounds}")  # fmt: skip

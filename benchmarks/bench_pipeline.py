@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import psutil
+from _bytecode import use_compiled_bytecode
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -249,6 +250,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
+    use_compiled_bytecode()
     subj = subject()
     bold, labels, mask = subj / "bold.nii.gz", subj / "labels.txt", subj / "mask_vt.nii.gz"
     roidask = str(VENV_BIN / "roidask")

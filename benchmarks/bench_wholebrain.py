@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 import psutil
+from _bytecode import use_compiled_bytecode
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
@@ -251,6 +252,7 @@ def main() -> int:
     parser.add_argument("--no-stages", action="store_true", help="skip the table of stages")
     args = parser.parse_args()
     DATA.mkdir(exist_ok=True)
+    use_compiled_bytecode()
     small = SMALL if args.small else {}
     prefix = "small-" if args.small else ""
 

@@ -44,6 +44,7 @@ from roidask.exceptions import OutputError, OutputExistsError
 
 __all__ = [
     "MARKER",
+    "FolderLock",
     "InputIndex",
     "OutputFolder",
     "atomic_file",
@@ -133,6 +134,56 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
         finally:
             os.close(fd)
     return removed
+
+
+class FolderLock:
+    """An exclusive lock on a folder that one roidask process writes at a time.
+
+    Taken with ``flock`` on the folder itself (nothing is written): the kernel releases
+    it when the process ends, however it ends, so a killed batch never leaves it held.
+    A batch holds its batch folder's and its study store's for as long as it runs, a
+    group level its study store's: a second command writing the same folder is refused
+    with one line instead of rewriting what the first one publishes. A file system that
+    cannot lock folders (some network ones) is written without the lock.
+
+    Raises
+    ------
+    OutputError
+        Another process holds the lock.
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, param: str):
+        self.folder = Path(folder)
+        self._fd = -1
+        fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputError(
+                f"{param} {self.folder}: another roidask command is writing it (a batch or a "
+                "group level still running); wait for it to end, or choose another folder",
+                param=param,
+            ) from None
+        except OSError:  # locks not supported here: written as before
+            os.close(fd)
+            fd = -1
+        self._fd = fd
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
 
 
 # -- ownership -------------------------------------------------------------------------------

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from helpers.files import tree
+from helpers.files import locked_by_another_process, tree
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from roidask import _atomic
 from roidask._atomic import (
     MARKER,
+    FolderLock,
     InputIndex,
     OutputFolder,
     atomic_file,
@@ -302,37 +301,38 @@ def test_clean_stale_removes_only_roidask_temporaries_of_that_name(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
 
 
-HOLD_LOCK = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDONLY)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(120)
-"""
-
-
 def test_clean_stale_never_removes_a_sibling_a_live_process_holds(tmp_path):
     out = tmp_path / "out"
     live = tmp_path / ".out.roidask-tmp-4242-feedbeef"
     live.mkdir()
     (live / "partial.nii.gz").write_bytes(b"being written")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(live)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with locked_by_another_process(live):
         assert clean_stale(out) == []
         assert (live / "partial.nii.gz").read_bytes() == b"being written"
         # this process's own lock (another open file) protects it just the same
         with OutputFolder(out, kind="subject-results") as tmp:
             assert clean_stale(out) == []
             assert tmp.is_dir()
-    finally:
-        holder.kill()
-        holder.wait()
     # the holder is gone (killed): its sibling is stale now
     assert clean_stale(out) == [live]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_folder_lock_admits_one_process_at_a_time(tmp_path):
+    """A second writer of a folder is refused with one line while the first lives; the
+    kernel drops the lock of a killed one; nothing is written into the folder."""
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    with locked_by_another_process(folder):
+        with pytest.raises(OutputError, match=r"^out .*batch: another roidask command is "
+                           r"writing it \(a batch or a group level still running\)"):  # fmt: skip
+            FolderLock(folder, param="out")
+    with FolderLock(folder, param="out") as held:  # the holder was killed
+        with pytest.raises(OutputError, match="another roidask command"):
+            FolderLock(folder, param="out")  # another open file: refused in one process too
+    held.release()  # idempotent
+    FolderLock(folder, param="out").release()
+    assert list(folder.iterdir()) == []
 
 
 def test_output_folder_names_an_unwritable_parent(tmp_path):

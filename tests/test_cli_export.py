@@ -128,6 +128,49 @@ def test_export_never_replaces_what_roidask_did_not_write(results, tmp_path, cap
     assert nib.load(own).get_fdata().tobytes() == nib.load(tstat).get_fdata().tobytes()
 
 
+@pytest.mark.parametrize("name", ["t.nii.gz", "t.nii", "t.nii.zarr"])
+def test_export_overwrite_never_takes_a_derived_file_a_link_or_a_users_file(
+    results, tmp_path, capsys, name
+):
+    """The header's mark is not ownership: nibabel copies it into the images a user derives
+    from an export (and into one saved over it), which ``--overwrite`` must not replace;
+    nor a link, nor a NIfTI-Zarr folder holding a user's file. What export wrote, unchanged,
+    it replaces."""
+    from helpers.files import tree
+
+    tstat, logp = results / "tstat.nii.gz", results / "logp.nii.gz"
+    out = tmp_path / name
+    assert main(["export", str(tstat), "--out", str(out)]) == 0
+    assert main(["export", str(logp), "--out", str(out), "--overwrite"]) == 0
+    back = zarr2nibabel(out, tmp_path.parent) if name.endswith(".zarr") else nib.load(out)
+    np.testing.assert_array_equal(back.get_fdata(), nib.load(logp).get_fdata())
+    suffix = name[1:]  # .nii.gz, .nii or .nii.zarr
+    link = tmp_path / f"link{suffix}"
+    link.symlink_to(out)  # to what export wrote: still not a file of its own to replace
+    capsys.readouterr()
+    assert main(["export", str(tstat), "--out", str(link), "--overwrite"]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err and link.is_symlink()
+    mine = []
+    if name.endswith(".zarr"):
+        (out / "notes.txt").write_text("mine")  # a user's file inside the export's folder
+        mine.append(out)
+    else:  # images derived by nibabel carry the header (and its mark) over
+        exported = nib.load(out)
+        data = exported.get_fdata().astype(np.float32)
+        data[data < 2] = 0
+        for target in (tmp_path / f"mine{suffix}", out):  # a new file, and one saved over
+            nib.save(nib.Nifti1Image(data, exported.affine, exported.header), target)
+            mine.append(target)
+        assert bytes(nib.load(out).header["descrip"].item()).startswith(b"written by roidask")
+    before = tree(tmp_path)
+    capsys.readouterr()
+    for target in mine:
+        assert main(["export", str(tstat), "--out", str(target), "--overwrite"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and ("did not write" in err or "not written by roidask" in err), err
+    assert tree(tmp_path) == before
+
+
 @pytest.mark.parametrize("damage", ["missing", "flipped"])
 @pytest.mark.parametrize("source", ["study", "results"])
 def test_export_refuses_a_damaged_store(results, tmp_path, capsys, damage, source):

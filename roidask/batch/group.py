@@ -439,6 +439,8 @@ class GroupPlan:
                    mask=self.mask)  # fmt: skip
             return self.out
         finally:
+            if self.study is not None:
+                self.study.close()
             if self.permutation is not None:
                 release_everywhere([f for files in self.subjects.files for f in files])
 
@@ -523,7 +525,6 @@ def prepare_group(
     subject_dirs = _batch_subject_dirs(path) if from_folders else []
     inputs = [*subject_dirs, *([study_path] if study_path is not None else [])]
     check_output(out, param="out", inputs=inputs, overwrite=True, kind=GROUP_KIND)
-    study = Study(study_path, param="study") if study_path is not None else None
     if from_folders:
         _check_count(len(subject_dirs), path)
         subjects = _folder_subjects(subject_dirs)
@@ -531,6 +532,8 @@ def prepare_group(
         subjects = _study_subjects(path)
         _check_count(len(subjects.names), path)
     mask = _check_group(subjects, permutation)
+    # last: holds the store (another batch or group level on it is refused) until run()
+    study = Study(study_path, param="study") if study_path is not None else None
     return GroupPlan(subjects, out, study, permutation, mask)
 
 

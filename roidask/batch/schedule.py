@@ -63,6 +63,7 @@ import threading
 import time
 import traceback
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,6 +76,7 @@ import pandas as pd
 from roidask import _progress
 from roidask._atomic import (
     MARKER,
+    FolderLock,
     InputIndex,
     check_destination,
     check_not_input,
@@ -88,7 +90,7 @@ from roidask.batch.files import OpenFiles
 from roidask.batch.group import GROUP_KIND, GroupPermutation, group_level
 from roidask.batch.manifest import SubjectSpec, check_subjects
 from roidask.cluster import active_client, describe_client
-from roidask.exceptions import InvalidParameterError, OutputError, RoidaskError
+from roidask.exceptions import InvalidParameterError, OutputError, RoidaskError, StudyNodeWarning
 from roidask.io.conversions import as_image
 from roidask.io.labels import volume_labels
 from roidask.io.locations import (
@@ -721,11 +723,45 @@ def run_batch(
     cluster = _cluster_resources(client) if client is not None else None
     mode = _granularity(granularity, cluster)
     out_dir = check_batch_folder(out_dir, specs)  # reads no input
+    if not study and (out_dir / STUDY_NAME).exists():
+        raise OutputError(
+            f"out {out_dir}: holds {STUDY_NAME}, the study store of an earlier batch, which a "
+            "batch that does not write it (study=False, --no-study) would leave out of date; "
+            f"let the batch write it, or remove {out_dir / STUDY_NAME} first",
+            param="out",
+        )
     if check_inputs:
         check_subjects(specs, params, chunks=chunks)  # reads headers, labels and masks
     _mark_batch_folder(out_dir)
-    study_store = Study(out_dir / STUDY_NAME, param="out") if study else None
+    with contextlib.ExitStack() as held:
+        if isinstance(out_dir, Path):  # one batch at a time in a folder
+            held.enter_context(FolderLock(out_dir, param="out"))
+        study_store = None
+        if study:
+            study_store = held.enter_context(Study(out_dir / STUDY_NAME, param="out"))
+        return _run_locked(specs, out_dir, params, chunks, plots, max_concurrent, granularity,
+                           mode, client, cluster, progress, log, study_store,
+                           permutation)  # fmt: skip
+    raise AssertionError("unreachable")  # pragma: no cover  (mypy: the with block returns)
 
+
+def _run_locked(
+    specs: list[SubjectSpec],
+    out_dir: Location,
+    params: PipelineParams,
+    chunks: object,
+    plots: bool,
+    max_concurrent: int | None,
+    granularity: str,
+    mode: str,
+    client: Client | None,
+    cluster: _Cluster | None,
+    progress: bool,
+    log: Callable[[str], None] | None,
+    study_store: Study | None,
+    permutation: GroupPermutation | None,
+) -> pd.DataFrame:
+    """:func:`run_batch` once its checks passed and it holds the folder."""
     report = _Report(len(specs), progress=progress, log=log)
     if progress or log is not None:
         where = describe_client(client) if client is not None else "this process's threads"
@@ -735,6 +771,8 @@ def run_batch(
             "local": "granularity does not apply",
         }[mode]
         report.line(f"batch: {len(specs)} subjects, {how}; {where}")
+    if study_store is not None:
+        _hide_other_subjects(study_store, specs)
     status = _StatusFile(out_dir, specs)
     try:
         _Batch(specs, out_dir, params, chunks, plots, max_concurrent, granularity, mode, client,
@@ -764,6 +802,24 @@ def run_batch(
     if study_store is not None and not group_done:
         study_store.unpublish(GROUP_NODE)  # no group level of these subjects
     return table
+
+
+def _hide_other_subjects(study: Study, specs: list[SubjectSpec]) -> None:
+    """Hide (at the first rewrite of the root) the nodes of subjects an earlier batch
+    published and this one does not have: the study holds this batch's subjects, as its
+    group level does. Their files stay (a later batch with them publishes them again)."""
+    names = {spec.out_name for spec in specs}
+    others = sorted(n for n in study.listed() if n not in names and n != GROUP_NODE)
+    for name in others:
+        study.unpublish_later(name)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        warnings.warn(
+            f"{study.path}: {len(others)} subject(s) of an earlier batch that this one does "
+            f"not have are hidden from it ({shown}); their files are kept",
+            StudyNodeWarning,
+            stacklevel=4,
+        )
 
 
 class _Batch:
@@ -949,6 +1005,11 @@ class _Batch:
         final = force if final is None else final
         for name, exc in self.study.flush(force=force or idle, final=final).items():
             error = f"{type(exc).__name__}: {exc}"
+            if name not in self.subjects:  # another batch's subject, to hide: still listed
+                warnings.warn(f"{self.study.path}: node {name!r}, of a subject this batch "
+                              f"does not have, is still listed ({error})", StudyNodeWarning,
+                              stacklevel=2)  # fmt: skip
+                continue
             if name in self.hiding:  # not run again
                 spec, _, _ = self.hiding.pop(name)
                 failed = _row(spec, self.out_dir / spec.out_name, status="failed", error=error)

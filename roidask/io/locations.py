@@ -86,7 +86,9 @@ __all__ = [
     "check_remote_destination",
     "check_writable",
     "delete_prefix_keys",
+    "foreign_in_group",
     "is_remote",
+    "is_zarr_file",
     "list_files",
     "location_arg",
     "object_record",
@@ -546,6 +548,21 @@ def version_tag(location) -> str:
         return str(loc.stat().st_mtime_ns)
     target = loc if loc.is_file() else loc / "zarr.json"
     return str(target.head().get("e_tag"))
+
+
+# Files zarr itself may leave in a group folder (metadata, chunks, partial writes).
+_ZARR_FILE_RE = re.compile(r"^(?:.*/)?(?:zarr\.json(?:\.[0-9a-f]+\.partial)?|c/[0-9/]+)$")
+
+
+def is_zarr_file(key: str) -> bool:
+    """``key`` (a ``/``-separated path in a zarr store) is a name zarr writes."""
+    return _ZARR_FILE_RE.match(key) is not None
+
+
+def foreign_in_group(group_dir: Location) -> list[str]:
+    """Files in a zarr group folder (or objects under an S3 prefix) that zarr did not
+    write (relative paths, sorted)."""
+    return [name for name in list_files(group_dir) if not is_zarr_file(name)]
 
 
 def list_files(location) -> list[str]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import os
 import struct
@@ -75,10 +76,13 @@ _GZIP_ERRORS: tuple[type[BaseException], ...] = (
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-#: The header ``descrip`` of the files ``roidask export`` writes: a single file has no
-#: folder marker, so this is how a later ``export --overwrite`` knows the file is
-#: roidask's to replace (a file without it is never replaced).
+#: The mark of the files ``roidask export`` writes: a single file has no folder marker,
+#: so this is how a later ``export --overwrite`` knows the file is roidask's to replace
+#: (:func:`_written_with_mark`; a file without it is never replaced).
 EXPORT_MARK = "written by roidask export"
+_SHA256_TAG = " sha256:"
+_DESCRIP_BYTES = 80
+_DIGEST_CHARS = 40  # of the hex digest: the mark, the tag and these fit in descrip
 
 
 def _descrip(path: Path) -> str | None:
@@ -89,6 +93,97 @@ def _descrip(path: Path) -> str | None:
         return bytes(header["descrip"].item()).decode("latin-1")
     except Exception:  # any unreadable file is simply not ours
         return None
+
+
+def _gzip_comment(path: Path) -> str | None:
+    """The comment (``FCOMMENT``) of the gzip header of ``path``; None if it has none."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(10)
+            if len(head) < 10 or head[:2] != _GZIP_MAGIC:
+                return None
+            flags = head[3]
+            if flags & 4:  # FEXTRA
+                (size,) = struct.unpack("<H", f.read(2))
+                f.read(size)
+            for flag in (8, 16):  # FNAME, then FCOMMENT: zero-terminated
+                if flags & flag:
+                    field = bytearray()
+                    while (byte := f.read(1)) not in (b"", b"\0"):
+                        field += byte
+                    if flag == 16:
+                        return field.decode("latin-1")
+    except OSError:
+        return None
+    return None
+
+
+def _data_digest(path: Path, offset: int) -> str:
+    """SHA-256 of the bytes of an uncompressed file from ``offset`` on, with the header's
+    ``descrip`` left out (where the digest itself is kept)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        head = f.read(offset)
+        digest.update(head[:_DESCRIP_OFFSET] + head[_DESCRIP_OFFSET + _DESCRIP_BYTES :])
+        while block := f.read(2**22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: Offset of ``descrip`` in a NIfTI-1 header.
+_DESCRIP_OFFSET = 148
+
+
+def _written_with_mark(path: Path, mark: str) -> bool:
+    """``path`` is a file :func:`to_nifti` wrote with ``mark`` and nothing changed since.
+
+    The header's ``descrip`` alone would not tell: tools that derive an image from
+    another (nibabel with ``img.header``) copy it. So a ``.nii.gz`` must also carry the
+    mark in its gzip header, which a tool writing the file anew does not keep, and a
+    ``.nii`` the SHA-256 of its bytes (header and voxels), which any change breaks.
+    """
+    descrip = _descrip(path)
+    if descrip is None or not descrip.startswith(mark):
+        return False
+    if path.name.lower().endswith(".gz"):
+        return descrip == mark and _gzip_comment(path) == mark
+    expected = descrip[len(mark) :]
+    if not expected.startswith(_SHA256_TAG):
+        return False
+    try:
+        return _data_digest(path, 352)[:_DIGEST_CHARS] == expected[len(_SHA256_TAG) :]
+    except OSError:
+        return False
+
+
+class _MarkedGzipWriter(io.RawIOBase):
+    """A gzip stream (one member, isal level 1) whose header carries ``comment``."""
+
+    def __init__(self, raw, name: str, comment: str):
+        self._raw = raw
+        self._deflate = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
+        self._crc = 0
+        self._size = 0
+        name_bytes = name.removesuffix(".gz").encode("latin-1", "replace")
+        # ID1 ID2 CM FLG(FNAME|FCOMMENT) MTIME(0) XFL OS(unix), as IGzipFile with mtime=0
+        raw.write(_GZIP_MAGIC + b"\x08\x18" + b"\0" * 4 + b"\x00\x03")
+        raw.write(name_bytes + b"\0" + comment.encode("latin-1") + b"\0")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        self._crc = isal_zlib.crc32(view, self._crc)
+        self._size += len(view)
+        self._raw.write(self._deflate.compress(view))
+        return len(view)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.write(self._deflate.flush())
+            self._raw.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
+        super().close()
 
 
 def is_nifti_path(path: PathOrURL) -> bool:
@@ -817,10 +912,17 @@ def write_nifti(
         raise OutputExistsError(
             f"path {path}: already exists; pass overwrite=True to replace it", param="path"
         )
-    if path.exists() and mark is not None and _descrip(path) != mark:
+    if path.is_symlink() or (path.exists() and not path.is_file()):
         raise OutputError(
-            f"path {path}: exists and was not written by roidask ({mark!r} is not in its "
-            "header); roidask only replaces its own outputs, choose another output",
+            f"path {path}: is a {'symbolic link' if path.is_symlink() else 'folder'}; "
+            "expected a new or roidask-written file",
+            param="path",
+        )
+    if path.exists() and mark is not None and not _written_with_mark(path, mark):
+        raise OutputError(
+            f"path {path}: exists and was not written by roidask, or was changed since "
+            f"({mark!r} is not in its header or the file was rewritten); roidask only "
+            "replaces its own outputs, choose another output",
             param="path",
         )
     ndim = len(data.shape)
@@ -859,7 +961,11 @@ def write_nifti(
     with atomic_file(path) as tmp, open(tmp, "wb") as raw:
         # mtime=0 and the final name in the gzip header (not the temporary one):
         # the same data gives byte-identical files
-        fh = igzip.IGzipFile(path.name, "wb", compresslevel=1, fileobj=raw, mtime=0) if gz else raw
+        fh: Any = raw
+        if gz and mark is not None:
+            fh = _MarkedGzipWriter(raw, path.name, mark)
+        elif gz:
+            fh = igzip.IGzipFile(path.name, "wb", compresslevel=1, fileobj=raw, mtime=0)
         with fh:
             fh.write(hdr.binaryblock)
             fh.write(b"\x00" * (352 - len(hdr.binaryblock)))
@@ -867,6 +973,12 @@ def write_nifti(
                 if out_dtype.kind in "iu" and block.dtype.kind == "f":
                     block = np.rint(block)
                 fh.write(np.asarray(block, dtype=out_dtype).tobytes(order="F"))
+        if mark is not None and not gz:  # the digest of what was written, in descrip
+            digest = _data_digest(tmp, 352)[:_DIGEST_CHARS]
+            stamp = f"{mark}{_SHA256_TAG}{digest}".encode("latin-1")
+            with open(tmp, "r+b") as f:
+                f.seek(_DESCRIP_OFFSET)
+                f.write(stamp[:_DESCRIP_BYTES].ljust(_DESCRIP_BYTES, b"\0"))
     return path
 
 

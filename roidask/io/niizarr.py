@@ -52,7 +52,15 @@ from roidask.exceptions import (
 )
 from roidask.io.chunks import normalize_chunks
 from roidask.io.grid import SPATIAL_DIMS, affine_of
-from roidask.io.locations import Location, PathOrURL, S3Path, as_location, version_tag, zarr_store
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    as_location,
+    foreign_in_group,
+    version_tag,
+    zarr_store,
+)
 from roidask.io.nifti import VolumeProperties, header_from_b64
 
 __all__ = [
@@ -394,6 +402,12 @@ def _check_target(path: Path, overwrite: bool) -> None:
     check_parent(path, param="path")
     clean_stale(path)
     if os.path.lexists(path):
+        if path.is_symlink():
+            raise OutputError(
+                f"path {path}: is a symbolic link; roidask replaces only what it wrote, choose "
+                "another path",
+                param="path",
+            )
         if not _written_by_roidask(path):
             raise OutputError(
                 f"path {path}: exists and was not written by roidask; choose another path "
@@ -403,6 +417,13 @@ def _check_target(path: Path, overwrite: bool) -> None:
         if not overwrite:
             raise OutputExistsError(
                 f"path {path}: already exists; pass overwrite=True to replace it",
+                param="path",
+            )
+        foreign = foreign_in_group(path)
+        if foreign:
+            raise OutputError(
+                f"path {path}: holds {len(foreign)} file(s) roidask did not write "
+                f"({', '.join(foreign[:5])}); roidask never deletes them, move them away",
                 param="path",
             )
 

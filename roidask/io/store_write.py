@@ -55,7 +55,8 @@ from roidask.io.locations import (
     as_location,
     check_writable,
     delete_prefix_keys,
-    list_files,
+    foreign_in_group,
+    is_zarr_file,
     put_files,
     zarr_store,
 )
@@ -77,14 +78,11 @@ __all__ = [
     "consolidate",
     "convert",
     "dataset_zarr_files",
-    "foreign_in_group",
     "write_image",
     "write_zarr_files",
 ]
 
 _WRITE_CONFIG = {"array.write_empty_chunks": True}
-# Files zarr itself may leave in a group folder (metadata, chunks, partial writes).
-_ZARR_FILE_RE = re.compile(r"^(?:.*/)?(?:zarr\.json(?:\.[0-9a-f]+\.partial)?|c/[0-9/]+)$")
 
 
 def bold_codecs() -> list:
@@ -178,12 +176,6 @@ def write_zarr_files(files: Mapping[str, bytes], path: Path) -> None:
 
 
 # -- conversion --------------------------------------------------------------------------------
-def foreign_in_group(group_dir: Path | S3Path) -> list[str]:
-    """Files in a group folder (or objects under an S3 prefix) that zarr did not write
-    (relative paths, sorted)."""
-    return [name for name in list_files(group_dir) if not _ZARR_FILE_RE.match(name)]
-
-
 def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[Path]) -> bool:
     """Check where the subject will go (before any voxel is read); True if the store exists."""
     clean_stale(out)
@@ -455,7 +447,7 @@ def _prepare_remote_target(out: S3Path, subject: str, overwrite: bool, inputs) -
     objects = (out / subject).list_objects()
     if not objects:
         return None
-    foreign = sorted(k for k in objects if not _ZARR_FILE_RE.match(k))
+    foreign = sorted(k for k in objects if not is_zarr_file(k))
     if foreign:
         raise OutputError(
             f"out {out}: subject {subject}/ holds objects roidask did not write "

@@ -45,13 +45,14 @@ from typing import Any
 
 import xarray as xr
 
-from roidask._atomic import atomic_file, clean_stale
+from roidask._atomic import FolderLock, atomic_file, clean_stale
 from roidask.exceptions import OutputError, StoreError, StudyNodeWarning
 from roidask.io.locations import (
     Location,
     PathOrURL,
     S3Path,
     as_location,
+    foreign_in_group,
     list_files,
     remove_files,
     write_file,
@@ -63,7 +64,7 @@ from roidask.io.store_read import (
     ignore_consolidated_warning,
     verify_groups,
 )
-from roidask.io.store_write import dataset_zarr_files, foreign_in_group
+from roidask.io.store_write import dataset_zarr_files
 from roidask.outputs.provenance import utc_now
 from roidask.pipeline import PipelineResult
 
@@ -494,6 +495,16 @@ class Study:
     nodes a rerun must rewrite are hidden in groups (:meth:`unpublish_later`): the
     root holds every published node's metadata, so rewriting it for each of
     thousands of subjects would cost time quadratic in their number.
+
+    The ``group`` node describes the published subjects: a rewrite of the root that
+    lists a new subject node or hides one hides it too, until the group level is
+    written again (:meth:`write_group`), so a batch killed in between never leaves a
+    group level of other subjects, or other parameters, beside them.
+
+    One handle per local store at a time, across processes: opening a store that
+    another process has open raises :class:`~roidask.exceptions.OutputError`
+    (:class:`~roidask._atomic.FolderLock`; :meth:`close`, or ``with Study(...)``,
+    lets the next one in). On object storage nothing enforces it.
     """
 
     #: Least time (s) between two rewrites of the root by :meth:`flush` (unless forced).
@@ -501,6 +512,10 @@ class Study:
 
     def __init__(self, path: PathOrURL, *, param: str = "study"):
         self.path = prepare_study(path, param=param)
+        # one driver at a time: another batch or group level on this store is refused
+        self._folder_lock = (
+            FolderLock(self.path, param=param) if isinstance(self.path, Path) else None
+        )
         self._lock = threading.Lock()
         # the listed nodes' attributes when this handle opened (what earlier runs published)
         self._attributes, self._opened = _root_state(self.path)
@@ -509,6 +524,17 @@ class Study:
         self._hiding: set[str] = set()  # listed nodes to hide at the next flush
         self._last = 0.0  # time.monotonic() of the last rewrite
         self._cost_s = 0.0  # how long the last rewrite took
+
+    def close(self) -> None:
+        """Let another driver open the store (releases :class:`~roidask._atomic.FolderLock`)."""
+        if self._folder_lock is not None:
+            self._folder_lock.release()
+
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def has(self, name: str, fingerprint: str) -> bool:
         """Node ``name`` is complete on disk with ``fingerprint``."""
@@ -519,6 +545,11 @@ class Study:
         """Attributes of node ``name`` as the root listed them when this handle opened
         (None: not listed then); read from the root, not from the node."""
         return self._opened.get(name)
+
+    def listed(self) -> list[str]:
+        """The nodes the root lists (or will at the next :meth:`flush`), sorted."""
+        with self._lock:
+            return sorted((self._listed - self._hiding) | set(self._pending))
 
     def is_published(self, name: str) -> bool:
         """Node ``name`` is listed in the root (or will be at the next :meth:`flush`)."""
@@ -582,7 +613,7 @@ class Study:
                 return {}
             pending, self._pending = self._pending, {}
             hiding, self._hiding = self._hiding, set()
-            kept = self._listed - set(pending) - hiding
+            kept = self._listed - set(pending) - hiding - self._stale_group(pending, hiding)
             start = time.perf_counter()
             errors: dict[str, Exception]
             try:
@@ -602,6 +633,14 @@ class Study:
             self._last = time.monotonic()
             return {k: v for k, v in errors.items() if k in pending or k in hiding}
 
+    def _stale_group(self, pending: Mapping[str, str | None], hiding: Iterable[str]) -> set[str]:
+        """``{"group"}`` if listing ``pending`` and hiding ``hiding`` changes the published
+        subjects (a subject listed anew or hidden) and the group node is not rewritten."""
+        changed = (set(pending) - self._listed) | set(hiding)
+        if GROUP_NODE in pending or not changed - {GROUP_NODE}:
+            return set()
+        return {GROUP_NODE}
+
     def unpublish(self, name: str) -> bool:
         """Hide node ``name`` now (before it is rewritten); True if it was published."""
         with self._lock:
@@ -609,7 +648,7 @@ class Study:
             self._hiding.discard(name)
             if name not in self._listed:
                 return False
-            others = self._listed - {name}
+            others = self._listed - {name} - self._stale_group({}, {name})
             dropped = _rewrite_root(self.path, self._attributes, others)  # raises: still listed
             self._listed = others - set(dropped)
             return True

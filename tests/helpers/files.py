@@ -1,7 +1,11 @@
-"""Small input files the tests write: batch manifests."""
+"""Small input files the tests write (batch manifests, images), damaged stores, locks."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -110,3 +114,28 @@ def tree(folder: Path) -> dict[str, bytes]:
         str(p.relative_to(folder)): (None if p.is_dir() else p.read_bytes())
         for p in sorted(folder.rglob("*"))
     }
+
+
+# -- another process ---------------------------------------------------------------------------
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@contextlib.contextmanager
+def locked_by_another_process(path: Path) -> Iterator[subprocess.Popen]:
+    """A live process holds an exclusive ``flock`` on ``path`` (a file or a folder), as
+    a roidask command writing it does; it is killed on exit (the kernel drops the lock)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

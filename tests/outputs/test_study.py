@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 from helpers.cluster import kill_group, start
-from helpers.files import write_manifest
+from helpers.files import locked_by_another_process, write_manifest
 from helpers.results import assert_matches_outputs, assert_results_schema, run_plain_reader, schema
 
 from roidask.batch import SubjectSpec, run_batch
@@ -78,6 +79,11 @@ def make_unreadable(monkeypatch, name: str) -> None:
         return real(study, node, fingerprint)
 
     monkeypatch.setattr(study_module, "_node_entries", flaky)
+
+
+def tree_state(folder: Path) -> dict[str, int]:
+    """Every file below ``folder`` and its modification time (ns)."""
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
 # ----------------------------------------------------------------------- the store itself
@@ -161,6 +167,7 @@ def test_root_rewrite_holds_one_node_at_a_time(tmp_path, monkeypatch):
         return real(text, *args, **kwargs)
 
     monkeypatch.setattr(study_module.json, "loads", loads_root)
+    st.close()  # one handle at a time
     again = Study(st.path)
     assert published(st.path) == sorted(again._listed)
     monkeypatch.undo()
@@ -422,6 +429,27 @@ def test_plain_xarray_analyses_the_study(batch):
     assert "subjects: 4" in out and "overlap max:" in out
 
 
+def test_one_batch_or_group_level_at_a_time(batch, dataset):
+    """A batch or group level writing a folder or study store that another command is
+    writing is refused with one line, with nothing written; so is a batch that would
+    leave an earlier batch's study store out of date (``--no-study``)."""
+    from roidask.batch.group import group_from
+
+    before = tree_state(batch)
+    for held in (batch, batch / "study.zarr"):
+        with locked_by_another_process(held):
+            with pytest.raises(OutputError, match=f"^out {re.escape(str(held))}: another "
+                               "roidask command is writing it"):  # fmt: skip
+                run_batch(dataset["specs"], batch, plots=False)
+    with locked_by_another_process(batch / "study.zarr"):
+        with pytest.raises(OutputError, match=r"study .*study\.zarr: another roidask command"):
+            group_from(batch)
+    with pytest.raises(OutputError, match=r"holds study.zarr, the study store of an earlier "
+                       r"batch, .* \(study=False, --no-study\)"):  # fmt: skip
+        run_batch(dataset["specs"], batch, plots=False, study=False)
+    assert tree_state(batch) == before
+
+
 def test_rerun_skips_and_study_can_be_off(batch, dataset, tmp_path):
     from roidask.cluster import get_client
 
@@ -431,10 +459,13 @@ def test_rerun_skips_and_study_can_be_off(batch, dataset, tmp_path):
     with get_client(processes=False, n_workers=1, threads_per_worker=2):
         table = run_batch(dataset["specs"], batch, plots=False)
         assert table["status"].tolist() == ["skipped"] * 4
-        # a subject missing from the study is redone, even with its folder complete
+        # a subject missing from the study is redone, even with its folder complete; the
+        # subjects this batch does not have are no longer listed (their files kept)
         unpublish(study, "sub-02")
         (study / "sub-02" / "zarr.json").unlink()
-        table = run_batch(dataset["specs"][:2], batch, plots=False)
+        with pytest.warns(StudyNodeWarning, match=r"2 subject\(s\) of an earlier batch .*"
+                          r"\(sub-03, sub-zero\); their files are kept"):  # fmt: skip
+            table = run_batch(dataset["specs"][:2], batch, plots=False)
         assert table["status"].tolist() == ["skipped", "done"]
         off = tmp_path / "off"
         table = run_batch(dataset["specs"][:2], off, plots=False, study=False)
@@ -444,7 +475,8 @@ def test_rerun_skips_and_study_can_be_off(batch, dataset, tmp_path):
         p for p in before if not {"sub-02", "group"} & set(p.parts) and p != study / "zarr.json"
     ]
     assert all(after[p] == before[p] for p in untouched)
-    assert sorted(tree_of(study).children) == ["group", "sub-01", "sub-02", "sub-03", "sub-zero"]
+    assert sorted(tree_of(study).children) == ["group", "sub-01", "sub-02"]
+    assert tree_of(study)["group"].attrs["subjects"] == ["sub-01", "sub-02"]
     assert json.loads(root_json)["attributes"] == tree_of(study).attrs
     assert not (off / "study.zarr").exists() and (off / "group" / "tstat.nii.gz").is_file()
 
@@ -467,13 +499,17 @@ def test_a_published_node_is_hidden_while_it_is_rewritten(dataset, tmp_path, mon
         return real(**kwargs)
 
     monkeypatch.setattr(schedule, "run_subject", run_subject)
-    table = run_batch(specs[:1], out, plots=False, params=PipelineParams(threshold=4.0))
-    assert table["status"].tolist() == ["done"]
-    assert seen == [("sub-01", ["group", "sub-02"])]  # sub-01 hidden while rewritten
-    ds = tree_of(study)["sub-01"].to_dataset()
-    prov = json.loads((out / "sub-01" / "provenance.json").read_text())
-    assert ds.attrs["threshold"] == 4.0 and ds.attrs[FINGERPRINT_ATTR] == prov["fingerprint"]
-    assert "sub-02" in tree_of(study).children
+    monkeypatch.setattr(Study, "interval_s", math.inf)  # hidden only when a thread would idle
+    table = run_batch(specs, out, plots=False, params=PipelineParams(threshold=4.0))
+    assert table["status"].tolist() == ["done", "done"]
+    # each node hidden while rewritten, and the group level of the old ones with the first
+    assert sorted(name for name, _ in seen) == ["sub-01", "sub-02"]
+    assert all(name not in listed and "group" not in listed for name, listed in seen), seen
+    for name in ("sub-01", "sub-02"):
+        ds = tree_of(study)[name].to_dataset()
+        prov = json.loads((out / name / "provenance.json").read_text())
+        assert ds.attrs["threshold"] == 4.0 and ds.attrs[FINGERPRINT_ATTR] == prov["fingerprint"]
+    assert "group" in tree_of(study).children
 
 
 def test_a_rerun_hides_the_nodes_it_rewrites_together(dataset, tmp_path, monkeypatch):
@@ -514,12 +550,15 @@ def test_a_rerun_hides_the_nodes_it_rewrites_together(dataset, tmp_path, monkeyp
     assert sorted(tree_of(study).children) == ["group", *subjects]
     assert all(tree_of(study)[name].attrs["threshold"] == 4.0 for name in subjects)
 
-    # the root cannot be rewritten (another node unreadable): the subject fails with the
-    # error and is not run; so does hiding the group node, at the end
-    make_unreadable(monkeypatch, "sub-02")
+    # the root cannot be rewritten (an I/O error): the subject fails with the error and
+    # is not run; so does hiding the group node, at the end
+    def no_rewrite(path, attributes, listed, pending=None):
+        raise OSError(5, "Input/output error", str(path / "zarr.json"))
+
+    monkeypatch.setattr(study_module, "_rewrite_root", no_rewrite)
     seen.clear()
     with pytest.raises(OSError, match="Input/output error"):
-        run_batch(specs[:1], out, plots=False, params=PipelineParams(threshold=4.5))
+        run_batch(specs, out, plots=False, params=PipelineParams(threshold=4.5))
     table = pd.read_csv(out / "batch.tsv", sep="\t", dtype=str, keep_default_na=False)
     row = table.set_index("subject").loc["01"]
     assert row["status"] == "failed" and "Input/output error" in row["error"], row.to_dict()
