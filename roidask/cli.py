@@ -64,7 +64,7 @@ from roidask.io.store_read import (
 from roidask.io.store_write import convert
 from roidask.ops.extract import STRATEGIES
 from roidask.outputs.provenance import input_paths, start_input_records
-from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, published, verify_study
+from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, check_nodes, published, verify_study
 from roidask.outputs.writer import prepare_output
 from roidask.pipeline import RESULTS_ATTR, ROI_DEFINITIONS, TESTS, PipelineParams
 from roidask.runner import check_run, run_subject
@@ -452,7 +452,13 @@ def describe_study(store, *, damaged: list | None = None) -> str:
     else:
         lines.append("group level: none")
     location, harmed = as_location(store), []
+    bad_nodes, _ = check_nodes(location)
+    for node in bad_nodes:
+        lines.append(f"damaged: node {node.subject}: {node.chunk} {node.reason}")
+        harmed.append(node.subject)
     for name in names:
+        if name in harmed:
+            continue
         grids = metadata.get(name, {}).get("attributes", {}).get(CHUNK_GRIDS_ATTR) or {}
         missing = missing_chunks(location / name, grids)
         if missing:

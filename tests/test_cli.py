@@ -406,6 +406,25 @@ def test_info_describes_and_verifies_results_and_studies(
     )
 
 
+@pytest.mark.parametrize("how", ["truncated", "incomplete", "rewritten"])
+def test_info_names_a_study_node_whose_zarr_json_is_damaged(haxby_outputs, tmp_path, capsys, how):
+    """A published node whose own ``zarr.json`` is damaged, not marked complete, or
+    rewritten since: ``info`` names it without --verify (a read per node, no chunk)."""
+    study = shutil.copytree(haxby_outputs.parent / "study.zarr", tmp_path / "study.zarr")
+    meta = study / "sub-01" / "zarr.json"
+    record = json.loads(meta.read_text())
+    if how == "truncated":
+        meta.write_text(meta.read_text()[:100])
+    else:
+        key = "roidask_complete" if how == "incomplete" else "threshold"
+        record["attributes"][key] = False if how == "incomplete" else 9.0
+        meta.write_text(json.dumps(record))
+    rc, out, _ = cli(capsys, "info", study)
+    reason = "rewritten since it was published" if how == "rewritten" else "published but not"
+    assert rc == 1 and f"damaged: node sub-01: zarr.json {reason}" in out, out
+    assert "nodes: each complete" not in out
+
+
 @pytest.mark.parametrize("command", ["info", "run"])
 def test_corrupt_zarr_json_is_named(store, haxby, tmp_path, capsys, command):
     meta = store / "zarr.json"

@@ -197,6 +197,8 @@ def test_export_refuses_a_damaged_store(results, tmp_path, capsys, damage, sourc
     err = capsys.readouterr().err.strip()
     name = "sub-01/tstat" if source == "study" else "tstat"
     assert "\n" not in err and f" {name} is damaged" in err, err
+    # named as export names it (no --store there), with what to do about a results store
+    assert err.startswith(f"roidask: error: {store}: ") and "write it again" in err, err
     assert not out.exists() and not list(tmp_path.glob(".t.nii.gz*"))
 
 

@@ -205,6 +205,9 @@ def test_run_with_s3_inputs_and_output_matches_local(haxby, inputs, s3_bucket, t
     records = {r["path"]: r for r in provenance["inputs"]}
     assert records[inputs["bold.nii.gz"]]["bytes"] == haxby.bold.stat().st_size
     assert records[inputs["bold.nii.gz"]]["etag"]  # fingerprinted without a download
+    # its results.zarr described and verified where it is
+    assert main(["info", f"{remote}/results.zarr"]) == 0
+    assert main(["info", "--verify", f"{remote}/results.zarr"]) == 0
 
 
 def test_run_on_a_store_in_s3_matches_local(haxby, inputs, s3_bucket, tmp_path):

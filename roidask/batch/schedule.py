@@ -105,6 +105,7 @@ from roidask.io.locations import (
     write_file,
 )
 from roidask.io.nifti import NiftiSource, release_handles
+from roidask.io.store_read import CHUNK_GRIDS_ATTR, missing_chunks
 from roidask.onepass import USABLE_FRACTION, WORKER_BASE_BYTES, MemoryPlan, memory_plan
 from roidask.outputs.provenance import input_records, utc_now
 from roidask.outputs.study import (
@@ -394,11 +395,18 @@ def _moment_groups(spec: SubjectSpec, sources, params: PipelineParams) -> int:
 
 
 def _node_complete(job: _Job, digest: str) -> bool:
-    """The subject's study node is complete with ``digest`` (published or not), or no study."""
+    """The subject's study node is complete with ``digest`` (published or not), or no study.
+
+    Complete: its ``zarr.json`` says so, and every chunk of its inventory is there (a
+    listing, no chunk read): a node with a deleted chunk, which plain xarray would read
+    as NaN, is written again rather than skipped.
+    """
     if job.study is None:
         return True
     attrs = node_attrs(job.study, job.out.name)
-    return attrs is not None and attrs.get(FINGERPRINT_ATTR) == digest
+    if attrs is None or attrs.get(FINGERPRINT_ATTR) != digest:
+        return False
+    return not missing_chunks(job.study / job.out.name, attrs.get(CHUNK_GRIDS_ATTR) or {})
 
 
 class _NotWanted(Exception):

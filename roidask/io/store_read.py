@@ -242,6 +242,11 @@ def missing_chunks(group: Location, grids: dict) -> list[tuple[str, str]]:
 
 
 # -- reading with damage named ---------------------------------------------------------------
+#: What to do about a damaged chunk: of a converted subject, of what a run or batch wrote.
+_CONVERT_AGAIN = "convert the subject again"
+_WRITE_AGAIN = "write it again (rerun the roidask run or batch that wrote it)"
+
+
 class _CheckedArray:
     """Array-like over one stored variable whose read errors name the damaged chunk.
 
@@ -250,11 +255,22 @@ class _CheckedArray:
     those of plain xarray.
     """
 
-    def __init__(self, variable: xr.Variable, store: Location, subject: str, name: str, chunks):
+    def __init__(
+        self,
+        variable: xr.Variable,
+        store: Location,
+        subject: str,
+        name: str,
+        chunks,
+        *,
+        param: str = "store",
+        remedy: str = _CONVERT_AGAIN,
+    ):
         self.variable = variable
         self.store = store
         self.subject = subject
         self.name = name
+        self.param, self.remedy = param, remedy  # how errors name the store, what to do
         # the array's folder and how messages name it ("" subject: the store's root group)
         self.location = store / subject / name if subject else store / name
         self.label = f"{subject}/{name}" if subject else name
@@ -286,10 +302,10 @@ def _damage(array: _CheckedArray, index, exc: Exception) -> DamagedStoreError:
     ]
     where = ", ".join(_chunk_key(c) for c in bad) or "in the region read"
     return DamagedStoreError(
-        f"store {array.store}: chunk {where} of {array.label} is damaged "
-        f"({_reason(exc)}); the store cannot be trusted, convert the subject again "
-        "(verify_store lists every damaged chunk)",
-        param="store",
+        f"{array.param} {array.store}: chunk {where} of {array.label} is damaged "
+        f"({_reason(exc)}); the store cannot be trusted, {array.remedy} (verify_store lists "
+        "every damaged chunk)",
+        param=array.param,
     )
 
 
@@ -321,11 +337,14 @@ def _chunk_error(zarr_array, coords) -> str | None:
     return None
 
 
-def _checked(var: xr.DataArray, store: Location, subject: str, name: str) -> da.Array:
-    """``var`` as a dask array of its on-disk chunks, read through :class:`_CheckedArray`."""
+def _checked(
+    var: xr.DataArray, store: Location, subject: str, name: str, **naming: str
+) -> da.Array:
+    """``var`` as a dask array of its on-disk chunks, read through :class:`_CheckedArray`
+    (``naming``: its ``param`` and ``remedy``)."""
     disk = var.encoding.get("preferred_chunks") or {}
     disk_chunks = [disk.get(d, n) for d, n in zip(var.dims, var.shape, strict=True)]
-    array = _CheckedArray(var.variable, store, subject, name, disk_chunks)
+    array = _CheckedArray(var.variable, store, subject, name, disk_chunks, **naming)
     token = tokenize(str(store), subject, name, version_tag(array.location))
     return da.from_array(
         array,
@@ -365,13 +384,13 @@ def checked_variables(
         raise DamagedStoreError(
             f"{param} {path}: {f'{group}/{array}' if group else array} is damaged: "
             f"{len(keys)} chunk(s) missing ({', '.join(keys[:5])}"
-            f"{' ...' if len(keys) > 5 else ''}); write it again",
+            f"{' ...' if len(keys) > 5 else ''}); {_WRITE_AGAIN}",
             param=param,
         )
     out = {}
     for name in names:
         var = ds[name]
-        data = _checked(var, path, group or "", name)
+        data = _checked(var, path, group or "", name, param=param, remedy=_WRITE_AGAIN)
         coords = {d: ds[d].values for d in var.dims if d in ds.coords}
         out[name] = xr.DataArray(
             data, dims=var.dims, coords=coords, attrs=dict(var.attrs), name=name
@@ -575,12 +594,13 @@ def verify_store(store: PathOrURL, *, subject: str | None = None) -> list[Damage
     return verify_groups(path, {name: records[name] for name in names})
 
 
-def verify_groups(path: Location, records: dict[str, dict]) -> list[DamagedChunk]:
+def verify_groups(path: PathOrURL, records: dict[str, dict]) -> list[DamagedChunk]:
     """Check every chunk of the groups ``records`` (name -> attributes) of the store ``path``.
 
     A chunk listed in a group's chunk inventory (:data:`CHUNK_GRIDS_ATTR`) but absent
     is reported ``missing``; every present chunk is read (checksum, decompression).
     """
+    path = as_location(path)
     damaged = []
     for name, attrs in records.items():
         grids = attrs.get(CHUNK_GRIDS_ATTR) or {}

@@ -76,6 +76,7 @@ __all__ = [
     "STUDY_NAME",
     "Study",
     "SubjectNode",
+    "check_nodes",
     "node_attrs",
     "open_study",
     "prepare_study",
@@ -680,16 +681,31 @@ def verify_study(study: PathOrURL) -> list[DamagedChunk]:
         ``zarr.json``; missing or corrupt chunks as in :func:`roidask.io.verify_store`.
     """
     path = as_location(study)
+    damaged, records = check_nodes(path)
+    return damaged + verify_groups(path, records)
+
+
+def check_nodes(study: PathOrURL) -> tuple[list[DamagedChunk], dict[str, dict]]:
+    """Each published node's own ``zarr.json`` against the root (a read per node, no chunk).
+
+    Returns
+    -------
+    damaged : list of DamagedChunk
+        Nodes whose ``zarr.json`` is missing, unreadable or not complete, or was
+        rewritten after publishing (array ``""``, chunk ``zarr.json``).
+    records : dict
+        The attributes of the other published nodes, by name.
+    """
+    path = as_location(study)
     metadata = _read_root(path)["consolidated_metadata"]["metadata"]
     damaged: list[DamagedChunk] = []
     records: dict[str, dict] = {}
-    for name in published(path):
+    for name in sorted(k for k in metadata if "/" not in k):
         attrs = node_attrs(path, name)
         if attrs is None:
             damaged.append(DamagedChunk(name, "", _META, "published but not complete on disk"))
-            continue
-        if attrs != metadata[name].get("attributes"):
+        elif attrs != metadata[name].get("attributes"):
             damaged.append(DamagedChunk(name, "", _META, "rewritten since it was published"))
-            continue
-        records[name] = attrs
-    return damaged + verify_groups(path, records)
+        else:
+            records[name] = attrs
+    return damaged, records

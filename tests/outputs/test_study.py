@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 from helpers.cluster import kill_group, start
-from helpers.files import locked_by_another_process, write_manifest
+from helpers.files import damage_chunk, locked_by_another_process, write_manifest
 from helpers.results import assert_matches_outputs, assert_results_schema, run_plain_reader, schema
 
 from roidask.batch import SubjectSpec, run_batch
@@ -479,6 +479,20 @@ def test_rerun_skips_and_study_can_be_off(batch, dataset, tmp_path):
     assert tree_of(study)["group"].attrs["subjects"] == ["sub-01", "sub-02"]
     assert json.loads(root_json)["attributes"] == tree_of(study).attrs
     assert not (off / "study.zarr").exists() and (off / "group" / "tstat.nii.gz").is_file()
+
+
+def test_a_rerun_redoes_a_subject_whose_node_lost_a_chunk(dataset, tmp_path):
+    """A published node with a chunk deleted (plain xarray reads it as NaN) is not
+    complete: the rerun writes the subject again instead of skipping it."""
+    specs = dataset["specs"][:2]
+    out = tmp_path / "batch"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done", "done"]
+    study = out / "study.zarr"
+    damage_chunk(study, "sub-02/tstat/c/0/0/0", "delete")
+    assert [d.chunk for d in verify_study(study)] == ["c/0/0/0"]
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["skipped", "done"]
+    assert verify_study(study) == []
+    assert np.isfinite(tree_of(study)["sub-02"]["tstat"].values).any()
 
 
 def test_a_published_node_is_hidden_while_it_is_rewritten(dataset, tmp_path, monkeypatch):
