@@ -75,7 +75,9 @@ def _utc_now() -> str:
 
 
 def temp_sibling(path: Path, kind: str = _TMP) -> Path:
-    """A new hidden name beside ``path`` that :func:`clean_stale` recognises."""
+    """A new hidden name beside ``path`` that :func:`clean_stale` recognises (``path``
+    made absolute first: ``.`` has no sibling of its own)."""
+    path = Path(os.path.abspath(path))
     return path.parent / f".{path.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
@@ -111,7 +113,7 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
     list of Path
         The removed siblings.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # "." included
     parent = path.parent
     if not parent.is_dir():
         return []
@@ -517,7 +519,7 @@ class OutputFolder:
         info: dict | None = None,
         marker: bool = True,
     ):
-        self.out = Path(out)
+        self.out = Path(os.path.abspath(out))  # "." is renamed by its name in its parent
         self.kind = kind
         self.info = dict(info or {})
         self.marker = marker

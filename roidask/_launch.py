@@ -40,9 +40,12 @@ def starts_embedded_workers(argv: Sequence[str]) -> bool:
 
 def entry() -> None:
     """Run the ``roidask`` command line (:func:`roidask.cli.entry`)."""
-    if starts_embedded_workers(sys.argv[1:]):
-        start_method()
-    # Imported now, not at the top: the server's imports must start before these.
-    from roidask.cli import entry as cli_entry  # noqa: PLC0415
-
+    try:
+        if starts_embedded_workers(sys.argv[1:]):
+            start_method()
+        # Imported now, not at the top: the server's imports must start before these.
+        from roidask.cli import entry as cli_entry  # noqa: PLC0415
+    except KeyboardInterrupt:  # Ctrl-C while starting: nothing was written yet
+        print("roidask: interrupted while starting; nothing was written", file=sys.stderr)
+        raise SystemExit(130) from None
     cli_entry()

@@ -151,6 +151,12 @@ def check_subject_name(subject: Any, param: str = "subject") -> str:
             "'.', '_' or '-', not starting with '.' or '-' (e.g. 'sub-01')",
             param=param,
         )
+    if subject.lower() == "zarr.json":
+        raise InvalidParameterError(
+            f"{param}: {subject!r} is the name of a store's own metadata file; choose "
+            "another subject name (e.g. 'sub-01')",
+            param=param,
+        )
     return subject
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "IncompleteStoreError",
     "InvalidParameterError",
     "LabelsError",
+    "LabelsWarning",
     "ManifestError",
     "NonFiniteVoxelsWarning",
     "ObjectStoreError",
@@ -40,6 +41,7 @@ __all__ = [
     "RoidaskValueError",
     "RoidaskWarning",
     "StoreError",
+    "StudyNodeWarning",
     "UnreadableFileError",
     "UnverifiedStoreWarning",
 ]
@@ -179,6 +181,10 @@ class NonFiniteVoxelsWarning(RoidaskWarning):
 
 class EmptyMaskWarning(RoidaskWarning):
     """A mask or label image selects no voxels, or some labels are empty."""
+
+
+class LabelsWarning(RoidaskWarning):
+    """A labels.txt was read with an assumption: e.g. runs of several files renumbered."""
 
 
 class EventsWarning(RoidaskWarning):

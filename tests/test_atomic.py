@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from helpers.files import locked_by_another_process, tree
@@ -194,6 +195,20 @@ def test_output_folder_commits_with_a_marker(tmp_path):
     assert record["written_by"] == "roidask" and record["kind"] == "group"
     assert record["files"] == ["b.txt", "sub/c.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no sibling left
+
+
+def test_the_current_folder_as_output_is_replaced_by_its_name(tmp_path, monkeypatch):
+    """``--out .``: the temporary folder is a sibling of the folder, not a folder inside
+    it, and the swap renames the folder by its name in its parent (``.`` cannot be)."""
+    out = roidask_folder(tmp_path / "out")
+    monkeypatch.chdir(out)
+    clean_stale(".")
+    check_destination(Path("."), param="out", overwrite=True, kind="subject-results")
+    with OutputFolder(".", kind="subject-results") as tmp:
+        assert tmp.parent == tmp_path
+        (tmp / "a.txt").write_text("new")
+    assert (tmp_path / "out" / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_a_failed_output_folder_leaves_the_old_one_untouched(tmp_path):

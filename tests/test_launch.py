@@ -141,3 +141,22 @@ def test_threaded_workers_ignore_the_forkserver_setting():
     with dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"}):
         with get_client(processes=False, n_workers=1, threads_per_worker=1) as client:
             assert client.submit(sum, [1, 2]).result(timeout=10) == 3
+
+
+def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
+    """Ctrl-C while the command line is imported (~1 s of every start): one line and exit
+    status 130, as once the command runs, not a traceback out of pandas' imports."""
+    import types
+
+    from roidask import _launch
+
+    class Importing(types.ModuleType):
+        def __getattr__(self, name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "roidask.cli", Importing("roidask.cli"))
+    monkeypatch.setattr(sys, "argv", ["roidask", "run", "bold.nii.gz"])
+    with pytest.raises(SystemExit) as exit_info:
+        _launch.entry()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "roidask: interrupted while starting; nothing was written\n"

@@ -123,6 +123,10 @@ def test_check_input_file_permission_denied(tmp_path):
             r"^subject: '\.\./x' is not a valid subject name",
         ),
         (
+            lambda: check_subject_name("zarr.json"),
+            r"^subject: 'zarr\.json' is the name of a store's own metadata file",
+        ),
+        (
             lambda: check_condition_name(3),
             r"^condition: expected one condition name \(str\), got 3$",
         ),

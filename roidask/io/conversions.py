@@ -160,10 +160,13 @@ def as_image(
             ),
             param=param,
         )
+    if ndim == 3 and out.ndim == 4 and out.shape[-1] == 1:  # one volume: a 3D image (nilearn)
+        out = out.isel({out.dims[-1]: 0}, drop=True)
     if ndim is not None and out.ndim != ndim:
         kind = "a 4D BOLD series" if ndim == 4 else "a 3D image"
+        where = f"{param} {img}" if isinstance(img, PathOrURL) else param
         raise ImageDimensionError(
-            f"{param}: got a {out.ndim}D image with shape {tuple(out.shape)}; expected {kind}",
+            f"{where}: got a {out.ndim}D image with shape {tuple(out.shape)}; expected {kind}",
             param=param,
         )
     return out

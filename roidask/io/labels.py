@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from roidask.exceptions import EventsWarning, LabelsError
+from roidask.exceptions import EventsWarning, LabelsError, LabelsWarning
 from roidask.io.locations import PathOrURL, S3Path, as_location, check_input_file, open_table
 
 __all__ = [
@@ -264,4 +264,32 @@ def volume_labels(
         )
     has_runs = all(t.attrs.get("has_runs") for t in tables)
     run = table["run"].to_numpy() if has_runs else file_index
+    if has_runs and len(tables) > 1:
+        run = _distinct_runs(run, np.repeat(np.arange(len(tables)), [len(t) for t in tables]),
+                             paths)  # fmt: skip
     return pd.DataFrame({"condition": table["condition"].to_numpy(), "run": run})
+
+
+def _distinct_runs(run: np.ndarray, file_of: np.ndarray, paths: list) -> np.ndarray:
+    """Runs of several labels files as given, unless two files use the same run number
+    (each file's ``chunks`` counted from 0): then each (file, run) pair is a run of its
+    own, numbered 0, 1, ... in order, and a warning says so. Different acquisitions are
+    never pooled as one run (leave-one-run-out, split-half folds)."""
+    per_file = [set(run[file_of == i].tolist()) for i in range(len(paths))]
+    shared = [
+        (i, j) for i in range(len(paths)) for j in range(i + 1, len(paths))
+        if per_file[i] & per_file[j]
+    ]  # fmt: skip
+    if not shared:
+        return run
+    pairs = pd.MultiIndex.from_arrays([file_of, run])
+    codes, _ = pd.factorize(pairs)  # in order of first appearance
+    i, j = shared[0]
+    warnings.warn(
+        f"labels: {paths[i]} and {paths[j]} number their runs ('chunks') alike "
+        f"({sorted(per_file[i] & per_file[j])[:5]}); they are runs of different files, "
+        f"numbered 0-{codes.max()} in order",
+        LabelsWarning,
+        stacklevel=3,
+    )
+    return codes.astype(run.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,11 @@ def test_check_subjects_checks_contents_without_reading_bold_voxels(haxby, tmp_p
     check_subjects(specs[:1], PipelineParams(contrast=("face", "cat")))
     with pytest.raises(RoidaskError, match=r"^manifest: subject 'ok': .*\['dog'\]"):
         check_subjects(specs[:1], PipelineParams(contrast=("face", "dog")))
+    # a 4D mask (the BOLD given as mask): named by its column and file
+    four = SubjectSpec("four", specs[0].bold, specs[0].labels, specs[0].bold[0])
+    with pytest.raises(RoidaskError, match=f"^manifest: subject 'four': mask "
+                       f"{re.escape(str(specs[0].bold[0]))}: got a 4D image"):  # fmt: skip
+        check_subjects([four])
     # many invalid subjects: the first five others are named
     many = [SubjectSpec(f"t{i}", s.bold, s.labels, s.mask) for i, s in enumerate([specs[1]] * 8)]
     with pytest.raises(InvalidParameterError, match=r"7 other subject\(s\) .*'t5', \.\.\.\)$"):

@@ -46,9 +46,18 @@ def test_numpy_array_is_refused():
         as_image(np.zeros((3, 3, 3)))
 
 
-def test_dimension_check(haxby):
-    with pytest.raises(ImageDimensionError, match=r"mask_img: got a 4D image.*expected a 3D"):
+def test_dimension_check(haxby, tmp_path):
+    """A file of the wrong dimension is named with its parameter; one volume of a 4D file
+    is a 3D image, as nilearn reads a mask of shape (x, y, z, 1)."""
+    with pytest.raises(ImageDimensionError, match=r"^mask_img \S+bold\S*: got a 4D image "
+                       r"with shape \(40, 20, 1, 1452\); expected a 3D"):  # fmt: skip
         as_image(haxby.bold, ndim=3, param="mask_img")
+    mask = nib.load(haxby.mask)
+    one = tmp_path / "mask4d.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(mask.dataobj)[..., None], mask.affine), one)
+    got = as_image(one, ndim=3, param="mask_img")
+    assert got.dims == ("x", "y", "z")
+    np.testing.assert_array_equal(got.values, np.asarray(mask.dataobj))
 
 
 def test_grid_mismatch_message_names_both(haxby):

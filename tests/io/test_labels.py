@@ -116,3 +116,26 @@ def test_labels_txt(tmp_path):
     path.write_text("condition run\nface 0\n")
     with pytest.raises(LabelsError, match=r"missing column 'labels'"):
         read_labels(path)
+
+
+def test_runs_of_several_labels_files_are_never_pooled(tmp_path):
+    """One labels.txt per BOLD file, each counting its runs ('chunks') from 0: a run of one
+    file is not the run of another with the same number (leave-one-run-out and split-half
+    would pool them); renumbered in order, with a warning. Distinct numbers are kept."""
+    from roidask.exceptions import LabelsWarning
+    from roidask.io.labels import volume_labels
+
+    a, b, c = (tmp_path / f"{n}.txt" for n in "abc")
+    a.write_text("labels chunks\nface 0\nhouse 0\nface 1\nhouse 1\n")
+    b.write_text("labels chunks\nhouse 0\nface 0\nhouse 1\nface 1\n")
+    c.write_text("labels chunks\nhouse 2\nface 2\nhouse 3\nface 3\n")
+    with pytest.warns(LabelsWarning, match=r"a.txt and .*b.txt number their runs .*\[0, 1\]"):
+        table = volume_labels([a, b], n_volumes_per_run=[4, 4], tr_s=2.0)
+    assert table["run"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert table["condition"].tolist()[:4] == ["face", "house", "face", "house"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = volume_labels([a, c], n_volumes_per_run=[4, 4], tr_s=2.0)
+        one = volume_labels([a], n_volumes_per_run=[4], tr_s=2.0)
+    assert kept["run"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert one["run"].tolist() == [0, 0, 1, 1]

@@ -192,11 +192,11 @@ def test_stat_img_on_another_grid_fails_before_computing(seed):
 
 
 def test_4d_images_are_refused(haxby, seed):
-    with pytest.raises(ImageDimensionError, match=r"labels_img: got a 4D image"):
+    with pytest.raises(ImageDimensionError, match=r"labels_img( \S+)?: got a 4D image"):
         roi_table(haxby.bold)
-    with pytest.raises(ImageDimensionError, match=r"stat_img: got a 4D image"):
+    with pytest.raises(ImageDimensionError, match=r"stat_img( \S+)?: got a 4D image"):
         roi_table(as_img(seed["atlas"], 5, seed["affine"]), stat_img=haxby.bold)
-    with pytest.raises(ImageDimensionError, match=r"labels_img: got a 4D image"):
+    with pytest.raises(ImageDimensionError, match=r"labels_img( \S+)?: got a 4D image"):
         remove_small(haxby.bold, min_voxels=2)
 
 
