@@ -35,6 +35,7 @@ from roidask.batch import (
     GroupPermutation,
     check_batch_folder,
     check_subjects,
+    current_subject,
     prepare_group,
     read_manifest,
     run_batch,
@@ -1167,7 +1168,10 @@ _COMMAND: list[str | None] = [None]  # the command running, for the names in war
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     if issubclass(category, RoidaskWarning):
-        print(f"roidask: warning: {format_error(message, _COMMAND[0])}", file=sys.stderr)
+        subject = current_subject()  # a batch subject run in this process's threads
+        where = f"subject {subject!r}: " if subject is not None else ""
+        text = format_error(message, _COMMAND[0])
+        print(f"roidask: warning: {where}{text}", file=sys.stderr)
     else:
         _default_showwarning(message, category, filename, lineno, file, line)
 

@@ -8,7 +8,13 @@ from roidask.batch.group import (
     prepare_group,
 )
 from roidask.batch.manifest import SubjectSpec, check_subjects, read_manifest
-from roidask.batch.schedule import GRANULARITIES, check_batch_folder, fingerprint, run_batch
+from roidask.batch.schedule import (
+    GRANULARITIES,
+    check_batch_folder,
+    current_subject,
+    fingerprint,
+    run_batch,
+)
 
 __all__ = [
     "GRANULARITIES",
@@ -17,6 +23,7 @@ __all__ = [
     "SubjectSpec",
     "check_batch_folder",
     "check_subjects",
+    "current_subject",
     "fingerprint",
     "group_from",
     "group_level",

@@ -90,7 +90,13 @@ from roidask.batch.files import OpenFiles
 from roidask.batch.group import GROUP_KIND, GroupPermutation, group_level
 from roidask.batch.manifest import SubjectSpec, check_subjects
 from roidask.cluster import active_client, describe_client
-from roidask.exceptions import InvalidParameterError, OutputError, RoidaskError, StudyNodeWarning
+from roidask.exceptions import (
+    InvalidParameterError,
+    OutputError,
+    RoidaskError,
+    RoidaskWarning,
+    StudyNodeWarning,
+)
 from roidask.io.conversions import as_image
 from roidask.io.labels import volume_labels
 from roidask.io.locations import (
@@ -128,6 +134,7 @@ __all__ = [
     "BATCH_KIND",
     "GRANULARITIES",
     "check_batch_folder",
+    "current_subject",
     "fingerprint",
     "prepare_batch_folder",
     "run_batch",
@@ -413,8 +420,37 @@ class _NotWanted(Exception):
     """The batch that sent a subject's task is gone: its outputs are not written."""
 
 
+_SUBJECT = threading.local()  # the subject a thread runs (:func:`current_subject`)
+_default_showwarning = warnings.showwarning
+
+
+def current_subject() -> str | None:
+    """The batch subject this thread is running, if any (warnings name it)."""
+    return getattr(_SUBJECT, "name", None)
+
+
+def _show_subject_warning(message, category, filename, lineno, file=None, line=None):
+    """How a worker shows a roidask warning: one line naming the subject, as ``roidask``
+    shows its own (not Python's default, with a source line and no subject)."""
+    if issubclass(category, RoidaskWarning):
+        subject = current_subject()
+        where = f"subject {subject!r}: " if subject is not None else ""
+        print(f"roidask: warning: {where}{message}", file=sys.stderr, flush=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
     """Run one subject where this is called; a status row (never raises for a subject)."""
+    _SUBJECT.name = job.spec.subject
+    try:
+        return _run_subject_row(job, before_write)
+    finally:
+        _SUBJECT.name = None
+
+
+def _run_subject_row(job: _Job, before_write: Callable[[], None] | None) -> dict:
+    """:func:`_run_one`, in the subject's context."""
     start = time.perf_counter()
     spec, out = job.spec, job.out
     row = _row(spec, out)
@@ -533,6 +569,7 @@ def _subject_task(job: _Job, threads: int) -> dict:
     from distributed import get_worker
 
     reuse_freed_buffers()  # a worker started by a nanny maps and unmaps every buffer
+    warnings.showwarning = _show_subject_warning  # this process runs roidask's tasks
     worker = get_worker()
     key = worker.get_current_task()
     nthreads = max(1, int(worker.state.nthreads))

@@ -9,6 +9,7 @@ the fixtures kill in ``finally``; every wait has a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -883,3 +884,39 @@ def test_a_subject_written_by_a_lost_worker_is_done_not_skipped(haxby, tmp_path)
     later = _Job(**{**job.__dict__, "batch_id": "batch-2"})
     assert _run_one(later)["status"] == "skipped"  # another batch
     assert json.loads((job.out / "provenance.json").read_text()) == prov  # not rewritten
+
+
+def test_a_subjects_warnings_name_it(haxby, tmp_path, monkeypatch, capsys):
+    """A warning while a batch subject runs (a worker process, or a thread of the driver)
+    is one ``roidask: warning:`` line naming the subject, not Python's default with a
+    source line and no subject."""
+    import warnings
+
+    from roidask import cli
+    from roidask.batch import schedule
+    from roidask.exceptions import EmptyMaskWarning
+    from roidask.pipeline import PipelineParams
+
+    seen = []
+
+    def run_subject(**kwargs):
+        seen.append(schedule.current_subject())
+        for show in (schedule._show_subject_warning, cli._show_warning):
+            show(EmptyMaskWarning("no ROI: nothing above 5"), EmptyMaskWarning, "x.py", 1)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(schedule, "run_subject", run_subject)
+    spec = SubjectSpec("07", (haxby.bold,), (haxby.labels,), haxby.mask)
+    job = schedule._Job(spec=spec, out=tmp_path / "sub-07", params=PipelineParams(), chunks=None,
+                        plots=False, budget=None, scheduler="here")  # fmt: skip
+    row = schedule._run_one(job)
+    assert row["status"] == "failed" and seen == ["07"]
+    assert schedule.current_subject() is None  # only while it runs
+    err = capsys.readouterr().err
+    line = "roidask: warning: subject '07': no ROI: nothing above 5\n"
+    assert err == line + line, err
+    # a worker task shows its warnings that way
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    with contextlib.suppress(Exception):  # no worker here: it fails once the hook is set
+        schedule._subject_task(job, 1)
+    assert warnings.showwarning is schedule._show_subject_warning
