@@ -844,9 +844,21 @@ def _run_locked(
             if report.log is not None:
                 report.log(f"group level: failed ({exc})")
             write_file(group_error, f"{exc}\n".encode())
-    if study_store is not None and not group_done:
-        study_store.unpublish(GROUP_NODE)  # no group level of these subjects
+    if not group_done:  # no group level of these subjects: an earlier one is not theirs
+        _remove_group_folder(out_dir / "group")
+        if study_store is not None:
+            study_store.unpublish(GROUP_NODE)
     return table
+
+
+def _remove_group_folder(group: Location) -> None:
+    """Remove the group folder an earlier batch wrote: the files its marker lists, the
+    marker last (a kill in between leaves a folder roidask still knows as its own)."""
+    marker = remote_marker(group) if isinstance(group, S3Path) else read_marker(group)
+    if marker is None or marker.get("kind") != GROUP_KIND:
+        return
+    remove_files(group, [f for f in marker.get("files", []) if f != MARKER])
+    remove_files(group, [MARKER], prune=True)
 
 
 def _hide_other_subjects(study: Study, specs: list[SubjectSpec]) -> None:

@@ -168,10 +168,17 @@ def prepare_study(study: PathOrURL, *, param: str = "study") -> Location:
         try:
             _read_root(path, param=param, arrays=False)
         except StoreError as exc:
-            raise OutputError(
-                f"{exc}; roidask writes its study store only in a new folder or its own",
-                param=param,
-            ) from None
+            damaged = "cannot read the root metadata" in str(exc) and any(
+                node_attrs(path, child.name) is not None
+                for child in _children(path)
+            )  # fmt: skip
+            advice = (
+                f"it is a damaged roidask study store: remove {path} and run the batch again "
+                "(its subjects are run again)"
+                if damaged
+                else "roidask writes its study store only in a new folder or its own"
+            )
+            raise OutputError(f"{exc}; {advice}", param=param) from None
         return path
     try:
         if isinstance(path, Path):
@@ -190,6 +197,12 @@ def prepare_study(study: PathOrURL, *, param: str = "study") -> Location:
     }
     _write_root(path, root)
     return path
+
+
+def _children(study: Location) -> list[Location]:
+    """The folders (or prefixes) directly below a study store's root (at most 1000 looked at)."""
+    names = sorted({key.split("/", 1)[0] for key in list_files(study) if "/" in key})
+    return [study / name for name in names[:1000]]
 
 
 def published(study: PathOrURL) -> list[str]:

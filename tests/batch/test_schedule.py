@@ -41,7 +41,7 @@ from scipy import stats
 
 from roidask._atomic import MARKER
 from roidask.batch import SubjectSpec, group_level, run_batch
-from roidask.exceptions import GridMismatchError, InvalidParameterError
+from roidask.exceptions import GridMismatchError, InvalidParameterError, StudyNodeWarning
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -364,6 +364,20 @@ def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path
             run_batch(specs, out, max_concurrent=0)
     assert table["status"].tolist() == ["skipped", "done"]
     assert (out / "sub-odd" / "signals.tsv").is_file()
+
+    # the group level of two subjects on one grid, then of a rerun with the odd one: the
+    # earlier group folder is not of these subjects, so it goes (and a reason stays)
+    s2 = dataset["subjects"][1]
+    pair = [specs[0], SubjectSpec("02", (s2.bold,), (s2.labels,), s2.mask_vt)]
+    with get_client(processes=False, n_workers=1, threads_per_worker=2):
+        with pytest.warns(StudyNodeWarning, match=r"\(sub-odd\); their files are kept"):
+            run_batch(pair, out, plots=False)  # sub-odd no longer listed
+        assert (out / "group" / "tstat.nii.gz").is_file() and not (
+            out / "group-error.txt"
+        ).exists()
+        run_batch([*pair, specs[1]], out, plots=False)
+    assert not (out / "group").exists() and (out / "group-error.txt").is_file()
+    assert hidden_entries(out) == []
 
 
 # --------------------------------------------------------------------------- 3. worker lost

@@ -450,6 +450,21 @@ def test_one_batch_or_group_level_at_a_time(batch, dataset):
     assert tree_state(batch) == before
 
 
+def test_a_damaged_study_root_says_what_to_do(batch, dataset, tmp_path):
+    """A study store whose root zarr.json is damaged, beside complete nodes: roidask's own,
+    damaged (remove it and rerun), not 'a folder of someone else'."""
+    import shutil
+
+    copy = shutil.copytree(batch, tmp_path / "batch")
+    root = copy / "study.zarr" / "zarr.json"
+    root.write_bytes(root.read_bytes()[:1000])
+    before = tree_state(copy)
+    want = r"root metadata .*; it is a damaged roidask study store: remove .*study\.zarr and run"
+    with pytest.raises(OutputError, match=want):
+        run_batch(dataset["specs"], copy, plots=False)
+    assert tree_state(copy) == before
+
+
 def test_rerun_skips_and_study_can_be_off(batch, dataset, tmp_path):
     from roidask.cluster import get_client
 
