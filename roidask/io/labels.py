@@ -117,10 +117,12 @@ def read_events(path: PathOrURL) -> pd.DataFrame:
         )
     for col in ("onset", "duration"):
         values = pd.to_numeric(events[col], errors="coerce")
-        if values.isna().any():
-            row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 2
+        bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0]) + 2
             raise LabelsError(
-                f"labels {path}: line {row}: column '{col}' must be a number of seconds",
+                f"labels {path}: line {row}: column '{col}' must be a finite number of "
+                f"seconds, got {events[col].iloc[row - 2]!r}",
                 param="labels",
             )
         events[col] = values.astype(np.float64)
@@ -163,10 +165,28 @@ def events_to_labels(
     t = np.arange(n_volumes) * float(tr_s)
     out = np.full(n_volumes, REST, dtype=object)
     order = np.argsort(events["onset"].to_numpy(), kind="stable")
+    clashes = np.zeros(n_volumes, dtype=bool)  # covered by events of two trial types
+    first_clash: tuple[str, str] | None = None
     for idx in order:  # later onsets overwrite earlier ones
         onset = events["onset"].iloc[idx]
         end = onset + events["duration"].iloc[idx]
-        out[(t >= onset - tol) & (t < end - tol)] = events["trial_type"].iloc[idx]
+        covered = (t >= onset - tol) & (t < end - tol)
+        kind = events["trial_type"].iloc[idx]
+        clash = covered & (out != REST) & (out != kind)
+        if clash.any() and first_clash is None:
+            first_clash = (str(out[clash][0]), kind)
+        clashes |= clash
+        out[covered] = kind
+    if clashes.any():
+        i = int(np.flatnonzero(clashes)[0])
+        assert first_clash is not None
+        warnings.warn(
+            f"{source or 'events'}: {int(clashes.sum())} volume(s) fall in events of two "
+            f"trial types, e.g. volume {i} at {t[i]:g} s in {first_clash[0]!r} and "
+            f"{first_clash[1]!r}; each is labelled by the event that starts last",
+            EventsWarning,
+            stacklevel=2,
+        )
     run_end = n_volumes * float(tr_s)
     late = events["onset"].to_numpy() >= run_end - tol
     if late.any():

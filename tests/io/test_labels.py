@@ -75,6 +75,23 @@ def test_events_beyond_the_run_warn(tmp_path):
         events_to_labels(table.iloc[:1], n_volumes=20, tr_s=2.0)
 
 
+def test_events_of_two_trial_types_on_one_volume_warn(tmp_path):
+    """Overlapping events of different trial types: the later one labels the volumes they
+    share (as documented), and a warning says how many and where."""
+    from roidask.exceptions import EventsWarning
+
+    events = write_events(
+        tmp_path / "sub-01_events.tsv",
+        [(0.0, 10.0, "face"), (4.0, 10.0, "house"), (20.0, 4.0, "face"), (20.0, 2.0, "face")],
+    )
+    with pytest.warns(EventsWarning, match=r"3 volume\(s\) fall in events of two trial types, "
+                      r"e\.g\. volume 2 at 4 s in 'face' and 'house'; each is labelled by the "
+                      r"event that starts last"):  # fmt: skip
+        got = events_to_labels(read_events(events), n_volumes=14, tr_s=2.0, source=events)
+    assert list(got[:7]) == ["face", "face", "house", "house", "house", "house", "house"]
+    assert list(got[10:12]) == ["face", "face"]  # the same type twice: no clash
+
+
 def test_an_events_table_not_named_events_tsv_says_so(tmp_path):
     bold = write_bold(tmp_path / "run_bold.nii.gz", 10)
     table = write_events(tmp_path / "conditions.tsv", [(0.0, 4.0, "a")])
@@ -89,8 +106,10 @@ def test_an_events_table_not_named_events_tsv_says_so(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([("n/a", 2.0, "a")], r"line 2: column 'onset' must be a number of seconds"),
-        ([(0.0, 2.0, "a"), (1.0, "x", "b")], r"line 3: column 'duration' must be a number"),
+        ([("n/a", 2.0, "a")], r"line 2: column 'onset' must be a finite number of seconds"),
+        ([(0.0, 2.0, "a"), (1.0, "x", "b")], r"line 3: column 'duration' must be a finite"),
+        ([(0.0, "inf", "a")], r"line 2: column 'duration' must be a finite number"),
+        ([("-inf", 2.0, "a")], r"line 2: column 'onset' must be a finite number"),
         ([(0.0, 2.0, "n/a")], r"line 2: empty trial_type"),
         ([(0.0, -1.0, "a")], r"line 2: negative duration -1.0 s"),
     ],
