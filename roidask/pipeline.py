@@ -165,6 +165,12 @@ class PipelineParams:
         if self.clip is not None:
             check_real(self.clip, "clip", positive=True)
         check_real(self.threshold, "threshold", positive=True)
+        if self.clip is not None and self.threshold > self.clip:
+            raise InvalidParameterError(
+                f"threshold: {self.threshold:g} is above clip {self.clip:g}, where -log10 p is "
+                "clipped: no voxel could pass; expected threshold <= clip",
+                param="threshold",
+            )
         check_int(self.dilation_iterations, "dilation_iterations", minimum=0, maximum=MAX_DILATION)
         check_choice(self.connectivity, "connectivity", CONNECTIVITIES)
         check_int(self.min_roi_voxels, "min_roi_voxels", minimum=1)

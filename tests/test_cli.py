@@ -906,11 +906,18 @@ def test_local_only_arguments_refuse_urls(argv, tmp_path, monkeypatch, capsys):
             "99999999999999999999",
             "--dilation-iterations: expected an integer >= 0 and <= 10000, got " + "9" * 20,
         ),
+        (
+            "--threshold",
+            "12",
+            "--threshold: 12 is above clip 10, where -log10 p is clipped: no voxel could pass; "
+            "expected threshold <= clip",
+        ),
     ],
 )
 def test_absurdly_large_kernels_are_refused_first(haxby, tmp_path, capsys, flag, value, message):
     """A smoothing or dilation far wider than any brain is a typo: one line, nothing
-    written, rather than an overflow or a kernel of exabytes once the data is read."""
+    written, rather than an overflow or a kernel of exabytes once the data is read; so is
+    a threshold no clipped -log10 p can reach."""
     out = tmp_path / "out"
     argv = ["run", haxby.bold, "--labels", haxby.labels, "--mask", haxby.mask, "--out", out]
     rc, _, err = cli(capsys, *argv, flag, value, "--quiet", "--no-plots")

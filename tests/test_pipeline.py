@@ -493,21 +493,21 @@ def test_empty_roi_set_still_writes_outputs(haxby, tmp_path, capsys):
             "--out",
             str(out),
             "--threshold",
-            "9.99",
+            "99",
             "--clip",
-            "9",
+            "100",
             "--quiet",
         ]
     )
     assert rc == 0
     captured = capsys.readouterr()
     assert "ROIs found: 0" in captured.out
-    assert "roidask: warning: no ROI: no voxel of mask_img has -log10 p >= 9.99" in captured.err
+    assert "roidask: warning: no ROI: no voxel of mask_img has -log10 p >= 99" in captured.err
     with pytest.warns(EmptyMaskWarning, match="no ROI"):
         result = roi_pipeline(
             bold_from_nifti(haxby.bold, labels=haxby.labels),
             mask_img=haxby.mask,
-            params=PipelineParams(threshold=9.99, clip=9),
+            params=PipelineParams(threshold=99, clip=100),
         )
     assert result.n_rois == 0 and result.signals.sizes["roi"] == 0
     # voxels pass the threshold, but form no ROI as large as min_roi_voxels: said so

@@ -65,6 +65,12 @@ def normalize_chunks(chunks, shape: Sequence[int], itemsize: int) -> dict[str, i
                     f"chunks: {part!r} is not of the form dim=size (e.g. x=20,y=32,time=100)",
                     param="chunks",
                 )
+            if key.strip() in parsed:
+                raise InvalidParameterError(
+                    f"chunks: {key.strip()!r} is given twice in {chunks!r}; expected each "
+                    "dimension once",
+                    param="chunks",
+                )
             parsed[key.strip()] = value.strip()
         chunks = parsed
     if not isinstance(chunks, Mapping):

@@ -75,6 +75,7 @@ def test_grid_mismatch_message_names_both(haxby):
         ("w=3", "unknown dimension 'w'"),
         ("x", "dim=size"),
         ("x=abc", "must be an integer"),
+        ("x=5,y=2,x=6", r"^chunks: 'x' is given twice in 'x=5,y=2,x=6'; expected each"),
     ],
 )
 def test_bad_chunks(spec, message):
