@@ -161,6 +161,7 @@ def format_error(exc: BaseException | str, command: str | None = None) -> str:
     for name, flag in flags.items():
         if flag.startswith("--"):
             text = re.sub(rf"\b{name}=True\b", flag, text)
+            text = re.sub(rf"\bpass {name}=(?=\s|$)", f"pass {flag}", text)  # "pass subject= to"
             text = re.sub(rf"\b{name}=(?=[A-Z])", f"{flag} ", text)
     for function, cmd in COMMANDS.items():
         text = re.sub(rf"(?<![\w.]){re.escape(function)}\b", cmd, text)
@@ -188,6 +189,8 @@ def _positive_int(text: str) -> int:
 
 def _local_path(text: str) -> Path:
     """argparse ``type=`` for an argument that takes only a local path (not ``s3://``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
     if "://" in text:
         raise argparse.ArgumentTypeError(
             f"expected a local path (URLs are not read here), got {text!r}"

@@ -955,3 +955,31 @@ def test_batch_says_when_its_group_level_failed(haxby, tmp_path, capsys):
     assert "group level: failed (group level needs every subject on one grid" in stdout
     assert f"outputs: {out} (batch.tsv, sub-*/, group-error.txt, study.zarr)" in stdout
     assert not (out / "group").exists()
+
+
+def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path, capsys):
+    """Each error names the flag the user typed (not a Python parameter, nor a flag another
+    command has) and what is expected."""
+    tstat = haxby_outputs / "tstat.nii.gz"
+    run = ["run", haxby.bold, "--labels", haxby.labels, "--mask", haxby.mask, "--quiet"]
+    cases = [
+        (["export", tstat, "--node", "sub-01", "--out", tmp_path / "t.nii.gz"],
+         f"--node: {tstat} is an image file, one map; a variable or group is chosen only "
+         "in a zarr store"),
+        (["export", tstat, "--out", tmp_path / "t"],
+         f"--out {tmp_path / 't'}: output name must end in .nii, .nii.gz or .nii.zarr"),
+        ([*run, "--out", ""], "--out: expected a path, got '' (see roidask run --help)"),
+    ]  # fmt: skip
+    for argv, message in cases:
+        rc, _, err = cli(capsys, *argv)
+        assert rc == 2 and one_error(err) == message
+    assert list(tmp_path.iterdir()) == []
+    # a library hint ("pass subject=") as the flag to add
+    from roidask.cli import format_error
+    from roidask.exceptions import StoreError
+
+    exc = StoreError("subject: s.zarr holds subjects ['a', 'b']; pass subject= to choose one",
+                     param="subject")  # fmt: skip
+    assert format_error(exc, "run") == (
+        "--subject: s.zarr holds subjects ['a', 'b']; add --subject to choose one"
+    )

@@ -204,9 +204,11 @@ def open_map(
     loc = as_location(source)
     if is_image_path(loc) or (isinstance(loc, Path) and loc.is_file()):
         if variable is not None or group is not None:
+            param = "variable" if variable is not None else "group"
             raise InvalidParameterError(
-                f"variable: {loc} is an image file; variable and group apply to zarr stores",
-                param="variable",
+                f"{param}: {loc} is an image file, one map; a variable or group is chosen only "
+                "in a zarr store",
+                param=param,
             )
         return as_image(source, param="source")
     if not loc.exists():

@@ -431,6 +431,10 @@ def to_nifti(
         )
     if isinstance(img, xr.DataArray) and tuple(img.dims[:3]) != SPATIAL_DIMS:
         raise ImageDimensionError(f"img: dims {img.dims}; expected x, y, z first", param="img")
+    if not (is_nifti_path(path) or str(path).lower().endswith(".nii.zarr")):
+        raise InvalidParameterError(
+            f"path {path}: output name must end in .nii, .nii.gz or .nii.zarr", param="path"
+        )
     if is_nifti_zarr(path) or str(path).lower().endswith(".nii.zarr"):
         image = img if isinstance(img, xr.DataArray) else like_image(data, grid)
         if "affine" not in image.attrs:

@@ -31,6 +31,7 @@ write are never deleted (:func:`check_remote_destination` refuses such a prefix)
 
 from __future__ import annotations
 
+import argparse
 import collections
 import configparser
 import contextlib
@@ -501,7 +502,10 @@ def as_location(location: str | os.PathLike | S3Path) -> Path | S3Path:
 
 
 def location_arg(text: str) -> str | Path:
-    """argparse ``type=`` for a file or folder argument: ``s3://`` URLs stay strings."""
+    """argparse ``type=`` for a file or folder argument: ``s3://`` URLs stay strings (an
+    empty one is refused: ``Path("")`` would be the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
     return text if text.startswith(SCHEME) else Path(text)
 
 
