@@ -245,8 +245,15 @@ def bold_from_nifti(
                 f"({first.dtype}); all runs must share one data type",
                 param="bold",
             )
+    tr_note = None  # a TR read from a header that gives no time unit
     if tr_s is None:
         tr_s = first.tr_s
+        header = getattr(first, "header", None)
+        if tr_s is not None and header is not None and header.get_xyzt_units()[1] == "unknown":
+            tr_note = (
+                f"bold {first.path}: its header gives pixdim[4] = {tr_s:g} with no time unit, "
+                "read as a TR in seconds"
+            )
     n_per_run = [s.n_volumes for s in sources]
     n_total = int(sum(n_per_run))
     if labels is None:
@@ -259,6 +266,7 @@ def bold_from_nifti(
             list(labels),
             n_volumes_per_run=n_per_run,
             tr_s=tr_s,
+            tr_note=tr_note,
             bold_names=[str(s.path) for s in sources],
         )
         condition = table["condition"].to_numpy().astype(str)

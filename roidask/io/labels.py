@@ -208,6 +208,7 @@ def volume_labels(
     n_volumes_per_run: list[int],
     tr_s: float | None,
     bold_names: list[str] | None = None,
+    tr_note: str | None = None,
 ) -> pd.DataFrame:
     """Per-volume ``condition`` and ``run`` for runs concatenated along time.
 
@@ -223,6 +224,9 @@ def volume_labels(
         Repetition time in seconds (needed for events files).
     bold_names : list of str, optional
         BOLD file names, for error messages.
+    tr_note : str, optional
+        Where ``tr_s`` comes from, if it is a guess (a header with no time unit): events
+        files then warn with it, since a wrong TR labels the wrong volumes.
 
     Returns
     -------
@@ -258,6 +262,12 @@ def volume_labels(
                 "tr_s: events.tsv files need the repetition time and the BOLD header has "
                 "none; pass tr_s=SECONDS",
                 param="tr_s",
+            )
+        if tr_note is not None:
+            warnings.warn(
+                f"{tr_note} for the events files; pass tr_s (--tr) if that is not the TR",
+                EventsWarning,
+                stacklevel=3,
             )
         conditions = [
             events_to_labels(read_events(p), n_volumes=n, tr_s=tr_s, source=p)

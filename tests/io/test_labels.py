@@ -158,3 +158,30 @@ def test_runs_of_several_labels_files_are_never_pooled(tmp_path):
         one = volume_labels([a], n_volumes_per_run=[4], tr_s=2.0)
     assert kept["run"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
     assert one["run"].tolist() == [0, 0, 1, 1]
+
+
+def test_a_tr_without_time_unit_warns_with_events(tmp_path):
+    """nibabel's default header has pixdim[4] = 1 and no time unit: read as a TR of 1 s, the
+    events would label the wrong volumes if that is not the TR. Said once, with events
+    only; a given TR or a header with units says nothing."""
+    import nibabel as nib
+
+    from roidask.exceptions import EventsWarning
+
+    bold = write_bold(tmp_path / "x_bold.nii.gz", 10)
+    img = nib.load(bold)
+    bare = tmp_path / "bare_bold.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), bare)  # no units, TR 1
+    events = write_events(tmp_path / "x_events.tsv", [(0.0, 4.0, "a")])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "a 0\n" * 10)
+    with pytest.warns(EventsWarning, match=r"bare_bold.nii.gz: its header gives pixdim\[4\] = 1 "
+                      r"with no time unit, read as a TR in seconds for the events files; "
+                      r"pass tr_s \(--tr\)"):  # fmt: skip
+        got = bold_from_nifti(bare, labels=[events])
+    assert list(got["condition"].values[:5]) == ["a"] * 4 + [REST]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EventsWarning)
+        bold_from_nifti(bare, labels=[events], tr_s=2.0)
+        bold_from_nifti(bare, labels=[labels])
+        bold_from_nifti(bold, labels=[events])
