@@ -110,6 +110,7 @@ FLAGS = {
     "tls_key": "--tls-key",
     "dashboard": "--dashboard",
     "data_dir": "--data-dir",
+    "subjects": "--subjects",
     "url": "--url",
     "n_perm": "--permutations",
     "two_sided": "--one-sided",
@@ -124,6 +125,7 @@ COMMAND_FLAGS = {
     "info": {"store": "STORE"},
     "group": {"study": "STUDY_OR_BATCH", "connectivity": "--cluster-connectivity"},
     "export": {"path": "--out", "source": "MAP", "group": "--node", "variable": "--variable"},
+    "demo": {"out_dir": "--out"},
 }
 
 #: Library functions named in messages, and the command that does the same.

@@ -969,6 +969,8 @@ def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path,
         (["export", tstat, "--out", tmp_path / "t"],
          f"--out {tmp_path / 't'}: output name must end in .nii, .nii.gz or .nii.zarr"),
         ([*run, "--out", ""], "--out: expected a path, got '' (see roidask run --help)"),
+        (["fetch", "haxby", "--subjects", "9", "--data-dir", tmp_path / "d"],
+         "--subjects: each subject must be one of [1, 2, 3, 4, 5, 6], got 9"),
     ]  # fmt: skip
     for argv, message in cases:
         rc, _, err = cli(capsys, *argv)
@@ -976,10 +978,12 @@ def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path,
     assert list(tmp_path.iterdir()) == []
     # a library hint ("pass subject=") as the flag to add
     from roidask.cli import format_error
-    from roidask.exceptions import StoreError
+    from roidask.exceptions import OutputError, StoreError
 
     exc = StoreError("subject: s.zarr holds subjects ['a', 'b']; pass subject= to choose one",
                      param="subject")  # fmt: skip
     assert format_error(exc, "run") == (
         "--subject: s.zarr holds subjects ['a', 'b']; add --subject to choose one"
     )
+    demo = OutputError("out_dir d/synthetic-data: holds ['bold.nii.gz']", param="out_dir")
+    assert format_error(demo, "demo") == "--out d/synthetic-data: holds ['bold.nii.gz']"

@@ -213,13 +213,16 @@ def _check_subjects(subjects) -> tuple[int, ...]:
         subjects = (subjects,)
     if isinstance(subjects, str) or not isinstance(subjects, Sequence):
         raise InvalidParameterError(
-            f"subjects: expected a subject number or a sequence of them (1 to 6), got {subjects!r}"
+            f"subjects: expected a subject number or a sequence of them (1 to 6), got "
+            f"{subjects!r}",
+            param="subjects",
         )
     out: list[int] = []
     for s in subjects:
         if isinstance(s, bool) or not isinstance(s, int) or s not in _SUBJECTS:
             raise InvalidParameterError(
-                f"subjects: each subject must be one of {list(_SUBJECTS)}, got {s!r}"
+                f"subjects: each subject must be one of {list(_SUBJECTS)}, got {s!r}",
+                param="subjects",
             )
         if s not in out:
             out.append(s)
