@@ -36,11 +36,12 @@ import os
 import re
 import secrets
 import shutil
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from roidask.exceptions import OutputError, OutputExistsError
+from roidask.exceptions import LockWarning, OutputError, OutputExistsError
 
 __all__ = [
     "MARKER",
@@ -138,6 +139,9 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
+_UNLOCKED: set[str] = set()  # folders said to be unlockable (once per process)
+
+
 class FolderLock:
     """An exclusive lock on a folder that one roidask process writes at a time.
 
@@ -146,7 +150,8 @@ class FolderLock:
     A batch holds its batch folder's and its study store's for as long as it runs, a
     group level its study store's: a second command writing the same folder is refused
     with one line instead of rewriting what the first one publishes. A file system that
-    cannot lock folders (some network ones) is written without the lock.
+    cannot lock folders (NFS, where ``flock`` needs a file open for writing) is written
+    without the lock, with a :class:`~roidask.exceptions.LockWarning`.
 
     Raises
     ------
@@ -167,9 +172,18 @@ class FolderLock:
                 "group level still running); wait for it to end, or choose another folder",
                 param=param,
             ) from None
-        except OSError:  # locks not supported here: written as before
+        except OSError as exc:  # no folder locks on this file system (some NFS mounts)
             os.close(fd)
             fd = -1
+            if str(self.folder) not in _UNLOCKED:
+                _UNLOCKED.add(str(self.folder))
+                warnings.warn(
+                    f"{param} {self.folder}: cannot be locked on this file system "
+                    f"({exc.strerror or exc}); nothing stops another batch or group level from "
+                    "writing it meanwhile: run one at a time",
+                    LockWarning,
+                    stacklevel=2,
+                )
         self._fd = fd
 
     def release(self) -> None:

@@ -839,7 +839,7 @@ def _cmd_batch(args) -> int:
     params = pipeline_params(args)
     permutation = group_permutation(args)
     specs = read_manifest(args.manifest, mask=args.mask)
-    check_batch_folder(args.out, specs)  # reads no input
+    check_batch_folder(args.out, specs, study=not args.no_study)  # reads no input
     check_subjects(specs, params, chunks=args.chunks)  # before a cluster is started
     address = None if args.scheduler == "local" else args.scheduler
     # run_batch announces the cluster, its dashboard and how it spreads the subjects

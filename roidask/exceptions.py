@@ -30,6 +30,7 @@ __all__ = [
     "InvalidParameterError",
     "LabelsError",
     "LabelsWarning",
+    "LockWarning",
     "ManifestError",
     "NonFiniteVoxelsWarning",
     "ObjectStoreError",
@@ -181,6 +182,10 @@ class NonFiniteVoxelsWarning(RoidaskWarning):
 
 class EmptyMaskWarning(RoidaskWarning):
     """A mask or label image selects no voxels, or some labels are empty."""
+
+
+class LockWarning(RoidaskWarning):
+    """A folder cannot be locked on its file system: nothing stops a second writer."""
 
 
 class LabelsWarning(RoidaskWarning):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -348,6 +349,26 @@ def test_a_folder_lock_admits_one_process_at_a_time(tmp_path):
     held.release()  # idempotent
     FolderLock(folder, param="out").release()
     assert list(folder.iterdir()) == []
+
+
+def test_a_folder_that_cannot_be_locked_is_written_with_a_warning(tmp_path, monkeypatch):
+    """NFS refuses ``flock`` on a folder (EBADF): written as before, said once per folder."""
+    import errno
+    import fcntl
+
+    from roidask.exceptions import LockWarning
+
+    def no_lock(fd, operation):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", no_lock)
+    monkeypatch.setattr(_atomic, "_UNLOCKED", set())
+    with pytest.warns(LockWarning, match=r"^out .*: cannot be locked on this file system "
+                      r"\(Bad file descriptor\); nothing stops another batch"):  # fmt: skip
+        FolderLock(tmp_path, param="out").release()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LockWarning)
+        FolderLock(tmp_path, param="out").release()  # said once
 
 
 def test_output_folder_names_an_unwritable_parent(tmp_path):

@@ -4,6 +4,7 @@ refused before anything is written, killed commands cleaned up."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -987,3 +988,43 @@ def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path,
     )
     demo = OutputError("out_dir d/synthetic-data: holds ['bold.nii.gz']", param="out_dir")
     assert format_error(demo, "demo") == "--out d/synthetic-data: holds ['bold.nii.gz']"
+
+
+@pytest.mark.parametrize("case", ["no-study", "locked", "damaged-study"])
+def test_batch_folder_refusals_come_before_inputs_are_read(haxby, tmp_path, capsys, monkeypatch,
+                                                             case):  # fmt: skip
+    """A batch folder that cannot be written (an earlier study store --no-study would leave
+    out of date, another batch writing it, a damaged study root) is refused before the
+    subjects' inputs are read and before a cluster starts."""
+    import json as json_module
+
+    from helpers.files import locked_by_another_process
+
+    from roidask import cli as cli_module
+
+    out = tmp_path / "out"
+    (out / "study.zarr" / "sub-01").mkdir(parents=True)
+    marker = {"written_by": "roidask", "kind": "batch", "files": []}
+    (out / ".roidask.json").write_text(json_module.dumps(marker))
+    root = {"zarr_format": 3, "node_type": "group", "attributes": {"roidask_study": 1}}
+    (out / "study.zarr" / "zarr.json").write_text(json_module.dumps(root))
+    node = {"zarr_format": 3, "node_type": "group", "attributes": {"roidask_complete": True}}
+    (out / "study.zarr" / "sub-01" / "zarr.json").write_text(json_module.dumps(node))
+    if case == "damaged-study":
+        (out / "study.zarr" / "zarr.json").write_text("{not json")
+    called = []
+    monkeypatch.setattr(cli_module, "check_subjects", lambda *a, **k: called.append("check"))
+    monkeypatch.setattr(cli_module, "_cluster", lambda *a, **k: called.append("cluster"))
+    manifest = write_manifest(tmp_path / "m.tsv", [("01", haxby.bold, haxby.labels, haxby.mask)])
+    argv = ["batch", manifest, "--out", out, "--quiet", "--no-plots"]
+    if case == "no-study":
+        argv.append("--no-study")
+    context = locked_by_another_process(out) if case == "locked" else contextlib.nullcontext()
+    with context:
+        rc, _, err = cli(capsys, *argv)
+    want = {
+        "no-study": "holds study.zarr, the study store of an earlier batch",
+        "locked": "another roidask command is writing it",
+        "damaged-study": "it is a damaged roidask study store: remove",
+    }[case]
+    assert rc == 2 and want in one_error(err) and called == []

@@ -33,7 +33,7 @@ import pandas as pd
 import xarray as xr
 
 from roidask import __version__ as roidask_version
-from roidask._atomic import MARKER, read_marker
+from roidask._atomic import MARKER, FolderLock, read_marker
 from roidask._validate import check_bool, check_int
 from roidask.batch.files import release_everywhere
 from roidask.exceptions import GridMismatchError, InvalidParameterError, OutputError
@@ -431,18 +431,26 @@ class GroupPlan:
     study: Study | None
     permutation: GroupPermutation | None
     mask: xr.DataArray | None
+    batch_lock: FolderLock | None = None  # the batch folder's, held from the checks on
 
     def run(self) -> Path:
-        """Compute and write the group level (the permutation test on the active cluster)."""
+        """Compute and write the group level (the permutation test on the active cluster);
+        the folder and store are let go after (a plan runs once)."""
         try:
             _group(self.subjects, self.out, study=self.study, permutation=self.permutation,
                    mask=self.mask)  # fmt: skip
             return self.out
         finally:
-            if self.study is not None:
-                self.study.close()
+            self.close()
             if self.permutation is not None:
                 release_everywhere([f for files in self.subjects.files for f in files])
+
+    def close(self) -> None:
+        """Let go of the batch folder and the study store without running."""
+        if self.study is not None:
+            self.study.close()
+        if self.batch_lock is not None:
+            self.batch_lock.release()
 
 
 def group_from(
@@ -532,9 +540,16 @@ def prepare_group(
         subjects = _study_subjects(path)
         _check_count(len(subjects.names), path)
     mask = _check_group(subjects, permutation)
-    # last: holds the store (another batch or group level on it is refused) until run()
-    study = Study(study_path, param="study") if study_path is not None else None
-    return GroupPlan(subjects, out, study, permutation, mask)
+    # last: hold the batch folder and the store (another batch or group level on them is
+    # refused) until run()
+    batch_lock = FolderLock(batch, param="study") if batch is not None else None
+    try:
+        study = Study(study_path, param="study") if study_path is not None else None
+    except BaseException:
+        if batch_lock is not None:
+            batch_lock.release()
+        raise
+    return GroupPlan(subjects, out, study, permutation, mask, batch_lock)
 
 
 def _check_count(n: int, path: Path) -> None:

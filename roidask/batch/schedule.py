@@ -120,6 +120,7 @@ from roidask.outputs.study import (
     STUDY_NAME,
     Study,
     SubjectNode,
+    check_study,
     node_attrs,
 )
 from roidask.outputs.writer import SUBJECT_KIND
@@ -183,22 +184,30 @@ def _is_complete(out: Path | S3Path, digest: str) -> bool:
     return all((out / name).exists() for name in record.get("outputs", []))
 
 
-def check_batch_folder(out_dir: PathOrURL, specs: list[SubjectSpec]) -> Location:
+def check_batch_folder(
+    out_dir: PathOrURL, specs: list[SubjectSpec], *, study: bool = True
+) -> Location:
     """Check that a batch may write ``out_dir`` (before any data is read; writes nothing).
 
     A new folder (or an empty one) will become a roidask batch folder; an existing
     one must be one already. Every subject's output folder (and ``group/``) that
     exists must be roidask's (:func:`roidask._atomic.check_destination`), and no
-    input of any subject may lie in one of them.
+    input of any subject may lie in one of them. ``study``: the batch writes the
+    study store, which, if there, must be a readable roidask study; a batch that does
+    not write it must not leave an earlier one out of date. No other batch or group
+    level may be writing the folder or its study store (a local folder's lock is tried).
 
     Raises
     ------
     OutputError
         The parent is missing or read-only, the folder is not roidask's, a subject's
-        folder holds files roidask did not write, or an input lies in an output folder.
+        folder holds files roidask did not write, an input lies in an output folder, the
+        study store is damaged or would be left out of date, or another command is
+        writing the folder.
     """
     out = as_location(out_dir)
     inputs = InputIndex(p for spec in specs for p in spec.files)  # checked against every folder
+    _check_study_of(out, study)
     if isinstance(out, S3Path):
         return _check_remote_batch_folder(out, specs, inputs)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
@@ -223,6 +232,24 @@ def check_batch_folder(out_dir: PathOrURL, specs: list[SubjectSpec]) -> Location
         for target, kind in [*targets, (out / "group", GROUP_KIND)]:
             check_destination(target, param="out", inputs=inputs, overwrite=True, kind=kind)
     return out
+
+
+def _check_study_of(out: Location, study: bool) -> None:
+    """:func:`check_batch_folder`'s checks of ``out/study.zarr`` and of the locks."""
+    store = out / STUDY_NAME
+    if not study and store.exists():
+        raise OutputError(
+            f"out {out}: holds {STUDY_NAME}, the study store of an earlier batch, which a "
+            "batch that does not write it (study=False, --no-study) would leave out of date; "
+            f"let the batch write it, or remove {store} first",
+            param="out",
+        )
+    if isinstance(out, Path):  # refused now rather than once a cluster has started
+        for folder in (out, out / STUDY_NAME):
+            if folder.is_dir() and not folder.is_symlink():
+                FolderLock(folder, param="out").release()
+    if study and store.exists():
+        check_study(store, param="out")
 
 
 def _check_remote_batch_folder(
@@ -767,14 +794,7 @@ def run_batch(
     client = active_client()
     cluster = _cluster_resources(client) if client is not None else None
     mode = _granularity(granularity, cluster)
-    out_dir = check_batch_folder(out_dir, specs)  # reads no input
-    if not study and (out_dir / STUDY_NAME).exists():
-        raise OutputError(
-            f"out {out_dir}: holds {STUDY_NAME}, the study store of an earlier batch, which a "
-            "batch that does not write it (study=False, --no-study) would leave out of date; "
-            f"let the batch write it, or remove {out_dir / STUDY_NAME} first",
-            param="out",
-        )
+    out_dir = check_batch_folder(out_dir, specs, study=study)  # reads no input
     if check_inputs:
         check_subjects(specs, params, chunks=chunks)  # reads headers, labels and masks
     _mark_batch_folder(out_dir)
@@ -816,12 +836,12 @@ def _run_locked(
             "local": "granularity does not apply",
         }[mode]
         report.line(f"batch: {len(specs)} subjects, {how}; {where}")
-    if study_store is not None:
-        _hide_other_subjects(study_store, specs)
     status = _StatusFile(out_dir, specs)
     try:
         _Batch(specs, out_dir, params, chunks, plots, max_concurrent, granularity, mode, client,
                cluster, status, report, study_store).run()  # fmt: skip
+        if study_store is not None:  # the batch is whole: its subjects are the study's
+            _hide_other_subjects(study_store, specs)
     finally:
         status.flush(force=True)
         report.close()
@@ -867,13 +887,24 @@ def _hide_other_subjects(study: Study, specs: list[SubjectSpec]) -> None:
     group level does. Their files stay (a later batch with them publishes them again)."""
     names = {spec.out_name for spec in specs}
     others = sorted(n for n in study.listed() if n not in names and n != GROUP_NODE)
+    if not others:
+        return
     for name in others:
         study.unpublish_later(name)
-    if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    failed = study.flush(force=True)
+    hidden = [n for n in others if n not in failed]
+    if hidden:
+        shown = ", ".join(hidden[:5]) + (f" and {len(hidden) - 5} more" if len(hidden) > 5 else "")
         warnings.warn(
-            f"{study.path}: {len(others)} subject(s) of an earlier batch that this one does "
+            f"{study.path}: {len(hidden)} subject(s) of an earlier batch that this one does "
             f"not have are hidden from it ({shown}); their files are kept",
+            StudyNodeWarning,
+            stacklevel=4,
+        )
+    for name in [n for n in others if n in failed]:
+        warnings.warn(
+            f"{study.path}: node {name!r}, of a subject this batch does not have, is still "
+            f"listed ({type(failed[name]).__name__}: {failed[name]})",
             StudyNodeWarning,
             stacklevel=4,
         )
@@ -1062,11 +1093,6 @@ class _Batch:
         final = force if final is None else final
         for name, exc in self.study.flush(force=force or idle, final=final).items():
             error = f"{type(exc).__name__}: {exc}"
-            if name not in self.subjects:  # another batch's subject, to hide: still listed
-                warnings.warn(f"{self.study.path}: node {name!r}, of a subject this batch "
-                              f"does not have, is still listed ({error})", StudyNodeWarning,
-                              stacklevel=2)  # fmt: skip
-                continue
             if name in self.hiding:  # not run again
                 spec, _, _ = self.hiding.pop(name)
                 failed = _row(spec, self.out_dir / spec.out_name, status="failed", error=error)

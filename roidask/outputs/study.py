@@ -77,6 +77,7 @@ __all__ = [
     "Study",
     "SubjectNode",
     "check_nodes",
+    "check_study",
     "node_attrs",
     "open_study",
     "prepare_study",
@@ -165,21 +166,7 @@ def prepare_study(study: PathOrURL, *, param: str = "study") -> Location:
     if isinstance(path, Path):
         clean_stale(path / _META)
     if path.exists():
-        try:
-            _read_root(path, param=param, arrays=False)
-        except StoreError as exc:
-            damaged = "cannot read the root metadata" in str(exc) and any(
-                node_attrs(path, child.name) is not None
-                for child in _children(path)
-            )  # fmt: skip
-            advice = (
-                f"it is a damaged roidask study store: remove {path} and run the batch again "
-                "(its subjects are run again)"
-                if damaged
-                else "roidask writes its study store only in a new folder or its own"
-            )
-            raise OutputError(f"{exc}; {advice}", param=param) from None
-        return path
+        return check_study(path, param=param)
     try:
         if isinstance(path, Path):
             path.mkdir()
@@ -196,6 +183,32 @@ def prepare_study(study: PathOrURL, *, param: str = "study") -> Location:
         "node_type": "group",
     }
     _write_root(path, root)
+    return path
+
+
+def check_study(study: PathOrURL, *, param: str = "study") -> Location:
+    """Check that an existing ``study`` is a readable roidask study store (its root only).
+
+    Raises
+    ------
+    OutputError
+        It is not a roidask study store (roidask never writes in it), or it is one whose
+        root metadata is damaged (the message says what to do).
+    """
+    path = as_location(study)
+    try:
+        _read_root(path, param=param, arrays=False)
+    except StoreError as exc:
+        damaged = "cannot read the root metadata" in str(exc) and any(
+            node_attrs(path, child.name) is not None for child in _children(path)
+        )
+        advice = (
+            f"it is a damaged roidask study store: remove {path} and run the batch again "
+            "(its subjects are run again)"
+            if damaged
+            else "roidask writes its study store only in a new folder or its own"
+        )
+        raise OutputError(f"{exc}; {advice}", param=param) from None
     return path
 
 
@@ -532,7 +545,11 @@ class Study:
         )
         self._lock = threading.Lock()
         # the listed nodes' attributes when this handle opened (what earlier runs published)
-        self._attributes, self._opened = _root_state(self.path)
+        try:
+            self._attributes, self._opened = _root_state(self.path)
+        except BaseException:
+            self.close()
+            raise
         self._listed = set(self._opened)  # this driver's view of the root
         self._pending: dict[str, str | None] = {}
         self._hiding: set[str] = set()  # listed nodes to hide at the next flush

@@ -120,7 +120,11 @@ def tree(folder: Path) -> dict[str, bytes]:
 _HOLD_LOCK = """
 import fcntl, os, sys, time
 fd = os.open(sys.argv[1], os.O_RDONLY)
-fcntl.flock(fd, fcntl.LOCK_EX)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except BlockingIOError:
+    print("held by another", flush=True)  # e.g. the test's own process: not waited for
+    sys.exit(1)
 print("locked", flush=True)
 time.sleep(120)
 """

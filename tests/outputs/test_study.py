@@ -441,13 +441,18 @@ def test_one_batch_or_group_level_at_a_time(batch, dataset):
             with pytest.raises(OutputError, match=f"^out {re.escape(str(held))}: another "
                                "roidask command is writing it"):  # fmt: skip
                 run_batch(dataset["specs"], batch, plots=False)
-    with locked_by_another_process(batch / "study.zarr"):
-        with pytest.raises(OutputError, match=r"study .*study\.zarr: another roidask command"):
-            group_from(batch)
+    for held in (batch, batch / "study.zarr"):  # the group folder, or the group node
+        with locked_by_another_process(held):
+            with pytest.raises(OutputError, match=f"^study {re.escape(str(held))}: another "):
+                group_from(batch)
+
     with pytest.raises(OutputError, match=r"holds study.zarr, the study store of an earlier "
                        r"batch, .* \(study=False, --no-study\)"):  # fmt: skip
         run_batch(dataset["specs"], batch, plots=False, study=False)
     assert tree_state(batch) == before
+    # once they are free, a group level runs, and lets them go (a batch runs after it)
+    assert group_from(batch) == batch / "group"
+    assert run_batch(dataset["specs"], batch, plots=False)["status"].tolist() == ["skipped"] * 4
 
 
 def test_a_damaged_study_root_says_what_to_do(batch, dataset, tmp_path):
@@ -494,6 +499,25 @@ def test_rerun_skips_and_study_can_be_off(batch, dataset, tmp_path):
     assert tree_of(study)["group"].attrs["subjects"] == ["sub-01", "sub-02"]
     assert json.loads(root_json)["attributes"] == tree_of(study).attrs
     assert not (off / "study.zarr").exists() and (off / "group" / "tstat.nii.gz").is_file()
+
+
+def test_an_interrupted_batch_hides_no_subject_of_an_earlier_one(dataset, tmp_path, monkeypatch):
+    """The nodes of subjects a batch does not have are hidden once the batch is whole: one
+    interrupted (Ctrl-C in its first subject) leaves them listed."""
+    from roidask.batch import schedule
+    from roidask.pipeline import PipelineParams
+
+    specs = dataset["specs"][:2]
+    out = tmp_path / "batch"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done", "done"]
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(schedule, "run_subject", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(specs[:1], out, plots=False, params=PipelineParams(threshold=4.0))
+    assert published(out / "study.zarr") == ["sub-02"]  # sub-01 hidden to be rewritten
 
 
 def test_a_rerun_redoes_a_subject_whose_node_lost_a_chunk(dataset, tmp_path):
