@@ -7,11 +7,10 @@ from roidask.batch.group import (
     group_level,
     prepare_group,
 )
-from roidask.batch.manifest import SubjectSpec, check_subjects, read_manifest
+from roidask.batch.manifest import SubjectSpec, check_subjects, current_subject, read_manifest
 from roidask.batch.schedule import (
     GRANULARITIES,
     check_batch_folder,
-    current_subject,
     fingerprint,
     run_batch,
 )

@@ -8,8 +8,11 @@ a BIDS-like folder holds ``sub-*/func/*_bold.nii.gz`` with matching
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,14 @@ from roidask.io.niizarr import is_nifti_zarr
 from roidask.pipeline import PipelineParams
 from roidask.runner import check_subject
 
-__all__ = ["MANIFEST_COLUMNS", "SubjectSpec", "check_subjects", "read_manifest"]
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "SubjectSpec",
+    "check_subjects",
+    "current_subject",
+    "read_manifest",
+    "subject_context",
+]
 
 #: Columns of a TSV manifest.
 MANIFEST_COLUMNS = ("subject", "bold", "labels", "mask")
@@ -55,6 +65,24 @@ class SubjectSpec:
     def files(self) -> tuple[Location, ...]:
         """Every input file of the subject: BOLD run(s), label file(s), mask."""
         return (*self.bold, *self.labels, self.mask)
+
+
+_SUBJECT = threading.local()  # the subject a thread checks or runs (:func:`current_subject`)
+
+
+def current_subject() -> str | None:
+    """The batch subject this thread is checking or running, if any (warnings name it)."""
+    return getattr(_SUBJECT, "name", None)
+
+
+@contextlib.contextmanager
+def subject_context(subject: str) -> Iterator[None]:
+    """Within the block, :func:`current_subject` is ``subject`` (in this thread)."""
+    before, _SUBJECT.name = current_subject(), subject
+    try:
+        yield
+    finally:
+        _SUBJECT.name = before
 
 
 def check_subjects(
@@ -83,8 +111,10 @@ def check_subjects(
 
     def check(spec: SubjectSpec) -> RoidaskError | None:
         try:
-            _check_files(spec)  # named by the manifest's columns
-            check_subject(list(spec.bold), list(spec.labels), spec.mask, params, chunks=chunks)
+            with subject_context(spec.subject):  # its warnings name it
+                _check_files(spec)  # named by the manifest's columns
+                check_subject(list(spec.bold), list(spec.labels), spec.mask, params,
+                              chunks=chunks)  # fmt: skip
         except RoidaskError as error:
             return error
         finally:  # the mask was read: its handle is not kept in this process

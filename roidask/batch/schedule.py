@@ -88,7 +88,7 @@ from roidask._malloc import reuse_freed_buffers
 from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
 from roidask.batch.group import GROUP_KIND, GroupPermutation, group_level
-from roidask.batch.manifest import SubjectSpec, check_subjects
+from roidask.batch.manifest import SubjectSpec, check_subjects, current_subject, subject_context
 from roidask.cluster import active_client, describe_client
 from roidask.exceptions import (
     InvalidParameterError,
@@ -135,7 +135,6 @@ __all__ = [
     "BATCH_KIND",
     "GRANULARITIES",
     "check_batch_folder",
-    "current_subject",
     "fingerprint",
     "prepare_batch_folder",
     "run_batch",
@@ -160,11 +159,20 @@ HIDE_TRIES = 3
 _DEFAULT_PLAN = MemoryPlan(None, None)
 
 
+#: How several labels files make runs (:func:`roidask.io.labels.volume_labels`): version 2
+#: counts files that number their runs alike as runs of their own. In the fingerprint of a
+#: subject with several labels files, so that outputs made by version 1 are made again.
+_LABELS_RUNS_VERSION = 2
+
+
 def fingerprint(spec: SubjectSpec, params: PipelineParams) -> tuple[str, list[dict]]:
     """Hash of the parameters and input checksums that decide a subject's outputs."""
     inputs = input_records([*spec.bold, *spec.labels, spec.mask])
     checksums = [r.get("sha256") or r.get("etag") or r.get("etags_sha256") for r in inputs]
-    payload = json.dumps({"params": params.to_dict(), "inputs": checksums}, sort_keys=True)
+    record: dict = {"params": params.to_dict(), "inputs": checksums}
+    if len(spec.labels) > 1:
+        record["labels_runs"] = _LABELS_RUNS_VERSION
+    payload = json.dumps(record, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest(), inputs
 
 
@@ -447,13 +455,7 @@ class _NotWanted(Exception):
     """The batch that sent a subject's task is gone: its outputs are not written."""
 
 
-_SUBJECT = threading.local()  # the subject a thread runs (:func:`current_subject`)
 _default_showwarning = warnings.showwarning
-
-
-def current_subject() -> str | None:
-    """The batch subject this thread is running, if any (warnings name it)."""
-    return getattr(_SUBJECT, "name", None)
 
 
 def _show_subject_warning(message, category, filename, lineno, file=None, line=None):
@@ -469,11 +471,8 @@ def _show_subject_warning(message, category, filename, lineno, file=None, line=N
 
 def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
     """Run one subject where this is called; a status row (never raises for a subject)."""
-    _SUBJECT.name = job.spec.subject
-    try:
+    with subject_context(job.spec.subject):  # its warnings name it
         return _run_subject_row(job, before_write)
-    finally:
-        _SUBJECT.name = None
 
 
 def _run_subject_row(job: _Job, before_write: Callable[[], None] | None) -> dict:

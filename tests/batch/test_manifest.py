@@ -242,3 +242,15 @@ def test_check_subjects_names_every_subject_missing_a_file(haxby, tmp_path):
         check_subjects(specs)
     assert str(info.value).startswith(f"manifest: subject 'a': bold {gone}: ")
     assert str(info.value).endswith("(1 other subject(s) have invalid inputs too: 'b')")
+
+
+def test_check_subjects_names_the_subject_its_warnings_are_of(haxby, monkeypatch):
+    """The checks warn as the subject's run does (labels, events): in its context, so the
+    command line names the subject (``roidask: warning: subject '07': ...``)."""
+    from roidask.batch import check_subjects, current_subject, manifest
+
+    seen = []
+    monkeypatch.setattr(manifest, "check_subject", lambda *a, **k: seen.append(current_subject()))
+    specs = [SubjectSpec(s, (haxby.bold,), (haxby.labels,), haxby.mask) for s in ("07", "08")]
+    check_subjects(specs)
+    assert seen == ["07", "08"] and current_subject() is None

@@ -935,3 +935,27 @@ def test_a_subjects_warnings_name_it(haxby, tmp_path, monkeypatch, capsys):
     with contextlib.suppress(Exception):  # no worker here: it fails once the hook is set
         schedule._subject_task(job, 1)
     assert warnings.showwarning is schedule._show_subject_warning
+
+
+def test_subjects_with_several_labels_files_are_made_again_once(haxby, tmp_path):
+    """Runs of several labels files numbered alike were pooled before they were counted
+    per file: a subject with several labels files has a fingerprint of its own (its old
+    outputs are made again); one with a single labels file keeps its fingerprint."""
+    import hashlib
+    import json
+
+    from roidask.batch.schedule import fingerprint
+    from roidask.outputs.provenance import input_records
+    from roidask.pipeline import PipelineParams
+
+    def before(spec, params):  # the fingerprint as it was
+        inputs = input_records([*spec.bold, *spec.labels, spec.mask])
+        sums = [r.get("sha256") for r in inputs]
+        payload = json.dumps({"params": params.to_dict(), "inputs": sums}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    params = PipelineParams()
+    one = SubjectSpec("a", (haxby.bold,), (haxby.labels,), haxby.mask)
+    two = SubjectSpec("b", (haxby.bold, haxby.bold), (haxby.labels, haxby.labels), haxby.mask)
+    assert fingerprint(one, params)[0] == before(one, params)
+    assert fingerprint(two, params)[0] != before(two, params)
