@@ -803,71 +803,48 @@ def run_batch(
         study_store = None
         if study:
             study_store = held.enter_context(Study(out_dir / STUDY_NAME, param="out"))
-        return _run_locked(specs, out_dir, params, chunks, plots, max_concurrent, granularity,
-                           mode, client, cluster, progress, log, study_store,
-                           permutation)  # fmt: skip
-    raise AssertionError("unreachable")  # pragma: no cover  (mypy: the with block returns)
-
-
-def _run_locked(
-    specs: list[SubjectSpec],
-    out_dir: Location,
-    params: PipelineParams,
-    chunks: object,
-    plots: bool,
-    max_concurrent: int | None,
-    granularity: str,
-    mode: str,
-    client: Client | None,
-    cluster: _Cluster | None,
-    progress: bool,
-    log: Callable[[str], None] | None,
-    study_store: Study | None,
-    permutation: GroupPermutation | None,
-) -> pd.DataFrame:
-    """:func:`run_batch` once its checks passed and it holds the folder."""
-    report = _Report(len(specs), progress=progress, log=log)
-    if progress or log is not None:
-        where = describe_client(client) if client is not None else "this process's threads"
-        how = {
-            "subject": f"one task per subject (granularity {granularity})",
-            "block": f"blocks of each subject over all workers (granularity {granularity})",
-            "local": "granularity does not apply",
-        }[mode]
-        report.line(f"batch: {len(specs)} subjects, {how}; {where}")
-    status = _StatusFile(out_dir, specs)
-    try:
-        _Batch(specs, out_dir, params, chunks, plots, max_concurrent, granularity, mode, client,
-               cluster, status, report, study_store).run()  # fmt: skip
-        if study_store is not None:  # the batch is whole: its subjects are the study's
-            _hide_other_subjects(study_store, specs)
-    finally:
-        status.flush(force=True)
-        report.close()
-
-    table = status.table()
-    done = [
-        out_dir / s.out_name
-        for s in specs
-        if status.rows[s.subject]["status"] in ("done", "skipped")
-    ]
-    group_error = out_dir / "group-error.txt"
-    if group_error.is_file():  # from an earlier run
-        remove_files(out_dir, [group_error.name])
-    group_done = False
-    if len(done) >= 2:
+        report = _Report(len(specs), progress=progress, log=log)
+        if progress or log is not None:
+            where = describe_client(client) if client is not None else "this process's threads"
+            how = {
+                "subject": f"one task per subject (granularity {granularity})",
+                "block": f"blocks of each subject over all workers (granularity {granularity})",
+                "local": "granularity does not apply",
+            }[mode]
+            report.line(f"batch: {len(specs)} subjects, {how}; {where}")
+        status = _StatusFile(out_dir, specs)
         try:
-            group_level(done, out_dir / "group", study=study_store, permutation=permutation)
-            group_done = True
-        except RoidaskError as exc:
-            if report.log is not None:
-                report.log(f"group level: failed ({exc})")
-            write_file(group_error, f"{exc}\n".encode())
-    if not group_done:  # no group level of these subjects: an earlier one is not theirs
-        _remove_group_folder(out_dir / "group")
-        if study_store is not None:
-            study_store.unpublish(GROUP_NODE)
-    return table
+            _Batch(specs, out_dir, params, chunks, plots, max_concurrent, granularity, mode,
+                   client, cluster, status, report, study_store).run()  # fmt: skip
+            if study_store is not None:  # the batch is whole: its subjects are the study's
+                _hide_other_subjects(study_store, specs)
+        finally:
+            status.flush(force=True)
+            report.close()
+
+        table = status.table()
+        done = [
+            out_dir / s.out_name
+            for s in specs
+            if status.rows[s.subject]["status"] in ("done", "skipped")
+        ]
+        group_error = out_dir / "group-error.txt"
+        if group_error.is_file():  # from an earlier run
+            remove_files(out_dir, [group_error.name])
+        group_done = False
+        if len(done) >= 2:
+            try:
+                group_level(done, out_dir / "group", study=study_store, permutation=permutation)
+                group_done = True
+            except RoidaskError as exc:
+                if report.log is not None:
+                    report.log(f"group level: failed ({exc})")
+                write_file(group_error, f"{exc}\n".encode())
+        if not group_done:  # no group level of these subjects: an earlier one is not theirs
+            _remove_group_folder(out_dir / "group")
+            if study_store is not None:
+                study_store.unpublish(GROUP_NODE)
+        return table
 
 
 def _remove_group_folder(group: Location) -> None:
