@@ -220,7 +220,10 @@ def read_marker(folder: Path) -> dict | None:
             continue
         if name == "provenance.json" and "roidask_version" not in record:
             continue
-        return {"kind": record.get("kind"), "files": [str(f) for f in record[key]]}
+        marker = {"kind": record.get("kind"), "files": [str(f) for f in record[key]]}
+        if isinstance(record.get("bytes"), dict):  # sizes when committed (since session 10)
+            marker["bytes"] = record["bytes"]
+        return marker
     return None
 
 
@@ -556,12 +559,15 @@ class OutputFolder:
         """Write the marker (unless ``marker=False``: zarr stores mark themselves) and
         move the folder into place."""
         if self.marker:
+            files = sorted(_files_of(self.tmp))
             record = {
                 "written_by": "roidask",
                 "kind": self.kind,
                 "created_utc": _utc_now(),
                 **self.info,
-                "files": sorted(_files_of(self.tmp)),
+                "files": files,
+                # what each file held when committed (a truncated copy is not complete)
+                "bytes": {f: os.path.getsize(self.tmp / f) for f in files},
             }
             (self.tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
         swap_into_place(self.tmp, self.out)

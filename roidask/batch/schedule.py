@@ -104,6 +104,7 @@ from roidask.io.locations import (
     PathOrURL,
     S3Path,
     as_location,
+    changed_files,
     check_output,
     check_writable,
     remote_marker,
@@ -189,7 +190,9 @@ def _is_complete(out: Path | S3Path, digest: str) -> bool:
         return False
     if not isinstance(record, dict) or record.get("fingerprint") != digest:
         return False
-    return all((out / name).exists() for name in record.get("outputs", []))
+    if not all((out / name).exists() for name in record.get("outputs", [])):
+        return False
+    return not changed_files(out)  # a file truncated or replaced since: not complete
 
 
 def check_batch_folder(

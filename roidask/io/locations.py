@@ -64,6 +64,7 @@ from roidask._atomic import (
     check_destination,
     check_not_input,
     clean_stale,
+    read_marker,
 )
 from roidask._atomic import write_bytes as write_local_bytes
 from roidask._validate import check_input_file as check_local_file
@@ -82,6 +83,7 @@ __all__ = [
     "PathOrURL",
     "S3Path",
     "as_location",
+    "changed_files",
     "check_input_file",
     "check_output",
     "check_remote_destination",
@@ -902,6 +904,24 @@ def delete_prefix_keys(dest: S3Path, names: Iterable[str]) -> None:
             obstore.delete(_store(dest.bucket), keys[start : start + 1000])
         except Exception as exc:
             raise s3_error(exc, dest, error=OutputError) from None
+
+
+def changed_files(folder: Location) -> list[str]:
+    """Files of a roidask output folder (or ``s3://`` prefix) whose size is not the one its
+    marker recorded when it was committed, or that are gone (sorted; empty for a folder
+    whose marker records no sizes, as those of roidask 0.1 and of this session's past)."""
+    marker = remote_marker(folder) if isinstance(folder, S3Path) else read_marker(folder)
+    recorded = (marker or {}).get("bytes")
+    if not isinstance(recorded, dict):
+        return []
+    if isinstance(folder, S3Path):
+        sizes = {k: int(v.get("size", -1)) for k, v in folder.list_objects().items()}
+    else:
+        sizes = {}
+        for name in recorded:
+            with contextlib.suppress(OSError):
+                sizes[name] = (folder / name).stat().st_size
+    return sorted(name for name, size in recorded.items() if sizes.get(name) != size)
 
 
 def publish_folder(local: Path, dest: S3Path, *, last: Iterable[str] = (MARKER,)) -> S3Path:

@@ -364,6 +364,15 @@ def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path
             run_batch(specs, out, max_concurrent=0)
     assert table["status"].tolist() == ["skipped", "done"]
     assert (out / "sub-odd" / "signals.tsv").is_file()
+    # ... and one with an output truncated since (an interrupted copy, a full disk)
+    tstat = out / "sub-01" / "tstat.nii.gz"
+    tstat.write_bytes(tstat.read_bytes()[:100])
+    with get_client(processes=False, n_workers=1, threads_per_worker=2):
+        table = run_batch(specs, out, plots=False)
+    assert table["status"].tolist() == ["done", "skipped"]
+    assert (
+        nib.load(tstat).get_fdata().shape == nib.load(reference / "sub-01" / "tstat.nii.gz").shape
+    )
 
     # the group level of two subjects on one grid, then of a rerun with the odd one: the
     # earlier group folder is not of these subjects, so it goes (and a reason stays)
