@@ -60,7 +60,9 @@ def read_labels(path: PathOrURL) -> pd.DataFrame:
     try:
         table = pd.read_csv(open_table(path), sep=r"\s+", dtype=str)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"labels {path}: not a readable labels table ({exc})") from None
+        raise LabelsError(
+            f"labels {path}: not a readable labels table ({exc})", param="labels"
+        ) from None
     if "labels" not in table.columns:
         if _looks_like_events(path):
             raise LabelsError(
@@ -288,8 +290,13 @@ def volume_labels(
     if len(table) != n_total:
         src = ", ".join(str(p) for p in paths)
         raise LabelsError(
-            f"labels {src}: {len(table)} label rows but the BOLD data has {n_total} volumes "
-            f"({' + '.join(str(n) for n in n_volumes_per_run)}); expected one row per volume",
+            f"labels {src}: {len(table)} label rows but the BOLD data has {n_total} volumes"
+            + (
+                f" ({' + '.join(map(str, n_volumes_per_run))})"
+                if len(n_volumes_per_run) > 1
+                else ""
+            )
+            + "; expected one row per volume",
             param="labels",
         )
     has_runs = all(t.attrs.get("has_runs") for t in tables)

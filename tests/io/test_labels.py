@@ -185,3 +185,21 @@ def test_a_tr_without_time_unit_warns_with_events(tmp_path):
         bold_from_nifti(bare, labels=[events], tr_s=2.0)
         bold_from_nifti(bare, labels=[labels])
         bold_from_nifti(bold, labels=[events])
+
+
+def test_labels_messages_name_the_parameter_and_add_up_runs(tmp_path):
+    """A labels file that is not text is named as ``labels`` (--labels); a count that does
+    not match says the runs' sum only when there are several."""
+    from roidask.io.labels import volume_labels
+
+    binary = tmp_path / "labels.bin"
+    binary.write_bytes(b"\x00\x01\xff\xfebinary")
+    with pytest.raises(LabelsError, match=r"^labels .*labels\.bin: not a readable") as info:
+        read_labels(binary)
+    assert info.value.param == "labels"
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\nface 0\nhouse 0\n")
+    with pytest.raises(LabelsError, match=r"has 3 volumes; expected one row per volume"):
+        volume_labels([labels], n_volumes_per_run=[3], tr_s=2.0)
+    with pytest.raises(LabelsError, match=r"has 5 volumes \(3 \+ 2\); expected one row"):
+        volume_labels([labels], n_volumes_per_run=[3, 2], tr_s=2.0)
