@@ -99,6 +99,7 @@ from roidask.exceptions import (
 )
 from roidask.io.conversions import as_image
 from roidask.io.labels import volume_labels
+from roidask.io.labels import warnings_shown as labels_warnings_shown
 from roidask.io.locations import (
     Location,
     PathOrURL,
@@ -474,7 +475,8 @@ def _show_subject_warning(message, category, filename, lineno, file=None, line=N
 
 def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
     """Run one subject where this is called; a status row (never raises for a subject)."""
-    with subject_context(job.spec.subject):  # its warnings name it
+    # its warnings name it; those of its labels the batch's input checks showed already
+    with subject_context(job.spec.subject), labels_warnings_shown():
         return _run_subject_row(job, before_write)
 
 

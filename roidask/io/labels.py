@@ -6,8 +6,11 @@ Both formats end up as one table with a row per volume and the columns
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,7 @@ __all__ = [
     "read_events",
     "read_labels",
     "volume_labels",
+    "warnings_shown",
 ]
 
 #: Condition given to volumes that no event covers.
@@ -45,6 +49,26 @@ def _looks_like_events(path: Path | S3Path) -> bool:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError):
         return False
     return all(c in header for c in _EVENT_COLUMNS)
+
+
+_SHOWN = threading.local()  # this thread's labels warnings were shown already
+
+
+@contextlib.contextmanager
+def warnings_shown() -> Iterator[None]:
+    """Within the block (in this thread), the labels' and events' warnings are not shown:
+    a batch's input checks showed them for every subject, and its runs read the same
+    files again."""
+    before, _SHOWN.on = getattr(_SHOWN, "on", False), True
+    try:
+        yield
+    finally:
+        _SHOWN.on = before
+
+
+def _warn(message: str, category: type[Warning], stacklevel: int) -> None:
+    if not getattr(_SHOWN, "on", False):
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
 
 
 def read_labels(path: PathOrURL) -> pd.DataFrame:
@@ -182,7 +206,7 @@ def events_to_labels(
     if clashes.any():
         i = int(np.flatnonzero(clashes)[0])
         assert first_clash is not None
-        warnings.warn(
+        _warn(
             f"{source or 'events'}: {int(clashes.sum())} volume(s) fall in events of two "
             f"trial types, e.g. volume {i} at {t[i]:g} s in {first_clash[0]!r} and "
             f"{first_clash[1]!r}; each is labelled by the event that starts last",
@@ -193,7 +217,7 @@ def events_to_labels(
     late = events["onset"].to_numpy() >= run_end - tol
     if late.any():
         first = events[late].iloc[0]
-        warnings.warn(
+        _warn(
             f"{source or 'events'}: {int(late.sum())} event(s) start at or after the end of "
             f"the run ({n_volumes} volumes x {tr_s:g} s = {run_end:g} s), e.g. "
             f"{first['trial_type']!r} at {first['onset']:g} s; they label no volume "
@@ -266,7 +290,7 @@ def volume_labels(
                 param="tr_s",
             )
         if tr_note is not None:
-            warnings.warn(
+            _warn(
                 f"{tr_note} for the events files; pass tr_s (--tr) if that is not the TR",
                 EventsWarning,
                 stacklevel=3,
@@ -322,7 +346,7 @@ def _distinct_runs(run: np.ndarray, file_of: np.ndarray, paths: list) -> np.ndar
     pairs = pd.MultiIndex.from_arrays([file_of, run])
     codes, _ = pd.factorize(pairs)  # in order of first appearance
     i, j = shared[0]
-    warnings.warn(
+    _warn(
         f"labels: {paths[i]} and {paths[j]} number their runs ('chunks') alike "
         f"({sorted(per_file[i] & per_file[j])[:5]}); they are runs of different files, "
         f"numbered 0-{codes.max()} in order",

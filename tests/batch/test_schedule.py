@@ -918,12 +918,14 @@ def test_a_subjects_warnings_name_it(haxby, tmp_path, monkeypatch, capsys):
     from roidask import cli
     from roidask.batch import schedule
     from roidask.exceptions import EmptyMaskWarning
+    from roidask.io import labels as labels_module
     from roidask.pipeline import PipelineParams
 
     seen = []
 
     def run_subject(**kwargs):
-        seen.append(schedule.current_subject())
+        # the input checks showed the labels' warnings: not shown again here
+        seen.append((schedule.current_subject(), labels_module._SHOWN.on))
         for show in (schedule._show_subject_warning, cli._show_warning):
             show(EmptyMaskWarning("no ROI: nothing above 5"), EmptyMaskWarning, "x.py", 1)
         raise OSError("stop here")
@@ -933,7 +935,7 @@ def test_a_subjects_warnings_name_it(haxby, tmp_path, monkeypatch, capsys):
     job = schedule._Job(spec=spec, out=tmp_path / "sub-07", params=PipelineParams(), chunks=None,
                         plots=False, budget=None, scheduler="here")  # fmt: skip
     row = schedule._run_one(job)
-    assert row["status"] == "failed" and seen == ["07"]
+    assert row["status"] == "failed" and seen == [("07", True)]
     assert schedule.current_subject() is None  # only while it runs
     err = capsys.readouterr().err
     line = "roidask: warning: subject '07': no ROI: nothing above 5\n"

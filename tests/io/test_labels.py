@@ -203,3 +203,20 @@ def test_labels_messages_name_the_parameter_and_add_up_runs(tmp_path):
         volume_labels([labels], n_volumes_per_run=[3], tr_s=2.0)
     with pytest.raises(LabelsError, match=r"has 5 volumes \(3 \+ 2\); expected one row"):
         volume_labels([labels], n_volumes_per_run=[3, 2], tr_s=2.0)
+
+
+def test_labels_warnings_shown_once_in_a_batch(tmp_path):
+    """A batch's input checks show the labels' warnings; its subjects' runs, which read the
+    same files again, do not show them a second time (warnings_shown, in their thread)."""
+    from roidask.exceptions import LabelsWarning
+    from roidask.io.labels import volume_labels, warnings_shown
+
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    for path in (a, b):
+        path.write_text("labels chunks\nface 0\nhouse 1\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LabelsWarning)
+        with warnings_shown():
+            volume_labels([a, b], n_volumes_per_run=[2, 2], tr_s=2.0)
+    with pytest.warns(LabelsWarning):  # shown again outside
+        volume_labels([a, b], n_volumes_per_run=[2, 2], tr_s=2.0)
