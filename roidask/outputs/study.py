@@ -660,6 +660,9 @@ class Study:
                     errors = {}
             else:
                 self._listed = (kept | set(pending)) - set(errors)
+                dropped = set(errors) - set(pending) - hiding - {GROUP_NODE}
+                if dropped and GROUP_NODE in self._listed:  # a subject gone: at the next one
+                    self._hiding.add(GROUP_NODE)
             self._cost_s = time.perf_counter() - start
             self._last = time.monotonic()
             return {k: v for k, v in errors.items() if k in pending or k in hiding}

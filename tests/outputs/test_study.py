@@ -206,6 +206,15 @@ def test_a_published_node_that_cannot_be_read_stays_listed(tmp_path, monkeypatch
         st.publish("sub-04")
     assert published(st.path) == ["sub-03", "sub-04"]
     xr.testing.assert_equal(tree_of(st.path)["sub-04"].to_dataset(), small(4))
+    # a subject dropped so by a rewrite that changes nothing else: the group level of the
+    # subjects it had goes at the next one
+    st.write_group(small(9))
+    (st.path / "sub-03" / "zarr.json").unlink()
+    with pytest.warns(StudyNodeWarning, match="'sub-03' is not complete"):
+        st.publish("sub-04")  # listed already: no change of its own
+    assert published(st.path) == ["group", "sub-04"]
+    st.flush(force=True)
+    assert published(st.path) == ["sub-04"]
 
 
 def test_nodes_to_rewrite_are_hidden_together(tmp_path, monkeypatch):
