@@ -252,12 +252,22 @@ def test_run_overwrite_replaces_its_own_folder(data, tmp_path, capsys):
     assert hidden(tmp_path) == []
 
 
-@pytest.mark.parametrize("command", ["run", "convert", "batch"])
+@pytest.mark.parametrize("command", ["run", "convert", "convert-chunk", "batch"])
 def test_a_roidask_folder_holding_a_foreign_file_is_refused(data, tmp_path, capsys, command):
+    """A user's file in what roidask would replace; also one named like a chunk that the
+    array's inventory does not list (convert-chunk)."""
     from roidask._atomic import OutputFolder
 
     out = tmp_path / "out"
-    if command == "run":
+    if command == "convert-chunk":
+        assert cli(capsys, *convert_args(data, out))[0] == 0
+        notes = out / "sub-01" / "bold" / "c" / "0" / "0" / "0" / "9"
+        want = (
+            f"--out {out}: subject folder sub-01/ holds files roidask did not write "
+            "(bold/c/0/0/0/9)"
+        )
+        command = "convert"
+    elif command == "run":
         assert cli(capsys, *run_args(data, out, "--no-plots"))[0] == 0
         notes = out / "notes.txt"
         want = f"--out {out}: holds 1 file(s) roidask did not write (notes.txt); "

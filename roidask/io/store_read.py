@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,7 @@ __all__ = [
     "open_subject",
     "require_store",
     "subject_dataset",
+    "unlisted_chunks",
     "verify_groups",
     "verify_store",
 ]
@@ -239,6 +240,26 @@ def missing_chunks(group: Location, grids: dict) -> list[tuple[str, str]]:
             if key not in present:
                 missing.append((name, key))
     return missing
+
+
+def unlisted_chunks(keys: Iterable[str], grids: dict) -> list[str]:
+    """The chunk keys among ``keys`` (paths in a group, ``array/c/i/j/...``) that the chunk
+    inventory ``grids`` does not list: of an array it does not have, of another number of
+    dimensions, or beyond its grid. Files named like chunks that zarr did not write."""
+    extra = []
+    for key in keys:
+        array, sep, rest = key.partition("/c/")
+        if not sep or "/" in array:
+            continue
+        grid = grids.get(array)
+        parts = rest.split("/")
+        if (
+            grid is None
+            or len(parts) != len(grid)
+            or not all(p.isdigit() and int(p) < n for p, n in zip(parts, grid, strict=True))
+        ):
+            extra.append(key)
+    return sorted(extra)
 
 
 # -- reading with damage named ---------------------------------------------------------------

@@ -55,8 +55,8 @@ from roidask.io.locations import (
     as_location,
     check_writable,
     delete_prefix_keys,
-    foreign_in_group,
     is_zarr_file,
+    list_files,
     put_files,
     zarr_store,
 )
@@ -69,6 +69,7 @@ from roidask.io.store_read import (
     is_store,
     open_subject,
     require_store,
+    unlisted_chunks,
 )
 
 __all__ = [
@@ -176,6 +177,20 @@ def write_zarr_files(files: Mapping[str, bytes], path: Path) -> None:
 
 
 # -- conversion --------------------------------------------------------------------------------
+def _chunk_inventory(group: Location) -> dict:
+    """The chunk inventory a subject group recorded (empty: none, as format 1 stores)."""
+    try:
+        record = json.loads((group / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    grids = (
+        (record.get("attributes") or {}).get(CHUNK_GRIDS_ATTR)
+        if isinstance(record, dict)
+        else None
+    )
+    return grids if isinstance(grids, dict) else {}
+
+
 def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[Path]) -> bool:
     """Check where the subject will go (before any voxel is read); True if the store exists."""
     clean_stale(out)
@@ -205,11 +220,13 @@ def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[P
                     "to replace it",
                     param="out",
                 )
-            foreign = foreign_in_group(target)
+            files = list_files(target)
+            foreign = [f for f in files if not is_zarr_file(f)]
+            foreign += unlisted_chunks(files, _chunk_inventory(target))
             if foreign:
                 raise OutputError(
                     f"out {out}: subject folder {subject}/ holds files roidask did not write "
-                    f"({', '.join(foreign[:5])}); move them elsewhere first",
+                    f"({', '.join(sorted(foreign)[:5])}); move them elsewhere first",
                     param="out",
                 )
         probe = temp_sibling(target)
@@ -448,6 +465,7 @@ def _prepare_remote_target(out: S3Path, subject: str, overwrite: bool, inputs) -
     if not objects:
         return None
     foreign = sorted(k for k in objects if not is_zarr_file(k))
+    foreign += unlisted_chunks(objects, _chunk_inventory(out / subject))
     if foreign:
         raise OutputError(
             f"out {out}: subject {subject}/ holds objects roidask did not write "

@@ -135,3 +135,18 @@ def test_a_format_2_store_opens_without_warning(store):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnverifiedStoreWarning)
         open_subject(store)
+
+
+def test_unlisted_chunks_are_files_zarr_did_not_write():
+    """Chunk-like names the inventory does not list: beyond the grid, another number of
+    dimensions, an array it does not have; listed chunks and metadata are not."""
+    from roidask.io.store_read import unlisted_chunks
+
+    grids = {"bold": [1, 1, 1, 3], "mask": [2, 1, 1]}
+    keys = [
+        "bold/c/0/0/0/2", "bold/c/0/0/0/3", "bold/c/0/0/0", "bold/zarr.json",
+        "mask/c/1/0/0", "mask/c/1/0/x", "other/c/0", "zarr.json",
+    ]  # fmt: skip
+    assert unlisted_chunks(keys, grids) == [
+        "bold/c/0/0/0", "bold/c/0/0/0/3", "mask/c/1/0/x", "other/c/0",
+    ]  # fmt: skip
