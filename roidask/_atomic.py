@@ -324,6 +324,21 @@ def check_parent(path: str | os.PathLike, *, param: str) -> Path:
     return parent
 
 
+def _check_not_current_folder(out: Path, param: str) -> None:
+    """A folder replaced whole (renamed aside, the new one renamed in) must not be where the
+    user stands: the shell would be left in a deleted folder, the outputs seemingly gone."""
+    if out.is_symlink() or not out.is_dir():
+        return
+    here, target = Path.cwd().resolve(), out.resolve()
+    if here == target or target in here.parents:
+        raise OutputError(
+            f"{param} {out}: is {'' if here == target else 'above '}the current folder "
+            f"({here}), which writing it would replace with a new folder; run from outside "
+            f"it (e.g. cd {target.parent})",
+            param=param,
+        )
+
+
 def check_destination(
     out: str | os.PathLike,
     *,
@@ -369,6 +384,7 @@ def check_destination(
     _check_writable(parent, out, param)
     if not out.exists() and not out.is_symlink():
         return out
+    _check_not_current_folder(out, param)
     if out.is_symlink() or not out.is_dir():
         raise OutputError(
             f"{param} {out}: exists and is not a folder roidask wrote; roidask only replaces "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -198,13 +199,22 @@ def test_output_folder_commits_with_a_marker(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no sibling left
 
 
-def test_the_current_folder_as_output_is_replaced_by_its_name(tmp_path, monkeypatch):
-    """``--out .``: the temporary folder is a sibling of the folder, not a folder inside
-    it, and the swap renames the folder by its name in its parent (``.`` cannot be)."""
+def test_the_current_folder_is_never_an_output_replaced_whole(tmp_path, monkeypatch):
+    """``--out .`` (or a folder above the current one) is refused: replacing it would leave
+    the user's shell in a deleted folder, the outputs seemingly gone. An output folder
+    built for ``.`` is still a sibling of the folder, renamed in by its name."""
     out = roidask_folder(tmp_path / "out")
+    (out / "figures").mkdir()
+    for here, target, what in [(out, ".", "is the"), (out / "figures", "..", "is above the")]:
+        monkeypatch.chdir(here)
+        want = (
+            rf"^out {re.escape(target)}: {what} current folder \({re.escape(str(here))}\), "
+            rf".*cd {re.escape(str(tmp_path))}\)$"
+        )
+        with pytest.raises(OutputError, match=want):
+            check_destination(Path(target), param="out", overwrite=True, kind="subject-results")
     monkeypatch.chdir(out)
     clean_stale(".")
-    check_destination(Path("."), param="out", overwrite=True, kind="subject-results")
     with OutputFolder(".", kind="subject-results") as tmp:
         assert tmp.parent == tmp_path
         (tmp / "a.txt").write_text("new")

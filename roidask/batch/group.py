@@ -431,7 +431,7 @@ class GroupPlan:
     study: Study | None
     permutation: GroupPermutation | None
     mask: xr.DataArray | None
-    batch_lock: FolderLock | None = None  # the batch folder's, held from the checks on
+    locks: tuple[FolderLock, ...] = ()  # of the batch folders written, from the checks on
 
     def run(self) -> Path:
         """Compute and write the group level (the permutation test on the active cluster);
@@ -449,8 +449,8 @@ class GroupPlan:
         """Let go of the batch folder and the study store without running."""
         if self.study is not None:
             self.study.close()
-        if self.batch_lock is not None:
-            self.batch_lock.release()
+        for lock in self.locks:
+            lock.release()
 
 
 def group_from(
@@ -529,27 +529,36 @@ def prepare_group(
             )
         out = batch / "group"
     out = Path(out)
-    from_folders = batch is not None and path == batch
-    subject_dirs = _batch_subject_dirs(path) if from_folders else []
-    inputs = [*subject_dirs, *([study_path] if study_path is not None else [])]
-    check_output(out, param="out", inputs=inputs, overwrite=True, kind=GROUP_KIND)
-    if from_folders:
-        _check_count(len(subject_dirs), path)
-        subjects = _folder_subjects(subject_dirs)
-    else:  # path is the study store
-        subjects = _study_subjects(path)
-        _check_count(len(subjects.names), path)
-    mask = _check_group(subjects, permutation)
-    # last: hold the batch folder and the store (another batch or group level on them is
-    # refused) until run()
-    batch_lock = FolderLock(batch, param="study") if batch is not None else None
+    # first, before any input is read: hold the batch folders written (the one read, and
+    # the one --out is in) and the store, so that another batch or group level writing
+    # them is refused; held until run()
+    folders = [batch] if batch is not None else []
+    if _is_batch_folder(out.parent) and all(not out.parent.samefile(f) for f in folders):
+        folders.append(out.parent)
+    locks: list[FolderLock] = []
+    study = None
     try:
+        for folder in folders:
+            locks.append(FolderLock(folder, param="study" if folder is batch else "out"))
         study = Study(study_path, param="study") if study_path is not None else None
+        from_folders = batch is not None and path == batch
+        subject_dirs = _batch_subject_dirs(path) if from_folders else []
+        inputs = [*subject_dirs, *([study_path] if study_path is not None else [])]
+        check_output(out, param="out", inputs=inputs, overwrite=True, kind=GROUP_KIND)
+        if from_folders:
+            _check_count(len(subject_dirs), path)
+            subjects = _folder_subjects(subject_dirs)
+        else:  # path is the study store
+            subjects = _study_subjects(path)
+            _check_count(len(subjects.names), path)
+        mask = _check_group(subjects, permutation)
     except BaseException:
-        if batch_lock is not None:
-            batch_lock.release()
+        if study is not None:
+            study.close()
+        for lock in locks:
+            lock.release()
         raise
-    return GroupPlan(subjects, out, study, permutation, mask, batch_lock)
+    return GroupPlan(subjects, out, study, permutation, mask, tuple(locks))
 
 
 def _check_count(n: int, path: Path) -> None:

@@ -438,11 +438,17 @@ def test_plain_xarray_analyses_the_study(batch):
     assert "subjects: 4" in out and "overlap max:" in out
 
 
-def test_one_batch_or_group_level_at_a_time(batch, dataset):
+def test_one_batch_or_group_level_at_a_time(batch, dataset, tmp_path, monkeypatch):
     """A batch or group level writing a folder or study store that another command is
-    writing is refused with one line, with nothing written; so is a batch that would
-    leave an earlier batch's study store out of date (``--no-study``)."""
+    writing is refused with one line, before any input is read, with nothing written; so
+    is a batch that would leave an earlier batch's study store out of date (``--no-study``)."""
+    import shutil
+
+    from roidask.batch import group as group_module
     from roidask.batch.group import group_from
+
+    def no_input_read(*args):
+        raise AssertionError("an input was read before the lock was tried")
 
     before = tree_state(batch)
     for held in (batch, batch / "study.zarr"):
@@ -451,9 +457,15 @@ def test_one_batch_or_group_level_at_a_time(batch, dataset):
                                "roidask command is writing it"):  # fmt: skip
                 run_batch(dataset["specs"], batch, plots=False)
     for held in (batch, batch / "study.zarr"):  # the group folder, or the group node
-        with locked_by_another_process(held):
+        with locked_by_another_process(held), monkeypatch.context() as patch:
+            patch.setattr(group_module, "_batch_subject_dirs", no_input_read)
             with pytest.raises(OutputError, match=f"^study {re.escape(str(held))}: another "):
                 group_from(batch)
+    # another study's group level written into this batch folder's group/
+    other = shutil.copytree(batch / "study.zarr", tmp_path / "other.zarr")
+    with locked_by_another_process(batch):
+        with pytest.raises(OutputError, match=f"^out {re.escape(str(batch))}: another "):
+            group_from(other, out=batch / "group")
 
     with pytest.raises(OutputError, match=r"holds study.zarr, the study store of an earlier "
                        r"batch, .* \(study=False, --no-study\)"):  # fmt: skip
