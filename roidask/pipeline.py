@@ -892,7 +892,7 @@ def roi_pipeline(
                     f"({params.min_roi_voxels}) voxels or more"
                     if n_above
                     else f"no voxel of mask_img has -log10 p >= {params.threshold:g} (the "
-                    f"peak inside the mask is {peak:.3g})"
+                    f"peak inside the mask is {peak:.6g})"
                 )
                 warnings.warn(
                     f"no ROI{where}: {why}; outputs are written with an empty ROI table",

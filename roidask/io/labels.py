@@ -146,9 +146,11 @@ def read_events(path: PathOrURL) -> pd.DataFrame:
         bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
         if bad.any():
             row = int(np.flatnonzero(bad)[0]) + 2
+            cell = events[col].iloc[row - 2]
+            shown = "n/a (or nothing)" if pd.isna(cell) else repr(str(cell))
             raise LabelsError(
                 f"labels {path}: line {row}: column '{col}' must be a finite number of "
-                f"seconds, got {events[col].iloc[row - 2]!r}",
+                f"seconds, got {shown}",
                 param="labels",
             )
         events[col] = values.astype(np.float64)
@@ -291,7 +293,8 @@ def volume_labels(
             )
         if tr_note is not None:
             _warn(
-                f"{tr_note} for the events files; pass tr_s (--tr) if that is not the TR",
+                f"{tr_note} for the events files; if that is not the TR, pass tr_s (roidask "
+                "run --tr) or set the header's pixdim[4] and time unit",
                 EventsWarning,
                 stacklevel=3,
             )

@@ -106,9 +106,13 @@ def test_an_events_table_not_named_events_tsv_says_so(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ([("n/a", 2.0, "a")], r"line 2: column 'onset' must be a finite number of seconds"),
+        (
+            [("n/a", 2.0, "a")],
+            r"line 2: column 'onset' must be a finite number of seconds, got "
+            r"n/a \(or nothing\)$",
+        ),
         ([(0.0, 2.0, "a"), (1.0, "x", "b")], r"line 3: column 'duration' must be a finite"),
-        ([(0.0, "inf", "a")], r"line 2: column 'duration' must be a finite number"),
+        ([(0.0, "inf", "a")], r"line 2: column 'duration' must be a finite number .*got 'inf'$"),
         ([("-inf", 2.0, "a")], r"line 2: column 'onset' must be a finite number"),
         ([(0.0, 2.0, "n/a")], r"line 2: empty trial_type"),
         ([(0.0, -1.0, "a")], r"line 2: negative duration -1.0 s"),
@@ -177,7 +181,7 @@ def test_a_tr_without_time_unit_warns_with_events(tmp_path):
     labels.write_text("labels chunks\n" + "a 0\n" * 10)
     with pytest.warns(EventsWarning, match=r"bare_bold.nii.gz: its header gives pixdim\[4\] = 1 "
                       r"with no time unit, read as a TR in seconds for the events files; "
-                      r"pass tr_s \(--tr\)"):  # fmt: skip
+                      r"if that is not the TR, pass tr_s \(roidask run --tr\)"):  # fmt: skip
         got = bold_from_nifti(bare, labels=[events])
     assert list(got["condition"].values[:5]) == ["a"] * 4 + [REST]
     with warnings.catch_warnings():
