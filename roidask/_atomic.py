@@ -329,7 +329,7 @@ def _check_not_current_folder(out: Path, param: str) -> None:
     user stands: the shell would be left in a deleted folder, the outputs seemingly gone."""
     if out.is_symlink() or not out.is_dir():
         return
-    here, target = Path.cwd().resolve(), out.resolve()
+    here, target = Path(os.getcwd()), out.resolve()  # getcwd: the resolved path already
     if here == target or target in here.parents:
         raise OutputError(
             f"{param} {out}: is {'' if here == target else 'above '}the current folder "
