@@ -148,7 +148,8 @@ class FolderLock:
     Taken with ``flock`` on the folder itself (nothing is written): the kernel releases
     it when the process ends, however it ends, so a killed batch never leaves it held.
     A batch holds its batch folder's and its study store's for as long as it runs, a
-    group level its study store's: a second command writing the same folder is refused
+    group level those of the batch folders and the study store it writes: a second
+    command writing the same folder is refused
     with one line instead of rewriting what the first one publishes. A file system that
     cannot lock folders (NFS, where ``flock`` needs a file open for writing) is written
     without the lock, with a :class:`~roidask.exceptions.LockWarning`.
@@ -221,7 +222,7 @@ def read_marker(folder: Path) -> dict | None:
         if name == "provenance.json" and "roidask_version" not in record:
             continue
         marker = {"kind": record.get("kind"), "files": [str(f) for f in record[key]]}
-        if isinstance(record.get("bytes"), dict):  # sizes when committed (since session 10)
+        if isinstance(record.get("bytes"), dict):  # sizes when committed (older: none)
             marker["bytes"] = record["bytes"]
         return marker
     return None

@@ -863,9 +863,10 @@ def _remove_group_folder(group: Location) -> None:
 
 
 def _hide_other_subjects(study: Study, specs: list[SubjectSpec]) -> None:
-    """Hide (at the first rewrite of the root) the nodes of subjects an earlier batch
-    published and this one does not have: the study holds this batch's subjects, as its
-    group level does. Their files stay (a later batch with them publishes them again)."""
+    """Hide the nodes of subjects an earlier batch published and this one does not have,
+    once this batch is whole (one rewrite of the root, now): the study holds this batch's
+    subjects, as its group level does. Their files stay (a later batch with them publishes
+    them again); a node that cannot be hidden stays listed, with a warning."""
     names = {spec.out_name for spec in specs}
     others = sorted(n for n in study.listed() if n not in names and n != GROUP_NODE)
     if not others:

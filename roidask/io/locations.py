@@ -909,7 +909,7 @@ def delete_prefix_keys(dest: S3Path, names: Iterable[str]) -> None:
 def changed_files(folder: Location) -> list[str]:
     """Files of a roidask output folder (or ``s3://`` prefix) whose size is not the one its
     marker recorded when it was committed, or that are gone (sorted; empty for a folder
-    whose marker records no sizes, as those of roidask 0.1 and of this session's past)."""
+    whose marker records no sizes: roidask 0.1's, and those written before sizes were)."""
     marker = remote_marker(folder) if isinstance(folder, S3Path) else read_marker(folder)
     recorded = (marker or {}).get("bytes")
     if not isinstance(recorded, dict):

@@ -81,6 +81,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 #: (:func:`_written_with_mark`; a file without it is never replaced).
 EXPORT_MARK = "written by roidask export"
 _SHA256_TAG = " sha256:"
+_DESCRIP_OFFSET = 148  # of ``descrip`` in a NIfTI-1 header
 _DESCRIP_BYTES = 80
 _DIGEST_CHARS = 40  # of the hex digest: the mark, the tag and these fit in descrip
 
@@ -119,8 +120,8 @@ def _gzip_comment(path: Path) -> str | None:
 
 
 def _data_digest(path: Path, offset: int) -> str:
-    """SHA-256 of the bytes of an uncompressed file from ``offset`` on, with the header's
-    ``descrip`` left out (where the digest itself is kept)."""
+    """SHA-256 of an uncompressed NIfTI file's bytes: its header (the first ``offset``
+    bytes) without ``descrip``, where the digest itself is kept, then its voxels."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         head = f.read(offset)
@@ -128,10 +129,6 @@ def _data_digest(path: Path, offset: int) -> str:
         while block := f.read(2**22):
             digest.update(block)
     return digest.hexdigest()
-
-
-#: Offset of ``descrip`` in a NIfTI-1 header.
-_DESCRIP_OFFSET = 148
 
 
 def _written_with_mark(path: Path, mark: str) -> bool:

@@ -213,7 +213,8 @@ def check_study(study: PathOrURL, *, param: str = "study") -> Location:
 
 
 def _children(study: Location) -> list[Location]:
-    """The folders (or prefixes) directly below a study store's root (at most 1000 looked at)."""
+    """The folders (or prefixes) directly below a study store's root, the first 1000 by name
+    (every file is listed: only for a store whose root cannot be read)."""
     names = sorted({key.split("/", 1)[0] for key in list_files(study) if "/" in key})
     return [study / name for name in names[:1000]]
 
