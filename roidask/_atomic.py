@@ -53,6 +53,7 @@ __all__ = [
     "check_not_input",
     "check_parent",
     "clean_stale",
+    "create_locked",
     "is_roidask_folder",
     "read_marker",
     "scratch_file",
@@ -93,6 +94,36 @@ def _lock(fd: int) -> bool:
     except BlockingIOError:
         return False
     return True
+
+
+def create_locked(
+    path: str | os.PathLike, kind: str = _TMP, *, folder: bool, mode: int = 0o600
+) -> tuple[Path, int]:
+    """Create a new temporary sibling of ``path`` (a folder, or an empty file) and lock it.
+
+    Returns the sibling and the open descriptor holding its lock (close it to release).
+    Another process's :func:`clean_stale` may take the new sibling for a killed run's
+    in the moment between its creation and its lock; then it is created again under
+    another name, so the lock held is always on the sibling that exists.
+    """
+    for _ in range(100):
+        tmp = temp_sibling(Path(path), kind)
+        if folder:
+            os.mkdir(tmp)
+        else:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))
+        try:
+            fd = os.open(tmp, os.O_RDONLY if folder else os.O_RDWR)
+        except FileNotFoundError:
+            continue  # removed before it could be opened
+        try:
+            locked = _lock(fd)
+            if locked and os.fstat(fd).st_ino == os.stat(tmp).st_ino:
+                return tmp, fd
+        except FileNotFoundError:
+            pass  # removed before it was locked
+        os.close(fd)
+    raise OutputError(f"{path}: cannot create a temporary sibling that stays (removed 100 times)")
 
 
 def _remove(path: Path) -> None:
@@ -154,18 +185,21 @@ class FolderLock:
     cannot lock folders (NFS, where ``flock`` needs a file open for writing) is written
     without the lock, with a :class:`~roidask.exceptions.LockWarning`.
 
+    With ``wait=True`` it waits for the lock instead (for short commits that other
+    processes serialise on, as converts adding subjects to one store).
+
     Raises
     ------
     OutputError
-        Another process holds the lock.
+        Another process holds the lock (``wait=False``).
     """
 
-    def __init__(self, folder: str | os.PathLike, *, param: str):
+    def __init__(self, folder: str | os.PathLike, *, param: str, wait: bool = False):
         self.folder = Path(folder)
         self._fd = -1
         fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             os.close(fd)
             raise OutputError(
@@ -186,6 +220,10 @@ class FolderLock:
                     stacklevel=2,
                 )
         self._fd = fd
+
+    def check(self) -> None:
+        """Nothing to check: the kernel never takes an ``flock`` from its holder (see
+        :class:`~roidask.io.locations.RemoteLease`, which can lapse)."""
 
     def release(self) -> None:
         """Release the lock (idempotent)."""
@@ -239,9 +277,27 @@ def is_roidask_folder(folder: Path, *, kind: str | None = None) -> bool:
 
 
 def _foreign_files(folder: Path, marker: dict) -> list[str]:
+    """What in roidask's ``folder`` is not roidask's: files and folders (ending in ``/``)
+    its marker does not list, and listed files of another size than the marker recorded
+    (a user's edit: "(changed)")."""
     listed = set(marker["files"]) | {MARKER, "provenance.json"}
     owned_dirs = tuple(f"{f}/" for f in marker["files"] if (folder / f).is_dir())
-    return sorted(f for f in _files_of(folder) if f not in listed and not f.startswith(owned_dirs))
+    files = _files_of(folder)
+    foreign = [f for f in files if f not in listed and not f.startswith(owned_dirs)]
+    recorded = marker.get("bytes")
+    if isinstance(recorded, dict):
+        for name, size in recorded.items():
+            with contextlib.suppress(OSError):
+                if name in files and os.path.getsize(folder / name) != size:
+                    foreign.append(f"{name} (changed)")
+    holding = {str(Path(f).parent) for f in listed} | {d.rstrip("/") for d in owned_dirs}
+    holding |= {str(p) for f in holding for p in Path(f).parents}
+    for sub in folder.rglob("*"):
+        name = str(sub.relative_to(folder))
+        if sub.is_dir() and not sub.is_symlink() and name not in holding:
+            if not f"{name}/".startswith(owned_dirs):
+                foreign.append(f"{name}/")
+    return sorted(foreign)
 
 
 class InputIndex:
@@ -409,8 +465,8 @@ def check_destination(
     if foreign:
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise OutputError(
-            f"{param} {out}: holds {len(foreign)} file(s) roidask did not write ({shown}); "
-            "move them elsewhere or choose another output",
+            f"{param} {out}: holds {len(foreign)} file(s) roidask did not write, or changed "
+            f"since ({shown}); move them elsewhere or choose another output",
             param=param,
         )
     if not overwrite:
@@ -433,7 +489,8 @@ def _check_writable(parent: Path, out: Path, param: str) -> None:
             f"{param} {out}: cannot write into {parent} ({exc.strerror or exc})", param=param
         ) from None
     os.close(fd)
-    probe.unlink()
+    with contextlib.suppress(FileNotFoundError):  # another command's clean-up took it
+        probe.unlink()
 
 
 # -- commits ---------------------------------------------------------------------------------
@@ -493,10 +550,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     removed and ``path`` is left as it was.
     """
     path = Path(path)
-    tmp = temp_sibling(path)
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    tmp, fd = create_locked(path, folder=False, mode=0o644)
     try:
-        _lock(fd)
         yield tmp
         os.replace(tmp, path)
     finally:
@@ -513,11 +568,8 @@ def scratch_file(path: str | os.PathLike) -> Iterator[Path]:
     removed whether the block succeeds, fails or is interrupted, and if this
     process is killed :func:`clean_stale` on ``path`` removes it.
     """
-    path = Path(path)
-    tmp = temp_sibling(path)
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    tmp, fd = create_locked(path, folder=False)
     try:
-        _lock(fd)
         yield tmp
     finally:
         _remove(tmp)  # before the lock is released: no other process removes it first
@@ -563,18 +615,20 @@ class OutputFolder:
     def open(self) -> Path:
         """Create and lock the temporary folder; return it."""
         try:
-            self.tmp.mkdir()
+            self.tmp, self._fd = create_locked(self.out, folder=True)
         except OSError as exc:
             raise OutputError(
                 f"{self.out}: cannot create a folder in {self.out.parent} ({exc.strerror or exc})"
             ) from None
-        self._fd = os.open(self.tmp, os.O_RDONLY)
-        _lock(self._fd)
         return self.tmp
 
-    def commit(self) -> Path:
+    def commit(self, *, replace: bool = True) -> Path | None:
         """Write the marker (unless ``marker=False``: zarr stores mark themselves) and
-        move the folder into place."""
+        move the folder into place.
+
+        With ``replace=False`` a folder another process created at ``out`` meanwhile is
+        kept: nothing is moved, the temporary folder stays open, and None is returned.
+        """
         if self.marker:
             files = sorted(_files_of(self.tmp))
             record = {
@@ -587,7 +641,15 @@ class OutputFolder:
                 "bytes": {f: os.path.getsize(self.tmp / f) for f in files},
             }
             (self.tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-        swap_into_place(self.tmp, self.out)
+        if replace:
+            swap_into_place(self.tmp, self.out)
+        else:
+            try:
+                os.rename(self.tmp, self.out)  # fails on a folder that is not empty
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise
+                return None
         self._release()
         return self.out
 

@@ -10,10 +10,12 @@ or a command given a scheduler address, goes straight to the command line.
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Sequence
 
 from roidask._forkserver import start_method
+from roidask.exceptions import Terminated
 
 __all__ = ["entry", "starts_embedded_workers"]
 
@@ -38,14 +40,20 @@ def starts_embedded_workers(argv: Sequence[str]) -> bool:
     return scheduler == "local"
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def entry() -> None:
-    """Run the ``roidask`` command line (:func:`roidask.cli.entry`)."""
+    """Run the ``roidask`` command line (:func:`roidask.cli.entry`); SIGTERM is handled
+    as Ctrl-C is (:class:`~roidask.exceptions.Terminated`)."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         if starts_embedded_workers(sys.argv[1:]):
             start_method()
         # Imported now, not at the top: the server's imports must start before these.
         from roidask.cli import entry as cli_entry  # noqa: PLC0415
-    except KeyboardInterrupt:  # Ctrl-C while starting: nothing was written yet
+    except KeyboardInterrupt as exc:  # Ctrl-C while starting: nothing was written yet
         print("roidask: interrupted while starting; nothing was written", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(Terminated.status_of(exc)) from None
     cli_entry()

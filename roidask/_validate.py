@@ -143,12 +143,23 @@ def check_triplet(value: Any, param: str, *, integer: bool) -> tuple:
     return tuple(int(v) if integer else float(v) for v in items)
 
 
+#: Longest subject name: file systems allow 255 bytes per name, and temporary siblings
+#: (``.<name>.roidask-tmp-<pid>-<hex>``) and folder names (``sub-<name>``) add to it.
+SUBJECT_NAME_MAX_BYTES = 200
+
+
 def check_subject_name(subject: Any, param: str = "subject") -> str:
     """A subject name usable as a store group and an output folder name."""
     if not isinstance(subject, str) or not SUBJECT_NAME_RE.match(subject):
         raise InvalidParameterError(
             f"{param}: {subject!r} is not a valid subject name; expected letters, digits, "
             "'.', '_' or '-', not starting with '.' or '-' (e.g. 'sub-01')",
+            param=param,
+        )
+    if len(subject.encode()) > SUBJECT_NAME_MAX_BYTES:
+        raise InvalidParameterError(
+            f"{param}: a subject name of {len(subject.encode())} bytes is too long for a "
+            f"folder name; expected at most {SUBJECT_NAME_MAX_BYTES}",
             param=param,
         )
     if subject.lower() == "zarr.json":

@@ -48,6 +48,7 @@ from roidask.exceptions import (
     RoidaskError,
     RoidaskWarning,
     StoreError,
+    Terminated,
 )
 from roidask.io.conversions import open_map
 from roidask.io.image import to_nifti
@@ -1197,9 +1198,10 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:  # the system refused something no check could foresee
             print(f"roidask: error: {format_error(exc, args.command)}", file=sys.stderr)
             return 1
-        except KeyboardInterrupt:
-            print("roidask: interrupted; no partial output was kept", file=sys.stderr)
-            return 130
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (roidask._launch)
+            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            print(f"roidask: {how}; no partial output was kept", file=sys.stderr)
+            return Terminated.status_of(exc)
 
 
 def entry() -> None:

@@ -291,7 +291,9 @@ def _check_positive_int(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidParameterError(f"{name}: expected a positive integer, got {value!r}")
+        raise InvalidParameterError(
+            f"{name}: expected a positive integer, got {value!r}", param=name
+        )
     return value
 
 
@@ -305,16 +307,17 @@ def _parse_memory(name: str, value: Any) -> int | str:
             n = parse_bytes(value)
         except (ValueError, TypeError) as exc:
             raise InvalidParameterError(
-                f"{name}: expected a size such as '4GiB' or '500MB', got {value!r}"
+                f"{name}: expected a size such as '4GiB' or '500MB', got {value!r}", param=name
             ) from exc
     elif isinstance(value, int) and not isinstance(value, bool):
         n = value
     else:
         raise InvalidParameterError(
-            f"{name}: expected a size such as '4GiB' or a number of bytes, got {value!r}"
+            f"{name}: expected a size such as '4GiB' or a number of bytes, got {value!r}",
+            param=name,
         )
     if n <= 0:
-        raise InvalidParameterError(f"{name}: expected a positive size, got {value!r}")
+        raise InvalidParameterError(f"{name}: expected a positive size, got {value!r}", param=name)
     return n
 
 
@@ -322,7 +325,8 @@ def _check_address(scheduler: Any) -> str:
     if not isinstance(scheduler, str):
         raise InvalidParameterError(
             f"scheduler: expected an address 'tcp://HOST:PORT' or 'tls://HOST:PORT' "
-            f"(or None for an embedded cluster), got {scheduler!r}"
+            f"(or None for an embedded cluster), got {scheduler!r}",
+            param="scheduler",
         )
     parts = urlsplit(scheduler)
     try:
@@ -337,7 +341,8 @@ def _check_address(scheduler: Any) -> str:
     ):
         raise InvalidParameterError(
             f"scheduler: expected an address 'tcp://HOST:PORT' or 'tls://HOST:PORT', "
-            f"got {scheduler!r}"
+            f"got {scheduler!r}",
+            param="scheduler",
         )
     return scheduler
 

@@ -43,6 +43,7 @@ __all__ = [
     "RoidaskWarning",
     "StoreError",
     "StudyNodeWarning",
+    "Terminated",
     "UnreadableFileError",
     "UnverifiedStoreWarning",
 ]
@@ -169,6 +170,17 @@ class ObjectStoreError(RoidaskOSError):
 
 class DownloadError(RoidaskOSError):
     """A download failed (offline, HTTP error, size/checksum mismatch, unsafe archive)."""
+
+
+# -- interruptions ---------------------------------------------------------------------------
+class Terminated(KeyboardInterrupt):
+    """The ``roidask`` command received SIGTERM (``kill``, ``timeout``, SLURM's ``scancel``):
+    handled as Ctrl-C is, so that nothing partial is kept (exit status 143)."""
+
+    @staticmethod
+    def status_of(exc: KeyboardInterrupt) -> int:
+        """The shell's exit status for ``exc``: 128 + the signal (SIGTERM 15, SIGINT 2)."""
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 # -- warnings --------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from roidask.exceptions import InvalidParameterError
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import BOLD_DIMS, affine_of, box_affine
-from roidask.io.image import stored_scaling
+from roidask.io.image import VolumeSource, stored_scaling
 from roidask.io.nifti import NiftiSource, scale_stored
 from roidask.io.spill import SpillFile, tile_grid
 from roidask.ops import moments as mom_ops
@@ -302,7 +302,7 @@ def pass_chunks(bold: xr.DataArray) -> xr.DataArray:
     return bold
 
 
-def nifti_block_volumes(source: NiftiSource) -> int:
+def nifti_block_volumes(source: VolumeSource) -> int:
     """Volumes per block when the pass reads ``source`` directly (:data:`NIFTI_BLOCK_BYTES`,
     at least :data:`NIFTI_BLOCK_MIN_VOLUMES`)."""
     volume_bytes = int(np.prod(source.volume_shape)) * source.dtype.itemsize

@@ -14,9 +14,8 @@ import xarray as xr
 
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
-from roidask.io.image import bold_from_nifti
+from roidask.io.image import bold_from_nifti, open_source
 from roidask.io.locations import Location, PathOrURL, S3Path, as_location
-from roidask.io.nifti import NiftiSource
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
 from roidask.outputs.study import SubjectNode
@@ -233,7 +232,7 @@ def check_subject(
         :func:`roidask.pipeline.check_inputs`).
     """
     if chunks is None:
-        chunks = {"time": nifti_block_volumes(NiftiSource.open(bold[0], ndim=4, param="bold"))}
+        chunks = {"time": nifti_block_volumes(open_source(bold[0], ndim=4, param="bold"))}
     # stored integers of scaled int16 runs: half the bytes in the box or temporary file
     image = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks, scaled=False)
     check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -154,11 +155,27 @@ def test_a_roidask_folder_holding_a_foreign_file_is_refused(tmp_path):
     (out / "notes.txt").write_text("user")
     with pytest.raises(
         OutputError,
-        match=r"out: holds 2 file\(s\) roidask did not write "
+        match=r"out: holds 2 file\(s\) roidask did not write, or changed since "
         r"\(figures/my-edit.png, notes.txt\)",
     ):
         check_destination(out, param="out", overwrite=True)
     assert (out / "notes.txt").read_text() == "user"
+
+
+@pytest.mark.parametrize("edit", ["appended", "folder"])
+def test_a_roidask_folder_a_user_added_to_is_refused(tmp_path, edit):
+    out = roidask_folder(tmp_path / "out", files=("rois.tsv", "figures/f.png"))
+    if edit == "appended":  # a user's line in roidask's table: theirs now
+        with open(out / "rois.tsv", "a") as f:
+            f.write("my note\n")
+        shown = "rois.tsv (changed)"
+    else:  # a user's (empty) folder
+        (out / "my_notes").mkdir()
+        shown = "my_notes/"
+    with pytest.raises(
+        OutputError, match=rf"did not write, or changed since \({re.escape(shown)}\)"
+    ):
+        check_destination(out, param="out", overwrite=True)
 
 
 def test_results_zarr_files_belong_to_the_folder(tmp_path):
@@ -385,3 +402,29 @@ def test_output_folder_names_an_unwritable_parent(tmp_path):
     with pytest.raises(OutputError, match=r"cannot create a folder in") as info:
         OutputFolder(tmp_path / "missing" / "out", kind="x").open()
     assert isinstance(info.value, RoidaskOSError)
+
+
+@pytest.mark.parametrize("folder", [True, False])
+def test_a_new_temporary_sibling_is_locked_once_it_exists(tmp_path, monkeypatch, folder):
+    # Another process's clean_stale may remove a new sibling before it is locked (the
+    # name already looks like a killed run's): it is then made again, and locked.
+    real, removed = _atomic._lock, []
+
+    def removed_first(fd):
+        if not removed:  # what the other process does in that moment
+            path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+            removed.append(path)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        return real(fd)
+
+    monkeypatch.setattr(_atomic, "_lock", removed_first)
+    tmp, fd = _atomic.create_locked(tmp_path / "out", folder=folder)
+    try:
+        assert removed and removed[0] != tmp
+        assert tmp.is_dir() if folder else tmp.is_file()
+        monkeypatch.setattr(_atomic, "_lock", real)
+        assert clean_stale(tmp_path / "out") == []  # held: never taken for a killed run's
+        assert tmp.exists()
+    finally:
+        os.close(fd)
+    assert clean_stale(tmp_path / "out") == [tmp]  # released: a leftover

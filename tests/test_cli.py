@@ -270,7 +270,9 @@ def test_a_roidask_folder_holding_a_foreign_file_is_refused(data, tmp_path, caps
     elif command == "run":
         assert cli(capsys, *run_args(data, out, "--no-plots"))[0] == 0
         notes = out / "notes.txt"
-        want = f"--out {out}: holds 1 file(s) roidask did not write (notes.txt); "
+        want = (
+            f"--out {out}: holds 1 file(s) roidask did not write, or changed since (notes.txt); "
+        )
     elif command == "convert":
         assert cli(capsys, *convert_args(data, out))[0] == 0
         notes = out / "sub-01" / "notes.txt"
@@ -283,7 +285,10 @@ def test_a_roidask_folder_holding_a_foreign_file_is_refused(data, tmp_path, caps
         with OutputFolder(out / "sub-01", kind="subject-results") as tmp:
             (tmp / "rois.tsv").write_text("label\n")
         notes = out / "sub-01" / "notes.txt"
-        want = f"--out {out}/sub-01: holds 1 file(s) roidask did not write (notes.txt); "
+        want = (
+            f"--out {out}/sub-01: holds 1 file(s) roidask did not write, or changed since "
+            "(notes.txt); "
+        )
     notes.write_text("my notes\n")
     before = tree(tmp_path)
     extra = ["--overwrite"] if command != "batch" else []
@@ -694,6 +699,27 @@ def _bad(tmp_path, data, case):
             f"--labels {path}: has the columns of a BIDS events table but is not named "
             "*_events.tsv; rename it (e.g. sub-01_task-x_run-1_events.tsv) so it is read as events"
         )
+    if case == "complex-bold":
+        src = nib.load(bold)
+        path = tmp_path / "complex.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(src.dataobj).astype(np.complex64), src.affine), path)
+        return run(bold=path), (
+            f"{path}: voxels of data type complex64; expected integer or real floating-point "
+            "voxels"
+        )
+    if case == "subject-too-long":
+        return [*convert(), "--subject", "a" * 300], (
+            "--subject: a subject name of 300 bytes is too long for a folder name; expected at "
+            "most 200"
+        )
+    if case == "bad-scheduler":
+        return [*run(), "--scheduler", "bogus"], (
+            "--scheduler: expected an address 'tcp://HOST:PORT' or 'tls://HOST:PORT', got 'bogus'"
+        )
+    if case == "bad-memory-limit":
+        return [*run(), "--scheduler", "local", "--memory-limit", "lots"], (
+            "--memory-limit: expected a size such as '4GiB' or '500MB', got 'lots'"
+        )
     if case == "events-without-tr":
         bold0 = write_bold(tmp_path / "notr_bold.nii.gz", 10, tr_s=0.0)
         events = write_events(tmp_path / "sub-01_events.tsv", [(0.0, 4.0, "face")])
@@ -729,6 +755,10 @@ BAD_CASES = [
     "batch-threads-per-worker-0",
     "events-not-named-events-tsv",
     "events-without-tr",
+    "complex-bold",
+    "subject-too-long",
+    "bad-scheduler",
+    "bad-memory-limit",
 ]
 
 

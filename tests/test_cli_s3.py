@@ -13,7 +13,9 @@ import numpy as np
 import obstore
 import pytest
 import zarr
+from helpers.files import write_bold
 from helpers.results import DATA_FILES
+from helpers.threads import at_once
 from obstore.store import S3Store
 
 from roidask.cli import main
@@ -178,6 +180,35 @@ def test_convert_replaces_a_subject_in_s3_only_with_overwrite(inputs, s3_bucket,
     assert "objects roidask did not write (bold/mine.txt)" in error_of(capsys)
 
 
+def test_converts_into_one_s3_store_at_once_keep_every_subject(s3_bucket, tmp_path, monkeypatch):
+    from roidask.io import convert, list_subjects
+    from roidask.io import store_write as store_mod
+
+    bold = write_bold(tmp_path / "bold.nii.gz", 6)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "face 0\nhouse 0\n" * 3)
+    remote = f"{s3_bucket}/s.zarr"
+    calls = [lambda i=i: convert(bold, labels=labels, out=remote, subject=f"sub-{i}")
+             for i in range(3)]  # fmt: skip
+    # all converted locally before any publishes: they take turns (the store's lease)
+    results = at_once(monkeypatch, store_mod, "_mark_complete", calls)
+    assert [str(r) for r in results] == [remote] * 3, [repr(r) for r in results]
+    root = json.loads(objects(remote)["zarr.json"])
+    listed = sorted(k for k in root["consolidated_metadata"]["metadata"] if "/" not in k)
+    assert listed == list_subjects(remote) == ["sub-0", "sub-1", "sub-2"]
+    assert ".s.zarr.roidask-lease" not in objects(s3_bucket)
+
+    # the same subject twice at once: one is written, the other refused
+    calls = [lambda: convert(bold, labels=labels, out=remote, subject="sub-9")] * 2
+    results = at_once(monkeypatch, store_mod, "_mark_complete", calls)
+    refused = [r for r in results if isinstance(r, Exception)]
+    assert len(refused) == 1 and [str(r) for r in results if r not in refused] == [remote]
+    assert "already holds subject 'sub-9' (written meanwhile by another convert)" in str(
+        refused[0]
+    )
+    assert list_subjects(remote) == ["sub-0", "sub-1", "sub-2", "sub-9"]
+
+
 # -- run ------------------------------------------------------------------------------------
 def _results_match(remote: str, local: Path) -> None:
     there, here = objects(remote), local_files(local)
@@ -265,8 +296,15 @@ def test_run_output_in_s3_keeps_the_disk_guarantees(haxby, inputs, s3_bucket, ca
     assert "already exists; add --overwrite" in error_of(capsys)
     obstore.put(_store(out), "figures/mine.png", b"mine")
     assert main([*args, "--overwrite"]) == 2
-    assert "object(s) roidask did not write (figures/mine.png)" in error_of(capsys)
+    assert "object(s) roidask did not write, or changed since (figures/mine.png)" in error_of(
+        capsys
+    )
     obstore.delete(_store(out), "figures/mine.png")
+    # an object of roidask's that a user changed since (another size) is theirs: refused
+    obstore.put(_store(out), "rois.tsv", first["rois.tsv"] + b"my note\n")
+    assert main([*args, "--overwrite"]) == 2
+    assert "changed since (rois.tsv (changed))" in error_of(capsys)
+    obstore.put(_store(out), "rois.tsv", first["rois.tsv"])
     # a killed upload: pending marker, some objects; the rerun completes it without --overwrite
     store = _store(out)
     obstore.delete(store, [k for k in first if k not in ("rois.tsv", ".roidask.json")])
@@ -303,13 +341,17 @@ def test_publishing_puts_the_marker_last_and_deletes_only_listed_objects(s3_buck
     def put(store, key, data, *args, **kwargs):
         data = data.read() if hasattr(data, "read") else data
         order.append((key, json.loads(data) if key.endswith(".roidask.json") else None))
-        return real_put(store, key, data)
+        return real_put(store, key, data, *args, **kwargs)
 
     obstore.put = put
     try:
         publish_folder(local, dest)
     finally:
         obstore.put = real_put
+    # the upload holds the prefix's lease (beside it) from first to last, then deletes it
+    assert order[0][0] == ".f.roidask-lease"
+    assert ".f.roidask-lease" not in objects(s3_bucket)
+    order = [(key, record) for key, record in order if not key.endswith(".roidask-lease")]
     markers = [(i, record) for i, (key, record) in enumerate(order) if record is not None]
     # first a pending marker claiming the old and the new objects, the real one last
     assert [i for i, _ in markers] == [0, len(order) - 1]

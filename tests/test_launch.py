@@ -160,3 +160,36 @@ def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
         _launch.entry()
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == "roidask: interrupted while starting; nothing was written\n"
+
+
+_SLOW_WRITE = """
+import sys, time
+import roidask.outputs.writer as writer
+real = writer._write_maps
+def slow(*args):
+    print("writing", flush=True)
+    time.sleep(60)
+    return real(*args)
+writer._write_maps = slow
+from roidask._launch import entry
+sys.argv = ["roidask", *sys.argv[1:]]
+entry()
+"""
+
+
+def test_sigterm_while_writing_keeps_nothing_partial(haxby, tmp_path):
+    # kill, timeout and SLURM's scancel send SIGTERM: handled as Ctrl-C is
+    out = tmp_path / "out"
+    args = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask),
+            "--out", str(out), "--no-plots", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITE, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # being written
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert err.strip().splitlines() == [
+        "roidask: terminated (SIGTERM); no partial output was kept"
+    ]
+    assert list(tmp_path.iterdir()) == []  # no output, no temporary folder left

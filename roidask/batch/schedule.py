@@ -103,11 +103,13 @@ from roidask.io.labels import warnings_shown as labels_warnings_shown
 from roidask.io.locations import (
     Location,
     PathOrURL,
+    RemoteLease,
     S3Path,
     as_location,
     changed_files,
     check_output,
     check_writable,
+    output_lock,
     remote_marker,
     remove_files,
     write_file,
@@ -268,6 +270,7 @@ def _check_remote_batch_folder(
     out: S3Path, specs: list[SubjectSpec], inputs: InputIndex
 ) -> S3Path:
     """:func:`check_batch_folder` for an ``s3://`` prefix."""
+    RemoteLease.probe(out, param="out")  # refused now rather than once a cluster has started
     check_not_input(out, inputs, param="out")
     check_writable(out, "out")  # reachable and writable
     if out.is_dir():
@@ -803,8 +806,8 @@ def run_batch(
         check_subjects(specs, params, chunks=chunks)  # reads headers, labels and masks
     _mark_batch_folder(out_dir)
     with contextlib.ExitStack() as held:
-        if isinstance(out_dir, Path):  # one batch at a time in a folder
-            held.enter_context(FolderLock(out_dir, param="out"))
+        lock = output_lock(out_dir, param="out")  # one batch at a time
+        held.callback(lock.release)
         study_store = None
         if study:
             study_store = held.enter_context(Study(out_dir / STUDY_NAME, param="out"))
@@ -849,6 +852,7 @@ def run_batch(
             _remove_group_folder(out_dir / "group")
             if study_store is not None:
                 study_store.unpublish(GROUP_NODE)
+        lock.check()  # an s3:// lease that lapsed: another batch may have written meanwhile
         return table
 
 

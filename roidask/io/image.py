@@ -63,6 +63,7 @@ __all__ = [
     "is_image_path",
     "like_image",
     "open_source",
+    "shared_scaling",
     "stored_scaling",
     "to_nifti",
 ]
@@ -84,6 +85,25 @@ def open_source(
     if is_nifti_zarr(path):
         return NiftiZarrSource.open(path, ndim=ndim)
     return NiftiSource.open(path, ndim=ndim, param=param)
+
+
+def shared_scaling(sources: Sequence[VolumeSource]) -> bool:
+    """True if every run stores one type with one scaling (``scl_slope``,
+    ``scl_inter``): their stored values with that scaling are then every run's values.
+    Runs scaled otherwise (or some not at all) must be read scaled."""
+    first = sources[0]
+    key = (first.raw_dtype.newbyteorder("="), first.slope, first.inter)
+    return all(
+        src.is_scaled and (src.raw_dtype.newbyteorder("="), src.slope, src.inter) == key
+        for src in sources
+    )
+
+
+def _read_as(src: VolumeSource) -> str:
+    """A run's data type as read, and as stored when its scaling makes it another."""
+    if src.dtype == src.raw_dtype.newbyteorder("="):
+        return str(src.dtype)
+    return f"{src.dtype}: {src.raw_dtype.newbyteorder('=')} scaled by scl_slope/scl_inter"
 
 
 def _attrs_from_source(src: VolumeSource) -> dict:
@@ -241,8 +261,16 @@ def bold_from_nifti(
             )
         if src.dtype != first.dtype:
             raise GridMismatchError(
-                f"bold {src.path}: data type {src.dtype} differs from {first.path} "
-                f"({first.dtype}); all runs must share one data type",
+                f"bold {src.path}: data type {_read_as(src)} differs from {first.path} "
+                f"({_read_as(first)}); all runs must share one data type",
+                param="bold",
+            )
+        this_tr, first_tr = src.tr_s, first.tr_s
+        if tr_s is None and this_tr and first_tr and abs(this_tr - first_tr) > 1e-4 * first_tr:
+            raise GridMismatchError(
+                f"bold {src.path}: its header's TR ({src.tr_s:g} s) differs from {first.path}'s "
+                f"({first.tr_s:g} s); the runs of one subject must share one TR (if a header "
+                "is wrong, give the TR: tr_s=SECONDS, roidask --tr SECONDS)",
                 param="bold",
             )
     tr_note = None  # a TR read from a header that gives no time unit
@@ -273,14 +301,15 @@ def bold_from_nifti(
         run = table["run"].to_numpy().astype(np.int64)
     full_shape = (*first.volume_shape, n_total)
     chunks = normalize_chunks(chunks, full_shape, first.dtype.itemsize)
-    stored = not scaled and all(
-        isinstance(src, NiftiSource)
-        and src.is_scaled
-        and src.raw_dtype.kind in "iu"
-        and src.raw_dtype.itemsize <= 2
-        and (src.raw_dtype.newbyteorder("="), src.slope, src.inter)
-        == (first.raw_dtype.newbyteorder("="), first.slope, first.inter)
-        for src in sources
+    stored = (
+        not scaled
+        and shared_scaling(sources)
+        and all(
+            isinstance(src, NiftiSource)
+            and src.raw_dtype.kind in "iu"
+            and src.raw_dtype.itemsize <= 2
+            for src in sources
+        )
     )
     parts = [_source_dask(src, chunks, scaled=not stored) for src in sources]
     arr = parts[0] if len(parts) == 1 else da.concatenate(parts, axis=3)

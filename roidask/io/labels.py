@@ -187,7 +187,8 @@ def events_to_labels(
     Warns
     -----
     EventsWarning
-        Events that start at or after the end of the run (they label nothing).
+        Events that start at or after the end of the run, or cover no volume's onset
+        (they label nothing); volumes in events of two trial types.
     """
     tol = ONSET_TOLERANCE_TR * float(tr_s)
     t = np.arange(n_volumes) * float(tr_s)
@@ -195,11 +196,15 @@ def events_to_labels(
     order = np.argsort(events["onset"].to_numpy(), kind="stable")
     clashes = np.zeros(n_volumes, dtype=bool)  # covered by events of two trial types
     first_clash: tuple[str, str] | None = None
+    run_end = n_volumes * float(tr_s)
+    empty = []  # events within the run that cover no volume's onset
     for idx in order:  # later onsets overwrite earlier ones
         onset = events["onset"].iloc[idx]
         end = onset + events["duration"].iloc[idx]
         covered = (t >= onset - tol) & (t < end - tol)
         kind = events["trial_type"].iloc[idx]
+        if not covered.any() and onset < run_end - tol:
+            empty.append(idx)
         clash = covered & (out != REST) & (out != kind)
         if clash.any() and first_clash is None:
             first_clash = (str(out[clash][0]), kind)
@@ -215,7 +220,17 @@ def events_to_labels(
             EventsWarning,
             stacklevel=2,
         )
-    run_end = n_volumes * float(tr_s)
+    if empty:
+        first = events.iloc[empty[0]]
+        kinds = sorted({str(k) for k in events["trial_type"].iloc[empty]})
+        _warn(
+            f"{source or 'events'}: {len(empty)} event(s) of {', '.join(map(repr, kinds))} "
+            f"cover no volume's onset, e.g. {first['trial_type']!r} at {first['onset']:g} s "
+            f"for {first['duration']:g} s (volumes start every {tr_s:g} s); they label no "
+            "volume (a duration of 0, or events shorter than the TR between two volumes)",
+            EventsWarning,
+            stacklevel=2,
+        )
     late = events["onset"].to_numpy() >= run_end - tol
     if late.any():
         first = events[late].iloc[0]

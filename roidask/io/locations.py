@@ -43,8 +43,10 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -59,6 +61,7 @@ from obstore.store import S3Store
 
 from roidask._atomic import (
     MARKER,
+    FolderLock,
     InputIndex,
     OutputFolder,
     check_destination,
@@ -81,6 +84,7 @@ __all__ = [
     "SCHEME",
     "Location",
     "PathOrURL",
+    "RemoteLease",
     "S3Path",
     "as_location",
     "changed_files",
@@ -97,6 +101,7 @@ __all__ = [
     "object_record",
     "open_table",
     "output_folder",
+    "output_lock",
     "publish_folder",
     "put_files",
     "remote_marker",
@@ -297,6 +302,15 @@ def s3_error(
     return ObjectStoreError(f"{where}: S3 request failed ({said})", param=param)
 
 
+#: Names :func:`check_writable`'s probe objects start with: another command's probe,
+#: there for a moment, is never taken for an object of the prefix.
+_PROBE = ".roidask-probe-"
+
+
+def _is_probe(key: str) -> bool:
+    return key.rpartition("/")[2].startswith(_PROBE)
+
+
 # -- S3 locations ----------------------------------------------------------------------------
 @dataclass(frozen=True, order=True)
 class S3Path:
@@ -389,9 +403,11 @@ class S3Path:
 
     def _list_dir(self) -> Any:
         try:
-            return obstore.list_with_delimiter(_store(self.bucket), prefix=self._prefix())
+            listing = obstore.list_with_delimiter(_store(self.bucket), prefix=self._prefix())
         except Exception as exc:
             raise s3_error(exc, self, expected="folder") from None
+        objects = [m for m in listing["objects"] if not _is_probe(m["path"])]
+        return {**listing, "objects": objects}
 
     def is_file(self) -> bool:
         if self._dir is not None:
@@ -475,10 +491,236 @@ class S3Path:
             out = {}
             for page in pages:
                 for meta in page:
-                    out[meta["path"][len(self.key) :].lstrip("/")] = dict(meta)
+                    if not _is_probe(meta["path"]):
+                        out[meta["path"][len(self.key) :].lstrip("/")] = dict(meta)
             return out
         except Exception as exc:
             raise s3_error(exc, self, expected="folder") from None
+
+
+# -- leases: one writer of an s3:// output at a time -------------------------------------------
+#: Ends the name of a lease object, beside the prefix it is for (``.<name>.roidask-lease``).
+LEASE_SUFFIX = ".roidask-lease"
+
+
+def _pid_scope() -> str | None:
+    """Where a process ID means one process: this kernel's boot and PID namespace."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def _ended(record: dict) -> bool:
+    """True if the lease's holder ran in this PID scope and its process is gone (killed)."""
+    scope, pid = record.get("pid_scope"), record.get("pid")
+    if scope is None or scope != _pid_scope() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's
+    return False
+
+
+class RemoteLease:
+    """An exclusive lease on an ``s3://`` output: what :class:`~roidask._atomic.FolderLock`
+    is on disk, where there is no ``flock``.
+
+    The lease is an object beside the prefix (``.<name>.roidask-lease``, as temporary
+    siblings are on disk, so the prefix itself holds only the output), created with a
+    conditional PUT (``If-None-Match: *``): of two commands, one gets it. Its holder
+    renews it every ``lease_s / 4`` seconds (a PUT conditional on its ETag, from a
+    thread) and deletes it on :meth:`release`. A lease not renewed for ``lease_s``
+    seconds, by the object's ``Last-Modified`` (its holder was killed), has lapsed, as
+    has at once one whose holder ran on this machine (the same kernel boot and PID
+    namespace) and is gone: the next command takes it over with a PUT conditional on
+    the lapsed ETag. A holder that
+    could not renew for that long and was taken over learns it at its next renewal;
+    :meth:`check` then raises. Needs conditional writes (AWS S3, MinIO, moto) and
+    clocks within ``lease_s`` of the server's.
+
+    Parameters
+    ----------
+    folder : S3Path
+        The output prefix.
+    param : str
+        The parameter ``folder`` came from (for messages).
+    wait : bool
+        Wait while another command holds it (a short commit: publishing a folder);
+        else refuse at once (a batch).
+
+    Raises
+    ------
+    OutputError
+        Another command holds the lease (``wait=False``), or the store refused the
+        request.
+    """
+
+    #: Seconds a lease lasts without renewal.
+    lease_s: float = 120.0
+    #: Seconds between two looks at a lease held by another command (``wait=True``).
+    poll_s: float = 0.5
+    _thread: threading.Thread | None
+
+    def __init__(self, folder: S3Path, *, param: str, wait: bool = False):
+        self._setup(folder, param)
+        while (holder := self._take()) is not None:
+            if not wait:
+                raise OutputError(self._held_message(holder), param=param)
+            time.sleep(self.poll_s)
+        thread = threading.Thread(target=self._renew, name="roidask-lease", daemon=True)
+        thread.start()
+        self._thread = thread
+
+    @classmethod
+    def probe(cls, folder: S3Path, *, param: str) -> None:
+        """Refuse ``folder`` now if another command holds its lease (takes nothing)."""
+        probe = cls.__new__(cls)
+        probe._setup(folder, param)
+        holder = probe._look()
+        if holder is not None and not holder["lapsed"]:
+            raise OutputError(probe._held_message(holder), param=param)
+
+    def _setup(self, folder: S3Path, param: str) -> None:
+        self.folder = folder
+        self.param = param
+        self.lease = folder.parent / f".{folder.name or folder.bucket}{LEASE_SUFFIX}"
+        self.lost = False
+        self._etag: str | None = None
+        self._stop = threading.Event()
+        self._thread = None
+        self._token = secrets.token_hex(8)
+
+    def _record(self) -> bytes:
+        """The lease's content: who holds it, and a token that makes its ETag (the
+        content's MD5) differ from any other holder's, for the conditional renewals."""
+        return json.dumps(
+            {
+                "written_by": "roidask",
+                "kind": "lease",
+                "for": self.folder.url,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "pid_scope": _pid_scope(),
+                "token": self._token,
+                "lease_s": self.lease_s,
+            }
+        ).encode()
+
+    def _request(self, call, *args, **kwargs):
+        try:
+            return call(_store(self.lease.bucket), self.lease.key, *args, **kwargs)
+        except (FileNotFoundError, obs_errors.AlreadyExistsError, obs_errors.PreconditionError):
+            raise
+        except Exception as exc:
+            raise s3_error(
+                exc, self.folder, param=self.param, expected="prefix", error=OutputError
+            ) from None
+
+    def _look(self) -> dict | None:
+        """The lease object's record, with its ``age_s``, ``e_tag`` and whether it
+        ``lapsed``; None if there is none."""
+        try:
+            meta = self._request(obstore.head)
+            raw = bytes(self._request(obstore.get).bytes())
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        record = record if isinstance(record, dict) else {}
+        age_s = (datetime.datetime.now(datetime.UTC) - meta["last_modified"]).total_seconds()
+        try:
+            lease_s = float(record.get("lease_s", type(self).lease_s))
+        except (TypeError, ValueError):
+            lease_s = type(self).lease_s
+        lapsed = age_s > lease_s or _ended(record)
+        return {**record, "age_s": max(age_s, 0.0), "e_tag": meta["e_tag"], "lapsed": lapsed}
+
+    def _take(self) -> dict | None:
+        """Take the lease: None once held, else the live holder's record."""
+        for _ in range(10):
+            try:
+                self._etag = self._request(obstore.put, self._record(), mode="create")["e_tag"]
+                return None
+            except (obs_errors.AlreadyExistsError, obs_errors.PreconditionError):
+                pass  # held, or lapsed
+            holder = self._look()
+            if holder is None:
+                continue  # released meanwhile
+            if not holder["lapsed"]:
+                return holder
+            try:  # lapsed: take it over, unless another command just did
+                mode = {"e_tag": holder["e_tag"]}
+                self._etag = self._request(obstore.put, self._record(), mode=mode)["e_tag"]
+                return None
+            except (obs_errors.PreconditionError, FileNotFoundError):
+                continue
+        holder = self._look()
+        return holder if holder is not None and not holder["lapsed"] else {"age_s": 0.0}
+
+    def _held_message(self, holder: dict) -> str:
+        who = f"pid {holder['pid']} on {holder['host']}, " if "pid" in holder else ""
+        return (
+            f"{self.param} {self.folder}: another roidask command is writing it ({who}lease "
+            f"{self.lease} renewed {holder['age_s']:.0f} s ago); wait for it to end, or "
+            "choose another output (the lease of a command that was killed lapses "
+            f"{type(self).lease_s:.0f} s after its last renewal)"
+        )
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            try:
+                self._etag = self._request(
+                    obstore.put, self._record(), mode={"e_tag": self._etag}
+                )["e_tag"]
+            except (obs_errors.PreconditionError, FileNotFoundError):
+                self.lost = True  # taken over after it lapsed, or removed
+                return
+            except Exception:  # a failed request: the next renewal tries again
+                continue
+
+    def check(self) -> None:
+        """Raise if the lease was lost (what this command wrote may be mixed with another's)."""
+        if self.lost:
+            raise OutputError(
+                f"{self.param} {self.folder}: lost its lease {self.lease} to another roidask "
+                f"command (not renewed for {self.lease_s:.0f} s); what each wrote may be mixed: "
+                "run it again",
+                param=self.param,
+            )
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still this command's (idempotent)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        etag, self._etag = self._etag, None
+        if etag is None or self.lost:
+            return
+        with contextlib.suppress(Exception):  # else it lapses after lease_s
+            if self._request(obstore.head)["e_tag"] == etag:
+                self._request(obstore.delete)
+
+    def __enter__(self) -> RemoteLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def output_lock(location: Path | S3Path, *, param: str) -> FolderLock | RemoteLease:
+    """Hold ``location`` (a folder or an ``s3://`` prefix) for this command alone:
+    :class:`~roidask._atomic.FolderLock` on disk, :class:`RemoteLease` in S3; another
+    command writing it is refused with one line. ``check()`` before the last write."""
+    if isinstance(location, S3Path):
+        return RemoteLease(location, param=param)
+    return FolderLock(location, param=param)
 
 
 #: A location once parsed: a local path or an object (prefix) in S3.
@@ -835,12 +1077,20 @@ def check_remote_destination(
             param=param,
         )
     listed = {*marker["files"], MARKER}
-    foreign = sorted(k for k in objects if k not in listed)
+    foreign = [k for k in objects if k not in listed]
+    recorded = marker.get("bytes") if marker["complete"] else None
+    if isinstance(recorded, dict):  # a user's edit of roidask's object: theirs now
+        foreign += [
+            f"{k} (changed)"
+            for k, size in recorded.items()
+            if k in objects and int(objects[k].get("size", -1)) != size
+        ]
     if foreign:
+        foreign.sort()
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
         raise OutputError(
-            f"{param} {out}: holds {len(foreign)} object(s) roidask did not write ({shown}); "
-            "move them elsewhere or choose another output",
+            f"{param} {out}: holds {len(foreign)} object(s) roidask did not write, or changed "
+            f"since ({shown}); move them elsewhere or choose another output",
             param=param,
         )
     if marker["complete"] and not overwrite:
@@ -853,7 +1103,7 @@ def check_remote_destination(
 
 def check_writable(out: S3Path, param: str) -> None:
     """Put and delete a probe object under ``out`` (as on disk: a probe file)."""
-    probe = out / f".roidask-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    probe = out / f"{_PROBE}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         obstore.put(_store(probe.bucket), probe.key, b"")
         obstore.delete(_store(probe.bucket), probe.key)
@@ -934,23 +1184,28 @@ def publish_folder(local: Path, dest: S3Path, *, last: Iterable[str] = (MARKER,)
     3. the objects of the old output that the new one does not have are deleted
        (only those its marker listed);
     4. ``last`` (the folder's marker, already written locally) is put.
+
+    Uploads to one prefix take turns (:class:`RemoteLease`, waited for), so two
+    commands publishing it at once leave one output whole, never a mix of both.
     """
     names = list_files(local)
     last = [n for n in last if n in names]
-    old = remote_marker(dest)
-    old_files = set(old["files"]) if old else set()
-    pending = {
-        "written_by": "roidask",
-        "kind": (old or {}).get("kind") or _local_kind(local),
-        "complete": False,
-        "files": sorted((old_files | set(names)) - {MARKER}),
-    }
-    (dest / MARKER).write_text(json.dumps(pending, indent=2) + "\n")
-    put_files(local, dest, [n for n in names if n not in last])
-    stale = sorted(old_files - set(names) - {MARKER})
-    if stale:
-        delete_prefix_keys(dest, stale)
-    put_files(local, dest, last)
+    with RemoteLease(dest, param="out", wait=True) as lease:  # one upload at a time
+        old = remote_marker(dest)
+        old_files = set(old["files"]) if old else set()
+        pending = {
+            "written_by": "roidask",
+            "kind": (old or {}).get("kind") or _local_kind(local),
+            "complete": False,
+            "files": sorted((old_files | set(names)) - {MARKER}),
+        }
+        (dest / MARKER).write_text(json.dumps(pending, indent=2) + "\n")
+        put_files(local, dest, [n for n in names if n not in last])
+        stale = sorted(old_files - set(names) - {MARKER})
+        if stale:
+            delete_prefix_keys(dest, stale)
+        lease.check()
+        put_files(local, dest, last)
     return dest
 
 

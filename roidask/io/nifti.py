@@ -32,11 +32,13 @@ import indexed_gzip
 import nibabel as nib
 import numpy as np
 from isal import igzip, isal_zlib
+from nibabel.volumeutils import native_code
 
 from roidask._atomic import atomic_file, check_parent
 from roidask.exceptions import (
     CorruptFileError,
     ImageDimensionError,
+    ImageTypeError,
     InvalidParameterError,
     OutputError,
     OutputExistsError,
@@ -239,6 +241,21 @@ def _gzip_isize(path: Path | S3Path) -> int | None:
         return None
 
 
+def _decoded_size(path: Path | S3Path, param: str) -> int:
+    """Bytes a gzip file decodes to, every member of it (decoded once, never held)."""
+    total = 0
+    try:
+        with _sequential(path, True) as fh:
+            while piece := fh.read(_SKIP_PIECE_BYTES):
+                total += len(piece)
+    except (*_GZIP_ERRORS, gzip.BadGzipFile) as exc:  # type: ignore[misc]
+        raise CorruptFileError(
+            f"{param} {path}: gzip stream is corrupt or truncated after {total} bytes ({exc})",
+            param=param,
+        ) from None
+    return total
+
+
 class VolumeProperties:
     """What a source of volumes derives from its ``shape``, dtypes, scaling, affine and header.
 
@@ -420,6 +437,12 @@ class NiftiSource(VolumeProperties):
                     param=param,
                 )
         raw_dtype = header.get_data_dtype()
+        if raw_dtype.kind not in "biuf":  # complex, RGB (structured)
+            raise ImageTypeError(
+                f"{param} {path}: voxels of data type {raw_dtype}; expected integer or real "
+                "floating-point voxels",
+                param=param,
+            )
         # The proxy resolves offsets of 0 and extensions as nibabel reads them.
         proxy: Any = img.dataobj  # an ArrayProxy: the file's layout and scaling
         offset = int(proxy.offset)
@@ -443,14 +466,18 @@ class NiftiSource(VolumeProperties):
         needed = self.offset + self.nbytes
         if gz:
             isize = _gzip_isize(self.path)
-            # The trailer holds the size modulo 2**32; only trust it below that.
+            # The trailer holds the size modulo 2**32 (only trusted below that), and only
+            # the last member's: a file of several members (cat a.gz b.gz, bgzip) holds
+            # more, so a short trailer is checked by decoding the stream once.
             if isize is not None and needed < 2**32 and isize < needed:
-                raise CorruptFileError(
-                    f"{param} {self.path}: header says shape {self.shape} x "
-                    f"{self.raw_dtype.name} = {needed} bytes with the header, but the gzip "
-                    f"stream holds {isize} bytes (truncated file?)",
-                    param=param,
-                )
+                held = _decoded_size(self.path, param)
+                if held < needed:
+                    raise CorruptFileError(
+                        f"{param} {self.path}: header says shape {self.shape} x "
+                        f"{self.raw_dtype.name} = {needed} bytes with the header, but the gzip "
+                        f"stream holds {held} bytes (truncated file?)",
+                        param=param,
+                    )
         else:
             if isinstance(self.path, S3Path):
                 size = int(self.path.head()["size"])
@@ -933,6 +960,8 @@ def write_nifti(
     hdr = nib.Nifti1Header() if header is None else header.copy()
     if not isinstance(hdr, nib.Nifti1Header):
         hdr = nib.Nifti1Header.from_header(hdr)
+    if hdr.endianness != native_code:  # a big-endian source's: the data is written native
+        hdr = hdr.as_byteswapped(native_code)
     hdr.set_data_dtype(out_dtype)
     hdr.set_data_shape(tuple(int(n) for n in data.shape))
     zooms = list(hdr.get_zooms())

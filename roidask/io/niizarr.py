@@ -587,7 +587,7 @@ def write_nifti_zarr(
     folder = OutputFolder(path, kind="nifti-zarr", marker=False)  # marked by WRITER_ATTR
     tmp = folder.open()
     try:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)  # type: ignore[arg-type]
+        group = zarr.open_group(str(tmp), mode="w-", zarr_format=zarr_format)  # type: ignore[arg-type]
         extra = (
             {"dimension_names": axes}
             if zarr_format == 3

@@ -31,6 +31,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import MemoryStore
 
 from roidask._atomic import (
+    FolderLock,
     OutputFolder,
     check_destination,
     clean_stale,
@@ -47,10 +48,11 @@ from roidask.exceptions import (
 )
 from roidask.io.conversions import as_image
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS, check_same_grid, grid_attrs
-from roidask.io.image import VolumeSource, bold_from_nifti, open_source
+from roidask.io.image import VolumeSource, bold_from_nifti, open_source, shared_scaling
 from roidask.io.locations import (
     Location,
     PathOrURL,
+    RemoteLease,
     S3Path,
     as_location,
     check_writable,
@@ -191,6 +193,26 @@ def _chunk_inventory(group: Location) -> dict:
     return grids if isinstance(grids, dict) else {}
 
 
+def _add_subject(group: Path, out: Path, subject: str, *, overwrite: bool) -> None:
+    """Move a complete subject group into store ``out`` and consolidate the root.
+
+    Converts adding subjects to one store at the same time (a job array) take turns
+    (:class:`~roidask._atomic.FolderLock` on the store, waited for): each rewrite of
+    the root then lists every subject moved in before it. One that found the store
+    created by another meanwhile (``overwrite`` False) refuses a subject that other
+    convert wrote.
+    """
+    with FolderLock(out, param="out", wait=True):
+        if not overwrite and (out / subject).exists():
+            raise OutputExistsError(
+                f"out {out}: store already holds subject {subject!r} (written meanwhile by "
+                "another convert); pass overwrite=True to replace it",
+                param="out",
+            )
+        swap_into_place(group, out / subject)
+        consolidate(out)
+
+
 def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[Path]) -> bool:
     """Check where the subject will go (before any voxel is read); True if the store exists."""
     clean_stale(out)
@@ -242,11 +264,12 @@ def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[P
     return False
 
 
-def _stream_blocks(sources: Sequence[VolumeSource], block: int):
-    """Raw volumes of runs in sequence, re-cut into blocks of ``block`` volumes."""
+def _stream_blocks(sources: Sequence[VolumeSource], block: int, *, scaled: bool = False):
+    """Volumes of runs in sequence (stored values, or ``scaled``), re-cut into blocks of
+    ``block`` volumes."""
     pending, n_pending, t0 = [], 0, 0
     for src in sources:
-        for _, _, arr in src.iter_blocks(block, scaled=False):
+        for _, _, arr in src.iter_blocks(block, scaled=scaled):
             pending.append(arr)
             n_pending += arr.shape[3]
             while n_pending >= block:
@@ -373,7 +396,8 @@ def convert(
         str(name): {"compressors": checksummed()} for name in ds.coords
     }
     encoding["bold"] = {"chunks": target_chunks, "compressors": bold_codecs()}
-    if first.is_scaled:
+    raw = shared_scaling(sources)  # else runs scaled otherwise: stored as their values
+    if raw:
         encoding["bold"].update(
             dtype=first.raw_dtype.newbyteorder("=").name,
             scale_factor=first.slope,
@@ -389,7 +413,7 @@ def convert(
     folder = OutputFolder(out, kind="store", marker=False)
     tmp = folder.open()
     try:
-        zarr.open_group(str(tmp), mode="w", zarr_format=3).attrs[STORE_ATTR] = STORE_FORMAT
+        zarr.open_group(str(tmp), mode="w-", zarr_format=3).attrs[STORE_ATTR] = STORE_FORMAT
         with zarr.config.set(_WRITE_CONFIG):
             with warnings.catch_warnings():
                 # scaled int storage of float data "without _FillValue": the source has no NaN
@@ -410,7 +434,7 @@ def convert(
             arr = zarr.open_array(str(tmp / subject / "bold"), mode="r+")
             n_nonfinite = _write_stream(
                 arr,
-                _stream_blocks(sources, target_chunks[3]),
+                _stream_blocks(sources, target_chunks[3], scaled=not raw),
                 Progress(lazy.shape[3], f"convert {subject}", enabled=progress),
             )
         group = zarr.open_group(str(tmp / subject), mode="r+")
@@ -423,13 +447,12 @@ def convert(
                 stacklevel=2,
             )
         _mark_complete(tmp / subject)
-        if existed:
-            swap_into_place(tmp / subject, out / subject)
-            consolidate(out)
-            folder.discard()
-        else:
+        if not existed:
             consolidate(tmp)
-            folder.commit()
+            if folder.commit(replace=False) is not None:  # the new store
+                return out
+        _add_subject(tmp / subject, out, subject, overwrite=overwrite)
+        folder.discard()
     except BaseException:
         folder.discard()
         raise
@@ -437,8 +460,11 @@ def convert(
 
 
 # -- stores in S3 ------------------------------------------------------------------------------
-def _prepare_remote_target(out: S3Path, subject: str, overwrite: bool, inputs) -> dict | None:
-    """Check where the subject will go in S3 (before any voxel is read).
+def _prepare_remote_target(
+    out: S3Path, subject: str, overwrite: bool, inputs, *, meanwhile: bool = False
+) -> dict | None:
+    """Check where the subject will go in S3 (before any voxel is read; again, with
+    ``meanwhile``, before it is published: another convert may have written it).
 
     Returns the old subject group's metadata when the subject exists (to replace), else None.
     """
@@ -478,8 +504,9 @@ def _prepare_remote_target(out: S3Path, subject: str, overwrite: bool, inputs) -
         group = {}
     complete = (group.get("attributes") or {}).get(COMPLETE_ATTR) is True
     if complete and not overwrite:  # an incomplete subject (killed upload) is rewritten
+        how = " (written meanwhile by another convert)" if meanwhile else ""
         raise OutputExistsError(
-            f"out {out}: store already holds subject {subject!r}; pass overwrite=True "
+            f"out {out}: store already holds subject {subject!r}{how}; pass overwrite=True "
             "to replace it",
             param="out",
         )
@@ -516,21 +543,28 @@ def _convert_to_s3(
         )  # fmt: skip
         names = [f"{subject}/{n}" for n in _local_files(local / subject)]
         group_json = f"{subject}/zarr.json"
-        new_root = not (out / "zarr.json").is_file()
-        if old is not None and old["group"]:
-            attrs = dict(old["group"].get("attributes") or {})
-            if attrs.pop(COMPLETE_ATTR, None) is not None:  # unpublish first
-                (out / group_json).write_text(json.dumps({**old["group"], "attributes": attrs}))
+        # converts adding subjects to one store take turns (each root rewrite then
+        # lists every subject published before it)
+        with RemoteLease(out, param="out", wait=True) as lease:
+            old = _prepare_remote_target(out, subject, overwrite, inputs, meanwhile=True)
+            new_root = not (out / "zarr.json").is_file()
+            if old is not None and old["group"]:
+                attrs = dict(old["group"].get("attributes") or {})
+                if attrs.pop(COMPLETE_ATTR, None) is not None:  # unpublish first
+                    (out / group_json).write_text(
+                        json.dumps({**old["group"], "attributes": attrs})
+                    )
+                    consolidate(out)
+            put_files(local, out, [n for n in names if n != group_json])
+            if old is not None:
+                stale = sorted(set(old["objects"]) - {n.split("/", 1)[1] for n in names})
+                delete_prefix_keys(out / subject, stale)
+            lease.check()
+            put_files(local, out, [group_json])
+            if new_root:
+                put_files(local, out, ["zarr.json"])
+            else:
                 consolidate(out)
-        put_files(local, out, [n for n in names if n != group_json])
-        if old is not None:
-            stale = sorted(set(old["objects"]) - {n.split("/", 1)[1] for n in names})
-            delete_prefix_keys(out / subject, stale)
-        put_files(local, out, [group_json])
-        if new_root:
-            put_files(local, out, ["zarr.json"])
-        else:
-            consolidate(out)
     return out
 
 

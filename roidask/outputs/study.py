@@ -532,7 +532,8 @@ class Study:
     One handle per local store at a time, across processes: opening a store that
     another process has open raises :class:`~roidask.exceptions.OutputError`
     (:class:`~roidask._atomic.FolderLock`; :meth:`close`, or ``with Study(...)``,
-    lets the next one in). On object storage nothing enforces it.
+    lets the next one in). On object storage the batch writing the store holds its folder's
+    lease (:class:`~roidask.io.locations.RemoteLease`).
     """
 
     #: Least time (s) between two rewrites of the root by :meth:`flush` (unless forced).

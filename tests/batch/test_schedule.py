@@ -41,7 +41,12 @@ from scipy import stats
 
 from roidask._atomic import MARKER
 from roidask.batch import SubjectSpec, group_level, run_batch
-from roidask.exceptions import GridMismatchError, InvalidParameterError, StudyNodeWarning
+from roidask.exceptions import (
+    GridMismatchError,
+    InvalidParameterError,
+    OutputError,
+    StudyNodeWarning,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -364,9 +369,13 @@ def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path
             run_batch(specs, out, max_concurrent=0)
     assert table["status"].tolist() == ["skipped", "done"]
     assert (out / "sub-odd" / "signals.tsv").is_file()
-    # ... and one with an output truncated since (an interrupted copy, a full disk)
+    # ... and one with an output changed since (a user's edit, an interrupted copy) is
+    # not the batch's to replace: refused, before anything; once removed, it is redone
     tstat = out / "sub-01" / "tstat.nii.gz"
     tstat.write_bytes(tstat.read_bytes()[:100])
+    with pytest.raises(OutputError, match=r"sub-01: .*changed since \(tstat.nii.gz \(changed\)\)"):
+        run_batch(specs, out, plots=False)
+    tstat.unlink()
     with get_client(processes=False, n_workers=1, threads_per_worker=2):
         table = run_batch(specs, out, plots=False)
     assert table["status"].tolist() == ["done", "skipped"]

@@ -118,6 +118,7 @@ def test_batch_from_and_to_s3_matches_local_and_resumes(dataset, cluster, tmp_pa
             assert batch.poll() is None, (tmp_path / "b.log").read_text()
             assert time.monotonic() < deadline, "no subject done in time"
             time.sleep(0.05)
+        assert ".out.roidask-lease" in objects(bucket)  # the batch holds the prefix
     finally:
         kill_group(batch)
     assert batch.returncode == -signal.SIGKILL
@@ -216,3 +217,16 @@ def test_s3_manifest_paths_and_fingerprints(dataset):
     assert read_manifest(on_disk) == [spec]
     with pytest.raises(UnreadableFileError, match=r"^manifest: subject 'x': bold s3://.*nope"):
         check_subjects([spec])
+
+
+def test_a_second_batch_on_an_s3_prefix_is_refused_before_anything(dataset, capsys):
+    from roidask.cli import main
+    from roidask.io.locations import RemoteLease, S3Path
+
+    bucket = dataset["bucket"]
+    out = f"{bucket}/busy"
+    with RemoteLease(S3Path.from_url(out), param="out"):  # a batch writing it
+        assert main(["batch", f"{bucket}/manifest.tsv", "--out", out, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another roidask command is writing it" in err[0], err
+    assert objects(out) == {}  # nothing written, no cluster started

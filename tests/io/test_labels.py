@@ -75,6 +75,26 @@ def test_events_beyond_the_run_warn(tmp_path):
         events_to_labels(table.iloc[:1], n_volumes=20, tr_s=2.0)
 
 
+def test_events_that_cover_no_volume_warn(tmp_path):
+    from roidask.exceptions import EventsWarning
+
+    # volumes start at 0, 2, 4, ... s: an instant event, and one between two onsets
+    events = write_events(
+        tmp_path / "sub-01_events.tsv",
+        [(0.0, 4.0, "a"), (6.0, 0.0, "face"), (8.5, 1.0, "house"), (10.0, 2.0, "a")],
+    )
+    table = read_events(events)
+    with pytest.warns(EventsWarning) as record:
+        got = events_to_labels(table, n_volumes=20, tr_s=2.0, source=events)
+    (warning,) = record
+    assert str(warning.message) == (
+        f"{events}: 2 event(s) of 'face', 'house' cover no volume's onset, e.g. 'face' at 6 s "
+        "for 0 s (volumes start every 2 s); they label no volume (a duration of 0, or events "
+        "shorter than the TR between two volumes)"
+    )
+    assert list(got[:6]) == ["a", "a", REST, REST, REST, "a"]
+
+
 def test_events_of_two_trial_types_on_one_volume_warn(tmp_path):
     """Overlapping events of different trial types: the later one labels the volumes they
     share (as documented), and a warning says how many and where."""

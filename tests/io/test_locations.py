@@ -4,7 +4,12 @@ reads, NIfTI sources read from objects bit-identical to local files, one-line er
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import helpers.s3 as s3_helpers
@@ -15,17 +20,24 @@ import pytest
 from helpers.files import write_bold
 from obstore.store import S3Store
 
-from roidask.exceptions import CorruptFileError, ObjectStoreError, UnreadableFileError
+from roidask.exceptions import (
+    CorruptFileError,
+    ObjectStoreError,
+    OutputError,
+    UnreadableFileError,
+)
 from roidask.io.labels import volume_labels
 from roidask.io.locations import (
     ObjectStream,
     RangeFile,
+    RemoteLease,
     S3Path,
     as_location,
     check_input_file,
     list_files,
     location_arg,
     object_record,
+    publish_folder,
     version_tag,
 )
 from roidask.io.nifti import NiftiSource, close_handles
@@ -188,3 +200,113 @@ def test_credentials_and_region_from_the_shared_aws_files(s3_bucket, tmp_path, m
     monkeypatch.setenv("AWS_PROFILE", "default")
     assert locations.aws_file_settings()["region"] == "eu-west-3"
     assert locations._new_store(loc.bucket, None).config["access_key_id"] == "WRONG"
+
+
+# -- leases: one writer of an s3:// output at a time ---------------------------------------
+def test_a_lease_admits_one_command_at_a_time(s3_bucket):
+    out = S3Path.from_url(f"{s3_bucket}/results/sub-01")
+    first = RemoteLease(out, param="out")
+    lease = S3Path.from_url(f"{s3_bucket}/results/.sub-01.roidask-lease")
+    assert first.lease == lease and lease.is_file()
+    assert not out.exists()  # beside the output, not in it
+    for attempt in (lambda: RemoteLease(out, param="out"),
+                    lambda: RemoteLease.probe(out, param="out")):  # fmt: skip
+        with pytest.raises(OutputError) as exc:
+            attempt()
+        message = str(exc.value)
+        assert message.startswith(f"out {out}: another roidask command is writing it (pid ")
+        assert "\n" not in message and str(lease) in message
+    first.release()
+    assert not lease.exists()
+    RemoteLease.probe(out, param="out")  # free
+    with RemoteLease(out, param="out") as second:
+        second.check()
+    assert not lease.exists()
+
+
+def _lease_record(**fields) -> bytes:
+    record = {"written_by": "roidask", "kind": "lease", "host": "elsewhere", "pid": 1,
+              "pid_scope": "another-machine", "lease_s": 1.0}  # fmt: skip
+    return json.dumps({**record, **fields}).encode()
+
+
+def test_a_lease_not_renewed_lapses_and_its_holder_learns_it(s3_bucket, monkeypatch):
+    out = S3Path.from_url(f"{s3_bucket}/out")
+    lease = put(f"{s3_bucket}/.out.roidask-lease", _lease_record())  # another machine's
+    with pytest.raises(OutputError, match="pid 1 on elsewhere"):
+        RemoteLease(out, param="out")
+    time.sleep(2.2)  # not renewed for more than its lease_s (1 s)
+    taker = RemoteLease(out, param="out")
+    assert json.loads(lease.read_bytes())["pid"] != 1
+    taker.release()
+
+    # a holder whose renewals stalled for longer than the lease is taken over, and fails
+    monkeypatch.setattr(RemoteLease, "lease_s", 1.0)
+    stalled = RemoteLease(out, param="out")
+    stalled._stop.set()  # its renewals stop (a stalled process)
+    stalled._thread.join()
+    with pytest.raises(OutputError, match="another roidask command"):
+        RemoteLease(out, param="out")  # renewed less than 1 s ago
+    time.sleep(2.2)
+    other = RemoteLease(out, param="out")
+    stalled._stop.clear()
+    renewal = threading.Thread(target=stalled._renew)
+    renewal.start()  # resumes: its next renewal finds the lease another's
+    time.sleep(0.6)
+    stalled._stop.set()
+    renewal.join()
+    with pytest.raises(OutputError, match=r"lost its lease .* run it again"):
+        stalled.check()
+    stalled.release()
+    assert lease.is_file()  # the other's, kept
+    other.release()
+    assert not lease.exists()
+
+
+def test_the_lease_of_a_killed_process_on_this_machine_is_taken_at_once(s3_bucket):
+    out = f"{s3_bucket}/out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from roidask.io.locations import RemoteLease, S3Path\n"
+         "RemoteLease(S3Path.from_url(sys.argv[1]), param='out'); print('held', flush=True)\n"
+         "time.sleep(120)", out],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match=f"pid {holder.pid} on"):
+            RemoteLease(S3Path.from_url(out), param="out")  # alive: refused
+    finally:
+        holder.kill()
+        holder.wait()
+    with RemoteLease(S3Path.from_url(out), param="out"):  # killed: no wait for the lapse
+        pass
+
+
+def test_uploads_to_one_prefix_take_turns(s3_bucket, tmp_path):
+    dest = S3Path.from_url(f"{s3_bucket}/f")
+    local = tmp_path / "f"
+    local.mkdir()
+    (local / "a.txt").write_text("a")
+    (local / ".roidask.json").write_text(
+        json.dumps({"written_by": "roidask", "kind": "k", "files": ["a.txt"]})
+    )
+    holder = RemoteLease(dest, param="out")  # another command's upload, in progress
+    upload = threading.Thread(target=publish_folder, args=(local, dest))
+    upload.start()
+    time.sleep(1.5)
+    assert upload.is_alive() and not dest.exists()  # waits: nothing put meanwhile
+    holder.release()
+    upload.join(timeout=30)
+    assert not upload.is_alive()
+    assert sorted(dest.list_objects()) == [".roidask.json", "a.txt"]
+
+
+def test_another_commands_probe_object_is_not_an_object_of_the_prefix(s3_bucket):
+    from roidask.io.locations import check_remote_destination
+
+    # check_writable puts and deletes a probe: a command checking the prefix meanwhile
+    # must neither find it foreign nor find the prefix not empty
+    out = put(f"{s3_bucket}/out/.roidask-probe-123-0a1b2c3d", b"").parent
+    assert not out.exists() and out.list_objects() == {} and list(out.iterdir()) == []
+    assert check_remote_destination(out, param="out") == out

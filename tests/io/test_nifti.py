@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -244,6 +245,19 @@ def test_write_nifti_stores_the_scaling_and_streams_dask_blocks(tmp_path, rng):
     assert not NiftiSource.open(plain.get_filename()).is_scaled
 
 
+def test_write_nifti_on_a_big_endian_source_header(tmp_path, rng):
+    """(reference, ours): nibabel reading back a map written with the header of a
+    big-endian BOLD file as template: the values written, not their bytes swapped."""
+    template = nib.Nifti1Header(endianness=">")
+    template.set_data_dtype(np.int16)
+    values = rng.normal(size=(4, 5, 3)).astype(np.float32)
+    for suffix in (".nii", ".nii.gz"):
+        path = nifti.write_nifti(
+            values, tmp_path / f"t{suffix}", affine=np.eye(4), header=template
+        )
+        np.testing.assert_array_equal(nib.load(path).get_fdata(), values)
+
+
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
 @pytest.mark.parametrize("kind", ["nifti1", "nifti2", "extension", "big-endian"])
 def test_open_reads_the_header_as_nibabel_does(tmp_path, rng, suffix, kind):
@@ -311,6 +325,22 @@ def test_open_refuses_what_it_cannot_read(tmp_path, data, case):
         want = r"not a readable NIfTI file \(truncated or corrupt gzip\?\)"
     with pytest.raises(CorruptFileError, match=rf"^img {path}: {want}"):
         NiftiSource.open(path)
+
+
+def test_a_gzip_file_of_several_members(tmp_path, data):
+    """(reference, ours): nibabel reading a .nii.gz of three gzip members (cat a.gz b.gz,
+    bgzip): valid, so read, though its trailer gives the last member's size only; the
+    same file cut short is refused when opened."""
+    raw = write_run(tmp_path / "run.nii", data).read_bytes()
+    cuts = [0, len(raw) // 3, 2 * len(raw) // 3, len(raw)]
+    members = b"".join(gzip.compress(raw[a:b]) for a, b in itertools.pairwise(cuts))
+    path = tmp_path / "members.nii.gz"
+    path.write_bytes(members)
+    np.testing.assert_array_equal(NiftiSource.open(path).read(), nib.load(path).get_fdata())
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(members[: len(members) * 3 // 5] + members[-8:])  # the trailer kept
+    with pytest.raises(CorruptFileError, match=r"^img .*cut\.nii\.gz: gzip stream is corrupt or"):
+        NiftiSource.open(cut)
 
 
 def test_open_reads_no_further_than_the_header_without_extensions(tmp_path, data, monkeypatch):

@@ -473,3 +473,19 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, rng):
         write_nifti_zarr(broken, out, overwrite=True, chunks="time=2")
     np.testing.assert_array_equal(as_image(out).values, ref.values)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii", "b.nii.zarr"]
+
+
+def test_the_temporary_folder_stays_locked_while_it_is_written(tmp_path, rng, monkeypatch):
+    # another command's clean-up of killed runs' leftovers, during this one's write
+    from roidask._atomic import clean_stale
+
+    img = as_image(save_nifti(tmp_path / "a.nii", random_data(rng, (3, 4, 5, 6), np.float32)))
+    real = rz._stream_volumes
+
+    def others_clean_up(*args, **kwargs):
+        assert clean_stale(tmp_path / "a.nii.zarr") == []
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rz, "_stream_volumes", others_clean_up)
+    out = write_nifti_zarr(img, tmp_path / "a.nii.zarr")
+    np.testing.assert_array_equal(as_image(out).values, img.values)

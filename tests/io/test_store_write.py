@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
+import time
 
 import nibabel as nib
 import numpy as np
@@ -11,6 +13,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
+from helpers.threads import at_once
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -129,6 +132,29 @@ def test_scaled_input_is_honoured(tmp_path, rng):
     np.testing.assert_allclose(nib.load(run).get_fdata(), ds["bold"].values, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "second",
+    [
+        dict(dtype=np.int16, slope=2.0, inter=-7.0),  # another scaling
+        dict(dtype=np.float32),  # the same values' type, unscaled
+    ],
+)
+def test_runs_scaled_otherwise_are_stored_as_their_values(tmp_path, rng, second):
+    one = rng.integers(0, 1000, size=(4, 3, 2, 6), dtype=np.int16)
+    two = rng.integers(0, 1000, size=(4, 3, 2, 5)).astype(second["dtype"])
+    runs = [
+        write_run(tmp_path / "a.nii.gz", one, slope=0.5, inter=3.0),
+        write_run(
+            tmp_path / "b.nii.gz", two, slope=second.get("slope"), inter=second.get("inter")
+        ),
+    ]
+    labels = write_labels(tmp_path / "l.txt", ["a"] * 11, runs=[0] * 6 + [1] * 5)
+    store = convert(runs, labels=labels, out=tmp_path / "s.zarr")
+    want = np.concatenate([nib.load(r).get_fdata() for r in runs], axis=3)
+    np.testing.assert_allclose(open_subject(store)["bold"].values, want, rtol=1e-6)
+    assert zarr.open_array(str(store / "sub-01" / "bold")).dtype == np.float32
+
+
 @given(
     shape=st.tuples(st.integers(1, 6), st.integers(1, 6), st.integers(1, 4), st.integers(1, 12)),
     dtype=st.sampled_from(["int16", "uint8", "int32", "float32", "float64"]),
@@ -218,6 +244,35 @@ def test_runs_on_different_grids(small, what):
     assert_nothing_written(tmp)
 
 
+def test_runs_with_different_trs(small):
+    run, _, tmp = small  # TR 2.5 s
+    other = write_run(tmp / "other.nii.gz", np.zeros((4, 5, 3, 8), dtype=np.int16), tr=2.0)
+    labels = write_labels(tmp / "l16.txt", ["a"] * 16)
+    with pytest.raises(
+        GridMismatchError,
+        match=r"other\.nii\.gz: its header's TR \(2 s\) differs from .*run"
+        r"\.nii\.gz's \(2\.5 s\); .* give the TR: tr_s=SECONDS",
+    ):
+        convert([run, other], labels=labels, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+    # the TR given: the headers are not used
+    store = convert([run, other], labels=labels, out=tmp / "s.zarr", tr_s=2.0)
+    assert open_subject(store)["bold"].attrs["tr_s"] == 2.0
+
+
+def test_runs_of_another_data_type_name_both_types(small):
+    run, _, tmp = small  # int16, unscaled
+    data = np.zeros((4, 5, 3, 8), dtype=np.int16)
+    other = write_run(tmp / "other.nii.gz", data, slope=2.0)
+    labels = write_labels(tmp / "l16.txt", ["a"] * 16)
+    with pytest.raises(
+        GridMismatchError,
+        match=r"data type float32: int16 scaled by scl_slope/scl_inter differs from .*\(int16\)",
+    ):
+        convert([run, other], labels=labels, out=tmp / "s.zarr")
+    assert_nothing_written(tmp)
+
+
 def test_label_count_mismatch(small):
     run, _, tmp = small
     labels = write_labels(tmp / "short.txt", ["face"] * 5)
@@ -299,7 +354,7 @@ def test_failed_conversion_leaves_nothing(small, monkeypatch):
     run, labels, tmp = small
     from roidask.io import store_write as store_mod
 
-    def exploding(sources, block):
+    def exploding(sources, block, **kwargs):
         yield 0, sources[0].read(0, 1)
         raise KeyboardInterrupt  # killed mid-conversion
 
@@ -342,3 +397,81 @@ def test_every_chunk_is_written_with_a_checksum(tmp_path):
     for name in ("bold", "time", "condition", "run"):
         meta = json.loads((store / "sub-01" / name / "zarr.json").read_text())
         assert meta["codecs"][-1]["name"] == "crc32c", name
+
+
+# -- converts adding subjects to one store at the same time (a job array) -----------------
+def _converts_at_once(monkeypatch, jobs, *, meet_at="_mark_complete"):
+    """``convert(**job)`` for each job at once, all past their checks before any commits."""
+    from roidask.io import store_write as store_mod
+
+    return at_once(monkeypatch, store_mod, meet_at, [lambda j=j: convert(**j) for j in jobs])
+
+
+def _root_subjects(store):
+    root = json.loads((store / "zarr.json").read_text())
+    return sorted(k for k in root["consolidated_metadata"]["metadata"] if "/" not in k)
+
+
+def test_converts_creating_one_store_at_once_keep_every_subject(small, monkeypatch):
+    run, labels, tmp = small
+    out = tmp / "s.zarr"
+    jobs = [dict(bold=run, labels=labels, out=out, subject=f"sub-{i}") for i in range(4)]
+    results = _converts_at_once(monkeypatch, jobs)
+    assert results == [out] * 4
+    assert list_subjects(out) == _root_subjects(out) == [f"sub-{i}" for i in range(4)]
+    assert_nothing_left = [p.name for p in tmp.iterdir() if p.name.startswith(".")]
+    assert assert_nothing_left == []
+
+
+def test_converts_adding_to_one_store_at_once_take_turns(small, monkeypatch):
+    run, labels, tmp = small
+    out = convert(run, labels=labels, out=tmp / "s.zarr", subject="sub-0")
+    from roidask.io import store_write as store_mod
+
+    real, inside, most = store_mod.consolidate, [0], [0]
+
+    def slow_consolidate(path):  # a wide window for another root rewrite to overlap
+        inside[0] += 1
+        most[0] = max(most[0], inside[0])
+        time.sleep(0.2)
+        try:
+            real(path)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(store_mod, "consolidate", slow_consolidate)
+    jobs = [dict(bold=run, labels=labels, out=out, subject=f"sub-{i}") for i in range(1, 4)]
+    assert _converts_at_once(monkeypatch, jobs) == [out] * 3
+    assert most[0] == 1  # one root rewrite at a time
+    assert list_subjects(out) == _root_subjects(out) == [f"sub-{i}" for i in range(4)]
+
+
+def test_a_subject_written_meanwhile_needs_overwrite(small, monkeypatch):
+    run, labels, tmp = small
+    out = tmp / "s.zarr"
+    jobs = [dict(bold=run, labels=labels, out=out, subject="sub-01", chunks=f"time={c}")
+            for c in (2, 4)]  # fmt: skip
+    results = _converts_at_once(monkeypatch, jobs)
+    kept = [r for r in results if r == out]
+    refused = [r for r in results if isinstance(r, OutputExistsError)]
+    assert len(kept) == len(refused) == 1, results
+    assert "written meanwhile by another convert" in str(refused[0])
+    assert list_subjects(out) == ["sub-01"]
+    assert [p.name for p in tmp.iterdir() if p.name.startswith(".")] == []
+
+
+def test_the_temporary_store_stays_locked_while_it_is_written(small, monkeypatch):
+    # another convert's clean-up of killed runs' leftovers, during this one's write
+    from roidask._atomic import clean_stale
+    from roidask.io import store_write as store_mod
+
+    run, labels, tmp = small
+    real = store_mod._stream_blocks
+
+    def others_clean_up(sources, block, **kwargs):
+        assert clean_stale(tmp / "s.zarr") == []
+        yield from real(sources, block, **kwargs)
+
+    monkeypatch.setattr(store_mod, "_stream_blocks", others_clean_up)
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    assert list_subjects(store) == ["sub-01"]
