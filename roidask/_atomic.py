@@ -668,6 +668,10 @@ class OutputFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:  # interrupted while committing: nothing half-done stays
+                self.discard()
+                raise
         else:
             self.discard()

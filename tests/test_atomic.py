@@ -428,3 +428,13 @@ def test_a_new_temporary_sibling_is_locked_once_it_exists(tmp_path, monkeypatch,
     finally:
         os.close(fd)
     assert clean_stale(tmp_path / "out") == [tmp]  # released: a leftover
+
+
+def test_an_output_folder_interrupted_while_it_commits_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(new, target):  # Ctrl-C or SIGTERM as the folder is moved into place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_atomic, "swap_into_place", interrupted)
+    with pytest.raises(KeyboardInterrupt), OutputFolder(tmp_path / "out", kind="k") as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert list(tmp_path.iterdir()) == []

@@ -24,8 +24,15 @@ from roidask.exceptions import (
 ERRORS = [
     getattr(exceptions, name)
     for name in exceptions.__all__
-    if issubclass(getattr(exceptions, name), BaseException)
+    if issubclass(getattr(exceptions, name), Exception)
     and not issubclass(getattr(exceptions, name), Warning)
+]
+#: Not errors: the interruptions (KeyboardInterrupt, as the handlers of Ctrl-C expect).
+INTERRUPTIONS = [
+    getattr(exceptions, name)
+    for name in exceptions.__all__
+    if issubclass(getattr(exceptions, name), BaseException)
+    and not issubclass(getattr(exceptions, name), Exception)
 ]
 WARNINGS = [
     getattr(exceptions, name)
@@ -43,6 +50,13 @@ def test_one_root_and_a_builtin_base(cls):
         assert [b for b in BRANCHES if issubclass(cls, b)] != []
         builtins = [b for b in (ValueError, TypeError, OSError) if issubclass(cls, b)]
         assert len(builtins) == 1, (cls, builtins)
+
+
+def test_interruptions_are_handled_as_ctrl_c():
+    assert INTERRUPTIONS == [exceptions.Terminated]
+    assert issubclass(exceptions.Terminated, KeyboardInterrupt)
+    assert exceptions.Terminated.status_of(exceptions.Terminated()) == 143
+    assert exceptions.Terminated.status_of(KeyboardInterrupt()) == 130
 
 
 def test_branches():

@@ -164,13 +164,13 @@ def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
 
 _SLOW_WRITE = """
 import sys, time
-import roidask.outputs.writer as writer
-real = writer._write_maps
-def slow(*args):
+from roidask._atomic import OutputFolder
+real = OutputFolder.commit
+def slow(self, **kwargs):  # every output written, in the temporary folder
     print("writing", flush=True)
     time.sleep(60)
-    return real(*args)
-writer._write_maps = slow
+    return real(self, **kwargs)
+OutputFolder.commit = slow
 from roidask._launch import entry
 sys.argv = ["roidask", *sys.argv[1:]]
 entry()

@@ -619,7 +619,7 @@ def test_temporary_file_removed_when_the_pass_fails_or_is_interrupted(
     def failing(self, block, start):
         calls.append(start)
         assert self.path.exists() and temp_files(tmp_path) == [self.path.name]
-        if len(calls) == 3:
+        if len(calls) >= 3:  # not == 3: blocks run in threads, two may append at once
             raise error("stopped inside the pass")
         return original(self, block, start)
 

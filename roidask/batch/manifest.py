@@ -13,12 +13,12 @@ import re
 import threading
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from roidask._pool import thread_pool
 from roidask._validate import SUBJECT_NAME_RE
 from roidask.exceptions import ManifestError, RoidaskError
 from roidask.io.locations import (
@@ -123,7 +123,7 @@ def check_subjects(
 
     # local files: ~8 ms of Python per subject, which threads would only slow down
     remote = any(isinstance(p, S3Path) for spec in specs for p in spec.files)
-    with ThreadPoolExecutor(CHECK_THREADS if remote else 1, "roidask-check") as pool:
+    with thread_pool(CHECK_THREADS if remote else 1, "roidask-check") as pool:
         found = [(s, e) for s, e in zip(specs, pool.map(check, specs), strict=True) if e]
     if found:
         (spec, error), others = found[0], [s.subject for s, _ in found[1:]]

@@ -48,7 +48,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +69,7 @@ from roidask._atomic import (
     read_marker,
 )
 from roidask._atomic import write_bytes as write_local_bytes
+from roidask._pool import thread_pool
 from roidask._validate import check_input_file as check_local_file
 from roidask.exceptions import (
     CorruptFileError,
@@ -1141,7 +1141,7 @@ def put_files(root: Path, dest: S3Path, names: Iterable[str]) -> None:
         except Exception as exc:
             raise s3_error(exc, target, error=OutputError) from None
 
-    with ThreadPoolExecutor(_PUT_THREADS, thread_name_prefix="roidask-put") as pool:
+    with thread_pool(_PUT_THREADS, "roidask-put") as pool:
         for future in [pool.submit(put, n) for n in names]:
             future.result()
 

@@ -22,7 +22,6 @@ import os
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -35,6 +34,7 @@ from isal import igzip, isal_zlib
 from nibabel.volumeutils import native_code
 
 from roidask._atomic import atomic_file, check_parent
+from roidask._pool import thread_pool
 from roidask.exceptions import (
     CorruptFileError,
     ImageDimensionError,
@@ -1025,7 +1025,7 @@ def _blocks_ahead(data, block_volumes: int):
         for start in starts:
             yield get(start)
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="roidask-write-ahead") as ahead:
+    with thread_pool(1, "roidask-write-ahead") as ahead:
         pending = ahead.submit(get, starts[0])
         for start in starts[1:]:
             block = pending.result()

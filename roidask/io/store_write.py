@@ -19,7 +19,7 @@ import re
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from roidask._atomic import (
     swap_into_place,
     temp_sibling,
 )
+from roidask._pool import thread_pool
 from roidask._progress import Progress
 from roidask._validate import check_bool, check_subject_name
 from roidask.exceptions import (
@@ -296,7 +297,7 @@ def _write_stream(arr, blocks, bar: Progress, *, writers: int = 2) -> int:
     the same zarr chunk. At most ``writers + 1`` blocks are in memory at a time.
     """
     n_nonfinite = 0
-    with bar, ThreadPoolExecutor(max_workers=writers, thread_name_prefix="roidask-write") as pool:
+    with bar, thread_pool(writers, "roidask-write") as pool:
         pending = set()
         for t0, block in blocks:
             pending.add(pool.submit(_write_block, arr, t0, block))

@@ -38,7 +38,6 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 import xarray as xr
 
 from roidask._atomic import FolderLock, atomic_file, clean_stale
+from roidask._pool import thread_pool
 from roidask.exceptions import OutputError, StoreError, StudyNodeWarning
 from roidask.io.locations import (
     Location,
@@ -288,7 +288,7 @@ def write_node_files(
     group["attributes"].update({**(attrs or {}), COMPLETE_ATTR: True})
     _clear_node(node)
     if isinstance(node, S3Path):  # one PUT per object, concurrently
-        with ThreadPoolExecutor(8, thread_name_prefix="roidask-put") as pool:
+        with thread_pool(8, "roidask-put") as pool:
             for done in [pool.submit(write_file, node / k, d) for k, d in files.items()]:
                 done.result()
     else:
@@ -356,7 +356,7 @@ def _entries_in_order(
     if not isinstance(study, S3Path):
         yield from ((name, entries(name)) for name in names)
         return
-    with ThreadPoolExecutor(_S3_READ_WINDOW, thread_name_prefix="roidask-get") as pool:
+    with thread_pool(_S3_READ_WINDOW, "roidask-get") as pool:
         window: deque = deque()
         for name in names:
             window.append((name, pool.submit(entries, name)))

@@ -37,12 +37,13 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
 from roidask._atomic import OutputFolder
+from roidask._pool import thread_pool
 from roidask.io.image import to_nifti
 from roidask.io.locations import Location, PathOrURL, S3Path, check_output, publish_folder
 from roidask.io.store_write import write_zarr_files
@@ -190,7 +191,7 @@ def _write_folder(
     with OutputFolder(out, kind=SUBJECT_KIND) as tmp:
         # Independent files, written concurrently (gzip, CSV formatting and zarr's
         # I/O overlap); the first error is raised once all are done.
-        with ThreadPoolExecutor(3) as writers:
+        with thread_pool(3, "roidask-write") as writers:
             pending: list[Future] = [
                 writers.submit(_write_maps, result, tmp),
                 writers.submit(write_signals_tsv, result.signals, tmp / "signals.tsv"),
