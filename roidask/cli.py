@@ -907,19 +907,19 @@ def _add_permutation_options(p, *, batch: bool) -> None:
         "--cluster-connectivity",
         type=int,
         choices=[6, 18, 26],
-        default=d.connectivity,
+        default=None,
         help=f"cluster neighbourhood (default: {d.connectivity})",
     )
     g.add_argument(
         "--seed",
         type=int,
-        default=d.seed,
+        default=None,
         help=f"seed of the random flips; results do not depend on the workers (default: {d.seed})",
     )
     g.add_argument(
         "--chunk-perm",
         type=_positive_int,
-        default=d.chunk_perm,
+        default=None,
         help=f"permutations per dask task (default: {d.chunk_perm}; no effect on results)",
     )
     if not batch:
@@ -941,6 +941,9 @@ def group_permutation(args) -> GroupPermutation | None:
             for flag, value in (
                 ("--cluster-threshold", args.cluster_threshold),
                 ("--one-sided", args.one_sided or None),
+                ("--cluster-connectivity", args.cluster_connectivity),
+                ("--seed", args.seed),
+                ("--chunk-perm", args.chunk_perm),
             )
             if value is not None
         ]
@@ -949,14 +952,14 @@ def group_permutation(args) -> GroupPermutation | None:
                 f"{', '.join(given)}: only apply to the permutation test; add --permutations N"
             )
         return None
+    options = {"connectivity": args.cluster_connectivity, "seed": args.seed,
+               "chunk_perm": args.chunk_perm}  # fmt: skip
     return GroupPermutation(
         n_perm=args.permutations,
         two_sided=not args.one_sided,
         cluster_threshold=args.cluster_threshold,
-        connectivity=args.cluster_connectivity,
-        seed=args.seed,
-        chunk_perm=args.chunk_perm,
         mask=getattr(args, "perm_mask", None),
+        **{k: v for k, v in options.items() if v is not None},  # else GroupPermutation's
     )
 
 

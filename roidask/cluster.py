@@ -297,6 +297,11 @@ def _check_positive_int(name: str, value: Any) -> int | None:
     return value
 
 
+#: Least memory a worker (or a job) may be given: its process uses ~200 MB once roidask
+#: is imported (``roidask.onepass.WORKER_BASE_BYTES``), before any task.
+MIN_WORKER_MEMORY_BYTES = 256 * 2**20
+
+
 def _parse_memory(name: str, value: Any) -> int | str:
     """``"4GiB"``, ``"500MB"``, an int of bytes or ``"auto"`` -> bytes (or ``"auto"``)."""
 
@@ -318,6 +323,13 @@ def _parse_memory(name: str, value: Any) -> int | str:
         )
     if n <= 0:
         raise InvalidParameterError(f"{name}: expected a positive size, got {value!r}", param=name)
+    if n < MIN_WORKER_MEMORY_BYTES:
+        raise InvalidParameterError(
+            f"{name}: {value!r} is less than a worker process needs before any task "
+            f"(~200 MB once roidask is imported); expected at least "
+            f"{MIN_WORKER_MEMORY_BYTES // 2**20}MiB",
+            param=name,
+        )
     return n
 
 

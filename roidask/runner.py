@@ -75,9 +75,11 @@ def run_subject(
         Also write the results as this node of a study store, once ``out`` is
         written (:mod:`roidask.outputs.study`; the batch driver publishes it).
     before_write : callable, optional
-        Called once the results are computed, before anything is written; an
-        exception it raises leaves ``out`` untouched (a batch's task checks that
-        its batch still wants the subject).
+        Called once the results are computed, before anything is written, and again
+        before the written folder is moved into place and before the study node is
+        written; an exception it raises leaves ``out`` (and the node) untouched: a
+        batch's task checks that its batch still wants the subject, so that a task
+        left running by a killed batch never replaces what the next batch wrote.
 
     Returns
     -------
@@ -116,8 +118,11 @@ def run_subject(
         overwrite=overwrite,
         extra_provenance=extra_provenance,
         started_utc=started,
+        before_commit=before_write,
     )
     if study_node is not None:
+        if before_write is not None:
+            before_write()
         study_node.write(result)
     return result
 

@@ -720,6 +720,15 @@ def _bad(tmp_path, data, case):
         return [*run(), "--scheduler", "local", "--memory-limit", "lots"], (
             "--memory-limit: expected a size such as '4GiB' or '500MB', got 'lots'"
         )
+    if case == "tiny-memory-limit":
+        return [*run(), "--scheduler", "local", "--memory-limit", "1MiB"], (
+            "--memory-limit: '1MiB' is less than a worker process needs before any task "
+            "(~200 MB once roidask is imported); expected at least 256MiB"
+        )
+    if case == "seed-without-permutations":
+        return batch_args(data, out, "--seed", "3"), (
+            "--seed: only apply to the permutation test; add --permutations N"
+        )
     if case == "events-without-tr":
         bold0 = write_bold(tmp_path / "notr_bold.nii.gz", 10, tr_s=0.0)
         events = write_events(tmp_path / "sub-01_events.tsv", [(0.0, 4.0, "face")])
@@ -759,6 +768,8 @@ BAD_CASES = [
     "subject-too-long",
     "bad-scheduler",
     "bad-memory-limit",
+    "tiny-memory-limit",
+    "seed-without-permutations",
 ]
 
 

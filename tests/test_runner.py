@@ -35,3 +35,45 @@ def test_a_nifti_zarr_run_is_read_as_its_nifti(haxby, tmp_path):
     ref, ours = (xr.open_zarr(tmp_path / n / "results.zarr") for n in ("nii", "zarr"))
     for var in ("tstat", "logp", "atlas", "signals"):
         np.testing.assert_array_equal(ours[var].values, ref[var].values)
+
+
+def test_a_subject_its_batch_no_longer_wants_never_replaces_the_output(haxby, tmp_path):
+    """A task left running by a killed batch (its client gone): asked again before its
+    folder replaces the next batch's, it stops there, leaving that output as it was."""
+    from helpers.files import tree
+
+    out = tmp_path / "sub-01"
+    kwargs = dict(bold=[haxby.bold], labels=[haxby.labels], store=None, subject=None,
+                  mask=haxby.mask, out=out, plots=False, overwrite=True)  # fmt: skip
+    run_subject(params=PipelineParams(), **kwargs)  # the next batch's output
+    before = tree(tmp_path)
+    asked = []
+
+    def batch_wants_it():
+        asked.append(len(asked))
+        if len(asked) > 1:  # wanted when computed, no longer when committing
+            raise RuntimeError("not written: its batch was cancelled or lost its client")
+
+    with pytest.raises(RuntimeError, match="not written"):
+        run_subject(params=PipelineParams(fwhm=5.0), before_write=batch_wants_it, **kwargs)
+    assert asked == [0, 1] and tree(tmp_path) == before
+
+
+def test_a_study_node_its_batch_no_longer_wants_is_not_written(haxby, tmp_path):
+    from roidask.outputs.study import STUDY_NAME, SubjectNode, prepare_study
+
+    study = prepare_study(tmp_path / STUDY_NAME)
+    asked = []
+
+    def batch_wants_it():
+        asked.append(len(asked))
+        if len(asked) > 2:  # lost once the folder was written: not the node
+            raise RuntimeError("not written: its batch was cancelled or lost its client")
+
+    with pytest.raises(RuntimeError, match="not written"):
+        run_subject(bold=[haxby.bold], labels=[haxby.labels], store=None, subject=None,
+                    mask=haxby.mask, out=tmp_path / "sub-01", plots=False,
+                    params=PipelineParams(), before_write=batch_wants_it,
+                    study_node=SubjectNode(study, "sub-01", "01", "f"))  # fmt: skip
+    assert (tmp_path / "sub-01" / "tstat.nii.gz").is_file()
+    assert not (study / "sub-01").exists()

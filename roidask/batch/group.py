@@ -46,7 +46,7 @@ from roidask.io.grid import (
     voxel_size_mm,
 )
 from roidask.io.image import like_image, to_nifti
-from roidask.io.locations import Location, check_output, output_folder
+from roidask.io.locations import Location, changed_files, check_output, output_folder
 from roidask.io.nifti import release_handles
 from roidask.io.store_read import checked_variables
 from roidask.ops import moments as mom
@@ -169,9 +169,28 @@ class _Subjects:
     files: list[list[Location]]  # per subject, the files its maps read (handles to release)
 
 
+def _check_subject_folder(folder: Location) -> None:
+    """Refuse a subject folder whose files are not the ones roidask wrote: its marker
+    gone, or a file missing or of another size than the marker recorded."""
+    if not (folder / MARKER).is_file():
+        raise OutputError(
+            f"{folder}: its {MARKER} is gone, so its maps cannot be told from files put there "
+            "since; run the batch again to write the subject again",
+            param="study",
+        )
+    changed = changed_files(folder)
+    if changed:
+        raise OutputError(
+            f"{folder}: {', '.join(changed[:5])} changed or removed since roidask wrote "
+            "it; move the changed files elsewhere and run the batch again",
+            param="study",
+        )
+
+
 def _folder_subjects(subject_dirs: Sequence[Location]) -> _Subjects:
     names, tmaps, rois, files = [], [], [], []
     for d in subject_dirs:
+        _check_subject_folder(d)
         names.append(d.name)
         tmaps.append(as_image(d / "tstat.nii.gz", ndim=3, param=f"{d.name}/tstat.nii.gz"))
         atlases = [d / "atlas.nii.gz"] if (d / "atlas.nii.gz").exists() else []
@@ -248,6 +267,8 @@ def _perm_record(perm: xr.Dataset) -> dict:
         if key in perm.attrs:
             value = perm.attrs[key]
             out[key] = value.item() if isinstance(value, np.generic) else value
+    if "two_sided" in out:  # an int in the dataset's attributes (zarr/netCDF have no bool)
+        out["two_sided"] = bool(out["two_sided"])
     out["maps"] = "the subjects' tstat maps"
     return out
 

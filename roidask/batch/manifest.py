@@ -25,6 +25,7 @@ from roidask.io.locations import (
     Location,
     PathOrURL,
     S3Path,
+    absolute,
     as_location,
     check_input_file,
     is_remote,
@@ -56,6 +57,12 @@ class SubjectSpec:
     bold: tuple[Path | S3Path, ...]
     labels: tuple[Path | S3Path, ...]
     mask: Path | S3Path
+
+    def __post_init__(self) -> None:
+        # the paths go to dask workers, whose working folders are not this process's
+        object.__setattr__(self, "bold", tuple(absolute(p) for p in self.bold))
+        object.__setattr__(self, "labels", tuple(absolute(p) for p in self.labels))
+        object.__setattr__(self, "mask", absolute(self.mask))
 
     @property
     def out_name(self) -> str:
@@ -251,16 +258,28 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
                 f"{path}: line {i + 2}: subject {row['subject']!r} is not a valid name "
                 "(letters, digits, '.', '_' and '-', not starting with '.' or '-')"
             )
-        row_mask = row["mask"] or (str(mask) if mask else "")
-        if not row_mask:
+        for column in ("bold", "labels"):
+            if not _split(row[column], path.parent):
+                raise ManifestError(
+                    f"{path}: line {i + 2}: the {column} cell {row[column]!r} holds no path "
+                    "(several are separated by ';')"
+                )
+        row_masks = _split(row["mask"], path.parent)
+        if not row_masks and not mask:
             raise ManifestError(f"{path}: line {i + 2}: no mask for subject {row['subject']!r}")
         specs.append(
             SubjectSpec(
                 subject=row["subject"],
                 bold=_split(row["bold"], path.parent),
                 labels=_split(row["labels"], path.parent),
-                mask=_split(row_mask, path.parent)[0],
+                mask=row_masks[0] if row_masks else as_location(mask),  # type: ignore[arg-type]
             )
+        )
+    if mask and all(row["mask"] for _, row in table.iterrows()):
+        raise ManifestError(
+            f"mask {mask}: every subject of {path} has its own mask (its mask column), so it "
+            "would not be used; leave it out, or empty the subjects' mask cells",
+            param="mask",
         )
     _check_out_names(specs, path)
     return specs
@@ -287,6 +306,12 @@ def _read_bids(root: Path, *, mask) -> list[SubjectSpec]:
     specs = []
     for sub in sorted((p for p in root.glob("sub-*") if p.is_dir()), key=_natural_key):
         bolds = sorted((sub / "func").glob("*_bold.nii*"), key=_natural_key)
+        if not bolds and any(sub.glob("ses-*/func/*_bold.nii*")):
+            raise ManifestError(
+                f"{sub}: its runs are in sessions (ses-*/func/), which a BIDS-like folder is "
+                "not read for (sub-*/func/ only); give a TSV manifest listing the runs",
+                param="manifest",
+            )
         if not bolds:
             continue
         events = []
@@ -302,7 +327,7 @@ def _read_bids(root: Path, *, mask) -> list[SubjectSpec]:
                 f"{sub}: several masks in func/ ({', '.join(m.name for m in masks)}); "
                 "keep one *_mask.nii.gz"
             )
-        subject_mask = masks[0] if masks else (Path(mask) if mask else None)
+        subject_mask = masks[0] if masks else (as_location(mask) if mask else None)
         if subject_mask is None:
             raise ManifestError(
                 f"{sub}: no *_mask.nii.gz in func/ and no mask for every subject given "

@@ -105,7 +105,7 @@ from roidask.io.locations import (
     PathOrURL,
     RemoteLease,
     S3Path,
-    as_location,
+    absolute,
     changed_files,
     check_output,
     check_writable,
@@ -124,6 +124,7 @@ from roidask.outputs.study import (
     STUDY_NAME,
     Study,
     SubjectNode,
+    check_node_writable,
     check_study,
     node_attrs,
 )
@@ -184,6 +185,8 @@ def _is_complete(out: Path | S3Path, digest: str) -> bool:
     """``out`` holds a finished run with fingerprint ``digest`` and all its outputs."""
     if isinstance(out, S3Path) and not (remote_marker(out) or {}).get("complete"):
         return False  # an upload not finished (pending marker) or never started
+    if not (out / MARKER).is_file():
+        return False  # its marker (the record of the sizes of its files) gone
     prov = out / "provenance.json"
     if not prov.is_file():
         return False
@@ -219,7 +222,7 @@ def check_batch_folder(
         study store is damaged or would be left out of date, or another command is
         writing the folder.
     """
-    out = as_location(out_dir)
+    out = absolute(out_dir)  # workers write into it from their own working folders
     inputs = InputIndex(p for spec in specs for p in spec.files)  # checked against every folder
     _check_study_of(out, study)
     if isinstance(out, S3Path):
@@ -513,6 +516,7 @@ def _run_subject_row(job: _Job, before_write: Callable[[], None] | None) -> dict
             return row
         node = None
         if job.study is not None:
+            check_node_writable(job.study / out.name)  # before out is replaced
             node = SubjectNode(job.study, out.name, spec.subject, digest)
         extra: dict = {
             "fingerprint": digest,

@@ -86,6 +86,7 @@ __all__ = [
     "PathOrURL",
     "RemoteLease",
     "S3Path",
+    "absolute",
     "as_location",
     "changed_files",
     "check_input_file",
@@ -727,6 +728,13 @@ def output_lock(location: Path | S3Path, *, param: str) -> FolderLock | RemoteLe
 Location = Path | S3Path
 #: A location as roidask's functions accept it: a path, or an ``s3://`` URL (str) or S3Path.
 PathOrURL = str | os.PathLike | S3Path
+
+
+def absolute(location: str | os.PathLike | S3Path) -> Path | S3Path:
+    """:func:`as_location`, a local path made absolute (not resolved: links stay): what is
+    sent to dask workers, whose working folders are not this process's."""
+    loc = as_location(location)
+    return Path(os.path.abspath(loc)) if isinstance(loc, Path) else loc
 
 
 def is_remote(location: Any) -> bool:

@@ -76,6 +76,7 @@ __all__ = [
     "STUDY_NAME",
     "Study",
     "SubjectNode",
+    "check_node_writable",
     "check_nodes",
     "check_study",
     "node_attrs",
@@ -239,20 +240,34 @@ def node_attrs(study: PathOrURL, name: str) -> dict | None:
     return attrs
 
 
-def _clear_node(node: Path | S3Path) -> None:
-    """Remove a previous (unpublished) version of a node: its completion first."""
+def check_node_writable(node: Location) -> bool:
+    """Check that a node of a study store may be (re)written: absent (False), or a folder
+    holding only zarr's files (True).
+
+    Raises
+    ------
+    OutputError
+        ``node`` is a file, or holds files zarr did not write (a user's).
+    """
     if not node.exists():
-        return
+        return False
     if not node.is_dir():
         raise OutputError(f"study node {node}: is a file; roidask only replaces its own nodes")
     if isinstance(node, Path):
-        clean_stale(node / _META)
+        clean_stale(node / _META)  # a killed writer's temporary metadata
     foreign = foreign_in_group(node)
     if foreign:
         raise OutputError(
             f"study node {node}: holds files zarr did not write ({', '.join(foreign[:5])}); "
             "roidask does not delete them, move them away"
         )
+    return True
+
+
+def _clear_node(node: Path | S3Path) -> None:
+    """Remove a previous (unpublished) version of a node: its completion first."""
+    if not check_node_writable(node):
+        return
     remove_files(node, [_META])  # from here on the node reads as incomplete
     remove_files(node, list_files(node), prune=True)
 
@@ -717,7 +732,26 @@ def verify_study(study: PathOrURL) -> list[DamagedChunk]:
     """
     path = as_location(study)
     damaged, records = check_nodes(path)
-    return damaged + verify_groups(path, records)
+    return damaged + _edited_in_root(path, records) + verify_groups(path, records)
+
+
+def _edited_in_root(study: Location, nodes: Iterable[str]) -> list[DamagedChunk]:
+    """Arrays of published ``nodes`` whose metadata in the root (what xarray reads:
+    its dtype, shape, codecs, ``scale_factor``) differs from their own ``zarr.json``."""
+    metadata = _read_root(study)["consolidated_metadata"]["metadata"]
+    damaged = []
+    for node in nodes:
+        arrays = (k for k, m in metadata.items() if k.startswith(f"{node}/"))
+        for key in sorted(k for k in arrays if metadata[k].get("node_type") == "array"):
+            try:
+                own = json.loads((study / key / _META).read_bytes())
+            except (OSError, ValueError):
+                own = None
+            if own != metadata[key]:
+                array = key.split("/", 1)[1]
+                reason = "its metadata in the root differs from its own zarr.json (edited?)"
+                damaged.append(DamagedChunk(node, array, _META, reason))
+    return damaged
 
 
 def check_nodes(study: PathOrURL) -> tuple[list[DamagedChunk], dict[str, dict]]:

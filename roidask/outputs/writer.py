@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -140,6 +140,7 @@ def write_results(
     overwrite: bool = False,
     extra_provenance: dict | None = None,
     started_utc: str | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> Location:
     """Write a :class:`~roidask.pipeline.PipelineResult` into ``out_dir`` atomically.
 
@@ -160,6 +161,9 @@ def write_results(
         More provenance fields (scheduler, chunks, ...).
     started_utc : str, optional
         When the run started (default: now).
+    before_commit : callable, optional
+        Called once every file is written, before the folder is moved into place (or
+        uploaded); an exception it raises discards the folder and leaves ``out`` as it was.
 
     Returns
     -------
@@ -172,12 +176,13 @@ def write_results(
     out = prepare_output(
         out_dir, inputs=[r["path"] for r in input_list or []], overwrite=overwrite
     )
+    folder = (result, plots, started_utc, input_list, extra_provenance, before_commit)
     if isinstance(out, S3Path):
         with tempfile.TemporaryDirectory(prefix=".roidask-out-") as tmp:
             local = Path(tmp) / (out.name or "out")
-            _write_folder(local, result, plots, started_utc, input_list, extra_provenance)
+            _write_folder(local, *folder)
             return publish_folder(local, out)
-    return _write_folder(out, result, plots, started_utc, input_list, extra_provenance)
+    return _write_folder(out, *folder)
 
 
 def _write_folder(
@@ -187,6 +192,7 @@ def _write_folder(
     started_utc: str,
     input_list: list[dict] | None,
     extra_provenance: dict | None,
+    before_commit: Callable[[], None] | None = None,
 ) -> Path:
     with OutputFolder(out, kind=SUBJECT_KIND) as tmp:
         # Independent files, written concurrently (gzip, CSV formatting and zarr's
@@ -236,4 +242,6 @@ def _write_folder(
             },
         )
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        if before_commit is not None:  # an exception: the folder is discarded, out untouched
+            before_commit()
     return out

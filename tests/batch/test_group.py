@@ -114,6 +114,7 @@ def test_batch_with_folds_writes_fold_nodes_and_the_group_test(batch):
     assert np.isnan(got[~mask]).all()
     record = json.loads((group / "permutation.json").read_text())
     assert record["flips"] == "exhaustive" and record["n_subjects"] == 4
+    assert record["two_sided"] is True and record["parameters"]["two_sided"] is True
     assert record["parameters"]["cluster_threshold"] == 0.01
     size = nib.load(group / "perm_logp_max_size.nii.gz").get_fdata()
     assert (size[mask] > 0).any()
@@ -192,6 +193,22 @@ def test_group_rejects_bad_inputs_before_writing(batch, tmp_path):
         group_from(alone, out=tmp_path / "g")
     assert sorted(str(p) for p in batch.rglob("*")) == listing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.zarr"]
+
+
+@pytest.mark.parametrize("damage", ["replaced", "marker-gone"])
+def test_group_refuses_a_subject_folder_changed_since(batch, tmp_path, damage):
+    # a subject's map replaced by another of another size: never the group's input
+    copy = shutil.copytree(batch, tmp_path / "batch", ignore=shutil.ignore_patterns("study.zarr"))
+    tstat = copy / "sub-02" / "tstat.nii.gz"
+    tstat.write_bytes(tstat.read_bytes() + b"\0")
+    if damage == "marker-gone":
+        (copy / "sub-02" / ".roidask.json").unlink()
+        want = r"sub-02: its .roidask.json is gone"
+    else:
+        want = r"sub-02: tstat.nii.gz changed or removed since roidask wrote it"
+    with pytest.raises(OutputError, match=want):
+        group_from(copy, out=tmp_path / "g")
+    assert not (tmp_path / "g").exists()
 
 
 @pytest.mark.parametrize("case", ["not-binary", "other-grid", "empty"])

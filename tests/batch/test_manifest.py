@@ -40,6 +40,20 @@ def test_manifest_tsv_runs_and_relative_paths(tmp_path):
     write_manifest(manifest, [("01", "b.nii.gz", "l.txt", "")])
     (spec,) = read_manifest(manifest, mask=tmp_path / "common_mask.nii.gz")
     assert spec.mask == tmp_path / "common_mask.nii.gz"
+    # ... and is refused where no subject would use it (it would be ignored)
+    write_manifest(manifest, [("01", "b.nii.gz", "l.txt", "m.nii.gz")])
+    with pytest.raises(ManifestError, match=r"^mask .*common_mask.nii.gz: every subject of .*"):
+        read_manifest(manifest, mask=tmp_path / "common_mask.nii.gz")
+
+
+def test_relative_paths_are_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    # a worker of a running scheduler resolves a relative path in its own working folder
+    monkeypatch.chdir(tmp_path)
+    manifest = write_manifest(Path("m.tsv"), [("01", "d/b.nii.gz", "d/l.txt", "")])
+    (spec,) = read_manifest(manifest, mask="mask.nii.gz")
+    assert spec.files == (tmp_path / "d/b.nii.gz", tmp_path / "d/l.txt", tmp_path / "mask.nii.gz")
+    made = SubjectSpec("02", (Path("b.nii.gz"),), (Path("l.txt"),), Path("m.nii.gz"))
+    assert all(p.is_absolute() for p in made.files)
 
 
 def test_manifest_bids_folder(tmp_path):
@@ -94,6 +108,13 @@ def test_manifest_bids_folder(tmp_path):
         ManifestError, match=r"run-2_bold.nii.gz: no matching events file .*run-2_events.tsv"
     ):
         read_manifest(root, mask=common)
+    # a subject whose runs are in sessions: never dropped without a word
+    (f1 / "sub-01_task-faces_run-2_events.tsv").write_text("onset\tduration\n")
+    ses = root / "sub-04" / "ses-1" / "func"
+    ses.mkdir(parents=True)
+    (ses / "sub-04_ses-1_task-faces_bold.nii.gz").write_bytes(b"")
+    with pytest.raises(ManifestError, match=r"sub-04: its runs are in sessions \(ses-\*/func/\)"):
+        read_manifest(root, mask=common)
 
 
 @pytest.mark.parametrize(
@@ -108,6 +129,8 @@ def test_manifest_bids_folder(tmp_path):
         ("subject\tbold\tlabels\tmask\n01\t\tl\tm\n", r"line 2: subject, bold and labels"),
         ("subject\tbold\tlabels\tmask\n01\tb\tl\t\n", r"line 2: no mask for subject '01'"),
         ("subject\tbold\tlabels\tmask\n", r"has a header but no subject rows"),
+        ("subject\tbold\tlabels\tmask\n01\t;\tl\tm\n", r"line 2: the bold cell ';' holds no"),
+        ("subject\tbold\tlabels\tmask\n01\tb\t ; \tm\n", r"line 2: the labels cell ';' holds"),
         # one field more than the header: not the first column taken as an index
         ("subject\tbold\tlabels\tmask\n01\tb\tl\tm\tx\n", r"not a readable TSV table"),
         ("\n\n", r"m\.tsv: not a readable TSV table"),

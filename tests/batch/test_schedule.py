@@ -376,9 +376,10 @@ def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path
     with pytest.raises(OutputError, match=r"sub-01: .*changed since \(tstat.nii.gz \(changed\)\)"):
         run_batch(specs, out, plots=False)
     tstat.unlink()
+    (out / "sub-odd" / ".roidask.json").unlink()  # its record of the files' sizes: gone
     with get_client(processes=False, n_workers=1, threads_per_worker=2):
         table = run_batch(specs, out, plots=False)
-    assert table["status"].tolist() == ["done", "skipped"]
+    assert table["status"].tolist() == ["done", "done"]
     assert (
         nib.load(tstat).get_fdata().shape == nib.load(reference / "sub-01" / "tstat.nii.gz").shape
     )
@@ -860,6 +861,9 @@ def test_batch_folder_checks_write_nothing_and_keep_user_files(tmp_path):
     spec = _spec(tmp_path / "data")
     out = tmp_path / "batch"
     assert check_batch_folder(out, [spec]) == out and not out.exists()
+    with pytest.MonkeyPatch.context() as patch:  # a relative folder: absolute for the workers
+        patch.chdir(tmp_path)
+        assert check_batch_folder(Path("batch"), [spec]) == out
     prepare_batch_folder(out, [spec])
     assert json.loads((out / MARKER).read_text())["kind"] == "batch"
     # an input of one subject inside another subject's output folder (roidask's)
@@ -980,3 +984,21 @@ def test_subjects_with_several_labels_files_are_made_again_once(haxby, tmp_path)
     two = SubjectSpec("b", (haxby.bold, haxby.bold), (haxby.labels, haxby.labels), haxby.mask)
     assert fingerprint(one, params)[0] == before(one, params)
     assert fingerprint(two, params)[0] != before(two, params)
+
+
+def test_a_users_file_in_a_study_node_keeps_the_subjects_folder(haxby, tmp_path):
+    """The node a rerun must rewrite holds a user's file: the subject fails before its
+    folder is replaced (never a folder of new results beside a node of the old ones)."""
+    from roidask.pipeline import PipelineParams
+
+    specs = tiny_specs(haxby, tmp_path / "data", 1)
+    out = tmp_path / "out"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"]
+    node = out / "study.zarr" / specs[0].out_name
+    (node / "notes.txt").write_text("mine")
+    before = (out / specs[0].out_name / "provenance.json").read_text()
+    table = run_batch(specs, out, params=PipelineParams(fwhm=5.0), plots=False)
+    assert table["status"].tolist() == ["failed"]
+    assert "holds files zarr did not write (notes.txt)" in table["error"][0]
+    assert (out / specs[0].out_name / "provenance.json").read_text() == before
+    assert (node / "notes.txt").read_text() == "mine"

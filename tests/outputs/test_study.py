@@ -324,6 +324,21 @@ def test_verify_study_finds_damage(tmp_path):
     assert ("sub-03", "n", "missing") in damaged
 
 
+def test_verify_study_finds_metadata_edited_in_the_root(tmp_path):
+    # the root's copy of an array's metadata is what xarray reads (a scale_factor added
+    # there doubles the values): it must be its array's own
+    study = prepare_study(tmp_path / "study.zarr")
+    write_node(study, "sub-01", small(1))
+    publish(study, "sub-01")
+    assert verify_study(study) == []
+    root = json.loads((study / "zarr.json").read_text())
+    root["consolidated_metadata"]["metadata"]["sub-01/v"]["attributes"]["scale_factor"] = 2.0
+    (study / "zarr.json").write_text(json.dumps(root))
+    damaged = [(d.subject, d.array, d.reason) for d in verify_study(study)]
+    assert damaged == [("sub-01", "v", "its metadata in the root differs from its own "
+                                     "zarr.json (edited?)")]  # fmt: skip
+
+
 def test_foreign_folders_and_files_are_left_alone(tmp_path):
     other = tmp_path / "study.zarr"
     other.mkdir()
