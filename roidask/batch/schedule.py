@@ -458,7 +458,31 @@ def _node_complete(job: _Job, digest: str) -> bool:
     attrs = node_attrs(job.study, job.out.name)
     if attrs is None or attrs.get(FINGERPRINT_ATTR) != digest:
         return False
-    return not missing_chunks(job.study / job.out.name, attrs.get(CHUNK_GRIDS_ATTR) or {})
+    node = job.study / job.out.name
+    if missing_chunks(node, attrs.get(CHUNK_GRIDS_ATTR) or {}):
+        return False
+    return _same_sizes_as_folder(node, job.out)
+
+
+def _same_sizes_as_folder(node: Location, folder: Location) -> bool:
+    """A node holds the bytes of its subject's ``results.zarr`` (but its ``zarr.json``):
+    every file of the node has the size the folder's marker recorded for it, so a
+    truncated chunk (which a listing of names misses) is written again, not skipped."""
+    marker = remote_marker(folder) if isinstance(folder, S3Path) else read_marker(folder)
+    recorded = (marker or {}).get("bytes")
+    if not isinstance(recorded, dict):
+        return True  # a folder written before sizes were recorded
+    prefix = "results.zarr/"
+    wanted = {k[len(prefix) :]: n for k, n in recorded.items() if k.startswith(prefix)}
+    wanted.pop("zarr.json", None)  # the node's own: its attributes differ
+    if isinstance(node, S3Path):
+        sizes = {k: int(m.get("size", -1)) for k, m in node.list_objects().items()}
+    else:
+        sizes = {}
+        for name in wanted:
+            with contextlib.suppress(OSError):
+                sizes[name] = (node / name).stat().st_size
+    return all(sizes.get(name) == size for name, size in wanted.items())
 
 
 class _NotWanted(Exception):

@@ -1002,3 +1002,20 @@ def test_a_users_file_in_a_study_node_keeps_the_subjects_folder(haxby, tmp_path)
     assert "holds files zarr did not write (notes.txt)" in table["error"][0]
     assert (out / specs[0].out_name / "provenance.json").read_text() == before
     assert (node / "notes.txt").read_text() == "mine"
+
+
+def test_a_study_node_with_a_truncated_chunk_is_written_again(haxby, tmp_path):
+    """A rerun lists a node's files with their sizes (those of the subject's results.zarr,
+    which its folder's marker records): a truncated chunk, which plain xarray would fail
+    on, is written again rather than skipped. No chunk is read."""
+    specs = tiny_specs(haxby, tmp_path / "data", 1)
+    out = tmp_path / "out"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"]
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["skipped"]
+    node = out / "study.zarr" / specs[0].out_name
+    chunk = next(p for p in sorted((node / "tstat" / "c").rglob("*")) if p.is_file())
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"]
+    assert (out / "study.zarr" / specs[0].out_name / chunk.relative_to(node)).stat().st_size == (
+        out / specs[0].out_name / "results.zarr" / chunk.relative_to(node)
+    ).stat().st_size
