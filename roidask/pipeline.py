@@ -61,6 +61,7 @@ from roidask.exceptions import (
     GridMismatchError,
     InvalidParameterError,
     NonFiniteVoxelsWarning,
+    RoidaskTypeError,
 )
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
@@ -178,6 +179,19 @@ class PipelineParams:
         check_choice(self.strategy, "strategy", STRATEGIES)
         check_choice(self.roi_definition, "roi_definition", ROI_DEFINITIONS)
         fwhm_to_sigma_voxels(np.eye(4), self.fwhm)  # validates the value
+
+    @classmethod
+    def of(cls, params: PipelineParams | None, param: str = "params") -> PipelineParams:
+        """``params``, or the defaults for None; anything else is refused (one line)."""
+        if params is None:
+            return cls()
+        if not isinstance(params, cls):
+            raise RoidaskTypeError(
+                f"{param}: expected a roidask.PipelineParams (e.g. PipelineParams(fwhm=6.0)), "
+                f"got {type(params).__name__} {params!r}",
+                param=param,
+            )
+        return params
 
     def to_dict(self) -> dict:
         """The parameters as JSON-ready values."""
@@ -786,7 +800,7 @@ def roi_pipeline(
     EmptyMaskWarning
         No voxel of the mask passes the threshold: no ROI.
     """
-    params = params or PipelineParams()
+    params = PipelineParams.of(params)
     box_max_bytes = check_optional_int(box_max_bytes, "box_max_bytes", minimum=0)
     bold = as_image(bold_img, ndim=4, param="bold_img", subject=subject)
     if chunks is not None:

@@ -772,3 +772,12 @@ def test_the_mask_is_read_here_even_with_a_cluster(haxby):
         # a mask persisted on the cluster is only there: read from it
         np.testing.assert_array_equal(mask_values(mask.persist()), inside)
     assert checked.data == [] and len(summed.data) > 0
+
+
+def test_params_that_are_not_pipeline_params_are_one_line(haxby):
+    from roidask.exceptions import RoidaskTypeError
+
+    with pytest.raises(
+        RoidaskTypeError, match=r"^params: expected a roidask.PipelineParams .*got dict"
+    ):
+        roi_pipeline(haxby.bold, mask_img=haxby.mask, params={"fwhm": 6})

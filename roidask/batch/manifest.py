@@ -114,7 +114,7 @@ def check_subjects(
         failed and which.
     """
     _check_out_names(specs, "manifest")
-    params = params or PipelineParams()
+    params = PipelineParams.of(params)
 
     def check(spec: SubjectSpec) -> RoidaskError | None:
         try:

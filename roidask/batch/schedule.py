@@ -825,7 +825,7 @@ def run_batch(
     """
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     check_choice(granularity, "granularity", GRANULARITIES)
-    params = params or PipelineParams()
+    params = PipelineParams.of(params)
     client = active_client()
     cluster = _cluster_resources(client) if client is not None else None
     mode = _granularity(granularity, cluster)

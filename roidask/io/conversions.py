@@ -46,6 +46,16 @@ __all__ = ["ImageLike", "as_image", "open_map"]
 ImageLike = PathOrURL | nib.spatialimages.SpatialImage | xr.DataArray | xr.Dataset | xr.DataTree
 
 
+def _no_subject(subject: str | None, what: str) -> None:
+    """Refuse ``subject`` for an image that is one subject's already (never ignored)."""
+    if subject is not None:
+        raise InvalidParameterError(
+            f"subject: {subject!r} selects a subject of a store or a DataTree; {what} is one "
+            "image, so leave subject out",
+            param="subject",
+        )
+
+
 def _from_xarray(obj, *, param: str, subject: str | None) -> xr.DataArray:
     if isinstance(obj, xr.DataTree):
         obj = subject_dataset(obj, subject=subject, param=param)
@@ -123,6 +133,7 @@ def as_image(
         if not path.exists():
             raise UnreadableFileError(f"{param} {path}: no such file or folder", param=param)
         if is_image_path(path):
+            _no_subject(subject, f"{param} {path}")
             src = open_source(path, param=param)
             out = (
                 bold_from_nifti(path, chunks=chunks)
@@ -146,8 +157,11 @@ def as_image(
                 param=param,
             )
     elif isinstance(img, nib.spatialimages.SpatialImage):
+        _no_subject(subject, f"{param} (a nibabel image)")
         out = image_from_nibabel(img, chunks=chunks)
     elif isinstance(img, xr.DataArray | xr.Dataset | xr.DataTree):
+        if isinstance(img, xr.DataArray):
+            _no_subject(subject, f"{param} (an xarray.DataArray)")
         out = _from_xarray(img, param=param, subject=subject)
     else:
         raise ImageTypeError(
