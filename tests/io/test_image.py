@@ -143,12 +143,10 @@ def test_stored_integers_of_scaled_runs(tmp_path, rng):
 
 
 def test_a_subject_given_for_one_image_is_refused_not_ignored(haxby):
-    import xarray as xr_
-
     from roidask.exceptions import InvalidParameterError
 
     for img, what in ((haxby.bold, "bold.nii.gz"), (nib.load(haxby.bold), "a nibabel image"),
                       (as_image(haxby.bold), "an xarray.DataArray")):  # fmt: skip
         with pytest.raises(InvalidParameterError, match=rf"^subject: 'sub-09' selects .*{what}"):
             as_image(img, subject="sub-09")
-    assert isinstance(as_image(haxby.bold), xr_.DataArray)
+    assert isinstance(as_image(haxby.bold), xr.DataArray)
