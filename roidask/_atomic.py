@@ -57,6 +57,7 @@ __all__ = [
     "is_roidask_folder",
     "read_marker",
     "scratch_file",
+    "size_mismatches",
     "swap_into_place",
     "temp_sibling",
     "write_bytes",
@@ -101,10 +102,25 @@ def create_locked(
 ) -> tuple[Path, int]:
     """Create a new temporary sibling of ``path`` (a folder, or an empty file) and lock it.
 
-    Returns the sibling and the open descriptor holding its lock (close it to release).
     Another process's :func:`clean_stale` may take the new sibling for a killed run's
     in the moment between its creation and its lock; then it is created again under
     another name, so the lock held is always on the sibling that exists.
+
+    Parameters
+    ----------
+    path : path
+        What the sibling is for (its name is ``.<name>.<kind>-<pid>-<random>``).
+    kind : str
+        The temporary kind (:data:`_TMP`: cleaned by :func:`clean_stale`).
+    folder : bool
+        Create a folder, else an empty file.
+    mode : int
+        Permissions of a new file (before the umask).
+
+    Returns
+    -------
+    tuple of (Path, int)
+        The sibling, and the open descriptor holding its lock (close it to release).
     """
     for _ in range(100):
         tmp = temp_sibling(Path(path), kind)
@@ -214,11 +230,14 @@ class FolderLock:
                 _UNLOCKED.add(str(self.folder))
                 warnings.warn(
                     f"{param} {self.folder}: cannot be locked on this file system "
-                    f"({exc.strerror or exc}); nothing stops another batch or group level from "
+                    f"({exc.strerror or exc}); nothing stops another roidask command from "
                     "writing it meanwhile: run one at a time",
                     LockWarning,
                     stacklevel=2,
                 )
+        except BaseException:  # interrupted while waiting for the lock
+            os.close(fd)
+            raise
         self._fd = fd
 
     def check(self) -> None:
@@ -276,27 +295,52 @@ def is_roidask_folder(folder: Path, *, kind: str | None = None) -> bool:
     return marker is not None and (kind is None or marker["kind"] in (kind, None))
 
 
+def size_mismatches(recorded: dict, sizes: dict) -> list[str]:
+    """The names whose size now is not the one a marker recorded: the one home of that
+    comparison, on disk and in S3.
+
+    Parameters
+    ----------
+    recorded : dict
+        Name to size in bytes when the folder was committed (a marker's ``bytes``).
+    sizes : dict
+        Name to size in bytes now; a name absent is gone.
+
+    Returns
+    -------
+    list of str
+        The names of ``recorded`` whose size differs or that are gone, sorted.
+    """
+    return sorted(name for name, size in recorded.items() if sizes.get(name) != size)
+
+
 def _foreign_files(folder: Path, marker: dict) -> list[str]:
     """What in roidask's ``folder`` is not roidask's: files and folders (ending in ``/``)
     its marker does not list, and listed files of another size than the marker recorded
-    (a user's edit: "(changed)")."""
+    (a user's edit: "(changed)"). One walk of the folder."""
     listed = set(marker["files"]) | {MARKER, "provenance.json"}
     owned_dirs = tuple(f"{f}/" for f in marker["files"] if (folder / f).is_dir())
-    files = _files_of(folder)
-    foreign = [f for f in files if f not in listed and not f.startswith(owned_dirs)]
-    recorded = marker.get("bytes")
-    if isinstance(recorded, dict):
-        for name, size in recorded.items():
-            with contextlib.suppress(OSError):
-                if name in files and os.path.getsize(folder / name) != size:
-                    foreign.append(f"{name} (changed)")
     holding = {str(Path(f).parent) for f in listed} | {d.rstrip("/") for d in owned_dirs}
     holding |= {str(p) for f in holding for p in Path(f).parents}
-    for sub in folder.rglob("*"):
-        name = str(sub.relative_to(folder))
-        if sub.is_dir() and not sub.is_symlink() and name not in holding:
-            if not f"{name}/".startswith(owned_dirs):
-                foreign.append(f"{name}/")
+    foreign, sizes = [], {}
+    for root, dirs, names in os.walk(folder):
+        here = os.path.relpath(root, folder)
+        for d in dirs:
+            name = d if here == "." else f"{here}/{d}"
+            if name not in holding and not f"{name}/".startswith(owned_dirs):
+                # a symbolic link to a folder: a file of the user's, as the folder is
+                foreign.append(name if os.path.islink(os.path.join(root, d)) else f"{name}/")
+        for f in names:
+            name = f if here == "." else f"{here}/{f}"
+            if name in listed:
+                with contextlib.suppress(OSError):
+                    sizes[name] = os.path.getsize(os.path.join(root, f))
+            elif not name.startswith(owned_dirs):
+                foreign.append(name)
+    recorded = marker.get("bytes")
+    if isinstance(recorded, dict):
+        present = {n: recorded[n] for n in recorded if n in sizes}
+        foreign += [f"{name} (changed)" for name in size_mismatches(present, sizes)]
     return sorted(foreign)
 
 

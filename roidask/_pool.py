@@ -40,9 +40,20 @@ class _Pool(ThreadPoolExecutor):
 
 @contextlib.contextmanager
 def thread_pool(max_workers: int, name: str = "roidask") -> Iterator[ThreadPoolExecutor]:
-    """A :class:`~concurrent.futures.ThreadPoolExecutor` of ``max_workers`` threads named
-    ``name``, shut down when the block ends: waiting for its tasks, except after an
-    interruption (see the module)."""
+    """A thread pool shut down when the block ends: waiting for its tasks, except after an
+    interruption (see the module).
+
+    Parameters
+    ----------
+    max_workers : int
+        Threads of the pool.
+    name : str
+        Prefix of the threads' names.
+
+    Yields
+    ------
+    concurrent.futures.ThreadPoolExecutor
+    """
     pool = _Pool(max_workers, name)
     try:
         yield pool

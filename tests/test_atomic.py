@@ -391,7 +391,7 @@ def test_a_folder_that_cannot_be_locked_is_written_with_a_warning(tmp_path, monk
     monkeypatch.setattr(fcntl, "flock", no_lock)
     monkeypatch.setattr(_atomic, "_UNLOCKED", set())
     with pytest.warns(LockWarning, match=r"^out .*: cannot be locked on this file system "
-                      r"\(Bad file descriptor\); nothing stops another batch"):  # fmt: skip
+                      r"\(Bad file descriptor\); nothing stops another roidask"):  # fmt: skip
         FolderLock(tmp_path, param="out").release()
     with warnings.catch_warnings():
         warnings.simplefilter("error", LockWarning)

@@ -6,6 +6,7 @@ one-line errors for a missing bucket or object, denied access and an unreachable
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import helpers.s3 as s3_helpers
@@ -207,6 +208,20 @@ def test_converts_into_one_s3_store_at_once_keep_every_subject(s3_bucket, tmp_pa
         refused[0]
     )
     assert list_subjects(remote) == ["sub-0", "sub-1", "sub-2", "sub-9"]
+
+    # another subject's upload in progress does not hold this one up (only the root's
+    # rewrite takes turns)
+    from roidask.io.locations import RemoteLease, S3Path
+
+    store = S3Path.from_url(remote)
+    with RemoteLease(store, param="out", part="sub-5"):  # sub-5 being uploaded
+        done = threading.Thread(
+            target=convert, args=(bold,), kwargs=dict(labels=labels, out=remote, subject="sub-6")
+        )
+        done.start()
+        done.join(timeout=60)
+        assert not done.is_alive()
+    assert "sub-6" in list_subjects(remote)
 
 
 # -- run ------------------------------------------------------------------------------------

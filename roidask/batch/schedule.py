@@ -82,6 +82,7 @@ from roidask._atomic import (
     check_not_input,
     clean_stale,
     read_marker,
+    size_mismatches,
     write_text,
 )
 from roidask._malloc import reuse_freed_buffers
@@ -109,6 +110,8 @@ from roidask.io.locations import (
     changed_files,
     check_output,
     check_writable,
+    file_sizes,
+    folder_marker,
     output_lock,
     remote_marker,
     remove_files,
@@ -181,9 +184,10 @@ def fingerprint(spec: SubjectSpec, params: PipelineParams) -> tuple[str, list[di
     return hashlib.sha256(payload.encode()).hexdigest(), inputs
 
 
-def _is_complete(out: Path | S3Path, digest: str) -> bool:
-    """``out`` holds a finished run with fingerprint ``digest`` and all its outputs."""
-    if isinstance(out, S3Path) and not (remote_marker(out) or {}).get("complete"):
+def _is_complete(out: Path | S3Path, digest: str, marker: dict | None) -> bool:
+    """``out`` holds a finished run with fingerprint ``digest`` and all its outputs, each
+    of the size ``marker`` (``out``'s, read once by the caller) recorded."""
+    if isinstance(out, S3Path) and not (marker or {}).get("complete"):
         return False  # an upload not finished (pending marker) or never started
     if not (out / MARKER).is_file():
         return False  # its marker (the record of the sizes of its files) gone
@@ -198,7 +202,7 @@ def _is_complete(out: Path | S3Path, digest: str) -> bool:
         return False
     if not all((out / name).exists() for name in record.get("outputs", [])):
         return False
-    return not changed_files(out)  # a file truncated or replaced since: not complete
+    return not changed_files(out, marker)  # a file gone since: not complete
 
 
 def check_batch_folder(
@@ -446,7 +450,7 @@ def _moment_groups(spec: SubjectSpec, sources, params: PipelineParams) -> int:
     return max(int(runs.nunique()), 2)
 
 
-def _node_complete(job: _Job, digest: str) -> bool:
+def _node_complete(job: _Job, digest: str, marker: dict | None) -> bool:
     """The subject's study node is complete with ``digest`` (published or not), or no study.
 
     Complete: its ``zarr.json`` says so, and every chunk of its inventory is there (a
@@ -461,28 +465,20 @@ def _node_complete(job: _Job, digest: str) -> bool:
     node = job.study / job.out.name
     if missing_chunks(node, attrs.get(CHUNK_GRIDS_ATTR) or {}):
         return False
-    return _same_sizes_as_folder(node, job.out)
+    return _same_sizes_as_folder(node, marker)
 
 
-def _same_sizes_as_folder(node: Location, folder: Location) -> bool:
+def _same_sizes_as_folder(node: Location, marker: dict | None) -> bool:
     """A node holds the bytes of its subject's ``results.zarr`` (but its ``zarr.json``):
-    every file of the node has the size the folder's marker recorded for it, so a
+    every file of the node has the size the folder's ``marker`` recorded for it, so a
     truncated chunk (which a listing of names misses) is written again, not skipped."""
-    marker = remote_marker(folder) if isinstance(folder, S3Path) else read_marker(folder)
     recorded = (marker or {}).get("bytes")
     if not isinstance(recorded, dict):
         return True  # a folder written before sizes were recorded
     prefix = "results.zarr/"
     wanted = {k[len(prefix) :]: n for k, n in recorded.items() if k.startswith(prefix)}
     wanted.pop("zarr.json", None)  # the node's own: its attributes differ
-    if isinstance(node, S3Path):
-        sizes = {k: int(m.get("size", -1)) for k, m in node.list_objects().items()}
-    else:
-        sizes = {}
-        for name in wanted:
-            with contextlib.suppress(OSError):
-                sizes[name] = (node / name).stat().st_size
-    return all(sizes.get(name) == size for name, size in wanted.items())
+    return not size_mismatches(wanted, file_sizes(node, wanted))
 
 
 class _NotWanted(Exception):
@@ -522,7 +518,8 @@ def _run_subject_row(job: _Job, before_write: Callable[[], None] | None) -> dict
         if (out / "provenance.json").is_file():  # done before? (hashes the inputs)
             if digest is None:
                 digest, inputs = fingerprint(spec, job.params)
-            if _is_complete(out, digest) and _node_complete(job, digest):
+            marker = folder_marker(out)  # read once for both checks (a GET in S3)
+            if _is_complete(out, digest, marker) and _node_complete(job, digest, marker):
                 prov = json.loads((out / "provenance.json").read_text())
                 # written by this batch: a run on a worker lost before it reported
                 ours = bool(job.batch_id) and prov.get("batch_id") == job.batch_id
@@ -887,7 +884,7 @@ def run_batch(
 def _remove_group_folder(group: Location) -> None:
     """Remove the group folder an earlier batch wrote: the files its marker lists, the
     marker last (a kill in between leaves a folder roidask still knows as its own)."""
-    marker = remote_marker(group) if isinstance(group, S3Path) else read_marker(group)
+    marker = folder_marker(group)
     if marker is None or marker.get("kind") != GROUP_KIND:
         return
     remove_files(group, [f for f in marker.get("files", []) if f != MARKER])

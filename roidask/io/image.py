@@ -270,7 +270,8 @@ def bold_from_nifti(
             raise GridMismatchError(
                 f"bold {src.path}: its header's TR ({src.tr_s:g} s) differs from {first.path}'s "
                 f"({first.tr_s:g} s); the runs of one subject must share one TR (if a header "
-                "is wrong, give the TR: tr_s=SECONDS, roidask --tr SECONDS)",
+                "is wrong, fix its pixdim[4], or give the TR: tr_s=SECONDS, roidask run or "
+                "convert --tr SECONDS)",
                 param="bold",
             )
     tr_note = None  # a TR read from a header that gives no time unit

@@ -47,7 +47,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,14 @@ from roidask._atomic import (
     check_not_input,
     clean_stale,
     read_marker,
+    size_mismatches,
 )
 from roidask._atomic import write_bytes as write_local_bytes
 from roidask._pool import thread_pool
 from roidask._validate import check_input_file as check_local_file
 from roidask.exceptions import (
     CorruptFileError,
+    LockWarning,
     ObjectStoreError,
     OutputError,
     OutputExistsError,
@@ -94,6 +97,8 @@ __all__ = [
     "check_remote_destination",
     "check_writable",
     "delete_prefix_keys",
+    "file_sizes",
+    "folder_marker",
     "foreign_in_group",
     "is_remote",
     "is_zarr_file",
@@ -105,6 +110,7 @@ __all__ = [
     "output_lock",
     "publish_folder",
     "put_files",
+    "put_if_absent",
     "remote_marker",
     "remove_files",
     "s3_error",
@@ -502,6 +508,11 @@ class S3Path:
 # -- leases: one writer of an s3:// output at a time -------------------------------------------
 #: Ends the name of a lease object, beside the prefix it is for (``.<name>.roidask-lease``).
 LEASE_SUFFIX = ".roidask-lease"
+_UNLEASED: set[str] = set()  # buckets said to have no conditional writes (once per process)
+
+
+class _NoConditionalWrites(Exception):
+    """The object store refused a conditional PUT as not implemented."""
 
 
 def _pid_scope() -> str | None:
@@ -553,6 +564,10 @@ class RemoteLease:
     wait : bool
         Wait while another command holds it (a short commit: publishing a folder);
         else refuse at once (a batch).
+    part : str, optional
+        A part of ``folder`` the lease is for alone (a subject of a store: converts of
+        other subjects upload at the same time); its lease object is beside ``folder``
+        too (``.<name>.<part>.roidask-lease``), never in it.
 
     Raises
     ------
@@ -567,15 +582,34 @@ class RemoteLease:
     poll_s: float = 0.5
     _thread: threading.Thread | None
 
-    def __init__(self, folder: S3Path, *, param: str, wait: bool = False):
-        self._setup(folder, param)
-        while (holder := self._take()) is not None:
-            if not wait:
-                raise OutputError(self._held_message(holder), param=param)
-            time.sleep(self.poll_s)
+    def __init__(self, folder: S3Path, *, param: str, wait: bool = False, part: str | None = None):
+        self._setup(folder, param, part)
+        try:
+            looks = 0
+            while (holder := self._take()) is not None:
+                if not wait:
+                    raise OutputError(self._held_message(holder), param=param)
+                time.sleep(min(self.poll_s * 2 ** min(looks, 4), 5.0))  # backs off to 5 s
+                looks += 1
+        except _NoConditionalWrites:
+            self._unsupported()
+            return
         thread = threading.Thread(target=self._renew, name="roidask-lease", daemon=True)
         thread.start()
         self._thread = thread
+
+    def _unsupported(self) -> None:
+        """A store without conditional writes: written without a lease, as a file system
+        without ``flock`` is (:class:`~roidask.exceptions.LockWarning`, once per bucket)."""
+        if self.folder.bucket not in _UNLEASED:
+            _UNLEASED.add(self.folder.bucket)
+            warnings.warn(
+                f"{self.param} {self.folder}: the object store does not support conditional "
+                "writes, so no lease is taken; nothing stops another command from writing it "
+                "meanwhile: run one at a time",
+                LockWarning,
+                stacklevel=3,
+            )
 
     @classmethod
     def probe(cls, folder: S3Path, *, param: str) -> None:
@@ -586,10 +620,11 @@ class RemoteLease:
         if holder is not None and not holder["lapsed"]:
             raise OutputError(probe._held_message(holder), param=param)
 
-    def _setup(self, folder: S3Path, param: str) -> None:
-        self.folder = folder
+    def _setup(self, folder: S3Path, param: str, part: str | None = None) -> None:
+        self.folder = folder if part is None else folder / part
         self.param = param
-        self.lease = folder.parent / f".{folder.name or folder.bucket}{LEASE_SUFFIX}"
+        name = folder.name or folder.bucket
+        self.lease = folder.parent / f".{name}{f'.{part}' if part else ''}{LEASE_SUFFIX}"
         self.lost = False
         self._etag: str | None = None
         self._stop = threading.Event()
@@ -618,6 +653,13 @@ class RemoteLease:
         except (FileNotFoundError, obs_errors.AlreadyExistsError, obs_errors.PreconditionError):
             raise
         except Exception as exc:
+            said = str(exc)
+            if "mode" in kwargs and (
+                isinstance(exc, obs_errors.NotSupportedError)
+                or "NotImplemented" in said
+                or "501 Not Implemented" in said
+            ):
+                raise _NoConditionalWrites from None
             raise s3_error(
                 exc, self.folder, param=self.param, expected="prefix", error=OutputError
             ) from None
@@ -654,6 +696,9 @@ class RemoteLease:
             holder = self._look()
             if holder is None:
                 continue  # released meanwhile
+            if holder.get("token") == self._token:  # this one's (a retried PUT that had won)
+                self._etag = holder["e_tag"]
+                return None
             if not holder["lapsed"]:
                 return holder
             try:  # lapsed: take it over, unless another command just did
@@ -666,7 +711,7 @@ class RemoteLease:
         return holder if holder is not None and not holder["lapsed"] else {"age_s": 0.0}
 
     def _held_message(self, holder: dict) -> str:
-        who = f"pid {holder['pid']} on {holder['host']}, " if "pid" in holder else ""
+        who = f"pid {holder['pid']} on {holder.get('host', '?')}, " if "pid" in holder else ""
         return (
             f"{self.param} {self.folder}: another roidask command is writing it ({who}lease "
             f"{self.lease} renewed {holder['age_s']:.0f} s ago); wait for it to end, or "
@@ -681,6 +726,10 @@ class RemoteLease:
                     obstore.put, self._record(), mode={"e_tag": self._etag}
                 )["e_tag"]
             except (obs_errors.PreconditionError, FileNotFoundError):
+                holder = self._look()
+                if holder is not None and holder.get("token") == self._token:
+                    self._etag = holder["e_tag"]  # a retried renewal that had been written
+                    continue
                 self.lost = True  # taken over after it lapsed, or removed
                 return
             except Exception:  # a failed request: the next renewal tries again
@@ -715,13 +764,36 @@ class RemoteLease:
         self.release()
 
 
-def output_lock(location: Path | S3Path, *, param: str) -> FolderLock | RemoteLease:
-    """Hold ``location`` (a folder or an ``s3://`` prefix) for this command alone:
-    :class:`~roidask._atomic.FolderLock` on disk, :class:`RemoteLease` in S3; another
-    command writing it is refused with one line. ``check()`` before the last write."""
+def output_lock(
+    location: Path | S3Path, *, param: str, wait: bool = False
+) -> FolderLock | RemoteLease:
+    """Hold ``location`` for this command alone: the one way roidask locks an output.
+
+    Parameters
+    ----------
+    location : Path or S3Path
+        A folder (:class:`~roidask._atomic.FolderLock`, an ``flock``) or an ``s3://``
+        prefix (:class:`RemoteLease`, a lease object beside it).
+    param : str
+        The parameter ``location`` came from (for messages).
+    wait : bool
+        Wait for another command holding it (short commits that commands take turns
+        for); else refuse at once.
+
+    Returns
+    -------
+    FolderLock or RemoteLease
+        Held until ``release()`` (or the end of a ``with`` block); call ``check()``
+        before the last write (a lease can lapse, an ``flock`` cannot).
+
+    Raises
+    ------
+    OutputError
+        Another command holds it (``wait=False``).
+    """
     if isinstance(location, S3Path):
-        return RemoteLease(location, param=param)
-    return FolderLock(location, param=param)
+        return RemoteLease(location, param=param, wait=wait)
+    return FolderLock(location, param=param, wait=wait)
 
 
 #: A location once parsed: a local path or an object (prefix) in S3.
@@ -732,7 +804,17 @@ PathOrURL = str | os.PathLike | S3Path
 
 def absolute(location: str | os.PathLike | S3Path) -> Path | S3Path:
     """:func:`as_location`, a local path made absolute (not resolved: links stay): what is
-    sent to dask workers, whose working folders are not this process's."""
+    sent to dask workers, whose working folders are not this process's.
+
+    Parameters
+    ----------
+    location : str, path or S3Path
+
+    Returns
+    -------
+    Path or S3Path
+        An absolute local path, or the ``s3://`` location unchanged.
+    """
     loc = as_location(location)
     return Path(os.path.abspath(loc)) if isinstance(loc, Path) else loc
 
@@ -1088,11 +1170,9 @@ def check_remote_destination(
     foreign = [k for k in objects if k not in listed]
     recorded = marker.get("bytes") if marker["complete"] else None
     if isinstance(recorded, dict):  # a user's edit of roidask's object: theirs now
-        foreign += [
-            f"{k} (changed)"
-            for k, size in recorded.items()
-            if k in objects and int(objects[k].get("size", -1)) != size
-        ]
+        sizes = {k: int(m.get("size", -1)) for k, m in objects.items() if k in recorded}
+        present = {k: n for k, n in recorded.items() if k in sizes}
+        foreign += [f"{k} (changed)" for k in size_mismatches(present, sizes)]
     if foreign:
         foreign.sort()
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
@@ -1164,25 +1244,56 @@ def delete_prefix_keys(dest: S3Path, names: Iterable[str]) -> None:
             raise s3_error(exc, dest, error=OutputError) from None
 
 
-def changed_files(folder: Location) -> list[str]:
+def folder_marker(folder: Location) -> dict | None:
+    """The ownership marker of a roidask output folder or ``s3://`` prefix, or None."""
+    return remote_marker(folder) if isinstance(folder, S3Path) else read_marker(folder)
+
+
+def file_sizes(folder: Location, names: Iterable[str]) -> dict[str, int]:
+    """Sizes of the files ``names`` of ``folder`` that are there (a listing in S3, a
+    ``stat`` each on disk; nothing is read).
+
+    Parameters
+    ----------
+    folder : Path or S3Path
+    names : iterable of str
+        Paths relative to ``folder``.
+
+    Returns
+    -------
+    dict
+        Name to size in bytes, for the names that exist.
+    """
+    names = set(names)
+    if isinstance(folder, S3Path):
+        listing = folder.list_objects()
+        return {k: int(m.get("size", -1)) for k, m in listing.items() if k in names}
+    sizes = {}
+    for name in names:
+        with contextlib.suppress(OSError):
+            sizes[name] = (folder / name).stat().st_size
+    return sizes
+
+
+def changed_files(folder: Location, marker: dict | None = None) -> list[str]:
     """Files of a roidask output folder (or ``s3://`` prefix) whose size is not the one its
-    marker recorded when it was committed, or that are gone (sorted; empty for a folder
-    whose marker records no sizes: roidask 0.1's, and those written before sizes were)."""
-    marker = remote_marker(folder) if isinstance(folder, S3Path) else read_marker(folder)
+    marker (``marker``, else read) recorded when it was committed, or that are gone
+    (sorted; empty for a folder whose marker records no sizes: roidask 0.1's, and those
+    written before sizes were)."""
+    marker = folder_marker(folder) if marker is None else marker
     recorded = (marker or {}).get("bytes")
     if not isinstance(recorded, dict):
         return []
-    if isinstance(folder, S3Path):
-        sizes = {k: int(v.get("size", -1)) for k, v in folder.list_objects().items()}
-    else:
-        sizes = {}
-        for name in recorded:
-            with contextlib.suppress(OSError):
-                sizes[name] = (folder / name).stat().st_size
-    return sorted(name for name, size in recorded.items() if sizes.get(name) != size)
+    return size_mismatches(recorded, file_sizes(folder, recorded))
 
 
-def publish_folder(local: Path, dest: S3Path, *, last: Iterable[str] = (MARKER,)) -> S3Path:
+def publish_folder(
+    local: Path,
+    dest: S3Path,
+    *,
+    last: Iterable[str] = (MARKER,),
+    before_commit: Callable[[], None] | None = None,
+) -> S3Path:
     """Upload a complete local folder to ``dest``, the names in ``last`` last.
 
     1. a pending marker (``complete: false``) listing the old and the new objects is
@@ -1195,10 +1306,14 @@ def publish_folder(local: Path, dest: S3Path, *, last: Iterable[str] = (MARKER,)
 
     Uploads to one prefix take turns (:class:`RemoteLease`, waited for), so two
     commands publishing it at once leave one output whole, never a mix of both.
+    ``before_commit`` is called once it is this upload's turn, before anything is put:
+    an exception it raises leaves ``dest`` as it was.
     """
     names = list_files(local)
     last = [n for n in last if n in names]
-    with RemoteLease(dest, param="out", wait=True) as lease:  # one upload at a time
+    with output_lock(dest, param="out", wait=True) as lease:  # one upload at a time
+        if before_commit is not None:
+            before_commit()
         old = remote_marker(dest)
         old_files = set(old["files"]) if old else set()
         pending = {
@@ -1235,6 +1350,34 @@ def output_folder(out, *, kind: str) -> Iterator[Path]:
         with OutputFolder(local, kind=kind) as build:
             yield build
         publish_folder(local, loc)
+
+
+def put_if_absent(location: S3Path, data: bytes) -> bool:
+    """Put an object only if none is there (a conditional PUT: of two commands putting it
+    at once, one does).
+
+    Parameters
+    ----------
+    location : S3Path
+    data : bytes
+
+    Returns
+    -------
+    bool
+        Whether this call created it (False: an object was there).
+
+    Raises
+    ------
+    OutputError, ObjectStoreError
+        The request failed (one line, as :func:`s3_error`).
+    """
+    try:
+        obstore.put(_store(location.bucket), location.key, data, mode="create")
+    except (obs_errors.AlreadyExistsError, obs_errors.PreconditionError):
+        return False
+    except Exception as exc:
+        raise s3_error(exc, location, error=OutputError) from None
+    return True
 
 
 def write_file(location, data: bytes) -> None:

@@ -52,6 +52,7 @@ from roidask.io.locations import (
     as_location,
     check_input_file,
     read_prefix,
+    version_tag,
 )
 
 __all__ = [
@@ -241,8 +242,16 @@ def _gzip_isize(path: Path | S3Path) -> int | None:
         return None
 
 
+#: Decoded sizes of gzip files of several members, by path and version: a file is
+#: decoded once per process to be checked, not at each open.
+_DECODED_SIZES: dict[tuple[str, str], int] = {}
+
+
 def _decoded_size(path: Path | S3Path, param: str) -> int:
     """Bytes a gzip file decodes to, every member of it (decoded once, never held)."""
+    key = (str(path), version_tag(path))
+    if key in _DECODED_SIZES:
+        return _DECODED_SIZES[key]
     total = 0
     try:
         with _sequential(path, True) as fh:
@@ -253,6 +262,7 @@ def _decoded_size(path: Path | S3Path, param: str) -> int:
             f"{param} {path}: gzip stream is corrupt or truncated after {total} bytes ({exc})",
             param=param,
         ) from None
+    _DECODED_SIZES[key] = total
     return total
 
 

@@ -31,7 +31,6 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import MemoryStore
 
 from roidask._atomic import (
-    FolderLock,
     OutputFolder,
     check_destination,
     clean_stale,
@@ -60,7 +59,9 @@ from roidask.io.locations import (
     delete_prefix_keys,
     is_zarr_file,
     list_files,
+    output_lock,
     put_files,
+    put_if_absent,
     zarr_store,
 )
 from roidask.io.store_read import (
@@ -194,22 +195,30 @@ def _chunk_inventory(group: Location) -> dict:
     return grids if isinstance(grids, dict) else {}
 
 
-def _add_subject(group: Path, out: Path, subject: str, *, overwrite: bool) -> None:
+def _add_subject(
+    group: Path, out: Path, subject: str, *, overwrite: bool, inputs: Sequence[Path]
+) -> None:
     """Move a complete subject group into store ``out`` and consolidate the root.
 
     Converts adding subjects to one store at the same time (a job array) take turns
-    (:class:`~roidask._atomic.FolderLock` on the store, waited for): each rewrite of
-    the root then lists every subject moved in before it. One that found the store
-    created by another meanwhile (``overwrite`` False) refuses a subject that other
-    convert wrote.
+    (:func:`~roidask.io.locations.output_lock` on the store, waited for): each rewrite
+    of the root then lists every subject moved in before it. The checks of ``out`` are
+    made again once it is this convert's turn: what another convert (or anyone) put
+    there meanwhile is checked as it was before the conversion (a subject written
+    meanwhile needs ``overwrite``; a folder that is not a roidask store is refused).
     """
-    with FolderLock(out, param="out", wait=True):
-        if not overwrite and (out / subject).exists():
-            raise OutputExistsError(
-                f"out {out}: store already holds subject {subject!r} (written meanwhile by "
-                "another convert); pass overwrite=True to replace it",
-                param="out",
-            )
+    if not out.is_dir() or out.is_symlink():
+        raise OutputError(
+            f"out {out}: a file was put there while the subject was converted; roidask "
+            "only adds subjects to its own stores, choose another output",
+            param="out",
+        )
+    with output_lock(out, param="out", wait=True):
+        try:
+            _prepare_target(out, subject, overwrite, inputs)
+        except OutputExistsError as exc:
+            meanwhile = f"{exc} (written meanwhile by another convert)"
+            raise OutputExistsError(meanwhile, param="out") from None
         swap_into_place(group, out / subject)
         consolidate(out)
 
@@ -452,7 +461,7 @@ def convert(
             consolidate(tmp)
             if folder.commit(replace=False) is not None:  # the new store
                 return out
-        _add_subject(tmp / subject, out, subject, overwrite=overwrite)
+        _add_subject(tmp / subject, out, subject, overwrite=overwrite, inputs=inputs)
         folder.discard()
     except BaseException:
         folder.discard()
@@ -544,29 +553,39 @@ def _convert_to_s3(
         )  # fmt: skip
         names = [f"{subject}/{n}" for n in _local_files(local / subject)]
         group_json = f"{subject}/zarr.json"
-        # converts adding subjects to one store take turns (each root rewrite then
-        # lists every subject published before it)
-        with RemoteLease(out, param="out", wait=True) as lease:
+        _create_root(out, local)
+        # converts of one subject take turns for its upload (those of others upload at
+        # the same time), and all take turns to rewrite the root, which then lists
+        # every subject published before it
+        with RemoteLease(out, param="out", wait=True, part=subject) as lease:
             old = _prepare_remote_target(out, subject, overwrite, inputs, meanwhile=True)
-            new_root = not (out / "zarr.json").is_file()
             if old is not None and old["group"]:
                 attrs = dict(old["group"].get("attributes") or {})
                 if attrs.pop(COMPLETE_ATTR, None) is not None:  # unpublish first
                     (out / group_json).write_text(
                         json.dumps({**old["group"], "attributes": attrs})
                     )
-                    consolidate(out)
+                    with RemoteLease(out, param="out", wait=True):
+                        consolidate(out)
             put_files(local, out, [n for n in names if n != group_json])
             if old is not None:
                 stale = sorted(set(old["objects"]) - {n.split("/", 1)[1] for n in names})
                 delete_prefix_keys(out / subject, stale)
             lease.check()
             put_files(local, out, [group_json])
-            if new_root:
-                put_files(local, out, ["zarr.json"])
-            else:
+            with RemoteLease(out, param="out", wait=True):
                 consolidate(out)
     return out
+
+
+def _create_root(out: S3Path, local: Path) -> None:
+    """Put the root of a new store in S3, listing no subject yet (if another convert has
+    not: a PUT that only creates), so that converts of several subjects into a new
+    store upload them at the same time."""
+    empty = local.parent / "root.zarr"
+    zarr.open_group(str(empty), mode="w-", zarr_format=3).attrs[STORE_ATTR] = STORE_FORMAT
+    consolidate(empty)
+    put_if_absent(out / "zarr.json", (empty / "zarr.json").read_bytes())
 
 
 def _local_files(folder: Path) -> list[str]:

@@ -176,13 +176,15 @@ def write_results(
     out = prepare_output(
         out_dir, inputs=[r["path"] for r in input_list or []], overwrite=overwrite
     )
-    folder = (result, plots, started_utc, input_list, extra_provenance, before_commit)
+    folder = (result, plots, started_utc, input_list, extra_provenance)
     if isinstance(out, S3Path):
         with tempfile.TemporaryDirectory(prefix=".roidask-out-") as tmp:
             local = Path(tmp) / (out.name or "out")
             _write_folder(local, *folder)
-            return publish_folder(local, out)
-    return _write_folder(out, *folder)
+            # asked once the upload holds the prefix's lease: a task that waited for it
+            # while the next batch published the subject must not write over that
+            return publish_folder(local, out, before_commit=before_commit)
+    return _write_folder(out, *folder, before_commit=before_commit)
 
 
 def _write_folder(

@@ -310,3 +310,67 @@ def test_another_commands_probe_object_is_not_an_object_of_the_prefix(s3_bucket)
     out = put(f"{s3_bucket}/out/.roidask-probe-123-0a1b2c3d", b"").parent
     assert not out.exists() and out.list_objects() == {} and list(out.iterdir()) == []
     assert check_remote_destination(out, param="out") == out
+
+
+def test_a_lease_knows_its_own_record(s3_bucket, monkeypatch):
+    # the answer to a PUT lost and the PUT retried: the object there is this lease's
+    import obstore.exceptions as obs_errors
+
+    real = obstore.put
+
+    def answer_lost(store, key, data, *args, mode=None, **kwargs):
+        result = real(store, key, data, *args, mode=mode, **kwargs)
+        if key.endswith(".roidask-lease") and mode is not None:
+            kind = (
+                obs_errors.AlreadyExistsError if mode == "create" else obs_errors.PreconditionError
+            )
+            raise kind("a retried request found the first one's object")
+        return result
+
+    monkeypatch.setattr(RemoteLease, "lease_s", 0.4)  # renewals every 0.1 s
+    monkeypatch.setattr(obstore, "put", answer_lost)
+    lease = RemoteLease(S3Path.from_url(f"{s3_bucket}/out"), param="out")  # not refused
+    time.sleep(0.5)  # renewals answered so: still its own
+    lease.check()
+    monkeypatch.setattr(obstore, "put", real)
+    lease.release()
+    assert not lease.lease.exists()
+
+
+def test_an_upload_asks_before_it_writes_once_it_holds_the_lease(s3_bucket, tmp_path):
+    dest = S3Path.from_url(f"{s3_bucket}/f")
+    local = tmp_path / "f"
+    local.mkdir()
+    (local / "a.txt").write_text("a")
+    seen = []
+
+    def no_longer_wanted():
+        seen.append(S3Path.from_url(f"{s3_bucket}/.f.roidask-lease").is_file())
+        raise RuntimeError("its batch is gone")
+
+    with pytest.raises(RuntimeError, match="its batch is gone"):
+        publish_folder(local, dest, before_commit=no_longer_wanted)
+    assert seen == [True] and dest.list_objects() == {}
+    assert not S3Path.from_url(f"{s3_bucket}/.f.roidask-lease").exists()
+
+
+def test_a_store_without_conditional_writes_is_written_with_a_warning(s3_bucket, monkeypatch):
+    from roidask.exceptions import LockWarning
+    from roidask.io import locations
+
+    real = obstore.put
+
+    def no_conditions(store, key, data, *args, mode=None, **kwargs):
+        if mode is not None:
+            raise OSError(
+                "Server returned non-2xx status code: 501 Not Implemented: If-None-Match"
+            )
+        return real(store, key, data, *args, **kwargs)
+
+    monkeypatch.setattr(obstore, "put", no_conditions)
+    monkeypatch.setattr(locations, "_UNLEASED", set())
+    out = S3Path.from_url(f"{s3_bucket}/out")
+    with pytest.warns(LockWarning, match=r"does not support conditional writes, so no lease"):
+        with RemoteLease(out, param="out") as lease:
+            lease.check()
+    assert not S3Path.from_url(f"{s3_bucket}/.out.roidask-lease").exists()

@@ -337,6 +337,13 @@ def test_a_gzip_file_of_several_members(tmp_path, data):
     path = tmp_path / "members.nii.gz"
     path.write_bytes(members)
     np.testing.assert_array_equal(NiftiSource.open(path).read(), nib.load(path).get_fdata())
+    decodes = []
+    real = nifti._sequential
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(nifti, "_sequential", lambda *a: decodes.append(a) or real(*a))
+        NiftiSource.open(path)
+        NiftiSource.open(path)
+    assert decodes == []  # its size was checked once, when first opened
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(members[: len(members) * 3 // 5] + members[-8:])  # the trailer kept
     with pytest.raises(CorruptFileError, match=r"^img .*cut\.nii\.gz: gzip stream is corrupt or"):

@@ -475,3 +475,26 @@ def test_the_temporary_store_stays_locked_while_it_is_written(small, monkeypatch
     monkeypatch.setattr(store_mod, "_stream_blocks", others_clean_up)
     store = convert(run, labels=labels, out=tmp / "s.zarr")
     assert list_subjects(store) == ["sub-01"]
+
+
+@pytest.mark.parametrize("what", ["folder", "file"])
+def test_what_a_user_put_at_out_meanwhile_is_never_written_into(small, monkeypatch, what):
+    from roidask.io import store_write as store_mod
+
+    run, labels, tmp = small
+    out = tmp / "s.zarr"
+    real = store_mod._mark_complete
+
+    def meanwhile(group):  # while the subject is converted: the user's folder or file
+        if what == "folder":
+            out.mkdir()
+            (out / "zarr.json").write_text("mine")
+        else:
+            out.write_text("mine")
+        real(group)
+
+    monkeypatch.setattr(store_mod, "_mark_complete", meanwhile)
+    with pytest.raises(OutputError, match=r"s\.zarr: .*(not a roidask store|a file was put)"):
+        convert(run, labels=labels, out=out)
+    assert (out / "zarr.json" if what == "folder" else out).read_text() == "mine"
+    assert sorted(p.name for p in tmp.iterdir()) == ["labels.txt", "run.nii.gz", "s.zarr"]
