@@ -26,6 +26,7 @@ from roidask.io.chunks import normalize_chunks
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS
 from roidask.io.image import (
     bold_from_nifti,
+    check_header_shape,
     image_from_nibabel,
     image_from_nifti,
     is_image_path,
@@ -83,6 +84,7 @@ def _from_xarray(obj, *, param: str, subject: str | None) -> xr.DataArray:
             "unknown; build it with roidask (as_image, open_subject) or set attrs['affine']",
             param=param,
         )
+    check_header_shape(obj, param)
     if not isinstance(obj.data, da.Array):
         obj = obj.copy(data=da.from_array(np.asarray(obj.data), chunks=-1))
     return obj

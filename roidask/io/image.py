@@ -58,6 +58,7 @@ __all__ = [
     "VolumeSource",
     "bold_coords",
     "bold_from_nifti",
+    "check_header_shape",
     "image_from_nibabel",
     "image_from_nifti",
     "is_image_path",
@@ -97,6 +98,39 @@ def shared_scaling(sources: Sequence[VolumeSource]) -> bool:
         src.is_scaled and (src.raw_dtype.newbyteorder("="), src.slope, src.inter) == key
         for src in sources
     )
+
+
+def check_header_shape(img: xr.DataArray, param: str) -> None:
+    """Refuse an image whose voxels are not those of the grid its attributes describe.
+
+    An image cropped or indexed with xarray (``isel``, a slice) keeps its attributes:
+    the affine and NIfTI header of the whole grid, so its voxels would be placed at the
+    wrong positions in mm (ROI centres, masks on "the same grid", written files). The
+    header's dimensions tell: its shape must be theirs. An image without a header
+    (built from an array, or whose attributes were set for the crop) is not checked.
+
+    Raises
+    ------
+    GridMismatchError
+        ``img``'s spatial shape is not its header's.
+    """
+    header = img.attrs.get("nifti_header")
+    if not isinstance(header, str):
+        return
+    try:
+        dims = tuple(int(n) for n in header_from_b64(header)["dim"][1:4])
+    except (ValueError, TypeError):
+        return
+    shape = tuple(int(n) for n in img.shape[:3])
+    if shape != dims:
+        raise GridMismatchError(
+            f"{param}: its voxels {shape} are not those of the grid its attributes describe "
+            f"{dims} (attrs['affine'], attrs['nifti_header']): an image cropped or indexed "
+            "with xarray keeps the whole grid's affine; crop before roidask reads it (e.g. "
+            "nibabel's img.slicer), or set attrs['affine'] to the crop's and drop "
+            "attrs['nifti_header']",
+            param=param,
+        )
 
 
 def _read_as(src: VolumeSource) -> str:
@@ -469,6 +503,8 @@ def to_nifti(
         )
     if isinstance(img, xr.DataArray) and tuple(img.dims[:3]) != SPATIAL_DIMS:
         raise ImageDimensionError(f"img: dims {img.dims}; expected x, y, z first", param="img")
+    if isinstance(img, xr.DataArray) and "affine" in img.attrs:
+        check_header_shape(img, "img")
     if not (is_nifti_path(path) or str(path).lower().endswith(".nii.zarr")):
         raise InvalidParameterError(
             f"path {path}: output name must end in .nii, .nii.gz or .nii.zarr", param="path"

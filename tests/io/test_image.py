@@ -150,3 +150,25 @@ def test_a_subject_given_for_one_image_is_refused_not_ignored(haxby):
         with pytest.raises(InvalidParameterError, match=rf"^subject: 'sub-09' selects .*{what}"):
             as_image(img, subject="sub-09")
     assert isinstance(as_image(haxby.bold), xr.DataArray)
+
+
+def test_an_image_cropped_with_xarray_is_refused_not_misplaced(haxby, tmp_path):
+    """A crop (isel) keeps the whole grid's affine and header: its voxels would be placed
+    at the wrong mm positions. Refused, naming the way out; a crop with its own affine
+    (header dropped) is accepted."""
+    from roidask.exceptions import GridMismatchError
+
+    bold = as_image(haxby.bold)
+    crop = bold.isel(x=slice(6, 20))
+    with pytest.raises(GridMismatchError, match=r"^bold_img: its voxels \(14, 20, 1\) are not "):
+        as_image(crop, param="bold_img")
+    with pytest.raises(GridMismatchError, match=r"img: its voxels .* cropped or indexed"):
+        to_nifti(crop.isel(time=0), tmp_path / "crop.nii.gz")
+    assert not (tmp_path / "crop.nii.gz").exists()
+    from roidask.io.grid import box_affine
+
+    fixed = crop.assign_attrs(
+        affine=box_affine(bold.attrs["affine"], (slice(6, 20),) * 3).tolist()
+    )
+    del fixed.attrs["nifti_header"]
+    assert as_image(fixed).shape == (14, 20, 1, bold.shape[3])
