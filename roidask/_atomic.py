@@ -319,7 +319,12 @@ def _foreign_files(folder: Path, marker: dict) -> list[str]:
     its marker does not list, and listed files of another size than the marker recorded
     (a user's edit: "(changed)"). One walk of the folder."""
     listed = set(marker["files"]) | {MARKER, "provenance.json"}
-    owned_dirs = tuple(f"{f}/" for f in marker["files"] if (folder / f).is_dir())
+    # Markers that record sizes list files only: a folder where one of them was is a
+    # user's (with whatever it holds). Older markers listed folders (results.zarr) whole.
+    files_only = isinstance(marker.get("bytes"), dict)
+    owned_dirs = (
+        () if files_only else tuple(f"{f}/" for f in marker["files"] if (folder / f).is_dir())
+    )
     holding = {str(Path(f).parent) for f in listed} | {d.rstrip("/") for d in owned_dirs}
     holding |= {str(p) for f in holding for p in Path(f).parents}
     foreign, sizes = [], {}

@@ -15,7 +15,7 @@ import xarray as xr
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti, open_source
-from roidask.io.locations import Location, PathOrURL, S3Path, as_location
+from roidask.io.locations import Location, PathOrURL, S3Path, absolute, as_location
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
 from roidask.outputs.study import SubjectNode
@@ -90,6 +90,12 @@ def run_subject(
         bold=bold, labels=labels, store=store, subject=subject, mask=mask, out=out,
         params=params, chunks=chunks, tr_s=tr_s, overwrite=overwrite, read=False,
     )  # fmt: skip
+    # checked as given (messages name them so); computed from absolute paths: the tasks
+    # of a dask cluster open them in worker processes with other working folders
+    bold = [absolute(p) for p in bold] if bold else bold
+    labels = [absolute(p) for p in labels] if labels else labels
+    mask = absolute(mask)
+    store = absolute(store) if store is not None else None
     temp_dir = None if isinstance(out, S3Path) else out.parent  # the pass's temporary file
     if inputs is None:  # hashed while the pipeline runs
         inputs = start_input_records(files)

@@ -162,16 +162,21 @@ def test_a_roidask_folder_holding_a_foreign_file_is_refused(tmp_path):
     assert (out / "notes.txt").read_text() == "user"
 
 
-@pytest.mark.parametrize("edit", ["appended", "folder"])
+@pytest.mark.parametrize("edit", ["appended", "folder", "folder-for-a-file"])
 def test_a_roidask_folder_a_user_added_to_is_refused(tmp_path, edit):
     out = roidask_folder(tmp_path / "out", files=("rois.tsv", "figures/f.png"))
     if edit == "appended":  # a user's line in roidask's table: theirs now
         with open(out / "rois.tsv", "a") as f:
             f.write("my note\n")
         shown = "rois.tsv (changed)"
-    else:  # a user's (empty) folder
+    elif edit == "folder":  # a user's (empty) folder
         (out / "my_notes").mkdir()
         shown = "my_notes/"
+    else:  # a user's folder where roidask's file was, and what it holds
+        (out / "rois.tsv").unlink()
+        (out / "rois.tsv").mkdir()
+        (out / "rois.tsv" / "mine.txt").write_text("notes")
+        shown = "rois.tsv/, rois.tsv/mine.txt"
     with pytest.raises(
         OutputError, match=rf"did not write, or changed since \({re.escape(shown)}\)"
     ):

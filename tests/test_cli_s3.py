@@ -469,3 +469,21 @@ def test_store_opened_from_s3_reads_like_local(haxby, inputs, s3_bucket, tmp_pat
     np.testing.assert_array_equal(a["bold"].values, b["bold"].values)
     assert list(a["condition"].values) == list(b["condition"].values)
     assert isinstance(zarr.open_group(str(tmp_path / "s.zarr"), mode="r"), zarr.Group)
+
+
+def test_a_subject_being_uploaded_meanwhile_gives_no_zarr_warning(s3_bucket, tmp_path):
+    import warnings
+
+    from roidask.io import convert, list_subjects
+
+    bold = write_bold(tmp_path / "bold.nii.gz", 6)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "face 0\nhouse 0\n" * 3)
+    remote = f"{s3_bucket}/s.zarr"
+    convert(bold, labels=labels, out=remote, subject="sub-1")
+    # another convert's subject, its objects put, its zarr.json not yet
+    obstore.put(_store(remote), "sub-2/bold/c/0/0/0/0", b"chunk")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convert(bold, labels=labels, out=remote, subject="sub-3")
+    assert list_subjects(remote) == ["sub-1", "sub-3"]

@@ -77,3 +77,27 @@ def test_a_study_node_its_batch_no_longer_wants_is_not_written(haxby, tmp_path):
                     study_node=SubjectNode(study, "sub-01", "01", "f"))  # fmt: skip
     assert (tmp_path / "sub-01" / "tstat.nii.gz").is_file()
     assert not (study / "sub-01").exists()
+
+
+def test_the_inputs_are_computed_from_absolute_paths(haxby, tmp_path, monkeypatch):
+    # a dask cluster's tasks open them in workers with other working folders
+    import shutil
+
+    from roidask import runner
+
+    for f in (haxby.bold, haxby.labels, haxby.mask):
+        shutil.copy(f, tmp_path / f.name)
+    monkeypatch.chdir(tmp_path)
+    seen = []
+
+    def stop(bold, labels, mask, *args, **kwargs):
+        seen.append((bold, labels, mask))
+        raise RuntimeError("enough")
+
+    monkeypatch.setattr(runner, "_run_nifti", stop)
+    with pytest.raises(RuntimeError, match="enough"):
+        run_subject(bold=["bold.nii.gz"], labels=["labels.txt"], store=None, subject=None,
+                    mask="mask.nii.gz", out="out", params=PipelineParams())  # fmt: skip
+    ((bold, labels, mask),) = seen
+    assert [*bold, *labels, mask] == [tmp_path / n for n in ("bold.nii.gz", "labels.txt",
+                                                             "mask.nii.gz")]  # fmt: skip

@@ -528,7 +528,7 @@ def prepare_group(
     RoidaskError
         As :func:`group_from`; also a mask that is not binary, empty or on another grid.
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # the permutation test's tasks read from workers
     study_path: Path | None
     if _is_study(path):
         study_path, batch = path, path.parent if _is_batch_folder(path.parent) else None
@@ -549,7 +549,7 @@ def prepare_group(
                 param="out",
             )
         out = batch / "group"
-    out = Path(out)
+    out = Path(os.path.abspath(out))
     # first, before any input is read: hold the batch folders written (the one read, and
     # the one --out is in) and the store, so that another batch or group level writing
     # them is refused; held until run()

@@ -715,8 +715,9 @@ class RemoteLease:
         return (
             f"{self.param} {self.folder}: another roidask command is writing it ({who}lease "
             f"{self.lease} renewed {holder['age_s']:.0f} s ago); wait for it to end, or "
-            "choose another output (the lease of a command that was killed lapses "
-            f"{type(self).lease_s:.0f} s after its last renewal)"
+            "choose another output (the lease of a command that was killed is taken over "
+            f"at once on its machine, elsewhere {type(self).lease_s:.0f} s after its last "
+            "renewal)"
         )
 
     def _renew(self) -> None:
@@ -1190,11 +1191,16 @@ def check_remote_destination(
 
 
 def check_writable(out: S3Path, param: str) -> None:
-    """Put and delete a probe object under ``out`` (as on disk: a probe file)."""
+    """Put and delete a probe object under ``out`` (as on disk: a probe file), and the
+    probes a killed command left there."""
     probe = out / f"{_PROBE}{os.getpid()}-{secrets.token_hex(4)}"
     try:
         obstore.put(_store(probe.bucket), probe.key, b"")
-        obstore.delete(_store(probe.bucket), probe.key)
+        # with the probes of killed commands (another's, live, is there for a moment only
+        # and is deleted by it too: deleting an object twice is no error)
+        listing = obstore.list_with_delimiter(_store(out.bucket), prefix=out._prefix())
+        probes = {m["path"] for m in listing["objects"] if _is_probe(m["path"])}
+        obstore.delete(_store(probe.bucket), sorted(probes | {probe.key}))
     except Exception as exc:
         raise s3_error(exc, out, param=param, expected="prefix", error=OutputError) from None
 

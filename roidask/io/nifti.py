@@ -821,15 +821,28 @@ class _GzipBlockReader:
             self._last = (0, b"")
 
 
-# One reader per (file, process), shared by the threads of that process; and the name
-# each was resolved to when it opened (release_handles compares names, resolving none).
-_HANDLES: dict[tuple[str, int], _FileReader | _GzipBlockReader] = {}
-_HANDLE_NAMES: dict[tuple[str, int], str] = {}
+# One reader per (file, process, version), shared by the threads of that process; and
+# the name each was resolved to when it opened (release_handles compares names,
+# resolving none). A local file replaced at its path (another inode, size or mtime) gets
+# a reader of its own: a long-lived worker never reads the old content for the new.
+_HANDLES: dict[tuple[str, int, tuple], _FileReader | _GzipBlockReader] = {}
+_HANDLE_NAMES: dict[tuple[str, int, tuple], str] = {}
 _HANDLES_LOCK = threading.Lock()
 
 
+def _version(path: Path | S3Path) -> tuple:
+    """What tells two contents of a local path apart, without reading it (a ``stat``)."""
+    if isinstance(path, S3Path):
+        return ()
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ()  # opening it will say what is wrong
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 def _handle(path: Path | S3Path) -> _FileReader | _GzipBlockReader:
-    key = (str(path), os.getpid())
+    key = (str(path), os.getpid(), _version(path))
     with _HANDLES_LOCK:
         reader = _HANDLES.get(key)
     if reader is not None:

@@ -101,9 +101,18 @@ def checksummed() -> list:
 
 
 def consolidate(path: Path | S3Path) -> None:
-    """Consolidate a store's metadata into its root ``zarr.json`` (written atomically)."""
+    """Consolidate a store's metadata into its root ``zarr.json`` (written atomically).
+
+    Subjects other converts are uploading into an ``s3://`` store (their objects, not
+    yet their ``zarr.json``) are not listed, and zarr's warning about each is not shown:
+    they are published by their own convert's consolidation.
+    """
     ignore_consolidated_warning()  # again: a caller's catch_warnings may have dropped it
-    zarr.consolidate_metadata(zarr_store(path, read_only=False))
+    with warnings.catch_warnings():  # the convert's own thread (a command's last step)
+        warnings.filterwarnings(
+            "ignore", message=r"Object at .* is not recognized as a component of a Zarr"
+        )
+        zarr.consolidate_metadata(zarr_store(path, read_only=False))
 
 
 def chunk_grids(arrays: Mapping[str, Any]) -> dict[str, list[int]]:

@@ -195,6 +195,18 @@ def test_group_rejects_bad_inputs_before_writing(batch, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.zarr"]
 
 
+def test_a_relative_folder_is_made_absolute_for_the_workers(batch, monkeypatch):
+    from roidask.batch.group import prepare_group
+
+    monkeypatch.chdir(batch.parent)
+    plan = prepare_group(batch.name)
+    try:  # the files the permutation test's tasks open: absolute
+        assert plan.out == batch / "group"
+        assert all(f.is_absolute() for files in plan.subjects.files for f in files)
+    finally:
+        plan.close()
+
+
 @pytest.mark.parametrize("damage", ["replaced", "marker-gone"])
 def test_group_refuses_a_subject_folder_changed_since(batch, tmp_path, damage):
     # a subject's map replaced by another of another size: never the group's input

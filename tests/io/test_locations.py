@@ -310,6 +310,9 @@ def test_another_commands_probe_object_is_not_an_object_of_the_prefix(s3_bucket)
     out = put(f"{s3_bucket}/out/.roidask-probe-123-0a1b2c3d", b"").parent
     assert not out.exists() and out.list_objects() == {} and list(out.iterdir()) == []
     assert check_remote_destination(out, param="out") == out
+    # a probe a killed command left: removed by the next check
+    keys = [m["path"] for page in obstore.list(S3Store(out.bucket)) for m in page]
+    assert keys == []
 
 
 def test_a_lease_knows_its_own_record(s3_bucket, monkeypatch):

@@ -199,7 +199,20 @@ def test_close_and_release_handles(gz_run, monkeypatch):
     assert_blocks_equal(read_blocks(gz_run, [2]), gz_run)
     assert release_handles([gz_run]) == 1
     assert release_handles([gz_run]) == 0
-    assert (str(gz_run), os.getpid()) not in nifti._HANDLES
+    assert not [k for k in nifti._HANDLES if k[:2] == (str(gz_run), os.getpid())]
+
+
+def test_a_file_replaced_at_its_path_is_read_anew(tmp_path, rng):
+    # a long-lived worker keeps a read handle per file: the new content at that path, not
+    # the old one (roidask run --scheduler tcp://... twice on a replaced input)
+    path = tmp_path / "run.nii.gz"
+    first = rng.integers(-500, 500, size=SHAPE, dtype=np.int16)
+    write_run(path, first)
+    np.testing.assert_array_equal(NiftiSource.open(path).read(0, 2), first[..., :2])
+    second = first + 1
+    write_run(tmp_path / "new.nii.gz", second)
+    os.replace(tmp_path / "new.nii.gz", path)
+    np.testing.assert_array_equal(NiftiSource.open(path).read(0, 2), second[..., :2])
 
 
 @pytest.mark.parametrize("order", ["in order", "reversed"])
