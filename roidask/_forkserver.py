@@ -21,17 +21,30 @@ defaults must be environment variables (the server starts before dask's
 configuration is read). If the server dies, distributed restarts every worker (their
 tasks are redone) from a new server that has only distributed's own preload list.
 
+Each worker also preloads this module (:data:`WORKER_PRELOAD`, however it started):
+:func:`dask_setup` silences what distributed's workers log when the roidask process
+closes their scheduler early (:data:`CLOSING_NOISE`).
+
 Standard library only: the launcher imports this before anything heavy.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
 import threading
 
-__all__ = ["CHOICE_VARIABLE", "WORKER_ENVIRON", "WORKER_MODULES", "start_method"]
+__all__ = [
+    "CHOICE_VARIABLE",
+    "CLOSING_NOISE",
+    "WORKER_ENVIRON",
+    "WORKER_MODULES",
+    "WORKER_PRELOAD",
+    "dask_setup",
+    "start_method",
+]
 
 #: Modules the forkserver imports once for all workers: a worker of a batch runs
 #: subject tasks (roidask.batch imports the whole engine) under distributed.
@@ -48,6 +61,9 @@ WORKER_ENVIRON = {
 #: distributed's setting of the start method, as an environment variable: set, it
 #: wins (e.g. ``spawn``: every worker a fresh interpreter, as distributed does).
 CHOICE_VARIABLE = "DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"
+#: distributed's worker preload (``Nanny(preload=...)``) of the embedded cluster's
+#: workers: this module, whose :func:`dask_setup` runs in each worker process.
+WORKER_PRELOAD = __name__
 _LOCK = threading.Lock()
 
 
@@ -86,3 +102,44 @@ def start_method() -> str:
                 else:
                     os.environ[key] = value
     return "forkserver"
+
+
+#: What distributed's workers log when their scheduler closes under them, by logger: the
+#: embedded cluster's scheduler lives in the roidask process, which closes it only when
+#: the command ends (early, on Ctrl-C, SIGTERM or an error: the tasks still running are
+#: cancelled). After roidask's own last line, these tell the user nothing more.
+CLOSING_NOISE = {
+    # one warning per task still running ("... ended with CancelledError")
+    "distributed.worker.state_machine": ("Async instruction for ",),
+    # an ERROR with a traceback, from a heartbeat sent as the scheduler closes
+    "distributed.worker": (
+        "Failed to communicate with scheduler during heartbeat",
+        "Scheduler was unaware of this worker",
+    ),
+}
+
+
+class _ClosingNoise(logging.Filter):
+    """Drops the records of :data:`CLOSING_NOISE` (one logger's prefixes)."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def dask_setup(worker: object) -> None:
+    """distributed's preload hook, run in each embedded-cluster worker process: silences
+    :data:`CLOSING_NOISE`.
+
+    Parameters
+    ----------
+    worker : distributed.Worker
+        Unused: the setting is the process's logging.
+    """
+    for name, prefixes in CLOSING_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ClosingNoise) for f in logger.filters):
+            logger.addFilter(_ClosingNoise(prefixes))

@@ -54,6 +54,7 @@ def entry() -> None:
         # Imported now, not at the top: the server's imports must start before these.
         from roidask.cli import entry as cli_entry  # noqa: PLC0415
     except KeyboardInterrupt as exc:  # Ctrl-C while starting: nothing was written yet
-        print("roidask: interrupted while starting; nothing was written", file=sys.stderr)
+        how = Terminated.describe(exc)
+        print(f"roidask: {how} while starting; nothing was written", file=sys.stderr)
         raise SystemExit(Terminated.status_of(exc)) from None
     cli_entry()

@@ -1202,8 +1202,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"roidask: error: {format_error(exc, args.command)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (roidask._launch)
-            how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
-            print(f"roidask: {how}; no partial output was kept", file=sys.stderr)
+            kept = (
+                "the subjects completed so far are kept (the same command runs the rest); "
+                if args.command == "batch"
+                else ""
+            )
+            print(
+                f"roidask: {Terminated.describe(exc)}; {kept}no partial output was kept",
+                file=sys.stderr,
+            )
             return Terminated.status_of(exc)
 
 

@@ -41,7 +41,7 @@ import dask
 from dask.system import CPU_COUNT
 from dask.utils import format_bytes, parse_bytes
 
-from roidask._forkserver import start_method
+from roidask._forkserver import WORKER_PRELOAD, start_method
 from roidask.exceptions import ClusterError, InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -618,6 +618,7 @@ def _local_client(
                 security=credentials.security() if credentials else None,
                 dashboard_address=dashboard_address,
                 scheduler_kwargs={"dashboard": bool(dashboard)},
+                preload=[WORKER_PRELOAD],
                 **nanny_options,
             ) as cluster,
             Client(cluster, set_as_default=True) as client,

@@ -182,6 +182,12 @@ class Terminated(KeyboardInterrupt):
         """The shell's exit status for ``exc``: 128 + the signal (SIGTERM 15, SIGINT 2)."""
         return 143 if isinstance(exc, Terminated) else 130
 
+    @staticmethod
+    def describe(exc: KeyboardInterrupt) -> str:
+        """What stopped the command, for its last line: ``"terminated (SIGTERM)"`` or
+        ``"interrupted"`` (Ctrl-C)."""
+        return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
 
 # -- warnings --------------------------------------------------------------------------------
 class RoidaskWarning(UserWarning):

@@ -15,6 +15,7 @@ import pytest
 from roidask._forkserver import CHOICE_VARIABLE, WORKER_ENVIRON, WORKER_MODULES, start_method
 from roidask._launch import starts_embedded_workers
 from roidask.cluster import get_client
+from roidask.exceptions import Terminated
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -143,23 +144,28 @@ def test_threaded_workers_ignore_the_forkserver_setting():
             assert client.submit(sum, [1, 2]).result(timeout=10) == 3
 
 
-def test_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
-    """Ctrl-C while the command line is imported (~1 s of every start): one line and exit
-    status 130, as once the command runs, not a traceback out of pandas' imports."""
+@pytest.mark.parametrize(
+    ("stop", "status", "how"),
+    [(KeyboardInterrupt, 130, "interrupted"), (Terminated, 143, "terminated (SIGTERM)")],
+)
+def test_stopped_while_starting_is_one_line(monkeypatch, capsys, stop, status, how):
+    """Ctrl-C or SIGTERM while the command line is imported (~1 s of every start): one line
+    naming what stopped it and its exit status, as once the command runs, not a traceback
+    out of pandas' imports."""
     import types
 
     from roidask import _launch
 
     class Importing(types.ModuleType):
         def __getattr__(self, name):
-            raise KeyboardInterrupt
+            raise stop
 
     monkeypatch.setitem(sys.modules, "roidask.cli", Importing("roidask.cli"))
     monkeypatch.setattr(sys, "argv", ["roidask", "run", "bold.nii.gz"])
     with pytest.raises(SystemExit) as exit_info:
         _launch.entry()
-    assert exit_info.value.code == 130
-    assert capsys.readouterr().err == "roidask: interrupted while starting; nothing was written\n"
+    assert exit_info.value.code == status
+    assert capsys.readouterr().err == f"roidask: {how} while starting; nothing was written\n"
 
 
 _SLOW_WRITE = """
@@ -193,3 +199,48 @@ def test_sigterm_while_writing_keeps_nothing_partial(haxby, tmp_path):
         "roidask: terminated (SIGTERM); no partial output was kept"
     ]
     assert list(tmp_path.iterdir()) == []  # no output, no temporary folder left
+
+
+def test_embedded_workers_drop_what_a_closing_scheduler_makes_them_log():
+    """The embedded cluster's workers run :func:`roidask._forkserver.dask_setup` (a worker
+    preload): distributed's lines about a scheduler closing under them are dropped, the rest
+    of their log is kept."""
+    import logging
+
+    from roidask._forkserver import CLOSING_NOISE, dask_setup
+
+    class Keep(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    loggers = {name: logging.getLogger(name) for name in CLOSING_NOISE}
+    before = {name: list(logger.filters) for name, logger in loggers.items()}
+    kept = Keep()
+    with get_client(processes=False, n_workers=1, threads_per_worker=1) as client:
+        # the preload ran in this process's worker
+        assert client.submit(sum, [1, 2]).result(timeout=10) == 3
+        try:
+            for logger in loggers.values():
+                logger.addHandler(kept)
+            state_machine = loggers["distributed.worker.state_machine"]
+            state_machine.warning("Async instruction for <Task> ended with CancelledError")
+            loggers["distributed.worker"].error(
+                "Failed to communicate with scheduler during heartbeat."
+            )
+            loggers["distributed.worker"].warning("Scheduler was unaware of this worker; bye")
+            loggers["distributed.worker"].warning("Worker is at 85% memory usage.")
+            dask_setup(None)  # again: one filter per logger
+            noise = [
+                [type(f).__name__ for f in lg.filters].count("_ClosingNoise")
+                for lg in loggers.values()
+            ]
+            assert noise == [1, 1]
+        finally:
+            for name, logger in loggers.items():
+                logger.removeHandler(kept)
+                logger.filters[:] = before[name]
+    assert kept.messages == ["Worker is at 85% memory usage."]

@@ -328,6 +328,31 @@ def test_batch_on_embedded_cluster(dataset, reference, tmp_path):
     ]
 
 
+def test_sigterm_on_embedded_cluster_is_one_line(dataset, tmp_path):
+    """SIGTERM (scancel, timeout) while the embedded cluster's workers compute: roidask's one
+    line, which says the subjects done are kept, and no worker log lines (distributed logs a
+    warning per task cancelled by a closing worker)."""
+    manifest = manifest_for(dataset, tmp_path / "manifest.tsv", [1, 2, 3, 4])
+    out = tmp_path / "batch"
+    log = tmp_path / "batch.log"
+    cmd = batch_cmd(manifest, out, "--n-workers", "2", "--threads-per-worker", "1")
+    batch = start(cmd, log)
+    try:
+        wait_until(lambda: "done" in statuses(out).values(), timeout=120,
+                   what="a first subject done", proc=batch, log=log)  # fmt: skip
+        batch.terminate()  # the roidask process only, as kill and scancel do
+        batch.wait(timeout=60)
+    finally:
+        kill_group(batch)
+    assert batch.returncode == 143
+    lines = log.read_text().strip().splitlines()
+    assert lines == [
+        "roidask: terminated (SIGTERM); the subjects completed so far are kept (the same "
+        "command runs the rest); no partial output was kept"
+    ]
+    assert "done" in statuses(out).values()
+
+
 def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path):
     from roidask.cluster import get_client
     from roidask.datasets import make_synthetic_subject
