@@ -180,7 +180,9 @@ def volume_conditions(bold, param: str = "img") -> np.ndarray:
             "labels (roidask.io.bold_from_nifti(..., labels=...)) to use conditions",
             param=param,
         )
-    return np.asarray(bold["condition"].values).astype(str)
+    # via object: numpy's StringDType (a variable-length zarr string, as earlier converts
+    # wrote, read by plain xarray) does not cast to fixed-width str
+    return np.asarray(bold["condition"].values).astype(object).astype(str)
 
 
 def check_condition_name(condition: Any, param: str = "condition") -> str:

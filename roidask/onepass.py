@@ -127,7 +127,7 @@ class PassResult:
     Attributes
     ----------
     total : ndarray (x, y, z), float64
-        Sum of every volume, in the data's units.
+        Sum of every volume, in the data's units (NaN or infinite values as 0).
     n_volumes : int
         Number of volumes summed.
     n_nonfinite : int
@@ -459,7 +459,10 @@ def _block_partial(
     total = _block_sum(block)
     nonfinite = 0
     if block.dtype.kind == "f" and not np.isfinite(total).all():  # NaN/inf make the sum so
-        nonfinite = block.size - int(np.count_nonzero(np.isfinite(block)))
+        # summed as 0, as nilearn's smooth_img sets them before the mean EPI is taken
+        finite = np.isfinite(block)
+        nonfinite = block.size - int(np.count_nonzero(finite))
+        total = _block_sum(np.where(finite, block, 0))
     kept = [] if box is None else [stored[(*box, slice(None))].copy()]
     statistics = time.thread_time() - start
     spilled = []

@@ -86,6 +86,26 @@ def test_pipeline_equals_nilearn_seed(haxby, seed, seed64, chunks):
     assert not [k for k, v in computed.variables.items() if isinstance(v.data, da.Array)]
 
 
+def test_non_finite_values_equal_nilearn_seed(haxby, tmp_path):
+    """NaN and inf in a float BOLD: nilearn's smooth_img sets them to 0 before the mean EPI
+    and the t-test; so do we (a NaN summed into the mean EPI zeroed the whole voxel)."""
+    from roidask.exceptions import NonFiniteVoxelsWarning
+
+    img = nib.load(haxby.bold)
+    data = np.asanyarray(img.dataobj).astype(np.float32)
+    data[20, 10, 0, 7] = np.nan  # inside the brain, in the ventral temporal mask's rows
+    data[21, 12, 0, 300] = np.inf
+    data[5, 5, 0, :3] = np.nan
+    path = tmp_path / "bold.nii.gz"
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    nib.save(nib.Nifti1Image(data, img.affine, header), path)
+    seed = seed_pipeline(str(path), str(haxby.labels), str(haxby.mask))
+    with pytest.warns(NonFiniteVoxelsWarning, match="5 NaN/inf voxel values"):
+        result = roi_pipeline(bold_from_nifti(path, labels=haxby.labels), mask_img=haxby.mask)
+    assert_matches_seed(result, seed)
+
+
 @pytest.mark.parametrize(
     ("scheme", "folds"),
     [

@@ -410,7 +410,8 @@ def convert(
         coords={k: v for k, v in lazy.coords.items()},
     )
     ds["bold"].attrs.update(lazy.attrs)
-    ds["condition"] = ds["condition"].astype(object)
+    # fixed-width unicode (zarr's fixed_length_utf32): plain xarray reads numpy strings back
+    ds["condition"] = ds["condition"].astype(str)
     encoding: dict[str, dict[str, Any]] = {
         str(name): {"compressors": checksummed()} for name in ds.coords
     }
@@ -433,6 +434,7 @@ def convert(
     tmp = folder.open()
     try:
         zarr.open_group(str(tmp), mode="w-", zarr_format=3).attrs[STORE_ATTR] = STORE_FORMAT
+        ignore_consolidated_warning()  # the condition's fixed_length_utf32 (see there)
         with zarr.config.set(_WRITE_CONFIG):
             with warnings.catch_warnings():
                 # scaled int storage of float data "without _FillValue": the source has no NaN

@@ -83,6 +83,11 @@ def test_plain_xarray_reads_the_store(haxby, tmp_path):
     assert one["bold"].chunks[:2] == ((7,) * 5 + (5,), (9, 9, 2))
     assert list_subjects(store) == ["subj1", "subj2"]
     assert sorted(open_store(store).children) == ["subj1", "subj2"]
+    # conditions are numpy strings (zarr's fixed_length_utf32), not StringDType
+    for opened in (one, tree["subj2"]):
+        assert opened["condition"].dtype.kind == "U"
+        labels = opened["condition"].astype(str).values
+        assert (labels == "face").sum() == 108
 
 
 def test_multi_run_equals_concatenation(tmp_path, rng):

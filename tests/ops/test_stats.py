@@ -119,6 +119,21 @@ def test_ttest_matches_scipy_on_haxby(haxby_chunked, haxby_arrays, equal_var):
     assert ours.attrs["affine"] == haxby_chunked.attrs["affine"]
 
 
+def test_conditions_stored_as_variable_length_strings(haxby_chunked, haxby_arrays):
+    """Stores of earlier converts hold ``condition`` as zarr's variable-length strings,
+    which plain xarray (and ``roidask.open_store``) read as numpy ``StringDType``."""
+    data, _, labels = haxby_arrays
+    strings = np.asarray(labels, dtype=np.dtypes.StringDType())
+    bold = haxby_chunked.assign_coords(condition=("time", strings))
+    ref = quiet_reference(
+        sst.ttest_ind, data[..., labels == "face"], data[..., labels == "house"], axis=-1
+    )
+    ours = computed(ttest_img(bold, contrast=("face", "house")))
+    assert_same(ours["t"], ref.statistic)
+    face = computed(mean_img(bold, condition="face"))
+    np.testing.assert_allclose(face, data[..., labels == "face"].mean(axis=-1), rtol=1e-5)
+
+
 def test_ftest_matches_sklearn_and_scipy_on_haxby(haxby_chunked, haxby_arrays):
     data, _, labels = haxby_arrays
     names = sorted(set(labels))
