@@ -89,8 +89,8 @@ for scheme in schemes:
 # %% [markdown]
 # ## The selection bias
 #
-# With `same`, every shuffle shows an effect near t = 2 in the selected direction where
-# there is none; with ROIs defined on other runs, the effect is centred on 0.
+# With `same`, every shuffle that finds ROIs shows an effect near t = 2 in the selected
+# direction where there is none; with ROIs defined on other runs, the effect is centred on 0.
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 4))

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from roidask import __version__
-from roidask._atomic import check_not_input
+from roidask._atomic import check_not_input, check_parent
 from roidask._malloc import limit_malloc_arenas
 from roidask.batch import (
     GRANULARITIES,
@@ -612,7 +612,8 @@ def _add_execution_options(p) -> None:
         "--n-workers",
         type=_positive_int,
         default=None,
-        help="embedded cluster workers (default: one per core, up to 4 cores)",
+        help="embedded cluster workers (default: `batch` and `group`, one process per core, "
+        "of 2 threads beyond 4 cores; `run --scheduler local`, one in this process)",
     )
     c.add_argument(
         "--threads-per-worker",
@@ -972,7 +973,8 @@ def _add_group(sub) -> None:
         "the ROI overlap, and a sign-flip permutation test of the same maps on a dask "
         "cluster (voxel-level FWE by max-t, cluster-size and cluster-mass FWE with "
         "--cluster-threshold; exhaustive flips when 2^n - 1 <= --permutations). Written "
-        "atomically into the batch's group/ (or --out) and the study's group node.",
+        "atomically into the batch's group/ and the study's group node, which mirrors it "
+        "(another --out in a batch folder leaves both as they are).",
     )
     p.add_argument(
         "study", type=_local_path, metavar="STUDY_OR_BATCH", help="a batch folder or a study.zarr"
@@ -993,6 +995,7 @@ def _cmd_group(args) -> int:
     permutation = group_permutation(args)
     plan = prepare_group(args.study, out=args.out, permutation=permutation)  # no cluster yet
     address = None if args.scheduler == "local" else args.scheduler
+    node = None if plan.study is None else f"{plan.study.path}, node {GROUP_NODE}"
     with _cluster(address, args, processes=True):
         out = plan.run()
     record = json.loads((out / "permutation.json").read_text())
@@ -1012,7 +1015,7 @@ def _cmd_group(args) -> int:
             f"voxels in clusters with FWE-corrected p < 0.05 (size): "
             f"{int(np.count_nonzero(size > -np.log10(0.05)))}"
         )
-    print(f"outputs: {out}")
+    print(f"outputs: {out}" + (f" and {node}" if node else ""))
     print(f"wall time: {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -1088,8 +1091,9 @@ def _cmd_demo(args) -> int:
     if root.is_dir():  # before the cluster starts: only roidask's own results are replaced
         for name in ["haxby-slice", *(["synthetic"] if args.synthetic else [])]:
             prepare_output(root / name, overwrite=True)
+    check_parent(root, param="out")  # as every command: the folder asked for, no parents
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(exist_ok=True)
     except OSError as exc:
         raise OutputError(
             f"out {root}: cannot create the folder ({exc.strerror or exc})", param="out"

@@ -468,6 +468,14 @@ def get_client(
     ClusterError
         The scheduler could not be reached (or refused the handshake) within
         ``timeout`` seconds.
+
+    Notes
+    -----
+    The embedded cluster's worker processes start from a fresh interpreter that
+    imports the main script, as every :mod:`multiprocessing` program's do: a
+    script calling ``get_client()`` keeps that code under
+    ``if __name__ == "__main__":`` (else each worker would start a cluster of its
+    own, and distributed fails with "Nanny failed to start").
     """
     n_workers = _check_positive_int("n_workers", n_workers)
     threads_per_worker = _check_positive_int("threads_per_worker", threads_per_worker)

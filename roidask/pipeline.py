@@ -392,7 +392,10 @@ _FOLD_COORDS = {
     },
     "roi_runs": {"long_name": "runs whose volumes defined the fold's ROIs (run values)"},
     "signal_runs": {"long_name": "runs whose volumes' signals the fold reports (run values)"},
-    "signal_volume": {"long_name": "the fold reports this volume's signal (a signal run's)"},
+    "signal_volume": {
+        "long_name": "the fold reports this volume's signal (a signal run's)",
+        "units": "1",
+    },
 }
 
 
@@ -494,7 +497,11 @@ def _results_attrs(result: PipelineResult, ref: xr.DataArray, n_rois) -> dict:
 
 def _time_coords(signals: xr.DataArray) -> dict:
     time = signals["time"]
-    coords = {"time": ("time", np.asarray(time.values, dtype=np.float64), dict(time.attrs))}
+    attrs = {
+        "long_name": "start of the volume's acquisition, from the first volume (volume x TR)",
+        "units": time.attrs.get("units", "s"),  # "volumes" without a repetition time
+    }
+    coords = {"time": ("time", np.asarray(time.values, dtype=np.float64), attrs)}
     n_time = time.size
     volume = signals["volume"].values if "volume" in signals.coords else np.arange(n_time)
     time_values = {

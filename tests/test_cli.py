@@ -674,6 +674,11 @@ def _bad(tmp_path, data, case):
         return ["demo", "--out", notes, "--quiet"], (
             f"--out {notes}: is a file; expected a folder (the demo writes haxby-slice/ in it)"
         )
+    if case == "demo-out-parent-missing":  # as every command: the folder asked for only
+        path = tmp_path / "no" / "demo"
+        return ["demo", "--out", path, "--quiet"], (
+            f"--out {path}: its parent folder {path.parent} does not exist; create it first"
+        )
     if case in ("demo-out-holds-a-foreign-folder", "demo-out-links-to-it"):  # no cluster yet
         (tmp_path / "demo" / "haxby-slice").mkdir(parents=True)
         (tmp_path / "demo" / "haxby-slice" / "notes.txt").write_text("mine")
@@ -756,6 +761,7 @@ BAD_CASES = [
     "store-with-tr",
     "subject-without-store",
     "demo-out-is-a-file",
+    "demo-out-parent-missing",
     "demo-out-holds-a-foreign-folder",
     "demo-out-links-to-it",
     "mask-all-zero",

@@ -311,6 +311,9 @@ def test_run_cli_writes_the_folds(haxby, tmp_path, capsys):
         ours = result.fold_signals(k).values.ravel()
         np.testing.assert_allclose(rows["value"].to_numpy(), ours, rtol=1e-6)
     ds = xr.open_zarr(out / "results.zarr")
+    for name, var in ds.variables.items():  # long_name everywhere, units but on text
+        assert "long_name" in var.attrs, name
+        assert ("units" in var.attrs) == (var.dtype.kind not in "UOT"), name
     assert (
         ds["signals"].dims == ("fold", "roi", "time")
         and ds.attrs["roi_definition"] == "split-half"

@@ -493,7 +493,8 @@ def group_from(
     out : path, optional
         The group folder to (re)write (default: ``group/`` of the batch folder, or
         of the batch folder holding the study store); only a folder roidask wrote
-        is replaced.
+        is replaced. The study's ``group`` node is the batch folder's ``group/``:
+        with another ``out`` in a batch folder, it is left as it is.
     permutation : GroupPermutation, optional
         Also the permutation test.
 
@@ -550,6 +551,9 @@ def prepare_group(
             )
         out = batch / "group"
     out = Path(os.path.abspath(out))
+    # the study's group node is the batch folder's group/ in the store: another --out
+    # leaves both as they are (they would disagree)
+    node_path = study_path if batch is None or out == batch / "group" else None
     # first, before any input is read: hold the batch folders written (the one read, and
     # the one --out is in) and the store, so that another batch or group level writing
     # them is refused; held until run()
@@ -561,7 +565,7 @@ def prepare_group(
     try:
         for folder in folders:
             locks.append(FolderLock(folder, param="study" if folder is batch else "out"))
-        study = Study(study_path, param="study") if study_path is not None else None
+        study = Study(node_path, param="study") if node_path is not None else None
         from_folders = batch is not None and path == batch
         subject_dirs = _batch_subject_dirs(path) if from_folders else []
         inputs = [*subject_dirs, *([study_path] if study_path is not None else [])]

@@ -166,6 +166,15 @@ def test_group_from_a_study_store_equals_the_batch_folder(batch, by_workers, tmp
         np.testing.assert_array_equal(
             nib.load(out / name).get_fdata(), nib.load(by_workers[1] / name).get_fdata()
         )
+    # the study's group node is still the batch folder's group/ (the group levels above
+    # went elsewhere: from the folder and from the store)
+    node = xr.open_datatree(batch / "study.zarr", engine="zarr")["group"].to_dataset()
+    own = json.loads((batch / "group" / "permutation.json").read_text())
+    assert node.attrs["permutation_flips"] == own["flips"] == "exhaustive"
+    np.testing.assert_array_equal(
+        node["perm_logp_max_t"].values,
+        nib.load(batch / "group" / "perm_logp_max_t.nii.gz").get_fdata().astype(np.float32),
+    )
 
 
 def test_group_rejects_bad_inputs_before_writing(batch, tmp_path):
