@@ -84,7 +84,8 @@ store = convert(
 subject = open_subject(store, "subj1")
 bold = subject["bold"]
 print(xr.open_datatree(store, engine="zarr"))
-print(dict(zip(*np.unique(bold["condition"].values, return_counts=True), strict=True)))
+names, counts = np.unique(bold["condition"].values, return_counts=True)
+print(", ".join(f"{name}: {count}" for name, count in zip(names, counts, strict=True)))
 
 # %% [markdown]
 # ## Smoothing and the mean EPI
