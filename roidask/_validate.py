@@ -22,6 +22,7 @@ from roidask.exceptions import (
     ConditionError,
     CorruptFileError,
     InvalidParameterError,
+    RoidaskTypeError,
     UnreadableFileError,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "check_input_file",
     "check_int",
     "check_optional_int",
+    "check_path",
     "check_real",
     "check_subject_name",
     "check_triplet",
@@ -264,6 +266,32 @@ def check_conditions(
     lookup = {c: k for k, c in enumerate(names)}
     codes = np.asarray([lookup[c] for c in labels[index]], dtype=np.int64)
     return names, index, codes
+
+
+# -- paths ---------------------------------------------------------------------------------
+def check_path(value: Any, param: str, *, what: str = "a path") -> str | os.PathLike:
+    """``value`` if it names a file or folder: a non-empty str or an :class:`os.PathLike`
+    (``pathlib.Path``). What :class:`~pathlib.Path` would refuse with a bare
+    :class:`TypeError` (``None``, a number, ``bytes``) is refused naming ``param``.
+
+    Raises
+    ------
+    RoidaskTypeError
+        ``value`` is not a str or an os.PathLike.
+    InvalidParameterError
+        ``value`` is the empty string (which :class:`~pathlib.Path` reads as the
+        current folder).
+    """
+    if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):
+        return value
+    if not isinstance(value, str):
+        raise RoidaskTypeError(
+            f"{param}: expected {what} (str or os.PathLike), got {type(value).__name__}",
+            param=param,
+        )
+    if not value.strip():
+        raise InvalidParameterError(f"{param}: expected {what}, got {value!r}", param=param)
+    return value
 
 
 # -- input files -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from roidask._validate import (
     check_input_file,
     check_int,
     check_optional_int,
+    check_path,
     check_real,
     check_subject_name,
     check_triplet,
@@ -25,8 +26,33 @@ from roidask.exceptions import (
     ConditionError,
     CorruptFileError,
     InvalidParameterError,
+    RoidaskTypeError,
     UnreadableFileError,
 )
+
+
+# -- paths -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["bold.nii.gz", "s3://bucket/bold.nii.gz"])
+def test_check_path_accepts_str_and_path_like(tmp_path, value):
+    assert check_path(value, "img") == value
+    assert check_path(tmp_path, "out") == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [(None, "NoneType"), (123, "int"), (b"bold.nii.gz", "bytes"), (["a.nii"], "list")],
+)
+def test_check_path_refuses_what_is_not_a_path(value, got):
+    with pytest.raises(RoidaskTypeError) as info:
+        check_path(value, "out")
+    assert str(info.value) == f"out: expected a path (str or os.PathLike), got {got}"
+    assert info.value.param == "out"
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_check_path_refuses_an_empty_path(value):
+    with pytest.raises(InvalidParameterError, match=r"^manifest: expected a path, got '\s*'$"):
+        check_path(value, "manifest")
 
 
 # -- input files -------------------------------------------------------------------------------

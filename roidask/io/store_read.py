@@ -158,7 +158,7 @@ def is_store(path: PathOrURL) -> bool:
 def require_store(store: PathOrURL, *, param: str = "store") -> Path | S3Path:
     """``store`` as a Path (S3Path for ``s3://``), or StoreError saying why it is not a
     roidask store."""
-    path = as_location(store)
+    path = as_location(store, param)
     if not path.exists():
         raise StoreError(f"{param} {path}: no such store", param=param)
     if not path.is_dir():

@@ -14,8 +14,17 @@ from roidask.exceptions import (
     ImageDimensionError,
     ImageTypeError,
     InvalidParameterError,
+    RoidaskTypeError,
 )
-from roidask.io import as_image, bold_from_nifti, check_same_grid, convert, like_image, to_nifti
+from roidask.io import (
+    as_image,
+    bold_from_nifti,
+    check_same_grid,
+    convert,
+    image_from_nifti,
+    like_image,
+    to_nifti,
+)
 from roidask.io.chunks import normalize_chunks
 
 
@@ -172,3 +181,36 @@ def test_an_image_cropped_with_xarray_is_refused_not_misplaced(haxby, tmp_path):
     )
     del fixed.attrs["nifti_header"]
     assert as_image(fixed).shape == (14, 20, 1, bold.shape[3])
+
+
+@pytest.mark.parametrize(
+    ("reference", "got"),
+    [
+        ("mask.nii.gz", r"str 'mask\.nii\.gz' \(open it with roidask\.as_image first\)"),
+        (None, "NoneType"),
+        (xr.DataArray(np.zeros((40, 20, 1))), "DataArray without an affine"),
+    ],
+    ids=["path", "None", "no-affine"],
+)
+def test_like_image_refuses_a_reference_that_is_not_an_image(reference, got):
+    with pytest.raises(
+        ImageTypeError,
+        match=rf"^reference: expected a roidask image \(an xarray\.DataArray with an "
+        rf"affine\), got {got}$",
+    ) as info:
+        like_image(np.zeros((40, 20, 1)), reference)
+    assert info.value.param == "reference"
+
+
+def test_a_path_parameter_that_is_not_a_path_is_named(haxby, tmp_path):
+    img = as_image(haxby.mask)
+    for call, param, got in [
+        (lambda: to_nifti(img, None), "path", "NoneType"),
+        (lambda: to_nifti(img, 3), "path", "int"),
+        (lambda: image_from_nifti(None), "img", "NoneType"),
+        (lambda: bold_from_nifti(None), "bold", "NoneType"),
+        (lambda: bold_from_nifti(haxby.bold, labels=3), "labels", "int"),
+    ]:
+        with pytest.raises(RoidaskTypeError, match=rf"^{param}: expected a path.* got {got}$"):
+            call()
+    assert list(tmp_path.iterdir()) == []
