@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from roidask._validate import check_choice
 from roidask.exceptions import (
     ImageDimensionError,
     ImageTypeError,
@@ -107,7 +108,7 @@ def as_image(
         store (its ``bold``), a nibabel
         image, or an xarray object in roidask layout.
     ndim : {3, 4}, optional
-        Required number of dimensions.
+        Required number of dimensions (default: either).
     param : str
         Parameter name used in error messages.
     subject : str, optional
@@ -127,9 +128,12 @@ def as_image(
         ``img`` is of an unsupported type (e.g. a bare numpy array, which has no grid).
     ImageDimensionError
         ``img`` does not have ``ndim`` dimensions.
+    InvalidParameterError
+        ``ndim`` is not 3, 4 or None.
     UnreadableFileError, CorruptFileError, StoreError
         A path that cannot be read as an image.
     """
+    check_choice(ndim, "ndim", (None, 3, 4))
     if isinstance(img, PathOrURL):
         path = as_location(img)
         if not path.exists():

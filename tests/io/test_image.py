@@ -55,6 +55,15 @@ def test_numpy_array_is_refused():
         as_image(np.zeros((3, 3, 3)))
 
 
+@pytest.mark.parametrize("ndim", [5, 2, "4", 3.5, True])
+def test_ndim_itself_is_checked(haxby, ndim):
+    with pytest.raises(
+        InvalidParameterError, match=rf"^ndim: expected one of \[None, 3, 4\], got {ndim!r}$"
+    ) as info:
+        as_image(haxby.bold, ndim=ndim)
+    assert info.value.param == "ndim"
+
+
 def test_dimension_check(haxby, tmp_path):
     """A file of the wrong dimension is named with its parameter; one volume of a 4D file
     is a 3D image, as nilearn reads a mask of shape (x, y, z, 1)."""
