@@ -498,17 +498,37 @@ def to_nifti(
     -------
     Path
         ``path``.
+
+    Raises
+    ------
+    ImageDimensionError
+        ``img`` is a DataArray that is not a spatial image (its first dims are not
+        x, y, z: e.g. a result's ``signals``).
+    ImageTypeError
+        No voxel grid: a bare array, or a DataArray without an ``affine``, and no
+        ``reference``.
     """
     if isinstance(img, nib.spatialimages.SpatialImage):
         img = image_from_nibabel(img)
+    if isinstance(img, xr.DataArray) and tuple(img.dims[:3]) != SPATIAL_DIMS:
+        raise ImageDimensionError(
+            f"img: DataArray {img.name!r} has dims {img.dims}, so it is not a spatial image; "
+            "expected dims x, y, z (then time) first",
+            param="img",
+        )
     if isinstance(img, xr.DataArray):
         grid = img if "affine" in img.attrs else reference
         data = img.data
     else:
         grid, data = reference, img
     if grid is None:
+        what = (
+            f"img (DataArray {img.name!r}) has no 'affine' attribute, so"
+            if isinstance(img, xr.DataArray)
+            else "a bare array has"
+        )
         raise ImageTypeError(
-            "reference: a bare array has no voxel grid; pass reference= a roidask image",
+            f"reference: {what} no voxel grid; pass reference= a roidask image",
             param="reference",
         )
     if isinstance(grid, nib.spatialimages.SpatialImage):
@@ -518,8 +538,6 @@ def to_nifti(
             f"reference: expected a roidask image (with an affine), got {type(grid).__name__}",
             param="reference",
         )
-    if isinstance(img, xr.DataArray) and tuple(img.dims[:3]) != SPATIAL_DIMS:
-        raise ImageDimensionError(f"img: dims {img.dims}; expected x, y, z first", param="img")
     if isinstance(img, xr.DataArray) and "affine" in img.attrs:
         check_header_shape(img, "img")
     as_location(path, "path")

@@ -223,3 +223,21 @@ def test_a_path_parameter_that_is_not_a_path_is_named(haxby, tmp_path):
         with pytest.raises(RoidaskTypeError, match=rf"^{param}: expected a path.* got {got}$"):
             call()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_to_nifti_says_a_dataarray_that_is_not_spatial_is_not_an_image(tmp_path):
+    signals = xr.DataArray(np.zeros((5, 12)), dims=("roi", "time"), name="signals")
+    with pytest.raises(
+        ImageDimensionError,
+        match=r"^img: DataArray 'signals' has dims \('roi', 'time'\), so it is not a spatial "
+        r"image; expected dims x, y, z \(then time\) first$",
+    ):
+        to_nifti(signals, tmp_path / "signals.nii.gz")
+    no_grid = xr.DataArray(np.zeros((2, 2, 2)), dims=("x", "y", "z"), name="tstat")
+    with pytest.raises(
+        ImageTypeError,
+        match=r"^reference: img \(DataArray 'tstat'\) has no 'affine' attribute, so no voxel "
+        r"grid; pass reference= a roidask image$",
+    ):
+        to_nifti(no_grid, tmp_path / "tstat.nii.gz")
+    assert list(tmp_path.iterdir()) == []
