@@ -32,6 +32,7 @@ __all__ = [
     "check_choice",
     "check_condition_name",
     "check_conditions",
+    "check_fwhm",
     "check_input_file",
     "check_int",
     "check_optional_int",
@@ -114,10 +115,46 @@ def check_real(
     return float(value)
 
 
+def check_fwhm(value: Any, param: str = "fwhm", *, maximum: float) -> np.ndarray:
+    """A smoothing FWHM in mm, per spatial axis (x, y, z), 0 where there is none.
+
+    ``value`` is ``None`` (no smoothing), one number (every axis) or three numbers or
+    ``None`` (one per axis), each finite, ``>= 0`` and ``<= maximum``. Strings and
+    bools are refused, not converted.
+    """
+    if value is None:
+        return np.zeros(3)
+    values = np.asarray(value if isinstance(value, np.ndarray) else [value], dtype=object).ravel()
+    if values.size == 1:
+        values = np.repeat(values, 3)
+    if values.size != 3:
+        raise InvalidParameterError(
+            f"{param}: expected a number or 3 numbers (mm per spatial axis), got {value!r}",
+            param=param,
+        )
+    if not all(
+        v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_))
+        for v in values
+    ):
+        raise InvalidParameterError(
+            f"{param}: expected numbers of mm (or None), got {value!r}", param=param
+        )
+    mm = np.asarray([0.0 if v is None else float(v) for v in values])
+    if not np.all(np.isfinite(mm)) or np.any(mm < 0) or np.any(mm > maximum):
+        raise InvalidParameterError(
+            f"{param}: must be finite, >= 0 and <= {maximum:g} mm, got {value!r}", param=param
+        )
+    return mm
+
+
 def check_choice(value: Any, param: str, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices``."""
     choices = list(choices)
-    if isinstance(value, bool) or value not in choices:
+    try:
+        known = not isinstance(value, bool) and value in choices
+    except (TypeError, ValueError):  # an array (no truth value of its comparisons)
+        known = False
+    if not known:
         raise InvalidParameterError(
             f"{param}: expected one of {choices}, got {value!r}", param=param
         )
