@@ -132,6 +132,7 @@ COMMAND_FLAGS = {
 #: Library functions named in messages, and the command that does the same.
 COMMANDS = {
     "roidask.io.convert": "roidask convert",
+    "roidask.io.open_map": "roidask export",
     "verify_store": "roidask info --verify",
 }
 

@@ -1023,6 +1023,11 @@ def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path,
         ([*run, "--out", ""], "--out: expected a path, got '' (see roidask run --help)"),
         (["fetch", "haxby", "--subjects", "9", "--data-dir", tmp_path / "d"],
          "--subjects: each subject must be one of [1, 2, 3, 4, 5, 6], got 9"),
+        (["run", "--store", haxby_outputs / "results.zarr", "--mask", haxby.mask, "--out",
+          tmp_path / "r"],
+         f"--store {haxby_outputs / 'results.zarr'}: is one subject's results store (its maps, "
+         "ROI table and signals), not a BOLD store; read its maps with roidask export, or the "
+         "whole with xarray.open_zarr"),
     ]  # fmt: skip
     for argv, message in cases:
         rc, _, err = cli(capsys, *argv)

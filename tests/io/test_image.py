@@ -15,6 +15,7 @@ from roidask.exceptions import (
     ImageTypeError,
     InvalidParameterError,
     RoidaskTypeError,
+    StoreError,
 )
 from roidask.io import (
     as_image,
@@ -241,3 +242,8 @@ def test_to_nifti_says_a_dataarray_that_is_not_spatial_is_not_an_image(tmp_path)
     ):
         to_nifti(no_grid, tmp_path / "tstat.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_as_image_of_a_results_store_says_what_it_is(haxby_outputs):
+    with pytest.raises(StoreError, match=r"^img \S+results\.zarr: is one subject's results st"):
+        as_image(haxby_outputs / "results.zarr")

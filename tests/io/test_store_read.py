@@ -164,3 +164,22 @@ def test_a_store_that_is_not_a_path_is_named(func, value, got):
         func(value)
     assert str(info.value) == f"store: expected a path (str or os.PathLike), got {got}"
     assert info.value.param == "store"
+
+
+def test_a_results_or_study_store_is_named_for_what_it_is(haxby_outputs):
+    """Stores of roidask that hold no BOLD series say what they are and how to read them,
+    not "create one with roidask.io.convert"."""
+    with pytest.raises(
+        StoreError,
+        match=r"^store \S+results\.zarr: is one subject's results store \(its maps, ROI table "
+        r"and signals\), not a BOLD store; read its maps with roidask\.io\.open_map, or the "
+        r"whole with xarray\.open_zarr$",
+    ):
+        open_subject(haxby_outputs / "results.zarr")
+    with pytest.raises(
+        StoreError,
+        match=r"^store \S+study\.zarr: is a roidask study store \(a node per subject and the "
+        r"group level\), not a BOLD store; read a node's maps with roidask\.io\.open_map, or "
+        r"the whole with xarray\.open_datatree$",
+    ):
+        verify_store(haxby_outputs.parent / "study.zarr")
