@@ -129,6 +129,9 @@ COMMAND_FLAGS = {
     "demo": {"out_dir": "--out"},
 }
 
+#: Parameters whose False is a flag of the command line, as messages write it (``study=False``).
+FALSE_FLAGS = {"study": "--no-study", "plots": "--no-plots"}
+
 #: Library functions named in messages, and the command that does the same.
 COMMANDS = {
     "roidask.io.convert": "roidask convert",
@@ -162,6 +165,8 @@ def format_error(exc: BaseException | str, command: str | None = None) -> str:
             text = flag + text[len(param) :]
         elif text.startswith(f"{param} "):  # a positional: its value (a path) says enough
             text = text[len(param) + 1 :]
+    for name, flag in FALSE_FLAGS.items():
+        text = re.sub(rf"\b{name}=False\b", flag, text)
     for name, flag in flags.items():
         if flag.startswith("--"):
             text = re.sub(rf"\b{name}=True\b", flag, text)

@@ -1079,7 +1079,8 @@ def test_batch_folder_refusals_come_before_inputs_are_read(haxby, tmp_path, caps
     with context:
         rc, _, err = cli(capsys, *argv)
     want = {
-        "no-study": "holds study.zarr, the study store of an earlier batch",
+        "no-study": "holds study.zarr, the study store of an earlier batch, which a batch that "
+        "does not write it (--no-study) would leave out of date",
         "locked": "another roidask command is writing it",
         "damaged-study": "it is a damaged roidask study store: remove",
     }[case]

@@ -262,7 +262,7 @@ def _check_study_of(out: Location, study: bool) -> None:
     if not study and store.exists():
         raise OutputError(
             f"out {out}: holds {STUDY_NAME}, the study store of an earlier batch, which a "
-            "batch that does not write it (study=False, --no-study) would leave out of date; "
+            "batch that does not write it (study=False) would leave out of date; "
             f"let the batch write it, or remove {store} first",
             param="out",
         )
