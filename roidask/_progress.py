@@ -15,7 +15,12 @@ from typing import TextIO
 
 from dask.diagnostics import ProgressBar
 
-__all__ = ["Progress", "dask_progress", "on_terminal"]
+__all__ = ["Progress", "dask_progress", "on_terminal", "plural"]
+
+
+def plural(n, word: str) -> str:
+    """``n`` and ``word``, with an ``s`` unless ``n`` is 1: "1 ROI", "3 ROIs", "? ROIs"."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def on_terminal(stream: TextIO | None = None) -> bool:

@@ -22,6 +22,7 @@ from roidask.exceptions import (
     ConditionError,
     CorruptFileError,
     InvalidParameterError,
+    RoidaskTypeError,
     UnreadableFileError,
 )
 
@@ -31,9 +32,11 @@ __all__ = [
     "check_choice",
     "check_condition_name",
     "check_conditions",
+    "check_fwhm",
     "check_input_file",
     "check_int",
     "check_optional_int",
+    "check_path",
     "check_real",
     "check_subject_name",
     "check_triplet",
@@ -112,10 +115,46 @@ def check_real(
     return float(value)
 
 
+def check_fwhm(value: Any, param: str = "fwhm", *, maximum: float) -> np.ndarray:
+    """A smoothing FWHM in mm, per spatial axis (x, y, z), 0 where there is none.
+
+    ``value`` is ``None`` (no smoothing), one number (every axis) or three numbers or
+    ``None`` (one per axis), each finite, ``>= 0`` and ``<= maximum``. Strings and
+    bools are refused, not converted.
+    """
+    if value is None:
+        return np.zeros(3)
+    values = np.asarray(value if isinstance(value, np.ndarray) else [value], dtype=object).ravel()
+    if values.size == 1:
+        values = np.repeat(values, 3)
+    if values.size != 3:
+        raise InvalidParameterError(
+            f"{param}: expected a number or 3 numbers (mm per spatial axis), got {value!r}",
+            param=param,
+        )
+    if not all(
+        v is None or (isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_))
+        for v in values
+    ):
+        raise InvalidParameterError(
+            f"{param}: expected numbers of mm (or None), got {value!r}", param=param
+        )
+    mm = np.asarray([0.0 if v is None else float(v) for v in values])
+    if not np.all(np.isfinite(mm)) or np.any(mm < 0) or np.any(mm > maximum):
+        raise InvalidParameterError(
+            f"{param}: must be finite, >= 0 and <= {maximum:g} mm, got {value!r}", param=param
+        )
+    return mm
+
+
 def check_choice(value: Any, param: str, choices: Iterable[Any]) -> Any:
     """``value`` if it is one of ``choices``."""
     choices = list(choices)
-    if isinstance(value, bool) or value not in choices:
+    try:
+        known = not isinstance(value, bool) and value in choices
+    except (TypeError, ValueError):  # an array (no truth value of its comparisons)
+        known = False
+    if not known:
         raise InvalidParameterError(
             f"{param}: expected one of {choices}, got {value!r}", param=param
         )
@@ -266,6 +305,32 @@ def check_conditions(
     lookup = {c: k for k, c in enumerate(names)}
     codes = np.asarray([lookup[c] for c in labels[index]], dtype=np.int64)
     return names, index, codes
+
+
+# -- paths ---------------------------------------------------------------------------------
+def check_path(value: Any, param: str, *, what: str = "a path") -> str | os.PathLike:
+    """``value`` if it names a file or folder: a non-empty str or an :class:`os.PathLike`
+    (``pathlib.Path``). What :class:`~pathlib.Path` would refuse with a bare
+    :class:`TypeError` (``None``, a number, ``bytes``) is refused naming ``param``.
+
+    Raises
+    ------
+    RoidaskTypeError
+        ``value`` is not a str or an os.PathLike.
+    InvalidParameterError
+        ``value`` is the empty string (which :class:`~pathlib.Path` reads as the
+        current folder).
+    """
+    if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):
+        return value
+    if not isinstance(value, str):
+        raise RoidaskTypeError(
+            f"{param}: expected {what} (str or os.PathLike), got {type(value).__name__}",
+            param=param,
+        )
+    if not value.strip():
+        raise InvalidParameterError(f"{param}: expected {what}, got {value!r}", param=param)
+    return value
 
 
 # -- input files -----------------------------------------------------------------------------

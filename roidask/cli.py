@@ -30,6 +30,7 @@ import pandas as pd
 from roidask import __version__
 from roidask._atomic import check_not_input, check_parent
 from roidask._malloc import limit_malloc_arenas
+from roidask._progress import plural
 from roidask.batch import (
     GRANULARITIES,
     GroupPermutation,
@@ -129,9 +130,13 @@ COMMAND_FLAGS = {
     "demo": {"out_dir": "--out"},
 }
 
+#: Parameters whose False is a flag of the command line, as messages write it (``study=False``).
+FALSE_FLAGS = {"study": "--no-study", "plots": "--no-plots"}
+
 #: Library functions named in messages, and the command that does the same.
 COMMANDS = {
     "roidask.io.convert": "roidask convert",
+    "roidask.io.open_map": "roidask export",
     "verify_store": "roidask info --verify",
 }
 
@@ -161,6 +166,8 @@ def format_error(exc: BaseException | str, command: str | None = None) -> str:
             text = flag + text[len(param) :]
         elif text.startswith(f"{param} "):  # a positional: its value (a path) says enough
             text = text[len(param) + 1 :]
+    for name, flag in FALSE_FLAGS.items():
+        text = re.sub(rf"\b{name}=False\b", flag, text)
     for name, flag in flags.items():
         if flag.startswith("--"):
             text = re.sub(rf"\b{name}=True\b", flag, text)
@@ -333,7 +340,7 @@ def describe_store(store, *, damaged: list | None = None) -> str:
         lines.append(f"\n[{name}]")
         lines.append(
             f"  bold: shape {'x'.join(map(str, bold.shape))} {bold.dtype}, "
-            f"chunks {chunks} ({bold.data.npartitions} chunks)"
+            f"chunks {chunks} ({plural(bold.data.npartitions, 'chunk')})"
         )
         vox = bold.attrs.get("voxel_size_mm")
         if vox:
@@ -445,7 +452,7 @@ def describe_study(store, *, damaged: list | None = None) -> str:
     record = json.loads((as_location(store) / "zarr.json").read_bytes())
     metadata = record.get("consolidated_metadata", {}).get("metadata", {})
     shown = ", ".join(
-        f"{n} ({metadata.get(n, {}).get('attributes', {}).get('n_rois', '?')} ROIs)"
+        f"{n} ({plural(metadata.get(n, {}).get('attributes', {}).get('n_rois', '?'), 'ROI')})"
         for n in subjects[:20]
     )
     more = f", ... ({len(subjects) - 20} more)" if len(subjects) > 20 else ""
@@ -455,7 +462,7 @@ def describe_study(store, *, damaged: list | None = None) -> str:
     ]
     if GROUP_NODE in names:
         group = metadata.get(GROUP_NODE, {}).get("attributes", {})
-        lines.append(f"group level: {group.get('n_subjects', '?')} subjects")
+        lines.append(f"group level: {plural(group.get('n_subjects', '?'), 'subject')}")
     else:
         lines.append("group level: none")
     location, harmed = as_location(store), []
@@ -702,7 +709,7 @@ def _summary(result, out, wall_s: float) -> str:
         lines[0] += f" in {len(result.folds)} folds ({result.params.roi_definition})"
     for k in range(len(result.folds or [None])):
         if result.folds is not None:
-            lines.append(f" {result.fold_title(k)}: {result.fold_n_rois()[k]} ROIs")
+            lines.append(f" {result.fold_title(k)}: {plural(result.fold_n_rois()[k], 'ROI')}")
         rows = result.rois if result.folds is None else result.rois[result.rois["fold"] == k]
         for row in rows.itertuples(index=False):
             lines.append(
@@ -715,7 +722,7 @@ def _summary(result, out, wall_s: float) -> str:
     lines.append(f"outputs: {out}")
     figs = [] if is_remote(out) else sorted((Path(out) / "figures").glob("*.png"))
     if figs:
-        lines.append(f"figures: {Path(out) / 'figures'} ({len(figs)} PNG files)")
+        lines.append(f"figures: {Path(out) / 'figures'} ({plural(len(figs), 'PNG file')})")
     return "\n".join(lines)
 
 

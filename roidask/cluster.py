@@ -42,6 +42,7 @@ from dask.system import CPU_COUNT
 from dask.utils import format_bytes, parse_bytes
 
 from roidask._forkserver import WORKER_PRELOAD, start_method
+from roidask._progress import plural
 from roidask.exceptions import ClusterError, InvalidParameterError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -685,9 +686,6 @@ def describe_client(client: Client) -> str:
     n_workers = info.get("n_workers", len(workers))
     threads = info.get("total_threads", sum(w.get("nthreads", 0) for w in workers.values()))
     memory = info.get("total_memory", sum(w.get("memory_limit") or 0 for w in workers.values()))
-
-    def plural(n, word):
-        return f"{n} {word}{'' if n == 1 else 's'}"
 
     line = (
         f"dask scheduler {client.scheduler.address}: {plural(n_workers, 'worker')}, "

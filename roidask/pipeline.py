@@ -68,6 +68,7 @@ from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import affine_of, check_same_grid, spatial_coords, voxel_size_mm
 from roidask.io.image import like_image
 from roidask.io.spill import spill_file
+from roidask.io.store_read import RESULTS_ATTR
 from roidask.io.store_write import dataset_zarr_files
 from roidask.io.tables import ROI_TABLE_COLUMNS
 from roidask.onepass import box_image, contrast_pass, kept_voxels, pass_chunks, spill_image
@@ -351,8 +352,9 @@ class PipelineResult:
 #: ``roidask_results_format``: 2 adds the ``roi_definition`` attribute and, with an
 #: independent ROI definition, the ``fold`` dimension (format 1 had neither).
 RESULTS_FORMAT = 2
-#: The root attribute of a ``results.zarr`` (and of a study's subject node): its format.
-RESULTS_ATTR = "roidask_results_format"
+# The root attribute of a results.zarr (and of a study's subject node), RESULTS_ATTR
+# ("roidask_results_format", its value the format), is defined with the other stores'
+# markers in roidask.io.store_read.
 #: long_name and units of each variable of the results schema ("1": dimensionless,
 #: counts, labels and BOLD intensities, which have no physical unit).
 RESULTS_VARIABLES = {

@@ -15,7 +15,14 @@ import xarray as xr
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti, open_source
-from roidask.io.locations import Location, PathOrURL, S3Path, absolute, as_location
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    absolute,
+    as_location,
+    as_location_list,
+)
 from roidask.onepass import nifti_block_volumes
 from roidask.outputs.provenance import input_paths, start_input_records, utc_now
 from roidask.outputs.study import SubjectNode
@@ -86,6 +93,7 @@ def run_subject(
     PipelineResult
     """
     started = utc_now()
+    bold, labels = _path_lists(bold, labels)
     out, files = check_run(
         bold=bold, labels=labels, store=store, subject=subject, mask=mask, out=out,
         params=params, chunks=chunks, tr_s=tr_s, overwrite=overwrite, read=False,
@@ -161,6 +169,10 @@ def check_run(
     files : list
         The input files (for provenance).
     """
+    bold, labels = _path_lists(bold, labels)
+    if store is not None:
+        as_location(store, "store")
+    as_location(mask, "mask")
     if bool(bold) == bool(store):
         raise InvalidParameterError(
             "bold, store: give either BOLD file(s) with labels, or a store (with its subject)",
@@ -190,7 +202,7 @@ def check_run(
             "labels: a labels.txt or one events.tsv per run is required with BOLD files",
             param="labels",
         )
-    out = as_location(out)
+    out = as_location(out, "out")
     files = input_paths(bold=bold, labels=labels, store=store, mask=mask)
     prepare_output(out, inputs=files, overwrite=overwrite)
     if read:
@@ -201,6 +213,14 @@ def check_run(
             check_subject(list(bold or []), list(labels or []), mask, params, chunks=chunks,
                           tr_s=tr_s)  # fmt: skip
     return out, files
+
+
+def _path_lists(bold, labels) -> tuple[list | None, list | None]:
+    """``bold`` and ``labels`` (one path or a list of paths each, or None) as lists."""
+    return (
+        None if bold is None else as_location_list(bold, "bold"),
+        None if labels is None else as_location_list(labels, "labels"),
+    )
 
 
 def check_subject(

@@ -15,6 +15,7 @@ from unittest.mock import ANY
 import nibabel as nib
 import numpy as np
 import pytest
+import xarray as xr
 from helpers.files import (
     damage_chunk,
     format1_store,
@@ -29,6 +30,7 @@ from helpers.privileges import roidask_cmd, run_unprivileged
 
 from roidask.cli import main
 from roidask.io import open_subject
+from roidask.outputs.study import prepare_study, publish, write_node
 
 
 def run_cli(*args):
@@ -1029,6 +1031,11 @@ def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path,
         ([*run, "--out", ""], "--out: expected a path, got '' (see roidask run --help)"),
         (["fetch", "haxby", "--subjects", "9", "--data-dir", tmp_path / "d"],
          "--subjects: each subject must be one of [1, 2, 3, 4, 5, 6], got 9"),
+        (["run", "--store", haxby_outputs / "results.zarr", "--mask", haxby.mask, "--out",
+          tmp_path / "r"],
+         f"--store {haxby_outputs / 'results.zarr'}: is one subject's results store (its maps, "
+         "ROI table and signals), not a BOLD store; read its maps with roidask export, or the "
+         "whole with xarray.open_zarr"),
     ]  # fmt: skip
     for argv, message in cases:
         rc, _, err = cli(capsys, *argv)
@@ -1045,6 +1052,19 @@ def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path,
     )
     demo = OutputError("out_dir d/synthetic-data: holds ['bold.nii.gz']", param="out_dir")
     assert format_error(demo, "demo") == "--out d/synthetic-data: holds ['bold.nii.gz']"
+
+
+def test_info_counts_one_in_the_singular(haxby_outputs, tmp_path, capsys):
+    """A study node of one ROI and a group level of one subject: "1 ROI", "1 subject"."""
+    study = prepare_study(tmp_path / "study.zarr")
+    ds = xr.open_zarr(str(haxby_outputs / "results.zarr")).load()
+    write_node(study, "sub-01", ds.assign_attrs(n_rois=1), attrs={"subject": "01"})
+    write_node(study, "group", ds[["tstat"]], attrs={"n_subjects": 1})
+    for node in ("sub-01", "group"):
+        publish(study, node)
+    rc, out, _ = cli(capsys, "info", study)
+    assert rc == 0
+    assert "\nsubjects: 1: sub-01 (1 ROI)\ngroup level: 1 subject\n" in out
 
 
 @pytest.mark.parametrize("case", ["no-study", "locked", "damaged-study"])
@@ -1080,7 +1100,8 @@ def test_batch_folder_refusals_come_before_inputs_are_read(haxby, tmp_path, caps
     with context:
         rc, _, err = cli(capsys, *argv)
     want = {
-        "no-study": "holds study.zarr, the study store of an earlier batch",
+        "no-study": "holds study.zarr, the study store of an earlier batch, which a batch that "
+        "does not write it (--no-study) would leave out of date",
         "locked": "another roidask command is writing it",
         "damaged-study": "it is a damaged roidask study store: remove",
     }[case]

@@ -13,6 +13,7 @@ import pytest
 from obstore.store import S3Store
 
 from roidask.cli import main
+from roidask.io import convert
 
 s3_server = s3_helpers.s3_server
 s3_bucket = s3_helpers.s3_bucket
@@ -77,6 +78,35 @@ def test_export_errors_are_one_line(results, tmp_path, capsys):
     assert "'tstat'" in err and "got None" in err and "\n" not in err
     assert main(["export", str(results / "tstat.nii.gz"), "--out", str(tmp_path / "t.txt")]) == 2
     assert "--out" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_export_says_which_node_or_store_is_wrong(results, haxby, tmp_path, capsys):
+    """A study store needs --node (the message lists its nodes), a node that is not there is
+    named with the nodes that are, and a BOLD store is said to hold no maps."""
+    study = results.parent / "study.zarr"
+    bold_store = convert(haxby.bold, labels=haxby.labels, out=tmp_path / "bold.zarr")
+    out = tmp_path / "x.nii.gz"
+    cases = [
+        ([study, "--variable", "tstat"],
+         f"--node: {study} is a study store, whose maps are in its nodes; add --node one of "
+         "its nodes ['sub-01']"),
+        ([study, "--node", "sub-09", "--variable", "tstat"],
+         f"--node: expected one of the nodes of the study store {study} ['sub-01'], got "
+         "'sub-09'"),
+        ([results / "results.zarr", "--node", "sub-01", "--variable", "tstat"],
+         f"--node: {results / 'results.zarr'} has no nodes to choose from (a study store "
+         "has), got 'sub-01'"),
+        ([study, "--node", "sub-01", "--variable", "nope"],
+         f"--variable: expected one of the maps of {study} (node 'sub-01') ['atlas', "
+         "'dilated_mask', 'logp', 'mean_epi', 'roi_mask', 'tstat'], got 'nope'"),
+        ([bold_store, "--variable", "bold"],
+         f"{bold_store}: is a roidask BOLD store (subjects ['sub-01']), which holds BOLD "
+         "series, not maps; export a map of a subject's results.zarr or of a study store"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(["export", *map(str, args), "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"roidask: error: {message}\n"
     assert not out.exists()
 
 

@@ -804,3 +804,23 @@ def test_params_that_are_not_pipeline_params_are_one_line(haxby):
         RoidaskTypeError, match=r"^params: expected a roidask.PipelineParams .*got dict"
     ):
         roi_pipeline(haxby.bold, mask_img=haxby.mask, params={"fwhm": 6})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("fwhm", "6"),
+        ("fwhm", np.str_("6")),
+        ("fwhm", True),
+        ("fwhm", (6, "6", 6)),
+        ("fwhm", (6, True, 6)),
+        ("connectivity", np.array([6, 6, 6])),
+    ],
+)
+def test_numeric_params_refuse_what_is_not_a_number(name, value):
+    """fwhm refuses strings and bools as clip, threshold, the integers and connectivity do
+    (none is converted); an array is not one of the connectivities."""
+    with pytest.raises(InvalidParameterError, match=rf"^{name}: expected ") as info:
+        PipelineParams(**{name: value})
+    assert info.value.param == name
+    assert f"got {value!r}" in str(info.value)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from roidask import _progress
-from roidask._progress import Progress
+from roidask._progress import Progress, plural
 
 
 def test_no_bar_when_stderr_is_not_a_terminal(capsys):
@@ -50,3 +50,7 @@ def test_run_log_has_no_escape_codes(haxby, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
+
+
+def test_plural():
+    assert [plural(n, "ROI") for n in (0, 1, 2, "?")] == ["0 ROIs", "1 ROI", "2 ROIs", "? ROIs"]

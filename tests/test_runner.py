@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 from helpers.lazy import voxel_reads
 
-from roidask.exceptions import OutputError
+from roidask.exceptions import OutputError, RoidaskTypeError
 from roidask.pipeline import PipelineParams
 from roidask.runner import run_subject
 
@@ -101,3 +101,23 @@ def test_the_inputs_are_computed_from_absolute_paths(haxby, tmp_path, monkeypatc
     ((bold, labels, mask),) = seen
     assert [*bold, *labels, mask] == [tmp_path / n for n in ("bold.nii.gz", "labels.txt",
                                                              "mask.nii.gz")]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("out", None), ("mask", None), ("bold", [None]), ("labels", 3)],
+)
+def test_a_path_parameter_that_is_not_a_path_is_named(haxby, tmp_path, name, value):
+    args = {"bold": [haxby.bold], "labels": [haxby.labels], "mask": haxby.mask,
+            "out": tmp_path / "subj2", name: value}  # fmt: skip
+    with pytest.raises(RoidaskTypeError, match=rf"^{name}: expected a path") as info:
+        run_subject(store=None, subject=None, params=PipelineParams(), plots=False, **args)
+    assert info.value.param == name
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_one_bold_file_and_labels_file_may_be_given_as_paths(haxby, tmp_path):
+    result = run_subject(bold=haxby.bold, labels=haxby.labels, store=None, subject=None,
+                         mask=haxby.mask, out=tmp_path / "subj2", params=PipelineParams(),
+                         plots=False)  # fmt: skip
+    assert result.n_rois > 0

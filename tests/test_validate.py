@@ -14,9 +14,11 @@ from roidask._validate import (
     check_choice,
     check_condition_name,
     check_conditions,
+    check_fwhm,
     check_input_file,
     check_int,
     check_optional_int,
+    check_path,
     check_real,
     check_subject_name,
     check_triplet,
@@ -25,8 +27,33 @@ from roidask.exceptions import (
     ConditionError,
     CorruptFileError,
     InvalidParameterError,
+    RoidaskTypeError,
     UnreadableFileError,
 )
+
+
+# -- paths -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["bold.nii.gz", "s3://bucket/bold.nii.gz"])
+def test_check_path_accepts_str_and_path_like(tmp_path, value):
+    assert check_path(value, "img") == value
+    assert check_path(tmp_path, "out") == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("value", "got"),
+    [(None, "NoneType"), (123, "int"), (b"bold.nii.gz", "bytes"), (["a.nii"], "list")],
+)
+def test_check_path_refuses_what_is_not_a_path(value, got):
+    with pytest.raises(RoidaskTypeError) as info:
+        check_path(value, "out")
+    assert str(info.value) == f"out: expected a path (str or os.PathLike), got {got}"
+    assert info.value.param == "out"
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_check_path_refuses_an_empty_path(value):
+    with pytest.raises(InvalidParameterError, match=r"^manifest: expected a path, got '\s*'$"):
+        check_path(value, "manifest")
 
 
 # -- input files -------------------------------------------------------------------------------
@@ -158,3 +185,41 @@ def test_check_conditions():
         check_conditions("face", labels, param="contrast")
     with pytest.raises(ConditionError, match=r"at least 3 volumes.*'face' has 2"):
         check_conditions(["face"], labels, param="conditions", min_count=3)
+
+
+@pytest.mark.parametrize(
+    ("value", "mm"),
+    [
+        (None, [0.0, 0.0, 0.0]),
+        (6, [6.0, 6.0, 6.0]),
+        ((6, None, 3.5), [6.0, 0.0, 3.5]),
+        (np.array([1, 2, 3]), [1.0, 2.0, 3.0]),
+        (np.float32(2.0), [2.0, 2.0, 2.0]),
+    ],
+)
+def test_check_fwhm_gives_mm_per_axis(value, mm):
+    assert check_fwhm(value, maximum=1000).tolist() == mm
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("6", r"^fwhm: expected numbers of mm \(or None\), got '6'$"),
+        (True, r"^fwhm: expected numbers of mm \(or None\), got True$"),
+        ((6, "6", 6), r"^fwhm: expected numbers of mm \(or None\), got \(6, '6', 6\)$"),
+        (np.array(["6"]), r"^fwhm: expected numbers of mm \(or None\), got array"),
+        ((1, 2), r"^fwhm: expected a number or 3 numbers \(mm per spatial axis\), got \(1, 2\)$"),
+        (2000, r"^fwhm: must be finite, >= 0 and <= 1000 mm, got 2000$"),
+    ],
+)
+def test_check_fwhm_refuses_what_is_not_mm(value, message):
+    with pytest.raises(InvalidParameterError, match=message) as info:
+        check_fwhm(value, maximum=1000)
+    assert info.value.param == "fwhm"
+
+
+def test_check_choice_refuses_an_array():
+    with pytest.raises(
+        InvalidParameterError, match=r"^connectivity: expected one of \[6, 18, 26\], got array"
+    ):
+        check_choice(np.array([6, 6]), "connectivity", [6, 18, 26])

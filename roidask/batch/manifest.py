@@ -205,7 +205,9 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
     -------
     list of SubjectSpec
     """
-    path = as_location(manifest)
+    path = as_location(manifest, "manifest")
+    if mask is not None:
+        as_location(mask, "mask")
     if isinstance(path, S3Path) and not path.is_file() and path.is_dir():
         raise ManifestError(
             f"manifest {path}: a BIDS-like folder in S3 is not read; give a TSV manifest",

@@ -107,6 +107,7 @@ from roidask.io.locations import (
     RemoteLease,
     S3Path,
     absolute,
+    as_location,
     changed_files,
     check_output,
     check_writable,
@@ -226,7 +227,7 @@ def check_batch_folder(
         study store is damaged or would be left out of date, or another command is
         writing the folder.
     """
-    out = absolute(out_dir)  # workers write into it from their own working folders
+    out = absolute(as_location(out_dir, "out_dir"))  # workers write in it from their folders
     inputs = InputIndex(p for spec in specs for p in spec.files)  # checked against every folder
     _check_study_of(out, study)
     if isinstance(out, S3Path):
@@ -261,7 +262,7 @@ def _check_study_of(out: Location, study: bool) -> None:
     if not study and store.exists():
         raise OutputError(
             f"out {out}: holds {STUDY_NAME}, the study store of an earlier batch, which a "
-            "batch that does not write it (study=False, --no-study) would leave out of date; "
+            "batch that does not write it (study=False) would leave out of date; "
             f"let the batch write it, or remove {store} first",
             param="out",
         )

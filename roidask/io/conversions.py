@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from roidask._validate import check_choice
 from roidask.exceptions import (
     ImageDimensionError,
     ImageTypeError,
@@ -34,9 +35,14 @@ from roidask.io.image import (
 )
 from roidask.io.locations import PathOrURL, as_location, zarr_store
 from roidask.io.store_read import (
+    STORE_ATTR,
+    STUDY_ATTR,
     checked_variables,
+    group_records,
     ignore_consolidated_warning,
+    list_subjects,
     open_subject,
+    root_record,
     subject_dataset,
 )
 
@@ -107,7 +113,7 @@ def as_image(
         store (its ``bold``), a nibabel
         image, or an xarray object in roidask layout.
     ndim : {3, 4}, optional
-        Required number of dimensions.
+        Required number of dimensions (default: either).
     param : str
         Parameter name used in error messages.
     subject : str, optional
@@ -127,9 +133,12 @@ def as_image(
         ``img`` is of an unsupported type (e.g. a bare numpy array, which has no grid).
     ImageDimensionError
         ``img`` does not have ``ndim`` dimensions.
+    InvalidParameterError
+        ``ndim`` is not 3, 4 or None.
     UnreadableFileError, CorruptFileError, StoreError
         A path that cannot be read as an image.
     """
+    check_choice(ndim, "ndim", (None, 3, 4))
     if isinstance(img, PathOrURL):
         path = as_location(img)
         if not path.exists():
@@ -188,6 +197,41 @@ def as_image(
     return out
 
 
+def _check_group(loc, group: str | None) -> None:
+    """:func:`open_map`'s checks of the kind of store ``loc`` and of ``group`` in it."""
+    record = root_record(loc, param="source") or {}
+    attrs = record.get("attributes") or {}
+    if STUDY_ATTR in attrs:  # its published nodes: what the root lists
+        listed = (record.get("consolidated_metadata") or {}).get("metadata") or {}
+        nodes = sorted(k for k in listed if "/" not in k)
+        if group is None:
+            raise InvalidParameterError(
+                f"group: {loc} is a study store, whose maps are in its nodes; pass group= "
+                f"one of its nodes {nodes}",
+                param="group",
+            )
+        if group not in nodes:
+            raise InvalidParameterError(
+                f"group: expected one of the nodes of the study store {loc} {nodes}, "
+                f"got {group!r}",
+                param="group",
+            )
+    elif STORE_ATTR in attrs and group is None:
+        raise InvalidParameterError(
+            f"source {loc}: is a roidask BOLD store (subjects {list_subjects(loc)}), which "
+            "holds BOLD series, not maps; export a map of a subject's results.zarr or of a "
+            "study store",
+            param="source",
+        )
+    elif group is not None and group not in (groups := sorted(group_records(loc, "source"))):
+        raise InvalidParameterError(
+            f"group: expected one of the nodes of {loc} {groups}, got {group!r}"
+            if groups
+            else f"group: {loc} has no nodes to choose from (a study store has), got {group!r}",
+            param="group",
+        )
+
+
 def open_map(
     source: PathOrURL, *, variable: str | None = None, group: str | None = None
 ) -> xr.DataArray:
@@ -213,7 +257,9 @@ def open_map(
     Raises
     ------
     InvalidParameterError
-        A zarr store without ``variable``, or an unknown variable (the message lists them).
+        A zarr store without ``variable``, or an unknown variable; a study store without
+        ``group``, or a group that is not there (the messages list what there is); a
+        BOLD store (``roidask.io.convert``'s), which holds no maps at its root.
     ImageTypeError
         The variable has no ``affine`` attribute (its grid is unknown).
     """
@@ -229,18 +275,20 @@ def open_map(
         return as_image(source, param="source")
     if not loc.exists():
         raise UnreadableFileError(f"source {loc}: no such file or store", param="source")
+    _check_group(loc, group)
     ignore_consolidated_warning()
     try:
         ds = xr.open_zarr(zarr_store(loc), group=group, consolidated=False)
     except Exception as exc:
-        where = f"{loc}" + (f" (group {group!r})" if group else "")
+        where = f"{loc}" + (f" (node {group!r})" if group else "")
         raise InvalidParameterError(
             f"source {where}: not a zarr dataset ({type(exc).__name__}: {exc})", param="source"
         ) from None
     maps = sorted(str(k) for k, v in ds.data_vars.items() if v.dims[:3] == SPATIAL_DIMS)
     if variable not in maps:
+        where = f"{loc}" + (f" (node {group!r})" if group else "")
         raise InvalidParameterError(
-            f"variable: expected one of the maps of {loc} {maps}, got {variable!r}",
+            f"variable: expected one of the maps of {where} {maps}, got {variable!r}",
             param="variable",
         )
     # read through the checked reader: a damaged or missing chunk is an error, not zeros

@@ -44,7 +44,7 @@ from roidask.io.grid import (
     voxel_size_mm,
 )
 from roidask.io.labels import volume_labels
-from roidask.io.locations import PathOrURL, as_location, version_tag
+from roidask.io.locations import PathOrURL, as_location, as_location_list, version_tag
 from roidask.io.nifti import (
     NiftiSource,
     header_from_b64,
@@ -83,6 +83,7 @@ def open_source(
     path: PathOrURL, *, ndim: int | tuple[int, ...] | None = None, param: str = "img"
 ) -> VolumeSource:
     """The validated source of an image file: NIfTI, or NIfTI-Zarr for ``*.nii.zarr``."""
+    as_location(path, param)
     if is_nifti_zarr(path):
         return NiftiZarrSource.open(path, ndim=ndim)
     return NiftiSource.open(path, ndim=ndim, param=param)
@@ -272,8 +273,7 @@ def bold_from_nifti(
         scaled, unless ``scaled=False``), coordinates ``time`` (s), ``condition``
         and ``run``. No voxel data is read until computed.
     """
-    if isinstance(paths, PathOrURL):
-        paths = [paths]
+    paths = as_location_list(paths, "bold")
     if not paths:
         raise InvalidParameterError("bold: at least one 4D NIfTI file is needed", param="bold")
     if tr_s is not None and (
@@ -323,10 +323,8 @@ def bold_from_nifti(
         condition = None
         run = np.repeat(np.arange(len(sources)), n_per_run)
     else:
-        if isinstance(labels, PathOrURL):
-            labels = [labels]
         table = volume_labels(
-            list(labels),
+            as_location_list(labels, "labels"),
             n_volumes_per_run=n_per_run,
             tr_s=tr_s,
             tr_note=tr_note,
@@ -386,7 +384,26 @@ def like_image(
 
     The counterpart of nilearn's ``new_img_like``. 4D data must have as many
     volumes as ``reference`` has (its time coordinates are copied).
+
+    Raises
+    ------
+    ImageTypeError
+        ``reference`` is not a roidask image (an xarray.DataArray with an affine: a
+        file is opened with :func:`roidask.io.as_image` first).
+    GridMismatchError
+        ``data`` is not of ``reference``'s spatial shape.
     """
+    if not isinstance(reference, xr.DataArray) or "affine" not in reference.attrs:
+        what = type(reference).__name__
+        if isinstance(reference, xr.DataArray):
+            what += " without an affine"
+        elif isinstance(reference, PathOrURL):
+            what += f" {str(reference)!r} (open it with roidask.as_image first)"
+        raise ImageTypeError(
+            f"reference: expected a roidask image (an xarray.DataArray with an affine), "
+            f"got {what}",
+            param="reference",
+        )
     if isinstance(data, xr.DataArray):
         data = data.data
     if not isinstance(data, da.Array):
@@ -481,17 +498,37 @@ def to_nifti(
     -------
     Path
         ``path``.
+
+    Raises
+    ------
+    ImageDimensionError
+        ``img`` is a DataArray that is not a spatial image (its first dims are not
+        x, y, z: e.g. a result's ``signals``).
+    ImageTypeError
+        No voxel grid: a bare array, or a DataArray without an ``affine``, and no
+        ``reference``.
     """
     if isinstance(img, nib.spatialimages.SpatialImage):
         img = image_from_nibabel(img)
+    if isinstance(img, xr.DataArray) and tuple(img.dims[:3]) != SPATIAL_DIMS:
+        raise ImageDimensionError(
+            f"img: DataArray {img.name!r} has dims {img.dims}, so it is not a spatial image; "
+            "expected dims x, y, z (then time) first",
+            param="img",
+        )
     if isinstance(img, xr.DataArray):
         grid = img if "affine" in img.attrs else reference
         data = img.data
     else:
         grid, data = reference, img
     if grid is None:
+        what = (
+            f"img (DataArray {img.name!r}) has no 'affine' attribute, so"
+            if isinstance(img, xr.DataArray)
+            else "a bare array has"
+        )
         raise ImageTypeError(
-            "reference: a bare array has no voxel grid; pass reference= a roidask image",
+            f"reference: {what} no voxel grid; pass reference= a roidask image",
             param="reference",
         )
     if isinstance(grid, nib.spatialimages.SpatialImage):
@@ -501,10 +538,9 @@ def to_nifti(
             f"reference: expected a roidask image (with an affine), got {type(grid).__name__}",
             param="reference",
         )
-    if isinstance(img, xr.DataArray) and tuple(img.dims[:3]) != SPATIAL_DIMS:
-        raise ImageDimensionError(f"img: dims {img.dims}; expected x, y, z first", param="img")
     if isinstance(img, xr.DataArray) and "affine" in img.attrs:
         check_header_shape(img, "img")
+    as_location(path, "path")
     if not (is_nifti_path(path) or str(path).lower().endswith(".nii.zarr")):
         raise InvalidParameterError(
             f"path {path}: output name must end in .nii, .nii.gz or .nii.zarr", param="path"

@@ -73,6 +73,7 @@ from roidask._atomic import (
 from roidask._atomic import write_bytes as write_local_bytes
 from roidask._pool import thread_pool
 from roidask._validate import check_input_file as check_local_file
+from roidask._validate import check_path
 from roidask.exceptions import (
     CorruptFileError,
     LockWarning,
@@ -91,6 +92,7 @@ __all__ = [
     "S3Path",
     "absolute",
     "as_location",
+    "as_location_list",
     "changed_files",
     "check_input_file",
     "check_output",
@@ -827,13 +829,30 @@ def is_remote(location: Any) -> bool:
     )
 
 
-def as_location(location: str | os.PathLike | S3Path) -> Path | S3Path:
-    """``location`` as a :class:`~pathlib.Path`, or an :class:`S3Path` for ``s3://``."""
+def as_location(location: str | os.PathLike | S3Path, param: str | None = None) -> Path | S3Path:
+    """``location`` as a :class:`~pathlib.Path`, or an :class:`S3Path` for ``s3://``.
+
+    With ``param`` (where a path enters the public API), what is not a path (``None``, a
+    number) is refused naming it (:func:`roidask._validate.check_path`).
+    """
     if isinstance(location, S3Path):
         return location
+    if param is not None:
+        check_path(location, param)
     if isinstance(location, str) and location.startswith(SCHEME):
         return S3Path.from_url(location)
     return Path(location)
+
+
+def as_location_list(value: Any, param: str) -> list:
+    """One path (or ``s3://`` URL) or a list or tuple of them, as a list of the values given,
+    each checked as :func:`as_location` checks one (``param`` names the parameter)."""
+    items = [value] if isinstance(value, PathOrURL) else value
+    if not isinstance(items, list | tuple):
+        check_path(value, param, what="a path or a list of paths")  # raises: not a path
+    for item in items:
+        as_location(item, param)
+    return list(items)
 
 
 def location_arg(text: str) -> str | Path:
@@ -849,7 +868,7 @@ def check_input_file(location, param: str, *, what: str = "file") -> Path | S3Pa
 
     Local files: :func:`roidask._validate.check_input_file`. Objects: one HEAD.
     """
-    loc = as_location(location)
+    loc = as_location(location, param)
     if isinstance(loc, Path):
         return check_local_file(loc, param, what=what)
     if not loc.key:
@@ -1215,7 +1234,7 @@ def check_output(
     out, *, param: str, inputs: Iterable | InputIndex = (), overwrite: bool = False, kind=None
 ):
     """Check a local or remote output folder before anything is read (see the two checks)."""
-    loc = as_location(out)
+    loc = as_location(out, param)
     if isinstance(loc, S3Path):
         return check_remote_destination(
             loc, param=param, inputs=inputs, overwrite=overwrite, kind=kind

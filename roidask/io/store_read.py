@@ -56,8 +56,10 @@ from roidask.io.locations import (
 __all__ = [
     "CHUNK_GRIDS_ATTR",
     "COMPLETE_ATTR",
+    "RESULTS_ATTR",
     "STORE_ATTR",
     "STORE_FORMAT",
+    "STUDY_ATTR",
     "DamagedChunk",
     "checked_variables",
     "group_records",
@@ -68,6 +70,7 @@ __all__ = [
     "open_store",
     "open_subject",
     "require_store",
+    "root_record",
     "subject_dataset",
     "unlisted_chunks",
     "verify_groups",
@@ -82,6 +85,11 @@ STORE_FORMAT = 2
 COMPLETE_ATTR = "roidask_complete"
 #: Subject group attribute: the chunk grid of every array (the chunk inventory).
 CHUNK_GRIDS_ATTR = "roidask_chunk_grids"
+#: Root attribute of a study store (:mod:`roidask.outputs.study`), and of one subject's
+#: ``results.zarr`` (:mod:`roidask.pipeline`): named here, so that a store of another kind
+#: than the one a function reads is said to be what it is.
+STUDY_ATTR = "roidask_study"
+RESULTS_ATTR = "roidask_results_format"
 
 
 def ignore_consolidated_warning() -> None:
@@ -145,6 +153,35 @@ def _read_metadata(path: Path | S3Path, what: str, *, param: str | None = None) 
     return record
 
 
+def root_record(path: Path | S3Path, *, param: str | None = None) -> dict | None:
+    """The root ``zarr.json`` of the zarr store ``path`` as a dict, None if it has none;
+    StoreError when it is corrupt or unreadable."""
+    try:
+        return _read_metadata(path, "root", param=param)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _other_kind(path: Path | S3Path, attrs: dict, param: str) -> StoreError | None:
+    """What a roidask store that holds no BOLD series (a study, a subject's results) is,
+    and how to read it; None for other stores."""
+    if STUDY_ATTR in attrs:
+        return StoreError(
+            f"{param} {path}: is a roidask study store (a node per subject and the group "
+            "level), not a BOLD store; read a node's maps with roidask.io.open_map, or the "
+            "whole with xarray.open_datatree",
+            param=param,
+        )
+    if RESULTS_ATTR in attrs:
+        return StoreError(
+            f"{param} {path}: is one subject's results store (its maps, ROI table and "
+            "signals), not a BOLD store; read its maps with roidask.io.open_map, or the "
+            "whole with xarray.open_zarr",
+            param=param,
+        )
+    return None
+
+
 def is_store(path: PathOrURL) -> bool:
     """True if ``path`` is a folder holding a roidask store (its root metadata says so)."""
     path = as_location(path)
@@ -158,7 +195,7 @@ def is_store(path: PathOrURL) -> bool:
 def require_store(store: PathOrURL, *, param: str = "store") -> Path | S3Path:
     """``store`` as a Path (S3Path for ``s3://``), or StoreError saying why it is not a
     roidask store."""
-    path = as_location(store)
+    path = as_location(store, param)
     if not path.exists():
         raise StoreError(f"{param} {path}: no such store", param=param)
     if not path.is_dir():
@@ -172,7 +209,11 @@ def require_store(store: PathOrURL, *, param: str = "store") -> Path | S3Path:
             f"{param} {path}: not a zarr store (no zarr.json); create one with roidask.io.convert",
             param=param,
         ) from None
-    if STORE_ATTR not in (record.get("attributes") or {}):
+    attrs = record.get("attributes") or {}
+    if STORE_ATTR not in attrs:
+        other = _other_kind(path, attrs, param)
+        if other is not None:
+            raise other
         raise StoreError(
             f"{param} {path}: a zarr group but not a roidask store (no attribute "
             f"{STORE_ATTR!r}); create one with roidask.io.convert",

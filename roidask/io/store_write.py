@@ -379,7 +379,7 @@ def convert(
     LabelsError, OutputError, OutputExistsError, InvalidParameterError
         Before anything is written.
     """
-    target = as_location(out)
+    target = as_location(out, "out")
     if isinstance(target, S3Path):
         return _convert_to_s3(
             bold, labels=labels, out=target, subject=subject, tr_s=tr_s,

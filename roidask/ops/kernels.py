@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from roidask.exceptions import InvalidParameterError
+from roidask._validate import check_fwhm
 from roidask.io.grid import voxel_size_mm
 
 __all__ = [
@@ -53,30 +53,10 @@ def fwhm_to_sigma_voxels(
     Raises
     ------
     InvalidParameterError
-        Negative, non-finite or wrongly sized ``fwhm``.
+        Negative, non-finite, not a number (a string, a bool) or wrongly sized ``fwhm``.
     """
-    vox_mm = voxel_size_mm(affine)
-    if fwhm is None:
-        return np.zeros(3)
-    values = np.asarray([fwhm], dtype=object).ravel()
-    if values.size == 1:
-        values = np.repeat(values, 3)
-    if values.size != 3:
-        raise InvalidParameterError(
-            f"fwhm: expected a number or 3 numbers (mm per spatial axis), got {fwhm!r}",
-            param="fwhm",
-        )
-    try:
-        mm = np.asarray([0.0 if v is None else float(v) for v in values])
-    except (TypeError, ValueError):
-        raise InvalidParameterError(
-            f"fwhm: expected numbers of mm, got {fwhm!r}", param="fwhm"
-        ) from None
-    if not np.all(np.isfinite(mm)) or np.any(mm < 0) or np.any(mm > MAX_FWHM_MM):
-        raise InvalidParameterError(
-            f"fwhm: must be finite, >= 0 and <= {MAX_FWHM_MM:g} mm, got {fwhm!r}", param="fwhm"
-        )
-    return mm / (FWHM_OVER_SIGMA * vox_mm)
+    mm = check_fwhm(fwhm, "fwhm", maximum=MAX_FWHM_MM)
+    return mm / (FWHM_OVER_SIGMA * voxel_size_mm(affine))
 
 
 def gaussian_radius(sigma: float, truncate: float = TRUNCATE) -> int:

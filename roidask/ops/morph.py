@@ -227,6 +227,9 @@ binary_closing.__doc__ = (
     "    Note that, as in scipy, the erosion also uses ``border_value`` (0), so\n"
     "    foreground touching the edge of the image is eroded from there.\n" + _PARAMS_DOC
 )
+for _func in (binary_dilation, binary_erosion, binary_opening, binary_closing):
+    fill_doc(_func)  # the docstrings are assigned above, after any decorator would have run
+del _func
 
 
 @fill_doc

@@ -202,14 +202,6 @@ def smooth_img(img: ImageLike, *, fwhm: float | Sequence[float | None] | None) -
         ``fwhm`` is negative, not finite, not a number, or not 1 or 3 values.
     """
     img = as_image(img, param="img")
-    if isinstance(fwhm, bool) or (
-        isinstance(fwhm, Sequence)
-        and not isinstance(fwhm, str)
-        and any(isinstance(v, bool) for v in fwhm)
-    ):
-        raise InvalidParameterError(
-            f"fwhm: expected mm as numbers or None, got {fwhm!r}", param="fwhm"
-        )
     affine = affine_of(img)
     sigma = fwhm_to_sigma_voxels(affine, fwhm)
     dtype = smoothing_dtype(img.dtype)

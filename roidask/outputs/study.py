@@ -60,6 +60,7 @@ from roidask.io.locations import (
 )
 from roidask.io.store_read import (
     COMPLETE_ATTR,
+    STUDY_ATTR,
     DamagedChunk,
     ignore_consolidated_warning,
     verify_groups,
@@ -91,8 +92,8 @@ __all__ = [
     "write_node_files",
 ]
 
-#: Root attribute marking a study store; its value is the format.
-STUDY_ATTR = "roidask_study"
+# The root attribute marking a study store, STUDY_ATTR ("roidask_study", its value the format),
+# is defined with the other stores' markers in roidask.io.store_read.
 #: Format written by this version.
 STUDY_FORMAT = 1
 #: Node attribute: the fingerprint (parameters and input checksums) of a subject's results.

@@ -10,7 +10,7 @@ from helpers.files import write_manifest
 
 from roidask.batch import SubjectSpec, read_manifest
 from roidask.cli import main
-from roidask.exceptions import CorruptFileError, ManifestError, RoidaskError
+from roidask.exceptions import CorruptFileError, ManifestError, RoidaskError, RoidaskTypeError
 
 
 def test_manifest_tsv_runs_and_relative_paths(tmp_path):
@@ -277,3 +277,11 @@ def test_check_subjects_names_the_subject_its_warnings_are_of(haxby, monkeypatch
     specs = [SubjectSpec(s, (haxby.bold,), (haxby.labels,), haxby.mask) for s in ("07", "08")]
     check_subjects(specs)
     assert seen == ["07", "08"] and current_subject() is None
+
+
+def test_a_manifest_or_mask_that_is_not_a_path_is_named(tmp_path):
+    with pytest.raises(RoidaskTypeError, match=r"^manifest: expected a path .*got int$"):
+        read_manifest(123)
+    manifest = write_manifest(tmp_path / "m.tsv", [("01", "b.nii.gz", "l.txt", "")])
+    with pytest.raises(RoidaskTypeError, match=r"^mask: expected a path .*got int$"):
+        read_manifest(manifest, mask=1)

@@ -45,6 +45,7 @@ from roidask.exceptions import (
     GridMismatchError,
     InvalidParameterError,
     OutputError,
+    RoidaskTypeError,
     StudyNodeWarning,
 )
 
@@ -1044,3 +1045,8 @@ def test_a_study_node_with_a_truncated_chunk_is_written_again(haxby, tmp_path):
     assert (out / "study.zarr" / specs[0].out_name / chunk.relative_to(node)).stat().st_size == (
         out / specs[0].out_name / "results.zarr" / chunk.relative_to(node)
     ).stat().st_size
+
+
+def test_a_batch_folder_that_is_not_a_path_is_named():
+    with pytest.raises(RoidaskTypeError, match=r"^out_dir: expected a path .*got NoneType$"):
+        run_batch([], None)

@@ -14,8 +14,18 @@ from roidask.exceptions import (
     ImageDimensionError,
     ImageTypeError,
     InvalidParameterError,
+    RoidaskTypeError,
+    StoreError,
 )
-from roidask.io import as_image, bold_from_nifti, check_same_grid, convert, like_image, to_nifti
+from roidask.io import (
+    as_image,
+    bold_from_nifti,
+    check_same_grid,
+    convert,
+    image_from_nifti,
+    like_image,
+    to_nifti,
+)
 from roidask.io.chunks import normalize_chunks
 
 
@@ -44,6 +54,15 @@ def test_building_graphs_reads_nothing(haxby):
 def test_numpy_array_is_refused():
     with pytest.raises(ImageTypeError, match="bare array has no voxel grid"):
         as_image(np.zeros((3, 3, 3)))
+
+
+@pytest.mark.parametrize("ndim", [5, 2, "4", 3.5, True])
+def test_ndim_itself_is_checked(haxby, ndim):
+    with pytest.raises(
+        InvalidParameterError, match=rf"^ndim: expected one of \[None, 3, 4\], got {ndim!r}$"
+    ) as info:
+        as_image(haxby.bold, ndim=ndim)
+    assert info.value.param == "ndim"
 
 
 def test_dimension_check(haxby, tmp_path):
@@ -172,3 +191,59 @@ def test_an_image_cropped_with_xarray_is_refused_not_misplaced(haxby, tmp_path):
     )
     del fixed.attrs["nifti_header"]
     assert as_image(fixed).shape == (14, 20, 1, bold.shape[3])
+
+
+@pytest.mark.parametrize(
+    ("reference", "got"),
+    [
+        ("mask.nii.gz", r"str 'mask\.nii\.gz' \(open it with roidask\.as_image first\)"),
+        (None, "NoneType"),
+        (xr.DataArray(np.zeros((40, 20, 1))), "DataArray without an affine"),
+    ],
+    ids=["path", "None", "no-affine"],
+)
+def test_like_image_refuses_a_reference_that_is_not_an_image(reference, got):
+    with pytest.raises(
+        ImageTypeError,
+        match=rf"^reference: expected a roidask image \(an xarray\.DataArray with an "
+        rf"affine\), got {got}$",
+    ) as info:
+        like_image(np.zeros((40, 20, 1)), reference)
+    assert info.value.param == "reference"
+
+
+def test_a_path_parameter_that_is_not_a_path_is_named(haxby, tmp_path):
+    img = as_image(haxby.mask)
+    for call, param, got in [
+        (lambda: to_nifti(img, None), "path", "NoneType"),
+        (lambda: to_nifti(img, 3), "path", "int"),
+        (lambda: image_from_nifti(None), "img", "NoneType"),
+        (lambda: bold_from_nifti(None), "bold", "NoneType"),
+        (lambda: bold_from_nifti(haxby.bold, labels=3), "labels", "int"),
+    ]:
+        with pytest.raises(RoidaskTypeError, match=rf"^{param}: expected a path.* got {got}$"):
+            call()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_to_nifti_says_a_dataarray_that_is_not_spatial_is_not_an_image(tmp_path):
+    signals = xr.DataArray(np.zeros((5, 12)), dims=("roi", "time"), name="signals")
+    with pytest.raises(
+        ImageDimensionError,
+        match=r"^img: DataArray 'signals' has dims \('roi', 'time'\), so it is not a spatial "
+        r"image; expected dims x, y, z \(then time\) first$",
+    ):
+        to_nifti(signals, tmp_path / "signals.nii.gz")
+    no_grid = xr.DataArray(np.zeros((2, 2, 2)), dims=("x", "y", "z"), name="tstat")
+    with pytest.raises(
+        ImageTypeError,
+        match=r"^reference: img \(DataArray 'tstat'\) has no 'affine' attribute, so no voxel "
+        r"grid; pass reference= a roidask image$",
+    ):
+        to_nifti(no_grid, tmp_path / "tstat.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_as_image_of_a_results_store_says_what_it_is(haxby_outputs):
+    with pytest.raises(StoreError, match=r"^img \S+results\.zarr: is one subject's results st"):
+        as_image(haxby_outputs / "results.zarr")

@@ -24,6 +24,7 @@ from roidask.exceptions import (
     CorruptFileError,
     ObjectStoreError,
     OutputError,
+    RoidaskTypeError,
     UnreadableFileError,
 )
 from roidask.io.labels import volume_labels
@@ -33,6 +34,7 @@ from roidask.io.locations import (
     RemoteLease,
     S3Path,
     as_location,
+    as_location_list,
     check_input_file,
     list_files,
     location_arg,
@@ -63,6 +65,30 @@ def test_urls_become_s3_paths_and_everything_else_paths():
     assert pickle.loads(pickle.dumps(loc)) == loc
     with pytest.raises(UnreadableFileError, match="needs a bucket"):
         as_location("s3:///key")
+
+
+def test_a_path_parameter_that_is_not_a_path_is_named():
+    s3 = S3Path("bucket", "k.nii")
+    assert as_location(s3, "img") is s3
+    with pytest.raises(
+        RoidaskTypeError, match=r"^store: expected a path \(str or os\.PathLike\), got NoneType$"
+    ):
+        as_location(None, "store")
+    with pytest.raises(RoidaskTypeError, match=r"^out: expected a path .*got int$"):
+        check_input_file(3, "out")
+
+
+def test_one_path_or_a_list_of_them():
+    s3 = S3Path("bucket", "k.nii")
+    assert as_location_list("a.nii", "bold") == ["a.nii"]
+    assert as_location_list((Path("a.nii"), s3), "bold") == [Path("a.nii"), s3]
+    with pytest.raises(
+        RoidaskTypeError,
+        match=r"^labels: expected a path or a list of paths \(str or os\.PathLike\), got int$",
+    ):
+        as_location_list(5, "labels")
+    with pytest.raises(RoidaskTypeError, match=r"^bold: expected a path .*got NoneType$"):
+        as_location_list(["a.nii", None], "bold")
 
 
 def test_listing_reading_and_ranges(s3_bucket):

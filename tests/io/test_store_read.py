@@ -11,8 +11,13 @@ import numpy as np
 import pytest
 from helpers.files import damage_chunk, format1_store
 
-from roidask.exceptions import DamagedStoreError, StoreError, UnverifiedStoreWarning
-from roidask.io import convert, open_subject, verify_store
+from roidask.exceptions import (
+    DamagedStoreError,
+    RoidaskTypeError,
+    StoreError,
+    UnverifiedStoreWarning,
+)
+from roidask.io import convert, list_subjects, open_store, open_subject, verify_store
 from roidask.io.store_read import CHUNK_GRIDS_ATTR, DamagedChunk, is_store, require_store
 
 CHUNK = "c/0/0/0/3"  # volumes 300-399 of the Haxby slice's bold
@@ -150,3 +155,31 @@ def test_unlisted_chunks_are_files_zarr_did_not_write():
     assert unlisted_chunks(keys, grids) == [
         "bold/c/0/0/0", "bold/c/0/0/0/3", "mask/c/1/0/x", "other/c/0",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("func", [open_subject, open_store, verify_store, list_subjects])
+@pytest.mark.parametrize(("value", "got"), [(None, "NoneType"), (123, "int")])
+def test_a_store_that_is_not_a_path_is_named(func, value, got):
+    with pytest.raises(RoidaskTypeError) as info:
+        func(value)
+    assert str(info.value) == f"store: expected a path (str or os.PathLike), got {got}"
+    assert info.value.param == "store"
+
+
+def test_a_results_or_study_store_is_named_for_what_it_is(haxby_outputs):
+    """Stores of roidask that hold no BOLD series say what they are and how to read them,
+    not "create one with roidask.io.convert"."""
+    with pytest.raises(
+        StoreError,
+        match=r"^store \S+results\.zarr: is one subject's results store \(its maps, ROI table "
+        r"and signals\), not a BOLD store; read its maps with roidask\.io\.open_map, or the "
+        r"whole with xarray\.open_zarr$",
+    ):
+        open_subject(haxby_outputs / "results.zarr")
+    with pytest.raises(
+        StoreError,
+        match=r"^store \S+study\.zarr: is a roidask study store \(a node per subject and the "
+        r"group level\), not a BOLD store; read a node's maps with roidask\.io\.open_map, or "
+        r"the whole with xarray\.open_datatree$",
+    ):
+        verify_store(haxby_outputs.parent / "study.zarr")

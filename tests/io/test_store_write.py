@@ -27,6 +27,7 @@ from roidask.exceptions import (
     NonFiniteVoxelsWarning,
     OutputError,
     OutputExistsError,
+    RoidaskTypeError,
     StoreError,
 )
 from roidask.io import convert, list_subjects, open_store, open_subject
@@ -503,3 +504,20 @@ def test_what_a_user_put_at_out_meanwhile_is_never_written_into(small, monkeypat
         convert(run, labels=labels, out=out)
     assert (out / "zarr.json" if what == "folder" else out).read_text() == "mine"
     assert sorted(p.name for p in tmp.iterdir()) == ["labels.txt", "run.nii.gz", "s.zarr"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"out": None}, r"^out: expected a path \(str or os\.PathLike\), got NoneType$"),
+        ({"labels": 5}, r"^labels: expected a path or a list of paths .*got int$"),
+        ({"bold": None}, r"^bold: expected a path or a list of paths .*got NoneType$"),
+    ],
+    ids=["out", "labels", "bold"],
+)
+def test_a_path_parameter_that_is_not_a_path_is_named(haxby, tmp_path, kwargs, message):
+    args = {"bold": haxby.bold, "labels": haxby.labels, "out": tmp_path / "s.zarr", **kwargs}
+    with pytest.raises(RoidaskTypeError, match=message) as info:
+        convert(args.pop("bold"), **args)
+    assert info.value.param == next(iter(kwargs))
+    assert list(tmp_path.iterdir()) == []

@@ -228,3 +228,10 @@ def test_fill_holes_needs_a_labelling_structure():
     mask = as_img(np.ones((3, 3, 3), dtype=bool))
     with pytest.raises(InvalidParameterError, match=r"structure: .*3x3x3"):
         morph.binary_fill_holes(mask, structure=np.ones((5, 5, 5)))
+
+
+@pytest.mark.parametrize("name", [*OPS, "binary_fill_holes"])
+def test_docstring_describes_mask_img(name):
+    doc = getattr(morph, name).__doc__
+    assert "%(" not in doc
+    assert "mask_img : ImageLike" in doc

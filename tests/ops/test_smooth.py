@@ -218,7 +218,10 @@ def test_building_the_graph_reads_nothing(haxby):
     assert out.attrs["smoothing_fwhm_mm"] == pytest.approx([6.0, 0.0, 3.0])
 
 
-@pytest.mark.parametrize("fwhm", [-1.0, (2.0, -0.5, None), (1.0, 2.0), "fast", float("nan"), True])
+@pytest.mark.parametrize(
+    "fwhm",
+    [-1.0, (2.0, -0.5, None), (1.0, 2.0), "fast", float("nan"), True, "6", (6, "6", 6), b"6"],
+)
 def test_bad_fwhm_is_refused_before_any_compute(haxby, fwhm):
     with raise_if_dask_computes(), pytest.raises(InvalidParameterError, match="fwhm"):
         smooth_img(haxby.bold, fwhm=fwhm)

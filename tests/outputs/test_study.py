@@ -483,7 +483,7 @@ def test_one_batch_or_group_level_at_a_time(batch, dataset, tmp_path, monkeypatc
             group_from(other, out=batch / "group")
 
     with pytest.raises(OutputError, match=r"holds study.zarr, the study store of an earlier "
-                       r"batch, .* \(study=False, --no-study\)"):  # fmt: skip
+                       r"batch, .* \(study=False\) would leave"):  # fmt: skip
         run_batch(dataset["specs"], batch, plots=False, study=False)
     assert tree_state(batch) == before
     # once they are free, a group level runs, and lets them go (a batch runs after it)
