@@ -27,8 +27,13 @@ script does not know go to ``roidask batch``::
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import logging
+import subprocess
 import sys
+import threading
+import time
 
 __all__ = ["build_parser", "main"]
 
@@ -96,11 +101,141 @@ def _split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+#: ``roidask batch`` options this script sets itself, or that have no meaning here (the
+#: workers are the --jobs batch jobs).
+NOT_PASSED = ("--scheduler", "--n-workers", "--threads-per-worker", "--memory-limit",
+              "--tls-ca-file", "--tls-cert", "--tls-key", "--dashboard", "--check")  # fmt: skip
+#: Seconds between two looks at the worker jobs while the scheduler has no worker.
+POLL_S = 10.0
+#: Seconds between two "waiting for the worker jobs" lines.
+WAITING_EVERY_S = 300.0
+#: Job states in which a job may still give workers (squeue's %T; qstat's S column).
+ALIVE = {
+    "slurm": {"PENDING", "CONFIGURING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
+              "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"},
+    "pbs": {"Q", "R", "H", "W", "T", "S", "B", "E"},
+}  # fmt: skip
+
+
+def job_states(kind: str, job_ids: list[str]) -> dict[str, str]:
+    """Job id -> state (and SLURM's reason) of the jobs the batch system still lists."""
+    if not job_ids:
+        return {}
+    if kind == "slurm":
+        cmd = ["squeue", "-h", "-o", "%i %T %r", "--jobs", ",".join(job_ids)]
+    else:
+        cmd = ["qstat", *job_ids]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    states = {}
+    for line in proc.stdout.splitlines():
+        fields = line.split()
+        if kind == "slurm" and len(fields) >= 2 and fields[0] in job_ids:
+            states[fields[0]] = " ".join(fields[1:])
+        elif kind == "pbs" and len(fields) >= 5 and fields[0].split(".")[0] in job_ids:
+            states[fields[0].split(".")[0]] = fields[4]
+    return states
+
+
+class JobWatch(threading.Thread):
+    """Stops the batch when its scheduler has no worker and no worker job can give one.
+
+    A worker job that reached its walltime, was cancelled or failed takes its
+    workers with it; dask-jobqueue does not submit it again, and a batch without
+    workers would wait forever. While the scheduler has no worker, the jobs' states
+    are looked at every :data:`POLL_S` seconds: queued ones are reported every
+    :data:`WAITING_EVERY_S` seconds; when none is queued or running any more, the
+    batch is interrupted (the subjects completed are kept).
+    """
+
+    def __init__(self, cluster, kind: str):
+        super().__init__(name="roidask-jobwatch", daemon=True)
+        self.cluster, self.kind = cluster, kind
+        self.done = threading.Event()
+        self.fired = False
+
+    def run(self) -> None:
+        last_said = time.monotonic()
+        while not self.done.wait(POLL_S):
+            if self.cluster.scheduler_info.get("workers"):
+                last_said = time.monotonic()
+                continue
+            ids = [j.job_id for j in self.cluster.workers.values() if j.job_id]
+            states = job_states(self.kind, ids)
+            alive = {i: st for i, st in states.items() if st.split()[0] in ALIVE[self.kind]}
+            if self.done.is_set():
+                return
+            if not alive:
+                self.fired = True
+                print(
+                    f"jobqueue_batch: error: no worker left, and none of the worker jobs "
+                    f"({', '.join(ids) or 'none submitted'}) is queued or running any more "
+                    "(walltime reached, cancelled or failed: see their logs, "
+                    "--log-directory); stopping the batch: run this command again to finish "
+                    "it (the subjects completed are kept)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                _thread.interrupt_main()
+                return
+            if time.monotonic() - last_said >= WAITING_EVERY_S:
+                last_said = time.monotonic()
+                listed = ", ".join(f"{i} {st}" for i, st in sorted(alive.items()))
+                print(f"jobqueue_batch: waiting for the worker jobs: {listed}", file=sys.stderr)
+
+
+class SubmitError(Exception):
+    """The batch system refused the worker jobs."""
+
+
+class _SubmitFailure(logging.Filter):
+    """Drops tornado's "Exception in callback" record of a failed job submission (the
+    same error :func:`_submit` reports in one line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, RuntimeError) and "Command exited with" in str(error))
+
+
+def _submit(cluster, jobs: int, kind: str) -> None:
+    """Submit the worker jobs and wait for the batch system's answer.
+
+    Raises
+    ------
+    SubmitError
+        The submission command failed: its message.
+    """
+
+    async def scale_and_wait():
+        cluster.scale(jobs=jobs)  # schedules the submissions on the cluster's event loop
+        await cluster._correct_state()  # they run now: their errors raised here
+
+    quiet = _SubmitFailure()  # the loop's callback re-raises it as a logged traceback
+    logging.getLogger("tornado.application").addFilter(quiet)
+    try:
+        cluster.sync(scale_and_wait)
+    except RuntimeError as exc:  # dask-jobqueue: the command, its exit code, stdout, stderr
+        # the jobs not submitted failed (closing the cluster expects no job left as
+        # created); those submitted are cancelled
+        from distributed.core import Status
+
+        for job in cluster.workers.values():
+            if not job.job_id:
+                job.status = Status.failed
+        cluster.scale(0)
+        cluster.sync(cluster._correct_state)
+        text = str(exc)
+        said = text.split("stderr:", 1)[1] if "stderr:" in text else text
+        lines = [line.strip() for line in said.splitlines() if line.strip()]
+        command = "sbatch" if kind == "slurm" else "qsub"
+        raise SubmitError(f"{command} refused the worker jobs: {'; '.join(lines)}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the script; returns the exit status (that of ``roidask batch`` when it ran)."""
     from roidask import cli
     from roidask import cluster as rcluster
-    from roidask.exceptions import RoidaskError, RoidaskTypeError
+    from roidask._launch import handle_stop_signals
+    from roidask.exceptions import RoidaskError, RoidaskTypeError, Terminated
 
     parser = build_parser()
     own, after_dashdash = _split_argv(list(sys.argv[1:] if argv is None else argv))
@@ -108,6 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     passthrough += after_dashdash
     if args.jobs < 1:
         parser.error(f"--jobs: expected a positive number of jobs, got {args.jobs}")
+    for arg in passthrough:
+        flag = arg.split("=", 1)[0]
+        if flag in NOT_PASSED:
+            parser.error(
+                f"{flag}: not used here (this script starts the scheduler and its workers "
+                "are the --jobs batch jobs; see --cores, --memory, --processes)"
+            )
 
     options = {
         "cores": args.cores,
@@ -123,36 +265,65 @@ def main(argv: list[str] | None = None) -> int:
             options[name] = getattr(args, name)
 
     try:
+        import dask_jobqueue  # noqa: F401  (imported now: it replaces the Ctrl-C handler)
+    except ImportError as exc:
+        print(f"jobqueue_batch: error: {exc} (install the roidask[jobqueue] extra)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    handle_stop_signals()  # Ctrl-C and SIGTERM (scancel, timeout) stop the batch as one
+    try:
         if args.print_job_script:
             print(rcluster.job_script(args.kind, **options))
             return 0
         if args.manifest is None or args.out is None:
             parser.error("MANIFEST and --out are required (unless --print-job-script)")
+        # the batch's own checks (manifest, every input, --out) before any job is submitted
+        batch_args = [args.manifest, "--out", args.out, *passthrough]
+        status = int(cli.main(["batch", *batch_args, "--check"]) or 0)
+        if status:
+            return status
         with rcluster.jobqueue_cluster(args.kind, dashboard=args.dashboard, **options) as cluster:
-            cluster.scale(jobs=args.jobs)
             tls = cluster.tls_credentials
-            print(
-                f"jobqueue_batch: submitted {args.jobs} {args.kind} job(s) for the dask "
-                f"workers; scheduler at {cluster.scheduler_address} (TLS credentials of this "
-                f"batch in {tls.directory}, removed at the end)",
-                file=sys.stderr,
-            )
-            if args.dashboard and cluster.dashboard_link:
-                print(f"jobqueue_batch: dashboard {cluster.dashboard_link}", file=sys.stderr)
-            batch_argv = [
-                "batch",
-                args.manifest,
-                "--out",
-                args.out,
-                "--scheduler",
-                cluster.scheduler_address,
-                *(f"--{k.replace('_', '-')}={v}" for k, v in tls.client_options().items()),
-                *passthrough,
-            ]
-            return int(cli.main(batch_argv) or 0)
-    except (RoidaskError, RoidaskTypeError, ImportError) as exc:
+            watch = JobWatch(cluster, args.kind)
+            try:
+                _submit(cluster, args.jobs, args.kind)
+                ids = ", ".join(j.job_id for j in cluster.workers.values() if j.job_id)
+                print(
+                    f"jobqueue_batch: submitted {args.jobs} {args.kind} job(s) for the dask "
+                    f"workers ({ids}); scheduler at {cluster.scheduler_address} (TLS "
+                    f"credentials of this batch in {tls.directory}, removed at the end)",
+                    file=sys.stderr,
+                )
+                if args.dashboard and cluster.dashboard_link:
+                    print(f"jobqueue_batch: dashboard {cluster.dashboard_link}", file=sys.stderr)
+                watch.start()
+                status = int(
+                    cli.main(
+                        [
+                            "batch",
+                            *batch_args,
+                            "--scheduler",
+                            cluster.scheduler_address,
+                            *(
+                                f"--{k.replace('_', '-')}={v}"
+                                for k, v in tls.client_options().items()
+                            ),
+                        ]
+                    )
+                    or 0
+                )
+            finally:
+                watch.done.set()
+            return 1 if watch.fired else status
+    except (RoidaskError, RoidaskTypeError, SubmitError) as exc:
         print(f"jobqueue_batch: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # outside the batch (which says it itself)
+        print(
+            f"jobqueue_batch: {Terminated.describe(exc)}; the worker jobs are cancelled",
+            file=sys.stderr,
+        )
+        return Terminated.status_of(exc)
 
 
 if __name__ == "__main__":

@@ -44,10 +44,18 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def handle_stop_signals() -> None:
+    """Ctrl-C raises :class:`KeyboardInterrupt` (Python's own handler, which libraries
+    such as dask-jobqueue replace when imported) and SIGTERM raises
+    :class:`~roidask.exceptions.Terminated`: a command stops as one, however stopped."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 def entry() -> None:
     """Run the ``roidask`` command line (:func:`roidask.cli.entry`); SIGTERM is handled
     as Ctrl-C is (:class:`~roidask.exceptions.Terminated`)."""
-    signal.signal(signal.SIGTERM, _terminate)
+    handle_stop_signals()
     try:
         if starts_embedded_workers(sys.argv[1:]):
             start_method()

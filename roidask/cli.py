@@ -838,6 +838,12 @@ def _add_batch(sub) -> None:
         help="do not write the study store OUT/study.zarr (every subject's results, one "
         "xarray DataTree)",
     )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the manifest, every subject's inputs and --out as the batch would, "
+        "then stop: no cluster, nothing written (e.g. before submitting a job)",
+    )
     _add_analysis_options(p)
     _add_permutation_options(p, batch=True)
     p.set_defaults(func=_cmd_batch)
@@ -850,6 +856,9 @@ def _cmd_batch(args) -> int:
     specs = read_manifest(args.manifest, mask=args.mask)
     check_batch_folder(args.out, specs, study=not args.no_study)  # reads no input
     check_subjects(specs, params, chunks=args.chunks)  # before a cluster is started
+    if args.check:
+        print(f"checked: {plural(len(specs), 'subject')}, their inputs and {args.out}")
+        return 0
     address = None if args.scheduler == "local" else args.scheduler
     # run_batch announces the cluster, its dashboard and how it spreads the subjects
     with _cluster(address, args, processes=True, announce=False):

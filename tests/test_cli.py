@@ -793,6 +793,27 @@ def test_bad_input_is_one_line_before_anything_is_written(data, tmp_path, capsys
     assert data / "bold.nii.gz" not in reads  # nothing of the BOLD data read
 
 
+def test_batch_check_makes_every_check_and_starts_nothing(data, tmp_path, capsys, monkeypatch):
+    """`roidask batch --check` (what cluster/jobqueue_batch.py runs before it submits jobs):
+    the manifest, every subject's inputs and --out checked, then it stops: no cluster,
+    nothing written."""
+    import roidask.cli
+
+    out = tmp_path / "out"
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(roidask.cli, "_cluster", no_cluster)
+    assert main([str(a) for a in batch_args(data, out, "--check")]) == 0
+    assert capsys.readouterr().out.strip() == f"checked: 1 subject, their inputs and {out}"
+    assert not out.exists()
+    (data / "labels.txt").write_text("labels chunks\nface 0\n")  # a volume count mismatch
+    assert main([str(a) for a in batch_args(data, out, "--check")]) == 2
+    assert capsys.readouterr().err.startswith("roidask: error: manifest: subject 'sub-01': ")
+    assert not out.exists()
+
+
 def test_events_beyond_the_run_warn(tmp_path, capsys):
     bold = write_bold(tmp_path / "run_bold.nii.gz", 20, tr_s=2.0)
     events = write_events(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -194,3 +195,99 @@ def test_jobqueue_batch_on_slurm_survives_a_cancelled_worker_job(slurm, subjects
     wait_until(lambda: not squeue(name), timeout=60, what="the worker jobs to end")
     assert not tls_dir.exists()
     assert list(shared.iterdir()) == []
+
+
+def recipe(name: str, tmp_path: Path, *extra: str) -> list[str]:
+    shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)
+    return [sys.executable, str(RECIPE), "--kind", "slurm", "--cores", "1", "--memory", "1GiB",
+            "--walltime", "00:10:00", "--jobs", "1", "--interface", "lo", "--job-name", name,
+            "--shared-temp-directory", str(shared), *extra]  # fmt: skip
+
+
+def assert_nothing_left(name: str, tmp_path: Path) -> None:
+    """The recipe's worker jobs cancelled, its credentials removed."""
+    wait_until(lambda: not squeue(name), timeout=60, what="the worker jobs to end")
+    assert list((tmp_path / "shared").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "want"),
+    [
+        (("--queue", "nosuchpartition"),
+         "jobqueue_batch: error: sbatch refused the worker jobs: sbatch: error: invalid "
+         "partition specified: nosuchpartition; sbatch: error: Batch job submission failed: "
+         "Invalid partition name specified"),
+        (("--n-workers", "4"), "--n-workers: not used here"),
+        (("--threshold", "-1"), "roidask: error: --threshold: "),
+    ],
+    ids=["bad-partition", "embedded-cluster-flag", "bad-batch-flag"],
+)  # fmt: skip
+def test_recipe_refuses_what_cannot_run_in_one_line(slurm, subjects, tmp_path, extra, want):
+    """Refused before a job is queued (a batch flag: by the batch's own checks), or as soon
+    as sbatch refuses the job: not a batch that waits forever for workers."""
+    manifest, _ = subjects
+    name = f"roidask-refused-{os.getpid()}"
+    cmd = recipe(name, tmp_path)
+    cmd += [*extra, str(manifest), "--out", str(tmp_path / "out")] if extra[0] == "--queue" else [
+        str(manifest), "--out", str(tmp_path / "out"), *extra]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert want in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "submitted" not in proc.stderr  # a batch flag: refused before any job
+    assert_nothing_left(name, tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_stops_when_no_worker_job_is_left(slurm, subjects, tmp_path):
+    """A worker job that ends before its workers join (walltime, scancel, a node failure)
+    leaves a scheduler without workers: the recipe stops the batch with one error line
+    instead of waiting forever."""
+    manifest, _ = subjects
+    name = f"roidask-lost-{os.getpid()}"
+    log = tmp_path / "batch.log"
+    held = "--job-extra=--begin=now+600"  # queued, not started: cancelled before it runs
+    cmd = [*recipe(name, tmp_path), held, str(manifest), "--out", str(tmp_path / "out"),
+           "--no-plots"]  # fmt: skip
+    batch = start(cmd, log)
+    try:
+        found = wait_until(
+            lambda: re.search(r"for the dask workers \((\d+)\)", log.read_text()),
+            timeout=60, what="the job's submission", proc=batch, log=log,
+        )  # fmt: skip
+        subprocess.run(["scancel", found.group(1)], check=True, timeout=30)
+        rc = batch.wait(timeout=90)
+    finally:
+        kill_group(batch)
+        subprocess.run(["scancel", "--name", name], timeout=30, check=False)
+    text = log.read_text()
+    assert rc == 1, text
+    assert f"none of the worker jobs ({found.group(1)}) is queued or running any more" in text
+    assert text.strip().splitlines()[-1].startswith("roidask: interrupted; the subjects completed")
+    assert_nothing_left(name, tmp_path)
+
+
+@pytest.mark.parametrize(("sig", "status", "how"), [("TERM", 143, "terminated (SIGTERM)"),
+                                                    ("INT", 130, "interrupted")])  # fmt: skip
+def test_recipe_stopped_by_a_signal_cancels_its_jobs(slurm, subjects, tmp_path, sig, status, how):
+    """scancel of the recipe's own job (SIGTERM) and Ctrl-C: the batch's one line and exit
+    status (dask-jobqueue's import made Ctrl-C exit 0), the worker jobs cancelled, the
+    credentials removed."""
+    manifest, _ = subjects
+    name = f"roidask-sig-{os.getpid()}"
+    log = tmp_path / "batch.log"
+    cmd = [*recipe(name, tmp_path), str(manifest), "--out", str(tmp_path / "out"), "--no-plots"]
+    batch = start(cmd, log)
+    try:
+        wait_until(lambda: "batch: " in log.read_text(), timeout=60,
+                   what="the batch to start", proc=batch, log=log)  # fmt: skip
+        batch.send_signal(getattr(signal, f"SIG{sig}"))
+        rc = batch.wait(timeout=90)
+    finally:
+        kill_group(batch)
+        subprocess.run(["scancel", "--name", name], timeout=30, check=False)
+    text = log.read_text()
+    assert rc == status, text
+    assert text.strip().splitlines()[-1].startswith(f"roidask: {how}; the subjects"), text
+    assert_nothing_left(name, tmp_path)
