@@ -280,7 +280,7 @@ def test_recipe_stopped_by_a_signal_cancels_its_jobs(slurm, subjects, tmp_path, 
     cmd = [*recipe(name, tmp_path), str(manifest), "--out", str(tmp_path / "out"), "--no-plots"]
     batch = start(cmd, log)
     try:
-        wait_until(lambda: "batch: " in log.read_text(), timeout=60,
+        wait_until(lambda: re.search("^batch: ", log.read_text(), re.M), timeout=60,
                    what="the batch to start", proc=batch, log=log)  # fmt: skip
         batch.send_signal(getattr(signal, f"SIG{sig}"))
         rc = batch.wait(timeout=90)
