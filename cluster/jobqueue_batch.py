@@ -117,15 +117,27 @@ ALIVE = {
 }  # fmt: skip
 
 
-def job_states(kind: str, job_ids: list[str]) -> dict[str, str]:
-    """Job id -> state (and SLURM's reason) of the jobs the batch system still lists."""
+#: What squeue/qstat say of a job they no longer list (it ended): not a failed query.
+GONE = {"slurm": ("Invalid job id",), "pbs": ("Unknown Job Id", "Job has finished")}
+
+
+def job_states(kind: str, job_ids: list[str]) -> dict[str, str] | None:
+    """Job id -> state (and SLURM's reason) of the jobs the batch system still lists, or
+    ``None`` when it could not be asked (no answer, a timeout: nothing is known)."""
     if not job_ids:
         return {}
     if kind == "slurm":
         cmd = ["squeue", "-h", "-o", "%i %T %r", "--jobs", ",".join(job_ids)]
     else:
         cmd = ["qstat", *job_ids]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        errors = [line for line in proc.stderr.splitlines() if line.strip()]
+        if not errors or not all(any(g in e for g in GONE[kind]) for e in errors):
+            return None  # e.g. "slurm_load_jobs error: Socket timed out"
     states = {}
     for line in proc.stdout.splitlines():
         fields = line.split()
@@ -152,30 +164,48 @@ class JobWatch(threading.Thread):
         self.cluster, self.kind = cluster, kind
         self.done = threading.Event()
         self.fired = False
+        self.lock = threading.Lock()  # the batch ends, or this thread interrupts it: not both
+
+    def stop(self) -> None:
+        """The batch ended: no interruption after this returns (one already sent is
+        absorbed here)."""
+        try:
+            with self.lock:
+                self.done.set()
+        except KeyboardInterrupt:
+            if not self.fired:
+                raise
 
     def run(self) -> None:
         last_said = time.monotonic()
         while not self.done.wait(POLL_S):
-            if self.cluster.scheduler_info.get("workers"):
-                last_said = time.monotonic()
+            try:
+                if self.cluster.scheduler_info.get("workers"):
+                    last_said = time.monotonic()
+                    continue
+                jobs = list(self.cluster.workers.values())  # the event loop may change it
+            except RuntimeError:
                 continue
-            ids = [j.job_id for j in self.cluster.workers.values() if j.job_id]
+            ids = [j.job_id for j in jobs if j.job_id]
             states = job_states(self.kind, ids)
+            if states is None:  # not known this time
+                continue
             alive = {i: st for i, st in states.items() if st.split()[0] in ALIVE[self.kind]}
-            if self.done.is_set():
-                return
             if not alive:
-                self.fired = True
-                print(
-                    f"jobqueue_batch: error: no worker left, and none of the worker jobs "
-                    f"({', '.join(ids) or 'none submitted'}) is queued or running any more "
-                    "(walltime reached, cancelled or failed: see their logs, "
-                    "--log-directory); stopping the batch: run this command again to finish "
-                    "it (the subjects completed are kept)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                _thread.interrupt_main()
+                with self.lock:
+                    if self.done.is_set():
+                        return
+                    self.fired = True
+                    print(
+                        f"jobqueue_batch: error: no worker left, and none of the worker jobs "
+                        f"({', '.join(ids) or 'none submitted'}) is queued or running any "
+                        "more (walltime reached, cancelled or failed: see their logs, "
+                        "--log-directory); stopping the batch: run this command again to "
+                        "finish it (the subjects completed are kept)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    _thread.interrupt_main()
                 return
             if time.monotonic() - last_said >= WAITING_EVERY_S:
                 last_said = time.monotonic()
@@ -193,7 +223,12 @@ class _SubmitFailure(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(error, RuntimeError) and "Command exited with" in str(error))
+        text = str(error)
+        return not (
+            (isinstance(error, RuntimeError) and "Command exited with" in text)
+            or (isinstance(error, FileNotFoundError) and ("sbatch" in text or "qsub" in text))
+            or (isinstance(error, ValueError) and "job id" in text)
+        )
 
 
 def _submit(cluster, jobs: int, kind: str) -> None:
@@ -213,7 +248,9 @@ def _submit(cluster, jobs: int, kind: str) -> None:
     logging.getLogger("tornado.application").addFilter(quiet)
     try:
         cluster.sync(scale_and_wait)
-    except RuntimeError as exc:  # dask-jobqueue: the command, its exit code, stdout, stderr
+    except (RuntimeError, OSError, ValueError) as exc:
+        # RuntimeError: dask-jobqueue's, with the command, its exit code, stdout and stderr;
+        # OSError: no such command (another --kind?); ValueError: an answer without job id
         # the jobs not submitted failed (closing the cluster expects no job left as
         # created); those submitted are cancelled
         from distributed.core import Status
@@ -223,10 +260,15 @@ def _submit(cluster, jobs: int, kind: str) -> None:
                 job.status = Status.failed
         cluster.scale(0)
         cluster.sync(cluster._correct_state)
+        command = "sbatch" if kind == "slurm" else "qsub"
+        if isinstance(exc, FileNotFoundError):
+            raise SubmitError(
+                f"{command} not found: run this on a {kind.upper()} login node (or give the "
+                "--kind of this site's batch system)"
+            ) from None
         text = str(exc)
         said = text.split("stderr:", 1)[1] if "stderr:" in text else text
         lines = [line.strip() for line in said.splitlines() if line.strip()]
-        command = "sbatch" if kind == "slurm" else "qsub"
         raise SubmitError(f"{command} refused the worker jobs: {'; '.join(lines)}") from None
 
 
@@ -244,8 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs: expected a positive number of jobs, got {args.jobs}")
     for arg in passthrough:
-        flag = arg.split("=", 1)[0]
-        if flag in NOT_PASSED:
+        given = arg.split("=", 1)[0]  # argparse takes any unambiguous prefix of a flag
+        flag = next((f for f in NOT_PASSED if len(given) > 3 and f.startswith(given)), None)
+        if flag is not None:
             parser.error(
                 f"{flag}: not used here (this script starts the scheduler and its workers "
                 "are the --jobs batch jobs; see --cores, --memory, --processes)"
@@ -313,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                     or 0
                 )
             finally:
-                watch.done.set()
+                watch.stop()
             return 1 if watch.fired else status
     except (RoidaskError, RoidaskTypeError, SubmitError) as exc:
         print(f"jobqueue_batch: error: {exc}", file=sys.stderr)

@@ -1224,7 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (roidask._launch)
             kept = (
                 "the subjects completed so far are kept (the same command runs the rest); "
-                if args.command == "batch"
+                if args.command == "batch" and not args.check
                 else ""
             )
             print(

@@ -627,7 +627,8 @@ def _local_client(
                 security=credentials.security() if credentials else None,
                 dashboard_address=dashboard_address,
                 scheduler_kwargs={"dashboard": bool(dashboard)},
-                preload=[WORKER_PRELOAD],
+                # with the user's own (distributed reads its setting only without ours)
+                preload=[*dask.config.get("distributed.worker.preload", []), WORKER_PRELOAD],
                 **nanny_options,
             ) as cluster,
             Client(cluster, set_as_default=True) as client,

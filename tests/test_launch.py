@@ -244,3 +244,15 @@ def test_embedded_workers_drop_what_a_closing_scheduler_makes_them_log():
                 logger.removeHandler(kept)
                 logger.filters[:] = before[name]
     assert kept.messages == ["Worker is at 85% memory usage."]
+
+
+def test_embedded_workers_keep_the_users_preloads(tmp_path):
+    """roidask's worker preload is added to the user's (distributed.worker.preload), which
+    a preload argument would otherwise replace."""
+    mark = tmp_path / "mark"
+    script = tmp_path / "user_preload.py"
+    script.write_text(f"def dask_setup(worker):\n    open({str(mark)!r}, 'w').write('ran')\n")
+    with dask.config.set({"distributed.worker.preload": [str(script)]}):
+        with get_client(processes=False, n_workers=1, threads_per_worker=1) as client:
+            assert client.submit(sum, [1, 2]).result(timeout=10) == 3
+    assert mark.read_text() == "ran"

@@ -198,11 +198,13 @@ def test_jobqueue_batch_on_slurm_survives_a_cancelled_worker_job(slurm, subjects
 
 
 def recipe(name: str, tmp_path: Path, *extra: str) -> list[str]:
-    shared = tmp_path / "shared"
+    shared, logs = tmp_path / "shared", tmp_path / "logs"
     shared.mkdir(exist_ok=True)
+    logs.mkdir(exist_ok=True)  # the jobs' slurm-N.out (else in the working folder)
     return [sys.executable, str(RECIPE), "--kind", "slurm", "--cores", "1", "--memory", "1GiB",
             "--walltime", "00:10:00", "--jobs", "1", "--interface", "lo", "--job-name", name,
-            "--shared-temp-directory", str(shared), *extra]  # fmt: skip
+            "--shared-temp-directory", str(shared), "--log-directory", str(logs),
+            *extra]  # fmt: skip
 
 
 def assert_nothing_left(name: str, tmp_path: Path) -> None:
@@ -219,9 +221,12 @@ def assert_nothing_left(name: str, tmp_path: Path) -> None:
          "partition specified: nosuchpartition; sbatch: error: Batch job submission failed: "
          "Invalid partition name specified"),
         (("--n-workers", "4"), "--n-workers: not used here"),
+        (("--n-work", "4"), "--n-workers: not used here"),  # argparse takes prefixes
+        (("--kind", "pbs"), "jobqueue_batch: error: qsub not found: run this on a PBS login "
+         "node (or give the --kind of this site's batch system)"),
         (("--threshold", "-1"), "roidask: error: --threshold: "),
     ],
-    ids=["bad-partition", "embedded-cluster-flag", "bad-batch-flag"],
+    ids=["bad-partition", "embedded-cluster-flag", "flag-prefix", "no-qsub", "bad-batch-flag"],
 )  # fmt: skip
 def test_recipe_refuses_what_cannot_run_in_one_line(slurm, subjects, tmp_path, extra, want):
     """Refused before a job is queued (a batch flag: by the batch's own checks), or as soon
@@ -229,7 +234,8 @@ def test_recipe_refuses_what_cannot_run_in_one_line(slurm, subjects, tmp_path, e
     manifest, _ = subjects
     name = f"roidask-refused-{os.getpid()}"
     cmd = recipe(name, tmp_path)
-    cmd += [*extra, str(manifest), "--out", str(tmp_path / "out")] if extra[0] == "--queue" else [
+    own = extra[0] in ("--queue", "--kind")  # the script's options, else the batch's
+    cmd += [*extra, str(manifest), "--out", str(tmp_path / "out")] if own else [
         str(manifest), "--out", str(tmp_path / "out"), *extra]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -291,3 +297,35 @@ def test_recipe_stopped_by_a_signal_cancels_its_jobs(slurm, subjects, tmp_path, 
     assert rc == status, text
     assert text.strip().splitlines()[-1].startswith(f"roidask: {how}; the subjects"), text
     assert_nothing_left(name, tmp_path)
+
+
+def test_job_states_tells_ended_jobs_from_an_unanswered_query(slurm, tmp_path, monkeypatch):
+    """The watchdog stops a batch only when squeue says its jobs are gone: a query that
+    fails (slurmctld busy, a timeout) tells nothing, and the batch goes on."""
+    import importlib.util
+    import shutil
+
+    scancel = shutil.which("scancel")
+    spec = importlib.util.spec_from_file_location("jobqueue_batch", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    held = ["sbatch", "--parsable", "--begin=now+600", "--wrap", "true", "-o",
+            str(tmp_path / "held.out")]  # fmt: skip
+    job = subprocess.run(held, capture_output=True, text=True, timeout=30, check=True)
+    job = job.stdout.strip()
+    try:
+        assert module.job_states("slurm", [job]) == {job: "PENDING BeginTime"}
+        subprocess.run([scancel, job], check=True, timeout=30)
+        wait_until(lambda: module.job_states("slurm", [job]) == {}, timeout=60,
+                   what="squeue to forget the job")  # fmt: skip
+        assert module.job_states("slurm", ["999999"]) == {}  # "Invalid job id specified"
+        busy = tmp_path / "bin" / "squeue"
+        busy.parent.mkdir()
+        busy.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Socket timed out' >&2\nexit 1\n")
+        busy.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{busy.parent}:{os.environ['PATH']}")
+        assert module.job_states("slurm", [job]) is None
+        monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+        assert module.job_states("slurm", [job]) is None  # no squeue at all
+    finally:
+        subprocess.run([scancel, job], timeout=30, check=False)
