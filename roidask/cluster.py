@@ -26,6 +26,7 @@ import datetime
 import functools
 import importlib.util
 import ipaddress
+import logging
 import os
 import re
 import sys
@@ -43,7 +44,7 @@ from dask.utils import format_bytes, parse_bytes
 
 from roidask._forkserver import WORKER_PRELOAD, start_method
 from roidask._progress import plural
-from roidask.exceptions import ClusterError, InvalidParameterError
+from roidask.exceptions import ClusterError, InvalidParameterError, RoidaskError
 
 if TYPE_CHECKING:  # pragma: no cover
     from dask_jobqueue import JobQueueCluster
@@ -55,6 +56,7 @@ __all__ = [
     "JOBQUEUE_KINDS",
     "TLSCredentials",
     "active_client",
+    "connection_lost",
     "dashboard_link",
     "describe_client",
     "get_client",
@@ -468,7 +470,9 @@ def get_client(
         ``memory_limit``/``host`` with an address.
     ClusterError
         The scheduler could not be reached (or refused the handshake) within
-        ``timeout`` seconds.
+        ``timeout`` seconds; or the connection to it was lost while the ``with``
+        block computed (what failed with it, e.g. a ``FutureCancelledError``, is the
+        error's ``__cause__``).
 
     Notes
     -----
@@ -551,10 +555,83 @@ def get_client(
         )
 
     client = _connect(address, security=security, timeout=float(timeout))
+    logger, noise = logging.getLogger("distributed.client"), _ReconnectFailed()
+    logger.addFilter(noise)  # a connection lost is an error of its own (below)
     try:
         yield client
+    except Exception as exc:
+        if isinstance(exc, RoidaskError) or not connection_lost(client, exc):
+            raise
+        # what was cancelled with the connection (FutureCancelledError, deep in a
+        # computation) says nothing of the cause: the one error is the lost scheduler
+        raise lost_connection_error(address, "before the work was done") from exc
     finally:
+        try:
+            _close(client)
+        finally:
+            logger.removeFilter(noise)
+
+
+def connection_lost(client: Client, exc: BaseException | None = None) -> bool:
+    """``client`` lost the connection to its scheduler (``exc``: an error it caused).
+
+    True when ``exc`` is a future cancelled for that reason, or when the client is no
+    longer running (reconnecting, or closed after failing to): a client is only
+    closed by whoever opened it, once done with it.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    exc : BaseException, optional
+        An error raised while computing on ``client``.
+
+    Returns
+    -------
+    bool
+    """
+    if getattr(exc, "reason", None) == "scheduler-connection-lost":
+        return True
+    return client.status not in ("running", "newly-created")
+
+
+def lost_connection_error(address: str, what: str) -> ClusterError:
+    """The :class:`ClusterError` of a client that lost its scheduler at ``address``;
+    ``what`` says when ("before the work was done")."""
+    return ClusterError(
+        f"scheduler: lost the connection to the dask scheduler at {address!r} {what}",
+        param="scheduler",
+    )
+
+
+class _ReconnectFailed(logging.Filter):
+    """Drops distributed's "Failed to reconnect to scheduler after 10.00 seconds, closing
+    client": work still to do then fails, as the :class:`ClusterError` of the loss."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to reconnect to scheduler")
+
+
+class _Silent(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def _close(client: Client) -> None:
+    """Close ``client``; one that lost its scheduler without distributed's log lines.
+
+    Closed while it tries to reconnect, distributed's client logs the cancelled attempt
+    (an ERROR with its traceback), or that it failed ("Failed to reconnect to
+    scheduler"): once the loss is an error of its own, they say nothing more.
+    """
+    if client.status == "running":
         client.close()
+        return
+    logger, noise = logging.getLogger("distributed.client"), _Silent()
+    logger.addFilter(noise)
+    try:
+        client.close()
+    finally:
+        logger.removeFilter(noise)
 
 
 def _connect(address: str, *, security: Any, timeout: float) -> Client:

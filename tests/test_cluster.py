@@ -21,6 +21,7 @@ import pytest
 import yaml
 from helpers.cluster import (
     closed_port,
+    kill_group,
     make_ca_and_cert,
     start,
     start_cluster,
@@ -191,6 +192,32 @@ def test_unreachable_scheduler_fails_fast_naming_address():
             pytest.fail("connected to a closed port")  # pragma: no cover
     assert time.monotonic() - t0 < 8
     assert isinstance(info.value, RoidaskError)  # the CLI prints it as one line
+
+
+@pytest.mark.parametrize("when", ["computing", "after the client gave up"])
+def test_a_lost_scheduler_is_one_cluster_error(tmp_path, capfd, when):
+    """The scheduler killed under a client: the work fails with one ClusterError naming
+    the address, not the FutureCancelledError of whatever was computing, and nothing of
+    distributed's reconnection is logged (the error says it)."""
+    address, procs = start_cluster(tmp_path)
+    try:
+        lost = rf"scheduler: lost the connection to the dask scheduler at '{re.escape(address)}'"
+        with pytest.raises(ClusterError, match=lost + " before the work was done"):
+            with get_client(address, timeout=2) as client:
+                wait_for_worker(client, procs, tmp_path)
+                future = client.submit(time.sleep, 30, pure=False)
+                kill_group(procs[0])  # the scheduler
+                if when != "computing":
+                    deadline = time.monotonic() + 20
+                    while client.status != "closed" and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    assert client.status == "closed"
+                    future = client.submit(pow, 2, 10)
+                future.result(timeout=20)
+    finally:
+        stop(procs)
+    err = capfd.readouterr().err
+    assert "reconnect" not in err and "Traceback" not in err, err
 
 
 # --------------------------------------------------------------------------- TLS
