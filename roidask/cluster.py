@@ -336,6 +336,48 @@ def _parse_memory(name: str, value: Any) -> int | str:
     return n
 
 
+def _most_workers(machine: int) -> int:
+    return max(1, machine // MIN_WORKER_MEMORY_BYTES)
+
+
+def _check_worker_memory(
+    n_workers: int, memory_limit: int | str, memory_value: Any, processes: bool
+) -> None:
+    """Refuse workers whose memory the machine does not have: an explicit
+    ``memory_limit`` that all ``n_workers`` together exceed (distributed would cap it
+    silently to the whole machine's, each, and roidask fits its blocks to it), or, with
+    ``"auto"``, worker processes whose share is less than one needs before any task."""
+    machine = _machine_memory()
+    if memory_limit == "auto":
+        share = machine // n_workers
+        if processes and share < MIN_WORKER_MEMORY_BYTES:
+            raise InvalidParameterError(
+                f"n_workers: {n_workers} worker processes would each have "
+                f"{format_bytes(share)} of this machine's {format_bytes(machine)} of memory, "
+                f"less than a worker needs before any task "
+                f"({MIN_WORKER_MEMORY_BYTES // 2**20}MiB); expected at most "
+                f"{_most_workers(machine)} workers",
+                param="n_workers",
+            )
+        return
+    assert isinstance(memory_limit, int)
+    if memory_limit * n_workers <= machine:
+        return
+    if n_workers == 1:
+        raise InvalidParameterError(
+            f"memory_limit: {memory_value!r} is more than this machine's memory "
+            f"({format_bytes(machine)}); expected at most {format_bytes(machine)}",
+            param="memory_limit",
+        )
+    raise InvalidParameterError(
+        f"memory_limit: {memory_value!r} for each of {n_workers} workers "
+        f"({format_bytes(memory_limit * n_workers)} in all) is more than this machine's "
+        f"memory ({format_bytes(machine)}); expected at most "
+        f"{format_bytes(machine // n_workers)} per worker, or fewer workers",
+        param="memory_limit",
+    )
+
+
 def _check_address(scheduler: Any) -> str:
     if not isinstance(scheduler, str):
         raise InvalidParameterError(
@@ -372,10 +414,19 @@ def _check_tls_files(files: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def _machine_memory() -> int:
+    """The memory the embedded cluster's workers share: this machine's (or its cgroup's or
+    rlimit's, if less), as distributed reckons it."""
+    from distributed import system
+
+    return int(system.MEMORY_LIMIT)
+
+
 def _default_workers(
     n_workers: int | None, threads_per_worker: int | None, processes: bool
 ) -> tuple[int, int]:
-    """Workers x threads for this machine: processes of 1 thread on <= 4 cores."""
+    """Workers x threads for this machine: processes of 1 thread on <= 4 cores, no more
+    than the memory gives each :data:`MIN_WORKER_MEMORY_BYTES`."""
     cores = max(1, CPU_COUNT)
     if not processes:
         return n_workers or 1, threads_per_worker or max(1, cores // (n_workers or 1))
@@ -383,7 +434,7 @@ def _default_workers(
         threads_per_worker = 1 if cores <= 4 else 2
     if n_workers is None:
         assert threads_per_worker is not None
-        n_workers = max(1, cores // threads_per_worker)
+        n_workers = max(1, min(cores // threads_per_worker, _most_workers(_machine_memory())))
     if threads_per_worker is None:
         threads_per_worker = max(1, cores // n_workers)
     return n_workers, threads_per_worker
@@ -432,11 +483,14 @@ def get_client(
         ``"tls://HOST:PORT"`` connects to a running scheduler (left running).
     n_workers, threads_per_worker : int, optional
         Embedded cluster only. Default: one single-threaded worker process per
-        core on machines of up to 4 cores, two threads per process above; with
-        ``processes=False`` one worker with a thread per core.
+        core on machines of up to 4 cores, two threads per process above (no more
+        processes than give each 256 MiB of memory); with ``processes=False`` one
+        worker with a thread per core.
     memory_limit : str or int, optional
-        Embedded cluster only: memory per worker, ``"4GiB"``-style or bytes.
-        Default ``"auto"`` (the machine's memory shared among the workers).
+        Embedded cluster only: memory per worker, ``"4GiB"``-style or bytes, at
+        least 256 MiB, and all the workers' together no more than the machine's.
+        Default ``"auto"`` (the machine's memory shared among the workers: then
+        worker processes whose share would be under 256 MiB are refused).
     processes : bool
         Embedded cluster: workers in separate processes (default) or threads
         of this process (in-process transport, no sockets). Ignored with an
@@ -467,7 +521,8 @@ def get_client(
     InvalidParameterError
         A malformed address, missing TLS file, TLS options without a
         ``tls://`` address, or ``n_workers``/``threads_per_worker``/
-        ``memory_limit``/``host`` with an address.
+        ``memory_limit``/``host`` with an address; workers whose memory the
+        machine does not have (see ``memory_limit``).
     ClusterError
         The scheduler could not be reached (or refused the handshake) within
         ``timeout`` seconds; or the connection to it was lost while the ``with``
@@ -507,9 +562,11 @@ def get_client(
                 f"host: expected an address to listen on such as '127.0.0.1' or '0.0.0.0', "
                 f"got {host!r}"
             )
+        workers, threads = _default_workers(n_workers, threads_per_worker, processes)
+        _check_worker_memory(workers, memory, memory_limit, processes)
         with _local_client(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
+            n_workers=workers,
+            threads_per_worker=threads,
             memory_limit=memory,
             processes=processes,
             host=host,
@@ -657,8 +714,8 @@ def _connect(address: str, *, security: Any, timeout: float) -> Client:
 @contextlib.contextmanager
 def _local_client(
     *,
-    n_workers: int | None,
-    threads_per_worker: int | None,
+    n_workers: int,
+    threads_per_worker: int,
     memory_limit: int | str,
     processes: bool,
     host: str | None,
@@ -666,7 +723,6 @@ def _local_client(
 ) -> Iterator[Client]:
     from distributed import Client, LocalCluster
 
-    n_workers, threads_per_worker = _default_workers(n_workers, threads_per_worker, processes)
     if host is None:
         # in-process workers talk over inproc://, with no socket at all
         host = "127.0.0.1" if processes else None

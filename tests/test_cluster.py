@@ -136,6 +136,42 @@ def test_get_client_rejects_bad_options(kwargs, match):
         pytest.fail("a client was made")  # pragma: no cover
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"n_workers": 5},
+            r"^n_workers: 5 worker processes would each have 204.80 MiB of this machine's "
+            r"1.00 GiB of memory, less than a worker needs before any task \(256MiB\); "
+            r"expected at most 4 workers$",
+        ),
+        (
+            {"n_workers": 1, "memory_limit": "10PB"},
+            r"^memory_limit: '10PB' is more than this machine's memory \(1.00 GiB\); "
+            r"expected at most 1.00 GiB$",
+        ),
+        (
+            {"n_workers": 2, "memory_limit": "600MiB"},
+            r"^memory_limit: '600MiB' for each of 2 workers \(1.17 GiB in all\) is more than "
+            r"this machine's memory \(1.00 GiB\); expected at most 512.00 MiB per worker, "
+            r"or fewer workers$",
+        ),
+    ],
+)
+def test_embedded_workers_need_memory_the_machine_has(monkeypatch, kwargs, match):
+    """Workers whose memory the machine does not have are refused before any starts: a
+    share of the memory under what a worker process needs (``--n-workers 1000``), or
+    limits above the machine's, which distributed would ignore with a warning (and the
+    batch would fit its blocks to)."""
+    from distributed import system
+
+    monkeypatch.setattr(system, "MEMORY_LIMIT", 2**30)
+    with pytest.raises(InvalidParameterError, match=match) as info:
+        with get_client(**kwargs):
+            pytest.fail("a cluster was started")  # pragma: no cover
+    assert info.value.param == ("memory_limit" if "memory_limit" in kwargs else "n_workers")
+
+
 def test_get_client_names_missing_tls_file(tmp_path):
     ca = tmp_path / "ca.pem"
     ca.write_text("not checked")
