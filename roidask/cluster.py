@@ -44,6 +44,7 @@ from dask.utils import format_bytes, parse_bytes
 
 from roidask._forkserver import WORKER_PRELOAD, start_method
 from roidask._progress import plural
+from roidask._validate import only_applies
 from roidask.exceptions import ClusterError, InvalidParameterError, RoidaskError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -409,7 +410,7 @@ def _check_tls_files(files: Mapping[str, Any]) -> dict[str, str]:
     for name, value in files.items():
         path = Path(os.fspath(value))
         if not path.is_file():
-            raise InvalidParameterError(f"{name}: no such file {str(path)!r}")
+            raise InvalidParameterError(f"{name}: no such file {str(path)!r}", param=name)
         out[name] = str(path)
     return out
 
@@ -553,8 +554,9 @@ def get_client(
     if scheduler is None:
         if given_tls:
             raise InvalidParameterError(
-                f"{', '.join(given_tls)}: TLS options need a 'tls://HOST:PORT' scheduler "
-                f"address; got scheduler=None (embedded cluster)"
+                only_applies(list(given_tls), "a 'tls://HOST:PORT' scheduler address")
+                + "; got none (an embedded cluster)",
+                param=next(iter(given_tls)),
             )
         memory = _parse_memory("memory_limit", memory_limit)
         if host is not None and (not isinstance(host, str) or not host or "://" in host):
@@ -585,16 +587,18 @@ def get_client(
     local_only = {k: v for k, v in local_only.items() if v is not None}
     if local_only:
         raise InvalidParameterError(
-            f"{', '.join(local_only)}: only apply to the embedded cluster (scheduler=None); "
-            f"got scheduler={address!r}"
+            only_applies(list(local_only), "an embedded cluster")
+            + f", not to the scheduler at {address!r}",
+            param=next(iter(local_only)),
         )
     security = None
     if address.startswith("tls://"):
         missing = [k for k, v in tls.items() if v is None]
         if missing:
             raise InvalidParameterError(
-                f"{', '.join(missing)}: required to connect to {address!r} "
-                f"(tls_ca_file, tls_cert and tls_key are all needed for TLS)"
+                f"{', '.join(missing)}: required to connect to {address!r} (TLS needs the "
+                f"CA certificate, the client certificate and its key)",
+                param=missing[0],
             )
         files = _check_tls_files(tls)
         from distributed.security import Security
@@ -607,8 +611,9 @@ def get_client(
         )
     elif given_tls:
         raise InvalidParameterError(
-            f"{', '.join(given_tls)}: TLS options need a 'tls://HOST:PORT' scheduler "
-            f"address; got {address!r}"
+            only_applies(list(given_tls), "a 'tls://HOST:PORT' scheduler address")
+            + f"; got {address!r}",
+            param=next(iter(given_tls)),
         )
 
     client = _connect(address, security=security, timeout=float(timeout))
