@@ -42,7 +42,7 @@ import dask
 from dask.system import CPU_COUNT
 from dask.utils import format_bytes, parse_bytes
 
-from roidask._forkserver import WORKER_PRELOAD, start_method
+from roidask._forkserver import WORKER_PRELOAD, quiet_nannies, start_method
 from roidask._progress import plural
 from roidask._validate import only_applies
 from roidask.exceptions import ClusterError, InvalidParameterError, RoidaskError
@@ -756,6 +756,7 @@ def _local_client(
     try:
         with (
             dask.config.set({_START_METHOD: method}),
+            quiet_nannies() if processes else contextlib.nullcontext(),
             LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=threads_per_worker,

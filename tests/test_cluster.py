@@ -97,6 +97,22 @@ def test_embedded_client_computes_on_loopback_and_closes():
     assert cluster.status.name == "closed"
 
 
+def test_closing_the_embedded_cluster_under_a_busy_worker_logs_nothing(capfd):
+    """Closed while a worker computes (Ctrl-C, SIGTERM, an error), the embedded cluster's
+    nanny kills it after a few seconds: it says so in this process, where it runs, after
+    roidask's own last line; it does not say it of clusters of others."""
+    import logging
+
+    with get_client(n_workers=1, threads_per_worker=1, memory_limit="1GiB") as client:
+        future = client.submit(time.sleep, 60, pure=False)  # noqa: F841 (kept: computed)
+        deadline = time.monotonic() + 20
+        while not any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(client.processing().values())
+    assert "still alive" not in capfd.readouterr().err
+    assert logging.getLogger("distributed.nanny").filters == []
+
+
 def test_embedded_threads_client_uses_no_socket():
     with get_client(processes=False, n_workers=1, threads_per_worker=2) as client:
         assert client.scheduler.address.startswith("inproc://")
