@@ -42,7 +42,7 @@ from roidask.batch import (
     read_manifest,
     run_batch,
 )
-from roidask.cluster import dashboard_link, describe_client, get_client
+from roidask.cluster import describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
 from roidask.exceptions import (
     InvalidParameterError,
@@ -760,11 +760,8 @@ def _cluster(
     address: str | None, args, *, processes: bool, announce: bool = True
 ) -> Iterator[str]:
     with get_client(address, processes=processes, **client_options(args)) as client:
-        if announce and not args.quiet:
+        if announce and not args.quiet:  # with its dashboard's address, if it serves one
             print(f"dask: {describe_client(client)}", file=sys.stderr)
-            link = dashboard_link(client)
-            if link:
-                print(f"dask dashboard: {link}", file=sys.stderr)
         yield address or "embedded LocalCluster"
 
 

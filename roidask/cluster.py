@@ -77,6 +77,8 @@ _ADDRESS_PLACEHOLDER = "<insert-scheduler-address-here>:8786"
 # Clients of embedded clusters started without a dashboard (their scheduler still
 # serves /health over HTTP, which is not a dashboard).
 _NO_DASHBOARD: weakref.WeakSet = weakref.WeakSet()
+# Whether the scheduler of a client serves its dashboard (asked once).
+_SERVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: dask setting: how the embedded cluster's nannies start worker processes.
 _START_METHOD = "distributed.worker.multiprocessing-method"
 
@@ -780,7 +782,8 @@ def _local_client(
 
 
 def dashboard_link(client: Client) -> str | None:
-    """The URL of the scheduler's dashboard, or ``None`` when it serves none.
+    """The URL of the scheduler's dashboard, or ``None`` when it serves none (started
+    without it, or without bokeh installed where it runs).
 
     Parameters
     ----------
@@ -794,6 +797,10 @@ def dashboard_link(client: Client) -> str | None:
 
     if client in _NO_DASHBOARD:
         return None
+    if client not in _SERVED:
+        _SERVED[client] = _serves_dashboard(client)
+    if not _SERVED[client]:
+        return None
     info = _scheduler_identity(client)
     port = info.get("services", {}).get("dashboard")
     if not port:
@@ -804,6 +811,26 @@ def dashboard_link(client: Client) -> str | None:
     else:
         host = urlsplit(address).hostname or "localhost"
     return format_dashboard_link(host, port)
+
+
+def _serves_dashboard(client: Client) -> bool:
+    """The scheduler serves the dashboard (bokeh's application on its HTTP server).
+
+    Its HTTP server runs in any case (``services["dashboard"]``, for /health and
+    /metrics): without bokeh, or started with ``--no-dashboard``, it has no /status.
+    Asked of the scheduler itself; one that refuses (no pickled functions) serves none
+    as far as this process can tell.
+    """
+
+    def bokeh_served(dask_scheduler=None) -> bool:  # by value: the scheduler needs no roidask
+        http = getattr(dask_scheduler, "http_application", None)
+        apps = getattr(http, "applications", ())
+        return any(type(app).__name__ == "BokehApplication" for app in apps)
+
+    try:
+        return bool(client.run_on_scheduler(bokeh_served))
+    except Exception:  # e.g. distributed.scheduler.pickle: False
+        return False
 
 
 def describe_client(client: Client) -> str:

@@ -1039,6 +1039,21 @@ def test_batch_mask_is_never_the_permutation_mask(tmp_path):
     assert group_permutation(build_parser().parse_args(argv)).mask == mask
 
 
+def test_run_on_a_cluster_names_its_dashboard_once(data, tmp_path, capsys, monkeypatch):
+    """The cluster's line names its dashboard (when it serves one): not a second line."""
+    import roidask.cli
+    import roidask.cluster
+
+    url = "http://127.0.0.1:8787/status"
+    monkeypatch.setattr(roidask.cluster, "dashboard_link", lambda client: url)
+    monkeypatch.setattr(roidask.cli, "dashboard_link", lambda client: url, raising=False)
+    argv = [a for a in run_args(data, tmp_path / "out", "--no-plots") if a != "--quiet"]
+    rc, _, err = cli(capsys, *argv, "--scheduler", "local")
+    assert rc == 0, err
+    assert err.count(url) == 1, err
+    assert "dask: dask scheduler inproc://" in err
+
+
 def test_batch_says_when_its_group_level_failed(haxby, tmp_path, capsys):
     """Subjects on two grids: both done, the group level failed; exit status 1, the reason,
     and group-error.txt (not group/) among the outputs."""

@@ -27,6 +27,7 @@ from helpers.cluster import (
     start_cluster,
     stop,
     tls_cli_args,
+    wait_for_scheduler_file,
     wait_for_worker,
 )
 
@@ -237,6 +238,40 @@ def test_connect_to_running_scheduler(tcp_cluster):
     # options of the embedded cluster the CLI always passes are ignored with an address
     with get_client(address, processes=False, dashboard=False) as client:
         assert client.submit(pow, 2, 10).result(timeout=10) == 1024
+
+
+def test_a_scheduler_without_a_dashboard_gets_no_link(tcp_cluster):
+    """A scheduler started with --no-dashboard still serves /health over HTTP (its
+    services name a "dashboard" port): no link to a /status it does not serve."""
+    address = tcp_cluster[0]
+    with get_client(address) as client:
+        assert dashboard_link(client) is None
+        assert "dashboard" not in describe_client(client)
+
+
+def test_a_scheduler_serving_its_dashboard_gets_a_link(tmp_path):
+    """The link is printed when the scheduler has the dashboard's (bokeh) application: here
+    a stand-in of that name, added by a preload (bokeh is not needed to print it)."""
+    preload = tmp_path / "fake_dashboard.py"
+    preload.write_text(
+        "def dask_setup(scheduler):\n"
+        "    app = type('BokehApplication', (), {})()\n"
+        "    scheduler.http_application.applications.append(app)\n"
+    )
+    sched_file, log = tmp_path / "scheduler.json", tmp_path / "scheduler.log"
+    cmd = [str(Path(sys.executable).with_name("dask")), "scheduler", "--host", "127.0.0.1",
+           "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
+           str(sched_file), "--preload", str(preload)]  # fmt: skip
+    proc = start(cmd, log)
+    try:
+        address = wait_for_scheduler_file(sched_file, proc, log)
+        with get_client(address) as client:
+            port = client.scheduler_info()["services"]["dashboard"]
+            link = f"http://127.0.0.1:{port}/status"
+            assert dashboard_link(client) == link
+            assert describe_client(client).endswith(f"memory, dashboard {link}")
+    finally:
+        stop([proc])
 
 
 def test_unreachable_scheduler_fails_fast_naming_address():
