@@ -23,13 +23,15 @@ tasks are redone) from a new server that has only distributed's own preload list
 
 Each worker also preloads this module (:data:`WORKER_PRELOAD`, however it started):
 :func:`dask_setup` silences what distributed's workers log when the roidask process
-closes their scheduler early (:data:`CLOSING_NOISE`).
+closes their scheduler early (:data:`CLOSING_NOISE`); :func:`quiet_nannies` does the
+same for the nannies, which live in the roidask process (:data:`NANNY_NOISE`).
 
 Standard library only: the launcher imports this before anything heavy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.forkserver
@@ -39,10 +41,12 @@ import threading
 __all__ = [
     "CHOICE_VARIABLE",
     "CLOSING_NOISE",
+    "NANNY_NOISE",
     "WORKER_ENVIRON",
     "WORKER_MODULES",
     "WORKER_PRELOAD",
     "dask_setup",
+    "quiet_nannies",
     "start_method",
 ]
 
@@ -119,6 +123,12 @@ CLOSING_NOISE = {
 }
 
 
+#: What the embedded cluster's nannies log when it closes early (Ctrl-C, SIGTERM, an
+#: error): they run in the roidask process and stop its worker processes; a worker still
+#: running a task does not stop in time and is killed, which is what closing meant.
+NANNY_NOISE = {"distributed.nanny": ("Worker process still alive after",)}
+
+
 class _ClosingNoise(logging.Filter):
     """Drops the records of :data:`CLOSING_NOISE` (one logger's prefixes)."""
 
@@ -139,7 +149,27 @@ def dask_setup(worker: object) -> None:
     worker : distributed.Worker
         Unused: the setting is the process's logging.
     """
-    for name, prefixes in CLOSING_NOISE.items():
+    _silence(CLOSING_NOISE)
+
+
+def _silence(noise: dict[str, tuple[str, ...]]) -> list[tuple[logging.Logger, logging.Filter]]:
+    """Filter ``noise`` out of its loggers (once); the filters added, by logger."""
+    added: list[tuple[logging.Logger, logging.Filter]] = []
+    for name, prefixes in noise.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _ClosingNoise) for f in logger.filters):
-            logger.addFilter(_ClosingNoise(prefixes))
+            added.append((logger, _ClosingNoise(prefixes)))
+            logger.addFilter(added[-1][1])
+    return added
+
+
+@contextlib.contextmanager
+def quiet_nannies():
+    """While the embedded cluster lives and closes: silences :data:`NANNY_NOISE` in this
+    process (not another cluster's nannies after it)."""
+    added = _silence(NANNY_NOISE)
+    try:
+        yield
+    finally:
+        for logger, noise in added:
+            logger.removeFilter(noise)

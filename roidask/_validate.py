@@ -40,12 +40,20 @@ __all__ = [
     "check_real",
     "check_subject_name",
     "check_triplet",
+    "only_applies",
     "volume_conditions",
 ]
 
 #: Subject names: letters, digits, '.', '_' and '-', not starting with '.' or '-'
 #: (store group names and ``sub-<id>`` output folders alike).
 SUBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+
+def only_applies(names: Sequence[str], what: str) -> str:
+    """The head of the message of options given where they do not apply:
+    ``"a: applies only to WHAT"``, ``"a, b: apply only to WHAT"``."""
+    verb = "applies" if len(names) == 1 else "apply"
+    return f"{', '.join(names)}: {verb} only to {what}"
 
 
 def check_bool(value: Any, param: str) -> bool:

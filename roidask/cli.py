@@ -31,6 +31,7 @@ from roidask import __version__
 from roidask._atomic import check_not_input, check_parent
 from roidask._malloc import limit_malloc_arenas
 from roidask._progress import plural
+from roidask._validate import only_applies
 from roidask.batch import (
     GRANULARITIES,
     GroupPermutation,
@@ -41,7 +42,7 @@ from roidask.batch import (
     read_manifest,
     run_batch,
 )
-from roidask.cluster import dashboard_link, describe_client, get_client
+from roidask.cluster import describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
 from roidask.exceptions import (
     InvalidParameterError,
@@ -160,6 +161,9 @@ def format_error(exc: BaseException | str, command: str | None = None) -> str:
         rest = text[head.end() :]
         if rest.startswith(inner):
             text = head.group(0) + flags[inner] + rest[len(inner) :]
+    listed = re.match(r"\w+(?:, \w+)+(?=: )", text)  # "tls_cert, tls_key: ..."
+    if listed and all(flags.get(n, "").startswith("--") for n in listed.group(0).split(", ")):
+        text = ", ".join(flags[n] for n in listed.group(0).split(", ")) + text[listed.end() :]
     if param in flags and text.startswith(param):
         flag = flags[param]
         if flag.startswith("--"):
@@ -179,10 +183,22 @@ def format_error(exc: BaseException | str, command: str | None = None) -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors, as every other error of the command line."""
+    """argparse with one-line errors, as every other error of the command line.
+
+    A value that starts with ``-`` and a digit (``--memory-limit -1GiB``) is a value, as
+    Python 3.13's argparse reads it, not an unknown option: the option's own check says
+    what is wrong with it (no option of roidask is a dash and a digit).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
 
     def error(self, message: str):
         message = re.sub(r"^argument ", "", " ".join(message.split()))
+        missing = re.fullmatch(r"(--[\w-]+)(?:/[^:]*)?: expected one argument", message)
+        if missing:  # "--out -x": argparse takes -x for an option
+            message += f" (a value that starts with '-' is written {missing.group(1)}=VALUE)"
         self.exit(2, f"roidask: error: {message} (see {self.prog} --help)\n")
 
 
@@ -726,7 +742,9 @@ def _summary(result, out, wall_s: float) -> str:
     return "\n".join(lines)
 
 
-_CLUSTER_ONLY = ("n_workers", "memory_limit", "dashboard", "tls_ca_file", "tls_cert", "tls_key")
+#: Options of ``run`` that apply only to an embedded cluster, or to a TLS scheduler.
+_EMBEDDED_ONLY = ("n_workers", "memory_limit", "dashboard")
+_TLS_ONLY = ("tls_ca_file", "tls_cert", "tls_key")
 
 
 @contextlib.contextmanager
@@ -742,11 +760,8 @@ def _cluster(
     address: str | None, args, *, processes: bool, announce: bool = True
 ) -> Iterator[str]:
     with get_client(address, processes=processes, **client_options(args)) as client:
-        if announce and not args.quiet:
+        if announce and not args.quiet:  # with its dashboard's address, if it serves one
             print(f"dask: {describe_client(client)}", file=sys.stderr)
-            link = dashboard_link(client)
-            if link:
-                print(f"dask dashboard: {link}", file=sys.stderr)
         yield address or "embedded LocalCluster"
 
 
@@ -755,12 +770,13 @@ def _run_executor(args):
     if args.scheduler is not None:
         address = None if args.scheduler == "local" else args.scheduler
         return _cluster(address, args, processes=False)
-    given = [FLAGS[k] for k in _CLUSTER_ONLY if getattr(args, k) not in (None, False)]
-    if given:
-        raise InvalidParameterError(
-            f"{', '.join(given)}: only apply to a dask cluster; add --scheduler local "
-            "(embedded cluster) or --scheduler tcp://HOST:PORT"
-        )
+    for names, what, hint in (
+        (_EMBEDDED_ONLY, "an embedded cluster", "--scheduler local"),
+        (_TLS_ONLY, "a 'tls://HOST:PORT' scheduler address", "--scheduler tls://HOST:PORT"),
+    ):
+        given = [FLAGS[k] for k in names if getattr(args, k) not in (None, False)]
+        if given:  # as get_client says it of a cluster they do not apply to
+            raise InvalidParameterError(f"{only_applies(given, what)}; add {hint}")
     return _threads(args.threads_per_worker or os.cpu_count() or 1)
 
 
@@ -966,7 +982,7 @@ def group_permutation(args) -> GroupPermutation | None:
         ]
         if given:
             raise InvalidParameterError(
-                f"{', '.join(given)}: only apply to the permutation test; add --permutations N"
+                f"{only_applies(given, 'the permutation test')}; add --permutations N"
             )
         return None
     options = {"connectivity": args.cluster_connectivity, "seed": args.seed,

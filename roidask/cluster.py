@@ -26,6 +26,7 @@ import datetime
 import functools
 import importlib.util
 import ipaddress
+import logging
 import os
 import re
 import sys
@@ -41,9 +42,10 @@ import dask
 from dask.system import CPU_COUNT
 from dask.utils import format_bytes, parse_bytes
 
-from roidask._forkserver import WORKER_PRELOAD, start_method
+from roidask._forkserver import WORKER_PRELOAD, quiet_nannies, start_method
 from roidask._progress import plural
-from roidask.exceptions import ClusterError, InvalidParameterError
+from roidask._validate import only_applies
+from roidask.exceptions import ClusterError, InvalidParameterError, RoidaskError
 
 if TYPE_CHECKING:  # pragma: no cover
     from dask_jobqueue import JobQueueCluster
@@ -55,6 +57,7 @@ __all__ = [
     "JOBQUEUE_KINDS",
     "TLSCredentials",
     "active_client",
+    "connection_lost",
     "dashboard_link",
     "describe_client",
     "get_client",
@@ -74,6 +77,8 @@ _ADDRESS_PLACEHOLDER = "<insert-scheduler-address-here>:8786"
 # Clients of embedded clusters started without a dashboard (their scheduler still
 # serves /health over HTTP, which is not a dashboard).
 _NO_DASHBOARD: weakref.WeakSet = weakref.WeakSet()
+# Whether the scheduler of a client serves its dashboard (asked once).
+_SERVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: dask setting: how the embedded cluster's nannies start worker processes.
 _START_METHOD = "distributed.worker.multiprocessing-method"
 
@@ -334,6 +339,48 @@ def _parse_memory(name: str, value: Any) -> int | str:
     return n
 
 
+def _most_workers(machine: int) -> int:
+    return max(1, machine // MIN_WORKER_MEMORY_BYTES)
+
+
+def _check_worker_memory(
+    n_workers: int, memory_limit: int | str, memory_value: Any, processes: bool
+) -> None:
+    """Refuse workers whose memory the machine does not have: an explicit
+    ``memory_limit`` that all ``n_workers`` together exceed (distributed would cap it
+    silently to the whole machine's, each, and roidask fits its blocks to it), or, with
+    ``"auto"``, worker processes whose share is less than one needs before any task."""
+    machine = _machine_memory()
+    if memory_limit == "auto":
+        share = machine // n_workers
+        if processes and share < MIN_WORKER_MEMORY_BYTES:
+            raise InvalidParameterError(
+                f"n_workers: {n_workers} worker processes would each have "
+                f"{format_bytes(share)} of this machine's {format_bytes(machine)} of memory, "
+                f"less than a worker needs before any task "
+                f"({MIN_WORKER_MEMORY_BYTES // 2**20}MiB); expected at most "
+                f"{_most_workers(machine)} workers",
+                param="n_workers",
+            )
+        return
+    assert isinstance(memory_limit, int)
+    if memory_limit * n_workers <= machine:
+        return
+    if n_workers == 1:
+        raise InvalidParameterError(
+            f"memory_limit: {memory_value!r} is more than this machine's memory "
+            f"({format_bytes(machine)}); expected at most {format_bytes(machine)}",
+            param="memory_limit",
+        )
+    raise InvalidParameterError(
+        f"memory_limit: {memory_value!r} for each of {n_workers} workers "
+        f"({format_bytes(memory_limit * n_workers)} in all) is more than this machine's "
+        f"memory ({format_bytes(machine)}); expected at most "
+        f"{format_bytes(machine // n_workers)} per worker, or fewer workers",
+        param="memory_limit",
+    )
+
+
 def _check_address(scheduler: Any) -> str:
     if not isinstance(scheduler, str):
         raise InvalidParameterError(
@@ -365,15 +412,24 @@ def _check_tls_files(files: Mapping[str, Any]) -> dict[str, str]:
     for name, value in files.items():
         path = Path(os.fspath(value))
         if not path.is_file():
-            raise InvalidParameterError(f"{name}: no such file {str(path)!r}")
+            raise InvalidParameterError(f"{name}: no such file {str(path)!r}", param=name)
         out[name] = str(path)
     return out
+
+
+def _machine_memory() -> int:
+    """The memory the embedded cluster's workers share: this machine's (or its cgroup's or
+    rlimit's, if less), as distributed reckons it."""
+    from distributed import system
+
+    return int(system.MEMORY_LIMIT)
 
 
 def _default_workers(
     n_workers: int | None, threads_per_worker: int | None, processes: bool
 ) -> tuple[int, int]:
-    """Workers x threads for this machine: processes of 1 thread on <= 4 cores."""
+    """Workers x threads for this machine: processes of 1 thread on <= 4 cores, no more
+    than the memory gives each :data:`MIN_WORKER_MEMORY_BYTES`."""
     cores = max(1, CPU_COUNT)
     if not processes:
         return n_workers or 1, threads_per_worker or max(1, cores // (n_workers or 1))
@@ -381,7 +437,7 @@ def _default_workers(
         threads_per_worker = 1 if cores <= 4 else 2
     if n_workers is None:
         assert threads_per_worker is not None
-        n_workers = max(1, cores // threads_per_worker)
+        n_workers = max(1, min(cores // threads_per_worker, _most_workers(_machine_memory())))
     if threads_per_worker is None:
         threads_per_worker = max(1, cores // n_workers)
     return n_workers, threads_per_worker
@@ -430,11 +486,14 @@ def get_client(
         ``"tls://HOST:PORT"`` connects to a running scheduler (left running).
     n_workers, threads_per_worker : int, optional
         Embedded cluster only. Default: one single-threaded worker process per
-        core on machines of up to 4 cores, two threads per process above; with
-        ``processes=False`` one worker with a thread per core.
+        core on machines of up to 4 cores, two threads per process above (no more
+        processes than give each 256 MiB of memory); with ``processes=False`` one
+        worker with a thread per core.
     memory_limit : str or int, optional
-        Embedded cluster only: memory per worker, ``"4GiB"``-style or bytes.
-        Default ``"auto"`` (the machine's memory shared among the workers).
+        Embedded cluster only: memory per worker, ``"4GiB"``-style or bytes, at
+        least 256 MiB, and all the workers' together no more than the machine's.
+        Default ``"auto"`` (the machine's memory shared among the workers: then
+        worker processes whose share would be under 256 MiB are refused).
     processes : bool
         Embedded cluster: workers in separate processes (default) or threads
         of this process (in-process transport, no sockets). Ignored with an
@@ -465,10 +524,13 @@ def get_client(
     InvalidParameterError
         A malformed address, missing TLS file, TLS options without a
         ``tls://`` address, or ``n_workers``/``threads_per_worker``/
-        ``memory_limit``/``host`` with an address.
+        ``memory_limit``/``host`` with an address; workers whose memory the
+        machine does not have (see ``memory_limit``).
     ClusterError
         The scheduler could not be reached (or refused the handshake) within
-        ``timeout`` seconds.
+        ``timeout`` seconds; or the connection to it was lost while the ``with``
+        block computed (what failed with it, e.g. a ``FutureCancelledError``, is the
+        error's ``__cause__``).
 
     Notes
     -----
@@ -494,8 +556,9 @@ def get_client(
     if scheduler is None:
         if given_tls:
             raise InvalidParameterError(
-                f"{', '.join(given_tls)}: TLS options need a 'tls://HOST:PORT' scheduler "
-                f"address; got scheduler=None (embedded cluster)"
+                only_applies(list(given_tls), "a 'tls://HOST:PORT' scheduler address")
+                + "; got none (an embedded cluster)",
+                param=next(iter(given_tls)),
             )
         memory = _parse_memory("memory_limit", memory_limit)
         if host is not None and (not isinstance(host, str) or not host or "://" in host):
@@ -503,9 +566,11 @@ def get_client(
                 f"host: expected an address to listen on such as '127.0.0.1' or '0.0.0.0', "
                 f"got {host!r}"
             )
+        workers, threads = _default_workers(n_workers, threads_per_worker, processes)
+        _check_worker_memory(workers, memory, memory_limit, processes)
         with _local_client(
-            n_workers=n_workers,
-            threads_per_worker=threads_per_worker,
+            n_workers=workers,
+            threads_per_worker=threads,
             memory_limit=memory,
             processes=processes,
             host=host,
@@ -524,16 +589,18 @@ def get_client(
     local_only = {k: v for k, v in local_only.items() if v is not None}
     if local_only:
         raise InvalidParameterError(
-            f"{', '.join(local_only)}: only apply to the embedded cluster (scheduler=None); "
-            f"got scheduler={address!r}"
+            only_applies(list(local_only), "an embedded cluster")
+            + f", not to the scheduler at {address!r}",
+            param=next(iter(local_only)),
         )
     security = None
     if address.startswith("tls://"):
         missing = [k for k, v in tls.items() if v is None]
         if missing:
             raise InvalidParameterError(
-                f"{', '.join(missing)}: required to connect to {address!r} "
-                f"(tls_ca_file, tls_cert and tls_key are all needed for TLS)"
+                f"{', '.join(missing)}: required to connect to {address!r} (TLS needs the "
+                f"CA certificate, the client certificate and its key)",
+                param=missing[0],
             )
         files = _check_tls_files(tls)
         from distributed.security import Security
@@ -546,15 +613,89 @@ def get_client(
         )
     elif given_tls:
         raise InvalidParameterError(
-            f"{', '.join(given_tls)}: TLS options need a 'tls://HOST:PORT' scheduler "
-            f"address; got {address!r}"
+            only_applies(list(given_tls), "a 'tls://HOST:PORT' scheduler address")
+            + f"; got {address!r}",
+            param=next(iter(given_tls)),
         )
 
     client = _connect(address, security=security, timeout=float(timeout))
+    logger, noise = logging.getLogger("distributed.client"), _ReconnectFailed()
+    logger.addFilter(noise)  # a connection lost is an error of its own (below)
     try:
         yield client
+    except Exception as exc:
+        if isinstance(exc, RoidaskError) or not connection_lost(client, exc):
+            raise
+        # what was cancelled with the connection (FutureCancelledError, deep in a
+        # computation) says nothing of the cause: the one error is the lost scheduler
+        raise lost_connection_error(address, "before the work was done") from exc
     finally:
+        try:
+            _close(client)
+        finally:
+            logger.removeFilter(noise)
+
+
+def connection_lost(client: Client, exc: BaseException | None = None) -> bool:
+    """``client`` lost the connection to its scheduler (``exc``: an error it caused).
+
+    True when ``exc`` is a future cancelled for that reason, or when the client is no
+    longer running (reconnecting, or closed after failing to): a client is only
+    closed by whoever opened it, once done with it.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    exc : BaseException, optional
+        An error raised while computing on ``client``.
+
+    Returns
+    -------
+    bool
+    """
+    if getattr(exc, "reason", None) == "scheduler-connection-lost":
+        return True
+    return client.status not in ("running", "newly-created")
+
+
+def lost_connection_error(address: str, what: str) -> ClusterError:
+    """The :class:`ClusterError` of a client that lost its scheduler at ``address``;
+    ``what`` says when ("before the work was done")."""
+    return ClusterError(
+        f"scheduler: lost the connection to the dask scheduler at {address!r} {what}",
+        param="scheduler",
+    )
+
+
+class _ReconnectFailed(logging.Filter):
+    """Drops distributed's "Failed to reconnect to scheduler after 10.00 seconds, closing
+    client": work still to do then fails, as the :class:`ClusterError` of the loss."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to reconnect to scheduler")
+
+
+class _Silent(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+def _close(client: Client) -> None:
+    """Close ``client``; one that lost its scheduler without distributed's log lines.
+
+    Closed while it tries to reconnect, distributed's client logs the cancelled attempt
+    (an ERROR with its traceback), or that it failed ("Failed to reconnect to
+    scheduler"): once the loss is an error of its own, they say nothing more.
+    """
+    if client.status == "running":
         client.close()
+        return
+    logger, noise = logging.getLogger("distributed.client"), _Silent()
+    logger.addFilter(noise)
+    try:
+        client.close()
+    finally:
+        logger.removeFilter(noise)
 
 
 def _connect(address: str, *, security: Any, timeout: float) -> Client:
@@ -580,8 +721,8 @@ def _connect(address: str, *, security: Any, timeout: float) -> Client:
 @contextlib.contextmanager
 def _local_client(
     *,
-    n_workers: int | None,
-    threads_per_worker: int | None,
+    n_workers: int,
+    threads_per_worker: int,
     memory_limit: int | str,
     processes: bool,
     host: str | None,
@@ -589,7 +730,6 @@ def _local_client(
 ) -> Iterator[Client]:
     from distributed import Client, LocalCluster
 
-    n_workers, threads_per_worker = _default_workers(n_workers, threads_per_worker, processes)
     if host is None:
         # in-process workers talk over inproc://, with no socket at all
         host = "127.0.0.1" if processes else None
@@ -618,6 +758,7 @@ def _local_client(
     try:
         with (
             dask.config.set({_START_METHOD: method}),
+            quiet_nannies() if processes else contextlib.nullcontext(),
             LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=threads_per_worker,
@@ -642,7 +783,8 @@ def _local_client(
 
 
 def dashboard_link(client: Client) -> str | None:
-    """The URL of the scheduler's dashboard, or ``None`` when it serves none.
+    """The URL of the scheduler's dashboard, or ``None`` when it serves none (started
+    without it, or without bokeh installed where it runs).
 
     Parameters
     ----------
@@ -656,6 +798,10 @@ def dashboard_link(client: Client) -> str | None:
 
     if client in _NO_DASHBOARD:
         return None
+    if client not in _SERVED:
+        _SERVED[client] = _serves_dashboard(client)
+    if not _SERVED[client]:
+        return None
     info = _scheduler_identity(client)
     port = info.get("services", {}).get("dashboard")
     if not port:
@@ -666,6 +812,26 @@ def dashboard_link(client: Client) -> str | None:
     else:
         host = urlsplit(address).hostname or "localhost"
     return format_dashboard_link(host, port)
+
+
+def _serves_dashboard(client: Client) -> bool:
+    """The scheduler serves the dashboard (bokeh's application on its HTTP server).
+
+    Its HTTP server runs in any case (``services["dashboard"]``, for /health and
+    /metrics): without bokeh, or started with ``--no-dashboard``, it has no /status.
+    Asked of the scheduler itself; one that refuses (no pickled functions) serves none
+    as far as this process can tell.
+    """
+
+    def bokeh_served(dask_scheduler=None) -> bool:  # by value: the scheduler needs no roidask
+        http = getattr(dask_scheduler, "http_application", None)
+        apps = getattr(http, "applications", ())
+        return any(type(app).__name__ == "BokehApplication" for app in apps)
+
+    try:
+        return bool(client.run_on_scheduler(bokeh_served))
+    except Exception:  # e.g. distributed.scheduler.pickle: False
+        return False
 
 
 def describe_client(client: Client) -> str:

@@ -26,6 +26,7 @@ __all__ = [
     "GridMismatchError",
     "ImageDimensionError",
     "ImageTypeError",
+    "IncompleteBatchWarning",
     "IncompleteStoreError",
     "InvalidParameterError",
     "LabelsError",
@@ -220,3 +221,7 @@ class UnverifiedStoreWarning(RoidaskWarning):
 
 class StudyNodeWarning(RoidaskWarning):
     """A published node of a study store is no longer whole: it is no longer listed."""
+
+
+class IncompleteBatchWarning(RoidaskWarning):
+    """A group level of a batch folder whose batch was interrupted: subjects are not done."""

@@ -734,7 +734,42 @@ def _bad(tmp_path, data, case):
         )
     if case == "seed-without-permutations":
         return batch_args(data, out, "--seed", "3"), (
-            "--seed: only apply to the permutation test; add --permutations N"
+            "--seed: applies only to the permutation test; add --permutations N"
+        )
+    if case == "embedded-options-with-an-address":
+        argv = [*batch_args(data, out), "--scheduler", "tcp://127.0.0.1:1"]
+        return [*argv, "--n-workers", "3", "--memory-limit", "1GiB"], (
+            "--n-workers, --memory-limit: apply only to an embedded cluster, not to the "
+            "scheduler at 'tcp://127.0.0.1:1'"
+        )
+    if case == "tls-options-without-tls":
+        return [*batch_args(data, out), "--tls-ca-file", "ca.pem", "--tls-key", "k.pem"], (
+            "--tls-ca-file, --tls-key: apply only to a 'tls://HOST:PORT' scheduler address; got "
+            "none (an embedded cluster)"
+        )
+    if case == "tls-options-missing":
+        argv = [*batch_args(data, out), "--scheduler", "tls://127.0.0.1:1", "--tls-cert", "c"]
+        return argv, (
+            "--tls-ca-file, --tls-key: required to connect to 'tls://127.0.0.1:1' (TLS needs "
+            "the CA certificate, the client certificate and its key)"
+        )
+    if case == "run-embedded-option-without-scheduler":
+        return [*run(), "--n-workers", "2"], (
+            "--n-workers: applies only to an embedded cluster; add --scheduler local"
+        )
+    if case == "run-tls-option-without-scheduler":
+        return [*run(), "--tls-cert", "c.pem"], (
+            "--tls-cert: applies only to a 'tls://HOST:PORT' scheduler address; add "
+            "--scheduler tls://HOST:PORT"
+        )
+    if case == "negative-memory-limit":
+        return [*batch_args(data, out), "--memory-limit", "-1GiB"], (
+            "--memory-limit: expected a positive size, got '-1GiB'"
+        )
+    if case == "out-starting-with-a-dash":
+        return [*run()[:-2], "--out", "-x"], (
+            "--out: expected one argument (a value that starts with '-' is written --out=VALUE)"
+            " (see roidask run --help)"
         )
     if case == "events-without-tr":
         bold0 = write_bold(tmp_path / "notr_bold.nii.gz", 10, tr_s=0.0)
@@ -778,6 +813,13 @@ BAD_CASES = [
     "bad-memory-limit",
     "tiny-memory-limit",
     "seed-without-permutations",
+    "embedded-options-with-an-address",
+    "tls-options-without-tls",
+    "tls-options-missing",
+    "run-embedded-option-without-scheduler",
+    "run-tls-option-without-scheduler",
+    "negative-memory-limit",
+    "out-starting-with-a-dash",
 ]
 
 
@@ -1016,6 +1058,21 @@ def test_batch_mask_is_never_the_permutation_mask(tmp_path):
     assert group_permutation(build_parser().parse_args(argv)).mask is None
     argv = ["group", str(tmp_path), "--mask", str(mask)]
     assert group_permutation(build_parser().parse_args(argv)).mask == mask
+
+
+def test_run_on_a_cluster_names_its_dashboard_once(data, tmp_path, capsys, monkeypatch):
+    """The cluster's line names its dashboard (when it serves one): not a second line."""
+    import roidask.cli
+    import roidask.cluster
+
+    url = "http://127.0.0.1:8787/status"
+    monkeypatch.setattr(roidask.cluster, "dashboard_link", lambda client: url)
+    monkeypatch.setattr(roidask.cli, "dashboard_link", lambda client: url, raising=False)
+    argv = [a for a in run_args(data, tmp_path / "out", "--no-plots") if a != "--quiet"]
+    rc, _, err = cli(capsys, *argv, "--scheduler", "local")
+    assert rc == 0, err
+    assert err.count(url) == 1, err
+    assert "dask: dask scheduler inproc://" in err
 
 
 def test_batch_says_when_its_group_level_failed(haxby, tmp_path, capsys):

@@ -21,11 +21,13 @@ import pytest
 import yaml
 from helpers.cluster import (
     closed_port,
+    kill_group,
     make_ca_and_cert,
     start,
     start_cluster,
     stop,
     tls_cli_args,
+    wait_for_scheduler_file,
     wait_for_worker,
 )
 
@@ -96,6 +98,22 @@ def test_embedded_client_computes_on_loopback_and_closes():
     assert cluster.status.name == "closed"
 
 
+def test_closing_the_embedded_cluster_under_a_busy_worker_logs_nothing(capfd):
+    """Closed while a worker computes (Ctrl-C, SIGTERM, an error), the embedded cluster's
+    nanny kills it after a few seconds: it says so in this process, where it runs, after
+    roidask's own last line; it does not say it of clusters of others."""
+    import logging
+
+    with get_client(n_workers=1, threads_per_worker=1, memory_limit="1GiB") as client:
+        future = client.submit(time.sleep, 60, pure=False)  # noqa: F841 (kept: computed)
+        deadline = time.monotonic() + 20
+        while not any(client.processing().values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert any(client.processing().values())
+    assert "still alive" not in capfd.readouterr().err
+    assert logging.getLogger("distributed.nanny").filters == []
+
+
 def test_embedded_threads_client_uses_no_socket():
     with get_client(processes=False, n_workers=1, threads_per_worker=2) as client:
         assert client.scheduler.address.startswith("inproc://")
@@ -111,17 +129,20 @@ def test_embedded_threads_client_uses_no_socket():
         ({"threads_per_worker": 1.5}, r"threads_per_worker: .* got 1.5"),
         ({"memory_limit": "4 potatoes"}, r"memory_limit: expected a size .*'4 potatoes'"),
         ({"memory_limit": -5}, r"memory_limit: expected a positive size, got -5"),
-        ({"tls_ca_file": "ca.pem"}, r"tls_ca_file: TLS options need a 'tls://HOST:PORT'"),
+        ({"tls_ca_file": "ca.pem"}, r"tls_ca_file: applies only to a 'tls://HOST:PORT' .*none"),
         ({"scheduler": "http://127.0.0.1:8786"}, r"expected an address 'tcp://HOST:PORT'"),
         ({"scheduler": "tcp://127.0.0.1:http"}, r"got 'tcp://127.0.0.1:http'"),
         ({"scheduler": "127.0.0.1:8786"}, r"got '127.0.0.1:8786'"),
-        ({"scheduler": "tcp://h:1", "n_workers": 2}, r"n_workers: only apply to the embedded"),
-        ({"scheduler": "tcp://h:1", "memory_limit": "1GiB"}, r"memory_limit: only apply"),
-        ({"scheduler": "tcp://h:1", "host": "0.0.0.0"}, r"host: only apply to the embedded"),
+        (
+            {"scheduler": "tcp://h:1", "n_workers": 2},
+            r"^n_workers: applies only to an embedded cluster, not to the scheduler at 'tcp://h:1'$",
+        ),
+        ({"scheduler": "tcp://h:1", "memory_limit": "1GiB"}, r"memory_limit: applies only"),
+        ({"scheduler": "tcp://h:1", "host": "0.0.0.0"}, r"host: applies only to an embedded"),
         ({"host": "tcp://0.0.0.0"}, r"host: expected an address to listen on .*'tcp://0.0.0.0'"),
         (
             {"scheduler": "tcp://h:1", "tls_cert": "c.pem"},
-            r"tls_cert: TLS options need a 'tls://HOST:PORT' .* got 'tcp://h:1'",
+            r"tls_cert: applies only to a 'tls://HOST:PORT' .* got 'tcp://h:1'",
         ),
         (
             {"scheduler": "tls://h:1", "tls_cert": "c.pem"},
@@ -133,6 +154,42 @@ def test_embedded_threads_client_uses_no_socket():
 def test_get_client_rejects_bad_options(kwargs, match):
     with pytest.raises(InvalidParameterError, match=match), get_client(**kwargs):
         pytest.fail("a client was made")  # pragma: no cover
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (
+            {"n_workers": 5},
+            r"^n_workers: 5 worker processes would each have 204.80 MiB of this machine's "
+            r"1.00 GiB of memory, less than a worker needs before any task \(256MiB\); "
+            r"expected at most 4 workers$",
+        ),
+        (
+            {"n_workers": 1, "memory_limit": "10PB"},
+            r"^memory_limit: '10PB' is more than this machine's memory \(1.00 GiB\); "
+            r"expected at most 1.00 GiB$",
+        ),
+        (
+            {"n_workers": 2, "memory_limit": "600MiB"},
+            r"^memory_limit: '600MiB' for each of 2 workers \(1.17 GiB in all\) is more than "
+            r"this machine's memory \(1.00 GiB\); expected at most 512.00 MiB per worker, "
+            r"or fewer workers$",
+        ),
+    ],
+)
+def test_embedded_workers_need_memory_the_machine_has(monkeypatch, kwargs, match):
+    """Workers whose memory the machine does not have are refused before any starts: a
+    share of the memory under what a worker process needs (``--n-workers 1000``), or
+    limits above the machine's, which distributed would ignore with a warning (and the
+    batch would fit its blocks to)."""
+    from distributed import system
+
+    monkeypatch.setattr(system, "MEMORY_LIMIT", 2**30)
+    with pytest.raises(InvalidParameterError, match=match) as info:
+        with get_client(**kwargs):
+            pytest.fail("a cluster was started")  # pragma: no cover
+    assert info.value.param == ("memory_limit" if "memory_limit" in kwargs else "n_workers")
 
 
 def test_get_client_names_missing_tls_file(tmp_path):
@@ -183,6 +240,40 @@ def test_connect_to_running_scheduler(tcp_cluster):
         assert client.submit(pow, 2, 10).result(timeout=10) == 1024
 
 
+def test_a_scheduler_without_a_dashboard_gets_no_link(tcp_cluster):
+    """A scheduler started with --no-dashboard still serves /health over HTTP (its
+    services name a "dashboard" port): no link to a /status it does not serve."""
+    address = tcp_cluster[0]
+    with get_client(address) as client:
+        assert dashboard_link(client) is None
+        assert "dashboard" not in describe_client(client)
+
+
+def test_a_scheduler_serving_its_dashboard_gets_a_link(tmp_path):
+    """The link is printed when the scheduler has the dashboard's (bokeh) application: here
+    a stand-in of that name, added by a preload (bokeh is not needed to print it)."""
+    preload = tmp_path / "fake_dashboard.py"
+    preload.write_text(
+        "def dask_setup(scheduler):\n"
+        "    app = type('BokehApplication', (), {})()\n"
+        "    scheduler.http_application.applications.append(app)\n"
+    )
+    sched_file, log = tmp_path / "scheduler.json", tmp_path / "scheduler.log"
+    cmd = [str(Path(sys.executable).with_name("dask")), "scheduler", "--host", "127.0.0.1",
+           "--port", "0", "--dashboard-address", "127.0.0.1:0", "--scheduler-file",
+           str(sched_file), "--preload", str(preload)]  # fmt: skip
+    proc = start(cmd, log)
+    try:
+        address = wait_for_scheduler_file(sched_file, proc, log)
+        with get_client(address) as client:
+            port = client.scheduler_info()["services"]["dashboard"]
+            link = f"http://127.0.0.1:{port}/status"
+            assert dashboard_link(client) == link
+            assert describe_client(client).endswith(f"memory, dashboard {link}")
+    finally:
+        stop([proc])
+
+
 def test_unreachable_scheduler_fails_fast_naming_address():
     address = f"tcp://127.0.0.1:{closed_port()}"
     t0 = time.monotonic()
@@ -191,6 +282,32 @@ def test_unreachable_scheduler_fails_fast_naming_address():
             pytest.fail("connected to a closed port")  # pragma: no cover
     assert time.monotonic() - t0 < 8
     assert isinstance(info.value, RoidaskError)  # the CLI prints it as one line
+
+
+@pytest.mark.parametrize("when", ["computing", "after the client gave up"])
+def test_a_lost_scheduler_is_one_cluster_error(tmp_path, capfd, when):
+    """The scheduler killed under a client: the work fails with one ClusterError naming
+    the address, not the FutureCancelledError of whatever was computing, and nothing of
+    distributed's reconnection is logged (the error says it)."""
+    address, procs = start_cluster(tmp_path)
+    try:
+        lost = rf"scheduler: lost the connection to the dask scheduler at '{re.escape(address)}'"
+        with pytest.raises(ClusterError, match=lost + " before the work was done"):
+            with get_client(address, timeout=2) as client:
+                wait_for_worker(client, procs, tmp_path)
+                future = client.submit(time.sleep, 30, pure=False)
+                kill_group(procs[0])  # the scheduler
+                if when != "computing":
+                    deadline = time.monotonic() + 20
+                    while client.status != "closed" and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    assert client.status == "closed"
+                    future = client.submit(pow, 2, 10)
+                future.result(timeout=20)
+    finally:
+        stop(procs)
+    err = capfd.readouterr().err
+    assert "reconnect" not in err and "Traceback" not in err, err
 
 
 # --------------------------------------------------------------------------- TLS

@@ -454,7 +454,7 @@ def test_run_schedulers(haxby, seed, tmp_path, capsys):
     bad = tmp_path / "bad"
     assert main([*common, "--out", str(bad), "--n-workers", "2", "--dashboard"]) == 2
     err = capsys.readouterr().err
-    assert "--n-workers, --dashboard: only apply to a dask cluster" in err
+    assert "--n-workers, --dashboard: apply only to an embedded cluster" in err
     assert "--scheduler local" in err and not bad.exists()
 
 

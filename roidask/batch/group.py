@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,7 +37,12 @@ from roidask import __version__ as roidask_version
 from roidask._atomic import MARKER, FolderLock, read_marker
 from roidask._validate import check_bool, check_int
 from roidask.batch.files import release_everywhere
-from roidask.exceptions import GridMismatchError, InvalidParameterError, OutputError
+from roidask.exceptions import (
+    GridMismatchError,
+    IncompleteBatchWarning,
+    InvalidParameterError,
+    OutputError,
+)
 from roidask.io.conversions import as_image
 from roidask.io.grid import (
     affine_of,
@@ -431,7 +437,8 @@ def _is_study(path: Path) -> bool:
 
 
 def _batch_subject_dirs(batch: Path) -> list[Path]:
-    """The subjects a batch completed (``batch.tsv``: done or skipped), as folders."""
+    """The subjects a batch completed (``batch.tsv``: done or skipped), as folders; an
+    :class:`IncompleteBatchWarning` if some are still pending (an interrupted batch)."""
     table = batch / "batch.tsv"
     try:
         rows = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
@@ -440,6 +447,15 @@ def _batch_subject_dirs(batch: Path) -> list[Path]:
     if not {"subject", "status", "out"} <= set(rows.columns):
         raise OutputError(f"{table}: not a roidask batch.tsv (columns {list(rows.columns)})")
     done = rows[rows["status"].isin(["done", "skipped"])]
+    pending = int((rows["status"] == "pending").sum())
+    if pending:  # an interrupted batch (a failed subject is done with, as far as it goes)
+        warnings.warn(
+            f"{batch}: {pending} of the batch's {len(rows)} subjects are not done (pending in "
+            f"batch.tsv: the batch was interrupted); the group level is of the {len(done)} "
+            "completed; run the batch again to finish it",
+            IncompleteBatchWarning,
+            stacklevel=4,
+        )
     return [batch / Path(out).name for out in done["out"]]
 
 

@@ -45,7 +45,8 @@ Resume: a subject whose ``provenance.json`` records the same fingerprint
 (parameters and input checksums), and whose study node too, is skipped; the
 others are redone. A failing
 subject (bad file, ...) is reported in ``DIR/batch.tsv`` and does not stop the
-others. A worker lost mid-batch only costs time: distributed runs its subject
+others. A lost scheduler stops the batch (a :class:`ClusterError`): the subjects not
+done are left pending. A worker lost mid-batch only costs time: distributed runs its subject
 tasks again on other workers (or recomputes its blocks), the next attempt
 removes what the lost one left half-written, and the outputs are the same bits.
 """
@@ -90,8 +91,9 @@ from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
 from roidask.batch.group import GROUP_KIND, GroupPermutation, group_level
 from roidask.batch.manifest import SubjectSpec, check_subjects, current_subject, subject_context
-from roidask.cluster import active_client, describe_client
+from roidask.cluster import active_client, connection_lost, describe_client, lost_connection_error
 from roidask.exceptions import (
+    ClusterError,
     InvalidParameterError,
     OutputError,
     RoidaskError,
@@ -162,6 +164,8 @@ STATUS_INTERVAL_S = 0.5
 _TO_BLOCK = "to-block"
 # Status of a row sent back by a subject whose published study node must be rewritten.
 _TO_UNPUBLISH = "to-unpublish"
+# Status of the row of a subject whose task was cancelled with the scheduler's connection.
+_LOST = "lost"
 #: Tries to rewrite a study's root to hide nodes when nothing else is left to do,
 #: before their subjects fail (a rewrite that fails meanwhile is tried again later).
 HIDE_TRIES = 3
@@ -820,6 +824,10 @@ def run_batch(
         with ``params`` (see :func:`check_subjects`; nothing is written).
     OutputError
         ``out_dir`` cannot be written (see :func:`check_batch_folder`).
+    ClusterError
+        The connection to the scheduler was lost: the subjects done so far are kept,
+        those not done are ``pending`` in ``batch.tsv`` (a subject that a worker
+        still finishes is found complete by the next batch); no group level.
     """
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     check_choice(granularity, "granularity", GRANULARITIES)
@@ -1051,8 +1059,10 @@ class _Batch:
     # -- results
     def row_of(self, fut, spec: SubjectSpec) -> dict:
         try:
-            return fut.result()
+            row = fut.result()
         except (Exception, asyncio.CancelledError) as exc:  # e.g. its workers kept dying
+            if self.client is not None and connection_lost(self.client, exc):
+                return _row(spec, self.out_dir / spec.out_name, status=_LOST)
             text = " ".join(str(exc).split())
             return _row(
                 spec,
@@ -1060,6 +1070,26 @@ class _Batch:
                 status="failed",
                 error=f"{type(exc).__name__}: {text}",
             )
+        # a subject driven from here fails when its blocks are cancelled with the
+        # connection: not its own error
+        if row["status"] == "failed" and self.client is not None and connection_lost(self.client):
+            return _row(spec, self.out_dir / spec.out_name, status=_LOST)
+        return row
+
+    def lost(self) -> ClusterError:
+        """The error of a batch whose client lost its scheduler: the subjects not done are
+        left pending in ``batch.tsv`` (whatever a worker may still finish is found
+        complete by the next batch)."""
+        assert self.cluster is not None
+        rows = self.status.rows.values()
+        done = sum(row["status"] in ("done", "skipped") for row in rows)
+        pending = sum(row["status"] == "pending" for row in rows)
+        return lost_connection_error(
+            self.cluster.address,
+            f"during the batch; the subjects completed are kept ({done} of {len(rows)}, "
+            f"{pending} pending in {self.status.path}): run the same command again to "
+            "finish the batch",
+        )
 
     def resubmit(self, spec: SubjectSpec, kind: str, row: dict, *, hidden: bool = False) -> None:
         """Submit again a subject handed back by its run (known fingerprint and inputs);
@@ -1135,6 +1165,8 @@ class _Batch:
                 try:
                     fut = self.events.get(timeout=STATUS_INTERVAL_S)
                 except queue.Empty:
+                    if self.client is not None and connection_lost(self.client):
+                        raise self.lost() from None  # subjects driven from here wait on it
                     self.publish(None, None)
                     self.submit_next()
                     self.status.flush()
@@ -1144,6 +1176,8 @@ class _Batch:
                 kind = self.kinds.pop(fut)
                 row = self.row_of(fut, spec)
                 del fut  # a task's result is released on the cluster
+                if row["status"] == _LOST:  # every subject in flight is lost with it
+                    raise self.lost()
                 if row["status"] in (_TO_BLOCK, _TO_UNPUBLISH):
                     self.resubmit(spec, kind, row)
                     self.publish(None, None)  # hides nodes (to run again) when it is time
@@ -1164,7 +1198,7 @@ class _Batch:
                 self.publish(None, None, force=True)
             if self.in_flight:  # interrupted: stop what has not started
                 tasks = [f for f, kind in self.kinds.items() if kind == "task"]
-                if tasks and self.client is not None:
+                if tasks and self.client is not None and not connection_lost(self.client):
                     with contextlib.suppress(Exception):
                         self.client.cancel(tasks)
             if self.pool is not None:

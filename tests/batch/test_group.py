@@ -22,7 +22,7 @@ from scipy import stats
 from roidask.batch import GroupPermutation, SubjectSpec, group_from, run_batch
 from roidask.cli import main
 from roidask.cluster import get_client
-from roidask.exceptions import InvalidParameterError, OutputError
+from roidask.exceptions import IncompleteBatchWarning, InvalidParameterError, OutputError
 from roidask.pipeline import PipelineParams
 
 pytestmark = pytest.mark.timeout(240)
@@ -230,6 +230,26 @@ def test_group_refuses_a_subject_folder_changed_since(batch, tmp_path, damage):
     with pytest.raises(OutputError, match=want):
         group_from(copy, out=tmp_path / "g")
     assert not (tmp_path / "g").exists()
+
+
+def test_group_of_an_interrupted_batch_warns(batch, tmp_path, capsys):
+    """A batch folder whose batch was interrupted (subjects pending in batch.tsv): the group
+    level is of the completed subjects, with a warning that says how many are not done."""
+    copy = shutil.copytree(batch, tmp_path / "batch", ignore=shutil.ignore_patterns("study.zarr"))
+    table = pd.read_csv(copy / "batch.tsv", sep="\t", dtype=str, keep_default_na=False)
+    table.loc[table["subject"] == "04", ["status", "wall_s", "n_rois"]] = ["pending", "", ""]
+    table.to_csv(copy / "batch.tsv", sep="\t", index=False)
+    argv = ["group", str(copy), "--permutations", "4", "--scheduler", "local", "--n-workers", "1"]
+    assert main([*argv, "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        f"roidask: warning: {copy}: 1 of the batch's 4 subjects are not done (pending in "
+        "batch.tsv: the batch was interrupted); the group level is of the 3 completed; run "
+        "the batch again to finish it"
+    ]
+    assert "subjects: 3" in out
+    with pytest.warns(IncompleteBatchWarning, match="1 of the batch's 4 subjects are not done"):
+        group_from(copy, out=tmp_path / "g")
 
 
 @pytest.mark.parametrize("case", ["not-binary", "other-grid", "empty"])

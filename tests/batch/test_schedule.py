@@ -470,6 +470,41 @@ def test_worker_killed_mid_batch(dataset, reference, tcp_cluster, tmp_path, gran
     assert hidden_entries(out) == []
 
 
+@pytest.mark.parametrize("granularity", ["subject", "block"])
+def test_scheduler_lost_mid_batch(dataset, tcp_cluster, tmp_path, granularity):
+    """The scheduler killed mid-batch: one error line naming it, the subjects done kept,
+    the others pending in batch.tsv (not failed with the cancellation), no group level."""
+    address, procs, _logs = tcp_cluster
+    manifest = manifest_for(dataset, tmp_path / "manifest.tsv", [1, 2, 3, 4])
+    out = tmp_path / "batch"
+    log = tmp_path / "batch.log"
+    cmd = batch_cmd(manifest, out, "--scheduler", address, "--granularity", granularity,
+                    "--max-concurrent", "1")  # fmt: skip
+    batch = start(cmd, log)
+    try:
+        wait_until(lambda: "done" in statuses(out).values(), timeout=120,
+                   what="a first subject done", proc=batch, log=log)  # fmt: skip
+        kill_group(procs[0])  # the scheduler
+        rc = batch.wait(timeout=60)
+    finally:
+        kill_group(batch)
+    lines = log.read_text().strip().splitlines()
+    assert rc == 2, lines
+    assert lines == [
+        f"roidask: error: --scheduler: lost the connection to the dask scheduler at "
+        f"'{address}' during the batch; the subjects completed are kept ("
+        + lines[0].split(" are kept (", 1)[1]
+    ]
+    final = statuses(out)
+    assert "failed" not in final.values() and "pending" in final.values(), final
+    done = sum(st == "done" for st in final.values())
+    assert (
+        f"({done} of 4, {4 - done} pending in {out / 'batch.tsv'}): run the same command "
+        "again to finish the batch" in lines[0]
+    )
+    assert not (out / "group").exists() and not (out / "group-error.txt").exists()
+
+
 # --------------------------------------------------------------------------- 4. resume
 
 
