@@ -6,6 +6,7 @@ killed in the fixtures' ``finally``; every wait has a deadline.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import re
 import shlex
@@ -16,6 +17,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -658,8 +660,19 @@ class FakeJobqueueCluster:
         d = Path("/shared/.roidask-tls-x")
         self.tls_credentials = TLSCredentials(d, d / "ca.pem", d / "cert.pem", d / "key.pem")
 
-    def scale(self, **kwargs):
+        self.workers, self.scheduler_info = {}, {"workers": {}}
+
+    def scale(self, **kwargs):  # submits one job per job asked for
         self.scaled.append(kwargs)
+        self.workers = {
+            f"w{i}": SimpleNamespace(job_id=str(100 + i)) for i in range(kwargs["jobs"])
+        }
+
+    async def _correct_state(self):  # the submissions' outcome (all submitted here)
+        pass
+
+    def sync(self, func):
+        return asyncio.run(func())
 
     def __enter__(self):
         return self
@@ -676,8 +689,11 @@ def test_jobqueue_batch_runs_roidask_batch_on_the_cluster(monkeypatch):
         return made[-1]
 
     def fake_main(argv):
-        assert not made[0].closed  # the cluster is up while the batch runs
         calls.append(argv)
+        if "--check" in argv:  # the batch's checks, before any job is submitted
+            assert not made
+            return 0
+        assert not made[0].closed  # the cluster is up while the batch runs
         return 3
 
     monkeypatch.setattr("roidask.cluster.jobqueue_cluster", fake_cluster)
@@ -700,8 +716,11 @@ def test_jobqueue_batch_runs_roidask_batch_on_the_cluster(monkeypatch):
     assert cluster.scaled == [{"jobs": 4}]
     assert cluster.closed
     assert calls == [
-        ["batch", "manifest.tsv", "--out", "results", "--scheduler", "tls://10.0.0.1:8786",
+        ["batch", "manifest.tsv", "--out", "results", "--fwhm", "6", "--atlas", "harvard",
+         "--check"],
+        ["batch", "manifest.tsv", "--out", "results", "--fwhm", "6", "--atlas", "harvard",
+         "--scheduler", "tls://10.0.0.1:8786",
          "--tls-ca-file=/shared/.roidask-tls-x/ca.pem",
          "--tls-cert=/shared/.roidask-tls-x/cert.pem",
-         "--tls-key=/shared/.roidask-tls-x/key.pem", "--fwhm", "6", "--atlas", "harvard"]
+         "--tls-key=/shared/.roidask-tls-x/key.pem"],
     ]  # fmt: skip

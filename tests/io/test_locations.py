@@ -250,9 +250,14 @@ def test_a_lease_admits_one_command_at_a_time(s3_bucket):
     assert not lease.exists()
 
 
+#: Short leases of the lapse tests: S3's Last-Modified has whole seconds, so a lease's age
+#: reads up to 1 s more than it is (a 1 s lease could lapse as it is written).
+SHORT_LEASE_S = 3.0
+
+
 def _lease_record(**fields) -> bytes:
     record = {"written_by": "roidask", "kind": "lease", "host": "elsewhere", "pid": 1,
-              "pid_scope": "another-machine", "lease_s": 1.0}  # fmt: skip
+              "pid_scope": "another-machine", "lease_s": SHORT_LEASE_S}  # fmt: skip
     return json.dumps({**record, **fields}).encode()
 
 
@@ -261,24 +266,24 @@ def test_a_lease_not_renewed_lapses_and_its_holder_learns_it(s3_bucket, monkeypa
     lease = put(f"{s3_bucket}/.out.roidask-lease", _lease_record())  # another machine's
     with pytest.raises(OutputError, match="pid 1 on elsewhere"):
         RemoteLease(out, param="out")
-    time.sleep(2.2)  # not renewed for more than its lease_s (1 s)
+    time.sleep(SHORT_LEASE_S + 1.2)  # not renewed for more than its lease_s
     taker = RemoteLease(out, param="out")
     assert json.loads(lease.read_bytes())["pid"] != 1
     taker.release()
 
     # a holder whose renewals stalled for longer than the lease is taken over, and fails
-    monkeypatch.setattr(RemoteLease, "lease_s", 1.0)
+    monkeypatch.setattr(RemoteLease, "lease_s", SHORT_LEASE_S)
     stalled = RemoteLease(out, param="out")
     stalled._stop.set()  # its renewals stop (a stalled process)
     stalled._thread.join()
     with pytest.raises(OutputError, match="another roidask command"):
-        RemoteLease(out, param="out")  # renewed less than 1 s ago
-    time.sleep(2.2)
+        RemoteLease(out, param="out")  # renewed less than lease_s ago
+    time.sleep(SHORT_LEASE_S + 1.2)
     other = RemoteLease(out, param="out")
     stalled._stop.clear()
     renewal = threading.Thread(target=stalled._renew)
-    renewal.start()  # resumes: its next renewal finds the lease another's
-    time.sleep(0.6)
+    renewal.start()  # resumes: its next renewal (after lease_s / 4) finds the lease another's
+    time.sleep(SHORT_LEASE_S / 4 + 0.6)
     stalled._stop.set()
     renewal.join()
     with pytest.raises(OutputError, match=r"lost its lease .* run it again"):
