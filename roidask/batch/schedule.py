@@ -166,6 +166,10 @@ _TO_BLOCK = "to-block"
 _TO_UNPUBLISH = "to-unpublish"
 # Status of the row of a subject whose task was cancelled with the scheduler's connection.
 _LOST = "lost"
+#: While subjects wait, the scheduler's workers are counted this often (seconds) ...
+WORKERS_CHECK_S = 10.0
+#: ... and a scheduler without workers is said to be so after this long, then as often.
+NO_WORKER_SAY_S = 60.0
 #: Tries to rewrite a study's root to hide nodes when nothing else is left to do,
 #: before their subjects fail (a rewrite that fails meanwhile is tried again later).
 HIDE_TRIES = 3
@@ -967,6 +971,10 @@ class _Batch:
         # subjects that can compute at once (fewer in flight: a worker thread is idle)
         self.capacity = max(1, min(self.limit, threads)) if mode == "subject" else self.limit
         self.in_flight: dict = {}  # future -> spec
+        # when the workers were counted; since when there was none, when that was said
+        self.workers_counted = time.monotonic()
+        self.no_worker_since: float | None = None
+        self.no_worker_said: float | None = None
         self.hiding: dict = {}  # node name -> (spec, kind, row): run again once hidden
         self.ready: deque = deque()  # (spec, kind, row) hidden, to run again first
         self.kinds: dict = {}  # future -> "task" (on a worker) or "block" (driven from here)
@@ -1076,6 +1084,37 @@ class _Batch:
             return _row(spec, self.out_dir / spec.out_name, status=_LOST)
         return row
 
+    def say_if_no_worker(self) -> None:
+        """Say so when the scheduler has had no worker for :data:`NO_WORKER_SAY_S` (its
+        workers died, or their batch jobs have not started): the batch waits for workers
+        to join, which would otherwise look like a hang."""
+        now = time.monotonic()
+        if self.client is None or now - self.workers_counted < WORKERS_CHECK_S:
+            return
+        self.workers_counted = now
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # the connection: connection_lost() says it next time
+            return
+        if workers:
+            self.no_worker_since = self.no_worker_said = None
+            return
+        since = self.no_worker_since = self.no_worker_since or now
+        said = self.no_worker_said
+        if now - since < NO_WORKER_SAY_S or (said is not None and now - said < NO_WORKER_SAY_S):
+            return
+        self.no_worker_said = now
+        address = self.cluster.address if self.cluster is not None else "?"
+        text = (
+            f"batch: the dask scheduler at {address} has had no worker for "
+            f"{_duration(now - since)}: waiting for workers to join (Ctrl-C stops the "
+            "batch; the subjects completed are kept)"
+        )
+        if self.report.log is None and not self.report.bar.enabled:
+            print(text, file=sys.stderr, flush=True)  # said even with --quiet
+        else:
+            self.report.line(text)
+
     def lost(self) -> ClusterError:
         """The error of a batch whose client lost its scheduler: the subjects not done are
         left pending in ``batch.tsv`` (whatever a worker may still finish is found
@@ -1167,6 +1206,7 @@ class _Batch:
                 except queue.Empty:
                     if self.client is not None and connection_lost(self.client):
                         raise self.lost() from None  # subjects driven from here wait on it
+                    self.say_if_no_worker()
                     self.publish(None, None)
                     self.submit_next()
                     self.status.flush()

@@ -26,6 +26,7 @@ import pandas as pd
 import pytest
 import zarr
 from helpers.cluster import (
+    DASK,
     kill_group,
     make_ca_and_cert,
     start,
@@ -423,6 +424,49 @@ def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path
         run_batch([*pair, specs[1]], out, plots=False)
     assert not (out / "group").exists() and (out / "group-error.txt").is_file()
     assert hidden_entries(out) == []
+
+
+def test_a_scheduler_without_workers_is_said_to_wait_for_them(dataset, tmp_path, monkeypatch):
+    """A scheduler whose workers all died, or whose batch jobs have not started, leaves the
+    batch waiting: it says so (not a silent hang), and goes on once a worker joins."""
+    from roidask.batch import schedule
+    from roidask.cluster import get_client
+
+    monkeypatch.setattr(schedule, "WORKERS_CHECK_S", 0.2)
+    monkeypatch.setattr(schedule, "NO_WORKER_SAY_S", 1.0)
+    logs = tmp_path / "cluster"
+    logs.mkdir()
+    address, procs = start_cluster(logs, n_workers=0)
+    s1 = dataset["subjects"][0]
+    specs = [SubjectSpec("01", (s1.bold,), (s1.labels,), s1.mask_vt)]
+    lines: list[str] = []
+    said = threading.Event()
+
+    def log(line: str) -> None:
+        lines.append(line)
+        if "has had no worker" in line:
+            said.set()
+
+    def join_once_said() -> None:
+        if said.wait(60):
+            cmd = [str(DASK), "worker", address, "--host", "127.0.0.1", "--no-nanny",
+                   "--nthreads", "1", "--memory-limit", "1GiB", "--no-dashboard",
+                   "--local-directory", str(logs / "worker")]  # fmt: skip
+            procs.append(start(cmd, logs / "worker.log"))
+
+    joiner = threading.Thread(target=join_once_said)
+    joiner.start()
+    try:
+        with get_client(address, timeout=10):
+            table = run_batch(specs, tmp_path / "batch", plots=False, log=log)
+    finally:
+        said.set()
+        joiner.join()
+        stop(procs)
+    assert table["status"].tolist() == ["done"]
+    waiting = [line for line in lines if "has had no worker" in line]
+    assert waiting and waiting[0].startswith(f"batch: the dask scheduler at {address} has had no ")
+    assert "waiting for workers to join" in waiting[0]
 
 
 # --------------------------------------------------------------------------- 3. worker lost
