@@ -130,7 +130,8 @@ NANNY_NOISE = {"distributed.nanny": ("Worker process still alive after",)}
 
 
 class _ClosingNoise(logging.Filter):
-    """Drops the records of :data:`CLOSING_NOISE` (one logger's prefixes)."""
+    """Drops a logger's records that start with ``prefixes`` (:data:`CLOSING_NOISE`,
+    :data:`NANNY_NOISE`)."""
 
     def __init__(self, prefixes: tuple[str, ...]):
         super().__init__()
