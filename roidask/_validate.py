@@ -256,7 +256,7 @@ def check_conditions(
     Parameters
     ----------
     conditions : sequence of str
-        Distinct condition names.
+        Distinct condition names, at least one.
     labels : ndarray of str
         The condition of every volume (:func:`volume_conditions`).
     param : str
@@ -280,6 +280,11 @@ def check_conditions(
             f"{param}: expected a list or tuple of condition names, got {what}", param=param
         )
     names = [str(c) if isinstance(c, np.str_) else c for c in conditions]
+    if not names:
+        raise InvalidParameterError(
+            f"{param}: expected at least one condition name, got {list(conditions)!r}",
+            param=param,
+        )
     if exact is not None and len(names) != exact:
         raise InvalidParameterError(
             f"{param}: expected {exact} condition names, got {list(conditions)!r}", param=param

@@ -185,6 +185,9 @@ def test_check_conditions():
         check_conditions("face", labels, param="contrast")
     with pytest.raises(ConditionError, match=r"at least 3 volumes.*'face' has 2"):
         check_conditions(["face"], labels, param="conditions", min_count=3)
+    for empty in ([], (), np.array([], dtype=str)):
+        with pytest.raises(InvalidParameterError, match=r"^conditions: expected at least one"):
+            check_conditions(empty, labels, param="conditions")
 
 
 @pytest.mark.parametrize(

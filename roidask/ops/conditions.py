@@ -36,6 +36,8 @@ def select_conditions(img: ImageLike, conditions, *, param: str = "conditions") 
     ------
     ConditionError
         A condition is not present (the message lists the known ones).
+    InvalidParameterError
+        ``conditions`` is empty, or names a condition twice.
     """
     bold = as_image(img, ndim=4, param="img")
     if isinstance(conditions, str):

@@ -170,10 +170,6 @@ def condition_moments(img: ImageLike, *, conditions: Sequence[str]) -> xr.Datase
     """
     bold = as_image(img, ndim=4, param="img")
     names, index, codes = _check_conditions(bold, conditions, param="conditions")
-    if not names:
-        raise InvalidParameterError(
-            "conditions: expected at least one condition name, got []", param="conditions"
-        )
     mom = _selected_moments(bold, index, codes, len(names))
     counts = np.bincount(codes, minlength=len(names)).astype(np.int64)
     dims = (*SPATIAL_DIMS, "condition")

@@ -8,7 +8,7 @@ import pytest
 from helpers.seed import masker_signals
 
 from roidask.exceptions import ConditionError, InvalidParameterError
-from roidask.ops.conditions import select_condition, stack_conditions
+from roidask.ops.conditions import select_condition, select_conditions, stack_conditions
 from roidask.ops.extract import extract_signals
 
 
@@ -47,6 +47,11 @@ def test_unknown_condition_is_refused(haxby_bold, seed_rois):
         select_condition(signals, "faces")
     with pytest.raises(ConditionError, match=r"\['dog'\] not found"):
         stack_conditions(signals, conditions=["face", "dog"])
+
+
+def test_no_condition_is_refused(haxby_bold):
+    with pytest.raises(InvalidParameterError, match=r"^conditions: expected at least one.*\[\]"):
+        select_conditions(haxby_bold, [])
 
 
 def test_too_many_volumes_per_condition_is_refused(haxby_bold, seed_rois):
