@@ -193,9 +193,12 @@ def fingerprint(spec: SubjectSpec, params: PipelineParams) -> tuple[str, list[di
     return hashlib.sha256(payload.encode()).hexdigest(), inputs
 
 
-def _is_complete(out: Path | S3Path, digest: str, marker: dict | None) -> bool:
+def _is_complete(
+    out: Path | S3Path, digest: str, marker: dict | None, *, plots: bool = False
+) -> bool:
     """``out`` holds a finished run with fingerprint ``digest`` and all its outputs, each
-    of the size ``marker`` (``out``'s, read once by the caller) recorded."""
+    of the size ``marker`` (``out``'s, read once by the caller) recorded; with ``plots``,
+    its figures too (a run made with ``--no-plots`` is not one with figures)."""
     if isinstance(out, S3Path) and not (marker or {}).get("complete"):
         return False  # an upload not finished (pending marker) or never started
     if not (out / MARKER).is_file():
@@ -209,7 +212,10 @@ def _is_complete(out: Path | S3Path, digest: str, marker: dict | None) -> bool:
         return False
     if not isinstance(record, dict) or record.get("fingerprint") != digest:
         return False
-    if not all((out / name).exists() for name in record.get("outputs", [])):
+    outputs = record.get("outputs", [])
+    if not all((out / name).exists() for name in outputs):
+        return False
+    if plots and not any(str(name).startswith("figures/") for name in outputs):
         return False
     return not changed_files(out, marker)  # a file gone since: not complete
 
@@ -528,7 +534,8 @@ def _run_subject_row(job: _Job, before_write: Callable[[], None] | None) -> dict
             if digest is None:
                 digest, inputs = fingerprint(spec, job.params)
             marker = folder_marker(out)  # read once for both checks (a GET in S3)
-            if _is_complete(out, digest, marker) and _node_complete(job, digest, marker):
+            complete = _is_complete(out, digest, marker, plots=job.plots)
+            if complete and _node_complete(job, digest, marker):
                 prov = json.loads((out / "provenance.json").read_text())
                 # written by this batch: a run on a worker lost before it reported
                 ours = bool(job.batch_id) and prov.get("batch_id") == job.batch_id

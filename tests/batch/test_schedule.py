@@ -1028,6 +1028,26 @@ def test_a_subject_written_by_a_lost_worker_is_done_not_skipped(haxby, tmp_path)
     assert json.loads((job.out / "provenance.json").read_text()) == prov  # not rewritten
 
 
+def test_a_subject_run_without_figures_is_made_again_for_figures(haxby, tmp_path):
+    """A batch asking for figures redoes a subject an earlier batch ran without them
+    (``--no-plots``); a batch without figures skips one that has them."""
+    from roidask.batch.schedule import _Job, _run_one
+    from roidask.pipeline import PipelineParams
+
+    (spec,) = tiny_specs(haxby, tmp_path / "data", 1)
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / spec.out_name
+    job = _Job(spec=spec, out=out, params=PipelineParams(), chunks=None, plots=False,
+               budget=None, scheduler="test", batch_id="batch-1")  # fmt: skip
+    assert _run_one(job)["status"] == "done"
+    assert not (out / "figures").exists()
+    with_figures = _Job(**{**job.__dict__, "plots": True, "batch_id": "batch-2"})
+    assert _run_one(with_figures)["status"] == "done"
+    assert sorted(p.name for p in (out / "figures").iterdir())
+    without = _Job(**{**job.__dict__, "batch_id": "batch-3"})
+    assert _run_one(without)["status"] == "skipped"
+
+
 def test_a_subjects_warnings_name_it(haxby, tmp_path, monkeypatch, capsys):
     """A warning while a batch subject runs (a worker process, or a thread of the driver)
     is one ``roidask: warning:`` line naming the subject, not Python's default with a
