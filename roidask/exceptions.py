@@ -42,6 +42,7 @@ __all__ = [
     "RoidaskTypeError",
     "RoidaskValueError",
     "RoidaskWarning",
+    "StaleResultsWarning",
     "StoreError",
     "StudyNodeWarning",
     "Terminated",
@@ -225,3 +226,8 @@ class StudyNodeWarning(RoidaskWarning):
 
 class IncompleteBatchWarning(RoidaskWarning):
     """A group level of a batch folder whose batch was interrupted: subjects are not done."""
+
+
+class StaleResultsWarning(RoidaskWarning):
+    """Results an earlier command added (a group permutation test) were of other inputs and
+    are replaced without them: the command that made them must be run again."""

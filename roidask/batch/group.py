@@ -18,6 +18,8 @@ or study store (``roidask group``).
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import io
 import json
 import os
 import warnings
@@ -52,9 +54,15 @@ from roidask.io.grid import (
     voxel_size_mm,
 )
 from roidask.io.image import like_image, to_nifti
-from roidask.io.locations import Location, changed_files, check_output, output_folder
+from roidask.io.locations import (
+    Location,
+    changed_files,
+    check_output,
+    folder_marker,
+    output_folder,
+)
 from roidask.io.nifti import release_handles
-from roidask.io.store_read import checked_variables
+from roidask.io.store_read import CHUNK_GRIDS_ATTR, checked_variables, missing_chunks
 from roidask.ops import moments as mom
 from roidask.ops.label import resolve_structure
 from roidask.ops.permutation import (
@@ -62,7 +70,15 @@ from roidask.ops.permutation import (
     check_cluster_threshold,
     permuted_ttest_1samp,
 )
-from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, STUDY_NAME, Study, published
+from roidask.outputs.study import (
+    FINGERPRINT_ATTR,
+    GROUP_NODE,
+    STUDY_ATTR,
+    STUDY_NAME,
+    Study,
+    node_attrs,
+    published,
+)
 from roidask.pipeline import compute, mask_values
 
 __all__ = [
@@ -72,6 +88,7 @@ __all__ = [
     "GroupPermutation",
     "GroupPlan",
     "group_from",
+    "group_is_current",
     "group_level",
     "prepare_group",
 ]
@@ -173,6 +190,31 @@ class _Subjects:
     tmaps: list[xr.DataArray]
     rois: list[xr.DataArray]  # bool: the subject has an ROI at the voxel (any fold)
     files: list[list[Location]]  # per subject, the files its maps read (handles to release)
+    fingerprints: list[str]  # per subject, its results' fingerprint ("" if unknown)
+
+
+#: ``subjects.tsv`` of a group folder: the subjects and the fingerprints of their results.
+SUBJECTS_TABLE = "subjects.tsv"
+
+
+def subject_fingerprint(folder: Location) -> str:
+    """The fingerprint (parameters and input checksums) a subject folder's
+    ``provenance.json`` records, "" when it records none."""
+    try:
+        record = json.loads((folder / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    value = record.get("fingerprint") if isinstance(record, dict) else None
+    return value if isinstance(value, str) else ""
+
+
+def group_fingerprint(names: Sequence[str], fingerprints: Sequence[str]) -> str | None:
+    """What a group level's maps are of: its subjects, in order, and their results'
+    fingerprints (None when one is unknown: such a group level is never reused)."""
+    if not names or not all(fingerprints):
+        return None
+    payload = json.dumps([list(names), list(fingerprints)])
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _check_subject_folder(folder: Location) -> None:
@@ -194,10 +236,11 @@ def _check_subject_folder(folder: Location) -> None:
 
 
 def _folder_subjects(subject_dirs: Sequence[Location]) -> _Subjects:
-    names, tmaps, rois, files = [], [], [], []
+    names, tmaps, rois, files, fingerprints = [], [], [], [], []
     for d in subject_dirs:
         _check_subject_folder(d)
         names.append(d.name)
+        fingerprints.append(subject_fingerprint(d))
         tmaps.append(as_image(d / "tstat.nii.gz", ndim=3, param=f"{d.name}/tstat.nii.gz"))
         atlases = [d / "atlas.nii.gz"] if (d / "atlas.nii.gz").exists() else []
         atlases = atlases or sorted(
@@ -208,20 +251,22 @@ def _folder_subjects(subject_dirs: Sequence[Location]) -> _Subjects:
         present = [as_image(a, ndim=3, param=f"{d.name}/{a.name}").data > 0 for a in atlases]
         rois.append(tmaps[-1].copy(data=da.stack(present).any(axis=0)))
         files.append([d / "tstat.nii.gz", *atlases])
-    return _Subjects(names, tmaps, rois, files)
+    return _Subjects(names, tmaps, rois, files, fingerprints)
 
 
 def _study_subjects(study: Path) -> _Subjects:
     names = [n for n in published(study) if n != GROUP_NODE]
-    tmaps, rois = [], []
+    tmaps, rois, fingerprints = [], [], []
     for name in names:  # lazy zarr reads (checked: a damaged chunk is an error): no handle kept
+        value = (node_attrs(study, name) or {}).get(FINGERPRINT_ATTR)
+        fingerprints.append(value if isinstance(value, str) else "")
         maps = checked_variables(study, ["tstat", "atlas"], group=name, param="study")
         tmaps.append(as_image(maps["tstat"], ndim=3, param=f"{name}/tstat"))
         atlas = maps["atlas"] > 0
         if "fold" in atlas.dims:
             atlas = atlas.any("fold")
         rois.append(tmaps[-1].copy(data=atlas.transpose("x", "y", "z").data))
-    return _Subjects(names, tmaps, rois, [[] for _ in names])
+    return _Subjects(names, tmaps, rois, [[] for _ in names], fingerprints)
 
 
 # -- the group level -------------------------------------------------------------------------
@@ -408,7 +453,8 @@ def _group(
                 continue
             dtype = _NIFTI_TYPES.get(name, np.int16 if name == "roi_overlap" else np.float32)
             to_nifti(like_image(values, ref), tmp / f"{name}.nii.gz", dtype=dtype)
-        pd.DataFrame({"subject": names}).to_csv(tmp / "subjects.tsv", sep="\t", index=False)
+        table = pd.DataFrame({"subject": names, "fingerprint": subjects.fingerprints})
+        table.to_csv(tmp / SUBJECTS_TABLE, sep="\t", index=False)
         if permutation is not None and perm is not None:
             null = {k.removeprefix("perm_"): v for k, v in maps.items() if k.startswith("perm_h0")}
             null = pd.DataFrame({"permutation": np.arange(perm.sizes["permutation"]), **null})
@@ -416,8 +462,63 @@ def _group(
             record = {**_perm_record(perm), "parameters": permutation.to_dict()}
             (tmp / PERMUTATION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     if study is not None:
-        study.write_group(_group_dataset(maps, ref, names, perm))
+        digest = group_fingerprint(names, subjects.fingerprints)
+        attrs = {FINGERPRINT_ATTR: digest} if digest is not None else None
+        study.write_group(_group_dataset(maps, ref, names, perm), attrs=attrs)
     return out
+
+
+def group_is_current(
+    subject_dirs: Sequence[Location],
+    out: Location,
+    *,
+    study: Study | None = None,
+    permutation: GroupPermutation | None = None,
+) -> bool:
+    """``out`` already holds the group level of ``subject_dirs`` as they are now, so a
+    rerun of the batch would write it again bit for bit (and lose a permutation test
+    that ``roidask group`` added to it): its files as roidask wrote them, its
+    ``subjects.tsv`` naming the same subjects with the same results' fingerprints, with
+    ``permutation``, a test of the same parameters (never with a ``mask``, whose
+    content is not recorded), and with ``study``, its ``group`` node listed, whole and
+    of the same subjects. Reads small files only (no map)."""
+    marker = folder_marker(out)
+    if marker is None or marker.get("kind") != GROUP_KIND or changed_files(out, marker):
+        return False
+    names = [d.name for d in subject_dirs]
+    digest = group_fingerprint(names, [subject_fingerprint(d) for d in subject_dirs])
+    if digest is None:
+        return False
+    try:
+        table = pd.read_csv(
+            io.StringIO((out / SUBJECTS_TABLE).read_text()),
+            sep="\t",
+            dtype=str,
+            keep_default_na=False,
+        )
+    except (OSError, ValueError):
+        return False
+    if list(table.columns) != ["subject", "fingerprint"]:
+        return False  # written before the fingerprints were recorded
+    if group_fingerprint(table["subject"].tolist(), table["fingerprint"].tolist()) != digest:
+        return False
+    if permutation is not None:
+        if permutation.mask is not None:
+            return False
+        try:
+            record = json.loads((out / PERMUTATION_RECORD).read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(record, dict) or record.get("parameters") != permutation.to_dict():
+            return False
+    if study is None:
+        return True
+    if not study.is_published(GROUP_NODE):
+        return False
+    attrs = node_attrs(study.path, GROUP_NODE)
+    if attrs is None or attrs.get(FINGERPRINT_ATTR) != digest:
+        return False
+    return not missing_chunks(study.path / GROUP_NODE, attrs.get(CHUNK_GRIDS_ATTR) or {})
 
 
 # -- roidask group ---------------------------------------------------------------------------

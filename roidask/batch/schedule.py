@@ -89,7 +89,13 @@ from roidask._atomic import (
 from roidask._malloc import reuse_freed_buffers
 from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
-from roidask.batch.group import GROUP_KIND, GroupPermutation, group_level
+from roidask.batch.group import (
+    GROUP_KIND,
+    PERMUTATION_RECORD,
+    GroupPermutation,
+    group_is_current,
+    group_level,
+)
 from roidask.batch.manifest import SubjectSpec, check_subjects, current_subject, subject_context
 from roidask.cluster import active_client, connection_lost, describe_client, lost_connection_error
 from roidask.exceptions import (
@@ -98,6 +104,7 @@ from roidask.exceptions import (
     OutputError,
     RoidaskError,
     RoidaskWarning,
+    StaleResultsWarning,
     StudyNodeWarning,
 )
 from roidask.io.conversions import as_image
@@ -885,10 +892,25 @@ def run_batch(
         if group_error.is_file():  # from an earlier run
             remove_files(out_dir, [group_error.name])
         group_done = False
-        if len(done) >= 2:
+        if len(done) >= 2 and group_is_current(
+            done, out_dir / "group", study=study_store, permutation=permutation
+        ):  # the same subjects' results: kept as it is (with a test `roidask group` added)
+            group_done = True
+            if report.log is not None:
+                report.log("group level: of the same subjects' results as before: kept")
+        elif len(done) >= 2:
+            earlier = _added_permutation_test(out_dir / "group") if permutation is None else None
             try:
                 group_level(done, out_dir / "group", study=study_store, permutation=permutation)
                 group_done = True
+                if earlier is not None:
+                    warnings.warn(
+                        f"{out_dir / 'group'}: its permutation test ({earlier[0]}) was of "
+                        "other subjects' results and is replaced with the group level; run "
+                        f"`roidask group {out_dir} --permutations {earlier[1]}` again",
+                        StaleResultsWarning,
+                        stacklevel=2,
+                    )
             except RoidaskError as exc:
                 if report.log is not None:
                     report.log(f"group level: failed ({exc})")
@@ -899,6 +921,21 @@ def run_batch(
                 study_store.unpublish(GROUP_NODE)
         lock.check()  # an s3:// lease that lapsed: another batch may have written meanwhile
         return table
+
+
+def _added_permutation_test(group: Location) -> tuple[str, str] | None:
+    """What the permutation test of an earlier group level in ``group`` did ("15
+    permutations") and the ``--permutations`` it was asked; None when it has none."""
+    marker = folder_marker(group)
+    if marker is None or marker.get("kind") != GROUP_KIND:
+        return None
+    if PERMUTATION_RECORD not in marker.get("files", []):
+        return None
+    try:
+        record = json.loads((group / PERMUTATION_RECORD).read_text())
+        return f"{int(record['n_perm'])} permutations", str(int(record["parameters"]["n_perm"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "parameters unreadable", "N"
 
 
 def _remove_group_folder(group: Location) -> None:

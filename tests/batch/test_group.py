@@ -22,7 +22,12 @@ from scipy import stats
 from roidask.batch import GroupPermutation, SubjectSpec, group_from, run_batch
 from roidask.cli import main
 from roidask.cluster import get_client
-from roidask.exceptions import IncompleteBatchWarning, InvalidParameterError, OutputError
+from roidask.exceptions import (
+    IncompleteBatchWarning,
+    InvalidParameterError,
+    OutputError,
+    StaleResultsWarning,
+)
 from roidask.pipeline import PipelineParams
 
 pytestmark = pytest.mark.timeout(240)
@@ -32,10 +37,15 @@ N_VOLUMES = 726  # 6 runs
 N_SUBJECTS = 4
 
 
+PARAMS = PipelineParams(roi_definition="split-half", threshold=3.0)
+PERMUTATION = GroupPermutation(n_perm=100, cluster_threshold=0.01)
+
+
 @pytest.fixture(scope="module")
-def batch(tmp_path_factory):
+def batch_run(tmp_path_factory):
     """A batch of 4 synthetic subjects with split-half ROIs and an exhaustive permutation
-    test (2**4 - 1 = 15 flips <= n_perm), cluster-size FWE at p < 0.01."""
+    test (2**4 - 1 = 15 flips <= n_perm), cluster-size FWE at p < 0.01: its folder and
+    its subjects."""
     from roidask.datasets import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("group")
@@ -47,18 +57,22 @@ def batch(tmp_path_factory):
         for i, s in enumerate(subjects, start=1)
     ]
     out = root / "batch"
-    permutation = GroupPermutation(n_perm=100, cluster_threshold=0.01)
     with get_client(processes=True, n_workers=2, threads_per_worker=1, memory_limit="1GiB"):
         table = run_batch(
             specs,
             out,
-            params=PipelineParams(roi_definition="split-half", threshold=3.0),
+            params=PARAMS,
             plots=False,
             granularity="subject",  # each subject's folds in one worker task
-            permutation=permutation,
+            permutation=PERMUTATION,
         )
     assert table["status"].tolist() == ["done"] * N_SUBJECTS, table["error"].tolist()
-    return out
+    return out, specs
+
+
+@pytest.fixture(scope="module")
+def batch(batch_run):
+    return batch_run[0]
 
 
 def tmaps_of(out) -> np.ndarray:
@@ -125,6 +139,40 @@ def test_batch_with_folds_writes_fold_nodes_and_the_group_test(batch):
     np.testing.assert_array_equal(node["perm_logp_max_t"].values, got.astype(np.float32))
     np.testing.assert_allclose(node["perm_h0_max_t"].values, null["h0_max_t"], rtol=1e-8)
     assert node.attrs["permutation_flips"] == "exhaustive"
+
+
+def test_a_rerun_keeps_the_group_level_of_the_same_subjects(batch_run, tmp_path):
+    """A rerun of a finished batch skips its subjects and keeps its group level as it is,
+    with the permutation test `roidask group` (here the batch) added, rather than writing
+    it again without it; one whose subjects' results changed replaces it, and says that
+    the permutation test is gone."""
+    folder, specs = batch_run
+    copy = shutil.copytree(folder, tmp_path / "batch")
+    group = copy / "group"
+    before = {p.name: p.read_bytes() for p in group.iterdir()}
+    assert "permutation.json" in before
+    lines: list[str] = []
+    table = run_batch(specs, copy, params=PARAMS, plots=False, log=lines.append)
+    assert table["status"].tolist() == ["skipped"] * N_SUBJECTS
+    assert {p.name: p.read_bytes() for p in group.iterdir()} == before
+    assert "group level: of the same subjects' results as before: kept" in lines
+    node = xr.open_datatree(copy / "study.zarr", engine="zarr")["group"].to_dataset()
+    assert "perm_logp_max_t" in node and node.attrs["permutation_flips"] == "exhaustive"
+    subjects = pd.read_csv(group / "subjects.tsv", sep="\t", dtype=str)
+    assert subjects["subject"].tolist() == [f"sub-{i:02d}" for i in range(1, 5)]
+    assert subjects["fingerprint"].str.fullmatch("[0-9a-f]{64}").all()
+    # the same permutation test asked again: kept too
+    run_batch(specs, copy, params=PARAMS, plots=False, permutation=PERMUTATION)
+    assert {p.name: p.read_bytes() for p in group.iterdir()} == before
+    # other analysis parameters: every subject's results change, and the group level
+    other = PipelineParams(roi_definition="split-half", threshold=3.5)
+    stale = r"group: its permutation test \(15 permutations\).*--permutations 100` again$"
+    with pytest.warns(StaleResultsWarning, match=stale):
+        table = run_batch(specs, copy, params=other, plots=False)
+    assert table["status"].tolist() == ["done"] * N_SUBJECTS
+    assert not (group / "permutation.json").exists()
+    node = xr.open_datatree(copy / "study.zarr", engine="zarr")["group"].to_dataset()
+    assert "perm_logp_max_t" not in node
 
 
 @pytest.fixture(scope="module")

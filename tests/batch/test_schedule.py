@@ -604,8 +604,11 @@ def test_batch_killed_and_resumed(dataset, reference, tcp_cluster, tmp_path):
         assert_same_outputs(out / f"sub-{i:02d}", reference / f"sub-{i:02d}", figures=False)
     # the group level equals the one of the single-process runs
     want = group_level([reference / f"sub-{i:02d}" for i in range(1, 5)], tmp_path / "group")
-    for name in ("tstat.nii.gz", "logp.nii.gz", "roi_overlap.nii.gz", "subjects.tsv"):
+    for name in ("tstat.nii.gz", "logp.nii.gz", "roi_overlap.nii.gz"):
         assert (out / "group" / name).read_bytes() == (want / name).read_bytes(), name
+    # of the same subjects (`roidask run` records no fingerprint: the batch does)
+    ours, theirs = (pd.read_csv(g / "group" / "subjects.tsv", sep="\t") for g in (out, tmp_path))
+    assert ours["subject"].tolist() == theirs["subject"].tolist()
 
 
 # --------------------------------------------------------------------------- 6. TLS
@@ -915,10 +918,11 @@ def test_batch_progress_lines_in_a_log(haxby, tmp_path, capsys):
     assert counts[0].startswith("1/3: done 1, failed 0, ETA ")
     assert counts[1].startswith("2/3: done 2, failed 0, ETA ")
     assert counts[2] == "3/3: done 3, failed 0]"
-    # resumed: complete subjects are skipped, and said so
+    # resumed: complete subjects are skipped, and said so, and so is their group level
     run_batch(specs, out, plots=False, progress=True)
     err = capsys.readouterr().err
-    assert err.splitlines()[-1].endswith("[3/3: done 0, failed 0, skipped 3]")
+    assert err.splitlines()[-2].endswith("[3/3: done 0, failed 0, skipped 3]")
+    assert err.splitlines()[-1] == "group level: of the same subjects' results as before: kept"
 
 
 # --------------------------------------------------------------------------- the batch folder

@@ -5,6 +5,7 @@ resumes."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.timeout(300)
 s3_server = s3_helpers.s3_server
 ROIDASK = Path(sys.executable).with_name("roidask")
 N_SUBJECTS = 3
-GROUP_FILES = ("tstat.nii.gz", "logp.nii.gz", "roi_overlap.nii.gz", "subjects.tsv")
+GROUP_FILES = ("tstat.nii.gz", "logp.nii.gz", "roi_overlap.nii.gz")
 
 
 def _store(url: str) -> S3Store:
@@ -161,6 +162,12 @@ def test_batch_from_and_to_s3_matches_local_and_resumes(dataset, cluster, tmp_pa
         assert all(r["path"].startswith("s3://") and r["etag"] for r in provenance["inputs"])
     for name in GROUP_FILES:
         assert get(out, f"group/{name}") == (local / "group" / name).read_bytes(), name
+    # the same subjects (their results' fingerprints differ: S3 inputs are known by ETag)
+    remote = pd.read_csv(io.BytesIO(get(out, "group/subjects.tsv")), sep="\t")
+    assert (
+        remote["subject"].tolist()
+        == pd.read_csv(local / "group" / "subjects.tsv", sep="\t")["subject"].tolist()
+    )
     # the study store, read by plain xarray from S3
     tree = xr.open_datatree(zarr_store(f"{out}/study.zarr"), engine="zarr")
     want = xr.open_datatree(str(local / "study.zarr"), engine="zarr")
