@@ -37,11 +37,11 @@ import re
 import secrets
 import shutil
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from roidask.exceptions import LockWarning, OutputError, OutputExistsError
+from roidask.exceptions import LockWarning, OutputError, OutputExistsError, RoidaskError
 
 __all__ = [
     "MARKER",
@@ -70,6 +70,7 @@ _TMP = "roidask-tmp"
 _OLD = "roidask-old"
 # renameat2(2): AT_FDCWD and RENAME_EXCHANGE (linux/fcntl.h, linux/fs.h)
 _AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 
 
@@ -491,6 +492,21 @@ def check_destination(
     if not out.exists() and not out.is_symlink():
         return out
     _check_not_current_folder(out, param)
+    check_replaceable(out, param=param, overwrite=overwrite, kind=kind)
+    return out
+
+
+def check_replaceable(out: Path, *, param: str, overwrite: bool, kind: str | None) -> None:
+    """Check that the existing ``out`` is a folder roidask wrote (of ``kind``), holding
+    only its files as it wrote them, and that ``overwrite`` allows replacing it: the
+    part of :func:`check_destination` that :class:`OutputFolder` checks again when it
+    commits (``out`` may have been created or changed meanwhile).
+
+    Raises
+    ------
+    OutputError, OutputExistsError
+        As :func:`check_destination`.
+    """
     if out.is_symlink() or not out.is_dir():
         raise OutputError(
             f"{param} {out}: exists and is not a folder roidask wrote; roidask only replaces "
@@ -522,7 +538,6 @@ def check_destination(
         raise OutputExistsError(
             f"{param} {out}: already exists; pass overwrite=True to replace it", param=param
         )
-    return out
 
 
 def _check_writable(parent: Path, out: Path, param: str) -> None:
@@ -546,8 +561,8 @@ def _check_writable(parent: Path, out: Path, param: str) -> None:
 _renameat2: Any = None  # the libc function once looked up; False where missing
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap the names ``a`` and ``b`` (Linux); False where unsupported."""
+def _renameat2_func() -> Any:
+    """libc's ``renameat2``, looked up once; False where there is none."""
     global _renameat2
     if _renameat2 is None:
         try:
@@ -560,15 +575,49 @@ def _exchange(a: Path, b: Path) -> bool:
         func.argtypes += [ctypes.c_uint]
         func.restype = ctypes.c_int
         _renameat2 = func
-    if _renameat2 is False:
+    return _renameat2
+
+
+def _rename2(a: Path, b: Path, flags: int) -> bool:
+    """``renameat2(a, b, flags)``: True if done, False where unsupported (the kernel,
+    the file system or the C library); an OSError otherwise."""
+    func = _renameat2_func()
+    if func is False:
         return False
-    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc == 0:
+    if func(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), flags) == 0:
         return True
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap the names ``a`` and ``b`` (Linux); False where unsupported."""
+    return _rename2(a, b, _RENAME_EXCHANGE)
+
+
+def rename_no_replace(a: Path, b: Path) -> None:
+    """Rename ``a`` to ``b`` unless ``b`` exists (``renameat2(RENAME_NOREPLACE)``: one
+    system call, so a ``b`` created by another process at the same moment is never
+    replaced; elsewhere a check then a rename, which could replace at most an empty
+    folder created in between).
+
+    Raises
+    ------
+    FileExistsError
+        ``b`` exists.
+    """
+    if _rename2(a, b, _RENAME_NOREPLACE):  # EEXIST: a FileExistsError
+        return
+    if b.exists() or b.is_symlink():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(b))
+    try:
+        os.rename(a, b)  # a folder onto a folder that is not empty fails
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(b)) from None
+        raise
 
 
 def swap_into_place(new: Path, target: Path) -> None:
@@ -592,17 +641,36 @@ def swap_into_place(new: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_file(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = True,
+    check: Callable[[], None] | None = None,
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path``.
 
     The caller writes the whole file to the yielded path; on an exception it is
-    removed and ``path`` is left as it was.
+    removed and ``path`` is left as it was. ``check()``, if given, is called just
+    before the commit (``path`` may have been created or changed since the caller
+    checked it; it raises to keep ``path`` as it is). Without ``overwrite``, a
+    ``path`` that exists by then is never replaced (:class:`OutputExistsError`).
     """
     path = Path(path)
     tmp, fd = create_locked(path, folder=False, mode=0o644)
     try:
         yield tmp
-        os.replace(tmp, path)
+        if check is not None:
+            check()
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                rename_no_replace(tmp, path)
+            except FileExistsError:
+                raise OutputExistsError(
+                    f"{path}: created by another process while this command wrote it; it is "
+                    "left as it is, and this command's output is not kept"
+                ) from None
     finally:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -644,6 +712,14 @@ class OutputFolder:
     yields the temporary folder; leaving the block without an exception writes
     the ownership marker (listing every file) and swaps the folder into place;
     an exception removes the temporary folder and leaves ``out`` untouched.
+
+    ``out`` is checked again when committing, as it may have been created or changed
+    since the command checked it: a folder that is not there is moved in only if
+    nothing appeared there meanwhile, and one that is there is replaced only if
+    ``overwrite`` allows it and it is still roidask's, as it wrote it
+    (:func:`check_replaceable`; a folder without roidask's marker, ``marker=False``,
+    is checked by ``replaceable(out)`` instead, if given). Otherwise the output is
+    discarded and ``out`` left as it is (an :class:`OutputError`).
     """
 
     def __init__(
@@ -653,11 +729,17 @@ class OutputFolder:
         kind: str,
         info: dict | None = None,
         marker: bool = True,
+        overwrite: bool = True,
+        param: str = "out",
+        replaceable: Callable[[Path], None] | None = None,
     ):
         self.out = Path(os.path.abspath(out))  # "." is renamed by its name in its parent
         self.kind = kind
         self.info = dict(info or {})
         self.marker = marker
+        self.overwrite = overwrite
+        self.param = param
+        self.replaceable = replaceable
         self.tmp = temp_sibling(self.out)
         self._fd: int | None = None
 
@@ -690,17 +772,31 @@ class OutputFolder:
                 "bytes": {f: os.path.getsize(self.tmp / f) for f in files},
             }
             (self.tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-        if replace:
-            swap_into_place(self.tmp, self.out)
-        else:
-            try:
-                os.rename(self.tmp, self.out)  # fails on a folder that is not empty
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
-                    raise
+        try:
+            rename_no_replace(self.tmp, self.out)
+        except FileExistsError:
+            if not replace:
                 return None
+            self._check_still_replaceable()
+            swap_into_place(self.tmp, self.out)
         self._release()
         return self.out
+
+    def _check_still_replaceable(self) -> None:
+        """:func:`check_replaceable` (or ``replaceable``) on ``out`` as it is now."""
+        try:
+            if self.replaceable is not None:
+                self.replaceable(self.out)
+            elif self.marker:
+                check_replaceable(
+                    self.out, param=self.param, overwrite=self.overwrite, kind=self.kind
+                )
+        except RoidaskError as exc:
+            raise type(exc)(
+                f"{exc} (it was created or changed while this command ran: it is left as it "
+                "is, and this command's output is not kept)",
+                param=exc.param,
+            ) from None
 
     def discard(self) -> None:
         """Remove the temporary folder (after a failure)."""

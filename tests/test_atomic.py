@@ -236,6 +236,7 @@ def test_the_current_folder_is_never_an_output_replaced_whole(tmp_path, monkeypa
         with pytest.raises(OutputError, match=want):
             check_destination(Path(target), param="out", overwrite=True, kind="subject-results")
     monkeypatch.chdir(out)
+    (out / "figures").rmdir()  # not roidask's: it would not be replaced
     clean_stale(".")
     with OutputFolder(".", kind="subject-results") as tmp:
         assert tmp.parent == tmp_path
@@ -440,6 +441,62 @@ def test_an_output_folder_interrupted_while_it_commits_leaves_nothing(tmp_path, 
         raise KeyboardInterrupt
 
     monkeypatch.setattr(_atomic, "swap_into_place", interrupted)
+    monkeypatch.setattr(_atomic, "rename_no_replace", interrupted)
     with pytest.raises(KeyboardInterrupt), OutputFolder(tmp_path / "out", kind="k") as tmp:
         (tmp / "a.txt").write_text("a")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- destinations changed while a command runs ----------------------------------------------
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_a_folder_created_at_out_meanwhile_is_never_replaced(tmp_path, monkeypatch, renameat2):
+    """``out`` was absent when checked; a user creates it (with their files) while the
+    command runs: the commit leaves it as it is, with or without ``overwrite``, and
+    keeps nothing of its own."""
+    if not renameat2:
+        monkeypatch.setattr(_atomic, "_rename2", lambda a, b, flags: False)
+    out = tmp_path / "out"
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=r"created or changed while this command ran"):
+            with OutputFolder(out, kind="subject-results", overwrite=overwrite) as tmp:
+                (tmp / "a.txt").write_text("roidask")
+                out.mkdir()
+                (out / "mine.txt").write_text("precious")
+        assert tree(out) == {"mine.txt": b"precious"}
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+        shutil.rmtree(out)
+
+
+def test_a_roidask_folder_changed_meanwhile_is_never_replaced(tmp_path):
+    """With ``overwrite``, roidask's own ``out`` is replaced only if it is still as
+    roidask wrote it when the new one is committed; without, never."""
+    out = roidask_folder(tmp_path / "out")
+    with pytest.raises(OutputError, match=r"holds 1 file\(s\) roidask did not write.*left as"):
+        with OutputFolder(out, kind="subject-results", overwrite=True) as tmp:
+            (tmp / "a.txt").write_text("new")
+            (out / "notes.txt").write_text("mine")
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "a.txt").read_text() == "a.txt by roidask\n"
+    (out / "notes.txt").unlink()
+    with pytest.raises(OutputExistsError, match=r"already exists; pass overwrite=True"):
+        with OutputFolder(out, kind="subject-results", overwrite=False) as tmp:
+            (tmp / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "a.txt by roidask\n"
+    with OutputFolder(out, kind="subject-results", overwrite=True) as tmp:  # as it wrote it
+        (tmp / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_file_created_meanwhile_is_never_replaced_without_overwrite(tmp_path):
+    path = tmp_path / "f.tsv"
+    with pytest.raises(OutputExistsError, match=r"f.tsv: created by another process"):
+        with atomic_file(path, overwrite=False) as tmp:
+            tmp.write_text("roidask")
+            path.write_text("precious")
+    assert path.read_text() == "precious"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.tsv"]
+    checked = []
+    with atomic_file(path, check=lambda: checked.append(path.read_text())) as tmp:
+        tmp.write_text("two")
+    assert checked == ["precious"] and path.read_text() == "two"

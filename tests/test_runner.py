@@ -59,6 +59,36 @@ def test_a_subject_its_batch_no_longer_wants_never_replaces_the_output(haxby, tm
     assert asked == [0, 1] and tree(tmp_path) == before
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_made_at_out_while_the_run_ran_is_left_as_it_is(haxby, tmp_path, overwrite):
+    """``out`` was absent when checked; the user makes it, with their files, before the run
+    commits: the run fails with one line and their files are all there."""
+    from helpers.files import tree
+
+    out = tmp_path / "subj2"
+
+    calls = []
+
+    def user_makes_out():  # the second call: just before the folder is moved into place
+        calls.append(len(calls))
+        if len(calls) < 2:
+            return
+        out.mkdir()
+        (out / "mine").mkdir()
+        (out / "mine" / "notes.txt").write_text("precious")
+
+    with pytest.raises(OutputError, match=r"created or changed while this command ran"):
+        run_subject(bold=[haxby.bold], labels=[haxby.labels], store=None, subject=None,
+                    mask=haxby.mask, out=out, params=PipelineParams(), plots=False,
+                    overwrite=overwrite, before_write=user_makes_out)  # fmt: skip
+    assert calls == [0, 1]
+    assert tree(tmp_path) == {
+        "subj2": None,
+        "subj2/mine": None,
+        "subj2/mine/notes.txt": b"precious",
+    }
+
+
 def test_a_study_node_its_batch_no_longer_wants_is_not_written(haxby, tmp_path):
     from roidask.outputs.study import STUDY_NAME, SubjectNode, prepare_study
 

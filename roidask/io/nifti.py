@@ -42,6 +42,7 @@ from roidask.exceptions import (
     InvalidParameterError,
     OutputError,
     OutputExistsError,
+    RoidaskError,
 )
 from roidask.io.grid import voxel_size_mm
 from roidask.io.locations import (
@@ -955,23 +956,7 @@ def write_nifti(
             f"path {path}: output name must end in .nii or .nii.gz", param="path"
         )
     check_parent(path, param="path")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(
-            f"path {path}: already exists; pass overwrite=True to replace it", param="path"
-        )
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise OutputError(
-            f"path {path}: is a {'symbolic link' if path.is_symlink() else 'folder'}; "
-            "expected a new or roidask-written file",
-            param="path",
-        )
-    if path.exists() and mark is not None and not _written_with_mark(path, mark):
-        raise OutputError(
-            f"path {path}: exists and was not written by roidask, or was changed since "
-            f"({mark!r} is not in its header or the file was rewritten); roidask only "
-            "replaces its own outputs, choose another output",
-            param="path",
-        )
+    _check_replaceable_file(path, overwrite=overwrite, mark=mark)
     ndim = len(data.shape)
     if ndim not in (3, 4):
         raise ImageDimensionError(
@@ -1006,8 +991,21 @@ def write_nifti(
     hdr.set_data_shape(tuple(int(n) for n in data.shape))
     hdr.set_data_offset(352)
 
+    def check_again() -> None:  # at the commit: the file may have appeared meanwhile
+        try:
+            _check_replaceable_file(path, overwrite=overwrite, mark=mark)
+        except RoidaskError as exc:
+            raise type(exc)(
+                f"{exc} (it was created or changed while this command ran: it is left as it "
+                "is, and this command's output is not kept)",
+                param=exc.param,
+            ) from None
+
     gz = path.name.lower().endswith(".gz")
-    with atomic_file(path) as tmp, open(tmp, "wb") as raw:
+    with (
+        atomic_file(path, overwrite=overwrite, check=check_again) as tmp,
+        open(tmp, "wb") as raw,
+    ):
         # mtime=0 and the final name in the gzip header (not the temporary one):
         # the same data gives byte-identical files
         fh: Any = raw
@@ -1029,6 +1027,27 @@ def write_nifti(
                 f.seek(_DESCRIP_OFFSET)
                 f.write(stamp[:_DESCRIP_BYTES].ljust(_DESCRIP_BYTES, b"\0"))
     return path
+
+
+def _check_replaceable_file(path: Path, *, overwrite: bool, mark: str | None) -> None:
+    """``path`` may be written: absent, or (with ``overwrite``) a file carrying ``mark``."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"path {path}: already exists; pass overwrite=True to replace it", param="path"
+        )
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise OutputError(
+            f"path {path}: is a {'symbolic link' if path.is_symlink() else 'folder'}; "
+            "expected a new or roidask-written file",
+            param="path",
+        )
+    if path.exists() and mark is not None and not _written_with_mark(path, mark):
+        raise OutputError(
+            f"path {path}: exists and was not written by roidask, or was changed since "
+            f"({mark!r} is not in its header or the file was rewritten); roidask only "
+            "replaces its own outputs, choose another output",
+            param="path",
+        )
 
 
 def _blocks_ahead(data, block_volumes: int):

@@ -584,7 +584,12 @@ def write_nifti_zarr(
 
     import niizarr  # imports scikit-image (pyramids): about 1 s, only when writing
 
-    folder = OutputFolder(path, kind="nifti-zarr", marker=False)  # marked by WRITER_ATTR
+    folder = OutputFolder(  # marked by WRITER_ATTR; checked again when committed
+        path,
+        kind="nifti-zarr",
+        marker=False,
+        replaceable=lambda target: _check_target(target, overwrite),
+    )
     tmp = folder.open()
     try:
         group = zarr.open_group(str(tmp), mode="w-", zarr_format=zarr_format)  # type: ignore[arg-type]

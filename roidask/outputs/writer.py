@@ -184,7 +184,7 @@ def write_results(
             # asked once the upload holds the prefix's lease: a task that waited for it
             # while the next batch published the subject must not write over that
             return publish_folder(local, out, before_commit=before_commit)
-    return _write_folder(out, *folder, before_commit=before_commit)
+    return _write_folder(out, *folder, before_commit=before_commit, overwrite=overwrite)
 
 
 def _write_folder(
@@ -195,8 +195,9 @@ def _write_folder(
     input_list: list[dict] | None,
     extra_provenance: dict | None,
     before_commit: Callable[[], None] | None = None,
+    overwrite: bool = True,
 ) -> Path:
-    with OutputFolder(out, kind=SUBJECT_KIND) as tmp:
+    with OutputFolder(out, kind=SUBJECT_KIND, overwrite=overwrite) as tmp:
         # Independent files, written concurrently (gzip, CSV formatting and zarr's
         # I/O overlap); the first error is raised once all are done.
         with thread_pool(3, "roidask-write") as writers:
