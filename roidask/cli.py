@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from roidask import __version__
-from roidask._atomic import check_not_input, check_parent
+from roidask._atomic import check_not_input, check_parent, clean_stale
 from roidask._malloc import limit_malloc_arenas
 from roidask._progress import plural
 from roidask._validate import only_applies
@@ -42,7 +42,7 @@ from roidask.batch import (
     read_manifest,
     run_batch,
 )
-from roidask.cluster import describe_client, get_client
+from roidask.cluster import check_client_options, describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
 from roidask.exceptions import (
     InvalidParameterError,
@@ -872,25 +872,37 @@ def _cmd_batch(args) -> int:
     specs = read_manifest(args.manifest, mask=args.mask)
     check_batch_folder(args.out, specs, study=not args.no_study)  # reads no input
     check_subjects(specs, params, chunks=args.chunks)  # before a cluster is started
-    if args.check:
-        print(f"checked: {plural(len(specs), 'subject')}, their inputs and {args.out}")
-        return 0
     address = None if args.scheduler == "local" else args.scheduler
-    # run_batch announces the cluster, its dashboard and how it spreads the subjects
-    with _cluster(address, args, processes=True, announce=False):
-        table = run_batch(
-            specs,
-            args.out,
-            params=params,
-            chunks=args.chunks,
-            plots=not args.no_plots,
-            max_concurrent=args.max_concurrent,
-            granularity=args.granularity,
-            progress=not args.quiet,
-            study=not args.no_study,
-            permutation=permutation,
-            check_inputs=False,
+    if args.check:  # and the cluster's options, as get_client checks them
+        options = {k: v for k, v in client_options(args).items() if k != "dashboard"}
+        check_client_options(address, processes=True, **options)
+        print(
+            f"checked: {plural(len(specs), 'subject')}, their inputs, {args.out} and the "
+            "cluster's options"
         )
+        return 0
+    # run_batch announces the cluster, its dashboard and how it spreads the subjects
+    try:
+        with _cluster(address, args, processes=True, announce=False):
+            table = run_batch(
+                specs,
+                args.out,
+                params=params,
+                chunks=args.chunks,
+                plots=not args.no_plots,
+                max_concurrent=args.max_concurrent,
+                granularity=args.granularity,
+                progress=not args.quiet,
+                study=not args.no_study,
+                permutation=permutation,
+                check_inputs=False,
+            )
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the embedded cluster's workers are gone
+        out = as_location(args.out)
+        if address is None and isinstance(out, Path):  # what they were writing: not locked
+            for spec in specs:
+                clean_stale(out / spec.out_name)
+        raise
     counts = table["status"].value_counts().to_dict()
     print(f"subjects: {len(table)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")
     for row in table[table["status"] == "failed"].itertuples(index=False):
@@ -899,6 +911,12 @@ def _cmd_batch(args) -> int:
     failed_group = (out / "group-error.txt").is_file()
     if failed_group:
         print(f"group level: failed ({(out / 'group-error.txt').read_bytes().decode().strip()})")
+    elif not (out / "group").is_dir():
+        completed = int(table["status"].isin(["done", "skipped"]).sum())
+        print(f"group level: none ({plural(completed, 'subject')} completed, 2 needed)")
+    elif permutation is not None and isinstance(out, Path):
+        for line in _permutation_summary(out / "group"):
+            print(line)
     written = ["batch.tsv", "sub-*/"]
     if failed_group or (out / "group").is_dir():
         written.append("group-error.txt" if failed_group else "group/")
@@ -1030,26 +1048,46 @@ def _cmd_group(args) -> int:
     node = None if plan.study is None else f"{plan.study.path}, node {GROUP_NODE}"
     with _cluster(address, args, processes=True):
         out = plan.run()
-    record = json.loads((out / "permutation.json").read_text())
     subjects = pd.read_csv(out / "subjects.tsv", sep="\t")
     print(f"subjects: {len(subjects)}")
-    print(
-        f"permutations: {record['n_perm']} ({record['flips']} sign flips"
-        + (f", seed {record['seed']})" if record["flips"] == "random" else ")")
-    )
-    # nibabel's load() is annotated as returning FileBasedImage, which lacks get_fdata
-    logp = nib.load(out / "perm_logp_max_t.nii.gz").get_fdata()  # type: ignore[attr-defined]
-    significant = int(np.count_nonzero(logp > -np.log10(0.05)))
-    print(f"voxels with FWE-corrected p < 0.05 (max-t): {significant}")
-    if (out / "perm_logp_max_size.nii.gz").exists():
-        size = nib.load(out / "perm_logp_max_size.nii.gz").get_fdata()  # type: ignore[attr-defined]
-        print(
-            f"voxels in clusters with FWE-corrected p < 0.05 (size): "
-            f"{int(np.count_nonzero(size > -np.log10(0.05)))}"
-        )
+    for line in _permutation_summary(out):
+        print(line)
     print(f"outputs: {out}" + (f" and {node}" if node else ""))
     print(f"wall time: {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _permutation_summary(group: Path) -> list[str]:
+    """What a group folder's permutation test did and found, in lines (``group`` and
+    ``batch --permutations``), with what no voxel could reach."""
+    record = json.loads((group / "permutation.json").read_text())
+    n_perm, flips = int(record["n_perm"]), record["flips"]
+    lines = [
+        f"permutations: {n_perm} ({flips} sign flips"
+        + (f", seed {record['seed']})" if flips == "random" else ")")
+    ]
+    # nibabel's load() is annotated as returning FileBasedImage, which lacks get_fdata
+    logp = nib.load(group / "perm_logp_max_t.nii.gz").get_fdata()  # type: ignore[attr-defined]
+    significant = int(np.count_nonzero(logp > -np.log10(0.05)))
+    lines.append(f"voxels with FWE-corrected p < 0.05 (max-t): {significant}")
+    if (group / "perm_logp_max_size.nii.gz").exists():
+        size = nib.load(group / "perm_logp_max_size.nii.gz").get_fdata()  # type: ignore[attr-defined]
+        lines.append(
+            f"voxels in clusters with FWE-corrected p < 0.05 (size): "
+            f"{int(np.count_nonzero(size > -np.log10(0.05)))}"
+        )
+    smallest = 1 / (n_perm + 1)  # the observed maps count as one of the flips
+    if smallest >= 0.05:
+        why = (
+            f"{record.get('n_subjects', '?')} subjects have only {n_perm + 1} sign flips"
+            if flips == "exhaustive"
+            else "ask for more --permutations"
+        )
+        lines.append(
+            f"note: the smallest p these {n_perm + 1} flips can give is 1/{n_perm + 1} = "
+            f"{smallest:.3g}: no voxel can reach p < 0.05 ({why})"
+        )
+    return lines
 
 
 # -- fetch / demo ------------------------------------------------------------------------

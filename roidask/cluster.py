@@ -57,6 +57,7 @@ __all__ = [
     "JOBQUEUE_KINDS",
     "TLSCredentials",
     "active_client",
+    "check_client_options",
     "connection_lost",
     "dashboard_link",
     "describe_client",
@@ -461,6 +462,130 @@ def active_client() -> Client | None:
         return None
 
 
+@dataclass(frozen=True)
+class _ClientPlan:
+    """What :func:`get_client` starts or connects to, its options checked."""
+
+    address: str | None  # None: an embedded cluster
+    workers: int = 0
+    threads: int = 0
+    memory: int | str = "auto"
+    tls_files: dict | None = None
+
+
+def check_client_options(
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    processes: bool = True,
+    host: str | None = None,
+    tls_ca_file: str | os.PathLike | None = None,
+    tls_cert: str | os.PathLike | None = None,
+    tls_key: str | os.PathLike | None = None,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+) -> None:
+    """Make every check :func:`get_client` makes of its options, and start nothing
+    (``roidask batch --check``): the same errors, raised the same way.
+
+    Raises
+    ------
+    InvalidParameterError
+        As :func:`get_client`.
+    """
+    _plan_client(
+        scheduler,
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        memory_limit=memory_limit,
+        processes=processes,
+        host=host,
+        tls_ca_file=tls_ca_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        timeout=timeout,
+    )
+
+
+def _plan_client(
+    scheduler: str | None,
+    *,
+    n_workers: int | None,
+    threads_per_worker: int | None,
+    memory_limit: str | int | None,
+    processes: bool,
+    host: str | None,
+    tls_ca_file: str | os.PathLike | None,
+    tls_cert: str | os.PathLike | None,
+    tls_key: str | os.PathLike | None,
+    timeout: float,
+) -> _ClientPlan:
+    """:func:`get_client`'s options checked (nothing started, nothing connected)."""
+    n_workers = _check_positive_int("n_workers", n_workers)
+    threads_per_worker = _check_positive_int("threads_per_worker", threads_per_worker)
+    tls = {
+        "tls_ca_file": tls_ca_file,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+    }
+    given_tls = {k: v for k, v in tls.items() if v is not None}
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidParameterError(
+            f"timeout: expected a positive number of seconds, got {timeout!r}"
+        )
+
+    if scheduler is None:
+        if given_tls:
+            raise InvalidParameterError(
+                only_applies(list(given_tls), "a 'tls://HOST:PORT' scheduler address")
+                + "; got none (an embedded cluster)",
+                param=next(iter(given_tls)),
+            )
+        memory = _parse_memory("memory_limit", memory_limit)
+        if host is not None and (not isinstance(host, str) or not host or "://" in host):
+            raise InvalidParameterError(
+                f"host: expected an address to listen on such as '127.0.0.1' or '0.0.0.0', "
+                f"got {host!r}"
+            )
+        workers, threads = _default_workers(n_workers, threads_per_worker, processes)
+        _check_worker_memory(workers, memory, memory_limit, processes)
+        if memory == "auto" and processes:  # distributed's "auto" is a share per core
+            memory = _machine_memory() // workers
+        return _ClientPlan(None, workers, threads, memory)
+
+    address = _check_address(scheduler)
+    local_only = {
+        "n_workers": n_workers,
+        "threads_per_worker": threads_per_worker,
+        "memory_limit": memory_limit,
+        "host": host,
+    }
+    local_only = {k: v for k, v in local_only.items() if v is not None}
+    if local_only:
+        raise InvalidParameterError(
+            only_applies(list(local_only), "an embedded cluster")
+            + f", not to the scheduler at {address!r}",
+            param=next(iter(local_only)),
+        )
+    if address.startswith("tls://"):
+        missing = [k for k, v in tls.items() if v is None]
+        if missing:
+            raise InvalidParameterError(
+                f"{', '.join(missing)}: required to connect to {address!r} (TLS needs the "
+                f"CA certificate, the client certificate and its key)",
+                param=missing[0],
+            )
+        return _ClientPlan(address, tls_files=_check_tls_files(tls))
+    if given_tls:
+        raise InvalidParameterError(
+            only_applies(list(given_tls), "a 'tls://HOST:PORT' scheduler address")
+            + f"; got {address!r}",
+            param=next(iter(given_tls)),
+        )
+    return _ClientPlan(address)
+
+
 @contextlib.contextmanager
 def get_client(
     scheduler: str | None = None,
@@ -540,84 +665,39 @@ def get_client(
     ``if __name__ == "__main__":`` (else each worker would start a cluster of its
     own, and distributed fails with "Nanny failed to start").
     """
-    n_workers = _check_positive_int("n_workers", n_workers)
-    threads_per_worker = _check_positive_int("threads_per_worker", threads_per_worker)
-    tls = {
-        "tls_ca_file": tls_ca_file,
-        "tls_cert": tls_cert,
-        "tls_key": tls_key,
-    }
-    given_tls = {k: v for k, v in tls.items() if v is not None}
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise InvalidParameterError(
-            f"timeout: expected a positive number of seconds, got {timeout!r}"
-        )
-
-    if scheduler is None:
-        if given_tls:
-            raise InvalidParameterError(
-                only_applies(list(given_tls), "a 'tls://HOST:PORT' scheduler address")
-                + "; got none (an embedded cluster)",
-                param=next(iter(given_tls)),
-            )
-        memory = _parse_memory("memory_limit", memory_limit)
-        if host is not None and (not isinstance(host, str) or not host or "://" in host):
-            raise InvalidParameterError(
-                f"host: expected an address to listen on such as '127.0.0.1' or '0.0.0.0', "
-                f"got {host!r}"
-            )
-        workers, threads = _default_workers(n_workers, threads_per_worker, processes)
-        _check_worker_memory(workers, memory, memory_limit, processes)
+    plan = _plan_client(
+        scheduler,
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        memory_limit=memory_limit,
+        processes=processes,
+        host=host,
+        tls_ca_file=tls_ca_file,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        timeout=timeout,
+    )
+    if plan.address is None:
         with _local_client(
-            n_workers=workers,
-            threads_per_worker=threads,
-            memory_limit=memory,
+            n_workers=plan.workers,
+            threads_per_worker=plan.threads,
+            memory_limit=plan.memory,
             processes=processes,
             host=host,
             dashboard=dashboard,
         ) as client:
             yield client
         return
-
-    address = _check_address(scheduler)
-    local_only = {
-        "n_workers": n_workers,
-        "threads_per_worker": threads_per_worker,
-        "memory_limit": memory_limit,
-        "host": host,
-    }
-    local_only = {k: v for k, v in local_only.items() if v is not None}
-    if local_only:
-        raise InvalidParameterError(
-            only_applies(list(local_only), "an embedded cluster")
-            + f", not to the scheduler at {address!r}",
-            param=next(iter(local_only)),
-        )
-    security = None
-    if address.startswith("tls://"):
-        missing = [k for k, v in tls.items() if v is None]
-        if missing:
-            raise InvalidParameterError(
-                f"{', '.join(missing)}: required to connect to {address!r} (TLS needs the "
-                f"CA certificate, the client certificate and its key)",
-                param=missing[0],
-            )
-        files = _check_tls_files(tls)
+    address, security = plan.address, None
+    if plan.tls_files:
         from distributed.security import Security
 
         security = Security(
-            tls_ca_file=files["tls_ca_file"],
-            tls_client_cert=files["tls_cert"],
-            tls_client_key=files["tls_key"],
+            tls_ca_file=plan.tls_files["tls_ca_file"],
+            tls_client_cert=plan.tls_files["tls_cert"],
+            tls_client_key=plan.tls_files["tls_key"],
             require_encryption=True,
         )
-    elif given_tls:
-        raise InvalidParameterError(
-            only_applies(list(given_tls), "a 'tls://HOST:PORT' scheduler address")
-            + f"; got {address!r}",
-            param=next(iter(given_tls)),
-        )
-
     client = _connect(address, security=security, timeout=float(timeout))
     logger, noise = logging.getLogger("distributed.client"), _ReconnectFailed()
     logger.addFilter(noise)  # a connection lost is an error of its own (below)

@@ -848,7 +848,19 @@ def test_batch_check_makes_every_check_and_starts_nothing(data, tmp_path, capsys
 
     monkeypatch.setattr(roidask.cli, "_cluster", no_cluster)
     assert main([str(a) for a in batch_args(data, out, "--check")]) == 0
-    assert capsys.readouterr().out.strip() == f"checked: 1 subject, their inputs and {out}"
+    assert capsys.readouterr().out.strip() == (
+        f"checked: 1 subject, their inputs, {out} and the cluster's options"
+    )
+    assert not out.exists()
+    # the cluster's options, as the batch checks them before it starts one
+    for flags, error in [
+        (["--n-workers", "100000"], "--n-workers: 100000 worker processes would each have"),
+        (["--memory-limit", "100TiB"], "--memory-limit: '100TiB' "),
+        (["--n-workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "--n-workers: applies only"),
+        (["--tls-ca-file", str(data / "labels.txt")], "--tls-ca-file: applies only"),
+    ]:
+        assert main([str(a) for a in batch_args(data, out, "--check", *flags)]) == 2
+        assert capsys.readouterr().err.startswith(f"roidask: error: {error}"), flags
     assert not out.exists()
     (data / "labels.txt").write_text("labels chunks\nface 0\n")  # a volume count mismatch
     assert main([str(a) for a in batch_args(data, out, "--check")]) == 2
@@ -1093,6 +1105,17 @@ def test_batch_says_when_its_group_level_failed(haxby, tmp_path, capsys):
     assert "group level: failed (group level needs every subject on one grid" in stdout
     assert f"outputs: {out} (batch.tsv, sub-*/, group-error.txt, study.zarr)" in stdout
     assert not (out / "group").exists()
+
+
+def test_a_batch_of_one_subject_says_it_has_no_group_level(haxby, tmp_path, capsys):
+    manifest = write_manifest(
+        tmp_path / "manifest.tsv", [("01", haxby.bold, haxby.labels, haxby.mask)]
+    )
+    out = tmp_path / "batch"
+    argv = ["batch", manifest, "--out", out, "--quiet", "--no-plots", "--permutations", "10"]
+    rc, stdout, _ = cli(capsys, *argv)
+    assert rc == 0
+    assert "group level: none (1 subject completed, 2 needed)" in stdout.splitlines()
 
 
 def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import re
 import shlex
 import shutil
@@ -98,6 +99,18 @@ def test_embedded_client_computes_on_loopback_and_closes():
         assert http.port != 8787
     assert client.status == "closed"
     assert cluster.status.name == "closed"
+
+
+def test_more_workers_than_cores_share_the_machine_s_memory():
+    """By default the workers share the machine's memory, however many there are:
+    distributed's own "auto" gives each a per-core share, which more workers than
+    cores would overcommit."""
+    from roidask.cluster import _machine_memory
+
+    n = max(1, os.cpu_count() or 1) + 1
+    with get_client(n_workers=n, threads_per_worker=1) as client:
+        limits = [w["memory_limit"] for w in client.scheduler_info()["workers"].values()]
+    assert limits == [_machine_memory() // n] * n
 
 
 def test_closing_the_embedded_cluster_under_a_busy_worker_logs_nothing(capfd):
