@@ -758,7 +758,7 @@ class _StatusFile:
     def flush(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if self._dirty and (force or now - self._last >= STATUS_INTERVAL_S):
-            frame = pd.DataFrame([self.rows[k] for k in sorted(self.rows)], columns=BATCH_COLUMNS)
+            frame = self.table()  # in the manifest's order, as the group level takes them
             write_file(self.path, frame.to_csv(sep="\t", index=False).encode())
             self._dirty, self._last = False, now
 
@@ -871,7 +871,7 @@ def run_batch(
                 "block": f"blocks of each subject over all workers (granularity {granularity})",
                 "local": "granularity does not apply",
             }[mode]
-            report.line(f"batch: {len(specs)} subjects, {how}; {where}")
+            report.line(f"batch: {_progress.plural(len(specs), 'subject')}, {how}; {where}")
         status = _StatusFile(out_dir, specs)
         try:
             _Batch(specs, out_dir, params, chunks, plots, max_concurrent, granularity, mode,

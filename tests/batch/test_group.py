@@ -296,6 +296,10 @@ def test_group_of_an_interrupted_batch_warns(batch, tmp_path, capsys):
         "the batch again to finish it"
     ]
     assert "subjects: 3" in out
+    assert (  # 4 random flips, and the observed maps
+        "note: the smallest p these 5 flips can give is 1/5 = 0.2: no voxel can reach p < 0.05 "
+        "(ask for more --permutations)"
+    ) in out.splitlines()
     with pytest.warns(IncompleteBatchWarning, match="1 of the batch's 4 subjects are not done"):
         group_from(copy, out=tmp_path / "g")
 

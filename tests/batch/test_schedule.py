@@ -1032,6 +1032,17 @@ def test_a_subject_written_by_a_lost_worker_is_done_not_skipped(haxby, tmp_path)
     assert json.loads((job.out / "provenance.json").read_text()) == prov  # not rewritten
 
 
+def test_batch_tsv_lists_the_subjects_in_the_manifest_s_order(haxby, tmp_path):
+    """As the group level takes them (and `roidask group` on the folder, from batch.tsv)."""
+    specs = tiny_specs(haxby, tmp_path / "data", 3)[::-1]
+    out = tmp_path / "out"
+    run_batch(specs, out, plots=False)
+    order = ["s0002", "s0001", "s0000"]
+    assert pd.read_csv(out / "batch.tsv", sep="\t")["subject"].tolist() == order
+    group = pd.read_csv(out / "group" / "subjects.tsv", sep="\t")["subject"].tolist()
+    assert group == [f"sub-{s}" for s in order]
+
+
 def test_a_subject_run_without_figures_is_made_again_for_figures(haxby, tmp_path):
     """A batch asking for figures redoes a subject an earlier batch ran without them
     (``--no-plots``); a batch without figures skips one that has them."""
