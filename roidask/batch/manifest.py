@@ -195,11 +195,14 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
     ----------
     manifest : path
         A TSV with columns ``subject, bold, labels, mask`` (several runs or label
-        files separated by ``;``; relative paths are relative to the manifest),
-        or a folder with ``sub-*/func/*_bold.nii.gz`` and matching
-        ``*_events.tsv`` files (mask: ``sub-*/func/*_mask.nii.gz`` or ``mask``).
+        files separated by ``;``, one mask per subject; relative paths are relative
+        to the manifest; cells are read as written, only an empty one is missing; no
+        ``mask`` column with ``mask``), or a folder with ``sub-*/func/*_bold.nii.gz``
+        and matching ``*_events.tsv`` files (mask: ``sub-*/func/*_mask.nii.gz`` or
+        ``mask``).
     mask : path, optional
-        Mask for every subject of a BIDS-like folder without its own.
+        Mask for every subject without its own (an empty mask cell, or no mask in
+        its ``func/``); refused where every subject has its own.
 
     Returns
     -------
@@ -224,8 +227,10 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
     try:
         with warnings.catch_warnings():  # more fields than the header: an error, not data lost
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            table = pd.read_csv(open_table(path), sep="\t", dtype=str, index_col=False)
-        table = table.fillna("")
+            # text as written: subjects NA, None or 01 are names (an empty cell is empty)
+            table = pd.read_csv(
+                open_table(path), sep="\t", dtype=str, index_col=False, na_filter=False
+            )
     except (
         pd.errors.ParserError,
         pd.errors.ParserWarning,
@@ -237,12 +242,16 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
         ) from None
     table.columns = [str(c).strip() for c in table.columns]
     table = table.apply(lambda col: col.str.strip())
-    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+    # the mask column is needed only without a mask for every subject
+    needed = [c for c in MANIFEST_COLUMNS if c != "mask" or mask is None]
+    missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ManifestError(
-            f"{path}: missing column(s) {missing}; a manifest needs {list(MANIFEST_COLUMNS)}, "
-            f"got {list(table.columns)}"
+            f"{path}: missing column(s) {missing}; a manifest needs {list(MANIFEST_COLUMNS)} "
+            f"(mask: unless mask=PATH is given), got {list(table.columns)}"
         )
+    if "mask" not in table.columns:
+        table["mask"] = ""
     if table["subject"].duplicated().any():
         dup = sorted(set(table["subject"][table["subject"].duplicated()]))
         raise ManifestError(f"{path}: subject(s) {dup} listed more than once")
@@ -267,6 +276,11 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
                     "(several are separated by ';')"
                 )
         row_masks = _split(row["mask"], path.parent)
+        if len(row_masks) > 1:
+            raise ManifestError(
+                f"{path}: line {i + 2}: the mask cell {row['mask']!r} holds {len(row_masks)} "
+                "paths; a subject has one mask"
+            )
         if not row_masks and not mask:
             raise ManifestError(f"{path}: line {i + 2}: no mask for subject {row['subject']!r}")
         specs.append(
@@ -277,14 +291,23 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
                 mask=row_masks[0] if row_masks else as_location(mask),  # type: ignore[arg-type]
             )
         )
-    if mask and all(row["mask"] for _, row in table.iterrows()):
-        raise ManifestError(
-            f"mask {mask}: every subject of {path} has its own mask (its mask column), so it "
-            "would not be used; leave it out, or empty the subjects' mask cells",
-            param="mask",
-        )
+    own = [bool(row["mask"]) for _, row in table.iterrows()]
+    _check_common_mask(mask, own, path, "its mask cell", "empty the subjects' mask cells")
     _check_out_names(specs, path)
     return specs
+
+
+def _check_common_mask(
+    mask: PathOrURL | None, own: list[bool], source: Location, where: str, remedy: str
+) -> None:
+    """``mask`` (for every subject without its own) is refused where every subject has its
+    own (``own``): it would not be used, yet the batch's provenance would record it."""
+    if mask is not None and own and all(own):
+        raise ManifestError(
+            f"mask {mask}: every subject of {source} has its own mask ({where}), so it would "
+            f"not be used; leave it out, or {remedy}",
+            param="mask",
+        )
 
 
 def _check_out_names(specs: list[SubjectSpec], source: Location | str) -> None:

@@ -131,6 +131,14 @@ def test_manifest_bids_folder(tmp_path):
         ("subject\tbold\tlabels\tmask\n", r"has a header but no subject rows"),
         ("subject\tbold\tlabels\tmask\n01\t;\tl\tm\n", r"line 2: the bold cell ';' holds no"),
         ("subject\tbold\tlabels\tmask\n01\tb\t ; \tm\n", r"line 2: the labels cell ';' holds"),
+        # a subject has one mask: the second is not silently dropped
+        (
+            "subject\tbold\tlabels\tmask\n01\tb\tl\ta.nii.gz;b.nii.gz\n",
+            r"line 2: the mask cell 'a.nii.gz;b.nii.gz' holds 2 paths; a subject has one mask$",
+        ),
+        ("subject\tbold\tlabels\tmask\n\tb\tl\tm\n", r"line 2: subject, bold and labels"),
+        ("subject\tbold\tlabels\tmask\n01\tb\n", r"line 2: subject, bold and labels"),
+        ("subject\tbold\tlabels\tmask\nn/a\tb\tl\tm\n", r"line 2: subject 'n/a' is not a"),
         # one field more than the header: not the first column taken as an index
         ("subject\tbold\tlabels\tmask\n01\tb\tl\tm\tx\n", r"not a readable TSV table"),
         ("\n\n", r"m\.tsv: not a readable TSV table"),
@@ -145,6 +153,29 @@ def test_manifest_errors(tmp_path, text, match):
     manifest = tmp_path / "m.tsv"
     manifest.write_text(text)
     with pytest.raises(ManifestError, match=match):
+        read_manifest(manifest)
+
+
+def test_manifest_cells_are_read_as_written(tmp_path):
+    """Subjects named like missing values (NA, null, None, nan) are names, as 01 is 01;
+    only an empty cell is missing."""
+    names = ["NA", "null", "None", "nan", "NaN", "01"]
+    manifest = write_manifest(
+        tmp_path / "m.tsv", [(n, f"{n}/NA.nii.gz", "None.txt", "nan.nii.gz") for n in names]
+    )
+    specs = read_manifest(manifest)
+    assert [s.subject for s in specs] == names
+    assert specs[0].files == (tmp_path / "NA/NA.nii.gz", tmp_path / "None.txt",
+                              tmp_path / "nan.nii.gz")  # fmt: skip
+
+
+def test_a_manifest_without_a_mask_column_takes_the_common_mask(tmp_path):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("subject\tbold\tlabels\n01\tb.nii.gz\tl.txt\n")
+    (spec,) = read_manifest(manifest, mask=tmp_path / "mask.nii.gz")
+    assert spec.mask == tmp_path / "mask.nii.gz"
+    with pytest.raises(ManifestError, match=r"missing column\(s\) \['mask'\]; .*\(mask: unless "
+                       r"mask=PATH is given\)"):  # fmt: skip
         read_manifest(manifest)
 
 
