@@ -27,7 +27,9 @@ from roidask.exceptions import (
 )
 
 __all__ = [
+    "BIDS_LABEL_RE",
     "SUBJECT_NAME_RE",
+    "check_bids_label",
     "check_bool",
     "check_choice",
     "check_condition_name",
@@ -47,6 +49,9 @@ __all__ = [
 #: Subject names: letters, digits, '.', '_' and '-', not starting with '.' or '-'
 #: (store group names and ``sub-<id>`` output folders alike).
 SUBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
+
+#: BIDS labels (``task-<label>``): letters and digits.
+BIDS_LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 
 
 def only_applies(names: Sequence[str], what: str) -> str:
@@ -193,6 +198,17 @@ def check_triplet(value: Any, param: str, *, integer: bool) -> tuple:
 #: Longest subject name: file systems allow 255 bytes per name, and temporary siblings
 #: (``.<name>.roidask-tmp-<pid>-<hex>``) and folder names (``sub-<name>``) add to it.
 SUBJECT_NAME_MAX_BYTES = 200
+
+
+def check_bids_label(value: Any, param: str) -> str:
+    """A BIDS label, as in ``task-<label>``: letters and digits."""
+    if not isinstance(value, str) or not BIDS_LABEL_RE.match(value):
+        raise InvalidParameterError(
+            f"{param}: expected a BIDS label (letters and digits, as in task-<label>), "
+            f"got {value!r}",
+            param=param,
+        )
+    return value
 
 
 def check_subject_name(subject: Any, param: str = "subject") -> str:

@@ -102,6 +102,7 @@ FLAGS = {
     "strategy": "--strategy",
     "roi_definition": "--roi-definition",
     "manifest": "MANIFEST",
+    "task": "--task",
     "max_concurrent": "--max-concurrent",
     "granularity": "--granularity",
     "scheduler": "--scheduler",
@@ -830,7 +831,15 @@ def _add_batch(sub) -> None:
         "--mask",
         type=location_arg,
         default=None,
-        help="mask for subjects of a BIDS-like folder without their own",
+        help="mask for every subject without its own (an empty mask cell or no mask "
+        "column; no *_mask.nii.gz in a BIDS subject's func/)",
+    )
+    p.add_argument(
+        "--task",
+        default=None,
+        metavar="NAME",
+        help="the task of a BIDS-like folder to analyse (its task-NAME files); needed when "
+        "its BOLD files are of several tasks",
     )
     p.add_argument(
         "--max-concurrent",
@@ -869,7 +878,7 @@ def _cmd_batch(args) -> int:
     start = time.perf_counter()
     params = pipeline_params(args)
     permutation = group_permutation(args)
-    specs = read_manifest(args.manifest, mask=args.mask)
+    specs = read_manifest(args.manifest, mask=args.mask, task=args.task)
     check_batch_folder(args.out, specs, study=not args.no_study)  # reads no input
     check_subjects(specs, params, chunks=args.chunks)  # before a cluster is started
     address = None if args.scheduler == "local" else args.scheduler

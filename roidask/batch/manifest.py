@@ -4,6 +4,9 @@ A manifest is a TSV with columns ``subject, bold, labels, mask`` (several runs
 or label files separated by ``;``; relative paths are relative to the manifest);
 a BIDS-like folder holds ``sub-*/func/*_bold.nii.gz`` with matching
 ``*_events.tsv`` files and a mask (``sub-*/func/*_mask.nii.gz`` or one for all).
+A BIDS-like folder is read for one task (``task=``, where it has several); every
+``sub-*`` folder in it is a subject, which needs runs; runs in sessions
+(``ses-*/func/``) and two files of one run are refused, never left out or read twice.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from roidask._pool import thread_pool
-from roidask._validate import SUBJECT_NAME_RE
-from roidask.exceptions import ManifestError, RoidaskError
+from roidask._validate import SUBJECT_NAME_RE, check_bids_label, only_applies
+from roidask.exceptions import InvalidParameterError, ManifestError, RoidaskError
 from roidask.io.locations import (
     Location,
     PathOrURL,
@@ -134,7 +137,7 @@ def check_subjects(
         found = [(s, e) for s, e in zip(specs, pool.map(check, specs), strict=True) if e]
     if found:
         (spec, error), others = found[0], [s.subject for s, _ in found[1:]]
-        raise _subject_error(error, spec, others) from None
+        raise _subject_error(error, spec.subject, others) from None
 
 
 #: Threads that check a batch's subjects when inputs are in object storage (requests).
@@ -156,8 +159,8 @@ def _check_files(spec: SubjectSpec) -> None:
 _COLUMN_OF = {"mask_img": "mask", "bold_img": "bold"}
 
 
-def _subject_error(exc: RoidaskError, spec: SubjectSpec, others: list[str]) -> RoidaskError:
-    """``exc`` as the error of subject ``spec`` of a manifest, naming the others that failed.
+def _subject_error(exc: RoidaskError, subject: str, others: list[str]) -> RoidaskError:
+    """``exc`` as the error of ``subject`` of a manifest, naming the others that failed.
 
     An image the library names by its parameter (``mask_img``) is named by its column;
     the error keeps the parameter of ``exc`` as ``subject_param`` (the command line names
@@ -172,7 +175,7 @@ def _subject_error(exc: RoidaskError, spec: SubjectSpec, others: list[str]) -> R
         shown = ", ".join(repr(s) for s in others[:5])
         etc = ", ..." if len(others) > 5 else ""
         more = f" ({len(others)} other subject(s) have invalid inputs too: {shown}{etc})"
-    error = type(exc)(f"manifest: subject {spec.subject!r}: {text}{more}", param="manifest")
+    error = type(exc)(f"manifest: subject {subject!r}: {text}{more}", param="manifest")
     # a flag's name for an analysis parameter, never for a manifest's own columns
     named = column is not None or exc.param in MANIFEST_COLUMNS
     error.subject_param = None if named else exc.param
@@ -188,44 +191,74 @@ def _split(value: str, base: Path | S3Path) -> tuple[Path | S3Path, ...]:
     )
 
 
-def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
+def read_manifest(
+    manifest: PathOrURL, *, mask: PathOrURL | None = None, task: str | None = None
+) -> list[SubjectSpec]:
     """Subjects of a batch from a TSV manifest or a BIDS-like folder.
 
     Parameters
     ----------
     manifest : path
         A TSV with columns ``subject, bold, labels, mask`` (several runs or label
-        files separated by ``;``; relative paths are relative to the manifest),
-        or a folder with ``sub-*/func/*_bold.nii.gz`` and matching
-        ``*_events.tsv`` files (mask: ``sub-*/func/*_mask.nii.gz`` or ``mask``).
+        files separated by ``;``, one mask per subject; relative paths are relative
+        to the manifest; cells are read as written, only an empty one is missing; no
+        ``mask`` column with ``mask``), or a folder with ``sub-*/func/*_bold.nii.gz``
+        and matching ``*_events.tsv`` files (mask: ``sub-*/func/*_mask.nii.gz`` or
+        ``mask``).
     mask : path, optional
-        Mask for every subject of a BIDS-like folder without its own.
+        Mask for every subject without its own (an empty mask cell, or no mask in
+        its ``func/``); refused where every subject has its own.
+
+    task : str, optional
+        The task whose runs a BIDS-like folder gives (``task-<task>`` in the file
+        names); needed where its BOLD files are of several tasks.
 
     Returns
     -------
     list of SubjectSpec
+
+    Raises
+    ------
+    ManifestError
+        The manifest or folder is not as described: a missing column or cell, two
+        masks in a cell or a ``func/``, runs of several tasks without ``task``, two
+        files of one run, runs in sessions (``ses-*/func/``), a subject folder with
+        no BOLD run, a run without its events file, ``mask`` where every subject has
+        its own.
+    InvalidParameterError
+        ``task`` is not a BIDS label, or is given with a TSV manifest.
     """
     path = as_location(manifest, "manifest")
     if mask is not None:
         as_location(mask, "mask")
+    if task is not None:
+        check_bids_label(task, "task")
     if isinstance(path, S3Path) and not path.is_file() and path.is_dir():
         raise ManifestError(
             f"manifest {path}: a BIDS-like folder in S3 is not read; give a TSV manifest",
             param="manifest",
         )
     if isinstance(path, Path) and path.is_dir():
-        return _read_bids(path, mask=mask)
+        return _read_bids(path, mask=mask, task=task)
     if not path.exists():
         raise ManifestError(
             f"manifest {path}: no such file (expected a TSV file or a BIDS-like folder)",
             param="manifest",
         )
+    if task is not None:
+        raise InvalidParameterError(
+            only_applies(["task"], "a BIDS-like folder")
+            + f" ({path} is a TSV manifest, whose rows list the runs)",
+            param="task",
+        )
     check_input_file(path, "manifest", what="manifest (TSV)")
     try:
         with warnings.catch_warnings():  # more fields than the header: an error, not data lost
             warnings.simplefilter("error", pd.errors.ParserWarning)
-            table = pd.read_csv(open_table(path), sep="\t", dtype=str, index_col=False)
-        table = table.fillna("")
+            # text as written: subjects NA, None or 01 are names (an empty cell is empty)
+            table = pd.read_csv(
+                open_table(path), sep="\t", dtype=str, index_col=False, na_filter=False
+            )
     except (
         pd.errors.ParserError,
         pd.errors.ParserWarning,
@@ -237,12 +270,16 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
         ) from None
     table.columns = [str(c).strip() for c in table.columns]
     table = table.apply(lambda col: col.str.strip())
-    missing = [c for c in MANIFEST_COLUMNS if c not in table.columns]
+    # the mask column is needed only without a mask for every subject
+    needed = [c for c in MANIFEST_COLUMNS if c != "mask" or mask is None]
+    missing = [c for c in needed if c not in table.columns]
     if missing:
         raise ManifestError(
-            f"{path}: missing column(s) {missing}; a manifest needs {list(MANIFEST_COLUMNS)}, "
-            f"got {list(table.columns)}"
+            f"{path}: missing column(s) {missing}; a manifest needs {list(MANIFEST_COLUMNS)} "
+            f"(mask: unless mask=PATH is given), got {list(table.columns)}"
         )
+    if "mask" not in table.columns:
+        table["mask"] = ""
     if table["subject"].duplicated().any():
         dup = sorted(set(table["subject"][table["subject"].duplicated()]))
         raise ManifestError(f"{path}: subject(s) {dup} listed more than once")
@@ -267,6 +304,11 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
                     "(several are separated by ';')"
                 )
         row_masks = _split(row["mask"], path.parent)
+        if len(row_masks) > 1:
+            raise ManifestError(
+                f"{path}: line {i + 2}: the mask cell {row['mask']!r} holds {len(row_masks)} "
+                "paths; a subject has one mask"
+            )
         if not row_masks and not mask:
             raise ManifestError(f"{path}: line {i + 2}: no mask for subject {row['subject']!r}")
         specs.append(
@@ -277,14 +319,23 @@ def read_manifest(manifest: PathOrURL, *, mask: PathOrURL | None = None):
                 mask=row_masks[0] if row_masks else as_location(mask),  # type: ignore[arg-type]
             )
         )
-    if mask and all(row["mask"] for _, row in table.iterrows()):
-        raise ManifestError(
-            f"mask {mask}: every subject of {path} has its own mask (its mask column), so it "
-            "would not be used; leave it out, or empty the subjects' mask cells",
-            param="mask",
-        )
+    own = [bool(row["mask"]) for _, row in table.iterrows()]
+    _check_common_mask(mask, own, path, "its mask cell", "empty the subjects' mask cells")
     _check_out_names(specs, path)
     return specs
+
+
+def _check_common_mask(
+    mask: PathOrURL | None, own: list[bool], source: Location, where: str, remedy: str
+) -> None:
+    """``mask`` (for every subject without its own) is refused where every subject has its
+    own (``own``): it would not be used, yet the batch's provenance would record it."""
+    if mask is not None and own and all(own):
+        raise ManifestError(
+            f"mask {mask}: every subject of {source} has its own mask ({where}), so it would "
+            f"not be used; leave it out, or {remedy}",
+            param="mask",
+        )
 
 
 def _check_out_names(specs: list[SubjectSpec], source: Location | str) -> None:
@@ -304,26 +355,128 @@ def _natural_key(path: Path) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
-def _read_bids(root: Path, *, mask) -> list[SubjectSpec]:
-    specs = []
-    for sub in sorted((p for p in root.glob("sub-*") if p.is_dir()), key=_natural_key):
-        bolds = sorted((sub / "func").glob("*_bold.nii*"), key=_natural_key)
-        if not bolds and any(sub.glob("ses-*/func/*_bold.nii*")):
+#: Entities a derivative (fMRIPrep) adds to a run's BOLD name and that the run's events
+#: file, named after the raw run, has not (BIDS: ``sub[_ses]_task[_acq]...[_run]_events``).
+_DERIVATIVE_ENTITIES = frozenset({"space", "cohort", "res", "den", "desc"})
+
+
+def _stem(path: Path, suffix: str = "bold") -> str:
+    """``sub-01_task-x_run-1`` of ``sub-01_task-x_run-1_bold.nii.gz``."""
+    return path.name.split(f"_{suffix}.nii")[0]
+
+
+def _entity(stem: str, key: str) -> str | None:
+    """The value of the entity ``key`` (``task``) in a BIDS name's stem, if it has one."""
+    values = [v for k, dash, v in (p.partition("-") for p in stem.split("_")) if dash and k == key]
+    return values[0] if values else None
+
+
+def _raw_stem(stem: str) -> str:
+    """``stem`` without the entities of derivatives (space, desc...): the raw run's name."""
+    return "_".join(p for p in stem.split("_") if p.partition("-")[0] not in _DERIVATIVE_ENTITIES)
+
+
+def _tasks_shown(tasks: set[str | None]) -> str:
+    return ", ".join(
+        repr(t) if t else "no task- entity" for t in sorted(tasks, key=lambda t: t or "")
+    )
+
+
+def _one_file_per_run(func: Path, bolds: list[Path]) -> None:
+    """Two files of one run (``.nii`` and ``.nii.gz``; two spaces of a derivative) would be
+    read as two runs: refused."""
+    runs: dict[str, list[Path]] = {}
+    for bold in bolds:
+        runs.setdefault(_raw_stem(_stem(bold)), []).append(bold)
+    for same in runs.values():
+        if len(same) > 1:
+            differ = (
+                "their extension"
+                if len({_stem(b) for b in same}) == 1
+                else f"entities of derivatives ({', '.join(sorted(_DERIVATIVE_ENTITIES))})"
+            )
             raise ManifestError(
-                f"{sub}: its runs are in sessions (ses-*/func/), which a BIDS-like folder is "
-                "not read for (sub-*/func/ only); give a TSV manifest listing the runs",
+                f"{func}: {' and '.join(b.name for b in same)} are one run (their names differ "
+                f"only in {differ}), which would be read twice; keep one",
                 param="manifest",
             )
-        if not bolds:
-            continue
-        events = []
-        for b in bolds:
-            stem = b.name.split("_bold.nii")[0]
-            ev = b.with_name(f"{stem}_events.tsv")
-            if not ev.is_file():
-                raise ManifestError(f"{b}: no matching events file {ev.name}")
-            events.append(ev)
-        masks = sorted((sub / "func").glob("*_mask.nii*"))
+
+
+def _events_of(bold: Path) -> Path:
+    """The events file of a BOLD run: named as the BOLD file, or as its raw run (BIDS: a
+    derivative's ``space-``, ``desc-``... entities are not in the events file's name)."""
+    stem = _stem(bold)
+    names = list(dict.fromkeys([f"{stem}_events.tsv", f"{_raw_stem(stem)}_events.tsv"]))
+    for name in names:
+        if (bold.parent / name).is_file():
+            return bold.parent / name
+    raise ManifestError(f"{bold}: no matching events file {' or '.join(names)}")
+
+
+def _no_runs(sub: Path, task: str | None) -> str:
+    """Why the subject folder ``sub`` has no BOLD run."""
+    func, of_task = sub / "func", f" of task {task!r}" if task else ""
+    if not func.is_dir():
+        why = f"{sub} has no func/ folder, so no BOLD run{of_task}"
+    else:
+        others = (
+            " (its other files are there: an incomplete download?)" if any(func.iterdir()) else ""
+        )
+        why = f"{func} has no *_bold.nii.gz file{of_task}{others}"
+    return f"bold: {why}; every sub-* folder is a subject (move it out, or give a TSV manifest)"
+
+
+def _read_bids(root: Path, *, mask, task: str | None) -> list[SubjectSpec]:
+    subjects = sorted((p for p in root.glob("sub-*") if p.is_dir()), key=_natural_key)
+    found = {
+        sub: (
+            sorted((sub / "func").glob("*_bold.nii*"), key=_natural_key),
+            sorted(sub.glob("ses-*/func/*_bold.nii*"), key=_natural_key),
+        )
+        for sub in subjects
+    }
+    tasks = {_entity(_stem(b), "task") for both in found.values() for b in (*both[0], *both[1])}
+    if not tasks:
+        raise ManifestError(f"{root}: no sub-*/func/*_bold.nii.gz files found")
+    if task is None and len(tasks) > 1:  # one analysis of one task, never runs of several
+        raise ManifestError(
+            f"manifest {root}: BOLD files of {len(tasks)} tasks ({_tasks_shown(tasks)}); a "
+            "batch analyses one task: pass task=NAME",
+            param="manifest",
+        )
+    if task is not None and task not in tasks:
+        raise ManifestError(
+            f"task: no BOLD file of task {task!r} in {root} (tasks found: {_tasks_shown(tasks)})",
+            param="task",
+        )
+    runs_of: dict[Path, list[Path]] = {}
+    without: list[Path] = []  # subject folders without a run
+    for sub, (bolds, sessions) in found.items():
+        if task is not None:
+            bolds = [b for b in bolds if _entity(_stem(b), "task") == task]
+            sessions = [b for b in sessions if _entity(_stem(b), "task") == task]
+        if sessions:  # never left out without a word, with or without runs in func/
+            raise ManifestError(
+                f"{sub}: has runs in sessions ({sessions[0].relative_to(sub)}), which a "
+                "BIDS-like folder is not read for (sub-*/func/ only); give a TSV manifest "
+                "listing the runs",
+                param="manifest",
+            )
+        _one_file_per_run(sub / "func", bolds)
+        if bolds:
+            runs_of[sub] = bolds
+        else:  # a subject whose runs are missing is reported, never left out
+            without.append(sub)
+    if without:
+        error = ManifestError(_no_runs(without[0], task), param="bold")
+        raise _subject_error(error, without[0].name, [s.name for s in without[1:]])
+    specs, own = [], []  # own: the subject has its own mask
+    for sub, bolds in runs_of.items():
+        events = [_events_of(b) for b in bolds]
+        masks = sorted(
+            m for m in (sub / "func").glob("*_mask.nii*")
+            if task is None or _entity(_stem(m, "mask"), "task") in (None, task)
+        )  # fmt: skip
         if len(masks) > 1:
             raise ManifestError(
                 f"{sub}: several masks in func/ ({', '.join(m.name for m in masks)}); "
@@ -336,7 +489,8 @@ def _read_bids(root: Path, *, mask) -> list[SubjectSpec]:
                 "(mask=PATH)",
                 param="manifest",
             )
+        own.append(bool(masks))
         specs.append(SubjectSpec(sub.name, tuple(bolds), tuple(events), subject_mask))
-    if not specs:
-        raise ManifestError(f"{root}: no sub-*/func/*_bold.nii.gz files found")
+    _check_common_mask(mask, own, root, "a *_mask.nii.gz in its func/",
+                       "move the subjects' masks out of func/")  # fmt: skip
     return specs

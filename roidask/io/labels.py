@@ -82,7 +82,7 @@ def read_labels(path: PathOrURL) -> pd.DataFrame:
     """
     path = check_input_file(path, "labels", what="labels file")
     try:
-        table = pd.read_csv(open_table(path), sep=r"\s+", dtype=str)
+        table = pd.read_csv(open_table(path), sep=r"\s+", dtype=str, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LabelsError(
             f"labels {path}: not a readable labels table ({exc})", param="labels"
@@ -105,8 +105,8 @@ def read_labels(path: PathOrURL) -> pd.DataFrame:
             f"labels {path}: has a header but no rows; expected one row per volume",
             param="labels",
         )
-    if table["labels"].isna().any():
-        row = int(np.flatnonzero(table["labels"].isna().to_numpy())[0]) + 2
+    if (table["labels"] == "").any():  # labels as written: NA and None are names
+        row = int(np.flatnonzero((table["labels"] == "").to_numpy())[0]) + 2
         raise LabelsError(f"labels {path}: line {row} has no label", param="labels")
     if "chunks" in table.columns:
         try:
@@ -126,10 +126,16 @@ def read_labels(path: PathOrURL) -> pd.DataFrame:
 
 
 def read_events(path: PathOrURL) -> pd.DataFrame:
-    """Read and validate a BIDS ``events.tsv`` (columns onset, duration, trial_type)."""
+    """Read and validate a BIDS ``events.tsv`` (columns onset, duration, trial_type).
+
+    Every column is read as text, exactly as written (``trial_type`` ``01`` is not
+    ``1``, ``NA`` and ``None`` are names); ``onset`` and ``duration`` are then numbers
+    of seconds. A ``trial_type`` that is BIDS's ``n/a`` (a missing value) or empty is
+    refused: that event would have no condition.
+    """
     path = check_input_file(path, "labels", what="events file")
-    try:
-        events = pd.read_csv(open_table(path), sep="\t", na_values=["n/a"], keep_default_na=True)
+    try:  # text as written: trial_type 01 stays 01 (not 1), NA and None are names
+        events = pd.read_csv(open_table(path), sep="\t", dtype=str, na_filter=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise LabelsError(
             f"labels {path}: not a readable events table ({exc})", param="labels"
@@ -146,8 +152,8 @@ def read_events(path: PathOrURL) -> pd.DataFrame:
         bad = ~np.isfinite(values.to_numpy(dtype=np.float64))
         if bad.any():
             row = int(np.flatnonzero(bad)[0]) + 2
-            cell = events[col].iloc[row - 2]
-            shown = "n/a (or nothing)" if pd.isna(cell) else repr(str(cell))
+            cell = str(events[col].iloc[row - 2])
+            shown = repr(cell) if cell.strip() else "an empty cell"
             raise LabelsError(
                 f"labels {path}: line {row}: column '{col}' must be a finite number of "
                 f"seconds, got {shown}",
@@ -162,10 +168,19 @@ def read_events(path: PathOrURL) -> pd.DataFrame:
             f"{events['duration'][negative].iloc[0]} s; durations must be >= 0",
             param="labels",
         )
-    if events["trial_type"].isna().any():
-        row = int(np.flatnonzero(events["trial_type"].isna().to_numpy())[0]) + 2
-        raise LabelsError(f"labels {path}: line {row}: empty trial_type", param="labels")
-    events["trial_type"] = events["trial_type"].astype(str)
+    # BIDS's n/a is a missing value: an event with no condition could label its volumes
+    # with none (nor as rest), so it is refused, as an empty cell is
+    kinds = events["trial_type"].astype(str)
+    missing = (kinds == "n/a") | (kinds.str.strip() == "")
+    if missing.any():
+        row = int(np.flatnonzero(missing.to_numpy())[0]) + 2
+        what = "n/a (a missing value)" if kinds.iloc[row - 2] == "n/a" else "empty"
+        raise LabelsError(
+            f"labels {path}: line {row}: trial_type is {what}; every event needs a "
+            "condition (give it one, or remove the row)",
+            param="labels",
+        )
+    events["trial_type"] = kinds
     return events
 
 

@@ -10,7 +10,13 @@ from helpers.files import write_manifest
 
 from roidask.batch import SubjectSpec, read_manifest
 from roidask.cli import main
-from roidask.exceptions import CorruptFileError, ManifestError, RoidaskError, RoidaskTypeError
+from roidask.exceptions import (
+    CorruptFileError,
+    InvalidParameterError,
+    ManifestError,
+    RoidaskError,
+    RoidaskTypeError,
+)
 
 
 def test_manifest_tsv_runs_and_relative_paths(tmp_path):
@@ -66,7 +72,6 @@ def test_manifest_bids_folder(tmp_path):
             (func / f"{sub}_task-faces_run-{r}_events.tsv").write_text("onset\tduration\n")
     own = root / "sub-02" / "func" / "sub-02_mask.nii.gz"
     own.write_bytes(b"")
-    (root / "sub-03" / "anat").mkdir(parents=True)  # no func/: not a subject of the batch
     common = tmp_path / "mask.nii.gz"
     specs = read_manifest(root, mask=common)
     f1 = root / "sub-01" / "func"
@@ -113,8 +118,175 @@ def test_manifest_bids_folder(tmp_path):
     ses = root / "sub-04" / "ses-1" / "func"
     ses.mkdir(parents=True)
     (ses / "sub-04_ses-1_task-faces_bold.nii.gz").write_bytes(b"")
-    with pytest.raises(ManifestError, match=r"sub-04: its runs are in sessions \(ses-\*/func/\)"):
+    want = r"sub-04: has runs in sessions \(ses-1/func/sub-04_ses-1_task-faces_bold.nii.gz\), "
+    with pytest.raises(ManifestError, match=want + "which a BIDS-like folder is not read"):
         read_manifest(root, mask=common)
+    # ... nor when the subject has runs in func/ too: they are not its only runs
+    (root / "sub-04" / "ses-1").rename(f1.parent / "ses-1")
+    (root / "sub-04").rmdir()
+    with pytest.raises(ManifestError, match=r"sub-01: has runs in sessions \(ses-1/func/"):
+        read_manifest(root, mask=common)
+
+
+def _bids(root: Path, files: dict[str, list[str]]) -> Path:
+    """A BIDS-like folder: ``{subject: [file name in its func/, ...]}`` (empty files)."""
+    for sub, names in files.items():
+        (root / sub / "func").mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (root / sub / "func" / name).write_bytes(b"")
+    return root
+
+
+def _run(sub: str, task: str = "objects", run: int = 1, ext: str = ".nii.gz") -> list[str]:
+    """A run's BOLD file and its events file."""
+    stem = f"{sub}_task-{task}_run-{run}"
+    return [f"{stem}_bold{ext}", f"{stem}_events.tsv"]
+
+
+def test_bids_one_run_in_two_files_is_refused(tmp_path):
+    """``.nii`` and ``.nii.gz`` of one run (or two spaces of a derivative) would be read as
+    two runs: refused with one line naming both."""
+    root = _bids(tmp_path / "bids", {"sub-01": [*_run("sub-01"), *_run("sub-01", ext=".nii")]})
+    func = root / "sub-01" / "func"
+    with pytest.raises(ManifestError, match=rf"^{re.escape(str(func))}: sub-01_task-objects_run-1_"
+                       r"bold.nii and sub-01_task-objects_run-1_bold.nii.gz are one run \(their "
+                       r"names differ only in their extension\), which would be read twice; "
+                       r"keep one$"):  # fmt: skip
+        read_manifest(root, mask=tmp_path / "m.nii.gz")
+    (func / "sub-01_task-objects_run-1_bold.nii").unlink()
+    assert len(read_manifest(root, mask=tmp_path / "m.nii.gz")[0].bold) == 1
+    stem = "sub-01_task-objects_run-1"
+    _bids(root, {"sub-01": [f"{stem}_space-T1w_desc-preproc_bold.nii.gz"]})
+    with pytest.raises(ManifestError, match=r"_run-1_bold.nii.gz and .*space-T1w_desc-preproc_bold"
+                       r".nii.gz are one run \(their names differ only in entities of "
+                       r"derivatives"):  # fmt: skip
+        read_manifest(root, mask=tmp_path / "m.nii.gz")
+
+
+def test_bids_several_tasks_need_task(tmp_path, capsys):
+    """The runs of several tasks are never pooled as one analysis: ``task`` selects one."""
+    root = _bids(
+        tmp_path / "bids",
+        {
+            "sub-01": [*_run("sub-01"), *_run("sub-01", run=2), *_run("sub-01", "rest")],
+            "sub-02": [
+                *_run("sub-02"),
+                "sub-02_task-objects_mask.nii.gz",
+                "sub-02_task-rest_mask.nii.gz",
+            ],
+        },
+    )
+    mask = tmp_path / "m.nii.gz"
+    with pytest.raises(ManifestError, match=rf"^manifest {re.escape(str(root))}: BOLD files of 2 "
+                       r"tasks \('objects', 'rest'\); a batch analyses one task: pass "
+                       r"task=NAME$"):  # fmt: skip
+        read_manifest(root, mask=mask)
+    specs = read_manifest(root, mask=mask, task="objects")
+    assert [[b.name for b in s.bold] for s in specs] == [
+        ["sub-01_task-objects_run-1_bold.nii.gz", "sub-01_task-objects_run-2_bold.nii.gz"],
+        ["sub-02_task-objects_run-1_bold.nii.gz"],
+    ]
+    assert [e.name for e in specs[0].labels][1] == "sub-01_task-objects_run-2_events.tsv"
+    assert specs[1].mask.name == "sub-02_task-objects_mask.nii.gz"  # not the rest task's
+    # sub-02 has no rest run: reported, not left out
+    want = r"^manifest: subject 'sub-02': bold: .*sub-02/func has no \*_bold.nii.gz file of task "
+    with pytest.raises(ManifestError, match=want + r"'rest' \(its other files"):
+        read_manifest(root, mask=mask, task="rest")
+    with pytest.raises(ManifestError, match=r"^task: no BOLD file of task 'faces' in .*bids "
+                       r"\(tasks found: 'objects', 'rest'\)$"):  # fmt: skip
+        read_manifest(root, mask=mask, task="faces")
+    with pytest.raises(InvalidParameterError, match=r"^task: expected a BIDS label .*got "
+                       r"'task-objects'$"):  # fmt: skip
+        read_manifest(root, mask=mask, task="task-objects")
+    manifest = write_manifest(tmp_path / "m.tsv", [("01", "b.nii.gz", "l.txt", "m.nii.gz")])
+    with pytest.raises(InvalidParameterError, match=r"^task: applies only to a BIDS-like folder"):
+        read_manifest(manifest, task="objects")
+    # the command line: --task, named as such
+    out = tmp_path / "out"
+    assert main(["batch", str(root), "--out", str(out), "--mask", str(mask)]) == 2
+    assert capsys.readouterr().err.endswith("a batch analyses one task: add --task NAME\n")
+    assert main(["batch", str(root), "--out", str(out), "--task", "faces", "--check"]) == 2
+    assert capsys.readouterr().err.startswith("roidask: error: --task: no BOLD file of task")
+    assert not out.exists()
+
+
+def test_bids_common_mask_where_every_subject_has_its_own(tmp_path):
+    """As with a TSV manifest: ``mask`` that no subject would use is refused."""
+    root = _bids(
+        tmp_path / "bids", {s: [*_run(s), f"{s}_mask.nii.gz"] for s in ("sub-01", "sub-02")}
+    )
+    mask = tmp_path / "m.nii.gz"
+    with pytest.raises(ManifestError, match=rf"^mask {re.escape(str(mask))}: every subject of "
+                       rf"{re.escape(str(root))} has its own mask \(a \*_mask.nii.gz in its "
+                       r"func/\), so it would not be used; leave it out"):  # fmt: skip
+        read_manifest(root, mask=mask)
+    assert [s.mask.name for s in read_manifest(root)] == [
+        "sub-01_mask.nii.gz",
+        "sub-02_mask.nii.gz",
+    ]
+    (root / "sub-02" / "func" / "sub-02_mask.nii.gz").unlink()  # used by sub-02: accepted
+    assert [s.mask for s in read_manifest(root, mask=mask)][1] == mask
+
+
+def test_bids_subject_without_bold_is_reported(tmp_path):
+    """A subject folder whose BOLD files are missing (an incomplete download; no func/) is
+    an invalid subject, named with the others: never left out of the batch silently."""
+    stem = "sub-02_task-objects_run-1"
+    root = _bids(
+        tmp_path / "bids",
+        {
+            "sub-01": _run("sub-01"),
+            "sub-02": [f"{stem}_events.tsv", f"{stem}_bold.json"],
+            "sub-03": _run("sub-03"),
+        },
+    )
+    (root / "sub-04" / "anat").mkdir(parents=True)
+    func = root / "sub-02" / "func"
+    with pytest.raises(ManifestError) as info:
+        read_manifest(root, mask=tmp_path / "m.nii.gz")
+    assert str(info.value) == (
+        f"manifest: subject 'sub-02': bold: {func} has no *_bold.nii.gz file (its other files "
+        "are there: an incomplete download?); every sub-* folder is a subject (move it out, "
+        "or give a TSV manifest) (1 other subject(s) have invalid inputs too: 'sub-04')"
+    )
+    assert info.value.param == "manifest" and info.value.subject_param is None
+    for f in func.iterdir():
+        f.unlink()
+    (root / "sub-02").rename(tmp_path / "sub-02")
+    want = r"^manifest: subject 'sub-04': bold: .*sub-04 has no func/ folder, so no BOLD run; "
+    with pytest.raises(ManifestError, match=want + r"every sub-\* folder is a subject"):
+        read_manifest(root, mask=tmp_path / "m.nii.gz")
+    (root / "sub-04" / "anat").rmdir()
+    (root / "sub-04").rmdir()
+    assert [s.subject for s in read_manifest(root, mask=tmp_path / "m.nii.gz")] == [
+        "sub-01",
+        "sub-03",
+    ]
+
+
+def test_bids_derivative_runs_take_the_raw_runs_events(tmp_path):
+    """fMRIPrep's ``..._space-X_desc-preproc_bold.nii.gz``: its events file is named after
+    the raw run (BIDS: no space, res, den or desc entity); one named as the BOLD file is
+    still taken, first."""
+    raw = "sub-01_ses-1_task-objects_acq-fast_run-1"
+    bold = "sub-01_task-objects_run-1_space-MNI152NLin2009cAsym_res-2_desc-preproc_bold.nii.gz"
+    root = _bids(tmp_path / "bids", {"sub-01": [bold, "sub-01_task-objects_run-1_events.tsv"]})
+    func = root / "sub-01" / "func"
+    (spec,) = read_manifest(root, mask=tmp_path / "m.nii.gz")
+    assert spec.labels == (func / "sub-01_task-objects_run-1_events.tsv",)
+    same = bold.replace("_bold.nii.gz", "_events.tsv")
+    (func / same).write_bytes(b"")
+    assert read_manifest(root, mask=tmp_path / "m.nii.gz")[0].labels == (func / same,)
+    (func / same).unlink()
+    (func / "sub-01_task-objects_run-1_events.tsv").unlink()
+    with pytest.raises(ManifestError, match=rf"_bold.nii.gz: no matching events file {same} or "
+                       r"sub-01_task-objects_run-1_events.tsv$"):  # fmt: skip
+        read_manifest(root, mask=tmp_path / "m.nii.gz")
+    # every raw entity is kept: session, acquisition, run
+    _bids(root, {"sub-01": [f"{raw}_space-T1w_desc-preproc_bold.nii.gz", f"{raw}_events.tsv"]})
+    (func / bold).unlink()
+    (spec,) = read_manifest(root, mask=tmp_path / "m.nii.gz")
+    assert spec.labels == (func / f"{raw}_events.tsv",)
 
 
 @pytest.mark.parametrize(
@@ -131,6 +303,14 @@ def test_manifest_bids_folder(tmp_path):
         ("subject\tbold\tlabels\tmask\n", r"has a header but no subject rows"),
         ("subject\tbold\tlabels\tmask\n01\t;\tl\tm\n", r"line 2: the bold cell ';' holds no"),
         ("subject\tbold\tlabels\tmask\n01\tb\t ; \tm\n", r"line 2: the labels cell ';' holds"),
+        # a subject has one mask: the second is not silently dropped
+        (
+            "subject\tbold\tlabels\tmask\n01\tb\tl\ta.nii.gz;b.nii.gz\n",
+            r"line 2: the mask cell 'a.nii.gz;b.nii.gz' holds 2 paths; a subject has one mask$",
+        ),
+        ("subject\tbold\tlabels\tmask\n\tb\tl\tm\n", r"line 2: subject, bold and labels"),
+        ("subject\tbold\tlabels\tmask\n01\tb\n", r"line 2: subject, bold and labels"),
+        ("subject\tbold\tlabels\tmask\nn/a\tb\tl\tm\n", r"line 2: subject 'n/a' is not a"),
         # one field more than the header: not the first column taken as an index
         ("subject\tbold\tlabels\tmask\n01\tb\tl\tm\tx\n", r"not a readable TSV table"),
         ("\n\n", r"m\.tsv: not a readable TSV table"),
@@ -145,6 +325,29 @@ def test_manifest_errors(tmp_path, text, match):
     manifest = tmp_path / "m.tsv"
     manifest.write_text(text)
     with pytest.raises(ManifestError, match=match):
+        read_manifest(manifest)
+
+
+def test_manifest_cells_are_read_as_written(tmp_path):
+    """Subjects named like missing values (NA, null, None, nan) are names, as 01 is 01;
+    only an empty cell is missing."""
+    names = ["NA", "null", "None", "nan", "NaN", "01"]
+    manifest = write_manifest(
+        tmp_path / "m.tsv", [(n, f"{n}/NA.nii.gz", "None.txt", "nan.nii.gz") for n in names]
+    )
+    specs = read_manifest(manifest)
+    assert [s.subject for s in specs] == names
+    assert specs[0].files == (tmp_path / "NA/NA.nii.gz", tmp_path / "None.txt",
+                              tmp_path / "nan.nii.gz")  # fmt: skip
+
+
+def test_a_manifest_without_a_mask_column_takes_the_common_mask(tmp_path):
+    manifest = tmp_path / "m.tsv"
+    manifest.write_text("subject\tbold\tlabels\n01\tb.nii.gz\tl.txt\n")
+    (spec,) = read_manifest(manifest, mask=tmp_path / "mask.nii.gz")
+    assert spec.mask == tmp_path / "mask.nii.gz"
+    with pytest.raises(ManifestError, match=r"missing column\(s\) \['mask'\]; .*\(mask: unless "
+                       r"mask=PATH is given\)"):  # fmt: skip
         read_manifest(manifest)
 
 

@@ -128,13 +128,18 @@ def test_an_events_table_not_named_events_tsv_says_so(tmp_path):
     [
         (
             [("n/a", 2.0, "a")],
-            r"line 2: column 'onset' must be a finite number of seconds, got "
-            r"n/a \(or nothing\)$",
+            r"line 2: column 'onset' must be a finite number of seconds, got 'n/a'$",
         ),
+        ([(0.0, "", "a")], r"line 2: column 'duration' must be a finite .*got an empty cell$"),
         ([(0.0, 2.0, "a"), (1.0, "x", "b")], r"line 3: column 'duration' must be a finite"),
         ([(0.0, "inf", "a")], r"line 2: column 'duration' must be a finite number .*got 'inf'$"),
         ([("-inf", 2.0, "a")], r"line 2: column 'onset' must be a finite number"),
-        ([(0.0, 2.0, "n/a")], r"line 2: empty trial_type"),
+        # BIDS's n/a: a missing value, as an empty cell
+        (
+            [(0.0, 2.0, "a"), (2.0, 2.0, "n/a")],
+            r"line 3: trial_type is n/a \(a missing value\); every event needs a condition",
+        ),
+        ([(0.0, 2.0, "")], r"line 2: trial_type is empty; every event needs a condition"),
         ([(0.0, -1.0, "a")], r"line 2: negative duration -1.0 s"),
     ],
 )
@@ -144,12 +149,38 @@ def test_malformed_events(tmp_path, rows, message):
         read_events(path)
 
 
+def test_trial_types_are_read_as_written(tmp_path):
+    """trial_type is text: ``01`` stays ``01`` in a run whose trial types are all numbers
+    as in one that has a word too (type inference made it ``1`` there: the run dropped out
+    of the contrast ``01 02``), and ``NA``, ``None``, ``nan`` are names, not missing."""
+    from roidask._validate import check_conditions
+    from roidask.io.labels import volume_labels
+
+    numbers = write_events(tmp_path / "r1_events.tsv", [(0.0, 2.0, "01"), (2.0, 2.0, "02")])
+    mixed = write_events(
+        tmp_path / "r2_events.tsv", [(0.0, 2.0, "01"), (2.0, 2.0, "02"), (4.0, 2.0, "cue")]
+    )
+    table = volume_labels([numbers, mixed], n_volumes_per_run=[3, 3], tr_s=2.0)
+    assert table["condition"].tolist() == ["01", "02", REST, "01", "02", "cue"]
+    _, index, _ = check_conditions(
+        ("01", "02"), table["condition"].to_numpy(), param="contrast", exact=2
+    )
+    assert index.tolist() == [0, 1, 3, 4]  # both runs' volumes
+    names = write_events(
+        tmp_path / "r3_events.tsv",
+        [(0.0, 2.0, "NA"), (2.0, 2.0, "None"), (4.0, 2.0, "nan"), (6.0, 2.0, "1.0")],
+    )
+    assert read_events(names)["trial_type"].tolist() == ["NA", "None", "nan", "1.0"]
+
+
 def test_labels_txt(tmp_path):
     path = tmp_path / "labels.txt"
     path.write_text("labels chunks\nface 0\nrest 0\nhouse 1\n")
     table = read_labels(path)
     assert list(table["condition"]) == ["face", "rest", "house"]
     assert list(table["run"]) == [0, 0, 1]
+    path.write_text("labels chunks\nNA 0\nNone 0\n01 1\n")  # names, as written
+    assert list(read_labels(path)["condition"]) == ["NA", "None", "01"]
     path.write_text("labels chunks\n")
     with pytest.raises(LabelsError, match=r"has a header but no rows"):
         read_labels(path)
