@@ -1185,7 +1185,8 @@ def _cmd_demo(args) -> int:
         )
         jobs.append(("synthetic", [subj.bold], [subj.labels], subj.mask_vt))
     with get_client(None, processes=False) as client:
-        print(f"dask: {describe_client(client)}", file=sys.stderr)
+        if not args.quiet:
+            print(f"dask: {describe_client(client)}", file=sys.stderr)
         for name, bold, labels, mask in jobs:
             start = time.perf_counter()
             out = args.out / name

@@ -1107,6 +1107,12 @@ def test_batch_says_when_its_group_level_failed(haxby, tmp_path, capsys):
     assert not (out / "group").exists()
 
 
+def test_a_quiet_demo_prints_nothing_on_stderr(tmp_path, capsys):
+    rc, _, err = cli(capsys, "demo", "--out", tmp_path, "--quiet")
+    assert rc == 0 and err == ""
+    assert (tmp_path / "haxby-slice" / "atlas.nii.gz").is_file()
+
+
 def test_a_batch_of_one_subject_says_it_has_no_group_level(haxby, tmp_path, capsys):
     manifest = write_manifest(
         tmp_path / "manifest.tsv", [("01", haxby.bold, haxby.labels, haxby.mask)]
