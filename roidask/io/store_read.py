@@ -205,6 +205,13 @@ def require_store(store: PathOrURL, *, param: str = "store") -> Path | S3Path:
     try:
         record = _read_metadata(path, "root", param=param)
     except FileNotFoundError:
+        inside = [n for n in ("results.zarr", "study.zarr") if (path / n).is_dir()]
+        if inside:  # a run's or a batch's output folder
+            raise StoreError(
+                f"{param} {path}: a roidask output folder, not a store; its results are in "
+                f"{path / inside[0]}",
+                param=param,
+            ) from None
         raise StoreError(
             f"{param} {path}: not a zarr store (no zarr.json); create one with roidask.io.convert",
             param=param,

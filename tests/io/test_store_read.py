@@ -116,6 +116,18 @@ def test_corrupt_metadata_is_named(store, where, what):
         assert found.reason.startswith("corrupt zarr.json")
 
 
+@pytest.mark.parametrize("inside", ["results.zarr", "study.zarr"])
+def test_an_output_folder_given_as_a_store_names_the_store_inside(tmp_path, inside):
+    """`roidask info results/subj2`: the run's (or batch's) folder, whose store is inside."""
+    (tmp_path / "out" / inside).mkdir(parents=True)
+    with pytest.raises(StoreError, match=rf"^store .*out: a roidask output folder, not a store; "
+                       rf"its results are in .*out/{inside}$"):  # fmt: skip
+        open_subject(tmp_path / "out")
+    (tmp_path / "other").mkdir()  # no store inside: the message as before
+    with pytest.raises(StoreError, match=r"^store .*other: not a zarr store \(no zarr.json\)"):
+        open_subject(tmp_path / "other")
+
+
 def test_metadata_without_zarr_format_is_corrupt(store):
     (store / "zarr.json").write_text("{}")
     with pytest.raises(StoreError, match=r"corrupt zarr\.json \(the root metadata has no "):
