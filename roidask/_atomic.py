@@ -333,12 +333,15 @@ def _foreign_files(folder: Path, marker: dict) -> list[str]:
         here = os.path.relpath(root, folder)
         for d in dirs:
             name = d if here == "." else f"{here}/{d}"
-            if name not in holding and not f"{name}/".startswith(owned_dirs):
-                # a symbolic link to a folder: a file of the user's, as the folder is
-                foreign.append(name if os.path.islink(os.path.join(root, d)) else f"{name}/")
+            if os.path.islink(os.path.join(root, d)):  # roidask writes no link: the user's
+                foreign.append(name)
+            elif name not in holding and not f"{name}/".startswith(owned_dirs):
+                foreign.append(f"{name}/")
         for f in names:
             name = f if here == "." else f"{here}/{f}"
-            if name in listed:
+            if os.path.islink(os.path.join(root, f)):  # even where roidask's file was
+                foreign.append(name)
+            elif name in listed:
                 with contextlib.suppress(OSError):
                     sizes[name] = os.path.getsize(os.path.join(root, f))
             elif not name.startswith(owned_dirs):

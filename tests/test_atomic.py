@@ -162,7 +162,9 @@ def test_a_roidask_folder_holding_a_foreign_file_is_refused(tmp_path):
     assert (out / "notes.txt").read_text() == "user"
 
 
-@pytest.mark.parametrize("edit", ["appended", "folder", "folder-for-a-file"])
+@pytest.mark.parametrize(
+    "edit", ["appended", "folder", "folder-for-a-file", "link-for-a-file", "link-for-a-folder"]
+)
 def test_a_roidask_folder_a_user_added_to_is_refused(tmp_path, edit):
     out = roidask_folder(tmp_path / "out", files=("rois.tsv", "figures/f.png"))
     if edit == "appended":  # a user's line in roidask's table: theirs now
@@ -172,11 +174,20 @@ def test_a_roidask_folder_a_user_added_to_is_refused(tmp_path, edit):
     elif edit == "folder":  # a user's (empty) folder
         (out / "my_notes").mkdir()
         shown = "my_notes/"
-    else:  # a user's folder where roidask's file was, and what it holds
+    elif edit == "folder-for-a-file":  # a user's folder where roidask's file was
         (out / "rois.tsv").unlink()
         (out / "rois.tsv").mkdir()
         (out / "rois.tsv" / "mine.txt").write_text("notes")
         shown = "rois.tsv/, rois.tsv/mine.txt"
+    elif edit == "link-for-a-file":  # to a copy of the same bytes, kept elsewhere
+        kept = shutil.copy(out / "rois.tsv", tmp_path / "rois-kept.tsv")
+        (out / "rois.tsv").unlink()
+        (out / "rois.tsv").symlink_to(kept)
+        shown = "rois.tsv"
+    else:  # the figures moved elsewhere, a link left in their place
+        shutil.move(out / "figures", tmp_path / "figures-kept")
+        (out / "figures").symlink_to(tmp_path / "figures-kept")
+        shown = "figures"
     with pytest.raises(
         OutputError, match=rf"did not write, or changed since \({re.escape(shown)}\)"
     ):
