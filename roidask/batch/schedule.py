@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import os
 import queue
@@ -903,20 +904,15 @@ def run_batch(
             try:
                 group_level(done, out_dir / "group", study=study_store, permutation=permutation)
                 group_done = True
-                if earlier is not None:
-                    warnings.warn(
-                        f"{out_dir / 'group'}: its permutation test ({earlier[0]}) was of "
-                        "other subjects' results and is replaced with the group level; run "
-                        f"`roidask group {out_dir} --permutations {earlier[1]}` again",
-                        StaleResultsWarning,
-                        stacklevel=2,
-                    )
+                _stale_permutations(out_dir, earlier, "replaced with the group level")
             except RoidaskError as exc:
                 if report.log is not None:
                     report.log(f"group level: failed ({exc})")
                 write_file(group_error, f"{exc}\n".encode())
         if not group_done:  # no group level of these subjects: an earlier one is not theirs
+            earlier = _added_permutation_test(out_dir / "group")
             _remove_group_folder(out_dir / "group")
+            _stale_permutations(out_dir, earlier, "removed with the group level")
             if study_store is not None:
                 study_store.unpublish(GROUP_NODE)
         lock.check()  # an s3:// lease that lapsed: another batch may have written meanwhile
@@ -936,6 +932,38 @@ def _added_permutation_test(group: Location) -> tuple[str, str] | None:
         return f"{int(record['n_perm'])} permutations", str(int(record["parameters"]["n_perm"]))
     except (OSError, ValueError, KeyError, TypeError):
         return "parameters unreadable", "N"
+
+
+def _stale_permutations(out_dir: Location, earlier: tuple[str, str] | None, what: str) -> None:
+    """Warn that the permutation test ``earlier`` (:func:`_added_permutation_test`) of the
+    batch folder's group level, of other subjects' results, is gone (``what`` happened)."""
+    if earlier is None:
+        return
+    warnings.warn(
+        f"{out_dir / 'group'}: its permutation test ({earlier[0]}) was of other subjects' "
+        f"results and is {what}; run `roidask group {out_dir} --permutations {earlier[1]}` "
+        "again",
+        StaleResultsWarning,
+        stacklevel=3,
+    )
+
+
+def _group_inputs(group: Location) -> dict[str, str] | None:
+    """The subjects of the group level in ``group`` and their results' fingerprints
+    (``subjects.tsv``; empty where it records none); None without a group level."""
+    marker = folder_marker(group)
+    if marker is None or marker.get("kind") != GROUP_KIND:
+        return None
+    try:
+        table = pd.read_csv(
+            io.StringIO((group / "subjects.tsv").read_text()),
+            sep="\t",
+            dtype=str,
+            keep_default_na=False,
+        )
+        return dict(zip(table["subject"], table["fingerprint"], strict=True))
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def _remove_group_folder(group: Location) -> None:
@@ -1028,6 +1056,8 @@ class _Batch:
         self.batch_id = uuid.uuid4().hex  # in each subject's provenance.json
         # the parameters as a node's attributes hold them (JSON values)
         self.params_attrs = json.loads(json.dumps(params_attrs(params)))
+        # the group level in the folder: of which subjects' results (None: none)
+        self.group_inputs = _group_inputs(out_dir / "group")
 
     def job(self, spec: SubjectSpec, **values) -> _Job:
         if self.cluster is None:
@@ -1127,6 +1157,19 @@ class _Batch:
         if row["status"] == "failed" and self.client is not None and connection_lost(self.client):
             return _row(spec, self.out_dir / spec.out_name, status=_LOST)
         return row
+
+    def retire_stale_group(self, spec: SubjectSpec, row: dict) -> None:
+        """A subject's results changed: the folder's group level is not of them any more.
+        It is removed at once (as the study's ``group`` node is hidden), not at the end
+        of the batch, so a batch stopped in between never leaves a group level of other
+        results beside the subjects' new ones; the batch writes it again at its end."""
+        if self.group_inputs is None or self.group_inputs.get(spec.out_name) == row.get("_digest"):
+            return
+        group = self.out_dir / "group"
+        earlier = _added_permutation_test(group)
+        _remove_group_folder(group)
+        self.group_inputs = None
+        _stale_permutations(self.out_dir, earlier, "removed with the group level")
 
     def say_if_no_worker(self) -> None:
         """Say so when the scheduler has had no worker for :data:`NO_WORKER_SAY_S` (its
@@ -1268,6 +1311,8 @@ class _Batch:
                     self.submit_next()
                     continue
                 self.status.set(row)
+                if row["status"] == "done":
+                    self.retire_stale_group(spec, row)
                 self.publish(row, spec)  # may make it failed
                 self.status.flush()
                 self.report.finished({**row, **self.status.rows[row["subject"]]})

@@ -1043,6 +1043,24 @@ def test_batch_tsv_lists_the_subjects_in_the_manifest_s_order(haxby, tmp_path):
     assert group == [f"sub-{s}" for s in order]
 
 
+def test_the_group_level_goes_when_the_first_subject_s_results_change(haxby, tmp_path):
+    """A rerun with other parameters: the folder's group level (of the old results) is
+    removed as soon as a subject has new results, as the study hides its group node, so
+    a batch stopped then leaves no group level of other results; written again at the end."""
+    from roidask.pipeline import PipelineParams
+
+    specs = tiny_specs(haxby, tmp_path / "data", 2)
+    out = tmp_path / "out"
+    run_batch(specs, out, plots=False)
+    assert (out / "group" / "tstat.nii.gz").is_file()
+    seen: list[tuple[str, bool]] = []
+    run_batch(specs, out, plots=False, params=PipelineParams(fwhm=5.0),
+              log=lambda line: seen.append((line, (out / "group").exists())))  # fmt: skip
+    finished = [present for line, present in seen if ": done in " in line]
+    assert finished == [False, False]
+    assert (out / "group" / "tstat.nii.gz").is_file()
+
+
 def test_a_subject_run_without_figures_is_made_again_for_figures(haxby, tmp_path):
     """A batch asking for figures redoes a subject an earlier batch ran without them
     (``--no-plots``); a batch without figures skips one that has them."""
