@@ -7,6 +7,7 @@ Its checks and errors, the job script it prints, and how it runs ``roidask batch
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import importlib.util
 import re
@@ -325,3 +326,22 @@ def test_print_job_script_creates_no_log_directory(tmp_path, kind, walltime, wan
         assert out.returncode == 0, out.stderr
         assert want.format(logs, logs) in out.stdout
         assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- docs
+
+
+def test_readme_names_the_refused_batch_options():
+    """cluster/README.md lists the options of roidask batch the script refuses (not its own
+    --dashboard, which it takes)."""
+    recipe = load_recipe()
+    parser = recipe.build_parser()
+    own = {s for a in parser._actions if a.help != argparse.SUPPRESS for s in a.option_strings}
+    refused = sorted(set(recipe.NOT_PASSED) - own)
+    readme = " ".join((CLUSTER_DIR / "README.md").read_text().split())
+    listed = re.search(r"(`--[^.]*?) of `roidask batch` are refused", readme)
+    assert listed, "cluster/README.md does not list the refused options of roidask batch"
+    named = re.findall(r"`(--[\w*-]+)`", listed.group(1))
+    tls = [f for f in refused if f.startswith("--tls-")]
+    assert sorted(f for n in named for f in (tls if n == "--tls-*" else [n])) == refused
+    assert "`--dashboard` is the script's own" in readme
