@@ -263,6 +263,7 @@ CORE_BREAKS = [
         "mountpath",
     ),
     ("batch-job.yaml", ["spec", "template", "spec", "initContainers", 0, "command"], "cmd"),
+    ("batch-job.yaml", ["spec", "template", "spec", "securityContext", "fsGroup"], "fsgroup"),
 ]
 
 
@@ -317,6 +318,7 @@ def test_crd_schema_rejects_a_wrong_value(value, path):
         (["spec", "worker", "spec", "containers", 0, "resources"], "resource"),
         (["spec", "scheduler", "spec", "containers", 0, "readinessProbe", "httpGet"], "http"),
         (["spec", "scheduler", "service", "selector"], "selectors"),
+        (["spec", "worker", "spec", "securityContext", "fsGroup"], "fs_group"),
         (["metadata", "name"], "nom"),
     ],
 )
@@ -445,6 +447,38 @@ def test_batch_job_targets_the_daskcluster_scheduler():
     assert "ReadWriteMany" in pvc["spec"]["accessModes"]
     worker_volumes = dc["spec"]["worker"]["spec"]["volumes"]
     assert volume in worker_volumes  # the workers see the same data
+
+
+def test_pods_that_write_the_data_volume_run_as_the_images_user_with_its_group():
+    """The image runs as uid 1000 (cluster/Dockerfile); a new ReadWriteMany volume is
+    root's: fsGroup gives the pods' group the volume (only when its root is not already
+    the group's, not at every start), so the Job and the workers can write /data/out."""
+    uid = int(
+        re.search(r"useradd .*--uid (\d+) roidask", (CLUSTER_DIR / "Dockerfile").read_text())[1]
+    )
+    job = the_document("batch-job.yaml")["spec"]["template"]["spec"]
+    worker = the_document("daskcluster.yaml")["spec"]["worker"]["spec"]
+    for pod in (job, worker):
+        assert any(v.get("persistentVolumeClaim") for v in pod["volumes"])
+        assert pod["securityContext"] == {
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "fsGroupChangePolicy": "OnRootMismatch",
+        }
+    readme = " ".join((CLUSTER_DIR / "README.md").read_text().split())
+    assert f"uid {uid}" in readme
+    assert "fsGroup" in readme
+
+
+def test_logs_commands_name_the_batch_container():
+    """The Job's pod has an init container too: `kubectl logs` names the batch's."""
+    (container,) = the_document("batch-job.yaml")["spec"]["template"]["spec"]["containers"]
+    for path in (CLUSTER_DIR / "README.md", K8S_DIR / "batch-job.yaml"):
+        commands = re.findall(r"kubectl .*\blogs\b.*", path.read_text())
+        assert commands, path
+        for command in commands:
+            assert f" -c {container['name']}" in f"{command} ", (path.name, command)
 
 
 def run_wait_for_scheduler(address: str, deadline_s: str) -> subprocess.CompletedProcess:
