@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -35,6 +37,7 @@ import xarray as xr
 import zarr
 from dask.base import tokenize
 
+from roidask._atomic import MARKER
 from roidask._validate import check_subject_name
 from roidask.exceptions import (
     DamagedStoreError,
@@ -49,6 +52,7 @@ from roidask.io.locations import (
     S3Path,
     as_location,
     list_files,
+    remote_marker,
     version_tag,
     zarr_store,
 )
@@ -60,8 +64,11 @@ __all__ = [
     "STORE_ATTR",
     "STORE_FORMAT",
     "STUDY_ATTR",
+    "UPLOAD_KIND",
     "DamagedChunk",
     "checked_variables",
+    "chunk_grids",
+    "foreign_files",
     "group_records",
     "ignore_consolidated_warning",
     "is_store",
@@ -69,10 +76,12 @@ __all__ = [
     "missing_chunks",
     "open_store",
     "open_subject",
+    "pending_upload",
     "require_store",
     "root_record",
+    "shown",
     "subject_dataset",
-    "unlisted_chunks",
+    "subject_layout",
     "verify_groups",
     "verify_store",
 ]
@@ -283,24 +292,128 @@ def missing_chunks(group: Location, grids: dict) -> list[tuple[str, str]]:
     return missing
 
 
-def unlisted_chunks(keys: Iterable[str], grids: dict) -> list[str]:
-    """The chunk keys among ``keys`` (paths in a group, ``array/c/i/j/...``) that the chunk
-    inventory ``grids`` does not list: of an array it does not have, of another number of
-    dimensions, or beyond its grid. Files named like chunks that zarr did not write."""
-    extra = []
-    for key in keys:
-        array, sep, rest = key.partition("/c/")
-        if not sep or "/" in array:
-            continue
-        grid = grids.get(array)
-        parts = rest.split("/")
-        if (
-            grid is None
-            or len(parts) != len(grid)
-            or not all(p.isdigit() and int(p) < n for p, n in zip(parts, grid, strict=True))
-        ):
-            extra.append(key)
-    return sorted(extra)
+#: The arrays a format-1 subject (no chunk inventory recorded) may hold that roidask wrote.
+_FORMAT1_ARRAYS = ("bold", "time", "condition", "run", "mask")
+# zarr's temporary file beside one it writes (``name.<uuid hex>.partial``; ``zarr.json``:
+# ``zarr.<hex>.partial``)
+_PARTIAL_RE = re.compile(r"^(.*?)\.[0-9a-f]{32}\.partial$")
+
+
+def _in_layout(key: str, grids: Mapping[str, Sequence[int]]) -> bool:
+    """``key`` is a file of roidask's layout of a group whose arrays are ``grids``."""
+    partial = _PARTIAL_RE.match(key)
+    if partial:
+        base = partial.group(1)
+        key = f"{base}.json" if base.rsplit("/", 1)[-1] == "zarr" else base
+    if key == "zarr.json":
+        return True
+    array, sep, rest = key.partition("/")
+    grid = grids.get(array)
+    if grid is None or not sep:
+        return False
+    if rest == "zarr.json":
+        return True
+    if rest == "c":
+        parts: list[str] = []
+    elif rest.startswith("c/"):
+        parts = rest[2:].split("/")
+    else:
+        return False
+    return len(parts) == len(grid) and all(
+        p.isdigit() and int(p) < int(n) for p, n in zip(parts, grid, strict=True)
+    )
+
+
+def foreign_files(keys: Iterable[str], grids: Mapping[str, Sequence[int]]) -> list[str]:
+    """The files among ``keys`` (paths in a group's folder, ``/``-separated) that are not
+    of the layout roidask writes for a group whose arrays are those of the chunk inventory
+    ``grids``: the group's ``zarr.json``, and each listed array's ``zarr.json`` and chunk
+    keys within its grid. Anything else (another array or group, a nested one, a chunk
+    beyond the grid, a file) is not roidask's. Sorted, each once."""
+    return sorted({key for key in keys if not _in_layout(key, grids)})
+
+
+def shown(names: Sequence[str], limit: int = 5) -> str:
+    """``names`` for a message: the first ``limit``, then how many more."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _group_json(group: Location) -> dict | None:
+    try:
+        record = json.loads((group / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def subject_layout(store: Location, subject: str) -> dict[str, list[int]] | None:
+    """The arrays of subject ``subject`` of the roidask store ``store`` that roidask wrote
+    (name to chunk grid), or None if nothing proves the group there is a roidask subject.
+
+    The proof is the chunk inventory its ``zarr.json`` records (a group with roidask's
+    attributes), or, if that file is lost, the one the root's consolidated metadata
+    recorded for it; a format-1 subject (no inventory) holds roidask's arrays only.
+    """
+    record = _group_json(store / subject)
+    attrs = (record or {}).get("attributes") or {}
+    if record is not None and record.get("node_type") == "group" and "roidask_format" in attrs:
+        grids = attrs.get(CHUNK_GRIDS_ATTR)
+        if isinstance(grids, dict):
+            return grids
+        found = {}
+        for name in _FORMAT1_ARRAYS:
+            meta = _group_json(store / subject / name)
+            if meta is not None and meta.get("node_type") == "array":
+                found.update(chunk_grids({name: meta}))
+        return found
+    if record is not None:
+        return None  # a group or array roidask did not write
+    root = _group_json(store) or {}
+    listed = ((root.get("consolidated_metadata") or {}).get("metadata") or {}).get(subject)
+    listed_attrs = (listed or {}).get("attributes") if isinstance(listed, dict) else None
+    if isinstance(listed_attrs, dict) and "roidask_format" in listed_attrs:
+        grids = listed_attrs.get(CHUNK_GRIDS_ATTR)
+        if isinstance(grids, dict):
+            return grids
+    return None
+
+
+#: The kind of the pending marker (``.roidask.json``, ``complete: false``) an upload of a
+#: subject to an ``s3://`` store puts under the subject's prefix before its first object
+#: and deletes after its ``zarr.json``: it lists every object the upload may leave, so that a
+#: killed upload is recognised as roidask's.
+UPLOAD_KIND = "store-subject-upload"
+
+
+def pending_upload(prefix: Location) -> set[str]:
+    """The objects under ``prefix`` (a subject of an ``s3://`` store) that a killed upload
+    listed in its pending marker, with the marker; empty if there is none."""
+    if not isinstance(prefix, S3Path):
+        return set()
+    marker = remote_marker(prefix)
+    if marker is None or marker.get("kind") != UPLOAD_KIND:
+        return set()
+    return {*marker["files"], MARKER}
+
+
+def chunk_grids(arrays: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The chunk inventory of a group: chunks per dimension of each of its arrays.
+
+    ``arrays``: array name to its zarr v3 metadata (a dict, as in a consolidated
+    ``zarr.json``) or to an open zarr array; other nodes are ignored.
+    """
+    grids = {}
+    for name, meta in arrays.items():
+        if isinstance(meta, dict):
+            if meta.get("node_type") != "array":
+                continue
+            shape = meta["shape"]
+            chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        else:
+            shape, chunks = meta.shape, meta.chunks
+        grids[name] = [-(-int(n) // int(c)) for n, c in zip(shape, chunks, strict=True)]
+    return grids
 
 
 # -- reading with damage named ---------------------------------------------------------------

@@ -142,19 +142,25 @@ def test_a_format_2_store_opens_without_warning(store):
         open_subject(store)
 
 
-def test_unlisted_chunks_are_files_zarr_did_not_write():
-    """Chunk-like names the inventory does not list: beyond the grid, another number of
-    dimensions, an array it does not have; listed chunks and metadata are not."""
-    from roidask.io.store_read import unlisted_chunks
+def test_foreign_files_are_those_outside_roidasks_layout():
+    """Of a group's files, roidask's are its zarr.json and, for each array of the chunk
+    inventory, its zarr.json and chunks within the grid: a chunk beyond the grid or of
+    another number of dimensions, another array or group, a nested one, are not."""
+    from roidask.io.store_read import foreign_files
 
     grids = {"bold": [1, 1, 1, 3], "mask": [2, 1, 1]}
     keys = [
         "bold/c/0/0/0/2", "bold/c/0/0/0/3", "bold/c/0/0/0", "bold/zarr.json",
-        "mask/c/1/0/0", "mask/c/1/0/x", "other/c/0", "zarr.json",
+        "mask/c/1/0/0", "mask/c/1/0/x", "other/c/0", "zarr.json", "other/zarr.json",
+        "derived/myres/zarr.json", "derived/myres/c/0", "derived/zarr.json",
+        "bold/c/0/0/0/notes.txt", "bold/notes.txt", "mask/c/1/0/0/c/0",
+        "zarr.0123456789abcdef0123456789abcdef.partial",
     ]  # fmt: skip
-    assert unlisted_chunks(keys, grids) == [
-        "bold/c/0/0/0", "bold/c/0/0/0/3", "mask/c/1/0/x", "other/c/0",
-    ]  # fmt: skip
+    assert foreign_files([*keys, "other/c/0"], grids) == sorted([
+        "bold/c/0/0/0", "bold/c/0/0/0/3", "mask/c/1/0/x", "other/c/0", "other/zarr.json",
+        "derived/myres/zarr.json", "derived/myres/c/0", "derived/zarr.json",
+        "bold/c/0/0/0/notes.txt", "bold/notes.txt", "mask/c/1/0/0/c/0",
+    ])  # fmt: skip
 
 
 @pytest.mark.parametrize("func", [open_subject, open_store, verify_store, list_subjects])
