@@ -62,6 +62,7 @@ from roidask.io.store_read import (
     list_subjects,
     missing_chunks,
     open_subject,
+    root_disagreements,
     verify_groups,
     verify_store,
 )
@@ -343,6 +344,13 @@ def describe_store(store, *, damaged: list | None = None) -> str:
     lines.append(f"subjects: {len(subjects)} ({', '.join(subjects) or 'none'})")
     if incomplete:
         lines.append(f"incomplete (ignored): {', '.join(incomplete)}")
+    problems = root_disagreements(store)  # what the root lists (plain xarray reads) vs the disk
+    for d in problems:
+        lines.append(
+            f"damaged: {'/'.join(p for p in (d.subject, d.array, d.chunk) if p)}: {d.reason}"
+        )
+    if damaged is not None:
+        damaged.extend(problems)
     for name in subjects:
         try:
             ds = open_subject(store, name)

@@ -36,6 +36,7 @@ import numpy as np
 import xarray as xr
 import zarr
 from dask.base import tokenize
+from zarr.codecs import Crc32cCodec
 
 from roidask._atomic import MARKER
 from roidask._validate import check_subject_name
@@ -67,6 +68,7 @@ __all__ = [
     "UPLOAD_KIND",
     "DamagedChunk",
     "checked_variables",
+    "checksum_problem",
     "chunk_grids",
     "foreign_files",
     "group_records",
@@ -78,6 +80,7 @@ __all__ = [
     "open_subject",
     "pending_upload",
     "require_store",
+    "root_disagreements",
     "root_record",
     "shown",
     "subject_dataset",
@@ -273,10 +276,34 @@ def _array_dirs(path: Location, subject: str) -> list[Location]:
     )
 
 
-def _check_array_metadata(path: Location, subject: str, param: str | None) -> None:
-    """Read every array's ``zarr.json`` of a subject (cheap); StoreError if one is corrupt."""
+_NO_CHECKSUM = (
+    "its zarr.json has no crc32c checksum codec (removed?): its chunks cannot be checked"
+)
+
+
+def checksum_problem(meta: dict) -> str | None:
+    """Why the chunks of an array (its ``zarr.json`` as a dict) of a checksummed store
+    (format 2) cannot be checked, or None: every such array ends its codecs with crc32c."""
+    if meta.get("node_type") != "array":
+        return None
+    codecs = meta.get("codecs") or []
+    last = codecs[-1] if codecs and isinstance(codecs[-1], dict) else {}
+    return _NO_CHECKSUM if last.get("name") != "crc32c" else None
+
+
+def _check_array_metadata(
+    path: Location, subject: str, param: str | None, grids: dict | None = None
+) -> None:
+    """Read every array's ``zarr.json`` of a subject (cheap); StoreError if one is corrupt,
+    DamagedStoreError if an array of its chunk inventory ``grids`` has no checksum codec."""
     for folder in _array_dirs(path, subject):
-        _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
+        meta = _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
+        problem = checksum_problem(meta) if grids and folder.name in grids else None
+        if problem:
+            raise DamagedStoreError(
+                f"{param} {path}: {subject}/{folder.name} is damaged: {problem}; {_CONVERT_AGAIN}",
+                param=param,
+            )
 
 
 def missing_chunks(group: Location, grids: dict) -> list[tuple[str, str]]:
@@ -562,6 +589,15 @@ def checked_variables(
             f"{' ...' if len(keys) > 5 else ''}); {_WRITE_AGAIN}",
             param=param,
         )
+    for name in names:
+        compressors = ds[name].encoding.get("compressors") or ()  # as opened: nothing read
+        if name in grids and not (compressors and isinstance(compressors[-1], Crc32cCodec)):
+            raise DamagedStoreError(
+                f"{param} {path}: {f'{group}/{name}' if group else name} is damaged: "
+                f"{_NO_CHECKSUM}; "
+                f"{_WRITE_AGAIN}",
+                param=param,
+            )
     out = {}
     for name in names:
         var = ds[name]
@@ -657,7 +693,7 @@ def open_subject(
                 f"missing ({shown}{more}); convert the subject again",
                 param=param,
             )
-    _check_array_metadata(path, subject, param)
+    _check_array_metadata(path, subject, param, grids)
     try:
         ds = xr.open_zarr(zarr_store(path), group=subject, consolidated=False, chunks=None)
         condition = np.asarray(ds["condition"].values).astype(object).astype(str)
@@ -759,14 +795,82 @@ def verify_store(store: PathOrURL, *, subject: str | None = None) -> list[Damage
     """
     path = require_store(store)
     records = group_records(path)
+    disagreements = root_disagreements(path)
     names = [subject] if subject is not None else sorted(records)
     for name in names:
-        if name not in records:
+        if name not in records and not any(d.subject == name for d in disagreements):
             raise StoreError(
                 f"subject: no subject {name!r} in {path}; the store holds {sorted(records)}",
                 param="subject",
             )
-    return verify_groups(path, {name: records[name] for name in names})
+    checked = verify_groups(path, {name: records[name] for name in names if name in records})
+    seen = {(d.subject, d.array, d.chunk) for d in checked}  # named once, by its checked reason
+    found = [
+        d
+        for d in disagreements
+        if (subject is None or d.subject == subject) and (d.subject, d.array, d.chunk) not in seen
+    ]
+    return found + checked
+
+
+def root_disagreements(store: PathOrURL) -> list[DamagedChunk]:
+    """What of a store is not as its root's consolidated metadata records it (which plain
+    xarray reads), read from the metadata files only (no chunk):
+
+    * a subject the root lists that is not whole on disk: its folder or ``zarr.json``
+      gone, not complete, or its attributes changed (array ``""``, chunk ``zarr.json``);
+    * an array of a listed subject's chunk inventory whose ``zarr.json`` differs from the
+      root's record (its shape, dtype, codecs or ``scale_factor`` edited), or is gone;
+    * in an ``s3://`` store, the objects of a convert killed while it uploaded a subject
+      (its pending marker, chunk ``.roidask.json``).
+    """
+    path = as_location(store)
+    root = _group_json(path) or {}
+    metadata = (root.get("consolidated_metadata") or {}).get("metadata") or {}
+    damaged = []
+    listed = set()
+    for name in sorted(k for k in metadata if "/" not in k):
+        entry = metadata[name]
+        attrs = (entry.get("attributes") or {}) if isinstance(entry, dict) else {}
+        if entry.get("node_type") != "group" or "roidask_format" not in attrs:
+            continue  # not a roidask subject
+        listed.add(name)
+        own = _group_json(path / name)
+        own_attrs = (own or {}).get("attributes") or {}
+        reason = (
+            "listed by the store's root but missing on disk"
+            if own is None and not (path / name / "zarr.json").exists()
+            else "listed by the store's root but unreadable on disk"
+            if own is None
+            else "listed by the store's root as complete but not complete on disk"
+            if own_attrs.get(COMPLETE_ATTR) is not True and attrs.get(COMPLETE_ATTR) is True
+            else "its attributes differ from the root's record (edited?)"
+            if own_attrs != attrs
+            else None
+        )
+        if reason:
+            damaged.append(DamagedChunk(name, "", "zarr.json", reason))
+        grids = attrs.get(CHUNK_GRIDS_ATTR)
+        for array in sorted(grids) if isinstance(grids, dict) and own is not None else ():
+            recorded = metadata.get(f"{name}/{array}")
+            if recorded is None:
+                continue
+            meta = _group_json(path / name / array)
+            if meta is None:
+                gone = not (path / name / array / "zarr.json").exists()
+                why = "missing on disk, though the root lists it" if gone else "unreadable"
+            elif meta != recorded:
+                why = "its metadata differs from the root's record (edited?)"
+            else:
+                continue
+            damaged.append(DamagedChunk(name, array, "zarr.json", why))
+    if isinstance(path, S3Path):
+        for child in sorted(p for p in path.iterdir() if p.is_dir()):
+            attrs = (_group_json(child) or {}).get("attributes") or {}
+            if attrs.get(COMPLETE_ATTR) is not True and pending_upload(child):
+                why = "left by a convert killed while it uploaded it; convert it again"
+                damaged.append(DamagedChunk(child.name, "", MARKER, why))
+    return damaged
 
 
 def verify_groups(path: PathOrURL, records: dict[str, dict]) -> list[DamagedChunk]:
@@ -785,7 +889,7 @@ def verify_groups(path: PathOrURL, records: dict[str, dict]) -> list[DamagedChun
         for folder in _array_dirs(path, name):
             array_name = folder.name
             try:
-                _read_metadata(folder, f"array {name}/{array_name}")
+                meta = _read_metadata(folder, f"array {name}/{array_name}")
                 arr = zarr.open_array(zarr_store(folder), mode="r")
             except StoreError as exc:
                 damaged.append(DamagedChunk(name, array_name, "zarr.json", _metadata_reason(exc)))
@@ -793,6 +897,9 @@ def verify_groups(path: PathOrURL, records: dict[str, dict]) -> list[DamagedChun
             except Exception as exc:
                 damaged.append(DamagedChunk(name, array_name, "zarr.json", _reason(exc)))
                 continue
+            problem = checksum_problem(meta) if array_name in grids else None
+            if problem:
+                damaged.append(DamagedChunk(name, array_name, "zarr.json", problem))
             grid = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks, strict=True))
             for coords in np.ndindex(*grid):
                 key = _chunk_key(coords)

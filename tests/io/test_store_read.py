@@ -189,3 +189,31 @@ def test_a_results_or_study_store_is_named_for_what_it_is(haxby_outputs):
         r"the whole with xarray\.open_datatree$",
     ):
         verify_store(haxby_outputs.parent / "study.zarr")
+
+
+def test_a_results_array_without_its_checksum_codec_is_damage(tmp_path):
+    """Arrays of a checksummed group (one that records its chunk inventory) must end their
+    codecs with crc32c: one whose codec was removed cannot be checked, so is refused on read
+    and reported by a verification."""
+    import json
+
+    import xarray as xr
+
+    from roidask.exceptions import DamagedStoreError
+    from roidask.io.store_read import checked_variables, verify_groups
+    from roidask.io.store_write import dataset_zarr_files, write_zarr_files
+
+    path = tmp_path / "r.zarr"
+    write_zarr_files(dataset_zarr_files(xr.Dataset({"v": ("x", np.arange(4.0))})), path)
+    assert (
+        verify_groups(path, {"": json.loads((path / "zarr.json").read_text())["attributes"]}) == []
+    )
+    meta = json.loads((path / "v" / "zarr.json").read_text())
+    meta["codecs"].pop()
+    (path / "v" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(DamagedStoreError, match=r"v is damaged: its zarr.json has no crc32c"):
+        checked_variables(path, ["v"])
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    assert [(d.array, d.chunk) for d in verify_groups(path, {"": attrs})][:1] == [
+        ("v", "zarr.json")
+    ]
