@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -1229,6 +1230,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
+#: A write refused for want of room or permission on the file system: named by the output.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _os_error_line(exc: OSError, args) -> str:
+    """The error line of an unforeseen OSError; one that names no file but is a write
+    refused (disk full, quota, read-only) is said of the command's output (``--out``)."""
+    out = getattr(args, "out", None)
+    if exc.filename is None and exc.errno in _WRITE_ERRNOS and out is not None:
+        return f"--out {out}: cannot write it ({exc.strerror or exc})"
+    return format_error(exc, args.command)
+
+
 def main(argv: list[str] | None = None) -> int:
     limit_malloc_arenas()
     parser = build_parser()
@@ -1243,7 +1257,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"roidask: error: {format_error(exc, args.command)}", file=sys.stderr)
             return 2
         except OSError as exc:  # the system refused something no check could foresee
-            print(f"roidask: error: {format_error(exc, args.command)}", file=sys.stderr)
+            print(f"roidask: error: {_os_error_line(exc, args)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (roidask._launch)
             kept = (

@@ -425,6 +425,25 @@ def test_a_store_array_without_its_checksum_codec_is_refused_when_read(store, ha
         open_subject(store)
 
 
+def test_a_full_disk_names_the_output(haxby, tmp_path, capsys, monkeypatch):
+    """An OSError of a refused write names no file (``[Errno 28] No space left on device``):
+    the line names the output being written."""
+    import errno
+
+    from roidask.io import store_write as store_mod
+
+    def full(arr, t0, block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "_write_block", full)
+    out = tmp_path / "s.zarr"
+    rc, _, err = cli(capsys, "convert", haxby.bold, "--labels", haxby.labels, "--out", out,
+                     "--quiet")  # fmt: skip
+    assert rc == 1
+    assert one_error(err) == f"--out {out}: cannot write it (No space left on device)"
+    assert not out.exists() and hidden(tmp_path) == []
+
+
 def test_a_whole_store_verifies(store, capsys):
     rc, out, _ = cli(capsys, "info", "--verify", store)
     assert rc == 0 and "every chunk of every subject reads and passes its checksum" in out
@@ -1175,6 +1194,18 @@ def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path,
     )
     demo = OutputError("out_dir d/synthetic-data: holds ['bold.nii.gz']", param="out_dir")
     assert format_error(demo, "demo") == "--out d/synthetic-data: holds ['bold.nii.gz']"
+
+
+def test_group_on_a_study_whose_published_node_is_gone_names_it(haxby_outputs, tmp_path, capsys):
+    study = shutil.copytree(haxby_outputs.parent / "study.zarr", tmp_path / "study.zarr")
+    shutil.rmtree(study / "sub-01")
+    rc, _, err = cli(capsys, "group", study, "--out", tmp_path / "grp", "--quiet")
+    assert rc == 2
+    assert one_error(err) == (
+        f"{study}: node 'sub-01' is missing on disk (no {study}/sub-01/zarr.json); write "
+        "it again (rerun the roidask run or batch that wrote it)"
+    )
+    assert not (tmp_path / "grp").exists()
 
 
 def test_info_counts_one_in_the_singular(haxby_outputs, tmp_path, capsys):

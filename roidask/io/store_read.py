@@ -115,7 +115,9 @@ def ignore_consolidated_warning() -> None:
       ``fixed_length_utf32`` data type (registered in zarr-extensions, read by
       zarr-python and zarrs) and reads them back as ``<U``, so plain xarray gives
       numpy strings (``.astype(str)`` works); zarr's variable-length ``string``
-      type reads back as numpy ``StringDType``, where it does not.
+      type reads back as numpy ``StringDType``, where it does not. Any other data
+      type's warning is silenced too: a store roidask reads may hold a user's array of
+      such a type.
 
     Process-wide filters for these messages, not :class:`warnings.catch_warnings`:
     blocks of it in concurrent threads (subjects written at once) restore each
@@ -125,8 +127,10 @@ def ignore_consolidated_warning() -> None:
     warnings.filterwarnings(
         "ignore", message="Consolidated metadata is currently not part", category=UserWarning
     )
-    warnings.filterwarnings(
-        "ignore", message=r"The data type \(FixedLengthUTF32", category=FutureWarning
+    warnings.filterwarnings(  # any data type's (a user's array in a store read, too)
+        "ignore",
+        message=r"The data type \(.*\) does not have a Zarr V3 specification",
+        category=FutureWarning,
     )
 
 
@@ -573,12 +577,21 @@ def checked_variables(
     Raises
     ------
     DamagedStoreError
-        A chunk of the inventory is missing.
+        The group, or a chunk of the inventory, is missing; an array of the inventory has
+        no checksum codec.
     """
     path = as_location(store)
-    ds = xr.open_zarr(zarr_store(path), group=group, consolidated=False, chunks=None)
-    grids = ds.attrs.get(CHUNK_GRIDS_ATTR) or {}
     folder = path / group if group else path
+    try:
+        ds = xr.open_zarr(zarr_store(path), group=group, consolidated=False, chunks=None)
+    except zarr.errors.NodeNotFoundError:
+        what = f"node {group!r}" if group else "its root group"
+        raise DamagedStoreError(
+            f"{param} {path}: {what} is missing on disk (no {folder / 'zarr.json'}); "
+            f"{_WRITE_AGAIN}",
+            param=param,
+        ) from None
+    grids = ds.attrs.get(CHUNK_GRIDS_ATTR) or {}
     missing = missing_chunks(folder, {n: grids[n] for n in names if n in grids})
     if missing:  # named by the first array missing chunks
         array = missing[0][0]

@@ -217,3 +217,20 @@ def test_a_results_array_without_its_checksum_codec_is_damage(tmp_path):
     assert [(d.array, d.chunk) for d in verify_groups(path, {"": attrs})][:1] == [
         ("v", "zarr.json")
     ]
+
+
+def test_zarrs_warning_about_a_data_type_without_a_v3_specification_is_silenced(tmp_path):
+    """Roidask's fixed-width strings, or a user's array of bytes in a store it opens: zarr's
+    UnstableSpecificationWarning is not shown."""
+    import warnings
+
+    import zarr
+
+    from roidask.io.store_read import ignore_consolidated_warning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ignore_consolidated_warning()
+        zarr.create_array(str(tmp_path / "a"), shape=(2,), dtype="S4", zarr_format=3)
+        zarr.create_array(str(tmp_path / "b"), shape=(2,), dtype="<U4", zarr_format=3)
+    assert [str(w.message) for w in caught] == []
