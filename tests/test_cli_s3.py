@@ -228,6 +228,33 @@ def test_a_killed_upload_to_s3_is_reported_and_redone(s3_bucket, tmp_path, monke
     assert main(["info", "--verify", remote]) == 0
 
 
+def test_local_copies_a_killed_command_left_in_tmpdir_are_removed_by_the_next(
+    s3_bucket, tmp_path, monkeypatch
+):
+    """The local copy of what goes to S3 (a converted subject, an output folder) is a locked
+    folder in $TMPDIR: a SIGKILLed command's (unlocked) is removed by the next command that
+    makes one, a running command's (locked) never; the next command's own is gone after."""
+    import tempfile
+
+    from helpers.files import locked_by_another_process
+
+    from roidask.io import convert
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    killed = scratch / ".roidask-convert.roidask-tmp-999999-0123abcd"
+    running = scratch / ".roidask-convert.roidask-tmp-999998-4567cdef"
+    for folder in (killed, running):
+        (folder / "store.zarr").mkdir(parents=True)
+    bold = write_bold(tmp_path / "bold.nii.gz", 6)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "face 0\nhouse 0\n" * 3)
+    with locked_by_another_process(running):
+        convert(bold, labels=labels, out=f"{s3_bucket}/s.zarr")
+    assert sorted(p.name for p in scratch.iterdir()) == [running.name]
+
+
 def test_converts_into_one_s3_store_at_once_keep_every_subject(s3_bucket, tmp_path, monkeypatch):
     from roidask.io import convert, list_subjects
     from roidask.io import store_write as store_mod

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import warnings
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -59,6 +58,7 @@ from roidask.io.locations import (
     check_writable,
     delete_prefix_keys,
     list_files,
+    local_scratch,
     output_lock,
     put_files,
     put_if_absent,
@@ -549,8 +549,8 @@ def _convert_to_s3(
         if isinstance(mask_img, PathOrURL):
             inputs.append(str(mask_img))
     old = _prepare_remote_target(out, subject, overwrite, inputs)
-    with tempfile.TemporaryDirectory(prefix=".roidask-convert-") as tmp:
-        local = Path(tmp) / "store.zarr"
+    with local_scratch("convert") as tmp:
+        local = tmp / "store.zarr"
         convert(
             bold, labels=labels, out=local, subject=subject, tr_s=tr_s, chunks=chunks,
             mask_img=mask_img, progress=progress,
