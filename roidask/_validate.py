@@ -46,7 +46,7 @@ __all__ = [
     "volume_conditions",
 ]
 
-#: Subject names: letters, digits, '.', '_' and '-', not starting with '.' or '-'
+#: Subject names: ASCII letters, digits, '.', '_' and '-', not starting with '.' or '-'
 #: (store group names and ``sub-<id>`` output folders alike).
 SUBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
@@ -215,7 +215,7 @@ def check_subject_name(subject: Any, param: str = "subject") -> str:
     """A subject name usable as a store group and an output folder name."""
     if not isinstance(subject, str) or not SUBJECT_NAME_RE.match(subject):
         raise InvalidParameterError(
-            f"{param}: {subject!r} is not a valid subject name; expected letters, digits, "
+            f"{param}: {subject!r} is not a valid subject name; expected ASCII letters, digits, "
             "'.', '_' or '-', not starting with '.' or '-' (e.g. 'sub-01')",
             param=param,
         )

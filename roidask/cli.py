@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -62,6 +63,7 @@ from roidask.io.store_read import (
     list_subjects,
     missing_chunks,
     open_subject,
+    root_disagreements,
     verify_groups,
     verify_store,
 )
@@ -344,6 +346,13 @@ def describe_store(store, *, damaged: list | None = None) -> str:
     lines.append(f"subjects: {len(subjects)} ({', '.join(subjects) or 'none'})")
     if incomplete:
         lines.append(f"incomplete (ignored): {', '.join(incomplete)}")
+    problems = root_disagreements(store)  # what the root lists (plain xarray reads) vs the disk
+    for d in problems:
+        lines.append(
+            f"damaged: {'/'.join(p for p in (d.subject, d.array, d.chunk) if p)}: {d.reason}"
+        )
+    if damaged is not None:
+        damaged.extend(problems)
     for name in subjects:
         try:
             ds = open_subject(store, name)
@@ -1269,6 +1278,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
+#: A write refused for want of room or permission on the file system: named by the output.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _os_error_line(exc: OSError, args) -> str:
+    """The error line of an unforeseen OSError; one that names no file but is a write
+    refused (disk full, quota, read-only) is said of the command's output (``--out``)."""
+    out = getattr(args, "out", None)
+    if exc.filename is None and exc.errno in _WRITE_ERRNOS and out is not None:
+        return f"--out {out}: cannot write it ({exc.strerror or exc})"
+    return format_error(exc, args.command)
+
+
 def main(argv: list[str] | None = None) -> int:
     limit_malloc_arenas()
     parser = build_parser()
@@ -1283,7 +1305,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"roidask: error: {format_error(exc, args.command)}", file=sys.stderr)
             return 2
         except OSError as exc:  # the system refused something no check could foresee
-            print(f"roidask: error: {format_error(exc, args.command)}", file=sys.stderr)
+            print(f"roidask: error: {_os_error_line(exc, args)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (roidask._launch)
             kept = (

@@ -380,6 +380,70 @@ def test_damaged_store_through_info(store, capsys, how):
     ]
 
 
+def _edit_json(path, edit):
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["subject folder removed", "zarr.json removed", "not complete", "bold shape", "no crc32c"],
+)
+def test_info_and_verify_report_what_the_root_lists_that_is_not_whole(store, capsys, how):
+    """What the root's consolidated metadata lists (what plain xarray reads) and the disk
+    does not hold as listed is damage: info and --verify name it (exit status 1)."""
+    subject = store / "sub-01"
+    if how == "subject folder removed":
+        shutil.rmtree(subject)
+        want = "sub-01/zarr.json: listed by the store's root but missing on disk"
+    elif how == "zarr.json removed":
+        (subject / "zarr.json").unlink()
+        want = "sub-01/zarr.json: listed by the store's root but missing on disk"
+    elif how == "not complete":
+        _edit_json(subject / "zarr.json", lambda r: r["attributes"].pop("roidask_complete"))
+        want = "sub-01/zarr.json: listed by the store's root as complete but not complete on disk"
+    elif how == "bold shape":
+        _edit_json(subject / "bold" / "zarr.json", lambda r: r.update(shape=[40, 20, 1, 1000]))
+        want = "sub-01/bold/zarr.json: its metadata differs from the root's record (edited?)"
+    else:  # the checksum codec removed, then a chunk damaged: verify must not pass it
+        _edit_json(subject / "bold" / "zarr.json", lambda r: r["codecs"].pop())
+        want = "sub-01/bold/zarr.json: its zarr.json has no crc32c checksum codec (removed?)"
+    rc, out, _ = cli(capsys, "info", store)
+    assert rc == 1 and want.split(": ", 1)[1] in out and "damaged" in out, out
+    rc, out, _ = cli(capsys, "info", "--verify", store)
+    assert rc == 1 and f"  {want}" in out, out
+    assert "damaged chunk(s)" in out.splitlines()[0]
+
+
+def test_a_store_array_without_its_checksum_codec_is_refused_when_read(store, haxby, capsys):
+    from roidask.exceptions import DamagedStoreError
+    from roidask.io import open_subject
+
+    _edit_json(store / "sub-01" / "bold" / "zarr.json", lambda r: r["codecs"].pop())
+    with pytest.raises(DamagedStoreError, match=r"sub-01/bold is damaged: its zarr.json has no "):
+        open_subject(store)
+
+
+def test_a_full_disk_names_the_output(haxby, tmp_path, capsys, monkeypatch):
+    """An OSError of a refused write names no file (``[Errno 28] No space left on device``):
+    the line names the output being written."""
+    import errno
+
+    from roidask.io import store_write as store_mod
+
+    def full(arr, t0, block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "_write_block", full)
+    out = tmp_path / "s.zarr"
+    rc, _, err = cli(capsys, "convert", haxby.bold, "--labels", haxby.labels, "--out", out,
+                     "--quiet")  # fmt: skip
+    assert rc == 1
+    assert one_error(err) == f"--out {out}: cannot write it (No space left on device)"
+    assert not out.exists() and hidden(tmp_path) == []
+
+
 def test_a_whole_store_verifies(store, capsys):
     rc, out, _ = cli(capsys, "info", "--verify", store)
     assert rc == 0 and "every chunk of every subject reads and passes its checksum" in out
@@ -1159,6 +1223,18 @@ def test_messages_name_the_flags_the_command_has(haxby, haxby_outputs, tmp_path,
     )
     demo = OutputError("out_dir d/synthetic-data: holds ['bold.nii.gz']", param="out_dir")
     assert format_error(demo, "demo") == "--out d/synthetic-data: holds ['bold.nii.gz']"
+
+
+def test_group_on_a_study_whose_published_node_is_gone_names_it(haxby_outputs, tmp_path, capsys):
+    study = shutil.copytree(haxby_outputs.parent / "study.zarr", tmp_path / "study.zarr")
+    shutil.rmtree(study / "sub-01")
+    rc, _, err = cli(capsys, "group", study, "--out", tmp_path / "grp", "--quiet")
+    assert rc == 2
+    assert one_error(err) == (
+        f"{study}: node 'sub-01' is missing on disk (no {study}/sub-01/zarr.json); write "
+        "it again (rerun the roidask run or batch that wrote it)"
+    )
+    assert not (tmp_path / "grp").exists()
 
 
 def test_info_counts_one_in_the_singular(haxby_outputs, tmp_path, capsys):

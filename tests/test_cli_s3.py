@@ -181,6 +181,80 @@ def test_convert_replaces_a_subject_in_s3_only_with_overwrite(inputs, s3_bucket,
     assert "objects roidask did not write (bold/mine.txt)" in error_of(capsys)
 
 
+def test_a_users_nested_objects_in_an_s3_subject_are_refused(inputs, s3_bucket, capsys):
+    remote = f"{s3_bucket}/s.zarr"
+    args = ["convert", inputs["bold.nii.gz"], "--labels", inputs["labels.txt"], "--out", remote]
+    assert main([*args, "--quiet"]) == 0
+    obstore.put(_store(remote), "sub-01/derived/myres/zarr.json", b"{}")
+    obstore.put(_store(remote), "sub-01/derived/myres/c/0", b"0")
+    capsys.readouterr()
+    assert main([*args, "--overwrite", "--quiet"]) == 2
+    assert (
+        "objects roidask did not write (derived/myres/c/0, derived/myres/zarr.json)"
+        in error_of(capsys)
+    )
+    assert objects(remote)["sub-01/derived/myres/c/0"] == b"0"
+
+
+def test_a_killed_upload_to_s3_is_reported_and_redone(s3_bucket, tmp_path, monkeypatch, capsys):
+    """A convert killed while it uploads a subject leaves chunks and its pending marker:
+    info --verify names the subject, and the next convert (no --overwrite needed: the
+    subject was never complete) rewrites it; its marker is gone after."""
+    from roidask.io import convert, list_subjects
+    from roidask.io import store_write as store_mod
+
+    bold = write_bold(tmp_path / "bold.nii.gz", 6)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "face 0\nhouse 0\n" * 3)
+    remote = f"{s3_bucket}/k.zarr"
+    real = store_mod.put_files
+
+    def killed(root, dest, names):
+        real(root, dest, list(names)[:2])
+        raise KeyboardInterrupt  # as a SIGKILL: nothing cleaned after
+
+    monkeypatch.setattr(store_mod, "put_files", killed)
+    with pytest.raises(KeyboardInterrupt):
+        convert(bold, labels=labels, out=remote, subject="sA", chunks="time=2")
+    monkeypatch.undo()
+    assert "sA/.roidask.json" in objects(remote)
+    assert main(["info", "--verify", remote]) == 1
+    assert "sA/.roidask.json: left by a convert killed while it uploaded it" in (
+        capsys.readouterr().out
+    )
+    convert(bold, labels=labels, out=remote, subject="sA", chunks="time=2")
+    assert list_subjects(remote) == ["sA"]
+    assert "sA/.roidask.json" not in objects(remote)
+    assert main(["info", "--verify", remote]) == 0
+
+
+def test_local_copies_a_killed_command_left_in_tmpdir_are_removed_by_the_next(
+    s3_bucket, tmp_path, monkeypatch
+):
+    """The local copy of what goes to S3 (a converted subject, an output folder) is a locked
+    folder in $TMPDIR: a SIGKILLed command's (unlocked) is removed by the next command that
+    makes one, a running command's (locked) never; the next command's own is gone after."""
+    import tempfile
+
+    from helpers.files import locked_by_another_process
+
+    from roidask.io import convert
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    killed = scratch / ".roidask-convert.roidask-tmp-999999-0123abcd"
+    running = scratch / ".roidask-convert.roidask-tmp-999998-4567cdef"
+    for folder in (killed, running):
+        (folder / "store.zarr").mkdir(parents=True)
+    bold = write_bold(tmp_path / "bold.nii.gz", 6)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "face 0\nhouse 0\n" * 3)
+    with locked_by_another_process(running):
+        convert(bold, labels=labels, out=f"{s3_bucket}/s.zarr")
+    assert sorted(p.name for p in scratch.iterdir()) == [running.name]
+
+
 def test_converts_into_one_s3_store_at_once_keep_every_subject(s3_bucket, tmp_path, monkeypatch):
     from roidask.io import convert, list_subjects
     from roidask.io import store_write as store_mod

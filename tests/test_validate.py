@@ -150,6 +150,10 @@ def test_check_input_file_permission_denied(tmp_path):
             r"^subject: '\.\./x' is not a valid subject name",
         ),
         (
+            lambda: check_subject_name("sub-ü"),
+            r"^subject: 'sub-ü' is not a valid subject name; expected ASCII letters, digits",
+        ),
+        (
             lambda: check_subject_name("zarr.json"),
             r"^subject: 'zarr\.json' is the name of a store's own metadata file",
         ),

@@ -139,6 +139,7 @@ from roidask.outputs.study import (
     Study,
     SubjectNode,
     check_node_writable,
+    check_nodes_writable,
     check_study,
     node_attrs,
 )
@@ -251,7 +252,7 @@ def check_batch_folder(
     """
     out = absolute(as_location(out_dir, "out_dir"))  # workers write in it from their folders
     inputs = InputIndex(p for spec in specs for p in spec.files)  # checked against every folder
-    _check_study_of(out, study)
+    _check_study_of(out, study, [spec.out_name for spec in specs])
     if isinstance(out, S3Path):
         return _check_remote_batch_folder(out, specs, inputs)
     if out.is_symlink() or (out.exists() and not out.is_dir()):
@@ -278,8 +279,9 @@ def check_batch_folder(
     return out
 
 
-def _check_study_of(out: Location, study: bool) -> None:
-    """:func:`check_batch_folder`'s checks of ``out/study.zarr`` and of the locks."""
+def _check_study_of(out: Location, study: bool, nodes: list[str]) -> None:
+    """:func:`check_batch_folder`'s checks of ``out/study.zarr`` (and of its ``nodes``, which
+    the batch may rewrite, and the group node) and of the locks."""
     store = out / STUDY_NAME
     if not study and store.exists():
         raise OutputError(
@@ -294,6 +296,7 @@ def _check_study_of(out: Location, study: bool) -> None:
                 FolderLock(folder, param="out").release()
     if study and store.exists():
         check_study(store, param="out")
+        check_nodes_writable(store, [*nodes, GROUP_NODE])
 
 
 def _check_remote_batch_folder(

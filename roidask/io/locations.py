@@ -67,6 +67,7 @@ from roidask._atomic import (
     check_destination,
     check_not_input,
     clean_stale,
+    create_locked,
     read_marker,
     size_mismatches,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "is_remote",
     "is_zarr_file",
     "list_files",
+    "local_scratch",
     "location_arg",
     "object_record",
     "open_table",
@@ -1358,6 +1360,26 @@ def publish_folder(
 
 
 @contextlib.contextmanager
+def local_scratch(name: str) -> Iterator[Path]:
+    """A new folder in the system's temporary folder (``$TMPDIR``) for a local copy of what
+    goes to object storage (a converted subject, an output folder), removed after.
+
+    Locked while in use (:func:`roidask._atomic.create_locked`): those a killed command
+    left (unlocked) are removed by the next command that makes one of the same ``name``
+    (:func:`roidask._atomic.clean_stale`), never those of a command still running.
+    """
+    anchor = Path(tempfile.gettempdir()) / f"roidask-{name}"
+    clean_stale(anchor)
+    tmp, fd = create_locked(anchor, folder=True)
+    try:
+        tmp.chmod(0o700)  # private, as tempfile's folders
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def output_folder(out, *, kind: str) -> Iterator[Path]:
     """:class:`roidask._atomic.OutputFolder` for a local folder or an ``s3://`` prefix.
 
@@ -1370,8 +1392,8 @@ def output_folder(out, *, kind: str) -> Iterator[Path]:
         with OutputFolder(loc, kind=kind) as tmp:
             yield tmp
         return
-    with tempfile.TemporaryDirectory(prefix=".roidask-out-") as tmp:
-        local = Path(tmp) / (loc.name or "out")
+    with local_scratch("out") as tmp:
+        local = tmp / (loc.name or "out")
         with OutputFolder(local, kind=kind) as build:
             yield build
         publish_folder(local, loc)

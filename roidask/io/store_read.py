@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
 import xarray as xr
 import zarr
 from dask.base import tokenize
+from zarr.codecs import Crc32cCodec
 
+from roidask._atomic import MARKER
 from roidask._validate import check_subject_name
 from roidask.exceptions import (
     DamagedStoreError,
@@ -49,6 +53,7 @@ from roidask.io.locations import (
     S3Path,
     as_location,
     list_files,
+    remote_marker,
     version_tag,
     zarr_store,
 )
@@ -60,8 +65,12 @@ __all__ = [
     "STORE_ATTR",
     "STORE_FORMAT",
     "STUDY_ATTR",
+    "UPLOAD_KIND",
     "DamagedChunk",
     "checked_variables",
+    "checksum_problem",
+    "chunk_grids",
+    "foreign_files",
     "group_records",
     "ignore_consolidated_warning",
     "is_store",
@@ -69,10 +78,13 @@ __all__ = [
     "missing_chunks",
     "open_store",
     "open_subject",
+    "pending_upload",
     "require_store",
+    "root_disagreements",
     "root_record",
+    "shown",
     "subject_dataset",
-    "unlisted_chunks",
+    "subject_layout",
     "verify_groups",
     "verify_store",
 ]
@@ -103,7 +115,9 @@ def ignore_consolidated_warning() -> None:
       ``fixed_length_utf32`` data type (registered in zarr-extensions, read by
       zarr-python and zarrs) and reads them back as ``<U``, so plain xarray gives
       numpy strings (``.astype(str)`` works); zarr's variable-length ``string``
-      type reads back as numpy ``StringDType``, where it does not.
+      type reads back as numpy ``StringDType``, where it does not. Any other data
+      type's warning is silenced too: a store roidask reads may hold a user's array of
+      such a type.
 
     Process-wide filters for these messages, not :class:`warnings.catch_warnings`:
     blocks of it in concurrent threads (subjects written at once) restore each
@@ -113,8 +127,10 @@ def ignore_consolidated_warning() -> None:
     warnings.filterwarnings(
         "ignore", message="Consolidated metadata is currently not part", category=UserWarning
     )
-    warnings.filterwarnings(
-        "ignore", message=r"The data type \(FixedLengthUTF32", category=FutureWarning
+    warnings.filterwarnings(  # any data type's (a user's array in a store read, too)
+        "ignore",
+        message=r"The data type \(.*\) does not have a Zarr V3 specification",
+        category=FutureWarning,
     )
 
 
@@ -271,10 +287,34 @@ def _array_dirs(path: Location, subject: str) -> list[Location]:
     )
 
 
-def _check_array_metadata(path: Location, subject: str, param: str | None) -> None:
-    """Read every array's ``zarr.json`` of a subject (cheap); StoreError if one is corrupt."""
+_NO_CHECKSUM = (
+    "its zarr.json has no crc32c checksum codec (removed?): its chunks cannot be checked"
+)
+
+
+def checksum_problem(meta: dict) -> str | None:
+    """Why the chunks of an array (its ``zarr.json`` as a dict) of a checksummed store
+    (format 2) cannot be checked, or None: every such array ends its codecs with crc32c."""
+    if meta.get("node_type") != "array":
+        return None
+    codecs = meta.get("codecs") or []
+    last = codecs[-1] if codecs and isinstance(codecs[-1], dict) else {}
+    return _NO_CHECKSUM if last.get("name") != "crc32c" else None
+
+
+def _check_array_metadata(
+    path: Location, subject: str, param: str | None, grids: dict | None = None
+) -> None:
+    """Read every array's ``zarr.json`` of a subject (cheap); StoreError if one is corrupt,
+    DamagedStoreError if an array of its chunk inventory ``grids`` has no checksum codec."""
     for folder in _array_dirs(path, subject):
-        _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
+        meta = _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
+        problem = checksum_problem(meta) if grids and folder.name in grids else None
+        if problem:
+            raise DamagedStoreError(
+                f"{param} {path}: {subject}/{folder.name} is damaged: {problem}; {_CONVERT_AGAIN}",
+                param=param,
+            )
 
 
 def missing_chunks(group: Location, grids: dict) -> list[tuple[str, str]]:
@@ -290,24 +330,128 @@ def missing_chunks(group: Location, grids: dict) -> list[tuple[str, str]]:
     return missing
 
 
-def unlisted_chunks(keys: Iterable[str], grids: dict) -> list[str]:
-    """The chunk keys among ``keys`` (paths in a group, ``array/c/i/j/...``) that the chunk
-    inventory ``grids`` does not list: of an array it does not have, of another number of
-    dimensions, or beyond its grid. Files named like chunks that zarr did not write."""
-    extra = []
-    for key in keys:
-        array, sep, rest = key.partition("/c/")
-        if not sep or "/" in array:
-            continue
-        grid = grids.get(array)
-        parts = rest.split("/")
-        if (
-            grid is None
-            or len(parts) != len(grid)
-            or not all(p.isdigit() and int(p) < n for p, n in zip(parts, grid, strict=True))
-        ):
-            extra.append(key)
-    return sorted(extra)
+#: The arrays a format-1 subject (no chunk inventory recorded) may hold that roidask wrote.
+_FORMAT1_ARRAYS = ("bold", "time", "condition", "run", "mask")
+# zarr's temporary file beside one it writes (``name.<uuid hex>.partial``; ``zarr.json``:
+# ``zarr.<hex>.partial``)
+_PARTIAL_RE = re.compile(r"^(.*?)\.[0-9a-f]{32}\.partial$")
+
+
+def _in_layout(key: str, grids: Mapping[str, Sequence[int]]) -> bool:
+    """``key`` is a file of roidask's layout of a group whose arrays are ``grids``."""
+    partial = _PARTIAL_RE.match(key)
+    if partial:
+        base = partial.group(1)
+        key = f"{base}.json" if base.rsplit("/", 1)[-1] == "zarr" else base
+    if key == "zarr.json":
+        return True
+    array, sep, rest = key.partition("/")
+    grid = grids.get(array)
+    if grid is None or not sep:
+        return False
+    if rest == "zarr.json":
+        return True
+    if rest == "c":
+        parts: list[str] = []
+    elif rest.startswith("c/"):
+        parts = rest[2:].split("/")
+    else:
+        return False
+    return len(parts) == len(grid) and all(
+        p.isdigit() and int(p) < int(n) for p, n in zip(parts, grid, strict=True)
+    )
+
+
+def foreign_files(keys: Iterable[str], grids: Mapping[str, Sequence[int]]) -> list[str]:
+    """The files among ``keys`` (paths in a group's folder, ``/``-separated) that are not
+    of the layout roidask writes for a group whose arrays are those of the chunk inventory
+    ``grids``: the group's ``zarr.json``, and each listed array's ``zarr.json`` and chunk
+    keys within its grid. Anything else (another array or group, a nested one, a chunk
+    beyond the grid, a file) is not roidask's. Sorted, each once."""
+    return sorted({key for key in keys if not _in_layout(key, grids)})
+
+
+def shown(names: Sequence[str], limit: int = 5) -> str:
+    """``names`` for a message: the first ``limit``, then how many more."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _group_json(group: Location) -> dict | None:
+    try:
+        record = json.loads((group / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def subject_layout(store: Location, subject: str) -> dict[str, list[int]] | None:
+    """The arrays of subject ``subject`` of the roidask store ``store`` that roidask wrote
+    (name to chunk grid), or None if nothing proves the group there is a roidask subject.
+
+    The proof is the chunk inventory its ``zarr.json`` records (a group with roidask's
+    attributes), or, if that file is lost, the one the root's consolidated metadata
+    recorded for it; a format-1 subject (no inventory) holds roidask's arrays only.
+    """
+    record = _group_json(store / subject)
+    attrs = (record or {}).get("attributes") or {}
+    if record is not None and record.get("node_type") == "group" and "roidask_format" in attrs:
+        grids = attrs.get(CHUNK_GRIDS_ATTR)
+        if isinstance(grids, dict):
+            return grids
+        found = {}
+        for name in _FORMAT1_ARRAYS:
+            meta = _group_json(store / subject / name)
+            if meta is not None and meta.get("node_type") == "array":
+                found.update(chunk_grids({name: meta}))
+        return found
+    if record is not None:
+        return None  # a group or array roidask did not write
+    root = _group_json(store) or {}
+    listed = ((root.get("consolidated_metadata") or {}).get("metadata") or {}).get(subject)
+    listed_attrs = (listed or {}).get("attributes") if isinstance(listed, dict) else None
+    if isinstance(listed_attrs, dict) and "roidask_format" in listed_attrs:
+        grids = listed_attrs.get(CHUNK_GRIDS_ATTR)
+        if isinstance(grids, dict):
+            return grids
+    return None
+
+
+#: The kind of the pending marker (``.roidask.json``, ``complete: false``) an upload of a
+#: subject to an ``s3://`` store puts under the subject's prefix before its first object
+#: and deletes after its ``zarr.json``: it lists every object the upload may leave, so that a
+#: killed upload is recognised as roidask's.
+UPLOAD_KIND = "store-subject-upload"
+
+
+def pending_upload(prefix: Location) -> set[str]:
+    """The objects under ``prefix`` (a subject of an ``s3://`` store) that a killed upload
+    listed in its pending marker, with the marker; empty if there is none."""
+    if not isinstance(prefix, S3Path):
+        return set()
+    marker = remote_marker(prefix)
+    if marker is None or marker.get("kind") != UPLOAD_KIND:
+        return set()
+    return {*marker["files"], MARKER}
+
+
+def chunk_grids(arrays: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The chunk inventory of a group: chunks per dimension of each of its arrays.
+
+    ``arrays``: array name to its zarr v3 metadata (a dict, as in a consolidated
+    ``zarr.json``) or to an open zarr array; other nodes are ignored.
+    """
+    grids = {}
+    for name, meta in arrays.items():
+        if isinstance(meta, dict):
+            if meta.get("node_type") != "array":
+                continue
+            shape = meta["shape"]
+            chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        else:
+            shape, chunks = meta.shape, meta.chunks
+        grids[name] = [-(-int(n) // int(c)) for n, c in zip(shape, chunks, strict=True)]
+    return grids
 
 
 # -- reading with damage named ---------------------------------------------------------------
@@ -440,12 +584,21 @@ def checked_variables(
     Raises
     ------
     DamagedStoreError
-        A chunk of the inventory is missing.
+        The group, or a chunk of the inventory, is missing; an array of the inventory has
+        no checksum codec.
     """
     path = as_location(store)
-    ds = xr.open_zarr(zarr_store(path), group=group, consolidated=False, chunks=None)
-    grids = ds.attrs.get(CHUNK_GRIDS_ATTR) or {}
     folder = path / group if group else path
+    try:
+        ds = xr.open_zarr(zarr_store(path), group=group, consolidated=False, chunks=None)
+    except zarr.errors.NodeNotFoundError:
+        what = f"node {group!r}" if group else "its root group"
+        raise DamagedStoreError(
+            f"{param} {path}: {what} is missing on disk (no {folder / 'zarr.json'}); "
+            f"{_WRITE_AGAIN}",
+            param=param,
+        ) from None
+    grids = ds.attrs.get(CHUNK_GRIDS_ATTR) or {}
     missing = missing_chunks(folder, {n: grids[n] for n in names if n in grids})
     if missing:  # named by the first array missing chunks
         array = missing[0][0]
@@ -456,6 +609,15 @@ def checked_variables(
             f"{' ...' if len(keys) > 5 else ''}); {_WRITE_AGAIN}",
             param=param,
         )
+    for name in names:
+        compressors = ds[name].encoding.get("compressors") or ()  # as opened: nothing read
+        if name in grids and not (compressors and isinstance(compressors[-1], Crc32cCodec)):
+            raise DamagedStoreError(
+                f"{param} {path}: {f'{group}/{name}' if group else name} is damaged: "
+                f"{_NO_CHECKSUM}; "
+                f"{_WRITE_AGAIN}",
+                param=param,
+            )
     out = {}
     for name in names:
         var = ds[name]
@@ -551,7 +713,7 @@ def open_subject(
                 f"missing ({shown}{more}); convert the subject again",
                 param=param,
             )
-    _check_array_metadata(path, subject, param)
+    _check_array_metadata(path, subject, param, grids)
     try:
         ds = xr.open_zarr(zarr_store(path), group=subject, consolidated=False, chunks=None)
         condition = np.asarray(ds["condition"].values).astype(object).astype(str)
@@ -653,14 +815,82 @@ def verify_store(store: PathOrURL, *, subject: str | None = None) -> list[Damage
     """
     path = require_store(store)
     records = group_records(path)
+    disagreements = root_disagreements(path)
     names = [subject] if subject is not None else sorted(records)
     for name in names:
-        if name not in records:
+        if name not in records and not any(d.subject == name for d in disagreements):
             raise StoreError(
                 f"subject: no subject {name!r} in {path}; the store holds {sorted(records)}",
                 param="subject",
             )
-    return verify_groups(path, {name: records[name] for name in names})
+    checked = verify_groups(path, {name: records[name] for name in names if name in records})
+    seen = {(d.subject, d.array, d.chunk) for d in checked}  # named once, by its checked reason
+    found = [
+        d
+        for d in disagreements
+        if (subject is None or d.subject == subject) and (d.subject, d.array, d.chunk) not in seen
+    ]
+    return found + checked
+
+
+def root_disagreements(store: PathOrURL) -> list[DamagedChunk]:
+    """What of a store is not as its root's consolidated metadata records it (which plain
+    xarray reads), read from the metadata files only (no chunk):
+
+    * a subject the root lists that is not whole on disk: its folder or ``zarr.json``
+      gone, not complete, or its attributes changed (array ``""``, chunk ``zarr.json``);
+    * an array of a listed subject's chunk inventory whose ``zarr.json`` differs from the
+      root's record (its shape, dtype, codecs or ``scale_factor`` edited), or is gone;
+    * in an ``s3://`` store, the objects of a convert killed while it uploaded a subject
+      (its pending marker, chunk ``.roidask.json``).
+    """
+    path = as_location(store)
+    root = _group_json(path) or {}
+    metadata = (root.get("consolidated_metadata") or {}).get("metadata") or {}
+    damaged = []
+    listed = set()
+    for name in sorted(k for k in metadata if "/" not in k):
+        entry = metadata[name]
+        attrs = (entry.get("attributes") or {}) if isinstance(entry, dict) else {}
+        if entry.get("node_type") != "group" or "roidask_format" not in attrs:
+            continue  # not a roidask subject
+        listed.add(name)
+        own = _group_json(path / name)
+        own_attrs = (own or {}).get("attributes") or {}
+        reason = (
+            "listed by the store's root but missing on disk"
+            if own is None and not (path / name / "zarr.json").exists()
+            else "listed by the store's root but unreadable on disk"
+            if own is None
+            else "listed by the store's root as complete but not complete on disk"
+            if own_attrs.get(COMPLETE_ATTR) is not True and attrs.get(COMPLETE_ATTR) is True
+            else "its attributes differ from the root's record (edited?)"
+            if own_attrs != attrs
+            else None
+        )
+        if reason:
+            damaged.append(DamagedChunk(name, "", "zarr.json", reason))
+        grids = attrs.get(CHUNK_GRIDS_ATTR)
+        for array in sorted(grids) if isinstance(grids, dict) and own is not None else ():
+            recorded = metadata.get(f"{name}/{array}")
+            if recorded is None:
+                continue
+            meta = _group_json(path / name / array)
+            if meta is None:
+                gone = not (path / name / array / "zarr.json").exists()
+                why = "missing on disk, though the root lists it" if gone else "unreadable"
+            elif meta != recorded:
+                why = "its metadata differs from the root's record (edited?)"
+            else:
+                continue
+            damaged.append(DamagedChunk(name, array, "zarr.json", why))
+    if isinstance(path, S3Path):
+        for child in sorted(p for p in path.iterdir() if p.is_dir()):
+            attrs = (_group_json(child) or {}).get("attributes") or {}
+            if attrs.get(COMPLETE_ATTR) is not True and pending_upload(child):
+                why = "left by a convert killed while it uploaded it; convert it again"
+                damaged.append(DamagedChunk(child.name, "", MARKER, why))
+    return damaged
 
 
 def verify_groups(path: PathOrURL, records: dict[str, dict]) -> list[DamagedChunk]:
@@ -679,7 +909,7 @@ def verify_groups(path: PathOrURL, records: dict[str, dict]) -> list[DamagedChun
         for folder in _array_dirs(path, name):
             array_name = folder.name
             try:
-                _read_metadata(folder, f"array {name}/{array_name}")
+                meta = _read_metadata(folder, f"array {name}/{array_name}")
                 arr = zarr.open_array(zarr_store(folder), mode="r")
             except StoreError as exc:
                 damaged.append(DamagedChunk(name, array_name, "zarr.json", _metadata_reason(exc)))
@@ -687,6 +917,9 @@ def verify_groups(path: PathOrURL, records: dict[str, dict]) -> list[DamagedChun
             except Exception as exc:
                 damaged.append(DamagedChunk(name, array_name, "zarr.json", _reason(exc)))
                 continue
+            problem = checksum_problem(meta) if array_name in grids else None
+            if problem:
+                damaged.append(DamagedChunk(name, array_name, "zarr.json", problem))
             grid = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks, strict=True))
             for coords in np.ndindex(*grid):
                 key = _chunk_key(coords)

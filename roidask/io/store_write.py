@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr.storage import MemoryStore
 
 from roidask._atomic import (
+    MARKER,
     OutputFolder,
     check_destination,
     clean_stale,
@@ -57,11 +57,12 @@ from roidask.io.locations import (
     as_location,
     check_writable,
     delete_prefix_keys,
-    is_zarr_file,
     list_files,
+    local_scratch,
     output_lock,
     put_files,
     put_if_absent,
+    write_file,
     zarr_store,
 )
 from roidask.io.store_read import (
@@ -69,17 +70,21 @@ from roidask.io.store_read import (
     COMPLETE_ATTR,
     STORE_ATTR,
     STORE_FORMAT,
+    UPLOAD_KIND,
+    chunk_grids,
+    foreign_files,
     ignore_consolidated_warning,
     is_store,
     open_subject,
+    pending_upload,
     require_store,
-    unlisted_chunks,
+    shown,
+    subject_layout,
 )
 
 __all__ = [
     "bold_codecs",
     "checksummed",
-    "chunk_grids",
     "consolidate",
     "convert",
     "dataset_zarr_files",
@@ -115,36 +120,23 @@ def consolidate(path: Path | S3Path) -> None:
         zarr.consolidate_metadata(zarr_store(path, read_only=False))
 
 
-def chunk_grids(arrays: Mapping[str, Any]) -> dict[str, list[int]]:
-    """The chunk inventory of a group: chunks per dimension of each of its arrays.
-
-    ``arrays``: array name to its zarr v3 metadata (a dict, as in a consolidated
-    ``zarr.json``) or to an open zarr array; other nodes are ignored.
-    """
-    grids = {}
-    for name, meta in arrays.items():
-        if isinstance(meta, dict):
-            if meta.get("node_type") != "array":
-                continue
-            shape = meta["shape"]
-            chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
-        else:
-            shape, chunks = meta.shape, meta.chunks
-        grids[name] = [-(-int(n) // int(c)) for n, c in zip(shape, chunks, strict=True)]
-    return grids
-
-
 def _chunk_grids(group_path: Path) -> dict[str, list[int]]:
     group = zarr.open_group(str(group_path), mode="r", use_consolidated=False)
     return chunk_grids(dict(group.arrays()))
 
 
-def _mark_complete(group_path: Path) -> None:
-    """Record the chunk inventory, then mark the subject group complete (last)."""
+def _mark_complete(group_path: Path, *, added: str | None = None) -> None:
+    """Record the chunk inventory, then mark the subject group complete (last).
+
+    ``added``: the one array roidask added to a complete subject (:func:`write_image`):
+    only it joins the inventory it recorded (an array a user put there is not roidask's).
+    """
     group = zarr.open_group(str(group_path), mode="r+", use_consolidated=False)
-    group.attrs.update(
-        {CHUNK_GRIDS_ATTR: _chunk_grids(group_path), "roidask_format": STORE_FORMAT}
-    )
+    grids = _chunk_grids(group_path)
+    recorded = group.attrs.get(CHUNK_GRIDS_ATTR)
+    if added is not None and isinstance(recorded, dict):
+        grids = {**recorded, added: grids[added]}
+    group.attrs.update({CHUNK_GRIDS_ATTR: grids, "roidask_format": STORE_FORMAT})
     group.attrs[COMPLETE_ATTR] = True
 
 
@@ -190,20 +182,6 @@ def write_zarr_files(files: Mapping[str, bytes], path: Path) -> None:
 
 
 # -- conversion --------------------------------------------------------------------------------
-def _chunk_inventory(group: Location) -> dict:
-    """The chunk inventory a subject group recorded (empty: none, as format 1 stores)."""
-    try:
-        record = json.loads((group / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    grids = (
-        (record.get("attributes") or {}).get(CHUNK_GRIDS_ATTR)
-        if isinstance(record, dict)
-        else None
-    )
-    return grids if isinstance(grids, dict) else {}
-
-
 def _add_subject(
     group: Path, out: Path, subject: str, *, overwrite: bool, inputs: Sequence[Path]
 ) -> None:
@@ -232,6 +210,40 @@ def _add_subject(
         consolidate(out)
 
 
+def _check_replaceable(
+    out: Location, subject: str, *, overwrite: bool, pending: Collection[str] = ()
+) -> None:
+    """Check that the subject ``subject`` that store ``out`` holds may be replaced: a group
+    roidask wrote as a subject (:func:`~roidask.io.store_read.subject_layout`), holding
+    nothing but its layout (and ``pending``: the objects a killed upload's marker lists),
+    and ``overwrite``."""
+    target = out / subject
+    link = isinstance(target, Path) and target.is_symlink()  # roidask writes no links
+    grids = None if link else subject_layout(out, subject)
+    if grids is None and not pending:
+        raise OutputError(
+            f"out {out}: {subject}/ is not a subject roidask wrote (no zarr.json of a roidask "
+            "subject, and the store's root does not list one); roidask does not replace it: "
+            "move it out of the store, or choose another subject name",
+            param="out",
+        )
+    if not overwrite:
+        raise OutputExistsError(
+            f"out {out}: store already holds subject {subject!r}; pass overwrite=True "
+            "to replace it",
+            param="out",
+        )
+    foreign = [f for f in foreign_files(list_files(target), grids or {}) if f not in pending]
+    if foreign:
+        what = "subject" if isinstance(target, S3Path) else "subject folder"
+        files = "objects" if isinstance(target, S3Path) else "files"
+        raise OutputError(
+            f"out {out}: {what} {subject}/ holds {files} roidask did not write "
+            f"({shown(foreign)}); move them elsewhere first",
+            param="out",
+        )
+
+
 def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[Path]) -> bool:
     """Check where the subject will go (before any voxel is read); True if the store exists."""
     clean_stale(out)
@@ -254,22 +266,8 @@ def _prepare_target(out: Path, subject: str, overwrite: bool, inputs: Sequence[P
                     "subject or store",
                     param="out",
                 )
-        if target.exists():
-            if not overwrite:
-                raise OutputExistsError(
-                    f"out {out}: store already holds subject {subject!r}; pass overwrite=True "
-                    "to replace it",
-                    param="out",
-                )
-            files = list_files(target)
-            foreign = [f for f in files if not is_zarr_file(f)]
-            foreign += unlisted_chunks(files, _chunk_inventory(target))
-            if foreign:
-                raise OutputError(
-                    f"out {out}: subject folder {subject}/ holds files roidask did not write "
-                    f"({', '.join(sorted(foreign)[:5])}); move them elsewhere first",
-                    param="out",
-                )
+        if target.exists() or target.is_symlink():
+            _check_replaceable(out, subject, overwrite=overwrite)
         probe = temp_sibling(target)
         try:
             probe.mkdir()
@@ -511,26 +509,21 @@ def _prepare_remote_target(
     objects = (out / subject).list_objects()
     if not objects:
         return None
-    foreign = sorted(k for k in objects if not is_zarr_file(k))
-    foreign += unlisted_chunks(objects, _chunk_inventory(out / subject))
-    if foreign:
-        raise OutputError(
-            f"out {out}: subject {subject}/ holds objects roidask did not write "
-            f"({', '.join(foreign[:5])}); move them elsewhere first",
-            param="out",
-        )
     try:
         group = json.loads((out / subject / "zarr.json").read_bytes())
     except (FileNotFoundError, ValueError):
         group = {}
     complete = (group.get("attributes") or {}).get(COMPLETE_ATTR) is True
-    if complete and not overwrite:  # an incomplete subject (killed upload) is rewritten
+    pending = pending_upload(out / subject)
+    try:  # an incomplete subject (killed upload) is rewritten without overwrite
+        _check_replaceable(out, subject, overwrite=overwrite or not complete, pending=pending)
+    except OutputExistsError:
         how = " (written meanwhile by another convert)" if meanwhile else ""
         raise OutputExistsError(
             f"out {out}: store already holds subject {subject!r}{how}; pass overwrite=True "
             "to replace it",
             param="out",
-        )
+        ) from None
     return {"group": group, "objects": sorted(objects)}
 
 
@@ -556,8 +549,8 @@ def _convert_to_s3(
         if isinstance(mask_img, PathOrURL):
             inputs.append(str(mask_img))
     old = _prepare_remote_target(out, subject, overwrite, inputs)
-    with tempfile.TemporaryDirectory(prefix=".roidask-convert-") as tmp:
-        local = Path(tmp) / "store.zarr"
+    with local_scratch("convert") as tmp:
+        local = tmp / "store.zarr"
         convert(
             bold, labels=labels, out=local, subject=subject, tr_s=tr_s, chunks=chunks,
             mask_img=mask_img, progress=progress,
@@ -570,6 +563,15 @@ def _convert_to_s3(
         # every subject published before it
         with RemoteLease(out, param="out", wait=True, part=subject) as lease:
             old = _prepare_remote_target(out, subject, overwrite, inputs, meanwhile=True)
+            own = {n.split("/", 1)[1] for n in names}
+            # before the first object: a killed upload leaves objects known to be roidask's
+            pending = {
+                "written_by": "roidask",
+                "kind": UPLOAD_KIND,
+                "complete": False,
+                "files": sorted(((set(old["objects"]) if old else set()) | own) - {MARKER}),
+            }
+            write_file(out / subject / MARKER, json.dumps(pending, indent=2).encode())
             if old is not None and old["group"]:
                 attrs = dict(old["group"].get("attributes") or {})
                 if attrs.pop(COMPLETE_ATTR, None) is not None:  # unpublish first
@@ -580,10 +582,11 @@ def _convert_to_s3(
                         consolidate(out)
             put_files(local, out, [n for n in names if n != group_json])
             if old is not None:
-                stale = sorted(set(old["objects"]) - {n.split("/", 1)[1] for n in names})
+                stale = sorted(set(old["objects"]) - own - {MARKER})
                 delete_prefix_keys(out / subject, stale)
             lease.check()
             put_files(local, out, [group_json])
+            delete_prefix_keys(out / subject, [MARKER])
             with RemoteLease(out, param="out", wait=True):
                 consolidate(out)
     return out
@@ -653,7 +656,7 @@ def write_image(
             arr[...] = np.asarray(image.data.compute())
         arr.attrs.update(grid_attrs(image))
         folder.commit()
-        _mark_complete(path / subject)
+        _mark_complete(path / subject, added=name)
         consolidate(path)
     except BaseException:
         folder.discard()

@@ -32,6 +32,7 @@ Crash safety (plain zarr v3; why not Icechunk: ``BENCHMARKS.md``, "Study store")
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -52,17 +53,19 @@ from roidask.io.locations import (
     PathOrURL,
     S3Path,
     as_location,
-    foreign_in_group,
     list_files,
     remove_files,
     write_file,
     zarr_store,
 )
 from roidask.io.store_read import (
+    CHUNK_GRIDS_ATTR,
     COMPLETE_ATTR,
     STUDY_ATTR,
     DamagedChunk,
+    foreign_files,
     ignore_consolidated_warning,
+    shown,
     verify_groups,
 )
 from roidask.io.store_write import dataset_zarr_files
@@ -79,6 +82,7 @@ __all__ = [
     "SubjectNode",
     "check_node_writable",
     "check_nodes",
+    "check_nodes_writable",
     "check_study",
     "node_attrs",
     "open_study",
@@ -98,6 +102,8 @@ __all__ = [
 STUDY_FORMAT = 1
 #: Node attribute: the fingerprint (parameters and input checksums) of a subject's results.
 FINGERPRINT_ATTR = "roidask_fingerprint"
+#: Node attribute: the SHA-256 of the node's ``zarr.json`` without it (an edit is seen).
+DIGEST_ATTR = "roidask_metadata_sha256"
 #: Name of the study store in a batch folder, and of its second-level node.
 STUDY_NAME = "study.zarr"
 GROUP_NODE = "group"
@@ -241,36 +247,111 @@ def node_attrs(study: PathOrURL, name: str) -> dict | None:
     return attrs
 
 
-def check_node_writable(node: Location) -> bool:
-    """Check that a node of a study store may be (re)written: absent (False), or a folder
-    holding only zarr's files (True).
+def _digest(record: dict) -> str:
+    """The SHA-256 of a node's ``zarr.json`` record without its own digest attribute."""
+    attrs = {k: v for k, v in (record.get("attributes") or {}).items() if k != DIGEST_ATTR}
+    canonical = json.dumps({**record, "attributes": attrs}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _node_record(node: Location) -> dict | None:
+    """A node's ``zarr.json`` as written (None: absent or unreadable)."""
+    try:
+        record = json.loads((node / _META).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def check_node_writable(node: Location, files: Iterable[str] | None = None) -> bool:
+    """Check that a node of a study store may be (re)written: absent (False), or holding
+    only what roidask wrote there (True): its ``zarr.json`` as roidask wrote it (its digest),
+    and the arrays of the chunk inventory it records with their chunks.
+
+    ``files``: the node's files (relative paths) if already listed.
 
     Raises
     ------
     OutputError
-        ``node`` is a file, or holds files zarr did not write (a user's).
+        ``node`` is a file; or holds anything else (a user's file, array, group or
+        attribute), or files without a ``zarr.json`` that proves them roidask's.
     """
-    if not node.exists():
-        return False
-    if not node.is_dir():
-        raise OutputError(f"study node {node}: is a file; roidask only replaces its own nodes")
-    if isinstance(node, Path):
-        clean_stale(node / _META)  # a killed writer's temporary metadata
-    foreign = foreign_in_group(node)
+    if files is None:
+        if not node.exists():
+            return False
+        if not node.is_dir():
+            raise OutputError(f"study node {node}: is a file; roidask only replaces its own nodes")
+        if isinstance(node, Path):
+            clean_stale(node / _META)  # a killed writer's temporary metadata
+        files = list_files(node)
+    files = list(files)
+    if not files:
+        return node.exists()
+    record = _node_record(node)
+    if record is None:
+        raise OutputError(
+            f"study node {node}: holds {len(files)} file(s) but no zarr.json of roidask's, so "
+            f"nothing proves they are roidask's ({shown(files)}); move the folder away "
+            "(the batch then writes the node again)"
+        )
+    attrs = record.get("attributes") or {}
+    if DIGEST_ATTR in attrs and attrs[DIGEST_ATTR] != _digest(record):
+        raise OutputError(
+            f"study node {node}: its zarr.json was changed since roidask wrote it (an "
+            "attribute added or edited?); roidask does not delete it, move the node away"
+        )
+    grids = attrs.get(CHUNK_GRIDS_ATTR)
+    foreign = foreign_files(files, grids if isinstance(grids, dict) else {})
     if foreign:
         raise OutputError(
-            f"study node {node}: holds files zarr did not write ({', '.join(foreign[:5])}); "
+            f"study node {node}: holds files roidask did not write ({shown(foreign)}); "
             "roidask does not delete them, move them away"
         )
     return True
 
 
+def check_nodes_writable(study: PathOrURL, names: Iterable[str]) -> None:
+    """:func:`check_node_writable` for the nodes ``names`` of a study store (up front, before
+    a batch writes anything); an ``s3://`` store is listed once for all of them."""
+    path = as_location(study)
+    if isinstance(path, Path):
+        for name in names:
+            check_node_writable(path / name)
+        return
+    files: dict[str, list[str]] = {}
+    for key in list_files(path):
+        node, sep, rest = key.partition("/")
+        files.setdefault(node, []).append(rest if sep else "")
+    for name in names:
+        if "" in files.get(name, ()):
+            raise OutputError(
+                f"study node {path / name}: is a file; roidask only replaces its own nodes"
+            )
+        if name in files:
+            check_node_writable(path / name, files[name])
+
+
 def _clear_node(node: Path | S3Path) -> None:
-    """Remove a previous (unpublished) version of a node: its completion first."""
+    """Remove a previous version of a node (unpublished): its completion first, then its
+    arrays, its ``zarr.json`` last (which proves the files left are roidask's)."""
     if not check_node_writable(node):
         return
-    remove_files(node, [_META])  # from here on the node reads as incomplete
-    remove_files(node, list_files(node), prune=True)
+    record = _node_record(node)
+    if record is not None and (record.get("attributes") or {}).get(COMPLETE_ATTR):
+        _write_node_json(node, record, complete=False)  # from here on it reads incomplete
+    remove_files(node, [f for f in list_files(node) if f != _META])
+    remove_files(node, [_META], prune=True)
+
+
+def _write_node_json(node: Location, record: dict, *, complete: bool) -> None:
+    """Write a node's ``zarr.json`` (complete or not) with its digest."""
+    attrs = {k: v for k, v in (record.get("attributes") or {}).items() if k != COMPLETE_ATTR}
+    if complete:
+        attrs[COMPLETE_ATTR] = True
+    attrs.pop(DIGEST_ATTR, None)
+    record = {**record, "attributes": attrs}
+    attrs[DIGEST_ATTR] = _digest(record)
+    write_file(node / _META, json.dumps(record, indent=2).encode())
 
 
 def write_node(
@@ -301,8 +382,13 @@ def write_node_files(
     files = dict(files)
     group = json.loads(files.pop(_META))
     # the chunk inventory is in the attributes already (dataset_zarr_files)
-    group["attributes"].update({**(attrs or {}), COMPLETE_ATTR: True})
+    group["attributes"].update(attrs or {})
     _clear_node(node)
+    if isinstance(node, Path):
+        node.mkdir(parents=True, exist_ok=True)
+    # first the node's metadata, not complete: it lists the arrays to come, so the files of
+    # a write killed midway are known to be roidask's (and the node reads incomplete)
+    _write_node_json(node, group, complete=False)
     if isinstance(node, S3Path):  # one PUT per object, concurrently
         with thread_pool(8, "roidask-put") as pool:
             for done in [pool.submit(write_file, node / k, d) for k, d in files.items()]:
@@ -312,8 +398,7 @@ def write_node_files(
             target = node / key
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        node.mkdir(parents=True, exist_ok=True)
-    write_file(node / _META, json.dumps(group, indent=2).encode())
+    _write_node_json(node, group, complete=True)
     return node
 
 

@@ -35,7 +35,6 @@ is never missing. ``DIR`` itself is replaced only if roidask wrote it
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
@@ -45,7 +44,14 @@ import numpy as np
 from roidask._atomic import OutputFolder
 from roidask._pool import thread_pool
 from roidask.io.image import to_nifti
-from roidask.io.locations import Location, PathOrURL, S3Path, check_output, publish_folder
+from roidask.io.locations import (
+    Location,
+    PathOrURL,
+    S3Path,
+    check_output,
+    local_scratch,
+    publish_folder,
+)
 from roidask.io.store_write import write_zarr_files
 from roidask.io.tables import write_folds_tsv, write_roi_table, write_signals_tsv
 from roidask.ops.rois import write_atlas
@@ -178,8 +184,8 @@ def write_results(
     )
     folder = (result, plots, started_utc, input_list, extra_provenance)
     if isinstance(out, S3Path):
-        with tempfile.TemporaryDirectory(prefix=".roidask-out-") as tmp:
-            local = Path(tmp) / (out.name or "out")
+        with local_scratch("out") as tmp:
+            local = tmp / (out.name or "out")
             _write_folder(local, *folder)
             # asked once the upload holds the prefix's lease: a task that waited for it
             # while the next batch published the subject must not write over that

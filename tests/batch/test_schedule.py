@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -1144,22 +1145,27 @@ def test_subjects_with_several_labels_files_are_made_again_once(haxby, tmp_path)
     assert fingerprint(two, params)[0] != before(two, params)
 
 
-def test_a_users_file_in_a_study_node_keeps_the_subjects_folder(haxby, tmp_path):
-    """The node a rerun must rewrite holds a user's file: the subject fails before its
-    folder is replaced (never a folder of new results beside a node of the old ones)."""
+@pytest.mark.parametrize("what", ["file", "array"])
+def test_a_users_file_in_a_study_node_is_refused_before_anything_is_written(haxby, tmp_path, what):
+    """A node a rerun may rewrite holds a user's file, or a zarr array or group the user
+    wrote there: the batch is refused up front, before any subject's folder, node or the
+    group level is touched."""
     from roidask.pipeline import PipelineParams
 
-    specs = tiny_specs(haxby, tmp_path / "data", 1)
+    specs = tiny_specs(haxby, tmp_path / "data", 2)
     out = tmp_path / "out"
-    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"]
-    node = out / "study.zarr" / specs[0].out_name
-    (node / "notes.txt").write_text("mine")
-    before = (out / specs[0].out_name / "provenance.json").read_text()
-    table = run_batch(specs, out, params=PipelineParams(fwhm=5.0), plots=False)
-    assert table["status"].tolist() == ["failed"]
-    assert "holds files zarr did not write (notes.txt)" in table["error"][0]
-    assert (out / specs[0].out_name / "provenance.json").read_text() == before
-    assert (node / "notes.txt").read_text() == "mine"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done", "done"]
+    node = out / "study.zarr" / specs[1].out_name
+    if what == "file":
+        (node / "notes.txt").write_text("mine")
+        want = r"holds files roidask did not write \(notes.txt\)"
+    else:
+        zarr.create_array(str(node / "derived" / "myres"), shape=(2,), dtype="f4")[:] = 1
+        want = r"holds files roidask did not write \(derived/myres/c/0, derived/myres/zarr.json"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(OutputError, match=rf"study node {re.escape(str(node))}: {want}"):
+        run_batch(specs, out, params=PipelineParams(fwhm=5.0), plots=False)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
 def test_a_study_node_with_a_truncated_chunk_is_written_again(haxby, tmp_path):

@@ -154,19 +154,25 @@ def test_a_format_2_store_opens_without_warning(store):
         open_subject(store)
 
 
-def test_unlisted_chunks_are_files_zarr_did_not_write():
-    """Chunk-like names the inventory does not list: beyond the grid, another number of
-    dimensions, an array it does not have; listed chunks and metadata are not."""
-    from roidask.io.store_read import unlisted_chunks
+def test_foreign_files_are_those_outside_roidasks_layout():
+    """Of a group's files, roidask's are its zarr.json and, for each array of the chunk
+    inventory, its zarr.json and chunks within the grid: a chunk beyond the grid or of
+    another number of dimensions, another array or group, a nested one, are not."""
+    from roidask.io.store_read import foreign_files
 
     grids = {"bold": [1, 1, 1, 3], "mask": [2, 1, 1]}
     keys = [
         "bold/c/0/0/0/2", "bold/c/0/0/0/3", "bold/c/0/0/0", "bold/zarr.json",
-        "mask/c/1/0/0", "mask/c/1/0/x", "other/c/0", "zarr.json",
+        "mask/c/1/0/0", "mask/c/1/0/x", "other/c/0", "zarr.json", "other/zarr.json",
+        "derived/myres/zarr.json", "derived/myres/c/0", "derived/zarr.json",
+        "bold/c/0/0/0/notes.txt", "bold/notes.txt", "mask/c/1/0/0/c/0",
+        "zarr.0123456789abcdef0123456789abcdef.partial",
     ]  # fmt: skip
-    assert unlisted_chunks(keys, grids) == [
-        "bold/c/0/0/0", "bold/c/0/0/0/3", "mask/c/1/0/x", "other/c/0",
-    ]  # fmt: skip
+    assert foreign_files([*keys, "other/c/0"], grids) == sorted([
+        "bold/c/0/0/0", "bold/c/0/0/0/3", "mask/c/1/0/x", "other/c/0", "other/zarr.json",
+        "derived/myres/zarr.json", "derived/myres/c/0", "derived/zarr.json",
+        "bold/c/0/0/0/notes.txt", "bold/notes.txt", "mask/c/1/0/0/c/0",
+    ])  # fmt: skip
 
 
 @pytest.mark.parametrize("func", [open_subject, open_store, verify_store, list_subjects])
@@ -195,3 +201,48 @@ def test_a_results_or_study_store_is_named_for_what_it_is(haxby_outputs):
         r"the whole with xarray\.open_datatree$",
     ):
         verify_store(haxby_outputs.parent / "study.zarr")
+
+
+def test_a_results_array_without_its_checksum_codec_is_damage(tmp_path):
+    """Arrays of a checksummed group (one that records its chunk inventory) must end their
+    codecs with crc32c: one whose codec was removed cannot be checked, so is refused on read
+    and reported by a verification."""
+    import json
+
+    import xarray as xr
+
+    from roidask.exceptions import DamagedStoreError
+    from roidask.io.store_read import checked_variables, verify_groups
+    from roidask.io.store_write import dataset_zarr_files, write_zarr_files
+
+    path = tmp_path / "r.zarr"
+    write_zarr_files(dataset_zarr_files(xr.Dataset({"v": ("x", np.arange(4.0))})), path)
+    assert (
+        verify_groups(path, {"": json.loads((path / "zarr.json").read_text())["attributes"]}) == []
+    )
+    meta = json.loads((path / "v" / "zarr.json").read_text())
+    meta["codecs"].pop()
+    (path / "v" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(DamagedStoreError, match=r"v is damaged: its zarr.json has no crc32c"):
+        checked_variables(path, ["v"])
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    assert [(d.array, d.chunk) for d in verify_groups(path, {"": attrs})][:1] == [
+        ("v", "zarr.json")
+    ]
+
+
+def test_zarrs_warning_about_a_data_type_without_a_v3_specification_is_silenced(tmp_path):
+    """Roidask's fixed-width strings, or a user's array of bytes in a store it opens: zarr's
+    UnstableSpecificationWarning is not shown."""
+    import warnings
+
+    import zarr
+
+    from roidask.io.store_read import ignore_consolidated_warning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ignore_consolidated_warning()
+        zarr.create_array(str(tmp_path / "a"), shape=(2,), dtype="S4", zarr_format=3)
+        zarr.create_array(str(tmp_path / "b"), shape=(2,), dtype="<U4", zarr_format=3)
+    assert [str(w.message) for w in caught] == []

@@ -521,3 +521,84 @@ def test_a_path_parameter_that_is_not_a_path_is_named(haxby, tmp_path, kwargs, m
         convert(args.pop("bold"), **args)
     assert info.value.param == next(iter(kwargs))
     assert list(tmp_path.iterdir()) == []
+
+
+# -- overwrite replaces only what roidask wrote ---------------------------------------------
+def _user_array(path):
+    arr = zarr.create_array(
+        str(path), shape=(3,), chunks=(3,), dtype="f4", zarr_format=3, dimension_names=["v"]
+    )
+    arr[:] = [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "where", ["derived/myres/data", "myarr", "bold/c/0/0/0/extra/c/0", "mask2"]
+)
+def test_overwrite_keeps_zarr_arrays_a_user_put_in_a_subject(small, where):
+    """A zarr array (or group) a user wrote inside a subject, nested or not, is not roidask's:
+    the subject is not replaced, and the message names it."""
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    if where.startswith("bold/"):
+        (store / "sub-01" / where).parent.mkdir(parents=True)
+        (store / "sub-01" / where).write_bytes(b"x")
+    else:
+        zarr.open_group(str(store / "sub-01"), mode="r+")  # the group is there
+        _user_array(store / "sub-01" / where)
+    with pytest.raises(OutputError, match=rf"sub-01/ holds files roidask did not write \({where}"):
+        convert(run, labels=labels, out=store, overwrite=True)
+    assert (store / "sub-01" / where).exists()
+
+
+@pytest.mark.parametrize("kind", ["group", "array"])
+def test_a_user_group_or_array_at_the_root_is_not_a_subject(small, kind):
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    if kind == "group":
+        zarr.open_group(str(store / "userg"), mode="w", zarr_format=3)
+        _user_array(store / "userg" / "inner")
+    else:
+        _user_array(store / "userg")
+    for overwrite in (False, True):
+        with pytest.raises(OutputError, match=r"userg/ is not a subject roidask wrote") as info:
+            convert(run, labels=labels, out=store, subject="userg", overwrite=overwrite)
+        assert "subject 'userg'" not in str(info.value)
+    assert (store / "userg" / "zarr.json").is_file()
+
+
+def test_a_subject_that_lost_its_zarr_json_is_replaced_if_the_root_lists_it(small):
+    """A subject whose zarr.json is lost is still roidask's when the root's consolidated
+    metadata lists it (its chunk inventory there): --overwrite rewrites it; a user's file
+    beside its chunks is still refused."""
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    (store / "sub-01" / "zarr.json").unlink()
+    (store / "sub-01" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"did not write \(notes.txt\)"):
+        convert(run, labels=labels, out=store, overwrite=True)
+    (store / "sub-01" / "notes.txt").unlink()
+    convert(run, labels=labels, out=store, overwrite=True)
+    assert open_subject(store)["bold"].shape == (4, 5, 3, 8)
+
+
+def test_a_subject_folder_nothing_proves_roidasks_is_refused_with_what_to_do(small):
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    shutil.copytree(store / "sub-01", store / "sub-02")
+    (store / "sub-02" / "zarr.json").unlink()  # never listed by the root
+    with pytest.raises(OutputError, match=r"sub-02/ is not a subject roidask wrote.*move it out"):
+        convert(run, labels=labels, out=store, subject="sub-02", overwrite=True)
+    assert (store / "sub-02" / "bold" / "zarr.json").is_file()
+
+
+def test_an_image_added_to_a_subject_joins_its_inventory_but_a_users_array_does_not(small):
+    from roidask.io import write_image
+    from roidask.io.store_read import CHUNK_GRIDS_ATTR
+
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    _user_array(store / "sub-01" / "myarr")
+    img = nib.Nifti1Image(np.ones((4, 5, 3), dtype=np.int16), AFFINE)
+    write_image(img, store, subject="sub-01", name="atlas")
+    grids = zarr.open_group(str(store / "sub-01"), mode="r").attrs[CHUNK_GRIDS_ATTR]
+    assert "atlas" in grids and "myarr" not in grids

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+import zarr
 from helpers.cluster import kill_group, start
 from helpers.files import damage_chunk, locked_by_another_process, write_manifest
 from helpers.results import assert_matches_outputs, assert_results_schema, run_plain_reader, schema
@@ -116,10 +118,22 @@ def test_nodes_are_visible_once_published(tmp_path):
     xr.testing.assert_equal(xr.open_zarr(study / "sub-02", chunks=None).load(), small(2))
 
 
-def test_incomplete_nodes_are_never_published(tmp_path):
+def test_incomplete_nodes_are_never_published(tmp_path, monkeypatch):
+    from roidask.outputs import study as study_mod
+
     study = prepare_study(tmp_path / "study.zarr")
-    write_node(study, "sub-01", small(1))
-    (study / "sub-01" / "zarr.json").unlink()  # as a write killed before its last file
+    real = study_mod._write_node_json
+
+    def killed_before_the_last_file(node, record, *, complete):
+        if complete:
+            raise KeyboardInterrupt
+        real(node, record, complete=complete)
+
+    monkeypatch.setattr(study_mod, "_write_node_json", killed_before_the_last_file)
+    with pytest.raises(KeyboardInterrupt):
+        write_node(study, "sub-01", small(1))
+    monkeypatch.undo()
+    assert (study / "sub-01" / "v" / "zarr.json").is_file()
     with pytest.raises(StoreError, match="'sub-01' is not complete"):
         publish(study, "sub-01")
     with pytest.raises(StoreError, match="'sub-02' is not complete"):
@@ -357,6 +371,32 @@ def test_foreign_folders_and_files_are_left_alone(tmp_path):
     xr.testing.assert_equal(xr.open_zarr(study / "sub-01", chunks=None).load(), small(1))
 
 
+@pytest.mark.parametrize("what", ["nested", "array", "attribute", "no zarr.json"])
+def test_a_users_arrays_groups_and_attributes_in_a_node_are_never_deleted(tmp_path, what):
+    """Only the arrays of the node's chunk inventory (and its zarr.json as roidask wrote it,
+    by its digest) are roidask's: a user's array, nested group or attribute is refused, as
+    are files that no zarr.json proves roidask's."""
+    study = prepare_study(tmp_path / "study.zarr")
+    node = write_node(study, "sub-01", small(1))
+    if what == "nested":
+        zarr.open_group(str(node / "derived"), mode="w", zarr_format=3)
+        zarr.create_array(str(node / "derived" / "myres"), shape=(2,), dtype="f4")[:] = 1
+        want = r"did not write \(derived/myres/c/0, derived/myres/zarr.json, derived/zarr.json\)"
+    elif what == "array":
+        zarr.create_array(str(node / "myarr"), shape=(2,), dtype="f4")[:] = 1
+        want = r"did not write \(myarr/c/0, myarr/zarr.json\)"
+    elif what == "attribute":
+        zarr.open_group(str(node), mode="r+").attrs["note"] = "mine"
+        want = "its zarr.json was changed since roidask wrote it"
+    else:
+        (node / "zarr.json").unlink()
+        want = "no zarr.json of roidask's, so nothing proves they are roidask's"
+    before = sorted(p.relative_to(node) for p in node.rglob("*"))
+    with pytest.raises(OutputError, match=want):
+        write_node(study, "sub-01", small(2))
+    assert sorted(p.relative_to(node) for p in node.rglob("*")) == before
+
+
 # ----------------------------------------------------------------------- a real batch
 
 
@@ -518,7 +558,7 @@ def test_rerun_skips_and_study_can_be_off(batch, dataset, tmp_path):
         # a subject missing from the study is redone, even with its folder complete; the
         # subjects this batch does not have are no longer listed (their files kept)
         unpublish(study, "sub-02")
-        (study / "sub-02" / "zarr.json").unlink()
+        shutil.rmtree(study / "sub-02")
         with pytest.warns(StudyNodeWarning, match=r"2 subject\(s\) of an earlier batch .*"
                           r"\(sub-03, sub-zero\); their files are kept"):  # fmt: skip
             table = run_batch(dataset["specs"][:2], batch, plots=False)
@@ -811,3 +851,22 @@ def test_a_rerun_with_other_parameters_runs_each_subject_once(dataset, tmp_path,
     runs.clear()
     table = run_batch(specs, out, plots=False, params=PipelineParams(threshold=4.0))
     assert table["status"].tolist() == ["skipped"] * 2 and len(runs) == 2
+
+
+def test_a_users_nested_objects_in_a_node_in_s3_are_refused_with_one_listing(s3_bucket):
+    """In S3 too only the node's layout is roidask's; the up-front check of a batch lists
+    the store once for every node."""
+    from roidask.io.locations import as_location, write_file
+    from roidask.outputs.study import check_nodes_writable
+
+    study = prepare_study(f"{s3_bucket}/study.zarr")
+    write_node(study, "sub-01", small(1))
+    write_node(study, "sub-02", small(2))
+    check_nodes_writable(study, ["sub-01", "sub-02", "sub-03"])
+    write_file(as_location(f"{study}/sub-02/derived/myres/zarr.json"), b"{}")
+    want = r"study node s3://.*/sub-02: holds files roidask did not write \(derived/myres/zarr"
+    with pytest.raises(OutputError, match=want):
+        check_nodes_writable(study, ["sub-01", "sub-02"])
+    with pytest.raises(OutputError, match=want):
+        write_node(study, "sub-02", small(3))
+    assert as_location(f"{study}/sub-02/derived/myres/zarr.json").is_file()
