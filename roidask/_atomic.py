@@ -384,22 +384,31 @@ class InputIndex:
 
     def overlap(self, out: Any) -> Any | None:
         """The input that ``out`` is, contains or lies inside (None if there is none)."""
+        found = self.relation(out)
+        return None if found is None else found[1]
+
+    def relation(self, out: Any) -> tuple[str, Any] | None:
+        """How ``out`` overlaps an input, and which: ``("is", input)``, ``("contains",
+        input)`` or ``("is inside", input)``; None if it overlaps none."""
         key = self.key(out)
-        for candidate in (self._inputs.get(key), self._holders.get(key)):
+        found = (("is", self._inputs.get(key)), ("contains", self._holders.get(key)))
+        for how, candidate in found:
             if candidate is not None:
-                return candidate
-        return next((self._inputs[f] for f in _folders_above(key) if f in self._inputs), None)
+                return how, candidate
+        above = next((self._inputs[f] for f in _folders_above(key) if f in self._inputs), None)
+        return None if above is None else ("is inside", above)
 
 
 def check_not_input(out: Any, inputs: Iterable[Any] | InputIndex, *, param: str) -> None:
     """``out`` (a local path or an ``s3://`` location) must not be an input, contain one
     or lie inside one; OutputError naming ``param`` and the input otherwise."""
     index = inputs if isinstance(inputs, InputIndex) else InputIndex(inputs)
-    item = index.overlap(out)
-    if item is not None:
+    found = index.relation(out)
+    if found is not None:
+        how, item = found
         raise OutputError(
-            f"{param} {out}: is or contains the input {item}; roidask never writes over "
-            "its inputs, choose another output",
+            f"{param} {out}: {how} the input {item}; roidask never writes over its inputs, "
+            "choose another output",
             param=param,
         )
 

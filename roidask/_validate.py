@@ -204,7 +204,7 @@ def check_bids_label(value: Any, param: str) -> str:
     """A BIDS label, as in ``task-<label>``: letters and digits."""
     if not isinstance(value, str) or not BIDS_LABEL_RE.match(value):
         raise InvalidParameterError(
-            f"{param}: expected a BIDS label (letters and digits, as in task-<label>), "
+            f"{param}: expected a BIDS label (ASCII letters and digits, as in task-<label>), "
             f"got {value!r}",
             param=param,
         )

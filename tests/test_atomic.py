@@ -61,8 +61,10 @@ def test_missing_parent_is_refused(tmp_path):
         check_destination(tmp_path / "file" / "out", param="out")
 
 
-@pytest.mark.parametrize("where", ["same", "inside-out", "out-inside"])
-def test_an_input_folder_is_never_an_output(tmp_path, where):
+@pytest.mark.parametrize(
+    ("where", "how"), [("same", "is"), ("inside-out", "contains"), ("out-inside", "is inside")]
+)
+def test_an_input_folder_is_never_an_output(tmp_path, where, how):
     data = tmp_path / "data"
     data.mkdir()
     (data / "bold.nii.gz").write_bytes(b"bold")
@@ -72,7 +74,7 @@ def test_an_input_folder_is_never_an_output(tmp_path, where):
         "inside-out": (data, [data / "bold.nii.gz"]),  # out contains an input
         "out-inside": (data / "results", [data]),  # out inside an input (a store)
     }[where]
-    with pytest.raises(OutputError, match=r"is or contains the input .*never writes over"):
+    with pytest.raises(OutputError, match=rf"^out {out}: {how} the input .*never writes over"):
         check_destination(out, param="out", inputs=inputs, overwrite=True)
     assert tree(tmp_path) == before
 

@@ -219,8 +219,8 @@ def test_overwrite_on_the_input_folder_is_refused(data, capsys, command):
     assert (
         line
         == {
-            "run": f"--out {data}: is or contains the input {data}/bold.nii.gz; roidask never "
-            "writes over its inputs, choose another output",
+            "run": f"--out {data}: contains the input {data}/bold.nii.gz; roidask never writes "
+            "over its inputs, choose another output",
             "convert": f"--out {data}: exists and is not a roidask store; roidask only adds "
             "subjects to its own stores, choose another output",
             "batch": f"--out {data}: exists and is not a roidask batch folder (no .roidask.json); "

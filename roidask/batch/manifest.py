@@ -295,7 +295,7 @@ def read_manifest(
         if not SUBJECT_NAME_RE.match(row["subject"]):
             raise ManifestError(
                 f"{path}: line {i + 2}: subject {row['subject']!r} is not a valid name "
-                "(letters, digits, '.', '_' and '-', not starting with '.' or '-')"
+                "(ASCII letters, digits, '.', '_' and '-', not starting with '.' or '-')"
             )
         for column in ("bold", "labels"):
             if not _split(row[column], path.parent):

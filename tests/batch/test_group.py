@@ -236,9 +236,9 @@ def test_group_rejects_bad_inputs_before_writing(batch, tmp_path):
     # the group folder never goes inside what it reads: a subject's folder, the study store
     listing = sorted(str(p) for p in batch.rglob("*"))
     for inside in (batch / "sub-01" / "group", batch / "study.zarr" / "group2"):
-        with pytest.raises(OutputError, match=r"is or contains the input .*never writes over"):
+        with pytest.raises(OutputError, match=r"is inside the input .*never writes over"):
             group_from(batch, out=inside)
-    with pytest.raises(OutputError, match=r"is or contains the input"):
+    with pytest.raises(OutputError, match=r"is inside the input"):
         group_from(alone, out=alone / "g")
     # a chunk of a subject's node gone (zarr would read NaN): refused before anything is written
     from roidask.exceptions import DamagedStoreError

@@ -981,7 +981,7 @@ def test_batch_folder_checks_write_nothing_and_keep_user_files(tmp_path):
         (tmp / "rois.tsv").write_text("label\n")
     inside, other = _spec(out / "sub-02", "03"), _spec(tmp_path / "d2", "02")
     before = tree(tmp_path)
-    with pytest.raises(OutputError, match=r"sub-02: is or contains the input .*sub-02/bold"):
+    with pytest.raises(OutputError, match=r"sub-02: contains the input .*sub-02/bold"):
         check_batch_folder(out, [spec, other, inside])
     # a group/ folder of the user's
     (out / "group").mkdir()
