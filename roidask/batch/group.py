@@ -485,6 +485,8 @@ def group_is_current(
     marker = folder_marker(out)
     if marker is None or marker.get("kind") != GROUP_KIND or changed_files(out, marker):
         return False
+    if marker.get("complete") is False:  # an s3:// upload killed before its marker
+        return False
     names = [d.name for d in subject_dirs]
     digest = group_fingerprint(names, [subject_fingerprint(d) for d in subject_dirs])
     if digest is None:

@@ -218,8 +218,9 @@ def _check_replaceable(
     nothing but its layout (and ``pending``: the objects a killed upload's marker lists),
     and ``overwrite``."""
     target = out / subject
-    link = isinstance(target, Path) and target.is_symlink()  # roidask writes no links
-    grids = None if link else subject_layout(out, subject)
+    # roidask writes no links, and a subject is a folder: a file there is the user's
+    local_not_folder = isinstance(target, Path) and (target.is_symlink() or not target.is_dir())
+    grids = None if local_not_folder else subject_layout(out, subject)
     if grids is None and not pending:
         raise OutputError(
             f"out {out}: {subject}/ is not a subject roidask wrote (no zarr.json of a roidask "

@@ -237,3 +237,30 @@ def test_a_second_batch_on_an_s3_prefix_is_refused_before_anything(dataset, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another roidask command is writing it" in err[0], err
     assert objects(out) == {}  # nothing written, no cluster started
+
+
+def test_a_group_level_whose_upload_was_killed_is_not_current(s3_server, tmp_path):
+    """A killed upload of ``group/`` leaves its pending marker (and maybe the new
+    subjects.tsv): not the group level of these subjects, however its table reads."""
+    from roidask.batch.group import group_is_current
+    from roidask.io.locations import as_location
+
+    dirs = []
+    for i, fingerprint in ((1, "a" * 64), (2, "b" * 64)):
+        folder = tmp_path / f"sub-0{i}"
+        folder.mkdir()
+        (folder / "provenance.json").write_text(json.dumps({"fingerprint": fingerprint}))
+        dirs.append(folder)
+    group = as_location(f"{s3_server.new_bucket()}/batch/group")
+    table = "subject\tfingerprint\n" + "".join(
+        f"{d.name}\t{c * 64}\n" for d, c in zip(dirs, "ab", strict=True)
+    )
+    (group / "subjects.tsv").write_text(table)
+    files = ["logp.nii.gz", "subjects.tsv", "tstat.nii.gz"]
+    marker = {"written_by": "roidask", "kind": "group", "files": files}
+    (group / ".roidask.json").write_text(json.dumps({**marker, "complete": False}))
+    assert not group_is_current(dirs, group)
+    sizes = {"subjects.tsv": len(table.encode())}
+    (group / ".roidask.json").write_text(json.dumps({**marker, "files": ["subjects.tsv"],
+                                                     "bytes": sizes}))  # fmt: skip
+    assert group_is_current(dirs, group)  # the same table, its upload complete

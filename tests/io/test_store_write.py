@@ -581,6 +581,18 @@ def test_a_subject_that_lost_its_zarr_json_is_replaced_if_the_root_lists_it(smal
     assert open_subject(store)["bold"].shape == (4, 5, 3, 8)
 
 
+def test_a_users_file_where_a_listed_subject_was_is_refused(small):
+    """The root still lists the subject, but a file of the user's has its name: refused
+    (a subject is a folder), the file kept."""
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    shutil.rmtree(store / "sub-01")
+    (store / "sub-01").write_text("my notes")
+    with pytest.raises(OutputError, match=r"sub-01/ is not a subject roidask wrote"):
+        convert(run, labels=labels, out=store, overwrite=True)
+    assert (store / "sub-01").read_text() == "my notes"
+
+
 def test_a_subject_folder_nothing_proves_roidasks_is_refused_with_what_to_do(small):
     run, labels, tmp = small
     store = convert(run, labels=labels, out=tmp / "s.zarr")
