@@ -634,14 +634,33 @@ def write_image(
             param="name",
         )
     target = path / subject / name
-    if target.exists() and not overwrite:
-        raise OutputExistsError(
-            f"name: subject {subject!r} of {path} already has {name!r}; pass overwrite=True "
-            "to replace it",
-            param="name",
+
+    def replaceable(target: Path) -> None:  # now, and again when committing
+        if not (target.exists() or target.is_symlink()):
+            return
+        if not overwrite:
+            raise OutputExistsError(
+                f"name: subject {subject!r} of {path} already has {name!r}; pass "
+                "overwrite=True to replace it",
+                param="name",
+            )
+        grids = subject_layout(path, subject) or {}
+        foreign = (
+            [name]
+            if target.is_symlink() or not target.is_dir() or name not in grids
+            else foreign_files([f"{name}/{f}" for f in list_files(target)], {name: grids[name]})
         )
+        if foreign:
+            raise OutputError(
+                f"name: {path}/{subject}/{name} is not an image roidask wrote, or holds files "
+                f"it did not write ({shown(foreign)}); roidask does not replace it: choose "
+                "another name",
+                param="name",
+            )
+
+    replaceable(target)
     clean_stale(target)
-    folder = OutputFolder(target, kind="array", marker=False)  # locked while written
+    folder = OutputFolder(target, kind="array", marker=False, replaceable=replaceable)
     tmp = folder.open()
     try:
         with zarr.config.set(_WRITE_CONFIG):

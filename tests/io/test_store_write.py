@@ -614,3 +614,11 @@ def test_an_image_added_to_a_subject_joins_its_inventory_but_a_users_array_does_
     write_image(img, store, subject="sub-01", name="atlas")
     grids = zarr.open_group(str(store / "sub-01"), mode="r").attrs[CHUNK_GRIDS_ATTR]
     assert "atlas" in grids and "myarr" not in grids
+    # a user's array is never replaced by one of roidask's, even with overwrite
+    with pytest.raises(OutputError, match=r"sub-01/myarr is not an image roidask wrote"):
+        write_image(img, store, subject="sub-01", name="myarr", overwrite=True)
+    assert zarr.open_array(str(store / "sub-01" / "myarr"), mode="r")[:].tolist() == [1, 2, 3]
+    # roidask's own, as it wrote it: replaced
+    img2 = nib.Nifti1Image(np.full((4, 5, 3), 2, dtype=np.int16), AFFINE)
+    write_image(img2, store, subject="sub-01", name="atlas", overwrite=True)
+    assert (open_subject(store)["atlas"].values == 2).all()
