@@ -209,11 +209,13 @@ def subject_fingerprint(folder: Location) -> str:
 
 
 def group_fingerprint(names: Sequence[str], fingerprints: Sequence[str]) -> str | None:
-    """What a group level's maps are of: its subjects, in order, and their results'
-    fingerprints (None when one is unknown: such a group level is never reused)."""
+    """What a group level's maps are of: its subjects and their results' fingerprints, in
+    any order (``roidask group`` on a study store takes them sorted, a batch in its
+    manifest's order: the same test); None when one is unknown: such a group level is
+    never reused."""
     if not names or not all(fingerprints):
         return None
-    payload = json.dumps([list(names), list(fingerprints)])
+    payload = json.dumps(sorted(zip(names, fingerprints, strict=True)))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -924,7 +924,8 @@ def run_batch(
 
 def _added_permutation_test(group: Location) -> tuple[str, str] | None:
     """What the permutation test of an earlier group level in ``group`` did ("15
-    permutations") and the ``--permutations`` it was asked; None when it has none."""
+    permutations") and the ``roidask group`` options that make it again; None when it
+    has none."""
     marker = folder_marker(group)
     if marker is None or marker.get("kind") != GROUP_KIND:
         return None
@@ -932,9 +933,21 @@ def _added_permutation_test(group: Location) -> tuple[str, str] | None:
         return None
     try:
         record = json.loads((group / PERMUTATION_RECORD).read_text())
-        return f"{int(record['n_perm'])} permutations", str(int(record["parameters"]["n_perm"]))
+        params = record["parameters"]
+        options = [f"--permutations {int(params['n_perm'])}"]
+        if not params.get("two_sided", True):
+            options.append("--one-sided")
+        if params.get("cluster_threshold") is not None:
+            options.append(f"--cluster-threshold {params['cluster_threshold']}")
+        if params.get("connectivity", 6) != 6:
+            options.append(f"--cluster-connectivity {params['connectivity']}")
+        if params.get("seed", 0) != 0:
+            options.append(f"--seed {params['seed']}")
+        if params.get("mask") is not None:
+            options.append(f"--mask {params['mask']}")
+        return f"{int(record['n_perm'])} permutations", " ".join(options)
     except (OSError, ValueError, KeyError, TypeError):
-        return "parameters unreadable", "N"
+        return "parameters unreadable", "--permutations N"
 
 
 def _stale_permutations(out_dir: Location, earlier: tuple[str, str] | None, what: str) -> None:
@@ -944,8 +957,7 @@ def _stale_permutations(out_dir: Location, earlier: tuple[str, str] | None, what
         return
     warnings.warn(
         f"{out_dir / 'group'}: its permutation test ({earlier[0]}) was of other subjects' "
-        f"results and is {what}; run `roidask group {out_dir} --permutations {earlier[1]}` "
-        "again",
+        f"results and is {what}; run `roidask group {out_dir} {earlier[1]}` again",
         StaleResultsWarning,
         stacklevel=3,
     )
@@ -1314,7 +1326,7 @@ class _Batch:
                     self.submit_next()
                     continue
                 self.status.set(row)
-                if row["status"] == "done":
+                if row["status"] in ("done", "skipped"):  # skipped: done by a batch stopped
                     self.retire_stale_group(spec, row)
                 self.publish(row, spec)  # may make it failed
                 self.status.flush()

@@ -20,6 +20,7 @@ import xarray as xr
 from scipy import stats
 
 from roidask.batch import GroupPermutation, SubjectSpec, group_from, run_batch
+from roidask.batch.group import group_is_current
 from roidask.cli import main
 from roidask.cluster import get_client
 from roidask.exceptions import (
@@ -161,12 +162,17 @@ def test_a_rerun_keeps_the_group_level_of_the_same_subjects(batch_run, tmp_path)
     subjects = pd.read_csv(group / "subjects.tsv", sep="\t", dtype=str)
     assert subjects["subject"].tolist() == [f"sub-{i:02d}" for i in range(1, 5)]
     assert subjects["fingerprint"].str.fullmatch("[0-9a-f]{64}").all()
+    # the same subjects in another order (as `roidask group` takes a study's): the same test
+    assert group_is_current([copy / f"sub-{i:02d}" for i in (4, 3, 2, 1)], group)
     # the same permutation test asked again: kept too
     run_batch(specs, copy, params=PARAMS, plots=False, permutation=PERMUTATION)
     assert {p.name: p.read_bytes() for p in group.iterdir()} == before
     # other analysis parameters: every subject's results change, and the group level
     other = PipelineParams(roi_definition="split-half", threshold=3.5)
-    stale = r"group: its permutation test \(15 permutations\).*--permutations 100` again$"
+    stale = (
+        r"group: its permutation test \(15 permutations\).*`roidask group .*batch "
+        r"--permutations 100 --cluster-threshold 0.01` again$"
+    )
     with pytest.warns(StaleResultsWarning, match=stale):
         table = run_batch(specs, copy, params=other, plots=False)
     assert table["status"].tolist() == ["done"] * N_SUBJECTS

@@ -1060,6 +1060,17 @@ def test_the_group_level_goes_when_the_first_subject_s_results_change(haxby, tmp
     finished = [present for line, present in seen if ": done in " in line]
     assert finished == [False, False]
     assert (out / "group" / "tstat.nii.gz").is_file()
+    # a batch stopped before its group level: its subjects done (skipped now), the group
+    # level of other results (a fingerprint of the same size, so as roidask wrote it)
+    table = out / "group" / "subjects.tsv"
+    text = table.read_text()
+    table.write_text(text.replace(text.split("\t")[-1][:8], "f" * 8, 1))
+    seen.clear()
+    run_batch(specs, out, plots=False, params=PipelineParams(fwhm=5.0),
+              log=lambda line: seen.append((line, (out / "group").exists())))  # fmt: skip
+    finished = {line.split(":")[0]: present for line, present in seen if ": skipped" in line}
+    assert finished["s0001"] is False  # gone once the subject it records otherwise is seen
+    assert (out / "group" / "subjects.tsv").read_text() == text
 
 
 def test_a_subject_run_without_figures_is_made_again_for_figures(haxby, tmp_path):
