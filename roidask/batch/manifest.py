@@ -473,9 +473,10 @@ def _read_bids(root: Path, *, mask, task: str | None) -> list[SubjectSpec]:
     specs, own = [], []  # own: the subject has its own mask
     for sub, bolds in runs_of.items():
         events = [_events_of(b) for b in bolds]
-        masks = sorted(
+        masks = sorted(  # fMRIPrep's brain masks (desc-brain) are not ROI masks
             m for m in (sub / "func").glob("*_mask.nii*")
             if task is None or _entity(_stem(m, "mask"), "task") in (None, task)
+            if _entity(_stem(m, "mask"), "desc") != "brain"
         )  # fmt: skip
         if len(masks) > 1:
             raise ManifestError(

@@ -104,10 +104,10 @@ def test_manifest_bids_folder(tmp_path):
         (f2 / f"sub-02_task-faces_run-{r}_events.tsv").write_text("onset\tduration\n")
     runs = [p.name.split("_")[2] for p in read_manifest(root, mask=common)[1].bold]
     assert runs == ["run-1", "run-2", "run-10"]
-    (f2 / "sub-02_desc-brain_mask.nii.gz").write_bytes(b"")
+    (f2 / "sub-02_desc-vt2_mask.nii.gz").write_bytes(b"")
     with pytest.raises(ManifestError, match=r"sub-02: several masks in func/ \(sub-02_desc"):
         read_manifest(root, mask=common)
-    (f2 / "sub-02_desc-brain_mask.nii.gz").unlink()
+    (f2 / "sub-02_desc-vt2_mask.nii.gz").unlink()
     (f1 / "sub-01_task-faces_run-2_events.tsv").unlink()
     with pytest.raises(
         ManifestError, match=r"run-2_bold.nii.gz: no matching events file .*run-2_events.tsv"
@@ -287,6 +287,12 @@ def test_bids_derivative_runs_take_the_raw_runs_events(tmp_path):
     (func / bold).unlink()
     (spec,) = read_manifest(root, mask=tmp_path / "m.nii.gz")
     assert spec.labels == (func / f"{raw}_events.tsv",)
+    # fMRIPrep's brain mask of each run is not the subject's ROI mask: the common one is
+    brain = f"{raw}_space-T1w_desc-brain_mask.nii.gz"
+    (func / brain).write_bytes(b"")
+    (func / brain.replace("run-1", "run-2")).write_bytes(b"")
+    (spec,) = read_manifest(root, mask=tmp_path / "m.nii.gz")
+    assert spec.mask == tmp_path / "m.nii.gz"
 
 
 @pytest.mark.parametrize(
