@@ -99,7 +99,7 @@ def _lock(fd: int) -> bool:
 
 
 def create_locked(
-    path: str | os.PathLike, kind: str = _TMP, *, folder: bool, mode: int = 0o600
+    path: str | os.PathLike, kind: str = _TMP, *, folder: bool, mode: int | None = None
 ) -> tuple[Path, int]:
     """Create a new temporary sibling of ``path`` (a folder, or an empty file) and lock it.
 
@@ -115,8 +115,9 @@ def create_locked(
         The temporary kind (:data:`_TMP`: cleaned by :func:`clean_stale`).
     folder : bool
         Create a folder, else an empty file.
-    mode : int
-        Permissions of a new file (before the umask).
+    mode : int, optional
+        Permissions of the new file or folder (before the umask; default 0o600 for a
+        file, 0o777 for a folder).
 
     Returns
     -------
@@ -126,9 +127,9 @@ def create_locked(
     for _ in range(100):
         tmp = temp_sibling(Path(path), kind)
         if folder:
-            os.mkdir(tmp)
+            os.mkdir(tmp, 0o777 if mode is None else mode)
         else:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode))
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode or 0o600))
         try:
             fd = os.open(tmp, os.O_RDONLY if folder else os.O_RDWR)
         except FileNotFoundError:
@@ -612,8 +613,9 @@ def _exchange(a: Path, b: Path) -> bool:
 def rename_no_replace(a: Path, b: Path) -> None:
     """Rename ``a`` to ``b`` unless ``b`` exists (``renameat2(RENAME_NOREPLACE)``: one
     system call, so a ``b`` created by another process at the same moment is never
-    replaced; elsewhere a check then a rename, which could replace at most an empty
-    folder created in between).
+    replaced). Where that is unsupported: a file is linked to ``b`` (which fails if
+    ``b`` exists) then unlinked; a folder is checked then renamed, which could replace
+    at most an empty folder created in between.
 
     Raises
     ------
@@ -624,6 +626,16 @@ def rename_no_replace(a: Path, b: Path) -> None:
         return
     if b.exists() or b.is_symlink():
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(b))
+    if not a.is_dir():
+        try:
+            os.link(a, b)  # EEXIST: a FileExistsError
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links
+            pass
+        else:
+            os.unlink(a)
+            return
     try:
         os.rename(a, b)  # a folder onto a folder that is not empty fails
     except OSError as exc:

@@ -917,9 +917,12 @@ def _cmd_batch(args) -> int:
             )
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the embedded cluster's workers are gone
         out = as_location(args.out)
-        if address is None and isinstance(out, Path):  # what they were writing: not locked
+        if address is None and isinstance(out, Path) and out.is_dir():  # not locked now:
+            # what they were writing (one listing of the folder, not one per subject)
+            left = {p.name for p in out.iterdir() if ".roidask-tmp-" in p.name}
             for spec in specs:
-                clean_stale(out / spec.out_name)
+                if any(n.startswith(f".{spec.out_name}.") for n in left):
+                    clean_stale(out / spec.out_name)
         raise
     counts = table["status"].value_counts().to_dict()
     print(f"subjects: {len(table)} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})")

@@ -501,7 +501,12 @@ def test_a_roidask_folder_changed_meanwhile_is_never_replaced(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_a_file_created_meanwhile_is_never_replaced_without_overwrite(tmp_path):
+@pytest.mark.parametrize("renameat2", [True, False])
+def test_a_file_created_meanwhile_is_never_replaced_without_overwrite(
+    tmp_path, monkeypatch, renameat2
+):
+    if not renameat2:  # then a hard link, which fails where the file exists
+        monkeypatch.setattr(_atomic, "_rename2", lambda a, b, flags: False)
     path = tmp_path / "f.tsv"
     with pytest.raises(OutputExistsError, match=r"f.tsv: created by another process"):
         with atomic_file(path, overwrite=False) as tmp:

@@ -1370,9 +1370,8 @@ def local_scratch(name: str) -> Iterator[Path]:
     """
     anchor = Path(tempfile.gettempdir()) / f"roidask-{name}"
     clean_stale(anchor)
-    tmp, fd = create_locked(anchor, folder=True)
+    tmp, fd = create_locked(anchor, folder=True, mode=0o700)  # private, as tempfile's
     try:
-        tmp.chmod(0o700)  # private, as tempfile's folders
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
