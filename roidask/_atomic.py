@@ -729,6 +729,20 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+@contextlib.contextmanager
+def checked_again() -> Iterator[None]:
+    """A destination checked again as an output is committed: its error says that it
+    was created or changed while the command ran, and that it is left as it is."""
+    try:
+        yield
+    except RoidaskError as exc:
+        raise type(exc)(
+            f"{exc} (it was created or changed while this command ran: it is left as it "
+            "is, and this command's output is not kept)",
+            param=exc.param,
+        ) from None
+
+
 class OutputFolder:
     """A folder built in a locked temporary sibling and committed in one rename.
 
@@ -808,19 +822,13 @@ class OutputFolder:
 
     def _check_still_replaceable(self) -> None:
         """:func:`check_replaceable` (or ``replaceable``) on ``out`` as it is now."""
-        try:
+        with checked_again():
             if self.replaceable is not None:
                 self.replaceable(self.out)
             elif self.marker:
                 check_replaceable(
                     self.out, param=self.param, overwrite=self.overwrite, kind=self.kind
                 )
-        except RoidaskError as exc:
-            raise type(exc)(
-                f"{exc} (it was created or changed while this command ran: it is left as it "
-                "is, and this command's output is not kept)",
-                param=exc.param,
-            ) from None
 
     def discard(self) -> None:
         """Remove the temporary folder (after a failure)."""

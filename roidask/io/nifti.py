@@ -33,7 +33,7 @@ import numpy as np
 from isal import igzip, isal_zlib
 from nibabel.volumeutils import native_code
 
-from roidask._atomic import atomic_file, check_parent
+from roidask._atomic import atomic_file, check_parent, checked_again
 from roidask._pool import thread_pool
 from roidask.exceptions import (
     CorruptFileError,
@@ -42,7 +42,6 @@ from roidask.exceptions import (
     InvalidParameterError,
     OutputError,
     OutputExistsError,
-    RoidaskError,
 )
 from roidask.io.grid import voxel_size_mm
 from roidask.io.locations import (
@@ -992,14 +991,8 @@ def write_nifti(
     hdr.set_data_offset(352)
 
     def check_again() -> None:  # at the commit: the file may have appeared meanwhile
-        try:
+        with checked_again():
             _check_replaceable_file(path, overwrite=overwrite, mark=mark)
-        except RoidaskError as exc:
-            raise type(exc)(
-                f"{exc} (it was created or changed while this command ran: it is left as it "
-                "is, and this command's output is not kept)",
-                param=exc.param,
-            ) from None
 
     gz = path.name.lower().endswith(".gz")
     with (
