@@ -410,6 +410,31 @@ def test_run_output_in_s3_keeps_the_disk_guarantees(haxby, inputs, s3_bucket, ca
     assert json.loads(again[".roidask.json"]).get("complete", True) is True
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_objects_put_at_an_s3_output_while_the_run_ran_are_kept(
+    haxby, inputs, s3_bucket, overwrite
+):
+    """The prefix was empty when checked; objects put there before the upload commits (a
+    user's, or another run's output completed meanwhile) are never replaced."""
+    from roidask.exceptions import OutputError
+    from roidask.pipeline import PipelineParams
+    from roidask.runner import run_subject
+
+    out = f"{s3_bucket}/res"
+    calls = []
+
+    def user_puts_objects():  # the second call: under the prefix's lease, before the upload
+        calls.append(len(calls))
+        if len(calls) == 2:
+            obstore.put(_store(out), "signals.tsv", b"mine")
+
+    with pytest.raises(OutputError, match=r"created or changed while this command ran"):
+        run_subject(bold=[haxby.bold], labels=[haxby.labels], store=None, subject=None,
+                    mask=haxby.mask, out=out, params=PipelineParams(), plots=False,
+                    overwrite=overwrite, before_write=user_puts_objects)  # fmt: skip
+    assert calls == [0, 1] and objects(out) == {"signals.tsv": b"mine"}
+
+
 def test_publishing_puts_the_marker_last_and_deletes_only_listed_objects(s3_bucket, tmp_path):
     from roidask.io.locations import S3Path, publish_folder
 

@@ -66,6 +66,7 @@ from roidask._atomic import (
     OutputFolder,
     check_destination,
     check_not_input,
+    checked_again,
     clean_stale,
     create_locked,
     read_marker,
@@ -95,6 +96,7 @@ __all__ = [
     "as_location",
     "as_location_list",
     "changed_files",
+    "check_again_remote",
     "check_input_file",
     "check_output",
     "check_remote_destination",
@@ -1155,13 +1157,16 @@ def check_remote_destination(
     inputs: Iterable | InputIndex = (),
     overwrite: bool = False,
     kind: str | None = None,
+    probe: bool = True,
 ) -> S3Path:
     """:func:`roidask._atomic.check_destination` for an ``s3://`` prefix.
 
     An empty prefix may be written (the bucket must exist and be reachable); one
     with objects only if it holds roidask's marker (of ``kind``) and nothing but
     the objects it lists; an incomplete output (a pending marker left by a killed
-    upload) may be rewritten without ``overwrite``.
+    upload) may be rewritten without ``overwrite``. With ``probe``, a probe object is
+    put and deleted (the prefix may be written); without, as an upload checks the
+    prefix again before it commits (:func:`publish_folder`'s ``before_commit``).
     """
     check_not_input(out, inputs, param=param)
     if not out.key:
@@ -1173,7 +1178,8 @@ def check_remote_destination(
     except RoidaskOSError as exc:
         raise _as_output_error(exc, param) from None
     if not objects:
-        check_writable(out, param)
+        if probe:
+            check_writable(out, param)
         return out
     marker = remote_marker(out)
     if marker is None:
@@ -1207,7 +1213,8 @@ def check_remote_destination(
         raise OutputExistsError(
             f"{param} {out}: already exists; pass overwrite=True to replace it", param=param
         )
-    check_writable(out, param)
+    if probe:
+        check_writable(out, param)
     return out
 
 
@@ -1395,7 +1402,15 @@ def output_folder(out, *, kind: str) -> Iterator[Path]:
         local = tmp / (loc.name or "out")
         with OutputFolder(local, kind=kind) as build:
             yield build
-        publish_folder(local, loc)
+        publish_folder(local, loc, before_commit=lambda: check_again_remote(loc, kind=kind))
+
+
+def check_again_remote(out: S3Path, *, kind: str, overwrite: bool = True) -> None:
+    """An ``s3://`` output checked again as its upload commits (it holds the prefix's
+    lease): objects put there meanwhile, or an output another command completed, are
+    never replaced (:func:`check_remote_destination`, no probe)."""
+    with checked_again():
+        check_remote_destination(out, param="out", overwrite=overwrite, kind=kind, probe=False)
 
 
 def put_if_absent(location: S3Path, data: bytes) -> bool:

@@ -48,6 +48,7 @@ from roidask.io.locations import (
     Location,
     PathOrURL,
     S3Path,
+    check_again_remote,
     check_output,
     local_scratch,
     publish_folder,
@@ -187,9 +188,14 @@ def write_results(
         with local_scratch("out") as tmp:
             local = tmp / (out.name or "out")
             _write_folder(local, *folder)
-            # asked once the upload holds the prefix's lease: a task that waited for it
-            # while the next batch published the subject must not write over that
-            return publish_folder(local, out, before_commit=before_commit)
+
+            def commit_check() -> None:  # once the upload holds the prefix's lease
+                if before_commit is not None:  # a task that waited for the lease while
+                    before_commit()  # the next batch published the subject writes nothing
+                # objects put there meanwhile, or an output another run completed
+                check_again_remote(out, kind=SUBJECT_KIND, overwrite=overwrite)
+
+            return publish_folder(local, out, before_commit=commit_check)
     return _write_folder(out, *folder, before_commit=before_commit, overwrite=overwrite)
 
 
