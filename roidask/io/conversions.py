@@ -169,7 +169,7 @@ def as_image(
             )
     elif isinstance(img, nib.spatialimages.SpatialImage):
         _no_subject(subject, f"{param} (a nibabel image)")
-        out = image_from_nibabel(img, chunks=chunks)
+        out = image_from_nibabel(img, chunks=chunks, param=param)
     elif isinstance(img, xr.DataArray | xr.Dataset | xr.DataTree):
         if isinstance(img, xr.DataArray):
             _no_subject(subject, f"{param} (an xarray.DataArray)")

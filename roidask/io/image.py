@@ -18,6 +18,7 @@ store) normalise it with :func:`roidask.io.conversions.as_image`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +50,9 @@ from roidask.io.nifti import (
     NiftiSource,
     header_from_b64,
     header_to_b64,
+    header_tr_s,
     is_nifti_path,
+    read_scaling,
     write_nifti,
 )
 from roidask.io.niizarr import NiftiZarrSource, is_nifti_zarr, write_nifti_zarr
@@ -226,12 +229,13 @@ def _source_dask(source: VolumeSource, chunks: dict[str, int], scaled: bool = Tr
 
 def image_from_nifti(path: PathOrURL, *, chunks=None, param: str = "img") -> xr.DataArray:
     """A 3D NIfTI file as a lazy roidask image (dims x, y, z)."""
-    src = open_source(path, ndim=3, param=param)
+    return _image_from_source(open_source(path, ndim=3, param=param), chunks=chunks)
+
+
+def _image_from_source(src: VolumeSource, *, chunks) -> xr.DataArray:
     chunks = normalize_chunks(chunks, src.shape, src.dtype.itemsize)
     arr = _source_dask(src, chunks)
-    return xr.DataArray(
-        arr, dims=SPATIAL_DIMS, name=as_location(path).name, attrs=_attrs_from_source(src)
-    )
+    return xr.DataArray(arr, dims=SPATIAL_DIMS, name=src.path.name, attrs=_attrs_from_source(src))
 
 
 def bold_from_nifti(
@@ -283,6 +287,13 @@ def bold_from_nifti(
             f"tr_s: expected a positive number of seconds, got {tr_s!r}", param="tr_s"
         )
     sources = [open_source(p, ndim=4, param="bold") for p in paths]
+    return _bold_from_sources(sources, labels=labels, tr_s=tr_s, chunks=chunks, scaled=scaled)
+
+
+def _bold_from_sources(
+    sources: Sequence[VolumeSource], *, labels, tr_s: float | None, chunks, scaled: bool
+) -> xr.DataArray:
+    """:func:`bold_from_nifti` of opened runs (their header and affine as given)."""
     first = sources[0]
     for src in sources[1:]:
         if not same_grid(src.volume_shape, src.affine, first.volume_shape, first.affine):
@@ -426,22 +437,74 @@ def like_image(
     return xr.DataArray(data, dims=dims, coords=coords, name=name, attrs=new_attrs)
 
 
-def image_from_nibabel(img: nib.spatialimages.SpatialImage, *, chunks=None) -> xr.DataArray:
-    """A nibabel image as a roidask image (lazy on its file when it has one)."""
-    if not isinstance(img, nib.Nifti1Image):
-        img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
-    fname = img.get_filename()
-    if fname and is_nifti_path(fname) and not img.in_memory:
-        if len(img.shape) == 4:
-            return bold_from_nifti(fname, chunks=chunks)
-        return image_from_nifti(fname, chunks=chunks)
-    data = np.asanyarray(img.dataobj)
-    shape = data.shape
+def _trim_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """An image shape without trailing singleton dims past the fourth (NIfTI allows them)."""
+    shape = tuple(int(n) for n in shape)
     while len(shape) > 4 and shape[-1] == 1:
         shape = shape[:-1]
+    return shape
+
+
+def _file_source(img: nib.spatialimages.SpatialImage, param: str) -> NiftiSource | None:
+    """The NIfTI file a nibabel image reads its voxels from, with the image's own header
+    and affine (edited in memory or not); None if its voxels are not the file's.
+
+    Its voxels are the file's when its data object is still the file's array proxy (the
+    file unchanged since it was loaded: same layout and scaling), loaded or not
+    (``get_fdata`` caches a copy, which nilearn does not use either).
+    """
+    fname = img.get_filename()
+    proxy = img.dataobj
+    if not (
+        fname
+        and is_nifti_path(fname)
+        and isinstance(img, nib.Nifti1Image)
+        and isinstance(proxy, nib.arrayproxy.ArrayProxy)
+        and isinstance(proxy.file_like, str | os.PathLike)
+        and os.fspath(proxy.file_like) == os.fspath(fname)
+    ):
+        return None
+    src = NiftiSource.open(fname, param=param)
+    same_file = (
+        _trim_shape(proxy.shape) == _trim_shape(src.shape)
+        and int(proxy.offset) == src.offset
+        and np.dtype(proxy.dtype) == src.raw_dtype
+        and read_scaling(proxy.slope, proxy.inter) == (src.slope, src.inter)
+    )
+    if not same_file:
+        return None
+    return dataclasses.replace(
+        src, affine=np.asarray(img.affine, dtype=np.float64), header=img.header.copy()
+    )
+
+
+def image_from_nibabel(
+    img: nib.spatialimages.SpatialImage, *, chunks=None, param: str = "img"
+) -> xr.DataArray:
+    """A nibabel image as a roidask image, with its affine and header as they are in memory.
+
+    As nilearn uses a nibabel image: ``img.affine`` places the voxels, ``img.header``
+    gives the voxel sizes' units and the TR (``set_sform``, ``set_qform`` or
+    ``header.set_zooms`` after loading count), and the voxels are ``img.dataobj``'s. An
+    image loaded from a NIfTI file reads its voxels from the file lazily, block by block
+    (loaded into memory with ``get_fdata`` or not: the same values); another image's
+    voxels are taken as they are (``np.asanyarray(img.dataobj)``).
+    """
+    src = _file_source(img, param)
+    if src is not None:
+        if src.ndim == 4:
+            return _bold_from_sources([src], labels=None, tr_s=None, chunks=chunks, scaled=True)
+        return _image_from_source(src, chunks=chunks)
+    if not isinstance(img, nib.Nifti1Image):
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
+    data = np.asanyarray(img.dataobj)
+    shape = _trim_shape(data.shape)
     data = data.reshape(shape)
     if data.ndim not in (3, 4):
-        raise ImageDimensionError(f"nibabel image has shape {shape}; expected 3D or 4D")
+        raise ImageDimensionError(
+            f"{param}: a nibabel image of shape {shape}; expected a 3D or 4D image",
+            param=param,
+        )
     chunks = normalize_chunks(chunks, data.shape, data.dtype.itemsize)
     dims = BOLD_DIMS[: data.ndim]
     arr = da.from_array(data, chunks=tuple(chunks[d] for d in dims))
@@ -457,13 +520,12 @@ def image_from_nibabel(img: nib.spatialimages.SpatialImage, *, chunks=None) -> x
     }
     coords = {}
     if data.ndim == 4:
-        zooms: tuple[float, ...] = tuple(header.get_zooms())
-        tr = float(zooms[3]) if len(zooms) > 3 and zooms[3] > 0 else None
+        tr = header_tr_s(header)
         attrs.update(tr_s=tr, time_units="s" if tr else "volumes")
         coords = bold_coords(int(np.shape(data)[-1]), tr_s=tr)
-    return xr.DataArray(
-        arr, dims=dims, coords=coords, name="bold" if data.ndim == 4 else None, attrs=attrs
-    )
+    out = xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs)
+    out.name = "bold" if data.ndim == 4 else None  # not the dask array's key
+    return out
 
 
 def to_nifti(
@@ -509,7 +571,7 @@ def to_nifti(
         ``reference``.
     """
     if isinstance(img, nib.spatialimages.SpatialImage):
-        img = image_from_nibabel(img)
+        img = image_from_nibabel(img, param="img")
     if isinstance(img, xr.DataArray) and tuple(img.dims[:3]) != SPATIAL_DIMS:
         raise ImageDimensionError(
             f"img: DataArray {img.name!r} has dims {img.dims}, so it is not a spatial image; "
@@ -532,7 +594,7 @@ def to_nifti(
             param="reference",
         )
     if isinstance(grid, nib.spatialimages.SpatialImage):
-        grid = image_from_nibabel(grid)
+        grid = image_from_nibabel(grid, param="reference")
     if not isinstance(grid, xr.DataArray) or "affine" not in grid.attrs:
         raise ImageTypeError(
             f"reference: expected a roidask image (with an affine), got {type(grid).__name__}",

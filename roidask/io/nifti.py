@@ -64,7 +64,9 @@ __all__ = [
     "float_dtype_for",
     "header_from_b64",
     "header_to_b64",
+    "header_tr_s",
     "is_nifti_path",
+    "read_scaling",
     "release_handles",
     "scale_stored",
     "write_nifti",
@@ -202,6 +204,14 @@ def float_dtype_for(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float64)
 
 
+def read_scaling(slope, inter) -> tuple[float, float]:
+    """A header's ``scl_slope``, ``scl_inter`` as they scale the stored values: a missing,
+    non-finite or zero slope is 1, a missing or non-finite intercept 0 (nibabel's rule)."""
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    return slope, inter
+
+
 def scale_stored(stored: np.ndarray, slope: float, inter: float, dtype=None) -> np.ndarray:
     """Stored NIfTI values scaled, ``stored * slope + inter``, in the float ``dtype``.
 
@@ -319,13 +329,17 @@ class VolumeProperties:
     @property
     def tr_s(self) -> float | None:
         """Repetition time in seconds from ``pixdim[4]`` and the time units, if set."""
-        if self.ndim < 4:
-            return None
-        zooms = self.header.get_zooms()
-        if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
-            return None
-        _, t_unit = self.header.get_xyzt_units()
-        return float(zooms[3]) * TIME_UNITS_S.get(t_unit, 1.0)
+        return header_tr_s(self.header) if self.ndim == 4 else None
+
+
+def header_tr_s(header: nib.Nifti1Header) -> float | None:
+    """Repetition time in seconds of a 4D image's header: ``pixdim[4]`` in its time unit
+    (``msec``, ``usec``; seconds otherwise), None if not set."""
+    zooms = header.get_zooms()
+    if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
+        return None
+    _, t_unit = header.get_xyzt_units()
+    return float(zooms[3]) * TIME_UNITS_S.get(t_unit, 1.0)
 
 
 #: Seconds per NIfTI time unit (``xyzt_units``); other units count as seconds.
@@ -457,9 +471,7 @@ class NiftiSource(VolumeProperties):
         # The proxy resolves offsets of 0 and extensions as nibabel reads them.
         proxy: Any = img.dataobj  # an ArrayProxy: the file's layout and scaling
         offset = int(proxy.offset)
-        slope, inter = proxy.slope, proxy.inter
-        slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
-        inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+        slope, inter = read_scaling(proxy.slope, proxy.inter)
         source = cls(
             path=path,
             shape=shape,

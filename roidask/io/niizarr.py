@@ -61,7 +61,7 @@ from roidask.io.locations import (
     version_tag,
     zarr_store,
 )
-from roidask.io.nifti import VolumeProperties, header_from_b64
+from roidask.io.nifti import VolumeProperties, header_from_b64, read_scaling
 
 __all__ = [
     "WRITER_ATTR",
@@ -245,9 +245,7 @@ class NiftiZarrSource(VolumeProperties):
                 f"{path}: NIfTI header has shape {header_shape} but level 0 holds "
                 f"{shape} (x, y, z[, t]); the header must describe level 0"
             )
-        slope, inter = header.get_slope_inter()
-        slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
-        inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+        slope, inter = read_scaling(*header.get_slope_inter())
         return cls(
             path=path,
             array=array_path,

@@ -247,3 +247,58 @@ def test_to_nifti_says_a_dataarray_that_is_not_spatial_is_not_an_image(tmp_path)
 def test_as_image_of_a_results_store_says_what_it_is(haxby_outputs):
     with pytest.raises(StoreError, match=r"^img \S+results\.zarr: is one subject's results st"):
         as_image(haxby_outputs / "results.zarr")
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["lazy", "get_fdata"])
+def test_a_nibabel_image_is_read_with_its_header_and_affine_as_edited_in_memory(
+    tmp_path, rng, loaded
+):
+    """(reference, ours): nilearn's smooth_img of a loaded image whose voxel size and TR
+    were fixed in memory (set_sform, set_qform, set_zooms) vs roidask's, which used the
+    file's header before. The voxels still stream from the file (nothing read while the
+    graph is built), and loading the data first (get_fdata) changes nothing."""
+    from nilearn.image import smooth_img as nilearn_smooth
+
+    from roidask.ops import smooth_img
+
+    path = tmp_path / "iso1.nii.gz"
+    nib.save(nib.Nifti1Image(rng.normal(size=(10, 9, 8, 3)).astype(np.float32), np.eye(4)), path)
+    img = nib.load(path)
+    if loaded:
+        img.get_fdata()
+    affine = np.diag([3.0, 2.5, 3.5, 1.0])
+    affine[:3, 3] = [-12, 7, 30]
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    img.header.set_zooms((3.0, 2.5, 3.5, 2.2))
+    with raise_if_dask_computes():
+        bold = as_image(img)
+        smoothed = smooth_img(img, fwhm=6)
+    np.testing.assert_allclose(np.asarray(bold.attrs["affine"]), affine)
+    assert bold.attrs["voxel_size_mm"] == [3.0, 2.5, 3.5]
+    assert bold.attrs["tr_s"] == pytest.approx(2.2)
+    np.testing.assert_allclose(bold["time"].values, [0, 2.2, 4.4])
+    assert bold.attrs["source_files"] == [str(path)]  # read lazily from the file
+    np.testing.assert_allclose(smoothed.attrs["smoothing_fwhm_mm"], [6.0, 6.0, 6.0])
+    reference = nilearn_smooth(img, 6).get_fdata(dtype=np.float32)
+    assert smoothed.dtype == reference.dtype == np.float32
+    np.testing.assert_allclose(reference, smoothed.values, rtol=0, atol=1e-6)
+    # the header written back is the one in memory
+    back = nib.load(to_nifti(bold, tmp_path / "back.nii.gz"))
+    np.testing.assert_allclose(back.affine, affine)
+    assert back.header.get_zooms()[3] == pytest.approx(2.2)
+
+
+def test_a_nibabel_image_not_of_its_file_any_more_is_read_from_memory(tmp_path, rng):
+    """An image whose data object is not its file's (replaced, or the file rewritten since
+    it was loaded) is read from its own data, never from the file."""
+    path = tmp_path / "a.nii"
+    first = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    nib.save(nib.Nifti1Image(first, np.eye(4)), path)
+    img = nib.load(path)
+    np.testing.assert_array_equal(as_image(img).values, first)
+    nib.save(nib.Nifti1Image(first.astype(np.float64) * 2, np.eye(4)), path)  # rewritten
+    np.testing.assert_array_equal(as_image(img).values, np.asanyarray(img.dataobj))
+    replaced = nib.Nifti1Image(first + 1, np.eye(4))
+    replaced.set_filename(str(path))
+    np.testing.assert_array_equal(as_image(replaced).values, first + 1)
