@@ -32,6 +32,7 @@ from roidask.io.image import (
     image_from_nifti,
     is_image_path,
     open_source,
+    scaled_values,
 )
 from roidask.io.locations import PathOrURL, as_location, zarr_store
 from roidask.io.store_read import (
@@ -103,6 +104,7 @@ def as_image(
     param: str = "img",
     subject: str | None = None,
     chunks=None,
+    stored: bool = False,
 ) -> xr.DataArray:
     """Normalise any accepted image argument to a lazy roidask DataArray.
 
@@ -120,12 +122,19 @@ def as_image(
         Subject group, when ``img`` is a store or DataTree with several subjects.
     chunks : dict or str, optional
         Chunks for images read from files (ignored for xarray input).
+    stored : bool
+        Keep an image of stored integers (``bold_from_nifti(..., scaled=False)``) as
+        it is, with its scaling attrs, for a function that honours them (the ROI
+        pipeline, ``extract_signals``). By default (False) such an image is scaled
+        to its values (float64, :func:`roidask.io.image.scaled_values`), as every
+        other function needs.
 
     Returns
     -------
     xarray.DataArray
         Dask-backed, dims ``(x, y, z)`` or ``(x, y, z, time)``, grid in attrs.
-        No voxel data is read.
+        No voxel data is read. A scaled NIfTI image is float64 values whatever its
+        kind (a path, a nibabel image, a store), as nibabel and nilearn read it.
 
     Raises
     ------
@@ -185,6 +194,8 @@ def as_image(
             ),
             param=param,
         )
+    if not stored:
+        out = scaled_values(out)
     if ndim == 3 and out.ndim == 4 and out.shape[-1] == 1:  # one volume: a 3D image (nilearn)
         out = out.isel({out.dims[-1]: 0}, drop=True)
     if ndim is not None and out.ndim != ndim:

@@ -53,11 +53,13 @@ from roidask.io.nifti import (
     header_tr_s,
     is_nifti_path,
     read_scaling,
+    scale_stored,
     write_nifti,
 )
 from roidask.io.niizarr import NiftiZarrSource, is_nifti_zarr, write_nifti_zarr
 
 __all__ = [
+    "SCALING_ATTRS",
     "VolumeSource",
     "bold_coords",
     "bold_from_nifti",
@@ -67,6 +69,7 @@ __all__ = [
     "is_image_path",
     "like_image",
     "open_source",
+    "scaled_values",
     "shared_scaling",
     "stored_scaling",
     "to_nifti",
@@ -262,20 +265,25 @@ def bold_from_nifti(
         Chunk sizes per dim (``x``, ``y``, ``z``, ``time``); default whole volumes,
         about 16 MB per chunk.
     scaled : bool
-        Apply the files' scaling (``scl_slope``, ``scl_inter``), the default. With
-        ``False``, runs of 8/16-bit integers that share one scaling are read as
-        their stored integers (half the bytes of the float32 values) and the image
-        carries the scaling in ``attrs`` (``scl_slope``, ``scl_inter``): its values
-        are ``stored * scl_slope + scl_inter`` (see :func:`stored_scaling`). Only
-        what honours these attrs may use such an image (the ROI pipeline does);
-        other runs are scaled as usual.
+        Apply the files' scaling (``scl_slope``, ``scl_inter``), the default: scaled
+        values are float64, as nibabel's ``get_fdata`` and nilearn read them (and
+        as xarray reads them from a converted store). With ``False``, runs of
+        8/16-bit integers that share one scaling are read as their stored integers
+        (a quarter of the bytes of the float64 values) and the image carries the
+        scaling in ``attrs`` (``scl_slope``, ``scl_inter``): its values are
+        ``stored * scl_slope + scl_inter`` (see :func:`stored_scaling`). Every
+        roidask function scales such an image (:func:`roidask.io.as_image`), or
+        honours the scaling (the ROI pipeline and ``extract_signals``, which read
+        the integers); plain xarray arithmetic on it sees the integers. Other runs
+        are scaled as usual.
 
     Returns
     -------
     xarray.DataArray
-        Dims ``(x, y, z, time)``, dask-backed, source dtype (floats if the file is
-        scaled, unless ``scaled=False``), coordinates ``time`` (s), ``condition``
-        and ``run``. No voxel data is read until computed.
+        Dims ``(x, y, z, time)``, dask-backed, source dtype (float64 if the files
+        are scaled, unless ``scaled=False``; float runs beside scaled runs are
+        float64 too), coordinates ``time`` (s), ``condition`` and ``run``. No
+        voxel data is read until computed.
     """
     paths = as_location_list(paths, "bold")
     if not paths:
@@ -295,6 +303,10 @@ def _bold_from_sources(
 ) -> xr.DataArray:
     """:func:`bold_from_nifti` of opened runs (their header and affine as given)."""
     first = sources[0]
+    # scaled runs are float64 values, so are float runs beside them (float32 exactly)
+    as_floats = any(s.is_scaled for s in sources) and all(
+        s.is_scaled or s.dtype.kind == "f" for s in sources
+    )
     for src in sources[1:]:
         if not same_grid(src.volume_shape, src.affine, first.volume_shape, first.affine):
             raise GridMismatchError(
@@ -304,7 +316,7 @@ def _bold_from_sources(
                 "all runs must share shape and affine",
                 param="bold",
             )
-        if src.dtype != first.dtype:
+        if src.dtype != first.dtype and not as_floats:
             raise GridMismatchError(
                 f"bold {src.path}: data type {_read_as(src)} differs from {first.path} "
                 f"({_read_as(first)}); all runs must share one data type",
@@ -344,7 +356,8 @@ def _bold_from_sources(
         condition = table["condition"].to_numpy().astype(str)
         run = table["run"].to_numpy().astype(np.int64)
     full_shape = (*first.volume_shape, n_total)
-    chunks = normalize_chunks(chunks, full_shape, first.dtype.itemsize)
+    itemsize = np.result_type(*(s.dtype for s in sources)).itemsize
+    chunks = normalize_chunks(chunks, full_shape, itemsize)
     stored = (
         not scaled
         and shared_scaling(sources)
@@ -376,6 +389,10 @@ def _bold_from_sources(
     )
 
 
+#: The attrs of an image of stored integers (:func:`stored_scaling`).
+SCALING_ATTRS = ("scl_slope", "scl_inter", "scaled_dtype")
+
+
 def stored_scaling(img: xr.DataArray) -> tuple[float, float, np.dtype] | None:
     """``(scl_slope, scl_inter, dtype)`` of an image holding stored integers, else None.
 
@@ -386,6 +403,22 @@ def stored_scaling(img: xr.DataArray) -> tuple[float, float, np.dtype] | None:
         return None
     attrs = img.attrs
     return float(attrs["scl_slope"]), float(attrs["scl_inter"]), np.dtype(attrs["scaled_dtype"])
+
+
+def scaled_values(img: xr.DataArray) -> xr.DataArray:
+    """An image of stored integers (:func:`stored_scaling`) as its values, lazily (each
+    chunk scaled as read, as :class:`NiftiSource` scales); any other image as it is.
+
+    The one place where such an image becomes its values: :func:`roidask.io.as_image`
+    calls it for every function that does not honour the scaling itself.
+    """
+    scaling = stored_scaling(img)
+    if scaling is None:
+        return img
+    slope, inter, dtype = scaling
+    out = img.copy(data=da.map_blocks(scale_stored, img.data, slope, inter, dtype, dtype=dtype))
+    out.attrs = {k: v for k, v in img.attrs.items() if k not in SCALING_ATTRS}
+    return out
 
 
 def like_image(
@@ -547,7 +580,10 @@ def to_nifti(
         ``.nii`` or ``.nii.gz`` output file, or a ``.nii.zarr`` NIfTI-Zarr folder
         (:func:`roidask.io.niizarr.write_nifti_zarr`).
     dtype : dtype, optional
-        On-disk type (default: the data's; bool is written as uint8).
+        On-disk type (default: the data's; bool is written as uint8). An image of
+        stored integers (``bold_from_nifti(..., scaled=False)``) is written, without
+        ``dtype``, as its integers with their ``scl_slope``/``scl_inter`` (as its
+        source file), otherwise as its values.
     reference : roidask image or nibabel image, optional
         Grid (affine, header) for bare arrays.
     overwrite : bool
@@ -607,12 +643,17 @@ def to_nifti(
         raise InvalidParameterError(
             f"path {path}: output name must end in .nii, .nii.gz or .nii.zarr", param="path"
         )
+    if isinstance(img, xr.DataArray) and (dtype is not None or not is_nifti_path(path)):
+        img = scaled_values(img)  # stored integers: written as their values
+        data = img.data
     if is_nifti_zarr(path) or str(path).lower().endswith(".nii.zarr"):
         image = img if isinstance(img, xr.DataArray) else like_image(data, grid)
         if "affine" not in image.attrs:
             image = like_image(data, grid, name=str(image.name) if image.name else None)
         return write_nifti_zarr(image, path, dtype=dtype, overwrite=overwrite)
     header = header_from_b64(grid.attrs["nifti_header"]) if "nifti_header" in grid.attrs else None
+    scaling = stored_scaling(img) if isinstance(img, xr.DataArray) and dtype is None else None
+    slope, inter = (1.0, 0.0) if scaling is None else scaling[:2]  # stored integers: theirs
     return write_nifti(
         data,
         path,
@@ -622,4 +663,6 @@ def to_nifti(
         tr_s=grid.attrs.get("tr_s"),
         overwrite=overwrite,
         mark=mark,
+        scl_slope=slope,
+        scl_inter=inter,
     )

@@ -58,10 +58,10 @@ from roidask.io.locations import (
 
 __all__ = [
     "EXPORT_MARK",
+    "SCALED_DTYPE",
     "TIME_UNITS_S",
     "NiftiSource",
     "VolumeProperties",
-    "float_dtype_for",
     "header_from_b64",
     "header_to_b64",
     "header_tr_s",
@@ -194,14 +194,11 @@ def is_nifti_path(path: PathOrURL) -> bool:
     return str(path).lower().endswith(_NIFTI_SUFFIXES)
 
 
-def float_dtype_for(dtype: np.dtype) -> np.dtype:
-    """Float dtype used when a stored integer type is scaled (xarray's CF rule)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return dtype
-    if dtype.kind in "iu" and dtype.itemsize <= 2:
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
+#: The type of scaled values (``scl_slope``/``scl_inter``), whatever the stored type: as
+#: nibabel scales them (``get_fdata``, ``np.asanyarray(img.dataobj)``, so nilearn), and as
+#: xarray decodes a roidask store's ``scale_factor``/``add_offset``. A scaled image is
+#: thus the same float64 values from a file, a nibabel image or a store.
+SCALED_DTYPE = np.dtype(np.float64)
 
 
 def read_scaling(slope, inter) -> tuple[float, float]:
@@ -216,11 +213,11 @@ def scale_stored(stored: np.ndarray, slope: float, inter: float, dtype=None) -> 
     """Stored NIfTI values scaled, ``stored * slope + inter``, in the float ``dtype``.
 
     Rounded as :meth:`NiftiSource.read` reads them: cast, multiply, add. ``dtype``
-    defaults to :func:`float_dtype_for` the stored type; the result keeps the
+    defaults to :data:`SCALED_DTYPE` (float64, as nibabel); the result keeps the
     memory order of ``stored``. (Measured and not faster: a table of every scaled
     16-bit value, a gather; casting within the multiplication.)
     """
-    dtype = float_dtype_for(stored.dtype) if dtype is None else np.dtype(dtype)
+    dtype = SCALED_DTYPE if dtype is None else np.dtype(dtype)
     out = stored.astype(dtype)
     out *= dtype.type(slope)
     out += dtype.type(inter)
@@ -318,9 +315,7 @@ class VolumeProperties:
     @property
     def dtype(self) -> np.dtype:
         """Data type of the values :meth:`read` returns (scaling applied)."""
-        return (
-            float_dtype_for(self.raw_dtype) if self.is_scaled else self.raw_dtype.newbyteorder("=")
-        )
+        return SCALED_DTYPE if self.is_scaled else self.raw_dtype.newbyteorder("=")
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:

@@ -585,7 +585,7 @@ def extract_signals(
             f"background_label: expected an integer label value, got {background_label!r}"
         )
     requested = _requested_labels(labels, int(background_label))
-    bold = as_image(bold_img, ndim=4, param="bold_img")
+    bold = as_image(bold_img, ndim=4, param="bold_img", stored=True)  # scaled as gathered
     if bold.dtype.kind not in "biuf":
         raise InvalidParameterError(
             f"bold_img: expected real-valued voxel data, got dtype {bold.dtype}"

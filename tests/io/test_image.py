@@ -144,21 +144,81 @@ def test_stored_integers_of_scaled_runs(tmp_path, rng):
     ]
     image = bold_from_nifti(runs, scaled=False)
     assert image.dtype == np.int16
-    assert stored_scaling(image) == (np.float32(0.3), 5.0, np.float32)  # header: float32
+    assert stored_scaling(image) == (np.float32(0.3), 5.0, np.float64)  # header: float32
     np.testing.assert_array_equal(image.values, np.concatenate([stored, stored], axis=3))
     values = bold_from_nifti(runs)
-    assert values.dtype == np.float32 and stored_scaling(values) is None
+    assert values.dtype == np.float64 and stored_scaling(values) is None  # as nibabel
     np.testing.assert_array_equal(
         scale_stored(image.values, *stored_scaling(image)), values.values
     )
-    np.testing.assert_allclose(values.values[..., :6], nib.load(runs[0]).get_fdata(), rtol=1e-6)
+    np.testing.assert_array_equal(nib.load(runs[0]).get_fdata(), values.values[..., :6])
     # runs scaled differently, or not at all: their values, as usual
     other = write_nifti(stored, tmp_path / "other.nii.gz", affine=affine, scl_slope=0.5)
     plain = write_nifti(stored, tmp_path / "plain.nii.gz", affine=affine)
     assert stored_scaling(bold_from_nifti([runs[0], other], scaled=False)) is None
-    assert bold_from_nifti([runs[0], other], scaled=False).dtype == np.float32
+    assert bold_from_nifti([runs[0], other], scaled=False).dtype == np.float64
     assert bold_from_nifti(plain, scaled=False).dtype == np.int16
     assert stored_scaling(bold_from_nifti(plain, scaled=False)) is None
+
+
+def _scaled_run(tmp_path, rng):
+    """An int16 run with scl_slope/scl_inter and labels: (stored, values) images of it."""
+    from roidask.io.nifti import write_nifti
+
+    stored = rng.integers(-2000, 2000, size=(6, 5, 4, 12), dtype=np.int16)
+    path = write_nifti(stored, tmp_path / "r.nii.gz", affine=np.diag([3.0, 3, 3, 1]),
+                       scl_slope=0.3, scl_inter=5, tr_s=2.0)  # fmt: skip
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "".join(f"{c} 0\n" for c in ["face", "house"] * 6))
+    return (
+        bold_from_nifti(path, labels=labels, scaled=False, chunks="x=4,time=5"),
+        bold_from_nifti(path, labels=labels, chunks="x=4,time=5"),
+    )
+
+
+@pytest.mark.parametrize(
+    "func",
+    ["smooth_img", "mean_img", "std_img", "tsnr_img", "ttest_img", "ttest_1samp_img",
+     "ftest_img", "condition_moments", "select_conditions", "as_image", "to_nifti",
+     "to_nifti-float32", "to_nifti-nii.zarr"],
+)  # fmt: skip
+def test_stored_integers_are_scaled_by_every_function_that_does_not_honour_them(
+    tmp_path, rng, func
+):
+    """(reference, ours): each function of the values of a scaled run vs of its stored
+    integers (``scaled=False``), which were taken for values (off by hundreds)."""
+    from roidask import ops
+    from roidask.io.image import stored_scaling
+
+    stored, values = _scaled_run(tmp_path, rng)
+    calls = {
+        "smooth_img": lambda img: ops.smooth_img(img, fwhm=6),
+        "mean_img": ops.mean_img,
+        "std_img": ops.std_img,
+        "tsnr_img": ops.tsnr_img,
+        "ttest_img": ops.ttest_img,
+        "ttest_1samp_img": lambda img: ops.ttest_1samp_img(img, condition="face"),
+        "ftest_img": lambda img: ops.ftest_img(img, conditions=["face", "house"]),
+        "condition_moments": lambda img: ops.condition_moments(img, conditions=["face"]),
+        "select_conditions": lambda img: ops.select_conditions(img, ["house"]),
+        "as_image": as_image,
+        "to_nifti": lambda img: as_image(to_nifti(img, tmp_path / f"{id(img)}.nii.gz")),
+        "to_nifti-float32": lambda img: as_image(
+            to_nifti(img, tmp_path / f"{id(img)}.nii", dtype=np.float32)
+        ),
+        "to_nifti-nii.zarr": lambda img: as_image(to_nifti(img, tmp_path / f"{id(img)}.nii.zarr")),
+    }
+    reference, ours = calls[func](values), calls[func](stored)
+    if isinstance(ours, xr.DataArray):
+        assert stored_scaling(ours) is None
+        reference, ours = xr.Dataset({"v": reference}), xr.Dataset({"v": ours})
+    for name in reference.data_vars:
+        assert ours[name].dtype == reference[name].dtype
+        np.testing.assert_array_equal(reference[name].values, ours[name].values)
+    if func == "to_nifti":  # written as the source: its integers and their scaling
+        (written,) = tmp_path.glob(f"{id(stored)}.nii.gz")
+        assert nib.load(written).get_data_dtype() == np.int16
+        assert nib.load(written).dataobj.slope == np.float32(0.3)
 
 
 def test_a_subject_given_for_one_image_is_refused_not_ignored(haxby):
