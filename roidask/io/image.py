@@ -64,6 +64,7 @@ __all__ = [
     "bold_coords",
     "bold_from_nifti",
     "check_header_shape",
+    "check_voxel_order",
     "image_from_nibabel",
     "image_from_nifti",
     "is_image_path",
@@ -110,16 +111,29 @@ def shared_scaling(sources: Sequence[VolumeSource]) -> bool:
 def check_header_shape(img: xr.DataArray, param: str) -> None:
     """Refuse an image whose voxels are not those of the grid its attributes describe.
 
-    An image cropped or indexed with xarray (``isel``, a slice) keeps its attributes:
-    the affine and NIfTI header of the whole grid, so its voxels would be placed at the
-    wrong positions in mm (ROI centres, masks on "the same grid", written files). The
-    header's dimensions tell: its shape must be theirs. An image without a header
-    (built from an array, or whose attributes were set for the crop) is not checked.
+    An image cropped, flipped or reordered with xarray (``isel``, a slice, ``roll``,
+    ``sortby``) keeps its attributes: the affine and NIfTI header of the whole grid in
+    its original order, so its voxels would be placed at the wrong positions in mm (ROI
+    centres, masks on "the same grid", written files). Two things tell:
+
+    * the header's dimensions: the image's shape must be theirs (a crop);
+    * the voxel-index coordinates ``x``, ``y``, ``z`` that results carry
+      (``results.zarr``, study nodes, :func:`roidask.io.open_map`): each must be
+      ``0, 1, ..., n - 1`` in order (a crop, a flip, a permutation, a
+      ``roll(..., roll_coords=True)``).
+
+    An image without these coordinates (a BOLD series from a file or a store, an image
+    from nibabel or built with ``like_image``) can only be checked for its shape:
+    flipped or reordered along x, y or z, it cannot be told from the original, and is
+    placed as its attributes say. Nor can xarray's default ``roll``, which moves the
+    values under unchanged coordinates. An image without a header (built from an array, or
+    whose attributes were set for the crop) is not checked.
 
     Raises
     ------
     GridMismatchError
-        ``img``'s spatial shape is not its header's.
+        ``img``'s spatial shape is not its header's, or its voxel-index coordinates
+        are not in order from 0.
     """
     header = img.attrs.get("nifti_header")
     if not isinstance(header, str):
@@ -138,6 +152,33 @@ def check_header_shape(img: xr.DataArray, param: str) -> None:
             "attrs['nifti_header']",
             param=param,
         )
+    check_voxel_order(img, param)
+
+
+def check_voxel_order(img: xr.DataArray, param: str) -> None:
+    """Refuse an image whose voxel-index coordinates ``x``, ``y``, ``z`` (if it has them)
+    are not ``0, 1, ..., n - 1`` in order: flipped, permuted, rolled or cropped with
+    xarray (see :func:`check_header_shape`).
+
+    Raises
+    ------
+    GridMismatchError
+        The first such coordinate, named with its first values.
+    """
+    for dim in SPATIAL_DIMS:
+        if dim not in img.coords or img.coords[dim].dtype.kind not in "iu":
+            continue  # no voxel indices (or another coordinate, e.g. positions in mm)
+        index = np.asarray(img.coords[dim].values)
+        if not np.array_equal(index, np.arange(index.size)):
+            shown = ", ".join(str(int(i)) for i in index[:5]) + (", ..." if index.size > 5 else "")
+            raise GridMismatchError(
+                f"{param}: its voxel indices along {dim} are [{shown}], not 0 to "
+                f"{index.size - 1} in order: an image flipped, reordered or cropped with "
+                "xarray keeps the whole grid's affine, so its voxels would be placed at "
+                f"the wrong positions; put them back in order (.sortby({dim!r})) or crop "
+                "before roidask reads it (e.g. nibabel's img.slicer)",
+                param=param,
+            )
 
 
 def _read_as(src: VolumeSource) -> str:
@@ -435,7 +476,8 @@ def like_image(
         ``reference`` is not a roidask image (an xarray.DataArray with an affine: a
         file is opened with :func:`roidask.io.as_image` first).
     GridMismatchError
-        ``data`` is not of ``reference``'s spatial shape.
+        ``data`` is not of ``reference``'s spatial shape, or is a DataArray whose
+        voxel-index coordinates are not in order (:func:`check_voxel_order`).
     """
     if not isinstance(reference, xr.DataArray) or "affine" not in reference.attrs:
         what = type(reference).__name__
@@ -449,13 +491,15 @@ def like_image(
             param="reference",
         )
     if isinstance(data, xr.DataArray):
+        check_voxel_order(data, "data")
         data = data.data
     if not isinstance(data, da.Array):
         data = da.from_array(np.asarray(data), chunks=-1, name=False)  # no hashing of data
     if tuple(data.shape[:3]) != tuple(reference.shape[:3]):
         raise GridMismatchError(
-            f"like_image: data has spatial shape {tuple(data.shape[:3])}, reference "
-            f"{reference.name!r} has {tuple(reference.shape[:3])}"
+            f"data: has spatial shape {tuple(data.shape[:3])}, reference "
+            f"{reference.name!r} has {tuple(reference.shape[:3])}; expected the same",
+            param="data",
         )
     dims = BOLD_DIMS[: data.ndim]
     coords = {}
@@ -467,7 +511,9 @@ def like_image(
             {k: reference.attrs[k] for k in ("tr_s", "time_units") if k in reference.attrs}
         )
     new_attrs.update(attrs or {})
-    return xr.DataArray(data, dims=dims, coords=coords, name=name, attrs=new_attrs)
+    out = xr.DataArray(data, dims=dims, coords=coords, attrs=new_attrs)
+    out.name = name  # None stays None (xarray would take the dask array's key)
+    return out
 
 
 def _trim_shape(shape: Sequence[int]) -> tuple[int, ...]:

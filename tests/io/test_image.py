@@ -254,6 +254,43 @@ def test_an_image_cropped_with_xarray_is_refused_not_misplaced(haxby, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("index", "shown"),
+    [
+        ({"x": slice(None, None, -1)}, r"x are \[39, 38, 37, 36, 35, \.\.\.\]"),
+        ({"x": [1, 0, *range(2, 40)]}, r"x are \[1, 0, 2, 3, 4, \.\.\.\]"),
+        ({"y": "roll"}, r"y are \[17, 18, 19, 0, 1, \.\.\.\]"),
+    ],
+    ids=["flip", "permute", "roll"],
+)
+def test_a_map_flipped_or_reordered_with_xarray_is_refused_not_misplaced(
+    haxby_outputs, tmp_path, index, shown
+):
+    """A results map keeps its voxel-index coordinates x, y, z through isel and roll; out
+    of order, its voxels would be written mirrored on the original affine. Refused by
+    every entry (as_image, to_nifti, like_image); put back in order, accepted."""
+    from roidask.io import open_map
+    from roidask.ops import smooth_img
+
+    pattern = rf": its voxel indices along {shown}, not 0 to \d+ in order: .* \(\.sortby\("
+    for tstat in (
+        open_map(haxby_outputs / "results.zarr", variable="tstat"),
+        xr.open_zarr(haxby_outputs / "results.zarr", chunks=None)["tstat"],
+    ):
+        moved = tstat.roll(y=3, roll_coords=True) if index == {"y": "roll"} else tstat.isel(index)
+        for func, args in (
+            (smooth_img, {"fwhm": 6}),
+            (to_nifti, {"path": tmp_path / "moved.nii.gz"}),
+            (like_image, {"reference": tstat}),
+        ):
+            with pytest.raises(GridMismatchError, match=pattern) as info:
+                func(moved, **args)
+            assert info.value.param in ("img", "data")
+        assert not (tmp_path / "moved.nii.gz").exists()
+        back = moved.sortby(["x", "y"])
+        np.testing.assert_array_equal(as_image(back).values, as_image(tstat).values)
+
+
+@pytest.mark.parametrize(
     ("reference", "got"),
     [
         ("mask.nii.gz", r"str 'mask\.nii\.gz' \(open it with roidask\.as_image first\)"),
