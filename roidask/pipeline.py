@@ -811,7 +811,9 @@ def roi_pipeline(
     """
     params = PipelineParams.of(params)
     box_max_bytes = check_optional_int(box_max_bytes, "box_max_bytes", minimum=0)
-    bold = as_image(bold_img, ndim=4, param="bold_img", subject=subject, stored=True)
+    bold = as_image(
+        bold_img, ndim=4, param="bold_img", subject=subject, subject_param="subject", stored=True
+    )
     if chunks is not None:
         bold = bold.chunk(normalize_chunks(chunks, bold.shape, bold.dtype.itemsize))
     bold = pass_chunks(bold)

@@ -21,6 +21,7 @@ from roidask.exceptions import (
     ImageDimensionError,
     ImageTypeError,
     InvalidParameterError,
+    StoreError,
     UnreadableFileError,
 )
 from roidask.io.chunks import normalize_chunks
@@ -64,9 +65,33 @@ def _no_subject(subject: str | None, what: str) -> None:
         )
 
 
-def _from_xarray(obj, *, param: str, subject: str | None) -> xr.DataArray:
+def _choose_subject(
+    exc: StoreError, where: str, names: list[str], how: str, *, param: str, subject_param
+) -> StoreError:
+    """The error for a store or DataTree of several subjects and no subject chosen: ``exc``
+    (pass ``subject=``) for a function that has a ``subject_param``, otherwise how to
+    choose one (``how``, formatted with the first subject)."""
+    if subject_param is not None or not names:
+        return exc
+    return StoreError(
+        f"{where}: holds subjects {names}; choose one, e.g. {how.format(names[0])}",
+        param=param,
+    )
+
+
+def _from_xarray(
+    obj, *, param: str, subject: str | None, subject_param: str | None = None
+) -> xr.DataArray:
     if isinstance(obj, xr.DataTree):
-        obj = subject_dataset(obj, subject=subject, param=param)
+        try:
+            obj = subject_dataset(obj, subject=subject, param=param)
+        except StoreError as exc:
+            if subject is not None or exc.param != "subject":
+                raise
+            raise _choose_subject(
+                exc, f"{param} (a DataTree)", sorted(obj.children), "tree[{!r}]",
+                param=param, subject_param=subject_param,
+            ) from None  # fmt: skip
     if isinstance(obj, xr.Dataset):
         if "bold" in obj.data_vars:
             obj = obj["bold"]
@@ -105,6 +130,7 @@ def as_image(
     subject: str | None = None,
     chunks=None,
     stored: bool = False,
+    subject_param: str | None = None,
 ) -> xr.DataArray:
     """Normalise any accepted image argument to a lazy roidask DataArray.
 
@@ -128,6 +154,11 @@ def as_image(
         pipeline, ``extract_signals``). By default (False) such an image is scaled
         to its values (float64, :func:`roidask.io.image.scaled_values`), as every
         other function needs.
+    subject_param : str, optional
+        The caller's parameter that selects a subject (``"subject"``), for the message
+        when ``img`` is a store or DataTree of several subjects and none is chosen;
+        None (the default): the message says how to choose one with
+        :func:`roidask.io.open_subject`.
 
     Returns
     -------
@@ -167,7 +198,16 @@ def as_image(
                     "a .nii.zarr image or a roidask zarr store",
                     param=param,
                 )
-            out = open_subject(path, subject=subject, param=param)["bold"]
+            try:
+                out = open_subject(path, subject=subject, param=param)["bold"]
+            except StoreError as exc:
+                if subject is not None or exc.param != "subject":
+                    raise
+                raise _choose_subject(
+                    exc, f"{param} {path}", list_subjects(path),
+                    f"roidask.open_subject({str(path)!r}, {{!r}})['bold']",
+                    param=param, subject_param=subject_param,
+                ) from None  # fmt: skip
             if chunks is not None:
                 out = out.chunk(normalize_chunks(chunks, out.shape, out.dtype.itemsize))
         else:
@@ -182,7 +222,7 @@ def as_image(
     elif isinstance(img, xr.DataArray | xr.Dataset | xr.DataTree):
         if isinstance(img, xr.DataArray):
             _no_subject(subject, f"{param} (an xarray.DataArray)")
-        out = _from_xarray(img, param=param, subject=subject)
+        out = _from_xarray(img, param=param, subject=subject, subject_param=subject_param)
     else:
         raise ImageTypeError(
             f"{param}: expected a path, a nibabel image or an xarray object, got "

@@ -221,6 +221,33 @@ def test_stored_integers_are_scaled_by_every_function_that_does_not_honour_them(
         assert nib.load(written).dataobj.slope == np.float32(0.3)
 
 
+def test_a_store_of_several_subjects_says_how_to_choose_one(haxby, tmp_path):
+    """A function without a subject parameter (smooth_img) points to open_subject (or the
+    DataTree's node), not to a subject= it does not take; roi_pipeline to its subject=."""
+    from roidask.io import open_store
+    from roidask.ops import smooth_img
+    from roidask.pipeline import roi_pipeline
+
+    store = tmp_path / "multi.zarr"
+    for name in ("a", "b"):
+        convert(haxby.bold, labels=haxby.labels, out=store, subject=name)
+    with pytest.raises(StoreError) as info:
+        smooth_img(store, fwhm=6)
+    assert str(info.value) == (
+        f"img {store}: holds subjects ['a', 'b']; choose one, e.g. "
+        f"roidask.open_subject('{store}', 'a')['bold']"
+    )
+    assert info.value.param == "img"
+    with pytest.raises(StoreError, match=r"^img \(a DataTree\): holds subjects \['a', 'b'\]; "
+                       r"choose one, e\.g\. tree\['a'\]$") as info:  # fmt: skip
+        smooth_img(open_store(store), fwhm=6)
+    assert info.value.param == "img"
+    with pytest.raises(StoreError, match=r"^subject: .* holds subjects \['a', 'b'\]; pass "
+                       r"subject= to choose one$") as info:  # fmt: skip
+        roi_pipeline(store, mask_img=haxby.mask)
+    assert info.value.param == "subject"
+
+
 def test_a_subject_given_for_one_image_is_refused_not_ignored(haxby):
     from roidask.exceptions import InvalidParameterError
 
