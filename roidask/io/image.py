@@ -29,6 +29,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
+from roidask._validate import NO_CONDITION
 from roidask.exceptions import (
     GridMismatchError,
     ImageDimensionError,
@@ -212,7 +213,7 @@ def bold_coords(
 ) -> dict:
     """The ``time`` (s, or volumes without a TR), ``condition`` and ``run`` coordinates."""
     step = float(tr_s) if tr_s else 1.0
-    condition = np.full(n_volumes, "unknown") if condition is None else np.asarray(condition)
+    condition = np.full(n_volumes, NO_CONDITION) if condition is None else np.asarray(condition)
     run = np.zeros(n_volumes, dtype=np.int64) if run is None else np.asarray(run)
     return {
         "time": ("time", np.arange(n_volumes) * step, {"units": "s" if tr_s else "volumes"}),
