@@ -659,7 +659,7 @@ def box_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) ->
     scales only the voxels it gathers); otherwise every chunk is scaled.
     """
     if result.box is None:
-        raise InvalidParameterError("box_image: the pass kept no box")
+        raise InvalidParameterError("box_image: the pass kept no box", param="result")
     # name=False: no hashing of the kept voxels to name the chunks
     arr = da.concatenate(
         [da.from_array(b, chunks=b.shape, name=False) for b in result.box_blocks], axis=3
@@ -686,7 +686,9 @@ def spill_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) 
     chunk reads its tile's volumes with one read. ``values`` as :func:`box_image`.
     """
     if result.spill is None:
-        raise InvalidParameterError("spill_image: the pass wrote no temporary file")
+        raise InvalidParameterError(
+            "spill_image: the pass wrote no temporary file", param="result"
+        )
     block = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize * max(bold.data.chunks[3])
     arr = result.spill.to_dask(max_chunk_bytes=min(SPILL_CHUNK_BYTES, 2 * block))
     return _kept_image(arr, bold, bold.attrs, values)

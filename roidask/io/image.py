@@ -68,6 +68,7 @@ __all__ = [
     "check_voxel_order",
     "image_from_nibabel",
     "image_from_nifti",
+    "image_label",
     "is_image_path",
     "like_image",
     "open_source",
@@ -180,6 +181,14 @@ def check_voxel_order(img: xr.DataArray, param: str) -> None:
                 "before roidask reads it (e.g. nibabel's img.slicer)",
                 param=param,
             )
+
+
+def image_label(img: xr.DataArray, param: str) -> str:
+    """How a message names an image: its parameter and its files (``mask_img mask.nii.gz``),
+    or ``mask_img (an in-memory image)`` (never its name: xarray names an unnamed image
+    after its dask array's key)."""
+    files = img.attrs.get("source_files") or []
+    return f"{param} {', '.join(map(str, files))}" if files else f"{param} (an in-memory image)"
 
 
 def _read_as(src: VolumeSource) -> str:
