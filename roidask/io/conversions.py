@@ -51,8 +51,12 @@ from roidask.io.store_read import (
 __all__ = ["ImageLike", "as_image", "open_map"]
 
 #: What an image argument may be: a path (NIfTI file or roidask store), a nibabel
-#: image, or an xarray DataArray / Dataset / DataTree in roidask's layout.
-ImageLike = PathOrURL | nib.spatialimages.SpatialImage | xr.DataArray | xr.Dataset | xr.DataTree
+#: image, or an xarray DataArray / Dataset / DataTree in roidask's layout. Any nibabel
+#: image type-checks (``nib.load`` is typed to return a ``FileBasedImage``); one that is
+#: not a volume (a ``SpatialImage``: e.g. a GIFTI surface) is refused when given.
+ImageLike = (
+    PathOrURL | nib.filebasedimages.FileBasedImage | xr.DataArray | xr.Dataset | xr.DataTree
+)
 
 
 def _no_subject(subject: str | None, what: str) -> None:
@@ -219,6 +223,12 @@ def as_image(
     elif isinstance(img, nib.spatialimages.SpatialImage):
         _no_subject(subject, f"{param} (a nibabel image)")
         out = image_from_nibabel(img, chunks=chunks, param=param)
+    elif isinstance(img, nib.filebasedimages.FileBasedImage):
+        raise ImageTypeError(
+            f"{param}: a nibabel {type(img).__name__} is not a volume (no voxel grid); "
+            "expected a NIfTI-like image (a nibabel SpatialImage, e.g. Nifti1Image)",
+            param=param,
+        )
     elif isinstance(img, xr.DataArray | xr.Dataset | xr.DataTree):
         if isinstance(img, xr.DataArray):
             _no_subject(subject, f"{param} (an xarray.DataArray)")

@@ -426,3 +426,37 @@ def test_a_nibabel_image_not_of_its_file_any_more_is_read_from_memory(tmp_path, 
     replaced = nib.Nifti1Image(first + 1, np.eye(4))
     replaced.set_filename(str(path))
     np.testing.assert_array_equal(as_image(replaced).values, first + 1)
+
+
+def test_what_nib_load_returns_type_checks_and_a_non_volume_is_refused(tmp_path):
+    """``nib.load`` is typed to return a FileBasedImage: ImageLike takes it (mypy), and a
+    nibabel image that is not a volume (GIFTI) is refused with one line at run time."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nibabel.gifti import GiftiImage
+
+    import roidask
+
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(
+        "import nibabel as nib\n\nfrom roidask.ops import smooth_img\n\n"
+        'smooth_img(nib.load("bold.nii.gz"), fwhm=6)\n'
+    )
+    root = Path(roidask.__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"),
+         "--ignore-missing-imports", str(snippet)],
+        cwd=root, env={**os.environ, "MYPYPATH": str(root)},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    with pytest.raises(ImageTypeError) as info:
+        as_image(GiftiImage(), param="mask_img")
+    assert str(info.value) == (
+        "mask_img: a nibabel GiftiImage is not a volume (no voxel grid); expected a "
+        "NIfTI-like image (a nibabel SpatialImage, e.g. Nifti1Image)"
+    )
+    assert info.value.param == "mask_img"
