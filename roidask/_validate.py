@@ -28,6 +28,7 @@ from roidask.exceptions import (
 
 __all__ = [
     "BIDS_LABEL_RE",
+    "NO_CONDITION",
     "SUBJECT_NAME_RE",
     "check_bids_label",
     "check_bool",
@@ -48,6 +49,8 @@ __all__ = [
 
 #: Subject names: ASCII letters, digits, '.', '_' and '-', not starting with '.' or '-'
 #: (store group names and ``sub-<id>`` output folders alike).
+#: The condition of every volume of a series read without labels.
+NO_CONDITION = "unknown"
 SUBJECT_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 
 #: BIDS labels (``task-<label>``): letters and digits.
@@ -317,6 +320,14 @@ def check_conditions(
         )
     known = sorted(set(labels.tolist()))
     unknown = [c for c in names if c not in known]
+    if unknown and known == [NO_CONDITION]:  # read without labels
+        raise ConditionError(
+            f"{param}: the image has no condition labels (every volume's condition is "
+            f"{NO_CONDITION!r}), so no {' or '.join(map(repr, unknown))} volumes; give "
+            "them with labels=PATH, a labels.txt or one events.tsv per run "
+            "(bold_from_nifti(..., labels=...), convert(..., labels=...))",
+            param=param,
+        )
     if unknown:
         raise ConditionError(
             f"{param}: unknown condition(s) {unknown}; the data has {known}", param=param

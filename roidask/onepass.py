@@ -59,7 +59,7 @@ from roidask.exceptions import InvalidParameterError
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import BOLD_DIMS, affine_of, box_affine
-from roidask.io.image import VolumeSource, stored_scaling
+from roidask.io.image import VolumeSource, scaled_values, stored_scaling
 from roidask.io.nifti import NiftiSource, scale_stored
 from roidask.io.spill import SpillFile, tile_grid
 from roidask.ops import moments as mom_ops
@@ -116,8 +116,6 @@ NIFTI_BLOCK_MIN_VOLUMES = 4
 PARTIAL_MAPS = 5
 #: Float64 maps each further moment group adds to a partial (two means, two m2).
 GROUP_MAPS = 4
-#: attrs of a series of stored integers (:func:`roidask.io.image.stored_scaling`).
-_SCALING_ATTRS = ("scl_slope", "scl_inter", "scaled_dtype")
 
 
 @dataclass
@@ -588,7 +586,7 @@ def contrast_pass(
     InvalidParameterError
         Bad ``contrast`` or ``fwhm``.
     """
-    bold = as_image(img, ndim=4, param="img")
+    bold = as_image(img, ndim=4, param="img", stored=True)  # scaled in the tasks
     _, index, group = check_conditions(
         contrast, volume_conditions(bold), param="contrast", min_count=2, exact=2
     )
@@ -661,25 +659,22 @@ def box_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) ->
     scales only the voxels it gathers); otherwise every chunk is scaled.
     """
     if result.box is None:
-        raise InvalidParameterError("box_image: the pass kept no box")
+        raise InvalidParameterError("box_image: the pass kept no box", param="result")
     # name=False: no hashing of the kept voxels to name the chunks
     arr = da.concatenate(
         [da.from_array(b, chunks=b.shape, name=False) for b in result.box_blocks], axis=3
     )
     attrs = {k: v for k, v in bold.attrs.items() if k != "nifti_header"}
     attrs["affine"] = box_affine(affine_of(bold), result.box).tolist()
-    return _kept_image(arr, result, bold, attrs, values)
+    return _kept_image(arr, bold, attrs, values)
 
 
-def _kept_image(arr: da.Array, result: PassResult, bold, attrs, values: bool) -> xr.DataArray:
-    """Kept voxels as an image: values, or stored integers with their scaling attrs."""
-    attrs = dict(attrs)
-    if result.scaling is not None and values:
-        slope, inter, dtype = result.scaling
-        arr = da.map_blocks(scale_stored, arr, slope, inter, dtype, dtype=dtype)
-        attrs = {k: v for k, v in attrs.items() if k not in _SCALING_ATTRS}
+def _kept_image(arr: da.Array, bold, attrs, values: bool) -> xr.DataArray:
+    """Kept voxels as an image: values, or stored integers with their scaling attrs (those
+    of ``bold``, in ``attrs``, when the pass kept stored integers)."""
     coords = {k: v for k, v in bold.coords.items() if v.dims == ("time",)}
-    return xr.DataArray(arr, dims=BOLD_DIMS, coords=coords, name=bold.name, attrs=attrs)
+    kept = xr.DataArray(arr, dims=BOLD_DIMS, coords=coords, name=bold.name, attrs=dict(attrs))
+    return scaled_values(kept) if values else kept
 
 
 def spill_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) -> xr.DataArray:
@@ -691,7 +686,9 @@ def spill_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) 
     chunk reads its tile's volumes with one read. ``values`` as :func:`box_image`.
     """
     if result.spill is None:
-        raise InvalidParameterError("spill_image: the pass wrote no temporary file")
+        raise InvalidParameterError(
+            "spill_image: the pass wrote no temporary file", param="result"
+        )
     block = int(np.prod(bold.shape[:3])) * bold.dtype.itemsize * max(bold.data.chunks[3])
     arr = result.spill.to_dask(max_chunk_bytes=min(SPILL_CHUNK_BYTES, 2 * block))
-    return _kept_image(arr, result, bold, bold.attrs, values)
+    return _kept_image(arr, bold, bold.attrs, values)

@@ -66,7 +66,7 @@ from roidask.exceptions import (
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import affine_of, check_same_grid, spatial_coords, voxel_size_mm
-from roidask.io.image import like_image
+from roidask.io.image import image_label, like_image
 from roidask.io.spill import spill_file
 from roidask.io.store_read import RESULTS_ATTR
 from roidask.io.store_write import dataset_zarr_files
@@ -633,8 +633,7 @@ def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
     if dask.is_dask_collection(data):
         (data,) = dask.compute(data, scheduler=_here_unless_persisted(data))
     values = np.asarray(data)
-    where = ", ".join(mask.attrs.get("source_files") or []) or str(mask.name or "")
-    label = f"{param} {where}".strip()
+    label = image_label(mask, param)
     if values.dtype != np.bool_:
         if values.dtype.kind not in "iuf":
             raise InvalidParameterError(
@@ -682,8 +681,7 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
     try:
         check_same_grid(bold, mask, names=("the BOLD series", "the mask"))
     except GridMismatchError as exc:  # named by the mask, as the file (or flag) to change
-        where = ", ".join(mask.attrs.get("source_files") or []) or str(mask.name or "")
-        label = f"mask_img {where}".strip()
+        label = image_label(mask, "mask_img")
         raise GridMismatchError(f"{label}: {exc}", param="mask_img") from None
     check_conditions(
         params.contrast, volume_conditions(bold), param="contrast", min_count=2, exact=2
@@ -811,7 +809,9 @@ def roi_pipeline(
     """
     params = PipelineParams.of(params)
     box_max_bytes = check_optional_int(box_max_bytes, "box_max_bytes", minimum=0)
-    bold = as_image(bold_img, ndim=4, param="bold_img", subject=subject)
+    bold = as_image(
+        bold_img, ndim=4, param="bold_img", subject=subject, subject_param="subject", stored=True
+    )
     if chunks is not None:
         bold = bold.chunk(normalize_chunks(chunks, bold.shape, bold.dtype.itemsize))
     bold = pass_chunks(bold)

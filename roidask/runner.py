@@ -109,7 +109,7 @@ def run_subject(
         inputs = start_input_records(files)
     if store is not None:
         result = roi_pipeline(
-            as_image(store, ndim=4, param="store", subject=subject),
+            as_image(store, ndim=4, param="store", subject=subject, subject_param="subject"),
             mask_img=mask,
             params=params,
             chunks=chunks,
@@ -207,7 +207,9 @@ def check_run(
     prepare_output(out, inputs=files, overwrite=overwrite)
     if read:
         if store is not None:
-            image = as_image(store, ndim=4, param="store", subject=subject)
+            image = as_image(
+                store, ndim=4, param="store", subject=subject, subject_param="subject"
+            )
             check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
         else:
             check_subject(list(bold or []), list(labels or []), mask, params, chunks=chunks,

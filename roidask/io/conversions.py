@@ -21,6 +21,7 @@ from roidask.exceptions import (
     ImageDimensionError,
     ImageTypeError,
     InvalidParameterError,
+    StoreError,
     UnreadableFileError,
 )
 from roidask.io.chunks import normalize_chunks
@@ -32,6 +33,7 @@ from roidask.io.image import (
     image_from_nifti,
     is_image_path,
     open_source,
+    scaled_values,
 )
 from roidask.io.locations import PathOrURL, as_location, zarr_store
 from roidask.io.store_read import (
@@ -49,8 +51,12 @@ from roidask.io.store_read import (
 __all__ = ["ImageLike", "as_image", "open_map"]
 
 #: What an image argument may be: a path (NIfTI file or roidask store), a nibabel
-#: image, or an xarray DataArray / Dataset / DataTree in roidask's layout.
-ImageLike = PathOrURL | nib.spatialimages.SpatialImage | xr.DataArray | xr.Dataset | xr.DataTree
+#: image, or an xarray DataArray / Dataset / DataTree in roidask's layout. Any nibabel
+#: image type-checks (``nib.load`` is typed to return a ``FileBasedImage``); one that is
+#: not a volume (a ``SpatialImage``: e.g. a GIFTI surface) is refused when given.
+ImageLike = (
+    PathOrURL | nib.filebasedimages.FileBasedImage | xr.DataArray | xr.Dataset | xr.DataTree
+)
 
 
 def _no_subject(subject: str | None, what: str) -> None:
@@ -63,9 +69,33 @@ def _no_subject(subject: str | None, what: str) -> None:
         )
 
 
-def _from_xarray(obj, *, param: str, subject: str | None) -> xr.DataArray:
+def _choose_subject(
+    exc: StoreError, where: str, names: list[str], how: str, *, param: str, subject_param
+) -> StoreError:
+    """The error for a store or DataTree of several subjects and no subject chosen: ``exc``
+    (pass ``subject=``) for a function that has a ``subject_param``, otherwise how to
+    choose one (``how``, formatted with the first subject)."""
+    if subject_param is not None or not names:
+        return exc
+    return StoreError(
+        f"{where}: holds subjects {names}; choose one, e.g. {how.format(names[0])}",
+        param=param,
+    )
+
+
+def _from_xarray(
+    obj, *, param: str, subject: str | None, subject_param: str | None = None
+) -> xr.DataArray:
     if isinstance(obj, xr.DataTree):
-        obj = subject_dataset(obj, subject=subject, param=param)
+        try:
+            obj = subject_dataset(obj, subject=subject, param=param)
+        except StoreError as exc:
+            if subject is not None or exc.param != "subject":
+                raise
+            raise _choose_subject(
+                exc, f"{param} (a DataTree)", sorted(obj.children), "tree[{!r}]",
+                param=param, subject_param=subject_param,
+            ) from None  # fmt: skip
     if isinstance(obj, xr.Dataset):
         if "bold" in obj.data_vars:
             obj = obj["bold"]
@@ -103,6 +133,8 @@ def as_image(
     param: str = "img",
     subject: str | None = None,
     chunks=None,
+    stored: bool = False,
+    subject_param: str | None = None,
 ) -> xr.DataArray:
     """Normalise any accepted image argument to a lazy roidask DataArray.
 
@@ -120,12 +152,24 @@ def as_image(
         Subject group, when ``img`` is a store or DataTree with several subjects.
     chunks : dict or str, optional
         Chunks for images read from files (ignored for xarray input).
+    stored : bool
+        Keep an image of stored integers (``bold_from_nifti(..., scaled=False)``) as
+        it is, with its scaling attrs, for a function that honours them (the ROI
+        pipeline, ``extract_signals``). By default (False) such an image is scaled
+        to its values (float64, :func:`roidask.io.image.scaled_values`), as every
+        other function needs.
+    subject_param : str, optional
+        The caller's parameter that selects a subject (``"subject"``), for the message
+        when ``img`` is a store or DataTree of several subjects and none is chosen;
+        None (the default): the message says how to choose one with
+        :func:`roidask.io.open_subject`.
 
     Returns
     -------
     xarray.DataArray
         Dask-backed, dims ``(x, y, z)`` or ``(x, y, z, time)``, grid in attrs.
-        No voxel data is read.
+        No voxel data is read. A scaled NIfTI image is float64 values whatever its
+        kind (a path, a nibabel image, a store), as nibabel and nilearn read it.
 
     Raises
     ------
@@ -158,7 +202,16 @@ def as_image(
                     "a .nii.zarr image or a roidask zarr store",
                     param=param,
                 )
-            out = open_subject(path, subject=subject, param=param)["bold"]
+            try:
+                out = open_subject(path, subject=subject, param=param)["bold"]
+            except StoreError as exc:
+                if subject is not None or exc.param != "subject":
+                    raise
+                raise _choose_subject(
+                    exc, f"{param} {path}", list_subjects(path),
+                    f"roidask.open_subject({str(path)!r}, {{!r}})['bold']",
+                    param=param, subject_param=subject_param,
+                ) from None  # fmt: skip
             if chunks is not None:
                 out = out.chunk(normalize_chunks(chunks, out.shape, out.dtype.itemsize))
         else:
@@ -169,11 +222,17 @@ def as_image(
             )
     elif isinstance(img, nib.spatialimages.SpatialImage):
         _no_subject(subject, f"{param} (a nibabel image)")
-        out = image_from_nibabel(img, chunks=chunks)
+        out = image_from_nibabel(img, chunks=chunks, param=param)
+    elif isinstance(img, nib.filebasedimages.FileBasedImage):
+        raise ImageTypeError(
+            f"{param}: a nibabel {type(img).__name__} is not a volume (no voxel grid); "
+            "expected a NIfTI-like image (a nibabel SpatialImage, e.g. Nifti1Image)",
+            param=param,
+        )
     elif isinstance(img, xr.DataArray | xr.Dataset | xr.DataTree):
         if isinstance(img, xr.DataArray):
             _no_subject(subject, f"{param} (an xarray.DataArray)")
-        out = _from_xarray(img, param=param, subject=subject)
+        out = _from_xarray(img, param=param, subject=subject, subject_param=subject_param)
     else:
         raise ImageTypeError(
             f"{param}: expected a path, a nibabel image or an xarray object, got "
@@ -185,6 +244,8 @@ def as_image(
             ),
             param=param,
         )
+    if not stored:
+        out = scaled_values(out)
     if ndim == 3 and out.ndim == 4 and out.shape[-1] == 1:  # one volume: a 3D image (nilearn)
         out = out.isel({out.dims[-1]: 0}, drop=True)
     if ndim is not None and out.ndim != ndim:

@@ -18,6 +18,7 @@ store) normalise it with :func:`roidask.io.conversions.as_image`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
+from roidask._validate import NO_CONDITION
 from roidask.exceptions import (
     GridMismatchError,
     ImageDimensionError,
@@ -49,21 +51,28 @@ from roidask.io.nifti import (
     NiftiSource,
     header_from_b64,
     header_to_b64,
+    header_tr_s,
     is_nifti_path,
+    read_scaling,
+    scale_stored,
     write_nifti,
 )
 from roidask.io.niizarr import NiftiZarrSource, is_nifti_zarr, write_nifti_zarr
 
 __all__ = [
+    "SCALING_ATTRS",
     "VolumeSource",
     "bold_coords",
     "bold_from_nifti",
     "check_header_shape",
+    "check_voxel_order",
     "image_from_nibabel",
     "image_from_nifti",
+    "image_label",
     "is_image_path",
     "like_image",
     "open_source",
+    "scaled_values",
     "shared_scaling",
     "stored_scaling",
     "to_nifti",
@@ -104,16 +113,29 @@ def shared_scaling(sources: Sequence[VolumeSource]) -> bool:
 def check_header_shape(img: xr.DataArray, param: str) -> None:
     """Refuse an image whose voxels are not those of the grid its attributes describe.
 
-    An image cropped or indexed with xarray (``isel``, a slice) keeps its attributes:
-    the affine and NIfTI header of the whole grid, so its voxels would be placed at the
-    wrong positions in mm (ROI centres, masks on "the same grid", written files). The
-    header's dimensions tell: its shape must be theirs. An image without a header
-    (built from an array, or whose attributes were set for the crop) is not checked.
+    An image cropped, flipped or reordered with xarray (``isel``, a slice, ``roll``,
+    ``sortby``) keeps its attributes: the affine and NIfTI header of the whole grid in
+    its original order, so its voxels would be placed at the wrong positions in mm (ROI
+    centres, masks on "the same grid", written files). Two things tell:
+
+    * the header's dimensions: the image's shape must be theirs (a crop);
+    * the voxel-index coordinates ``x``, ``y``, ``z`` that results carry
+      (``results.zarr``, study nodes, :func:`roidask.io.open_map`): each must be
+      ``0, 1, ..., n - 1`` in order (a crop, a flip, a permutation, a
+      ``roll(..., roll_coords=True)``).
+
+    An image without these coordinates (a BOLD series from a file or a store, an image
+    from nibabel or built with ``like_image``) can only be checked for its shape:
+    flipped or reordered along x, y or z, it cannot be told from the original, and is
+    placed as its attributes say. Nor can xarray's default ``roll``, which moves the
+    values under unchanged coordinates. An image without a header (built from an array, or
+    whose attributes were set for the crop) is not checked.
 
     Raises
     ------
     GridMismatchError
-        ``img``'s spatial shape is not its header's.
+        ``img``'s spatial shape is not its header's, or its voxel-index coordinates
+        are not in order from 0.
     """
     header = img.attrs.get("nifti_header")
     if not isinstance(header, str):
@@ -132,6 +154,41 @@ def check_header_shape(img: xr.DataArray, param: str) -> None:
             "attrs['nifti_header']",
             param=param,
         )
+    check_voxel_order(img, param)
+
+
+def check_voxel_order(img: xr.DataArray, param: str) -> None:
+    """Refuse an image whose voxel-index coordinates ``x``, ``y``, ``z`` (if it has them)
+    are not ``0, 1, ..., n - 1`` in order: flipped, permuted, rolled or cropped with
+    xarray (see :func:`check_header_shape`).
+
+    Raises
+    ------
+    GridMismatchError
+        The first such coordinate, named with its first values.
+    """
+    for dim in SPATIAL_DIMS:
+        if dim not in img.coords or img.coords[dim].dtype.kind not in "iu":
+            continue  # no voxel indices (or another coordinate, e.g. positions in mm)
+        index = np.asarray(img.coords[dim].values)
+        if not np.array_equal(index, np.arange(index.size)):
+            shown = ", ".join(str(int(i)) for i in index[:5]) + (", ..." if index.size > 5 else "")
+            raise GridMismatchError(
+                f"{param}: its voxel indices along {dim} are [{shown}], not 0 to "
+                f"{index.size - 1} in order: an image flipped, reordered or cropped with "
+                "xarray keeps the whole grid's affine, so its voxels would be placed at "
+                f"the wrong positions; put them back in order (.sortby({dim!r})) or crop "
+                "before roidask reads it (e.g. nibabel's img.slicer)",
+                param=param,
+            )
+
+
+def image_label(img: xr.DataArray, param: str) -> str:
+    """How a message names an image: its parameter and its files (``mask_img mask.nii.gz``),
+    or ``mask_img (an in-memory image)`` (never its name: xarray names an unnamed image
+    after its dask array's key)."""
+    files = img.attrs.get("source_files") or []
+    return f"{param} {', '.join(map(str, files))}" if files else f"{param} (an in-memory image)"
 
 
 def _read_as(src: VolumeSource) -> str:
@@ -165,7 +222,7 @@ def bold_coords(
 ) -> dict:
     """The ``time`` (s, or volumes without a TR), ``condition`` and ``run`` coordinates."""
     step = float(tr_s) if tr_s else 1.0
-    condition = np.full(n_volumes, "unknown") if condition is None else np.asarray(condition)
+    condition = np.full(n_volumes, NO_CONDITION) if condition is None else np.asarray(condition)
     run = np.zeros(n_volumes, dtype=np.int64) if run is None else np.asarray(run)
     return {
         "time": ("time", np.arange(n_volumes) * step, {"units": "s" if tr_s else "volumes"}),
@@ -226,12 +283,13 @@ def _source_dask(source: VolumeSource, chunks: dict[str, int], scaled: bool = Tr
 
 def image_from_nifti(path: PathOrURL, *, chunks=None, param: str = "img") -> xr.DataArray:
     """A 3D NIfTI file as a lazy roidask image (dims x, y, z)."""
-    src = open_source(path, ndim=3, param=param)
+    return _image_from_source(open_source(path, ndim=3, param=param), chunks=chunks)
+
+
+def _image_from_source(src: VolumeSource, *, chunks) -> xr.DataArray:
     chunks = normalize_chunks(chunks, src.shape, src.dtype.itemsize)
     arr = _source_dask(src, chunks)
-    return xr.DataArray(
-        arr, dims=SPATIAL_DIMS, name=as_location(path).name, attrs=_attrs_from_source(src)
-    )
+    return xr.DataArray(arr, dims=SPATIAL_DIMS, name=src.path.name, attrs=_attrs_from_source(src))
 
 
 def bold_from_nifti(
@@ -258,20 +316,25 @@ def bold_from_nifti(
         Chunk sizes per dim (``x``, ``y``, ``z``, ``time``); default whole volumes,
         about 16 MB per chunk.
     scaled : bool
-        Apply the files' scaling (``scl_slope``, ``scl_inter``), the default. With
-        ``False``, runs of 8/16-bit integers that share one scaling are read as
-        their stored integers (half the bytes of the float32 values) and the image
-        carries the scaling in ``attrs`` (``scl_slope``, ``scl_inter``): its values
-        are ``stored * scl_slope + scl_inter`` (see :func:`stored_scaling`). Only
-        what honours these attrs may use such an image (the ROI pipeline does);
-        other runs are scaled as usual.
+        Apply the files' scaling (``scl_slope``, ``scl_inter``), the default: scaled
+        values are float64, as nibabel's ``get_fdata`` and nilearn read them (and
+        as xarray reads them from a converted store). With ``False``, runs of
+        8/16-bit integers that share one scaling are read as their stored integers
+        (a quarter of the bytes of the float64 values) and the image carries the
+        scaling in ``attrs`` (``scl_slope``, ``scl_inter``): its values are
+        ``stored * scl_slope + scl_inter`` (see :func:`stored_scaling`). Every
+        roidask function scales such an image (:func:`roidask.io.as_image`), or
+        honours the scaling (the ROI pipeline and ``extract_signals``, which read
+        the integers); plain xarray arithmetic on it sees the integers. Other runs
+        are scaled as usual.
 
     Returns
     -------
     xarray.DataArray
-        Dims ``(x, y, z, time)``, dask-backed, source dtype (floats if the file is
-        scaled, unless ``scaled=False``), coordinates ``time`` (s), ``condition``
-        and ``run``. No voxel data is read until computed.
+        Dims ``(x, y, z, time)``, dask-backed, source dtype (float64 if the files
+        are scaled, unless ``scaled=False``; float runs beside scaled runs are
+        float64 too), coordinates ``time`` (s), ``condition`` and ``run``. No
+        voxel data is read until computed.
     """
     paths = as_location_list(paths, "bold")
     if not paths:
@@ -283,7 +346,18 @@ def bold_from_nifti(
             f"tr_s: expected a positive number of seconds, got {tr_s!r}", param="tr_s"
         )
     sources = [open_source(p, ndim=4, param="bold") for p in paths]
+    return _bold_from_sources(sources, labels=labels, tr_s=tr_s, chunks=chunks, scaled=scaled)
+
+
+def _bold_from_sources(
+    sources: Sequence[VolumeSource], *, labels, tr_s: float | None, chunks, scaled: bool
+) -> xr.DataArray:
+    """:func:`bold_from_nifti` of opened runs (their header and affine as given)."""
     first = sources[0]
+    # scaled runs are float64 values, so are float runs beside them (float32 exactly)
+    as_floats = any(s.is_scaled for s in sources) and all(
+        s.is_scaled or s.dtype.kind == "f" for s in sources
+    )
     for src in sources[1:]:
         if not same_grid(src.volume_shape, src.affine, first.volume_shape, first.affine):
             raise GridMismatchError(
@@ -293,7 +367,7 @@ def bold_from_nifti(
                 "all runs must share shape and affine",
                 param="bold",
             )
-        if src.dtype != first.dtype:
+        if src.dtype != first.dtype and not as_floats:
             raise GridMismatchError(
                 f"bold {src.path}: data type {_read_as(src)} differs from {first.path} "
                 f"({_read_as(first)}); all runs must share one data type",
@@ -333,7 +407,8 @@ def bold_from_nifti(
         condition = table["condition"].to_numpy().astype(str)
         run = table["run"].to_numpy().astype(np.int64)
     full_shape = (*first.volume_shape, n_total)
-    chunks = normalize_chunks(chunks, full_shape, first.dtype.itemsize)
+    itemsize = np.result_type(*(s.dtype for s in sources)).itemsize
+    chunks = normalize_chunks(chunks, full_shape, itemsize)
     stored = (
         not scaled
         and shared_scaling(sources)
@@ -365,6 +440,10 @@ def bold_from_nifti(
     )
 
 
+#: The attrs of an image of stored integers (:func:`stored_scaling`).
+SCALING_ATTRS = ("scl_slope", "scl_inter", "scaled_dtype")
+
+
 def stored_scaling(img: xr.DataArray) -> tuple[float, float, np.dtype] | None:
     """``(scl_slope, scl_inter, dtype)`` of an image holding stored integers, else None.
 
@@ -375,6 +454,22 @@ def stored_scaling(img: xr.DataArray) -> tuple[float, float, np.dtype] | None:
         return None
     attrs = img.attrs
     return float(attrs["scl_slope"]), float(attrs["scl_inter"]), np.dtype(attrs["scaled_dtype"])
+
+
+def scaled_values(img: xr.DataArray) -> xr.DataArray:
+    """An image of stored integers (:func:`stored_scaling`) as its values, lazily (each
+    chunk scaled as read, as :class:`NiftiSource` scales); any other image as it is.
+
+    The one place where such an image becomes its values: :func:`roidask.io.as_image`
+    calls it for every function that does not honour the scaling itself.
+    """
+    scaling = stored_scaling(img)
+    if scaling is None:
+        return img
+    slope, inter, dtype = scaling
+    out = img.copy(data=da.map_blocks(scale_stored, img.data, slope, inter, dtype, dtype=dtype))
+    out.attrs = {k: v for k, v in img.attrs.items() if k not in SCALING_ATTRS}
+    return out
 
 
 def like_image(
@@ -391,7 +486,8 @@ def like_image(
         ``reference`` is not a roidask image (an xarray.DataArray with an affine: a
         file is opened with :func:`roidask.io.as_image` first).
     GridMismatchError
-        ``data`` is not of ``reference``'s spatial shape.
+        ``data`` is not of ``reference``'s spatial shape, or is a DataArray whose
+        voxel-index coordinates are not in order (:func:`check_voxel_order`).
     """
     if not isinstance(reference, xr.DataArray) or "affine" not in reference.attrs:
         what = type(reference).__name__
@@ -405,13 +501,15 @@ def like_image(
             param="reference",
         )
     if isinstance(data, xr.DataArray):
+        check_voxel_order(data, "data")
         data = data.data
     if not isinstance(data, da.Array):
         data = da.from_array(np.asarray(data), chunks=-1, name=False)  # no hashing of data
     if tuple(data.shape[:3]) != tuple(reference.shape[:3]):
         raise GridMismatchError(
-            f"like_image: data has spatial shape {tuple(data.shape[:3])}, reference "
-            f"{reference.name!r} has {tuple(reference.shape[:3])}"
+            f"data: has spatial shape {tuple(data.shape[:3])}, reference "
+            f"{reference.name!r} has {tuple(reference.shape[:3])}; expected the same",
+            param="data",
         )
     dims = BOLD_DIMS[: data.ndim]
     coords = {}
@@ -423,25 +521,79 @@ def like_image(
             {k: reference.attrs[k] for k in ("tr_s", "time_units") if k in reference.attrs}
         )
     new_attrs.update(attrs or {})
-    return xr.DataArray(data, dims=dims, coords=coords, name=name, attrs=new_attrs)
+    out = xr.DataArray(data, dims=dims, coords=coords, attrs=new_attrs)
+    out.name = name  # None stays None (xarray would take the dask array's key)
+    return out
 
 
-def image_from_nibabel(img: nib.spatialimages.SpatialImage, *, chunks=None) -> xr.DataArray:
-    """A nibabel image as a roidask image (lazy on its file when it has one)."""
-    if not isinstance(img, nib.Nifti1Image):
-        img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
-    fname = img.get_filename()
-    if fname and is_nifti_path(fname) and not img.in_memory:
-        if len(img.shape) == 4:
-            return bold_from_nifti(fname, chunks=chunks)
-        return image_from_nifti(fname, chunks=chunks)
-    data = np.asanyarray(img.dataobj)
-    shape = data.shape
+def _trim_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """An image shape without trailing singleton dims past the fourth (NIfTI allows them)."""
+    shape = tuple(int(n) for n in shape)
     while len(shape) > 4 and shape[-1] == 1:
         shape = shape[:-1]
+    return shape
+
+
+def _file_source(img: nib.spatialimages.SpatialImage, param: str) -> NiftiSource | None:
+    """The NIfTI file a nibabel image reads its voxels from, with the image's own header
+    and affine (edited in memory or not); None if its voxels are not the file's.
+
+    Its voxels are the file's when its data object is still the file's array proxy (the
+    file unchanged since it was loaded: same layout and scaling), loaded or not
+    (``get_fdata`` caches a copy, which nilearn does not use either).
+    """
+    fname = img.get_filename()
+    proxy = img.dataobj
+    if not (
+        fname
+        and is_nifti_path(fname)
+        and isinstance(img, nib.Nifti1Image)
+        and isinstance(proxy, nib.arrayproxy.ArrayProxy)
+        and isinstance(proxy.file_like, str | os.PathLike)
+        and os.fspath(proxy.file_like) == os.fspath(fname)
+    ):
+        return None
+    src = NiftiSource.open(fname, param=param)
+    same_file = (
+        _trim_shape(proxy.shape) == _trim_shape(src.shape)
+        and int(proxy.offset) == src.offset
+        and np.dtype(proxy.dtype) == src.raw_dtype
+        and read_scaling(proxy.slope, proxy.inter) == (src.slope, src.inter)
+    )
+    if not same_file:
+        return None
+    return dataclasses.replace(
+        src, affine=np.asarray(img.affine, dtype=np.float64), header=img.header.copy()
+    )
+
+
+def image_from_nibabel(
+    img: nib.spatialimages.SpatialImage, *, chunks=None, param: str = "img"
+) -> xr.DataArray:
+    """A nibabel image as a roidask image, with its affine and header as they are in memory.
+
+    As nilearn uses a nibabel image: ``img.affine`` places the voxels, ``img.header``
+    gives the voxel sizes' units and the TR (``set_sform``, ``set_qform`` or
+    ``header.set_zooms`` after loading count), and the voxels are ``img.dataobj``'s. An
+    image loaded from a NIfTI file reads its voxels from the file lazily, block by block
+    (loaded into memory with ``get_fdata`` or not: the same values); another image's
+    voxels are taken as they are (``np.asanyarray(img.dataobj)``).
+    """
+    src = _file_source(img, param)
+    if src is not None:
+        if src.ndim == 4:
+            return _bold_from_sources([src], labels=None, tr_s=None, chunks=chunks, scaled=True)
+        return _image_from_source(src, chunks=chunks)
+    if not isinstance(img, nib.Nifti1Image):
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)
+    data = np.asanyarray(img.dataobj)
+    shape = _trim_shape(data.shape)
     data = data.reshape(shape)
     if data.ndim not in (3, 4):
-        raise ImageDimensionError(f"nibabel image has shape {shape}; expected 3D or 4D")
+        raise ImageDimensionError(
+            f"{param}: a nibabel image of shape {shape}; expected a 3D or 4D image",
+            param=param,
+        )
     chunks = normalize_chunks(chunks, data.shape, data.dtype.itemsize)
     dims = BOLD_DIMS[: data.ndim]
     arr = da.from_array(data, chunks=tuple(chunks[d] for d in dims))
@@ -457,13 +609,12 @@ def image_from_nibabel(img: nib.spatialimages.SpatialImage, *, chunks=None) -> x
     }
     coords = {}
     if data.ndim == 4:
-        zooms: tuple[float, ...] = tuple(header.get_zooms())
-        tr = float(zooms[3]) if len(zooms) > 3 and zooms[3] > 0 else None
+        tr = header_tr_s(header)
         attrs.update(tr_s=tr, time_units="s" if tr else "volumes")
         coords = bold_coords(int(np.shape(data)[-1]), tr_s=tr)
-    return xr.DataArray(
-        arr, dims=dims, coords=coords, name="bold" if data.ndim == 4 else None, attrs=attrs
-    )
+    out = xr.DataArray(arr, dims=dims, coords=coords, attrs=attrs)
+    out.name = "bold" if data.ndim == 4 else None  # not the dask array's key
+    return out
 
 
 def to_nifti(
@@ -485,7 +636,10 @@ def to_nifti(
         ``.nii`` or ``.nii.gz`` output file, or a ``.nii.zarr`` NIfTI-Zarr folder
         (:func:`roidask.io.niizarr.write_nifti_zarr`).
     dtype : dtype, optional
-        On-disk type (default: the data's; bool is written as uint8).
+        On-disk type (default: the data's; bool is written as uint8). An image of
+        stored integers (``bold_from_nifti(..., scaled=False)``) is written, without
+        ``dtype``, as its integers with their ``scl_slope``/``scl_inter`` (as its
+        source file), otherwise as its values.
     reference : roidask image or nibabel image, optional
         Grid (affine, header) for bare arrays.
     overwrite : bool
@@ -509,7 +663,7 @@ def to_nifti(
         ``reference``.
     """
     if isinstance(img, nib.spatialimages.SpatialImage):
-        img = image_from_nibabel(img)
+        img = image_from_nibabel(img, param="img")
     if isinstance(img, xr.DataArray) and tuple(img.dims[:3]) != SPATIAL_DIMS:
         raise ImageDimensionError(
             f"img: DataArray {img.name!r} has dims {img.dims}, so it is not a spatial image; "
@@ -532,7 +686,7 @@ def to_nifti(
             param="reference",
         )
     if isinstance(grid, nib.spatialimages.SpatialImage):
-        grid = image_from_nibabel(grid)
+        grid = image_from_nibabel(grid, param="reference")
     if not isinstance(grid, xr.DataArray) or "affine" not in grid.attrs:
         raise ImageTypeError(
             f"reference: expected a roidask image (with an affine), got {type(grid).__name__}",
@@ -545,12 +699,17 @@ def to_nifti(
         raise InvalidParameterError(
             f"path {path}: output name must end in .nii, .nii.gz or .nii.zarr", param="path"
         )
+    if isinstance(img, xr.DataArray) and (dtype is not None or not is_nifti_path(path)):
+        img = scaled_values(img)  # stored integers: written as their values
+        data = img.data
     if is_nifti_zarr(path) or str(path).lower().endswith(".nii.zarr"):
         image = img if isinstance(img, xr.DataArray) else like_image(data, grid)
         if "affine" not in image.attrs:
             image = like_image(data, grid, name=str(image.name) if image.name else None)
         return write_nifti_zarr(image, path, dtype=dtype, overwrite=overwrite)
     header = header_from_b64(grid.attrs["nifti_header"]) if "nifti_header" in grid.attrs else None
+    scaling = stored_scaling(img) if isinstance(img, xr.DataArray) and dtype is None else None
+    slope, inter = (1.0, 0.0) if scaling is None else scaling[:2]  # stored integers: theirs
     return write_nifti(
         data,
         path,
@@ -560,4 +719,6 @@ def to_nifti(
         tr_s=grid.attrs.get("tr_s"),
         overwrite=overwrite,
         mark=mark,
+        scl_slope=slope,
+        scl_inter=inter,
     )

@@ -89,6 +89,7 @@ from roidask.exceptions import (
 __all__ = [
     "SCHEME",
     "Location",
+    "MissingChunkError",
     "PathOrURL",
     "RemoteLease",
     "S3Path",
@@ -1125,12 +1126,49 @@ def read_prefix(location: S3Path, n: int, *, gzip: bool) -> bytes:
 
 
 # -- zarr ------------------------------------------------------------------------------------
-def zarr_store(location, *, read_only: bool = True):
-    """What zarr/xarray open for a store: the local path as ``str``, or an ``ObjectStore``."""
+def zarr_store(location, *, read_only: bool = True, chunks_required: bool = False):
+    """What zarr/xarray open for a store: the local path as ``str``, or an ``ObjectStore``.
+
+    With ``chunks_required`` (a store whose every chunk is written, roidask's since format
+    2), a chunk that is absent when read raises :class:`MissingChunkError` instead of
+    reading as the fill value (zarr 3.1 has no setting for this): e.g. one deleted after
+    the store was opened. No listing: zarr's own read finds it absent.
+    """
     loc = as_location(location)
     if isinstance(loc, Path):
-        return str(loc)
-    return zarr.storage.ObjectStore(_store(loc.bucket, loc.key), read_only=read_only)
+        if not chunks_required:
+            return str(loc)
+        return _ChunksRequired(zarr.storage.LocalStore(str(loc), read_only=read_only))
+    store = zarr.storage.ObjectStore(_store(loc.bucket, loc.key), read_only=read_only)
+    return _ChunksRequired(store) if chunks_required else store
+
+
+class MissingChunkError(FileNotFoundError):
+    """A chunk that a store must hold is absent (:func:`zarr_store` with ``chunks_required``)."""
+
+
+#: A chunk key of zarr v3's default encoding: ``.../c/0/3/1`` (``c`` alone: a 0-d array).
+_CHUNK_KEY = re.compile(r"(?:^|/)c(?:/\d+)*$")
+
+
+class _ChunksRequired(zarr.storage.WrapperStore):
+    """A zarr store whose absent chunks are errors (metadata keys may be absent)."""
+
+    def _check(self, key: str, found) -> None:
+        if found is None and _CHUNK_KEY.search(key):
+            raise MissingChunkError(f"chunk {key} is missing")
+
+    async def get(self, key, prototype, byte_range=None):
+        found = await self._store.get(key, prototype, byte_range)
+        self._check(key, found)
+        return found
+
+    async def get_partial_values(self, prototype, key_ranges):
+        key_ranges = list(key_ranges)
+        found = await self._store.get_partial_values(prototype, key_ranges)
+        for (key, _), buf in zip(key_ranges, found, strict=True):
+            self._check(key, buf)
+        return found
 
 
 # -- outputs ---------------------------------------------------------------------------------

@@ -57,13 +57,15 @@ from roidask.io.locations import (
 
 __all__ = [
     "EXPORT_MARK",
+    "SCALED_DTYPE",
     "TIME_UNITS_S",
     "NiftiSource",
     "VolumeProperties",
-    "float_dtype_for",
     "header_from_b64",
     "header_to_b64",
+    "header_tr_s",
     "is_nifti_path",
+    "read_scaling",
     "release_handles",
     "scale_stored",
     "write_nifti",
@@ -191,25 +193,30 @@ def is_nifti_path(path: PathOrURL) -> bool:
     return str(path).lower().endswith(_NIFTI_SUFFIXES)
 
 
-def float_dtype_for(dtype: np.dtype) -> np.dtype:
-    """Float dtype used when a stored integer type is scaled (xarray's CF rule)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind == "f":
-        return dtype
-    if dtype.kind in "iu" and dtype.itemsize <= 2:
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
+#: The type of scaled values (``scl_slope``/``scl_inter``), whatever the stored type: as
+#: nibabel scales them (``get_fdata``, ``np.asanyarray(img.dataobj)``, so nilearn), and as
+#: xarray decodes a roidask store's ``scale_factor``/``add_offset``. A scaled image is
+#: thus the same float64 values from a file, a nibabel image or a store.
+SCALED_DTYPE = np.dtype(np.float64)
+
+
+def read_scaling(slope, inter) -> tuple[float, float]:
+    """A header's ``scl_slope``, ``scl_inter`` as they scale the stored values: a missing,
+    non-finite or zero slope is 1, a missing or non-finite intercept 0 (nibabel's rule)."""
+    slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
+    inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+    return slope, inter
 
 
 def scale_stored(stored: np.ndarray, slope: float, inter: float, dtype=None) -> np.ndarray:
     """Stored NIfTI values scaled, ``stored * slope + inter``, in the float ``dtype``.
 
     Rounded as :meth:`NiftiSource.read` reads them: cast, multiply, add. ``dtype``
-    defaults to :func:`float_dtype_for` the stored type; the result keeps the
+    defaults to :data:`SCALED_DTYPE` (float64, as nibabel); the result keeps the
     memory order of ``stored``. (Measured and not faster: a table of every scaled
     16-bit value, a gather; casting within the multiplication.)
     """
-    dtype = float_dtype_for(stored.dtype) if dtype is None else np.dtype(dtype)
+    dtype = SCALED_DTYPE if dtype is None else np.dtype(dtype)
     out = stored.astype(dtype)
     out *= dtype.type(slope)
     out += dtype.type(inter)
@@ -307,9 +314,7 @@ class VolumeProperties:
     @property
     def dtype(self) -> np.dtype:
         """Data type of the values :meth:`read` returns (scaling applied)."""
-        return (
-            float_dtype_for(self.raw_dtype) if self.is_scaled else self.raw_dtype.newbyteorder("=")
-        )
+        return SCALED_DTYPE if self.is_scaled else self.raw_dtype.newbyteorder("=")
 
     @property
     def voxel_size_mm(self) -> tuple[float, float, float]:
@@ -318,13 +323,17 @@ class VolumeProperties:
     @property
     def tr_s(self) -> float | None:
         """Repetition time in seconds from ``pixdim[4]`` and the time units, if set."""
-        if self.ndim < 4:
-            return None
-        zooms = self.header.get_zooms()
-        if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
-            return None
-        _, t_unit = self.header.get_xyzt_units()
-        return float(zooms[3]) * TIME_UNITS_S.get(t_unit, 1.0)
+        return header_tr_s(self.header) if self.ndim == 4 else None
+
+
+def header_tr_s(header: nib.Nifti1Header) -> float | None:
+    """Repetition time in seconds of a 4D image's header: ``pixdim[4]`` in its time unit
+    (``msec``, ``usec``; seconds otherwise), None if not set."""
+    zooms = header.get_zooms()
+    if len(zooms) < 4 or not zooms[3] or zooms[3] <= 0:
+        return None
+    _, t_unit = header.get_xyzt_units()
+    return float(zooms[3]) * TIME_UNITS_S.get(t_unit, 1.0)
 
 
 #: Seconds per NIfTI time unit (``xyzt_units``); other units count as seconds.
@@ -456,9 +465,7 @@ class NiftiSource(VolumeProperties):
         # The proxy resolves offsets of 0 and extensions as nibabel reads them.
         proxy: Any = img.dataobj  # an ArrayProxy: the file's layout and scaling
         offset = int(proxy.offset)
-        slope, inter = proxy.slope, proxy.inter
-        slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
-        inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+        slope, inter = read_scaling(proxy.slope, proxy.inter)
         source = cls(
             path=path,
             shape=shape,

@@ -61,7 +61,7 @@ from roidask.io.locations import (
     version_tag,
     zarr_store,
 )
-from roidask.io.nifti import VolumeProperties, header_from_b64
+from roidask.io.nifti import VolumeProperties, header_from_b64, read_scaling
 
 __all__ = [
     "WRITER_ATTR",
@@ -245,9 +245,7 @@ class NiftiZarrSource(VolumeProperties):
                 f"{path}: NIfTI header has shape {header_shape} but level 0 holds "
                 f"{shape} (x, y, z[, t]); the header must describe level 0"
             )
-        slope, inter = header.get_slope_inter()
-        slope = 1.0 if slope is None or not np.isfinite(slope) or slope == 0 else float(slope)
-        inter = 0.0 if inter is None or not np.isfinite(inter) else float(inter)
+        slope, inter = read_scaling(*header.get_slope_inter())
         return cls(
             path=path,
             array=array_path,
@@ -440,7 +438,8 @@ def _nifti_header(img: xr.DataArray, out_dtype: np.dtype) -> nib.Nifti1Header:
     except Exception:
         raise InvalidParameterError(
             f"dtype: {out_dtype} cannot be stored in a NIfTI header; use e.g. uint8, int16, "
-            "int32, float32 or float64"
+            "int32, float32 or float64",
+            param="dtype",
         ) from None
     affine = affine_of(img)
     hdr.set_data_shape(shape)
@@ -570,7 +569,9 @@ def write_nifti_zarr(
     if not isinstance(image.data, da.Array):
         image = image.copy(data=da.from_array(np.asarray(image.data), chunks=-1))
     if zarr_format not in (2, 3):
-        raise InvalidParameterError(f"zarr_format: expected 2 or 3, got {zarr_format!r}")
+        raise InvalidParameterError(
+            f"zarr_format: expected 2 or 3, got {zarr_format!r}", param="zarr_format"
+        )
     _check_target(path, overwrite)
     out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
     if out_dtype == np.bool_:

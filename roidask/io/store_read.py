@@ -14,10 +14,12 @@ Since format 2 every chunk ends with a CRC-32C checksum (zarr's ``crc32c``
 codec), every chunk is written (none is left to the fill value), and the
 complete group records its arrays' chunk grids. :func:`open_subject` checks
 that every chunk exists (a listing, no data read) and returns arrays whose
-reads name the store, array and chunk of any chunk that fails its checksum
-(:class:`~roidask.exceptions.DamagedStoreError`); :func:`verify_store` reads
-everything and reports every damaged chunk. Format 1 stores (no checksums)
-still open, with an :class:`~roidask.exceptions.UnverifiedStoreWarning`.
+reads name the store, array and chunk of any chunk that fails its checksum, or
+that was deleted since (read through ``zarr_store(..., chunks_required=True)``: an
+error, not the fill value) (:class:`~roidask.exceptions.DamagedStoreError`);
+:func:`verify_store` reads everything and reports every damaged chunk. Format 1
+stores (no checksums) still open, with an
+:class:`~roidask.exceptions.UnverifiedStoreWarning`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from roidask.exceptions import (
 )
 from roidask.io.locations import (
     Location,
+    MissingChunkError,
     PathOrURL,
     S3Path,
     as_location,
@@ -478,8 +481,10 @@ class _CheckedArray:
         *,
         param: str = "store",
         remedy: str = _CONVERT_AGAIN,
+        required: bool = False,
     ):
         self.variable = variable
+        self.required = required  # every chunk written: an absent one is damage
         self.store = store
         self.subject = subject
         self.name = name
@@ -503,7 +508,9 @@ class _CheckedArray:
 
 def _damage(array: _CheckedArray, index, exc: Exception) -> DamagedStoreError:
     """The error for a failed read of ``index``: the damaged chunk(s) located and named."""
-    zarr_array = zarr.open_array(zarr_store(array.location), mode="r")
+    zarr_array = zarr.open_array(
+        zarr_store(array.location, chunks_required=array.required), mode="r"
+    )
     ranges = []
     for sl, size, c in zip(index, array.shape, array.chunks, strict=False):
         start, stop, _ = sl.indices(size)
@@ -523,6 +530,8 @@ def _damage(array: _CheckedArray, index, exc: Exception) -> DamagedStoreError:
 
 
 def _reason(exc: Exception) -> str:
+    if isinstance(exc, MissingChunkError):  # deleted since the store was opened
+        return "it is missing"
     text = str(exc)
     if "checksum" in text.lower():
         return "it fails its CRC-32C checksum"
@@ -551,13 +560,22 @@ def _chunk_error(zarr_array, coords) -> str | None:
 
 
 def _checked(
-    var: xr.DataArray, store: Location, subject: str, name: str, **naming: str
+    var: xr.DataArray,
+    store: Location,
+    subject: str,
+    name: str,
+    *,
+    required: bool,
+    **naming: str,
 ) -> da.Array:
     """``var`` as a dask array of its on-disk chunks, read through :class:`_CheckedArray`
-    (``naming``: its ``param`` and ``remedy``)."""
+    (``naming``: its ``param`` and ``remedy``; ``required``: ``var`` was opened through
+    ``zarr_store(..., chunks_required=True)``, its absent chunks are damage)."""
     disk = var.encoding.get("preferred_chunks") or {}
     disk_chunks = [disk.get(d, n) for d, n in zip(var.dims, var.shape, strict=True)]
-    array = _CheckedArray(var.variable, store, subject, name, disk_chunks, **naming)
+    array = _CheckedArray(
+        var.variable, store, subject, name, disk_chunks, required=required, **naming
+    )
     token = tokenize(str(store), subject, name, version_tag(array.location))
     return da.from_array(
         array,
@@ -589,8 +607,18 @@ def checked_variables(
     """
     path = as_location(store)
     folder = path / group if group else path
+    try:  # the inventory first: with one, every chunk must be there when read too
+        record = _read_metadata(folder, f"group {group!r}" if group else "root", param=param)
+        required = CHUNK_GRIDS_ATTR in (record.get("attributes") or {})
+    except (OSError, StoreError):
+        required = False  # opening it names what is wrong
     try:
-        ds = xr.open_zarr(zarr_store(path), group=group, consolidated=False, chunks=None)
+        ds = xr.open_zarr(
+            zarr_store(path, chunks_required=required),
+            group=group,
+            consolidated=False,
+            chunks=None,
+        )
     except zarr.errors.NodeNotFoundError:
         what = f"node {group!r}" if group else "its root group"
         raise DamagedStoreError(
@@ -621,7 +649,9 @@ def checked_variables(
     out = {}
     for name in names:
         var = ds[name]
-        data = _checked(var, path, group or "", name, param=param, remedy=_WRITE_AGAIN)
+        data = _checked(
+            var, path, group or "", name, required=required, param=param, remedy=_WRITE_AGAIN
+        )
         coords = {d: ds[d].values for d in var.dims if d in ds.coords}
         out[name] = xr.DataArray(
             data, dims=var.dims, coords=coords, attrs=dict(var.attrs), name=name
@@ -715,7 +745,12 @@ def open_subject(
             )
     _check_array_metadata(path, subject, param, grids)
     try:
-        ds = xr.open_zarr(zarr_store(path), group=subject, consolidated=False, chunks=None)
+        ds = xr.open_zarr(
+            zarr_store(path, chunks_required=grids is not None),
+            group=subject,
+            consolidated=False,
+            chunks=None,
+        )
         condition = np.asarray(ds["condition"].values).astype(object).astype(str)
         run = np.asarray(ds["run"].values).astype(np.int64)
         time = np.asarray(ds["time"].values)
@@ -729,7 +764,7 @@ def open_subject(
         ) from None
     data_vars = {}
     for name, var in ds.data_vars.items():
-        arr = _checked(var, path, subject, name)
+        arr = _checked(var, path, subject, name, required=grids is not None)
         if chunks not in ("auto-disk", None):
             wanted = chunks
             if isinstance(chunks, dict):

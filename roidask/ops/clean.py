@@ -147,20 +147,23 @@ def plan_cleaning(
         if tr is None:
             raise InvalidParameterError(
                 "tr_s: filtering needs the repetition time in seconds; the signals have no "
-                "'tr_s' attribute, pass tr_s"
+                "'tr_s' attribute, pass tr_s",
+                param="tr_s",
             )
         nyquist = 0.5 / tr
         for name, freq in (("high_pass_hz", high), ("low_pass_hz", low)):
             if freq is not None and freq >= nyquist:
                 raise InvalidParameterError(
                     f"{name}: {freq} Hz is at or above the Nyquist frequency "
-                    f"{nyquist:.6g} Hz (1 / (2 x TR {tr} s)); expected a lower cut-off"
+                    f"{nyquist:.6g} Hz (1 / (2 x TR {tr} s)); expected a lower cut-off",
+                    param=name,
                 )
         if filter == "cosine":
             if low is not None:
                 raise InvalidParameterError(
                     "low_pass_hz: low-pass filtering is not available with filter='cosine' "
-                    "(as in nilearn); use filter='butterworth'"
+                    "(as in nilearn); use filter='butterworth'",
+                    param="low_pass_hz",
                 )
             assert high is not None  # a cosine filter is a high-pass (low refused above)
             too_short = []
@@ -173,7 +176,8 @@ def plan_cleaning(
                 raise InvalidParameterError(
                     f"high_pass_hz: {high} Hz creates no cosine regressor for run(s) "
                     f"{[r for r, _ in too_short]} with {[n for _, n in too_short]} volumes at "
-                    f"TR {tr} s; a run of n volumes needs high_pass_hz >= 1 / (2 n TR)"
+                    f"TR {tr} s; a run of n volumes needs high_pass_hz >= 1 / (2 n TR)",
+                    param="high_pass_hz",
                 )
             steps.append(f"cosine high-pass {high} Hz")
         else:
@@ -181,7 +185,8 @@ def plan_cleaning(
                 if high >= low:
                     raise InvalidParameterError(
                         f"high_pass_hz: {high} Hz must be below low_pass_hz {low} Hz for "
-                        "a band-pass filter"
+                        "a band-pass filter",
+                        param="high_pass_hz",
                     )
                 wn: float | list[float] = [high, low]
                 btype = "band"
@@ -204,7 +209,8 @@ def plan_cleaning(
             if short:
                 raise InvalidParameterError(
                     f"filter: the Butterworth filter needs runs of more than {edge} volumes; "
-                    f"run(s) {[r for r, _ in short]} have {[n for _, n in short]}"
+                    f"run(s) {[r for r, _ in short]} have {[n for _, n in short]}",
+                    param="filter",
                 )
             steps.append(f"Butterworth {btype}-pass {wn} Hz")
     if standardize is not None:
@@ -322,10 +328,13 @@ def clean_signals(
     if not isinstance(signals, xr.DataArray) or "time" not in signals.dims:
         got = signals.dims if isinstance(signals, xr.DataArray) else type(signals).__name__
         raise InvalidParameterError(
-            f"signals: expected an xarray.DataArray with a 'time' dimension, got {got}"
+            f"signals: expected an xarray.DataArray with a 'time' dimension, got {got}",
+            param="signals",
         )
     if not isinstance(by_run, bool | np.bool_):
-        raise InvalidParameterError(f"by_run: expected True or False, got {by_run!r}")
+        raise InvalidParameterError(
+            f"by_run: expected True or False, got {by_run!r}", param="by_run"
+        )
     n_time = signals.sizes["time"]
     if by_run and "run" in signals.coords and signals["run"].dims == ("time",):
         runs = np.asarray(signals["run"].values)

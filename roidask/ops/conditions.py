@@ -86,7 +86,8 @@ def select_condition(signals: xr.DataArray, condition: str) -> xr.DataArray:
     conds = _conditions_of(signals)
     if not isinstance(condition, str) or condition not in set(conds.tolist()):
         raise ConditionError(
-            f"condition: {condition!r} not found; available conditions: {_in_order(conds)}"
+            f"condition: {condition!r} not found; available conditions: {_in_order(conds)}",
+            param="condition",
         )
     return signals.isel(time=np.flatnonzero(conds == condition))
 
@@ -134,17 +135,23 @@ def stack_conditions(
     else:
         if isinstance(conditions, str) or not isinstance(conditions, Sequence | np.ndarray):
             raise InvalidParameterError(
-                f"conditions: expected a sequence of condition names, got {conditions!r}"
+                f"conditions: expected a sequence of condition names, got {conditions!r}",
+                param="conditions",
             )
         conditions = [str(c) for c in conditions]
         if not conditions:
-            raise InvalidParameterError("conditions: expected at least one condition, got []")
+            raise InvalidParameterError(
+                "conditions: expected at least one condition, got []", param="conditions"
+            )
         if len(set(conditions)) != len(conditions):
-            raise InvalidParameterError(f"conditions: duplicate names in {conditions}")
+            raise InvalidParameterError(
+                f"conditions: duplicate names in {conditions}", param="conditions"
+            )
         unknown = [c for c in conditions if c not in available]
         if unknown:
             raise ConditionError(
-                f"conditions: {unknown} not found; available conditions: {available}"
+                f"conditions: {unknown} not found; available conditions: {available}",
+                param="conditions",
             )
     counts = {c: int((conds == c).sum()) for c in conditions}
     if n_volumes is None:
@@ -154,7 +161,8 @@ def stack_conditions(
     short = {c: n for c, n in counts.items() if n < n_volumes}
     if short:
         raise ConditionError(
-            f"n_volumes: {n_volumes} volumes per condition requested but {short} have fewer"
+            f"n_volumes: {n_volumes} volumes per condition requested but {short} have fewer",
+            param="n_volumes",
         )
     n_volumes = int(n_volumes)
     index = np.stack([np.flatnonzero(conds == c)[:n_volumes] for c in conditions])

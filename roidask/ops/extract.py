@@ -111,7 +111,7 @@ def _integer_labels(values: np.ndarray, param: str) -> np.ndarray:
         return values.astype(np.int64)
     if values.dtype.kind != "f":
         raise InvalidParameterError(
-            f"{param}: expected integer label values, got dtype {values.dtype}"
+            f"{param}: expected integer label values, got dtype {values.dtype}", param=param
         )
     bad = ~np.isfinite(values) | (values != np.round(values))
     if bad.any():
@@ -120,7 +120,8 @@ def _integer_labels(values: np.ndarray, param: str) -> np.ndarray:
         raise InvalidParameterError(
             f"{param}: expected integer label values, got "
             f"{int(bad.sum())} voxel(s) with non-integer values [{shown}] "
-            f"({distinct.size} distinct); round or relabel the image"
+            f"({distinct.size} distinct); round or relabel the image",
+            param=param,
         )
     return values.astype(np.int64)
 
@@ -130,28 +131,33 @@ def _requested_labels(labels, background_label: int) -> np.ndarray | None:
         return None
     if isinstance(labels, str | bytes) or not isinstance(labels, Sequence | np.ndarray):
         raise InvalidParameterError(
-            f"labels: expected a sequence of integer label values, got {labels!r}"
+            f"labels: expected a sequence of integer label values, got {labels!r}", param="labels"
         )
     arr = np.asarray(labels)
     if arr.ndim != 1 or arr.size == 0:
         raise InvalidParameterError(
-            f"labels: expected a non-empty 1D sequence of integer label values, got {labels!r}"
+            f"labels: expected a non-empty 1D sequence of integer label values, got {labels!r}",
+            param="labels",
         )
     if arr.dtype.kind not in "iu":
         if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
         else:
-            raise InvalidParameterError(f"labels: expected integer label values, got {labels!r}")
+            raise InvalidParameterError(
+                f"labels: expected integer label values, got {labels!r}", param="labels"
+            )
     arr = arr.astype(np.int64)
     uniq, counts = np.unique(arr, return_counts=True)
     if (counts > 1).any():
         raise InvalidParameterError(
-            f"labels: duplicate label values {uniq[counts > 1].tolist()}; give each label once"
+            f"labels: duplicate label values {uniq[counts > 1].tolist()}; give each label once",
+            param="labels",
         )
     if (arr == background_label).any():
         raise InvalidParameterError(
             f"labels: contains the background label {background_label}; background is "
-            "never extracted"
+            "never extracted",
+            param="labels",
         )
     return arr
 
@@ -174,7 +180,8 @@ def _resolve_rois(
     if present.size == 0:
         raise InvalidParameterError(
             f"labels_img: every voxel is background ({background_label}); expected at least "
-            "one labelled voxel"
+            "one labelled voxel",
+            param="labels_img",
         )
     values = present if requested is None else requested
     effective = lab if mask is None else np.where(mask, lab, background_label)
@@ -207,7 +214,9 @@ def _mask_values(mask_img, bold: xr.DataArray) -> np.ndarray | None:
     check_same_grid(bold, mask, names=("bold_img", "mask_img"))
     values = _values_3d(mask_img, mask)
     if values.dtype.kind not in "biuf":
-        raise InvalidParameterError(f"mask_img: expected numeric values, got dtype {values.dtype}")
+        raise InvalidParameterError(
+            f"mask_img: expected numeric values, got dtype {values.dtype}", param="mask_img"
+        )
     return np.isfinite(values) & (values != 0)
 
 
@@ -578,17 +587,19 @@ def extract_signals(
         raise InvalidParameterError(
             f"fwhm: smoothing can only be folded exactly into linear strategies "
             f"{list(LINEAR_STRATEGIES)}, got strategy={strategy!r}; smooth the BOLD "
-            "first (roidask.ops.smooth) for a non-linear strategy"
+            "first (roidask.ops.smooth) for a non-linear strategy",
+            param="fwhm",
         )
     if isinstance(background_label, bool) or not isinstance(background_label, int | np.integer):
         raise InvalidParameterError(
-            f"background_label: expected an integer label value, got {background_label!r}"
+            f"background_label: expected an integer label value, got {background_label!r}",
+            param="background_label",
         )
     requested = _requested_labels(labels, int(background_label))
-    bold = as_image(bold_img, ndim=4, param="bold_img")
+    bold = as_image(bold_img, ndim=4, param="bold_img", stored=True)  # scaled as gathered
     if bold.dtype.kind not in "biuf":
         raise InvalidParameterError(
-            f"bold_img: expected real-valued voxel data, got dtype {bold.dtype}"
+            f"bold_img: expected real-valued voxel data, got dtype {bold.dtype}", param="bold_img"
         )
     sigma = fwhm_to_sigma_voxels(affine_of(bold), fwhm)
     lab_img = as_image(labels_img, ndim=3, param="labels_img")

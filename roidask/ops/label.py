@@ -88,44 +88,53 @@ def resolve_structure(
     if connectivity is not None and structure is not None:
         raise InvalidParameterError(
             "connectivity and structure: give one or the other, got both "
-            f"(connectivity={connectivity!r} and a structure)"
+            f"(connectivity={connectivity!r} and a structure)",
+            param="structure",
         )
     if structure is None:
         if connectivity is None:
             connectivity = 6
         if isinstance(connectivity, bool) or connectivity not in CONNECTIVITIES:
             raise InvalidParameterError(
-                f"connectivity: expected 6, 18 or 26 (neighbours of a voxel), got {connectivity!r}"
+                "connectivity: expected 6, 18 or 26 (neighbours of a voxel), got "
+                f"{connectivity!r}",
+                param="connectivity",
             )
         return ndimage.generate_binary_structure(3, CONNECTIVITIES[int(connectivity)])
     try:
         arr = np.asarray(structure)
     except Exception:  # pragma: no cover - exotic objects
         raise InvalidParameterError(
-            f"structure: expected a 3D array of 0/1 values, got {type(structure).__name__}"
+            f"structure: expected a 3D array of 0/1 values, got {type(structure).__name__}",
+            param="structure",
         ) from None
     if arr.ndim != 3 or arr.size == 0:
         raise InvalidParameterError(
-            f"structure: expected a non-empty 3D array (x, y, z), got shape {arr.shape}"
+            f"structure: expected a non-empty 3D array (x, y, z), got shape {arr.shape}",
+            param="structure",
         )
     if arr.dtype != np.bool_:
         if arr.dtype.kind not in "iuf" or not np.all((arr == 0) | (arr == 1)):
             found = np.unique(arr)[:10].tolist() if arr.dtype.kind in "iufb" else arr.dtype
             raise InvalidParameterError(
-                f"structure: expected 0/1 or boolean values, found {found}"
+                f"structure: expected 0/1 or boolean values, found {found}", param="structure"
             )
         arr = arr.astype(bool)
     if not arr.any():
-        raise InvalidParameterError("structure: has no True element; expected at least one")
+        raise InvalidParameterError(
+            "structure: has no True element; expected at least one", param="structure"
+        )
     if labelling:
         if arr.shape != (3, 3, 3):
             raise InvalidParameterError(
-                f"structure: connected components need a 3x3x3 structure, got shape {arr.shape}"
+                f"structure: connected components need a 3x3x3 structure, got shape {arr.shape}",
+                param="structure",
             )
         if not np.array_equal(arr, arr[::-1, ::-1, ::-1]):
             raise InvalidParameterError(
                 "structure: connected components need a centrosymmetric structure "
-                "(structure == structure[::-1, ::-1, ::-1]); the one given is not"
+                "(structure == structure[::-1, ::-1, ::-1]); the one given is not",
+                param="structure",
             )
     return arr
 
@@ -251,7 +260,7 @@ def _merge_labels(metas, *pairs) -> dict:
     n_comp, comp, base = _components(metas, list(pairs))
     if n_comp > _MAX_INT32:
         raise InvalidParameterError(  # pragma: no cover - needs > 2**31 components
-            f"mask_img: {n_comp} connected components do not fit in int32 labels"
+            f"mask_img: {n_comp} connected components do not fit in int32 labels", param="mask_img"
         )
     luts = []
     if n_comp:

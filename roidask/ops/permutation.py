@@ -118,16 +118,20 @@ def _check_sign_flips(sign_flips, n_subjects: int) -> np.ndarray:
         arr = np.asarray(sign_flips)
     except Exception:  # pragma: no cover - exotic objects
         raise InvalidParameterError(
-            f"sign_flips: expected an array of +1/-1, got {type(sign_flips).__name__}"
+            f"sign_flips: expected an array of +1/-1, got {type(sign_flips).__name__}",
+            param="sign_flips",
         ) from None
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != n_subjects:
         raise InvalidParameterError(
             f"sign_flips: expected shape (n_perm >= 1, {n_subjects}) (one row of +1/-1 per "
-            f"permutation, one column per subject), got shape {arr.shape}"
+            f"permutation, one column per subject), got shape {arr.shape}",
+            param="sign_flips",
         )
     if arr.dtype.kind not in "iuf" or not np.all((arr == 1) | (arr == -1)):
         found = np.unique(arr)[:8].tolist() if arr.dtype.kind in "iufb" else arr.dtype
-        raise InvalidParameterError(f"sign_flips: expected only +1 and -1, found {found}")
+        raise InvalidParameterError(
+            f"sign_flips: expected only +1 and -1, found {found}", param="sign_flips"
+        )
     return arr.astype(np.int8)
 
 
@@ -136,12 +140,15 @@ def _subject_stack(imgs) -> tuple[xr.DataArray, da.Array]:
     if isinstance(imgs, xr.DataArray) and "subject" in imgs.dims:
         if tuple(imgs.dims) != (*SPATIAL_DIMS, "subject"):
             raise ImageDimensionError(
-                f"imgs: DataArray has dims {tuple(imgs.dims)}; expected ('x', 'y', 'z', 'subject')"
+                f"imgs: DataArray has dims {tuple(imgs.dims)}; expected "
+                "('x', 'y', 'z', 'subject')",
+                param="imgs",
             )
         if "affine" not in imgs.attrs:
             raise ImageTypeError(
                 f"imgs: DataArray {imgs.name!r} has no 'affine' attribute, so its grid is "
-                "unknown; set attrs['affine'] (4x4 voxel -> mm)"
+                "unknown; set attrs['affine'] (4x4 voxel -> mm)",
+                param="imgs",
             )
         data = imgs.data
         if not isinstance(data, da.Array):
@@ -150,7 +157,9 @@ def _subject_stack(imgs) -> tuple[xr.DataArray, da.Array]:
     if isinstance(imgs, Sequence) and not isinstance(imgs, str | bytes):
         maps = [as_image(img, ndim=3, param=f"imgs[{i}]") for i, img in enumerate(imgs)]
         if not maps:
-            raise InvalidParameterError("imgs: expected subjects' 3D maps, got an empty list")
+            raise InvalidParameterError(
+                "imgs: expected subjects' 3D maps, got an empty list", param="imgs"
+            )
         for i, m in enumerate(maps[1:], start=1):
             check_same_grid(maps[0], m, names=("imgs[0]", f"imgs[{i}]"))
         return maps[0], da.stack([m.data for m in maps], axis=-1)
@@ -159,7 +168,8 @@ def _subject_stack(imgs) -> tuple[xr.DataArray, da.Array]:
         raise ImageDimensionError(
             f"imgs: got a {img.ndim}D image with shape {tuple(img.shape)}; expected the "
             "subjects' maps: a list of 3D images, a 4D image (last axis = subjects) or a "
-            "DataArray with dims (x, y, z, subject)"
+            "DataArray with dims (x, y, z, subject)",
+            param="imgs",
         )
     return img, img.data
 
@@ -177,7 +187,8 @@ def _design(mask: np.ndarray, *parts: np.ndarray) -> dict:
     if coords[0].size == 0:
         raise InvalidParameterError(
             "mask_img: selects no voxels (without mask_img: no voxel is finite in every "
-            "subject and non-zero in at least one); nothing to test"
+            "subject and non-zero in at least one); nothing to test",
+            param="mask_img",
         )
     x = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
     lo = [int(c.min()) for c in coords]
@@ -553,14 +564,15 @@ def permuted_ttest_1samp(
     chunk_perm = check_int(chunk_perm, "chunk_perm", minimum=1)
     if sign_flips is not None and exhaustive:
         raise InvalidParameterError(
-            "exhaustive and sign_flips: give one or the other, got exhaustive=True and sign_flips"
+            "exhaustive and sign_flips: give one or the other, got exhaustive=True and sign_flips",
+            param="sign_flips",
         )
 
     ref, data = _subject_stack(imgs)
     n = int(data.shape[3])
     if n < 2:
         raise InvalidParameterError(
-            f"imgs: a one-sample t-test needs at least 2 subjects' maps, got {n}"
+            f"imgs: a one-sample t-test needs at least 2 subjects' maps, got {n}", param="imgs"
         )
     if sign_flips is not None:
         flips = _check_sign_flips(sign_flips, n)
@@ -572,7 +584,8 @@ def permuted_ttest_1samp(
             raise InvalidParameterError(
                 f"exhaustive: {n} subjects have 2**{n} sign flips; exhaustive flips are "
                 f"limited to {MAX_EXHAUSTIVE_SUBJECTS} subjects (use random flips, "
-                "exhaustive=False)"
+                "exhaustive=False)",
+                param="exhaustive",
             )
         kind = "exhaustive" if exhaustive else "random"
         n_eff = 2**n - 1 if exhaustive else n_perm

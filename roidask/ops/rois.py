@@ -71,7 +71,8 @@ def _check_labels_block(block: np.ndarray, *, param: str, block_info=None) -> np
     more = f" and {bad.size - _SHOWN_VALUES} more" if bad.size > _SHOWN_VALUES else ""
     raise InvalidParameterError(
         f"{param}: expected non-negative whole-number labels (0 = background), found the "
-        f"value(s) {shown}{more}{chunk_location(block_info)}"
+        f"value(s) {shown}{more}{chunk_location(block_info)}",
+        param=param,
     )
 
 
@@ -101,7 +102,7 @@ def as_labels(labels_img: ImageLike, *, param: str = "labels_img") -> xr.DataArr
     img = as_image(labels_img, ndim=3, param=param)
     if img.dtype.kind not in "biuf":
         raise InvalidParameterError(
-            f"{param}: expected integer labels, got data of type {img.dtype}"
+            f"{param}: expected integer labels, got data of type {img.dtype}", param=param
         )
     if img.dtype.kind in "bu":
         data = img.data.astype(np.int64)
@@ -395,7 +396,8 @@ def _table_graph(labels: xr.DataArray, stat_img):
         check_same_grid(labels, stat, names=("labels_img", "stat_img"))
         if stat.dtype.kind not in "biuf":
             raise InvalidParameterError(
-                f"stat_img: expected real-valued voxels, got data of type {stat.dtype}"
+                f"stat_img: expected real-valued voxels, got data of type {stat.dtype}",
+                param="stat_img",
             )
         data = stat.data
         if data.chunks != labels.data.chunks:
@@ -475,7 +477,8 @@ def _output_paths(out, table_path) -> tuple[Path, Path]:
     else:
         if out.exists() and not out.is_dir():
             raise InvalidParameterError(
-                f"out: expected a .nii/.nii.gz file name or a folder, got the file {out}"
+                f"out: expected a .nii/.nii.gz file name or a folder, got the file {out}",
+                param="out",
             )
         nifti, stem = out / "atlas.nii.gz", "atlas"
     tsv = Path(table_path) if table_path is not None else nifti.with_name(f"{stem}.tsv")
@@ -535,20 +538,24 @@ def write_atlas(
     if table is not None:
         if stat_img is not None:
             raise InvalidParameterError(
-                "table and stat_img: give a computed table or a stat_img to compute one, not both"
+                "table and stat_img: give a computed table or a stat_img to compute one, not both",
+                param="table",
             )
         if not isinstance(table, pd.DataFrame) or list(table.columns) != list(ROI_TABLE_COLUMNS):
             got = list(table.columns) if isinstance(table, pd.DataFrame) else type(table).__name__
             raise InvalidParameterError(
                 f"table: expected a roi_table DataFrame with columns {list(ROI_TABLE_COLUMNS)}, "
-                f"got {got}"
+                f"got {got}",
+                param="table",
             )
     for path, param in ((nifti, "out"), (tsv, "table_path" if table_path else "out")):
         if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path}: already exists; pass overwrite=True to replace it")
+            raise OutputExistsError(
+                f"{path}: already exists; pass overwrite=True to replace it", param=param
+            )
         folder = path.parent
         if not folder.is_dir() and not (folder == Path(out) and folder.parent.is_dir()):
-            raise InvalidParameterError(f"{param}: folder {folder} does not exist")
+            raise InvalidParameterError(f"{param}: folder {folder} does not exist", param=param)
     labels = as_labels(labels_img)
     if table is None:
         values, computed = dask.compute(labels.data, _table_graph(labels, stat_img))
@@ -557,7 +564,8 @@ def write_atlas(
         (values,) = dask.compute(labels.data)
     if values.size and values.max() > np.iinfo(np.int32).max:
         raise InvalidParameterError(
-            f"labels_img: label {int(values.max())} does not fit in int32 NIfTI labels"
+            f"labels_img: label {int(values.max())} does not fit in int32 NIfTI labels",
+            param="labels_img",
         )
     nifti.parent.mkdir(exist_ok=True)
     to_nifti(values.astype(np.int32), nifti, dtype=np.int32, reference=labels, overwrite=overwrite)

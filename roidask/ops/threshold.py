@@ -63,7 +63,8 @@ def _check_binary_block(block: np.ndarray, *, param: str, block_info=None) -> np
     raise InvalidParameterError(
         f"{param}: expected a binary mask (every voxel 0 or 1), found the value(s) {shown}"
         f"{more}{chunk_location(block_info)}; make a mask with roidask.ops.threshold.binarize_img "
-        "(nonzero = inside) or threshold_img"
+        "(nonzero = inside) or threshold_img",
+        param=param,
     )
 
 
@@ -95,7 +96,8 @@ def as_mask(img: ImageLike, *, param: str = "mask_img") -> xr.DataArray:
         return img
     if img.dtype.kind not in "iuf":
         raise InvalidParameterError(
-            f"{param}: expected a binary mask (bool or numbers 0/1), got data of type {img.dtype}"
+            f"{param}: expected a binary mask (bool or numbers 0/1), got data of type {img.dtype}",
+            param=param,
         )
     data = img.data.map_blocks(
         partial(_check_binary_block, param=param),
@@ -161,23 +163,27 @@ def threshold_img(
         ``img`` is not 3D.
     """
     if mode not in THRESHOLD_MODES:
-        raise InvalidParameterError(f"mode: expected one of {list(THRESHOLD_MODES)}, got {mode!r}")
+        raise InvalidParameterError(
+            f"mode: expected one of {list(THRESHOLD_MODES)}, got {mode!r}", param="mode"
+        )
     if mode == "two-sided" and isinstance(threshold, list | tuple | np.ndarray):
         if len(threshold) != 2:
             raise InvalidParameterError(
-                f"threshold: mode 'two-sided' takes one number or (low, high), got {threshold!r}"
+                f"threshold: mode 'two-sided' takes one number or (low, high), got {threshold!r}",
+                param="threshold",
             )
         low, high = (check_real(v, "threshold") for v in threshold)
         if low > high:
             raise InvalidParameterError(
-                f"threshold: expected low <= high for mode 'two-sided', got ({low}, {high})"
+                f"threshold: expected low <= high for mode 'two-sided', got ({low}, {high})",
+                param="threshold",
             )
     else:
         t = check_real(threshold, "threshold")
         if mode in ("absolute", "two-sided"):
             if t < 0:
                 raise InvalidParameterError(
-                    f"threshold: mode {mode!r} needs a threshold >= 0, got {t}"
+                    f"threshold: mode {mode!r} needs a threshold >= 0, got {t}", param="threshold"
                 )
             low, high = -t, t
         else:
@@ -187,7 +193,8 @@ def threshold_img(
     img = as_image(img, ndim=3, param="img")
     if img.dtype.kind not in "biuf":
         raise InvalidParameterError(
-            f"img: expected real-valued voxels to threshold, got data of type {img.dtype}"
+            f"img: expected real-valued voxels to threshold, got data of type {img.dtype}",
+            param="img",
         )
     dtype = np.dtype(bool) if binarize else img.dtype
     func = partial(
@@ -227,7 +234,8 @@ def binarize_img(img: ImageLike) -> xr.DataArray:
         return img
     if img.dtype.kind not in "iuf":
         raise InvalidParameterError(
-            f"img: expected real-valued voxels to binarize, got data of type {img.dtype}"
+            f"img: expected real-valued voxels to binarize, got data of type {img.dtype}",
+            param="img",
         )
     data = img.data
     keep = (data != 0) & ~da.isnan(data) if img.dtype.kind == "f" else data != 0
@@ -279,7 +287,9 @@ def resample_mask(
     try:
         transform = np.linalg.solve(a_src, a_tgt)
     except np.linalg.LinAlgError:
-        raise ImageTypeError(f"{param}: its affine {a_src.tolist()} is singular") from None
+        raise ImageTypeError(
+            f"{param}: its affine {a_src.tolist()} is singular", param=param
+        ) from None
     matrix, shift = transform[:3, :3], transform[:3, 3]
     src_shape = np.asarray(mask.shape)
     tgt_chunks = target.data.chunks[:3]
@@ -311,7 +321,8 @@ def _aligned(mask_img, others, *, resample, names) -> tuple[xr.DataArray, list[d
     if resample is not None and resample not in RESAMPLE_METHODS:
         raise InvalidParameterError(
             f"resample: expected None (grids must match) or one of {list(RESAMPLE_METHODS)}, "
-            f"got {resample!r}"
+            f"got {resample!r}",
+            param="resample",
         )
     first = as_mask(mask_img, param=names[0])
     arrays = []
@@ -334,7 +345,8 @@ def _aligned(mask_img, others, *, resample, names) -> tuple[xr.DataArray, list[d
 def _combine(mask_img, others, *, resample, op, func_name) -> xr.DataArray:
     if not others:
         raise InvalidParameterError(
-            f"{func_name}: expected at least one other mask after mask_img, got none"
+            f"other_imgs: {func_name} expected at least one other mask after mask_img, got none",
+            param="other_imgs",
         )
     names = ("mask_img", *(f"other_imgs[{i}]" for i in range(len(others))))
     first, arrays = _aligned(mask_img, others, resample=resample, names=names)

@@ -56,10 +56,13 @@ def _affine_array(affine) -> np.ndarray:
         a = np.asarray(affine, dtype=np.float64)
     except (TypeError, ValueError):
         raise InvalidParameterError(
-            f"affine: expected a 4x4 voxel-to-mm matrix or a roidask image, got {affine!r}"
+            f"affine: expected a 4x4 voxel-to-mm matrix or a roidask image, got {affine!r}",
+            param="affine",
         ) from None
     if a.shape != (4, 4):
-        raise InvalidParameterError(f"affine: expected shape (4, 4), got {a.shape}")
+        raise InvalidParameterError(
+            f"affine: expected shape (4, 4), got {a.shape}", param="affine"
+        )
     return a
 
 
@@ -68,11 +71,11 @@ def _coords_array(coords, *, param: str) -> np.ndarray:
         c = np.asarray(coords, dtype=np.float64)
     except (TypeError, ValueError):
         raise InvalidParameterError(
-            f"{param}: expected 3 numbers or an (n, 3) array, got {coords!r}"
+            f"{param}: expected 3 numbers or an (n, 3) array, got {coords!r}", param=param
         ) from None
     if c.ndim == 0 or c.shape[-1] != 3:
         raise InvalidParameterError(
-            f"{param}: expected 3 numbers or an (n, 3) array, got shape {c.shape}"
+            f"{param}: expected 3 numbers or an (n, 3) array, got shape {c.shape}", param=param
         )
     return c
 
@@ -177,7 +180,8 @@ def cut_ijk(grid: Grid, cut_coords, *, param: str = "cut_coords") -> np.ndarray:
     c = _coords_array(cut_coords, param=param)
     if c.shape != (3,):
         raise InvalidParameterError(
-            f"{param}: expected 3 world coordinates (x, y, z) in mm, got shape {c.shape}"
+            f"{param}: expected 3 world coordinates (x, y, z) in mm, got shape {c.shape}",
+            param=param,
         )
     bounds = grid.bounds()
     for w in range(3):
@@ -191,7 +195,8 @@ def cut_ijk(grid: Grid, cut_coords, *, param: str = "cut_coords") -> np.ndarray:
                 + ", ".join(
                     f"{AXIS_NAMES[i]} [{bounds[i, 0]:g}, {bounds[i, 1]:g}]" for i in range(3)
                 )
-                + ")"
+                + ")",
+                param=param,
             )
     ijk = np.rint(world_to_voxel(grid.affine, c)).astype(np.int64)
     return np.clip(ijk, 0, np.asarray(grid.shape) - 1)

@@ -165,7 +165,7 @@ def save_png(fig: Figure, out) -> Path:
     """
     path = Path(out)
     if path.suffix.lower() != ".png":
-        raise InvalidParameterError(f"out: {str(path)!r} must be a .png file name")
+        raise InvalidParameterError(f"out: {str(path)!r} must be a .png file name", param="out")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         fig.savefig(tmp, format="png", dpi=DPI)
@@ -272,10 +272,12 @@ def check_threshold(threshold) -> float | None:
         t = float(threshold)
     except (TypeError, ValueError):
         raise InvalidParameterError(
-            f"threshold: expected a number >= 0, got {threshold!r}"
+            f"threshold: expected a number >= 0, got {threshold!r}", param="threshold"
         ) from None
     if not (math.isfinite(t) and t >= 0):
-        raise InvalidParameterError(f"threshold: expected a finite number >= 0, got {threshold!r}")
+        raise InvalidParameterError(
+            f"threshold: expected a finite number >= 0, got {threshold!r}", param="threshold"
+        )
     return t
 
 
@@ -343,7 +345,7 @@ def plot_stat_map(
     bg = None if bg_img is None else background_image(bg_img, stat, param="bg_img")
     threshold = check_threshold(threshold)
     if vmax is not None and not (isinstance(vmax, int | float) and vmax > 0):
-        raise InvalidParameterError(f"vmax: expected a number > 0, got {vmax!r}")
+        raise InvalidParameterError(f"vmax: expected a number > 0, got {vmax!r}", param="vmax")
     grid = Grid.of(stat)
     stat_data = as_float(stat.data)
     if cut_coords is None:
@@ -401,7 +403,8 @@ def _check_label_names(label_names) -> Mapping | None:
     if not isinstance(label_names, Mapping):
         raise InvalidParameterError(
             "label_names: expected a mapping of label value -> legend text, got "
-            f"{type(label_names).__name__}"
+            f"{type(label_names).__name__}",
+            param="label_names",
         )
     return label_names
 
@@ -416,7 +419,8 @@ def label_volume(vol: np.ndarray, *, param: str, name) -> np.ndarray:
         if np.any(vol != np.rint(vol)):
             raise InvalidParameterError(
                 f"{param}: {name!r} has non-integer values; expected a mask or integer "
-                "labels (threshold or round it first)"
+                "labels (threshold or round it first)",
+                param=param,
             )
     return vol.astype(np.int64)
 
@@ -556,18 +560,22 @@ def check_signals(signals, conditions: Sequence[str] | None = None):
     if not isinstance(signals, xr.DataArray):
         raise RoidaskTypeError(
             f"signals: expected an xarray.DataArray with dims ('roi', 'time'), got "
-            f"{type(signals).__name__}"
+            f"{type(signals).__name__}",
+            param="signals",
         )
     if set(signals.dims) != {"roi", "time"}:
         raise InvalidParameterError(
-            f"signals: dims are {tuple(signals.dims)}; expected ('roi', 'time')"
+            f"signals: dims are {tuple(signals.dims)}; expected ('roi', 'time')", param="signals"
         )
     if "condition" not in signals.coords or signals.coords["condition"].dims != ("time",):
         raise InvalidParameterError(
-            "signals: needs a 'condition' coordinate along 'time' (one label per volume)"
+            "signals: needs a 'condition' coordinate along 'time' (one label per volume)",
+            param="signals",
         )
     if signals.sizes["roi"] == 0:
-        raise InvalidParameterError("signals: has no ROI (the 'roi' dimension is empty)")
+        raise InvalidParameterError(
+            "signals: has no ROI (the 'roi' dimension is empty)", param="signals"
+        )
     signals = signals.transpose("roi", "time")
     cond = np.asarray(signals.coords["condition"].values).astype(str)
     present = list(dict.fromkeys(cond.tolist()))
@@ -578,7 +586,8 @@ def check_signals(signals, conditions: Sequence[str] | None = None):
         missing = [c for c in conditions if c not in present]
         if missing or not conditions:
             raise ConditionError(
-                f"conditions: {missing or conditions!r} not in signals; available: {present}"
+                f"conditions: {missing or conditions!r} not in signals; available: {present}",
+                param="conditions",
             )
     return signals, cond, conditions
 

@@ -102,7 +102,9 @@ def seed_figures(
     atlas = None if atlas_img is None else background_image(atlas_img, mean, param="atlas_img")
     checked = check_threshold(threshold)
     if checked is None:
-        raise InvalidParameterError("threshold: expected a number >= 0, got None")
+        raise InvalidParameterError(
+            "threshold: expected a number >= 0, got None", param="threshold"
+        )
     threshold = checked
     if signals is not None:
         check_signals(signals)
@@ -250,7 +252,8 @@ def save_fold_figures(
     if not len(atlases) == len(signals) == len(titles):
         raise InvalidParameterError(
             f"atlases, signals, titles: expected one per fold, got {len(atlases)}, "
-            f"{len(signals)} and {len(titles)}"
+            f"{len(signals)} and {len(titles)}",
+            param="atlases",
         )
     checked = []
     for k, (atlas, sig) in enumerate(zip(atlases, signals, strict=True)):

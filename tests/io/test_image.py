@@ -144,21 +144,108 @@ def test_stored_integers_of_scaled_runs(tmp_path, rng):
     ]
     image = bold_from_nifti(runs, scaled=False)
     assert image.dtype == np.int16
-    assert stored_scaling(image) == (np.float32(0.3), 5.0, np.float32)  # header: float32
+    assert stored_scaling(image) == (np.float32(0.3), 5.0, np.float64)  # header: float32
     np.testing.assert_array_equal(image.values, np.concatenate([stored, stored], axis=3))
     values = bold_from_nifti(runs)
-    assert values.dtype == np.float32 and stored_scaling(values) is None
+    assert values.dtype == np.float64 and stored_scaling(values) is None  # as nibabel
     np.testing.assert_array_equal(
         scale_stored(image.values, *stored_scaling(image)), values.values
     )
-    np.testing.assert_allclose(values.values[..., :6], nib.load(runs[0]).get_fdata(), rtol=1e-6)
+    np.testing.assert_array_equal(nib.load(runs[0]).get_fdata(), values.values[..., :6])
     # runs scaled differently, or not at all: their values, as usual
     other = write_nifti(stored, tmp_path / "other.nii.gz", affine=affine, scl_slope=0.5)
     plain = write_nifti(stored, tmp_path / "plain.nii.gz", affine=affine)
     assert stored_scaling(bold_from_nifti([runs[0], other], scaled=False)) is None
-    assert bold_from_nifti([runs[0], other], scaled=False).dtype == np.float32
+    assert bold_from_nifti([runs[0], other], scaled=False).dtype == np.float64
     assert bold_from_nifti(plain, scaled=False).dtype == np.int16
     assert stored_scaling(bold_from_nifti(plain, scaled=False)) is None
+
+
+def _scaled_run(tmp_path, rng):
+    """An int16 run with scl_slope/scl_inter and labels: (stored, values) images of it."""
+    from roidask.io.nifti import write_nifti
+
+    stored = rng.integers(-2000, 2000, size=(6, 5, 4, 12), dtype=np.int16)
+    path = write_nifti(stored, tmp_path / "r.nii.gz", affine=np.diag([3.0, 3, 3, 1]),
+                       scl_slope=0.3, scl_inter=5, tr_s=2.0)  # fmt: skip
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "".join(f"{c} 0\n" for c in ["face", "house"] * 6))
+    return (
+        bold_from_nifti(path, labels=labels, scaled=False, chunks="x=4,time=5"),
+        bold_from_nifti(path, labels=labels, chunks="x=4,time=5"),
+    )
+
+
+@pytest.mark.parametrize(
+    "func",
+    ["smooth_img", "mean_img", "std_img", "tsnr_img", "ttest_img", "ttest_1samp_img",
+     "ftest_img", "condition_moments", "select_conditions", "as_image", "to_nifti",
+     "to_nifti-float32", "to_nifti-nii.zarr"],
+)  # fmt: skip
+def test_stored_integers_are_scaled_by_every_function_that_does_not_honour_them(
+    tmp_path, rng, func
+):
+    """(reference, ours): each function of the values of a scaled run vs of its stored
+    integers (``scaled=False``), which were taken for values (off by hundreds)."""
+    from roidask import ops
+    from roidask.io.image import stored_scaling
+
+    stored, values = _scaled_run(tmp_path, rng)
+    calls = {
+        "smooth_img": lambda img: ops.smooth_img(img, fwhm=6),
+        "mean_img": ops.mean_img,
+        "std_img": ops.std_img,
+        "tsnr_img": ops.tsnr_img,
+        "ttest_img": ops.ttest_img,
+        "ttest_1samp_img": lambda img: ops.ttest_1samp_img(img, condition="face"),
+        "ftest_img": lambda img: ops.ftest_img(img, conditions=["face", "house"]),
+        "condition_moments": lambda img: ops.condition_moments(img, conditions=["face"]),
+        "select_conditions": lambda img: ops.select_conditions(img, ["house"]),
+        "as_image": as_image,
+        "to_nifti": lambda img: as_image(to_nifti(img, tmp_path / f"{id(img)}.nii.gz")),
+        "to_nifti-float32": lambda img: as_image(
+            to_nifti(img, tmp_path / f"{id(img)}.nii", dtype=np.float32)
+        ),
+        "to_nifti-nii.zarr": lambda img: as_image(to_nifti(img, tmp_path / f"{id(img)}.nii.zarr")),
+    }
+    reference, ours = calls[func](values), calls[func](stored)
+    if isinstance(ours, xr.DataArray):
+        assert stored_scaling(ours) is None
+        reference, ours = xr.Dataset({"v": reference}), xr.Dataset({"v": ours})
+    for name in reference.data_vars:
+        assert ours[name].dtype == reference[name].dtype
+        np.testing.assert_array_equal(reference[name].values, ours[name].values)
+    if func == "to_nifti":  # written as the source: its integers and their scaling
+        (written,) = tmp_path.glob(f"{id(stored)}.nii.gz")
+        assert nib.load(written).get_data_dtype() == np.int16
+        assert nib.load(written).dataobj.slope == np.float32(0.3)
+
+
+def test_a_store_of_several_subjects_says_how_to_choose_one(haxby, tmp_path):
+    """A function without a subject parameter (smooth_img) points to open_subject (or the
+    DataTree's node), not to a subject= it does not take; roi_pipeline to its subject=."""
+    from roidask.io import open_store
+    from roidask.ops import smooth_img
+    from roidask.pipeline import roi_pipeline
+
+    store = tmp_path / "multi.zarr"
+    for name in ("a", "b"):
+        convert(haxby.bold, labels=haxby.labels, out=store, subject=name)
+    with pytest.raises(StoreError) as info:
+        smooth_img(store, fwhm=6)
+    assert str(info.value) == (
+        f"img {store}: holds subjects ['a', 'b']; choose one, e.g. "
+        f"roidask.open_subject('{store}', 'a')['bold']"
+    )
+    assert info.value.param == "img"
+    with pytest.raises(StoreError, match=r"^img \(a DataTree\): holds subjects \['a', 'b'\]; "
+                       r"choose one, e\.g\. tree\['a'\]$") as info:  # fmt: skip
+        smooth_img(open_store(store), fwhm=6)
+    assert info.value.param == "img"
+    with pytest.raises(StoreError, match=r"^subject: .* holds subjects \['a', 'b'\]; pass "
+                       r"subject= to choose one$") as info:  # fmt: skip
+        roi_pipeline(store, mask_img=haxby.mask)
+    assert info.value.param == "subject"
 
 
 def test_a_subject_given_for_one_image_is_refused_not_ignored(haxby):
@@ -191,6 +278,43 @@ def test_an_image_cropped_with_xarray_is_refused_not_misplaced(haxby, tmp_path):
     )
     del fixed.attrs["nifti_header"]
     assert as_image(fixed).shape == (14, 20, 1, bold.shape[3])
+
+
+@pytest.mark.parametrize(
+    ("index", "shown"),
+    [
+        ({"x": slice(None, None, -1)}, r"x are \[39, 38, 37, 36, 35, \.\.\.\]"),
+        ({"x": [1, 0, *range(2, 40)]}, r"x are \[1, 0, 2, 3, 4, \.\.\.\]"),
+        ({"y": "roll"}, r"y are \[17, 18, 19, 0, 1, \.\.\.\]"),
+    ],
+    ids=["flip", "permute", "roll"],
+)
+def test_a_map_flipped_or_reordered_with_xarray_is_refused_not_misplaced(
+    haxby_outputs, tmp_path, index, shown
+):
+    """A results map keeps its voxel-index coordinates x, y, z through isel and roll; out
+    of order, its voxels would be written mirrored on the original affine. Refused by
+    every entry (as_image, to_nifti, like_image); put back in order, accepted."""
+    from roidask.io import open_map
+    from roidask.ops import smooth_img
+
+    pattern = rf": its voxel indices along {shown}, not 0 to \d+ in order: .* \(\.sortby\("
+    for tstat in (
+        open_map(haxby_outputs / "results.zarr", variable="tstat"),
+        xr.open_zarr(haxby_outputs / "results.zarr", chunks=None)["tstat"],
+    ):
+        moved = tstat.roll(y=3, roll_coords=True) if index == {"y": "roll"} else tstat.isel(index)
+        for func, args in (
+            (smooth_img, {"fwhm": 6}),
+            (to_nifti, {"path": tmp_path / "moved.nii.gz"}),
+            (like_image, {"reference": tstat}),
+        ):
+            with pytest.raises(GridMismatchError, match=pattern) as info:
+                func(moved, **args)
+            assert info.value.param in ("img", "data")
+        assert not (tmp_path / "moved.nii.gz").exists()
+        back = moved.sortby(["x", "y"])
+        np.testing.assert_array_equal(as_image(back).values, as_image(tstat).values)
 
 
 @pytest.mark.parametrize(
@@ -247,3 +371,92 @@ def test_to_nifti_says_a_dataarray_that_is_not_spatial_is_not_an_image(tmp_path)
 def test_as_image_of_a_results_store_says_what_it_is(haxby_outputs):
     with pytest.raises(StoreError, match=r"^img \S+results\.zarr: is one subject's results st"):
         as_image(haxby_outputs / "results.zarr")
+
+
+@pytest.mark.parametrize("loaded", [False, True], ids=["lazy", "get_fdata"])
+def test_a_nibabel_image_is_read_with_its_header_and_affine_as_edited_in_memory(
+    tmp_path, rng, loaded
+):
+    """(reference, ours): nilearn's smooth_img of a loaded image whose voxel size and TR
+    were fixed in memory (set_sform, set_qform, set_zooms) vs roidask's, which used the
+    file's header before. The voxels still stream from the file (nothing read while the
+    graph is built), and loading the data first (get_fdata) changes nothing."""
+    from nilearn.image import smooth_img as nilearn_smooth
+
+    from roidask.ops import smooth_img
+
+    path = tmp_path / "iso1.nii.gz"
+    nib.save(nib.Nifti1Image(rng.normal(size=(10, 9, 8, 3)).astype(np.float32), np.eye(4)), path)
+    img = nib.load(path)
+    if loaded:
+        img.get_fdata()
+    affine = np.diag([3.0, 2.5, 3.5, 1.0])
+    affine[:3, 3] = [-12, 7, 30]
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    img.header.set_zooms((3.0, 2.5, 3.5, 2.2))
+    with raise_if_dask_computes():
+        bold = as_image(img)
+        smoothed = smooth_img(img, fwhm=6)
+    np.testing.assert_allclose(np.asarray(bold.attrs["affine"]), affine)
+    assert bold.attrs["voxel_size_mm"] == [3.0, 2.5, 3.5]
+    assert bold.attrs["tr_s"] == pytest.approx(2.2)
+    np.testing.assert_allclose(bold["time"].values, [0, 2.2, 4.4])
+    assert bold.attrs["source_files"] == [str(path)]  # read lazily from the file
+    np.testing.assert_allclose(smoothed.attrs["smoothing_fwhm_mm"], [6.0, 6.0, 6.0])
+    reference = nilearn_smooth(img, 6).get_fdata(dtype=np.float32)
+    assert smoothed.dtype == reference.dtype == np.float32
+    np.testing.assert_allclose(reference, smoothed.values, rtol=0, atol=1e-6)
+    # the header written back is the one in memory
+    back = nib.load(to_nifti(bold, tmp_path / "back.nii.gz"))
+    np.testing.assert_allclose(back.affine, affine)
+    assert back.header.get_zooms()[3] == pytest.approx(2.2)
+
+
+def test_a_nibabel_image_not_of_its_file_any_more_is_read_from_memory(tmp_path, rng):
+    """An image whose data object is not its file's (replaced, or the file rewritten since
+    it was loaded) is read from its own data, never from the file."""
+    path = tmp_path / "a.nii"
+    first = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    nib.save(nib.Nifti1Image(first, np.eye(4)), path)
+    img = nib.load(path)
+    np.testing.assert_array_equal(as_image(img).values, first)
+    nib.save(nib.Nifti1Image(first.astype(np.float64) * 2, np.eye(4)), path)  # rewritten
+    np.testing.assert_array_equal(as_image(img).values, np.asanyarray(img.dataobj))
+    replaced = nib.Nifti1Image(first + 1, np.eye(4))
+    replaced.set_filename(str(path))
+    np.testing.assert_array_equal(as_image(replaced).values, first + 1)
+
+
+def test_what_nib_load_returns_type_checks_and_a_non_volume_is_refused(tmp_path):
+    """``nib.load`` is typed to return a FileBasedImage: ImageLike takes it (mypy), and a
+    nibabel image that is not a volume (GIFTI) is refused with one line at run time."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nibabel.gifti import GiftiImage
+
+    import roidask
+
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(
+        "import nibabel as nib\n\nfrom roidask.ops import smooth_img\n\n"
+        'smooth_img(nib.load("bold.nii.gz"), fwhm=6)\n'
+    )
+    root = Path(roidask.__file__).parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"),
+         "--ignore-missing-imports", str(snippet)],
+        cwd=root, env={**os.environ, "MYPYPATH": str(root)},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout
+    with pytest.raises(ImageTypeError) as info:
+        as_image(GiftiImage(), param="mask_img")
+    assert str(info.value) == (
+        "mask_img: a nibabel GiftiImage is not a volume (no voxel grid); expected a "
+        "NIfTI-like image (a nibabel SpatialImage, e.g. Nifti1Image)"
+    )
+    assert info.value.param == "mask_img"

@@ -65,6 +65,42 @@ def test_a_deleted_chunk_is_damage_found_on_open(store):
     assert verify_store(store) == [DamagedChunk("sub-01", "bold", CHUNK, "missing")]
 
 
+def test_a_chunk_deleted_after_opening_is_named_when_read(store, haxby_data):
+    """Deleted between building a graph and computing it: an error naming the chunk, as
+    a corrupt chunk is, never zeros (zarr reads an absent chunk as the fill value)."""
+    from roidask.ops import mean_img
+
+    bold = open_subject(store)["bold"]
+    mean = mean_img(bold)  # lazy: nothing read yet
+    damage_chunk(store, f"sub-01/bold/{CHUNK}", "delete")
+    np.testing.assert_array_equal(bold.isel(time=slice(200, 300)).values, haxby_data[..., 200:300])
+    for compute in (lambda: mean.values, lambda: bold.isel(time=slice(250, 350)).values):
+        with pytest.raises(DamagedStoreError) as info:
+            compute()
+        assert str(info.value) == (
+            f"store {store}: chunk {CHUNK} of sub-01/bold is damaged (it is missing); the "
+            "store cannot be trusted, convert the subject again (verify_store lists every "
+            "damaged chunk)"
+        )
+        assert info.value.param == "store"
+
+
+def test_a_map_chunk_deleted_after_opening_is_named_when_read(haxby_outputs, tmp_path):
+    """The same for a map of a results store (read as NaN before)."""
+    from roidask.io import open_map
+
+    results = shutil.copytree(haxby_outputs / "results.zarr", tmp_path / "results.zarr")
+    tstat = open_map(results, variable="tstat")
+    (key,) = [p.relative_to(results) for p in (results / "tstat" / "c").rglob("*") if p.is_file()]
+    (results / key).unlink()
+    chunk = "/".join(key.parts[1:])
+    with pytest.raises(DamagedStoreError) as info:
+        _ = tstat.values
+    assert str(info.value).startswith(
+        f"source {results}: chunk {chunk} of tstat is damaged (it is missing); "
+    )
+
+
 @pytest.mark.parametrize("how", ["truncate", "flip"])
 def test_a_corrupt_chunk_is_named_when_read(store, haxby_data, how):
     damage_chunk(store, f"sub-01/bold/{CHUNK}", how)

@@ -157,8 +157,8 @@ def test_runs_scaled_otherwise_are_stored_as_their_values(tmp_path, rng, second)
     labels = write_labels(tmp_path / "l.txt", ["a"] * 11, runs=[0] * 6 + [1] * 5)
     store = convert(runs, labels=labels, out=tmp_path / "s.zarr")
     want = np.concatenate([nib.load(r).get_fdata() for r in runs], axis=3)
-    np.testing.assert_allclose(open_subject(store)["bold"].values, want, rtol=1e-6)
-    assert zarr.open_array(str(store / "sub-01" / "bold")).dtype == np.float32
+    np.testing.assert_array_equal(want, open_subject(store)["bold"].values)
+    assert zarr.open_array(str(store / "sub-01" / "bold")).dtype == np.float64  # nibabel's
 
 
 @given(
@@ -273,7 +273,7 @@ def test_runs_of_another_data_type_name_both_types(small):
     labels = write_labels(tmp / "l16.txt", ["a"] * 16)
     with pytest.raises(
         GridMismatchError,
-        match=r"data type float32: int16 scaled by scl_slope/scl_inter differs from .*\(int16\)",
+        match=r"data type float64: int16 scaled by scl_slope/scl_inter differs from .*\(int16\)",
     ):
         convert([run, other], labels=labels, out=tmp / "s.zarr")
     assert_nothing_written(tmp)

@@ -335,7 +335,7 @@ def test_bad_options_are_refused(haxby_bold, seed_rois, kwargs, match):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_stored_integers_are_scaled_as_gathered(tmp_path, rng, strategy):
-    """(reference, ours): signals of the scaled float32 values vs of the stored int16 with
+    """(reference, ours): signals of the scaled (float64) values vs of the stored int16 with
     their scaling (``bold_from_nifti(..., scaled=False)``): the same bits."""
     from roidask.io import bold_from_nifti
     from roidask.io.nifti import write_nifti
@@ -348,8 +348,8 @@ def test_stored_integers_are_scaled_as_gathered(tmp_path, rng, strategy):
     for chunks in ({"x": 3, "y": 4, "time": 5}, None):
         values = bold_from_nifti(path, chunks=chunks)
         raw = bold_from_nifti(path, chunks=chunks, scaled=False)
-        assert raw.dtype == np.int16 and values.dtype == np.float32
+        assert raw.dtype == np.int16 and values.dtype == np.float64
         want = extract_signals(values, labels, strategy=strategy, **kwargs)
         got = extract_signals(raw, labels, strategy=strategy, **kwargs)
-        assert got.dtype == want.dtype == np.float32
+        assert got.dtype == want.dtype == np.float64
         np.testing.assert_array_equal(got.values, want.values)

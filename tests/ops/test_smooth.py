@@ -104,6 +104,39 @@ def test_types_as_nilearn(rng, dtype, expected):
     assert_matches(ours.values, _nilearn(nimg, 4.0))
 
 
+@pytest.mark.parametrize("kind", ["path", "nib.load", "nib.load, get_fdata", "store",
+                                  "bold_from_nifti(scaled=False)"])  # fmt: skip
+def test_a_scaled_nifti_smooths_as_nilearn_whatever_its_kind(tmp_path, rng, kind):
+    """(reference, ours): nilearn's smooth_img of int16 with scl_slope/scl_inter (float64,
+    as nibabel scales) vs roidask's of the file, a nibabel image loaded or not, its store
+    and its stored integers: one type, float64, and the same bits (a path gave float32,
+    stored integers were smoothed unscaled)."""
+    from roidask.io import convert
+
+    path = tmp_path / "scaled.nii.gz"
+    img = nib.Nifti1Image(rng.integers(0, 1000, (9, 8, 7, 6)).astype(np.int16), _affine())
+    img.header.set_slope_inter(0.37, 12.5)
+    nib.save(img, path)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "face 0\n" * 6)
+    reference = _nilearn(nib.load(path), 6.0)
+    assert reference.dtype == np.float64
+    if kind == "path":
+        given = path
+    elif kind.startswith("nib.load"):
+        given = nib.load(path)
+        if "get_fdata" in kind:
+            given.get_fdata()
+    elif kind == "store":
+        given = convert(path, labels=labels, out=tmp_path / "s.zarr")
+    else:
+        given = bold_from_nifti(path, scaled=False)
+        assert given.dtype == np.int16
+    ours = smooth_img(given, fwhm=6.0)
+    assert ours.dtype == np.float64
+    np.testing.assert_array_equal(reference, ours.values)
+
+
 _shapes = st.tuples(st.integers(1, 16), st.integers(1, 7), st.integers(1, 5), st.integers(1, 2))
 
 

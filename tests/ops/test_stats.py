@@ -470,8 +470,20 @@ def test_f_test_needs_more_volumes_than_conditions(rng):
 
 
 def test_series_without_conditions(haxby):
-    with pytest.raises(ConditionError, match=r"unknown condition.*\['unknown'\]"):
-        ttest_img(haxby.bold)
+    """A series read without labels: the message says so and how to give them, not that
+    'face' is unknown among ['unknown']."""
+    for call, param, asked in [
+        (lambda: ttest_img(haxby.bold), "contrast", "'face' or 'house'"),
+        (lambda: mean_img(haxby.bold, condition="face"), "condition", "'face'"),
+    ]:
+        with pytest.raises(ConditionError) as info:
+            call()
+        assert str(info.value) == (
+            f"{param}: the image has no condition labels (every volume's condition is "
+            f"'unknown'), so no {asked} volumes; give them with labels=PATH, a labels.txt or "
+            "one events.tsv per run (bold_from_nifti(..., labels=...), convert(..., labels=...))"
+        )
+        assert info.value.param == param
     bold = make_bold(np.zeros((1, 1, 1, 3)), ["a"] * 3).drop_vars("condition")
     with pytest.raises(ConditionError, match="no 'condition' coordinate"):
         mean_img(bold, condition="a")

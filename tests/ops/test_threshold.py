@@ -228,5 +228,5 @@ def test_bad_algebra_parameters():
     a = as_img(np.ones((2, 2, 2), dtype=bool))
     with pytest.raises(InvalidParameterError, match=r"resample: expected None .*'linear'"):
         mask_and(a, a, resample="linear")
-    with pytest.raises(InvalidParameterError, match=r"mask_or: expected at least one other"):
+    with pytest.raises(InvalidParameterError, match=r"^other_imgs: mask_or expected at least one"):
         mask_or(a)
