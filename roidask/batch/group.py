@@ -482,8 +482,9 @@ def group_is_current(
     that ``roidask group`` added to it): its files as roidask wrote them, its
     ``subjects.tsv`` naming the same subjects with the same results' fingerprints, with
     ``permutation``, a test of the same parameters (never with a ``mask``, whose
-    content is not recorded), and with ``study``, its ``group`` node listed, whole and
-    of the same subjects. Reads small files only (no map)."""
+    content is not recorded), and with ``study``, its ``group`` node whole and of the
+    same subjects (listed or not: the caller publishes it again). Reads small files
+    only (no map)."""
     marker = folder_marker(out)
     if marker is None or marker.get("kind") != GROUP_KIND or changed_files(out, marker):
         return False
@@ -517,8 +518,7 @@ def group_is_current(
             return False
     if study is None:
         return True
-    if not study.is_published(GROUP_NODE):
-        return False
+    # listed or not: a subject's node rewritten (with the same results) hides it
     attrs = node_attrs(study.path, GROUP_NODE)
     if attrs is None or attrs.get(FINGERPRINT_ATTR) != digest:
         return False

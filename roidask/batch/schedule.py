@@ -900,6 +900,8 @@ def run_batch(
             done, out_dir / "group", study=study_store, permutation=permutation
         ):  # the same subjects' results: kept as it is (with a test `roidask group` added)
             group_done = True
+            if study_store is not None and not study_store.is_published(GROUP_NODE):
+                study_store.publish(GROUP_NODE)  # hidden as a subject's node was rewritten
             if report.log is not None:
                 report.log("group level: of the same subjects' results as before: kept")
         elif len(done) >= 2:

@@ -167,6 +167,14 @@ def test_a_rerun_keeps_the_group_level_of_the_same_subjects(batch_run, tmp_path)
     # the same permutation test asked again: kept too
     run_batch(specs, copy, params=PARAMS, plots=False, permutation=PERMUTATION)
     assert {p.name: p.read_bytes() for p in group.iterdir()} == before
+    # a subject made again (a file of its folder lost), with the same results: its node
+    # rewritten hides the study's group node for a while; the group level is kept, listed
+    (copy / "sub-02" / "rois.tsv").unlink()
+    table = run_batch(specs, copy, params=PARAMS, plots=False)
+    assert table["status"].tolist() == ["skipped", "done", "skipped", "skipped"]
+    assert {p.name: p.read_bytes() for p in group.iterdir()} == before
+    node = xr.open_datatree(copy / "study.zarr", engine="zarr")["group"].to_dataset()
+    assert "perm_logp_max_t" in node
     # other analysis parameters: every subject's results change, and the group level
     other = PipelineParams(roi_definition="split-half", threshold=3.5)
     stale = (
