@@ -309,7 +309,15 @@ def _check_array_metadata(
     path: Location, subject: str, param: str | None, grids: dict | None = None
 ) -> None:
     """Read every array's ``zarr.json`` of a subject (cheap); StoreError if one is corrupt,
-    DamagedStoreError if an array of its chunk inventory ``grids`` has no checksum codec."""
+    DamagedStoreError if an array of its chunk inventory ``grids`` has no checksum codec
+    or no ``zarr.json`` at all."""
+    for name in sorted(grids or {}):
+        if not (path / subject / name / "zarr.json").exists():
+            raise DamagedStoreError(
+                f"{param} {path}: {subject}/{name} is damaged: its zarr.json is missing; "
+                f"{_CONVERT_AGAIN}",
+                param=param,
+            )
     for folder in _array_dirs(path, subject):
         meta = _read_metadata(folder, f"array {subject}/{folder.name}", param=param)
         problem = checksum_problem(meta) if grids and folder.name in grids else None

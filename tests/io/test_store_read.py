@@ -164,6 +164,14 @@ def test_an_output_folder_given_as_a_store_names_the_store_inside(tmp_path, insi
         open_subject(tmp_path / "other")
 
 
+@pytest.mark.parametrize("array", ["bold", "condition"])
+def test_an_array_whose_zarr_json_is_gone_is_damage(store, array):
+    """(xarray would read the rest, or fail with a message about coordinates)"""
+    (store / "sub-01" / array / "zarr.json").unlink()
+    with pytest.raises(DamagedStoreError, match=rf"sub-01/{array} is damaged: its zarr.json is"):
+        open_subject(store)
+
+
 def test_metadata_without_zarr_format_is_corrupt(store):
     (store / "zarr.json").write_text("{}")
     with pytest.raises(StoreError, match=r"corrupt zarr\.json \(the root metadata has no "):
