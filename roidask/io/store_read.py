@@ -876,7 +876,7 @@ def verify_store(store: PathOrURL, *, subject: str | None = None) -> list[Damage
     return found + checked
 
 
-def root_disagreements(store: PathOrURL) -> list[DamagedChunk]:
+def root_disagreements(store: PathOrURL, *, subject: str | None = None) -> list[DamagedChunk]:
     """What of a store is not as its root's consolidated metadata records it (which plain
     xarray reads), read from the metadata files only (no chunk):
 
@@ -886,13 +886,15 @@ def root_disagreements(store: PathOrURL) -> list[DamagedChunk]:
       root's record (its shape, dtype, codecs or ``scale_factor`` edited), or is gone;
     * in an ``s3://`` store, the objects of a convert killed while it uploaded a subject
       (its pending marker, chunk ``.roidask.json``).
+
+    ``subject``: that subject's only (no listing of the store).
     """
     path = as_location(store)
     root = _group_json(path) or {}
     metadata = (root.get("consolidated_metadata") or {}).get("metadata") or {}
     damaged = []
     listed = set()
-    for name in sorted(k for k in metadata if "/" not in k):
+    for name in sorted(k for k in metadata if "/" not in k and subject in (None, k)):
         entry = metadata[name]
         attrs = (entry.get("attributes") or {}) if isinstance(entry, dict) else {}
         if entry.get("node_type") != "group" or "roidask_format" not in attrs:
@@ -927,7 +929,7 @@ def root_disagreements(store: PathOrURL) -> list[DamagedChunk]:
             else:
                 continue
             damaged.append(DamagedChunk(name, array, "zarr.json", why))
-    if isinstance(path, S3Path):
+    if isinstance(path, S3Path) and subject is None:
         for child in sorted(p for p in path.iterdir() if p.is_dir()):
             attrs = (_group_json(child) or {}).get("attributes") or {}
             if attrs.get(COMPLETE_ATTR) is not True and pending_upload(child):

@@ -78,6 +78,7 @@ from roidask.io.store_read import (
     open_subject,
     pending_upload,
     require_store,
+    root_disagreements,
     shown,
     subject_layout,
 )
@@ -232,6 +233,18 @@ def _check_replaceable(
         raise OutputExistsError(
             f"out {out}: store already holds subject {subject!r}; pass overwrite=True "
             "to replace it",
+            param="out",
+        )
+    edited = [
+        f"{d.array}/zarr.json" if d.array else "zarr.json"
+        for d in root_disagreements(out, subject=subject)
+        if "differ" in d.reason  # attributes or metadata a user changed: theirs now
+    ]
+    if edited:
+        raise OutputError(
+            f"out {out}: subject {subject}/ was changed since roidask wrote it ({shown(edited)} "
+            "differ from the store root's record); roidask does not replace what you "
+            "changed: move the subject out of the store, or choose another subject name",
             param="out",
         )
     foreign = [f for f in foreign_files(list_files(target), grids or {}) if f not in pending]

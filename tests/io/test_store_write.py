@@ -581,6 +581,23 @@ def test_a_subject_that_lost_its_zarr_json_is_replaced_if_the_root_lists_it(smal
     assert open_subject(store)["bold"].shape == (4, 5, 3, 8)
 
 
+@pytest.mark.parametrize("where", ["group", "bold"])
+def test_attributes_a_user_added_to_a_subject_are_not_replaced(small, where):
+    """An attribute added with zarr (the subject's or an array's): the subject's metadata
+    differs from the store root's record of it, so --overwrite refuses it."""
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    group = zarr.open_group(str(store / "sub-01"), mode="r+", use_consolidated=False)
+    (group if where == "group" else group["bold"]).attrs["my_note"] = "mine"
+    shown = "zarr.json" if where == "group" else "bold/zarr.json"
+    with pytest.raises(
+        OutputError, match=rf"sub-01/ was changed since roidask wrote it \({shown}"
+    ):
+        convert(run, labels=labels, out=store, overwrite=True)
+    group = zarr.open_group(str(store / "sub-01"), mode="r", use_consolidated=False)
+    assert (group if where == "group" else group["bold"]).attrs["my_note"] == "mine"
+
+
 def test_a_users_file_where_a_listed_subject_was_is_refused(small):
     """The root still lists the subject, but a file of the user's has its name: refused
     (a subject is a folder), the file kept."""
