@@ -929,7 +929,8 @@ def foreign_in_group(group_dir: Location) -> list[str]:
 
 
 def list_files(location) -> list[str]:
-    """Every file under a folder (relative paths, ``/``-separated, sorted)."""
+    """Every file under a folder (relative paths, ``/``-separated, sorted); a symbolic
+    link to a folder is listed as a file (it is not followed)."""
     loc = as_location(location)
     if isinstance(loc, S3Path):
         return sorted(loc.list_objects())
@@ -937,8 +938,8 @@ def list_files(location) -> list[str]:
         return []
     return sorted(
         Path(dirpath, f).relative_to(loc).as_posix()
-        for dirpath, _, files in os.walk(loc)
-        for f in files
+        for dirpath, dirs, files in os.walk(loc)
+        for f in [*files, *(d for d in dirs if os.path.islink(os.path.join(dirpath, d)))]
     )
 
 

@@ -598,6 +598,16 @@ def test_attributes_a_user_added_to_a_subject_are_not_replaced(small, where):
     assert (group if where == "group" else group["bold"]).attrs["my_note"] == "mine"
 
 
+def test_a_link_to_a_folder_in_a_subject_is_the_users(small):
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    (tmp / "mine").mkdir()
+    (store / "sub-01" / "bold" / "c" / "mylink").symlink_to(tmp / "mine")
+    with pytest.raises(OutputError, match=r"did not write \(bold/c/mylink\)"):
+        convert(run, labels=labels, out=store, overwrite=True)
+    assert (store / "sub-01" / "bold" / "c" / "mylink").is_symlink()
+
+
 def test_a_users_file_where_a_listed_subject_was_is_refused(small):
     """The root still lists the subject, but a file of the user's has its name: refused
     (a subject is a folder), the file kept."""
