@@ -307,7 +307,26 @@ def check_node_writable(node: Location, files: Iterable[str] | None = None) -> b
             f"study node {node}: holds files roidask did not write ({shown(foreign)}); "
             "roidask does not delete them, move them away"
         )
+    if isinstance(node, Path):  # an array's attributes edited (a read each: local only)
+        recorded = (record.get("consolidated_metadata") or {}).get("metadata") or {}
+        edited = [
+            f"{name}/zarr.json"
+            for name in sorted(grids if isinstance(grids, dict) else {})
+            if name in recorded and _json_or_none(node / name / _META) != recorded[name]
+        ]
+        if edited:
+            raise OutputError(
+                f"study node {node}: {shown(edited)} changed since roidask wrote it (an "
+                "attribute added or edited?); roidask does not delete it, move the node away"
+            )
     return True
+
+
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def check_nodes_writable(study: PathOrURL, names: Iterable[str]) -> None:

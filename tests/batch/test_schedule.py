@@ -1156,7 +1156,7 @@ def test_subjects_with_several_labels_files_are_made_again_once(haxby, tmp_path)
     assert fingerprint(two, params)[0] != before(two, params)
 
 
-@pytest.mark.parametrize("what", ["file", "array"])
+@pytest.mark.parametrize("what", ["file", "array", "attribute"])
 def test_a_users_file_in_a_study_node_is_refused_before_anything_is_written(haxby, tmp_path, what):
     """A node a rerun may rewrite holds a user's file, or a zarr array or group the user
     wrote there: the batch is refused up front, before any subject's folder, node or the
@@ -1170,9 +1170,12 @@ def test_a_users_file_in_a_study_node_is_refused_before_anything_is_written(haxb
     if what == "file":
         (node / "notes.txt").write_text("mine")
         want = r"holds files roidask did not write \(notes.txt\)"
-    else:
+    elif what == "array":
         zarr.create_array(str(node / "derived" / "myres"), shape=(2,), dtype="f4")[:] = 1
         want = r"holds files roidask did not write \(derived/myres/c/0, derived/myres/zarr.json"
+    else:  # an attribute of one of its arrays, added with zarr
+        zarr.open_array(str(node / "tstat"), mode="r+").attrs["note"] = "mine"
+        want = r"tstat/zarr.json changed since roidask wrote it"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     with pytest.raises(OutputError, match=rf"study node {re.escape(str(node))}: {want}"):
         run_batch(specs, out, params=PipelineParams(fwhm=5.0), plots=False)
