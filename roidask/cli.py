@@ -70,7 +70,14 @@ from roidask.io.store_read import (
 from roidask.io.store_write import convert
 from roidask.ops.extract import STRATEGIES
 from roidask.outputs.provenance import input_paths, start_input_records
-from roidask.outputs.study import GROUP_NODE, STUDY_ATTR, check_nodes, published, verify_study
+from roidask.outputs.study import (
+    GROUP_NODE,
+    STUDY_ATTR,
+    check_nodes,
+    edited_in_root,
+    published,
+    verify_study,
+)
 from roidask.outputs.writer import prepare_output
 from roidask.pipeline import RESULTS_ATTR, ROI_DEFINITIONS, TESTS, PipelineParams
 from roidask.runner import check_run, run_subject
@@ -496,6 +503,9 @@ def describe_study(store, *, damaged: list | None = None) -> str:
     for node in bad_nodes:
         lines.append(f"damaged: node {node.subject}: {node.chunk} {node.reason}")
         harmed.append(node.subject)
+    for array in edited_in_root(location, [n for n in names if n not in harmed]):
+        lines.append(f"damaged: node {array.subject}: {array.array}/{array.chunk} {array.reason}")
+        harmed.append(array.subject)
     for name in names:
         if name in harmed:
             continue

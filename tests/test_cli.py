@@ -507,6 +507,27 @@ def test_info_names_a_study_node_whose_zarr_json_is_damaged(haxby_outputs, tmp_p
     assert "nodes: each complete" not in out
 
 
+@pytest.mark.parametrize("how", ["deleted", "edited"])
+def test_info_names_a_study_nodes_array_whose_zarr_json_is_damaged(
+    haxby_outputs, tmp_path, capsys, how
+):
+    """An array's own ``zarr.json`` inside a published node, gone or edited (its shape):
+    ``info`` names it without --verify (a read per array, no chunk)."""
+    study = shutil.copytree(haxby_outputs.parent / "study.zarr", tmp_path / "study.zarr")
+    meta = study / "sub-01" / "tstat" / "zarr.json"
+    if how == "deleted":
+        meta.unlink()
+        reason = "missing on disk, though the root lists it"
+    else:
+        record = json.loads(meta.read_text())
+        record["shape"] = [2, 2, 2]
+        meta.write_text(json.dumps(record))
+        reason = "its metadata in the root differs from its own zarr.json (edited?)"
+    rc, out, _ = cli(capsys, "info", study)
+    assert rc == 1 and f"damaged: node sub-01: tstat/zarr.json {reason}" in out, out
+    assert "nodes: each complete" not in out
+
+
 @pytest.mark.parametrize("command", ["info", "run"])
 def test_corrupt_zarr_json_is_named(store, haxby, tmp_path, capsys, command):
     meta = store / "zarr.json"

@@ -84,6 +84,7 @@ __all__ = [
     "check_nodes",
     "check_nodes_writable",
     "check_study",
+    "edited_in_root",
     "node_attrs",
     "open_study",
     "prepare_study",
@@ -837,10 +838,10 @@ def verify_study(study: PathOrURL) -> list[DamagedChunk]:
     """
     path = as_location(study)
     damaged, records = check_nodes(path)
-    return damaged + _edited_in_root(path, records) + verify_groups(path, records)
+    return damaged + edited_in_root(path, records) + verify_groups(path, records)
 
 
-def _edited_in_root(study: Location, nodes: Iterable[str]) -> list[DamagedChunk]:
+def edited_in_root(study: Location, nodes: Iterable[str]) -> list[DamagedChunk]:
     """Arrays of published ``nodes`` whose metadata in the root (what xarray reads:
     its dtype, shape, codecs, ``scale_factor``) differs from their own ``zarr.json``."""
     metadata = _read_root(study)["consolidated_metadata"]["metadata"]
@@ -850,12 +851,14 @@ def _edited_in_root(study: Location, nodes: Iterable[str]) -> list[DamagedChunk]
         for key in sorted(k for k in arrays if metadata[k].get("node_type") == "array"):
             try:
                 own = json.loads((study / key / _META).read_bytes())
+            except FileNotFoundError:
+                own, reason = None, "missing on disk, though the root lists it"
             except (OSError, ValueError):
-                own = None
-            if own != metadata[key]:
-                array = key.split("/", 1)[1]
+                own, reason = None, "unreadable"
+            else:
                 reason = "its metadata in the root differs from its own zarr.json (edited?)"
-                damaged.append(DamagedChunk(node, array, _META, reason))
+            if own != metadata[key]:
+                damaged.append(DamagedChunk(node, key.split("/", 1)[1], _META, reason))
     return damaged
 
 
