@@ -52,7 +52,7 @@ try:  # one line, not a traceback, when this Python has no roidask (see main)
     from roidask import cli
     from roidask import cluster as rcluster
     from roidask._launch import handle_stop_signals
-    from roidask.exceptions import RoidaskError, RoidaskTypeError, Terminated
+    from roidask.exceptions import RoidaskError, Terminated
 except ImportError as exc:
     NOT_IMPORTED: ImportError | None = exc
 else:
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PREFIX} {exc}", file=sys.stderr)
         return 2
-    except (RoidaskError, RoidaskTypeError) as exc:
+    except RoidaskError as exc:  # its TypeError, ValueError and OSError kinds too
         print(f"{PREFIX} {flag_message(exc)}", file=sys.stderr)
         return 2
     options.update(extra)
@@ -569,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     except SubmitError as exc:
         print(f"{PREFIX} {exc}", file=sys.stderr)
         return 2
-    except (RoidaskError, RoidaskTypeError) as exc:
+    except RoidaskError as exc:  # its TypeError, ValueError and OSError kinds too
         print(f"{PREFIX} {flag_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # outside the batch (which says it itself)
