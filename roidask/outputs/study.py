@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import threading
 import time
 import warnings
@@ -45,7 +47,13 @@ from typing import Any
 
 import xarray as xr
 
-from roidask._atomic import FolderLock, atomic_file, clean_stale
+from roidask._atomic import (
+    FolderLock,
+    atomic_file,
+    clean_stale,
+    create_locked,
+    rename_no_replace,
+)
 from roidask._pool import thread_pool
 from roidask.exceptions import OutputError, StoreError, StudyNodeWarning
 from roidask.io.locations import (
@@ -174,13 +182,9 @@ def prepare_study(study: PathOrURL, *, param: str = "study") -> Location:
     path = as_location(study)
     if isinstance(path, Path):
         clean_stale(path / _META)
+        clean_stale(path)
     if path.exists():
         return check_study(path, param=param)
-    try:
-        if isinstance(path, Path):
-            path.mkdir()
-    except OSError as exc:
-        raise OutputError(f"{param} {path}: cannot create it ({exc.strerror or exc})") from None
     root = {
         "attributes": {
             STUDY_ATTR: STUDY_FORMAT,
@@ -191,7 +195,27 @@ def prepare_study(study: PathOrURL, *, param: str = "study") -> Location:
         "consolidated_metadata": dict(_EMPTY_CONSOLIDATED),
         "node_type": "group",
     }
-    _write_root(path, root)
+    if not isinstance(path, Path):
+        _write_root(path, root)  # one PUT: the store appears whole
+        return path
+    # a local store appears whole too (a folder with its zarr.json, renamed into place):
+    # a run killed while creating it leaves a temporary sibling, never a folder that
+    # the next run would refuse as "not a roidask study store"
+    try:
+        tmp, fd = create_locked(path, folder=True)
+    except OSError as exc:
+        raise OutputError(f"{param} {path}: cannot create it ({exc.strerror or exc})") from None
+    try:
+        _write_root(tmp, root)
+        rename_no_replace(tmp, path)
+    except FileExistsError:  # created by another process meanwhile
+        return check_study(path, param=param)
+    except OSError as exc:
+        raise OutputError(f"{param} {path}: cannot create it ({exc.strerror or exc})") from None
+    finally:
+        os.close(fd)
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -351,6 +352,30 @@ def test_verify_study_finds_metadata_edited_in_the_root(tmp_path):
     damaged = [(d.subject, d.array, d.reason) for d in verify_study(study)]
     assert damaged == [("sub-01", "v", "its metadata in the root differs from its own "
                                      "zarr.json (edited?)")]  # fmt: skip
+
+
+_KILLED_WHILE_CREATING = """
+import os, signal, sys
+import roidask.outputs.study as study_module
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+study_module._write_root = killed
+study_module.prepare_study(sys.argv[1])
+"""
+
+
+def test_a_run_killed_while_creating_the_study_leaves_none_behind(tmp_path):
+    # a batch killed between creating the study's folder and writing its zarr.json left a
+    # folder the rerun refused ("not a roidask study store"): the store appears whole
+    study = tmp_path / "study.zarr"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WHILE_CREATING, str(study)])
+    assert killed.returncode == -signal.SIGKILL
+    assert not study.exists()
+    assert [p.name for p in tmp_path.iterdir()] != []  # the killed run's temporary sibling
+    assert prepare_study(study) == study
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.zarr"]
+    assert sorted(p.name for p in study.iterdir()) == ["zarr.json"]
+    assert published(study) == []
 
 
 def test_foreign_folders_and_files_are_left_alone(tmp_path):
