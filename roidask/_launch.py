@@ -10,9 +10,12 @@ or a command given a scheduler address, goes straight to the command line.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 from roidask._forkserver import start_method
 from roidask.exceptions import Terminated
@@ -21,6 +24,8 @@ __all__ = ["entry", "starts_embedded_workers"]
 
 #: Commands that start an embedded cluster of worker processes unless given an address.
 _CLUSTER_COMMANDS = ("batch", "group")
+#: Delay before a stop that Python dropped is signalled again (s).
+_STOP_AGAIN_S = 0.05
 
 
 def starts_embedded_workers(argv: Sequence[str]) -> bool:
@@ -44,12 +49,35 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated
 
 
+def _stop_again(unraisable: Any) -> None:
+    """``sys.unraisablehook``: a stop raised where Python can only print and drop it.
+
+    A signal's handler runs wherever the main thread is; inside a weakref callback or a
+    ``__del__`` its exception is "ignored" and the command went on to the end (exit 0
+    after a SIGTERM). The signal is sent again instead, to stop the command where the
+    exception can propagate; any other unraisable exception is Python's to report.
+    """
+    exc = unraisable.exc_value
+    if isinstance(exc, KeyboardInterrupt):
+        # sent a moment later, from another thread: sent now, its handler would run
+        # in this hook, where Python drops its exception too (and a handler that runs
+        # again where it is dropped comes back here)
+        signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        again = threading.Timer(_STOP_AGAIN_S, os.kill, args=(os.getpid(), signum))
+        again.daemon = True
+        again.start()
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def handle_stop_signals() -> None:
     """Ctrl-C raises :class:`KeyboardInterrupt` (Python's own handler, which libraries
     such as dask-jobqueue replace when imported) and SIGTERM raises
-    :class:`~roidask.exceptions.Terminated`: a command stops as one, however stopped."""
+    :class:`~roidask.exceptions.Terminated`: a command stops as one, however stopped,
+    even when the signal arrives while a weakref callback or a ``__del__`` runs."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = _stop_again
 
 
 def entry() -> None:

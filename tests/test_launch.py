@@ -161,6 +161,7 @@ def test_stopped_while_starting_is_one_line(monkeypatch, capsys, stop, status, h
             raise stop
 
     monkeypatch.setitem(sys.modules, "roidask.cli", Importing("roidask.cli"))
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # entry() replaces it
     monkeypatch.setattr(sys, "argv", ["roidask", "run", "bold.nii.gz"])
     with pytest.raises(SystemExit) as exit_info:
         _launch.entry()
@@ -256,3 +257,38 @@ def test_embedded_workers_keep_the_users_preloads(tmp_path):
         with get_client(processes=False, n_workers=1, threads_per_worker=1) as client:
             assert client.submit(sum, [1, 2]).result(timeout=10) == 3
     assert mark.read_text() == "ran"
+
+
+_STOPPED_IN_A_CALLBACK = """
+import os, signal, sys, time, weakref
+from roidask._launch import handle_stop_signals
+handle_stop_signals()
+class Thing:
+    pass
+def callback(ref):
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    for _ in range(100):  # the handler runs here, where Python drops its exception
+        pass
+thing = Thing()
+ref = weakref.ref(thing, callback)
+try:
+    del thing
+    time.sleep(30)
+except KeyboardInterrupt as exc:
+    print(type(exc).__name__)
+    sys.exit(3)
+print("went on to the end")
+"""
+
+
+@pytest.mark.parametrize(("signum", "raised"), [("SIGTERM", "Terminated"),
+                                                 ("SIGINT", "KeyboardInterrupt")])  # fmt: skip
+def test_a_stop_signalled_inside_a_weakref_callback_still_stops(signum, raised):
+    # Python prints "Exception ignored" and drops an exception raised in a weakref callback
+    # or a __del__: a SIGTERM arriving there let `roidask run` go on and exit 0
+    done = subprocess.run(
+        [sys.executable, "-c", _STOPPED_IN_A_CALLBACK, signum],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (3, raised), done
+    assert "Exception ignored" not in done.stderr, done.stderr
