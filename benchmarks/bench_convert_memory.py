@@ -11,6 +11,7 @@ target is a peak well under the raw size (< 400 MB).
 
 from __future__ import annotations
 
+import argparse
 import resource
 import shutil
 import subprocess
@@ -23,6 +24,10 @@ DATA = HERE / "data"
 
 
 def main() -> int:
+    argparse.ArgumentParser(
+        description="Peak memory of `roidask convert` on a seed-sized run (40x64x64x1452 "
+        "int16), generated into benchmarks/data/ on first use."
+    ).parse_args()
     sys.path.insert(0, str(HERE))
     from bench_pipeline import subject
 

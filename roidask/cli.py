@@ -417,12 +417,13 @@ def _root_attrs(store) -> dict:
 
 
 def _arrays_line(metadata: dict, dims: tuple[str, ...]) -> str:
-    """``name shape dtype`` of the arrays on ``dims`` in consolidated metadata."""
+    """``name shape dtype`` of the arrays on ``dims`` in consolidated metadata, or on
+    ``("fold", *dims)`` (a ``--roi-definition`` with folds: ``fold`` first in the shape)."""
     found = [
         f"{name} {'x'.join(map(str, meta['shape']))} {meta['data_type']}"
         for name, meta in sorted(metadata.items())
         if meta.get("node_type") == "array"
-        and tuple(meta.get("dimension_names") or ()) == dims
+        and tuple(meta.get("dimension_names") or ()) in (dims, ("fold", *dims))
         and "/" not in name
     ]
     return ", ".join(found) or "none"

@@ -319,6 +319,11 @@ def test_run_cli_writes_the_folds(haxby, tmp_path, capsys):
         )
         assert (out / "figures" / f"boxplots_fold-{k}.png").is_file()
     assert not (out / "atlas.nii.gz").exists()
+    # `info` lists the per-fold maps and signals (fold first in their shapes)
+    assert main(["info", str(out / "results.zarr")]) == 0
+    info = capsys.readouterr().out
+    assert "fold_logp 2x40x20x1 float32" in info and "atlas 2x40x20x1 int32" in info
+    assert f"signals: signals 2x{max(result.fold_n_rois())}x1452 float64" in info
     rois = pd.read_csv(out / "rois.tsv", sep="\t")
     assert list(rois.columns[:2]) == ["fold", "label"] and len(rois) == result.n_rois
     signals = pd.read_csv(out / "signals.tsv", sep="\t")

@@ -553,7 +553,7 @@ def permuted_ttest_1samp(
     The p-values do not depend on the scheduler, the number of workers or
     ``chunk_perm``; neither do the bits of ``h0_*`` when computed with
     :func:`roidask.pipeline.compute` (one BLAS thread, see
-    :mod:`roidask.ops._blas`). TFCE is not implemented.
+    :mod:`roidask._blas`). TFCE is not implemented.
     """
     n_perm = check_int(n_perm, "n_perm", minimum=1)
     two_sided = check_bool(two_sided, "two_sided")

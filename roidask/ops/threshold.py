@@ -8,7 +8,7 @@ is computed, since checking voxel values means reading them). Use
 into a mask.
 
 Images combined by the mask algebra must share one voxel grid (shape and
-affine, within :data:`roidask.io.image.AFFINE_ATOL_MM`); otherwise a
+affine, within :data:`roidask.io.grid.AFFINE_ATOL_MM`); otherwise a
 :class:`~roidask.exceptions.GridMismatchError` names both grids. Resampling is
 never silent: pass ``resample="nearest"`` to resample the other masks onto the
 first one's grid (nearest neighbour, :func:`scipy.ndimage.affine_transform`
