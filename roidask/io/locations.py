@@ -1118,12 +1118,30 @@ class RangeFile(io.RawIOBase):
         return len(data)
 
 
+#: The first ranged GET of :func:`read_prefix` on a gzipped object (each next one 4x more).
+_PREFIX_RANGE_BYTES = 64 * 2**10
+
+
 def read_prefix(location: S3Path, n: int, *, gzip: bool) -> bytes:
-    """The first ``n`` bytes of an object's (decompressed) content, fewer if shorter."""
+    """The first ``n`` bytes of an object's (decompressed) content, fewer if shorter.
+
+    Read with ranged GETs, from 64 KiB up, growing 4x until ``n`` bytes are decoded: an
+    open-ended GET closed after a header's few hundred bytes would still have brought
+    megabytes of a large ``.nii.gz`` over the network.
+    """
     if not gzip:
         return location.read_range(0, n)
-    with ObjectStream(location, gzip=True, piece_bytes=64 * 2**10) as stream:
-        return bytes(stream.read(n))
+    inflate = isal_zlib.decompressobj(wbits=31)
+    out = bytearray()
+    start, length = 0, _PREFIX_RANGE_BYTES
+    while len(out) < n and not inflate.eof:
+        data = location.read_range(start, length)
+        if not data:
+            break
+        start += len(data)
+        length = min(4 * length, 64 * 2**20)
+        out += inflate.decompress(data, n - len(out))
+    return bytes(out)
 
 
 # -- zarr ------------------------------------------------------------------------------------

@@ -149,6 +149,25 @@ def test_nifti_from_s3_reads_like_the_local_file(s3_bucket, tmp_path, haxby, mon
     close_handles()
 
 
+def test_a_nifti_header_in_s3_is_read_with_small_ranged_gets(s3_bucket, tmp_path, monkeypatch):
+    # an open-ended GET dropped after the header still brought megabytes of the object
+    noise = np.random.default_rng(0).integers(-2000, 2000, (16, 16, 16, 300), dtype=np.int16)
+    path = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(noise, np.eye(4)), path)
+    assert path.stat().st_size > 2 * 2**20  # noise: hardly compressed
+    url = put(f"{s3_bucket}/bold.nii.gz", path.read_bytes())
+    got: list[int] = []
+    real_range = S3Path.read_range
+    monkeypatch.setattr(S3Path, "stream", lambda *a, **k: pytest.fail("open-ended GET"))
+    monkeypatch.setattr(S3Path, "read_range", lambda self, start, length: (
+        got.append(length) or real_range(self, start, length)))  # fmt: skip
+    close_handles()
+    source = NiftiSource.open(url)
+    assert source.shape == (16, 16, 16, 300)
+    assert 0 < sum(got) <= 4 * 64 * 2**10, got
+    close_handles()
+
+
 def test_nifti_in_s3_checked_before_any_voxel_is_read(s3_bucket, tmp_path):
     path = write_bold(tmp_path / "run.nii.gz", 20)
     whole = path.read_bytes()
