@@ -701,6 +701,11 @@ def get_client(
     client = _connect(address, security=security, timeout=float(timeout))
     logger, noise = logging.getLogger("distributed.client"), _ReconnectFailed()
     logger.addFilter(noise)  # a connection lost is an error of its own (below)
+    # distributed's INFO lines (a send on the lost connection logs "Batched Comm Closed"
+    # with its traceback) off, as the embedded cluster has them (silence_logs)
+    chatty = logging.getLogger("distributed")
+    level = chatty.level
+    chatty.setLevel(max(level, logging.WARNING))
     try:
         yield client
     except Exception as exc:
@@ -714,6 +719,7 @@ def get_client(
             _close(client)
         finally:
             logger.removeFilter(noise)
+            chatty.setLevel(level)
 
 
 def connection_lost(client: Client, exc: BaseException | None = None) -> bool:

@@ -297,7 +297,7 @@ def test_unreachable_scheduler_fails_fast_naming_address():
     assert isinstance(info.value, RoidaskError)  # the CLI prints it as one line
 
 
-@pytest.mark.parametrize("when", ["computing", "after the client gave up"])
+@pytest.mark.parametrize("when", ["computing", "sending", "after the client gave up"])
 def test_a_lost_scheduler_is_one_cluster_error(tmp_path, capfd, when):
     """The scheduler killed under a client: the work fails with one ClusterError naming
     the address, not the FutureCancelledError of whatever was computing, and nothing of
@@ -310,7 +310,11 @@ def test_a_lost_scheduler_is_one_cluster_error(tmp_path, capfd, when):
                 wait_for_worker(client, procs, tmp_path)
                 future = client.submit(time.sleep, 30, pure=False)
                 kill_group(procs[0])  # the scheduler
-                if when != "computing":
+                if when == "sending":  # as a batch's driver does: "Batched Comm Closed"
+                    for i in range(200):
+                        future = client.submit(pow, 2, i, pure=False)
+                    time.sleep(0.5)
+                elif when != "computing":
                     deadline = time.monotonic() + 20
                     while client.status != "closed" and time.monotonic() < deadline:
                         time.sleep(0.05)
