@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -309,12 +310,13 @@ def test_a_lost_scheduler_is_one_cluster_error(tmp_path, capfd, when):
             with get_client(address, timeout=2) as client:
                 wait_for_worker(client, procs, tmp_path)
                 future = client.submit(time.sleep, 30, pure=False)
-                kill_group(procs[0])  # the scheduler
                 if when == "sending":  # as a batch's driver does: "Batched Comm Closed"
+                    os.kill(procs[0].pid, signal.SIGKILL)  # sent to, before it is seen gone
                     for i in range(200):
                         future = client.submit(pow, 2, i, pure=False)
                     time.sleep(0.5)
-                elif when != "computing":
+                kill_group(procs[0])  # the scheduler
+                if when == "after the client gave up":
                     deadline = time.monotonic() + 20
                     while client.status != "closed" and time.monotonic() < deadline:
                         time.sleep(0.05)
