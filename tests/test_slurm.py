@@ -175,9 +175,11 @@ def test_jobqueue_batch_on_slurm_survives_a_cancelled_worker_job(slurm, subjects
             # SLURM ends the job; the scheduler loses its worker; the batch goes on
             wait_until(lambda: job_of[victim] not in squeue(name), timeout=60,
                        what="the cancelled job to end")  # fmt: skip
-            wait_until(lambda: victim not in client.scheduler_info()["workers"], timeout=30,
-                       what="the scheduler to lose the worker", proc=batch, log=log)  # fmt: skip
-            assert batch.poll() is None, "the batch ended before its worker was lost"
+            # (the other worker may finish the last subjects meanwhile: then the batch,
+            # and its scheduler, end first; the outputs below show what it did)
+            wait_until(lambda: batch.poll() is not None
+                       or victim not in client.scheduler_info()["workers"], timeout=30,
+                       what="the scheduler to lose the worker")  # fmt: skip
         rc = batch.wait(timeout=180)
     finally:
         kill_group(batch)
