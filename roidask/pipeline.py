@@ -81,7 +81,7 @@ from roidask.ops.morph import binary_dilation
 from roidask.ops.rois import keep_largest, remove_small, roi_table
 from roidask.ops.smooth import smooth_img
 from roidask.ops.stats import clip_logp
-from roidask.ops.threshold import mask_and, threshold_img
+from roidask.ops.threshold import check_binary, mask_and, threshold_img
 
 __all__ = [
     "RESULTS_ATTR",
@@ -634,23 +634,7 @@ def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
         (data,) = dask.compute(data, scheduler=_here_unless_persisted(data))
     values = np.asarray(data)
     label = image_label(mask, param)
-    if values.dtype != np.bool_:
-        if values.dtype.kind not in "iuf":
-            raise InvalidParameterError(
-                f"{label}: expected a binary mask (0/1 values), got data of type {values.dtype}",
-                param=param,
-            )
-        good = (values == 0) | (values == 1)
-        if not good.all():
-            bad = np.unique(values[~good])
-            shown = ", ".join(f"{v:g}" for v in bad[:8].tolist())
-            raise InvalidParameterError(
-                f"{label}: expected a binary mask (every voxel 0 or 1), found the value(s) "
-                f"{shown}{' ...' if bad.size > 8 else ''}; binarize it first "
-                "(roidask.ops.binarize_img: nonzero = inside)",
-                param=param,
-            )
-    inside = values != 0
+    inside = check_binary(values, param=param, label=label)
     if not inside.any():
         raise InvalidParameterError(
             f"{label}: mask is empty (every voxel is 0); expected at least one voxel inside",

@@ -719,7 +719,7 @@ def _bad(tmp_path, data, case):
         else:
             want = (
                 "expected a binary mask (every voxel 0 or 1), found the value(s) 2; binarize "
-                "it first (roidask.ops.binarize_img: nonzero = inside)"
+                "it first (roidask.ops.binarize_img: nonzero = inside, or threshold_img)"
             )
         return run(mask=path), f"--mask {path}: {want}"
     if case == "batch-invalid-subjects":  # contents, found before a cluster starts
@@ -733,7 +733,7 @@ def _bad(tmp_path, data, case):
         return ["batch", manifest, "--out", out], (
             f"manifest: subject '02': mask {two}: expected a binary mask (every voxel 0 or "
             "1), found the value(s) 2; binarize it first (roidask.ops.binarize_img: nonzero = "
-            "inside) (1 other subject(s) have invalid inputs too: '03')"
+            "inside, or threshold_img) (1 other subject(s) have invalid inputs too: '03')"
         )
     if case == "batch-unknown-contrast":  # an analysis flag of a subject's error: the flag
         argv = batch_args(data, out, "--contrast", "face", "dog")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from roidask.exceptions import GridMismatchError, ImageTypeError
+from roidask.exceptions import CorruptFileError, GridMismatchError, ImageTypeError
 
 __all__ = [
     "AFFINE_ATOL_MM",
@@ -22,6 +22,7 @@ __all__ = [
     "SPATIAL_DIMS",
     "affine_of",
     "box_affine",
+    "check_affine",
     "check_same_grid",
     "grid_attrs",
     "same_grid",
@@ -43,6 +44,31 @@ GRID_KEYS = ("affine", "voxel_size_mm", "xyz_units", "nifti_header")
 def voxel_size_mm(affine) -> np.ndarray:
     """Voxel size along each array axis (mm): the column norms of ``affine[:3, :3]``."""
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+
+
+def check_affine(affine, *, param: str, source: object) -> None:
+    """Refuse an affine that is not a voxel-to-mm transform (before any voxel is read).
+
+    Raises
+    ------
+    CorruptFileError
+        ``affine`` (of ``source``, given as ``param``) holds a NaN or an infinity, or its
+        axes are not three independent directions: a voxel size of 0 (a zero column of
+        the sform), or axes in one plane. Smoothing and dilation in mm need each.
+    """
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    if not np.all(np.isfinite(np.asarray(affine, dtype=np.float64))):
+        problem = "holds NaN or infinite values"
+    elif voxel_volume_mm3(affine) == 0.0 or np.linalg.matrix_rank(matrix) < 3:
+        sizes = ", ".join(f"{v:g}" for v in voxel_size_mm(affine))
+        problem = f"is singular (voxel sizes {sizes} mm)"
+    else:
+        return
+    raise CorruptFileError(
+        f"{param} {source}: its affine (sform/qform) {problem}; expected a voxel-to-mm "
+        "transform with three non-zero, independent axes (fix the header's sform/qform)",
+        param=param,
+    )
 
 
 def voxel_volume_mm3(affine) -> float:

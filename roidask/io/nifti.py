@@ -43,7 +43,7 @@ from roidask.exceptions import (
     OutputError,
     OutputExistsError,
 )
-from roidask.io.grid import voxel_size_mm
+from roidask.io.grid import check_affine, voxel_size_mm
 from roidask.io.locations import (
     ObjectStream,
     PathOrURL,
@@ -466,6 +466,7 @@ class NiftiSource(VolumeProperties):
         proxy: Any = img.dataobj  # an ArrayProxy: the file's layout and scaling
         offset = int(proxy.offset)
         slope, inter = read_scaling(proxy.slope, proxy.inter)
+        check_affine(img.affine, param=param, source=path)
         source = cls(
             path=path,
             shape=shape,

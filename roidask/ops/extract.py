@@ -66,7 +66,7 @@ from roidask.io.image import stored_scaling
 from roidask.io.nifti import scale_stored
 from roidask.ops import moments as mom_ops
 from roidask.ops.clean import apply_cleaning, plan_cleaning
-from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_filter_matrix
+from roidask.ops.kernels import fwhm_to_sigma_voxels, gaussian_filter_matrix, gaussian_radius
 
 __all__ = ["LINEAR_STRATEGIES", "STRATEGIES", "extract_signals"]
 
@@ -253,7 +253,10 @@ def _smoothing_weights(index: np.ndarray, n_roi: int, sigma: np.ndarray):
     """Triplets (flat voxel, roi, weight) of ``S^T 1_roi`` for every ROI."""
     shape = index.shape
     ops = [
-        gaussian_filter_matrix(n, s) if s > 0 else None for n, s in zip(shape, sigma, strict=True)
+        # radius 0: the identity, as smooth_img (scipy divides by zero when sigma**2
+        # underflows)
+        gaussian_filter_matrix(n, s) if gaussian_radius(s) > 0 else None
+        for n, s in zip(shape, sigma, strict=True)
     ]
     boxes = ndimage.find_objects(index + 1, max_label=n_roi)
     flats, rois, weights = [], [], []
@@ -624,7 +627,7 @@ def extract_signals(
     values_dtype = bold.dtype if scaling is None else scaling[2]
     chunks3 = arr.chunks[:3]
     kind = _KIND[strategy]
-    smooth = bool(np.any(sigma > 0))
+    smooth = any(gaussian_radius(s) > 0 for s in sigma)
     token = tokenize(arr.name, rois.index, strategy, sigma.tolist())
     if smooth:
         plans = _weight_plans(rois.index, n_roi, sigma, chunks3)

@@ -53,17 +53,46 @@ _SHOWN_VALUES = 8
 
 
 # -- masks ---------------------------------------------------------------------------------
-def _check_binary_block(block: np.ndarray, *, param: str, block_info=None) -> np.ndarray:
-    good = (block == 0) | (block == 1)
+def check_mask_dtype(dtype: np.dtype, *, param: str, label: str | None = None) -> None:
+    """Refuse a mask whose voxels are neither booleans nor real numbers (before reading)."""
+    if dtype != np.bool_ and np.dtype(dtype).kind not in "iuf":
+        raise InvalidParameterError(
+            f"{label or param}: expected a binary mask (bool or numbers 0/1), got data of "
+            f"type {dtype}",
+            param=param,
+        )
+
+
+def check_binary(
+    values: np.ndarray, *, param: str, label: str | None = None, block_info=None
+) -> np.ndarray:
+    """``values`` (numbers) as booleans, or the error naming the values that are not 0 or 1.
+
+    The one check of a mask's values: :func:`as_mask` (lazily, block by block) and the
+    pipeline's masks (read at once). Values are shown as their type holds them
+    (``1.0000001`` of float32, not ``1``).
+
+    Raises
+    ------
+    InvalidParameterError
+        A value other than 0 and 1 (``label``, default ``param``, names the image).
+    """
+    check_mask_dtype(values.dtype, param=param, label=label)
+    if values.dtype == np.bool_:
+        return values
+    good = (values == 0) | (values == 1)
     if good.all():
-        return block.astype(bool)
-    bad = np.unique(block[~good])
-    shown = ", ".join(repr(v) for v in bad[:_SHOWN_VALUES].tolist())
+        return values.astype(bool)
+    bad = np.unique(values[~good])
+    if bad.dtype.kind == "f":
+        parts = [np.format_float_positional(v, trim="-") for v in bad[:_SHOWN_VALUES]]
+    else:
+        parts = [str(v) for v in bad[:_SHOWN_VALUES].tolist()]
     more = f" and {bad.size - _SHOWN_VALUES} more" if bad.size > _SHOWN_VALUES else ""
     raise InvalidParameterError(
-        f"{param}: expected a binary mask (every voxel 0 or 1), found the value(s) {shown}"
-        f"{more}{chunk_location(block_info)}; make a mask with roidask.ops.threshold.binarize_img "
-        "(nonzero = inside) or threshold_img",
+        f"{label or param}: expected a binary mask (every voxel 0 or 1), found the value(s) "
+        f"{', '.join(parts)}{more}{chunk_location(block_info)}; binarize it first "
+        "(roidask.ops.binarize_img: nonzero = inside, or threshold_img)",
         param=param,
     )
 
@@ -92,15 +121,11 @@ def as_mask(img: ImageLike, *, param: str = "mask_img") -> xr.DataArray:
         than 0 and 1 are found (when computed; the message lists them).
     """
     img = as_image(img, ndim=3, param=param)
+    check_mask_dtype(img.dtype, param=param)
     if img.dtype == np.bool_:
         return img
-    if img.dtype.kind not in "iuf":
-        raise InvalidParameterError(
-            f"{param}: expected a binary mask (bool or numbers 0/1), got data of type {img.dtype}",
-            param=param,
-        )
     data = img.data.map_blocks(
-        partial(_check_binary_block, param=param),
+        partial(check_binary, param=param),
         dtype=bool,
         meta=np.empty((0, 0, 0), dtype=bool),
     )

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers.files import write_bold
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -375,3 +377,28 @@ def test_open_reads_no_further_than_the_header_without_extensions(tmp_path, data
     src = NiftiSource.open(path)
     assert src.offset == 8 * 2**20 and max(reads) <= 352
     np.testing.assert_array_equal(src.read(0, SHAPE[3]), data)
+
+
+@pytest.mark.parametrize(
+    ("rows", "match"),
+    [([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 0, 0]], r"is singular \(voxel sizes 2, 2, 0 mm\)"),
+     ([[2, 0, 2, 0], [0, 2, 0, 0], [2, 0, 2, 0]],  # the x and z axes are one direction
+      r"is singular \(voxel sizes 2\.82843, 2, 2\.82843 mm\)"),
+     ([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, np.nan, 0]], "holds NaN or infinite values")],
+)  # fmt: skip
+def test_an_affine_that_is_not_a_voxel_transform_is_refused_before_reading(tmp_path, rows, match):
+    # smoothing and dilation in mm divide by the voxel sizes: a zero column of the sform
+    # gave a 38-line traceback after the pass
+    path = write_bold(tmp_path / "bold.nii.gz", 6, shape=(4, 4, 3))
+    img = nib.load(path)
+    header = img.header.copy()
+    header.set_sform(np.diag([2.0, 2.0, 2.0, 1.0]), code=2)
+    for axis, row in zip("xyz", rows, strict=True):
+        header[f"srow_{axis}"] = row
+    header.set_qform(None, code=0)
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), None, header), path)
+    where = re.escape(str(path))
+    with pytest.raises(
+        CorruptFileError, match=rf"^bold {where}: its affine \(sform/qform\) {match}"
+    ):
+        NiftiSource.open(path, param="bold")

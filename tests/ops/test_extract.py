@@ -353,3 +353,12 @@ def test_stored_integers_are_scaled_as_gathered(tmp_path, rng, strategy):
         got = extract_signals(raw, labels, strategy=strategy, **kwargs)
         assert got.dtype == want.dtype == np.float64
         np.testing.assert_array_equal(got.values, want.values)
+
+
+def test_a_fwhm_whose_kernel_has_radius_0_is_no_smoothing(haxby_bold, seed_rois):
+    # as smooth_img: one weight, the identity (scipy divides by zero building the kernel
+    # once sigma**2 underflows: a ZeroDivisionError after the whole data pass)
+    expected = extract_signals(haxby_bold, seed_rois).values
+    for fwhm in (1e-300, 0.1):
+        got = extract_signals(haxby_bold, seed_rois, fwhm=fwhm).values
+        np.testing.assert_array_equal(got, expected)
