@@ -50,6 +50,7 @@ __all__ = [
     "OutputFolder",
     "atomic_file",
     "check_destination",
+    "check_not_held",
     "check_not_input",
     "check_parent",
     "clean_stale",
@@ -260,6 +261,39 @@ class FolderLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+def check_not_held(out: str | os.PathLike, *, param: str) -> None:
+    """Refuse to write ``out`` inside a folder another roidask command holds
+    (:class:`FolderLock`: a batch's folder or a group level's while they run), which
+    would replace what it publishes there (``run --out BATCH/sub-01``).
+
+    A probe, not a lock: a shared ``flock`` taken and released at once (it fails only
+    while an exclusive one is held). Never for the processes that command starts.
+
+    Raises
+    ------
+    OutputError
+        The folder holding ``out`` is locked by another process.
+    """
+    parent = Path(os.path.abspath(out)).parent
+    try:
+        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # no such folder: the output's own checks say so
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputError(
+            f"{param} {out}: inside {parent}, which another roidask command is writing (a "
+            "batch or a group level still running); wait for it to end, or choose another "
+            "folder",
+            param=param,
+        ) from None
+    except OSError:
+        pass  # no folder locks on this file system (FolderLock warns where it matters)
+    finally:
+        os.close(fd)  # releases the probe
 
 
 # -- ownership -------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from roidask import __version__
-from roidask._atomic import check_not_input, check_parent, clean_stale
+from roidask._atomic import check_not_held, check_not_input, check_parent, clean_stale
 from roidask._malloc import limit_malloc_arenas
 from roidask._progress import plural
 from roidask._validate import only_applies
@@ -801,8 +801,15 @@ def _run_executor(args):
     return _threads(args.threads_per_worker or os.cpu_count() or 1)
 
 
+def _held_elsewhere(out, *, param: str = "out") -> None:
+    """Refuse a local ``out`` inside a folder a running batch or group level holds."""
+    if isinstance(out, Path):
+        check_not_held(out, param=param)
+
+
 def _cmd_run(args) -> int:
     start = time.perf_counter()
+    _held_elsewhere(args.out)
     params = pipeline_params(args)
     if args.scheduler is not None:  # everything checked before a cluster starts
         check_run(
@@ -1253,6 +1260,7 @@ def _add_export(sub) -> None:
 
 def _cmd_export(args) -> int:
     check_not_input(args.out, [args.map], param="out")  # nor inside it (a store)
+    _held_elsewhere(args.out)
     image = open_map(args.map, variable=args.variable, group=args.node)
     out = to_nifti(image, args.out, overwrite=args.overwrite, mark=EXPORT_MARK)
     print(f"wrote {out} ({'x'.join(map(str, image.shape))} {image.dtype})")

@@ -1310,3 +1310,28 @@ def test_batch_folder_refusals_come_before_inputs_are_read(haxby, tmp_path, caps
         "damaged-study": "it is a damaged roidask study store: remove",
     }[case]
     assert rc == 2 and want in one_error(err) and called == []
+
+
+@pytest.mark.parametrize("command", ["run", "export"])
+def test_an_output_inside_a_folder_a_batch_is_writing_is_refused(haxby_outputs, haxby, tmp_path,
+                                                                 capsys, command):  # fmt: skip
+    # `run --out BATCH/sub-01` while the batch runs replaced what the batch publishes there
+    from helpers.files import locked_by_another_process
+
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    target = batch / ("sub-01" if command == "run" else "logp.nii.gz")
+    if command == "run":
+        argv = ["run", haxby.bold, "--labels", haxby.labels, "--mask", haxby.mask,
+                "--out", target, "--quiet", "--no-plots"]  # fmt: skip
+    else:
+        argv = ["export", haxby_outputs / "results.zarr", "--variable", "logp", "--out", target]
+    with locked_by_another_process(batch):
+        rc, _, err = cli(capsys, *argv)
+    assert rc == 2 and one_error(err) == (
+        f"--out {target}: inside {batch}, which another roidask command is writing (a batch "
+        "or a group level still running); wait for it to end, or choose another folder"
+    )
+    assert list(batch.iterdir()) == []
+    rc, _, err = cli(capsys, *argv)  # once the batch has ended
+    assert rc == 0, err
