@@ -30,11 +30,13 @@ __all__ = [
     "BIDS_LABEL_RE",
     "NO_CONDITION",
     "SUBJECT_NAME_RE",
+    "TTESTS",
     "check_bids_label",
     "check_bool",
     "check_choice",
     "check_condition_name",
     "check_conditions",
+    "check_contrast",
     "check_fwhm",
     "check_input_file",
     "check_int",
@@ -43,7 +45,9 @@ __all__ = [
     "check_real",
     "check_subject_name",
     "check_triplet",
+    "check_ttest_counts",
     "only_applies",
+    "ttest_defined",
     "volume_conditions",
 ]
 
@@ -281,7 +285,8 @@ def check_conditions(
     param : str
         Parameter name for messages (``"contrast"``, ``"conditions"``).
     min_count : int
-        Volumes each condition needs (2 for a t-test).
+        Volumes each condition needs (2 for a one-sample t-test; the two-sample
+        tests' rule is :func:`check_contrast`'s).
     exact : int, optional
         Number of names required (2 for a contrast).
 
@@ -344,6 +349,105 @@ def check_conditions(
     index = np.flatnonzero(np.isin(labels, names))
     lookup = {c: k for k, c in enumerate(names)}
     codes = np.asarray([lookup[c] for c in labels[index]], dtype=np.int64)
+    return names, index, codes
+
+
+# -- two-sample t-tests: the volumes each needs ------------------------------------------------
+#: The two-sample t-tests (``test`` of the pipeline; ``equal_var=True`` is Student's).
+TTESTS = ("student", "welch")
+
+#: What each test needs, in words (the rule of :func:`ttest_defined`).
+_TTEST_NEEDS = {
+    "student": ("Student's t-test", "at least 1 volume of each condition and 3 in all"),
+    "welch": ("Welch's t-test", "at least 2 volumes of each condition"),
+}
+
+
+def ttest_defined(counts: Iterable[int], test: str) -> bool:
+    """Whether the two-sample t-test ``test`` is defined with ``counts = (n1, n2)`` volumes.
+
+    As :func:`scipy.stats.ttest_ind`: Student's test (``"student"``) pools the
+    variance of both conditions (``df = n1 + n2 - 2``), so a condition of a single
+    volume (its mean; no deviation) is enough with 3 volumes in all; Welch's
+    (``"welch"``) estimates each condition's variance (``n - 1`` divides), so it
+    needs 2 volumes of each (scipy gives NaN with fewer).
+    """
+    n1, n2 = (int(n) for n in counts)
+    if test == "student":
+        return min(n1, n2) >= 1 and n1 + n2 >= 3
+    return min(n1, n2) >= 2
+
+
+def _test_setting(test: str, test_param: str) -> str:
+    if test_param == "equal_var":
+        return f"equal_var={test == 'student'}"
+    return f"{test_param}={test!r}"
+
+
+def check_ttest_counts(
+    counts: dict[str, int],
+    test: str,
+    *,
+    param: str,
+    test_param: str = "test",
+    holder: str = "the data hold",
+) -> None:
+    """Refuse volume counts with which the two-sample t-test ``test`` is not defined.
+
+    Parameters
+    ----------
+    counts : dict of str to int
+        The volumes of each of the two conditions.
+    test : {"student", "welch"}
+        The test (:func:`ttest_defined`).
+    param : str
+        Parameter named by the message (``"contrast"``, ``"roi_definition"``).
+    test_param : str
+        The parameter choosing the test: ``"test"`` (``test='welch'``) or
+        ``"equal_var"`` (``equal_var=False``).
+    holder : str
+        What holds the volumes, in the message (``"the data hold"``).
+
+    Raises
+    ------
+    ConditionError
+        Naming ``param``, the test, the counts found and what each test needs.
+    """
+    if ttest_defined(counts.values(), test):
+        return
+    (c1, n1), (c2, n2) = counts.items()
+    found = f"{n1} volume{'' if n1 == 1 else 's'} of {c1!r} and {n2} of {c2!r}"
+    other = TTESTS[1 - TTESTS.index(test)]
+    (name, needs), (other_name, other_needs) = _TTEST_NEEDS[test], _TTEST_NEEDS[other]
+    raise ConditionError(
+        f"{param}: {holder} {found}; {name} ({_test_setting(test, test_param)}) needs "
+        f"{needs} ({other_name}, {_test_setting(other, test_param)}: {other_needs})",
+        param=param,
+    )
+
+
+def check_contrast(
+    contrast: Sequence[str] | Any,
+    labels: np.ndarray,
+    *,
+    test: str,
+    param: str = "contrast",
+    test_param: str = "test",
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Validate the two conditions of a two-sample t-test (``test``) against ``labels``.
+
+    :func:`check_conditions` with two names, then :func:`check_ttest_counts`.
+
+    Returns
+    -------
+    names, index, codes
+        As :func:`check_conditions`.
+    """
+    names, index, codes = check_conditions(contrast, labels, param=param, exact=2)
+    counts = np.bincount(codes, minlength=2)
+    check_ttest_counts(
+        dict(zip(names, counts.tolist(), strict=True)), test, param=param, test_param=test_param
+    )
     return names, index, codes
 
 

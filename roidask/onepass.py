@@ -582,14 +582,16 @@ def contrast_pass(
     Raises
     ------
     ConditionError
-        A contrast condition is missing or has fewer than 2 volumes.
+        A contrast condition is missing. The volumes a t-test needs are not
+        checked here (the moments of a single volume are its values, with
+        ``m2 = 0``): see :func:`roidask._validate.check_contrast`.
     InvalidParameterError
         Bad ``contrast`` or ``fwhm``.
     """
     bold = as_image(img, ndim=4, param="img", stored=True)  # scaled in the tasks
-    _, index, group = check_conditions(
-        contrast, volume_conditions(bold), param="contrast", min_count=2, exact=2
-    )
+    # moments of any number of volumes: the t-test's rule is its caller's (check_contrast)
+    labels = volume_conditions(bold)
+    _, index, group = check_conditions(contrast, labels, param="contrast", exact=2)
     codes = np.full(bold.sizes["time"], -1, dtype=np.int64)
     codes[index] = group
     owners = _check_groups(groups, bold.sizes["time"])

@@ -47,16 +47,18 @@ from roidask import __version__ as roidask_version
 from roidask._blas import one_blas_thread
 from roidask._progress import dask_progress
 from roidask._validate import (
+    TTESTS,
     check_choice,
-    check_conditions,
+    check_contrast,
     check_int,
     check_optional_int,
     check_real,
+    check_ttest_counts,
+    ttest_defined,
     volume_conditions,
 )
 from roidask.cluster import active_client
 from roidask.exceptions import (
-    ConditionError,
     EmptyMaskWarning,
     GridMismatchError,
     InvalidParameterError,
@@ -105,7 +107,7 @@ __all__ = [
 #: to; larger values would only overflow the ROI box's size.
 MAX_DILATION = 10_000
 #: Two-sample tests of :class:`PipelineParams` (``test``).
-TESTS = ("student", "welch")
+TESTS = TTESTS
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,8 @@ class PipelineResult:
             conditions = np.asarray(signals["condition"].values).astype(str)
             values = np.asarray(signals.transpose("roi", "time").values, dtype=np.float64)
             na, nb = np.count_nonzero(conditions == first), np.count_nonzero(conditions == second)
-            if min(na, nb) < 2:  # no t-test (a held-out run without both conditions)
+            # no t-test with too few volumes (e.g. a held-out run without both conditions)
+            if not ttest_defined((na, nb), self.params.test):
                 effect = t = np.full(values.shape[0], np.nan)
             else:
                 a = mom_ops.moments_of(values[:, conditions == first])
@@ -658,7 +661,9 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
     GridMismatchError
         The mask is not on the BOLD grid.
     ConditionError
-        A contrast condition is missing or has fewer than 2 volumes.
+        A contrast condition is missing, or ``params.test`` is not defined with its
+        volumes (Student's needs at least 1 of each condition and 3 in all, Welch's
+        at least 2 of each).
     InvalidParameterError
         The mask is not binary, or empty.
     """
@@ -667,9 +672,7 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
     except GridMismatchError as exc:  # named by the mask, as the file (or flag) to change
         label = image_label(mask, "mask_img")
         raise GridMismatchError(f"{label}: {exc}", param="mask_img") from None
-    check_conditions(
-        params.contrast, volume_conditions(bold), param="contrast", min_count=2, exact=2
-    )
+    check_contrast(params.contrast, volume_conditions(bold), test=params.test)
     roi_folds(bold, params)
     return mask_values(mask)
 
@@ -685,7 +688,8 @@ def roi_folds(bold: xr.DataArray, params: PipelineParams) -> FoldPlan:
     InvalidParameterError
         An independent definition with fewer than 2 runs.
     ConditionError
-        A fold's ROI-defining runs hold fewer than 2 volumes of a contrast condition.
+        A fold's ROI-defining runs hold too few volumes of the contrast conditions for
+        ``params.test`` (:func:`roidask._validate.ttest_defined`).
     """
     runs = bold["run"].values if "run" in bold.coords else np.zeros(bold.sizes["time"])
     plan = fold_plan(runs, params.roi_definition)
@@ -694,16 +698,13 @@ def roi_folds(bold: xr.DataArray, params: PipelineParams) -> FoldPlan:
     conditions = volume_conditions(bold)
     for k, fold in enumerate(plan.folds):
         used = conditions[plan.roi_volumes(k)]
-        few = {c: int(np.count_nonzero(used == c)) for c in params.contrast}
-        few = {c: n for c, n in few.items() if n < 2}
-        if few:
-            detail = ", ".join(f"{n} volume(s) of {c!r}" for c, n in few.items())
-            raise ConditionError(
-                f"roi_definition: fold {k} of {params.roi_definition!r} defines its ROIs on "
-                f"runs {list(fold.roi_runs)}, which hold {detail}; its t-test needs at "
-                "least 2 of each contrast condition",
-                param="roi_definition",
-            )
+        check_ttest_counts(
+            {c: int(np.count_nonzero(used == c)) for c in params.contrast},
+            params.test,
+            param="roi_definition",
+            holder=f"fold {k} of {params.roi_definition!r} defines its ROIs on runs "
+            f"{list(fold.roi_runs)}, which hold",
+        )
     return plan
 
 

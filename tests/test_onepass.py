@@ -165,6 +165,35 @@ def test_moments_per_group_match_references_any_chunking(problem, n_groups, grou
         assert_moments_match(got.contrast[c].mean, got.contrast[c].m2, mean, m2, n, scale, dtype)
 
 
+@settings(max_examples=20)
+@given(problem=problems(), pick=st.integers(0, 2**16), n_groups=st.integers(1, 3))
+def test_a_condition_of_one_volume_any_chunking(problem, pick, n_groups):
+    """One face volume (Student's t-test is defined with it): its moments are its smoothed
+    values with m2 = 0 exactly, in the merged moments and in its moment group."""
+    data, affine = random_data(problem)
+    n_t = data.shape[3]
+    conditions = np.where(CONDITIONS[:n_t] == "face", "rest", CONDITIONS[:n_t])
+    faces = np.flatnonzero(CONDITIONS[:n_t] == "face")
+    one = int(faces[pick % faces.size])
+    conditions[one] = "face"
+    bold = make_bold(data, affine, problem["chunks"]).assign_coords(condition=("time", conditions))
+    groups = np.random.default_rng(pick).integers(0, n_groups, size=n_t)
+    got = contrast_pass(
+        bold, contrast=("face", "house"), fwhm=problem["fwhm"], groups=groups
+    ).compute()
+    dtype = smoothing_dtype(data.dtype)
+    references = reference_moments(data, affine, problem["fwhm"], conditions)
+    assert [m.count for m in got.contrast] == [1, int((conditions == "house").sum())]
+    for c, (mean, m2, n, scale) in enumerate(references):
+        assert_moments_match(got.contrast[c].mean, got.contrast[c].m2, mean, m2, n, scale, dtype)
+    face = got.contrast[0]
+    assert np.isfinite(face.mean).all() and (face.m2 == 0).all()
+    alone = got.groups[groups[one]][0]
+    assert alone.count == 1
+    np.testing.assert_array_equal(alone.mean, face.mean)
+    assert (alone.m2 == 0).all()
+
+
 def test_one_group_gives_the_bits_of_no_groups(haxby):
     bold = bold_from_nifti(haxby.bold, labels=haxby.labels, chunks="time=100")
     plain = contrast_pass(bold, contrast=("face", "house"), fwhm=6.0).compute()

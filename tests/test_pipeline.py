@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 from helpers.seed import seed_fold, seed_pipeline
+from scipy import stats
 
 from roidask.cli import main
 from roidask.exceptions import (
@@ -532,6 +533,112 @@ def test_labels_without_contrast_conditions(haxby, tmp_path):
         ]
     )
     assert rc == 2 and not out.exists()
+
+
+# -- a contrast condition of a single volume -----------------------------------------------
+def labels_with_faces(haxby, folder, keep) -> str:
+    """The Haxby slice's labels.txt with only the face volumes ``keep`` (their order among
+    the 108) left as face, the others relabelled ``other``."""
+    table = pd.read_csv(haxby.labels, sep=" ")
+    faces = np.flatnonzero(table["labels"].to_numpy() == "face")
+    table.loc[faces, "labels"] = "other"
+    table.loc[faces[list(keep)], "labels"] = "face"
+    path = folder / f"labels-{'-'.join(map(str, keep))}.txt"
+    table.to_csv(path, sep=" ", index=False)
+    return str(path)
+
+
+def assert_effects_are_scipys(result):
+    """roi_effects' t: scipy's Student t-test of the reported signals (face vs house)."""
+    effects = result.roi_effects()
+    assert len(effects) == sum(result.fold_n_rois()) if result.folds else result.n_rois
+    for k, rows in effects.groupby("fold"):
+        signals = result.fold_signals(k)
+        conditions = signals["condition"].values.astype(str)
+        values = signals.transpose("roi", "time").values.astype(np.float64)
+        face, house = values[:, conditions == "face"], values[:, conditions == "house"]
+        ref = stats.ttest_ind(face, house, axis=1)
+        assert np.isfinite(ref.statistic).all()
+        np.testing.assert_allclose(rows["t"].to_numpy(), ref.statistic, rtol=1e-9)
+
+
+def test_one_volume_of_a_condition_equals_nilearn_seed(haxby, tmp_path):
+    """One face volume vs the 108 house volumes: Student's t-test (the example's) pools the
+    variance of the house volumes (df = 107); the example runs and so does roidask, with
+    the same -log10 p, masks, atlas and signals (threshold 3: one volume's ROIs are weak)."""
+    labels = labels_with_faces(haxby, tmp_path, [60])
+    seed = seed_pipeline(
+        str(haxby.bold), labels, str(haxby.mask), threshold=3.0, stats_dtype=np.float64
+    )
+    assert seed["n_labels"] >= 2 and seed["signals"]["face"].shape[0] == 1
+    bold = bold_from_nifti(haxby.bold, labels=labels, chunks="x=13,y=7,time=97")
+    result = roi_pipeline(bold, mask_img=haxby.mask, params=PipelineParams(threshold=3.0))
+    assert_matches_seed(result, seed, seed)
+    assert_effects_are_scipys(result)
+
+
+def test_folds_with_one_volume_of_a_condition_equal_the_example(haxby, tmp_path):
+    """split-half with one face volume in an even run and one in an odd run: each fold's
+    ROIs come from a single face volume (Student's test), its signals hold the other."""
+    labels = labels_with_faces(haxby, tmp_path, [40, 100])  # runs 4 and 11
+    bold = bold_from_nifti(haxby.bold, labels=labels, chunks="x=13,time=100")
+    params = PipelineParams(roi_definition="split-half", threshold=3.0)
+    result = roi_pipeline(bold, mask_img=haxby.mask, params=params)
+    for k, fold in enumerate(result.folds):
+        runs = {"roi_runs": fold.roi_runs, "signal_runs": fold.signal_runs}
+        ref = seed_fold(haxby.bold, labels, haxby.mask, threshold=3.0, **runs)
+        maps = result.maps.isel(fold=k)
+        np.testing.assert_allclose(ref["logp"], maps["fold_logp"].values, rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(ref["atlas"], maps["atlas"].values)
+        assert ref["n_labels"] == result.fold_n_rois()[k] > 0
+        signals = result.fold_signals(k).values
+        np.testing.assert_allclose(ref["signals"], signals, rtol=1e-5, atol=1e-3)
+    assert_effects_are_scipys(result)
+
+
+def test_too_few_volumes_for_the_test_are_one_line(haxby, tmp_path, capsys):
+    """Welch's test needs 2 volumes of each condition, Student's 1 of each and 3 in all,
+    also in each fold's ROI-defining runs; refused before any output, naming the
+    parameter, the test, the counts and what each test needs."""
+    one = labels_with_faces(haxby, tmp_path, [60])
+    bold = bold_from_nifti(haxby.bold, labels=one)
+    welch = (
+        "Welch's t-test (test='welch') needs at least 2 volumes of each condition "
+        "(Student's t-test, test='student': at least 1 volume of each condition and 3 in all)"
+    )
+    student = (
+        "Student's t-test (test='student') needs at least 1 volume of each condition and 3 in "
+        "all (Welch's t-test, test='welch': at least 2 volumes of each condition)"
+    )
+    loro_fold_6 = (
+        "roi_definition: fold 6 of 'leave-one-run-out' defines its ROIs on runs [0, 1, 2, 3, "
+        "4, 5, 7, 8, 9, 10, 11], which hold 0 volumes of 'face' and 99 of 'house'"
+    )
+    cases = [
+        (
+            {"test": "welch"},
+            f"contrast: the data hold 1 volume of 'face' and 108 of 'house'; {welch}",
+        ),
+        ({"roi_definition": "leave-one-run-out"}, f"{loro_fold_6}; {student}"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ConditionError) as info:
+            roi_pipeline(bold, mask_img=haxby.mask, params=PipelineParams(**kwargs))
+        assert str(info.value) == message
+    two = labels_with_faces(haxby, tmp_path, [40, 100])
+    params = PipelineParams(test="welch", roi_definition="split-half")
+    with pytest.raises(ConditionError) as info:
+        roi_pipeline(bold_from_nifti(haxby.bold, labels=two), mask_img=haxby.mask, params=params)
+    assert str(info.value) == (
+        "roi_definition: fold 0 of 'split-half' defines its ROIs on runs [0, 2, 4, 6, 8, 10], "
+        f"which hold 1 volume of 'face' and 54 of 'house'; {welch}"
+    )
+    out = tmp_path / "out"
+    argv = ["run", str(haxby.bold), "--labels", one, "--mask", str(haxby.mask)]
+    assert main([*argv, "--out", str(out), "--test", "welch", "--quiet"]) == 2
+    assert not out.exists()
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"roidask: error: --{cases[0][1]}"
 
 
 def test_empty_roi_set_still_writes_outputs(haxby, tmp_path, capsys):

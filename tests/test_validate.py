@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 from helpers.privileges import unprivileged
+from scipy import stats
 
 from roidask._validate import (
     check_bool,
@@ -22,6 +24,7 @@ from roidask._validate import (
     check_real,
     check_subject_name,
     check_triplet,
+    ttest_defined,
 )
 from roidask.exceptions import (
     ConditionError,
@@ -192,6 +195,21 @@ def test_check_conditions():
     for empty in ([], (), np.array([], dtype=str)):
         with pytest.raises(InvalidParameterError, match=r"^conditions: expected at least one"):
             check_conditions(empty, labels, param="conditions")
+
+
+@pytest.mark.parametrize("test", ["student", "welch"])
+def test_ttest_defined_where_scipy_gives_a_t(test):
+    """The volumes each two-sample t-test needs: scipy's ttest_ind gives a finite t on
+    random data exactly where ttest_defined says (Student's: 1 of each and 3 in all;
+    Welch's: 2 of each), NaN elsewhere."""
+    rng = np.random.default_rng(0)
+    for n1 in range(4):
+        for n2 in range(4):
+            a, b = rng.normal(size=(5, n1)), rng.normal(size=(5, n2))
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore")
+                ref = stats.ttest_ind(a, b, axis=1, equal_var=test == "student")
+            assert ttest_defined((n1, n2), test) == np.isfinite(ref.statistic).all(), (n1, n2)
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from roidask._validate import (
     check_bool,
     check_condition_name,
     check_conditions,
+    check_contrast,
     check_int,
     check_real,
     volume_conditions,
@@ -60,12 +61,8 @@ _SPLIT_EVERY = 8
 _COUNT, _MEAN, _M2 = (mom_ops.FIELDS.index(f) for f in ("count", "mean", "m2"))
 
 
-def _check_conditions(
-    bold: xr.DataArray, conditions, *, param: str, min_count: int = 1, exact: int | None = None
-):
-    return check_conditions(
-        conditions, volume_conditions(bold), param=param, min_count=min_count, exact=exact
-    )
+def _check_conditions(bold: xr.DataArray, conditions, *, param: str, min_count: int = 1):
+    return check_conditions(conditions, volume_conditions(bold), param=param, min_count=min_count)
 
 
 # -- one-pass moments --------------------------------------------------------------------
@@ -385,13 +382,21 @@ def ttest_img(
     ImageDimensionError
         ``img`` is not 4D.
     ConditionError
-        A condition is unknown (the known ones are listed) or has < 2 volumes.
+        A condition is unknown (the known ones are listed), or the test is not
+        defined with its volumes: Student's needs at least 1 volume of each
+        condition and 3 in all (a single volume is its condition's mean, the
+        variance is pooled from the other), Welch's at least 2 of each.
     InvalidParameterError
         ``contrast`` is not two distinct names, or ``equal_var`` is not a bool.
     """
     bold = as_image(img, ndim=4, param="img")
     equal_var = check_bool(equal_var, "equal_var")
-    names, index, codes = _check_conditions(bold, contrast, param="contrast", min_count=2, exact=2)
+    names, index, codes = check_contrast(
+        contrast,
+        volume_conditions(bold),
+        test="student" if equal_var else "welch",
+        test_param="equal_var",
+    )
     na, nb = (int(n) for n in np.bincount(codes, minlength=2))
     return _test_dataset(
         bold,

@@ -354,6 +354,44 @@ def test_constant_voxels_like_scipy(case):
     assert_same(ours_f["p"], ref_f.pvalue)
 
 
+@st.composite
+def one_volume_data(draw):
+    """One volume of ``one``, 2 or more of ``many`` (some ``rest`` between), any chunking;
+    integer data with few levels gives constant voxels (t = ±inf or NaN, as scipy)."""
+    n_many, n_rest = draw(st.integers(2, 7)), draw(st.integers(0, 3))
+    labels = np.array(["one"] + ["many"] * n_many + ["rest"] * n_rest)
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    labels = labels[rng.permutation(labels.size)]
+    shape = (draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 2)))
+    if draw(st.booleans()):
+        data = (rng.integers(0, 2, size=(*shape, labels.size)) * 3).astype(np.int16)
+    else:
+        data = rng.normal(draw(st.floats(-1e3, 1e3)), draw(st.floats(0.1, 10)),
+                          (*shape, labels.size))  # fmt: skip
+    chunks = {
+        dim: draw(st.integers(1, n))
+        for dim, n in zip(("x", "y", "z", "time"), (*shape, labels.size), strict=True)
+    }
+    return data, labels, chunks
+
+
+@given(one_volume_data())
+def test_student_with_one_volume_of_a_condition_like_scipy_any_chunking(case):
+    data, labels, chunks = case
+    bold = make_bold(data, labels, chunks)
+    for contrast in [("one", "many"), ("many", "one")]:
+        groups = [data[..., labels == c].astype(np.float64) for c in contrast]
+        ref = quiet_reference(sst.ttest_ind, *groups, axis=-1)
+        ours = computed(ttest_img(bold, contrast=contrast))
+        assert_same(ours["t"], ref.statistic)
+        assert_same(ours["p"], ref.pvalue)
+        assert_logp(ours["logp"], ref.pvalue)
+        assert_same(ours["df"], np.broadcast_to(ref.df, ref.statistic.shape))
+        whole = computed(ttest_img(make_bold(data, labels), contrast=contrast))
+        for var in whole.data_vars:
+            np.testing.assert_allclose(ours[var], whole[var], rtol=1e-9, atol=1e-9)
+
+
 @given(st.integers(0, 2**16), st.integers(2, 5))
 def test_single_volume_conditions_in_f_test_and_means(seed, n_single):
     rng = np.random.default_rng(seed)
@@ -412,13 +450,54 @@ def test_unknown_condition_lists_known_ones(haxby, build):
 
 
 def test_too_few_volumes_for_a_ttest(rng):
-    labels = ["a", "a", "a", "b"]
-    bold = make_bold(rng.normal(size=(2, 2, 1, 4)), labels)
+    """Welch's test needs 2 volumes of each condition (scipy: NaN), Student's 1 of each and
+    3 in all (df = n1 + n2 - 2), the one-sample test 2; refused before any compute."""
+    labels = ["a", "a", "a", "b", "c"]
+    bold = make_bold(rng.normal(size=(2, 2, 1, 5)), labels)
+    needs = (
+        r"Welch's t-test \(equal_var=False\) needs at least 2 volumes of each condition "
+        r"\(Student's t-test, equal_var=True: at least 1 volume of each condition and 3 in all\)$"
+    )
     with raise_if_dask_computes():
-        with pytest.raises(ConditionError, match=r"at least 2 volumes.*'b' has 1 volume"):
-            ttest_img(bold, contrast=("a", "b"))
+        with pytest.raises(ConditionError, match=r"^contrast: the data hold 3 volumes of 'a' "
+                           r"and 1 of 'b'; " + needs) as info:  # fmt: skip
+            ttest_img(bold, contrast=("a", "b"), equal_var=False)
+        assert info.value.param == "contrast"
+        with pytest.raises(ConditionError, match=r"^contrast: the data hold 1 volume of 'b' "
+                           r"and 3 of 'a'; Welch's"):  # fmt: skip
+            ttest_img(bold, contrast=("b", "a"), equal_var=False)
+        with pytest.raises(
+            ConditionError,
+            match=r"^contrast: the data hold 1 volume of 'b' and 1 of 'c'; Student's t-test "
+            r"\(equal_var=True\) needs at least 1 volume of each condition and 3 in all "
+            r"\(Welch's t-test, equal_var=False: at least 2 volumes of each condition\)$",
+        ):
+            ttest_img(bold, contrast=("b", "c"))
         with pytest.raises(ConditionError, match=r"'b' has 1 volume"):
             ttest_1samp_img(bold, condition="b")
+        ttest_img(bold, contrast=("a", "b"))  # Student's: defined
+
+
+@pytest.mark.parametrize("contrast", [("face", "house"), ("house", "face")])
+def test_student_with_one_volume_of_a_condition_matches_scipy_on_haxby(
+    haxby_chunked, haxby_arrays, contrast
+):
+    """One face volume (the others relabelled) vs the 108 house volumes: Student's test
+    pools the variance of the house volumes (df = 107), as scipy."""
+    data, _, labels = haxby_arrays
+    labels = np.where(labels == "face", "other", labels)
+    labels[np.flatnonzero(haxby_arrays[2] == "face")[40]] = "face"
+    bold = haxby_chunked.assign_coords(condition=("time", labels))
+    ref = quiet_reference(
+        sst.ttest_ind, data[..., labels == contrast[0]], data[..., labels == contrast[1]], axis=-1
+    )
+    ours = computed(ttest_img(bold, contrast=contrast))
+    assert ours.attrs["n_volumes"] == [1, 108][:: 1 if contrast[0] == "face" else -1]
+    assert np.isfinite(ref.statistic).sum() > 500 and (ref.df == 107).all()
+    assert_same(ours["t"], ref.statistic)
+    assert_same(ours["p"], ref.pvalue)
+    assert_logp(ours["logp"], ref.pvalue)
+    assert_same(ours["df"], np.broadcast_to(ref.df, ref.statistic.shape))
 
 
 def test_3d_image_where_4d_is_needed(haxby):
