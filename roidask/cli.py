@@ -187,6 +187,7 @@ def format_error(exc: BaseException | str, command: str | None = None) -> str:
             text = re.sub(rf"\b{name}=True\b", flag, text)
             text = re.sub(rf"\bpass {name}=(?=\s|$)", f"pass {flag}", text)  # "pass subject= to"
             text = re.sub(rf"\b{name}=(?=[A-Z])", f"{flag} ", text)
+            text = re.sub(rf"\b{name}='([\w-]+)'", rf"{flag} \1", text)  # test='welch'
     for function, cmd in COMMANDS.items():
         text = re.sub(rf"(?<![\w.]){re.escape(function)}\b", cmd, text)
     return text.replace("pass --", "add --")
