@@ -466,7 +466,7 @@ def volume_scaling(
     an earlier roidask version carries one scaling in ``attrs`` instead: read as every
     volume's.
     The arrays (float64) have the coordinates' shape, ``(time,)`` or ``()``. Reads
-    the coordinates only, no voxel.
+    the coordinates only, never a voxel.
 
     Raises
     ------
@@ -515,7 +515,16 @@ def volume_scaling(
                 "value per volume, along time",
                 param=param,
             )
-    return np.asarray(slopes.values, np.float64), np.asarray(inters.values, np.float64)
+    return _coord_values(slopes), _coord_values(inters)
+
+
+def _coord_values(coord: xr.DataArray) -> np.ndarray:
+    """A coordinate's values as float64 numpy; one chunked by xarray's ``.chunk()`` (which
+    chunks coordinates too) is computed in this thread (its few numbers, no voxel)."""
+    data = coord.data
+    if isinstance(data, da.Array):
+        data = data.compute(scheduler="synchronous")
+    return np.asarray(data, np.float64)
 
 
 def stored_scaling(
