@@ -264,6 +264,7 @@ def test_each_volume_keeps_its_scaling_through_concat_selection_and_rechunking(t
             np.testing.assert_array_equal(reference, ours.values)
     with pytest.raises(ImageTypeError, match="volumes carry different scl_slope/scl_inter"):
         stored_scaling(joined)
+    assert "scl_slope" not in like_image(np.zeros(joined.shape), joined).coords  # values
     # volumes selected: each with its scaling, or one scaling left (kept as integers)
     pick = [8, 0, 11, 6]
     np.testing.assert_array_equal(reference[..., pick], as_image(joined.isel(time=pick)).values)
