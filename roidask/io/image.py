@@ -482,7 +482,7 @@ def volume_scaling(
     if present and legacy:
         raise ImageTypeError(
             f"{param}: carries scl_slope/scl_inter both as coordinates and in attrs; expected "
-            "the coordinates only: drop the attrs (img.drop_attrs() or del img.attrs[...])",
+            "the coordinates only: remove scl_slope, scl_inter and scaled_dtype from its attrs",
             param=param,
         )
     if img.dtype.kind not in "iu":
@@ -554,12 +554,20 @@ def stored_scaling(
             "values first (roidask.io.image.scaled_values)",
             param=param,
         )
-    return float(slopes.flat[0]), float(inters.flat[0]), SCALED_DTYPE
+    return (*_first_scaling(slopes, inters), SCALED_DTYPE)
 
 
 def _one_scaling(slopes: np.ndarray, inters: np.ndarray) -> bool:
-    """True if every volume has the first's slope and intercept."""
-    return bool(np.all(slopes == slopes.flat[0]) and np.all(inters == inters.flat[0]))
+    """True if every volume has the first's slope and intercept (or there is none)."""
+    slope, inter = _first_scaling(slopes, inters)
+    return bool(np.all(slopes == slope) and np.all(inters == inter))
+
+
+def _first_scaling(slopes: np.ndarray, inters: np.ndarray) -> tuple[float, float]:
+    """The first volume's slope and intercept; ``1, 0`` without volumes."""
+    if not slopes.size:
+        return 1.0, 0.0
+    return float(slopes.flat[0]), float(inters.flat[0])
 
 
 def volume_coords(img: xr.DataArray) -> dict:
@@ -601,15 +609,9 @@ def scaled_values(
             }
         )
     data = img.data
-    if shared or "time" not in img.dims:
-        scaled = da.map_blocks(
-            scale_stored,
-            data,
-            float(slopes.flat[0]),
-            float(inters.flat[0]),
-            SCALED_DTYPE,
-            dtype=SCALED_DTYPE,
-        )
+    if shared:  # as the pass scales each block
+        slope, inter = _first_scaling(slopes, inters)
+        scaled = da.map_blocks(scale_stored, data, slope, inter, SCALED_DTYPE, dtype=SCALED_DTYPE)
     else:
         axis = img.get_axis_num("time")
         index = "".join(chr(ord("a") + i) for i in range(data.ndim))
