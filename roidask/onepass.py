@@ -597,7 +597,7 @@ def contrast_pass(
     owners = _check_groups(groups, bold.sizes["time"])
     n_groups = int(owners.max()) + 1 if owners.size else 1
     sigma = fwhm_to_sigma_voxels(affine_of(bold), fwhm)
-    scaling = stored_scaling(bold)  # stored integers: scaled in the tasks
+    scaling = stored_scaling(bold, param="img")  # stored integers: scaled in the tasks
     values_dtype = bold.dtype if scaling is None else scaling[2]
 
     data = bold.data
@@ -657,7 +657,7 @@ def box_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) ->
     """The kept raw voxels as a 4D roidask image on the box (affine shifted to it).
 
     For a series of stored integers, ``values=False`` keeps them, with their
-    scaling in ``attrs`` (for :func:`roidask.ops.extract.extract_signals`, which
+    ``scl_slope``/``scl_inter`` coordinates (for :func:`roidask.ops.extract.extract_signals`, which
     scales only the voxels it gathers); otherwise every chunk is scaled.
     """
     if result.box is None:
@@ -672,8 +672,8 @@ def box_image(result: PassResult, bold: xr.DataArray, *, values: bool = True) ->
 
 
 def _kept_image(arr: da.Array, bold, attrs, values: bool) -> xr.DataArray:
-    """Kept voxels as an image: values, or stored integers with their scaling attrs (those
-    of ``bold``, in ``attrs``, when the pass kept stored integers)."""
+    """Kept voxels as an image: values, or stored integers with their scaling (the
+    ``scl_slope``/``scl_inter`` coordinates of ``bold``, when the pass kept stored integers)."""
     coords = {k: v for k, v in bold.coords.items() if v.dims == ("time",)}
     kept = xr.DataArray(arr, dims=BOLD_DIMS, coords=coords, name=bold.name, attrs=dict(attrs))
     return scaled_values(kept) if values else kept

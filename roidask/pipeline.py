@@ -68,7 +68,7 @@ from roidask.exceptions import (
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import affine_of, check_same_grid, spatial_coords, voxel_size_mm
-from roidask.io.image import image_label, like_image
+from roidask.io.image import image_label, like_image, volume_coords
 from roidask.io.spill import spill_file
 from roidask.io.store_read import RESULTS_ATTR
 from roidask.io.store_write import dataset_zarr_files
@@ -716,7 +716,7 @@ def _empty_signals(bold: xr.DataArray, strategy: str) -> xr.DataArray:
         dims=("roi", "time"),
         coords={
             "roi": np.zeros(0, dtype=np.int32),
-            **{k: v for k, v in bold.coords.items() if v.dims == ("time",)},
+            **volume_coords(bold),
         },
         name="signals",
         attrs=attrs,
@@ -1062,7 +1062,7 @@ def _fold_signals(bold, plan: FoldPlan, computed: dict, strategy: str) -> xr.Dat
     coords = {
         "roi": np.asarray(labels, dtype=np.int32),
         "volume": ("time", np.arange(bold.sizes["time"])),  # as extract_signals
-        **{k: v for k, v in bold.coords.items() if v.dims == ("time",)},
+        **volume_coords(bold),
         **_fold_coords(plan.folds),
         "signal_volume": (
             ("fold", "time"),

@@ -106,11 +106,46 @@ def test_a_scaled_run_gives_one_result_from_its_file_its_integers_and_its_store(
     results = [roi_pipeline(image, mask_img=haxby.mask) for image in images]
     reference = results[0].to_dataset()
     assert results[0].n_rois >= 1 and reference["signals"].dtype == np.float64
+    assert "scl_slope" in images[1].coords  # signals are values: without the scaling
+    assert not {"scl_slope", "scl_inter"} & set(results[1].signals.coords)
     for result in results[1:]:
         ours = result.to_dataset()
         for name, var in reference.data_vars.items():
             assert ours[name].dtype == var.dtype, name
             np.testing.assert_array_equal(var.values, ours[name].values, err_msg=name)
+
+
+def test_runs_scaled_differently_joined_with_xr_concat_equal_nilearn_seed(haxby, tmp_path):
+    """The Haxby slice as two int16 runs with different scl_slope/scl_inter, each read as
+    its stored integers (``scaled=False``) and joined with ``xr.concat``, a time chunk
+    spanning the runs' boundary: the example's maps, ROIs and signals as nilearn's on the
+    runs joined by ``concat_imgs`` (run 2's integers were scaled with run 1's scaling:
+    mean EPI off by 10, no ROI, silently)."""
+    from nilearn.image import concat_imgs
+
+    from roidask.io.nifti import write_nifti
+
+    img = nib.load(haxby.bold)
+    raw = np.asanyarray(img.dataobj)
+    table = pd.read_csv(haxby.labels, sep=" ")
+    half = raw.shape[3] // 2  # runs 0-5, 6-11
+    runs = []
+    for i, (stored, slope, inter) in enumerate(
+        [(raw[..., :half], 0.5, 10.0), (raw[..., half:] * 2, 0.25, 20.0)]
+    ):
+        path = write_nifti(stored.astype(np.int16), tmp_path / f"run{i}.nii.gz",
+                           affine=img.affine, scl_slope=slope, scl_inter=inter)  # fmt: skip
+        labels = tmp_path / f"labels{i}.txt"
+        table.iloc[i * half : (i + 1) * half].to_csv(labels, sep=" ", index=False)
+        runs.append(bold_from_nifti(path, labels=labels, scaled=False))
+    concat = concat_imgs([nib.load(tmp_path / f"run{i}.nii.gz") for i in range(2)])
+    nib.save(nib.Nifti1Image(concat.get_fdata(), concat.affine), tmp_path / "concat.nii.gz")
+    seed = seed_pipeline(str(tmp_path / "concat.nii.gz"), str(haxby.labels), str(haxby.mask),
+                         stats_dtype=np.float64)  # fmt: skip
+    joined = xr.concat(runs, dim="time").chunk(time=100)  # volumes 700..799: both runs
+    assert joined.dtype == np.int16 and seed["n_labels"] >= 1
+    result = roi_pipeline(joined, mask_img=haxby.mask)
+    assert_matches_seed(result, seed, seed)
 
 
 def test_non_finite_values_equal_nilearn_seed(haxby, tmp_path):

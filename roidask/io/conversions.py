@@ -153,11 +153,13 @@ def as_image(
     chunks : dict or str, optional
         Chunks for images read from files (ignored for xarray input).
     stored : bool
-        Keep an image of stored integers (``bold_from_nifti(..., scaled=False)``) as
-        it is, with its scaling attrs, for a function that honours them (the ROI
-        pipeline, ``extract_signals``). By default (False) such an image is scaled
-        to its values (float64, :func:`roidask.io.image.scaled_values`), as every
-        other function needs.
+        Keep an image of stored integers (``bold_from_nifti(..., scaled=False)``)
+        whose volumes share one scaling as it is, with its ``scl_slope``/``scl_inter``
+        coordinates, for a function that honours them (the ROI pipeline,
+        ``extract_signals``); volumes scaled differently (runs joined with
+        ``xr.concat``) are scaled to their values, each with its own scaling. By
+        default (False) such an image is scaled to its values (float64,
+        :func:`roidask.io.image.scaled_values`), as every other function needs.
     subject_param : str, optional
         The caller's parameter that selects a subject (``"subject"``), for the message
         when ``img`` is a store or DataTree of several subjects and none is chosen;
@@ -174,7 +176,9 @@ def as_image(
     Raises
     ------
     ImageTypeError
-        ``img`` is of an unsupported type (e.g. a bare numpy array, which has no grid).
+        ``img`` is of an unsupported type (e.g. a bare numpy array, which has no grid),
+        or holds floats but carries the scaling of stored integers (scaled by hand
+        with its ``scl_slope``/``scl_inter`` coordinates kept).
     ImageDimensionError
         ``img`` does not have ``ndim`` dimensions.
     InvalidParameterError
@@ -244,8 +248,10 @@ def as_image(
             ),
             param=param,
         )
-    if not stored:
-        out = scaled_values(out)
+    # stored integers: their values, unless kept for a function that scales them per
+    # task (stored) and their volumes share one scaling; floats carrying one: refused
+    one_volume = ndim == 3 and out.ndim == 4  # taken as a 3D image below: its values
+    out = scaled_values(out, param=param, keep_shared=stored and not one_volume)
     if ndim == 3 and out.ndim == 4 and out.shape[-1] == 1:  # one volume: a 3D image (nilearn)
         out = out.isel({out.dims[-1]: 0}, drop=True)
     if ndim is not None and out.ndim != ndim:

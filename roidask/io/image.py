@@ -48,6 +48,7 @@ from roidask.io.grid import (
 from roidask.io.labels import volume_labels
 from roidask.io.locations import PathOrURL, as_location, as_location_list, version_tag
 from roidask.io.nifti import (
+    SCALED_DTYPE,
     NiftiSource,
     header_from_b64,
     header_to_b64,
@@ -60,7 +61,7 @@ from roidask.io.nifti import (
 from roidask.io.niizarr import NiftiZarrSource, is_nifti_zarr, write_nifti_zarr
 
 __all__ = [
-    "SCALING_ATTRS",
+    "SCALING_COORDS",
     "VolumeSource",
     "bold_coords",
     "bold_from_nifti",
@@ -76,6 +77,8 @@ __all__ = [
     "shared_scaling",
     "stored_scaling",
     "to_nifti",
+    "volume_coords",
+    "volume_scaling",
 ]
 
 
@@ -320,13 +323,16 @@ def bold_from_nifti(
         values are float64, as nibabel's ``get_fdata`` and nilearn read them (and
         as xarray reads them from a converted store). With ``False``, runs of
         8/16-bit integers that share one scaling are read as their stored integers
-        (a quarter of the bytes of the float64 values) and the image carries the
-        scaling in ``attrs`` (``scl_slope``, ``scl_inter``): its values are
-        ``stored * scl_slope + scl_inter`` (see :func:`stored_scaling`). Every
-        roidask function scales such an image (:func:`roidask.io.as_image`), or
-        honours the scaling (the ROI pipeline and ``extract_signals``, which read
-        the integers); plain xarray arithmetic on it sees the integers. Other runs
-        are scaled as usual.
+        (a quarter of the bytes of the float64 values) and each volume carries its
+        run's scaling as the coordinates ``scl_slope``, ``scl_inter`` along
+        ``time`` (float64): its values are ``stored * scl_slope + scl_inter`` (see
+        :func:`volume_scaling`), and each volume keeps its own through ``isel``,
+        ``sel``, ``xr.concat`` along time and rechunking. Every roidask function
+        scales such an image (:func:`roidask.io.as_image`), or honours the scaling
+        (the ROI pipeline and ``extract_signals``, which read the integers of
+        volumes sharing one scaling); plain xarray arithmetic on it sees the
+        integers, and an image of floats that still carries the coordinates is
+        refused (scaled by hand: drop them). Other runs are scaled as usual.
 
     Returns
     -------
@@ -427,48 +433,227 @@ def _bold_from_sources(
     attrs = _attrs_from_source(first)
     attrs["source_files"] = [str(s.path) for s in sources]
     attrs["tr_s"] = float(tr_s) if tr_s else None
-    if stored:
-        attrs.update(scl_slope=first.slope, scl_inter=first.inter, scaled_dtype=first.dtype.str)
     if not tr_s:
         attrs["time_units"] = "volumes"
-    return xr.DataArray(
-        arr,
-        dims=BOLD_DIMS,
-        name="bold",
-        coords=bold_coords(n_total, tr_s=tr_s, condition=condition, run=run),
-        attrs=attrs,
-    )
+    coords = bold_coords(n_total, tr_s=tr_s, condition=condition, run=run)
+    if stored:  # each volume with its run's scaling (:func:`volume_scaling`)
+        for name, per_run in zip(
+            SCALING_COORDS, ([s.slope for s in sources], [s.inter for s in sources]), strict=True
+        ):
+            coords[name] = ("time", np.repeat(np.asarray(per_run, np.float64), n_per_run))
+    return xr.DataArray(arr, dims=BOLD_DIMS, name="bold", coords=coords, attrs=attrs)
 
 
-#: The attrs of an image of stored integers (:func:`stored_scaling`).
-SCALING_ATTRS = ("scl_slope", "scl_inter", "scaled_dtype")
+#: The per-volume coordinates of an image of stored integers (:func:`volume_scaling`):
+#: float64 along ``time``, so that xarray keeps each volume's own with its volume
+#: (``isel``/``sel``, ``xr.concat`` along time, rechunking).
+SCALING_COORDS = ("scl_slope", "scl_inter")
+
+#: The attrs by which earlier roidask versions carried one scaling for a whole image (an
+#: image saved with xarray then): still read, as every volume's scaling.
+_LEGACY_SCALING_ATTRS = ("scl_slope", "scl_inter", "scaled_dtype")
 
 
-def stored_scaling(img: xr.DataArray) -> tuple[float, float, np.dtype] | None:
-    """``(scl_slope, scl_inter, dtype)`` of an image holding stored integers, else None.
+def volume_scaling(
+    img: xr.DataArray, *, param: str = "img"
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each volume's ``(scl_slope, scl_inter)`` of an image of stored integers, else None.
 
-    Such an image (``bold_from_nifti(..., scaled=False)``) has the values
-    :func:`roidask.io.nifti.scale_stored` gives, of type ``dtype``.
+    Such an image (``bold_from_nifti(..., scaled=False)``) carries them as the
+    coordinates :data:`SCALING_COORDS` along ``time`` (or scalar ones, after
+    ``isel(time=k)``); its values are ``stored * scl_slope + scl_inter``
+    (:func:`roidask.io.nifti.scale_stored`), volume by volume. An image written by
+    an earlier roidask version carries one scaling in ``attrs`` instead: read as every
+    volume's.
+    The arrays (float64) have the coordinates' shape, ``(time,)`` or ``()``. Reads
+    the coordinates only, never a voxel.
+
+    Raises
+    ------
+    ImageTypeError
+        The image does not hold integers (its values were scaled already, with the
+        coordinates kept), carries only one of the two, carries them along another
+        dimension than ``time``, or carries both forms.
     """
-    if "scl_slope" not in img.attrs:
+    present = [name for name in SCALING_COORDS if name in img.coords]
+    legacy = "scl_slope" in img.attrs
+    if not present and not legacy:
         return None
-    attrs = img.attrs
-    return float(attrs["scl_slope"]), float(attrs["scl_inter"]), np.dtype(attrs["scaled_dtype"])
+    if present and legacy:
+        raise ImageTypeError(
+            f"{param}: carries scl_slope/scl_inter both as coordinates and in attrs; expected "
+            "the coordinates only: remove scl_slope, scl_inter and scaled_dtype from its attrs",
+            param=param,
+        )
+    if img.dtype.kind not in "iu":
+        remedy = (
+            "remove scl_slope, scl_inter and scaled_dtype from its attrs"
+            if legacy
+            else f"drop the coordinates: .drop_vars({list(SCALING_COORDS)})"
+        )
+        raise ImageTypeError(
+            f"{param}: holds {img.dtype} values but carries scl_slope/scl_inter of stored "
+            f"integers{' in attrs' if legacy else ''} (already scaled?); if its values are "
+            f"scaled, {remedy}",
+            param=param,
+        )
+    if legacy:
+        attrs = img.attrs
+        return np.float64(attrs["scl_slope"]), np.float64(attrs.get("scl_inter", 0.0))
+    if len(present) != len(SCALING_COORDS):
+        missing = next(n for n in SCALING_COORDS if n not in present)
+        raise ImageTypeError(
+            f"{param}: carries the coordinate {present[0]} of stored integers without "
+            f"{missing}; expected both, one of each per volume",
+            param=param,
+        )
+    slopes, inters = (img.coords[name] for name in SCALING_COORDS)
+    for coord in (slopes, inters):
+        if coord.dims not in ((), ("time",)):
+            raise ImageTypeError(
+                f"{param}: its coordinate {coord.name} has dims {coord.dims}; expected one "
+                "value per volume, along time",
+                param=param,
+            )
+    return _coord_values(slopes), _coord_values(inters)
 
 
-def scaled_values(img: xr.DataArray) -> xr.DataArray:
-    """An image of stored integers (:func:`stored_scaling`) as its values, lazily (each
-    chunk scaled as read, as :class:`NiftiSource` scales); any other image as it is.
+def _coord_values(coord: xr.DataArray) -> np.ndarray:
+    """A coordinate's values as float64 numpy; one chunked by xarray's ``.chunk()`` (which
+    chunks coordinates too) is computed in this thread (its few numbers, no voxel)."""
+    data = coord.data
+    if isinstance(data, da.Array):
+        data = data.compute(scheduler="synchronous")
+    return np.asarray(data, np.float64)
+
+
+def stored_scaling(
+    img: xr.DataArray, *, param: str = "img"
+) -> tuple[float, float, np.dtype] | None:
+    """``(scl_slope, scl_inter, dtype)`` of an image of stored integers whose volumes
+    share one scaling, else None (an image of values).
+
+    Its values are those :func:`roidask.io.nifti.scale_stored` gives with them, of
+    type ``dtype`` (:data:`roidask.io.nifti.SCALED_DTYPE`): the pass and
+    ``extract_signals`` scale each task's block with these scalars.
+
+    Raises
+    ------
+    ImageTypeError
+        As :func:`volume_scaling`; or its volumes carry different scalings (runs
+        joined with ``xr.concat``): those are scaled to their values first
+        (:func:`scaled_values`, as :func:`roidask.io.as_image` does).
+    """
+    scaling = volume_scaling(img, param=param)
+    if scaling is None:
+        return None
+    slopes, inters = scaling
+    if not _one_scaling(slopes, inters):
+        raise ImageTypeError(
+            f"{param}: its volumes carry different scl_slope/scl_inter; scale it to its "
+            "values first (roidask.io.image.scaled_values)",
+            param=param,
+        )
+    return (*_first_scaling(slopes, inters), SCALED_DTYPE)
+
+
+def _one_scaling(slopes: np.ndarray, inters: np.ndarray) -> bool:
+    """True if every volume has the first's slope and intercept (or there is none)."""
+    slope, inter = _first_scaling(slopes, inters)
+    return bool(np.all(slopes == slope) and np.all(inters == inter))
+
+
+def _first_scaling(slopes: np.ndarray, inters: np.ndarray) -> tuple[float, float]:
+    """The first volume's slope and intercept; ``1, 0`` without volumes."""
+    if not slopes.size:
+        return 1.0, 0.0
+    return float(slopes.flat[0]), float(inters.flat[0])
+
+
+def volume_coords(img: xr.DataArray) -> dict:
+    """The coordinates along ``time`` that name the volumes (``time``, ``condition``,
+    ``run``, ...), for what is built from them and holds other values (signals, an
+    image of the same volumes): without the scaling of stored integers."""
+    return {k: v for k, v in img.coords.items() if v.dims == ("time",) and k not in SCALING_COORDS}
+
+
+def scaled_values(
+    img: xr.DataArray, *, param: str = "img", keep_shared: bool = False
+) -> xr.DataArray:
+    """An image of stored integers (:func:`volume_scaling`) as its values, lazily; any
+    other image as it is.
+
+    Each chunk is scaled as read, each volume with its own slope and intercept: the
+    values :func:`roidask.io.nifti.scale_stored` gives for its run, bit for bit
+    (float64, as nibabel). ``keep_shared``: an image whose volumes share one scaling
+    is kept as it is (its scaling as coordinates, :func:`stored_scaling`) for a
+    function that scales each task's block; only volumes scaled differently are
+    scaled here.
 
     The one place where such an image becomes its values: :func:`roidask.io.as_image`
-    calls it for every function that does not honour the scaling itself.
+    calls it for every function.
     """
-    scaling = stored_scaling(img)
+    scaling = volume_scaling(img, param=param)
     if scaling is None:
         return img
-    slope, inter, dtype = scaling
-    out = img.copy(data=da.map_blocks(scale_stored, img.data, slope, inter, dtype, dtype=dtype))
-    out.attrs = {k: v for k, v in img.attrs.items() if k not in SCALING_ATTRS}
+    slopes, inters = scaling
+    shared = _one_scaling(slopes, inters)
+    if keep_shared and shared:
+        if not any(name in img.attrs for name in _LEGACY_SCALING_ATTRS):
+            return img
+        n = img.sizes.get("time")  # the attrs of earlier versions: as coordinates
+        return _without_legacy(img).assign_coords(
+            {
+                name: value if n is None else ("time", np.full(n, value))
+                for name, value in zip(SCALING_COORDS, scaling, strict=True)
+            }
+        )
+    data = img.data
+    if shared:  # as the pass scales each block
+        slope, inter = _first_scaling(slopes, inters)
+        scaled = da.map_blocks(scale_stored, data, slope, inter, SCALED_DTYPE, dtype=SCALED_DTYPE)
+    else:
+        axis = img.get_axis_num("time")
+        index = "".join(chr(ord("a") + i) for i in range(data.ndim))
+        per_volume = [
+            da.from_array(np.broadcast_to(v, (img.sizes["time"],)), chunks=(data.chunks[axis],))
+            for v in scaling
+        ]
+        scaled = da.blockwise(
+            _scale_volumes,
+            index,
+            data,
+            index,
+            per_volume[0],
+            index[axis],
+            per_volume[1],
+            index[axis],
+            axis=axis,
+            dtype=SCALED_DTYPE,
+        )
+    out = _without_legacy(img).drop_vars(SCALING_COORDS, errors="ignore")
+    return out.copy(data=scaled)
+
+
+def _scale_volumes(
+    stored: np.ndarray, slopes: np.ndarray, inters: np.ndarray, *, axis: int
+) -> np.ndarray:
+    """A block of stored integers scaled volume by volume along ``axis``: the same
+    operations as :func:`roidask.io.nifti.scale_stored` (cast, multiply, add)."""
+    shape = [1] * stored.ndim
+    shape[axis] = -1
+    out = stored.astype(SCALED_DTYPE)
+    out *= slopes.reshape(shape)
+    out += inters.reshape(shape)
+    return out
+
+
+def _without_legacy(img: xr.DataArray) -> xr.DataArray:
+    """``img`` without the scaling attrs of earlier versions (a copy; the data shared)."""
+    if not any(name in img.attrs for name in _LEGACY_SCALING_ATTRS):
+        return img
+    out = img.copy(deep=False)
+    out.attrs = {k: v for k, v in img.attrs.items() if k not in _LEGACY_SCALING_ATTRS}
     return out
 
 
@@ -514,7 +699,7 @@ def like_image(
     dims = BOLD_DIMS[: data.ndim]
     coords = {}
     if data.ndim == 4:
-        coords = {k: v for k, v in reference.coords.items() if v.dims == ("time",)}
+        coords = volume_coords(reference)  # new values: not the scaling of its integers
     new_attrs = grid_attrs(reference)
     if data.ndim == 4:
         new_attrs.update(
@@ -639,7 +824,7 @@ def to_nifti(
         On-disk type (default: the data's; bool is written as uint8). An image of
         stored integers (``bold_from_nifti(..., scaled=False)``) is written, without
         ``dtype``, as its integers with their ``scl_slope``/``scl_inter`` (as its
-        source file), otherwise as its values.
+        source file) when its volumes share one scaling, otherwise as its values.
     reference : roidask image or nibabel image, optional
         Grid (affine, header) for bare arrays.
     overwrite : bool
@@ -660,7 +845,8 @@ def to_nifti(
         x, y, z: e.g. a result's ``signals``).
     ImageTypeError
         No voxel grid: a bare array, or a DataArray without an ``affine``, and no
-        ``reference``.
+        ``reference``; or an image of floats carrying the scaling of stored integers
+        (:func:`volume_scaling`).
     """
     if isinstance(img, nib.spatialimages.SpatialImage):
         img = image_from_nibabel(img, param="img")
@@ -699,8 +885,9 @@ def to_nifti(
         raise InvalidParameterError(
             f"path {path}: output name must end in .nii, .nii.gz or .nii.zarr", param="path"
         )
-    if isinstance(img, xr.DataArray) and (dtype is not None or not is_nifti_path(path)):
-        img = scaled_values(img)  # stored integers: written as their values
+    if isinstance(img, xr.DataArray):
+        # stored integers: as the source file if they share one scaling, else their values
+        img = scaled_values(img, keep_shared=dtype is None and is_nifti_path(path))
         data = img.data
     if is_nifti_zarr(path) or str(path).lower().endswith(".nii.zarr"):
         image = img if isinstance(img, xr.DataArray) else like_image(data, grid)

@@ -62,7 +62,7 @@ from roidask.exceptions import EmptyMaskWarning, InvalidParameterError
 from roidask.io.chunks import block_bounds
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import affine_of, check_same_grid
-from roidask.io.image import stored_scaling
+from roidask.io.image import stored_scaling, volume_coords
 from roidask.io.nifti import scale_stored
 from roidask.ops import moments as mom_ops
 from roidask.ops.clean import apply_cleaning, plan_cleaning
@@ -537,7 +537,8 @@ def extract_signals(
     bold_img : ImageLike
         4D BOLD series (see :func:`roidask.io.as_image`); any chunking. A series of
         stored integers and their scaling (``bold_from_nifti(..., scaled=False)``,
-        :func:`roidask.io.image.stored_scaling`) is scaled voxel by voxel as read.
+        :func:`roidask.io.image.stored_scaling`) is scaled voxel by voxel as read
+        (volumes scaled differently, chunk by chunk first).
     labels_img : ImageLike
         3D integer label image on the BOLD grid; ``background_label`` (0) is no
         region. Read when this function is called (it defines the ``roi`` axis).
@@ -623,7 +624,7 @@ def extract_signals(
     n_roi = rois.values.size
 
     arr = bold.data
-    scaling = stored_scaling(bold)  # stored integers: scaled as gathered
+    scaling = stored_scaling(bold, param="bold_img")  # stored integers: scaled as gathered
     values_dtype = bold.dtype if scaling is None else scaling[2]
     chunks3 = arr.chunks[:3]
     kind = _KIND[strategy]
@@ -655,7 +656,7 @@ def extract_signals(
     coords = {
         "roi": ("roi", rois.values),
         "n_voxels": ("roi", rois.counts),
-        **{k: v for k, v in bold.coords.items() if v.dims == ("time",)},
+        **volume_coords(bold),  # values: not the scaling of stored integers
     }
     if "volume" not in coords:
         coords["volume"] = ("time", np.arange(bold.sizes["time"]))

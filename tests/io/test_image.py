@@ -145,6 +145,10 @@ def test_stored_integers_of_scaled_runs(tmp_path, rng):
     image = bold_from_nifti(runs, scaled=False)
     assert image.dtype == np.int16
     assert stored_scaling(image) == (np.float32(0.3), 5.0, np.float64)  # header: float32
+    for name, value in (("scl_slope", np.float32(0.3)), ("scl_inter", 5.0)):  # per volume
+        assert image[name].dims == ("time",) and image[name].dtype == np.float64
+        np.testing.assert_array_equal(image[name].values, np.full(12, value, np.float64))
+    assert not {"scl_slope", "scl_inter", "scaled_dtype"} & set(image.attrs)
     np.testing.assert_array_equal(image.values, np.concatenate([stored, stored], axis=3))
     values = bold_from_nifti(runs)
     assert values.dtype == np.float64 and stored_scaling(values) is None  # as nibabel
@@ -219,6 +223,129 @@ def test_stored_integers_are_scaled_by_every_function_that_does_not_honour_them(
         (written,) = tmp_path.glob(f"{id(stored)}.nii.gz")
         assert nib.load(written).get_data_dtype() == np.int16
         assert nib.load(written).dataobj.slope == np.float32(0.3)
+
+
+def _runs_scaled_differently(tmp_path, rng, n=(7, 5)):
+    """Two int16 runs with different scl_slope/scl_inter: (paths, nibabel's values of
+    their volumes, concatenated)."""
+    from roidask.io.nifti import write_nifti
+
+    affine = np.diag([3.0, 3, 3, 1])
+    paths, values = [], []
+    for i, (count, slope, inter) in enumerate(zip(n, (0.01, 0.02), (90.0, 50.0), strict=True)):
+        stored = rng.integers(-3000, 3000, size=(4, 5, 3, count), dtype=np.int16)
+        path = write_nifti(stored, tmp_path / f"run{i}.nii", affine=affine, scl_slope=slope,
+                           scl_inter=inter, tr_s=2.0)  # fmt: skip
+        paths.append(path)
+        values.append(nib.load(path).get_fdata())
+    return paths, np.concatenate(values, axis=3)
+
+
+def test_each_volume_keeps_its_scaling_through_concat_selection_and_rechunking(tmp_path, rng):
+    """Runs of stored integers scaled differently, read with ``scaled=False`` and joined
+    with ``xr.concat`` (which kept the first run's scaling attrs: run 2's integers were
+    scaled with run 1's slope, off by tens): each volume keeps its own scaling through
+    the join (whatever xarray's coords=/compat=), ``isel``/``sel`` and a rechunking whose
+    time chunk spans the runs' boundary. (reference, ours): nibabel's values of each
+    run, bit for bit; the image is scaled lazily, each chunk as it is read."""
+    from roidask.io.image import stored_scaling
+
+    paths, reference = _runs_scaled_differently(tmp_path, rng)
+    runs = [bold_from_nifti(p, scaled=False, chunks="time=3") for p in paths]
+    for options in ({}, {"coords": "minimal", "compat": "override"}, {"coords": "all"}):
+        joined = xr.concat(runs, dim="time", **options).chunk(time=4)  # chunk 4..8: both runs
+        assert joined.dtype == np.int16 and joined.chunks[3] == (4, 4, 4)
+        with raise_if_dask_computes():
+            values = as_image(joined)
+            kept = as_image(joined, stored=True)  # for the pass: scaled, as volumes differ
+        for ours in (values, kept):
+            assert ours.dtype == np.float64 and stored_scaling(ours) is None
+            assert ours.chunks == joined.chunks
+            np.testing.assert_array_equal(reference, ours.values)
+    with pytest.raises(ImageTypeError, match="volumes carry different scl_slope/scl_inter"):
+        stored_scaling(joined)
+    assert "scl_slope" not in like_image(np.zeros(joined.shape), joined).coords  # values
+    # volumes selected: each with its scaling, or one scaling left (kept as integers)
+    pick = [8, 0, 11, 6]
+    np.testing.assert_array_equal(reference[..., pick], as_image(joined.isel(time=pick)).values)
+    joined = joined.assign_coords(time=np.arange(12) * 2.0)  # each run's time from 0: one axis
+    times = joined["time"].values
+    np.testing.assert_array_equal(
+        reference[..., 9:], as_image(joined.sel(time=slice(times[9], None))).values
+    )
+    one_run = as_image(joined.sel(time=times[7:]), stored=True)
+    assert one_run.dtype == np.int16 and stored_scaling(one_run) == (np.float32(0.02), 50.0,
+                                                                     np.float64)  # fmt: skip
+    np.testing.assert_array_equal(reference[..., 8], as_image(joined.isel(time=8)).values)
+    # written: values when the volumes differ, else the integers with their scaling
+    written = nib.load(to_nifti(joined, tmp_path / "joined.nii.gz"))
+    assert written.get_data_dtype() == np.float64
+    np.testing.assert_array_equal(reference, written.get_fdata())
+    written = nib.load(to_nifti(joined.isel(time=pick[:2]), tmp_path / "two.nii.gz"))
+    np.testing.assert_array_equal(reference[..., pick[:2]], written.get_fdata())
+    written = nib.load(to_nifti(joined.isel(time=[9, 8]), tmp_path / "run2.nii.gz"))
+    assert written.get_data_dtype() == np.int16 and written.dataobj.slope == np.float32(0.02)
+    np.testing.assert_array_equal(reference[..., [9, 8]], written.get_fdata())
+
+
+def test_floats_that_carry_the_scaling_of_stored_integers_are_refused(tmp_path, rng):
+    """An image of stored integers scaled by hand (``ints * slope + inter``) keeps its
+    scaling coordinates (and its attrs with ``keep_attrs``): it was scaled a second
+    time (off by tens). Refused, with what to do, before any voxel is read."""
+    from helpers.lazy import voxel_reads
+
+    from roidask.ops import mean_img, smooth_img
+    from roidask.pipeline import roi_pipeline
+
+    paths, _ = _runs_scaled_differently(tmp_path, rng)
+    ints = bold_from_nifti(paths[0], scaled=False)
+    with xr.set_options(keep_attrs=True):
+        by_hand = ints.astype(np.float64) * ints["scl_slope"] + ints["scl_inter"]
+    message = (
+        "{}: holds float64 values but carries scl_slope/scl_inter of stored integers "
+        "(already scaled?); if its values are scaled, drop the coordinates: "
+        ".drop_vars(['scl_slope', 'scl_inter'])"
+    )
+    calls = {
+        "img": [as_image, lambda img: smooth_img(img, fwhm=6), mean_img,
+                lambda img: to_nifti(img, tmp_path / "out.nii.gz")],
+        "bold_img": [lambda img: roi_pipeline(img, mask_img=tmp_path / "absent.nii.gz")],
+    }  # fmt: skip
+    with voxel_reads() as reads:
+        for param, funcs in calls.items():
+            for func in funcs:
+                for img in (by_hand, ints.astype(np.float32)):
+                    with pytest.raises(ImageTypeError) as info:
+                        func(img)
+                    assert str(info.value) == message.format(param).replace(
+                        "float64", str(img.dtype)
+                    )
+                    assert info.value.param == param
+    assert not reads and not (tmp_path / "out.nii.gz").exists()
+    dropped = by_hand.drop_vars(["scl_slope", "scl_inter"])
+    np.testing.assert_array_equal(nib.load(paths[0]).get_fdata(), as_image(dropped).values)
+
+
+def test_the_scaling_attrs_of_earlier_versions_are_one_scaling_for_every_volume(tmp_path, rng):
+    """An image of stored integers saved by an earlier version carries its one scaling in
+    attrs (``scl_slope``, ``scl_inter``, ``scaled_dtype``): read as every volume's
+    (as coordinates for the pass); floats carrying them are refused."""
+    from roidask.io.image import stored_scaling
+
+    paths, reference = _runs_scaled_differently(tmp_path, rng)
+    ints = bold_from_nifti(paths[1], scaled=False)
+    old = ints.drop_vars(["scl_slope", "scl_inter"]).assign_attrs(
+        scl_slope=float(np.float32(0.02)), scl_inter=50.0, scaled_dtype="<f8"
+    )
+    np.testing.assert_array_equal(reference[..., 7:], as_image(old).values)
+    kept = as_image(old, stored=True)
+    assert kept.dtype == np.int16 and not {"scl_slope", "scaled_dtype"} & set(kept.attrs)
+    np.testing.assert_array_equal(kept["scl_slope"].values, ints["scl_slope"].values)
+    assert stored_scaling(kept) == stored_scaling(ints) == stored_scaling(old)
+    with pytest.raises(ImageTypeError, match=r"^img: holds float64 values .* in attrs"):
+        as_image(old.astype(np.float64))
+    with pytest.raises(ImageTypeError, match="both as coordinates and in attrs"):
+        as_image(ints.assign_attrs(old.attrs))
 
 
 def test_a_store_of_several_subjects_says_how_to_choose_one(haxby, tmp_path):
