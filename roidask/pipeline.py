@@ -309,7 +309,8 @@ class PipelineResult:
                 continue
             conditions = np.asarray(signals["condition"].values).astype(str)
             values = np.asarray(signals.transpose("roi", "time").values, dtype=np.float64)
-            na, nb = np.count_nonzero(conditions == first), np.count_nonzero(conditions == second)
+            na = int(np.count_nonzero(conditions == first))
+            nb = int(np.count_nonzero(conditions == second))
             # no t-test with too few volumes (e.g. a held-out run without both conditions)
             if not ttest_defined((na, nb), self.params.test):
                 effect = t = np.full(values.shape[0], np.nan)

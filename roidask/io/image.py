@@ -499,7 +499,10 @@ def volume_scaling(
         )
     if legacy:
         attrs = img.attrs
-        return np.float64(attrs["scl_slope"]), np.float64(attrs.get("scl_inter", 0.0))
+        return (
+            np.asarray(float(attrs["scl_slope"])),
+            np.asarray(float(attrs.get("scl_inter", 0.0))),
+        )
     if len(present) != len(SCALING_COORDS):
         missing = next(n for n in SCALING_COORDS if n not in present)
         raise ImageTypeError(
