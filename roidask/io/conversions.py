@@ -35,7 +35,7 @@ from roidask.io.image import (
     open_source,
     scaled_values,
 )
-from roidask.io.locations import PathOrURL, as_location, zarr_store
+from roidask.io.locations import PathOrURL, as_location, check_finished, zarr_store
 from roidask.io.store_read import (
     STORE_ATTR,
     STUDY_ATTR,
@@ -186,6 +186,7 @@ def as_image(
     if isinstance(img, PathOrURL):
         path = as_location(img)
         if not path.exists():
+            check_finished(path, param)  # deleted by an upload that was cut?
             raise UnreadableFileError(f"{param} {path}: no such file or folder", param=param)
         if is_image_path(path):
             _no_subject(subject, f"{param} {path}")
@@ -334,6 +335,7 @@ def open_map(
                 param=param,
             )
         return as_image(source, param="source")
+    check_finished(loc, "source", folder=True)  # before any of it is read
     if not loc.exists():
         raise UnreadableFileError(f"source {loc}: no such file or store", param="source")
     _check_group(loc, group)
