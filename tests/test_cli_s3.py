@@ -202,6 +202,7 @@ def test_a_killed_upload_to_s3_is_reported_and_redone(s3_bucket, tmp_path, monke
     subject was never complete) rewrites it; its marker is gone after."""
     from roidask.io import convert, list_subjects
     from roidask.io import store_write as store_mod
+    from roidask.io.locations import S3Path, left_incomplete
 
     bold = write_bold(tmp_path / "bold.nii.gz", 6)
     labels = tmp_path / "labels.txt"
@@ -218,12 +219,14 @@ def test_a_killed_upload_to_s3_is_reported_and_redone(s3_bucket, tmp_path, monke
         convert(bold, labels=labels, out=remote, subject="sA", chunks="time=2")
     monkeypatch.undo()
     assert "sA/.roidask.json" in objects(remote)
+    subject = S3Path.from_url(f"{remote}/sA")
+    assert subject in left_incomplete()  # what an interrupted command's last line names
     assert main(["info", "--verify", remote]) == 1
     assert "sA/.roidask.json: left by a convert killed while it uploaded it" in (
         capsys.readouterr().out
     )
     convert(bold, labels=labels, out=remote, subject="sA", chunks="time=2")
-    assert list_subjects(remote) == ["sA"]
+    assert list_subjects(remote) == ["sA"] and subject not in left_incomplete()
     assert "sA/.roidask.json" not in objects(remote)
     assert main(["info", "--verify", remote]) == 0
 
@@ -486,7 +489,7 @@ def test_an_overwrite_cut_short_is_no_mix_and_every_reader_refuses_it(
     import xarray as xr
 
     from roidask.exceptions import IncompleteOutputError
-    from roidask.io import as_image, open_map
+    from roidask.io import as_image, open_map, open_subject
     from roidask.io.locations import zarr_store
 
     out = f"{s3_bucket}/res"
@@ -538,6 +541,8 @@ def test_an_overwrite_cut_short_is_no_mix_and_every_reader_refuses_it(
     assert not export.exists()
     with pytest.raises(IncompleteOutputError, match=incomplete):
         open_map(f"{out}/results.zarr", variable="logp")
+    with pytest.raises(IncompleteOutputError, match=incomplete):
+        open_subject(f"{out}/results.zarr")  # before it is found not to be a BOLD store
     with pytest.raises(IncompleteOutputError, match=f"mask_img {out}/atlas.nii.gz: incomplete"):
         as_image(f"{out}/atlas.nii.gz", param="mask_img")
     assert main([*args, *again]) == 0  # rewritten: no --overwrite needed

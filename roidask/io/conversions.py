@@ -181,6 +181,9 @@ def as_image(
         ``ndim`` is not 3, 4 or None.
     UnreadableFileError, CorruptFileError, StoreError
         A path that cannot be read as an image.
+    IncompleteOutputError
+        An ``s3://`` path in an output whose upload did not finish (marked incomplete:
+        :func:`roidask.io.locations.check_finished`).
     """
     check_choice(ndim, "ndim", (None, 3, 4))
     if isinstance(img, PathOrURL):
@@ -324,6 +327,8 @@ def open_map(
         BOLD store (``roidask.io.convert``'s), which holds no maps at its root.
     ImageTypeError
         The variable has no ``affine`` attribute (its grid is unknown).
+    IncompleteOutputError
+        An ``s3://`` source in an output whose upload did not finish.
     """
     loc = as_location(source)
     if is_image_path(loc) or (isinstance(loc, Path) and loc.is_file()):

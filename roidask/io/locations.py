@@ -22,11 +22,14 @@ Failures are one-line :class:`~roidask.exceptions.RoidaskOSError` messages namin
 URL, what was expected and what the server said: a missing bucket or object, denied
 access, an unreachable endpoint (:func:`s3_error`).
 
-Outputs keep the guarantees they have on disk (:func:`publish_folder`): a folder is
-built locally and uploaded, its ownership marker ``.roidask.json`` last; until then
-the prefix holds a *pending* marker listing every object the upload may write, so a
-killed upload is recognised as roidask's and incomplete; objects roidask did not
-write are never deleted (:func:`check_remote_destination` refuses such a prefix).
+Outputs keep the guarantees they have on disk as far as S3 allows (:func:`publish_folder`):
+a folder is built locally and uploaded, its ownership marker ``.roidask.json`` last; until
+then the prefix holds a *pending* marker listing every object the upload may write, so a
+killed upload is recognised as roidask's and incomplete; objects roidask did not write are
+never deleted (:func:`check_remote_destination` refuses such a prefix). With no rename
+in S3, an output being replaced is deleted before any new object is put and zarr's
+metadata follows its chunks, so no moment shows a mix of two outputs; roidask's readers
+refuse an input in a prefix marked incomplete (:func:`check_finished`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import datetime
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -1196,6 +1200,13 @@ def remote_marker(folder: S3Path) -> dict | None:
     return record
 
 
+#: Seconds an ``s3://`` prefix found complete (or not an output) is taken as such
+#: (:func:`incomplete_output`): the checks as a command opens its inputs ask once.
+FINISHED_S = 5.0
+_FINISHED: dict[S3Path, float] = {}
+_FINISHED_LOCK = threading.Lock()
+
+
 def incomplete_output(location: PathOrURL, *, folder: bool | None = None) -> S3Path | None:
     """The ``s3://`` output that ``location`` is, or is in, if its upload did not finish
     (its marker says ``complete: false``: the command writing it was killed, or is still
@@ -1204,19 +1215,30 @@ def incomplete_output(location: PathOrURL, *, folder: bool | None = None) -> S3P
     One GET of the marker of the prefix ``location`` is in (roidask's outputs are one
     level deep: a run's or a batch subject's folder, ``group/``), and, for a folder
     (``folder``: True, or None when unknown), one of its own (a batch subject's folder
-    given as such). A marker that cannot be read (access denied) proves nothing.
+    given as such). A prefix found complete (or no output) is not asked again for
+    :data:`FINISHED_S` seconds (one GET per input prefix: a command opens each input
+    several times as it starts), unless this process uploads it meanwhile. A marker that
+    cannot be read (access denied) proves nothing.
     """
     loc = as_location(location)
     if not isinstance(loc, S3Path):
         return None
     prefixes = [p for p in ([loc] if folder is not False else []) + [loc.parent] if p.key]
     for prefix in prefixes:
+        if time.monotonic() - _FINISHED.get(prefix, -math.inf) < FINISHED_S:
+            continue
         try:
             marker = remote_marker(prefix)
         except UnreadableFileError:
             continue
         if marker is not None and marker["complete"] is False:
             return prefix
+        now = time.monotonic()
+        with _FINISHED_LOCK:
+            if len(_FINISHED) > 1000:  # (a long batch reads many prefixes)
+                for old in [p for p, t in _FINISHED.items() if now - t >= FINISHED_S]:
+                    del _FINISHED[old]
+            _FINISHED[prefix] = now
     return None
 
 
@@ -1456,6 +1478,8 @@ def uploading(prefix: S3Path) -> Iterator[None]:
     names."""
     with _UPLOADING_LOCK:
         _UPLOADING.add(prefix)
+    with _FINISHED_LOCK:
+        _FINISHED.pop(prefix, None)  # incomplete from now on: asked again
     yield
     with _UPLOADING_LOCK:
         _UPLOADING.discard(prefix)

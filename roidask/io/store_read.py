@@ -705,6 +705,8 @@ def open_subject(
         The subject's group was not completely written.
     DamagedStoreError
         A chunk recorded by the store is missing.
+    IncompleteOutputError
+        An ``s3://`` store in an output whose upload did not finish.
 
     Warns
     -----

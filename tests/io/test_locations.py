@@ -484,7 +484,9 @@ _KILLED_UPLOAD = """
 import os, signal, sys, threading
 from pathlib import Path
 import obstore
+from roidask.io import locations
 from roidask.io.locations import S3Path, publish_folder
+locations._PUT_THREADS = 1  # the objects in the order they are submitted
 local, url, log, k = Path(sys.argv[1]), S3Path.from_url(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 real, lock, done = obstore.put, threading.Lock(), []
 def put(store, key, data, *args, **kwargs):  # SIGKILL after the k-th object of the output
@@ -505,10 +507,12 @@ publish_folder(local, url)
 
 
 def test_an_overwrite_killed_mid_upload_leaves_no_object_of_the_old_output(s3_bucket, tmp_path):
-    """SIGKILLed after 3 objects of an overwrite: every object there is one of the new
-    output (the old one is gone), the prefix is marked incomplete, plain zarr finds no
-    store; the next upload (the lease of the killed process taken at once) writes it whole."""
+    """SIGKILLed after 5 of the 8 data objects of an overwrite: every object there is one
+    of the new output (the old one is gone), the prefix is marked incomplete, plain zarr
+    opens neither the store nor an array whose chunks are there; the next upload (the lease
+    of the killed process taken at once) writes it whole."""
     import xarray as xr
+    import zarr
 
     from roidask.exceptions import IncompleteOutputError
     from roidask.io.locations import check_finished, incomplete_output, zarr_store
@@ -519,7 +523,7 @@ def test_an_overwrite_killed_mid_upload_leaves_no_object_of_the_old_output(s3_bu
     new = _output_folder(tmp_path / "new", 2, "new.tsv")
     log = tmp_path / "put.log"
     killed = subprocess.run([sys.executable, "-c", _KILLED_UPLOAD, str(tmp_path / "new"),
-                             dest.url, str(log), "3"], capture_output=True, text=True,
+                             dest.url, str(log), "5"], capture_output=True, text=True,
                             timeout=120)  # fmt: skip
     assert killed.returncode == -9, killed.stderr
     put = log.read_text().split()
@@ -527,15 +531,60 @@ def test_an_overwrite_killed_mid_upload_leaves_no_object_of_the_old_output(s3_bu
     marker = json.loads(there.pop(".roidask.json"))
     assert marker["complete"] is False
     assert set(marker["files"]) == (set(old) | set(new)) - {".roidask.json"}
-    assert len(put) == 3 and sorted(there) == sorted(put)  # none of the old output
+    assert len(put) == 5 and sorted(there) == sorted(put)  # none of the old output
     assert all(data == new[name] for name, data in there.items())
+    assert "results.zarr/a/c/1" in there  # every chunk of array a, not its zarr.json
     with pytest.raises(Exception, match=r"[Nn]o group"):
         xr.open_zarr(zarr_store(dest / "results.zarr"))
+    with pytest.raises(Exception, match=r"[Nn]o array"):
+        zarr.open_array(zarr_store(dest / "results.zarr"), path="a", mode="r")
     assert incomplete_output(dest / "results.zarr") == dest
     assert incomplete_output(dest, folder=True) == dest
-    for name in ("results.zarr", "map.nii.gz", "old.tsv"):
-        with pytest.raises(IncompleteOutputError, match=f"source {dest}/{name}: incomplete"):
-            check_finished(dest / name, "source")
+    with pytest.raises(IncompleteOutputError, match=f"source {dest}/results.zarr: incomplete"):
+        check_finished(dest / "results.zarr", "source")
+    for name in ("map.nii.gz", "new.tsv", "old.tsv"):  # put, put, deleted: said the same
+        with pytest.raises(IncompleteOutputError, match=f"labels {dest}/{name}: incomplete"):
+            check_input_file(dest / name, "labels")
     publish_folder(tmp_path / "new", dest)
     assert _objects(dest) == new
     assert incomplete_output(dest / "results.zarr") is None
+
+
+def test_an_input_prefix_is_asked_once_and_again_once_this_process_uploads_it(
+    s3_bucket, tmp_path, monkeypatch
+):
+    """The inputs of one prefix cost one GET of its marker, however often they are opened;
+    an upload of that prefix by this process, cut short, is seen at once."""
+    from roidask.exceptions import IncompleteOutputError
+    from roidask.io.locations import left_incomplete
+
+    dest = S3Path.from_url(f"{s3_bucket}/f")
+    _output_folder(tmp_path / "old", 1, "old.tsv")
+    publish_folder(tmp_path / "old", dest)
+    asked, real_get, real_put = [], obstore.get, obstore.put
+
+    def get(store, key, *args, **kwargs):
+        asked.extend([key] if key.endswith(".roidask.json") else [])
+        return real_get(store, key, *args, **kwargs)
+
+    monkeypatch.setattr(obstore, "get", get)
+    for name in ("map.nii.gz", "old.tsv", "map.nii.gz"):
+        check_input_file(dest / name, "img")
+    assert asked == ["f/.roidask.json"]
+
+    def cut(store, key, data, *args, **kwargs):
+        if key.startswith("f/") and not key.endswith(".roidask.json"):
+            raise KeyboardInterrupt  # as Ctrl-C, before the first object of the output
+        return real_put(store, key, data, *args, **kwargs)
+
+    _output_folder(tmp_path / "new", 2, "new.tsv")
+    monkeypatch.setattr(obstore, "put", cut)
+    with pytest.raises(KeyboardInterrupt):
+        publish_folder(tmp_path / "new", dest)
+    monkeypatch.setattr(obstore, "put", real_put)
+    assert dest in left_incomplete()  # what the interrupted command's last line names
+    with pytest.raises(IncompleteOutputError, match=f"img {dest}/map.nii.gz: incomplete"):
+        check_input_file(dest / "map.nii.gz", "img")  # deleted by the upload
+    publish_folder(tmp_path / "new", dest)  # done: left incomplete no more
+    check_input_file(dest / "new.tsv", "img")
+    assert dest not in left_incomplete()
