@@ -1348,11 +1348,12 @@ def _left(args) -> str:
     upload it began and did not finish (there is no rename in S3: marked incomplete, they
     are refused by every roidask reader and rewritten by the next command)."""
     cut = [str(p) for p in left_incomplete()]
-    if not cut and args.command == "batch" and is_remote(getattr(args, "out", None)):
+    batch = args.command == "batch" and not args.check
+    if not cut and batch and is_remote(args.out):
         # subjects uploaded by the cluster's worker processes are not known here
         return (
-            "no partial output was kept, but for the folder of a subject whose upload was "
-            "cut: left incomplete (marked so); the same command rewrites it"
+            "a subject's folder whose upload was cut is left incomplete (marked so); the "
+            "same command rewrites it"
         )
     if not cut:
         return "no partial output was kept"
