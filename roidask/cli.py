@@ -46,6 +46,7 @@ from roidask.batch import (
 from roidask.cluster import check_client_options, describe_client, get_client
 from roidask.datasets import fetch_haxby, haxby_slice, make_synthetic_subject
 from roidask.exceptions import (
+    IncompleteOutputError,
     InvalidParameterError,
     OutputError,
     RoidaskError,
@@ -55,7 +56,13 @@ from roidask.exceptions import (
 )
 from roidask.io.conversions import open_map
 from roidask.io.image import to_nifti
-from roidask.io.locations import as_location, is_remote, location_arg
+from roidask.io.locations import (
+    as_location,
+    check_finished,
+    is_remote,
+    left_incomplete,
+    location_arg,
+)
 from roidask.io.nifti import EXPORT_MARK
 from roidask.io.store_read import (
     CHUNK_GRIDS_ATTR,
@@ -529,6 +536,11 @@ def describe_study(store, *, damaged: list | None = None) -> str:
 
 
 def _cmd_info(args) -> int:
+    try:  # an s3:// output whose upload was cut: said so, before anything of it is read
+        check_finished(args.store, folder=True)
+    except IncompleteOutputError as exc:
+        print(format_error(exc, "info"))
+        return 1
     attrs = _root_attrs(args.store)
     kind = "study" if STUDY_ATTR in attrs else "results" if RESULTS_ATTR in attrs else "store"
     if not args.verify:
@@ -1336,11 +1348,26 @@ def main(argv: list[str] | None = None) -> int:
                 if args.command == "batch" and not args.check
                 else ""
             )
-            print(
-                f"roidask: {Terminated.describe(exc)}; {kept}no partial output was kept",
-                file=sys.stderr,
-            )
+            print(f"roidask: {Terminated.describe(exc)}; {kept}{_left(args)}", file=sys.stderr)
             return Terminated.status_of(exc)
+
+
+def _left(args) -> str:
+    """What an interrupted command left: nothing partial, or the ``s3://`` prefixes whose
+    upload it began and did not finish (there is no rename in S3: marked incomplete, they
+    are refused by every roidask reader and rewritten by the next command)."""
+    cut = [str(p) for p in left_incomplete()]
+    batch = args.command == "batch" and not args.check
+    if not cut and batch and is_remote(args.out):
+        # subjects uploaded by the cluster's worker processes are not known here
+        return (
+            "a subject's folder whose upload was cut is left incomplete (marked so); the "
+            "same command rewrites it"
+        )
+    if not cut:
+        return "no partial output was kept"
+    shown = ", ".join(cut[:3]) + (f" and {len(cut) - 3} more" if len(cut) > 3 else "")
+    return f"{shown}: left incomplete (marked so); rerun the command"
 
 
 def entry() -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "ImageDimensionError",
     "ImageTypeError",
     "IncompleteBatchWarning",
+    "IncompleteOutputError",
     "IncompleteStoreError",
     "InvalidParameterError",
     "LabelsError",
@@ -152,6 +153,11 @@ class ImageTypeError(RoidaskTypeError):
 # -- the system ------------------------------------------------------------------------------
 class UnreadableFileError(RoidaskOSError):
     """An input cannot be read: missing, permission denied, a folder where a file is due."""
+
+
+class IncompleteOutputError(UnreadableFileError):
+    """An input is (in) an ``s3://`` output whose upload did not finish: its marker says
+    ``complete: false`` (the command writing it was killed, or is still running)."""
 
 
 class OutputError(RoidaskOSError):

@@ -202,6 +202,7 @@ def test_a_killed_upload_to_s3_is_reported_and_redone(s3_bucket, tmp_path, monke
     subject was never complete) rewrites it; its marker is gone after."""
     from roidask.io import convert, list_subjects
     from roidask.io import store_write as store_mod
+    from roidask.io.locations import S3Path, left_incomplete
 
     bold = write_bold(tmp_path / "bold.nii.gz", 6)
     labels = tmp_path / "labels.txt"
@@ -218,12 +219,14 @@ def test_a_killed_upload_to_s3_is_reported_and_redone(s3_bucket, tmp_path, monke
         convert(bold, labels=labels, out=remote, subject="sA", chunks="time=2")
     monkeypatch.undo()
     assert "sA/.roidask.json" in objects(remote)
+    subject = S3Path.from_url(f"{remote}/sA")
+    assert subject in left_incomplete()  # what an interrupted command's last line names
     assert main(["info", "--verify", remote]) == 1
     assert "sA/.roidask.json: left by a convert killed while it uploaded it" in (
         capsys.readouterr().out
     )
     convert(bold, labels=labels, out=remote, subject="sA", chunks="time=2")
-    assert list_subjects(remote) == ["sA"]
+    assert list_subjects(remote) == ["sA"] and subject not in left_incomplete()
     assert "sA/.roidask.json" not in objects(remote)
     assert main(["info", "--verify", remote]) == 0
 
@@ -473,6 +476,78 @@ def test_publishing_puts_the_marker_last_and_deletes_only_listed_objects(s3_buck
     assert markers[0][1]["files"] == ["a.txt", "old.txt", "sub/b.txt"]
     assert json.loads(objects(dest.url)[".roidask.json"]) == marker
     assert sorted(objects(dest.url)) == [".roidask.json", "a.txt", "sub/b.txt"]
+
+
+def test_an_overwrite_cut_short_is_no_mix_and_every_reader_refuses_it(
+    haxby, s3_bucket, tmp_path, monkeypatch, capsys
+):
+    """A run --overwrite to S3 interrupted while it uploads (as Ctrl-C or a kill: nothing
+    cleaned after) leaves no object of the old output, only new ones, and no store plain
+    xarray opens; its last line says the prefix is left incomplete; every roidask reader
+    refuses it in one line (info exits 1, export 2); the rerun, no --overwrite needed,
+    writes what a clean run does."""
+    import xarray as xr
+
+    from roidask.exceptions import IncompleteOutputError
+    from roidask.io import as_image, open_map, open_subject
+    from roidask.io.locations import zarr_store
+
+    out = f"{s3_bucket}/res"
+    args = run_args(haxby.bold, haxby.labels, haxby.mask, out)
+    assert main(args) == 0  # the old output
+    old = objects(out)
+    again = ["--threshold", "2", "--clip", "3"]  # other maps, another number of ROIs
+    local = tmp_path / "clean"  # the new output, as a clean run writes it
+    assert main([*run_args(haxby.bold, haxby.labels, haxby.mask, local), *again]) == 0
+    new = local_files(local)
+    put, real_put, lock = [], obstore.put, threading.Lock()
+
+    def cut(store, key, data, *a, **kw):  # the 4th object of the output, and what follows
+        name = key.removeprefix("res/")
+        if name != key and name != ".roidask.json" and not name.startswith(".roidask-probe"):
+            with lock:  # one at a time (puts run in threads): none in flight when cut
+                if len(put) >= 3:
+                    raise KeyboardInterrupt
+                put.append(name)
+                return real_put(store, key, data, *a, **kw)
+        return real_put(store, key, data, *a, **kw)
+
+    monkeypatch.setattr(obstore, "put", cut)
+    capsys.readouterr()
+    assert main([*args, "--overwrite", *again]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"roidask: interrupted; {out}: left incomplete (marked so); rerun the command"
+    ]
+    monkeypatch.undo()
+    left = objects(out)
+    marker = json.loads(left.pop(".roidask.json"))
+    assert marker["complete"] is False and set(old) - {".roidask.json"} <= set(marker["files"])
+    # no old object is left: what is there is the 3 new objects put
+    assert sorted(left) == sorted(put) and len(put) == 3
+    for name, data in left.items():
+        assert name == "provenance.json" or data == new[name], name
+    with pytest.raises(Exception, match=r"[Nn]o group"):
+        xr.open_zarr(zarr_store(f"{out}/results.zarr"))  # plain xarray: no store there
+    incomplete = f"the roidask command writing {out} did not finish"
+    for command in (["info"], ["info", "--verify"]):
+        assert main([*command, f"{out}/results.zarr"]) == 1
+        said = capsys.readouterr().out.strip().splitlines()
+        assert len(said) == 1 and said[0].startswith(f"{out}/results.zarr: incomplete: ")
+        assert incomplete in said[0] and said[0].endswith("rerun that command")
+    export = tmp_path / "logp.nii.gz"
+    for source in (["results.zarr", "--variable", "logp"], ["roi_mask.nii.gz"]):
+        assert main(["export", f"{out}/{source[0]}", *source[1:], "--out", str(export)]) == 2
+        assert incomplete in error_of(capsys)
+    assert not export.exists()
+    with pytest.raises(IncompleteOutputError, match=incomplete):
+        open_map(f"{out}/results.zarr", variable="logp")
+    with pytest.raises(IncompleteOutputError, match=incomplete):
+        open_subject(f"{out}/results.zarr")  # before it is found not to be a BOLD store
+    with pytest.raises(IncompleteOutputError, match=f"mask_img {out}/atlas.nii.gz: incomplete"):
+        as_image(f"{out}/atlas.nii.gz", param="mask_img")
+    assert main([*args, *again]) == 0  # rewritten: no --overwrite needed
+    _results_match(out, local)
+    assert main(["info", "--verify", f"{out}/results.zarr"]) == 0
 
 
 # -- errors ---------------------------------------------------------------------------------

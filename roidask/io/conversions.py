@@ -35,7 +35,7 @@ from roidask.io.image import (
     open_source,
     scaled_values,
 )
-from roidask.io.locations import PathOrURL, as_location, zarr_store
+from roidask.io.locations import PathOrURL, as_location, check_finished, zarr_store
 from roidask.io.store_read import (
     STORE_ATTR,
     STUDY_ATTR,
@@ -185,11 +185,15 @@ def as_image(
         ``ndim`` is not 3, 4 or None.
     UnreadableFileError, CorruptFileError, StoreError
         A path that cannot be read as an image.
+    IncompleteOutputError
+        An ``s3://`` path in an output whose upload did not finish (marked incomplete:
+        :func:`roidask.io.locations.check_finished`).
     """
     check_choice(ndim, "ndim", (None, 3, 4))
     if isinstance(img, PathOrURL):
         path = as_location(img)
         if not path.exists():
+            check_finished(path, param)  # deleted by an upload that was cut?
             raise UnreadableFileError(f"{param} {path}: no such file or folder", param=param)
         if is_image_path(path):
             _no_subject(subject, f"{param} {path}")
@@ -329,6 +333,8 @@ def open_map(
         BOLD store (``roidask.io.convert``'s), which holds no maps at its root.
     ImageTypeError
         The variable has no ``affine`` attribute (its grid is unknown).
+    IncompleteOutputError
+        An ``s3://`` source in an output whose upload did not finish.
     """
     loc = as_location(source)
     if is_image_path(loc) or (isinstance(loc, Path) and loc.is_file()):
@@ -340,6 +346,7 @@ def open_map(
                 param=param,
             )
         return as_image(source, param="source")
+    check_finished(loc, "source", folder=True)  # before any of it is read
     if not loc.exists():
         raise UnreadableFileError(f"source {loc}: no such file or store", param="source")
     _check_group(loc, group)

@@ -46,7 +46,13 @@ from roidask.io.grid import (
     voxel_size_mm,
 )
 from roidask.io.labels import volume_labels
-from roidask.io.locations import PathOrURL, as_location, as_location_list, version_tag
+from roidask.io.locations import (
+    PathOrURL,
+    as_location,
+    as_location_list,
+    check_finished,
+    version_tag,
+)
 from roidask.io.nifti import (
     SCALED_DTYPE,
     NiftiSource,
@@ -97,6 +103,7 @@ def open_source(
     """The validated source of an image file: NIfTI, or NIfTI-Zarr for ``*.nii.zarr``."""
     as_location(path, param)
     if is_nifti_zarr(path):
+        check_finished(path, param, folder=True)  # a NIfTI file: check_input_file's
         return NiftiZarrSource.open(path, ndim=ndim)
     return NiftiSource.open(path, ndim=ndim, param=param)
 

@@ -22,11 +22,14 @@ Failures are one-line :class:`~roidask.exceptions.RoidaskOSError` messages namin
 URL, what was expected and what the server said: a missing bucket or object, denied
 access, an unreachable endpoint (:func:`s3_error`).
 
-Outputs keep the guarantees they have on disk (:func:`publish_folder`): a folder is
-built locally and uploaded, its ownership marker ``.roidask.json`` last; until then
-the prefix holds a *pending* marker listing every object the upload may write, so a
-killed upload is recognised as roidask's and incomplete; objects roidask did not
-write are never deleted (:func:`check_remote_destination` refuses such a prefix).
+Outputs keep the guarantees they have on disk as far as S3 allows (:func:`publish_folder`):
+a folder is built locally and uploaded, its ownership marker ``.roidask.json`` last; until
+then the prefix holds a *pending* marker listing every object the upload may write, so a
+killed upload is recognised as roidask's and incomplete; objects roidask did not write are
+never deleted (:func:`check_remote_destination` refuses such a prefix). With no rename
+in S3, an output being replaced is deleted before any new object is put and zarr's
+metadata follows its chunks, so no moment shows a mix of two outputs; roidask's readers
+refuse an input in a prefix marked incomplete (:func:`check_finished`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import datetime
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import secrets
@@ -78,6 +82,7 @@ from roidask._validate import check_input_file as check_local_file
 from roidask._validate import check_path
 from roidask.exceptions import (
     CorruptFileError,
+    IncompleteOutputError,
     LockWarning,
     ObjectStoreError,
     OutputError,
@@ -98,6 +103,7 @@ __all__ = [
     "as_location_list",
     "changed_files",
     "check_again_remote",
+    "check_finished",
     "check_input_file",
     "check_output",
     "check_remote_destination",
@@ -106,8 +112,10 @@ __all__ = [
     "file_sizes",
     "folder_marker",
     "foreign_in_group",
+    "incomplete_output",
     "is_remote",
     "is_zarr_file",
+    "left_incomplete",
     "list_files",
     "local_scratch",
     "location_arg",
@@ -121,6 +129,7 @@ __all__ = [
     "remote_marker",
     "remove_files",
     "s3_error",
+    "uploading",
     "version_tag",
     "write_file",
     "zarr_store",
@@ -881,6 +890,7 @@ def check_input_file(location, param: str, *, what: str = "file") -> Path | S3Pa
     try:
         size = obstore.head(_store(loc.bucket), loc.key)["size"]
     except FileNotFoundError as exc:
+        check_finished(loc, param, folder=False)  # deleted by an upload that was cut?
         if _bucket_exists(loc.bucket) is not False and loc.is_dir():
             raise UnreadableFileError(
                 f"{param} {loc}: is a folder; expected a {what}", param=param
@@ -892,6 +902,7 @@ def check_input_file(location, param: str, *, what: str = "file") -> Path | S3Pa
         raise CorruptFileError(
             f"{param} {loc}: is empty (0 bytes); expected a {what}", param=param
         )
+    check_finished(loc, param, folder=False)
     return loc
 
 
@@ -1207,6 +1218,71 @@ def remote_marker(folder: S3Path) -> dict | None:
     return record
 
 
+#: Seconds an ``s3://`` prefix found complete (or not an output) is taken as such
+#: (:func:`incomplete_output`): the checks as a command opens its inputs ask once.
+FINISHED_S = 5.0
+_FINISHED: dict[S3Path, float] = {}
+_FINISHED_LOCK = threading.Lock()
+
+
+def incomplete_output(location: PathOrURL, *, folder: bool | None = None) -> S3Path | None:
+    """The ``s3://`` output that ``location`` is, or is in, if its upload did not finish
+    (its marker says ``complete: false``: the command writing it was killed, or is still
+    running); None for a local path, or an output that is complete or not roidask's.
+
+    One GET of the marker of the prefix ``location`` is in (roidask's outputs are one
+    level deep: a run's or a batch subject's folder, ``group/``), and, for a folder
+    (``folder``: True, or None when unknown), one of its own (a batch subject's folder
+    given as such). A prefix found complete (or no output) is not asked again for
+    :data:`FINISHED_S` seconds (one GET per input prefix: a command opens each input
+    several times as it starts), unless this process uploads it meanwhile. A marker that
+    cannot be read (access denied) proves nothing.
+    """
+    loc = as_location(location)
+    if not isinstance(loc, S3Path):
+        return None
+    prefixes = [p for p in ([loc] if folder is not False else []) + [loc.parent] if p.key]
+    for prefix in prefixes:
+        if time.monotonic() - _FINISHED.get(prefix, -math.inf) < FINISHED_S:
+            continue
+        try:
+            marker = remote_marker(prefix)
+        except UnreadableFileError:
+            continue
+        if marker is not None and marker["complete"] is False:
+            return prefix
+        now = time.monotonic()
+        with _FINISHED_LOCK:
+            if len(_FINISHED) > 1000:  # (a long batch reads many prefixes)
+                for old in [p for p, t in _FINISHED.items() if now - t >= FINISHED_S]:
+                    del _FINISHED[old]
+            _FINISHED[prefix] = now
+    return None
+
+
+def check_finished(
+    location: PathOrURL, param: str | None = None, *, folder: bool | None = None
+) -> None:
+    """Refuse an input that is (in) an ``s3://`` output whose upload did not finish
+    (:func:`incomplete_output`), before anything of it is read.
+
+    Raises
+    ------
+    IncompleteOutputError
+        One line naming ``location``, the output, and the command to rerun.
+    """
+    prefix = incomplete_output(location, folder=folder)
+    if prefix is None:
+        return
+    loc = as_location(location)
+    where = f"{param} {loc}" if param else str(loc)
+    raise IncompleteOutputError(
+        f"{where}: incomplete: the roidask command writing {prefix} did not finish (killed, or "
+        f"still running: its {MARKER} says complete: false); rerun that command",
+        param=param,
+    )
+
+
 def check_remote_destination(
     out: S3Path,
     *,
@@ -1378,6 +1454,62 @@ def changed_files(folder: Location, marker: dict | None = None) -> list[str]:
     return size_mismatches(recorded, file_sizes(folder, recorded))
 
 
+#: The names of zarr's metadata objects (v3, and v2's): put after every chunk of their
+#: store, so that zarr opens a store only once its data is all there.
+_ZARR_METADATA = frozenset({"zarr.json", ".zarray", ".zgroup", ".zattrs", ".zmetadata"})
+
+
+def _is_zarr_metadata(name: str) -> bool:
+    return name.rpartition("/")[2] in _ZARR_METADATA
+
+
+def _metadata_levels(names: Iterable[str]) -> list[list[str]]:
+    """The zarr metadata objects among ``names`` in the order they are put: the deepest
+    first (an array's before its group's), each store's root last."""
+    levels: dict[int, list[str]] = collections.defaultdict(list)
+    for name in names:
+        if _is_zarr_metadata(name):
+            levels[name.count("/")].append(name)
+    return [sorted(levels[depth]) for depth in sorted(levels, reverse=True)]
+
+
+def _metadata_first(names: Iterable[str]) -> list[str]:
+    """``names`` in the order an old output is deleted: zarr metadata first (each store's
+    root first: a store that has lost some of its chunks can no longer be opened), then
+    the rest."""
+    names = sorted(names)
+    metadata = sorted((n for n in names if _is_zarr_metadata(n)), key=lambda n: n.count("/"))
+    return [*metadata, *(n for n in names if not _is_zarr_metadata(n))]
+
+
+#: ``s3://`` prefixes this process began to upload and has not finished: a command
+#: interrupted meanwhile left them incomplete (:func:`left_incomplete`).
+_UPLOADING: set[S3Path] = set()
+_UPLOADING_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def uploading(prefix: S3Path) -> Iterator[None]:
+    """Record ``prefix`` as being uploaded until the block ends normally (the prefix is
+    then complete: uploads of one prefix take turns); if it raises (an error, Ctrl-C,
+    SIGTERM), the prefix stays in :func:`left_incomplete`, which the command's last line
+    names."""
+    with _UPLOADING_LOCK:
+        _UPLOADING.add(prefix)
+    with _FINISHED_LOCK:
+        _FINISHED.pop(prefix, None)  # incomplete from now on: asked again
+    yield
+    with _UPLOADING_LOCK:
+        _UPLOADING.discard(prefix)
+
+
+def left_incomplete() -> list[S3Path]:
+    """The ``s3://`` prefixes whose upload this process began and did not finish (marked
+    incomplete there: readers refuse them, the next command on them rewrites them)."""
+    with _UPLOADING_LOCK:
+        return sorted(_UPLOADING)
+
+
 def publish_folder(
     local: Path,
     dest: S3Path,
@@ -1387,13 +1519,30 @@ def publish_folder(
 ) -> S3Path:
     """Upload a complete local folder to ``dest``, the names in ``last`` last.
 
+    S3 has no rename, so an output cannot appear whole in one step as a local folder
+    does. The order makes every moment either the old output, or an incomplete one
+    that roidask's readers refuse and plain zarr cannot open, never a mix of the old
+    and the new:
+
     1. a pending marker (``complete: false``) listing the old and the new objects is
-       put, so that a killed upload leaves a prefix recognised as roidask's and
-       incomplete;
-    2. every file but ``last`` is put (concurrently);
-    3. the objects of the old output that the new one does not have are deleted
-       (only those its marker listed);
-    4. ``last`` (the folder's marker, already written locally) is put.
+       put: from now on roidask's readers refuse the prefix (:func:`check_finished`),
+       and a killed upload leaves a prefix recognised as roidask's and incomplete;
+    2. the objects of the old output are deleted (only those its marker listed: never
+       a user's), zarr metadata first;
+    3. every file but zarr's metadata and ``last`` is put (concurrently): chunks,
+       images, tables;
+    4. zarr's metadata: the deepest first (an array's ``zarr.json`` before its group's),
+       each store's root last, so that plain zarr or xarray can open a store only once
+       every chunk of it is there;
+    5. ``last`` (the folder's marker, already written locally) is put.
+
+    The trade-off, for want of an atomic rename: a command killed during an overwrite
+    (between 1 and 5) leaves neither the old output nor the new one, but a prefix
+    marked incomplete, holding some of the new objects; roidask refuses to read it
+    (naming the command to rerun), and the next command writing it rewrites it (no
+    ``overwrite`` needed). It costs one more request than uploading over the old
+    objects (the delete, one per 1000 objects) and one round of puts per level of zarr
+    metadata.
 
     Uploads to one prefix take turns (:class:`RemoteLease`, waited for), so two
     commands publishing it at once leave one output whole, never a mix of both.
@@ -1402,24 +1551,27 @@ def publish_folder(
     """
     names = list_files(local)
     last = [n for n in last if n in names]
+    first = [n for n in names if n not in last]
     with output_lock(dest, param="out", wait=True) as lease:  # one upload at a time
         if before_commit is not None:
             before_commit()
         old = remote_marker(dest)
-        old_files = set(old["files"]) if old else set()
+        old_files = set(old["files"]) - {MARKER} if old else set()
         pending = {
             "written_by": "roidask",
             "kind": (old or {}).get("kind") or _local_kind(local),
             "complete": False,
-            "files": sorted((old_files | set(names)) - {MARKER}),
+            "files": sorted(old_files | (set(names) - {MARKER})),
         }
-        (dest / MARKER).write_text(json.dumps(pending, indent=2) + "\n")
-        put_files(local, dest, [n for n in names if n not in last])
-        stale = sorted(old_files - set(names) - {MARKER})
-        if stale:
-            delete_prefix_keys(dest, stale)
-        lease.check()
-        put_files(local, dest, last)
+        with uploading(dest):
+            (dest / MARKER).write_text(json.dumps(pending, indent=2) + "\n")
+            if old_files:  # before any new object: a kill from here on leaves no mix
+                delete_prefix_keys(dest, _metadata_first(old_files))
+            put_files(local, dest, [n for n in first if not _is_zarr_metadata(n)])
+            for level in _metadata_levels(first):
+                put_files(local, dest, level)
+            lease.check()
+            put_files(local, dest, last)
     return dest
 
 

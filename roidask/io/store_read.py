@@ -55,6 +55,7 @@ from roidask.io.locations import (
     PathOrURL,
     S3Path,
     as_location,
+    check_finished,
     list_files,
     remote_marker,
     version_tag,
@@ -215,6 +216,7 @@ def require_store(store: PathOrURL, *, param: str = "store") -> Path | S3Path:
     """``store`` as a Path (S3Path for ``s3://``), or StoreError saying why it is not a
     roidask store."""
     path = as_location(store, param)
+    check_finished(path, param, folder=True)  # in an s3:// output whose upload was cut
     if not path.exists():
         raise StoreError(f"{param} {path}: no such store", param=param)
     if not path.is_dir():
@@ -703,6 +705,8 @@ def open_subject(
         The subject's group was not completely written.
     DamagedStoreError
         A chunk recorded by the store is missing.
+    IncompleteOutputError
+        An ``s3://`` store in an output whose upload did not finish.
 
     Warns
     -----
@@ -799,9 +803,8 @@ def open_subject(
 def open_store(store: PathOrURL) -> xr.DataTree:
     """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects."""
     path = require_store(store)
-    incomplete = sorted(
-        set(list_subjects(path, include_incomplete=True)) - set(list_subjects(path))
-    )
+    records = group_records(path)
+    incomplete = sorted(n for n, attrs in records.items() if attrs.get(COMPLETE_ATTR) is not True)
     if incomplete:
         raise IncompleteStoreError(
             f"store {path}: subject(s) {incomplete} were not completely written; convert them "

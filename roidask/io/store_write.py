@@ -62,6 +62,7 @@ from roidask.io.locations import (
     output_lock,
     put_files,
     put_if_absent,
+    uploading,
     write_file,
     zarr_store,
 )
@@ -585,22 +586,23 @@ def _convert_to_s3(
                 "complete": False,
                 "files": sorted(((set(old["objects"]) if old else set()) | own) - {MARKER}),
             }
-            write_file(out / subject / MARKER, json.dumps(pending, indent=2).encode())
-            if old is not None and old["group"]:
-                attrs = dict(old["group"].get("attributes") or {})
-                if attrs.pop(COMPLETE_ATTR, None) is not None:  # unpublish first
-                    (out / group_json).write_text(
-                        json.dumps({**old["group"], "attributes": attrs})
-                    )
-                    with RemoteLease(out, param="out", wait=True):
-                        consolidate(out)
-            put_files(local, out, [n for n in names if n != group_json])
-            if old is not None:
-                stale = sorted(set(old["objects"]) - own - {MARKER})
-                delete_prefix_keys(out / subject, stale)
-            lease.check()
-            put_files(local, out, [group_json])
-            delete_prefix_keys(out / subject, [MARKER])
+            with uploading(out / subject):  # an interrupted command names it
+                write_file(out / subject / MARKER, json.dumps(pending, indent=2).encode())
+                if old is not None and old["group"]:
+                    attrs = dict(old["group"].get("attributes") or {})
+                    if attrs.pop(COMPLETE_ATTR, None) is not None:  # unpublish first
+                        (out / group_json).write_text(
+                            json.dumps({**old["group"], "attributes": attrs})
+                        )
+                        with RemoteLease(out, param="out", wait=True):
+                            consolidate(out)
+                put_files(local, out, [n for n in names if n != group_json])
+                if old is not None:
+                    stale = sorted(set(old["objects"]) - own - {MARKER})
+                    delete_prefix_keys(out / subject, stale)
+                lease.check()
+                put_files(local, out, [group_json])
+                delete_prefix_keys(out / subject, [MARKER])
             with RemoteLease(out, param="out", wait=True):
                 consolidate(out)
     return out

@@ -427,3 +427,183 @@ def test_a_store_without_conditional_writes_is_written_with_a_warning(s3_bucket,
         with RemoteLease(out, param="out") as lease:
             lease.check()
     assert not S3Path.from_url(f"{s3_bucket}/.out.roidask-lease").exists()
+
+
+# -- publishing an output: never a mix of the old and the new ------------------------------
+def _output_folder(folder: Path, value: int, own: str) -> dict[str, bytes]:
+    """A roidask-like output folder: a consolidated zarr store (two arrays and a nested
+    group), a map, a file of its own name (``own``) and its marker; name -> bytes."""
+    import zarr
+
+    from roidask.io.store_read import ignore_consolidated_warning
+
+    ignore_consolidated_warning()
+    store = zarr.open_group(folder / "results.zarr", mode="w")
+    for name in ("a", "b"):
+        store.create_array(name, shape=(4,), chunks=(2,), dtype="i2")[:] = value
+    store.create_group("g").create_array("c", shape=(2,), chunks=(1,), dtype="i2")[:] = value
+    zarr.consolidate_metadata(str(folder / "results.zarr"))
+    (folder / "map.nii.gz").write_bytes(f"map {value}".encode())
+    (folder / own).write_text(own)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    marker = {"written_by": "roidask", "kind": "k", "files": files}
+    (folder / ".roidask.json").write_text(json.dumps(marker))
+    return {name: (folder / name).read_bytes() for name in [*files, ".roidask.json"]}
+
+
+def _objects(dest: S3Path) -> dict[str, bytes]:
+    return {name: (dest / name).read_bytes() for name in dest.list_objects()}
+
+
+def test_publishing_deletes_the_old_output_first_and_zarr_metadata_follows_its_chunks(
+    s3_bucket, tmp_path, monkeypatch
+):
+    """Over an old output: the pending marker; the old objects deleted (zarr's root
+    metadata first), before any new one is put; the data; zarr metadata, deepest first,
+    the store's root last; the marker."""
+    dest = S3Path.from_url(f"{s3_bucket}/f")
+    old = _output_folder(tmp_path / "old", 1, "old.tsv")
+    publish_folder(tmp_path / "old", dest)
+    new = _output_folder(tmp_path / "new", 2, "new.tsv")
+    calls, real_put, real_delete, lock = [], obstore.put, obstore.delete, threading.Lock()
+
+    def put(store, key, data, *args, **kwargs):
+        if key.startswith("f/"):
+            with lock:
+                calls.append(("put", key[2:]))
+        return real_put(store, key, data, *args, **kwargs)
+
+    def delete(store, keys):
+        if not isinstance(keys, str) and keys[0].startswith("f/"):
+            calls.append(("delete", [k[2:] for k in keys]))
+        return real_delete(store, keys)
+
+    monkeypatch.setattr(obstore, "put", put)
+    monkeypatch.setattr(obstore, "delete", delete)
+    publish_folder(tmp_path / "new", dest)
+    monkeypatch.undo()
+    assert calls[0] == ("put", ".roidask.json")  # pending
+    assert calls[1] == ("delete", calls[1][1])  # then the old output, whole
+    assert sorted(calls[1][1]) == sorted(set(old) - {".roidask.json"})
+    assert calls[1][1][0] == "results.zarr/zarr.json"
+    puts = [key for op, key in calls[2:]]
+    assert all(op == "put" for op, _ in calls[2:]) and puts[-1] == ".roidask.json"
+    metadata = [k for k in puts if k.endswith("zarr.json")]
+    first = puts.index(metadata[0])
+    assert sorted(puts[:first]) == sorted(
+        k for k in new if not k.endswith(("zarr.json", ".roidask.json"))
+    )
+    assert puts[first:-1] == metadata
+    depths = [k.count("/") for k in metadata]
+    assert depths == sorted(depths, reverse=True) and metadata[-1] == "results.zarr/zarr.json"
+    assert _objects(dest) == new
+
+
+_KILLED_UPLOAD = """
+import os, signal, sys, threading
+from pathlib import Path
+import obstore
+from roidask.io import locations
+from roidask.io.locations import S3Path, publish_folder
+locations._PUT_THREADS = 1  # the objects in the order they are submitted
+local, url, log, k = Path(sys.argv[1]), S3Path.from_url(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+real, lock, done = obstore.put, threading.Lock(), []
+def put(store, key, data, *args, **kwargs):  # SIGKILL after the k-th object of the output
+    name = key.rpartition("/")[2]
+    if not key.startswith(url.key + "/") or name.startswith((".roidask.json", ".roidask-")):
+        return real(store, key, data, *args, **kwargs)
+    with lock:  # one at a time: none in flight when killed
+        with open(log, "a") as fh:
+            fh.write(key[len(url.key) + 1:] + "\\n")
+        result = real(store, key, data, *args, **kwargs)
+        done.append(key)
+        if len(done) == k:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+obstore.put = put
+publish_folder(local, url)
+"""
+
+
+def test_an_overwrite_killed_mid_upload_leaves_no_object_of_the_old_output(s3_bucket, tmp_path):
+    """SIGKILLed after 5 of the 8 data objects of an overwrite: every object there is one
+    of the new output (the old one is gone), the prefix is marked incomplete, plain zarr
+    opens neither the store nor an array whose chunks are there; the next upload (the lease
+    of the killed process taken at once) writes it whole."""
+    import xarray as xr
+    import zarr
+
+    from roidask.exceptions import IncompleteOutputError
+    from roidask.io.locations import check_finished, incomplete_output, zarr_store
+
+    dest = S3Path.from_url(f"{s3_bucket}/f")
+    old = _output_folder(tmp_path / "old", 1, "old.tsv")
+    publish_folder(tmp_path / "old", dest)
+    new = _output_folder(tmp_path / "new", 2, "new.tsv")
+    log = tmp_path / "put.log"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_UPLOAD, str(tmp_path / "new"),
+                             dest.url, str(log), "5"], capture_output=True, text=True,
+                            timeout=120)  # fmt: skip
+    assert killed.returncode == -9, killed.stderr
+    put = log.read_text().split()
+    there = _objects(dest)
+    marker = json.loads(there.pop(".roidask.json"))
+    assert marker["complete"] is False
+    assert set(marker["files"]) == (set(old) | set(new)) - {".roidask.json"}
+    assert len(put) == 5 and sorted(there) == sorted(put)  # none of the old output
+    assert all(data == new[name] for name, data in there.items())
+    assert "results.zarr/a/c/1" in there  # every chunk of array a, not its zarr.json
+    with pytest.raises(Exception, match=r"[Nn]o group"):
+        xr.open_zarr(zarr_store(dest / "results.zarr"))
+    with pytest.raises(Exception, match=r"[Nn]o array"):
+        zarr.open_array(zarr_store(dest / "results.zarr"), path="a", mode="r")
+    assert incomplete_output(dest / "results.zarr") == dest
+    assert incomplete_output(dest, folder=True) == dest
+    with pytest.raises(IncompleteOutputError, match=f"source {dest}/results.zarr: incomplete"):
+        check_finished(dest / "results.zarr", "source")
+    for name in ("map.nii.gz", "new.tsv", "old.tsv"):  # put, put, deleted: said the same
+        with pytest.raises(IncompleteOutputError, match=f"labels {dest}/{name}: incomplete"):
+            check_input_file(dest / name, "labels")
+    publish_folder(tmp_path / "new", dest)
+    assert _objects(dest) == new
+    assert incomplete_output(dest / "results.zarr") is None
+
+
+def test_an_input_prefix_is_asked_once_and_again_once_this_process_uploads_it(
+    s3_bucket, tmp_path, monkeypatch
+):
+    """The inputs of one prefix cost one GET of its marker, however often they are opened;
+    an upload of that prefix by this process, cut short, is seen at once."""
+    from roidask.exceptions import IncompleteOutputError
+    from roidask.io.locations import left_incomplete
+
+    dest = S3Path.from_url(f"{s3_bucket}/f")
+    _output_folder(tmp_path / "old", 1, "old.tsv")
+    publish_folder(tmp_path / "old", dest)
+    asked, real_get, real_put = [], obstore.get, obstore.put
+
+    def get(store, key, *args, **kwargs):
+        asked.extend([key] if key.endswith(".roidask.json") else [])
+        return real_get(store, key, *args, **kwargs)
+
+    monkeypatch.setattr(obstore, "get", get)
+    for name in ("map.nii.gz", "old.tsv", "map.nii.gz"):
+        check_input_file(dest / name, "img")
+    assert asked == ["f/.roidask.json"]
+
+    def cut(store, key, data, *args, **kwargs):
+        if key.startswith("f/") and not key.endswith(".roidask.json"):
+            raise KeyboardInterrupt  # as Ctrl-C, before the first object of the output
+        return real_put(store, key, data, *args, **kwargs)
+
+    _output_folder(tmp_path / "new", 2, "new.tsv")
+    monkeypatch.setattr(obstore, "put", cut)
+    with pytest.raises(KeyboardInterrupt):
+        publish_folder(tmp_path / "new", dest)
+    monkeypatch.setattr(obstore, "put", real_put)
+    assert dest in left_incomplete()  # what the interrupted command's last line names
+    with pytest.raises(IncompleteOutputError, match=f"img {dest}/map.nii.gz: incomplete"):
+        check_input_file(dest / "map.nii.gz", "img")  # deleted by the upload
+    publish_folder(tmp_path / "new", dest)  # done: left incomplete no more
+    check_input_file(dest / "new.tsv", "img")
+    assert dest not in left_incomplete()
