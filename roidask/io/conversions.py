@@ -35,7 +35,7 @@ from roidask.io.image import (
     open_source,
     scaled_values,
 )
-from roidask.io.locations import PathOrURL, as_location, zarr_store
+from roidask.io.locations import PathOrURL, S3Path, as_location, location_exists, zarr_store
 from roidask.io.store_read import (
     STORE_ATTR,
     STUDY_ATTR,
@@ -126,6 +126,10 @@ def _from_xarray(
     return obj
 
 
+#: What a path given as an image may be (for messages).
+_IMAGE_PATHS = "a .nii/.nii.gz file, a .nii.zarr image or a roidask zarr store"
+
+
 def as_image(
     img: ImageLike,
     *,
@@ -184,9 +188,12 @@ def as_image(
     """
     check_choice(ndim, "ndim", (None, 3, 4))
     if isinstance(img, PathOrURL):
-        path = as_location(img)
-        if not path.exists():
-            raise UnreadableFileError(f"{param} {path}: no such file or folder", param=param)
+        path = as_location(img, param)
+        if not location_exists(path, param):
+            what = "object or prefix" if isinstance(path, S3Path) else "file or folder"
+            raise UnreadableFileError(
+                f"{param} {path}: no such {what}; expected {_IMAGE_PATHS}", param=param
+            )
         if is_image_path(path):
             _no_subject(subject, f"{param} {path}")
             src = open_source(path, param=param)
@@ -198,8 +205,7 @@ def as_image(
         elif path.is_dir():
             if not any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray")):
                 raise UnreadableFileError(
-                    f"{param} {path}: is a folder, not an image; expected a .nii/.nii.gz file, "
-                    "a .nii.zarr image or a roidask zarr store",
+                    f"{param} {path}: is a folder, not an image; expected {_IMAGE_PATHS}",
                     param=param,
                 )
             try:

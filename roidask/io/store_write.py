@@ -45,6 +45,7 @@ from roidask.exceptions import (
     NonFiniteVoxelsWarning,
     OutputError,
     OutputExistsError,
+    RoidaskOSError,
 )
 from roidask.io.conversions import as_image
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS, check_same_grid, grid_attrs
@@ -62,6 +63,7 @@ from roidask.io.locations import (
     output_lock,
     put_files,
     put_if_absent,
+    s3_error,
     write_file,
     zarr_store,
 )
@@ -216,8 +218,9 @@ def _check_replaceable(
 ) -> None:
     """Check that the subject ``subject`` that store ``out`` holds may be replaced: a group
     roidask wrote as a subject (:func:`~roidask.io.store_read.subject_layout`), holding
-    nothing but its layout (and ``pending``: the objects a killed upload's marker lists),
-    and ``overwrite``."""
+    nothing but its layout (and ``pending``: the objects a killed upload's marker lists,
+    whose metadata may differ from the root's record: that upload was rewriting it), and
+    ``overwrite``."""
     target = out / subject
     # roidask writes no links, and a subject is a folder: a file there is the user's
     local_not_folder = isinstance(target, Path) and (target.is_symlink() or not target.is_dir())
@@ -506,7 +509,11 @@ def _prepare_remote_target(
             raise OutputError(
                 f"out {out}: holds the input {item}; choose another store", param="out"
             )
-    if (out / "zarr.json").is_file():
+    try:
+        has_root = (out / "zarr.json").is_file()
+    except RoidaskOSError as exc:  # no such bucket, denied, unreachable: named as --out
+        raise s3_error(exc, out, param="out", error=OutputError) from None
+    if has_root:
         if not is_store(out):
             raise OutputError(
                 f"out {out}: exists and is not a roidask store; roidask only adds subjects to "
@@ -529,8 +536,10 @@ def _prepare_remote_target(
         group = {}
     complete = (group.get("attributes") or {}).get(COMPLETE_ATTR) is True
     pending = pending_upload(out / subject)
-    try:  # an incomplete subject (killed upload) is rewritten without overwrite
-        _check_replaceable(out, subject, overwrite=overwrite or not complete, pending=pending)
+    try:  # an incomplete subject (a killed upload: its marker is left) is rewritten without
+        # overwrite; what the marker lists (objects, metadata) is its upload's, not an edit
+        rewrite = overwrite or not complete or bool(pending)
+        _check_replaceable(out, subject, overwrite=rewrite, pending=pending)
     except OutputExistsError:
         how = " (written meanwhile by another convert)" if meanwhile else ""
         raise OutputExistsError(
