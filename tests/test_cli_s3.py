@@ -24,7 +24,7 @@ from helpers.threads import at_once
 from obstore.store import S3Store
 
 from roidask.cli import main
-from roidask.exceptions import IncompleteStoreError, OutputError
+from roidask.exceptions import IncompleteStoreError, OutputError, OutputExistsError
 
 # one moto server for this module's tests
 s3_server = s3_helpers.s3_server
@@ -244,17 +244,18 @@ def test_a_killed_upload_to_s3_is_reported_and_redone(s3_bucket, tmp_path, monke
     assert main(["info", "--verify", remote]) == 0
 
 
-@pytest.mark.parametrize("killed", ["objects put", "group put"])
+@pytest.mark.parametrize("killed", ["objects put", "group put", "root rewritten"])
 def test_a_killed_overwrite_in_s3_is_rewritten_by_the_next_convert(
     s3_bucket, tmp_path, monkeypatch, capsys, killed
 ):
     """``convert --overwrite`` onto another grid and other chunks, killed once it has put the
     new arrays' zarr.json (which differ from the root's record of the old subject), or the
-    group's too (its marker not yet deleted, the root not rewritten): what the pending
-    marker lists is roidask's upload, not a user's edit. info names the killed upload (not
-    an edit; --verify reads none of its chunks, half old, half new), run --store's advice
-    works, and the next convert, with or without --overwrite, replaces the subject; an
-    object of the user's in it is still refused."""
+    group's too (the root not yet rewritten): what the pending marker lists is roidask's
+    upload, not a user's edit. info names the killed upload (not an edit; --verify reads
+    none of its chunks, half old, half new), run --store's advice works, and the next
+    convert, with or without --overwrite, replaces the subject; an object of the user's in
+    it is still refused. Killed once the root lists the new subject (only its marker left
+    to delete), the subject is published and whole: replacing it needs --overwrite."""
     from roidask.io import convert, list_subjects, open_subject
     from roidask.io import store_write as store_mod
 
@@ -275,14 +276,25 @@ def test_a_killed_overwrite_in_s3_is_rewritten_by_the_next_convert(
             raise KeyboardInterrupt
 
         monkeypatch.setattr(store_mod, "put_files", kill)
+    elif killed == "group put":  # as a SIGKILL before the root's last rewrite
+        calls = []
+
+        def kill(path):
+            calls.extend([path] if str(path).startswith("s3://") else [])  # not the local copy
+            if len(calls) == 2:  # the first unpublished the old subject
+                raise KeyboardInterrupt
+            real(path)
+
+        real = store_mod.consolidate
+        monkeypatch.setattr(store_mod, "consolidate", kill)
     else:  # as a SIGKILL before the pending marker is deleted
-        real = store_mod.delete_prefix_keys
 
         def kill(dest, names):
             if ".roidask.json" in names:
                 raise KeyboardInterrupt
             real(dest, names)
 
+        real = store_mod.delete_prefix_keys
         monkeypatch.setattr(store_mod, "delete_prefix_keys", kill)
     with pytest.raises(KeyboardInterrupt):
         convert(new, labels=labels, out=remote, subject="sA", chunks="time=3", overwrite=True)
@@ -290,7 +302,17 @@ def test_a_killed_overwrite_in_s3_is_rewritten_by_the_next_convert(
     there = objects(remote)
     assert json.loads(there["sA/bold/zarr.json"])["shape"] == [3, 4, 2, 6]  # the new one's
     assert "sA/.roidask.json" in there
+    args = ["run", "--store", remote, "--subject", "sA", "--mask", str(mask),
+            "--out", str(tmp_path / "o"), "--threshold", "0.5", *RUN_OPTIONS]  # fmt: skip
     capsys.readouterr()
+    if killed == "root rewritten":  # published: as any subject
+        assert main(["info", "--verify", remote]) == 0
+        with pytest.raises(OutputExistsError, match="already holds subject 'sA'"):
+            convert(new, labels=labels, out=remote, subject="sA", chunks="time=3")
+        convert(new, labels=labels, out=remote, subject="sA", chunks="time=3", overwrite=True)
+        assert "sA/.roidask.json" not in objects(remote)
+        assert main(args) == 0
+        return
     assert main(["info", remote]) == 1
     out = capsys.readouterr().out
     assert "edited?" not in out
@@ -300,8 +322,6 @@ def test_a_killed_overwrite_in_s3_is_rewritten_by_the_next_convert(
         f"store {remote}: 1 damaged metadata or marker object(s)",
         "  sA/.roidask.json: left by a convert killed while it uploaded it; convert it again",
     ]
-    args = ["run", "--store", remote, "--subject", "sA", "--mask", str(mask),
-            "--out", str(tmp_path / "o"), "--threshold", "0.5", *RUN_OPTIONS]  # fmt: skip
     if killed == "objects put":
         assert main(args) == 2
         assert error_of(capsys).endswith(

@@ -536,9 +536,15 @@ def _prepare_remote_target(
         group = {}
     complete = (group.get("attributes") or {}).get(COMPLETE_ATTR) is True
     pending = pending_upload(out / subject)
-    try:  # an incomplete subject (a killed upload: its marker is left) is rewritten without
-        # overwrite; what the marker lists (objects, metadata) is its upload's, not an edit
-        rewrite = overwrite or not complete or bool(pending)
+    # a subject a killed upload left (its marker, and the subject incomplete or not yet
+    # as the root lists it) is rewritten without overwrite; what the marker lists
+    # (objects, metadata) is that upload's, not an edit. A subject whose upload was killed
+    # only before its marker's deletion is published, whole: it needs overwrite.
+    unfinished = bool(pending) and any(
+        d.chunk == MARKER for d in root_disagreements(out, subject=subject)
+    )
+    try:
+        rewrite = overwrite or not complete or unfinished
         _check_replaceable(out, subject, overwrite=rewrite, pending=pending)
     except OutputExistsError:
         how = " (written meanwhile by another convert)" if meanwhile else ""
@@ -559,7 +565,8 @@ def _convert_to_s3(
     then its objects are put, the subject group's ``zarr.json`` (complete) last, and the
     root's metadata is consolidated. A subject replaced is first unpublished (its group
     loses the completion attribute), and only zarr's objects of the old subject that
-    the new one lacks are deleted.
+    the new one lacks are deleted. A pending marker, put before the first object and
+    deleted after the root's consolidation, lists every object the upload may leave.
     """
     check_subject_name(subject)
     overwrite = check_bool(overwrite, "overwrite")
@@ -609,9 +616,11 @@ def _convert_to_s3(
                 delete_prefix_keys(out / subject, stale)
             lease.check()
             put_files(local, out, [group_json])
-            delete_prefix_keys(out / subject, [MARKER])
             with RemoteLease(out, param="out", wait=True):
                 consolidate(out)
+            # last: until the root lists the subject as it now is, a kill leaves the marker,
+            # by which the new metadata is known to be roidask's, not an edit
+            delete_prefix_keys(out / subject, [MARKER])
     return out
 
 
