@@ -214,6 +214,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         message = re.sub(r"^argument ", "", " ".join(message.split()))
+        message = re.sub(r"^(\S+): (?=s3://)", r"\1 ", message)  # "--mask s3://...: ..."
         missing = re.fullmatch(r"(--[\w-]+)(?:/[^:]*)?: expected one argument", message)
         if missing:  # "--out -x": argparse takes -x for an option
             message += f" (a value that starts with '-' is written {missing.group(1)}=VALUE)"
@@ -535,6 +536,17 @@ def describe_study(store, *, damaged: list | None = None) -> str:
     return "\n".join(lines)
 
 
+def _damage_count(found: list, store) -> str:
+    """How many chunks, and how many other files or objects (metadata, a killed upload's
+    marker), ``info --verify`` found damaged."""
+    chunks = sum(d.chunk == "c" or d.chunk.startswith("c/") for d in found)
+    others = len(found) - chunks
+    noun = "metadata or marker object(s)" if is_remote(store) else "metadata file(s)"
+    parts = [f"{chunks} damaged chunk(s)"] if chunks else []
+    parts += [f"{others} damaged {noun}"] if others else []
+    return " and ".join(parts)
+
+
 def _cmd_info(args) -> int:
     try:  # an s3:// output whose upload was cut: said so, before anything of it is read
         check_finished(args.store, folder=True)
@@ -564,7 +576,7 @@ def _cmd_info(args) -> int:
         every = "every chunk" + (" of every subject" if kind == "store" else "")
         print(f"{kind} {args.store}: {every} reads and passes its checksum")
         return 0
-    print(f"{kind} {args.store}: {len(found)} damaged chunk(s)")
+    print(f"{kind} {args.store}: {_damage_count(found, args.store)}")
     for d in found:
         print(f"  {'/'.join(p for p in (d.subject, d.array, d.chunk) if p)}: {d.reason}")
     return 1

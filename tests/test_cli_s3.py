@@ -6,10 +6,14 @@ one-line errors for a missing bucket or object, denied access and an unreachable
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import helpers.s3 as s3_helpers
+import nibabel as nib
 import numpy as np
 import obstore
 import pytest
@@ -20,6 +24,7 @@ from helpers.threads import at_once
 from obstore.store import S3Store
 
 from roidask.cli import main
+from roidask.exceptions import IncompleteStoreError, OutputError, OutputExistsError
 
 # one moto server for this module's tests
 s3_server = s3_helpers.s3_server
@@ -67,6 +72,14 @@ def inputs(haxby, s3_bucket):
         f"{s3_bucket}/in",
         {"bold.nii.gz": haxby.bold, "labels.txt": haxby.labels, "mask.nii.gz": haxby.mask},
     )
+
+
+def status(argv: list[str]) -> int:
+    """``main(argv)``'s exit status, argparse's errors included (it exits)."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
 
 
 def error_of(capsys) -> str:
@@ -200,7 +213,7 @@ def test_a_killed_upload_to_s3_is_reported_and_redone(s3_bucket, tmp_path, monke
     """A convert killed while it uploads a subject leaves chunks and its pending marker:
     info --verify names the subject, and the next convert (no --overwrite needed: the
     subject was never complete) rewrites it; its marker is gone after."""
-    from roidask.io import convert, list_subjects
+    from roidask.io import convert, list_subjects, open_subject
     from roidask.io import store_write as store_mod
     from roidask.io.locations import S3Path, left_incomplete
 
@@ -225,10 +238,111 @@ def test_a_killed_upload_to_s3_is_reported_and_redone(s3_bucket, tmp_path, monke
     assert "sA/.roidask.json: left by a convert killed while it uploaded it" in (
         capsys.readouterr().out
     )
+    killed = r"subject 'sA' was not completely written \(a convert was killed while it upl"
+    with pytest.raises(IncompleteStoreError, match=rf"^store s3://.*: {killed}"):
+        open_subject(remote, "sA")  # not "no subject 'sA'": it has no zarr.json yet
     convert(bold, labels=labels, out=remote, subject="sA", chunks="time=2")
     assert list_subjects(remote) == ["sA"] and subject not in left_incomplete()
     assert "sA/.roidask.json" not in objects(remote)
     assert main(["info", "--verify", remote]) == 0
+
+
+@pytest.mark.parametrize("killed", ["objects put", "group put", "root rewritten"])
+def test_a_killed_overwrite_in_s3_is_rewritten_by_the_next_convert(
+    s3_bucket, tmp_path, monkeypatch, capsys, killed
+):
+    """``convert --overwrite`` onto another grid and other chunks, killed once it has put the
+    new arrays' zarr.json (which differ from the root's record of the old subject), or the
+    group's too (the root not yet rewritten): what the pending marker lists is roidask's
+    upload, not a user's edit. info names the killed upload (not an edit; --verify reads
+    none of its chunks, half old, half new), run --store's advice works, and the next
+    convert, with or without --overwrite, replaces the subject; an object of the user's in
+    it is still refused. Killed once the root lists the new subject (only its marker left
+    to delete), the subject is published and whole: replacing it needs --overwrite."""
+    from roidask.io import convert, list_subjects, open_subject
+    from roidask.io import store_write as store_mod
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("labels chunks\n" + "face 0\nhouse 0\n" * 3)
+    old = write_bold(tmp_path / "old.nii.gz", 6)
+    new = write_bold(tmp_path / "new.nii.gz", 6, shape=(3, 4, 2), seed=1)
+    mask = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 2), np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])), mask)
+    remote = f"{s3_bucket}/k.zarr"
+    convert(old, labels=labels, out=remote, subject="sA", chunks="time=2")
+    convert(old, labels=labels, out=remote, subject="sB", chunks="time=2")
+    if killed == "objects put":  # as a SIGKILL once the new arrays' zarr.json are put, not
+        real = store_mod.put_files  # yet the new BOLD chunks (the old ones do not fit them)
+
+        def kill(root, dest, names):
+            real(root, dest, [n for n in names if "/bold/c/" not in n])
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(store_mod, "put_files", kill)
+    elif killed == "group put":  # as a SIGKILL before the root's last rewrite
+        calls = []
+
+        def kill(path):
+            calls.extend([path] if str(path).startswith("s3://") else [])  # not the local copy
+            if len(calls) == 2:  # the first unpublished the old subject
+                raise KeyboardInterrupt
+            real(path)
+
+        real = store_mod.consolidate
+        monkeypatch.setattr(store_mod, "consolidate", kill)
+    else:  # as a SIGKILL before the pending marker is deleted
+
+        def kill(dest, names):
+            if ".roidask.json" in names:
+                raise KeyboardInterrupt
+            real(dest, names)
+
+        real = store_mod.delete_prefix_keys
+        monkeypatch.setattr(store_mod, "delete_prefix_keys", kill)
+    with pytest.raises(KeyboardInterrupt):
+        convert(new, labels=labels, out=remote, subject="sA", chunks="time=3", overwrite=True)
+    monkeypatch.undo()
+    there = objects(remote)
+    assert json.loads(there["sA/bold/zarr.json"])["shape"] == [3, 4, 2, 6]  # the new one's
+    assert "sA/.roidask.json" in there
+    args = ["run", "--store", remote, "--subject", "sA", "--mask", str(mask),
+            "--out", str(tmp_path / "o"), "--threshold", "0.5", *RUN_OPTIONS]  # fmt: skip
+    capsys.readouterr()
+    if killed == "root rewritten":  # published: as any subject
+        assert main(["info", "--verify", remote]) == 0
+        with pytest.raises(OutputExistsError, match="already holds subject 'sA'"):
+            convert(new, labels=labels, out=remote, subject="sA", chunks="time=3")
+        convert(new, labels=labels, out=remote, subject="sA", chunks="time=3", overwrite=True)
+        assert "sA/.roidask.json" not in objects(remote)
+        assert main(args) == 0
+        return
+    assert main(["info", remote]) == 1
+    out = capsys.readouterr().out
+    assert "edited?" not in out
+    assert "damaged: sA/.roidask.json: left by a convert killed while it uploaded it" in out
+    assert main(["info", "--verify", remote]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"store {remote}: 1 damaged metadata or marker object(s)",
+        "  sA/.roidask.json: left by a convert killed while it uploaded it; convert it again",
+    ]
+    if killed == "objects put":
+        assert main(args) == 2
+        assert error_of(capsys).endswith(
+            "(interrupted conversion?); convert it again with --overwrite"
+        )
+    # a user's object in the subject, outside what the marker lists, is still refused
+    obstore.put(_store(remote), "sA/mine/zarr.json", b"{}")
+    with pytest.raises(OutputError, match=r"holds objects roidask did not write \(mine/zarr"):
+        convert(new, labels=labels, out=remote, subject="sA", chunks="time=3", overwrite=True)
+    obstore.delete(_store(remote), "sA/mine/zarr.json")
+    # the advice works, and so does a convert without --overwrite (the upload was killed)
+    overwrite = killed == "objects put"
+    convert(new, labels=labels, out=remote, subject="sA", chunks="time=3", overwrite=overwrite)
+    assert list_subjects(remote) == ["sA", "sB"]
+    assert open_subject(remote, "sA")["bold"].shape == (3, 4, 2, 6)
+    assert "sA/.roidask.json" not in objects(remote)
+    assert main(["info", "--verify", remote]) == 0
+    assert main(args) == 0
 
 
 def test_local_copies_a_killed_command_left_in_tmpdir_are_removed_by_the_next(
@@ -580,7 +694,32 @@ def test_missing_bucket_key_and_denied_access_are_one_line_errors(
         )
         == 2
     )
-    assert "no such bucket 'no-such-bucket-zz'" in error_of(capsys)
+    assert error_of(capsys).startswith(
+        "roidask: error: --out s3://no-such-bucket-zz/s.zarr: no such bucket 'no-such-bucket-zz'"
+    )
+    # a missing bucket of an output, a store or a mask is named by its flag
+    assert main(run_args(inputs["bold.nii.gz"], inputs["labels.txt"], inputs["mask.nii.gz"],
+                         "s3://no-such-bucket-zz/o1")) == 2  # fmt: skip
+    assert error_of(capsys).startswith(
+        "roidask: error: --out s3://no-such-bucket-zz/o1: no such bucket 'no-such-bucket-zz'"
+    )
+    assert main(["run", "--store", "s3://no-such-bucket-zz/s.zarr", *base[2:], "--out",
+                 str(out)]) == 2  # fmt: skip
+    assert error_of(capsys).startswith(
+        "roidask: error: --store s3://no-such-bucket-zz/s.zarr: no such bucket "
+    )
+    assert main(["run", inputs["bold.nii.gz"], *base[:2], "--mask",
+                 "s3://no-such-bucket-zz/m.nii.gz", "--out", str(out)]) == 2  # fmt: skip
+    assert error_of(capsys).startswith(
+        "roidask: error: --mask s3://no-such-bucket-zz/m.nii.gz: no such bucket "
+    )
+    # a missing mask says what was expected there
+    assert main(["run", inputs["bold.nii.gz"], *base[:2], "--mask", f"{s3_bucket}/in/nope.nii.gz",
+                 "--out", str(out)]) == 2  # fmt: skip
+    assert error_of(capsys) == (
+        f"roidask: error: --mask {s3_bucket}/in/nope.nii.gz: no such object or prefix; expected "
+        "a .nii/.nii.gz file, a .nii.zarr image or a roidask zarr store"
+    )
     assert not out.exists()
 
     # a bucket whose policy denies everything
@@ -615,6 +754,93 @@ def test_missing_bucket_key_and_denied_access_are_one_line_errors(
     assert not out.exists()
 
 
+#: Runs ``roidask`` commands (a JSON list of argument lists) in a child process whose
+#: ``socket.connect`` calls are recorded (an audit hook: Python's sockets, e.g. boto3's;
+#: obstore's, in Rust, are not seen: they would reach the instance-metadata service of the
+#: test below instead); prints the exit statuses and the hosts connected to, as JSON. With
+#: a second argument ``no-boto3``, obstore's boto3 provider cannot be imported, as where
+#: boto3 is not installed.
+_AUDITED = """
+import json, sys
+if sys.argv[2:] == ["no-boto3"]:
+    sys.modules["obstore.auth.boto3"] = None  # import fails with ImportError
+hosts = []
+def audit(event, args):
+    if event == "socket.connect":
+        address = args[1]
+        hosts.append(address[0] if isinstance(address, tuple) else str(address))
+sys.addaudithook(audit)
+from roidask.cli import main
+codes = [main(argv) for argv in json.loads(sys.argv[1])]
+print(json.dumps({"codes": codes, "hosts": hosts}))
+"""
+
+
+@pytest.mark.parametrize("metadata", ["disabled", "enabled", "no boto3"])
+def test_without_credentials_requests_are_unsigned_and_go_nowhere_else(
+    haxby, s3_server, tmp_path, metadata
+):
+    """No keys, no profile, and boto3's chain finds nothing (it asks the instance-metadata
+    service unless AWS_EC2_METADATA_DISABLED), or boto3 is not installed: requests are
+    sent unsigned, as a public bucket (OpenNeuro) wants, and obstore does not try the
+    instance-metadata service (169.254.169.254) itself. Here that service is a local
+    server that has no credentials and records who asks it, so nothing can leave
+    127.0.0.1; an object of a private bucket is refused with a line saying that no
+    credentials were found."""
+    bucket = s3_server.new_bucket("anon")
+    name = bucket.removeprefix("s3://")
+    client = s3_server.client()
+    for acl, folder in (("private", "private"), ("public-read", "public")):
+        for key, path in (("bold.nii.gz", haxby.bold), ("labels.txt", haxby.labels),
+                          ("mask.nii.gz", haxby.mask)):  # fmt: skip
+            client.put_object(Bucket=name, Key=f"{folder}/{key}", Body=path.read_bytes(), ACL=acl)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    }
+    if metadata != "disabled":
+        del env["AWS_EC2_METADATA_DISABLED"]
+    commands = [
+        run_args(
+            f"{bucket}/{folder}/bold.nii.gz",
+            f"{bucket}/{folder}/labels.txt",
+            f"{bucket}/{folder}/mask.nii.gz",
+            tmp_path / folder,
+        )
+        for folder in ("private", "public")
+    ]
+    with s3_helpers.recording_http_server() as (imds, asked):
+        env["AWS_METADATA_ENDPOINT"] = env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds
+        child = subprocess.run(
+            [sys.executable, "-c", _AUDITED, json.dumps(commands), metadata.replace(" ", "-")],
+            env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    result = json.loads(child.stdout.splitlines()[-1])
+    assert result["codes"] == [2, 0], child.stderr
+    why = "no AWS credentials were found" + (
+        " (boto3, which finds those of SSO, roles and instances, is not installed)"
+        if metadata == "no boto3"
+        else ""
+    )
+    assert child.stderr.splitlines() == [
+        f"roidask: error: {bucket}/private/bold.nii.gz: access denied (the server answered "
+        f"403 Forbidden); {why}, so the request was sent unsigned, as to a public bucket; "
+        "give credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in "
+        "~/.aws, AWS_PROFILE, or boto3's chain: SSO, roles) or check the bucket's policy"
+    ]
+    assert (tmp_path / "public" / "signals.tsv").is_file()  # read unsigned
+    # only boto3's chain asked the instance-metadata service (from Python, so its
+    # connections were seen), and only if allowed to
+    agents = [r.user_agent.split()[0] for r in asked]
+    if metadata == "enabled":
+        assert set(result["hosts"]) == {"127.0.0.1"}
+        assert agents and all(a.startswith("Boto3/") for a in agents), agents
+    else:
+        assert result["hosts"] == [] and agents == []
+
+
 def test_unreachable_endpoint_is_a_one_line_error(inputs, monkeypatch, tmp_path, capsys):
     closed = s3_helpers.free_port()
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
@@ -631,6 +857,76 @@ def test_unreachable_endpoint_is_a_one_line_error(inputs, monkeypatch, tmp_path,
         f"http://127.0.0.1:{closed} (connection failed); check AWS_ENDPOINT_URL and the network"
     )
     assert not out.exists()
+
+
+def test_a_url_that_s3_would_read_as_another_key_is_refused(
+    haxby, inputs, s3_server, s3_bucket, capsys
+):
+    """``s3://b/dbl//bold.nii.gz`` and ``s3://b/dbl/bold.nii.gz`` are two objects: the first
+    is refused (never read as the second), naming the URL as given and its flag, before
+    anything is read or written; so is a key with a ``.`` or ``..`` segment."""
+    name = s3_bucket.removeprefix("s3://")
+    for key in ("dbl/bold.nii.gz", "dbl//bold.nii.gz"):  # (obstore cannot write the second)
+        s3_server.client().put_object(Bucket=name, Key=key, Body=haxby.bold.read_bytes())
+    base = ["--labels", inputs["labels.txt"], "--mask", inputs["mask.nii.gz"], *RUN_OPTIONS]
+    out = f"{s3_bucket}/o"
+    for bold, flag in ((f"{s3_bucket}/dbl//bold.nii.gz", "BOLD"),
+                       (f"{s3_bucket}/dbl/./bold.nii.gz", "BOLD")):  # fmt: skip
+        assert status(["run", bold, *base, "--out", out]) == 2
+        line = error_of(capsys)
+        assert line.startswith(f"roidask: error: {flag} {bold}: the key has "), line
+    assert status(["run", inputs["bold.nii.gz"], *base, "--out", f"{s3_bucket}/a/../o"]) == 2
+    assert error_of(capsys).startswith(
+        f"roidask: error: --out {s3_bucket}/a/../o: the key has a '..' segment; S3 reads keys "
+        "as written"
+    )
+    listed = s3_server.client().list_objects_v2(Bucket=name)["Contents"]  # (obstore cannot)
+    assert not any(o["Key"].startswith(("o/", "a/", ".o.")) for o in listed)
+
+
+def test_damage_in_a_store_in_s3_is_named_as_such(inputs, s3_bucket, tmp_path, capsys):
+    """A subject whose group zarr.json was deleted: run --store says the store is damaged
+    (not "no subject 'sub-01'; the store holds []") and where to see it; info says it is
+    missing "in the bucket", and --verify counts it as a metadata object, not a chunk."""
+    store = f"{s3_bucket}/s.zarr"
+    assert main(["convert", inputs["bold.nii.gz"], "--labels", inputs["labels.txt"],
+                 "--out", store, "--quiet"]) == 0  # fmt: skip
+    obstore.delete(_store(store), "sub-01/zarr.json")
+    capsys.readouterr()
+    for subject in (["--subject", "sub-01"], []):
+        args = ["run", "--store", store, *subject, "--mask", inputs["mask.nii.gz"],
+                "--out", str(tmp_path / "o"), *RUN_OPTIONS]  # fmt: skip
+        assert main(args) == 2
+        assert error_of(capsys) == (
+            f"roidask: error: --store {store}: the store is damaged: sub-01/zarr.json listed "
+            "by the store's root but missing in the bucket; convert the subject again with "
+            "--overwrite (roidask info --verify lists what is damaged)"
+        )
+    assert main(["info", store]) == 1
+    want = "sub-01/zarr.json: listed by the store's root but missing in the bucket"
+    assert f"damaged: {want}" in capsys.readouterr().out
+    assert main(["info", "--verify", store]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"store {store}: 1 damaged metadata or marker object(s)",
+        f"  {want}",
+    ]
+
+
+def test_info_on_an_incomplete_output_in_s3_says_so(haxby, inputs, s3_bucket, capsys):
+    """An ``s3://`` output whose upload was killed (its marker is the pending one): info
+    says it is incomplete, not that its results are in its results.zarr."""
+    out = f"{s3_bucket}/res"
+    assert main(run_args(inputs["bold.nii.gz"], inputs["labels.txt"], inputs["mask.nii.gz"],
+                         out)) == 0  # fmt: skip
+    pending = {"written_by": "roidask", "kind": "subject-results", "complete": False,
+               "files": sorted(objects(out))}  # fmt: skip
+    obstore.put(_store(out), ".roidask.json", json.dumps(pending).encode())
+    capsys.readouterr()
+    assert main(["info", out]) == 1
+    assert capsys.readouterr().out == (
+        f"{out}: incomplete: the roidask command writing {out} did not finish (killed, or "
+        "still running: its .roidask.json says complete: false); rerun that command\n"
+    )
 
 
 def test_store_opened_from_s3_reads_like_local(haxby, inputs, s3_bucket, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import urllib.request
@@ -81,3 +82,18 @@ def test_context_manager_restores_env_and_stops_server(monkeypatch):
     assert s3.process.poll() is not None
     with pytest.raises(OSError):
         urllib.request.urlopen(endpoint, timeout=2)
+
+
+def test_no_instance_metadata_request_leaves_the_machine(s3_bucket, monkeypatch):
+    """Without keys, boto3's credential chain skips the instance-metadata service
+    (AWS_EC2_METADATA_DISABLED), and an obstore client's own chain asks it at
+    AWS_METADATA_ENDPOINT: a closed loopback port, where it fails at once, never
+    169.254.169.254."""
+    endpoint = os.environ["AWS_METADATA_ENDPOINT"]
+    assert endpoint.startswith("http://127.0.0.1:")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert boto3.Session().get_credentials() is None
+    store = S3Store.from_url(s3_bucket, retry_config={"max_retries": 0})
+    with pytest.raises(obstore.exceptions.GenericError, match=re.escape(endpoint)):
+        obstore.head(store, "anything")

@@ -35,7 +35,14 @@ from roidask.io.image import (
     open_source,
     scaled_values,
 )
-from roidask.io.locations import PathOrURL, as_location, check_finished, zarr_store
+from roidask.io.locations import (
+    PathOrURL,
+    S3Path,
+    as_location,
+    check_finished,
+    location_exists,
+    zarr_store,
+)
 from roidask.io.store_read import (
     STORE_ATTR,
     STUDY_ATTR,
@@ -126,6 +133,10 @@ def _from_xarray(
     return obj
 
 
+#: What a path given as an image may be (for messages).
+_IMAGE_PATHS = "a .nii/.nii.gz file, a .nii.zarr image or a roidask zarr store"
+
+
 def as_image(
     img: ImageLike,
     *,
@@ -191,10 +202,13 @@ def as_image(
     """
     check_choice(ndim, "ndim", (None, 3, 4))
     if isinstance(img, PathOrURL):
-        path = as_location(img)
-        if not path.exists():
+        path = as_location(img, param)
+        if not location_exists(path, param):
             check_finished(path, param)  # deleted by an upload that was cut?
-            raise UnreadableFileError(f"{param} {path}: no such file or folder", param=param)
+            what = "object or prefix" if isinstance(path, S3Path) else "file or folder"
+            raise UnreadableFileError(
+                f"{param} {path}: no such {what}; expected {_IMAGE_PATHS}", param=param
+            )
         if is_image_path(path):
             _no_subject(subject, f"{param} {path}")
             src = open_source(path, param=param)
@@ -206,8 +220,7 @@ def as_image(
         elif path.is_dir():
             if not any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zarray")):
                 raise UnreadableFileError(
-                    f"{param} {path}: is a folder, not an image; expected a .nii/.nii.gz file, "
-                    "a .nii.zarr image or a roidask zarr store",
+                    f"{param} {path}: is a folder, not an image; expected {_IMAGE_PATHS}",
                     param=param,
                 )
             try:

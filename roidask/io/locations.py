@@ -15,8 +15,10 @@ endpoint come from the standard AWS variables (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``/``AWS_REGION``,
 ``AWS_ENDPOINT_URL``); without keys in the environment, the profile's keys and
 region in ``~/.aws/credentials`` and ``~/.aws/config`` (:func:`aws_file_settings`), else
-boto3's credential chain (SSO, instance roles) when boto3 is installed. An ``http://``
-endpoint (a local server) is allowed as such.
+boto3's credential chain (SSO, instance roles) when boto3 is installed; where none gives
+credentials, unsigned requests (a public bucket's), never obstore's own look-up of the
+instance-metadata service (:func:`_credentials`). An ``http://`` endpoint (a local server)
+is allowed as such. A URL's key is read as written (:meth:`S3Path.from_url`).
 
 Failures are one-line :class:`~roidask.exceptions.RoidaskOSError` messages naming the
 URL, what was expected and what the server said: a missing bucket or object, denied
@@ -83,10 +85,12 @@ from roidask._validate import check_path
 from roidask.exceptions import (
     CorruptFileError,
     IncompleteOutputError,
+    InvalidParameterError,
     LockWarning,
     ObjectStoreError,
     OutputError,
     OutputExistsError,
+    RoidaskError,
     RoidaskOSError,
     UnreadableFileError,
 )
@@ -119,6 +123,7 @@ __all__ = [
     "list_files",
     "local_scratch",
     "location_arg",
+    "location_exists",
     "object_record",
     "open_table",
     "output_folder",
@@ -129,6 +134,7 @@ __all__ = [
     "remote_marker",
     "remove_files",
     "s3_error",
+    "stored_where",
     "uploading",
     "version_tag",
     "write_file",
@@ -146,6 +152,7 @@ _PUT_THREADS = 8
 # -- the S3 client ---------------------------------------------------------------------------
 _STORES: dict[tuple, S3Store] = {}
 _STORES_LOCK = threading.Lock()
+#: The variables a client depends on (one is made per process and their values).
 _ENV_KEYS = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
@@ -158,6 +165,13 @@ _ENV_KEYS = (
     "AWS_DEFAULT_PROFILE",
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CONFIG_FILE",
+    "AWS_SKIP_SIGNATURE",
+    "AWS_EC2_METADATA_DISABLED",
+    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
 )
 #: Settings of the shared AWS files (``~/.aws/credentials``, ``~/.aws/config``) roidask reads.
 _FILE_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token", "region")
@@ -188,22 +202,70 @@ def _new_store(bucket: str, prefix: str | None) -> S3Store:
         kwargs["endpoint"] = endpoint
         if endpoint.startswith("http://"):
             kwargs["client_options"] = {"allow_http": True}
-    files = aws_file_settings()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    region = region or files.get("region")
+    region = region or aws_file_settings().get("region")
     if region:
         kwargs["region"] = region
-    if not os.environ.get("AWS_ACCESS_KEY_ID"):
-        if files.get("aws_access_key_id") and files.get("aws_secret_access_key"):
-            kwargs["access_key_id"] = files["aws_access_key_id"]
-            kwargs["secret_access_key"] = files["aws_secret_access_key"]
-            if files.get("aws_session_token"):
-                kwargs["session_token"] = files["aws_session_token"]
-        else:  # SSO, roles, credential processes: boto3's chain, when installed
-            provider = _config_file_credentials()
-            if provider is not None:
-                kwargs["credential_provider"] = provider
+    kwargs.update(_credentials().kwargs)
     return S3Store(bucket, prefix=prefix or None, **kwargs)
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    """How requests are signed: the :class:`S3Store` arguments, and why unsigned if so."""
+
+    kwargs: dict[str, Any]
+    unsigned: str | None = None  # why requests are sent unsigned (for an access-denied error)
+
+
+_CREDENTIALS: dict[tuple, _Credentials] = {}
+_CREDENTIALS_LOCK = threading.Lock()  # taken inside _STORES_LOCK (a client being made)
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _credentials() -> _Credentials:
+    """The credentials of this process's requests, found once per environment.
+
+    In order: ``AWS_SKIP_SIGNATURE`` (unsigned, as asked); keys in the environment
+    (obstore reads them); the profile's keys in the shared files
+    (:func:`aws_file_settings`); boto3's chain when boto3 is installed (SSO, roles,
+    credential processes, web identity, containers, and the instance-metadata service
+    unless ``AWS_EC2_METADATA_DISABLED``). When none gives credentials, requests are sent
+    unsigned (``skip_signature``: what a public bucket such as OpenNeuro's answers), and
+    obstore's own chain, whose last resort is the instance-metadata address
+    169.254.169.254 (where boto3 already looked, or was told not to), is never tried.
+    """
+    key = (os.getpid(), tuple(os.environ.get(k) for k in _ENV_KEYS))
+    with _CREDENTIALS_LOCK:
+        found = _CREDENTIALS.get(key)
+    if found is None:
+        found = _find_credentials()
+        with _CREDENTIALS_LOCK:
+            found = _CREDENTIALS.setdefault(key, found)
+    return found
+
+
+def _find_credentials() -> _Credentials:
+    if _truthy("AWS_SKIP_SIGNATURE"):
+        return _Credentials({"skip_signature": True}, "AWS_SKIP_SIGNATURE is set")
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return _Credentials({})  # obstore reads the environment's keys itself
+    files = aws_file_settings()
+    if files.get("aws_access_key_id") and files.get("aws_secret_access_key"):
+        keys = {
+            "access_key_id": files["aws_access_key_id"],
+            "secret_access_key": files["aws_secret_access_key"],
+        }
+        if files.get("aws_session_token"):
+            keys["session_token"] = files["aws_session_token"]
+        return _Credentials(keys)
+    provider, why = _boto3_credentials()
+    if provider is not None:
+        return _Credentials({"credential_provider": provider})
+    return _Credentials({"skip_signature": True}, why)
 
 
 def aws_file_settings() -> dict[str, str]:
@@ -234,16 +296,23 @@ def aws_file_settings() -> dict[str, str]:
     return settings
 
 
-def _config_file_credentials():
-    """boto3's credential chain (config files, profiles, SSO, roles), if boto3 is installed."""
+def _boto3_credentials() -> tuple[Any, str]:
+    """boto3's credential chain (config files, profiles, SSO, roles, instance metadata) as
+    an obstore credential provider: ``(provider, "")``, or ``(None, why)`` it gives none."""
     try:
         from obstore.auth.boto3 import Boto3CredentialProvider
     except ImportError:
-        return None
+        return None, (
+            "no AWS credentials were found (boto3, which finds those of SSO, roles and "
+            "instances, is not installed)"
+        )
     try:
-        return Boto3CredentialProvider()
-    except Exception:  # no credentials found: anonymous requests, errors name the URL
-        return None
+        return Boto3CredentialProvider(), ""
+    except ValueError:  # the chain found nothing
+        return None, "no AWS credentials were found"
+    except Exception as exc:  # a profile boto3 could not use (an expired SSO login...)
+        said = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        return None, f"boto3 found no usable AWS credentials ({said})"
 
 
 def _store(bucket: str, prefix: str = "") -> S3Store:
@@ -294,21 +363,31 @@ def s3_error(
     A missing bucket or object and denied access raise ``error`` (reading an input:
     :class:`~roidask.exceptions.UnreadableFileError`, writing an output:
     :class:`~roidask.exceptions.OutputError`); an unreachable endpoint and any other
-    failure :class:`~roidask.exceptions.ObjectStoreError`.
+    failure :class:`~roidask.exceptions.ObjectStoreError`. ``exc`` may be such an error
+    already, raised by a request about ``location`` or an object inside it that did not
+    know the parameter: it is then named by ``param`` and ``location`` if it concerns
+    the bucket or the endpoint (no such bucket, denied access, unreachable), else
+    prefixed by ``param``.
     """
     where = f"{param} {location}" if param else str(location)
+    if isinstance(exc, RoidaskOSError):
+        return _named(exc, param, location, error)
     said = _what_server_said(exc)
     text = str(exc)
-    if isinstance(exc, RoidaskOSError):
-        return exc
     if isinstance(exc, obs_errors.PermissionDeniedError | obs_errors.UnauthenticatedError) or (
         "AccessDenied" in text or "403 Forbidden" in text
     ):
-        return error(
-            f"{where}: access denied ({said}); check the credentials (AWS_ACCESS_KEY_ID, "
-            "AWS_SECRET_ACCESS_KEY or ~/.aws) and the bucket's policy",
-            param=param,
+        unsigned = _credentials().unsigned
+        unset = "unset it and " if _truthy("AWS_SKIP_SIGNATURE") else ""
+        how = (
+            f"{unsigned}, so the request was sent unsigned, as to a public bucket; {unset}give "
+            "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, a profile in ~/.aws, "
+            "AWS_PROFILE, or boto3's chain: SSO, roles) or check the bucket's policy"
+            if unsigned
+            else "check the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or ~/.aws) "
+            "and the bucket's policy"
         )
+        return error(f"{where}: access denied ({said}); {how}", param=param)
     if "NoSuchBucket" in text or (
         isinstance(exc, FileNotFoundError) and _bucket_exists(location.bucket) is False
     ):
@@ -316,13 +395,37 @@ def s3_error(
     if isinstance(exc, FileNotFoundError):
         return error(f"{where}: no such {expected} ({said})", param=param)
     if "error sending request" in text or "Connect" in text or "dns error" in text:
-        endpoint = _endpoint() or "the AWS S3 endpoint"
-        return ObjectStoreError(
-            f"{where}: cannot reach the S3 endpoint {endpoint} (connection failed); check "
-            "AWS_ENDPOINT_URL and the network",
-            param=param,
+        endpoint = _endpoint()
+        what = (
+            f"the S3 endpoint {endpoint} (connection failed); check AWS_ENDPOINT_URL and the "
+            "network"
+            if endpoint
+            else "AWS S3 (connection failed; no AWS_ENDPOINT_URL is set, so AWS's own endpoint "
+            "was used); check the network, or set AWS_ENDPOINT_URL to your S3 server"
         )
+        return ObjectStoreError(f"{where}: cannot reach {what}", param=param)
     return ObjectStoreError(f"{where}: S3 request failed ({said})", param=param)
+
+
+#: The reasons :func:`s3_error` gives that concern a bucket or the endpoint, not one object.
+_BUCKET_WIDE = re.compile(r": (?=no such bucket |access denied |cannot reach )")
+
+
+def _named(
+    exc: RoidaskOSError, param: str | None, location: S3Path, error: type[RoidaskOSError]
+) -> RoidaskOSError:
+    """:func:`s3_error`'s error ``exc`` as an error of parameter ``param`` (see there); a
+    missing or denied one (:class:`~roidask.exceptions.UnreadableFileError`) as ``error``."""
+    if param is None or exc.param is not None:
+        return exc
+    text = str(exc)
+    bucket_wide = _BUCKET_WIDE.search(text)
+    if bucket_wide and text.startswith(SCHEME):
+        text = f"{param} {location}{text[bucket_wide.start() :]}"
+    else:
+        text = f"{param} {text}"
+    kind = error if type(exc) is UnreadableFileError else type(exc)
+    return kind(text, param=param)
 
 
 #: Names :func:`check_writable`'s probe objects start with: another command's probe,
@@ -348,12 +451,31 @@ class S3Path:
     _dir: bool | None = field(default=None, compare=False, repr=False)  # known from a listing
 
     @classmethod
-    def from_url(cls, url: str) -> S3Path:
+    def from_url(cls, url: str, param: str | None = None) -> S3Path:
+        """Parse ``s3://BUCKET/KEY``: the one place where URLs become locations.
+
+        The key is taken as written, as S3 reads it: a trailing ``/`` (a folder) is
+        dropped, but a URL whose key has an empty segment (``a//b``), a ``.`` or a
+        ``..`` one is refused (``param`` names it), since S3 would read another object
+        than the path it looks like (``a//b`` and ``a/b`` are two keys; ``..`` is no
+        parent).
+        """
+        where = f"{param} {url}" if param else url
         rest = url[len(SCHEME) :]
         bucket, _, key = rest.partition("/")
-        key = "/".join(part for part in key.split("/") if part not in ("", "."))
         if not bucket:
-            raise UnreadableFileError(f"{url}: an s3:// URL needs a bucket (s3://BUCKET/KEY)")
+            raise UnreadableFileError(
+                f"{where}: an s3:// URL needs a bucket (s3://BUCKET/KEY)", param=param
+            )
+        key = key.removesuffix("/")
+        odd = [part for part in key.split("/") if part in ("", ".", "..")] if key else []
+        if odd:
+            segment = "an empty segment ('//')" if "" in odd else f"a {odd[0]!r} segment"
+            raise InvalidParameterError(
+                f"{where}: the key has {segment}; S3 reads keys as written, not as paths "
+                "(a//b, a/./b and a/b are three objects), so write the URL without it",
+                param=param,
+            )
         return cls(bucket, key)
 
     # -- names ---------------------------------------------------------------------------
@@ -437,9 +559,9 @@ class S3Path:
             return not self._dir
         try:
             obstore.head(_store(self.bucket), self.key)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
             if _bucket_exists(self.bucket) is False:
-                raise s3_error(FileNotFoundError(), self) from None
+                raise s3_error(exc, self) from None
             return False
         except Exception as exc:
             raise s3_error(exc, self) from None
@@ -836,6 +958,23 @@ def absolute(location: str | os.PathLike | S3Path) -> Path | S3Path:
     return Path(os.path.abspath(loc)) if isinstance(loc, Path) else loc
 
 
+def location_exists(location: Location, param: str) -> bool:
+    """Whether a file, folder, object or prefix exists; a failed request (no such bucket,
+    denied access, an unreachable endpoint) is one line naming ``param``."""
+    try:
+        return location.exists()
+    except RoidaskOSError as exc:
+        if isinstance(location, S3Path):
+            raise s3_error(exc, location, param=param) from None
+        raise
+
+
+def stored_where(location: Location) -> str:
+    """Where a message says the files of ``location`` are: ``"on disk"``, or ``"in the
+    bucket"`` for an ``s3://`` location."""
+    return "in the bucket" if isinstance(location, S3Path) else "on disk"
+
+
 def is_remote(location: Any) -> bool:
     """True for an ``s3://`` URL (string) or an :class:`S3Path`."""
     return isinstance(location, S3Path) or (
@@ -854,7 +993,7 @@ def as_location(location: str | os.PathLike | S3Path, param: str | None = None) 
     if param is not None:
         check_path(location, param)
     if isinstance(location, str) and location.startswith(SCHEME):
-        return S3Path.from_url(location)
+        return S3Path.from_url(location, param)
     return Path(location)
 
 
@@ -871,10 +1010,17 @@ def as_location_list(value: Any, param: str) -> list:
 
 def location_arg(text: str) -> str | Path:
     """argparse ``type=`` for a file or folder argument: ``s3://`` URLs stay strings (an
-    empty one is refused: ``Path("")`` would be the current folder)."""
+    empty one is refused: ``Path("")`` would be the current folder; so is a URL
+    :meth:`S3Path.from_url` refuses, the flag named)."""
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a path, got {text!r}")
-    return text if text.startswith(SCHEME) else Path(text)
+    if not text.startswith(SCHEME):
+        return Path(text)
+    try:
+        S3Path.from_url(text)  # refused here, naming the flag, before anything runs
+    except RoidaskError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def check_input_file(location, param: str, *, what: str = "file") -> Path | S3Path:
@@ -1309,7 +1455,7 @@ def check_remote_destination(
     try:
         objects = out.list_objects()
     except RoidaskOSError as exc:
-        raise _as_output_error(exc, param) from None
+        raise _as_output_error(exc, out, param) from None
     if not objects:
         if probe:
             check_writable(out, param)
@@ -1366,10 +1512,11 @@ def check_writable(out: S3Path, param: str) -> None:
         raise s3_error(exc, out, param=param, expected="prefix", error=OutputError) from None
 
 
-def _as_output_error(exc: RoidaskOSError, param: str) -> RoidaskOSError:
-    if isinstance(exc, UnreadableFileError):
-        return OutputError(str(exc).replace(" no such folder", " cannot be listed"), param=param)
-    return exc
+def _as_output_error(exc: RoidaskOSError, out: S3Path, param: str) -> RoidaskOSError:
+    named = s3_error(exc, out, param=param, error=OutputError)
+    if isinstance(named, OutputError):
+        return OutputError(str(named).replace(" no such folder", " cannot be listed"), param=param)
+    return named
 
 
 def check_output(

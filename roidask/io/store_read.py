@@ -57,7 +57,9 @@ from roidask.io.locations import (
     as_location,
     check_finished,
     list_files,
+    location_exists,
     remote_marker,
+    stored_where,
     version_tag,
     zarr_store,
 )
@@ -109,7 +111,7 @@ RESULTS_ATTR = "roidask_results_format"
 
 
 def ignore_consolidated_warning() -> None:
-    """Silence zarr's warnings about two things roidask's stores do on purpose.
+    """Silence zarr's warnings about three things roidask's stores do on purpose.
 
     * Consolidated metadata "is not part of the v3 specification": roidask
       consolidates the metadata of its stores and results so that plain
@@ -122,6 +124,9 @@ def ignore_consolidated_warning() -> None:
       type reads back as numpy ``StringDType``, where it does not. Any other data
       type's warning is silenced too: a store roidask reads may hold a user's array of
       such a type.
+    * A subject's ``.roidask.json`` (the pending marker of an upload to an ``s3://``
+      store, left there if it was killed) "is not recognized as a component of a Zarr
+      hierarchy": it is roidask's, and ``info`` names it.
 
     Process-wide filters for these messages, not :class:`warnings.catch_warnings`:
     blocks of it in concurrent threads (subjects written at once) restore each
@@ -135,6 +140,11 @@ def ignore_consolidated_warning() -> None:
         "ignore",
         message=r"The data type \(.*\) does not have a Zarr V3 specification",
         category=FutureWarning,
+    )
+    warnings.filterwarnings(
+        "ignore",
+        message=rf"Object at (?:.*/)?{re.escape(MARKER)} is not recognized as a component",
+        category=UserWarning,
     )
 
 
@@ -217,7 +227,7 @@ def require_store(store: PathOrURL, *, param: str = "store") -> Path | S3Path:
     roidask store."""
     path = as_location(store, param)
     check_finished(path, param, folder=True)  # in an s3:// output whose upload was cut
-    if not path.exists():
+    if not location_exists(path, param):
         raise StoreError(f"{param} {path}: no such store", param=param)
     if not path.is_dir():
         raise StoreError(
@@ -225,7 +235,7 @@ def require_store(store: PathOrURL, *, param: str = "store") -> Path | S3Path:
         )
     try:
         record = _read_metadata(path, "root", param=param)
-    except FileNotFoundError:
+    except FileNotFoundError:  # (an s3:// output whose upload was cut: check_finished)
         inside = [n for n in ("results.zarr", "study.zarr") if (path / n).is_dir()]
         if inside:  # a run's or a batch's output folder
             raise StoreError(
@@ -632,7 +642,8 @@ def checked_variables(
     except zarr.errors.NodeNotFoundError:
         what = f"node {group!r}" if group else "its root group"
         raise DamagedStoreError(
-            f"{param} {path}: {what} is missing on disk (no {folder / 'zarr.json'}); "
+            f"{param} {path}: {what} is missing {stored_where(path)} (no "
+            f"{folder / 'zarr.json'}); "
             f"{_WRITE_AGAIN}",
             param=param,
         ) from None
@@ -718,6 +729,8 @@ def open_subject(
     complete = sorted(n for n, a in records.items() if a.get(COMPLETE_ATTR) is True)
     if subject is None:
         if len(complete) != 1:
+            if not complete:
+                _refuse_damaged(path, None, param)
             raise StoreError(
                 f"subject: {path} holds subjects {complete}; pass subject= to choose one",
                 param="subject",
@@ -731,6 +744,7 @@ def open_subject(
                 "conversion?); convert it again with overwrite=True",
                 param=param,
             )
+        _refuse_damaged(path, subject, param)
         raise StoreError(
             f"subject: no subject {subject!r} in {path}; the store holds {complete}",
             param="subject",
@@ -800,6 +814,27 @@ def open_subject(
     return out
 
 
+def _refuse_damaged(path: Location, subject: str | None, param: str) -> None:
+    """Raise if a subject (``subject``, or any) that has no group ``zarr.json`` is not
+    absent: the store's root lists it (DamagedStoreError: the store is damaged), or a
+    convert killed while it uploaded it left its pending marker (IncompleteStoreError)."""
+    lost = [d for d in root_disagreements(path, subject=subject) if not d.array]
+    if not lost:
+        return
+    d = lost[0]
+    if d.chunk == MARKER:
+        raise IncompleteStoreError(
+            f"{param} {path}: subject {d.subject!r} was not completely written (a convert was "
+            "killed while it uploaded it); convert it again",
+            param=param,
+        )
+    raise DamagedStoreError(
+        f"{param} {path}: the store is damaged: {d.subject}/{d.chunk} {d.reason}; convert "
+        "the subject again with overwrite=True (verify_store lists what is damaged)",
+        param=param,
+    )
+
+
 def open_store(store: PathOrURL) -> xr.DataTree:
     """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects."""
     path = require_store(store)
@@ -857,7 +892,10 @@ def verify_store(store: PathOrURL, *, subject: str | None = None) -> list[Damage
     -------
     list of DamagedChunk
         Empty when every chunk reads and passes its checksum. Stores without
-        checksums (format 1) can only be checked for chunks that fail to decode.
+        checksums (format 1) can only be checked for chunks that fail to decode. A
+        subject that a convert killed while it uploaded it left in an ``s3://`` store is
+        named by its pending marker alone (:func:`root_disagreements`); its chunks are not
+        read.
     """
     path = require_store(store)
     records = group_records(path)
@@ -869,7 +907,12 @@ def verify_store(store: PathOrURL, *, subject: str | None = None) -> list[Damage
                 f"subject: no subject {name!r} in {path}; the store holds {sorted(records)}",
                 param="subject",
             )
-    checked = verify_groups(path, {name: records[name] for name in names if name in records})
+    # a subject a killed upload left is named by its marker: its chunks, half old, half
+    # new, are not read (it is to be converted again)
+    killed = {d.subject for d in disagreements if d.chunk == MARKER}
+    checked = verify_groups(
+        path, {name: records[name] for name in names if name in records and name not in killed}
+    )
     seen = {(d.subject, d.array, d.chunk) for d in checked}  # named once, by its checked reason
     found = [
         d
@@ -883,41 +926,44 @@ def root_disagreements(store: PathOrURL, *, subject: str | None = None) -> list[
     """What of a store is not as its root's consolidated metadata records it (which plain
     xarray reads), read from the metadata files only (no chunk):
 
-    * a subject the root lists that is not whole on disk: its folder or ``zarr.json``
+    * a subject the root lists that is not whole in the store: its folder or ``zarr.json``
       gone, not complete, or its attributes changed (array ``""``, chunk ``zarr.json``);
     * an array of a listed subject's chunk inventory whose ``zarr.json`` differs from the
       root's record (its shape, dtype, codecs or ``scale_factor`` edited), or is gone;
     * in an ``s3://`` store, the objects of a convert killed while it uploaded a subject
-      (its pending marker, chunk ``.roidask.json``).
+      (its pending marker, chunk ``.roidask.json``): what its marker lists is roidask's
+      upload in progress, not an edit, and is not named apart.
 
     ``subject``: that subject's only (no listing of the store).
     """
     path = as_location(store)
+    where = stored_where(path)
     root = _group_json(path) or {}
     metadata = (root.get("consolidated_metadata") or {}).get("metadata") or {}
     damaged = []
-    listed = set()
+    listed, killed = set(), set()
     for name in sorted(k for k in metadata if "/" not in k and subject in (None, k)):
         entry = metadata[name]
         attrs = (entry.get("attributes") or {}) if isinstance(entry, dict) else {}
         if entry.get("node_type") != "group" or "roidask_format" not in attrs:
             continue  # not a roidask subject
         listed.add(name)
+        found = []
         own = _group_json(path / name)
         own_attrs = (own or {}).get("attributes") or {}
         reason = (
-            "listed by the store's root but missing on disk"
+            f"listed by the store's root but missing {where}"
             if own is None and not (path / name / "zarr.json").exists()
-            else "listed by the store's root but unreadable on disk"
+            else f"listed by the store's root but unreadable {where}"
             if own is None
-            else "listed by the store's root as complete but not complete on disk"
+            else f"listed by the store's root as complete but not complete {where}"
             if own_attrs.get(COMPLETE_ATTR) is not True and attrs.get(COMPLETE_ATTR) is True
             else "its attributes differ from the root's record (edited?)"
             if own_attrs != attrs
             else None
         )
         if reason:
-            damaged.append(DamagedChunk(name, "", "zarr.json", reason))
+            found.append(DamagedChunk(name, "", "zarr.json", reason))
         grids = attrs.get(CHUNK_GRIDS_ATTR)
         for array in sorted(grids) if isinstance(grids, dict) and own is not None else ():
             recorded = metadata.get(f"{name}/{array}")
@@ -926,16 +972,29 @@ def root_disagreements(store: PathOrURL, *, subject: str | None = None) -> list[
             meta = _group_json(path / name / array)
             if meta is None:
                 gone = not (path / name / array / "zarr.json").exists()
-                why = "missing on disk, though the root lists it" if gone else "unreadable"
+                why = f"missing {where}, though the root lists it" if gone else "unreadable"
             elif meta != recorded:
                 why = "its metadata differs from the root's record (edited?)"
             else:
                 continue
-            damaged.append(DamagedChunk(name, array, "zarr.json", why))
-    if isinstance(path, S3Path) and subject is None:
-        for child in sorted(p for p in path.iterdir() if p.is_dir()):
+            found.append(DamagedChunk(name, array, "zarr.json", why))
+        pending = pending_upload(path / name) if found else set()
+        if pending:  # what a killed upload was rewriting: named by its marker, below
+            killed.add(name)
+            found = [d for d in found if f"{d.array}/{d.chunk}".lstrip("/") not in pending]
+        damaged += found
+    if isinstance(path, S3Path):
+        children = (
+            [path / subject]
+            if subject is not None
+            else sorted(p for p in path.iterdir() if p.is_dir())
+        )
+        for child in children:
             attrs = (_group_json(child) or {}).get("attributes") or {}
-            if attrs.get(COMPLETE_ATTR) is not True and pending_upload(child):
+            if child.name in killed or (
+                (attrs.get(COMPLETE_ATTR) is not True or child.name not in listed)
+                and pending_upload(child)
+            ):
                 why = "left by a convert killed while it uploaded it; convert it again"
                 damaged.append(DamagedChunk(child.name, "", MARKER, why))
     return damaged

@@ -45,6 +45,7 @@ from roidask.exceptions import (
     NonFiniteVoxelsWarning,
     OutputError,
     OutputExistsError,
+    RoidaskOSError,
 )
 from roidask.io.conversions import as_image
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS, check_same_grid, grid_attrs
@@ -62,6 +63,7 @@ from roidask.io.locations import (
     output_lock,
     put_files,
     put_if_absent,
+    s3_error,
     uploading,
     write_file,
     zarr_store,
@@ -217,8 +219,9 @@ def _check_replaceable(
 ) -> None:
     """Check that the subject ``subject`` that store ``out`` holds may be replaced: a group
     roidask wrote as a subject (:func:`~roidask.io.store_read.subject_layout`), holding
-    nothing but its layout (and ``pending``: the objects a killed upload's marker lists),
-    and ``overwrite``."""
+    nothing but its layout (and ``pending``: the objects a killed upload's marker lists,
+    whose metadata may differ from the root's record: that upload was rewriting it), and
+    ``overwrite``."""
     target = out / subject
     # roidask writes no links, and a subject is a folder: a file there is the user's
     local_not_folder = isinstance(target, Path) and (target.is_symlink() or not target.is_dir())
@@ -507,7 +510,11 @@ def _prepare_remote_target(
             raise OutputError(
                 f"out {out}: holds the input {item}; choose another store", param="out"
             )
-    if (out / "zarr.json").is_file():
+    try:
+        has_root = (out / "zarr.json").is_file()
+    except RoidaskOSError as exc:  # no such bucket, denied, unreachable: named as --out
+        raise s3_error(exc, out, param="out", error=OutputError) from None
+    if has_root:
         if not is_store(out):
             raise OutputError(
                 f"out {out}: exists and is not a roidask store; roidask only adds subjects to "
@@ -530,8 +537,16 @@ def _prepare_remote_target(
         group = {}
     complete = (group.get("attributes") or {}).get(COMPLETE_ATTR) is True
     pending = pending_upload(out / subject)
-    try:  # an incomplete subject (killed upload) is rewritten without overwrite
-        _check_replaceable(out, subject, overwrite=overwrite or not complete, pending=pending)
+    # a subject a killed upload left (its marker, and the subject incomplete or not yet
+    # as the root lists it) is rewritten without overwrite; what the marker lists
+    # (objects, metadata) is that upload's, not an edit. A subject whose upload was killed
+    # only before its marker's deletion is published, whole: it needs overwrite.
+    unfinished = bool(pending) and any(
+        d.chunk == MARKER for d in root_disagreements(out, subject=subject)
+    )
+    try:
+        rewrite = overwrite or not complete or unfinished
+        _check_replaceable(out, subject, overwrite=rewrite, pending=pending)
     except OutputExistsError:
         how = " (written meanwhile by another convert)" if meanwhile else ""
         raise OutputExistsError(
@@ -551,7 +566,8 @@ def _convert_to_s3(
     then its objects are put, the subject group's ``zarr.json`` (complete) last, and the
     root's metadata is consolidated. A subject replaced is first unpublished (its group
     loses the completion attribute), and only zarr's objects of the old subject that
-    the new one lacks are deleted.
+    the new one lacks are deleted. A pending marker, put before the first object and
+    deleted after the root's consolidation, lists every object the upload may leave.
     """
     check_subject_name(subject)
     overwrite = check_bool(overwrite, "overwrite")
@@ -602,9 +618,11 @@ def _convert_to_s3(
                     delete_prefix_keys(out / subject, stale)
                 lease.check()
                 put_files(local, out, [group_json])
+                with RemoteLease(out, param="out", wait=True):
+                    consolidate(out)
+                # last: until the root lists the subject as it now is, a kill leaves the
+                # marker, by which the new metadata is known to be roidask's, not an edit
                 delete_prefix_keys(out / subject, [MARKER])
-            with RemoteLease(out, param="out", wait=True):
-                consolidate(out)
     return out
 
 

@@ -63,6 +63,7 @@ from roidask.io.locations import (
     as_location,
     list_files,
     remove_files,
+    stored_where,
     write_file,
     zarr_store,
 )
@@ -876,7 +877,7 @@ def edited_in_root(study: Location, nodes: Iterable[str]) -> list[DamagedChunk]:
             try:
                 own = json.loads((study / key / _META).read_bytes())
             except FileNotFoundError:
-                own, reason = None, "missing on disk, though the root lists it"
+                own, reason = None, f"missing {stored_where(study)}, though the root lists it"
             except (OSError, ValueError):
                 own, reason = None, "unreadable"
             else:
@@ -904,7 +905,8 @@ def check_nodes(study: PathOrURL) -> tuple[list[DamagedChunk], dict[str, dict]]:
     for name in sorted(k for k in metadata if "/" not in k):
         attrs = node_attrs(path, name)
         if attrs is None:
-            damaged.append(DamagedChunk(name, "", _META, "published but not complete on disk"))
+            complete = f"published but not complete {stored_where(path)}"
+            damaged.append(DamagedChunk(name, "", _META, complete))
         elif attrs != metadata[name].get("attributes"):
             damaged.append(DamagedChunk(name, "", _META, "rewritten since it was published"))
         else:

@@ -15,10 +15,15 @@ per test, ``"s3://<name>"``) wrap it; import them into a test module or conftest
 Variables set (and restored after): ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION`` and ``AWS_REGION`` (us-east-1),
 ``AWS_ALLOW_HTTP=true`` (obstore/object_store refuses ``http://`` endpoints without
-it), ``AWS_EC2_METADATA_DISABLED=true`` (no instance-metadata look-ups), and
-``AWS_CONFIG_FILE`` / ``AWS_SHARED_CREDENTIALS_FILE`` pointing at an empty file (a
-developer's ``~/.aws`` profile cannot leak in); ``AWS_PROFILE``, ``AWS_SESSION_TOKEN``
-and ``AWS_ENDPOINT_URL_S3`` are removed.
+it), ``AWS_CONFIG_FILE`` / ``AWS_SHARED_CREDENTIALS_FILE`` pointing at an empty file (a
+developer's ``~/.aws`` profile cannot leak in), and, so that no request for instance
+metadata (169.254.169.254) leaves the machine: ``AWS_EC2_METADATA_DISABLED=true``
+(boto3's credential chain skips the instance-metadata service; obstore does not read
+this variable) and ``AWS_METADATA_ENDPOINT`` at a closed loopback port (where obstore's
+own chain, which a client made without keys and without ``skip_signature`` falls back
+to, fails at once; roidask's clients never do: without credentials they send unsigned
+requests). ``AWS_PROFILE``, ``AWS_SESSION_TOKEN`` and ``AWS_ENDPOINT_URL_S3`` are
+removed.
 
 Gotchas met while checking boto3, s3fs and obstore against it:
 
@@ -144,6 +149,7 @@ def moto_s3(*, log: str | os.PathLike | None = None, timeout_s: float = 30) -> I
             "AWS_REGION": REGION,
             "AWS_ALLOW_HTTP": "true",
             "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_METADATA_ENDPOINT": f"http://127.0.0.1:{free_port()}",  # closed
             "AWS_CONFIG_FILE": str(empty),
             "AWS_SHARED_CREDENTIALS_FILE": str(empty),
         }
@@ -157,6 +163,50 @@ def moto_s3(*, log: str | os.PathLike | None = None, timeout_s: float = 30) -> I
 
             s3fs.S3FileSystem.clear_instance_cache()
         yield MotoS3(endpoint_url=endpoint, env=env, process=proc)
+
+
+@dataclass
+class Request:
+    """One request :func:`recording_http_server` answered."""
+
+    method: str
+    path: str
+    user_agent: str
+
+
+@contextlib.contextmanager
+def recording_http_server() -> Iterator[tuple[str, list[Request]]]:
+    """An HTTP server on 127.0.0.1 that answers every GET and PUT 404 and records them:
+    ``(url, requests)``. E.g. an instance-metadata service that has no credentials
+    (``AWS_METADATA_ENDPOINT`` for obstore, ``AWS_EC2_METADATA_SERVICE_ENDPOINT`` for
+    boto3), to see who asks it."""
+    import http.server
+    import threading
+
+    requests: list[Request] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            agent = self.headers.get("User-Agent", "")
+            requests.append(Request(self.command, self.path, agent))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_PUT = answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def _restore_env(saved: dict[str, str | None]) -> None:

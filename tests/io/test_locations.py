@@ -3,9 +3,11 @@ reads, NIfTI sources read from objects bit-identical to local files, one-line er
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import pickle
+import re
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ from obstore.store import S3Store
 
 from roidask.exceptions import (
     CorruptFileError,
+    InvalidParameterError,
     ObjectStoreError,
     OutputError,
     RoidaskTypeError,
@@ -55,16 +58,45 @@ def put(url: str, data: bytes) -> S3Path:
 
 
 def test_urls_become_s3_paths_and_everything_else_paths():
-    loc = as_location("s3://bucket/a//b/./c.nii.gz")
+    loc = as_location("s3://bucket/a/b/c.nii.gz")
     assert loc == S3Path("bucket", "a/b/c.nii.gz")
     assert str(loc) == "s3://bucket/a/b/c.nii.gz" and loc.name == "c.nii.gz"
     assert loc.parent / "d.txt" == S3Path("bucket", "a/b/d.txt")
+    assert as_location("s3://bucket/a/b/") == S3Path("bucket", "a/b")  # a folder
     assert loc.relative_to(S3Path("bucket", "a")) == "b/c.nii.gz"
     assert as_location("rel/x.nii") == Path("rel/x.nii")
     assert location_arg("s3://b/k") == "s3://b/k" and location_arg("x") == Path("x")
     assert pickle.loads(pickle.dumps(loc)) == loc
     with pytest.raises(UnreadableFileError, match="needs a bucket"):
         as_location("s3:///key")
+
+
+@pytest.mark.parametrize(
+    ("url", "segment"),
+    [
+        ("s3://b/dbl//bold.nii.gz", "an empty segment ('//')"),
+        ("s3://b//bold.nii.gz", "an empty segment ('//')"),
+        ("s3://b/a/./bold.nii.gz", "a '.' segment"),
+        ("s3://b/a/../bold.nii.gz", "a '..' segment"),
+        ("s3://b/a/..", "a '..' segment"),
+    ],
+)
+def test_a_url_whose_key_is_not_read_as_written_is_refused(url, segment):
+    """S3 keys are not paths: ``a//b`` is another object than ``a/b`` (and ``.``, ``..``
+    are no folders), so a URL that a path's normalisation would change is refused, naming
+    the parameter (the command line's flag, before anything runs), never read as
+    another key."""
+    want = f"{segment}; S3 reads keys as written"
+    with pytest.raises(InvalidParameterError, match=rf"^mask_img {re.escape(url)}: the key has "):
+        as_location(url, "mask_img")
+    with pytest.raises(InvalidParameterError, match=re.escape(want)):
+        as_location(url)
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=rf"^{re.escape(url)}: .*{re.escape(want)}"
+    ):
+        location_arg(url)
+    with pytest.raises(InvalidParameterError, match=re.escape(want)):
+        S3Path("b") / url.removeprefix("s3://b/")  # a manifest's relative path
 
 
 def test_a_path_parameter_that_is_not_a_path_is_named():
@@ -195,6 +227,23 @@ def test_unreachable_endpoint(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{s3_helpers.free_port()}")
     with pytest.raises(ObjectStoreError, match=r"^mask s3://b/m.nii: cannot reach the S3 end"):
         check_input_file("s3://b/m.nii", "mask")
+
+
+def test_aws_s3_unreachable_is_named_as_such(s3_server, monkeypatch):
+    """No AWS_ENDPOINT_URL: AWS's own endpoint is used (reached here through a proxy at a
+    closed loopback port, so nothing leaves the machine); the line names AWS S3, not "the
+    S3 endpoint the AWS S3 endpoint"."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{s3_helpers.free_port()}")
+    with pytest.raises(ObjectStoreError) as info:
+        check_input_file("s3://b/m.nii", "mask")
+    assert str(info.value) == (
+        "mask s3://b/m.nii: cannot reach AWS S3 (connection failed; no AWS_ENDPOINT_URL is "
+        "set, so AWS's own endpoint was used); check the network, or set AWS_ENDPOINT_URL to "
+        "your S3 server"
+    )
 
 
 def test_nifti_zarr_from_s3_reads_like_local(s3_bucket, tmp_path, haxby):

@@ -172,6 +172,25 @@ def test_an_array_whose_zarr_json_is_gone_is_damage(store, array):
         open_subject(store)
 
 
+@pytest.mark.parametrize("subject", ["sub-01", None])
+def test_a_subject_that_lost_its_zarr_json_is_damage_not_absence(store, subject):
+    """The root lists the subject, its folder holds its arrays, its group's zarr.json is
+    gone: the store is damaged (not "no subject 'sub-01'; the store holds []"), and the
+    message says what to do and where to see the damage."""
+    (store / "sub-01" / "zarr.json").unlink()
+    with pytest.raises(DamagedStoreError) as info:
+        open_subject(store, subject)
+    assert str(info.value) == (
+        f"store {store}: the store is damaged: sub-01/zarr.json listed by the store's root but "
+        "missing on disk; convert the subject again with overwrite=True (verify_store lists "
+        "what is damaged)"
+    )
+    with pytest.raises(
+        StoreError, match=r"^subject: no subject 'sub-02' in .*; the store holds \[\]$"
+    ):
+        open_subject(store, "sub-02")  # another subject: absent indeed
+
+
 def test_metadata_without_zarr_format_is_corrupt(store):
     (store / "zarr.json").write_text("{}")
     with pytest.raises(StoreError, match=r"corrupt zarr\.json \(the root metadata has no "):
