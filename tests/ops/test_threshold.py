@@ -11,7 +11,7 @@ from helpers.lazy import raise_if_dask_computes
 from nilearn.image import smooth_img
 from scipy import ndimage, stats
 
-from roidask.exceptions import GridMismatchError, InvalidParameterError
+from roidask.exceptions import GridMismatchError, ImageDimensionError, InvalidParameterError
 from roidask.ops.threshold import (
     as_mask,
     binarize_img,
@@ -209,3 +209,36 @@ def test_nearly_binary_values_are_shown_as_their_type_holds_them():
         as_mask(as_img(values)).compute()  # lazily, block by block
     with pytest.raises(InvalidParameterError, match=shown):
         mask_values(as_img(values))  # the pipeline's masks, read at once
+
+
+def test_4d_image_is_refused(haxby):
+    with pytest.raises(ImageDimensionError, match=r"img( \S+)?: got a 4D image"):
+        threshold_img(haxby.bold, threshold=1)
+    with pytest.raises(ImageDimensionError, match=r"other_imgs\[0\]( \S+)?: got a 4D image"):
+        mask_and(haxby.mask, haxby.bold)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threshold": 1, "mode": "greater"}, r"mode: expected one of .*'greater'"),
+        ({"threshold": np.nan}, r"threshold: expected a finite number, got nan"),
+        ({"threshold": True}, r"threshold: expected a finite number, got True"),
+        ({"threshold": "5"}, r"threshold: expected a finite number, got '5'"),
+        ({"threshold": -1, "mode": "absolute"}, r"threshold: mode 'absolute' needs .*>= 0"),
+        ({"threshold": (2, 1), "mode": "two-sided"}, r"low <= high .*\(2\.0, 1\.0\)"),
+        ({"threshold": (1, 2, 3), "mode": "two-sided"}, r"one number or \(low, high\)"),
+        ({"threshold": 1, "inclusive": "yes"}, r"inclusive: expected True or False"),
+    ],
+)
+def test_bad_threshold_parameters(kwargs, message):
+    with raise_if_dask_computes(), pytest.raises(InvalidParameterError, match=message):
+        threshold_img(as_img(np.zeros((2, 2, 2))), **kwargs)
+
+
+def test_bad_algebra_parameters():
+    a = as_img(np.ones((2, 2, 2), dtype=bool))
+    with pytest.raises(InvalidParameterError, match=r"resample: expected None .*'linear'"):
+        mask_and(a, a, resample="linear")
+    with pytest.raises(InvalidParameterError, match=r"^other_imgs: mask_or expected at least one"):
+        mask_or(a)
