@@ -618,7 +618,7 @@ def scaled_values(
                 for name, value in zip(SCALING_COORDS, scaling, strict=True)
             }
         )
-    data = img.data
+    data = da.asarray(img.data)  # a loaded image too (to_nifti of .compute()'s result)
     if shared:  # as the pass scales each block
         slope, inter = _first_scaling(slopes, inters)
         scaled = da.map_blocks(scale_stored, data, slope, inter, SCALED_DTYPE, dtype=SCALED_DTYPE)

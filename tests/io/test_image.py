@@ -286,6 +286,13 @@ def test_each_volume_keeps_its_scaling_through_concat_selection_and_rechunking(t
     written = nib.load(to_nifti(joined.isel(time=[9, 8]), tmp_path / "run2.nii.gz"))
     assert written.get_data_dtype() == np.int16 and written.dataobj.slope == np.float32(0.02)
     np.testing.assert_array_equal(reference[..., [9, 8]], written.get_fdata())
+    # loaded (.compute(): numpy, not dask), scaled differently or as float32
+    written = nib.load(to_nifti(joined.compute(), tmp_path / "loaded.nii.gz"))
+    np.testing.assert_array_equal(reference, written.get_fdata())
+    one = joined.isel(time=[9, 8]).compute()
+    written = nib.load(to_nifti(one, tmp_path / "loaded32.nii.gz", dtype="float32"))
+    assert written.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(reference[..., [9, 8]].astype(np.float32), written.get_fdata())
 
 
 def test_floats_that_carry_the_scaling_of_stored_integers_are_refused(tmp_path, rng):
