@@ -233,7 +233,8 @@ def _credentials() -> _Credentials:
     (obstore reads them); the profile's keys in the shared files
     (:func:`aws_file_settings`); boto3's chain when boto3 is installed (SSO, roles,
     credential processes, web identity, containers, and the instance-metadata service
-    unless ``AWS_EC2_METADATA_DISABLED``). When none gives credentials, requests are sent
+    unless ``AWS_EC2_METADATA_DISABLED``), else obstore's own chain where the environment
+    names a web identity or a container's role. When none gives credentials, requests are sent
     unsigned (``skip_signature``: what a public bucket such as OpenNeuro's answers), and
     obstore's own chain, whose last resort is the instance-metadata address
     169.254.169.254 (where boto3 already looked, or was told not to), is never tried.
@@ -265,7 +266,22 @@ def _find_credentials() -> _Credentials:
     provider, why = _boto3_credentials()
     if provider is not None:
         return _Credentials({"credential_provider": provider})
+    if why == _NO_BOTO3 and any(os.environ.get(k) for k in _ROLE_KEYS):
+        return _Credentials({})  # a role the environment names: obstore's own chain reads it
     return _Credentials({"skip_signature": True}, why)
+
+
+#: Variables that name a role's credentials (EKS web identity, ECS/Batch task roles): without
+#: boto3, obstore's own chain reads them (an EC2 instance role is found by boto3 only).
+_ROLE_KEYS = (
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+)
+_NO_BOTO3 = (
+    "no AWS credentials were found (boto3, which finds those of SSO, roles and instances, is "
+    "not installed)"
+)
 
 
 def aws_file_settings() -> dict[str, str]:
@@ -302,10 +318,7 @@ def _boto3_credentials() -> tuple[Any, str]:
     try:
         from obstore.auth.boto3 import Boto3CredentialProvider
     except ImportError:
-        return None, (
-            "no AWS credentials were found (boto3, which finds those of SSO, roles and "
-            "instances, is not installed)"
-        )
+        return None, _NO_BOTO3
     try:
         return Boto3CredentialProvider(), ""
     except ValueError:  # the chain found nothing

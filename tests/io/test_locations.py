@@ -656,3 +656,28 @@ def test_an_input_prefix_is_asked_once_and_again_once_this_process_uploads_it(
     publish_folder(tmp_path / "new", dest)  # done: left incomplete no more
     check_input_file(dest / "new.tsv", "img")
     assert dest not in left_incomplete()
+
+
+@pytest.mark.parametrize(
+    ("role", "unsigned"),
+    [(None, True),
+     ({"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token", "AWS_ROLE_ARN": "arn:aws:iam::1:role/r"},
+      False),
+     ({"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/x"}, False)],
+)  # fmt: skip
+def test_without_boto3_a_role_the_environment_names_goes_to_obstore_s_chain(
+    monkeypatch, role, unsigned
+):
+    # an EKS web identity or an ECS task role, which obstore reads itself: unsigned
+    # requests (for want of boto3's chain) were access denied on a private bucket
+    from roidask.io import locations
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SKIP_SIGNATURE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setitem(sys.modules, "obstore.auth.boto3", None)  # as where it is not installed
+    for name, value in (role or {}).items():
+        monkeypatch.setenv(name, value)
+    found = locations._find_credentials()
+    assert ("skip_signature" in found.kwargs) is unsigned, found
