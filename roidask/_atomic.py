@@ -36,6 +36,7 @@ import os
 import re
 import secrets
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -192,6 +193,28 @@ def clean_stale(path: str | os.PathLike) -> list[Path]:
 _UNLOCKED: set[str] = set()  # folders said to be unlockable (once per process)
 
 
+#: How long a lock held by another process's probe (:func:`check_not_held`: released
+#: at once) is waited for before a folder is said to be written by another command (s).
+_PROBE_WAIT_S = 0.5
+
+
+def _flock_exclusive(fd: int, *, wait: bool) -> None:
+    """An exclusive ``flock`` on ``fd``; without ``wait``, BlockingIOError if another
+    process holds one for longer than a probe does."""
+    if wait:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + _PROBE_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+
+
 class FolderLock:
     """An exclusive lock on a folder that one roidask process writes at a time.
 
@@ -218,7 +241,7 @@ class FolderLock:
         self._fd = -1
         fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            _flock_exclusive(fd, wait=wait)
         except BlockingIOError:
             os.close(fd)
             raise OutputError(
@@ -268,32 +291,34 @@ def check_not_held(out: str | os.PathLike, *, param: str) -> None:
     (:class:`FolderLock`: a batch's folder or a group level's while they run), which
     would replace what it publishes there (``run --out BATCH/sub-01``).
 
-    A probe, not a lock: a shared ``flock`` taken and released at once (it fails only
-    while an exclusive one is held). Never for the processes that command starts.
+    A probe of every folder above ``out``, not a lock: a shared ``flock`` taken and
+    released at once (it fails only while an exclusive one is held; a command taking
+    one meanwhile waits :data:`_PROBE_WAIT_S` for it). Never for the processes that
+    command starts.
 
     Raises
     ------
     OutputError
         The folder holding ``out`` is locked by another process.
     """
-    parent = Path(os.path.abspath(out)).parent
-    try:
-        fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return  # no such folder: the output's own checks say so
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise OutputError(
-            f"{param} {out}: inside {parent}, which another roidask command is writing (a "
-            "batch or a group level still running); wait for it to end, or choose another "
-            "folder",
-            param=param,
-        ) from None
-    except OSError:
-        pass  # no folder locks on this file system (FolderLock warns where it matters)
-    finally:
-        os.close(fd)  # releases the probe
+    for parent in Path(os.path.abspath(out)).parents:  # BATCH/sub-01/x too
+        try:
+            fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue  # no such folder: the output's own checks say so
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"{param} {out}: inside {parent}, which another roidask command is writing "
+                "(a batch or a group level still running); wait for it to end, or choose "
+                "another folder",
+                param=param,
+            ) from None
+        except OSError:
+            pass  # no folder locks on this file system (FolderLock warns where it matters)
+        finally:
+            os.close(fd)  # releases the probe
 
 
 # -- ownership -------------------------------------------------------------------------------

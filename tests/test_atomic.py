@@ -518,3 +518,31 @@ def test_a_file_created_meanwhile_is_never_replaced_without_overwrite(
     with atomic_file(path, check=lambda: checked.append(path.read_text())) as tmp:
         tmp.write_text("two")
     assert checked == ["precious"] and path.read_text() == "two"
+
+
+_PROBES = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(fd, fcntl.LOCK_SH)  # a probe (check_not_held), held here for 0.2 s
+print("probing", flush=True)
+time.sleep(0.2)
+"""
+
+
+def test_a_folder_lock_waits_out_another_command_s_probe(tmp_path):
+    # a batch starting while a `run` probed its folder failed: "another roidask command
+    # is writing it"
+    import subprocess
+    import sys
+
+    probe = subprocess.Popen([sys.executable, "-c", _PROBES, str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert probe.stdout is not None and probe.stdout.readline().strip() == "probing"
+        with FolderLock(tmp_path, param="out"):
+            pass
+    finally:
+        probe.kill()
+        probe.wait()
+    with locked_by_another_process(tmp_path), pytest.raises(OutputError, match="another roidask"):
+        FolderLock(tmp_path, param="out")  # held for good: refused

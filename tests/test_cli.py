@@ -1313,7 +1313,7 @@ def test_batch_folder_refusals_come_before_inputs_are_read(haxby, tmp_path, caps
     assert rc == 2 and want in one_error(err) and called == []
 
 
-@pytest.mark.parametrize("command", ["run", "export"])
+@pytest.mark.parametrize("command", ["run", "run nested", "export"])
 def test_an_output_inside_a_folder_a_batch_is_writing_is_refused(haxby_outputs, haxby, tmp_path,
                                                                  capsys, command):  # fmt: skip
     # `run --out BATCH/sub-01` while the batch runs replaced what the batch publishes there
@@ -1321,8 +1321,12 @@ def test_an_output_inside_a_folder_a_batch_is_writing_is_refused(haxby_outputs, 
 
     batch = tmp_path / "batch"
     batch.mkdir()
-    target = batch / ("sub-01" if command == "run" else "logp.nii.gz")
-    if command == "run":
+    target = (
+        batch / {"run": "sub-01", "run nested": "sub-01/again", "export": "logp.nii.gz"}[command]
+    )
+    if command == "run nested":
+        target.parent.mkdir()
+    if command.startswith("run"):
         argv = ["run", haxby.bold, "--labels", haxby.labels, "--mask", haxby.mask,
                 "--out", target, "--quiet", "--no-plots"]  # fmt: skip
     else:
@@ -1333,6 +1337,6 @@ def test_an_output_inside_a_folder_a_batch_is_writing_is_refused(haxby_outputs, 
         f"--out {target}: inside {batch}, which another roidask command is writing (a batch "
         "or a group level still running); wait for it to end, or choose another folder"
     )
-    assert list(batch.iterdir()) == []
+    assert [p.name for p in batch.rglob("*")] == (["sub-01"] if command == "run nested" else [])
     rc, _, err = cli(capsys, *argv)  # once the batch has ended
     assert rc == 0, err
