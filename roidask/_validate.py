@@ -371,6 +371,18 @@ def ttest_defined(counts: Iterable[int], test: str) -> bool:
     volume (its mean; no deviation) is enough with 3 volumes in all; Welch's
     (``"welch"``) estimates each condition's variance (``n - 1`` divides), so it
     needs 2 volumes of each (scipy gives NaN with fewer).
+
+    Parameters
+    ----------
+    counts : iterable of 2 int
+        The volumes of each of the two conditions.
+    test : {"student", "welch"}
+        The test.
+
+    Returns
+    -------
+    bool
+        True where scipy gives a finite t for non-constant data.
     """
     n1, n2 = (int(n) for n in counts)
     if test == "student":
