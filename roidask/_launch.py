@@ -63,6 +63,7 @@ def _stop_again(unraisable: Any) -> None:
         # in this hook, where Python drops its exception too (and a handler that runs
         # again where it is dropped comes back here)
         signum = signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT
+        Terminated.dropped.append(signum)  # the exit status, should the command end first
         again = threading.Timer(_STOP_AGAIN_S, os.kill, args=(os.getpid(), signum))
         again.daemon = True
         again.start()

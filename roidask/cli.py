@@ -16,6 +16,7 @@ import json
 import os
 import re
 import resource
+import signal
 import sys
 import time
 import warnings
@@ -1355,6 +1356,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"roidask: error: {_os_error_line(exc, args)}", file=sys.stderr)
             return 1
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (roidask._launch)
+            Terminated.dropped.clear()  # a dropped stop signalled again: said here
             kept = (
                 "the subjects completed so far are kept (the same command runs the rest); "
                 if args.command == "batch" and not args.check
@@ -1389,9 +1391,18 @@ def entry() -> None:
     process exits without tearing down every imported module one by one, which
     takes ~0.3 s with dask, xarray, zarr and scipy loaded.
     """
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    code: int | None = None
+    try:
+        code = main()
+        if Terminated.dropped:  # a stop Python dropped as the command ended: not lost
+            status = 143 if Terminated.dropped[-1] == signal.SIGTERM else 130
+            code = code or status
+            how = "terminated (SIGTERM)" if status == 143 else "interrupted"
+            print(f"roidask: {how} as it ended; what it wrote is complete", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except KeyboardInterrupt as exc:  # that stop, signalled again after the command ended
+        code = code or Terminated.status_of(exc)
     os._exit(code)
 
 

@@ -15,6 +15,8 @@ concerns one parameter carries its name in :attr:`RoidaskError.param`.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 __all__ = [
     "ClusterError",
     "ConditionError",
@@ -184,6 +186,11 @@ class DownloadError(RoidaskOSError):
 class Terminated(KeyboardInterrupt):
     """The ``roidask`` command received SIGTERM (``kill``, ``timeout``, SLURM's ``scancel``):
     handled as Ctrl-C is, so that nothing partial is kept (exit status 143)."""
+
+    #: Stops (signal numbers) that Python dropped where they landed (a weakref callback,
+    #: a ``__del__``) and :mod:`roidask._launch` signals again: one still here when the
+    #: command has ended is its exit status.
+    dropped: ClassVar[list[int]] = []
 
     @staticmethod
     def status_of(exc: KeyboardInterrupt) -> int:

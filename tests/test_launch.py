@@ -292,3 +292,34 @@ def test_a_stop_signalled_inside_a_weakref_callback_still_stops(signum, raised):
     )  # fmt: skip
     assert (done.returncode, done.stdout.strip()) == (3, raised), done
     assert "Exception ignored" not in done.stderr, done.stderr
+
+
+_DROPPED_AS_IT_ENDS = """
+import os, signal, sys, weakref
+from roidask._launch import handle_stop_signals
+handle_stop_signals()
+from roidask import cli
+class Thing:
+    pass
+def main(argv=None):  # the command's last moment: a SIGTERM lands in a weakref callback
+    def callback(ref):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(100):
+            pass
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    del thing
+    return 0
+cli.main = main
+cli.entry()
+"""
+
+
+def test_a_stop_dropped_as_the_command_ends_is_its_exit_status():
+    # signalled again 50 ms later, it came after the command's prompt exit: status 0
+    done = subprocess.run([sys.executable, "-c", _DROPPED_AS_IT_ENDS],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert (done.returncode, done.stderr) == (
+        143,
+        "roidask: terminated (SIGTERM) as it ended; what it wrote is complete\n",
+    )
