@@ -1395,10 +1395,14 @@ def entry() -> None:
     try:
         code = main()
         if Terminated.dropped:  # a stop Python dropped as the command ended: not lost
-            status = 143 if Terminated.dropped[-1] == signal.SIGTERM else 130
-            code = code or status
-            how = "terminated (SIGTERM)" if status == 143 else "interrupted"
-            print(f"roidask: {how} as it ended; what it wrote is complete", file=sys.stderr)
+            stop = (
+                Terminated() if Terminated.dropped[-1] == signal.SIGTERM else KeyboardInterrupt()
+            )
+            code = code or Terminated.status_of(stop)
+            print(
+                f"roidask: {Terminated.describe(stop)} as it ended; what it wrote is complete",
+                file=sys.stderr,
+            )
         sys.stdout.flush()
         sys.stderr.flush()
     except KeyboardInterrupt as exc:  # that stop, signalled again after the command ended
