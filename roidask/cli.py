@@ -87,7 +87,7 @@ from roidask.outputs.study import (
     verify_study,
 )
 from roidask.outputs.writer import prepare_output
-from roidask.pipeline import RESULTS_ATTR, ROI_DEFINITIONS, TESTS, PipelineParams
+from roidask.pipeline import RESULTS_ATTR, ROI_DEFINITIONS, TESTS, PipelineParams, n_rois_text
 from roidask.runner import check_run, run_subject
 
 __all__ = ["build_parser", "entry", "main"]
@@ -467,7 +467,9 @@ def describe_results(store, *, damaged: list | None = None) -> str:
         lines.append(
             f"grid: {'x'.join(map(str, grid))} voxels of {size} mm, TR {attrs.get('tr_s')} s"
         )
-    lines.append(f"ROIs: {attrs.get('n_rois')}")
+    n_rois = attrs.get("n_rois")
+    per_fold = " (per fold)" if isinstance(n_rois, list) else ""
+    lines.append(f"ROIs: {_n_rois_shown(n_rois)}{per_fold}")
     lines.append(f"maps: {_arrays_line(metadata, ('x', 'y', 'z'))}")
     lines.append(f"signals: {_arrays_line(metadata, ('roi', 'time'))}")
     if CHUNK_GRIDS_ATTR in attrs:
@@ -485,6 +487,24 @@ def describe_results(store, *, damaged: list | None = None) -> str:
     return "\n".join(lines)
 
 
+def _n_rois_shown(n_rois) -> str:
+    """The ``n_rois`` attribute of a ``results.zarr`` or a study node as ``batch.tsv``
+    writes it: ``5``, or one count per fold, ``3;4`` (``?``: none)."""
+    if n_rois is None:
+        return "?"
+    try:
+        return n_rois_text(n_rois)
+    except (TypeError, ValueError):  # not as roidask wrote it
+        return str(n_rois)
+
+
+def _rois_shown(n_rois) -> str:
+    """A study node's ``n_rois`` attribute in words: ``5 ROIs``, ``3;4 ROIs per fold``."""
+    if isinstance(n_rois, list):
+        return f"{_n_rois_shown(n_rois)} ROIs per fold"
+    return plural(n_rois if isinstance(n_rois, int) else _n_rois_shown(n_rois), "ROI")
+
+
 def describe_study(store, *, damaged: list | None = None) -> str:
     """A summary of a study store: its published subjects and group level (no voxel read).
 
@@ -496,7 +516,7 @@ def describe_study(store, *, damaged: list | None = None) -> str:
     record = json.loads((as_location(store) / "zarr.json").read_bytes())
     metadata = record.get("consolidated_metadata", {}).get("metadata", {})
     shown = ", ".join(
-        f"{n} ({plural(metadata.get(n, {}).get('attributes', {}).get('n_rois', '?'), 'ROI')})"
+        f"{n} ({_rois_shown(metadata.get(n, {}).get('attributes', {}).get('n_rois'))})"
         for n in subjects[:20]
     )
     more = f", ... ({len(subjects) - 20} more)" if len(subjects) > 20 else ""

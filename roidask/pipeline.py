@@ -97,6 +97,7 @@ __all__ = [
     "compute",
     "compute_here",
     "mask_values",
+    "n_rois_text",
     "params_attrs",
     "results_dataset",
     "roi_folds",
@@ -257,6 +258,12 @@ class PipelineResult:
             return [len(self.rois)]
         counts = self.rois["fold"].value_counts()
         return [int(counts.get(k, 0)) for k in range(len(self.folds))]
+
+    def roi_counts(self) -> int | list[int]:
+        """The ROIs found as ``results.zarr``'s ``n_rois`` attribute holds them: their
+        number, or with folds the number of each fold (never summed: see
+        :func:`n_rois_text`)."""
+        return self.fold_n_rois() if self.folds is not None else self.n_rois
 
     def fold_signals(self, k: int) -> xr.DataArray:
         """Fold ``k``'s ``(roi, time)`` signals: its ROIs, on its signal volumes only."""
@@ -477,6 +484,29 @@ def results_dataset(result: PipelineResult) -> xr.Dataset:
         data[name] = _with_attrs(name, table[column].to_numpy().astype(dtype), ("roi",))
     attrs = _results_attrs(result, ref, len(labels))
     return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def n_rois_text(n_rois: int | list[int]) -> str:
+    """ROI counts as ``batch.tsv`` (its ``n_rois`` column) and ``roidask info`` show them.
+
+    Parameters
+    ----------
+    n_rois : int or list of int
+        The ROIs of one ROI set, or of each fold in fold order (an independent
+        ``roi_definition``: the ``n_rois`` attribute of ``results.zarr`` and of a study
+        node, ``fold_n_rois`` in ``provenance.json``).
+
+    Returns
+    -------
+    str
+        ``"7"``, or the folds' counts separated by ``;`` (``"3;4"``: 3 ROIs defined in
+        fold 0, 4 in fold 1), as a manifest separates a subject's runs. Folds are never
+        summed: their ROIs are separate sets, from different runs, and often the same
+        regions found again.
+    """
+    if isinstance(n_rois, list | tuple):
+        return ";".join(str(int(n)) for n in n_rois)
+    return str(int(n_rois))
 
 
 def params_attrs(params: PipelineParams) -> dict:

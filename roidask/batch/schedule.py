@@ -46,7 +46,11 @@ Resume: a subject whose ``provenance.json`` records the same fingerprint
 others are redone. A failing
 subject (bad file, ...) is reported in ``DIR/batch.tsv`` and does not stop the
 others. A lost scheduler stops the batch (a :class:`ClusterError`): the subjects not
-done are left pending. A worker lost mid-batch only costs time: distributed runs its subject
+done are left pending. So does an interruption (Ctrl-C, SIGTERM: ``KeyboardInterrupt``),
+after which no subject and no write of one starts, here or on a worker, the writes under
+way end (:class:`_Writes`), and a subject completed whose row had not reached this driver
+(its worker finished it just before) is recorded as done from its folder and study node
+(:meth:`_Batch.stop`). A worker lost mid-batch only costs time: distributed runs its subject
 tasks again on other workers (or recomputes its blocks), the next attempt
 removes what the lost one left half-written, and the outputs are the same bits.
 """
@@ -55,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import hashlib
 import io
 import json
@@ -67,7 +72,7 @@ import traceback
 import uuid
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,6 +93,7 @@ from roidask._atomic import (
     write_text,
 )
 from roidask._malloc import reuse_freed_buffers
+from roidask._pool import thread_pool
 from roidask._validate import check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
 from roidask.batch.group import (
@@ -97,7 +103,13 @@ from roidask.batch.group import (
     group_is_current,
     group_level,
 )
-from roidask.batch.manifest import SubjectSpec, check_subjects, current_subject, subject_context
+from roidask.batch.manifest import (
+    CHECK_THREADS,
+    SubjectSpec,
+    check_subjects,
+    current_subject,
+    subject_context,
+)
 from roidask.cluster import active_client, connection_lost, describe_client, lost_connection_error
 from roidask.exceptions import (
     ClusterError,
@@ -144,7 +156,13 @@ from roidask.outputs.study import (
     node_attrs,
 )
 from roidask.outputs.writer import SUBJECT_KIND
-from roidask.pipeline import PipelineParams, compute_here, mask_values, params_attrs
+from roidask.pipeline import (
+    PipelineParams,
+    compute_here,
+    mask_values,
+    n_rois_text,
+    params_attrs,
+)
 from roidask.runner import run_subject
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -507,6 +525,58 @@ def _same_sizes_as_folder(node: Location, marker: dict | None) -> bool:
     return not size_mismatches(wanted, file_sizes(node, wanted))
 
 
+def _finished_row(job: _Job, digest: str | None = None) -> dict | None:
+    """The status row of a subject whose folder (and study node) hold a complete run with
+    fingerprint ``digest``: ``done`` if this batch wrote it (a run on a worker lost before
+    it reported), else ``skipped``; None if there is none.
+
+    Without ``digest`` (the inputs are not hashed again), only a run this batch wrote is
+    taken, with the fingerprint its ``provenance.json`` records (a subject that completed
+    as the batch was stopped); its ``wall_s`` is the run's, from its provenance.
+    """
+    out = job.out
+    try:
+        prov = json.loads((out / "provenance.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(prov, dict):
+        return None
+    ours = bool(job.batch_id) and prov.get("batch_id") == job.batch_id
+    wall_s: object = ""
+    if digest is None:
+        digest = prov.get("fingerprint")
+        if not ours or not isinstance(digest, str):
+            return None
+        wall_s = _run_wall_s(prov)
+    marker = folder_marker(out)  # read once for both checks (a GET in S3)
+    if not _is_complete(out, digest, marker, plots=job.plots):
+        return None
+    if not _node_complete(job, digest, marker):
+        return None
+    try:
+        n_rois = _n_rois_cell(prov["fold_n_rois"] if "fold_n_rois" in prov else prov["n_rois"])
+    except (KeyError, TypeError, ValueError):  # not roidask's record
+        n_rois = ""
+    status = "done" if ours else "skipped"
+    return _row(job.spec, out, status=status, wall_s=wall_s, n_rois=n_rois, _digest=digest)
+
+
+def _n_rois_cell(counts: int | list[int]) -> int | str:
+    """``batch.tsv``'s ``n_rois`` of a subject: its number of ROIs, or with folds the
+    number of each fold, ``"3;4"`` (:func:`roidask.pipeline.n_rois_text`)."""
+    return n_rois_text(counts) if isinstance(counts, list) else int(counts)
+
+
+def _run_wall_s(prov: dict) -> float | str:
+    """A run's wall time (s) from its provenance record (to the second); "" if unknown."""
+    try:
+        started = datetime.datetime.fromisoformat(prov["started_utc"])
+        finished = datetime.datetime.fromisoformat(prov["finished_utc"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return round((finished - started).total_seconds(), 2)
+
+
 class _NotWanted(Exception):
     """The batch that sent a subject's task is gone: its outputs are not written."""
 
@@ -525,14 +595,107 @@ def _show_subject_warning(message, category, filename, lineno, file=None, line=N
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
-def _run_one(job: _Job, before_write: Callable[[], None] | None = None) -> dict:
-    """Run one subject where this is called; a status row (never raises for a subject)."""
+class _Writes:
+    """The subjects of this process writing their outputs, by batch.
+
+    A subject's run asks before each write (:meth:`run`: its ``before_write``); it is
+    refused once its batch is stopped, and otherwise counts as writing until the run
+    ends. A batch stopped (Ctrl-C, SIGTERM) calls :meth:`stop` in each process running
+    its subjects (this one, its workers): no write of it starts any more and those under
+    way end, before the batch reads which subjects are complete for ``batch.tsv``
+    (:meth:`_Batch.record_stopped`).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._writing: dict[str, int] = {}  # batch id -> runs writing
+        self._stopped: set[str] = set()  # batch ids (a few bytes per stopped batch)
+
+    @contextlib.contextmanager
+    def run(self, batch_id: str) -> Iterator[Callable[[], None]]:
+        """A subject's run for batch ``batch_id``: yields the check made before each write
+        (raises :class:`_NotWanted` once the batch is stopped)."""
+        entered = False
+
+        def may_write() -> None:
+            nonlocal entered
+            with self._changed:
+                if batch_id in self._stopped:
+                    raise _NotWanted("not written: its batch was stopped")
+                if not entered:
+                    self._writing[batch_id] = self._writing.get(batch_id, 0) + 1
+                    entered = True
+
+        try:
+            yield may_write
+        finally:
+            if entered:
+                with self._changed:
+                    self._writing[batch_id] -= 1
+                    if not self._writing[batch_id]:
+                        del self._writing[batch_id]
+                    self._changed.notify_all()
+
+    def stop(self, batch_id: str, timeout: float) -> bool:
+        """Refuse the writes of batch ``batch_id`` from now on, and wait (at most ``timeout``
+        seconds) for those under way to end; True if none is left."""
+        with self._changed:
+            self._stopped.add(batch_id)
+            return self._changed.wait_for(lambda: batch_id not in self._writing, timeout)
+
+
+_WRITES = _Writes()
+#: A stopped batch waits at most this long (seconds) for its subjects' writes under way.
+STOP_WRITES_WAIT_S = 10.0
+
+
+async def _stop_writes_here(batch_id: str, timeout: float) -> bool:
+    """:meth:`_Writes.stop` in a worker process (``client.run``), off its event loop."""
+    return await asyncio.to_thread(_WRITES.stop, batch_id, timeout)
+
+
+def _stop_batch_writes(batch_id: str, client: Client | None) -> None:
+    """Stop batch ``batch_id``'s writes: :meth:`_Writes.stop` in this process and, with
+    ``client``, on every worker of its cluster at once. Returns once all have answered
+    (no write of the batch under way any more), at most :data:`STOP_WRITES_WAIT_S` and a
+    second later."""
+    asked = None
+    if client is not None:
+
+        def ask() -> None:
+            with contextlib.suppress(Exception):  # a worker gone: its writes with it
+                client.run(_stop_writes_here, batch_id, STOP_WRITES_WAIT_S, on_error="ignore")
+
+        asked = threading.Thread(target=ask, name="roidask-stop", daemon=True)
+        asked.start()
+    deadline = time.monotonic() + STOP_WRITES_WAIT_S + 1.0
+    _WRITES.stop(batch_id, STOP_WRITES_WAIT_S)
+    if asked is not None:
+        asked.join(max(0.0, deadline - time.monotonic()))
+
+
+def _run_one(job: _Job, wanted: Callable[[], bool] | None = None) -> dict:
+    """Run one subject where this is called; a status row (never raises for a subject).
+
+    ``wanted``: asked before each write (a worker's task: whether its batch still wants
+    it); a batch stopped meanwhile (:class:`_Writes`) writes nothing more either.
+    """
     # its warnings name it; those of its labels the batch's input checks showed already
-    with subject_context(job.spec.subject), labels_warnings_shown():
+    with (
+        subject_context(job.spec.subject),
+        labels_warnings_shown(),
+        _WRITES.run(job.batch_id) as may_write,
+    ):
+
+        def before_write() -> None:
+            if wanted is not None and not wanted():
+                raise _NotWanted("not written: its batch was cancelled or lost its client")
+            may_write()
+
         return _run_subject_row(job, before_write)
 
 
-def _run_subject_row(job: _Job, before_write: Callable[[], None] | None) -> dict:
+def _run_subject_row(job: _Job, before_write: Callable[[], None]) -> dict:
     """:func:`_run_one`, in the subject's context."""
     start = time.perf_counter()
     spec, out = job.spec, job.out
@@ -544,15 +707,9 @@ def _run_subject_row(job: _Job, before_write: Callable[[], None] | None) -> dict
         if (out / "provenance.json").is_file():  # done before? (hashes the inputs)
             if digest is None:
                 digest, inputs = fingerprint(spec, job.params)
-            marker = folder_marker(out)  # read once for both checks (a GET in S3)
-            complete = _is_complete(out, digest, marker, plots=job.plots)
-            if complete and _node_complete(job, digest, marker):
-                prov = json.loads((out / "provenance.json").read_text())
-                # written by this batch: a run on a worker lost before it reported
-                ours = bool(job.batch_id) and prov.get("batch_id") == job.batch_id
-                status = "done" if ours else "skipped"
-                row.update(status=status, n_rois=prov.get("n_rois", ""), _digest=digest)
-                return row
+            finished = _finished_row(job, digest)
+            if finished is not None:
+                return finished
         plan = _subject_plan(spec, job.budget, job.params)
         if job.fit_only and plan != _DEFAULT_PLAN:
             row.update(status=_TO_BLOCK, _digest=digest, _inputs=inputs)
@@ -595,7 +752,7 @@ def _run_subject_row(job: _Job, before_write: Callable[[], None] | None) -> dict
             before_write=before_write,
             study_node=node,
         )
-        row.update(status="done", n_rois=result.n_rois, _digest=digest)
+        row.update(status="done", n_rois=_n_rois_cell(result.roi_counts()), _digest=digest)
     except _NotWanted as exc:
         row.update(status="failed", error=str(exc))
     except (RoidaskError, OSError) as exc:
@@ -632,15 +789,11 @@ def _worker_threads(n: int) -> ThreadPoolExecutor:
 
 
 def _run_in_worker(job: _Job, threads: int, wanted: Callable[[], bool]) -> dict:
-    def before_write() -> None:
-        if not wanted():
-            raise _NotWanted("not written: its batch was cancelled or lost its client")
-
     files = _files(job.spec)
     _WORKER_FILES.acquire(files)
     try:
         with compute_here(threads):
-            return _run_one(job, before_write)
+            return _run_one(job, wanted)
     finally:
         _WORKER_FILES.release(files)
 
@@ -833,7 +986,7 @@ def run_batch(
     -------
     pandas.DataFrame
         The rows of ``batch.tsv``: subject, status (done, skipped, failed),
-        wall_s, n_rois, out, error.
+        wall_s, n_rois (with folds, each fold's count: ``"3;4"``), out, error.
 
     Raises
     ------
@@ -850,6 +1003,10 @@ def run_batch(
         The connection to the scheduler was lost: the subjects done so far are kept,
         those not done are ``pending`` in ``batch.tsv`` (a subject that a worker
         still finishes is found complete by the next batch); no group level.
+    KeyboardInterrupt
+        Ctrl-C, or SIGTERM in the ``roidask`` command: as a lost scheduler, once the
+        writes under way have ended (at most :data:`STOP_WRITES_WAIT_S`); every subject
+        complete by then is ``done`` in ``batch.tsv``.
     """
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     check_choice(granularity, "granularity", GRANULARITIES)
@@ -1060,6 +1217,7 @@ class _Batch:
         # subjects that can compute at once (fewer in flight: a worker thread is idle)
         self.capacity = max(1, min(self.limit, threads)) if mode == "subject" else self.limit
         self.in_flight: dict = {}  # future -> spec
+        self.stopped = False  # interrupted: :meth:`stop` done
         # when the workers were counted; since when there was none, when that was said
         self.workers_counted = time.monotonic()
         self.no_worker_since: float | None = None
@@ -1219,11 +1377,13 @@ class _Batch:
         else:
             self.report.line(text)
 
-    def lost(self) -> ClusterError:
+    def lost(self, *also: SubjectSpec) -> ClusterError:
         """The error of a batch whose client lost its scheduler: the subjects not done are
         left pending in ``batch.tsv`` (whatever a worker may still finish is found
-        complete by the next batch)."""
+        complete by the next batch). ``also``: subjects whose task was lost with it (no
+        longer in flight)."""
         assert self.cluster is not None
+        self.stop(also)  # the subjects complete already are done
         rows = self.status.rows.values()
         done = sum(row["status"] in ("done", "skipped") for row in rows)
         pending = sum(row["status"] == "pending" for row in rows)
@@ -1233,6 +1393,59 @@ class _Batch:
             f"{pending} pending in {self.status.path}): run the same command again to "
             "finish the batch",
         )
+
+    def stop(self, also: tuple[SubjectSpec, ...] = ()) -> None:
+        """The batch is interrupted with subjects in flight (Ctrl-C, SIGTERM, its scheduler
+        lost; ``also``: subjects no longer in flight, lost with it): those not started never
+        will be, no write of its subjects starts any more (here and on its workers) and
+        those under way end (at most :data:`STOP_WRITES_WAIT_S`); then the subjects this
+        batch completed that it has not heard of (their rows on their way) are recorded as
+        done (:meth:`record_stopped`), so that ``batch.tsv`` tells which subjects a stopped
+        batch left complete. Once only."""
+        if self.stopped:
+            return
+        self.stopped = True
+        connected = self.client is not None and not connection_lost(self.client)
+        tasks = [f for f, kind in self.kinds.items() if kind == "task"]
+        if tasks and connected:
+            assert self.client is not None
+            with contextlib.suppress(Exception):
+                self.client.cancel(tasks)
+        if self.pool is not None:  # the subjects driven from here that have not started
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        _stop_batch_writes(self.batch_id, self.client if tasks and connected else None)
+        with contextlib.suppress(Exception):  # what is recorded stays (a failed read: pending)
+            self.record_stopped([*also, *self.in_flight.values()])
+
+    def record_stopped(self, specs: list[SubjectSpec]) -> None:
+        """Of ``specs`` (in flight as the batch stopped), the subjects whose folder (and study
+        node) this batch completed are done in ``batch.tsv``, with their ROI counts and run
+        time from ``provenance.json``, and are published in the study at the batch's last
+        rewrite of its root; a group level of other results than theirs goes, as it would
+        had the batch heard of them. Reads the provenance of those whose folder exists
+        (one listing of the batch folder; an ``s3://`` one's concurrently)."""
+        try:
+            there = {p.name for p in self.out_dir.iterdir()}
+        except (OSError, RoidaskError):
+            there = {spec.out_name for spec in specs}
+        specs = [spec for spec in dict.fromkeys(specs) if spec.out_name in there]
+
+        def finished(spec: SubjectSpec) -> dict | None:
+            try:
+                return _finished_row(self.job(spec))
+            except (OSError, RoidaskError):  # unreadable now: left pending
+                return None
+
+        remote = isinstance(self.out_dir, S3Path)
+        with thread_pool(CHECK_THREADS if remote else 1, "roidask-stopped") as pool:
+            rows = list(pool.map(finished, specs))
+        for spec, row in zip(specs, rows, strict=True):
+            if row is None:
+                continue
+            self.status.set(row)
+            self.retire_stale_group(spec, row)
+            if self.study is not None:
+                self.study.publish_later(spec.out_name, fingerprint=row["_digest"])
 
     def resubmit(self, spec: SubjectSpec, kind: str, row: dict, *, hidden: bool = False) -> None:
         """Submit again a subject handed back by its run (known fingerprint and inputs);
@@ -1321,7 +1534,7 @@ class _Batch:
                 row = self.row_of(fut, spec)
                 del fut  # a task's result is released on the cluster
                 if row["status"] == _LOST:  # every subject in flight is lost with it
-                    raise self.lost()
+                    raise self.lost(spec)
                 if row["status"] in (_TO_BLOCK, _TO_UNPUBLISH):
                     self.resubmit(spec, kind, row)
                     self.publish(None, None)  # hides nodes (to run again) when it is time
@@ -1340,12 +1553,9 @@ class _Batch:
                 for name in self.hiding:
                     self.study.cancel_unpublish(name)
                 self.hiding.clear()
+            if self.in_flight:  # interrupted (Ctrl-C, SIGTERM, the scheduler lost)
+                self.stop()
             with contextlib.suppress(Exception):  # interrupted: what finished is published
                 self.publish(None, None, force=True)
-            if self.in_flight:  # interrupted: stop what has not started
-                tasks = [f for f, kind in self.kinds.items() if kind == "task"]
-                if tasks and self.client is not None and not connection_lost(self.client):
-                    with contextlib.suppress(Exception):
-                        self.client.cancel(tasks)
             if self.pool is not None:
                 self.pool.shutdown(wait=not self.in_flight, cancel_futures=True)

@@ -142,6 +142,24 @@ def test_batch_with_folds_writes_fold_nodes_and_the_group_test(batch):
     assert node.attrs["permutation_flips"] == "exhaustive"
 
 
+def test_batch_tsv_gives_the_roi_count_of_each_fold(batch, capsys):
+    """With folds, ``batch.tsv``'s ``n_rois`` is each fold's number of ROIs, ``3;4`` (never
+    their sum, which counts no set of ROIs), as ``folds.tsv`` counts them and as the study
+    node's ``n_rois`` attribute lists them; ``roidask info`` shows them the same way."""
+    table = pd.read_csv(batch / "batch.tsv", sep="\t", dtype=str, keep_default_na=False)
+    study = xr.open_datatree(batch / "study.zarr", engine="zarr")
+    for subject, cell in zip(table["subject"], table["n_rois"], strict=True):
+        counts = pd.read_csv(batch / f"sub-{subject}" / "folds.tsv", sep="\t")["n_rois"].tolist()
+        assert len(counts) == 2 and sum(counts) > 0
+        assert cell == f"{counts[0]};{counts[1]}"
+        assert study[f"sub-{subject}"].attrs["n_rois"] == counts
+    cell = table["n_rois"][0]
+    assert main(["info", str(batch / "study.zarr")]) == 0
+    assert f"subjects: 4: sub-01 ({cell} ROIs per fold), sub-02 (" in capsys.readouterr().out
+    assert main(["info", str(batch / "sub-01" / "results.zarr")]) == 0
+    assert f"\nROIs: {cell} (per fold)\n" in capsys.readouterr().out
+
+
 def test_a_rerun_keeps_the_group_level_of_the_same_subjects(batch_run, tmp_path):
     """A rerun of a finished batch skips its subjects and keeps its group level as it is,
     with the permutation test `roidask group` (here the batch) added, rather than writing
@@ -155,6 +173,8 @@ def test_a_rerun_keeps_the_group_level_of_the_same_subjects(batch_run, tmp_path)
     lines: list[str] = []
     table = run_batch(specs, copy, params=PARAMS, plots=False, log=lines.append)
     assert table["status"].tolist() == ["skipped"] * N_SUBJECTS
+    written = pd.read_csv(folder / "batch.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert table["n_rois"].tolist() == written["n_rois"].tolist()  # each fold's, as it ran
     assert {p.name: p.read_bytes() for p in group.iterdir()} == before
     assert "group level: of the same subjects' results as before: kept" in lines
     node = xr.open_datatree(copy / "study.zarr", engine="zarr")["group"].to_dataset()

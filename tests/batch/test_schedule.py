@@ -24,12 +24,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
+import xarray as xr
 import zarr
 from helpers.cluster import (
     DASK,
+    forkserver_of,
     kill_group,
     make_ca_and_cert,
+    process_group,
+    running,
     start,
     start_cluster,
     stop,
@@ -50,6 +55,7 @@ from roidask.exceptions import (
     RoidaskTypeError,
     StudyNodeWarning,
 )
+from roidask.outputs.study import node_attrs
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -331,10 +337,13 @@ def test_batch_on_embedded_cluster(dataset, reference, tmp_path):
     ]
 
 
-def test_sigterm_on_embedded_cluster_is_one_line(dataset, tmp_path):
+def test_sigterm_on_embedded_cluster_is_one_line_and_leaves_no_process(dataset, tmp_path):
     """SIGTERM (scancel, timeout) while the embedded cluster's workers compute: roidask's one
     line, which says the subjects done are kept, and no worker log lines (distributed logs a
-    warning per task cancelled by a closing worker)."""
+    warning per task cancelled by a closing worker). No process is left behind: the worker
+    processes are gone by the time the roidask process has exited (their nannies, which run
+    in it, stop them as the cluster closes), and the forkserver they were forked from, and
+    multiprocessing's resource tracker, exit once it has."""
     manifest = manifest_for(dataset, tmp_path / "manifest.tsv", [1, 2, 3, 4])
     out = tmp_path / "batch"
     log = tmp_path / "batch.log"
@@ -343,8 +352,16 @@ def test_sigterm_on_embedded_cluster_is_one_line(dataset, tmp_path):
     try:
         wait_until(lambda: "done" in statuses(out).values(), timeout=120,
                    what="a first subject done", proc=batch, log=log)  # fmt: skip
+        started = psutil.Process(batch.pid).children(recursive=True)
+        server = forkserver_of(batch)
+        workers = server.children()  # forked by it: the two workers, computing
+        assert len(workers) == 2
         batch.terminate()  # the roidask process only, as kill and scancel do
         batch.wait(timeout=60)
+        assert running(workers) == []  # stopped before roidask exited, not orphaned
+        wait_until(lambda: not process_group(batch), timeout=30,
+                   what="the forkserver and the resource tracker to exit")  # fmt: skip
+        assert running(started) == []
     finally:
         kill_group(batch)
     assert batch.returncode == 143
@@ -354,6 +371,117 @@ def test_sigterm_on_embedded_cluster_is_one_line(dataset, tmp_path):
         "command runs the rest); no partial output was kept"
     ]
     assert "done" in statuses(out).values()
+
+
+def subject_writing(out: Path) -> str | None:
+    """The subject folder being written in batch folder ``out`` (its temporary sibling
+    ``.sub-01.roidask-tmp-*``), if any."""
+    try:
+        names = [p.name for p in out.iterdir()]
+    except FileNotFoundError:
+        return None
+    return next((n[1:].split(".roidask-tmp-")[0] for n in names
+                 if n.startswith(".sub-") and ".roidask-tmp-" in n), None)  # fmt: skip
+
+
+def test_a_stop_records_the_subjects_completed_before_it(dataset, tmp_path):
+    """A batch stopped (SIGTERM) after a worker completed a subject (its folder and study
+    node) but before the batch process heard of it: ``batch.tsv`` says so (done, its ROI
+    count and run time), the subject not finished is pending, the study lists the one
+    completed; the same command then skips it (its files untouched) and runs the other.
+
+    The batch process (the scheduler runs in it) is paused (SIGSTOP) as the worker starts
+    writing the first subject, so the worker's result waits unread until SIGTERM comes
+    (SIGCONT); the worker, a process of its own, completes the subject meanwhile."""
+    manifest = manifest_for(dataset, tmp_path / "manifest.tsv", [1, 2])
+    out = tmp_path / "batch"
+    log = tmp_path / "batch.log"
+    # one worker thread: one subject at a time, the other still to run at the stop
+    cmd = batch_cmd(manifest, out, "--n-workers", "1", "--threads-per-worker", "1")
+    batch = start(cmd, log)
+    try:
+        first = wait_until(lambda: subject_writing(out), timeout=120,
+                           what="a subject being written", proc=batch, log=log)  # fmt: skip
+        os.kill(batch.pid, signal.SIGSTOP)
+        assert set(statuses(out).values()) == {"pending"}  # as the batch knows it
+        wait_until(lambda: node_attrs(out / "study.zarr", first) is not None, timeout=60,
+                   what=f"{first} completed, study node included")  # fmt: skip
+        os.kill(batch.pid, signal.SIGTERM)
+        os.kill(batch.pid, signal.SIGCONT)
+        batch.wait(timeout=60)
+    finally:
+        kill_group(batch)
+    assert batch.returncode == 143, log.read_text()
+    done, other = first.removeprefix("sub-"), {"sub-01": "02", "sub-02": "01"}[first]
+    table = batch_table(out).set_index("subject")
+    assert table.loc[done, "status"] == "done"
+    assert table.loc[done, "n_rois"] == str(len(pd.read_csv(out / first / "rois.tsv", sep="\t")))
+    assert float(table.loc[done, "wall_s"]) >= 0
+    assert table.loc[other, "status"] == "pending" and table.loc[other, "n_rois"] == ""
+    assert not (out / f"sub-{other}").exists()
+    assert list(xr.open_datatree(out / "study.zarr", engine="zarr").children) == [first]
+    provenance = (out / first / "provenance.json").read_bytes()
+
+    proc = run_cmd(cmd, timeout=150)  # the same command finishes the batch
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert statuses(out) == {done: "skipped", other: "done"}
+    assert (out / first / "provenance.json").read_bytes() == provenance  # not run again
+
+
+def test_a_stop_waits_for_the_writes_under_way_on_its_workers(tmp_path):
+    """Stopping a batch's writes (as a stopped batch does before it records its subjects)
+    returns once a write under way on a worker process has ended, and refuses the writes
+    it has not begun; another batch's writes go on."""
+    from roidask.batch import schedule
+    from roidask.cluster import get_client
+
+    def write(batch_id: str, name: str) -> str:  # a subject's writes, on a worker
+        with schedule._WRITES.run(batch_id) as may_write:
+            may_write()  # begun: counted as under way
+            (tmp_path / f"{name}.begun").touch()
+            for _ in range(3000):  # until the stop reaches this process (30 s at most)
+                try:
+                    may_write()
+                except schedule._NotWanted:
+                    break
+                time.sleep(0.01)
+            time.sleep(0.3)  # a write that takes its time: the stop waits for it
+            (tmp_path / f"{name}.written").touch()
+        with schedule._WRITES.run(batch_id) as may_write:  # the next subject: not begun
+            try:
+                may_write()
+            except schedule._NotWanted as exc:
+                return str(exc)
+        return "written"
+
+    with get_client(n_workers=1, threads_per_worker=2, memory_limit="1GiB") as client:
+        stopped = client.submit(write, "stopped", "a", pure=False)
+        other = client.submit(write, "other", "b", pure=False)
+        wait_until(lambda: (tmp_path / "a.begun").exists() and (tmp_path / "b.begun").exists(),
+                   timeout=60, what="the writes begun")  # fmt: skip
+        schedule._stop_batch_writes("stopped", client)
+        assert (tmp_path / "a.written").exists()  # ended before the stop returned
+        assert stopped.result(timeout=60) == "not written: its batch was stopped"
+        assert not (tmp_path / "b.written").exists()  # another batch's: going on
+        schedule._stop_batch_writes("other", client)
+        assert other.result(timeout=60) == "not written: its batch was stopped"
+
+
+def test_a_subject_of_a_stopped_batch_writes_nothing(dataset, tmp_path):
+    """A subject whose batch was stopped while it computed (here: before) writes nothing:
+    its run asks before its first write."""
+    from roidask.batch import schedule
+    from roidask.pipeline import PipelineParams
+
+    s1 = dataset["subjects"][0]
+    spec = SubjectSpec("01", (s1.bold,), (s1.labels,), s1.mask_vt)
+    job = schedule._Job(spec=spec, out=tmp_path / "sub-01", params=PipelineParams(),
+                        chunks=None, plots=False, budget=None, scheduler="this process",
+                        batch_id="a stopped batch")  # fmt: skip
+    assert schedule._WRITES.stop("a stopped batch", timeout=0)  # nothing under way
+    row = schedule._run_one(job)
+    assert (row["status"], row["error"]) == ("failed", "not written: its batch was stopped")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path):
@@ -664,8 +792,6 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        import psutil
-
         while not self._stop.is_set():
             for pid in self.pids:
                 try:
@@ -784,7 +910,6 @@ N_TINY = 200
 
 def test_many_tiny_subjects_flat_worker_memory(haxby, haxby_reference, tcp_cluster, tmp_path):
     """A few hundred subjects, one task each: all done, worker memory flat in N."""
-    import psutil
     from distributed import Client
 
     address, procs, logs = tcp_cluster

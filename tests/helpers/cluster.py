@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 DASK = Path(sys.executable).with_name("dask")
 
 
@@ -40,6 +42,45 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
     if proc.poll() is None:
         proc.wait(timeout=10)
+
+
+def running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of ``processes`` still running: one that exited is not, even before its
+    parent reaps it (a zombie), nor a pid since reused by another process."""
+    alive = []
+    for p in processes:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def forkserver_of(proc: subprocess.Popen) -> psutil.Process:
+    """The multiprocessing forkserver ``proc`` started (its embedded workers fork from it)."""
+    found = []
+    for child in psutil.Process(proc.pid).children():
+        try:
+            if "multiprocessing.forkserver" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.Error:  # a short-lived child, gone
+            pass
+    (server,) = found
+    return server
+
+
+def process_group(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The running processes of the process group :func:`start` made for ``proc`` (what it
+    started, and theirs, even once ``proc`` exited and they were reparented)."""
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.pid != proc.pid and os.getpgid(p.pid) == proc.pid:
+                found.append(p)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return running(found)
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
