@@ -37,7 +37,7 @@ from helpers.cluster import (
     wait_for_worker,
     worker_log,
 )
-from helpers.files import write_manifest
+from helpers.files import same_size_edit, write_manifest
 from helpers.results import DATA_FILES
 from scipy import stats
 
@@ -1183,6 +1183,23 @@ def test_a_users_file_in_a_study_node_is_refused_before_anything_is_written(haxb
     with pytest.raises(OutputError, match=rf"study node {re.escape(str(node))}: {want}"):
         run_batch(specs, out, params=PipelineParams(fwhm=5.0), plots=False)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_a_batch_folder_copied_without_times_is_resumed_and_an_edit_in_it_refused(haxby, tmp_path):
+    """A batch folder copied without its files' times (``cp -r``): its complete subject is
+    skipped (the content of its files is compared, and is roidask's); a same-size edit of
+    a subject's file (a cell fixed in rois.tsv) is the user's: refused, before anything."""
+    specs = tiny_specs(haxby, tmp_path / "data", 1)
+    out = tmp_path / "out"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"]
+    copy = shutil.copytree(out, tmp_path / "copy", copy_function=shutil.copy)
+    assert run_batch(specs, copy, plots=False)["status"].tolist() == ["skipped"]
+    rois = copy / specs[0].out_name / "rois.tsv"
+    rois.write_bytes(same_size_edit(rois.read_bytes()))
+    edited = rois.read_bytes()
+    with pytest.raises(OutputError, match=r"changed since \(rois.tsv \(changed\)\)"):
+        run_batch(specs, copy, plots=False)
+    assert rois.read_bytes() == edited
 
 
 def test_a_study_node_with_a_truncated_chunk_is_written_again(haxby, tmp_path):

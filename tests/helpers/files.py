@@ -116,6 +116,14 @@ def tree(folder: Path) -> dict[str, bytes]:
     }
 
 
+def same_size_edit(data: bytes) -> bytes:
+    """``data`` as a user's edit that keeps its size leaves it (a cell fixed in a table, a
+    map replaced by another of the same size): one byte in its middle changed."""
+    edited = bytearray(data)
+    edited[len(edited) // 2] ^= 0x01
+    return bytes(edited)
+
+
 # -- another process ---------------------------------------------------------------------------
 _HOLD_LOCK = """
 import fcntl, os, sys, time
