@@ -7,14 +7,16 @@ Every file and folder roidask writes goes through this module:
 * a **folder** (a subject's results, a group level, a store being converted) is
   built in a hidden temporary sibling (:class:`OutputFolder`) that holds an
   ownership marker, :data:`MARKER` (``.roidask.json``: what wrote it, when,
-  and every file it holds), and is renamed into place when complete. A folder
-  it replaces is swapped out in the same system call (Linux ``renameat2``
-  ``RENAME_EXCHANGE``), so there is no moment with neither, and removed after.
+  and every file it holds, with its size, modification time and CRC-32C), and is
+  renamed into place when complete. A folder it replaces is swapped out in the same
+  system call (Linux ``renameat2`` ``RENAME_EXCHANGE``), so there is no moment with
+  neither, and removed after.
 
 Nothing else is ever deleted: :func:`check_destination` refuses to replace a
 path that roidask did not write (no marker), a folder that holds files roidask
-did not write, or one that contains an input of the command; it also checks,
-before any data is read, that the parent folder exists and is writable.
+did not write or changed since (:func:`changed_since_commit`), or one that
+contains an input of the command; it also checks, before any data is read, that
+the parent folder exists and is writable.
 
 Temporary siblings are named ``.<name>.roidask-tmp-<pid>-<random>`` and are
 locked (``flock``) by the process writing them for as long as it lives. A
@@ -42,6 +44,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
+
 from roidask.exceptions import LockWarning, OutputError, OutputExistsError, RoidaskError
 
 __all__ = [
@@ -50,16 +54,19 @@ __all__ = [
     "InputIndex",
     "OutputFolder",
     "atomic_file",
+    "changed_since_commit",
     "check_destination",
     "check_not_held",
     "check_not_input",
     "check_parent",
     "clean_stale",
+    "crc32c_reader",
     "create_locked",
+    "file_crc32c",
+    "file_state",
     "is_roidask_folder",
     "read_marker",
     "scratch_file",
-    "size_mismatches",
     "swap_into_place",
     "temp_sibling",
     "write_bytes",
@@ -322,11 +329,22 @@ def check_not_held(out: str | os.PathLike, *, param: str) -> None:
 
 
 # -- ownership -------------------------------------------------------------------------------
+#: What a marker records of each file it lists (name to value) as the folder is
+#: committed: ``bytes`` (its size), ``mtime_ns`` (its modification time, ns; only for a
+#: file last modified before the marker was created, see :func:`commit_record`),
+#: ``crc32c`` (the CRC-32C of its content, 8 hex digits) and, in an ``s3://`` output,
+#: ``etag`` (the ETag its PUT returned, :func:`roidask.io.locations.publish_folder`).
+#: Older markers lack some (sizes only) or all of them.
+RECORDS = ("bytes", "mtime_ns", "crc32c", "etag")
+
+
 def read_marker(folder: Path) -> dict | None:
     """The ownership marker of a folder roidask wrote, or None.
 
     Folders written by roidask 0.1 carry no marker; their ``provenance.json``
     (with ``roidask_version`` and the list of ``outputs``) is accepted instead.
+    What the marker recorded of each file when it was committed is kept as it is
+    (:data:`RECORDS`: older markers record sizes only, or nothing).
     """
     for name, key in ((MARKER, "files"), ("provenance.json", "outputs")):
         try:
@@ -340,8 +358,9 @@ def read_marker(folder: Path) -> dict | None:
         if name == "provenance.json" and "roidask_version" not in record:
             continue
         marker = {"kind": record.get("kind"), "files": [str(f) for f in record[key]]}
-        if isinstance(record.get("bytes"), dict):  # sizes when committed (older: none)
-            marker["bytes"] = record["bytes"]
+        for field in RECORDS:
+            if isinstance(record.get(field), dict):
+                marker[field] = record[field]
         return marker
     return None
 
@@ -356,29 +375,136 @@ def is_roidask_folder(folder: Path, *, kind: str | None = None) -> bool:
     return marker is not None and (kind is None or marker["kind"] in (kind, None))
 
 
-def size_mismatches(recorded: dict, sizes: dict) -> list[str]:
-    """The names whose size now is not the one a marker recorded: the one home of that
-    comparison, on disk and in S3.
+_CRC_PIECE = 4 * 2**20  # bytes read at a time
+
+
+def file_crc32c(path: str | os.PathLike) -> str:
+    """CRC-32C of a file's content, 8 hex digits (read in 4 MiB pieces: about 4 GB/s
+    from the page cache, with the C implementation that zarr uses too)."""
+    crc = 0
+    with open(path, "rb") as fh:
+        while piece := fh.read(_CRC_PIECE):
+            crc = google_crc32c.extend(crc, piece)
+    return f"{crc:08x}"
+
+
+def file_state(st: os.stat_result) -> dict[str, int]:
+    """What :func:`changed_since_commit` compares of a file on disk now: its ``size``
+    (bytes) and ``mtime_ns``, from its ``stat`` (nothing is read)."""
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def commit_record(folder: Path, names: Iterable[str], *, now_ns: int) -> dict[str, dict]:
+    """What a marker records of the files ``names`` of ``folder`` (:data:`RECORDS`) as it
+    commits them; each file is read once (its CRC-32C).
 
     Parameters
     ----------
-    recorded : dict
-        Name to size in bytes when the folder was committed (a marker's ``bytes``).
-    sizes : dict
-        Name to size in bytes now; a name absent is gone.
+    folder : Path
+    names : iterable of str
+        Paths relative to ``folder``.
+    now_ns : int
+        The file system's time now, ns (the marker's own modification time as it is
+        created). A file modified at that time could be modified again within the same
+        tick of the file system's clock and keep its time: its ``mtime_ns`` is not
+        recorded, so a check always compares its content (as git does of a "racily
+        clean" file).
+
+    Returns
+    -------
+    dict
+        ``bytes``, ``mtime_ns`` and ``crc32c``: each name to its value.
+    """
+    record: dict[str, dict] = {"bytes": {}, "mtime_ns": {}, "crc32c": {}}
+    for name in names:
+        st = os.stat(folder / name)
+        record["bytes"][name] = st.st_size
+        if st.st_mtime_ns < now_ns:
+            record["mtime_ns"][name] = st.st_mtime_ns
+        record["crc32c"][name] = file_crc32c(folder / name)
+    return record
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _etag(value: Any) -> str:
+    """An ETag as compared: without the quotes some servers leave out of listings."""
+    return str(value).strip('"')
+
+
+def changed_since_commit(
+    marker: dict,
+    found: dict[str, dict],
+    *,
+    crc32c: Callable[[str], str | None] | None = None,
+) -> list[str]:
+    """The files a marker recorded that are gone, or changed since roidask committed
+    them: the one home of that comparison, on disk and in S3.
+
+    A file of another size has changed. One of the same size: in S3, changed if its
+    ETag (from the listing) is not the one its PUT returned; on disk, unchanged if it has
+    the modification time recorded (nothing read, as rsync and make decide), else
+    (copied without keeping times, or modified in the tick the folder was committed) if
+    its content has the CRC-32C recorded (the file is read). What the marker does not
+    record (older markers: sizes only) is not compared.
+
+    Parameters
+    ----------
+    marker : dict
+        A marker (:func:`read_marker`, :func:`roidask.io.locations.remote_marker`): its
+        :data:`RECORDS`, of which ``bytes`` lists the files compared (none without it).
+    found : dict
+        Name to the file's state now: ``size`` (bytes) and ``mtime_ns`` on disk
+        (:func:`file_state`), ``size`` and ``etag`` in S3; a name absent is gone.
+    crc32c : callable, optional
+        Name to the CRC-32C of the file's content now (:func:`file_crc32c`), None if it
+        cannot be read (then changed); without it, contents are not compared.
 
     Returns
     -------
     list of str
-        The names of ``recorded`` whose size differs or that are gone, sorted.
+        The names gone or changed, sorted.
     """
-    return sorted(name for name, size in recorded.items() if sizes.get(name) != size)
+    sizes = marker.get("bytes")
+    if not isinstance(sizes, dict):
+        return []
+    mtimes, digests, etags = (_mapping(marker.get(f)) for f in ("mtime_ns", "crc32c", "etag"))
+    changed = []
+    for name, size in sizes.items():
+        now = found.get(name)
+        if now is None or now.get("size") != size:
+            changed.append(name)
+        elif "etag" in now:  # an object: replaced, it has another ETag
+            if name in etags and _etag(now["etag"]) != _etag(etags[name]):
+                changed.append(name)
+        elif name in mtimes and now.get("mtime_ns") == mtimes[name]:
+            continue  # as committed (not read)
+        elif name in digests and crc32c is not None and crc32c(name) != digests[name]:
+            changed.append(name)
+    return sorted(changed)
+
+
+def crc32c_reader(folder: Path) -> Callable[[str], str | None]:
+    """The ``crc32c`` argument of :func:`changed_since_commit` for a local ``folder``:
+    ``name`` -> :func:`file_crc32c` of ``folder/name``, None if it cannot be read."""
+
+    def crc(name: str) -> str | None:
+        try:
+            return file_crc32c(folder / name)
+        except OSError:
+            return None
+
+    return crc
 
 
 def _foreign_files(folder: Path, marker: dict) -> list[str]:
     """What in roidask's ``folder`` is not roidask's: files and folders (ending in ``/``)
-    its marker does not list, and listed files of another size than the marker recorded
-    (a user's edit: "(changed)"). One walk of the folder."""
+    its marker does not list, and listed files changed since the marker recorded them
+    (a user's edit: "(changed)", :func:`changed_since_commit`). One walk of the folder
+    (a ``stat`` of each listed file; one read only where its size and modification time
+    cannot tell)."""
     listed = set(marker["files"]) | {MARKER, "provenance.json"}
     # Markers that record sizes list files only: a folder where one of them was is a
     # user's (with whatever it holds). Older markers listed folders (results.zarr) whole.
@@ -388,7 +514,7 @@ def _foreign_files(folder: Path, marker: dict) -> list[str]:
     )
     holding = {str(Path(f).parent) for f in listed} | {d.rstrip("/") for d in owned_dirs}
     holding |= {str(p) for f in holding for p in Path(f).parents}
-    foreign, sizes = [], {}
+    foreign, states = [], {}
     for root, dirs, names in os.walk(folder):
         here = os.path.relpath(root, folder)
         for d in dirs:
@@ -403,13 +529,11 @@ def _foreign_files(folder: Path, marker: dict) -> list[str]:
                 foreign.append(name)
             elif name in listed:
                 with contextlib.suppress(OSError):
-                    sizes[name] = os.path.getsize(os.path.join(root, f))
+                    states[name] = file_state(os.stat(os.path.join(root, f)))
             elif not name.startswith(owned_dirs):
                 foreign.append(name)
-    recorded = marker.get("bytes")
-    if isinstance(recorded, dict):
-        present = {n: recorded[n] for n in recorded if n in sizes}
-        foreign += [f"{name} (changed)" for name in size_mismatches(present, sizes)]
+    changed = changed_since_commit(marker, states, crc32c=crc32c_reader(folder))
+    foreign += [f"{name} (changed)" for name in changed if name in states]  # not gone ones
     return sorted(foreign)
 
 
@@ -859,16 +983,19 @@ class OutputFolder:
         """
         if self.marker:
             files = sorted(_files_of(self.tmp))
-            record = {
-                "written_by": "roidask",
-                "kind": self.kind,
-                "created_utc": _utc_now(),
-                **self.info,
-                "files": files,
-                # what each file held when committed (a truncated copy is not complete)
-                "bytes": {f: os.path.getsize(self.tmp / f) for f in files},
-            }
-            (self.tmp / MARKER).write_text(json.dumps(record, indent=2) + "\n")
+            with open(self.tmp / MARKER, "w") as fh:
+                now_ns = os.fstat(fh.fileno()).st_mtime_ns  # the file system's time now
+                record = {
+                    "written_by": "roidask",
+                    "kind": self.kind,
+                    "created_utc": _utc_now(),
+                    **self.info,
+                    "files": files,
+                    # what each file held when committed: a user's edit, a truncated
+                    # copy, are told from it
+                    **commit_record(self.tmp, files, now_ns=now_ns),
+                }
+                fh.write(json.dumps(record, indent=2) + "\n")
         try:
             rename_no_replace(self.tmp, self.out)
         except FileExistsError:

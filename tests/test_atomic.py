@@ -7,21 +7,24 @@ import json
 import os
 import re
 import shutil
+import time
 import warnings
 from pathlib import Path
 
 import pytest
-from helpers.files import locked_by_another_process, tree
+from helpers.files import locked_by_another_process, same_size_edit, tree
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from roidask import _atomic
 from roidask._atomic import (
     MARKER,
+    RECORDS,
     FolderLock,
     InputIndex,
     OutputFolder,
     atomic_file,
+    changed_since_commit,
     check_destination,
     clean_stale,
     is_roidask_folder,
@@ -165,13 +168,24 @@ def test_a_roidask_folder_holding_a_foreign_file_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "edit", ["appended", "folder", "folder-for-a-file", "link-for-a-file", "link-for-a-folder"]
+    "edit",
+    [
+        "appended",
+        "same-size",
+        "folder",
+        "folder-for-a-file",
+        "link-for-a-file",
+        "link-for-a-folder",
+    ],
 )
 def test_a_roidask_folder_a_user_added_to_is_refused(tmp_path, edit):
     out = roidask_folder(tmp_path / "out", files=("rois.tsv", "figures/f.png"))
     if edit == "appended":  # a user's line in roidask's table: theirs now
         with open(out / "rois.tsv", "a") as f:
             f.write("my note\n")
+        shown = "rois.tsv (changed)"
+    elif edit == "same-size":  # a cell fixed, or a map replaced by one of the same size
+        (out / "rois.tsv").write_bytes(same_size_edit((out / "rois.tsv").read_bytes()))
         shown = "rois.tsv (changed)"
     elif edit == "folder":  # a user's (empty) folder
         (out / "my_notes").mkdir()
@@ -194,6 +208,109 @@ def test_a_roidask_folder_a_user_added_to_is_refused(tmp_path, edit):
         OutputError, match=rf"did not write, or changed since \({re.escape(shown)}\)"
     ):
         check_destination(out, param="out", overwrite=True)
+
+
+def test_the_marker_records_each_file_s_size_time_and_crc32c(tmp_path):
+    with OutputFolder(tmp_path / "out", kind="subject-results") as tmp:
+        (tmp / "check.txt").write_text("123456789")  # CRC-32C's check value: e3069283
+        (tmp / "old.txt").write_text("old")
+        os.utime(tmp / "old.txt", ns=(10**18, 10**18))  # modified long before the commit
+    out = tmp_path / "out"
+    record = json.loads((out / MARKER).read_text())
+    assert record["bytes"] == {"check.txt": 9, "old.txt": 3}
+    assert record["crc32c"]["check.txt"] == "e3069283"
+    assert record["mtime_ns"]["old.txt"] == 10**18
+    marker = read_marker(out)
+    assert {f: marker[f] for f in RECORDS if f in marker} == {
+        f: record[f] for f in ("bytes", "mtime_ns", "crc32c")
+    }
+
+
+def test_a_file_as_committed_is_not_read(tmp_path):
+    """Same size and modification time as the marker recorded: unchanged, and not read
+    (rsync's quick check), so an edit that also restores the time is not seen. Another
+    time: its content is compared."""
+    past = time.time_ns() - 3600 * 10**9
+    with OutputFolder(tmp_path / "out", kind="subject-results") as tmp:
+        (tmp / "rois.tsv").write_text("label\tvoxels\n1\t12\n")
+        os.utime(tmp / "rois.tsv", ns=(past, past))
+    rois = tmp_path / "out" / "rois.tsv"
+    rois.write_bytes(same_size_edit(rois.read_bytes()))
+    os.utime(rois, ns=(past, past))
+    assert check_destination(rois.parent, param="out", overwrite=True) == rois.parent
+    os.utime(rois, ns=(past + 1, past + 1))
+    with pytest.raises(OutputError, match=r"changed since \(rois.tsv \(changed\)\)"):
+        check_destination(rois.parent, param="out", overwrite=True)
+
+
+def test_a_file_modified_as_its_folder_is_committed_is_always_read(tmp_path):
+    """A file whose time is not before the marker's creation could be edited within the
+    same tick of the file system's clock and keep its time: its time is not recorded, and
+    its content is compared whatever its time."""
+    late = time.time_ns() + 3600 * 10**9  # (a clock tick, made long)
+    with OutputFolder(tmp_path / "out", kind="subject-results") as tmp:
+        (tmp / "rois.tsv").write_text("label\tvoxels\n1\t12\n")
+        os.utime(tmp / "rois.tsv", ns=(late, late))
+    out = tmp_path / "out"
+    record = json.loads((out / MARKER).read_text())
+    assert "rois.tsv" not in record["mtime_ns"] and "rois.tsv" in record["crc32c"]
+    check_destination(out, param="out", overwrite=True)  # read: as committed
+    (out / "rois.tsv").write_bytes(same_size_edit((out / "rois.tsv").read_bytes()))
+    os.utime(out / "rois.tsv", ns=(late, late))
+    with pytest.raises(OutputError, match=r"changed since \(rois.tsv \(changed\)\)"):
+        check_destination(out, param="out", overwrite=True)
+
+
+def test_a_copy_that_did_not_keep_the_times_is_still_roidask_s(tmp_path):
+    """``cp -r`` (no ``-p``): every file has another time, the same content: roidask's
+    (each file read once); a same-size edit of the copy is still the user's."""
+    past = time.time_ns() - 3600 * 10**9
+    with OutputFolder(tmp_path / "out", kind="subject-results") as tmp:
+        for name in ("rois.tsv", "results.zarr/a/c/0"):
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(f"{name} by roidask\n")
+            os.utime(tmp / name, ns=(past, past))
+    out = tmp_path / "out"
+    copy = shutil.copytree(out, tmp_path / "copy", copy_function=shutil.copy)
+    recorded = json.loads((copy / MARKER).read_text())["mtime_ns"]
+    assert recorded == {"rois.tsv": past, "results.zarr/a/c/0": past}
+    assert (copy / "rois.tsv").stat().st_mtime_ns != past
+    assert check_destination(copy, param="out", overwrite=True) == copy
+    (copy / "rois.tsv").write_bytes(same_size_edit((copy / "rois.tsv").read_bytes()))
+    with pytest.raises(OutputError, match=r"changed since \(rois.tsv \(changed\)\)"):
+        check_destination(copy, param="out", overwrite=True)
+
+
+@pytest.mark.parametrize("kept", [("bytes",), ()], ids=["sizes-only", "no-records"])
+def test_older_markers_are_read_as_before(tmp_path, kept):
+    """Markers written before times and CRC-32Cs were recorded (sizes only), or before
+    sizes were: a same-size edit cannot be told (the folder is still roidask's); one of
+    another size is refused where sizes were recorded."""
+    out = roidask_folder(tmp_path / "out", files=("rois.tsv",))
+    record = json.loads((out / MARKER).read_text())
+    dropped = set(RECORDS) - set(kept)
+    (out / MARKER).write_text(json.dumps({k: v for k, v in record.items() if k not in dropped}))
+    assert set(RECORDS) & set(read_marker(out)) == set(kept)
+    (out / "rois.tsv").write_bytes(same_size_edit((out / "rois.tsv").read_bytes()))
+    assert check_destination(out, param="out", overwrite=True) == out
+    with open(out / "rois.tsv", "a") as f:
+        f.write("my note\n")
+    if kept:
+        with pytest.raises(OutputError, match=r"changed since \(rois.tsv \(changed\)\)"):
+            check_destination(out, param="out", overwrite=True)
+    else:
+        assert check_destination(out, param="out", overwrite=True) == out
+
+
+def test_objects_are_compared_by_their_etag_quoted_or_not():
+    """In S3 the listing's ETag against the PUT's (some servers drop the quotes from one)."""
+    marker = {"bytes": {"a": 3, "b": 3}, "etag": {"a": '"9a0364b9"', "b": '"e1faffb3-2"'}}
+    found = {"a": {"size": 3, "etag": "9a0364b9"}, "b": {"size": 3, "etag": '"e1faffb3-2"'}}
+    assert changed_since_commit(marker, found) == []
+    found["b"]["etag"] = '"e1faffb3"'  # the same bytes put again, in one part: another ETag
+    assert changed_since_commit(marker, found) == ["b"]
+    del found["a"]
+    assert changed_since_commit(marker, found) == ["a", "b"]
 
 
 def test_results_zarr_files_belong_to_the_folder(tmp_path):

@@ -19,6 +19,7 @@ import xarray as xr
 from helpers.files import (
     damage_chunk,
     format1_store,
+    same_size_edit,
     tree,
     write_bold,
     write_events,
@@ -252,6 +253,28 @@ def test_run_overwrite_replaces_its_own_folder(data, tmp_path, capsys):
     assert rc == 0, err
     assert json.loads((out / "provenance.json").read_text())["parameters"]["fwhm"] == 4.0
     assert hidden(tmp_path) == []
+
+
+def test_run_overwrite_refuses_a_same_size_edit_and_replaces_a_copy(data, tmp_path, capsys):
+    """A user's edit of roidask's file that keeps its size (a cell fixed in rois.tsv)
+    makes it theirs: --overwrite refuses, nothing touched. A copy of the folder that did
+    not keep the files' times (``cp -r``) is still roidask's: --overwrite replaces it."""
+    out = tmp_path / "out"
+    assert cli(capsys, *run_args(data, out, "--no-plots"))[0] == 0
+    copy = shutil.copytree(out, tmp_path / "copy", copy_function=shutil.copy)
+    rois = out / "rois.tsv"
+    rois.write_bytes(same_size_edit(rois.read_bytes()))
+    before = tree(tmp_path)
+    rc, _, err = cli(capsys, *run_args(data, out, "--no-plots", "--overwrite"))
+    assert rc == 2
+    assert one_error(err).startswith(
+        f"--out {out}: holds 1 file(s) roidask did not write, or changed since "
+        "(rois.tsv (changed)); "
+    )
+    assert tree(tmp_path) == before
+    rc, _, err = cli(capsys, *run_args(data, copy, "--no-plots", "--fwhm", "4", "--overwrite"))
+    assert rc == 0, err
+    assert json.loads((copy / "provenance.json").read_text())["parameters"]["fwhm"] == 4.0
 
 
 @pytest.mark.parametrize("command", ["run", "convert", "convert-chunk", "batch"])

@@ -18,7 +18,7 @@ import numpy as np
 import obstore
 import pytest
 import zarr
-from helpers.files import write_bold
+from helpers.files import same_size_edit, write_bold
 from helpers.results import DATA_FILES
 from helpers.threads import at_once
 from obstore.store import S3Store
@@ -510,7 +510,18 @@ def test_run_output_in_s3_keeps_the_disk_guarantees(haxby, inputs, s3_bucket, ca
     obstore.put(_store(out), "rois.tsv", first["rois.tsv"] + b"my note\n")
     assert main([*args, "--overwrite"]) == 2
     assert "changed since (rois.tsv (changed))" in error_of(capsys)
-    obstore.put(_store(out), "rois.tsv", first["rois.tsv"])
+    # ... or the same size (a cell fixed; its ETag, in the listing, is another), and a map
+    # replaced by one of the same size, put in parts (as roidask puts files over 16 MiB)
+    edited = {"rois.tsv": same_size_edit(first["rois.tsv"]),
+              "tstat.nii.gz": same_size_edit(first["tstat.nii.gz"])}  # fmt: skip
+    for name, data in edited.items():
+        obstore.put(_store(out), name, data, use_multipart=name == "tstat.nii.gz")
+    assert main([*args, "--overwrite"]) == 2
+    assert "changed since (rois.tsv (changed), tstat.nii.gz (changed))" in error_of(capsys)
+    now = objects(out)
+    assert {k: now[k] for k in edited} == edited  # left as they are
+    for name in edited:
+        obstore.put(_store(out), name, first[name])
     # a killed upload: pending marker, some objects; the rerun completes it without --overwrite
     store = _store(out)
     obstore.delete(store, [k for k in first if k not in ("rois.tsv", ".roidask.json")])

@@ -221,7 +221,7 @@ def group_fingerprint(names: Sequence[str], fingerprints: Sequence[str]) -> str 
 
 def _check_subject_folder(folder: Location) -> None:
     """Refuse a subject folder whose files are not the ones roidask wrote: its marker
-    gone, or a file missing or of another size than the marker recorded."""
+    gone, or a file missing or changed since the marker recorded it (:func:`changed_files`)."""
     if not (folder / MARKER).is_file():
         raise OutputError(
             f"{folder}: its {MARKER} is gone, so its maps cannot be told from files put there "

@@ -85,11 +85,11 @@ from roidask._atomic import (
     MARKER,
     FolderLock,
     InputIndex,
+    changed_since_commit,
     check_destination,
     check_not_input,
     clean_stale,
     read_marker,
-    size_mismatches,
     write_text,
 )
 from roidask._malloc import reuse_freed_buffers
@@ -133,7 +133,7 @@ from roidask.io.locations import (
     changed_files,
     check_output,
     check_writable,
-    file_sizes,
+    file_states,
     folder_marker,
     output_lock,
     remote_marker,
@@ -224,12 +224,13 @@ def _is_complete(
     out: Path | S3Path, digest: str, marker: dict | None, *, plots: bool = False
 ) -> bool:
     """``out`` holds a finished run with fingerprint ``digest`` and all its outputs, each
-    of the size ``marker`` (``out``'s, read once by the caller) recorded; with ``plots``,
-    its figures too (a run made with ``--no-plots`` is not one with figures)."""
+    as ``marker`` (``out``'s, read once by the caller) recorded it (:func:`changed_files`);
+    with ``plots``, its figures too (a run made with ``--no-plots`` is not one with
+    figures)."""
     if isinstance(out, S3Path) and not (marker or {}).get("complete"):
         return False  # an upload not finished (pending marker) or never started
     if not (out / MARKER).is_file():
-        return False  # its marker (the record of the sizes of its files) gone
+        return False  # its marker (the record of its files) gone
     prov = out / "provenance.json"
     if not prov.is_file():
         return False
@@ -522,7 +523,9 @@ def _same_sizes_as_folder(node: Location, marker: dict | None) -> bool:
     prefix = "results.zarr/"
     wanted = {k[len(prefix) :]: n for k, n in recorded.items() if k.startswith(prefix)}
     wanted.pop("zarr.json", None)  # the node's own: its attributes differ
-    return not size_mismatches(wanted, file_sizes(node, wanted))
+    # sizes only: the node's files are other copies (no times, ETags of their own), and
+    # reading every chunk of every node at each rerun is what the inventory avoids
+    return not changed_since_commit({"bytes": wanted}, file_states(node, wanted))
 
 
 def _finished_row(job: _Job, digest: str | None = None) -> dict | None:

@@ -70,13 +70,15 @@ from roidask._atomic import (
     FolderLock,
     InputIndex,
     OutputFolder,
+    changed_since_commit,
     check_destination,
     check_not_input,
     checked_again,
     clean_stale,
+    crc32c_reader,
     create_locked,
+    file_state,
     read_marker,
-    size_mismatches,
 )
 from roidask._atomic import write_bytes as write_local_bytes
 from roidask._pool import thread_pool
@@ -113,7 +115,7 @@ __all__ = [
     "check_remote_destination",
     "check_writable",
     "delete_prefix_keys",
-    "file_sizes",
+    "file_states",
     "folder_marker",
     "foreign_in_group",
     "incomplete_output",
@@ -1488,11 +1490,9 @@ def check_remote_destination(
         )
     listed = {*marker["files"], MARKER}
     foreign = [k for k in objects if k not in listed]
-    recorded = marker.get("bytes") if marker["complete"] else None
-    if isinstance(recorded, dict):  # a user's edit of roidask's object: theirs now
-        sizes = {k: int(m.get("size", -1)) for k, m in objects.items() if k in recorded}
-        present = {k: n for k, n in recorded.items() if k in sizes}
-        foreign += [f"{k} (changed)" for k in size_mismatches(present, sizes)]
+    if marker["complete"]:  # a user's edit of roidask's object: theirs now
+        states = {k: _object_state(m) for k, m in objects.items()}
+        foreign += [f"{k} (changed)" for k in changed_since_commit(marker, states) if k in states]
     if foreign:
         foreign.sort()
         shown = ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else "")
@@ -1545,20 +1545,30 @@ def check_output(
     return check_destination(loc, param=param, inputs=inputs, overwrite=overwrite, kind=kind)
 
 
-def put_files(root: Path, dest: S3Path, names: Iterable[str]) -> None:
-    """Upload the files ``root/name`` to ``dest/name`` (concurrently; each PUT is atomic)."""
+def put_files(root: Path, dest: S3Path, names: Iterable[str]) -> dict[str, str | None]:
+    """Upload the files ``root/name`` to ``dest/name`` (concurrently; each PUT is atomic).
 
-    def put(name: str) -> None:
+    Returns
+    -------
+    dict
+        Name to the ETag its PUT returned (None if the server returned none): a file
+        over 16 MiB is put in parts, and its ETag is then not the MD5 of its content,
+        but it is the one listings give for the object until it is replaced.
+    """
+
+    def put(name: str) -> str | None:
         target = dest / name
         try:
             with open(root / name, "rb") as fh:
-                obstore.put(_store(target.bucket), target.key, fh, chunk_size=16 * 2**20)
+                done = obstore.put(_store(target.bucket), target.key, fh, chunk_size=16 * 2**20)
         except Exception as exc:
             raise s3_error(exc, target, error=OutputError) from None
+        return done.get("e_tag")
 
+    names = list(names)
     with thread_pool(_PUT_THREADS, "roidask-put") as pool:
-        for future in [pool.submit(put, n) for n in names]:
-            future.result()
+        futures = [pool.submit(put, n) for n in names]
+        return {n: f.result() for n, f in zip(names, futures, strict=True)}
 
 
 def delete_prefix_keys(dest: S3Path, names: Iterable[str]) -> None:
@@ -1576,9 +1586,16 @@ def folder_marker(folder: Location) -> dict | None:
     return remote_marker(folder) if isinstance(folder, S3Path) else read_marker(folder)
 
 
-def file_sizes(folder: Location, names: Iterable[str]) -> dict[str, int]:
-    """Sizes of the files ``names`` of ``folder`` that are there (a listing in S3, a
-    ``stat`` each on disk; nothing is read).
+def _object_state(meta: dict) -> dict:
+    """What :func:`roidask._atomic.changed_since_commit` compares of an object now, from
+    its listing: ``size`` and ``etag``."""
+    return {"size": int(meta.get("size", -1)), "etag": meta.get("e_tag")}
+
+
+def file_states(folder: Location, names: Iterable[str]) -> dict[str, dict]:
+    """The state of the files ``names`` of ``folder`` that are there, as
+    :func:`roidask._atomic.changed_since_commit` compares it: a listing in S3 (``size``,
+    ``etag``), a ``stat`` each on disk (``size``, ``mtime_ns``); nothing is read.
 
     Parameters
     ----------
@@ -1589,29 +1606,32 @@ def file_sizes(folder: Location, names: Iterable[str]) -> dict[str, int]:
     Returns
     -------
     dict
-        Name to size in bytes, for the names that exist.
+        Name to state, for the names that exist.
     """
     names = set(names)
     if isinstance(folder, S3Path):
         listing = folder.list_objects()
-        return {k: int(m.get("size", -1)) for k, m in listing.items() if k in names}
-    sizes = {}
+        return {k: _object_state(m) for k, m in listing.items() if k in names}
+    states = {}
     for name in names:
         with contextlib.suppress(OSError):
-            sizes[name] = (folder / name).stat().st_size
-    return sizes
+            states[name] = file_state((folder / name).stat())
+    return states
 
 
 def changed_files(folder: Location, marker: dict | None = None) -> list[str]:
-    """Files of a roidask output folder (or ``s3://`` prefix) whose size is not the one its
-    marker (``marker``, else read) recorded when it was committed, or that are gone
-    (sorted; empty for a folder whose marker records no sizes: roidask 0.1's, and those
-    written before sizes were)."""
+    """Files of a roidask output folder (or ``s3://`` prefix) changed since it was
+    committed, or gone, as its marker (``marker``, else read) recorded them
+    (:func:`roidask._atomic.changed_since_commit`: on disk, a file is read only if its
+    size and modification time cannot tell; in S3, one listing). Sorted; empty for a
+    folder whose marker records no sizes (roidask 0.1's, and those written before sizes
+    were)."""
     marker = folder_marker(folder) if marker is None else marker
     recorded = (marker or {}).get("bytes")
     if not isinstance(recorded, dict):
         return []
-    return size_mismatches(recorded, file_sizes(folder, recorded))
+    crc = None if isinstance(folder, S3Path) else crc32c_reader(folder)
+    return changed_since_commit(marker or {}, file_states(folder, recorded), crc32c=crc)
 
 
 #: The names of zarr's metadata objects (v3, and v2's): put after every chunk of their
@@ -1694,7 +1714,10 @@ def publish_folder(
     4. zarr's metadata: the deepest first (an array's ``zarr.json`` before its group's),
        each store's root last, so that plain zarr or xarray can open a store only once
        every chunk of it is there;
-    5. ``last`` (the folder's marker, already written locally) is put.
+    5. ``last`` (the folder's marker, already written locally) is put, with the ETag
+       each PUT returned (``etag``: an object replaced since has another, which the
+       listing that checks a prefix shows; no object is read) instead of the local
+       files' modification times.
 
     The trade-off, for want of an atomic rename: a command killed during an overwrite
     (between 1 and 5) leaves neither the old output nor the new one, but a prefix
@@ -1727,12 +1750,29 @@ def publish_folder(
             (dest / MARKER).write_text(json.dumps(pending, indent=2) + "\n")
             if old_files:  # before any new object: a kill from here on leaves no mix
                 delete_prefix_keys(dest, _metadata_first(old_files))
-            put_files(local, dest, [n for n in first if not _is_zarr_metadata(n)])
+            etags = put_files(local, dest, [n for n in first if not _is_zarr_metadata(n)])
             for level in _metadata_levels(first):
-                put_files(local, dest, level)
+                etags.update(put_files(local, dest, level))
+            if MARKER in last:
+                _record_etags(local / MARKER, etags)
             lease.check()
             put_files(local, dest, last)
     return dest
+
+
+def _record_etags(marker: Path, etags: dict[str, str | None]) -> None:
+    """Write into a local folder's marker, before it is put, the ETags its files' PUTs
+    returned (``etag``), instead of their modification times (``mtime_ns``: the local
+    copy's, which an object has not)."""
+    try:
+        record = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(record, dict) or not isinstance(record.get("bytes"), dict):
+        return  # not roidask's marker of a folder's files
+    record.pop("mtime_ns", None)
+    record["etag"] = {n: e for n, e in etags.items() if n in record["bytes"] and e is not None}
+    marker.write_text(json.dumps(record, indent=2) + "\n")
 
 
 @contextlib.contextmanager

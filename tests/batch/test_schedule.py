@@ -42,7 +42,7 @@ from helpers.cluster import (
     wait_for_worker,
     worker_log,
 )
-from helpers.files import write_manifest
+from helpers.files import as_roidask_wrote, same_size_edit, write_manifest
 from helpers.results import DATA_FILES
 from scipy import stats
 
@@ -1187,12 +1187,13 @@ def test_the_group_level_goes_when_the_first_subject_s_results_change(haxby, tmp
     assert finished == [False, False]
     assert (out / "group" / "tstat.nii.gz").is_file()
     # a batch stopped before its group level: its subjects done (skipped now), the group
-    # level of other results (a fingerprint of the same size, so as roidask wrote it)
+    # level of other results (another fingerprint, as roidask wrote it)
     table = out / "group" / "subjects.tsv"
     text = table.read_text()
     *rows, last = text.splitlines()  # sub-s0001's (both subjects' fingerprints are alike)
     name, digest = last.split("\t")
     table.write_text("\n".join([*rows, f"{name}\t{'f' * 8}{digest[8:]}"]) + "\n")
+    as_roidask_wrote(out / "group", "subjects.tsv")
     seen.clear()
     run_batch(specs, out, plots=False, params=PipelineParams(fwhm=5.0),
               log=lambda line: seen.append((line, (out / "group").exists())))  # fmt: skip
@@ -1308,6 +1309,23 @@ def test_a_users_file_in_a_study_node_is_refused_before_anything_is_written(haxb
     with pytest.raises(OutputError, match=rf"study node {re.escape(str(node))}: {want}"):
         run_batch(specs, out, params=PipelineParams(fwhm=5.0), plots=False)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_a_batch_folder_copied_without_times_is_resumed_and_an_edit_in_it_refused(haxby, tmp_path):
+    """A batch folder copied without its files' times (``cp -r``): its complete subject is
+    skipped (the content of its files is compared, and is roidask's); a same-size edit of
+    a subject's file (a cell fixed in rois.tsv) is the user's: refused, before anything."""
+    specs = tiny_specs(haxby, tmp_path / "data", 1)
+    out = tmp_path / "out"
+    assert run_batch(specs, out, plots=False)["status"].tolist() == ["done"]
+    copy = shutil.copytree(out, tmp_path / "copy", copy_function=shutil.copy)
+    assert run_batch(specs, copy, plots=False)["status"].tolist() == ["skipped"]
+    rois = copy / specs[0].out_name / "rois.tsv"
+    rois.write_bytes(same_size_edit(rois.read_bytes()))
+    edited = rois.read_bytes()
+    with pytest.raises(OutputError, match=r"changed since \(rois.tsv \(changed\)\)"):
+        run_batch(specs, copy, plots=False)
+    assert rois.read_bytes() == edited
 
 
 def test_a_study_node_with_a_truncated_chunk_is_written_again(haxby, tmp_path):

@@ -116,6 +116,30 @@ def tree(folder: Path) -> dict[str, bytes]:
     }
 
 
+def same_size_edit(data: bytes) -> bytes:
+    """``data`` as a user's edit that keeps its size leaves it (a cell fixed in a table, a
+    map replaced by another of the same size): one byte in its middle changed."""
+    edited = bytearray(data)
+    edited[len(edited) // 2] ^= 0x01
+    return bytes(edited)
+
+
+def as_roidask_wrote(folder: Path, *names: str) -> None:
+    """Make ``folder``'s marker record its files ``names`` as they are now, as if roidask
+    had written them so (a test's stand-in for an output of other results); their times
+    are not recorded, so their contents are compared."""
+    import json
+
+    from roidask._atomic import MARKER, commit_record
+
+    marker = json.loads((Path(folder) / MARKER).read_text())
+    for field, values in commit_record(Path(folder), names, now_ns=0).items():
+        marker.setdefault(field, {}).update(values)
+        for name in set(names) - set(values):
+            marker[field].pop(name, None)
+    (Path(folder) / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
 # -- another process ---------------------------------------------------------------------------
 _HOLD_LOCK = """
 import fcntl, os, sys, time

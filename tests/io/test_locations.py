@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,7 +21,7 @@ import nibabel as nib
 import numpy as np
 import obstore
 import pytest
-from helpers.files import write_bold
+from helpers.files import same_size_edit, write_bold
 from obstore.store import S3Store
 
 from roidask.exceptions import (
@@ -38,7 +40,9 @@ from roidask.io.locations import (
     S3Path,
     as_location,
     as_location_list,
+    changed_files,
     check_input_file,
+    check_remote_destination,
     list_files,
     location_arg,
     object_record,
@@ -616,6 +620,67 @@ def test_an_overwrite_killed_mid_upload_leaves_no_object_of_the_old_output(s3_bu
     publish_folder(tmp_path / "new", dest)
     assert _objects(dest) == new
     assert incomplete_output(dest / "results.zarr") is None
+
+
+def test_changed_files_on_disk_compare_contents_only_where_times_cannot_tell(tmp_path):
+    """A same-size edit is a change; a copy that did not keep the times (``cp -r``) is
+    not; a marker that records sizes only cannot tell a same-size edit."""
+    from roidask._atomic import MARKER, OutputFolder
+
+    past = time.time_ns() - 3600 * 10**9
+    with OutputFolder(tmp_path / "out", kind="subject-results") as tmp:
+        for name in ("rois.tsv", "tstat.nii.gz"):
+            (tmp / name).write_bytes(f"{name} by roidask\n".encode())
+            os.utime(tmp / name, ns=(past, past))
+    out = tmp_path / "out"
+    copy = shutil.copytree(out, tmp_path / "copy", copy_function=shutil.copy)
+    assert changed_files(out) == [] and changed_files(copy) == []
+    for folder in (out, copy):
+        (folder / "tstat.nii.gz").write_bytes(
+            same_size_edit((folder / "tstat.nii.gz").read_bytes())
+        )
+        assert changed_files(folder) == ["tstat.nii.gz"]
+    (out / "rois.tsv").unlink()
+    assert changed_files(out) == ["rois.tsv", "tstat.nii.gz"]
+    record = json.loads((copy / MARKER).read_text())
+    sizes_only = {k: v for k, v in record.items() if k not in ("mtime_ns", "crc32c")}
+    (copy / MARKER).write_text(json.dumps(sizes_only))
+    assert changed_files(copy) == []
+
+
+def test_an_s3_output_records_the_etags_its_puts_returned(s3_bucket, tmp_path):
+    """Published, a folder's marker records each object's ETag from its PUT (a file over
+    16 MiB put in parts too), not the local times: a same-size object put since has
+    another ETag in the listing, which tells it (no object read)."""
+    from roidask._atomic import OutputFolder
+
+    local = tmp_path / "out"
+    with OutputFolder(local, kind="subject-results") as tmp:
+        (tmp / "tstat.nii.gz").write_bytes(os.urandom(17 * 2**20))  # two parts
+        (tmp / "rois.tsv").write_text("label\tvoxels\n1\t12\n")
+    first = {n: (local / n).read_bytes() for n in ("tstat.nii.gz", "rois.tsv")}
+    dest = S3Path.from_url(f"{s3_bucket}/out")
+    publish_folder(local, dest)
+    marker = json.loads((dest / ".roidask.json").read_bytes())
+    listing = dest.list_objects()
+    assert marker["etag"] == {n: listing[n]["e_tag"] for n in first}
+    assert marker["etag"]["tstat.nii.gz"].endswith('-2"')  # the ETag of a multipart upload
+    assert "mtime_ns" not in marker and set(marker["crc32c"]) == set(first)
+    assert changed_files(dest) == []
+    assert check_remote_destination(dest, param="out", overwrite=True) == dest
+    put(f"{dest}/rois.tsv", same_size_edit(first["rois.tsv"]))
+    assert changed_files(dest) == ["rois.tsv"]
+    with pytest.raises(OutputError, match=r"or changed since \(rois.tsv \(changed\)\)"):
+        check_remote_destination(dest, param="out", overwrite=True)
+    put(f"{dest}/rois.tsv", first["rois.tsv"])  # the same bytes again: the same ETag (MD5)
+    assert changed_files(dest) == []
+    # a marker of an upload that recorded sizes only (before ETags were): as before
+    (dest / ".roidask.json").write_bytes(
+        json.dumps({k: v for k, v in marker.items() if k != "etag"}).encode()
+    )
+    put(f"{dest}/rois.tsv", same_size_edit(first["rois.tsv"]))
+    assert changed_files(dest) == []
+    assert check_remote_destination(dest, param="out", overwrite=True) == dest
 
 
 def test_an_input_prefix_is_asked_once_and_again_once_this_process_uploads_it(
