@@ -49,6 +49,7 @@ from roidask.exceptions import (
     StoreError,
     UnverifiedStoreWarning,
 )
+from roidask.io.chunks import parse_chunks
 from roidask.io.locations import (
     Location,
     MissingChunkError,
@@ -696,8 +697,12 @@ def open_subject(
         A roidask zarr store.
     subject : str, optional
         Subject group; may be omitted when the store holds exactly one.
-    chunks : optional
-        Dask chunks; default: the on-disk chunks.
+    chunks : dict or str, optional
+        Dask chunk sizes in voxels (``x``, ``y``, ``z``) and volumes (``time``), as
+        ``{"x": 20, "time": 100}`` or ``"x=20,time=100"`` (``-1``: the whole axis),
+        checked as :func:`roidask.io.as_image` checks them
+        (:func:`roidask.io.chunks.parse_chunks`); the dims not named keep their
+        on-disk chunks. Default (``"auto-disk"`` or None): the on-disk chunks.
     param : str
         Parameter name of the store, for messages.
 
@@ -718,6 +723,9 @@ def open_subject(
         A chunk recorded by the store is missing.
     IncompleteOutputError
         An ``s3://`` store in an output whose upload did not finish.
+    InvalidParameterError
+        ``chunks`` is not a mapping or ``dim=size`` string of the dims ``x``, ``y``,
+        ``z``, ``time`` with positive integer sizes (or -1).
 
     Warns
     -----
@@ -788,13 +796,16 @@ def open_subject(
             "subject again",
             param=param,
         ) from None
+    # the sizes given, checked as as_image checks them (on the BOLD series' shape); the
+    # dims not named keep their on-disk chunks
+    widest = max(ds.data_vars.values(), key=lambda v: v.ndim, default=None)
+    given = chunks is None or (isinstance(chunks, str) and chunks == "auto-disk")
+    sizes = {} if given or widest is None else parse_chunks(chunks, widest.shape)
     data_vars = {}
     for name, var in ds.data_vars.items():
         arr = _checked(var, path, subject, name, required=grids is not None)
-        if chunks not in ("auto-disk", None):
-            wanted = chunks
-            if isinstance(chunks, dict):
-                wanted = {var.dims.index(d): c for d, c in chunks.items() if d in var.dims}
+        wanted = {var.dims.index(d): c for d, c in sizes.items() if d in var.dims}
+        if wanted:
             arr = arr.rechunk(wanted)
         data_vars[name] = xr.DataArray(arr, dims=var.dims, attrs=dict(var.attrs))
         data_vars[name].encoding = dict(var.encoding)
