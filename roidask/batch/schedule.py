@@ -97,7 +97,13 @@ from roidask.batch.group import (
     group_is_current,
     group_level,
 )
-from roidask.batch.manifest import SubjectSpec, check_subjects, current_subject, subject_context
+from roidask.batch.manifest import (
+    SubjectSpec,
+    check_specs,
+    check_subjects,
+    current_subject,
+    subject_context,
+)
 from roidask.cluster import active_client, connection_lost, describe_client, lost_connection_error
 from roidask.exceptions import (
     ClusterError,
@@ -250,6 +256,7 @@ def check_batch_folder(
         study store is damaged or would be left out of date, or another command is
         writing the folder.
     """
+    specs = check_specs(specs)
     out = absolute(as_location(out_dir, "out_dir"))  # workers write in it from their folders
     inputs = InputIndex(p for spec in specs for p in spec.files)  # checked against every folder
     _check_study_of(out, study, [spec.out_name for spec in specs])
@@ -796,12 +803,14 @@ def run_batch(
     Parameters
     ----------
     specs : list of SubjectSpec
+        The subjects, at least one (:func:`roidask.batch.read_manifest`).
     out_dir : path
         Batch folder: ``sub-<id>/`` per subject, ``batch.tsv``, ``group/`` and
         ``study.zarr``.
     params : PipelineParams, optional
+        Analysis parameters; None (the default): ``PipelineParams()``.
     chunks : dict or str, optional
-        BOLD chunking (results do not depend on it).
+        BOLD chunking, in voxels and volumes (results do not depend on it).
     plots : bool
         Write each subject's figures.
     max_concurrent : int, optional
@@ -837,6 +846,10 @@ def run_batch(
 
     Raises
     ------
+    RoidaskTypeError, ManifestError
+        ``specs`` is not a non-empty list of :class:`SubjectSpec` (a batch of no
+        subject is refused, as ``roidask batch`` refuses a manifest without subject
+        rows; nothing is written).
     InvalidParameterError
         ``granularity`` is not one of :data:`GRANULARITIES`, or is ``"subject"``
         on a cluster whose workers are threads of this process.
@@ -851,6 +864,7 @@ def run_batch(
         those not done are ``pending`` in ``batch.tsv`` (a subject that a worker
         still finishes is found complete by the next batch); no group level.
     """
+    specs = check_specs(specs)
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     check_choice(granularity, "granularity", GRANULARITIES)
     params = PipelineParams.of(params)
@@ -859,7 +873,7 @@ def run_batch(
     mode = _granularity(granularity, cluster)
     out_dir = check_batch_folder(out_dir, specs, study=study)  # reads no input
     if check_inputs:
-        check_subjects(specs, params, chunks=chunks)  # reads headers, labels and masks
+        check_subjects(specs, params=params, chunks=chunks)  # reads headers, labels and masks
     _mark_batch_folder(out_dir)
     with contextlib.ExitStack() as held:
         lock = output_lock(out_dir, param="out")  # one batch at a time

@@ -430,9 +430,9 @@ def test_check_subjects_checks_contents_without_reading_bold_voxels(haxby, tmp_p
         with pytest.raises(RoidaskError, match=f"^manifest: subject '{spec.subject}': .*{want}"):
             check_subjects([spec])
     # the parameters count: a contrast that every subject has passes, one they lack fails
-    check_subjects(specs[:1], PipelineParams(contrast=("face", "cat")))
+    check_subjects(specs[:1], params=PipelineParams(contrast=("face", "cat")))
     with pytest.raises(RoidaskError, match=r"^manifest: subject 'ok': .*\['dog'\]"):
-        check_subjects(specs[:1], PipelineParams(contrast=("face", "dog")))
+        check_subjects(specs[:1], params=PipelineParams(contrast=("face", "dog")))
     # a 4D mask (the BOLD given as mask): named by its column and file
     four = SubjectSpec("four", specs[0].bold, specs[0].labels, specs[0].bold[0])
     with pytest.raises(RoidaskError, match=f"^manifest: subject 'four': mask "
