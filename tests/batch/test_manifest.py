@@ -494,3 +494,12 @@ def test_a_manifest_or_mask_that_is_not_a_path_is_named(tmp_path):
     manifest = write_manifest(tmp_path / "m.tsv", [("01", "b.nii.gz", "l.txt", "")])
     with pytest.raises(RoidaskTypeError, match=r"^mask: expected a path .*got int$"):
         read_manifest(manifest, mask=1)
+
+
+def test_check_subjects_takes_its_options_by_keyword():
+    import inspect
+
+    from roidask.batch import check_subjects
+
+    parameters = inspect.signature(check_subjects).parameters.values()
+    assert [p.name for p in parameters if p.kind is not p.KEYWORD_ONLY] == ["specs"]

@@ -204,7 +204,7 @@ def test_stored_integers_are_scaled_by_every_function_that_does_not_honour_them(
         "ttest_1samp_img": lambda img: ops.ttest_1samp_img(img, condition="face"),
         "ftest_img": lambda img: ops.ftest_img(img, conditions=["face", "house"]),
         "condition_moments": lambda img: ops.condition_moments(img, conditions=["face"]),
-        "select_conditions": lambda img: ops.select_conditions(img, ["house"]),
+        "select_conditions": lambda img: ops.select_conditions(img, conditions=["house"]),
         "as_image": as_image,
         "to_nifti": lambda img: as_image(to_nifti(img, tmp_path / f"{id(img)}.nii.gz")),
         "to_nifti-float32": lambda img: as_image(

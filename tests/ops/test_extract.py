@@ -213,7 +213,7 @@ def test_building_the_graph_computes_and_reads_nothing(haxby, seed_rois, haxby_s
             standardize="zscore_sample",
             high_pass_hz=0.01,
         )
-        select_condition(signals, "face")
+        select_condition(signals, condition="face")
         stack_conditions(signals, conditions=["face", "house"])
     assert isinstance(signals.data, dask.array.Array)
 
