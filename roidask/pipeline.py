@@ -68,7 +68,7 @@ from roidask.exceptions import (
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import affine_of, check_same_grid, spatial_coords, voxel_size_mm
-from roidask.io.image import image_label, like_image, volume_coords
+from roidask.io.image import image_label, image_on_grid, volume_coords
 from roidask.io.spill import spill_file
 from roidask.io.store_read import RESULTS_ATTR
 from roidask.io.store_write import dataset_zarr_files
@@ -849,11 +849,11 @@ def roi_pipeline(
                 stacklevel=2,
             )
         mean_np = smooth_img(
-            like_image((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
+            image_on_grid((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
         ).values
         equal_var = params.test == "student"
         tt = mom_ops.ttest_ind(*one.contrast, equal_var=equal_var)
-        logp_np = clip_logp(like_image(tt.logp, bold), clip=params.clip).values
+        logp_np = clip_logp(image_on_grid(tt.logp, bold), clip=params.clip).values
         # the t-tests that define each fold's ROIs (with "same": the one above)
         defining = [(tt.t, logp_np)]
         if plan.independent:
@@ -861,7 +861,7 @@ def roi_pipeline(
             for pair in fold_moments(plan, one.groups):
                 ft = mom_ops.ttest_ind(*pair, equal_var=equal_var)
                 defining.append(
-                    (ft.t, clip_logp(like_image(ft.logp, bold), clip=params.clip).values)
+                    (ft.t, clip_logp(image_on_grid(ft.logp, bold), clip=params.clip).values)
                 )
         timings["statistics"] = time.perf_counter() - t0
         timings["pass_statistics_cpu"] = one.cpu_s["statistics"]
@@ -869,16 +869,16 @@ def roi_pipeline(
 
         # 2. ROIs: small 3D operations on the computed maps (per fold).
         t0 = time.perf_counter()
-        mean_epi = like_image(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
-        tstat = like_image(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
-        logp = like_image(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
+        mean_epi = image_on_grid(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
+        tstat = image_on_grid(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
+        logp = image_on_grid(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
         if plan.independent:
             set_tstats = [
-                like_image(np.asarray(t, dtype=np.float32), bold, name="fold_tstat")
+                image_on_grid(np.asarray(t, dtype=np.float32), bold, name="fold_tstat")
                 for t, _ in defining
             ]
             set_logps = [
-                like_image(np.asarray(lp, dtype=np.float32), bold, name="fold_logp")
+                image_on_grid(np.asarray(lp, dtype=np.float32), bold, name="fold_logp")
                 for _, lp in defining
             ]
         else:
@@ -887,7 +887,7 @@ def roi_pipeline(
         flat = compute(*[arr for trio in lazy for arr in trio], local=True)
         roi_nps, dil_nps, atlas_nps = flat[0::3], flat[1::3], flat[2::3]
         atlases = [
-            like_image(np.asarray(a, dtype=np.int32), bold, name="atlas") for a in atlas_nps
+            image_on_grid(np.asarray(a, dtype=np.int32), bold, name="atlas") for a in atlas_nps
         ]
         for k, (atlas_np, roi_np, lp) in enumerate(zip(atlas_nps, roi_nps, set_logps,
                                                           strict=True)):  # fmt: skip
@@ -928,7 +928,9 @@ def roi_pipeline(
                 else:  # or written to the temporary file: only the tiles ROIs touch are read
                     source = spill_image(one, bold, values=not linear)
             if one.box is not None:
-                roi_atlas = like_image(np.asarray(atlas_nps[k], dtype=np.int32)[one.box], source)
+                roi_atlas = image_on_grid(
+                    np.asarray(atlas_nps[k], dtype=np.int32)[one.box], source
+                )
             else:
                 roi_atlas = atlas
             volumes = source
@@ -961,10 +963,10 @@ def roi_pipeline(
                 "fold_tstat": _by_fold(set_tstats),
                 "fold_logp": _by_fold(set_logps),
                 "roi_mask": _by_fold(
-                    [like_image(np.asarray(r).astype(np.uint8), bold) for r in roi_nps]
+                    [image_on_grid(np.asarray(r).astype(np.uint8), bold) for r in roi_nps]
                 ),
                 "dilated_mask": _by_fold(
-                    [like_image(np.asarray(d).astype(np.uint8), bold) for d in dil_nps]
+                    [image_on_grid(np.asarray(d).astype(np.uint8), bold) for d in dil_nps]
                 ),
                 "atlas": _by_fold(atlases),
             }
@@ -977,8 +979,8 @@ def roi_pipeline(
                 "mean_epi": mean_epi,
                 "tstat": tstat,
                 "logp": logp,
-                "roi_mask": like_image(np.asarray(roi_nps[0]).astype(np.uint8), bold),
-                "dilated_mask": like_image(np.asarray(dil_nps[0]).astype(np.uint8), bold),
+                "roi_mask": image_on_grid(np.asarray(roi_nps[0]).astype(np.uint8), bold),
+                "dilated_mask": image_on_grid(np.asarray(dil_nps[0]).astype(np.uint8), bold),
                 "atlas": atlases[0],
             }
         )
@@ -998,7 +1000,9 @@ def roi_pipeline(
 
 def _define_rois(logp: xr.DataArray, mask_np: np.ndarray, bold, params: PipelineParams):
     """Lazy ROI mask (threshold AND mask), its dilation and the atlas of a -log10 p map."""
-    roi_mask = mask_and(threshold_img(logp, threshold=params.threshold), like_image(mask_np, bold))
+    roi_mask = mask_and(
+        threshold_img(logp, threshold=params.threshold), image_on_grid(mask_np, bold)
+    )
     dilated = (
         binary_dilation(
             roi_mask, iterations=params.dilation_iterations, connectivity=params.connectivity

@@ -53,7 +53,7 @@ from roidask.io.grid import (
     spatial_coords,
     voxel_size_mm,
 )
-from roidask.io.image import like_image, to_nifti
+from roidask.io.image import image_on_grid, to_nifti
 from roidask.io.locations import (
     Location,
     changed_files,
@@ -454,7 +454,7 @@ def _group(
             if name.startswith("perm_h0"):
                 continue
             dtype = _NIFTI_TYPES.get(name, np.int16 if name == "roi_overlap" else np.float32)
-            to_nifti(like_image(values, ref), tmp / f"{name}.nii.gz", dtype=dtype)
+            to_nifti(image_on_grid(values, ref), tmp / f"{name}.nii.gz", dtype=dtype)
         table = pd.DataFrame({"subject": names, "fingerprint": subjects.fingerprints})
         table.to_csv(tmp / SUBJECTS_TABLE, sep="\t", index=False)
         if permutation is not None and perm is not None:
