@@ -185,7 +185,25 @@ class PipelineParams:
 
     @classmethod
     def of(cls, params: PipelineParams | None, param: str = "params") -> PipelineParams:
-        """``params``, or the defaults for None; anything else is refused (one line)."""
+        """``params``, or the defaults for None; anything else is refused (one line).
+
+        Parameters
+        ----------
+        params : PipelineParams or None
+            The parameters given to a function.
+        param : str
+            That function's name for them, in the message.
+
+        Returns
+        -------
+        PipelineParams
+            ``params``, or ``PipelineParams()`` for None.
+
+        Raises
+        ------
+        RoidaskTypeError
+            ``params`` is neither a :class:`PipelineParams` nor None.
+        """
         if params is None:
             return cls()
         if not isinstance(params, cls):
@@ -259,7 +277,19 @@ class PipelineResult:
         return [int(counts.get(k, 0)) for k in range(len(self.folds))]
 
     def fold_signals(self, k: int) -> xr.DataArray:
-        """Fold ``k``'s ``(roi, time)`` signals: its ROIs, on its signal volumes only."""
+        """Fold ``k``'s ``(roi, time)`` signals: its ROIs, on its signal volumes only.
+
+        Parameters
+        ----------
+        k : int
+            The fold (0, 1, ...; ignored with ``"same"``, which has one).
+
+        Returns
+        -------
+        xarray.DataArray
+            The signals, dims ``(roi, time)`` (``time`` in s); with ``"same"``, every
+            ROI on every volume (:attr:`signals`).
+        """
         if self.folds is None:
             return self.signals
         fold = self.signals.isel(fold=k).drop_vars(["signal_volume", "roi_runs", "signal_runs"])
@@ -280,7 +310,19 @@ class PipelineResult:
         )
 
     def fold_title(self, k: int) -> str:
-        """Fold ``k`` in words (its runs), for messages and figures."""
+        """Fold ``k`` in words (its runs), for messages and figures.
+
+        Parameters
+        ----------
+        k : int
+            The fold (0, 1, ...; ignored with ``"same"``).
+
+        Returns
+        -------
+        str
+            ``"fold 0: ROIs from runs 1 3, signals of runs 0 2"``; ``"every volume"``
+            with ``"same"``.
+        """
         if self.folds is None:
             return "every volume"
         fold = self.folds[k]
@@ -453,6 +495,16 @@ def results_dataset(result: PipelineResult) -> xr.Dataset:
     table on ``(fold, roi)`` (``roi_n_voxels`` 0 and the others NaN where the
     fold lacks the label; ``roi`` holds every label of any fold) and the
     attribute ``n_rois`` is a list (ROIs per fold).
+
+    Parameters
+    ----------
+    result : PipelineResult
+        One subject's computed results (:func:`roi_pipeline`).
+
+    Returns
+    -------
+    xarray.Dataset
+        The results as above, in memory.
     """
     if result.folds is not None:
         return _fold_results_dataset(result)
@@ -481,7 +533,19 @@ def results_dataset(result: PipelineResult) -> xr.Dataset:
 
 def params_attrs(params: PipelineParams) -> dict:
     """The parameters as attributes of ``results.zarr`` and of a study's subject node
-    (``fwhm`` as ``fwhm_mm``), JSON values."""
+    (``fwhm`` as ``fwhm_mm``), JSON values.
+
+    Parameters
+    ----------
+    params : PipelineParams
+        The analysis parameters.
+
+    Returns
+    -------
+    dict
+        One JSON value per parameter (:meth:`PipelineParams.to_dict`), ``fwhm``
+        named ``fwhm_mm`` (its unit).
+    """
     return {("fwhm_mm" if k == "fwhm" else k): v for k, v in params.to_dict().items()}
 
 
@@ -571,6 +635,16 @@ def compute_here(threads: int) -> Iterator[None]:
     Even with a ``distributed`` client active: a batch runs each subject's whole
     pipeline inside one worker's task this way, as ``roidask run`` does in its own
     process. Nestable; other threads are not affected.
+
+    Parameters
+    ----------
+    threads : int
+        Threads of dask's threaded scheduler for the computations of this thread.
+
+    Yields
+    ------
+    None
+        Within the block, :func:`compute` runs here with ``threads`` threads.
     """
     previous = getattr(_HERE, "threads", None)
     _HERE.threads = int(threads)
@@ -589,6 +663,20 @@ def compute(*objs, progress: bool = False, local: bool = False):
     :func:`compute_here`'s threads there). Meanwhile BLAS runs on one thread in
     this process, so results do not depend on the number of threads (see
     :mod:`roidask._blas`). Progress bars are drawn on a terminal only.
+
+    Parameters
+    ----------
+    *objs : dask collections or xarray objects
+        What to compute, together (chunks they share are read once).
+    progress : bool
+        Draw a progress bar on stderr (on a terminal).
+    local : bool
+        Compute in this process's threads, even with a ``distributed`` client active.
+
+    Returns
+    -------
+    tuple
+        The computed objects, in order (numpy arrays, xarray objects in memory).
     """
     threads = getattr(_HERE, "threads", None)
     local = local or threads is not None
@@ -628,6 +716,18 @@ def _here_unless_persisted(collection):
 def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
     """The voxels of a 3D mask image as booleans, checking that it is binary and not empty.
 
+    Parameters
+    ----------
+    mask : xarray.DataArray
+        A 3D roidask image (:func:`roidask.io.as_image`); read here (small).
+    param : str
+        The caller's name for ``mask``, in messages.
+
+    Returns
+    -------
+    ndarray of bool
+        The mask's voxels, shape ``(x, y, z)``.
+
     Raises
     ------
     InvalidParameterError
@@ -647,10 +747,22 @@ def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
     return inside
 
 
-def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams) -> np.ndarray:
+def check_inputs(
+    bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams | None = None
+) -> np.ndarray:
     """Validate a BOLD image, a mask and the parameters together, before the data pass.
 
     Reads the mask (small) but no BOLD voxel.
+
+    Parameters
+    ----------
+    bold : xarray.DataArray
+        4D BOLD series, a roidask image (:func:`roidask.io.as_image`) with its
+        ``condition`` and ``run`` coordinates.
+    mask : xarray.DataArray
+        3D binary mask, a roidask image.
+    params : PipelineParams, optional
+        Analysis parameters; None (the default): ``PipelineParams()``.
 
     Returns
     -------
@@ -667,7 +779,10 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
         at least 2 of each).
     InvalidParameterError
         The mask is not binary, or empty.
+    RoidaskTypeError
+        ``params`` is not a :class:`PipelineParams`.
     """
+    params = PipelineParams.of(params)
     try:
         check_same_grid(bold, mask, names=("the BOLD series", "the mask"))
     except GridMismatchError as exc:  # named by the mask, as the file (or flag) to change
@@ -678,11 +793,26 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
     return mask_values(mask)
 
 
-def roi_folds(bold: xr.DataArray, params: PipelineParams) -> FoldPlan:
+def roi_folds(bold: xr.DataArray, params: PipelineParams | None = None) -> FoldPlan:
     """The folds of ``params.roi_definition`` over the runs of ``bold`` (reads no voxel).
 
     See :mod:`roidask.ops.folds`: runs are the values of the ``run`` coordinate, in
     increasing order.
+
+    Parameters
+    ----------
+    bold : xarray.DataArray
+        4D BOLD series, a roidask image with its ``condition`` and ``run``
+        coordinates (no ``run``: one run).
+    params : PipelineParams, optional
+        Analysis parameters (``roi_definition``, ``contrast``, ``test``); None (the
+        default): ``PipelineParams()``.
+
+    Returns
+    -------
+    FoldPlan
+        The folds: which runs define each fold's ROIs and which give its signals
+        (:func:`roidask.ops.folds.fold_plan`).
 
     Raises
     ------
@@ -691,7 +821,10 @@ def roi_folds(bold: xr.DataArray, params: PipelineParams) -> FoldPlan:
     ConditionError
         A fold's ROI-defining runs hold too few volumes of the contrast conditions for
         ``params.test`` (:func:`roidask._validate.ttest_defined`).
+    RoidaskTypeError
+        ``params`` is not a :class:`PipelineParams`.
     """
+    params = PipelineParams.of(params)
     runs = bold["run"].values if "run" in bold.coords else np.zeros(bold.sizes["time"])
     plan = fold_plan(runs, params.roi_definition)
     if not plan.independent:

@@ -198,7 +198,24 @@ _LABELS_RUNS_VERSION = 2
 
 
 def fingerprint(spec: SubjectSpec, params: PipelineParams) -> tuple[str, list[dict]]:
-    """Hash of the parameters and input checksums that decide a subject's outputs."""
+    """Hash of the parameters and input checksums that decide a subject's outputs.
+
+    Parameters
+    ----------
+    spec : SubjectSpec
+        The subject, whose input files' checksums count
+        (:func:`roidask.outputs.provenance.input_records`).
+    params : PipelineParams
+        The analysis parameters.
+
+    Returns
+    -------
+    digest : str
+        SHA-256 (hex) of the parameters and the inputs' checksums: a subject whose
+        folder records it is complete with these inputs and parameters.
+    inputs : list of dict
+        The input records (path, size in bytes, checksum), for provenance.
+    """
     inputs = input_records([*spec.bold, *spec.labels, spec.mask])
     checksums = [r.get("sha256") or r.get("etag") or r.get("etags_sha256") for r in inputs]
     record: dict = {"params": params.to_dict(), "inputs": checksums}
@@ -248,8 +265,24 @@ def check_batch_folder(
     not write it must not leave an earlier one out of date. No other batch or group
     level may be writing the folder or its study store (a local folder's lock is tried).
 
+    Parameters
+    ----------
+    out_dir : path or ``s3://`` URL
+        The batch folder.
+    specs : list of SubjectSpec
+        The batch's subjects, at least one (their output folders and inputs).
+    study : bool
+        The batch writes the study store ``out_dir/study.zarr``.
+
+    Returns
+    -------
+    Path or S3Path
+        ``out_dir``, absolute.
+
     Raises
     ------
+    RoidaskTypeError, ManifestError
+        ``specs`` is not a non-empty list of :class:`SubjectSpec`.
     OutputError
         The parent is missing or read-only, the folder is not roidask's, a subject's
         folder holds files roidask did not write, an input lies in an output folder, the

@@ -292,7 +292,34 @@ def _source_dask(source: VolumeSource, chunks: dict[str, int], scaled: bool = Tr
 
 
 def image_from_nifti(path: PathOrURL, *, chunks=None, param: str = "img") -> xr.DataArray:
-    """A 3D NIfTI file as a lazy roidask image (dims x, y, z)."""
+    """A 3D NIfTI file as a lazy roidask image (dims x, y, z).
+
+    Parameters
+    ----------
+    path : path or ``s3://`` URL
+        A 3D ``.nii``/``.nii.gz`` file (or a ``.nii.zarr`` NIfTI-Zarr image).
+    chunks : dict or str, optional
+        Chunk sizes in voxels (:func:`roidask.io.chunks.normalize_chunks`); default:
+        the whole volume.
+    param : str
+        The caller's name for ``path``, in messages.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy (no voxel is read), dims ``(x, y, z)``, the grid (affine, voxel sizes in
+        mm, header) in its attrs; a file scaled by ``scl_slope``/``scl_inter`` is
+        float64 values.
+
+    Raises
+    ------
+    UnreadableFileError, CorruptFileError
+        ``path`` is missing, unreadable or not a NIfTI image.
+    ImageDimensionError
+        The image is not 3D.
+    InvalidParameterError
+        Invalid ``chunks``.
+    """
     return _image_from_source(open_source(path, ndim=3, param=param), chunks=chunks)
 
 

@@ -275,7 +275,26 @@ def group_records(path: Path | S3Path, param: str | None = None) -> dict[str, di
 
 
 def list_subjects(store: PathOrURL, *, include_incomplete: bool = False) -> list[str]:
-    """Names of the subject groups in a roidask store, sorted."""
+    """Names of the subject groups in a roidask store, sorted.
+
+    Parameters
+    ----------
+    store : path or ``s3://`` URL
+        A roidask zarr store (:func:`roidask.io.convert`'s).
+    include_incomplete : bool
+        Also list the subjects whose conversion did not finish (default: complete
+        subjects only).
+
+    Returns
+    -------
+    list of str
+        The subjects' names, sorted.
+
+    Raises
+    ------
+    StoreError
+        ``store`` is not a roidask store.
+    """
     path = require_store(store)
     return [
         name
@@ -847,7 +866,28 @@ def _refuse_damaged(path: Location, subject: str | None, param: str) -> None:
 
 
 def open_store(store: PathOrURL) -> xr.DataTree:
-    """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects."""
+    """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects.
+
+    Parameters
+    ----------
+    store : path or ``s3://`` URL
+        A roidask zarr store (:func:`roidask.io.convert`'s).
+
+    Returns
+    -------
+    xarray.DataTree
+        One child per subject (its ``bold``, with its ``condition`` and ``run``
+        coordinates); lazy, no voxel is read. Its chunks are read as plain xarray
+        reads them (:func:`open_subject` names a damaged or missing chunk).
+
+    Raises
+    ------
+    StoreError
+        ``store`` is not a roidask store.
+    IncompleteStoreError
+        A subject was not completely written (convert it again with
+        ``overwrite=True``).
+    """
     path = require_store(store)
     records = group_records(path)
     incomplete = sorted(n for n, attrs in records.items() if attrs.get(COMPLETE_ATTR) is not True)
