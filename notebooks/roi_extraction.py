@@ -105,7 +105,7 @@ show(plot_ortho(mean_epi, title="Smoothed mean EPI"))
 # function (no underflow), then the example's convention: NaN -> 0, clip at 10.
 
 # %%
-faces_houses = select_conditions(bold, ["face", "house"])
+faces_houses = select_conditions(bold, conditions=["face", "house"])
 stats = ttest_img(smooth_img(faces_houses, fwhm=6), contrast=("face", "house"))
 log_p = clip_logp(stats["logp"], clip=10.0).compute()
 show(plot_stat_map(log_p, mean_epi, title="p-values (-log10 p)", cmap="inferno"))

@@ -953,7 +953,7 @@ def _cmd_batch(args) -> int:
     permutation = group_permutation(args)
     specs = read_manifest(args.manifest, mask=args.mask, task=args.task)
     check_batch_folder(args.out, specs, study=not args.no_study)  # reads no input
-    check_subjects(specs, params, chunks=args.chunks)  # before a cluster is started
+    check_subjects(specs, params=params, chunks=args.chunks)  # before a cluster is started
     address = None if args.scheduler == "local" else args.scheduler
     if args.check:  # and the cluster's options, as get_client checks them
         options = {k: v for k, v in client_options(args).items() if k != "dashboard"}

@@ -489,6 +489,25 @@ def check_client_options(
     """Make every check :func:`get_client` makes of its options, and start nothing
     (``roidask batch --check``): the same errors, raised the same way.
 
+    Parameters
+    ----------
+    scheduler : str, optional
+        ``None`` (an embedded cluster) or a ``"tcp://HOST:PORT"`` /
+        ``"tls://HOST:PORT"`` address (not connected to).
+    n_workers, threads_per_worker : int, optional
+        Embedded cluster only: worker processes, threads per worker.
+    memory_limit : str or int, optional
+        Embedded cluster only: memory per worker, ``"4GiB"``-style or bytes.
+    processes : bool
+        Embedded cluster: workers in separate processes, or threads of this process.
+    host : str, optional
+        Embedded cluster only: the address its scheduler and workers would listen on.
+    tls_ca_file, tls_cert, tls_key : path, optional
+        CA certificate, client certificate and client key (with a ``tls://``
+        address).
+    timeout : float
+        Seconds to wait for a remote scheduler (checked to be positive).
+
     Raises
     ------
     InvalidParameterError

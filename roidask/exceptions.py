@@ -194,13 +194,37 @@ class Terminated(KeyboardInterrupt):
 
     @staticmethod
     def status_of(exc: KeyboardInterrupt) -> int:
-        """The shell's exit status for ``exc``: 128 + the signal (SIGTERM 15, SIGINT 2)."""
+        """The shell's exit status for ``exc``: 128 + the signal (SIGTERM 15, SIGINT 2).
+
+        Parameters
+        ----------
+        exc : KeyboardInterrupt
+            What stopped the command: a :class:`Terminated` (SIGTERM) or a plain
+            KeyboardInterrupt (Ctrl-C, SIGINT).
+
+        Returns
+        -------
+        int
+            143 for SIGTERM, 130 for SIGINT.
+        """
         return 143 if isinstance(exc, Terminated) else 130
 
     @staticmethod
     def describe(exc: KeyboardInterrupt) -> str:
         """What stopped the command, for its last line: ``"terminated (SIGTERM)"`` or
-        ``"interrupted"`` (Ctrl-C)."""
+        ``"interrupted"`` (Ctrl-C).
+
+        Parameters
+        ----------
+        exc : KeyboardInterrupt
+            What stopped the command: a :class:`Terminated` (SIGTERM) or a plain
+            KeyboardInterrupt (Ctrl-C, SIGINT).
+
+        Returns
+        -------
+        str
+            The words for the command's last line.
+        """
         return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
 
 

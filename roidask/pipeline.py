@@ -68,7 +68,7 @@ from roidask.exceptions import (
 from roidask.io.chunks import normalize_chunks
 from roidask.io.conversions import ImageLike, as_image
 from roidask.io.grid import affine_of, check_same_grid, spatial_coords, voxel_size_mm
-from roidask.io.image import image_label, like_image, volume_coords
+from roidask.io.image import image_label, image_on_grid, volume_coords
 from roidask.io.spill import spill_file
 from roidask.io.store_read import RESULTS_ATTR
 from roidask.io.store_write import dataset_zarr_files
@@ -186,7 +186,25 @@ class PipelineParams:
 
     @classmethod
     def of(cls, params: PipelineParams | None, param: str = "params") -> PipelineParams:
-        """``params``, or the defaults for None; anything else is refused (one line)."""
+        """``params``, or the defaults for None; anything else is refused (one line).
+
+        Parameters
+        ----------
+        params : PipelineParams or None
+            The parameters given to a function.
+        param : str
+            That function's name for them, in the message.
+
+        Returns
+        -------
+        PipelineParams
+            ``params``, or ``PipelineParams()`` for None.
+
+        Raises
+        ------
+        RoidaskTypeError
+            ``params`` is neither a :class:`PipelineParams` nor None.
+        """
         if params is None:
             return cls()
         if not isinstance(params, cls):
@@ -266,7 +284,19 @@ class PipelineResult:
         return self.fold_n_rois() if self.folds is not None else self.n_rois
 
     def fold_signals(self, k: int) -> xr.DataArray:
-        """Fold ``k``'s ``(roi, time)`` signals: its ROIs, on its signal volumes only."""
+        """Fold ``k``'s ``(roi, time)`` signals: its ROIs, on its signal volumes only.
+
+        Parameters
+        ----------
+        k : int
+            The fold (0, 1, ...; ignored with ``"same"``, which has one).
+
+        Returns
+        -------
+        xarray.DataArray
+            The signals, dims ``(roi, time)`` (``time`` in s); with ``"same"``, every
+            ROI on every volume (:attr:`signals`).
+        """
         if self.folds is None:
             return self.signals
         fold = self.signals.isel(fold=k).drop_vars(["signal_volume", "roi_runs", "signal_runs"])
@@ -287,7 +317,19 @@ class PipelineResult:
         )
 
     def fold_title(self, k: int) -> str:
-        """Fold ``k`` in words (its runs), for messages and figures."""
+        """Fold ``k`` in words (its runs), for messages and figures.
+
+        Parameters
+        ----------
+        k : int
+            The fold (0, 1, ...; ignored with ``"same"``).
+
+        Returns
+        -------
+        str
+            ``"fold 0: ROIs from runs 1 3, signals of runs 0 2"``; ``"every volume"``
+            with ``"same"``.
+        """
         if self.folds is None:
             return "every volume"
         fold = self.folds[k]
@@ -460,6 +502,16 @@ def results_dataset(result: PipelineResult) -> xr.Dataset:
     table on ``(fold, roi)`` (``roi_n_voxels`` 0 and the others NaN where the
     fold lacks the label; ``roi`` holds every label of any fold) and the
     attribute ``n_rois`` is a list (ROIs per fold).
+
+    Parameters
+    ----------
+    result : PipelineResult
+        One subject's computed results (:func:`roi_pipeline`).
+
+    Returns
+    -------
+    xarray.Dataset
+        The results as above, in memory.
     """
     if result.folds is not None:
         return _fold_results_dataset(result)
@@ -511,7 +563,19 @@ def n_rois_text(n_rois: int | list[int]) -> str:
 
 def params_attrs(params: PipelineParams) -> dict:
     """The parameters as attributes of ``results.zarr`` and of a study's subject node
-    (``fwhm`` as ``fwhm_mm``), JSON values."""
+    (``fwhm`` as ``fwhm_mm``), JSON values.
+
+    Parameters
+    ----------
+    params : PipelineParams
+        The analysis parameters.
+
+    Returns
+    -------
+    dict
+        One JSON value per parameter (:meth:`PipelineParams.to_dict`), ``fwhm``
+        named ``fwhm_mm`` (its unit).
+    """
     return {("fwhm_mm" if k == "fwhm" else k): v for k, v in params.to_dict().items()}
 
 
@@ -601,6 +665,16 @@ def compute_here(threads: int) -> Iterator[None]:
     Even with a ``distributed`` client active: a batch runs each subject's whole
     pipeline inside one worker's task this way, as ``roidask run`` does in its own
     process. Nestable; other threads are not affected.
+
+    Parameters
+    ----------
+    threads : int
+        Threads of dask's threaded scheduler for the computations of this thread.
+
+    Yields
+    ------
+    None
+        Within the block, :func:`compute` runs here with ``threads`` threads.
     """
     previous = getattr(_HERE, "threads", None)
     _HERE.threads = int(threads)
@@ -619,6 +693,20 @@ def compute(*objs, progress: bool = False, local: bool = False):
     :func:`compute_here`'s threads there). Meanwhile BLAS runs on one thread in
     this process, so results do not depend on the number of threads (see
     :mod:`roidask._blas`). Progress bars are drawn on a terminal only.
+
+    Parameters
+    ----------
+    *objs : dask collections or xarray objects
+        What to compute, together (chunks they share are read once).
+    progress : bool
+        Draw a progress bar on stderr (on a terminal).
+    local : bool
+        Compute in this process's threads, even with a ``distributed`` client active.
+
+    Returns
+    -------
+    tuple
+        The computed objects, in order (numpy arrays, xarray objects in memory).
     """
     threads = getattr(_HERE, "threads", None)
     local = local or threads is not None
@@ -658,6 +746,18 @@ def _here_unless_persisted(collection):
 def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
     """The voxels of a 3D mask image as booleans, checking that it is binary and not empty.
 
+    Parameters
+    ----------
+    mask : xarray.DataArray
+        A 3D roidask image (:func:`roidask.io.as_image`); read here (small).
+    param : str
+        The caller's name for ``mask``, in messages.
+
+    Returns
+    -------
+    ndarray of bool
+        The mask's voxels, shape ``(x, y, z)``.
+
     Raises
     ------
     InvalidParameterError
@@ -677,10 +777,22 @@ def mask_values(mask: xr.DataArray, *, param: str = "mask_img") -> np.ndarray:
     return inside
 
 
-def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams) -> np.ndarray:
+def check_inputs(
+    bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams | None = None
+) -> np.ndarray:
     """Validate a BOLD image, a mask and the parameters together, before the data pass.
 
     Reads the mask (small) but no BOLD voxel.
+
+    Parameters
+    ----------
+    bold : xarray.DataArray
+        4D BOLD series, a roidask image (:func:`roidask.io.as_image`) with its
+        ``condition`` and ``run`` coordinates.
+    mask : xarray.DataArray
+        3D binary mask, a roidask image.
+    params : PipelineParams, optional
+        Analysis parameters; None (the default): ``PipelineParams()``.
 
     Returns
     -------
@@ -697,7 +809,10 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
         at least 2 of each).
     InvalidParameterError
         The mask is not binary, or empty.
+    RoidaskTypeError
+        ``params`` is not a :class:`PipelineParams`.
     """
+    params = PipelineParams.of(params)
     try:
         check_same_grid(bold, mask, names=("the BOLD series", "the mask"))
     except GridMismatchError as exc:  # named by the mask, as the file (or flag) to change
@@ -708,11 +823,26 @@ def check_inputs(bold: xr.DataArray, mask: xr.DataArray, params: PipelineParams)
     return mask_values(mask)
 
 
-def roi_folds(bold: xr.DataArray, params: PipelineParams) -> FoldPlan:
+def roi_folds(bold: xr.DataArray, params: PipelineParams | None = None) -> FoldPlan:
     """The folds of ``params.roi_definition`` over the runs of ``bold`` (reads no voxel).
 
     See :mod:`roidask.ops.folds`: runs are the values of the ``run`` coordinate, in
     increasing order.
+
+    Parameters
+    ----------
+    bold : xarray.DataArray
+        4D BOLD series, a roidask image with its ``condition`` and ``run``
+        coordinates (no ``run``: one run).
+    params : PipelineParams, optional
+        Analysis parameters (``roi_definition``, ``contrast``, ``test``); None (the
+        default): ``PipelineParams()``.
+
+    Returns
+    -------
+    FoldPlan
+        The folds: which runs define each fold's ROIs and which give its signals
+        (:func:`roidask.ops.folds.fold_plan`).
 
     Raises
     ------
@@ -721,7 +851,10 @@ def roi_folds(bold: xr.DataArray, params: PipelineParams) -> FoldPlan:
     ConditionError
         A fold's ROI-defining runs hold too few volumes of the contrast conditions for
         ``params.test`` (:func:`roidask._validate.ttest_defined`).
+    RoidaskTypeError
+        ``params`` is not a :class:`PipelineParams`.
     """
+    params = PipelineParams.of(params)
     runs = bold["run"].values if "run" in bold.coords else np.zeros(bold.sizes["time"])
     plan = fold_plan(runs, params.roi_definition)
     if not plan.independent:
@@ -879,11 +1012,11 @@ def roi_pipeline(
                 stacklevel=2,
             )
         mean_np = smooth_img(
-            like_image((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
+            image_on_grid((one.total / one.n_volumes).astype(np.float32), bold), fwhm=params.fwhm
         ).values
         equal_var = params.test == "student"
         tt = mom_ops.ttest_ind(*one.contrast, equal_var=equal_var)
-        logp_np = clip_logp(like_image(tt.logp, bold), clip=params.clip).values
+        logp_np = clip_logp(image_on_grid(tt.logp, bold), clip=params.clip).values
         # the t-tests that define each fold's ROIs (with "same": the one above)
         defining = [(tt.t, logp_np)]
         if plan.independent:
@@ -891,7 +1024,7 @@ def roi_pipeline(
             for pair in fold_moments(plan, one.groups):
                 ft = mom_ops.ttest_ind(*pair, equal_var=equal_var)
                 defining.append(
-                    (ft.t, clip_logp(like_image(ft.logp, bold), clip=params.clip).values)
+                    (ft.t, clip_logp(image_on_grid(ft.logp, bold), clip=params.clip).values)
                 )
         timings["statistics"] = time.perf_counter() - t0
         timings["pass_statistics_cpu"] = one.cpu_s["statistics"]
@@ -899,16 +1032,16 @@ def roi_pipeline(
 
         # 2. ROIs: small 3D operations on the computed maps (per fold).
         t0 = time.perf_counter()
-        mean_epi = like_image(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
-        tstat = like_image(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
-        logp = like_image(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
+        mean_epi = image_on_grid(np.asarray(mean_np, dtype=np.float32), bold, name="mean_epi")
+        tstat = image_on_grid(np.asarray(tt.t, dtype=np.float32), bold, name="tstat")
+        logp = image_on_grid(np.asarray(logp_np, dtype=np.float32), bold, name="logp")
         if plan.independent:
             set_tstats = [
-                like_image(np.asarray(t, dtype=np.float32), bold, name="fold_tstat")
+                image_on_grid(np.asarray(t, dtype=np.float32), bold, name="fold_tstat")
                 for t, _ in defining
             ]
             set_logps = [
-                like_image(np.asarray(lp, dtype=np.float32), bold, name="fold_logp")
+                image_on_grid(np.asarray(lp, dtype=np.float32), bold, name="fold_logp")
                 for _, lp in defining
             ]
         else:
@@ -917,7 +1050,7 @@ def roi_pipeline(
         flat = compute(*[arr for trio in lazy for arr in trio], local=True)
         roi_nps, dil_nps, atlas_nps = flat[0::3], flat[1::3], flat[2::3]
         atlases = [
-            like_image(np.asarray(a, dtype=np.int32), bold, name="atlas") for a in atlas_nps
+            image_on_grid(np.asarray(a, dtype=np.int32), bold, name="atlas") for a in atlas_nps
         ]
         for k, (atlas_np, roi_np, lp) in enumerate(zip(atlas_nps, roi_nps, set_logps,
                                                           strict=True)):  # fmt: skip
@@ -958,7 +1091,9 @@ def roi_pipeline(
                 else:  # or written to the temporary file: only the tiles ROIs touch are read
                     source = spill_image(one, bold, values=not linear)
             if one.box is not None:
-                roi_atlas = like_image(np.asarray(atlas_nps[k], dtype=np.int32)[one.box], source)
+                roi_atlas = image_on_grid(
+                    np.asarray(atlas_nps[k], dtype=np.int32)[one.box], source
+                )
             else:
                 roi_atlas = atlas
             volumes = source
@@ -991,10 +1126,10 @@ def roi_pipeline(
                 "fold_tstat": _by_fold(set_tstats),
                 "fold_logp": _by_fold(set_logps),
                 "roi_mask": _by_fold(
-                    [like_image(np.asarray(r).astype(np.uint8), bold) for r in roi_nps]
+                    [image_on_grid(np.asarray(r).astype(np.uint8), bold) for r in roi_nps]
                 ),
                 "dilated_mask": _by_fold(
-                    [like_image(np.asarray(d).astype(np.uint8), bold) for d in dil_nps]
+                    [image_on_grid(np.asarray(d).astype(np.uint8), bold) for d in dil_nps]
                 ),
                 "atlas": _by_fold(atlases),
             }
@@ -1007,8 +1142,8 @@ def roi_pipeline(
                 "mean_epi": mean_epi,
                 "tstat": tstat,
                 "logp": logp,
-                "roi_mask": like_image(np.asarray(roi_nps[0]).astype(np.uint8), bold),
-                "dilated_mask": like_image(np.asarray(dil_nps[0]).astype(np.uint8), bold),
+                "roi_mask": image_on_grid(np.asarray(roi_nps[0]).astype(np.uint8), bold),
+                "dilated_mask": image_on_grid(np.asarray(dil_nps[0]).astype(np.uint8), bold),
                 "atlas": atlases[0],
             }
         )
@@ -1028,7 +1163,9 @@ def roi_pipeline(
 
 def _define_rois(logp: xr.DataArray, mask_np: np.ndarray, bold, params: PipelineParams):
     """Lazy ROI mask (threshold AND mask), its dilation and the atlas of a -log10 p map."""
-    roi_mask = mask_and(threshold_img(logp, threshold=params.threshold), like_image(mask_np, bold))
+    roi_mask = mask_and(
+        threshold_img(logp, threshold=params.threshold), image_on_grid(mask_np, bold)
+    )
     dilated = (
         binary_dilation(
             roi_mask, iterations=params.dilation_iterations, connectivity=params.connectivity

@@ -40,7 +40,7 @@ def run_subject(
     subject: str | None,
     mask: PathOrURL,
     out: PathOrURL,
-    params: PipelineParams,
+    params: PipelineParams | None = None,
     chunks=None,
     box_max_bytes: int | None = None,
     tr_s: float | None = None,
@@ -65,34 +65,51 @@ def run_subject(
     out : path
         Output folder (see :mod:`roidask.outputs.writer`), written atomically;
         checked before any voxel is read.
-    params : PipelineParams
+    params : PipelineParams, optional
+        Analysis parameters; None (the default): ``PipelineParams()``, as for
+        :func:`roidask.pipeline.roi_pipeline`.
     chunks : dict or str, optional
-        BOLD chunking; the results do not depend on it.
+        BOLD chunking, in voxels and volumes; the results do not depend on it.
     box_max_bytes : int, optional
-        Memory for the ROI box kept by the pass (see :func:`roidask.pipeline.roi_pipeline`);
-        a larger box is written to a temporary file beside ``out``.
+        Memory for the ROI box kept by the pass, in bytes (see
+        :func:`roidask.pipeline.roi_pipeline`); a larger box is written to a temporary
+        file beside ``out``.
     tr_s : float, optional
         Repetition time in seconds (default: from the header).
-    plots, overwrite, progress : bool
+    plots : bool
+        Draw the figures (``figures/*.png``).
+    overwrite : bool
+        Replace an existing ``out`` that roidask wrote (default: refuse).
+    progress : bool
+        Show a progress bar of the pass on stderr.
     inputs : list of dict, or a Future of it, optional
-        Input records (path, size, SHA-256), precomputed or under way; by default
-        they are hashed while the pipeline runs.
+        Input records (path, size in bytes, SHA-256), precomputed or under way; by
+        default they are hashed while the pipeline runs.
     extra_provenance : dict, optional
-    study_node : SubjectNode, optional
-        Also write the results as this node of a study store, once ``out`` is
-        written (:mod:`roidask.outputs.study`; the batch driver publishes it).
+        More fields for ``provenance.json``.
     before_write : callable, optional
         Called once the results are computed, before anything is written, and again
         before the written folder is moved into place and before the study node is
         written; an exception it raises leaves ``out`` (and the node) untouched: a
         batch's task checks that its batch still wants the subject, so that a task
         left running by a killed batch never replaces what the next batch wrote.
+    study_node : SubjectNode, optional
+        Also write the results as this node of a study store, once ``out`` is
+        written (:mod:`roidask.outputs.study`; the batch driver publishes it).
 
     Returns
     -------
     PipelineResult
+        The computed maps, signals and ROI table, as written to ``out``.
+
+    Raises
+    ------
+    RoidaskError
+        An invalid argument or input (see :func:`check_run`), raised before anything
+        is written; a failure of the pass or of the writing.
     """
     started = utc_now()
+    params = PipelineParams.of(params)
     bold, labels = _path_lists(bold, labels)
     out, files = check_run(
         bold=bold, labels=labels, store=store, subject=subject, mask=mask, out=out,
@@ -149,7 +166,7 @@ def check_run(
     subject: str | None,
     mask: PathOrURL,
     out: PathOrURL,
-    params: PipelineParams,
+    params: PipelineParams | None = None,
     chunks=None,
     tr_s: float | None = None,
     overwrite: bool = False,
@@ -163,12 +180,52 @@ def check_run(
     :func:`run_subject` checks the inputs as it builds the pipeline instead
     (``read=False``).
 
+    Parameters
+    ----------
+    bold : list of path, or None
+        4D NIfTI run(s); or ``None`` with ``store``.
+    labels : list of path, or None
+        Their labels file(s): one labels.txt, or one events.tsv per run.
+    store : path or None
+        A converted store, instead of ``bold``/``labels``.
+    subject : str or None
+        The subject of ``store`` (may be omitted when it holds one).
+    mask : path
+        3D binary mask on the BOLD grid.
+    out : path
+        Output folder; checked, nothing written.
+    params : PipelineParams, optional
+        Analysis parameters; None (the default): ``PipelineParams()``.
+    chunks : dict or str, optional
+        BOLD chunking, in voxels and volumes.
+    tr_s : float, optional
+        Repetition time in seconds (default: from the header).
+    overwrite : bool
+        ``out`` may be an existing output of roidask, to be replaced.
+    read : bool
+        Also check the inputs' headers, labels and mask (read: small).
+
     Returns
     -------
     out : Path or S3Path
+        ``out``, as a location.
     files : list
         The input files (for provenance).
+
+    Raises
+    ------
+    InvalidParameterError
+        Arguments that do not go together (``bold`` and ``store``, ``labels`` or
+        ``tr_s`` with a store, ``subject`` without one, ``bold`` without ``labels``).
+    RoidaskTypeError
+        ``params`` is not a :class:`~roidask.pipeline.PipelineParams`, or a path
+        parameter is not a path.
+    OutputError
+        ``out`` cannot be written (see :func:`roidask.outputs.writer.prepare_output`).
+    RoidaskError
+        With ``read``, an invalid input (see :func:`check_subject`).
     """
+    params = PipelineParams.of(params)
     bold, labels = _path_lists(bold, labels)
     if store is not None:
         as_location(store, "store")
@@ -212,8 +269,8 @@ def check_run(
             )
             check_inputs(image, as_image(mask, ndim=3, param="mask_img"), params)
         else:
-            check_subject(list(bold or []), list(labels or []), mask, params, chunks=chunks,
-                          tr_s=tr_s)  # fmt: skip
+            check_subject(list(bold or []), labels=list(labels or []), mask=mask,
+                          params=params, chunks=chunks, tr_s=tr_s)  # fmt: skip
     return out, files
 
 
@@ -227,10 +284,10 @@ def _path_lists(bold, labels) -> tuple[list | None, list | None]:
 
 def check_subject(
     bold: Sequence[PathOrURL],
+    *,
     labels: Sequence[PathOrURL],
     mask: PathOrURL,
-    params: PipelineParams,
-    *,
+    params: PipelineParams | None = None,
     chunks=None,
     tr_s: float | None = None,
 ) -> xr.DataArray:
@@ -242,13 +299,17 @@ def check_subject(
 
     Parameters
     ----------
-    bold, labels : list of path
-        4D NIfTI run(s) and their labels file(s).
+    bold : list of path
+        4D NIfTI run(s).
+    labels : list of path
+        Their labels file(s): one labels.txt, or one events.tsv per run.
     mask : path
         3D binary mask on the BOLD grid.
-    params : PipelineParams
+    params : PipelineParams, optional
+        Analysis parameters; None (the default): ``PipelineParams()``.
     chunks : dict or str, optional
-        BOLD chunking (default: blocks of whole volumes sized for the pass).
+        BOLD chunking, in voxels and volumes (default: blocks of whole volumes sized
+        for the pass).
     tr_s : float, optional
         Repetition time in seconds (default: from the header).
 
@@ -264,6 +325,7 @@ def check_subject(
         :func:`roidask.io.image.bold_from_nifti` and
         :func:`roidask.pipeline.check_inputs`).
     """
+    params = PipelineParams.of(params)
     if chunks is None:
         chunks = {"time": nifti_block_volumes(open_source(bold[0], ndim=4, param="bold"))}
     # stored integers of scaled int16 runs: half the bytes in the box or temporary file
@@ -282,6 +344,6 @@ def _run_nifti(bold, labels, mask, params, chunks, tr_s, progress, box_max_bytes
     a batch therefore runs each subject's pass inside one worker whenever it can
     (:mod:`roidask.batch.schedule`).
     """
-    image = check_subject(bold, labels, mask, params, chunks=chunks, tr_s=tr_s)
+    image = check_subject(bold, labels=labels, mask=mask, params=params, chunks=chunks, tr_s=tr_s)
     options = {"box_max_bytes": box_max_bytes, "temp_dir": temp_dir, "progress": progress}
     return roi_pipeline(image, mask_img=mask, params=params, **options)

@@ -27,6 +27,7 @@ from roidask.exceptions import (
     EmptyMaskWarning,
     GridMismatchError,
     InvalidParameterError,
+    RoidaskTypeError,
 )
 from roidask.io import bold_from_nifti, convert
 from roidask.io.grid import affine_of
@@ -1000,3 +1001,22 @@ def test_numeric_params_refuse_what_is_not_a_number(name, value):
         PipelineParams(**{name: value})
     assert info.value.param == name
     assert f"got {value!r}" in str(info.value)
+
+
+def test_check_inputs_and_roi_folds_take_params_none_as_the_defaults(haxby, haxby_bold):
+    """As roi_pipeline: None is PipelineParams(); anything else but PipelineParams is
+    refused in one line (never an AttributeError)."""
+    from roidask.io import as_image
+    from roidask.pipeline import check_inputs, roi_folds
+
+    mask = as_image(haxby.mask)
+    np.testing.assert_array_equal(
+        check_inputs(haxby_bold, mask, None), check_inputs(haxby_bold, mask, PipelineParams())
+    )
+    assert not roi_folds(haxby_bold).independent  # "same", the default
+    for call in (
+        lambda: check_inputs(haxby_bold, mask, {"fwhm": 6}),
+        lambda: roi_folds(haxby_bold, "split-half"),
+    ):
+        with pytest.raises(RoidaskTypeError, match=r"^params: expected a roidask\.PipelineParams"):
+            call()

@@ -151,3 +151,41 @@ def test_one_bold_file_and_labels_file_may_be_given_as_paths(haxby, tmp_path):
                          mask=haxby.mask, out=tmp_path / "subj2", params=PipelineParams(),
                          plots=False)  # fmt: skip
     assert result.n_rois > 0
+
+
+def test_params_none_are_the_defaults_as_for_roi_pipeline(haxby, tmp_path):
+    """run_subject, check_run and check_subject take params=None as roi_pipeline does:
+    the defaults (never an AttributeError)."""
+    from roidask.runner import check_run, check_subject
+
+    kwargs = dict(bold=[haxby.bold], labels=[haxby.labels], store=None, subject=None,
+                  mask=haxby.mask)  # fmt: skip
+    check_run(**kwargs, out=tmp_path / "checked", params=None)
+    check_subject([haxby.bold], labels=[haxby.labels], mask=haxby.mask, params=None)
+    result = run_subject(**kwargs, out=tmp_path / "subj2", params=None, plots=False)
+    assert result.params == PipelineParams()
+    assert result.n_rois > 0
+
+
+@pytest.mark.parametrize("params", [{"fwhm": 6}, "defaults"])
+def test_params_that_are_not_pipeline_params_are_refused_before_anything(haxby, tmp_path, params):
+    with (
+        voxel_reads() as reads,
+        pytest.raises(
+            RoidaskTypeError, match=r"^params: expected a roidask\.PipelineParams \(e\.g\. "
+        ) as info,
+    ):
+        run_subject(bold=[haxby.bold], labels=[haxby.labels], store=None, subject=None,
+                    mask=haxby.mask, out=tmp_path / "subj2", params=params)  # fmt: skip
+    assert info.value.param == "params"
+    assert reads == [] and list(tmp_path.iterdir()) == []
+
+
+def test_check_subject_takes_its_options_by_keyword():
+    """The BOLD runs first, positional; labels, mask and the options by keyword."""
+    import inspect
+
+    from roidask.runner import check_subject
+
+    parameters = inspect.signature(check_subject).parameters.values()
+    assert [p.name for p in parameters if p.kind is not p.KEYWORD_ONLY] == ["bold"]

@@ -53,7 +53,7 @@ from roidask.io.grid import (
     spatial_coords,
     voxel_size_mm,
 )
-from roidask.io.image import like_image, to_nifti
+from roidask.io.image import image_on_grid, to_nifti
 from roidask.io.locations import (
     Location,
     changed_files,
@@ -353,12 +353,33 @@ def group_level(
     one small volume): the t-test's moments and the overlap are accumulated as
     they come, so memory does not grow with the number of subjects.
 
+    Parameters
+    ----------
+    subject_dirs : sequence of Path or S3Path
+        The subjects' output folders (``roidask run``'s, a batch's ``sub-*/``), at
+        least 2.
+    out : Path or S3Path
+        The group folder, written atomically; an existing one is replaced only if
+        roidask wrote it.
+    study : Study, optional
+        An open study store (:mod:`roidask.outputs.study`) whose ``group`` node gets
+        the same maps.
+    permutation : GroupPermutation, optional
+        Also the sign-flip permutation test.
+
+    Returns
+    -------
+    Path or S3Path
+        ``out``.
+
     Raises
     ------
     InvalidParameterError
         Fewer than 2 subjects.
     GridMismatchError
         Subjects' maps are not on one grid (shape and affine); no resampling.
+    OutputError
+        ``out`` cannot be written, or is not roidask's.
     """
     if len(subject_dirs) < 2:
         raise InvalidParameterError(
@@ -454,7 +475,7 @@ def _group(
             if name.startswith("perm_h0"):
                 continue
             dtype = _NIFTI_TYPES.get(name, np.int16 if name == "roi_overlap" else np.float32)
-            to_nifti(like_image(values, ref), tmp / f"{name}.nii.gz", dtype=dtype)
+            to_nifti(image_on_grid(values, ref), tmp / f"{name}.nii.gz", dtype=dtype)
         table = pd.DataFrame({"subject": names, "fingerprint": subjects.fingerprints})
         table.to_csv(tmp / SUBJECTS_TABLE, sep="\t", index=False)
         if permutation is not None and perm is not None:
@@ -644,6 +665,21 @@ def prepare_group(
     """Check everything :func:`group_from` needs, before anything is computed or written
     (and before ``roidask group`` starts a cluster): the folder or store, ``out``, the
     subjects and their grid, the permutation test's mask. Reads no map but the mask.
+
+    Parameters
+    ----------
+    path : path
+        A batch folder or a study store (as for :func:`group_from`).
+    out : path, optional
+        The group folder to (re)write (default: as for :func:`group_from`).
+    permutation : GroupPermutation, optional
+        Also the permutation test.
+
+    Returns
+    -------
+    GroupPlan
+        The checked plan, holding the locks of the folders it will write until its
+        :meth:`GroupPlan.run` (or :meth:`GroupPlan.close`).
 
     Raises
     ------

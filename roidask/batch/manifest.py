@@ -15,15 +15,21 @@ import contextlib
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 
 import pandas as pd
 
 from roidask._pool import thread_pool
 from roidask._validate import SUBJECT_NAME_RE, check_bids_label, only_applies
-from roidask.exceptions import InvalidParameterError, ManifestError, RoidaskError
+from roidask.exceptions import (
+    InvalidParameterError,
+    ManifestError,
+    RoidaskError,
+    RoidaskTypeError,
+)
 from roidask.io.locations import (
     Location,
     PathOrURL,
@@ -42,6 +48,7 @@ from roidask.runner import check_subject
 __all__ = [
     "MANIFEST_COLUMNS",
     "SubjectSpec",
+    "check_specs",
     "check_subjects",
     "current_subject",
     "read_manifest",
@@ -77,6 +84,57 @@ class SubjectSpec:
         return (*self.bold, *self.labels, self.mask)
 
 
+def check_specs(specs, param: str = "specs") -> list[SubjectSpec]:
+    """The subjects of a batch, checked before anything is read or written.
+
+    Parameters
+    ----------
+    specs : list of SubjectSpec
+        The subjects (:func:`read_manifest` reads them from a manifest).
+    param : str
+        The parameter's name, for messages.
+
+    Returns
+    -------
+    list of SubjectSpec
+        ``specs``, as a list.
+
+    Raises
+    ------
+    RoidaskTypeError
+        ``specs`` is not a list or tuple of :class:`SubjectSpec` (a manifest's path is
+        read with :func:`read_manifest` first).
+    ManifestError
+        ``specs`` is empty: a batch of no subject is refused, as ``roidask batch``
+        refuses a manifest without subject rows.
+    """
+    if isinstance(specs, str | bytes) or not isinstance(specs, Sequence):
+        hint = (
+            " (a manifest? read it with roidask.read_manifest first)"
+            if isinstance(specs, str | bytes | PathLike)
+            else ""
+        )
+        raise RoidaskTypeError(
+            f"{param}: expected a list of roidask.batch.SubjectSpec, got "
+            f"{type(specs).__name__} {specs!r}{hint}",
+            param=param,
+        )
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, SubjectSpec):
+            raise RoidaskTypeError(
+                f"{param}[{i}]: expected a roidask.batch.SubjectSpec (e.g. from "
+                f"read_manifest), got {type(spec).__name__} {spec!r}",
+                param=param,
+            )
+    if not specs:
+        raise ManifestError(
+            f"{param}: no subjects, got {specs!r}; expected at least one SubjectSpec (a "
+            "manifest line per subject)",
+            param=param,
+        )
+    return list(specs)
+
+
 _SUBJECT = threading.local()  # the subject a thread checks or runs (:func:`current_subject`)
 
 
@@ -96,7 +154,7 @@ def subject_context(subject: str) -> Iterator[None]:
 
 
 def check_subjects(
-    specs: list[SubjectSpec], params: PipelineParams | None = None, *, chunks=None
+    specs: list[SubjectSpec], *, params: PipelineParams | None = None, chunks=None
 ) -> None:
     """Check every subject's inputs as ``roidask run`` would, before a batch writes
     anything: the files exist and are not empty, the headers, labels and mask are
@@ -107,8 +165,19 @@ def check_subjects(
     concurrently from object storage), never a BOLD voxel; see
     :func:`roidask.runner.check_subject`.
 
+    Parameters
+    ----------
+    specs : list of SubjectSpec
+        The subjects, at least one (:func:`read_manifest`).
+    params : PipelineParams, optional
+        Analysis parameters; None (the default): ``PipelineParams()``.
+    chunks : dict or str, optional
+        BOLD chunking, in voxels and volumes (as the batch will read the runs).
+
     Raises
     ------
+    RoidaskTypeError, ManifestError
+        ``specs`` is not a non-empty list of :class:`SubjectSpec` (:func:`check_specs`).
     ManifestError
         Two subjects would write the same folder (``01`` and ``sub-01``).
     RoidaskError
@@ -116,6 +185,7 @@ def check_subjects(
         error, as ``manifest: subject '03': ...``, with how many other subjects
         failed and which.
     """
+    specs = check_specs(specs)
     _check_out_names(specs, "manifest")
     params = PipelineParams.of(params)
 
@@ -123,8 +193,8 @@ def check_subjects(
         try:
             with subject_context(spec.subject):  # its warnings name it
                 _check_files(spec)  # named by the manifest's columns
-                check_subject(list(spec.bold), list(spec.labels), spec.mask, params,
-                              chunks=chunks)  # fmt: skip
+                check_subject(list(spec.bold), labels=list(spec.labels), mask=spec.mask,
+                              params=params, chunks=chunks)  # fmt: skip
         except RoidaskError as error:
             return error
         finally:  # the mask was read: its handle is not kept in this process

@@ -106,6 +106,7 @@ from roidask.batch.group import (
 from roidask.batch.manifest import (
     CHECK_THREADS,
     SubjectSpec,
+    check_specs,
     check_subjects,
     current_subject,
     subject_context,
@@ -210,7 +211,24 @@ _LABELS_RUNS_VERSION = 2
 
 
 def fingerprint(spec: SubjectSpec, params: PipelineParams) -> tuple[str, list[dict]]:
-    """Hash of the parameters and input checksums that decide a subject's outputs."""
+    """Hash of the parameters and input checksums that decide a subject's outputs.
+
+    Parameters
+    ----------
+    spec : SubjectSpec
+        The subject, whose input files' checksums count
+        (:func:`roidask.outputs.provenance.input_records`).
+    params : PipelineParams
+        The analysis parameters.
+
+    Returns
+    -------
+    digest : str
+        SHA-256 (hex) of the parameters and the inputs' checksums: a subject whose
+        folder records it is complete with these inputs and parameters.
+    inputs : list of dict
+        The input records (path, size in bytes, checksum), for provenance.
+    """
     inputs = input_records([*spec.bold, *spec.labels, spec.mask])
     checksums = [r.get("sha256") or r.get("etag") or r.get("etags_sha256") for r in inputs]
     record: dict = {"params": params.to_dict(), "inputs": checksums}
@@ -261,14 +279,31 @@ def check_batch_folder(
     not write it must not leave an earlier one out of date. No other batch or group
     level may be writing the folder or its study store (a local folder's lock is tried).
 
+    Parameters
+    ----------
+    out_dir : path or ``s3://`` URL
+        The batch folder.
+    specs : list of SubjectSpec
+        The batch's subjects, at least one (their output folders and inputs).
+    study : bool
+        The batch writes the study store ``out_dir/study.zarr``.
+
+    Returns
+    -------
+    Path or S3Path
+        ``out_dir``, absolute.
+
     Raises
     ------
+    RoidaskTypeError, ManifestError
+        ``specs`` is not a non-empty list of :class:`SubjectSpec`.
     OutputError
         The parent is missing or read-only, the folder is not roidask's, a subject's
         folder holds files roidask did not write, an input lies in an output folder, the
         study store is damaged or would be left out of date, or another command is
         writing the folder.
     """
+    specs = check_specs(specs)
     out = absolute(as_location(out_dir, "out_dir"))  # workers write in it from their folders
     inputs = InputIndex(p for spec in specs for p in spec.files)  # checked against every folder
     _check_study_of(out, study, [spec.out_name for spec in specs])
@@ -952,12 +987,14 @@ def run_batch(
     Parameters
     ----------
     specs : list of SubjectSpec
+        The subjects, at least one (:func:`roidask.batch.read_manifest`).
     out_dir : path
         Batch folder: ``sub-<id>/`` per subject, ``batch.tsv``, ``group/`` and
         ``study.zarr``.
     params : PipelineParams, optional
+        Analysis parameters; None (the default): ``PipelineParams()``.
     chunks : dict or str, optional
-        BOLD chunking (results do not depend on it).
+        BOLD chunking, in voxels and volumes (results do not depend on it).
     plots : bool
         Write each subject's figures.
     max_concurrent : int, optional
@@ -993,6 +1030,10 @@ def run_batch(
 
     Raises
     ------
+    RoidaskTypeError, ManifestError
+        ``specs`` is not a non-empty list of :class:`SubjectSpec` (a batch of no
+        subject is refused, as ``roidask batch`` refuses a manifest without subject
+        rows; nothing is written).
     InvalidParameterError
         ``granularity`` is not one of :data:`GRANULARITIES`, or is ``"subject"``
         on a cluster whose workers are threads of this process.
@@ -1011,6 +1052,7 @@ def run_batch(
         writes under way have ended (at most :data:`STOP_WRITES_WAIT_S`); every subject
         complete by then is ``done`` in ``batch.tsv``.
     """
+    specs = check_specs(specs)
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     check_choice(granularity, "granularity", GRANULARITIES)
     params = PipelineParams.of(params)
@@ -1019,7 +1061,7 @@ def run_batch(
     mode = _granularity(granularity, cluster)
     out_dir = check_batch_folder(out_dir, specs, study=study)  # reads no input
     if check_inputs:
-        check_subjects(specs, params, chunks=chunks)  # reads headers, labels and masks
+        check_subjects(specs, params=params, chunks=chunks)  # reads headers, labels and masks
     _mark_batch_folder(out_dir)
     with contextlib.ExitStack() as held:
         lock = output_lock(out_dir, param="out")  # one batch at a time

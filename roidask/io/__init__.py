@@ -7,9 +7,9 @@ arrays), ``store_read``, ``conversions`` (:func:`as_image`, the one entry point)
 """
 
 from roidask.io.chunks import normalize_chunks
-from roidask.io.conversions import ImageLike, as_image, open_map
+from roidask.io.conversions import ImageLike, as_image, like_image, open_map
 from roidask.io.grid import affine_of, check_same_grid, voxel_size_mm
-from roidask.io.image import bold_from_nifti, image_from_nifti, like_image, to_nifti
+from roidask.io.image import bold_from_nifti, image_from_nifti, to_nifti
 from roidask.io.labels import read_events, read_labels, volume_labels
 from roidask.io.nifti import write_nifti
 from roidask.io.store_read import (

@@ -2,8 +2,9 @@
 
 BOLD data is chunked in whole volumes by default (:func:`default_chunks`);
 users give chunks as a dict or a ``"x=20,time=100"`` string
-(:func:`normalize_chunks`). Block-wise operators find each chunk's offset with
-:func:`block_offsets` and name a chunk in messages with :func:`chunk_location`.
+(:func:`normalize_chunks`, whose sizes :func:`parse_chunks` checks: the one check of
+them). Block-wise operators find each chunk's offset with :func:`block_offsets` and
+name a chunk in messages with :func:`chunk_location`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ __all__ = [
     "default_chunks",
     "merge_small_chunks",
     "normalize_chunks",
+    "parse_chunks",
 ]
 
 #: Target size of one chunk of the BOLD array (whole volumes), in bytes.
@@ -44,18 +46,64 @@ def default_chunks(
 def normalize_chunks(chunks, shape: Sequence[int], itemsize: int) -> dict[str, int]:
     """Chunk sizes per dim from a dict, a ``"x=..,y=..,time=.."`` string, or None.
 
-    Missing dims take the default (whole volumes, ~16 MB chunks); ``-1`` means
-    the whole axis.
+    Missing dims take the default (:func:`default_chunks`: whole volumes, ~16 MB
+    chunks); ``-1`` means the whole axis.
+
+    Parameters
+    ----------
+    chunks : dict, str or None
+        Chunk sizes in voxels (``x``, ``y``, ``z``) and volumes (``time``), as
+        ``{"x": 20, "time": 100}`` or ``"x=20,time=100"``; None: the defaults.
+    shape : sequence of int
+        The image's shape, 3D ``(x, y, z)`` or 4D ``(x, y, z, time)``, in voxels and
+        volumes.
+    itemsize : int
+        Bytes per voxel value (for the default chunk size).
+
+    Returns
+    -------
+    dict of str to int
+        A size for every dim of ``shape`` (``x``, ``y``, ``z``, then ``time``), each
+        at least 1 and at most the axis' length.
 
     Raises
     ------
     InvalidParameterError
-        Unknown dimension names, or sizes that are not positive integers.
+        Unknown dimension names, or sizes that are not positive integers (or -1).
+    """
+    out = default_chunks(shape, itemsize)
+    out.update(parse_chunks(chunks, shape))
+    return out
+
+
+def parse_chunks(chunks, shape: Sequence[int]) -> dict[str, int]:
+    """The chunk sizes that ``chunks`` gives, validated: the one check of a user's chunks.
+
+    Parameters
+    ----------
+    chunks : dict, str or None
+        Chunk sizes in voxels (``x``, ``y``, ``z``) and volumes (``time``), as
+        ``{"x": 20, "time": 100}`` or ``"x=20,time=100"``; ``-1`` is the whole axis.
+    shape : sequence of int
+        The image's shape, 3D ``(x, y, z)`` or 4D ``(x, y, z, time)``: the dims that
+        may be named, and the axis lengths.
+
+    Returns
+    -------
+    dict of str to int
+        A size (at least 1, at most the axis' length) for each dim ``chunks``
+        names, and for no other (empty for None).
+
+    Raises
+    ------
+    InvalidParameterError
+        ``chunks`` is neither a mapping, a ``dim=size`` string nor None; it names a
+        dimension that ``shape`` does not have, or twice; or a size is not a
+        positive integer or -1.
     """
     dims = BOLD_DIMS[: len(shape)]
-    out = default_chunks(shape, itemsize)
     if chunks is None:
-        return out
+        return {}
     if isinstance(chunks, str):
         parsed = {}
         for part in filter(None, (p.strip() for p in chunks.split(","))):
@@ -79,6 +127,7 @@ def normalize_chunks(chunks, shape: Sequence[int], itemsize: int) -> dict[str, i
             f"got {chunks!r}",
             param="chunks",
         )
+    out = {}
     for key, value in chunks.items():
         if key not in dims:
             raise InvalidParameterError(

@@ -31,6 +31,7 @@ from roidask.io.image import (
     check_header_shape,
     image_from_nibabel,
     image_from_nifti,
+    image_on_grid,
     is_image_path,
     open_source,
     scaled_values,
@@ -55,7 +56,7 @@ from roidask.io.store_read import (
     subject_dataset,
 )
 
-__all__ = ["ImageLike", "as_image", "open_map"]
+__all__ = ["ImageLike", "as_image", "like_image", "open_map"]
 
 #: What an image argument may be: a path (NIfTI file or roidask store), a nibabel
 #: image, or an xarray DataArray / Dataset / DataTree in roidask's layout. Any nibabel
@@ -279,6 +280,48 @@ def as_image(
             param=param,
         )
     return out
+
+
+def like_image(data, reference: ImageLike, *, name: str | None = None, attrs=None) -> xr.DataArray:
+    """Wrap a 3D (or 4D) array as a roidask image on ``reference``'s grid.
+
+    The counterpart of nilearn's ``new_img_like``. 4D data must have as many
+    volumes as ``reference`` has (its time coordinates are copied).
+
+    Parameters
+    ----------
+    data : numpy array, dask array or xarray.DataArray
+        3D ``(x, y, z)`` or 4D ``(x, y, z, time)`` voxel values, of ``reference``'s
+        spatial shape; kept lazy (a numpy array is wrapped, not copied).
+    reference : ImageLike
+        The image whose grid ``data`` is on: a ``.nii``/``.nii.gz`` file, a roidask
+        zarr store, a nibabel image or an xarray object in roidask's layout, as every
+        image parameter (:func:`as_image`; only its header is read).
+    name : str, optional
+        The new image's name.
+    attrs : dict, optional
+        Attributes added to the grid's.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``data`` (lazy) with ``reference``'s grid attributes (affine, voxel sizes in
+        mm, header) and, for 4D data, its volumes' coordinates and repetition time
+        (s).
+
+    Raises
+    ------
+    ImageTypeError
+        ``reference`` is not an image (see :func:`as_image`).
+    UnreadableFileError, CorruptFileError, StoreError
+        ``reference`` is a path that cannot be read as an image.
+    GridMismatchError
+        ``data`` is not of ``reference``'s spatial shape, or is a DataArray whose
+        voxel-index coordinates are not in order
+        (:func:`roidask.io.image.check_voxel_order`).
+    """
+    grid = as_image(reference, param="reference")
+    return image_on_grid(data, grid, name=name, attrs=attrs)
 
 
 def _check_group(loc, group: str | None) -> None:

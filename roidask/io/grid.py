@@ -42,7 +42,18 @@ GRID_KEYS = ("affine", "voxel_size_mm", "xyz_units", "nifti_header")
 
 
 def voxel_size_mm(affine) -> np.ndarray:
-    """Voxel size along each array axis (mm): the column norms of ``affine[:3, :3]``."""
+    """Voxel size along each array axis (mm): the column norms of ``affine[:3, :3]``.
+
+    Parameters
+    ----------
+    affine : array-like, shape (4, 4)
+        A voxel-to-mm affine (:func:`affine_of`).
+
+    Returns
+    -------
+    numpy.ndarray
+        Three float64 sizes in mm, along the array axes ``x``, ``y``, ``z``.
+    """
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
 
 
@@ -116,7 +127,24 @@ def spatial_coords(shape: Sequence[int], affine) -> dict[str, tuple]:
 
 
 def affine_of(img: xr.DataArray) -> np.ndarray:
-    """The 4x4 voxel-to-mm affine of a roidask image."""
+    """The 4x4 voxel-to-mm affine of a roidask image.
+
+    Parameters
+    ----------
+    img : xarray.DataArray
+        A roidask image (:func:`roidask.io.as_image`), whose ``affine`` attribute is
+        read.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64, shape (4, 4): voxel indices to world coordinates in mm.
+
+    Raises
+    ------
+    ImageTypeError
+        ``img`` has no ``affine`` attribute.
+    """
     try:
         return np.asarray(img.attrs["affine"], dtype=np.float64).reshape(4, 4)
     except KeyError:
@@ -152,7 +180,24 @@ def check_same_grid(
     names: tuple[str, str] = ("img", "other"),
     atol_mm: float = AFFINE_ATOL_MM,
 ) -> None:
-    """Raise :class:`GridMismatchError` unless ``a`` and ``b`` share shape and affine."""
+    """Raise :class:`GridMismatchError` unless ``a`` and ``b`` share shape and affine.
+
+    Parameters
+    ----------
+    a, b : xarray.DataArray
+        Roidask images (3D or 4D; their spatial shapes are compared).
+    names : tuple of 2 str
+        The names of ``a`` and ``b`` in the message (their parameters); the error's
+        ``param`` is the second.
+    atol_mm : float
+        Largest difference allowed between the affines' entries, in mm.
+
+    Raises
+    ------
+    GridMismatchError
+        Different spatial shapes, or affines further apart than ``atol_mm`` (both
+        grids are stated).
+    """
     sa, sb = tuple(a.shape[:3]), tuple(b.shape[:3])
     fa, fb = affine_of(a), affine_of(b)
     if not same_grid(sa, fa, sb, fb, atol_mm=atol_mm):

@@ -76,8 +76,8 @@ __all__ = [
     "image_from_nibabel",
     "image_from_nifti",
     "image_label",
+    "image_on_grid",
     "is_image_path",
-    "like_image",
     "open_source",
     "scaled_values",
     "shared_scaling",
@@ -292,7 +292,34 @@ def _source_dask(source: VolumeSource, chunks: dict[str, int], scaled: bool = Tr
 
 
 def image_from_nifti(path: PathOrURL, *, chunks=None, param: str = "img") -> xr.DataArray:
-    """A 3D NIfTI file as a lazy roidask image (dims x, y, z)."""
+    """A 3D NIfTI file as a lazy roidask image (dims x, y, z).
+
+    Parameters
+    ----------
+    path : path or ``s3://`` URL
+        A 3D ``.nii``/``.nii.gz`` file (or a ``.nii.zarr`` NIfTI-Zarr image).
+    chunks : dict or str, optional
+        Chunk sizes in voxels (:func:`roidask.io.chunks.normalize_chunks`); default:
+        the whole volume.
+    param : str
+        The caller's name for ``path``, in messages.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy (no voxel is read), dims ``(x, y, z)``, the grid (affine, voxel sizes in
+        mm, header) in its attrs; a file scaled by ``scl_slope``/``scl_inter`` is
+        float64 values.
+
+    Raises
+    ------
+    UnreadableFileError, CorruptFileError
+        ``path`` is missing, unreadable or not a NIfTI image.
+    ImageDimensionError
+        The image is not 3D.
+    InvalidParameterError
+        Invalid ``chunks``.
+    """
     return _image_from_source(open_source(path, ndim=3, param=param), chunks=chunks)
 
 
@@ -667,19 +694,33 @@ def _without_legacy(img: xr.DataArray) -> xr.DataArray:
     return out
 
 
-def like_image(
+def image_on_grid(
     data, reference: xr.DataArray, *, name: str | None = None, attrs=None
 ) -> xr.DataArray:
-    """Wrap a 3D (or 4D) array as a roidask image on ``reference``'s grid.
+    """:func:`roidask.io.like_image` for code that holds a roidask image: ``data`` on
+    ``reference``'s grid, ``reference`` taken as it is (not converted).
 
-    The counterpart of nilearn's ``new_img_like``. 4D data must have as many
-    volumes as ``reference`` has (its time coordinates are copied).
+    Parameters
+    ----------
+    data : numpy array, dask array or xarray.DataArray
+        3D ``(x, y, z)`` or 4D ``(x, y, z, time)`` voxel values.
+    reference : xarray.DataArray
+        A roidask image (with its ``affine``), as :func:`roidask.io.as_image` returns.
+    name : str, optional
+        The new image's name.
+    attrs : dict, optional
+        Attributes added to the grid's.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``data`` (lazy) with ``reference``'s grid attributes (affine, voxel sizes in
+        mm, header) and, for 4D data, its volumes' coordinates and repetition time.
 
     Raises
     ------
     ImageTypeError
-        ``reference`` is not a roidask image (an xarray.DataArray with an affine: a
-        file is opened with :func:`roidask.io.as_image` first).
+        ``reference`` is not a roidask image (an xarray.DataArray with an affine).
     GridMismatchError
         ``data`` is not of ``reference``'s spatial shape, or is a DataArray whose
         voxel-index coordinates are not in order (:func:`check_voxel_order`).
@@ -688,8 +729,6 @@ def like_image(
         what = type(reference).__name__
         if isinstance(reference, xr.DataArray):
             what += " without an affine"
-        elif isinstance(reference, PathOrURL):
-            what += f" {str(reference)!r} (open it with roidask.as_image first)"
         raise ImageTypeError(
             f"reference: expected a roidask image (an xarray.DataArray with an affine), "
             f"got {what}",
@@ -900,9 +939,9 @@ def to_nifti(
         img = scaled_values(img, keep_shared=dtype is None and is_nifti_path(path))
         data = img.data
     if is_nifti_zarr(path) or str(path).lower().endswith(".nii.zarr"):
-        image = img if isinstance(img, xr.DataArray) else like_image(data, grid)
+        image = img if isinstance(img, xr.DataArray) else image_on_grid(data, grid)
         if "affine" not in image.attrs:
-            image = like_image(data, grid, name=str(image.name) if image.name else None)
+            image = image_on_grid(data, grid, name=str(image.name) if image.name else None)
         return write_nifti_zarr(image, path, dtype=dtype, overwrite=overwrite)
     header = header_from_b64(grid.attrs["nifti_header"]) if "nifti_header" in grid.attrs else None
     scaling = stored_scaling(img) if isinstance(img, xr.DataArray) and dtype is None else None

@@ -74,11 +74,28 @@ def _warn(message: str, category: type[Warning], stacklevel: int) -> None:
 def read_labels(path: PathOrURL) -> pd.DataFrame:
     """Read a Haxby-style ``labels.txt``: space separated, header ``labels chunks``.
 
+    Labels are read as written (``01`` is not ``1``; ``NA`` and ``None`` are names).
+
+    Parameters
+    ----------
+    path : path or ``s3://`` URL
+        The labels file: one row per volume, a ``labels`` column (the condition) and
+        optionally ``chunks`` (the run, an integer).
+
     Returns
     -------
     DataFrame
         One row per volume, columns ``condition`` (str) and ``run`` (int, from
-        ``chunks``).
+        ``chunks``; 0 without it).
+
+    Raises
+    ------
+    UnreadableFileError, CorruptFileError
+        ``path`` is missing, unreadable or empty.
+    LabelsError
+        Not a labels table: no ``labels`` column (an events table not named
+        ``*_events.tsv`` is named so), no rows, a row without a label, or ``chunks``
+        that are not integers.
     """
     path = check_input_file(path, "labels", what="labels file")
     try:
@@ -132,6 +149,26 @@ def read_events(path: PathOrURL) -> pd.DataFrame:
     ``1``, ``NA`` and ``None`` are names); ``onset`` and ``duration`` are then numbers
     of seconds. A ``trial_type`` that is BIDS's ``n/a`` (a missing value) or empty is
     refused: that event would have no condition.
+
+    Parameters
+    ----------
+    path : path or ``s3://`` URL
+        The events file (tab-separated, with a header).
+
+    Returns
+    -------
+    DataFrame
+        The events as read, with ``onset`` and ``duration`` as float64 seconds and
+        ``trial_type`` as str; other columns as text.
+
+    Raises
+    ------
+    UnreadableFileError, CorruptFileError
+        ``path`` is missing, unreadable or empty.
+    LabelsError
+        Not a readable table, a missing column, an onset or duration that is not a
+        finite number of seconds, a negative duration, or a ``trial_type`` that is
+        ``n/a`` or empty (the message names the line).
     """
     path = check_input_file(path, "labels", what="events file")
     try:  # text as written: trial_type 01 stays 01 (not 1), NA and None are names

@@ -49,6 +49,7 @@ from roidask.exceptions import (
     StoreError,
     UnverifiedStoreWarning,
 )
+from roidask.io.chunks import parse_chunks
 from roidask.io.locations import (
     Location,
     MissingChunkError,
@@ -274,7 +275,26 @@ def group_records(path: Path | S3Path, param: str | None = None) -> dict[str, di
 
 
 def list_subjects(store: PathOrURL, *, include_incomplete: bool = False) -> list[str]:
-    """Names of the subject groups in a roidask store, sorted."""
+    """Names of the subject groups in a roidask store, sorted.
+
+    Parameters
+    ----------
+    store : path or ``s3://`` URL
+        A roidask zarr store (:func:`roidask.io.convert`'s).
+    include_incomplete : bool
+        Also list the subjects whose conversion did not finish (default: complete
+        subjects only).
+
+    Returns
+    -------
+    list of str
+        The subjects' names, sorted.
+
+    Raises
+    ------
+    StoreError
+        ``store`` is not a roidask store.
+    """
     path = require_store(store)
     return [
         name
@@ -696,8 +716,12 @@ def open_subject(
         A roidask zarr store.
     subject : str, optional
         Subject group; may be omitted when the store holds exactly one.
-    chunks : optional
-        Dask chunks; default: the on-disk chunks.
+    chunks : dict or str, optional
+        Dask chunk sizes in voxels (``x``, ``y``, ``z``) and volumes (``time``), as
+        ``{"x": 20, "time": 100}`` or ``"x=20,time=100"`` (``-1``: the whole axis),
+        checked as :func:`roidask.io.as_image` checks them
+        (:func:`roidask.io.chunks.parse_chunks`); the dims not named keep their
+        on-disk chunks. Default (``"auto-disk"`` or None): the on-disk chunks.
     param : str
         Parameter name of the store, for messages.
 
@@ -718,6 +742,9 @@ def open_subject(
         A chunk recorded by the store is missing.
     IncompleteOutputError
         An ``s3://`` store in an output whose upload did not finish.
+    InvalidParameterError
+        ``chunks`` is not a mapping or ``dim=size`` string of the dims ``x``, ``y``,
+        ``z``, ``time`` with positive integer sizes (or -1).
 
     Warns
     -----
@@ -788,13 +815,16 @@ def open_subject(
             "subject again",
             param=param,
         ) from None
+    # the sizes given, checked as as_image checks them (on the BOLD series' shape); the
+    # dims not named keep their on-disk chunks
+    widest = max(ds.data_vars.values(), key=lambda v: v.ndim, default=None)
+    given = chunks is None or (isinstance(chunks, str) and chunks == "auto-disk")
+    sizes = {} if given or widest is None else parse_chunks(chunks, widest.shape)
     data_vars = {}
     for name, var in ds.data_vars.items():
         arr = _checked(var, path, subject, name, required=grids is not None)
-        if chunks not in ("auto-disk", None):
-            wanted = chunks
-            if isinstance(chunks, dict):
-                wanted = {var.dims.index(d): c for d, c in chunks.items() if d in var.dims}
+        wanted = {var.dims.index(d): c for d, c in sizes.items() if d in var.dims}
+        if wanted:
             arr = arr.rechunk(wanted)
         data_vars[name] = xr.DataArray(arr, dims=var.dims, attrs=dict(var.attrs))
         data_vars[name].encoding = dict(var.encoding)
@@ -836,7 +866,28 @@ def _refuse_damaged(path: Location, subject: str | None, param: str) -> None:
 
 
 def open_store(store: PathOrURL) -> xr.DataTree:
-    """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects."""
+    """Open a whole store as a lazy :class:`xarray.DataTree` of complete subjects.
+
+    Parameters
+    ----------
+    store : path or ``s3://`` URL
+        A roidask zarr store (:func:`roidask.io.convert`'s).
+
+    Returns
+    -------
+    xarray.DataTree
+        One child per subject (its ``bold``, with its ``condition`` and ``run``
+        coordinates); lazy, no voxel is read. Its chunks are read as plain xarray
+        reads them (:func:`open_subject` names a damaged or missing chunk).
+
+    Raises
+    ------
+    StoreError
+        ``store`` is not a roidask store.
+    IncompleteStoreError
+        A subject was not completely written (convert it again with
+        ``overwrite=True``).
+    """
     path = require_store(store)
     records = group_records(path)
     incomplete = sorted(n for n, attrs in records.items() if attrs.get(COMPLETE_ATTR) is not True)

@@ -364,9 +364,12 @@ def convert(
     ----------
     bold : path or list of paths
         4D ``.nii``/``.nii.gz`` runs on one grid, concatenated along time in order.
-    labels : path or list of paths
+    labels : path, list of paths, or None
         Haxby ``labels.txt`` or one BIDS ``events.tsv`` per run (see
-        :func:`roidask.io.labels.volume_labels`).
+        :func:`roidask.io.labels.volume_labels`); required, but may be None: no
+        conditions, every volume's condition is ``"unknown"`` and its run is the
+        file index (as :func:`roidask.io.bold_from_nifti` without labels; the ROI
+        pipeline then has no contrast to test).
     out : path
         Store to create, or an existing roidask store to add the subject to.
     subject : str
@@ -652,6 +655,36 @@ def write_image(
 
     The image must be on the subject's grid; it is written to a temporary
     location and moved into the group when complete.
+
+    Parameters
+    ----------
+    img : ImageLike
+        3D image on the subject's grid: a ``.nii``/``.nii.gz`` file, a nibabel image
+        or an xarray object in roidask's layout (:func:`roidask.io.as_image`).
+    store : path
+        A local roidask zarr store (:func:`convert`'s).
+    subject : str
+        The subject whose group gets the image.
+    name : str
+        The image's array name in the group: an identifier other than ``bold`` and
+        the coordinates' names.
+    overwrite : bool
+        Replace an image of that name that roidask wrote (default: refuse).
+
+    Raises
+    ------
+    InvalidParameterError
+        An ``s3://`` store, or an invalid ``name``.
+    StoreError
+        ``store`` is not a store, or has no such subject.
+    ImageDimensionError
+        ``img`` is not 3D.
+    GridMismatchError
+        ``img`` is not on the subject's grid.
+    OutputExistsError
+        The subject has an image ``name`` and ``overwrite`` is False.
+    OutputError
+        The existing ``name`` is not an image roidask wrote (never replaced).
     """
     path = require_store(store)
     if isinstance(path, S3Path):

@@ -172,7 +172,24 @@ def write_signals_tsv(
 
 
 def read_signals_tsv(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a ``signals.tsv`` written by :func:`write_signals_tsv`."""
+    """Read a ``signals.tsv`` written by :func:`write_signals_tsv`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``signals.tsv`` file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`SIGNALS_COLUMNS` (``time_s`` in seconds), after a ``fold``
+        column for results in folds; ``n/a`` cells are NaN.
+
+    Raises
+    ------
+    UnreadableFileError, CorruptFileError
+        ``path`` is missing, unreadable or empty.
+    """
     path = check_input_file(path, "path", what="signals table")
     return pd.read_csv(path, sep="\t", na_values=[_NA], keep_default_na=False)
 
@@ -194,6 +211,31 @@ def write_roi_table(
     Positions and volumes (``*_mm``, ``*_mm3``) are rounded to a micrometre
     (:data:`MM_DECIMALS`); values keep :data:`VALUE_DIGITS` significant digits.
     The tables of folds have a leading ``fold`` column.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        An ROI table (:func:`roidask.ops.roi_table`): columns
+        :data:`ROI_TABLE_COLUMNS` (positions in mm, volumes in mm^3), after a ``fold``
+        column for results in folds.
+    path : str or path-like
+        Output ``.tsv`` file.
+    overwrite : bool
+        Replace an existing file (default: refuse).
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``table`` is not a DataFrame with these columns.
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False.
+    OutputError
+        The parent folder of ``path`` is missing or not writable.
     """
     path = Path(path)
     columns = list(table.columns) if isinstance(table, pd.DataFrame) else None
@@ -211,7 +253,24 @@ def write_roi_table(
 
 
 def read_roi_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a ``rois.tsv`` written by :func:`write_roi_table`."""
+    """Read a ``rois.tsv`` written by :func:`write_roi_table`.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``rois.tsv`` file.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`ROI_TABLE_COLUMNS` (positions in mm, volumes in mm^3), after a
+        ``fold`` column for results in folds; ``n/a`` cells are NaN.
+
+    Raises
+    ------
+    UnreadableFileError, CorruptFileError
+        ``path`` is missing, unreadable or empty.
+    """
     path = check_input_file(path, "path", what="ROI table")
     return pd.read_csv(path, sep="\t", na_values=[_NA], keep_default_na=False)
 

@@ -18,14 +18,20 @@ __all__ = ["select_condition", "select_conditions", "stack_conditions"]
 
 
 @fill_doc
-def select_conditions(img: ImageLike, conditions, *, param: str = "conditions") -> xr.DataArray:
+def select_conditions(
+    img: ImageLike, *, conditions: Sequence[str], param: str = "conditions"
+) -> xr.DataArray:
     """The volumes of ``img`` whose condition is one of ``conditions`` (lazy).
 
     Parameters
     ----------
     %(bold_img)s
-    conditions : str or sequence of str
-        Condition names.
+    conditions : sequence of str
+        Distinct condition names, at least one (a list or tuple, as for
+        :func:`~roidask.ops.ftest_img`: ``["face"]`` for one).
+    param : str
+        The caller's name for ``conditions``, in messages (``"contrast"`` for a
+        function that selects its contrast's volumes).
 
     Returns
     -------
@@ -37,11 +43,9 @@ def select_conditions(img: ImageLike, conditions, *, param: str = "conditions") 
     ConditionError
         A condition is not present (the message lists the known ones).
     InvalidParameterError
-        ``conditions`` is empty, or names a condition twice.
+        ``conditions`` is a string, is empty, or names a condition twice.
     """
     bold = as_image(img, ndim=4, param="img")
-    if isinstance(conditions, str):
-        conditions = [conditions]
     _, index, _ = check_conditions(conditions, volume_conditions(bold), param=param)
     return bold.isel(time=index)
 
@@ -61,7 +65,7 @@ def _in_order(values: np.ndarray) -> list[str]:
     return uniq[np.argsort(first)].tolist()
 
 
-def select_condition(signals: xr.DataArray, condition: str) -> xr.DataArray:
+def select_condition(signals: xr.DataArray, *, condition: str) -> xr.DataArray:
     """The volumes of one condition (lazy), e.g. the ``face`` blocks of every run.
 
     Parameters

@@ -541,7 +541,8 @@ def extract_signals(
         (volumes scaled differently, chunk by chunk first).
     labels_img : ImageLike
         3D integer label image on the BOLD grid; ``background_label`` (0) is no
-        region. Read when this function is called (it defines the ``roi`` axis).
+        region. Read when this function is called (it defines the ``roi`` axis): a
+        lazy label image (e.g. :func:`~roidask.ops.label`'s) is computed then.
     strategy : str
         One of :data:`STRATEGIES` (as nilearn): ``mean``, ``median``, ``sum``,
         ``minimum``, ``maximum``, ``standard_deviation``, ``variance``
@@ -553,7 +554,9 @@ def extract_signals(
     mask_img : ImageLike, optional
         3D mask on the BOLD grid; voxels outside (0 or non-finite) count as
         background. Labels left without voxels are kept as all-NaN rows with an
-        :class:`~roidask.exceptions.EmptyMaskWarning`.
+        :class:`~roidask.exceptions.EmptyMaskWarning`. Read when this function is
+        called, as ``labels_img`` is (it decides each ROI's voxels and ``n_voxels``):
+        a lazy mask (e.g. a thresholded map) is computed then.
     background_label : int
         Label value meaning "no region" (default 0).
     fwhm : float or sequence of 3, optional

@@ -26,6 +26,7 @@ import xarray as xr
 from dask import delayed
 from scipy import ndimage
 
+from roidask._docs import fill_doc
 from roidask._validate import check_bool, check_real
 from roidask.exceptions import GridMismatchError, ImageTypeError, InvalidParameterError
 from roidask.io.chunks import block_offsets, chunk_location
@@ -416,22 +417,71 @@ def mask_and(
     )
 
 
+@fill_doc
 def mask_or(
     mask_img: ImageLike, *other_imgs: ImageLike, resample: str | None = None
 ) -> xr.DataArray:
     """Voxels inside ``mask_img`` or inside any of ``other_imgs`` (lazy).
 
-    Parameters and errors as :func:`mask_and`.
+    Parameters
+    ----------
+    %(mask_img)s
+        Its grid is the result's grid.
+    *other_imgs : ImageLike
+        One or more 3D binary masks.
+    resample : {None, "nearest"}
+        ``None`` (default): all masks must be on ``mask_img``'s grid.
+        ``"nearest"``: masks on another grid are resampled onto it
+        (:func:`resample_mask`).
+
+    Returns
+    -------
+    xarray.DataArray
+        bool, on ``mask_img``'s grid, chunks and attrs.
+
+    Raises
+    ------
+    GridMismatchError
+        A mask is on another grid and ``resample`` is None (both grids are stated).
+    InvalidParameterError
+        No other mask, an unknown ``resample``, or non-binary voxels (when computed).
+    ImageDimensionError
+        A mask is not 3D.
     """
     return _combine(mask_img, other_imgs, resample=resample, op=da.logical_or, func_name="mask_or")
 
 
+@fill_doc
 def mask_difference(
     mask_img: ImageLike, other_img: ImageLike, *, resample: str | None = None
 ) -> xr.DataArray:
     """Voxels inside ``mask_img`` and outside ``other_img`` (lazy).
 
-    Parameters and errors as :func:`mask_and` with a single other mask.
+    Parameters
+    ----------
+    %(mask_img)s
+        Its grid is the result's grid.
+    other_img : ImageLike
+        3D binary mask of the voxels to remove.
+    resample : {None, "nearest"}
+        ``None`` (default): ``other_img`` must be on ``mask_img``'s grid.
+        ``"nearest"``: on another grid, it is resampled onto it
+        (:func:`resample_mask`).
+
+    Returns
+    -------
+    xarray.DataArray
+        bool, on ``mask_img``'s grid, chunks and attrs.
+
+    Raises
+    ------
+    GridMismatchError
+        ``other_img`` is on another grid and ``resample`` is None (both grids are
+        stated).
+    InvalidParameterError
+        An unknown ``resample``, or non-binary voxels (when computed).
+    ImageDimensionError
+        A mask is not 3D.
     """
     return _combine(
         mask_img,
@@ -442,8 +492,18 @@ def mask_difference(
     )
 
 
+@fill_doc
 def mask_not(mask_img: ImageLike) -> xr.DataArray:
     """Voxels outside ``mask_img``, on its grid (lazy, bool).
+
+    Parameters
+    ----------
+    %(mask_img)s
+
+    Returns
+    -------
+    xarray.DataArray
+        bool, on ``mask_img``'s grid, chunks and attrs.
 
     Raises
     ------

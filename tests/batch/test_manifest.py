@@ -430,9 +430,9 @@ def test_check_subjects_checks_contents_without_reading_bold_voxels(haxby, tmp_p
         with pytest.raises(RoidaskError, match=f"^manifest: subject '{spec.subject}': .*{want}"):
             check_subjects([spec])
     # the parameters count: a contrast that every subject has passes, one they lack fails
-    check_subjects(specs[:1], PipelineParams(contrast=("face", "cat")))
+    check_subjects(specs[:1], params=PipelineParams(contrast=("face", "cat")))
     with pytest.raises(RoidaskError, match=r"^manifest: subject 'ok': .*\['dog'\]"):
-        check_subjects(specs[:1], PipelineParams(contrast=("face", "dog")))
+        check_subjects(specs[:1], params=PipelineParams(contrast=("face", "dog")))
     # a 4D mask (the BOLD given as mask): named by its column and file
     four = SubjectSpec("four", specs[0].bold, specs[0].labels, specs[0].bold[0])
     with pytest.raises(RoidaskError, match=f"^manifest: subject 'four': mask "
@@ -494,3 +494,12 @@ def test_a_manifest_or_mask_that_is_not_a_path_is_named(tmp_path):
     manifest = write_manifest(tmp_path / "m.tsv", [("01", "b.nii.gz", "l.txt", "")])
     with pytest.raises(RoidaskTypeError, match=r"^mask: expected a path .*got int$"):
         read_manifest(manifest, mask=1)
+
+
+def test_check_subjects_takes_its_options_by_keyword():
+    import inspect
+
+    from roidask.batch import check_subjects
+
+    parameters = inspect.signature(check_subjects).parameters.values()
+    assert [p.name for p in parameters if p.kind is not p.KEYWORD_ONLY] == ["specs"]

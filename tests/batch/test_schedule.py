@@ -47,10 +47,11 @@ from helpers.results import DATA_FILES
 from scipy import stats
 
 from roidask._atomic import MARKER
-from roidask.batch import SubjectSpec, group_level, run_batch
+from roidask.batch import SubjectSpec, check_batch_folder, check_subjects, group_level, run_batch
 from roidask.exceptions import (
     GridMismatchError,
     InvalidParameterError,
+    ManifestError,
     OutputError,
     RoidaskTypeError,
     StudyNodeWarning,
@@ -1345,6 +1346,48 @@ def test_a_study_node_with_a_truncated_chunk_is_written_again(haxby, tmp_path):
     ).stat().st_size
 
 
-def test_a_batch_folder_that_is_not_a_path_is_named():
+def test_a_batch_folder_that_is_not_a_path_is_named(haxby):
+    specs = [SubjectSpec("01", (haxby.bold,), (haxby.labels,), haxby.mask)]
     with pytest.raises(RoidaskTypeError, match=r"^out_dir: expected a path .*got NoneType$"):
-        run_batch([], None)
+        run_batch(specs, None)
+
+
+@pytest.mark.parametrize(
+    ("specs", "error", "message"),
+    [
+        (
+            "manifest.tsv",
+            RoidaskTypeError,
+            r"^specs: expected a list of roidask\.batch\.SubjectSpec, got str 'manifest\.tsv' "
+            r"\(a manifest\? read it with roidask\.read_manifest first\)$",
+        ),
+        (
+            [1],
+            RoidaskTypeError,
+            r"^specs\[0\]: expected a roidask\.batch\.SubjectSpec \(e\.g\. from read_manifest\), "
+            r"got int 1$",
+        ),
+        (
+            [],
+            ManifestError,
+            r"^specs: no subjects, got \[\]; expected at least one SubjectSpec \(a manifest "
+            r"line per subject\)$",
+        ),
+    ],
+    ids=["path", "not-a-spec", "empty"],
+)
+def test_subjects_that_are_not_a_list_of_specs_are_refused_before_anything_is_written(
+    tmp_path, specs, error, message
+):
+    """As ``roidask batch`` refuses a manifest without subject rows: no batch.tsv, no
+    study.zarr of no subject; never an AttributeError."""
+    out = tmp_path / "batch"
+    for call in (
+        lambda: run_batch(specs, out, plots=False),
+        lambda: check_subjects(specs),
+        lambda: check_batch_folder(out, specs),
+    ):
+        with pytest.raises(error, match=message) as info:
+            call()
+        assert info.value.param == "specs"
+    assert list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ from roidask.exceptions import (
     InvalidParameterError,
     RoidaskTypeError,
     StoreError,
+    UnreadableFileError,
 )
 from roidask.io import (
     as_image,
@@ -27,6 +28,7 @@ from roidask.io import (
     to_nifti,
 )
 from roidask.io.chunks import normalize_chunks
+from roidask.io.grid import grid_attrs
 
 
 def test_as_image_accepts_path_nibabel_xarray_and_store(haxby, tmp_path):
@@ -204,7 +206,7 @@ def test_stored_integers_are_scaled_by_every_function_that_does_not_honour_them(
         "ttest_1samp_img": lambda img: ops.ttest_1samp_img(img, condition="face"),
         "ftest_img": lambda img: ops.ftest_img(img, conditions=["face", "house"]),
         "condition_moments": lambda img: ops.condition_moments(img, conditions=["face"]),
-        "select_conditions": lambda img: ops.select_conditions(img, ["house"]),
+        "select_conditions": lambda img: ops.select_conditions(img, conditions=["house"]),
         "as_image": as_image,
         "to_nifti": lambda img: as_image(to_nifti(img, tmp_path / f"{id(img)}.nii.gz")),
         "to_nifti-float32": lambda img: as_image(
@@ -451,21 +453,42 @@ def test_a_map_flipped_or_reordered_with_xarray_is_refused_not_misplaced(
         np.testing.assert_array_equal(as_image(back).values, as_image(tstat).values)
 
 
+def test_like_image_takes_a_reference_of_every_image_kind(haxby, tmp_path):
+    """A path, a nibabel image, a store (nilearn's new_img_like takes a file too): the
+    grid of as_image's image, the one conversion."""
+    expected = as_image(haxby.mask)
+    values = np.arange(800.0).reshape(40, 20, 1)
+    for reference in (haxby.mask, str(haxby.mask), nib.load(haxby.mask), expected):
+        img = like_image(values, reference, name="v")
+        assert img.attrs == grid_attrs(expected) and img.name == "v"
+        np.testing.assert_array_equal(img.values, values)
+    store = convert(haxby.bold, labels=haxby.labels, out=tmp_path / "haxby.zarr")
+    for reference in (haxby.bold, store):
+        series = like_image(np.zeros((40, 20, 1, 1452), np.float32), reference)
+        bold = as_image(reference)
+        assert series.attrs == {**grid_attrs(bold), "tr_s": 2.5, "time_units": "s"}
+        assert series["condition"].values.tolist() == bold["condition"].values.tolist()
+
+
 @pytest.mark.parametrize(
-    ("reference", "got"),
+    ("reference", "error", "message"),
     [
-        ("mask.nii.gz", r"str 'mask\.nii\.gz' \(open it with roidask\.as_image first\)"),
-        (None, "NoneType"),
-        (xr.DataArray(np.zeros((40, 20, 1))), "DataArray without an affine"),
+        (
+            "missing.nii.gz",
+            UnreadableFileError,
+            r"^reference missing\.nii\.gz: no such file or folder; expected a \.nii",
+        ),
+        (None, ImageTypeError, r"^reference: expected a path, a nibabel image or an xarray "),
+        (
+            xr.DataArray(np.zeros((40, 20, 1)), dims=("x", "y", "z")),
+            ImageTypeError,
+            r"^reference: DataArray None has no 'affine' attribute, so its grid is unknown",
+        ),
     ],
-    ids=["path", "None", "no-affine"],
+    ids=["missing", "None", "no-affine"],
 )
-def test_like_image_refuses_a_reference_that_is_not_an_image(reference, got):
-    with pytest.raises(
-        ImageTypeError,
-        match=rf"^reference: expected a roidask image \(an xarray\.DataArray with an "
-        rf"affine\), got {got}$",
-    ) as info:
+def test_like_image_refuses_a_reference_that_is_not_an_image(reference, error, message):
+    with pytest.raises(error, match=message) as info:
         like_image(np.zeros((40, 20, 1)), reference)
     assert info.value.param == "reference"
 

@@ -13,6 +13,7 @@ from helpers.files import damage_chunk, format1_store
 
 from roidask.exceptions import (
     DamagedStoreError,
+    InvalidParameterError,
     RoidaskTypeError,
     StoreError,
     UnverifiedStoreWarning,
@@ -51,6 +52,35 @@ def test_a_whole_store_opens_and_verifies(store, haxby_data):
     }
     np.testing.assert_array_equal(ds["bold"].values, haxby_data)
     assert verify_store(store) == []
+
+
+@pytest.mark.parametrize(
+    ("chunks", "message"),
+    [
+        ({"x": 0}, r"^chunks: size for 'x' must be >= 1 \(or -1 for the whole axis\), got 0$"),
+        ("bad", r"^chunks: 'bad' is not of the form dim=size"),
+        ({"q": 1}, r"^chunks: unknown dimension 'q'; expected some of \['x', 'y', 'z', 'time'\]$"),
+        (5, r"^chunks: expected a mapping like .* or 'x=20,time=100', got 5$"),
+    ],
+    ids=["zero", "not-dim-size", "unknown-dim", "int"],
+)
+def test_open_subject_checks_chunks_as_as_image_does(haxby_store, chunks, message):
+    """The one check of chunks (normalize_chunks'): the same error, whichever opens it."""
+    from roidask import as_image
+
+    for call in (lambda: open_subject(haxby_store, chunks=chunks),
+                 lambda: as_image(haxby_store, chunks=chunks)):  # fmt: skip
+        with pytest.raises(InvalidParameterError, match=message) as info:
+            call()
+        assert info.value.param == "chunks"
+
+
+def test_open_subject_rechunks_the_dims_named_and_keeps_the_others_on_disk(haxby_store):
+    bold = open_subject(haxby_store, chunks="x=15,time=-1")["bold"]
+    assert bold.chunks == ((15, 15, 10), (20,), (1,), (1452,))
+    bold = open_subject(haxby_store, chunks={"y": 8})["bold"]
+    assert bold.chunks == ((40,), (8, 8, 4), (1,), (100,) * 14 + (52,))
+    assert open_subject(haxby_store)["bold"].chunks == ((40,), (20,), (1,), (100,) * 14 + (52,))
 
 
 def test_a_deleted_chunk_is_damage_found_on_open(store):

@@ -311,7 +311,7 @@ def test_unknown_condition(small):
     run, labels, tmp = small
     ds = open_subject(convert(run, labels=labels, out=tmp / "s.zarr"))
     with pytest.raises(ConditionError, match=r"\['cat'\].*\['face', 'house'\]"):
-        select_conditions(ds["bold"], ["face", "cat"])
+        select_conditions(ds["bold"], conditions=["face", "cat"])
 
 
 def test_header_larger_than_file(small):

@@ -28,7 +28,7 @@ def test_signals_to_frame_and_tsv(haxby_bold, seed_rois, tmp_path):
     assert (row.roi, row.volume, row.run, row.time_s) == (3, 7, 0, 7 * 2.5)
     assert row.condition == haxby_bold["condition"].values[7]
     assert row.value == values[2, 7]
-    face = signals_to_frame(select_condition(signals, "face"))
+    face = signals_to_frame(select_condition(signals, condition="face"))
     assert (face["condition"] == "face").all() and len(face) == 5 * 108
     np.testing.assert_array_equal(
         face["volume"].unique(), np.flatnonzero(haxby_bold["condition"].values == "face")

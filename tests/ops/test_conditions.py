@@ -21,7 +21,7 @@ def test_select_and_stack_conditions(haxby_bold, haxby_img, seed_rois, haxby_arr
     conditions = haxby_arrays[2]
     reference = masker_signals(haxby_img, seed_rois)
     signals = extract_signals(haxby_bold, seed_rois)
-    face = select_condition(signals, "face")
+    face = select_condition(signals, condition="face")
     np.testing.assert_allclose(computed(face), reference[:, conditions == "face"], rtol=1e-12)
 
     stacked = stack_conditions(signals, conditions=["face", "house"], n_volumes=50)
@@ -44,14 +44,14 @@ def test_select_and_stack_conditions(haxby_bold, haxby_img, seed_rois, haxby_arr
 def test_unknown_condition_is_refused(haxby_bold, seed_rois):
     signals = extract_signals(haxby_bold, seed_rois)
     with pytest.raises(ConditionError, match=r"'faces' not found.*'face'"):
-        select_condition(signals, "faces")
+        select_condition(signals, condition="faces")
     with pytest.raises(ConditionError, match=r"\['dog'\] not found"):
         stack_conditions(signals, conditions=["face", "dog"])
 
 
 def test_no_condition_is_refused(haxby_bold):
     with pytest.raises(InvalidParameterError, match=r"^conditions: expected at least one.*\[\]"):
-        select_conditions(haxby_bold, [])
+        select_conditions(haxby_bold, conditions=[])
 
 
 def test_too_many_volumes_per_condition_is_refused(haxby_bold, seed_rois):
@@ -60,3 +60,26 @@ def test_too_many_volumes_per_condition_is_refused(haxby_bold, seed_rois):
         stack_conditions(signals, conditions=["face", "rest"], n_volumes=109)
     with pytest.raises(InvalidParameterError, match="n_volumes"):
         stack_conditions(signals, n_volumes=0)
+
+
+def test_select_conditions_takes_conditions_as_its_siblings_do(haxby_bold):
+    """Keyword-only, a list or tuple of names: a bare string (one name or a list of
+    letters?) is refused with the message of ftest_img and condition_moments."""
+    from roidask.ops import condition_moments, ftest_img
+
+    message = r"^conditions: expected a list or tuple of condition names, got the string 'face'$"
+    for func in (select_conditions, ftest_img, condition_moments):
+        with pytest.raises(InvalidParameterError, match=message) as info:
+            func(haxby_bold, conditions="face")
+        assert info.value.param == "conditions"
+        with pytest.raises(TypeError, match="positional argument"):
+            func(haxby_bold, ["face", "house"])
+    face = select_conditions(haxby_bold, conditions=["face"])
+    assert set(face["condition"].values.tolist()) == {"face"} and face.sizes["time"] == 108
+
+
+def test_select_condition_takes_its_condition_by_keyword(haxby_bold, seed_rois):
+    signals = extract_signals(haxby_bold, seed_rois)
+    with pytest.raises(TypeError, match="positional argument"):
+        select_condition(signals, "face")
+    assert select_condition(signals, condition="face").sizes["time"] == 108

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from helpers.lazy import raise_if_dask_computes
+from helpers.lazy import CountingScheduler, raise_if_dask_computes
 from helpers.seed import masker_signals
 from hypothesis import given
 from hypothesis import strategies as st
@@ -213,7 +213,7 @@ def test_building_the_graph_computes_and_reads_nothing(haxby, seed_rois, haxby_s
             standardize="zscore_sample",
             high_pass_hz=0.01,
         )
-        select_condition(signals, "face")
+        select_condition(signals, condition="face")
         stack_conditions(signals, conditions=["face", "house"])
     assert isinstance(signals.data, dask.array.Array)
 
@@ -362,3 +362,18 @@ def test_a_fwhm_whose_kernel_has_radius_0_is_no_smoothing(haxby_bold, seed_rois)
     for fwhm in (1e-300, 0.1):
         got = extract_signals(haxby_bold, seed_rois, fwhm=fwhm).values
         np.testing.assert_array_equal(got, expected)
+
+
+def test_a_lazy_mask_img_is_computed_when_called_as_labels_img_is(haxby, haxby_bold):
+    """As documented: the mask decides each ROI's voxels, so it is read at the call
+    (one more compute than without it), not when the signals are computed."""
+    from roidask.ops import mean_img, threshold_img
+
+    counts = []
+    for mask_img in (None, threshold_img(mean_img(haxby_bold), threshold=100)):
+        scheduler = CountingScheduler(max_computes=10)
+        with dask.config.set(scheduler=scheduler):
+            signals = extract_signals(haxby_bold, haxby.mask, mask_img=mask_img)
+        counts.append(scheduler.total_computes)
+        assert dask.is_dask_collection(signals.data)  # the signals themselves: lazy
+    assert counts == [1, 2]
