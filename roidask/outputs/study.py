@@ -335,11 +335,16 @@ def check_node_writable(node: Location, files: Iterable[str] | None = None) -> b
         )
     if isinstance(node, Path):  # an array's attributes edited (a read each: local only)
         recorded = (record.get("consolidated_metadata") or {}).get("metadata") or {}
-        edited = [
-            f"{name}/zarr.json"
-            for name in sorted(grids if isinstance(grids, dict) else {})
-            if name in recorded and _json_or_none(node / name / _META) != recorded[name]
-        ]
+        # a write killed midway (the node not complete) leaves arrays' zarr.json absent or
+        # cut short: its own, replaced by the rerun; a complete node's are a user's edit
+        killed = not attrs.get(COMPLETE_ATTR)
+        edited = []
+        for name in sorted(grids if isinstance(grids, dict) else {}):
+            if name not in recorded:
+                continue
+            found = _json_or_none(node / name / _META)
+            if found != recorded[name] and not (killed and found is None):
+                edited.append(f"{name}/zarr.json")
         if edited:
             raise OutputError(
                 f"study node {node}: {shown(edited)} changed since roidask wrote it (an "

@@ -145,6 +145,35 @@ def test_incomplete_nodes_are_never_published(tmp_path, monkeypatch):
     assert published(study) == ["sub-01"]
 
 
+@pytest.mark.parametrize("left", ["absent", "cut short"])
+def test_a_write_killed_among_the_arrays_metadata_is_written_again(tmp_path, left):
+    # a worker killed while it wrote a node's arrays leaves an array's zarr.json absent or
+    # cut short under the node's metadata (not complete): the retry rewrites the node
+    from roidask.outputs import study as study_module
+
+    study = prepare_study(tmp_path / "study.zarr")
+    write_node(study, "sub-01", small(1))
+    meta = study / "sub-01" / "v" / "zarr.json"
+
+    def leave(path: Path) -> None:
+        if left == "absent":
+            path.unlink()
+        else:
+            path.write_bytes(path.read_bytes()[:40])
+
+    as_written = meta.read_bytes()
+    leave(meta)  # the node complete: the user's damage or edit, never deleted
+    with pytest.raises(OutputError, match=r"v/zarr.json changed since roidask wrote it"):
+        write_node(study, "sub-01", small(2))
+    meta.write_bytes(as_written)  # now as a killed rewrite leaves it: not complete
+    record = json.loads((study / "sub-01" / "zarr.json").read_text())
+    study_module._write_node_json(study / "sub-01", record, complete=False)
+    leave(meta)
+    write_node(study, "sub-01", small(2))
+    publish(study, "sub-01")
+    xr.testing.assert_equal(tree_of(study)["sub-01"].to_dataset(), small(2))
+
+
 def test_root_rewrite_holds_one_node_at_a_time(tmp_path, monkeypatch):
     """Publishing rebuilds the root from the nodes' own metadata, one node at a time: the
     batch driver's memory stays flat however many subjects the study holds."""
