@@ -48,6 +48,7 @@ from roidask._blas import one_blas_thread
 from roidask._progress import dask_progress
 from roidask._validate import (
     TTESTS,
+    check_bool,
     check_choice,
     check_contrast,
     check_int,
@@ -590,6 +591,8 @@ def compute(*objs, progress: bool = False, local: bool = False):
     this process, so results do not depend on the number of threads (see
     :mod:`roidask._blas`). Progress bars are drawn on a terminal only.
     """
+    progress = check_bool(progress, "progress")
+    local = check_bool(local, "local")
     threads = getattr(_HERE, "threads", None)
     local = local or threads is not None
     client = None if local else active_client()
@@ -795,6 +798,7 @@ def roi_pipeline(
     """
     params = PipelineParams.of(params)
     box_max_bytes = check_optional_int(box_max_bytes, "box_max_bytes", minimum=0)
+    progress = check_bool(progress, "progress")
     bold = as_image(
         bold_img, ndim=4, param="bold_img", subject=subject, subject_param="subject", stored=True
     )

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 
 import xarray as xr
 
+from roidask._validate import check_bool
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti, open_source
@@ -93,6 +94,8 @@ def run_subject(
     PipelineResult
     """
     started = utc_now()
+    plots = check_bool(plots, "plots")
+    progress = check_bool(progress, "progress")
     bold, labels = _path_lists(bold, labels)
     out, files = check_run(
         bold=bold, labels=labels, store=store, subject=subject, mask=mask, out=out,
@@ -169,6 +172,8 @@ def check_run(
     files : list
         The input files (for provenance).
     """
+    overwrite = check_bool(overwrite, "overwrite")
+    read = check_bool(read, "read")
     bold, labels = _path_lists(bold, labels)
     if store is not None:
         as_location(store, "store")

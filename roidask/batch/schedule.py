@@ -88,7 +88,7 @@ from roidask._atomic import (
     write_text,
 )
 from roidask._malloc import reuse_freed_buffers
-from roidask._validate import check_choice, check_optional_int
+from roidask._validate import check_bool, check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
 from roidask.batch.group import (
     GROUP_KIND,
@@ -250,6 +250,7 @@ def check_batch_folder(
         study store is damaged or would be left out of date, or another command is
         writing the folder.
     """
+    study = check_bool(study, "study")
     out = absolute(as_location(out_dir, "out_dir"))  # workers write in it from their folders
     inputs = InputIndex(p for spec in specs for p in spec.files)  # checked against every folder
     _check_study_of(out, study, [spec.out_name for spec in specs])
@@ -853,6 +854,10 @@ def run_batch(
     """
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     check_choice(granularity, "granularity", GRANULARITIES)
+    plots = check_bool(plots, "plots")
+    progress = check_bool(progress, "progress")
+    study = check_bool(study, "study")
+    check_inputs = check_bool(check_inputs, "check_inputs")
     params = PipelineParams.of(params)
     client = active_client()
     cluster = _cluster_resources(client) if client is not None else None

@@ -41,7 +41,7 @@ from dask.base import tokenize
 from zarr.codecs import Crc32cCodec
 
 from roidask._atomic import MARKER
-from roidask._validate import check_subject_name
+from roidask._validate import check_bool, check_subject_name
 from roidask.exceptions import (
     DamagedStoreError,
     IncompleteStoreError,
@@ -275,6 +275,7 @@ def group_records(path: Path | S3Path, param: str | None = None) -> dict[str, di
 
 def list_subjects(store: PathOrURL, *, include_incomplete: bool = False) -> list[str]:
     """Names of the subject groups in a roidask store, sorted."""
+    include_incomplete = check_bool(include_incomplete, "include_incomplete")
     path = require_store(store)
     return [
         name
