@@ -37,9 +37,11 @@ __all__ = [
     "check_condition_name",
     "check_conditions",
     "check_contrast",
+    "check_dtype",
     "check_fwhm",
     "check_input_file",
     "check_int",
+    "check_name",
     "check_optional_int",
     "check_path",
     "check_real",
@@ -73,6 +75,19 @@ def check_bool(value: Any, param: str) -> bool:
     if not isinstance(value, bool | np.bool_):
         raise InvalidParameterError(f"{param}: expected True or False, got {value!r}", param=param)
     return bool(value)
+
+
+def check_name(value: Any, param: str, *, what: str = "a name (str)") -> str:
+    """``value`` as a name (a str: a variable's, an image's).
+
+    Raises
+    ------
+    RoidaskTypeError
+        ``value`` is not a str.
+    """
+    if not isinstance(value, str):
+        raise RoidaskTypeError(f"{param}: expected {what}, got {value!r}", param=param)
+    return str(value)
 
 
 def check_int(
@@ -111,9 +126,11 @@ def check_real(
     *,
     minimum: float | None = None,
     positive: bool = False,
+    nonzero: bool = False,
     unit: str = "",
 ) -> float:
-    """``value`` as a finite float, ``> 0`` if ``positive``, ``>= minimum`` if given."""
+    """``value`` as a finite float, ``> 0`` if ``positive``, ``!= 0`` if ``nonzero``,
+    ``>= minimum`` if given."""
     ok = (
         not isinstance(value, bool)
         and isinstance(value, numbers.Real)
@@ -121,11 +138,15 @@ def check_real(
     )
     if ok and positive:
         ok = value > 0
+    if ok and nonzero:
+        ok = value != 0
     if ok and minimum is not None:
         ok = value >= minimum
     if not ok:
         if positive:
             want = "a positive finite number"
+        elif nonzero:
+            want = "a finite non-zero number"
         elif minimum is not None:
             want = f"a finite number >= {minimum:g}"
         else:
@@ -179,6 +200,27 @@ def check_choice(value: Any, param: str, choices: Iterable[Any]) -> Any:
             f"{param}: expected one of {choices}, got {value!r}", param=param
         )
     return value
+
+
+def check_dtype(value: Any, param: str, *, accepted: Sequence[str]) -> np.dtype:
+    """``value`` (a numpy type or its name) as a numpy dtype in native byte order, one of
+    the types named in ``accepted`` (``"int16"``, ``"float32"``...).
+
+    Raises
+    ------
+    InvalidParameterError
+        Not a data type numpy knows (``"foo"``, ``1``), or not one of ``accepted``.
+    """
+    try:
+        dtype = None if value is None or isinstance(value, bool) else np.dtype(value)
+    except (TypeError, ValueError):  # "foo", 1, [("a", int)] of another shape...
+        dtype = None
+    if dtype is None or dtype.name not in accepted or dtype.fields is not None:
+        raise InvalidParameterError(
+            f"{param}: expected one of the data types {', '.join(accepted)}, got {value!r}",
+            param=param,
+        )
+    return dtype.newbyteorder("=")
 
 
 def check_triplet(value: Any, param: str, *, integer: bool) -> tuple:

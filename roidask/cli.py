@@ -156,6 +156,7 @@ FALSE_FLAGS = {"study": "--no-study", "plots": "--no-plots"}
 COMMANDS = {
     "roidask.io.convert": "roidask convert",
     "roidask.io.open_map": "roidask export",
+    "roidask.to_nifti": "roidask export",
     "verify_store": "roidask info --verify",
 }
 

@@ -44,7 +44,7 @@ from dask.utils import format_bytes, parse_bytes
 
 from roidask._forkserver import WORKER_PRELOAD, quiet_nannies, start_method
 from roidask._progress import plural
-from roidask._validate import only_applies
+from roidask._validate import check_bool, only_applies
 from roidask.exceptions import ClusterError, InvalidParameterError, RoidaskError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -541,6 +541,7 @@ def _plan_client(
     timeout: float,
 ) -> _ClientPlan:
     """:func:`get_client`'s options checked (nothing started, nothing connected)."""
+    check_bool(processes, "processes")
     n_workers = _check_positive_int("n_workers", n_workers)
     threads_per_worker = _check_positive_int("threads_per_worker", threads_per_worker)
     tls = {
@@ -684,6 +685,8 @@ def get_client(
     ``if __name__ == "__main__":`` (else each worker would start a cluster of its
     own, and distributed fails with "Nanny failed to start").
     """
+    processes = check_bool(processes, "processes")
+    _check_dashboard(dashboard)
     plan = _plan_client(
         scheduler,
         n_workers=n_workers,
@@ -1011,6 +1014,16 @@ def _closing_with_credentials(cls: type) -> type:
     return Cluster
 
 
+def _check_dashboard(dashboard: Any) -> None:
+    """``dashboard``: True, False, or the address to serve the dashboard at (a str)."""
+    if not isinstance(dashboard, bool) and not (isinstance(dashboard, str) and dashboard.strip()):
+        raise InvalidParameterError(
+            f"dashboard: expected True, False or an address to serve it at (':8787', "
+            f"'127.0.0.1:8787'), got {dashboard!r}",
+            param="dashboard",
+        )
+
+
 def _jobqueue_kwargs(
     *,
     cores: Any,
@@ -1023,6 +1036,7 @@ def _jobqueue_kwargs(
     dashboard: bool | str,
     kwargs: dict,
 ) -> dict:
+    _check_dashboard(dashboard)
     cores = _check_positive_int("cores", cores)
     if cores is None:
         raise InvalidParameterError("cores: expected a positive integer, got None")

@@ -48,6 +48,7 @@ from roidask._blas import one_blas_thread
 from roidask._progress import dask_progress
 from roidask._validate import (
     TTESTS,
+    check_bool,
     check_choice,
     check_contrast,
     check_int,
@@ -708,6 +709,8 @@ def compute(*objs, progress: bool = False, local: bool = False):
     tuple
         The computed objects, in order (numpy arrays, xarray objects in memory).
     """
+    progress = check_bool(progress, "progress")
+    local = check_bool(local, "local")
     threads = getattr(_HERE, "threads", None)
     local = local or threads is not None
     client = None if local else active_client()
@@ -958,6 +961,7 @@ def roi_pipeline(
     """
     params = PipelineParams.of(params)
     box_max_bytes = check_optional_int(box_max_bytes, "box_max_bytes", minimum=0)
+    progress = check_bool(progress, "progress")
     bold = as_image(
         bold_img, ndim=4, param="bold_img", subject=subject, subject_param="subject", stored=True
     )

@@ -12,6 +12,7 @@ from concurrent.futures import Future
 
 import xarray as xr
 
+from roidask._validate import check_bool
 from roidask.exceptions import InvalidParameterError
 from roidask.io.conversions import as_image
 from roidask.io.image import bold_from_nifti, open_source
@@ -110,6 +111,8 @@ def run_subject(
     """
     started = utc_now()
     params = PipelineParams.of(params)
+    plots = check_bool(plots, "plots")
+    progress = check_bool(progress, "progress")
     bold, labels = _path_lists(bold, labels)
     out, files = check_run(
         bold=bold, labels=labels, store=store, subject=subject, mask=mask, out=out,
@@ -226,6 +229,8 @@ def check_run(
         With ``read``, an invalid input (see :func:`check_subject`).
     """
     params = PipelineParams.of(params)
+    overwrite = check_bool(overwrite, "overwrite")
+    read = check_bool(read, "read")
     bold, labels = _path_lists(bold, labels)
     if store is not None:
         as_location(store, "store")

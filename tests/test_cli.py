@@ -717,6 +717,12 @@ def _bad(tmp_path, data, case):
         return run(bold=empty), f"{empty}: is empty (0 bytes); {NIFTI}"
     if case == "convert-empty-bold":
         return convert(bold=empty), f"{empty}: is empty (0 bytes); {NIFTI}"
+    if case == "convert-out-named-as-an-image":  # a store named so: a folder as_image refuses
+        image = tmp_path / "sub-01_bold.nii.gz"
+        return ["convert", bold, "--labels", labels, "--out", image, "--quiet"], (
+            f"--out {image}: is named as an image (.nii, .nii.gz, .nii.zarr), but convert "
+            "writes a zarr store; name it e.g. study.zarr (an image is written by roidask export)"
+        )
     if case == "empty-labels":
         path = tmp_path / "labels.txt"
         path.write_bytes(b"")
@@ -897,6 +903,7 @@ BAD_CASES = [
     "convert-bold-is-a-folder",
     "empty-bold",
     "convert-empty-bold",
+    "convert-out-named-as-an-image",
     "empty-labels",
     "empty-mask",
     "empty-manifest",

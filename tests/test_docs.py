@@ -4,44 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from importlib import import_module
 
-import roidask
-
-#: Public modules outside ``roidask.__all__``'s subpackages whose ``__all__`` is API too.
-_MORE_MODULES = ("roidask.runner",)
-
-
-def _public_objects():
-    """(name, object) for every public name of roidask and of its subpackages' ``__all__``,
-    with the public methods and properties of public classes."""
-    found: dict[int, tuple[str, object]] = {}
-
-    def add(name: str, obj: object) -> None:
-        if id(obj) in found:
-            return
-        found[id(obj)] = (name, obj)
-        if inspect.isclass(obj):
-            for attr, value in vars(obj).items():
-                if attr.startswith("_"):
-                    continue
-                if isinstance(value, classmethod | staticmethod):
-                    value = value.__func__
-                if inspect.isfunction(value) or isinstance(value, property):
-                    add(f"{name}.{attr}", value)
-
-    for name in roidask.__all__:
-        obj = getattr(roidask, name)
-        if inspect.ismodule(obj):
-            for sub in getattr(obj, "__all__", ()):
-                add(f"roidask.{name}.{sub}", getattr(obj, sub))
-        else:
-            add(f"roidask.{name}", obj)
-    for module_name in _MORE_MODULES:
-        module = import_module(module_name)
-        for sub in module.__all__:
-            add(f"{module_name}.{sub}", getattr(module, sub))
-    return sorted(found.values(), key=lambda item: item[0])
+from helpers.api import public_objects
 
 
 def _documented_parameters(doc: str) -> list[str]:
@@ -63,7 +27,7 @@ def _documented_parameters(doc: str) -> list[str]:
 
 
 def test_no_public_docstring_shows_a_placeholder():
-    objects = _public_objects()
+    objects = public_objects()
     assert "roidask.ops.binary_closing" in {name for name, _ in objects}
     unfilled = {
         name: [line.strip() for line in (inspect.getdoc(obj) or "").splitlines() if "%(" in line]
@@ -75,7 +39,7 @@ def test_no_public_docstring_shows_a_placeholder():
 def test_every_public_function_documents_its_parameters_in_order():
     """numpydoc: a ``Parameters`` section naming every parameter of the signature, in
     its order (none for a function without parameters)."""
-    objects = _public_objects()
+    objects = public_objects()
     assert "roidask.runner.check_run" in {name for name, _ in objects}
     wrong = {}
     for name, obj in objects:

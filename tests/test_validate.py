@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers.api import public_objects
 from helpers.privileges import unprivileged
 from scipy import stats
 
@@ -16,9 +17,11 @@ from roidask._validate import (
     check_choice,
     check_condition_name,
     check_conditions,
+    check_dtype,
     check_fwhm,
     check_input_file,
     check_int,
+    check_name,
     check_optional_int,
     check_path,
     check_real,
@@ -141,6 +144,22 @@ def test_check_input_file_permission_denied(tmp_path):
             r"^fwhm: expected a finite number >= 0, got nan$",
         ),
         (
+            lambda: check_real(0, "scl_slope", nonzero=True),
+            r"^scl_slope: expected a finite non-zero number, got 0$",
+        ),
+        (
+            lambda: check_dtype("float16", "dtype", accepted=("int16", "float32")),
+            r"^dtype: expected one of the data types int16, float32, got 'float16'$",
+        ),
+        (
+            lambda: check_dtype("foo", "dtype", accepted=("int16",)),
+            r"^dtype: expected one of the data types int16, got 'foo'$",
+        ),
+        (
+            lambda: check_dtype(True, "dtype", accepted=("bool",)),
+            r"^dtype: expected one of the data types bool, got True$",
+        ),
+        (
             lambda: check_choice("two-sided", "test", ["student", "welch"]),
             r"^test: expected one of \['student', 'welch'\], got 'two-sided'$",
         ),
@@ -178,6 +197,11 @@ def test_valid_values_come_back_canonical():
     assert check_triplet([1, 2, 3], "box", integer=True) == (1, 2, 3)
     assert check_bool(np.bool_(True), "plots") is True
     assert check_optional_int(None, "n") is None
+    assert check_dtype(">i2", "dtype", accepted=("int16",)) == np.dtype("=i2")
+    assert check_dtype(bool, "dtype", accepted=("bool",)) == np.dtype(bool)
+    assert check_name(np.str_("tstat"), "name") == "tstat"
+    with pytest.raises(RoidaskTypeError, match=r"^name: expected a name \(str\), got 3$"):
+        check_name(3, "name")
 
 
 def test_check_conditions():
@@ -248,3 +272,150 @@ def test_check_choice_refuses_an_array():
         InvalidParameterError, match=r"^connectivity: expected one of \[6, 18, 26\], got array"
     ):
         check_choice(np.array([6, 6]), "connectivity", [6, 18, 26])
+
+
+# -- every public flag is a bool -----------------------------------------------------------------
+def _public_flags() -> set[tuple[object, str]]:
+    """(function or class, parameter) of every public parameter annotated bool."""
+    import inspect
+
+    flags = set()
+    for _, obj in public_objects():
+        if not callable(obj):
+            continue
+        try:
+            parameters = inspect.signature(obj).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        flags |= {(obj, p.name) for p in parameters if "bool" in str(p.annotation)}
+    return flags
+
+
+def _flag_calls(tmp_path):
+    """{(function, parameter): a call giving it 'x'} (dashboard, a bool or an address: 1)."""
+    import nibabel as nib
+    import pandas as pd
+
+    import roidask
+    from roidask import batch, cluster, datasets, io, ops, outputs, pipeline, plotting, runner
+
+    img = io.as_image(nib.Nifti1Image(np.ones((4, 4, 3), np.float32), np.eye(4)))
+    labels = io.as_image(nib.Nifti1Image(np.ones((4, 4, 3), np.int16), np.eye(4)))
+    bold = io.as_image(nib.Nifti1Image(np.ones((4, 4, 3, 6), np.float32), np.eye(4)))
+    signals = ops.extract_signals(bold, labels)
+    out, x = tmp_path / "out", "x"
+    subject = {"bold": None, "labels": None, "store": None, "subject": None, "mask": "m.nii"}
+    subject |= {"out": out, "params": roidask.PipelineParams()}
+    return {
+        (io.as_image, "stored"): lambda: io.as_image(img, stored=x),
+        (io.bold_from_nifti, "scaled"): lambda: io.bold_from_nifti("b.nii", scaled=x),
+        (io.convert, "overwrite"): lambda: io.convert("b.nii", labels=None, out=out, overwrite=x),
+        (io.convert, "progress"): lambda: io.convert("b.nii", labels=None, out=out, progress=x),
+        (io.to_nifti, "overwrite"): lambda: io.to_nifti(img, out / "o.nii", overwrite=x),
+        (io.write_nifti, "overwrite"): lambda: io.write_nifti(
+            np.zeros((2, 2, 2)), out / "o.nii", affine=np.eye(4), overwrite=x
+        ),
+        (io.write_image, "overwrite"): lambda: io.write_image(
+            img, out, subject="s", name="m", overwrite=x
+        ),
+        (io.list_subjects, "include_incomplete"): lambda: io.list_subjects(
+            out, include_incomplete=x
+        ),
+        (io.write_roi_table, "overwrite"): lambda: io.write_roi_table(
+            pd.DataFrame(columns=io.tables.ROI_TABLE_COLUMNS), out / "r.tsv", overwrite=x
+        ),
+        (io.write_signals_tsv, "overwrite"): lambda: io.write_signals_tsv(
+            signals, out / "s.tsv", overwrite=x
+        ),
+        (ops.clip_logp, "nan_to_zero"): lambda: ops.clip_logp(img, nan_to_zero=x),
+        (ops.threshold_img, "inclusive"): lambda: ops.threshold_img(img, threshold=1, inclusive=x),
+        (ops.threshold_img, "binarize"): lambda: ops.threshold_img(img, threshold=1, binarize=x),
+        (ops.extract_signals, "detrend"): lambda: ops.extract_signals(bold, labels, detrend=x),
+        (ops.clean_signals, "detrend"): lambda: ops.clean_signals(signals, detrend=x),
+        (ops.clean_signals, "by_run"): lambda: ops.clean_signals(signals, by_run=x),
+        (ops.ttest_img, "equal_var"): lambda: ops.ttest_img(bold, equal_var=x),
+        (ops.permuted_ttest_1samp, "two_sided"): lambda: ops.permuted_ttest_1samp(
+            [img] * 3, two_sided=x
+        ),
+        (ops.permuted_ttest_1samp, "exhaustive"): lambda: ops.permuted_ttest_1samp(
+            [img] * 3, exhaustive=x
+        ),
+        (ops.write_atlas, "overwrite"): lambda: ops.write_atlas(
+            labels, out / "a.nii", overwrite=x
+        ),
+        (pipeline.compute, "progress"): lambda: pipeline.compute(progress=x),
+        (pipeline.compute, "local"): lambda: pipeline.compute(local=x),
+        (pipeline.roi_pipeline, "progress"): lambda: pipeline.roi_pipeline(
+            "b.nii", mask_img="m.nii", progress=x
+        ),
+        (runner.run_subject, "plots"): lambda: runner.run_subject(**subject, plots=x),
+        (runner.run_subject, "overwrite"): lambda: runner.run_subject(**subject, overwrite=x),
+        (runner.run_subject, "progress"): lambda: runner.run_subject(**subject, progress=x),
+        (runner.check_run, "overwrite"): lambda: runner.check_run(**subject, overwrite=x),
+        (runner.check_run, "read"): lambda: runner.check_run(**subject, read=x),
+        (batch.run_batch, "plots"): lambda: batch.run_batch([], out, plots=x),
+        (batch.run_batch, "progress"): lambda: batch.run_batch([], out, progress=x),
+        (batch.run_batch, "study"): lambda: batch.run_batch([], out, study=x),
+        (batch.run_batch, "check_inputs"): lambda: batch.run_batch([], out, check_inputs=x),
+        (batch.check_batch_folder, "study"): lambda: batch.check_batch_folder(out, [], study=x),
+        (batch.GroupPermutation, "two_sided"): lambda: batch.GroupPermutation(two_sided=x),
+        (outputs.prepare_output, "overwrite"): lambda: outputs.prepare_output(out, overwrite=x),
+        (outputs.write_results, "plots"): lambda: outputs.write_results(None, out, plots=x),
+        (outputs.write_results, "overwrite"): lambda: outputs.write_results(
+            None, out, overwrite=x
+        ),
+        (datasets.fetch_haxby, "progress"): lambda: datasets.fetch_haxby(data_dir=out, progress=x),
+        (datasets.fetch_haxby, "keep_archive"): lambda: datasets.fetch_haxby(
+            data_dir=out, keep_archive=x
+        ),
+        (datasets.make_synthetic_subject, "hrf"): lambda: datasets.make_synthetic_subject(
+            out, hrf=x
+        ),
+        (datasets.make_synthetic_subject, "overwrite"): lambda: datasets.make_synthetic_subject(
+            out, overwrite=x
+        ),
+        (datasets.make_synthetic_subject, "progress"): lambda: datasets.make_synthetic_subject(
+            out, progress=x
+        ),
+        (datasets.make_synthetic_dataset, "overwrite"): lambda: datasets.make_synthetic_dataset(
+            out, n_subjects=1, overwrite=x
+        ),
+        (datasets.make_synthetic_dataset, "progress"): lambda: datasets.make_synthetic_dataset(
+            out, n_subjects=1, progress=x
+        ),
+        (cluster.get_client, "processes"): lambda: cluster.get_client(processes=x).__enter__(),
+        (cluster.get_client, "dashboard"): lambda: cluster.get_client(dashboard=1).__enter__(),
+        (cluster.check_client_options, "processes"): lambda: cluster.check_client_options(
+            processes=x
+        ),
+        (cluster.jobqueue_cluster, "dashboard"): lambda: cluster.jobqueue_cluster(
+            "slurm", cores=1, memory="1GiB", walltime="00:10:00", dashboard=1
+        ),
+        (plotting.plot_ortho, "colorbar"): lambda: plotting.plot_ortho(img, colorbar=x),
+        (plotting.plot_stat_map, "colorbar"): lambda: plotting.plot_stat_map(
+            img, None, colorbar=x
+        ),
+    }
+
+
+def test_every_public_flag_refuses_what_is_not_a_bool(tmp_path):
+    """Flags were checked here and there: ``bold_from_nifti(scaled="x")``,
+    ``convert(progress="x")``, ``to_nifti(overwrite="x")`` and 30 more took a string as
+    true while ``ttest_img(equal_var="yes")`` was refused. Every public parameter
+    annotated bool is listed here (a new one must be added), and each refuses a value
+    that is not True or False with one line, before it reads, writes or starts anything."""
+    calls = _flag_calls(tmp_path)
+    assert _public_flags() <= set(calls)  # and check_run, prepare_output, write_results
+    wrong = []
+    for (function, param), call in calls.items():
+        want = "expected True, False or an address" if param == "dashboard" else "expected True or"
+        try:
+            call()
+        except InvalidParameterError as exc:
+            if exc.param == param and str(exc).startswith(f"{param}: {want}"):
+                continue
+            wrong.append(f"{function.__qualname__}({param}=...): {exc}")
+        else:
+            wrong.append(f"{function.__qualname__}({param}=...): accepted")
+    assert wrong == []
+    assert list(tmp_path.iterdir()) == []

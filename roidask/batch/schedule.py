@@ -94,7 +94,7 @@ from roidask._atomic import (
 )
 from roidask._malloc import reuse_freed_buffers
 from roidask._pool import thread_pool
-from roidask._validate import check_choice, check_optional_int
+from roidask._validate import check_bool, check_choice, check_optional_int
 from roidask.batch.files import OpenFiles
 from roidask.batch.group import (
     GROUP_KIND,
@@ -304,6 +304,7 @@ def check_batch_folder(
         writing the folder.
     """
     specs = check_specs(specs)
+    study = check_bool(study, "study")
     out = absolute(as_location(out_dir, "out_dir"))  # workers write in it from their folders
     inputs = InputIndex(p for spec in specs for p in spec.files)  # checked against every folder
     _check_study_of(out, study, [spec.out_name for spec in specs])
@@ -1055,6 +1056,10 @@ def run_batch(
     specs = check_specs(specs)
     max_concurrent = check_optional_int(max_concurrent, "max_concurrent", minimum=1)
     check_choice(granularity, "granularity", GRANULARITIES)
+    plots = check_bool(plots, "plots")
+    progress = check_bool(progress, "progress")
+    study = check_bool(study, "study")
+    check_inputs = check_bool(check_inputs, "check_inputs")
     params = PipelineParams.of(params)
     client = active_client()
     cluster = _cluster_resources(client) if client is not None else None

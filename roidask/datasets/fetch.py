@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from roidask._progress import Progress
+from roidask._validate import check_bool
 from roidask.exceptions import DownloadError, InvalidParameterError
 
 __all__ = [
@@ -284,6 +285,8 @@ def fetch_haxby(
         A bad subject number, or no checksum known for an archive.
     """
     subject_ids = _check_subjects(subjects)
+    progress = check_bool(progress, "progress")
+    keep_archive = check_bool(keep_archive, "keep_archive")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise InvalidParameterError(f"retries: expected an integer >= 0, got {retries!r}")
     if not (isinstance(timeout_s, int | float) and timeout_s > 0):

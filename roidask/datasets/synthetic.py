@@ -54,7 +54,7 @@ from scipy import ndimage
 
 from roidask._atomic import MARKER, read_marker, write_text
 from roidask._progress import Progress
-from roidask._validate import check_choice, check_int, check_real
+from roidask._validate import check_bool, check_choice, check_int, check_real
 from roidask.datasets.haxby_slice import haxby_slice
 from roidask.exceptions import InvalidParameterError, OutputError, OutputExistsError
 from roidask.io.labels import read_labels
@@ -596,6 +596,9 @@ def make_synthetic_subject(
     drift_pct = _check_number("drift_pct", drift_pct)
     vt_scale = check_real(vt_scale, "vt_scale", positive=True)
     regions_per_hemisphere = check_int(regions_per_hemisphere, "regions_per_hemisphere", minimum=1)
+    hrf = check_bool(hrf, "hrf")
+    overwrite = check_bool(overwrite, "overwrite")
+    progress = check_bool(progress, "progress")
     check_choice(dtype, "dtype", ("int16", "float32"))
     scl_slope = check_real(scl_slope, "scl_slope", positive=True)
     scl_inter = check_real(scl_inter, "scl_inter")
@@ -777,6 +780,8 @@ def make_synthetic_dataset(
         raise InvalidParameterError(f"n_subjects: expected a positive integer, got {n_subjects!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InvalidParameterError(f"seed: expected a non-negative integer, got {seed!r}")
+    overwrite = check_bool(overwrite, "overwrite")
+    progress = check_bool(progress, "progress")
     root = Path(out_dir)
     width = max(2, len(str(n_subjects)))
     return [

@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-from roidask._validate import check_choice
+from roidask._validate import check_bool, check_choice
 from roidask.exceptions import (
     ImageDimensionError,
     ImageTypeError,
@@ -202,6 +202,7 @@ def as_image(
         :func:`roidask.io.locations.check_finished`).
     """
     check_choice(ndim, "ndim", (None, 3, 4))
+    stored = check_bool(stored, "stored")
     if isinstance(img, PathOrURL):
         path = as_location(img, param)
         if not location_exists(path, param):

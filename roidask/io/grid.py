@@ -13,7 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from roidask.exceptions import CorruptFileError, GridMismatchError, ImageTypeError
+from roidask.exceptions import (
+    CorruptFileError,
+    GridMismatchError,
+    ImageTypeError,
+    InvalidParameterError,
+)
 
 __all__ = [
     "AFFINE_ATOL_MM",
@@ -57,8 +62,23 @@ def voxel_size_mm(affine) -> np.ndarray:
     return np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
 
 
-def check_affine(affine, *, param: str, source: object) -> None:
+def check_affine(affine, *, param: str, source: object = None) -> np.ndarray:
     """Refuse an affine that is not a voxel-to-mm transform (before any voxel is read).
+
+    Parameters
+    ----------
+    affine : array-like
+        The 4x4 voxel-to-mm transform to check.
+    param : str
+        The parameter that gave it (or named the file it is of), for messages.
+    source : object, optional
+        The file whose header gave it; None for an affine given as a parameter
+        (``write_nifti(..., affine=...)``).
+
+    Returns
+    -------
+    ndarray, shape (4, 4)
+        ``affine`` as float64.
 
     Raises
     ------
@@ -66,15 +86,30 @@ def check_affine(affine, *, param: str, source: object) -> None:
         ``affine`` (of ``source``, given as ``param``) holds a NaN or an infinity, or its
         axes are not three independent directions: a voxel size of 0 (a zero column of
         the sform), or axes in one plane. Smoothing and dilation in mm need each.
+    InvalidParameterError
+        The same of an affine given as a parameter (no ``source``), or one that is not
+        a 4x4 matrix of numbers.
     """
-    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
-    if not np.all(np.isfinite(np.asarray(affine, dtype=np.float64))):
+    try:
+        matrix4 = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError):  # strings, ragged lists
+        matrix4 = None
+    if matrix4 is None or matrix4.shape != (4, 4):
+        got = f"shape {matrix4.shape}" if matrix4 is not None else f"{type(affine).__name__}"
+        problem = f"is not a 4x4 matrix of numbers ({got})"
+    elif not np.all(np.isfinite(matrix4)):
         problem = "holds NaN or infinite values"
-    elif voxel_volume_mm3(affine) == 0.0 or np.linalg.matrix_rank(matrix) < 3:
-        sizes = ", ".join(f"{v:g}" for v in voxel_size_mm(affine))
+    elif voxel_volume_mm3(matrix4) == 0.0 or np.linalg.matrix_rank(matrix4[:3, :3]) < 3:
+        sizes = ", ".join(f"{v:g}" for v in voxel_size_mm(matrix4))
         problem = f"is singular (voxel sizes {sizes} mm)"
     else:
-        return
+        return matrix4
+    if source is None:
+        raise InvalidParameterError(
+            f"{param}: the affine {problem}; expected a 4x4 voxel-to-mm transform with three "
+            "non-zero, independent axes",
+            param=param,
+        )
     raise CorruptFileError(
         f"{param} {source}: its affine (sform/qform) {problem}; expected a voxel-to-mm "
         "transform with three non-zero, independent axes (fix the header's sform/qform)",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import dask.array as da
@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
-from roidask._validate import NO_CONDITION
+from roidask._validate import NO_CONDITION, check_bool, check_name
 from roidask.exceptions import (
     GridMismatchError,
     ImageDimensionError,
@@ -56,10 +56,12 @@ from roidask.io.locations import (
 from roidask.io.nifti import (
     SCALED_DTYPE,
     NiftiSource,
+    check_mark,
     header_from_b64,
     header_to_b64,
     header_tr_s,
     is_nifti_path,
+    nifti_dtype,
     read_scaling,
     scale_stored,
     write_nifti,
@@ -67,6 +69,7 @@ from roidask.io.nifti import (
 from roidask.io.niizarr import NiftiZarrSource, is_nifti_zarr, write_nifti_zarr
 
 __all__ = [
+    "IMAGE_SUFFIXES",
     "SCALING_COORDS",
     "VolumeSource",
     "bold_coords",
@@ -77,6 +80,7 @@ __all__ = [
     "image_from_nifti",
     "image_label",
     "image_on_grid",
+    "is_image_name",
     "is_image_path",
     "open_source",
     "scaled_values",
@@ -95,6 +99,15 @@ VolumeSource = NiftiSource | NiftiZarrSource
 def is_image_path(path: PathOrURL) -> bool:
     """True for a NIfTI file name or a NIfTI-Zarr folder (``.nii.zarr``)."""
     return is_nifti_path(path) or is_nifti_zarr(path)
+
+
+#: The names of image files and folders: NIfTI and NIfTI-Zarr.
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nii.zarr")
+
+
+def is_image_name(path: PathOrURL) -> bool:
+    """True if ``path`` is named as an image (:data:`IMAGE_SUFFIXES`), whatever it holds."""
+    return str(path).lower().endswith(IMAGE_SUFFIXES)
 
 
 def open_source(
@@ -376,6 +389,7 @@ def bold_from_nifti(
         float64 too), coordinates ``time`` (s), ``condition`` and ``run``. No
         voxel data is read until computed.
     """
+    scaled = check_bool(scaled, "scaled")
     paths = as_location_list(paths, "bold")
     if not paths:
         raise InvalidParameterError("bold: at least one 4D NIfTI file is needed", param="bold")
@@ -734,6 +748,13 @@ def image_on_grid(
             f"got {what}",
             param="reference",
         )
+    if name is not None:
+        name = check_name(name, "name", what="a name (str) or None")
+    if attrs is not None and not isinstance(attrs, Mapping):
+        raise InvalidParameterError(
+            f"attrs: expected a dict of attributes or None, got {type(attrs).__name__}",
+            param="attrs",
+        )
     if isinstance(data, xr.DataArray):
         check_voxel_order(data, "data")
         data = data.data
@@ -870,7 +891,11 @@ def to_nifti(
         ``.nii`` or ``.nii.gz`` output file, or a ``.nii.zarr`` NIfTI-Zarr folder
         (:func:`roidask.io.niizarr.write_nifti_zarr`).
     dtype : dtype, optional
-        On-disk type (default: the data's; bool is written as uint8). An image of
+        On-disk type, one of :data:`roidask.io.nifti.NIFTI_DTYPES` (default: the
+        data's). ``bool`` is written as uint8 and holds 0 and 1 (binarize other
+        values first); floats written as integers are rounded. Values the type cannot
+        hold (1760 as int8, NaN as an integer) are refused when computed, before the
+        file is committed: nothing is written. An image of
         stored integers (``bold_from_nifti(..., scaled=False)``) is written, without
         ``dtype``, as its integers with their ``scl_slope``/``scl_inter`` (as its
         source file) when its volumes share one scaling, otherwise as its values.
@@ -879,8 +904,9 @@ def to_nifti(
     overwrite : bool
         Replace an existing ``path`` (default: refuse).
     mark : str, optional
-        For a ``.nii``/``.nii.gz`` file: its header's ``descrip``, and an existing
-        file is replaced only if it carries the same (:func:`roidask.io.nifti.write_nifti`).
+        For a ``.nii``/``.nii.gz`` file: its header's ``descrip`` (at most 32 latin-1
+        characters), and an existing file is replaced only if it carries the same
+        (:func:`roidask.io.nifti.write_nifti`).
 
     Returns
     -------
@@ -895,7 +921,10 @@ def to_nifti(
     ImageTypeError
         No voxel grid: a bare array, or a DataArray without an ``affine``, and no
         ``reference``; or an image of floats carrying the scaling of stored integers
-        (:func:`volume_scaling`).
+        (:func:`volume_scaling`); or values that are not numbers.
+    InvalidParameterError
+        A ``dtype`` NIfTI does not store, a bad ``mark`` or ``overwrite`` (before
+        anything is computed); values ``dtype`` cannot hold (when computed).
     """
     if isinstance(img, nib.spatialimages.SpatialImage):
         img = image_from_nibabel(img, param="img")
@@ -930,10 +959,14 @@ def to_nifti(
     if isinstance(img, xr.DataArray) and "affine" in img.attrs:
         check_header_shape(img, "img")
     as_location(path, "path")
-    if not (is_nifti_path(path) or str(path).lower().endswith(".nii.zarr")):
+    if not is_image_name(path):
         raise InvalidParameterError(
             f"path {path}: output name must end in .nii, .nii.gz or .nii.zarr", param="path"
         )
+    data_dtype = data.dtype if hasattr(data, "dtype") else np.asarray(data).dtype
+    nifti_dtype(dtype, data_dtype, data_param="img")  # before anything is computed
+    overwrite = check_bool(overwrite, "overwrite")
+    mark = check_mark(mark)
     if isinstance(img, xr.DataArray):
         # stored integers: as the source file if they share one scaling, else their values
         img = scaled_values(img, keep_shared=dtype is None and is_nifti_path(path))
@@ -952,7 +985,7 @@ def to_nifti(
         affine=affine_of(grid),
         header=header,
         dtype=dtype,
-        tr_s=grid.attrs.get("tr_s"),
+        tr_s=grid.attrs.get("tr_s") if np.ndim(data) == 4 else None,  # a 3D map has no TR
         overwrite=overwrite,
         mark=mark,
         scl_slope=slope,

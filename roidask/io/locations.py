@@ -82,8 +82,8 @@ from roidask._atomic import (
 )
 from roidask._atomic import write_bytes as write_local_bytes
 from roidask._pool import thread_pool
+from roidask._validate import check_bool, check_path
 from roidask._validate import check_input_file as check_local_file
-from roidask._validate import check_path
 from roidask.exceptions import (
     CorruptFileError,
     IncompleteOutputError,
@@ -1536,6 +1536,7 @@ def check_output(
     out, *, param: str, inputs: Iterable | InputIndex = (), overwrite: bool = False, kind=None
 ):
     """Check a local or remote output folder before anything is read (see the two checks)."""
+    overwrite = check_bool(overwrite, "overwrite")
     loc = as_location(out, param)
     if isinstance(loc, S3Path):
         return check_remote_destination(

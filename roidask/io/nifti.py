@@ -35,6 +35,7 @@ from nibabel.volumeutils import native_code
 
 from roidask._atomic import atomic_file, check_parent, checked_again
 from roidask._pool import thread_pool
+from roidask._validate import check_bool, check_dtype, check_int, check_path, check_real
 from roidask.exceptions import (
     CorruptFileError,
     ImageDimensionError,
@@ -42,6 +43,7 @@ from roidask.exceptions import (
     InvalidParameterError,
     OutputError,
     OutputExistsError,
+    RoidaskTypeError,
 )
 from roidask.io.grid import check_affine, voxel_size_mm
 from roidask.io.locations import (
@@ -57,14 +59,18 @@ from roidask.io.locations import (
 
 __all__ = [
     "EXPORT_MARK",
+    "NIFTI_DTYPES",
     "SCALED_DTYPE",
     "TIME_UNITS_S",
     "NiftiSource",
     "VolumeProperties",
+    "as_stored",
+    "check_mark",
     "header_from_b64",
     "header_to_b64",
     "header_tr_s",
     "is_nifti_path",
+    "nifti_dtype",
     "read_scaling",
     "release_handles",
     "scale_stored",
@@ -903,6 +909,176 @@ def close_handles() -> None:
 
 
 # -- writing ---------------------------------------------------------------------------
+#: The data types a NIfTI file stores (nibabel's NIfTI-1 types): ``bool`` is stored as
+#: uint8 0/1. (No float16, float128 or complex256: NIfTI-1 has no code nibabel writes.)
+NIFTI_DTYPES = (
+    "bool",
+    "uint8",
+    "int8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+)
+#: Longest ``mark``: the header's 80-byte ``descrip`` keeps it, then (of a ``.nii``) the
+#: tag and the digest of the file (:func:`_written_with_mark`).
+_MARK_CHARS = _DESCRIP_BYTES - len(_SHA256_TAG) - _DIGEST_CHARS
+_SHOWN_VALUES = 3  # of the values a bool refuses
+
+
+def nifti_dtype(dtype, data_dtype, *, param: str = "dtype", data_param: str = "data") -> np.dtype:
+    """The type to write values of type ``data_dtype`` as: ``dtype``, or the data's own.
+
+    Checked before any value is computed. ``bool`` (given, or the data's) is returned as
+    it is: :func:`as_stored` stores it as uint8 0/1.
+
+    Parameters
+    ----------
+    dtype : dtype, str or None
+        The type asked for (``param``); None for the data's own.
+    data_dtype : dtype
+        The type of the values to write (``data_param``).
+
+    Returns
+    -------
+    numpy.dtype
+        One of :data:`NIFTI_DTYPES`, in native byte order.
+
+    Raises
+    ------
+    InvalidParameterError
+        ``dtype`` is not one of :data:`NIFTI_DTYPES`, or is None and the data's type
+        is not one.
+    ImageTypeError
+        The values are not numbers (strings, objects).
+    """
+    data_dtype = np.dtype(data_dtype)
+    if data_dtype.kind not in "biufc":
+        raise ImageTypeError(
+            f"{data_param}: holds values of type {data_dtype}; NIfTI stores numbers",
+            param=data_param,
+        )
+    if dtype is not None:
+        return check_dtype(dtype, param, accepted=NIFTI_DTYPES)
+    if data_dtype.name not in NIFTI_DTYPES:
+        raise InvalidParameterError(
+            f"{param}: not given, and the data's type {data_dtype} is not one NIfTI stores; "
+            f"pass {param}= one of {', '.join(NIFTI_DTYPES)}",
+            param=param,
+        )
+    return data_dtype.newbyteorder("=")
+
+
+def check_mark(mark) -> str | None:
+    """``mark`` (:func:`write_nifti`): None, or the text kept in the header's ``descrip``."""
+    if mark is None:
+        return None
+    ok = isinstance(mark, str) and 0 < len(mark) <= _MARK_CHARS and "\0" not in mark
+    try:
+        ok = ok and bool(mark.encode("latin-1"))
+    except UnicodeEncodeError:
+        ok = False
+    if not ok:
+        raise InvalidParameterError(
+            f"mark: expected None or a str of 1 to {_MARK_CHARS} latin-1 characters (kept "
+            f"in the header's descrip with the file's digest), got {mark!r}",
+            param="mark",
+        )
+    return mark
+
+
+def _number(value) -> str:
+    """A value as its type holds it (``3.2`` of float32, not ``3.200000047683716``)."""
+    if isinstance(value, np.floating):
+        return np.format_float_positional(value, trim="-")
+    return str(value)
+
+
+def as_stored(
+    block: np.ndarray, dtype: np.dtype, *, param: str = "dtype", where: str = ""
+) -> np.ndarray:
+    """The values of ``block`` as NIfTI stores them in type ``dtype``, refusing what it
+    cannot hold: values are never wrapped.
+
+    The one cast of the NIfTI writers (:func:`write_nifti`, and
+    :func:`roidask.io.niizarr.write_nifti_zarr`), block by block as they are computed.
+    Floats written as integers are rounded (``np.rint``) and must then fit the integer
+    type; NaN does not fit one. ``bool`` is stored as uint8 and holds 0 and 1 only, as
+    a roidask mask (:func:`roidask.ops.threshold.check_binary`): a value such as 3 is
+    refused rather than written as 1 (binarize first). Narrower floats (float64 into
+    float32) are rounded, as NIfTI writers do; complex values fit complex types only.
+
+    Parameters
+    ----------
+    block : ndarray
+        Computed values.
+    dtype : numpy.dtype
+        One of :data:`NIFTI_DTYPES` (:func:`nifti_dtype`).
+    param : str
+        The parameter that asked for ``dtype``, for messages.
+    where : str
+        Where ``block`` is in the image, for messages (``" in volumes 0-63"``).
+
+    Raises
+    ------
+    InvalidParameterError
+        Values ``dtype`` cannot hold, naming ``dtype``, its range and the values found.
+    """
+    disk = np.dtype(np.uint8) if dtype == np.bool_ else dtype
+    data_dtype = block.dtype
+    if block.dtype == np.bool_ or (block.dtype == disk and dtype != np.bool_):
+        return block.astype(disk, copy=False)
+    if block.dtype.kind == "c" and disk.kind != "c":
+        raise InvalidParameterError(
+            f"{param}: {dtype} cannot hold complex values (found in the data{where}); "
+            "choose complex64 or complex128, or write the real part (img.real)",
+            param=param,
+        )
+    if dtype != np.bool_ and (
+        not block.size or disk.kind not in "iu" or np.can_cast(block.dtype, disk, "safe")
+    ):
+        return block.astype(disk)
+    numbers = block[~np.isnan(block)] if block.dtype.kind == "f" else block
+    low, high = (numbers.min(), numbers.max()) if numbers.size else ("nan", "nan")
+    found = f"found values {_number(low)}..{_number(high)}{where}"
+    if dtype == np.bool_:
+        bad = np.unique(block[(block != 0) & (block != 1)])
+        if bad.size:
+            shown = ", ".join(_number(v) for v in bad[:_SHOWN_VALUES])
+            more = f" and {bad.size - _SHOWN_VALUES} more" if bad.size > _SHOWN_VALUES else ""
+            raise InvalidParameterError(
+                f"{param}: bool holds 0 and 1 (stored as uint8), {found} ({shown}{more} "
+                f"{'is' if bad.size == 1 else 'are'} neither); binarize the image first "
+                "(roidask.ops.binarize_img: nonzero = 1, or threshold_img), or choose a "
+                "numeric type",
+                param=param,
+            )
+        return block.astype(disk)
+    if block.dtype.kind == "f":
+        n_nan = int(np.count_nonzero(np.isnan(block)))
+        if n_nan:
+            raise InvalidParameterError(
+                f"{param}: {dtype} cannot hold NaN, found {n_nan} NaN value(s){where}; "
+                "choose a float type (float32), or replace them first (img.fillna(0))",
+                param=param,
+            )
+        block = np.rint(block)
+    info = np.iinfo(disk)
+    if block.min() < info.min or block.max() > info.max:
+        raise InvalidParameterError(
+            f"{param}: {dtype} holds {info.min}..{info.max}, {found}; choose a type that holds "
+            f"them, or leave {param} unset to write the data's ({data_dtype})",
+            param=param,
+        )
+    return block.astype(disk)
+
+
 def write_nifti(
     data,
     path: str | os.PathLike,
@@ -933,45 +1109,71 @@ def write_nifti(
         Template header (units, TR, descriptions are kept; shape, dtype and
         scaling are set from ``data``).
     dtype : dtype, optional
-        On-disk data type; defaults to ``data.dtype`` (bool is written as uint8).
+        On-disk data type, one of :data:`NIFTI_DTYPES`; defaults to ``data.dtype``.
+        ``bool`` is written as uint8 and holds 0 and 1; floats written as integers
+        are rounded. Values the type cannot hold (1760 as int8, NaN as an integer,
+        3 as bool) are refused (:func:`as_stored`), not wrapped: the file is then not
+        written.
     block_volumes : int
-        Volumes computed and written at a time.
+        Volumes computed and written at a time (>= 1).
     tr_s : float, optional
-        Repetition time in seconds, stored as ``pixdim[4]`` of a 4D image.
+        Repetition time in seconds (> 0), stored as ``pixdim[4]`` of a 4D image.
     scl_slope, scl_inter : float
         Scaling stored in the header (``scl_slope``, ``scl_inter``): ``data``
         holds the stored values (e.g. int16), readers see
-        ``stored * scl_slope + scl_inter``. Default: unscaled.
+        ``stored * scl_slope + scl_inter``. Default: unscaled. Finite, and
+        ``scl_slope`` non-zero (NIfTI reads 0 as no scaling).
     overwrite : bool
         Replace an existing ``path`` (default: refuse).
     mark : str, optional
-        Written as the header's ``descrip``; with it, an existing ``path`` is
-        replaced only if its ``descrip`` is ``mark`` too (e.g. :data:`EXPORT_MARK`).
+        Written as the header's ``descrip`` (at most 32 latin-1 characters); with
+        it, an existing ``path`` is replaced only if it carries ``mark`` too and is as
+        it was written (e.g. :data:`EXPORT_MARK`).
 
     Raises
     ------
     InvalidParameterError
-        ``path`` does not end in ``.nii``/``.nii.gz``.
+        ``path`` does not end in ``.nii``/``.nii.gz``; a bad ``affine``, ``dtype``,
+        ``block_volumes``, ``tr_s``, ``scl_slope``, ``scl_inter`` or ``mark``
+        (before anything is computed); values ``dtype`` cannot hold (when computed).
+    RoidaskTypeError
+        ``header`` is not a nibabel header, ``overwrite`` not a bool.
+    ImageDimensionError
+        ``data`` is not 3D or 4D.
     OutputExistsError
         ``path`` exists and ``overwrite`` is false.
     OutputError
         ``path`` exists, and ``mark`` is given and is not the file's ``descrip``.
     """
-    path = Path(path)
+    path = Path(check_path(path, "path"))
     if not is_nifti_path(path):
         raise InvalidParameterError(
             f"path {path}: output name must end in .nii or .nii.gz", param="path"
         )
-    check_parent(path, param="path")
-    _check_replaceable_file(path, overwrite=overwrite, mark=mark)
+    overwrite = check_bool(overwrite, "overwrite")
+    mark = check_mark(mark)
+    if not (hasattr(data, "shape") and hasattr(data, "dtype")):
+        data = np.asarray(data)
     ndim = len(data.shape)
     if ndim not in (3, 4):
         raise ImageDimensionError(
-            f"write_nifti: data has shape {tuple(data.shape)}; expected 3D or 4D"
+            f"data: has shape {tuple(data.shape)}; expected a 3D or 4D array", param="data"
         )
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(data.dtype)
-    if out_dtype == np.bool_:
-        out_dtype = np.dtype(np.uint8)
+    requested = nifti_dtype(dtype, data.dtype)
+    out_dtype = np.dtype(np.uint8) if requested == np.bool_ else requested
+    affine = check_affine(affine, param="affine")
+    if header is not None and not isinstance(header, nib.spatialimages.SpatialHeader):
+        raise RoidaskTypeError(
+            f"header: expected a nibabel header (img.header) or None, got {type(header).__name__}",
+            param="header",
+        )
+    block_volumes = check_int(block_volumes, "block_volumes", minimum=1)
+    if tr_s is not None:
+        tr_s = check_real(tr_s, "tr_s", positive=True, unit="seconds")
+    scl_slope = check_real(scl_slope, "scl_slope", nonzero=True)
+    scl_inter = check_real(scl_inter, "scl_inter")
+    check_parent(path, param="path")
+    _check_replaceable_file(path, overwrite=overwrite, mark=mark)
     hdr = nib.Nifti1Header() if header is None else header.copy()
     if not isinstance(hdr, nib.Nifti1Header):
         hdr = nib.Nifti1Header.from_header(hdr)
@@ -986,15 +1188,15 @@ def write_nifti(
     if ndim == 4 and tr_s:
         xyz_unit, _ = hdr.get_xyzt_units()
         hdr.set_xyzt_units(xyz=xyz_unit if xyz_unit != "unknown" else "mm", t="sec")
-    img = nib.Nifti1Image(np.empty((0,) * ndim, dtype=out_dtype), np.asarray(affine), hdr)
+    img = nib.Nifti1Image(np.empty((0,) * ndim, dtype=out_dtype), affine, hdr)
     img.update_header()
     hdr = img.header
     if mark is not None:
-        hdr["descrip"] = mark.encode("latin-1")[:80]
+        hdr["descrip"] = mark.encode("latin-1")
     if (scl_slope, scl_inter) != (1.0, 0.0):  # unscaled files keep NaN, as before
-        hdr.set_slope_inter(float(scl_slope), float(scl_inter))
-    hdr.set_qform(np.asarray(affine), code=int(hdr["qform_code"]) or 1)
-    hdr.set_sform(np.asarray(affine), code=int(hdr["sform_code"]) or 1)
+        hdr.set_slope_inter(scl_slope, scl_inter)
+    hdr.set_qform(affine, code=int(hdr["qform_code"]) or 1)
+    hdr.set_sform(affine, code=int(hdr["sform_code"]) or 1)
     hdr.set_data_shape(tuple(int(n) for n in data.shape))
     hdr.set_data_offset(352)
 
@@ -1003,6 +1205,7 @@ def write_nifti(
             _check_replaceable_file(path, overwrite=overwrite, mark=mark)
 
     gz = path.name.lower().endswith(".gz")
+    n_t = data.shape[3] if ndim == 4 else 1
     with (
         atomic_file(path, overwrite=overwrite, check=check_again) as tmp,
         open(tmp, "wb") as raw,
@@ -1017,10 +1220,12 @@ def write_nifti(
         with fh:
             fh.write(hdr.binaryblock)
             fh.write(b"\x00" * (352 - len(hdr.binaryblock)))
-            for block in _blocks_ahead(data, block_volumes):
-                if out_dtype.kind in "iu" and block.dtype.kind == "f":
-                    block = np.rint(block)
-                fh.write(np.asarray(block, dtype=out_dtype).tobytes(order="F"))
+            for start, block in zip(
+                range(0, n_t, block_volumes), _blocks_ahead(data, block_volumes), strict=True
+            ):
+                stop = min(start + block_volumes, n_t)
+                where = f" in volumes {start}-{stop - 1}" if ndim == 4 else ""
+                fh.write(as_stored(block, requested, where=where).tobytes(order="F"))
         if mark is not None and not gz:  # the digest of what was written, in descrip
             digest = _data_digest(tmp, 352)[:_DIGEST_CHARS]
             stamp = f"{mark}{_SHA256_TAG}{digest}".encode("latin-1")

@@ -42,6 +42,7 @@ from dask.base import tokenize
 from zarr.codecs import BloscCodec
 
 from roidask._atomic import OutputFolder, check_parent, clean_stale
+from roidask._validate import check_bool
 from roidask.exceptions import (
     CorruptFileError,
     ImageDimensionError,
@@ -61,7 +62,13 @@ from roidask.io.locations import (
     version_tag,
     zarr_store,
 )
-from roidask.io.nifti import VolumeProperties, header_from_b64, read_scaling
+from roidask.io.nifti import (
+    VolumeProperties,
+    as_stored,
+    header_from_b64,
+    nifti_dtype,
+    read_scaling,
+)
 
 __all__ = [
     "WRITER_ATTR",
@@ -433,14 +440,7 @@ def _nifti_header(img: xr.DataArray, out_dtype: np.dtype) -> nib.Nifti1Header:
     shape = tuple(int(n) for n in img.shape)
     if max(shape) > 32767 and not isinstance(hdr, nib.Nifti2Header):
         hdr = nib.Nifti2Header.from_header(hdr)
-    try:
-        hdr.set_data_dtype(out_dtype)
-    except Exception:
-        raise InvalidParameterError(
-            f"dtype: {out_dtype} cannot be stored in a NIfTI header; use e.g. uint8, int16, "
-            "int32, float32 or float64",
-            param="dtype",
-        ) from None
+    hdr.set_data_dtype(out_dtype)  # one of NIFTI_DTYPES (nifti_dtype)
     affine = affine_of(img)
     hdr.set_data_shape(shape)
     zooms = list(np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
@@ -517,8 +517,10 @@ def write_nifti_zarr(
     overwrite : bool
         Replace ``path`` if it exists and was written by roidask (never another file).
     dtype : dtype, optional
-        Stored data type; default the image's (bool is stored as uint8; floats
-        stored as integers are rounded first).
+        Stored data type, one of :data:`roidask.io.nifti.NIFTI_DTYPES`; default the
+        image's. ``bool`` is stored as uint8 and holds 0 and 1; floats stored as
+        integers are rounded first. Values the type cannot hold are refused
+        (:func:`roidask.io.nifti.as_stored`), not wrapped: nothing is then kept.
     chunks : dict or str, optional
         Chunk sizes per dim (``x``, ``y``, ``z``, ``time``; ``-1`` for a whole axis);
         dims not given take the defaults: 64 voxels along x, y and z (as
@@ -548,7 +550,8 @@ def write_nifti_zarr(
     ------
     InvalidParameterError
         ``path`` not named ``*.nii.zarr``, missing parent folder, bad ``chunks``,
-        ``zarr_format`` or a ``dtype`` NIfTI cannot store.
+        ``zarr_format`` or a ``dtype`` NIfTI cannot store (before anything is computed);
+        values ``dtype`` cannot hold (when computed).
     OutputExistsError
         ``path`` exists and ``overwrite`` is false, or it was not written by roidask.
     ImageTypeError, ImageDimensionError
@@ -572,11 +575,10 @@ def write_nifti_zarr(
         raise InvalidParameterError(
             f"zarr_format: expected 2 or 3, got {zarr_format!r}", param="zarr_format"
         )
+    overwrite = check_bool(overwrite, "overwrite")
+    requested = nifti_dtype(dtype, image.dtype, data_param="img")
     _check_target(path, overwrite)
-    out_dtype = np.dtype(dtype) if dtype is not None else np.dtype(image.dtype)
-    if out_dtype == np.bool_:
-        out_dtype = np.dtype(np.uint8)
-    out_dtype = out_dtype.newbyteorder("=")
+    out_dtype = np.dtype(np.uint8) if requested == np.bool_ else requested
     header = _nifti_header(image, out_dtype)
     chunk_sizes = _write_chunks(chunks, image.shape, out_dtype.itemsize)
     axes = ["t", "z", "y", "x"][4 - image.ndim :]
@@ -609,7 +611,7 @@ def write_nifti_zarr(
             **extra,
         )
         level0.attrs["_ARRAY_DIMENSIONS"] = [{"t": "time"}.get(a, a) for a in axes]
-        _stream_volumes(image.data, level0, out_dtype, zchunks[0] if image.ndim == 4 else 1)
+        _stream_volumes(image.data, level0, requested, zchunks[0] if image.ndim == 4 else 1)
         xyz_unit, t_unit = header.get_xyzt_units()
         zooms = header.get_zooms()
         niizarr.write_ome_metadata(
@@ -633,21 +635,20 @@ def write_nifti_zarr(
     return path
 
 
-def _stream_volumes(data, level0, out_dtype: np.dtype, chunk_t: int) -> None:
-    """Compute ``data`` (x, y, z[, t]) and store it transposed, whole time chunks at a time."""
+def _stream_volumes(data, level0, dtype: np.dtype, chunk_t: int) -> None:
+    """Compute ``data`` (x, y, z[, t]) and store it transposed, whole time chunks at a time,
+    as type ``dtype`` (:func:`roidask.io.nifti.as_stored`: values it cannot hold refused)."""
 
-    def prepare(block) -> np.ndarray:
+    def prepare(block, where: str = "") -> np.ndarray:
         block = np.asarray(block.compute() if isinstance(block, da.Array) else block)
-        if out_dtype.kind in "iu" and block.dtype.kind == "f":
-            block = np.rint(block)
-        return block.astype(out_dtype, copy=False).transpose()
+        return as_stored(block, dtype, where=where).transpose()
 
     if data.ndim == 3:
         level0[...] = prepare(data)
         return
     n_t = data.shape[3]
-    volume_bytes = int(np.prod(data.shape[:3])) * out_dtype.itemsize
+    volume_bytes = int(np.prod(data.shape[:3])) * np.dtype(level0.dtype).itemsize
     step = chunk_t * max(1, _WRITE_BLOCK_BYTES // max(volume_bytes * chunk_t, 1))
     for start in range(0, n_t, step):
         stop = min(start + step, n_t)
-        level0[start:stop] = prepare(data[..., start:stop])
+        level0[start:stop] = prepare(data[..., start:stop], f" in volumes {start}-{stop - 1}")

@@ -41,7 +41,7 @@ from dask.base import tokenize
 from zarr.codecs import Crc32cCodec
 
 from roidask._atomic import MARKER
-from roidask._validate import check_subject_name
+from roidask._validate import check_bool, check_subject_name
 from roidask.exceptions import (
     DamagedStoreError,
     IncompleteStoreError,
@@ -295,6 +295,7 @@ def list_subjects(store: PathOrURL, *, include_incomplete: bool = False) -> list
     StoreError
         ``store`` is not a roidask store.
     """
+    include_incomplete = check_bool(include_incomplete, "include_incomplete")
     path = require_store(store)
     return [
         name

@@ -39,7 +39,7 @@ from roidask._atomic import (
 )
 from roidask._pool import thread_pool
 from roidask._progress import Progress
-from roidask._validate import check_bool, check_subject_name
+from roidask._validate import check_bool, check_name, check_subject_name
 from roidask.exceptions import (
     InvalidParameterError,
     NonFiniteVoxelsWarning,
@@ -49,7 +49,14 @@ from roidask.exceptions import (
 )
 from roidask.io.conversions import as_image
 from roidask.io.grid import BOLD_DIMS, SPATIAL_DIMS, check_same_grid, grid_attrs
-from roidask.io.image import VolumeSource, bold_from_nifti, open_source, shared_scaling
+from roidask.io.image import (
+    IMAGE_SUFFIXES,
+    VolumeSource,
+    bold_from_nifti,
+    is_image_name,
+    open_source,
+    shared_scaling,
+)
 from roidask.io.locations import (
     Location,
     PathOrURL,
@@ -371,7 +378,8 @@ def convert(
         file index (as :func:`roidask.io.bold_from_nifti` without labels; the ROI
         pipeline then has no contrast to test).
     out : path
-        Store to create, or an existing roidask store to add the subject to.
+        Store to create, or an existing roidask store to add the subject to (not
+        named as an image: ``.nii``, ``.nii.gz``, ``.nii.zarr``).
     subject : str
         Group name of the subject (default ``"sub-01"``).
     tr_s : float, optional
@@ -399,14 +407,22 @@ def convert(
         Before anything is written.
     """
     target = as_location(out, "out")
+    if is_image_name(target):
+        raise InvalidParameterError(
+            f"out {target}: is named as an image ({', '.join(IMAGE_SUFFIXES)}), but convert "
+            "writes a zarr store; name it e.g. study.zarr (an image is written by "
+            "roidask.to_nifti)",
+            param="out",
+        )
+    check_subject_name(subject)
+    overwrite = check_bool(overwrite, "overwrite")
+    progress = check_bool(progress, "progress")
     if isinstance(target, S3Path):
         return _convert_to_s3(
             bold, labels=labels, out=target, subject=subject, tr_s=tr_s,
             chunks=chunks, mask_img=mask_img, overwrite=overwrite, progress=progress,
         )  # fmt: skip
     out = target
-    check_subject_name(subject)
-    overwrite = check_bool(overwrite, "overwrite")
     # Validate everything (headers, grids, labels, chunks, target) before writing.
     lazy = bold_from_nifti(bold, labels=labels, tr_s=tr_s, chunks=chunks)
     mask = None
@@ -686,6 +702,8 @@ def write_image(
     OutputError
         The existing ``name`` is not an image roidask wrote (never replaced).
     """
+    name = check_name(name, "name")
+    overwrite = check_bool(overwrite, "overwrite")
     path = require_store(store)
     if isinstance(path, S3Path):
         raise InvalidParameterError(

@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from roidask._atomic import atomic_file, check_parent
-from roidask._validate import check_input_file
+from roidask._validate import check_bool, check_input_file
 from roidask.exceptions import InvalidParameterError, OutputExistsError
 
 __all__ = [
@@ -60,6 +60,7 @@ _NA = "n/a"
 
 
 def _check_target(path: Path, overwrite: bool, param: str) -> None:
+    overwrite = check_bool(overwrite, "overwrite")
     if path.exists() and not overwrite:
         raise OutputExistsError(
             f"{param} {path}: already exists; pass overwrite=True to replace it", param=param

@@ -43,6 +43,7 @@ import numpy as np
 
 from roidask._atomic import OutputFolder
 from roidask._pool import thread_pool
+from roidask._validate import check_bool
 from roidask.io.image import to_nifti
 from roidask.io.locations import (
     Location,
@@ -178,6 +179,8 @@ def write_results(
         ``out_dir``. An ``s3://`` prefix is built in a local temporary folder and
         uploaded, its ownership marker last (:func:`roidask.io.locations.publish_folder`).
     """
+    plots = check_bool(plots, "plots")
+    overwrite = check_bool(overwrite, "overwrite")
     started_utc = started_utc or utc_now()
     input_list = inputs.result() if isinstance(inputs, Future) else inputs
     out = prepare_output(

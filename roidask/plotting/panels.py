@@ -36,6 +36,7 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from roidask._validate import check_bool
 from roidask.exceptions import (
     ConditionError,
     EmptyMaskWarning,
@@ -239,6 +240,7 @@ def plot_ortho(
     InvalidParameterError
         ``cut_coords`` outside the volume (the message gives the valid range in mm).
     """
+    colorbar = check_bool(colorbar, "colorbar")
     img = as_image(img, ndim=3, param="img")
     grid = Grid.of(img)
     if cut_coords is None:
@@ -341,6 +343,7 @@ def plot_stat_map(
     InvalidParameterError
         Bad ``threshold``/``vmax`` or ``cut_coords`` outside the volume.
     """
+    colorbar = check_bool(colorbar, "colorbar")
     stat = as_image(stat_img, ndim=3, param="stat_img")
     bg = None if bg_img is None else background_image(bg_img, stat, param="bg_img")
     threshold = check_threshold(threshold)

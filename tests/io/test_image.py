@@ -7,6 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
+from helpers.files import tree
 from helpers.lazy import raise_if_dask_computes
 
 from roidask.exceptions import (
@@ -130,6 +131,66 @@ def test_write_back_on_source_grid(haxby, tmp_path, suffix):
     assert nib.load(out3).get_data_dtype() == np.uint8
     with pytest.raises(ImageTypeError, match="reference"):
         to_nifti(np.ones((40, 20, 1)), tmp_path / "x.nii")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii.zarr"])
+def test_to_nifti_refuses_values_its_dtype_cannot_hold(haxby, tmp_path, suffix):
+    """A mean EPI (0..2474) as int8 was written wrapped (-128..127), as bool as 0..255, and a
+    mask times 3 as bool held 3: refused, naming the range found and the type's, and no
+    file is left (nor its temporary sibling)."""
+    from roidask.ops import mean_img
+
+    mean = mean_img(haxby.bold)
+    mask = as_image(haxby.mask)
+    for img, dtype, message in [
+        (mean, "int8", r"int8 holds -128\.\.127, found values 0\.\.2474\.\d+; choose a type that"),
+        (mean, bool, r"bool holds 0 and 1 \(stored as uint8\), found values 0\.\.2474\.\d+ "),
+        (mask * 3, bool, r"bool holds 0 and 1 \(stored as uint8\), found values 0\.\.3 \(3 is "),
+        (mean.where(mask > 0), "int16", r"int16 cannot hold NaN, found \d+ NaN value\(s\);"),
+    ]:
+        with pytest.raises(InvalidParameterError, match=rf"^dtype: {message}") as info:
+            to_nifti(img, tmp_path / f"out{suffix}", dtype=dtype)
+        assert info.value.param == "dtype"
+        assert tree(tmp_path) == {}
+    written = as_image(to_nifti(mask, tmp_path / f"mask{suffix}", dtype=bool))
+    assert written.dtype == np.uint8
+    np.testing.assert_array_equal(written.values, mask.values)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii.zarr"])
+def test_to_nifti_refuses_a_bad_dtype_mark_or_flag_before_computing(haxby, tmp_path, suffix):
+    """They were a raw TypeError (dtype='foo'), nibabel's HeaderDataError ('float16',
+    'U3'), an AttributeError (mark=1), or taken as true (overwrite='no')."""
+    bold = bold_from_nifti(haxby.bold)
+    for kwargs, param, message in [
+        ({"dtype": "foo"}, "dtype", r"expected one of the data types bool, uint8, int8, .*'foo'$"),
+        ({"dtype": "float16"}, "dtype", r"expected one of the data types .*, got 'float16'$"),
+        ({"dtype": "U3"}, "dtype", r"expected one of the data types .*, got 'U3'$"),
+        ({"mark": 1}, "mark", r"expected None or a str of 1 to 32 latin-1 characters .*, got 1$"),
+        ({"overwrite": "no"}, "overwrite", r"expected True or False, got 'no'$"),
+    ]:
+        with (
+            raise_if_dask_computes(),
+            pytest.raises(InvalidParameterError, match=rf"^{param}: {message}") as info,
+        ):
+            to_nifti(bold, tmp_path / f"out{suffix}", **kwargs)
+        assert info.value.param == param
+    text = like_image(np.full(bold.shape[:3], "a"), bold)
+    with pytest.raises(
+        ImageTypeError, match=r"^img: holds values of type <U1; NIfTI stores numbers$"
+    ):
+        to_nifti(text, tmp_path / f"out{suffix}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_like_image_refuses_a_name_or_attrs_of_another_kind(haxby):
+    """``name=3`` was taken (a DataArray named 3), ``attrs=3`` was a raw TypeError."""
+    mask = as_image(haxby.mask)
+    with pytest.raises(RoidaskTypeError, match=r"^name: expected a name \(str\) or None, got 3$"):
+        like_image(np.zeros(mask.shape), mask, name=3)
+    with pytest.raises(InvalidParameterError, match=r"^attrs: expected a dict of attributes or "):
+        like_image(np.zeros(mask.shape), mask, attrs=3)
+    assert like_image(np.zeros(mask.shape), mask, name="zeros").name == "zeros"
 
 
 def test_stored_integers_of_scaled_runs(tmp_path, rng):

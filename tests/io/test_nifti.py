@@ -9,14 +9,22 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import dask.array as da
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers.files import write_bold
+from helpers.files import tree, write_bold
+from helpers.lazy import raise_if_dask_computes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from roidask.exceptions import CorruptFileError
+from roidask.exceptions import (
+    CorruptFileError,
+    ImageDimensionError,
+    ImageTypeError,
+    InvalidParameterError,
+    RoidaskTypeError,
+)
 from roidask.io import bold_from_nifti, nifti
 from roidask.io.nifti import NiftiSource, close_handles, release_handles
 
@@ -271,6 +279,125 @@ def test_write_nifti_on_a_big_endian_source_header(tmp_path, rng):
             values, tmp_path / f"t{suffix}", affine=np.eye(4), header=template
         )
         np.testing.assert_array_equal(nib.load(path).get_fdata(), values)
+
+
+#: (values, dtype, the message after "dtype: "): values a dtype cannot hold. The values
+#: of a mean EPI (3..1760) were written as int8 wrapped (1760 as -32), as bool 0..255,
+#: and a mask times 3 as bool held 3.
+_MEAN = np.linspace(3.0, 1760.0, 60).reshape(5, 4, 3).astype(np.float32)
+_MASK3 = np.tile(np.array([0, 3], dtype=np.int64), 30).reshape(5, 4, 3)
+_WITH_NAN = np.where(_MEAN > 100, _MEAN, np.nan)
+_UNFIT = {
+    "int8": (_MEAN, "int8", r"int8 holds -128\.\.127, found values 3\.\.1760; choose a type that "
+             r"holds them, or leave dtype unset to write the data's \(float32\)$"),
+    "uint8-negative": (_MEAN - 10, "uint8", r"uint8 holds 0\.\.255, found values -7\.\.1750;"),
+    "int16-inf": (np.where(_MEAN > 1000, np.inf, _MEAN), "int16",
+                  r"int16 holds -32768\.\.32767, found values 3\.\.inf;"),
+    "int32-from-int64": (_MASK3 * 2**40, "int32", r"int32 holds -2147483648\.\.2147483647, "
+                         r"found values 0\.\.3298534883328; .*\(int64\)$"),
+    "nan-as-int16": (_WITH_NAN, "int16", r"int16 cannot hold NaN, found 4 NaN value\(s\); choose "
+                     r"a float type \(float32\), or replace them first \(img\.fillna\(0\)\)$"),
+    "mean-as-bool": (_MEAN, bool, r"bool holds 0 and 1 \(stored as uint8\), found values "
+                     r"3\.\.1760 \(3, 32\.77966, 62\.559322 and 57 more are neither\); binarize"),
+    "mask3-as-bool": (_MASK3, "bool", r"bool holds 0 and 1 \(stored as uint8\), found values "
+                      r"0\.\.3 \(3 is neither\); binarize the image first"),
+    "half-as-bool": (_MASK3 / 6, "bool", r".*, found values 0\.\.0\.5 \(0\.5 is neither\)"),
+    "complex-as-float": (_MEAN + 1j, "float32", r"float32 cannot hold complex values"),
+    "4D-by-blocks": (np.stack([_MEAN / 20, _MEAN], axis=3), "int8",
+                     r"int8 holds -128\.\.127, found values 3\.\.1760 in volumes 1-1;"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["numpy", "dask"])
+@pytest.mark.parametrize("case", list(_UNFIT))
+def test_values_a_dtype_cannot_hold_are_refused_and_nothing_is_written(tmp_path, case, lazy):
+    """Values are never wrapped: a value the on-disk type cannot hold is refused, as the
+    block holding it is computed, before the file is committed (an existing file, with
+    overwrite=True, is left as it was; no temporary sibling is left)."""
+    values, dtype, message = _UNFIT[case]
+    data = da.from_array(values, chunks=(5, 4, 3, 1)[: values.ndim]) if lazy else values
+    old = nifti.write_nifti(
+        np.ones((2, 2, 2), np.uint8), tmp_path / "old.nii.gz", affine=np.eye(4)
+    )
+    before = tree(tmp_path)
+    for path in (tmp_path / "new.nii", tmp_path / "new.nii.gz", old):
+        with pytest.raises(InvalidParameterError, match=rf"^dtype: {message}") as info:
+            nifti.write_nifti(
+                data, path, affine=np.eye(4), dtype=dtype, block_volumes=1, overwrite=True
+            )
+        assert info.value.param == "dtype"
+        assert tree(tmp_path) == before
+
+
+def test_what_a_dtype_holds_is_written_exactly(tmp_path):
+    """(reference, ours): nibabel reading back values that fit the type asked for: floats
+    rounded to the nearest integer up to its limits, bool as uint8 0/1 from 0.0 and 1.0,
+    float64 rounded to float32 (not refused), and a byte order asked for (``>i2``) written
+    as the header says (native), not its bytes swapped."""
+    edges = np.array([-128.4, 127.4, -0.5, 0.5, 1.5, 126.6] * 4).reshape(2, 3, 4)
+    cases = [
+        (edges, "int8", np.rint(edges).astype(np.int8)),
+        (np.arange(24.0).reshape(2, 3, 4) % 2, bool, (np.arange(24).reshape(2, 3, 4) % 2)),
+        (edges / 3, "float32", (edges / 3).astype(np.float32)),
+        (np.arange(-12, 12).reshape(2, 3, 4), ">i2", np.arange(-12, 12).reshape(2, 3, 4)),
+    ]
+    for k, (values, dtype, expected) in enumerate(cases):
+        img = nib.load(
+            nifti.write_nifti(values, tmp_path / f"{k}.nii", affine=np.eye(4), dtype=dtype)
+        )
+        stored = np.asanyarray(img.dataobj)
+        assert stored.dtype == (np.uint8 if dtype is bool else np.dtype(dtype).newbyteorder("="))
+        np.testing.assert_array_equal(stored, expected)
+
+
+_Z = np.zeros((2, 2, 2, 3))
+#: (keyword arguments, error class, parameter, message): what write_nifti refuses
+#: before it computes anything (they were tracebacks of nibabel, numpy and range()).
+_BAD_WRITES = {
+    "affine-3x3": ({"affine": np.eye(3)}, InvalidParameterError, "affine",
+                   r"the affine is not a 4x4 matrix of numbers \(shape \(3, 3\)\)"),
+    "affine-text": ({"affine": "eye"}, InvalidParameterError, "affine",
+                    r"the affine is not a 4x4 matrix of numbers \(str\)"),
+    "affine-singular": ({"affine": np.diag([2.0, 2.0, 0.0, 1.0])}, InvalidParameterError,
+                        "affine", r"the affine is singular \(voxel sizes 2, 2, 0 mm\)"),
+    "tr_s": ({"tr_s": -1}, InvalidParameterError, "tr_s",
+             r"expected a positive finite number of seconds, got -1$"),
+    "scl_slope": ({"scl_slope": 0}, InvalidParameterError, "scl_slope",
+                  r"expected a finite non-zero number, got 0$"),
+    "scl_inter": ({"scl_inter": float("nan")}, InvalidParameterError, "scl_inter",
+                  r"expected a finite number, got nan$"),
+    "block_volumes": ({"block_volumes": 0}, InvalidParameterError, "block_volumes",
+                      r"expected an integer >= 1, got 0$"),
+    "dtype-unknown": ({"dtype": "foo"}, InvalidParameterError, "dtype",
+                      r"expected one of the data types bool, uint8, .*, complex128, got 'foo'$"),
+    "dtype-float16": ({"dtype": "float16"}, InvalidParameterError, "dtype",
+                      r"expected one of the data types .* got 'float16'$"),
+    "dtype-text": ({"dtype": "U3"}, InvalidParameterError, "dtype", r".*, got 'U3'$"),
+    "data-float16": ({"data": _Z.astype(np.float16)}, InvalidParameterError, "dtype",
+                     r"not given, and the data's type float16 is not one NIfTI stores; pass "
+                     r"dtype= one of bool, "),
+    "data-text": ({"data": np.full((2, 2, 2), "a")}, ImageTypeError, "data",
+                  r"holds values of type <U1; NIfTI stores numbers$"),
+    "data-2D": ({"data": np.zeros((2, 2))}, ImageDimensionError, "data",
+                r"has shape \(2, 2\); expected a 3D or 4D array$"),
+    "header": ({"header": 3}, RoidaskTypeError, "header",
+               r"expected a nibabel header \(img\.header\) or None, got int$"),
+    "mark-number": ({"mark": 1}, InvalidParameterError, "mark",
+                    r"expected None or a str of 1 to 32 latin-1 characters .*, got 1$"),
+    "mark-too-long": ({"mark": "x" * 33}, InvalidParameterError, "mark", r".*, got 'x{33}'$"),
+    "overwrite": ({"overwrite": "no"}, InvalidParameterError, "overwrite",
+                  r"expected True or False, got 'no'$"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(_BAD_WRITES))
+def test_write_nifti_refuses_bad_parameters_before_computing(tmp_path, case):
+    kwargs, error, param, message = _BAD_WRITES[case]
+    kwargs = {"data": da.zeros((2, 2, 2, 3), chunks=1), "affine": np.eye(4), **kwargs}
+    with raise_if_dask_computes(), pytest.raises(error, match=rf"^{param}: {message}") as info:
+        nifti.write_nifti(kwargs.pop("data"), tmp_path / "out.nii.gz", **kwargs)
+    assert info.value.param == param
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])

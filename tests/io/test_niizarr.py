@@ -146,6 +146,24 @@ def test_bool_mask_is_stored_as_uint8_and_float_as_rounded_int(tmp_path, rng):
     np.testing.assert_array_equal(got, np.rint(ref.values * 100).astype(np.int16))
 
 
+def test_values_the_dtype_cannot_hold_are_refused_and_nothing_is_kept(tmp_path, rng):
+    """They were stored wrapped (1760 as int8 -32); refused as the block holding them is
+    computed, naming its volumes (a block of 64 MB here: both), and the temporary folder
+    is discarded."""
+    ref = as_image(save_nifti(tmp_path / "a.nii", random_data(rng, (5, 4, 3), np.float32)))
+    values = np.stack([np.full((5, 4, 3), 100.0), np.full((5, 4, 3), 1760.0)], axis=3)
+    bold = like_image(da.from_array(values, chunks=(5, 4, 3, 1)), ref.expand_dims(time=2, axis=3))
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"^dtype: int8 holds -128\.\.127, found values 100\.\.1760 in volumes 0-1; ",
+    ):
+        write_nifti_zarr(bold, tmp_path / "out.nii.zarr", dtype="int8", chunks={"time": 1})
+    with pytest.raises(InvalidParameterError, match=r"^dtype: expected one of the data types"):
+        write_nifti_zarr(bold, tmp_path / "out.nii.zarr", dtype="float16")
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_real_haxby_bold_round_trip(tmp_path, haxby, haxby_arrays):
     data, affine, _ = haxby_arrays
     bold = bold_from_nifti(haxby.bold)  # int16, (40, 20, 1, 1452), TR 2.5 s

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import time
 
@@ -13,6 +14,8 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
+from helpers.files import tree
+from helpers.lazy import voxel_reads
 from helpers.threads import at_once
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,6 +26,7 @@ from roidask.exceptions import (
     GridMismatchError,
     ImageDimensionError,
     IncompleteStoreError,
+    InvalidParameterError,
     LabelsError,
     NonFiniteVoxelsWarning,
     OutputError,
@@ -30,7 +34,7 @@ from roidask.exceptions import (
     RoidaskTypeError,
     StoreError,
 )
-from roidask.io import convert, list_subjects, open_store, open_subject
+from roidask.io import convert, list_subjects, open_store, open_subject, write_image
 from roidask.io.store_read import COMPLETE_ATTR
 from roidask.ops import select_conditions
 
@@ -523,6 +527,51 @@ def test_a_path_parameter_that_is_not_a_path_is_named(haxby, tmp_path, kwargs, m
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("name", ["x.nii.gz", "x.NII", "x.nii.zarr", "s3://bucket/study/x.nii.gz"])
+def test_a_store_named_as_an_image_is_refused_before_anything_is_read(haxby, tmp_path, name):
+    """``convert(..., out="x.nii.gz")`` created a zarr store of that name, which
+    ``as_image`` then refused as a folder: refused, before any input is read (and,
+    of an s3:// name, before the object store is asked anything)."""
+    out = name if name.startswith("s3://") else tmp_path / name
+    with (
+        voxel_reads() as reads,
+        pytest.raises(
+            InvalidParameterError,
+            match=rf"^out {re.escape(str(out))}: is named as an image \(\.nii, \.nii\.gz, "
+            r"\.nii\.zarr\), but convert writes a zarr store; name it e.g\. study\.zarr "
+            r"\(an image is written by roidask\.to_nifti\)$",
+        ) as info,
+    ):
+        convert(haxby.bold, labels=haxby.labels, out=out)
+    assert info.value.param == "out" and reads == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("flag", ["overwrite", "progress"])
+def test_a_flag_that_is_not_a_bool_is_refused_before_anything_is_read(haxby, tmp_path, flag):
+    """``progress="x"`` was taken as true; both are checked before the store's location
+    (local or s3://) is looked at."""
+    for out in (tmp_path / "s.zarr", "s3://bucket/s.zarr"):
+        with (
+            voxel_reads() as reads,
+            pytest.raises(InvalidParameterError, match=rf"^{flag}: expected True or False, "),
+        ):
+            convert(haxby.bold, labels=haxby.labels, out=out, **{flag: "x"})
+        assert reads == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_image_refuses_a_name_that_is_not_a_str(small):
+    """``name=3`` was a raw TypeError of ``re.match`` once the store was read."""
+    run, labels, tmp = small
+    store = convert(run, labels=labels, out=tmp / "s.zarr")
+    img = nib.Nifti1Image(np.ones((4, 5, 3), dtype=np.int16), AFFINE)
+    before = tree(store)
+    with pytest.raises(RoidaskTypeError, match=r"^name: expected a name \(str\), got 3$"):
+        write_image(img, store, subject="sub-01", name=3)
+    assert tree(store) == before
+
+
 # -- overwrite replaces only what roidask wrote ---------------------------------------------
 def _user_array(path):
     arr = zarr.create_array(
@@ -631,7 +680,6 @@ def test_a_subject_folder_nothing_proves_roidasks_is_refused_with_what_to_do(sma
 
 
 def test_an_image_added_to_a_subject_joins_its_inventory_but_a_users_array_does_not(small):
-    from roidask.io import write_image
     from roidask.io.store_read import CHUNK_GRIDS_ATTR
 
     run, labels, tmp = small
