@@ -306,6 +306,8 @@ def _flag_calls(tmp_path):
     out, x = tmp_path / "out", "x"
     subject = {"bold": None, "labels": None, "store": None, "subject": None, "mask": "m.nii"}
     subject |= {"out": out, "params": roidask.PipelineParams()}
+    absent = tmp_path.parent / "absent"  # never read: the flags are checked first
+    specs = [batch.SubjectSpec("01", (absent / "b.nii",), (absent / "l.txt",), absent / "m.nii")]
     return {
         (io.as_image, "stored"): lambda: io.as_image(img, stored=x),
         (io.bold_from_nifti, "scaled"): lambda: io.bold_from_nifti("b.nii", scaled=x),
@@ -353,11 +355,11 @@ def _flag_calls(tmp_path):
         (runner.run_subject, "progress"): lambda: runner.run_subject(**subject, progress=x),
         (runner.check_run, "overwrite"): lambda: runner.check_run(**subject, overwrite=x),
         (runner.check_run, "read"): lambda: runner.check_run(**subject, read=x),
-        (batch.run_batch, "plots"): lambda: batch.run_batch([], out, plots=x),
-        (batch.run_batch, "progress"): lambda: batch.run_batch([], out, progress=x),
-        (batch.run_batch, "study"): lambda: batch.run_batch([], out, study=x),
-        (batch.run_batch, "check_inputs"): lambda: batch.run_batch([], out, check_inputs=x),
-        (batch.check_batch_folder, "study"): lambda: batch.check_batch_folder(out, [], study=x),
+        (batch.run_batch, "plots"): lambda: batch.run_batch(specs, out, plots=x),
+        (batch.run_batch, "progress"): lambda: batch.run_batch(specs, out, progress=x),
+        (batch.run_batch, "study"): lambda: batch.run_batch(specs, out, study=x),
+        (batch.run_batch, "check_inputs"): lambda: batch.run_batch(specs, out, check_inputs=x),
+        (batch.check_batch_folder, "study"): lambda: batch.check_batch_folder(out, specs, study=x),
         (batch.GroupPermutation, "two_sided"): lambda: batch.GroupPermutation(two_sided=x),
         (outputs.prepare_output, "overwrite"): lambda: outputs.prepare_output(out, overwrite=x),
         (outputs.write_results, "plots"): lambda: outputs.write_results(None, out, plots=x),
