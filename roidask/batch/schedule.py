@@ -1463,9 +1463,18 @@ class _Batch:
                 self.client.cancel(tasks)
         if self.pool is not None:  # the subjects driven from here that have not started
             self.pool.shutdown(wait=False, cancel_futures=True)
-        _stop_batch_writes(self.batch_id, self.client if tasks and connected else None)
-        with contextlib.suppress(Exception):  # what is recorded stays (a failed read: pending)
+        # stopped again while it waits (a second Ctrl-C): the batch is stopping already, so
+        # it goes on at once to record what is complete, publish it and shut down
+        with contextlib.suppress(KeyboardInterrupt):
+            _stop_batch_writes(self.batch_id, self.client if tasks and connected else None)
+        try:
             self.record_stopped([*also, *self.in_flight.values()])
+        except Exception as exc:  # what is recorded stays; the others stay pending
+            self.report.line(
+                f"batch: the subjects completed before the stop could not all be recorded "
+                f"({type(exc).__name__}: {exc}); those left pending are found complete by "
+                "the next batch"
+            )
 
     def record_stopped(self, specs: list[SubjectSpec]) -> None:
         """Of ``specs`` (in flight as the batch stopped), the subjects whose folder (and study

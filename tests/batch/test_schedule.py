@@ -485,6 +485,33 @@ def test_a_subject_of_a_stopped_batch_writes_nothing(dataset, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_stop_stopped_again_still_records_what_is_complete(monkeypatch):
+    """A second Ctrl-C while a stopped batch waits for its writes ends the wait, not the
+    stop: the subjects complete are still recorded (a failure to record them is said)."""
+    from roidask.batch import schedule
+
+    def stopped_again(batch_id, client):
+        raise KeyboardInterrupt
+
+    recorded, said = [], []
+    monkeypatch.setattr(schedule, "_stop_batch_writes", stopped_again)
+    batch = schedule._Batch.__new__(schedule._Batch)
+    batch.stopped, batch.client, batch.kinds, batch.pool = False, None, {}, None
+    batch.batch_id, batch.in_flight = "b", {"future": "sub-02"}
+    batch.report = schedule._Report(2, progress=False, log=said.append)
+    monkeypatch.setattr(batch, "record_stopped", recorded.append, raising=False)
+    batch.stop(also=("sub-01",))
+    assert recorded == [["sub-01", "sub-02"]]
+
+    def unreadable(specs):
+        raise OSError(5, "Input/output error")
+
+    batch.stopped = False
+    monkeypatch.setattr(batch, "record_stopped", unreadable, raising=False)
+    batch.stop()
+    assert any("could not all be recorded (OSError" in line for line in said), said
+
+
 def test_run_batch_figures_grid_mismatch_and_resume(dataset, reference, tmp_path):
     from roidask.cluster import get_client
     from roidask.datasets import make_synthetic_subject
