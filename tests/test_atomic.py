@@ -309,8 +309,31 @@ def test_objects_are_compared_by_their_etag_quoted_or_not():
     assert changed_since_commit(marker, found) == []
     found["b"]["etag"] = '"e1faffb3"'  # the same bytes put again, in one part: another ETag
     assert changed_since_commit(marker, found) == ["b"]
+    found["a"]["etag"] = None  # a listing without ETags: the sizes are compared
+    assert changed_since_commit(marker, found) == ["b"]
     del found["a"]
     assert changed_since_commit(marker, found) == ["a", "b"]
+
+
+def test_a_file_is_read_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    """A folder copied without its times is checked several times by one command: each
+    file's CRC-32C is read once, and again only once it was written (even with its size
+    and modification time put back)."""
+    reads = []
+    real = _atomic.google_crc32c.extend
+    monkeypatch.setattr(
+        _atomic.google_crc32c, "extend", lambda c, b: reads.append(1) or real(c, b)
+    )
+    path = tmp_path / "rois.tsv"
+    path.write_bytes(b"123456789")
+    assert _atomic.file_crc32c(path) == "e3069283" == _atomic.file_crc32c(path)
+    assert len(reads) == 1
+    before = path.stat()
+    time.sleep(0.01)
+    path.write_bytes(b"123456780")  # a same-size edit, its time restored
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert _atomic.file_crc32c(path) != "e3069283"
+    assert len(reads) == 2
 
 
 def test_results_zarr_files_belong_to_the_folder(tmp_path):
