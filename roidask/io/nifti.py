@@ -1012,7 +1012,8 @@ def as_stored(
     type; NaN does not fit one. ``bool`` is stored as uint8 and holds 0 and 1 only, as
     a roidask mask (:func:`roidask.ops.threshold.check_binary`): a value such as 3 is
     refused rather than written as 1 (binarize first). Narrower floats (float64 into
-    float32) are rounded, as NIfTI writers do; complex values fit complex types only.
+    float32) are rounded, as NIfTI writers do, and refused beyond its range (never made
+    infinite); complex values fit complex types only.
 
     Parameters
     ----------
@@ -1043,7 +1044,17 @@ def as_stored(
     if dtype != np.bool_ and (
         not block.size or disk.kind not in "iu" or np.can_cast(block.dtype, disk, "safe")
     ):
-        return block.astype(disk)
+        with np.errstate(over="ignore"):
+            stored = block.astype(disk)
+        if disk.kind in "fc" and not np.can_cast(block.dtype, disk, "safe"):
+            beyond = np.isinf(stored) & ~np.isinf(block)  # float64 beyond float32's range
+            if beyond.any():
+                raise InvalidParameterError(
+                    f"{param}: {dtype} holds magnitudes up to {np.finfo(disk).max:.4g}, "
+                    f"found {np.abs(block[beyond]).max():.4g}{where}; choose float64",
+                    param=param,
+                )
+        return stored
     numbers = block[~np.isnan(block)] if block.dtype.kind == "f" else block
     low, high = (numbers.min(), numbers.max()) if numbers.size else ("nan", "nan")
     found = f"found values {_number(low)}..{_number(high)}{where}"

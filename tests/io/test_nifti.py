@@ -303,6 +303,9 @@ _UNFIT = {
                       r"0\.\.3 \(3 is neither\); binarize the image first"),
     "half-as-bool": (_MASK3 / 6, "bool", r".*, found values 0\.\.0\.5 \(0\.5 is neither\)"),
     "complex-as-float": (_MEAN + 1j, "float32", r"float32 cannot hold complex values"),
+    "float64-beyond-float32": (_MEAN.astype(np.float64) * 1e36, "float32",
+                               r"float32 holds magnitudes up to 3\.403e\+38, found 1\.76e\+39; "
+                               r"choose float64$"),
     "4D-by-blocks": (np.stack([_MEAN / 20, _MEAN], axis=3), "int8",
                      r"int8 holds -128\.\.127, found values 3\.\.1760 in volumes 1-1;"),
 }  # fmt: skip
