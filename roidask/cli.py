@@ -789,8 +789,12 @@ def _summary(result, out, wall_s: float) -> str:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     logp = result.maps["logp"].values
     lines = [f"ROIs found: {result.n_rois}"]
-    if result.folds is not None:
-        lines[0] += f" in {len(result.folds)} folds ({result.params.roi_definition})"
+    if result.folds is not None:  # each fold's count, never their sum (as batch.tsv)
+        counts = ";".join(str(n) for n in result.fold_n_rois())
+        lines[0] = (
+            f"ROIs found: {counts} per fold, in {len(result.folds)} folds "
+            f"({result.params.roi_definition})"
+        )
     for k in range(len(result.folds or [None])):
         if result.folds is not None:
             lines.append(f" {result.fold_title(k)}: {plural(result.fold_n_rois()[k], 'ROI')}")

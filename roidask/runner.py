@@ -289,9 +289,9 @@ def _path_lists(bold, labels) -> tuple[list | None, list | None]:
 
 def check_subject(
     bold: Sequence[PathOrURL],
-    *,
     labels: Sequence[PathOrURL],
     mask: PathOrURL,
+    *,
     params: PipelineParams | None = None,
     chunks=None,
     tr_s: float | None = None,

@@ -341,7 +341,8 @@ def test_run_cli_writes_the_folds(haxby, tmp_path, capsys):
     args = ["run", str(haxby.bold), "--labels", str(haxby.labels), "--mask", str(haxby.mask)]
     assert main([*args, "--out", str(out), "--roi-definition", "split-half", "--quiet"]) == 0
     summary = capsys.readouterr().out
-    assert "in 2 folds (split-half)" in summary
+    counts = ";".join(str(n) for n in pd.read_csv(out / "folds.tsv", sep="\t")["n_rois"])
+    assert f"ROIs found: {counts} per fold, in 2 folds (split-half)" in summary
     assert "fold 0: ROIs from runs 0 2 4 6 8 10, signals of runs 1 3 5 7 9 11" in summary
     folds = pd.read_csv(out / "folds.tsv", sep="\t", dtype={"roi_runs": str, "signal_runs": str})
     assert list(folds["roi_runs"]) == ["0 2 4 6 8 10", "1 3 5 7 9 11"]

@@ -182,10 +182,14 @@ def test_params_that_are_not_pipeline_params_are_refused_before_anything(haxby, 
 
 
 def test_check_subject_takes_its_options_by_keyword():
-    """The BOLD runs first, positional; labels, mask and the options by keyword."""
+    """The BOLD runs, labels and mask first, positional or by name; the options by keyword."""
     import inspect
 
     from roidask.runner import check_subject
 
     parameters = inspect.signature(check_subject).parameters.values()
-    assert [p.name for p in parameters if p.kind is not p.KEYWORD_ONLY] == ["bold"]
+    assert [p.name for p in parameters if p.kind is not p.KEYWORD_ONLY] == [
+        "bold",
+        "labels",
+        "mask",
+    ]
