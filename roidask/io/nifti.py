@@ -1049,8 +1049,9 @@ def as_stored(
         if disk.kind in "fc" and not np.can_cast(block.dtype, disk, "safe"):
             beyond = np.isinf(stored) & ~np.isinf(block)  # float64 beyond float32's range
             if beyond.any():
+                largest = float(np.finfo(np.dtype(disk.char.lower())).max)  # complex: its part's
                 raise InvalidParameterError(
-                    f"{param}: {dtype} holds magnitudes up to {np.finfo(disk).max:.4g}, "
+                    f"{param}: {dtype} holds magnitudes up to {largest:.4g}, "
                     f"found {np.abs(block[beyond]).max():.4g}{where}; choose float64",
                     param=param,
                 )
