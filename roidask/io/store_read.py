@@ -819,8 +819,8 @@ def open_subject(
     # the sizes given, checked as as_image checks them (on the BOLD series' shape); the
     # dims not named keep their on-disk chunks
     widest = max(ds.data_vars.values(), key=lambda v: v.ndim, default=None)
-    given = chunks is None or (isinstance(chunks, str) and chunks == "auto-disk")
-    sizes = {} if given or widest is None else parse_chunks(chunks, widest.shape)
+    on_disk = chunks is None or (isinstance(chunks, str) and chunks == "auto-disk")
+    sizes = {} if on_disk or widest is None else parse_chunks(chunks, widest.shape)
     data_vars = {}
     for name, var in ds.data_vars.items():
         arr = _checked(var, path, subject, name, required=grids is not None)
